@@ -1,0 +1,24 @@
+# Quick start: `make demo` (train on synthetic moving digits), `make test` (the suite).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+export WANDB_MODE ?= offline
+
+.PHONY: demo test lint install
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# torch first, pinned to the CPU build on disk: a bare `torch` would pull a multi-GB CUDA build.
+install: $(PY)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test,wandb,media]"
+
+demo: install
+	$(VENV)/bin/stpdist train configs/quickstart.yaml
+
+test: install
+	WANDB_DIR=$$(mktemp -d) $(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .

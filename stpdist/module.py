@@ -1,0 +1,59 @@
+"""EnhancedModule: the hook contract the Trainer drives (kept from the seed project).
+
+Tensors are `inputs` B×T_in×C×H×W and `targets` B×T_out×C×H×W.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+StepOutput = torch.Tensor | dict[str, Any] | None
+
+
+class EnhancedModule(nn.Module):
+    """A `torch.nn.Module` with Lightning-style hooks.
+
+    Required: `configure_optimizer`, `training_step`. `validation_step` is needed for
+    validation and `predict_step` for prediction. The Trainer sets `global_step`
+    (optimizer steps taken) and `current_epoch` before every step, for schedules such
+    as scheduled sampling.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.global_step: int = 0
+        self.current_epoch: int = 0
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        """Return the optimizer over this module's parameters."""
+        raise NotImplementedError(f"{type(self).__name__} must implement configure_optimizer()")
+
+    def configure_lr_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Return None, a scheduler (stepped once per optimizer step), or a dict
+        `{"scheduler": s, "interval": "step" | "epoch"}`."""
+        return None
+
+    def training_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepOutput:
+        """Return the loss tensor, a dict holding "loss" (plus scalars to log), or None to
+        skip this batch (it is then skipped on every rank)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement training_step()")
+
+    def training_step_end(self, output: StepOutput) -> StepOutput:
+        """Post-process the output of `training_step` (default: unchanged)."""
+        return output
+
+    def validation_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepOutput:
+        """Return the batch-mean loss tensor, or a dict of batch-mean scalars (and, under
+        "predictions", the B×T_out×C×H×W predictions)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement validation_step()")
+
+    def validation_step_end(self, output: StepOutput) -> StepOutput:
+        """Post-process the output of `validation_step` (default: unchanged)."""
+        return output
+
+    def predict_step(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        """Return predictions B×T_out×C×H×W."""
+        raise NotImplementedError(f"{type(self).__name__} must implement predict_step()")

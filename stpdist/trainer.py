@@ -1,0 +1,501 @@
+"""Trainer: fit / validate / predict as straight-line loops on accelerate.
+
+Runs unchanged on one CPU process, several CPU processes (torchrun or accelerate launch:
+gloo is chosen by itself on a CPU-only host), one or many GPUs, several nodes.
+Tensors: inputs B×T_in×C×H×W, targets B×T_out×C×H×W.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import GradientAccumulationPlugin, set_seed
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointManager, TrainState, load_weights, read_state
+from .config import CheckpointConfig, Config, to_yaml
+from .data.stream import LoaderContext, as_eval_source, as_train_source, unpack_batch
+from .module import EnhancedModule
+from .tracking import MetricsLog, format_scalars
+
+log = logging.getLogger("stpdist")
+
+
+class _TrainingStep(nn.Module):
+    """Routes `training_step` through the (DDP-)wrapped forward, so DDP's gradient hooks
+    and accelerate's autocast see it."""
+
+    def __init__(self, module: EnhancedModule) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> Any:
+        return self.module.training_step_end(self.module.training_step(inputs, targets))
+
+
+def _loss_of(output: Any, step: int) -> torch.Tensor | None:
+    if output is None or isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        if "loss" not in output:
+            raise KeyError(
+                f"training_step returned a dict without 'loss' at step {step} "
+                f"(keys: {sorted(output)}); return the loss or None to skip the batch"
+            )
+        return output["loss"]
+    raise TypeError(f"training_step must return a Tensor, a dict or None; got {type(output)}")
+
+
+def _scalars_of(output: Any) -> dict[str, torch.Tensor]:
+    """The scalar entries of a validation output (a tensor is the loss)."""
+    if isinstance(output, torch.Tensor):
+        return {"loss": output}
+    if isinstance(output, dict):
+        return {
+            k: v
+            for k, v in output.items()
+            if (isinstance(v, torch.Tensor) and v.numel() == 1) or isinstance(v, float | int)
+        }
+    raise TypeError(f"validation_step must return a Tensor or a dict; got {type(output)}")
+
+
+def _scheduler_of(returned: Any) -> tuple[Any, str]:
+    if returned is None:
+        return None, "step"
+    if isinstance(returned, dict):
+        interval = returned.get("interval", "step")
+        if interval not in ("step", "epoch") or "scheduler" not in returned:
+            raise ValueError(
+                "configure_lr_scheduler dict needs 'scheduler' and 'interval' in ('step', 'epoch')"
+            )
+        return returned["scheduler"], interval
+    return returned, "step"
+
+
+class Trainer:
+    """Runs an `EnhancedModule`'s hooks with DDP, mixed precision, accumulation,
+    clipping, exact checkpoint/resume and exact cross-rank validation."""
+
+    def __init__(
+        self,
+        *,
+        max_epochs: int | None = 1,
+        max_steps: int | None = None,
+        mixed_precision: str = "no",
+        gradient_accumulation_steps: int = 1,
+        grad_clip_norm: float | None = None,
+        seed: int = 0,
+        output_dir: str | Path = "runs/default",
+        log_every_n_steps: int = 10,
+        val_every_n_epochs: int = 1,
+        val_every_n_steps: int | None = None,
+        checkpoint: CheckpointConfig | None = None,
+        num_workers: int | None = None,
+        progress_bar: bool = True,
+        config: Config | None = None,
+    ) -> None:
+        if max_epochs is None and max_steps is None:
+            raise ValueError("set max_epochs or max_steps")
+        self.max_epochs = max_epochs
+        self.max_steps = max_steps
+        self.grad_clip_norm = grad_clip_norm
+        self.seed = seed
+        self.output_dir = Path(output_dir)
+        self.log_every_n_steps = log_every_n_steps
+        self.val_every_n_epochs = val_every_n_epochs
+        self.val_every_n_steps = val_every_n_steps
+        self.checkpoint_policy = checkpoint or CheckpointConfig()
+        self.num_workers = num_workers
+        self.progress_bar = progress_bar
+        self.config = config
+        self.accelerator = _make_accelerator(mixed_precision, gradient_accumulation_steps)
+        self.checkpoints = CheckpointManager(
+            self.output_dir / "checkpoints",
+            keep_last=self.checkpoint_policy.keep_last,
+            keep_best=self.checkpoint_policy.keep_best,
+            monitor=self.checkpoint_policy.monitor,
+            mode=self.checkpoint_policy.mode,
+        )
+        self.metrics_log = MetricsLog(self.output_dir, self.accelerator.is_main_process)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Trainer:
+        t = cfg.trainer
+        return cls(
+            max_epochs=t.max_epochs,
+            max_steps=t.max_steps,
+            mixed_precision=t.mixed_precision,
+            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            grad_clip_norm=t.grad_clip_norm,
+            seed=t.seed,
+            output_dir=t.output_dir,
+            log_every_n_steps=t.log_every_n_steps,
+            val_every_n_epochs=t.val_every_n_epochs,
+            val_every_n_steps=t.val_every_n_steps,
+            checkpoint=t.checkpoint,
+            num_workers=t.num_workers,
+            progress_bar=t.progress_bar,
+            config=cfg,
+        )
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def _ctx(self) -> LoaderContext:
+        acc = self.accelerator
+        return LoaderContext(
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+            seed=self.seed,
+            batch_multiple=acc.gradient_accumulation_steps,
+            num_workers=self.num_workers,
+        )
+
+    def _print(self, message: str) -> None:
+        if self.is_main:
+            tqdm.write(message)
+
+    def _to_device(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None else tensor.to(self.accelerator.device, non_blocking=True)
+
+    def _agree(self, loss: torch.Tensor | None) -> tuple[float, bool, bool]:
+        """(global mean loss, any rank skipped, any rank non-finite), the same on every rank.
+
+        One small all-reduce per micro-batch keeps ranks in lockstep on skips and NaNs.
+        """
+        flags = torch.zeros(3, dtype=torch.float64, device=self.accelerator.device)
+        if loss is None:
+            flags[1] = 1
+        else:
+            value = loss.detach().double()
+            finite = torch.isfinite(value)
+            flags[0] = torch.where(finite, value, torch.zeros_like(value))
+            flags[2] = (~finite).double()
+        world = self.accelerator.num_processes
+        if world > 1:
+            dist.all_reduce(flags)
+        total, skipped, nonfinite = flags.tolist()  # host sync: waits for the device
+        return total / world, skipped > 0, nonfinite > 0
+
+    def _sync_grads_by_hand(self, module: nn.Module) -> None:
+        """Average gradients across ranks when the micro-batch that would have carried
+        DDP's all-reduce was skipped on every rank."""
+        world = self.accelerator.num_processes
+        if world == 1:
+            return
+        for param in module.parameters():
+            if param.grad is not None:
+                dist.all_reduce(param.grad)
+                param.grad.div_(world)
+
+    def _save_config(self) -> None:
+        if self.is_main and self.config is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.yaml").write_text(to_yaml(self.config))
+
+    # ------------------------------------------------------------------ fit
+    def fit(
+        self,
+        module: EnhancedModule,
+        train_data: Any,
+        val_data: Any = None,
+        resume: str | Path | None = None,
+    ) -> TrainState:
+        """Train `module`; `resume` is None, "auto" (newest complete checkpoint) or a path."""
+        acc = self.accelerator
+        ctx = self._ctx()
+        train = as_train_source(train_data)
+        val = as_eval_source(val_data) if val_data is not None else None
+        batches_per_epoch = train.batches_per_epoch(ctx)
+        accum = acc.gradient_accumulation_steps
+        steps_per_epoch = batches_per_epoch // accum
+        planned = [
+            n
+            for n in (self.max_steps, (self.max_epochs or 0) * steps_per_epoch or None)
+            if n is not None
+        ]
+        total_steps = min(planned)
+        module.planned_steps = total_steps  # read by schedules that need their length
+
+        module.to(acc.device)
+        optimizer = module.configure_optimizer()
+        scheduler, interval = _scheduler_of(module.configure_lr_scheduler(optimizer))
+        # The scheduler is not prepared: a prepared one steps num_processes times per step.
+        model, optimizer = acc.prepare(_TrainingStep(module), optimizer)
+
+        state = TrainState(world_size=acc.num_processes)
+        start = self.checkpoints.resolve(resume)
+        if start is not None:
+            saved = read_state(start)
+            if saved.world_size != acc.num_processes and saved.batch != 0:
+                raise ValueError(
+                    f"{start} was written mid-epoch by {saved.world_size} processes; resume it "
+                    f"with {saved.world_size} (now {acc.num_processes})"
+                )
+            state = self.checkpoints.load(start, acc, module, optimizer, scheduler)
+            state.world_size = acc.num_processes
+            self._print(f"resumed from {start} (epoch {state.epoch}, step {state.global_step})")
+        else:
+            if resume == "auto":
+                self._print(f"no checkpoint in {self.checkpoints.root}; starting from scratch")
+            set_seed(self.seed + acc.process_index)
+        self._save_config()
+        config_yaml = to_yaml(self.config) if self.config is not None else None
+
+        def save_checkpoint() -> None:
+            path = self.checkpoints.save(acc, module, optimizer, scheduler, state, config_yaml)
+            last_saved[0] = state.global_step
+            self._print(f"checkpoint: {path}")
+
+        def run_validation() -> None:
+            results = self._evaluate(module, val, ctx)
+            state.metrics = results
+            last_validated[0] = state.global_step
+            self.metrics_log.log(results, step=state.global_step, epoch=state.epoch)
+            self._print(f"step {state.global_step}: {format_scalars(results)}")
+
+        last_saved, last_validated = [state.global_step], [state.global_step]
+        bar = tqdm(
+            total=total_steps,
+            initial=state.global_step,
+            disable=not (self.is_main and self.progress_bar),
+            dynamic_ncols=True,
+        )
+        module.train()
+        window = {"loss": 0.0, "batches": 0, "samples": 0, "time": time.perf_counter()}
+        epoch_stats = {"loss": 0.0, "batches": 0, "time": time.perf_counter()}
+        grad_norm: float | None = None
+        contributed = False  # did any micro-batch of this accumulation window backprop?
+        done = state.global_step >= total_steps
+        while not done and (self.max_epochs is None or state.epoch < self.max_epochs):
+            bar.set_description(f"epoch {state.epoch}")
+            for batch in train.iterate(ctx, state.epoch, state.batch):
+                inputs, targets, _ = unpack_batch(batch)
+                inputs, targets = self._to_device(inputs), self._to_device(targets)
+                module.global_step, module.current_epoch = state.global_step, state.epoch
+                with acc.accumulate(model):
+                    loss = _loss_of(model(inputs, targets), state.global_step + 1)
+                    mean_loss, skipped, nonfinite = self._agree(loss)
+                    if nonfinite:
+                        raise FloatingPointError(
+                            f"non-finite loss at step {state.global_step + 1} (epoch "
+                            f"{state.epoch}, batch {state.batch}); last checkpoint: "
+                            f"{self.checkpoints.latest()}"
+                        )
+                    if not skipped:
+                        acc.backward(loss)
+                        contributed = True
+                    elif acc.sync_gradients and contributed:
+                        self._sync_grads_by_hand(module)
+                    if acc.sync_gradients and self.grad_clip_norm is not None and contributed:
+                        grad_norm = float(
+                            acc.clip_grad_norm_(module.parameters(), self.grad_clip_norm)
+                        )
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                state.batch += 1
+                if not skipped:
+                    window["loss"] += mean_loss
+                    window["batches"] += 1
+                    epoch_stats["loss"] += mean_loss
+                    epoch_stats["batches"] += 1
+                window["samples"] += inputs.shape[0] * acc.num_processes
+                if not acc.sync_gradients:
+                    continue
+
+                # ---- one optimizer step done
+                contributed = False
+                state.global_step += 1
+                if scheduler is not None and interval == "step":
+                    if not acc.optimizer_step_was_skipped:
+                        scheduler.step()
+                bar.update(1)
+                if state.global_step % self.log_every_n_steps == 0 and window["batches"]:
+                    elapsed = time.perf_counter() - window["time"]
+                    scalars = {
+                        "train/loss": window["loss"] / window["batches"],
+                        "train/lr": optimizer.param_groups[0]["lr"],
+                        "train/samples_per_s": window["samples"] / max(elapsed, 1e-9),
+                    }
+                    if grad_norm is not None:
+                        scalars["train/grad_norm"] = grad_norm
+                    self.metrics_log.log(scalars, step=state.global_step, epoch=state.epoch)
+                    bar.set_postfix(
+                        loss=f"{scalars['train/loss']:.4g}",
+                        lr=f"{scalars['train/lr']:.3g}",
+                        sps=f"{scalars['train/samples_per_s']:.0f}",
+                    )
+                    window.update(loss=0.0, batches=0, samples=0, time=time.perf_counter())
+                if state.batch == batches_per_epoch:  # the epoch ends on this step
+                    break
+                if val is not None and self.val_every_n_steps:
+                    if state.global_step % self.val_every_n_steps == 0:
+                        run_validation()
+                every = self.checkpoint_policy.every_n_steps
+                if every and state.global_step % every == 0:
+                    save_checkpoint()
+                if state.global_step >= total_steps:
+                    done = True
+                    break
+            else:
+                if state.batch != batches_per_epoch:
+                    raise RuntimeError(
+                        f"training source yielded {state.batch} batches in epoch {state.epoch} "
+                        f"on rank {acc.process_index}; it announced {batches_per_epoch}"
+                    )
+            if done:
+                break
+            # ---- end of epoch
+            finished_epoch = state.epoch
+            state.epoch, state.batch = state.epoch + 1, 0
+            if scheduler is not None and interval == "epoch":
+                scheduler.step()
+            summary = {
+                "train/epoch_loss": epoch_stats["loss"] / max(epoch_stats["batches"], 1),
+                "time_s": round(time.perf_counter() - epoch_stats["time"], 2),
+            }
+            epoch_stats.update(loss=0.0, batches=0, time=time.perf_counter())
+            self.metrics_log.log(summary, step=state.global_step, epoch=finished_epoch)
+            due_val = self.val_every_n_epochs and state.epoch % self.val_every_n_epochs == 0
+            due_step_val = self.val_every_n_steps and (
+                state.global_step % self.val_every_n_steps == 0
+            )
+            if val is not None and (due_val or due_step_val):
+                run_validation()
+            self._print(
+                f"epoch {finished_epoch} done: step {state.global_step}/{total_steps}, "
+                f"{format_scalars({**summary, **state.metrics})}"
+            )
+            every = self.checkpoint_policy.every_n_steps
+            if self.checkpoint_policy.every_epoch or (
+                every and state.global_step % every == 0
+            ):
+                save_checkpoint()
+            done = state.global_step >= total_steps
+        bar.close()
+        if val is not None and last_validated[0] != state.global_step:
+            run_validation()
+        if last_saved[0] != state.global_step or self.checkpoints.latest() is None:
+            save_checkpoint()
+        acc.wait_for_everyone()
+        return state
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def _evaluate(self, module: EnhancedModule, source: Any, ctx: LoaderContext) -> dict:
+        """Batch-size-weighted means over every sample of every rank, reduced exactly."""
+        acc = self.accelerator
+        was_training = module.training
+        module.eval()
+        sums: dict[str, float] = {}
+        count = 0
+        with acc.autocast():
+            for batch in source.iterate(ctx):
+                inputs, targets, _ = unpack_batch(batch)
+                inputs, targets = self._to_device(inputs), self._to_device(targets)
+                output = module.validation_step_end(module.validation_step(inputs, targets))
+                size = inputs.shape[0]
+                for key, value in _scalars_of(output).items():
+                    sums[key] = sums.get(key, 0.0) + float(value) * size
+                count += size
+        names = sorted(sums)
+        if acc.num_processes > 1:
+            # ranks with no samples know no names: take the union
+            gathered: list[list[str]] = [[] for _ in range(acc.num_processes)]
+            dist.all_gather_object(gathered, names)
+            names = sorted(set().union(*gathered))
+        totals = torch.tensor(
+            [sums.get(n, 0.0) for n in names] + [count], dtype=torch.float64, device=acc.device
+        )
+        if acc.num_processes > 1:
+            dist.all_reduce(totals)
+        values = totals.tolist()
+        total_count = int(values[-1])
+        if total_count == 0:
+            raise ValueError("the validation data holds no samples")
+        results = {f"val/{n}": v / total_count for n, v in zip(names, values[:-1])}
+        results["val/num_samples"] = total_count
+        module.train(was_training)
+        return results
+
+    def validate(self, module: EnhancedModule, data: Any, ckpt: str | Path | None = None) -> dict:
+        """Evaluate `module` (weights from `ckpt` if given) over all of `data`."""
+        if ckpt is not None:
+            load_weights(ckpt, module)
+        module.to(self.accelerator.device)
+        results = self._evaluate(module, as_eval_source(data), self._ctx())
+        self.metrics_log.log(results, step=module.global_step, epoch=module.current_epoch)
+        return results
+
+    @torch.no_grad()
+    def predict(
+        self,
+        module: EnhancedModule,
+        data: Any,
+        ckpt: str | Path | None = None,
+        out: str | Path | None = None,
+    ) -> Path:
+        """Write predictions keyed by sample: `out/predictions-r<rank>-<part>.npz`, each with
+        `keys` (N,) and `predictions` N×T_out×C×H×W float32. Returns `out`."""
+        acc = self.accelerator
+        if ckpt is not None:
+            load_weights(ckpt, module)
+        out = Path(out) if out is not None else self.output_dir / "predictions"
+        if acc.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            for old in out.glob("predictions-r*.npz"):
+                old.unlink()
+        acc.wait_for_everyone()
+        module.to(acc.device)
+        module.eval()
+        written = 0
+        with acc.autocast():
+            for part, batch in enumerate(as_eval_source(data).iterate(self._ctx())):
+                inputs, targets, keys = unpack_batch(batch)
+                if keys is None:
+                    raise ValueError("prediction batches must carry sample keys")
+                pred = module.predict_step(self._to_device(inputs), self._to_device(targets))
+                np.savez(
+                    out / f"predictions-r{acc.process_index:03d}-{part:06d}.npz",
+                    keys=np.asarray(keys),
+                    predictions=pred.float().cpu().numpy(),
+                )
+                written += len(keys)
+        total = torch.tensor([written], device=acc.device)
+        if acc.num_processes > 1:
+            dist.all_reduce(total)
+        self._print(f"wrote {int(total.item())} predictions to {out}")
+        return out
+
+
+def _make_accelerator(mixed_precision: str, accumulation: int) -> Accelerator:
+    """An Accelerator for this host: CPU ranks over gloo when there is no CUDA device."""
+    cpu = not torch.cuda.is_available()
+    if mixed_precision == "fp16" and cpu:
+        raise ValueError(
+            "mixed_precision='fp16' needs a CUDA device (on CPU it would silently run in "
+            "fp32); use 'bf16' or 'no'"
+        )
+    if mixed_precision not in ("no", "bf16", "fp16"):
+        raise ValueError(f"mixed_precision must be no, bf16 or fp16; got {mixed_precision!r}")
+    # A new Trainer in the same process may ask for other settings than the last one.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    plugin = GradientAccumulationPlugin(num_steps=accumulation, sync_with_dataloader=False)
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=mixed_precision,
+        gradient_accumulation_plugin=plugin,
+        step_scheduler_with_optimizer=False,
+    )

@@ -1,0 +1,79 @@
+"""Entry point for multi-process trainer tests: `torchrun --nproc_per_node N tests/dist_train.py …`
+(or plain `python` for one process). Trains TinyModule on TinySequences and writes results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import TinyModule, TinySequences  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from stpdist import Trainer  # noqa: E402
+from stpdist.config import CheckpointConfig  # noqa: E402
+
+
+class Scripted(TinyModule):
+    """TinyModule that can hang (to be killed) or skip a batch on rank 0 at a given step."""
+
+    def __init__(self, hang_at: int | None, skip_at: int | None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.hang_at, self.skip_at = hang_at, skip_at
+
+    def training_step(self, inputs, targets):
+        if self.hang_at is not None and self.global_step == self.hang_at:
+            time.sleep(600)  # the test kills the process group while we wait here
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        if self.skip_at is not None and self.global_step == self.skip_at and rank == 0:
+            return None
+        return super().training_step(inputs, targets)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--accum", type=int, default=1)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--num", type=int, default=40)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--ckpt-every", type=int, default=None)
+    p.add_argument("--hang-at", type=int, default=None)
+    p.add_argument("--skip-at", type=int, default=None)
+    p.add_argument("--resume", default=None)
+    p.add_argument("--validate", type=int, default=0, help="validate on this many samples")
+    p.add_argument("--eval-batch", type=int, default=3)
+    args = p.parse_args()
+
+    torch.manual_seed(0)
+    module = Scripted(args.hang_at, args.skip_at, dropout=args.dropout)
+    trainer = Trainer(
+        max_epochs=None,
+        max_steps=args.steps,
+        gradient_accumulation_steps=args.accum,
+        output_dir=args.out,
+        progress_bar=False,
+        log_every_n_steps=1,
+        checkpoint=CheckpointConfig(every_n_steps=args.ckpt_every, keep_last=100),
+    )
+    results = {}
+    if args.validate:
+        val = DataLoader(TinySequences(args.validate, seed=99), batch_size=args.eval_batch)
+        results = trainer.validate(module, val)
+        trainer.predict(module, val, out=Path(args.out) / "predictions")
+    else:
+        train = DataLoader(TinySequences(args.num), batch_size=args.batch, shuffle=True)
+        state = trainer.fit(module, train, resume=args.resume)
+        results = {"global_step": state.global_step, "epoch": state.epoch}
+    if trainer.is_main:
+        (Path(args.out) / "result.json").write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Small in-memory data and a tiny module for trainer tests (tensors B×T×C×H×W)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from stpdist import EnhancedModule
+
+
+class TinySequences(Dataset):
+    """`num` fixed random sequences: 3 input frames → 2 target frames of 1×4×4."""
+
+    def __init__(self, num: int = 40, seed: int = 1234) -> None:
+        g = torch.Generator().manual_seed(seed)
+        frames = torch.rand(num, 5, 1, 4, 4, generator=g)
+        self.inputs, self.targets = frames[:, :3], frames[:, 3:]
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i: int):
+        return self.inputs[i], self.targets[i]
+
+
+class TinyModule(EnhancedModule):
+    """A linear map from the input frames to the target frames (+ optional dropout)."""
+
+    def __init__(self, dropout: float = 0.0, lr: float = 0.05, scheduler: bool = True) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(48, 64), nn.Tanh(), nn.Dropout(dropout),
+                                 nn.Linear(64, 32))
+        self.lr = lr
+        self.use_scheduler = scheduler
+
+    def forward(self, inputs):
+        return self.net(inputs).view(-1, 2, 1, 4, 4)
+
+    def configure_optimizer(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+    def configure_lr_scheduler(self, optimizer):
+        if not self.use_scheduler:
+            return None
+        return {"scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 3, 0.5), "interval": "step"}
+
+    def training_step(self, inputs, targets):
+        return nn.functional.mse_loss(self(inputs), targets)
+
+    def validation_step(self, inputs, targets):
+        pred = self(inputs)
+        return {"loss": nn.functional.mse_loss(pred, targets),
+                "mae": (pred - targets).abs().mean(), "predictions": pred}
+
+    def predict_step(self, inputs, targets):
+        return self(inputs)
+
+
+def loader(num: int = 40, batch_size: int = 4, shuffle: bool = True) -> DataLoader:
+    return DataLoader(TinySequences(num), batch_size=batch_size, shuffle=shuffle)
