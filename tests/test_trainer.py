@@ -1,0 +1,196 @@
+"""Single-process trainer behaviour: precision, determinism, checkpoints, errors, seed-style modules."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import TinyModule, TinySequences, loader
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import DataLoader
+
+import stpdist.checkpoint as checkpoint_module
+from stpdist import EnhancedModule, Trainer
+from stpdist.config import CheckpointConfig
+
+
+def make_trainer(tmp_path, **kwargs) -> Trainer:
+    kwargs.setdefault("max_epochs", 2)
+    return Trainer(output_dir=tmp_path, progress_bar=False, log_every_n_steps=1, **kwargs)
+
+
+def losses(out) -> list[float]:
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [x["train/loss"] for x in lines if "train/loss" in x]
+
+
+def test_bf16_on_cpu_runs_and_learns(tmp_path):
+    torch.manual_seed(0)
+    module = TinyModule(lr=0.01, scheduler=False)
+    trainer = make_trainer(tmp_path, mixed_precision="bf16", max_epochs=6)
+    assert trainer.accelerator.mixed_precision == "bf16"
+    before = trainer.validate(module, loader(20, 5, False))["val/loss"]
+    trainer.fit(module, loader(40, 8), loader(20, 5, False))
+    after = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["val/loss"]
+    assert after < 0.5 * before
+
+
+def test_fp16_on_cpu_is_refused():
+    with pytest.raises(ValueError, match="fp16.*CUDA"):
+        Trainer(mixed_precision="fp16")
+
+
+def test_same_seed_gives_bitwise_identical_weights(tmp_path):
+    weights = []
+    for run in ("one", "two"):
+        torch.manual_seed(0)
+        module = TinyModule(dropout=0.3)
+        make_trainer(tmp_path / run, seed=7).fit(module, loader(40, 4))
+        weights.append({k: v.clone() for k, v in module.state_dict().items()})
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
+
+
+def test_lr_scheduler_steps_once_per_optimizer_step(tmp_path):
+    torch.manual_seed(0)
+    module = TinyModule()  # StepLR(step_size=3, gamma=0.5), lr 0.05
+    make_trainer(tmp_path, max_epochs=None, max_steps=7, gradient_accumulation_steps=2).fit(
+        module, loader(40, 4)
+    )
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lrs = [x["train/lr"] for x in lines if "train/lr" in x]
+    # lr logged after step k's scheduler step: 0.05 * 0.5 ** (k // 3)
+    assert lrs == pytest.approx([0.05 * 0.5 ** (k // 3) for k in range(1, 8)])
+
+
+def test_crash_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    policy = CheckpointConfig(every_n_steps=5, every_epoch=False, keep_last=5)
+    trainer = make_trainer(tmp_path, max_epochs=None, max_steps=15, checkpoint=policy)
+    real_save, calls = checkpoint_module.save_file, []
+
+    def crashing_save(tensors, filename, *args, **kwargs):
+        calls.append(filename)
+        if len(calls) == 2:  # second checkpoint: half a file, then the process "dies"
+            open(filename, "wb").write(b"partial")
+            raise OSError("disk went away")
+        return real_save(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module, "save_file", crashing_save)
+    with pytest.raises(OSError, match="disk went away"):
+        trainer.fit(TinyModule(), loader(40, 4))
+    monkeypatch.setattr(checkpoint_module, "save_file", real_save)
+    ckpts = tmp_path / "checkpoints"
+    assert (ckpts / ".tmp-step-00000010").is_dir()
+    assert trainer.checkpoints.latest() == ckpts / "step-00000005"
+
+    module = TinyModule()
+    resumed = make_trainer(tmp_path, max_epochs=None, max_steps=15, checkpoint=policy)
+    state = resumed.fit(module, loader(40, 4), resume="auto")
+    assert state.global_step == 15
+    assert [p.name for p in resumed.checkpoints.complete()] == [
+        "step-00000005", "step-00000010", "step-00000015"]
+    assert not (ckpts / ".tmp-step-00000010").exists()
+
+
+def test_retention_keeps_last_k_and_best_k(tmp_path):
+    torch.manual_seed(0)
+    policy = CheckpointConfig(every_epoch=True, keep_last=2, keep_best=1, monitor="val/loss")
+    trainer = make_trainer(tmp_path, max_epochs=5, checkpoint=policy)
+    trainer.fit(TinyModule(lr=0.01, scheduler=False), loader(40, 8), loader(12, 4, False))
+    names = [p.name for p in trainer.checkpoints.complete()]
+    scores = {}
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "val/loss" in record:
+            scores[f"step-{record['step']:08d}"] = record["val/loss"]
+    best = min(scores, key=scores.get)
+    assert set(names) == {best, "step-00000020", "step-00000025"}
+    assert (tmp_path / "checkpoints" / names[-1] / "optimizer.pt").is_file()
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    class Explodes(TinyModule):
+        def training_step(self, inputs, targets):
+            loss = super().training_step(inputs, targets)
+            return loss * float("nan") if self.global_step >= 7 else loss
+
+    torch.manual_seed(0)
+    policy = CheckpointConfig(every_n_steps=5, every_epoch=False)
+    trainer = make_trainer(tmp_path, max_epochs=None, max_steps=20, checkpoint=policy)
+    with pytest.raises(FloatingPointError, match="step 8"):
+        trainer.fit(Explodes(), loader(40, 4))
+    assert [p.name for p in trainer.checkpoints.complete()] == ["step-00000005"]
+    weights = load_file(str(tmp_path / "checkpoints" / "step-00000005" / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_dict_without_loss_is_an_error(tmp_path):
+    class NoLoss(TinyModule):
+        def training_step(self, inputs, targets):
+            return {"mse": super().training_step(inputs, targets)}
+
+    with pytest.raises(KeyError, match="without 'loss'"):
+        make_trainer(tmp_path).fit(NoLoss(), loader(40, 4))
+
+
+def test_resume_path_must_be_complete(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        make_trainer(tmp_path).fit(TinyModule(), loader(40, 4), resume=tmp_path / "nope")
+
+
+def test_predict_refuses_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint weights"):
+        make_trainer(tmp_path).predict(TinyModule(), loader(8, 4, False), ckpt=tmp_path / "x")
+
+
+class SeedStyleModel(EnhancedModule):
+    """Written as the seed project's users write modules: (inputs, labels), tensors out."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, padding=1)
+        self.criterion = nn.MSELoss()
+
+    def forward(self, inputs):
+        b, t, c, h, w = inputs.shape
+        return self.conv(inputs.reshape(b, t * c, h, w)).reshape(b, 2, 1, h, w)
+
+    def configure_optimizer(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+    def configure_lr_scheduler(self, optimizer):
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, 0.99)
+
+    def training_step(self, inputs, labels):
+        return self.criterion(self(inputs), labels)
+
+    def validation_step(self, inputs, labels):
+        return self.criterion(self(inputs), labels)
+
+    def predict_step(self, inputs, labels):
+        return self(inputs)
+
+
+def test_seed_style_module_trains_validates_predicts(tmp_path):
+    torch.manual_seed(0)
+    module = SeedStyleModel()
+    train = DataLoader(TinySequences(32), batch_size=4, shuffle=True)
+    val = DataLoader(TinySequences(10, seed=5), batch_size=1)
+    trainer = make_trainer(tmp_path, max_epochs=3)
+    before = trainer.validate(module, val)["val/loss"]
+    trainer.fit(module, train, val)
+    ckpt = trainer.checkpoints.latest()
+    after = trainer.validate(SeedStyleModel(), val, ckpt=ckpt)["val/loss"]
+    assert after < before
+    out = trainer.predict(SeedStyleModel(), val, ckpt=ckpt, out=tmp_path / "pred")
+    files = sorted(out.glob("*.npz"))
+    assert len(files) == 10
+    first = np.load(files[0])
+    assert first["keys"].tolist() == ["00000000"] and first["predictions"].shape == (1, 2, 1, 4, 4)
+    with torch.no_grad():
+        expected = module(TinySequences(10, seed=5).inputs[:1])
+    np.testing.assert_allclose(first["predictions"], expected.numpy(), rtol=1e-6)
