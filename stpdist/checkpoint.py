@@ -255,7 +255,9 @@ class CheckpointManager:
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
         if scheduler is not None:
             if not (path / "scheduler.pt").is_file():
-                raise FileNotFoundError(f"{path} has no scheduler.pt but the module has a scheduler")
+                raise FileNotFoundError(
+                    f"{path} has no scheduler.pt but the module has a scheduler"
+                )
             scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         if accelerator.scaler is not None and (path / "scaler.pt").is_file():
             accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))

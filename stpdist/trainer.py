@@ -152,6 +152,11 @@ class Trainer:
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
+    def main_process_first(self) -> Any:
+        """Context: the main process runs the body first, the others after it (e.g. to
+        generate a dataset once)."""
+        return self.accelerator.main_process_first()
+
     def _ctx(self) -> LoaderContext:
         acc = self.accelerator
         return LoaderContext(
@@ -378,9 +383,7 @@ class Trainer:
                 f"{format_scalars({**summary, **state.metrics})}"
             )
             every = self.checkpoint_policy.every_n_steps
-            if self.checkpoint_policy.every_epoch or (
-                every and state.global_step % every == 0
-            ):
+            if self.checkpoint_policy.every_epoch or (every and state.global_step % every == 0):
                 save_checkpoint()
             done = state.global_step >= total_steps
         bar.close()
@@ -499,3 +502,12 @@ def _make_accelerator(mixed_precision: str, accumulation: int) -> Accelerator:
         gradient_accumulation_plugin=plugin,
         step_scheduler_with_optimizer=False,
     )
+
+
+def load_predictions(folder: str | Path) -> dict[str, np.ndarray]:
+    """Every prediction `Trainer.predict` wrote to `folder`, by sample key."""
+    found: dict[str, np.ndarray] = {}
+    for file in sorted(Path(folder).glob("predictions-r*.npz")):
+        with np.load(file, allow_pickle=False) as data:
+            found.update(zip(data["keys"].tolist(), data["predictions"]))
+    return found

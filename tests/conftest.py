@@ -22,7 +22,9 @@ def free_port() -> int:
     return _port[0]
 
 
-def run_ranks(script: list[str], nproc: int, *, timeout: float = 180, **popen) -> subprocess.CompletedProcess:
+def run_ranks(
+    script: list[str], nproc: int, *, timeout: float = 180, **popen
+) -> subprocess.CompletedProcess:
     """Run `script` (a file and its arguments) on `nproc` CPU ranks over gloo with torchrun,
     or as a plain process when nproc == 1. Fails the test on a non-zero exit."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -30,9 +32,19 @@ def run_ranks(script: list[str], nproc: int, *, timeout: float = 180, **popen) -
     if nproc == 1:
         cmd = [sys.executable, *script]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(free_port()), *script]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            str(free_port()),
+            *script,
+        ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, **popen)
     if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc

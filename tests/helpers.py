@@ -29,8 +29,9 @@ class TinyModule(EnhancedModule):
 
     def __init__(self, dropout: float = 0.0, lr: float = 0.05, scheduler: bool = True) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(48, 64), nn.Tanh(), nn.Dropout(dropout),
-                                 nn.Linear(64, 32))
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(48, 64), nn.Tanh(), nn.Dropout(dropout), nn.Linear(64, 32)
+        )
         self.lr = lr
         self.use_scheduler = scheduler
 
@@ -50,8 +51,11 @@ class TinyModule(EnhancedModule):
 
     def validation_step(self, inputs, targets):
         pred = self(inputs)
-        return {"loss": nn.functional.mse_loss(pred, targets),
-                "mae": (pred - targets).abs().mean(), "predictions": pred}
+        return {
+            "loss": nn.functional.mse_loss(pred, targets),
+            "mae": (pred - targets).abs().mean(),
+            "predictions": pred,
+        }
 
     def predict_step(self, inputs, targets):
         return self(inputs)

@@ -92,7 +92,10 @@ def test_crash_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     state = resumed.fit(module, loader(40, 4), resume="auto")
     assert state.global_step == 15
     assert [p.name for p in resumed.checkpoints.complete()] == [
-        "step-00000005", "step-00000010", "step-00000015"]
+        "step-00000005",
+        "step-00000010",
+        "step-00000015",
+    ]
     assert not (ckpts / ".tmp-step-00000010").exists()
 
 

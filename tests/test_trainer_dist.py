@@ -33,8 +33,20 @@ def test_equivalence_batch_ranks_and_accumulation(tmp_path):
     weights = {}
     for name, (nproc, batch, accum) in runs.items():
         out = tmp_path / name
-        run_ranks([SCRIPT, "--out", str(out), "--batch", str(batch), "--accum", str(accum),
-                   "--steps", "10"], nproc)
+        run_ranks(
+            [
+                SCRIPT,
+                "--out",
+                str(out),
+                "--batch",
+                str(batch),
+                "--accum",
+                str(accum),
+                "--steps",
+                "10",
+            ],
+            nproc,
+        )
         assert json.loads((out / "result.json").read_text())["global_step"] == 10
         weights[name] = final_weights(out)
     start = TinyModule().state_dict()
@@ -46,12 +58,15 @@ def test_equivalence_batch_ranks_and_accumulation(tmp_path):
 
 
 def _run_until_killed(cmd: list[str], ckpt: Path, env: dict) -> None:
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 120
     try:
         while not (ckpt / "trainer_state.json").is_file():
-            assert proc.poll() is None, f"run ended before its checkpoint: {proc.stderr.read()[-3000:]}"
+            assert proc.poll() is None, (
+                f"run ended before its checkpoint: {proc.stderr.read()[-3000:]}"
+            )
             assert time.time() < deadline, "checkpoint never appeared"
             time.sleep(0.2)
         time.sleep(0.5)  # the run is now hanging inside the step after
@@ -69,11 +84,24 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path, nproc):
 
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--master_port", str(free_port())]
-    _run_until_killed([*launcher, SCRIPT, "--out", str(killed), *common, "--hang-at", "8"],
-                      killed / "checkpoints" / "step-00000006", env)
+    launcher = (
+        [sys.executable]
+        if nproc == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            str(free_port()),
+        ]
+    )
+    _run_until_killed(
+        [*launcher, SCRIPT, "--out", str(killed), *common, "--hang-at", "8"],
+        killed / "checkpoints" / "step-00000006",
+        env,
+    )
     assert not (killed / "checkpoints" / "step-00000012").exists()
     run_ranks([SCRIPT, "--out", str(killed), *common, "--resume", "auto"], nproc)
 
@@ -117,8 +145,11 @@ def test_validation_is_exact_across_ranks(tmp_path):
 
 def test_skip_on_one_rank_skips_everywhere_without_hang(tmp_path):
     out = tmp_path / "skip"
-    run_ranks([SCRIPT, "--out", str(out), "--steps", "6", "--skip-at", "3", "--accum", "2"], 2,
-              timeout=120)
+    run_ranks(
+        [SCRIPT, "--out", str(out), "--steps", "6", "--skip-at", "3", "--accum", "2"],
+        2,
+        timeout=120,
+    )
     assert json.loads((out / "result.json").read_text())["global_step"] == 6
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     # both micro-batches of step 4 run with global_step == 3: that whole step is skipped on

@@ -1,0 +1,277 @@
+"""The `stpdist` command: train, validate, predict, synth, inspect, bench.
+
+    stpdist train configs/debug.yaml trainer.max_epochs=2 data.batch_size=8 [--resume auto]
+    stpdist validate CONFIG [overrides] [--ckpt best|last|PATH]
+    stpdist predict CONFIG [overrides] [--ckpt best|last|PATH] [--out DIR]
+    stpdist synth moving-digits --out DIR --train N --val N --test N --seed S
+    stpdist inspect DIR
+    stpdist bench trainer
+
+Errors exit non-zero with one readable line (2 for a bad config); `--debug` shows the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import Config, ConfigError, load_config
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)
+
+
+def _trainer(cfg: Config) -> Any:
+    from .trainer import Trainer
+
+    return Trainer.from_config(cfg)
+
+
+def _resolve_ckpt(trainer: Any, choice: str) -> Path:
+    if choice in ("best", "last"):
+        path = trainer.checkpoints.best() if choice == "best" else None
+        path = path or trainer.checkpoints.latest()
+        if path is None:
+            raise FileNotFoundError(
+                f"no checkpoint in {trainer.checkpoints.root}; train first or pass --ckpt PATH"
+            )
+        return path
+    path = Path(choice)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from . import build
+
+    cfg = _config(args)
+    trainer = _trainer(cfg)
+    build.ensure_dataset(cfg, trainer)
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.trainer.seed)  # identical initial weights on every rank and every run
+    module = build.build_module(cfg)
+    val_dir = build.split_dir(cfg, cfg.data.val_split)
+    val = build.eval_stream(cfg, cfg.data.val_split) if val_dir.is_dir() else None
+    state = trainer.fit(module, build.train_stream(cfg), val, resume=args.resume)
+    metrics = state.metrics
+    if trainer.is_main and "val/mse" in metrics and "val/copy_last_mse" in metrics:
+        print(
+            f"final validation MSE per pixel {metrics['val/mse']:.5f} vs copy-last-input-frame "
+            f"baseline {metrics['val/copy_last_mse']:.5f} "
+            f"({metrics['val/mse'] / metrics['val/copy_last_mse']:.2f}×)"
+        )
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from . import build
+
+    cfg = _config(args)
+    trainer = _trainer(cfg)
+    ckpt = _resolve_ckpt(trainer, args.ckpt)
+    module = build.build_module(cfg)
+    results = trainer.validate(
+        module, build.eval_stream(cfg, args.split or cfg.data.val_split), ckpt=ckpt
+    )
+    if trainer.is_main:
+        print(f"checkpoint {ckpt}")
+        for key, value in results.items():
+            print(f"  {key:<24} {value:.6g}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from . import build
+    from .data.stream import LoaderContext
+    from .trainer import load_predictions
+    from .visualize import save_gif, save_panel
+
+    cfg = _config(args)
+    trainer = _trainer(cfg)
+    ckpt = _resolve_ckpt(trainer, args.ckpt)
+    module = build.build_module(cfg)
+    split = args.split or cfg.data.test_split
+    stream = build.eval_stream(cfg, split)
+    out = Path(args.out) if args.out else Path(cfg.trainer.output_dir) / "predictions" / split
+    trainer.predict(module, stream, ckpt=ckpt, out=out)
+    results = trainer.validate(module, stream)
+    if not trainer.is_main:
+        return
+    (out / "metrics.json").write_text(json.dumps(results, indent=2))
+    # pictures of the first samples (main process' files hold the first keys)
+    predictions = load_predictions(out)
+    shown = 0
+    for inputs, targets, keys in stream.iterate(LoaderContext()):
+        for i, key in enumerate(keys[: args.samples - shown]):
+            pred = predictions[key]
+            save_panel(out / "samples" / f"{key}.png", inputs[i].numpy(), targets[i].numpy(), pred)
+            save_gif(out / "samples" / f"{key}.gif", targets[i].numpy(), pred)
+            shown += 1
+        if shown >= args.samples:
+            break
+    print(f"checkpoint {ckpt}; metrics: " + ", ".join(f"{k} {v:.5g}" for k, v in results.items()))
+    print(f"sample pictures: {out / 'samples'}")
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from .data.synthetic import write_moving_digits
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"{out} is not empty; pass --overwrite to replace it")
+    if args.overwrite and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    write_moving_digits(
+        out,
+        {"train": args.train, "val": args.val, "test": args.test},
+        seed=args.seed,
+        num_frames=args.frames,
+        image_size=args.size,
+        digits_path=args.digits,
+        workers=args.workers,
+    )
+    print(f"wrote moving digits to {out}")
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from .data.format import INDEX_FILE, read_index
+    from .data.stream import LoaderContext, ShardEvalStream
+    from .visualize import save_panel
+
+    root = Path(args.dir)
+    folders = (
+        [root]
+        if (root / INDEX_FILE).is_file()
+        else sorted(p for p in root.iterdir() if (p / INDEX_FILE).is_file())
+        if root.is_dir()
+        else []
+    )
+    if not folders:
+        raise FileNotFoundError(f"no {INDEX_FILE} in {root} or its sub-folders")
+    for folder in folders:
+        index = read_index(folder)
+        print(
+            f"{folder}: {index.num_samples} samples in {len(index.shards)} shards, "
+            f"shape {index.shape} {index.dtype}, scale {index.value_scale:g}, "
+            f"mean {np.round(index.mean, 4).tolist()}, std {np.round(index.std, 4).tolist()}, "
+            f"source: {index.source}"
+        )
+        half = index.shape[0] // 2
+        stream = ShardEvalStream(
+            folder,
+            batch_size=args.samples,
+            num_input_frames=half,
+            num_output_frames=index.shape[0] - half,
+        )
+        inputs, targets, keys = next(iter(stream.iterate(LoaderContext())))
+        for i, key in enumerate(keys):
+            path = save_panel(
+                Path(args.out or folder / "inspect") / f"{key}.png",
+                inputs[i].numpy(),
+                targets[i].numpy(),
+                targets[i].numpy(),
+            )
+        print(f"  rendered {len(keys)} samples to {path.parent}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import bench_trainer
+
+    if args.what == "trainer":
+        bench_trainer(repeats=args.repeats, steps=args.steps)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stpdist", description=__doc__.split("\n")[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(name: str, help_: str) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("config", help="YAML config file")
+        s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_epochs=2")
+        s.add_argument("--debug", action="store_true", help="show tracebacks")
+        return s
+
+    s = with_config("train", "train a model")
+    s.add_argument("--resume", default=None, help="'auto' (newest checkpoint) or a path")
+    s.set_defaults(func=cmd_train)
+    for name, func in (("validate", cmd_validate), ("predict", cmd_predict)):
+        s = with_config(name, f"{name} with a checkpoint")
+        s.add_argument("--ckpt", default="best", help="'best', 'last' or a checkpoint path")
+        s.add_argument("--split", default=None, help="dataset split (default from the config)")
+        if name == "predict":
+            s.add_argument("--out", default=None, help="output folder")
+            s.add_argument("--samples", type=int, default=4, help="samples rendered as pictures")
+        s.set_defaults(func=func)
+
+    s = sub.add_parser("synth", help="generate a synthetic dataset as shards")
+    s.add_argument("kind", choices=["moving-digits"])
+    s.add_argument("--out", required=True)
+    s.add_argument("--train", type=int, default=1000)
+    s.add_argument("--val", type=int, default=100)
+    s.add_argument("--test", type=int, default=100)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--frames", type=int, default=20)
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--digits", default=None, help="MNIST train-images-idx3-ubyte(.gz) to use")
+    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--debug", action="store_true")
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("inspect", help="summarise a dataset's index and render samples")
+    s.add_argument("dir")
+    s.add_argument("--samples", type=int, default=4)
+    s.add_argument("--out", default=None)
+    s.add_argument("--debug", action="store_true")
+    s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("bench", help="print benchmarks")
+    s.add_argument("what", choices=["trainer"])
+    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--steps", type=int, default=200)
+    s.add_argument("--debug", action="store_true")
+    s.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    # overrides may also stand after options (`train cfg --resume auto a.b=1`)
+    unknown = [item for item in extra if "=" not in item or item.startswith("-")]
+    if unknown:
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        if not hasattr(args, "overrides"):
+            p.error(f"{args.command} takes no overrides: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    try:
+        args.func(args)
+    except ConfigError as exc:
+        if args.debug:
+            raise
+        print(f"stpdist: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"stpdist: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
