@@ -13,8 +13,10 @@ install: $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test,wandb,media]"
 
+# train (resuming if an earlier demo left checkpoints), then predict the test split
 demo: install
-	$(VENV)/bin/stpdist train configs/quickstart.yaml
+	$(VENV)/bin/stpdist train configs/quickstart.yaml --resume auto
+	$(VENV)/bin/stpdist predict configs/quickstart.yaml
 
 test: install
 	WANDB_DIR=$$(mktemp -d) $(PY) -m pytest -q

@@ -240,6 +240,11 @@ class Trainer:
         model, optimizer = acc.prepare(_TrainingStep(module), optimizer)
 
         state = TrainState(world_size=acc.num_processes)
+        if resume is None and self.checkpoints.latest() is not None:
+            raise FileExistsError(
+                f"{self.checkpoints.root} holds checkpoints of an earlier run; resume it "
+                "(resume='auto', CLI --resume auto) or use another output_dir"
+            )
         start = self.checkpoints.resolve(resume)
         if start is not None:
             saved = read_state(start)

@@ -82,3 +82,43 @@ def test_train_two_ranks_on_synth_shards(tmp_path):
     lines = (run / "metrics.jsonl").read_text().splitlines()
     val = [json.loads(x) for x in lines if "val/mse" in x]
     assert [x["val/num_samples"] for x in val] == [8, 8]  # one line per validation, not per rank
+
+
+@pytest.mark.multiprocess
+def test_accelerate_launch_multi_gpu_flag_on_cpu_host_gives_two_ranks(tmp_path):
+    """`accelerate launch --multi_gpu` on a CPU-only host: the Trainer picks gloo itself."""
+    import os
+    import subprocess
+
+    from conftest import free_port
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "stpdist",
+        "train",
+        DEBUG,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = tmp_path / "runs" / "debug" / "checkpoints" / "step-00000008" / "trainer_state.json"
+    assert json.loads(state.read_text())["world_size"] == 2
+
+
+def test_bench_trainer_prints_ratio(tmp_path):
+    out = stpdist("bench", "trainer", "--repeats", "1", "--steps", "10", cwd=tmp_path).stdout
+    assert "Trainer / raw" in out and "steps/s" in out

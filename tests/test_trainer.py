@@ -197,3 +197,23 @@ def test_seed_style_module_trains_validates_predicts(tmp_path):
     with torch.no_grad():
         expected = module(TinySequences(10, seed=5).inputs[:1])
     np.testing.assert_allclose(first["predictions"], expected.numpy(), rtol=1e-6)
+
+
+def test_fresh_run_refuses_to_mix_with_earlier_checkpoints(tmp_path):
+    torch.manual_seed(0)
+    make_trainer(tmp_path, max_epochs=1).fit(TinyModule(), loader(40, 8))
+    with pytest.raises(FileExistsError, match="checkpoints of an earlier run"):
+        make_trainer(tmp_path, max_epochs=1).fit(TinyModule(), loader(40, 8))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_on_cuda_learns(tmp_path, precision):
+    torch.manual_seed(0)
+    module = TinyModule(lr=0.01, scheduler=False)
+    trainer = make_trainer(tmp_path, mixed_precision=precision, max_epochs=6)
+    assert trainer.accelerator.device.type == "cuda"
+    assert (trainer.accelerator.scaler is not None) == (precision == "fp16")
+    before = trainer.validate(module, loader(20, 5, False))["val/loss"]
+    state = trainer.fit(module, loader(40, 8), loader(20, 5, False))
+    assert state.metrics["val/loss"] < 0.5 * before
