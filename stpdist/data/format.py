@@ -1,0 +1,256 @@
+"""The shard format, defined once; every writer and reader imports it.
+
+A split folder holds `<split>-000000.tar, <split>-000001.tar, …` and `index.json`.
+Each tar member group is one sample:
+
+    <key>.frames.npy   the whole sequence T×C×H×W in its stored dtype (uint8 for 8-bit data)
+    <key>.json         optional metadata (source file, timestamps, …)
+
+Keys contain no dots. `index.json` records the format version, every shard with its
+sample count and bytes, the sample shape and dtype, the value scale (frames / scale lies
+in [0, 1]: 255 for 8-bit images, 1292 for TaxiBJ flows), per-channel mean and std of the
+scaled values, the source and the converter's arguments. The input/target split is made
+at load time, never here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.json"
+FRAMES_EXT = "frames.npy"
+META_EXT = "json"
+SHARD_PATTERN = "{split}-%06d.tar"
+
+
+class ShardFormatError(ValueError):
+    """A shard, member or index that does not follow the format."""
+
+
+@dataclass
+class ShardInfo:
+    name: str
+    num_samples: int
+    bytes: int
+
+
+@dataclass
+class SplitIndex:
+    split: str
+    shape: list[int]
+    """T×C×H×W of every sample."""
+    dtype: str
+    value_scale: float
+    shards: list[ShardInfo]
+    mean: list[float] = field(default_factory=list)
+    """Per-channel mean of frames / value_scale."""
+    std: list[float] = field(default_factory=list)
+    """Per-channel std of frames / value_scale."""
+    source: str = ""
+    args: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_samples(self) -> int:
+        return sum(s.num_samples for s in self.shards)
+
+
+def check_key(key: str) -> str:
+    if not key or "." in key or "/" in key:
+        raise ShardFormatError(f"sample key {key!r} must be non-empty without dots or slashes")
+    return key
+
+
+def encode_frames(frames_TCHW: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(frames_TCHW), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def decode_frames(data: bytes, where: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:
+        raise ShardFormatError(f"{where}: unreadable {FRAMES_EXT} ({exc})") from exc
+
+
+def write_index(folder: str | Path, index: SplitIndex) -> Path:
+    """Write index.json atomically (temp file, then rename)."""
+    path = Path(folder) / INDEX_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(asdict(index), indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def read_index(folder: str | Path) -> SplitIndex:
+    path = Path(folder) / INDEX_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {INDEX_FILE} in {folder} (not a stpdist split folder)")
+    try:
+        raw = json.loads(path.read_text())
+        raw["shards"] = [ShardInfo(**s) for s in raw["shards"]]
+        index = SplitIndex(**raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ShardFormatError(f"{path}: malformed index ({exc})") from exc
+    if index.format_version != FORMAT_VERSION:
+        raise ShardFormatError(
+            f"{path}: format version {index.format_version}, this stpdist reads {FORMAT_VERSION}"
+        )
+    return index
+
+
+class StatsAccumulator:
+    """Per-channel mean/std of scaled frames, accumulated in float64."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total: np.ndarray | None = None
+        self.total_sq: np.ndarray | None = None
+
+    def add(self, frames_TCHW: np.ndarray, scale: float) -> None:
+        values = frames_TCHW.astype(np.float64) / scale
+        per_channel = values.transpose(1, 0, 2, 3).reshape(values.shape[1], -1)
+        if self.total is None:
+            self.total = np.zeros(per_channel.shape[0])
+            self.total_sq = np.zeros(per_channel.shape[0])
+        self.total += per_channel.sum(axis=1)
+        self.total_sq += (per_channel**2).sum(axis=1)
+        self.count += per_channel.shape[1]
+
+    def result(self) -> tuple[list[float], list[float]]:
+        if self.total is None:
+            return [], []
+        mean = self.total / self.count
+        std = np.sqrt(np.maximum(self.total_sq / self.count - mean**2, 0.0))
+        return mean.tolist(), std.tolist()
+
+
+class SplitWriter:
+    """Writes one split's shards and, on `close`, its index. Samples must share shape/dtype.
+
+    Use as a context manager; on an exception the partial index is never written, so the
+    folder does not look valid.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        split: str,
+        *,
+        value_scale: float,
+        samples_per_shard: int = 1000,
+        source: str = "",
+        args: dict[str, Any] | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.split = split
+        self.value_scale = float(value_scale)
+        self.source = source
+        self.args = args or {}
+        self.samples_per_shard = samples_per_shard
+        self.shape: list[int] | None = None
+        self.dtype: str | None = None
+        self.counts: list[int] = []
+        self.stats = StatsAccumulator()
+        self._writer: wds.TarWriter | None = None
+
+    def _pattern(self) -> str:
+        return SHARD_PATTERN.format(split=self.split)
+
+    def write(self, key: str, frames_TCHW: np.ndarray, meta: dict[str, Any] | None = None) -> None:
+        if frames_TCHW.ndim != 4:
+            raise ShardFormatError(f"sample {key}: expected T×C×H×W, got shape {frames_TCHW.shape}")
+        if self.shape is None:
+            self.shape, self.dtype = list(frames_TCHW.shape), str(frames_TCHW.dtype)
+        elif list(frames_TCHW.shape) != self.shape or str(frames_TCHW.dtype) != self.dtype:
+            raise ShardFormatError(
+                f"sample {key}: shape {list(frames_TCHW.shape)} {frames_TCHW.dtype} differs from "
+                f"the split's {self.shape} {self.dtype}"
+            )
+        if not self.counts or self.counts[-1] >= self.samples_per_shard:
+            self.new_shard()
+        sample = {"__key__": check_key(key), FRAMES_EXT: encode_frames(frames_TCHW)}
+        if meta:
+            sample[META_EXT] = json.dumps(meta).encode()
+        self._writer.write(sample)
+        self.counts[-1] += 1
+        self.stats.add(frames_TCHW, self.value_scale)
+
+    def new_shard(self) -> None:
+        """Start a new shard now (the next sample goes into it)."""
+        if self._writer is not None:
+            self._writer.close()
+        path = self.folder / (self._pattern() % len(self.counts))
+        self._writer = wds.TarWriter(str(path))
+        self.counts.append(0)
+
+    def close(self) -> SplitIndex:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self.shape is None:
+            raise ShardFormatError(f"split '{self.split}' received no samples")
+        shards = []
+        for number, count in enumerate(self.counts):
+            name = self._pattern() % number
+            shards.append(ShardInfo(name, count, (self.folder / name).stat().st_size))
+        mean, std = self.stats.result()
+        index = SplitIndex(
+            split=self.split,
+            shape=self.shape,
+            dtype=self.dtype,
+            value_scale=self.value_scale,
+            shards=shards,
+            mean=mean,
+            std=std,
+            source=self.source,
+            args=self.args,
+        )
+        verify_counts(self.folder, index)
+        write_index(self.folder, index)
+        return index
+
+    def __enter__(self) -> SplitWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._writer is not None:
+            self._writer.close()
+
+
+def iter_shard(url: str, where: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key, members) of every sample of one shard, in stored order. `url` is a path or
+    anything webdataset's `gopen` opens (`pipe:aws s3 cp s3://… -`, `https://…`)."""
+    where = where or url
+    stream = wds.tariterators.url_opener([{"url": url}])
+    files = wds.tariterators.tar_file_expander(stream)
+    try:
+        for sample in wds.tariterators.group_by_keys(files):
+            yield sample["__key__"], sample
+    except ShardFormatError:
+        raise
+    except Exception as exc:  # tarfile.ReadError, truncated streams, …
+        raise ShardFormatError(f"{where}: corrupt or truncated shard ({exc})") from exc
+
+
+def verify_counts(folder: str | Path, index: SplitIndex) -> None:
+    """Re-read every shard and check its sample count against the index."""
+    for shard in index.shards:
+        url = str(Path(folder) / shard.name)
+        found = sum(1 for _ in iter_shard(url))
+        if found != shard.num_samples:
+            raise ShardFormatError(f"{url}: holds {found} samples, index says {shard.num_samples}")
