@@ -7,6 +7,7 @@ Tensors: inputs B×T_in×C×H×W, targets B×T_out×C×H×W.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import time
 from pathlib import Path
@@ -126,6 +127,14 @@ class Trainer:
             mode=self.checkpoint_policy.mode,
         )
         self.metrics_log = MetricsLog(self.output_dir, self.accelerator.is_main_process)
+        # a process group left alive at interpreter exit can abort gloo's threads
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Finish trackers and destroy the process group (idempotent; also runs at exit)."""
+        if dist.is_available() and dist.is_initialized():
+            # no barrier here: after a crash on one rank a barrier would never return
+            self.accelerator.end_training()
 
     @classmethod
     def from_config(cls, cfg: Config) -> Trainer:
