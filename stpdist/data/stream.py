@@ -246,7 +246,9 @@ class _ShardSource:
     def _url(self, shard: int) -> str:
         return self.url_template.format(name=self.index.shards[shard].name)
 
-    def _read_span(self, order: Sequence[int], start: int, stop: int) -> Iterator[tuple[str, bytes]]:
+    def _read_span(
+        self, order: Sequence[int], start: int, stop: int
+    ) -> Iterator[tuple[str, bytes]]:
         """Raw (key, frames bytes) of positions [start, stop) of the sequence formed by the
         shards in `order`; only the shards overlapping the span are opened."""
         position = 0
@@ -271,7 +273,9 @@ class _ShardSource:
             if seen != count:
                 raise ShardFormatError(f"{url}: holds {seen} samples, index says {count}")
 
-    def _collate(self, items: list[tuple[str, bytes]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    def _collate(
+        self, items: list[tuple[str, bytes]]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         frames = np.stack([decode_frames(raw, f"sample '{key}'") for key, raw in items])
         if list(frames.shape[1:]) != self.index.shape:
             raise ShardFormatError(

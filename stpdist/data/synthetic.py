@@ -30,9 +30,18 @@ def render_glyph(rng: np.random.Generator) -> np.ndarray:
     canvas = Image.new("L", (2 * DIGIT, 2 * DIGIT), 0)
     draw = ImageDraw.Draw(canvas)
     stroke = int(rng.integers(0, 3))
-    draw.text((DIGIT, DIGIT), digit, fill=255, font=font, anchor="mm", stroke_width=stroke,
-              stroke_fill=255)
-    canvas = canvas.rotate(float(rng.uniform(-20, 20)), resample=Image.BILINEAR, center=(DIGIT, DIGIT))
+    draw.text(
+        (DIGIT, DIGIT),
+        digit,
+        fill=255,
+        font=font,
+        anchor="mm",
+        stroke_width=stroke,
+        stroke_fill=255,
+    )
+    canvas = canvas.rotate(
+        float(rng.uniform(-20, 20)), resample=Image.BILINEAR, center=(DIGIT, DIGIT)
+    )
     left = DIGIT // 2
     return np.asarray(canvas.crop((left, left, left + DIGIT, left + DIGIT)), dtype=np.uint8)
 
