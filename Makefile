@@ -11,7 +11,7 @@ $(PY):
 # torch first, pinned to the CPU build on disk: a bare `torch` would pull a multi-GB CUDA build.
 install: $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,wandb,media]"
+	$(PY) -m pip install -q -e ".[test,wandb,media,formats]"
 
 # train (resuming if an earlier demo left checkpoints), then predict the test split
 demo: install

@@ -4,6 +4,7 @@
     stpdist validate CONFIG [overrides] [--ckpt best|last|PATH]
     stpdist predict CONFIG [overrides] [--ckpt best|last|PATH] [--out DIR]
     stpdist synth moving-digits --out DIR --train N --val N --test N --seed S
+    stpdist shard {mmnist-npy,seed-mmnist,seed-kth,seed-taxibj,taxibj-h5,kth-avi,arrays} SRC --out DIR
     stpdist inspect DIR
     stpdist bench trainer
 
@@ -121,15 +122,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
+    from .data.convert import prepare_output
     from .data.synthetic import write_moving_digits
 
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"{out} is not empty; pass --overwrite to replace it")
-    if args.overwrite and out.exists():
-        import shutil
-
-        shutil.rmtree(out)
+    out = prepare_output(args.out, args.overwrite)
     write_moving_digits(
         out,
         {"train": args.train, "val": args.val, "test": args.test},
@@ -140,6 +136,71 @@ def cmd_synth(args: argparse.Namespace) -> None:
         workers=args.workers,
     )
     print(f"wrote moving digits to {out}")
+
+
+def _ranges(text: str) -> list[int]:
+    """`17-25,30` → [17, …, 25, 30]."""
+    out: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        out += range(int(low), int(high or low) + 1)
+    return out
+
+
+def _split_sizes(text: str) -> dict[str, int]:
+    """`train=8000,val=1000,test=-1` → {"train": 8000, …}."""
+    sizes = {}
+    for part in text.split(","):
+        name, _, size = part.partition("=")
+        if not size:
+            raise ValueError(f"--splits item {part!r} is not name=count")
+        sizes[name] = int(size)
+    return sizes
+
+
+def cmd_shard(args: argparse.Namespace) -> None:
+    from .data.convert import convert
+    from .data.sources import generic, kth, moving_mnist, seed_layout, taxibj
+
+    fmt, src = args.format, args.sources
+    if fmt != "taxibj-h5" and len(src) != 1:
+        raise ValueError(f"{fmt} takes one source path, got {len(src)}")
+    if fmt == "mmnist-npy":
+        source = moving_mnist.MovingMnistNpy(src[0], _split_sizes(args.splits or "test=-1"))
+    elif fmt.startswith("seed-"):
+        source = seed_layout.SeedLayout(src[0], fmt.removeprefix("seed-"))
+    elif fmt == "taxibj-h5":
+        source = taxibj.TaxiBJ(
+            src,
+            num_frames=args.frames or 8,
+            stride=args.stride or 1,
+            test_days=args.test_days,
+            val_days=args.val_days,
+        )
+    elif fmt == "kth-avi":
+        source = kth.KTHVideos(
+            src[0],
+            num_frames=args.frames or 20,
+            stride=args.stride or 20,
+            image_size=args.size,
+            test_persons=_ranges(args.test_persons),
+        )
+    else:
+        source = generic.GenericArrays(
+            src[0], key=args.key, value_scale=args.value_scale, split=args.split
+        )
+    indexes = convert(
+        source,
+        args.out,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        samples_per_shard=args.samples_per_shard,
+    )
+    for split, index in indexes.items():
+        print(
+            f"{Path(args.out) / split}: {index.num_samples} samples in {len(index.shards)} "
+            f"shards, shape {index.shape} {index.dtype}, scale {index.value_scale:g}"
+        )
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -228,6 +289,37 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--debug", action="store_true")
     s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("shard", help="convert a raw dataset into shards")
+    s.add_argument(
+        "format",
+        choices=[
+            "mmnist-npy",
+            "seed-mmnist",
+            "seed-kth",
+            "seed-taxibj",
+            "taxibj-h5",
+            "kth-avi",
+            "arrays",
+        ],
+    )
+    s.add_argument("sources", nargs="+", help="file or folder (taxibj-h5: one or more .h5)")
+    s.add_argument("--out", required=True, help="dataset folder to write (one sub-folder a split)")
+    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--samples-per-shard", type=int, default=1000)
+    s.add_argument("--splits", default=None, help="mmnist-npy: e.g. train=8000,val=1000,test=-1")
+    s.add_argument("--frames", type=int, default=None, help="window length (taxibj 8, kth 20)")
+    s.add_argument("--stride", type=int, default=None, help="window stride (taxibj 1, kth 20)")
+    s.add_argument("--test-days", type=int, default=28, help="taxibj: last days as test")
+    s.add_argument("--val-days", type=int, default=0, help="taxibj: days before test as val")
+    s.add_argument("--size", type=int, default=128, help="kth: resized frame size")
+    s.add_argument("--test-persons", default="17-25", help="kth: persons in the test split")
+    s.add_argument("--key", default=None, help="arrays: array name inside .npz files")
+    s.add_argument("--value-scale", type=float, default=None, help="arrays: stored value range")
+    s.add_argument("--split", default="train", help="arrays: split name without sub-folders")
+    s.add_argument("--debug", action="store_true")
+    s.set_defaults(func=cmd_shard)
 
     s = sub.add_parser("inspect", help="summarise a dataset's index and render samples")
     s.add_argument("dir")

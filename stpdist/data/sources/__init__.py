@@ -1,0 +1,1 @@
+"""One reader per raw format; each builds a `convert.Source`."""

@@ -1,0 +1,45 @@
+"""Helpers shared by the source readers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# the seed project names its validation folder "validation"; stpdist calls the split "val"
+SEED_SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test"}
+
+
+def as_TCHW(array: np.ndarray, where: str | Path) -> np.ndarray:
+    """T×C×H×W from T×C×H×W or T×H×W; anything else is an error naming `where`."""
+    if array.ndim == 3:
+        return array[:, None]
+    if array.ndim == 4:
+        return array
+    raise ValueError(f"{where}: expected T×C×H×W or T×H×W, got shape {tuple(array.shape)}")
+
+
+def load_array(path: Path, key: str | None = None) -> np.ndarray:
+    """An array from .npy, or `key` (default: the only array) from .npz; errors name the file."""
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as data:
+            names = list(data.keys())
+            if key is None:
+                if len(names) != 1:
+                    raise ValueError(f"holds arrays {names}; choose one with --key")
+                key = names[0]
+            if key not in names:
+                raise ValueError(f"missing key '{key}' (has {names})")
+            return data[key]
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    except Exception as exc:
+        raise ValueError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
+
+
+def key_of(path: Path, *extra: Any) -> str:
+    """A sample key from a file name (dots replaced: keys must hold none)."""
+    return "_".join([path.stem.replace(".", "_"), *map(str, extra)])

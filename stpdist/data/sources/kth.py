@@ -1,0 +1,87 @@
+"""KTH action videos `personNN_<action>_dM_uncomp.avi` (160×120 grayscale, 25 fps).
+
+Decoded with PyAV, converted to grayscale, resized (default 128×128), cut into windows of
+`num_frames` with `stride`. Split by person: `test_persons` (default 17–25) are test, the
+others train (the usual split: persons 1–16 train).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+NAME = re.compile(r"^person(\d+)_([a-z]+)_d(\d+)_uncomp$")
+
+
+def decode_gray(path: str | Path) -> np.ndarray:
+    """All frames of a video as T×H×W uint8 grayscale."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            frames = [f.to_ndarray(format="gray") for f in container.decode(video=0)]
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot decode video ({exc})") from exc
+    if not frames:
+        raise ValueError(f"{path}: no video frames")
+    return np.stack(frames)
+
+
+@dataclass
+class KTHVideos:
+    root: str
+    num_frames: int = 20
+    stride: int = 20
+    image_size: int = 128
+    test_persons: list[int] = field(default_factory=lambda: list(range(17, 26)))
+    name: str = "kth-avi"
+    value_scale: float = 255.0
+    grid: float | None = None
+
+    def splits(self) -> dict[str, list[Any]]:
+        root = Path(self.root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: no such folder")
+        out: dict[str, list[Any]] = {"train": [], "test": []}
+        for path in sorted(root.rglob("*.avi")):
+            match = NAME.match(path.stem)
+            if match is None:
+                raise ValueError(f"{path}: name is not personNN_<action>_dM_uncomp.avi")
+            split = "test" if int(match.group(1)) in self.test_persons else "train"
+            out[split].append(str(path))
+        return out
+
+    def load(self, item: str) -> list[tuple[str, np.ndarray, dict]]:
+        path = Path(item)
+        video = decode_gray(path)
+        size = (self.image_size, self.image_size)
+        resized = np.stack(
+            [np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in video]
+        )
+        person, action, scenario = NAME.match(path.stem).groups()
+        out = []
+        for start in range(0, len(resized) - self.num_frames + 1, self.stride):
+            frames = resized[start : start + self.num_frames, None]
+            meta = {
+                "source": path.name,
+                "person": int(person),
+                "action": action,
+                "scenario": int(scenario),
+                "start_frame": start,
+            }
+            out.append((f"{path.stem}_{start:05d}", np.ascontiguousarray(frames), meta))
+        return out
+
+    def args(self) -> dict[str, Any]:
+        return {
+            "root": str(self.root),
+            "num_frames": self.num_frames,
+            "stride": self.stride,
+            "image_size": self.image_size,
+            "test_persons": self.test_persons,
+        }

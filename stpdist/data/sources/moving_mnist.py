@@ -1,0 +1,59 @@
+"""Moving MNIST `mnist_test_seq.npy`: uint8, time first (T×N×64×64)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CHUNK = 256
+
+
+@dataclass
+class MovingMnistNpy:
+    path: str
+    split_sizes: dict[str, int] = field(default_factory=lambda: {"test": -1})
+    """Consecutive sequences per split, in file order; -1 takes the rest."""
+    name: str = "moving-mnist-npy"
+    value_scale: float = 255.0
+    grid: float | None = None
+
+    def _array(self) -> np.ndarray:
+        try:
+            array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        except Exception as exc:
+            raise ValueError(f"{self.path}: unreadable ({exc})") from exc
+        if array.ndim != 4 or array.dtype != np.uint8:
+            raise ValueError(
+                f"{self.path}: expected uint8 T×N×H×W (time first), got {array.dtype} "
+                f"{tuple(array.shape)}"
+            )
+        return array
+
+    def splits(self) -> dict[str, list[Any]]:
+        total = self._array().shape[1]
+        start, out = 0, {}
+        for split, size in self.split_sizes.items():
+            stop = total if size < 0 else start + size
+            if stop > total:
+                raise ValueError(f"{self.path}: {total} sequences, fewer than the splits ask")
+            out[split] = [(split, a, min(a + CHUNK, stop)) for a in range(start, stop, CHUNK)]
+            start = stop
+        return out
+
+    def load(self, item: tuple[str, int, int]) -> list[tuple[str, np.ndarray, dict]]:
+        _, start, stop = item
+        block = np.asarray(self._array()[:, start:stop])  # T×n×H×W
+        return [
+            (
+                f"mmnist_{i:06d}",
+                np.ascontiguousarray(block[:, i - start, None]),
+                {"source": Path(self.path).name, "index": i},
+            )
+            for i in range(start, stop)
+        ]
+
+    def args(self) -> dict[str, Any]:
+        return {"path": str(self.path), "split_sizes": self.split_sizes}

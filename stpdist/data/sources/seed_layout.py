@@ -1,0 +1,75 @@
+"""The seed project's folders: `<root>/{train,validation,test}/example000001…`.
+
+- Moving MNIST: `example*.npz` with `inputs` and `labels` (10×1×64×64 floats in [0, 1]),
+  joined into one 20-frame sequence; stored as uint8 when every value is k/255 exactly.
+- KTH: `example*/` folders of grayscale PNG frames, ordered by sorted file name.
+- TaxiBJ: `example*.npy`, 8×2×32×32 raw flows (value scale 1292).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .common import SEED_SPLITS, as_TCHW, load_array
+
+KINDS = ("mmnist", "kth", "taxibj")
+TAXIBJ_SCALE = 1292.0
+
+
+@dataclass
+class SeedLayout:
+    root: str
+    kind: str
+    name: str = "seed-layout"
+    value_scale: float = 1.0
+    grid: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown seed dataset kind '{self.kind}'; expected {KINDS}")
+        self.name = f"seed-{self.kind}"
+        self.value_scale = {"mmnist": 1.0, "kth": 255.0, "taxibj": TAXIBJ_SCALE}[self.kind]
+        self.grid = 255.0 if self.kind == "mmnist" else None
+
+    def splits(self) -> dict[str, list[Any]]:
+        root = Path(self.root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: no such folder")
+        out: dict[str, list[Any]] = {}
+        for folder in sorted(p for p in root.iterdir() if p.name in SEED_SPLITS):
+            pattern = {"mmnist": "example*.npz", "kth": "example*", "taxibj": "example*.npy"}
+            found = sorted(folder.glob(pattern[self.kind]))
+            if self.kind == "kth":
+                found = [p for p in found if p.is_dir()]
+            out[SEED_SPLITS[folder.name]] = [str(p) for p in found]
+        if not out:
+            raise FileNotFoundError(f"{root}: no train/validation/test folders")
+        return out
+
+    def load(self, item: str) -> list[tuple[str, np.ndarray, dict]]:
+        path = Path(item)
+        if self.kind == "mmnist":
+            inputs = as_TCHW(load_array(path, "inputs"), path)
+            labels = as_TCHW(load_array(path, "labels"), path)
+            if inputs.shape[1:] != labels.shape[1:]:
+                raise ValueError(f"{path}: inputs {inputs.shape} and labels {labels.shape} differ")
+            frames = np.concatenate([inputs, labels])
+        elif self.kind == "kth":
+            pngs = sorted(path.glob("*.png"))
+            if not pngs:
+                raise ValueError(f"{path}: no PNG frames")
+            try:
+                frames = np.stack([np.asarray(Image.open(p).convert("L")) for p in pngs])[:, None]
+            except Exception as exc:
+                raise ValueError(f"{path}: unreadable PNG frame ({exc})") from exc
+        else:
+            frames = as_TCHW(load_array(path), path).astype(np.float32)
+        return [(path.name.split(".")[0], frames, {"source": str(path.name)})]
+
+    def args(self) -> dict[str, Any]:
+        return {"root": str(self.root), "kind": self.kind}

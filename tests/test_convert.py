@@ -1,0 +1,245 @@
+"""Converters on tiny files written in each exact raw layout, with exact value round-trips."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime, timedelta
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stpdist.data.convert import convert
+from stpdist.data.format import iter_shard, read_index
+from stpdist.data.sources.generic import GenericArrays
+from stpdist.data.sources.moving_mnist import MovingMnistNpy
+from stpdist.data.sources.seed_layout import SeedLayout
+from stpdist.data.synthetic import moving_digits_sample, write_moving_digits
+
+
+def stored(folder) -> dict[str, np.ndarray]:
+    """Every sample of a split folder, by key."""
+    out = {}
+    for shard in read_index(folder).shards:
+        for key, sample in iter_shard(str(folder / shard.name)):
+            out[key] = np.load(__import__("io").BytesIO(sample["frames.npy"]))
+    return out
+
+
+def cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "stpdist", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_mnist_test_seq_time_first(tmp_path):
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, size=(20, 7, 64, 64), dtype=np.uint8)
+    np.save(tmp_path / "mnist_test_seq.npy", array)
+    indexes = convert(
+        MovingMnistNpy(str(tmp_path / "mnist_test_seq.npy"), {"train": 4, "test": -1}),
+        tmp_path / "out",
+        progress=False,
+    )
+    assert indexes["train"].num_samples == 4 and indexes["test"].num_samples == 3
+    samples = stored(tmp_path / "out" / "test")
+    assert samples["mmnist_000005"].dtype == np.uint8
+    np.testing.assert_array_equal(samples["mmnist_000005"][:, 0], array[:, 5])
+    assert indexes["test"].shape == [20, 1, 64, 64] and indexes["test"].value_scale == 255
+
+
+def write_seed_mmnist(root, values):
+    for split in ("train", "validation"):
+        (root / split).mkdir(parents=True)
+        for i in range(3):
+            np.savez(
+                root / split / f"example{i + 1:06d}.npz",
+                inputs=values[i, :10],
+                labels=values[i, 10:],
+            )
+
+
+def test_seed_mmnist_on_grid_is_uint8(tmp_path):
+    grid = np.random.default_rng(1).integers(0, 256, size=(3, 20, 1, 8, 8)) / 255.0
+    write_seed_mmnist(tmp_path / "seed", grid.astype(np.float32))
+    indexes = convert(
+        SeedLayout(str(tmp_path / "seed"), "mmnist"), tmp_path / "out", progress=False
+    )
+    assert set(indexes) == {"train", "val"}
+    assert indexes["val"].dtype == "uint8" and indexes["val"].value_scale == 255
+    samples = stored(tmp_path / "out" / "val")
+    np.testing.assert_array_equal(
+        samples["example000002"] / np.float32(255), grid[1].astype(np.float32)
+    )
+
+
+def test_seed_mmnist_off_grid_stays_float(tmp_path):
+    values = np.random.default_rng(2).random((3, 20, 1, 8, 8)).astype(np.float32)
+    write_seed_mmnist(tmp_path / "seed", values)
+    indexes = convert(
+        SeedLayout(str(tmp_path / "seed"), "mmnist"), tmp_path / "out", progress=False
+    )
+    assert indexes["train"].dtype == "float32" and indexes["train"].value_scale == 1
+    np.testing.assert_array_equal(stored(tmp_path / "out" / "train")["example000003"], values[2])
+
+
+def test_seed_kth_png_folders_sorted_by_name(tmp_path):
+    frames = np.random.default_rng(3).integers(0, 256, size=(20, 12, 16), dtype=np.uint8)
+    folder = tmp_path / "seed" / "test" / "example000001"
+    folder.mkdir(parents=True)
+    for t in reversed(range(20)):  # written in reverse: order must come from sorted names
+        Image.fromarray(frames[t]).save(folder / f"{t:04d}.png")
+    convert(SeedLayout(str(tmp_path / "seed"), "kth"), tmp_path / "out", progress=False)
+    got = stored(tmp_path / "out" / "test")["example000001"]
+    np.testing.assert_array_equal(got[:, 0], frames)
+
+
+def test_seed_taxibj_npy(tmp_path):
+    flows = np.random.default_rng(4).integers(0, 1292, size=(8, 2, 32, 32)).astype(np.float64)
+    (tmp_path / "seed" / "train").mkdir(parents=True)
+    np.save(tmp_path / "seed" / "train" / "example000001.npy", flows)
+    indexes = convert(
+        SeedLayout(str(tmp_path / "seed"), "taxibj"), tmp_path / "out", progress=False
+    )
+    assert indexes["train"].value_scale == 1292
+    np.testing.assert_array_equal(stored(tmp_path / "out" / "train")["example000001"], flows)
+
+
+def test_generic_arrays_thw_and_npz_key(tmp_path):
+    (tmp_path / "raw").mkdir()
+    a = np.random.default_rng(5).integers(0, 256, size=(6, 10, 10), dtype=np.uint8)
+    np.save(tmp_path / "raw" / "seq.a.npy", a)
+    np.savez(tmp_path / "raw" / "seq_b.npz", frames=a[::-1], other=np.zeros(3))
+    convert(GenericArrays(str(tmp_path / "raw"), key="frames"), tmp_path / "out", progress=False)
+    samples = stored(tmp_path / "out" / "train")
+    assert read_index(tmp_path / "out" / "train").value_scale == 255
+    np.testing.assert_array_equal(samples["seq_a"][:, 0], a)
+    np.testing.assert_array_equal(samples["seq_b"][:, 0], a[::-1])
+
+
+def test_bad_input_names_file_and_leaves_nothing_valid(tmp_path):
+    (tmp_path / "raw").mkdir()
+    np.save(tmp_path / "raw" / "a.npy", np.zeros((4, 1, 8, 8), np.uint8))
+    np.save(tmp_path / "raw" / "b.npy", np.zeros((4, 8), np.uint8))
+    proc = cli(
+        "shard", "arrays", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), cwd=tmp_path
+    )
+    assert proc.returncode == 1
+    assert "b.npy: expected T×C×H×W or T×H×W, got shape (4, 8)" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]  # above it: the progress bar
+    assert last.startswith("stpdist: error:") and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "train").exists()
+
+
+def test_refuses_non_empty_output_without_overwrite(tmp_path):
+    (tmp_path / "raw").mkdir()
+    np.save(tmp_path / "raw" / "a.npy", np.zeros((4, 1, 8, 8), np.uint8))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    proc = cli(
+        "shard", "arrays", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), cwd=tmp_path
+    )
+    assert proc.returncode == 1 and "--overwrite" in proc.stderr
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    proc = cli(
+        "shard",
+        "arrays",
+        str(tmp_path / "raw"),
+        "--out",
+        str(tmp_path / "out"),
+        "--overwrite",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert read_index(tmp_path / "out" / "train").num_samples == 1
+
+
+def test_taxibj_h5_windows_never_cross_gaps_and_split_by_date(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    start = datetime(2013, 7, 1)
+    slots = [start + timedelta(minutes=30 * i) for i in range(60)]
+    del slots[20]  # a gap: slot 21 missing
+    dates = [f"{t:%Y%m%d}{(t.hour * 60 + t.minute) // 30 + 1:02d}".encode() for t in slots]
+    data = np.arange(len(slots) * 2 * 32 * 32, dtype=np.float64).reshape(len(slots), 2, 32, 32)
+    path = tmp_path / "BJ13_M32x32_T30_InOut.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = data % 1292
+        f["date"] = np.array(dates)
+    from stpdist.data.sources.taxibj import TaxiBJ
+
+    # the record spans 30 h; call the last day "test" to exercise the split
+    indexes = convert(
+        TaxiBJ([str(path)], num_frames=8, test_days=1), tmp_path / "out", progress=False
+    )
+    train, test = stored(tmp_path / "out" / "train"), stored(tmp_path / "out" / "test")
+    # runs: slots 0..19 (20 long) and 21..59 (39 long) → 13 + 32 windows before the split
+    test_start = slots[-1] + timedelta(minutes=30) - timedelta(days=1)
+    expected = {"train": 0, "test": 0}
+    for run in (slots[:20], slots[20:]):
+        for s in range(len(run) - 7):
+            a, b = run[s] >= test_start, run[s + 7] >= test_start
+            if a == b:
+                expected["test" if a else "train"] += 1
+    assert (len(train), len(test)) == (expected["train"], expected["test"])
+    assert indexes["test"].value_scale == 1292
+    key = "BJ13_M32x32_T30_InOut_201307010000"
+    np.testing.assert_array_equal(train[key], (data % 1292)[:8].astype(np.float32))
+    assert not any(k.endswith("201307010630") for k in train)  # would span the gap
+
+
+def test_kth_avi_person_split_and_windows(tmp_path):
+    av = pytest.importorskip("av")
+    root = tmp_path / "kth"
+    root.mkdir()
+    for person in (1, 17):
+        path = root / f"person{person:02d}_walking_d1_uncomp.avi"
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("rawvideo", rate=25)
+            stream.width, stream.height, stream.pix_fmt = 160, 120, "gray"
+            for i in range(45):
+                frame = np.full((120, 160), (i * 5) % 256, np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="gray")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+    proc = cli(
+        "shard",
+        "kth-avi",
+        str(root),
+        "--out",
+        str(tmp_path / "out"),
+        "--size",
+        "32",
+        "--frames",
+        "20",
+        "--stride",
+        "10",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    train, test = stored(tmp_path / "out" / "train"), stored(tmp_path / "out" / "test")
+    assert sorted(train) == [f"person01_walking_d1_uncomp_{s:05d}" for s in (0, 10, 20)]
+    assert sorted(test) == [f"person17_walking_d1_uncomp_{s:05d}" for s in (0, 10, 20)]
+    window = train["person01_walking_d1_uncomp_00010"]
+    assert window.shape == (20, 1, 32, 32) and window.dtype == np.uint8
+    np.testing.assert_array_equal(window[:, 0, 5, 5], [(i * 5) % 256 for i in range(10, 30)])
+
+
+def test_synth_is_independent_of_workers(tmp_path):
+    write_moving_digits(
+        tmp_path / "one", {"train": 20}, seed=3, workers=1, progress=False, samples_per_shard=7
+    )
+    write_moving_digits(
+        tmp_path / "two", {"train": 20}, seed=3, workers=2, progress=False, samples_per_shard=7
+    )
+    one, two = stored(tmp_path / "one" / "train"), stored(tmp_path / "two" / "train")
+    assert one.keys() == two.keys() and len(one) == 20
+    for key in one:
+        np.testing.assert_array_equal(one[key], two[key])
+    np.testing.assert_array_equal(one["train_0000004"], moving_digits_sample(3, "train", 4))
+    assert not np.array_equal(one["train_0000004"], one["train_0000005"])
