@@ -40,9 +40,12 @@ def ensure_dataset(cfg: Config, trainer: Trainer) -> None:
             )
 
 
-def _stream_args(cfg: Config, eval_: bool) -> dict:
+def _stream_args(cfg: Config, split: str, eval_: bool) -> dict:
     batch = cfg.data.eval_batch_size if eval_ and cfg.data.eval_batch_size else cfg.data.batch_size
+    template = cfg.data.url_template
     return {
+        "skip_bad": cfg.data.skip_bad_samples,
+        "url_template": template.replace("{split}", split) if template else None,
         "batch_size": batch,
         "num_input_frames": cfg.data.num_input_frames,
         "num_output_frames": cfg.data.num_output_frames,
@@ -53,12 +56,12 @@ def train_stream(cfg: Config) -> ShardTrainStream:
     return ShardTrainStream(
         split_dir(cfg, cfg.data.train_split),
         shuffle_buffer=cfg.data.shuffle_buffer,
-        **_stream_args(cfg, False),
+        **_stream_args(cfg, cfg.data.train_split, False),
     )
 
 
 def eval_stream(cfg: Config, split: str) -> ShardEvalStream:
-    return ShardEvalStream(split_dir(cfg, split), **_stream_args(cfg, True))
+    return ShardEvalStream(split_dir(cfg, split), **_stream_args(cfg, split, True))
 
 
 def build_module(cfg: Config) -> Forecaster:

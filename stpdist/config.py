@@ -104,6 +104,11 @@ class DataConfig:
     """Frames the model predicts (T_out), following the inputs."""
     shuffle_buffer: int = 256
     """Samples held in the training shuffle buffer per worker."""
+    skip_bad_samples: bool = False
+    """Skip unreadable samples / truncated shards (counted, reported) instead of failing."""
+    url_template: Optional[str] = None
+    """Shard location per split, e.g. `pipe:aws s3 cp s3://bucket/ds/{split}/{name} -`
+    (None: the local folder `root/<split>/`); index.json is always read from `root`."""
     synthesize: Optional[SynthConfig] = None
     """Generate synthetic moving digits into `root` when it holds no dataset."""
 

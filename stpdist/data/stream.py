@@ -15,6 +15,7 @@ seed project's users pass them, are adapted by `as_train_source` / `as_eval_sour
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +213,10 @@ def as_eval_source(data: Any) -> Any:
 # Frames are stored T×C×H×W; batches are inputs B×T_in×C×H×W, targets B×T_out×C×H×W.
 
 
+_Raw = tuple[str, bytes, str]  # key, frames.npy bytes, where it came from (for errors)
+log = logging.getLogger("stpdist")
+
+
 class _ShardSource:
     """Shared by the train and eval streams: index, shard URLs, decoding, frame split."""
 
@@ -223,8 +228,13 @@ class _ShardSource:
         num_input_frames: int,
         num_output_frames: int,
         url_template: str | None = None,
+        skip_bad: bool = False,
     ) -> None:
         self.folder = Path(folder)
+        self.skip_bad = skip_bad
+        """Skip unreadable samples and truncated shards (counted and reported) instead of
+        raising; training batches are then filled up with repeats of good samples."""
+        self.bad_samples = 0
         self.index = read_index(self.folder)
         self.batch_size = batch_size
         self.num_input_frames = num_input_frames
@@ -246,11 +256,9 @@ class _ShardSource:
     def _url(self, shard: int) -> str:
         return self.url_template.format(name=self.index.shards[shard].name)
 
-    def _read_span(
-        self, order: Sequence[int], start: int, stop: int
-    ) -> Iterator[tuple[str, bytes]]:
-        """Raw (key, frames bytes) of positions [start, stop) of the sequence formed by the
-        shards in `order`; only the shards overlapping the span are opened."""
+    def _read_span(self, order: Sequence[int], start: int, stop: int) -> Iterator[_Raw]:
+        """Raw samples (key, frames bytes, where) at positions [start, stop) of the sequence
+        formed by the shards in `order`; only the shards overlapping the span are opened."""
         position = 0
         for shard in order:
             count = self.index.shards[shard].num_samples
@@ -260,32 +268,63 @@ class _ShardSource:
             if position >= stop:
                 return
             url = self._url(shard)
-            seen = 0
-            for key, sample in iter_shard(url):
-                if start <= position < stop:
-                    if FRAMES_EXT not in sample:
-                        raise ShardFormatError(f"{url}: sample '{key}' has no {FRAMES_EXT}")
-                    yield key, sample[FRAMES_EXT]
-                position += 1
-                seen += 1
-                if position >= stop:
-                    return
-            if seen != count:
-                raise ShardFormatError(f"{url}: holds {seen} samples, index says {count}")
+            first, seen = position, 0
+            try:
+                for key, sample in iter_shard(url):
+                    if start <= position < stop:
+                        where = f"{url}: member {key}.{FRAMES_EXT}"
+                        if FRAMES_EXT not in sample:
+                            raise ShardFormatError(f"{url}: sample '{key}' has no {FRAMES_EXT}")
+                        yield key, sample[FRAMES_EXT], where
+                    position += 1
+                    seen += 1
+                    if position >= stop:
+                        return
+                if seen != count:
+                    raise ShardFormatError(f"{url}: holds {seen} samples, index says {count}")
+            except ShardFormatError as exc:
+                if not self.skip_bad:
+                    raise
+                # the rest of this shard inside the span is lost
+                lost = min(first + count, stop) - max(position, start)
+                self._skip(max(lost, 0), str(exc))
+                position = first + count
 
-    def _collate(
-        self, items: list[tuple[str, bytes]]
+    def _skip(self, count: int, why: str) -> None:
+        self.bad_samples += count
+        log.warning("skipping %d sample(s): %s", count, why)
+
+    def _decode(self, items: list[_Raw]) -> list[tuple[str, np.ndarray]]:
+        """Decoded (key, frames); in skip mode a bad sample is left out (and counted)."""
+        good = []
+        for key, raw, where in items:
+            try:
+                frames = decode_frames(raw, where)
+                if list(frames.shape) != self.index.shape:
+                    raise ShardFormatError(
+                        f"{where}: shape {list(frames.shape)} differs from the index's "
+                        f"{self.index.shape}"
+                    )
+            except ShardFormatError as exc:
+                if not self.skip_bad:
+                    raise
+                self._skip(1, str(exc))
+                continue
+            good.append((key, frames))
+        return good
+
+    def _batch(
+        self, decoded: list[tuple[str, np.ndarray]]
     ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        frames = np.stack([decode_frames(raw, f"sample '{key}'") for key, raw in items])
-        if list(frames.shape[1:]) != self.index.shape:
-            raise ShardFormatError(
-                f"{self.folder}: sample shape {list(frames.shape[1:])} differs from the index's "
-                f"{self.index.shape}"
-            )
+        frames = np.stack([f for _, f in decoded])
         scaled = torch.from_numpy(frames).float().div_(self.index.value_scale)
         t_in, t_out = self.num_input_frames, self.num_output_frames
-        keys = [key for key, _ in items]
+        keys = [key for key, _ in decoded]
         return scaled[:, :t_in].contiguous(), scaled[:, t_in : t_in + t_out].contiguous(), keys
+
+    def _report(self, what: str) -> None:
+        if self.bad_samples:
+            log.warning("%s: %d bad sample(s) skipped", what, self.bad_samples)
 
 
 def _worker() -> tuple[int, int]:
@@ -357,17 +396,35 @@ class _TrainEpoch(IterableDataset):
         first = ctx.rank * span + logical * chunk
         raw = stream._read_span(order, first, first + emit * stream.batch_size)
         rng = np.random.default_rng([ctx.seed, self.epoch, ctx.world_size, ctx.rank, logical])
-        batch: list[tuple[str, bytes]] = []
+        stream.bad_samples = 0
+        spares: list[tuple[str, np.ndarray]] = []  # good samples to fill in for bad ones
+        batch: list[_Raw] = []
         produced = 0
+
+        def complete(decoded: list[tuple[str, np.ndarray]]) -> Any:
+            if len(decoded) < stream.batch_size and not (decoded or spares):
+                raise ShardFormatError(f"{stream.folder}: no readable sample to fill a batch")
+            pool = decoded + spares
+            while len(decoded) < stream.batch_size:
+                decoded.append(pool[len(decoded) % len(pool)])
+            spares[:] = decoded
+            return stream._batch(decoded)
+
         for item in _shuffled(raw, stream.shuffle_buffer, rng):
             batch.append(item)
             if len(batch) == stream.batch_size:
                 if produced >= skip:
-                    yield stream._collate(batch)
+                    yield complete(stream._decode(batch))
                 produced += 1
                 batch = []
                 if produced == emit:
-                    return
+                    break
+        while produced < emit:  # samples lost to bad shards: keep the batch count
+            if produced >= skip:
+                yield complete(stream._decode(batch))
+            batch = []
+            produced += 1
+        stream._report(f"epoch {self.epoch}, rank {ctx.rank}, worker {logical}")
 
 
 def _shuffled(items: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
@@ -407,11 +464,16 @@ class _EvalShare(IterableDataset):
         part = contiguous_share(len(share), physical, self.workers)
         first = share.start + part.start
         order = range(len(stream.index.shards))
-        batch: list[tuple[str, bytes]] = []
+        stream.bad_samples = 0
+        batch: list[_Raw] = []
         for item in stream._read_span(order, first, first + len(part)):
             batch.append(item)
             if len(batch) == stream.batch_size:
-                yield stream._collate(batch)
+                decoded = stream._decode(batch)
+                if decoded:
+                    yield stream._batch(decoded)
                 batch = []
-        if batch:
-            yield stream._collate(batch)
+        decoded = stream._decode(batch)
+        if decoded:
+            yield stream._batch(decoded)
+        stream._report(f"evaluation, rank {self.ctx.rank}, worker {physical}")
