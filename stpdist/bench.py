@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -110,3 +111,172 @@ def bench_trainer(repeats: int = 5, steps: int = 200, batch: int = 16) -> float:
         f"{torch.get_num_threads()} threads)"
     )
     return ratio
+
+
+# ------------------------------------------------------------------------------- data
+# Each loader is measured in a fresh process (`python -m stpdist.bench probe …`), so peak
+# RSS figures are its own.
+
+
+def _probe(kind: str, path: str, workers: int, batch: int) -> dict:
+    import resource
+
+    import numpy as np
+
+    start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if kind == "shards":
+        from .data.stream import LoaderContext, ShardTrainStream
+
+        stream = ShardTrainStream(
+            path, batch_size=batch, num_input_frames=1, num_output_frames=1, shuffle_buffer=256
+        )
+        t_total = stream.index.shape[0]
+        stream.num_output_frames = t_total - 1  # the whole sequence, as the others read it
+        loader = stream.iterate(LoaderContext(num_workers=workers), 0)
+    elif kind == "npz":
+        files = sorted(Path(path).glob("example*.npz"))
+
+        class PerFile(torch.utils.data.Dataset):
+            def __len__(self) -> int:
+                return len(files)
+
+            def __getitem__(self, i: int):
+                with np.load(files[i]) as data:
+                    return torch.from_numpy(data["inputs"]), torch.from_numpy(data["labels"])
+
+        loader = DataLoader(PerFile(), batch_size=batch, shuffle=True, num_workers=workers)
+    else:  # in-RAM uint8 array: the upper bound
+        from .data.stream import LoaderContext, ShardEvalStream
+
+        stream = ShardEvalStream(path, batch_size=256, num_input_frames=1, num_output_frames=1)
+        stream.num_output_frames = stream.index.shape[0] - 1
+        array = torch.cat(
+            [
+                torch.cat([a, b], dim=1).mul_(255).round_().to(torch.uint8)
+                for a, b, _ in stream.iterate(LoaderContext())
+            ]
+        )
+
+        class InRam(torch.utils.data.Dataset):
+            def __len__(self) -> int:
+                return len(array)
+
+            def __getitem__(self, i: int):
+                frames = array[i].float().div_(255)
+                return frames[:1], frames[1:]
+
+        loader = DataLoader(InRam(), batch_size=batch, shuffle=True, num_workers=workers)
+    samples = nbytes = 0
+    start = time.perf_counter()
+    for batch_ in loader:
+        samples += batch_[0].shape[0]
+        nbytes += batch_[0].numel() + batch_[1].numel()  # as uint8 frames
+    elapsed = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "samples_per_s": samples / elapsed,
+        "mb_per_s": nbytes / elapsed / 2**20,
+        "peak_rss_mb": peak,
+        "rss_growth_mb": peak - start_rss,
+        "samples": samples,
+    }
+
+
+def _run_probe(kind: str, path: str, workers: int, batch: int) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "stpdist.bench", "probe", kind, path, str(workers), str(batch)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def bench_data(folder: str | Path, batch: int = 16) -> None:
+    """Training-loader throughput of shards vs the seed's per-example .npz vs an in-RAM
+    array (0 and 2 workers), peak RSS of each, and conversion MB/s vs plain `tar`."""
+    import shutil
+    import subprocess
+
+    import numpy as np
+
+    from .data.convert import convert
+    from .data.format import INDEX_FILE, read_index
+    from .data.sources.seed_layout import SeedLayout
+    from .data.stream import LoaderContext, ShardEvalStream
+
+    folder = Path(folder)
+    if not (folder / INDEX_FILE).is_file() and (folder / "train" / INDEX_FILE).is_file():
+        folder = folder / "train"
+    index = read_index(folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        seed = Path(tmp) / "seed" / "train"
+        seed.mkdir(parents=True)
+        half = index.shape[0] // 2
+        stream = ShardEvalStream(
+            folder, batch_size=64, num_input_frames=half, num_output_frames=index.shape[0] - half
+        )
+        number = 0
+        for inputs, targets, _ in stream.iterate(LoaderContext()):
+            for a, b in zip(inputs.numpy(), targets.numpy()):
+                number += 1
+                np.savez(seed / f"example{number:06d}.npz", inputs=a, labels=b)
+        print(
+            f"dataset: {folder} — {index.num_samples} samples of {index.shape} "
+            f"{index.dtype}; seed layout copy: {number} float32 .npz files"
+        )
+        rows = []
+        for kind, label in (
+            ("shards", "stpdist shards"),
+            ("npz", "seed per-example .npz"),
+            ("ram", "in-RAM uint8 array"),
+        ):
+            for workers in (0, 2):
+                where = str(folder if kind != "npz" else seed)
+                rows.append((label, workers, _run_probe(kind, where, workers, batch)))
+        print(f"{'loader':<24}{'workers':>8}{'samples/s':>12}{'MB/s':>9}{'peak RSS MB':>13}")
+        for label, workers, r in rows:
+            print(
+                f"{label:<24}{workers:>8}{r['samples_per_s']:>12.0f}{r['mb_per_s']:>9.1f}"
+                f"{r['peak_rss_mb']:>13.0f}"
+            )
+        best = {
+            k: max(r["samples_per_s"] for lbl, _, r in rows if lbl == k)
+            for k in {lbl for lbl, _, _ in rows}
+        }
+        ours = best["stpdist shards"]
+        print(
+            f"shards / per-file npz: {ours / best['seed per-example .npz']:.2f}×   "
+            f"shards / in-RAM array: {ours / best['in-RAM uint8 array']:.2f}×  (best of 0/2 workers)"
+        )
+
+        seed_bytes = sum(p.stat().st_size for p in seed.iterdir())
+        start = time.perf_counter()
+        convert(
+            SeedLayout(str(seed.parent), "mmnist"), Path(tmp) / "shards", workers=2, progress=False
+        )
+        convert_s = time.perf_counter() - start
+        start = time.perf_counter()
+        subprocess.run(
+            ["tar", "cf", str(Path(tmp) / "plain.tar"), "-C", str(seed), "."], check=True
+        )
+        tar_s = time.perf_counter() - start
+        mb = seed_bytes / 2**20
+        print(
+            f"conversion of {mb:.0f} MB of .npz: stpdist shard {mb / convert_s:.0f} MB/s, "
+            f"plain tar {mb / tar_s:.0f} MB/s ({tar_s / convert_s:.2f}×)"
+        )
+        shutil.rmtree(Path(tmp) / "shards", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    if sys.argv[1] == "probe":
+        kind, path, workers, batch = sys.argv[2:6]
+        print(json.dumps(_probe(kind, path, int(workers), int(batch))))

@@ -6,7 +6,7 @@
     stpdist synth moving-digits --out DIR --train N --val N --test N --seed S
     stpdist shard {mmnist-npy,seed-mmnist,seed-kth,seed-taxibj,taxibj-h5,kth-avi,arrays} SRC --out DIR
     stpdist inspect DIR
-    stpdist bench trainer
+    stpdist bench trainer | data DIR
 
 Errors exit non-zero with one readable line (2 for a bad config); `--debug` shows the
 traceback.
@@ -245,10 +245,14 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import bench_trainer
+    from .bench import bench_data, bench_trainer
 
     if args.what == "trainer":
         bench_trainer(repeats=args.repeats, steps=args.steps)
+    else:
+        if not args.dir:
+            raise ValueError("bench data needs a dataset folder: stpdist bench data DIR")
+        bench_data(args.dir)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -329,7 +333,8 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("bench", help="print benchmarks")
-    s.add_argument("what", choices=["trainer"])
+    s.add_argument("what", choices=["trainer", "data"])
+    s.add_argument("dir", nargs="?", default=None, help="data: a dataset or split folder")
     s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--steps", type=int, default=200)
     s.add_argument("--debug", action="store_true")

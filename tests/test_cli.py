@@ -122,3 +122,25 @@ def test_accelerate_launch_multi_gpu_flag_on_cpu_host_gives_two_ranks(tmp_path):
 def test_bench_trainer_prints_ratio(tmp_path):
     out = stpdist("bench", "trainer", "--repeats", "1", "--steps", "10", cwd=tmp_path).stdout
     assert "Trainer / raw" in out and "steps/s" in out
+
+
+def test_bench_data_prints_table(tmp_path):
+    stpdist(
+        "synth",
+        "moving-digits",
+        "--out",
+        "ds",
+        "--train",
+        "48",
+        "--val",
+        "0",
+        "--test",
+        "0",
+        "--size",
+        "32",
+        "--frames",
+        "8",
+        cwd=tmp_path,
+    )
+    out = stpdist("bench", "data", "ds", cwd=tmp_path).stdout
+    assert "shards / per-file npz" in out and "plain tar" in out

@@ -77,9 +77,25 @@ def encode_frames(frames_TCHW: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool, int]] = {}
+
+
 def decode_frames(data: bytes, where: str) -> np.ndarray:
+    """An array from .npy bytes. The parsed header is cached: samples of a split share
+    shape and dtype, and parsing it is most of the cost of `np.load` on small arrays."""
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        major = data[6] if data[:6] == b"\x93NUMPY" else 0
+        length_bytes = 2 if major == 1 else 4
+        start = 8 + length_bytes
+        offset = start + int.from_bytes(data[8:start], "little")
+        header = data[:offset]
+        if header not in _HEADERS:
+            first = np.load(io.BytesIO(data), allow_pickle=False)
+            fortran = first.ndim > 1 and first.flags.f_contiguous and not first.flags.c_contiguous
+            _HEADERS[header] = (first.dtype, first.shape, fortran, offset)
+        dtype, shape, fortran, offset = _HEADERS[header]
+        array = np.frombuffer(data, dtype=dtype, offset=offset, count=int(np.prod(shape)))
+        return array.reshape(shape, order="F" if fortran else "C")
     except Exception as exc:
         raise ShardFormatError(f"{where}: unreadable {FRAMES_EXT} ({exc})") from exc
 
@@ -232,19 +248,75 @@ class SplitWriter:
             self._writer.close()
 
 
+def _tar_members(stream: Any, where: str) -> Iterator[tuple[str, bytes]]:
+    """(name, data) of the regular files of an uncompressed tar stream.
+
+    A small reader for what tar writers produce (ustar, pax and GNU long names): python's
+    `tarfile` spends most of a loader's time parsing headers.
+    """
+    long_name: str | None = None
+    while True:
+        header = stream.read(512)
+        if len(header) == 0 or header == b"\0" * 512:
+            return  # end of archive
+        if len(header) < 512:
+            raise ShardFormatError(f"{where}: truncated tar header")
+        try:
+            size = int(header[124:136].rstrip(b"\0 ").decode() or "0", 8)
+        except ValueError as exc:
+            raise ShardFormatError(f"{where}: corrupt tar header") from exc
+        kind = header[156:157]
+        name = header[0:100].split(b"\0", 1)[0].decode()
+        prefix = header[345:500].split(b"\0", 1)[0].decode() if header[257:262] == b"ustar" else ""
+        if prefix:
+            name = f"{prefix}/{name}"
+        data = stream.read(size)
+        if len(data) < size:
+            raise ShardFormatError(f"{where}: truncated member {name}")
+        stream.read((512 - size % 512) % 512)
+        if kind == b"x":  # pax header: may carry the real path of the next member
+            for record in data.decode("utf-8", "replace").splitlines():
+                _, _, field_ = record.partition(" ")
+                if field_.startswith("path="):
+                    long_name = field_[5:]
+            continue
+        if kind == b"L":  # GNU long name
+            long_name = data.rstrip(b"\0").decode()
+            continue
+        if kind not in (b"0", b"\0"):
+            continue  # directories, links, global headers
+        yield (long_name or name), data
+        long_name = None
+
+
 def iter_shard(url: str, where: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(key, members) of every sample of one shard, in stored order. `url` is a path or
-    anything webdataset's `gopen` opens (`pipe:aws s3 cp s3://… -`, `https://…`)."""
+    """(key, members by extension) of every sample of one shard, in stored order. `url` is
+    a path or anything webdataset's `gopen` opens (`pipe:aws s3 cp s3://… -`, `https://…`)."""
     where = where or url
-    stream = wds.tariterators.url_opener([{"url": url}])
-    files = wds.tariterators.tar_file_expander(stream)
     try:
-        for sample in wds.tariterators.group_by_keys(files):
-            yield sample["__key__"], sample
+        stream = wds.gopen(url, "rb")
+    except Exception as exc:
+        raise ShardFormatError(f"{where}: cannot open ({exc})") from exc
+    key, sample = None, {}
+    try:
+        for name, data in _tar_members(stream, where):
+            base = name.rsplit("/", 1)[-1]
+            if "." not in base:
+                continue
+            member_key, ext = base.split(".", 1)
+            if member_key != key:
+                if key is not None:
+                    yield key, sample
+                key, sample = member_key, {"__key__": member_key}
+            sample[ext] = data
+        if key is not None:
+            yield key, sample
     except ShardFormatError:
         raise
-    except Exception as exc:  # tarfile.ReadError, truncated streams, …
+    except Exception as exc:  # broken pipes, I/O errors
         raise ShardFormatError(f"{where}: corrupt or truncated shard ({exc})") from exc
+    finally:
+        stream.close()
 
 
 def verify_counts(folder: str | Path, index: SplitIndex) -> None:

@@ -316,11 +316,13 @@ class _ShardSource:
     def _batch(
         self, decoded: list[tuple[str, np.ndarray]]
     ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        frames = np.stack([f for _, f in decoded])
-        scaled = torch.from_numpy(frames).float().div_(self.index.value_scale)
+        frames = torch.from_numpy(np.stack([f for _, f in decoded]))
         t_in, t_out = self.num_input_frames, self.num_output_frames
-        keys = [key for key, _ in decoded]
-        return scaled[:, :t_in].contiguous(), scaled[:, t_in : t_in + t_out].contiguous(), keys
+        scale = self.index.value_scale
+        # .float() of a time slice writes a fresh contiguous tensor: one pass per part
+        inputs = frames[:, :t_in].float().div_(scale)
+        targets = frames[:, t_in : t_in + t_out].float().div_(scale)
+        return inputs, targets, [key for key, _ in decoded]
 
     def _report(self, what: str) -> None:
         if self.bad_samples:
