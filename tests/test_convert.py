@@ -243,3 +243,26 @@ def test_synth_is_independent_of_workers(tmp_path):
         np.testing.assert_array_equal(one[key], two[key])
     np.testing.assert_array_equal(one["train_0000004"], moving_digits_sample(3, "train", 4))
     assert not np.array_equal(one["train_0000004"], one["train_0000005"])
+
+
+def test_synth_with_mnist_idx_digits_and_inspect(tmp_path):
+    import gzip
+
+    digits = np.zeros((3, 28, 28), np.uint8)
+    digits[:, 10:18, 10:18] = 200
+    header = b"".join(x.to_bytes(4, "big") for x in (2051, 3, 28, 28))
+    with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(header + digits.tobytes())
+    proc = cli("synth", "moving-digits", "--out", "ds", "--train", "4", "--val", "2", "--test",
+               "2", "--digits", "train-images-idx3-ubyte.gz", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    sample = stored(tmp_path / "ds" / "train")["train_0000000"]
+    assert set(np.unique(sample)) <= {0, 200}  # only the given glyph's values
+    assert (sample == 200).sum(axis=(1, 2, 3)).min() >= 64  # at least one 8×8 square a frame
+    proc = cli("inspect", "ds", "--samples", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "ds/train: 4 samples in 1 shards, shape [20, 1, 64, 64] uint8, scale 255" in proc.stdout
+    assert len(list((tmp_path / "ds" / "val" / "inspect").glob("*.png"))) == 2
+    bad = cli("synth", "moving-digits", "--out", "ds2", "--digits", "ds/train/index.json",
+              cwd=tmp_path)
+    assert bad.returncode == 1 and "not an MNIST idx3 image file" in bad.stderr

@@ -204,3 +204,23 @@ def test_loader_memory_does_not_grow_with_dataset_size(tmp_path):
         ).stdout
         peak[name] = float(out.strip().splitlines()[-1])
     assert peak["large"] - peak["small"] < 50, peak
+
+
+def test_fewer_shards_than_ranks_times_workers(tmp_path):
+    with SplitWriter(tmp_path / "one", "train", value_scale=255) as writer:
+        for i in range(21):
+            writer.write(f"k{i:03d}", np.full((6, 1, 4, 4), i, np.uint8))
+    stream = train(tmp_path / "one")
+    seen, counts = [], []
+    for rank in range(2):
+        ctx = LoaderContext(rank=rank, world_size=2, num_workers=2)
+        batches = list(stream.iterate(ctx, 0))
+        counts.append(len(batches))
+        seen += keys_of(batches)
+    assert counts == [4, 4] and len(set(seen)) == 16  # 2 ranks × 2 workers × 2 batches of 2
+
+
+def test_pipe_url_template(uneven):
+    stream = ShardEvalStream(uneven, batch_size=8, num_input_frames=3, num_output_frames=3,
+                             url_template=f"pipe:cat {uneven}/{{name}}")
+    assert len(keys_of(stream.iterate(LoaderContext()))) == sum(SIZES)
