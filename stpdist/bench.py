@@ -94,9 +94,13 @@ def bench_trainer(repeats: int = 5, steps: int = 200, batch: int = 16) -> float:
     """Interleaved repeats of raw loop and Trainer; prints medians and their ratio."""
     raw, ours = [], []
     _raw_loop(20, batch)  # warm-up
-    for _ in range(repeats):
-        raw.append(_raw_loop(steps, batch))
-        ours.append(_trainer_loop(steps, batch))
+    for repeat in range(repeats):  # alternate which goes first: no order bias
+        if repeat % 2:
+            ours.append(_trainer_loop(steps, batch))
+            raw.append(_raw_loop(steps, batch))
+        else:
+            raw.append(_raw_loop(steps, batch))
+            ours.append(_trainer_loop(steps, batch))
     ratio = statistics.median(ours) / statistics.median(raw)
     print(
         f"raw accelerate loop : {statistics.median(raw):8.1f} steps/s  (runs: "
