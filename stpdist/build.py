@@ -36,6 +36,7 @@ def ensure_dataset(cfg: Config, trainer: Trainer) -> None:
                 num_frames=synth.num_frames,
                 image_size=synth.image_size,
                 num_digits=synth.num_digits,
+                digits_path=synth.digits,
                 workers=2,
             )
 
@@ -64,14 +65,17 @@ def eval_stream(cfg: Config, split: str) -> ShardEvalStream:
     return ShardEvalStream(split_dir(cfg, split), **_stream_args(cfg, split, True))
 
 
-def build_module(cfg: Config) -> Forecaster:
-    """The Forecaster for `cfg.model`, sized from the training split's index."""
-    for split in (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split):
-        if (split_dir(cfg, split) / INDEX_FILE).is_file():
-            shape = read_index(split_dir(cfg, split)).shape
-            break
-    else:
-        raise FileNotFoundError(f"no dataset split with {INDEX_FILE} under {cfg.data.root}")
+def build_module(cfg: Config, frame_shape: tuple[int, int, int] | None = None) -> Forecaster:
+    """The Forecaster for `cfg.model`, for frames C×H×W of `frame_shape` or, by default, of
+    the dataset's index."""
+    if frame_shape is None:
+        for split in (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split):
+            if (split_dir(cfg, split) / INDEX_FILE).is_file():
+                frame_shape = tuple(read_index(split_dir(cfg, split)).shape[1:])
+                break
+        else:
+            raise FileNotFoundError(f"no dataset split with {INDEX_FILE} under {cfg.data.root}")
+    shape = (0, *frame_shape)
     m = cfg.model
     return Forecaster(
         m.name,
@@ -88,4 +92,11 @@ def build_module(cfg: Config) -> Forecaster:
         warmup_steps=m.warmup_steps,
         total_steps=m.total_steps,
         clamp_output=m.clamp_output,
+        scheduled_sampling=m.scheduled_sampling,
+        sampling_start=m.sampling_start,
+        sampling_decay=m.sampling_decay,
+        sampling_stop_step=m.sampling_stop_step,
+        reverse_sampling_steps=tuple(m.reverse_sampling_steps),
+        reverse_sampling_alpha=m.reverse_sampling_alpha,
+        aux_loss_weight=m.aux_loss_weight,
     )

@@ -82,6 +82,8 @@ class SynthConfig:
     """Canvas height and width in pixels."""
     num_digits: int = 2
     """Digits per sequence."""
+    digits: Optional[str] = None
+    """MNIST `train-images-idx3-ubyte(.gz)` to take digits from (None: Pillow glyphs)."""
 
 
 @dataclass
@@ -137,6 +139,20 @@ class ModelConfig:
     """Schedule length in optimizer steps (None: taken from the trainer's plan)."""
     clamp_output: bool = True
     """Clamp predictions to [0, 1], the data range after scaling."""
+    scheduled_sampling: str = "none"
+    """`none`, `linear` (OpenSTL) or `reverse` (PredRNN.V2), for frame-recurrent backbones."""
+    sampling_start: float = 1.0
+    """linear: probability of a true output frame at step 0."""
+    sampling_decay: float = 2e-5
+    """linear: decrease of that probability per optimizer step."""
+    sampling_stop_step: int = 50_000
+    """linear: from this step on, only the model's own predictions are fed back."""
+    reverse_sampling_steps: List[int] = field(default_factory=lambda: [25_000, 50_000])
+    """reverse: the two steps between which the schedules move."""
+    reverse_sampling_alpha: float = 5_000.0
+    """reverse: time constant (steps) of the input-frame schedule's rise."""
+    aux_loss_weight: float = 0.1
+    """Weight of a backbone's auxiliary loss (PredRNN.V2's decoupling loss, β)."""
 
 
 @dataclass
@@ -175,6 +191,7 @@ _CHOICES = {
     "model.loss": ("mse", "l1", "mse+l1"),
     "model.optimizer": ("adam", "adamw"),
     "model.lr_schedule": ("none", "onecycle", "cosine"),
+    "model.scheduled_sampling": ("none", "linear", "reverse"),
     "logging.wandb.mode": ("online", "offline", "disabled"),
 }
 _POSITIVE = ("data.batch_size", "trainer.gradient_accumulation_steps", "trainer.log_every_n_steps")

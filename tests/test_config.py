@@ -70,3 +70,18 @@ def test_cli_config_error_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "trainer.max_epoch" in lines[0] and "max_epochs" in lines[0]
+
+
+FRAME_SHAPES = {"mmnist": (1, 64, 64), "kth": (1, 128, 128), "taxibj": (2, 32, 32)}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[f"{p.parent.name}/{p.name}" for p in CONFIGS])
+def test_every_shipped_config_builds_its_model(path):
+    from stpdist.build import build_module
+
+    cfg = load_config(path)
+    shape = FRAME_SHAPES.get(path.parent.name)
+    if shape is None:  # debug / quickstart: the synthetic data's frame size
+        shape = (1, cfg.data.synthesize.image_size, cfg.data.synthesize.image_size)
+    module = build_module(cfg, shape)
+    assert sum(p.numel() for p in module.parameters()) > 0

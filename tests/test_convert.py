@@ -253,8 +253,23 @@ def test_synth_with_mnist_idx_digits_and_inspect(tmp_path):
     header = b"".join(x.to_bytes(4, "big") for x in (2051, 3, 28, 28))
     with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as f:
         f.write(header + digits.tobytes())
-    proc = cli("synth", "moving-digits", "--out", "ds", "--train", "4", "--val", "2", "--test",
-               "2", "--digits", "train-images-idx3-ubyte.gz", "--workers", "1", cwd=tmp_path)
+    proc = cli(
+        "synth",
+        "moving-digits",
+        "--out",
+        "ds",
+        "--train",
+        "4",
+        "--val",
+        "2",
+        "--test",
+        "2",
+        "--digits",
+        "train-images-idx3-ubyte.gz",
+        "--workers",
+        "1",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     sample = stored(tmp_path / "ds" / "train")["train_0000000"]
     assert set(np.unique(sample)) <= {0, 200}  # only the given glyph's values
@@ -263,6 +278,7 @@ def test_synth_with_mnist_idx_digits_and_inspect(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "ds/train: 4 samples in 1 shards, shape [20, 1, 64, 64] uint8, scale 255" in proc.stdout
     assert len(list((tmp_path / "ds" / "val" / "inspect").glob("*.png"))) == 2
-    bad = cli("synth", "moving-digits", "--out", "ds2", "--digits", "ds/train/index.json",
-              cwd=tmp_path)
+    bad = cli(
+        "synth", "moving-digits", "--out", "ds2", "--digits", "ds/train/index.json", cwd=tmp_path
+    )
     assert bad.returncode == 1 and "not an MNIST idx3 image file" in bad.stderr

@@ -221,6 +221,11 @@ def test_fewer_shards_than_ranks_times_workers(tmp_path):
 
 
 def test_pipe_url_template(uneven):
-    stream = ShardEvalStream(uneven, batch_size=8, num_input_frames=3, num_output_frames=3,
-                             url_template=f"pipe:cat {uneven}/{{name}}")
+    stream = ShardEvalStream(
+        uneven,
+        batch_size=8,
+        num_input_frames=3,
+        num_output_frames=3,
+        url_template=f"pipe:cat {uneven}/{{name}}",
+    )
     assert len(keys_of(stream.iterate(LoaderContext()))) == sum(SIZES)

@@ -6,8 +6,16 @@ from __future__ import annotations
 from torch import nn
 
 from .convlstm import ConvLSTM
+from .predrnn import PredRNN, PredRNNpp, PredRNNv2
+from .trajgru import TrajGRU
 
-BACKBONES: dict[str, type[nn.Module]] = {"convlstm": ConvLSTM}
+BACKBONES: dict[str, type[nn.Module]] = {
+    "convlstm": ConvLSTM,
+    "predrnn": PredRNN,
+    "predrnnpp": PredRNNpp,
+    "predrnnv2": PredRNNv2,
+    "trajgru": TrajGRU,
+}
 
 
 def available() -> list[str]:

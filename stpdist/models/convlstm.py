@@ -1,15 +1,21 @@
 """ConvLSTM (Shi et al., NeurIPS 2015): convolutional LSTM cells with peephole weights.
 
 Legend: B batch, T time, C channels, H×W frame size (after patching).
-A stack of cells runs over the input frames, then keeps stepping on its own predictions
-(or, with a teacher mask, on ground-truth frames) for the output frames. A 1×1
-convolution over the concatenated hidden states of all layers maps to a frame.
+A stack of cells steps through the frames (see `recurrent.FrameRecurrent` for which
+frame it sees); a 1×1 convolution over the concatenated hidden states of all layers maps
+to the next frame.
+
+Parameters at OpenSTL's Moving MNIST settings (patch 4 → 16×16×16, hidden 128×4, filter
+5): 12,077,072 here (test_models pins it); OpenSTL reports 15.0M for its ConvLSTM, which
+has separate input/hidden convolutions with biases and no peepholes — a different cell.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .recurrent import FrameRecurrent
 
 
 class ConvLSTMCell(nn.Module):
@@ -50,8 +56,8 @@ class ConvLSTMCell(nn.Module):
         return o * torch.tanh(c), c
 
 
-class ConvLSTM(nn.Module):
-    """Stacked ConvLSTM forecaster with the shared backbone signature."""
+class ConvLSTM(FrameRecurrent):
+    """Stacked ConvLSTM with the shared backbone signature."""
 
     def __init__(
         self,
@@ -75,33 +81,15 @@ class ConvLSTM(nn.Module):
             previous = hidden
         self.output = nn.Conv2d(sum(hidden_channels), in_channels, 1)
 
-    def forward(
-        self,
-        frames_BTCHW: torch.Tensor,
-        num_output_frames: int,
-        *,
-        targets_BTCHW: torch.Tensor | None = None,
-        teacher_mask_BT: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        b, t_in, _, h, w = frames_BTCHW.shape
-        states = [
-            (frames_BTCHW.new_zeros(b, cell.hidden_channels, h, w),) * 2 for cell in self.cells
-        ]
-        predictions = []
-        frame = frames_BTCHW[:, 0]
-        for t in range(t_in + num_output_frames - 1):
-            if t < t_in:
-                frame = frames_BTCHW[:, t]
-            elif teacher_mask_BT is not None and targets_BTCHW is not None:
-                # scheduled sampling: per sample, the true frame or the model's own prediction
-                mask = teacher_mask_BT[:, t - t_in].view(b, 1, 1, 1).to(frame.dtype)
-                frame = mask * targets_BTCHW[:, t - t_in] + (1 - mask) * predictions[-1]
-            else:
-                frame = predictions[-1]
-            x = frame
-            for layer, cell in enumerate(self.cells):
-                states[layer] = cell(x, states[layer])
-                x = states[layer][0]
-            if t >= t_in - 1:
-                predictions.append(self.output(torch.cat([s[0] for s in states], dim=1)))
-        return torch.stack(predictions, dim=1)
+    def init_state(self, frames_BTCHW: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        b, _, _, h, w = frames_BTCHW.shape
+        return [(frames_BTCHW.new_zeros(b, cell.hidden_channels, h, w),) * 2 for cell in self.cells]
+
+    def step(self, frame_BCHW: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
+        x = frame_BCHW
+        new_state = []
+        for cell, layer_state in zip(self.cells, state):
+            layer_state = cell(x, layer_state)
+            new_state.append(layer_state)
+            x = layer_state[0]
+        return self.output(torch.cat([s[0] for s in new_state], dim=1)), new_state

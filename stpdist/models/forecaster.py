@@ -15,6 +15,7 @@ from torch import nn
 from ..data.transforms import reshape_patch, reshape_patch_back
 from ..module import EnhancedModule
 from . import build_backbone
+from .recurrent import FrameRecurrent
 
 _LOSSES = {
     "mse": lambda p, t: nn.functional.mse_loss(p, t),
@@ -44,6 +45,13 @@ class Forecaster(EnhancedModule):
         warmup_steps: int = 0,
         total_steps: int | None = None,
         clamp_output: bool = True,
+        scheduled_sampling: str = "none",
+        sampling_start: float = 1.0,
+        sampling_decay: float = 2e-5,
+        sampling_stop_step: int = 50_000,
+        reverse_sampling_steps: tuple[int, int] = (25_000, 50_000),
+        reverse_sampling_alpha: float = 5_000.0,
+        aux_loss_weight: float = 0.1,
     ) -> None:
         super().__init__()
         channels, height, width = frame_shape
@@ -71,6 +79,21 @@ class Forecaster(EnhancedModule):
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
         self.clamp_output = clamp_output
+        if scheduled_sampling not in ("none", "linear", "reverse"):
+            raise ValueError(
+                f"scheduled_sampling must be none, linear or reverse; got {scheduled_sampling!r}"
+            )
+        if scheduled_sampling != "none" and not isinstance(self.backbone, FrameRecurrent):
+            raise ValueError(
+                f"'{backbone}' does not feed frames back: scheduled sampling does not apply to it"
+            )
+        self.scheduled_sampling = scheduled_sampling
+        self.sampling_start = sampling_start
+        self.sampling_decay = sampling_decay
+        self.sampling_stop_step = sampling_stop_step
+        self.reverse_sampling_steps = tuple(reverse_sampling_steps)
+        self.reverse_sampling_alpha = reverse_sampling_alpha
+        self.aux_loss_weight = aux_loss_weight
 
     def forward(
         self,
@@ -114,8 +137,53 @@ class Forecaster(EnhancedModule):
             "interval": "step",
         }
 
+    # ------------------------------------------------------------------ scheduled sampling
+    def teacher_probabilities(self, step: int) -> tuple[float, float]:
+        """(P(true input frame), P(true output frame)) at optimizer step `step`.
+
+        linear (OpenSTL): outputs start at `sampling_start`, fall by `sampling_decay` per
+        step, and are 0 from `sampling_stop_step` on; inputs are always true.
+        reverse (PredRNN.V2): inputs rise from 0.5 towards 1 (exponentially, time constant
+        `reverse_sampling_alpha`) between the two `reverse_sampling_steps`; outputs fall
+        linearly from 0.5 to 0 over the same interval.
+        """
+        if self.scheduled_sampling == "linear":
+            if step >= self.sampling_stop_step:
+                return 1.0, 0.0
+            return 1.0, max(0.0, self.sampling_start - self.sampling_decay * step)
+        if self.scheduled_sampling == "reverse":
+            first, second = self.reverse_sampling_steps
+            if step < first:
+                return 0.5, 0.5
+            if step < second:
+                into = step - first
+                return (
+                    1 - 0.5 * math.exp(-into / self.reverse_sampling_alpha),
+                    0.5 - 0.5 * into / (second - first),
+                )
+            return 1.0, 0.0
+        return 1.0, 0.0
+
+    def teacher_mask(self, inputs: torch.Tensor, step: int) -> torch.Tensor | None:
+        """Per-sample choices of true (1) or predicted (0) frames, built on the device."""
+        if self.scheduled_sampling == "none":
+            return None
+        b, t_in = inputs.shape[:2]
+        p_in, p_out = self.teacher_probabilities(step)
+        draws_out = torch.rand(b, self.num_output_frames - 1, device=inputs.device) < p_out
+        if self.scheduled_sampling == "linear":
+            return draws_out.to(inputs.dtype)
+        draws_in = torch.rand(b, t_in - 1, device=inputs.device) < p_in
+        return torch.cat([draws_in, draws_out], dim=1).to(inputs.dtype)
+
     def training_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return _LOSSES[self.loss_name](self(inputs), targets)
+        mask = self.teacher_mask(inputs, self.global_step)
+        pred = self(inputs, targets if mask is not None else None, mask)
+        loss = _LOSSES[self.loss_name](pred, targets)
+        aux = getattr(self.backbone, "aux_loss", None)
+        if aux is not None:  # e.g. PredRNN.V2's decoupling loss
+            loss = loss + self.aux_loss_weight * aux
+        return loss
 
     def validation_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         pred = self(inputs)

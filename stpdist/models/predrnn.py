@@ -1,0 +1,206 @@
+"""PredRNN (Wang et al., NeurIPS 2017), PredRNN.V2 (Wang et al., TPAMI 2022) and
+PredRNN++ (Wang et al., ICML 2018).
+
+Legend: B batch, T time, C channels, H×W frame size (after patching); h hidden channels.
+
+PredRNN stacks spatiotemporal LSTM (ST-LSTM) cells: besides each layer's cell state c, a
+spatiotemporal memory m zigzags up the layers within a step and from the top layer to the
+bottom one across steps. PredRNN.V2 adds a decoupling loss that pushes the increments of
+c and m apart (cosine similarity after a shared 1×1 adapter) and is trained with reverse
+scheduled sampling (driven by the Forecaster). PredRNN++ replaces the cell with the
+Causal LSTM (c feeds m within the cell) and puts a Gradient Highway Unit between the first
+and second layers.
+
+Parameters at OpenSTL's Moving MNIST settings (patch 4 → 16×16×16, hidden 128×4, filter
+5), pinned in test_models: PredRNN 23,838,720 (OpenSTL 23.8M), PredRNN.V2 23,855,104
+(23.9M), PredRNN++ 36,945,920 (OpenSTL 38.6M: 4% more; its count was not reproduced here).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .recurrent import FrameRecurrent
+
+
+def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, padding=k // 2, bias=False)
+
+
+class STLSTMCell(nn.Module):
+    """Spatiotemporal LSTM cell; returns (h, c, m, delta_c, delta_m)."""
+
+    def __init__(self, in_channels: int, hidden: int, kernel_size: int, forget_bias: float):
+        super().__init__()
+        self.hidden = hidden
+        self.forget_bias = forget_bias
+        self.conv_x = _conv(in_channels, 7 * hidden, kernel_size)
+        self.conv_h = _conv(hidden, 4 * hidden, kernel_size)
+        self.conv_m = _conv(hidden, 3 * hidden, kernel_size)
+        self.conv_o = _conv(2 * hidden, hidden, kernel_size)
+        self.conv_last = nn.Conv2d(2 * hidden, hidden, 1, bias=False)
+
+    def forward(self, x, h, c, m):
+        i_x, f_x, g_x, i_xm, f_xm, g_xm, o_x = self.conv_x(x).chunk(7, dim=1)
+        i_h, f_h, g_h, o_h = self.conv_h(h).chunk(4, dim=1)
+        i_m, f_m, g_m = self.conv_m(m).chunk(3, dim=1)
+        delta_c = torch.sigmoid(i_x + i_h) * torch.tanh(g_x + g_h)
+        c = torch.sigmoid(f_x + f_h + self.forget_bias) * c + delta_c
+        delta_m = torch.sigmoid(i_xm + i_m) * torch.tanh(g_xm + g_m)
+        m = torch.sigmoid(f_xm + f_m + self.forget_bias) * m + delta_m
+        memory = torch.cat([c, m], dim=1)
+        o = torch.sigmoid(o_x + o_h + self.conv_o(memory))
+        return o * torch.tanh(self.conv_last(memory)), c, m, delta_c, delta_m
+
+
+class PredRNN(FrameRecurrent):
+    """Stacked ST-LSTM; with `decouple=True` it is PredRNN.V2 (decoupling loss)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        height: int,
+        width: int,
+        hidden_channels: list[int] | tuple[int, ...] = (64, 64),
+        kernel_size: int = 5,
+        forget_bias: float = 1.0,
+        decouple: bool = False,
+    ) -> None:
+        super().__init__()
+        hidden_channels = list(hidden_channels)
+        if len(set(hidden_channels)) != 1:
+            raise ValueError("PredRNN needs equal hidden_channels per layer (m flows across them)")
+        hidden = hidden_channels[0]
+        self.cells = nn.ModuleList(
+            STLSTMCell(in_channels if i == 0 else hidden, hidden, kernel_size, forget_bias)
+            for i in range(len(hidden_channels))
+        )
+        self.output = nn.Conv2d(hidden, in_channels, 1, bias=False)
+        self.adapter = nn.Conv2d(hidden, hidden, 1, bias=False) if decouple else None
+
+    def init_state(self, frames_BTCHW):
+        b, _, _, height, width = frames_BTCHW.shape
+        zeros = frames_BTCHW.new_zeros(b, self.cells[0].hidden, height, width)
+        self.aux_loss = frames_BTCHW.new_zeros(()) if self.adapter is not None else None
+        self._steps = 0
+        return [(zeros, zeros) for _ in self.cells], zeros
+
+    def step(self, frame_BCHW, state):
+        layers, m = state
+        x, new_layers = frame_BCHW, []
+        decouple = []
+        for cell, (h, c) in zip(self.cells, layers):
+            h, c, m, delta_c, delta_m = cell(x, h, c, m)
+            new_layers.append((h, c))
+            x = h
+            if self.adapter is not None:
+                decouple.append(self._decoupling(delta_c, delta_m))
+        if decouple:
+            # running mean over steps of the mean over layers
+            self._steps += 1
+            value = torch.stack(decouple).mean()
+            self.aux_loss = self.aux_loss + (value - self.aux_loss) / self._steps
+        return self.output(x), (new_layers, m)
+
+    def _decoupling(self, delta_c: torch.Tensor, delta_m: torch.Tensor) -> torch.Tensor:
+        """Mean |cosine similarity| per channel between adapted increments of c and m."""
+        a = self.adapter(delta_c).flatten(2)
+        b = self.adapter(delta_m).flatten(2)
+        return torch.nn.functional.cosine_similarity(a, b, dim=2).abs().mean()
+
+
+class PredRNNv2(PredRNN):
+    """PredRNN.V2: PredRNN with the decoupling loss (weight set in the Forecaster)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("decouple", True)
+        super().__init__(*args, **kwargs)
+
+
+class CausalLSTMCell(nn.Module):
+    """Causal LSTM: the new cell state c feeds the spatiotemporal memory m in cascade."""
+
+    def __init__(self, in_channels: int, hidden: int, kernel_size: int, forget_bias: float):
+        super().__init__()
+        self.hidden = hidden
+        self.forget_bias = forget_bias
+        self.conv_x = _conv(in_channels, 7 * hidden, kernel_size)
+        self.conv_h = _conv(hidden, 4 * hidden, kernel_size)
+        self.conv_c = _conv(hidden, 3 * hidden, kernel_size)
+        self.conv_m = _conv(hidden, 3 * hidden, kernel_size)
+        self.conv_c2m = _conv(hidden, 4 * hidden, kernel_size)
+        self.conv_om = _conv(hidden, hidden, kernel_size)
+        self.conv_last = nn.Conv2d(2 * hidden, hidden, 1, bias=False)
+
+    def forward(self, x, h, c, m):
+        i_x, f_x, g_x, i_xm, f_xm, g_xm, o_x = self.conv_x(x).chunk(7, dim=1)
+        i_h, f_h, g_h, o_h = self.conv_h(h).chunk(4, dim=1)
+        i_c, f_c, g_c = self.conv_c(c).chunk(3, dim=1)
+        i_m, f_m, m_m = self.conv_m(m).chunk(3, dim=1)
+        c = torch.sigmoid(f_x + f_h + f_c + self.forget_bias) * c + torch.sigmoid(
+            i_x + i_h + i_c
+        ) * torch.tanh(g_x + g_h + g_c)
+        i_cm, g_cm, f_cm, o_cm = self.conv_c2m(c).chunk(4, dim=1)
+        m = torch.sigmoid(f_xm + f_m + f_cm + self.forget_bias) * torch.tanh(m_m) + torch.sigmoid(
+            i_xm + i_m + i_cm
+        ) * torch.tanh(g_xm + g_cm)
+        o = torch.tanh(o_x + o_h + o_cm + self.conv_om(m))
+        return o * torch.tanh(self.conv_last(torch.cat([c, m], dim=1))), c, m
+
+
+class GradientHighwayUnit(nn.Module):
+    """z ← u ⊙ tanh(p) + (1 − u) ⊙ z: a short path for gradients across time."""
+
+    def __init__(self, hidden: int, kernel_size: int) -> None:
+        super().__init__()
+        self.conv_x = _conv(hidden, 2 * hidden, kernel_size)
+        self.conv_z = _conv(hidden, 2 * hidden, kernel_size)
+
+    def forward(self, x, z):
+        p_x, u_x = self.conv_x(x).chunk(2, dim=1)
+        p_z, u_z = self.conv_z(z).chunk(2, dim=1)
+        u = torch.sigmoid(u_x + u_z)
+        return u * torch.tanh(p_x + p_z) + (1 - u) * z
+
+
+class PredRNNpp(FrameRecurrent):
+    """PredRNN++: stacked Causal LSTMs with a GHU between layers 1 and 2."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        height: int,
+        width: int,
+        hidden_channels: list[int] | tuple[int, ...] = (64, 64),
+        kernel_size: int = 5,
+        forget_bias: float = 1.0,
+    ) -> None:
+        super().__init__()
+        hidden_channels = list(hidden_channels)
+        if len(set(hidden_channels)) != 1 or len(hidden_channels) < 2:
+            raise ValueError("PredRNN++ needs at least 2 layers of equal hidden_channels")
+        hidden = hidden_channels[0]
+        self.cells = nn.ModuleList(
+            CausalLSTMCell(in_channels if i == 0 else hidden, hidden, kernel_size, forget_bias)
+            for i in range(len(hidden_channels))
+        )
+        self.highway = GradientHighwayUnit(hidden, kernel_size)
+        self.output = nn.Conv2d(hidden, in_channels, 1, bias=False)
+
+    def init_state(self, frames_BTCHW):
+        b, _, _, height, width = frames_BTCHW.shape
+        zeros = frames_BTCHW.new_zeros(b, self.cells[0].hidden, height, width)
+        return [(zeros, zeros) for _ in self.cells], zeros, zeros
+
+    def step(self, frame_BCHW, state):
+        layers, m, z = state
+        x, new_layers = frame_BCHW, []
+        for i, (cell, (h, c)) in enumerate(zip(self.cells, layers)):
+            h, c, m = cell(x, h, c, m)
+            new_layers.append((h, c))
+            x = h
+            if i == 0:
+                z = self.highway(h, z)
+                x = z
+        return self.output(x), (new_layers, m, z)

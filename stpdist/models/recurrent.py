@@ -1,0 +1,77 @@
+"""The frame loop shared by next-frame recurrent backbones (ConvLSTM, PredRNN family).
+
+Legend: B batch, T time, C channels, H×W frame size (after patching).
+At step t the backbone sees one frame and predicts frame t+1. Frame 0 is always the
+first input; later frames are the truth (inputs, then targets when given) or the
+model's own previous prediction, chosen per sample by a teacher mask:
+
+* `teacher_mask_BT` of B×(T_out−1): scheduled sampling over the output steps (inputs are
+  always true frames);
+* `teacher_mask_BT` of B×(T_in+T_out−2): over every step after the first (PredRNN.V2's
+  reverse scheduled sampling);
+* no mask: true inputs, then the model's own predictions (inference).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class FrameRecurrent(nn.Module):
+    """Subclasses define `init_state(frames_BTCHW)` and `step(frame_BCHW, state)`, which
+    returns (prediction of the next frame B×C×H×W, new state)."""
+
+    aux_loss: torch.Tensor | None = None
+    """An extra training loss computed during the last forward (e.g. PredRNN.V2's
+    decoupling loss); None for most backbones."""
+
+    def init_state(self, frames_BTCHW: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def step(self, frame_BCHW: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        frames_BTCHW: torch.Tensor,
+        num_output_frames: int,
+        *,
+        targets_BTCHW: torch.Tensor | None = None,
+        teacher_mask_BT: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        b, t_in = frames_BTCHW.shape[:2]
+        steps = t_in + num_output_frames - 1
+        truth = frames_BTCHW
+        if targets_BTCHW is not None:
+            truth = torch.cat([frames_BTCHW, targets_BTCHW[:, : num_output_frames - 1]], dim=1)
+        first_masked = None
+        if teacher_mask_BT is not None:
+            if teacher_mask_BT.shape[1] == num_output_frames - 1:
+                first_masked = t_in
+            elif teacher_mask_BT.shape[1] == steps - 1:
+                first_masked = 1
+            else:
+                raise ValueError(
+                    f"teacher_mask_BT has {teacher_mask_BT.shape[1]} steps; expected "
+                    f"{num_output_frames - 1} (outputs) or {steps - 1} (all steps)"
+                )
+            if targets_BTCHW is None:
+                raise ValueError("a teacher mask needs targets_BTCHW")
+        state = self.init_state(frames_BTCHW)
+        predictions = []
+        for t in range(steps):
+            if t == 0:
+                frame = frames_BTCHW[:, 0]
+            elif first_masked is not None and t >= first_masked:
+                keep = teacher_mask_BT[:, t - first_masked].view(b, 1, 1, 1).to(truth.dtype)
+                frame = keep * truth[:, t] + (1 - keep) * predictions[-1]
+            elif t < t_in:
+                frame = frames_BTCHW[:, t]
+            else:
+                frame = predictions[-1]
+            prediction, state = self.step(frame, state)
+            predictions.append(prediction)
+        return torch.stack(predictions[t_in - 1 :], dim=1)

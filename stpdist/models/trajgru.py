@@ -1,0 +1,159 @@
+"""TrajGRU (Shi et al., NeurIPS 2017): GRUs whose recurrent connections follow learned flows.
+
+Legend: B batch, T time, C channels, H×W frame size (after patching); L links per level.
+
+Each cell predicts L flow fields from its input and previous state, warps the previous
+state along each (bilinear `grid_sample`), and mixes the warped copies with a 1×1
+convolution into the update, reset and candidate terms. The update follows the paper:
+H_t = (1 − Z_t) ⊙ H'_t + Z_t ⊙ H_{t−1} (the seed project mixed H'_t with itself).
+Encoder: per level a convolution (stride 1, then 2) and a TrajGRU; forecaster: the levels
+in reverse, each TrajGRU started from the encoder's final state of its level and
+followed by a transposed convolution (stride 2) up to the next. The forecaster does not
+feed frames back, so teacher masks do not apply.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TrajGRUCell(nn.Module):
+    def __init__(
+        self,
+        in_channels: int | None,
+        hidden: int,
+        links: int,
+        kernel_size: int = 3,
+        flow_channels: int = 32,
+    ) -> None:
+        """`in_channels=None`: a cell without input (the forecaster's top level)."""
+        super().__init__()
+        self.hidden, self.links = hidden, links
+        if in_channels is not None:
+            self.input_gates = nn.Conv2d(
+                in_channels, 3 * hidden, kernel_size, padding=kernel_size // 2
+            )
+            self.input_flow = nn.Conv2d(in_channels, flow_channels, 5, padding=2)
+        self.state_flow = nn.Conv2d(hidden, flow_channels, 5, padding=2)
+        self.flows = nn.Conv2d(flow_channels, 2 * links, 5, padding=2)
+        self.links_to_gates = nn.Conv2d(hidden * links, 3 * hidden, 1)
+
+    def _warp(self, h_BCHW: torch.Tensor, flow_B2HW: torch.Tensor) -> torch.Tensor:
+        b, _, height, width = h_BCHW.shape
+        ys = torch.linspace(-1, 1, height, device=h_BCHW.device, dtype=h_BCHW.dtype)
+        xs = torch.linspace(-1, 1, width, device=h_BCHW.device, dtype=h_BCHW.dtype)
+        base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # H×W×2 (x, y)
+        scale = torch.tensor(
+            [2 / max(width - 1, 1), 2 / max(height - 1, 1)],
+            device=h_BCHW.device,
+            dtype=h_BCHW.dtype,
+        )
+        grid = base + flow_B2HW.permute(0, 2, 3, 1) * scale  # flows are in pixels
+        return F.grid_sample(
+            h_BCHW, grid, mode="bilinear", padding_mode="border", align_corners=True
+        )
+
+    def forward(self, x_BCHW: torch.Tensor | None, h_BCHW: torch.Tensor) -> torch.Tensor:
+        flow_features = self.state_flow(h_BCHW)
+        x_gates = 0.0
+        if x_BCHW is not None:
+            flow_features = flow_features + self.input_flow(x_BCHW)
+            x_gates = self.input_gates(x_BCHW)
+        flows = self.flows(F.leaky_relu(flow_features, 0.2)).chunk(self.links, dim=1)
+        warped = torch.cat([self._warp(h_BCHW, flow) for flow in flows], dim=1)
+        h_gates = self.links_to_gates(warped)
+        if x_BCHW is None:
+            x_z = x_r = x_h = 0.0
+        else:
+            x_z, x_r, x_h = x_gates.chunk(3, dim=1)
+        h_z, h_r, h_h = h_gates.chunk(3, dim=1)
+        z = torch.sigmoid(x_z + h_z)
+        r = torch.sigmoid(x_r + h_r)
+        candidate = F.leaky_relu(x_h + r * h_h, 0.2)
+        return (1 - z) * candidate + z * h_BCHW
+
+
+class TrajGRU(nn.Module):
+    """Three-level (by default) encoder–forecaster of TrajGRU cells."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        height: int,
+        width: int,
+        conv_channels: list[int] | tuple[int, ...] = (16, 32, 32),
+        hidden_channels: list[int] | tuple[int, ...] = (32, 64, 64),
+        links: list[int] | tuple[int, ...] = (13, 13, 9),
+        kernel_size: int = 3,
+    ) -> None:
+        super().__init__()
+        levels = len(hidden_channels)
+        if not levels or len(conv_channels) != levels or len(links) != levels:
+            raise ValueError("conv_channels, hidden_channels and links need one entry per level")
+        factor = 2 ** (levels - 1)
+        if height % factor or width % factor:
+            raise ValueError(
+                f"TrajGRU with {levels} levels needs H and W divisible by {factor}; "
+                f"got {height}×{width}"
+            )
+        self.down = nn.ModuleList()
+        self.encoder = nn.ModuleList()
+        previous = in_channels
+        for level in range(levels):
+            self.down.append(
+                nn.Conv2d(
+                    previous, conv_channels[level], 3, stride=1 if level == 0 else 2, padding=1
+                )
+            )
+            self.encoder.append(
+                TrajGRUCell(conv_channels[level], hidden_channels[level], links[level], kernel_size)
+            )
+            previous = hidden_channels[level]
+        self.forecaster = nn.ModuleList()
+        self.up = nn.ModuleList()
+        for level in range(levels):
+            below = hidden_channels[level + 1] if level + 1 < levels else None
+            self.forecaster.append(
+                TrajGRUCell(below, hidden_channels[level], links[level], kernel_size)
+            )
+            if level > 0:
+                self.up.append(
+                    nn.ConvTranspose2d(
+                        hidden_channels[level], hidden_channels[level], 4, stride=2, padding=1
+                    )
+                )
+        self.output = nn.Conv2d(hidden_channels[0], in_channels, 1)
+        self.hidden_channels = list(hidden_channels)
+
+    def forward(
+        self,
+        frames_BTCHW: torch.Tensor,
+        num_output_frames: int,
+        *,
+        targets_BTCHW: torch.Tensor | None = None,
+        teacher_mask_BT: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        b, t_in, _, height, width = frames_BTCHW.shape
+        states = []
+        for level, hidden in enumerate(self.hidden_channels):
+            scale = 2**level
+            states.append(frames_BTCHW.new_zeros(b, hidden, height // scale, width // scale))
+        for t in range(t_in):
+            x = frames_BTCHW[:, t]
+            for level, (down, cell) in enumerate(zip(self.down, self.encoder)):
+                x = F.leaky_relu(down(x), 0.2)
+                states[level] = cell(x, states[level])
+                x = states[level]
+        outputs = []
+        top = len(self.hidden_channels) - 1
+        for _ in range(num_output_frames):
+            x = None
+            for level in range(top, -1, -1):
+                states[level] = self.forecaster[level](x, states[level])
+                x = states[level]
+                if level > 0:
+                    x = F.leaky_relu(self.up[level - 1](x), 0.2)
+            outputs.append(self.output(x))
+        return torch.stack(outputs, dim=1)
