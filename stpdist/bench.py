@@ -284,3 +284,85 @@ if __name__ == "__main__":
     if sys.argv[1] == "probe":
         kind, path, workers, batch = sys.argv[2:6]
         print(json.dumps(_probe(kind, path, int(workers), int(batch))))
+
+
+# ------------------------------------------------------------------------------ model
+
+
+def bench_model(
+    name: str,
+    shape: tuple[int, int, int, int, int] = (4, 10, 1, 64, 64),
+    num_output_frames: int = 10,
+    patch_size: int = 4,
+    backbone_args: dict | None = None,
+    steps: int = 5,
+    compile_: bool = False,
+    channels_last: bool = False,
+) -> dict:
+    """Forward+backward step time, peak memory and forward FLOPs of backbone `name` on
+    inputs of `shape` (B, T_in, C, H, W)."""
+    import resource
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .models.forecaster import Forecaster
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    b, t_in, c, h, w = shape
+    torch.manual_seed(0)
+    module = Forecaster(
+        name,
+        (c, h, w),
+        t_in,
+        num_output_frames,
+        patch_size=patch_size,
+        backbone_args=backbone_args or {},
+    ).to(device)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    params = sum(p.numel() for p in module.parameters())
+    inputs = torch.rand(b, t_in, c, h, w, device=device)
+    targets = torch.rand(b, num_output_frames, c, h, w, device=device)
+    with FlopCounterMode(display=False) as counter:
+        with torch.no_grad():
+            module(inputs[:1])
+    flops = counter.get_total_flops()
+    step = torch.compile(module.training_step) if compile_ else module.training_step
+    optimizer = module.configure_optimizer()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(steps + 1):  # the first step warms up (and compiles)
+        start = time.perf_counter()
+        loss = step(inputs, targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - start)
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
+    )
+    result = {
+        "model": name,
+        "device": device,
+        "params": params,
+        "gmacs_per_sample": flops / 2 / 1e9,
+        "step_ms": 1000 * statistics.median(times),
+        "peak_mb": peak,
+        "compile": compile_,
+        "channels_last": channels_last,
+    }
+    print(
+        f"{name:<10} {device} batch {b} {t_in}→{num_output_frames} {c}×{h}×{w} patch "
+        f"{patch_size}: {params / 1e6:.2f}M params, {result['gmacs_per_sample']:.2f} GMACs "
+        f"forward/sample, step {result['step_ms']:.0f} ms (median of {steps}), peak "
+        f"{'GPU memory' if device == 'cuda' else 'RSS growth'} {peak:.0f} MB"
+        f"{', compiled' if compile_ else ''}{', channels-last' if channels_last else ''}"
+    )
+    return result

@@ -6,7 +6,7 @@
     stpdist synth moving-digits --out DIR --train N --val N --test N --seed S
     stpdist shard {mmnist-npy,seed-mmnist,seed-kth,seed-taxibj,taxibj-h5,kth-avi,arrays} SRC --out DIR
     stpdist inspect DIR
-    stpdist bench trainer | data DIR
+    stpdist bench trainer | data DIR | model NAME [--shape BxTxCxHxW] [--compile]
 
 Errors exit non-zero with one readable line (2 for a bad config); `--debug` shows the
 traceback.
@@ -249,6 +249,25 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     if args.what == "trainer":
         bench_trainer(repeats=args.repeats, steps=args.steps)
+    elif args.what == "model":
+        from .bench import bench_model
+
+        if not args.dir:
+            raise ValueError("bench model needs a backbone name: stpdist bench model convlstm")
+        shape = tuple(int(x) for x in args.shape.split("x"))
+        if len(shape) != 5:
+            raise ValueError(f"--shape {args.shape!r} is not BxTxCxHxW")
+        backbone = json.loads(args.backbone) if args.backbone else None
+        bench_model(
+            args.dir,
+            shape,
+            args.output_frames,
+            args.patch,
+            backbone,
+            steps=args.model_steps,
+            compile_=args.compile,
+            channels_last=args.channels_last,
+        )
     else:
         if not args.dir:
             raise ValueError("bench data needs a dataset folder: stpdist bench data DIR")
@@ -333,8 +352,22 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("bench", help="print benchmarks")
-    s.add_argument("what", choices=["trainer", "data"])
-    s.add_argument("dir", nargs="?", default=None, help="data: a dataset or split folder")
+    s.add_argument("what", choices=["trainer", "data", "model"])
+    s.add_argument(
+        "dir",
+        nargs="?",
+        default=None,
+        help="data: a dataset or split folder; model: a backbone name",
+    )
+    s.add_argument("--shape", default="4x10x1x64x64", help="model: inputs BxTxCxHxW")
+    s.add_argument("--output-frames", type=int, default=10, help="model: T_out")
+    s.add_argument("--patch", type=int, default=4, help="model: patch size")
+    s.add_argument(
+        "--backbone", default=None, help="model: JSON args, e.g. '{\"hidden_channels\": [64, 64]}'"
+    )
+    s.add_argument("--model-steps", type=int, default=5, help="model: timed steps")
+    s.add_argument("--compile", action="store_true", help="model: torch.compile the step")
+    s.add_argument("--channels-last", action="store_true", help="model: channels-last memory")
     s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--steps", type=int, default=200)
     s.add_argument("--debug", action="store_true")

@@ -144,3 +144,21 @@ def test_bench_data_prints_table(tmp_path):
     )
     out = stpdist("bench", "data", "ds", cwd=tmp_path).stdout
     assert "shards / per-file npz" in out and "plain tar" in out
+
+
+def test_bench_model_prints_figures(tmp_path):
+    out = stpdist(
+        "bench",
+        "model",
+        "predrnn",
+        "--shape",
+        "2x3x1x16x16",
+        "--output-frames",
+        "2",
+        "--backbone",
+        '{"hidden_channels": [4, 4], "kernel_size": 3}',
+        "--model-steps",
+        "1",
+        cwd=tmp_path,
+    ).stdout
+    assert "predrnn" in out and "GMACs" in out and "params" in out
