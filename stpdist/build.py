@@ -68,10 +68,12 @@ def eval_stream(cfg: Config, split: str) -> ShardEvalStream:
 def build_module(cfg: Config, frame_shape: tuple[int, int, int] | None = None) -> Forecaster:
     """The Forecaster for `cfg.model`, for frames C×H×W of `frame_shape` or, by default, of
     the dataset's index."""
+    value_scale = 1.0
     if frame_shape is None:
         for split in (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split):
             if (split_dir(cfg, split) / INDEX_FILE).is_file():
-                frame_shape = tuple(read_index(split_dir(cfg, split)).shape[1:])
+                index = read_index(split_dir(cfg, split))
+                frame_shape, value_scale = tuple(index.shape[1:]), index.value_scale
                 break
         else:
             raise FileNotFoundError(f"no dataset split with {INDEX_FILE} under {cfg.data.root}")
@@ -99,4 +101,6 @@ def build_module(cfg: Config, frame_shape: tuple[int, int, int] | None = None) -
         reverse_sampling_steps=tuple(m.reverse_sampling_steps),
         reverse_sampling_alpha=m.reverse_sampling_alpha,
         aux_loss_weight=m.aux_loss_weight,
+        metric_thresholds=list(m.metric_thresholds),
+        value_scale=value_scale,
     )

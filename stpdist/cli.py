@@ -63,6 +63,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     val_dir = build.split_dir(cfg, cfg.data.val_split)
     val = build.eval_stream(cfg, cfg.data.val_split) if val_dir.is_dir() else None
     state = trainer.fit(module, build.train_stream(cfg), val, resume=args.resume)
+    trainer.close()
     metrics = state.metrics
     if trainer.is_main and "val/mse" in metrics and "val/copy_last_mse" in metrics:
         print(
@@ -105,7 +106,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
     results = trainer.validate(module, stream)
     if not trainer.is_main:
         return
-    (out / "metrics.json").write_text(json.dumps(results, indent=2))
+    from .tracking import _plain
+
+    (out / "metrics.json").write_text(
+        json.dumps({k: _plain(v) for k, v in results.items()}, indent=2)
+    )
     # pictures of the first samples (main process' files hold the first keys)
     predictions = load_predictions(out)
     shown = 0
@@ -117,7 +122,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
             shown += 1
         if shown >= args.samples:
             break
-    print(f"checkpoint {ckpt}; metrics: " + ", ".join(f"{k} {v:.5g}" for k, v in results.items()))
+    from .tracking import format_scalars
+
+    print(f"checkpoint {ckpt}; metrics: {format_scalars(results)} (all in {out / 'metrics.json'})")
     print(f"sample pictures: {out / 'samples'}")
 
 

@@ -151,6 +151,8 @@ class ModelConfig:
     """reverse: the two steps between which the schedules move."""
     reverse_sampling_alpha: float = 5_000.0
     """reverse: time constant (steps) of the input-frame schedule's rise."""
+    metric_thresholds: List[float] = field(default_factory=list)
+    """Thresholds in physical (stored) units for CSI/POD/FAR/HSS (e.g. [20, 30, 40] dBZ)."""
     aux_loss_weight: float = 0.1
     """Weight of a backbone's auxiliary loss (PredRNN.V2's decoupling loss, β)."""
 
@@ -167,12 +169,15 @@ class WandbConfig:
     """Run name."""
     tags: List[str] = field(default_factory=list)
     """Run tags."""
+    log_every_n_steps: Optional[int] = None
+    """Send training scalars to wandb every N steps (None: whenever they are logged)."""
 
 
 @dataclass
 class LoggingConfig:
     num_samples: int = 4
-    """Validation samples rendered as pictures at each validation."""
+    """Validation samples rendered as pictures at each validation (the same keys each time);
+    0 renders none."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Weights & Biases settings."""
 

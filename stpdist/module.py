@@ -50,6 +50,15 @@ class EnhancedModule(nn.Module):
         "predictions", the B×T_out×C×H×W predictions)."""
         raise NotImplementedError(f"{type(self).__name__} must implement validation_step()")
 
+    def metrics_from_sums(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Optional. When `validation_step` returns `"sums"` (a dict of additive tensors,
+        summed over its batch), the Trainer adds them over all batches and ranks and asks
+        this hook for the metric values."""
+        raise NotImplementedError(
+            f"{type(self).__name__}.validation_step returned 'sums' but does not implement "
+            "metrics_from_sums()"
+        )
+
     def validation_step_end(self, output: StepOutput) -> StepOutput:
         """Post-process the output of `validation_step` (default: unchanged)."""
         return output

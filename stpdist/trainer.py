@@ -23,10 +23,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointManager, TrainState, load_weights, read_state
-from .config import CheckpointConfig, Config, to_yaml
+from .config import CheckpointConfig, Config, LoggingConfig, to_yaml
 from .data.stream import LoaderContext, as_eval_source, as_train_source, unpack_batch
 from .module import EnhancedModule
-from .tracking import MetricsLog, format_scalars
+from .tracking import Tracker, format_scalars
 
 log = logging.getLogger("stpdist")
 
@@ -102,6 +102,7 @@ class Trainer:
         checkpoint: CheckpointConfig | None = None,
         num_workers: int | None = None,
         progress_bar: bool = True,
+        logging: LoggingConfig | None = None,
         config: Config | None = None,
     ) -> None:
         if max_epochs is None and max_steps is None:
@@ -118,7 +119,20 @@ class Trainer:
         self.num_workers = num_workers
         self.progress_bar = progress_bar
         self.config = config
-        self.accelerator = _make_accelerator(mixed_precision, gradient_accumulation_steps)
+        logging = logging or LoggingConfig(num_samples=0)
+        # the tracker decides the accelerate logger, which the Accelerator needs at birth
+        self.tracker = Tracker(
+            self.output_dir,
+            is_main=False,
+            num_samples=logging.num_samples,
+            wandb=logging.wandb,
+            config=config,
+        )
+        self.accelerator = _make_accelerator(
+            mixed_precision, gradient_accumulation_steps, self.tracker.log_with
+        )
+        self.tracker.is_main = self.accelerator.is_main_process
+        self.tracker.metrics.enabled = self.accelerator.is_main_process
         self.checkpoints = CheckpointManager(
             self.output_dir / "checkpoints",
             keep_last=self.checkpoint_policy.keep_last,
@@ -126,14 +140,16 @@ class Trainer:
             monitor=self.checkpoint_policy.monitor,
             mode=self.checkpoint_policy.mode,
         )
-        self.metrics_log = MetricsLog(self.output_dir, self.accelerator.is_main_process)
         # a process group left alive at interpreter exit can abort gloo's threads
         atexit.register(self.close)
 
     def close(self) -> None:
-        """Finish trackers and destroy the process group (idempotent; also runs at exit)."""
-        if dist.is_available() and dist.is_initialized():
-            # no barrier here: after a crash on one rank a barrier would never return
+        """Finish trackers and destroy the process group (idempotent; also runs at exit).
+        No barrier here: after a crash on one rank a barrier would never return."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        if self.accelerator.trackers or (dist.is_available() and dist.is_initialized()):
             self.accelerator.end_training()
 
     @classmethod
@@ -153,6 +169,7 @@ class Trainer:
             checkpoint=t.checkpoint,
             num_workers=t.num_workers,
             progress_bar=t.progress_bar,
+            logging=cfg.logging,
             config=cfg,
         )
 
@@ -270,6 +287,7 @@ class Trainer:
                 self._print(f"no checkpoint in {self.checkpoints.root}; starting from scratch")
             set_seed(self.seed + acc.process_index)
         self._save_config()
+        self.tracker.start(acc)
         config_yaml = to_yaml(self.config) if self.config is not None else None
 
         def save_checkpoint() -> None:
@@ -278,10 +296,11 @@ class Trainer:
             self._print(f"checkpoint: {path}")
 
         def run_validation() -> None:
-            results = self._evaluate(module, val, ctx)
+            results, samples = self._evaluate(module, val, ctx, self.tracker.num_samples)
             state.metrics = results
             last_validated[0] = state.global_step
-            self.metrics_log.log(results, step=state.global_step, epoch=state.epoch)
+            self.tracker.log(results, step=state.global_step, epoch=state.epoch)
+            self.tracker.log_samples(samples, results, step=state.global_step)
             self._print(f"step {state.global_step}: {format_scalars(results)}")
 
         last_saved, last_validated = [state.global_step], [state.global_step]
@@ -349,7 +368,7 @@ class Trainer:
                     }
                     if grad_norm is not None:
                         scalars["train/grad_norm"] = grad_norm
-                    self.metrics_log.log(scalars, step=state.global_step, epoch=state.epoch)
+                    self.tracker.log(scalars, step=state.global_step, epoch=state.epoch)
                     bar.set_postfix(
                         loss=f"{scalars['train/loss']:.4g}",
                         lr=f"{scalars['train/lr']:.3g}",
@@ -385,7 +404,7 @@ class Trainer:
                 "time_s": round(time.perf_counter() - epoch_stats["time"], 2),
             }
             epoch_stats.update(loss=0.0, batches=0, time=time.perf_counter())
-            self.metrics_log.log(summary, step=state.global_step, epoch=finished_epoch)
+            self.tracker.log(summary, step=state.global_step, epoch=finished_epoch)
             due_val = self.val_every_n_epochs and state.epoch % self.val_every_n_epochs == 0
             due_step_val = self.val_every_n_steps and (
                 state.global_step % self.val_every_n_steps == 0
@@ -410,49 +429,99 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def _evaluate(self, module: EnhancedModule, source: Any, ctx: LoaderContext) -> dict:
-        """Batch-size-weighted means over every sample of every rank, reduced exactly."""
+    def _evaluate(
+        self, module: EnhancedModule, source: Any, ctx: LoaderContext, num_samples: int = 0
+    ) -> tuple[dict[str, float], list]:
+        """Batch-size-weighted means of the scalars every rank's batches returned, plus the
+        module's metrics from additive "sums", all reduced exactly; and up to `num_samples`
+        (key, inputs, truth, prediction) of the main process' first batches."""
         acc = self.accelerator
         was_training = module.training
         module.eval()
-        sums: dict[str, float] = {}
+        scalars: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
+        samples: list = []
         count = 0
         with acc.autocast():
             for batch in source.iterate(ctx):
-                inputs, targets, _ = unpack_batch(batch)
+                inputs, targets, keys = unpack_batch(batch)
                 inputs, targets = self._to_device(inputs), self._to_device(targets)
                 output = module.validation_step_end(module.validation_step(inputs, targets))
                 size = inputs.shape[0]
                 for key, value in _scalars_of(output).items():
-                    sums[key] = sums.get(key, 0.0) + float(value) * size
+                    scalars[key] = scalars.get(key, 0.0) + float(value) * size
+                if isinstance(output, dict) and "sums" in output:
+                    for key, value in output["sums"].items():
+                        value = value.detach().double()
+                        sums[key] = sums[key] + value if key in sums else value
+                if self.is_main and len(samples) < num_samples and isinstance(output, dict):
+                    preds = output.get("predictions")
+                    for i in range(
+                        min(size, num_samples - len(samples)) if preds is not None else 0
+                    ):
+                        key = keys[i] if keys is not None else f"{count + i:08d}"
+                        samples.append(
+                            (
+                                key,
+                                inputs[i].float().cpu().numpy(),
+                                targets[i].float().cpu().numpy(),
+                                preds[i].float().cpu().numpy(),
+                            )
+                        )
                 count += size
-        names = sorted(sums)
+        # ranks that saw no batch know no names or shapes: take the union
+        layout = (sorted(scalars), sorted((k, tuple(v.shape)) for k, v in sums.items()))
         if acc.num_processes > 1:
-            # ranks with no samples know no names: take the union
-            gathered: list[list[str]] = [[] for _ in range(acc.num_processes)]
-            dist.all_gather_object(gathered, names)
-            names = sorted(set().union(*gathered))
-        totals = torch.tensor(
-            [sums.get(n, 0.0) for n in names] + [count], dtype=torch.float64, device=acc.device
-        )
+            gathered: list = [None] * acc.num_processes
+            dist.all_gather_object(gathered, layout)
+            layout = (
+                sorted(set().union(*(g[0] for g in gathered))),
+                sorted(set().union(*(g[1] for g in gathered))),
+            )
+        names, shapes = layout
+        parts = [
+            torch.tensor(
+                [scalars.get(n, 0.0) for n in names] + [count],
+                dtype=torch.float64,
+                device=acc.device,
+            )
+        ]
+        for key, shape in shapes:
+            value = sums.get(key)
+            parts.append(
+                (
+                    value
+                    if value is not None
+                    else torch.zeros(shape, dtype=torch.float64, device=acc.device)
+                ).flatten()
+            )
+        flat = torch.cat(parts)
         if acc.num_processes > 1:
-            dist.all_reduce(totals)
-        values = totals.tolist()
+            dist.all_reduce(flat)
+        values = flat[: len(names) + 1].tolist()
         total_count = int(values[-1])
         if total_count == 0:
             raise ValueError("the validation data holds no samples")
         results = {f"val/{n}": v / total_count for n, v in zip(names, values[:-1])}
+        if shapes:
+            reduced, offset = {}, len(names) + 1
+            for key, shape in shapes:
+                size = int(np.prod(shape)) if shape else 1
+                reduced[key] = flat[offset : offset + size].view(shape)
+                offset += size
+            for key, value in module.metrics_from_sums(reduced).items():
+                results[f"val/{key}"] = value
         results["val/num_samples"] = total_count
         module.train(was_training)
-        return results
+        return results, samples
 
     def validate(self, module: EnhancedModule, data: Any, ckpt: str | Path | None = None) -> dict:
         """Evaluate `module` (weights from `ckpt` if given) over all of `data`."""
         if ckpt is not None:
             load_weights(ckpt, module)
         module.to(self.accelerator.device)
-        results = self._evaluate(module, as_eval_source(data), self._ctx())
-        self.metrics_log.log(results, step=module.global_step, epoch=module.current_epoch)
+        results, _ = self._evaluate(module, as_eval_source(data), self._ctx())
+        self.tracker.log(results, step=module.global_step, epoch=module.current_epoch)
         return results
 
     @torch.no_grad()
@@ -496,7 +565,9 @@ class Trainer:
         return out
 
 
-def _make_accelerator(mixed_precision: str, accumulation: int) -> Accelerator:
+def _make_accelerator(
+    mixed_precision: str, accumulation: int, log_with: str | None = None
+) -> Accelerator:
     """An Accelerator for this host: CPU ranks over gloo when there is no CUDA device."""
     cpu = not torch.cuda.is_available()
     if mixed_precision == "fp16" and cpu:
@@ -515,6 +586,8 @@ def _make_accelerator(mixed_precision: str, accumulation: int) -> Accelerator:
         mixed_precision=mixed_precision,
         gradient_accumulation_plugin=plugin,
         step_scheduler_with_optimizer=False,
+        log_with=log_with,
+        project_dir=None,
     )
 
 

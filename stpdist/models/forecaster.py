@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import metrics
 from ..data.transforms import reshape_patch, reshape_patch_back
 from ..module import EnhancedModule
 from . import build_backbone
@@ -52,6 +53,8 @@ class Forecaster(EnhancedModule):
         reverse_sampling_steps: tuple[int, int] = (25_000, 50_000),
         reverse_sampling_alpha: float = 5_000.0,
         aux_loss_weight: float = 0.1,
+        metric_thresholds: list[float] | tuple[float, ...] = (),
+        value_scale: float = 1.0,
     ) -> None:
         super().__init__()
         channels, height, width = frame_shape
@@ -94,6 +97,9 @@ class Forecaster(EnhancedModule):
         self.reverse_sampling_steps = tuple(reverse_sampling_steps)
         self.reverse_sampling_alpha = reverse_sampling_alpha
         self.aux_loss_weight = aux_loss_weight
+        self.frame_pixels = channels * height * width
+        self.metric_thresholds = list(metric_thresholds)
+        self.value_scale = value_scale  # stored units per 1.0 of scaled data (thresholds)
 
     def forward(
         self,
@@ -188,13 +194,16 @@ class Forecaster(EnhancedModule):
     def validation_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         pred = self(inputs)
         copy_last = inputs[:, -1:].expand_as(targets)
+        thresholds = [t / self.value_scale for t in self.metric_thresholds]
         return {
             "loss": _LOSSES[self.loss_name](pred, targets),
-            "mse": nn.functional.mse_loss(pred, targets),
-            "mae": nn.functional.l1_loss(pred, targets),
             "copy_last_mse": nn.functional.mse_loss(copy_last, targets),
+            "sums": metrics.batch_sums(pred, targets, thresholds),
             "predictions": pred,
         }
+
+    def metrics_from_sums(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
+        return metrics.summarize(sums, self.frame_pixels, self.metric_thresholds)
 
     def predict_step(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
         return self(inputs)

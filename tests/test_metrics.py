@@ -1,0 +1,90 @@
+"""Metrics against independent numpy / scikit-image references, and crafted skill cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stpdist.metrics import batch_sums, summarize
+
+skimage_metrics = pytest.importorskip("skimage.metrics")
+
+
+def reference(pred: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
+    """Per lead time (B×T×C×H×W inputs), computed frame by frame with numpy/scikit-image."""
+    b, t = pred.shape[:2]
+    out = {k: np.zeros(t) for k in ("mse", "mae", "mse_frame", "psnr", "ssim")}
+    for i in range(b):
+        for j in range(t):
+            p, q = pred[i, j].astype(np.float64), target[i, j].astype(np.float64)
+            out["mse"][j] += np.mean((p - q) ** 2) / b
+            out["mse_frame"][j] += np.sum((p - q) ** 2) / b
+            out["mae"][j] += np.mean(np.abs(p - q)) / b
+            out["psnr"][j] += skimage_metrics.peak_signal_noise_ratio(q, p, data_range=1.0) / b
+            out["ssim"][j] += (
+                np.mean(
+                    [
+                        skimage_metrics.structural_similarity(
+                            q[c], p[c], win_size=7, data_range=1.0
+                        )
+                        for c in range(p.shape[0])
+                    ]
+                )
+                / b
+            )
+    return out
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_against_numpy_and_skimage(channels):
+    rng = np.random.default_rng(channels)
+    target = rng.random((3, 4, channels, 16, 20))
+    pred = np.clip(target + rng.normal(0, 0.1, target.shape), 0, 1)
+    pred[0, 0] = target[0, 0] * 0.5  # a structured error too
+    got = summarize(
+        batch_sums(torch.from_numpy(pred), torch.from_numpy(target)),
+        frame_pixels=channels * 16 * 20,
+    )
+    ref = reference(pred, target)
+    for name in ("mse", "mae", "mse_frame", "psnr", "ssim"):
+        for t in range(4):
+            assert got[f"{name}/t{t + 1:02d}"] == pytest.approx(ref[name][t], rel=1e-9), name
+        assert got[name] == pytest.approx(ref[name].mean(), rel=1e-9)
+    assert got["rmse"] == pytest.approx(np.sqrt(ref["mse"].mean()), rel=1e-9)
+
+
+def test_sums_are_additive_over_batches():
+    rng = np.random.default_rng(0)
+    pred, target = (torch.from_numpy(rng.random((7, 3, 1, 8, 8))) for _ in range(2))
+    whole = batch_sums(pred, target, [0.5])
+    parts = [batch_sums(pred[a:b], target[a:b], [0.5]) for a, b in ((0, 3), (3, 4), (4, 7))]
+    for key, value in whole.items():
+        torch.testing.assert_close(sum(p[key] for p in parts), value)
+
+
+def test_skill_scores_on_crafted_counts():
+    # one 1×1×8×8 frame per lead time; threshold 100 physical units with scale 255
+    target = torch.zeros(1, 2, 1, 8, 8, dtype=torch.float64)
+    pred = torch.zeros_like(target)
+    high = 200 / 255
+    target[0, 0, 0, :2, :] = high  # 16 observed events in lead 1
+    pred[0, 0, 0, :1, :] = high  # 8 hits …
+    pred[0, 0, 0, 7, :4] = high  # … and 4 false alarms; misses 8; correct negatives 44
+    got = summarize(batch_sums(pred, target, [100 / 255]), 64, thresholds=[100])
+    h, m, f, cn = 8, 8, 4, 44
+    assert got["csi@100/t01"] == pytest.approx(h / (h + m + f))
+    assert got["pod@100/t01"] == pytest.approx(h / (h + m))
+    assert got["far@100/t01"] == pytest.approx(f / (h + f))
+    assert got["hss@100/t01"] == pytest.approx(
+        2 * (h * cn - m * f) / ((h + m) * (m + cn) + (h + f) * (f + cn))
+    )
+    assert np.isnan(got["pod@100/t02"])  # no events observed at lead 2: undefined, not 0
+    assert got["far@100"] == pytest.approx(4 / 12)  # overall over both leads
+
+
+def test_perfect_prediction_psnr_is_capped_and_ssim_one():
+    x = torch.rand(2, 3, 1, 8, 8, dtype=torch.float64)
+    got = summarize(batch_sums(x, x), 64)
+    assert got["psnr"] == pytest.approx(100.0) and got["ssim"] == pytest.approx(1.0)
+    assert got["mse"] == 0
