@@ -80,13 +80,17 @@ def cmd_validate(args: argparse.Namespace) -> None:
     trainer = _trainer(cfg)
     ckpt = _resolve_ckpt(trainer, args.ckpt)
     module = build.build_module(cfg)
-    results = trainer.validate(
-        module, build.eval_stream(cfg, args.split or cfg.data.val_split), ckpt=ckpt
-    )
+    from .tracking import lead_time_table, plot_lead_times
+
+    split = args.split or cfg.data.val_split
+    results = trainer.validate(module, build.eval_stream(cfg, split), ckpt=ckpt)
     if trainer.is_main:
-        print(f"checkpoint {ckpt}")
-        for key, value in results.items():
-            print(f"  {key:<24} {value:.6g}")
+        print(f"checkpoint {ckpt}, split {split}")
+        print(lead_time_table(results))
+        plot = plot_lead_times(results, Path(cfg.trainer.output_dir) / f"lead_time_{split}.png")
+        if plot is not None:
+            print(f"per-lead-time plot: {plot}")
+    trainer.close()
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -117,8 +121,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
     for inputs, targets, keys in stream.iterate(LoaderContext()):
         for i, key in enumerate(keys[: args.samples - shown]):
             pred = predictions[key]
-            save_panel(out / "samples" / f"{key}.png", inputs[i].numpy(), targets[i].numpy(), pred)
-            save_gif(out / "samples" / f"{key}.gif", targets[i].numpy(), pred)
+            cmap = cfg.logging.colormap
+            save_panel(
+                out / "samples" / f"{key}.png", inputs[i].numpy(), targets[i].numpy(), pred, cmap
+            )
+            save_gif(out / "samples" / f"{key}.gif", targets[i].numpy(), pred, colormap=cmap)
             shown += 1
         if shown >= args.samples:
             break

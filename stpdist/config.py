@@ -178,6 +178,9 @@ class LoggingConfig:
     num_samples: int = 4
     """Validation samples rendered as pictures at each validation (the same keys each time);
     0 renders none."""
+    colormap: Optional[str] = None
+    """matplotlib colormap for sample pictures (e.g. "viridis" for radar or flows; None:
+    gray, or RGB for 3 channels)."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Weights & Biases settings."""
 

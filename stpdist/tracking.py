@@ -95,6 +95,7 @@ def plot_lead_times(results: dict[str, float], path: str | Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     names = sorted(per_lead)
     cols = min(4, len(names))
@@ -105,6 +106,7 @@ def plot_lead_times(results: dict[str, float], path: str | Path) -> Path | None:
         ax.plot([t for t, _ in points], [v for _, v in points], marker="o")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("lead time (frames)", fontsize=8)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
@@ -125,12 +127,14 @@ class Tracker:
         *,
         is_main: bool,
         num_samples: int = 4,
+        colormap: str | None = None,
         wandb: Any = None,
         config: Any = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.is_main = is_main
         self.num_samples = num_samples
+        self.colormap = colormap
         self.metrics = MetricsLog(output_dir, is_main)
         self.wandb_config = wandb if wandb is not None and wandb.mode != "disabled" else None
         self.config = config
@@ -198,8 +202,8 @@ class Tracker:
         folder = self.output_dir / "samples" / f"step-{step:08d}"
         images, videos = [], []
         for key, inputs, truth, pred in samples:
-            png = save_panel(folder / f"{key}.png", inputs, truth, pred)
-            gif = save_gif(folder / f"{key}.gif", truth, pred)
+            png = save_panel(folder / f"{key}.png", inputs, truth, pred, self.colormap)
+            gif = save_gif(folder / f"{key}.gif", truth, pred, colormap=self.colormap)
             images.append((key, png))
             videos.append((key, gif))
         plot = plot_lead_times(results, folder / "lead_time.png")

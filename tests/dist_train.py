@@ -35,6 +35,42 @@ class Scripted(TinyModule):
         return super().training_step(inputs, targets)
 
 
+class MetricSequences(torch.utils.data.Dataset):
+    """`num` sequences of 5 frames 1×8×8 (3 in, 2 out) — big enough for the 7×7 SSIM."""
+
+    def __init__(self, num: int) -> None:
+        g = torch.Generator().manual_seed(7)
+        self.frames = torch.rand(num, 5, 1, 8, 8, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, i: int):
+        return self.frames[i, :3], self.frames[i, 3:]
+
+
+class MetricModule(TinyModule):
+    """Predicts the last input frame, dimmed; reports every metric through sums."""
+
+    def predict_step(self, inputs, targets):
+        return inputs[:, -1:].expand(-1, 2, -1, -1, -1) * 0.9
+
+    def validation_step(self, inputs, targets):
+        from stpdist.metrics import batch_sums
+
+        pred = self.predict_step(inputs, targets)
+        return {
+            "loss": torch.nn.functional.mse_loss(pred, targets),
+            "sums": batch_sums(pred, targets, [0.3, 0.7]),
+            "predictions": pred,
+        }
+
+    def metrics_from_sums(self, sums):
+        from stpdist.metrics import summarize
+
+        return summarize(sums, 64, [0.3, 0.7])
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -49,6 +85,7 @@ def main() -> None:
     p.add_argument("--resume", default=None)
     p.add_argument("--validate", type=int, default=0, help="validate on this many samples")
     p.add_argument("--eval-batch", type=int, default=3)
+    p.add_argument("--metrics", type=int, default=0, help="evaluate MetricModule on N samples")
     args = p.parse_args()
 
     torch.manual_seed(0)
@@ -63,7 +100,10 @@ def main() -> None:
         checkpoint=CheckpointConfig(every_n_steps=args.ckpt_every, keep_last=100),
     )
     results = {}
-    if args.validate:
+    if args.metrics:
+        data = DataLoader(MetricSequences(args.metrics), batch_size=args.eval_batch)
+        results = trainer.validate(MetricModule(), data)
+    elif args.validate:
         val = DataLoader(TinySequences(args.validate, seed=99), batch_size=args.eval_batch)
         results = trainer.validate(module, val)
         trainer.predict(module, val, out=Path(args.out) / "predictions")

@@ -162,3 +162,64 @@ def test_bench_model_prints_figures(tmp_path):
         cwd=tmp_path,
     ).stdout
     assert "predrnn" in out and "GMACs" in out and "params" in out
+
+
+@pytest.mark.multiprocess
+def test_offline_wandb_two_ranks_logs_media_from_main_only(tmp_path):
+    stpdist(
+        "train", DEBUG, "logging.wandb.mode=offline", "logging.num_samples=2", cwd=tmp_path, nproc=2
+    )
+    runs = list((tmp_path / "runs" / "debug" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs  # rank 1 never started a run
+    media = runs[0] / "files" / "media"
+    assert len(list(media.glob("images/**/*.png"))) >= 4  # 2 panels (+ plot) per validation
+    assert len(list(media.glob("videos/**/*.gif"))) == 4  # 2 samples × 2 validations
+    # offline runs keep their history in the binary run file: the logged keys are in it
+    record = next(runs[0].glob("run-*.wandb")).read_bytes()
+    for key in (b"val/mse", b"val/ssim/t04", b"train/loss", b"samples/panels"):
+        assert key in record, key
+    samples = tmp_path / "runs" / "debug" / "samples"
+    for step in ("step-00000004", "step-00000008"):
+        assert sorted(p.name for p in (samples / step).iterdir()) == [
+            "lead_time.png",
+            "val_0000000.gif",
+            "val_0000000.png",
+            "val_0000001.gif",
+            "val_0000001.png",
+        ]
+
+
+def test_validate_table_plot_and_predict_values(tmp_path):
+    import torch
+
+    from stpdist.build import build_module, eval_stream
+    from stpdist.checkpoint import load_weights
+    from stpdist.config import load_config
+    from stpdist.data.stream import LoaderContext
+
+    stpdist("train", DEBUG, "trainer.max_epochs=1", cwd=tmp_path)
+    out = stpdist("validate", DEBUG, cwd=tmp_path).stdout
+    header = next(line for line in out.splitlines() if line.startswith("metric"))
+    assert header.split() == ["metric", "all", "t1", "t2", "t3", "t4"]
+    assert any(line.startswith("val/ssim") for line in out.splitlines())
+    assert (tmp_path / "runs" / "debug" / "lead_time_val.png").is_file()
+
+    stpdist("predict", DEBUG, "--ckpt", "last", cwd=tmp_path)
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        cfg = load_config(DEBUG)
+        module = build_module(cfg).eval()
+        load_weights(sorted((tmp_path / "runs/debug/checkpoints").iterdir())[-1], module)
+        inputs, targets, keys = next(iter(eval_stream(cfg, "test").iterate(LoaderContext())))
+    finally:
+        os.chdir(cwd)
+    with torch.no_grad():
+        expected = module.predict_step(inputs, targets).numpy()
+    got = np.load(tmp_path / "runs/debug/predictions/test/predictions-r000-000000.npz")
+    assert got["keys"].tolist() == keys
+    np.testing.assert_allclose(got["predictions"], expected, rtol=1e-5, atol=1e-6)
+    metrics = json.loads((tmp_path / "runs/debug/predictions/test/metrics.json").read_text())
+    assert metrics["val/num_samples"] == 8 and "val/psnr/t01" in metrics

@@ -155,3 +155,31 @@ def test_skip_on_one_rank_skips_everywhere_without_hang(tmp_path):
     # both micro-batches of step 4 run with global_step == 3: that whole step is skipped on
     # both ranks, so it logs no loss, and training goes on in lockstep
     assert [x["step"] for x in lines if "train/loss" in x] == [1, 2, 3, 5, 6]
+
+
+def test_every_metric_exact_across_ranks_with_uneven_sizes(tmp_path):
+    """13 samples on 2 ranks × batch 3 (shares 7 and 6, last batches partial) give every
+    metric, per lead time and per threshold, equal to one evaluation of all samples."""
+    import math
+
+    from dist_train import MetricModule, MetricSequences
+
+    out = tmp_path / "metrics"
+    run_ranks([SCRIPT, "--out", str(out), "--metrics", "13", "--eval-batch", "3"], 2)
+    got = json.loads((out / "result.json").read_text())
+    data = MetricSequences(13)
+    module = MetricModule()
+    inputs, targets = data.frames[:, :3], data.frames[:, 3:]
+    expected = {
+        f"val/{k}": v
+        for k, v in module.metrics_from_sums(
+            module.validation_step(inputs, targets)["sums"]
+        ).items()
+    }
+    assert len(expected) == 7 * 3 + 2 * 4 * 3  # 7 metrics, 4 skill scores at 2 thresholds
+    for key, value in expected.items():
+        if math.isnan(value):
+            assert got[key] == "nan" or math.isnan(got[key]), key
+        else:
+            assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    assert got["val/num_samples"] == 13
