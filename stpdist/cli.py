@@ -410,6 +410,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        from .trainer import PREEMPTED_EXIT_CODE, Preempted
+
+        if isinstance(exc, Preempted):
+            print(f"stpdist: {exc}", file=sys.stderr)
+            return PREEMPTED_EXIT_CODE
         if args.debug:
             raise
         print(f"stpdist: error: {type(exc).__name__}: {exc}", file=sys.stderr)

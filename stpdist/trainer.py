@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import atexit
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,49 @@ from .module import EnhancedModule
 from .tracking import Tracker, format_scalars
 
 log = logging.getLogger("stpdist")
+
+
+PREEMPTED_EXIT_CODE = 75
+"""`stpdist train` exits with this code after a SIGTERM/SIGUSR1 stop with a checkpoint
+(EX_TEMPFAIL: try again; `--resume auto` continues)."""
+
+
+class Preempted(RuntimeError):
+    """Training stopped on a signal after a completed optimizer step and a checkpoint."""
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        super().__init__(
+            f"stopped on a signal after step {step}; checkpoint {checkpoint}; "
+            "resume with --resume auto"
+        )
+        self.step, self.checkpoint = step, checkpoint
+
+
+class _StopFlag:
+    """Set by SIGTERM or SIGUSR1 (SLURM's warning signal); read at step boundaries."""
+
+    SIGNALS = tuple(
+        getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name)
+    )
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def install(self) -> None:
+        self.requested = False
+        if threading.current_thread() is not threading.main_thread():
+            return  # handlers can only be set from the main thread
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
 
 class _TrainingStep(nn.Module):
@@ -119,6 +164,7 @@ class Trainer:
         self.num_workers = num_workers
         self.progress_bar = progress_bar
         self.config = config
+        self._stop = _StopFlag()
         logging = logging or LoggingConfig(num_samples=0)
         # the tracker decides the accelerate logger, which the Accelerator needs at birth
         self.tracker = Tracker(
@@ -200,12 +246,15 @@ class Trainer:
     def _to_device(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
         return None if tensor is None else tensor.to(self.accelerator.device, non_blocking=True)
 
-    def _agree(self, loss: torch.Tensor | None) -> tuple[float, bool, bool]:
-        """(global mean loss, any rank skipped, any rank non-finite), the same on every rank.
+    def _agree(self, loss: torch.Tensor | None) -> tuple[float, bool, bool, bool]:
+        """(global mean loss, any rank skipped, any rank non-finite, any rank asked to
+        stop), the same on every rank.
 
-        One small all-reduce per micro-batch keeps ranks in lockstep on skips and NaNs.
+        One small all-reduce per micro-batch keeps ranks in lockstep on skips, NaNs and
+        preemption signals.
         """
-        flags = torch.zeros(3, dtype=torch.float64, device=self.accelerator.device)
+        flags = torch.zeros(4, dtype=torch.float64, device=self.accelerator.device)
+        flags[3] = float(self._stop.requested)
         if loss is None:
             flags[1] = 1
         else:
@@ -216,8 +265,8 @@ class Trainer:
         world = self.accelerator.num_processes
         if world > 1:
             dist.all_reduce(flags)
-        total, skipped, nonfinite = flags.tolist()  # host sync: waits for the device
-        return total / world, skipped > 0, nonfinite > 0
+        total, skipped, nonfinite, stop = flags.tolist()  # host sync: waits for the device
+        return total / world, skipped > 0, nonfinite > 0, stop > 0
 
     def _sync_grads_by_hand(self, module: nn.Module) -> None:
         """Average gradients across ranks when the micro-batch that would have carried
@@ -304,128 +353,137 @@ class Trainer:
             self._print(f"step {state.global_step}: {format_scalars(results)}")
 
         last_saved, last_validated = [state.global_step], [state.global_step]
-        bar = tqdm(
-            total=total_steps,
-            initial=state.global_step,
-            disable=not (self.is_main and self.progress_bar),
-            dynamic_ncols=True,
-        )
-        module.train()
-        window = {"loss": 0.0, "batches": 0, "samples": 0, "time": time.perf_counter()}
-        epoch_stats = {"loss": 0.0, "batches": 0, "time": time.perf_counter()}
-        grad_norm: float | None = None
-        contributed = False  # did any micro-batch of this accumulation window backprop?
-        done = state.global_step >= total_steps
-        while not done and (self.max_epochs is None or state.epoch < self.max_epochs):
-            bar.set_description(f"epoch {state.epoch}")
-            for batch in train.iterate(ctx, state.epoch, state.batch):
-                inputs, targets, _ = unpack_batch(batch)
-                inputs, targets = self._to_device(inputs), self._to_device(targets)
-                module.global_step, module.current_epoch = state.global_step, state.epoch
-                with acc.accumulate(model):
-                    loss = _loss_of(model(inputs, targets), state.global_step + 1)
-                    mean_loss, skipped, nonfinite = self._agree(loss)
-                    if nonfinite:
-                        raise FloatingPointError(
-                            f"non-finite loss at step {state.global_step + 1} (epoch "
-                            f"{state.epoch}, batch {state.batch}); last checkpoint: "
-                            f"{self.checkpoints.latest()}"
-                        )
-                    if not skipped:
-                        acc.backward(loss)
-                        contributed = True
-                    elif acc.sync_gradients and contributed:
-                        self._sync_grads_by_hand(module)
-                    if acc.sync_gradients and self.grad_clip_norm is not None and contributed:
-                        grad_norm = float(
-                            acc.clip_grad_norm_(module.parameters(), self.grad_clip_norm)
-                        )
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                state.batch += 1
-                if not skipped:
-                    window["loss"] += mean_loss
-                    window["batches"] += 1
-                    epoch_stats["loss"] += mean_loss
-                    epoch_stats["batches"] += 1
-                window["samples"] += inputs.shape[0] * acc.num_processes
-                if not acc.sync_gradients:
-                    continue
-
-                # ---- one optimizer step done
-                contributed = False
-                state.global_step += 1
-                if scheduler is not None and interval == "step":
-                    if not acc.optimizer_step_was_skipped:
-                        scheduler.step()
-                bar.update(1)
-                if state.global_step % self.log_every_n_steps == 0 and window["batches"]:
-                    elapsed = time.perf_counter() - window["time"]
-                    scalars = {
-                        "train/loss": window["loss"] / window["batches"],
-                        "train/lr": optimizer.param_groups[0]["lr"],
-                        "train/samples_per_s": window["samples"] / max(elapsed, 1e-9),
-                    }
-                    if grad_norm is not None:
-                        scalars["train/grad_norm"] = grad_norm
-                    self.tracker.log(scalars, step=state.global_step, epoch=state.epoch)
-                    bar.set_postfix(
-                        loss=f"{scalars['train/loss']:.4g}",
-                        lr=f"{scalars['train/lr']:.3g}",
-                        sps=f"{scalars['train/samples_per_s']:.0f}",
-                    )
-                    window.update(loss=0.0, batches=0, samples=0, time=time.perf_counter())
-                if state.batch == batches_per_epoch:  # the epoch ends on this step
-                    break
-                if val is not None and self.val_every_n_steps:
-                    if state.global_step % self.val_every_n_steps == 0:
-                        run_validation()
-                every = self.checkpoint_policy.every_n_steps
-                if every and state.global_step % every == 0:
-                    save_checkpoint()
-                if state.global_step >= total_steps:
-                    done = True
-                    break
-            else:
-                if state.batch != batches_per_epoch:
-                    raise RuntimeError(
-                        f"training source yielded {state.batch} batches in epoch {state.epoch} "
-                        f"on rank {acc.process_index}; it announced {batches_per_epoch}"
-                    )
-            if done:
-                break
-            # ---- end of epoch
-            finished_epoch = state.epoch
-            state.epoch, state.batch = state.epoch + 1, 0
-            if scheduler is not None and interval == "epoch":
-                scheduler.step()
-            summary = {
-                "train/epoch_loss": epoch_stats["loss"] / max(epoch_stats["batches"], 1),
-                "time_s": round(time.perf_counter() - epoch_stats["time"], 2),
-            }
-            epoch_stats.update(loss=0.0, batches=0, time=time.perf_counter())
-            self.tracker.log(summary, step=state.global_step, epoch=finished_epoch)
-            due_val = self.val_every_n_epochs and state.epoch % self.val_every_n_epochs == 0
-            due_step_val = self.val_every_n_steps and (
-                state.global_step % self.val_every_n_steps == 0
+        self._stop.install()  # SIGTERM / SIGUSR1: checkpoint after this step, then stop
+        try:
+            bar = tqdm(
+                total=total_steps,
+                initial=state.global_step,
+                disable=not (self.is_main and self.progress_bar),
+                dynamic_ncols=True,
             )
-            if val is not None and (due_val or due_step_val):
-                run_validation()
-            self._print(
-                f"epoch {finished_epoch} done: step {state.global_step}/{total_steps}, "
-                f"{format_scalars({**summary, **state.metrics})}"
-            )
-            every = self.checkpoint_policy.every_n_steps
-            if self.checkpoint_policy.every_epoch or (every and state.global_step % every == 0):
-                save_checkpoint()
+            module.train()
+            window = {"loss": 0.0, "batches": 0, "samples": 0, "time": time.perf_counter()}
+            epoch_stats = {"loss": 0.0, "batches": 0, "time": time.perf_counter()}
+            grad_norm: float | None = None
+            contributed = False  # did any micro-batch of this accumulation window backprop?
             done = state.global_step >= total_steps
-        bar.close()
-        if val is not None and last_validated[0] != state.global_step:
-            run_validation()
-        if last_saved[0] != state.global_step or self.checkpoints.latest() is None:
-            save_checkpoint()
-        acc.wait_for_everyone()
-        return state
+            while not done and (self.max_epochs is None or state.epoch < self.max_epochs):
+                bar.set_description(f"epoch {state.epoch}")
+                for batch in train.iterate(ctx, state.epoch, state.batch):
+                    inputs, targets, _ = unpack_batch(batch)
+                    inputs, targets = self._to_device(inputs), self._to_device(targets)
+                    module.global_step, module.current_epoch = state.global_step, state.epoch
+                    with acc.accumulate(model):
+                        loss = _loss_of(model(inputs, targets), state.global_step + 1)
+                        mean_loss, skipped, nonfinite, stop = self._agree(loss)
+                        if nonfinite:
+                            raise FloatingPointError(
+                                f"non-finite loss at step {state.global_step + 1} (epoch "
+                                f"{state.epoch}, batch {state.batch}); last checkpoint: "
+                                f"{self.checkpoints.latest()}"
+                            )
+                        if not skipped:
+                            acc.backward(loss)
+                            contributed = True
+                        elif acc.sync_gradients and contributed:
+                            self._sync_grads_by_hand(module)
+                        if acc.sync_gradients and self.grad_clip_norm is not None and contributed:
+                            grad_norm = float(
+                                acc.clip_grad_norm_(module.parameters(), self.grad_clip_norm)
+                            )
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    state.batch += 1
+                    if not skipped:
+                        window["loss"] += mean_loss
+                        window["batches"] += 1
+                        epoch_stats["loss"] += mean_loss
+                        epoch_stats["batches"] += 1
+                    window["samples"] += inputs.shape[0] * acc.num_processes
+                    if not acc.sync_gradients:
+                        continue
+
+                    # ---- one optimizer step done
+                    contributed = False
+                    state.global_step += 1
+                    if scheduler is not None and interval == "step":
+                        if not acc.optimizer_step_was_skipped:
+                            scheduler.step()
+                    bar.update(1)
+                    if state.global_step % self.log_every_n_steps == 0 and window["batches"]:
+                        elapsed = time.perf_counter() - window["time"]
+                        scalars = {
+                            "train/loss": window["loss"] / window["batches"],
+                            "train/lr": optimizer.param_groups[0]["lr"],
+                            "train/samples_per_s": window["samples"] / max(elapsed, 1e-9),
+                        }
+                        if grad_norm is not None:
+                            scalars["train/grad_norm"] = grad_norm
+                        self.tracker.log(scalars, step=state.global_step, epoch=state.epoch)
+                        bar.set_postfix(
+                            loss=f"{scalars['train/loss']:.4g}",
+                            lr=f"{scalars['train/lr']:.3g}",
+                            sps=f"{scalars['train/samples_per_s']:.0f}",
+                        )
+                        window.update(loss=0.0, batches=0, samples=0, time=time.perf_counter())
+                    if stop:  # every rank saw the same flag: all stop after this step
+                        if last_saved[0] != state.global_step:
+                            save_checkpoint()
+                        bar.close()
+                        raise Preempted(state.global_step, self.checkpoints.latest())
+                    if state.batch == batches_per_epoch:  # the epoch ends on this step
+                        break
+                    if val is not None and self.val_every_n_steps:
+                        if state.global_step % self.val_every_n_steps == 0:
+                            run_validation()
+                    every = self.checkpoint_policy.every_n_steps
+                    if every and state.global_step % every == 0:
+                        save_checkpoint()
+                    if state.global_step >= total_steps:
+                        done = True
+                        break
+                else:
+                    if state.batch != batches_per_epoch:
+                        raise RuntimeError(
+                            f"training source yielded {state.batch} batches in epoch {state.epoch} "
+                            f"on rank {acc.process_index}; it announced {batches_per_epoch}"
+                        )
+                if done:
+                    break
+                # ---- end of epoch
+                finished_epoch = state.epoch
+                state.epoch, state.batch = state.epoch + 1, 0
+                if scheduler is not None and interval == "epoch":
+                    scheduler.step()
+                summary = {
+                    "train/epoch_loss": epoch_stats["loss"] / max(epoch_stats["batches"], 1),
+                    "time_s": round(time.perf_counter() - epoch_stats["time"], 2),
+                }
+                epoch_stats.update(loss=0.0, batches=0, time=time.perf_counter())
+                self.tracker.log(summary, step=state.global_step, epoch=finished_epoch)
+                due_val = self.val_every_n_epochs and state.epoch % self.val_every_n_epochs == 0
+                due_step_val = self.val_every_n_steps and (
+                    state.global_step % self.val_every_n_steps == 0
+                )
+                if val is not None and (due_val or due_step_val):
+                    run_validation()
+                self._print(
+                    f"epoch {finished_epoch} done: step {state.global_step}/{total_steps}, "
+                    f"{format_scalars({**summary, **state.metrics})}"
+                )
+                every = self.checkpoint_policy.every_n_steps
+                if self.checkpoint_policy.every_epoch or (every and state.global_step % every == 0):
+                    save_checkpoint()
+                done = state.global_step >= total_steps
+            bar.close()
+            if val is not None and last_validated[0] != state.global_step:
+                run_validation()
+            if last_saved[0] != state.global_step or self.checkpoints.latest() is None:
+                save_checkpoint()
+            acc.wait_for_everyone()
+            return state
+        finally:
+            self._stop.restore()
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -17,16 +17,20 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from stpdist import Trainer  # noqa: E402
 from stpdist.config import CheckpointConfig  # noqa: E402
+from stpdist.trainer import PREEMPTED_EXIT_CODE, Preempted  # noqa: E402
 
 
 class Scripted(TinyModule):
     """TinyModule that can hang (to be killed) or skip a batch on rank 0 at a given step."""
 
-    def __init__(self, hang_at: int | None, skip_at: int | None, **kwargs) -> None:
+    def __init__(
+        self, hang_at: int | None, skip_at: int | None, step_sleep: float = 0.0, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
-        self.hang_at, self.skip_at = hang_at, skip_at
+        self.hang_at, self.skip_at, self.step_sleep = hang_at, skip_at, step_sleep
 
     def training_step(self, inputs, targets):
+        time.sleep(self.step_sleep)  # slows the run so a test can signal it mid-training
         if self.hang_at is not None and self.global_step == self.hang_at:
             time.sleep(600)  # the test kills the process group while we wait here
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
@@ -82,6 +86,7 @@ def main() -> None:
     p.add_argument("--ckpt-every", type=int, default=None)
     p.add_argument("--hang-at", type=int, default=None)
     p.add_argument("--skip-at", type=int, default=None)
+    p.add_argument("--step-sleep", type=float, default=0.0)
     p.add_argument("--resume", default=None)
     p.add_argument("--validate", type=int, default=0, help="validate on this many samples")
     p.add_argument("--eval-batch", type=int, default=3)
@@ -89,7 +94,7 @@ def main() -> None:
     args = p.parse_args()
 
     torch.manual_seed(0)
-    module = Scripted(args.hang_at, args.skip_at, dropout=args.dropout)
+    module = Scripted(args.hang_at, args.skip_at, args.step_sleep, dropout=args.dropout)
     trainer = Trainer(
         max_epochs=None,
         max_steps=args.steps,
@@ -109,7 +114,11 @@ def main() -> None:
         trainer.predict(module, val, out=Path(args.out) / "predictions")
     else:
         train = DataLoader(TinySequences(args.num), batch_size=args.batch, shuffle=True)
-        state = trainer.fit(module, train, resume=args.resume)
+        try:
+            state = trainer.fit(module, train, resume=args.resume)
+        except Preempted as stop:
+            print(f"preempted: {stop}", flush=True)
+            sys.exit(PREEMPTED_EXIT_CODE)
         results = {"global_step": state.global_step, "epoch": state.epoch}
     if trainer.is_main:
         (Path(args.out) / "result.json").write_text(json.dumps(results))

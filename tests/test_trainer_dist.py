@@ -183,3 +183,63 @@ def test_every_metric_exact_across_ranks_with_uneven_sizes(tmp_path):
         else:
             assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
     assert got["val/num_samples"] == 13
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_sigterm_stops_after_a_step_with_checkpoint_and_resumes_bitwise(tmp_path, nproc):
+    common = ["--batch", "4", "--steps", "12", "--dropout", "0.2"]
+    straight = tmp_path / "straight"
+    run_ranks([SCRIPT, "--out", str(straight), *common], nproc)
+
+    stopped = tmp_path / "stopped"
+    launcher = (
+        [sys.executable]
+        if nproc == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            str(free_port()),
+        ]
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [*launcher, SCRIPT, "--out", str(stopped), *common, "--step-sleep", "0.3"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = stopped / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.1)
+    # what SLURM or torchrun does: every rank gets SIGTERM (ranks are the launcher's children)
+    if nproc == 1:
+        targets = [proc.pid]
+    else:
+        out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+        targets = [int(pid) for pid in out.stdout.split()]
+        assert len(targets) == nproc
+    for pid in targets:
+        os.kill(pid, signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    if nproc == 1:
+        assert proc.returncode == 75, stderr[-2000:]
+    assert "stopped on a signal after step" in stdout + stderr
+    saved = sorted((stopped / "checkpoints").glob("step-*"))
+    stop_step = int(saved[-1].name.split("-")[1])
+    assert 3 <= stop_step < 12
+    state = json.loads((saved[-1] / "trainer_state.json").read_text())
+    assert state["global_step"] == stop_step
+
+    run_ranks([SCRIPT, "--out", str(stopped), *common, "--resume", "auto"], nproc)
+    final_a = load_file(str(straight / "checkpoints" / "step-00000012" / "model.safetensors"))
+    final_b = load_file(str(stopped / "checkpoints" / "step-00000012" / "model.safetensors"))
+    for key in final_a:
+        assert torch.equal(final_a[key], final_b[key]), key
