@@ -33,6 +33,21 @@ def free_port() -> int:
     return _port[0]
 
 
+def launcher(nproc: int) -> list[str]:
+    """The command prefix that starts a script on `nproc` CPU ranks (plain python for 1)."""
+    if nproc == 1:
+        return [sys.executable]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(free_port()),
+    ]
+
+
 def run_ranks(
     script: list[str], nproc: int, *, timeout: float = 180, **popen
 ) -> subprocess.CompletedProcess:

@@ -6,14 +6,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, run_ranks
+from conftest import launcher as ranks_launcher
+from conftest import run_ranks
 from helpers import TinyModule, TinySequences
 from safetensors.torch import load_file
 
@@ -84,19 +84,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path, nproc):
 
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = (
-        [sys.executable]
-        if nproc == 1
-        else [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(nproc),
-            "--master_port",
-            str(free_port()),
-        ]
-    )
+    launcher = ranks_launcher(nproc)
     _run_until_killed(
         [*launcher, SCRIPT, "--out", str(killed), *common, "--hang-at", "8"],
         killed / "checkpoints" / "step-00000006",
@@ -192,19 +180,7 @@ def test_sigterm_stops_after_a_step_with_checkpoint_and_resumes_bitwise(tmp_path
     run_ranks([SCRIPT, "--out", str(straight), *common], nproc)
 
     stopped = tmp_path / "stopped"
-    launcher = (
-        [sys.executable]
-        if nproc == 1
-        else [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(nproc),
-            "--master_port",
-            str(free_port()),
-        ]
-    )
+    launcher = ranks_launcher(nproc)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [*launcher, SCRIPT, "--out", str(stopped), *common, "--step-sleep", "0.3"],
