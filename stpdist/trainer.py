@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import GradientAccumulationPlugin, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -646,6 +646,12 @@ def _make_accelerator(
         step_scheduler_with_optimizer=False,
         log_with=log_with,
         project_dir=None,
+        # DDP re-buckets gradients after its first step, in the order they became ready; a
+        # resumed run's first step would all-reduce with the initial buckets and, beyond 2
+        # ranks, sum in another order (off by float rounding). Without re-bucketing, fresh
+        # and resumed runs share one layout and stay bitwise equal. (find_unused_parameters
+        # is the switch torch offers for that; it also walks the graph once per step.)
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
 
 

@@ -205,7 +205,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes(cluster, tmp_path):
         == 80
     )
 
-    # against an uninterrupted job of the same config: see the issue note on >2 ranks
+    # bitwise equal to an uninterrupted job of the same config (4 ranks, CPU)
     import torch
     from safetensors.torch import load_file
 
@@ -213,4 +213,4 @@ def test_preempted_job_checkpoints_requeues_and_resumes(cluster, tmp_path):
     a = load_file(str(run / "checkpoints" / "step-00000080" / "model.safetensors"))
     b = load_file(str(tmp_path / "runs/ref/checkpoints/step-00000080/model.safetensors"))
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+        assert torch.equal(a[key], b[key]), key
