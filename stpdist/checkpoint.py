@@ -261,10 +261,21 @@ class CheckpointManager:
             scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         if accelerator.scaler is not None and (path / "scaler.pt").is_file():
             accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
-        rng_file = path / f"rng-{accelerator.process_index}.pt"
-        if rng_file.is_file():
-            _set_rng_state(torch.load(rng_file, weights_only=True))
+        _restore_rng(path, accelerator)
         return read_state(path)
+
+    def restore_weights_and_rng(
+        self, path: Path, accelerator: Any, module: torch.nn.Module
+    ) -> None:
+        """Put back the weights, buffers and this rank's RNG state of checkpoint `path`."""
+        load_weights(path, module)
+        _restore_rng(path, accelerator)
+
+
+def _restore_rng(path: Path, accelerator: Any) -> None:
+    rng_file = Path(path) / f"rng-{accelerator.process_index}.pt"
+    if rng_file.is_file():
+        _set_rng_state(torch.load(rng_file, weights_only=True))
 
 
 def read_state(path: Path) -> TrainState:

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin, set_seed
+from accelerate.utils import GradientAccumulationPlugin, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -330,6 +330,7 @@ class Trainer:
                 )
             state = self.checkpoints.load(start, acc, module, optimizer, scheduler)
             state.world_size = acc.num_processes
+            self._rebucket_like_a_fresh_run(model, module, optimizer, train, ctx, state, start)
             self._print(f"resumed from {start} (epoch {state.epoch}, step {state.global_step})")
         else:
             if resume == "auto":
@@ -484,6 +485,37 @@ class Trainer:
             return state
         finally:
             self._stop.restore()
+
+    def _rebucket_like_a_fresh_run(
+        self,
+        model: nn.Module,
+        module: EnhancedModule,
+        optimizer: Any,
+        train: Any,
+        ctx: LoaderContext,
+        state: TrainState,
+        start: Path,
+    ) -> None:
+        """DDP re-buckets gradients after its first backward, in the order they became
+        ready. A fresh run's later steps use those buckets; a resumed run's first step would
+        use the initial ones and, beyond 2 ranks, sum gradients in another order (off by
+        float rounding). One throwaway forward/backward on the next batch lets DDP re-bucket
+        as a fresh run did; weights, buffers and this rank's RNG are then put back."""
+        if self.accelerator.num_processes <= 2:
+            return  # two-term sums do not depend on the order
+        batch = next(iter(train.iterate(ctx, state.epoch, state.batch)), None)
+        if batch is None:  # the checkpoint sits at an epoch's end
+            batch = next(iter(train.iterate(ctx, state.epoch + 1, 0)), None)
+        if batch is None:
+            return
+        inputs, targets, _ = unpack_batch(batch)
+        module.global_step, module.current_epoch = state.global_step, state.epoch
+        loss = _loss_of(model(self._to_device(inputs), self._to_device(targets)), 0)
+        _, skipped, nonfinite, _ = self._agree(loss)
+        if not (skipped or nonfinite):
+            loss.backward()  # all-reduced by DDP; the gradients are dropped below
+        optimizer.zero_grad(set_to_none=True)
+        self.checkpoints.restore_weights_and_rng(start, self.accelerator, module)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -646,12 +678,6 @@ def _make_accelerator(
         step_scheduler_with_optimizer=False,
         log_with=log_with,
         project_dir=None,
-        # DDP re-buckets gradients after its first step, in the order they became ready; a
-        # resumed run's first step would all-reduce with the initial buckets and, beyond 2
-        # ranks, sum in another order (off by float rounding). Without re-bucketing, fresh
-        # and resumed runs share one layout and stay bitwise equal. (find_unused_parameters
-        # is the switch torch offers for that; it also walks the graph once per step.)
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
 
 
