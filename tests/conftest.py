@@ -55,19 +55,7 @@ def run_ranks(
     or as a plain process when nproc == 1. Fails the test on a non-zero exit."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    if nproc == 1:
-        cmd = [sys.executable, *script]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(nproc),
-            "--master_port",
-            str(free_port()),
-            *script,
-        ]
+    cmd = [*launcher(nproc), *script]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, **popen)
     if proc.returncode != 0:
         raise AssertionError(
