@@ -218,7 +218,3 @@ class Tracker:
                 payload["val/lead_time"] = wandb.Image(str(plot))
             self.accelerator.get_tracker("wandb", unwrap=True).log(payload, step=step)
         return folder
-
-    def finish(self) -> None:
-        if self._wandb_on:
-            self.accelerator.end_training()
