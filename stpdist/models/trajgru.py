@@ -14,7 +14,7 @@ feed frames back, so teacher masks do not apply.
 At the Moving MNIST recipe's settings (configs/mmnist/trajgru.yaml: 1×64×64, 10→10, no
 patching, conv [16, 64, 96], hidden [64, 96, 96], links [13, 13, 9]): 3.63M parameters and
 50.6 GMACs forward per sample (`stpdist bench model`). OpenSTL publishes no TrajGRU figures
-to set beside them; the TrajGRU paper's radar model is larger (3 levels of 64/192/192).
+to set beside them.
 """
 
 from __future__ import annotations
