@@ -73,14 +73,21 @@ def cmd_train(args: argparse.Namespace) -> None:
         )
 
 
-def cmd_validate(args: argparse.Namespace) -> None:
+def _with_checkpoint(args: argparse.Namespace) -> tuple[Config, Any, Path, Any]:
+    """(config, trainer, checkpoint path, module) for validate and predict."""
     from . import build
 
     cfg = _config(args)
     trainer = _trainer(cfg)
     ckpt = _resolve_ckpt(trainer, args.ckpt)
-    module = build.build_module(cfg)
+    return cfg, trainer, ckpt, build.build_module(cfg)
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from . import build
     from .tracking import lead_time_table, plot_lead_times
+
+    cfg, trainer, ckpt, module = _with_checkpoint(args)
 
     split = args.split or cfg.data.val_split
     results = trainer.validate(module, build.eval_stream(cfg, split), ckpt=ckpt)
@@ -99,10 +106,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .trainer import load_predictions
     from .visualize import save_gif, save_panel
 
-    cfg = _config(args)
-    trainer = _trainer(cfg)
-    ckpt = _resolve_ckpt(trainer, args.ckpt)
-    module = build.build_module(cfg)
+    cfg, trainer, ckpt, module = _with_checkpoint(args)
     split = args.split or cfg.data.test_split
     stream = build.eval_stream(cfg, split)
     out = Path(args.out) if args.out else Path(cfg.trainer.output_dir) / "predictions" / split
