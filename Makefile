@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export WANDB_MODE ?= offline
 
-.PHONY: demo test lint install
+.PHONY: demo test test-slurm lint install
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: install
 test: install
 	WANDB_DIR=$$(mktemp -d) $(PY) -m pytest -q
 
+# opt-in: starts a local 2-node SLURM cluster (installs slurm + munge when missing and
+# adds the node names to /etc/hosts; needs root). CI runs it.
+test-slurm: install
+	WANDB_DIR=$$(mktemp -d) $(PY) -m pytest -q -m slurm --slurm
+
+# ruff's rules include C901: no function in stpdist/ above a cyclomatic complexity of 15
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -305,19 +305,14 @@ def bench_model(
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .models.forecaster import Forecaster
+    from .config import ModelConfig
+    from .task import Forecaster
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     b, t_in, c, h, w = shape
     torch.manual_seed(0)
-    module = Forecaster(
-        name,
-        (c, h, w),
-        t_in,
-        num_output_frames,
-        patch_size=patch_size,
-        backbone_args=backbone_args or {},
-    ).to(device)
+    config = ModelConfig(name=name, backbone=backbone_args or {}, patch_size=patch_size)
+    module = Forecaster(config, (c, h, w), t_in, num_output_frames).to(device)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in module.parameters())
@@ -336,6 +331,7 @@ def bench_model(
     for i in range(steps + 1):  # the first step warms up (and compiles)
         start = time.perf_counter()
         loss = step(inputs, targets)
+        loss = loss["loss"] if isinstance(loss, dict) else loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import plugins
 from .config import Config
+from .console import say
 from .data.format import INDEX_FILE, read_index
 from .data.stream import ShardEvalStream, ShardTrainStream
 from .data.synthetic import write_moving_digits
-from .models.forecaster import Forecaster
+from .module import EnhancedModule
+from .task import Forecaster
 from .trainer import Trainer
 
 
@@ -16,17 +19,28 @@ def split_dir(cfg: Config, split: str) -> Path:
     return Path(cfg.data.root) / split
 
 
-def ensure_dataset(cfg: Config, trainer: Trainer) -> None:
-    """Generate synthetic moving digits into `data.root` when configured and absent (on the
-    main process, the others waiting)."""
-    synth = cfg.data.synthesize
+def ensure_dataset(cfg: Config, trainer: Trainer, *, synthesize: bool = False) -> None:
+    """Make sure `data.root` holds a dataset: generate synthetic moving digits into it (on
+    the main process, the others waiting) when `data.synthesize` is for this root or
+    `synthesize` is asked for; otherwise a missing dataset is an error saying what to do."""
+    root, synth = Path(cfg.data.root), cfg.data.synthesize
     with trainer.main_process_first():
-        if synth is None or (split_dir(cfg, cfg.data.train_split) / INDEX_FILE).is_file():
+        if (split_dir(cfg, cfg.data.train_split) / INDEX_FILE).is_file():
             return
+        where = f"data.root {root} holds no dataset (no {cfg.data.train_split}/{INDEX_FILE})"
+        convert = f"convert your data with `stpdist shard FORMAT SRC --out {root}`"
+        if synth is None:
+            raise FileNotFoundError(f"{where}; {convert} (formats: stpdist shard --help)")
+        if not synthesize and (synth.root is None or Path(synth.root) != root):
+            raise FileNotFoundError(
+                f"{where}, and data.synthesize generates only into {synth.root}; pass "
+                f"--synthesize to generate synthetic digits into {root}, or {convert} "
+                "and set data.synthesize=null"
+            )
         if trainer.is_main:
-            print(f"generating synthetic moving digits into {cfg.data.root}")
+            say(f"generating synthetic moving digits into {root}")
             write_moving_digits(
-                cfg.data.root,
+                root,
                 {
                     cfg.data.train_split: synth.train,
                     cfg.data.val_split: synth.val,
@@ -36,17 +50,44 @@ def ensure_dataset(cfg: Config, trainer: Trainer) -> None:
                 num_frames=synth.num_frames,
                 image_size=synth.image_size,
                 num_digits=synth.num_digits,
+                digit_size=synth.digit_size,
                 digits_path=synth.digits,
                 workers=2,
             )
 
 
+def describe_dataset(cfg: Config) -> bool:
+    """Say once, at start: the splits and their sizes, which frames of each sequence are
+    used, and when there is no validation split. Returns whether there is one."""
+    d = cfg.data
+    for split in dict.fromkeys((d.train_split, d.val_split, d.test_split)):
+        if (split_dir(cfg, split) / INDEX_FILE).is_file():
+            index = read_index(split_dir(cfg, split))
+            shape = "×".join(map(str, index.shape))
+            say(f"{split}: {index.num_samples} sequences of T×C×H×W {shape} ({index.dtype})")
+    frames = read_index(split_dir(cfg, d.train_split)).shape[0]
+    used = d.num_input_frames + d.num_output_frames
+    if used < frames:
+        say(
+            f"each sequence holds {frames} frames; frames 0–{used - 1} are used "
+            f"({d.num_input_frames} inputs → {d.num_output_frames} targets), "
+            f"the last {frames - used} are not"
+        )
+    has_val = (split_dir(cfg, d.val_split) / INDEX_FILE).is_file()
+    if not has_val:
+        say(
+            f"no validation split '{d.val_split}' under {d.root}: training without "
+            "validation, metrics or sample pictures"
+        )
+    return has_val
+
+
 def _stream_args(cfg: Config, split: str, eval_: bool) -> dict:
-    batch = cfg.data.eval_batch_size if eval_ and cfg.data.eval_batch_size else cfg.data.batch_size
+    batch = cfg.data.eval_batch_size or cfg.data.batch_size if eval_ else cfg.data.batch_size
     template = cfg.data.url_template
     return {
         "skip_bad": cfg.data.skip_bad_samples,
-        "url_template": template.replace("{split}", split) if template else None,
+        "url_template": template,  # the stream substitutes (and shell-quotes) {split}, {name}
         "batch_size": batch,
         "num_input_frames": cfg.data.num_input_frames,
         "num_output_frames": cfg.data.num_output_frames,
@@ -65,9 +106,14 @@ def eval_stream(cfg: Config, split: str) -> ShardEvalStream:
     return ShardEvalStream(split_dir(cfg, split), **_stream_args(cfg, split, True))
 
 
-def build_module(cfg: Config, frame_shape: tuple[int, int, int] | None = None) -> Forecaster:
-    """The Forecaster for `cfg.model`, for frames C×H×W of `frame_shape` or, by default, of
-    the dataset's index."""
+def build_module(cfg: Config, frame_shape: tuple[int, int, int] | None = None) -> EnhancedModule:
+    """The module for `cfg.model`: the Forecaster around its backbone, for frames C×H×W of
+    `frame_shape` or, by default, of the dataset's index; or the user's own EnhancedModule
+    when `model.name` is its import path (built with `model.backbone` as keywords)."""
+    if plugins.is_import_path(cfg.model.name):
+        cls = plugins.resolve_model(cfg.model.name)
+        if plugins.is_task(cls):
+            return cls(**dict(cfg.model.backbone))
     value_scale = 1.0
     if frame_shape is None:
         for split in (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split):
@@ -77,30 +123,10 @@ def build_module(cfg: Config, frame_shape: tuple[int, int, int] | None = None) -
                 break
         else:
             raise FileNotFoundError(f"no dataset split with {INDEX_FILE} under {cfg.data.root}")
-    shape = (0, *frame_shape)
-    m = cfg.model
     return Forecaster(
-        m.name,
-        tuple(shape[1:]),
+        cfg.model,
+        frame_shape,
         cfg.data.num_input_frames,
         cfg.data.num_output_frames,
-        backbone_args=dict(m.backbone),
-        patch_size=m.patch_size,
-        loss=m.loss,
-        optimizer=m.optimizer,
-        lr=m.lr,
-        weight_decay=m.weight_decay,
-        lr_schedule=m.lr_schedule,
-        warmup_steps=m.warmup_steps,
-        total_steps=m.total_steps,
-        clamp_output=m.clamp_output,
-        scheduled_sampling=m.scheduled_sampling,
-        sampling_start=m.sampling_start,
-        sampling_decay=m.sampling_decay,
-        sampling_stop_step=m.sampling_stop_step,
-        reverse_sampling_steps=tuple(m.reverse_sampling_steps),
-        reverse_sampling_alpha=m.reverse_sampling_alpha,
-        aux_loss_weight=m.aux_loss_weight,
-        metric_thresholds=list(m.metric_thresholds),
         value_scale=value_scale,
     )

@@ -9,21 +9,39 @@ A checkpoint is a folder `<output_dir>/checkpoints/step-00000120/` holding
     rng-<rank>.pt         every rank's python / numpy / torch / CUDA RNG state
     trainer_state.json    epoch, batch position, global step, metrics, world size
     config.yaml           the resolved config, when the run has one
+    manifest.json         every other file's name, size and sha256; written last
 
 It is written into `.tmp-step-…` and renamed when every rank has finished, so a crash
 mid-save leaves the previous checkpoint as the newest complete one. Nothing is ever
 unpickled on load (safetensors, `torch.load(weights_only=True)`, JSON).
+
+Crash safety and damage:
+
+* Complete = the manifest's files all present at their recorded sizes and a valid
+  trainer state whose `global_step` matches the folder name. `resolve("auto")` also checks
+  the sha256 sums and falls back to the newest intact checkpoint with a warning naming
+  each damaged one; damaged folders are left where they are, never used, never counted.
+* A checkpoint is deleted by renaming it out of the `step-*` pattern (`.trash-…`, atomic)
+  and only then removing its files; leftovers of a killed deletion are swept later.
+* An existing checkpoint is never overwritten. Saving a step that already has one renames
+  the existing folder aside first, then puts the new one in its place. When both hold the
+  same weights and optimizer state (one run saving a step twice) the old copy is then
+  removed; otherwise it is kept as `superseded-step-…` (another trajectory, e.g. after
+  resuming from an older checkpoint) or `damaged-step-…`, with a warning: nothing is
+  deleted, and the `step-*` folders stay one trajectory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
 import random
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +49,19 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .config import CheckpointConfig
+
 STATE_FILE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
+VALIDATION_FILE = "validation.json"
+MANIFEST_FILE = "manifest.json"
 _NAME = re.compile(r"^step-(\d{8})$")
+_LEGACY_REQUIRED = (STATE_FILE, MODEL_FILE, "optimizer.pt")  # folders saved before manifests
+log = logging.getLogger("stpdist")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is damaged or does not follow the layout."""
 
 
 @dataclass
@@ -96,6 +124,62 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(folder: Path) -> None:
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != MANIFEST_FILE
+    }
+    (folder / MANIFEST_FILE).write_text(json.dumps({"version": 1, "files": files}, indent=2))
+
+
+def _read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    file = folder / MANIFEST_FILE
+    try:
+        files = json.loads(file.read_text())["files"]
+        if not isinstance(files, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("bytes"), int) for v in files.values()
+        ):
+            raise ValueError("'files' is not a map of name → {bytes, sha256}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{file}: unreadable manifest ({exc})") from None
+    return files
+
+
+def damage(path: str | Path, *, deep: bool = False) -> str | None:
+    """Why checkpoint folder `path` is not intact, or None when it is. Checks every file
+    the manifest lists (size; with `deep`, sha256 too) and the trainer state."""
+    path = Path(path)
+    try:
+        if (path / MANIFEST_FILE).is_file():
+            for name, entry in _read_manifest(path).items():
+                file = path / name
+                if not file.is_file():
+                    return f"{name} is missing"
+                if file.stat().st_size != entry["bytes"]:
+                    return f"{name} holds {file.stat().st_size} bytes, the manifest says {entry['bytes']}"
+                if deep and _sha256(file) != entry.get("sha256"):
+                    return f"{name} does not match its sha256 in the manifest"
+        else:
+            missing = [name for name in _LEGACY_REQUIRED if not (path / name).is_file()]
+            if missing:
+                return f"no {MANIFEST_FILE}, and {', '.join(missing)} missing"
+        read_state(path)
+    except CheckpointError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    return None
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -127,34 +211,82 @@ def load_weights(path: str | Path, module: torch.nn.Module) -> Path:
 
 
 class CheckpointManager:
-    """Owns `<output_dir>/checkpoints`: saving, finding, loading and retention."""
+    """Owns `<output_dir>/checkpoints`: when to save (`maybe_save`, by the policy of
+    `trainer.checkpoint`), saving, finding, loading and retention."""
 
-    def __init__(
-        self,
-        root: str | Path,
-        *,
-        keep_last: int = 2,
-        keep_best: int = 1,
-        monitor: str = "val/loss",
-        mode: str = "min",
-    ) -> None:
-        if mode not in ("min", "max"):
-            raise ValueError(f"checkpoint mode must be 'min' or 'max', got {mode!r}")
+    def __init__(self, root: str | Path, policy: CheckpointConfig | None = None) -> None:
         self.root = Path(root)
-        self.keep_last = max(1, keep_last)  # the newest always stays, so a run can resume
-        self.keep_best = max(0, keep_best)
-        self.monitor = monitor
-        self.mode = mode
+        self.policy = policy or CheckpointConfig()
+        self.keep_last = max(1, self.policy.keep_last)  # the newest stays, so a run can resume
+        self.keep_best = self.policy.keep_best
+        self.monitor = self.policy.monitor
+        self.mode = self.policy.mode
+        self._run: tuple | None = None
+        self.last_saved_step: int | None = None
+
+    def record_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        """The validation of step `step`, run after its checkpoint was written (so a failing
+        validation never costs the checkpoint): stored beside it as `validation.json`
+        (atomically; not part of the manifest) and used from then on to rank best-k."""
+        if self._run is None or not self._run[0].is_main_process:
+            return
+        folder = self.root / f"step-{step:08d}"
+        if not folder.is_dir():
+            return
+        values = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        tmp = folder / f".{VALIDATION_FILE}.tmp"
+        tmp.write_text(json.dumps(values, indent=2))
+        os.replace(tmp, folder / VALIDATION_FILE)
+        self._retain()
+
+    # ---------------------------------------------------------------- when to save
+    def bind(
+        self,
+        accelerator: Any,
+        module: torch.nn.Module,
+        optimizer: Any,
+        scheduler: Any,
+        config_yaml: str | None,
+        state: TrainState,
+    ) -> None:
+        """The run `maybe_save` saves, from `state` on (a step it starts at counts as saved)."""
+        self._run = (accelerator, module, optimizer, scheduler, config_yaml)
+        self.last_saved_step = state.global_step
+
+    def maybe_save(
+        self, state: TrainState, *, epoch_end: bool = False, last: bool = False
+    ) -> Path | None:
+        """Save the bound run if the policy says so at this point: every N steps, at an
+        epoch's end (`every_epoch`), and always as the `last` act of a run (end or stop)
+        unless this step is already saved. Returns the checkpoint written, if any."""
+        step = state.global_step
+        every = self.policy.every_n_steps
+        due = bool(every) and step % every == 0
+        if epoch_end:
+            due = due or self.policy.every_epoch
+        if last:
+            due = self.last_saved_step != step or self.latest() is None
+        if not due:
+            return None
+        if self._run is None:
+            raise RuntimeError("CheckpointManager.maybe_save needs bind() first")
+        accelerator, module, optimizer, scheduler, config_yaml = self._run
+        path = self.save(accelerator, module, optimizer, scheduler, state, config_yaml)
+        self.last_saved_step = step
+        if accelerator.is_main_process:
+            log.info("checkpoint: %s", path)
+        return path
 
     # ---------------------------------------------------------------- finding
     def complete(self) -> list[Path]:
-        """Complete checkpoints, oldest first."""
+        """Complete checkpoints (every listed file at its size, a valid state), oldest first."""
+        return [p for p in self._folders() if damage(p) is None]
+
+    def _folders(self) -> list[Path]:
+        """Every `step-*` folder, complete or not, oldest first."""
         if not self.root.is_dir():
             return []
-        found = [
-            p for p in self.root.iterdir() if _NAME.match(p.name) and (p / STATE_FILE).is_file()
-        ]
-        return sorted(found, key=lambda p: p.name)
+        return sorted((p for p in self.root.iterdir() if _NAME.match(p.name)), key=lambda p: p.name)
 
     def latest(self) -> Path | None:
         found = self.complete()
@@ -167,7 +299,11 @@ class CheckpointManager:
     def _ranked(self) -> list[Path]:
         scored = []
         for path in self.complete():
-            value = read_state(path).metrics.get(self.monitor)
+            try:
+                value = _validation_of(path).get(self.monitor)
+            except CheckpointError as exc:  # damaged since complete() looked: not ranked
+                log.warning("checkpoint left out of best-k: %s", exc)
+                continue
             if value is not None and math.isfinite(value):
                 scored.append((value if self.mode == "min" else -value, path.name, path))
         return [p for _, _, p in sorted(scored)]
@@ -189,6 +325,7 @@ class CheckpointManager:
         main = accelerator.is_main_process
         if main:
             self.root.mkdir(parents=True, exist_ok=True)
+            self._sweep()
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
         _barrier(accelerator)
@@ -204,20 +341,65 @@ class CheckpointManager:
                 torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
             if config_yaml is not None:
                 (tmp / "config.yaml").write_text(config_yaml)
-            # the state file goes last: a folder without it is never taken as complete
             (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
         _barrier(accelerator)
         if main:
+            # the manifest goes last, once every rank's files exist: it lists them all
+            _write_manifest(tmp)
             for file in tmp.iterdir():
                 with open(file, "rb") as handle:
                     os.fsync(handle.fileno())
-            if final.exists():  # the same step saved again (e.g. step and epoch policy)
-                shutil.rmtree(final)
+            aside = self._set_aside(final, tmp) if final.exists() else None
             os.replace(tmp, final)
             _fsync_dir(self.root)
+            if aside is not None and aside.name.startswith(".same-"):
+                shutil.rmtree(aside)
             self._retain()
         _barrier(accelerator)
         return final
+
+    def _set_aside(self, final: Path, new: Path) -> Path:
+        """Rename the existing `final` aside so the new checkpoint `new` can take its name;
+        never delete it here. The same step saved twice by one run (same weights and
+        optimizer state) goes to `.same-…`, removed once the new one is in place; otherwise
+        it is kept as `superseded-…` (another trajectory) or `damaged-…`, with a warning."""
+        why = damage(final, deep=True)  # rare (a step saved twice): worth reading it all
+        if why is None:
+            old_files, new_files = _read_manifest(final), _read_manifest(new)
+            if all(old_files.get(n) == new_files.get(n) for n in (MODEL_FILE, "optimizer.pt")):
+                return self._aside(final, ".same")
+        aside = self._aside(final, "superseded" if why is None else "damaged")
+        log.warning(
+            "checkpoint %s %s; renamed to %s (kept, not used) so step %s can be saved",
+            final,
+            "holds another trajectory's state" if why is None else f"is damaged: {why}",
+            aside.name,
+            final.name,
+        )
+        return aside
+
+    def _aside(self, path: Path, label: str) -> Path:
+        for number in range(1, 10_000):
+            target = path.with_name(f"{label}-{path.name}" + (f"-{number}" if number > 1 else ""))
+            if not target.exists():
+                os.rename(path, target)
+                return target
+        raise FileExistsError(f"no free name to set {path} aside")
+
+    def _delete(self, path: Path) -> None:
+        """Remove a checkpoint folder so that a crash at any point leaves either the whole
+        folder or nothing under its name: rename it out of `step-*` first (atomic)."""
+        trash = self.root / f".trash-{path.name}-{os.getpid()}"
+        shutil.rmtree(trash, ignore_errors=True)
+        os.rename(path, trash)
+        _fsync_dir(self.root)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _sweep(self) -> None:
+        """Remove what killed saves and deletions left (never a `step-*` folder)."""
+        patterns = (".tmp-step-*", ".trash-*", ".same-step-*")
+        for stale in (p for pattern in patterns for p in self.root.glob(pattern)):
+            shutil.rmtree(stale, ignore_errors=True)
 
     def _retain(self) -> None:
         found = self.complete()
@@ -225,21 +407,39 @@ class CheckpointManager:
         keep.update(self._ranked()[: self.keep_best])
         for path in found:
             if path not in keep:
-                shutil.rmtree(path, ignore_errors=True)
-        for stale in self.root.glob(".tmp-step-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+                self._delete(path)
+        self._sweep()
 
     # ---------------------------------------------------------------- loading
     def resolve(self, resume: str | Path | None) -> Path | None:
-        """`None` → no resume; `"auto"` → newest complete checkpoint (or None); a path →
-        that checkpoint, which must be complete."""
+        """`None` → no resume; `"auto"` → the newest intact checkpoint (or None when there is
+        none), falling back past damaged ones with a warning naming each; a path → that
+        checkpoint, which must be intact. Intact: every file of the manifest at its size and
+        sha256, a valid trainer state."""
         if resume is None:
             return None
         if str(resume) == "auto":
-            return self.latest()
+            damaged = []
+            for path in reversed(self._folders()):
+                why = damage(path, deep=True)
+                if why is None:
+                    return path
+                damaged.append(path)
+                log.warning(
+                    "checkpoint %s is damaged (%s); falling back to an older one", path, why
+                )
+            if damaged:
+                raise CheckpointError(
+                    f"every checkpoint in {self.root} is damaged (newest: {damaged[0]}); resume "
+                    "from a copy or move them away to start afresh"
+                )
+            return None
         path = Path(resume)
         if not (path / STATE_FILE).is_file():
             raise FileNotFoundError(f"not a complete checkpoint (no {STATE_FILE}): {path}")
+        why = damage(path, deep=True)
+        if why is not None:
+            raise CheckpointError(f"{path}: damaged checkpoint ({why})")
         return path
 
     def load(
@@ -278,5 +478,49 @@ def _restore_rng(path: Path, accelerator: Any) -> None:
         _set_rng_state(torch.load(rng_file, weights_only=True))
 
 
+def _validation_of(path: Path) -> dict[str, Any]:
+    """The metrics that rank checkpoint `path`: its `validation.json` when the validation of
+    its step ran after it was saved, else those in its trainer state."""
+    file = Path(path) / VALIDATION_FILE
+    if file.is_file():
+        try:
+            return json.loads(file.read_text())
+        except (OSError, ValueError):
+            pass  # a torn write: fall back to the state's metrics
+    return read_state(path).metrics
+
+
 def read_state(path: Path) -> TrainState:
-    return TrainState(**json.loads((Path(path) / STATE_FILE).read_text()))
+    """The validated trainer state of checkpoint folder `path`; a `CheckpointError` naming
+    the file when it is unreadable, off-schema, negative, or its step is not the folder's."""
+    file = Path(path) / STATE_FILE
+    try:
+        raw = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{file}: unreadable trainer state ({exc})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{file}: trainer state must be a JSON object")
+    known = [f.name for f in fields(TrainState)]
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise CheckpointError(f"{file}: unknown key(s) {unknown}; valid keys: {known}")
+    for name in ("epoch", "batch", "global_step", "world_size"):
+        value = raw.get(name)
+        low = 1 if name == "world_size" else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise CheckpointError(f"{file}: '{name}' must be an integer >= {low}, got {value!r}")
+    metrics = raw.get("metrics", {})
+    if not isinstance(metrics, dict) or not all(
+        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+        for k, v in metrics.items()
+    ):
+        raise CheckpointError(f"{file}: 'metrics' must map names to numbers")
+    match = _NAME.match(Path(path).name)
+    if match and int(match.group(1)) != raw["global_step"]:
+        raise CheckpointError(
+            f"{file}: global_step {raw['global_step']} does not match the folder's step "
+            f"{int(match.group(1))}"
+        )
+    return TrainState(**raw)

@@ -4,7 +4,7 @@
     stpdist validate CONFIG [overrides] [--ckpt best|last|PATH]
     stpdist predict CONFIG [overrides] [--ckpt best|last|PATH] [--out DIR]
     stpdist synth moving-digits --out DIR --train N --val N --test N --seed S
-    stpdist shard {mmnist-npy,seed-mmnist,seed-kth,seed-taxibj,taxibj-h5,kth-avi,arrays} SRC --out DIR
+    stpdist shard FORMAT SRC --out DIR   (formats: stpdist shard --help)
     stpdist inspect DIR
     stpdist bench trainer | data DIR | model NAME [--shape BxTxCxHxW] [--compile]
 
@@ -55,17 +55,17 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     cfg = _config(args)
     trainer = _trainer(cfg)
-    build.ensure_dataset(cfg, trainer)
+    build.ensure_dataset(cfg, trainer, synthesize=args.synthesize)
     from accelerate.utils import set_seed
 
     set_seed(cfg.trainer.seed)  # identical initial weights on every rank and every run
     module = build.build_module(cfg)
-    val_dir = build.split_dir(cfg, cfg.data.val_split)
-    val = build.eval_stream(cfg, cfg.data.val_split) if val_dir.is_dir() else None
+    has_val = build.describe_dataset(cfg)
+    val = build.eval_stream(cfg, cfg.data.val_split) if has_val else None
     state = trainer.fit(module, build.train_stream(cfg), val, resume=args.resume)
     trainer.close()
     metrics = state.metrics
-    if trainer.is_main and "val/mse" in metrics and "val/copy_last_mse" in metrics:
+    if trainer.is_main and "val/mse" in metrics and metrics.get("val/copy_last_mse"):
         print(
             f"final validation MSE per pixel {metrics['val/mse']:.5f} vs copy-last-input-frame "
             f"baseline {metrics['val/copy_last_mse']:.5f} "
@@ -85,134 +85,87 @@ def _with_checkpoint(args: argparse.Namespace) -> tuple[Config, Any, Path, Any]:
 
 def cmd_validate(args: argparse.Namespace) -> None:
     from . import build
-    from .tracking import lead_time_table, plot_lead_times
+    from .console import lead_time_table
+    from .visualize import plot_lead_times
 
     cfg, trainer, ckpt, module = _with_checkpoint(args)
-
     split = args.split or cfg.data.val_split
-    results = trainer.validate(module, build.eval_stream(cfg, split), ckpt=ckpt)
+    results = trainer.validate(module, build.eval_stream(cfg, split), ckpt=ckpt, split=split)
     if trainer.is_main:
+        out = Path(cfg.trainer.output_dir)
+        written = _write_json(out / f"metrics_{split}.json", results)
         print(f"checkpoint {ckpt}, split {split}")
         print(lead_time_table(results))
-        plot = plot_lead_times(results, Path(cfg.trainer.output_dir) / f"lead_time_{split}.png")
-        if plot is not None:
-            print(f"per-lead-time plot: {plot}")
+        plot = plot_lead_times(results, out / f"lead_time_{split}.png")
+        print(f"results: {written}" + (f"; per-lead-time plot: {plot}" if plot else ""))
     trainer.close()
 
 
+def _write_json(path: Path, results: dict[str, Any]) -> Path:
+    from .console import plain
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({k: plain(v) for k, v in results.items()}, indent=2))
+    return path
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
+    """One pass: predictions written, metrics accumulated, the first samples drawn."""
     from . import build
-    from .data.stream import LoaderContext
-    from .trainer import load_predictions
+    from .console import format_scalars
+    from .trainer import SampleKeeper
     from .visualize import save_gif, save_panel
 
     cfg, trainer, ckpt, module = _with_checkpoint(args)
     split = args.split or cfg.data.test_split
-    stream = build.eval_stream(cfg, split)
     out = Path(args.out) if args.out else Path(cfg.trainer.output_dir) / "predictions" / split
-    trainer.predict(module, stream, ckpt=ckpt, out=out)
-    results = trainer.validate(module, stream)
+    keeper = SampleKeeper(args.samples if trainer.is_main else 0)
+    results = trainer.predict(
+        module, build.eval_stream(cfg, split), ckpt=ckpt, out=out, split=split, keeper=keeper
+    )
+    trainer.close()
     if not trainer.is_main:
         return
-    from .tracking import _plain
-
-    (out / "metrics.json").write_text(
-        json.dumps({k: _plain(v) for k, v in results.items()}, indent=2)
-    )
-    # pictures of the first samples (main process' files hold the first keys)
-    predictions = load_predictions(out)
-    shown = 0
-    for inputs, targets, keys in stream.iterate(LoaderContext()):
-        for i, key in enumerate(keys[: args.samples - shown]):
-            pred = predictions[key]
-            cmap = cfg.logging.colormap
-            save_panel(
-                out / "samples" / f"{key}.png", inputs[i].numpy(), targets[i].numpy(), pred, cmap
-            )
-            save_gif(out / "samples" / f"{key}.gif", targets[i].numpy(), pred, colormap=cmap)
-            shown += 1
-        if shown >= args.samples:
-            break
-    from .tracking import format_scalars
-
+    _write_json(out / "metrics.json", results)
+    cmap = cfg.logging.colormap
+    for key, inputs, truth, pred in keeper.samples:
+        save_panel(out / "samples" / f"{key}.png", inputs, truth, pred, cmap)
+        save_gif(out / "samples" / f"{key}.gif", truth, pred, colormap=cmap)
     print(f"checkpoint {ckpt}; metrics: {format_scalars(results)} (all in {out / 'metrics.json'})")
     print(f"sample pictures: {out / 'samples'}")
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from .data.convert import prepare_output
     from .data.synthetic import write_moving_digits
 
-    out = prepare_output(args.out, args.overwrite)
-    write_moving_digits(
-        out,
+    out = write_moving_digits(
+        args.out,
         {"train": args.train, "val": args.val, "test": args.test},
         seed=args.seed,
         num_frames=args.frames,
         image_size=args.size,
         digits_path=args.digits,
+        digit_size=args.digit_size,
         workers=args.workers,
+        overwrite=args.overwrite,
     )
     print(f"wrote moving digits to {out}")
 
 
-def _ranges(text: str) -> list[int]:
-    """`17-25,30` → [17, …, 25, 30]."""
-    out: list[int] = []
-    for part in text.split(","):
-        low, _, high = part.partition("-")
-        out += range(int(low), int(high or low) + 1)
-    return out
-
-
-def _split_sizes(text: str) -> dict[str, int]:
-    """`train=8000,val=1000,test=-1` → {"train": 8000, …}."""
-    sizes = {}
-    for part in text.split(","):
-        name, _, size = part.partition("=")
-        if not size:
-            raise ValueError(f"--splits item {part!r} is not name=count")
-        sizes[name] = int(size)
-    return sizes
-
-
 def cmd_shard(args: argparse.Namespace) -> None:
     from .data.convert import convert
-    from .data.sources import generic, kth, moving_mnist, seed_layout, taxibj
+    from .data.sources import FORMATS
 
-    fmt, src = args.format, args.sources
-    if fmt != "taxibj-h5" and len(src) != 1:
-        raise ValueError(f"{fmt} takes one source path, got {len(src)}")
-    if fmt == "mmnist-npy":
-        source = moving_mnist.MovingMnistNpy(src[0], _split_sizes(args.splits or "test=-1"))
-    elif fmt.startswith("seed-"):
-        source = seed_layout.SeedLayout(src[0], fmt.removeprefix("seed-"))
-    elif fmt == "taxibj-h5":
-        source = taxibj.TaxiBJ(
-            src,
-            num_frames=args.frames or 8,
-            stride=args.stride or 1,
-            test_days=args.test_days,
-            val_days=args.val_days,
-        )
-    elif fmt == "kth-avi":
-        source = kth.KTHVideos(
-            src[0],
-            num_frames=args.frames or 20,
-            stride=args.stride or 20,
-            image_size=args.size,
-            test_persons=_ranges(args.test_persons),
-        )
-    else:
-        source = generic.GenericArrays(
-            src[0], key=args.key, value_scale=args.value_scale, split=args.split
-        )
+    spec = FORMATS[args.format]
+    if not spec.many_paths and len(args.sources) != 1:
+        raise ValueError(f"{args.format} takes one source path, got {len(args.sources)}")
     indexes = convert(
-        source,
+        spec.build(args.sources, args),
         args.out,
         workers=args.workers,
         overwrite=args.overwrite,
         samples_per_shard=args.samples_per_shard,
+        nan_fill=args.allow_nan,
     )
     for split, index in indexes.items():
         print(
@@ -222,6 +175,8 @@ def cmd_shard(args: argparse.Namespace) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
+    import tempfile
+
     from .data.format import INDEX_FILE, read_index
     from .data.stream import LoaderContext, ShardEvalStream
     from .visualize import save_panel
@@ -236,6 +191,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     )
     if not folders:
         raise FileNotFoundError(f"no {INDEX_FILE} in {root} or its sub-folders")
+    # pictures never go into the dataset: a folder the user names, or a temp folder we name
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="stpdist-inspect-"))
     for folder in folders:
         index = read_index(folder)
         print(
@@ -244,22 +201,20 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             f"mean {np.round(index.mean, 4).tolist()}, std {np.round(index.std, 4).tolist()}, "
             f"source: {index.source}"
         )
-        half = index.shape[0] // 2
+        if args.samples <= 0:
+            continue
         stream = ShardEvalStream(
             folder,
             batch_size=args.samples,
-            num_input_frames=half,
-            num_output_frames=index.shape[0] - half,
+            num_input_frames=index.shape[0],
+            num_output_frames=0,
         )
-        inputs, targets, keys = next(iter(stream.iterate(LoaderContext())))
-        for i, key in enumerate(keys):
-            path = save_panel(
-                Path(args.out or folder / "inspect") / f"{key}.png",
-                inputs[i].numpy(),
-                targets[i].numpy(),
-                targets[i].numpy(),
-            )
-        print(f"  rendered {len(keys)} samples to {path.parent}")
+        frames, _, keys = next(iter(stream.iterate(LoaderContext())))
+        for i, key in enumerate(keys):  # the stored frames as they are: no fake prediction
+            save_panel(out / folder.name / f"{key}.png", frames[i].numpy(), None, None)
+        print(
+            f"  rendered {len(keys)} samples (all {index.shape[0]} frames) to {out / folder.name}"
+        )
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -292,6 +247,35 @@ def cmd_bench(args: argparse.Namespace) -> None:
         bench_data(args.dir)
 
 
+def _shard_parser(sub: Any) -> None:
+    """`stpdist shard FORMAT SRC… --out DIR`: one sub-command per registered raw format, each
+    with the flags its source declares."""
+    from .data.sources import FORMATS
+
+    shard = sub.add_parser("shard", help="convert a raw dataset into shards")
+    formats = shard.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    for name, spec in FORMATS.items():
+        s = formats.add_parser(name, help=spec.help, description=spec.help)
+        paths = "one or more files" if spec.many_paths else "file or folder"
+        s.add_argument("sources", nargs="+", help=paths)
+        s.add_argument("--out", required=True, help="dataset folder (one sub-folder a split)")
+        s.add_argument("--workers", type=int, default=2)
+        s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+        s.add_argument("--samples-per-shard", type=int, default=1000)
+        s.add_argument(
+            "--allow-nan",
+            type=float,
+            default=None,
+            metavar="FILL",
+            help="store NaN as FILL (data that marks missing values with NaN); "
+            "without it NaN/Inf is an error naming the file and position",
+        )
+        for flag, kwargs in spec.flags.items():
+            s.add_argument(flag, **kwargs)
+        s.add_argument("--debug", action="store_true")
+        s.set_defaults(func=cmd_shard)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stpdist", description=__doc__.split("\n")[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -306,6 +290,11 @@ def parser() -> argparse.ArgumentParser:
 
     s = with_config("train", "train a model")
     s.add_argument("--resume", default=None, help="'auto' (newest checkpoint) or a path")
+    s.add_argument(
+        "--synthesize",
+        action="store_true",
+        help="generate data.synthesize's moving digits into data.root when it holds no dataset",
+    )
     s.set_defaults(func=cmd_train)
     for name, func in (("validate", cmd_validate), ("predict", cmd_predict)):
         s = with_config(name, f"{name} with a checkpoint")
@@ -326,41 +315,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--frames", type=int, default=20)
     s.add_argument("--size", type=int, default=64)
     s.add_argument("--digits", default=None, help="MNIST train-images-idx3-ubyte(.gz) to use")
+    s.add_argument("--digit-size", type=int, default=28, help="glyph size in pixels")
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--debug", action="store_true")
     s.set_defaults(func=cmd_synth)
 
-    s = sub.add_parser("shard", help="convert a raw dataset into shards")
-    s.add_argument(
-        "format",
-        choices=[
-            "mmnist-npy",
-            "seed-mmnist",
-            "seed-kth",
-            "seed-taxibj",
-            "taxibj-h5",
-            "kth-avi",
-            "arrays",
-        ],
-    )
-    s.add_argument("sources", nargs="+", help="file or folder (taxibj-h5: one or more .h5)")
-    s.add_argument("--out", required=True, help="dataset folder to write (one sub-folder a split)")
-    s.add_argument("--workers", type=int, default=2)
-    s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--samples-per-shard", type=int, default=1000)
-    s.add_argument("--splits", default=None, help="mmnist-npy: e.g. train=8000,val=1000,test=-1")
-    s.add_argument("--frames", type=int, default=None, help="window length (taxibj 8, kth 20)")
-    s.add_argument("--stride", type=int, default=None, help="window stride (taxibj 1, kth 20)")
-    s.add_argument("--test-days", type=int, default=28, help="taxibj: last days as test")
-    s.add_argument("--val-days", type=int, default=0, help="taxibj: days before test as val")
-    s.add_argument("--size", type=int, default=128, help="kth: resized frame size")
-    s.add_argument("--test-persons", default="17-25", help="kth: persons in the test split")
-    s.add_argument("--key", default=None, help="arrays: array name inside .npz files")
-    s.add_argument("--value-scale", type=float, default=None, help="arrays: stored value range")
-    s.add_argument("--split", default="train", help="arrays: split name without sub-folders")
-    s.add_argument("--debug", action="store_true")
-    s.set_defaults(func=cmd_shard)
+    _shard_parser(sub)
 
     s = sub.add_parser("inspect", help="summarise a dataset's index and render samples")
     s.add_argument("dir")

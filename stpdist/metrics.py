@@ -11,7 +11,13 @@ Values are in the scaled data range [0, 1] (frames / the index's value scale).
   frame (scikit-image's `structural_similarity(…, win_size=7, data_range=1)`), averaged
   over channels, frames and samples.
 * Skill scores at thresholds in physical (stored) units, event = value ≥ threshold:
-  CSI, POD, FAR, HSS from hit / miss / false-alarm / correct-negative counts.
+  CSI, POD, FAR, HSS from hit / miss / false-alarm / correct-negative counts. The loader
+  scales stored values in float32 (x / scale; on CUDA as x × (1/scale)) and the caller
+  divides thresholds in float64, so a stored value exactly at the threshold can land a
+  float32 rounding below it. Events are therefore `value ≥ threshold × (1 − 2⁻²⁰)`: the
+  margin (16 float32 ulps) absorbs that rounding, the same at every scale, and is far
+  below one stored unit — exact against a contingency table in stored units for stored
+  integers up to 2¹⁹ (tested at scales 255, 1000, 1292).
 
 Every value is also given per lead time. torchmetrics was not used: it has neither
 per-lead-time values nor OpenSTL's sum convention, and the sums here reduce exactly with
@@ -27,6 +33,8 @@ import torch.nn.functional as F
 
 SSIM_WINDOW = 7
 PSNR_CAP_DB = 100.0
+THRESHOLD_MARGIN = 2.0**-20
+"""Relative margin below a threshold that still counts as reaching it (float32 rounding)."""
 
 
 def _ssim_per_frame(pred_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor) -> torch.Tensor:
@@ -69,6 +77,7 @@ def batch_sums(
     }
     if thresholds_scaled:
         levels = torch.tensor(list(thresholds_scaled), dtype=torch.float64, device=pred.device)
+        levels = levels - levels.abs() * THRESHOLD_MARGIN  # see the module docstring
         shape = (-1, 1, 1, 1, 1, 1)
         p = pred.unsqueeze(0) >= levels.view(shape)  # K×B×T×C×H×W
         o = target.unsqueeze(0) >= levels.view(shape)

@@ -17,15 +17,21 @@ class EnhancedModule(nn.Module):
     """A `torch.nn.Module` with Lightning-style hooks.
 
     Required: `configure_optimizer`, `training_step`. `validation_step` is needed for
-    validation and `predict_step` for prediction. The Trainer sets `global_step`
-    (optimizer steps taken) and `current_epoch` before every step, for schedules such
-    as scheduled sampling.
+    validation and `predict_step` for prediction.
+
+    Facts the Trainer sets (read them, never write them):
+    - `global_step` (optimizer steps taken) and `current_epoch`, before every step, for
+      schedules such as scheduled sampling;
+    - `planned_steps`, the optimizer steps `fit` will run in all (from max_steps /
+      max_epochs and the data), before `configure_lr_scheduler`, for schedules that need
+      their length; None outside `fit`.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.global_step: int = 0
         self.current_epoch: int = 0
+        self.planned_steps: int | None = None
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         """Return the optimizer over this module's parameters."""

@@ -3,35 +3,41 @@
 Runs unchanged on one CPU process, several CPU processes (torchrun or accelerate launch:
 gloo is chosen by itself on a CPU-only host), one or many GPUs, several nodes.
 Tensors: inputs B×T_in×C×H×W, targets B×T_out×C×H×W.
+
+`fit`'s loop asks and small objects decide: `Lockstep` (rank agreement, lockstep.py),
+`CheckpointManager.maybe_save` (when and how to save, checkpoint.py), `Validator` (when
+to validate, and the exact reduction of results across ranks), `Meter` (loss and
+throughput windows), `Tracker` (where results go, tracking.py).
 """
 
 from __future__ import annotations
 
 import atexit
-import logging
-import signal
-import threading
+import dataclasses
+import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import GradientAccumulationPlugin, set_seed
+from accelerate.utils import GradientAccumulationPlugin, gather_object, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import console
 from .checkpoint import CheckpointManager, TrainState, load_weights, read_state
-from .config import CheckpointConfig, Config, LoggingConfig, to_yaml
-from .data.stream import LoaderContext, as_eval_source, as_train_source, unpack_batch
+from .config import Config, LoggingConfig, TrainerConfig, check_values, to_yaml
+from .console import format_scalars, say
+from .data.loading import LoaderContext, TrainSource, as_eval_source, as_train_source, unpack_batch
+from .lockstep import Lockstep, StopFlag, loss_of
 from .module import EnhancedModule
-from .tracking import Tracker, format_scalars
-
-log = logging.getLogger("stpdist")
-
+from .runlock import RunLock
+from .tracking import Tracker
 
 PREEMPTED_EXIT_CODE = 75
 """`stpdist train` exits with this code after a SIGTERM/SIGUSR1 stop with a checkpoint
@@ -49,33 +55,6 @@ class Preempted(RuntimeError):
         self.step, self.checkpoint = step, checkpoint
 
 
-class _StopFlag:
-    """Set by SIGTERM or SIGUSR1 (SLURM's warning signal); read at step boundaries."""
-
-    SIGNALS = tuple(
-        getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name)
-    )
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def install(self) -> None:
-        self.requested = False
-        if threading.current_thread() is not threading.main_thread():
-            return  # handlers can only be set from the main thread
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-
 class _TrainingStep(nn.Module):
     """Routes `training_step` through the (DDP-)wrapped forward, so DDP's gradient hooks
     and accelerate's autocast see it."""
@@ -88,21 +67,8 @@ class _TrainingStep(nn.Module):
         return self.module.training_step_end(self.module.training_step(inputs, targets))
 
 
-def _loss_of(output: Any, step: int) -> torch.Tensor | None:
-    if output is None or isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict):
-        if "loss" not in output:
-            raise KeyError(
-                f"training_step returned a dict without 'loss' at step {step} "
-                f"(keys: {sorted(output)}); return the loss or None to skip the batch"
-            )
-        return output["loss"]
-    raise TypeError(f"training_step must return a Tensor, a dict or None; got {type(output)}")
-
-
-def _scalars_of(output: Any) -> dict[str, torch.Tensor]:
-    """The scalar entries of a validation output (a tensor is the loss)."""
+def _scalars_of(output: Any, hook: str = "validation_step") -> dict[str, Any]:
+    """The scalar entries of a step's output (a tensor is the loss)."""
     if isinstance(output, torch.Tensor):
         return {"loss": output}
     if isinstance(output, dict):
@@ -111,7 +77,7 @@ def _scalars_of(output: Any) -> dict[str, torch.Tensor]:
             for k, v in output.items()
             if (isinstance(v, torch.Tensor) and v.numel() == 1) or isinstance(v, float | int)
         }
-    raise TypeError(f"validation_step must return a Tensor or a dict; got {type(output)}")
+    raise TypeError(f"{hook} must return a Tensor or a dict; got {type(output)}")
 
 
 def _scheduler_of(returned: Any) -> tuple[Any, str]:
@@ -127,67 +93,193 @@ def _scheduler_of(returned: Any) -> tuple[Any, str]:
     return returned, "step"
 
 
+class Meter:
+    """Running means of the agreed training loss (plus the main rank's extra scalars) over
+    the current log window and epoch, and the window's throughput."""
+
+    def __init__(self) -> None:
+        self._window: dict[str, float] = {}
+        self._epoch: dict[str, float] = {}
+        self._window_start = self._epoch_start = time.perf_counter()
+
+    def add(self, loss: float | None, samples: int, extras: dict[str, float]) -> None:
+        """One micro-batch: its agreed mean loss (None when skipped) and global size."""
+        for sums in (self._window, self._epoch):
+            sums["samples"] = sums.get("samples", 0) + samples
+            if loss is None:
+                continue
+            sums["batches"] = sums.get("batches", 0) + 1
+            for key, value in {"loss": loss, **extras}.items():
+                sums[key] = sums.get(key, 0.0) + value
+
+    def window(self) -> dict[str, float] | None:
+        """`train/…` means and samples/s since the last call (None when no batch counted);
+        starts a new window."""
+        sums, elapsed = self._window, time.perf_counter() - self._window_start
+        self._window, self._window_start = {}, time.perf_counter()
+        if not sums.get("batches"):
+            return None
+        means = {f"train/{k}": v / sums["batches"] for k, v in sums.items()}
+        means.pop("train/batches")
+        means["train/samples_per_s"] = means.pop("train/samples") * sums["batches"] / elapsed
+        return means
+
+    def epoch(self) -> dict[str, float]:
+        """The epoch's mean loss and duration; starts a new epoch."""
+        sums, elapsed = self._epoch, time.perf_counter() - self._epoch_start
+        self._epoch, self._epoch_start = {}, time.perf_counter()
+        return {
+            "train/epoch_loss": sums.get("loss", 0.0) / max(sums.get("batches", 0), 1),
+            "time_s": round(elapsed, 2),
+        }
+
+
+class EvalSums:
+    """Additive evaluation results of one pass: batch-size-weighted sums of the scalars
+    each batch returned, the module's additive "sums", the sample count. `reduce` adds
+    them over ranks exactly (ranks that saw no batch know no names or shapes: the union
+    of names and shapes is agreed first)."""
+
+    def __init__(self) -> None:
+        self.scalars: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, output: Any, size: int) -> None:
+        for key, value in _scalars_of(output).items():
+            self.scalars[key] = self.scalars.get(key, 0.0) + float(value) * size
+        if isinstance(output, dict) and "sums" in output:
+            for key, value in output["sums"].items():
+                value = value.detach().double()
+                self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.count += size
+
+    def reduce(self, accelerator: Any, module: EnhancedModule, prefix: str) -> dict[str, Any]:
+        layouts = gather_object(
+            [(sorted(self.scalars), sorted((k, tuple(v.shape)) for k, v in self.sums.items()))]
+        )
+        names = sorted(set().union(*(names for names, _ in layouts)))
+        shapes = sorted(set().union(*(shapes for _, shapes in layouts)))
+        device = accelerator.device
+        parts = [torch.tensor([self.scalars.get(n, 0.0) for n in names] + [self.count],
+                              dtype=torch.float64, device=device)]  # fmt: skip
+        for key, shape in shapes:
+            value = self.sums.get(key)
+            if value is None:
+                value = torch.zeros(shape, dtype=torch.float64, device=device)
+            parts.append(value.flatten())
+        flat = accelerator.reduce(torch.cat(parts), reduction="sum")
+        values = flat[: len(names) + 1].tolist()
+        total = int(values[-1])
+        if total == 0:
+            raise ValueError(f"the {prefix} data holds no samples")
+        results = {f"{prefix}/{n}": v / total for n, v in zip(names, values[:-1])}
+        if shapes:
+            reduced, offset = {}, len(names) + 1
+            for key, shape in shapes:
+                size = int(np.prod(shape)) if shape else 1
+                reduced[key] = flat[offset : offset + size].view(shape)
+                offset += size
+            for key, value in module.metrics_from_sums(reduced).items():
+                results[f"{prefix}/{key}"] = value
+        results[f"{prefix}/num_samples"] = total
+        return results
+
+
+class SampleKeeper:
+    """The first `limit` (key, inputs, truth, prediction) of the main process' batches, as
+    float numpy arrays, for pictures."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.samples: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._seen = 0
+
+    def offer(self, keys: list[str] | None, inputs: Any, targets: Any, output: Any) -> None:
+        preds = output.get("predictions") if isinstance(output, dict) else None
+        room = self.limit - len(self.samples)
+        if preds is not None and room > 0:
+            for i in range(min(room, inputs.shape[0])):
+                key = keys[i] if keys is not None else f"{self._seen + i:08d}"
+                as_np = [x[i].float().cpu().numpy() for x in (inputs, targets, preds)]
+                self.samples.append((key, *as_np))
+        self._seen += inputs.shape[0]
+
+
+class Validator:
+    """Knows when validation is due (`trainer.val_every_n_*`) and runs it: results logged,
+    sample pictures handed to the tracker at the end, `state.metrics` updated."""
+
+    def __init__(self, trainer: Trainer, source: Any, module: EnhancedModule) -> None:
+        self.trainer, self.source, self.module = trainer, source, module
+        self.last_step: int | None = None
+
+    def maybe_run(self, state: TrainState, *, epoch_end: bool = False, last: bool = False) -> None:
+        if self.source is None:
+            return
+        every_steps = self.trainer.config.val_every_n_steps
+        every_epochs = self.trainer.config.val_every_n_epochs
+        due = bool(every_steps) and state.global_step % every_steps == 0
+        if epoch_end:
+            due = due or (bool(every_epochs) and state.epoch % every_epochs == 0)
+        if last:
+            due = self.last_step != state.global_step
+        if due:
+            self.run(state)
+
+    def run(self, state: TrainState) -> None:
+        tracker = self.trainer.tracker
+        keeper = SampleKeeper(tracker.num_samples if self.trainer.is_main else 0)
+        results = self.trainer.evaluate(self.module, self.source, "val", keeper)
+        state.metrics, self.last_step = results, state.global_step
+        self.trainer.checkpoints.record_metrics(state.global_step, results)
+        tracker.log(results, step=state.global_step, epoch=state.epoch)
+        tracker.log_samples(keeper.samples, results, step=state.global_step)
+        say(f"step {state.global_step}: {format_scalars(results)}")
+
+
 class Trainer:
     """Runs an `EnhancedModule`'s hooks with DDP, mixed precision, accumulation,
-    clipping, exact checkpoint/resume and exact cross-rank validation."""
+    clipping, exact checkpoint/resume and exact cross-rank validation.
+
+    `Trainer(cfg.trainer, logging=cfg.logging, run_config=cfg)`, or keywords for the
+    fields of `TrainerConfig` (`Trainer(max_epochs=2, output_dir="runs/x")`): the
+    defaults live in that dataclass alone.
+    """
 
     def __init__(
         self,
+        config: TrainerConfig | None = None,
         *,
-        max_epochs: int | None = 1,
-        max_steps: int | None = None,
-        mixed_precision: str = "no",
-        gradient_accumulation_steps: int = 1,
-        grad_clip_norm: float | None = None,
-        seed: int = 0,
-        output_dir: str | Path = "runs/default",
-        log_every_n_steps: int = 10,
-        val_every_n_epochs: int = 1,
-        val_every_n_steps: int | None = None,
-        checkpoint: CheckpointConfig | None = None,
-        num_workers: int | None = None,
-        progress_bar: bool = True,
         logging: LoggingConfig | None = None,
-        config: Config | None = None,
+        run_config: Config | None = None,
+        **fields: Any,
     ) -> None:
-        if max_epochs is None and max_steps is None:
+        config = config or TrainerConfig()
+        self.config = dataclasses.replace(config, **fields) if fields else config
+        check_values(self.config)
+        if self.config.max_epochs is None and self.config.max_steps is None:
             raise ValueError("set max_epochs or max_steps")
-        self.max_epochs = max_epochs
-        self.max_steps = max_steps
-        self.grad_clip_norm = grad_clip_norm
-        self.seed = seed
-        self.output_dir = Path(output_dir)
-        self.log_every_n_steps = log_every_n_steps
-        self.val_every_n_epochs = val_every_n_epochs
-        self.val_every_n_steps = val_every_n_steps
-        self.checkpoint_policy = checkpoint or CheckpointConfig()
-        self.num_workers = num_workers
-        self.progress_bar = progress_bar
-        self.config = config
-        self._stop = _StopFlag()
-        logging = logging or LoggingConfig(num_samples=0)
-        # the tracker decides the accelerate logger, which the Accelerator needs at birth
+        self.output_dir = Path(self.config.output_dir)
+        self.run_config = run_config
+        self._stop = StopFlag()
+        # the tracker decides the accelerate loggers, which the Accelerator needs at birth
         self.tracker = Tracker(
-            self.output_dir,
-            is_main=False,
-            num_samples=logging.num_samples,
-            wandb=logging.wandb,
-            config=config,
+            self.output_dir, logging or LoggingConfig(num_samples=0), run_config=run_config
         )
-        self.accelerator = _make_accelerator(
-            mixed_precision, gradient_accumulation_steps, self.tracker.log_with
-        )
+        self.accelerator = _make_accelerator(self.config, self.tracker.log_with)
         self.tracker.is_main = self.accelerator.is_main_process
-        self.tracker.metrics.enabled = self.accelerator.is_main_process
+        console.setup(self.accelerator.is_main_process)
+        self.lockstep = Lockstep(self.accelerator, self._stop)
         self.checkpoints = CheckpointManager(
-            self.output_dir / "checkpoints",
-            keep_last=self.checkpoint_policy.keep_last,
-            keep_best=self.checkpoint_policy.keep_best,
-            monitor=self.checkpoint_policy.monitor,
-            mode=self.checkpoint_policy.mode,
+            self.output_dir / "checkpoints", self.config.checkpoint
         )
         # a process group left alive at interpreter exit can abort gloo's threads
         atexit.register(self.close)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Trainer:
+        return cls(cfg.trainer, logging=cfg.logging, run_config=cfg)
 
     def close(self) -> None:
         """Finish trackers and destroy the process group (idempotent; also runs at exit).
@@ -195,29 +287,8 @@ class Trainer:
         if getattr(self, "_closed", False):
             return
         self._closed = True
-        if self.accelerator.trackers or (dist.is_available() and dist.is_initialized()):
+        if self.accelerator.trackers or torch.distributed.is_initialized():
             self.accelerator.end_training()
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> Trainer:
-        t = cfg.trainer
-        return cls(
-            max_epochs=t.max_epochs,
-            max_steps=t.max_steps,
-            mixed_precision=t.mixed_precision,
-            gradient_accumulation_steps=t.gradient_accumulation_steps,
-            grad_clip_norm=t.grad_clip_norm,
-            seed=t.seed,
-            output_dir=t.output_dir,
-            log_every_n_steps=t.log_every_n_steps,
-            val_every_n_epochs=t.val_every_n_epochs,
-            val_every_n_steps=t.val_every_n_steps,
-            checkpoint=t.checkpoint,
-            num_workers=t.num_workers,
-            progress_bar=t.progress_bar,
-            logging=cfg.logging,
-            config=cfg,
-        )
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -234,55 +305,24 @@ class Trainer:
         return LoaderContext(
             rank=acc.process_index,
             world_size=acc.num_processes,
-            seed=self.seed,
+            seed=self.config.seed,
             batch_multiple=acc.gradient_accumulation_steps,
-            num_workers=self.num_workers,
+            num_workers=self.config.num_workers,
         )
 
-    def _print(self, message: str) -> None:
-        if self.is_main:
-            tqdm.write(message)
+    def _to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
+        inputs, targets, keys = unpack_batch(batch)
+        device = self.accelerator.device
+        inputs = inputs.to(device, non_blocking=True)
+        targets = None if targets is None else targets.to(device, non_blocking=True)
+        return inputs, targets, keys
 
-    def _to_device(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
-        return None if tensor is None else tensor.to(self.accelerator.device, non_blocking=True)
+    def _planned_steps(self, steps_per_epoch: int) -> int:
+        limits = [self.config.max_steps, (self.config.max_epochs or 0) * steps_per_epoch]
+        return min(n for n in limits if n)
 
-    def _agree(self, loss: torch.Tensor | None) -> tuple[float, bool, bool, bool]:
-        """(global mean loss, any rank skipped, any rank non-finite, any rank asked to
-        stop), the same on every rank.
-
-        One small all-reduce per micro-batch keeps ranks in lockstep on skips, NaNs and
-        preemption signals.
-        """
-        flags = torch.zeros(4, dtype=torch.float64, device=self.accelerator.device)
-        flags[3] = float(self._stop.requested)
-        if loss is None:
-            flags[1] = 1
-        else:
-            value = loss.detach().double()
-            finite = torch.isfinite(value)
-            flags[0] = torch.where(finite, value, torch.zeros_like(value))
-            flags[2] = (~finite).double()
-        world = self.accelerator.num_processes
-        if world > 1:
-            dist.all_reduce(flags)
-        total, skipped, nonfinite, stop = flags.tolist()  # host sync: waits for the device
-        return total / world, skipped > 0, nonfinite > 0, stop > 0
-
-    def _sync_grads_by_hand(self, module: nn.Module) -> None:
-        """Average gradients across ranks when the micro-batch that would have carried
-        DDP's all-reduce was skipped on every rank."""
-        world = self.accelerator.num_processes
-        if world == 1:
-            return
-        for param in module.parameters():
-            if param.grad is not None:
-                dist.all_reduce(param.grad)
-                param.grad.div_(world)
-
-    def _save_config(self) -> None:
-        if self.is_main and self.config is not None:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(to_yaml(self.config))
+    def _config_yaml(self) -> str | None:
+        return to_yaml(self.run_config) if self.run_config is not None else None
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -293,324 +333,280 @@ class Trainer:
         resume: str | Path | None = None,
     ) -> TrainState:
         """Train `module`; `resume` is None, "auto" (newest complete checkpoint) or a path."""
-        acc = self.accelerator
-        ctx = self._ctx()
+        acc, ctx = self.accelerator, self._ctx()
         train = as_train_source(train_data)
-        val = as_eval_source(val_data) if val_data is not None else None
+        validator = Validator(self, None if val_data is None else as_eval_source(val_data), module)
         batches_per_epoch = train.batches_per_epoch(ctx)
-        accum = acc.gradient_accumulation_steps
-        steps_per_epoch = batches_per_epoch // accum
-        planned = [
-            n
-            for n in (self.max_steps, (self.max_epochs or 0) * steps_per_epoch or None)
-            if n is not None
-        ]
-        total_steps = min(planned)
-        module.planned_steps = total_steps  # read by schedules that need their length
+        total_steps = self._planned_steps(batches_per_epoch // acc.gradient_accumulation_steps)
+        module.planned_steps = total_steps  # a fact for schedules that need their length
+        self._banner(batches_per_epoch, total_steps)
+        model, optimizer, scheduler, interval = self._prepare(module)
+        max_epochs = self.config.max_epochs or math.inf
+        # one run per output folder: a second run (a duplicated SLURM job, a second
+        # `--resume auto`) stops here, naming the holder, before touching any checkpoint
+        with self._run_lock(), self._stop.installed():
+            state = self._start(resume, model, module, optimizer, scheduler, train, ctx)
+            self.checkpoints.bind(acc, module, optimizer, scheduler, self._config_yaml(), state)
+            validator.last_step = state.global_step
+            self.tracker.start(acc)
+            meter = Meter()
+            bar = self._progress(total_steps, state.global_step)
+            module.train()
+            while state.global_step < total_steps and state.epoch < max_epochs:
+                bar.set_postfix_str(f"epoch {state.epoch}")
+                for batch in train.iterate(ctx, state.epoch, state.batch):
+                    stop = self._micro_step(model, module, optimizer, batch, state, meter)
+                    state.batch += 1
+                    if not acc.sync_gradients:
+                        continue
+                    # ---- one optimizer step done
+                    state.global_step += 1
+                    if interval == "step" and scheduler is not None:
+                        if not acc.optimizer_step_was_skipped:  # fp16 overflow: no step
+                            scheduler.step()
+                    self._log_window(meter, optimizer, state, bar)
+                    if stop:  # every rank saw the same flag: all stop after this step
+                        self.checkpoints.maybe_save(state, last=True)
+                        bar.close()
+                        raise Preempted(state.global_step, self.checkpoints.latest())
+                    if state.batch == batches_per_epoch:  # the epoch ends on this step
+                        break
+                    # checkpoint first: a failing validation must not cost the training
+                    self.checkpoints.maybe_save(state)
+                    validator.maybe_run(state)
+                    if state.global_step >= total_steps:
+                        break
+                if state.batch < batches_per_epoch and state.global_step < total_steps:
+                    raise RuntimeError(
+                        f"training source yielded {state.batch} batches in epoch {state.epoch} "
+                        f"on rank {acc.process_index}; it announced {batches_per_epoch}"
+                    )
+                if state.batch == batches_per_epoch:
+                    self._end_epoch(state, scheduler, interval, meter, validator, total_steps)
+            bar.close()
+            self.checkpoints.maybe_save(state, last=True)
+            validator.maybe_run(state, last=True)
+            acc.wait_for_everyone()
+            return state
 
-        module.to(acc.device)
+    def _banner(self, batches_per_epoch: int, total_steps: int) -> None:
+        """Once, at start: where and how this run computes."""
+        acc, accum = self.accelerator, self.accelerator.gradient_accumulation_steps
+        say(
+            f"{acc.num_processes} process(es) on {acc.device.type}, precision "
+            f"{self.config.mixed_precision}, {torch.get_num_threads()} intra-op thread(s) each; "
+            f"{batches_per_epoch} micro-batches per rank per epoch, accumulation {accum}: "
+            f"{batches_per_epoch // accum} optimizer steps per epoch, {total_steps} in all"
+        )
+
+    def _prepare(self, module: EnhancedModule) -> tuple[nn.Module, Any, Any, str]:
+        """(DDP-wrapped training step, prepared optimizer, scheduler, its interval)."""
+        module.to(self.accelerator.device)
         optimizer = module.configure_optimizer()
         scheduler, interval = _scheduler_of(module.configure_lr_scheduler(optimizer))
         # The scheduler is not prepared: a prepared one steps num_processes times per step.
-        model, optimizer = acc.prepare(_TrainingStep(module), optimizer)
+        model, optimizer = self.accelerator.prepare(_TrainingStep(module), optimizer)
+        return model, optimizer, scheduler, interval
 
-        state = TrainState(world_size=acc.num_processes)
+    def _progress(self, total: int, initial: int) -> Any:
+        """A bar over optimizer steps (the epoch is shown beside it), main process only."""
+        enabled = self.is_main and self.config.progress_bar
+        return tqdm(
+            total=total, initial=initial, disable=not enabled, dynamic_ncols=True, unit="step"
+        )
+
+    @contextmanager
+    def _run_lock(self) -> Iterator[None]:
+        """The output folder's exclusive lock, held by the main process for the run."""
+        if not self.is_main:
+            yield
+            return
+        with RunLock(self.output_dir):
+            yield
+
+    def _micro_step(
+        self,
+        model: nn.Module,
+        module: EnhancedModule,
+        optimizer: Any,
+        batch: Any,
+        state: TrainState,
+        meter: Meter,
+    ) -> bool:
+        """Forward, agreement, backward and (on the window's last micro-batch) the optimizer
+        step of one micro-batch; returns whether the ranks agreed to stop."""
+        acc = self.accelerator
+        inputs, targets, _ = self._to_device(batch)
+        module.global_step, module.current_epoch = state.global_step, state.epoch
+        with acc.accumulate(model):
+            output = model(inputs, targets)
+            loss = loss_of(output, state.global_step + 1)
+            agreed = self.lockstep.agree(loss)
+            if agreed.nonfinite:
+                raise FloatingPointError(
+                    f"non-finite loss at step {state.global_step + 1} (epoch {state.epoch}, "
+                    f"batch {state.batch}); last checkpoint: {self.checkpoints.latest()}"
+                )
+            if not agreed.skipped:
+                acc.backward(loss)
+                self._contributed = True
+            elif acc.sync_gradients and self._contributed:
+                # DDP all-reduces inside the backward of the window's last micro-batch;
+                # with that one skipped on every rank, average the earlier ones here.
+                self.lockstep.average_grads_by_hand(module)
+            if acc.sync_gradients and self.config.grad_clip_norm and self._contributed:
+                norm = acc.clip_grad_norm_(module.parameters(), self.config.grad_clip_norm)
+                self._grad_norm = float(norm)  # host sync, once per optimizer step
+            # On micro-batches before the window's last, accelerate makes step() and
+            # zero_grad() no-ops (gradients keep accumulating); on the last they act.
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if acc.sync_gradients:
+            self._contributed = False
+        extras = {
+            k: float(v)
+            for k, v in _scalars_of(output, "training_step").items()
+            if k != "loss" and not agreed.skipped
+        } if isinstance(output, dict) else {}  # fmt: skip
+        meter.add(
+            None if agreed.skipped else agreed.mean_loss,
+            inputs.shape[0] * acc.num_processes,
+            extras,
+        )
+        return agreed.stop
+
+    def _log_window(self, meter: Meter, optimizer: Any, state: TrainState, bar: Any) -> None:
+        bar.update(state.global_step - bar.n)
+        if state.global_step % self.config.log_every_n_steps:
+            return
+        scalars = meter.window()
+        if scalars is None:
+            return
+        scalars["train/lr"] = optimizer.param_groups[0]["lr"]
+        if self._grad_norm is not None:
+            scalars["train/grad_norm"] = self._grad_norm
+        self.tracker.log(scalars, step=state.global_step, epoch=state.epoch)
+        bar.set_postfix_str(
+            f"epoch {state.epoch}, loss {scalars['train/loss']:.4g}, "
+            f"lr {scalars['train/lr']:.3g}, {scalars['train/samples_per_s']:.3g} samples/s"
+        )
+
+    def _end_epoch(
+        self,
+        state: TrainState,
+        scheduler: Any,
+        interval: str,
+        meter: Meter,
+        validator: Validator,
+        total_steps: int,
+    ) -> None:
+        finished = state.epoch
+        state.epoch, state.batch = state.epoch + 1, 0
+        if scheduler is not None and interval == "epoch":
+            scheduler.step()
+        summary = meter.epoch()
+        self.tracker.log(summary, step=state.global_step, epoch=finished)
+        self.checkpoints.maybe_save(state, epoch_end=True)
+        validator.maybe_run(state, epoch_end=True)
+        say(
+            f"epoch {finished} done: step {state.global_step}/{total_steps}, "
+            f"{format_scalars({**summary, **state.metrics})}"
+        )
+
+    def _start(
+        self,
+        resume: str | Path | None,
+        model: nn.Module,
+        module: EnhancedModule,
+        optimizer: Any,
+        scheduler: Any,
+        train: TrainSource,
+        ctx: LoaderContext,
+    ) -> TrainState:
+        """A fresh state (refusing an output_dir that holds an earlier run) or the state of
+        the checkpoint `resume` names, with everything it saved restored."""
+        acc = self.accelerator
+        self._contributed, self._grad_norm = False, None
         if resume is None and self.checkpoints.latest() is not None:
             raise FileExistsError(
                 f"{self.checkpoints.root} holds checkpoints of an earlier run; resume it "
                 "(resume='auto', CLI --resume auto) or use another output_dir"
             )
         start = self.checkpoints.resolve(resume)
-        if start is not None:
-            saved = read_state(start)
-            if saved.world_size != acc.num_processes and saved.batch != 0:
-                raise ValueError(
-                    f"{start} was written mid-epoch by {saved.world_size} processes; resume it "
-                    f"with {saved.world_size} (now {acc.num_processes})"
-                )
-            state = self.checkpoints.load(start, acc, module, optimizer, scheduler)
-            state.world_size = acc.num_processes
-            self._rebucket_like_a_fresh_run(model, module, optimizer, train, ctx, state, start)
-            self._print(f"resumed from {start} (epoch {state.epoch}, step {state.global_step})")
-        else:
+        if start is None:
             if resume == "auto":
-                self._print(f"no checkpoint in {self.checkpoints.root}; starting from scratch")
-            set_seed(self.seed + acc.process_index)
-        self._save_config()
-        self.tracker.start(acc)
-        config_yaml = to_yaml(self.config) if self.config is not None else None
-
-        def save_checkpoint() -> None:
-            path = self.checkpoints.save(acc, module, optimizer, scheduler, state, config_yaml)
-            last_saved[0] = state.global_step
-            self._print(f"checkpoint: {path}")
-
-        def run_validation() -> None:
-            results, samples = self._evaluate(module, val, ctx, self.tracker.num_samples)
-            state.metrics = results
-            last_validated[0] = state.global_step
-            self.tracker.log(results, step=state.global_step, epoch=state.epoch)
-            self.tracker.log_samples(samples, results, step=state.global_step)
-            self._print(f"step {state.global_step}: {format_scalars(results)}")
-
-        last_saved, last_validated = [state.global_step], [state.global_step]
-        self._stop.install()  # SIGTERM / SIGUSR1: checkpoint after this step, then stop
-        try:
-            bar = tqdm(
-                total=total_steps,
-                initial=state.global_step,
-                disable=not (self.is_main and self.progress_bar),
-                dynamic_ncols=True,
+                say(f"no checkpoint in {self.checkpoints.root}; starting from scratch")
+            set_seed(self.config.seed + acc.process_index)
+            self._save_config()
+            return TrainState(world_size=acc.num_processes)
+        saved = read_state(start)
+        if saved.world_size != acc.num_processes and saved.batch != 0:
+            raise ValueError(
+                f"{start} was written mid-epoch by {saved.world_size} processes; resume it "
+                f"with {saved.world_size} (now {acc.num_processes})"
             )
-            module.train()
-            window = {"loss": 0.0, "batches": 0, "samples": 0, "time": time.perf_counter()}
-            epoch_stats = {"loss": 0.0, "batches": 0, "time": time.perf_counter()}
-            grad_norm: float | None = None
-            contributed = False  # did any micro-batch of this accumulation window backprop?
-            done = state.global_step >= total_steps
-            while not done and (self.max_epochs is None or state.epoch < self.max_epochs):
-                bar.set_description(f"epoch {state.epoch}")
-                for batch in train.iterate(ctx, state.epoch, state.batch):
-                    inputs, targets, _ = unpack_batch(batch)
-                    inputs, targets = self._to_device(inputs), self._to_device(targets)
-                    module.global_step, module.current_epoch = state.global_step, state.epoch
-                    with acc.accumulate(model):
-                        loss = _loss_of(model(inputs, targets), state.global_step + 1)
-                        mean_loss, skipped, nonfinite, stop = self._agree(loss)
-                        if nonfinite:
-                            raise FloatingPointError(
-                                f"non-finite loss at step {state.global_step + 1} (epoch "
-                                f"{state.epoch}, batch {state.batch}); last checkpoint: "
-                                f"{self.checkpoints.latest()}"
-                            )
-                        if not skipped:
-                            acc.backward(loss)
-                            contributed = True
-                        elif acc.sync_gradients and contributed:
-                            self._sync_grads_by_hand(module)
-                        if acc.sync_gradients and self.grad_clip_norm is not None and contributed:
-                            grad_norm = float(
-                                acc.clip_grad_norm_(module.parameters(), self.grad_clip_norm)
-                            )
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    state.batch += 1
-                    if not skipped:
-                        window["loss"] += mean_loss
-                        window["batches"] += 1
-                        epoch_stats["loss"] += mean_loss
-                        epoch_stats["batches"] += 1
-                    window["samples"] += inputs.shape[0] * acc.num_processes
-                    if not acc.sync_gradients:
-                        continue
+        state = self.checkpoints.load(start, acc, module, optimizer, scheduler)
+        state.world_size = acc.num_processes
 
-                    # ---- one optimizer step done
-                    contributed = False
-                    state.global_step += 1
-                    if scheduler is not None and interval == "step":
-                        if not acc.optimizer_step_was_skipped:
-                            scheduler.step()
-                    bar.update(1)
-                    if state.global_step % self.log_every_n_steps == 0 and window["batches"]:
-                        elapsed = time.perf_counter() - window["time"]
-                        scalars = {
-                            "train/loss": window["loss"] / window["batches"],
-                            "train/lr": optimizer.param_groups[0]["lr"],
-                            "train/samples_per_s": window["samples"] / max(elapsed, 1e-9),
-                        }
-                        if grad_norm is not None:
-                            scalars["train/grad_norm"] = grad_norm
-                        self.tracker.log(scalars, step=state.global_step, epoch=state.epoch)
-                        bar.set_postfix(
-                            loss=f"{scalars['train/loss']:.4g}",
-                            lr=f"{scalars['train/lr']:.3g}",
-                            sps=f"{scalars['train/samples_per_s']:.0f}",
-                        )
-                        window.update(loss=0.0, batches=0, samples=0, time=time.perf_counter())
-                    if stop:  # every rank saw the same flag: all stop after this step
-                        if last_saved[0] != state.global_step:
-                            save_checkpoint()
-                        bar.close()
-                        raise Preempted(state.global_step, self.checkpoints.latest())
-                    if state.batch == batches_per_epoch:  # the epoch ends on this step
-                        break
-                    if val is not None and self.val_every_n_steps:
-                        if state.global_step % self.val_every_n_steps == 0:
-                            run_validation()
-                    every = self.checkpoint_policy.every_n_steps
-                    if every and state.global_step % every == 0:
-                        save_checkpoint()
-                    if state.global_step >= total_steps:
-                        done = True
-                        break
-                else:
-                    if state.batch != batches_per_epoch:
-                        raise RuntimeError(
-                            f"training source yielded {state.batch} batches in epoch {state.epoch} "
-                            f"on rank {acc.process_index}; it announced {batches_per_epoch}"
-                        )
-                if done:
-                    break
-                # ---- end of epoch
-                finished_epoch = state.epoch
-                state.epoch, state.batch = state.epoch + 1, 0
-                if scheduler is not None and interval == "epoch":
-                    scheduler.step()
-                summary = {
-                    "train/epoch_loss": epoch_stats["loss"] / max(epoch_stats["batches"], 1),
-                    "time_s": round(time.perf_counter() - epoch_stats["time"], 2),
-                }
-                epoch_stats.update(loss=0.0, batches=0, time=time.perf_counter())
-                self.tracker.log(summary, step=state.global_step, epoch=finished_epoch)
-                due_val = self.val_every_n_epochs and state.epoch % self.val_every_n_epochs == 0
-                due_step_val = self.val_every_n_steps and (
-                    state.global_step % self.val_every_n_steps == 0
-                )
-                if val is not None and (due_val or due_step_val):
-                    run_validation()
-                self._print(
-                    f"epoch {finished_epoch} done: step {state.global_step}/{total_steps}, "
-                    f"{format_scalars({**summary, **state.metrics})}"
-                )
-                every = self.checkpoint_policy.every_n_steps
-                if self.checkpoint_policy.every_epoch or (every and state.global_step % every == 0):
-                    save_checkpoint()
-                done = state.global_step >= total_steps
-            bar.close()
-            if val is not None and last_validated[0] != state.global_step:
-                run_validation()
-            if last_saved[0] != state.global_step or self.checkpoints.latest() is None:
-                save_checkpoint()
-            acc.wait_for_everyone()
-            return state
-        finally:
-            self._stop.restore()
+        def first_batch() -> tuple[torch.Tensor, torch.Tensor] | None:
+            batch = next(iter(train.iterate(ctx, state.epoch, state.batch)), None)
+            if batch is None:  # the checkpoint sits at an epoch's end
+                batch = next(iter(train.iterate(ctx, state.epoch + 1, 0)), None)
+            module.global_step, module.current_epoch = state.global_step, state.epoch
+            return None if batch is None else self._to_device(batch)[:2]
 
-    def _rebucket_like_a_fresh_run(
-        self,
-        model: nn.Module,
-        module: EnhancedModule,
-        optimizer: Any,
-        train: Any,
-        ctx: LoaderContext,
-        state: TrainState,
-        start: Path,
-    ) -> None:
-        """DDP re-buckets gradients after its first backward, in the order they became
-        ready. A fresh run's later steps use those buckets; a resumed run's first step would
-        use the initial ones and, beyond 2 ranks, sum gradients in another order (off by
-        float rounding). One throwaway forward/backward on the next batch lets DDP re-bucket
-        as a fresh run did; weights, buffers and this rank's RNG are then put back."""
-        if self.accelerator.num_processes <= 2:
-            return  # two-term sums do not depend on the order
-        batch = next(iter(train.iterate(ctx, state.epoch, state.batch)), None)
-        if batch is None:  # the checkpoint sits at an epoch's end
-            batch = next(iter(train.iterate(ctx, state.epoch + 1, 0)), None)
-        if batch is None:
-            return
-        inputs, targets, _ = unpack_batch(batch)
-        module.global_step, module.current_epoch = state.global_step, state.epoch
-        loss = _loss_of(model(self._to_device(inputs), self._to_device(targets)), 0)
-        _, skipped, nonfinite, _ = self._agree(loss)
-        if not (skipped or nonfinite):
-            loss.backward()  # all-reduced by DDP; the gradients are dropped below
-        optimizer.zero_grad(set_to_none=True)
-        self.checkpoints.restore_weights_and_rng(start, self.accelerator, module)
+        self.lockstep.rebucket_like_a_fresh_run(
+            model,
+            optimizer,
+            first_batch,
+            lambda: self.checkpoints.restore_weights_and_rng(start, acc, module),
+        )
+        self._save_config()
+        say(f"resumed from {start} (epoch {state.epoch}, step {state.global_step})")
+        return state
+
+    def _save_config(self) -> None:
+        if self.is_main and self.run_config is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.yaml").write_text(to_yaml(self.run_config))
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def _evaluate(
-        self, module: EnhancedModule, source: Any, ctx: LoaderContext, num_samples: int = 0
-    ) -> tuple[dict[str, float], list]:
-        """Batch-size-weighted means of the scalars every rank's batches returned, plus the
-        module's metrics from additive "sums", all reduced exactly; and up to `num_samples`
-        (key, inputs, truth, prediction) of the main process' first batches."""
-        acc = self.accelerator
+    def evaluate(
+        self,
+        module: EnhancedModule,
+        source: Any,
+        prefix: str = "val",
+        keeper: SampleKeeper | None = None,
+    ) -> dict[str, Any]:
+        """Results of `validation_step` over all of `source` across all ranks, exactly
+        (keys `<prefix>/<name>`); `keeper` collects the first samples for pictures."""
         was_training = module.training
         module.eval()
-        scalars: dict[str, float] = {}
-        sums: dict[str, torch.Tensor] = {}
-        samples: list = []
-        count = 0
-        with acc.autocast():
-            for batch in source.iterate(ctx):
-                inputs, targets, keys = unpack_batch(batch)
-                inputs, targets = self._to_device(inputs), self._to_device(targets)
+        sums = EvalSums()
+        with self.accelerator.autocast():
+            for batch in source.iterate(self._ctx()):
+                inputs, targets, keys = self._to_device(batch)
                 output = module.validation_step_end(module.validation_step(inputs, targets))
-                size = inputs.shape[0]
-                for key, value in _scalars_of(output).items():
-                    scalars[key] = scalars.get(key, 0.0) + float(value) * size
-                if isinstance(output, dict) and "sums" in output:
-                    for key, value in output["sums"].items():
-                        value = value.detach().double()
-                        sums[key] = sums[key] + value if key in sums else value
-                if self.is_main and len(samples) < num_samples and isinstance(output, dict):
-                    preds = output.get("predictions")
-                    for i in range(
-                        min(size, num_samples - len(samples)) if preds is not None else 0
-                    ):
-                        key = keys[i] if keys is not None else f"{count + i:08d}"
-                        samples.append(
-                            (
-                                key,
-                                inputs[i].float().cpu().numpy(),
-                                targets[i].float().cpu().numpy(),
-                                preds[i].float().cpu().numpy(),
-                            )
-                        )
-                count += size
-        # ranks that saw no batch know no names or shapes: take the union
-        layout = (sorted(scalars), sorted((k, tuple(v.shape)) for k, v in sums.items()))
-        if acc.num_processes > 1:
-            gathered: list = [None] * acc.num_processes
-            dist.all_gather_object(gathered, layout)
-            layout = (
-                sorted(set().union(*(g[0] for g in gathered))),
-                sorted(set().union(*(g[1] for g in gathered))),
-            )
-        names, shapes = layout
-        parts = [
-            torch.tensor(
-                [scalars.get(n, 0.0) for n in names] + [count],
-                dtype=torch.float64,
-                device=acc.device,
-            )
-        ]
-        for key, shape in shapes:
-            value = sums.get(key)
-            parts.append(
-                (
-                    value
-                    if value is not None
-                    else torch.zeros(shape, dtype=torch.float64, device=acc.device)
-                ).flatten()
-            )
-        flat = torch.cat(parts)
-        if acc.num_processes > 1:
-            dist.all_reduce(flat)
-        values = flat[: len(names) + 1].tolist()
-        total_count = int(values[-1])
-        if total_count == 0:
-            raise ValueError("the validation data holds no samples")
-        results = {f"val/{n}": v / total_count for n, v in zip(names, values[:-1])}
-        if shapes:
-            reduced, offset = {}, len(names) + 1
-            for key, shape in shapes:
-                size = int(np.prod(shape)) if shape else 1
-                reduced[key] = flat[offset : offset + size].view(shape)
-                offset += size
-            for key, value in module.metrics_from_sums(reduced).items():
-                results[f"val/{key}"] = value
-        results["val/num_samples"] = total_count
+                sums.add(output, inputs.shape[0])
+                if keeper is not None:
+                    keeper.offer(keys, inputs, targets, output)
         module.train(was_training)
-        return results, samples
+        return sums.reduce(self.accelerator, module, prefix)
 
-    def validate(self, module: EnhancedModule, data: Any, ckpt: str | Path | None = None) -> dict:
-        """Evaluate `module` (weights from `ckpt` if given) over all of `data`."""
+    def validate(
+        self,
+        module: EnhancedModule,
+        data: Any,
+        ckpt: str | Path | None = None,
+        split: str = "val",
+    ) -> dict[str, Any]:
+        """Evaluate `module` (weights from `ckpt` if given) over all of `data`; results are
+        named `<split>/<metric>`."""
         if ckpt is not None:
             load_weights(ckpt, module)
         module.to(self.accelerator.device)
-        results, _ = self._evaluate(module, as_eval_source(data), self._ctx())
+        results = self.evaluate(module, as_eval_source(data), split)
         self.tracker.log(results, step=module.global_step, epoch=module.current_epoch)
         return results
 
@@ -621,9 +617,15 @@ class Trainer:
         data: Any,
         ckpt: str | Path | None = None,
         out: str | Path | None = None,
-    ) -> Path:
-        """Write predictions keyed by sample: `out/predictions-r<rank>-<part>.npz`, each with
-        `keys` (N,) and `predictions` N×T_out×C×H×W float32. Returns `out`."""
+        *,
+        split: str = "test",
+        keeper: SampleKeeper | None = None,
+    ) -> dict[str, Any]:
+        """One pass that writes predictions keyed by sample and, where batches carry
+        targets, accumulates the metrics of `validation_step` (keys `<split>/…`).
+
+        Files: `out/predictions-r<rank>-<part>.npz`, each with `keys` (N,) and `predictions`
+        N×T_out×C×H×W float32. Returns the metrics ({} without targets)."""
         acc = self.accelerator
         if ckpt is not None:
             load_weights(ckpt, module)
@@ -635,49 +637,61 @@ class Trainer:
         acc.wait_for_everyone()
         module.to(acc.device)
         module.eval()
-        written = 0
+        sums, written = EvalSums(), 0
         with acc.autocast():
             for part, batch in enumerate(as_eval_source(data).iterate(self._ctx())):
-                inputs, targets, keys = unpack_batch(batch)
+                inputs, targets, keys = self._to_device(batch)
                 if keys is None:
                     raise ValueError("prediction batches must carry sample keys")
-                pred = module.predict_step(self._to_device(inputs), self._to_device(targets))
+                pred, output = self._predict_batch(module, inputs, targets)
+                if output is not None:
+                    sums.add(output, inputs.shape[0])
+                    if keeper is not None:
+                        keeper.offer(keys, inputs, targets, {"predictions": pred})
                 np.savez(
                     out / f"predictions-r{acc.process_index:03d}-{part:06d}.npz",
                     keys=np.asarray(keys),
                     predictions=pred.float().cpu().numpy(),
                 )
                 written += len(keys)
-        total = torch.tensor([written], device=acc.device)
-        if acc.num_processes > 1:
-            dist.all_reduce(total)
-        self._print(f"wrote {int(total.item())} predictions to {out}")
-        return out
+        total = acc.reduce(torch.tensor([written, sums.count], device=acc.device), "sum")
+        say(f"wrote {int(total[0])} predictions to {out}")
+        return sums.reduce(acc, module, split) if int(total[1]) else {}
+
+    @staticmethod
+    def _predict_batch(
+        module: EnhancedModule, inputs: torch.Tensor, targets: torch.Tensor | None
+    ) -> tuple[torch.Tensor, Any]:
+        """(predictions, the validation output for metrics or None without targets)."""
+        if targets is None:
+            return module.predict_step(inputs, None), None
+        output = module.validation_step_end(module.validation_step(inputs, targets))
+        if isinstance(output, dict) and "predictions" in output:
+            return output["predictions"], output
+        return module.predict_step(inputs, targets), output
 
 
-def _make_accelerator(
-    mixed_precision: str, accumulation: int, log_with: str | None = None
-) -> Accelerator:
+def _make_accelerator(config: TrainerConfig, log_with: list[str]) -> Accelerator:
     """An Accelerator for this host: CPU ranks over gloo when there is no CUDA device."""
     cpu = not torch.cuda.is_available()
-    if mixed_precision == "fp16" and cpu:
+    if config.mixed_precision == "fp16" and cpu:
         raise ValueError(
             "mixed_precision='fp16' needs a CUDA device (on CPU it would silently run in "
             "fp32); use 'bf16' or 'no'"
         )
-    if mixed_precision not in ("no", "bf16", "fp16"):
-        raise ValueError(f"mixed_precision must be no, bf16 or fp16; got {mixed_precision!r}")
     # A new Trainer in the same process may ask for other settings than the last one.
     AcceleratorState._reset_state()
     GradientState._reset_state()
-    plugin = GradientAccumulationPlugin(num_steps=accumulation, sync_with_dataloader=False)
+    plugin = GradientAccumulationPlugin(
+        num_steps=config.gradient_accumulation_steps, sync_with_dataloader=False
+    )
     return Accelerator(
         cpu=cpu,
-        mixed_precision=mixed_precision,
+        mixed_precision=config.mixed_precision,
         gradient_accumulation_plugin=plugin,
         step_scheduler_with_optimizer=False,
-        log_with=log_with,
-        project_dir=None,
+        log_with=log_with or None,
+        project_dir=config.output_dir,
     )
 
 

@@ -5,10 +5,13 @@ Legend: T time, C channels, H×W frame size; values in [0, 1] (the data range af
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .console import LEAD
 
 GAP = 2
 
@@ -37,14 +40,17 @@ def _channel_rows(frames_TCHW: np.ndarray) -> list[np.ndarray]:
 
 def sequence_panel(
     inputs_TCHW: np.ndarray,
-    truth_TCHW: np.ndarray,
-    prediction_TCHW: np.ndarray,
+    truth_TCHW: np.ndarray | None,
+    prediction_TCHW: np.ndarray | None,
     colormap: str | None = None,
 ) -> np.ndarray:
     """One image (uint8 RGB): rows input, truth, prediction, |truth − prediction| (one row
     per channel for data of 2 or 4+ channels, e.g. TaxiBJ inflow/outflow); columns are
-    frames, separated by GAP-pixel white lines."""
-    groups = [inputs_TCHW, truth_TCHW, prediction_TCHW, np.abs(truth_TCHW - prediction_TCHW)]
+    frames, separated by GAP-pixel white lines. Only what exists is drawn: without a
+    prediction, input and truth; with neither, the input frames alone."""
+    groups = [x for x in (inputs_TCHW, truth_TCHW, prediction_TCHW) if x is not None]
+    if truth_TCHW is not None and prediction_TCHW is not None:
+        groups.append(np.abs(truth_TCHW - prediction_TCHW))
     rows = [row for group in groups for row in _channel_rows(group)]
     h, w = inputs_TCHW.shape[-2:]
     columns = max(len(r) for r in rows)
@@ -59,8 +65,8 @@ def sequence_panel(
 def save_panel(
     path: str | Path,
     inputs_TCHW: np.ndarray,
-    truth_TCHW: np.ndarray,
-    prediction_TCHW: np.ndarray,
+    truth_TCHW: np.ndarray | None,
+    prediction_TCHW: np.ndarray | None,
     colormap: str | None = None,
 ) -> Path:
     path = Path(path)
@@ -84,4 +90,40 @@ def save_gif(
     gap = np.full((truth.shape[1], GAP, 3), 255, np.uint8)
     images = [Image.fromarray(np.concatenate([t, gap, p], axis=1)) for t, p in zip(truth, pred)]
     images[0].save(path, save_all=True, append_images=images[1:], duration=1000 // fps, loop=0)
+    return path
+
+
+def plot_lead_times(results: dict[str, float], path: str | Path) -> Path | None:
+    """A PNG with one panel per metric against lead time; None when there is none."""
+    per_lead: dict[str, list[tuple[int, float]]] = {}
+    for key, value in results.items():
+        match = LEAD.match(key)
+        if match and isinstance(value, float) and math.isfinite(value):
+            per_lead.setdefault(match.group(1), []).append((int(match.group(2)), value))
+    if not per_lead:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    names = sorted(per_lead)
+    cols = min(4, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        points = sorted(per_lead[name])
+        ax.plot([t for t, _ in points], [v for _, v in points], marker="o")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("lead time (frames)", fontsize=8)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path

@@ -11,15 +11,37 @@ ROOT = Path(__file__).resolve().parent.parent
 _port = [29600 + os.getpid() % 2000]
 
 
+def pytest_configure(config):
+    import torch
+
+    # One intra-op thread in the test process too: on 2 shared cores, oversubscribed
+    # threads made the overfit tests 10–30× slower (ranks get OMP_NUM_THREADS=1 below).
+    torch.set_num_threads(1)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--slurm",
+        action="store_true",
+        help="run the local-SLURM tests (installs slurm/munge if missing, edits /etc/hosts)",
+    )
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device; none on this host")
+    skips = []
+    if not torch.cuda.is_available():
+        skips.append(("gpu", pytest.mark.skip(reason="needs a CUDA device; none on this host")))
+    if not config.getoption("--slurm"):
+        reason = "local SLURM tests change the machine: opt in with --slurm (make test-slurm)"
+        skips.append(("slurm", pytest.mark.skip(reason=reason)))
+    if os.geteuid() != 0:
+        skips.append(("slurm", pytest.mark.skip(reason="a local SLURM cluster needs root")))
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -63,3 +63,29 @@ class TinyModule(EnhancedModule):
 
 def loader(num: int = 40, batch_size: int = 4, shuffle: bool = True) -> DataLoader:
     return DataLoader(TinySequences(num), batch_size=batch_size, shuffle=shuffle)
+
+
+def forecaster(
+    name: str,
+    frame_shape: tuple[int, int, int],
+    num_input_frames: int,
+    num_output_frames: int,
+    *,
+    backbone: dict | None = None,
+    patch_size: int = 1,
+    lr: float = 1e-3,
+    sampling: str = "none",
+    **sampling_fields,
+):
+    """A Forecaster from a `ModelConfig` built of these few fields."""
+    from stpdist.config import ModelConfig, OptimizerConfig, SamplingConfig
+    from stpdist.task import Forecaster
+
+    config = ModelConfig(
+        name=name,
+        backbone=dict(backbone or {}),
+        patch_size=patch_size,
+        optimizer=OptimizerConfig(lr=lr),
+        sampling=SamplingConfig(mode=sampling, **sampling_fields),
+    )
+    return Forecaster(config, frame_shape, num_input_frames, num_output_frames)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,10 +275,19 @@ def test_synth_with_mnist_idx_digits_and_inspect(tmp_path):
     sample = stored(tmp_path / "ds" / "train")["train_0000000"]
     assert set(np.unique(sample)) <= {0, 200}  # only the given glyph's values
     assert (sample == 200).sum(axis=(1, 2, 3)).min() >= 64  # at least one 8×8 square a frame
-    proc = cli("inspect", "ds", "--samples", "2", cwd=tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "ds").rglob("*"))
+    proc = cli("inspect", "ds", "--samples", "2", "--out", "pics", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "ds/train: 4 samples in 1 shards, shape [20, 1, 64, 64] uint8, scale 255" in proc.stdout
-    assert len(list((tmp_path / "ds" / "val" / "inspect").glob("*.png"))) == 2
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "ds").rglob("*")) == before
+    panels = sorted((tmp_path / "pics" / "val").glob("*.png"))
+    assert len(panels) == 2  # the stored frames only: one row of 20, no fake prediction
+    from PIL import Image
+
+    assert Image.open(panels[0]).size == (20 * 64 + 19 * 2, 64)
+    proc = cli("inspect", "ds", "--samples", "1", cwd=tmp_path)  # no --out: a named temp dir
+    folder = Path(proc.stdout.strip().splitlines()[-1].rsplit(" to ", 1)[1])
+    assert folder.is_dir() and "stpdist-inspect-" in str(folder) and tmp_path not in folder.parents
     bad = cli(
         "synth", "moving-digits", "--out", "ds2", "--digits", "ds/train/index.json", cwd=tmp_path
     )

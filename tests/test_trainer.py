@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,8 +190,9 @@ def test_seed_style_module_trains_validates_predicts(tmp_path):
     ckpt = trainer.checkpoints.latest()
     after = trainer.validate(SeedStyleModel(), val, ckpt=ckpt)["val/loss"]
     assert after < before
-    out = trainer.predict(SeedStyleModel(), val, ckpt=ckpt, out=tmp_path / "pred")
-    files = sorted(out.glob("*.npz"))
+    results = trainer.predict(SeedStyleModel(), val, ckpt=ckpt, out=tmp_path / "pred")
+    assert results["test/loss"] == pytest.approx(after, rel=1e-6)  # one pass, metrics too
+    files = sorted((tmp_path / "pred").glob("*.npz"))
     assert len(files) == 10
     first = np.load(files[0])
     assert first["keys"].tolist() == ["00000000"] and first["predictions"].shape == (1, 2, 1, 4, 4)
@@ -217,3 +219,76 @@ def test_mixed_precision_on_cuda_learns(tmp_path, precision):
     before = trainer.validate(module, loader(20, 5, False))["val/loss"]
     state = trainer.fit(module, loader(40, 8), loader(20, 5, False))
     assert state.metrics["val/loss"] < 0.5 * before
+
+
+def test_tensorboard_tracker_gets_scalars_and_sample_images(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from stpdist.config import LoggingConfig
+
+    logging = LoggingConfig(trackers=["tensorboard"], num_samples=2)
+    trainer = Trainer(
+        output_dir=tmp_path, progress_bar=False, log_every_n_steps=1, max_epochs=1, logging=logging
+    )
+    trainer.fit(TinyModule(), loader(16, 4), loader(8, 4, False))
+    trainer.close()
+    run = tmp_path / "stpdist"  # <output_dir>/<project>
+    assert list(run.glob("events.out.tfevents*")), "no tensorboard event file"
+    acc = EventAccumulator(str(run), size_guidance={"images": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"train/loss", "val/loss"} <= set(tags["scalars"])
+    assert {"samples/00000000", "samples/00000001"} <= set(tags["images"])
+    assert len(acc.Scalars("train/loss")) == 4  # 16 samples / batch 4, logged every step
+
+
+def test_second_run_on_a_locked_output_dir_is_refused_naming_the_holder(tmp_path):
+    """Two `--resume auto` runs on one folder (a duplicated SLURM job): the second stops at
+    once with one line naming the first, and the first's checkpoints are untouched."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = str(Path(__file__).parent / "dist_train.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["--out", str(tmp_path), "--batch", "4", "--steps", "12", "--ckpt-every", "2"]
+    first = subprocess.Popen(
+        [sys.executable, script, *args, "--hang-at", "6"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "checkpoints" / "step-00000004").is_dir():
+            assert first.poll() is None, first.stderr.read()[-2000:]
+            assert time.time() < deadline
+            time.sleep(0.2)
+        second = subprocess.run(
+            [sys.executable, script, *args, "--resume", "auto"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode != 0
+        assert f"pid {first.pid}" in second.stderr and "in use by another run" in second.stderr
+        assert first.poll() is None  # the first run is still going
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+
+
+def test_epoch_checkpoint_is_written_before_a_failing_validation(tmp_path):
+    """A bad validation shard must not throw away the epoch's training."""
+
+    class BadValidation(TinyModule):
+        def validation_step(self, inputs, targets):
+            raise RuntimeError("unreadable validation shard")
+
+    trainer = make_trainer(tmp_path, max_epochs=1)
+    with pytest.raises(RuntimeError, match="unreadable validation shard"):
+        trainer.fit(BadValidation(), loader(16, 4), loader(8, 4, False))
+    assert trainer.checkpoints.latest() == tmp_path / "checkpoints" / "step-00000004"

@@ -72,8 +72,17 @@ def _run_until_killed(cmd: list[str], ckpt: Path, env: dict) -> None:
         time.sleep(0.5)  # the run is now hanging inside the step after
         assert proc.poll() is None
     finally:
+        # torchrun starts each rank in a session of its own: killing torchrun's process
+        # group would leave the ranks alive, so every descendant is killed by pid
+        import psutil
+
+        ranks = psutil.Process(proc.pid).children(recursive=True)
+        for child in ranks:
+            child.kill()
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+        gone, alive = psutil.wait_procs(ranks, timeout=30)
+        assert not alive, f"ranks survived SIGKILL: {alive}"
 
 
 @pytest.mark.parametrize("nproc", [1, 2])

@@ -5,11 +5,22 @@ A source (see `sources/`) lists work items per split and turns one item into sam
 them in item order (so the output does not depend on the worker count), shows progress,
 verifies the written counts, and never leaves a half-written split looking valid: a split
 folder gets its `index.json` only once complete, and is removed on error.
+
+The whole dataset is written into a staging folder beside `out` (`.<out>.staging-<pid>`)
+and swapped in only once every split is complete and verified, so neither a bad source
+nor a crash can cost the dataset already at `out`: until the swap the old one is
+untouched; during it (two renames) the old one is at `.<out>.old-<pid>` and the new one
+at the staging path, never deleted. An `out` that is, or contains, a source path is
+refused (an overwrite would delete the raw files).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import shutil
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,15 +67,117 @@ def _quantize(frames: np.ndarray, grid: float) -> np.ndarray:
     return rounded.astype(np.uint8)
 
 
-def prepare_output(out: str | Path, overwrite: bool) -> Path:
-    """Refuse a non-empty `out` unless `overwrite`, which empties it."""
+def source_paths(source: Any) -> list[Path]:
+    """The raw paths a source reads (its `root`, `path` or `paths` field)."""
+    found: list[Any] = []
+    for name in ("root", "path"):
+        value = getattr(source, name, None)
+        if isinstance(value, str | os.PathLike):
+            found.append(value)
+    paths = getattr(source, "paths", None)
+    if isinstance(paths, list | tuple):
+        found += [p for p in paths if isinstance(p, str | os.PathLike)]
+    return [Path(p) for p in found]
+
+
+def _check_not_source(out: Path, sources: Sequence[str | Path]) -> None:
+    """Refuse an `out` that is, or contains, one of the source paths."""
+    target = out.resolve()
+    for source in sources:
+        resolved = Path(source).resolve()
+        if resolved == target or target in resolved.parents:
+            raise ValueError(
+                f"--out {out} is or contains the source {source}; writing there would "
+                "delete the raw data: choose another output folder"
+            )
+
+
+def _check_out(out: Path, overwrite: bool, sources: Sequence[str | Path]) -> bool:
+    """Checks before anything is written; returns whether `out` holds files to replace."""
+    _check_not_source(out, sources)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+    occupied = out.is_dir() and any(out.iterdir())
+    if occupied and not overwrite:
+        raise FileExistsError(f"{out} is not empty; pass --overwrite to replace it")
+    return occupied
+
+
+def prepare_output(out: str | Path, overwrite: bool, *, sources: Sequence[str | Path] = ()) -> Path:
+    """Refuse a non-empty `out` unless `overwrite`, which empties it; refuse an `out` that is,
+    or contains, one of `sources`.
+
+    Destructive: the old contents are deleted before anything new exists. Prefer
+    `staged_output`, which only replaces them once the new dataset is complete.
+    """
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} is not empty; pass --overwrite to replace it")
+    if _check_out(out, overwrite, sources):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+@contextlib.contextmanager
+def staged_output(
+    out: str | Path, overwrite: bool, *, sources: Sequence[str | Path] = ()
+) -> Iterator[Path]:
+    """A fresh staging folder beside `out` to write a dataset into; on a clean exit it
+    replaces `out`, on an exception it is removed and `out` is left as it was.
+
+    Checks first (before anything is written): `out` must not be, or contain, a source
+    path, and a non-empty `out` needs `overwrite`. The old `out` is deleted only after the
+    new one has been renamed into place.
+    """
+    out = Path(out)
+    if out.is_symlink():  # replace the folder it points to, keep the link
+        out = out.resolve()
+    _check_out(out, overwrite, sources)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)  # a leftover of an earlier run of this pid
+    staging.mkdir()
+    try:
+        yield staging
+        if not any(staging.iterdir()):
+            raise FileNotFoundError(f"nothing was written for {out}")
+        # checked again: `out` may have been filled while the dataset was written
+        occupied = _check_out(out, overwrite, sources)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if occupied:
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(out, old)  # atomic; from here to the next rename both copies exist
+    elif out.is_dir():
+        out.rmdir()  # empty
+    try:
+        os.rename(staging, out)
+    except BaseException:
+        if occupied:
+            os.rename(old, out)  # put the old dataset back; the new one stays at `staging`
+        raise
+    if occupied:
+        shutil.rmtree(old)
+
+
+def _first_nonfinite(frames_TCHW: np.ndarray) -> str:
+    position = tuple(int(i) for i in np.argwhere(~np.isfinite(frames_TCHW))[0])
+    count = int((~np.isfinite(frames_TCHW)).sum())
+    return f"{frames_TCHW[position]} at (t, c, y, x) = {position} ({count} non-finite values)"
+
+
+def _finite(frames: np.ndarray, key: str, item: Any, nan_fill: float | None) -> np.ndarray:
+    """`frames` with NaN replaced by `nan_fill` when given; any other non-finite value (and
+    NaN without `nan_fill`) is an error naming the source item and the position."""
+    if not np.issubdtype(frames.dtype, np.floating) or np.isfinite(frames).all():
+        return frames
+    if nan_fill is not None:
+        frames = np.where(np.isnan(frames), np.asarray(nan_fill, frames.dtype), frames)
+        if np.isfinite(frames).all():
+            return frames
+    hint = "" if nan_fill is not None else " (--allow-nan FILL stores NaN as FILL)"
+    raise ValueError(f"{item}: sample {key} holds {_first_nonfinite(frames)}{hint}")
 
 
 def _write_split(
@@ -76,9 +189,12 @@ def _write_split(
     quantize: bool,
     samples_per_shard: int,
     progress: bool,
+    nan_fill: float | None = None,
 ) -> SplitIndex:
     scale = 255.0 if quantize else source.value_scale
     args = {**source.args(), "split": split, "stored_as_uint8": quantize}
+    if nan_fill is not None:
+        args["nan_fill"] = nan_fill
     loaded = pool.map(source.load, items) if pool else map(source.load, items)
     with SplitWriter(
         folder,
@@ -88,14 +204,19 @@ def _write_split(
         source=source.name,
         args=args,
     ) as writer:
-        for samples in tqdm(
-            loaded,
-            total=len(items),
-            desc=f"{source.name} {split}",
-            disable=not progress,
-            unit="item",
+        for item, samples in zip(
+            items,
+            tqdm(
+                loaded,
+                total=len(items),
+                desc=f"{source.name} {split}",
+                disable=not progress,
+                unit="item",
+            ),
+            strict=True,
         ):
             for key, frames, meta in samples:
+                frames = _finite(frames, key, item, nan_fill)
                 if quantize:
                     frames = _quantize(frames, source.grid)
                 elif frames.dtype == np.float64:
@@ -114,12 +235,43 @@ def convert(
     overwrite: bool = False,
     samples_per_shard: int = 1000,
     progress: bool = True,
+    nan_fill: float | None = None,
 ) -> dict[str, SplitIndex]:
-    """Write every split of `source` under `out`; returns the indexes."""
-    out = prepare_output(out, overwrite)
-    splits = source.splits()
-    if not any(splits.values()):
-        raise FileNotFoundError(f"{source.name}: found nothing to convert")
+    """Write every split of `source` under `out`; returns the indexes.
+
+    The splits are written into a staging folder and replace `out` only once all are
+    complete (see `staged_output`), so a failing source never costs the old dataset.
+    `nan_fill`: store NaN as this value (geoscience data that marks missing values with NaN);
+    without it a NaN or Inf in the frames is an error naming the item and the position.
+    """
+    if nan_fill is not None and not math.isfinite(nan_fill):
+        raise ValueError(f"the NaN fill value must be finite, got {nan_fill}")
+    value_scale = getattr(source, "value_scale", None)
+    if value_scale is not None and not (math.isfinite(value_scale) and value_scale > 0):
+        raise ValueError(f"{source.name}: value scale must be a positive number, got {value_scale}")
+    with staged_output(out, overwrite, sources=source_paths(source)) as staging:
+        splits = source.splits()
+        if not any(splits.values()):
+            raise FileNotFoundError(f"{source.name}: found nothing to convert")
+        written = _write_splits(
+            source, staging, splits, workers, samples_per_shard, progress, nan_fill
+        )
+        if not written:  # each written split's shard counts were verified by SplitWriter
+            raise FileNotFoundError(
+                f"{source.name}: no split yielded a sample; {out} left as it was"
+            )
+    return written
+
+
+def _write_splits(
+    source: Source,
+    out: Path,
+    splits: dict[str, list[Any]],
+    workers: int,
+    samples_per_shard: int,
+    progress: bool,
+    nan_fill: float | None,
+) -> dict[str, SplitIndex]:
     written: dict[str, SplitIndex] = {}
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
@@ -128,26 +280,21 @@ def convert(
                 continue
             folder = out / split
             quantize = source.grid is not None
+            args = (pool, quantize, samples_per_shard, progress, nan_fill)
             try:
                 try:
-                    written[split] = _write_split(
-                        source, folder, split, items, pool, quantize, samples_per_shard, progress
-                    )
+                    written[split] = _write_split(source, folder, split, items, *args)
                 except OffGrid:
                     shutil.rmtree(folder, ignore_errors=True)
                     tqdm.write(
                         f"{split}: values are not all on the 1/{source.grid:g} grid; "
                         "storing float32"
                     )
-                    written[split] = _write_split(
-                        source, folder, split, items, pool, False, samples_per_shard, progress
-                    )
+                    args = (pool, False, samples_per_shard, progress, nan_fill)
+                    written[split] = _write_split(source, folder, split, items, *args)
             except _Empty:
                 shutil.rmtree(folder, ignore_errors=True)
                 tqdm.write(f"{split}: no samples; not written")
-            except BaseException:
-                shutil.rmtree(folder, ignore_errors=True)
-                raise
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +33,9 @@ INDEX_FILE = "index.json"
 FRAMES_EXT = "frames.npy"
 META_EXT = "json"
 SHARD_PATTERN = "{split}-%06d.tar"
+SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+"""Split names: letters, digits, `_` and `-`; shard names are `<split>-<6+ digits>.tar`, so
+a name from an index can be put in a path or a `pipe:` command without meaning more."""
 
 
 class ShardFormatError(ValueError):
@@ -63,6 +68,34 @@ class SplitIndex:
     @property
     def num_samples(self) -> int:
         return sum(s.num_samples for s in self.shards)
+
+
+def check_split(split: str) -> str:
+    if not isinstance(split, str) or not SPLIT_NAME.fullmatch(split):
+        raise ShardFormatError(
+            f"split name {split!r} must be letters, digits, '_' or '-' (not starting with '-')"
+        )
+    return split
+
+
+def check_shard_name(name: str, split: str) -> str:
+    """A shard name as the format writes it: `<split>-000000.tar`."""
+    if not isinstance(name, str) or not re.fullmatch(re.escape(split) + r"-\d{6,}\.tar", name):
+        raise ShardFormatError(f"shard name {name!r} is not '{split}-<6 digits>.tar'")
+    return name
+
+
+def check_value_scale(value_scale: Any, where: str) -> float:
+    if (
+        isinstance(value_scale, bool)
+        or not isinstance(value_scale, int | float)
+        or not math.isfinite(value_scale)
+        or value_scale <= 0
+    ):
+        raise ShardFormatError(
+            f"{where}: value scale must be a positive number, got {value_scale!r}"
+        )
+    return float(value_scale)
 
 
 def check_key(key: str) -> str:
@@ -123,6 +156,19 @@ def read_index(folder: str | Path) -> SplitIndex:
         raise ShardFormatError(
             f"{path}: format version {index.format_version}, this stpdist reads {FORMAT_VERSION}"
         )
+    try:
+        check_split(index.split)
+        for shard in index.shards:
+            check_shard_name(shard.name, index.split)
+            if isinstance(shard.num_samples, bool) or not isinstance(shard.num_samples, int):
+                raise ShardFormatError(f"shard {shard.name}: num_samples {shard.num_samples!r}")
+            if shard.num_samples < 0:
+                raise ShardFormatError(f"shard {shard.name}: num_samples {shard.num_samples} < 0")
+        if len({s.name for s in index.shards}) != len(index.shards):
+            raise ShardFormatError("a shard is listed twice")
+        check_value_scale(index.value_scale, "index")
+    except ShardFormatError as exc:
+        raise ShardFormatError(f"{path}: {exc}") from None
     return index
 
 
@@ -169,16 +215,17 @@ class SplitWriter:
         source: str = "",
         args: dict[str, Any] | None = None,
     ) -> None:
+        self.split = check_split(split)
+        self.value_scale = check_value_scale(value_scale, f"split '{split}'")
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.split = split
-        self.value_scale = float(value_scale)
         self.source = source
         self.args = args or {}
         self.samples_per_shard = samples_per_shard
         self.shape: list[int] | None = None
         self.dtype: str | None = None
         self.counts: list[int] = []
+        self.keys: set[str] = set()
         self.stats = StatsAccumulator()
         self._writer: wds.TarWriter | None = None
 
@@ -195,9 +242,18 @@ class SplitWriter:
                 f"sample {key}: shape {list(frames_TCHW.shape)} {frames_TCHW.dtype} differs from "
                 f"the split's {self.shape} {self.dtype}"
             )
+        check_key(key)
+        if key in self.keys:
+            raise ShardFormatError(f"split '{self.split}': sample key {key!r} written twice")
+        if np.issubdtype(frames_TCHW.dtype, np.floating) and not np.isfinite(frames_TCHW).all():
+            bad = tuple(int(i) for i in np.argwhere(~np.isfinite(frames_TCHW))[0])
+            raise ShardFormatError(
+                f"sample {key}: {frames_TCHW[bad]} at (t, c, y, x) = {bad}; frames must be finite"
+            )
         if not self.counts or self.counts[-1] >= self.samples_per_shard:
             self.new_shard()
-        sample = {"__key__": check_key(key), FRAMES_EXT: encode_frames(frames_TCHW)}
+        self.keys.add(key)
+        sample = {"__key__": key, FRAMES_EXT: encode_frames(frames_TCHW)}
         if meta:
             sample[META_EXT] = json.dumps(meta).encode()
         self._writer.write(sample)
@@ -209,7 +265,10 @@ class SplitWriter:
         if self._writer is not None:
             self._writer.close()
         path = self.folder / (self._pattern() % len(self.counts))
-        self._writer = wds.TarWriter(str(path))
+        # opened here: TarWriter given a str hands it to gopen, which runs `pipe:…` names
+        handle = open(path, "wb")  # noqa: SIM115 (closed by the writer, which owns it)
+        self._writer = wds.TarWriter(handle)
+        self._writer.own_fileobj = handle
         self.counts.append(0)
 
     def close(self) -> SplitIndex:
@@ -289,12 +348,20 @@ def _tar_members(stream: Any, where: str) -> Iterator[tuple[str, bytes]]:
         long_name = None
 
 
-def iter_shard(url: str, where: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(key, members by extension) of every sample of one shard, in stored order. `url` is
-    a path or anything webdataset's `gopen` opens (`pipe:aws s3 cp s3://… -`, `https://…`)."""
-    where = where or url
+def iter_shard(
+    url: str | os.PathLike, where: str | None = None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key, members by extension) of every sample of one shard, in stored order.
+
+    A `Path` is a local file, always (a folder named `pipe:…` is just a folder). A `str` is
+    a URL: anything webdataset's `gopen` opens, including `pipe:<shell command>` (run by a
+    shell!) and `https://…`; callers pass a `str` only for an explicit URL template."""
+    where = where or str(url)
     try:
-        stream = wds.gopen(url, "rb")
+        if isinstance(url, os.PathLike):
+            stream = open(url, "rb")  # noqa: SIM115 (closed below)
+        else:
+            stream = wds.gopen(url, "rb")
     except Exception as exc:
         raise ShardFormatError(f"{where}: cannot open ({exc})") from exc
     key, sample = None, {}
@@ -322,7 +389,7 @@ def iter_shard(url: str, where: str | None = None) -> Iterator[tuple[str, dict[s
 def verify_counts(folder: str | Path, index: SplitIndex) -> None:
     """Re-read every shard and check its sample count against the index."""
     for shard in index.shards:
-        url = str(Path(folder) / shard.name)
+        url = Path(folder) / shard.name  # a Path: never a `pipe:` command
         found = sum(1 for _ in iter_shard(url))
         if found != shard.num_samples:
             raise ShardFormatError(f"{url}: holds {found} samples, index says {shard.num_samples}")

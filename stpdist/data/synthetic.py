@@ -9,15 +9,14 @@ does not depend on the number of workers.
 
 from __future__ import annotations
 
+import functools
 import gzip
-from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from tqdm.auto import tqdm
-
-from .format import SplitWriter
 
 DIGIT = 28
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
@@ -66,21 +65,28 @@ def moving_digits_sample(
     num_frames: int = 20,
     image_size: int = 64,
     num_digits: int = 2,
+    digit_size: int = DIGIT,
     digits: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Sequence `index` of `split`: T×1×H×W uint8, a function of its arguments alone."""
+    """Sequence `index` of `split`: T×1×H×W uint8, a function of its arguments alone.
+    `digit_size` below 28 shrinks the glyphs (so they have room to move on a small canvas)."""
+    if not 0 < digit_size <= image_size:
+        raise ValueError(f"digit_size {digit_size} does not fit a {image_size}-pixel canvas")
     rng = np.random.default_rng([seed, SPLIT_IDS.get(split, 3), index])
-    free = image_size - DIGIT
+    free = image_size - digit_size
     step = 0.1 * free
     frames = np.zeros((num_frames, 1, image_size, image_size), dtype=np.uint8)
     for _ in range(num_digits):
         glyph = digits[rng.integers(len(digits))] if digits is not None else render_glyph(rng)
+        if digit_size != DIGIT:
+            size = (digit_size, digit_size)
+            glyph = np.asarray(Image.fromarray(glyph).resize(size, Image.Resampling.BILINEAR))
         y, x = rng.uniform(0, free, size=2)
         theta = rng.uniform(0, 2 * np.pi)
         vy, vx = np.sin(theta) * step, np.cos(theta) * step
         for t in range(num_frames):
             top, left = int(round(y)), int(round(x))
-            region = frames[t, 0, top : top + DIGIT, left : left + DIGIT]
+            region = frames[t, 0, top : top + digit_size, left : left + digit_size]
             np.maximum(region, glyph, out=region)
             y, x = y + vy, x + vx
             if not 0 <= y <= free:  # bounce off the top/bottom border
@@ -92,10 +98,75 @@ def moving_digits_sample(
     return frames
 
 
-def _make(args: tuple) -> np.ndarray:
-    seed, split, index, kwargs, digits_path = args
-    digits = load_mnist_digits(digits_path) if digits_path else None
-    return moving_digits_sample(seed, split, index, digits=digits, **kwargs)
+_CHUNK = 16  # sequences per work item: fewer, larger pieces for the worker pool
+
+
+@functools.lru_cache(maxsize=2)
+def _digits(path: str | None) -> np.ndarray | None:
+    """MNIST digits, read once per process (not once per sample)."""
+    return load_mnist_digits(path) if path else None
+
+
+@dataclass
+class MovingDigits:
+    """Synthetic moving digits as a raw-format source: `convert()` writes them as it writes
+    every other format (staging folder, workers, progress, verification, cleanup)."""
+
+    counts: dict[str, int]
+    """Sequences per split."""
+    seed: int = 0
+    num_frames: int = 20
+    image_size: int = 64
+    num_digits: int = 2
+    digit_size: int = DIGIT
+    digits: str | None = None
+    """MNIST `train-images-idx3-ubyte(.gz)` (None: Pillow glyphs)."""
+    name: str = "synthetic moving digits"
+    value_scale: float = 255.0
+    grid: float | None = None
+
+    def __post_init__(self) -> None:
+        for split, count in self.counts.items():
+            if count < 0:
+                raise ValueError(f"synthetic moving digits: {split} count {count} is negative")
+        if self.digits is not None:
+            self.digits = str(self.digits)
+            _digits(self.digits)  # fail early, naming the file
+
+    def splits(self) -> dict[str, list[Any]]:
+        return {
+            split: [(split, a, min(a + _CHUNK, count)) for a in range(0, count, _CHUNK)]
+            for split, count in self.counts.items()
+        }
+
+    def load(self, item: tuple[str, int, int]) -> list[tuple[str, np.ndarray, dict]]:
+        split, start, stop = item
+        shape = {
+            "num_frames": self.num_frames,
+            "image_size": self.image_size,
+            "num_digits": self.num_digits,
+            "digit_size": self.digit_size,
+        }
+        digits = _digits(self.digits)
+        return [
+            (
+                f"{split}_{i:07d}",
+                moving_digits_sample(self.seed, split, i, digits=digits, **shape),
+                {"index": i},
+            )
+            for i in range(start, stop)
+        ]
+
+    def args(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "num_frames": self.num_frames,
+            "image_size": self.image_size,
+            "num_digits": self.num_digits,
+            "digit_size": self.digit_size,
+            "digits": self.digits,
+            "counts": self.counts,
+        }
 
 
 def write_moving_digits(
@@ -106,37 +177,31 @@ def write_moving_digits(
     num_frames: int = 20,
     image_size: int = 64,
     num_digits: int = 2,
+    digit_size: int = DIGIT,
     digits_path: str | Path | None = None,
     samples_per_shard: int = 128,
     workers: int = 1,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Generate `counts[split]` sequences per split into `out/<split>/` shards + index."""
-    out = Path(out)
-    kwargs = {"num_frames": num_frames, "image_size": image_size, "num_digits": num_digits}
-    args = {"seed": seed, **kwargs, "digits": str(digits_path) if digits_path else None}
-    if digits_path is not None:
-        load_mnist_digits(digits_path)  # fail early, naming the file
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
-    try:
-        for split, count in counts.items():
-            if count <= 0:
-                continue
-            jobs = [(seed, split, i, kwargs, digits_path) for i in range(count)]
-            samples = pool.map(_make, jobs, chunksize=16) if pool else map(_make, jobs)
-            with SplitWriter(
-                out / split,
-                split,
-                value_scale=255,
-                samples_per_shard=samples_per_shard,
-                source="synthetic moving digits",
-                args={**args, "split": split, "count": count},
-            ) as writer:
-                for i, frames in enumerate(
-                    tqdm(samples, total=count, desc=f"synth {split}", disable=not progress)
-                ):
-                    writer.write(f"{split}_{i:07d}", frames, {"index": i})
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    return out
+    from .convert import convert
+
+    source = MovingDigits(
+        {split: count for split, count in counts.items() if count > 0},
+        seed=seed,
+        num_frames=num_frames,
+        image_size=image_size,
+        num_digits=num_digits,
+        digit_size=digit_size,
+        digits=str(digits_path) if digits_path else None,
+    )
+    convert(
+        source,
+        out,
+        workers=workers,
+        overwrite=overwrite,
+        samples_per_shard=samples_per_shard,
+        progress=progress,
+    )
+    return Path(out)

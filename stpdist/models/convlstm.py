@@ -14,9 +14,12 @@ biases; the peepholes add 3×128×16×16 per layer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
+from .base import FrameSpec
 from .recurrent import FrameRecurrent
 
 
@@ -58,20 +61,30 @@ class ConvLSTMCell(nn.Module):
         return o * torch.tanh(c), c
 
 
+@dataclass
+class ConvLSTMArgs:
+    hidden_channels: list[int] = field(default_factory=lambda: [64, 64])
+    """Hidden channels of each stacked layer."""
+    kernel_size: int = 5
+    """Convolution kernel of the gates."""
+    forget_bias: float = 1.0
+    """Added to the forget gate's pre-activation."""
+
+
 class ConvLSTM(FrameRecurrent):
     """Stacked ConvLSTM with the shared backbone signature."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        height: int,
-        width: int,
-        hidden_channels: list[int] | tuple[int, ...] = (64, 64),
-        kernel_size: int = 5,
-        forget_bias: float = 1.0,
-    ) -> None:
+    Args = ConvLSTMArgs
+
+    def __init__(self, spec: FrameSpec, args: ConvLSTMArgs | None = None) -> None:
         super().__init__()
-        hidden_channels = list(hidden_channels)
+        args = args or ConvLSTMArgs()
+        in_channels, height, width = spec.channels, spec.height, spec.width
+        hidden_channels, kernel_size, forget_bias = (
+            list(args.hidden_channels),
+            args.kernel_size,
+            args.forget_bias,
+        )
         if not hidden_channels:
             raise ValueError("hidden_channels needs at least one layer")
         self.cells = nn.ModuleList()

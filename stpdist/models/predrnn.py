@@ -26,9 +26,12 @@ defines but never uses (4 × 819,200 = 3.28M); with it the counts agree within 0
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
+from .base import FrameSpec
 from .recurrent import FrameRecurrent
 
 
@@ -62,21 +65,33 @@ class STLSTMCell(nn.Module):
         return o * torch.tanh(self.conv_last(memory)), c, m, delta_c, delta_m
 
 
-class PredRNN(FrameRecurrent):
-    """Stacked ST-LSTM; with `decouple=True` it is PredRNN.V2 (decoupling loss)."""
+@dataclass
+class PredRNNArgs:
+    hidden_channels: list[int] = field(default_factory=lambda: [64, 64])
+    """Hidden channels of each stacked layer (equal: the memory m flows across layers)."""
+    kernel_size: int = 5
+    """Convolution kernel of the gates."""
+    forget_bias: float = 1.0
+    """Added to the forget gates' pre-activations."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        height: int,
-        width: int,
-        hidden_channels: list[int] | tuple[int, ...] = (64, 64),
-        kernel_size: int = 5,
-        forget_bias: float = 1.0,
-        decouple: bool = False,
-    ) -> None:
+
+@dataclass
+class PredRNNv2Args(PredRNNArgs):
+    decouple_weight: float = 0.1
+    """β: weight of the decoupling loss added to the training loss."""
+
+
+class PredRNN(FrameRecurrent):
+    """Stacked ST-LSTM; `PredRNNv2` adds the decoupling loss."""
+
+    Args = PredRNNArgs
+
+    def __init__(self, spec: FrameSpec, args: PredRNNArgs | None = None) -> None:
         super().__init__()
-        hidden_channels = list(hidden_channels)
+        args = args or self.Args()
+        in_channels, kernel_size, forget_bias = spec.channels, args.kernel_size, args.forget_bias
+        hidden_channels = list(args.hidden_channels)
+        decouple = isinstance(args, PredRNNv2Args)
         if len(set(hidden_channels)) != 1:
             raise ValueError("PredRNN needs equal hidden_channels per layer (m flows across them)")
         hidden = hidden_channels[0]
@@ -86,16 +101,16 @@ class PredRNN(FrameRecurrent):
         )
         self.output = nn.Conv2d(hidden, in_channels, 1, bias=False)
         self.adapter = nn.Conv2d(hidden, hidden, 1, bias=False) if decouple else None
+        self.decouple_weight = args.decouple_weight if decouple else 0.0
 
     def init_state(self, frames_BTCHW):
         b, _, _, height, width = frames_BTCHW.shape
         zeros = frames_BTCHW.new_zeros(b, self.cells[0].hidden, height, width)
-        self.aux_loss = frames_BTCHW.new_zeros(()) if self.adapter is not None else None
-        self._steps = 0
-        return [(zeros, zeros) for _ in self.cells], zeros
+        # (layers' (h, c), memory m, decoupling-loss sum over steps, steps taken)
+        return [(zeros, zeros) for _ in self.cells], zeros, frames_BTCHW.new_zeros(()), 0
 
     def step(self, frame_BCHW, state):
-        layers, m = state
+        layers, m, decouple_sum, steps = state
         x, new_layers = frame_BCHW, []
         decouple = []
         for cell, (h, c) in zip(self.cells, layers):
@@ -104,12 +119,15 @@ class PredRNN(FrameRecurrent):
             x = h
             if self.adapter is not None:
                 decouple.append(self._decoupling(delta_c, delta_m))
-        if decouple:
-            # running mean over steps of the mean over layers
-            self._steps += 1
-            value = torch.stack(decouple).mean()
-            self.aux_loss = self.aux_loss + (value - self.aux_loss) / self._steps
-        return self.output(x), (new_layers, m)
+        if decouple:  # summed over steps of the mean over layers
+            decouple_sum = decouple_sum + torch.stack(decouple).mean()
+        return self.output(x), (new_layers, m, decouple_sum, steps + 1)
+
+    def aux_losses(self, state) -> dict[str, torch.Tensor]:
+        if self.adapter is None:
+            return {}
+        _, _, decouple_sum, steps = state
+        return {"decouple": self.decouple_weight * decouple_sum / steps}
 
     def _decoupling(self, delta_c: torch.Tensor, delta_m: torch.Tensor) -> torch.Tensor:
         """Mean |cosine similarity| per channel between adapted increments of c and m."""
@@ -119,11 +137,9 @@ class PredRNN(FrameRecurrent):
 
 
 class PredRNNv2(PredRNN):
-    """PredRNN.V2: PredRNN with the decoupling loss (weight set in the Forecaster)."""
+    """PredRNN.V2: PredRNN with the decoupling loss (weight `decouple_weight`, β)."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("decouple", True)
-        super().__init__(*args, **kwargs)
+    Args = PredRNNv2Args
 
 
 class CausalLSTMCell(nn.Module):
@@ -175,17 +191,13 @@ class GradientHighwayUnit(nn.Module):
 class PredRNNpp(FrameRecurrent):
     """PredRNN++: stacked Causal LSTMs with a GHU between layers 1 and 2."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        height: int,
-        width: int,
-        hidden_channels: list[int] | tuple[int, ...] = (64, 64),
-        kernel_size: int = 5,
-        forget_bias: float = 1.0,
-    ) -> None:
+    Args = PredRNNArgs
+
+    def __init__(self, spec: FrameSpec, args: PredRNNArgs | None = None) -> None:
         super().__init__()
-        hidden_channels = list(hidden_channels)
+        args = args or self.Args()
+        in_channels, kernel_size, forget_bias = spec.channels, args.kernel_size, args.forget_bias
+        hidden_channels = list(args.hidden_channels)
         if len(set(hidden_channels)) != 1 or len(hidden_channels) < 2:
             raise ValueError("PredRNN++ needs at least 2 layers of equal hidden_channels")
         hidden = hidden_channels[0]

@@ -19,20 +19,24 @@ from typing import Any
 import torch
 from torch import nn
 
+from .base import BackboneOutput
+
 
 class FrameRecurrent(nn.Module):
     """Subclasses define `init_state(frames_BTCHW)` and `step(frame_BCHW, state)`, which
-    returns (prediction of the next frame B×C×H×W, new state)."""
-
-    aux_loss: torch.Tensor | None = None
-    """An extra training loss computed during the last forward (e.g. PredRNN.V2's
-    decoupling loss); None for most backbones."""
+    returns (prediction of the next frame B×C×H×W, new state); and, when they have extra
+    training losses, `aux_losses(state)`, read from the final state (e.g. PredRNN.V2 keeps
+    its running decoupling loss in the state)."""
 
     def init_state(self, frames_BTCHW: torch.Tensor) -> Any:
         raise NotImplementedError
 
     def step(self, frame_BCHW: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         raise NotImplementedError
+
+    def aux_losses(self, state: Any) -> dict[str, torch.Tensor]:
+        """Named, weighted extra losses of the whole sequence (default: none)."""
+        return {}
 
     def forward(
         self,
@@ -41,7 +45,7 @@ class FrameRecurrent(nn.Module):
         *,
         targets_BTCHW: torch.Tensor | None = None,
         teacher_mask_BT: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | BackboneOutput:
         b, t_in = frames_BTCHW.shape[:2]
         steps = t_in + num_output_frames - 1
         truth = frames_BTCHW
@@ -74,4 +78,6 @@ class FrameRecurrent(nn.Module):
                 frame = predictions[-1]
             prediction, state = self.step(frame, state)
             predictions.append(prediction)
-        return torch.stack(predictions[t_in - 1 :], dim=1)
+        outputs = torch.stack(predictions[t_in - 1 :], dim=1)
+        aux = self.aux_losses(state)
+        return BackboneOutput(outputs, aux) if aux else outputs

@@ -19,9 +19,13 @@ to set beside them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .base import FrameSpec
 
 
 class TrajGRUCell(nn.Module):
@@ -80,20 +84,29 @@ class TrajGRUCell(nn.Module):
         return (1 - z) * candidate + z * h_BCHW
 
 
+@dataclass
+class TrajGRUArgs:
+    conv_channels: list[int] = field(default_factory=lambda: [16, 32, 32])
+    """Output channels of each level's encoder convolution."""
+    hidden_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    """Hidden channels of each level's TrajGRU."""
+    links: list[int] = field(default_factory=lambda: [13, 13, 9])
+    """L: flow fields (warped copies of the state) per level."""
+    kernel_size: int = 3
+    """Kernel of the flow subnetwork's convolutions."""
+
+
 class TrajGRU(nn.Module):
     """Three-level (by default) encoder–forecaster of TrajGRU cells."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        height: int,
-        width: int,
-        conv_channels: list[int] | tuple[int, ...] = (16, 32, 32),
-        hidden_channels: list[int] | tuple[int, ...] = (32, 64, 64),
-        links: list[int] | tuple[int, ...] = (13, 13, 9),
-        kernel_size: int = 3,
-    ) -> None:
+    Args = TrajGRUArgs
+
+    def __init__(self, spec: FrameSpec, args: TrajGRUArgs | None = None) -> None:
         super().__init__()
+        args = args or TrajGRUArgs()
+        in_channels, height, width = spec.channels, spec.height, spec.width
+        conv_channels, hidden_channels = args.conv_channels, args.hidden_channels
+        links, kernel_size = args.links, args.kernel_size
         levels = len(hidden_channels)
         if not levels or len(conv_channels) != levels or len(links) != levels:
             raise ValueError("conv_channels, hidden_channels and links need one entry per level")

@@ -1,0 +1,222 @@
+"""How the Trainer speaks to data: the `TrainSource` / `EvalSource` protocols, the
+`LoaderContext` they are called with, `unpack_batch`, and the adapters that make a plain
+map-style `DataLoader` (as the seed project's users pass them) a source.
+
+`ctx` carries rank, world size, seed and workers, known only once the Trainer has started
+the distributed backend. The shard streams (`stream.py`) are the main sources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
+
+
+@dataclass(frozen=True)
+class LoaderContext:
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    batch_multiple: int = 1
+    """Batches per epoch are a multiple of this (the gradient accumulation steps), so
+    every epoch ends on an optimizer step."""
+    num_workers: int | None = None
+    """Overrides the loader's own worker count when set."""
+
+
+def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
+    """The sample order of one epoch: a function of (seed, epoch) alone."""
+    return np.random.default_rng([seed, epoch]).permutation(num_samples)
+
+
+def contiguous_share(num_items: int, rank: int, world_size: int) -> range:
+    """Rank `rank`'s contiguous slice of `num_items` items (sizes differ by at most one)."""
+    base, extra = divmod(num_items, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+@runtime_checkable
+class TrainSource(Protocol):
+    """What the Trainer trains on."""
+
+    def batches_per_epoch(self, ctx: LoaderContext) -> int:
+        """Batches every rank yields in one epoch: the same on every rank."""
+        ...
+
+    def iterate(self, ctx: LoaderContext, epoch: int, start: int = 0) -> Iterator[Any]:
+        """The batches `(inputs, targets[, keys])` of `epoch` from batch index `start` on:
+        exactly those an uninterrupted pass yields from there."""
+        ...
+
+
+@runtime_checkable
+class EvalSource(Protocol):
+    """What the Trainer validates and predicts on."""
+
+    def iterate(self, ctx: LoaderContext) -> Iterator[Any]:
+        """Batches `(inputs, targets, keys)`; every sample exactly once across all ranks
+        (ranks may hold different batch counts)."""
+        ...
+
+
+class MapTrainLoader:
+    """Training batches from a map-style dataset, sharded across ranks.
+
+    Global micro-batch i of an epoch is `perm[i*W*B:(i+1)*W*B]` and rank r takes its
+    r-th slice of B, so W ranks × batch B see exactly the samples of 1 rank × batch W·B.
+    Fewer than W·B·batch_multiple samples are dropped per epoch, a different set each
+    epoch.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        collate_fn: Any = None,
+        num_workers: int = 0,
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.collate_fn = collate_fn
+        self.num_workers = num_workers
+
+    def batches_per_epoch(self, ctx: LoaderContext) -> int:
+        per_group = self.batch_size * ctx.world_size * ctx.batch_multiple
+        count = (len(self.dataset) // per_group) * ctx.batch_multiple
+        if count == 0:
+            raise ValueError(
+                f"training set of {len(self.dataset)} samples is smaller than one optimizer "
+                f"step ({ctx.world_size} ranks × batch {self.batch_size} × "
+                f"{ctx.batch_multiple} accumulation steps)"
+            )
+        return count
+
+    def iterate(self, ctx: LoaderContext, epoch: int, start: int = 0) -> Iterator[Any]:
+        num = len(self.dataset)
+        order = epoch_permutation(num, ctx.seed, epoch) if self.shuffle else np.arange(num)
+        width = self.batch_size * ctx.world_size
+        batches = [
+            order[i * width + ctx.rank * self.batch_size :][: self.batch_size].tolist()
+            for i in range(start, self.batches_per_epoch(ctx))
+        ]
+        workers = self.num_workers if ctx.num_workers is None else ctx.num_workers
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=batches,
+            collate_fn=self.collate_fn,
+            num_workers=workers,
+            # its own generator: a DataLoader otherwise draws worker seeds from the global
+            # RNG, and a run resumed mid-epoch would then drift from an uninterrupted one
+            generator=torch.Generator().manual_seed(ctx.seed * 100_003 + epoch),
+        )
+        yield from loader
+
+
+class _Keyed(Dataset):
+    """Wraps a map-style dataset so each item carries its index as the sample key."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, str]:
+        return self.dataset[index], f"{index:08d}"
+
+
+class MapEvalLoader:
+    """Evaluation batches from a map-style dataset: each rank a contiguous share, every
+    sample exactly once, keys = zero-padded dataset indices."""
+
+    def __init__(
+        self, dataset: Dataset, batch_size: int, *, collate_fn: Any = None, num_workers: int = 0
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.collate_fn = collate_fn
+        self.num_workers = num_workers
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def iterate(self, ctx: LoaderContext) -> Iterator[tuple[Any, Any, list[str]]]:
+        share = contiguous_share(len(self.dataset), ctx.rank, ctx.world_size)
+        subset = torch.utils.data.Subset(_Keyed(self.dataset), list(share))
+        collate = self.collate_fn or torch.utils.data.default_collate
+
+        def collate_keyed(items: Sequence[tuple[Any, str]]) -> tuple[Any, Any, list[str]]:
+            inputs, targets = unpack_batch(collate([item for item, _ in items]))[:2]
+            return inputs, targets, [key for _, key in items]
+
+        workers = self.num_workers if ctx.num_workers is None else ctx.num_workers
+        yield from DataLoader(
+            subset,
+            batch_size=self.batch_size,
+            collate_fn=collate_keyed,
+            num_workers=workers,
+            generator=torch.Generator().manual_seed(ctx.seed),
+        )
+
+
+def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, list[str] | None]:
+    """(inputs, targets, keys) from a tuple/list of 2 or 3 items or a dict."""
+    if isinstance(batch, dict):
+        return batch["inputs"], batch.get("targets"), batch.get("keys")
+    if isinstance(batch, list | tuple) and len(batch) in (2, 3):
+        return batch[0], batch[1], (batch[2] if len(batch) == 3 else None)
+    raise TypeError(
+        "a batch must be (inputs, targets), (inputs, targets, keys) or a dict with "
+        f"'inputs'/'targets'/'keys'; got {type(batch).__name__}"
+    )
+
+
+def _map_style(data: Any, role: str) -> DataLoader:
+    if not isinstance(data, DataLoader):
+        raise TypeError(
+            f"{role} data must be a stpdist stream or a torch DataLoader; got {type(data).__name__}"
+        )
+    if isinstance(data.dataset, IterableDataset):
+        raise TypeError(
+            f"{role} DataLoader wraps an IterableDataset, which cannot be split exactly across "
+            "ranks; use a map-style dataset or a stpdist shard stream"
+        )
+    if data.batch_size is None:
+        raise TypeError(f"{role} DataLoader has no batch_size (custom batch_sampler unsupported)")
+    return data
+
+
+def as_train_source(data: Any) -> TrainSource:
+    """A train source for `data`: a `TrainSource` as is, a map-style DataLoader adapted."""
+    if isinstance(data, TrainSource):
+        return data
+    loader = _map_style(data, "training")
+    return MapTrainLoader(
+        loader.dataset,
+        loader.batch_size,
+        shuffle=not isinstance(loader.sampler, SequentialSampler),
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+    )
+
+
+def as_eval_source(data: Any) -> EvalSource:
+    """An eval source for `data`: an `EvalSource` as is, a map-style DataLoader adapted."""
+    if isinstance(data, EvalSource) and not isinstance(data, TrainSource):
+        return data
+    loader = _map_style(data, "evaluation")
+    return MapEvalLoader(
+        loader.dataset,
+        loader.batch_size,
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+    )

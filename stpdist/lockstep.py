@@ -1,0 +1,131 @@
+"""Keeping ranks in lockstep: every rank must take the same decisions at the same step, or
+DDP's collectives hang. The Trainer asks; these objects decide, on `accelerator.reduce`.
+
+- `Lockstep.agree`: one small reduce per micro-batch makes every rank agree on the mean
+  loss, on skipping (any rank's `training_step` returned None), on a non-finite loss, and
+  on a stop request (SIGTERM / SIGUSR1 on any rank).
+- `Lockstep.average_grads_by_hand`: when the micro-batch that would carry DDP's gradient
+  all-reduce is skipped on every rank, gradients of the window's earlier micro-batches are
+  averaged here instead.
+- `Lockstep.rebucket_like_a_fresh_run`: DDP's gradient buckets after a resume, beyond 2
+  ranks, must match an uninterrupted run's for bitwise-equal sums.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+
+class StopFlag:
+    """Set by SIGTERM or SIGUSR1 (SLURM's warning signal); read at step boundaries."""
+
+    SIGNALS = tuple(
+        getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name)
+    )
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    @contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        """Handlers on for the body (main thread only: Python allows no other), then the
+        previous ones back."""
+        self.requested = False
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+class Agreement(NamedTuple):
+    mean_loss: float
+    """The loss averaged over ranks (0 contributed by a rank that skipped)."""
+    skipped: bool
+    """Some rank's training_step returned None: every rank skips the backward."""
+    nonfinite: bool
+    """Some rank's loss is NaN or Inf."""
+    stop: bool
+    """Some rank was asked to stop: every rank stops after this optimizer step."""
+
+
+class Lockstep:
+    def __init__(self, accelerator: Any, stop: StopFlag) -> None:
+        self.accelerator = accelerator
+        self.stop = stop
+
+    def agree(self, loss: torch.Tensor | None) -> Agreement:
+        """The same `Agreement` on every rank, from one 4-number reduce."""
+        flags = torch.zeros(4, dtype=torch.float64, device=self.accelerator.device)
+        flags[3] = float(self.stop.requested)
+        if loss is None:
+            flags[1] = 1
+        else:
+            value = loss.detach().double()
+            finite = torch.isfinite(value)
+            flags[0] = torch.where(finite, value, torch.zeros_like(value))
+            flags[2] = (~finite).double()
+        flags = self.accelerator.reduce(flags, reduction="sum")
+        total, skipped, nonfinite, stop = flags.tolist()  # host sync: waits for the device
+        world = self.accelerator.num_processes
+        return Agreement(total / world, skipped > 0, nonfinite > 0, stop > 0)
+
+    def average_grads_by_hand(self, module: nn.Module) -> None:
+        """Average gradients across ranks, as DDP would have on the window's last
+        micro-batch had it not been skipped everywhere."""
+        if self.accelerator.num_processes == 1:
+            return
+        for param in module.parameters():
+            if param.grad is not None:
+                param.grad.copy_(self.accelerator.reduce(param.grad, reduction="mean"))
+
+    def rebucket_like_a_fresh_run(
+        self,
+        model: nn.Module,
+        optimizer: Any,
+        first_batch: Callable[[], tuple[torch.Tensor, torch.Tensor] | None],
+        restore: Callable[[], None],
+    ) -> None:
+        """DDP re-buckets gradients after its first backward, in the order they became
+        ready. A fresh run's later steps use those buckets; a resumed run's first step would
+        use the initial ones and, beyond 2 ranks, sum gradients in another order (off by
+        float rounding). One throwaway forward/backward on the next batch lets DDP re-bucket
+        as a fresh run did; `restore` then puts back weights, buffers and this rank's RNG."""
+        if self.accelerator.num_processes <= 2:
+            return  # two-term sums do not depend on the order
+        batch = first_batch()
+        if batch is None:
+            return
+        loss = loss_of(model(*batch), step=0)
+        agreed = self.agree(loss)
+        if not (agreed.skipped or agreed.nonfinite):
+            loss.backward()  # all-reduced by DDP; the gradients are dropped below
+        optimizer.zero_grad(set_to_none=True)
+        restore()
+
+
+def loss_of(output: Any, step: int) -> torch.Tensor | None:
+    """The loss in a `training_step` output (a tensor, a dict with "loss", or None)."""
+    if output is None or isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        if "loss" not in output:
+            raise KeyError(
+                f"training_step returned a dict without 'loss' at step {step} "
+                f"(keys: {sorted(output)}); return the loss or None to skip the batch"
+            )
+        return output["loss"]
+    raise TypeError(f"training_step must return a Tensor, a dict or None; got {type(output)}")

@@ -1,0 +1,223 @@
+"""PhyDNet (Le Guen & Thome, CVPR 2020): physical dynamics disentangled from the residue.
+
+Legend: B batch, T time, C channels, H×W frame size (as given to the backbone), H'×W' the
+encoded size (H/s × W/s, s = `downsample`), E encoded channels (64 in the paper).
+
+Each frame goes through a shared encoder (to E×H'×W'), then two branch encoders: one
+feeds PhyCell, a recurrent cell whose prediction step is a learned PDE, H̃ = H + Φ(H)
+with Φ a convolution whose kernels are pushed (by the moment loss) towards finite-
+difference approximations of the partial derivatives ∂^{i+j}/∂x^i∂y^j, i, j < k; then a
+Kalman-like correction H = H̃ + K ⊙ (E(x) − H̃) with a learned gain K. The other feeds a
+ConvLSTM stack that models what physics leaves unexplained. The two branch decoders'
+outputs are summed and a shared decoder (then a sigmoid) gives the next frame. Teacher
+forcing is the shared teacher mask of `recurrent.FrameRecurrent`.
+
+Moment loss (returned as aux loss `moment`): for each of the E input channels c, the
+k×k moment matrix of Φ's first-conv kernels [:, c] (kernel j: M_x · w_j · M_yᵀ with
+M[i, x] = (x − k//2)^i / i!) is compared (MSE) with the one-hot matrix of the derivative
+kernel j is assigned to; summed over c and multiplied by `moment_weight`. OpenSTL (and
+the paper's code) add it with weight 1 to a SUM of per-step MSEs over the 19 steps; our
+task loss is a mean over frames, so weight 1/19 ≈ 0.05 reproduces their balance.
+
+At OpenSTL's Moving MNIST settings PhyDNet runs on unpatched frames (patch 1: spec
+1×64×64; its own encoder strides by 4; PhyCell 49 hidden, 7×7; ConvLSTM 128, 128, 64 at
+3×3; 10→10), measured with `torch.utils.flop_counter.FlopCounterMode` (MACs = flops/2,
+batch 1):
+
+| model   | parameters | OpenSTL | GMACs | OpenSTL FLOPs |
+|---------|-----------:|--------:|------:|--------------:|
+| PhyDNet |  3,091,732 |   3.1M  | 15.31 |       15.3G   |
+
+Both agree. (OpenSTL's forward also decodes each branch on its own for visualisation,
+two more passes of the shared decoder, 0.55 GMACs over 19 steps, apparently not in its
+table; we do not compute them.) One deviation from OpenSTL's code, following the paper:
+the gain K is computed from the prediction H̃ (not the previous H) and E(x).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .base import FrameSpec
+from .recurrent import FrameRecurrent
+
+
+def _conv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1),
+        nn.GroupNorm(16, cout),
+        nn.LeakyReLU(0.2),
+    )
+
+
+def _upconv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.ConvTranspose2d(cin, cout, 3, stride=stride, padding=1, output_padding=stride - 1),
+        nn.GroupNorm(16, cout),
+        nn.LeakyReLU(0.2),
+    )
+
+
+def moment_matrices(kernel_size: int) -> torch.Tensor:
+    """M[i, x] = (x − k//2)^i / i!: row i turns a kernel axis into its i-th moment."""
+    positions = torch.arange(kernel_size, dtype=torch.float64) - kernel_size // 2
+    powers = torch.arange(kernel_size, dtype=torch.float64)
+    factorials = torch.tensor([math.factorial(i) for i in range(kernel_size)], dtype=torch.float64)
+    return positions[None, :] ** powers[:, None] / factorials[:, None]
+
+
+class PhyCell(nn.Module):
+    """PhyCell: PDE-like prediction H̃ = H + Φ(H), then correction by the input."""
+
+    def __init__(self, channels: int, hidden: int, kernel_size: int) -> None:
+        super().__init__()
+        if hidden != kernel_size * kernel_size:
+            raise ValueError(
+                f"PhyCell needs phycell_hidden_channels = kernel² ({kernel_size**2}) "
+                f"so each kernel stands for one derivative, got {hidden}"
+            )
+        self.kernel_size = kernel_size
+        self.physics = nn.Sequential(
+            nn.Conv2d(channels, hidden, kernel_size, padding=kernel_size // 2),
+            nn.GroupNorm(7, hidden) if hidden % 7 == 0 else nn.GroupNorm(1, hidden),
+            nn.Conv2d(hidden, channels, 1),
+        )
+        self.gain = nn.Conv2d(2 * channels, channels, 3, padding=1)
+        self.register_buffer("moments", moment_matrices(kernel_size), persistent=False)
+
+    def forward(self, x_BEHW: torch.Tensor, hidden_BEHW: torch.Tensor) -> torch.Tensor:
+        predicted = hidden_BEHW + self.physics(hidden_BEHW)
+        gain = torch.sigmoid(self.gain(torch.cat([x_BEHW, predicted], dim=1)))
+        return predicted + gain * (x_BEHW - predicted)
+
+    def moment_loss(self) -> torch.Tensor:
+        """Σ over input channels of MSE(moments of kernel j, one-hot at derivative j)."""
+        k = self.kernel_size
+        weight = self.physics[0].weight.double()  # hidden × E × k × k
+        moments = torch.einsum("ix,jy,ocxy->oicj", self.moments, self.moments, weight)
+        target = torch.eye(k * k, dtype=weight.dtype, device=weight.device).view(k * k, k, 1, k)
+        per_channel = (moments - target).pow(2).mean(dim=(0, 1, 3))  # E
+        return per_channel.sum().float()
+
+
+class PhyDConvLSTMCell(nn.Module):
+    """Plain ConvLSTM cell (the residual branch); gates from one conv over [x, h]."""
+
+    def __init__(self, cin: int, hidden: int, kernel_size: int) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.gates = nn.Conv2d(cin + hidden, 4 * hidden, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x, h, c):
+        i, f, o, g = self.gates(torch.cat([x, h], dim=1)).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+
+@dataclass
+class PhyDNetArgs:
+    downsample: int = 4
+    """Stride of the shared encoder: 1, 2 or 4 (4 for 64×64 frames, as in the paper)."""
+    encoder_channels: int = 32
+    """Channels of the shared encoder's first blocks (the branches get twice as many)."""
+    phycell_hidden_channels: int = 49
+    """Kernels of PhyCell's physics convolution: must be phycell_kernel_size²."""
+    phycell_kernel_size: int = 7
+    """Size of those kernels (derivatives up to order kernel−1 along each axis)."""
+    convlstm_hidden_channels: list[int] = field(default_factory=lambda: [128, 128, 64])
+    """Hidden channels of the ConvLSTM branch's layers; the last must equal 2×encoder."""
+    convlstm_kernel_size: int = 3
+    """Kernel of the ConvLSTM branch."""
+    moment_weight: float = 1.0
+    """Weight of the moment loss `moment` (see the module docstring on its scale)."""
+
+
+class PhyDNet(FrameRecurrent):
+    """PhyCell + ConvLSTM branches between shared and branch encoders/decoders."""
+
+    Args = PhyDNetArgs
+
+    def __init__(self, spec: FrameSpec, args: PhyDNetArgs | None = None) -> None:
+        super().__init__()
+        args = args or PhyDNetArgs()
+        if args.downsample not in (1, 2, 4):
+            raise ValueError(f"PhyDNet downsample must be 1, 2 or 4, got {args.downsample}")
+        if spec.height % args.downsample or spec.width % args.downsample:
+            raise ValueError(
+                f"frame size {spec.height}×{spec.width} is not divisible by "
+                f"downsample {args.downsample}"
+            )
+        nf, encoded = args.encoder_channels, 2 * args.encoder_channels
+        if nf % 16:
+            raise ValueError(f"encoder_channels must be a multiple of 16 (GroupNorm), got {nf}")
+        hidden_channels = list(args.convlstm_hidden_channels)
+        if not hidden_channels or hidden_channels[-1] != encoded:
+            raise ValueError(
+                f"convlstm_hidden_channels must end with 2×encoder_channels = {encoded}, "
+                f"got {hidden_channels}"
+            )
+        first_stride = 2 if args.downsample >= 2 else 1
+        last_stride = 2 if args.downsample == 4 else 1
+        self.encoded_size = (spec.height // args.downsample, spec.width // args.downsample)
+        self.encoder = nn.Sequential(
+            _conv_block(spec.channels, nf, first_stride),
+            _conv_block(nf, nf, 1),
+            _conv_block(nf, encoded, last_stride),
+        )
+        self.encoder_physics = nn.Sequential(
+            _conv_block(encoded, encoded, 1), _conv_block(encoded, encoded, 1)
+        )
+        self.encoder_residual = nn.Sequential(
+            _conv_block(encoded, encoded, 1), _conv_block(encoded, encoded, 1)
+        )
+        self.decoder_physics = nn.Sequential(
+            _upconv_block(encoded, encoded, 1), _upconv_block(encoded, encoded, 1)
+        )
+        self.decoder_residual = nn.Sequential(
+            _upconv_block(encoded, encoded, 1), _upconv_block(encoded, encoded, 1)
+        )
+        self.decoder = nn.Sequential(
+            _upconv_block(encoded, nf, last_stride),
+            _upconv_block(nf, nf, 1),
+            nn.ConvTranspose2d(
+                nf,
+                spec.channels,
+                3,
+                stride=first_stride,
+                padding=1,
+                output_padding=first_stride - 1,
+            ),
+        )
+        self.phycell = PhyCell(encoded, args.phycell_hidden_channels, args.phycell_kernel_size)
+        self.convlstm = nn.ModuleList()
+        previous = encoded
+        for hidden in hidden_channels:
+            self.convlstm.append(PhyDConvLSTMCell(previous, hidden, args.convlstm_kernel_size))
+            previous = hidden
+        self.moment_weight = args.moment_weight
+
+    def init_state(self, frames_BTCHW: torch.Tensor) -> tuple:
+        b = frames_BTCHW.shape[0]
+        h, w = self.encoded_size
+        physics = frames_BTCHW.new_zeros(b, self.phycell.gain.out_channels, h, w)
+        layers = [(frames_BTCHW.new_zeros(b, cell.hidden, h, w),) * 2 for cell in self.convlstm]
+        return physics, layers
+
+    def step(self, frame_BCHW: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
+        physics, layers = state
+        encoded = self.encoder(frame_BCHW)
+        physics = self.phycell(self.encoder_physics(encoded), physics)
+        x, new_layers = self.encoder_residual(encoded), []
+        for cell, (h, c) in zip(self.convlstm, layers):
+            h, c = cell(x, h, c)
+            new_layers.append((h, c))
+            x = h
+        merged = self.decoder_physics(physics) + self.decoder_residual(x)
+        return torch.sigmoid(self.decoder(merged)), (physics, new_layers)
+
+    def aux_losses(self, state: tuple) -> dict[str, torch.Tensor]:
+        return {"moment": self.moment_weight * self.phycell.moment_loss()}

@@ -1,0 +1,83 @@
+"""Users' own models by import path: `model.name: mypkg.models:MyNet` (a backbone, wrapped by
+the Forecaster) or `model.name: mypkg.task:MyModule` (an `EnhancedModule`, the whole task).
+
+A backbone with an `Args` dataclass takes `model.backbone` as those args, as the built-in
+ones do; any other class gets `model.backbone` as keyword arguments, checked against its
+constructor's signature before any data work starts. Registry names need no import path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from typing import Any
+
+from torch import nn
+
+from .module import EnhancedModule
+
+
+def is_import_path(name: str) -> bool:
+    return ":" in name
+
+
+def import_object(path: str) -> Any:
+    """`package.module:Name` → the object; errors name the path and what failed."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"{path!r} is not an import path of the form package.module:Name")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r} (from {path!r}): {exc}") from exc
+    try:
+        obj = module
+        for part in attribute.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        raise ValueError(f"{module_name!r} has no {attribute!r} (from {path!r})") from None
+    return obj
+
+
+def resolve_model(name: str) -> type[nn.Module]:
+    """The class `model.name` names: a registered backbone, or one given by import path."""
+    if not is_import_path(name):
+        from .models import backbone_class
+
+        return backbone_class(name)
+    cls = import_object(name)
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+        raise ValueError(f"{name!r} is not a torch.nn.Module class")
+    return cls
+
+
+def is_task(cls: type) -> bool:
+    """Whether `cls` is a whole task (an EnhancedModule) rather than a backbone."""
+    return issubclass(cls, EnhancedModule)
+
+
+def check_keywords(cls: type, values: dict[str, Any], *leading: Any) -> None:
+    """Raise TypeError naming the valid parameters when `values` do not fit `cls`'s
+    constructor (after the positional `leading` arguments)."""
+    signature = inspect.signature(cls)
+    try:
+        signature.bind(*leading, **values)
+    except TypeError as exc:
+        valid = [
+            p.name
+            for p in list(signature.parameters.values())[len(leading) :]
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+        raise TypeError(
+            f"{exc}; {cls.__name__} takes: {', '.join(valid) or 'no arguments'}"
+        ) from None
+
+
+def build_user_backbone(cls: type[nn.Module], spec: Any, values: dict[str, Any]) -> nn.Module:
+    """A backbone given by import path: with `Args` like the built-in ones, else keywords."""
+    args_cls = getattr(cls, "Args", None)
+    if dataclasses.is_dataclass(args_cls):
+        return cls(spec, args_cls(**values))
+    check_keywords(cls, values, spec)
+    return cls(spec, **values)

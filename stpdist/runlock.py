@@ -1,0 +1,197 @@
+"""One training run per output folder: an exclusive lock held for the run's lifetime.
+
+`RunLock(output_dir)` takes `<output_dir>/.stpdist.lock` with `fcntl.flock` and writes the
+holder into it (host, pid, the pid's start time, the boot id, since when). A second run on
+the same folder fails at once with `RunLockedError`, one line naming the holder. Only the
+main rank takes it.
+
+The kernel drops an flock when its holder dies, so on a local filesystem a crashed or
+SIGKILLed run never blocks the next one; the lock file it leaves names a dead process and
+is taken over with a warning.
+
+Shared filesystems (NFS, Lustre, GPFS) may not carry flock between hosts: the lock then
+only excludes runs on the same host. So the file's contents decide as well. A lock file
+that names *another* host is always refused, because from here nobody can tell whether
+that host's run is alive; the message names the file. On a shared filesystem, after a
+node failure, check that no run of that host is alive (`squeue`, `ps` on that host) and
+delete the file named in the message, then start again. A file naming this host is stale
+when its pid is dead, belongs to a later process (pid reused: its start time differs), or
+the host was rebooted since (boot id differs); otherwise it is refused too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+LOCK_FILE = ".stpdist.lock"
+log = logging.getLogger("stpdist")
+
+
+class RunLockedError(RuntimeError):
+    """Another run holds the output folder's lock."""
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux), None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after its last ')'
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    since = holder.get("since")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if since else "unknown"
+    return f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, since {when}"
+
+
+class RunLock:
+    """An exclusive lock on `output_dir` for one training run.
+
+    Use as `with RunLock(output_dir): ...`, or call `acquire()` / `release()`. Raises
+    `RunLockedError` when another live run holds it.
+    """
+
+    def __init__(self, output_dir: str | Path) -> None:
+        self.output_dir = Path(output_dir)
+        self.path = self.output_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> RunLock:
+        if self._fd is not None:
+            raise RuntimeError(f"{self.path}: this RunLock is already held")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = _read(fd)
+                    raise RunLockedError(
+                        f"{self.output_dir} is in use by another run ({_describe(holder)}; "
+                        f"lock file {self.path})"
+                    ) from None
+                # the holder may have released and unlinked the file between our open and
+                # flock: then we hold a lock on a file nobody else will open; retry
+                try:
+                    same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    self._check_stale(_read(fd))
+                    break
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+        me = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "pid_start": _start_time(os.getpid()),
+            "boot_id": _boot_id(),
+            "since": time.time(),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def _check_stale(self, holder: dict[str, Any]) -> None:
+        """We hold the flock; decide from the file whether its previous holder may live on."""
+        if not holder:
+            return  # free (released cleanly, or never written)
+        if "unreadable" in holder:  # no record of a holder, and the flock was free
+            log.warning("taking over run lock %s: its contents are unreadable", self.path)
+            return
+        host, pid = holder.get("host"), holder.get("pid")
+        if host != socket.gethostname():
+            raise RunLockedError(
+                f"{self.output_dir} may be in use by a run on another host ({_describe(holder)}); "
+                f"if no run is alive there, delete {self.path}"
+            )
+        if not isinstance(pid, int) or pid <= 0:
+            why = "names no valid pid"
+        elif holder.get("boot_id") and _boot_id() and holder["boot_id"] != _boot_id():
+            why = "was left before the last reboot"
+        elif not _alive(pid):
+            why = f"names pid {pid}, which is dead"
+        elif holder.get("pid_start") is not None and holder["pid_start"] != _start_time(pid):
+            why = f"names pid {pid}, now another process"
+        elif pid == os.getpid():
+            why = "was left by this process"
+        else:
+            # alive, and yet the flock was free: a filesystem that ignores flock
+            raise RunLockedError(
+                f"{self.output_dir} may be in use by a live run ({_describe(holder)}); the "
+                f"filesystem did not enforce the lock. If that process is no stpdist run, "
+                f"delete {self.path}"
+            )
+        log.warning(
+            "taking over a stale run lock %s (%s): it %s", self.path, _describe(holder), why
+        )
+
+    def release(self) -> None:
+        """Give the lock up (the file is removed first, then the flock dropped)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *_: Any) -> None:
+        self.release()
+
+
+def _read(fd: int) -> dict[str, Any]:
+    """The holder recorded in the lock file: {} when empty, {"unreadable": …} when garbled."""
+    try:
+        data = os.pread(fd, 4096, 0)
+    except OSError as exc:
+        return {"unreadable": str(exc)}
+    if not data.strip():
+        return {}
+    try:
+        holder = json.loads(data)
+    except ValueError:
+        return {"unreadable": "not JSON"}
+    return holder if isinstance(holder, dict) else {"unreadable": "not a JSON object"}

@@ -1,0 +1,637 @@
+"""The reliability campaign of issue 15, kept as tests: each reproduces one defect.
+
+Data loss on `--overwrite`, the run lock, checkpoint damage and crash safety (SIGKILL at
+random points, during retention and during a re-save), shard-name injection into `pipe:`
+commands, skill-score thresholds at any value scale, and bad values refused at conversion
+and in the readers. Seeded; the file runs in well under a minute on two busy cores.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import stpdist.checkpoint as ckpt
+from stpdist.data.convert import convert
+from stpdist.data.format import ShardFormatError, SplitWriter, read_index
+from stpdist.data.sources.generic import GenericArrays
+from stpdist.data.stream import LoaderContext, ShardEvalStream
+from stpdist.metrics import batch_sums
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message, message
+    return message
+
+
+# ----------------------------------------------------------------------------- 1. overwrite
+
+
+def raw_arrays(folder: Path, value: int, count: int = 3) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(count):
+        np.save(folder / f"seq{i}.npy", np.full((4, 1, 8, 8), value, np.uint8))
+    return folder
+
+
+def dataset_value(out: Path) -> int:
+    """The value every sample of `out/train` holds (checks the dataset reads completely)."""
+    from stpdist.data.format import decode_frames, iter_shard
+
+    values = set()
+    for shard in read_index(out / "train").shards:
+        for _, sample in iter_shard(str(out / "train" / shard.name)):
+            values |= set(np.unique(decode_frames(sample["frames.npy"], "x")).tolist())
+    assert len(values) == 1, values
+    return values.pop()
+
+
+def test_overwrite_with_a_mistyped_source_keeps_the_old_dataset(tmp_path):
+    convert(GenericArrays(str(raw_arrays(tmp_path / "raw", 7))), tmp_path / "out", progress=False)
+    with pytest.raises(FileNotFoundError):
+        convert(
+            GenericArrays(str(tmp_path / "rwa")), tmp_path / "out", overwrite=True, progress=False
+        )
+    assert dataset_value(tmp_path / "out") == 7
+
+
+def test_overwrite_failing_midway_keeps_the_old_dataset(tmp_path):
+    convert(GenericArrays(str(raw_arrays(tmp_path / "raw", 7))), tmp_path / "out", progress=False)
+    bad = raw_arrays(tmp_path / "raw2", 9)
+    np.save(bad / "seq9.npy", np.zeros((4, 8), np.uint8))  # wrong rank: fails after seq0-2
+    with pytest.raises(ValueError, match="seq9.npy"):
+        convert(GenericArrays(str(bad)), tmp_path / "out", overwrite=True, progress=False)
+    assert dataset_value(tmp_path / "out") == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw", "raw2"]  # no leftovers
+
+
+def test_overwrite_replaces_only_when_complete(tmp_path):
+    convert(GenericArrays(str(raw_arrays(tmp_path / "raw", 7))), tmp_path / "out", progress=False)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        convert(GenericArrays(str(tmp_path / "raw")), tmp_path / "out", progress=False)
+    convert(
+        GenericArrays(str(raw_arrays(tmp_path / "new", 9))),
+        tmp_path / "out",
+        overwrite=True,
+        progress=False,
+    )
+    assert dataset_value(tmp_path / "out") == 9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "out", "raw"]
+    (tmp_path / "link").symlink_to(tmp_path / "out")  # a link: its target is replaced
+    convert(GenericArrays(str(tmp_path / "raw")), tmp_path / "link", overwrite=True, progress=False)
+    assert (tmp_path / "link").is_symlink() and dataset_value(tmp_path / "out") == 7
+
+
+@pytest.mark.parametrize("where", ["same", "above"])
+def test_out_that_is_or_contains_the_source_is_refused(tmp_path, where):
+    raw = raw_arrays(tmp_path / "data" / "raw", 7)
+    out = raw if where == "same" else tmp_path / "data"
+    with pytest.raises(ValueError, match="is or contains the source") as exc:
+        convert(GenericArrays(str(raw)), out, overwrite=True, progress=False)
+    one_line(exc)
+    assert sorted(p.name for p in raw.iterdir()) == ["seq0.npy", "seq1.npy", "seq2.npy"]
+
+
+def test_staged_output_keeps_the_old_dataset_until_the_new_one_is_complete(tmp_path):
+    from stpdist.data.convert import staged_output
+
+    convert(GenericArrays(str(raw_arrays(tmp_path / "raw", 7))), tmp_path / "out", progress=False)
+    with pytest.raises(KeyboardInterrupt), staged_output(tmp_path / "out", True) as staging:
+        small_split(staging / "train")
+        assert dataset_value(tmp_path / "out") == 7  # untouched while the new one is written
+        raise KeyboardInterrupt  # e.g. Ctrl-C before the next split
+    assert dataset_value(tmp_path / "out") == 7
+    with staged_output(tmp_path / "out", True) as staging:
+        small_split(staging / "train")
+    assert read_index(tmp_path / "out" / "train").num_samples == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]
+
+
+# ----------------------------------------------------------------------------- 2. run lock
+
+HOLDER = textwrap.dedent(
+    """
+    import importlib.util, sys
+    spec = importlib.util.spec_from_file_location("runlock", sys.argv[1])
+    runlock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runlock)
+    try:
+        lock = runlock.RunLock(sys.argv[2]).acquire()
+    except runlock.RunLockedError as exc:
+        print("refused", exc, flush=True)
+        sys.exit(3)
+    print("locked", flush=True)
+    sys.stdin.read()  # hold until the parent closes stdin (or kills us)
+    lock.release()
+    """
+)
+
+
+def start_holder(tmp_path: Path, folder: Path) -> subprocess.Popen:
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(ROOT / "stpdist" / "runlock.py"), str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_second_run_is_refused_naming_the_holder(tmp_path):
+    from stpdist.runlock import RunLock, RunLockedError
+
+    holder = start_holder(tmp_path, tmp_path / "run")
+    try:
+        with pytest.raises(RunLockedError) as exc:
+            RunLock(tmp_path / "run").acquire()
+        message = one_line(exc)
+        assert f"pid {holder.pid}" in message and socket.gethostname() in message
+        assert "since 20" in message
+    finally:
+        holder.stdin.close()
+        assert holder.wait(timeout=20) == 0
+    with RunLock(tmp_path / "run") as lock:  # released cleanly: free again
+        assert lock.held
+
+
+def test_killed_holder_is_taken_over_with_a_warning(tmp_path, caplog):
+    from stpdist.runlock import RunLock
+
+    holder = start_holder(tmp_path, tmp_path / "run")
+    holder.kill()
+    holder.wait(timeout=20)
+    with RunLock(tmp_path / "run"):
+        assert f"pid {holder.pid}, which is dead" in caplog.text
+        # while we hold it, a second process is refused
+        script = tmp_path / "holder.py"
+        proc = subprocess.run(
+            [sys.executable, str(script), str(ROOT / "stpdist/runlock.py"), str(tmp_path / "run")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.returncode == 3 and f"pid {os.getpid()}" in proc.stdout
+
+
+def test_contending_processes_exactly_one_wins(tmp_path):
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    args = [sys.executable, str(script), str(ROOT / "stpdist/runlock.py"), str(tmp_path / "run")]
+    procs = [
+        subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    firsts = [p.stdout.readline().split()[0] for p in procs]  # each either locked or refused
+    for p in procs:
+        p.stdin.close()
+    codes = [p.wait(timeout=30) for p in procs]
+    assert firsts.count("locked") == 1 and sorted(codes) == [0, 3, 3, 3]
+
+
+def test_lock_of_another_host_is_refused(tmp_path):
+    from stpdist.runlock import LOCK_FILE, RunLock, RunLockedError
+
+    (tmp_path / "run").mkdir()
+    lock_file = tmp_path / "run" / LOCK_FILE
+    lock_file.write_text(json.dumps({"host": "node-17", "pid": 4242, "since": time.time()}))
+    with pytest.raises(RunLockedError, match="another host.*node-17.*pid 4242") as exc:
+        RunLock(tmp_path / "run").acquire()
+    assert str(lock_file) in one_line(exc)
+    assert lock_file.is_file()  # left for the user to judge
+
+
+def test_same_process_cannot_take_it_twice(tmp_path):
+    from stpdist.runlock import RunLock, RunLockedError
+
+    with RunLock(tmp_path), pytest.raises(RunLockedError):
+        RunLock(tmp_path).acquire()
+
+
+# ----------------------------------------------------------------------------- 3-5. checkpoints
+
+
+def manager_for(root: Path, keep_last: int, keep_best: int = 1) -> ckpt.CheckpointManager:
+    from stpdist.config import CheckpointConfig
+
+    if "policy" not in inspect.signature(ckpt.CheckpointManager).parameters:  # before #15
+        return ckpt.CheckpointManager(root, keep_last=keep_last, keep_best=keep_best)
+    policy = CheckpointConfig(keep_last=keep_last, keep_best=keep_best)
+    return ckpt.CheckpointManager(root, policy)
+
+
+class Acc:
+    """The part of an accelerate.Accelerator that CheckpointManager uses (one process)."""
+
+    is_main_process, process_index, scaler = True, 0, None
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+def model_at(step: int, size: int = 16) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """A model whose weights all equal `step`, with optimizer state."""
+    model = torch.nn.Linear(size, size)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, size)).sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float(step))
+    return model, optimizer
+
+
+def save(manager, step: int, value: float | None = None, metrics=None) -> Path:
+    model, optimizer = model_at(step if value is None else value)
+    state = ckpt.TrainState(global_step=step, metrics=metrics or {})
+    return manager.save(Acc(), model, optimizer, None, state)
+
+
+def loads_as(manager, path: Path, size: int = 16) -> int:
+    """Load `path` fully; returns the weight value (== its step when intact)."""
+    model, optimizer = model_at(-1, size)
+    state = manager.load(path, Acc(), model, optimizer, None)
+    values = torch.cat([p.detach().flatten() for p in model.parameters()]).unique()
+    assert len(values) == 1
+    assert state.global_step == int(path.name.split("-")[-1])
+    return int(values.item())
+
+
+BAD_STATES = {
+    "empty": "",
+    "not json": "{",
+    "empty object": "{}",
+    "negative step": {"epoch": 0, "batch": 0, "global_step": -20, "world_size": 1},
+    "negative batch": {"epoch": 0, "batch": -1, "global_step": 20, "world_size": 1},
+    "string epoch": {"epoch": "1", "batch": 0, "global_step": 20, "world_size": 1},
+    "bool batch": {"epoch": 0, "batch": True, "global_step": 20, "world_size": 1},
+    "zero world": {"epoch": 0, "batch": 0, "global_step": 20, "world_size": 0},
+    "wrong step": {"epoch": 0, "batch": 0, "global_step": 0, "world_size": 1},
+    "unknown key": {"epoch": 0, "batch": 0, "global_step": 20, "world_size": 1, "x": 1},
+    "list": [],
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STATES))
+def test_invalid_trainer_state_is_refused_naming_the_file(tmp_path, case):
+    manager = manager_for(tmp_path, 5)
+    save(manager, 10)
+    path = save(manager, 20)
+    bad = BAD_STATES[case]
+    (path / ckpt.STATE_FILE).write_text(bad if isinstance(bad, str) else json.dumps(bad))
+    with pytest.raises(ckpt.CheckpointError) as exc:
+        ckpt.read_state(path)
+    assert str(path / ckpt.STATE_FILE) in one_line(exc)
+    with pytest.raises(ckpt.CheckpointError):  # an explicit resume of it is refused
+        manager.resolve(path)
+    assert manager.resolve("auto") == tmp_path / "step-00000010"  # auto falls back
+
+
+def test_resaving_a_step_never_overwrites_a_complete_checkpoint(tmp_path, caplog):
+    manager = manager_for(tmp_path, 5)
+    save(manager, 10)
+    first = save(manager, 20)
+    save(manager, 20)  # the same state again: one folder, no copy kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000010", "step-00000020"]
+    save(manager, 20, value=99)  # another trajectory (resumed from step 10): old one kept
+    assert loads_as(manager, first) == 99
+    aside = tmp_path / "superseded-step-00000020"
+    assert "superseded-step-00000020" in caplog.text
+    assert ckpt.damage(aside, deep=True) is None  # intact, loadable by path
+    model, optimizer = model_at(-1)
+    ckpt.load_weights(aside, model)
+    assert model.weight.unique().tolist() == [20.0]
+
+
+DAMAGE = {
+    "truncated weights": lambda p: (p / "model.safetensors").write_bytes(b"\x08"),
+    "flipped optimizer byte": lambda p: _flip(p / "optimizer.pt"),
+    "missing rng": lambda p: (p / "rng-0.pt").unlink(),
+    "invalid state": lambda p: (p / ckpt.STATE_FILE).write_text("{"),
+    "missing manifest and weights": lambda p: [
+        (p / n).unlink() for n in (ckpt.MANIFEST_FILE, "model.safetensors")
+    ],
+}
+
+
+def _flip(file: Path) -> None:
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_auto_resume_falls_back_past_a_damaged_newest(tmp_path, caplog, case):
+    manager = manager_for(tmp_path, 3)
+    for step in (10, 20, 30):
+        save(manager, step)
+    DAMAGE[case](tmp_path / "step-00000030")
+    path = manager.resolve("auto")
+    assert path == tmp_path / "step-00000020" and loads_as(manager, path) == 20
+    assert "step-00000030 is damaged" in caplog.text
+    with pytest.raises(ckpt.CheckpointError, match="step-00000030"):
+        manager.resolve(tmp_path / "step-00000030")
+    # resumed at 20, the run saves 30 again: the damaged folder is set aside, not reused
+    save(manager, 30)
+    assert manager.resolve("auto") == tmp_path / "step-00000030"
+    assert loads_as(manager, tmp_path / "step-00000030") == 30
+    assert (tmp_path / "damaged-step-00000030").is_dir()
+
+
+def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(tmp_path):
+    manager = manager_for(tmp_path, 3)
+    DAMAGE["truncated weights"](save(manager, 10))
+    with pytest.raises(ckpt.CheckpointError, match="every checkpoint .* is damaged"):
+        manager.resolve("auto")
+
+
+@pytest.mark.parametrize("case", ["invalid state", "truncated weights"])
+def test_a_damaged_oldest_checkpoint_does_not_break_later_saves(tmp_path, case):
+    manager = manager_for(tmp_path, 2, 1)
+    save(manager, 10, metrics={"val/loss": 0.1})
+    save(manager, 20, metrics={"val/loss": 0.5})
+    DAMAGE[case](tmp_path / "step-00000010")
+    for step in (30, 40, 50):
+        save(manager, step, metrics={"val/loss": 1.0 / step})
+    assert [p.name for p in manager.complete()] == ["step-00000040", "step-00000050"]
+    assert manager.best() == tmp_path / "step-00000050"
+    assert manager.resolve("auto") == tmp_path / "step-00000050"
+
+
+def test_completeness_requires_every_listed_file(tmp_path):
+    manager = manager_for(tmp_path, 3)
+    save(manager, 10)
+    path = save(manager, 20)
+    (path / "optimizer.pt").unlink()
+    assert manager.complete() == [tmp_path / "step-00000010"]
+    assert manager.latest() == tmp_path / "step-00000010"
+
+
+SAVER_SIZE = 256  # 256×256 weights + Adam state: a save takes long enough to be hit
+
+
+def saver(root: Path, mode: str, start_step: int | None, ready) -> None:
+    """Saves checkpoints (in a loop for `mode == "loop"`), resuming from resolve("auto");
+    runs in a forked child that the test SIGKILLs. `start_step`: as if resumed from an older
+    checkpoint, re-save the steps after it."""
+    torch.set_num_threads(1)
+    if mode == "kill-in-rmtree":  # die in the middle of any deletion of a checkpoint
+        real_rmtree = shutil.rmtree
+
+        def rmtree(path, *args, **kwargs):
+            weights = os.path.join(path, "model.safetensors")
+            if os.path.exists(weights):
+                os.unlink(weights)  # what rmtree may remove first; then the kill
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_rmtree(path, *args, **kwargs)
+
+        ckpt.shutil.rmtree = rmtree
+    manager = manager_for(root, 2, 1)
+    size = SAVER_SIZE
+    model = torch.nn.Linear(size, size)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, size)).sum().backward()
+    optimizer.step()
+    start = manager.resolve("auto")
+    step = manager.load(start, Acc(), model, optimizer, None).global_step if start else 0
+    step = step if start_step is None else start_step
+    ready.set()
+    while True:
+        step += 1
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(float(step))
+        # in the loop a best checkpoint that moves about; else the newest is the best
+        metric = {"val/loss": float((step * 7919) % 13 if mode == "loop" else -step)}
+        manager.save(
+            Acc(), model, optimizer, None, ckpt.TrainState(global_step=step, metrics=metric)
+        )
+        if mode != "loop":
+            break
+
+
+def run_saver(tmp_path: Path, mode: str, start_step: int | None = None, kill_after=None) -> int:
+    """Run `saver` in a forked child (torch is imported already: starts in milliseconds);
+    SIGKILL it `kill_after` seconds after it is ready. Returns its exit code."""
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    child = context.Process(target=saver, args=(tmp_path / "ck", mode, start_step, ready))
+    child.start()
+    assert ready.wait(timeout=60)
+    if kill_after is not None:
+        time.sleep(kill_after)
+        os.kill(child.pid, signal.SIGKILL)
+    child.join(timeout=60)
+    return child.exitcode
+
+
+def assert_all_intact(root: Path) -> list[str]:
+    """resolve("auto") + load succeed, and every complete checkpoint (incl. best) loads."""
+    manager = manager_for(root, 2, 1)
+    path = manager.resolve("auto")
+    assert path is not None and loads_as(manager, path, SAVER_SIZE) == int(path.name[-8:])
+    for path in manager.complete():
+        assert loads_as(manager, path, SAVER_SIZE) == int(path.name[-8:])
+    return [p.name for p in manager.complete()]
+
+
+def test_sigkill_at_random_points_of_a_save_loop_always_resumes(tmp_path):
+    rng = random.Random(15)
+    run_saver(tmp_path, "loop", kill_after=0.3)  # a few checkpoints to start with
+    steps = []
+    for _ in range(4):
+        assert run_saver(tmp_path, "loop", kill_after=rng.uniform(0.0, 0.4)) == -signal.SIGKILL
+        names = assert_all_intact(tmp_path / "ck")
+        steps.append(int(names[-1][-8:]))
+    assert steps == sorted(steps)  # the saved step never went back
+
+
+def test_sigkill_during_retention_leaves_only_intact_checkpoints(tmp_path):
+    run_saver(tmp_path, "once")  # step 1
+    run_saver(tmp_path, "once")  # step 2
+    # step 3: retention deletes a checkpoint, the process dies in the middle of the rmtree
+    assert run_saver(tmp_path, "kill-in-rmtree") == -signal.SIGKILL
+    assert_all_intact(tmp_path / "ck")
+    run_saver(tmp_path, "once")  # the next save sweeps the leftovers
+    assert assert_all_intact(tmp_path / "ck") == ["step-00000003", "step-00000004"]
+    assert not [p for p in (tmp_path / "ck").iterdir() if p.name.startswith(".")]
+
+
+def test_sigkill_while_resaving_a_step_keeps_an_intact_checkpoint(tmp_path):
+    for _ in range(3):
+        run_saver(tmp_path, "once")  # steps 1, 2, 3 (keep_last=2: 2 and 3, + best)
+    # resumed from step 2 with other weights, the run reaches step 3 again and dies in it
+    assert run_saver(tmp_path, "kill-in-rmtree", start_step=2) in (0, -signal.SIGKILL)
+    assert_all_intact(tmp_path / "ck")
+
+
+# ----------------------------------------------------------------------------- 12. thresholds
+
+
+def test_a_value_exactly_at_the_threshold_is_a_hit():
+    s = torch.full((1, 1, 1, 7, 7), 20.0).div_(1292.0)
+    assert batch_sums(s, s, [20 / 1292.0])["hits"].sum().item() == 49
+
+
+@pytest.mark.parametrize("scale", [255, 1000, 1292])
+@pytest.mark.parametrize("division", ["cpu", "reciprocal"])
+def test_skill_counts_equal_a_contingency_table_in_stored_units(scale, division):
+    """Every stored integer 0…scale as data and as threshold, against numpy in stored units.
+    `reciprocal`: x × float32(1/scale), how CUDA divides by a scalar."""
+    rng = np.random.default_rng(scale)
+    side = math.ceil(math.sqrt(scale + 1))
+    target = np.resize(np.arange(scale + 1), side * side)
+    pred = rng.permutation(target)
+    thresholds = list(range(scale + 1))
+
+    def scaled(stored: np.ndarray) -> torch.Tensor:
+        frames = torch.from_numpy(stored.reshape(1, 1, 1, side, side)).float()
+        if division == "cpu":
+            return frames.div_(float(scale))
+        return frames * torch.tensor(1.0 / scale, dtype=torch.float32)
+
+    sums = batch_sums(scaled(pred), scaled(target), [t / scale for t in thresholds])
+    p = pred[None, :] >= np.array(thresholds)[:, None]
+    o = target[None, :] >= np.array(thresholds)[:, None]
+    expected = {
+        "hits": (p & o).sum(1),
+        "misses": (~p & o).sum(1),
+        "false_alarms": (p & ~o).sum(1),
+        "correct_negatives": (~p & ~o).sum(1),
+    }
+    for name, counts in expected.items():
+        np.testing.assert_array_equal(sums[name][:, 0].numpy(), counts, err_msg=name)
+
+
+# ----------------------------------------------------------------------------- 7. injection
+
+
+def small_split(folder: Path, dtype=np.uint8) -> Path:
+    with SplitWriter(folder, "train", value_scale=255, samples_per_shard=2) as writer:
+        for i in range(3):
+            writer.write(f"k{i}", np.full((4, 1, 4, 4), i, dtype))
+    return folder
+
+
+def eval_keys(folder, **kwargs) -> list[str]:
+    stream = ShardEvalStream(
+        folder, batch_size=2, num_input_frames=2, num_output_frames=2, **kwargs
+    )
+    return [k for batch in stream.iterate(LoaderContext()) for k in batch[2]]
+
+
+def test_shard_names_from_the_index_are_never_run(tmp_path):
+    folder = small_split(tmp_path / "train")
+    index = json.loads((folder / "index.json").read_text())
+    index["shards"][0]["name"] = f"train-000000.tar; touch {tmp_path}/PWNED; echo "
+    (folder / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ShardFormatError, match="shard name"):
+        eval_keys(folder, url_template=f"pipe:cat {folder}/{{name}}")
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_pipe_substitutions_are_shell_quoted():
+    from stpdist.data.stream import shard_url
+
+    assert (
+        shard_url("pipe:cat /d/{split}/{name}", "a b;c", "x$(y)") == "pipe:cat /d/'x$(y)'/'a b;c'"
+    )
+    assert shard_url("https://h/{split}/{name}", "train-000001.tar", "train") == (
+        "https://h/train/train-000001.tar"
+    )
+    assert shard_url("pipe:awk '{print}' /d/{name}", "t-000001.tar", "t") == (
+        "pipe:awk '{print}' /d/t-000001.tar"
+    )
+
+
+def test_a_relative_folder_named_pipe_is_a_path_not_a_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = Path("pipe:touch PWNED;cat ") / "train"  # a legal folder name
+    small_split(folder)
+    assert eval_keys(folder) == ["k0", "k1", "k2"]
+    assert not (tmp_path / "PWNED").exists()
+
+
+# ----------------------------------------------------------------------------- 9/10. bad values
+
+
+def test_duplicate_keys_in_a_split_are_refused(tmp_path):
+    with pytest.raises(ShardFormatError, match="'k0' written twice"):  # noqa: SIM117
+        with SplitWriter(tmp_path / "train", "train", value_scale=255) as writer:
+            for key in ("k0", "k1", "k0"):
+                writer.write(key, np.zeros((4, 1, 4, 4), np.uint8))
+    assert not (tmp_path / "train" / "index.json").exists()
+
+
+@pytest.mark.parametrize("scale", [0, -1, float("nan"), float("inf")])
+def test_bad_value_scale_is_refused(tmp_path, scale):
+    with pytest.raises(ShardFormatError, match="value scale"):
+        SplitWriter(tmp_path / "train", "train", value_scale=scale)
+    folder = small_split(tmp_path / "ok")
+    index = json.loads((folder / "index.json").read_text())
+    index["value_scale"] = scale
+    (folder / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ShardFormatError, match="value scale") as exc:
+        read_index(folder)
+    assert str(folder / "index.json") in one_line(exc)
+
+
+def nan_source(tmp_path: Path, bad: float) -> GenericArrays:
+    (tmp_path / "raw").mkdir()
+    frames = np.full((4, 1, 8, 8), 0.5, np.float32)
+    np.save(tmp_path / "raw" / "good.npy", frames)
+    frames[2, 0, 3, 4] = bad
+    np.save(tmp_path / "raw" / "bad.npy", frames)
+    return GenericArrays(str(tmp_path / "raw"))
+
+
+def test_nan_in_frames_is_refused_naming_file_and_position(tmp_path):
+    with pytest.raises(ValueError, match=r"bad\.npy.*\(2, 0, 3, 4\)") as exc:
+        convert(nan_source(tmp_path, np.nan), tmp_path / "out", progress=False)
+    one_line(exc)
+    assert not (tmp_path / "out").exists()
+
+
+def test_nan_with_a_fill_value_is_stored_as_the_fill(tmp_path):
+    from stpdist.data.format import decode_frames, iter_shard
+
+    index = convert(nan_source(tmp_path, np.nan), tmp_path / "out", progress=False, nan_fill=-1.0)
+    assert index["train"].args["nan_fill"] == -1.0
+    shard = tmp_path / "out" / "train" / index["train"].shards[0].name
+    frames = {k: decode_frames(s["frames.npy"], k) for k, s in iter_shard(str(shard))}
+    assert frames["bad"][2, 0, 3, 4] == -1.0 and (frames["good"] == 0.5).all()
+
+
+def test_inf_is_refused_even_with_a_fill_value(tmp_path):
+    with pytest.raises(ValueError, match=r"bad\.npy.*inf"):
+        convert(nan_source(tmp_path, np.inf), tmp_path / "out", progress=False, nan_fill=0.0)
+
+
+def test_reader_checks_each_sample_dtype_against_the_index(tmp_path):
+    folder = small_split(tmp_path / "train")
+    index = json.loads((folder / "index.json").read_text())
+    index["dtype"] = "float32"  # the shards hold uint8
+    (folder / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ShardFormatError, match=r"train-000000\.tar: member k0\.frames\.npy: uint8"):
+        eval_keys(folder)

@@ -1,0 +1,231 @@
+"""SimVP family: every translator's shapes, gradients and size at OpenSTL's settings;
+chunked rollout; Swin's shifted-window mask; TAU's differential divergence."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from stpdist.models.base import FrameSpec
+from stpdist.models.simvp import TAU, SimVP, SimVPArgs, differential_divergence
+from stpdist.models.translators import BLOCKS, BlockSettings, SwinBlock
+
+torch.set_num_threads(1)
+
+TRANSLATORS = sorted(BLOCKS)
+# 1×16×16, 3 input frames; 2 spatial blocks → 8×8 latent (so Swin's window of 4 shifts
+# on the odd layer), 3 translator blocks (first, inner, last: UniFormer uses both kinds)
+SMALL_SPEC = FrameSpec(1, 16, 16, 3, 3)
+
+
+def small_args(translator: str, **overrides) -> SimVPArgs:
+    values = dict(
+        translator=translator,
+        spatial_channels=8,
+        temporal_channels=32,
+        num_spatial_blocks=2,
+        num_translator_blocks=3,
+        mlp_ratio=4.0,
+    )
+    return SimVPArgs(**{**values, **overrides})
+
+
+@pytest.mark.parametrize("translator", TRANSLATORS)
+def test_shapes_for_fewer_equal_more_output_frames_and_gradients(translator):
+    torch.manual_seed(0)
+    model = SimVP(SMALL_SPEC, small_args(translator))
+    frames = torch.rand(2, 3, 1, 16, 16)
+    for t_out in (2, 3, 7):
+        pred = model(frames, t_out)
+        assert pred.shape == (2, t_out, 1, 16, 16) and torch.isfinite(pred).all()
+    # 7 > 3 frames: three chunks, the later ones fed with predictions
+    pred.square().mean().backward()
+    # every parameter is used: each one has a non-zero gradient
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_rollout_feeds_each_chunk_back_and_cuts():
+    torch.manual_seed(0)
+    model = SimVP(SMALL_SPEC, small_args("gsta")).eval()  # BatchNorm: running statistics
+    frames = torch.rand(2, 3, 1, 16, 16)
+    with torch.no_grad():
+        first = model.predict_chunk(frames)
+        second = model.predict_chunk(first)
+        third = model.predict_chunk(second)
+        torch.testing.assert_close(model(frames, 2), first[:, :2])
+        torch.testing.assert_close(model(frames, 3), first)
+        torch.testing.assert_close(model(frames, 7), torch.cat([first, second, third[:, :1]], 1))
+
+
+def test_tau_backbone_defaults_to_the_tau_translator():
+    assert TAU.Args().translator == "tau" and SimVP.Args().translator == "gsta"
+    for cls in (SimVP, TAU):
+        assert dataclasses.is_dataclass(cls.Args)
+    model = TAU(SMALL_SPEC, TAU.Args(**dataclasses.asdict(small_args("tau"))))
+    assert type(model.translator.blocks[1][0]).__name__ == "TAUBlock"
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(KeyError, match="unknown SimVP translator 'gSTA'.*gsta"):
+        SimVP(SMALL_SPEC, small_args("gSTA"))
+    with pytest.raises(ValueError, match=r"18×16 is not divisible by 4"):
+        SimVP(FrameSpec(1, 18, 16, 3, 3), small_args("gsta", num_spatial_blocks=4))
+    model = SimVP(SMALL_SPEC, small_args("convnext"))
+    with pytest.raises(ValueError, match="built for 3 input frames, got 4"):
+        model(torch.rand(1, 4, 1, 16, 16), 3)
+    with pytest.raises(ValueError, match="at least 1, got 0"):
+        model(torch.rand(1, 3, 1, 16, 16), 0)
+
+
+def test_odd_number_of_spatial_blocks():
+    # 3 blocks: stride 2 in the encoder's 2nd, upsampling in the decoder's 2nd
+    model = SimVP(SMALL_SPEC, small_args("gsta", num_spatial_blocks=3))
+    strides = [block.conv.stride[0] for block in model.encoder.blocks]
+    upsampling = [isinstance(block.conv, torch.nn.Sequential) for block in model.decoder.blocks]
+    assert strides == [1, 2, 1] and upsampling == [False, True, False]
+    assert model(torch.rand(1, 3, 1, 16, 16), 3).shape == (1, 3, 1, 16, 16)
+
+
+@pytest.mark.parametrize("translator", ["gsta", "swin"])
+def test_overfits_one_batch(translator):
+    # gsta (the default: convolutional, BatchNorm) and swin (windowed attention, LayerNorm)
+    torch.manual_seed(0)
+    model = SimVP(SMALL_SPEC, small_args(translator, spatial_channels=16))
+    frames, targets = torch.rand(2, 3, 1, 16, 16), torch.rand(2, 3, 1, 16, 16)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(300):
+        loss = torch.nn.functional.mse_loss(model(frames, 3), targets)
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if loss.item() < 0.1 * first:
+            break
+    assert loss.item() < 0.1 * first
+
+
+def test_swin_masks_pixels_that_the_shift_wrapped_around():
+    torch.manual_seed(0)
+    block = SwinBlock(8, BlockSettings(mlp_ratio=2.0, resolution=(8, 8), layer_index=1)).eval()
+    assert (block.window, block.shift) == (4, 2)
+    # after rolling by −2, original rows/cols {6, 7, 0, 1} form the bottom-right window:
+    # (7, 7) and (6, 6) share a region; (0, 0) came from the opposite border
+    x, bump = torch.randn(1, 8, 8, 8), torch.randn(8)  # not constant over channels (LayerNorm)
+    far, near = x.clone(), x.clone()
+    far[0, :, 0, 0] += bump
+    near[0, :, 6, 6] += bump
+
+    def change_at_7_7(perturbed):
+        with torch.no_grad():
+            return (block(perturbed) - block(x))[0, :, 7, 7].abs().max().item()
+
+    assert change_at_7_7(far) < 1e-9 and change_at_7_7(near) > 1e-5
+    block.shift_mask.zero_()  # without the mask (as in OpenSTL) the wrapped pixel leaks in
+    assert change_at_7_7(far) > 1e-5
+
+
+# OpenSTL's Moving MNIST settings: 1×64×64, 10→10, C' 64, temporal 512, 4 + 8 blocks,
+# mlp_ratio 8. OpenSTL's table: (params in M, "FLOPs" = fvcore MACs in G) per sample.
+OPENSTL = {
+    "incepu": (58.0, 19.4),
+    "gsta": (46.8, 16.5),
+    "tau": (44.7, 16.0),
+    "vit": (46.1, 16.9),
+    "swin": (46.1, 16.4),
+    "uniformer": (44.8, 16.5),
+    "mlpmixer": (38.2, 14.7),
+    "convmixer": (3.9, 5.5),
+    "poolformer": (37.1, 14.1),
+    "convnext": (37.3, 14.1),
+    "van": (44.5, 16.0),
+    "hornet": (45.7, 16.3),
+    "moganet": (46.8, 16.5),
+}
+# ours: (parameters, forward multiply-accumulates of one sample from FlopCounterMode / 2)
+COUNTS = {
+    "incepu": (57_946_113, 19_334_692_864),
+    "gsta": (46_769_665, 16_468_475_904),
+    "tau": (44_656_001, 15_893_991_424),
+    "vit": (46_102_273, 16_864_247_808),
+    "swin": (46_105_409, 16_345_202_688),
+    "uniformer": (44_834_817, 16_386_424_832),
+    "mlpmixer": (38_192_449, 14_586_740_736),
+    "convmixer": (3_919_361, 5_523_668_992),
+    "poolformer": (37_115_393, 14_012_121_088),
+    "convnext": (37_313_921, 14_065_106_944),
+    "van": (44_520_833, 15_893_856_256),
+    "hornet": (45_738_305, 16_212_422_656),
+    "moganet": (46_777_065, 16_460_771_328),
+}
+
+
+def test_every_translator_is_sized():
+    assert sorted(COUNTS) == sorted(OPENSTL) == TRANSLATORS
+
+
+@pytest.mark.parametrize("translator", TRANSLATORS)
+def test_size_at_openstl_settings(translator):
+    # on the meta device: shapes only, no memory, no arithmetic (~0.5 s per translator)
+    with torch.device("meta"):
+        model = SimVP(FrameSpec(1, 64, 64, 10, 10), SimVPArgs(translator=translator)).eval()
+        frames = torch.empty(1, 10, 1, 64, 64)
+    params = sum(p.numel() for p in model.parameters())
+    with FlopCounterMode(display=False) as counter:
+        model(frames, 10)
+    macs = counter.get_total_flops() // 2
+    assert (params, macs) == COUNTS[translator]
+    openstl_params, openstl_macs = OPENSTL[translator]
+    assert abs(params / 1e6 - openstl_params) / openstl_params < 0.02
+    assert abs(macs / 1e9 - openstl_macs) / openstl_macs < 0.02
+
+
+def _divergence_numpy(pred: np.ndarray, target: np.ndarray, tau: float) -> float:
+    """Loops over (sample, frame difference, channel); float64."""
+    b, t, c, h, w = pred.shape
+    terms = []
+    for i in range(b):
+        for j in range(t - 1):
+            for k in range(c):
+                dp = (pred[i, j + 1, k] - pred[i, j, k]).ravel() / tau
+                dq = (target[i, j + 1, k] - target[i, j, k]).ravel() / tau
+                p = np.exp(dp - dp.max()) / np.exp(dp - dp.max()).sum()
+                q = np.exp(dq - dq.max()) / np.exp(dq - dq.max()).sum()
+                terms.append(np.sum(p * np.log(p / q)) / (h * w))
+    return float(np.mean(terms))
+
+
+def test_differential_divergence_matches_numpy():
+    rng = np.random.default_rng(0)
+    pred = rng.random((2, 4, 2, 3, 5))
+    target = rng.random((2, 4, 2, 3, 5))
+    got = differential_divergence(torch.tensor(pred), torch.tensor(target))
+    assert got.item() == pytest.approx(_divergence_numpy(pred, target, 0.1), rel=1e-10)
+    got = differential_divergence(torch.tensor(pred), torch.tensor(target), temperature=0.5)
+    assert got.item() == pytest.approx(_divergence_numpy(pred, target, 0.5), rel=1e-10)
+    # with one channel it is OpenSTL's value: the mean of p·log(p / (q + eps) + eps)
+    p_ = torch.softmax(torch.tensor(pred[:, 1:, :1] - pred[:, :-1, :1]).flatten(2) / 0.1, -1)
+    q_ = torch.softmax(torch.tensor(target[:, 1:, :1] - target[:, :-1, :1]).flatten(2) / 0.1, -1)
+    openstl = (p_ * torch.log(p_ / (q_ + 1e-12) + 1e-12)).mean()
+    one_channel = differential_divergence(
+        torch.tensor(pred[:, :, :1]), torch.tensor(target[:, :, :1])
+    )
+    assert one_channel.item() == pytest.approx(openstl.item(), rel=1e-6)
+
+
+def test_differential_divergence_edges():
+    x = torch.rand(2, 5, 1, 4, 4, requires_grad=True)
+    y = torch.rand(2, 5, 1, 4, 4)
+    # frame differences equal up to a per-frame constant: the same distributions
+    assert differential_divergence(y + torch.arange(5.0).reshape(1, 5, 1, 1, 1), y).abs() < 1e-6
+    loss = differential_divergence(x, y)
+    loss.backward()
+    assert loss > 0 and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert differential_divergence(x[:, :1], y[:, :1]).item() == 0.0
+    with pytest.raises(ValueError, match="prediction"):
+        differential_divergence(x, y[:, :4])
