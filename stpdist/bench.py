@@ -344,8 +344,10 @@ def bench_model(
         if device == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
     )
+    translator = (backbone_args or {}).get("translator")
+    label = f"{name} ({translator})" if translator else name
     result = {
-        "model": name,
+        "model": label,
         "device": device,
         "params": params,
         "gmacs_per_sample": flops / 2 / 1e9,
@@ -355,7 +357,7 @@ def bench_model(
         "channels_last": channels_last,
     }
     print(
-        f"{name:<10} {device} batch {b} {t_in}→{num_output_frames} {c}×{h}×{w} patch "
+        f"{label:<10} {device} batch {b} {t_in}→{num_output_frames} {c}×{h}×{w} patch "
         f"{patch_size}: {params / 1e6:.2f}M params, {result['gmacs_per_sample']:.2f} GMACs "
         f"forward/sample, step {result['step_ms']:.0f} ms (median of {steps}), peak "
         f"{'GPU memory' if device == 'cuda' else 'RSS growth'} {peak:.0f} MB"

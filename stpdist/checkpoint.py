@@ -33,6 +33,7 @@ Crash safety and damage:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -41,12 +42,14 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import CheckpointConfig
@@ -330,25 +333,27 @@ class CheckpointManager:
             tmp.mkdir()
         _barrier(accelerator)
         rank = accelerator.process_index
-        torch.save(_rng_state(), tmp / f"rng-{rank}.pt")
-        if main:
-            weights = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-            save_file(weights, str(tmp / MODEL_FILE))
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            if scheduler is not None:
-                torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            if accelerator.scaler is not None:
-                torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
-            if config_yaml is not None:
-                (tmp / "config.yaml").write_text(config_yaml)
-            (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+        with _writing(tmp):
+            torch.save(_rng_state(), tmp / f"rng-{rank}.pt")
+            if main:
+                weights = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+                save_file(weights, str(tmp / MODEL_FILE))
+                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+                if scheduler is not None:
+                    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+                if accelerator.scaler is not None:
+                    torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
+                if config_yaml is not None:
+                    (tmp / "config.yaml").write_text(config_yaml)
+                (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
         _barrier(accelerator)
         if main:
-            # the manifest goes last, once every rank's files exist: it lists them all
-            _write_manifest(tmp)
-            for file in tmp.iterdir():
-                with open(file, "rb") as handle:
-                    os.fsync(handle.fileno())
+            with _writing(tmp):
+                # the manifest goes last, once every rank's files exist: it lists them all
+                _write_manifest(tmp)
+                for file in tmp.iterdir():
+                    with open(file, "rb") as handle:
+                        os.fsync(handle.fileno())
             aside = self._set_aside(final, tmp) if final.exists() else None
             os.replace(tmp, final)
             _fsync_dir(self.root)
@@ -452,15 +457,15 @@ class CheckpointManager:
     ) -> TrainState:
         """Restore everything `save` wrote; returns the trainer state."""
         load_weights(path, module)
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        optimizer.load_state_dict(_load(path / "optimizer.pt"))
         if scheduler is not None:
             if not (path / "scheduler.pt").is_file():
                 raise FileNotFoundError(
                     f"{path} has no scheduler.pt but the module has a scheduler"
                 )
-            scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+            scheduler.load_state_dict(_load(path / "scheduler.pt"))
         if accelerator.scaler is not None and (path / "scaler.pt").is_file():
-            accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+            accelerator.scaler.load_state_dict(_load(path / "scaler.pt"))
         _restore_rng(path, accelerator)
         return read_state(path)
 
@@ -475,7 +480,37 @@ class CheckpointManager:
 def _restore_rng(path: Path, accelerator: Any) -> None:
     rng_file = Path(path) / f"rng-{accelerator.process_index}.pt"
     if rng_file.is_file():
-        _set_rng_state(torch.load(rng_file, weights_only=True))
+        _set_rng_state(_load(rng_file))
+
+
+@contextlib.contextmanager
+def _writing(tmp: Path) -> Iterator[None]:
+    """Write into checkpoint folder `tmp`; a failed write (disk full, quota, a read-only
+    folder) becomes one line naming the folder and the cause, and the folder is removed."""
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        cause = cause.strip().splitlines()[0] if cause.strip() else type(exc).__name__
+        space = shutil.disk_usage(tmp.parent).free if tmp.parent.exists() else None
+        hint = f" ({space // 2**20} MiB free there)" if space is not None else ""
+        raise CheckpointError(
+            f"cannot write checkpoint {tmp.name} in {tmp.parent}{hint}: {cause}"
+        ) from exc
+
+
+def _load(file: Path) -> Any:
+    """`torch.load` of tensors and numbers only; anything else (a pickled object, a torn
+    file) is one line naming the file, never a suggestion to unpickle."""
+    try:
+        return torch.load(file, weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{file}: not a tensors-only file stpdist wrote ({type(exc).__name__}: {first[:200]}); "
+            "stpdist never unpickles"
+        ) from None
 
 
 def _validation_of(path: Path) -> dict[str, Any]:

@@ -231,6 +231,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         if len(shape) != 5:
             raise ValueError(f"--shape {args.shape!r} is not BxTxCxHxW")
         backbone = json.loads(args.backbone) if args.backbone else None
+        if args.translator:
+            backbone = {**(backbone or {}), "translator": args.translator}
         bench_model(
             args.dir,
             shape,
@@ -343,6 +345,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--patch", type=int, default=4, help="model: patch size")
     s.add_argument(
         "--backbone", default=None, help="model: JSON args, e.g. '{\"hidden_channels\": [64, 64]}'"
+    )
+    s.add_argument(
+        "--translator",
+        default=None,
+        help="model: SimVP/TAU translator (gsta, tau, ...; sets the backbone's 'translator')",
     )
     s.add_argument("--model-steps", type=int, default=5, help="model: timed steps")
     s.add_argument("--compile", action="store_true", help="model: torch.compile the step")

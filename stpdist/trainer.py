@@ -232,7 +232,15 @@ class Validator:
         keeper = SampleKeeper(tracker.num_samples if self.trainer.is_main else 0)
         results = self.trainer.evaluate(self.module, self.source, "val", keeper)
         state.metrics, self.last_step = results, state.global_step
-        self.trainer.checkpoints.record_metrics(state.global_step, results)
+        checkpoints = self.trainer.checkpoints
+        if checkpoints.keep_best and checkpoints.monitor not in results:
+            raise ValueError(
+                f"trainer.checkpoint.monitor {checkpoints.monitor!r} is not among the validation "
+                f"results ({', '.join(k for k in results if k.count('/') == 1)}): best-k "
+                "checkpoints cannot be ranked; set it to one of them (or keep_best=0) and "
+                "resume with --resume auto (this step's checkpoint is saved)"
+            )
+        checkpoints.record_metrics(state.global_step, results)
         tracker.log(results, step=state.global_step, epoch=state.epoch)
         tracker.log_samples(keeper.samples, results, step=state.global_step)
         say(f"step {state.global_step}: {format_scalars(results)}")

@@ -25,6 +25,19 @@ def stpdist(*args: str, cwd: Path, nproc: int = 1):
     )
 
 
+def failing(*args: str, cwd: Path):
+    """`stpdist ARGS` in one process, expected to fail: the completed process, not raised."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "stpdist", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_train_resume_validate_predict(tmp_path):
     out = stpdist("train", DEBUG, cwd=tmp_path).stdout
     assert "final validation MSE per pixel" in out
@@ -83,15 +96,7 @@ def test_train_resume_validate_predict(tmp_path):
 
 
 def test_predict_without_checkpoint_fails_clearly(tmp_path):
-    import subprocess
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "stpdist", "predict", DEBUG],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = failing("predict", DEBUG, cwd=tmp_path)
     assert proc.returncode == 1
     assert "no checkpoint in runs/debug/checkpoints" in proc.stderr
 
@@ -215,15 +220,7 @@ def test_offline_wandb_two_ranks_logs_media_from_main_only(tmp_path):
 
 
 def test_mistyped_root_with_synthesis_configured_refuses_instead_of_faking_data(tmp_path):
-    import subprocess
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "stpdist", "train", DEBUG, "data.root=data/debug-digts"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = failing("train", DEBUG, "data.root=data/debug-digts", cwd=tmp_path)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "data.root data/debug-digts holds no dataset" in lines[0]
@@ -232,15 +229,7 @@ def test_mistyped_root_with_synthesis_configured_refuses_instead_of_faking_data(
 
 
 def test_bad_backbone_argument_exits_2_naming_the_valid_ones_before_data_work(tmp_path):
-    import subprocess
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "stpdist", "train", DEBUG, "model.backbone.hiddenchannels=[8]"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = failing("train", DEBUG, "model.backbone.hiddenchannels=[8]", cwd=tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "hidden_channels, kernel_size, forget_bias" in lines[0]
@@ -316,12 +305,7 @@ def test_new_user_walk_through_arrays_to_predictions_with_own_model(tmp_path, mo
 
     bad = tmp_path / "bad.yaml"
     bad.write_text((tmp_path / "mine.yaml").read_text().replace("hidden: 6", "hiden: 6"))
-    import subprocess
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "stpdist", "train", str(bad)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    proc = failing("train", str(bad), cwd=tmp_path)
     assert proc.returncode == 2 and "TinyNet takes: hidden" in proc.stderr
 
 

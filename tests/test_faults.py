@@ -457,10 +457,11 @@ def assert_all_intact(root: Path) -> list[str]:
 
 
 def test_sigkill_at_random_points_of_a_save_loop_always_resumes(tmp_path):
+    """4 seeded kills in `make test`; STPDIST_FAULT_TRIALS=100 repeats the campaign."""
     rng = random.Random(15)
     run_saver(tmp_path, "loop", kill_after=0.3)  # a few checkpoints to start with
     steps = []
-    for _ in range(4):
+    for _ in range(int(os.environ.get("STPDIST_FAULT_TRIALS", "4"))):
         assert run_saver(tmp_path, "loop", kill_after=rng.uniform(0.0, 0.4)) == -signal.SIGKILL
         names = assert_all_intact(tmp_path / "ck")
         steps.append(int(names[-1][-8:]))
@@ -635,3 +636,157 @@ def test_reader_checks_each_sample_dtype_against_the_index(tmp_path):
     (folder / "index.json").write_text(json.dumps(index))
     with pytest.raises(ShardFormatError, match=r"train-000000\.tar: member k0\.frames\.npy: uint8"):
         eval_keys(folder)
+
+
+# ----------------------------------------------------------------------------- 9/10. readers
+def _set_count(folder: Path, shard: int, count: int) -> None:
+    index = json.loads((folder / "index.json").read_text())
+    index["shards"][shard]["num_samples"] = count
+    (folder / "index.json").write_text(json.dumps(index))
+
+
+def test_a_shard_holding_more_than_its_index_count_is_named(tmp_path):
+    folder = small_split(tmp_path / "train")  # shards of 2 and 1 samples
+    _set_count(folder, 0, 1)
+    with pytest.raises(ShardFormatError, match=r"train-000000\.tar: holds more than the 1"):
+        eval_keys(folder)
+
+
+def test_skip_mode_with_wrong_index_counts_ends(tmp_path):
+    """An index count above or below the shard's, in skip mode: the epoch ends (once it
+    looped forever), and every rank still gets the same number of batches."""
+    for shard, count in ((0, 3), (0, 1)):
+        folder = small_split(tmp_path / f"c{shard}{count}" / "train")
+        _set_count(folder, shard, count)
+        script = textwrap.dedent(
+            f"""
+            from stpdist.data.stream import LoaderContext, ShardTrainStream
+            s = ShardTrainStream({str(folder)!r}, batch_size=1, num_input_frames=2,
+                                 num_output_frames=2, skip_bad=True, shuffle_buffer=2)
+            n = [len(list(s.iterate(LoaderContext(rank=r, world_size=2), 0))) for r in (0, 1)]
+            assert n[0] == n[1] == s.batches_per_epoch(LoaderContext(world_size=2)), n
+            print("ok", n)
+            """
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_nan_met_by_the_loader_names_shard_and_sample(tmp_path):
+    import io
+    import tarfile
+
+    folder = small_split(tmp_path / "train", dtype=np.float32)
+    shard = folder / "train-000000.tar"
+    with tarfile.open(shard, "w") as tar:  # rewrite the shard with a NaN in sample k1
+        for i in range(2):
+            frames = np.full((4, 1, 4, 4), i, np.float32)
+            if i == 1:
+                frames[2, 0, 1, 1] = np.nan
+            buffer = io.BytesIO()
+            np.save(buffer, frames)
+            info = tarfile.TarInfo(f"k{i}.frames.npy")
+            info.size = buffer.tell()
+            buffer.seek(0)
+            tar.addfile(info, buffer)
+    with pytest.raises(ShardFormatError, match=r"train-000000\.tar: member k1\.frames\.npy: .*NaN"):
+        eval_keys(folder)
+
+
+# ----------------------------------------------------------------------------- 11. messages
+def test_a_pickled_optimizer_file_is_one_line_naming_it(tmp_path):
+    manager = manager_for(tmp_path, 5)
+    path = save(manager, 10)
+    torch.save({"state": {}, "param_groups": [], "evil": Path("x")}, path / "optimizer.pt")
+    with pytest.raises(ckpt.CheckpointError) as err:
+        loads_as(manager, path)
+    message = one_line(err)
+    assert "optimizer.pt" in message and "never unpickles" in message
+    assert "weights_only=False" not in message
+
+
+def test_disk_full_while_saving_is_one_line_naming_the_folder(tmp_path):
+    """A 1 MiB tmpfs in a private mount namespace (gone when the test ends; nothing on the
+    machine changes). Skipped where namespaces or mounts are not allowed."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare for a private tmpfs")
+    small = tmp_path / "small"
+    small.mkdir()
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_faults import manager_for, save
+        import stpdist.checkpoint as ckpt
+        manager = manager_for(__import__("pathlib").Path({str(small)!r}), 5)
+        try:
+            from test_faults import model_at
+            model, optimizer = model_at(1, size=1024)  # ~12 MB of weights and Adam state
+            manager.save(__import__("test_faults").Acc(), model, optimizer, None,
+                         ckpt.TrainState(global_step=1))
+        except ckpt.CheckpointError as exc:
+            print("ERROR", exc)
+        """
+    )
+    (tmp_path / "fill.py").write_text(script)
+    command = f"mount -t tmpfs -o size=1m tmpfs {small} && {sys.executable} {tmp_path / 'fill.py'}"
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if "mount" in proc.stderr and "ERROR" not in proc.stdout:
+        pytest.skip(f"no private tmpfs here: {proc.stderr.strip()[:200]}")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("ERROR")]
+    assert len(lines) == 1, proc.stdout + proc.stderr
+    assert "cannot write checkpoint .tmp-step-00000001" in lines[0] and "MiB free" in lines[0]
+    assert "No space left on device" in lines[0]
+    assert not list(small.iterdir()) if small.exists() else True  # nothing mounted out here
+
+
+def test_synth_with_a_negative_count_fails_instead_of_saying_wrote(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "stpdist", "synth", "moving-digits", "--out", "x", "--train", "-5"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "wrote" not in proc.stdout
+    assert "--train -5 is negative" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_broken_taxibj_file_is_named(tmp_path):
+    pytest.importorskip("h5py")
+    from stpdist.data.sources.taxibj import TaxiBJ
+
+    bad = tmp_path / "BJ13_M32x32_T30_InOut.h5"
+    bad.write_bytes(b"not an hdf5 file at all")
+    with pytest.raises(ValueError, match=r"BJ13_M32x32_T30_InOut\.h5: "):
+        TaxiBJ([str(bad)]).splits()
+
+
+def test_read_only_output_dir_is_one_line_naming_it(tmp_path):
+    """`trainer.output_dir` on a read-only filesystem (a read-only tmpfs in a private mount
+    namespace): one line naming the folder, exit 1, no traceback."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare for a private read-only mount")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    debug = Path(__file__).parent.parent / "configs" / "debug.yaml"
+    data = tmp_path / "data"
+    train = (
+        f"{sys.executable} -m stpdist train {debug} trainer.output_dir={ro / 'run'} "
+        f"data.root={data} data.synthesize.root={data}"
+    )
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f"mount -t tmpfs -o ro,size=1m tmpfs {ro} && {train}"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    if "mount:" in proc.stderr:
+        pytest.skip(f"no private read-only mount here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("stpdist:")]
+    assert len(errors) == 1 and str(ro / "run") in errors[0], proc.stderr[-2000:]
+    assert "Read-only file system" in errors[0] and "Traceback" not in proc.stderr

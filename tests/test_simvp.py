@@ -1,9 +1,12 @@
 """SimVP family: every translator's shapes, gradients and size at OpenSTL's settings;
-chunked rollout; Swin's shifted-window mask; TAU's differential divergence."""
+chunked rollout; Swin's shifted-window mask; TAU's differential divergence; bf16 through
+the Trainer; torch.compile of a training step; the model benchmark; user translators."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -229,3 +232,255 @@ def test_differential_divergence_edges():
     assert differential_divergence(x[:, :1], y[:, :1]).item() == 0.0
     with pytest.raises(ValueError, match="prediction"):
         differential_divergence(x, y[:, :4])
+
+
+# ------------------------------------------------------------------ training at scale
+
+
+def small_forecaster(translator: str, **model_fields):
+    """The task module around a small SimVP (1×16×16, 3 → 3 frames)."""
+    from stpdist.config import ModelConfig
+    from stpdist.task import Forecaster
+
+    backbone = dataclasses.asdict(small_args(translator))
+    config = ModelConfig(name="simvp", backbone=backbone, **model_fields)
+    return Forecaster(config, (1, 16, 16), 3, 3)
+
+
+def test_bf16_through_the_trainer_on_cpu(tmp_path):
+    import json
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from stpdist.config import CheckpointConfig, OptimizerConfig
+    from stpdist.trainer import Trainer
+
+    torch.manual_seed(0)
+    # gsta: the default translator; BatchNorm and depthwise convs under autocast
+    module = small_forecaster("gsta", optimizer=OptimizerConfig(lr=3e-3), divergence_weight=0.1)
+    dtypes = set()
+    module.backbone.translator.register_forward_hook(lambda m, i, out: dtypes.add(out.dtype))
+    frames = torch.rand(4, 6, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    data = TensorDataset(frames[:, :3].repeat(10, 1, 1, 1, 1), frames[:, 3:].repeat(10, 1, 1, 1, 1))
+    trainer = Trainer(
+        output_dir=str(tmp_path),
+        max_epochs=1,
+        mixed_precision="bf16",
+        progress_bar=False,
+        log_every_n_steps=1,
+        checkpoint=CheckpointConfig(every_epoch=False),
+    )
+    assert trainer.accelerator.mixed_precision == "bf16"
+    trainer.fit(module, DataLoader(data, batch_size=4, shuffle=False))  # one batch, 10 times
+    trainer.close()
+    assert dtypes == {torch.bfloat16}  # autocast was on inside the model
+    assert all(p.dtype == torch.float32 for p in module.parameters())  # fp32 master weights
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [x["train/loss"] for x in lines if "train/loss" in x]
+    assert len(losses) == 10 and all(np.isfinite(losses))
+    assert all(x["train/divergence"] > 0 for x in lines if "train/loss" in x)
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
+
+
+# Inductor generates and builds C++ per kernel: 50–160 s on two busy CPU cores even for
+# two translator blocks, so the suite compiles with aot_eager (the same whole-graph
+# capture by dynamo and the same AOT-autograd forward/backward graphs inductor receives,
+# run by eager kernels); STPDIST_TEST_INDUCTOR=1 adds the inductor run.
+_INDUCTOR = pytest.mark.skipif(
+    not os.environ.get("STPDIST_TEST_INDUCTOR"),
+    reason="inductor on CPU takes minutes here; set STPDIST_TEST_INDUCTOR=1",
+)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=_INDUCTOR)])
+def test_compiled_training_step_matches_eager(backend):
+    if not torch._dynamo.is_dynamo_supported():
+        pytest.skip("torch.compile is not supported on this Python/platform")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    module = small_forecaster("gsta", divergence_weight=0.1)  # TAU's extra loss term too
+    inputs, targets = torch.rand(2, 3, 1, 16, 16), torch.rand(2, 3, 1, 16, 16)
+
+    eager = module.training_step(inputs, targets)
+    eager["loss"].backward()
+    eager_grads = {name: p.grad.clone() for name, p in module.named_parameters()}
+    module.zero_grad(set_to_none=True)
+
+    # fullgraph: a graph break anywhere in the step (task, backbone, loss) is an error
+    step = torch.compile(module.training_step, backend=backend, fullgraph=True)
+    compiled = step(inputs, targets)
+    compiled["loss"].backward()
+    for key in ("loss", "frames_loss", "divergence"):
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-5, atol=1e-6)
+    for name, p in module.named_parameters():
+        torch.testing.assert_close(p.grad, eager_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_bench_model_reports_time_memory_and_flops(capsys):
+    from stpdist.bench import bench_model
+
+    args = dataclasses.asdict(small_args("convmixer"))
+    result = bench_model("simvp", (2, 3, 1, 16, 16), 3, 1, args, steps=2)
+    printed = capsys.readouterr().out
+    assert printed.startswith("simvp (convmixer)")
+    assert all(word in printed for word in ("GMACs forward/sample", "step", "peak"))
+    assert result["step_ms"] > 0 and result["peak_mb"] >= 0
+    # the same counts taken directly from the backbone
+    model = SimVP(SMALL_SPEC, small_args("convmixer"))
+    assert result["params"] == sum(p.numel() for p in model.parameters())
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.rand(1, 3, 1, 16, 16), 3)
+    assert result["gmacs_per_sample"] == counter.get_total_flops() / 2 / 1e9
+
+
+def test_bench_cli_translator_option_sets_the_backbone_argument(monkeypatch):
+    import stpdist.bench
+    from stpdist.cli import main
+
+    calls = []
+    monkeypatch.setattr(stpdist.bench, "bench_model", lambda *a, **k: calls.append(a))
+    argv = ["bench", "model", "simvp", "--translator", "gsta", "--shape", "2x3x1x16x16"]
+    assert main(argv) == 0
+    assert main([*argv[:3], "--backbone", '{"spatial_channels": 8}', "--translator", "tau"]) == 0
+    assert calls[0][0] == "simvp" and calls[0][1] == (2, 3, 1, 16, 16)
+    assert calls[0][4] == {"translator": "gsta"}
+    assert calls[1][4] == {"spatial_channels": 8, "translator": "tau"}
+
+
+# ------------------------------------------------------------------ user translators
+
+USER_BLOCK = '''\
+from torch import nn
+
+
+class MyBlock(nn.Module):
+    """Depthwise 5×5 conv, then a channel MLP; both residual."""
+
+    def __init__(self, dim, settings):
+        super().__init__()
+        hidden = int(dim * settings.mlp_ratio)
+        self.spatial = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
+        self.norm = nn.GroupNorm(1, dim)
+        self.mlp = nn.Sequential(nn.Conv2d(dim, hidden, 1), nn.GELU(), nn.Conv2d(hidden, dim, 1))
+
+    def forward(self, x):
+        x = x + self.spatial(x)
+        return x + self.mlp(self.norm(x))
+
+
+NOT_A_BLOCK = 3
+'''
+
+USER_CONFIG = """\
+trainer:
+  output_dir: runs/custom
+  max_steps: 2
+  log_every_n_steps: 1
+  progress_bar: false
+data:
+  root: data
+  batch_size: 4
+  num_input_frames: 4
+  num_output_frames: 4
+model:
+  name: simvp
+  patch_size: 2
+  backbone:
+    translator: my_blocks:MyBlock
+    spatial_channels: 8
+    temporal_channels: 16
+    num_spatial_blocks: 2
+    num_translator_blocks: 2
+    mlp_ratio: 2.0
+"""
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """`my_blocks.py` in a folder on sys.path (as PYTHONPATH=. would put it), cwd there,
+    with 8 + 4 moving-digit sequences of 8 frames 1×32×32 in `data/`."""
+    from stpdist.data.synthetic import write_moving_digits
+
+    write_moving_digits(
+        tmp_path / "data", {"train": 8, "val": 4}, num_frames=8, image_size=32, progress=False
+    )
+    (tmp_path / "my_blocks.py").write_text(USER_BLOCK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "my_blocks", raising=False)
+    yield tmp_path
+    sys.modules.pop("my_blocks", None)
+
+
+def test_user_translator_from_an_import_path_trains_from_yaml(user_module, capsys):
+    import json
+
+    from safetensors.torch import load_file
+
+    from stpdist.build import build_module
+    from stpdist.cli import main
+    from stpdist.config import load_config
+
+    (user_module / "custom.yaml").write_text(USER_CONFIG)
+    assert main(["train", "custom.yaml"]) == 0, capsys.readouterr().err
+    run = user_module / "runs" / "custom"
+    state = json.loads((run / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "train/loss" in x] == [1, 2]
+    assert all(np.isfinite(x["train/loss"]) for x in lines if "train/loss" in x)
+    # the translator is made of the user's blocks, and their weights were trained and saved
+    import my_blocks
+
+    module = build_module(load_config("custom.yaml"))
+    blocks = [layers[0] for layers in module.backbone.translator.blocks]
+    assert [type(b) for b in blocks] == [my_blocks.MyBlock] * 2
+    saved = load_file(str(run / "checkpoints" / "step-00000002" / "model.safetensors"))
+    assert saved["backbone.translator.blocks.1.0.spatial.weight"].shape == (16, 1, 5, 5)
+    assert not torch.equal(
+        saved["backbone.translator.blocks.1.0.spatial.weight"],
+        module.state_dict()["backbone.translator.blocks.1.0.spatial.weight"],
+    )
+
+
+@pytest.mark.parametrize(
+    "path, error, message",
+    [
+        ("my_blocks:Missing", ImportError, "'my_blocks:Missing'.*has no 'Missing'"),
+        ("no_such_module:MyBlock", ImportError, "cannot import module 'no_such_module'"),
+        ("my_blocks:NOT_A_BLOCK", TypeError, "'my_blocks:NOT_A_BLOCK' is 3, not an nn.Module"),
+        ("my_blocks:", ValueError, "expected package.module:ClassName"),
+        ("myblock", KeyError, "unknown SimVP translator 'myblock'.*or an import path"),
+    ],
+)
+def test_bad_translator_paths_are_named(user_module, path, error, message):
+    with pytest.raises(error, match=message):
+        SimVP(SMALL_SPEC, small_args(path))
+
+
+def test_bad_translator_path_is_one_line_from_the_cli(user_module, capsys):
+    from stpdist.cli import main
+
+    (user_module / "custom.yaml").write_text(USER_CONFIG.replace("MyBlock", "MyBlok"))
+    assert main(["train", "custom.yaml"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'my_blocks:MyBlok'" in err[0] and "has no 'MyBlok'" in err[0]
+
+
+def test_register_translator_adds_a_name(user_module, monkeypatch):
+    from stpdist.models import translators
+
+    monkeypatch.setattr(translators, "BLOCKS", dict(translators.BLOCKS))  # undone afterwards
+    import my_blocks
+
+    assert translators.register_translator("mine", my_blocks.MyBlock) is my_blocks.MyBlock
+    model = SimVP(SMALL_SPEC, small_args("mine"))
+    assert type(model.translator.blocks[0][0]) is my_blocks.MyBlock
+    assert model(torch.rand(1, 3, 1, 16, 16), 3).shape == (1, 3, 1, 16, 16)
+    translators.register_translator("mine", my_blocks.MyBlock)  # the same again: fine
+    with pytest.raises(KeyError, match="'gsta' is taken by GSTABlock"):
+        translators.register_translator("gsta", my_blocks.MyBlock)
+    with pytest.raises(ValueError, match="non-empty name without ':'"):
+        translators.register_translator("a:b", my_blocks.MyBlock)
+    with pytest.raises(TypeError, match="nn.Module class"):
+        translators.register_translator("three", 3)

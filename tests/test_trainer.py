@@ -292,3 +292,11 @@ def test_epoch_checkpoint_is_written_before_a_failing_validation(tmp_path):
     with pytest.raises(RuntimeError, match="unreadable validation shard"):
         trainer.fit(BadValidation(), loader(16, 4), loader(8, 4, False))
     assert trainer.checkpoints.latest() == tmp_path / "checkpoints" / "step-00000004"
+
+
+def test_unknown_monitor_is_an_error_at_the_first_validation_not_silent(tmp_path):
+    policy = CheckpointConfig(monitor="val/msee")
+    trainer = make_trainer(tmp_path, max_epochs=2, checkpoint=policy)
+    with pytest.raises(ValueError, match=r"'val/msee' is not among .*val/loss, val/mae"):
+        trainer.fit(TinyModule(), loader(16, 4), loader(8, 4, False))
+    assert trainer.checkpoints.latest() is not None  # the epoch's checkpoint came first

@@ -85,11 +85,29 @@ def _run_until_killed(cmd: list[str], ckpt: Path, env: dict) -> None:
         assert not alive, f"ranks survived SIGKILL: {alive}"
 
 
+REFERENCE = ["--batch", "4", "--steps", "12", "--ckpt-every", "6", "--dropout", "0.2"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The uninterrupted reference run per rank count, shared by the SIGKILL and SIGTERM
+    tests (checkpointing every 6 steps does not change the trajectory)."""
+    runs: dict[int, Path] = {}
+
+    def run(nproc: int) -> Path:
+        if nproc not in runs:
+            out = tmp_path_factory.mktemp(f"straight{nproc}")
+            run_ranks([SCRIPT, "--out", str(out), *REFERENCE], nproc)
+            runs[nproc] = out
+        return runs[nproc]
+
+    return run
+
+
 @pytest.mark.parametrize("nproc", [1, 2])
-def test_resume_after_sigkill_is_bitwise_identical(tmp_path, nproc):
-    common = ["--batch", "4", "--steps", "12", "--ckpt-every", "6", "--dropout", "0.2"]
-    straight = tmp_path / "straight"
-    run_ranks([SCRIPT, "--out", str(straight), *common], nproc)
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path, nproc, uninterrupted):
+    common = REFERENCE
+    straight = uninterrupted(nproc)
 
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -183,10 +201,11 @@ def test_every_metric_exact_across_ranks_with_uneven_sizes(tmp_path):
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
-def test_sigterm_stops_after_a_step_with_checkpoint_and_resumes_bitwise(tmp_path, nproc):
+def test_sigterm_stops_after_a_step_with_checkpoint_and_resumes_bitwise(
+    tmp_path, nproc, uninterrupted
+):
     common = ["--batch", "4", "--steps", "12", "--dropout", "0.2"]
-    straight = tmp_path / "straight"
-    run_ranks([SCRIPT, "--out", str(straight), *common], nproc)
+    straight = uninterrupted(nproc)
 
     stopped = tmp_path / "stopped"
     launcher = ranks_launcher(nproc)

@@ -51,6 +51,7 @@ SMALL = {
         "depths_up": [2, 2],
         "num_heads": [2, 2],
         "window_size": 2,
+        "drop_path_rate": 0.0,
     },
 }
 
@@ -160,26 +161,27 @@ def moving_square(t: int) -> torch.Tensor:
     return frames
 
 
-OVERFIT_STEPS = {
-    "mim": 150,
-    "e3dlstm": 150,
-    "phydnet": 150,
-    "mau": 150,
-    "predformer": 100,
+# steps and Adam learning rate; SwinLSTM's attention blocks oscillate around −90 % at 1e-2
+OVERFIT = {
+    "mim": (150, 1e-2),
+    "e3dlstm": (150, 1e-2),
+    "phydnet": (150, 1e-2),
+    "mau": (150, 1e-2),
+    "predformer": (100, 1e-2),
+    "swinlstm": (150, 3e-3),
 }
-# SwinLSTM is left out: at this size it plateaus near the predict-zeros loss (−70% after
-# 150 steps, 35 s on one thread); an open issue.
 
 
-@pytest.mark.parametrize("name", sorted(OVERFIT_STEPS))
+@pytest.mark.parametrize("name", sorted(OVERFIT))
 def test_overfits_one_tiny_batch(name):
     torch.manual_seed(0)
     model = build(name, 3, 3)
     frames = moving_square(6)
     inputs, targets = frames[:, :3], frames[:, 3:]
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    steps, lr = OVERFIT[name]
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
-    for _ in range(OVERFIT_STEPS[name]):
+    for _ in range(steps):
         loss = torch.nn.functional.mse_loss(as_output(model(inputs, 3)).predictions, targets)
         optimizer.zero_grad()
         loss.backward()
@@ -194,8 +196,8 @@ MMNIST = {
     "e3dlstm": (FrameSpec(16, 16, 16, 10, 10), {}, 48_070_656),  # OpenSTL 51.0M (4h mem conv)
     "phydnet": (FrameSpec(1, 64, 64, 10, 10), {}, 3_091_732),  # OpenSTL 3.1M
     "mau": (FrameSpec(1, 64, 64, 10, 10), {}, 4_475_329),  # OpenSTL 4.5M (2 unused convs)
-    "predformer": (FrameSpec(1, 64, 64, 10, 10), {}, 25_322_816),  # paper settings
-    "swinlstm": (FrameSpec(1, 64, 64, 10, 10), {}, 8_502_244),  # paper settings
+    "predformer": (FrameSpec(1, 64, 64, 10, 10), {}, 25_297_728),  # = official code's count
+    "swinlstm": (FrameSpec(1, 64, 64, 10, 10), {}, 18_845_409),  # official: + 1,346,560 unused
 }
 
 

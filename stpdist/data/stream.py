@@ -96,6 +96,10 @@ class _ShardSource:
             first, seen = position, 0
             try:
                 for key, sample in iter_shard(url):
+                    if seen == count:  # never read a sample as if it were the next shard's
+                        raise ShardFormatError(
+                            f"{url}: holds more than the {count} samples the index says"
+                        )
                     if start <= position < stop:
                         where = f"{url}: member {key}.{FRAMES_EXT}"
                         if FRAMES_EXT not in sample:
@@ -130,6 +134,8 @@ class _ShardSource:
                         f"{where}: {frames.dtype} {list(frames.shape)} differs from the index's "
                         f"{self.index.dtype} {self.index.shape}"
                     )
+                if frames.dtype.kind == "f" and not np.isfinite(frames).all():
+                    raise ShardFormatError(f"{where}: the frames hold NaN or Inf")
             except ShardFormatError as exc:
                 if not self.skip_bad:
                     raise

@@ -187,6 +187,9 @@ def write_moving_digits(
     """Generate `counts[split]` sequences per split into `out/<split>/` shards + index."""
     from .convert import convert
 
+    for split, count in counts.items():
+        if count < 0:
+            raise ValueError(f"synthetic moving digits: --{split} {count} is negative")
     source = MovingDigits(
         {split: count for split, count in counts.items() if count > 0},
         seed=seed,

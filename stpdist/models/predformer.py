@@ -1,22 +1,38 @@
-"""PredFormer (Tang et al., 2024): a pure transformer with factorised spatio-temporal
-attention that maps the input frames to the output frames directly (no recurrence).
+"""PredFormer (Tang et al., 2024, "Video Prediction Transformers without Recurrence or
+Convolution"): a pure gated transformer with factorised spatio-temporal attention that
+maps the input frames to the output frames directly (no recurrence).
 
 Legend: B batch, T time, C channels, H×W frame size (as given to the backbone), p the
 token patch size, N = (H/p)(W/p) tokens per frame, D the embedding width.
 
-Each frame is cut into p×p patches, linearly embedded to D and given learned temporal
-and spatial position embeddings. A stack of Gated Transformer Blocks (pre-norm multi-
-head self-attention, then a SwiGLU feed-forward, each with a residual) follows; each
-block attends either along time (the T tokens at one patch position: "T") or across
-space (the N tokens of one frame: "S"), in the order `pattern` repeats (the paper's best
-Moving MNIST variant interleaves them as quadruplets T-S-S-T). A linear head maps every
-token back to its p×p×C pixels. With T_out ≠ T_in a learned linear map over the time axis
-(T_in → T_out) sits before the head; with T_out = T_in there is none, as in the paper.
+Each frame is cut into p×p patches, linearly embedded to D, and a fixed sinusoidal
+position code over the T·N token positions is added. A stack of Gated Transformer Blocks
+follows; each attends either along time (the T tokens at one patch position: "T") or
+across space (the N tokens of one frame: "S"), in the order `pattern` repeats: the
+paper's best Moving MNIST variant interleaves them as quadruplets T-S-S-T, its TaxiBJ one
+as triplets S-T-S. A block is x + MHSA(LN(x)) (no qkv bias), then x + SwiGLU(LN(x)), then
+a LayerNorm of its own. A LayerNorm and a linear head map every token back to its p×p×C
+pixels. The official model needs T_out = T_in; for T_out ≠ T_in ours adds a learned
+linear map over the time axis (T_in → T_out) before the head.
 
-At the Moving MNIST settings used here for the paper's (patch 1 outside: spec 1×64×64;
-p = 8, D = 256, 8 heads, 6 T-S-S-T quadruplets = 24 blocks, SwiGLU hidden 4D; 10→10),
-measured with `torch.utils.flop_counter.FlopCounterMode` (MACs = flops/2, batch 1):
-25,322,816 parameters and 16.13 GMACs forward per sample.
+Verified against the official code (github.com/yyyujintang/PredFormer:
+`openstl/models/PredFormer_Quadruplet_TSST.py`, `PredFormer_Triplet_STS.py`,
+`openstl/modules/PredFormer_modules.py`, `configs/{mmnist,taxibj}/PredFormer.py`,
+`scripts/{mmnist,taxibj}/*_train.sh`): the block structure above (pre-norm attention
+without qkv bias, SwiGLU with hidden 4D, a LayerNorm closing each block, stochastic depth
+and dropout placement), the sinusoidal position code, the head, truncated-normal (0.02)
+initialisation of the blocks' linear layers; Moving MNIST: p = 8, D = 256, 8 heads of 32,
+6 T-S-S-T quadruplets (24 blocks), no dropout, batch 16, AdamW lr 1e-3, weight decay
+1e-2, OneCycle, 2000 epochs; TaxiBJ: p = 4, D = 256, 8 heads, 2 S-T-S triplets, dropout,
+attention dropout and stochastic depth 0.1, the same optimiser, 200 epochs. The paper's
+result tables could not be read here (only its abstract), so no published count or MSE
+is checked; PredFormer has no KTH recipe (our KTH one is our own).
+
+At the Moving MNIST settings (patch 1 outside: spec 1×64×64; 10→10): 25,297,728
+parameters, as the official model by the same count, and 16.42 GMACs forward per sample
+(`torch.utils.flop_counter.FlopCounterMode`, MACs = flops/2, batch 1, attention matmuls
+included; `stpdist bench model` on CPU shows 16.13: FlopCounterMode has no formula for
+the CPU attention kernel, 0.29 GMACs here).
 """
 
 from __future__ import annotations
@@ -29,18 +45,38 @@ from torch import nn
 from .base import FrameSpec
 
 
-class GatedTransformerBlock(nn.Module):
-    """x + MHSA(LN(x)), then x + SwiGLU(LN(x)); attention over the second-to-last axis."""
+def sinusoidal_code(positions: int, dim: int) -> torch.Tensor:
+    """positions × dim: sin on even, cos on odd channels, wavelengths 10000^(2i/dim)."""
+    position = torch.arange(positions, dtype=torch.float64)[:, None]
+    pair = torch.arange(dim) // 2
+    angle = position / 10000 ** (2 * pair / dim)
+    code = torch.where(torch.arange(dim) % 2 == 0, torch.sin(angle), torch.cos(angle))
+    return code.float()
 
-    def __init__(self, dim: int, num_heads: int, hidden: int) -> None:
+
+class GatedTransformerBlock(nn.Module):
+    """x + MHSA(LN(x)); x + SwiGLU(LN(x)); LN. Attention runs over the second-to-last axis."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        hidden: int,
+        dropout: float,
+        attention_dropout: float,
+        drop_path: float,
+    ) -> None:
         super().__init__()
-        self.num_heads = num_heads
+        self.num_heads, self.drop_path = num_heads, drop_path
         self.norm_attention = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.projection = nn.Linear(dim, dim)
+        self.attention_dropout = nn.Dropout(attention_dropout)  # on the projection's output
         self.norm_ffn = nn.LayerNorm(dim)
-        self.gate_value = nn.Linear(dim, 2 * hidden)
+        self.gate_value = nn.Linear(dim, 2 * hidden)  # SwiGLU's two input maps, side by side
         self.ffn_out = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)  # after the gating and after ffn_out
+        self.norm_out = nn.LayerNorm(dim)
 
     def forward(self, tokens_SLD: torch.Tensor) -> torch.Tensor:
         """tokens S sequences × L tokens × D; attention runs within each sequence."""
@@ -51,9 +87,20 @@ class GatedTransformerBlock(nn.Module):
             .permute(2, 0, 3, 1, 4)
         )
         attended = nn.functional.scaled_dot_product_attention(q, k, v)
-        tokens_SLD = tokens_SLD + self.projection(attended.transpose(1, 2).reshape(s, length, d))
+        attended = self.projection(attended.transpose(1, 2).reshape(s, length, d))
+        tokens_SLD = tokens_SLD + self._drop(self.attention_dropout(attended))
         gate, value = self.gate_value(self.norm_ffn(tokens_SLD)).chunk(2, dim=-1)
-        return tokens_SLD + self.ffn_out(nn.functional.silu(gate) * value)
+        ffn = self.dropout(self.ffn_out(self.dropout(nn.functional.silu(gate) * value)))
+        return self.norm_out(tokens_SLD + self._drop(ffn))
+
+    def _drop(self, branch_SLD: torch.Tensor) -> torch.Tensor:
+        """Stochastic depth: in training, drop the branch for a random subset of the
+        sequences (probability `drop_path`) and rescale the rest."""
+        if not self.training or not self.drop_path:
+            return branch_SLD
+        keep = 1 - self.drop_path
+        mask = branch_SLD.new_empty(branch_SLD.shape[0], 1, 1).bernoulli_(keep)
+        return branch_SLD * mask / keep
 
 
 @dataclass
@@ -70,10 +117,16 @@ class PredFormerArgs:
     """Attention axis of each block in a group: T (time) or S (space)."""
     mlp_ratio: float = 4.0
     """SwiGLU hidden width as a multiple of embed_dim."""
+    dropout: float = 0.0
+    """Dropout inside SwiGLU (after the gating and after its output layer)."""
+    attention_dropout: float = 0.0
+    """Dropout on the attention branch's output."""
+    drop_path_rate: float = 0.0
+    """Stochastic depth of every block's two branches (the same rate for all blocks)."""
 
 
 class PredFormer(nn.Module):
-    """Factorised spatio-temporal transformer, T_in frames → T_out frames in one pass."""
+    """Factorised spatio-temporal gated transformer, T_in frames → T_out frames in one pass."""
 
     Args = PredFormerArgs
 
@@ -89,17 +142,30 @@ class PredFormer(nn.Module):
             raise ValueError(f"embed_dim {d} is not divisible by num_heads {args.num_heads}")
         if not args.pattern or set(args.pattern) - {"T", "S"}:
             raise ValueError(f"pattern must be a non-empty string of T and S, got '{args.pattern}'")
+        for name in ("dropout", "attention_dropout", "drop_path_rate"):
+            if not 0 <= getattr(args, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(args, name)}")
         self.spec, self.patch_size = spec, p
         self.grid = (spec.height // p, spec.width // p)
         num_tokens = self.grid[0] * self.grid[1]
         self.embed = nn.Linear(p * p * spec.channels, d)
-        self.time_position = nn.Parameter(torch.randn(1, spec.num_input_frames, 1, d) * 0.02)
-        self.space_position = nn.Parameter(torch.randn(1, 1, num_tokens, d) * 0.02)
+        code = sinusoidal_code(spec.num_input_frames * num_tokens, d)
+        self.register_buffer(
+            "position_code", code.view(1, spec.num_input_frames, num_tokens, d), persistent=False
+        )
         self.axes = list(args.pattern) * args.num_groups
         hidden = int(args.mlp_ratio * d)
         self.blocks = nn.ModuleList(
-            GatedTransformerBlock(d, args.num_heads, hidden) for _ in self.axes
+            GatedTransformerBlock(
+                d, args.num_heads, hidden, args.dropout, args.attention_dropout, args.drop_path_rate
+            )
+            for _ in self.axes
         )
+        for module in self.blocks.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         self.time_map = (
             nn.Linear(spec.num_input_frames, spec.num_output_frames)
             if spec.num_output_frames != spec.num_input_frames
@@ -124,9 +190,8 @@ class PredFormer(nn.Module):
                 f"{self.spec.num_output_frames} frames, got {t}→{num_output_frames}"
             )
         p, (gh, gw) = self.patch_size, self.grid
-        patches = frames_BTCHW.reshape(b, t, c, gh, p, gw, p).permute(0, 1, 3, 5, 2, 4, 6)
-        tokens_BTND = self.embed(patches.reshape(b, t, gh * gw, c * p * p))
-        tokens_BTND = tokens_BTND + self.time_position + self.space_position
+        patches = frames_BTCHW.reshape(b, t, c, gh, p, gw, p).permute(0, 1, 3, 5, 4, 6, 2)
+        tokens_BTND = self.embed(patches.reshape(b, t, gh * gw, p * p * c)) + self.position_code
         n, d = gh * gw, tokens_BTND.shape[-1]
         for axis, block in zip(self.axes, self.blocks):
             if axis == "S":
@@ -137,5 +202,6 @@ class PredFormer(nn.Module):
         if self.time_map is not None:
             tokens_BTND = self.time_map(tokens_BTND.transpose(1, 3)).transpose(1, 3)
         t_out = num_output_frames
-        pixels = self.head(self.norm(tokens_BTND)).view(b, t_out, gh, gw, c, p, p)
-        return pixels.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, t_out, c, h, w)
+        pixels = self.head(self.norm(tokens_BTND)).view(b, t_out, gh, gw, p, p, c)
+        return pixels.permute(0, 1, 6, 2, 4, 3, 5).reshape(b, t_out, c, h, w)
+

@@ -20,31 +20,37 @@ grid with two stages. A transposed convolution (3×3, stride 2 at p = 2) turns t
 tokens into the frame, then a sigmoid. Each cell keeps its own (H, C) across steps; the
 frame loop is `recurrent.FrameRecurrent`'s.
 
-Why the earlier version of this file could not overfit a tiny batch (−70 % and a plateau
-at the all-zeros loss): its up path started at the last down stage's resolution and fed
-the last cell's H_t straight into a linear pixel head. H_t = σ(F)·tanh(σ(F)(C + tanh F))
-has a gain of ¼ near F = 0 and no residual path around it, so four cells in series left
-the head a signal squeezed into (−0.3, 1) with nothing re-normalising it (removing the
-cells' gating made the same network fit, −95 %). In the paper's layout every cell's H_t
-passes through the patch merging or expanding LayerNorm before the next cell or the
-head, and each block's residual stream is X_t itself, not a projection of [X_t, H_{t−1}].
-With the layout restored (and no other change) the tiny batch overfits.
+Why the first version of this file could not overfit one tiny batch (−70 %, plateau just
+under the predict-zeros loss): it fed the last cell's H_t straight into a linear pixel
+head. H_t = σ(F)·tanh(σ(F)(C + tanh F)) is squeezed and gated, and in that network its
+spread from token to token was 0.09–0.15 (against 1 after a LayerNorm), with no residual
+path around the cell. Adding only a LayerNorm before that head took the same network from
+−70 % to −90 % in 150 steps; here, as in the paper, every cell's H_t reaches the next cell
+or the head through the LayerNorm of a patch merging or expanding (removing just the last
+one brings the plateau back). The other differences from the paper mattered less (the
+blocks' residual stream being a projection of [X_t, H_{t−1}] instead of X_t; a linear
+instead of a transposed-conv head): with either alone the network still gets to −92 % and
+−89 %. On the tiny test batch Adam at
+lr 1e-2 oscillates around −90 %; 3e-3 fits reliably (the recipes use the paper's 1e-4).
 
-Verified against the official code (github.com/SongTang-x/SwinLSTM, `SwinLSTM_D.py`,
-`configs.py`, `functions.py`) and OpenSTL's port (`openstl/modules/swinlstm_modules.py`,
-`configs/mmnist/SwinLSTM-D.py`): the cell equations above, the block order and the
-re-injection of X_t, down/up stage layout, per-stage heads, the transposed-conv head with
-sigmoid, and the Moving MNIST settings p = 2, D = 128, depths_down [2, 6], depths_up
-[6, 2], heads [4, 8], window 4, Adam lr 1e-4, batch 16 (OpenSTL: OneCycle; official code:
-constant lr, 2000 epochs, loss on all T_in + T_out − 1 next-frame predictions). The
-paper's own text could not be read here beyond its abstract, so its tables are not.
+Verified against the official code (github.com/SongTang-x/SwinLSTM: `SwinLSTM_D.py`,
+`configs.py`, `functions.py`, `train.py`) and OpenSTL's port (`openstl/modules/
+swinlstm_modules.py`, `openstl/models/swinlstm_model.py`, `configs/mmnist/SwinLSTM-D.py`):
+the cell equations, the order of the blocks and the re-injection of X_t, the down/up
+layout with its per-stage depths and heads, stochastic depth 0.1, the transposed-conv head
+and sigmoid; and the Moving MNIST settings p = 2, D = 128, depths_down [2, 6], depths_up
+[6, 2], heads [4, 8], window 4, batch 16, Adam lr 1e-4 (official: constant lr, 2000
+epochs of 10 000 fresh sequences, MSE over all T_in + T_out − 1 next-frame predictions;
+OpenSTL: OneCycle). Only the paper's abstract could be read here, not its tables, so no
+published parameter count or MSE is checked.
 
-At those settings (patch 1 outside: spec 1×64×64; 10→10), measured with
-`torch.utils.flop_counter.FlopCounterMode` (MACs = flops/2, batch 1): 9,487,361
-parameters and 8.72 GMACs forward per sample. The official model has 9,949,185 more
-nothing: it also builds a `Linear(2D, D)` in every odd block (never called, no gradient:
-461,312 parameters at these settings) and an unused patch embedding in its up path (896),
-so it counts 9,949,569; we build neither.
+At those settings (patch 1 outside: spec 1×64×64; 10→10): 18,845,409 parameters and
+69.56 GMACs forward per sample (`torch.utils.flop_counter.FlopCounterMode`, MACs =
+flops/2, batch 1, attention matmuls included; `stpdist bench model` on CPU shows 69.23,
+because FlopCounterMode has no formula for some CPU attention kernels). The official model
+holds 20,191,969: it also builds a `Linear(2D, D)` in every odd block, never called
+(1,345,664 parameters here), and an unused patch embedding in its up path (896); we
+build neither.
 """
 
 from __future__ import annotations
@@ -85,8 +91,10 @@ class SwinBlock(nn.Module):
         window: int,
         shift: bool,
         merges: bool,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
+        self.drop_path = drop_path
         if dim % num_heads:
             raise ValueError(f"stage width {dim} is not divisible by {num_heads} heads")
         self.grid, self.num_heads = grid, num_heads
@@ -146,20 +154,36 @@ class SwinBlock(nn.Module):
         x = _unwindows(x, s, b, h, w)
         if self.shift:
             x = torch.roll(x, (self.shift, self.shift), dims=(1, 2))
-        tokens_BLD = tokens_BLD + x.reshape(b, h * w, d)
-        return tokens_BLD + self.mlp(self.norm_mlp(tokens_BLD))
+        tokens_BLD = tokens_BLD + self._drop(x.reshape(b, h * w, d))
+        return tokens_BLD + self._drop(self.mlp(self.norm_mlp(tokens_BLD)))
+
+    def _drop(self, branch_BLD: torch.Tensor) -> torch.Tensor:
+        """Stochastic depth: in training, drop the whole branch for a random subset of the
+        samples (probability `drop_path`) and rescale the rest."""
+        if not self.training or not self.drop_path:
+            return branch_BLD
+        keep = 1 - self.drop_path
+        mask = branch_BLD.new_empty(branch_BLD.shape[0], 1, 1).bernoulli_(keep)
+        return branch_BLD * mask / keep
 
 
 class SwinLSTMCell(nn.Module):
     """F = STBs(X, H); gate = σ(F); C = gate(C + tanh F); H = gate tanh C."""
 
-    def __init__(self, dim: int, grid: tuple[int, int], depth: int, num_heads: int, window: int):
+    def __init__(
+        self,
+        dim: int,
+        grid: tuple[int, int],
+        num_heads: int,
+        window: int,
+        drop_paths: list[float],
+    ) -> None:
         super().__init__()
         self.dim, self.grid = dim, grid
         # block 0 merges H_{t-1} into X_t, later even blocks re-inject X_t, odd ones shift
         self.blocks = nn.ModuleList(
-            SwinBlock(dim, grid, num_heads, window, shift=i % 2 == 1, merges=i % 2 == 0)
-            for i in range(depth)
+            SwinBlock(dim, grid, num_heads, window, i % 2 == 1, i % 2 == 0, rate)
+            for i, rate in enumerate(drop_paths)
         )
 
     def forward(
@@ -220,6 +244,9 @@ class SwinLSTMArgs:
     """Attention heads of down stage i and of up cell i."""
     window_size: int = 4
     """Side of the attention window, in tokens (clipped to the stage's grid)."""
+    drop_path_rate: float = 0.1
+    """Stochastic depth: rising linearly from 0 to this over the blocks of each path (the
+    official code's and OpenSTL's default; 0 turns it off)."""
 
 
 class SwinLSTM(FrameRecurrent):
@@ -249,14 +276,30 @@ class SwinLSTM(FrameRecurrent):
         dims = [args.embed_dim * 2**i for i in range(stages + 1)]
         window = args.window_size
         self.embed = nn.Sequential(nn.Linear(p * p * spec.channels, dims[0]), nn.LayerNorm(dims[0]))
+        if not 0 <= args.drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {args.drop_path_rate}")
+        rates_down, rates_up = (
+            torch.linspace(0, args.drop_path_rate, sum(depths)).tolist() for depths in (down, up)
+        )
         self.down = nn.ModuleList(
-            SwinLSTMCell(dims[i], grids[i], down[i], heads[i], window) for i in range(stages)
+            SwinLSTMCell(
+                dims[i], grids[i], heads[i], window, rates_down[sum(down[:i]) : sum(down[: i + 1])]
+            )
+            for i in range(stages)
         )
         self.merges = nn.ModuleList(PatchMerging(dims[i], grids[i]) for i in range(stages))
-        # up cells in the order they run: from the bottom (after the last merging) upwards
+        # up cells in the order they run: from the bottom (after the last merging) upwards;
+        # within an up cell the rates fall block by block (as in the official code)
         order = list(reversed(range(stages)))
         self.up = nn.ModuleList(
-            SwinLSTMCell(dims[i + 1], grids[i + 1], up[i], heads[i], window) for i in order
+            SwinLSTMCell(
+                dims[i + 1],
+                grids[i + 1],
+                heads[i],
+                window,
+                rates_up[sum(up[:i]) : sum(up[: i + 1])][::-1],
+            )
+            for i in order
         )
         self.expands = nn.ModuleList(PatchExpanding(dims[i + 1], grids[i + 1]) for i in order)
         # the paper's 3×3 stride-2 transposed convolution at p = 2, for any p

@@ -701,7 +701,10 @@ def register_translator(name: str, cls: type[nn.Module]) -> type[nn.Module]:
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise TypeError(f"translator '{name}' must be an nn.Module class, got {cls!r}")
     if ":" in name or not name:
-        raise ValueError(f"translator name {name!r}: no ':' (that marks an import path)")
+        raise ValueError(
+            f"translator name {name!r}: expected a non-empty name without ':' (':' marks an "
+            "import path)"
+        )
     if name in BLOCKS and BLOCKS[name] is not cls:
         raise KeyError(f"translator name '{name}' is taken by {BLOCKS[name].__name__}")
     BLOCKS[name] = cls

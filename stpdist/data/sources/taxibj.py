@@ -37,8 +37,8 @@ def _read(path: str) -> tuple[np.ndarray, list[datetime]]:
             if "data" not in f or "date" not in f:
                 raise ValueError(f"missing dataset 'data' or 'date' (has {list(f.keys())})")
             data, dates = f["data"][()], [parse_slot(d) for d in f["date"][()]]
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+    except Exception as exc:  # h5py raises several types; every one names the file here
+        raise ValueError(f"{path}: {type(exc).__name__}: {exc}") from exc
     if data.ndim != 4 or data.shape[0] != len(dates):
         raise ValueError(f"{path}: 'data' has shape {data.shape}, 'date' {len(dates)} entries")
     return data, dates
@@ -62,8 +62,11 @@ class TaxiBJ:
 
         last = None
         for path in self.paths:
-            with h5py.File(path, "r") as f:
-                end = parse_slot(f["date"][-1])
+            try:
+                with h5py.File(path, "r") as f:
+                    end = parse_slot(f["date"][-1])
+            except Exception as exc:  # h5py raises several types; name the file
+                raise ValueError(f"{path}: {type(exc).__name__}: {exc}") from exc
             last = end if last is None or end > last else last
         test_start = (last + SLOT) - timedelta(days=self.test_days)
         return test_start - timedelta(days=self.val_days), test_start
