@@ -96,7 +96,7 @@ class Lockstep:
         self,
         model: nn.Module,
         optimizer: Any,
-        first_batch: Callable[[], tuple[torch.Tensor, torch.Tensor] | None],
+        first_batch: Callable[[], tuple[tuple, dict] | None],
         restore: Callable[[], None],
     ) -> None:
         """DDP re-buckets gradients after its first backward, in the order they became
@@ -109,7 +109,8 @@ class Lockstep:
         batch = first_batch()
         if batch is None:
             return
-        loss = loss_of(model(*batch), step=0)
+        tensors, extras = batch
+        loss = loss_of(model(*tensors, **extras), step=0)
         agreed = self.agree(loss)
         if not (agreed.skipped or agreed.nonfinite):
             loss.backward()  # all-reduced by DDP; the gradients are dropped below

@@ -19,6 +19,12 @@ class EnhancedModule(nn.Module):
     Required: `configure_optimizer`, `training_step`. `validation_step` is needed for
     validation and `predict_step` for prediction.
 
+    Batches may be `(inputs, targets)`, `(inputs, targets, keys)` or a dict with `inputs`,
+    `targets`, `keys` and any extra entries (masks, timestamps, static fields). Extras (and
+    `keys`) are moved to the device and passed to every hook that declares a parameter of
+    that name, or `**kwargs`: `def training_step(self, inputs, targets, mask)`. Hooks
+    written as `(inputs, targets)` get only those, whatever the batch carries.
+
     Facts the Trainer sets (read them, never write them):
     - `global_step` (optimizer steps taken) and `current_epoch`, before every step, for
       schedules such as scheduled sampling;

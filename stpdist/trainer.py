@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import inspect
 import math
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import GradientAccumulationPlugin, gather_object, set_seed
+from accelerate.utils import GradientAccumulationPlugin, gather_object, send_to_device, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -33,7 +34,14 @@ from . import console
 from .checkpoint import CheckpointManager, TrainState, load_weights, read_state
 from .config import Config, LoggingConfig, TrainerConfig, check_values, to_yaml
 from .console import format_scalars, say
-from .data.loading import LoaderContext, TrainSource, as_eval_source, as_train_source, unpack_batch
+from .data.loading import (
+    Batch,
+    LoaderContext,
+    TrainSource,
+    as_eval_source,
+    as_train_source,
+    unpack_batch,
+)
 from .lockstep import Lockstep, StopFlag, loss_of
 from .module import EnhancedModule
 from .runlock import RunLock
@@ -63,8 +71,37 @@ class _TrainingStep(nn.Module):
         super().__init__()
         self.module = module
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> Any:
-        return self.module.training_step_end(self.module.training_step(inputs, targets))
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, **extras: Any) -> Any:
+        step = call_hook(self.module.training_step, inputs, targets, extras)
+        return self.module.training_step_end(step)
+
+
+def _declared(hook: Any) -> tuple[frozenset[str], bool]:
+    """(parameter names, takes **kwargs) of a hook, cached per function."""
+    function = getattr(hook, "__func__", hook)
+    found = _SIGNATURES.get(function)
+    if found is None:
+        parameters = inspect.signature(function).parameters.values()
+        found = (
+            frozenset(p.name for p in parameters),
+            any(p.kind is p.VAR_KEYWORD for p in parameters),
+        )
+        _SIGNATURES[function] = found
+    return found
+
+
+_SIGNATURES: dict[Any, tuple[frozenset[str], bool]] = {}
+
+
+def call_hook(hook: Any, inputs: Any, targets: Any, extras: dict[str, Any]) -> Any:
+    """`hook(inputs, targets, **extras)`, each extra (a batch dict's masks, timestamps,
+    `keys`, …) given only to a hook that declares a parameter of its name or **kwargs, so
+    the seed's `(inputs, labels)` hooks keep working on batches that carry more."""
+    if not extras:
+        return hook(inputs, targets)
+    names, any_name = _declared(hook)
+    given = extras if any_name else {k: v for k, v in extras.items() if k in names}
+    return hook(inputs, targets, **given)
 
 
 def _scalars_of(output: Any, hook: str = "validation_step") -> dict[str, Any]:
@@ -318,12 +355,22 @@ class Trainer:
             num_workers=self.config.num_workers,
         )
 
-    def _to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
-        inputs, targets, keys = unpack_batch(batch)
+    def _to_device(self, batch: Any) -> Batch:
+        """The batch on this process' device: inputs, targets and every tensor among the
+        extras (nested in dicts, lists, tuples), with keys as they are."""
+        inputs, targets, keys, extras = unpack_batch(batch)
         device = self.accelerator.device
-        inputs = inputs.to(device, non_blocking=True)
-        targets = None if targets is None else targets.to(device, non_blocking=True)
-        return inputs, targets, keys
+        inputs, targets, extras = send_to_device(
+            (inputs, targets, extras), device, non_blocking=True
+        )
+        return Batch(inputs, targets, keys, extras)
+
+    @staticmethod
+    def _hook_extras(batch: Batch) -> dict[str, Any]:
+        """What a hook may receive besides inputs and targets: the extras, and the keys."""
+        if batch.keys is None:
+            return batch.extras
+        return {**batch.extras, "keys": batch.keys}
 
     def _planned_steps(self, steps_per_epoch: int) -> int:
         limits = [self.config.max_steps, (self.config.max_epochs or 0) * steps_per_epoch]
@@ -444,10 +491,11 @@ class Trainer:
         """Forward, agreement, backward and (on the window's last micro-batch) the optimizer
         step of one micro-batch; returns whether the ranks agreed to stop."""
         acc = self.accelerator
-        inputs, targets, _ = self._to_device(batch)
+        batch = self._to_device(batch)
+        inputs = batch.inputs
         module.global_step, module.current_epoch = state.global_step, state.epoch
         with acc.accumulate(model):
-            output = model(inputs, targets)
+            output = model(inputs, batch.targets, **self._hook_extras(batch))
             loss = loss_of(output, state.global_step + 1)
             agreed = self.lockstep.agree(loss)
             if agreed.nonfinite:
@@ -556,12 +604,15 @@ class Trainer:
         state = self.checkpoints.load(start, acc, module, optimizer, scheduler)
         state.world_size = acc.num_processes
 
-        def first_batch() -> tuple[torch.Tensor, torch.Tensor] | None:
+        def first_batch() -> tuple[tuple, dict] | None:
             batch = next(iter(train.iterate(ctx, state.epoch, state.batch)), None)
             if batch is None:  # the checkpoint sits at an epoch's end
                 batch = next(iter(train.iterate(ctx, state.epoch + 1, 0)), None)
             module.global_step, module.current_epoch = state.global_step, state.epoch
-            return None if batch is None else self._to_device(batch)[:2]
+            if batch is None:
+                return None
+            batch = self._to_device(batch)
+            return (batch.inputs, batch.targets), self._hook_extras(batch)
 
         self.lockstep.rebucket_like_a_fresh_run(
             model,
@@ -594,8 +645,10 @@ class Trainer:
         sums = EvalSums()
         with self.accelerator.autocast():
             for batch in source.iterate(self._ctx()):
-                inputs, targets, keys = self._to_device(batch)
-                output = module.validation_step_end(module.validation_step(inputs, targets))
+                batch = self._to_device(batch)
+                inputs, targets, keys, _ = batch
+                step = call_hook(module.validation_step, inputs, targets, self._hook_extras(batch))
+                output = module.validation_step_end(step)
                 sums.add(output, inputs.shape[0])
                 if keeper is not None:
                     keeper.offer(keys, inputs, targets, output)
@@ -648,10 +701,11 @@ class Trainer:
         sums, written = EvalSums(), 0
         with acc.autocast():
             for part, batch in enumerate(as_eval_source(data).iterate(self._ctx())):
-                inputs, targets, keys = self._to_device(batch)
+                batch = self._to_device(batch)
+                inputs, targets, keys, _ = batch
                 if keys is None:
                     raise ValueError("prediction batches must carry sample keys")
-                pred, output = self._predict_batch(module, inputs, targets)
+                pred, output = self._predict_batch(module, batch, self._hook_extras(batch))
                 if output is not None:
                     sums.add(output, inputs.shape[0])
                     if keeper is not None:
@@ -668,15 +722,18 @@ class Trainer:
 
     @staticmethod
     def _predict_batch(
-        module: EnhancedModule, inputs: torch.Tensor, targets: torch.Tensor | None
+        module: EnhancedModule, batch: Batch, extras: dict[str, Any]
     ) -> tuple[torch.Tensor, Any]:
         """(predictions, the validation output for metrics or None without targets)."""
+        inputs, targets = batch.inputs, batch.targets
         if targets is None:
-            return module.predict_step(inputs, None), None
-        output = module.validation_step_end(module.validation_step(inputs, targets))
+            return call_hook(module.predict_step, inputs, None, extras), None
+        output = module.validation_step_end(
+            call_hook(module.validation_step, inputs, targets, extras)
+        )
         if isinstance(output, dict) and "predictions" in output:
             return output["predictions"], output
-        return module.predict_step(inputs, targets), output
+        return call_hook(module.predict_step, inputs, targets, extras), output
 
 
 def _make_accelerator(config: TrainerConfig, log_with: list[str]) -> Accelerator:

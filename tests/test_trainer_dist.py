@@ -247,3 +247,26 @@ def test_sigterm_stops_after_a_step_with_checkpoint_and_resumes_bitwise(
     final_b = load_file(str(stopped / "checkpoints" / "step-00000012" / "model.safetensors"))
     for key in final_a:
         assert torch.equal(final_a[key], final_b[key]), key
+
+
+def test_batch_dicts_bring_keys_and_masks_to_every_hook_on_two_ranks(tmp_path):
+    run_ranks([str(Path(__file__).parent / "dist_batch_dict.py"), str(tmp_path)], 2)
+    seen = [json.loads((tmp_path / f"seen-{r}.json").read_text()) for r in (0, 1)]
+    # 16 samples / (2 ranks × batch 2) = 4 steps an epoch, 2 epochs: 8 masked steps per rank
+    assert [len(s["train"]) for s in seen] == [8, 8]
+    # a sample's mask covers 2 or 3 of its 4 columns (16 or 24 of 32 values): batches of 2
+    assert all(count in (32, 40, 48) for s in seen for count in s["train"])
+    keys = [f"{i:08d}" for i in range(16)]
+    validated = seen[0]["val"] + seen[1]["val"]
+    # every sample once per pass: 2 epochs' validations and predict's metrics pass
+    assert sorted(validated) == sorted(keys * 3)
+    assert sorted(seen[0]["predict"] + seen[1]["predict"]) == keys
+
+
+def test_a_malformed_batch_is_one_line_naming_the_expected_forms():
+    from stpdist.data.loading import unpack_batch
+
+    with pytest.raises(TypeError, match=r"needs 'inputs' .*got keys \['labels', 'x'\]"):
+        unpack_batch({"x": 1, "labels": 2})
+    with pytest.raises(TypeError, match=r"\(inputs, targets\), .*got a tuple of 4 items"):
+        unpack_batch((1, 2, 3, 4))

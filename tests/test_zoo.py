@@ -44,8 +44,8 @@ SMALL = {
     },
     "mau": {"hidden_channels": [4, 4], "kernel_size": 3, "downsample": 2, "attention_window": 2},
     "predformer": {"patch_size": 2, "embed_dim": 16, "num_heads": 2, "num_groups": 1},
-    "swinlstm": {
-        "patch_size": 2,
+    "swinlstm": {  # patch 1: token grids 8×8, 4×4, 2×2 (a 1×1 grid's bias gets no gradient)
+        "patch_size": 1,
         "embed_dim": 8,
         "depths_down": [2, 2],
         "depths_up": [2, 2],

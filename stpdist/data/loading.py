@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -154,9 +154,10 @@ class MapEvalLoader:
         subset = torch.utils.data.Subset(_Keyed(self.dataset), list(share))
         collate = self.collate_fn or torch.utils.data.default_collate
 
-        def collate_keyed(items: Sequence[tuple[Any, str]]) -> tuple[Any, Any, list[str]]:
-            inputs, targets = unpack_batch(collate([item for item, _ in items]))[:2]
-            return inputs, targets, [key for _, key in items]
+        def collate_keyed(items: Sequence[tuple[Any, str]]) -> dict[str, Any]:
+            batch = unpack_batch(collate([item for item, _ in items]))
+            keys = [key for _, key in items]
+            return {"inputs": batch.inputs, "targets": batch.targets, "keys": keys, **batch.extras}
 
         workers = self.num_workers if ctx.num_workers is None else ctx.num_workers
         yield from DataLoader(
@@ -168,15 +169,35 @@ class MapEvalLoader:
         )
 
 
-def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, list[str] | None]:
-    """(inputs, targets, keys) from a tuple/list of 2 or 3 items or a dict."""
+class Batch(NamedTuple):
+    inputs: torch.Tensor
+    """B×T_in×C×H×W."""
+    targets: torch.Tensor | None
+    """B×T_out×C×H×W, or None (forecasting from inputs alone)."""
+    keys: list[str] | None
+    """Sample keys, when the source knows them."""
+    extras: dict[str, Any]
+    """Anything else a batch dict carries (masks, timestamps, static fields), handed to the
+    hooks that declare a parameter of that name (or **kwargs)."""
+
+
+def unpack_batch(batch: Any) -> Batch:
+    """A `Batch` from `(inputs, targets)`, `(inputs, targets, keys)` or a dict with
+    `inputs` (and usually `targets`, `keys`, extra entries)."""
     if isinstance(batch, dict):
-        return batch["inputs"], batch.get("targets"), batch.get("keys")
+        if "inputs" not in batch:
+            raise TypeError(
+                "a batch dict needs 'inputs' (B×T_in×C×H×W; plus 'targets' to train or "
+                f"validate, optional 'keys' and extras); got keys {sorted(batch)}"
+            )
+        extras = {k: v for k, v in batch.items() if k not in ("inputs", "targets", "keys")}
+        return Batch(batch["inputs"], batch.get("targets"), batch.get("keys"), extras)
     if isinstance(batch, list | tuple) and len(batch) in (2, 3):
-        return batch[0], batch[1], (batch[2] if len(batch) == 3 else None)
+        return Batch(batch[0], batch[1], (batch[2] if len(batch) == 3 else None), {})
+    size = f" of {len(batch)} items" if isinstance(batch, list | tuple) else ""
     raise TypeError(
         "a batch must be (inputs, targets), (inputs, targets, keys) or a dict with "
-        f"'inputs'/'targets'/'keys'; got {type(batch).__name__}"
+        f"'inputs', 'targets', 'keys' and extras; got a {type(batch).__name__}{size}"
     )
 
 

@@ -1,20 +1,45 @@
-"""ConvLSTM (Shi et al., NeurIPS 2015): convolutional LSTM cells with peephole weights.
+"""ConvLSTM (Shi et al., NeurIPS 2015) in three forms, chosen by `variant`.
 
 Legend: B batch, T time, C channels, H×W frame size (after patching).
-A stack of cells steps through the frames (see `recurrent.FrameRecurrent` for which
-frame it sees); a 1×1 convolution over the concatenated hidden states of all layers maps
-to the next frame.
 
-At OpenSTL's Moving MNIST settings (patch 4 → 16×16×16, hidden 128×4, filter 5, 10→10):
-12,077,072 parameters (test_models pins it) and 56.8 GMACs forward per sample (`stpdist
-bench model`), next to OpenSTL's 15.0M and 56.8G: the same compute, fewer parameters,
-since one convolution over [x, h] replaces separate input and hidden convolutions and their
-biases; the peepholes add 3×128×16×16 per layer.
+* `stpdist` (default): one stack of Shi's cells (peephole weights 1×C×H×W on the cell
+  state, a forget bias; all four gates from one convolution over [x, h]) steps through
+  the frames (see `recurrent.FrameRecurrent` for which frame it sees); a 1×1 convolution
+  over the concatenated hidden states of all layers maps to the next frame.
+* `openstl`: OpenSTL's ConvLSTM, to reproduce its table: no peepholes, no forget bias,
+  separate bias-free input and hidden convolutions (W_x∗x + W_h∗h), and a bias-free 1×1
+  readout from the top layer only; the same frame loop.
+* `shi`: the encoder–forecaster of Shi et al. that the seed project used. An encoder
+  stack reads the T_in input frames; a forecaster stack of the same widths, each layer
+  starting from the encoder layer's final (H, C), runs T_out steps with no frame input
+  (layer l reads layer l−1's hidden state; the first reads nothing); a 1×1 convolution
+  over the concatenated hidden states of all forecaster layers gives each output frame.
+  Nothing is fed back, so there is no scheduled sampling (a teacher mask is an error).
+  Cells as in `stpdist`.
+
+At OpenSTL's Moving MNIST settings (patch 4 → 16×16×16, hidden 128×4, filter 5, 10→10),
+measured with `torch.utils.flop_counter.FlopCounterMode` (MACs = flops/2, batch 1):
+
+| variant | parameters | GMACs | OpenSTL (ConvLSTM) |
+|---------|-----------:|------:|--------------------|
+| stpdist | 12,077,072 | 56.81 |                    |
+| openstl | 11,675,648 | 56.79 | 15.0M, 56.8G       |
+| shi     | 23,941,136 | 59.74 |                    |
+
+`openstl` computes exactly what OpenSTL's forward computes (56.8G agrees). Its 15.0M
+counts 3,407,872 parameters that forward never uses: each OpenSTL cell also builds a 5×5
+`conv_o` (2h → h, 819,200) and a 1×1 `conv_last` (2h → h, 32,768) that it never calls;
+with them the count is 15,083,520 (0.6 % from 15.0M; test_zoo pins both). We do not build
+them: they would get no gradient, which DDP rejects. `stpdist` has the same compute with
+one convolution over [x, h] (one bias) instead of two, plus the peepholes (3×128×16×16
+per layer) and a readout over all layers. `shi` has a second stack (the forecaster) and
+runs T_in + T_out = 20 steps instead of 19.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, Optional  # noqa: UP035 - OmegaConf reads these
 
 import torch
 from torch import nn
@@ -24,7 +49,8 @@ from .recurrent import FrameRecurrent
 
 
 class ConvLSTMCell(nn.Module):
-    """One cell; all four gates come from a single convolution over [input, hidden]."""
+    """Shi et al.'s cell; all four gates come from a single convolution over [input,
+    hidden]. `in_channels` may be 0 (a forecaster layer without input: pass x = None)."""
 
     def __init__(
         self,
@@ -50,10 +76,11 @@ class ConvLSTMCell(nn.Module):
         self.forget_bias = forget_bias
 
     def forward(
-        self, x_BCHW: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+        self, x_BCHW: torch.Tensor | None, state: tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h, c = state
-        i, f, g, o = self.gates(torch.cat([x_BCHW, h], dim=1)).chunk(4, dim=1)
+        inputs = h if x_BCHW is None else torch.cat([x_BCHW, h], dim=1)
+        i, f, g, o = self.gates(inputs).chunk(4, dim=1)
         i = torch.sigmoid(i + self.w_ci * c)
         f = torch.sigmoid(f + self.w_cf * c + self.forget_bias)
         c = f * c + i * torch.tanh(g)
@@ -61,18 +88,46 @@ class ConvLSTMCell(nn.Module):
         return o * torch.tanh(c), c
 
 
+class OpenSTLConvLSTMCell(nn.Module):
+    """OpenSTL's cell: bias-free W_x∗x + W_h∗h for the gates i, f, g, o; no peepholes,
+    no forget bias."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.hidden_channels = hidden_channels
+        padding = kernel_size // 2
+        self.conv_x = nn.Conv2d(
+            in_channels, 4 * hidden_channels, kernel_size, padding=padding, bias=False
+        )
+        self.conv_h = nn.Conv2d(
+            hidden_channels, 4 * hidden_channels, kernel_size, padding=padding, bias=False
+        )
+
+    def forward(
+        self, x_BCHW: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h, c = state
+        i, f, g, o = (self.conv_x(x_BCHW) + self.conv_h(h)).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+
 @dataclass
 class ConvLSTMArgs:
+    variant: Literal["stpdist", "openstl", "shi"] = "stpdist"
+    """`stpdist` (one stack, readout over all layers), `openstl` (OpenSTL's exact model) or
+    `shi` (Shi et al.'s encoder–forecaster); see the module docstring."""
     hidden_channels: list[int] = field(default_factory=lambda: [64, 64])
-    """Hidden channels of each stacked layer."""
+    """Hidden channels of each stacked layer (of each stack, for `shi`)."""
     kernel_size: int = 5
     """Convolution kernel of the gates."""
-    forget_bias: float = 1.0
-    """Added to the forget gate's pre-activation."""
+    forget_bias: Optional[float] = None
+    """Added to the forget gate's pre-activation (None: 1.0 for `stpdist` and `shi`; the
+    `openstl` cell has none, and a value there is an error)."""
 
 
 class ConvLSTM(FrameRecurrent):
-    """Stacked ConvLSTM with the shared backbone signature."""
+    """ConvLSTM in the form `args.variant`, with the shared backbone signature."""
 
     Args = ConvLSTMArgs
 
@@ -80,20 +135,33 @@ class ConvLSTM(FrameRecurrent):
         super().__init__()
         args = args or ConvLSTMArgs()
         in_channels, height, width = spec.channels, spec.height, spec.width
-        hidden_channels, kernel_size, forget_bias = (
-            list(args.hidden_channels),
-            args.kernel_size,
-            args.forget_bias,
-        )
+        hidden_channels, kernel_size = list(args.hidden_channels), args.kernel_size
         if not hidden_channels:
             raise ValueError("hidden_channels needs at least one layer")
-        self.cells = nn.ModuleList()
-        previous = in_channels
-        for hidden in hidden_channels:
-            self.cells.append(
-                ConvLSTMCell(previous, hidden, kernel_size, height, width, forget_bias)
-            )
-            previous = hidden
+        if args.variant not in ("stpdist", "openstl", "shi"):
+            raise ValueError(f"variant must be stpdist, openstl or shi, got '{args.variant}'")
+        self.variant = args.variant
+        if args.variant == "openstl":
+            if args.forget_bias is not None:
+                raise ValueError("the openstl ConvLSTM has no forget bias; leave forget_bias unset")
+            self.cells, previous = nn.ModuleList(), in_channels
+            for hidden in hidden_channels:
+                self.cells.append(OpenSTLConvLSTMCell(previous, hidden, kernel_size))
+                previous = hidden
+            self.output = nn.Conv2d(hidden_channels[-1], in_channels, 1, bias=False)
+            return
+        forget_bias = 1.0 if args.forget_bias is None else args.forget_bias
+
+        def stack(first_input: int) -> nn.ModuleList:
+            cells, previous = nn.ModuleList(), first_input
+            for hidden in hidden_channels:
+                cells.append(ConvLSTMCell(previous, hidden, kernel_size, height, width, forget_bias))
+                previous = hidden
+            return cells
+
+        self.cells = stack(in_channels)  # the encoder, for `shi`
+        if args.variant == "shi":
+            self.forecaster = stack(0)
         self.output = nn.Conv2d(sum(hidden_channels), in_channels, 1)
 
     def init_state(self, frames_BTCHW: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -101,10 +169,47 @@ class ConvLSTM(FrameRecurrent):
         return [(frames_BTCHW.new_zeros(b, cell.hidden_channels, h, w),) * 2 for cell in self.cells]
 
     def step(self, frame_BCHW: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
-        x = frame_BCHW
-        new_state = []
-        for cell, layer_state in zip(self.cells, state):
-            layer_state = cell(x, layer_state)
-            new_state.append(layer_state)
-            x = layer_state[0]
-        return self.output(torch.cat([s[0] for s in new_state], dim=1)), new_state
+        state = _advance(self.cells, frame_BCHW, state)
+        if self.variant == "openstl":
+            return self.output(state[-1][0]), state
+        return self.output(torch.cat([h for h, _ in state], dim=1)), state
+
+    def forward(
+        self,
+        frames_BTCHW: torch.Tensor,
+        num_output_frames: int,
+        *,
+        targets_BTCHW: torch.Tensor | None = None,
+        teacher_mask_BT: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if self.variant != "shi":
+            return super().forward(
+                frames_BTCHW,
+                num_output_frames,
+                targets_BTCHW=targets_BTCHW,
+                teacher_mask_BT=teacher_mask_BT,
+            )
+        if teacher_mask_BT is not None:
+            raise ValueError(
+                "the shi ConvLSTM (encoder–forecaster) feeds no frames back: scheduled "
+                "sampling does not apply (set model.sampling.mode: none)"
+            )
+        state = self.init_state(frames_BTCHW)
+        for t in range(frames_BTCHW.shape[1]):  # encoder
+            state = _advance(self.cells, frames_BTCHW[:, t], state)
+        predictions = []
+        for _ in range(num_output_frames):  # forecaster, from the encoder's states
+            state = _advance(self.forecaster, None, state)
+            predictions.append(self.output(torch.cat([h for h, _ in state], dim=1)))
+        return torch.stack(predictions, dim=1)
+
+
+def _advance(cells: nn.ModuleList, x_BCHW: torch.Tensor | None, state: list) -> list:
+    """One time step of a stack: layer l reads layer l−1's new hidden state (the first
+    reads `x_BCHW`); returns every layer's new (H, C)."""
+    new_state = []
+    for cell, layer_state in zip(cells, state):
+        layer_state = cell(x_BCHW, layer_state)
+        new_state.append(layer_state)
+        x_BCHW = layer_state[0]
+    return new_state

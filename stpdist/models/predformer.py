@@ -204,4 +204,3 @@ class PredFormer(nn.Module):
         t_out = num_output_frames
         pixels = self.head(self.norm(tokens_BTND)).view(b, t_out, gh, gw, p, p, c)
         return pixels.permute(0, 1, 6, 2, 4, 3, 5).reshape(b, t_out, c, h, w)
-
