@@ -328,8 +328,8 @@ def backbone_config(model: ModelConfig) -> Any:
     if plugins.is_import_path(model.name):
         try:
             cls = plugins.resolve_model(model.name)
-        except ValueError as exc:
-            raise ConfigError(f"'model.name': {exc}") from exc
+        except (ImportError, TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from exc
     elif model.name not in BACKBONES:
         raise ConfigError(
             f"'model.name' is {model.name!r}; expected one of {', '.join(available())} "

@@ -9,35 +9,17 @@ constructor's signature before any data work starts. Registry names need no impo
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 from typing import Any
 
 from torch import nn
 
+from .models.base import import_class
 from .module import EnhancedModule
 
 
 def is_import_path(name: str) -> bool:
     return ":" in name
-
-
-def import_object(path: str) -> Any:
-    """`package.module:Name` → the object; errors name the path and what failed."""
-    module_name, _, attribute = path.partition(":")
-    if not module_name or not attribute:
-        raise ValueError(f"{path!r} is not an import path of the form package.module:Name")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import {module_name!r} (from {path!r}): {exc}") from exc
-    try:
-        obj = module
-        for part in attribute.split("."):
-            obj = getattr(obj, part)
-    except AttributeError:
-        raise ValueError(f"{module_name!r} has no {attribute!r} (from {path!r})") from None
-    return obj
 
 
 def resolve_model(name: str) -> type[nn.Module]:
@@ -46,10 +28,7 @@ def resolve_model(name: str) -> type[nn.Module]:
         from .models import backbone_class
 
         return backbone_class(name)
-    cls = import_object(name)
-    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
-        raise ValueError(f"{name!r} is not a torch.nn.Module class")
-    return cls
+    return import_class(name, "model.name")
 
 
 def is_task(cls: type) -> bool:

@@ -449,7 +449,7 @@ def test_user_translator_from_an_import_path_trains_from_yaml(user_module, capsy
         ("my_blocks:Missing", ImportError, "'my_blocks:Missing'.*has no 'Missing'"),
         ("no_such_module:MyBlock", ImportError, "cannot import module 'no_such_module'"),
         ("my_blocks:NOT_A_BLOCK", TypeError, "'my_blocks:NOT_A_BLOCK' is 3, not an nn.Module"),
-        ("my_blocks:", ValueError, "expected package.module:ClassName"),
+        ("my_blocks:", ValueError, "expected an import path package.module:Class"),
         ("myblock", KeyError, "unknown SimVP translator 'myblock'.*or an import path"),
     ],
 )

@@ -17,10 +17,12 @@ module for someone to read later.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -47,3 +49,26 @@ def as_output(returned: torch.Tensor | BackboneOutput) -> BackboneOutput:
     if isinstance(returned, BackboneOutput):
         return returned
     return BackboneOutput(returned, {})
+
+
+def import_class(path: str, what: str) -> type[nn.Module]:
+    """The `nn.Module` class at import path `package.module:Class` (a user's backbone, task
+    or translator block); failures are one line naming `what`, the path and the cause. The
+    module must be importable on every rank: installed, or its folder on PYTHONPATH."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"{what} '{path}': expected an import path package.module:Class")
+    try:
+        found: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(
+            f"{what} '{path}': cannot import module '{module_name}' ({exc}); is it "
+            "installed, or its folder on PYTHONPATH?"
+        ) from exc
+    for part in attribute.split("."):
+        if not hasattr(found, part):
+            raise ImportError(f"{what} '{path}': module '{module_name}' has no '{attribute}'")
+        found = getattr(found, part)
+    if not (isinstance(found, type) and issubclass(found, nn.Module)):
+        raise TypeError(f"{what} '{path}' is {found!r}, not an nn.Module class")
+    return found

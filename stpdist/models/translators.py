@@ -38,13 +38,14 @@ sqrt(2 / fan_out), linear layers truncated normal with std 0.02, biases zero, no
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .base import import_class
 
 # ---------------------------------------------------------------------------------------
 # shared pieces
@@ -723,22 +724,4 @@ def translator_block(name: str) -> type[nn.Module]:
             f"unknown SimVP translator '{name}'; valid: {', '.join(BLOCKS)}, or an import "
             "path package.module:ClassName"
         )
-    module_name, _, attribute = name.partition(":")
-    if not module_name or not attribute:
-        raise ValueError(f"SimVP translator '{name}': expected package.module:ClassName")
-    try:
-        found = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ImportError(
-            f"SimVP translator '{name}': cannot import module '{module_name}' ({exc}); "
-            "is it installed, or its folder on PYTHONPATH?"
-        ) from exc
-    for part in attribute.split("."):
-        if not hasattr(found, part):
-            raise ImportError(
-                f"SimVP translator '{name}': module '{module_name}' has no '{attribute}'"
-            )
-        found = getattr(found, part)
-    if not (isinstance(found, type) and issubclass(found, nn.Module)):
-        raise TypeError(f"SimVP translator '{name}' is {found!r}, not an nn.Module class")
-    return found
+    return import_class(name, "SimVP translator")
