@@ -298,9 +298,11 @@ def bench_model(
     steps: int = 5,
     compile_: bool = False,
     channels_last: bool = False,
+    fps_batch: int = 16,
 ) -> dict:
     """Forward+backward step time, peak memory and forward FLOPs of backbone `name` on
-    inputs of `shape` (B, T_in, C, H, W)."""
+    inputs of `shape` (B, T_in, C, H, W), and inference FPS: sequences per second of an
+    eval-mode forward of `fps_batch` sequences (OpenSTL's table: batch 16)."""
     import resource
 
     from torch.utils.flop_counter import FlopCounterMode
@@ -344,6 +346,8 @@ def bench_model(
         if device == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
     )
+    # after the peak is read: the batch-16 forward must not count as the step's memory
+    fps = _inference_fps(module, (fps_batch, t_in, c, h, w), num_output_frames, steps, device)
     translator = (backbone_args or {}).get("translator")
     label = f"{name} ({translator})" if translator else name
     result = {
@@ -353,6 +357,8 @@ def bench_model(
         "gmacs_per_sample": flops / 2 / 1e9,
         "step_ms": 1000 * statistics.median(times),
         "peak_mb": peak,
+        "inference_fps": fps,
+        "fps_batch": fps_batch,
         "compile": compile_,
         "channels_last": channels_last,
     }
@@ -360,7 +366,32 @@ def bench_model(
         f"{label:<10} {device} batch {b} {t_in}→{num_output_frames} {c}×{h}×{w} patch "
         f"{patch_size}: {params / 1e6:.2f}M params, {result['gmacs_per_sample']:.2f} GMACs "
         f"forward/sample, step {result['step_ms']:.0f} ms (median of {steps}), peak "
-        f"{'GPU memory' if device == 'cuda' else 'RSS growth'} {peak:.0f} MB"
+        f"{'GPU memory' if device == 'cuda' else 'RSS growth'} {peak:.0f} MB, inference "
+        f"{fps:.1f} FPS (batch {fps_batch} forward)"
         f"{', compiled' if compile_ else ''}{', channels-last' if channels_last else ''}"
     )
     return result
+
+
+def _inference_fps(
+    module: torch.nn.Module,
+    shape: tuple[int, ...],
+    num_output_frames: int,
+    repeats: int,
+    device: str,
+) -> float:
+    """Sequences per second of an eval-mode forward on a batch of `shape` (median of
+    `repeats` timed forwards after one warm-up); the module is left in training mode."""
+    inputs = torch.rand(*shape, device=device)
+    module.eval()
+    times = []
+    with torch.no_grad():
+        for i in range(max(1, repeats) + 1):
+            start = time.perf_counter()
+            module(inputs)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if i:
+                times.append(time.perf_counter() - start)
+    module.train()
+    return shape[0] / statistics.median(times)

@@ -7,9 +7,12 @@ from pathlib import Path
 from . import plugins
 from .config import Config
 from .console import say
-from .data.format import INDEX_FILE, read_index
+from .data.format import INDEX_FILE, SplitIndex, read_climatology, read_index, variable_names
+from .data.normalize import Normalizer
+from .data.onthefly import MovingDigitsTrainSource
 from .data.stream import ShardEvalStream, ShardTrainStream
 from .data.synthetic import write_moving_digits
+from .metrics import GeoInfo
 from .module import EnhancedModule
 from .task import Forecaster
 from .trainer import Trainer
@@ -24,10 +27,12 @@ def ensure_dataset(cfg: Config, trainer: Trainer, *, synthesize: bool = False) -
     the main process, the others waiting) when `data.synthesize` is for this root or
     `synthesize` is asked for; otherwise a missing dataset is an error saying what to do."""
     root, synth = Path(cfg.data.root), cfg.data.synthesize
+    on_the_fly = cfg.data.train_source == "moving_digits"  # no train shards: val is needed
+    needed = cfg.data.val_split if on_the_fly else cfg.data.train_split
     with trainer.main_process_first():
-        if (split_dir(cfg, cfg.data.train_split) / INDEX_FILE).is_file():
+        if (split_dir(cfg, needed) / INDEX_FILE).is_file():
             return
-        where = f"data.root {root} holds no dataset (no {cfg.data.train_split}/{INDEX_FILE})"
+        where = f"data.root {root} holds no dataset (no {needed}/{INDEX_FILE})"
         convert = f"convert your data with `stpdist shard FORMAT SRC --out {root}`"
         if synth is None:
             raise FileNotFoundError(f"{where}; {convert} (formats: stpdist shard --help)")
@@ -42,7 +47,7 @@ def ensure_dataset(cfg: Config, trainer: Trainer, *, synthesize: bool = False) -
             write_moving_digits(
                 root,
                 {
-                    cfg.data.train_split: synth.train,
+                    cfg.data.train_split: 0 if on_the_fly else synth.train,
                     cfg.data.val_split: synth.val,
                     cfg.data.test_split: synth.test,
                 },
@@ -65,7 +70,7 @@ def describe_dataset(cfg: Config) -> bool:
             index = read_index(split_dir(cfg, split))
             shape = "×".join(map(str, index.shape))
             say(f"{split}: {index.num_samples} sequences of T×C×H×W {shape} ({index.dtype})")
-    frames = read_index(split_dir(cfg, d.train_split)).shape[0]
+    frames = dataset_index(cfg).shape[0]
     used = d.num_input_frames + d.num_output_frames
     if used < frames:
         say(
@@ -94,7 +99,22 @@ def _stream_args(cfg: Config, split: str, eval_: bool) -> dict:
     }
 
 
-def train_stream(cfg: Config) -> ShardTrainStream:
+def train_stream(cfg: Config) -> ShardTrainStream | MovingDigitsTrainSource:
+    """The train source `data.train_source` names: the train split's shards, or moving
+    digits generated afresh every epoch with `data.synthesize`'s settings."""
+    if cfg.data.train_source == "moving_digits":
+        synth = cfg.data.synthesize
+        return MovingDigitsTrainSource(
+            synth.train,
+            batch_size=cfg.data.batch_size,
+            num_input_frames=cfg.data.num_input_frames,
+            num_output_frames=cfg.data.num_output_frames,
+            seed=synth.seed,
+            image_size=synth.image_size,
+            num_digits=synth.num_digits,
+            digit_size=synth.digit_size,
+            digits=synth.digits,
+        )
     return ShardTrainStream(
         split_dir(cfg, cfg.data.train_split),
         shuffle_buffer=cfg.data.shuffle_buffer,
@@ -106,27 +126,59 @@ def eval_stream(cfg: Config, split: str) -> ShardEvalStream:
     return ShardEvalStream(split_dir(cfg, split), **_stream_args(cfg, split, True))
 
 
-def build_module(cfg: Config, frame_shape: tuple[int, int, int] | None = None) -> EnhancedModule:
+def build_module(
+    cfg: Config,
+    frame_shape: tuple[int, int, int] | None = None,
+    *,
+    index: SplitIndex | None = None,
+) -> EnhancedModule:
     """The module for `cfg.model`: the Forecaster around its backbone, for frames C×H×W of
-    `frame_shape` or, by default, of the dataset's index; or the user's own EnhancedModule
-    when `model.name` is its import path (built with `model.backbone` as keywords)."""
+    `frame_shape`, or of `index` (a dataset's statistics, e.g. the one a checkpoint keeps),
+    or by default of the dataset's own index; or the user's own EnhancedModule when
+    `model.name` is its import path (built with `model.backbone` as keywords)."""
     if plugins.is_import_path(cfg.model.name):
         cls = plugins.resolve_model(cfg.model.name)
         if plugins.is_task(cls):
             return cls(**dict(cfg.model.backbone))
-    value_scale = 1.0
+    if index is None and frame_shape is None:
+        index = dataset_index(cfg)
+    value_scale = index.value_scale if index is not None else 1.0
     if frame_shape is None:
-        for split in (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split):
-            if (split_dir(cfg, split) / INDEX_FILE).is_file():
-                index = read_index(split_dir(cfg, split))
-                frame_shape, value_scale = tuple(index.shape[1:]), index.value_scale
-                break
-        else:
-            raise FileNotFoundError(f"no dataset split with {INDEX_FILE} under {cfg.data.root}")
+        frame_shape = tuple(index.shape[1:])
+    normalize = cfg.data.normalize
+    # without an index (a frame shape alone: checks, tests) the statistics are unit ones
+    normalizer = Normalizer(normalize) if index is None else Normalizer.from_index(normalize, index)
     return Forecaster(
         cfg.model,
         frame_shape,
         cfg.data.num_input_frames,
         cfg.data.num_output_frames,
         value_scale=value_scale,
+        normalizer=normalizer,
+        geo=None if index is None else geo_info(cfg, index),
     )
+
+
+def geo_info(cfg: Config, index: SplitIndex) -> GeoInfo | None:
+    """Per-variable scores' inputs when the index names its variables or has a latitude
+    grid: names, latitudes, and the climatology stored beside the index (when it is there)."""
+    if not index.variables and not index.latitudes:
+        return None
+    climatology = None
+    if index.climatology and (split_dir(cfg, index.split) / index.climatology).is_file():
+        climatology = read_climatology(split_dir(cfg, index.split), index)
+    return GeoInfo(
+        variable_names(index),
+        index.shape[2],
+        index.shape[3],
+        latitudes=index.latitudes or None,
+        climatology=climatology,
+    )
+
+
+def dataset_index(cfg: Config) -> SplitIndex:
+    """The index of the first split of `data.root` that exists (train, val, test)."""
+    for split in (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split):
+        if (split_dir(cfg, split) / INDEX_FILE).is_file():
+            return read_index(split_dir(cfg, split))
+    raise FileNotFoundError(f"no dataset split with {INDEX_FILE} under {cfg.data.root}")

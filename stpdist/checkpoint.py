@@ -251,9 +251,12 @@ class CheckpointManager:
         scheduler: Any,
         config_yaml: str | None,
         state: TrainState,
+        attachments: dict[str, str] | None = None,
     ) -> None:
-        """The run `maybe_save` saves, from `state` on (a step it starts at counts as saved)."""
-        self._run = (accelerator, module, optimizer, scheduler, config_yaml)
+        """The run `maybe_save` saves, from `state` on (a step it starts at counts as saved);
+        `attachments` (name → text, e.g. the dataset's index.json) go into every checkpoint
+        so that it stands alone as a model folder."""
+        self._run = (accelerator, module, optimizer, scheduler, config_yaml, attachments)
         self.last_saved_step = state.global_step
 
     def maybe_save(
@@ -273,8 +276,10 @@ class CheckpointManager:
             return None
         if self._run is None:
             raise RuntimeError("CheckpointManager.maybe_save needs bind() first")
-        accelerator, module, optimizer, scheduler, config_yaml = self._run
-        path = self.save(accelerator, module, optimizer, scheduler, state, config_yaml)
+        accelerator, module, optimizer, scheduler, config_yaml, attachments = self._run
+        path = self.save(
+            accelerator, module, optimizer, scheduler, state, config_yaml, attachments=attachments
+        )
         self.last_saved_step = step
         if accelerator.is_main_process:
             log.info("checkpoint: %s", path)
@@ -320,6 +325,8 @@ class CheckpointManager:
         scheduler: Any,
         state: TrainState,
         config_yaml: str | None = None,
+        *,
+        attachments: dict[str, str] | None = None,
     ) -> Path:
         """Write a checkpoint of the current step on every rank; returns its folder."""
         assert_finite(module, f"refusing to checkpoint step {state.global_step}")
@@ -345,6 +352,8 @@ class CheckpointManager:
                     torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
                 if config_yaml is not None:
                     (tmp / "config.yaml").write_text(config_yaml)
+                for name, text in (attachments or {}).items():
+                    (tmp / name).write_text(text)
                 (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
         _barrier(accelerator)
         if main:

@@ -61,6 +61,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     set_seed(cfg.trainer.seed)  # identical initial weights on every rank and every run
     module = build.build_module(cfg)
     has_val = build.describe_dataset(cfg)
+    # every checkpoint keeps the data's statistics: a model folder `stpdist.load` can use
+    # (the first split there is: with data.train_source moving_digits, train has no shards)
+    d = cfg.data
+    splits = (d.train_split, d.val_split, d.test_split)
+    folders = (build.split_dir(cfg, split) / "index.json" for split in splits)
+    index = next(path for path in folders if path.is_file())
+    trainer.attachments["index.json"] = index.read_text()
     val = build.eval_stream(cfg, cfg.data.val_split) if has_val else None
     state = trainer.fit(module, build.train_stream(cfg), val, resume=args.resume)
     trainer.close()
@@ -135,6 +142,57 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"sample pictures: {out / 'samples'}")
 
 
+def cmd_forecast(args: argparse.Namespace) -> None:
+    """Forecasts from inputs alone: no targets, no metrics; outputs in physical units."""
+    from torch.utils.data import DataLoader
+
+    from .data.format import INDEX_FILE
+    from .data.stream import ShardEvalStream
+    from .inference import InputFrames, load
+    from .trainer import SampleKeeper, Trainer
+    from .visualize import save_gif, save_panel
+
+    module = load(args.model, args.ckpt)
+    out = Path(args.out)
+    trainer = Trainer(output_dir=out, progress_bar=False, mixed_precision=args.precision)
+    source = Path(args.inputs)
+    if (source / INDEX_FILE).is_file():  # a shard split: its first T_in frames
+        data = ShardEvalStream(
+            source,
+            batch_size=args.batch_size,
+            num_input_frames=module.num_input_frames,
+            num_output_frames=0,
+        )
+        if data.index.value_scale != module.value_scale:
+            raise ValueError(
+                f"{source}: stored with value scale {data.index.value_scale:g}, the model was "
+                f"trained on {module.value_scale:g}; convert the inputs like the training data"
+            )
+    else:
+        data = DataLoader(InputFrames(source, module), batch_size=args.batch_size)
+    keeper = SampleKeeper(args.samples if trainer.is_main else 0)
+    trainer.predict(
+        module, data, out=out, metrics=False, keeper=keeper, postprocess=module.to_physical
+    )
+    trainer.close()
+    if not trainer.is_main:
+        return
+    cmap = args.colormap
+    for key, inputs, _, pred in keeper.samples:
+        save_panel(out / "samples" / f"{key}.png", inputs, None, pred, cmap)
+        save_gif(out / "samples" / f"{key}.gif", None, pred, colormap=cmap)
+    print(f"forecasts in physical units: {out}/predictions-r*.npz; pictures: {out / 'samples'}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .inference import export
+
+    differences = export(args.model, args.out, ckpt=args.ckpt, formats=tuple(args.format))
+    print(f"model folder: {args.out} (model.safetensors, config.yaml, index.json)")
+    for fmt, difference in differences.items():
+        print(f"  {fmt}: max |exported − eager| = {difference:.3g} on a test batch")
+
+
 def cmd_synth(args: argparse.Namespace) -> None:
     from .data.synthetic import write_moving_digits
 
@@ -154,13 +212,16 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 def cmd_shard(args: argparse.Namespace) -> None:
     from .data.convert import convert
-    from .data.sources import FORMATS
+    from .data.sources import FORMATS, FirstFrames
 
     spec = FORMATS[args.format]
     if not spec.many_paths and len(args.sources) != 1:
         raise ValueError(f"{args.format} takes one source path, got {len(args.sources)}")
+    source = spec.build(args.sources, args)
+    if args.inputs_only is not None:
+        source = FirstFrames(source, args.inputs_only)
     indexes = convert(
-        spec.build(args.sources, args),
+        source,
         args.out,
         workers=args.workers,
         overwrite=args.overwrite,
@@ -201,6 +262,16 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             f"mean {np.round(index.mean, 4).tolist()}, std {np.round(index.std, 4).tolist()}, "
             f"source: {index.source}"
         )
+        if index.variables:  # per-channel names and units (geoscience converters)
+            names = [f"{v.get('name')} [{v.get('units') or '-'}]" for v in index.variables]
+            print(f"  variables: {', '.join(names)}")
+        if index.latitudes:
+            lat, lon = index.latitudes, index.longitudes
+            print(
+                f"  grid: latitudes {lat[0]:g}…{lat[-1]:g} ({len(lat)}), "
+                f"longitudes {lon[0]:g}…{lon[-1]:g} ({len(lon)})"
+                + (f", climatology {index.climatology}" if index.climatology else "")
+            )
         if args.samples <= 0:
             continue
         stream = ShardEvalStream(
@@ -265,6 +336,13 @@ def _shard_parser(sub: Any) -> None:
         s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
         s.add_argument("--samples-per-shard", type=int, default=1000)
         s.add_argument(
+            "--inputs-only",
+            type=int,
+            default=None,
+            metavar="T_IN",
+            help="keep only the first T_IN frames of each sequence (inputs for forecast)",
+        )
+        s.add_argument(
             "--allow-nan",
             type=float,
             default=None,
@@ -276,6 +354,21 @@ def _shard_parser(sub: Any) -> None:
             s.add_argument(flag, **kwargs)
         s.add_argument("--debug", action="store_true")
         s.set_defaults(func=cmd_shard)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from .reproduce import reproduce
+
+    if args.seeds < 1:
+        raise ValueError(f"--seeds {args.seeds}: expected at least 1")
+    reproduce(
+        args.config,
+        args.seeds,
+        small=args.small,
+        out=args.out,
+        digits=args.digits,
+        overrides=args.overrides,
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -306,6 +399,43 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--out", default=None, help="output folder")
             s.add_argument("--samples", type=int, default=4, help="samples rendered as pictures")
         s.set_defaults(func=func)
+
+    s = with_config("reproduce", "train a recipe with N seeds; test-split table beside OpenSTL's")
+    s.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1, one run each")
+    s.add_argument("--small", action="store_true", help="scaled-down recipe: minutes on CPU")
+    s.add_argument("--out", default=None, help="folder for the runs, reproduce.json/.md")
+    s.add_argument("--digits", default=None, help="MNIST train-images-idx3-ubyte(.gz) (--small)")
+    s.set_defaults(func=cmd_reproduce)
+
+    s = sub.add_parser("forecast", help="forecast from inputs alone with a trained model")
+    s.add_argument("model", help="a run folder or a model (checkpoint / export) folder")
+    s.add_argument(
+        "inputs",
+        help="a shard split folder, an .npy/.npz array (T×C×H×W or N×T×C×H×W), a folder of "
+        "them, or a folder of PNG frames; physical units",
+    )
+    s.add_argument("--out", required=True, help="folder for predictions-*.npz and pictures")
+    s.add_argument("--ckpt", default="best", help="of a run folder: best, last or step-N")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--samples", type=int, default=4, help="samples drawn as pictures")
+    s.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"])
+    s.add_argument("--colormap", default=None)
+    s.add_argument("--debug", action="store_true")
+    s.set_defaults(func=cmd_forecast)
+
+    s = sub.add_parser("export", help="write a stand-alone model folder (+ exported graphs)")
+    s.add_argument("model", help="a run folder or a checkpoint folder")
+    s.add_argument("--out", required=True)
+    s.add_argument("--ckpt", default="best")
+    s.add_argument(
+        "--format",
+        action="append",
+        default=[],
+        choices=["torchscript", "exported-program", "onnx"],
+        help="also export as this (repeatable); each is checked against the eager model",
+    )
+    s.add_argument("--debug", action="store_true")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("synth", help="generate a synthetic dataset as shards")
     s.add_argument("kind", choices=["moving-digits"])

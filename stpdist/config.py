@@ -152,6 +152,11 @@ class DataConfig:
     """Frames the model predicts (T_out), following the inputs."""
     shuffle_buffer: int = checked(256, _positive)
     """Samples held in the training shuffle buffer per worker."""
+    normalize: Literal["scale", "none", "standardize", "minmax"] = "scale"
+    """What the model sees, per variable (channel), from the training index's statistics,
+    applied on the device: `scale`, frames / value_scale (in [0, 1]); `none`, physical
+    (stored) units; `standardize`, (x − mean) / std; `minmax`, (x − min) / (max − min).
+    Metrics stay in data units; `predict` writes physical units unless `scale`."""
     skip_bad_samples: bool = False
     """Skip unreadable samples / truncated shards (counted, reported) instead of failing."""
     url_template: Optional[str] = None
@@ -159,6 +164,11 @@ class DataConfig:
     (None: the local folder `root/<split>/`); index.json is always read from `root`."""
     synthesize: Optional[SynthConfig] = None
     """Generate synthetic moving digits into `root` when it holds no dataset."""
+    train_source: Literal["shards", "moving_digits"] = "shards"
+    """Where training batches come from: `shards`, the `train_split` shards; `moving_digits`,
+    fresh moving-digit sequences every epoch (OpenSTL's Moving MNIST training), drawn with
+    `synthesize`'s settings (`train` sequences per epoch, seed, size, MNIST `digits` file);
+    validation and test still read shards."""
 
 
 @dataclass
@@ -175,10 +185,17 @@ class OptimizerConfig:
 class ScheduleConfig:
     name: Literal["none", "onecycle", "cosine"] = "none"
     """Learning-rate schedule, stepped per optimizer step (cosine: after `warmup_steps`)."""
+    interval: Literal["step", "epoch"] = "step"
+    """What the schedule counts: optimizer steps, or epochs (cosine only; OpenSTL's TaxiBJ
+    recipe: per epoch, 5 warm-up epochs). With `epoch`, `warmup_steps` and `total_steps`
+    count epochs and `total_steps` is required."""
     warmup_steps: int = checked(0, _non_negative)
-    """Linear warm-up steps of the cosine schedule."""
+    """Linear warm-up steps (epochs with `interval: epoch`) of the cosine schedule."""
     total_steps: Optional[int] = checked(None, _positive)
-    """Schedule length in optimizer steps (None: the trainer's planned steps)."""
+    """Schedule length in optimizer steps, or epochs with `interval: epoch` (None: the
+    trainer's planned steps)."""
+    min_lr: float = checked(0.0, _non_negative)
+    """Learning rate the cosine schedule ends at (OpenSTL's TaxiBJ recipe: 1e-6)."""
 
 
 @dataclass
@@ -204,6 +221,11 @@ class EvaluationConfig:
     """Clamp predictions to [0, 1], the data range after scaling (outside training)."""
     metric_thresholds: List[float] = field(default_factory=list)
     """Thresholds in physical (stored) units for CSI/POD/FAR/HSS (e.g. [20, 30, 40] dBZ)."""
+    csi_pool_sizes: List[int] = field(default_factory=list)
+    """Neighbourhoods (p×p, max-pooled) for pooled CSI at the thresholds, and CSI-M (the mean
+    over thresholds) per size (SEVIR: [4, 16]); CSI-M itself is reported with thresholds."""
+    fss_sizes: List[int] = field(default_factory=list)
+    """Window sizes n (n×n pixels) of the fractions skill score at the thresholds."""
 
 
 @dataclass
@@ -216,7 +238,12 @@ class ModelConfig:
     patch_size: int = checked(1, _positive)
     """Fold p×p pixel patches into channels before the backbone (H, W divisible by p)."""
     loss: Literal["mse", "l1", "mse+l1"] = "mse"
-    """Training loss on the output frames."""
+    """Training loss on the frames `loss_frames` names."""
+    loss_frames: Literal["outputs", "all"] = "outputs"
+    """Frames the training loss covers: `outputs`, the T_out predicted frames; `all`, every
+    next-frame prediction of a frame-recurrent backbone (frames 1..T_in+T_out−1 from frames
+    0..T_in+T_out−2), OpenSTL's objective for ConvLSTM, the PredRNN family, MIM, E3D-LSTM,
+    MAU. `all` with a backbone that does not predict frame by frame is an error."""
     divergence_weight: float = checked(0.0, _non_negative)
     """α of TAU's differential divergence regulariser added to the loss (TAU's recipe: 0.1;
     0: off); logged as `train/divergence`."""
@@ -310,6 +337,11 @@ def _check_config(cfg: Config) -> None:
     check_values(cfg)
     if cfg.trainer.max_epochs is None and cfg.trainer.max_steps is None:
         raise ConfigError("set 'trainer.max_epochs' or 'trainer.max_steps' (both are None)")
+    if cfg.data.train_source == "moving_digits" and cfg.data.synthesize is None:
+        raise ConfigError(
+            "'data.train_source' is moving_digits; set 'data.synthesize' (its generator "
+            "settings: train sequences per epoch, seed, image_size, digits)"
+        )
     steps = list(cfg.model.sampling.reverse_steps)
     if len(steps) != 2 or not 0 <= steps[0] < steps[1]:
         raise ConfigError(

@@ -3,13 +3,20 @@
 Legend: B batch, T lead time (output frame), C channels, H×W frame size, K thresholds.
 Values are in the scaled data range [0, 1] (frames / the index's value scale).
 
-* MSE, MAE per pixel, and in OpenSTL's convention (per-frame sum over C×H×W, averaged
-  over frames and samples); RMSE = √(per-pixel MSE).
+* MSE, MAE per pixel (`mse`, `mae`), and in OpenSTL's convention (per-frame sum over
+  C×H×W, averaged over frames and samples: `mse_frame`, `mae_frame`); RMSE = √(per-pixel
+  MSE). These score the predictions as evaluated (clamped to [0, 1] when
+  `evaluation.clamp_output`); `mse_raw`, `mae_raw`, `mse_frame_raw`, `mae_frame_raw` score
+  the raw, unclamped predictions, as OpenSTL does (its MSE/MAE are `*_frame_raw`).
 * PSNR per frame (data range 1; an exact match counts as 100 dB), averaged.
 * SSIM per frame and channel: 7×7 uniform window, sample covariance, K1 0.01, K2 0.03,
   data range 1 (the full scaled range), mean over the window positions that fit inside the
   frame (scikit-image's `structural_similarity(…, win_size=7, data_range=1)`), averaged
   over channels, frames and samples.
+* `ssim_openstl`: the same SSIM with data range 2 (K1, K2 scaled by 2), what OpenSTL's
+  scikit-image call computes for float images (it passes no data_range; scikit-image
+  ≤ 0.19 then takes 2 = the dtype range −1..1). Higher than `ssim` on the same frames;
+  reported only to be put beside OpenSTL's published SSIM.
 * Skill scores at thresholds in physical (stored) units, event = value ≥ threshold:
   CSI, POD, FAR, HSS from hit / miss / false-alarm / correct-negative counts. The loader
   scales stored values in float32 (x / scale; on CUDA as x × (1/scale)) and the caller
@@ -27,7 +34,10 @@ one all-reduce.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,8 +47,11 @@ THRESHOLD_MARGIN = 2.0**-20
 """Relative margin below a threshold that still counts as reaching it (float32 rounding)."""
 
 
-def _ssim_per_frame(pred_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor) -> torch.Tensor:
-    """B×T mean SSIM (over window positions and channels), float64."""
+def _ssim_per_frame(
+    pred_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor, data_ranges: tuple[float, ...] = (1.0,)
+) -> torch.Tensor:
+    """R×B×T mean SSIM (over window positions and channels), float64, one row per data
+    range (the window statistics are shared; only the constants C1, C2 differ)."""
     b, t, c, h, w = pred_BTCHW.shape
     if h < SSIM_WINDOW or w < SSIM_WINDOW:
         raise ValueError(f"SSIM needs frames of at least {SSIM_WINDOW}×{SSIM_WINDOW}; got {h}×{w}")
@@ -53,19 +66,35 @@ def _ssim_per_frame(pred_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor) -> tor
     vx = (mean(x * x) - mx * mx) * n / (n - 1)
     vy = (mean(y * y) - my * my) * n / (n - 1)
     vxy = (mean(x * y) - mx * my) * n / (n - 1)
-    c1, c2 = 0.01**2, 0.03**2
-    ssim = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return ssim.mean(dim=(1, 2, 3)).view(b, t, c).mean(dim=2)
+    rows = []
+    for data_range in data_ranges:
+        c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+        ssim = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+        rows.append(ssim.mean(dim=(1, 2, 3)).view(b, t, c).mean(dim=2))
+    return torch.stack(rows)
 
 
 def batch_sums(
-    pred_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor, thresholds_scaled: list[float] = ()
+    pred_BTCHW: torch.Tensor,
+    target_BTCHW: torch.Tensor,
+    thresholds_scaled: list[float] = (),
+    *,
+    raw_pred_BTCHW: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Additive sums over the batch, per lead time, in float64 on the input's device."""
+    """Additive sums over the batch, per lead time, in float64 on the input's device.
+    `raw_pred_BTCHW`: the predictions before clamping, for the `*_raw` errors (None: the
+    same as `pred_BTCHW`)."""
     pred, target = pred_BTCHW.double(), target_BTCHW.double()
     err = pred - target
     sq_frame = err.pow(2).flatten(2).sum(dim=2)  # B×T: sum over C×H×W
     abs_frame = err.abs().flatten(2).sum(dim=2)
+    if raw_pred_BTCHW is None:
+        sq_raw, abs_raw = sq_frame, abs_frame
+    else:
+        raw_err = raw_pred_BTCHW.double() - target
+        sq_raw = raw_err.pow(2).flatten(2).sum(dim=2)
+        abs_raw = raw_err.abs().flatten(2).sum(dim=2)
+    ssim, ssim_openstl = _ssim_per_frame(pred, target, (1.0, 2.0))
     pixels = err[0, 0].numel()
     mse_frame = (sq_frame / pixels).clamp_min(10 ** (-PSNR_CAP_DB / 10))
     sums = {
@@ -73,7 +102,10 @@ def batch_sums(
         "sq_err": sq_frame.sum(dim=0),
         "abs_err": abs_frame.sum(dim=0),
         "psnr": (-10 * torch.log10(mse_frame)).sum(dim=0),
-        "ssim": _ssim_per_frame(pred, target).sum(dim=0),
+        "ssim": ssim.sum(dim=0),
+        "ssim_openstl": ssim_openstl.sum(dim=0),
+        "sq_err_raw": sq_raw.sum(dim=0),
+        "abs_err_raw": abs_raw.sum(dim=0),
     }
     if thresholds_scaled:
         levels = torch.tensor(list(thresholds_scaled), dtype=torch.float64, device=pred.device)
@@ -108,6 +140,12 @@ def summarize(
         "psnr": sums["psnr"] / count,
         "ssim": sums["ssim"] / count,
     }
+    if "ssim_openstl" in sums:  # sums from batch_sums always hold these four
+        per_lead["ssim_openstl"] = sums["ssim_openstl"] / count
+        per_lead["mse_raw"] = sums["sq_err_raw"] / (count * frame_pixels)
+        per_lead["mse_frame_raw"] = sums["sq_err_raw"] / count
+        per_lead["mae_raw"] = sums["abs_err_raw"] / (count * frame_pixels)
+        per_lead["mae_frame_raw"] = sums["abs_err_raw"] / count
     per_lead["rmse"] = per_lead["mse"].sqrt()
     out: dict[str, float] = {}
     for name, values in per_lead.items():
@@ -134,4 +172,183 @@ def summarize(
                 else:
                     for t, v in enumerate(value.tolist()):
                         out[f"{key}/t{t + 1:02d}"] = v
+    return out
+
+
+# ------------------------------------------------------------ geoscience verification scores
+# Per variable (channel), per lead time, from additive sums like the ones above. Physical
+# units are scaled values × the index's value scale.
+
+
+@dataclass
+class GeoInfo:
+    """What per-variable scores need from a dataset's index: a name per channel, optional
+    latitudes (degrees, one per row) and climatology (C×H×W, scaled units)."""
+
+    names: list[str]
+    height: int
+    width: int
+    latitudes: list[float] | None = None
+    climatology: Any = None
+
+    @property
+    def lat_weights(self) -> torch.Tensor | None:
+        if not self.latitudes:
+            return None
+        return torch.from_numpy(latitude_weights(self.latitudes))
+
+
+def latitude_weights(latitudes_deg: Any) -> np.ndarray:
+    """cos(latitude), normalised to mean 1 over the rows (float64)."""
+    weights = np.cos(np.deg2rad(np.asarray(latitudes_deg, dtype=np.float64)))
+    if weights.mean() <= 0:
+        raise ValueError("latitude weights need latitudes inside (−90°, 90°)")
+    return weights / weights.mean()
+
+
+def geo_sums(
+    pred_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor, geo: GeoInfo
+) -> dict[str, torch.Tensor]:
+    """Per lead time and variable (T×C) sums of squared and absolute errors (scaled units);
+    latitude-weighted squared errors when `geo` has latitudes; per-sample anomaly
+    correlations (against the climatology, latitude-weighted when it can be) when it has a
+    climatology."""
+    pred, target = pred_BTCHW.double(), target_BTCHW.double()
+    err = pred - target
+    sums = {
+        "var_sq_err": err.pow(2).sum(dim=(0, 3, 4)),
+        "var_abs_err": err.abs().sum(dim=(0, 3, 4)),
+    }
+    weights = geo.lat_weights
+    w = (
+        torch.ones(pred.shape[-2], dtype=torch.float64)
+        if weights is None
+        else weights.to(torch.float64)
+    )
+    w = w.to(pred.device).view(1, 1, 1, -1, 1)
+    if weights is not None:
+        sums["var_wsq_err"] = (w * err.pow(2)).sum(dim=(0, 3, 4))
+    if geo.climatology is not None:
+        clim = torch.as_tensor(np.asarray(geo.climatology), dtype=torch.float64)
+        clim = clim.to(pred.device).unsqueeze(0).unsqueeze(0)  # 1×1×C×H×W
+        fa, oa = pred - clim, target - clim
+        num = (w * fa * oa).sum(dim=(3, 4))
+        den = ((w * fa * fa).sum(dim=(3, 4)) * (w * oa * oa).sum(dim=(3, 4))).sqrt()
+        acc = torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))
+        sums["var_acc"] = acc.sum(dim=0)  # B×T×C → T×C
+    return sums
+
+
+def summarize_geo(
+    sums: dict[str, torch.Tensor], geo: GeoInfo, value_scale: float
+) -> dict[str, float]:
+    """`rmse/<var>`, `mae/<var>` (physical units), `wrmse/<var>` (latitude-weighted RMSE),
+    `acc/<var>` (mean anomaly correlation), each also per lead time (`…/t01`)."""
+    count = float(sums["count"].sum())
+    pixels = count * geo.height * geo.width
+    per_lead: dict[str, torch.Tensor] = {
+        "rmse": (sums["var_sq_err"] / pixels).sqrt() * value_scale,
+        "mae": sums["var_abs_err"] / pixels * value_scale,
+    }
+    overall = {
+        "rmse": (sums["var_sq_err"].mean(dim=0) / pixels).sqrt() * value_scale,
+        "mae": per_lead["mae"].mean(dim=0),
+    }
+    if "var_wsq_err" in sums:
+        per_lead["wrmse"] = (sums["var_wsq_err"] / pixels).sqrt() * value_scale
+        overall["wrmse"] = (sums["var_wsq_err"].mean(dim=0) / pixels).sqrt() * value_scale
+    if "var_acc" in sums:
+        per_lead["acc"] = sums["var_acc"] / count
+        overall["acc"] = per_lead["acc"].mean(dim=0)
+    out: dict[str, float] = {}
+    for score, values_TC in per_lead.items():
+        for c, name in enumerate(geo.names):
+            out[f"{score}/{name}"] = float(overall[score][c])
+            for t in range(values_TC.shape[0]):
+                out[f"{score}/{name}/t{t + 1:02d}"] = float(values_TC[t, c])
+    return out
+
+
+# ------------------------------------------------- neighbourhood scores (radar nowcasting)
+# Events are value ≥ threshold (with THRESHOLD_MARGIN, as above). Pooled CSI (SEVIR /
+# Earthformer): max-pool prediction and observation events over non-overlapping p×p
+# neighbourhoods (stride p), then count hits / misses / false alarms. FSS (Roberts & Lean
+# 2008): event fractions over n×n windows (zero-padded, stride 1), FSS = 1 − Σ(Pf − Po)² /
+# (Σ Pf² + Σ Po²), the sums pooled over samples.
+
+
+def _events(frames_BTCHW: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """K×B×T×C×H×W float64 events at each threshold (scaled units)."""
+    levels = levels - levels.abs() * THRESHOLD_MARGIN
+    return (frames_BTCHW.double().unsqueeze(0) >= levels.view(-1, 1, 1, 1, 1, 1)).double()
+
+
+def neighbourhood_sums(
+    pred_BTCHW: torch.Tensor,
+    target_BTCHW: torch.Tensor,
+    thresholds_scaled: list[float],
+    pool_sizes: list[int] = (),
+    fss_sizes: list[int] = (),
+) -> dict[str, torch.Tensor]:
+    """Per threshold and lead time (K×T) sums: `pool<p>_hits/misses/false_alarms` for each
+    pooling size, `fss<n>_sq_diff` and `fss<n>_sq_ref` for each FSS window size."""
+    levels = torch.tensor(list(thresholds_scaled), dtype=torch.float64, device=pred_BTCHW.device)
+    k, (b, t, c, h, w) = len(levels), pred_BTCHW.shape
+    p_ev, o_ev = _events(pred_BTCHW, levels), _events(target_BTCHW, levels)
+    flat = (k * b * t * c, 1, h, w)
+    sums: dict[str, torch.Tensor] = {}
+
+    def per_kt(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(k, b, t, -1).sum(dim=(1, 3))
+
+    for size in pool_sizes:
+        pp = F.max_pool2d(p_ev.reshape(flat), size, stride=size, ceil_mode=True) > 0
+        oo = F.max_pool2d(o_ev.reshape(flat), size, stride=size, ceil_mode=True) > 0
+        sums[f"pool{size}_hits"] = per_kt((pp & oo).double())
+        sums[f"pool{size}_misses"] = per_kt((~pp & oo).double())
+        sums[f"pool{size}_false_alarms"] = per_kt((pp & ~oo).double())
+    for size in fss_sizes:
+        pad = size // 2
+        kwargs = {"stride": 1, "padding": pad, "count_include_pad": True}
+        pf = F.avg_pool2d(p_ev.reshape(flat), size, **kwargs)[..., :h, :w]
+        po = F.avg_pool2d(o_ev.reshape(flat), size, **kwargs)[..., :h, :w]
+        sums[f"fss{size}_sq_diff"] = per_kt((pf - po).pow(2))
+        sums[f"fss{size}_sq_ref"] = per_kt(pf.pow(2) + po.pow(2))
+    return sums
+
+
+def summarize_neighbourhood(
+    sums: dict[str, torch.Tensor],
+    thresholds: list[float],
+    pool_sizes: list[int] = (),
+    fss_sizes: list[int] = (),
+) -> dict[str, float]:
+    """`csi_m` (CSI averaged over thresholds, from the sums of `batch_sums`),
+    `csi_pool<p>@<thr>`, `csi_m_pool<p>`, `fss<n>@<thr>`, each also per lead time."""
+    out: dict[str, float] = {}
+
+    def put(name: str, per_lead: torch.Tensor, overall: torch.Tensor) -> None:
+        out[name] = float(overall)
+        for t, value in enumerate(per_lead.tolist()):
+            out[f"{name}/t{t + 1:02d}"] = value
+
+    def csi(h: torch.Tensor, m: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # per lead (K×T) and over all lead times (K)
+        return _ratio(h, h + m + f), _ratio(h.sum(-1), (h + m + f).sum(-1))
+
+    variants = [("", "hits", "misses", "false_alarms")] if "hits" in sums else []
+    variants += [(f"_pool{p}", f"pool{p}_hits", f"pool{p}_misses", f"pool{p}_false_alarms")
+                 for p in pool_sizes]  # fmt: skip
+    for suffix, hits, misses, false_alarms in variants:
+        per_lead, overall = csi(sums[hits], sums[misses], sums[false_alarms])
+        put(f"csi_m{suffix}", per_lead.mean(dim=0), overall.mean())
+        if suffix:
+            for k, level in enumerate(thresholds):
+                put(f"csi{suffix}@{level:g}", per_lead[k], overall[k])
+    for size in fss_sizes:
+        diff, ref = sums[f"fss{size}_sq_diff"], sums[f"fss{size}_sq_ref"]
+        per_lead = 1 - _ratio(diff, ref)
+        overall = 1 - _ratio(diff.sum(-1), ref.sum(-1))
+        for k, level in enumerate(thresholds):
+            put(f"fss{size}@{level:g}", per_lead[k], overall[k])
     return out

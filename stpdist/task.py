@@ -14,11 +14,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import metrics, plugins
 from .config import ModelConfig
+from .data.normalize import Normalizer
 from .models import BackboneOutput, FrameSpec, as_output, backbone_args, build_backbone
 from .models.recurrent import FrameRecurrent
 from .models.simvp import differential_divergence
@@ -43,6 +45,8 @@ class Forecaster(EnhancedModule):
         num_output_frames: int,
         *,
         value_scale: float = 1.0,
+        normalizer: Normalizer | None = None,
+        geo: metrics.GeoInfo | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -64,36 +68,90 @@ class Forecaster(EnhancedModule):
             raise ValueError(
                 f"'{config.name}' does not feed frames back: scheduled sampling does not apply"
             )
+        if config.loss_frames == "all" and not isinstance(self.backbone, FrameRecurrent):
+            raise ValueError(
+                f"'{config.name}' does not predict frame by frame: model.loss_frames 'all' "
+                "(every next-frame prediction) does not apply; use 'outputs'"
+            )
         self.num_input_frames = num_input_frames
         self.num_output_frames = num_output_frames
+        self.frame_shape = tuple(frame_shape)
         self.frame_pixels = channels * height * width
         self.value_scale = value_scale  # stored units per 1.0 of scaled data (thresholds)
+        # scaled batches → the model's space and back (data.normalize; identity by default)
+        self.normalizer = normalizer or Normalizer("scale", value_scale=value_scale)
+        self.geo = geo  # variable names, latitudes, climatology: per-variable scores
 
     def forward(
         self,
         inputs_BTCHW: torch.Tensor,
         targets_BTCHW: torch.Tensor | None = None,
         teacher_mask_BT: torch.Tensor | None = None,
+        *,
+        all_frames: bool = False,
+        clamp: bool = True,
     ) -> BackboneOutput:
         """The backbone's output in the data's frame layout (predictions B×T_out×C×H×W,
-        clamped to [0, 1] outside training when configured) with its auxiliary losses."""
+        clamped to [0, 1] outside training when configured) with its auxiliary losses.
+        `all_frames` (frame-recurrent backbones): every next-frame prediction instead,
+        B×(T_in+T_out−1)×C×H×W, frames 1.. of inputs followed by targets. `clamp=False`:
+        the raw predictions (for the `*_raw` metrics)."""
         p = self.config.patch_size
+        extra = {"all_frames": True} if all_frames else {}  # other backbones lack the keyword
         out = as_output(
             self.backbone(
                 reshape_patch(inputs_BTCHW, p),
                 self.num_output_frames,
                 targets_BTCHW=None if targets_BTCHW is None else reshape_patch(targets_BTCHW, p),
                 teacher_mask_BT=teacher_mask_BT,
+                **extra,
             )
         )
         pred = reshape_patch_back(out.predictions, p)
-        if self.config.evaluation.clamp_output and not self.training:
-            pred = pred.clamp(0, 1)
+        if clamp:
+            pred = self.clamped(pred)
         return BackboneOutput(pred, out.aux_losses)
 
-    def forecast(self, inputs_BTCHW: torch.Tensor) -> torch.Tensor:
-        """Predictions B×T_out×C×H×W from the inputs alone."""
-        return self(inputs_BTCHW).predictions
+    def clamped(self, pred: torch.Tensor) -> torch.Tensor:
+        """`pred` clamped to the data's range outside training when configured."""
+        if self.config.evaluation.clamp_output and not self.training:
+            pred = self.normalizer.clamp(pred)  # [0, 1] scaled, or each variable's range
+        return pred
+
+    def predict_frames(self, inputs_BTCHW: torch.Tensor) -> torch.Tensor:
+        """Predictions B×T_out×C×H×W from the inputs alone, in the data's scaled units (as
+        the streams deliver them); what validation and `predict` use."""
+        return self.normalizer.inverse(self(self.normalizer(inputs_BTCHW)).predictions)
+
+    # ------------------------------------------------------------------ physical units
+    def from_physical(self, frames: torch.Tensor) -> torch.Tensor:
+        """Stored (physical) units → the scaled units the model works in."""
+        return frames / self.value_scale
+
+    def to_physical(self, frames: torch.Tensor) -> torch.Tensor:
+        """The model's scaled units → stored (physical) units."""
+        return frames * self.value_scale
+
+    @torch.inference_mode()
+    def forecast(self, frames: Any) -> Any:
+        """T_out frames after the given T_in, all in physical (stored) units: a numpy array
+        or tensor of T_in×C×H×W or B×T_in×C×H×W, returned in the same type and layout.
+        Scaling, patching and clamping happen inside; the module's mode is left as it is
+        (a module from `stpdist.load` is in eval mode)."""
+        as_numpy = isinstance(frames, np.ndarray)
+        x = torch.as_tensor(frames)
+        single = x.dim() == 4
+        if x.dim() not in (4, 5) or x.shape[-4] != self.num_input_frames:
+            raise ValueError(
+                f"forecast takes T_in×C×H×W or B×T_in×C×H×W with T_in = "
+                f"{self.num_input_frames}; got shape {tuple(x.shape)}"
+            )
+        parameter = next(self.parameters())
+        x = x[None] if single else x
+        x = self.from_physical(x.to(parameter.device, torch.float32)).to(parameter.dtype)
+        out = self.to_physical(self.predict_frames(x).float())
+        out = out[0] if single else out
+        return out.cpu().numpy() if as_numpy else out
 
     # ------------------------------------------------------------------ hooks
     def configure_optimizer(self) -> torch.optim.Optimizer:
@@ -105,6 +163,11 @@ class Forecaster(EnhancedModule):
         schedule = self.config.schedule
         if schedule.name == "none":
             return None
+        interval = schedule.interval
+        if interval == "epoch" and (schedule.name != "cosine" or not schedule.total_steps):
+            raise ValueError(
+                "model.schedule.interval 'epoch' needs name 'cosine' and total_steps (epochs)"
+            )
         total = schedule.total_steps or self.planned_steps
         if not total:
             raise ValueError(f"lr schedule '{schedule.name}' needs model.schedule.total_steps")
@@ -112,16 +175,17 @@ class Forecaster(EnhancedModule):
             peak = self.config.optimizer.lr
             return torch.optim.lr_scheduler.OneCycleLR(optimizer, peak, total_steps=total)
         warmup = schedule.warmup_steps
+        floor = schedule.min_lr / self.config.optimizer.lr  # the end, as a fraction of peak
 
-        def cosine(step: int) -> float:
+        def cosine(step: int) -> float:  # `step` counts epochs with interval 'epoch'
             if step < warmup:
                 return (step + 1) / warmup
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.5 * (1 + math.cos(math.pi * progress))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
         return {
             "scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, cosine),
-            "interval": "step",
+            "interval": interval,
         }
 
     # ------------------------------------------------------------------ scheduled sampling
@@ -167,15 +231,20 @@ class Forecaster(EnhancedModule):
     def training_step(
         self, inputs: torch.Tensor, targets: torch.Tensor
     ) -> torch.Tensor | dict[str, Any]:
-        """The loss on the output frames plus the backbone's auxiliary losses, each also
-        returned on its own for the logs."""
+        """The loss on the frames `loss_frames` names (the outputs, or every next-frame
+        prediction against inputs[1:] then targets) plus the backbone's auxiliary losses,
+        each also returned on its own for the logs."""
+        inputs, targets = self.normalizer(inputs), self.normalizer(targets)
         mask = self.teacher_mask(inputs, self.global_step)
-        out = self(inputs, targets if mask is not None else None, mask)
-        loss = _LOSSES[self.config.loss](out.predictions, targets)
+        every_frame = self.config.loss_frames == "all"
+        out = self(inputs, targets if mask is not None else None, mask, all_frames=every_frame)
+        truth = torch.cat([inputs[:, 1:], targets], dim=1) if every_frame else targets
+        loss = _LOSSES[self.config.loss](out.predictions, truth)
+        outputs = out.predictions[:, -self.num_output_frames :]
         logged = {"frames_loss": loss.detach()}
         aux = dict(out.aux_losses)
         if self.config.divergence_weight:
-            divergence = differential_divergence(out.predictions, targets)
+            divergence = differential_divergence(outputs, targets)
             aux["divergence"] = self.config.divergence_weight * divergence
         for name, value in aux.items():
             loss = loss + value
@@ -183,22 +252,48 @@ class Forecaster(EnhancedModule):
         return {"loss": loss, **logged} if aux else loss
 
     def validation_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-        pred = self.forecast(inputs)
-        copy_last = inputs[:, -1:].expand_as(targets)
+        # losses in the model's (normalised) space, metrics in the data's scaled units
+        norm = self.normalizer
+        raw_model, targets_model = self(norm(inputs), clamp=False).predictions, norm(targets)
+        pred_model = self.clamped(raw_model)  # raw_model scores the `*_raw` metrics
+        pred = norm.inverse(pred_model)
+        copy_last = norm(inputs[:, -1:]).expand_as(targets)
         thresholds = [t / self.value_scale for t in self.config.evaluation.metric_thresholds]
+        sums = metrics.batch_sums(pred, targets, thresholds, raw_pred_BTCHW=norm.inverse(raw_model))
+        if self.geo is not None:
+            sums.update(metrics.geo_sums(pred, targets, self.geo))
+        pools, fss = self.config.evaluation.csi_pool_sizes, self.config.evaluation.fss_sizes
+        if thresholds and (pools or fss):
+            sums.update(metrics.neighbourhood_sums(pred, targets, thresholds, pools, fss))
         return {
-            "loss": _LOSSES[self.config.loss](pred, targets),
-            "copy_last_mse": nn.functional.mse_loss(copy_last, targets),
-            "sums": metrics.batch_sums(pred, targets, thresholds),
+            "loss": _LOSSES[self.config.loss](pred_model, targets_model),
+            "copy_last_mse": nn.functional.mse_loss(copy_last, targets_model),
+            "sums": sums,
             "predictions": pred,
         }
 
     def metrics_from_sums(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
         thresholds = self.config.evaluation.metric_thresholds
-        return metrics.summarize(sums, self.frame_pixels, thresholds)
+        out = metrics.summarize(sums, self.frame_pixels, thresholds)
+        if self.geo is not None:
+            out.update(metrics.summarize_geo(sums, self.geo, self.value_scale))
+        if thresholds:
+            evaluation = self.config.evaluation
+            out.update(
+                metrics.summarize_neighbourhood(
+                    sums, thresholds, evaluation.csi_pool_sizes, evaluation.fss_sizes
+                )
+            )
+        return out
+
+    @property
+    def writes_physical_units(self) -> bool:
+        """`predict` writes physical (stored) units unless the data are only scaled (the
+        behaviour before per-variable normalisation: frames / value_scale)."""
+        return not self.normalizer.identity
 
     def predict_step(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
-        return self.forecast(inputs)
+        return self.predict_frames(inputs)
 
 
 # ---------------------------------------------------------------------- patching

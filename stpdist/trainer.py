@@ -238,7 +238,10 @@ class SampleKeeper:
         if preds is not None and room > 0:
             for i in range(min(room, inputs.shape[0])):
                 key = keys[i] if keys is not None else f"{self._seen + i:08d}"
-                as_np = [x[i].float().cpu().numpy() for x in (inputs, targets, preds)]
+                as_np = [
+                    None if x is None else x[i].float().cpu().numpy()
+                    for x in (inputs, targets, preds)
+                ]
                 self.samples.append((key, *as_np))
         self._seen += inputs.shape[0]
 
@@ -307,6 +310,10 @@ class Trainer:
             raise ValueError("set max_epochs or max_steps")
         self.output_dir = Path(self.config.output_dir)
         self.run_config = run_config
+        self.attachments: dict[str, str] = {}
+        """Files (name → text) written into every checkpoint beside the weights and the
+        config, e.g. the dataset's `index.json`, so a checkpoint is a model folder that
+        `stpdist.load` can rebuild the model from."""
         self._stop = StopFlag()
         # the tracker decides the accelerate loggers, which the Accelerator needs at birth
         self.tracker = Tracker(
@@ -401,7 +408,9 @@ class Trainer:
         # `--resume auto`) stops here, naming the holder, before touching any checkpoint
         with self._run_lock(), self._stop.installed():
             state = self._start(resume, model, module, optimizer, scheduler, train, ctx)
-            self.checkpoints.bind(acc, module, optimizer, scheduler, self._config_yaml(), state)
+            self.checkpoints.bind(
+                acc, module, optimizer, scheduler, self._config_yaml(), state, self.attachments
+            )
             validator.last_step = state.global_step
             self.tracker.start(acc)
             meter = Meter()
@@ -671,7 +680,7 @@ class Trainer:
         self.tracker.log(results, step=module.global_step, epoch=module.current_epoch)
         return results
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(
         self,
         module: EnhancedModule,
@@ -681,9 +690,13 @@ class Trainer:
         *,
         split: str = "test",
         keeper: SampleKeeper | None = None,
+        metrics: bool = True,
+        postprocess: Any = None,
     ) -> dict[str, Any]:
         """One pass that writes predictions keyed by sample and, where batches carry
-        targets, accumulates the metrics of `validation_step` (keys `<split>/…`).
+        targets (and `metrics`), accumulates the metrics of `validation_step` (keys
+        `<split>/…`). `postprocess` maps the predictions before they are written (e.g. to
+        physical units); `keeper` collects the first samples for pictures.
 
         Files: `out/predictions-r<rank>-<part>.npz`, each with `keys` (N,) and `predictions`
         N×T_out×C×H×W float32. Returns the metrics ({} without targets)."""
@@ -698,24 +711,29 @@ class Trainer:
         acc.wait_for_everyone()
         module.to(acc.device)
         module.eval()
+        if postprocess is None and getattr(module, "writes_physical_units", False):
+            postprocess = module.to_physical  # normalised per variable: physical units
         sums, written = EvalSums(), 0
         with acc.autocast():
             for part, batch in enumerate(as_eval_source(data).iterate(self._ctx())):
                 batch = self._to_device(batch)
-                inputs, targets, keys, _ = batch
-                if keys is None:
+                if batch.keys is None:
                     raise ValueError("prediction batches must carry sample keys")
+                if not metrics:
+                    batch = batch._replace(targets=None)
                 pred, output = self._predict_batch(module, batch, self._hook_extras(batch))
                 if output is not None:
-                    sums.add(output, inputs.shape[0])
-                    if keeper is not None:
-                        keeper.offer(keys, inputs, targets, {"predictions": pred})
+                    sums.add(output, batch.inputs.shape[0])
+                if keeper is not None:
+                    keeper.offer(batch.keys, batch.inputs, batch.targets, {"predictions": pred})
+                if postprocess is not None:
+                    pred = postprocess(pred)
                 np.savez(
                     out / f"predictions-r{acc.process_index:03d}-{part:06d}.npz",
-                    keys=np.asarray(keys),
+                    keys=np.asarray(batch.keys),
                     predictions=pred.float().cpu().numpy(),
                 )
-                written += len(keys)
+                written += len(batch.keys)
         total = acc.reduce(torch.tensor([written, sums.count], device=acc.device), "sum")
         say(f"wrote {int(total[0])} predictions to {out}")
         return sums.reduce(acc, module, split) if int(total[1]) else {}

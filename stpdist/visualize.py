@@ -78,17 +78,22 @@ def save_panel(
 
 def save_gif(
     path: str | Path,
-    truth_TCHW: np.ndarray,
+    truth_TCHW: np.ndarray | None,
     prediction_TCHW: np.ndarray,
     fps: int = 4,
     colormap: str | None = None,
 ) -> Path:
-    """An animated GIF of truth (left) beside prediction (right), one frame per time step."""
+    """An animated GIF of truth (left) beside prediction (right), one frame per time step;
+    the prediction alone when there is no truth (a forecast)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    truth, pred = to_rgb8(truth_TCHW, colormap), to_rgb8(prediction_TCHW, colormap)
-    gap = np.full((truth.shape[1], GAP, 3), 255, np.uint8)
-    images = [Image.fromarray(np.concatenate([t, gap, p], axis=1)) for t, p in zip(truth, pred)]
+    pred = to_rgb8(prediction_TCHW, colormap)
+    if truth_TCHW is None:
+        images = [Image.fromarray(p) for p in pred]
+    else:
+        truth = to_rgb8(truth_TCHW, colormap)
+        gap = np.full((truth.shape[1], GAP, 3), 255, np.uint8)
+        images = [Image.fromarray(np.concatenate([t, gap, p], axis=1)) for t, p in zip(truth, pred)]
     images[0].save(path, save_all=True, append_images=images[1:], duration=1000 // fps, loop=0)
     return path
 

@@ -72,7 +72,13 @@ def test_cli_config_error_exits_2_with_one_line(tmp_path):
     assert len(lines) == 1 and "trainer.max_epoch" in lines[0] and "max_epochs" in lines[0]
 
 
-FRAME_SHAPES = {"mmnist": (1, 64, 64), "kth": (1, 128, 128), "taxibj": (2, 32, 32)}
+FRAME_SHAPES = {
+    "mmnist": (1, 64, 64),
+    "kth": (1, 128, 128),
+    "taxibj": (2, 32, 32),
+    "weatherbench": (2, 32, 64),
+    "sevir": (1, 384, 384),
+}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[f"{p.parent.name}/{p.name}" for p in CONFIGS])
@@ -182,6 +188,9 @@ def test_every_config_field_reaches_the_object_that_uses_it(tmp_path, monkeypatc
             "model.sampling.mode=reverse",
             "model.sampling.reverse_steps=[0,100]",
             "model.schedule.name=onecycle",
+            "data.normalize=standardize",
+            "model.evaluation.csi_pool_sizes=[4]",
+            "model.evaluation.fss_sizes=[3]",
         ],
         seen,
     )

@@ -98,7 +98,7 @@ def test_forecaster_shapes_and_gradients(name, channels, height, width, t_in, t_
     )
     inputs = torch.rand(2, t_in, channels, height, width)
     targets = torch.rand(2, t_out, channels, height, width)
-    pred = model.forecast(inputs)
+    pred = model.predict_frames(inputs)
     assert pred.shape == targets.shape and torch.isfinite(pred).all()
     loss = model.training_step(inputs, targets)
     (loss["loss"] if isinstance(loss, dict) else loss).backward()

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from stpdist.models.base import BackboneOutput, FrameSpec, as_output
+from stpdist.models.convlstm import ConvLSTM
 from stpdist.models.e3dlstm import E3DLSTM
 from stpdist.models.mau import MAU
 from stpdist.models.mim import MIM
@@ -117,6 +118,10 @@ def test_phydnet_returns_the_moment_loss_weighted():
         losses[weight] = out.aux_losses["moment"]
     assert torch.isfinite(losses[1.0]) and losses[1.0] > 0
     assert torch.allclose(losses[1.0], 2 * losses[0.5])
+    # the default weighs it as OpenSTL does against a sum of T_in + T_out − 1 = 4 step losses
+    torch.manual_seed(0)
+    default = build("phydnet", 3, 2)(inputs, 2).aux_losses["moment"]
+    assert torch.allclose(default, losses[1.0] / 4)
 
 
 def test_phycell_moment_loss_hand_computed():
@@ -152,6 +157,17 @@ def test_predformer_rejects_other_frame_counts():
         model(torch.rand(1, 3, CHANNELS, HEIGHT, WIDTH), 3)
 
 
+@pytest.mark.parametrize("name", ["swinlstm", "predformer"])
+def test_stochastic_depth_only_in_training(name):
+    torch.manual_seed(0)
+    model = build(name, 3, 3, drop_path_rate=0.5)
+    inputs = torch.rand(4, 3, CHANNELS, HEIGHT, WIDTH)
+    model.eval()
+    assert torch.equal(model(inputs, 3), model(inputs, 3))
+    model.train()
+    assert not torch.equal(model(inputs, 3), model(inputs, 3))
+
+
 def moving_square(t: int) -> torch.Tensor:
     """One fixed 2-channel sequence: a 3×3 square moving one pixel right per frame."""
     frames = torch.zeros(1, t, CHANNELS, HEIGHT, WIDTH)
@@ -161,24 +177,26 @@ def moving_square(t: int) -> torch.Tensor:
     return frames
 
 
-# steps and Adam learning rate; SwinLSTM's attention blocks oscillate around −90 % at 1e-2
+# steps, Adam learning rate and overrides of SMALL. SwinLSTM: one stage (a cell, patch
+# merging, a cell, patch expanding, the head) to halve the time; its attention blocks
+# oscillate around −90 % at lr 1e-2.
 OVERFIT = {
-    "mim": (150, 1e-2),
-    "e3dlstm": (150, 1e-2),
-    "phydnet": (150, 1e-2),
-    "mau": (150, 1e-2),
-    "predformer": (100, 1e-2),
-    "swinlstm": (150, 3e-3),
+    "mim": (150, 1e-2, {}),
+    "e3dlstm": (150, 1e-2, {}),
+    "phydnet": (150, 1e-2, {}),
+    "mau": (150, 1e-2, {}),
+    "predformer": (100, 1e-2, {}),
+    "swinlstm": (100, 5e-3, {"depths_down": [2], "depths_up": [2], "num_heads": [2]}),
 }
 
 
 @pytest.mark.parametrize("name", sorted(OVERFIT))
 def test_overfits_one_tiny_batch(name):
+    steps, lr, overrides = OVERFIT[name]
     torch.manual_seed(0)
-    model = build(name, 3, 3)
+    model = build(name, 3, 3, **overrides)
     frames = moving_square(6)
     inputs, targets = frames[:, :3], frames[:, 3:]
-    steps, lr = OVERFIT[name]
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     for _ in range(steps):
@@ -214,3 +232,85 @@ def test_openstl_reference_counts_are_within_two_percent_where_claimed():
     for name, published in [("mim", 38.0e6), ("phydnet", 3.1e6), ("mau", 4.5e6)]:
         assert math.isclose(MMNIST[name][2], published, rel_tol=0.02), name
     assert MMNIST["e3dlstm"][2] + 4 * 128 * 128 * 2 * 5 * 5 == 51_347_456
+
+
+# ---------------------------------------------------------------- ConvLSTM's three forms
+CONVLSTM_SMALL = {"hidden_channels": [4, 6], "kernel_size": 3}
+
+
+def convlstm(variant: str, t_in: int, t_out: int) -> ConvLSTM:
+    spec = FrameSpec(CHANNELS, HEIGHT, WIDTH, t_in, t_out)
+    return ConvLSTM(spec, ConvLSTM.Args(variant=variant, **CONVLSTM_SMALL))
+
+
+@pytest.mark.parametrize("variant", ["openstl", "shi"])
+@pytest.mark.parametrize("t_in, t_out", [(3, 2), (2, 4)])
+def test_convlstm_variants_shapes_and_gradients(variant, t_in, t_out):
+    torch.manual_seed(0)
+    model = convlstm(variant, t_in, t_out)
+    inputs = torch.rand(2, t_in, CHANNELS, HEIGHT, WIDTH)
+    targets = torch.rand(2, t_out, CHANNELS, HEIGHT, WIDTH)
+    predictions = model(inputs, t_out)
+    assert predictions.shape == targets.shape and torch.isfinite(predictions).all()
+    torch.nn.functional.mse_loss(predictions, targets).backward()
+    for pname, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, pname
+
+
+def test_convlstm_openstl_form_has_no_peepholes_biases_or_forget_bias():
+    model = convlstm("openstl", 3, 3)
+    assert all(p.dim() == 4 for p in model.parameters())  # convolution kernels only
+    assert model.output.in_channels == 6  # the top layer alone is read out
+    with pytest.raises(ValueError, match="no forget bias"):
+        ConvLSTM(FrameSpec(1, 8, 8, 2, 2), ConvLSTM.Args(variant="openstl", forget_bias=1.0))
+
+
+def test_convlstm_shi_forecaster_reads_only_the_encoder_states():
+    torch.manual_seed(0)
+    model = convlstm("shi", 3, 2)
+    assert model.forecaster[0].gates.in_channels == 4  # its hidden state only, no frame
+    assert model.output.in_channels == 4 + 6  # all forecaster layers
+    inputs = torch.rand(1, 3, CHANNELS, HEIGHT, WIDTH)
+    with pytest.raises(ValueError, match="scheduled sampling does not apply"):
+        model(inputs, 2, targets_BTCHW=torch.rand(1, 2, 2, 8, 8), teacher_mask_BT=torch.ones(1, 1))
+    # the forecaster runs on from the encoder's states alone: a longer forecast starts with
+    # the shorter one, and every input frame reaches it
+    assert torch.equal(model(inputs, 4)[:, :2], model(inputs, 2))
+    other = inputs.clone()
+    other[:, 0] = torch.rand_like(other[:, 0])
+    assert not torch.allclose(model(inputs, 2), model(other, 2))
+
+
+@pytest.mark.parametrize("variant", ["stpdist", "openstl", "shi"])
+def test_convlstm_variants_overfit_one_tiny_batch(variant):
+    torch.manual_seed(0)
+    model = convlstm(variant, 3, 3)
+    frames = moving_square(6)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(150):
+        loss = torch.nn.functional.mse_loss(model(frames[:, :3], 3), frames[:, 3:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+
+
+# OpenSTL's Moving MNIST settings: patch 4 → 16×16×16, hidden 128×4, filter 5
+CONVLSTM_COUNTS = {"stpdist": 12_077_072, "openstl": 11_675_648, "shi": 23_941_136}
+
+
+@pytest.mark.parametrize("variant", sorted(CONVLSTM_COUNTS))
+def test_convlstm_parameter_counts_at_openstl_settings(variant):
+    spec = FrameSpec(16, 16, 16, 10, 10)
+    args = ConvLSTM.Args(variant=variant, hidden_channels=[128] * 4, kernel_size=5)
+    assert sum(p.numel() for p in ConvLSTM(spec, args).parameters()) == CONVLSTM_COUNTS[variant]
+
+
+def test_convlstm_openstl_count_matches_its_table_with_its_unused_convolutions():
+    """OpenSTL's cells also build a 5×5 conv_o (2h→h) and a 1×1 conv_last (2h→h), bias-free,
+    that forward never calls; with them the count is its table's 15.0M."""
+    unused = 4 * (2 * 128 * 128 * 5 * 5 + 2 * 128 * 128)
+    assert CONVLSTM_COUNTS["openstl"] + unused == 15_083_520
+    assert math.isclose(15_083_520, 15.0e6, rel_tol=0.02)

@@ -46,6 +46,10 @@ class Source(Protocol):
 
     def args(self) -> dict[str, Any]: ...
 
+    # Optional, read with getattr once `splits()` has run (geoscience sources set them):
+    # variables: list of {"name", "units"} per channel; latitudes / longitudes: degrees per
+    # row / column; climatology: True to store the C×H×W mean of each split (see format.py).
+
 
 class _Empty(Exception):
     """A split that yielded no samples: it is not written."""
@@ -203,6 +207,10 @@ def _write_split(
         samples_per_shard=samples_per_shard,
         source=source.name,
         args=args,
+        variables=getattr(source, "variables", None),
+        latitudes=getattr(source, "latitudes", None),
+        longitudes=getattr(source, "longitudes", None),
+        climatology=bool(getattr(source, "climatology", False)),
     ) as writer:
         for item, samples in zip(
             items,

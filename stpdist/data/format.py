@@ -11,6 +11,13 @@ sample count and bytes, the sample shape and dtype, the value scale (frames / sc
 in [0, 1]: 255 for 8-bit images, 1292 for TaxiBJ flows), per-channel mean and std of the
 scaled values, the source and the converter's arguments. The input/target split is made
 at load time, never here.
+
+Optional (written by newer converters, absent from older indexes, which stay readable):
+per-channel `min`/`max` of the scaled values (for `data.normalize: minmax` and clamping),
+`variables` (one `{"name", "units"}` per channel: names per-variable metrics),
+`latitudes`/`longitudes` (grid coordinates in degrees, one per row/column: latitude
+weights) and `climatology` (a file beside index.json, `climatology.npy`, C×H×W mean of the
+scaled values over the split: anomaly correlation).
 """
 
 from __future__ import annotations
@@ -64,6 +71,18 @@ class SplitIndex:
     source: str = ""
     args: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    min: list[float] = field(default_factory=list)
+    """Per-channel minimum of frames / value_scale (absent from older indexes)."""
+    max: list[float] = field(default_factory=list)
+    """Per-channel maximum of frames / value_scale (absent from older indexes)."""
+    variables: list[dict[str, str]] = field(default_factory=list)
+    """One `{"name": …, "units": …}` per channel, when the source knows them."""
+    latitudes: list[float] = field(default_factory=list)
+    """Latitude (degrees) of each row, for gridded geoscience data."""
+    longitudes: list[float] = field(default_factory=list)
+    """Longitude (degrees) of each column."""
+    climatology: str = ""
+    """File name (beside index.json) of the C×H×W float32 mean of the scaled frames."""
 
     @property
     def num_samples(self) -> int:
@@ -172,13 +191,44 @@ def read_index(folder: str | Path) -> SplitIndex:
     return index
 
 
-class StatsAccumulator:
-    """Per-channel mean/std of scaled frames, accumulated in float64."""
+CLIMATOLOGY_FILE = "climatology.npy"
 
-    def __init__(self) -> None:
+
+def variable_names(index: SplitIndex) -> list[str]:
+    """A name per channel: the index's variable names, else `c0`, `c1`, …"""
+    channels = index.shape[1]
+    if len(index.variables) == channels:
+        return [str(v.get("name") or f"c{i}") for i, v in enumerate(index.variables)]
+    return [f"c{i}" for i in range(channels)]
+
+
+def read_climatology(folder: str | Path, index: SplitIndex) -> np.ndarray | None:
+    """The split's stored climatology (C×H×W, scaled units), or None when it has none."""
+    if not index.climatology:
+        return None
+    path = Path(folder) / index.climatology
+    try:
+        clim = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ShardFormatError(f"{path}: unreadable climatology ({exc})") from exc
+    if list(clim.shape) != index.shape[1:]:
+        raise ShardFormatError(f"{path}: shape {list(clim.shape)}, expected {index.shape[1:]}")
+    return clim
+
+
+class StatsAccumulator:
+    """Per-channel mean/std/min/max of scaled frames, accumulated in float64; with
+    `per_pixel`, also the C×H×W mean over all frames (the climatology)."""
+
+    def __init__(self, per_pixel: bool = False) -> None:
         self.count = 0
         self.total: np.ndarray | None = None
         self.total_sq: np.ndarray | None = None
+        self.low: np.ndarray | None = None
+        self.high: np.ndarray | None = None
+        self.per_pixel = per_pixel
+        self.pixel_total: np.ndarray | None = None
+        self.frames = 0
 
     def add(self, frames_TCHW: np.ndarray, scale: float) -> None:
         values = frames_TCHW.astype(np.float64) / scale
@@ -186,9 +236,17 @@ class StatsAccumulator:
         if self.total is None:
             self.total = np.zeros(per_channel.shape[0])
             self.total_sq = np.zeros(per_channel.shape[0])
+            self.low = np.full(per_channel.shape[0], np.inf)
+            self.high = np.full(per_channel.shape[0], -np.inf)
         self.total += per_channel.sum(axis=1)
         self.total_sq += (per_channel**2).sum(axis=1)
         self.count += per_channel.shape[1]
+        self.low = np.minimum(self.low, per_channel.min(axis=1))
+        self.high = np.maximum(self.high, per_channel.max(axis=1))
+        if self.per_pixel:
+            summed = values.sum(axis=0)
+            self.pixel_total = summed if self.pixel_total is None else self.pixel_total + summed
+            self.frames += values.shape[0]
 
     def result(self) -> tuple[list[float], list[float]]:
         if self.total is None:
@@ -196,6 +254,18 @@ class StatsAccumulator:
         mean = self.total / self.count
         std = np.sqrt(np.maximum(self.total_sq / self.count - mean**2, 0.0))
         return mean.tolist(), std.tolist()
+
+    def range(self) -> tuple[list[float], list[float]]:
+        """Per-channel (min, max)."""
+        if self.low is None:
+            return [], []
+        return self.low.tolist(), self.high.tolist()
+
+    def climatology(self) -> np.ndarray | None:
+        """C×H×W mean over every frame added (with `per_pixel`), float32."""
+        if self.pixel_total is None:
+            return None
+        return (self.pixel_total / self.frames).astype(np.float32)
 
 
 class SplitWriter:
@@ -214,6 +284,10 @@ class SplitWriter:
         samples_per_shard: int = 1000,
         source: str = "",
         args: dict[str, Any] | None = None,
+        variables: list[dict[str, str]] | None = None,
+        latitudes: list[float] | None = None,
+        longitudes: list[float] | None = None,
+        climatology: bool = False,
     ) -> None:
         self.split = check_split(split)
         self.value_scale = check_value_scale(value_scale, f"split '{split}'")
@@ -226,7 +300,10 @@ class SplitWriter:
         self.dtype: str | None = None
         self.counts: list[int] = []
         self.keys: set[str] = set()
-        self.stats = StatsAccumulator()
+        self.stats = StatsAccumulator(per_pixel=climatology)
+        self.variables = [dict(v) for v in variables or []]
+        self.latitudes = [float(x) for x in latitudes] if latitudes is not None else []
+        self.longitudes = [float(x) for x in longitudes] if longitudes is not None else []
         self._writer: wds.TarWriter | None = None
 
     def _pattern(self) -> str:
@@ -282,6 +359,23 @@ class SplitWriter:
             name = self._pattern() % number
             shards.append(ShardInfo(name, count, (self.folder / name).stat().st_size))
         mean, std = self.stats.result()
+        low, high = self.stats.range()
+        channels, height, width = self.shape[1:]
+        for what, values, size in (
+            ("variables", self.variables, channels),
+            ("latitudes", self.latitudes, height),
+            ("longitudes", self.longitudes, width),
+        ):
+            if values and len(values) != size:
+                raise ShardFormatError(
+                    f"split '{self.split}': {len(values)} {what} for frames C×H×W "
+                    f"{channels}×{height}×{width}"
+                )
+        clim_name = ""
+        clim = self.stats.climatology()
+        if clim is not None:
+            np.save(self.folder / CLIMATOLOGY_FILE, clim, allow_pickle=False)
+            clim_name = CLIMATOLOGY_FILE
         index = SplitIndex(
             split=self.split,
             shape=self.shape,
@@ -292,6 +386,12 @@ class SplitWriter:
             std=std,
             source=self.source,
             args=self.args,
+            min=low,
+            max=high,
+            variables=self.variables,
+            latitudes=self.latitudes,
+            longitudes=self.longitudes,
+            climatology=clim_name,
         )
         verify_counts(self.folder, index)
         write_index(self.folder, index)

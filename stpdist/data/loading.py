@@ -131,7 +131,8 @@ class _Keyed(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[Any, str]:
-        return self.dataset[index], f"{index:08d}"
+        key = getattr(self.dataset, "key", None)  # a dataset may name its samples
+        return self.dataset[index], key(index) if key is not None else f"{index:08d}"
 
 
 class MapEvalLoader:

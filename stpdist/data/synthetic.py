@@ -70,9 +70,31 @@ def moving_digits_sample(
 ) -> np.ndarray:
     """Sequence `index` of `split`: T×1×H×W uint8, a function of its arguments alone.
     `digit_size` below 28 shrinks the glyphs (so they have room to move on a small canvas)."""
+    rng = np.random.default_rng([seed, SPLIT_IDS.get(split, 3), index])
+    return draw_moving_digits(
+        rng,
+        num_frames=num_frames,
+        image_size=image_size,
+        num_digits=num_digits,
+        digit_size=digit_size,
+        digits=digits,
+    )
+
+
+def draw_moving_digits(
+    rng: np.random.Generator,
+    *,
+    num_frames: int = 20,
+    image_size: int = 64,
+    num_digits: int = 2,
+    digit_size: int = DIGIT,
+    digits: np.ndarray | None = None,
+) -> np.ndarray:
+    """The generator shared by the shard writer and the on-the-fly train source
+    (`data/onthefly.py`): one T×1×H×W uint8 sequence drawn from `rng` (digit choice, start,
+    direction; step 0.1 of the free range per frame, bounce, max-combine)."""
     if not 0 < digit_size <= image_size:
         raise ValueError(f"digit_size {digit_size} does not fit a {image_size}-pixel canvas")
-    rng = np.random.default_rng([seed, SPLIT_IDS.get(split, 3), index])
     free = image_size - digit_size
     step = 0.1 * free
     frames = np.zeros((num_frames, 1, image_size, image_size), dtype=np.uint8)

@@ -22,9 +22,9 @@ measured with `torch.utils.flop_counter.FlopCounterMode` (MACs = flops/2, batch 
 
 | variant | parameters | GMACs | OpenSTL (ConvLSTM) |
 |---------|-----------:|------:|--------------------|
-| stpdist | 12,077,072 | 56.81 |                    |
+| stpdist | 12,077,072 | 56.82 |                    |
 | openstl | 11,675,648 | 56.79 | 15.0M, 56.8G       |
-| shi     | 23,941,136 | 59.74 |                    |
+| shi     | 23,941,136 | 59.27 |                    |
 
 `openstl` computes exactly what OpenSTL's forward computes (56.8G agrees). Its 15.0M
 counts 3,407,872 parameters that forward never uses: each OpenSTL cell also builds a 5×5
@@ -39,7 +39,7 @@ runs T_in + T_out = 20 steps instead of 19.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional  # noqa: UP035 - OmegaConf reads these
+from typing import Literal  # noqa: UP035 - OmegaConf reads these
 
 import torch
 from torch import nn
@@ -121,7 +121,7 @@ class ConvLSTMArgs:
     """Hidden channels of each stacked layer (of each stack, for `shi`)."""
     kernel_size: int = 5
     """Convolution kernel of the gates."""
-    forget_bias: Optional[float] = None
+    forget_bias: float | None = None
     """Added to the forget gate's pre-activation (None: 1.0 for `stpdist` and `shi`; the
     `openstl` cell has none, and a value there is an error)."""
 
@@ -155,7 +155,9 @@ class ConvLSTM(FrameRecurrent):
         def stack(first_input: int) -> nn.ModuleList:
             cells, previous = nn.ModuleList(), first_input
             for hidden in hidden_channels:
-                cells.append(ConvLSTMCell(previous, hidden, kernel_size, height, width, forget_bias))
+                cells.append(
+                    ConvLSTMCell(previous, hidden, kernel_size, height, width, forget_bias)
+                )
                 previous = hidden
             return cells
 
@@ -181,6 +183,7 @@ class ConvLSTM(FrameRecurrent):
         *,
         targets_BTCHW: torch.Tensor | None = None,
         teacher_mask_BT: torch.Tensor | None = None,
+        all_frames: bool = False,
     ) -> torch.Tensor:
         if self.variant != "shi":
             return super().forward(
@@ -188,6 +191,12 @@ class ConvLSTM(FrameRecurrent):
                 num_output_frames,
                 targets_BTCHW=targets_BTCHW,
                 teacher_mask_BT=teacher_mask_BT,
+                all_frames=all_frames,
+            )
+        if all_frames:
+            raise ValueError(
+                "the shi ConvLSTM (encoder–forecaster) predicts no frame from the inputs: "
+                "model.loss_frames: all does not apply (use outputs)"
             )
         if teacher_mask_BT is not None:
             raise ValueError(

@@ -16,8 +16,9 @@ Moment loss (returned as aux loss `moment`): for each of the E input channels c,
 k×k moment matrix of Φ's first-conv kernels [:, c] (kernel j: M_x · w_j · M_yᵀ with
 M[i, x] = (x − k//2)^i / i!) is compared (MSE) with the one-hot matrix of the derivative
 kernel j is assigned to; summed over c and multiplied by `moment_weight`. OpenSTL (and
-the paper's code) add it with weight 1 to a SUM of per-step MSEs over the 19 steps; our
-task loss is a mean over frames, so weight 1/19 ≈ 0.05 reproduces their balance.
+the paper's code) add it with weight 1 to a SUM of per-step MSEs over the T_in + T_out − 1
+next-frame steps (19 on Moving MNIST); our task loss is a mean over frames, so the default
+weight 1/(T_in + T_out − 1) (1/19 ≈ 0.053 there) reproduces their balance under Adam.
 
 At OpenSTL's Moving MNIST settings PhyDNet runs on unpatched frames (patch 1: spec
 1×64×64; its own encoder strides by 4; PhyCell 49 hidden, 7×7; ConvLSTM 128, 128, 64 at
@@ -132,8 +133,9 @@ class PhyDNetArgs:
     """Hidden channels of the ConvLSTM branch's layers; the last must equal 2×encoder."""
     convlstm_kernel_size: int = 3
     """Kernel of the ConvLSTM branch."""
-    moment_weight: float = 1.0
-    """Weight of the moment loss `moment` (see the module docstring on its scale)."""
+    moment_weight: float | None = None
+    """Weight of the moment loss `moment`. None: 1/(T_in + T_out − 1), because OpenSTL and
+    the paper add it at weight 1 to a sum of that many per-step MSEs, where ours is a mean."""
 
 
 class PhyDNet(FrameRecurrent):
@@ -198,7 +200,10 @@ class PhyDNet(FrameRecurrent):
         for hidden in hidden_channels:
             self.convlstm.append(PhyDConvLSTMCell(previous, hidden, args.convlstm_kernel_size))
             previous = hidden
-        self.moment_weight = args.moment_weight
+        if args.moment_weight is not None and args.moment_weight < 0:
+            raise ValueError(f"moment_weight must be ≥ 0, got {args.moment_weight}")
+        steps = spec.num_input_frames + spec.num_output_frames - 1
+        self.moment_weight = 1 / steps if args.moment_weight is None else args.moment_weight
 
     def init_state(self, frames_BTCHW: torch.Tensor) -> tuple:
         b = frames_BTCHW.shape[0]

@@ -180,6 +180,8 @@ class GradientHighwayUnit(nn.Module):
         super().__init__()
         self.conv_x = _conv(hidden, 2 * hidden, kernel_size)
         self.conv_z = _conv(hidden, 2 * hidden, kernel_size)
+        for conv in (self.conv_x, self.conv_z):  # as PredRNN++ / OpenSTL: U(±0.001)
+            nn.init.uniform_(conv.weight, -0.001, 0.001)
 
     def forward(self, x, z):
         p_x, u_x = self.conv_x(x).chunk(2, dim=1)

@@ -10,6 +10,10 @@ model's own previous prediction, chosen per sample by a teacher mask:
 * `teacher_mask_BT` of B×(T_in+T_out−2): over every step after the first (PredRNN.V2's
   reverse scheduled sampling);
 * no mask: true inputs, then the model's own predictions (inference).
+
+With `all_frames=True` the forward returns every next-frame prediction, frames 1..T_in+T_out−1
+predicted from frames 0..T_in+T_out−2 (B×(T_in+T_out−1)×C×H×W): OpenSTL's training
+objective supervises all of them (`model.loss_frames: all`); the last T_out are the outputs.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class FrameRecurrent(nn.Module):
         *,
         targets_BTCHW: torch.Tensor | None = None,
         teacher_mask_BT: torch.Tensor | None = None,
+        all_frames: bool = False,
     ) -> torch.Tensor | BackboneOutput:
         b, t_in = frames_BTCHW.shape[:2]
         steps = t_in + num_output_frames - 1
@@ -78,6 +83,6 @@ class FrameRecurrent(nn.Module):
                 frame = predictions[-1]
             prediction, state = self.step(frame, state)
             predictions.append(prediction)
-        outputs = torch.stack(predictions[t_in - 1 :], dim=1)
+        outputs = torch.stack(predictions[0 if all_frames else t_in - 1 :], dim=1)
         aux = self.aux_losses(state)
         return BackboneOutput(outputs, aux) if aux else outputs

@@ -265,6 +265,8 @@ class SwinLSTM(FrameRecurrent):
                 f"depths_down {down}, depths_up {up} and num_heads {heads} need the same, "
                 "non-zero length"
             )
+        if not 0 <= args.drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {args.drop_path_rate}")
         scale = p * 2**stages
         if spec.height % scale or spec.width % scale:
             raise ValueError(
@@ -276,8 +278,6 @@ class SwinLSTM(FrameRecurrent):
         dims = [args.embed_dim * 2**i for i in range(stages + 1)]
         window = args.window_size
         self.embed = nn.Sequential(nn.Linear(p * p * spec.channels, dims[0]), nn.LayerNorm(dims[0]))
-        if not 0 <= args.drop_path_rate < 1:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {args.drop_path_rate}")
         rates_down, rates_up = (
             torch.linspace(0, args.drop_path_rate, sum(depths)).tolist() for depths in (down, up)
         )

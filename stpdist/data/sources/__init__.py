@@ -36,6 +36,35 @@ def _split_sizes(text: str, kind: type = int) -> dict[str, Any]:
     return sizes
 
 
+class FirstFrames:
+    """Any source, keeping only the first `count` frames of each sequence: input-only data
+    for `stpdist forecast` (`stpdist shard … --inputs-only T_IN`)."""
+
+    def __init__(self, source: Any, count: int) -> None:
+        if count < 1:
+            raise ValueError(f"--inputs-only {count}: expected at least 1 frame")
+        self.source, self.count = source, count
+
+    def __getattr__(self, name: str) -> Any:  # name, grid, value_scale, root, … of the source
+        if name.startswith("__") or name == "source":  # pickling (worker processes)
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    def splits(self) -> dict[str, list[Any]]:
+        return self.source.splits()
+
+    def load(self, item: Any) -> list[tuple[str, Any, dict]]:
+        samples = []
+        for key, frames, meta in self.source.load(item):
+            if frames.shape[0] < self.count:
+                raise ValueError(f"sample {key}: {frames.shape[0]} frames, fewer than {self.count}")
+            samples.append((key, frames[: self.count], meta))
+        return samples
+
+    def args(self) -> dict[str, Any]:
+        return {**self.source.args(), "inputs_only": self.count}
+
+
 @dataclass(frozen=True)
 class SourceFormat:
     help: str
@@ -97,6 +126,29 @@ def _arrays(paths: list[str], a: Any) -> Any:
         split=a.split,
         split_sizes=sizes,
         seed=a.seed,
+        num_frames=a.frames,
+        stride=a.stride,
+        time_key=a.time_key,
+        step=a.step,
+        val_from=a.val_from,
+        test_from=a.test_from,
+    )
+
+
+def _xarray(paths: list[str], a: Any) -> Any:
+    from .netcdf import XarraySource
+
+    return XarraySource(
+        paths,
+        var_specs=a.vars,
+        levels=[float(v) for v in a.levels.split(",")] if a.levels else None,
+        num_frames=a.frames,
+        stride=a.stride,
+        step=a.step,
+        val_from=a.val_from,
+        test_from=a.test_from,
+        block_frames=a.block_frames,
+        every=a.every,
     )
 
 
@@ -104,6 +156,23 @@ def _window(frames: int, stride: int) -> dict[str, dict[str, Any]]:
     return {
         "--frames": {"type": int, "default": frames, "help": f"window length (default {frames})"},
         "--stride": {"type": int, "default": stride, "help": f"window stride (default {stride})"},
+    }
+
+
+def _series_flags(frames: int | None) -> dict[str, dict[str, Any]]:
+    """Flags of converters that cut one long series into windows (see `series.py`)."""
+    return {
+        "--frames": {
+            "type": int,
+            "default": frames,
+            "help": "cut one long series (a file or a folder of consecutive chunks) into "
+            "windows of this many frames",
+        },
+        "--stride": {"type": int, "default": 1, "help": "frames between window starts"},
+        "--time-key": {"default": None, "help": "npz member with each frame's timestamp"},
+        "--step": {"default": None, "help": "time step, e.g. 6h (default: the smallest)"},
+        "--val-from": {"default": None, "help": "first date (or frame index) of val"},
+        "--test-from": {"default": None, "help": "first date (or frame index) of test"},
     }
 
 
@@ -149,6 +218,54 @@ FORMATS: dict[str, SourceFormat] = {
                 "help": "cut a flat folder: train=0.8,val=0.1,test=0.1 (fractions or counts)",
             },
             "--seed": {"type": int, "default": 0, "help": "seed of the --splits file order"},
+            **_series_flags(None),
         },
     ),
 }
+
+_XARRAY = SourceFormat(
+    "netCDF files / folders (WeatherBench: one folder per variable) or a Zarr store "
+    "(WeatherBench 2, ERA5) via xarray: variables, levels, gap-free windows, split by date",
+    _xarray,
+    {
+        "--vars": {"required": True, "help": "channels, e.g. z500,t850,t2m (name<level>)"},
+        "--levels": {"default": None, "help": "levels of every variable that has them"},
+        **{k: v for k, v in _series_flags(8).items() if k != "--time-key"},
+        "--every": {"type": int, "default": 1, "help": "keep every k-th time step"},
+        "--block-frames": {
+            "type": int,
+            "default": 256,
+            "help": "most frames read at once per worker (memory)",
+        },
+    },
+    many_paths=True,
+)
+FORMATS.update({"xarray": _XARRAY, "netcdf": _XARRAY, "zarr": _XARRAY})
+
+
+def _sevir(paths: list[str], a: Any) -> Any:
+    from .sevir import Sevir
+
+    return Sevir(
+        paths[0],
+        data_root=a.data_root,
+        img_type=a.img_type,
+        num_frames=a.frames,
+        stride=a.stride,
+        val_from=a.val_from or None,
+        test_from=a.test_from or None,
+    )
+
+
+FORMATS["sevir"] = SourceFormat(
+    "SEVIR CATALOG.csv + HDF5 files (VIL): 49-frame events cut into windows (13→12: "
+    "--frames 25 --stride 12), split by event time",
+    _sevir,
+    {
+        **_window(25, 12),
+        "--data-root": {"default": None, "help": "folder of the HDF5 files (default: ./data)"},
+        "--img-type": {"default": "vil", "help": "image type (catalog img_type)"},
+        "--val-from": {"default": "2019-01-01", "help": "first event date of val"},
+        "--test-from": {"default": "2019-06-01", "help": "first event date of test"},
+    },
+)

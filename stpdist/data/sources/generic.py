@@ -5,6 +5,12 @@ them becomes the single split `split`, or, with `split_sizes` (`--splits
 train=0.8,val=0.1,test=0.1`, fractions or counts), is cut into several: whole files
 (sequences) per split, in an order shuffled by `seed`, so the same seed gives the same
 splits and no file lands in two.
+
+With `num_frames` (`--frames N --stride S`) the input is instead one long series, a file or
+a folder of consecutive chunks (T×C×H×W or T×H×W each, in name order), cut into windows
+(see `series.py`): never across a gap in the timestamps (`.npz` member `time_key`, as
+datetime64 or ISO strings; without it the chunks are one gap-free series), split by time
+(`val_from`, `test_from`: dates, or frame indexes without timestamps).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .common import SEED_SPLITS, as_TCHW, key_of, load_array
+from .series import as_times, parse_bound, parse_step, plan_windows, stamp
 
 
 @dataclass
@@ -30,13 +37,31 @@ class GenericArrays:
     """Cut a flat folder into these splits: fractions (summing to at most 1) or counts."""
     seed: int = 0
     """Seeds the file order that `split_sizes` cuts."""
+    num_frames: int | None = None
+    """Cut one long series into windows of this many frames (None: a file is a sequence)."""
+    stride: int = 1
+    """Frames between window starts."""
+    time_key: str | None = None
+    """`.npz` member holding each frame's timestamp (series mode)."""
+    step: str | None = None
+    """Expected time step (e.g. `6h`; default: the smallest step in the record)."""
+    val_from: str | None = None
+    """First date (or frame index) of the validation split (series mode)."""
+    test_from: str | None = None
+    """First date (or frame index) of the test split (series mode)."""
     name: str = "arrays"
     grid: float | None = None
+    chunks: list[tuple[str, int, int]] | None = None
+    """Series mode, set by `splits`: (file, first frame, frame count) per chunk."""
+    times: Any = None
+    """Series mode, set by `splits`: the time of every frame."""
 
     def _files(self, folder: Path) -> list[str]:
         return [str(p) for p in sorted(folder.iterdir()) if p.suffix in (".npy", ".npz")]
 
     def splits(self) -> dict[str, list[Any]]:
+        if self.num_frames is not None:
+            return self._series_splits()
         root = Path(self.root)
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: no such folder")
@@ -72,7 +97,100 @@ class GenericArrays:
             start += count
         return out
 
-    def load(self, item: str) -> list[tuple[str, np.ndarray, dict]]:
+    # ------------------------------------------------------------------ one long series
+    def _series_splits(self) -> dict[str, list[Any]]:
+        root = Path(self.root)
+        if root.is_dir():
+            files = self._files(root)
+        elif root.is_file():
+            files = [str(root)]
+        else:
+            raise FileNotFoundError(f"{root}: no such file or folder")
+        if not files:
+            raise FileNotFoundError(f"{root}: no .npy/.npz files")
+        if self.split_sizes:
+            raise ValueError(
+                "--splits cuts whole files; a series is split by --val-from/--test-from"
+            )
+        if self.key is None and self.time_key is not None and files[0].endswith(".npz"):
+            with np.load(files[0], allow_pickle=False) as data:
+                others = [n for n in data.keys() if n != self.time_key]
+            if len(others) == 1:  # the frames: the one member besides the timestamps
+                self.key = others[0]
+        chunks, times, frame, dtype = [], [], 0, None
+        for file in files:
+            shape, chunk_dtype = _shape(Path(file), self.key)
+            if len(shape) not in (3, 4):
+                raise ValueError(f"{file}: expected T×C×H×W or T×H×W, got shape {shape}")
+            if dtype is not None and chunk_dtype != dtype:
+                raise ValueError(
+                    f"{file}: dtype {chunk_dtype} differs from the first chunk's {dtype}"
+                )
+            dtype = chunk_dtype
+            if self.time_key is not None:
+                stamps = as_times(load_array(Path(file), self.time_key), file)
+                if len(stamps) != shape[0]:
+                    raise ValueError(
+                        f"{file}: {len(stamps)} timestamps in '{self.time_key}' for {shape[0]} frames"
+                    )
+                times.append(stamps)
+            chunks.append((file, frame, shape[0]))
+            frame += shape[0]
+        self.chunks = chunks
+        timestamps = self.time_key is not None
+        self.times = np.concatenate(times) if timestamps else np.arange(frame)
+        if self.value_scale is None:
+            self.value_scale = 255.0 if dtype == np.uint8 else 1.0
+        windows = plan_windows(
+            self.times,
+            self.num_frames,
+            self.stride,
+            step=parse_step(self.step) if timestamps else None,
+            val_from=parse_bound(self.val_from, timestamps),
+            test_from=parse_bound(self.test_from, timestamps),
+            where=str(root),
+        )
+        firsts = [first for _, first, _ in chunks]
+        grouped: dict[str, dict[int, list[int]]] = {}
+        for window in windows:
+            chunk = int(np.searchsorted(firsts, window.start, side="right")) - 1
+            grouped.setdefault(window.split, {}).setdefault(chunk, []).append(window.start)
+        order = ("train", "val", "test")
+        return {
+            split: [(chunk, starts) for chunk, starts in grouped[split].items()]
+            for split in order
+            if split in grouped
+        }
+
+    def _frames(self, first: int, stop: int) -> np.ndarray:
+        """Frames [first, stop) of the series, read from the chunks that hold them."""
+        parts = []
+        for file, offset, count in self.chunks:
+            if offset + count <= first or offset >= stop:
+                continue
+            path = Path(file)
+            data = (
+                np.load(path, mmap_mode="r", allow_pickle=False)
+                if path.suffix == ".npy"
+                else load_array(path, self.key)
+            )
+            parts.append(as_TCHW(data, path)[max(first - offset, 0) : stop - offset])
+        return np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
+
+    def _load_windows(self, item: tuple[int, list[int]]) -> list[tuple[str, np.ndarray, dict]]:
+        chunk, starts = item
+        span = self._frames(starts[0], starts[-1] + self.num_frames)
+        file = Path(self.chunks[chunk][0])
+        out = []
+        for start in starts:
+            frames = np.array(span[start - starts[0] : start - starts[0] + self.num_frames])
+            meta = {"source": file.name, "start": str(self.times[start])}
+            out.append((f"{key_of(file)}_{stamp(self.times[start])}", frames, meta))
+        return out
+
+    def load(self, item: Any) -> list[tuple[str, np.ndarray, dict]]:
+        if self.num_frames is not None:
+            return self._load_windows(item)
         path = Path(item)
         return [(key_of(path), as_TCHW(load_array(path, self.key), path), {"source": path.name})]
 
@@ -83,4 +201,47 @@ class GenericArrays:
             "value_scale": self.value_scale,
             "split_sizes": self.split_sizes,
             "seed": self.seed,
+            **(
+                {
+                    "num_frames": self.num_frames,
+                    "stride": self.stride,
+                    "time_key": self.time_key,
+                    "step": self.step,
+                    "val_from": self.val_from,
+                    "test_from": self.test_from,
+                }
+                if self.num_frames is not None
+                else {}
+            ),
         }
+
+
+def _shape(path: Path, key: str | None) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a .npy file or an .npz member, from its header alone."""
+    import zipfile
+
+    try:
+        if path.suffix == ".npy":
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            return tuple(array.shape), array.dtype
+        with zipfile.ZipFile(path) as archive:
+            names = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
+            if key is None:
+                if len(names) != 1:
+                    raise ValueError(f"holds arrays {names}; choose one with --key")
+                key = names[0]
+            if key not in names:
+                raise ValueError(f"missing key '{key}' (has {names})")
+            with archive.open(key + ".npy") as member:
+                version = np.lib.format.read_magic(member)
+                header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, _, dtype = header(member)
+                return tuple(shape), dtype
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    except Exception as exc:
+        raise ValueError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc

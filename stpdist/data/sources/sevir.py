@@ -1,0 +1,127 @@
+"""SEVIR (Storm EVent ImagRy, the radar-nowcasting benchmark): `CATALOG.csv` and the HDF5
+files under `data/<img_type>/<year>/*.h5`.
+
+Each catalog row names an event (`id`), its image type (`img_type`: `vil` first), the file
+holding it (`file_name`, relative to the data folder) and its row there (`file_index`),
+and the event time (`time_utc`). A VIL file holds `id` (N event ids) and `vil`, N×H×W×49
+uint8 (384×384 frames, 5 minutes apart). Each event is cut into windows of `num_frames`
+frames every `stride` frames (25 = 13 inputs + 12 targets, stride 12: starts 0, 12, 24),
+stored T×1×H×W uint8, value scale 255. Split by event time: events from `val_from` on are
+validation, from `test_from` on test (Earthformer: 2019-01-01 and 2019-06-01). The usual
+VIL thresholds in stored units: 16, 74, 133, 160, 181, 219.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+VIL_THRESHOLDS = [16, 74, 133, 160, 181, 219]
+COLUMNS = ("id", "file_name", "file_index", "img_type", "time_utc")
+
+
+@dataclass
+class Sevir:
+    catalog: str
+    """`CATALOG.csv`."""
+    data_root: str | None = None
+    """Folder that the catalog's `file_name`s are relative to (default: `<catalog dir>/data`)."""
+    img_type: str = "vil"
+    num_frames: int = 25
+    stride: int = 12
+    val_from: str | None = "2019-01-01"
+    test_from: str | None = "2019-06-01"
+    name: str = "sevir"
+    value_scale: float = 255.0
+    grid: float | None = None
+
+    @property
+    def paths(self) -> list[str]:  # what `convert` must never overwrite
+        return [self.catalog, self._root()]
+
+    def _root(self) -> str:
+        return self.data_root or str(Path(self.catalog).parent / "data")
+
+    def splits(self) -> dict[str, list[Any]]:
+        path = Path(self.catalog)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file")
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{path}: missing columns {missing} (has {reader.fieldnames})")
+            rows = [r for r in reader if r["img_type"] == self.img_type]
+        if not rows:
+            raise ValueError(f"{path}: no events of image type '{self.img_type}'")
+        val_from = np.datetime64(self.val_from) if self.val_from else None
+        test_from = np.datetime64(self.test_from) if self.test_from else None
+        by_split: dict[str, dict[str, list[tuple[str, int]]]] = {}
+        for line, row in enumerate(rows, start=2):
+            try:
+                time = np.datetime64(row["time_utc"].strip().replace(" ", "T"))
+                index = int(row["file_index"])
+            except ValueError as exc:
+                raise ValueError(f"{path}: row {line} ({row['id']}): {exc}") from None
+            split = (
+                "test"
+                if test_from is not None and time >= test_from
+                else "val"
+                if val_from is not None and time >= val_from
+                else "train"
+            )
+            by_split.setdefault(split, {}).setdefault(row["file_name"], []).append(
+                (row["id"], index)
+            )
+        # one work item per (split, file): events read from one HDF5 file at a time
+        return {
+            split: [(file, events) for file, events in sorted(by_split[split].items())]
+            for split in ("train", "val", "test")
+            if split in by_split
+        }
+
+    def load(self, item: tuple[str, list[tuple[str, int]]]) -> list[tuple[str, np.ndarray, dict]]:
+        import h5py
+
+        file, events = item
+        path = Path(self._root()) / file
+        out = []
+        try:
+            with h5py.File(path, "r") as f:
+                if self.img_type not in f or "id" not in f:
+                    raise ValueError(f"missing dataset '{self.img_type}' or 'id' (has {list(f)})")
+                data = f[self.img_type]
+                if data.ndim != 4:
+                    raise ValueError(f"'{self.img_type}' has shape {data.shape}, expected N×H×W×T")
+                ids = [i.decode() if isinstance(i, bytes) else str(i) for i in f["id"][()]]
+                for event, index in events:
+                    if not 0 <= index < data.shape[0]:
+                        raise ValueError(
+                            f"event {event}: file_index {index} outside 0..{data.shape[0] - 1}"
+                        )
+                    if ids[index] != event:
+                        raise ValueError(f"event {event}: row {index} holds '{ids[index]}'")
+                    frames_HWT = data[index]
+                    frames = np.ascontiguousarray(np.moveaxis(frames_HWT, -1, 0)[:, None])
+                    for start in range(0, frames.shape[0] - self.num_frames + 1, self.stride):
+                        key = f"{event}_{start:02d}".replace(".", "_").replace("/", "_")
+                        window = frames[start : start + self.num_frames]
+                        out.append((key, window, {"event": event, "start": start, "file": file}))
+        except (OSError, KeyError, ValueError) as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+        return out
+
+    def args(self) -> dict[str, Any]:
+        return {
+            "catalog": self.catalog,
+            "data_root": self._root(),
+            "img_type": self.img_type,
+            "num_frames": self.num_frames,
+            "stride": self.stride,
+            "val_from": self.val_from,
+            "test_from": self.test_from,
+        }

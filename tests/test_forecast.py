@@ -1,0 +1,153 @@
+"""Forecasting for real use: input-only data → `stpdist forecast` on 1 and 2 processes,
+`stpdist.load(...).forecast` in physical units for every backbone family, and export
+(torchscript, exported program, ONNX) equal to the eager model."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_ranks
+from safetensors.torch import save_file
+
+import stpdist
+from stpdist.build import build_module
+from stpdist.config import load_config, to_yaml
+from stpdist.data.format import read_index
+from stpdist.data.synthetic import moving_digits_sample
+from stpdist.trainer import load_predictions
+
+DEBUG = Path(__file__).parent.parent / "configs" / "debug.yaml"
+
+
+def stpdist_cli(*args: str, cwd: Path, nproc: int = 1):
+    import sys
+
+    prefix = ["-m", "stpdist"] if nproc == 1 else ["--no-python", sys.executable, "-m", "stpdist"]
+    return run_ranks([*prefix, *args], nproc, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The debug config trained for one epoch, and 5 input-only sequences (8 frames each
+    as arrays; the first 4 of each as shards)."""
+    root = tmp_path_factory.mktemp("forecast")
+    stpdist_cli("train", str(DEBUG), "trainer.max_epochs=1", cwd=root)
+    arrays = root / "arrays"
+    arrays.mkdir()
+    for i in range(5):
+        frames = moving_digits_sample(7, "test", i, num_frames=8, image_size=32)
+        np.save(arrays / f"seq{i}.npy", frames)
+    stpdist_cli("shard", "arrays", "arrays", "--out", "inputs", "--inputs-only", "4", cwd=root)
+    return root
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_forecast_from_input_only_shards_every_key_once_in_physical_units(trained, nproc):
+    out = trained / f"forecast-{nproc}"
+    stpdist_cli(
+        "forecast", "runs/debug", "inputs/train", "--out", str(out), cwd=trained, nproc=nproc
+    )
+    got = load_predictions(out)
+    assert sorted(got) == [f"seq{i}" for i in range(5)]  # every key once, across ranks
+    module = stpdist.load(trained / "runs" / "debug")
+    for key, prediction in got.items():
+        frames = np.load(trained / "arrays" / f"{key}.npy")[:4].astype(np.float32)
+        expected = module.forecast(frames)  # physical units in, physical units out
+        assert prediction.shape == (4, 1, 32, 32)
+        np.testing.assert_allclose(prediction, expected, rtol=1e-6, atol=1e-4)
+    assert max(p.max() for p in got.values()) > 1.0  # stored units (0–255), not [0, 1]
+    # pictures of the main process' first samples (its share: 3 of 5 on 2 ranks)
+    assert len(list((out / "samples").glob("*.png"))) == (4 if nproc == 1 else 3)
+
+
+def test_forecast_from_an_arrays_folder_takes_the_newest_frames(trained):
+    out = trained / "forecast-arrays"
+    stpdist_cli(
+        "forecast", "runs/debug", "arrays", "--out", str(out), "--samples", "0", cwd=trained
+    )
+    got = load_predictions(out)
+    module = stpdist.load(trained / "runs" / "debug", "last")
+    frames = np.load(trained / "arrays" / "seq3.npy").astype(np.float32)
+    np.testing.assert_allclose(got["seq3"], module.forecast(frames[-4:]), rtol=1e-6, atol=1e-4)
+
+
+def test_every_checkpoint_is_a_model_folder(trained):
+    ckpt = trained / "runs" / "debug" / "checkpoints" / "step-00000008"
+    assert {"model.safetensors", "config.yaml", "index.json"} <= {p.name for p in ckpt.iterdir()}
+    module = stpdist.load(ckpt, device="cpu", dtype=torch.float64)
+    assert not module.training and next(module.parameters()).dtype == torch.float64
+    assert module.forecast(torch.zeros(2, 4, 1, 32, 32)).shape == (2, 4, 1, 32, 32)
+    with pytest.raises(ValueError, match=r"T_in = 4; got shape \(3, 1, 32, 32\)"):
+        module.forecast(np.zeros((3, 1, 32, 32)))
+
+
+# ----------------------------------------------------------------------------- families
+def _small_backbones() -> dict[str, dict]:
+    from test_models import SMALL
+    from test_zoo import SMALL as ZOO
+
+    return {**SMALL, **ZOO}
+
+
+def _model_folder(
+    tmp_path: Path, name: str, backbone: dict, index_dir: Path
+) -> tuple[Path, object]:
+    cfg = load_config(DEBUG, ["model.patch_size=2"])
+    cfg.model.name, cfg.model.backbone = name, dict(backbone)
+    torch.manual_seed(0)
+    module = build_module(cfg, index=read_index(index_dir))
+    folder = tmp_path / name
+    folder.mkdir()
+    weights = {k: v.contiguous() for k, v in module.state_dict().items()}
+    save_file(weights, str(folder / "model.safetensors"))
+    (folder / "config.yaml").write_text(to_yaml(cfg))
+    shutil.copy(index_dir / "index.json", folder / "index.json")
+    return folder, module.eval()
+
+
+@pytest.mark.parametrize("name", sorted(_small_backbones()))
+def test_load_forecast_equals_predict_step_for_every_family(tmp_path, trained, name):
+    folder, module = _model_folder(
+        tmp_path, name, _small_backbones()[name], trained / "inputs" / "train"
+    )
+    loaded = stpdist.load(folder)
+    frames = np.stack([np.load(trained / "arrays" / f"seq{i}.npy")[:4] for i in range(2)])
+    frames = frames.astype(np.float32)
+    with torch.no_grad():
+        expected = module.predict_step(torch.from_numpy(frames) / 255.0, None).numpy() * 255.0
+    np.testing.assert_allclose(loaded.forecast(frames), expected, rtol=1e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["simvp", "predformer"])
+def test_export_equals_eager(tmp_path, trained, name):
+    """Every family exports (measured once: all 13 give differences ≤ 2e-6); the suite
+    checks two fast ones in every format."""
+    pytest.importorskip("onnxruntime")
+    from stpdist.inference import export
+
+    folder, _ = _model_folder(
+        tmp_path, name, _small_backbones()[name], trained / "inputs" / "train"
+    )
+    differences = export(
+        folder, tmp_path / "out", formats=("torchscript", "exported-program", "onnx")
+    )
+    assert set(differences) == {"torchscript", "exported-program", "onnx"}
+    assert all(d <= 1e-5 for d in differences.values()), differences
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {
+        "model.safetensors",
+        "config.yaml",
+        "index.json",
+        "model.ts",
+        "model.pt2",
+        "model.onnx",
+    } <= names
+    again = stpdist.load(tmp_path / "out")  # the exported folder is a model folder too
+    program = torch.export.load(str(tmp_path / "out" / "model.pt2")).module()
+    x = torch.rand(5, 4, 1, 32, 32)  # another batch size than the traced one
+    with torch.no_grad():
+        assert (program(x) - again.predict_frames(x)).abs().max() <= 1e-5

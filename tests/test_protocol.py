@@ -1,0 +1,360 @@
+"""OpenSTL's training and scoring protocol as selectable modes: the `all` next-frame
+objective, raw / range-2 scoring columns, GHU init, per-epoch cosine schedule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stpdist.config import ModelConfig, load_config
+from stpdist.task import Forecaster
+
+T_IN, T_OUT = 3, 3
+
+
+def _forecaster(name: str, loss_frames: str, sampling: str = "none", **backbone) -> Forecaster:
+    config = ModelConfig(
+        name=name,
+        backbone={"hidden_channels": [4, 4], "kernel_size": 3, **backbone},
+        patch_size=2,
+        loss_frames=loss_frames,
+    )
+    config.sampling.mode = sampling
+    config.sampling.reverse_steps = [0, 10]
+    torch.manual_seed(0)
+    return Forecaster(config, (1, 8, 8), T_IN, T_OUT)
+
+
+def _reference_predictions(module: Forecaster, inputs, targets, mask) -> torch.Tensor:
+    """Every next-frame prediction, by hand: one `step` per frame, fed the true frame, or
+    the previous prediction where the teacher mask says 0; patching done explicitly."""
+    from stpdist.task import reshape_patch, reshape_patch_back
+
+    frames = reshape_patch(torch.cat([inputs, targets], dim=1), 2)
+    backbone = module.backbone
+    state = backbone.init_state(frames[:, :T_IN])
+    predictions = []
+    for t in range(T_IN + T_OUT - 1):
+        frame = frames[:, t]
+        if mask is not None and t >= 1:
+            offset = 1 if mask.shape[1] == T_IN + T_OUT - 2 else T_IN
+            if t >= offset:
+                keep = mask[:, t - offset].view(-1, 1, 1, 1)
+                frame = keep * frame + (1 - keep) * predictions[-1]
+        elif t >= T_IN:  # no mask: the model's own predictions on the output steps
+            frame = predictions[-1]
+        prediction, state = backbone.step(frame, state)
+        predictions.append(prediction)
+    aux = backbone.aux_losses(state)
+    return reshape_patch_back(torch.stack(predictions, dim=1), 2), aux
+
+
+@pytest.mark.parametrize(
+    "name,sampling", [("predrnn", "none"), ("predrnn", "linear"), ("predrnnv2", "reverse")]
+)
+def test_all_frames_objective_equals_the_hand_computed_loop(name, sampling):
+    g = torch.Generator().manual_seed(1)
+    inputs = torch.rand(2, T_IN, 1, 8, 8, generator=g)
+    targets = torch.rand(2, T_OUT, 1, 8, 8, generator=g)
+    losses = {}
+    for loss_frames in ("outputs", "all"):
+        module = _forecaster(name, loss_frames, sampling)
+        module.train()
+        torch.manual_seed(5)  # the same teacher-mask draws in both modes and for the reference
+        mask = module.teacher_mask(inputs, module.global_step)
+        torch.manual_seed(5)
+        got = module.training_step(inputs, targets)
+        losses[loss_frames] = (got["loss"] if isinstance(got, dict) else got).detach()
+        with torch.no_grad():
+            pred, aux = _reference_predictions(module, inputs, targets, mask)
+        truth = torch.cat([inputs[:, 1:], targets], dim=1)
+        assert pred.shape[1] == T_IN + T_OUT - 1
+        if loss_frames == "all":
+            expected = ((pred - truth) ** 2).mean()
+        else:  # today's objective: the T_out output frames only
+            expected = ((pred[:, -T_OUT:] - targets) ** 2).mean()
+        expected = expected + sum(aux.values(), torch.zeros(()))
+        assert float(losses[loss_frames]) == pytest.approx(float(expected), abs=1e-6)
+    assert float(losses["all"]) != pytest.approx(float(losses["outputs"]), abs=1e-6)
+
+
+def test_all_frames_on_a_non_recurrent_backbone_is_an_error():
+    config = ModelConfig(
+        name="simvp",
+        backbone={"spatial_channels": 8, "temporal_channels": 16, "num_spatial_blocks": 2},
+        loss_frames="all",
+    )
+    with pytest.raises(ValueError, match="loss_frames 'all'"):
+        Forecaster(config, (1, 16, 16), T_IN, T_OUT)
+
+
+def test_loss_frames_is_a_checked_literal():
+    from stpdist.config import ConfigError
+
+    assert load_config(None, ["model.loss_frames=all"]).model.loss_frames == "all"
+    with pytest.raises(ConfigError, match="loss_frames"):
+        load_config(None, ["model.loss_frames=every"])
+
+
+def test_validation_predictions_are_unchanged_by_loss_frames():
+    x = torch.rand(2, T_IN, 1, 8, 8)
+    outs = []
+    for loss_frames in ("outputs", "all"):
+        module = _forecaster("predrnn", loss_frames).eval()
+        outs.append(module.predict_frames(x))
+    assert outs[0].shape == (2, T_OUT, 1, 8, 8)
+    assert torch.equal(outs[0], outs[1])
+
+
+# ---------------------------------------------------------------------- scoring columns
+def test_raw_errors_and_openstl_ssim_against_numpy_and_skimage():
+    """`*_raw` score the unclamped predictions (OpenSTL's MSE/MAE: per-frame sums of raw
+    errors); `ssim_openstl` is scikit-image's SSIM with data_range=2."""
+    skimage_metrics = pytest.importorskip("skimage.metrics")
+    from stpdist.metrics import batch_sums, summarize
+
+    rng = np.random.default_rng(3)
+    target = rng.random((3, 2, 2, 12, 10))
+    raw = target + rng.normal(0, 0.3, target.shape)  # leaves [0, 1] often
+    pred = np.clip(raw, 0, 1)
+    pixels = 2 * 12 * 10
+    got = summarize(
+        batch_sums(
+            torch.from_numpy(pred), torch.from_numpy(target), raw_pred_BTCHW=torch.from_numpy(raw)
+        ),
+        frame_pixels=pixels,
+    )
+    for t in range(2):
+        lead = f"/t{t + 1:02d}"
+        err_raw, err = raw[:, t] - target[:, t], pred[:, t] - target[:, t]
+        ref = {
+            "mse_raw": np.mean(err_raw**2),
+            "mae_raw": np.mean(np.abs(err_raw)),
+            "mse_frame_raw": np.mean(np.sum(err_raw**2, axis=(1, 2, 3))),
+            "mae_frame_raw": np.mean(np.sum(np.abs(err_raw), axis=(1, 2, 3))),
+            "mse": np.mean(err**2),
+            "ssim_openstl": np.mean(
+                [
+                    np.mean(
+                        [
+                            skimage_metrics.structural_similarity(
+                                target[i, t, c], pred[i, t, c], win_size=7, data_range=2
+                            )
+                            for c in range(2)
+                        ]
+                    )
+                    for i in range(3)
+                ]
+            ),
+        }
+        for name, value in ref.items():
+            assert got[name + lead] == pytest.approx(value, rel=1e-9), name
+    assert got["mse_raw"] > got["mse"] and got["mae_raw"] > got["mae"]
+    assert got["ssim_openstl"] > got["ssim"]
+
+
+def test_validation_scores_raw_and_clamped_predictions():
+    module = _forecaster("predrnn", "outputs").eval()
+    with torch.no_grad():
+        module.backbone.output.weight.mul_(200)  # predictions far outside [0, 1]
+    g = torch.Generator().manual_seed(2)
+    inputs, targets = (
+        torch.rand(2, T_IN, 1, 8, 8, generator=g),
+        torch.rand(2, T_OUT, 1, 8, 8, generator=g),
+    )
+    with torch.no_grad():
+        raw = module(inputs, clamp=False).predictions
+        out = module.validation_step(inputs, targets)
+    assert raw.min() < 0 or raw.max() > 1
+    sums = out["sums"]
+    torch.testing.assert_close(
+        sums["sq_err_raw"], ((raw - targets).double() ** 2).sum(dim=(0, 2, 3, 4))
+    )
+    clamped = raw.clamp(0, 1)
+    torch.testing.assert_close(
+        sums["sq_err"], ((clamped - targets).double() ** 2).sum(dim=(0, 2, 3, 4))
+    )
+    assert torch.equal(out["predictions"], clamped)
+
+
+# ---------------------------------------------------------------------- on-the-fly digits
+def _mnist_idx(path, count: int = 20) -> str:
+    """A tiny MNIST-format idx3 file of random 28×28 'digits' (nothing downloaded)."""
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((count, 28, 28)) > 0.7).astype(np.uint8) * 255
+    header = b"".join(v.to_bytes(4, "big") for v in (2051, count, 28, 28))
+    path.write_bytes(header + pixels.tobytes())
+    return str(path)
+
+
+def _source(digits=None, **kwargs):
+    from stpdist.data.onthefly import MovingDigitsTrainSource
+
+    args = dict(
+        batch_size=2,
+        num_input_frames=3,
+        num_output_frames=3,
+        image_size=32,
+        digit_size=12,
+        seed=4,
+        digits=digits,
+    )
+    return MovingDigitsTrainSource(16, **{**args, **kwargs})
+
+
+def _epoch(source, epoch, rank=0, world=1, start=0, seed=0, workers=0):
+    from stpdist.data.loading import LoaderContext
+
+    ctx = LoaderContext(rank=rank, world_size=world, seed=seed, num_workers=workers)
+    return [torch.cat([x, y], dim=1) for x, y in source.iterate(ctx, epoch, start)]
+
+
+def test_on_the_fly_digits_ranks_disjoint_deterministic_resumable(tmp_path):
+    source = _source(_mnist_idx(tmp_path / "train-images-idx3-ubyte"))
+    from stpdist.data.loading import LoaderContext
+
+    assert source.batches_per_epoch(LoaderContext(world_size=2)) == 4
+    ranks = [_epoch(source, 0, rank=r, world=2) for r in range(2)]
+    assert [len(r) for r in ranks] == [4, 4]
+    seqs = [s for r in ranks for b in r for s in b]
+    assert len({s.numpy().tobytes() for s in seqs}) == 16  # no sequence on two ranks
+    one = _epoch(_source(_mnist_idx(tmp_path / "d2"), batch_size=4), 0)  # 1 rank × batch 4
+    for i, batch in enumerate(one):  # == 2 ranks × batch 2, slice by slice
+        assert torch.equal(batch, torch.cat([ranks[0][i], ranks[1][i]]))
+    again = _epoch(_source(_mnist_idx(tmp_path / "d3")), 0, rank=1, world=2)
+    assert all(torch.equal(a, b) for a, b in zip(again, ranks[1]))  # same seed: bitwise
+    resumed = _epoch(source, 0, rank=1, world=2, start=2)
+    assert len(resumed) == 2 and all(torch.equal(a, b) for a, b in zip(resumed, ranks[1][2:]))
+    other = _epoch(source, 1, rank=1, world=2)
+    assert not any(torch.equal(a, b) for a, b in zip(other, ranks[1]))  # fresh every epoch
+    reseeded = _epoch(source, 0, rank=1, world=2, seed=1)  # the trainer seed counts too
+    assert not torch.equal(reseeded[0], ranks[1][0])
+    x = ranks[0][0]
+    assert x.dtype == torch.float32 and x.shape == (2, 6, 1, 32, 32)
+    assert float(x.min()) == 0 and 0.5 < float(x.max()) <= 1
+
+
+def test_on_the_fly_workers_and_glyphs_match_in_process():
+    source = _source()  # Pillow glyphs
+    assert all(torch.equal(a, b) for a, b in zip(_epoch(source, 2), _epoch(source, 2, workers=2)))
+
+
+def test_shards_and_on_the_fly_share_one_generator():
+    from stpdist.data.synthetic import draw_moving_digits, moving_digits_sample
+
+    a = moving_digits_sample(3, "train", 5, num_frames=4, image_size=32, digit_size=12)
+    b = draw_moving_digits(
+        np.random.default_rng([3, 0, 5]), num_frames=4, image_size=32, digit_size=12
+    )
+    assert np.array_equal(a, b)
+
+
+def test_train_on_the_fly_from_the_config(tmp_path):
+    """`data.train_source: moving_digits`: no train shards are written, validation reads the
+    generated val shards, and training runs on the generated sequences."""
+    from stpdist import build
+    from stpdist.trainer import Trainer
+
+    root = tmp_path / "data"
+    cfg = load_config(
+        Path(__file__).parent.parent / "configs" / "debug.yaml",
+        [
+            f"trainer.output_dir={tmp_path / 'run'}",
+            f"data.root={root}",
+            f"data.synthesize.root={root}",
+            "data.train_source=moving_digits",
+            "data.synthesize.train=8",
+            "trainer.max_epochs=1",
+        ],
+    )
+    trainer = Trainer.from_config(cfg)
+    build.ensure_dataset(cfg, trainer)
+    assert not (root / "train").exists() and (root / "val" / "index.json").is_file()
+    assert build.describe_dataset(cfg)
+    module = build.build_module(cfg)
+    source = build.train_stream(cfg)
+    state = trainer.fit(module, source, build.eval_stream(cfg, "val"))
+    trainer.close()
+    assert state.global_step == 2 and "val/mse_raw" in state.metrics
+
+
+def test_on_the_fly_needs_the_generator_settings():
+    from stpdist.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.synthesize"):
+        load_config(None, ["data.train_source=moving_digits"])
+
+
+# ---------------------------------------------------------------------- model details
+def test_gradient_highway_starts_uniform_in_a_thousandth():
+    module = _forecaster("predrnnpp", "all")
+    for conv in (module.backbone.highway.conv_x, module.backbone.highway.conv_z):
+        w = conv.weight.detach()
+        assert w.abs().max() <= 1e-3 and w.abs().max() > 5e-4  # U(±0.001), not the default
+
+
+def test_cosine_per_epoch_with_warmup_and_floor():
+    config = ModelConfig(name="predrnn", backbone={"hidden_channels": [4], "kernel_size": 3})
+    config.optimizer.lr = 1e-4
+    s = config.schedule
+    s.name, s.interval, s.warmup_steps, s.total_steps, s.min_lr = "cosine", "epoch", 5, 50, 1e-6
+    module = Forecaster(config, (1, 8, 8), T_IN, T_OUT)
+    optimizer = module.configure_optimizer()
+    returned = module.configure_lr_scheduler(optimizer)
+    assert returned["interval"] == "epoch"
+    lrs = []
+    for _ in range(51):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        returned["scheduler"].step()
+    assert lrs[0] == pytest.approx(2e-5) and lrs[4] == pytest.approx(1e-4)
+    assert lrs[50] == pytest.approx(1e-6) and lrs[5] == pytest.approx(1e-4)
+    halfway = 1e-6 + (1e-4 - 1e-6) * 0.5 * (1 + np.cos(np.pi * 22 / 45))
+    assert lrs[27] == pytest.approx(halfway)
+    s.name = "onecycle"
+    with pytest.raises(ValueError, match="interval 'epoch'"):
+        module.configure_lr_scheduler(optimizer)
+
+
+def test_bench_model_reports_inference_fps(capsys):
+    from stpdist.bench import bench_model
+
+    args = {"hidden_channels": [4], "kernel_size": 3}
+    result = bench_model("predrnn", (2, 3, 1, 16, 16), 3, 2, args, steps=1, fps_batch=4)
+    assert result["inference_fps"] > 0 and result["fps_batch"] == 4
+    assert "FPS (batch 4 forward)" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- reproduction harness
+def test_reproduce_writes_the_table_beside_openstl(tmp_path, capsys):
+    """The harness end to end at a toy size (the README's `--small` run takes minutes):
+    2 seeds, on-the-fly training digits from an idx file, best checkpoint on the test split."""
+    import json
+
+    from stpdist.reproduce import reproduce
+
+    digits = _mnist_idx(tmp_path / "train-images-idx3-ubyte")
+    tiny = [
+        "data.synthesize.train=32",
+        "data.synthesize.val=8",
+        "data.synthesize.test=8",
+        "trainer.max_epochs=1",
+        "trainer.val_every_n_epochs=1",
+        "model.backbone.hidden_channels=[4]",
+    ]
+    config = str(Path(__file__).parent.parent / "configs" / "mmnist" / "predrnn.yaml")
+    summary = reproduce(config, 2, small=True, out=tmp_path / "out", digits=digits, overrides=tiny)
+    saved = json.loads((tmp_path / "out" / "reproduce.json").read_text())
+    assert saved["seeds"] == 2 and len(saved["runs"]) == 2
+    row = summary["table"]["MSE (frame sum, raw)"]
+    assert row["openstl"] == 23.97 and len(row["values"]) == 2
+    assert row["mean"] == pytest.approx(np.mean(row["values"]))
+    assert row["values"][0] != row["values"][1]  # the seeds differ
+    assert "copy-last MSE / pixel" in summary["table"]
+    md = (tmp_path / "out" / "reproduce.md").read_text()
+    assert "| SSIM (range 2) |" in md and "0.9462" in md
+    assert (tmp_path / "out" / "data" / "test" / "index.json").is_file()
+    assert not (tmp_path / "out" / "data" / "train").exists()

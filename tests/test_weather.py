@@ -1,0 +1,630 @@
+"""Weather and geoscience data: per-variable normalisation, long-series windowing, the
+netCDF/Zarr converter, verification scores (tensors B×T×C×H×W, frames T×C×H×W)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from stpdist.config import load_config
+from stpdist.data.format import SplitWriter, read_index
+from stpdist.data.normalize import Normalizer
+from stpdist.data.stream import LoaderContext, ShardEvalStream
+
+DEBUG = Path(__file__).parent.parent / "configs" / "debug.yaml"
+
+
+class CopyLast(nn.Module):
+    """A backbone that repeats the last input frame (its one parameter gets no gradient),
+    and records the inputs it was given."""
+
+    seen: list[torch.Tensor] = []
+
+    def __init__(self, spec, **_ignored) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1))
+
+    def forward(self, inputs_BTCHW, num_output_frames, **_):
+        CopyLast.seen.append(inputs_BTCHW.detach().clone())
+        last = inputs_BTCHW[:, -1:].expand(-1, num_output_frames, -1, -1, -1)
+        return last + 0 * self.weight
+
+
+def two_variable_series(count: int, frames: int = 4, seed: int = 0) -> np.ndarray:
+    """N×T×2×8×8 float32: geopotential-like (~5·10⁴ ± 10³) and a ~5 ± 0.1 variable."""
+    rng = np.random.default_rng(seed)
+    data = np.empty((count, frames, 2, 8, 8), np.float32)
+    data[:, :, 0] = 50_000 + 1_000 * rng.standard_normal((count, frames, 8, 8))
+    data[:, :, 1] = 5 + 0.1 * rng.standard_normal((count, frames, 8, 8))
+    return data
+
+
+def write_split(root: Path, split: str, data: np.ndarray, **kwargs) -> Path:
+    folder = root / split
+    with SplitWriter(folder, split, value_scale=1.0, samples_per_shard=8, **kwargs) as writer:
+        for i, sample in enumerate(data):
+            writer.write(f"s{i:04d}", sample)
+    return folder
+
+
+# ------------------------------------------------------------------ normalisation
+def test_old_index_without_new_fields_is_readable(tmp_path):
+    folder = write_split(tmp_path, "train", two_variable_series(2))
+    raw = json.loads((folder / "index.json").read_text())
+    for key in ("min", "max", "variables", "latitudes", "longitudes", "climatology"):
+        raw.pop(key)
+    (folder / "index.json").write_text(json.dumps(raw))
+    index = read_index(folder)
+    assert index.min == [] and index.variables == []
+    Normalizer.from_index("standardize", index)  # mean/std are old fields
+    with pytest.raises(ValueError, match="min/max"):
+        Normalizer.from_index("minmax", index)
+
+
+def test_index_stores_range_and_variables(tmp_path):
+    data = two_variable_series(3)
+    variables = [{"name": "z500", "units": "m2 s-2"}, {"name": "t2m", "units": "K"}]
+    index = read_index(write_split(tmp_path, "train", data, variables=variables))
+    assert index.variables == variables
+    np.testing.assert_allclose(index.min, data.min(axis=(0, 1, 3, 4)), rtol=1e-7)
+    np.testing.assert_allclose(index.max, data.max(axis=(0, 1, 3, 4)), rtol=1e-7)
+    with pytest.raises(ValueError, match="1 variables"):
+        write_split(tmp_path, "bad", data, variables=variables[:1])
+
+
+@pytest.mark.parametrize("mode", ["standardize", "minmax", "none", "scale"])
+def test_normalizer_round_trip(mode, tmp_path):
+    data = two_variable_series(4)
+    index = read_index(write_split(tmp_path, "train", data))
+    norm = Normalizer.from_index(mode, index)
+    x = torch.from_numpy(data)
+    np.testing.assert_allclose(norm.inverse(norm(x)).numpy(), data, rtol=1e-6)
+    if mode == "scale":
+        assert norm(x) is x  # the default is the identity: runs stay bitwise the same
+    if mode == "minmax":
+        y = norm(x)
+        assert float(y.min()) == pytest.approx(0, abs=1e-5)
+        assert float(y.max()) == pytest.approx(1, abs=1e-5)
+
+
+def _normalised_run(tmp_path, normalize: str, steps: int = 2):
+    from stpdist import build
+    from stpdist.trainer import Trainer
+
+    data = two_variable_series(24, frames=4)
+    variables = [{"name": "z500", "units": "m2 s-2"}, {"name": "t2m", "units": "K"}]
+    root = tmp_path / "data"
+    for split, part in (("train", data[:16]), ("val", data[16:20]), ("test", data[20:])):
+        write_split(root, split, part, variables=variables)
+    cfg = load_config(
+        DEBUG,
+        [
+            f"data.root={root}",
+            "data.synthesize=null",
+            f"data.normalize={normalize}",
+            "data.num_input_frames=2",
+            "data.num_output_frames=2",
+            f"trainer.output_dir={tmp_path / 'run'}",
+            f"trainer.max_steps={steps}",
+            "model.name=test_weather:CopyLast",
+            "model.patch_size=1",
+            "model.backbone={}",
+        ],
+    )
+    trainer = Trainer(cfg.trainer)
+    module = build.build_module(cfg)
+    CopyLast.seen.clear()
+    trainer.fit(module, build.train_stream(cfg), build.eval_stream(cfg, "val"))
+    seen_in_training = list(CopyLast.seen)
+    results = trainer.predict(module, build.eval_stream(cfg, "test"), out=tmp_path / "pred")
+    trainer.close()
+    return data, seen_in_training, results
+
+
+def test_two_variables_1e4_apart_arrive_standardised_and_predictions_are_physical(tmp_path):
+    """The batch the backbone sees is standardised per variable; `predict` writes physical
+    units (the copy-last backbone's outputs equal the raw last input frame); per-variable
+    metrics are named after the index's variables, in physical units."""
+    data, seen, results = _normalised_run(tmp_path, "standardize")
+    batch = torch.cat(seen[:2])  # training batches (batch 4 each)
+    per_channel = batch.transpose(0, 2).reshape(2, -1)
+    assert per_channel.mean(dim=1).abs().max() < 0.2  # raw means 5e4 and 5
+    assert ((per_channel.std(dim=1) - 1).abs() < 0.2).all()  # raw stds 1e3 and 0.1
+    files = sorted((tmp_path / "pred").glob("predictions-*.npz"))
+    got = {}
+    for file in files:
+        with np.load(file) as f:
+            got.update(zip(f["keys"].tolist(), f["predictions"]))
+    test = data[20:]
+    for i, sample in enumerate(test):
+        expected = np.repeat(sample[1:2], 2, axis=0)  # last input frame, physical units
+        np.testing.assert_allclose(got[f"s{i:04d}"], expected, rtol=1e-5)
+    # copy-last: the error is target − last input, per variable in physical units
+    err = test[:, 2:] - test[:, 1:2]
+    for c, name in enumerate(["z500", "t2m"]):
+        for t in range(2):
+            rmse = np.sqrt((err[:, t, c] ** 2).mean())
+            assert results[f"test/rmse/{name}/t{t + 1:02d}"] == pytest.approx(rmse, rel=1e-4)
+        mae = np.abs(err[:, :, c]).mean()
+        assert results[f"test/mae/{name}"] == pytest.approx(mae, rel=1e-4)
+
+
+def test_default_scale_keeps_scaled_predictions(tmp_path):
+    """`scale` (the default) writes predictions as before: frames / value_scale."""
+    from stpdist.data.format import read_index as _read
+
+    data, seen, _ = _normalised_run(tmp_path, "scale", steps=1)
+    assert _read(tmp_path / "data" / "train").value_scale == 1.0
+    with np.load(sorted((tmp_path / "pred").glob("*.npz"))[0]) as f:
+        first = f["predictions"][0]
+    # scale mode clamps outputs to [0, 1] (the scaled range), as before
+    assert first.max() <= 1.0
+
+
+def test_eval_stream_still_yields_scaled_frames(tmp_path):
+    data = two_variable_series(4)
+    folder = write_split(tmp_path, "train", data)
+    stream = ShardEvalStream(folder, batch_size=4, num_input_frames=2, num_output_frames=2)
+    inputs, targets, _ = next(iter(stream.iterate(LoaderContext())))
+    np.testing.assert_array_equal(inputs.numpy(), data[:, :2])
+
+
+# ------------------------------------------------------------------ long-series windowing
+def stored(folder: Path) -> dict[str, tuple[np.ndarray, dict]]:
+    from stpdist.data.format import decode_frames, iter_shard
+
+    out = {}
+    for shard in read_index(folder).shards:
+        for key, sample in iter_shard(folder / shard.name):
+            out[key] = (decode_frames(sample["frames.npy"], key), json.loads(sample["json"]))
+    return out
+
+
+def hourly_series(tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """60 hourly frames 1×4×4 in 3 npz chunks of 20, with a 3-hour gap after frame 29."""
+    times = np.datetime64("2020-01-01T00:00", "ns") + np.arange(60) * np.timedelta64(1, "h")
+    times[30:] += np.timedelta64(3, "h")
+    frames = np.arange(60 * 16, dtype=np.float32).reshape(60, 1, 4, 4) / 7
+    (tmp_path / "raw").mkdir()
+    for c in range(3):
+        part = slice(20 * c, 20 * (c + 1))
+        np.savez(tmp_path / "raw" / f"chunk{c}.npz", data=frames[part], time=times[part])
+    return frames, times
+
+
+def test_series_windows_never_cross_gaps_or_splits(tmp_path):
+    from stpdist.cli import main
+
+    frames, times = hourly_series(tmp_path)
+    code = main(
+        [
+            "shard", "arrays", str(tmp_path / "raw"), "--out", str(tmp_path / "out"),
+            "--frames", "4", "--stride", "2", "--time-key", "time",
+            "--val-from", "2020-01-02T05:00", "--test-from", "2020-01-02T16:00",
+        ]
+    )  # fmt: skip
+    assert code in (0, None)
+    val_from = np.datetime64("2020-01-02T05:00", "ns")
+    test_from = np.datetime64("2020-01-02T16:00", "ns")
+    position = {t: i for i, t in enumerate(times.tolist())}
+    expected = {"train": [], "val": [], "test": []}
+    for first, end in ((0, 30), (30, 60)):  # the runs on either side of the gap
+        for s in range(first, end - 3, 2):
+            split, last = (
+                ["train", "val", "test"][int(t >= val_from) + int(t >= test_from)]
+                for t in (times[s], times[s + 3])
+            )
+            if split == last:
+                expected[split].append(s)
+    crossing_chunks = 0
+    for split, starts in expected.items():
+        got = stored(tmp_path / "out" / split)
+        found = sorted(
+            position[np.datetime64(m["start"], "ns").astype(int)] for _, m in got.values()
+        )
+        assert found == starts, split
+        for window, meta in got.values():
+            s = position[np.datetime64(meta["start"], "ns").astype(int)]
+            np.testing.assert_array_equal(window, frames[s : s + 4])  # exact round trip
+            assert (np.diff(times[s : s + 4]) == np.timedelta64(1, "h")).all()
+            crossing_chunks += s // 20 != (s + 3) // 20
+    assert crossing_chunks > 0  # windows do span consecutive chunk files
+    assert read_index(tmp_path / "out" / "train").shape == [4, 1, 4, 4]
+
+
+def test_series_one_file_without_timestamps_splits_by_frame_index(tmp_path):
+    from stpdist.data.convert import convert
+    from stpdist.data.sources.generic import GenericArrays
+
+    series = np.random.default_rng(0).integers(0, 255, (30, 2, 4, 4), dtype=np.uint8)
+    np.save(tmp_path / "long.npy", series)
+    source = GenericArrays(
+        str(tmp_path / "long.npy"), num_frames=5, stride=5, val_from="20", test_from="25"
+    )
+    indexes = convert(source, tmp_path / "out", progress=False)
+    assert {k: v.num_samples for k, v in indexes.items()} == {"train": 4, "val": 1, "test": 1}
+    got = stored(tmp_path / "out" / "val")
+    ((window, meta),) = got.values()
+    np.testing.assert_array_equal(window, series[20:25])
+    assert indexes["val"].value_scale == 255
+
+
+@pytest.mark.parametrize(
+    "times, problem",
+    [
+        (["2020-01-01T00", "2020-01-01T02", "2020-01-01T01"], "times do not increase at frame 2"),
+        (["2020-01-01T00", "x", "2020-01-01T01"], "timestamps are not dates"),
+    ],
+)
+def test_series_bad_timestamps_name_the_file(tmp_path, times, problem):
+    from stpdist.data.sources.generic import GenericArrays
+
+    np.savez(tmp_path / "c.npz", data=np.zeros((3, 4, 4), np.float32), time=np.array(times))
+    with pytest.raises(ValueError, match=problem) as info:
+        GenericArrays(str(tmp_path / "c.npz"), num_frames=2, time_key="time").splits()
+    assert "c.npz" in str(info.value)
+
+
+# ------------------------------------------------------------------ netCDF / Zarr
+def _grid(height: int = 8, width: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """A WeatherBench-like grid: cell-centre latitudes (ascending), longitudes from 0."""
+    lat = -90 + (np.arange(height) + 0.5) * 180 / height
+    lon = np.arange(width) * 360 / width
+    return lat, lon
+
+
+def weatherbench_folders(root: Path, years=(2000, 2001), steps: int = 16) -> dict:
+    """WeatherBench 1 layout: `temperature/temperature_<year>_5.625deg.nc` with t(time,
+    level, lat, lon) and `2m_temperature/2m_temperature_<year>_5.625deg.nc` with t2m(time,
+    lat, lon), 6-hourly, one file a year. Returns the full arrays by name."""
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    lat, lon = _grid()
+    levels = np.array([500, 850], np.int32)
+    rng = np.random.default_rng(1)
+    full = {"t": [], "t2m": [], "time": []}
+    # the first file holds the last days of its year: the record is continuous
+    start = np.datetime64(f"{years[1]}-01-01T00:00", "ns") - steps * np.timedelta64(6, "h")
+    for i, year in enumerate(years):
+        time = start + (np.arange(steps) + i * steps) * np.timedelta64(6, "h")
+        t = (250 + 20 * rng.random((steps, 2, len(lat), len(lon)))).astype(np.float32)
+        t2m = (280 + 10 * rng.random((steps, len(lat), len(lon)))).astype(np.float32)
+        for folder, name, data, dims, coords in (
+            ("temperature", "t", t, ("time", "level", "lat", "lon"), {"level": levels}),
+            ("2m_temperature", "t2m", t2m, ("time", "lat", "lon"), {}),
+        ):
+            ds = xr.Dataset(
+                {name: (dims, data, {"units": "K"})},
+                coords={"time": time, "lat": lat, "lon": lon, **coords},
+            )
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            ds.to_netcdf(root / folder / f"{folder}_{year}_5.625deg.nc", engine="h5netcdf")
+        full["t"].append(t)
+        full["t2m"].append(t2m)
+        full["time"].append(time)
+    return {k: np.concatenate(v) for k, v in full.items()}
+
+
+def test_weatherbench_netcdf_folders_round_trip(tmp_path):
+    from stpdist.cli import main
+
+    full = weatherbench_folders(tmp_path / "wb")
+    code = main(
+        [
+            "shard", "netcdf", str(tmp_path / "wb" / "temperature"),
+            str(tmp_path / "wb" / "2m_temperature"), "--out", str(tmp_path / "out"),
+            "--vars", "t850,t2m", "--frames", "4", "--stride", "3",
+            "--val-from", "2000-12-31T18:00", "--test-from", "2001-01-02T06:00", "--workers", "1",
+        ]
+    )  # fmt: skip
+    assert code in (0, None)
+    expected = np.stack([full["t"][:, 1], full["t2m"]], axis=1)  # T×2×H×W
+    times = full["time"]
+    index = read_index(tmp_path / "out" / "train")
+    assert index.variables == [{"name": "t850", "units": "K"}, {"name": "t2m", "units": "K"}]
+    np.testing.assert_allclose(index.latitudes, _grid()[0])
+    assert len(index.longitudes) == 16 and index.value_scale == 1.0
+    across_years = 0
+    train_frames = []
+    for split in ("train", "val", "test"):
+        for window, meta in stored(tmp_path / "out" / split).values():
+            s = int(np.flatnonzero(times == np.datetime64(meta["start"], "ns"))[0])
+            np.testing.assert_array_equal(window, expected[s : s + 4])  # exact
+            across_years += s < 16 <= s + 3
+            if split == "train":
+                train_frames.append(window)
+    assert across_years == 1  # one window reads two yearly files
+    clim = np.load(tmp_path / "out" / "train" / "climatology.npy")
+    np.testing.assert_allclose(clim, np.concatenate(train_frames).mean(axis=0), rtol=1e-6)
+    from stpdist.data.sources.netcdf import XarraySource
+
+    with pytest.raises(ValueError, match="missing variable 'q700'"):
+        XarraySource([str(tmp_path / "wb" / "temperature")], var_specs="q700").splits()
+    with pytest.raises(ValueError, match="has no level 300"):
+        XarraySource([str(tmp_path / "wb" / "temperature")], var_specs="t300").splits()
+
+
+def weatherbench2_zarr(path: Path, steps: int = 40, gap_after: int = 20, nan_at=None) -> dict:
+    """WeatherBench 2 / ERA5 layout: one Zarr store, `2m_temperature(time, latitude,
+    longitude)` and `geopotential(time, level, latitude, longitude)`, 6-hourly, with a
+    12-hour gap after frame `gap_after`."""
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("zarr")
+    lat, lon = _grid()
+    time = np.datetime64("2020-01-01", "ns") + np.arange(steps) * np.timedelta64(6, "h")
+    time[gap_after:] += np.timedelta64(12, "h")
+    rng = np.random.default_rng(2)
+    z = (50_000 + 1_000 * rng.standard_normal((steps, 3, len(lat), len(lon)))).astype(np.float32)
+    t2m = (280 + 10 * rng.random((steps, len(lat), len(lon)))).astype(np.float32)
+    if nan_at is not None:
+        t2m[nan_at] = np.nan
+    ds = xr.Dataset(
+        {
+            "geopotential": (("time", "level", "latitude", "longitude"), z, {"units": "m2 s-2"}),
+            "2m_temperature": (("time", "latitude", "longitude"), t2m, {"units": "K"}),
+        },
+        coords={
+            "time": time,
+            "level": np.array([250, 500, 850], np.int64),
+            "latitude": lat,
+            "longitude": lon,
+        },
+    )
+    chunks = {
+        "geopotential": {"chunks": (8, 3, len(lat), len(lon))},
+        "2m_temperature": {"chunks": (8, len(lat), len(lon))},
+    }
+    ds.to_zarr(path, encoding=chunks, consolidated=False)
+    return {"z": z, "t2m": t2m, "time": time}
+
+
+def test_zarr_store_windows_skip_the_gap_and_read_in_bounded_blocks(tmp_path, monkeypatch):
+    from stpdist.data.convert import convert
+    from stpdist.data.sources import netcdf
+
+    full = weatherbench2_zarr(tmp_path / "era5.zarr")
+    reads = []
+    original = netcdf.XarraySource._read
+
+    def spy(self, channel, first, stop):
+        reads.append(stop - first)
+        return original(self, channel, first, stop)
+
+    monkeypatch.setattr(netcdf.XarraySource, "_read", spy)
+    source = netcdf.XarraySource(
+        [str(tmp_path / "era5.zarr")],
+        var_specs=["geopotential", "2m_temperature"],
+        levels=[500],
+        num_frames=3,
+        stride=1,
+        block_frames=4,  # the archive is 10× this
+    )
+    indexes = convert(source, tmp_path / "out", progress=False)
+    assert [v["name"] for v in indexes["train"].variables] == ["geopotential500", "2m_temperature"]
+    assert max(reads) <= 4
+    got = stored(tmp_path / "out" / "train")
+    assert len(got) == (20 - 2) + (20 - 2)  # no window across the gap after frame 20
+    for window, meta in got.values():
+        s = int(np.flatnonzero(full["time"] == np.datetime64(meta["start"], "ns"))[0])
+        assert not s < 20 < s + 3
+        np.testing.assert_array_equal(window[:, 0], full["z"][s : s + 3, 1])
+        np.testing.assert_array_equal(window[:, 1], full["t2m"][s : s + 3])
+
+
+def test_netcdf_bad_inputs_are_one_line_naming_the_file(tmp_path):
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    from stpdist.data.convert import convert
+    from stpdist.data.sources.netcdf import XarraySource
+
+    weatherbench2_zarr(tmp_path / "nan.zarr", steps=8, gap_after=8, nan_at=(5, 2, 3))
+    source = XarraySource([str(tmp_path / "nan.zarr")], var_specs="2m_temperature", num_frames=2)
+    with pytest.raises(ValueError, match=r"nan\.zarr .*holds nan .*--allow-nan"):
+        convert(source, tmp_path / "out", progress=False)
+    source = XarraySource([str(tmp_path / "nan.zarr")], var_specs="2m_temperature", num_frames=2)
+    index = convert(source, tmp_path / "out", progress=False, nan_fill=0.0)["train"]
+    assert index.num_samples == 7 and index.min[0] == 0.0
+    bad = xr.Dataset(
+        {"x": (("time", "y"), np.zeros((2, 3), np.float32))},
+        coords={"time": np.array(["2020-01-01", "2020-01-02"], "datetime64[ns]")},
+    )
+    bad.to_netcdf(tmp_path / "bad.nc", engine="h5netcdf")
+    with pytest.raises(ValueError, match=r"bad\.nc: variable 'x' has dims \('time', 'y'\)"):
+        XarraySource([str(tmp_path / "bad.nc")], var_specs="x").splits()
+
+
+# ------------------------------------------------------------------ verification scores
+def test_latitude_weights_are_cos_lat_with_mean_one():
+    from stpdist.metrics import latitude_weights
+
+    lat = _grid(32, 64)[0]
+    w = latitude_weights(lat)
+    np.testing.assert_allclose(w, np.cos(np.deg2rad(lat)) / np.cos(np.deg2rad(lat)).mean())
+    assert w.mean() == pytest.approx(1.0)
+
+
+def _forecasts(seed: int = 3, b: int = 5, t: int = 3, c: int = 2, h: int = 12, w: int = 16):
+    rng = np.random.default_rng(seed)
+    target = rng.random((b, t, c, h, w))
+    pred = np.clip(target + 0.3 * rng.standard_normal(target.shape), 0, 1)
+    return pred, target
+
+
+def _sums_in_two_halves(fn, pred, target, *args):
+    """Sums of the first and second half of the batch added: additive like two ranks."""
+    a = fn(torch.from_numpy(pred[:2]), torch.from_numpy(target[:2]), *args)
+    b = fn(torch.from_numpy(pred[2:]), torch.from_numpy(target[2:]), *args)
+    out = {k: a[k] + b[k] for k in a}
+    out["count"] = torch.tensor([float(len(pred))], dtype=torch.float64)
+    return out
+
+
+def test_per_variable_rmse_weighted_rmse_and_acc_match_numpy():
+    from stpdist.metrics import GeoInfo, geo_sums, latitude_weights, summarize_geo
+
+    pred, target = _forecasts()
+    lat = _grid(12, 16)[0]
+    clim = target.mean(axis=(0, 1)) + 0.05  # C×H×W
+    geo = GeoInfo(["z500", "t2m"], 12, 16, latitudes=list(lat), climatology=clim)
+    scale = 1000.0
+    got = summarize_geo(_sums_in_two_halves(geo_sums, pred, target, geo), geo, scale)
+    w = latitude_weights(lat)[None, :, None]
+    for c, name in enumerate(["z500", "t2m"]):
+        for t in range(3):
+            err = pred[:, t, c] - target[:, t, c]
+            lead = f"/t{t + 1:02d}"
+            assert got[f"rmse/{name}{lead}"] == pytest.approx(np.sqrt((err**2).mean()) * scale)
+            assert got[f"mae/{name}{lead}"] == pytest.approx(np.abs(err).mean() * scale)
+            wrmse = np.sqrt((w * err**2).mean()) * scale
+            assert got[f"wrmse/{name}{lead}"] == pytest.approx(wrmse)
+            fa, oa = pred[:, t, c] - clim[c], target[:, t, c] - clim[c]
+            acc = [
+                (w * fa[i] * oa[i]).sum() / np.sqrt((w * fa[i] ** 2).sum() * (w * oa[i] ** 2).sum())
+                for i in range(len(pred))
+            ]
+            assert got[f"acc/{name}{lead}"] == pytest.approx(np.mean(acc))
+
+
+def _pooled_numpy(events: np.ndarray, p: int) -> np.ndarray:
+    """Max over non-overlapping p×p blocks (partial blocks at the edges), …×H×W."""
+    h, w = events.shape[-2:]
+    hp, wp = -(-h // p) * p, -(-w // p) * p
+    padded = np.zeros(events.shape[:-2] + (hp, wp), bool)
+    padded[..., :h, :w] = events
+    blocks = padded.reshape(events.shape[:-2] + (hp // p, p, wp // p, p))
+    return blocks.max(axis=(-3, -1))
+
+
+def _fractions_numpy(events: np.ndarray, n: int) -> np.ndarray:
+    h, w = events.shape[-2:]
+    pad = n // 2
+    padded = np.zeros(events.shape[:-2] + (h + 2 * pad, w + 2 * pad))
+    padded[..., pad : pad + h, pad : pad + w] = events
+    out = np.zeros(events.shape)
+    for i in range(h):
+        for j in range(w):
+            out[..., i, j] = padded[..., i : i + n, j : j + n].sum(axis=(-2, -1)) / n**2
+    return out
+
+
+def test_csi_m_pooled_csi_and_fss_match_numpy():
+    from stpdist.metrics import batch_sums, neighbourhood_sums, summarize_neighbourhood
+
+    pred, target = _forecasts(seed=5)
+    thresholds = [0.3, 0.6, 0.85]
+    pools, sizes = [4, 16], [3, 4]
+    sums = _sums_in_two_halves(batch_sums, pred, target, thresholds)
+    sums.update(_sums_in_two_halves(neighbourhood_sums, pred, target, thresholds, pools, sizes))
+    got = summarize_neighbourhood(sums, thresholds, pools, sizes)
+
+    def csi(p_ev, o_ev):
+        h, m, f = (p_ev & o_ev).sum(), (~p_ev & o_ev).sum(), (p_ev & ~o_ev).sum()
+        return h / (h + m + f)
+
+    for t in range(3):
+        lead = f"/t{t + 1:02d}"
+        per_threshold = [csi(pred[:, t] >= k, target[:, t] >= k) for k in thresholds]
+        assert got[f"csi_m{lead}"] == pytest.approx(np.mean(per_threshold))
+        for p in pools:
+            values = []
+            for k in thresholds:
+                value = csi(_pooled_numpy(pred[:, t] >= k, p), _pooled_numpy(target[:, t] >= k, p))
+                assert got[f"csi_pool{p}@{k:g}{lead}"] == pytest.approx(value)
+                values.append(value)
+            assert got[f"csi_m_pool{p}{lead}"] == pytest.approx(np.mean(values))
+        for n in sizes:
+            for k in thresholds:
+                pf = _fractions_numpy(pred[:, t] >= k, n)
+                po = _fractions_numpy(target[:, t] >= k, n)
+                fss = 1 - ((pf - po) ** 2).sum() / ((pf**2).sum() + (po**2).sum())
+                assert got[f"fss{n}@{k:g}{lead}"] == pytest.approx(fss)
+
+
+# ------------------------------------------------------------------ SEVIR
+def sevir_layout(root: Path, size: int = 16) -> dict[str, np.ndarray]:
+    """SEVIR's layout: `CATALOG.csv` and `data/vil/2019/SEVIR_VIL_STORMEVENTS_2019_*.h5`
+    with `id` and `vil` N×H×W×49 uint8 (a smaller H×W); one IR row the reader skips."""
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(4)
+    events = {
+        "S001": ("2018-08-01 12:00:00", "vil/2018/SEVIR_VIL_STORMEVENTS_2018_0701_1231.h5", 0),
+        "S002": ("2018-09-03 18:05:00", "vil/2018/SEVIR_VIL_STORMEVENTS_2018_0701_1231.h5", 1),
+        "S003": ("2019-03-01 00:00:00", "vil/2019/SEVIR_VIL_STORMEVENTS_2019_0101_0630.h5", 0),
+        "S004": ("2019-07-04 09:30:00", "vil/2019/SEVIR_VIL_STORMEVENTS_2019_0701_1231.h5", 0),
+    }
+    data = {}
+    files: dict[str, list[str]] = {}
+    for event, (_, file, _) in events.items():
+        files.setdefault(file, []).append(event)
+    for file, ids in files.items():
+        vil = rng.integers(0, 255, (len(ids), size, size, 49), dtype=np.uint8)
+        (root / "data" / file).parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(root / "data" / file, "w") as f:
+            f["id"] = np.array([i.encode() for i in ids])
+            f["vil"] = vil
+        for i, event in enumerate(ids):
+            data[event] = np.moveaxis(vil[i], -1, 0)[:, None]  # 49×1×H×W
+    lines = ["id,file_name,file_index,img_type,time_utc,minute_offsets,episode_id"]
+    for event, (time, file, index) in events.items():
+        lines.append(f"{event},{file},{index},vil,{time},-120:-115,1")
+    lines.append("S001,ir069/2018/SEVIR_IR069.h5,0,ir069,2018-08-01 12:00:00,-120,1")
+    (root / "CATALOG.csv").write_text("\n".join(lines) + "\n")
+    return data
+
+
+def test_sevir_events_become_13_to_12_windows_split_by_date(tmp_path):
+    from stpdist.cli import main
+
+    data = sevir_layout(tmp_path / "sevir")
+    code = main(["shard", "sevir", str(tmp_path / "sevir" / "CATALOG.csv"), "--out",
+                 str(tmp_path / "out"), "--workers", "1"])  # fmt: skip
+    assert code in (0, None)
+    splits = {"train": ["S001", "S002"], "val": ["S003"], "test": ["S004"]}
+    for split, events in splits.items():
+        index = read_index(tmp_path / "out" / split)
+        assert index.shape == [25, 1, 16, 16] and index.dtype == "uint8"
+        assert index.value_scale == 255
+        got = stored(tmp_path / "out" / split)
+        assert sorted(got) == sorted(f"{e}_{s:02d}" for e in events for s in (0, 12, 24))
+        for window, meta in got.values():
+            np.testing.assert_array_equal(window, data[meta["event"]][meta["start"] :][:25])
+
+
+def test_sevir_bad_inputs_name_the_file(tmp_path):
+    from stpdist.data.convert import convert
+    from stpdist.data.sources.sevir import Sevir
+
+    sevir_layout(tmp_path / "sevir")
+    catalog = tmp_path / "sevir" / "CATALOG.csv"
+    text = catalog.read_text().replace(
+        "S003,vil/2019/SEVIR_VIL_STORMEVENTS_2019_0101_0630.h5,0",
+        "S003,vil/2019/SEVIR_VIL_STORMEVENTS_2019_0101_0630.h5,5",
+    )
+    catalog.write_text(text)
+    with pytest.raises(ValueError, match=r"2019_0101_0630\.h5: event S003: file_index 5 outside"):
+        convert(Sevir(str(catalog)), tmp_path / "out", progress=False)
+    (tmp_path / "bad.csv").write_text("id,file_name\nS1,x.h5\n")
+    with pytest.raises(ValueError, match=r"bad\.csv: missing columns"):
+        Sevir(str(tmp_path / "bad.csv")).splits()
+
+
+def test_netcdf_every_kth_step(tmp_path):
+    from stpdist.data.convert import convert
+    from stpdist.data.sources.netcdf import XarraySource
+
+    full = weatherbench_folders(tmp_path / "wb")
+    source = XarraySource(
+        [str(tmp_path / "wb" / "2m_temperature")], var_specs="t2m", num_frames=3, stride=4,
+        every=2, block_frames=5,
+    )  # fmt: skip
+    convert(source, tmp_path / "out", progress=False)
+    got = stored(tmp_path / "out" / "train")
+    assert len(got) == 4  # 32 steps → 16 kept → windows at 0, 4, 8, 12
+    for window, meta in got.values():
+        s = int(np.flatnonzero(full["time"] == np.datetime64(meta["start"], "ns"))[0])
+        np.testing.assert_array_equal(window[:, 0], full["t2m"][s : s + 5 : 2])
