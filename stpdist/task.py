@@ -260,6 +260,9 @@ class Forecaster(EnhancedModule):
         copy_last = norm(inputs[:, -1:]).expand_as(targets)
         thresholds = [t / self.value_scale for t in self.config.evaluation.metric_thresholds]
         sums = metrics.batch_sums(pred, targets, thresholds, raw_pred_BTCHW=norm.inverse(raw_model))
+        # persistence (copy the last input frame), per lead time: the nowcasting reference
+        last = inputs[:, -1:].expand_as(targets)
+        sums["persistence_sq_err"] = (last - targets).double().pow(2).sum(dim=(2, 3, 4)).sum(0)
         if self.geo is not None:
             sums.update(metrics.geo_sums(pred, targets, self.geo))
         pools, fss = self.config.evaluation.csi_pool_sizes, self.config.evaluation.fss_sizes
@@ -275,6 +278,12 @@ class Forecaster(EnhancedModule):
     def metrics_from_sums(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
         thresholds = self.config.evaluation.metric_thresholds
         out = metrics.summarize(sums, self.frame_pixels, thresholds)
+        if "persistence_sq_err" in sums:  # copy-last-frame MSE per lead time, per pixel
+            per_lead = sums["persistence_sq_err"] / (float(sums["count"].sum()) * self.frame_pixels)
+            out["persistence_mse"] = float(per_lead.mean())
+            out.update(
+                {f"persistence_mse/t{t + 1:02d}": v for t, v in enumerate(per_lead.tolist())}
+            )
         if self.geo is not None:
             out.update(metrics.summarize_geo(sums, self.geo, self.value_scale))
         if thresholds:

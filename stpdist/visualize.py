@@ -62,6 +62,61 @@ def sequence_panel(
     return panel
 
 
+def _row_names(inputs, truth, prediction) -> list[str]:
+    """The label of each row of `sequence_panel`, in order."""
+    groups = [("input", inputs), ("truth", truth), ("prediction", prediction)]
+    if truth is not None and prediction is not None:
+        groups.append(("|error|", truth))
+    names = []
+    for name, frames in groups:
+        if frames is None:
+            continue
+        rows = _channel_rows(frames)
+        names += [name] if len(rows) == 1 else [f"{name} c{c}" for c in range(len(rows))]
+    return names
+
+
+def labelled_panel(
+    inputs_TCHW: np.ndarray,
+    truth_TCHW: np.ndarray | None,
+    prediction_TCHW: np.ndarray | None,
+    colormap: str | None = None,
+    *,
+    min_frame_size: int = 64,
+) -> np.ndarray:
+    """`sequence_panel`, readable without a legend: frames upscaled (nearest neighbour) to
+    at least `min_frame_size` pixels, rows labelled (input, truth, prediction, |error|),
+    columns numbered (input frames, or lead times for the output rows), and a colour bar
+    from 0 to 1 (the scaled data range) for colormapped data."""
+    from PIL import ImageDraw
+
+    grid = sequence_panel(inputs_TCHW, truth_TCHW, prediction_TCHW, colormap)
+    h, w = np.asarray(inputs_TCHW).shape[-2:]
+    zoom = max(1, math.ceil(min_frame_size / max(h, w)))
+    grid = grid.repeat(zoom, axis=0).repeat(zoom, axis=1)
+    names = _row_names(inputs_TCHW, truth_TCHW, prediction_TCHW)
+    left, top, bar = 84, 16, (34 if colormap else 0)
+    height, width = grid.shape[:2]
+    canvas = Image.new("RGB", (left + width + bar, top + height), "white")
+    canvas.paste(Image.fromarray(grid), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    cell_h, cell_w = (h + GAP) * zoom, (w + GAP) * zoom
+    for r, name in enumerate(names):
+        draw.text((4, top + r * cell_h + h * zoom // 2 - 5), name, fill="black")
+    columns = (width + GAP * zoom) // cell_w
+    for c in range(columns):
+        draw.text((left + c * cell_w + w * zoom // 2 - 3, 2), str(c + 1), fill="black")
+    if colormap:
+        import matplotlib
+
+        ramp = matplotlib.colormaps[colormap](np.linspace(1, 0, height))[:, :3]
+        strip = np.repeat(np.round(ramp * 255).astype(np.uint8)[:, None], 10, axis=1)
+        canvas.paste(Image.fromarray(strip), (left + width + 4, top))
+        draw.text((left + width + 16, top), "1", fill="black")
+        draw.text((left + width + 16, top + height - 10), "0", fill="black")
+    return np.asarray(canvas)
+
+
 def save_panel(
     path: str | Path,
     inputs_TCHW: np.ndarray,
@@ -69,9 +124,10 @@ def save_panel(
     prediction_TCHW: np.ndarray | None,
     colormap: str | None = None,
 ) -> Path:
+    """The labelled, upscaled panel (`labelled_panel`) as a PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    panel = sequence_panel(inputs_TCHW, truth_TCHW, prediction_TCHW, colormap)
+    panel = labelled_panel(inputs_TCHW, truth_TCHW, prediction_TCHW, colormap)
     Image.fromarray(panel).save(path)
     return path
 
@@ -98,13 +154,27 @@ def save_gif(
     return path
 
 
-def plot_lead_times(results: dict[str, float], path: str | Path) -> Path | None:
-    """A PNG with one panel per metric against lead time; None when there is none."""
+def lead_time_series(
+    results: dict[str, float],
+) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, float]]]]:
+    """(metric → [(lead, value)], model metric → persistence's [(lead, value)])."""
     per_lead: dict[str, list[tuple[int, float]]] = {}
     for key, value in results.items():
         match = LEAD.match(key)
         if match and isinstance(value, float) and math.isfinite(value):
             per_lead.setdefault(match.group(1), []).append((int(match.group(2)), value))
+    baseline = {
+        f"{name.split('/')[0]}/mse": sorted(per_lead.pop(name))
+        for name in list(per_lead)
+        if name.endswith("/persistence_mse")
+    }
+    return {k: sorted(v) for k, v in per_lead.items()}, baseline
+
+
+def plot_lead_times(results: dict[str, float], path: str | Path) -> Path | None:
+    """A PNG with one panel per metric against lead time, the persistence (copy the last
+    input frame) baseline drawn beside the model's MSE; None when there is none."""
+    per_lead, baseline = lead_time_series(results)
     if not per_lead:
         return None
     import matplotlib
@@ -119,7 +189,12 @@ def plot_lead_times(results: dict[str, float], path: str | Path) -> Path | None:
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         points = sorted(per_lead[name])
-        ax.plot([t for t, _ in points], [v for _, v in points], marker="o")
+        ax.plot([t for t, _ in points], [v for _, v in points], marker="o", label="model")
+        if name in baseline:
+            reference = sorted(baseline[name])
+            ax.plot([t for t, _ in reference], [v for _, v in reference], "--", marker=".",
+                     color="gray", label="persistence")  # fmt: skip
+            ax.legend(fontsize=7)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("lead time (frames)", fontsize=8)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

@@ -284,7 +284,7 @@ def test_synth_with_mnist_idx_digits_and_inspect(tmp_path):
     assert len(panels) == 2  # the stored frames only: one row of 20, no fake prediction
     from PIL import Image
 
-    assert Image.open(panels[0]).size == (20 * 64 + 19 * 2, 64)
+    assert Image.open(panels[0]).size == (84 + 20 * 64 + 19 * 2, 16 + 64)  # + labels
     proc = cli("inspect", "ds", "--samples", "1", cwd=tmp_path)  # no --out: a named temp dir
     folder = Path(proc.stdout.strip().splitlines()[-1].rsplit(" to ", 1)[1])
     assert folder.is_dir() and "stpdist-inspect-" in str(folder) and tmp_path not in folder.parents
