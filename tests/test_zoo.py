@@ -1,6 +1,8 @@
-"""The recurrent/transformer zoo (MIM, E3D-LSTM, PhyDNet, MAU, SwinLSTM, PredFormer):
-shapes, gradients, aux losses, a quick overfit, and parameter counts at the published
-Moving MNIST settings (compared with OpenSTL's table in each module's docstring).
+"""The recurrent/transformer zoo (MIM, E3D-LSTM, PhyDNet, MAU, SwinLSTM, PredFormer) and
+ConvLSTM's three forms: shapes, gradients, aux losses, stochastic depth, a quick overfit,
+and parameter counts at the published Moving MNIST settings (compared with OpenSTL's table
+or the official code in each module's docstring). tests/test_zoo_dist.py trains them on
+2 ranks.
 
 Legend: B batch, T time, C channels, H×W frame size."""
 
@@ -216,7 +218,7 @@ MMNIST = {
     "phydnet": (FrameSpec(1, 64, 64, 10, 10), {}, 3_091_732),  # OpenSTL 3.1M
     "mau": (FrameSpec(1, 64, 64, 10, 10), {}, 4_475_329),  # OpenSTL 4.5M (2 unused convs)
     "predformer": (FrameSpec(1, 64, 64, 10, 10), {}, 25_297_728),  # = official code's count
-    "swinlstm": (FrameSpec(1, 64, 64, 10, 10), {}, 18_845_409),  # official: + 1,346,560 unused
+    "swinlstm": (FrameSpec(1, 64, 64, 10, 10), {}, 18_845_409),  # official 20,191,969: unused
 }
 
 
@@ -233,6 +235,21 @@ def test_openstl_reference_counts_are_within_two_percent_where_claimed():
     for name, published in [("mim", 38.0e6), ("phydnet", 3.1e6), ("mau", 4.5e6)]:
         assert math.isclose(MMNIST[name][2], published, rel_tol=0.02), name
     assert MMNIST["e3dlstm"][2] + 4 * 128 * 128 * 2 * 5 * 5 == 51_347_456
+
+
+def test_swinlstm_builds_the_official_projections_only_where_they_are_called():
+    """The official code builds a Linear(2D, D) in every Swin block; only block 0 (X, H) and
+    the later even ones (re-injecting X) call it. Ours exist exactly there; the official
+    model's extra 1,345,664 parameters at the Moving MNIST settings are the odd blocks'."""
+    spec, args, _ = MMNIST["swinlstm"]
+    model = SwinLSTM(spec, SwinLSTM.Args(**args))
+    missing = 0
+    for cell in list(model.down) + list(model.up):
+        for i, block in enumerate(cell.blocks):
+            assert (block.reduce is not None) == (i % 2 == 0)
+            d = block.qkv.in_features
+            missing += 0 if block.reduce is not None else 2 * d * d + d
+    assert missing == 1_345_664
 
 
 # ---------------------------------------------------------------- ConvLSTM's three forms
