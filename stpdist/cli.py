@@ -182,6 +182,19 @@ def cmd_forecast(args: argparse.Namespace) -> None:
         save_panel(out / "samples" / f"{key}.png", inputs, None, pred, cmap)
         save_gif(out / "samples" / f"{key}.gif", None, pred, colormap=cmap)
     print(f"forecasts in physical units: {out}/predictions-r*.npz; pictures: {out / 'samples'}")
+    if args.shards:
+        from .data.format import SplitWriter
+        from .trainer import load_predictions
+
+        with SplitWriter(
+            out / "shards" / "forecast",
+            "forecast",
+            value_scale=module.value_scale,
+            source=f"stpdist forecast of {args.inputs} with {module.model_folder}",
+        ) as writer:
+            for key, frames in sorted(load_predictions(out).items()):
+                writer.write(key, frames.astype(np.float32), {"forecast_of": key})
+        print(f"as a shard split (stpdist inspect renders it): {out / 'shards' / 'forecast'}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -272,6 +285,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
                 f"longitudes {lon[0]:g}…{lon[-1]:g} ({len(lon)})"
                 + (f", climatology {index.climatology}" if index.climatology else "")
             )
+        if args.verify:
+            print(f"  verified: {verify_split(folder)}")
         if args.samples <= 0:
             continue
         stream = ShardEvalStream(
@@ -286,6 +301,36 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         print(
             f"  rendered {len(keys)} samples (all {index.shape[0]} frames) to {out / folder.name}"
         )
+
+
+def verify_split(folder: Path) -> str:
+    """Read every sample of a split: each shard's count against the index, each sample's
+    dtype, shape and finiteness, keys unique; the first problem is an error naming it."""
+    from .data.format import FRAMES_EXT, ShardFormatError, decode_frames, iter_shard, read_index
+
+    index = read_index(folder)
+    seen: dict[str, str] = {}
+    for shard in index.shards:
+        count = 0
+        for key, sample in iter_shard(folder / shard.name):
+            where = f"{folder / shard.name}: member {key}.{FRAMES_EXT}"
+            if key in seen:
+                raise ShardFormatError(f"{where}: key '{key}' also in {seen[key]}")
+            seen[key] = shard.name
+            frames = decode_frames(sample.get(FRAMES_EXT, b""), where)
+            if list(frames.shape) != index.shape or str(frames.dtype) != index.dtype:
+                raise ShardFormatError(
+                    f"{where}: {frames.dtype} {list(frames.shape)}, the index says "
+                    f"{index.dtype} {index.shape}"
+                )
+            if frames.dtype.kind == "f" and not np.isfinite(frames).all():
+                raise ShardFormatError(f"{where}: the frames hold NaN or Inf")
+            count += 1
+        if count != shard.num_samples:
+            raise ShardFormatError(
+                f"{folder / shard.name}: holds {count} samples, the index says {shard.num_samples}"
+            )
+    return f"{len(seen)} samples in {len(index.shards)} shards: counts, dtypes, shapes, keys OK"
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -379,7 +424,9 @@ def parser() -> argparse.ArgumentParser:
     def with_config(name: str, help_: str) -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_)
         s.add_argument("config", help="YAML config file")
-        s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_epochs=2")
+        s.add_argument(
+            "overrides", nargs="*", default=[], help="dotted overrides, e.g. trainer.max_epochs=2"
+        )
         s.add_argument("--debug", action="store_true", help="show tracebacks")
         return s
 
@@ -420,6 +467,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--samples", type=int, default=4, help="samples drawn as pictures")
     s.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"])
     s.add_argument("--colormap", default=None)
+    s.add_argument(
+        "--shards", action="store_true", help="also write the forecasts as a shard split"
+    )
     s.add_argument("--debug", action="store_true")
     s.set_defaults(func=cmd_forecast)
 
@@ -458,7 +508,10 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("inspect", help="summarise a dataset's index and render samples")
     s.add_argument("dir")
     s.add_argument("--samples", type=int, default=4)
-    s.add_argument("--out", default=None)
+    s.add_argument("--out", default=None, help="folder for the pictures (default: a temp dir)")
+    s.add_argument(
+        "--verify", action="store_true", help="read every sample: counts, dtypes, shapes, keys"
+    )
     s.add_argument("--debug", action="store_true")
     s.set_defaults(func=cmd_inspect)
 

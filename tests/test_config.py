@@ -261,3 +261,18 @@ def test_every_bad_value_is_one_line_naming_the_key(key, value):
         load_config(debug, [f"{key}={value}"])
     message = str(err.value)
     assert key in message and "\n" not in message, message
+
+
+def test_yaml_errors_name_file_line_and_column(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("trainer:\n  max_epochs: [1, 2\nmodel: {}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML \(line 3, column 6\)"):
+        load_config(path)
+
+
+def test_train_without_a_config_names_only_the_config(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "stpdist", "train"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 2
+    assert "required: config" in proc.stderr and "overrides" not in proc.stderr.splitlines()[-1]

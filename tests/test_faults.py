@@ -790,3 +790,29 @@ def test_read_only_output_dir_is_one_line_naming_it(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("stpdist:")]
     assert len(errors) == 1 and str(ro / "run") in errors[0], proc.stderr[-2000:]
     assert "Read-only file system" in errors[0] and "Traceback" not in proc.stderr
+
+
+def test_inspect_verify_reads_every_sample_and_names_a_duplicate_key(tmp_path):
+    import io
+    import tarfile
+
+    from stpdist.cli import verify_split
+
+    folder = small_split(tmp_path / "train")  # k0, k1 | k2
+    assert verify_split(folder).startswith("3 samples in 2 shards")
+    with tarfile.open(folder / "train-000001.tar", "w") as tar:  # k2 → a second k0
+        buffer = io.BytesIO()
+        np.save(buffer, np.full((4, 1, 4, 4), 2, np.uint8))
+        info = tarfile.TarInfo("k0.frames.npy")
+        info.size = buffer.tell()
+        buffer.seek(0)
+        tar.addfile(info, buffer)
+    with pytest.raises(
+        ShardFormatError, match=r"train-000001\.tar: member k0.*also in train-000000"
+    ):
+        verify_split(folder)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stpdist", "inspect", str(folder), "--verify", "--samples", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "key 'k0' also in train-000000.tar" in proc.stderr
