@@ -409,6 +409,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             merged = OmegaConf.merge(merged, overlay)
         except OmegaConfBaseException as exc:
             raise _error(schema, exc, str(path)) from exc
+        except (TypeError, ValueError) as exc:  # e.g. a list where a mapping belongs
+            raise ConfigError(f"{path}: {exc}") from exc
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.path=value")
@@ -420,6 +422,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             merged = OmegaConf.merge(merged, dotted)
         except OmegaConfBaseException as exc:
             raise _error(schema, exc, f"override {item!r}") from exc
+        except (TypeError, ValueError) as exc:  # e.g. a list where a mapping belongs
+            key = item.partition("=")[0]
+            raise ConfigError(f"override {item!r}: bad value for '{key}': {exc}") from exc
     try:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:

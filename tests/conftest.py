@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-_port = [29600 + os.getpid() % 2000]
 
 
 def pytest_configure(config):
@@ -51,8 +50,12 @@ def _offline_wandb(monkeypatch, tmp_path):
 
 
 def free_port() -> int:
-    _port[0] += 1
-    return _port[0]
+    """A TCP port nobody listens on now (asked from the OS: safe with parallel workers)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def launcher(nproc: int) -> list[str]:

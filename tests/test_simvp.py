@@ -94,9 +94,9 @@ def test_odd_number_of_spatial_blocks():
     assert model(torch.rand(1, 3, 1, 16, 16), 3).shape == (1, 3, 1, 16, 16)
 
 
-@pytest.mark.parametrize("translator", ["gsta", "swin"])
+@pytest.mark.parametrize("translator", sorted(BLOCKS))
 def test_overfits_one_batch(translator):
-    # gsta (the default: convolutional, BatchNorm) and swin (windowed attention, LayerNorm)
+    # every translator: convolutional (BatchNorm), attention (LayerNorm), MLP and pooling blocks
     torch.manual_seed(0)
     model = SimVP(SMALL_SPEC, small_args(translator, spatial_channels=16))
     frames, targets = torch.rand(2, 3, 1, 16, 16), torch.rand(2, 3, 1, 16, 16)

@@ -191,7 +191,9 @@ def test_every_metric_exact_across_ranks_with_uneven_sizes(tmp_path):
             module.validation_step(inputs, targets)["sums"]
         ).items()
     }
-    assert len(expected) == 7 * 3 + 2 * 4 * 3  # 7 metrics, 4 skill scores at 2 thresholds
+    # 12 metrics (7 + OpenSTL's raw MSE/MAE, frame sums and range-2 SSIM) overall and per
+    # lead time, 4 skill scores at 2 thresholds
+    assert len(expected) == 12 * 3 + 2 * 4 * 3
     for key, value in expected.items():
         if math.isnan(value):
             assert got[key] == "nan" or math.isnan(got[key]), key
