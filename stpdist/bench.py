@@ -200,7 +200,7 @@ def _run_probe(kind: str, path: str, workers: int, batch: int) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def bench_data(folder: str | Path, batch: int = 16) -> None:
+def bench_data(folder: str | Path, batch: int = 16, workers: tuple[int, ...] = (0, 2)) -> None:
     """Training-loader throughput of shards vs the seed's per-example .npz vs an in-RAM
     array (0 and 2 workers), peak RSS of each, and conversion MB/s vs plain `tar`."""
     import shutil
@@ -239,13 +239,13 @@ def bench_data(folder: str | Path, batch: int = 16) -> None:
             ("npz", "seed per-example .npz"),
             ("ram", "in-RAM uint8 array"),
         ):
-            for workers in (0, 2):
+            for count in workers:
                 where = str(folder if kind != "npz" else seed)
-                rows.append((label, workers, _run_probe(kind, where, workers, batch)))
+                rows.append((label, count, _run_probe(kind, where, count, batch)))
         print(f"{'loader':<24}{'workers':>8}{'samples/s':>12}{'MB/s':>9}{'peak RSS MB':>13}")
-        for label, workers, r in rows:
+        for label, count, r in rows:
             print(
-                f"{label:<24}{workers:>8}{r['samples_per_s']:>12.0f}{r['mb_per_s']:>9.1f}"
+                f"{label:<24}{count:>8}{r['samples_per_s']:>12.0f}{r['mb_per_s']:>9.1f}"
                 f"{r['peak_rss_mb']:>13.0f}"
             )
         best = {
@@ -255,7 +255,8 @@ def bench_data(folder: str | Path, batch: int = 16) -> None:
         ours = best["stpdist shards"]
         print(
             f"shards / per-file npz: {ours / best['seed per-example .npz']:.2f}×   "
-            f"shards / in-RAM array: {ours / best['in-RAM uint8 array']:.2f}×  (best of 0/2 workers)"
+            f"shards / in-RAM array: {ours / best['in-RAM uint8 array']:.2f}×  "
+            f"(best of {'/'.join(map(str, workers))} workers)"
         )
 
         seed_bytes = sum(p.stat().st_size for p in seed.iterdir())

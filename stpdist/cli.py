@@ -362,7 +362,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     else:
         if not args.dir:
             raise ValueError("bench data needs a dataset folder: stpdist bench data DIR")
-        bench_data(args.dir)
+        bench_data(args.dir, workers=tuple(int(w) for w in args.loader_workers.split(",")))
 
 
 def _shard_parser(sub: Any) -> None:
@@ -538,6 +538,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--compile", action="store_true", help="model: torch.compile the step")
     s.add_argument("--channels-last", action="store_true", help="model: channels-last memory")
     s.add_argument("--repeats", type=int, default=5)
+    s.add_argument(
+        "--loader-workers", default="0,2", help="data: DataLoader worker counts to compare"
+    )
     s.add_argument("--steps", type=int, default=200)
     s.add_argument("--debug", action="store_true")
     s.set_defaults(func=cmd_bench)

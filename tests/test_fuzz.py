@@ -61,7 +61,7 @@ VALUES = st.one_of(
 )
 
 
-@FUZZ
+@settings(FUZZ, max_examples=100)
 @given(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), min_size=1, max_size=4))
 def test_config_overrides_are_accepted_checked_or_refused_in_one_line(pairs):
     overrides = [f"{key}={value}" for key, value in pairs]
