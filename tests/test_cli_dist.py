@@ -59,8 +59,11 @@ def test_accelerate_launch_multi_gpu_flag_on_cpu_host_gives_two_ranks(tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_offline_wandb_two_ranks_logs_media_from_main_only(tmp_path):
+def test_offline_wandb_two_ranks_logs_media_from_main_only(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
+    # an earlier in-process wandb run (test_config) leaves WANDB_SERVICE in this worker's
+    # environment: the ranks would log through that worker's service instead of their own
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
     stpdist(
         "train", DEBUG, "logging.trackers=[wandb]", "logging.num_samples=2", cwd=tmp_path, nproc=2
     )
@@ -72,7 +75,7 @@ def test_offline_wandb_two_ranks_logs_media_from_main_only(tmp_path):
     # offline runs keep their history in the binary run file: the logged keys are in it
     import time
 
-    deadline = time.time() + 60  # wandb's service process may still be writing its record
+    deadline = time.time() + 15  # wandb's service process may still be writing its record
     while not list(runs[0].glob("run-*.wandb")) and time.time() < deadline:
         time.sleep(0.5)
     record = next(runs[0].glob("run-*.wandb")).read_bytes()

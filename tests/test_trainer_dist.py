@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import launcher as ranks_launcher
 from conftest import run_ranks
 from helpers import TinyModule, TinySequences
 from safetensors.torch import load_file
@@ -55,83 +50,6 @@ def test_equivalence_batch_ranks_and_accumulation(tmp_path):
         for name in "bcd":
             relative = ((weights[name][key] - ref).norm() / ref.norm()).item()
             assert relative < 1e-6, f"run {name} differs from run a at {key}: {relative:.2e}"
-
-
-def _run_until_killed(cmd: list[str], ckpt: Path, env: dict) -> None:
-    proc = subprocess.Popen(
-        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.time() + 120
-    try:
-        while not (ckpt / "trainer_state.json").is_file():
-            assert proc.poll() is None, (
-                f"run ended before its checkpoint: {proc.stderr.read()[-3000:]}"
-            )
-            assert time.time() < deadline, "checkpoint never appeared"
-            time.sleep(0.2)
-        time.sleep(0.5)  # the run is now hanging inside the step after
-        assert proc.poll() is None
-    finally:
-        # torchrun starts each rank in a session of its own: killing torchrun's process
-        # group would leave the ranks alive, so every descendant is killed by pid
-        import psutil
-
-        ranks = psutil.Process(proc.pid).children(recursive=True)
-        for child in ranks:
-            child.kill()
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        gone, alive = psutil.wait_procs(ranks, timeout=30)
-        assert not alive, f"ranks survived SIGKILL: {alive}"
-
-
-REFERENCE = ["--batch", "4", "--steps", "12", "--ckpt-every", "6", "--dropout", "0.2"]
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """The uninterrupted reference run per rank count, shared by the SIGKILL and SIGTERM
-    tests (checkpointing every 6 steps does not change the trajectory)."""
-    runs: dict[int, Path] = {}
-
-    def run(nproc: int) -> Path:
-        if nproc not in runs:
-            out = tmp_path_factory.mktemp(f"straight{nproc}")
-            run_ranks([SCRIPT, "--out", str(out), *REFERENCE], nproc)
-            runs[nproc] = out
-        return runs[nproc]
-
-    return run
-
-
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_resume_after_sigkill_is_bitwise_identical(tmp_path, nproc, uninterrupted):
-    common = REFERENCE
-    straight = uninterrupted(nproc)
-
-    killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = ranks_launcher(nproc)
-    _run_until_killed(
-        [*launcher, SCRIPT, "--out", str(killed), *common, "--hang-at", "8"],
-        killed / "checkpoints" / "step-00000006",
-        env,
-    )
-    assert not (killed / "checkpoints" / "step-00000012").exists()
-    run_ranks([SCRIPT, "--out", str(killed), *common, "--resume", "auto"], nproc)
-
-    a, b = straight / "checkpoints" / "step-00000012", killed / "checkpoints" / "step-00000012"
-    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        assert torch.equal(wa[key], wb[key]), key
-    oa = torch.load(a / "optimizer.pt", weights_only=True)
-    ob = torch.load(b / "optimizer.pt", weights_only=True)
-    for pid, st in oa["state"].items():
-        for name, value in st.items():
-            assert torch.equal(torch.as_tensor(value), torch.as_tensor(ob["state"][pid][name]))
-    steps_per_epoch = 40 // (4 * nproc)
-    assert json.loads((a / "trainer_state.json").read_text())["epoch"] == 12 // steps_per_epoch
 
 
 def test_validation_is_exact_across_ranks(tmp_path):
@@ -200,55 +118,6 @@ def test_every_metric_exact_across_ranks_with_uneven_sizes(tmp_path):
         else:
             assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
     assert got["val/num_samples"] == 13
-
-
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_sigterm_stops_after_a_step_with_checkpoint_and_resumes_bitwise(
-    tmp_path, nproc, uninterrupted
-):
-    common = ["--batch", "4", "--steps", "12", "--dropout", "0.2"]
-    straight = uninterrupted(nproc)
-
-    stopped = tmp_path / "stopped"
-    launcher = ranks_launcher(nproc)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [*launcher, SCRIPT, "--out", str(stopped), *common, "--step-sleep", "0.3"],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    metrics = stopped / "metrics.jsonl"
-    deadline = time.time() + 120
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()
-        time.sleep(0.1)
-    # what SLURM or torchrun does: every rank gets SIGTERM (ranks are the launcher's children)
-    if nproc == 1:
-        targets = [proc.pid]
-    else:
-        out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
-        targets = [int(pid) for pid in out.stdout.split()]
-        assert len(targets) == nproc
-    for pid in targets:
-        os.kill(pid, signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
-    if nproc == 1:
-        assert proc.returncode == 75, stderr[-2000:]
-    assert "stopped on a signal after step" in stdout + stderr
-    saved = sorted((stopped / "checkpoints").glob("step-*"))
-    stop_step = int(saved[-1].name.split("-")[1])
-    assert 3 <= stop_step < 12
-    state = json.loads((saved[-1] / "trainer_state.json").read_text())
-    assert state["global_step"] == stop_step
-
-    run_ranks([SCRIPT, "--out", str(stopped), *common, "--resume", "auto"], nproc)
-    final_a = load_file(str(straight / "checkpoints" / "step-00000012" / "model.safetensors"))
-    final_b = load_file(str(stopped / "checkpoints" / "step-00000012" / "model.safetensors"))
-    for key in final_a:
-        assert torch.equal(final_a[key], final_b[key]), key
 
 
 def test_batch_dicts_bring_keys_and_masks_to_every_hook_on_two_ranks(tmp_path):
