@@ -18,9 +18,9 @@ demo: install
 	$(VENV)/bin/stpdist train configs/quickstart.yaml --resume auto
 	$(VENV)/bin/stpdist predict configs/quickstart.yaml
 
-# two workers (pytest-xdist), one test file each at a time: most tests wait on subprocesses
+# two workers (pytest-xdist, work stealing): most tests wait on subprocesses
 test: install
-	WANDB_DIR=$$(mktemp -d) $(PY) -m pytest -q -n 2 --dist loadfile
+	WANDB_DIR=$$(mktemp -d) $(PY) -m pytest -q -n 2 --dist worksteal
 
 # opt-in: starts a local 2-node SLURM cluster (installs slurm + munge when missing and
 # adds the node names to /etc/hosts; needs root). CI runs it.
