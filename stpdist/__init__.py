@@ -1,5 +1,11 @@
 """stpdist: distributed training for spatiotemporal prediction."""
 
+from .threads import prefer_passive_waiting
+
+prefer_passive_waiting()  # before torch is imported below: OpenMP reads it once
+
+# ruff: noqa: E402
+
 from .config import Config, ConfigError, load_config
 from .inference import load
 from .module import EnhancedModule

@@ -259,6 +259,12 @@ class CheckpointManager:
         self._run = (accelerator, module, optimizer, scheduler, config_yaml, attachments)
         self.last_saved_step = state.global_step
 
+    def is_due(self, step: int, *, epoch_end: bool = False) -> bool:
+        """Whether the policy saves after optimizer step `step` (or at an epoch's end)."""
+        every = self.policy.every_n_steps
+        due = bool(every) and step % every == 0
+        return due or (epoch_end and self.policy.every_epoch)
+
     def maybe_save(
         self, state: TrainState, *, epoch_end: bool = False, last: bool = False
     ) -> Path | None:
@@ -266,10 +272,7 @@ class CheckpointManager:
         epoch's end (`every_epoch`), and always as the `last` act of a run (end or stop)
         unless this step is already saved. Returns the checkpoint written, if any."""
         step = state.global_step
-        every = self.policy.every_n_steps
-        due = bool(every) and step % every == 0
-        if epoch_end:
-            due = due or self.policy.every_epoch
+        due = self.is_due(step, epoch_end=epoch_end)
         if last:
             due = self.last_saved_step != step or self.latest() is None
         if not due:

@@ -99,6 +99,19 @@ class TrainerConfig:
     """Also validate every N optimizer steps."""
     num_workers: int = checked(0, _non_negative)
     """Data-loading worker processes per rank."""
+    num_threads: Optional[int] = checked(None, _positive)
+    """Intra-op CPU threads per rank (None: `OMP_NUM_THREADS` when set, else the CPUs this
+    process may use — `SLURM_CPUS_PER_TASK` or its affinity — divided among the node's
+    ranks, so ranks never oversubscribe cores)."""
+    compile: bool = False
+    """`torch.compile` for training. A Forecaster compiles its backbone region by region
+    (one recurrent cell step, compiled once and reused for every frame); scheduled
+    sampling stays outside the compiled code, so it causes no recompiles."""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    """torch.compile's mode (`reduce-overhead`: CUDA graphs, for static shapes on a GPU)."""
+    activation_checkpointing: bool = False
+    """Recompute each recurrent step's activations in the backward instead of keeping
+    all of them: less memory for long sequences and wide cells, more compute."""
     progress_bar: bool = True
     """Show a tqdm bar on the main process."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

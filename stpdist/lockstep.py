@@ -1,9 +1,17 @@
 """Keeping ranks in lockstep: every rank must take the same decisions at the same step, or
 DDP's collectives hang. The Trainer asks; these objects decide, on `accelerator.reduce`.
 
-- `Lockstep.agree`: one small reduce per micro-batch makes every rank agree on the mean
-  loss, on skipping (any rank's `training_step` returned None), on a non-finite loss, and
-  on a stop request (SIGTERM / SIGUSR1 on any rank).
+- `Lockstep.agree`: for modules that may skip batches (`EnhancedModule.skips_batches`), one
+  small reduce per micro-batch, read on the host, makes every rank agree on skipping (any
+  rank's `training_step` returned None), on a non-finite loss and on a stop request
+  (SIGTERM / SIGUSR1 on any rank).
+- `Lockstep.note` / `Lockstep.settle`: for modules that never skip, nothing is read on the
+  host in the steady state. `note` keeps, on the device, the first step whose loss was not
+  finite; `settle`, at a check point (log steps, before a checkpoint or a validation, epoch
+  ends, the last step), gathers that and the stop requests from every rank in one read. A
+  non-finite loss then stops every rank, naming its step, before anything is saved; a stop
+  request stops every rank after the same check point. On a GPU the host can so queue the
+  next steps while the device works.
 - `Lockstep.average_grads_by_hand`: when the micro-batch that would carry DDP's gradient
   all-reduce is skipped on every rank, gradients of the window's earlier micro-batches are
   averaged here instead.
@@ -52,8 +60,6 @@ class StopFlag:
 
 
 class Agreement(NamedTuple):
-    mean_loss: float
-    """The loss averaged over ranks (0 contributed by a rank that skipped)."""
     skipped: bool
     """Some rank's training_step returned None: every rank skips the backward."""
     nonfinite: bool
@@ -66,22 +72,56 @@ class Lockstep:
     def __init__(self, accelerator: Any, stop: StopFlag) -> None:
         self.accelerator = accelerator
         self.stop = stop
+        self._first_bad: torch.Tensor | None = None  # device: first non-finite step, or 0
+        self._settled: tuple[int, bool] | None = None  # (step, stop) of the last check
+
+    def reset(self) -> None:
+        """Forget the notes of an earlier `fit`."""
+        self._first_bad, self._settled = None, None
 
     def agree(self, loss: torch.Tensor | None) -> Agreement:
-        """The same `Agreement` on every rank, from one 4-number reduce."""
-        flags = torch.zeros(4, dtype=torch.float64, device=self.accelerator.device)
-        flags[3] = float(self.stop.requested)
+        """The same `Agreement` on every rank, from one 3-number reduce read on the host."""
+        flags = torch.zeros(3, dtype=torch.float64, device=self.accelerator.device)
+        flags[2] = float(self.stop.requested)
         if loss is None:
-            flags[1] = 1
+            flags[0] = 1
         else:
-            value = loss.detach().double()
-            finite = torch.isfinite(value)
-            flags[0] = torch.where(finite, value, torch.zeros_like(value))
-            flags[2] = (~finite).double()
+            flags[1] = (~torch.isfinite(loss.detach())).double()
         flags = self.accelerator.reduce(flags, reduction="sum")
-        total, skipped, nonfinite, stop = flags.tolist()  # host sync: waits for the device
-        world = self.accelerator.num_processes
-        return Agreement(total / world, skipped > 0, nonfinite > 0, stop > 0)
+        skipped, nonfinite, stop = flags.tolist()  # host sync: waits for the device
+        return Agreement(skipped > 0, nonfinite > 0, stop > 0)
+
+    def note(self, loss: torch.Tensor, step: int) -> None:
+        """Remember, on the device, whether optimizer step `step`'s loss is finite (the
+        first bad step wins). No host read."""
+        bad = ~torch.isfinite(loss.detach())
+        if self._first_bad is None:
+            self._first_bad = torch.zeros((), dtype=torch.float64, device=loss.device)
+        first = self._first_bad
+        self._first_bad = torch.where(bad & (first == 0), float(step), first)
+
+    def settle(self, step: int, where: str = "") -> bool:
+        """A check point, at the same step on every rank: raises `FloatingPointError` if
+        any rank's loss was not finite since the run began (naming the first such step);
+        returns whether any rank was asked to stop. One gather, one host read; repeated
+        calls at the same step reuse the answer."""
+        if self._settled is not None and self._settled[0] == step:
+            return self._settled[1]
+        device = self.accelerator.device
+        mine = torch.zeros(1, 2, dtype=torch.float64, device=device)
+        if self._first_bad is not None:
+            mine[0, 0] = self._first_bad
+        mine[0, 1] = float(self.stop.requested)
+        rows = self.accelerator.gather(mine).tolist()  # the host read of this check point
+        bad = [int(first) for first, _ in rows if first > 0]
+        if bad:
+            raise FloatingPointError(
+                f"non-finite loss at step {min(bad)} (found at the check after step {step}); "
+                f"nothing after it was saved{where}"
+            )
+        stop = any(flag > 0 for _, flag in rows)
+        self._settled = (step, stop)
+        return stop
 
     def average_grads_by_hand(self, module: nn.Module) -> None:
         """Average gradients across ranks, as DDP would have on the window's last

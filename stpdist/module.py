@@ -33,6 +33,14 @@ class EnhancedModule(nn.Module):
       their length; None outside `fit`.
     """
 
+    skips_batches: bool = True
+    """Whether `training_step` may return None to skip a batch. Then every micro-batch
+    ends with a small all-reduce read on the host, so that all ranks skip together (on a
+    GPU the host waits for the device there). A module that never skips sets this False:
+    its steps read nothing on the host, and a non-finite loss or a stop request is acted
+    on at the next check point (log steps, checkpoints, validations, epoch ends) — still
+    the same step on every rank, and never saved."""
+
     def __init__(self) -> None:
         super().__init__()
         self.global_step: int = 0
@@ -74,6 +82,21 @@ class EnhancedModule(nn.Module):
     def validation_step_end(self, output: StepOutput) -> StepOutput:
         """Post-process the output of `validation_step` (default: unchanged)."""
         return output
+
+    def compile_for_training(self, mode: str = "default") -> None:
+        """Called by the Trainer before training when `trainer.compile` is set. Default:
+        `torch.compile` of this module's forward (in place: checkpoint keys unchanged).
+        Override to compile regions — code that branches on Python values changing every
+        step (e.g. `global_step`) must stay outside, or it recompiles every step."""
+        self.compile(mode=mode)
+
+    def enable_activation_checkpointing(self) -> None:
+        """Called by the Trainer when `trainer.activation_checkpointing` is set: recompute
+        activations in the backward instead of keeping them. Modules that support it
+        override this."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not support trainer.activation_checkpointing"
+        )
 
     def predict_step(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
         """Return predictions B×T_out×C×H×W."""

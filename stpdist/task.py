@@ -37,6 +37,8 @@ class Forecaster(EnhancedModule):
     """Backbone `config.name` with loss, optimizer, schedule, scheduled sampling, patching,
     clamping and metrics, all read from `config` (the `model` section)."""
 
+    skips_batches = False  # never returns None: its steps read nothing on the host
+
     def __init__(
         self,
         config: ModelConfig,
@@ -111,6 +113,26 @@ class Forecaster(EnhancedModule):
         if clamp:
             pred = self.clamped(pred)
         return BackboneOutput(pred, out.aux_losses)
+
+    def compile_for_training(self, mode: str = "default") -> None:
+        """Regional compilation: a frame-recurrent backbone's one-frame `step` (compiled
+        once, reused for all T_in+T_out−1 frames, instead of unrolling the loop into one
+        graph), any other backbone whole. The teacher mask is drawn in `training_step`,
+        outside the compiled code, and enters as a tensor: scheduled sampling, whose
+        probabilities change every step, causes no recompilation."""
+        if isinstance(self.backbone, FrameRecurrent):
+            self.backbone.step = torch.compile(self.backbone.step, mode=mode)
+        else:
+            self.backbone.compile(mode=mode)
+
+    def enable_activation_checkpointing(self) -> None:
+        """Frame-recurrent backbones recompute each step's activations in the backward."""
+        if not isinstance(self.backbone, FrameRecurrent):
+            raise ValueError(
+                f"trainer.activation_checkpointing applies to frame-recurrent backbones; "
+                f"'{self.config.name}' is not one"
+            )
+        self.backbone.checkpoint_steps = True
 
     def clamped(self, pred: torch.Tensor) -> torch.Tensor:
         """`pred` clamped to the data's range outside training when configured."""

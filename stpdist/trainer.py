@@ -30,13 +30,14 @@ from accelerate.utils import GradientAccumulationPlugin, gather_object, send_to_
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import console
+from . import console, threads
 from .checkpoint import CheckpointManager, TrainState, load_weights, read_state
 from .config import Config, LoggingConfig, TrainerConfig, check_values, to_yaml
 from .console import format_scalars, say
 from .data.loading import (
     Batch,
     LoaderContext,
+    StoredFrames,
     TrainSource,
     as_eval_source,
     as_train_source,
@@ -104,6 +105,18 @@ def call_hook(hook: Any, inputs: Any, targets: Any, extras: dict[str, Any]) -> A
     return hook(inputs, targets, **given)
 
 
+def _tensors_in(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in nested dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors_in(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _tensors_in(item)
+
+
 def _scalars_of(output: Any, hook: str = "validation_step") -> dict[str, Any]:
     """The scalar entries of a step's output (a tensor is the loss)."""
     if isinstance(output, torch.Tensor):
@@ -131,23 +144,39 @@ def _scheduler_of(returned: Any) -> tuple[Any, str]:
 
 
 class Meter:
-    """Running means of the agreed training loss (plus the main rank's extra scalars) over
-    the current log window and epoch, and the window's throughput."""
+    """Running sums of the training loss (plus the main rank's extra scalars) over the
+    current log window and epoch, and the window's throughput. Losses stay on the device
+    as they come (no host read per step); `window` and `epoch`, called at the same steps
+    on every rank, average them over ranks in one reduce."""
 
-    def __init__(self) -> None:
-        self._window: dict[str, float] = {}
-        self._epoch: dict[str, float] = {}
+    def __init__(self, accelerator: Any) -> None:
+        self.accelerator = accelerator
+        self._window: dict[str, Any] = {}
+        self._epoch: dict[str, Any] = {}
         self._window_start = self._epoch_start = time.perf_counter()
 
-    def add(self, loss: float | None, samples: int, extras: dict[str, float]) -> None:
-        """One micro-batch: its agreed mean loss (None when skipped) and global size."""
+    def add(self, loss: torch.Tensor | None, samples: int, extras: dict[str, Any]) -> None:
+        """One micro-batch: this rank's loss (None when skipped on every rank), the global
+        batch size, and this rank's extra scalars (tensors or numbers)."""
         for sums in (self._window, self._epoch):
             sums["samples"] = sums.get("samples", 0) + samples
             if loss is None:
                 continue
             sums["batches"] = sums.get("batches", 0) + 1
             for key, value in {"loss": loss, **extras}.items():
-                sums[key] = sums.get(key, 0.0) + value
+                if isinstance(value, torch.Tensor):
+                    value = value.detach().double()
+                sums[key] = sums[key] + value if key in sums else value
+
+    def _means(self, sums: dict[str, Any]) -> dict[str, float]:
+        """Per-batch means: the loss over every rank, the extras of this rank."""
+        batches = sums.pop("batches")
+        sums.pop("samples")
+        world = self.accelerator.num_processes
+        loss = self.accelerator.reduce(sums.pop("loss").reshape(1), reduction="sum")
+        means = {"loss": float(loss) / world / batches}  # the window's host read
+        means.update({k: float(v) / batches for k, v in sums.items()})
+        return means
 
     def window(self) -> dict[str, float] | None:
         """`train/…` means and samples/s since the last call (None when no batch counted);
@@ -156,19 +185,17 @@ class Meter:
         self._window, self._window_start = {}, time.perf_counter()
         if not sums.get("batches"):
             return None
-        means = {f"train/{k}": v / sums["batches"] for k, v in sums.items()}
-        means.pop("train/batches")
-        means["train/samples_per_s"] = means.pop("train/samples") * sums["batches"] / elapsed
+        samples = sums["samples"]
+        means = {f"train/{k}": v for k, v in self._means(sums).items()}
+        means["train/samples_per_s"] = samples / elapsed
         return means
 
     def epoch(self) -> dict[str, float]:
         """The epoch's mean loss and duration; starts a new epoch."""
         sums, elapsed = self._epoch, time.perf_counter() - self._epoch_start
         self._epoch, self._epoch_start = {}, time.perf_counter()
-        return {
-            "train/epoch_loss": sums.get("loss", 0.0) / max(sums.get("batches", 0), 1),
-            "time_s": round(elapsed, 2),
-        }
+        loss = self._means(sums)["loss"] if sums.get("batches") else 0.0
+        return {"train/epoch_loss": loss, "time_s": round(elapsed, 2)}
 
 
 class EvalSums:
@@ -254,14 +281,22 @@ class Validator:
         self.trainer, self.source, self.module = trainer, source, module
         self.last_step: int | None = None
 
-    def maybe_run(self, state: TrainState, *, epoch_end: bool = False, last: bool = False) -> None:
+    def is_due(self, state: TrainState, *, epoch_end: bool = False) -> bool:
+        """Whether validation runs after this step (at an epoch's end, `state.epoch` is
+        already the next epoch's number)."""
         if self.source is None:
-            return
+            return False
         every_steps = self.trainer.config.val_every_n_steps
         every_epochs = self.trainer.config.val_every_n_epochs
         due = bool(every_steps) and state.global_step % every_steps == 0
         if epoch_end:
             due = due or (bool(every_epochs) and state.epoch % every_epochs == 0)
+        return due
+
+    def maybe_run(self, state: TrainState, *, epoch_end: bool = False, last: bool = False) -> None:
+        if self.source is None:
+            return
+        due = self.is_due(state, epoch_end=epoch_end)
         if last:
             due = self.last_step != state.global_step
         if due:
@@ -306,6 +341,7 @@ class Trainer:
         config = config or TrainerConfig()
         self.config = dataclasses.replace(config, **fields) if fields else config
         check_values(self.config)
+        threads.configure(self.config.num_threads)
         if self.config.max_epochs is None and self.config.max_steps is None:
             raise ValueError("set max_epochs or max_steps")
         self.output_dir = Path(self.config.output_dir)
@@ -322,6 +358,19 @@ class Trainer:
         self.accelerator = _make_accelerator(self.config, self.tracker.log_with)
         self.tracker.is_main = self.accelerator.is_main_process
         console.setup(self.accelerator.is_main_process)
+        if self.config.compile_mode != "default" and not self.config.compile:
+            console.log.warning(
+                "trainer.compile_mode %r has no effect: trainer.compile is false",
+                self.config.compile_mode,
+            )
+        on_cpu = self.accelerator.device.type == "cpu"
+        if self.config.mixed_precision == "bf16" and on_cpu and not _fast_bf16_cpu():
+            console.log.warning(
+                "mixed_precision 'bf16' on a CPU without AMX: measured 1.2–2.8× SLOWER than "
+                "fp32 for ConvLSTM training on such a CPU (faster convolution forward, slower "
+                "backward, ~1 200 extra casts per step); use 'no' unless you measured a "
+                "gain on this CPU"
+            )
         self.lockstep = Lockstep(self.accelerator, self._stop)
         self.checkpoints = CheckpointManager(
             self.output_dir / "checkpoints", self.config.checkpoint
@@ -360,17 +409,44 @@ class Trainer:
             seed=self.config.seed,
             batch_multiple=acc.gradient_accumulation_steps,
             num_workers=self.config.num_workers,
+            stored_dtype=True,  # uint8 stays uint8 until it is on the device
+            pin_memory=acc.device.type == "cuda",
         )
 
     def _to_device(self, batch: Any) -> Batch:
         """The batch on this process' device: inputs, targets and every tensor among the
-        extras (nested in dicts, lists, tuples), with keys as they are."""
-        inputs, targets, keys, extras = unpack_batch(batch)
+        extras (nested in dicts, lists, tuples), with keys as they are. Stored frames
+        (uint8) travel as they are and are scaled to floats on the device. On a GPU the
+        copy runs on a side stream, so it overlaps the step still running on the device
+        (the host queues it ahead: a steady-state step reads nothing back)."""
         device = self.accelerator.device
+        copies = self._copy_stream()
+        if copies is None:
+            return self._moved(batch, device)
+        with torch.cuda.stream(copies):
+            moved = self._moved(batch, device)
+        compute = torch.cuda.current_stream(device)
+        compute.wait_stream(copies)
+        for tensor in _tensors_in((moved.inputs, moved.targets, moved.extras)):
+            tensor.record_stream(compute)  # memory of the side stream, used here
+        return moved
+
+    @staticmethod
+    def _moved(batch: Any, device: torch.device) -> Batch:
+        if isinstance(batch, StoredFrames):
+            return batch.to_device(device)
+        inputs, targets, keys, extras = unpack_batch(batch)
         inputs, targets, extras = send_to_device(
             (inputs, targets, extras), device, non_blocking=True
         )
         return Batch(inputs, targets, keys, extras)
+
+    def _copy_stream(self) -> Any:
+        if self.accelerator.device.type != "cuda":
+            return None
+        if getattr(self, "_copies", None) is None:
+            self._copies = torch.cuda.Stream(self.accelerator.device)
+        return self._copies
 
     @staticmethod
     def _hook_extras(batch: Batch) -> dict[str, Any]:
@@ -401,6 +477,7 @@ class Trainer:
         batches_per_epoch = train.batches_per_epoch(ctx)
         total_steps = self._planned_steps(batches_per_epoch // acc.gradient_accumulation_steps)
         module.planned_steps = total_steps  # a fact for schedules that need their length
+        self._total_steps = total_steps
         self._banner(batches_per_epoch, total_steps)
         model, optimizer, scheduler, interval = self._prepare(module)
         max_epochs = self.config.max_epochs or math.inf
@@ -413,7 +490,7 @@ class Trainer:
             )
             validator.last_step = state.global_step
             self.tracker.start(acc)
-            meter = Meter()
+            meter = Meter(acc)
             bar = self._progress(total_steps, state.global_step)
             module.train()
             while state.global_step < total_steps and state.epoch < max_epochs:
@@ -428,12 +505,15 @@ class Trainer:
                     if interval == "step" and scheduler is not None:
                         if not acc.optimizer_step_was_skipped:  # fp16 overflow: no step
                             scheduler.step()
+                    epoch_end = state.batch == batches_per_epoch
+                    if stop or self._check_point(state, validator, epoch_end):
+                        stop = self._settle(state) or stop  # raises on a non-finite loss
                     self._log_window(meter, optimizer, state, bar)
                     if stop:  # every rank saw the same flag: all stop after this step
                         self.checkpoints.maybe_save(state, last=True)
                         bar.close()
                         raise Preempted(state.global_step, self.checkpoints.latest())
-                    if state.batch == batches_per_epoch:  # the epoch ends on this step
+                    if epoch_end:
                         break
                     # checkpoint first: a failing validation must not cost the training
                     self.checkpoints.maybe_save(state)
@@ -448,6 +528,7 @@ class Trainer:
                 if state.batch == batches_per_epoch:
                     self._end_epoch(state, scheduler, interval, meter, validator, total_steps)
             bar.close()
+            self._settle(state)
             self.checkpoints.maybe_save(state, last=True)
             validator.maybe_run(state, last=True)
             acc.wait_for_everyone()
@@ -458,7 +539,7 @@ class Trainer:
         acc, accum = self.accelerator, self.accelerator.gradient_accumulation_steps
         say(
             f"{acc.num_processes} process(es) on {acc.device.type}, precision "
-            f"{self.config.mixed_precision}, {torch.get_num_threads()} intra-op thread(s) each; "
+            f"{self.config.mixed_precision}, {threads.describe()} each; "
             f"{batches_per_epoch} micro-batches per rank per epoch, accumulation {accum}: "
             f"{batches_per_epoch // accum} optimizer steps per epoch, {total_steps} in all"
         )
@@ -466,6 +547,10 @@ class Trainer:
     def _prepare(self, module: EnhancedModule) -> tuple[nn.Module, Any, Any, str]:
         """(DDP-wrapped training step, prepared optimizer, scheduler, its interval)."""
         module.to(self.accelerator.device)
+        if self.config.activation_checkpointing:
+            module.enable_activation_checkpointing()
+        if self.config.compile:
+            module.compile_for_training(self.config.compile_mode)
         optimizer = module.configure_optimizer()
         scheduler, interval = _scheduler_of(module.configure_lr_scheduler(optimizer))
         # The scheduler is not prepared: a prepared one steps num_processes times per step.
@@ -497,22 +582,18 @@ class Trainer:
         state: TrainState,
         meter: Meter,
     ) -> bool:
-        """Forward, agreement, backward and (on the window's last micro-batch) the optimizer
-        step of one micro-batch; returns whether the ranks agreed to stop."""
+        """Forward, backward and (on the window's last micro-batch) the optimizer step of
+        one micro-batch; returns whether the ranks agreed to stop (known here only for a
+        module that may skip batches; otherwise at the next check point)."""
         acc = self.accelerator
         batch = self._to_device(batch)
-        inputs = batch.inputs
         module.global_step, module.current_epoch = state.global_step, state.epoch
+        step = state.global_step + 1
         with acc.accumulate(model):
-            output = model(inputs, batch.targets, **self._hook_extras(batch))
-            loss = loss_of(output, state.global_step + 1)
-            agreed = self.lockstep.agree(loss)
-            if agreed.nonfinite:
-                raise FloatingPointError(
-                    f"non-finite loss at step {state.global_step + 1} (epoch {state.epoch}, "
-                    f"batch {state.batch}); last checkpoint: {self.checkpoints.latest()}"
-                )
-            if not agreed.skipped:
+            output = model(batch.inputs, batch.targets, **self._hook_extras(batch))
+            loss = loss_of(output, step)
+            skipped, stop = self._agree_or_note(module, loss, step, state)
+            if not skipped:
                 acc.backward(loss)
                 self._contributed = True
             elif acc.sync_gradients and self._contributed:
@@ -520,25 +601,61 @@ class Trainer:
                 # with that one skipped on every rank, average the earlier ones here.
                 self.lockstep.average_grads_by_hand(module)
             if acc.sync_gradients and self.config.grad_clip_norm and self._contributed:
-                norm = acc.clip_grad_norm_(module.parameters(), self.config.grad_clip_norm)
-                self._grad_norm = float(norm)  # host sync, once per optimizer step
+                # a device tensor, read on the host only when logged
+                self._grad_norm = acc.clip_grad_norm_(
+                    module.parameters(), self.config.grad_clip_norm
+                )
             # On micro-batches before the window's last, accelerate makes step() and
             # zero_grad() no-ops (gradients keep accumulating); on the last they act.
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if acc.sync_gradients:
             self._contributed = False
-        extras = {
-            k: float(v)
-            for k, v in _scalars_of(output, "training_step").items()
-            if k != "loss" and not agreed.skipped
-        } if isinstance(output, dict) else {}  # fmt: skip
-        meter.add(
-            None if agreed.skipped else agreed.mean_loss,
-            inputs.shape[0] * acc.num_processes,
-            extras,
+        extras = {}
+        if isinstance(output, dict) and not skipped:
+            extras = {k: v for k, v in _scalars_of(output, "training_step").items() if k != "loss"}
+        meter.add(None if skipped else loss, batch.inputs.shape[0] * acc.num_processes, extras)
+        return stop
+
+    def _agree_or_note(
+        self, module: EnhancedModule, loss: torch.Tensor | None, step: int, state: TrainState
+    ) -> tuple[bool, bool]:
+        """(skip this micro-batch on every rank, stop after this step). A module that
+        may skip batches agrees with the other ranks now (a host read per micro-batch);
+        one that never skips only notes its loss on the device for the next check point."""
+        if not module.skips_batches:
+            if loss is None:
+                raise ValueError(
+                    f"{type(module).__name__}.training_step returned None at step {step}, but "
+                    "the module declares skips_batches = False; set it to True to skip batches"
+                )
+            self.lockstep.note(loss, step)
+            return False, False
+        agreed = self.lockstep.agree(loss)
+        if agreed.nonfinite:
+            raise FloatingPointError(
+                f"non-finite loss at step {step} (epoch {state.epoch}, batch {state.batch}); "
+                f"last checkpoint: {self.checkpoints.latest()}"
+            )
+        return agreed.skipped, agreed.stop
+
+    def _check_point(self, state: TrainState, validator: Validator, epoch_end: bool) -> bool:
+        """Whether ranks compare notes after this optimizer step: at log steps, before a
+        checkpoint or a validation, at an epoch's end and at the last step."""
+        return (
+            epoch_end
+            or state.global_step % self.config.log_every_n_steps == 0
+            or state.global_step >= self._total_steps
+            or self.checkpoints.is_due(state.global_step, epoch_end=epoch_end)
+            or validator.is_due(state, epoch_end=epoch_end)
         )
-        return agreed.stop
+
+    def _settle(self, state: TrainState) -> bool:
+        """The check point itself (see `Lockstep.settle`): raises on a non-finite loss
+        seen by any rank; returns whether any rank was asked to stop."""
+        return self.lockstep.settle(
+            state.global_step, f"; last checkpoint: {self.checkpoints.latest()}"
+        )
 
     def _log_window(self, meter: Meter, optimizer: Any, state: TrainState, bar: Any) -> None:
         bar.update(state.global_step - bar.n)
@@ -549,7 +666,7 @@ class Trainer:
             return
         scalars["train/lr"] = optimizer.param_groups[0]["lr"]
         if self._grad_norm is not None:
-            scalars["train/grad_norm"] = self._grad_norm
+            scalars["train/grad_norm"] = float(self._grad_norm)
         self.tracker.log(scalars, step=state.global_step, epoch=state.epoch)
         bar.set_postfix_str(
             f"epoch {state.epoch}, loss {scalars['train/loss']:.4g}, "
@@ -592,6 +709,7 @@ class Trainer:
         the checkpoint `resume` names, with everything it saved restored."""
         acc = self.accelerator
         self._contributed, self._grad_norm = False, None
+        self.lockstep.reset()
         if resume is None and self.checkpoints.latest() is not None:
             raise FileExistsError(
                 f"{self.checkpoints.root} holds checkpoints of an earlier run; resume it "
@@ -776,6 +894,12 @@ def _make_accelerator(config: TrainerConfig, log_with: list[str]) -> Accelerator
         log_with=log_with or None,
         project_dir=config.output_dir,
     )
+
+
+def _fast_bf16_cpu() -> bool:
+    """Whether this CPU has AMX tiles (bf16 matrix units), where bf16 autocast can pay."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
 
 
 def load_predictions(folder: str | Path) -> dict[str, np.ndarray]:

@@ -16,6 +16,9 @@ def pytest_configure(config):
     # One intra-op thread in the test process too: on 2 shared cores, oversubscribed
     # threads made the overfit tests 10–30× slower (ranks get OMP_NUM_THREADS=1 below).
     torch.set_num_threads(1)
+    # the Trainer keeps torch's setting when OMP_NUM_THREADS is set (stpdist/threads.py);
+    # subprocesses inherit it
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_addoption(parser):

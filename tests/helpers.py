@@ -89,3 +89,35 @@ def forecaster(
         sampling=SamplingConfig(mode=sampling, **sampling_fields),
     )
     return Forecaster(config, frame_shape, num_input_frames, num_output_frames)
+
+
+class HostReads:
+    """Counts host reads of tensor values (`item`, `tolist`, `numpy`, `cpu`, `bool`,
+    `float`, `int`) made from stpdist's or accelerate's own code: on a GPU each one makes
+    the host wait for the device. Reads are booked to the training step running when they
+    happen (`mark(step)` starts a step)."""
+
+    METHODS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
+    PACKAGES = ("stpdist", "accelerate")
+
+    def __init__(self, monkeypatch) -> None:
+        import sys
+
+        self.per_step: dict[int, list[str]] = {}
+        self.step: int | None = None
+        for name in self.METHODS:
+            original = getattr(torch.Tensor, name)
+
+            def counted(tensor, *args, _original=original, _name=name, **kwargs):
+                caller = sys._getframe(1)
+                module = caller.f_globals.get("__name__", "")
+                if self.step is not None and module.split(".")[0] in self.PACKAGES:
+                    where = f"{module}:{caller.f_lineno} {_name}"
+                    self.per_step.setdefault(self.step, []).append(where)
+                return _original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def mark(self, step: int) -> None:
+        self.step = step
+        self.per_step.setdefault(step, [])

@@ -34,7 +34,7 @@ def test_defaults_overlay_and_overrides(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["trainer.nope=1"], "unknown key 'trainer.nope'; valid keys there: checkpoint"),
+        (["trainer.nope=1"], "unknown key 'trainer.nope'; valid keys there: activation_checkpointing, checkpoint"),
         (["trainer.max_epochs=abc"], "bad value for 'trainer.max_epochs'"),
         (
             ["trainer.mixed_precision=fp8"],

@@ -229,3 +229,30 @@ def test_pipe_url_template(uneven):
         url_template=f"pipe:cat {uneven}/{{name}}",
     )
     assert len(keys_of(stream.iterate(LoaderContext()))) == sum(SIZES)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stored_frames_travel_as_uint8_and_scale_like_the_float_path(uneven, workers):
+    """With `stored_dtype` the stream yields the stored uint8 frames (through worker
+    processes too); the Trainer's device move scales them to exactly the float batch."""
+    import torch
+
+    from stpdist import Trainer
+    from stpdist.data.loading import StoredFrames
+
+    rng = np.random.default_rng(0)
+    folder = uneven.parent / f"noisy{workers}"
+    with SplitWriter(folder, "train", value_scale=255) as writer:
+        for number in range(12):
+            writer.write(f"n{number:03d}", rng.integers(0, 256, (6, 1, 4, 4), dtype=np.uint8))
+    stream = train(folder)
+    floats = list(stream.iterate(LoaderContext(num_workers=workers), 0))
+    stored = list(stream.iterate(LoaderContext(num_workers=workers, stored_dtype=True), 0))
+    assert len(stored) == len(floats) == 6
+    trainer = Trainer(output_dir=folder.parent / "run", max_epochs=1, progress_bar=False)
+    for (inputs, targets, keys), item in zip(floats, stored, strict=True):
+        assert isinstance(item, StoredFrames) and item.frames.dtype == torch.uint8
+        moved = trainer._to_device(item)
+        assert moved.inputs.dtype == torch.float32 and moved.keys == keys
+        assert torch.equal(moved.inputs, inputs) and torch.equal(moved.targets, targets)
+    assert stored[0].frames.nbytes * 4 == (floats[0][0].nbytes + floats[0][1].nbytes)

@@ -304,3 +304,136 @@ def test_unknown_monitor_is_an_error_at_the_first_validation_not_silent(tmp_path
     with pytest.raises(ValueError, match=r"'val/msee' is not among .*val/loss, val/mae"):
         trainer.fit(TinyModule(), loader(16, 4), loader(8, 4, False))
     assert trainer.checkpoints.latest() is not None  # the epoch's checkpoint came first
+
+
+class NeverSkips(TinyModule):
+    skips_batches = False
+
+
+def test_steady_state_steps_read_nothing_on_the_host(tmp_path, monkeypatch):
+    """A module that never skips: between check points (log steps every 4, checkpoint
+    and validation at 6, the epoch's end at 10) a step makes no host read of a tensor;
+    the check points do (the counter works), and the losses logged equal the per-step
+    agreement path's."""
+    from helpers import HostReads
+
+    runs = {}
+    for cls in (TinyModule, NeverSkips):
+        torch.manual_seed(0)
+        module = cls(lr=0.01)
+        reads = HostReads(monkeypatch) if cls is NeverSkips else None
+        if reads is not None:
+            step_of = module.training_step
+
+            def marked(inputs, targets, _step=step_of, _module=module, _reads=reads):
+                _reads.mark(_module.global_step + 1)
+                return _step(inputs, targets)
+
+            module.training_step = marked
+        out = tmp_path / cls.__name__
+        trainer = Trainer(
+            output_dir=out,
+            progress_bar=False,
+            max_epochs=1,
+            log_every_n_steps=4,
+            grad_clip_norm=1.0,
+            val_every_n_steps=6,
+            checkpoint=CheckpointConfig(every_n_steps=6, every_epoch=False, keep_last=1),
+        )
+        trainer.fit(module, loader(40, 4), loader(8, 4, False))
+        monkeypatch.undo()
+        runs[cls] = losses(out)
+        if reads is not None:
+            reading = {step for step, found in reads.per_step.items() if found}
+            assert sorted(reads.per_step) == list(range(1, 11))
+            assert reading == {4, 6, 8, 10}, reads.per_step
+    assert runs[NeverSkips] == pytest.approx(runs[TinyModule], rel=1e-12)
+    assert len(runs[TinyModule]) == 2
+
+
+def test_nan_stop_without_per_step_agreement_names_the_step(tmp_path):
+    """With no host read per step, a NaN at step 8 is found at the check point before
+    step 10's checkpoint: named, and that checkpoint is never written."""
+
+    class Explodes(NeverSkips):
+        def training_step(self, inputs, targets):
+            loss = super().training_step(inputs, targets)
+            return loss * float("nan") if self.global_step >= 7 else loss
+
+    torch.manual_seed(0)
+    policy = CheckpointConfig(every_n_steps=5, every_epoch=False)
+    trainer = make_trainer(tmp_path, max_epochs=None, max_steps=20, checkpoint=policy)
+    trainer.config.log_every_n_steps = 50
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 8 .*after step 10"):
+        trainer.fit(Explodes(), loader(40, 4))
+    assert [p.name for p in trainer.checkpoints.complete()] == ["step-00000005"]
+
+
+def test_none_from_a_module_that_never_skips_is_an_error(tmp_path):
+    class Lies(NeverSkips):
+        def training_step(self, inputs, targets):
+            return None if self.global_step == 2 else super().training_step(inputs, targets)
+
+    with pytest.raises(ValueError, match="returned None at step 3.*skips_batches"):
+        make_trainer(tmp_path).fit(Lies(), loader(40, 4))
+
+
+def test_thread_defaults_divide_the_cpus_among_a_nodes_ranks():
+    from stpdist.threads import available_cpus, default_threads
+
+    assert default_threads({}, cpus=8) == 8
+    assert default_threads({"LOCAL_WORLD_SIZE": "2"}, cpus=8) == 4
+    assert default_threads({"LOCAL_WORLD_SIZE": "4"}, cpus=2) == 1  # never 0
+    assert default_threads({"OMP_NUM_THREADS": "3", "LOCAL_WORLD_SIZE": "2"}, cpus=8) is None
+    slurm = {"SLURM_CPUS_PER_TASK": "6", "LOCAL_WORLD_SIZE": "2"}
+    assert available_cpus(slurm) == 6 and default_threads(slurm) == 3
+
+
+def test_num_threads_is_applied_and_passive_waiting_is_the_default(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    before = torch.get_num_threads()
+    try:
+        make_trainer(tmp_path, num_threads=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    # a fresh process importing stpdist before torch waits passively unless told otherwise
+    probe = "import stpdist, os; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "PASSIVE", out.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "ACTIVE", out.stderr
+
+
+def test_bf16_on_a_cpu_without_amx_warns(tmp_path, caplog):
+    import stpdist.trainer as trainer_module
+
+    if trainer_module._fast_bf16_cpu():
+        pytest.skip("this CPU has AMX: bf16 may pay here, no warning expected")
+    with caplog.at_level("WARNING", logger="stpdist"):
+        make_trainer(tmp_path, mixed_precision="bf16")
+    assert any("SLOWER than fp32" in r.getMessage() for r in caplog.records)
+
+
+def test_stop_signal_without_per_step_agreement_stops_at_the_next_check_point(tmp_path):
+    import os
+    import signal
+
+    from stpdist.trainer import Preempted
+
+    class SignalledAtStep2(NeverSkips):
+        def training_step(self, inputs, targets):
+            if self.global_step == 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # the handler fit installed sets a flag
+            return super().training_step(inputs, targets)
+
+    trainer = make_trainer(tmp_path, checkpoint=CheckpointConfig(every_epoch=False))
+    trainer.config.log_every_n_steps = 4
+    with pytest.raises(Preempted, match="after step 4"):
+        trainer.fit(SignalledAtStep2(), loader(40, 4))
+    assert [p.name for p in trainer.checkpoints.complete()] == ["step-00000004"]

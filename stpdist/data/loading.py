@@ -27,6 +27,12 @@ class LoaderContext:
     every epoch ends on an optimizer step."""
     num_workers: int | None = None
     """Overrides the loader's own worker count when set."""
+    stored_dtype: bool = False
+    """Sources that can yield `StoredFrames` (frames in their stored dtype, e.g. uint8:
+    4× fewer bytes through worker queues and to the device) do so; the Trainer scales them
+    on the device. Off for everyone else, who gets float batches."""
+    pin_memory: bool = False
+    """Loaders pin their batches (page-locked memory: asynchronous copies to a GPU)."""
 
 
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
@@ -170,6 +176,35 @@ class MapEvalLoader:
         )
 
 
+class StoredFrames:
+    """A batch of B×T×C×H×W frames as stored (uint8 for 8-bit data), its keys, and how to
+    make the float batch of it: inputs = frames[:, :T_in] / scale, targets the next T_out.
+    `to_device` moves the stored bytes and scales there: the values equal the float batch
+    made on the host (the same IEEE division)."""
+
+    def __init__(
+        self, frames: torch.Tensor, num_inputs: int, num_outputs: int, scale: float, keys: list
+    ) -> None:
+        self.frames, self.keys = frames, keys
+        self.num_inputs, self.num_outputs, self.scale = num_inputs, num_outputs, scale
+
+    def pin_memory(self) -> StoredFrames:  # DataLoader(pin_memory=True) calls this
+        frames = self.frames.pin_memory()
+        return StoredFrames(frames, self.num_inputs, self.num_outputs, self.scale, self.keys)
+
+    def to_device(self, device: torch.device, non_blocking: bool = True) -> Batch:
+        frames = self.frames.to(device, non_blocking=non_blocking)
+        t_in, t_out = self.num_inputs, self.num_outputs
+        # .float() of a time slice writes a fresh contiguous tensor: one pass per part
+        inputs = frames[:, :t_in].float().div_(self.scale)
+        targets = frames[:, t_in : t_in + t_out].float().div_(self.scale)
+        return Batch(inputs, targets, self.keys, {})
+
+    def floats(self) -> Batch:
+        """The float batch on the host."""
+        return self.to_device(self.frames.device, non_blocking=False)
+
+
 class Batch(NamedTuple):
     inputs: torch.Tensor
     """B×T_in×C×H×W."""
@@ -185,6 +220,8 @@ class Batch(NamedTuple):
 def unpack_batch(batch: Any) -> Batch:
     """A `Batch` from `(inputs, targets)`, `(inputs, targets, keys)` or a dict with
     `inputs` (and usually `targets`, `keys`, extra entries)."""
+    if isinstance(batch, StoredFrames):
+        return batch.floats()
     if isinstance(batch, dict):
         if "inputs" not in batch:
             raise TypeError(

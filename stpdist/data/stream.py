@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from .format import FRAMES_EXT, ShardFormatError, decode_frames, iter_shard, read_index
-from .loading import LoaderContext, contiguous_share, epoch_permutation
+from .loading import LoaderContext, StoredFrames, contiguous_share, epoch_permutation
 
 __all__ = ["LoaderContext", "ShardEvalStream", "ShardTrainStream"]
 
@@ -145,15 +145,15 @@ class _ShardSource:
         return good
 
     def _batch(
-        self, decoded: list[tuple[str, np.ndarray]]
-    ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        self, decoded: list[tuple[str, np.ndarray]], ctx: LoaderContext
+    ) -> StoredFrames | tuple[torch.Tensor, torch.Tensor, list[str]]:
         frames = torch.from_numpy(np.stack([f for _, f in decoded]))
         t_in, t_out = self.num_input_frames, self.num_output_frames
-        scale = self.index.value_scale
-        # .float() of a time slice writes a fresh contiguous tensor: one pass per part
-        inputs = frames[:, :t_in].float().div_(scale)
-        targets = frames[:, t_in : t_in + t_out].float().div_(scale)
-        return inputs, targets, [key for key, _ in decoded]
+        stored = StoredFrames(frames, t_in, t_out, self.index.value_scale, [k for k, _ in decoded])
+        if ctx.stored_dtype:
+            return stored  # scaled on the device by the Trainer
+        inputs, targets, keys, _ = stored.floats()
+        return inputs, targets, keys
 
     def _report(self, what: str) -> None:
         if self.bad_samples:
@@ -165,12 +165,13 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def _loader(dataset: IterableDataset, workers: int, seed: int) -> DataLoader:
+def _loader(dataset: IterableDataset, workers: int, ctx: LoaderContext) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=None,
         num_workers=workers,
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(ctx.seed),
+        pin_memory=ctx.pin_memory,
     )
 
 
@@ -211,7 +212,7 @@ class ShardTrainStream(_ShardSource):
     def iterate(self, ctx: LoaderContext, epoch: int, start: int = 0) -> Iterator[Any]:
         workers = self._layout(ctx)[0]
         dataset = _TrainEpoch(self, ctx, epoch, start)
-        yield from _loader(dataset, workers if workers > 1 else 0, ctx.seed)
+        yield from _loader(dataset, workers if workers > 1 else 0, ctx)
 
 
 class _TrainEpoch(IterableDataset):
@@ -241,7 +242,7 @@ class _TrainEpoch(IterableDataset):
             while len(decoded) < stream.batch_size:
                 decoded.append(pool[len(decoded) % len(pool)])
             spares[:] = decoded
-            return stream._batch(decoded)
+            return stream._batch(decoded, ctx)
 
         for item in _shuffled(raw, stream.shuffle_buffer, rng):
             batch.append(item)
@@ -283,7 +284,7 @@ class ShardEvalStream(_ShardSource):
 
     def iterate(self, ctx: LoaderContext) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         workers = max(1, ctx.num_workers or 0)
-        yield from _loader(_EvalShare(self, ctx, workers), workers if workers > 1 else 0, ctx.seed)
+        yield from _loader(_EvalShare(self, ctx, workers), workers if workers > 1 else 0, ctx)
 
 
 class _EvalShare(IterableDataset):
@@ -304,9 +305,9 @@ class _EvalShare(IterableDataset):
             if len(batch) == stream.batch_size:
                 decoded = stream._decode(batch)
                 if decoded:
-                    yield stream._batch(decoded)
+                    yield stream._batch(decoded, self.ctx)
                 batch = []
         decoded = stream._decode(batch)
         if decoded:
-            yield stream._batch(decoded)
+            yield stream._batch(decoded, self.ctx)
         stream._report(f"evaluation, rank {self.ctx.rank}, worker {physical}")

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .base import BackboneOutput
 
@@ -31,6 +32,10 @@ class FrameRecurrent(nn.Module):
     returns (prediction of the next frame B×C×H×W, new state); and, when they have extra
     training losses, `aux_losses(state)`, read from the final state (e.g. PredRNN.V2 keeps
     its running decoupling loss in the state)."""
+
+    checkpoint_steps: bool = False
+    """Activation checkpointing: when training, each step's activations are recomputed in
+    the backward instead of kept (memory of one step instead of T_in+T_out−1)."""
 
     def init_state(self, frames_BTCHW: torch.Tensor) -> Any:
         raise NotImplementedError
@@ -81,7 +86,10 @@ class FrameRecurrent(nn.Module):
                 frame = frames_BTCHW[:, t]
             else:
                 frame = predictions[-1]
-            prediction, state = self.step(frame, state)
+            if self.checkpoint_steps and torch.is_grad_enabled():
+                prediction, state = checkpoint(self.step, frame, state, use_reentrant=False)
+            else:
+                prediction, state = self.step(frame, state)
             predictions.append(prediction)
         outputs = torch.stack(predictions[0 if all_frames else t_in - 1 :], dim=1)
         aux = self.aux_losses(state)

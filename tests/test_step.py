@@ -1,0 +1,154 @@
+"""The training step shaped for accelerators: host reads, stored-dtype batches, regional
+compilation surviving scheduled sampling, activation checkpointing — on real shards and
+the Forecaster, on CPU."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from helpers import HostReads, forecaster
+
+from stpdist import Trainer
+from stpdist.config import CheckpointConfig
+from stpdist.data.format import SplitWriter
+from stpdist.data.stream import ShardTrainStream
+
+
+def shards(folder, num=24, frames=6, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    with SplitWriter(folder, "train", value_scale=255) as writer:
+        for i in range(num):
+            writer.write(f"s{i:03d}", rng.integers(0, 256, (frames, 1, size, size), np.uint8))
+    return ShardTrainStream(folder, batch_size=4, num_input_frames=3, num_output_frames=3)
+
+
+def convlstm(**sampling):
+    return forecaster(
+        "convlstm", (1, 8, 8), 3, 3, backbone={"hidden_channels": [4], "kernel_size": 3}, **sampling
+    )
+
+
+def test_forecaster_on_uint8_shards_reads_nothing_on_the_host_between_check_points(
+    tmp_path, monkeypatch
+):
+    """ConvLSTM with scheduled sampling and gradient clipping on real uint8 shards: only
+    the check points (log every 3 steps, the epoch's end at 6) read tensors on the host."""
+    stream = shards(tmp_path / "train")
+    torch.manual_seed(0)
+    module = convlstm(sampling="linear", decay=0.1)
+    reads = HostReads(monkeypatch)
+    original = module.training_step
+
+    def marked(inputs, targets):
+        assert inputs.dtype == torch.float32 and float(inputs.max()) <= 1.0
+        reads.mark(module.global_step + 1)
+        return original(inputs, targets)
+
+    module.training_step = marked
+    trainer = Trainer(
+        output_dir=tmp_path / "run",
+        max_epochs=1,
+        progress_bar=False,
+        log_every_n_steps=3,
+        grad_clip_norm=1.0,
+        checkpoint=CheckpointConfig(every_epoch=False, keep_last=1),
+    )
+    trainer.fit(module, stream)
+    monkeypatch.undo()
+    assert sorted(reads.per_step) == [1, 2, 3, 4, 5, 6]
+    reading = {step for step, found in reads.per_step.items() if found}
+    assert reading == {3, 6}, reads.per_step
+
+
+class CompileCounter:
+    """A torch.compile backend that runs the captured graph eagerly and counts captures."""
+
+    def __init__(self) -> None:
+        self.graphs = 0
+
+    def __call__(self, graph_module, example_inputs):
+        self.graphs += 1
+        return graph_module.forward
+
+
+def test_regional_compile_does_not_recompile_under_scheduled_sampling(tmp_path, monkeypatch):
+    """`trainer.compile`: the recurrent step is captured during the first optimizer step
+    and never again while the sampling probability changes every step; the losses equal
+    eager training's."""
+    counter = CompileCounter()
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", functools.partial(real_compile, backend=counter))
+    torch._dynamo.reset()
+    stream = shards(tmp_path / "train", num=32)
+    losses, graphs_after = {}, []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        module = convlstm(sampling="linear", decay=0.1)
+        original = module.training_step
+
+        def spy(inputs, targets, _original=original, _module=module):
+            if _module.global_step == 1:
+                graphs_after.append(counter.graphs)
+            return _original(inputs, targets)
+
+        module.training_step = spy
+        out = tmp_path / f"run{compiled}"
+        Trainer(
+            output_dir=out, max_epochs=1, progress_bar=False, log_every_n_steps=1, compile=compiled
+        ).fit(module, stream)
+        losses[compiled] = [
+            line
+            for line in (out / "metrics.jsonl").read_text().splitlines()
+            if "train/loss" in line
+        ]
+    torch._dynamo.reset()
+    assert graphs_after[-1] >= 1  # the step was captured in step 1
+    assert counter.graphs == graphs_after[-1]  # and not once more in steps 2..8
+    eager = [float(x.split('"train/loss": ')[1].split(",")[0]) for x in losses[False]]
+    compiled = [float(x.split('"train/loss": ')[1].split(",")[0]) for x in losses[True]]
+    assert len(eager) == 8 and compiled == pytest.approx(eager, rel=1e-5)
+
+
+@pytest.mark.parametrize("name, backbone", [
+    ("convlstm", {"hidden_channels": [4, 4], "kernel_size": 3}),
+    ("predrnnv2", {"hidden_channels": [4, 4], "kernel_size": 3}),
+])  # fmt: skip
+def test_activation_checkpointing_gives_the_same_gradients_keeping_fewer_activations(
+    name, backbone
+):
+    """Same loss and gradients with each step recomputed in the backward; the bytes saved
+    for the backward (counted by a saved-tensor hook) shrink."""
+    torch.manual_seed(0)
+    inputs, targets = torch.rand(2, 4, 1, 8, 8), torch.rand(2, 4, 1, 8, 8)
+    results = {}
+    for on in (False, True):
+        torch.manual_seed(1)
+        module = forecaster(name, (1, 8, 8), 4, 4, backbone=backbone)
+        if on:
+            module.enable_activation_checkpointing()
+        saved = []
+
+        def pack(tensor, saved=saved):
+            saved.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = module.training_step(inputs, targets)
+        loss = loss["loss"] if isinstance(loss, dict) else loss
+        loss.backward()
+        grads = [p.grad.clone() for p in module.parameters()]
+        results[on] = (loss.detach(), grads, sum(saved))
+    assert torch.equal(results[True][0], results[False][0])
+    for a, b in zip(results[True][1], results[False][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert results[True][2] < 0.6 * results[False][2]
+
+
+def test_activation_checkpointing_needs_a_frame_recurrent_backbone():
+    small = {"spatial_channels": 4, "temporal_channels": 8, "num_spatial_blocks": 2}
+    module = forecaster("simvp", (1, 8, 8), 4, 4, backbone=small)
+    with pytest.raises(ValueError, match="frame-recurrent"):
+        module.enable_activation_checkpointing()
