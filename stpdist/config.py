@@ -404,6 +404,18 @@ def backbone_config(model: ModelConfig) -> Any:
     return typed
 
 
+_WORDS_YAML_READS_AS_FALSE = {("trainer", "mixed_precision"): "no"}
+"""YAML 1.1 reads `no` (and `off`, `false`) as false: `mixed_precision: no` means "no"."""
+
+
+def _words_back(node: DictConfig) -> DictConfig:
+    for (section, key), word in _WORDS_YAML_READS_AS_FALSE.items():
+        part = node.get(section) if isinstance(node, DictConfig) else None
+        if isinstance(part, DictConfig) and part.get(key, None) is False:
+            part[key] = word
+    return node
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Schema defaults ← YAML file at `path` ← dotted `overrides` (`a.b=value`)."""
     schema = OmegaConf.structured(Config)
@@ -419,7 +431,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if overlay is None or not isinstance(overlay, DictConfig):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
         try:
-            merged = OmegaConf.merge(merged, overlay)
+            merged = OmegaConf.merge(merged, _words_back(overlay))
         except OmegaConfBaseException as exc:
             raise _error(schema, exc, str(path)) from exc
         except (TypeError, ValueError) as exc:  # e.g. a list where a mapping belongs
@@ -432,7 +444,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except Exception as exc:
             raise _yaml_error(f"override {item!r}", exc) from exc
         try:
-            merged = OmegaConf.merge(merged, dotted)
+            merged = OmegaConf.merge(merged, _words_back(dotted))
         except OmegaConfBaseException as exc:
             raise _error(schema, exc, f"override {item!r}") from exc
         except (TypeError, ValueError) as exc:  # e.g. a list where a mapping belongs

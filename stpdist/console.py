@@ -14,8 +14,26 @@ from typing import Any
 from tqdm.auto import tqdm
 
 log = logging.getLogger("stpdist")
-LEAD = re.compile(r"^([^/]+/[^/]+)/t(\d+)$")
-"""A per-lead-time key: `<split>/<metric>/t<lead>`."""
+LEAD = re.compile(r"^(.+)/t(\d{2,})$")
+"""What a per-lead-time key looks like: `<split>/<metric>[/<variable>]/t<lead>`."""
+
+
+def lead_keys(keys: Any) -> dict[str, tuple[str, int]]:
+    """key → (metric key, lead) for the per-lead-time keys among `keys`. Leads run 1..N
+    without a gap for each metric, so a variable that merely looks like a lead (ERA5's
+    `t850`, in `val/rmse/t850`) is not taken for lead 850 of `val/rmse`."""
+    found: dict[str, dict[int, str]] = {}
+    for key in keys:
+        match = LEAD.match(key)
+        if match:
+            found.setdefault(match.group(1), {})[int(match.group(2))] = key
+    leads = {}
+    for metric, by_lead in found.items():
+        lead = 1
+        while lead in by_lead:
+            leads[by_lead[lead]] = (metric, lead)
+            lead += 1
+    return leads
 
 
 class _TqdmHandler(logging.Handler):
@@ -53,8 +71,9 @@ def plain(value: Any) -> Any:
 def format_scalars(values: dict[str, Any]) -> str:
     """`a 0.0123, b 4` — compact, for one-line summaries (per-lead-time values left out)."""
     parts = []
+    leads = lead_keys(values)
     for key, value in values.items():
-        if LEAD.match(key):
+        if key in leads:
             continue
         value = plain(value)
         parts.append(f"{key} {value:.5g}" if isinstance(value, float) else f"{key} {value}")
@@ -64,14 +83,13 @@ def format_scalars(values: dict[str, Any]) -> str:
 def lead_time_table(results: dict[str, Any]) -> str:
     """Rows = metrics, columns = all and each lead time."""
     per_lead: dict[str, dict[int, float]] = {}
-    for key, value in results.items():
-        match = LEAD.match(key)
-        if match:
-            per_lead.setdefault(match.group(1), {})[int(match.group(2))] = value
+    lead_of = lead_keys(results)
+    for key, (metric, lead) in lead_of.items():
+        per_lead.setdefault(metric, {})[lead] = results[key]
     leads = sorted({t for values in per_lead.values() for t in values})
     lines = [f"{'metric':<22}{'all':>11}" + "".join(f"{'t' + str(t):>10}" for t in leads)]
     for key, value in results.items():
-        if LEAD.match(key):
+        if key in lead_of:
             continue
         row = f"{key:<22}{_fmt(value):>11}"
         row += "".join(f"{_fmt(per_lead.get(key, {}).get(t)):>10}" for t in leads)

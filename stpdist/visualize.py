@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .console import LEAD
+from .console import lead_keys
 
 GAP = 2
 
@@ -159,10 +159,12 @@ def lead_time_series(
 ) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, float]]]]:
     """(metric → [(lead, value)], model metric → persistence's [(lead, value)])."""
     per_lead: dict[str, list[tuple[int, float]]] = {}
-    for key, value in results.items():
-        match = LEAD.match(key)
-        if match and isinstance(value, float) and math.isfinite(value):
-            per_lead.setdefault(match.group(1), []).append((int(match.group(2)), value))
+    for key, (metric, lead) in lead_keys(results).items():
+        value = results[key]
+        if metric.count("/") > 1:  # per-variable series (`val/rmse/t850`): the table has them
+            continue
+        if isinstance(value, float) and math.isfinite(value):
+            per_lead.setdefault(metric, []).append((lead, value))
     baseline = {
         f"{name.split('/')[0]}/mse": sorted(per_lead.pop(name))
         for name in list(per_lead)

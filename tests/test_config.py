@@ -34,7 +34,10 @@ def test_defaults_overlay_and_overrides(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["trainer.nope=1"], "unknown key 'trainer.nope'; valid keys there: activation_checkpointing, checkpoint"),
+        (
+            ["trainer.nope=1"],
+            "unknown key 'trainer.nope'; valid keys there: activation_checkpointing, checkpoint",
+        ),
         (["trainer.max_epochs=abc"], "bad value for 'trainer.max_epochs'"),
         (
             ["trainer.mixed_precision=fp8"],
@@ -276,3 +279,14 @@ def test_train_without_a_config_names_only_the_config(tmp_path):
     )
     assert proc.returncode == 2
     assert "required: config" in proc.stderr and "overrides" not in proc.stderr.splitlines()[-1]
+
+
+def test_mixed_precision_no_survives_yaml_reading_it_as_false(tmp_path):
+    """YAML 1.1 reads a bare `no` as false; `mixed_precision: no` still means "no"."""
+    root = Path(__file__).parent.parent
+    text = (root / "configs" / "debug.yaml").read_text()
+    path = tmp_path / "no.yaml"
+    path.write_text(text.replace("trainer:", "trainer:\n  mixed_precision: no", 1))
+    assert load_config(path).trainer.mixed_precision == "no"
+    override = load_config(root / "configs" / "debug.yaml", ["trainer.mixed_precision=no"])
+    assert override.trainer.mixed_precision == "no"

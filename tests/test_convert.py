@@ -292,3 +292,79 @@ def test_synth_with_mnist_idx_digits_and_inspect(tmp_path):
         "synth", "moving-digits", "--out", "ds2", "--digits", "ds/train/index.json", cwd=tmp_path
     )
     assert bad.returncode == 1 and "not an MNIST idx3 image file" in bad.stderr
+
+
+# ------------------------------------------------------------------ dataset card
+def _series_source(tmp_path, val_from: str | None = "20", test_from: str | None = None):
+    """30 frames 2×4×4 in one file, windows of 5 every 5: train 4, val 2 (or as split)."""
+    path = tmp_path / "long.npy"
+    if not path.exists():
+        series = np.random.default_rng(0).integers(0, 255, (30, 2, 4, 4), dtype=np.uint8)
+        np.save(path, series)
+    return GenericArrays(
+        str(path), num_frames=5, stride=5, val_from=val_from, test_from=test_from
+    ), np.load(path)
+
+
+def _front_matter(readme) -> dict:
+    import yaml
+
+    text = readme.read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_dataset_card_makes_hf_datasets_read_the_tar_shards(tmp_path):
+    """The converter's README.md maps the splits it wrote to their tar shards: Hugging Face
+    `datasets` pointed at the folder loads each split with every sample, exactly."""
+    datasets = pytest.importorskip("datasets")
+    source, series = _series_source(tmp_path)
+    convert(source, tmp_path / "out", samples_per_shard=3, progress=False)
+    card = _front_matter(tmp_path / "out" / "README.md")
+    assert card["configs"] == [
+        {
+            "config_name": "default",
+            "data_files": [
+                {"split": "train", "path": "train/*.tar"},
+                {"split": "val", "path": "val/*.tar"},
+            ],  # the splits written, no test
+        }
+    ]
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert f"stpdist train CONFIG data.root={(tmp_path / 'out').as_posix()}" in text
+    loaded = datasets.load_dataset(str(tmp_path / "out"), cache_dir=str(tmp_path / "hf"))
+    assert {name: len(split) for name, split in loaded.items()} == {"train": 4, "val": 2}
+    rows = loaded["val"].with_format("numpy")
+    stored_val = stored(tmp_path / "out" / "val")
+    assert sorted(rows["__key__"]) == sorted(stored_val)
+    for row in rows:
+        assert row["frames.npy"].shape == (5, 2, 4, 4)  # T×C×H×W (uint8 arrives as int64)
+        np.testing.assert_array_equal(row["frames.npy"], stored_val[row["__key__"]])
+    assert {int(r["start"]) for r in rows["json"]} == {20, 25}
+    np.testing.assert_array_equal(
+        rows[0]["frames.npy"], series[int(rows[0]["json"]["start"]) :][:5]
+    )
+
+    # a new conversion rewrites our card: now with a test split
+    source, _ = _series_source(tmp_path, val_from="15", test_from="25")
+    convert(source, tmp_path / "out", overwrite=True, progress=False)
+    splits = [
+        f["split"]
+        for f in _front_matter(tmp_path / "out" / "README.md")["configs"][0]["data_files"]
+    ]
+    assert splits == ["train", "val", "test"]
+
+
+def test_dataset_card_never_replaces_a_users_readme(tmp_path):
+    source, _ = _series_source(tmp_path)
+    convert(source, tmp_path / "out", progress=False)
+    readme = tmp_path / "out" / "README.md"
+    ours = readme.read_text()
+    mine = "# My radar archive\n\nNotes of my own, no stpdist marker.\n"
+    readme.write_text(mine)
+    convert(source, tmp_path / "out", overwrite=True, progress=False)
+    assert readme.read_text() == mine  # carried over into the new dataset untouched
+    assert read_index(tmp_path / "out" / "train").num_samples == 4
+    readme.unlink()
+    convert(source, tmp_path / "out", overwrite=True, progress=False)
+    assert readme.read_text() == ours  # without one, ours is written again

@@ -88,3 +88,29 @@ def test_perfect_prediction_psnr_is_capped_and_ssim_one():
     got = summarize(batch_sums(x, x), 64)
     assert got["psnr"] == pytest.approx(100.0) and got["ssim"] == pytest.approx(1.0)
     assert got["mse"] == 0
+
+
+def test_a_variable_named_like_a_lead_time_is_not_a_lead_time():
+    """ERA5's `t850` in `val/rmse/t850` is a variable, not lead 850 of `val/rmse`."""
+    from stpdist.console import lead_keys, lead_time_table
+
+    results = {
+        "val/rmse": 1.0,
+        "val/rmse/t01": 0.5,
+        "val/rmse/t02": 1.5,
+        "val/rmse/t850": 2.0,
+        "val/rmse/t850/t01": 1.0,
+        "val/rmse/t850/t02": 3.0,
+    }
+    assert lead_keys(results) == {
+        "val/rmse/t01": ("val/rmse", 1),
+        "val/rmse/t02": ("val/rmse", 2),
+        "val/rmse/t850/t01": ("val/rmse/t850", 1),
+        "val/rmse/t850/t02": ("val/rmse/t850", 2),
+    }
+    table = lead_time_table(results).splitlines()
+    assert table[0].split() == ["metric", "all", "t1", "t2"]
+    assert [row.split() for row in table[1:]] == [
+        ["val/rmse", "1", "0.5", "1.5"],
+        ["val/rmse/t850", "2", "1", "3"],
+    ]

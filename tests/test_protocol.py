@@ -328,6 +328,151 @@ def test_bench_model_reports_inference_fps(capsys):
     assert "FPS (batch 4 forward)" in capsys.readouterr().out
 
 
+# ---------------------------------------------------------------------- layer_norm
+# OpenSTL's `layer_norm`: a LayerNorm over [out channels, (w,) H, W] after every gate
+# convolution. Per case: backbone args (frames 2×8×8 after patching), how many gate
+# convolutions get one (counted by hand from the cells), the LayerNorms the model has
+# without the option (E3D-LSTM's recall norm), and a fingerprint of three `step`s with
+# layer_norm off, recorded from the code before the option existed: (state-dict key hash,
+# Σ|ŷ|, Σ ŷ·linspace(−1, 1)), at one thread (more threads move the last bits only).
+LAYER_NORM = {
+    # stpdist / shi: one [x, h] convolution per cell; openstl: W_x and W_h per cell
+    "convlstm": ({"hidden_channels": [4, 6]}, 2, 0, ("852a3dc6462b", 32.53259795, 5.62269232)),
+    "convlstm-openstl": (
+        {"variant": "openstl", "hidden_channels": [4, 6]},
+        4,
+        0,
+        ("dfd90aeaa0d1", 2.30175304, -0.38267795),
+    ),
+    "convlstm-shi": (
+        {"variant": "shi", "hidden_channels": [4, 6]},
+        4,  # encoder and forecaster
+        0,
+        ("06b38750b48e", 39.68137917, -2.03667676),
+    ),
+    # ST-LSTM: x, h, m, o per layer
+    "predrnn": ({"hidden_channels": [4, 4]}, 8, 0, ("6ba02a25b1e4", 2.98826493, -0.42765836)),
+    "predrnnv2": ({"hidden_channels": [4, 4]}, 8, 0, ("536b04cecc07", 2.98826493, -0.42765836)),
+    # Causal LSTM: x, h, c, m, c2m, om per layer; GHU: x, z
+    "predrnnpp": (
+        {"hidden_channels": [4, 4]},
+        14,
+        0,
+        ("aee34e9ccefc", 0.045402782, -0.00071117943),
+    ),
+    # ST-LSTM 4; per block 3 + MIM-S 2; per MIM-N 2
+    "mim": (
+        {"hidden_channels": [4, 4, 4]},
+        4 + 2 * 5 + 2 * 2,
+        0,
+        ("165b82052838", 1.45421233, 0.10179892),
+    ),
+    # x, h, m, and the output gate's convolutions of C and M, per layer
+    "e3dlstm": (
+        {"hidden_channels": [4, 4], "recall_window": 3},
+        10,
+        2,
+        ("12513940dd32", 17.17103390, 3.69856352),
+    ),
+}
+NOT_GATES = ("conv_last", "output", "adapter")  # readouts and the decoupling adapter
+
+
+def _layer_norm_model(case: str, layer_norm: bool) -> torch.nn.Module:
+    from stpdist.models import FrameSpec, build_backbone
+
+    args, *_ = LAYER_NORM[case]
+    torch.manual_seed(0)
+    spec = FrameSpec(2, 8, 8, 3, 2)
+    return build_backbone(
+        case.split("-")[0], spec, {**args, "kernel_size": 3, "layer_norm": layer_norm}
+    )
+
+
+def _gate_pairs(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, torch.nn.Module]]:
+    """(name, convolution, the module that follows it) for every gate convolution: cells
+    name the follower `norm_<x>` for `conv_<x>` (`norm` for ConvLSTM's `gates`)."""
+    pairs = []
+    for prefix, module in model.named_modules():
+        for name, conv in module.named_children():
+            if not isinstance(conv, torch.nn.Conv2d | torch.nn.Conv3d) or name in NOT_GATES:
+                continue
+            follower = "norm" if name == "gates" else name.replace("conv_", "norm_", 1)
+            pairs.append((f"{prefix}.{name}", conv, getattr(module, follower)))
+    return pairs
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_NORM))
+def test_layer_norm_off_is_the_model_as_before(case):
+    _, _, norms_without, (keys, abs_sum, weighted_sum) = LAYER_NORM[case]
+    import hashlib
+
+    model = _layer_norm_model(case, False)
+    layer_norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(layer_norms) == norms_without
+    assert all(isinstance(f, torch.nn.Identity) for _, _, f in _gate_pairs(model))
+    assert hashlib.sha256(" ".join(model.state_dict()).encode()).hexdigest()[:12] == keys
+    frames = torch.rand(2, 3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    state = model.init_state(frames)
+    with torch.no_grad():
+        for t in range(3):
+            pred, state = model.step(frames[:, t], state)
+    pred = pred.double()
+    assert pred.abs().sum().item() == pytest.approx(abs_sum, rel=1e-6)
+    weights = torch.linspace(-1, 1, pred.numel(), dtype=torch.float64).view_as(pred)
+    assert (pred * weights).sum().item() == pytest.approx(weighted_sum, rel=1e-5)
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_NORM))
+def test_layer_norm_follows_every_gate_convolution(case):
+    from stpdist.models import as_output
+
+    _, gates, norms_without, _ = LAYER_NORM[case]
+    model, plain = _layer_norm_model(case, True), _layer_norm_model(case, False)
+    pairs = _gate_pairs(model)
+    assert len(pairs) == gates
+    depth = (model.window,) if case == "e3dlstm" else ()
+    for name, conv, norm in pairs:
+        assert isinstance(norm, torch.nn.LayerNorm), name
+        assert norm.normalized_shape == (conv.out_channels, *depth, 8, 8), name
+    layer_norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(layer_norms) == gates + norms_without
+    # the same convolution weights (LayerNorm's init draws nothing) ...
+    plain_state = plain.state_dict()
+    for key, value in model.state_dict().items():
+        assert key in plain_state or ".norm" in key, key
+        assert key not in plain_state or torch.equal(value, plain_state[key]), key
+    # ... and each LayerNorm reads exactly its convolution's output
+    outputs: dict[str, list] = {name: [] for name, _, _ in pairs}
+    inputs: dict[str, list] = {name: [] for name, _, _ in pairs}
+    for name, conv, norm in pairs:
+        conv.register_forward_hook(lambda m, i, o, name=name: outputs[name].append(o))
+        norm.register_forward_pre_hook(lambda m, i, name=name: inputs[name].append(i[0]))
+    frames = torch.rand(2, 3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    predictions = as_output(model(frames, 2)).predictions
+    for name, _, _ in pairs:
+        assert len(outputs[name]) == len(inputs[name]) > 0, name
+        assert all(o is i for o, i in zip(outputs[name], inputs[name])), name
+    # it trains: gradients reach the LayerNorms' affine parameters
+    predictions.square().mean().backward()
+    for _, _, norm in pairs:
+        assert norm.weight.grad is not None and norm.weight.grad.abs().sum() > 0
+    plain_predictions = as_output(plain(frames, 2)).predictions
+    assert not torch.allclose(predictions.detach(), plain_predictions.detach(), atol=1e-4)
+
+
+def test_layer_norm_is_a_checked_backbone_argument(tmp_path):
+    from stpdist.config import ConfigError, backbone_config
+
+    path = tmp_path / "ln.yaml"
+    path.write_text("model:\n  name: predrnn\n  backbone: {layer_norm: true}\n")
+    assert backbone_config(load_config(path).model).layer_norm is True
+    with pytest.raises(ConfigError, match="model.backbone.layer_norm"):
+        load_config(path, ["model.backbone.layer_norm=sometimes"])
+    with pytest.raises(ConfigError, match="layer_norm"):  # MAU's LayerNorms are always on
+        load_config(None, ["model.name=mau", "model.backbone.layer_norm=true"])
+
+
 # ---------------------------------------------------------------------- reproduction harness
 def test_reproduce_writes_the_table_beside_openstl(tmp_path, capsys):
     """The harness end to end at a toy size (the README's `--small` run takes minutes):

@@ -490,6 +490,43 @@ def test_per_variable_rmse_weighted_rmse_and_acc_match_numpy():
             assert got[f"acc/{name}{lead}"] == pytest.approx(np.mean(acc))
 
 
+def test_acc_only_with_a_climatology_file_beside_the_index(tmp_path):
+    """The module built for a dataset scores ACC against the climatology stored beside the
+    train index, and reports no ACC when that file is absent or was never written."""
+    from stpdist import build
+
+    data = two_variable_series(6)
+    variables = [{"name": "z500", "units": "m2 s-2"}, {"name": "t2m", "units": "K"}]
+    inputs, targets = torch.from_numpy(data[:, :2]), torch.from_numpy(data[:, 2:])
+
+    def reported(root: Path) -> set[str]:
+        cfg = load_config(
+            DEBUG,
+            [
+                f"data.root={root}", "data.synthesize=null", "data.normalize=standardize",
+                "data.num_input_frames=2", "data.num_output_frames=2",
+                "model.name=test_weather:CopyLast", "model.patch_size=1", "model.backbone={}",
+            ],
+        )  # fmt: skip
+        module = build.build_module(cfg).eval()
+        with torch.no_grad():
+            keys = module.metrics_from_sums(module.validation_step(inputs, targets)["sums"])
+        return {k for k in keys if k.startswith("acc/")}
+
+    with_clim = write_split(tmp_path / "a", "train", data, variables=variables, climatology=True)
+    np.testing.assert_allclose(
+        np.load(with_clim / "climatology.npy"), data.mean(axis=(0, 1)), rtol=1e-5
+    )
+    assert reported(tmp_path / "a") == {
+        f"acc/{v}{lead}" for v in ("z500", "t2m") for lead in ("", "/t01", "/t02")
+    }
+    (with_clim / "climatology.npy").unlink()  # the index still names it: no file, no ACC
+    assert reported(tmp_path / "a") == set()
+    write_split(tmp_path / "b", "train", data, variables=variables)  # never written
+    assert read_index(tmp_path / "b" / "train").climatology == ""
+    assert reported(tmp_path / "b") == set()
+
+
 def _pooled_numpy(events: np.ndarray, p: int) -> np.ndarray:
     """Max over non-overlapping p×p blocks (partial blocks at the edges), …×H×W."""
     h, w = events.shape[-2:]

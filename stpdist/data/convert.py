@@ -12,6 +12,10 @@ nor a crash can cost the dataset already at `out`: until the swap the old one is
 untouched; during it (two renames) the old one is at `.<out>.old-<pid>` and the new one
 at the staging path, never deleted. An `out` that is, or contains, a source path is
 refused (an overwrite would delete the raw files).
+
+Beside the splits goes a README.md dataset card (see `write_card`): what the folder holds,
+how to load it with stpdist, and YAML front matter that makes Hugging Face `datasets` read
+the tar shards as the data. A README.md of the user's own is kept instead.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shutil
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -268,7 +273,99 @@ def convert(
             raise FileNotFoundError(
                 f"{source.name}: no split yielded a sample; {out} left as it was"
             )
+        write_card(staging, out, source.name, written)
     return written
+
+
+# ------------------------------------------------------------------ dataset card
+# Pointed at the folder, Hugging Face `datasets` reads the `configs` of a README.md's YAML
+# front matter; without one it guesses by extension and takes `index.json` for the data.
+# The card says the tar shards are the data (its webdataset builder decodes `.npy` and
+# `.json` members). Ours carry CARD_MARKER and are rewritten by every conversion; a
+# README.md without it is the user's, carried over to the new dataset untouched.
+CARD_FILE = "README.md"
+CARD_MARKER = (
+    "<!-- stpdist dataset card: rewritten by each conversion; delete this line to keep edits -->"
+)
+
+
+def hf_split_name(split: str) -> str:
+    """A split name Hugging Face accepts (word characters only: `-` becomes `_`)."""
+    return re.sub(r"\W", "_", split)
+
+
+def card_text(out: str | Path, source_name: str, indexes: dict[str, SplitIndex]) -> str:
+    """The README.md of a converted dataset: YAML front matter that maps each split to its
+    `<split>/*.tar` shards, then what the folder holds and how to load it."""
+    yaml = ["---", "configs:", "- config_name: default", "  data_files:"]
+    for split in indexes:
+        yaml += [f"  - split: {hf_split_name(split)}", f'    path: "{split}/*.tar"']
+    yaml.append("---")
+    rows = [
+        f"| {split} | {index.num_samples} | {len(index.shards)} | "
+        f"{'×'.join(map(str, index.shape))} | {index.dtype} | {index.value_scale:g} |"
+        for split, index in indexes.items()
+    ]
+    first = next(iter(indexes.values()))
+    variables = (
+        ", ".join(f"{v.get('name')} [{v.get('units') or '-'}]" for v in first.variables)
+        or f"{first.shape[1]} channel(s), unnamed"
+    )
+    root = Path(out).as_posix()
+    first_split = next(iter(indexes))
+    text = f"""\
+{CARD_MARKER}
+
+# {Path(out).name}: {source_name} as WebDataset shards for stpdist
+
+Written by `stpdist shard`. One folder per split, each holding tar shards
+(`<split>-000000.tar`, …) and an `index.json` (sample counts per shard, shape, dtype,
+value scale, per-channel statistics, the converter's arguments). Each sample in a shard is
+`<key>.frames.npy` (the whole sequence, T×C×H×W, in the stored dtype) and `<key>.json`
+(where it came from). Stored values divided by the value scale lie in [0, 1] for 8-bit
+data; a value scale of 1 means physical units. Channels: {variables}.
+
+| split | samples | shards | T×C×H×W | dtype | value scale |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+## Train with stpdist
+
+Point a config's `data.root` at this folder; the input/target frame counts are chosen
+there (`data.num_input_frames`, `data.num_output_frames`), not in the shards:
+
+    stpdist train CONFIG data.root={root}
+    stpdist inspect {root} --verify
+
+## Read with Hugging Face datasets
+
+The front matter above maps each split to its shards, so the folder loads as a webdataset:
+
+    import datasets
+    ds = datasets.load_dataset("{root}").with_format("numpy")
+    frames = ds["{hf_split_name(first_split)}"][0]["frames.npy"]  # T×C×H×W
+
+Columns: `__key__`, `frames.npy`, `json`, `__url__`. The column types are inferred from
+the first samples: integer frames arrive as int64 (`frames.astype("{first.dtype}")` gives
+the stored dtype back), float32 frames as float32.
+"""
+    return "\n".join(yaml) + "\n" + text
+
+
+def write_card(
+    folder: Path, out: str | Path, source_name: str, indexes: dict[str, SplitIndex]
+) -> None:
+    """Write the dataset card into `folder` (the staging folder that becomes `out`), unless
+    `out` already holds a README.md that is not ours: that one is copied over unchanged."""
+    old = Path(out).resolve() / CARD_FILE
+    if old.is_file() and CARD_MARKER not in old.read_text(errors="replace"):
+        shutil.copy2(old, folder / CARD_FILE)
+        tqdm.write(
+            f"kept your {old} (no stpdist card written: for Hugging Face datasets, give it "
+            "front matter with configs/data_files pointing at '<split>/*.tar')"
+        )
+        return
+    (folder / CARD_FILE).write_text(card_text(out, source_name, indexes))
 
 
 def _write_splits(

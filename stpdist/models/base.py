@@ -51,6 +51,14 @@ def as_output(returned: torch.Tensor | BackboneOutput) -> BackboneOutput:
     return BackboneOutput(returned, {})
 
 
+def gate_norm(channels: int, size: tuple[int, ...] | None) -> nn.Module:
+    """What follows a recurrent cell's gate convolution: OpenSTL's `layer_norm`, a
+    LayerNorm over [channels, *size] (`size` the frame H×W, or D×H×W after a 3D
+    convolution), or, when `size` is None, the identity (no parameters, no state-dict
+    entries, no random draws: a model built without it is unchanged)."""
+    return nn.Identity() if size is None else nn.LayerNorm([channels, *size])
+
+
 def import_class(path: str, what: str) -> type[nn.Module]:
     """The `nn.Module` class at import path `package.module:Class` (a user's backbone, task
     or translator block); failures are one line naming `what`, the path and the cause. The

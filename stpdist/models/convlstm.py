@@ -34,6 +34,11 @@ them: they would get no gradient, which DDP rejects. `stpdist` has the same comp
 one convolution over [x, h] (one bias) instead of two, plus the peepholes (3×128×16×16
 per layer) and a readout over all layers. `shi` has a second stack (the forecaster) and
 runs T_in + T_out = 20 steps instead of 19.
+
+`layer_norm` (OpenSTL's option, off by default): a LayerNorm over [4h, H, W] follows
+each gate convolution. The `openstl` cell normalises W_x∗x and W_h∗h separately, as
+OpenSTL does; the `stpdist` and `shi` cells have one convolution over [x, h] (bias
+included), so one LayerNorm normalises its output.
 """
 
 from __future__ import annotations
@@ -44,13 +49,14 @@ from typing import Literal  # noqa: UP035 - OmegaConf reads these
 import torch
 from torch import nn
 
-from .base import FrameSpec
+from .base import FrameSpec, gate_norm
 from .recurrent import FrameRecurrent
 
 
 class ConvLSTMCell(nn.Module):
     """Shi et al.'s cell; all four gates come from a single convolution over [input,
-    hidden]. `in_channels` may be 0 (a forecaster layer without input: pass x = None)."""
+    hidden]. `in_channels` may be 0 (a forecaster layer without input: pass x = None).
+    `layer_norm`: a LayerNorm over [4h, H, W] after that convolution."""
 
     def __init__(
         self,
@@ -60,6 +66,7 @@ class ConvLSTMCell(nn.Module):
         height: int,
         width: int,
         forget_bias: float = 1.0,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         self.hidden_channels = hidden_channels
@@ -69,6 +76,7 @@ class ConvLSTMCell(nn.Module):
             kernel_size,
             padding=kernel_size // 2,
         )
+        self.norm = gate_norm(4 * hidden_channels, (height, width) if layer_norm else None)
         # peephole weights (Hadamard products with the cell state), 1×C×H×W as in the paper
         self.w_ci = nn.Parameter(torch.zeros(1, hidden_channels, height, width))
         self.w_cf = nn.Parameter(torch.zeros(1, hidden_channels, height, width))
@@ -80,7 +88,7 @@ class ConvLSTMCell(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h, c = state
         inputs = h if x_BCHW is None else torch.cat([x_BCHW, h], dim=1)
-        i, f, g, o = self.gates(inputs).chunk(4, dim=1)
+        i, f, g, o = self.norm(self.gates(inputs)).chunk(4, dim=1)
         i = torch.sigmoid(i + self.w_ci * c)
         f = torch.sigmoid(f + self.w_cf * c + self.forget_bias)
         c = f * c + i * torch.tanh(g)
@@ -90,9 +98,16 @@ class ConvLSTMCell(nn.Module):
 
 class OpenSTLConvLSTMCell(nn.Module):
     """OpenSTL's cell: bias-free W_x∗x + W_h∗h for the gates i, f, g, o; no peepholes,
-    no forget bias."""
+    no forget bias. `norm_size` (H, W): each convolution is followed by a LayerNorm over
+    [4h, H, W] (OpenSTL's `layer_norm`); None: none."""
 
-    def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        kernel_size: int,
+        norm_size: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__()
         self.hidden_channels = hidden_channels
         padding = kernel_size // 2
@@ -102,12 +117,15 @@ class OpenSTLConvLSTMCell(nn.Module):
         self.conv_h = nn.Conv2d(
             hidden_channels, 4 * hidden_channels, kernel_size, padding=padding, bias=False
         )
+        self.norm_x = gate_norm(4 * hidden_channels, norm_size)
+        self.norm_h = gate_norm(4 * hidden_channels, norm_size)
 
     def forward(
         self, x_BCHW: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h, c = state
-        i, f, g, o = (self.conv_x(x_BCHW) + self.conv_h(h)).chunk(4, dim=1)
+        gates = self.norm_x(self.conv_x(x_BCHW)) + self.norm_h(self.conv_h(h))
+        i, f, g, o = gates.chunk(4, dim=1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c
 
@@ -124,6 +142,9 @@ class ConvLSTMArgs:
     forget_bias: float | None = None
     """Added to the forget gate's pre-activation (None: 1.0 for `stpdist` and `shi`; the
     `openstl` cell has none, and a value there is an error)."""
+    layer_norm: bool = False
+    """Follow each gate convolution with a LayerNorm over [channels, H, W] (OpenSTL's
+    `layer_norm`); off leaves the model exactly as without the option."""
 
 
 class ConvLSTM(FrameRecurrent):
@@ -141,12 +162,13 @@ class ConvLSTM(FrameRecurrent):
         if args.variant not in ("stpdist", "openstl", "shi"):
             raise ValueError(f"variant must be stpdist, openstl or shi, got '{args.variant}'")
         self.variant = args.variant
+        norm_size = (height, width) if args.layer_norm else None
         if args.variant == "openstl":
             if args.forget_bias is not None:
                 raise ValueError("the openstl ConvLSTM has no forget bias; leave forget_bias unset")
             self.cells, previous = nn.ModuleList(), in_channels
             for hidden in hidden_channels:
-                self.cells.append(OpenSTLConvLSTMCell(previous, hidden, kernel_size))
+                self.cells.append(OpenSTLConvLSTMCell(previous, hidden, kernel_size, norm_size))
                 previous = hidden
             self.output = nn.Conv2d(hidden_channels[-1], in_channels, 1, bias=False)
             return
@@ -156,7 +178,9 @@ class ConvLSTM(FrameRecurrent):
             cells, previous = nn.ModuleList(), first_input
             for hidden in hidden_channels:
                 cells.append(
-                    ConvLSTMCell(previous, hidden, kernel_size, height, width, forget_bias)
+                    ConvLSTMCell(
+                        previous, hidden, kernel_size, height, width, forget_bias, args.layer_norm
+                    )
                 )
                 previous = hidden
             return cells

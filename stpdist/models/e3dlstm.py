@@ -33,6 +33,11 @@ past states, 0.02 the output conv. OpenSTL's figure matches convolutions that pr
 (a depth-2 kernel over a depth-2 clip, unpadded): with its 4h memory convolution,
 (47,542,272 + 3,276,800) weights × 256 positions × 19 steps = 247.18, plus the same
 attention 51.00 = 298.2 GMACs, within 0.3% of 298.9G.
+
+`layer_norm` (OpenSTL's option, off by default) follows every gate convolution (input,
+hidden, memory, and the output gate's convolutions of C_t and M_t) with a LayerNorm over
+[its output channels, w, H, W]; the 1×1×1 `conv_last` stays unnormalised. The LayerNorm
+of the recall (`norm_c`) is part of the cell and there either way.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .base import FrameSpec
+from .base import FrameSpec, gate_norm
 from .recurrent import FrameRecurrent
 
 
@@ -64,7 +69,8 @@ class CausalConv3d(nn.Conv3d):
 
 
 class Eidetic3DLSTMCell(nn.Module):
-    """One E3D-LSTM cell; returns (h, c, m)."""
+    """One E3D-LSTM cell; returns (h, c, m). `layer_norm`: a LayerNorm over
+    [channels, w, H, W] after each gate convolution."""
 
     def __init__(
         self,
@@ -76,6 +82,7 @@ class Eidetic3DLSTMCell(nn.Module):
         temporal_kernel_size: int,
         kernel_size: int,
         forget_bias: float,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         self.hidden, self.forget_bias = hidden, forget_bias
@@ -87,6 +94,12 @@ class Eidetic3DLSTMCell(nn.Module):
         self.conv_m_out = conv(hidden, hidden)
         self.conv_last = nn.Conv3d(2 * hidden, hidden, 1, bias=False)
         self.norm_c = nn.LayerNorm([hidden, window, height, width])
+        norm_size = (window, height, width) if layer_norm else None
+        self.norm_x = gate_norm(7 * hidden, norm_size)
+        self.norm_h = gate_norm(4 * hidden, norm_size)
+        self.norm_m = gate_norm(3 * hidden, norm_size)
+        self.norm_c_out = gate_norm(hidden, norm_size)
+        self.norm_m_out = gate_norm(hidden, norm_size)
 
     def recall(self, query_BhDHW: torch.Tensor, past_c: list[torch.Tensor]) -> torch.Tensor:
         """Attention of every query position over every position of the past cells."""
@@ -97,9 +110,9 @@ class Eidetic3DLSTMCell(nn.Module):
         return recalled.transpose(1, 2).reshape(query_BhDHW.shape)
 
     def forward(self, x, h, c, m, past_c):
-        i_x, g_x, r_x, o_x, i_xm, g_xm, f_xm = self.conv_x(x).chunk(7, dim=1)
-        i_h, g_h, r_h, o_h = self.conv_h(h).chunk(4, dim=1)
-        i_m, g_m, f_m = self.conv_m(m).chunk(3, dim=1)
+        i_x, g_x, r_x, o_x, i_xm, g_xm, f_xm = self.norm_x(self.conv_x(x)).chunk(7, dim=1)
+        i_h, g_h, r_h, o_h = self.norm_h(self.conv_h(h)).chunk(4, dim=1)
+        i_m, g_m, f_m = self.norm_m(self.conv_m(m)).chunk(3, dim=1)
         recall_gate = torch.sigmoid(r_x + r_h)
         c = torch.sigmoid(i_x + i_h) * torch.tanh(g_x + g_h) + self.norm_c(
             c + self.recall(recall_gate, past_c)
@@ -108,7 +121,9 @@ class Eidetic3DLSTMCell(nn.Module):
             torch.sigmoid(i_xm + i_m) * torch.tanh(g_xm + g_m)
             + torch.sigmoid(f_xm + f_m + self.forget_bias) * m
         )
-        o = torch.sigmoid(o_x + o_h + self.conv_c_out(c) + self.conv_m_out(m))
+        o = torch.sigmoid(
+            o_x + o_h + self.norm_c_out(self.conv_c_out(c)) + self.norm_m_out(self.conv_m_out(m))
+        )
         return o * torch.tanh(self.conv_last(torch.cat([c, m], dim=1))), c, m
 
 
@@ -126,6 +141,9 @@ class E3DLSTMArgs:
     """τ: past cell states the recall gate attends to; None: all of them (as OpenSTL)."""
     forget_bias: float = 1.0
     """Added to the memory's forget gate pre-activation."""
+    layer_norm: bool = False
+    """Follow each gate convolution with a LayerNorm over [channels, w, H, W] (OpenSTL's
+    `layer_norm`); off leaves the model exactly as without the option."""
 
 
 class E3DLSTM(FrameRecurrent):
@@ -158,6 +176,7 @@ class E3DLSTM(FrameRecurrent):
                 args.temporal_kernel_size,
                 args.kernel_size,
                 args.forget_bias,
+                args.layer_norm,
             )
             for i in range(len(hidden_channels))
         )

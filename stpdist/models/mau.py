@@ -24,6 +24,9 @@ OpenSTL's module also defines a `merge` 1×1 conv (2h→h, 8,256 parameters) and
 `conv_last_sr` 1×1 conv (2C→C, 3) that its forward never calls: 4,483,588 with them,
 so the counts agree exactly. The GMACs differ by rounding and by elementwise work (the
 attention's dot products) that neither counter attributes to convolutions.
+
+There is no `layer_norm` argument: every convolution of a unit is followed by a LayerNorm
+over [channels, H', W'] always, as in OpenSTL's MAU cell, which takes no such option.
 """
 
 from __future__ import annotations

@@ -29,6 +29,10 @@ Parameters agree (−0.1%). The GMACs are 1.4% above OpenSTL's: we run MIM-N on 
 difference at the first step (3 layers × 2 convolutions of 128→512 at 5×5 over 16×16
 positions = 2.52 GMACs), which OpenSTL's count appears to leave out (181.70 − 2.52 =
 179.18).
+
+`layer_norm` (OpenSTL's option, off by default) follows every gate convolution (the
+ST-LSTM's, the MIM block's, MIM-N's and MIM-S's) with a LayerNorm over [its output
+channels, H, W]; the 1×1 `conv_last` and the peepholes stay unnormalised.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .base import FrameSpec
+from .base import FrameSpec, gate_norm
 from .predrnn import STLSTMCell
 from .recurrent import FrameRecurrent
 
@@ -49,19 +53,31 @@ def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
 
 class PeepholeLSTM(nn.Module):
     """The LSTM shared by MIM-N and MIM-S: gates from conv(x) + conv(h) + peepholes on c
-    (input and forget on c_{t−1}, output on c_t)."""
+    (input and forget on c_{t−1}, output on c_t). `layer_norm`: a LayerNorm over
+    [4h, H, W] after each convolution."""
 
-    def __init__(self, hidden: int, kernel_size: int, height: int, width: int, forget_bias: float):
+    def __init__(
+        self,
+        hidden: int,
+        kernel_size: int,
+        height: int,
+        width: int,
+        forget_bias: float,
+        layer_norm: bool = False,
+    ):
         super().__init__()
         self.forget_bias = forget_bias
         self.conv_x = _conv(hidden, 4 * hidden, kernel_size)
         self.conv_h = _conv(hidden, 4 * hidden, kernel_size)
         self.peephole_if = nn.Parameter(torch.zeros(1, 2 * hidden, height, width))
         self.peephole_o = nn.Parameter(torch.zeros(1, hidden, height, width))
+        norm_size = (height, width) if layer_norm else None
+        self.norm_x = gate_norm(4 * hidden, norm_size)
+        self.norm_h = gate_norm(4 * hidden, norm_size)
 
     def forward(self, x, h, c):
-        i_x, g_x, f_x, o_x = self.conv_x(x).chunk(4, dim=1)
-        i_h, g_h, f_h, o_h = self.conv_h(h).chunk(4, dim=1)
+        i_x, g_x, f_x, o_x = self.norm_x(self.conv_x(x)).chunk(4, dim=1)
+        i_h, g_h, f_h, o_h = self.norm_h(self.conv_h(h)).chunk(4, dim=1)
         i_c, f_c = (self.peephole_if * torch.cat([c, c], dim=1)).chunk(2, dim=1)
         i = torch.sigmoid(i_x + i_h + i_c)
         f = torch.sigmoid(f_x + f_h + f_c + self.forget_bias)
@@ -71,21 +87,34 @@ class PeepholeLSTM(nn.Module):
 
 
 class MIMBlock(nn.Module):
-    """ST-LSTM whose temporal forget path is MIM-S; returns (h, c, m, MIM-S cell)."""
+    """ST-LSTM whose temporal forget path is MIM-S; returns (h, c, m, MIM-S cell).
+    `layer_norm`: a LayerNorm over [channels, H, W] after each gate convolution."""
 
-    def __init__(self, hidden: int, kernel_size: int, height: int, width: int, forget_bias: float):
+    def __init__(
+        self,
+        hidden: int,
+        kernel_size: int,
+        height: int,
+        width: int,
+        forget_bias: float,
+        layer_norm: bool = False,
+    ):
         super().__init__()
         self.forget_bias = forget_bias
         self.conv_x = _conv(hidden, 4 * hidden, kernel_size)
         self.conv_h = _conv(hidden, 3 * hidden, kernel_size)
         self.conv_m = _conv(hidden, 4 * hidden, kernel_size)
         self.conv_last = nn.Conv2d(2 * hidden, hidden, 1, bias=False)
-        self.stationary = PeepholeLSTM(hidden, kernel_size, height, width, forget_bias)
+        self.stationary = PeepholeLSTM(hidden, kernel_size, height, width, forget_bias, layer_norm)
+        norm_size = (height, width) if layer_norm else None
+        self.norm_x = gate_norm(4 * hidden, norm_size)
+        self.norm_h = gate_norm(3 * hidden, norm_size)
+        self.norm_m = gate_norm(4 * hidden, norm_size)
 
     def forward(self, x, difference, h, c, m, stationary_c):
-        i_x, g_x, f_x, o_x = self.conv_x(x).chunk(4, dim=1)
-        i_h, g_h, o_h = self.conv_h(h).chunk(3, dim=1)
-        i_m, g_m, f_m, o_m = self.conv_m(m).chunk(4, dim=1)
+        i_x, g_x, f_x, o_x = self.norm_x(self.conv_x(x)).chunk(4, dim=1)
+        i_h, g_h, o_h = self.norm_h(self.conv_h(h)).chunk(3, dim=1)
+        i_m, g_m, f_m, o_m = self.norm_m(self.conv_m(m)).chunk(4, dim=1)
         # MIM-S: input D (from MIM-N), hidden C_{t−1}; its output replaces f ⊙ C_{t−1}
         trend, stationary_c = self.stationary(difference, c, stationary_c)
         c = trend + torch.sigmoid(i_x + i_h) * torch.tanh(g_x + g_h)
@@ -104,6 +133,9 @@ class MIMArgs:
     """Convolution kernel of every gate."""
     forget_bias: float = 1.0
     """Added to every forget gate's pre-activation."""
+    layer_norm: bool = False
+    """Follow each gate convolution with a LayerNorm over [channels, H, W] (OpenSTL's
+    `layer_norm`); off leaves the model exactly as without the option."""
 
 
 class MIM(FrameRecurrent):
@@ -122,12 +154,15 @@ class MIM(FrameRecurrent):
         hidden, k = hidden_channels[0], args.kernel_size
         hw = (spec.height, spec.width)
         self.hidden = hidden
-        self.first = STLSTMCell(spec.channels, hidden, k, args.forget_bias)
+        self.first = STLSTMCell(
+            spec.channels, hidden, k, args.forget_bias, hw if args.layer_norm else None
+        )
         self.blocks = nn.ModuleList(
-            MIMBlock(hidden, k, *hw, args.forget_bias) for _ in hidden_channels[1:]
+            MIMBlock(hidden, k, *hw, args.forget_bias, args.layer_norm) for _ in hidden_channels[1:]
         )
         self.nonstationary = nn.ModuleList(
-            PeepholeLSTM(hidden, k, *hw, args.forget_bias) for _ in hidden_channels[1:]
+            PeepholeLSTM(hidden, k, *hw, args.forget_bias, args.layer_norm)
+            for _ in hidden_channels[1:]
         )
         self.output = nn.Conv2d(hidden, spec.channels, 1, bias=False)
 

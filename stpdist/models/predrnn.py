@@ -22,6 +22,12 @@ parameters pinned in test_models, forward GMACs per sample from `stpdist bench m
 
 OpenSTL's PredRNN++ count includes a 5×5 convolution from 2h to h that its Causal LSTM
 defines but never uses (4 × 819,200 = 3.28M); with it the counts agree within 0.1%.
+
+`layer_norm` (OpenSTL's option, off by default) follows every gate convolution of the
+cells and of the GHU with a LayerNorm over [its output channels, H, W]; the 1×1
+`conv_last` stays unnormalised, as in OpenSTL. OpenSTL's GHU builds its LayerNorms over
+[h, H, W] for a 2h-channel convolution, so its PredRNN++ cannot run with `layer_norm`;
+ours normalises over [2h, H, W].
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .base import FrameSpec
+from .base import FrameSpec, gate_norm
 from .recurrent import FrameRecurrent
 
 
@@ -40,9 +46,17 @@ def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
 
 
 class STLSTMCell(nn.Module):
-    """Spatiotemporal LSTM cell; returns (h, c, m, delta_c, delta_m)."""
+    """Spatiotemporal LSTM cell; returns (h, c, m, delta_c, delta_m). `norm_size` (H, W):
+    a LayerNorm follows each gate convolution (OpenSTL's `layer_norm`); None: none."""
 
-    def __init__(self, in_channels: int, hidden: int, kernel_size: int, forget_bias: float):
+    def __init__(
+        self,
+        in_channels: int,
+        hidden: int,
+        kernel_size: int,
+        forget_bias: float,
+        norm_size: tuple[int, int] | None = None,
+    ):
         super().__init__()
         self.hidden = hidden
         self.forget_bias = forget_bias
@@ -51,17 +65,21 @@ class STLSTMCell(nn.Module):
         self.conv_m = _conv(hidden, 3 * hidden, kernel_size)
         self.conv_o = _conv(2 * hidden, hidden, kernel_size)
         self.conv_last = nn.Conv2d(2 * hidden, hidden, 1, bias=False)
+        self.norm_x = gate_norm(7 * hidden, norm_size)
+        self.norm_h = gate_norm(4 * hidden, norm_size)
+        self.norm_m = gate_norm(3 * hidden, norm_size)
+        self.norm_o = gate_norm(hidden, norm_size)
 
     def forward(self, x, h, c, m):
-        i_x, f_x, g_x, i_xm, f_xm, g_xm, o_x = self.conv_x(x).chunk(7, dim=1)
-        i_h, f_h, g_h, o_h = self.conv_h(h).chunk(4, dim=1)
-        i_m, f_m, g_m = self.conv_m(m).chunk(3, dim=1)
+        i_x, f_x, g_x, i_xm, f_xm, g_xm, o_x = self.norm_x(self.conv_x(x)).chunk(7, dim=1)
+        i_h, f_h, g_h, o_h = self.norm_h(self.conv_h(h)).chunk(4, dim=1)
+        i_m, f_m, g_m = self.norm_m(self.conv_m(m)).chunk(3, dim=1)
         delta_c = torch.sigmoid(i_x + i_h) * torch.tanh(g_x + g_h)
         c = torch.sigmoid(f_x + f_h + self.forget_bias) * c + delta_c
         delta_m = torch.sigmoid(i_xm + i_m) * torch.tanh(g_xm + g_m)
         m = torch.sigmoid(f_xm + f_m + self.forget_bias) * m + delta_m
         memory = torch.cat([c, m], dim=1)
-        o = torch.sigmoid(o_x + o_h + self.conv_o(memory))
+        o = torch.sigmoid(o_x + o_h + self.norm_o(self.conv_o(memory)))
         return o * torch.tanh(self.conv_last(memory)), c, m, delta_c, delta_m
 
 
@@ -73,6 +91,9 @@ class PredRNNArgs:
     """Convolution kernel of the gates."""
     forget_bias: float = 1.0
     """Added to the forget gates' pre-activations."""
+    layer_norm: bool = False
+    """Follow each gate convolution with a LayerNorm over [channels, H, W] (OpenSTL's
+    `layer_norm`); off leaves the model exactly as without the option."""
 
 
 @dataclass
@@ -95,8 +116,11 @@ class PredRNN(FrameRecurrent):
         if len(set(hidden_channels)) != 1:
             raise ValueError("PredRNN needs equal hidden_channels per layer (m flows across them)")
         hidden = hidden_channels[0]
+        norm_size = (spec.height, spec.width) if args.layer_norm else None
         self.cells = nn.ModuleList(
-            STLSTMCell(in_channels if i == 0 else hidden, hidden, kernel_size, forget_bias)
+            STLSTMCell(
+                in_channels if i == 0 else hidden, hidden, kernel_size, forget_bias, norm_size
+            )
             for i in range(len(hidden_channels))
         )
         self.output = nn.Conv2d(hidden, in_channels, 1, bias=False)
@@ -143,9 +167,17 @@ class PredRNNv2(PredRNN):
 
 
 class CausalLSTMCell(nn.Module):
-    """Causal LSTM: the new cell state c feeds the spatiotemporal memory m in cascade."""
+    """Causal LSTM: the new cell state c feeds the spatiotemporal memory m in cascade.
+    `norm_size` (H, W): a LayerNorm follows each gate convolution; None: none."""
 
-    def __init__(self, in_channels: int, hidden: int, kernel_size: int, forget_bias: float):
+    def __init__(
+        self,
+        in_channels: int,
+        hidden: int,
+        kernel_size: int,
+        forget_bias: float,
+        norm_size: tuple[int, int] | None = None,
+    ):
         super().__init__()
         self.hidden = hidden
         self.forget_bias = forget_bias
@@ -156,36 +188,47 @@ class CausalLSTMCell(nn.Module):
         self.conv_c2m = _conv(hidden, 4 * hidden, kernel_size)
         self.conv_om = _conv(hidden, hidden, kernel_size)
         self.conv_last = nn.Conv2d(2 * hidden, hidden, 1, bias=False)
+        self.norm_x = gate_norm(7 * hidden, norm_size)
+        self.norm_h = gate_norm(4 * hidden, norm_size)
+        self.norm_c = gate_norm(3 * hidden, norm_size)
+        self.norm_m = gate_norm(3 * hidden, norm_size)
+        self.norm_c2m = gate_norm(4 * hidden, norm_size)
+        self.norm_om = gate_norm(hidden, norm_size)
 
     def forward(self, x, h, c, m):
-        i_x, f_x, g_x, i_xm, f_xm, g_xm, o_x = self.conv_x(x).chunk(7, dim=1)
-        i_h, f_h, g_h, o_h = self.conv_h(h).chunk(4, dim=1)
-        i_c, f_c, g_c = self.conv_c(c).chunk(3, dim=1)
-        i_m, f_m, m_m = self.conv_m(m).chunk(3, dim=1)
+        i_x, f_x, g_x, i_xm, f_xm, g_xm, o_x = self.norm_x(self.conv_x(x)).chunk(7, dim=1)
+        i_h, f_h, g_h, o_h = self.norm_h(self.conv_h(h)).chunk(4, dim=1)
+        i_c, f_c, g_c = self.norm_c(self.conv_c(c)).chunk(3, dim=1)
+        i_m, f_m, m_m = self.norm_m(self.conv_m(m)).chunk(3, dim=1)
         c = torch.sigmoid(f_x + f_h + f_c + self.forget_bias) * c + torch.sigmoid(
             i_x + i_h + i_c
         ) * torch.tanh(g_x + g_h + g_c)
-        i_cm, g_cm, f_cm, o_cm = self.conv_c2m(c).chunk(4, dim=1)
+        i_cm, g_cm, f_cm, o_cm = self.norm_c2m(self.conv_c2m(c)).chunk(4, dim=1)
         m = torch.sigmoid(f_xm + f_m + f_cm + self.forget_bias) * torch.tanh(m_m) + torch.sigmoid(
             i_xm + i_m + i_cm
         ) * torch.tanh(g_xm + g_cm)
-        o = torch.tanh(o_x + o_h + o_cm + self.conv_om(m))
+        o = torch.tanh(o_x + o_h + o_cm + self.norm_om(self.conv_om(m)))
         return o * torch.tanh(self.conv_last(torch.cat([c, m], dim=1))), c, m
 
 
 class GradientHighwayUnit(nn.Module):
-    """z ← u ⊙ tanh(p) + (1 − u) ⊙ z: a short path for gradients across time."""
+    """z ← u ⊙ tanh(p) + (1 − u) ⊙ z: a short path for gradients across time.
+    `norm_size` (H, W): a LayerNorm over [2h, H, W] follows each convolution; None: none."""
 
-    def __init__(self, hidden: int, kernel_size: int) -> None:
+    def __init__(
+        self, hidden: int, kernel_size: int, norm_size: tuple[int, int] | None = None
+    ) -> None:
         super().__init__()
         self.conv_x = _conv(hidden, 2 * hidden, kernel_size)
         self.conv_z = _conv(hidden, 2 * hidden, kernel_size)
         for conv in (self.conv_x, self.conv_z):  # as PredRNN++ / OpenSTL: U(±0.001)
             nn.init.uniform_(conv.weight, -0.001, 0.001)
+        self.norm_x = gate_norm(2 * hidden, norm_size)
+        self.norm_z = gate_norm(2 * hidden, norm_size)
 
     def forward(self, x, z):
-        p_x, u_x = self.conv_x(x).chunk(2, dim=1)
-        p_z, u_z = self.conv_z(z).chunk(2, dim=1)
+        p_x, u_x = self.norm_x(self.conv_x(x)).chunk(2, dim=1)
+        p_z, u_z = self.norm_z(self.conv_z(z)).chunk(2, dim=1)
         u = torch.sigmoid(u_x + u_z)
         return u * torch.tanh(p_x + p_z) + (1 - u) * z
 
@@ -203,11 +246,14 @@ class PredRNNpp(FrameRecurrent):
         if len(set(hidden_channels)) != 1 or len(hidden_channels) < 2:
             raise ValueError("PredRNN++ needs at least 2 layers of equal hidden_channels")
         hidden = hidden_channels[0]
+        norm_size = (spec.height, spec.width) if args.layer_norm else None
         self.cells = nn.ModuleList(
-            CausalLSTMCell(in_channels if i == 0 else hidden, hidden, kernel_size, forget_bias)
+            CausalLSTMCell(
+                in_channels if i == 0 else hidden, hidden, kernel_size, forget_bias, norm_size
+            )
             for i in range(len(hidden_channels))
         )
-        self.highway = GradientHighwayUnit(hidden, kernel_size)
+        self.highway = GradientHighwayUnit(hidden, kernel_size, norm_size)
         self.output = nn.Conv2d(hidden, in_channels, 1, bias=False)
 
     def init_state(self, frames_BTCHW):
