@@ -1,11 +1,30 @@
-"""Benchmarks printed by `stpdist bench …`: figures measured side by side in one run."""
+"""Benchmarks printed by `stpdist bench …`: figures measured side by side in one run,
+in interleaved rounds, reported as medians with their spread and the thread settings
+they ran with. `stpdist.gpu_check` builds on the model pieces here (`StepRunner`,
+`CompileWatch`, `compile_for_bench`).
+
+Legend: B batch, T time, C channels, H×W frame size.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
+import functools
+import inspect
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -110,101 +129,411 @@ def bench_trainer(repeats: int = 5, steps: int = 200, batch: int = 16) -> float:
         f"stpdist Trainer     : {statistics.median(ours):8.1f} steps/s  (runs: "
         f"{', '.join(f'{x:.1f}' for x in ours)})"
     )
-    print(
-        f"Trainer / raw       : {ratio:.3f}× (batch {batch}, {steps} steps, "
-        f"{torch.get_num_threads()} threads)"
-    )
+    print(f"Trainer / raw       : {ratio:.3f}× (batch {batch}, {steps} steps)")
+    print(describe_threads())
     return ratio
 
 
+# --------------------------------------------------------------------------- settings
+def thread_settings() -> dict[str, Any]:
+    """The CPU thread settings this process runs with (what decides CPU timings)."""
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+    }
+
+
+def describe_threads(settings: dict[str, Any] | None = None) -> str:
+    s = settings or thread_settings()
+    return (
+        f"threads: torch {s['torch_threads']} intra-op / {s['interop_threads']} inter-op, "
+        f"OMP_NUM_THREADS={s['OMP_NUM_THREADS'] or 'unset'}, "
+        f"OMP_WAIT_POLICY={s['OMP_WAIT_POLICY'] or 'unset (OpenMP default: active)'}"
+    )
+
+
+def _range(values: list[float], fmt: str = ".0f") -> str:
+    return f"{min(values):{fmt}}–{max(values):{fmt}}"
+
+
+def _spread(values: list[float], fmt: str = ".0f") -> str:
+    """'median (min–max)' of `values`."""
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
+
+
+# ----------------------------------------------------------------------------- memory
+def _status_kb(pid: int | str, field: str) -> int | None:
+    """A `kB` field of /proc/PID/status (VmRSS, VmHWM), None where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _private_kb(pid: int) -> int | None:
+    """Memory only process `pid` holds (Private_Clean + Private_Dirty): for a forked
+    worker, what it added beyond the pages it still shares with its parent."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            return sum(int(line.split()[1]) for line in rollup if line.startswith("Private_"))
+    except OSError:
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of `pid` (DataLoader workers), read from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # fields: state, ppid, …
+            found.append(int(entry))
+    return found
+
+
+class MemoryWatch:
+    """The peak memory one loader adds, separated from everything else in its process:
+
+    - `process_mb`: this process' peak RSS over `baseline_kb` (taken before the loader
+      was built): the kernel's high-water mark, reset to the current RSS at the start with
+      /proc/self/clear_refs; where that is refused, RSS sampled every 10 ms;
+    - `workers_mb`: the peak, over 50 ms samples, of the summed private memory of this
+      process' children (DataLoader workers), 0 without workers.
+    """
+
+    def __init__(self, baseline_kb: int, workers: bool) -> None:
+        self.baseline_kb, self.workers = baseline_kb, workers
+        self.method = "unavailable"
+        self._stop = threading.Event()
+        self._peak_rss_kb = self._peak_workers_kb = 0
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> MemoryWatch:
+        self._hwm = False
+        try:
+            with open("/proc/self/clear_refs", "w") as refs:
+                refs.write("5")  # resets VmHWM to the current RSS
+            self._hwm = _status_kb("self", "VmHWM") is not None
+        except OSError:
+            pass
+        self.method = "high-water mark" if self._hwm else "sampled"
+        if self.workers or not self._hwm:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        me, pids, next_scan = os.getpid(), [], 0.0
+        while not self._stop.is_set():
+            if not self._hwm:
+                self._peak_rss_kb = max(self._peak_rss_kb, _status_kb("self", "VmRSS") or 0)
+            if self.workers:
+                if time.monotonic() >= next_scan:  # workers start at the pass' start
+                    pids = _children(me)
+                    next_scan = time.monotonic() + (0.5 if pids else 0.0)
+                total = sum(_private_kb(pid) or 0 for pid in pids)
+                self._peak_workers_kb = max(self._peak_workers_kb, total)
+            self._stop.wait(0.05 if self.workers else 0.01)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._hwm:
+            self._peak_rss_kb = _status_kb("self", "VmHWM") or 0
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "process_mb": max(0, self._peak_rss_kb - self.baseline_kb) / 1024,
+            "workers_mb": self._peak_workers_kb / 1024,
+            "memory_method": self.method,
+        }
+
+
 # ------------------------------------------------------------------------------- data
-# Each loader is measured in a fresh process (`python -m stpdist.bench probe …`), so peak
-# RSS figures are its own.
+# Each loader lives in its own process (`python -m stpdist.bench probe KIND PATH BATCH`),
+# started before the first round and asked for one pass per round, so its memory is its
+# own; the parent runs the rounds interleaved (one pass at a time, order rotated).
+
+LOADERS = {
+    "shards": "stpdist shards",
+    "npz": "seed per-example .npz",
+    "ram": "in-RAM array",
+}
+_REPLY = "@probe "  # marks the probe's answers on its stdout
 
 
-def _probe(kind: str, path: str, workers: int, batch: int) -> dict:
-    import resource
+class _PerFileNpz(torch.utils.data.Dataset):
+    """The seed project's layout: one float32 `inputs`/`labels` .npz per example."""
 
+    def __init__(self, files: list[Path]) -> None:
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import numpy as np
+
+        with np.load(self.files[i]) as data:
+            return torch.from_numpy(data["inputs"]), torch.from_numpy(data["labels"])
+
+
+class _InRamBatches(torch.utils.data.Dataset):
+    """The upper bound: the split preloaded as one N×T×C×H×W array in its stored dtype;
+    batch j is ONE gather of it (rows `order[j*B:(j+1)*B]` of a seeded permutation), then,
+    only when the shard stream hands out floats, the same float conversion as the stream.
+    The gather is numpy's: a row copy per sample, no thread pool. (torch's `frames[idx]`
+    took 8 ms a batch here, `index_select` 0.3 ms on 1 thread and 11 ms on 2 busy ones.)"""
+
+    def __init__(self, frames: Any, batch: int, seed: int, floats: bool, scale: float) -> None:
+        import numpy as np
+
+        self.frames = np.asarray(frames)
+        self.batch, self.floats, self.scale = batch, floats, scale
+        generator = torch.Generator().manual_seed(seed)
+        self.order = torch.randperm(len(self.frames), generator=generator).numpy()
+
+    def __len__(self) -> int:
+        return len(self.frames) // self.batch
+
+    def __getitem__(self, j: int) -> Any:
+        rows = self.order[j * self.batch : (j + 1) * self.batch]
+        frames_BTCHW = torch.from_numpy(self.frames[rows])  # one gather, a fresh array
+        if not self.floats:
+            return frames_BTCHW  # as stored: the Trainer scales on the device
+        inputs = frames_BTCHW[:, :1].float().div_(self.scale)
+        return inputs, frames_BTCHW[:, 1:].float().div_(self.scale)
+
+
+def _stored_batches() -> bool:
+    """Whether the shard stream can hand out frames as stored (uint8), as the Trainer
+    asks it to; older streams hand out floats."""
+    from .data.loading import LoaderContext
+
+    return "stored_dtype" in {f.name for f in dataclasses.fields(LoaderContext)}
+
+
+def _context(workers: int) -> Any:
+    from .data.loading import LoaderContext
+
+    extra = {"stored_dtype": True} if _stored_batches() else {}  # what the Trainer asks for
+    return LoaderContext(num_workers=workers, **extra)
+
+
+def _preload(folder: Path) -> tuple[Any, float]:
+    """Every sample of a split's shards as one array in the stored dtype, and its scale."""
     import numpy as np
 
-    start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from .data.format import FRAMES_EXT, decode_frames, iter_shard, read_index
+
+    index = read_index(folder)
+    frames = [
+        decode_frames(sample[FRAMES_EXT], f"{folder / shard.name}: {key}")
+        for shard in index.shards
+        for key, sample in iter_shard(folder / shard.name)
+    ]
+    return np.stack(frames), index.value_scale
+
+
+def _open_loader(kind: str, path: str, batch: int) -> Callable[[int, int], Iterable[Any]]:
+    """A function (workers, round) → the batches of one pass of loader `kind`; whatever
+    it needs up front (the in-RAM array) is built here and counts as its memory."""
+    from torch.utils.data import DataLoader
+
     if kind == "shards":
-        from .data.stream import LoaderContext, ShardTrainStream
+        from .data.stream import ShardTrainStream
 
         stream = ShardTrainStream(
             path, batch_size=batch, num_input_frames=1, num_output_frames=1, shuffle_buffer=256
         )
-        t_total = stream.index.shape[0]
-        stream.num_output_frames = t_total - 1  # the whole sequence, as the others read it
-        loader = stream.iterate(LoaderContext(num_workers=workers), 0)
-    elif kind == "npz":
+        stream.num_output_frames = stream.index.shape[0] - 1  # the whole sequence
+        return lambda workers, round_: stream.iterate(_context(workers), round_)
+    if kind == "npz":
         files = sorted(Path(path).glob("example*.npz"))
-
-        class PerFile(torch.utils.data.Dataset):
-            def __len__(self) -> int:
-                return len(files)
-
-            def __getitem__(self, i: int):
-                with np.load(files[i]) as data:
-                    return torch.from_numpy(data["inputs"]), torch.from_numpy(data["labels"])
-
-        loader = DataLoader(PerFile(), batch_size=batch, shuffle=True, num_workers=workers)
-    else:  # in-RAM uint8 array: the upper bound
-        from .data.stream import LoaderContext, ShardEvalStream
-
-        stream = ShardEvalStream(path, batch_size=256, num_input_frames=1, num_output_frames=1)
-        stream.num_output_frames = stream.index.shape[0] - 1
-        array = torch.cat(
-            [
-                torch.cat([a, b], dim=1).mul_(255).round_().to(torch.uint8)
-                for a, b, _ in stream.iterate(LoaderContext())
-            ]
+        dataset = _PerFileNpz(files)
+        return lambda workers, round_: DataLoader(
+            dataset,
+            batch_size=batch,
+            shuffle=True,
+            num_workers=workers,
+            generator=torch.Generator().manual_seed(round_),
         )
+    if kind == "ram":
+        frames, scale = _preload(Path(path))
+        floats = not _stored_batches()
+        return lambda workers, round_: DataLoader(
+            _InRamBatches(frames, batch, round_, floats, scale),
+            batch_size=None,
+            num_workers=workers,
+        )
+    raise ValueError(f"unknown loader kind '{kind}'; known: {', '.join(LOADERS)}")
 
-        class InRam(torch.utils.data.Dataset):
-            def __len__(self) -> int:
-                return len(array)
 
-            def __getitem__(self, i: int):
-                frames = array[i].float().div_(255)
-                return frames[:1], frames[1:]
+def _count(batch: Any) -> tuple[int, int]:
+    """(samples, frame values) of a batch in any of the loaders' forms."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0], batch.numel()
+    if hasattr(batch, "frames"):  # frames as stored, split on the device
+        return batch.frames.shape[0], batch.frames.numel()
+    return batch[0].shape[0], batch[0].numel() + batch[1].numel()
 
-        loader = DataLoader(InRam(), batch_size=batch, shuffle=True, num_workers=workers)
-    samples = nbytes = 0
-    start = time.perf_counter()
-    for batch_ in loader:
-        samples += batch_[0].shape[0]
-        nbytes += batch_[0].numel() + batch_[1].numel()  # as uint8 frames
-    elapsed = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def _one_pass(
+    loader: Callable[[int, int], Iterable[Any]], workers: int, round_: int, baseline_kb: int
+) -> dict:
+    samples = values = 0
+    with MemoryWatch(baseline_kb, workers > 0) as memory:
+        start = time.perf_counter()
+        for batch in loader(workers, round_):
+            count, numel = _count(batch)
+            samples, values = samples + count, values + numel
+        elapsed = time.perf_counter() - start
     return {
-        "samples_per_s": samples / elapsed,
-        "mb_per_s": nbytes / elapsed / 2**20,
-        "peak_rss_mb": peak,
-        "rss_growth_mb": peak - start_rss,
         "samples": samples,
+        "seconds": elapsed,
+        "samples_per_s": samples / elapsed,
+        "mb_per_s": values / elapsed / 2**20,  # frames counted as 1 byte a value (uint8)
+        **memory.result(),
     }
 
 
-def _run_probe(kind: str, path: str, workers: int, batch: int) -> dict:
-    import json
-    import subprocess
-    import sys
+def serve_probe(kind: str, path: str, batch: int) -> None:
+    """The loader process: build loader `kind`, say so, then run one pass per `run W R`
+    line on stdin (W workers, round R), answering each with one JSON line."""
+    baseline_kb = _status_kb("self", "VmRSS") or 0
+    loader = _open_loader(kind, path, batch)
+    ready = {
+        "baseline_mb": baseline_kb / 1024,
+        "setup_mb": ((_status_kb("self", "VmRSS") or 0) - baseline_kb) / 1024,
+        "threads": thread_settings(),
+    }
+    print(_REPLY + json.dumps(ready), flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if not words or words[0] != "run":
+            break
+        result = _one_pass(loader, int(words[1]), int(words[2]), baseline_kb)
+        print(_REPLY + json.dumps(result), flush=True)
 
-    out = subprocess.run(
-        [sys.executable, "-m", "stpdist.bench", "probe", kind, path, str(workers), str(batch)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+
+class _Probe:
+    """The parent's handle on one loader process."""
+
+    def __init__(self, kind: str, path: str, batch: int) -> None:
+        self.kind = kind
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "stpdist.bench", "probe", kind, path, str(batch)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )
+        self.ready: dict | None = None
+
+    def _answer(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith(_REPLY):
+                return json.loads(line[len(_REPLY) :])
+        self.process.wait()
+        self._stderr.seek(0)
+        raise RuntimeError(
+            f"loader process '{self.kind}' exited {self.process.returncode}: "
+            f"{self._stderr.read()[-2000:]}"
+        )
+
+    def wait_ready(self) -> dict:
+        if self.ready is None:
+            self.ready = self._answer()
+        return self.ready
+
+    def run(self, workers: int, round_: int) -> dict:
+        self.wait_ready()
+        self.process.stdin.write(f"run {workers} {round_}\n")
+        self.process.stdin.flush()
+        return self._answer()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.write("quit\n")
+                self.process.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._stderr.close()
 
 
-def bench_data(folder: str | Path, batch: int = 16, workers: tuple[int, ...] = (0, 2)) -> None:
-    """Training-loader throughput of shards vs the seed's per-example .npz vs an in-RAM
-    array (0 and 2 workers), peak RSS of each, and conversion MB/s vs plain `tar`."""
+def interleaved_rounds(
+    run: Callable[[str, int, int], dict], kinds: list[str], workers: tuple[int, ...], rounds: int
+) -> dict[tuple[str, int], list[dict]]:
+    """`run(kind, workers, round)` for every (kind, workers) pair in each of `rounds`
+    rounds, one at a time; each round starts one pair later than the last, so no pair
+    always runs first (or right after the same neighbour)."""
+    pairs = [(kind, count) for kind in kinds for count in workers]
+    results: dict[tuple[str, int], list[dict]] = {pair: [] for pair in pairs}
+    for round_ in range(rounds):
+        shift = round_ % len(pairs)
+        for kind, count in pairs[shift:] + pairs[:shift]:
+            results[(kind, count)].append(run(kind, count, round_))
+    return results
+
+
+def summarize_rounds(results: dict[tuple[str, int], list[dict]]) -> list[dict]:
+    """Per (loader, workers): median and spread of samples/s, median MB/s, and the
+    largest memory any of its rounds added."""
+    rows = []
+    for (kind, count), runs in results.items():
+        rates = [r["samples_per_s"] for r in runs]
+        rows.append(
+            {
+                "loader": kind,
+                "label": LOADERS[kind],
+                "workers": count,
+                "rounds": len(runs),
+                "samples_per_s": statistics.median(rates),
+                "samples_per_s_min": min(rates),
+                "samples_per_s_max": max(rates),
+                "samples_per_s_runs": rates,
+                "mb_per_s": statistics.median(r["mb_per_s"] for r in runs),
+                "process_mb": max(r["process_mb"] for r in runs),
+                "workers_mb": max(r["workers_mb"] for r in runs),
+                "memory_method": runs[0]["memory_method"],
+                "samples": runs[0]["samples"],
+            }
+        )
+    return rows
+
+
+def bench_data(
+    folder: str | Path,
+    batch: int = 16,
+    workers: tuple[int, ...] = (0, 2),
+    rounds: int = 3,
+) -> dict[str, Any]:
+    """Training-loader throughput of the shards vs the seed's per-example .npz vs an
+    in-RAM array (ONE fancy index per batch), at each worker count: `rounds` interleaved
+    rounds of one pass each, medians and spread; the memory each loader adds, measured in
+    its own process; then conversion MB/s vs plain `tar`. Returns the figures."""
     import shutil
-    import subprocess
 
     import numpy as np
 
@@ -217,6 +546,9 @@ def bench_data(folder: str | Path, batch: int = 16, workers: tuple[int, ...] = (
     if not (folder / INDEX_FILE).is_file() and (folder / "train" / INDEX_FILE).is_file():
         folder = folder / "train"
     index = read_index(folder)
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         seed = Path(tmp) / "seed" / "train"
         seed.mkdir(parents=True)
@@ -229,34 +561,60 @@ def bench_data(folder: str | Path, batch: int = 16, workers: tuple[int, ...] = (
             for a, b in zip(inputs.numpy(), targets.numpy()):
                 number += 1
                 np.savez(seed / f"example{number:06d}.npz", inputs=a, labels=b)
+        # the loader processes start together (their imports overlap); rounds run one
+        # pass at a time
+        where = {"shards": str(folder), "npz": str(seed), "ram": str(folder)}
+        probes = {kind: _Probe(kind, where[kind], batch) for kind in LOADERS}
+        try:
+            ready = {kind: probe.wait_ready() for kind, probe in probes.items()}
+            results = interleaved_rounds(
+                lambda kind, count, r: probes[kind].run(count, r), list(LOADERS), workers, rounds
+            )
+        finally:
+            for probe in probes.values():
+                probe.close()
+        rows = summarize_rounds(results)
+        stored = _stored_batches()
         print(
             f"dataset: {folder} — {index.num_samples} samples of {index.shape} "
             f"{index.dtype}; seed layout copy: {number} float32 .npz files"
         )
-        rows = []
-        for kind, label in (
-            ("shards", "stpdist shards"),
-            ("npz", "seed per-example .npz"),
-            ("ram", "in-RAM uint8 array"),
-        ):
-            for count in workers:
-                where = str(folder if kind != "npz" else seed)
-                rows.append((label, count, _run_probe(kind, where, count, batch)))
-        print(f"{'loader':<24}{'workers':>8}{'samples/s':>12}{'MB/s':>9}{'peak RSS MB':>13}")
-        for label, count, r in rows:
-            print(
-                f"{label:<24}{count:>8}{r['samples_per_s']:>12.0f}{r['mb_per_s']:>9.1f}"
-                f"{r['peak_rss_mb']:>13.0f}"
-            )
-        best = {
-            k: max(r["samples_per_s"] for lbl, _, r in rows if lbl == k)
-            for k in {lbl for lbl, _, _ in rows}
-        }
-        ours = best["stpdist shards"]
         print(
-            f"shards / per-file npz: {ours / best['seed per-example .npz']:.2f}×   "
-            f"shards / in-RAM array: {ours / best['in-RAM uint8 array']:.2f}×  "
-            f"(best of {'/'.join(map(str, workers))} workers)"
+            f"batches: shards {'as stored (' + index.dtype + ', scaled on the device)' if stored else 'float32'}"
+            f", seed .npz float32, in-RAM array one gather per batch "
+            f"{'as stored' if stored else 'then float32'}; {rounds} interleaved round(s) "
+            "of one pass each, median (min–max)"
+        )
+        print(
+            f"{'loader':<24}{'workers':>8}{'samples/s':>24}{'MB/s':>9}"
+            f"{'own MB: process + workers':>28}"
+        )
+        for r in rows:
+            rate = _spread(r["samples_per_s_runs"])
+            memory = f"{r['process_mb']:.0f} + {r['workers_mb']:.0f}"
+            print(f"{r['label']:<24}{r['workers']:>8}{rate:>24}{r['mb_per_s']:>9.1f}{memory:>28}")
+        best = {
+            kind: max(r["samples_per_s"] for r in rows if r["loader"] == kind) for kind in LOADERS
+        }
+        ratios = {
+            "shards_over_npz": best["shards"] / best["npz"],
+            "shards_over_ram": best["shards"] / best["ram"],
+        }
+        print(
+            f"shards / per-file npz: {ratios['shards_over_npz']:.2f}×   "
+            f"shards / in-RAM array: {ratios['shards_over_ram']:.2f}×  (medians, best of "
+            f"{'/'.join(map(str, workers))} workers)"
+        )
+        print(
+            "own MB: the loader process' peak RSS above its RSS before the loader was built "
+            f"({rows[0]['memory_method']}), plus its workers' peak private memory; the "
+            "in-RAM array's preload counts"
+        )
+        print(describe_threads(ready["shards"]["threads"]) + " (each loader process)")
+        load_end = os.getloadavg()
+        print(
+            f"load average (1/5/15 min): {' '.join(f'{x:.2f}' for x in load_start)} at start, "
+            f"{' '.join(f'{x:.2f}' for x in load_end)} at end"
         )
 
         seed_bytes = sum(p.stat().st_size for p in seed.iterdir())
@@ -276,18 +634,161 @@ def bench_data(folder: str | Path, batch: int = 16, workers: tuple[int, ...] = (
             f"plain tar {mb / tar_s:.0f} MB/s ({tar_s / convert_s:.2f}×)"
         )
         shutil.rmtree(Path(tmp) / "shards", ignore_errors=True)
-
-
-if __name__ == "__main__":
-    import json
-    import sys
-
-    if sys.argv[1] == "probe":
-        kind, path, workers, batch = sys.argv[2:6]
-        print(json.dumps(_probe(kind, path, int(workers), int(batch))))
+    return {
+        "rows": rows,
+        "ratios": ratios,
+        "rounds": rounds,
+        "threads": ready["shards"]["threads"],
+        "setup_mb": {kind: r["setup_mb"] for kind, r in ready.items()},
+        "load_average": {"start": load_start, "end": load_end},
+        "conversion_mb_per_s": mb / convert_s,
+        "tar_mb_per_s": mb / tar_s,
+    }
 
 
 # ------------------------------------------------------------------------------ model
+def synchronize(device: torch.device) -> None:
+    """Wait for the device: timed regions on a GPU end only when its work has."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StepRunner:
+    """Training steps of `module` as the Trainer runs them: `global_step` set before each
+    step (scheduled sampling reads it), the step under bf16 autocast when asked, backward,
+    optimizer step, zero_grad. `step_fn` replaces `module.training_step` (a compiled one)."""
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        step_fn: Callable[..., Any] | None = None,
+        precision: str = "fp32",
+    ) -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got '{precision}'")
+        self.module, self.precision = module, precision
+        self.step_fn = step_fn or module.training_step
+        self.optimizer = module.configure_optimizer()
+        self.device = next(module.parameters()).device
+        self.steps_taken = 0
+
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self.module.global_step = self.steps_taken
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
+            out = self.step_fn(inputs, targets)
+        loss = out["loss"] if isinstance(out, dict) else out
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps_taken += 1
+        return loss.detach()
+
+    def timed_steps(self, inputs: torch.Tensor, targets: torch.Tensor, count: int) -> list[float]:
+        """Seconds of each of `count` steps, the device synchronised around each."""
+        times = []
+        for _ in range(count):
+            synchronize(self.device)
+            start = time.perf_counter()
+            self.step(inputs, targets)
+            synchronize(self.device)
+            times.append(time.perf_counter() - start)
+        return times
+
+    def timed_block(self, inputs: torch.Tensor, targets: torch.Tensor, count: int) -> float:
+        """Seconds per step over `count` steps queued back to back (one synchronisation
+        before and after: the host may run ahead of the device, as in training)."""
+        synchronize(self.device)
+        start = time.perf_counter()
+        for _ in range(count):
+            self.step(inputs, targets)
+        synchronize(self.device)
+        return (time.perf_counter() - start) / count
+
+
+class CompileWatch:
+    """Dynamo compilations between entering and `count()`: frames compiled (first compiles
+    and recompiles; cache hits do not count), from `torch._dynamo.utils.counters`, and
+    whether a frame hit the recompile limit (it then runs uncompiled for good, so the
+    count stops growing while the cost has moved to eager code)."""
+
+    def __enter__(self) -> CompileWatch:
+        self._start = self._read()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        from torch._dynamo.utils import counters
+
+        def at_limit(reason: str) -> bool:  # 2.13: "recompile limit exceeded"; older: cache_size
+            reason = reason.lower()
+            return "cache_size_limit" in reason or ("recompile" in reason and "limit" in reason)
+
+        limit_hits = sum(n for reason, n in counters["unimplemented"].items() if at_limit(reason))
+        return counters["frames"]["total"], limit_hits
+
+    def count(self) -> tuple[int, bool]:
+        """(frames compiled since entering, whether the recompile limit was hit)."""
+        frames, limits = self._read()
+        return frames - self._start[0], limits > self._start[1]
+
+
+COMPILE_TARGETS = ("trainer", "backbone", "step")
+"""What `--compile` compiles: `trainer`, what `trainer.compile: true` compiles
+(`module.compile_for_training`: a Forecaster's recurrent cell step, or its whole
+non-recurrent backbone); `backbone`, the whole backbone in one graph; `step`, the whole
+`training_step`, scheduled sampling included."""
+
+
+@contextmanager
+def _default_backend(backend: str) -> Iterator[None]:
+    """`torch.compile` with `backend` for code that calls it without one."""
+    original = torch.compile
+    torch.compile = functools.partial(original, backend=backend)
+    try:
+        yield
+    finally:
+        torch.compile = original
+
+
+def compile_for_bench(
+    module: torch.nn.Module, target: str, backend: str = "inductor", mode: str = "default"
+) -> Callable[..., Any]:
+    """Compile `module` (in place) as `target` says; returns its training-step function."""
+    if target not in COMPILE_TARGETS:
+        raise ValueError(f"compile target must be one of {', '.join(COMPILE_TARGETS)}")
+    if target == "step":
+        return torch.compile(module.training_step, backend=backend, mode=mode)
+    if target == "backbone":
+        module.backbone.compile(backend=backend, mode=mode)
+        return module.training_step
+    hook = getattr(module, "compile_for_training", None)
+    if hook is None:
+        raise ValueError(
+            f"{type(module).__name__} has no compile_for_training(); use --compile-target "
+            "backbone or step"
+        )
+    if "backend" in inspect.signature(hook).parameters:
+        hook(mode=mode, backend=backend)
+    else:
+        with _default_backend(backend):  # the hook takes no backend argument
+            hook(mode)
+    return module.training_step
+
+
+def bench_module(
+    config: Any,
+    shape: tuple[int, int, int, int, int],
+    num_output_frames: int,
+    device: torch.device | str,
+) -> Any:
+    """A Forecaster for `config` (a ModelConfig) on frames C×H×W of `shape`, on `device`."""
+    from .task import Forecaster
+
+    b, t_in, c, h, w = shape
+    return Forecaster(config, (c, h, w), t_in, num_output_frames).to(device)
 
 
 def bench_model(
@@ -300,77 +801,231 @@ def bench_model(
     compile_: bool = False,
     channels_last: bool = False,
     fps_batch: int = 16,
+    *,
+    model_config: Any = None,
+    rounds: int = 1,
+    warmup: int = 2,
+    compile_target: str = "trainer",
+    compile_backend: str = "inductor",
+    precision: str = "fp32",
 ) -> dict:
-    """Forward+backward step time, peak memory and forward FLOPs of backbone `name` on
-    inputs of `shape` (B, T_in, C, H, W), and inference FPS: sequences per second of an
-    eval-mode forward of `fps_batch` sequences (OpenSTL's table: batch 16)."""
+    """Forward+backward+optimizer step time, peak memory and forward FLOPs of backbone
+    `name` on inputs of `shape` (B, T_in, C, H, W), and inference FPS: sequences per second
+    of an eval-mode forward of `fps_batch` sequences (OpenSTL's table: batch 16).
+
+    `model_config` (a ModelConfig, e.g. a recipe's `model` section) replaces name, patch
+    size and backbone arguments, and brings the recipe's scheduled sampling: the steps run
+    as in training, `global_step` advancing, so the schedule moves as it does there.
+
+    `compile_`: the same model compiled (`compile_target`, see COMPILE_TARGETS) against
+    eager, in `rounds` interleaved rounds of `steps` steps each after `warmup` compiled
+    steps: compile time (the first step), steady-state medians of both, and compilations
+    per 100 steps after the warm-up (target 0)."""
     import resource
 
     from torch.utils.flop_counter import FlopCounterMode
 
     from .config import ModelConfig
-    from .task import Forecaster
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     b, t_in, c, h, w = shape
+    config = model_config or ModelConfig(
+        name=name, backbone=backbone_args or {}, patch_size=patch_size
+    )
     torch.manual_seed(0)
-    config = ModelConfig(name=name, backbone=backbone_args or {}, patch_size=patch_size)
-    module = Forecaster(config, (c, h, w), t_in, num_output_frames).to(device)
+    module = bench_module(config, shape, num_output_frames, device)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in module.parameters())
     inputs = torch.rand(b, t_in, c, h, w, device=device)
     targets = torch.rand(b, num_output_frames, c, h, w, device=device)
-    with FlopCounterMode(display=False) as counter:
-        with torch.no_grad():
-            module(inputs[:1])
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module(inputs[:1])
     flops = counter.get_total_flops()
-    step = torch.compile(module.training_step) if compile_ else module.training_step
-    optimizer = module.configure_optimizer()
+    variants = {"eager": StepRunner(module, precision=precision)}
+    if compile_:
+        twin = copy.deepcopy(module)  # the same weights, compiled
+        step_fn = compile_for_bench(twin, compile_target, compile_backend)
+        variants["compiled"] = StepRunner(twin, step_fn, precision)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if device == "cuda":
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for i in range(steps + 1):  # the first step warms up (and compiles)
-        start = time.perf_counter()
-        loss = step(inputs, targets)
-        loss = loss["loss"] if isinstance(loss, dict) else loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if i:
-            times.append(time.perf_counter() - start)
+    variants["eager"].timed_steps(inputs, targets, 1)  # warm-up (allocator, kernels)
+    compile_s = None
+    if compile_:
+        compiled = variants["compiled"]
+        compile_s = compiled.timed_steps(inputs, targets, 1)[0]  # compiles
+        compiled.timed_steps(inputs, targets, max(0, warmup - 1))
+    times: dict[str, list[float]] = {key: [] for key in variants}
+    round_medians: dict[str, list[float]] = {key: [] for key in variants}
+    with CompileWatch() as watch:
+        for round_ in range(rounds):  # alternate which goes first: no order bias
+            order = list(variants) if round_ % 2 == 0 else list(reversed(variants))
+            for key in order:
+                measured = variants[key].timed_steps(inputs, targets, steps)
+                times[key] += measured
+                round_medians[key].append(statistics.median(measured))
+        compilations, limit_hit = watch.count()
     peak = (
         torch.cuda.max_memory_allocated() / 2**20
-        if device == "cuda"
+        if device.type == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
     )
     # after the peak is read: the batch-16 forward must not count as the step's memory
-    fps = _inference_fps(module, (fps_batch, t_in, c, h, w), num_output_frames, steps, device)
-    translator = (backbone_args or {}).get("translator")
-    label = f"{name} ({translator})" if translator else name
+    measured_key = "compiled" if compile_ else "eager"
+    fps_shape = (fps_batch, t_in, c, h, w)
+    fps = {
+        key: _inference_fps(runner.module, fps_shape, num_output_frames, steps, device.type)
+        for key, runner in variants.items()
+    }
+    translator = (config.backbone or {}).get("translator")
+    label = f"{config.name} ({translator})" if translator else config.name
+    step_ms = {key: 1000 * statistics.median(t) for key, t in times.items()}
+    timed = rounds * steps
     result = {
         "model": label,
-        "device": device,
+        "device": device.type,
         "params": params,
         "gmacs_per_sample": flops / 2 / 1e9,
-        "step_ms": 1000 * statistics.median(times),
+        "step_ms": step_ms[measured_key],
         "peak_mb": peak,
-        "inference_fps": fps,
+        "inference_fps": fps[measured_key],
         "fps_batch": fps_batch,
         "compile": compile_,
         "channels_last": channels_last,
+        "precision": precision,
+        "sampling": config.sampling.mode,
+        "timed_steps": timed,
+        "round_medians_ms": {k: [1000 * x for x in v] for k, v in round_medians.items()},
+        "threads": thread_settings(),
+    }
+    if compile_:
+        result.update(
+            {
+                "eager_step_ms": step_ms["eager"],
+                "eager_inference_fps": fps["eager"],
+                "speedup": step_ms["eager"] / step_ms["compiled"],
+                "compile_s": compile_s,
+                "compile_target": compile_target,
+                "compile_backend": compile_backend,
+                "compilations_after_warmup": compilations,
+                "recompiles_per_100_steps": 100 * compilations / timed,
+                "recompile_limit_hit": limit_hit,
+            }
+        )
+    print(
+        f"{label:<10} {device.type} batch {b} {t_in}→{num_output_frames} {c}×{h}×{w} patch "
+        f"{config.patch_size}: {params / 1e6:.2f}M params, {result['gmacs_per_sample']:.2f} "
+        f"GMACs forward/sample, step {result['step_ms']:.0f} ms (median of {timed}), peak "
+        f"{'GPU memory' if device.type == 'cuda' else 'RSS growth'} {peak:.0f} MB, inference "
+        f"{fps[measured_key]:.1f} FPS (batch {fps_batch} forward)"
+        f"{', compiled' if compile_ else ''}{', channels-last' if channels_last else ''}"
+        f"{', bf16 autocast' if precision == 'bf16' else ''}"
+    )
+    sampling = config.sampling
+    print(
+        "  scheduled sampling: "
+        + (
+            "none"
+            if sampling.mode == "none"
+            else f"{sampling.mode} (global_step advances every step, as in training)"
+        )
+    )
+    if compile_:
+        print(
+            f"  compiled ({compile_target}, {compile_backend}): first step {compile_s:.1f} s "
+            f"(compilation included); steady {step_ms['compiled']:.0f} ms vs eager "
+            f"{step_ms['eager']:.0f} ms per step: {result['speedup']:.2f}× (medians of "
+            f"{rounds} interleaved round(s) × {steps} steps; round medians "
+            f"{_range(result['round_medians_ms']['compiled'])} vs "
+            f"{_range(result['round_medians_ms']['eager'])} ms); inference "
+            f"{fps['compiled']:.1f} vs {fps['eager']:.1f} FPS"
+        )
+        print(
+            f"  compilations after {warmup} warm-up step(s): {compilations} in {timed} steps "
+            f"= {result['recompiles_per_100_steps']:.0f} per 100 steps"
+            + (
+                "; the recompile limit was hit: the code that kept recompiling now runs uncompiled"
+                if limit_hit
+                else ""
+            )
+        )
+    print("  " + describe_threads())
+    return result
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc's malloc_trim), so the next peak RSS
+    is measured from what is live, not from what an earlier variant left cached."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(name).malloc_trim(0)
+
+
+def bench_checkpointing(
+    config: Any,
+    shape: tuple[int, int, int, int, int],
+    num_output_frames: int,
+    *,
+    steps: int = 2,
+    rounds: int = 3,
+) -> dict:
+    """`trainer.activation_checkpointing` measured: the same Forecaster (same weights)
+    with and without, each step's peak memory (GPU: max_memory_allocated; CPU: this
+    process' peak RSS growth over a step, after freed memory is handed back) and the step
+    time in interleaved rounds (medians). The checkpointed twin is measured first in
+    every round, so memory it freed cannot hide the other's peak."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    b, t_in, c, h, w = shape
+    torch.manual_seed(0)
+    plain = bench_module(config, shape, num_output_frames, device)
+    twin = copy.deepcopy(plain)
+    twin.enable_activation_checkpointing()  # a clear error for non-recurrent backbones
+    runners = {"checkpointed": StepRunner(twin), "plain": StepRunner(plain)}
+    inputs = torch.rand(b, t_in, c, h, w, device=device)
+    targets = torch.rand(b, num_output_frames, c, h, w, device=device)
+    times: dict[str, list[float]] = {key: [] for key in runners}
+    peaks: dict[str, float] = {key: 0.0 for key in runners}
+    for runner in runners.values():
+        runner.timed_steps(inputs, targets, 1)  # warm-up
+    for _ in range(rounds):
+        for key, runner in runners.items():
+            _release_freed_memory()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                times[key] += runner.timed_steps(inputs, targets, steps)
+                peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+            else:
+                with MemoryWatch(_status_kb("self", "VmRSS") or 0, workers=False) as watch:
+                    times[key] += runner.timed_steps(inputs, targets, steps)
+                peak = watch.result()["process_mb"]
+            peaks[key] = max(peaks[key], peak)
+    step_ms = {key: 1000 * statistics.median(t) for key, t in times.items()}
+    result = {
+        "model": config.name,
+        "device": device.type,
+        "shape": list(shape),
+        "step_ms": step_ms,
+        "peak_mb": peaks,
+        "memory": "GPU memory allocated" if device.type == "cuda" else "peak RSS growth",
+        "time_ratio": step_ms["checkpointed"] / step_ms["plain"],
+        "threads": thread_settings(),
     }
     print(
-        f"{label:<10} {device} batch {b} {t_in}→{num_output_frames} {c}×{h}×{w} patch "
-        f"{patch_size}: {params / 1e6:.2f}M params, {result['gmacs_per_sample']:.2f} GMACs "
-        f"forward/sample, step {result['step_ms']:.0f} ms (median of {steps}), peak "
-        f"{'GPU memory' if device == 'cuda' else 'RSS growth'} {peak:.0f} MB, inference "
-        f"{fps:.1f} FPS (batch {fps_batch} forward)"
-        f"{', compiled' if compile_ else ''}{', channels-last' if channels_last else ''}"
+        f"{config.name:<10} {device.type} batch {b} {t_in}→{num_output_frames} {c}×{h}×{w} "
+        f"patch {config.patch_size}, activation checkpointing: step "
+        f"{step_ms['checkpointed']:.0f} vs {step_ms['plain']:.0f} ms "
+        f"({result['time_ratio']:.2f}×, medians of {rounds} interleaved rounds × {steps}); "
+        f"{result['memory']} {peaks['checkpointed']:.0f} vs {peaks['plain']:.0f} MB per step"
     )
+    print("  " + describe_threads())
     return result
 
 
@@ -388,6 +1043,8 @@ def _inference_fps(
     times = []
     with torch.no_grad():
         for i in range(max(1, repeats) + 1):
+            if device == "cuda":
+                torch.cuda.synchronize()
             start = time.perf_counter()
             module(inputs)
             if device == "cuda":
@@ -396,3 +1053,10 @@ def _inference_fps(
                 times.append(time.perf_counter() - start)
     module.train()
     return shape[0] / statistics.median(times)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "probe":
+        serve_probe(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        sys.exit("usage: python -m stpdist.bench probe KIND PATH BATCH (started by bench_data)")

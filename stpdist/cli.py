@@ -6,7 +6,7 @@
     stpdist synth moving-digits --out DIR --train N --val N --test N --seed S
     stpdist shard FORMAT SRC --out DIR   (formats: stpdist shard --help)
     stpdist inspect DIR
-    stpdist bench trainer | data DIR | model NAME [--shape BxTxCxHxW] [--compile]
+    stpdist bench trainer | data DIR | model NAME [--config RECIPE] [--shape BxTxCxHxW] [--compile]
 
 Errors exit non-zero with one readable line (2 for a bad config); `--debug` shows the
 traceback.
@@ -341,28 +341,99 @@ def cmd_bench(args: argparse.Namespace) -> None:
     elif args.what == "model":
         from .bench import bench_model
 
-        if not args.dir:
-            raise ValueError("bench model needs a backbone name: stpdist bench model convlstm")
-        shape = tuple(int(x) for x in args.shape.split("x"))
-        if len(shape) != 5:
-            raise ValueError(f"--shape {args.shape!r} is not BxTxCxHxW")
-        backbone = json.loads(args.backbone) if args.backbone else None
-        if args.translator:
-            backbone = {**(backbone or {}), "translator": args.translator}
+        name, shape, output_frames, patch, backbone, model = _bench_model_setup(args)
+        if args.activation_checkpointing:
+            from .bench import bench_checkpointing
+            from .config import ModelConfig
+
+            config = model or ModelConfig(name=name, backbone=backbone or {}, patch_size=patch)
+            bench_checkpointing(
+                config, shape, output_frames, steps=args.model_steps, rounds=args.rounds
+            )
+            return
         bench_model(
-            args.dir,
+            name,
             shape,
-            args.output_frames,
-            args.patch,
+            output_frames,
+            patch,
             backbone,
             steps=args.model_steps,
             compile_=args.compile,
             channels_last=args.channels_last,
+            model_config=model,
+            rounds=args.rounds,
+            compile_target=args.compile_target,
+            compile_backend=args.compile_backend,
+            precision=args.precision,
         )
     else:
         if not args.dir:
             raise ValueError("bench data needs a dataset folder: stpdist bench data DIR")
-        bench_data(args.dir, workers=tuple(int(w) for w in args.loader_workers.split(",")))
+        bench_data(
+            args.dir,
+            workers=tuple(int(w) for w in args.loader_workers.split(",")),
+            rounds=args.rounds,
+        )
+
+
+def _bench_model_setup(args: argparse.Namespace) -> tuple:
+    """(name, shape, T_out, patch, backbone args, ModelConfig or None) for `bench model`:
+    from the flags, or from a recipe (`--config`: its model section, scheduled sampling
+    included, and its data shapes) with the flags given on top."""
+    import dataclasses
+
+    from .config import ModelConfig
+
+    cfg = load_config(args.config) if args.config else None
+    name = args.dir or (cfg.model.name if cfg else None)
+    if not name:
+        raise ValueError(
+            "bench model needs a backbone name or a recipe: stpdist bench model convlstm, "
+            "or stpdist bench model --config configs/mmnist/convlstm.yaml"
+        )
+    if cfg and name != cfg.model.name:
+        raise ValueError(f"bench model {name}: the recipe {args.config} is for '{cfg.model.name}'")
+    backbone = dict(cfg.model.backbone) if cfg else None
+    if args.backbone:
+        backbone = {**(backbone or {}), **json.loads(args.backbone)}
+    if args.translator:
+        backbone = {**(backbone or {}), "translator": args.translator}
+    patch = args.patch or (cfg.model.patch_size if cfg else 4)
+    if args.shape:
+        shape = tuple(int(x) for x in args.shape.split("x"))
+        if len(shape) != 5:
+            raise ValueError(f"--shape {args.shape!r} is not BxTxCxHxW")
+    elif cfg:
+        shape = (cfg.data.batch_size, cfg.data.num_input_frames, *_recipe_frame_shape(cfg))
+    else:
+        shape = (4, 10, 1, 64, 64)
+    output_frames = args.output_frames or (cfg.data.num_output_frames if cfg else 10)
+    model = None
+    if cfg or args.sampling:
+        model = cfg.model if cfg else ModelConfig(name=name)
+        sampling = model.sampling
+        if args.sampling:
+            sampling = dataclasses.replace(sampling, mode=args.sampling)
+        model = dataclasses.replace(
+            model, backbone=backbone or {}, patch_size=patch, sampling=sampling
+        )
+    return name, shape, output_frames, patch, backbone, model
+
+
+def _recipe_frame_shape(cfg: Config) -> tuple[int, int, int]:
+    """C×H×W of a recipe's frames: its dataset's index when there is one, else the moving
+    digits it synthesizes."""
+    from .build import dataset_index
+
+    try:
+        return tuple(dataset_index(cfg).shape[1:])
+    except FileNotFoundError:
+        if cfg.data.synthesize is None:
+            raise ValueError(
+                f"no dataset under {cfg.data.root} to read the frame shape from: pass --shape"
+            ) from None
+        size = cfg.data.synthesize.image_size
+        return (1, size, size)
 
 
 def _shard_parser(sub: Any) -> None:
@@ -521,11 +592,17 @@ def parser() -> argparse.ArgumentParser:
         "dir",
         nargs="?",
         default=None,
-        help="data: a dataset or split folder; model: a backbone name",
+        help="data: a dataset or split folder; model: a backbone name (or use --config)",
     )
-    s.add_argument("--shape", default="4x10x1x64x64", help="model: inputs BxTxCxHxW")
-    s.add_argument("--output-frames", type=int, default=10, help="model: T_out")
-    s.add_argument("--patch", type=int, default=4, help="model: patch size")
+    s.add_argument(
+        "--config",
+        default=None,
+        help="model: a recipe (configs/mmnist/convlstm.yaml): its model section, scheduled "
+        "sampling included, and its batch and frame shapes; the flags below override",
+    )
+    s.add_argument("--shape", default=None, help="model: inputs BxTxCxHxW (default 4x10x1x64x64)")
+    s.add_argument("--output-frames", type=int, default=None, help="model: T_out (default 10)")
+    s.add_argument("--patch", type=int, default=None, help="model: patch size (default 4)")
     s.add_argument(
         "--backbone", default=None, help="model: JSON args, e.g. '{\"hidden_channels\": [64, 64]}'"
     )
@@ -534,14 +611,46 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="model: SimVP/TAU translator (gsta, tau, ...; sets the backbone's 'translator')",
     )
-    s.add_argument("--model-steps", type=int, default=5, help="model: timed steps")
-    s.add_argument("--compile", action="store_true", help="model: torch.compile the step")
+    s.add_argument(
+        "--sampling",
+        choices=["none", "linear", "reverse"],
+        default=None,
+        help="model: scheduled sampling mode (default: the recipe's, else none)",
+    )
+    s.add_argument("--model-steps", type=int, default=5, help="model: timed steps per round")
+    s.add_argument(
+        "--compile",
+        action="store_true",
+        help="model: torch.compile, timed against eager in interleaved rounds",
+    )
+    s.add_argument(
+        "--compile-target",
+        choices=["trainer", "backbone", "step"],
+        default="trainer",
+        help="model: what --compile compiles: what trainer.compile compiles (default), the "
+        "whole backbone, or the whole training step",
+    )
+    s.add_argument("--compile-backend", default="inductor", help="model: torch.compile backend")
+    s.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="model: bf16 runs the step under autocast",
+    )
     s.add_argument("--channels-last", action="store_true", help="model: channels-last memory")
-    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="model: peak memory and step time with trainer.activation_checkpointing vs without",
+    )
+    s.add_argument(
+        "--rounds", type=int, default=3, help="data, model: interleaved rounds (medians)"
+    )
+    s.add_argument("--repeats", type=int, default=5, help="trainer: interleaved repeats")
     s.add_argument(
         "--loader-workers", default="0,2", help="data: DataLoader worker counts to compare"
     )
-    s.add_argument("--steps", type=int, default=200)
+    s.add_argument("--steps", type=int, default=200, help="trainer: steps per repeat")
     s.add_argument("--debug", action="store_true")
     s.set_defaults(func=cmd_bench)
     return p

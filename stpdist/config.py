@@ -239,6 +239,10 @@ class EvaluationConfig:
     over thresholds) per size (SEVIR: [4, 16]); CSI-M itself is reported with thresholds."""
     fss_sizes: List[int] = field(default_factory=list)
     """Window sizes n (n×n pixels) of the fractions skill score at the thresholds."""
+    lpips_weights: Optional[str] = None
+    """AlexNet weights for the `lpips` column: a torchvision `alexnet` state dict file (.pth,
+    e.g. the IMAGENET1K_V1 alexnet-owt-7be5be79.pth you downloaded); None: no LPIPS. Needs
+    the `lpips` extra and frames of at least 31×31; a missing file fails at model build."""
 
 
 @dataclass

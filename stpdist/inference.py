@@ -70,6 +70,9 @@ def load(
     cfg, index = _config_and_index(folder)
     if index is None:  # a checkpoint written before checkpoints kept the index
         index = dataset_index(cfg)
+    # forecasting and export never score: the LPIPS weights of the training machine
+    # need not exist here
+    cfg.model.evaluation.lpips_weights = None
     module = build_module(cfg, index=index)
     load_weights(folder, module)
     module.eval().to(device)

@@ -17,6 +17,10 @@ Values are in the scaled data range [0, 1] (frames / the index's value scale).
   scikit-image call computes for float images (it passes no data_range; scikit-image
   ≤ 0.19 then takes 2 = the dtype range −1..1). Higher than `ssim` on the same frames;
   reported only to be put beside OpenSTL's published SSIM.
+* `lpips` (with `evaluation.lpips_weights`): LPIPS per frame, AlexNet with the v0.1 linear
+  heads (the `lpips` package), inputs scaled to [−1, 1], of the predictions as evaluated;
+  frames with C ≠ 3 channels scored per channel (replicated to 3) and averaged; averaged
+  over frames and samples. See `LPIPSScorer`.
 * Skill scores at thresholds in physical (stored) units, event = value ≥ threshold:
   CSI, POD, FAR, HSS from hit / miss / false-alarm / correct-negative counts. The loader
   scales stored values in float32 (x / scale; on CUDA as x × (1/scale)) and the caller
@@ -34,7 +38,9 @@ one all-reduce.
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -146,6 +152,8 @@ def summarize(
         per_lead["mse_frame_raw"] = sums["sq_err_raw"] / count
         per_lead["mae_raw"] = sums["abs_err_raw"] / (count * frame_pixels)
         per_lead["mae_frame_raw"] = sums["abs_err_raw"] / count
+    if "lpips" in sums:  # from LPIPSScorer.sums, when model.evaluation.lpips_weights is set
+        per_lead["lpips"] = sums["lpips"] / count
     per_lead["rmse"] = per_lead["mse"].sqrt()
     out: dict[str, float] = {}
     for name, values in per_lead.items():
@@ -352,3 +360,146 @@ def summarize_neighbourhood(
         for k, level in enumerate(thresholds):
             put(f"fss{size}@{level:g}", per_lead[k], overall[k])
     return out
+
+
+# ------------------------------------------------------------------ LPIPS (perceptual)
+# Through the `lpips` package (the `lpips` extra): its AlexNet variant with the v0.1 linear
+# heads that ship inside the package, and AlexNet backbone weights from a file the user
+# gives; nothing is downloaded. Per frame, inputs scaled from [0, 1] to [−1, 1]; 3-channel
+# frames are scored as RGB, any other channel count one channel at a time (each replicated
+# to 3) and averaged over channels.
+
+LPIPS_MIN_SIZE = 31
+"""Smallest frame side AlexNet's strides and pools leave a feature map for."""
+LPIPS_CHUNK_FRAMES = 64
+"""Frames per LPIPS forward: bounds the AlexNet activations' memory on large batches."""
+_ALEXNET_HINT = (
+    "torchvision's `alexnet` state dict (keys features.0.weight … features.10.bias), e.g. "
+    "the IMAGENET1K_V1 file alexnet-owt-7be5be79.pth"
+)
+_torchvision_op_stubs: Any = None  # kept alive: collecting the Library drops its schemas
+
+
+def _import_lpips() -> Any:
+    """The `lpips` module. PyPI's torchvision wheels are built against CUDA torch: on a CPU
+    torch their C++ ops do not load, and torchvision 0.28 then fails at import, registering
+    fake kernels for two of those ops (nms, qnms) that do not exist. Declaring the two
+    schemas (no kernels: LPIPS never calls them) lets the pure-Python models import."""
+    global _torchvision_op_stubs
+    try:
+        import lpips
+    except ModuleNotFoundError as exc:
+        raise ImportError(
+            f"LPIPS needs the `lpips` extra ({exc.name} is missing): pip install 'stpdist[lpips]'"
+        ) from exc
+    except RuntimeError as exc:
+        if "torchvision::" not in str(exc) or _torchvision_op_stubs is not None:
+            raise
+        import sys
+
+        for name in [m for m in sys.modules if m.split(".")[0] in ("torchvision", "lpips")]:
+            del sys.modules[name]  # the half-imported packages, imported again below
+        _torchvision_op_stubs = torch.library.Library("torchvision", "DEF")
+        for op in ("nms", "qnms"):
+            _torchvision_op_stubs.define(
+                f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
+            )
+        import lpips
+    return lpips
+
+
+def load_alexnet_features(path: str | Path) -> dict[str, torch.Tensor]:
+    """The `features.*` tensors of a torchvision `alexnet` state dict file, on the CPU; a
+    missing, unreadable or wrongly keyed file is one error naming it and what was expected."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"LPIPS weights file {path} (model.evaluation.lpips_weights) does not exist; "
+            f"expected {_ALEXNET_HINT}, downloaded by you"
+        )
+    try:
+        # mmap: only the features are read of a zip-format file (torch.save's default
+        # since 1.6; torchvision's own IMAGENET1K_V1 file is older, read whole)
+        state = torch.load(path, "cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as exc:
+        raise ValueError(
+            f"LPIPS weights file {path} is not a readable state dict ({type(exc).__name__}); "
+            f"expected {_ALEXNET_HINT}"
+        ) from exc
+    features = {}
+    if isinstance(state, dict):
+        features = {
+            k: v for k, v in state.items() if isinstance(k, str) and k.startswith("features.")
+        }
+    if not features:
+        keys = list(state)[:4] if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"LPIPS weights file {path} holds {keys}; expected {_ALEXNET_HINT}")
+    return features
+
+
+class LPIPSScorer:
+    """LPIPS (AlexNet, v0.1 heads) per frame, built once, in eval mode and frozen. A plain
+    object, not an `nn.Module`: held by a module, it stays out of that module's parameters,
+    state_dict and checkpoints. It follows the inputs' device on first use."""
+
+    def __init__(self, weights_path: str | Path, frame_size: tuple[int, int] | None = None) -> None:
+        if frame_size is not None and min(frame_size) < LPIPS_MIN_SIZE:
+            raise ValueError(
+                f"LPIPS (AlexNet) needs frames of at least {LPIPS_MIN_SIZE}×{LPIPS_MIN_SIZE}; "
+                f"got {frame_size[0]}×{frame_size[1]}"
+            )
+        weights_path = Path(weights_path).expanduser()
+        features = load_alexnet_features(weights_path)  # fails before the slow import
+        lpips = _import_lpips()
+        import warnings
+
+        with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained`
+            warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+            # pretrained: the linear heads from inside the package; pnet_rand: AlexNet built
+            # without torchvision's download, its weights loaded below
+            net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
+        # lpips splits AlexNet's `features` into slices that keep torchvision's layer
+        # indices: slice2.3.weight is features.3.weight
+        backbone = net.net
+        wanted = {key: f"features.{key.split('.', 1)[1]}" for key in backbone.state_dict()}
+        missing = sorted(v for v in wanted.values() if v not in features)
+        if missing:
+            raise ValueError(
+                f"LPIPS weights file {weights_path} lacks {missing}; expected {_ALEXNET_HINT}"
+            )
+        try:
+            backbone.load_state_dict({key: features[src] for key, src in wanted.items()})
+        except RuntimeError as exc:  # shapes
+            raise ValueError(
+                f"LPIPS weights file {weights_path} does not fit AlexNet "
+                f"({str(exc).splitlines()[-1].strip()}); expected {_ALEXNET_HINT}"
+            ) from exc
+        self.net = net.eval().requires_grad_(False)
+        self.device = torch.device("cpu")
+
+    def per_frame(self, pred_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor) -> torch.Tensor:
+        """B×T LPIPS distances (float64) of frames in [0, 1]."""
+        b, t, c, h, w = pred_BTCHW.shape
+        if min(h, w) < LPIPS_MIN_SIZE:
+            raise ValueError(
+                f"LPIPS needs frames of at least {LPIPS_MIN_SIZE}×{LPIPS_MIN_SIZE}; got {h}×{w}"
+            )
+        if pred_BTCHW.device != self.device:
+            self.net.to(pred_BTCHW.device)
+            self.device = pred_BTCHW.device
+        rgb = c == 3
+        shape = (b * t, 3, h, w) if rgb else (b * t * c, 1, h, w)
+        x, y = pred_BTCHW.reshape(shape), target_BTCHW.reshape(shape)
+        distances = []
+        # float32 outside autocast: a bf16 validation pass must not lower LPIPS's precision
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            for i in range(0, x.shape[0], LPIPS_CHUNK_FRAMES):
+                xi, yi = (z[i : i + LPIPS_CHUNK_FRAMES].float() * 2 - 1 for z in (x, y))
+                if not rgb:
+                    xi, yi = xi.expand(-1, 3, -1, -1), yi.expand(-1, 3, -1, -1)
+                distances.append(self.net(xi, yi).flatten())
+        return torch.cat(distances).double().view(b, t, -1).mean(dim=2)
+
+    def sums(self, pred_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"lpips": per lead time (T) sums over the batch}, as `batch_sums`' entries."""
+        return {"lpips": self.per_frame(pred_BTCHW, target_BTCHW).sum(dim=0)}

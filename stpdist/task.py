@@ -83,6 +83,10 @@ class Forecaster(EnhancedModule):
         # scaled batches → the model's space and back (data.normalize; identity by default)
         self.normalizer = normalizer or Normalizer("scale", value_scale=value_scale)
         self.geo = geo  # variable names, latitudes, climatology: per-variable scores
+        # LPIPS's AlexNet, built once; a plain attribute, not a submodule, so it stays out of
+        # the parameters, the optimizer, state_dict and checkpoints
+        lpips_weights = config.evaluation.lpips_weights
+        self.lpips = metrics.LPIPSScorer(lpips_weights, (height, width)) if lpips_weights else None
 
     def forward(
         self,
@@ -287,6 +291,8 @@ class Forecaster(EnhancedModule):
         sums["persistence_sq_err"] = (last - targets).double().pow(2).sum(dim=(2, 3, 4)).sum(0)
         if self.geo is not None:
             sums.update(metrics.geo_sums(pred, targets, self.geo))
+        if self.lpips is not None:
+            sums.update(self.lpips.sums(pred, targets))
         pools, fss = self.config.evaluation.csi_pool_sizes, self.config.evaluation.fss_sizes
         if thresholds and (pools or fss):
             sums.update(metrics.neighbourhood_sums(pred, targets, thresholds, pools, fss))

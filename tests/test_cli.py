@@ -107,28 +107,6 @@ def test_bench_trainer_prints_ratio(tmp_path):
     assert "Trainer / raw" in out and "steps/s" in out
 
 
-def test_bench_data_prints_table(tmp_path):
-    stpdist(
-        "synth",
-        "moving-digits",
-        "--out",
-        "ds",
-        "--train",
-        "48",
-        "--val",
-        "0",
-        "--test",
-        "0",
-        "--size",
-        "32",
-        "--frames",
-        "8",
-        cwd=tmp_path,
-    )
-    out = stpdist("bench", "data", "ds", "--loader-workers", "0", cwd=tmp_path).stdout
-    assert "shards / per-file npz" in out and "plain tar" in out
-
-
 def test_bench_model_prints_figures(tmp_path):
     out = stpdist(
         "bench",
@@ -145,6 +123,7 @@ def test_bench_model_prints_figures(tmp_path):
         cwd=tmp_path,
     ).stdout
     assert "predrnn" in out and "GMACs" in out and "params" in out
+    assert "threads: torch" in out and "OMP_WAIT_POLICY=" in out
 
 
 def test_mistyped_root_with_synthesis_configured_refuses_instead_of_faking_data(tmp_path):

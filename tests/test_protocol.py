@@ -503,3 +503,137 @@ def test_reproduce_writes_the_table_beside_openstl(tmp_path, capsys):
     assert "| SSIM (range 2) |" in md and "0.9462" in md
     assert (tmp_path / "out" / "data" / "test" / "index.json").is_file()
     assert not (tmp_path / "out" / "data" / "train").exists()
+
+
+# ---------------------------------------------------------------------- LPIPS
+@pytest.fixture(scope="module")
+def alexnet_weights(tmp_path_factory):
+    """torchvision's AlexNet with seeded random weights, saved as its state dict file (the
+    format of the IMAGENET1K_V1 file a user downloads)."""
+    from stpdist.metrics import _import_lpips
+
+    _import_lpips()  # makes torchvision importable on CPU torch (see its docstring)
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("lpips") / "alexnet.pth"
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+    yield path
+    path.unlink()  # 244 MB: not left among pytest's kept temporary folders
+
+
+@pytest.fixture(scope="module")
+def lpips_scorer(alexnet_weights):
+    from stpdist.metrics import LPIPSScorer
+
+    return LPIPSScorer(alexnet_weights, (32, 32))
+
+
+@pytest.fixture(scope="module")
+def reference_lpips(alexnet_weights):
+    """`lpips.LPIPS` itself with the same AlexNet weights, copied in layer by layer."""
+    import warnings
+
+    import lpips
+
+    with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained`
+        warnings.simplefilter("ignore", UserWarning)
+        net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
+    state = torch.load(alexnet_weights, weights_only=True)
+    layers = {0: "slice1", 3: "slice2", 6: "slice3", 8: "slice4", 10: "slice5"}  # AlexNet's convs
+    with torch.no_grad():
+        for index, name in layers.items():
+            conv = getattr(getattr(net.net, name), str(index))
+            conv.weight.copy_(state[f"features.{index}.weight"])
+            conv.bias.copy_(state[f"features.{index}.bias"])
+    return net
+
+
+def _reference_lpips(net, pred, target) -> np.ndarray:
+    """Per lead time sums over the batch, frame by frame: lpips' own [0, 1] → [−1, 1]
+    (normalize=True), RGB frames as they are, others one channel at a time replicated to 3
+    and averaged."""
+    b, t, c = pred.shape[:3]
+    out = np.zeros(t)
+    with torch.no_grad():
+        for i in range(b):
+            for j in range(t):
+                p, q = pred[i, j].float(), target[i, j].float()
+                if c == 3:
+                    d = net(p[None], q[None], normalize=True).item()
+                else:
+                    d = np.mean(
+                        [
+                            net(
+                                p[k].expand(1, 3, -1, -1), q[k].expand(1, 3, -1, -1), normalize=True
+                            ).item()
+                            for k in range(c)
+                        ]
+                    )
+                out[j] += d
+    return out
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_lpips_sums_equal_lpips_frame_by_frame(lpips_scorer, reference_lpips, channels):
+    from stpdist.metrics import batch_sums, summarize
+
+    g = torch.Generator().manual_seed(channels)
+    pred, target = torch.rand(2, 2, 3, channels, 32, 32, generator=g).unbind(0)
+    sums = lpips_scorer.sums(pred, target)["lpips"]
+    expected = _reference_lpips(reference_lpips, pred, target)
+    assert expected.min() > 0.01  # different frames: a distance the comparison can see
+    np.testing.assert_allclose(sums.numpy(), expected, rtol=0, atol=1e-6)
+    assert lpips_scorer.sums(pred, pred)["lpips"].abs().max() == 0  # identical frames: 0
+    # through `summarize`: the mean over samples, per lead time and overall
+    values = summarize({**batch_sums(pred, target), "lpips": sums}, channels * 32 * 32)
+    assert values["lpips/t01"] == pytest.approx(expected[0] / 2, abs=1e-6)
+    assert values["lpips"] == pytest.approx(expected.mean() / 2, abs=1e-6)
+
+
+def test_lpips_weights_missing_or_wrong_are_one_error_naming_the_file(tmp_path):
+    from stpdist.metrics import LPIPSScorer
+
+    missing = tmp_path / "nowhere" / "alexnet.pth"
+    with pytest.raises(FileNotFoundError, match="nowhere/alexnet.pth") as err:
+        LPIPSScorer(missing)
+    assert "features.0.weight" in str(err.value) and "\n" not in str(err.value)
+    wrong = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, wrong)
+    with pytest.raises(ValueError, match="resnet.pth.*features.0.weight"):
+        LPIPSScorer(wrong)
+    # at model build, before any training
+    config = ModelConfig(backbone={"hidden_channels": [4], "kernel_size": 3})
+    config.evaluation.lpips_weights = str(missing)
+    with pytest.raises(FileNotFoundError, match="nowhere/alexnet.pth"):
+        Forecaster(config, (1, 32, 32), T_IN, T_OUT)
+
+
+def test_forecaster_reports_lpips_and_keeps_it_out_of_its_state(alexnet_weights):
+    def build(weights):
+        config = ModelConfig(backbone={"hidden_channels": [4], "kernel_size": 3}, patch_size=4)
+        config.evaluation.lpips_weights = weights
+        torch.manual_seed(0)
+        return Forecaster(config, (1, 32, 32), T_IN, T_OUT).eval()
+
+    module, plain = build(str(alexnet_weights)), build(None)
+    g = torch.Generator().manual_seed(5)
+    inputs, targets = torch.rand(2, T_IN, 1, 32, 32, generator=g), torch.rand(2, T_OUT, 1, 32, 32)
+    with torch.no_grad():
+        out = module.validation_step(inputs, targets)
+    values = module.metrics_from_sums(out["sums"])
+    per_frame = module.lpips.per_frame(out["predictions"], targets)  # the clamped predictions
+    assert values["lpips/t01"] == pytest.approx(float(per_frame[:, 0].mean()), abs=1e-9)
+    assert values["lpips"] == pytest.approx(float(per_frame.mean()), abs=1e-9)
+    with torch.no_grad():
+        plain_values = plain.metrics_from_sums(plain.validation_step(inputs, targets)["sums"])
+    assert f"lpips/t{T_OUT:02d}" in values and "lpips" not in plain_values
+    # no LPIPS weights in the state, the parameters or the optimizer: checkpoints load both ways
+    assert module.state_dict().keys() == plain.state_dict().keys()
+    assert len(list(module.parameters())) == len(list(plain.parameters()))
+    optimizer = module.configure_optimizer()
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == len(
+        list(plain.parameters())
+    )
+    plain.load_state_dict(module.state_dict())
+    module.load_state_dict(plain.state_dict())

@@ -119,8 +119,10 @@ def test_regional_compile_does_not_recompile_under_scheduled_sampling(tmp_path, 
 def test_activation_checkpointing_gives_the_same_gradients_keeping_fewer_activations(
     name, backbone
 ):
-    """Same loss and gradients with each step recomputed in the backward; the bytes saved
-    for the backward (counted by a saved-tensor hook) shrink."""
+    """Same loss and gradients with each step recomputed in the backward; what autograd
+    saves for the backward outside the recomputed steps (counted by a saved-tensor hook;
+    the steps' inputs that checkpointing keeps for the recompute are not seen by it)
+    shrinks. Peak memory itself: `stpdist bench model --activation-checkpointing`."""
     torch.manual_seed(0)
     inputs, targets = torch.rand(2, 4, 1, 8, 8), torch.rand(2, 4, 1, 8, 8)
     results = {}
