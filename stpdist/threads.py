@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 
 
-def prefer_passive_waiting() -> None:
+def prefer_passive_waiting(env: MutableMapping[str, str] = os.environ) -> None:
     """`OMP_WAIT_POLICY=PASSIVE` unless the user chose a policy. OpenMP reads it once,
     when torch loads it: so this runs at `import stpdist`, before torch is imported
-    (too late when the user imported torch first; `describe` then says "active")."""
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    (too late when the user imported torch first; `describe` then shows the policy)."""
+    if "torch" not in sys.modules or env is not os.environ:
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def available_cpus(env: Mapping[str, str] = os.environ) -> int:

@@ -1,6 +1,9 @@
-"""SimVP (gSTA) and TAU through `stpdist train` on 2 torchrun CPU ranks over synthetic
-shards: both train to the end, and a run killed with SIGKILL after a checkpoint resumes
-(`--resume auto`) to weights and optimizer state bitwise equal to an uninterrupted run."""
+"""TAU (the SimVP backbone with the TAU translator and its divergence regulariser, a
+superset of plain SimVP's path) through `stpdist train` on 2 torchrun CPU ranks over
+synthetic shards: it trains to the end, and a run killed with SIGKILL after a checkpoint
+resumes (`--resume auto`) to weights and optimizer state bitwise equal to an uninterrupted
+run. Plain SimVP (gSTA) ran here too until the suite's time budget asked for one of the two:
+each translator's training is covered by tests/test_simvp.py."""
 
 from __future__ import annotations
 
@@ -59,7 +62,7 @@ model:
   patch_size: 2
   divergence_weight: {divergence}
 """
-MODELS = {"gsta": ("simvp", "gsta", 0.0), "tau": ("tau", "tau", 0.1)}
+MODELS = {"tau": ("tau", "tau", 0.1)}
 
 
 @pytest.fixture(scope="module")
