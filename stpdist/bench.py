@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .module import EnhancedModule
+from .module import EnhancedModule, cpu_compile_defaults
 
 
 class _BenchNet(EnhancedModule):
@@ -759,6 +759,7 @@ def compile_for_bench(
     """Compile `module` (in place) as `target` says; returns its training-step function."""
     if target not in COMPILE_TARGETS:
         raise ValueError(f"compile target must be one of {', '.join(COMPILE_TARGETS)}")
+    cpu_compile_defaults(next(module.parameters()).device)  # as the Trainer does
     if target == "step":
         return torch.compile(module.training_step, backend=backend, mode=mode)
     if target == "backbone":

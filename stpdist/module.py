@@ -13,6 +13,22 @@ from torch import nn
 StepOutput = torch.Tensor | dict[str, Any] | None
 
 
+def cpu_compile_defaults(device: torch.device) -> bool:
+    """Before compiling for a CPU device: turn off inductor's layout optimisation (which
+    converts convolutions to channels-last) unless TORCHINDUCTOR_LAYOUT_OPTIMIZATION is
+    set. Measured on a 2-core AVX2 host, ConvLSTM recipe step: compiled with it 0.84× of
+    eager, without it 1.01×; channels-last convolutions alone 0.91× of eager. Returns
+    whether the setting was changed (it is process-wide, like the thread settings)."""
+    import os
+
+    if device.type != "cpu" or "TORCHINDUCTOR_LAYOUT_OPTIMIZATION" in os.environ:
+        return False
+    import torch._inductor.config as inductor_config
+
+    inductor_config.layout_optimization = False
+    return True
+
+
 class EnhancedModule(nn.Module):
     """A `torch.nn.Module` with Lightning-style hooks.
 

@@ -44,7 +44,7 @@ from .data.loading import (
     unpack_batch,
 )
 from .lockstep import Lockstep, StopFlag, loss_of
-from .module import EnhancedModule
+from .module import EnhancedModule, cpu_compile_defaults
 from .runlock import RunLock
 from .tracking import Tracker
 
@@ -550,6 +550,7 @@ class Trainer:
         if self.config.activation_checkpointing:
             module.enable_activation_checkpointing()
         if self.config.compile:
+            cpu_compile_defaults(self.accelerator.device)
             module.compile_for_training(self.config.compile_mode)
         optimizer = module.configure_optimizer()
         scheduler, interval = _scheduler_of(module.configure_lr_scheduler(optimizer))

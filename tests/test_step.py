@@ -74,7 +74,20 @@ class CompileCounter:
         return graph_module.forward
 
 
-def test_regional_compile_does_not_recompile_under_scheduled_sampling(tmp_path, monkeypatch):
+@pytest.fixture
+def inductor_config(monkeypatch):
+    """torch._inductor.config with layout_optimization on and no environment override;
+    both restored afterwards."""
+    import torch._inductor.config as config
+
+    monkeypatch.delenv("TORCHINDUCTOR_LAYOUT_OPTIMIZATION", raising=False)
+    with config.patch(layout_optimization=True):
+        yield config
+
+
+def test_regional_compile_does_not_recompile_under_scheduled_sampling(
+    tmp_path, monkeypatch, inductor_config
+):
     """`trainer.compile`: the recurrent step is captured during the first optimizer step
     and never again while the sampling probability changes every step; the losses equal
     eager training's."""
@@ -105,11 +118,26 @@ def test_regional_compile_does_not_recompile_under_scheduled_sampling(tmp_path, 
             if "train/loss" in line
         ]
     torch._dynamo.reset()
+    # compiling for the CPU turned inductor's channels-last layout optimisation off
+    assert inductor_config.layout_optimization is False
     assert graphs_after[-1] >= 1  # the step was captured in step 1
     assert counter.graphs == graphs_after[-1]  # and not once more in steps 2..8
     eager = [float(x.split('"train/loss": ')[1].split(",")[0]) for x in losses[False]]
     compiled = [float(x.split('"train/loss": ')[1].split(",")[0]) for x in losses[True]]
     assert len(eager) == 8 and compiled == pytest.approx(eager, rel=1e-5)
+
+
+def test_cpu_compile_defaults_respect_the_users_layout_setting(monkeypatch, inductor_config):
+    from stpdist.module import cpu_compile_defaults
+
+    monkeypatch.setenv("TORCHINDUCTOR_LAYOUT_OPTIMIZATION", "1")
+    assert not cpu_compile_defaults(torch.device("cpu"))  # the user chose: left alone
+    assert inductor_config.layout_optimization is True
+    monkeypatch.delenv("TORCHINDUCTOR_LAYOUT_OPTIMIZATION")
+    assert not cpu_compile_defaults(torch.device("cuda"))  # GPUs keep inductor's default
+    assert inductor_config.layout_optimization is True
+    assert cpu_compile_defaults(torch.device("cpu"))
+    assert inductor_config.layout_optimization is False
 
 
 @pytest.mark.parametrize("name, backbone", [
