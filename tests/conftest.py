@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -90,3 +91,85 @@ def run_ranks(
             f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         )
     return proc
+
+
+class _LastResort(logging.Handler):
+    """Where a warning logged on the `stpdist` logger goes in a fresh `stpdist` process
+    before `console.setup` gave the logger its handler: logging's last-resort handler,
+    which writes WARNING and above to stderr."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logging.WARNING)
+        self.logger = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from stpdist.console import _TqdmHandler
+
+        if not any(isinstance(h, _TqdmHandler) for h in self.logger.handlers):
+            sys.stderr.write(self.format(record) + "\n")
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`stpdist ARGS` run by the CLI's `main` in this process, in `cwd`: the completed
+    process (exit status, stdout, stderr); a non-zero exit is not raised. A process of its
+    own costs seconds of imports on 2 cores; use this where process isolation is not what a
+    test checks (signals, several ranks, launchers, settings made at import).
+
+    What a fresh `python -m stpdist` would have, it gets: `cwd` first on sys.path, the
+    `stpdist` logger without handlers (warnings before its setup go to stderr), Python's
+    default warning filters with warnings printed to stderr. What the run changes is undone
+    afterwards: the working directory, environment, sys.path, modules imported from `cwd`,
+    the logger and torch's thread count."""
+    import contextlib
+    import io
+    import warnings
+
+    import torch
+
+    from stpdist.cli import main
+
+    logger = logging.getLogger("stpdist")
+    saved_logger = (logger.handlers[:], logger.level, logger.propagate)
+    saved_env, saved_path, saved_cwd = dict(os.environ), sys.path[:], os.getcwd()
+    saved_modules, threads = set(sys.modules), torch.get_num_threads()
+    out, err = io.StringIO(), io.StringIO()
+    cwd = Path(cwd).resolve()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    try:
+        os.chdir(cwd)
+        sys.path.insert(0, str(cwd))
+        logger.handlers[:] = [_LastResort(logger)]
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = False
+        with (
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            warnings.catch_warnings(),
+        ):
+            warnings.resetwarnings()  # Python's defaults, as in a fresh interpreter
+            for category in (PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.showwarning = show
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse errors
+                if isinstance(exc.code, str):
+                    print(exc.code, file=sys.stderr)
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        os.chdir(saved_cwd)
+        sys.path[:] = saved_path
+        os.environ.clear()
+        os.environ.update(saved_env)
+        logger.handlers[:], logger.propagate = saved_logger[0], saved_logger[2]
+        logger.setLevel(saved_logger[1])
+        torch.set_num_threads(threads)
+        for name in set(sys.modules) - saved_modules:
+            where = getattr(sys.modules[name], "__file__", None) or ""
+            if where.startswith(str(cwd) + os.sep):
+                del sys.modules[name]
+    return subprocess.CompletedProcess(["stpdist", *args], code, out.getvalue(), err.getvalue())

@@ -62,8 +62,7 @@ class MaskedModule(EnhancedModule):
         return self(inputs)
 
 
-if __name__ == "__main__":
-    out = Path(sys.argv[1])
+def run(out: Path, close: bool = True) -> None:
     torch.manual_seed(0)
     module = MaskedModule()
     trainer = Trainer(output_dir=out, max_epochs=2, progress_bar=False, log_every_n_steps=1)
@@ -74,4 +73,9 @@ if __name__ == "__main__":
     trainer.predict(module, DataLoader(data, batch_size=3), out=out / "pred")
     rank = trainer.accelerator.process_index
     (out / f"seen-{rank}.json").write_text(json.dumps(module.seen))
-    trainer.close()
+    if close:
+        trainer.close()
+
+
+if __name__ == "__main__":
+    run(Path(sys.argv[1]))

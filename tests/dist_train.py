@@ -1,5 +1,9 @@
 """Entry point for multi-process trainer tests: `torchrun --nproc_per_node N tests/dist_train.py …`
-(or plain `python` for one process). Trains TinyModule on TinySequences and writes results."""
+(or plain `python` for one process). Trains TinyModule on TinySequences and writes results.
+
+`--jobs FILE` runs several such runs in turn in the same processes (a JSON list of argument
+lists; `["batch-dict", OUT]` runs tests/dist_batch_dict.py's run): on 2 busy cores each
+launch costs ~15 s of CPU in imports, and a Trainer may follow another in a process."""
 
 from __future__ import annotations
 
@@ -75,7 +79,7 @@ class MetricModule(TinyModule):
         return summarize(sums, 64, [0.3, 0.7])
 
 
-def main() -> None:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--batch", type=int, default=4)
@@ -91,8 +95,10 @@ def main() -> None:
     p.add_argument("--validate", type=int, default=0, help="validate on this many samples")
     p.add_argument("--eval-batch", type=int, default=3)
     p.add_argument("--metrics", type=int, default=0, help="evaluate MetricModule on N samples")
-    args = p.parse_args()
+    return p.parse_args(argv)
 
+
+def run(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     module = Scripted(args.hang_at, args.skip_at, args.step_sleep, dropout=args.dropout)
     trainer = Trainer(
@@ -122,6 +128,20 @@ def main() -> None:
         results = {"global_step": state.global_step, "epoch": state.epoch}
     if trainer.is_main:
         (Path(args.out) / "result.json").write_text(json.dumps(results))
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--jobs"]:
+        for job in json.loads(Path(sys.argv[2]).read_text()):
+            if job[0] == "batch-dict":
+                import dist_batch_dict
+
+                # no close: it would end the process group the next job trains on
+                dist_batch_dict.run(Path(job[1]), close=False)
+            else:
+                run(parse(job))
+    else:
+        run(parse())
 
 
 if __name__ == "__main__":

@@ -1,5 +1,11 @@
 """End-to-end CLI runs on the debug config in a temp dir: train → resume → validate → predict,
-and a 2-rank train with torchrun."""
+and a 2-rank train with torchrun.
+
+Single-process runs call the CLI's `main` in this process (`run_cli`): a process of its own
+costs seconds of imports on 2 cores. The new user's walk-through trains in a process of its
+own (`python -m stpdist`, the user's package found through PYTHONPATH); test_config checks
+a CLI error's one line on a fresh interpreter's stderr; the multi-process tests start
+`python -m stpdist` on every rank."""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_ranks
+from conftest import run_cli, run_ranks
 from PIL import Image
 
 DEBUG = str(Path(__file__).parent.parent / "configs" / "debug.yaml")
@@ -25,21 +31,15 @@ def stpdist(*args: str, cwd: Path, nproc: int = 1):
     )
 
 
-def failing(*args: str, cwd: Path):
-    """`stpdist ARGS` in one process, expected to fail: the completed process, not raised."""
-    import subprocess
-
-    return subprocess.run(
-        [sys.executable, "-m", "stpdist", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def ok(*args: str, cwd: Path):
+    """`stpdist ARGS` in this process (`run_cli`), expected to succeed: its output."""
+    proc = run_cli(*args, cwd=cwd)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
 
 
 def test_train_resume_validate_predict(tmp_path):
-    out = stpdist("train", DEBUG, cwd=tmp_path).stdout
+    out = ok("train", DEBUG, cwd=tmp_path).stdout
     assert "final validation MSE per pixel" in out
     run = tmp_path / "runs" / "debug"
     assert (run / "config.yaml").is_file()
@@ -50,12 +50,12 @@ def test_train_resume_validate_predict(tmp_path):
     ]
 
     # resume: two more epochs from the newest checkpoint
-    out = stpdist("train", DEBUG, "trainer.max_epochs=4", "--resume", "auto", cwd=tmp_path).stdout
+    out = ok("train", DEBUG, "trainer.max_epochs=4", "--resume", "auto", cwd=tmp_path).stdout
     assert "resumed from runs/debug/checkpoints/step-00000016" in out
     state = json.loads((run / "checkpoints" / "step-00000032" / "trainer_state.json").read_text())
     assert state["epoch"] == 4 and state["global_step"] == 32
 
-    out = stpdist("validate", DEBUG, "--ckpt", "last", cwd=tmp_path).stdout
+    out = ok("validate", DEBUG, "--ckpt", "last", cwd=tmp_path).stdout
     assert "step-00000032" in out and "val/mse" in out
     header = next(line for line in out.splitlines() if line.startswith("metric"))
     assert header.split() == ["metric", "all", "t1", "t2", "t3", "t4"]
@@ -63,7 +63,7 @@ def test_train_resume_validate_predict(tmp_path):
     assert (run / "lead_time_val.png").is_file()
     assert json.loads((run / "metrics_val.json").read_text())["val/num_samples"] == 8
 
-    out = stpdist("predict", DEBUG, "--ckpt", "last", cwd=tmp_path).stdout
+    out = ok("predict", DEBUG, "--ckpt", "last", cwd=tmp_path).stdout
     pred_dir = run / "predictions" / "test"
     keys = []
     for file in sorted(pred_dir.glob("predictions-*.npz")):
@@ -97,18 +97,18 @@ def test_train_resume_validate_predict(tmp_path):
 
 
 def test_predict_without_checkpoint_fails_clearly(tmp_path):
-    proc = failing("predict", DEBUG, cwd=tmp_path)
+    proc = run_cli("predict", DEBUG, cwd=tmp_path)
     assert proc.returncode == 1
     assert "no checkpoint in runs/debug/checkpoints" in proc.stderr
 
 
 def test_bench_trainer_prints_ratio(tmp_path):
-    out = stpdist("bench", "trainer", "--repeats", "1", "--steps", "10", cwd=tmp_path).stdout
+    out = ok("bench", "trainer", "--repeats", "1", "--steps", "10", cwd=tmp_path).stdout
     assert "Trainer / raw" in out and "steps/s" in out
 
 
 def test_bench_model_prints_figures(tmp_path):
-    out = stpdist(
+    out = ok(
         "bench",
         "model",
         "predrnn",
@@ -127,7 +127,7 @@ def test_bench_model_prints_figures(tmp_path):
 
 
 def test_mistyped_root_with_synthesis_configured_refuses_instead_of_faking_data(tmp_path):
-    proc = failing("train", DEBUG, "data.root=data/debug-digts", cwd=tmp_path)
+    proc = run_cli("train", DEBUG, "data.root=data/debug-digts", cwd=tmp_path)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "data.root data/debug-digts holds no dataset" in lines[0]
@@ -136,7 +136,7 @@ def test_mistyped_root_with_synthesis_configured_refuses_instead_of_faking_data(
 
 
 def test_bad_backbone_argument_exits_2_naming_the_valid_ones_before_data_work(tmp_path):
-    proc = failing("train", DEBUG, "model.backbone.hiddenchannels=[8]", cwd=tmp_path)
+    proc = run_cli("train", DEBUG, "model.backbone.hiddenchannels=[8]", cwd=tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "hidden_channels, kernel_size, forget_bias" in lines[0]
@@ -180,7 +180,7 @@ def test_new_user_walk_through_arrays_to_predictions_with_own_model(tmp_path, mo
     (tmp_path / "mypkg" / "nets.py").write_text(USER_PACKAGE)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
 
-    out = stpdist(
+    out = ok(
         "shard", "arrays", "raw", "--out", "ds", "--splits", "train=0.5,val=0.25,test=0.25",
         "--seed", "1", "--workers", "1", cwd=tmp_path,
     ).stdout  # fmt: skip
@@ -201,18 +201,18 @@ def test_new_user_walk_through_arrays_to_predictions_with_own_model(tmp_path, mo
         "data: {root: ds, batch_size: 2, num_input_frames: 4, num_output_frames: 4}\n"
         "model: {name: 'mypkg.nets:TinyNet', backbone: {hidden: 6}}\n"
     )
-    out = stpdist("train", "mine.yaml", cwd=tmp_path).stdout
+    out = stpdist("train", "mine.yaml", cwd=tmp_path).stdout  # a process of its own
     assert "train: 6 sequences" in out and "frames 0–7 are used" not in out  # all 8 used
     assert "final validation MSE per pixel" in out
-    out = stpdist("validate", "mine.yaml", cwd=tmp_path).stdout
+    out = ok("validate", "mine.yaml", cwd=tmp_path).stdout
     assert "val/mse" in out
-    stpdist("predict", "mine.yaml", cwd=tmp_path)
+    ok("predict", "mine.yaml", cwd=tmp_path)
     metrics = json.loads((tmp_path / "runs/mine/predictions/test/metrics.json").read_text())
     assert metrics["test/num_samples"] == 3
 
     bad = tmp_path / "bad.yaml"
     bad.write_text((tmp_path / "mine.yaml").read_text().replace("hidden: 6", "hiden: 6"))
-    proc = failing("train", str(bad), cwd=tmp_path)
+    proc = run_cli("train", str(bad), cwd=tmp_path)
     assert proc.returncode == 2 and "TinyNet takes: hidden" in proc.stderr
 
 

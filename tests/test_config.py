@@ -62,6 +62,8 @@ def test_unknown_key_in_file_names_file_and_key(tmp_path):
 
 
 def test_cli_config_error_exits_2_with_one_line(tmp_path):
+    """In a process of its own (most CLI tests call `main` in the test process): stderr is
+    a fresh interpreter's, import-time warnings included."""
     config = Path(__file__).parent.parent / "configs" / "debug.yaml"
     proc = subprocess.run(
         [sys.executable, "-m", "stpdist", "train", str(config), "trainer.max_epoch=2"],
@@ -156,6 +158,21 @@ def test_every_config_field_reaches_the_object_that_uses_it(tmp_path, monkeypatc
     pytest.importorskip("wandb")
     pytest.importorskip("tensorboard")
     monkeypatch.setenv("WANDB_MODE", "offline")
+    # The per-lead-time figure takes no config (it gets the results and a path) and costs
+    # seconds a validation to draw on these cores (one panel per metric: the threshold
+    # scores add many): a small picture stands in, so the trackers still get an image
+    # (test_visualize and test_cli check the figure itself).
+    from PIL import Image
+
+    drawn = []
+
+    def plot_lead_times(results, path):
+        drawn.append(path)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(path)
+        return Path(path)
+
+    monkeypatch.setattr("stpdist.visualize.plot_lead_times", plot_lead_times)
     seen: set[str] = set()
     common = [
         f"trainer.output_dir={tmp_path / 'a'}",
@@ -197,6 +214,7 @@ def test_every_config_field_reaches_the_object_that_uses_it(tmp_path, monkeypatc
         ],
         seen,
     )
+    assert len(drawn) == 4  # 2 validations a run
     schema = load_config(Path(__file__).parent.parent / "configs" / "debug.yaml")
     missing = sorted(_leaf_keys(schema) - seen)  # debug.yaml sets data.synthesize
     assert not missing, f"declared but never read: {missing}"
@@ -274,9 +292,9 @@ def test_yaml_errors_name_file_line_and_column(tmp_path):
 
 
 def test_train_without_a_config_names_only_the_config(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "stpdist", "train"], capture_output=True, text=True, cwd=tmp_path
-    )
+    from conftest import run_cli
+
+    proc = run_cli("train", cwd=tmp_path)
     assert proc.returncode == 2
     assert "required: config" in proc.stderr and "overrides" not in proc.stderr.splitlines()[-1]
 

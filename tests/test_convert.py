@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image
 
 from stpdist.data.convert import convert
@@ -29,13 +28,9 @@ def stored(folder) -> dict[str, np.ndarray]:
 
 
 def cli(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "stpdist", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """`stpdist ARGS` by the CLI's `main` in this process (conftest.run_cli): the completed
+    process, not raised."""
+    return run_cli(*args, cwd=cwd)
 
 
 def test_mnist_test_seq_time_first(tmp_path):
@@ -288,6 +283,7 @@ def test_synth_with_mnist_idx_digits_and_inspect(tmp_path):
     proc = cli("inspect", "ds", "--samples", "1", cwd=tmp_path)  # no --out: a named temp dir
     folder = Path(proc.stdout.strip().splitlines()[-1].rsplit(" to ", 1)[1])
     assert folder.is_dir() and "stpdist-inspect-" in str(folder) and tmp_path not in folder.parents
+    __import__("shutil").rmtree(folder)  # the user's to delete; the test's, here
     bad = cli(
         "synth", "moving-digits", "--out", "ds2", "--digits", "ds/train/index.json", cwd=tmp_path
     )

@@ -652,26 +652,39 @@ def test_a_shard_holding_more_than_its_index_count_is_named(tmp_path):
         eval_keys(folder)
 
 
+def _skip_mode_batches(folder: Path, send) -> None:
+    """Sends the batches each of 2 ranks gets in one epoch of `folder` in skip mode, and
+    the number the stream promises."""
+    from stpdist.data.stream import ShardTrainStream
+
+    s = ShardTrainStream(
+        str(folder), batch_size=1, num_input_frames=2, num_output_frames=2, skip_bad=True,
+        shuffle_buffer=2,
+    )  # fmt: skip
+    n = [len(list(s.iterate(LoaderContext(rank=r, world_size=2), 0))) for r in (0, 1)]
+    send.send((n, s.batches_per_epoch(LoaderContext(world_size=2))))
+
+
 def test_skip_mode_with_wrong_index_counts_ends(tmp_path):
     """An index count above or below the shard's, in skip mode: the epoch ends (once it
-    looped forever), and every rank still gets the same number of batches."""
+    looped forever), and every rank still gets the same number of batches. Each epoch runs
+    in a forked child (torch is imported already: it starts in milliseconds) that a loop
+    forever cannot hang the test in."""
+    context = multiprocessing.get_context("fork")
     for shard, count in ((0, 3), (0, 1)):
         folder = small_split(tmp_path / f"c{shard}{count}" / "train")
         _set_count(folder, shard, count)
-        script = textwrap.dedent(
-            f"""
-            from stpdist.data.stream import LoaderContext, ShardTrainStream
-            s = ShardTrainStream({str(folder)!r}, batch_size=1, num_input_frames=2,
-                                 num_output_frames=2, skip_bad=True, shuffle_buffer=2)
-            n = [len(list(s.iterate(LoaderContext(rank=r, world_size=2), 0))) for r in (0, 1)]
-            assert n[0] == n[1] == s.batches_per_epoch(LoaderContext(world_size=2)), n
-            print("ok", n)
-            """
-        )
-        proc = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
-        )
-        assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+        receive, send = context.Pipe(duplex=False)
+        child = context.Process(target=_skip_mode_batches, args=(folder, send))
+        child.start()
+        child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+            child.join()
+            pytest.fail(f"index count {count} for shard {shard}: the epoch never ended")
+        assert child.exitcode == 0 and receive.poll(), f"child exited {child.exitcode}"
+        n, promised = receive.recv()
+        assert n[0] == n[1] == promised, (n, promised)
 
 
 def test_nan_met_by_the_loader_names_shard_and_sample(tmp_path):
@@ -748,10 +761,9 @@ def test_disk_full_while_saving_is_one_line_naming_the_folder(tmp_path):
 
 
 def test_synth_with_a_negative_count_fails_instead_of_saying_wrote(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "stpdist", "synth", "moving-digits", "--out", "x", "--train", "-5"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    from conftest import run_cli
+
+    proc = run_cli("synth", "moving-digits", "--out", "x", "--train", "-5", cwd=tmp_path)
     assert proc.returncode == 1 and "wrote" not in proc.stdout
     assert "--train -5 is negative" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
@@ -811,8 +823,7 @@ def test_inspect_verify_reads_every_sample_and_names_a_duplicate_key(tmp_path):
         ShardFormatError, match=r"train-000001\.tar: member k0.*also in train-000000"
     ):
         verify_split(folder)
-    proc = subprocess.run(
-        [sys.executable, "-m", "stpdist", "inspect", str(folder), "--verify", "--samples", "0"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    from conftest import run_cli
+
+    proc = run_cli("inspect", str(folder), "--verify", "--samples", "0", cwd=tmp_path)
     assert proc.returncode == 1 and "key 'k0' also in train-000000.tar" in proc.stderr

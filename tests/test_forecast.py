@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_ranks
+from conftest import run_cli, run_ranks
 from safetensors.torch import save_file
 
 import stpdist
@@ -24,10 +24,15 @@ DEBUG = Path(__file__).parent.parent / "configs" / "debug.yaml"
 
 
 def stpdist_cli(*args: str, cwd: Path, nproc: int = 1):
+    """`stpdist ARGS` on `nproc` torchrun ranks, or for one process by the CLI's `main` in
+    this process (conftest.run_cli: a process of its own costs seconds of imports)."""
     import sys
 
-    prefix = ["-m", "stpdist"] if nproc == 1 else ["--no-python", sys.executable, "-m", "stpdist"]
-    return run_ranks([*prefix, *args], nproc, cwd=cwd)
+    if nproc == 1:
+        proc = run_cli(*args, cwd=cwd)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+    return run_ranks(["--no-python", sys.executable, "-m", "stpdist", *args], nproc, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,9 @@
-"""Multi-process trainer tests: real torchrun ranks on CPU over gloo."""
+"""Multi-process trainer tests: real torchrun ranks on CPU over gloo.
+
+Every 2-rank run of this file is one job of a single torchrun launch (`two_ranks`:
+tests/dist_train.py --jobs, Trainers one after another in the same 2 processes), and the
+two 1-process runs of the equivalence test share one process: on 2 busy cores a launch
+costs ~15 s of CPU before it trains. Each test reads its own job's output folder."""
 
 from __future__ import annotations
 
@@ -21,27 +26,47 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(ckpts[-1] / "model.safetensors"))
 
 
-def test_equivalence_batch_ranks_and_accumulation(tmp_path):
+# name → dist_train.py arguments (--out added); the equivalence runs are (nproc, batch, accum)
+EQUIVALENCE = {"a": (1, 8, 1), "b": (2, 4, 1), "c": (1, 4, 2), "d": (2, 2, 2)}
+JOBS = {
+    **{
+        name: ["--batch", str(batch), "--accum", str(accum), "--steps", "10"]
+        for name, (_, batch, accum) in EQUIVALENCE.items()
+    },
+    "skip": ["--steps", "6", "--skip-at", "3", "--accum", "2"],
+    "val": ["--validate", "11", "--eval-batch", "3"],
+    "metrics": ["--metrics", "13", "--eval-batch", "3"],
+}
+
+
+def launch(folder: Path, names: list[str], nproc: int, timeout: float) -> None:
+    """The jobs `names` (JOBS, or "batch-dict") in turn, in one launch of `nproc`
+    processes; each writes to folder/<name>."""
+    jobs = []
+    for name in names:
+        (folder / name).mkdir()
+        args = ["batch-dict", str(folder / name)]
+        jobs.append(args if name == "batch-dict" else ["--out", str(folder / name), *JOBS[name]])
+    (folder / "jobs.json").write_text(json.dumps(jobs))
+    run_ranks([SCRIPT, "--jobs", str(folder / "jobs.json")], nproc, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> Path:
+    """Every 2-rank job of this file, run in one torchrun launch: their parent folder."""
+    folder = tmp_path_factory.mktemp("two-ranks")
+    two = [n for n, (nproc, _, _) in EQUIVALENCE.items() if nproc == 2]
+    launch(folder, [*two, "skip", "val", "metrics", "batch-dict"], 2, timeout=300)
+    return folder
+
+
+def test_equivalence_batch_ranks_and_accumulation(tmp_path, two_ranks):
     """(a) 1×8, (b) 2×4, (c) 1×4 accum 2, (d) 2×2 accum 2: the same parameters after 10 steps
     (2 epochs: 40 samples, 8 per step)."""
-    runs = {"a": (1, 8, 1), "b": (2, 4, 1), "c": (1, 4, 2), "d": (2, 2, 2)}
+    launch(tmp_path, [n for n, (nproc, _, _) in EQUIVALENCE.items() if nproc == 1], 1, 180)
     weights = {}
-    for name, (nproc, batch, accum) in runs.items():
-        out = tmp_path / name
-        run_ranks(
-            [
-                SCRIPT,
-                "--out",
-                str(out),
-                "--batch",
-                str(batch),
-                "--accum",
-                str(accum),
-                "--steps",
-                "10",
-            ],
-            nproc,
-        )
+    for name, (nproc, _, _) in EQUIVALENCE.items():
+        out = (two_ranks if nproc == 2 else tmp_path) / name
         assert json.loads((out / "result.json").read_text())["global_step"] == 10
         weights[name] = final_weights(out)
     start = TinyModule().state_dict()
@@ -52,10 +77,9 @@ def test_equivalence_batch_ranks_and_accumulation(tmp_path):
             assert relative < 1e-6, f"run {name} differs from run a at {key}: {relative:.2e}"
 
 
-def test_validation_is_exact_across_ranks(tmp_path):
+def test_validation_is_exact_across_ranks(two_ranks):
     """11 samples, 2 ranks × batch 3: equals the mean over all 11 computed in one process."""
-    out = tmp_path / "val"
-    run_ranks([SCRIPT, "--out", str(out), "--validate", "11", "--eval-batch", "3"], 2)
+    out = two_ranks / "val"
     results = json.loads((out / "result.json").read_text())
     torch.manual_seed(0)
     module = TinyModule().eval()
@@ -76,13 +100,8 @@ def test_validation_is_exact_across_ranks(tmp_path):
     np.testing.assert_allclose(preds[order], pred.numpy(), rtol=1e-6, atol=1e-7)
 
 
-def test_skip_on_one_rank_skips_everywhere_without_hang(tmp_path):
-    out = tmp_path / "skip"
-    run_ranks(
-        [SCRIPT, "--out", str(out), "--steps", "6", "--skip-at", "3", "--accum", "2"],
-        2,
-        timeout=120,
-    )
+def test_skip_on_one_rank_skips_everywhere_without_hang(two_ranks):
+    out = two_ranks / "skip"
     assert json.loads((out / "result.json").read_text())["global_step"] == 6
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     # both micro-batches of step 4 run with global_step == 3: that whole step is skipped on
@@ -90,15 +109,14 @@ def test_skip_on_one_rank_skips_everywhere_without_hang(tmp_path):
     assert [x["step"] for x in lines if "train/loss" in x] == [1, 2, 3, 5, 6]
 
 
-def test_every_metric_exact_across_ranks_with_uneven_sizes(tmp_path):
+def test_every_metric_exact_across_ranks_with_uneven_sizes(two_ranks):
     """13 samples on 2 ranks × batch 3 (shares 7 and 6, last batches partial) give every
     metric, per lead time and per threshold, equal to one evaluation of all samples."""
     import math
 
     from dist_train import MetricModule, MetricSequences
 
-    out = tmp_path / "metrics"
-    run_ranks([SCRIPT, "--out", str(out), "--metrics", "13", "--eval-batch", "3"], 2)
+    out = two_ranks / "metrics"
     got = json.loads((out / "result.json").read_text())
     data = MetricSequences(13)
     module = MetricModule()
@@ -120,9 +138,8 @@ def test_every_metric_exact_across_ranks_with_uneven_sizes(tmp_path):
     assert got["val/num_samples"] == 13
 
 
-def test_batch_dicts_bring_keys_and_masks_to_every_hook_on_two_ranks(tmp_path):
-    run_ranks([str(Path(__file__).parent / "dist_batch_dict.py"), str(tmp_path)], 2)
-    seen = [json.loads((tmp_path / f"seen-{r}.json").read_text()) for r in (0, 1)]
+def test_batch_dicts_bring_keys_and_masks_to_every_hook_on_two_ranks(two_ranks):
+    seen = [json.loads((two_ranks / "batch-dict" / f"seen-{r}.json").read_text()) for r in (0, 1)]
     # 16 samples / (2 ranks × batch 2) = 4 steps an epoch, 2 epochs: 8 masked steps per rank
     assert [len(s["train"]) for s in seen] == [8, 8]
     # a sample's mask covers 2 or 3 of its 4 columns (16 or 24 of 32 values): batches of 2
