@@ -5,6 +5,7 @@ Tensors are `inputs` B×T_in×C×H×W and `targets` B×T_out×C×H×W.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -19,8 +20,6 @@ def cpu_compile_defaults(device: torch.device) -> bool:
     set. Measured on a 2-core AVX2 host, ConvLSTM recipe step: compiled with it 0.84× of
     eager, without it 1.01×; channels-last convolutions alone 0.91× of eager. Returns
     whether the setting was changed (it is process-wide, like the thread settings)."""
-    import os
-
     if device.type != "cpu" or "TORCHINDUCTOR_LAYOUT_OPTIMIZATION" in os.environ:
         return False
     import torch._inductor.config as inductor_config

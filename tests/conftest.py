@@ -109,9 +109,10 @@ class _LastResort(logging.Handler):
             sys.stderr.write(self.format(record) + "\n")
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
     """`stpdist ARGS` run by the CLI's `main` in this process, in `cwd`: the completed
-    process (exit status, stdout, stderr); a non-zero exit is not raised. A process of its
+    process (exit status, stdout, stderr); a non-zero exit fails the test only with
+    `check`. A process of its
     own costs seconds of imports on 2 cores; use this where process isolation is not what a
     test checks (signals, several ranks, launchers, settings made at import).
 
@@ -172,4 +173,9 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
             where = getattr(sys.modules[name], "__file__", None) or ""
             if where.startswith(str(cwd) + os.sep):
                 del sys.modules[name]
-    return subprocess.CompletedProcess(["stpdist", *args], code, out.getvalue(), err.getvalue())
+    proc = subprocess.CompletedProcess(["stpdist", *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(
+            f"stpdist {' '.join(args)} exited {code}\n{out.getvalue()[-3000:]}\n{err.getvalue()[-3000:]}"
+        )
+    return proc

@@ -9,6 +9,7 @@ a CLI error's one line on a fresh interpreter's stderr; the multi-process tests 
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from conftest import run_cli, run_ranks
 from PIL import Image
 
 DEBUG = str(Path(__file__).parent.parent / "configs" / "debug.yaml")
+checked = functools.partial(run_cli, check=True)  # in this process; a failure fails the test
 
 
 def stpdist(*args: str, cwd: Path, nproc: int = 1):
@@ -31,15 +33,8 @@ def stpdist(*args: str, cwd: Path, nproc: int = 1):
     )
 
 
-def ok(*args: str, cwd: Path):
-    """`stpdist ARGS` in this process (`run_cli`), expected to succeed: its output."""
-    proc = run_cli(*args, cwd=cwd)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
 def test_train_resume_validate_predict(tmp_path):
-    out = ok("train", DEBUG, cwd=tmp_path).stdout
+    out = checked("train", DEBUG, cwd=tmp_path).stdout
     assert "final validation MSE per pixel" in out
     run = tmp_path / "runs" / "debug"
     assert (run / "config.yaml").is_file()
@@ -50,12 +45,12 @@ def test_train_resume_validate_predict(tmp_path):
     ]
 
     # resume: two more epochs from the newest checkpoint
-    out = ok("train", DEBUG, "trainer.max_epochs=4", "--resume", "auto", cwd=tmp_path).stdout
+    out = checked("train", DEBUG, "trainer.max_epochs=4", "--resume", "auto", cwd=tmp_path).stdout
     assert "resumed from runs/debug/checkpoints/step-00000016" in out
     state = json.loads((run / "checkpoints" / "step-00000032" / "trainer_state.json").read_text())
     assert state["epoch"] == 4 and state["global_step"] == 32
 
-    out = ok("validate", DEBUG, "--ckpt", "last", cwd=tmp_path).stdout
+    out = checked("validate", DEBUG, "--ckpt", "last", cwd=tmp_path).stdout
     assert "step-00000032" in out and "val/mse" in out
     header = next(line for line in out.splitlines() if line.startswith("metric"))
     assert header.split() == ["metric", "all", "t1", "t2", "t3", "t4"]
@@ -63,7 +58,7 @@ def test_train_resume_validate_predict(tmp_path):
     assert (run / "lead_time_val.png").is_file()
     assert json.loads((run / "metrics_val.json").read_text())["val/num_samples"] == 8
 
-    out = ok("predict", DEBUG, "--ckpt", "last", cwd=tmp_path).stdout
+    out = checked("predict", DEBUG, "--ckpt", "last", cwd=tmp_path).stdout
     pred_dir = run / "predictions" / "test"
     keys = []
     for file in sorted(pred_dir.glob("predictions-*.npz")):
@@ -103,12 +98,12 @@ def test_predict_without_checkpoint_fails_clearly(tmp_path):
 
 
 def test_bench_trainer_prints_ratio(tmp_path):
-    out = ok("bench", "trainer", "--repeats", "1", "--steps", "10", cwd=tmp_path).stdout
+    out = checked("bench", "trainer", "--repeats", "1", "--steps", "10", cwd=tmp_path).stdout
     assert "Trainer / raw" in out and "steps/s" in out
 
 
 def test_bench_model_prints_figures(tmp_path):
-    out = ok(
+    out = checked(
         "bench",
         "model",
         "predrnn",
@@ -180,7 +175,7 @@ def test_new_user_walk_through_arrays_to_predictions_with_own_model(tmp_path, mo
     (tmp_path / "mypkg" / "nets.py").write_text(USER_PACKAGE)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
 
-    out = ok(
+    out = checked(
         "shard", "arrays", "raw", "--out", "ds", "--splits", "train=0.5,val=0.25,test=0.25",
         "--seed", "1", "--workers", "1", cwd=tmp_path,
     ).stdout  # fmt: skip
@@ -204,9 +199,9 @@ def test_new_user_walk_through_arrays_to_predictions_with_own_model(tmp_path, mo
     out = stpdist("train", "mine.yaml", cwd=tmp_path).stdout  # a process of its own
     assert "train: 6 sequences" in out and "frames 0–7 are used" not in out  # all 8 used
     assert "final validation MSE per pixel" in out
-    out = ok("validate", "mine.yaml", cwd=tmp_path).stdout
+    out = checked("validate", "mine.yaml", cwd=tmp_path).stdout
     assert "val/mse" in out
-    ok("predict", "mine.yaml", cwd=tmp_path)
+    checked("predict", "mine.yaml", cwd=tmp_path)
     metrics = json.loads((tmp_path / "runs/mine/predictions/test/metrics.json").read_text())
     assert metrics["test/num_samples"] == 3
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -25,12 +26,6 @@ def stored(folder) -> dict[str, np.ndarray]:
         for key, sample in iter_shard(str(folder / shard.name)):
             out[key] = np.load(__import__("io").BytesIO(sample["frames.npy"]))
     return out
-
-
-def cli(*args, cwd):
-    """`stpdist ARGS` by the CLI's `main` in this process (conftest.run_cli): the completed
-    process, not raised."""
-    return run_cli(*args, cwd=cwd)
 
 
 def test_mnist_test_seq_time_first(tmp_path):
@@ -122,7 +117,7 @@ def test_bad_input_names_file_and_leaves_nothing_valid(tmp_path):
     (tmp_path / "raw").mkdir()
     np.save(tmp_path / "raw" / "a.npy", np.zeros((4, 1, 8, 8), np.uint8))
     np.save(tmp_path / "raw" / "b.npy", np.zeros((4, 8), np.uint8))
-    proc = cli(
+    proc = run_cli(
         "shard", "arrays", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), cwd=tmp_path
     )
     assert proc.returncode == 1
@@ -137,12 +132,12 @@ def test_refuses_non_empty_output_without_overwrite(tmp_path):
     np.save(tmp_path / "raw" / "a.npy", np.zeros((4, 1, 8, 8), np.uint8))
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    proc = cli(
+    proc = run_cli(
         "shard", "arrays", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), cwd=tmp_path
     )
     assert proc.returncode == 1 and "--overwrite" in proc.stderr
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
-    proc = cli(
+    proc = run_cli(
         "shard",
         "arrays",
         str(tmp_path / "raw"),
@@ -203,7 +198,7 @@ def test_kth_avi_person_split_and_windows(tmp_path):
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
-    proc = cli(
+    proc = run_cli(
         "shard",
         "kth-avi",
         str(root),
@@ -249,7 +244,7 @@ def test_synth_with_mnist_idx_digits_and_inspect(tmp_path):
     header = b"".join(x.to_bytes(4, "big") for x in (2051, 3, 28, 28))
     with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as f:
         f.write(header + digits.tobytes())
-    proc = cli(
+    proc = run_cli(
         "synth",
         "moving-digits",
         "--out",
@@ -271,7 +266,7 @@ def test_synth_with_mnist_idx_digits_and_inspect(tmp_path):
     assert set(np.unique(sample)) <= {0, 200}  # only the given glyph's values
     assert (sample == 200).sum(axis=(1, 2, 3)).min() >= 64  # at least one 8×8 square a frame
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "ds").rglob("*"))
-    proc = cli("inspect", "ds", "--samples", "2", "--out", "pics", cwd=tmp_path)
+    proc = run_cli("inspect", "ds", "--samples", "2", "--out", "pics", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "ds/train: 4 samples in 1 shards, shape [20, 1, 64, 64] uint8, scale 255" in proc.stdout
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "ds").rglob("*")) == before
@@ -280,11 +275,11 @@ def test_synth_with_mnist_idx_digits_and_inspect(tmp_path):
     from PIL import Image
 
     assert Image.open(panels[0]).size == (84 + 20 * 64 + 19 * 2, 16 + 64)  # + labels
-    proc = cli("inspect", "ds", "--samples", "1", cwd=tmp_path)  # no --out: a named temp dir
+    proc = run_cli("inspect", "ds", "--samples", "1", cwd=tmp_path)  # no --out: a named temp dir
     folder = Path(proc.stdout.strip().splitlines()[-1].rsplit(" to ", 1)[1])
     assert folder.is_dir() and "stpdist-inspect-" in str(folder) and tmp_path not in folder.parents
-    __import__("shutil").rmtree(folder)  # the user's to delete; the test's, here
-    bad = cli(
+    shutil.rmtree(folder)  # the user's to delete; the test's, here
+    bad = run_cli(
         "synth", "moving-digits", "--out", "ds2", "--digits", "ds/train/index.json", cwd=tmp_path
     )
     assert bad.returncode == 1 and "not an MNIST idx3 image file" in bad.stderr

@@ -29,9 +29,7 @@ def stpdist_cli(*args: str, cwd: Path, nproc: int = 1):
     import sys
 
     if nproc == 1:
-        proc = run_cli(*args, cwd=cwd)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        return proc
+        return run_cli(*args, cwd=cwd, check=True)
     return run_ranks(["--no-python", sys.executable, "-m", "stpdist", *args], nproc, cwd=cwd)
 
 
