@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .config import Config, ConfigError, load_config
+from .errors import InputError
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -673,6 +674,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"stpdist: config error: {exc}", file=sys.stderr)
+        return 2
+    except InputError as exc:
+        if args.debug:
+            raise
+        print(f"stpdist: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

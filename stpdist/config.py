@@ -20,8 +20,10 @@ from typing import Any, Dict, List, Literal, Optional  # noqa: UP035 - OmegaConf
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A configuration that does not match the schema; the message is one readable line."""
 
 
