@@ -10,6 +10,7 @@ from .console import say
 from .data.format import INDEX_FILE, SplitIndex, read_climatology, read_index, variable_names
 from .data.normalize import Normalizer
 from .data.onthefly import MovingDigitsTrainSource
+from .data.staging import recover
 from .data.stream import ShardEvalStream, ShardTrainStream
 from .data.synthetic import write_moving_digits
 from .metrics import GeoInfo
@@ -30,6 +31,8 @@ def ensure_dataset(cfg: Config, trainer: Trainer, *, synthesize: bool = False) -
     on_the_fly = cfg.data.train_source == "moving_digits"  # no train shards: val is needed
     needed = cfg.data.val_split if on_the_fly else cfg.data.train_split
     with trainer.main_process_first():
+        if not (split_dir(cfg, needed) / INDEX_FILE).is_file():
+            recover(root)  # a `shard` that crashed while it replaced the dataset
         if (split_dir(cfg, needed) / INDEX_FILE).is_file():
             return
         where = f"data.root {root} holds no dataset (no {needed}/{INDEX_FILE})"
@@ -178,7 +181,10 @@ def geo_info(cfg: Config, index: SplitIndex) -> GeoInfo | None:
 
 def dataset_index(cfg: Config) -> SplitIndex:
     """The index of the first split of `data.root` that exists (train, val, test)."""
-    for split in (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split):
+    splits = (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split)
+    if not any((split_dir(cfg, split) / INDEX_FILE).is_file() for split in splits):
+        recover(cfg.data.root)  # a `shard` that crashed while it replaced the dataset
+    for split in splits:
         if (split_dir(cfg, split) / INDEX_FILE).is_file():
             return read_index(split_dir(cfg, split))
     raise FileNotFoundError(f"no dataset split with {INDEX_FILE} under {cfg.data.root}")

@@ -29,6 +29,23 @@ Crash safety and damage:
   removed; otherwise it is kept as `superseded-step-…` (another trajectory, e.g. after
   resuming from an older checkpoint) or `damaged-step-…`, with a warning: nothing is
   deleted, and the `step-*` folders stay one trajectory.
+
+Validation results: a checkpoint's metrics are always those of its own step. The checkpoint
+is written before the validation of its step (a failing validation never costs it), so
+`trainer_state.json` holds metrics only when they were known at save time (`metrics_step`
+equals the step; otherwise `metrics` is empty and `metrics_step` null). The validation that
+follows is recorded as `validation.json` and added to the manifest: first the manifest
+without it (when re-recorded), then the file (written aside and renamed), then the manifest
+with it (written aside and renamed). A crash anywhere leaves an intact checkpoint whose
+validation either counts (listed in the manifest) or does not (unlisted: ignored, and a
+resume runs that validation again). A `validation.json` that counts but is not a JSON
+object of numbers makes the checkpoint damaged.
+
+Which checkpoints may lack a manifest: from format 2 on (this layout), `trainer_state.json`
+holds `"format": 2` and the manifest is version 2; a folder whose state says format 2, or
+that holds a file only manifest-era versions wrote (`validation.json`, `index.json`), is
+damaged without `manifest.json`. A folder with neither (written before manifests existed)
+loads unverified, with a warning; it must still hold the state, weights and optimizer.
 """
 
 from __future__ import annotations
@@ -53,18 +70,29 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import CheckpointConfig
+from .errors import InputError
 
 STATE_FILE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
 VALIDATION_FILE = "validation.json"
 MANIFEST_FILE = "manifest.json"
 _NAME = re.compile(r"^step-(\d{8})$")
+_STEP_NAME = re.compile(r"^(?:step-?)?(\d+)$")  # what a user may call a step: step-320, 320
 _LEGACY_REQUIRED = (STATE_FILE, MODEL_FILE, "optimizer.pt")  # folders saved before manifests
+_MANIFEST_ERA = (VALIDATION_FILE, "index.json")  # only versions with manifests wrote these
+STATE_FORMAT = 2
+"""`trainer_state.json`'s "format": absent in checkpoints of earlier versions."""
+MANIFEST_VERSION = 2
+"""From version 2 a `validation.json` counts only when the manifest lists it."""
 log = logging.getLogger("stpdist")
 
 
 class CheckpointError(ValueError):
     """A checkpoint folder that is damaged or does not follow the layout."""
+
+
+class UnknownCheckpointError(InputError):
+    """A checkpoint name that names none of the run's checkpoints."""
 
 
 @dataclass
@@ -78,7 +106,9 @@ class TrainState:
     """Optimizer steps taken."""
     world_size: int = 1
     metrics: dict[str, float] = field(default_factory=dict)
-    """Latest validation results at save time (used to rank best-k)."""
+    """Latest validation results (in a checkpoint: those of its own step, or none)."""
+    metrics_step: int | None = None
+    """The step whose validation `metrics` holds; None when unknown or none ran."""
 
 
 def _barrier(accelerator: Any) -> None:
@@ -136,30 +166,72 @@ def _sha256(file: Path) -> str:
 
 
 def _write_manifest(folder: Path) -> None:
+    """The manifest of a checkpoint being written: every other file's size and sha256."""
     files = {
-        p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        p.name: _entry(p)
         for p in sorted(folder.iterdir())
         if p.is_file() and p.name != MANIFEST_FILE
     }
-    (folder / MANIFEST_FILE).write_text(json.dumps({"version": 1, "files": files}, indent=2))
+    (folder / MANIFEST_FILE).write_text(_manifest_text(files))
 
 
-def _read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+def _entry(file: Path) -> dict[str, Any]:
+    return {"bytes": file.stat().st_size, "sha256": _sha256(file)}
+
+
+def _manifest_text(files: dict[str, dict[str, Any]]) -> str:
+    return json.dumps({"version": MANIFEST_VERSION, "files": files}, indent=2)
+
+
+def _replace_text(file: Path, text: str) -> None:
+    """Write `file` atomically and durably: aside, fsync, rename, fsync the folder."""
+    tmp = file.with_name(f".{file.name}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, file)
+    _fsync_dir(file.parent)
+
+
+def _manifest(folder: Path) -> tuple[int, dict[str, dict[str, Any]]]:
+    """(version, files) of `folder`'s manifest; a `CheckpointError` naming it if unreadable."""
     file = folder / MANIFEST_FILE
     try:
-        files = json.loads(file.read_text())["files"]
+        raw = json.loads(file.read_text())
+        files, version = raw["files"], raw.get("version", 1)
         if not isinstance(files, dict) or not all(
             isinstance(v, dict) and isinstance(v.get("bytes"), int) for v in files.values()
         ):
             raise ValueError("'files' is not a map of name → {bytes, sha256}")
+        if isinstance(version, bool) or version not in (1, MANIFEST_VERSION):
+            raise ValueError(f"version {version!r}, expected 1 or {MANIFEST_VERSION}")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{file}: unreadable manifest ({exc})") from None
-    return files
+    return version, files
+
+
+def _read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    return _manifest(folder)[1]
+
+
+def _without_manifest(path: Path) -> str | None:
+    """Why checkpoint folder `path`, which has no manifest, is damaged; None when it was
+    written before manifests existed (it may then load unverified)."""
+    newer = [name for name in _MANIFEST_ERA if (path / name).is_file()]
+    if newer or _state_record(path)[1] >= STATE_FORMAT:
+        held = f"it holds {', '.join(newer)}" if newer else f"its state has format {STATE_FORMAT}"
+        return f"{MANIFEST_FILE} is missing ({held}: it was written with one)"
+    missing = [name for name in _LEGACY_REQUIRED if not (path / name).is_file()]
+    if missing:
+        return f"no {MANIFEST_FILE}, and {', '.join(missing)} missing"
+    return None
 
 
 def damage(path: str | Path, *, deep: bool = False) -> str | None:
     """Why checkpoint folder `path` is not intact, or None when it is. Checks every file
-    the manifest lists (size; with `deep`, sha256 too) and the trainer state."""
+    the manifest lists (size; with `deep`, sha256 too), the trainer state and the recorded
+    validation; without a manifest, whether the folder predates manifests."""
     path = Path(path)
     try:
         if (path / MANIFEST_FILE).is_file():
@@ -172,15 +244,45 @@ def damage(path: str | Path, *, deep: bool = False) -> str | None:
                 if deep and _sha256(file) != entry.get("sha256"):
                     return f"{name} does not match its sha256 in the manifest"
         else:
-            missing = [name for name in _LEGACY_REQUIRED if not (path / name).is_file()]
-            if missing:
-                return f"no {MANIFEST_FILE}, and {', '.join(missing)} missing"
+            why = _without_manifest(path)
+            if why is not None:
+                return why
         read_state(path)
+        _recorded_validation(path)
     except CheckpointError as exc:
         return str(exc)
     except OSError as exc:
         return f"unreadable ({exc})"
     return None
+
+
+def unverified(path: str | Path) -> bool:
+    """Whether checkpoint folder `path` has no manifest to verify it by (written before
+    manifests existed; `damage` refuses a newer one without it)."""
+    return not (Path(path) / MANIFEST_FILE).is_file()
+
+
+def verify(path: str | Path) -> Path:
+    """`path` when it is not a checkpoint folder (a weights file, an exported model folder)
+    or an intact one (sizes and sha256 of the manifest); a `CheckpointError` naming why
+    otherwise. One written before manifests existed passes with a warning."""
+    path = Path(path)
+    if not (path.is_dir() and ((path / STATE_FILE).is_file() or (path / MANIFEST_FILE).is_file())):
+        return path
+    why = damage(path, deep=True)
+    if why is not None:
+        raise CheckpointError(f"{path}: damaged checkpoint ({why})")
+    _warn_if_unverified(path)
+    return path
+
+
+def _warn_if_unverified(path: Path) -> None:
+    if unverified(path):
+        log.warning(
+            "checkpoint %s predates manifests: loading it unverified (no sizes or sha256 "
+            "to check its files against)",
+            path,
+        )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -229,17 +331,25 @@ class CheckpointManager:
 
     def record_metrics(self, step: int, metrics: dict[str, Any]) -> None:
         """The validation of step `step`, run after its checkpoint was written (so a failing
-        validation never costs the checkpoint): stored beside it as `validation.json`
-        (atomically; not part of the manifest) and used from then on to rank best-k."""
+        validation never costs the checkpoint): stored in that checkpoint as
+        `validation.json`, listed in its manifest (see the module's notes on crash safety),
+        and used from then on to rank best-k. Only a checkpoint this run wrote (or resumed
+        from) at `step` gets it: a `step-*` folder of another trajectory never does."""
         if self._run is None or not self._run[0].is_main_process:
             return
         folder = self.root / f"step-{step:08d}"
-        if not folder.is_dir():
+        # a folder from before manifests is left as it is (a validation.json would make it
+        # look like a newer checkpoint that lost its manifest): a resume validates again
+        if step != self.last_saved_step or unverified(folder):
             return
         values = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        tmp = folder / f".{VALIDATION_FILE}.tmp"
-        tmp.write_text(json.dumps(values, indent=2))
-        os.replace(tmp, folder / VALIDATION_FILE)
+        files = _read_manifest(folder)
+        if VALIDATION_FILE in files:  # recorded before: unlist it first
+            del files[VALIDATION_FILE]
+            _replace_text(folder / MANIFEST_FILE, _manifest_text(files))
+        _replace_text(folder / VALIDATION_FILE, json.dumps(values, indent=2))
+        files[VALIDATION_FILE] = _entry(folder / VALIDATION_FILE)
+        _replace_text(folder / MANIFEST_FILE, _manifest_text(files))
         self._retain()
 
     # ---------------------------------------------------------------- when to save
@@ -357,7 +467,7 @@ class CheckpointManager:
                     (tmp / "config.yaml").write_text(config_yaml)
                 for name, text in (attachments or {}).items():
                     (tmp / name).write_text(text)
-                (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+                (tmp / STATE_FILE).write_text(json.dumps(_state_json(state), indent=2))
         _barrier(accelerator)
         if main:
             with _writing(tmp):
@@ -440,6 +550,7 @@ class CheckpointManager:
             for path in reversed(self._folders()):
                 why = damage(path, deep=True)
                 if why is None:
+                    _warn_if_unverified(path)
                     return path
                 damaged.append(path)
                 log.warning(
@@ -454,10 +565,46 @@ class CheckpointManager:
         path = Path(resume)
         if not (path / STATE_FILE).is_file():
             raise FileNotFoundError(f"not a complete checkpoint (no {STATE_FILE}): {path}")
-        why = damage(path, deep=True)
-        if why is not None:
-            raise CheckpointError(f"{path}: damaged checkpoint ({why})")
-        return path
+        return verify(path)
+
+    def choose(self, name: str) -> Path:
+        """The checkpoint `name` names: "best" (the best ranked, else the newest), "last"
+        (the newest), a step ("step-320", "step-00000320", "320") or another folder of
+        the run's checkpoints. For best and last, damaged checkpoints are passed over with a
+        warning naming each; a named one must be intact."""
+        if name in ("best", "last", "latest"):
+            return self._newest_intact(name)
+        match = _STEP_NAME.match(name)
+        folder = self.root / (f"step-{int(match.group(1)):08d}" if match else name)
+        if name and "/" not in name and folder.is_dir():
+            return verify(folder)
+        names = [p.name for p in self._folders()]
+        listed = ", ".join(names[:20]) + (f" … ({len(names)} in all)" if len(names) > 20 else "")
+        raise UnknownCheckpointError(
+            f"no checkpoint {name!r} in {self.root}; available: {listed or 'none'} (or best, last)"
+        )
+
+    def _newest_intact(self, name: str) -> Path:
+        """The best (`name` "best", falling back to the newest) or newest intact checkpoint;
+        every damaged one is named in a warning, whichever is chosen."""
+        folders = self._folders()
+        if not folders:
+            raise FileNotFoundError(
+                f"no checkpoint in {self.root}; train first or pass --ckpt PATH"
+            )
+        found = {path: damage(path) for path in folders}
+        for path, why in found.items():
+            if why is not None:
+                log.warning("checkpoint %s is damaged (%s); passing over it", path, why)
+        ranked = self._ranked() if name == "best" else []
+        newest = [p for p in reversed(folders) if p not in ranked and found[p] is None]
+        for path in (*ranked, *newest):
+            why = damage(path, deep=True)  # the sha256 sums, for the one about to be used
+            if why is None:
+                _warn_if_unverified(path)
+                return path
+            log.warning("checkpoint %s is damaged (%s); passing over it", path, why)
+        raise CheckpointError(f"every checkpoint in {self.root} is damaged (newest: {folders[-1]})")
 
     def load(
         self,
@@ -479,7 +626,11 @@ class CheckpointManager:
         if accelerator.scaler is not None and (path / "scaler.pt").is_file():
             accelerator.scaler.load_state_dict(_load(path / "scaler.pt"))
         _restore_rng(path, accelerator)
-        return read_state(path)
+        state = read_state(path)
+        recorded = _recorded_validation(path)
+        if recorded is not None:  # the validation of this step, run after it was saved
+            state.metrics, state.metrics_step = recorded, state.global_step
+        return state
 
     def restore_weights_and_rng(
         self, path: Path, accelerator: Any, module: torch.nn.Module
@@ -526,20 +677,62 @@ def _load(file: Path) -> Any:
 
 
 def _validation_of(path: Path) -> dict[str, Any]:
-    """The metrics that rank checkpoint `path`: its `validation.json` when the validation of
-    its step ran after it was saved, else those in its trainer state."""
+    """The metrics that rank checkpoint `path`: those of its own step, from its recorded
+    `validation.json`, else from its trainer state (a checkpoint of an earlier version:
+    the metrics it held at save time)."""
+    recorded = _recorded_validation(path)
+    if recorded is not None:
+        return recorded
+    state = read_state(path)
+    return state.metrics if state.metrics_step in (None, state.global_step) else {}
+
+
+def _recorded_validation(path: Path) -> dict[str, float] | None:
+    """The `validation.json` of checkpoint `path` when it counts (listed in a version-2
+    manifest; present, with an older manifest or none), else None; a `CheckpointError`
+    naming the file when it counts but is not a JSON object of numbers."""
     file = Path(path) / VALIDATION_FILE
-    if file.is_file():
-        try:
-            return json.loads(file.read_text())
-        except (OSError, ValueError):
-            pass  # a torn write: fall back to the state's metrics
-    return read_state(path).metrics
+    if not file.is_file():
+        return None
+    if (Path(path) / MANIFEST_FILE).is_file():
+        version, files = _manifest(Path(path))
+        if version >= MANIFEST_VERSION and VALIDATION_FILE not in files:
+            return None  # written by a save or validation that did not finish: not counted
+    try:
+        raw = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{file}: unreadable validation results ({exc})") from None
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+        for k, v in raw.items()
+    ):
+        shown = json.dumps(raw)[:80]
+        raise CheckpointError(
+            f"{file}: validation results must be a JSON object of metric names to numbers; "
+            f"got {shown}"
+        )
+    return {k: float(v) for k, v in raw.items()}
+
+
+def _state_json(state: TrainState) -> dict[str, Any]:
+    """What `trainer_state.json` holds: the state, with metrics only when they are those of
+    its own step (`metrics_step` None counts as this step: a caller's own state)."""
+    record = {"format": STATE_FORMAT, **asdict(state)}
+    if state.metrics and state.metrics_step in (None, state.global_step):
+        record["metrics_step"] = state.global_step
+    else:
+        record["metrics"], record["metrics_step"] = {}, None
+    return record
 
 
 def read_state(path: Path) -> TrainState:
     """The validated trainer state of checkpoint folder `path`; a `CheckpointError` naming
     the file when it is unreadable, off-schema, negative, or its step is not the folder's."""
+    return _state_record(path)[0]
+
+
+def _state_record(path: Path) -> tuple[TrainState, int]:
+    """(trainer state, format: 1 for a state written before the format was recorded)."""
     file = Path(path) / STATE_FILE
     try:
         raw = json.loads(file.read_text())
@@ -549,6 +742,9 @@ def read_state(path: Path) -> TrainState:
         raise CheckpointError(f"{file}: unreadable trainer state ({exc})") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{file}: trainer state must be a JSON object")
+    version = raw.pop("format", None)
+    if version is not None and (isinstance(version, bool) or version != STATE_FORMAT):
+        raise CheckpointError(f"{file}: 'format' must be {STATE_FORMAT}, got {version!r}")
     known = [f.name for f in fields(TrainState)]
     unknown = sorted(set(raw) - set(known))
     if unknown:
@@ -564,10 +760,16 @@ def read_state(path: Path) -> TrainState:
         for k, v in metrics.items()
     ):
         raise CheckpointError(f"{file}: 'metrics' must map names to numbers")
+    measured = raw.get("metrics_step")
+    if measured is not None and (isinstance(measured, bool) or measured != raw["global_step"]):
+        raise CheckpointError(
+            f"{file}: 'metrics_step' must be null or the state's global_step "
+            f"{raw['global_step']}, got {measured!r}"
+        )
     match = _NAME.match(Path(path).name)
     if match and int(match.group(1)) != raw["global_step"]:
         raise CheckpointError(
             f"{file}: global_step {raw['global_step']} does not match the folder's step "
             f"{int(match.group(1))}"
         )
-    return TrainState(**raw)
+    return TrainState(**raw), version or 1

@@ -1,8 +1,13 @@
-"""The `stpdist` command: train, validate, predict, synth, inspect, bench.
+"""The `stpdist` command: train, validate, predict, reproduce (train models and score
+them), forecast, export (use a trained model), synth, shard, inspect (make and look at
+datasets), bench (measure speed).
 
     stpdist train configs/debug.yaml trainer.max_epochs=2 data.batch_size=8 [--resume auto]
     stpdist validate CONFIG [overrides] [--ckpt best|last|PATH]
     stpdist predict CONFIG [overrides] [--ckpt best|last|PATH] [--out DIR]
+    stpdist reproduce CONFIG --seeds N [--small]
+    stpdist forecast RUN_OR_MODEL INPUTS --out DIR [--overwrite]
+    stpdist export RUN_OR_MODEL --out DIR [--format onnx] [--overwrite]
     stpdist synth moving-digits --out DIR --train N --val N --test N --seed S
     stpdist shard FORMAT SRC --out DIR   (formats: stpdist shard --help)
     stpdist inspect DIR
@@ -15,8 +20,10 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,22 +44,19 @@ def _trainer(cfg: Config) -> Any:
 
 
 def _resolve_ckpt(trainer: Any, choice: str) -> Path:
-    if choice in ("best", "last"):
-        path = trainer.checkpoints.best() if choice == "best" else None
-        path = path or trainer.checkpoints.latest()
-        if path is None:
-            raise FileNotFoundError(
-                f"no checkpoint in {trainer.checkpoints.root}; train first or pass --ckpt PATH"
-            )
-        return path
+    """`--ckpt`: a path, else best, last or a step (step-320, step-00000320) of the run's
+    checkpoints; damaged ones are refused (by name) or passed over (best, last)."""
+    from .checkpoint import verify
+
     path = Path(choice)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return path
+    if choice not in ("best", "last") and path.exists():
+        return verify(path)
+    return trainer.checkpoints.choose(choice)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from . import build
+    from .trainer import Preempted
 
     cfg = _config(args)
     trainer = _trainer(cfg)
@@ -70,7 +74,18 @@ def cmd_train(args: argparse.Namespace) -> None:
     index = next(path for path in folders if path.is_file())
     trainer.attachments["index.json"] = index.read_text()
     val = build.eval_stream(cfg, cfg.data.val_split) if has_val else None
-    state = trainer.fit(module, build.train_stream(cfg), val, resume=args.resume)
+    try:
+        state = trainer.fit(module, build.train_stream(cfg), val, resume=args.resume)
+    except Preempted as stop:  # the same line, with the command that continues the run
+        raise Preempted(stop.step, stop.checkpoint, stop.signum, _resume_command(args)) from None
+    except KeyboardInterrupt:
+        if trainer.is_main:
+            print(
+                f"stpdist: aborted on a second Ctrl-C; newest checkpoint "
+                f"{trainer.checkpoints.latest()}; resume with {_resume_command(args)}",
+                file=sys.stderr,
+            )
+        raise
     trainer.close()
     metrics = state.metrics
     if trainer.is_main and "val/mse" in metrics and metrics.get("val/copy_last_mse"):
@@ -79,6 +94,13 @@ def cmd_train(args: argparse.Namespace) -> None:
             f"baseline {metrics['val/copy_last_mse']:.5f} "
             f"({metrics['val/mse'] / metrics['val/copy_last_mse']:.2f}×)"
         )
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The `stpdist train` command that continues this run."""
+    import shlex
+
+    return shlex.join(["stpdist", "train", args.config, *args.overrides, "--resume", "auto"])
 
 
 def _with_checkpoint(args: argparse.Namespace) -> tuple[Config, Any, Path, Any]:
@@ -122,7 +144,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from . import build
     from .console import format_scalars
     from .trainer import SampleKeeper
-    from .visualize import save_gif, save_panel
+    from .visualize import save_samples
 
     cfg, trainer, ckpt, module = _with_checkpoint(args)
     split = args.split or cfg.data.test_split
@@ -135,76 +157,132 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if not trainer.is_main:
         return
     _write_json(out / "metrics.json", results)
-    cmap = cfg.logging.colormap
-    for key, inputs, truth, pred in keeper.samples:
-        save_panel(out / "samples" / f"{key}.png", inputs, truth, pred, cmap)
-        save_gif(out / "samples" / f"{key}.gif", truth, pred, colormap=cmap)
+    save_samples(out / "samples", keeper.samples, cfg.logging.colormap)  # sanitised names
     print(f"checkpoint {ckpt}; metrics: {format_scalars(results)} (all in {out / 'metrics.json'})")
     print(f"sample pictures: {out / 'samples'}")
 
 
 def cmd_forecast(args: argparse.Namespace) -> None:
-    """Forecasts from inputs alone: no targets, no metrics; outputs in physical units."""
+    """Forecasts from inputs alone: no targets, no metrics; outputs in physical units.
+    Everything is checked before anything is written (model, every input, `--out`); the
+    outputs go into a staging folder swapped in at the end, so a failure leaves `--out` as
+    it was and `--overwrite` leaves no file of an earlier forecast mixed in."""
+    from .inference import check_output_folder, load
+    from .trainer import SampleKeeper, Trainer
+    from .visualize import save_samples
+
+    module = load(args.model, args.ckpt, trust_code=args.trust_code)
+    data = _forecast_inputs(Path(args.inputs), module, args)
+    out = check_output_folder(
+        args.out, overwrite=args.overwrite, protected=(args.inputs, module.model_folder)
+    )
+    trainer = Trainer(output_dir=out, progress_bar=False, mixed_precision=args.precision)
+    keeper = SampleKeeper(args.samples if trainer.is_main else 0)
+    with _shared_staging(trainer, out, args.overwrite, (args.inputs, module.model_folder)) as tmp:
+        trainer.predict(
+            module, data, out=tmp, metrics=False, keeper=keeper, postprocess=module.to_physical
+        )
+        trainer.close()
+        if trainer.is_main:
+            save_samples(tmp / "samples", keeper.samples, args.colormap)  # sanitised names
+            if args.shards:
+                _forecast_shards(tmp, args, module)
+    if not trainer.is_main:
+        return
+    print(f"forecasts in physical units: {out}/predictions-r*.npz; pictures: {out / 'samples'}")
+    if args.shards:
+        print(f"as a shard split (stpdist inspect renders it): {out / 'shards' / 'forecast'}")
+
+
+def _forecast_inputs(source: Path, module: Any, args: argparse.Namespace) -> Any:
+    """The inputs of `stpdist forecast`, each checked against the model (frame size,
+    channels, frame count, dtype, finiteness, units) before any forecast is made."""
     from torch.utils.data import DataLoader
 
     from .data.format import INDEX_FILE
     from .data.stream import ShardEvalStream
-    from .inference import InputFrames, load
-    from .trainer import SampleKeeper, Trainer
-    from .visualize import save_gif, save_panel
+    from .inference import InputFrames
 
-    module = load(args.model, args.ckpt)
-    out = Path(args.out)
-    trainer = Trainer(output_dir=out, progress_bar=False, mixed_precision=args.precision)
-    source = Path(args.inputs)
-    if (source / INDEX_FILE).is_file():  # a shard split: its first T_in frames
-        data = ShardEvalStream(
-            source,
-            batch_size=args.batch_size,
-            num_input_frames=module.num_input_frames,
-            num_output_frames=0,
-        )
-        if data.index.value_scale != module.value_scale:
-            raise ValueError(
-                f"{source}: stored with value scale {data.index.value_scale:g}, the model was "
-                f"trained on {module.value_scale:g}; convert the inputs like the training data"
-            )
-    else:
-        data = DataLoader(InputFrames(source, module), batch_size=args.batch_size)
-    keeper = SampleKeeper(args.samples if trainer.is_main else 0)
-    trainer.predict(
-        module, data, out=out, metrics=False, keeper=keeper, postprocess=module.to_physical
+    if not (source / INDEX_FILE).is_file():
+        frames = InputFrames(source, module, allow_nonfinite=args.allow_nonfinite)
+        return DataLoader(frames, batch_size=args.batch_size)
+    data = ShardEvalStream(  # a shard split: its first T_in frames
+        source,
+        batch_size=args.batch_size,
+        num_input_frames=module.num_input_frames,
+        num_output_frames=0,
     )
-    trainer.close()
-    if not trainer.is_main:
-        return
-    cmap = args.colormap
-    for key, inputs, _, pred in keeper.samples:
-        save_panel(out / "samples" / f"{key}.png", inputs, None, pred, cmap)
-        save_gif(out / "samples" / f"{key}.gif", None, pred, colormap=cmap)
-    print(f"forecasts in physical units: {out}/predictions-r*.npz; pictures: {out / 'samples'}")
-    if args.shards:
-        from .data.format import SplitWriter
-        from .trainer import load_predictions
+    index = data.index
+    if index.value_scale != module.value_scale:
+        raise InputError(
+            f"{source}: stored with value scale {index.value_scale:g}, the model was "
+            f"trained on {module.value_scale:g}; convert the inputs like the training data"
+        )
+    if (
+        tuple(index.shape[1:]) != tuple(module.frame_shape)
+        or index.shape[0] < module.num_input_frames
+    ):
+        raise InputError(
+            f"{source}: samples of T×C×H×W {'×'.join(map(str, index.shape))}; the model takes "
+            f"at least {module.num_input_frames}×{'×'.join(map(str, module.frame_shape))}"
+        )
+    if index.num_samples == 0:
+        raise InputError(f"{source}: the split holds no sample")
+    return data
 
-        with SplitWriter(
-            out / "shards" / "forecast",
-            "forecast",
-            value_scale=module.value_scale,
-            source=f"stpdist forecast of {args.inputs} with {module.model_folder}",
-        ) as writer:
-            for key, frames in sorted(load_predictions(out).items()):
-                writer.write(key, frames.astype(np.float32), {"forecast_of": key})
-        print(f"as a shard split (stpdist inspect renders it): {out / 'shards' / 'forecast'}")
+
+@contextlib.contextmanager
+def _shared_staging(
+    trainer: Any, out: Path, overwrite: bool, protected: tuple[Any, ...]
+) -> Iterator[Path]:
+    """The staging folder every rank writes into (the main process's `staged_output`,
+    its path sent to the others); on the main process's clean exit it replaces `out`."""
+    from .data.convert import staged_output
+
+    with contextlib.ExitStack() as stack:
+        staging = None
+        if trainer.is_main:
+            staging = stack.enter_context(staged_output(out, overwrite, sources=protected))
+        if trainer.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            shared = broadcast_object_list([None if staging is None else str(staging)])
+            staging = Path(shared[0])
+        yield staging
+
+
+def _forecast_shards(folder: Path, args: argparse.Namespace, module: Any) -> None:
+    """The forecasts in `folder` also as a shard split, `folder/shards/forecast`."""
+    from .data.format import SplitWriter
+    from .trainer import load_predictions
+
+    with SplitWriter(
+        folder / "shards" / "forecast",
+        "forecast",
+        value_scale=module.value_scale,
+        source=f"stpdist forecast of {args.inputs} with {module.model_folder}",
+    ) as writer:
+        for key, frames in sorted(load_predictions(folder).items()):
+            writer.write(key, frames.astype(np.float32), {"forecast_of": key})
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from .inference import export
 
-    differences = export(args.model, args.out, ckpt=args.ckpt, formats=tuple(args.format))
+    differences = export(
+        args.model,
+        args.out,
+        ckpt=args.ckpt,
+        formats=tuple(args.format),
+        overwrite=args.overwrite,
+        trust_code=args.trust_code,
+    )
     print(f"model folder: {args.out} (model.safetensors, config.yaml, index.json)")
     for fmt, difference in differences.items():
-        print(f"  {fmt}: max |exported − eager| = {difference:.3g} on a test batch")
+        print(
+            f"  {fmt}: max |exported − eager| = {difference:.3g} on test batches of 2 and 3 "
+            "(inputs and outputs in scaled units: stored / value_scale)"
+        )
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -218,6 +296,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
         image_size=args.size,
         digits_path=args.digits,
         digit_size=args.digit_size,
+        num_digits=args.num_digits,
         workers=args.workers,
         overwrite=args.overwrite,
     )
@@ -252,15 +331,21 @@ def cmd_shard(args: argparse.Namespace) -> None:
 def cmd_inspect(args: argparse.Namespace) -> None:
     import tempfile
 
-    from .data.format import INDEX_FILE, read_index
+    from .data.format import INDEX_FILE, read_index, require_file
+    from .data.staging import recover
     from .data.stream import LoaderContext, ShardEvalStream
-    from .visualize import save_panel
 
     root = Path(args.dir)
+    # a crash while the dataset (`root`, or the one `root` is a split of) was being replaced
+    if not root.exists():
+        recover(root.parent)
+    recover(root)
+    if root.exists():
+        require_file(root, folder_too=True)  # a FIFO: refused, never opened
     folders = (
         [root]
-        if (root / INDEX_FILE).is_file()
-        else sorted(p for p in root.iterdir() if (p / INDEX_FILE).is_file())
+        if (root / INDEX_FILE).exists()
+        else sorted(p for p in root.iterdir() if (p / INDEX_FILE).exists())
         if root.is_dir()
         else []
     )
@@ -269,7 +354,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     # pictures never go into the dataset: a folder the user names, or a temp folder we name
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="stpdist-inspect-"))
     for folder in folders:
-        index = read_index(folder)
+        index = read_index(folder)  # index.json must be a regular file: a FIFO is refused
         print(
             f"{folder}: {index.num_samples} samples in {len(index.shards)} shards, "
             f"shape {index.shape} {index.dtype}, scale {index.value_scale:g}, "
@@ -297,11 +382,47 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             num_output_frames=0,
         )
         frames, _, keys = next(iter(stream.iterate(LoaderContext())))
-        for i, key in enumerate(keys):  # the stored frames as they are: no fake prediction
-            save_panel(out / folder.name / f"{key}.png", frames[i].numpy(), None, None)
+        save_stored_frames(out / folder.name, [(k, frames[i].numpy()) for i, k in enumerate(keys)])
         print(
             f"  rendered {len(keys)} samples (all {index.shape[0]} frames) to {out / folder.name}"
         )
+
+
+STORED_LABEL = "stored\nframes"
+"""Row label of `inspect`'s pictures: a shard stores whole sequences; which frames are
+inputs and which targets is chosen at load time (data.num_input_frames), not here."""
+
+
+def stored_frames_figure(frames_TCHW: np.ndarray, key: str) -> Any:
+    """The sample panel of the stored frames as they are (no prediction), labelled as
+    stored frames numbered 1…T, not as inputs: the input/target split is made at load time."""
+    from .visualize import sample_figure
+
+    fig = sample_figure(frames_TCHW, None, None, key=key)
+    row = fig.axes[0]  # the one row of frames (the others: colour bars)
+    row.set_ylabel(STORED_LABEL, rotation=0, ha="right", va="center", fontsize=12)
+    row.set_xticks(row.get_xticks(), [str(t + 1) for t in range(len(frames_TCHW))], fontsize=11)
+    fig.suptitle(
+        f"{key}  ·  all {len(frames_TCHW)} stored frames (inputs and targets are chosen at "
+        "load time)",
+        fontsize=15,
+        y=1 - 0.2 / fig.get_figheight(),
+        va="top",
+    )
+    return fig
+
+
+def save_stored_frames(folder: Path, samples: list[tuple[str, np.ndarray]]) -> list[Path]:
+    """`stored_frames_figure` of each (key, T×C×H×W frames) as `<folder>/<key>.png`."""
+    from .visualize import DPI, sample_file_stems
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for stem, (key, frames) in zip(sample_file_stems(k for k, _ in samples), samples):
+        path = folder / f"{stem}.png"
+        stored_frames_figure(frames, key).savefig(path, dpi=DPI)
+        paths.append(path)
+    return paths
 
 
 def verify_split(folder: Path) -> str:
@@ -449,9 +570,18 @@ def _shard_parser(sub: Any) -> None:
         paths = "one or more files" if spec.many_paths else "file or folder"
         s.add_argument("sources", nargs="+", help=paths)
         s.add_argument("--out", required=True, help="dataset folder (one sub-folder a split)")
-        s.add_argument("--workers", type=int, default=2)
-        s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-        s.add_argument("--samples-per-shard", type=int, default=1000)
+        s.add_argument(
+            "--workers", type=int, default=2, help="processes reading the source (default 2)"
+        )
+        s.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace a non-empty --out (only once the new dataset is complete; a swap a "
+            "crash interrupted is finished or undone by the next shard or reader)",
+        )
+        s.add_argument(
+            "--samples-per-shard", type=int, default=1000, help="samples per tar (default 1000)"
+        )
         s.add_argument(
             "--inputs-only",
             type=int,
@@ -488,8 +618,32 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     )
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: expected a positive integer")
+    return value
+
+
+def _trust_code_flag(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="import the model class that the model folder's config names by import path "
+        "(package.module:Class), which runs that module's code; without it such a folder "
+        "is refused. The module must be installed or on your PYTHONPATH",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stpdist", description=__doc__.split("\n")[0])
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="stpdist",
+        description=__doc__.split("\n\n")[0].replace("\n", " "),
+        epilog="`stpdist COMMAND --help` lists each command's options.",
+    )
+    p.add_argument("--version", action="version", version=f"stpdist {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -512,7 +666,9 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train)
     for name, func in (("validate", cmd_validate), ("predict", cmd_predict)):
         s = with_config(name, f"{name} with a checkpoint")
-        s.add_argument("--ckpt", default="best", help="'best', 'last' or a checkpoint path")
+        s.add_argument(
+            "--ckpt", default="best", help="'best', 'last', a step (step-320) or a checkpoint path"
+        )
         s.add_argument("--split", default=None, help="dataset split (default from the config)")
         if name == "predict":
             s.add_argument("--out", default=None, help="output folder")
@@ -542,13 +698,30 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--shards", action="store_true", help="also write the forecasts as a shard split"
     )
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty --out (the old contents go only once the forecast is done)",
+    )
+    s.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="forecast from inputs that hold NaN or Inf (refused by default)",
+    )
+    _trust_code_flag(s)
     s.add_argument("--debug", action="store_true")
     s.set_defaults(func=cmd_forecast)
 
     s = sub.add_parser("export", help="write a stand-alone model folder (+ exported graphs)")
     s.add_argument("model", help="a run folder or a checkpoint folder")
-    s.add_argument("--out", required=True)
-    s.add_argument("--ckpt", default="best")
+    s.add_argument("--out", required=True, help="the model folder to write")
+    s.add_argument("--ckpt", default="best", help="of a run folder: best, last or step-N")
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty --out (the old contents go only once the export is done)",
+    )
+    _trust_code_flag(s)
     s.add_argument(
         "--format",
         action="append",
@@ -560,19 +733,30 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("synth", help="generate a synthetic dataset as shards")
-    s.add_argument("kind", choices=["moving-digits"])
-    s.add_argument("--out", required=True)
-    s.add_argument("--train", type=int, default=1000)
-    s.add_argument("--val", type=int, default=100)
-    s.add_argument("--test", type=int, default=100)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--frames", type=int, default=20)
-    s.add_argument("--size", type=int, default=64)
-    s.add_argument("--digits", default=None, help="MNIST train-images-idx3-ubyte(.gz) to use")
-    s.add_argument("--digit-size", type=int, default=28, help="glyph size in pixels")
-    s.add_argument("--workers", type=int, default=2)
-    s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--debug", action="store_true")
+    s.add_argument("kind", choices=["moving-digits"], help="what to generate")
+    s.add_argument("--out", required=True, help="dataset folder (one sub-folder a split)")
+    s.add_argument("--train", type=int, default=1000, help="train sequences (default 1000)")
+    s.add_argument("--val", type=int, default=100, help="validation sequences (default 100)")
+    s.add_argument("--test", type=int, default=100, help="test sequences (default 100)")
+    s.add_argument("--seed", type=int, default=0, help="random seed: same seed, same data")
+    s.add_argument("--frames", type=int, default=20, help="frames per sequence (default 20)")
+    s.add_argument("--size", type=int, default=64, help="frame size in pixels (default 64)")
+    s.add_argument(
+        "--num-digits",
+        type=_positive_int,
+        default=2,
+        help="digits moving in each sequence (default 2)",
+    )
+    s.add_argument(
+        "--digits",
+        default=None,
+        help="MNIST train-images-idx3-ubyte(.gz) to draw the digits from (default: glyphs "
+        "drawn with Pillow's font)",
+    )
+    s.add_argument("--digit-size", type=int, default=28, help="glyph size in pixels (default 28)")
+    s.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    s.add_argument("--debug", action="store_true", help="show tracebacks")
     s.set_defaults(func=cmd_synth)
 
     _shard_parser(sub)
@@ -687,7 +871,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(exc, Preempted):
             print(f"stpdist: {exc}", file=sys.stderr)
-            return PREEMPTED_EXIT_CODE
+            return getattr(exc, "exit_code", PREEMPTED_EXIT_CODE)  # 130 after Ctrl-C
         if args.debug:
             raise
         print(f"stpdist: error: {type(exc).__name__}: {exc}", file=sys.stderr)

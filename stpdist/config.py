@@ -11,7 +11,10 @@ Trainer, `trainer.checkpoint` to the CheckpointManager, `model` to the Forecaste
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import re
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,15 @@ from .errors import InputError
 
 class ConfigError(InputError):
     """A configuration that does not match the schema; the message is one readable line."""
+
+
+LARGEST_FRAME_SIDE = 4096
+"""Pixels: no frame side of a dataset this package trains on is larger (SEVIR: 384), so a
+pooling or window size above it is a typo, not a neighbourhood."""
+MOST_FRAMES = 1000
+"""Frames per sequence: far above any recipe (20); more is a typo that would hang."""
+MOST_ITEMS = 2**20
+"""Samples in a batch or a shuffle buffer, sequences to synthesise: beyond it, a typo."""
 
 
 def _positive(value: Any) -> str | None:
@@ -48,6 +60,24 @@ def _not_empty(value: Any) -> str | None:
     return None if value else "a non-empty value"
 
 
+def _none_or_not_empty(value: Any) -> str | None:
+    return None if value is None or value else "null or a non-empty value"
+
+
+def _between(low: int, high: int) -> Callable[[Any], str | None]:
+    """Integers in [low, high] (None passes: an Optional field's "not set")."""
+
+    def rule(value: Any) -> str | None:
+        return None if value is None or low <= value <= high else f"an integer in [{low}, {high}]"
+
+    return rule
+
+
+def _sizes(value: Any) -> str | None:
+    ok = all(1 <= v <= LARGEST_FRAME_SIDE for v in value)
+    return None if ok else f"a list of sizes, each in [1, {LARGEST_FRAME_SIDE}] pixels"
+
+
 def _colormap(value: Any) -> str | None:
     if value is None:
         return None
@@ -56,8 +86,14 @@ def _colormap(value: Any) -> str | None:
     return None if value in matplotlib.colormaps else "a matplotlib colormap (e.g. viridis)"
 
 
+_SEED = _between(0, 2**31 - 1)  # numpy's legacy seeding takes [0, 2³²); ranks add their index
+
+
 def checked(default: Any, rule: Callable[[Any], str | None]) -> Any:
-    """A field with a default and a value check, run by `load_config` (`check_values`)."""
+    """A field with a default and a value check, run by `load_config` (`check_values`); a
+    list default is copied for every instance."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"check": rule})
     return field(default=default, metadata={"check": rule})
 
 
@@ -87,11 +123,11 @@ class TrainerConfig:
     """Stop after this many optimizer steps (None: only `max_epochs` limits)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """`no`, `bf16` (CPU autocast or CUDA) or `fp16` (CUDA only, with a grad scaler)."""
-    gradient_accumulation_steps: int = checked(1, _positive)
+    gradient_accumulation_steps: int = checked(1, _between(1, MOST_ITEMS))
     """Micro-batches per optimizer step."""
     grad_clip_norm: Optional[float] = checked(None, _positive_number)
     """Clip the global gradient norm to this value (None: no clipping)."""
-    seed: int = 0
+    seed: int = checked(0, _SEED)
     """Seeds model initialisation, data order and every rank's RNG."""
     log_every_n_steps: int = checked(10, _positive)
     """Log training scalars every N optimizer steps."""
@@ -99,9 +135,9 @@ class TrainerConfig:
     """Validate at the end of every N epochs (0: never at epoch ends)."""
     val_every_n_steps: Optional[int] = checked(None, _positive)
     """Also validate every N optimizer steps."""
-    num_workers: int = checked(0, _non_negative)
+    num_workers: int = checked(0, _between(0, 1024))
     """Data-loading worker processes per rank."""
-    num_threads: Optional[int] = checked(None, _positive)
+    num_threads: Optional[int] = checked(None, _between(1, 4096))
     """Intra-op CPU threads per rank (None: `OMP_NUM_THREADS` when set, else the CPUs this
     process may use — `SLURM_CPUS_PER_TASK` or its affinity — divided among the node's
     ranks, so ranks never oversubscribe cores)."""
@@ -122,28 +158,28 @@ class TrainerConfig:
 
 @dataclass
 class SynthConfig:
-    root: Optional[str] = None
+    root: Optional[str] = checked(None, _none_or_not_empty)
     """The folder this synthesis is for: digits are generated only when `data.root` is this
     folder (or on `stpdist train --synthesize`), so a mistyped root is an error, not a run on
     fake data."""
-    train: int = checked(512, _positive)
+    train: int = checked(512, _between(1, MOST_ITEMS))
     """Number of training sequences to generate."""
-    val: int = checked(64, _non_negative)
+    val: int = checked(64, _between(0, MOST_ITEMS))
     """Number of validation sequences."""
-    test: int = checked(64, _non_negative)
+    test: int = checked(64, _between(0, MOST_ITEMS))
     """Number of test sequences."""
-    seed: int = 0
+    seed: int = checked(0, _between(0, 2**63 - 1))
     """Generator seed: sample i of a split is a function of (seed, split, i)."""
-    num_frames: int = checked(20, _positive)
+    num_frames: int = checked(20, _between(1, MOST_FRAMES))
     """Frames per sequence."""
-    image_size: int = checked(64, _positive)
+    image_size: int = checked(64, _between(1, LARGEST_FRAME_SIDE))
     """Canvas height and width in pixels."""
-    num_digits: int = checked(2, _positive)
+    num_digits: int = checked(2, _between(1, 100))
     """Digits per sequence."""
-    digit_size: int = checked(28, _positive)
+    digit_size: int = checked(28, _between(1, LARGEST_FRAME_SIDE))
     """Glyph height and width in pixels (MNIST's 28; smaller on a small canvas lets the
     digits move: the step per frame is 0.1 × (image_size − digit_size))."""
-    digits: Optional[str] = None
+    digits: Optional[str] = checked(None, _none_or_not_empty)
     """MNIST `train-images-idx3-ubyte(.gz)` to take digits from (None: Pillow glyphs)."""
 
 
@@ -157,15 +193,15 @@ class DataConfig:
     """Split used for validation during `train` and by `validate`."""
     test_split: str = checked("test", _not_empty)
     """Split used by `predict`."""
-    batch_size: int = checked(8, _positive)
+    batch_size: int = checked(8, _between(1, MOST_ITEMS))
     """Micro-batch size per process."""
-    eval_batch_size: Optional[int] = checked(None, _positive)
+    eval_batch_size: Optional[int] = checked(None, _between(1, MOST_ITEMS))
     """Batch size per process for validation/predict (None: `batch_size`)."""
-    num_input_frames: int = checked(10, _positive)
+    num_input_frames: int = checked(10, _between(1, MOST_FRAMES))
     """Frames the model sees (T_in), taken from the start of each sequence."""
-    num_output_frames: int = checked(10, _positive)
+    num_output_frames: int = checked(10, _between(1, MOST_FRAMES))
     """Frames the model predicts (T_out), following the inputs."""
-    shuffle_buffer: int = checked(256, _positive)
+    shuffle_buffer: int = checked(256, _between(1, MOST_ITEMS))
     """Samples held in the training shuffle buffer per worker."""
     normalize: Literal["scale", "none", "standardize", "minmax"] = "scale"
     """What the model sees, per variable (channel), from the training index's statistics,
@@ -174,7 +210,7 @@ class DataConfig:
     Metrics stay in data units; `predict` writes physical units unless `scale`."""
     skip_bad_samples: bool = False
     """Skip unreadable samples / truncated shards (counted, reported) instead of failing."""
-    url_template: Optional[str] = None
+    url_template: Optional[str] = checked(None, _none_or_not_empty)
     """Shard location per split, e.g. `pipe:aws s3 cp s3://bucket/ds/{split}/{name} -`
     (None: the local folder `root/<split>/`); index.json is always read from `root`."""
     synthesize: Optional[SynthConfig] = None
@@ -210,7 +246,8 @@ class ScheduleConfig:
     """Schedule length in optimizer steps, or epochs with `interval: epoch` (None: the
     trainer's planned steps)."""
     min_lr: float = checked(0.0, _non_negative)
-    """Learning rate the cosine schedule ends at (OpenSTL's TaxiBJ recipe: 1e-6)."""
+    """Learning rate the cosine schedule ends at (OpenSTL's TaxiBJ recipe: 1e-6); at most
+    `optimizer.lr`."""
 
 
 @dataclass
@@ -236,12 +273,20 @@ class EvaluationConfig:
     """Clamp predictions to [0, 1], the data range after scaling (outside training)."""
     metric_thresholds: List[float] = field(default_factory=list)
     """Thresholds in physical (stored) units for CSI/POD/FAR/HSS (e.g. [20, 30, 40] dBZ)."""
-    csi_pool_sizes: List[int] = field(default_factory=list)
+    csi_pool_sizes: List[int] = checked([], _sizes)
     """Neighbourhoods (p×p, max-pooled) for pooled CSI at the thresholds, and CSI-M (the mean
-    over thresholds) per size (SEVIR: [4, 16]); CSI-M itself is reported with thresholds."""
-    fss_sizes: List[int] = field(default_factory=list)
+    over thresholds) per size (SEVIR: [4, 16]); CSI-M itself is reported with thresholds.
+    Blocks at the right and bottom edges that p does not fill are kept (`stpdist`) or
+    dropped (`earthformer`), see `score_convention`."""
+    fss_sizes: List[int] = checked([], _sizes)
     """Window sizes n (n×n pixels) of the fractions skill score at the thresholds."""
-    lpips_weights: Optional[str] = None
+    score_convention: Literal["stpdist", "earthformer"] = "stpdist"
+    """Skill scores with an empty denominator (a threshold no pixel reaches): `stpdist`, the
+    score is undefined (NaN) and CSI-M averages the thresholds where it is defined, counting
+    the others in `csi_m…_undefined`; pooled CSI keeps partial edge blocks. `earthformer`,
+    as Earthformer/PreDiff compute them to compare with their papers: 1e-4 added to every
+    denominator (an empty one scores 0), pooled CSI drops partial edge blocks."""
+    lpips_weights: Optional[str] = checked(None, _none_or_not_empty)
     """AlexNet weights for the `lpips` column: a torchvision `alexnet` state dict file (.pth,
     e.g. the IMAGENET1K_V1 alexnet-owt-7be5be79.pth you downloaded); None: no LPIPS. Needs
     the `lpips` extra and frames of at least 31×31; a missing file fails at model build."""
@@ -254,7 +299,7 @@ class ModelConfig:
     `package.module:Class` of your own backbone or of a whole `EnhancedModule` task."""
     backbone: Dict[str, Any] = field(default_factory=dict)
     """The backbone's arguments: the fields of its `Args` dataclass, checked by name and type."""
-    patch_size: int = checked(1, _positive)
+    patch_size: int = checked(1, _between(1, LARGEST_FRAME_SIDE))
     """Fold p×p pixel patches into channels before the backbone (H, W divisible by p)."""
     loss: Literal["mse", "l1", "mse+l1"] = "mse"
     """Training loss on the frames `loss_frames` names."""
@@ -280,11 +325,11 @@ class ModelConfig:
 class WandbConfig:
     mode: Literal["online", "offline"] = "offline"
     """`online`, or `offline` (a local run folder; `wandb sync` uploads it later)."""
-    project: str = "stpdist"
+    project: str = checked("stpdist", _not_empty)
     """wandb project."""
-    entity: Optional[str] = None
+    entity: Optional[str] = checked(None, _none_or_not_empty)
     """wandb entity (team or user)."""
-    name: Optional[str] = None
+    name: Optional[str] = checked(None, _none_or_not_empty)
     """Run name."""
     tags: List[str] = field(default_factory=list)
     """Run tags."""
@@ -338,12 +383,21 @@ def _yaml_error(origin: str, exc: Exception) -> ConfigError:
     return ConfigError(f"{origin}: not valid YAML{where}: {problem}")
 
 
+def _non_finite(value: Any) -> bool:
+    """Whether `value` is, or a list holding, a NaN or ±inf float."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return any(isinstance(v, float) and not math.isfinite(v) for v in values)
+
+
 def check_values(section: Any, prefix: str = "") -> None:
-    """Run every field's declared check, depth first; the first failure is a ConfigError
-    naming the key, its value and what was expected."""
+    """Run every field's declared check, depth first, after the check every number field
+    gets (finite: no NaN or ±inf); the first failure is a ConfigError naming the key, its
+    value and what was expected."""
     for f in dataclasses.fields(section):
         value = getattr(section, f.name)
         key = f"{prefix}{f.name}"
+        if _non_finite(value):
+            raise ConfigError(f"'{key}' is {value!r}; expected finite numbers (no NaN or inf)")
         rule = f.metadata.get("check")
         problem = rule(value) if rule is not None else None
         if problem:
@@ -366,7 +420,147 @@ def _check_config(cfg: Config) -> None:
         raise ConfigError(
             f"'model.sampling.reverse_steps' is {steps}; expected two steps, 0 ≤ first < second"
         )
+    _check_schedule(cfg.model)
+    if cfg.data.synthesize is not None:
+        _check_synthesis(cfg)
     backbone_config(cfg.model)
+    _check_task_fits_backbone(cfg)
+
+
+def _check_schedule(model: ModelConfig) -> None:
+    """What the schedule's settings alone decide (the Forecaster builds it only at fit)."""
+    schedule, lr = model.schedule, model.optimizer.lr
+    if schedule.min_lr > lr:
+        raise ConfigError(
+            f"'model.schedule.min_lr' is {schedule.min_lr:g}, above 'model.optimizer.lr' "
+            f"{lr:g}; expected the rate the schedule decays to, at most the peak"
+        )
+    if schedule.interval == "epoch" and (schedule.name != "cosine" or not schedule.total_steps):
+        raise ConfigError(
+            f"'model.schedule.interval' is epoch with name {schedule.name!r} and total_steps "
+            f"{schedule.total_steps}; expected name cosine and total_steps (epochs)"
+        )
+
+
+def _check_synthesis(cfg: Config) -> None:
+    """`data.synthesize` against itself and, where it makes the data (`data.root` is its
+    root, or training draws from it), against what the run takes from that data: checks
+    that would otherwise fail only after the digits are written."""
+    synth, data = cfg.data.synthesize, cfg.data
+    if synth.digit_size > synth.image_size:
+        raise ConfigError(
+            f"'data.synthesize.digit_size' is {synth.digit_size}; expected at most "
+            f"'data.synthesize.image_size' {synth.image_size} (the glyph must fit the canvas)"
+        )
+    makes_the_data = data.train_source == "moving_digits" or (
+        synth.root is not None and Path(synth.root) == Path(data.root)
+    )
+    if not makes_the_data:
+        return
+    used = data.num_input_frames + data.num_output_frames
+    if synth.num_frames < used:
+        raise ConfigError(
+            f"'data.synthesize.num_frames' is {synth.num_frames}; expected at least "
+            f"num_input_frames + num_output_frames = {used}"
+        )
+    p = cfg.model.patch_size
+    if synth.image_size % p:
+        raise ConfigError(
+            f"'data.synthesize.image_size' {synth.image_size} is not divisible by "
+            f"'model.patch_size' {p}"
+        )
+    # one rank's optimizer steps per epoch, as the train sources count them (more ranks
+    # only make fewer): none is an error the stream would raise after generating the data
+    batch, accum = data.batch_size, cfg.trainer.gradient_accumulation_steps
+    if data.train_source == "shards":
+        workers = max(1, cfg.trainer.num_workers)  # each worker batches its own share
+        batches = workers * ((synth.train // workers) // batch)
+        takes = f"{workers} worker(s) × batch {batch}, accumulation {accum}"
+    else:
+        batches, takes = synth.train // batch, f"batch {batch} × accumulation {accum}"
+    if batches < accum:
+        raise ConfigError(
+            f"'data.synthesize.train' is {synth.train}: too few sequences for one optimizer "
+            f"step ({takes})"
+        )
+    check_frame_size(cfg.model, synth.image_size, synth.image_size, "data.synthesize.image_size")
+
+
+def check_frame_size(model: ModelConfig, height: int, width: int, origin: str) -> None:
+    """Neighbourhood sizes and LPIPS against a frame of height × width (from `origin`)."""
+    evaluation = model.evaluation
+    if evaluation.score_convention == "earthformer":  # drops partial blocks: one must fit
+        too_big = [p for p in evaluation.csi_pool_sizes if p > min(height, width)]
+        if too_big:
+            raise ConfigError(
+                f"'model.evaluation.csi_pool_sizes' holds {too_big}, larger than the "
+                f"{height}×{width} frame ({origin}): with score_convention earthformer no "
+                "whole block fits; expected sizes up to the shorter side"
+            )
+    if evaluation.lpips_weights and min(height, width) < 31:  # AlexNet's smallest input
+        raise ConfigError(
+            f"'model.evaluation.lpips_weights' is set but frames are {height}×{width} "
+            f"({origin}); LPIPS needs at least 31×31"
+        )
+
+
+def _backbone_class(model: ModelConfig) -> Any:
+    """The class `model.name` names (registry or import path); a ConfigError if none."""
+    from . import plugins
+    from .models import BACKBONES, available
+
+    if plugins.is_import_path(model.name):
+        try:
+            return plugins.resolve_model(model.name)
+        except (ImportError, TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from exc
+    if model.name not in BACKBONES:
+        raise ConfigError(
+            f"'model.name' is {model.name!r}; expected one of {', '.join(available())} "
+            "or an import path package.module:Class"
+        )
+    return BACKBONES[model.name]
+
+
+def _check_task_fits_backbone(cfg: Config) -> None:
+    """Forecaster settings that apply to frame-recurrent backbones only, refused here
+    instead of when the model is built (after the data are read or generated)."""
+    from . import plugins
+    from .models.recurrent import FrameRecurrent
+
+    cls = _backbone_class(cfg.model)
+    if plugins.is_task(cls) or not isinstance(cls, type) or issubclass(cls, FrameRecurrent):
+        return
+    name = cfg.model.name
+    for key, value, default in (
+        ("model.sampling.mode", cfg.model.sampling.mode, "none"),
+        ("model.loss_frames", cfg.model.loss_frames, "outputs"),
+        ("trainer.activation_checkpointing", cfg.trainer.activation_checkpointing, False),
+    ):
+        if value != default:
+            raise ConfigError(
+                f"'{key}' is {value!r}, which applies to frame-recurrent backbones only; "
+                f"'{name}' predicts all frames at once: expected {default!r}"
+            )
+
+
+def _strict_bools(values: dict, bool_fields: set[str], prefix: str) -> None:
+    """OmegaConf turns any int (2 → True) or a word like "yes" into a bool: for the fields
+    in `bool_fields`, only YAML's booleans or the words true/false pass."""
+    for name in bool_fields & set(values):
+        value = values[name]
+        if not _is_bool(value):
+            raise ConfigError(f"'{prefix}{name}' is {value!r}; expected true or false")
+
+
+def _is_bool(value: Any) -> bool:
+    if isinstance(value, bool) or _is_interpolation(value):
+        return True
+    return isinstance(value, str) and value.lower() in ("true", "false")
+
+
+def _is_interpolation(value: Any) -> bool:
+    return isinstance(value, str) and "${" in value
 
 
 def backbone_config(model: ModelConfig) -> Any:
@@ -374,20 +568,8 @@ def backbone_config(model: ModelConfig) -> Any:
     by import path without `Args`, checked against its constructor); an unknown name, key
     or a value of the wrong type is a ConfigError naming the valid ones."""
     from . import plugins
-    from .models import BACKBONES, available
 
-    if plugins.is_import_path(model.name):
-        try:
-            cls = plugins.resolve_model(model.name)
-        except (ImportError, TypeError, ValueError) as exc:
-            raise ConfigError(str(exc)) from exc
-    elif model.name not in BACKBONES:
-        raise ConfigError(
-            f"'model.name' is {model.name!r}; expected one of {', '.join(available())} "
-            "or an import path package.module:Class"
-        )
-    else:
-        cls = BACKBONES[model.name]
+    cls = _backbone_class(model)
     args_cls = getattr(cls, "Args", None)
     if not dataclasses.is_dataclass(args_cls):
         leading = () if plugins.is_task(cls) else (None,)  # a backbone gets the FrameSpec first
@@ -396,7 +578,10 @@ def backbone_config(model: ModelConfig) -> Any:
         except TypeError as exc:
             raise ConfigError(f"'model.backbone' does not fit {model.name}: {exc}") from exc
         return dict(model.backbone)
-    schema = OmegaConf.structured(args_cls)
+    hints = typing.get_type_hints(args_cls)
+    bools = {f.name for f in dataclasses.fields(args_cls) if hints[f.name] is bool}
+    _strict_bools(dict(model.backbone), bools, "model.backbone.")
+    schema = _schema(args_cls)
     try:
         typed = OmegaConf.to_object(OmegaConf.merge(schema, model.backbone))
     except OmegaConfBaseException as exc:
@@ -407,7 +592,81 @@ def backbone_config(model: ModelConfig) -> Any:
             f"'model.backbone.{key}': {first_line} (model '{model.name}' takes: {valid})"
         ) from exc
     check_values(typed, "model.backbone.")
+    if model.name in _builtin_backbones():
+        _check_builtin_args(typed)
     return typed
+
+
+def _builtin_backbones() -> dict[str, Any]:
+    from .models import BACKBONES
+
+    return BACKBONES
+
+
+MOST_BACKBONE_UNITS = 65536
+"""Channels, kernel sizes, layers, heads of a built-in backbone: beyond it, a typo that
+would allocate more memory than any machine has."""
+
+
+def _check_builtin_args(args: Any) -> None:
+    """Every integer argument of the built-in backbones (channels, kernels, layers, heads,
+    windows, strides) counts something: each must be in [1, MOST_BACKBONE_UNITS]."""
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        values = value if isinstance(value, list) else [value]
+        ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+        if any(not 1 <= v <= MOST_BACKBONE_UNITS for v in ints):
+            raise ConfigError(
+                f"'model.backbone.{f.name}' is {value!r}; expected "
+                f"{'each ' if isinstance(value, list) else ''}an integer in "
+                f"[1, {MOST_BACKBONE_UNITS}]"
+            )
+
+
+@functools.lru_cache(maxsize=8)
+def _schema_bools(cls: type, prefix: str = "") -> dict[str, set[str]]:
+    """{section prefix: names of its bool fields} over the whole schema, Optional sections
+    included (`data.synthesize`)."""
+    found: dict[str, set[str]] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        section = inner[0] if typing.get_origin(hint) is typing.Union and inner else hint
+        if dataclasses.is_dataclass(section):
+            found.update(_schema_bools(section, f"{prefix}{f.name}."))
+        elif hint is bool:
+            found.setdefault(prefix, set()).add(f.name)
+    return found
+
+
+@functools.lru_cache(maxsize=64)
+def _schema(cls: type) -> DictConfig:
+    """The structured schema of dataclass `cls`, built once: merges copy it, never change it
+    (building one is most of a `load_config`'s time)."""
+    return OmegaConf.structured(cls)
+
+
+def _check_overlay(overlay: DictConfig, origin: str) -> None:
+    """What merging would hide, checked on a YAML file or override before it is merged:
+    OmegaConf's `???` (merging it keeps the default: `lr: ???` would silently train with
+    1e-3) and a bool field given anything but a boolean (merging turns 2 into true)."""
+    raw = OmegaConf.to_container(overlay, resolve=False)  # interpolations as their text
+    missing = [path for path, value in _leaf_values(raw) if value == "???"]
+    if missing:
+        raise ConfigError(
+            f"{origin}: '{_dotted(missing[0])}' is ??? (OmegaConf's marker for a value not "
+            "given yet); expected a value"
+        )
+    for prefix, names in _schema_bools(Config).items():
+        section: Any = raw
+        for part in filter(None, prefix.split(".")):
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            try:
+                _strict_bools(section, names, prefix)
+            except ConfigError as exc:
+                raise ConfigError(f"{origin}: {exc}") from None
 
 
 _WORDS_YAML_READS_AS_FALSE = {("trainer", "mixed_precision"): "no"}
@@ -424,7 +683,7 @@ def _words_back(node: DictConfig) -> DictConfig:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Schema defaults ← YAML file at `path` ← dotted `overrides` (`a.b=value`)."""
-    schema = OmegaConf.structured(Config)
+    schema = _schema(Config)
     merged = schema
     if path is not None:
         path = Path(path)
@@ -436,6 +695,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise _yaml_error(str(path), exc) from exc
         if overlay is None or not isinstance(overlay, DictConfig):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        _check_overlay(overlay, str(path))
         try:
             merged = OmegaConf.merge(merged, _words_back(overlay))
         except OmegaConfBaseException as exc:
@@ -449,6 +709,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             dotted = OmegaConf.from_dotlist([item])
         except Exception as exc:
             raise _yaml_error(f"override {item!r}", exc) from exc
+        _check_overlay(dotted, f"override {item!r}")
         try:
             merged = OmegaConf.merge(merged, _words_back(dotted))
         except OmegaConfBaseException as exc:
@@ -456,19 +717,88 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except (TypeError, ValueError) as exc:  # e.g. a list where a mapping belongs
             key = item.partition("=")[0]
             raise ConfigError(f"override {item!r}: bad value for '{key}': {exc}") from exc
+        # `model.backbone={}` empties a free-form mapping (a merge would keep every key)
+        key, _, value = (part.strip() for part in item.partition("="))
+        node = OmegaConf.select(merged, key) if value == "{}" else None
+        if isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict:
+            OmegaConf.update(merged, key, {}, merge=False)
+    unresolved = _environment_interpolations(merged)
     try:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise _error(schema, exc, "config") from exc
     _check_config(cfg)
+    cfg.__dict__[_UNRESOLVED] = unresolved  # not a field: no schema key, no equality
     return cfg
 
 
-def to_yaml(cfg: Config) -> str:
-    """The resolved config as YAML (saved beside every run and in every checkpoint)."""
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+# ------------------------------------------------------------ saved forms, secrets kept out
+# A value read from the environment (`${oc.env:API_KEY}`) may be a secret: the saved forms
+# of a config (config.yaml in the run folder and every checkpoint, the trackers' config)
+# hold the interpolation's text instead of its value, and so does every interpolation that
+# refers to such a value. Loading a saved config resolves them again (the variable must
+# then be set). Other interpolations are saved resolved.
+
+_UNRESOLVED = "_unresolved_interpolations"
+_REFERENCE = re.compile(r"\$\{\s*([^}:$\s]+)\s*\}")  # ${a.b}: a plain node reference
+
+
+def _leaf_values(node: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
+    """(path of keys and list indices, value) of every leaf of a plain container."""
+    if isinstance(node, dict):
+        items: Any = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return [(path, node)]
+    return [leaf for key, value in items for leaf in _leaf_values(value, (*path, key))]
+
+
+def _interpolations(container: Any) -> dict[tuple, str]:
+    """{path: interpolation text} in a plain container."""
+    return {path: v for path, v in _leaf_values(container) if _is_interpolation(v)}
+
+
+def _dotted(path: tuple) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def _environment_interpolations(merged: DictConfig) -> dict[tuple, str]:
+    """The interpolations whose values come from the environment, directly or through
+    references to others that do."""
+    every = _interpolations(OmegaConf.to_container(merged, resolve=False))
+    kept = {path: text for path, text in every.items() if "oc.env" in text}
+    grew = bool(kept)
+    while grew:
+        grew = False
+        names = [_dotted(path) for path in kept]
+        for path, text in every.items():
+            if path in kept:
+                continue
+            refs = _REFERENCE.findall(text)
+            # a relative reference (${.x}) is kept unresolved too: saving it is always safe
+            relative = any(ref.startswith(".") for ref in refs)
+            if relative or any(r.startswith(n) or n.startswith(r) for r in refs for n in names):
+                kept[path], grew = text, True
+    return kept
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
-    """The resolved config as plain nested dicts."""
-    return dataclasses.asdict(cfg)
+    """The config as plain nested dicts, as it is saved: resolved, except values read from
+    the environment, which keep their interpolation text (`${oc.env:NAME}`)."""
+    plain = dataclasses.asdict(cfg)
+    for path, text in getattr(cfg, _UNRESOLVED, {}).items():
+        node = plain
+        try:
+            for part in path[:-1]:
+                node = node[part]
+            node[path[-1]] = text
+        except (KeyError, IndexError, TypeError):  # the config was changed since: no such node
+            continue
+    return plain
+
+
+def to_yaml(cfg: Config) -> str:
+    """The config as YAML (saved beside every run and in every checkpoint), as `to_dict`:
+    resolved except values read from the environment."""
+    return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))

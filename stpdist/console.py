@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -38,8 +39,9 @@ def lead_keys(keys: Any) -> dict[str, tuple[str, int]]:
 
 class _TqdmHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        try:
-            tqdm.write(self.format(record))
+        try:  # warnings on stderr, where scripts look for them; results on stdout
+            stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+            tqdm.write(self.format(record), file=stream)
         except Exception:  # logging must never raise into training
             self.handleError(record)
 

@@ -3,15 +3,18 @@
 A model folder is any checkpoint folder (`runs/x/checkpoints/step-N/`) or the folder
 `stpdist export` writes: `model.safetensors`, the resolved `config.yaml` and the data's
 `index.json` (frame shape, value scale, per-channel statistics). `load("runs/x")` picks the
-best (or last) checkpoint of a run folder.
+best (or last) checkpoint of a run folder. A model folder is data: loading one never imports
+code that its config names by import path unless the caller passes `trust_code=True`.
 
 Legend: N samples, T time, C channels, H×W frame size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,39 +22,44 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .checkpoint import MODEL_FILE, CheckpointManager, load_weights
+from .checkpoint import MANIFEST_FILE, MODEL_FILE, CheckpointManager, load_weights
 from .config import Config, load_config
+from .console import log
 from .data.format import INDEX_FILE, SplitIndex, read_index
+from .errors import InputError
 from .module import EnhancedModule
+from .plugins import refusing_import_paths
 
 EXPORT_FORMATS = ("torchscript", "exported-program", "onnx")
 
 
 def model_folder(path: str | Path, ckpt: str = "best") -> Path:
     """The checkpoint folder `path` names: itself when it holds `model.safetensors`, else the
-    `ckpt` ("best", "last" or a step folder name) checkpoint of the run folder `path`."""
+    `ckpt` ("best", "last", a step such as "step-320" or a folder name) checkpoint of the
+    run folder `path`. A checkpoint is verified against its manifest first: a damaged one
+    named is an error, damaged ones are passed over (with a warning) for best and last."""
+    from .checkpoint import verify
+
     path = Path(path)
     if (path / MODEL_FILE).is_file():
-        return path
+        return verify(path)
     root = path / "checkpoints"
     if not root.is_dir():
         raise FileNotFoundError(f"{path}: neither a model folder ({MODEL_FILE}) nor a run folder")
-    if ckpt not in ("best", "last"):
-        return model_folder(root / ckpt)
-    manager = CheckpointManager(root)
-    found = (manager.best() if ckpt == "best" else None) or manager.latest()
+    return CheckpointManager(root).choose(ckpt)
+
+
+def _config_path(folder: Path) -> Path:
+    found = next((p for p in (folder / "config.yaml", folder.parent.parent / "config.yaml")
+                  if p.is_file()), None)  # fmt: skip
     if found is None:
-        raise FileNotFoundError(f"no complete checkpoint in {root}")
+        raise FileNotFoundError(f"{folder}: no config.yaml beside the weights or in the run")
     return found
 
 
 def _config_and_index(folder: Path) -> tuple[Config, SplitIndex | None]:
-    config = next((p for p in (folder / "config.yaml", folder.parent.parent / "config.yaml")
-                   if p.is_file()), None)  # fmt: skip
-    if config is None:
-        raise FileNotFoundError(f"{folder}: no config.yaml beside the weights or in the run")
     index = read_index(folder) if (folder / INDEX_FILE).is_file() else None
-    return load_config(config), index
+    return load_config(_config_path(folder)), index
 
 
 def load(
@@ -60,52 +68,163 @@ def load(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    trust_code: bool = False,
 ) -> EnhancedModule:
     """A ready module in eval mode from a model folder or a run folder (its `ckpt`
     checkpoint: "best", "last" or a folder name), on `device` (in `dtype` if given).
-    The Forecaster's `forecast(frames)` then takes and returns physical units."""
+    The Forecaster's `forecast(frames)` then takes and returns physical units.
+
+    A model folder is data, not code: a `model.name` (or SimVP translator) given there as an
+    import path `package.module:Class` is refused before anything is imported, unless
+    `trust_code=True`; then it is imported from the installed packages and the `sys.path`
+    you set up (the model folder is never added to it)."""
     from .build import build_module, dataset_index
 
     folder = model_folder(path, ckpt)
-    cfg, index = _config_and_index(folder)
-    if index is None:  # a checkpoint written before checkpoints kept the index
-        index = dataset_index(cfg)
-    # forecasting and export never score: the LPIPS weights of the training machine
-    # need not exist here
-    cfg.model.evaluation.lpips_weights = None
-    module = build_module(cfg, index=index)
+    gate = (
+        contextlib.nullcontext() if trust_code else refusing_import_paths(str(_config_path(folder)))
+    )
+    with gate:
+        cfg, index = _config_and_index(folder)
+        if index is None:  # a checkpoint written before checkpoints kept the index
+            index = dataset_index(cfg)
+        # forecasting and export never score: the LPIPS weights of the training machine
+        # need not exist here
+        cfg.model.evaluation.lpips_weights = None
+        module = build_module(cfg, index=index)
     load_weights(folder, module)
     module.eval().to(device)
     if dtype is not None:
         module.to(dtype)
     module.model_folder = folder
+    if index.min and index.max:  # the training data's range, for `forecast`'s input check
+        module.value_range = (
+            [v * index.value_scale for v in index.min],
+            [v * index.value_scale for v in index.max],
+        )
     return module
 
 
 # ---------------------------------------------------------------------------- inputs alone
+def _shape_text(shape: Any) -> str:
+    return "×".join(str(int(n)) for n in shape)
+
+
+def check_inputs(
+    frames: np.ndarray | torch.Tensor, module: Any, where: str, *, allow_nonfinite: bool = False
+) -> None:
+    """Refuse, with an InputError naming `where`, frames (T×C×H×W or N×T×C×H×W, physical
+    units) that `module` cannot forecast from: another frame size or channel count, fewer
+    than T_in frames, no sequence at all, a non-numeric dtype, NaN or ±Inf (unless
+    `allow_nonfinite`). Warns (on the `stpdist` logger) when the values do not look like
+    the training data's units: [0, 1]-scaled frames for a model trained on 0–255, or
+    values far outside the training range."""
+    shape = tuple(frames.shape)
+    expected = tuple(module.frame_shape)
+    if len(shape) not in (4, 5):
+        raise InputError(f"{where}: expected T×C×H×W or N×T×C×H×W frames, got shape {shape}")
+    if shape[-3:] != expected:
+        raise InputError(
+            f"{where}: frames of C×H×W {_shape_text(shape[-3:])} (shape {shape}); the model "
+            f"takes C×H×W {_shape_text(expected)} (channels × height × width)"
+        )
+    if shape[-4] < module.num_input_frames:
+        raise InputError(
+            f"{where}: {shape[-4]} frames, fewer than the model's num_input_frames, "
+            f"T_in = {module.num_input_frames}; got shape {shape}"
+        )
+    if len(shape) == 5 and shape[0] == 0:
+        raise InputError(f"{where}: holds no sequence (shape {shape})")
+    if isinstance(frames, torch.Tensor):  # numpy has no bfloat16: check those as float32
+        tensor = frames.detach()
+        array = (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).cpu().numpy()
+    else:
+        array = np.asarray(frames)
+    if array.dtype.kind not in "iuf":
+        raise InputError(f"{where}: frames of dtype {array.dtype}; expected integers or floats")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        if not allow_nonfinite:
+            position = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+            raise InputError(
+                f"{where}: the frames hold NaN or Inf ({int((~np.isfinite(array)).sum())} "
+                f"values, the first {array[position]} at {position}); pass --allow-nonfinite "
+                "(allow_nonfinite=True) to forecast from them anyway"
+            )
+        return  # no range to compare
+    value_range = getattr(module, "value_range", None)
+    if value_range is not None:
+        _warn_on_units(array, value_range, getattr(module, "value_scale", 1.0), where)
+
+
+def _warn_on_units(
+    array: np.ndarray, value_range: tuple[list[float], list[float]], value_scale: float, where: str
+) -> None:
+    """A warning when the inputs' values do not look like the training data's (stored)
+    units; a warning, not an error: a quiet day of radar data is dim but right."""
+    channels = array.shape[-3]
+    per_channel = np.moveaxis(array, -3, 0).reshape(channels, -1)
+    low, high = per_channel.min(axis=1).astype(float), per_channel.max(axis=1).astype(float)
+    train_low, train_high = np.asarray(value_range[0]), np.asarray(value_range[1])
+    if len(train_low) != channels or len(train_high) != channels:
+        return
+    span = np.maximum(train_high - train_low, 1e-12)
+    if (
+        value_scale > 1
+        and array.dtype.kind == "f"
+        and 0 < high.max() <= 1
+        and (train_high >= 10).any()
+    ):
+        log.warning(
+            "%s: the values lie within [0, 1] (%.3g…%.3g) but the model was trained on "
+            "%.4g…%.4g: forecast takes physical (stored) units, not [0, 1]-scaled frames; "
+            "multiply by the value scale %g",
+            where, low.min(), high.max(), train_low.min(), train_high.max(), value_scale,
+        )  # fmt: skip
+    elif ((low < train_low - span / 2) | (high > train_high + span / 2)).any():
+        log.warning(
+            "%s: values %.4g…%.4g lie far outside the training data's range %.4g…%.4g; "
+            "forecast takes the units the training data were stored in",
+            where, low.min(), high.max(), train_low.min(), train_high.max(),
+        )  # fmt: skip
+
+
+def _regular_file(path: Path) -> None:
+    """Refuse FIFOs, sockets and devices: reading one would block or never end."""
+    if not path.is_file():
+        raise InputError(
+            f"{path}: not a regular file (a FIFO, socket or device?); expected an array or PNG file"
+        )
+
+
 class InputFrames(Dataset):
     """Input-only samples for `forecast`, in the model's scaled units: an .npy/.npz array
     (T×C×H×W or N×T×C×H×W), a folder of such files, or a folder of PNG frames (one
     sequence, in name order). When a sequence holds more than T_in frames the last T_in
-    are used: a forecast continues from the newest frames."""
+    are used: a forecast continues from the newest frames. Every input is checked against
+    the model (`check_inputs`) before any forecast is made."""
 
-    def __init__(self, source: str | Path, module: Any) -> None:
+    def __init__(self, source: str | Path, module: Any, *, allow_nonfinite: bool = False) -> None:
         self.source = Path(source)
+        self.module = module
+        self.allow_nonfinite = allow_nonfinite
         self.num_input_frames = module.num_input_frames
         self.from_physical = module.from_physical
         self.items: list[tuple[str, np.ndarray]] = []  # (key, T×C×H×W in physical units)
+        self._files: dict[str, Path] = {}  # key → the file it came from (collisions)
+        if not self.source.exists():
+            raise InputError(f"{self.source}: no such file or folder")
         if self.source.is_dir() and any(self.source.glob("*.png")):
             self._add_pngs(module)
         elif self.source.is_dir():
             files = sorted(p for p in self.source.iterdir() if p.suffix in (".npy", ".npz"))
             if not files:
-                raise FileNotFoundError(f"{self.source}: no .npy/.npz files or PNG frames")
+                raise InputError(f"{self.source}: no .npy/.npz files or PNG frames")
             for file in files:
                 self._add_array(file)
         elif self.source.suffix in (".npy", ".npz"):
             self._add_array(self.source)
         else:
-            raise ValueError(
+            raise InputError(
                 f"{self.source}: forecast inputs are a shard split folder, an .npy/.npz "
                 "array (T×C×H×W or N×T×C×H×W), a folder of them, or a folder of PNG frames"
             )
@@ -113,35 +232,46 @@ class InputFrames(Dataset):
     def _add_array(self, file: Path) -> None:
         from .data.sources.common import load_array
 
-        array = load_array(file)
+        _regular_file(file)
+        try:
+            array = load_array(file)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+        check_inputs(array, self.module, str(file), allow_nonfinite=self.allow_nonfinite)
         if array.ndim == 4:
             self._add(_key(file.stem), array, file)
-        elif array.ndim == 5:
+        else:
             for i, sequence in enumerate(array):
                 self._add(f"{_key(file.stem)}_{i:06d}", sequence, file)
-        else:
-            raise ValueError(f"{file}: expected T×C×H×W or N×T×C×H×W, got {array.shape}")
 
     def _add_pngs(self, module: Any) -> None:
         from PIL import Image
 
         mode = {1: "L", 3: "RGB"}.get(module.frame_shape[0])
         if mode is None:
-            raise ValueError(
-                f"PNG frames need a 1- or 3-channel model; this one has {module.frame_shape[0]}"
+            raise InputError(
+                f"{self.source}: PNG frames need a 1- or 3-channel model; this one has "
+                f"{module.frame_shape[0]}"
             )
         frames = []
         for png in sorted(self.source.glob("*.png")):
+            _regular_file(png)
             image = np.asarray(Image.open(png).convert(mode))
             frames.append(image[None] if image.ndim == 2 else image.transpose(2, 0, 1))
-        self._add(_key(self.source.name), np.stack(frames), self.source)
+        shapes = {frame.shape for frame in frames}
+        if len(shapes) > 1:
+            raise InputError(f"{self.source}: PNG frames of different sizes {sorted(shapes)}")
+        frames = np.stack(frames)
+        check_inputs(frames, module, str(self.source), allow_nonfinite=self.allow_nonfinite)
+        self._add(_key(self.source.name), frames, self.source)
 
     def _add(self, key: str, frames: np.ndarray, where: Path) -> None:
-        if frames.shape[0] < self.num_input_frames:
-            raise ValueError(
-                f"{where}: {frames.shape[0]} frames, fewer than the model's "
-                f"num_input_frames {self.num_input_frames}"
+        if key in self._files:  # `a.b.npy` and `a_b.npy` both give `a_b`: refuse, not overwrite
+            raise InputError(
+                f"{self._files[key]} and {where} both give the sample key '{key}' (keys keep "
+                "letters, digits, '_' and '-'); rename one of them"
             )
+        self._files[key] = where
         self.items.append((key, frames[-self.num_input_frames :]))
 
     def __len__(self) -> int:
@@ -160,6 +290,45 @@ def _key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", text) or "sample"
 
 
+def check_output_folder(
+    out: str | Path, *, overwrite: bool, protected: tuple[str | Path, ...] = ()
+) -> Path:
+    """Refuse, before anything is written, an `out` that is a file, that is or holds one of
+    `protected` (the inputs, the model folder), that lies in or holds a run's checkpoints,
+    or that is not empty without `overwrite`."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    target = out.resolve()
+    for path in protected:
+        resolved = Path(path).resolve()
+        if resolved == target or target in resolved.parents:
+            raise InputError(f"--out {out} is or holds {path}, which this command reads")
+    checkpoint = _checkpoint_folder(target)
+    if checkpoint is not None:
+        raise InputError(
+            f"--out {out} is in or holds the checkpoint folder {checkpoint}; writing there "
+            "would damage the checkpoint: choose another folder"
+        )
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"--out {out} is not empty; pass --overwrite to replace it")
+    return out
+
+
+def _checkpoint_folder(target: Path) -> Path | None:
+    """The checkpoint folder (or run's `checkpoints` folder) that `target` is in, is, or
+    holds as `target/checkpoints`; None when there is none."""
+    for folder in (target, *target.parents):
+        if (folder / MANIFEST_FILE).is_file() and (folder / MODEL_FILE).is_file():
+            return folder
+        if folder.name == "checkpoints" and (
+            (folder.parent / "config.yaml").is_file() or any(folder.glob("step-*"))
+        ):
+            return folder
+    own = target / "checkpoints"
+    return own if own.is_dir() and _checkpoint_folder(own) else None
+
+
 # ---------------------------------------------------------------------------- export
 class _Forward(torch.nn.Module):
     """inputs B×T_in×C×H×W (scaled units) → predictions B×T_out×C×H×W: what is exported."""
@@ -173,40 +342,67 @@ class _Forward(torch.nn.Module):
 
 
 def export(
-    path: str | Path, out: str | Path, *, ckpt: str = "best", formats: tuple[str, ...] = ()
+    path: str | Path,
+    out: str | Path,
+    *,
+    ckpt: str = "best",
+    formats: tuple[str, ...] = (),
+    overwrite: bool = False,
+    trust_code: bool = False,
 ) -> dict[str, float]:
     """Write a model folder (weights, config.yaml, index.json) to `out`, plus each of
     `formats` (torchscript → model.ts, exported-program → model.pt2, onnx → model.onnx),
-    each checked against the eager model on a test batch. Returns the largest absolute
-    difference per format."""
+    each checked against the eager model on test batches of 2 (the traced size) and 3.
+    Returns the largest absolute difference per format.
+
+    The graphs take and return the model's scaled units (stored units / the index's
+    `value_scale`, [0, 1] for 8-bit data), any batch size. Everything is written into a
+    staging folder that replaces `out` only once complete: a non-empty `out` needs
+    `overwrite`, and a failure leaves `out` as it was. An `out` in (or holding) a run's
+    checkpoints is refused."""
+    from .data.convert import staged_output
+
     folder = model_folder(path, ckpt)
-    module = load(folder)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in (MODEL_FILE, "config.yaml", INDEX_FILE):
-        source = folder / name if (folder / name).is_file() else folder.parent.parent / name
-        if source.is_file():
-            shutil.copy2(source, out / name)
+    run = folder.parent.parent if folder.parent.name == "checkpoints" else folder
+    check_output_folder(out, overwrite=overwrite, protected=(folder, run))
+    module = load(folder, trust_code=trust_code)
     wrapped = _Forward(module).eval()
     generator = torch.Generator().manual_seed(0)
-    sample = torch.rand(2, module.num_input_frames, *module.frame_shape, generator=generator)
+    # traced on a batch of 2, checked on it and on a batch of 3: the batch axis is dynamic
+    sample, other = (
+        torch.rand(n, module.num_input_frames, *module.frame_shape, generator=generator)
+        for n in (2, 3)
+    )
     with torch.no_grad():
-        expected = wrapped(sample)
+        expected = [(x, wrapped(x)) for x in (sample, other)]
     differences = {}
-    for fmt in formats:
-        run = _EXPORTERS[fmt](wrapped, sample, out)
-        with torch.no_grad():
-            got = run(sample)
-        differences[fmt] = float((torch.as_tensor(got) - expected).abs().max())
+    with staged_output(out, overwrite, sources=(folder, run)) as staging:
+        for name in (MODEL_FILE, "config.yaml", INDEX_FILE):
+            source = folder / name if (folder / name).is_file() else run / name
+            if source.is_file():
+                shutil.copy2(source, staging / name)
+        for fmt in formats:
+            exported = _EXPORTERS[fmt](wrapped, sample, staging)
+            with torch.no_grad():
+                differences[fmt] = max(
+                    float((torch.as_tensor(exported(x)) - y).abs().max()) for x, y in expected
+                )
     return differences
 
 
-def _torchscript(wrapped: torch.nn.Module, sample: torch.Tensor, out: Path) -> Any:
-    import warnings
-
-    with torch.no_grad(), warnings.catch_warnings():
-        # the frame loops unroll for the model's T_in/T_out: exactly what is wanted here
+@contextlib.contextmanager
+def _quiet_tracer() -> Any:
+    """Tracing warns (TracerWarning) wherever a tensor's size becomes a Python number: the
+    frame loops unroll for the model's T_in/T_out and C×H×W is fixed, which is what an
+    exported model wants. Only that category is silenced; the batch axis stays dynamic
+    (checked on another batch size after each export)."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        yield
+
+
+def _torchscript(wrapped: torch.nn.Module, sample: torch.Tensor, out: Path) -> Any:
+    with torch.no_grad(), _quiet_tracer():
         traced = torch.jit.trace(wrapped, sample, check_trace=False)
     traced.save(str(out / "model.ts"))
     return torch.jit.load(str(out / "model.ts"))
@@ -226,8 +422,16 @@ def _onnx(wrapped: torch.nn.Module, sample: torch.Tensor, out: Path) -> Any:
         raise ImportError(
             "--format onnx needs onnx and onnxruntime (pip install 'stpdist[onnx]')"
         ) from exc
-    torch.onnx.export(wrapped, (sample,), str(out / "model.onnx"), input_names=["inputs"],
-                      output_names=["predictions"], dynamo=False)  # fmt: skip
+    with torch.no_grad(), _quiet_tracer():
+        torch.onnx.export(
+            wrapped,
+            (sample,),
+            str(out / "model.onnx"),
+            input_names=["inputs"],
+            output_names=["predictions"],
+            dynamic_axes={"inputs": {0: "batch"}, "predictions": {0: "batch"}},
+            dynamo=False,
+        )
     session = onnxruntime.InferenceSession(str(out / "model.onnx"))
     return lambda x: session.run(None, {"inputs": x.numpy()})[0]
 

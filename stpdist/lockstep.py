@@ -4,7 +4,7 @@ DDP's collectives hang. The Trainer asks; these objects decide, on `accelerator.
 - `Lockstep.agree`: for modules that may skip batches (`EnhancedModule.skips_batches`), one
   small reduce per micro-batch, read on the host, makes every rank agree on skipping (any
   rank's `training_step` returned None), on a non-finite loss and on a stop request
-  (SIGTERM / SIGUSR1 on any rank).
+  (SIGTERM / SIGUSR1 / a first Ctrl-C on any rank).
 - `Lockstep.note` / `Lockstep.settle`: for modules that never skip, nothing is read on the
   host in the steady state. `note` keeps, on the device, the first step whose loss was not
   finite; `settle`, at a check point (log steps, before a checkpoint or a validation, epoch
@@ -21,6 +21,7 @@ DDP's collectives hang. The Trainer asks; these objects decide, on `accelerator.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -32,23 +33,43 @@ from torch import nn
 
 
 class StopFlag:
-    """Set by SIGTERM or SIGUSR1 (SLURM's warning signal); read at step boundaries."""
+    """Set by SIGTERM, SIGUSR1 (SLURM's warning signal) or a first Ctrl-C (SIGINT); read at
+    step boundaries. A second Ctrl-C raises KeyboardInterrupt at once. Forked children
+    (DataLoader workers inherit the handlers, and a terminal's Ctrl-C reaches them too)
+    ignore the signals: the process that installed the flag decides."""
 
     SIGNALS = tuple(
-        getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name)
+        getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name)
     )
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
+        """The first signal received."""
+        self.announce = False
+        """Whether a Ctrl-C says, on stderr, what happens next (the main process only)."""
+        self._owner: int | None = None
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._owner:
+            return  # a forked DataLoader worker: the training process stops it in turn
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt  # the second Ctrl-C: abort at once
         self.requested = True
+        self.signum = self.signum or signum
+        if signum == signal.SIGINT and self.announce:
+            # os.write: safe inside a signal handler, unlike logging's locks
+            os.write(
+                2,
+                b"\nstpdist: Ctrl-C: stopping with a checkpoint at the next check point "
+                b"(within trainer.log_every_n_steps steps); Ctrl-C again to abort at once\n",
+            )
 
     @contextmanager
     def installed(self) -> Iterator[StopFlag]:
         """Handlers on for the body (main thread only: Python allows no other), then the
         previous ones back."""
-        self.requested = False
+        self.requested, self.signum, self._owner = False, None, os.getpid()
         previous = {}
         if threading.current_thread() is threading.main_thread():
             previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}

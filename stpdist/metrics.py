@@ -30,6 +30,28 @@ Values are in the scaled data range [0, 1] (frames / the index's value scale).
   below one stored unit — exact against a contingency table in stored units for stored
   integers up to 2¹⁹ (tested at scales 255, 1000, 1292).
 
+Conventions at the edges (`evaluation.score_convention`):
+
+* `stpdist` (default): a skill score whose denominator is 0 (a threshold that neither the
+  predictions nor the observations reach: no hits, misses or false alarms) is undefined,
+  NaN — CSI, POD, FAR, HSS, pooled CSI, and FSS when neither field has an event. CSI-M
+  (`csi_m`, `csi_m_pool<p>`) is the mean over the thresholds where CSI is defined, per
+  lead time and overall, and `csi_m_undefined` (`csi_m_pool<p>_undefined`) counts the
+  thresholds left out of the overall value; NaN only when no threshold is defined. Pooled
+  CSI max-pools p×p blocks with the partial blocks at the right and bottom edges kept
+  (every pixel counts once).
+* `earthformer`: Earthformer's and PreDiff's SEVIR scores, to compare with their papers:
+  1e-4 added to every denominator (CSI = h / (h + m + f + 1e-4); an empty one scores 0;
+  FSS, which they do not report, gets the same: 1 when neither field has an event),
+  CSI-M a plain mean, and pooled CSI drops the partial edge blocks (PreDiff's max-pool
+  without ceil mode): both agree with `stpdist` when H and W divide by p.
+* ACC (`acc/<var>`) is undefined for a sample and lead time whose forecast or observed
+  anomaly is zero everywhere (its denominator is 0): that pair is left out of the mean,
+  per lead time and overall (pooled over lead times); NaN when none is defined.
+
+The conventions apply when the summed counts are turned into scores, so they stay exact
+across ranks: the sums are reduced exactly whatever the convention.
+
 Every value is also given per lead time. torchmetrics was not used: it has neither
 per-lead-time values nor OpenSTL's sum convention, and the sums here reduce exactly with
 one all-reduce.
@@ -127,14 +149,28 @@ def batch_sums(
     return sums
 
 
-def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+CONVENTIONS = ("stpdist", "earthformer")
+EARTHFORMER_EPS = 1e-4
+"""Added to every skill-score denominator by Earthformer's and PreDiff's SEVIR metrics."""
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor, convention: str = "stpdist") -> torch.Tensor:
+    """num / den: NaN where den is 0 (`stpdist`), or num / (den + 1e-4) (`earthformer`)."""
+    if convention == "earthformer":
+        return num / (den + EARTHFORMER_EPS)
+    if convention != "stpdist":
+        raise ValueError(f"score convention {convention!r}: expected one of {CONVENTIONS}")
     return torch.where(den > 0, num / den.clamp_min(1e-300), torch.full_like(num, float("nan")))
 
 
 def summarize(
-    sums: dict[str, torch.Tensor], frame_pixels: int, thresholds: list[float] = ()
+    sums: dict[str, torch.Tensor],
+    frame_pixels: int,
+    thresholds: list[float] = (),
+    convention: str = "stpdist",
 ) -> dict[str, float]:
-    """Metric values from (reduced) sums: overall and per lead time (`…/t01`, …)."""
+    """Metric values from (reduced) sums: overall and per lead time (`…/t01`, …); skill
+    scores with an empty denominator as `convention` says (see the module docstring)."""
     count = float(sums["count"].sum())
     if count == 0:
         raise ValueError("no samples were evaluated")
@@ -167,11 +203,12 @@ def summarize(
         totals = {n: v.sum() for n, v in counts.items()}
         for name, pair in (("per lead", counts), ("all", totals)):
             h, m, f, cn = (pair[n] for n in ("hits", "misses", "false_alarms", "correct_negatives"))
+            hss_den = (h + m) * (m + cn) + (h + f) * (f + cn)
             scores = {
-                "csi": _ratio(h, h + m + f),
-                "pod": _ratio(h, h + m),
-                "far": _ratio(f, h + f),
-                "hss": _ratio(2 * (h * cn - m * f), (h + m) * (m + cn) + (h + f) * (f + cn)),
+                "csi": _ratio(h, h + m + f, convention),
+                "pod": _ratio(h, h + m, convention),
+                "far": _ratio(f, h + f, convention),
+                "hss": _ratio(2 * (h * cn - m * f), hss_den, convention),
             }
             for score, value in scores.items():
                 key = f"{score}@{level:g}"
@@ -208,9 +245,15 @@ class GeoInfo:
 
 def latitude_weights(latitudes_deg: Any) -> np.ndarray:
     """cos(latitude), normalised to mean 1 over the rows (float64)."""
-    weights = np.cos(np.deg2rad(np.asarray(latitudes_deg, dtype=np.float64)))
-    if weights.mean() <= 0:
-        raise ValueError("latitude weights need latitudes inside (−90°, 90°)")
+    latitudes = np.asarray(latitudes_deg, dtype=np.float64)
+    weights = np.cos(np.deg2rad(latitudes))
+    # all at the poles: every cos is ~6e-17, and normalising would blow rounding up
+    if not (latitudes.size and np.all(np.abs(latitudes) <= 90) and weights.mean() > 1e-6):
+        shown = f"{latitudes.min():g}…{latitudes.max():g}" if latitudes.size else "none"
+        raise ValueError(
+            "latitude weights need finite latitudes in [−90°, 90°], not all at the poles; "
+            f"got {shown}"
+        )
     return weights / weights.mean()
 
 
@@ -242,8 +285,10 @@ def geo_sums(
         fa, oa = pred - clim, target - clim
         num = (w * fa * oa).sum(dim=(3, 4))
         den = ((w * fa * fa).sum(dim=(3, 4)) * (w * oa * oa).sum(dim=(3, 4))).sqrt()
-        acc = torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))
+        defined = den > 0  # a zero anomaly everywhere: ACC undefined, left out of the mean
+        acc = torch.where(defined, num / den.clamp_min(1e-300), torch.zeros_like(num))
         sums["var_acc"] = acc.sum(dim=0)  # B×T×C → T×C
+        sums["var_acc_count"] = defined.double().sum(dim=0)
     return sums
 
 
@@ -265,9 +310,10 @@ def summarize_geo(
     if "var_wsq_err" in sums:
         per_lead["wrmse"] = (sums["var_wsq_err"] / pixels).sqrt() * value_scale
         overall["wrmse"] = (sums["var_wsq_err"].mean(dim=0) / pixels).sqrt() * value_scale
-    if "var_acc" in sums:
-        per_lead["acc"] = sums["var_acc"] / count
-        overall["acc"] = per_lead["acc"].mean(dim=0)
+    if "var_acc" in sums:  # mean over the (sample, lead time) pairs where ACC is defined
+        defined = sums.get("var_acc_count", torch.full_like(sums["var_acc"], count))
+        per_lead["acc"] = sums["var_acc"] / defined  # 0 / 0: NaN, none defined
+        overall["acc"] = sums["var_acc"].sum(dim=0) / defined.sum(dim=0)
     out: dict[str, float] = {}
     for score, values_TC in per_lead.items():
         for c, name in enumerate(geo.names):
@@ -297,9 +343,11 @@ def neighbourhood_sums(
     thresholds_scaled: list[float],
     pool_sizes: list[int] = (),
     fss_sizes: list[int] = (),
+    convention: str = "stpdist",
 ) -> dict[str, torch.Tensor]:
     """Per threshold and lead time (K×T) sums: `pool<p>_hits/misses/false_alarms` for each
-    pooling size, `fss<n>_sq_diff` and `fss<n>_sq_ref` for each FSS window size."""
+    pooling size (partial edge blocks kept, or dropped with convention `earthformer`),
+    `fss<n>_sq_diff` and `fss<n>_sq_ref` for each FSS window size."""
     levels = torch.tensor(list(thresholds_scaled), dtype=torch.float64, device=pred_BTCHW.device)
     k, (b, t, c, h, w) = len(levels), pred_BTCHW.shape
     p_ev, o_ev = _events(pred_BTCHW, levels), _events(target_BTCHW, levels)
@@ -309,9 +357,12 @@ def neighbourhood_sums(
     def per_kt(x: torch.Tensor) -> torch.Tensor:
         return x.reshape(k, b, t, -1).sum(dim=(1, 3))
 
+    keep_partial = convention != "earthformer"
     for size in pool_sizes:
-        pp = F.max_pool2d(p_ev.reshape(flat), size, stride=size, ceil_mode=True) > 0
-        oo = F.max_pool2d(o_ev.reshape(flat), size, stride=size, ceil_mode=True) > 0
+        if not keep_partial and size > min(h, w):
+            raise ValueError(f"pool size {size} leaves no whole block in a {h}×{w} frame")
+        pp = F.max_pool2d(p_ev.reshape(flat), size, stride=size, ceil_mode=keep_partial) > 0
+        oo = F.max_pool2d(o_ev.reshape(flat), size, stride=size, ceil_mode=keep_partial) > 0
         sums[f"pool{size}_hits"] = per_kt((pp & oo).double())
         sums[f"pool{size}_misses"] = per_kt((~pp & oo).double())
         sums[f"pool{size}_false_alarms"] = per_kt((pp & ~oo).double())
@@ -330,9 +381,12 @@ def summarize_neighbourhood(
     thresholds: list[float],
     pool_sizes: list[int] = (),
     fss_sizes: list[int] = (),
+    convention: str = "stpdist",
 ) -> dict[str, float]:
     """`csi_m` (CSI averaged over thresholds, from the sums of `batch_sums`),
-    `csi_pool<p>@<thr>`, `csi_m_pool<p>`, `fss<n>@<thr>`, each also per lead time."""
+    `csi_pool<p>@<thr>`, `csi_m_pool<p>`, `fss<n>@<thr>`, each also per lead time; with
+    convention `stpdist`, `csi_m_undefined` and `csi_m_pool<p>_undefined` (thresholds left
+    out of the overall CSI-M: empty denominators)."""
     out: dict[str, float] = {}
 
     def put(name: str, per_lead: torch.Tensor, overall: torch.Tensor) -> None:
@@ -342,21 +396,25 @@ def summarize_neighbourhood(
 
     def csi(h: torch.Tensor, m: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # per lead (K×T) and over all lead times (K)
-        return _ratio(h, h + m + f), _ratio(h.sum(-1), (h + m + f).sum(-1))
+        total = h + m + f
+        return _ratio(h, total, convention), _ratio(h.sum(-1), total.sum(-1), convention)
 
     variants = [("", "hits", "misses", "false_alarms")] if "hits" in sums else []
     variants += [(f"_pool{p}", f"pool{p}_hits", f"pool{p}_misses", f"pool{p}_false_alarms")
                  for p in pool_sizes]  # fmt: skip
     for suffix, hits, misses, false_alarms in variants:
         per_lead, overall = csi(sums[hits], sums[misses], sums[false_alarms])
-        put(f"csi_m{suffix}", per_lead.mean(dim=0), overall.mean())
+        # the thresholds where CSI is defined (all of them with `earthformer`'s eps)
+        put(f"csi_m{suffix}", per_lead.nanmean(dim=0), overall.nanmean())
+        if convention == "stpdist":
+            out[f"csi_m{suffix}_undefined"] = float(overall.isnan().sum())
         if suffix:
             for k, level in enumerate(thresholds):
                 put(f"csi{suffix}@{level:g}", per_lead[k], overall[k])
     for size in fss_sizes:
         diff, ref = sums[f"fss{size}_sq_diff"], sums[f"fss{size}_sq_ref"]
-        per_lead = 1 - _ratio(diff, ref)
-        overall = 1 - _ratio(diff.sum(-1), ref.sum(-1))
+        per_lead = 1 - _ratio(diff, ref, convention)
+        overall = 1 - _ratio(diff.sum(-1), ref.sum(-1), convention)
         for k, level in enumerate(thresholds):
             put(f"fss{size}@{level:g}", per_lead[k], overall[k])
     return out

@@ -4,22 +4,45 @@ the Forecaster) or `model.name: mypkg.task:MyModule` (an `EnhancedModule`, the w
 A backbone with an `Args` dataclass takes `model.backbone` as those args, as the built-in
 ones do; any other class gets `model.backbone` as keyword arguments, checked against its
 constructor's signature before any data work starts. Registry names need no import path.
+
+Importing a module runs its code, so an import path is only followed from a config the user
+gave (`stpdist train my.yaml`). A model folder's config is not that: `stpdist.load`,
+`forecast` and `export` resolve names inside `refusing_import_paths`, which refuses every
+import path before anything is imported, unless the user passes `trust_code=True` /
+`--trust-code`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
+from collections.abc import Iterator
 from typing import Any
 
 from torch import nn
 
-from .models.base import import_class
+from .errors import InputError
+from .models.base import UNTRUSTED_SOURCES, UntrustedImportPath, import_class
 from .module import EnhancedModule
 
 
 def is_import_path(name: str) -> bool:
     return ":" in name
+
+
+@contextlib.contextmanager
+def refusing_import_paths(source: str) -> Iterator[None]:
+    """Within: every import path (`model.name`, a SimVP translator) is refused, naming
+    `source`, before anything is imported; registered names resolve as usual. (A plain
+    list in `models.base`, not a context variable: model files import torch only.)"""
+    UNTRUSTED_SOURCES.append(source)
+    try:
+        yield
+    except UntrustedImportPath as exc:  # bad input (exit 2), wherever the name was resolved
+        raise InputError(str(exc)) from None
+    finally:
+        UNTRUSTED_SOURCES.pop()
 
 
 def resolve_model(name: str) -> type[nn.Module]:

@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from . import metrics, plugins
-from .config import ModelConfig
+from .config import ModelConfig, check_frame_size
 from .data.normalize import Normalizer
+from .errors import InputError
 from .models import BackboneOutput, FrameSpec, as_output, backbone_args, build_backbone
 from .models.recurrent import FrameRecurrent
 from .models.simvp import differential_divergence
@@ -53,6 +54,8 @@ class Forecaster(EnhancedModule):
         super().__init__()
         self.config = config
         channels, height, width = frame_shape
+        # the data's frame size against what the config assumed of it (pool sizes, LPIPS)
+        check_frame_size(config, height, width, "the data's frames")
         p = config.patch_size
         if height % p or width % p:
             raise ValueError(f"frame size {height}×{width} is not divisible by patch_size {p}")
@@ -78,6 +81,7 @@ class Forecaster(EnhancedModule):
         self.num_input_frames = num_input_frames
         self.num_output_frames = num_output_frames
         self.frame_shape = tuple(frame_shape)
+        self._patched_frame = (spec.channels, spec.height, spec.width)  # what the backbone sees
         self.frame_pixels = channels * height * width
         self.value_scale = value_scale  # stored units per 1.0 of scaled data (thresholds)
         # scaled batches → the model's space and back (data.normalize; identity by default)
@@ -113,10 +117,33 @@ class Forecaster(EnhancedModule):
                 **extra,
             )
         )
+        self._check_output(out.predictions, inputs_BTCHW.shape[0], all_frames)
         pred = reshape_patch_back(out.predictions, p)
         if clamp:
             pred = self.clamped(pred)
         return BackboneOutput(pred, out.aux_losses)
+
+    def _check_output(self, predictions: Any, batch: int, all_frames: bool) -> None:
+        """The backbone contract, B×T_out×C×H×W (in the patched layout the backbone sees),
+        checked on every eager call: shapes are known on the host, so this reads nothing
+        back from the device. A wrong shape would otherwise broadcast into the loss and
+        train a whole epoch before failing."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return  # exports and compiled graphs: the eager calls before them checked it
+        frames = self.num_output_frames
+        if all_frames:
+            frames += self.num_input_frames - 1
+        expected = (batch, frames, *self._patched_frame)
+        got = tuple(getattr(predictions, "shape", ()))
+        if got != expected:
+            what = "every next-frame prediction" if all_frames else "the T_out output frames"
+            p = self.config.patch_size
+            patched = f", after patch_size {p}" if p > 1 else ""
+            returned = "×".join(map(str, got)) or type(predictions).__name__
+            raise InputError(
+                f"backbone '{self.config.name}' returned predictions of shape {returned}; "
+                f"expected {'×'.join(map(str, expected))} (B×T×C×H×W: {what}{patched})"
+            )
 
     def compile_for_training(self, mode: str = "default") -> None:
         """Regional compilation: a frame-recurrent backbone's one-frame `step` (compiled
@@ -150,6 +177,10 @@ class Forecaster(EnhancedModule):
         return self.normalizer.inverse(self(self.normalizer(inputs_BTCHW)).predictions)
 
     # ------------------------------------------------------------------ physical units
+    value_range: tuple[list[float], list[float]] | None = None
+    """Per-channel min and max of the training data in physical units (`stpdist.load` sets
+    them from index.json): `forecast` warns on inputs whose values do not look like them."""
+
     def from_physical(self, frames: torch.Tensor) -> torch.Tensor:
         """Stored (physical) units → the scaled units the model works in."""
         return frames / self.value_scale
@@ -159,21 +190,26 @@ class Forecaster(EnhancedModule):
         return frames * self.value_scale
 
     @torch.inference_mode()
-    def forecast(self, frames: Any) -> Any:
-        """T_out frames after the given T_in, all in physical (stored) units: a numpy array
-        or tensor of T_in×C×H×W or B×T_in×C×H×W, returned in the same type and layout.
-        Scaling, patching and clamping happen inside; the module's mode is left as it is
-        (a module from `stpdist.load` is in eval mode)."""
+    def forecast(self, frames: Any, *, allow_nonfinite: bool = False) -> Any:
+        """T_out frames after the given ones, all in physical (stored) units: a numpy array
+        or tensor of T×C×H×W or B×T×C×H×W, returned in the same type and layout. With more
+        than T_in frames the newest T_in are used (as `stpdist forecast` does). The inputs
+        are checked first (frame size and channels, at least T_in frames, dtype; NaN/Inf
+        refused unless `allow_nonfinite`; a warning when the values look [0, 1]-scaled for
+        a model trained on 0–255), each failure one line. Scaling, patching and clamping
+        happen inside; the module's mode is left as it is (a module from `stpdist.load` is
+        in eval mode)."""
+        from .inference import check_inputs
+
         as_numpy = isinstance(frames, np.ndarray)
+        if not isinstance(frames, torch.Tensor):
+            frames = np.asarray(frames)
+        check_inputs(frames, self, "forecast inputs", allow_nonfinite=allow_nonfinite)
         x = torch.as_tensor(frames)
         single = x.dim() == 4
-        if x.dim() not in (4, 5) or x.shape[-4] != self.num_input_frames:
-            raise ValueError(
-                f"forecast takes T_in×C×H×W or B×T_in×C×H×W with T_in = "
-                f"{self.num_input_frames}; got shape {tuple(x.shape)}"
-            )
-        parameter = next(self.parameters())
         x = x[None] if single else x
+        x = x[:, -self.num_input_frames :]  # the newest T_in frames
+        parameter = next(self.parameters())
         x = self.from_physical(x.to(parameter.device, torch.float32)).to(parameter.dtype)
         out = self.to_physical(self.predict_frames(x).float())
         out = out[0] if single else out
@@ -295,7 +331,10 @@ class Forecaster(EnhancedModule):
             sums.update(self.lpips.sums(pred, targets))
         pools, fss = self.config.evaluation.csi_pool_sizes, self.config.evaluation.fss_sizes
         if thresholds and (pools or fss):
-            sums.update(metrics.neighbourhood_sums(pred, targets, thresholds, pools, fss))
+            convention = self.config.evaluation.score_convention
+            sums.update(
+                metrics.neighbourhood_sums(pred, targets, thresholds, pools, fss, convention)
+            )
         return {
             "loss": _LOSSES[self.config.loss](pred_model, targets_model),
             "copy_last_mse": nn.functional.mse_loss(copy_last, targets_model),
@@ -305,7 +344,8 @@ class Forecaster(EnhancedModule):
 
     def metrics_from_sums(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
         thresholds = self.config.evaluation.metric_thresholds
-        out = metrics.summarize(sums, self.frame_pixels, thresholds)
+        convention = self.config.evaluation.score_convention
+        out = metrics.summarize(sums, self.frame_pixels, thresholds, convention)
         if "persistence_sq_err" in sums:  # copy-last-frame MSE per lead time, per pixel
             per_lead = sums["persistence_sq_err"] / (float(sums["count"].sum()) * self.frame_pixels)
             out["persistence_mse"] = float(per_lead.mean())
@@ -318,7 +358,7 @@ class Forecaster(EnhancedModule):
             evaluation = self.config.evaluation
             out.update(
                 metrics.summarize_neighbourhood(
-                    sums, thresholds, evaluation.csi_pool_sizes, evaluation.fss_sizes
+                    sums, thresholds, evaluation.csi_pool_sizes, evaluation.fss_sizes, convention
                 )
             )
         return out

@@ -11,13 +11,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .config import Config, LoggingConfig
+from .config import Config, LoggingConfig, to_dict
 from .console import plain
 
 _PACKAGES = {"wandb": ("wandb", "wandb"), "tensorboard": ("tensorboard", "tensorboard")}
@@ -73,7 +72,8 @@ class Tracker:
         if not self.config.trackers or not self.is_main:
             return
         w = self.config.wandb
-        config = asdict(self.run_config) if self.run_config is not None else {}
+        # as saved: values read from the environment stay `${oc.env:NAME}` (secrets)
+        config = to_dict(self.run_config) if self.run_config is not None else {}
         accelerator.init_trackers(
             w.project,
             # tensorboard's hparams take flat scalars only; wandb shows the nesting
@@ -116,14 +116,13 @@ class Tracker:
         `samples/step-N/` and on every tracker (images; GIF videos on wandb)."""
         if not self.is_main or not samples:
             return None
-        from .visualize import plot_lead_times, save_gif, save_panel
+        from .visualize import plot_lead_times, save_samples
 
         folder = self.output_dir / "samples" / f"step-{step:08d}"
-        cmap = self.config.colormap
-        panels, gifs = [], []
-        for key, inputs, truth, pred in samples:
-            panels.append((key, save_panel(folder / f"{key}.png", inputs, truth, pred, cmap)))
-            gifs.append((key, save_gif(folder / f"{key}.gif", truth, pred, colormap=cmap)))
+        # file names (and tracker tags) from sanitised keys: a key never leaves `folder`
+        written = save_samples(folder, samples, self.config.colormap, step=step)
+        panels = [(stem, png) for stem, png, _ in written]
+        gifs = [(stem, gif) for stem, _, gif in written if gif is not None]
         plot = plot_lead_times(results, folder / "lead_time.png")
         if self._tracking:
             self._send_pictures(panels, gifs, plot, step)

@@ -16,11 +16,12 @@ import atexit
 import dataclasses
 import inspect
 import math
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -51,17 +52,30 @@ from .tracking import Tracker
 PREEMPTED_EXIT_CODE = 75
 """`stpdist train` exits with this code after a SIGTERM/SIGUSR1 stop with a checkpoint
 (EX_TEMPFAIL: try again; `--resume auto` continues)."""
+INTERRUPTED_EXIT_CODE = 130
+"""`stpdist train` exits with this code after a Ctrl-C (SIGINT) stop with a checkpoint, as
+shells report a process that Ctrl-C ended (128 + SIGINT)."""
 
 
 class Preempted(RuntimeError):
-    """Training stopped on a signal after a completed optimizer step and a checkpoint."""
+    """Training stopped on a signal after a completed optimizer step and a checkpoint.
+    `exit_code`: 130 after Ctrl-C (SIGINT), 75 after SIGTERM/SIGUSR1."""
 
-    def __init__(self, step: int, checkpoint: Path | None) -> None:
+    def __init__(
+        self,
+        step: int,
+        checkpoint: Path | None,
+        signum: int | None = None,
+        resume: str = "--resume auto",
+    ) -> None:
+        interrupted = signum == signal.SIGINT
+        cause = "Ctrl-C" if interrupted else "a signal"
         super().__init__(
-            f"stopped on a signal after step {step}; checkpoint {checkpoint}; "
-            "resume with --resume auto"
+            f"stopped on {cause} after step {step}; saved checkpoint {checkpoint}; "
+            f"resume with {resume}"
         )
-        self.step, self.checkpoint = step, checkpoint
+        self.step, self.checkpoint, self.signum = step, checkpoint, signum
+        self.exit_code = INTERRUPTED_EXIT_CODE if interrupted else PREEMPTED_EXIT_CODE
 
 
 class _TrainingStep(nn.Module):
@@ -77,32 +91,68 @@ class _TrainingStep(nn.Module):
         return self.module.training_step_end(step)
 
 
-def _declared(hook: Any) -> tuple[frozenset[str], bool]:
-    """(parameter names, takes **kwargs) of a hook, cached per function."""
+class _Parameters(NamedTuple):
+    """What a hook declares: the names extras may be given as, whether it takes **kwargs,
+    and the names of the two parameters that receive inputs and targets by position."""
+
+    keywords: frozenset[str]
+    any_keyword: bool
+    positional: tuple[str, ...]
+
+
+def _declared(hook: Any) -> _Parameters:
+    """The declared parameters of a hook (a bound method's own `self` left out), cached."""
     function = getattr(hook, "__func__", hook)
-    found = _SIGNATURES.get(function)
+    bound = function is not hook
+    found = _SIGNATURES.get((function, bound))
     if found is None:
-        parameters = inspect.signature(function).parameters.values()
-        found = (
-            frozenset(p.name for p in parameters),
+        parameters = list(inspect.signature(function).parameters.values())[int(bound) :]
+        by_position = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        found = _Parameters(
+            frozenset(p.name for p in parameters if p.kind is not p.POSITIONAL_ONLY),
             any(p.kind is p.VAR_KEYWORD for p in parameters),
+            tuple(p.name for p in parameters if p.kind in by_position)[:2],
         )
-        _SIGNATURES[function] = found
+        _SIGNATURES[(function, bound)] = found
     return found
 
 
-_SIGNATURES: dict[Any, tuple[frozenset[str], bool]] = {}
+_SIGNATURES: dict[tuple[Any, bool], _Parameters] = {}
+_NOT_PASSED: set[tuple[Any, str]] = set()  # (hook, extra) pairs already warned about
 
 
 def call_hook(hook: Any, inputs: Any, targets: Any, extras: dict[str, Any]) -> Any:
     """`hook(inputs, targets, **extras)`, each extra (a batch dict's masks, timestamps,
     `keys`, …) given only to a hook that declares a parameter of its name or **kwargs, so
-    the seed's `(inputs, labels)` hooks keep working on batches that carry more."""
+    the seed's `(inputs, labels)` hooks keep working on batches that carry more. An extra
+    named like a parameter that already receives inputs or targets (a `labels` entry for
+    `(inputs, labels)`) is not passed, with a warning once."""
     if not extras:
         return hook(inputs, targets)
-    names, any_name = _declared(hook)
-    given = extras if any_name else {k: v for k, v in extras.items() if k in names}
+    declared = _declared(hook)
+    given = {
+        k: v
+        for k, v in extras.items()
+        if (declared.any_keyword or k in declared.keywords) and k not in declared.positional
+    }
+    if any(name in extras for name in declared.positional):
+        _warn_taken(hook, declared, extras)
     return hook(inputs, targets, **given)
+
+
+def _warn_taken(hook: Any, declared: _Parameters, extras: dict[str, Any]) -> None:
+    function = getattr(hook, "__func__", hook)
+    for name in declared.positional:
+        if name in extras and (function, name) not in _NOT_PASSED:
+            _NOT_PASSED.add((function, name))
+            console.log.warning(
+                "batch entry %r is not passed to %s: its parameter %r already receives the "
+                "batch's %s; rename the entry to pass it as well",
+                name,
+                getattr(function, "__qualname__", hook),
+                name,
+                "inputs" if name == declared.positional[0] else "targets",
+            )
 
 
 def _tensors_in(value: Any) -> Iterator[torch.Tensor]:
@@ -280,6 +330,7 @@ class Validator:
     def __init__(self, trainer: Trainer, source: Any, module: EnhancedModule) -> None:
         self.trainer, self.source, self.module = trainer, source, module
         self.last_step: int | None = None
+        """The step whose validation ran (or, on resume, the checkpoint holds)."""
 
     def is_due(self, state: TrainState, *, epoch_end: bool = False) -> bool:
         """Whether validation runs after this step (at an epoch's end, `state.epoch` is
@@ -302,11 +353,24 @@ class Validator:
         if due:
             self.run(state)
 
+    def resume(self, state: TrainState) -> None:
+        """At the start of `fit`, after a resume: run the validation that was due at the
+        resumed step if its checkpoint does not hold its results (the run stopped, was
+        killed or failed between the save and that validation), as an uninterrupted run
+        did right after the save."""
+        self.last_step = state.metrics_step
+        if not state.global_step or state.metrics_step == state.global_step:
+            return
+        # a checkpoint at batch 0 was written at an epoch's end (`state.epoch` is the next)
+        if self.is_due(state, epoch_end=state.batch == 0):
+            self.run(state)
+
     def run(self, state: TrainState) -> None:
         tracker = self.trainer.tracker
         keeper = SampleKeeper(tracker.num_samples if self.trainer.is_main else 0)
         results = self.trainer.evaluate(self.module, self.source, "val", keeper)
-        state.metrics, self.last_step = results, state.global_step
+        state.metrics, state.metrics_step = results, state.global_step
+        self.last_step = state.global_step
         checkpoints = self.trainer.checkpoints
         if checkpoints.keep_best and checkpoints.monitor not in results:
             raise ValueError(
@@ -357,6 +421,7 @@ class Trainer:
         )
         self.accelerator = _make_accelerator(self.config, self.tracker.log_with)
         self.tracker.is_main = self.accelerator.is_main_process
+        self._stop.announce = self.accelerator.is_main_process  # one "stopping" line, not N
         console.setup(self.accelerator.is_main_process)
         if self.config.compile_mode != "default" and not self.config.compile:
             console.log.warning(
@@ -488,8 +553,8 @@ class Trainer:
             self.checkpoints.bind(
                 acc, module, optimizer, scheduler, self._config_yaml(), state, self.attachments
             )
-            validator.last_step = state.global_step
             self.tracker.start(acc)
+            validator.resume(state)
             meter = Meter(acc)
             bar = self._progress(total_steps, state.global_step)
             module.train()
@@ -510,9 +575,12 @@ class Trainer:
                         stop = self._settle(state) or stop  # raises on a non-finite loss
                     self._log_window(meter, optimizer, state, bar)
                     if stop:  # every rank saw the same flag: all stop after this step
+                        # the validation due at this step runs on resume (Validator.resume)
                         self.checkpoints.maybe_save(state, last=True)
                         bar.close()
-                        raise Preempted(state.global_step, self.checkpoints.latest())
+                        raise Preempted(
+                            state.global_step, self.checkpoints.latest(), self._stop.signum
+                        )
                     if epoch_end:
                         break
                     # checkpoint first: a failing validation must not cost the training

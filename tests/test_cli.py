@@ -67,8 +67,11 @@ def test_train_resume_validate_predict(tmp_path):
         keys += data["keys"].tolist()
     assert sorted(keys) == [f"test_{i:07d}" for i in range(8)]
     panel = Image.open(pred_dir / "samples" / "test_0000000.png")
-    # 4 rows × 4 frames of 32 px drawn at 64, labels left (84 px) and above (16 px)
-    assert panel.size == (84 + 2 * (4 * 32 + 3 * 2), 16 + 2 * (4 * 32 + 3 * 2))
+    # 4 input frames, then 4 lead times in truth, prediction, persistence and error rows
+    from stpdist.visualize import DPI, sample_figure
+
+    z = np.zeros((4, 1, 32, 32))
+    assert panel.size == tuple(round(v) for v in sample_figure(z, z, z).get_size_inches() * DPI)
     metrics = json.loads((pred_dir / "metrics.json").read_text())
     assert metrics["test/num_samples"] == 8 and "test/psnr/t01" in metrics  # split's name
 

@@ -120,7 +120,7 @@ def test_bad_input_names_file_and_leaves_nothing_valid(tmp_path):
     proc = run_cli(
         "shard", "arrays", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), cwd=tmp_path
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # bad input (InputError)
     assert "b.npy: expected T×C×H×W or T×H×W, got shape (4, 8)" in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]  # above it: the progress bar
     assert last.startswith("stpdist: error:") and "Traceback" not in proc.stderr
@@ -274,7 +274,10 @@ def test_synth_with_mnist_idx_digits_and_inspect(tmp_path):
     assert len(panels) == 2  # the stored frames only: one row of 20, no fake prediction
     from PIL import Image
 
-    assert Image.open(panels[0]).size == (84 + 20 * 64 + 19 * 2, 16 + 64)  # + labels
+    from stpdist.visualize import DPI, sample_figure
+
+    one_row = sample_figure(np.zeros((20, 1, 64, 64)), None, None).get_size_inches() * DPI
+    assert Image.open(panels[0]).size == tuple(round(v) for v in one_row)
     proc = run_cli("inspect", "ds", "--samples", "1", cwd=tmp_path)  # no --out: a named temp dir
     folder = Path(proc.stdout.strip().splitlines()[-1].rsplit(" to ", 1)[1])
     assert folder.is_dir() and "stpdist-inspect-" in str(folder) and tmp_path not in folder.parents

@@ -6,11 +6,12 @@ them in item order (so the output does not depend on the worker count), shows pr
 verifies the written counts, and never leaves a half-written split looking valid: a split
 folder gets its `index.json` only once complete, and is removed on error.
 
-The whole dataset is written into a staging folder beside `out` (`.<out>.staging-<pid>`)
-and swapped in only once every split is complete and verified, so neither a bad source
-nor a crash can cost the dataset already at `out`: until the swap the old one is
-untouched; during it (two renames) the old one is at `.<out>.old-<pid>` and the new one
-at the staging path, never deleted. An `out` that is, or contains, a source path is
+The whole dataset is written into a staging folder beside `out` and swapped in only once
+every split is complete and verified, so neither a bad source nor a crash can cost the
+dataset already at `out`: until the swap the old one is untouched; during it the old one
+is at a hidden folder beside `out`, never deleted before the new one is in place; a swap
+that a crash interrupted is finished or undone by the next `shard` or reader of `out` (see
+`staging.py`). An `out` that is, or contains, a source path is
 refused (an overwrite would delete the raw files).
 
 Beside the splits goes a README.md dataset card (see `write_card`): what the folder holds,
@@ -21,6 +22,8 @@ the tar shards as the data. A README.md of the user's own is kept instead.
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import math
 import os
 import re
@@ -33,9 +36,12 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from .format import SplitIndex, SplitWriter, read_index
+from ..errors import InputError
+from .format import ShardFormatError, SplitIndex, SplitWriter, read_index, require_file
+from .staging import leftover, recover
 
 Sample = tuple[str, np.ndarray, dict[str, Any]]
+log = logging.getLogger("stpdist")  # warnings: stderr, never stdout (stdout is for results)
 
 
 class Source(Protocol):
@@ -95,7 +101,7 @@ def _check_not_source(out: Path, sources: Sequence[str | Path]) -> None:
     for source in sources:
         resolved = Path(source).resolve()
         if resolved == target or target in resolved.parents:
-            raise ValueError(
+            raise InputError(
                 f"--out {out} is or contains the source {source}; writing there would "
                 "delete the raw data: choose another output folder"
             )
@@ -133,16 +139,18 @@ def staged_output(
     """A fresh staging folder beside `out` to write a dataset into; on a clean exit it
     replaces `out`, on an exception it is removed and `out` is left as it was.
 
-    Checks first (before anything is written): `out` must not be, or contain, a source
-    path, and a non-empty `out` needs `overwrite`. The old `out` is deleted only after the
-    new one has been renamed into place.
+    First a replacement of `out` that a crash interrupted is finished or undone (see
+    `staging.py`). Checks next (before anything is written): `out` must not be, or contain, a
+    source path, and a non-empty `out` needs `overwrite`. The old `out` is deleted only after
+    the new one has been renamed into place.
     """
     out = Path(out)
     if out.is_symlink():  # replace the folder it points to, keep the link
         out = out.resolve()
+    recover(out)
     _check_out(out, overwrite, sources)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.staging-{os.getpid()}"
+    staging = leftover(out, "staging")
     shutil.rmtree(staging, ignore_errors=True)  # a leftover of an earlier run of this pid
     staging.mkdir()
     try:
@@ -151,20 +159,28 @@ def staged_output(
             raise FileNotFoundError(f"nothing was written for {out}")
         # checked again: `out` may have been filled while the dataset was written
         occupied = _check_out(out, overwrite, sources)
+        ready = leftover(out, "ready")
+        os.rename(staging, ready)  # complete: from here on a crash finishes the swap
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    _swap(ready, out, occupied)
+
+
+def _swap(ready: Path, out: Path, occupied: bool) -> None:
+    """`ready` becomes `out`; an `occupied` old `out` is deleted once the new one is there."""
+    old = leftover(out, "old")
     if occupied:
         shutil.rmtree(old, ignore_errors=True)
         os.rename(out, old)  # atomic; from here to the next rename both copies exist
     elif out.is_dir():
         out.rmdir()  # empty
     try:
-        os.rename(staging, out)
+        os.rename(ready, out)
     except BaseException:
         if occupied:
-            os.rename(old, out)  # put the old dataset back; the new one stays at `staging`
+            os.rename(old, out)  # put the old dataset back; the new one is dropped
+        shutil.rmtree(ready, ignore_errors=True)
         raise
     if occupied:
         shutil.rmtree(old)
@@ -176,7 +192,7 @@ def _first_nonfinite(frames_TCHW: np.ndarray) -> str:
     return f"{frames_TCHW[position]} at (t, c, y, x) = {position} ({count} non-finite values)"
 
 
-def _finite(frames: np.ndarray, key: str, item: Any, nan_fill: float | None) -> np.ndarray:
+def _finite(frames: np.ndarray, key: str, where: str, nan_fill: float | None) -> np.ndarray:
     """`frames` with NaN replaced by `nan_fill` when given; any other non-finite value (and
     NaN without `nan_fill`) is an error naming the source item and the position."""
     if not np.issubdtype(frames.dtype, np.floating) or np.isfinite(frames).all():
@@ -186,7 +202,31 @@ def _finite(frames: np.ndarray, key: str, item: Any, nan_fill: float | None) -> 
         if np.isfinite(frames).all():
             return frames
     hint = "" if nan_fill is not None else " (--allow-nan FILL stores NaN as FILL)"
-    raise ValueError(f"{item}: sample {key} holds {_first_nonfinite(frames)}{hint}")
+    raise InputError(f"{where}: sample {key} holds {_first_nonfinite(frames)}{hint}")
+
+
+def describe(source: Source, item: Any) -> str:
+    """What a work item reads, for messages: the source's `describe(item)` when it has one
+    (items that are not file names), else the item itself (a path)."""
+    describe_item = getattr(source, "describe", None)
+    return describe_item(item) if describe_item is not None else str(item)
+
+
+def _load(source: Source, item: Any) -> list[Sample]:
+    """`source.load(item)`; an error that does not name what it read is re-raised naming it
+    (the file, or the file and frames), as one line."""
+    try:
+        return source.load(item)
+    except (ImportError, OffGrid, _Empty):
+        raise
+    except Exception as exc:
+        where = describe(source, item)
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, InputError) and where in message:
+            raise
+        if where in message:
+            raise InputError(message) from exc
+        raise InputError(f"{where}: {message}") from exc
 
 
 def _write_split(
@@ -204,7 +244,9 @@ def _write_split(
     args = {**source.args(), "split": split, "stored_as_uint8": quantize}
     if nan_fill is not None:
         args["nan_fill"] = nan_fill
-    loaded = pool.map(source.load, items) if pool else map(source.load, items)
+    load = functools.partial(_load, source)
+    loaded = pool.map(load, items) if pool else map(load, items)
+    origin: dict[str, int] = {}  # key → number of the item it came from
     with SplitWriter(
         folder,
         split,
@@ -217,27 +259,49 @@ def _write_split(
         longitudes=getattr(source, "longitudes", None),
         climatology=bool(getattr(source, "climatology", False)),
     ) as writer:
-        for item, samples in zip(
-            items,
-            tqdm(
-                loaded,
-                total=len(items),
-                desc=f"{source.name} {split}",
-                disable=not progress,
-                unit="item",
-            ),
-            strict=True,
-        ):
+        progress_bar = tqdm(
+            loaded,
+            total=len(items),
+            desc=f"{source.name} {split}",
+            disable=not progress,
+            unit="item",
+        )
+        for number, samples in enumerate(progress_bar):
+            where = describe(source, items[number])
             for key, frames, meta in samples:
-                frames = _finite(frames, key, item, nan_fill)
-                if quantize:
-                    frames = _quantize(frames, source.grid)
-                elif frames.dtype == np.float64:
-                    frames = frames.astype(np.float32)
-                writer.write(key, frames, meta)
+                if origin.setdefault(key, number) != number:
+                    first = describe(source, items[origin[key]])
+                    raise InputError(
+                        f"{where}: sample key {key!r} is also that of a sample from {first}; "
+                        "keys must be unique in a split"
+                    )
+                grid = source.grid if quantize else None
+                _write_sample(writer, key, frames, meta, where, grid, nan_fill)
         if writer.shape is None:
             raise _Empty
     return read_index(folder)
+
+
+def _write_sample(
+    writer: SplitWriter,
+    key: str,
+    frames: np.ndarray,
+    meta: dict[str, Any],
+    where: str,
+    grid: float | None,
+    nan_fill: float | None,
+) -> None:
+    """One sample into `writer`: NaN filled (or refused), quantized to the `grid` when
+    given; a bad sample is an error naming `where` it came from."""
+    try:
+        frames = _finite(frames, key, where, nan_fill)
+        if grid:
+            frames = _quantize(frames, grid)
+        elif frames.dtype == np.float64:
+            frames = frames.astype(np.float32)
+        writer.write(key, frames, meta)
+    except ShardFormatError as exc:  # the writer's checks: shape, dtype, key
+        raise InputError(f"{where}: {exc}") from None
 
 
 def convert(
@@ -257,11 +321,18 @@ def convert(
     `nan_fill`: store NaN as this value (geoscience data that marks missing values with NaN);
     without it a NaN or Inf in the frames is an error naming the item and the position.
     """
+    if isinstance(samples_per_shard, bool) or not (
+        isinstance(samples_per_shard, int) and samples_per_shard >= 1
+    ):
+        raise InputError(f"--samples-per-shard {samples_per_shard}: expected at least 1")
     if nan_fill is not None and not math.isfinite(nan_fill):
-        raise ValueError(f"the NaN fill value must be finite, got {nan_fill}")
+        raise InputError(f"--allow-nan {nan_fill}: the NaN fill value must be finite")
     value_scale = getattr(source, "value_scale", None)
     if value_scale is not None and not (math.isfinite(value_scale) and value_scale > 0):
-        raise ValueError(f"{source.name}: value scale must be a positive number, got {value_scale}")
+        raise InputError(f"{source.name}: value scale must be a positive number, got {value_scale}")
+    for path in source_paths(source):  # a FIFO (or socket, device) would block a reader
+        if os.path.lexists(path):
+            require_file(path, folder_too=True)
     with staged_output(out, overwrite, sources=source_paths(source)) as staging:
         splits = source.splits()
         if not any(splits.values()):
@@ -360,9 +431,10 @@ def write_card(
     old = Path(out).resolve() / CARD_FILE
     if old.is_file() and CARD_MARKER not in old.read_text(errors="replace"):
         shutil.copy2(old, folder / CARD_FILE)
-        tqdm.write(
-            f"kept your {old} (no stpdist card written: for Hugging Face datasets, give it "
-            "front matter with configs/data_files pointing at '<split>/*.tar')"
+        log.warning(
+            "kept your %s (no stpdist card written: for Hugging Face datasets, give it "
+            "front matter with configs/data_files pointing at '<split>/*.tar')",
+            old,
         )
         return
     (folder / CARD_FILE).write_text(card_text(out, source_name, indexes))
@@ -391,15 +463,16 @@ def _write_splits(
                     written[split] = _write_split(source, folder, split, items, *args)
                 except OffGrid:
                     shutil.rmtree(folder, ignore_errors=True)
-                    tqdm.write(
-                        f"{split}: values are not all on the 1/{source.grid:g} grid; "
-                        "storing float32"
+                    log.warning(
+                        "%s: values are not all on the 1/%g grid; storing float32",
+                        split,
+                        source.grid,
                     )
                     args = (pool, False, samples_per_shard, progress, nan_fill)
                     written[split] = _write_split(source, folder, split, items, *args)
             except _Empty:
                 shutil.rmtree(folder, ignore_errors=True)
-                tqdm.write(f"{split}: no samples; not written")
+                log.warning("%s: no samples; not written", split)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ from typing import Any
 
 import numpy as np
 import webdataset as wds
+
+from ..errors import InputError
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
@@ -45,8 +48,32 @@ SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 a name from an index can be put in a path or a `pipe:` command without meaning more."""
 
 
-class ShardFormatError(ValueError):
+class ShardFormatError(InputError):
     """A shard, member or index that does not follow the format."""
+
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a folder",
+}
+
+
+def require_file(path: str | os.PathLike, *, folder_too: bool = False) -> Path:
+    """`path`, if it is a regular file (or, with `folder_too`, a folder); anything else is
+    refused naming it, before it is opened: opening a FIFO blocks until someone writes."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode  # follows symbolic links
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    if stat.S_ISREG(mode) or (folder_too and stat.S_ISDIR(mode)):
+        return path
+    kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+    expected = "a file or folder" if folder_too else "a regular file"
+    raise InputError(f"{path} is {kind}, expected {expected}")
 
 
 @dataclass
@@ -163,8 +190,13 @@ def write_index(folder: str | Path, index: SplitIndex) -> Path:
 
 def read_index(folder: str | Path) -> SplitIndex:
     path = Path(folder) / INDEX_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
+        from .staging import recover
+
+        recover(Path(folder).absolute().parent)  # a crash while the dataset was replaced
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"no {INDEX_FILE} in {folder} (not a stpdist split folder)")
+    require_file(path)
     try:
         raw = json.loads(path.read_text())
         raw["shards"] = [ShardInfo(**s) for s in raw["shards"]]
@@ -268,6 +300,10 @@ class StatsAccumulator:
         return (self.pixel_total / self.frames).astype(np.float32)
 
 
+def _span(values: list[float]) -> str:
+    return f"{min(values):g}…{max(values):g}" if values else "none"
+
+
 class SplitWriter:
     """Writes one split's shards and, on `close`, its index. Samples must share shape/dtype.
 
@@ -304,6 +340,13 @@ class SplitWriter:
         self.variables = [dict(v) for v in variables or []]
         self.latitudes = [float(x) for x in latitudes] if latitudes is not None else []
         self.longitudes = [float(x) for x in longitudes] if longitudes is not None else []
+        coords = self.latitudes + self.longitudes
+        if not all(map(math.isfinite, coords)) or any(abs(x) > 90 for x in self.latitudes):
+            raise ShardFormatError(
+                f"split '{split}': latitudes must be finite and in [-90, 90], longitudes "
+                f"finite; got latitudes {_span(self.latitudes)}, longitudes "
+                f"{_span(self.longitudes)}"
+            )
         self._writer: wds.TarWriter | None = None
 
     def _pattern(self) -> str:
@@ -312,6 +355,11 @@ class SplitWriter:
     def write(self, key: str, frames_TCHW: np.ndarray, meta: dict[str, Any] | None = None) -> None:
         if frames_TCHW.ndim != 4:
             raise ShardFormatError(f"sample {key}: expected T×C×H×W, got shape {frames_TCHW.shape}")
+        if frames_TCHW.size == 0 or frames_TCHW.dtype.kind not in "biuf":
+            raise ShardFormatError(
+                f"sample {key}: {frames_TCHW.dtype} {list(frames_TCHW.shape)}; frames must be "
+                "numbers (bool, integers or floats) with no dimension of size 0"
+            )
         if self.shape is None:
             self.shape, self.dtype = list(frames_TCHW.shape), str(frames_TCHW.dtype)
         elif list(frames_TCHW.shape) != self.shape or str(frames_TCHW.dtype) != self.dtype:
@@ -407,6 +455,38 @@ class SplitWriter:
             self._writer.close()
 
 
+def _tar_header(stream: Any, where: str) -> tuple[str, bytes, int] | None:
+    """(name, type flag, data size) of the next tar header; None at the end of the archive
+    (its zero block, or the end of the stream)."""
+    header = stream.read(512)
+    if len(header) == 0 or header == b"\0" * 512:
+        return None
+    if len(header) < 512:
+        raise ShardFormatError(f"{where}: truncated tar header")
+    try:
+        size = int(header[124:136].rstrip(b"\0 ").decode() or "0", 8)
+        name = header[0:100].split(b"\0", 1)[0].decode()
+        ustar = header[257:262] == b"ustar"
+        prefix = header[345:500].split(b"\0", 1)[0].decode() if ustar else ""
+    except ValueError as exc:  # not octal, not UTF-8
+        raise ShardFormatError(f"{where}: corrupt tar header") from exc
+    if size < 0:  # a signed size field: the next header would lie behind this one
+        raise ShardFormatError(f"{where}: corrupt tar header (size {size})")
+    return (f"{prefix}/{name}" if prefix else name), header[156:157], size
+
+
+def _long_name(kind: bytes, data: bytes) -> str | None:
+    """The path a pax (`x`) or GNU long-name (`L`) header gives the next member."""
+    if kind == b"L":
+        return data.rstrip(b"\0").decode()
+    path = None
+    for record in data.decode("utf-8", "replace").splitlines():
+        _, _, field_ = record.partition(" ")
+        if field_.startswith("path="):
+            path = field_[5:]
+    return path
+
+
 def _tar_members(stream: Any, where: str) -> Iterator[tuple[str, bytes]]:
     """(name, data) of the regular files of an uncompressed tar stream.
 
@@ -414,38 +494,68 @@ def _tar_members(stream: Any, where: str) -> Iterator[tuple[str, bytes]]:
     `tarfile` spends most of a loader's time parsing headers.
     """
     long_name: str | None = None
-    while True:
-        header = stream.read(512)
-        if len(header) == 0 or header == b"\0" * 512:
-            return  # end of archive
-        if len(header) < 512:
-            raise ShardFormatError(f"{where}: truncated tar header")
-        try:
-            size = int(header[124:136].rstrip(b"\0 ").decode() or "0", 8)
-        except ValueError as exc:
-            raise ShardFormatError(f"{where}: corrupt tar header") from exc
-        kind = header[156:157]
-        name = header[0:100].split(b"\0", 1)[0].decode()
-        prefix = header[345:500].split(b"\0", 1)[0].decode() if header[257:262] == b"ustar" else ""
-        if prefix:
-            name = f"{prefix}/{name}"
+    while (header := _tar_header(stream, where)) is not None:
+        name, kind, size = header
         data = stream.read(size)
         if len(data) < size:
             raise ShardFormatError(f"{where}: truncated member {name}")
         stream.read((512 - size % 512) % 512)
-        if kind == b"x":  # pax header: may carry the real path of the next member
-            for record in data.decode("utf-8", "replace").splitlines():
-                _, _, field_ = record.partition(" ")
-                if field_.startswith("path="):
-                    long_name = field_[5:]
-            continue
-        if kind == b"L":  # GNU long name
-            long_name = data.rstrip(b"\0").decode()
+        if kind in (b"x", b"L"):  # the real path of the next member
+            long_name = _long_name(kind, data) or long_name
             continue
         if kind not in (b"0", b"\0"):
             continue  # directories, links, global headers
         yield (long_name or name), data
         long_name = None
+
+
+def _sample_key(name: str) -> str | None:
+    """The sample key of a member name (`<key>.<ext>`; None for a member without one)."""
+    base = name.rsplit("/", 1)[-1]
+    return base.split(".", 1)[0] if "." in base else None
+
+
+class _At:
+    """A file read with `os.pread` from a moving offset: one system call a header."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.offset = fd, 0
+
+    def read(self, size: int) -> bytes:
+        data = os.pread(self.fd, size, self.offset)
+        self.offset += len(data)
+        return data
+
+
+def count_samples(path: str | os.PathLike) -> tuple[int, bool]:
+    """(samples, whether the archive ends with its end-of-archive block) of a local shard,
+    from its tar headers alone: member data is skipped, never read or decoded (one 512-byte
+    read a member). A member running past the end of the file is a ShardFormatError naming
+    the shard; anything but a regular file is an InputError (a FIFO is never opened)."""
+    path = require_file(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size_on_disk = os.fstat(fd).st_size
+        stream, count, last_key, long_name = _At(fd), 0, None, None
+        while stream.offset < size_on_disk:
+            header = _tar_header(stream, str(path))
+            if header is None:
+                return count, True
+            name, kind, size = header
+            if stream.offset + size > size_on_disk:
+                raise ShardFormatError(f"{path}: truncated member {name}")
+            end = stream.offset + size + (512 - size % 512) % 512
+            if kind in (b"x", b"L"):
+                long_name = _long_name(kind, stream.read(size)) or long_name
+            elif kind in (b"0", b"\0"):
+                key = _sample_key(long_name or name)
+                long_name = None
+                if key is not None and key != last_key:
+                    count, last_key = count + 1, key
+            stream.offset = end
+        return count, False  # cut at a member boundary: no end-of-archive block
+    finally:
+        os.close(fd)
 
 
 def iter_shard(
@@ -457,6 +567,11 @@ def iter_shard(
     a URL: anything webdataset's `gopen` opens, including `pipe:<shell command>` (run by a
     shell!) and `https://…`; callers pass a `str` only for an explicit URL template."""
     where = where or str(url)
+    if isinstance(url, os.PathLike):
+        try:
+            require_file(url)  # never open a FIFO: it would block (InputError)
+        except FileNotFoundError:
+            raise ShardFormatError(f"{where}: cannot open (no such file)") from None
     try:
         if isinstance(url, os.PathLike):
             stream = open(url, "rb")  # noqa: SIM115 (closed below)
@@ -467,10 +582,10 @@ def iter_shard(
     key, sample = None, {}
     try:
         for name, data in _tar_members(stream, where):
-            base = name.rsplit("/", 1)[-1]
-            if "." not in base:
+            member_key = _sample_key(name)
+            if member_key is None:
                 continue
-            member_key, ext = base.split(".", 1)
+            ext = name.rsplit("/", 1)[-1].split(".", 1)[1]
             if member_key != key:
                 if key is not None:
                     yield key, sample

@@ -1,6 +1,8 @@
 """Shard streams: the train and eval sources over WebDataset tar shards (see
 `loading.py` for the protocols they implement): deterministic, equal batches per rank,
-resumable mid-epoch.
+resumable mid-epoch. Before the first plan, every local shard's sample count is read from
+its tar headers and checked against `index.json` (`check_counts`): the index is never
+trusted to plan steps.
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from .format import FRAMES_EXT, ShardFormatError, decode_frames, iter_shard, read_index
+from .format import (
+    FRAMES_EXT,
+    ShardFormatError,
+    count_samples,
+    decode_frames,
+    iter_shard,
+    read_index,
+)
 from .loading import LoaderContext, StoredFrames, contiguous_share, epoch_permutation
 
 __all__ = ["LoaderContext", "ShardEvalStream", "ShardTrainStream"]
@@ -70,10 +79,33 @@ class _ShardSource:
                 f"num_input_frames + num_output_frames = {num_input_frames + num_output_frames}"
             )
         self.offsets = np.cumsum([0] + [s.num_samples for s in self.index.shards])
+        self._counts_checked = False
 
     @property
     def num_samples(self) -> int:
+        self.check_counts()  # every plan (batches per epoch, shares per rank) starts here
         return int(self.offsets[-1])
+
+    def check_counts(self) -> None:
+        """Each local shard's sample count, read from its tar headers (no member data is
+        read), against the index, once: a shard that holds more or fewer samples than the
+        index says is refused naming it and both counts, also in skip mode (the index, not
+        a sample, is wrong; trusting it plans steps over samples that do not exist). In skip
+        mode a damaged shard (truncated, unreadable, missing) passes here and is skipped as
+        it is read. Shards behind a `url_template` are checked as they are read."""
+        if self._counts_checked or self.url_template is not None:
+            return
+        for shard in self.index.shards:
+            path = self.folder / shard.name
+            try:
+                found, complete = count_samples(path)
+            except (ShardFormatError, FileNotFoundError) as exc:
+                if self.skip_bad:
+                    continue
+                raise ShardFormatError(str(exc)) from None
+            if found != shard.num_samples and (complete or not self.skip_bad):
+                raise ShardFormatError(_miscount(path, found, shard.num_samples, complete))
+        self._counts_checked = True
 
     def _url(self, shard: int) -> str | Path:
         name = self.index.shards[shard].name  # checked against the format by read_index
@@ -158,6 +190,13 @@ class _ShardSource:
     def _report(self, what: str) -> None:
         if self.bad_samples:
             log.warning("%s: %d bad sample(s) skipped", what, self.bad_samples)
+
+
+def _miscount(path: Path, found: int, listed: int, complete: bool) -> str:
+    if found > listed:
+        return f"{path}: holds more than the {listed} samples the index says ({found})"
+    cut = "" if complete else " (it ends without the tar end-of-archive block: truncated?)"
+    return f"{path}: holds {found} samples, index says {listed}{cut}"
 
 
 def _worker() -> tuple[int, int]:
@@ -283,6 +322,7 @@ class ShardEvalStream(_ShardSource):
         return self.num_samples
 
     def iterate(self, ctx: LoaderContext) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        self.check_counts()  # here, not in a worker: an error is then one line
         workers = max(1, ctx.num_workers or 0)
         yield from _loader(_EvalShare(self, ctx, workers), workers if workers > 1 else 0, ctx)
 

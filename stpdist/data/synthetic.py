@@ -47,7 +47,9 @@ def render_glyph(rng: np.random.Generator) -> np.ndarray:
 
 def load_mnist_digits(path: str | Path) -> np.ndarray:
     """MNIST images from `train-images-idx3-ubyte(.gz)`: N×28×28 uint8."""
-    path = Path(path)
+    from .format import require_file
+
+    path = require_file(path)  # a FIFO would block the reader
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as handle:
         data = handle.read()
@@ -151,9 +153,17 @@ class MovingDigits:
         for split, count in self.counts.items():
             if count < 0:
                 raise ValueError(f"synthetic moving digits: {split} count {count} is negative")
+        if not 0 < self.digit_size <= self.image_size:  # before any work, not in a worker
+            raise ValueError(
+                f"digit_size {self.digit_size} does not fit a {self.image_size}-pixel canvas"
+            )
         if self.digits is not None:
             self.digits = str(self.digits)
             _digits(self.digits)  # fail early, naming the file
+
+    def describe(self, item: tuple[str, int, int]) -> str:
+        """What a work item generates (for messages)."""
+        return f"synthetic moving digits, {item[0]} sequences {item[1]}..{item[2] - 1}"
 
     def splits(self) -> dict[str, list[Any]]:
         return {

@@ -59,10 +59,26 @@ def gate_norm(channels: int, size: tuple[int, ...] | None) -> nn.Module:
     return nn.Identity() if size is None else nn.LayerNorm([channels, *size])
 
 
+class UntrustedImportPath(ValueError):
+    """An import path met while import paths are refused (see `UNTRUSTED_SOURCES`)."""
+
+
+UNTRUSTED_SOURCES: list[str] = []
+"""While not empty, `import_class` refuses every import path, naming the last entry: importing
+a module runs its code, and a model folder's config.yaml is not the user's own
+(`plugins.refusing_import_paths` fills it around `stpdist.load`; `trust_code=True` opts in)."""
+
+
 def import_class(path: str, what: str) -> type[nn.Module]:
     """The `nn.Module` class at import path `package.module:Class` (a user's backbone, task
     or translator block); failures are one line naming `what`, the path and the cause. The
     module must be importable on every rank: installed, or its folder on PYTHONPATH."""
+    if UNTRUSTED_SOURCES:  # checked before anything is imported
+        raise UntrustedImportPath(
+            f"{what} '{path}' in {UNTRUSTED_SOURCES[-1]} is an import path: loading it would "
+            "run that code; pass trust_code=True (command line: --trust-code) if you trust "
+            "this model folder and the module is installed or on your PYTHONPATH"
+        )
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise ValueError(f"{what} '{path}': expected an import path package.module:Class")

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...errors import InputError
+
 
 def _ranges(text: str) -> list[int]:
     """`17-25,30` → [17, …, 25, 30]."""
@@ -28,11 +30,13 @@ def _split_sizes(text: str, kind: type = int) -> dict[str, Any]:
     for part in text.split(","):
         name, _, size = part.partition("=")
         if not name or not size:
-            raise ValueError(f"--splits item {part!r} is not name=size")
+            raise InputError(f"--splits item {part!r} is not name=size")
+        if name in sizes:
+            raise InputError(f"--splits {text}: split '{name}' is given twice")
         try:
             sizes[name] = kind(size)
         except ValueError:
-            raise ValueError(f"--splits item {part!r}: {size!r} is not a number") from None
+            raise InputError(f"--splits item {part!r}: {size!r} is not a number") from None
     return sizes
 
 
@@ -42,7 +46,7 @@ class FirstFrames:
 
     def __init__(self, source: Any, count: int) -> None:
         if count < 1:
-            raise ValueError(f"--inputs-only {count}: expected at least 1 frame")
+            raise InputError(f"--inputs-only {count}: expected at least 1 frame")
         self.source, self.count = source, count
 
     def __getattr__(self, name: str) -> Any:  # name, grid, value_scale, root, … of the source
@@ -57,7 +61,7 @@ class FirstFrames:
         samples = []
         for key, frames, meta in self.source.load(item):
             if frames.shape[0] < self.count:
-                raise ValueError(f"sample {key}: {frames.shape[0]} frames, fewer than {self.count}")
+                raise InputError(f"sample {key}: {frames.shape[0]} frames, fewer than {self.count}")
             samples.append((key, frames[: self.count], meta))
         return samples
 
@@ -215,7 +219,10 @@ FORMATS: dict[str, SourceFormat] = {
             "--split": {"default": "train", "help": "split name without sub-folders"},
             "--splits": {
                 "default": None,
-                "help": "cut a flat folder: train=0.8,val=0.1,test=0.1 (fractions or counts)",
+                "help": "cut a flat folder into splits that take every file: fractions summing "
+                "to 1 (train=0.8,val=0.1,test=0.1) or counts summing to the number of files; "
+                "one split may be -1, the rest (train=0.8,val=0.1,test=-1); anything that "
+                "leaves files out is refused",
             },
             "--seed": {"type": int, "default": 0, "help": "seed of the --splits file order"},
             **_series_flags(None),

@@ -2,9 +2,10 @@
 
 Split sub-folders (`train`, `val`/`validation`, `test`) become splits. A folder without
 them becomes the single split `split`, or, with `split_sizes` (`--splits
-train=0.8,val=0.1,test=0.1`, fractions or counts), is cut into several: whole files
-(sequences) per split, in an order shuffled by `seed`, so the same seed gives the same
-splits and no file lands in two.
+train=0.8,val=0.1,test=0.1`: fractions summing to 1, or counts summing to the number of
+files; one split may be -1, the rest), is cut into several: whole files (sequences) per
+split, in an order shuffled by `seed`, so the same seed gives the same splits, no file
+lands in two and none is left out.
 
 With `num_frames` (`--frames N --stride S`) the input is instead one long series, a file or
 a folder of consecutive chunks (T×C×H×W or T×H×W each, in name order), cut into windows
@@ -21,8 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .common import SEED_SPLITS, as_TCHW, key_of, load_array
-from .series import as_times, parse_bound, parse_step, plan_windows, stamp
+from ...errors import InputError
+from ..format import require_file
+from .common import SEED_SPLITS, as_TCHW, check_frames, key_of, load_array
+from .series import as_times, parse_bound, parse_step, plan_windows, stamp, stamp_unit
 
 
 @dataclass
@@ -34,7 +37,8 @@ class GenericArrays:
     """Stored value range (default: 255 for uint8 arrays, else 1)."""
     split: str = "train"
     split_sizes: dict[str, float] | None = None
-    """Cut a flat folder into these splits: fractions (summing to at most 1) or counts."""
+    """Cut a flat folder into these splits: fractions summing to 1 or counts summing to the
+    number of files (one split may be -1: the rest); see `split_counts`."""
     seed: int = 0
     """Seeds the file order that `split_sizes` cuts."""
     num_frames: int | None = None
@@ -55,9 +59,12 @@ class GenericArrays:
     """Series mode, set by `splits`: (file, first frame, frame count) per chunk."""
     times: Any = None
     """Series mode, set by `splits`: the time of every frame."""
+    key_unit: str = "m"
+    """Series mode, set by `splits`: time unit of the keys (minutes unless steps are finer)."""
 
     def _files(self, folder: Path) -> list[str]:
-        return [str(p) for p in sorted(folder.iterdir()) if p.suffix in (".npy", ".npz")]
+        found = [p for p in sorted(folder.iterdir()) if p.suffix in (".npy", ".npz")]
+        return [str(require_file(p)) for p in found]  # a FIFO would block the reader
 
     def splits(self) -> dict[str, list[Any]]:
         if self.num_frames is not None:
@@ -81,18 +88,10 @@ class GenericArrays:
         files = self._files(root)
         if not self.split_sizes:
             return {self.split: files}
-        sizes = list(self.split_sizes.values())
-        if any(size < 0 for size in sizes):
-            raise ValueError(f"--splits sizes must not be negative: {self.split_sizes}")
-        fractions = all(size <= 1 for size in sizes) and any(0 < s < 1 for s in sizes)
-        counts = [round(s * len(files)) for s in sizes] if fractions else [int(s) for s in sizes]
-        if fractions and sum(sizes) > 1 + 1e-9 or sum(counts) > len(files):
-            raise ValueError(
-                f"--splits {self.split_sizes} ask for more than the {len(files)} files in {root}"
-            )
+        counts = split_counts(self.split_sizes, len(files), str(root))
         order = np.random.default_rng(self.seed).permutation(len(files))
         out, start = {}, 0
-        for split, count in zip(self.split_sizes, counts):
+        for split, count in counts.items():
             out[split] = sorted(files[i] for i in order[start : start + count])
             start += count
         return out
@@ -117,16 +116,17 @@ class GenericArrays:
                 others = [n for n in data.keys() if n != self.time_key]
             if len(others) == 1:  # the frames: the one member besides the timestamps
                 self.key = others[0]
-        chunks, times, frame, dtype = [], [], 0, None
+        chunks, times, frame, dtype, frame_shape = [], [], 0, None, None
         for file in files:
             shape, chunk_dtype = _shape(Path(file), self.key)
-            if len(shape) not in (3, 4):
-                raise ValueError(f"{file}: expected T×C×H×W or T×H×W, got shape {shape}")
-            if dtype is not None and chunk_dtype != dtype:
-                raise ValueError(
-                    f"{file}: dtype {chunk_dtype} differs from the first chunk's {dtype}"
+            check_frames(shape, chunk_dtype, file)
+            here = (1, *shape[1:]) if len(shape) == 3 else tuple(shape[1:])  # C×H×W
+            if dtype is not None and (chunk_dtype != dtype or here != frame_shape):
+                raise InputError(
+                    f"{file}: frames C×H×W {here} {chunk_dtype} differ from the first "
+                    f"chunk's ({files[0]}) {frame_shape} {dtype}"
                 )
-            dtype = chunk_dtype
+            dtype, frame_shape = chunk_dtype, here
             if self.time_key is not None:
                 stamps = as_times(load_array(Path(file), self.time_key), file)
                 if len(stamps) != shape[0]:
@@ -139,6 +139,7 @@ class GenericArrays:
         self.chunks = chunks
         timestamps = self.time_key is not None
         self.times = np.concatenate(times) if timestamps else np.arange(frame)
+        self.key_unit = stamp_unit(self.times)  # keys need seconds for 30-second steps
         if self.value_scale is None:
             self.value_scale = 255.0 if dtype == np.uint8 else 1.0
         windows = plan_windows(
@@ -185,8 +186,16 @@ class GenericArrays:
         for start in starts:
             frames = np.array(span[start - starts[0] : start - starts[0] + self.num_frames])
             meta = {"source": file.name, "start": str(self.times[start])}
-            out.append((f"{key_of(file)}_{stamp(self.times[start])}", frames, meta))
+            key = f"{key_of(file)}_{stamp(self.times[start], self.key_unit)}"
+            out.append((key, frames, meta))
         return out
+
+    def describe(self, item: Any) -> str:
+        """The file a work item reads (for messages)."""
+        if self.num_frames is None:
+            return str(item)
+        chunk, starts = item
+        return f"{self.chunks[chunk][0]} (windows from frame {starts[0]})"
 
     def load(self, item: Any) -> list[tuple[str, np.ndarray, dict]]:
         if self.num_frames is not None:
@@ -220,6 +229,7 @@ def _shape(path: Path, key: str | None) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of a .npy file or an .npz member, from its header alone."""
     import zipfile
 
+    require_file(path)  # a FIFO would block the reader
     try:
         if path.suffix == ".npy":
             array = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -242,6 +252,55 @@ def _shape(path: Path, key: str | None) -> tuple[tuple[int, ...], np.dtype]:
                 shape, _, dtype = header(member)
                 return tuple(shape), dtype
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        raise InputError(f"{path}: {exc}") from exc
     except Exception as exc:
-        raise ValueError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
+        raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
+
+
+def split_counts(sizes: dict[str, float], total: int, where: str) -> dict[str, int]:
+    """Files per split from `--splits` sizes, which must place every one of the `total`
+    files: fractions summing to 1, or counts summing to `total`; one split may be `-1`,
+    the rest. Fractions are rounded by largest remainder, so the counts always add up."""
+    rest = [split for split, size in sizes.items() if size == -1]
+    given = {split: size for split, size in sizes.items() if size != -1}
+    bad = [f"{split}={size:g}" for split, size in given.items() if not 0 <= size < float("inf")]
+    if bad or len(rest) > 1:
+        raise InputError(
+            f"--splits {_text(sizes)}: sizes must be fractions or counts ≥ 0, and at most one "
+            f"split -1 (the rest); got {', '.join(bad) or ', '.join(f'{r}=-1' for r in rest)}"
+        )
+    fractions = all(size <= 1 for size in given.values()) and any(
+        0 < size < 1 for size in given.values()
+    )
+    if fractions:
+        exact = {split: size * total for split, size in given.items()}
+    elif any(size != int(size) for size in given.values()):
+        raise InputError(f"--splits {_text(sizes)}: counts must be whole numbers of files")
+    else:
+        exact = {split: float(size) for split, size in given.items()}
+    wanted = sum(given.values()) if fractions else sum(exact.values())
+    whole = 1 if fractions else total
+    counts = {split: int(np.floor(value + 1e-9)) for split, value in exact.items()}
+    if wanted > whole + 1e-9:
+        raise InputError(
+            f"--splits {_text(sizes)} ask for more than the {total} files in {where} "
+            f"({'fractions sum' if fractions else 'counts sum'} to {wanted:g})"
+        )
+    if not rest and abs(wanted - whole) > 1e-9:
+        left = total - sum(counts.values())
+        raise InputError(
+            f"--splits {_text(sizes)}: the {'fractions' if fractions else 'counts'} sum to "
+            f"{wanted:g}, not {whole}: {left} of the {total} files in {where} would be in no "
+            "split; make them sum to it, or give one split -1 (the rest)"
+        )
+    if fractions and not rest:  # largest remainder: the counts add up to `total`
+        by_remainder = sorted(exact, key=lambda split: counts[split] - exact[split])
+        for split in by_remainder[: total - sum(counts.values())]:
+            counts[split] += 1
+    if rest:
+        counts[rest[0]] = total - sum(counts.values())
+    return {split: counts[split] for split in sizes}
+
+
+def _text(sizes: dict[str, float]) -> str:
+    return ",".join(f"{split}={size:g}" for split, size in sizes.items())

@@ -15,6 +15,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ...errors import InputError
+from ..format import require_file
+
 NAME = re.compile(r"^person(\d+)_([a-z]+)_d(\d+)_uncomp$")
 
 
@@ -26,9 +29,9 @@ def decode_gray(path: str | Path) -> np.ndarray:
         with av.open(str(path)) as container:
             frames = [f.to_ndarray(format="gray") for f in container.decode(video=0)]
     except Exception as exc:
-        raise ValueError(f"{path}: cannot decode video ({exc})") from exc
+        raise InputError(f"{path}: cannot decode video ({exc})") from exc
     if not frames:
-        raise ValueError(f"{path}: no video frames")
+        raise InputError(f"{path}: no video frames")
     return np.stack(frames)
 
 
@@ -51,7 +54,8 @@ class KTHVideos:
         for path in sorted(root.rglob("*.avi")):
             match = NAME.match(path.stem)
             if match is None:
-                raise ValueError(f"{path}: name is not personNN_<action>_dM_uncomp.avi")
+                raise InputError(f"{path}: name is not personNN_<action>_dM_uncomp.avi")
+            require_file(path)  # a FIFO would block the decoder
             split = "test" if int(match.group(1)) in self.test_persons else "train"
             out[split].append(str(path))
         return out

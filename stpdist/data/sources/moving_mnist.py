@@ -8,6 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import InputError
+from ..format import require_file
+
 CHUNK = 256
 
 
@@ -21,16 +24,21 @@ class MovingMnistNpy:
     grid: float | None = None
 
     def _array(self) -> np.ndarray:
+        require_file(self.path)  # a FIFO would block the reader
         try:
             array = np.load(self.path, mmap_mode="r", allow_pickle=False)
         except Exception as exc:
-            raise ValueError(f"{self.path}: unreadable ({exc})") from exc
+            raise InputError(f"{self.path}: unreadable ({exc})") from exc
         if array.ndim != 4 or array.dtype != np.uint8:
-            raise ValueError(
+            raise InputError(
                 f"{self.path}: expected uint8 T×N×H×W (time first), got {array.dtype} "
                 f"{tuple(array.shape)}"
             )
         return array
+
+    def describe(self, item: tuple[str, int, int]) -> str:
+        """The file and the sequences a work item reads (for messages)."""
+        return f"{self.path} (sequences {item[1]}..{item[2] - 1})"
 
     def splits(self) -> dict[str, list[Any]]:
         total = self._array().shape[1]
@@ -38,7 +46,7 @@ class MovingMnistNpy:
         for split, size in self.split_sizes.items():
             stop = total if size < 0 else start + size
             if stop > total:
-                raise ValueError(f"{self.path}: {total} sequences, fewer than the splits ask")
+                raise InputError(f"{self.path}: {total} sequences, fewer than the splits ask")
             out[split] = [(split, a, min(a + CHUNK, stop)) for a in range(start, stop, CHUNK)]
             start = stop
         return out

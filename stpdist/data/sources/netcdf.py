@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from .series import parse_bound, parse_step, plan_windows, stamp
+from ...errors import InputError
+from ..format import require_file
+from .series import parse_bound, parse_step, plan_windows, stamp, stamp_unit
 
 LAT_NAMES = ("lat", "latitude")
 LON_NAMES = ("lon", "longitude")
@@ -56,11 +58,55 @@ def _open(path: str) -> Any:
             )
         return xr.open_dataset(path, chunks=None, decode_timedelta=False)
     except Exception as exc:
-        raise ValueError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
 
 
 def _dim(names: tuple[str, ...], dims: tuple[str, ...]) -> str | None:
     return next((d for d in dims if d in names), None)
+
+
+def _describe(store: str, ds: Any, var_name: str, var: Any) -> dict[str, Any]:
+    """A time-dependent variable of one store: levels, units, grid, where; with `problem`
+    set (one line naming the store) when it cannot be read as (time, [level,] lat, lon)."""
+    dims = tuple(var.dims)
+    lat, lon = _dim(LAT_NAMES, dims), _dim(LON_NAMES, dims)
+    level = _dim(LEVEL_NAMES, dims)
+    info: dict[str, Any] = {"units": str(var.attrs.get("units", "")), "where": store}
+    if lat is None or lon is None or len(dims) != (4 if level else 3):
+        info["problem"] = (
+            f"{store}: variable '{var_name}' has dims {dims}; expected (time, [level,] lat, lon)"
+        )
+        return info
+    info["levels"] = [float(v) for v in ds[level].values] if level else None
+    lats = np.asarray(ds[lat].values, dtype=np.float64)
+    lons = np.asarray(ds[lon].values, dtype=np.float64)
+    info["grid"] = (lats.tolist(), lons.tolist())
+    for name, values in ((lat, lats), (lon, lons)):
+        if not np.isfinite(values).all():
+            bad = values[~np.isfinite(values)][0]
+            info["problem"] = f"{store}: coordinate '{name}' holds {bad} (of '{var_name}')"
+    if "problem" not in info and np.abs(lats).max(initial=0) > 90:
+        info["problem"] = (
+            f"{store}: coordinate '{lat}' holds {lats[np.abs(lats) > 90][0]:g}, outside the "
+            f"latitudes -90…90 (of '{var_name}')"
+        )
+    return info
+
+
+def _differs(first: dict[str, Any], info: dict[str, Any], store: str, var_name: str) -> str:
+    """What differs between two stores' copies of a variable ('' when nothing)."""
+    if "problem" in first:
+        return ""
+    if first["levels"] != info["levels"]:
+        return f"{store}: variable '{var_name}' levels differ from those of {first['where']}"
+    (lat0, lon0), (lat1, lon1) = first["grid"], info["grid"]
+    if (
+        len(lat0) != len(lat1)
+        or len(lon0) != len(lon1)
+        or not (np.allclose(lat0, lat1) and np.allclose(lon0, lon1))
+    ):
+        return f"{store}: variable '{var_name}' is on another lat/lon grid than in {first['where']}"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -113,6 +159,9 @@ class XarraySource:
     specs: list[str] = field(default_factory=list)
     variables: list[dict[str, str]] = field(default_factory=list)
     """(name, units) per channel, set by `splits`; the index keeps them."""
+    key_unit: str = "m"
+    """Time unit of the sample keys (`w<time>`), set by `splits`: minutes unless the time
+    steps need seconds or less."""
 
     def __post_init__(self) -> None:
         specs = self.var_specs
@@ -127,11 +176,12 @@ class XarraySource:
             p = Path(path)
             if not p.exists():
                 raise FileNotFoundError(f"{p}: no such file or folder")
+            require_file(p, folder_too=True)  # a FIFO would block the reader
             if p.is_dir() and not (
                 p.suffix == ".zarr" or (p / ".zgroup").exists() or (p / "zarr.json").exists()
             ):
-                found = sorted(str(f) for f in p.rglob("*.nc"))
-                found += sorted(str(f) for f in p.rglob("*.nc4"))
+                found = sorted(str(require_file(f)) for f in p.rglob("*.nc"))
+                found += sorted(str(require_file(f)) for f in p.rglob("*.nc4"))
                 if not found:
                     raise FileNotFoundError(f"{p}: no .nc files")
                 stores += found
@@ -139,109 +189,112 @@ class XarraySource:
                 stores.append(str(p))
         return stores
 
-    def _channels(self, available: dict[str, dict[str, Any]]) -> list[Channel]:
-        """Resolve the specs against the variables found ({name: {levels, units}})."""
+    def _channels(
+        self, available: dict[str, dict[str, Any]], problems: dict[str, str]
+    ) -> list[Channel]:
+        """Resolve the specs against the variables found ({name: {levels, units}}); a
+        variable asked for that cannot be read is an error saying why."""
         if not self.specs:
-            raise ValueError(f"choose variables with --vars (found {sorted(available)})")
+            raise InputError(
+                f"{', '.join(map(str, self.paths))}: choose variables with --vars "
+                f"(found {sorted(available)})"
+            )
         channels = []
         for spec in self.specs:
+            match = re.fullmatch(r"(.*?)(\d+(?:\.\d+)?)", spec)
+            name = spec if spec in available or not match else match.group(1)
+            if name in problems:
+                raise InputError(problems[name])
             if spec in available:
                 info = available[spec]
                 if info["levels"] is None:
                     channels.append(Channel(spec, None, spec, info["units"]))
                     continue
                 if not self.levels:
-                    raise ValueError(
-                        f"variable '{spec}' has levels {info['levels']}: choose with --levels "
-                        f"or name one, e.g. {spec}{int(info['levels'][0])}"
+                    raise InputError(
+                        f"{info['where']}: variable '{spec}' has levels {info['levels']}: "
+                        f"choose with --levels or name one, e.g. {spec}{int(info['levels'][0])}"
                     )
                 for level in self.levels:
                     if level not in info["levels"]:
-                        raise ValueError(
+                        raise InputError(
                             f"{info['where']}: variable '{spec}' has no level {level:g} "
                             f"(has {info['levels']})"
                         )
                     channels.append(Channel(spec, level, f"{spec}{level:g}", info["units"]))
                 continue
-            match = re.fullmatch(r"(.*?)(\d+(?:\.\d+)?)", spec)
             base = match.group(1) if match else None
             if base in available and available[base]["levels"] is not None:
                 level = float(match.group(2))
                 if level not in available[base]["levels"]:
-                    raise ValueError(
+                    raise InputError(
                         f"{available[base]['where']}: variable '{base}' has no level {level:g} "
                         f"(has {available[base]['levels']})"
                     )
                 channels.append(Channel(base, level, spec, available[base]["units"]))
                 continue
-            raise ValueError(
+            raise InputError(
                 f"{', '.join(map(str, self.paths))}: missing variable '{spec}' "
                 f"(found {sorted(available)})"
             )
         return channels
 
-    def _scan(self) -> tuple[dict[str, dict[str, Any]], dict[str, list], tuple]:
-        """Every time-dependent variable of every store: ({name: levels, units, where},
-        {name: [(store, times)]}, (latitudes, longitudes)); dims and grids checked."""
+    def _scan(self) -> tuple[dict[str, dict[str, Any]], dict[str, list], dict[str, str]]:
+        """Every time-dependent variable of every store: ({name: levels, units, grid, where},
+        {name: [(store, times)]}, {name: what is wrong with it}). Dims, levels and grids
+        are checked here, but a problem is an error only for a variable asked for
+        (`_channels`): an archive may hold variables this converter cannot read."""
         from .series import as_times
 
         available: dict[str, dict[str, Any]] = {}
         pieces: dict[str, list[tuple[str, np.ndarray]]] = {}
-        grid = None
+        problems: dict[str, str] = {}
         for store in self._stores():
             ds = _open(store)
             try:
                 for var_name, var in ds.data_vars.items():
-                    dims = tuple(var.dims)
-                    if "time" not in dims:
+                    if "time" not in var.dims:
                         continue  # constants (orography, land-sea mask)
-                    lat, lon = _dim(LAT_NAMES, dims), _dim(LON_NAMES, dims)
-                    level = _dim(LEVEL_NAMES, dims)
-                    expected = 4 if level else 3
-                    if lat is None or lon is None or len(dims) != expected:
-                        raise ValueError(
-                            f"{store}: variable '{var_name}' has dims {dims}; expected "
-                            "(time, [level,] lat, lon)"
-                        )
-                    levels = [float(v) for v in ds[level].values] if level else None
-                    here = (
-                        [float(v) for v in ds[lat].values],
-                        [float(v) for v in ds[lon].values],
-                    )
-                    if grid is None:
-                        grid = here
-                    elif not (np.allclose(grid[0], here[0]) and np.allclose(grid[1], here[1])):
-                        raise ValueError(
-                            f"{store}: variable '{var_name}' is on another lat/lon grid "
-                            f"({len(here[0])}×{len(here[1])}) than the first ({len(grid[0])}×"
-                            f"{len(grid[1])})"
-                        )
-                    info = available.setdefault(
-                        var_name,
-                        {
-                            "levels": levels,
-                            "units": str(var.attrs.get("units", "")),
-                            "where": store,
-                        },
-                    )
-                    if info["levels"] != levels:
-                        raise ValueError(
-                            f"{store}: variable '{var_name}' levels differ between files"
-                        )
+                    info = _describe(store, ds, var_name, var)
+                    first = available.setdefault(var_name, info)
+                    problem = info.get("problem") or _differs(first, info, store, var_name)
+                    if problem:
+                        problems.setdefault(var_name, problem)
+                        continue
                     pieces.setdefault(var_name, []).append(
                         (store, as_times(ds["time"].values, store))
                     )
             finally:
                 ds.close()
         if not available:
-            raise ValueError(f"{', '.join(self.paths)}: no variable with dims (time, …, lat, lon)")
-        return available, pieces, grid
+            raise InputError(f"{', '.join(self.paths)}: no variable with dims (time, …, lat, lon)")
+        return available, pieces, problems
+
+    def _grid(self, available: dict[str, dict[str, Any]]) -> tuple[list[float], list[float]]:
+        """The lat/lon grid the channels share (a channel on another grid is an error)."""
+        first = self.channels[0].variable
+        grid = available[first]["grid"]
+        for channel in self.channels[1:]:
+            info = available[channel.variable]
+            here = info["grid"]
+            if not (
+                len(here[0]) == len(grid[0])
+                and len(here[1]) == len(grid[1])
+                and np.allclose(grid[0], here[0])
+                and np.allclose(grid[1], here[1])
+            ):
+                raise InputError(
+                    f"{info['where']}: variable '{channel.variable}' is on another lat/lon grid "
+                    f"({len(here[0])}×{len(here[1])}) than '{first}' ({len(grid[0])}×"
+                    f"{len(grid[1])})"
+                )
+        return grid
 
     def splits(self) -> dict[str, list[Any]]:
-        available, pieces, grid = self._scan()
-        self.channels = self._channels(available)
+        available, pieces, problems = self._scan()
+        self.channels = self._channels(available, problems)
         self.variables = [{"name": c.name, "units": c.units} for c in self.channels]
-        self.latitudes, self.longitudes = grid
+        self.latitudes, self.longitudes = self._grid(available)
         times = None
         for variable in dict.fromkeys(c.variable for c in self.channels):
             parts = sorted(pieces[variable], key=lambda p: p[1][0] if len(p[1]) else 0)
@@ -253,14 +306,15 @@ class XarraySource:
             if times is None:
                 times, reference = stamps, variable
             elif len(stamps) != len(times) or (stamps != times).any():
-                raise ValueError(
+                raise InputError(
                     f"{files[0][0]}: variable '{variable}' has other times than '{reference}' "
                     f"({len(stamps)} vs {len(times)} steps)"
                 )
             self.files[variable] = files
         if self.every < 1:
-            raise ValueError(f"--every {self.every}: expected a positive step count")
+            raise InputError(f"--every {self.every}: expected a positive step count")
         self.times = times[:: self.every]
+        self.key_unit = stamp_unit(self.times)  # keys need seconds for 30-second steps
         times = self.times
         windows = plan_windows(
             times,
@@ -339,7 +393,7 @@ class XarraySource:
             frames = np.ascontiguousarray(block[start - first : start - first + self.num_frames])
             time = self.times[start]
             meta = {"start": str(time), "variables": [c.name for c in self.channels]}
-            out.append((f"w{stamp(time)}", frames, meta))
+            out.append((f"w{stamp(time, self.key_unit)}", frames, meta))
         return out
 
     def args(self) -> dict[str, Any]:

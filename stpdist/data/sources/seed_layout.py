@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ...errors import InputError
+from ..format import require_file
 from .common import SEED_SPLITS, as_TCHW, load_array
 
 KINDS = ("mmnist", "kth", "taxibj")
@@ -31,7 +33,7 @@ class SeedLayout:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"unknown seed dataset kind '{self.kind}'; expected {KINDS}")
+            raise InputError(f"unknown seed dataset kind '{self.kind}'; expected {KINDS}")
         self.name = f"seed-{self.kind}"
         self.value_scale = {"mmnist": 1.0, "kth": 255.0, "taxibj": TAXIBJ_SCALE}[self.kind]
         self.grid = 255.0 if self.kind == "mmnist" else None
@@ -57,16 +59,18 @@ class SeedLayout:
             inputs = as_TCHW(load_array(path, "inputs"), path)
             labels = as_TCHW(load_array(path, "labels"), path)
             if inputs.shape[1:] != labels.shape[1:]:
-                raise ValueError(f"{path}: inputs {inputs.shape} and labels {labels.shape} differ")
+                raise InputError(f"{path}: inputs {inputs.shape} and labels {labels.shape} differ")
             frames = np.concatenate([inputs, labels])
         elif self.kind == "kth":
             pngs = sorted(path.glob("*.png"))
             if not pngs:
-                raise ValueError(f"{path}: no PNG frames")
+                raise InputError(f"{path}: no PNG frames")
+            for png in pngs:
+                require_file(png)  # a FIFO would block the reader
             try:
                 frames = np.stack([np.asarray(Image.open(p).convert("L")) for p in pngs])[:, None]
             except Exception as exc:
-                raise ValueError(f"{path}: unreadable PNG frame ({exc})") from exc
+                raise InputError(f"{path}: unreadable PNG frame ({exc})") from exc
         else:
             frames = as_TCHW(load_array(path), path).astype(np.float32)
         return [(path.name.split(".")[0], frames, {"source": str(path.name)})]

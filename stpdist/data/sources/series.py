@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import InputError
+
 _UNITS = {"s": "s", "m": "m", "min": "m", "h": "h", "d": "D", "D": "D"}
 
 
@@ -27,7 +29,7 @@ def parse_step(text: str | None) -> np.timedelta64 | None:
         return None
     match = re.fullmatch(r"\s*(\d+)\s*(s|m|min|h|d|D)\s*", str(text))
     if not match:
-        raise ValueError(f"--step {text!r}: expected a number and s, min, h or d (e.g. 6h)")
+        raise InputError(f"--step {text!r}: expected a number and s, min, h or d (e.g. 6h)")
     return np.timedelta64(int(match.group(1)), _UNITS[match.group(2)])
 
 
@@ -39,13 +41,13 @@ def parse_bound(text: str | None, timestamps: bool) -> Any:
         try:
             return np.datetime64(str(text), "ns")
         except ValueError:
-            raise ValueError(
+            raise InputError(
                 f"split boundary {text!r} is not a date (YYYY-MM-DD[THH:MM])"
             ) from None
     try:
         return int(text)
     except ValueError:
-        raise ValueError(
+        raise InputError(
             f"split boundary {text!r}: the series has no timestamps, give a frame index"
         ) from None
 
@@ -56,9 +58,13 @@ def as_times(values: Any, where: str) -> np.ndarray:
     try:
         if array.dtype.kind in "SO":
             array = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in array])
-        return array.astype("datetime64[ns]")
+        stamps = array.astype("datetime64[ns]")
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"{where}: timestamps are not dates ({exc})") from None
+        raise InputError(f"{where}: timestamps are not dates ({exc})") from None
+    if np.isnat(stamps).any():
+        first = int(np.flatnonzero(np.isnat(stamps))[0])
+        raise InputError(f"{where}: timestamp {first} is not a date (NaT)")
+    return stamps
 
 
 @dataclass
@@ -80,7 +86,7 @@ def plan_windows(
 ) -> list[Window]:
     """Every window of the series (see the module docstring), in time order."""
     if num_frames < 1 or stride < 1:
-        raise ValueError(f"--frames {num_frames} and --stride {stride} must be positive")
+        raise InputError(f"--frames {num_frames} and --stride {stride} must be positive")
     times = np.asarray(times)
     if len(times) == 0:
         return []
@@ -88,7 +94,7 @@ def plan_windows(
     bad = np.flatnonzero(diffs <= diffs.dtype.type(0)) if len(diffs) else []
     if len(bad):
         i = int(bad[0])
-        raise ValueError(
+        raise InputError(
             f"{where}: times do not increase at frame {i + 1} ({times[i]} then {times[i + 1]})"
         )
     if step is None:
@@ -96,7 +102,7 @@ def plan_windows(
     elif times.dtype.kind == "M":
         step = np.timedelta64(step).astype(diffs.dtype)
     if val_from is not None and test_from is not None and test_from < val_from:
-        raise ValueError(f"test split starts ({test_from}) before validation ({val_from})")
+        raise InputError(f"test split starts ({test_from}) before validation ({val_from})")
 
     def split_of(t: Any) -> str:
         if test_from is not None and t >= test_from:
@@ -116,9 +122,22 @@ def plan_windows(
     return windows
 
 
-def stamp(time: Any) -> str:
-    """A key-safe time label: `202001011200` for a timestamp, `f000123` for a position."""
+def stamp_unit(times: Any) -> str:
+    """The coarsest unit `stamp` needs to tell all of `times` apart: minutes for whole-minute
+    data (the keys stpdist always wrote), else seconds, milliseconds, … (30-second steps)."""
+    array = np.asarray(times)
+    if array.dtype.kind != "M":
+        return "m"
+    for unit in ("m", "s", "ms", "us"):
+        if (array.astype(f"datetime64[{unit}]") == array).all():
+            return unit
+    return "ns"
+
+
+def stamp(time: Any, unit: str = "m") -> str:
+    """A key-safe time label: `202001011200` for a timestamp (`20200101120030` with `unit`
+    "s"), `f000123` for a position."""
     if isinstance(time, np.datetime64):
-        text = np.datetime_as_string(time, unit="m")
+        text = np.datetime_as_string(time, unit=unit)
         return re.sub(r"[^0-9]", "", text)
     return f"f{int(time):06d}"

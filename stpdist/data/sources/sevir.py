@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import InputError
+from ..format import require_file
+
 VIL_THRESHOLDS = [16, 74, 133, 160, 181, 219]
 COLUMNS = ("id", "file_name", "file_index", "img_type", "time_utc")
 
@@ -47,17 +50,15 @@ class Sevir:
         return self.data_root or str(Path(self.catalog).parent / "data")
 
     def splits(self) -> dict[str, list[Any]]:
-        path = Path(self.catalog)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
+        path = require_file(self.catalog)  # missing: FileNotFoundError; a FIFO would block
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
-                raise ValueError(f"{path}: missing columns {missing} (has {reader.fieldnames})")
+                raise InputError(f"{path}: missing columns {missing} (has {reader.fieldnames})")
             rows = [r for r in reader if r["img_type"] == self.img_type]
         if not rows:
-            raise ValueError(f"{path}: no events of image type '{self.img_type}'")
+            raise InputError(f"{path}: no events of image type '{self.img_type}'")
         val_from = np.datetime64(self.val_from) if self.val_from else None
         test_from = np.datetime64(self.test_from) if self.test_from else None
         by_split: dict[str, dict[str, list[tuple[str, int]]]] = {}
@@ -66,7 +67,7 @@ class Sevir:
                 time = np.datetime64(row["time_utc"].strip().replace(" ", "T"))
                 index = int(row["file_index"])
             except ValueError as exc:
-                raise ValueError(f"{path}: row {line} ({row['id']}): {exc}") from None
+                raise InputError(f"{path}: row {line} ({row['id']}): {exc}") from None
             split = (
                 "test"
                 if test_from is not None and time >= test_from
@@ -84,27 +85,30 @@ class Sevir:
             if split in by_split
         }
 
+    def describe(self, item: tuple[str, list[tuple[str, int]]]) -> str:
+        return str(Path(self._root()) / item[0])
+
     def load(self, item: tuple[str, list[tuple[str, int]]]) -> list[tuple[str, np.ndarray, dict]]:
         import h5py
 
         file, events = item
-        path = Path(self._root()) / file
+        path = require_file(Path(self._root()) / file)
         out = []
         try:
             with h5py.File(path, "r") as f:
                 if self.img_type not in f or "id" not in f:
-                    raise ValueError(f"missing dataset '{self.img_type}' or 'id' (has {list(f)})")
+                    raise InputError(f"missing dataset '{self.img_type}' or 'id' (has {list(f)})")
                 data = f[self.img_type]
                 if data.ndim != 4:
-                    raise ValueError(f"'{self.img_type}' has shape {data.shape}, expected N×H×W×T")
+                    raise InputError(f"'{self.img_type}' has shape {data.shape}, expected N×H×W×T")
                 ids = [i.decode() if isinstance(i, bytes) else str(i) for i in f["id"][()]]
                 for event, index in events:
                     if not 0 <= index < data.shape[0]:
-                        raise ValueError(
+                        raise InputError(
                             f"event {event}: file_index {index} outside 0..{data.shape[0] - 1}"
                         )
                     if ids[index] != event:
-                        raise ValueError(f"event {event}: row {index} holds '{ids[index]}'")
+                        raise InputError(f"event {event}: row {index} holds '{ids[index]}'")
                     frames_HWT = data[index]
                     frames = np.ascontiguousarray(np.moveaxis(frames_HWT, -1, 0)[:, None])
                     for start in range(0, frames.shape[0] - self.num_frames + 1, self.stride):
@@ -112,7 +116,7 @@ class Sevir:
                         window = frames[start : start + self.num_frames]
                         out.append((key, window, {"event": event, "start": start, "file": file}))
         except (OSError, KeyError, ValueError) as exc:
-            raise ValueError(f"{path}: {exc}") from exc
+            raise InputError(f"{path}: {exc}") from exc
         return out
 
     def args(self) -> dict[str, Any]:

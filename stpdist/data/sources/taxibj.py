@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import InputError
+from ..format import require_file
+
 SLOT = timedelta(minutes=30)
 SCALE = 1292.0
 
@@ -25,7 +28,7 @@ def parse_slot(raw: bytes | str) -> datetime:
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
     day, slot = datetime.strptime(text[:8], "%Y%m%d"), int(text[8:])
     if not 1 <= slot <= 48:
-        raise ValueError(f"slot {slot} of {text} outside 01..48")
+        raise InputError(f"slot {slot} of {text} outside 01..48")
     return day + (slot - 1) * SLOT
 
 
@@ -35,12 +38,12 @@ def _read(path: str) -> tuple[np.ndarray, list[datetime]]:
     try:
         with h5py.File(path, "r") as f:
             if "data" not in f or "date" not in f:
-                raise ValueError(f"missing dataset 'data' or 'date' (has {list(f.keys())})")
+                raise InputError(f"missing dataset 'data' or 'date' (has {list(f.keys())})")
             data, dates = f["data"][()], [parse_slot(d) for d in f["date"][()]]
     except Exception as exc:  # h5py raises several types; every one names the file here
-        raise ValueError(f"{path}: {type(exc).__name__}: {exc}") from exc
+        raise InputError(f"{path}: {type(exc).__name__}: {exc}") from exc
     if data.ndim != 4 or data.shape[0] != len(dates):
-        raise ValueError(f"{path}: 'data' has shape {data.shape}, 'date' {len(dates)} entries")
+        raise InputError(f"{path}: 'data' has shape {data.shape}, 'date' {len(dates)} entries")
     return data, dates
 
 
@@ -66,7 +69,7 @@ class TaxiBJ:
                 with h5py.File(path, "r") as f:
                     end = parse_slot(f["date"][-1])
             except Exception as exc:  # h5py raises several types; name the file
-                raise ValueError(f"{path}: {type(exc).__name__}: {exc}") from exc
+                raise InputError(f"{path}: {type(exc).__name__}: {exc}") from exc
             last = end if last is None or end > last else last
         test_start = (last + SLOT) - timedelta(days=self.test_days)
         return test_start - timedelta(days=self.val_days), test_start
@@ -84,12 +87,14 @@ class TaxiBJ:
             run = 1
         return starts
 
+    def describe(self, item: tuple[str, str]) -> str:
+        return item[0]
+
     def splits(self) -> dict[str, list[Any]]:
         if not self.paths:
             raise FileNotFoundError("no TaxiBJ .h5 files given")
         for path in self.paths:
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"{path}: no such file")
+            require_file(path)  # missing: FileNotFoundError; a FIFO would block h5py
         self.bounds = self._bounds()
         names = ("train", "val", "test") if self.val_days > 0 else ("train", "test")
         return {split: [(p, split) for p in self.paths] for split in names}

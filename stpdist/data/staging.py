@@ -1,0 +1,136 @@
+"""Replacing a dataset folder without ever losing it, and finishing a replacement that a
+crash interrupted.
+
+A new dataset for `out` is written into `.<out>.staging-<host>-<pid>` beside it. Once it is
+complete it is renamed `.<out>.ready-<host>-<pid>` (the completion marker: one atomic
+rename), then swapped in with two more renames: `out` → `.<out>.old-<host>-<pid>`, ready →
+`out`; the old folder is deleted last. So a crash at any point leaves one of these states,
+and `recover(out)` (run by `shard` before it writes, and by the readers when a split has no
+`index.json`) puts it right, with one line on stderr saying what it did:
+
+- `staging` left over: an unfinished conversion; deleted (`out` was never touched).
+- `ready` left over, `out` in place: the swap had not started; the new dataset is
+  deleted and `out` stays as it was.
+- `ready` left over, `out` missing (moved aside): the swap is finished: ready → `out`,
+  then the old folder is deleted.
+- `old` left over, `out` missing: the new dataset is gone; the old one is restored.
+- `old` left over, `out` in place: the swap had finished; the old folder is deleted.
+
+Folders named by the older scheme (`.<out>.staging-<pid>`, `.<out>.old-<pid>`, no ready
+step) are read as this host's; there a staging folder beside an `old` one with `out`
+missing was complete (that scheme renamed only complete datasets), so the swap is finished.
+Leftovers whose process is still running on this host, or that name another host (whose
+processes cannot be checked from here), are left alone with a line saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("stpdist")
+KINDS = ("staging", "ready", "old")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
+
+
+def leftover(out: Path, kind: str) -> Path:
+    """This process's `kind` folder beside `out`."""
+    return out.parent / f".{out.name}.{kind}-{_host()}-{os.getpid()}"
+
+
+@dataclass
+class _Leftovers:
+    host: str
+    pid: int
+    folders: dict[str, Path]
+
+
+def _scan(out: Path) -> list[_Leftovers]:
+    """Leftover folders beside `out`, grouped by the process that made them."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.({'|'.join(KINDS)})-(?:(.+)-)?(\d+)")
+    groups: dict[tuple[str, int], _Leftovers] = {}
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:  # no parent folder (nothing to recover) or unreadable
+        return []
+    for path in entries:
+        match = pattern.fullmatch(path.name)
+        if match is None or path.is_symlink() or not path.is_dir():
+            continue
+        kind, host, pid = match.group(1), match.group(2) or _host(), int(match.group(3))
+        group = groups.setdefault((host, pid), _Leftovers(host, pid, {}))
+        group.folders[kind] = path
+    return list(groups.values())
+
+
+def _running(group: _Leftovers) -> str | None:
+    """Why the group's owner may still be at work (None: it is gone)."""
+    if group.host != _host():
+        return f"of host {group.host}, whose processes cannot be checked from here"
+    if group.pid == os.getpid():
+        return None  # ours: left by an earlier, failed replacement in this process
+    try:
+        os.kill(group.pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return f"of process {group.pid}, which is still running"
+
+
+def _complete(folder: Path) -> bool:
+    """A dataset folder whose every split holds its index (older-scheme staging)."""
+    splits = [p for p in folder.iterdir() if p.is_dir()]
+    return bool(splits) and all((p / "index.json").is_file() for p in splits)
+
+
+def _resolve(out: Path, group: _Leftovers) -> str:
+    """Put one crashed replacement right; returns what was done."""
+    staging, ready, old = (group.folders.get(kind) for kind in KINDS)
+    if staging is not None and ready is None and old is not None and not out.exists():
+        if _complete(staging):  # the older scheme: complete, swapped in halfway
+            ready, staging = staging, None
+    done = []
+    if staging is not None:
+        shutil.rmtree(staging)
+        done.append(f"deleted the unfinished conversion {staging.name}")
+    if ready is not None and not out.exists():
+        os.rename(ready, out)
+        done.append(f"finished the interrupted replacement: the new dataset from {ready.name}")
+    elif ready is not None:
+        shutil.rmtree(ready)
+        done.append(f"deleted {ready.name}, a new dataset never swapped in ({out.name} kept)")
+    if old is not None and not out.exists():
+        os.rename(old, out)
+        done.append(f"restored the previous dataset from {old.name}")
+    elif old is not None:
+        shutil.rmtree(old)
+        done.append(f"deleted the replaced dataset {old.name}")
+    return "; ".join(done)
+
+
+def recover(out: str | Path) -> None:
+    """Finish or undo a replacement of `out` that a crash interrupted (see the module
+    docstring); a line on the `stpdist` logger for each."""
+    out = Path(out)
+    if out.is_symlink():  # replacements act on the folder it points to
+        out = out.resolve()
+    for group in _scan(out):
+        busy = _running(group)
+        names = ", ".join(sorted(p.name for p in group.folders.values()))
+        if busy is not None:
+            log.warning("%s: left %s alone: %s", out, names, busy)
+            continue
+        try:
+            done = _resolve(out, group)
+        except FileNotFoundError:  # another process (rank) recovered it meanwhile
+            continue
+        log.warning("%s: a replacement by process %d was interrupted: %s", out, group.pid, done)

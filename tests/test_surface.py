@@ -1,0 +1,413 @@
+"""The user surface of a trained model: forecast inputs checked against the model before
+any work (frame size, channels, frame count, units, NaN/Inf, keys, FIFOs), output folders
+never clobbered (forecast, export), no code run from a model folder unless trusted, ONNX
+with a dynamic batch, and the small CLI consistencies (--help, --version, synth flags,
+`model.backbone={}`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, run_cli
+
+import stpdist
+from stpdist.config import load_config
+from stpdist.errors import InputError
+from stpdist.trainer import load_predictions
+
+DEBUG = str(ROOT / "configs" / "debug.yaml")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A folder holding the debug config trained for one epoch (`runs/debug`: T_in 4,
+    T_out 4, 1×32×32 frames stored 0–255) and a few input arrays in physical units."""
+    root = tmp_path_factory.mktemp("surface")
+    run_cli("train", DEBUG, "trainer.max_epochs=1", cwd=root, check=True)
+    rng = np.random.default_rng(0)
+    np.save(root / "good.npy", (rng.random((2, 6, 1, 32, 32)) * 255).astype(np.float32))
+    return root
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    """Every file under `folder` → its sha256 (what a refused command must leave as is)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _one_line_error(proc) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("stpdist: "), proc.stderr
+    return lines[0]
+
+
+# ------------------------------------------------------------ forecast inputs (#24 item 2)
+def test_forecast_refuses_another_frame_size_before_creating_out(run):
+    np.save(run / "bad_size.npy", np.zeros((10, 1, 48, 48), np.float32))
+    proc = run_cli("forecast", "runs/debug", "bad_size.npy", "--out", "o_size", cwd=run)
+    line = _one_line_error(proc)
+    assert "bad_size.npy" in line and "1×48×48" in line and "1×32×32" in line
+    assert not (run / "o_size").exists()  # no empty --out folder left behind
+    assert not [p for p in run.iterdir() if p.name.startswith(".o_size")]
+
+
+def test_api_forecast_refuses_another_channel_count_in_one_line(run):
+    model = stpdist.load(run / "runs" / "debug")
+    with pytest.raises(InputError) as caught:
+        model.forecast(np.zeros((4, 3, 32, 32), np.float32))
+    message = str(caught.value)
+    assert "\n" not in message and "3×32×32" in message and "1×32×32" in message
+
+
+class _Collect(logging.Handler):
+    """The records of the `stpdist` logger (which may not propagate to pytest's caplog)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_unit_scaled_inputs_for_a_0_255_model_warn_on_stderr(run):
+    unit = np.random.default_rng(1).random((4, 1, 32, 32)).astype(np.float32)  # [0, 1]
+    np.save(run / "unit.npy", unit)
+    proc = run_cli("forecast", "runs/debug", "unit.npy", "--out", "o_unit", cwd=run)
+    assert proc.returncode == 0, proc.stderr
+    assert "unit.npy" in proc.stderr and "[0, 1]" in proc.stderr and "255" in proc.stderr
+    assert "[0, 1]" not in proc.stdout  # warnings go to stderr
+    model = stpdist.load(run / "runs" / "debug")
+    collect = _Collect()
+    logging.getLogger("stpdist").addHandler(collect)
+    try:
+        model.forecast(unit)
+        assert any("physical" in r.getMessage() for r in collect.records)
+        collect.records.clear()
+        model.forecast(unit * 255)  # the right units: no word
+        assert not collect.records
+    finally:
+        logging.getLogger("stpdist").removeHandler(collect)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_inputs_are_refused_unless_allowed(run, bad):
+    frames = np.full((4, 1, 32, 32), 100.0, np.float32)
+    frames[2, 0, 5, 7] = bad
+    name = f"bad_{str(bad).replace('-', 'minus_')}.npy"
+    out = f"o_{name[:-4]}"
+    np.save(run / name, frames)
+    proc = run_cli("forecast", "runs/debug", name, "--out", out, cwd=run)
+    line = _one_line_error(proc)
+    assert name in line and "--allow-nonfinite" in line
+    assert not (run / out).exists()
+    model = stpdist.load(run / "runs" / "debug")
+    with pytest.raises(InputError, match="NaN or Inf"):
+        model.forecast(frames)
+    with pytest.raises(InputError, match="NaN or Inf"):
+        model.forecast(torch.from_numpy(frames)[None])
+    assert model.forecast(frames, allow_nonfinite=True).shape == (4, 1, 32, 32)
+    allowed = run_cli("forecast", "runs/debug", name, "--out", out, "--allow-nonfinite", cwd=run)
+    assert allowed.returncode == 0, allowed.stderr
+    assert len(load_predictions(run / out)) == 1
+
+
+def test_a_shard_split_of_another_frame_size_is_refused_before_out(run):
+    run_cli(
+        "synth", "moving-digits", "--out", "small", "--train", "2", "--val", "0", "--test",
+        "0", "--frames", "6", "--size", "16", "--digit-size", "8", "--workers", "1", cwd=run,
+        check=True,
+    )  # fmt: skip
+    line = _one_line_error(
+        run_cli("forecast", "runs/debug", "small/train", "--out", "o_s", cwd=run)
+    )
+    assert "small/train" in line and "6×1×16×16" in line and "1×32×32" in line
+    assert not (run / "o_s").exists()
+
+
+# ------------------------------------------------------------ forecast consistency (#24 item 8)
+def test_api_forecast_takes_the_newest_t_in_frames_like_the_cli(run):
+    model = stpdist.load(run / "runs" / "debug")
+    frames = np.load(run / "good.npy")  # 2×6×1×32×32: more than T_in = 4 frames
+    np.testing.assert_array_equal(model.forecast(frames), model.forecast(frames[:, -4:]))
+    tensor = torch.from_numpy(frames[0])
+    assert torch.equal(model.forecast(tensor), model.forecast(tensor[-4:]))
+    with pytest.raises(InputError, match=r"3 frames, fewer than .*T_in = 4"):
+        model.forecast(frames[0, :3])
+
+
+def test_forecast_into_a_used_out_refuses_and_overwrite_leaves_no_stale_files(run):
+    out = run / "o_reuse"
+    done = run_cli("forecast", "runs/debug", "good.npy", "--out", "o_reuse", cwd=run)
+    assert done.returncode == 0, done.stderr
+    before = _tree(out)
+    assert {"samples/good_000000.png", "samples/good_000001.png"} <= set(before)
+    np.save(run / "single.npy", np.load(run / "good.npy")[0])
+    proc = run_cli("forecast", "runs/debug", "single.npy", "--out", "o_reuse", cwd=run)
+    assert "--overwrite" in _one_line_error(proc)
+    assert _tree(out) == before  # untouched
+    again = run_cli(
+        "forecast", "runs/debug", "single.npy", "--out", "o_reuse", "--overwrite", cwd=run
+    )
+    assert again.returncode == 0, again.stderr
+    assert sorted(load_predictions(out)) == ["single"]
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["single.gif", "single.png"]
+    assert not [p for p in run.iterdir() if p.name.startswith(".o_reuse")]  # no staging left
+
+
+# ------------------------------------------------------------ forecast inputs (#25 item 12)
+def test_keys_that_collide_after_sanitising_are_refused_naming_both_files(run):
+    folder = run / "colliding"
+    folder.mkdir()
+    frames = np.load(run / "good.npy")[0]
+    np.save(folder / "a.b.npy", frames)
+    np.save(folder / "a_b.npy", frames + 1)
+    line = _one_line_error(run_cli("forecast", "runs/debug", "colliding", "--out", "o_c", cwd=run))
+    assert "a.b.npy" in line and "a_b.npy" in line and "'a_b'" in line
+    assert not (run / "o_c").exists()
+
+
+def test_no_input_sequence_is_a_one_line_error(run):
+    (run / "empty_folder").mkdir()
+    np.save(run / "none.npy", np.zeros((0, 6, 1, 32, 32), np.float32))
+    for source in ("empty_folder", "none.npy"):
+        line = _one_line_error(run_cli("forecast", "runs/debug", source, "--out", "o_0", cwd=run))
+        assert source in line
+        assert not (run / "o_0").exists()
+
+
+def test_fifo_inputs_are_refused_not_waited_on(run):
+    """In a process of its own with a timeout: reading a FIFO blocks for ever."""
+    os.mkfifo(run / "pipe.npy")
+    (run / "pipes").mkdir()
+    os.mkfifo(run / "pipes" / "x.npy")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for source in ("pipe.npy", "pipes"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "stpdist", "forecast", "runs/debug", source, "--out", "o_p"],
+            cwd=run,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        line = _one_line_error(proc)
+        assert "not a regular file" in line and ("pipe.npy" in line or "x.npy" in line)
+        assert not (run / "o_p").exists()
+
+
+# ------------------------------------------------------------ export (#24 item 6, #25 item 4)
+def test_onnx_takes_any_batch_and_export_prints_no_tracer_warning(run, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from stpdist.inference import export
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export(run / "runs" / "debug", tmp_path / "model", formats=("onnx",))
+    assert not [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    session = onnxruntime.InferenceSession(str(tmp_path / "model" / "model.onnx"))
+    model = stpdist.load(tmp_path / "model")
+    x = torch.rand(3, 4, 1, 32, 32)  # exported with a batch of 2
+    (got,) = session.run(None, {"inputs": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model.predict_frames(x).numpy(), atol=1e-5)
+
+
+def test_export_refuses_a_used_out_and_checkpoint_folders(run):
+    mine = run / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my own notes\n")
+    proc = run_cli("export", "runs/debug", "--out", "mine", cwd=run)
+    assert "--overwrite" in _one_line_error(proc)
+    assert (mine / "config.yaml").read_text() == "my own notes\n"
+    # another run's checkpoint folder (or the run itself) is refused even with --overwrite
+    checkpoints = run / "runs" / "debug" / "checkpoints"
+    before = _tree(checkpoints)
+    step = next(checkpoints.iterdir())
+    for target in (step, step / "sub", checkpoints, run / "runs" / "debug"):
+        proc = run_cli("export", str(step), "--out", str(target), "--overwrite", cwd=run)
+        assert "checkpoint" in _one_line_error(proc)
+    assert _tree(checkpoints) == before
+    done = run_cli("export", "runs/debug", "--out", "mine", "--overwrite", cwd=run)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in mine.iterdir()) == [
+        "config.yaml",
+        "index.json",
+        "model.safetensors",
+    ]
+    assert stpdist.load(mine).frame_shape == (1, 32, 32)
+
+
+def test_a_failing_export_leaves_the_old_folder_as_it_was(run, monkeypatch):
+    from stpdist import inference
+
+    run_cli("export", "runs/debug", "--out", "kept", cwd=run, check=True)
+    before = _tree(run / "kept")
+
+    def broken(*_):
+        raise RuntimeError("exporter broke")
+
+    monkeypatch.setitem(inference._EXPORTERS, "torchscript", broken)
+    proc = run_cli(
+        "export", "runs/debug", "--out", "kept", "--overwrite", "--format", "torchscript", cwd=run
+    )
+    assert proc.returncode == 1 and "exporter broke" in proc.stderr
+    assert _tree(run / "kept") == before
+    assert not [p for p in run.iterdir() if p.name.startswith(".kept")]
+
+
+# ------------------------------------------------------------ no code from a model folder (#25 item 1)
+EVIL = """
+import dataclasses
+from pathlib import Path
+
+from torch import nn
+
+Path(__file__).resolve().parent.parent.joinpath("MARKER").write_text("evil.py ran")
+
+
+class Net(nn.Module):
+    @dataclasses.dataclass
+    class Args:
+        pass
+
+    def __init__(self, spec, args):
+        super().__init__()
+        self.conv = nn.Conv2d(spec.channels, spec.channels, 3, padding=1)
+
+    def forward(self, frames, num_output_frames, *, targets_BTCHW=None, teacher_mask_BT=None):
+        last = self.conv(frames[:, -1])
+        return last[:, None].expand(-1, num_output_frames, -1, -1, -1)
+"""
+
+
+@pytest.fixture
+def evil_folder(run, tmp_path, monkeypatch) -> Path:
+    """`tmp_path/mymodel`: a model folder whose config names `mymodel.evil:Net`, with
+    `evil.py` beside it (importing it writes `tmp_path/MARKER`); `tmp_path` is the working
+    directory and on sys.path, as for `python -c` run there."""
+    from safetensors.torch import save_file
+
+    from stpdist.build import build_module
+    from stpdist.config import to_yaml
+    from stpdist.data.format import read_index
+
+    folder = tmp_path / "mymodel"
+    folder.mkdir()
+    (folder / "evil.py").write_text(EVIL)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # the training side: a config the user wrote may name their own class (imports it)
+    yaml = tmp_path / "mine.yaml"
+    yaml.write_text(
+        "data: {num_input_frames: 4, num_output_frames: 4}\n"
+        "model: {name: 'mymodel.evil:Net', patch_size: 1}\n"
+    )
+    cfg = load_config(yaml)
+    index_dir = run / "runs" / "debug" / "checkpoints"
+    index_dir = next(index_dir.iterdir())
+    module = build_module(cfg, index=read_index(index_dir))
+    save_file(dict(module.state_dict()), str(folder / "model.safetensors"))
+    (folder / "config.yaml").write_text(to_yaml(cfg))
+    (folder / "index.json").write_text((index_dir / "index.json").read_text())
+    # forget that it ran: what follows must show whether loading runs it again
+    (tmp_path / "MARKER").unlink()
+    for name in ("mymodel.evil", "mymodel"):
+        sys.modules.pop(name, None)
+    yield folder
+    for name in ("mymodel.evil", "mymodel"):
+        sys.modules.pop(name, None)
+
+
+def test_loading_a_model_folder_never_imports_the_code_it_names(evil_folder, run):
+    marker = evil_folder.parent / "MARKER"
+    with pytest.raises(InputError, match="trust_code=True") as caught:
+        stpdist.load("mymodel")
+    assert "mymodel.evil:Net" in str(caught.value) and "\n" not in str(caught.value)
+    assert not marker.exists() and "mymodel.evil" not in sys.modules
+    np.save(evil_folder.parent / "x.npy", np.load(run / "good.npy")[0])
+    for command in (
+        ["forecast", "mymodel", "x.npy", "--out", "o"],
+        ["export", "mymodel", "--out", "o"],
+    ):
+        line = _one_line_error(run_cli(*command, cwd=evil_folder.parent))
+        assert "--trust-code" in line
+        assert not marker.exists() and not (evil_folder.parent / "o").exists()
+    # opted in: imported from the sys.path the user set up, and it works
+    model = stpdist.load("mymodel", trust_code=True)
+    assert marker.exists()
+    assert model.forecast(np.load(run / "good.npy")[0]).shape == (4, 1, 32, 32)
+    run_cli("forecast", "mymodel", "x.npy", "--out", "o", "--trust-code", cwd=evil_folder.parent,
+            check=True)  # fmt: skip
+
+
+def test_a_translator_import_path_in_a_model_folder_is_not_imported(evil_folder):
+    from omegaconf import OmegaConf
+
+    config = evil_folder / "config.yaml"
+    saved = OmegaConf.load(config)
+    saved.model.name, saved.model.backbone = "simvp", {"translator": "mymodel.evil:Net"}
+    OmegaConf.save(saved, config)
+    with pytest.raises(InputError, match="translator 'mymodel.evil:Net'"):
+        stpdist.load(evil_folder)
+    assert not (evil_folder.parent / "MARKER").exists() and "mymodel.evil" not in sys.modules
+
+
+def test_a_stdlib_import_path_in_a_model_folder_is_not_imported(evil_folder):
+    config = evil_folder / "config.yaml"
+    config.write_text(config.read_text().replace("mymodel.evil:Net", "this:Nope"))
+    assert "this" not in sys.modules  # `import this` prints the Zen of Python
+    with pytest.raises(InputError, match="'this:Nope'"):
+        stpdist.load(evil_folder)
+    assert "this" not in sys.modules
+
+
+# ------------------------------------------------------------ small consistencies (#24 item 8)
+def test_help_describes_every_subcommand_and_version_prints(tmp_path):
+    from stpdist.cli import parser
+
+    p = parser()
+    commands = next(a for a in p._actions if a.dest == "command").choices
+    assert len(commands) >= 10
+    for name in commands:
+        assert name in p.description, name
+    proc = run_cli("--version", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"stpdist {stpdist.__version__}"
+
+
+def test_synth_num_digits_and_every_synth_flag_has_help(tmp_path):
+    from stpdist.cli import parser
+
+    synth = next(a for a in parser()._actions if a.dest == "command").choices["synth"]
+    no_help = [a.dest for a in synth._actions if not a.help]
+    assert not no_help
+    run_cli(
+        "synth", "moving-digits", "--out", "d", "--train", "2", "--val", "0", "--test", "0",
+        "--frames", "3", "--size", "32", "--num-digits", "1", "--workers", "1", cwd=tmp_path,
+        check=True,
+    )  # fmt: skip
+    index = json.loads((tmp_path / "d" / "train" / "index.json").read_text())
+    assert index["args"]["num_digits"] == 1
+    proc = run_cli("synth", "moving-digits", "--out", "e", "--num-digits", "0", cwd=tmp_path)
+    assert proc.returncode == 2 and not (tmp_path / "e").exists()
+
+
+def test_an_empty_mapping_override_clears_the_backbone_arguments():
+    assert load_config(DEBUG).model.backbone  # the debug config sets hidden_channels, ...
+    assert load_config(DEBUG, ["model.backbone={}"]).model.backbone == {}
+    cfg = load_config(DEBUG, ["model.backbone={}", "model.backbone.kernel_size=5"])
+    assert cfg.model.backbone == {"kernel_size": 5}
