@@ -8,6 +8,7 @@ datasets), bench (measure speed).
     stpdist reproduce CONFIG --seeds N [--small]
     stpdist forecast RUN_OR_MODEL INPUTS --out DIR [--overwrite]
     stpdist export RUN_OR_MODEL --out DIR [--format onnx] [--overwrite]
+    stpdist import openstl CKPT --method NAME [--config OpenSTL-config.py] --out DIR
     stpdist synth moving-digits --out DIR --train N --val N --test N --seed S
     stpdist shard FORMAT SRC --out DIR   (formats: stpdist shard --help)
     stpdist inspect DIR
@@ -283,6 +284,15 @@ def cmd_export(args: argparse.Namespace) -> None:
             f"  {fmt}: max |exported − eager| = {difference:.3g} on test batches of 2 and 3 "
             "(inputs and outputs in scaled units: stored / value_scale)"
         )
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    """An OpenSTL checkpoint as a model folder (see stpdist/openstl.py)."""
+    from .openstl import import_checkpoint
+
+    import_checkpoint(
+        args.checkpoint, args.method, args.out, config=args.config, overwrite=args.overwrite
+    )
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -731,6 +741,16 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--debug", action="store_true")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("import", help="turn an OpenSTL checkpoint into a stpdist model folder")
+    s.add_argument("source", choices=["openstl"], help="the project the checkpoint comes from")
+    s.add_argument("checkpoint", help="OpenSTL .ckpt (Lightning) or state dict (.pth)")
+    s.add_argument("--method", required=True, help="OpenSTL method: ConvLSTM, SimVP, TAU, …")
+    s.add_argument("--config", default=None, help="OpenSTL config .py (read, never run)")
+    s.add_argument("--out", required=True, help="the model folder to write")
+    s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    s.add_argument("--debug", action="store_true")
+    s.set_defaults(func=cmd_import)
 
     s = sub.add_parser("synth", help="generate a synthetic dataset as shards")
     s.add_argument("kind", choices=["moving-digits"], help="what to generate")

@@ -311,6 +311,9 @@ class ModelConfig:
     divergence_weight: float = checked(0.0, _non_negative)
     """α of TAU's differential divergence regulariser added to the loss (TAU's recipe: 0.1;
     0: off); logged as `train/divergence`."""
+    divergence_form: Literal["per_channel", "openstl"] = "per_channel"
+    """Where that regulariser's softmax runs: `per_channel`, over each channel's H×W;
+    `openstl`, OpenSTL's: over C·H·W at once, ε in the log, 0 for T_out = 2."""
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     """Optimisation."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)

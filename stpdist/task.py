@@ -305,9 +305,9 @@ class Forecaster(EnhancedModule):
         outputs = out.predictions[:, -self.num_output_frames :]
         logged = {"frames_loss": loss.detach()}
         aux = dict(out.aux_losses)
-        if self.config.divergence_weight:
-            divergence = differential_divergence(outputs, targets)
-            aux["divergence"] = self.config.divergence_weight * divergence
+        weight, form = self.config.divergence_weight, self.config.divergence_form
+        if weight:
+            aux["divergence"] = weight * differential_divergence(outputs, targets, form=form)
         for name, value in aux.items():
             loss = loss + value
             logged[name] = value.detach()

@@ -1,4 +1,4 @@
-"""MIM, Memory In Memory (Wang et al., CVPR 2019).
+"""MIM, Memory In Memory (Wang et al., CVPR 2019), in two forms chosen by `variant`.
 
 Legend: B batch, T time, C channels, H×W frame size (after patching); h hidden channels.
 
@@ -6,38 +6,92 @@ A PredRNN-like stack: the first layer is an ST-LSTM (`predrnn.STLSTMCell`); ever
 layer is a MIM block, in which the ST-LSTM's forget gate on the temporal cell state is
 replaced by two cascaded recurrent modules that model non-stationarity:
 
-* MIM-N (one per layer above the first, with its own hidden and cell states) reads the
-  difference H^{l−1}_t − H^{l−1}_{t−1} of the layer below between consecutive steps (the
-  diagonal recurrent link) and outputs D^l_t;
+* MIM-N (one per layer above the first, with its own hidden and cell states) reads a
+  difference signal (below) and outputs D^l_t;
 * MIM-S (inside the block) is an LSTM whose input is D^l_t and whose hidden state is the
   block's previous cell state C^l_{t−1}; its output T^l_t stands in for f ⊙ C^l_{t−1}, so
   C^l_t = T^l_t + i ⊙ g.
 
-Both MIM modules use peephole weights (1×h×H×W) on their cell states, as in the paper's
-code. The spatiotemporal memory M zigzags through the layers as in PredRNN; a 1×1
-convolution of the top hidden state gives the next frame. At the first step there is no
-previous hidden state, so the difference is zero.
+Both MIM modules use peephole weights on their cell states, as in the paper's code. The
+spatiotemporal memory M zigzags through the layers as in PredRNN; a 1×1 convolution of the
+top hidden state gives the next frame. The two forms differ in what MIM-N reads:
 
-At OpenSTL's Moving MNIST settings (patch 4 → 16×16×16, hidden 128×4, filter 5, 10→10),
-measured with `torch.utils.flop_counter.FlopCounterMode` (MACs = flops/2, batch 1):
+* `paper` (default; stpdist's form before issue 23): every MIM-N reads the change
+  H^{l−1}_t − H^{l−1}_{t−1} of the hidden state of the layer below (the diagonal link of the
+  paper's figure). At the first step there is no previous hidden state: MIM-N runs on a zero
+  difference. Peepholes 1×2h×H×W and 1×h×H×W.
+* `openstl`: OpenSTL's MIM (`mim_model.py`, `mim_modules.py`; it ports the official code):
+  only the second layer's MIM-N reads that change; from the third layer up MIM-N reads the
+  MIM-N output D^{l−1}_t of the layer below. MIM-N does not run at the first step (OpenSTL
+  calls it and discards the result; its states start at zero at the second step) and the
+  blocks read D = 0 there. The MIM-S cell state enters each step detached, as OpenSTL's
+  `MIMBlock` does (forward unchanged, no gradient through it across steps). Peepholes
+  2h×H×W and h×H×W, OpenSTL's shapes. Given OpenSTL's weights (key map below) the forward,
+  the loss and the gradients are OpenSTL's to float64 rounding (checked by running its code
+  at commit c74deb5: outputs ≤3e-15, gradients ≤6e-16, with and without `layer_norm`, 2 to
+  5 layers, per-sample scheduled sampling; without the detach the gradients differ by 8e-3).
 
-| model | parameters | OpenSTL | GMACs  | OpenSTL FLOPs |
-|-------|-----------:|--------:|-------:|--------------:|
-| MIM   | 37,945,344 |  38.0M  | 181.70 |       179.2G  |
+  Not copied: OpenSTL's `MIMBlock` keeps the MIM-S cell state on the module
+  (`self.convlstm_c`) and never resets it, so each batch starts from the last step of the
+  previous batch (detached), the first call from zero: two calls on the same batch differ
+  (issue 23 measured 7.9e-2 at its Moving MNIST settings), evaluation depends on what ran
+  before, and a batch of another size fails. Here every sequence starts from zero, as
+  OpenSTL's first call does.
 
-Parameters agree (−0.1%). The GMACs are 1.4% above OpenSTL's: we run MIM-N on the zero
-difference at the first step (3 layers × 2 convolutions of 128→512 at 5×5 over 16×16
-positions = 2.52 GMACs), which OpenSTL's count appears to leave out (181.70 − 2.52 =
-179.18).
+OpenSTL state-dict key → `openstl` key (layer l ≥ 1, j = l − 1; `.0` is the convolution of
+each `nn.Sequential` (`.weight`), `.1` its LayerNorm when `layer_norm` (`.weight`, `.bias`),
+mapped to `conv_*` and `norm_*`):
+
+| OpenSTL                                   | stpdist                                   |
+|-------------------------------------------|-------------------------------------------|
+| stlstm_layer.0.conv_{x,h,m,o}.{0,1}       | first.{conv,norm}_{x,h,m,o}               |
+| stlstm_layer.0.conv_last.weight           | first.conv_last.weight                    |
+| stlstm_layer.l.conv_x_cc.{0,1}            | blocks.j.{conv_x,norm_x}                  |
+| stlstm_layer.l.conv_t_cc.{0,1}            | blocks.j.{conv_h,norm_h}                  |
+| stlstm_layer.l.conv_s_cc.{0,1}            | blocks.j.{conv_m,norm_m}                  |
+| stlstm_layer.l.conv_last.weight           | blocks.j.conv_last.weight                 |
+| stlstm_layer.l.conv_x_concat.{0,1}        | blocks.j.stationary.{conv_x,norm_x}       |
+| stlstm_layer.l.conv_h_concat.{0,1}        | blocks.j.stationary.{conv_h,norm_h}       |
+| stlstm_layer.l.ct_weight                  | blocks.j.stationary.peephole_if           |
+| stlstm_layer.l.oc_weight                  | blocks.j.stationary.peephole_o            |
+| stlstm_layer_diff.j.conv_x_concat.{0,1}   | nonstationary.j.{conv_x,norm_x}           |
+| stlstm_layer_diff.j.conv_h_concat.{0,1}   | nonstationary.j.{conv_h,norm_h}           |
+| stlstm_layer_diff.j.ct_weight             | nonstationary.j.peephole_if               |
+| stlstm_layer_diff.j.oc_weight             | nonstationary.j.peephole_o                |
+| stlstm_layer_diff.j.conv_last.weight      | — (never used by OpenSTL's forward: drop) |
+| conv_last.weight                          | output.weight                             |
+
+Shapes are equal one to one. OpenSTL's `MIMN` builds a 1×1 `conv_last` (2h → h) that its
+forward never calls: 3 × 32,768 = 98,304 parameters at the settings below, not built here
+(they would get no gradient, which DDP rejects).
+
+At OpenSTL's Moving MNIST settings (patch 4 → 16×16×16, hidden 128×4, filter 5, 10→10;
+OpenSTL: `MIM_Model(4, [128]*4, configs)` with in_shape (10, 1, 64, 64), patch_size 4,
+filter_size 5, stride 1, layer_norm 0, pre_seq_length 10, aft_seq_length 10), measured with
+`torch.utils.flop_counter.FlopCounterMode` (MACs = flops/2, batch 1):
+
+| variant | parameters | OpenSTL | GMACs  | OpenSTL FLOPs |
+|---------|-----------:|--------:|-------:|--------------:|
+| paper   | 37,945,344 |  38.0M  | 181.70 |       179.2G  |
+| openstl | 37,945,344 |  38.0M  | 179.18 |       179.2G  |
+
+OpenSTL's model has 38,043,648 parameters (with the unused 98,304). Its forward, counted
+the same way, is 181.70 GMACs: it runs MIM-N at the first step (3 layers × 2 convolutions
+of 128→512 at 5×5 over 16×16 positions = 2.52 GMACs) and throws the result away; its table's
+179.2G leaves that out. `openstl` does not run it (179.18); `paper` runs it on the zero
+difference and uses the result.
 
 `layer_norm` (OpenSTL's option, off by default) follows every gate convolution (the
 ST-LSTM's, the MIM block's, MIM-N's and MIM-S's) with a LayerNorm over [its output
-channels, H, W]; the 1×1 `conv_last` and the peepholes stay unnormalised.
+channels, H, W]; the 1×1 `conv_last` and the peepholes stay unnormalised. In `paper` the
+first step's MIM-N then outputs its LayerNorm biases' response to a zero difference; in
+`openstl` the blocks read zero there, as in OpenSTL.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal  # noqa: UP035 - OmegaConf reads these
 
 import torch
 from torch import nn
@@ -54,7 +108,8 @@ def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
 class PeepholeLSTM(nn.Module):
     """The LSTM shared by MIM-N and MIM-S: gates from conv(x) + conv(h) + peepholes on c
     (input and forget on c_{t−1}, output on c_t). `layer_norm`: a LayerNorm over
-    [4h, H, W] after each convolution."""
+    [4h, H, W] after each convolution. `batch_axis`: peepholes 1×h×H×W (else h×H×W,
+    OpenSTL's shape; the product broadcasts the same)."""
 
     def __init__(
         self,
@@ -64,13 +119,15 @@ class PeepholeLSTM(nn.Module):
         width: int,
         forget_bias: float,
         layer_norm: bool = False,
+        batch_axis: bool = True,
     ):
         super().__init__()
         self.forget_bias = forget_bias
         self.conv_x = _conv(hidden, 4 * hidden, kernel_size)
         self.conv_h = _conv(hidden, 4 * hidden, kernel_size)
-        self.peephole_if = nn.Parameter(torch.zeros(1, 2 * hidden, height, width))
-        self.peephole_o = nn.Parameter(torch.zeros(1, hidden, height, width))
+        lead = (1,) if batch_axis else ()
+        self.peephole_if = nn.Parameter(torch.zeros(*lead, 2 * hidden, height, width))
+        self.peephole_o = nn.Parameter(torch.zeros(*lead, hidden, height, width))
         norm_size = (height, width) if layer_norm else None
         self.norm_x = gate_norm(4 * hidden, norm_size)
         self.norm_h = gate_norm(4 * hidden, norm_size)
@@ -88,7 +145,8 @@ class PeepholeLSTM(nn.Module):
 
 class MIMBlock(nn.Module):
     """ST-LSTM whose temporal forget path is MIM-S; returns (h, c, m, MIM-S cell).
-    `layer_norm`: a LayerNorm over [channels, H, W] after each gate convolution."""
+    `layer_norm`: a LayerNorm over [channels, H, W] after each gate convolution;
+    `batch_axis`: the peephole shape (see `PeepholeLSTM`)."""
 
     def __init__(
         self,
@@ -98,6 +156,7 @@ class MIMBlock(nn.Module):
         width: int,
         forget_bias: float,
         layer_norm: bool = False,
+        batch_axis: bool = True,
     ):
         super().__init__()
         self.forget_bias = forget_bias
@@ -105,7 +164,9 @@ class MIMBlock(nn.Module):
         self.conv_h = _conv(hidden, 3 * hidden, kernel_size)
         self.conv_m = _conv(hidden, 4 * hidden, kernel_size)
         self.conv_last = nn.Conv2d(2 * hidden, hidden, 1, bias=False)
-        self.stationary = PeepholeLSTM(hidden, kernel_size, height, width, forget_bias, layer_norm)
+        self.stationary = PeepholeLSTM(
+            hidden, kernel_size, height, width, forget_bias, layer_norm, batch_axis
+        )
         norm_size = (height, width) if layer_norm else None
         self.norm_x = gate_norm(4 * hidden, norm_size)
         self.norm_h = gate_norm(3 * hidden, norm_size)
@@ -136,6 +197,10 @@ class MIMArgs:
     layer_norm: bool = False
     """Follow each gate convolution with a LayerNorm over [channels, H, W] (OpenSTL's
     `layer_norm`); off leaves the model exactly as without the option."""
+    variant: Literal["paper", "openstl"] = "paper"
+    """`paper`: every MIM-N reads the change of the hidden state of the layer below.
+    `openstl`: OpenSTL's (and the official code's) form: from the third layer up MIM-N
+    reads the MIM-N output of the layer below; see the module docstring."""
 
 
 class MIM(FrameRecurrent):
@@ -151,17 +216,22 @@ class MIM(FrameRecurrent):
             raise ValueError(
                 f"MIM needs at least 2 layers of equal hidden_channels, got {hidden_channels}"
             )
+        if args.variant not in ("paper", "openstl"):
+            raise ValueError(f"MIM variant must be 'paper' or 'openstl', got {args.variant!r}")
         hidden, k = hidden_channels[0], args.kernel_size
         hw = (spec.height, spec.width)
         self.hidden = hidden
+        self.openstl = args.variant == "openstl"
+        batch_axis = not self.openstl
         self.first = STLSTMCell(
             spec.channels, hidden, k, args.forget_bias, hw if args.layer_norm else None
         )
         self.blocks = nn.ModuleList(
-            MIMBlock(hidden, k, *hw, args.forget_bias, args.layer_norm) for _ in hidden_channels[1:]
+            MIMBlock(hidden, k, *hw, args.forget_bias, args.layer_norm, batch_axis)
+            for _ in hidden_channels[1:]
         )
         self.nonstationary = nn.ModuleList(
-            PeepholeLSTM(hidden, k, *hw, args.forget_bias, args.layer_norm)
+            PeepholeLSTM(hidden, k, *hw, args.forget_bias, args.layer_norm, batch_axis)
             for _ in hidden_channels[1:]
         )
         self.output = nn.Conv2d(hidden, spec.channels, 1, bias=False)
@@ -180,15 +250,28 @@ class MIM(FrameRecurrent):
             "first_step": True,
         }
 
+    def _difference(self, i: int, h: list, previous_h: list, n_h: list) -> torch.Tensor:
+        """What MIM-N of layer i + 1 reads (after the first step): the change of the hidden
+        state of layer i (the diagonal link); `openstl` above the second layer: the MIM-N
+        output of layer i, already updated at this step."""
+        if self.openstl and i > 0:
+            return n_h[i - 1]
+        return h[i] - previous_h[i]
+
     def step(self, frame_BCHW: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         h, c, n_h, n_c, s_c = (list(state[k]) for k in ("h", "c", "n_h", "n_c", "s_c"))
-        previous_h = state["h"]
+        previous_h, first_step = state["h"], state["first_step"]
         h[0], c[0], m, _, _ = self.first(frame_BCHW, h[0], c[0], state["m"])
         for i, (block, nonstationary) in enumerate(zip(self.blocks, self.nonstationary)):
-            # diagonal link: the change of the layer below since the last step
-            difference = torch.zeros_like(h[i]) if state["first_step"] else h[i] - previous_h[i]
-            n_h[i], n_c[i] = nonstationary(difference, n_h[i], n_c[i])
-            h[i + 1], c[i + 1], m, s_c[i] = block(h[i], n_h[i], h[i + 1], c[i + 1], m, s_c[i])
+            if not first_step:
+                difference = self._difference(i, h, previous_h, n_h)
+                n_h[i], n_c[i] = nonstationary(difference, n_h[i], n_c[i])
+            elif not self.openstl:  # no previous hidden state: a zero difference
+                n_h[i], n_c[i] = nonstationary(torch.zeros_like(h[i]), n_h[i], n_c[i])
+            # (openstl, first step: OpenSTL discards MIM-N's output; D and its states stay 0)
+            # OpenSTL feeds MIM-S its cell state detached (no gradient across steps)
+            stationary_c = s_c[i].detach() if self.openstl else s_c[i]
+            h[i + 1], c[i + 1], m, s_c[i] = block(h[i], n_h[i], h[i + 1], c[i + 1], m, stationary_c)
         new_state = {
             "h": h,
             "c": c,

@@ -29,16 +29,68 @@ batch 1):
 |---------|-----------:|--------:|------:|--------------:|
 | PhyDNet |  3,091,732 |   3.1M  | 15.31 |       15.3G   |
 
-Both agree. (OpenSTL's forward also decodes each branch on its own for visualisation,
-two more passes of the shared decoder, 0.55 GMACs over 19 steps, apparently not in its
-table; we do not compute them.) One deviation from OpenSTL's code, following the paper:
-the gain K is computed from the prediction H̃ (not the previous H) and E(x).
+Both agree, for both variants. (OpenSTL's forward also decodes each branch on its own for
+visualisation, two more passes of the shared decoder, 0.55 GMACs over 19 steps, apparently
+not in its table; we do not compute them.) At its other recipes' settings (`openstl`):
+KTH 1×128×128 10→20, downsample 4: 3,091,732 parameters, 93.40 GMACs (OpenSTL: 3.1M,
+93.6G); TaxiBJ 2×32×32 4→4, downsample 2: 3,092,309, 5.595 GMACs (OpenSTL: 3.09M, 5.60G;
+`paper`, upsampling last: 5.542). Parameters equal OpenSTL's model's in each case.
+
+Two forms, chosen by `variant`:
+
+* `paper` (default; stpdist's form before issue 23): the gain K = σ(W ∗ [E(x), H̃]) reads
+  the prediction H̃, as the paper's equation writes it; the shared decoder upsamples in
+  the mirror order of the encoder (with `downsample: 2`, at its last layer).
+* `openstl`: OpenSTL's PhyDNet (`phydnet_model.py`, `phydnet_modules.py`; the official
+  PhyDNet code has the same cell): K = σ(W ∗ [E(x), H_{t−1}]) reads the previous hidden
+  state; the shared decoder's first transposed convolution always strides by 2 and its last
+  by `downsample`/2 (OpenSTL's `decoder_D`; the same as `paper` at `downsample: 4`). Given
+  OpenSTL's weights (key map below) the outputs are OpenSTL's (checked by running its code
+  at commit c74deb5 in float64, at downsample 4 and 2, with and without teacher forcing:
+  max |diff| 0). `downsample: 1` is refused (OpenSTL's encoder always strides its first
+  layer by 2). OpenSTL fixes the widths (32/64 encoder, 49 kernels of 7×7, ConvLSTM
+  128-128-64 at 3×3: the defaults here).
+
+Loss: OpenSTL's `PhyDNet_Model.forward` returns Σ over the 19 next-frame steps of the
+per-step MSE, plus Σ over the 64 input channels of MSE(moments, one-hot). stpdist's
+training loss (`loss_frames: all`, `loss: mse`, default `moment_weight`) is the mean over
+the steps plus 1/19 of the same moment sum: OpenSTL's ÷ 19 (checked: the frame part and
+the moment part each to 1e-15 relative with the moments in float64; OpenSTL rounds its
+moment matrices to float32, `K2M(...).float()`, so totals differ by up to ~1e-9). Not
+reproduced: OpenSTL's `PhyDNet.training_step` then applies its MSE criterion to that
+scalar (`criterion(loss, batch_y)`, i.e. mean((L − y)²) over the target pixels), which
+scales the gradient by 2(L − mean y); and it draws teacher forcing once per batch (all
+output steps or none), where stpdist's scheduled sampling draws per sample and step.
+
+OpenSTL state-dict key → stpdist key (either variant; `X.main.0/1` is a conv block's
+convolution and GroupNorm, `i.j` below is block i's layer j):
+
+| OpenSTL                                        | stpdist                          |
+|------------------------------------------------|----------------------------------|
+| encoder.encoder_E.c{1,2,3}.main.{0,1}          | encoder.{0,1,2}.{0,1}            |
+| encoder.encoder_Ep.c{1,2}.main.{0,1}           | encoder_physics.{0,1}.{0,1}      |
+| encoder.encoder_Er.c{1,2}.main.{0,1}           | encoder_residual.{0,1}.{0,1}     |
+| encoder.decoder_Dp.upc{1,2}.main.{0,1}         | decoder_physics.{0,1}.{0,1}      |
+| encoder.decoder_Dr.upc{1,2}.main.{0,1}         | decoder_residual.{0,1}.{0,1}     |
+| encoder.decoder_D.upc{1,2}.main.{0,1}          | decoder.{0,1}.{0,1}              |
+| encoder.decoder_D.upc3                         | decoder.2                        |
+| phycell.cell_list.0.F.conv1                    | phycell.physics.0                |
+| phycell.cell_list.0.F.bn1                      | phycell.physics.1                |
+| phycell.cell_list.0.F.conv2                    | phycell.physics.2                |
+| phycell.cell_list.0.convgate                   | phycell.gain                     |
+| convcell.cell_list.i.conv                      | convlstm.i.gates                 |
+
+(each with `.weight` and `.bias`). OpenSTL's state dict holds the PhyCell and ConvLSTM
+twice, also as `encoder.phycell.*` and `encoder.convcell.*` (the same modules, shared):
+equal copies to drop; and the buffers `k2m._M0`, `k2m._M1`, `k2m._invM0`, `k2m._invM1`
+(the moment matrices, rebuilt here). Shapes are equal one to one.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal  # noqa: UP035 - OmegaConf reads these
 
 import torch
 from torch import nn
@@ -72,10 +124,14 @@ def moment_matrices(kernel_size: int) -> torch.Tensor:
 
 
 class PhyCell(nn.Module):
-    """PhyCell: PDE-like prediction H̃ = H + Φ(H), then correction by the input."""
+    """PhyCell: PDE-like prediction H̃ = H + Φ(H), then correction by the input with the
+    gain K = σ(conv([x, H̃])) or, `gain_from_previous` (OpenSTL's code), σ(conv([x, H]))."""
 
-    def __init__(self, channels: int, hidden: int, kernel_size: int) -> None:
+    def __init__(
+        self, channels: int, hidden: int, kernel_size: int, gain_from_previous: bool = False
+    ) -> None:
         super().__init__()
+        self.gain_from_previous = gain_from_previous
         if hidden != kernel_size * kernel_size:
             raise ValueError(
                 f"PhyCell needs phycell_hidden_channels = kernel² ({kernel_size**2}) "
@@ -92,7 +148,8 @@ class PhyCell(nn.Module):
 
     def forward(self, x_BEHW: torch.Tensor, hidden_BEHW: torch.Tensor) -> torch.Tensor:
         predicted = hidden_BEHW + self.physics(hidden_BEHW)
-        gain = torch.sigmoid(self.gain(torch.cat([x_BEHW, predicted], dim=1)))
+        gain_reads = hidden_BEHW if self.gain_from_previous else predicted
+        gain = torch.sigmoid(self.gain(torch.cat([x_BEHW, gain_reads], dim=1)))
         return predicted + gain * (x_BEHW - predicted)
 
     def moment_loss(self) -> torch.Tensor:
@@ -102,7 +159,7 @@ class PhyCell(nn.Module):
         moments = torch.einsum("ix,jy,ocxy->oicj", self.moments, self.moments, weight)
         target = torch.eye(k * k, dtype=weight.dtype, device=weight.device).view(k * k, k, 1, k)
         per_channel = (moments - target).pow(2).mean(dim=(0, 1, 3))  # E
-        return per_channel.sum().float()
+        return per_channel.sum().to(self.physics[0].weight.dtype)
 
 
 class PhyDConvLSTMCell(nn.Module):
@@ -136,6 +193,10 @@ class PhyDNetArgs:
     moment_weight: float | None = None
     """Weight of the moment loss `moment`. None: 1/(T_in + T_out − 1), because OpenSTL and
     the paper add it at weight 1 to a sum of that many per-step MSEs, where ours is a mean."""
+    variant: Literal["paper", "openstl"] = "paper"
+    """`paper`: PhyCell's gain reads the prediction H̃ (the paper's equation). `openstl`:
+    it reads the previous H, and the decoder strides as OpenSTL's (see the module
+    docstring)."""
 
 
 class PhyDNet(FrameRecurrent):
@@ -148,6 +209,14 @@ class PhyDNet(FrameRecurrent):
         args = args or PhyDNetArgs()
         if args.downsample not in (1, 2, 4):
             raise ValueError(f"PhyDNet downsample must be 1, 2 or 4, got {args.downsample}")
+        if args.variant not in ("paper", "openstl"):
+            raise ValueError(f"PhyDNet variant must be 'paper' or 'openstl', got {args.variant!r}")
+        openstl = args.variant == "openstl"
+        if openstl and args.downsample == 1:
+            raise ValueError(
+                "PhyDNet variant 'openstl' needs downsample 2 or 4 (OpenSTL's encoder always "
+                "strides its first layer by 2), got 1"
+            )
         if spec.height % args.downsample or spec.width % args.downsample:
             raise ValueError(
                 f"frame size {spec.height}×{spec.width} is not divisible by "
@@ -182,19 +251,18 @@ class PhyDNet(FrameRecurrent):
         self.decoder_residual = nn.Sequential(
             _upconv_block(encoded, encoded, 1), _upconv_block(encoded, encoded, 1)
         )
+        # paper: the encoder's strides mirrored; openstl: OpenSTL's decoder_D, 2 first
+        up_first, up_last = (first_stride, last_stride) if openstl else (last_stride, first_stride)
         self.decoder = nn.Sequential(
-            _upconv_block(encoded, nf, last_stride),
+            _upconv_block(encoded, nf, up_first),
             _upconv_block(nf, nf, 1),
             nn.ConvTranspose2d(
-                nf,
-                spec.channels,
-                3,
-                stride=first_stride,
-                padding=1,
-                output_padding=first_stride - 1,
+                nf, spec.channels, 3, stride=up_last, padding=1, output_padding=up_last - 1
             ),
         )
-        self.phycell = PhyCell(encoded, args.phycell_hidden_channels, args.phycell_kernel_size)
+        self.phycell = PhyCell(
+            encoded, args.phycell_hidden_channels, args.phycell_kernel_size, openstl
+        )
         self.convlstm = nn.ModuleList()
         previous = encoded
         for hidden in hidden_channels:

@@ -22,7 +22,7 @@ of T_in, feeding each chunk's T_in predictions back as the next input, and cuts 
 result to T_out. `targets_BTCHW` and `teacher_mask_BT` are ignored.
 
 TAU is SimVP with the `tau` translator, trained with `differential_divergence` added to
-the MSE (weight 0.1 in OpenSTL).
+the MSE (weight 0.1 in OpenSTL; `model.divergence_form: openstl` is OpenSTL's form of it).
 
 Where this differs from OpenSTL on purpose (none changes a parameter count):
 - stochastic depth grows linearly from 0 to `drop_path`; OpenSTL's grows from 0.01
@@ -70,31 +70,51 @@ from torch import nn
 from .base import FrameSpec
 from .translators import BlockSettings, InceptionBlock, translator_block
 
+DIVERGENCE_FORMS = ("per_channel", "openstl")
+"""The forms of TAU's differential divergence (`model.divergence_form`)."""
+
 
 def differential_divergence(
-    pred_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor, *, temperature: float = 0.1
+    pred_BTCHW: torch.Tensor,
+    target_BTCHW: torch.Tensor,
+    *,
+    temperature: float = 0.1,
+    form: str = "per_channel",
 ) -> torch.Tensor:
-    """TAU's differential divergence regulariser (unweighted).
+    """TAU's differential divergence regulariser (unweighted), in the form `form`.
 
-    The frame differences Δ_t = x_{t+1} − x_t of prediction and truth are each turned
-    into a distribution over the H×W pixels by softmax(Δ / τ), separately per sample,
-    frame difference and channel; the result is KL(pred ‖ truth) = Σ p (log p − log q),
-    summed over the pixels and averaged over samples, differences and channels, then
-    divided by H·W, i.e. the mean of the pointwise terms. That is OpenSTL's scale
-    (it averages the pointwise terms), so its weight α = 0.1 keeps its meaning. τ = 0.1
-    as in the TAU authors' implementation (OpenSTL); the paper introduces the softmax with
-    a temperature τ. For C = 1 this equals OpenSTL's value up to its eps = 1e-12 inside
-    the log; for C > 1 OpenSTL takes one softmax over C·H·W jointly. Fewer than 2 frames:
-    0 (OpenSTL also returns 0 for exactly 2; one difference is used here).
+    The frame differences Δ_t = x_{t+1} − x_t of prediction and truth are each turned into
+    a distribution by softmax(Δ / τ), separately per sample and frame difference, and
+    compared by KL(pred ‖ truth) = Σ p (log p − log q); the result is the mean of the
+    pointwise terms p (log p − log q), OpenSTL's scale (so its weight α = 0.1 keeps its
+    meaning). τ = 0.1 as in the TAU authors' implementation (OpenSTL); the paper introduces
+    the softmax with a temperature τ. The forms differ in where the softmax runs:
+
+    - `per_channel`: over the H×W pixels of each channel (C distributions per difference);
+      fewer than 2 frames give 0, exactly 2 the one difference.
+    - `openstl`: OpenSTL's `diff_div_reg`, one softmax over all C·H·W values per
+      difference, terms p·log(p / (q + ε) + ε) with ε = 1e-12, and 0 for T ≤ 2.
+
+    For C = 1 and T > 2 the two agree up to ε; for C > 1 `per_channel` is about C times
+    `openstl` (each channel's distribution sums to 1, not all C together).
     """
+    if form not in DIVERGENCE_FORMS:
+        raise ValueError(f"divergence form must be one of {DIVERGENCE_FORMS}, got '{form}'")
     if pred_BTCHW.shape != target_BTCHW.shape:
         raise ValueError(
             f"prediction {tuple(pred_BTCHW.shape)} vs target {tuple(target_BTCHW.shape)}"
         )
-    if pred_BTCHW.shape[1] < 2:
+    num_frames = pred_BTCHW.shape[1]
+    if num_frames < 2 or (form == "openstl" and num_frames == 2):
         return pred_BTCHW.new_zeros(())
-    delta_pred = (pred_BTCHW[:, 1:] - pred_BTCHW[:, :-1]).flatten(3) / temperature
-    delta_true = (target_BTCHW[:, 1:] - target_BTCHW[:, :-1]).flatten(3) / temperature
+    # per_channel: a distribution over H·W per channel; openstl: over C·H·W
+    flat_from = 3 if form == "per_channel" else 2
+    delta_pred = (pred_BTCHW[:, 1:] - pred_BTCHW[:, :-1]).flatten(flat_from) / temperature
+    delta_true = (target_BTCHW[:, 1:] - target_BTCHW[:, :-1]).flatten(flat_from) / temperature
+    if form == "openstl":
+        eps = 1e-12  # inside the log, as OpenSTL writes it
+        p, q = F.softmax(delta_pred, dim=-1), F.softmax(delta_true, dim=-1)
+        return (p * torch.log(p / (q + eps) + eps)).mean()
     log_p = F.log_softmax(delta_pred, dim=-1)
     log_q = F.log_softmax(delta_true, dim=-1)
     return (log_p.exp() * (log_p - log_q)).mean()

@@ -1,0 +1,781 @@
+"""OpenSTL checkpoints → stpdist model folders (`stpdist import openstl CKPT --method NAME`).
+
+OpenSTL (github.com/chengtan9907/OpenSTL, Apache-2.0) saves Lightning `.ckpt` files whose
+`state_dict` keys carry the prefix `model.` (older releases: a plain state dict of the
+model). Nothing is unpickled beyond tensors: the file is read with
+`torch.load(weights_only=True)`; when its `hyper_parameters` hold objects that loader
+refuses, only the tensors are read (every other object becomes an inert placeholder, no
+code runs) and the hyper-parameters are ignored, with a warning.
+
+The architecture comes from, in increasing priority: OpenSTL's Moving MNIST defaults for
+the method (its `configs/mmnist/<Method>.py` and the dataset's 10→10 at 1×64×64), the
+checkpoint's `hyper_parameters` (plain values only), and `--config`: an OpenSTL config
+file, which is Python but is never run: only top-level assignments of literals are read
+(`ast.literal_eval`).
+
+Every OpenSTL tensor is renamed by the method's rules below (`KEY_RULES`) into the
+stpdist backbone; tensors that OpenSTL builds but its forward never uses (`UNUSED`) are
+dropped with a note. Any other tensor without a rule, any stpdist tensor left unfilled,
+and any shape that disagrees is an error naming it. The mapped weights keep the
+checkpoint's dtype.
+
+Methods and their stpdist form: ConvLSTM → `convlstm` (variant openstl), PredRNN,
+PredRNN++, PredRNN.V2, MAU, SimVP (translators incepu, gsta, tau, uniformer, convmixer,
+poolformer, van, hornet, moganet), TAU → `tau` with OpenSTL's divergence (weight `alpha`,
+`divergence_form: openstl`), MIM and E3D-LSTM (variant openstl, E3D-LSTM with OpenSTL's
+MSE + L1 loss). PhyDNet and SwinLSTM are refused (see `canonical_method`).
+Each is checked against OpenSTL's own forward by tests/test_openstl_import.py on the
+fixtures of tests/fixtures/openstl (float64, ≤1e-12).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import logging
+import pickle
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import InputError
+
+log = logging.getLogger("stpdist")
+
+# ---------------------------------------------------------------------------- methods
+_ALIASES = {
+    "convlstm": "convlstm",
+    "predrnn": "predrnn",
+    "predrnnpp": "predrnnpp",
+    "predrnnv2": "predrnnv2",
+    "mau": "mau",
+    "simvp": "simvp",
+    "tau": "tau",
+    "mim": "mim",
+    "phydnet": "phydnet",
+    "e3dlstm": "e3dlstm",
+    "swinlstm": "swinlstm",
+    "swinlstmd": "swinlstm",
+    "swinlstmb": "swinlstmb",
+}
+METHODS = ("ConvLSTM", "PredRNN", "PredRNNpp", "PredRNNv2", "MIM", "E3DLSTM", "MAU", "SimVP", "TAU")
+"""OpenSTL methods this importer converts (any spelling: PredRNN++, PredRNN.V2, …)."""
+
+_RECURRENT = {"convlstm", "predrnn", "predrnnpp", "predrnnv2", "mau", "mim", "e3dlstm"}
+
+# OpenSTL's Moving MNIST settings: the dataset's defaults, then configs/mmnist/<Method>.py
+_COMMON = {
+    "in_shape": [10, 1, 64, 64],
+    "pre_seq_length": 10,
+    "aft_seq_length": 10,
+    "batch_size": 16,
+    "sched": "onecycle",
+}
+_SAMPLING = {
+    "reverse_scheduled_sampling": 0,
+    "r_sampling_step_1": 25000,
+    "r_sampling_step_2": 50000,
+    "r_exp_alpha": 5000,
+    "scheduled_sampling": 1,
+    "sampling_stop_iter": 50000,
+    "sampling_start_value": 1.0,
+    "sampling_changing_rate": 0.00002,
+}
+_RNN = {**_SAMPLING, "num_hidden": "128,128,128,128", "filter_size": 5, "stride": 1,
+        "patch_size": 4, "layer_norm": 0}  # fmt: skip
+_SIMVP = {"spatio_kernel_enc": 3, "spatio_kernel_dec": 3, "hid_S": 64, "hid_T": 512,
+          "N_T": 8, "N_S": 4, "model_type": "gSTA", "mlp_ratio": 8.0, "drop": 0.0,
+          "drop_path": 0.0, "lr": 1e-3}  # fmt: skip
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "convlstm": {**_RNN, "lr": 5e-4},
+    "predrnn": {**_RNN, "lr": 5e-4},
+    "predrnnpp": {**_RNN, "lr": 1e-4},
+    "predrnnv2": {**_RNN, "reverse_scheduled_sampling": 1, "decouple_beta": 0.1, "lr": 5e-4},
+    "mau": {
+        **_SAMPLING,
+        "num_hidden": "64,64,64,64",
+        "filter_size": 5,
+        "stride": 1,
+        "patch_size": 1,
+        "layer_norm": 0,
+        "sr_size": 4,
+        "tau": 5,
+        "cell_mode": "normal",
+        "model_mode": "normal",
+        "lr": 1e-3,
+    },  # fmt: skip
+    "mim": {**_RNN, "lr": 5e-4},
+    "e3dlstm": {**_RNN, "lr": 1e-4},
+    "simvp": dict(_SIMVP),
+    "tau": {**_SIMVP, "model_type": "tau", "alpha": 0.1},
+}
+"""OpenSTL's Moving MNIST settings per method (its configs/mmnist files, its parser's
+defaults and the dataset's 10→10 frames of 1×64×64)."""
+
+KNOWN_KEYS = sorted({k for d in DEFAULTS.values() for k in d} | set(_COMMON) | {"method"})
+
+
+# ---------------------------------------------------------------------------- key maps
+def _cell_rules(convs: tuple[str, ...]) -> list[tuple[str, str]]:
+    """OpenSTL's `conv_*` Sequentials (conv, then LayerNorm with layer_norm) → stpdist's
+    `conv_*` and `norm_*` of the same cell."""
+    rules = []
+    for conv in convs:
+        rules.append((rf"cell_list\.(\d+)\.{conv}\.0\.weight", rf"cells.\1.{conv}.weight"))
+        rules.append(
+            (rf"cell_list\.(\d+)\.{conv}\.1\.(weight|bias)", rf"cells.\1.norm_{conv[5:]}.\2")
+        )
+    return rules
+
+
+_STLSTM = [*_cell_rules(("conv_x", "conv_h", "conv_m", "conv_o")),
+           (r"cell_list\.(\d+)\.conv_last\.weight", r"cells.\1.conv_last.weight"),
+           (r"conv_last\.weight", "output.weight")]  # fmt: skip
+
+_SIMVP_COMMON = [
+    (r"enc\.enc\.(\d+)\.conv\.(.+)", r"encoder.blocks.\1.\2"),
+    (r"dec\.dec\.(\d+)\.conv\.(.+)", r"decoder.blocks.\1.\2"),
+    (r"dec\.readout\.(weight|bias)", r"decoder.readout.\1"),
+    (r"hid\.enc\.(\d+)\.reduction\.(weight|bias)", r"translator.blocks.\1.1.\2"),
+]
+_BLOCK = r"hid\.enc\.(\d+)\.block\."
+_TO = r"translator.blocks.\1.0."
+_PARAM = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
+
+
+def _block_rules(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Rules for one MetaFormer block type: (OpenSTL name in the block, stpdist name)."""
+    rules = []
+    for source, target in pairs:
+        if source.endswith("."):  # a module: all its parameters and buffers
+            rules.append((_BLOCK + re.escape(source) + _PARAM, _TO + target + r"\2"))
+        else:
+            rules.append((_BLOCK + re.escape(source), _TO + target))
+    return rules
+
+
+_LARGE_KERNEL = [("layer_scale_1", "scale1"), ("layer_scale_2", "scale2"),
+                 ("norm1.", "norm1."), ("norm2.", "norm2."),
+                 ("attn.proj_1.", "attn.proj_in."), ("attn.proj_2.", "attn.proj_out."),
+                 ("attn.spatial_gating_unit.conv0.", "attn.unit.spatial.0."),
+                 ("attn.spatial_gating_unit.conv_spatial.", "attn.unit.spatial.1."),
+                 ("mlp.fc1.", "mlp.fc1."), ("mlp.dwconv.dwconv.", "mlp.dwconv."),
+                 ("mlp.fc2.", "mlp.fc2.")]  # fmt: skip
+TRANSLATOR_RULES: dict[str, list[tuple[str, str]]] = {
+    "gsta": _block_rules([*_LARGE_KERNEL, ("attn.spatial_gating_unit.conv1.", "attn.unit.gate_value.")]),
+    "tau": _block_rules([*_LARGE_KERNEL, ("attn.spatial_gating_unit.conv1.", "attn.unit.static."),
+                         ("attn.spatial_gating_unit.fc.0.", "attn.unit.excite.0."),
+                         ("attn.spatial_gating_unit.fc.2.", "attn.unit.excite.2.")]),
+    "van": _block_rules([*_LARGE_KERNEL, ("attn.spatial_gating_unit.conv1.", "attn.unit.pointwise.")]),
+    "convmixer": _block_rules([("conv_dw.", "depthwise.0."), ("norm_1.", "depthwise.2."),
+                               ("conv_pw.", "pointwise.0."), ("norm_2.", "pointwise.2.")]),
+    "hornet": _block_rules([("gamma1", "scale1"), ("gamma2", "scale2"), ("norm1.", "norm1."),
+                            ("norm2.", "norm2."), ("gnconv.proj_in.", "gnconv.proj_in."),
+                            ("gnconv.dwconv.", "gnconv.depthwise."),
+                            ("gnconv.proj_out.", "gnconv.proj_out."),
+                            ("pwconv1.", "mlp.fc1."), ("pwconv2.", "mlp.fc2.")])
+    + [(_BLOCK + r"gnconv\.pws\.(\d+)\." + _PARAM, _TO + r"gnconv.pointwise.\2.\3")],
+    "moganet": _block_rules([("layer_scale_1", "scale1"), ("layer_scale_2", "scale2"),
+                             ("norm1.", "norm1."), ("norm2.", "norm2."),
+                             ("attn.sigma", "attn.sigma"), ("attn.proj_1.", "attn.proj_in."),
+                             ("attn.gate.", "attn.gate."), ("attn.value.DW_conv0.", "attn.dw_base."),
+                             ("attn.value.DW_conv1.", "attn.dw_mid."),
+                             ("attn.value.DW_conv2.", "attn.dw_far."),
+                             ("attn.value.PW_conv.", "attn.context_out."),
+                             ("attn.proj_2.", "attn.proj_out."), ("mlp.sigma", "mlp.sigma"),
+                             ("mlp.fc1.", "mlp.fc1."), ("mlp.dwconv.", "mlp.dwconv."),
+                             ("mlp.decompose.", "mlp.decompose."), ("mlp.fc2.", "mlp.fc2.")]),
+    "poolformer": _block_rules([("layer_scale_1", "scale1"), ("layer_scale_2", "scale2"),
+                                ("norm1.", "norm1."), ("norm2.", "norm2."),
+                                ("mlp.fc1.", "mlp.fc1."), ("mlp.fc2.", "mlp.fc2.")]),
+    # UniFormer: conv blocks (first and last) and self-attention blocks (in between)
+    "uniformer": _block_rules([("pos_embed.", "pos_embed."), ("norm1.", "norm1."),
+                               ("norm2.", "norm2."), ("conv1.", "mixer.0."),
+                               ("attn.qkv.", "mixer.qkv."), ("attn.proj.", "mixer.proj."),
+                               ("attn.", "mixer.1."), ("conv2.", "mixer.2."),
+                               ("gamma_1", "scale1"), ("gamma_2", "scale2"),
+                               ("mlp.fc1.", "mlp.fc1."), ("mlp.fc2.", "mlp.fc2.")]),
+    # SimVP v1's U-Net of gInception_ST blocks
+    "incepu": [(r"hid\.enc\.(\d+)\.conv1\.(weight|bias)", r"translator.down.\1.reduce.\2"),
+               (r"hid\.dec\.(\d+)\.conv1\.(weight|bias)", r"translator.up.\1.reduce.\2"),
+               (r"hid\.enc\.(\d+)\.layers\.(\d+)\.conv\.(weight|bias)", r"translator.down.\1.branches.\2.0.\3"),
+               (r"hid\.enc\.(\d+)\.layers\.(\d+)\.norm\.(weight|bias)", r"translator.down.\1.branches.\2.1.\3"),
+               (r"hid\.dec\.(\d+)\.layers\.(\d+)\.conv\.(weight|bias)", r"translator.up.\1.branches.\2.0.\3"),
+               (r"hid\.dec\.(\d+)\.layers\.(\d+)\.norm\.(weight|bias)", r"translator.up.\1.branches.\2.1.\3")],
+}  # fmt: skip
+"""OpenSTL SimVP translator (model_type) → rules for its blocks' tensors."""
+
+_TRANSLATOR_NAMES = {
+    "incepu": "incepu", "gsta": "gsta", "tau": "tau", "uniformer": "uniformer",
+    "convmixer": "convmixer", "poolformer": "poolformer", "van": "van", "hornet": "hornet",
+    "moga": "moganet", "moganet": "moganet",
+}  # fmt: skip
+_UNVERIFIED_TRANSLATORS = {"convnext", "mlp", "mlpmixer", "swin", "vit"}
+
+KEY_RULES: dict[str, list[tuple[str, str]]] = {
+    "convlstm": [*_cell_rules(("conv_x", "conv_h")), (r"conv_last\.weight", "output.weight")],
+    "predrnn": _STLSTM,
+    "predrnnv2": [*_STLSTM, (r"adapter\.weight", "adapter.weight")],
+    "predrnnpp": [*_cell_rules(("conv_x", "conv_h", "conv_c", "conv_m", "conv_c2m", "conv_om")),
+                  (r"cell_list\.(\d+)\.conv_last\.weight", r"cells.\1.conv_last.weight"),
+                  (r"gradient_highway\.x_concat\.0\.weight", "highway.conv_x.weight"),
+                  (r"gradient_highway\.z_concat\.0\.weight", "highway.conv_z.weight"),
+                  (r"gradient_highway\.x_concat\.1\.(weight|bias)", r"highway.norm_x.\1"),
+                  (r"gradient_highway\.z_concat\.1\.(weight|bias)", r"highway.norm_z.\1"),
+                  (r"conv_last\.weight", "output.weight")],
+    "mau": [(r"encoders\.0\.encoder_t_conv-1\.(weight|bias)", r"encoder.0.\1"),
+            (r"cell_list\.(\d+)\.conv_s_next\.(.+)", r"cells.\1.conv_s_query.\2"),
+            (r"cell_list\.(\d+)\.conv_t_next\.(.+)", r"cells.\1.conv_t_gate.\2"),
+            (r"cell_list\.(\d+)\.conv_t\.(.+)", r"cells.\1.conv_t.\2"),
+            (r"cell_list\.(\d+)\.conv_s\.(.+)", r"cells.\1.conv_s.\2")],
+    "e3dlstm": [(r"cell_list\.(\d+)\.conv_x\.0\.conv3d\.weight", r"cells.\1.conv_x.weight"),
+                (r"cell_list\.(\d+)\.conv_h\.0\.conv3d\.weight", r"cells.\1.conv_h.weight"),
+                (r"cell_list\.(\d+)\.conv_gm\.0\.conv3d\.weight", r"cells.\1.conv_m.weight"),
+                (r"cell_list\.(\d+)\.conv_new_cell\.0\.conv3d\.weight", r"cells.\1.conv_c_out.weight"),
+                (r"cell_list\.(\d+)\.conv_new_gm\.0\.conv3d\.weight", r"cells.\1.conv_m_out.weight"),
+                (r"cell_list\.(\d+)\.conv_last\.conv3d\.weight", r"cells.\1.conv_last.weight"),
+                (r"cell_list\.(\d+)\._norm_c_t\.(weight|bias)", r"cells.\1.norm_c.\2"),
+                (r"cell_list\.(\d+)\.conv_(x|h)\.1\.(weight|bias)", r"cells.\1.norm_\2.\3"),
+                (r"cell_list\.(\d+)\.conv_gm\.1\.(weight|bias)", r"cells.\1.norm_m.\2"),
+                (r"cell_list\.(\d+)\.conv_new_cell\.1\.(weight|bias)", r"cells.\1.norm_c_out.\2"),
+                (r"cell_list\.(\d+)\.conv_new_gm\.1\.(weight|bias)", r"cells.\1.norm_m_out.\2"),
+                (r"conv_last\.weight", "output.weight")],
+}  # fmt: skip
+"""OpenSTL key (regular expression, matched whole) → stpdist backbone key, per method;
+MAU's encoder and decoder positions depend on `sr_size` (`_mau_rules`), SimVP's
+translator on `model_type` (`TRANSLATOR_RULES`)."""
+
+UNUSED: dict[str, list[str]] = {
+    # each OpenSTL ConvLSTM cell builds a 5×5 conv_o (2h → h) and a 1×1 conv_last it never calls
+    "convlstm": [r"cell_list\.\d+\.conv_o\.\d+\.(weight|bias)", r"cell_list\.\d+\.conv_last\.weight"],
+    # PredRNN++'s Causal LSTM builds a 5×5 conv_o (2h → h) it never calls
+    "predrnnpp": [r"cell_list\.\d+\.conv_o\.\d+\.(weight|bias)"],
+    # MAU's `merge` (2h → h) and `conv_last_sr` (2C → C) 1×1 convs are never called
+    "mau": [r"merge\.(weight|bias)", r"conv_last_sr\.(weight|bias)"],
+    # MIM-N's 1×1 conv_last (2h → h) is never called
+    "mim": [r"stlstm_layer_diff\.\d+\.conv_last\.weight"],
+}  # fmt: skip
+"""OpenSTL tensors its forward never uses: dropped with a note."""
+
+
+def _below(template: str) -> Callable[[re.Match], str]:
+    """A template whose `{j}` is the matched layer number minus one (MIM's blocks start at
+    OpenSTL's second layer)."""
+    return lambda match: template.format(*match.groups()[1:], j=int(match.group(1)) - 1)
+
+
+_MIM_CONVS = {"conv_x_cc": "{j}.conv_x", "conv_t_cc": "{j}.conv_h", "conv_s_cc": "{j}.conv_m",
+              "conv_x_concat": "{j}.stationary.conv_x", "conv_h_concat": "{j}.stationary.conv_h"}  # fmt: skip
+MIM_RULES: list[tuple[str, Any]] = [
+    (r"stlstm_layer\.0\.conv_(x|h|m|o)\.0\.weight", r"first.conv_\1.weight"),
+    (r"stlstm_layer\.0\.conv_(x|h|m|o)\.1\.(weight|bias)", r"first.norm_\1.\2"),
+    (r"stlstm_layer\.0\.conv_last\.weight", "first.conv_last.weight"),
+    *[(rf"stlstm_layer\.(\d+)\.{conv}\.0\.weight", _below("blocks." + to + ".weight"))
+      for conv, to in _MIM_CONVS.items()],
+    *[(rf"stlstm_layer\.(\d+)\.{conv}\.1\.(weight|bias)",
+       _below("blocks." + to.replace("conv_", "norm_") + ".{0}")) for conv, to in _MIM_CONVS.items()],
+    (r"stlstm_layer\.(\d+)\.conv_last\.weight", _below("blocks.{j}.conv_last.weight")),
+    (r"stlstm_layer\.(\d+)\.ct_weight", _below("blocks.{j}.stationary.peephole_if")),
+    (r"stlstm_layer\.(\d+)\.oc_weight", _below("blocks.{j}.stationary.peephole_o")),
+    (r"stlstm_layer_diff\.(\d+)\.conv_(x|h)_concat\.0\.weight", r"nonstationary.\1.conv_\2.weight"),
+    (r"stlstm_layer_diff\.(\d+)\.conv_(x|h)_concat\.1\.(weight|bias)", r"nonstationary.\1.norm_\2.\3"),
+    (r"stlstm_layer_diff\.(\d+)\.ct_weight", r"nonstationary.\1.peephole_if"),
+    (r"stlstm_layer_diff\.(\d+)\.oc_weight", r"nonstationary.\1.peephole_o"),
+    (r"conv_last\.weight", "output.weight"),
+]  # fmt: skip
+"""MIM (variant openstl): the key table of stpdist/models/mim.py."""
+
+
+def _mau_rules(levels: int) -> list[tuple[str, str]]:
+    """MAU's encoder (1×1 conv, then `levels` stride-2 convs, each with a LeakyReLU) and
+    decoder (`levels` transposed convs, LeakyReLU between them, a 1×1 readout)."""
+    rules = list(KEY_RULES["mau"])
+    for i in range(levels):
+        rules.append(
+            (rf"encoders\.{i + 1}\.encoder_t{i}\.(weight|bias)", rf"encoder.{2 * (i + 1)}.\1")
+        )
+        rules.append((rf"decoders\.{i}\.c_decoder{i}\.(weight|bias)", rf"decoder.{2 * i}.\1"))
+    readout = 2 * levels - 1 if levels else 0
+    rules.append((r"srcnn\.0\.(weight|bias)", rf"decoder.{readout}.\1"))
+    return rules  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- reading
+class _Opaque:
+    """What a checkpoint's non-tensor objects become when read without unpickling them:
+    it accepts any construction and state and does nothing (no code of theirs runs)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Opaque:
+        return _Opaque()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+def _tensor_globals() -> dict[str, Any]:
+    """The globals `torch.load(weights_only=True)` allows (tensor rebuilding, storages,
+    dtypes, OrderedDict): every other global read becomes `_Opaque`."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        return dict(_get_allowed_globals())
+    except Exception:  # a torch without that helper: the minimum for state dicts
+        import collections
+
+        import torch._utils
+
+        allowed = {
+            "collections.OrderedDict": collections.OrderedDict,
+            "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
+            "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter,
+        }
+        allowed.update(
+            {f"torch.{n}": getattr(torch, n) for n in dir(torch) if n.endswith("Storage")}
+        )
+        return allowed
+
+
+class _TensorsOnly(pickle.Unpickler):
+    allowed: dict[str, Any] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = self.allowed.get(f"{module}.{name}")
+        return found if found is not None else type(name, (_Opaque,), {})
+
+
+class _TensorsOnlyModule:
+    """A `pickle_module` for `torch.load` that rebuilds tensors and nothing else."""
+
+    Unpickler = _TensorsOnly
+    load = pickle.load
+    __name__ = "stpdist_tensors_only"
+
+
+def _load_tensors_only(path: Path) -> Any:
+    _TensorsOnly.allowed = _tensor_globals()
+    return torch.load(
+        path, map_location="cpu", weights_only=False, pickle_module=_TensorsOnlyModule
+    )
+
+
+def _is_weights_only_refusal(exc: Exception) -> bool:
+    return isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc).lower()
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(OpenSTL model state dict without the `model.` prefix, plain hyper-parameters) of a
+    Lightning `.ckpt`, a plain state dict (`.pth`/`.pt`) or a `.safetensors` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(path))), {}
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        safe = True
+    except Exception as exc:
+        if not _is_weights_only_refusal(exc):
+            raise InputError(
+                f"{path}: not a readable torch checkpoint ({_first_line(exc)})"
+            ) from None
+        log.warning(
+            "%s holds objects besides tensors that a weights-only load refuses (%s); reading "
+            "its tensors only (nothing else is unpickled); its hyper_parameters are ignored: "
+            "pass the OpenSTL config with --config",
+            path, _first_line(exc),
+        )  # fmt: skip
+        try:
+            raw = _load_tensors_only(path)
+        except Exception as inner:
+            raise InputError(f"{path}: cannot read its tensors ({_first_line(inner)})") from None
+        safe = False
+    return _state_dict(raw, path), _hyper_parameters(raw) if safe else {}
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def _state_dict(raw: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
+        raw = raw["state_dict"]
+    if not isinstance(raw, dict) or not raw:
+        raise InputError(
+            f"{path}: neither a Lightning checkpoint with a state_dict nor a state dict"
+        )
+    tensors = {}
+    for key, value in raw.items():
+        if not isinstance(value, torch.Tensor):
+            raise InputError(
+                f"{path}: state dict entry {key!r} is {type(value).__name__}, not a tensor"
+            )
+        tensors[key.removeprefix("model.") if isinstance(key, str) else key] = value
+    return tensors
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, list | tuple):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _hyper_parameters(raw: Any) -> dict[str, Any]:
+    found = raw.get("hyper_parameters") if isinstance(raw, dict) else None
+    if not isinstance(found, dict):
+        return {}
+    return {k: v for k, v in found.items() if k in KNOWN_KEYS and _plain(v)}
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The top-level literal assignments of OpenSTL config file `path` (Python, never run:
+    `ast.literal_eval` on each). An assignment of a setting the importer reads that is
+    not a literal is an error naming its line."""
+    path = Path(path)
+    try:
+        tree = ast.parse(path.read_text(), filename=str(path))
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(
+            f"{path}: not a readable OpenSTL config file ({_first_line(exc)})"
+        ) from None
+    values: dict[str, Any] = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+            continue
+        target = node.targets[0]
+        if not isinstance(target, ast.Name):
+            continue
+        try:
+            values[target.id] = ast.literal_eval(node.value)
+        except ValueError:
+            if target.id in KNOWN_KEYS:
+                raise InputError(
+                    f"{path}:{node.lineno}: '{target.id}' is not a literal value; the config "
+                    "is read, never run: write the value itself"
+                ) from None
+    return values
+
+
+# ---------------------------------------------------------------------------- settings
+def canonical_method(name: str) -> str:
+    """The importer's name for OpenSTL method `name` (any spelling), or an InputError."""
+    key = re.sub(r"[\s._\-]", "", name.lower()).replace("++", "pp")
+    method = _ALIASES.get(key)
+    if method is None:
+        raise InputError(
+            f"--method {name!r}: not an OpenSTL method this importer knows; valid: {', '.join(METHODS)}"
+        )
+    if method == "phydnet":
+        raise InputError(
+            f"--method {name}: stpdist's {method} is not OpenSTL's network yet (its `variant: "
+            "openstl` is not there), so OpenSTL's weights cannot be mapped into it"
+        )
+    if method in ("swinlstm", "swinlstmb"):
+        raise InputError(
+            f"--method {name}: not imported: OpenSTL's SwinLSTM builds its blocks from timm's "
+            "SwinTransformerBlock (fused qkv, relative-position table, a Linear(2D, D) in "
+            "every block) and stpdist's SwinLSTM has its own layout that was not verified "
+            "against it; no key map is offered rather than an unverified one"
+        )
+    return method
+
+
+def settings(
+    method: str, hyper_parameters: dict[str, Any], config: dict[str, Any]
+) -> dict[str, Any]:
+    """OpenSTL's settings for `method`: Moving MNIST defaults ← checkpoint ← config file."""
+    merged = {**_COMMON, **DEFAULTS[method]}
+    for source, values in (
+        ("the checkpoint's hyper_parameters", hyper_parameters),
+        ("--config", config),
+    ):
+        named = values.get("method")
+        if (
+            named is not None
+            and _ALIASES.get(re.sub(r"[\s._\-]", "", str(named).lower()).replace("++", "pp"))
+            != method
+        ):
+            raise InputError(f"{source} says method {named!r}, but --method is {method}")
+        merged.update({k: v for k, v in values.items() if k in KNOWN_KEYS})
+    if "total_length" in merged and "aft_seq_length" not in config:
+        merged["aft_seq_length"] = int(merged["total_length"]) - int(merged["pre_seq_length"])
+    return merged  # fmt: skip
+
+
+def _hidden(s: dict[str, Any]) -> list[int]:
+    value = s["num_hidden"]
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        return [int(v) for v in items]
+    except (TypeError, ValueError):
+        raise InputError(
+            f"num_hidden {value!r}: expected widths such as '128,128,128,128'"
+        ) from None
+
+
+def _sampling(s: dict[str, Any]) -> dict[str, Any]:
+    if int(s.get("reverse_scheduled_sampling", 0)) == 1:
+        return {"mode": "reverse", "reverse_steps": [int(s["r_sampling_step_1"]),
+                int(s["r_sampling_step_2"])], "reverse_alpha": float(s["r_exp_alpha"])}  # fmt: skip
+    if int(s.get("scheduled_sampling", 1)) == 1:
+        return {"mode": "linear", "start": float(s["sampling_start_value"]),
+                "decay": float(s["sampling_changing_rate"]), "stop_step": int(s["sampling_stop_iter"])}  # fmt: skip
+    return {"mode": "none"}
+
+
+def _model_section(method: str, s: dict[str, Any]) -> dict[str, Any]:
+    """The `model` section of the stpdist config for OpenSTL settings `s`."""
+    if method in _RECURRENT:
+        if int(s.get("stride", 1)) != 1 and method != "e3dlstm":
+            raise InputError(f"stride {s['stride']}: stpdist's {method} cells use stride 1 only")
+        backbone: dict[str, Any] = {
+            "hidden_channels": _hidden(s),
+            "kernel_size": int(s["filter_size"]),
+        }
+        if method == "mau":
+            for key, value in (("model_mode", "normal"), ("cell_mode", "normal")):
+                if s.get(key, value) != value:
+                    raise InputError(
+                        f"MAU with {key} {s[key]!r}: stpdist's MAU is OpenSTL's '{value}' only"
+                    )
+            backbone.update(downsample=int(s["sr_size"]), attention_window=int(s["tau"]))
+        else:
+            backbone["layer_norm"] = bool(s.get("layer_norm", 0))
+        if method in ("convlstm", "mim", "e3dlstm"):
+            backbone["variant"] = "openstl"
+        if method == "e3dlstm":  # OpenSTL fixes the clip (2 frames) and kernel (2×5×5)
+            backbone.update(kernel_size=5, temporal_kernel_size=2, window_length=2,
+                            stride=int(s.get("stride", 1)))  # fmt: skip
+        if method == "predrnnv2":
+            backbone["decouple_weight"] = float(s["decouple_beta"])
+        section = {"name": method, "backbone": backbone, "patch_size": int(s["patch_size"]),
+                   "loss": "mse+l1" if method == "e3dlstm" else "mse", "loss_frames": "all",
+                   "sampling": _sampling(s)}  # fmt: skip
+    else:
+        kind = str(s.get("model_type") or "gsta").lower()
+        if kind in _UNVERIFIED_TRANSLATORS:
+            raise InputError(
+                f"SimVP model_type {kind!r}: OpenSTL builds it from timm's blocks, whose key "
+                "layout was not verified against stpdist's; supported: "
+                + ", ".join(sorted(set(_TRANSLATOR_NAMES) - {"moga"}))
+            )
+        if kind not in _TRANSLATOR_NAMES:
+            raise InputError(
+                f"SimVP model_type {kind!r}: not an OpenSTL translator this importer knows"
+            )
+        backbone = {"translator": _TRANSLATOR_NAMES[kind], "spatial_channels": int(s["hid_S"]),
+                    "temporal_channels": int(s["hid_T"]), "num_spatial_blocks": int(s["N_S"]),
+                    "num_translator_blocks": int(s["N_T"]),
+                    "encoder_kernel_size": int(s["spatio_kernel_enc"]),
+                    "decoder_kernel_size": int(s["spatio_kernel_dec"]),
+                    "mlp_ratio": float(s["mlp_ratio"]), "drop": float(s["drop"]),
+                    "drop_path": float(s["drop_path"])}  # fmt: skip
+        section = {"name": method, "backbone": backbone, "patch_size": 1, "loss": "mse"}
+        if method == "tau":  # OpenSTL's regulariser: one softmax over C·H·W, its ε
+            section.update(divergence_weight=float(s["alpha"]), divergence_form="openstl")
+    section["optimizer"] = {"name": "adam", "lr": float(s.get("lr", 1e-3))}
+    section["schedule"] = {"name": "onecycle" if s.get("sched") == "onecycle" else "none"}
+    return section
+
+
+def stpdist_config(method: str, s: dict[str, Any]) -> dict[str, Any]:
+    """The stpdist config (as a nested dict) for OpenSTL settings `s` of `method`."""
+    t_in, t_out = int(s["pre_seq_length"]), int(s["aft_seq_length"])
+    mmnist = list(s["in_shape"])[1:] == [1, 64, 64]
+    return {
+        "trainer": {"output_dir": f"runs/openstl-{method}"},
+        "data": {"root": "data/mmnist" if mmnist else "data", "batch_size": int(s.get("batch_size", 16)),
+                 "num_input_frames": t_in, "num_output_frames": t_out},
+        "model": _model_section(method, s),
+    }  # fmt: skip
+
+
+def key_rules(method: str, s: dict[str, Any]) -> list[tuple[str, Any]]:
+    if method == "mau":
+        return _mau_rules(int(s["sr_size"]).bit_length() - 1)
+    if method == "mim":
+        return MIM_RULES
+    if method in ("simvp", "tau"):
+        kind = _TRANSLATOR_NAMES[str(s.get("model_type") or "gsta").lower()]
+        return [*_SIMVP_COMMON, *TRANSLATOR_RULES[kind]]
+    return KEY_RULES[method]
+
+
+# ---------------------------------------------------------------------------- mapping
+@dataclasses.dataclass
+class Mapped:
+    tensors: dict[str, torch.Tensor]
+    """stpdist module key → tensor (the checkpoint's dtype)."""
+    dropped: list[str]
+    """OpenSTL tensors its forward never uses, left out."""
+
+
+def map_tensors(
+    tensors: dict[str, torch.Tensor],
+    rules: list[tuple[str, Any]],
+    unused: list[str],
+    target: dict[str, torch.Tensor],
+    where: str,
+    prefix: str = "backbone.",
+) -> Mapped:
+    """Rename OpenSTL `tensors` by `rules` into the keys of `target` (a module's state
+    dict); a tensor matching `unused` is dropped. An InputError names the first tensor
+    that maps nowhere, lands twice or has another shape, or the first target key left
+    unfilled."""
+    mapped: dict[str, torch.Tensor] = {}
+    sources: dict[str, str] = {}
+    dropped, unmapped = [], []
+    for key, tensor in tensors.items():
+        if any(re.fullmatch(pattern, key) for pattern in unused):
+            dropped.append(key)
+            continue
+        new = _rename(key, rules)
+        if new is None or prefix + new not in target:
+            unmapped.append((key, new))
+            continue
+        new = prefix + new
+        if new in mapped:
+            raise InputError(
+                f"{where}: OpenSTL tensors '{sources[new]}' and '{key}' both map to '{new}'"
+            )
+        mapped[new], sources[new] = _shaped(tensor, target[new], key, new, where), key
+    if unmapped:
+        key, new = unmapped[0]
+        more = (
+            f" (and {len(unmapped) - 1} more: {', '.join(k for k, _ in unmapped[1:4])}…)"
+            if len(unmapped) > 1
+            else ""
+        )
+        why = (
+            f"its stpdist name '{new}' is not a parameter of the model"
+            if new
+            else "no rule maps it"
+        )
+        raise InputError(
+            f"{where}: OpenSTL tensor '{key}' {tuple(tensors[key].shape)} has no place in stpdist's model: {why}{more}"
+        )
+    missing = [k for k in target if k not in mapped]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise InputError(
+            f"{where}: stpdist tensor '{missing[0]}' {tuple(target[missing[0]].shape)} gets no OpenSTL tensor{more}: the checkpoint lacks it or --method/--config do not describe it"
+        )
+    return Mapped(mapped, dropped)  # fmt: skip
+
+
+def _rename(key: str, rules: list[tuple[str, Any]]) -> str | None:
+    for pattern, template in rules:
+        match = re.fullmatch(pattern, key)
+        if match:
+            return template(match) if callable(template) else match.expand(template)
+    return None
+
+
+def _shaped(
+    tensor: torch.Tensor, target: torch.Tensor, key: str, new: str, where: str
+) -> torch.Tensor:
+    """`tensor` in `target`'s shape: equal, or equal after dropping size-1 axes (layer
+    scales are (C,) in OpenSTL and C×1×1 here)."""
+    if tuple(tensor.shape) == tuple(target.shape):
+        return tensor.contiguous()
+    squeeze = [n for n in tensor.shape if n != 1], [n for n in target.shape if n != 1]
+    if squeeze[0] == squeeze[1]:
+        return tensor.reshape(target.shape).contiguous()
+    raise InputError(
+        f"{where}: OpenSTL tensor '{key}' has shape {tuple(tensor.shape)}, stpdist's '{new}' "
+        f"{tuple(target.shape)}: --method/--config do not describe this checkpoint's sizes"
+    )
+
+
+# ---------------------------------------------------------------------------- import
+def import_checkpoint(
+    checkpoint: str | Path,
+    method: str,
+    out: str | Path,
+    *,
+    config: str | Path | None = None,
+    overwrite: bool = False,
+    say: Callable[[str], None] = print,
+) -> Path:
+    """Convert OpenSTL `checkpoint` of `method` into the stpdist model folder `out`
+    (config.yaml, model.safetensors, index.json), written into a staging folder that
+    replaces `out` only when complete. Returns `out`."""
+    from safetensors.torch import save_file
+
+    from .build import build_module
+    from .checkpoint import MODEL_FILE
+    from .config import to_yaml
+    from .data.convert import staged_output
+    from .data.format import SplitIndex, write_index
+    from .inference import check_output_folder
+
+    name = canonical_method(method)
+    protected = (checkpoint,) if config is None else (checkpoint, config)
+    check_output_folder(out, overwrite=overwrite, protected=protected)
+    tensors, hyper_parameters = read_checkpoint(checkpoint)
+    found = settings(name, hyper_parameters, read_config(config) if config else {})
+    cfg_dict = stpdist_config(name, found)
+    cfg = _load_dict(cfg_dict)
+    t, (c, h, w) = found["pre_seq_length"] + found["aft_seq_length"], list(found["in_shape"])[1:]
+    index = SplitIndex(split="test", shape=[int(t), int(c), int(h), int(w)], dtype="uint8",
+                       value_scale=255.0, shards=[], min=[0.0] * int(c), max=[1.0] * int(c),
+                       source="openstl", args={"checkpoint": Path(checkpoint).name, "method": method,
+                                               "openstl": _jsonable(found)})  # fmt: skip
+    try:
+        module = build_module(cfg, index=index)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f"{checkpoint}: the settings do not build stpdist's {name}: {exc}"
+        ) from None
+    mapped = map_tensors(tensors, key_rules(name, found), UNUSED.get(name, []),
+                         module.state_dict(), str(checkpoint))  # fmt: skip
+    module.load_state_dict(
+        {k: v.to(module.state_dict()[k].dtype) for k, v in mapped.tensors.items()}
+    )
+    if mapped.dropped:
+        say(f"dropped {len(mapped.dropped)} OpenSTL tensors its forward never uses: "
+            + ", ".join(mapped.dropped[:6]) + (" …" if len(mapped.dropped) > 6 else ""))  # fmt: skip
+    with staged_output(out, overwrite, sources=protected) as staging:
+        save_file(mapped.tensors, str(staging / MODEL_FILE))
+        (staging / "config.yaml").write_text(to_yaml(cfg))
+        write_index(staging, index)
+    say(f"{name}: {len(mapped.tensors)} tensors from {checkpoint} → {out}")
+    return Path(out)
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def _load_dict(cfg_dict: dict[str, Any]) -> Any:
+    """A validated `Config` from a nested dict (through the YAML loader, so every check of
+    a config file applies)."""
+    from omegaconf import OmegaConf
+
+    from .config import load_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(OmegaConf.to_yaml(OmegaConf.create(cfg_dict)))
+        return load_config(path)

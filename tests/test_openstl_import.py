@@ -1,0 +1,238 @@
+"""`stpdist import openstl`: OpenSTL's weights give OpenSTL's outputs and loss.
+
+The fixtures (tests/fixtures/openstl, made by its make_fixtures.py from OpenSTL's own code
+at commit c74deb5) hold per model an OpenSTL state dict at tiny widths in float64, an
+input, a scheduled-sampling mask, and what OpenSTL's forward returned. Each is written
+here as a Lightning checkpoint (keys prefixed `model.`) with an OpenSTL config file, run
+through the CLI, loaded in float64 and compared: outputs and loss to ≤1e-12. Neither
+OpenSTL nor timm is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import pprint
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_cli
+from safetensors.torch import load_file
+
+from stpdist.build import build_module
+from stpdist.checkpoint import load_weights
+from stpdist.config import load_config
+from stpdist.data.format import read_index
+
+FIXTURES = Path(__file__).parent / "fixtures" / "openstl"
+NAMES = sorted(p.stem for p in FIXTURES.glob("*.json"))
+
+
+def _fixture(name: str) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    record = json.loads((FIXTURES / f"{name}.json").read_text())
+    data = load_file(str(FIXTURES / f"{name}.safetensors"))
+    state = {k.removeprefix("openstl."): v for k, v in data.items() if k.startswith("openstl.")}
+    return record, state, data
+
+
+def _write_config(path: Path, config: dict) -> Path:
+    """An OpenSTL config file (Python assignments), as OpenSTL's configs/ hold them."""
+    path.write_text("".join(f"{k} = {pprint.pformat(v)}\n" for k, v in config.items()))
+    return path
+
+
+def _write_ckpt(path: Path, state: dict[str, torch.Tensor], **extra) -> Path:
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}, **extra}, path)
+    return path
+
+
+def _import(tmp_path: Path, name: str, state=None, **kwargs):
+    record, fixture_state, _ = _fixture(name)
+    ckpt = _write_ckpt(tmp_path / f"{name}.ckpt", fixture_state if state is None else state)
+    config = _write_config(tmp_path / f"{record['method']}.py", record["config"])
+    out = tmp_path / "model"
+    args = ["import", "openstl", str(ckpt), "--method", record["method"], "--config", str(config)]
+    return run_cli(*args, "--out", str(out), cwd=tmp_path, **kwargs), out
+
+
+def _load64(folder: Path) -> torch.nn.Module:
+    """The model folder's module in float64 (cast before the weights are loaded, so the
+    fixtures' float64 weights keep their precision)."""
+    module = build_module(load_config(folder / "config.yaml"), index=read_index(folder))
+    module.double()
+    load_weights(folder, module)
+    return module
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fixture_matches_openstl(tmp_path, name):
+    record, _, data = _fixture(name)
+    result, folder = _import(tmp_path, name, check=True)
+    module = _load64(folder)
+    config = record["config"]
+    t_in = config["pre_seq_length"]
+    frames = data["input"]
+    inputs, targets = frames[:, :t_in], frames[:, t_in:]
+    recurrent = "mask" in data
+    with torch.no_grad():
+        module.eval()
+        out = module(inputs, all_frames=recurrent, clamp=False).predictions
+        assert (out - data["outputs"]).abs().max() <= 1e-12
+        module.train()
+        if recurrent:  # OpenSTL's per-sample scheduled-sampling draws, fed as ours
+            module.teacher_mask = lambda inputs, step: data["mask"]
+            train_out = module(inputs, targets, data["mask"], all_frames=True).predictions
+        else:
+            train_out = module(inputs).predictions
+        assert (train_out - data["train_outputs"]).abs().max() <= 1e-12
+        step = module.training_step(inputs, targets)
+    loss = step["loss"] if isinstance(step, dict) else step
+    if record["method"] == "TAU":  # the two terms too: MSE and the unweighted divergence
+        assert abs(step["frames_loss"] - data["loss_mse"]) <= 1e-12
+        assert abs(step["divergence"] / config["alpha"] - data["loss_divergence"]) <= 1e-12
+    assert abs(loss - data["loss"]) <= 1e-12
+
+
+def test_unused_tensors_are_dropped_with_a_note(tmp_path):
+    result, folder = _import(tmp_path, "convlstm", check=True)
+    # 2 cells × (conv_o, conv_last): built by OpenSTL, never called by its forward
+    assert "dropped 4 OpenSTL tensors" in result.stdout
+    assert "cell_list.0.conv_o.0.weight" in result.stdout
+    saved = load_file(str(folder / "model.safetensors"))
+    assert not any("conv_o" in k for k in saved)
+
+
+def test_missing_tensor_is_an_error_naming_it(tmp_path):
+    _, state, _ = _fixture("predrnn")
+    del state["cell_list.1.conv_m.0.weight"]
+    result, out = _import(tmp_path, "predrnn", state=state)
+    assert result.returncode == 2
+    assert "backbone.cells.1.conv_m.weight" in result.stderr
+    assert not out.exists()
+
+
+def test_extra_tensor_is_an_error_naming_it(tmp_path):
+    _, state, _ = _fixture("simvp_gsta")
+    state["hid.enc.1.block.extra_scale"] = torch.zeros(3)
+    result, out = _import(tmp_path, "simvp_gsta", state=state)
+    assert result.returncode == 2
+    assert "hid.enc.1.block.extra_scale" in result.stderr
+    assert not out.exists()
+
+
+def test_wrong_sizes_are_an_error_naming_the_tensor(tmp_path):
+    record, state, _ = _fixture("convlstm")
+    ckpt = _write_ckpt(tmp_path / "c.ckpt", state)
+    config = dict(record["config"], num_hidden="8,8")  # the checkpoint's cells are 4 wide
+    cfg = _write_config(tmp_path / "ConvLSTM.py", config)
+    args = ["import", "openstl", str(ckpt), "--method", "ConvLSTM", "--config", str(cfg)]
+    result = run_cli(*args, "--out", str(tmp_path / "m"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert re.search(
+        r"OpenSTL tensor 'cell_list\.0\.conv_[hx]\.0\.weight' has shape \(16, 4, 3, 3\)",
+        result.stderr,
+    )
+    assert "do not describe this checkpoint's sizes" in result.stderr
+
+
+def test_config_file_is_read_never_run(tmp_path):
+    record, state, data = _fixture("convlstm")
+    ckpt = _write_ckpt(tmp_path / "c.ckpt", state)
+    marker = tmp_path / "ran"
+    cfg = _write_config(tmp_path / "ConvLSTM.py", record["config"])
+    cfg.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n" + cfg.read_text())
+    args = ["import", "openstl", str(ckpt), "--method", "ConvLSTM", "--config", str(cfg)]
+    run_cli(*args, "--out", str(tmp_path / "m"), cwd=tmp_path, check=True)
+    assert not marker.exists()
+    # a setting that is not a literal is refused, naming its line
+    cfg.write_text(cfg.read_text() + "num_hidden = ','.join(['4'] * 2)\n")
+    result = run_cli(*args, "--out", str(tmp_path / "m2"), cwd=tmp_path)
+    assert result.returncode == 2 and "'num_hidden' is not a literal" in result.stderr
+
+
+class _Payload:
+    """Pickles as a call of `pathlib.Path(marker).touch`: code a full unpickling would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoint_objects_are_never_unpickled(tmp_path):
+    """Hyper-parameters holding an object a weights-only load refuses: only the tensors
+    are read (with a warning), and the object's code never runs."""
+    record, state, data = _fixture("convlstm")
+    marker = tmp_path / "unpickled"
+    ckpt = _write_ckpt(tmp_path / "c.ckpt", state, hyper_parameters={"obj": _Payload(marker)})
+    cfg = _write_config(tmp_path / "ConvLSTM.py", record["config"])
+    args = ["import", "openstl", str(ckpt), "--method", "ConvLSTM", "--config", str(cfg)]
+    result = run_cli(*args, "--out", str(tmp_path / "m"), cwd=tmp_path, check=True)
+    assert not marker.exists()
+    assert "reading its tensors only" in result.stderr
+    module = _load64(tmp_path / "m")
+    with torch.no_grad():
+        out = module.eval()(data["input"][:, :3], all_frames=True, clamp=False).predictions
+    assert (out - data["outputs"]).abs().max() <= 1e-12
+
+
+def test_plain_state_dict_with_hyper_parameters_from_the_checkpoint(tmp_path):
+    """An OpenSTL `.pth` state dict (no `model.` prefix) needs --config; a Lightning
+    checkpoint's plain hyper_parameters describe the model without one."""
+    record, state, data = _fixture("predrnnv2")
+    ckpt = _write_ckpt(tmp_path / "p.ckpt", state, hyper_parameters=record["config"])
+    run_cli("import", "openstl", str(ckpt), "--method", "PredRNN.V2", "--out", str(tmp_path / "a"),
+            cwd=tmp_path, check=True)  # fmt: skip
+    plain = tmp_path / "p.pth"
+    torch.save(state, plain)
+    cfg = _write_config(tmp_path / "PredRNNv2.py", record["config"])
+    run_cli("import", "openstl", str(plain), "--method", "predrnnv2", "--config", str(cfg),
+            "--out", str(tmp_path / "b"), cwd=tmp_path, check=True)  # fmt: skip
+    for folder in ("a", "b"):
+        module = _load64(tmp_path / folder)
+        with torch.no_grad():
+            out = module.eval()(data["input"][:, :3], all_frames=True, clamp=False).predictions
+        assert (out - data["outputs"]).abs().max() <= 1e-12
+
+
+def test_out_must_be_empty_without_overwrite(tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    result, _ = _import(tmp_path, "convlstm")
+    assert result.returncode == 2 and "not empty" in result.stderr
+    assert (out / "keep.txt").read_text() == "x"
+    result, _ = _import(tmp_path, "convlstm", check=False)
+    record, state, _ = _fixture("convlstm")
+    ckpt = tmp_path / "convlstm.ckpt"
+    cfg = tmp_path / "ConvLSTM.py"
+    run_cli("import", "openstl", str(ckpt), "--method", "ConvLSTM", "--config", str(cfg),
+            "--out", str(out), "--overwrite", cwd=tmp_path, check=True)  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.yaml",
+        "index.json",
+        "model.safetensors",
+    ]
+
+
+def test_model_folder_forecasts_through_stpdist_load(tmp_path):
+    """The folder is a model folder: `stpdist.load` and `forecast` take it (float32)."""
+    import stpdist
+
+    _, folder = _import(tmp_path, "mau", check=True)
+    module = stpdist.load(folder)
+    record, _, data = _fixture("mau")
+    frames = (data["input"][0, :3] * 255).float().numpy()
+    out = module.forecast(frames)
+    assert out.shape == (3, 1, 16, 16)
+
+
+def test_unknown_and_unsupported_methods_are_refused(tmp_path):
+    _, state, _ = _fixture("convlstm")
+    ckpt = _write_ckpt(tmp_path / "c.ckpt", state)
+    for method, words in (("NotAModel", "valid: ConvLSTM"), ("SwinLSTM", "SwinTransformerBlock")):
+        result = run_cli("import", "openstl", str(ckpt), "--method", method, "--out",
+                         str(tmp_path / "m"), cwd=tmp_path)  # fmt: skip
+        assert result.returncode == 2 and words in result.stderr
