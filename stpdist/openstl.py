@@ -23,7 +23,11 @@ Methods and their stpdist form: ConvLSTM → `convlstm` (variant openstl), PredR
 PredRNN++, PredRNN.V2, MAU, SimVP (translators incepu, gsta, tau, uniformer, convmixer,
 poolformer, van, hornet, moganet), TAU → `tau` with OpenSTL's divergence (weight `alpha`,
 `divergence_form: openstl`), MIM and E3D-LSTM (variant openstl, E3D-LSTM with OpenSTL's
-MSE + L1 loss). PhyDNet and SwinLSTM are refused (see `canonical_method`).
+MSE + L1 loss), PhyDNet (variant openstl; OpenSTL's `patch_size` is its encoder's
+stride: stpdist's `downsample`, with stpdist patch size 1), SwinLSTM-D → `swinlstm`
+(OpenSTL's patch size 2 only: its head strides by 2 whatever the patch; the patch-merging
+weights are permuted from timm's 2×2 order to stpdist's). SwinLSTM-B is refused (see
+`canonical_method`).
 Each is checked against OpenSTL's own forward by tests/test_openstl_import.py on the
 fixtures of tests/fixtures/openstl (float64, ≤1e-12).
 """
@@ -62,7 +66,19 @@ _ALIASES = {
     "swinlstmd": "swinlstm",
     "swinlstmb": "swinlstmb",
 }
-METHODS = ("ConvLSTM", "PredRNN", "PredRNNpp", "PredRNNv2", "MIM", "E3DLSTM", "MAU", "SimVP", "TAU")
+METHODS = (
+    "ConvLSTM",
+    "PredRNN",
+    "PredRNNpp",
+    "PredRNNv2",
+    "MIM",
+    "E3DLSTM",
+    "MAU",
+    "PhyDNet",
+    "SimVP",
+    "TAU",
+    "SwinLSTM_D",
+)
 """OpenSTL methods this importer converts (any spelling: PredRNN++, PredRNN.V2, …)."""
 
 _RECURRENT = {"convlstm", "predrnn", "predrnnpp", "predrnnv2", "mau", "mim", "e3dlstm"}
@@ -112,6 +128,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "e3dlstm": {**_RNN, "lr": 1e-4},
     "simvp": dict(_SIMVP),
     "tau": {**_SIMVP, "model_type": "tau", "alpha": 0.1},
+    "phydnet": {"patch_size": 4, "lr": 1e-3},
+    "swinlstm": {
+        "depths_downsample": "2,6",
+        "depths_upsample": "6,2",
+        "num_heads": "4,8",
+        "patch_size": 2,
+        "window_size": 4,
+        "embed_dim": 128,
+        "lr": 1e-4,
+    },
 }
 """OpenSTL's Moving MNIST settings per method (its configs/mmnist files, its parser's
 defaults and the dataset's 10→10 frames of 1×64×64)."""
@@ -258,13 +284,28 @@ UNUSED: dict[str, list[str]] = {
     "mau": [r"merge\.(weight|bias)", r"conv_last_sr\.(weight|bias)"],
     # MIM-N's 1×1 conv_last (2h → h) is never called
     "mim": [r"stlstm_layer_diff\.\d+\.conv_last\.weight"],
+    # the moment matrices of PhyDNet's moment loss: constants (stpdist builds its own)
+    "phydnet": [r"k2m\._(inv)?M[01]"],
+    # SwinLSTM: every block builds `red` (Linear 2D → D), only even blocks call it; the up
+    # path builds a patch embedding it never calls; timm's index and mask buffers are constants
+    "swinlstm": [r"(Down|Up)sample\.layers\.\d+\.STBs\.\d*[13579]\.red\.(weight|bias)",
+                 r"Upsample\.patch_embed\..+", r".+\.attn\.relative_position_index",
+                 r".+\.attn_mask"],
 }  # fmt: skip
-"""OpenSTL tensors its forward never uses: dropped with a note."""
+"""OpenSTL tensors its forward never uses (or constants stpdist rebuilds): dropped with a
+note."""
+
+COPIES: dict[str, list[tuple[str, str]]] = {
+    # PhyDNet's encoder holds the PhyCell and ConvLSTM that the model holds: one module each,
+    # saved under both names
+    "phydnet": [(r"encoder\.(phycell|convcell)\.(.+)", r"\1.\2")],
+}
+"""OpenSTL keys that name another key's tensor (copy → original): checked equal, dropped."""
 
 
 def _below(template: str) -> Callable[[re.Match], str]:
-    """A template whose `{j}` is the matched layer number minus one (MIM's blocks start at
-    OpenSTL's second layer)."""
+    """A template whose `{j}` is the matched number minus one (MIM's blocks start at
+    OpenSTL's second layer; PhyDNet's blocks count from 1)."""
     return lambda match: template.format(*match.groups()[1:], j=int(match.group(1)) - 1)
 
 
@@ -288,6 +329,62 @@ MIM_RULES: list[tuple[str, Any]] = [
     (r"conv_last\.weight", "output.weight"),
 ]  # fmt: skip
 """MIM (variant openstl): the key table of stpdist/models/mim.py."""
+
+_PHYDNET_BLOCK = r"\.main\.(0|1)\.(weight|bias)"
+PHYDNET_RULES: list[tuple[str, Any]] = [
+    (r"encoder\.encoder_E\.c(\d)" + _PHYDNET_BLOCK, _below("encoder.{j}.{0}.{1}")),
+    (r"encoder\.encoder_Ep\.c(\d)" + _PHYDNET_BLOCK, _below("encoder_physics.{j}.{0}.{1}")),
+    (r"encoder\.encoder_Er\.c(\d)" + _PHYDNET_BLOCK, _below("encoder_residual.{j}.{0}.{1}")),
+    (r"encoder\.decoder_Dp\.upc(\d)" + _PHYDNET_BLOCK, _below("decoder_physics.{j}.{0}.{1}")),
+    (r"encoder\.decoder_Dr\.upc(\d)" + _PHYDNET_BLOCK, _below("decoder_residual.{j}.{0}.{1}")),
+    (r"encoder\.decoder_D\.upc(\d)" + _PHYDNET_BLOCK, _below("decoder.{j}.{0}.{1}")),
+    (r"encoder\.decoder_D\.upc3\.(weight|bias)", r"decoder.2.\1"),
+    (r"phycell\.cell_list\.0\.F\.conv1\.(weight|bias)", r"phycell.physics.0.\1"),
+    (r"phycell\.cell_list\.0\.F\.bn1\.(weight|bias)", r"phycell.physics.1.\1"),
+    (r"phycell\.cell_list\.0\.F\.conv2\.(weight|bias)", r"phycell.physics.2.\1"),
+    (r"phycell\.cell_list\.0\.convgate\.(weight|bias)", r"phycell.gain.\1"),
+    (r"convcell\.cell_list\.(\d+)\.conv\.(weight|bias)", r"convlstm.\1.gates.\2"),
+]  # fmt: skip
+"""PhyDNet (variant openstl): the key table of stpdist/models/phydnet.py."""
+
+_STB = r"(Down|Up)sample\.layers\.(\d+)\.STBs\.(\d+)\."
+_TO_STB = {"Down": "down", "Up": "up"}
+SWINLSTM_RULES: list[tuple[str, Any]] = [
+    (r"Downsample\.patch_embed\.proj\.(weight|bias)", r"embed.0.\1"),
+    (r"Downsample\.patch_embed\.norm\.(weight|bias)", r"embed.1.\1"),
+    *[(_STB + source, lambda m, to=to: f"{_TO_STB[m[1]]}.{m[2]}.blocks.{m[3]}.{to}{m[4]}")
+      for source, to in ((r"norm1\.(weight|bias)", "norm_attention."), (r"red\.(weight|bias)", "reduce."),
+                         (r"attn\.qkv\.(weight|bias)", "qkv."), (r"attn\.proj\.(weight|bias)", "projection."),
+                         (r"norm2\.(weight|bias)", "norm_mlp."), (r"mlp\.fc1\.(weight|bias)", "mlp.0."),
+                         (r"mlp\.fc2\.(weight|bias)", "mlp.2."))],
+    (_STB + r"attn\.relative_position_bias_table",
+     lambda m: f"{_TO_STB[m[1]]}.{m[2]}.blocks.{m[3]}.position_bias"),
+    (r"Downsample\.downsample\.(\d+)\.norm\.(weight|bias)", r"merges.\1.norm.\2"),
+    (r"Downsample\.downsample\.(\d+)\.reduction\.weight", r"merges.\1.reduce.weight"),
+    (r"Upsample\.upsample\.(\d+)\.expand\.weight", r"expands.\1.expand.weight"),
+    (r"Upsample\.upsample\.(\d+)\.norm\.(weight|bias)", r"expands.\1.norm.\2"),
+    (r"Upsample\.Unembed\.Conv\.(weight|bias)", r"head.\1"),
+]  # fmt: skip
+"""SwinLSTM-D: OpenSTL (its STB = timm's SwinTransformerBlock + `red`) → stpdist/models/
+swinlstm.py. OpenSTL's up layers are listed in the order they run, as stpdist's `up`."""
+
+
+def _swinlstm_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """OpenSTL's SwinLSTM tensors in stpdist's layout: the patch embedding's p×p conv as
+    the linear map over (c, y, x) patches it is; timm's patch merging concatenates the 2×2
+    tokens as (0,0), (1,0), (0,1), (1,1) (row, column), stpdist as (0,0), (0,1), (1,0),
+    (1,1): its norm and reduction see the middle two blocks swapped."""
+    out = dict(tensors)
+    embed = out.get("Downsample.patch_embed.proj.weight")
+    if embed is not None and embed.dim() == 4:
+        out["Downsample.patch_embed.proj.weight"] = embed.reshape(embed.shape[0], -1)
+    for key, tensor in tensors.items():
+        if re.fullmatch(
+            r"Downsample\.downsample\.\d+\.(norm\.(weight|bias)|reduction\.weight)", key
+        ):
+            blocks = tensor.unflatten(-1, (4, tensor.shape[-1] // 4))
+            out[key] = blocks[..., [0, 2, 1, 3], :].flatten(-2).contiguous()
+    return out
 
 
 def _mau_rules(levels: int) -> list[tuple[str, str]]:
@@ -486,17 +583,12 @@ def canonical_method(name: str) -> str:
         raise InputError(
             f"--method {name!r}: not an OpenSTL method this importer knows; valid: {', '.join(METHODS)}"
         )
-    if method == "phydnet":
+    if method == "swinlstmb":
         raise InputError(
-            f"--method {name}: stpdist's {method} is not OpenSTL's network yet (its `variant: "
-            "openstl` is not there), so OpenSTL's weights cannot be mapped into it"
-        )
-    if method in ("swinlstm", "swinlstmb"):
-        raise InputError(
-            f"--method {name}: not imported: OpenSTL's SwinLSTM builds its blocks from timm's "
-            "SwinTransformerBlock (fused qkv, relative-position table, a Linear(2D, D) in "
-            "every block) and stpdist's SwinLSTM has its own layout that was not verified "
-            "against it; no key map is offered rather than an unverified one"
+            f"--method {name}: not imported: OpenSTL's SwinLSTM-B is one SwinLSTM cell at the "
+            "patch grid (patch embedding, cell, transposed-conv head), which stpdist does not "
+            "build; stpdist's swinlstm is SwinLSTM-D (down and up paths), imported with "
+            "--method SwinLSTM_D"
         )
     return method
 
@@ -544,9 +636,53 @@ def _sampling(s: dict[str, Any]) -> dict[str, Any]:
     return {"mode": "none"}
 
 
+def _phydnet_section(s: dict[str, Any]) -> dict[str, Any]:
+    """PhyDNet: OpenSTL's `patch_size` (2 or 4; anything else means 4 there) is its
+    encoder's stride, stpdist's `downsample` on unpatched frames. Its other widths are
+    fixed in OpenSTL's code (the ConvLSTM branch's are read off the checkpoint). Teacher
+    forcing: OpenSTL's ratio 1 − 0.003 per epoch, per step at Moving MNIST's 625 steps per
+    epoch (10 000 sequences at batch 16), as stpdist's recipes (configs/*/phydnet.yaml)."""
+    stride = int(s["patch_size"]) if int(s["patch_size"]) in (2, 4) else 4
+    backbone = {"downsample": stride, "encoder_channels": 32, "phycell_hidden_channels": 49,
+                "phycell_kernel_size": 7,
+                "convlstm_hidden_channels": list(s.get("convlstm_hidden", [128, 128, 64])),
+                "convlstm_kernel_size": int(s.get("convlstm_kernel", 3)), "moment_weight": None,
+                "variant": "openstl"}  # fmt: skip
+    sampling = {"mode": "linear", "start": 1.0, "decay": 4.8e-6, "stop_step": 208334}
+    return {"name": "phydnet", "backbone": backbone, "patch_size": 1, "loss": "mse",
+            "loss_frames": "all", "sampling": sampling}  # fmt: skip
+
+
+def _swinlstm_section(s: dict[str, Any]) -> dict[str, Any]:
+    """SwinLSTM-D: OpenSTL's patch size is stpdist's backbone `patch_size` on unpatched
+    frames; only 2 (its head, a 3×3 transposed conv, strides by 2 whatever the patch)."""
+    if int(s["patch_size"]) != 2:
+        raise InputError(
+            f"SwinLSTM patch_size {s['patch_size']}: OpenSTL's head strides by 2 whatever "
+            "the patch size, so only patch_size 2 gives frames of the input's size"
+        )
+    lists = {}
+    for key in ("depths_downsample", "depths_upsample", "num_heads"):
+        value = s[key]
+        try:
+            lists[key] = [int(v) for v in (value.split(",") if isinstance(value, str) else value)]
+        except (TypeError, ValueError):
+            raise InputError(f"{key} {value!r}: expected integers such as '2,6'") from None
+    backbone = {"patch_size": 2, "embed_dim": int(s["embed_dim"]),
+                "depths_down": lists["depths_downsample"], "depths_up": lists["depths_upsample"],
+                "num_heads": lists["num_heads"], "window_size": int(s["window_size"]),
+                "drop_path_rate": 0.1}  # fmt: skip
+    return {"name": "swinlstm", "backbone": backbone, "patch_size": 1, "loss": "mse",
+            "loss_frames": "all", "sampling": {"mode": "none"}}  # fmt: skip
+
+
 def _model_section(method: str, s: dict[str, Any]) -> dict[str, Any]:
     """The `model` section of the stpdist config for OpenSTL settings `s`."""
-    if method in _RECURRENT:
+    if method == "phydnet":
+        section = _phydnet_section(s)
+    elif method == "swinlstm":
+        section = _swinlstm_section(s)
+    elif method in _RECURRENT:
         if int(s.get("stride", 1)) != 1 and method != "e3dlstm":
             raise InputError(f"stride {s['stride']}: stpdist's {method} cells use stride 1 only")
         backbone: dict[str, Any] = {
@@ -611,7 +747,30 @@ def stpdist_config(method: str, s: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def from_tensors(
+    method: str, s: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> dict[str, Any]:
+    """Settings `s` with what OpenSTL fixes in code but a checkpoint's shapes tell: PhyDNet's
+    ConvLSTM widths (gates conv i: 4·h_i × (in + h_i) × k × k) and kernel."""
+    if method != "phydnet":
+        return s
+    gates = {}
+    for key, tensor in tensors.items():
+        match = re.fullmatch(r"(?:encoder\.)?convcell\.cell_list\.(\d+)\.conv\.weight", key)
+        if match and tensor.dim() == 4:
+            gates[int(match.group(1))] = tensor
+    if not gates or sorted(gates) != list(range(len(gates))):
+        return s  # OpenSTL's 128, 128, 64; the mapping names what is missing
+    ordered = [gates[i] for i in range(len(gates))]
+    return {**s, "convlstm_hidden": [int(g.shape[0]) // 4 for g in ordered],
+            "convlstm_kernel": int(ordered[0].shape[-1])}  # fmt: skip
+
+
 def key_rules(method: str, s: dict[str, Any]) -> list[tuple[str, Any]]:
+    if method == "phydnet":
+        return PHYDNET_RULES
+    if method == "swinlstm":
+        return SWINLSTM_RULES
     if method == "mau":
         return _mau_rules(int(s["sr_size"]).bit_length() - 1)
     if method == "mim":
@@ -684,6 +843,30 @@ def map_tensors(
     return Mapped(mapped, dropped)  # fmt: skip
 
 
+def resolve_copies(
+    tensors: dict[str, torch.Tensor], copies: list[tuple[str, str]], where: str
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """`tensors` without the keys that copy another (`copies`: pattern → original's key),
+    and those keys. A copy must equal its original (OpenSTL saves one module under two
+    names); a copy whose original is absent stands for it."""
+    kept, dropped = dict(tensors), []
+    for key, tensor in tensors.items():
+        original = _rename(key, copies)
+        if original is None:
+            continue
+        del kept[key]
+        if original not in tensors:
+            kept[original] = tensor
+            continue
+        if tensors[original].shape != tensor.shape or not torch.equal(tensors[original], tensor):
+            raise InputError(
+                f"{where}: OpenSTL tensor '{key}' should be a copy of '{original}' (one module "
+                "saved under both names) but differs from it"
+            )
+        dropped.append(key)
+    return kept, dropped
+
+
 def _rename(key: str, rules: list[tuple[str, Any]]) -> str | None:
     for pattern, template in rules:
         match = re.fullmatch(pattern, key)
@@ -734,7 +917,11 @@ def import_checkpoint(
     protected = (checkpoint,) if config is None else (checkpoint, config)
     check_output_folder(out, overwrite=overwrite, protected=protected)
     tensors, hyper_parameters = read_checkpoint(checkpoint)
+    tensors, copies = resolve_copies(tensors, COPIES.get(name, []), str(checkpoint))
     found = settings(name, hyper_parameters, read_config(config) if config else {})
+    found = from_tensors(name, found, tensors)
+    if name == "swinlstm":
+        tensors = _swinlstm_tensors(tensors)
     cfg_dict = stpdist_config(name, found)
     cfg = _load_dict(cfg_dict)
     t, (c, h, w) = found["pre_seq_length"] + found["aft_seq_length"], list(found["in_shape"])[1:]
@@ -754,8 +941,13 @@ def import_checkpoint(
         {k: v.to(module.state_dict()[k].dtype) for k, v in mapped.tensors.items()}
     )
     if mapped.dropped:
-        say(f"dropped {len(mapped.dropped)} OpenSTL tensors its forward never uses: "
+        say(f"dropped {len(mapped.dropped)} OpenSTL tensors its forward never uses (or "
+            "constants stpdist rebuilds): "
             + ", ".join(mapped.dropped[:6]) + (" …" if len(mapped.dropped) > 6 else ""))  # fmt: skip
+    if copies:
+        say(f"dropped {len(copies)} OpenSTL tensors that repeat another key's tensor (one "
+            "module saved under two names, checked equal): "
+            + ", ".join(copies[:6]) + (" …" if len(copies) > 6 else ""))  # fmt: skip
     with staged_output(out, overwrite, sources=protected) as staging:
         save_file(mapped.tensors, str(staging / MODEL_FILE))
         (staging / "config.yaml").write_text(to_yaml(cfg))
