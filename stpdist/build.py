@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import plugins
+from .checkpoint import MODEL_FILE, CheckpointManager
 from .config import Config
 from .console import say
 from .data.format import INDEX_FILE, SplitIndex, read_climatology, read_index, variable_names
@@ -13,6 +14,7 @@ from .data.onthefly import MovingDigitsTrainSource
 from .data.staging import recover
 from .data.stream import ShardEvalStream, ShardTrainStream
 from .data.synthetic import write_moving_digits
+from .errors import InputError
 from .metrics import GeoInfo
 from .module import EnhancedModule
 from .task import Forecaster
@@ -188,3 +190,148 @@ def dataset_index(cfg: Config) -> SplitIndex:
         if (split_dir(cfg, split) / INDEX_FILE).is_file():
             return read_index(split_dir(cfg, split))
     raise FileNotFoundError(f"no dataset split with {INDEX_FILE} under {cfg.data.root}")
+
+
+# ---------------------------------------------------------------------------- fine-tuning
+def init_weights(
+    cfg: Config,
+    module: EnhancedModule,
+    checkpoints: CheckpointManager | None = None,
+    resume: str | Path | None = None,
+) -> Path | None:
+    """Load `model.init_weights` into `module` (before `Trainer.fit`, on every rank) when
+    the run starts fresh; returns the weights file, or None when not set or when the run
+    resumes (`resume` a path, or "auto" with a checkpoint in `checkpoints`): the checkpoint
+    then holds the weights, said in one line. A folder of another architecture, or a
+    missing, extra, mis-shaped or non-finite tensor, is an InputError naming it."""
+    from .ema import has_average, load_eval_weights
+
+    source = cfg.model.init_weights
+    if source is None:
+        return None
+    auto = str(resume) == "auto"
+    found = auto and checkpoints is not None and checkpoints.latest() is not None
+    if resume is not None and (found or not auto):
+        where = checkpoints.root if auto else resume
+        say(f"resuming from {where}: model.init_weights {source} is not applied (fresh runs only)")
+        return None
+    file, config_file = _init_source(Path(source))
+    if config_file is not None:
+        _check_same_architecture(cfg, config_file)
+    count = _load_tensors(file, module)
+    if Path(source).is_dir() and has_average(file.parent):
+        # a checkpoint trained with trainer.ema: its average is the model, as for `load`
+        file = load_eval_weights(file.parent, module)
+    say(
+        f"initialised the model from {file} ({count} tensors); optimizer, schedule, step and "
+        "data order start fresh"
+    )
+    return file
+
+
+def _init_source(path: Path) -> tuple[Path, Path | None]:
+    """(weights file, the config.yaml that describes it or None) of `model.init_weights`."""
+    from .inference import model_folder
+
+    what = "a model folder, a checkpoint or run folder, or a .safetensors file"
+    if not path.exists():
+        raise InputError(f"model.init_weights: {path} does not exist; expected {what}")
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise InputError(
+                f"model.init_weights: {path} is not a .safetensors file; expected {what} "
+                "(stpdist never unpickles: turn an OpenSTL checkpoint into a model folder "
+                "with `stpdist import openstl`)"
+            )
+        return path, None
+    try:
+        folder = model_folder(path, "best")
+    except FileNotFoundError as exc:
+        raise InputError(f"model.init_weights: {exc}; expected {what}") from None
+    configs = (folder / "config.yaml", folder.parent.parent / "config.yaml")
+    return folder / MODEL_FILE, next((p for p in configs if p.is_file()), None)
+
+
+def _check_same_architecture(cfg: Config, config_file: Path) -> None:
+    """Refuse weights whose config names another backbone, other backbone arguments or
+    another patch size than `cfg`, naming the first key that differs."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from .config import backbone_config
+
+    try:  # read as data: the folder's model.name is never imported
+        theirs = OmegaConf.to_container(OmegaConf.load(config_file)).get("model") or {}
+        if not isinstance(theirs, dict):
+            raise ValueError("'model' is not a mapping")
+    except Exception as exc:  # YAML errors come in several types
+        raise InputError(f"model.init_weights: unreadable {config_file} ({exc})") from None
+    ours, defaults = cfg.model, type(cfg.model)()
+    differing = [
+        (f"model.{key}", theirs.get(key, getattr(defaults, key)), getattr(ours, key))
+        for key in ("name", "patch_size")
+        if theirs.get(key, getattr(defaults, key)) != getattr(ours, key)
+    ]
+    if not differing:  # the same backbone: compare its arguments with defaults filled in
+        other = dataclasses.replace(ours, backbone=theirs.get("backbone") or {})
+        mine, their_args = (_as_dict(backbone_config(model)) for model in (ours, other))
+        differing = [
+            (f"model.backbone.{key}", their_args.get(key), mine.get(key))
+            for key in sorted(set(mine) | set(their_args))
+            if mine.get(key) != their_args.get(key)
+        ]
+    if differing:
+        key, other_value, value = differing[0]
+        raise InputError(
+            f"model.init_weights: {config_file} has {key} {other_value!r}, this config "
+            f"{value!r}; fine-tuning starts from weights of the same architecture"
+        )
+
+
+def _as_dict(args: object) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(args) if dataclasses.is_dataclass(args) else dict(args)
+
+
+def _load_tensors(file: Path, module: EnhancedModule) -> int:
+    """Load safetensors `file` into `module`, every tensor checked by name, shape and
+    finiteness first; returns the count. Nothing is unpickled."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError) as exc:
+        raise InputError(
+            f"model.init_weights: {file} is not a readable safetensors file ({exc})"
+        ) from None
+    expected = module.state_dict()
+    missing = [name for name in expected if name not in tensors]
+    extra = [name for name in tensors if name not in expected]
+    model = type(module).__name__
+    if missing:
+        raise InputError(
+            f"model.init_weights: {file} lacks tensor '{missing[0]}'{_more(missing)} of {model}"
+        )
+    if extra:
+        raise InputError(
+            f"model.init_weights: {file} holds tensor '{extra[0]}'{_more(extra)}, which "
+            f"{model} does not have"
+        )
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
+            raise InputError(
+                f"model.init_weights: tensor '{name}' in {file} has shape "
+                f"{tuple(tensor.shape)}; the model's is {tuple(expected[name].shape)}"
+            )
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise InputError(f"model.init_weights: tensor '{name}' in {file} holds NaN or Inf")
+    module.load_state_dict(tensors)  # cast to the module's dtypes (float64 → float32)
+    return len(tensors)
+
+
+def _more(names: list[str]) -> str:
+    return f" (and {len(names) - 1} more)" if len(names) > 1 else ""

@@ -361,10 +361,11 @@ class CheckpointManager:
         scheduler: Any,
         config_yaml: str | None,
         state: TrainState,
-        attachments: dict[str, str] | None = None,
+        attachments: dict[str, Any] | None = None,
     ) -> None:
         """The run `maybe_save` saves, from `state` on (a step it starts at counts as saved);
-        `attachments` (name → text, e.g. the dataset's index.json) go into every checkpoint
+        `attachments` (name → text, or a function giving text or bytes at each save:
+        the dataset's index.json, the EMA) go into every checkpoint
         so that it stands alone as a model folder."""
         self._run = (accelerator, module, optimizer, scheduler, config_yaml, attachments)
         self.last_saved_step = state.global_step
@@ -439,7 +440,7 @@ class CheckpointManager:
         state: TrainState,
         config_yaml: str | None = None,
         *,
-        attachments: dict[str, str] | None = None,
+        attachments: dict[str, Any] | None = None,
     ) -> Path:
         """Write a checkpoint of the current step on every rank; returns its folder."""
         assert_finite(module, f"refusing to checkpoint step {state.global_step}")
@@ -465,8 +466,12 @@ class CheckpointManager:
                     torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
                 if config_yaml is not None:
                     (tmp / "config.yaml").write_text(config_yaml)
-                for name, text in (attachments or {}).items():
-                    (tmp / name).write_text(text)
+                for name, content in (attachments or {}).items():
+                    content = content() if callable(content) else content  # e.g. the EMA
+                    if isinstance(content, bytes):
+                        (tmp / name).write_bytes(content)
+                    else:
+                        (tmp / name).write_text(content)
                 (tmp / STATE_FILE).write_text(json.dumps(_state_json(state), indent=2))
         _barrier(accelerator)
         if main:

@@ -1,10 +1,10 @@
 """The `stpdist` command: train, validate, predict, reproduce (train models and score
-them), forecast, export (use a trained model), synth, shard, inspect (make and look at
-datasets), bench (measure speed).
+them), forecast, export (use a trained model), import (an OpenSTL checkpoint), synth,
+shard, inspect (make and look at datasets), bench (measure speed).
 
     stpdist train configs/debug.yaml trainer.max_epochs=2 data.batch_size=8 [--resume auto]
-    stpdist validate CONFIG [overrides] [--ckpt best|last|PATH]
-    stpdist predict CONFIG [overrides] [--ckpt best|last|PATH] [--out DIR]
+    stpdist validate CONFIG [overrides] [--ckpt best|last|step-N|PATH]
+    stpdist predict CONFIG [overrides] [--ckpt best|last|step-N|PATH] [--out DIR]
     stpdist reproduce CONFIG --seeds N [--small]
     stpdist forecast RUN_OR_MODEL INPUTS --out DIR [--overwrite]
     stpdist export RUN_OR_MODEL --out DIR [--format onnx] [--overwrite]
@@ -66,6 +66,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     set_seed(cfg.trainer.seed)  # identical initial weights on every rank and every run
     module = build.build_module(cfg)
+    # fine-tuning: every rank loads the weights before fit wraps the model (a resume wins)
+    build.init_weights(cfg, module, trainer.checkpoints, args.resume)
     has_val = build.describe_dataset(cfg)
     # every checkpoint keeps the data's statistics: a model folder `stpdist.load` can use
     # (the first split there is: with data.train_source moving_digits, train has no shards)
@@ -121,7 +123,9 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
     cfg, trainer, ckpt, module = _with_checkpoint(args)
     split = args.split or cfg.data.val_split
-    results = trainer.validate(module, build.eval_stream(cfg, split), ckpt=ckpt, split=split)
+    results = trainer.validate(
+        module, build.eval_stream(cfg, split), ckpt=ckpt, split=split, raw_weights=args.raw_weights
+    )
     if trainer.is_main:
         out = Path(cfg.trainer.output_dir)
         written = _write_json(out / f"metrics_{split}.json", results)
@@ -152,7 +156,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path(cfg.trainer.output_dir) / "predictions" / split
     keeper = SampleKeeper(args.samples if trainer.is_main else 0)
     results = trainer.predict(
-        module, build.eval_stream(cfg, split), ckpt=ckpt, out=out, split=split, keeper=keeper
+        module,
+        build.eval_stream(cfg, split),
+        ckpt=ckpt,
+        out=out,
+        split=split,
+        keeper=keeper,
+        raw_weights=args.raw_weights,
     )
     trainer.close()
     if not trainer.is_main:
@@ -172,7 +182,7 @@ def cmd_forecast(args: argparse.Namespace) -> None:
     from .trainer import SampleKeeper, Trainer
     from .visualize import save_samples
 
-    module = load(args.model, args.ckpt, trust_code=args.trust_code)
+    module = load(args.model, args.ckpt, trust_code=args.trust_code, raw_weights=args.raw_weights)
     data = _forecast_inputs(Path(args.inputs), module, args)
     out = check_output_folder(
         args.out, overwrite=args.overwrite, protected=(args.inputs, module.model_folder)
@@ -277,6 +287,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         formats=tuple(args.format),
         overwrite=args.overwrite,
         trust_code=args.trust_code,
+        raw_weights=args.raw_weights,
     )
     print(f"model folder: {args.out} (model.safetensors, config.yaml, index.json)")
     for fmt, difference in differences.items():
@@ -645,6 +656,15 @@ def _trust_code_flag(s: argparse.ArgumentParser) -> None:
     )
 
 
+def _raw_weights_flag(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--raw-weights",
+        action="store_true",
+        help="use the checkpoint's raw weights, not the EMA of them it holds when trained "
+        "with trainer.ema",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -680,6 +700,7 @@ def parser() -> argparse.ArgumentParser:
             "--ckpt", default="best", help="'best', 'last', a step (step-320) or a checkpoint path"
         )
         s.add_argument("--split", default=None, help="dataset split (default from the config)")
+        _raw_weights_flag(s)
         if name == "predict":
             s.add_argument("--out", default=None, help="output folder")
             s.add_argument("--samples", type=int, default=4, help="samples rendered as pictures")
@@ -719,6 +740,7 @@ def parser() -> argparse.ArgumentParser:
         help="forecast from inputs that hold NaN or Inf (refused by default)",
     )
     _trust_code_flag(s)
+    _raw_weights_flag(s)
     s.add_argument("--debug", action="store_true")
     s.set_defaults(func=cmd_forecast)
 
@@ -739,6 +761,7 @@ def parser() -> argparse.ArgumentParser:
         choices=["torchscript", "exported-program", "onnx"],
         help="also export as this (repeatable); each is checked against the eager model",
     )
+    _raw_weights_flag(s)
     s.add_argument("--debug", action="store_true")
     s.set_defaults(func=cmd_export)
 

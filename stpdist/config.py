@@ -113,6 +113,36 @@ class CheckpointConfig:
     """Which direction of `monitor` is better."""
 
 
+def _open_unit_interval(value: Any) -> str | None:
+    return None if 0 < value < 1 else "a number strictly between 0 and 1"
+
+
+@dataclass
+class EmaConfig:
+    """An exponential moving average of the weights, kept beside them (`trainer.ema`)."""
+
+    decay: float = checked(0.999, _open_unit_interval)
+    """Each update: ema = decay · ema + (1 − decay) · weights."""
+    start_step: int = checked(0, _non_negative)
+    """Up to this optimizer step the average is a copy of the weights; it averages after."""
+    every_n_steps: int = checked(1, _positive)
+    """Update the average every N optimizer steps (counted from `start_step`)."""
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop training when a validation metric stops improving (`trainer.early_stopping`)."""
+
+    monitor: str = checked("val/loss", _not_empty)
+    """The validation result watched (a key of the validation results, e.g. val/loss)."""
+    mode: Literal["min", "max"] = "min"
+    """Which direction of `monitor` is better."""
+    patience: int = checked(3, _positive)
+    """Stop after this many validations in a row without an improvement."""
+    min_delta: float = checked(0.0, _non_negative)
+    """An improvement must beat the best value by more than this."""
+
+
 @dataclass
 class TrainerConfig:
     output_dir: str = checked("runs/default", _not_empty)
@@ -154,6 +184,11 @@ class TrainerConfig:
     """Show a tqdm bar on the main process."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpoint policy."""
+    ema: Optional[EmaConfig] = None
+    """Exponential moving average of the weights (None: off). When on, validation,
+    predict, forecast and export use the averaged weights (`--raw-weights`: the raw)."""
+    early_stopping: Optional[EarlyStoppingConfig] = None
+    """Stop when a validation metric stops improving (None: off)."""
 
 
 @dataclass
@@ -234,20 +269,31 @@ class OptimizerConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: Literal["none", "onecycle", "cosine"] = "none"
-    """Learning-rate schedule, stepped per optimizer step (cosine: after `warmup_steps`)."""
+    name: Literal["none", "onecycle", "cosine", "cosine_restarts"] = "none"
+    """Learning-rate schedule, stepped per optimizer step, after `warmup_steps`: none
+    (constant), onecycle (torch's OneCycleLR, its own warm-up), cosine (down to `min_lr`
+    over `total_steps`), cosine_restarts (cosine cycles of `restart_every_steps`, each
+    `restart_mult` times the last, every one starting again at `optimizer.lr`)."""
     interval: Literal["step", "epoch"] = "step"
-    """What the schedule counts: optimizer steps, or epochs (cosine only; OpenSTL's TaxiBJ
-    recipe: per epoch, 5 warm-up epochs). With `epoch`, `warmup_steps` and `total_steps`
-    count epochs and `total_steps` is required."""
+    """What the schedule counts: optimizer steps, or epochs (cosine and cosine_restarts;
+    OpenSTL's TaxiBJ recipe: per epoch, 5 warm-up epochs). With `epoch`, `warmup_steps`,
+    `total_steps` and `restart_every_steps` count epochs and cosine needs `total_steps`."""
     warmup_steps: int = checked(0, _non_negative)
-    """Linear warm-up steps (epochs with `interval: epoch`) of the cosine schedule."""
+    """Linear warm-up steps (epochs with `interval: epoch`) before any schedule but
+    onecycle: the rate rises as (step + 1) / warmup_steps × `optimizer.lr`, then the
+    schedule runs from its own step 0."""
     total_steps: Optional[int] = checked(None, _positive)
-    """Schedule length in optimizer steps, or epochs with `interval: epoch` (None: the
-    trainer's planned steps)."""
+    """Schedule length in optimizer steps, warm-up included, or epochs with `interval:
+    epoch` (None: the trainer's planned steps)."""
     min_lr: float = checked(0.0, _non_negative)
-    """Learning rate the cosine schedule ends at (OpenSTL's TaxiBJ recipe: 1e-6); at most
+    """Learning rate the cosine schedules end at (OpenSTL's TaxiBJ recipe: 1e-6); at most
     `optimizer.lr`."""
+    restart_every_steps: Optional[int] = checked(None, _positive)
+    """cosine_restarts: length of the first cycle in optimizer steps (epochs with
+    `interval: epoch`), counted after the warm-up."""
+    restart_mult: int = checked(1, _between(1, 100))
+    """cosine_restarts: each cycle is this many times as long as the one before (1: all
+    equal; SGDR's T_mult; at most 100, beyond which the second cycle never ends)."""
 
 
 @dataclass
@@ -322,6 +368,14 @@ class ModelConfig:
     """Scheduled sampling."""
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     """Output clamping and metrics."""
+    init_weights: Optional[str] = checked(None, _none_or_not_empty)
+    """Fine-tuning: start training from these weights instead of a random initialisation —
+    a model folder (`stpdist import openstl`, `stpdist export`), a checkpoint folder, a run
+    folder (its best checkpoint; its EMA weights when it holds them) or a `.safetensors`
+    file. Only a fresh run uses them (a
+    resumed run continues from its checkpoint); optimizer, schedule, step and data order
+    start fresh. A folder's `model.name`, `model.backbone` and `model.patch_size` must be
+    this config's; every tensor must match the model's by name and shape."""
 
 
 @dataclass
@@ -438,10 +492,25 @@ def _check_schedule(model: ModelConfig) -> None:
             f"'model.schedule.min_lr' is {schedule.min_lr:g}, above 'model.optimizer.lr' "
             f"{lr:g}; expected the rate the schedule decays to, at most the peak"
         )
-    if schedule.interval == "epoch" and (schedule.name != "cosine" or not schedule.total_steps):
+    by_epoch = schedule.interval == "epoch"
+    if by_epoch and (
+        schedule.name not in ("cosine", "cosine_restarts")
+        or (schedule.name == "cosine" and not schedule.total_steps)
+    ):
         raise ConfigError(
             f"'model.schedule.interval' is epoch with name {schedule.name!r} and total_steps "
-            f"{schedule.total_steps}; expected name cosine and total_steps (epochs)"
+            f"{schedule.total_steps}; expected name cosine with total_steps (epochs), or "
+            "cosine_restarts"
+        )
+    if schedule.name == "cosine_restarts" and not schedule.restart_every_steps:
+        raise ConfigError(
+            "'model.schedule.restart_every_steps' is None with name cosine_restarts; "
+            "expected the first cycle's length in steps (epochs with interval epoch)"
+        )
+    if schedule.name == "onecycle" and schedule.warmup_steps:
+        raise ConfigError(
+            f"'model.schedule.warmup_steps' is {schedule.warmup_steps} with name onecycle; "
+            "expected 0 (onecycle warms up by itself, over its first 30%)"
         )
 
 

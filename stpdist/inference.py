@@ -20,12 +20,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
-from .checkpoint import MANIFEST_FILE, MODEL_FILE, CheckpointManager, load_weights
+from .checkpoint import MANIFEST_FILE, MODEL_FILE, CheckpointManager
 from .config import Config, load_config
 from .console import log
 from .data.format import INDEX_FILE, SplitIndex, read_index
+from .ema import has_average, load_eval_weights
 from .errors import InputError
 from .module import EnhancedModule
 from .plugins import refusing_import_paths
@@ -69,10 +71,12 @@ def load(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     trust_code: bool = False,
+    raw_weights: bool = False,
 ) -> EnhancedModule:
     """A ready module in eval mode from a model folder or a run folder (its `ckpt`
     checkpoint: "best", "last" or a folder name), on `device` (in `dtype` if given).
-    The Forecaster's `forecast(frames)` then takes and returns physical units.
+    The Forecaster's `forecast(frames)` then takes and returns physical units. A checkpoint
+    trained with `trainer.ema` gives its averaged weights, unless `raw_weights`.
 
     A model folder is data, not code: a `model.name` (or SimVP translator) given there as an
     import path `package.module:Class` is refused before anything is imported, unless
@@ -92,10 +96,10 @@ def load(
         # need not exist here
         cfg.model.evaluation.lpips_weights = None
         module = build_module(cfg, index=index)
-    load_weights(folder, module)
-    module.eval().to(device)
-    if dtype is not None:
+    if dtype is not None:  # cast first: float64 weights then load without a float32 detour
         module.to(dtype)
+    load_eval_weights(folder, module, raw_weights=raw_weights)
+    module.eval().to(device)
     module.model_folder = folder
     if index.min and index.max:  # the training data's range, for `forecast`'s input check
         module.value_range = (
@@ -349,6 +353,7 @@ def export(
     formats: tuple[str, ...] = (),
     overwrite: bool = False,
     trust_code: bool = False,
+    raw_weights: bool = False,
 ) -> dict[str, float]:
     """Write a model folder (weights, config.yaml, index.json) to `out`, plus each of
     `formats` (torchscript → model.ts, exported-program → model.pt2, onnx → model.onnx),
@@ -359,13 +364,14 @@ def export(
     `value_scale`, [0, 1] for 8-bit data), any batch size. Everything is written into a
     staging folder that replaces `out` only once complete: a non-empty `out` needs
     `overwrite`, and a failure leaves `out` as it was. An `out` in (or holding) a run's
-    checkpoints is refused."""
+    checkpoints is refused. From a checkpoint trained with `trainer.ema`, the model
+    folder's weights are the averaged ones, unless `raw_weights`."""
     from .data.convert import staged_output
 
     folder = model_folder(path, ckpt)
     run = folder.parent.parent if folder.parent.name == "checkpoints" else folder
     check_output_folder(out, overwrite=overwrite, protected=(folder, run))
-    module = load(folder, trust_code=trust_code)
+    module = load(folder, trust_code=trust_code, raw_weights=raw_weights)
     wrapped = _Forward(module).eval()
     generator = torch.Generator().manual_seed(0)
     # traced on a batch of 2, checked on it and on a batch of 3: the batch axis is dynamic
@@ -381,6 +387,9 @@ def export(
             source = folder / name if (folder / name).is_file() else run / name
             if source.is_file():
                 shutil.copy2(source, staging / name)
+        if has_average(folder) and not raw_weights:  # the EMA as the model's weights
+            weights = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+            save_file(weights, str(staging / MODEL_FILE))
         for fmt in formats:
             exported = _EXPORTERS[fmt](wrapped, sample, staging)
             with torch.no_grad():

@@ -101,6 +101,7 @@ def run_seed(config: str, overrides: list[str], seed: int, out: Path) -> dict[st
     build.ensure_dataset(cfg, trainer)
     set_seed(seed)
     module = build.build_module(cfg)
+    build.init_weights(cfg, module)  # model.init_weights: every seed fine-tunes from them
     trainer.fit(module, build.train_stream(cfg), build.eval_stream(cfg, cfg.data.val_split))
     ckpt = trainer.checkpoints.best() or trainer.checkpoints.latest()
     split = cfg.data.test_split

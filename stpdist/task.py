@@ -11,7 +11,9 @@ targets B×T_out×C×H×W.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 
 from . import metrics, plugins
-from .config import ModelConfig, check_frame_size
+from .config import ModelConfig, ScheduleConfig, check_frame_size
 from .data.normalize import Normalizer
 from .errors import InputError
 from .models import BackboneOutput, FrameSpec, as_output, backbone_args, build_backbone
@@ -223,30 +225,26 @@ class Forecaster(EnhancedModule):
 
     def configure_lr_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
         schedule = self.config.schedule
-        if schedule.name == "none":
+        if schedule.name == "none" and not schedule.warmup_steps:
             return None
         interval = schedule.interval
-        if interval == "epoch" and (schedule.name != "cosine" or not schedule.total_steps):
+        if interval == "epoch" and (
+            schedule.name not in ("cosine", "cosine_restarts")
+            or (schedule.name == "cosine" and not schedule.total_steps)
+        ):
             raise ValueError(
-                "model.schedule.interval 'epoch' needs name 'cosine' and total_steps (epochs)"
+                "model.schedule.interval 'epoch' needs name 'cosine' with total_steps "
+                "(epochs), or 'cosine_restarts'"
             )
         total = schedule.total_steps or self.planned_steps
-        if not total:
+        if schedule.name in ("onecycle", "cosine") and not total:
             raise ValueError(f"lr schedule '{schedule.name}' needs model.schedule.total_steps")
         if schedule.name == "onecycle":
             peak = self.config.optimizer.lr
             return torch.optim.lr_scheduler.OneCycleLR(optimizer, peak, total_steps=total)
-        warmup = schedule.warmup_steps
-        floor = schedule.min_lr / self.config.optimizer.lr  # the end, as a fraction of peak
-
-        def cosine(step: int) -> float:  # `step` counts epochs with interval 'epoch'
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
+        factor = lr_factor(schedule, self.config.optimizer.lr, total)
         return {
-            "scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, cosine),
+            "scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor),
             "interval": interval,
         }
 
@@ -371,6 +369,69 @@ class Forecaster(EnhancedModule):
 
     def predict_step(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
         return self.predict_frames(inputs)
+
+
+# ---------------------------------------------------------------------- lr schedules
+def lr_factor(
+    schedule: ScheduleConfig, peak_lr: float, total: int | None
+) -> Callable[[int], float]:
+    """The learning rate at step `step` (epochs with `interval: epoch`) as a fraction of
+    `peak_lr`, for every schedule but onecycle: a linear warm-up, (step + 1) / warmup_steps,
+    then the schedule named, counted from the warm-up's end. `total` (cosine): the
+    schedule's length with the warm-up."""
+    warmup, name = schedule.warmup_steps, schedule.name
+    floor = schedule.min_lr / peak_lr  # where the cosines end, as a fraction of the peak
+    first, mult = schedule.restart_every_steps, schedule.restart_mult
+    if name == "cosine":
+        after = functools.partial(_cosine, length=max(1, (total or 0) - warmup), floor=floor)
+    elif name == "cosine_restarts":
+        if not first:
+            raise ValueError(
+                "lr schedule 'cosine_restarts' needs model.schedule.restart_every_steps"
+            )
+        after = functools.partial(_cosine_restarts, first=first, mult=mult, floor=floor)
+    elif name == "none":
+        after = _constant
+    else:
+        raise ValueError(f"lr schedule {name!r} has no warm-up form; expected none or a cosine")
+    return functools.partial(_warmed_up, warmup=warmup, after=after)
+
+
+def _warmed_up(step: int, *, warmup: int, after: Callable[[int], float]) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return after(step - warmup)
+
+
+def _constant(step: int) -> float:
+    return 1.0
+
+
+def _cosine(step: int, *, length: int, floor: float) -> float:
+    """Half a cosine from 1 down to `floor` over `length` steps, then `floor`."""
+    progress = min(1.0, step / length)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def restart_cycle(step: int, first: int, mult: int) -> tuple[int, int]:
+    """(steps into the current cycle, that cycle's length) at `step` of cosine cycles of
+    `first`, `first`·mult, `first`·mult², … steps (closed form: no loop over cycles)."""
+    if mult == 1:
+        return step % first, first
+    # cycle i starts at first·(mult^i − 1)/(mult − 1); float log guesses i, integers fix it
+    i = int(math.log(step * (mult - 1) / first + 1, mult))
+    while i > 0 and first * (mult**i - 1) // (mult - 1) > step:
+        i -= 1
+    while first * (mult ** (i + 1) - 1) // (mult - 1) <= step:
+        i += 1
+    return step - first * (mult**i - 1) // (mult - 1), first * mult**i
+
+
+def _cosine_restarts(step: int, *, first: int, mult: int, floor: float) -> float:
+    """SGDR's cosine with warm restarts: each cycle falls from 1 to `floor`, then the
+    rate jumps back to the peak."""
+    into, length = restart_cycle(step, first, mult)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * into / length))
 
 
 # ---------------------------------------------------------------------- patching

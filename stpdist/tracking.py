@@ -4,23 +4,41 @@ tensorboard) through accelerate's tracker API.
 
 No other rank builds media or talks to a tracker. Without a tracker configured, training
 works the same and the local files are still written.
+
+One tracker run per training: a fresh training creates a run id (wandb's run id; the
+tensorboard folder with it) and keeps it in `<output_dir>/tracker.json`; every resume
+(`--resume auto`, a requeued SLURM job, another number of ranks) continues that run, its
+steps in increasing order with none twice. What a killed process had sent but the tracker
+had not stored yet is lost with it (offline wandb keeps nothing of a SIGKILLed process'
+unflushed history, measured with wandb 0.31): on resume, wandb gets the steps up to the
+checkpoint's that it lacks from `metrics.jsonl`, then the run goes on above the newest
+step wandb holds; tensorboard drops the earlier events above the checkpoint's step
+(`purge_step`) and gets them again.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import secrets
+import string
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .config import Config, LoggingConfig, to_dict
-from .console import plain
+from .console import plain, say
+from .errors import InputError
 
 _PACKAGES = {"wandb": ("wandb", "wandb"), "tensorboard": ("tensorboard", "tensorboard")}
 """tracker → (module to find, stpdist extra that installs it)."""
+TRACKER_FILE = "tracker.json"
+"""In the output folder: this training's tracker run (`run_id`, `project`,
+`tensorboard_dir`), written once, when the training starts from step 0."""
 
 
 class MetricsLog:
@@ -36,6 +54,19 @@ class MetricsLog:
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every record so far, oldest first (a line torn by a killed process skipped)."""
+        if not self.path.is_file():
+            return
+        with open(self.path) as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    yield record
+
 
 class Tracker:
     """metrics.jsonl + sample pictures + the configured trackers, from `logging`."""
@@ -49,6 +80,9 @@ class Tracker:
         self.is_main = False  # set by the Trainer once the Accelerator knows
         self.metrics = MetricsLog(output_dir)
         self.accelerator: Any = None
+        self._record: dict[str, Any] = {}  # tracker.json's content, once started
+        self._wandb_floor: int | None = None  # the newest step wandb held at the start
+        self._wandb_offline: Path | None = None  # the offline run's wandb folder
 
     @property
     def num_samples(self) -> int:
@@ -66,27 +100,119 @@ class Tracker:
                 )
         return list(self.config.trackers)
 
-    def start(self, accelerator: Any) -> None:
-        """Initialise the trackers (accelerate does it on the main process only)."""
+    def start(self, accelerator: Any, *, step: int = 0) -> None:
+        """Initialise the trackers (accelerate does it on the main process only): a fresh
+        training (`step` 0) starts a new tracker run, a resumed one (`step`: the
+        checkpoint's) continues the run `tracker.json` names."""
         self.accelerator = accelerator
         if not self.config.trackers or not self.is_main:
             return
+        run = self._run_record(step)
         w = self.config.wandb
         # as saved: values read from the environment stay `${oc.env:NAME}` (secrets)
         config = to_dict(self.run_config) if self.run_config is not None else {}
+        init_kwargs: dict[str, dict[str, Any]] = {
+            "wandb": {
+                "entity": w.entity,
+                "name": w.name,
+                "tags": list(w.tags),
+                "mode": w.mode,
+                "dir": str(self.output_dir),
+                "id": run["run_id"],
+                "resume": "allow",  # the run if it exists (online), else a new one of this id
+            }
+        }
+        # tensorboard hides the events an earlier process wrote above the steps this one
+        # starts after (all of them for a fresh training): they are logged again
+        init_kwargs["tensorboard"] = {"purge_step": step + 1 if step else 0}
         accelerator.init_trackers(
-            w.project,
+            run["project"],
             # tensorboard's hparams take flat scalars only; wandb shows the nesting
             config=_flat(config) if "tensorboard" in self.config.trackers else config,
-            init_kwargs={
-                "wandb": {
-                    "entity": w.entity,
-                    "name": w.name,
-                    "tags": list(w.tags),
-                    "mode": w.mode,
-                    "dir": str(self.output_dir),
-                }
-            },
+            init_kwargs=init_kwargs,
+        )
+        self._wandb_floor = None
+        if "wandb" in self.config.trackers:
+            wandb_run = accelerator.get_tracker("wandb", unwrap=True)
+            self._wandb_offline = _offline_folder(wandb_run)
+            if step:
+                self._wandb_floor = self._wandb_newest_step(wandb_run)
+                self._replay(wandb_run, step)
+
+    def _run_record(self, step: int) -> dict[str, Any]:
+        """This training's tracker run from `tracker.json` (resumed), or a new one written
+        there (a fresh training, or a resumed one that has none)."""
+        path = self.output_dir / TRACKER_FILE
+        project = self.config.wandb.project
+        known = _read_record(path) if step else None
+        if known is None:
+            known = {"run_id": _new_run_id(), "project": project, "tensorboard_dir": project}
+            _write_record(path, known)  # tensorboard: accelerate's <output_dir>/<project>
+        elif known["project"] != project:
+            say(
+                f"logging.wandb.project is {project!r}, but this training's tracker run "
+                f"{known['run_id']} is in {known['project']!r} ({path}): continuing it there"
+            )
+        self._record = known
+        return known
+
+    def _wandb_newest_step(self, wandb_run: Any) -> int:
+        """The newest step the resumed wandb run holds (-1: none): online, the server's
+        (wandb starts a resumed run at the step after it); offline, the newest history
+        step in the run files of this run id's earlier folders."""
+        if self._wandb_offline is None:
+            return int(wandb_run.starting_step) - 1
+        current = Path(wandb_run.dir).parent.resolve()
+        steps = [
+            max(history_steps(folder / f"run-{self._record['run_id']}.wandb"), default=-1)
+            for folder in self._wandb_offline.glob(f"offline-run-*-{self._record['run_id']}")
+            if folder.resolve() != current
+        ]
+        return max(steps, default=-1)
+
+    def _replay(self, wandb_run: Any, step: int) -> None:
+        """Send wandb the logged scalars of steps it lacks up to `step` (the checkpoint's),
+        from `metrics.jsonl`: those the stopped process' wandb never stored."""
+        rows: dict[int, dict[str, Any]] = {}
+        for record in self.metrics.records():
+            at = record.get("step")
+            if isinstance(at, int) and self._wandb_floor < at <= step:
+                values = {k: v for k, v in record.items() if k not in ("step", "epoch", "time")}
+                if not self._thinned(values, at):
+                    rows.setdefault(at, {}).update(_numbers(values))
+        for at in sorted(rows):
+            wandb_run.log(rows[at], step=at)
+        if rows:
+            say(
+                f"wandb run {self._record['run_id']} lacked steps {min(rows)}–{max(rows)}: "
+                "sent them from metrics.jsonl"
+            )
+        self._wandb_floor = max(self._wandb_floor, step - 1)  # the rest follows live
+
+    def _takes(self, tracker: Any, step: int) -> bool:
+        """Whether `tracker` takes a result of `step`: wandb never one at or below the
+        newest step it held when this process started (it would refuse it online, and
+        keep a second copy offline)."""
+        floor = self._wandb_floor
+        return tracker.name != "wandb" or floor is None or step > floor
+
+    def _thinned(self, values: dict[str, Any], step: int) -> bool:
+        """Training scalars of a step that `trackers_every_n_steps` leaves out."""
+        every = self.config.trackers_every_n_steps
+        return bool(every and step % every and any(k.startswith("train/") for k in values))
+
+    def finish(self) -> None:
+        """After the trackers ended (`Trainer.close`): for an offline wandb run, the
+        command that uploads it, every folder of this training's run, oldest first."""
+        folder = self._wandb_offline
+        if folder is None:
+            return
+        self._wandb_offline = None
+        run_id = self._record["run_id"]
+        parts = sorted(folder.resolve().glob(f"offline-run-*-{run_id}"))
+        say(
+            f"offline wandb run {run_id}; upload it with: "
+            f"wandb sync {' '.join(str(p) for p in parts)}"
         )
 
     @property
@@ -99,11 +225,12 @@ class Tracker:
         self.metrics.log(values, step=step, epoch=epoch)
         if not self._tracking:
             return
-        every = self.config.trackers_every_n_steps
-        if every and step % every and any(k.startswith("train/") for k in values):
+        if self._thinned(values, step):
             return
-        scalars = {k: plain(v) for k, v in values.items() if not isinstance(plain(v), str)}
-        self.accelerator.log(scalars, step=step)
+        scalars = _numbers(values)
+        for tracker in self.accelerator.trackers:
+            if self._takes(tracker, step):
+                tracker.log(scalars, step=step)
 
     def log_samples(
         self,
@@ -140,19 +267,104 @@ class Tracker:
         images = {f"samples/{key}": [np.asarray(Image.open(p).convert("RGB"))] for key, p in panels}
         if plot is not None:
             images["val/lead_time"] = [np.asarray(Image.open(plot).convert("RGB"))]
-        for tracker in self.accelerator.trackers:
+        trackers = [t for t in self.accelerator.trackers if self._takes(t, step)]
+        for tracker in trackers:
             if tracker.name == "tensorboard":
                 stacked = {k: np.stack(v) for k, v in images.items()}
                 tracker.log_images(stacked, step=step, dataformats="NHWC")
             else:
                 tracker.log_images(images, step=step)
-        if "wandb" in self.config.trackers:  # animations: wandb's own media type
+        if any(t.name == "wandb" for t in trackers):  # animations: wandb's own media type
             import wandb
 
             videos = [wandb.Video(str(g), caption=k, format="gif") for k, g in gifs]
             self.accelerator.get_tracker("wandb", unwrap=True).log(
                 {"samples/gifs": videos}, step=step
             )
+
+
+def _numbers(values: dict[str, Any]) -> dict[str, Any]:
+    """The values a tracker takes as scalars (not the strings of non-finite numbers)."""
+    return {k: plain(v) for k, v in values.items() if not isinstance(plain(v), str)}
+
+
+def _offline_folder(wandb_run: Any) -> Path | None:
+    """The `wandb` folder that holds an offline run's `offline-run-*` folders (None online)."""
+    return Path(wandb_run.dir).parent.parent if getattr(wandb_run, "offline", False) else None
+
+
+_BLOCK, _HEADER = 32768, 7  # the LevelDB log format of a `.wandb` run file
+
+
+def history_steps(path: Path) -> list[int]:
+    """The steps of the history records in an offline wandb run file, in file order, read
+    with wandb's own protobuf `Record` (wandb 0.31 has no Python reader of its own). The
+    file is LevelDB's log format: a 7-byte header (`:W&B`, magic, version), then 32 KiB
+    blocks of chunks, each with a 7-byte header (CRC, length, type: full, first, middle,
+    last). A file torn by a killed writer ends the read."""
+    from google.protobuf.message import DecodeError
+    from wandb.proto import wandb_internal_pb2
+
+    steps = []
+    for data in _log_records(path.read_bytes() if path.is_file() else b""):
+        record = wandb_internal_pb2.Record()
+        try:
+            record.ParseFromString(data)
+        except DecodeError:  # a torn last record
+            break
+        if record.WhichOneof("record_type") == "history":
+            steps.append(int(record.history.step.num))
+    return steps
+
+
+def _log_records(data: bytes) -> Iterator[bytes]:
+    """The records of a LevelDB-format log (`data` starting with wandb's 7-byte header)."""
+    if data[:4] != b":W&B":
+        return
+    pos, pending = _HEADER, b""
+    while pos + _HEADER <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < _HEADER:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if kind == 0:  # zeros: preallocated, never written
+            return
+        pending += data[pos + _HEADER : pos + _HEADER + length]
+        pos += _HEADER + length
+        if kind in (1, 4):  # full, last
+            yield pending
+            pending = b""
+
+
+def _new_run_id() -> str:
+    """8 characters of [a-z0-9], as wandb's own ids."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """`tracker.json`, or None when absent; a damaged one is an error naming it."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record.get("run_id"), str) or not isinstance(record.get("project"), str):
+            raise ValueError("no run_id and project strings")
+    except (ValueError, AttributeError) as exc:
+        raise InputError(
+            f"{path}: not a tracker record ({exc}); expected JSON with run_id and project "
+            "(delete it to start a new tracker run)"
+        ) from None
+    return record
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    """Atomically: a reader (a requeued job) sees the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(partial, path)
 
 
 def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

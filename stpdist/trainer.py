@@ -18,7 +18,7 @@ import inspect
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import console, threads
-from .checkpoint import CheckpointManager, TrainState, load_weights, read_state
+from .checkpoint import CheckpointManager, TrainState, read_state
 from .config import Config, LoggingConfig, TrainerConfig, check_values, to_yaml
 from .console import format_scalars, say
 from .data.loading import (
@@ -44,6 +44,9 @@ from .data.loading import (
     as_train_source,
     unpack_batch,
 )
+from .early_stopping import STATE_FILE as EARLY_STOPPING_FILE
+from .early_stopping import EarlyStopping
+from .ema import EMA_FILE, WeightAverage, load_eval_weights
 from .lockstep import Lockstep, StopFlag, loss_of
 from .module import EnhancedModule, cpu_compile_defaults
 from .runlock import RunLock
@@ -368,7 +371,8 @@ class Validator:
     def run(self, state: TrainState) -> None:
         tracker = self.trainer.tracker
         keeper = SampleKeeper(tracker.num_samples if self.trainer.is_main else 0)
-        results = self.trainer.evaluate(self.module, self.source, "val", keeper)
+        with self.trainer.evaluation_weights():  # the EMA when trainer.ema is on
+            results = self.trainer.evaluate(self.module, self.source, "val", keeper)
         state.metrics, state.metrics_step = results, state.global_step
         self.last_step = state.global_step
         checkpoints = self.trainer.checkpoints
@@ -383,6 +387,8 @@ class Validator:
         tracker.log(results, step=state.global_step, epoch=state.epoch)
         tracker.log_samples(keeper.samples, results, step=state.global_step)
         say(f"step {state.global_step}: {format_scalars(results)}")
+        if self.trainer.early_stopping is not None:
+            self.trainer.early_stopping.check(state.global_step, results)
 
 
 class Trainer:
@@ -410,11 +416,16 @@ class Trainer:
             raise ValueError("set max_epochs or max_steps")
         self.output_dir = Path(self.config.output_dir)
         self.run_config = run_config
-        self.attachments: dict[str, str] = {}
-        """Files (name → text) written into every checkpoint beside the weights and the
-        config, e.g. the dataset's `index.json`, so a checkpoint is a model folder that
-        `stpdist.load` can rebuild the model from."""
+        self.attachments: dict[str, str | Callable[[], str | bytes]] = {}
+        """Files (name → text, or a function giving text or bytes at each save) written
+        into every checkpoint beside the weights and the config, e.g. the dataset's
+        `index.json`, so a checkpoint is a model folder that `stpdist.load` can rebuild the
+        model from."""
         self._stop = StopFlag()
+        self.ema: WeightAverage | None = None
+        """The EMA of the weights while `fit` runs with `trainer.ema` (else None)."""
+        self.early_stopping: EarlyStopping | None = None
+        """The early-stopping counter while `fit` runs with `trainer.early_stopping`."""
         # the tracker decides the accelerate loggers, which the Accelerator needs at birth
         self.tracker = Tracker(
             self.output_dir, logging or LoggingConfig(num_samples=0), run_config=run_config
@@ -455,6 +466,7 @@ class Trainer:
         self._closed = True
         if self.accelerator.trackers or torch.distributed.is_initialized():
             self.accelerator.end_training()
+        self.tracker.finish()  # offline wandb: the `wandb sync` command
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -545,6 +557,7 @@ class Trainer:
         self._total_steps = total_steps
         self._banner(batches_per_epoch, total_steps)
         model, optimizer, scheduler, interval = self._prepare(module)
+        self._set_up_ema_and_early_stopping(module)
         max_epochs = self.config.max_epochs or math.inf
         # one run per output folder: a second run (a duplicated SLURM job, a second
         # `--resume auto`) stops here, naming the holder, before touching any checkpoint
@@ -553,12 +566,14 @@ class Trainer:
             self.checkpoints.bind(
                 acc, module, optimizer, scheduler, self._config_yaml(), state, self.attachments
             )
-            self.tracker.start(acc)
+            self.tracker.start(acc, step=state.global_step)  # a resume continues its run
             validator.resume(state)
             meter = Meter(acc)
             bar = self._progress(total_steps, state.global_step)
             module.train()
             while state.global_step < total_steps and state.epoch < max_epochs:
+                if self._stopping_early(state):
+                    break
                 bar.set_postfix_str(f"epoch {state.epoch}")
                 for batch in train.iterate(ctx, state.epoch, state.batch):
                     stop = self._micro_step(model, module, optimizer, batch, state, meter)
@@ -567,6 +582,8 @@ class Trainer:
                         continue
                     # ---- one optimizer step done
                     state.global_step += 1
+                    if self.ema is not None:
+                        self.ema.update(state.global_step)  # device math, no host read
                     if interval == "step" and scheduler is not None:
                         if not acc.optimizer_step_was_skipped:  # fp16 overflow: no step
                             scheduler.step()
@@ -586,9 +603,14 @@ class Trainer:
                     # checkpoint first: a failing validation must not cost the training
                     self.checkpoints.maybe_save(state)
                     validator.maybe_run(state)
-                    if state.global_step >= total_steps:
+                    if state.global_step >= total_steps or self._stopping_early(state):
                         break
-                if state.batch < batches_per_epoch and state.global_step < total_steps:
+                stopped = self._stopping_early(state)
+                if (
+                    state.batch < batches_per_epoch
+                    and state.global_step < total_steps
+                    and not stopped
+                ):
                     raise RuntimeError(
                         f"training source yielded {state.batch} batches in epoch {state.epoch} "
                         f"on rank {acc.process_index}; it announced {batches_per_epoch}"
@@ -599,6 +621,8 @@ class Trainer:
             self._settle(state)
             self.checkpoints.maybe_save(state, last=True)
             validator.maybe_run(state, last=True)
+            if self._stopping_early(state):
+                say(self.early_stopping.reason(state.global_step))
             acc.wait_for_everyone()
             return state
 
@@ -669,11 +693,8 @@ class Trainer:
                 # DDP all-reduces inside the backward of the window's last micro-batch;
                 # with that one skipped on every rank, average the earlier ones here.
                 self.lockstep.average_grads_by_hand(module)
-            if acc.sync_gradients and self.config.grad_clip_norm and self._contributed:
-                # a device tensor, read on the host only when logged
-                self._grad_norm = acc.clip_grad_norm_(
-                    module.parameters(), self.config.grad_clip_norm
-                )
+            if acc.sync_gradients and self._contributed:
+                self._note_grad_norm(module, step)  # (and clips, with grad_clip_norm)
             # On micro-batches before the window's last, accelerate makes step() and
             # zero_grad() no-ops (gradients keep accumulating); on the last they act.
             optimizer.step()
@@ -726,6 +747,19 @@ class Trainer:
             state.global_step, f"; last checkpoint: {self.checkpoints.latest()}"
         )
 
+    def _note_grad_norm(self, module: EnhancedModule, step: int) -> None:
+        """The global gradient norm before clipping, kept as a device tensor that is read
+        on the host only when logged. With `grad_clip_norm` it is what clipping returns
+        (every step); without, it is computed on the steps that log and no other. The
+        gradients are all-reduced by now: every rank holds the same norm."""
+        clip = self.config.grad_clip_norm
+        if clip:
+            self._grad_norm = self.accelerator.clip_grad_norm_(module.parameters(), clip)
+        elif step % self.config.log_every_n_steps == 0:
+            self.accelerator.unscale_gradients()  # fp16: the norm of the true gradients
+            grads = [p.grad for p in module.parameters() if p.grad is not None]
+            self._grad_norm = torch.nn.utils.get_total_norm(grads)
+
     def _log_window(self, meter: Meter, optimizer: Any, state: TrainState, bar: Any) -> None:
         bar.update(state.global_step - bar.n)
         if state.global_step % self.config.log_every_n_steps:
@@ -734,8 +768,8 @@ class Trainer:
         if scalars is None:
             return
         scalars["train/lr"] = optimizer.param_groups[0]["lr"]
-        if self._grad_norm is not None:
-            scalars["train/grad_norm"] = float(self._grad_norm)
+        if self._grad_norm is not None:  # host sync: the log step's one read of the norm
+            scalars["train/grad_norm"], self._grad_norm = float(self._grad_norm), None
         self.tracker.log(scalars, step=state.global_step, epoch=state.epoch)
         bar.set_postfix_str(
             f"epoch {state.epoch}, loss {scalars['train/loss']:.4g}, "
@@ -799,6 +833,7 @@ class Trainer:
             )
         state = self.checkpoints.load(start, acc, module, optimizer, scheduler)
         state.world_size = acc.num_processes
+        self._restore_ema_and_early_stopping(start, state)
 
         def first_batch() -> tuple[tuple, dict] | None:
             batch = next(iter(train.iterate(ctx, state.epoch, state.batch)), None)
@@ -824,6 +859,41 @@ class Trainer:
         if self.is_main and self.run_config is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.yaml").write_text(to_yaml(self.run_config))
+
+    # ------------------------------------------------------- EMA and early stopping
+    def _set_up_ema_and_early_stopping(self, module: EnhancedModule) -> None:
+        """`trainer.ema` and `trainer.early_stopping` for this `fit`: each, when on, is
+        saved into every checkpoint (ema.safetensors, early_stopping.json)."""
+        ema_config, stop_config = self.config.ema, self.config.early_stopping
+        self.ema = None if ema_config is None else WeightAverage(ema_config, module)
+        self.early_stopping = None if stop_config is None else EarlyStopping(stop_config)
+        self.attachments.pop(EMA_FILE, None)
+        self.attachments.pop(EARLY_STOPPING_FILE, None)
+        if self.ema is not None:
+            self.attachments[EMA_FILE] = self.ema.to_bytes
+        if self.early_stopping is not None:
+            self.attachments[EARLY_STOPPING_FILE] = self.early_stopping.to_json
+
+    def _restore_ema_and_early_stopping(self, folder: Path, state: TrainState) -> None:
+        if self.ema is not None:
+            self.ema.restore(folder)
+        if self.early_stopping is not None:
+            self.early_stopping.restore(folder, state)
+
+    def _stopping_early(self, state: TrainState) -> bool:
+        """Whether early stopping ends training (the same answer on every rank: it comes
+        from validation results that are identical on every rank)."""
+        return self.early_stopping is not None and self.early_stopping.should_stop
+
+    @contextmanager
+    def evaluation_weights(self) -> Iterator[None]:
+        """The weights validation uses during `fit`: the EMA when `trainer.ema` is on (the
+        raw weights are back afterwards, bit for bit), else the weights as they are."""
+        if self.ema is None:
+            yield
+            return
+        with self.ema.swapped_in():
+            yield
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -857,11 +927,13 @@ class Trainer:
         data: Any,
         ckpt: str | Path | None = None,
         split: str = "val",
+        *,
+        raw_weights: bool = False,
     ) -> dict[str, Any]:
-        """Evaluate `module` (weights from `ckpt` if given) over all of `data`; results are
-        named `<split>/<metric>`."""
+        """Evaluate `module` (weights from `ckpt` if given: its EMA when it holds one,
+        unless `raw_weights`) over all of `data`; results are named `<split>/<metric>`."""
         if ckpt is not None:
-            load_weights(ckpt, module)
+            load_eval_weights(ckpt, module, raw_weights=raw_weights)
         module.to(self.accelerator.device)
         results = self.evaluate(module, as_eval_source(data), split)
         self.tracker.log(results, step=module.global_step, epoch=module.current_epoch)
@@ -879,17 +951,19 @@ class Trainer:
         keeper: SampleKeeper | None = None,
         metrics: bool = True,
         postprocess: Any = None,
+        raw_weights: bool = False,
     ) -> dict[str, Any]:
         """One pass that writes predictions keyed by sample and, where batches carry
         targets (and `metrics`), accumulates the metrics of `validation_step` (keys
         `<split>/…`). `postprocess` maps the predictions before they are written (e.g. to
-        physical units); `keeper` collects the first samples for pictures.
+        physical units); `keeper` collects the first samples for pictures. A `ckpt` that
+        holds an EMA of its weights predicts with it, unless `raw_weights`.
 
         Files: `out/predictions-r<rank>-<part>.npz`, each with `keys` (N,) and `predictions`
         N×T_out×C×H×W float32. Returns the metrics ({} without targets)."""
         acc = self.accelerator
         if ckpt is not None:
-            load_weights(ckpt, module)
+            load_eval_weights(ckpt, module, raw_weights=raw_weights)
         out = Path(out) if out is not None else self.output_dir / "predictions"
         if acc.is_main_process:
             out.mkdir(parents=True, exist_ok=True)

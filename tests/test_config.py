@@ -145,6 +145,7 @@ def _run_recorded(tmp_path, overrides: list[str], seen: set[str]) -> None:
     trainer = Trainer(rec.trainer, logging=rec.logging)
     build.ensure_dataset(rec, trainer)
     module = build.build_module(rec)
+    build.init_weights(rec, module, trainer.checkpoints)  # as cmd_train: model.init_weights
     val = build.eval_stream(rec, rec.data.val_split)
     trainer.fit(module, build.train_stream(rec), val)
     trainer.predict(module, build.eval_stream(rec, rec.data.test_split), out=tmp_path / "p")

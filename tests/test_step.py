@@ -63,6 +63,56 @@ def test_forecaster_on_uint8_shards_reads_nothing_on_the_host_between_check_poin
     assert reading == {3, 6}, reads.per_step
 
 
+def test_grad_norm_logged_without_clipping_adds_no_host_read_between_log_steps(
+    tmp_path, monkeypatch
+):
+    """Issue 27: without `grad_clip_norm` the global gradient norm is still logged
+    (`train/grad_norm` at steps 3 and 6, log every 3), equal to the norm of the gradients
+    the optimizer steps with, and computing it adds no host read to steps 1, 2, 4, 5."""
+    import json
+
+    stream = shards(tmp_path / "train")
+    torch.manual_seed(0)
+    module = convlstm()
+    reads = HostReads(monkeypatch)
+    original, norms = module.training_step, {}
+
+    def marked(inputs, targets):
+        reads.mark(module.global_step + 1)
+        return original(inputs, targets)
+
+    configure = module.configure_optimizer
+
+    def with_reference(*args):
+        optimizer = configure(*args)
+
+        def record(opt, *_):  # the gradients this step applies, by hand, in float64
+            grads = [p.grad.double().flatten() for p in module.parameters() if p.grad is not None]
+            norms[module.global_step + 1] = float(torch.cat(grads).norm())
+
+        optimizer.register_step_pre_hook(record)
+        return optimizer
+
+    module.training_step, module.configure_optimizer = marked, with_reference
+    trainer = Trainer(
+        output_dir=tmp_path / "run",
+        max_epochs=1,
+        progress_bar=False,
+        log_every_n_steps=3,
+        checkpoint=CheckpointConfig(every_epoch=False, keep_last=1),
+    )
+    trainer.fit(module, stream)
+    trainer.close()
+    monkeypatch.undo()
+    reading = {step for step, found in reads.per_step.items() if found}
+    assert reading == {3, 6}, reads.per_step
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    logged = {x["step"]: x["train/grad_norm"] for x in map(json.loads, lines) if "train/lr" in x}
+    assert sorted(logged) == [3, 6]
+    for step, norm in logged.items():
+        assert norm == pytest.approx(norms[step], rel=1e-5) and norm > 0, step
+
+
 class CompileCounter:
     """A torch.compile backend that runs the captured graph eagerly and counts captures."""
 

@@ -1,0 +1,139 @@
+"""An exponential moving average (EMA) of a module's weights (`trainer.ema`).
+
+After every optimizer step (a real one: the last micro-batch of an accumulation window)
+the trainer calls `WeightAverage.update`; up to `start_step` the average is a copy of the
+weights, after it, every `every_n_steps` steps, `ema ← ema + (1 − decay) · (w − ema)`.
+The update is device math on the parameters' own devices (`torch._foreach_lerp_`): no
+host read. Under DDP every rank holds the same parameters after the all-reduced step, so
+every rank's average is the same.
+
+Parameters are averaged; buffers (e.g. normalisation statistics) are those of the live
+model. A checkpoint holds the average as `ema.safetensors` (parameter name → tensor),
+listed in its manifest; validation during training, `validate`, `predict`, `forecast`,
+`stpdist.load` and `export` use it in place of the raw weights unless asked for the raw
+ones (`raw_weights=True`, CLI `--raw-weights`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+from .checkpoint import CheckpointError, load_weights
+from .config import EmaConfig
+
+EMA_FILE = "ema.safetensors"
+log = logging.getLogger("stpdist")
+
+
+def _averaged(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The parameters that are averaged: every floating-point one, by name."""
+    return [(n, p) for n, p in module.named_parameters() if p.is_floating_point()]
+
+
+class WeightAverage:
+    """The EMA of `module`'s floating-point parameters, started as a copy of them."""
+
+    def __init__(self, config: EmaConfig, module: torch.nn.Module) -> None:
+        self.config = config
+        named = _averaged(module)
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """After optimizer step `step` (1-based): copy up to `start_step`, then average
+        every `every_n_steps` steps. Queued on the device; reads nothing back."""
+        cfg = self.config
+        if step <= cfg.start_step:
+            torch._foreach_copy_(self.shadow, [p.detach() for p in self.params])
+        elif (step - cfg.start_step) % cfg.every_n_steps == 0:
+            torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - cfg.decay)
+
+    @contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """The average in the module's parameters for the body (e.g. a validation), the
+        raw weights put back, bit for bit, afterwards."""
+        with torch.no_grad():
+            raw = [p.detach().clone() for p in self.params]
+            torch._foreach_copy_(self.params, self.shadow)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self.params, raw)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: s.detach().cpu().contiguous() for n, s in zip(self.names, self.shadow)}
+
+    def to_bytes(self) -> bytes:
+        """The `ema.safetensors` file's content."""
+        return safetensors_bytes(self.state_dict())
+
+    def restore(self, folder: Path) -> bool:
+        """The average saved in checkpoint `folder`, bit for bit; False when the folder has
+        none (a run resumed with EMA switched on: the average restarts from the weights)."""
+        file = Path(folder) / EMA_FILE
+        if not file.is_file():
+            log.warning(
+                "%s holds no %s (EMA was off when it was saved): the average starts from "
+                "the resumed weights",
+                folder,
+                EMA_FILE,
+            )
+            torch._foreach_copy_(self.shadow, [p.detach() for p in self.params])
+            return False
+        saved = _read(file)
+        _check_names(file, saved, self.names)
+        with torch.no_grad():
+            for name, shadow in zip(self.names, self.shadow):
+                shadow.copy_(saved[name])
+        return True
+
+
+def _read(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except Exception as exc:  # a torn or foreign file: one line naming it
+        raise CheckpointError(f"{file}: unreadable EMA weights ({exc})") from None
+
+
+def _check_names(file: Path, saved: dict[str, torch.Tensor], names: list[str]) -> None:
+    missing = [n for n in names if n not in saved]
+    unexpected = [n for n in saved if n not in set(names)]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{file} does not match the model's parameters: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+
+
+def has_average(folder: str | Path) -> bool:
+    """Whether `folder` (a checkpoint folder) holds an EMA of its weights."""
+    return Path(folder).is_dir() and (Path(folder) / EMA_FILE).is_file()
+
+
+def load_eval_weights(
+    path: str | Path, module: torch.nn.Module, *, raw_weights: bool = False
+) -> Path:
+    """The weights to evaluate with, loaded into `module` from a checkpoint folder, a model
+    folder or a `.safetensors` file: a checkpoint's EMA when it holds one (unless
+    `raw_weights`), else its weights. Returns the file the parameters came from."""
+    file = load_weights(path, module)
+    if raw_weights or not has_average(path):
+        return file
+    ema_file = Path(path) / EMA_FILE
+    saved = _read(ema_file)
+    named = dict(_averaged(module))
+    _check_names(ema_file, saved, list(named))
+    with torch.no_grad():
+        for name, param in named.items():
+            param.copy_(saved[name])
+    return ema_file
