@@ -55,11 +55,22 @@ def _resolve_ckpt(trainer: Any, choice: str) -> Path:
     return trainer.checkpoints.choose(choice)
 
 
+def _check_named_files(cfg: Config) -> None:
+    """Files the config names that training reads later: missing ones are refused now, in
+    one line naming the key, not after the dataset was generated."""
+    # (model.init_weights is not among them: a resume does not read it)
+    named = {"model.evaluation.lpips_weights": cfg.model.evaluation.lpips_weights}
+    for key, value in named.items():
+        if value and not Path(value).exists():
+            raise ConfigError(f"'{key}': {value} does not exist")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from . import build
     from .trainer import Preempted
 
     cfg = _config(args)
+    _check_named_files(cfg)  # before any data is made or read
     trainer = _trainer(cfg)
     build.ensure_dataset(cfg, trainer, synthesize=args.synthesize)
     from accelerate.utils import set_seed

@@ -178,6 +178,10 @@ def test_every_nonsense_value_is_refused_in_one_line_naming_the_key(section):
         (["trainer.seed=-1"], "trainer.seed"),
         (["trainer.compile=2"], "trainer.compile"),
         (["model.optimizer.lr=???"], "model.optimizer.lr"),
+        (  # a weights file that is not there: refused before the digits are generated
+            ["data.synthesize.image_size=32", "model.evaluation.lpips_weights=no/alex.pth"],
+            "model.evaluation.lpips_weights",
+        ),
         (
             [
                 "model.evaluation.score_convention=earthformer",
