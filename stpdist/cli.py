@@ -202,7 +202,13 @@ def cmd_forecast(args: argparse.Namespace) -> None:
     keeper = SampleKeeper(args.samples if trainer.is_main else 0)
     with _shared_staging(trainer, out, args.overwrite, (args.inputs, module.model_folder)) as tmp:
         trainer.predict(
-            module, data, out=tmp, metrics=False, keeper=keeper, postprocess=module.to_physical
+            module,
+            data,
+            out=tmp,
+            metrics=False,
+            keeper=keeper,
+            postprocess=module.to_physical,
+            shown_as=out,
         )
         trainer.close()
         if trainer.is_main:

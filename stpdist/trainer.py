@@ -952,12 +952,14 @@ class Trainer:
         metrics: bool = True,
         postprocess: Any = None,
         raw_weights: bool = False,
+        shown_as: str | Path | None = None,
     ) -> dict[str, Any]:
         """One pass that writes predictions keyed by sample and, where batches carry
         targets (and `metrics`), accumulates the metrics of `validation_step` (keys
         `<split>/…`). `postprocess` maps the predictions before they are written (e.g. to
         physical units); `keeper` collects the first samples for pictures. A `ckpt` that
-        holds an EMA of its weights predicts with it, unless `raw_weights`.
+        holds an EMA of its weights predicts with it, unless `raw_weights`. `shown_as`: the
+        folder to name in messages when `out` is a staging folder swapped in later.
 
         Files: `out/predictions-r<rank>-<part>.npz`, each with `keys` (N,) and `predictions`
         N×T_out×C×H×W float32. Returns the metrics ({} without targets)."""
@@ -996,7 +998,7 @@ class Trainer:
                 )
                 written += len(batch.keys)
         total = acc.reduce(torch.tensor([written, sums.count], device=acc.device), "sum")
-        say(f"wrote {int(total[0])} predictions to {out}")
+        say(f"wrote {int(total[0])} predictions to {shown_as or out}")
         return sums.reduce(acc, module, split) if int(total[1]) else {}
 
     @staticmethod

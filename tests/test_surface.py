@@ -154,6 +154,8 @@ def test_forecast_into_a_used_out_refuses_and_overwrite_leaves_no_stale_files(ru
     out = run / "o_reuse"
     done = run_cli("forecast", "runs/debug", "good.npy", "--out", "o_reuse", cwd=run)
     assert done.returncode == 0, done.stderr
+    # the messages name --out, not the staging folder it was written in
+    assert "staging" not in done.stdout + done.stderr and "o_reuse" in done.stdout
     before = _tree(out)
     assert {"samples/good_000000.png", "samples/good_000001.png"} <= set(before)
     np.save(run / "single.npy", np.load(run / "good.npy")[0])
