@@ -12,6 +12,7 @@ shard, inspect (make and look at datasets), bench (measure speed).
     stpdist synth moving-digits --out DIR --train N --val N --test N --seed S
     stpdist shard FORMAT SRC --out DIR   (formats: stpdist shard --help)
     stpdist inspect DIR
+    stpdist sweep CONFIG SWEEP.yaml [--count N] [--project P] [--agent ID] [--params JSON]
     stpdist bench trainer | data DIR | model NAME [--config RECIPE] [--shape BxTxCxHxW] [--compile]
 
 Errors exit non-zero with one readable line (2 for a bad config); `--debug` shows the
@@ -641,6 +642,29 @@ def _shard_parser(sub: Any) -> None:
         s.set_defaults(func=cmd_shard)
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    """A wandb sweep over dotted config keys (see stpdist/sweep.py)."""
+    from .sweep import sweep
+
+    params = None
+    if args.params is not None:
+        try:
+            params = json.loads(args.params)
+        except ValueError as exc:
+            raise InputError(f"--params {args.params!r}: not JSON ({exc})") from None
+        if not isinstance(params, dict):
+            raise InputError(f"--params {args.params!r}: expected a JSON object of dotted keys")
+    sweep(
+        args.config,
+        args.sweep,
+        overrides=args.overrides,
+        project=args.project,
+        count=args.count,
+        agent=args.agent,
+        params=params,
+    )
+
+
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from .reproduce import reproduce
 
@@ -820,6 +844,22 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_synth)
 
     _shard_parser(sub)
+
+    s = sub.add_parser("sweep", help="a wandb sweep over dotted config keys")
+    s.add_argument("config", help="YAML config file: every trial trains it")
+    s.add_argument("sweep", help="wandb sweep YAML: method, metric, parameters (dotted keys)")
+    s.add_argument("overrides", nargs="*", default=[], help="dotted overrides for every trial")
+    s.add_argument("--count", type=_positive_int, default=None, help="trials this agent runs")
+    s.add_argument("--project", default=None, help="wandb project (default logging.wandb)")
+    s.add_argument("--agent", default=None, metavar="SWEEP_ID", help="join this sweep")
+    s.add_argument(
+        "--params",
+        default=None,
+        metavar="JSON",
+        help="one trial with these values, no sweep server: '{\"model.optimizer.lr\": 0.001}'",
+    )
+    s.add_argument("--debug", action="store_true", help="show tracebacks")
+    s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("inspect", help="summarise a dataset's index and render samples")
     s.add_argument("dir")

@@ -21,8 +21,10 @@ checkpoint's dtype.
 
 Methods and their stpdist form: ConvLSTM → `convlstm` (variant openstl), PredRNN,
 PredRNN++, PredRNN.V2, MAU, SimVP (translators incepu, gsta, tau, uniformer, convmixer,
-poolformer, van, hornet, moganet), TAU → `tau` with OpenSTL's divergence (weight `alpha`,
-`divergence_form: openstl`), MIM and E3D-LSTM (variant openstl, E3D-LSTM with OpenSTL's
+poolformer, van, hornet, moganet, and timm's convnext, mlp → mlpmixer and vit; convnext
+without dropout, since OpenSTL never hands it `drop`; swin with `swin_shift_mask: false`,
+since OpenSTL's SwinSubBlock runs its shifted windows with mask=None), TAU → `tau` with OpenSTL's
+divergence (weight `alpha`, `divergence_form: openstl`), MIM and E3D-LSTM (variant openstl, E3D-LSTM with OpenSTL's
 MSE + L1 loss), PhyDNet (variant openstl; OpenSTL's `patch_size` is its encoder's
 stride: stpdist's `downsample`, with stpdist patch size 1), SwinLSTM-D → `swinlstm`
 (OpenSTL's patch size 2 only: its head strides by 2 whatever the patch; the patch-merging
@@ -191,6 +193,8 @@ _LARGE_KERNEL = [("layer_scale_1", "scale1"), ("layer_scale_2", "scale2"),
                  ("attn.spatial_gating_unit.conv_spatial.", "attn.unit.spatial.1."),
                  ("mlp.fc1.", "mlp.fc1."), ("mlp.dwconv.dwconv.", "mlp.dwconv."),
                  ("mlp.fc2.", "mlp.fc2.")]  # fmt: skip
+_TRANSFORMER = [("norm1.", "norm1."), ("norm2.", "norm2."), ("attn.qkv.", "attn.qkv."),
+                ("attn.proj.", "attn.proj."), ("mlp.fc1.", "mlp.fc1."), ("mlp.fc2.", "mlp.fc2.")]  # fmt: skip
 TRANSLATOR_RULES: dict[str, list[tuple[str, str]]] = {
     "gsta": _block_rules([*_LARGE_KERNEL, ("attn.spatial_gating_unit.conv1.", "attn.unit.gate_value.")]),
     "tau": _block_rules([*_LARGE_KERNEL, ("attn.spatial_gating_unit.conv1.", "attn.unit.static."),
@@ -225,6 +229,17 @@ TRANSLATOR_RULES: dict[str, list[tuple[str, str]]] = {
                                ("attn.", "mixer.1."), ("conv2.", "mixer.2."),
                                ("gamma_1", "scale1"), ("gamma_2", "scale2"),
                                ("mlp.fc1.", "mlp.fc1."), ("mlp.fc2.", "mlp.fc2.")]),
+    # timm's blocks (OpenSTL subclasses them, overriding only `forward`)
+    "convnext": _block_rules([("gamma", "scale"), ("conv_dw.", "depthwise."), ("norm.", "norm."),
+                              ("mlp.fc1.", "mlp.fc1."), ("mlp.fc2.", "mlp.fc2.")]),
+    "mlpmixer": _block_rules([("norm1.", "norm1."), ("norm2.", "norm2."),
+                              ("mlp_tokens.fc1.", "token_mlp.fc1."),
+                              ("mlp_tokens.fc2.", "token_mlp.fc2."),
+                              ("mlp_channels.fc1.", "channel_mlp.fc1."),
+                              ("mlp_channels.fc2.", "channel_mlp.fc2.")]),
+    "vit": _block_rules(_TRANSFORMER),
+    "swin": _block_rules([*_TRANSFORMER,
+                          ("attn.relative_position_bias_table", "relative_bias")]),
     # SimVP v1's U-Net of gInception_ST blocks
     "incepu": [(r"hid\.enc\.(\d+)\.conv1\.(weight|bias)", r"translator.down.\1.reduce.\2"),
                (r"hid\.dec\.(\d+)\.conv1\.(weight|bias)", r"translator.up.\1.reduce.\2"),
@@ -238,9 +253,11 @@ TRANSLATOR_RULES: dict[str, list[tuple[str, str]]] = {
 _TRANSLATOR_NAMES = {
     "incepu": "incepu", "gsta": "gsta", "tau": "tau", "uniformer": "uniformer",
     "convmixer": "convmixer", "poolformer": "poolformer", "van": "van", "hornet": "hornet",
-    "moga": "moganet", "moganet": "moganet",
+    "moga": "moganet", "moganet": "moganet", "convnext": "convnext", "mlp": "mlpmixer",
+    "mlpmixer": "mlpmixer", "swin": "swin", "vit": "vit",
 }  # fmt: skip
-_UNVERIFIED_TRANSLATORS = {"convnext", "mlp", "mlpmixer", "swin", "vit"}
+_DIFFERENT_TRANSLATORS: dict[str, str] = {}
+"""OpenSTL translators whose architecture differs from stpdist's: refused, saying how."""
 
 KEY_RULES: dict[str, list[tuple[str, str]]] = {
     "convlstm": [*_cell_rules(("conv_x", "conv_h")), (r"conv_last\.weight", "output.weight")],
@@ -275,6 +292,10 @@ KEY_RULES: dict[str, list[tuple[str, str]]] = {
 MAU's encoder and decoder positions depend on `sr_size` (`_mau_rules`), SimVP's
 translator on `model_type` (`TRANSLATOR_RULES`)."""
 
+_SWIN_CONSTANTS = [
+    r"hid\.enc\.\d+\.block\.attn\.relative_position_index",
+    r"hid\.enc\.\d+\.block\.attn_mask",
+]
 UNUSED: dict[str, list[str]] = {
     # each OpenSTL ConvLSTM cell builds a 5×5 conv_o (2h → h) and a 1×1 conv_last it never calls
     "convlstm": [r"cell_list\.\d+\.conv_o\.\d+\.(weight|bias)", r"cell_list\.\d+\.conv_last\.weight"],
@@ -291,6 +312,10 @@ UNUSED: dict[str, list[str]] = {
     "swinlstm": [r"(Down|Up)sample\.layers\.\d+\.STBs\.\d*[13579]\.red\.(weight|bias)",
                  r"Upsample\.patch_embed\..+", r".+\.attn\.relative_position_index",
                  r".+\.attn_mask"],
+    # SimVP's swin translator: timm's index and shift-mask buffers (constants; OpenSTL's
+    # forward never reads the mask)
+    "simvp": _SWIN_CONSTANTS,
+    "tau": _SWIN_CONSTANTS,
 }  # fmt: skip
 """OpenSTL tensors its forward never uses (or constants stpdist rebuilds): dropped with a
 note."""
@@ -676,6 +701,36 @@ def _swinlstm_section(s: dict[str, Any]) -> dict[str, Any]:
             "loss_frames": "all", "sampling": {"mode": "none"}}  # fmt: skip
 
 
+def _simvp_section(method: str, s: dict[str, Any]) -> dict[str, Any]:
+    """SimVP and TAU: OpenSTL's `model_type` → stpdist's translator."""
+    kind = str(s.get("model_type") or "gsta").lower()
+    if kind in _DIFFERENT_TRANSLATORS:
+        raise InputError(
+            f"SimVP model_type {kind!r}: {_DIFFERENT_TRANSLATORS[kind]}; supported: "
+            + ", ".join(sorted(set(_TRANSLATOR_NAMES) - set(_DIFFERENT_TRANSLATORS)))
+        )
+    if kind not in _TRANSLATOR_NAMES:
+        raise InputError(
+            f"SimVP model_type {kind!r}: not an OpenSTL translator this importer knows"
+        )
+    translator = _TRANSLATOR_NAMES[kind]
+    # OpenSTL's ConvNeXtSubBlock never hands `drop` to timm's block: no dropout there
+    drop = 0.0 if translator == "convnext" else float(s["drop"])
+    backbone = {"translator": translator, "spatial_channels": int(s["hid_S"]),
+                "temporal_channels": int(s["hid_T"]), "num_spatial_blocks": int(s["N_S"]),
+                "num_translator_blocks": int(s["N_T"]),
+                "encoder_kernel_size": int(s["spatio_kernel_enc"]),
+                "decoder_kernel_size": int(s["spatio_kernel_dec"]),
+                "mlp_ratio": float(s["mlp_ratio"]), "drop": drop,
+                "drop_path": float(s["drop_path"])}  # fmt: skip
+    if translator == "swin":  # OpenSTL's SwinSubBlock: shifted windows with mask=None
+        backbone["swin_shift_mask"] = False
+    section = {"name": method, "backbone": backbone, "patch_size": 1, "loss": "mse"}
+    if method == "tau":  # OpenSTL's regulariser: one softmax over C·H·W, its ε
+        section.update(divergence_weight=float(s["alpha"]), divergence_form="openstl")
+    return section
+
+
 def _model_section(method: str, s: dict[str, Any]) -> dict[str, Any]:
     """The `model` section of the stpdist config for OpenSTL settings `s`."""
     if method == "phydnet":
@@ -709,27 +764,7 @@ def _model_section(method: str, s: dict[str, Any]) -> dict[str, Any]:
                    "loss": "mse+l1" if method == "e3dlstm" else "mse", "loss_frames": "all",
                    "sampling": _sampling(s)}  # fmt: skip
     else:
-        kind = str(s.get("model_type") or "gsta").lower()
-        if kind in _UNVERIFIED_TRANSLATORS:
-            raise InputError(
-                f"SimVP model_type {kind!r}: OpenSTL builds it from timm's blocks, whose key "
-                "layout was not verified against stpdist's; supported: "
-                + ", ".join(sorted(set(_TRANSLATOR_NAMES) - {"moga"}))
-            )
-        if kind not in _TRANSLATOR_NAMES:
-            raise InputError(
-                f"SimVP model_type {kind!r}: not an OpenSTL translator this importer knows"
-            )
-        backbone = {"translator": _TRANSLATOR_NAMES[kind], "spatial_channels": int(s["hid_S"]),
-                    "temporal_channels": int(s["hid_T"]), "num_spatial_blocks": int(s["N_S"]),
-                    "num_translator_blocks": int(s["N_T"]),
-                    "encoder_kernel_size": int(s["spatio_kernel_enc"]),
-                    "decoder_kernel_size": int(s["spatio_kernel_dec"]),
-                    "mlp_ratio": float(s["mlp_ratio"]), "drop": float(s["drop"]),
-                    "drop_path": float(s["drop_path"])}  # fmt: skip
-        section = {"name": method, "backbone": backbone, "patch_size": 1, "loss": "mse"}
-        if method == "tau":  # OpenSTL's regulariser: one softmax over C·H·W, its ε
-            section.update(divergence_weight=float(s["alpha"]), divergence_form="openstl")
+        section = _simvp_section(method, s)
     section["optimizer"] = {"name": "adam", "lr": float(s.get("lr", 1e-3))}
     section["schedule"] = {"name": "onecycle" if s.get("sched") == "onecycle" else "none"}
     return section

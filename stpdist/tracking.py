@@ -146,7 +146,10 @@ class Tracker:
         project = self.config.wandb.project
         known = _read_record(path) if step else None
         if known is None:
-            known = {"run_id": _new_run_id(), "project": project, "tensorboard_dir": project}
+            # a wandb sweep agent names its trial's run in WANDB_RUN_ID (wandb then ignores
+            # init's `id`): this training's record must hold that id (stpdist/sweep.py)
+            run_id = os.environ.get("WANDB_RUN_ID") or _new_run_id()
+            known = {"run_id": run_id, "project": project, "tensorboard_dir": project}
             _write_record(path, known)  # tensorboard: accelerate's <output_dir>/<project>
         elif known["project"] != project:
             say(

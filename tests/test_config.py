@@ -12,7 +12,12 @@ import pytest
 
 from stpdist.config import Config, ConfigError, load_config, to_yaml
 
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
+# configs/sweeps/ holds wandb sweeps, not Configs: tests/test_sweep.py checks them
+CONFIGS = sorted(
+    p
+    for p in (Path(__file__).parent.parent / "configs").rglob("*.yaml")
+    if p.parent.name != "sweeps"
+)
 
 
 def test_defaults_overlay_and_overrides(tmp_path):

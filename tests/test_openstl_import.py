@@ -27,7 +27,7 @@ from stpdist.data.format import read_index
 
 FIXTURES = Path(__file__).parent / "fixtures" / "openstl"
 NAMES = sorted(p.stem for p in FIXTURES.glob("*.json"))
-# PhyDNet's OpenSTL forward returns other things (test_phydnet_fixture_matches_openstl)
+# PhyDNet's OpenSTL forward returns other things (test_phydnet_fixture_matches_openstl);
 GENERIC = [name for name in NAMES if name != "phydnet"]
 
 
@@ -309,3 +309,57 @@ def test_unknown_and_unsupported_methods_are_refused(tmp_path):
         result = run_cli("import", "openstl", str(ckpt), "--method", method, "--out",
                          str(tmp_path / "m"), cwd=tmp_path)  # fmt: skip
         assert result.returncode == 2 and words in result.stderr
+
+
+def test_convnext_ignores_dropout_as_openstl_does(tmp_path):
+    # OpenSTL's ConvNeXtSubBlock never hands `drop` to timm's block: with drop 0.1 in the
+    # config its training forward is still the fixture's
+    record, state, data = _fixture("simvp_convnext")
+    ckpt = _write_ckpt(tmp_path / "c.ckpt", state)
+    cfg = _write_config(tmp_path / "SimVP.py", dict(record["config"], drop=0.1))
+    args = ["import", "openstl", str(ckpt), "--method", "SimVP", "--config", str(cfg)]
+    run_cli(*args, "--out", str(tmp_path / "m"), cwd=tmp_path, check=True)
+    module = _load64(tmp_path / "m").train()
+    with torch.no_grad():
+        out = module(data["input"][:, :4], all_frames=False).predictions
+    assert (out - data["train_outputs"]).abs().max() <= 1e-12
+
+
+def test_swin_translator_is_imported_without_the_shift_mask(tmp_path):
+    # OpenSTL runs the shifted windows unmasked; the importer turns stpdist's mask off
+    import yaml
+
+    result, out = _import(tmp_path, "simvp_swin")
+    assert result.returncode == 0, result.stderr
+    backbone = yaml.safe_load((out / "config.yaml").read_text())["model"]["backbone"]
+    assert backbone["translator"] == "swin" and backbone["swin_shift_mask"] is False
+
+
+def test_swin_translator_differs_only_by_the_shift_mask():
+    # the swin key map is right and the shift mask is the whole difference: stpdist's swin
+    # with OpenSTL's weights matches OpenSTL once its shifted blocks stop masking
+    from stpdist import openstl
+    from stpdist.data.format import SplitIndex
+    from stpdist.models.translators import SwinBlock
+
+    record, state, data = _fixture("simvp_swin")
+    found = openstl.settings("simvp", {}, record["config"])
+    cfg = openstl.stpdist_config("simvp", {**found, "model_type": "vit"})
+    cfg["model"]["backbone"]["translator"] = "swin"
+    index = SplitIndex(split="test", shape=[8, 1, 16, 16], dtype="uint8", value_scale=255.0,
+                       shards=[], min=[0.0], max=[1.0])  # fmt: skip
+    module = build_module(openstl._load_dict(cfg), index=index).double()
+    mapped = openstl.map_tensors(state, openstl.key_rules("simvp", found),
+                                 openstl.UNUSED["simvp"], module.state_dict(), "fixture")  # fmt: skip
+    module.load_state_dict(mapped.tensors)
+    module.eval()
+    shifted = [b for b in module.modules() if isinstance(b, SwinBlock) and b.shift]
+    assert len(shifted) == 1  # the middle of the three blocks, windows of 4 on 8×8
+    inputs = data["input"][:, :4]
+    with torch.no_grad():
+        masked = module(inputs, clamp=False).predictions
+        for block in shifted:
+            block.masked = False  # what `swin_shift_mask: false` builds
+        unmasked = module(inputs, clamp=False).predictions
+    assert (masked - data["outputs"]).abs().max() > 1e-2
+    assert (unmasked - data["outputs"]).abs().max() <= 1e-12

@@ -28,7 +28,8 @@ Where this differs from OpenSTL on purpose (none changes a parameter count):
 - stochastic depth grows linearly from 0 to `drop_path`; OpenSTL's grows from 0.01
   (so its blocks drop paths at up to 1% even when `drop_path` is 0);
 - shifted Swin windows are masked as in the Swin paper; OpenSTL passes no mask, so its
-  shifted windows attend across the wrapped-around borders;
+  shifted windows attend across the wrapped-around borders (`swin_shift_mask: false` is
+  OpenSTL's form: `stpdist import openstl` sets it, and matches OpenSTL's outputs);
 - an odd `num_spatial_blocks` works (OpenSTL's block list comes out one short).
 
 At OpenSTL's Moving MNIST settings (1×64×64, 10→10, C' 64, temporal 512, 4 spatial and
@@ -61,6 +62,7 @@ layers together see 0.013 G elements per sample).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -242,8 +244,8 @@ class StackedTranslator(nn.Module):
         for i in range(num_blocks):
             width = channels if i == 0 else hidden
             out = channels if i == num_blocks - 1 else hidden
-            block_settings = BlockSettings(
-                settings.mlp_ratio, settings.drop, rates[i], settings.resolution, i, num_blocks
+            block_settings = dataclasses.replace(
+                settings, drop_path=rates[i], layer_index=i, num_layers=num_blocks
             )
             layers = [block_class(width, block_settings)]
             if width != out:
@@ -285,6 +287,9 @@ class SimVPArgs:
     """incepu only: kernel sizes of the parallel grouped convolutions."""
     inception_groups: int = 8
     """incepu only: groups of those convolutions."""
+    swin_shift_mask: bool = True
+    """swin only: mask attention between pixels the cyclic shift brought together (Swin's
+    paper); false is OpenSTL's SimVP, which runs the shifted windows without that mask."""
 
 
 class SimVP(nn.Module):
@@ -327,6 +332,7 @@ class SimVP(nn.Module):
                 drop=args.drop,
                 drop_path=args.drop_path,
                 resolution=(spec.height // factor, spec.width // factor),
+                swin_shift_mask=args.swin_shift_mask,
             )
             self.translator = StackedTranslator(
                 block_class,

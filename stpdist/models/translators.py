@@ -67,6 +67,9 @@ class BlockSettings:
     """Position of the block in the translator (Swin shifts odd layers)."""
     num_layers: int = 8
     """Blocks in the translator (UniFormer uses conv blocks at both ends)."""
+    swin_shift_mask: bool = True
+    """Swin: mask attention between pixels that the cyclic shift brought together (the
+    paper); OpenSTL's SimVP runs its shifted windows without that mask."""
 
 
 def init_weights(module: nn.Module) -> None:
@@ -546,7 +549,8 @@ def swin_window_size(height: int, width: int) -> int:
 class SwinBlock(nn.Module):
     """swin: LayerNorm → 8-head attention within non-overlapping windows (with a learned
     relative position bias), MLP. Odd layers shift the windows by half a window and mask
-    attention between pixels that the cyclic shift brought together."""
+    attention between pixels that the cyclic shift brought together (unless
+    `settings.swin_shift_mask` is off, as in OpenSTL's SimVP)."""
 
     def __init__(self, dim: int, settings: BlockSettings) -> None:
         super().__init__()
@@ -558,6 +562,7 @@ class SwinBlock(nn.Module):
             )
         no_shift = settings.layer_index % 2 == 0 or self.window >= min(height, width)
         self.shift = 0 if no_shift else self.window // 2
+        self.masked = settings.swin_shift_mask
         self.num_heads = 8
         self.norm1 = nn.LayerNorm(dim)
         self.attn = MultiHeadSelfAttention(dim, self.num_heads, settings.drop)
@@ -602,7 +607,7 @@ class SwinBlock(nn.Module):
         if s:
             y = torch.roll(y, shifts=(-s, -s), dims=(1, 2))
         bias = self.relative_bias[self.relative_index].permute(2, 0, 1)  # heads×w²×w²
-        if s:  # (B·windows)×heads×w²×w²; `_windows` is batch-major, hence repeat
+        if s and self.masked:  # (B·windows)×heads×w²×w²; `_windows` is batch-major
             bias = (bias[None] + self.shift_mask).repeat(b, 1, 1, 1)
         y = self.attn(self._windows(y), bias)
         y = y.reshape(b, h // w, w_ // w, w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w_, c)

@@ -1,0 +1,257 @@
+"""`stpdist sweep CONFIG SWEEP.yaml`: a wandb sweep whose parameters are stpdist's dotted
+config keys (`model.optimizer.lr`, `model.backbone.hidden_channels`).
+
+    stpdist sweep CONFIG SWEEP.yaml [--count N] [--project P]   create a sweep, run an agent
+    stpdist sweep CONFIG SWEEP.yaml --agent SWEEP_ID [--count N] join a sweep with an agent
+    stpdist sweep CONFIG SWEEP.yaml --params JSON                 one trial, no sweep server
+
+Every parameter of SWEEP.yaml is checked with `load_config` (each listed value, or min and
+max) before the sweep is created: a key that is not a config key is refused naming it.
+A trial is one training of CONFIG with the agent's values applied as dotted overrides, in
+its own folder `<trainer.output_dir>/sweep-<sweep_id>/<run_id>` (an existing one is
+refused, never reused), tracked by wandb under the agent's run id (`tracker.json` holds it,
+so `stpdist train <folder>/config.yaml --resume auto` continues that run). The sweep's
+metric (`metric: {name, goal}`) gets, as the run's summary, its best logged value.
+
+wandb hands out parameters from its server only: offline there is no sweep. `--params`
+runs exactly what the agent's function runs, with the given values instead of the agent's:
+in a `wandb agent` child (`command: [..., --params, ${args_json}]`) the run and sweep ids
+come from the agent's environment; without one the run is a plain (offline by default) run
+in `sweep-local/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import ConfigError, load_config
+from .console import say
+from .errors import InputError
+
+SET_BY_THE_SWEEP = ("trainer.output_dir", "logging.trackers", "logging.wandb.project")
+"""Keys a trial sets itself: not sweep parameters."""
+LOCAL_SWEEP = "local"
+"""The sweep id of trials run with `--params` outside a wandb agent."""
+
+
+def read_sweep(path: str | Path) -> dict[str, Any]:
+    """SWEEP.yaml as a dict, its `method`, `metric` and `parameters` checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"sweep file not found: {path}")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(spec, dict):
+        raise InputError(f"{path}: expected a mapping (method, metric, parameters)")
+    if spec.get("method") not in ("grid", "random", "bayes"):
+        raise InputError(f"{path}: method {spec.get('method')!r}: expected grid, random or bayes")
+    metric = spec.get("metric")
+    if (
+        not isinstance(metric, dict)
+        or not isinstance(metric.get("name"), str)
+        or metric.get("goal", "minimize") not in ("minimize", "maximize")
+    ):
+        raise InputError(
+            f"{path}: metric {metric!r}: expected {{name: val/mse, goal: minimize|maximize}}"
+        )
+    parameters = spec.get("parameters")
+    if not isinstance(parameters, dict) or not parameters:
+        raise InputError(f"{path}: parameters: expected a mapping of dotted config keys")
+    return spec
+
+
+def sample_values(path: str | Path, key: str, spec: Any) -> list[Any]:
+    """The values of a parameter that are checked against the schema: `value`, every one
+    of `values`, or `min` and `max`."""
+    if isinstance(spec, dict) and "value" in spec:
+        return [spec["value"]]
+    if isinstance(spec, dict) and isinstance(spec.get("values"), list) and spec["values"]:
+        return list(spec["values"])
+    if isinstance(spec, dict) and "min" in spec and "max" in spec:
+        return [spec["min"], spec["max"]]
+    raise InputError(
+        f"{path}: parameter {key!r}: expected value, values or min and max (nested "
+        f"`parameters` are not supported: name the dotted key, e.g. model.optimizer.lr), "
+        f"got {spec!r}"
+    )
+
+
+def override(key: str, value: Any) -> str:
+    """`key=value` as `load_config` reads it (JSON is YAML: lists, strings, null)."""
+    return f"{key}={json.dumps(value)}"
+
+
+def check_parameters(
+    config: str | Path, spec: dict[str, Any], path: str | Path, overrides: list[str]
+) -> None:
+    """Refuse, in one line naming it, a parameter that is not a config key or whose
+    values the schema rejects."""
+    for key, param in spec["parameters"].items():
+        if key in SET_BY_THE_SWEEP:
+            raise InputError(f"{path}: parameter {key!r} is set by each trial, not swept")
+        for value in sample_values(path, key, param):
+            try:
+                load_config(config, [*overrides, override(key, value)])
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: sweep parameter {key!r}: {exc}") from None
+
+
+def trial_folder(output_dir: str | Path, sweep_id: str, run_id: str) -> Path:
+    """`<output_dir>/sweep-<sweep_id>/<run_id>`; one that holds anything is refused."""
+    folder = Path(output_dir) / f"sweep-{sweep_id}" / run_id
+    if folder.exists() and any(folder.iterdir()):
+        raise InputError(f"{folder}: a trial folder that holds an earlier run; not overwritten")
+    return folder
+
+
+def best_value(records: list[dict[str, Any]], name: str, goal: str) -> float | None:
+    """The best (lowest for minimize) finite value of `name` in metrics.jsonl records."""
+    values = [r[name] for r in records if isinstance(r.get(name), int | float)]
+    if not values:
+        return None
+    return min(values) if goal == "minimize" else max(values)
+
+
+def run_trial(
+    config: str | Path,
+    params: dict[str, Any],
+    metric: dict[str, Any],
+    *,
+    overrides: list[str],
+    project: str,
+    sweep_id: str,
+    run_id: str,
+) -> dict[str, Any]:
+    """Train CONFIG with `params` as dotted overrides in the trial's own folder; the best
+    value of `metric` goes to the wandb run's summary and `<folder>/sweep.json`."""
+    from accelerate.utils import set_seed
+
+    from . import build
+    from .tracking import MetricsLog
+    from .trainer import Trainer
+
+    swept = [*overrides, *(override(key, value) for key, value in params.items())]
+    cfg = load_config(config, swept)  # a bad value: refused before any data work
+    folder = trial_folder(cfg.trainer.output_dir, sweep_id, run_id)
+    trackers = [*cfg.logging.trackers, *([] if "wandb" in cfg.logging.trackers else ["wandb"])]
+    trial = [
+        f"trainer.output_dir={folder}",
+        f"logging.trackers={json.dumps(trackers)}",
+        f"logging.wandb.project={project}",
+    ]
+    if sweep_id != LOCAL_SWEEP:
+        trial.append("logging.wandb.mode=online")  # the sweep's server reads the metric
+    cfg = load_config(config, [*swept, *trial])
+    say(f"sweep {sweep_id} trial {run_id}: {' '.join(swept[len(overrides) :])} in {folder}")
+    trainer = Trainer.from_config(cfg)
+    build.ensure_dataset(cfg, trainer)
+    set_seed(cfg.trainer.seed)
+    module = build.build_module(cfg)
+    build.init_weights(cfg, module, trainer.checkpoints, None)
+    val = build.eval_stream(cfg, cfg.data.val_split) if build.describe_dataset(cfg) else None
+    d = cfg.data
+    for split in (d.train_split, d.val_split, d.test_split):  # as `stpdist train` keeps it
+        index = build.split_dir(cfg, split) / "index.json"
+        if index.is_file():
+            trainer.attachments["index.json"] = index.read_text()
+            break
+    trainer.fit(module, build.train_stream(cfg), val)
+    name, goal = metric["name"], metric.get("goal", "minimize")
+    value = best_value(list(MetricsLog(folder).records()), name, goal)
+    result = {"sweep_id": sweep_id, "run_id": run_id, "parameters": params}
+    result["metric"] = {"name": name, "goal": goal, "value": value}
+    if trainer.is_main:
+        if value is not None:  # the sweep ranks runs by the summary: the best, not the last
+            trainer.accelerator.get_tracker("wandb", unwrap=True).summary[name] = value
+        (folder / "sweep.json").write_text(json.dumps(result, indent=1) + "\n")
+    trainer.close()
+    if value is None:
+        raise InputError(f"sweep metric {name!r} was never logged by trial {run_id} ({folder})")
+    return result
+
+
+def _agent_parameters() -> dict[str, Any]:
+    """The parameters a wandb agent wrote for its current trial (WANDB_SWEEP_PARAM_PATH:
+    `{key: {value: v}}`, the file wandb.init reads them from)."""
+    written = yaml.safe_load(Path(os.environ["WANDB_SWEEP_PARAM_PATH"]).read_text()) or {}
+    written.pop("wandb_version", None)
+    return {key: entry["value"] for key, entry in written.items()}
+
+
+def sweep(
+    config: str | Path,
+    sweep_path: str | Path,
+    *,
+    overrides: list[str] | None = None,
+    project: str | None = None,
+    count: int | None = None,
+    agent: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> None:
+    """Create a sweep and run an agent (or join sweep `agent`), each trial a `run_trial`;
+    with `params`, run one trial with them, without a sweep server."""
+    overrides = list(overrides or [])
+    spec = read_sweep(sweep_path)
+    check_parameters(config, spec, sweep_path, overrides)
+    project = project or load_config(config, overrides).logging.wandb.project
+    if params is not None:
+        unknown = sorted(set(params) - set(spec["parameters"]))
+        if unknown:
+            raise InputError(
+                f"--params {', '.join(unknown)}: not parameters of {sweep_path} "
+                f"({', '.join(spec['parameters'])})"
+            )
+        from .tracking import _new_run_id
+
+        # inside a `wandb agent` child (command: [..., --params, ${args_json}]): its ids
+        sweep_id = os.environ.get("WANDB_SWEEP_ID") or LOCAL_SWEEP
+        run_id = os.environ.get("WANDB_RUN_ID") or _new_run_id()
+        saved = os.environ.get("WANDB_RUN_ID")
+        os.environ["WANDB_RUN_ID"] = run_id  # the tracker's run id, as an agent sets it
+        try:
+            run_trial(
+                config,
+                params,
+                spec["metric"],
+                overrides=overrides,
+                project=project,
+                sweep_id=sweep_id,
+                run_id=run_id,
+            )
+        finally:
+            if saved is None:
+                os.environ.pop("WANDB_RUN_ID", None)
+        return
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
+        raise InputError(
+            f"WANDB_MODE={os.environ['WANDB_MODE']}: a wandb sweep needs the wandb server to "
+            "hand out parameters; run one trial offline with --params JSON"
+        )
+    import wandb
+
+    if agent is None:
+        agent = wandb.sweep(spec, project=project)
+        say(
+            f"sweep {agent} in project {project}; more agents: stpdist sweep {config} "
+            f"{sweep_path} --agent {agent}"
+        )
+
+    def trial() -> None:
+        run_trial(
+            config,
+            _agent_parameters(),
+            spec["metric"],
+            overrides=overrides,
+            project=project,
+            sweep_id=os.environ["WANDB_SWEEP_ID"],
+            run_id=os.environ["WANDB_RUN_ID"],
+        )
+
+    wandb.agent(agent, function=trial, project=project, count=count)

@@ -1,0 +1,132 @@
+"""wandb sweeps over dotted config keys (issue 27): trials with stubbed agent parameters
+(`stpdist sweep ... --params JSON`, what the agent's function runs, without a sweep
+server) train in their own folders under offline wandb, each logging its parameters and
+the sweep's metric; a parameter that is not a config key is refused before anything is
+written; the shipped sweep files are valid against the recipes they name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, run_cli
+from test_cli import DEBUG
+
+from stpdist.config import load_config
+from stpdist.sweep import check_parameters, read_sweep
+
+pytest.importorskip("wandb")
+
+SWEEP = {
+    "method": "grid",
+    "metric": {"name": "val/mse", "goal": "minimize"},
+    "parameters": {
+        "model.optimizer.lr": {"values": [0.003, 0.001]},
+        "model.backbone.hidden_channels": {"values": [[8, 8], [4, 4]]},
+    },
+}
+
+
+def _fixture(tmp_path: Path, sweep: dict) -> tuple[Path, list[str]]:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    overrides = [
+        f"data.root={tmp_path / 'data'}",
+        f"data.synthesize.root={tmp_path / 'data'}",
+        f"trainer.output_dir={tmp_path / 'runs'}",
+        "trainer.max_epochs=1",
+        "logging.num_samples=0",
+    ]
+    return path, overrides
+
+
+def _run_file(path: Path) -> tuple[dict, dict]:
+    """(config, summary) of an offline wandb run file, read with wandb's own protobuf
+    `Record` (offline, wandb 0.31 writes neither files/config.yaml nor the summary JSON)."""
+    from wandb.proto import wandb_internal_pb2
+
+    from stpdist.tracking import _log_records
+
+    config, summary = {}, {}
+    for data in _log_records(path.read_bytes()):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        kind = record.WhichOneof("record_type")
+        if kind in ("config", "summary"):
+            target = config if kind == "config" else summary
+            for item in getattr(record, kind).update:
+                target[item.key or ".".join(item.nested_key)] = json.loads(item.value_json)
+    return config, summary
+
+
+def test_two_trials_with_stubbed_agent_parameters(tmp_path):
+    sweep, overrides = _fixture(tmp_path, SWEEP)
+    stubs = [
+        {"model.optimizer.lr": 0.003, "model.backbone.hidden_channels": [8, 8]},
+        {"model.optimizer.lr": 0.001, "model.backbone.hidden_channels": [4, 4]},
+    ]
+    for params in stubs:
+        args = ("sweep", DEBUG, str(sweep), *overrides, "--params", json.dumps(params))
+        run_cli(*args, cwd=tmp_path, check=True)
+    trials = sorted((tmp_path / "runs" / "sweep-local").iterdir())
+    assert len(trials) == 2  # one folder per trial
+    for folder in trials:
+        result = json.loads((folder / "sweep.json").read_text())
+        params = result["parameters"]
+        assert params in stubs
+        cfg = load_config(folder / "config.yaml")  # what was trained: the agent's values
+        assert cfg.model.optimizer.lr == params["model.optimizer.lr"]
+        assert cfg.model.backbone["hidden_channels"] == params["model.backbone.hidden_channels"]
+        assert cfg.trainer.output_dir == str(folder)
+        assert list((folder / "checkpoints").iterdir())
+        # the wandb run is the trial's: its id names the folder and tracker.json
+        run_id = folder.name
+        assert json.loads((folder / "tracker.json").read_text())["run_id"] == run_id
+        (wandb_run,) = (folder / "wandb").glob(f"offline-run-*-{run_id}")
+        logged, summary = _run_file(wandb_run / f"run-{run_id}.wandb")
+        assert logged["model"]["optimizer"]["lr"] == params["model.optimizer.lr"]
+        backbone = logged["model"]["backbone"]
+        assert backbone["hidden_channels"] == params["model.backbone.hidden_channels"]
+        # the metric: its best logged value, in sweep.json and the run's summary
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        best = min(r["val/mse"] for r in records if "val/mse" in r)
+        assert result["run_id"] == run_id
+        assert result["metric"] == {"name": "val/mse", "goal": "minimize", "value": best}
+        assert summary["val/mse"] == pytest.approx(best)
+    lrs = {load_config(t / "config.yaml").model.optimizer.lr for t in trials}
+    assert lrs == {0.003, 0.001}  # each stub trained once
+
+
+@pytest.mark.parametrize("how", ["params", "sweep"])
+def test_bad_parameter_key_refused_before_anything_is_written(tmp_path, how):
+    bad = {**SWEEP, "parameters": {**SWEEP["parameters"], "model.optimizer.lrr": {"value": 1}}}
+    sweep, overrides = _fixture(tmp_path, bad)
+    extra = ["--params", '{"model.optimizer.lr": 0.001}'] if how == "params" else []
+    proc = run_cli("sweep", DEBUG, str(sweep), *overrides, *extra, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'model.optimizer.lrr'" in lines[0] and str(sweep) in lines[0]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+def test_a_sweep_needs_the_server(tmp_path):
+    """Offline, `stpdist sweep` without --params says so (wandb has no local sweep)."""
+    sweep, overrides = _fixture(tmp_path, SWEEP)
+    proc = run_cli("sweep", DEBUG, str(sweep), *overrides, cwd=tmp_path)
+    assert proc.returncode == 2 and "--params" in proc.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "sweeps").glob("*.yaml")), ids=str)
+def test_shipped_sweeps_are_valid(path):
+    """Each shipped sweep's parameters are keys (and values) of the recipe its command
+    trains; the command passes the agent's values as --params."""
+    spec = read_sweep(path)
+    command = spec["command"]
+    at = command.index("sweep")
+    config, named = command[at + 1], command[at + 2]
+    assert (ROOT / named).resolve() == path.resolve()
+    assert command[-2:] == ["--params", "${args_json}"]
+    check_parameters(ROOT / config, spec, path, [])
