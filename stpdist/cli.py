@@ -1,6 +1,7 @@
 """The `stpdist` command: train, validate, predict, reproduce (train models and score
-them), forecast, export (use a trained model), import (an OpenSTL checkpoint), synth,
-shard, inspect (make and look at datasets), bench (measure speed).
+them), sweep (a wandb hyper-parameter search), forecast, export (use a trained model),
+import (an OpenSTL checkpoint), synth, shard, inspect (make and look at datasets), bench
+(measure speed).
 
     stpdist train configs/debug.yaml trainer.max_epochs=2 data.batch_size=8 [--resume auto]
     stpdist validate CONFIG [overrides] [--ckpt best|last|step-N|PATH]
