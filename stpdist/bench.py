@@ -8,6 +8,7 @@ Legend: B batch, T time, C channels, H×W frame size.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
@@ -28,6 +29,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
 from .module import EnhancedModule, cpu_compile_defaults
@@ -790,6 +792,126 @@ def bench_module(
 
     b, t_in, c, h, w = shape
     return Forecaster(config, (c, h, w), t_in, num_output_frames).to(device)
+
+
+NO_KERNEL_OPS = frozenset(
+    {
+        # views: new tensor metadata over the same storage
+        "view",
+        "_unsafe_view",
+        "_reshape_alias",
+        "alias",
+        "as_strided",
+        "detach",
+        "slice",
+        "select",
+        "narrow",
+        "transpose",
+        "t",
+        "expand",
+        "permute",
+        "unsqueeze",
+        "squeeze",
+        "split",
+        "split_with_sizes",
+        "unsafe_split",
+        "unsafe_split_with_sizes",
+        "chunk",
+        "unbind",
+        "diagonal",
+        "unfold",
+        "view_as_real",
+        "view_as_complex",
+        "lift_fresh",
+        # allocations without initialisation: memory from the caching allocator, no kernel
+        "empty",
+        "empty_like",
+        "empty_strided",
+        "new_empty",
+        "new_empty_strided",
+        # profiler markers (record_function, around optimizer.step and zero_grad)
+        "_record_function_enter",
+        "_record_function_enter_new",
+        "_record_function_exit",
+    }
+)
+"""Aten ops (overload packets) that launch no kernel on a GPU: views (metadata over the
+same storage: `reshape` reaches the dispatcher as `view`/`_unsafe_view` when it is a view,
+as a copy op when it is not), uninitialised allocations and profiler markers. `count_step_ops` counts every
+other op as one kernel launch; ops that launch several kernels still count as one."""
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched while active, by overload packet name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _train_step(
+    module: nn.Module, batch: tuple[torch.Tensor, ...], optimizer: torch.optim.Optimizer
+) -> None:
+    out = module.training_step(*batch)
+    loss = out["loss"] if isinstance(out, dict) else out
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def count_step_ops(
+    module: nn.Module, batch: tuple[torch.Tensor, ...], optimizer: torch.optim.Optimizer
+) -> tuple[int, int, collections.Counter[str]]:
+    """Aten ops dispatched by one eager training step of `module` (`module.training_step
+    (*batch)` returning a loss or a dict with "loss", backward, `optimizer.step()`,
+    `zero_grad(set_to_none=True)`), counted after one warm-up step (the optimizer's state
+    is created there, as in steady-state training): (all ops, kernel-launching ops, i.e.
+    all but NO_KERNEL_OPS, per-op counts)."""
+    _train_step(module, batch, optimizer)  # warm-up: optimizer state, lazy buffers
+    with _OpCounter() as counter:
+        _train_step(module, batch, optimizer)
+    ops = counter.ops
+    launching = sum(n for name, n in ops.items() if name not in NO_KERNEL_OPS)
+    return sum(ops.values()), launching, ops
+
+
+def bench_ops(
+    config: Any,
+    shape: tuple[int, int, int, int, int],
+    num_output_frames: int,
+    *,
+    top: int = 10,
+) -> dict:
+    """`stpdist bench model --ops`: aten ops per eager training step of the Forecaster for
+    `config` (a ModelConfig) at `shape`, on this machine's device (see count_step_ops),
+    with the `top` most frequent kernel-launching ops."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    b, t_in, c, h, w = shape
+    torch.manual_seed(0)
+    module = bench_module(config, shape, num_output_frames, device)
+    inputs = torch.rand(b, t_in, c, h, w, device=device)
+    targets = torch.rand(b, num_output_frames, c, h, w, device=device)
+    total, launching, ops = count_step_ops(module, (inputs, targets), module.configure_optimizer())
+    frequent = [(n, k) for n, k in ops.most_common() if n not in NO_KERNEL_OPS][:top]
+    print(
+        f"{config.name:<10} {device.type} batch {b} {t_in}→{num_output_frames} {c}×{h}×{w} "
+        f"patch {config.patch_size}: aten ops per eager training step (forward, backward, "
+        f"optimizer): {launching} kernel-launching, {total} in all (views and allocations "
+        f"included)"
+    )
+    print("  most frequent: " + ", ".join(f"{n} {k}" for n, k in frequent))
+    return {
+        "model": config.name,
+        "device": device.type,
+        "shape": list(shape),
+        "ops": total,
+        "launching_ops": launching,
+        "per_op": dict(ops),
+    }
 
 
 def bench_model(

@@ -14,7 +14,7 @@ import (an OpenSTL checkpoint), synth, shard, inspect (make and look at datasets
     stpdist shard FORMAT SRC --out DIR   (formats: stpdist shard --help)
     stpdist inspect DIR
     stpdist sweep CONFIG SWEEP.yaml [--count N] [--project P] [--agent ID] [--params JSON]
-    stpdist bench trainer | data DIR | model NAME [--config RECIPE] [--shape BxTxCxHxW] [--compile]
+    stpdist bench trainer | data DIR | model NAME [--config RECIPE] [--shape BxTxCxHxW] [--compile] [--ops]
 
 Errors exit non-zero with one readable line (2 for a bad config); `--debug` shows the
 traceback.
@@ -504,6 +504,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
         from .bench import bench_model
 
         name, shape, output_frames, patch, backbone, model = _bench_model_setup(args)
+        if args.ops:
+            from .bench import bench_ops
+            from .config import ModelConfig
+
+            config = model or ModelConfig(name=name, backbone=backbone or {}, patch_size=patch)
+            bench_ops(config, shape, output_frames)
+            return
         if args.activation_checkpointing:
             from .bench import bench_checkpointing
             from .config import ModelConfig
@@ -928,6 +935,12 @@ def parser() -> argparse.ArgumentParser:
         "--activation-checkpointing",
         action="store_true",
         help="model: peak memory and step time with trainer.activation_checkpointing vs without",
+    )
+    s.add_argument(
+        "--ops",
+        action="store_true",
+        help="model: aten ops per eager training step (forward, backward, optimizer), all "
+        "and kernel-launching ones (views and allocations excluded), instead of timings",
     )
     s.add_argument(
         "--rounds", type=int, default=3, help="data, model: interleaved rounds (medians)"
