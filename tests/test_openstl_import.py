@@ -10,6 +10,8 @@ OpenSTL nor timm is needed.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import pprint
 import re
@@ -31,10 +33,21 @@ NAMES = sorted(p.stem for p in FIXTURES.glob("*.json"))
 GENERIC = [name for name in NAMES if name != "phydnet"]
 
 
+@functools.cache
+def _generator():
+    """make_fixtures.py as a module (it imports OpenSTL only when it makes fixtures)."""
+    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _fixture(name: str) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     record = json.loads((FIXTURES / f"{name}.json").read_text())
     data = load_file(str(FIXTURES / f"{name}.safetensors"))
     state = {k.removeprefix("openstl."): v for k, v in data.items() if k.startswith("openstl.")}
+    for key, recipe in record.get("seeded", {}).items():  # drawn again, as the generator did
+        state[key] = _generator().seeded_values(**recipe)
     for copy, original in record.get("shared", {}).items():  # one tensor under two keys
         state[copy] = state[original]
     return record, state, data
