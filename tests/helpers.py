@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -121,3 +127,23 @@ class HostReads:
     def mark(self, step: int) -> None:
         self.step = step
         self.per_step.setdefault(step, [])
+
+
+def model_file_at(commit: str, name: str) -> types.ModuleType:
+    """stpdist/models/<name>.py as it was at `commit`, imported beside today's models (to
+    check that a change kept a model's numbers); skips where that history is missing."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        source = subprocess.run(
+            ["git", "-C", str(root), "show", f"{commit}:stpdist/models/{name}.py"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip(f"no git history with commit {commit} here")
+    module = types.ModuleType(f"stpdist.models._at_{commit}_{name}")
+    module.__package__ = "stpdist.models"
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(source, f"{commit}:{name}.py", "exec"), module.__dict__)
+    return module

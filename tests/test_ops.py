@@ -3,17 +3,10 @@ sampling grid built once instead of per step."""
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-
-import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, run_cli
+from conftest import run_cli
+from helpers import model_file_at
 from torch import nn
 
 from stpdist.bench import NO_KERNEL_OPS, count_step_ops
@@ -83,29 +76,8 @@ BEFORE = "f9eb221"  # the commit before the grid was built once: its trajgru.py 
 
 
 def _head_trajgru():
-    """stpdist/models/trajgru.py as it was at commit BEFORE, loaded as a module of its own."""
-    try:
-        source = subprocess.run(
-            ["git", "show", f"{BEFORE}:stpdist/models/trajgru.py"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip(f"no git history with commit {BEFORE} here")
-    folder = Path(tempfile.mkdtemp())
-    path = folder / "trajgru_before.py"
-    path.write_text(source.replace("from .base import", "from stpdist.models.base import"))
-    spec = importlib.util.spec_from_file_location("trajgru_before", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["trajgru_before"] = module  # dataclasses look their module up here
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules["trajgru_before"]
-        shutil.rmtree(folder, ignore_errors=True)
-    return module
+    """stpdist/models/trajgru.py as it was at commit BEFORE."""
+    return model_file_at(BEFORE, "trajgru")
 
 
 def _forward_backward(model: nn.Module, frames: torch.Tensor) -> tuple[torch.Tensor, dict]:

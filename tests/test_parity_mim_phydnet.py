@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
-import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import model_file_at
 
 from stpdist.config import load_config
 from stpdist.models.base import FrameSpec
@@ -297,20 +296,7 @@ def test_phydnet_openstl_refuses_an_encoder_without_stride():
 
 def module_before(name: str) -> types.ModuleType:
     """stpdist/models/<name>.py as it was at BEFORE, imported beside today's models."""
-    try:
-        source = subprocess.run(
-            ["git", "-C", str(ROOT), "show", f"{BEFORE}:stpdist/models/{name}.py"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip(f"no git history with commit {BEFORE} here")
-    module = types.ModuleType(f"stpdist.models._before_{name}")
-    module.__package__ = "stpdist.models"
-    sys.modules[module.__name__] = module  # dataclasses look their module up
-    exec(compile(source, f"{BEFORE}:{name}.py", "exec"), module.__dict__)
-    return module
+    return model_file_at(BEFORE, name)
 
 
 @pytest.mark.parametrize("layer_norm", [False, True])
