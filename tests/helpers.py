@@ -7,7 +7,6 @@ import sys
 import types
 from pathlib import Path
 
-import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -141,6 +140,8 @@ def model_file_at(commit: str, name: str) -> types.ModuleType:
             check=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):
+        import pytest  # (here: the multi-rank scripts import this file without pytest)
+
         pytest.skip(f"no git history with commit {commit} here")
     module = types.ModuleType(f"stpdist.models._at_{commit}_{name}")
     module.__package__ = "stpdist.models"
