@@ -4,12 +4,17 @@ A checkpoint is a folder `<output_dir>/checkpoints/step-00000120/` holding
 
     model.safetensors     the module's weights
     optimizer.pt          optimizer state   (tensors and numbers only: loaded weights_only)
+      or, for a sharded (`trainer.strategy: fsdp`) run, instead of those two:
+    sharded/              weights and optimizer state, each rank's shard written by that
+                          rank (torch.distributed.checkpoint; see `stpdist.fsdp`)
+    optimizer-groups.pt   the optimizer's param groups (tensors-only file)
     scheduler.pt          LR-scheduler state, when there is a scheduler
     scaler.pt             fp16 grad-scaler state, when there is one
     rng-<rank>.pt         every rank's python / numpy / torch / CUDA RNG state
     trainer_state.json    epoch, batch position, global step, metrics, world size
     config.yaml           the resolved config, when the run has one
-    manifest.json         every other file's name, size and sha256; written last
+    manifest.json         every other file's name (relative path), size and sha256;
+                          written last
 
 It is written into `.tmp-step-…` and renamed when every rank has finished, so a crash
 mid-save leaves the previous checkpoint as the newest complete one. Nothing is ever
@@ -109,6 +114,14 @@ class TrainState:
     """Latest validation results (in a checkpoint: those of its own step, or none)."""
     metrics_step: int | None = None
     """The step whose validation `metrics` holds; None when unknown or none ran."""
+    gradient_accumulation_steps: int | None = None
+    """Accumulation steps of the run that wrote it (None: written before it was recorded)."""
+    num_workers: int | None = None
+    """Data-loading workers per rank of the run that wrote it (they shape the data layout)."""
+    epoch_origin: dict[str, Any] | None = None
+    """Mid-epoch after a resume on another number of ranks: how the epoch began
+    (`stpdist.data.loading.EpochOrigin`'s fields); `batch` then counts the micro-batches
+    of the current layout. None otherwise."""
 
 
 def _barrier(accelerator: Any) -> None:
@@ -165,12 +178,18 @@ def _sha256(file: Path) -> str:
     return digest.hexdigest()
 
 
+def _files(folder: Path) -> list[Path]:
+    """Every file under checkpoint folder `folder` (the sharded state's too), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
 def _write_manifest(folder: Path) -> None:
-    """The manifest of a checkpoint being written: every other file's size and sha256."""
+    """The manifest of a checkpoint being written: every other file's size and sha256,
+    by its path relative to the folder."""
     files = {
-        p.name: _entry(p)
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.name != MANIFEST_FILE
+        p.relative_to(folder).as_posix(): _entry(p)
+        for p in _files(folder)
+        if p.name != MANIFEST_FILE or p.parent != folder
     }
     (folder / MANIFEST_FILE).write_text(_manifest_text(files))
 
@@ -293,19 +312,80 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _is_sharded(module: torch.nn.Module) -> bool:
+    from .fsdp import is_sharded
+
+    return torch.distributed.is_available() and is_sharded(module)
+
+
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """Whether checkpoint folder `path` holds a sharded state (written by an FSDP run)
+    instead of `model.safetensors` and `optimizer.pt`."""
+    from .fsdp import SHARDED_DIR
+
+    return Path(path).is_dir() and (Path(path) / SHARDED_DIR / ".metadata").is_file()
+
+
+def _weight_entries(files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The manifest entries of a checkpoint's weights and optimizer state (for a sharded
+    one, its shards: DCP's `.metadata` holds a save id, different at every save)."""
+    return {
+        name: entry
+        for name, entry in files.items()
+        if name in (MODEL_FILE, "optimizer.pt") or name.endswith(".distcp")
+    }
+
+
+def _load_sharded(path: Path, module: torch.nn.Module, optimizer: Any = None) -> None:
+    """Load sharded checkpoint `path` into `module` (and `optimizer`); a `CheckpointError`
+    naming it when it does not fit."""
+    from .fsdp import OPTIMIZER_GROUPS_FILE, load_sharded
+
+    rest = _load(path / OPTIMIZER_GROUPS_FILE) if optimizer is not None else None
+    try:
+        load_sharded(path, module, optimizer, rest)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        text = str(exc).strip().splitlines()
+        raise CheckpointError(
+            f"{path}: the sharded state does not load into {type(module).__name__} "
+            f"({text[0][:300] if text else type(exc).__name__})"
+        ) from None
+
+
+def _weights_file(path: Path) -> dict[str, torch.Tensor]:
+    file = Path(path) / MODEL_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"no checkpoint weights at {file}")
+    return load_file(str(file))
+
+
 def assert_finite(module: torch.nn.Module, what: str) -> None:
-    """Raise if any parameter holds NaN or Inf (such weights are never saved)."""
+    """Raise if any parameter holds NaN or Inf (such weights are never saved). Sharded
+    parameters: this rank's shard (the loss check at each check point sees all ranks)."""
     for name, param in module.named_parameters():
+        param = param.to_local() if hasattr(param, "to_local") else param
         if not torch.isfinite(param).all():
             raise FloatingPointError(f"{what}: parameter '{name}' holds NaN or Inf")
 
 
 def load_weights(path: str | Path, module: torch.nn.Module) -> Path:
-    """Load weights from a checkpoint folder or a `.safetensors` file into `module`."""
+    """Load weights from a checkpoint folder (sharded or not) or a `.safetensors` file into
+    `module`; returns the file (or sharded folder) read. For a module sharded by FSDP this
+    is collective: every rank calls it."""
     path = Path(path)
+    if is_sharded_checkpoint(path):  # DCP: resharded to `module`'s layout on load
+        from .fsdp import SHARDED_DIR
+
+        _load_sharded(path, module)
+        return path / SHARDED_DIR
     file = path / MODEL_FILE if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"no checkpoint weights at {file}")
+    if _is_sharded(module):
+        from .fsdp import load_full_state
+
+        load_full_state(module, load_file(str(file)))
+        return file
     missing, unexpected = module.load_state_dict(load_file(str(file)), strict=False)
     if missing or unexpected:
         raise KeyError(
@@ -454,20 +534,34 @@ class CheckpointManager:
             tmp.mkdir()
         _barrier(accelerator)
         rank = accelerator.process_index
+        sharded = _is_sharded(module)
         with _writing(tmp):
+            if sharded:  # FSDP: every rank writes its shard (collective: before main-only code)
+                from .fsdp import save_sharded
+
+                save_sharded(tmp, module, optimizer)
             torch.save(_rng_state(), tmp / f"rng-{rank}.pt")
+            # an attachment computed from sharded state (the EMA) gathers it: every rank
+            # computes it then, the main rank writes it
+            contents = {
+                name: content() if callable(content) else content
+                for name, content in (attachments or {}).items()
+                if main or sharded
+            }
             if main:
-                weights = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-                save_file(weights, str(tmp / MODEL_FILE))
-                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+                if not sharded:
+                    weights = {
+                        k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()
+                    }
+                    save_file(weights, str(tmp / MODEL_FILE))
+                    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
                 if scheduler is not None:
                     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
                 if accelerator.scaler is not None:
                     torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
                 if config_yaml is not None:
                     (tmp / "config.yaml").write_text(config_yaml)
-                for name, content in (attachments or {}).items():
-                    content = content() if callable(content) else content  # e.g. the EMA
+                for name, content in contents.items():
                     if isinstance(content, bytes):
                         (tmp / name).write_bytes(content)
                     else:
@@ -478,9 +572,11 @@ class CheckpointManager:
             with _writing(tmp):
                 # the manifest goes last, once every rank's files exist: it lists them all
                 _write_manifest(tmp)
-                for file in tmp.iterdir():
+                for file in _files(tmp):
                     with open(file, "rb") as handle:
                         os.fsync(handle.fileno())
+                for folder in (p for p in tmp.rglob("*") if p.is_dir()):
+                    _fsync_dir(folder)
             aside = self._set_aside(final, tmp) if final.exists() else None
             os.replace(tmp, final)
             _fsync_dir(self.root)
@@ -498,7 +594,7 @@ class CheckpointManager:
         why = damage(final, deep=True)  # rare (a step saved twice): worth reading it all
         if why is None:
             old_files, new_files = _read_manifest(final), _read_manifest(new)
-            if all(old_files.get(n) == new_files.get(n) for n in (MODEL_FILE, "optimizer.pt")):
+            if _weight_entries(old_files) == _weight_entries(new_files):
                 return self._aside(final, ".same")
         aside = self._aside(final, "superseded" if why is None else "damaged")
         log.warning(
@@ -619,9 +715,19 @@ class CheckpointManager:
         optimizer: Any,
         scheduler: Any,
     ) -> TrainState:
-        """Restore everything `save` wrote; returns the trainer state."""
-        load_weights(path, module)
-        optimizer.load_state_dict(_load(path / "optimizer.pt"))
+        """Restore everything `save` wrote; returns the trainer state. A sharded checkpoint
+        loads into this run's layout, whatever the number of ranks or the strategy (DCP
+        reshards); a full one into a sharded module keeps each rank's shard of it."""
+        if is_sharded_checkpoint(path):
+            _load_sharded(path, module, optimizer)
+        elif _is_sharded(module):  # FSDP from a DDP checkpoint: each rank keeps its shard
+            from .fsdp import load_full_state
+
+            optim = _load(path / "optimizer.pt")
+            load_full_state(module, _weights_file(path), optimizer, optim)
+        else:
+            load_weights(path, module)
+            optimizer.load_state_dict(_load(path / "optimizer.pt"))
         if scheduler is not None:
             if not (path / "scheduler.pt").is_file():
                 raise FileNotFoundError(
@@ -759,6 +865,15 @@ def _state_record(path: Path) -> tuple[TrainState, int]:
         low = 1 if name == "world_size" else 0
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise CheckpointError(f"{file}: '{name}' must be an integer >= {low}, got {value!r}")
+    for name in ("gradient_accumulation_steps", "num_workers"):
+        value, low = raw.get(name), 1 if name == "gradient_accumulation_steps" else 0
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < low
+        ):
+            raise CheckpointError(
+                f"{file}: '{name}' must be null or an integer >= {low}, got {value!r}"
+            )
+    _check_origin(file, raw.get("epoch_origin"))
     metrics = raw.get("metrics", {})
     if not isinstance(metrics, dict) or not all(
         isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
@@ -778,3 +893,25 @@ def _state_record(path: Path) -> tuple[TrainState, int]:
             f"{int(match.group(1))}"
         )
     return TrainState(**raw), version or 1
+
+
+_ORIGIN_KEYS = ("world_size", "num_workers", "batch_multiple", "batch", "later")
+
+
+def _check_origin(file: Path, origin: Any) -> None:
+    """`epoch_origin` of a trainer state: null, or an object of `_ORIGIN_KEYS` integers."""
+    if origin is None:
+        return
+
+    def integer(value: Any, low: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+    valid = isinstance(origin, dict) and sorted(origin) == sorted(_ORIGIN_KEYS)
+    valid = valid and all(integer(origin[k], 1) for k in ("world_size", "batch_multiple"))
+    valid = valid and all(integer(origin[k], 0) for k in ("batch", "later"))
+    valid = valid and (origin["num_workers"] is None or integer(origin["num_workers"], 0))
+    if not valid:
+        raise CheckpointError(
+            f"{file}: 'epoch_origin' must be null or an object of integers {list(_ORIGIN_KEYS)} "
+            f"(num_workers may be null), got {json.dumps(origin)[:120]}"
+        )

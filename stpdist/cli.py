@@ -72,6 +72,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .trainer import Preempted
 
     cfg = _config(args)
+    if args.keep_global_batch:  # the flag is trainer.keep_global_batch=true
+        cfg.trainer.keep_global_batch = True
     _check_named_files(cfg)  # before any data is made or read
     trainer = _trainer(cfg)
     build.ensure_dataset(cfg, trainer, synthesize=args.synthesize)
@@ -737,6 +739,11 @@ def parser() -> argparse.ArgumentParser:
 
     s = with_config("train", "train a model")
     s.add_argument("--resume", default=None, help="'auto' (newest checkpoint) or a path")
+    s.add_argument(
+        "--keep-global-batch",
+        action="store_true",
+        help="resuming on another number of ranks: adjust accumulation to keep the global batch",
+    )
     s.add_argument(
         "--synthesize",
         action="store_true",

@@ -86,6 +86,11 @@ def _colormap(value: Any) -> str | None:
     return None if value in matplotlib.colormaps else "a matplotlib colormap (e.g. viridis)"
 
 
+def _class_names(value: Any) -> str | None:
+    ok = value is None or (len(value) > 0 and all(str(v).isidentifier() for v in value))
+    return None if ok else "null or a non-empty list of class names (e.g. [ConvLSTMCell])"
+
+
 _SEED = _between(0, 2**31 - 1)  # numpy's legacy seeding takes [0, 2³²); ranks add their index
 
 
@@ -155,6 +160,17 @@ class TrainerConfig:
     """`no`, `bf16` (CPU autocast or CUDA) or `fp16` (CUDA only, with a grad scaler)."""
     gradient_accumulation_steps: int = checked(1, _between(1, MOST_ITEMS))
     """Micro-batches per optimizer step."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """`ddp`: every rank holds the whole model, its gradients and optimizer state; `fsdp`:
+    all three sharded over the ranks (FSDP2, `torch.distributed.fsdp.fully_shard`), for
+    models that do not fit one device with DDP. One process: no difference."""
+    fsdp_wrap: Optional[list[str]] = checked(None, _class_names)
+    """With `strategy: fsdp`, the class names of the submodules sharded as units (None:
+    the backbone's choice, `fsdp_units()`: a recurrent cell layer, a translator block)."""
+    keep_global_batch: bool = False
+    """On a resume on another number of ranks, set the accumulation so that ranks ×
+    accumulation (the global batch) stays as the checkpoint's run had it; refused when no
+    whole number of accumulation steps does that (CLI `--keep-global-batch`)."""
     grad_clip_norm: Optional[float] = checked(None, _positive_number)
     """Clip the global gradient norm to this value (None: no clipping)."""
     seed: int = checked(0, _SEED)
@@ -357,6 +373,11 @@ class ModelConfig:
     divergence_weight: float = checked(0.0, _non_negative)
     """α of TAU's differential divergence regulariser added to the loss (TAU's recipe: 0.1;
     0: off); logged as `train/divergence`."""
+    fused_kernels: Literal["auto", "on", "off"] = "auto"
+    """A recurrent cell's gate arithmetic as one fused kernel forward and one backward
+    (`stpdist.models.fused`; compiled by `torch.compile` at the first step of each shape):
+    `auto`, on a GPU and off on a CPU (where the compile time outweighs a short run's gain);
+    `on`; `off`, the op-by-op arithmetic. Same results to float rounding."""
     divergence_form: Literal["per_channel", "openstl"] = "per_channel"
     """Where that regulariser's softmax runs: `per_channel`, over each channel's H×W;
     `openstl`, OpenSTL's: over C·H·W at once, ε in the log, 0 for T_out = 2."""

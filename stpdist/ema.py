@@ -52,26 +52,30 @@ class WeightAverage:
         """After optimizer step `step` (1-based): copy up to `start_step`, then average
         every `every_n_steps` steps. Queued on the device; reads nothing back."""
         cfg = self.config
+        shadow, params = _local(self.shadow), _local(self.params)
         if step <= cfg.start_step:
-            torch._foreach_copy_(self.shadow, [p.detach() for p in self.params])
+            torch._foreach_copy_(shadow, params)
         elif (step - cfg.start_step) % cfg.every_n_steps == 0:
-            torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - cfg.decay)
+            torch._foreach_lerp_(shadow, params, 1.0 - cfg.decay)
 
     @contextmanager
     def swapped_in(self) -> Iterator[None]:
         """The average in the module's parameters for the body (e.g. a validation), the
         raw weights put back, bit for bit, afterwards."""
+        params = _local(self.params)
         with torch.no_grad():
-            raw = [p.detach().clone() for p in self.params]
-            torch._foreach_copy_(self.params, self.shadow)
+            raw = [p.clone() for p in params]
+            torch._foreach_copy_(params, _local(self.shadow))
         try:
             yield
         finally:
             with torch.no_grad():
-                torch._foreach_copy_(self.params, raw)
+                torch._foreach_copy_(params, raw)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: s.detach().cpu().contiguous() for n, s in zip(self.names, self.shadow)}
+        """The average by parameter name, whole. For parameters sharded by FSDP (DTensors)
+        the shards are gathered: collective, every rank calls it."""
+        return {n: _whole(s).detach().cpu().contiguous() for n, s in zip(self.names, self.shadow)}
 
     def to_bytes(self) -> bytes:
         """The `ema.safetensors` file's content."""
@@ -88,14 +92,35 @@ class WeightAverage:
                 folder,
                 EMA_FILE,
             )
-            torch._foreach_copy_(self.shadow, [p.detach() for p in self.params])
+            torch._foreach_copy_(_local(self.shadow), _local(self.params))
             return False
         saved = _read(file)
         _check_names(file, saved, self.names)
         with torch.no_grad():
             for name, shadow in zip(self.names, self.shadow):
-                shadow.copy_(saved[name])
+                shadow.copy_(_like(saved[name], shadow))
         return True
+
+
+def _local(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor detached, as this rank's shard when it is a DTensor (FSDP): the average is
+    kept shard by shard, in the parameters' layout."""
+    return [t.detach().to_local() if hasattr(t, "to_local") else t.detach() for t in tensors]
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`, gathered from its shards when it is a DTensor (collective)."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def _like(full: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Whole tensor `full` laid out as `target`: this rank's shard of it for a DTensor (every
+    rank passes the same `full`; collective), else `full` itself."""
+    if not hasattr(target, "device_mesh"):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full.to(target.device), target.device_mesh, target.placements)
 
 
 def _read(file: Path) -> dict[str, torch.Tensor]:

@@ -5,6 +5,9 @@ A model folder is any checkpoint folder (`runs/x/checkpoints/step-N/`) or the fo
 `index.json` (frame shape, value scale, per-channel statistics). `load("runs/x")` picks the
 best (or last) checkpoint of a run folder. A model folder is data: loading one never imports
 code that its config names by import path unless the caller passes `trust_code=True`.
+A sharded checkpoint (an FSDP run's: its shards instead of `model.safetensors`) is a model
+folder too: it loads in one process, and `stpdist export` consolidates it into one
+`model.safetensors`.
 
 Legend: N samples, T time, C channels, H×W frame size.
 """
@@ -23,7 +26,7 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
-from .checkpoint import MANIFEST_FILE, MODEL_FILE, CheckpointManager
+from .checkpoint import MANIFEST_FILE, MODEL_FILE, CheckpointManager, is_sharded_checkpoint
 from .config import Config, load_config
 from .console import log
 from .data.format import INDEX_FILE, SplitIndex, read_index
@@ -36,14 +39,14 @@ EXPORT_FORMATS = ("torchscript", "exported-program", "onnx")
 
 
 def model_folder(path: str | Path, ckpt: str = "best") -> Path:
-    """The checkpoint folder `path` names: itself when it holds `model.safetensors`, else the
-    `ckpt` ("best", "last", a step such as "step-320" or a folder name) checkpoint of the
-    run folder `path`. A checkpoint is verified against its manifest first: a damaged one
+    """The checkpoint folder `path` names: itself when it holds `model.safetensors` (or a
+    sharded state), else the `ckpt` ("best", "last", a step such as "step-320" or a folder
+    name) checkpoint of the run folder `path`. A checkpoint is verified against its manifest first: a damaged one
     named is an error, damaged ones are passed over (with a warning) for best and last."""
     from .checkpoint import verify
 
     path = Path(path)
-    if (path / MODEL_FILE).is_file():
+    if (path / MODEL_FILE).is_file() or is_sharded_checkpoint(path):
         return verify(path)
     root = path / "checkpoints"
     if not root.is_dir():
@@ -323,7 +326,9 @@ def _checkpoint_folder(target: Path) -> Path | None:
     """The checkpoint folder (or run's `checkpoints` folder) that `target` is in, is, or
     holds as `target/checkpoints`; None when there is none."""
     for folder in (target, *target.parents):
-        if (folder / MANIFEST_FILE).is_file() and (folder / MODEL_FILE).is_file():
+        if (folder / MANIFEST_FILE).is_file() and (
+            (folder / MODEL_FILE).is_file() or is_sharded_checkpoint(folder)
+        ):
             return folder
         if folder.name == "checkpoints" and (
             (folder.parent / "config.yaml").is_file() or any(folder.glob("step-*"))
@@ -365,7 +370,8 @@ def export(
     staging folder that replaces `out` only once complete: a non-empty `out` needs
     `overwrite`, and a failure leaves `out` as it was. An `out` in (or holding) a run's
     checkpoints is refused. From a checkpoint trained with `trainer.ema`, the model
-    folder's weights are the averaged ones, unless `raw_weights`."""
+    folder's weights are the averaged ones, unless `raw_weights`. A sharded checkpoint's
+    shards are consolidated into one `model.safetensors` (in this one process)."""
     from .data.convert import staged_output
 
     folder = model_folder(path, ckpt)
@@ -387,7 +393,8 @@ def export(
             source = folder / name if (folder / name).is_file() else run / name
             if source.is_file():
                 shutil.copy2(source, staging / name)
-        if has_average(folder) and not raw_weights:  # the EMA as the model's weights
+        averaged = has_average(folder) and not raw_weights  # the EMA as the model's weights
+        if averaged or is_sharded_checkpoint(folder):  # the weights as loaded, in one file
             weights = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
             save_file(weights, str(staging / MODEL_FILE))
         for fmt in formats:

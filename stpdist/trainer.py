@@ -13,6 +13,7 @@ throughput windows), `Tracker` (where results go, tracking.py).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import inspect
 import math
@@ -37,7 +38,9 @@ from .config import Config, LoggingConfig, TrainerConfig, check_values, to_yaml
 from .console import format_scalars, say
 from .data.loading import (
     Batch,
+    EpochOrigin,
     LoaderContext,
+    RedistributableSource,
     StoredFrames,
     TrainSource,
     as_eval_source,
@@ -47,6 +50,7 @@ from .data.loading import (
 from .early_stopping import STATE_FILE as EARLY_STOPPING_FILE
 from .early_stopping import EarlyStopping
 from .ema import EMA_FILE, WeightAverage, load_eval_weights
+from .errors import InputError
 from .lockstep import Lockstep, StopFlag, loss_of
 from .module import EnhancedModule, cpu_compile_defaults
 from .runlock import RunLock
@@ -92,6 +96,16 @@ class _TrainingStep(nn.Module):
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, **extras: Any) -> Any:
         step = call_hook(self.module.training_step, inputs, targets, extras)
         return self.module.training_step_end(step)
+
+
+class _ShardedTrainingStep(_TrainingStep):
+    """The training step as the FSDP2 root; `no_sync` is what accelerate's `accumulate`
+    calls on the window's micro-batches before the last."""
+
+    def no_sync(self) -> Any:
+        from .fsdp import no_sync
+
+        return no_sync(self)
 
 
 class _Parameters(NamedTuple):
@@ -365,7 +379,8 @@ class Validator:
         if not state.global_step or state.metrics_step == state.global_step:
             return
         # a checkpoint at batch 0 was written at an epoch's end (`state.epoch` is the next)
-        if self.is_due(state, epoch_end=state.batch == 0):
+        # (an epoch continued on other ranks restarts its batch count: no epoch end there)
+        if self.is_due(state, epoch_end=state.batch == 0 and state.epoch_origin is None):
             self.run(state)
 
     def run(self, state: TrainState) -> None:
@@ -548,7 +563,9 @@ class Trainer:
         resume: str | Path | None = None,
     ) -> TrainState:
         """Train `module`; `resume` is None, "auto" (newest complete checkpoint) or a path."""
-        acc, ctx = self.accelerator, self._ctx()
+        acc = self.accelerator
+        start = self._resolve_start(resume)  # first: it may set the accumulation
+        ctx = self._ctx()
         train = as_train_source(train_data)
         validator = Validator(self, None if val_data is None else as_eval_source(val_data), module)
         batches_per_epoch = train.batches_per_epoch(ctx)
@@ -562,7 +579,7 @@ class Trainer:
         # one run per output folder: a second run (a duplicated SLURM job, a second
         # `--resume auto`) stops here, naming the holder, before touching any checkpoint
         with self._run_lock(), self._stop.installed():
-            state = self._start(resume, model, module, optimizer, scheduler, train, ctx)
+            state = self._start(resume, start, model, module, optimizer, scheduler, train, ctx)
             self.checkpoints.bind(
                 acc, module, optimizer, scheduler, self._config_yaml(), state, self.attachments
             )
@@ -575,7 +592,8 @@ class Trainer:
                 if self._stopping_early(state):
                     break
                 bar.set_postfix_str(f"epoch {state.epoch}")
-                for batch in train.iterate(ctx, state.epoch, state.batch):
+                epoch_batches, batches = self._this_epoch(train, ctx, state, batches_per_epoch)
+                for batch in batches:
                     stop = self._micro_step(model, module, optimizer, batch, state, meter)
                     state.batch += 1
                     if not acc.sync_gradients:
@@ -587,7 +605,7 @@ class Trainer:
                     if interval == "step" and scheduler is not None:
                         if not acc.optimizer_step_was_skipped:  # fp16 overflow: no step
                             scheduler.step()
-                    epoch_end = state.batch == batches_per_epoch
+                    epoch_end = state.batch == epoch_batches
                     if stop or self._check_point(state, validator, epoch_end):
                         stop = self._settle(state) or stop  # raises on a non-finite loss
                     self._log_window(meter, optimizer, state, bar)
@@ -606,16 +624,12 @@ class Trainer:
                     if state.global_step >= total_steps or self._stopping_early(state):
                         break
                 stopped = self._stopping_early(state)
-                if (
-                    state.batch < batches_per_epoch
-                    and state.global_step < total_steps
-                    and not stopped
-                ):
+                if state.batch < epoch_batches and state.global_step < total_steps and not stopped:
                     raise RuntimeError(
                         f"training source yielded {state.batch} batches in epoch {state.epoch} "
-                        f"on rank {acc.process_index}; it announced {batches_per_epoch}"
+                        f"on rank {acc.process_index}; it announced {epoch_batches}"
                     )
-                if state.batch == batches_per_epoch:
+                if state.batch == epoch_batches:
                     self._end_epoch(state, scheduler, interval, meter, validator, total_steps)
             bar.close()
             self._settle(state)
@@ -644,11 +658,31 @@ class Trainer:
         if self.config.compile:
             cpu_compile_defaults(self.accelerator.device)
             module.compile_for_training(self.config.compile_mode)
+        strategy, units = self.config.strategy, self.config.fsdp_wrap
+        self._sharded_root = None
+        if strategy == "fsdp" and self.accelerator.num_processes > 1:
+            return self._prepare_sharded(module, units)
         optimizer = module.configure_optimizer()
         scheduler, interval = _scheduler_of(module.configure_lr_scheduler(optimizer))
         # The scheduler is not prepared: a prepared one steps num_processes times per step.
         model, optimizer = self.accelerator.prepare(_TrainingStep(module), optimizer)
         return model, optimizer, scheduler, interval
+
+    def _prepare_sharded(
+        self, module: EnhancedModule, wrap: list[str] | None
+    ) -> tuple[nn.Module, Any, Any, str]:
+        """`trainer.strategy: fsdp`: the training step sharded with FSDP2 (see fsdp.py for
+        why not accelerate's plugin), the optimizer built on the shards. The model is not
+        given to `prepare` (on CPU it would wrap it in DDP); the optimizer is, so that
+        accumulation makes its steps no-ops as with DDP."""
+        from . import fsdp
+
+        units = fsdp.fsdp_units(module, wrap)
+        model = fsdp.shard(_ShardedTrainingStep(module), units, self.config.mixed_precision)
+        self._sharded_root = model  # validation gathers its parameters (`_whole`)
+        optimizer = module.configure_optimizer()  # on the shards: 1/N of the state per rank
+        scheduler, interval = _scheduler_of(module.configure_lr_scheduler(optimizer))
+        return model, self.accelerator.prepare(optimizer), scheduler, interval
 
     def _progress(self, total: int, initial: int) -> Any:
         """A bar over optimizer steps (the epoch is shown beside it), main process only."""
@@ -786,7 +820,7 @@ class Trainer:
         total_steps: int,
     ) -> None:
         finished = state.epoch
-        state.epoch, state.batch = state.epoch + 1, 0
+        state.epoch, state.batch, state.epoch_origin = state.epoch + 1, 0, None
         if scheduler is not None and interval == "epoch":
             scheduler.step()
         summary = meter.epoch()
@@ -798,9 +832,79 @@ class Trainer:
             f"{format_scalars({**summary, **state.metrics})}"
         )
 
+    def _resolve_start(self, resume: str | Path | None) -> Path | None:
+        """The checkpoint `resume` names (None: a fresh start). With
+        `trainer.keep_global_batch`, the accumulation is set here, before the data layout
+        is planned, so that ranks × accumulation equals the checkpoint's run's."""
+        keep = self.config.keep_global_batch
+        start = self.checkpoints.resolve(resume)
+        if start is not None and keep:
+            self._keep_global_batch(start, read_state(start))
+        return start
+
+    def _keep_global_batch(self, start: Path, saved: TrainState) -> None:
+        acc, ranks = self.accelerator, self.accelerator.num_processes
+        before = saved.gradient_accumulation_steps or self.config.gradient_accumulation_steps
+        micro = saved.world_size * before  # micro-batches per optimizer step, all ranks
+        if micro % ranks:
+            raise InputError(
+                f"keep_global_batch: {start} was written by {saved.world_size} ranks × {before} "
+                f"accumulation steps = {micro} micro-batches per optimizer step, which "
+                f"{ranks} ranks cannot split evenly; resume on a number of ranks that divides "
+                f"{micro}, or without --keep-global-batch"
+            )
+        if micro // ranks != acc.gradient_accumulation_steps:
+            say(
+                f"keeping the global batch of {start.name}: {ranks} ranks × {micro // ranks} "
+                f"accumulation steps (it was written by {saved.world_size} × {before})"
+            )
+            acc.gradient_accumulation_steps = micro // ranks
+
+    def _this_epoch(
+        self, train: TrainSource, ctx: LoaderContext, state: TrainState, batches_per_epoch: int
+    ) -> tuple[int, Iterator[Any]]:
+        """(micro-batches per rank in the current epoch's layout, its batches from
+        `state.batch` on): the source's epoch, or the rest of an epoch begun on another
+        number of ranks (`state.epoch_origin`)."""
+        if state.epoch_origin is None:
+            return batches_per_epoch, train.iterate(ctx, state.epoch, state.batch)
+        origin = EpochOrigin(**state.epoch_origin)
+        rest = train.iterate_rest(ctx, state.epoch, origin, state.batch)
+        return train.batches_in_rest(ctx, origin), rest
+
+    def _adopt(self, state: TrainState, start: Path) -> None:
+        """A resumed state in this run's layout. Mid-epoch on another number of ranks, the
+        rest of the epoch is redistributed (`EpochOrigin`): the batch count restarts at 0."""
+        acc = self.accelerator
+        if state.world_size != acc.num_processes and state.batch != 0:
+            origin = state.epoch_origin
+            if origin is None:
+                origin = dataclasses.asdict(
+                    EpochOrigin(
+                        world_size=state.world_size,
+                        num_workers=self.config.num_workers
+                        if state.num_workers is None
+                        else state.num_workers,
+                        batch_multiple=state.gradient_accumulation_steps
+                        or self.config.gradient_accumulation_steps,
+                        batch=state.batch,
+                    )
+                )
+            else:  # a second move within the epoch: the current part's batches are spent
+                origin = {**origin, "later": origin["later"] + state.batch * state.world_size}
+            say(
+                f"{start.name} was written mid-epoch by {state.world_size} processes: the rest "
+                f"of epoch {state.epoch} is redistributed over {acc.num_processes}"
+            )
+            state.epoch_origin, state.batch = origin, 0
+        state.world_size = acc.num_processes
+        state.gradient_accumulation_steps = acc.gradient_accumulation_steps
+        state.num_workers = self.config.num_workers
+
     def _start(
         self,
         resume: str | Path | None,
+        start: Path | None,
         model: nn.Module,
         module: EnhancedModule,
         optimizer: Any,
@@ -809,7 +913,7 @@ class Trainer:
         ctx: LoaderContext,
     ) -> TrainState:
         """A fresh state (refusing an output_dir that holds an earlier run) or the state of
-        the checkpoint `resume` names, with everything it saved restored."""
+        checkpoint `start` (what `resume` names), with everything it saved restored."""
         acc = self.accelerator
         self._contributed, self._grad_norm = False, None
         self.lockstep.reset()
@@ -818,25 +922,30 @@ class Trainer:
                 f"{self.checkpoints.root} holds checkpoints of an earlier run; resume it "
                 "(resume='auto', CLI --resume auto) or use another output_dir"
             )
-        start = self.checkpoints.resolve(resume)
         if start is None:
             if resume == "auto":
                 say(f"no checkpoint in {self.checkpoints.root}; starting from scratch")
             set_seed(self.config.seed + acc.process_index)
             self._save_config()
-            return TrainState(world_size=acc.num_processes)
+            return TrainState(
+                world_size=acc.num_processes,
+                gradient_accumulation_steps=acc.gradient_accumulation_steps,
+                num_workers=self.config.num_workers,
+            )
         saved = read_state(start)
-        if saved.world_size != acc.num_processes and saved.batch != 0:
-            raise ValueError(
-                f"{start} was written mid-epoch by {saved.world_size} processes; resume it "
-                f"with {saved.world_size} (now {acc.num_processes})"
+        moved = saved.world_size != acc.num_processes and saved.batch != 0
+        if moved and not isinstance(train, RedistributableSource):
+            raise InputError(
+                f"{start} was written mid-epoch by {saved.world_size} processes and the "
+                f"training source {type(train).__name__} cannot redistribute the rest of "
+                f"an epoch; resume it with {saved.world_size} (now {acc.num_processes})"
             )
         state = self.checkpoints.load(start, acc, module, optimizer, scheduler)
-        state.world_size = acc.num_processes
+        self._adopt(state, start)
         self._restore_ema_and_early_stopping(start, state)
 
         def first_batch() -> tuple[tuple, dict] | None:
-            batch = next(iter(train.iterate(ctx, state.epoch, state.batch)), None)
+            batch = next(iter(self._this_epoch(train, ctx, state, 1)[1]), None)
             if batch is None:  # the checkpoint sits at an epoch's end
                 batch = next(iter(train.iterate(ctx, state.epoch + 1, 0)), None)
             module.global_step, module.current_epoch = state.global_step, state.epoch
@@ -909,7 +1018,7 @@ class Trainer:
         was_training = module.training
         module.eval()
         sums = EvalSums()
-        with self.accelerator.autocast():
+        with self.accelerator.autocast(), self._whole(module):
             for batch in source.iterate(self._ctx()):
                 batch = self._to_device(batch)
                 inputs, targets, keys, _ = batch
@@ -920,6 +1029,16 @@ class Trainer:
                     keeper.offer(keys, inputs, targets, output)
         module.train(was_training)
         return sums.reduce(self.accelerator, module, prefix)
+
+    def _whole(self, module: nn.Module) -> Any:
+        """FSDP: the sharded model's full parameters gathered for an evaluation of `module`
+        (see `fsdp.gathered`); nothing otherwise."""
+        root = getattr(self, "_sharded_root", None)
+        if root is None or not any(m is module for m in root.modules()):
+            return contextlib.nullcontext()
+        from .fsdp import gathered
+
+        return gathered(root)
 
     def validate(
         self,

@@ -65,6 +65,8 @@ ALLOWED = {
     ("model.backbone.forget_bias", "-1"): "a negative bias is a legitimate choice",
     # free text
     ("logging.wandb.tags", "[nan]"): "a tag 'nan' is text like any other",
+    # a legal Python class name: checked against the model's classes when it is sharded
+    ("trainer.fsdp_wrap", "[nan]"): "refused at start when the model has no class 'nan'",
 }
 
 BACKBONE = {  # the debug config's convlstm: one field of each kind

@@ -9,7 +9,7 @@ the distributed backend. The shard streams (`stream.py`) are the main sources.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
@@ -35,6 +35,50 @@ class LoaderContext:
     """Loaders pin their batches (page-locked memory: asynchronous copies to a GPU)."""
 
 
+@dataclass(frozen=True)
+class EpochOrigin:
+    """How an epoch that continues on another number of ranks began: the layout of its
+    first part and how far that part got. The batches that layout had still to yield are
+    listed in global order — batch j of every rank (rank 0 first) before batch j + 1 — and
+    the ranks of each later part take them in turn: micro-batch i of rank r is the entry
+    `later + i × world + r` of that list. With `world × accumulation` kept, every optimizer
+    step then holds exactly the samples of the first layout's step (`keep_global_batch`)."""
+
+    world_size: int
+    """Ranks of the epoch's first layout."""
+    num_workers: int | None
+    """`LoaderContext.num_workers` of the first layout."""
+    batch_multiple: int
+    """Gradient accumulation steps of the first layout."""
+    batch: int
+    """Micro-batches every rank of the first layout consumed."""
+    later: int = 0
+    """Entries of the list consumed by later layouts before the current one (all ranks)."""
+
+    def first_context(self, ctx: LoaderContext, rank: int = 0) -> LoaderContext:
+        """`ctx` as the epoch's first layout saw it on rank `rank`."""
+        return replace(
+            ctx,
+            rank=rank,
+            world_size=self.world_size,
+            num_workers=self.num_workers,
+            batch_multiple=self.batch_multiple,
+        )
+
+    def rest_batches(self, first_total: int, ctx: LoaderContext) -> int:
+        """Micro-batches per rank of the current layout (`ctx`), from the first layout's
+        `first_total` batches per rank: whole optimizer steps only; fewer than
+        ranks × accumulation batches are dropped, as at the stream's epoch ends."""
+        left = max(0, (first_total - self.batch) * self.world_size - self.later)
+        per_step = ctx.world_size * ctx.batch_multiple
+        return (left // per_step) * ctx.batch_multiple
+
+    def source_batch(self, ctx: LoaderContext, index: int) -> tuple[int, int]:
+        """(rank, batch index) in the first layout of micro-batch `index` of `ctx.rank`."""
+        entry = self.later + index * ctx.world_size + ctx.rank
+        return entry % self.world_size, self.batch + entry // self.world_size
+
+
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
     """The sample order of one epoch: a function of (seed, epoch) alone."""
     return np.random.default_rng([seed, epoch]).permutation(num_samples)
@@ -58,6 +102,21 @@ class TrainSource(Protocol):
     def iterate(self, ctx: LoaderContext, epoch: int, start: int = 0) -> Iterator[Any]:
         """The batches `(inputs, targets[, keys])` of `epoch` from batch index `start` on:
         exactly those an uninterrupted pass yields from there."""
+        ...
+
+
+@runtime_checkable
+class RedistributableSource(Protocol):
+    """A train source that can continue an epoch begun on another number of ranks."""
+
+    def batches_in_rest(self, ctx: LoaderContext, origin: EpochOrigin) -> int:
+        """Batches every rank yields in the rest of an epoch that began as `origin` says."""
+        ...
+
+    def iterate_rest(
+        self, ctx: LoaderContext, epoch: int, origin: EpochOrigin, start: int = 0
+    ) -> Iterator[Any]:
+        """The rest's batches of this rank from batch index `start` on (see `EpochOrigin`)."""
         ...
 
 
@@ -107,13 +166,34 @@ class MapTrainLoader:
         return count
 
     def iterate(self, ctx: LoaderContext, epoch: int, start: int = 0) -> Iterator[Any]:
-        num = len(self.dataset)
-        order = epoch_permutation(num, ctx.seed, epoch) if self.shuffle else np.arange(num)
-        width = self.batch_size * ctx.world_size
+        order = self._order(ctx, epoch)
+        count = self.batches_per_epoch(ctx)
+        batches = [self._indices(order, ctx, ctx.rank, i) for i in range(start, count)]
+        yield from self._load(batches, ctx, epoch)
+
+    def batches_in_rest(self, ctx: LoaderContext, origin: EpochOrigin) -> int:
+        return origin.rest_batches(self.batches_per_epoch(origin.first_context(ctx)), ctx)
+
+    def iterate_rest(
+        self, ctx: LoaderContext, epoch: int, origin: EpochOrigin, start: int = 0
+    ) -> Iterator[Any]:
+        first, order = origin.first_context(ctx), self._order(ctx, epoch)
         batches = [
-            order[i * width + ctx.rank * self.batch_size :][: self.batch_size].tolist()
-            for i in range(start, self.batches_per_epoch(ctx))
+            self._indices(order, first, *origin.source_batch(ctx, i))
+            for i in range(start, self.batches_in_rest(ctx, origin))
         ]
+        yield from self._load(batches, ctx, epoch)
+
+    def _order(self, ctx: LoaderContext, epoch: int) -> np.ndarray:
+        num = len(self.dataset)
+        return epoch_permutation(num, ctx.seed, epoch) if self.shuffle else np.arange(num)
+
+    def _indices(self, order: np.ndarray, ctx: LoaderContext, rank: int, index: int) -> list[int]:
+        """Dataset indices of batch `index` of rank `rank` in the layout of `ctx`."""
+        width = self.batch_size * ctx.world_size
+        return order[index * width + rank * self.batch_size :][: self.batch_size].tolist()
+
+    def _load(self, batches: list[list[int]], ctx: LoaderContext, epoch: int) -> Iterator[Any]:
         workers = self.num_workers if ctx.num_workers is None else ctx.num_workers
         loader = DataLoader(
             self.dataset,

@@ -25,7 +25,13 @@ from .format import (
     iter_shard,
     read_index,
 )
-from .loading import LoaderContext, StoredFrames, contiguous_share, epoch_permutation
+from .loading import (
+    EpochOrigin,
+    LoaderContext,
+    StoredFrames,
+    contiguous_share,
+    epoch_permutation,
+)
 
 __all__ = ["LoaderContext", "ShardEvalStream", "ShardTrainStream"]
 
@@ -253,6 +259,68 @@ class ShardTrainStream(_ShardSource):
         dataset = _TrainEpoch(self, ctx, epoch, start)
         yield from _loader(dataset, workers if workers > 1 else 0, ctx)
 
+    def batches_in_rest(self, ctx: LoaderContext, origin: EpochOrigin) -> int:
+        """Batches per rank in the rest of an epoch begun as `origin` says."""
+        return origin.rest_batches(self.batches_per_epoch(origin.first_context(ctx)), ctx)
+
+    def iterate_rest(
+        self, ctx: LoaderContext, epoch: int, origin: EpochOrigin, start: int = 0
+    ) -> Iterator[Any]:
+        """The rest of an epoch begun on `origin.world_size` ranks, continued on
+        `ctx.world_size`: the first layout's unconsumed batches, each exactly once across
+        ranks, in its global order (see `EpochOrigin`), from this layout's batch `start`."""
+        workers = max(1, ctx.num_workers or 0)
+        dataset = _RestOfEpoch(self, ctx, epoch, origin, start, workers)
+        yield from _loader(dataset, workers if workers > 1 else 0, ctx)
+
+
+def _raw_batches(
+    stream: ShardTrainStream, ctx: LoaderContext, epoch: int, logical: int
+) -> Iterator[list[_Raw]]:
+    """The raw batches logical worker `logical` of rank `ctx.rank` produces in `epoch`
+    (its batches j = logical, logical + K, …), read lazily: a batch is read when asked for.
+    A batch short of samples lost to bad shards comes short (filled up by the consumer)."""
+    workers, span, chunk, total = stream._layout(ctx)
+    emit = len(range(logical, total, workers))
+    order = epoch_permutation(len(stream.index.shards), ctx.seed, epoch)
+    first = ctx.rank * span + logical * chunk
+    raw = stream._read_span(order, first, first + emit * stream.batch_size)
+    rng = np.random.default_rng([ctx.seed, epoch, ctx.world_size, ctx.rank, logical])
+    batch: list[_Raw] = []
+    produced = 0
+    for item in _shuffled(raw, stream.shuffle_buffer, rng):
+        batch.append(item)
+        if len(batch) == stream.batch_size:
+            yield batch
+            produced += 1
+            batch = []
+            if produced == emit:
+                return
+    while produced < emit:  # samples lost to bad shards: keep the batch count
+        yield batch
+        batch = []
+        produced += 1
+
+
+class _Filler:
+    """Decodes raw batches; fills a batch short of good samples with repeats of the last
+    good ones (skip mode), so the batch count and size never change."""
+
+    def __init__(self, stream: ShardTrainStream, ctx: LoaderContext) -> None:
+        self.stream, self.ctx = stream, ctx
+        self.spares: list[tuple[str, np.ndarray]] = []
+
+    def __call__(self, raw: list[_Raw]) -> Any:
+        stream = self.stream
+        decoded = stream._decode(raw)
+        if len(decoded) < stream.batch_size and not (decoded or self.spares):
+            raise ShardFormatError(f"{stream.folder}: no readable sample to fill a batch")
+        pool = decoded + self.spares
+        while len(decoded) < stream.batch_size:
+            decoded.append(pool[len(decoded) % len(pool)])
+        self.spares[:] = decoded
+        return stream._batch(decoded, self.ctx)
+
 
 class _TrainEpoch(IterableDataset):
     def __init__(self, stream: ShardTrainStream, ctx: LoaderContext, epoch: int, start: int):
@@ -260,44 +328,57 @@ class _TrainEpoch(IterableDataset):
 
     def __iter__(self) -> Iterator[Any]:
         stream, ctx = self.stream, self.ctx
-        workers, span, chunk, total = stream._layout(ctx)
+        workers = stream._layout(ctx)[0]
         physical, _ = _worker()
         logical = (physical + self.start) % workers
         skip = len(range(logical, self.start, workers))
-        emit = len(range(logical, total, workers))
-        order = epoch_permutation(len(stream.index.shards), ctx.seed, self.epoch)
-        first = ctx.rank * span + logical * chunk
-        raw = stream._read_span(order, first, first + emit * stream.batch_size)
-        rng = np.random.default_rng([ctx.seed, self.epoch, ctx.world_size, ctx.rank, logical])
         stream.bad_samples = 0
-        spares: list[tuple[str, np.ndarray]] = []  # good samples to fill in for bad ones
-        batch: list[_Raw] = []
-        produced = 0
-
-        def complete(decoded: list[tuple[str, np.ndarray]]) -> Any:
-            if len(decoded) < stream.batch_size and not (decoded or spares):
-                raise ShardFormatError(f"{stream.folder}: no readable sample to fill a batch")
-            pool = decoded + spares
-            while len(decoded) < stream.batch_size:
-                decoded.append(pool[len(decoded) % len(pool)])
-            spares[:] = decoded
-            return stream._batch(decoded, ctx)
-
-        for item in _shuffled(raw, stream.shuffle_buffer, rng):
-            batch.append(item)
-            if len(batch) == stream.batch_size:
-                if produced >= skip:
-                    yield complete(stream._decode(batch))
-                produced += 1
-                batch = []
-                if produced == emit:
-                    break
-        while produced < emit:  # samples lost to bad shards: keep the batch count
-            if produced >= skip:
-                yield complete(stream._decode(batch))
-            batch = []
-            produced += 1
+        fill = _Filler(stream, ctx)
+        for produced, raw in enumerate(_raw_batches(stream, ctx, self.epoch, logical)):
+            if produced >= skip:  # the ones before were consumed before a resume
+                yield fill(raw)
         stream._report(f"epoch {self.epoch}, rank {ctx.rank}, worker {logical}")
+
+
+class _RestOfEpoch(IterableDataset):
+    """This rank's batches of the rest of an epoch begun on another number of ranks (see
+    `EpochOrigin`): each is a batch of the first layout, replayed by a reader of the first
+    layout's worker that produced it (one reader per such worker, opened when first needed
+    and read forward only: the rest is read once per rank and worker of the new layout)."""
+
+    def __init__(
+        self,
+        stream: ShardTrainStream,
+        ctx: LoaderContext,
+        epoch: int,
+        origin: EpochOrigin,
+        start: int,
+        workers: int,
+    ) -> None:
+        self.stream, self.ctx, self.epoch = stream, ctx, epoch
+        self.origin, self.start, self.workers = origin, start, workers
+
+    def __iter__(self) -> Iterator[Any]:
+        stream, ctx, origin = self.stream, self.ctx, self.origin
+        first_workers = stream._layout(origin.first_context(ctx))[0]
+        count = stream.batches_in_rest(ctx, origin)
+        physical, _ = _worker()
+        readers: dict[tuple[int, int], tuple[Iterator[list[_Raw]], int]] = {}
+        stream.bad_samples = 0
+        fill = _Filler(stream, ctx)
+        # DataLoader's round robin: the first batch asked for comes from worker 0
+        for index in range(self.start + physical, count, self.workers):
+            rank, batch = origin.source_batch(ctx, index)
+            logical, wanted = batch % first_workers, batch // first_workers
+            reader, position = readers.get((rank, logical), (None, 0))
+            if reader is None:
+                first = origin.first_context(ctx, rank)
+                reader = _raw_batches(stream, first, self.epoch, logical)
+            for _ in range(wanted - position):  # another rank's, or consumed before
+                next(reader)
+            readers[(rank, logical)] = (reader, wanted + 1)
+            yield fill(next(reader))
+        stream._report(f"epoch {self.epoch} (continued), rank {ctx.rank}, worker {physical}")
 
 
 def _shuffled(items: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:

@@ -174,6 +174,11 @@ class PredFormer(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, p * p * spec.channels)
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """What FSDP shards as units: each transformer block (the embedding and head stay
+        with the root)."""
+        return list(self.blocks)
+
     def forward(
         self,
         frames_BTCHW: torch.Tensor,

@@ -214,6 +214,9 @@ class InceptionUTranslator(nn.Module):
             for i in range(num_blocks)
         )
 
+    def fsdp_units(self) -> list[nn.Module]:
+        return [*self.down, *self.up]
+
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
         skips = []
         for block in self.down:
@@ -251,6 +254,9 @@ class StackedTranslator(nn.Module):
             if width != out:
                 layers.append(nn.Conv2d(width, out, 1))
             self.blocks.append(nn.Sequential(*layers))
+
+    def fsdp_units(self) -> list[nn.Module]:
+        return list(self.blocks)
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -344,6 +350,11 @@ class SimVP(nn.Module):
         self.decoder = SpatialDecoder(
             args.spatial_channels, spec.channels, args.num_spatial_blocks, args.decoder_kernel_size
         )
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """What FSDP shards as units: the spatial encoder, each translator block (where
+        the parameters are), the spatial decoder."""
+        return [self.encoder, *self.translator.fsdp_units(), self.decoder]
 
     def predict_chunk(self, frames_BTCHW: torch.Tensor) -> torch.Tensor:
         """The T_in frames that follow `frames_BTCHW` (T_in frames)."""

@@ -1,0 +1,145 @@
+"""Entry point for the FSDP tests: `torchrun --nproc_per_node N tests/dist_fsdp.py JOBS.json`,
+each job {out, strategy, accum, steps}: trains TinyModule on TinySequences and writes, per
+rank, the bytes it stores for parameters + gradients + optimizer state (local shards, at
+the last optimizer step); the final weights are in the run's last checkpoint.
+
+Optional keys: resume, keep (keep_global_batch), wrap (fsdp_wrap), every (checkpoint every
+N steps, keeping the last 2), kill_at (rank 0 SIGKILLs itself in the training step of
+that optimizer step), kill_in_save (rank 0 SIGKILLs itself while that step's checkpoint
+is being written: every rank's shard is there, the manifest not yet)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import TinyModule, TinySequences  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from stpdist import Trainer, checkpoint  # noqa: E402
+from stpdist.config import CheckpointConfig  # noqa: E402
+from stpdist.fsdp import local_bytes  # noqa: E402
+
+
+class Measured(TinyModule):
+    def configure_optimizer(self):
+        optimizer = super().configure_optimizer()
+        self.stored = 0
+
+        def measure(opt, args, kwargs):  # gradients are there, the step not yet taken
+            self.stored = local_bytes(self, opt)
+
+        optimizer.register_step_pre_hook(measure)
+        self.optimizer = optimizer
+        return optimizer
+
+    def training_step(self, inputs, targets):
+        if self.global_step == KILL["at"] and int(os.environ.get("RANK", 0)) == 0:
+            os.kill(os.getpid(), signal.SIGKILL)  # a crash in the middle of a step
+        return super().training_step(inputs, targets)
+
+
+KILL = {"at": None, "in_save": None}
+_write_manifest = checkpoint._write_manifest
+
+
+def _killing_write_manifest(folder: Path) -> None:
+    if folder.name == f".tmp-step-{KILL['in_save'] or 0:08d}":  # shards written, no manifest
+        os.kill(os.getpid(), signal.SIGKILL)
+    _write_manifest(folder)
+
+
+checkpoint._write_manifest = _killing_write_manifest
+
+
+def run(job: dict) -> None:
+    torch.manual_seed(0)
+    KILL.update(at=job.get("kill_at"), in_save=job.get("kill_in_save"))
+    module = Measured(lr=0.01)
+    every = job.get("every")
+    policy = CheckpointConfig(every_n_steps=every, keep_last=2, keep_best=0) if every else None
+    trainer = Trainer(
+        max_epochs=None,
+        max_steps=job["steps"],
+        gradient_accumulation_steps=job["accum"],
+        strategy=job["strategy"],
+        keep_global_batch=job.get("keep", False),
+        fsdp_wrap=job.get("wrap"),
+        output_dir=job["out"],
+        **({"checkpoint": policy} if policy else {}),
+        progress_bar=False,
+        log_every_n_steps=1,
+    )
+    train = DataLoader(TinySequences(48), batch_size=2, shuffle=True)
+    trainer.fit(module, train, resume=job.get("resume"))
+    rank = trainer.accelerator.process_index
+    (Path(job["out"]) / f"bytes-r{rank}.json").write_text(json.dumps(module.stored))
+    trainer.accelerator.wait_for_everyone()
+
+
+def measure(job: dict) -> None:
+    """Job {measure: CONFIG, overrides, shape: [C, H, W], strategy, steps, out}: trains the
+    config's model on random frames for `steps` optimizer steps and writes, per rank,
+    `measure-r<rank>.json`: the bytes of parameters + gradients + optimizer state this rank
+    stores (tensor storages, at each optimizer step; the largest), its peak RSS and the
+    median seconds per optimizer step (the first step left out: it includes set-up)."""
+    import resource
+    import time
+
+    from torch.utils.data import TensorDataset
+
+    from stpdist.build import build_module
+    from stpdist.config import load_config
+
+    torch.manual_seed(0)
+    cfg = load_config(job["measure"], job.get("overrides", []))
+    module = build_module(cfg, tuple(job["shape"]))
+    stored, stamps = [], []
+    configure = module.configure_optimizer
+
+    def configure_optimizer():
+        optimizer = configure()
+
+        def at_step(opt, args, kwargs):  # gradients are there, the step not yet taken
+            stored.append(local_bytes(module, opt))
+            stamps.append(time.perf_counter())
+
+        optimizer.register_step_pre_hook(at_step)
+        return optimizer
+
+    module.configure_optimizer = configure_optimizer
+    trainer = Trainer(
+        max_epochs=None,
+        max_steps=job["steps"],
+        strategy=job["strategy"],
+        mixed_precision=cfg.trainer.mixed_precision,
+        output_dir=job["out"],
+        progress_bar=False,
+        log_every_n_steps=1000,
+    )
+    t_in, t_out = cfg.data.num_input_frames, cfg.data.num_output_frames
+    count = cfg.data.batch_size * trainer.accelerator.num_processes * (job["steps"] + 1)
+    frames = torch.randn(count, t_in + t_out, *job["shape"])
+    data = TensorDataset(frames[:, :t_in].contiguous(), frames[:, t_in:].contiguous())
+    trainer.fit(module, DataLoader(data, batch_size=cfg.data.batch_size))
+    gaps = sorted(b - a for a, b in zip(stamps[1:], stamps[2:]))
+    result = {
+        "parameters": sum(p.numel() for p in module.parameters()),
+        "stored_bytes": max(stored),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "step_s": gaps[len(gaps) // 2] if gaps else None,
+    }
+    rank = trainer.accelerator.process_index
+    (Path(job["out"]) / f"measure-r{rank}.json").write_text(json.dumps(result))
+    trainer.accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    for job in json.loads(Path(sys.argv[1]).read_text()):
+        measure(job) if "measure" in job else run(job)

@@ -1,0 +1,82 @@
+"""Entry point for the resharding tests: `torchrun --nproc_per_node N tests/dist_reshard.py
+JOBS.json`, each job a dict {out, shards, accum, steps (or null: one epoch), resume,
+keep}: trains TinyModule on real tar shards (ShardTrainStream), records the sample keys of
+every micro-batch per rank and, on the main rank, the final parameters."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import TinyModule  # noqa: E402
+
+from stpdist import Trainer  # noqa: E402
+from stpdist.config import CheckpointConfig  # noqa: E402
+from stpdist.data.stream import ShardTrainStream  # noqa: E402
+from stpdist.lockstep import Lockstep  # noqa: E402
+
+RECORDING = [True]
+_rebucket = Lockstep.rebucket_like_a_fresh_run
+
+
+def _unrecorded_rebucket(self, *args, **kwargs):
+    """A resume on > 2 ranks runs one throwaway step (then restores): not a sample seen."""
+    RECORDING[0] = False
+    try:
+        return _rebucket(self, *args, **kwargs)
+    finally:
+        RECORDING[0] = True
+
+
+Lockstep.rebucket_like_a_fresh_run = _unrecorded_rebucket
+
+
+class KeyRecorder(TinyModule):
+    def __init__(self) -> None:
+        super().__init__(scheduler=False)
+        self.seen: list[list] = []
+
+    def training_step(self, inputs, targets, keys):
+        if RECORDING[0]:
+            self.seen.append([self.global_step, list(keys)])
+        return super().training_step(inputs, targets)
+
+
+def run(job: dict) -> None:
+    torch.manual_seed(0)
+    module = KeyRecorder()
+    trainer = Trainer(
+        max_epochs=1,
+        max_steps=job.get("steps"),
+        gradient_accumulation_steps=job.get("accum", 1),
+        keep_global_batch=job.get("keep", False),
+        output_dir=job["out"],
+        progress_bar=False,
+        log_every_n_steps=1,
+        val_every_n_epochs=0,
+        checkpoint=CheckpointConfig(every_n_steps=None, keep_last=5, keep_best=0),
+    )
+    stream = ShardTrainStream(
+        job["shards"], batch_size=1, num_input_frames=3, num_output_frames=2, shuffle_buffer=4
+    )
+    state = trainer.fit(module, stream, resume=job.get("resume"))
+    rank = trainer.accelerator.process_index
+    out = Path(job["out"])
+    tag = job.get("tag", "run")
+    (out / f"keys-{tag}-r{rank}.json").write_text(json.dumps(module.seen))
+    if trainer.is_main:
+        params = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        torch.save(params, out / f"params-{tag}.pt")
+        (out / f"state-{tag}.json").write_text(
+            json.dumps({"global_step": state.global_step, "epoch": state.epoch})
+        )
+    trainer.accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    for job in json.loads(Path(sys.argv[1]).read_text()):
+        run(job)

@@ -1,0 +1,117 @@
+"""`trainer.strategy: fsdp` on 2 CPU ranks over gloo (real torchrun processes): the same
+parameters as DDP after k steps, with and without accumulation; 1/N of DDP's bytes per
+rank for parameters + gradients + optimizer state (local shards' storage)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_ranks
+from helpers import TinyModule
+
+from stpdist.checkpoint import load_weights
+
+SCRIPT = str(Path(__file__).parent / "dist_fsdp.py")
+STEPS = 5
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fsdp")
+    jobs = [
+        {"out": str(tmp / f"{strategy}-{accum}"), "strategy": strategy, "accum": accum,
+         "steps": STEPS}
+        for strategy in ("ddp", "fsdp")
+        for accum in (1, 2)
+    ]  # fmt: skip
+    jobs[3]["wrap"] = ["Linear"]  # fsdp, accumulation 2: each Linear a unit of its own
+    jobs.append({"out": str(tmp / "fsdp-long"), "strategy": "fsdp", "accum": 1, "steps": 8})
+    (tmp / "jobs.json").write_text(json.dumps(jobs))
+    run_ranks([SCRIPT, str(tmp / "jobs.json")], 2, timeout=240)
+    return tmp
+
+
+def _weights(run: Path, step: int = STEPS) -> dict[str, torch.Tensor]:
+    """The weights of `run`'s checkpoint `step`, full or sharded, loaded in this process."""
+    module = TinyModule()
+    load_weights(run / "checkpoints" / f"step-{step:08d}", module)
+    return module.state_dict()
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_fsdp_trains_to_the_parameters_of_ddp(runs, accum):
+    ddp, fsdp = _weights(runs / f"ddp-{accum}"), _weights(runs / f"fsdp-{accum}")
+    assert sorted(ddp) == sorted(fsdp)
+    for name, value in ddp.items():
+        assert fsdp[name].shape == value.shape  # consolidated from the shards
+        torch.testing.assert_close(fsdp[name], value, rtol=1e-6, atol=1e-6)
+    start = _weights(runs / f"ddp-{accum}")
+    assert any(v.abs().sum() > 0 for v in start.values())
+
+
+def test_fsdp_stores_one_nth_of_ddp_per_rank(runs):
+    for accum in (1, 2):
+        ddp = [json.loads((runs / f"ddp-{accum}" / f"bytes-r{r}.json").read_text()) for r in (0, 1)]
+        fsdp = [
+            json.loads((runs / f"fsdp-{accum}" / f"bytes-r{r}.json").read_text()) for r in (0, 1)
+        ]
+        assert min(ddp) > 0
+        for stored in fsdp:
+            assert 0 < stored <= ddp[0] / 2 * 1.10, (stored, ddp)
+
+
+@pytest.mark.parametrize("ranks", [2, 1])
+def test_fsdp_checkpoint_resumes_on_the_same_and_another_number_of_ranks(tmp_path, runs, ranks):
+    """The FSDP run stopped at step 5 (mid-epoch) continues to step 8: on 2 ranks bitwise as
+    the uninterrupted FSDP run; on 1 rank (the rest of the epoch redistributed, the global
+    batch kept by accumulating 2) to 1e-6."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs / "fsdp-1", run)
+    job = {"out": str(run), "strategy": "fsdp", "accum": 1, "steps": 8, "resume": "auto"}
+    (tmp_path / "jobs.json").write_text(json.dumps([{**job, "keep": True}]))
+    run_ranks([SCRIPT, str(tmp_path / "jobs.json")], ranks, timeout=240)
+    final = run / "checkpoints" / f"step-{8:08d}"
+    state = json.loads((final / "trainer_state.json").read_text())
+    assert (state["world_size"], state["gradient_accumulation_steps"]) == (ranks, 2 // ranks)
+    got, expected = _weights(run, 8), _weights(runs / "fsdp-long", 8)
+    for name, value in expected.items():
+        if ranks == 2:
+            assert torch.equal(got[name], value), name
+        else:
+            torch.testing.assert_close(got[name], value, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "expected"),
+    [
+        ("predformer", {"patch_size": 4, "embed_dim": 16, "num_heads": 2, "num_groups": 1},
+         ["GatedTransformerBlock"] * 4),
+        ("simvp", {"translator": "gsta", "spatial_channels": 4, "temporal_channels": 8,
+                   "num_spatial_blocks": 2, "num_translator_blocks": 3},
+         ["SpatialEncoder", "Sequential", "Sequential", "Sequential", "SpatialDecoder"]),
+        ("simvp", {"translator": "incepu", "spatial_channels": 4, "temporal_channels": 8,
+                   "num_spatial_blocks": 2, "num_translator_blocks": 2,
+                   "inception_groups": 2},
+         ["SpatialEncoder", *["InceptionBlock"] * 4, "SpatialDecoder"]),
+    ],
+)  # fmt: skip
+def test_backbones_name_their_fsdp_units(name, args, expected):
+    """PredFormer: each transformer block; SimVP: the encoder, each translator block, the
+    decoder (not the generic fallback, which would take every nested ModuleList's
+    entries: the encoder's conv blocks, an Inception block's branches). Every parameter
+    lies in a unit or in what the root keeps; a unit's parameters are no other unit's."""
+    from stpdist.fsdp import fsdp_units
+    from stpdist.models import build_backbone
+    from stpdist.models.base import FrameSpec
+
+    backbone = build_backbone(name, FrameSpec(1, 16, 16, 4, 4), args)
+    units = fsdp_units(backbone)
+    assert [type(u).__name__ for u in units] == expected
+    owned = [id(p) for u in units for p in u.parameters()]
+    assert len(owned) == len(set(owned))
+    assert len(owned) > len(list(backbone.parameters())) // 2  # most sit in units

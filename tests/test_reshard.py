@@ -1,0 +1,140 @@
+"""Resharding on resume: a checkpoint written mid-epoch by 4 ranks continues on 2 and on 3
+ranks (real torchrun processes over gloo, real tar shards): the rest of the epoch is
+redistributed, every planned sample seen exactly once, and with `keep_global_batch` the
+parameters equal an uninterrupted 4-rank run's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_ranks
+
+from stpdist.data.format import SplitWriter
+
+SCRIPT = str(Path(__file__).parent / "dist_reshard.py")
+# 4 ranks × batch 1 × accumulation 3: 12 micro-batches per optimizer step, 48 samples =
+# 4 steps an epoch. Stopped after step 1 (3 batches a rank), 36 rank-batches are left:
+# 3 steps on 3 ranks × 4 accumulation or 2 ranks × 6 (keep_global_batch).
+SAMPLES, SHARD_SIZES, ACCUM = 48, [7, 13, 5, 11, 12], 3
+
+
+def _jobs(tmp: Path, jobs: list[dict]) -> str:
+    file = tmp / f"jobs-{len(list(tmp.glob('jobs-*.json')))}.json"
+    file.write_text(json.dumps(jobs))
+    return str(file)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """Shards; an uninterrupted 4-rank epoch; a 4-rank run stopped after step 1."""
+    tmp = tmp_path_factory.mktemp("reshard")
+    shards = tmp / "data" / "train"
+    rng = np.random.default_rng(0)
+    with SplitWriter(shards, "train", value_scale=255) as writer:
+        number = 0
+        for size in SHARD_SIZES:
+            writer.new_shard()
+            for _ in range(size):
+                writer.write(f"s{number:04d}", rng.integers(0, 256, (5, 1, 4, 4), dtype=np.uint8))
+                number += 1
+    assert number == SAMPLES
+    common = {"shards": str(shards), "accum": ACCUM}
+    jobs = [
+        {**common, "out": str(tmp / "straight"), "tag": "straight"},
+        {**common, "out": str(tmp / "stopped"), "tag": "first", "steps": 1},
+    ]
+    run_ranks([SCRIPT, _jobs(tmp, jobs)], 4, timeout=240)
+    return tmp, shards
+
+
+def _seen(folder: Path, tag: str) -> list[str]:
+    keys = []
+    for file in sorted(folder.glob(f"keys-{tag}-r*.json")):
+        keys += [k for _, batch in json.loads(file.read_text()) for k in batch]
+    return keys
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_mid_epoch_checkpoint_of_4_ranks_resumes_on_other_ranks(tmp_path, written, ranks):
+    tmp, shards = written
+    run = tmp_path / "run"
+    shutil.copytree(tmp / "stopped", run)
+    state = json.loads((run / "checkpoints" / "step-00000001" / "trainer_state.json").read_text())
+    assert (state["world_size"], state["batch"], state["epoch"]) == (4, ACCUM, 0)  # mid-epoch
+
+    job = {"shards": str(shards), "accum": ACCUM, "out": str(run), "tag": "rest"}
+    proc = run_ranks([SCRIPT, _jobs(tmp_path, [{**job, "resume": "auto", "keep": True}])], ranks)
+    assert f"redistributed over {ranks}" in proc.stdout + proc.stderr
+
+    # every sample of the epoch exactly once: before the stop + after the resume
+    planned = _seen(tmp / "straight", "straight")
+    assert len(planned) == len(set(planned)) == SAMPLES
+    before, after = _seen(run, "first"), _seen(run, "rest")
+    assert len(before) == 4 * ACCUM and len(after) == SAMPLES - 4 * ACCUM
+    assert sorted(before + after) == sorted(planned)
+    # each optimizer step after the resume holds the samples of the uninterrupted run's step
+    steps: dict[int, set] = {}
+    for file in sorted((tmp / "straight").glob("keys-straight-r*.json")):
+        for step, batch in json.loads(file.read_text()):
+            steps.setdefault(step, set()).update(batch)
+    resumed: dict[int, set] = {}
+    for file in sorted(run.glob("keys-rest-r*.json")):
+        for step, batch in json.loads(file.read_text()):
+            resumed.setdefault(step, set()).update(batch)
+    assert resumed == {s: keys for s, keys in steps.items() if s >= 1}
+
+    # keep_global_batch: the accumulation became 12 / ranks, the parameters those of 4 ranks
+    final = json.loads((run / "state-rest.json").read_text())
+    assert final == {"global_step": 4, "epoch": 1}
+    saved = json.loads((run / "checkpoints" / "step-00000004" / "trainer_state.json").read_text())
+    assert (saved["world_size"], saved["gradient_accumulation_steps"]) == (ranks, 12 // ranks)
+    expected = torch.load(tmp / "straight" / "params-straight.pt")
+    got = torch.load(run / "params-rest.pt")
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "first_workers, workers, first_accum, ranks, accum",
+    [(0, 0, 1, 3, 1), (2, 0, 1, 3, 1), (0, 2, 3, 2, 2)],
+)
+def test_rest_of_an_epoch_is_every_unconsumed_batch_once(
+    written, first_workers, workers, first_accum, ranks, accum
+):
+    """Stream level, with data-loading workers on either side: the rest of an epoch begun on
+    4 ranks, continued on `ranks` (and resumed again inside the rest), holds each batch the
+    4-rank layout had still to yield once, less fewer than ranks × accumulation batches."""
+    from stpdist.data.loading import EpochOrigin, LoaderContext
+    from stpdist.data.stream import ShardTrainStream
+
+    _, shards = written
+    stream = ShardTrainStream(
+        shards, batch_size=2, num_input_frames=3, num_output_frames=2, shuffle_buffer=4
+    )
+
+    def ctx(rank, world, workers, multiple):
+        return LoaderContext(rank, world, 5, multiple, workers)
+
+    first = [list(stream.iterate(ctx(r, 4, first_workers, first_accum), 1)) for r in range(4)]
+    consumed = first_accum
+    origin = EpochOrigin(4, first_workers, first_accum, consumed)
+    left = [b[2] for j in range(consumed, len(first[0])) for r in range(4) for b in [first[r][j]]]
+    rest, counts = [], set()
+    for rank in range(ranks):
+        here = ctx(rank, ranks, workers, accum)
+        batches = list(stream.iterate_rest(here, 1, origin))
+        counts.add(len(batches))
+        assert len(batches) == stream.batches_in_rest(here, origin)
+        assert [b[2] for b in stream.iterate_rest(here, 1, origin, 1)] == [
+            b[2] for b in batches[1:]
+        ]
+        rest += [(i * ranks + rank, b[2]) for i, b in enumerate(batches)]
+    assert len(counts) == 1  # equal batches on every rank
+    dropped = len(left) - len(rest)
+    assert 0 <= dropped < ranks * accum
+    assert [keys for _, keys in sorted(rest)] == left[: len(rest)]
