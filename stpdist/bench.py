@@ -888,30 +888,31 @@ def bench_ops(
 ) -> dict:
     """`stpdist bench model --ops`: aten ops per eager training step of the Forecaster for
     `config` (a ModelConfig) at `shape`, on this machine's device (see count_step_ops),
-    with the `top` most frequent kernel-launching ops."""
+    with the backbone's fused regions off (the op-by-op arithmetic) and on
+    (`model.fused_kernels`), and the `top` most frequent kernel-launching ops of each."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     b, t_in, c, h, w = shape
-    torch.manual_seed(0)
-    module = bench_module(config, shape, num_output_frames, device)
-    inputs = torch.rand(b, t_in, c, h, w, device=device)
-    targets = torch.rand(b, num_output_frames, c, h, w, device=device)
-    total, launching, ops = count_step_ops(module, (inputs, targets), module.configure_optimizer())
-    frequent = [(n, k) for n, k in ops.most_common() if n not in NO_KERNEL_OPS][:top]
-    print(
-        f"{config.name:<10} {device.type} batch {b} {t_in}→{num_output_frames} {c}×{h}×{w} "
-        f"patch {config.patch_size}: aten ops per eager training step (forward, backward, "
-        f"optimizer): {launching} kernel-launching, {total} in all (views and allocations "
-        f"included)"
-    )
-    print("  most frequent: " + ", ".join(f"{n} {k}" for n, k in frequent))
-    return {
-        "model": config.name,
-        "device": device.type,
-        "shape": list(shape),
-        "ops": total,
-        "launching_ops": launching,
-        "per_op": dict(ops),
-    }
+    result: dict = {"model": config.name, "device": device.type, "shape": list(shape)}
+    for mode in ("off", "on"):
+        torch.manual_seed(0)
+        fused_config = dataclasses.replace(config, fused_kernels=mode)
+        module = bench_module(fused_config, shape, num_output_frames, device)
+        inputs = torch.rand(b, t_in, c, h, w, device=device)
+        targets = torch.rand(b, num_output_frames, c, h, w, device=device)
+        optimizer = module.configure_optimizer()
+        total, launching, ops = count_step_ops(module, (inputs, targets), optimizer)
+        frequent = [(n, k) for n, k in ops.most_common() if n not in NO_KERNEL_OPS][:top]
+        print(
+            f"{config.name:<10} {device.type} batch {b} {t_in}→{num_output_frames} {c}×{h}×{w} "
+            f"patch {config.patch_size}, fused kernels {mode}: aten ops per eager training "
+            f"step (forward, backward, optimizer): {launching} kernel-launching, {total} in "
+            "all (views and allocations included)"
+        )
+        print("  most frequent: " + ", ".join(f"{n} {k}" for n, k in frequent))
+        result[mode] = {"ops": total, "launching_ops": launching, "per_op": dict(ops)}
+    off, on = result["off"]["launching_ops"], result["on"]["launching_ops"]
+    print(f"kernel-launching ops, fused / op by op: {on} / {off} = {on / off:.2f}")
+    return result
 
 
 def bench_model(

@@ -25,6 +25,7 @@ from .config import ModelConfig, ScheduleConfig, check_frame_size
 from .data.normalize import Normalizer
 from .errors import InputError
 from .models import BackboneOutput, FrameSpec, as_output, backbone_args, build_backbone
+from .models.fused import fusion
 from .models.recurrent import FrameRecurrent
 from .models.simvp import differential_divergence
 from .module import EnhancedModule
@@ -110,20 +111,29 @@ class Forecaster(EnhancedModule):
         the raw predictions (for the `*_raw` metrics)."""
         p = self.config.patch_size
         extra = {"all_frames": True} if all_frames else {}  # other backbones lack the keyword
-        out = as_output(
-            self.backbone(
-                reshape_patch(inputs_BTCHW, p),
-                self.num_output_frames,
-                targets_BTCHW=None if targets_BTCHW is None else reshape_patch(targets_BTCHW, p),
-                teacher_mask_BT=teacher_mask_BT,
-                **extra,
+        with fusion(self.fuses(inputs_BTCHW.device)):
+            out = as_output(
+                self.backbone(
+                    reshape_patch(inputs_BTCHW, p),
+                    self.num_output_frames,
+                    targets_BTCHW=None
+                    if targets_BTCHW is None
+                    else reshape_patch(targets_BTCHW, p),
+                    teacher_mask_BT=teacher_mask_BT,
+                    **extra,
+                )
             )
-        )
         self._check_output(out.predictions, inputs_BTCHW.shape[0], all_frames)
         pred = reshape_patch_back(out.predictions, p)
         if clamp:
             pred = self.clamped(pred)
         return BackboneOutput(pred, out.aux_losses)
+
+    def fuses(self, device: torch.device) -> bool:
+        """Whether the backbone's fused regions run as fused kernels on `device`
+        (`model.fused_kernels`)."""
+        mode = getattr(self.config, "fused_kernels", "auto")
+        return mode == "on" or (mode == "auto" and device.type == "cuda")
 
     def _check_output(self, predictions: Any, batch: int, all_frames: bool) -> None:
         """The backbone contract, B×T_out×C×H×W (in the patched layout the backbone sees),

@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from .base import FrameSpec, gate_norm
+from .fused import pointwise
 from .recurrent import FrameRecurrent
 
 
@@ -88,12 +89,38 @@ class ConvLSTMCell(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h, c = state
         inputs = h if x_BCHW is None else torch.cat([x_BCHW, h], dim=1)
-        i, f, g, o = self.norm(self.gates(inputs)).chunk(4, dim=1)
-        i = torch.sigmoid(i + self.w_ci * c)
-        f = torch.sigmoid(f + self.w_cf * c + self.forget_bias)
-        c = f * c + i * torch.tanh(g)
-        o = torch.sigmoid(o + self.w_co * c)
-        return o * torch.tanh(c), c
+        gates = self.norm(self.gates(inputs))
+        return _peephole_gates(
+            gates, c, self.w_ci, self.w_cf, self.w_co, scalars=(self.forget_bias,)
+        )
+
+
+@pointwise
+def _peephole_gates(
+    gates: torch.Tensor,
+    c: torch.Tensor,
+    w_ci: torch.Tensor,
+    w_cf: torch.Tensor,
+    w_co: torch.Tensor,
+    forget_bias: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shi et al.'s gate arithmetic after the gate convolution: (new H, new C)."""
+    i, f, g, o = gates.chunk(4, dim=1)
+    i = torch.sigmoid(i + w_ci * c)
+    f = torch.sigmoid(f + w_cf * c + forget_bias)
+    c = f * c + i * torch.tanh(g)
+    o = torch.sigmoid(o + w_co * c)
+    return o * torch.tanh(c), c
+
+
+@pointwise
+def _lstm_gates(
+    x_gates: torch.Tensor, h_gates: torch.Tensor, c: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenSTL's gate arithmetic from W_x∗x and W_h∗h: (new H, new C)."""
+    i, f, g, o = (x_gates + h_gates).chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
 
 
 class OpenSTLConvLSTMCell(nn.Module):
@@ -124,10 +151,7 @@ class OpenSTLConvLSTMCell(nn.Module):
         self, x_BCHW: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h, c = state
-        gates = self.norm_x(self.conv_x(x_BCHW)) + self.norm_h(self.conv_h(h))
-        i, f, g, o = gates.chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+        return _lstm_gates(self.norm_x(self.conv_x(x_BCHW)), self.norm_h(self.conv_h(h)), c)
 
 
 @dataclass

@@ -35,9 +35,11 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import FrameSpec
+from .fused import pointwise
 from .recurrent import FrameRecurrent
 
 
@@ -67,21 +69,95 @@ class MotionAwareUnit(nn.Module):
         spatial_BhHW: torch.Tensor,
         past_temporal_NBhHW: torch.Tensor,
         past_spatial_NBhHW: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        # attention: how much each of the last τ spatial states resembles the current one
-        query = self.conv_s_query(spatial_BhHW)
-        scores_NB = (past_spatial_NBhHW * query).sum(dim=(2, 3, 4)) * self.scale
-        weights = torch.softmax(scores_NB, dim=0)[:, :, None, None, None]
-        trend = (weights * past_temporal_NBhHW).sum(dim=0)
-        gate = torch.sigmoid(self.conv_t_gate(temporal_BhHW))
-        fused = gate * temporal_BhHW + (1 - gate) * trend
-        # fusion: complementary gates mix the temporal and spatial streams
-        t_gate, t_to_t, t_to_s = self.conv_t(fused).chunk(3, dim=1)
-        s_gate, s_to_t, s_to_s = self.conv_s(spatial_BhHW).chunk(3, dim=1)
-        t_gate, s_gate = torch.sigmoid(t_gate), torch.sigmoid(s_gate)
-        temporal = t_gate * t_to_t + (1 - t_gate) * s_to_t
-        spatial = s_gate * s_to_s + (1 - s_gate) * t_to_s
-        return temporal, spatial
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(new T, new S, the last τ temporal states, the last τ spatial states); the
+        histories end with the new T and with the S this unit read."""
+        # the convolutions run here; everything between them is one fused region each
+        query_conv, query_norm = self.conv_s_query
+        gate_conv, gate_norm = self.conv_t_gate
+        fused, past_spatial = _attention(
+            query_conv(spatial_BhHW),
+            query_norm.weight,
+            query_norm.bias,
+            gate_conv(temporal_BhHW),
+            gate_norm.weight,
+            gate_norm.bias,
+            temporal_BhHW,
+            spatial_BhHW,
+            past_temporal_NBhHW,
+            past_spatial_NBhHW,
+            scalars=(self.scale, query_norm.eps, gate_norm.eps),
+        )
+        t_conv, t_norm = self.conv_t
+        s_conv, s_norm = self.conv_s
+        temporal, spatial, past_temporal = _fusion(
+            t_conv(fused),
+            t_norm.weight,
+            t_norm.bias,
+            s_conv(spatial_BhHW),
+            s_norm.weight,
+            s_norm.bias,
+            past_temporal_NBhHW,
+            scalars=(t_norm.eps, s_norm.eps),
+        )
+        return temporal, spatial, past_temporal, past_spatial
+
+
+@pointwise
+def _attention(
+    query_conv: torch.Tensor,
+    query_weight: torch.Tensor,
+    query_bias: torch.Tensor,
+    gate_conv: torch.Tensor,
+    gate_weight: torch.Tensor,
+    gate_bias: torch.Tensor,
+    temporal_BhHW: torch.Tensor,
+    spatial_BhHW: torch.Tensor,
+    past_temporal_NBhHW: torch.Tensor,
+    past_spatial_NBhHW: torch.Tensor,
+    scale: float,
+    query_eps: float,
+    gate_eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention module after its two convolutions (LayerNorms included): (T fused
+    with the motion trend, the spatial history shifted to end with S)."""
+    # attention: how much each of the last τ spatial states resembles the current one
+    query = F.layer_norm(query_conv, query_weight.shape, query_weight, query_bias, query_eps)
+    scores_NB = (past_spatial_NBhHW * query).sum(dim=(2, 3, 4)) * scale
+    weights = torch.softmax(scores_NB, dim=0)[:, :, None, None, None]
+    trend = (weights * past_temporal_NBhHW).sum(dim=0)
+    gate = torch.sigmoid(
+        F.layer_norm(gate_conv, gate_weight.shape, gate_weight, gate_bias, gate_eps)
+    )
+    fused = gate * temporal_BhHW + (1 - gate) * trend
+    return fused, torch.cat([past_spatial_NBhHW[1:], spatial_BhHW[None]])
+
+
+@pointwise
+def _fusion(
+    t_conv: torch.Tensor,
+    t_weight: torch.Tensor,
+    t_bias: torch.Tensor,
+    s_conv: torch.Tensor,
+    s_weight: torch.Tensor,
+    s_bias: torch.Tensor,
+    past_temporal_NBhHW: torch.Tensor,
+    t_eps: float,
+    s_eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fusion module after its two convolutions (LayerNorms included): (new T, new S,
+    the temporal history shifted to end with the new T)."""
+    # fusion: complementary gates mix the temporal and spatial streams
+    t_gate, t_to_t, t_to_s = F.layer_norm(t_conv, t_weight.shape, t_weight, t_bias, t_eps).chunk(
+        3, dim=1
+    )
+    s_gate, s_to_t, s_to_s = F.layer_norm(s_conv, s_weight.shape, s_weight, s_bias, s_eps).chunk(
+        3, dim=1
+    )
+    t_gate, s_gate = torch.sigmoid(t_gate), torch.sigmoid(s_gate)
+    temporal = t_gate * t_to_t + (1 - t_gate) * s_to_t
+    spatial = s_gate * s_to_s + (1 - s_gate) * t_to_s
+    return temporal, spatial, torch.cat([past_temporal_NBhHW[1:], temporal[None]])
 
 
 @dataclass
@@ -143,7 +219,8 @@ class MAU(FrameRecurrent):
         b = frames_BTCHW.shape[0]
         zeros = frames_BTCHW.new_zeros(b, self.hidden, self.small_height, self.small_width)
         # the histories start as τ zero states, so attention is defined from the first step
-        history = zeros.expand(self.window, *zeros.shape)
+        # (allocated, not an expanded view: a fused region then sees one memory layout)
+        history = frames_BTCHW.new_zeros(self.window, *zeros.shape)
         return [
             {"temporal": zeros, "past_temporal": history, "past_spatial": history}
             for _ in self.cells
@@ -153,15 +230,11 @@ class MAU(FrameRecurrent):
         spatial = self.encoder(frame_BCHW)
         new_state = []
         for cell, layer in zip(self.cells, state):
-            temporal, new_spatial = cell(
+            temporal, new_spatial, past_temporal, past_spatial = cell(
                 layer["temporal"], spatial, layer["past_temporal"], layer["past_spatial"]
             )
             new_state.append(
-                {
-                    "temporal": temporal,
-                    "past_temporal": torch.cat([layer["past_temporal"][1:], temporal[None]]),
-                    "past_spatial": torch.cat([layer["past_spatial"][1:], spatial[None]]),
-                }
+                {"temporal": temporal, "past_temporal": past_temporal, "past_spatial": past_spatial}
             )
             spatial = new_spatial
         return self.decoder(spatial), new_state

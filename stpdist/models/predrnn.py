@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .base import FrameSpec, gate_norm
+from .fused import pointwise
 from .recurrent import FrameRecurrent
 
 
@@ -71,16 +72,40 @@ class STLSTMCell(nn.Module):
         self.norm_o = gate_norm(hidden, norm_size)
 
     def forward(self, x, h, c, m):
-        i_x, f_x, g_x, i_xm, f_xm, g_xm, o_x = self.norm_x(self.conv_x(x)).chunk(7, dim=1)
-        i_h, f_h, g_h, o_h = self.norm_h(self.conv_h(h)).chunk(4, dim=1)
-        i_m, f_m, g_m = self.norm_m(self.conv_m(m)).chunk(3, dim=1)
-        delta_c = torch.sigmoid(i_x + i_h) * torch.tanh(g_x + g_h)
-        c = torch.sigmoid(f_x + f_h + self.forget_bias) * c + delta_c
-        delta_m = torch.sigmoid(i_xm + i_m) * torch.tanh(g_xm + g_m)
-        m = torch.sigmoid(f_xm + f_m + self.forget_bias) * m + delta_m
-        memory = torch.cat([c, m], dim=1)
-        o = torch.sigmoid(o_x + o_h + self.norm_o(self.conv_o(memory)))
-        return o * torch.tanh(self.conv_last(memory)), c, m, delta_c, delta_m
+        x_gates = self.norm_x(self.conv_x(x))
+        h_gates = self.norm_h(self.conv_h(h))
+        m_gates = self.norm_m(self.conv_m(m))
+        c, m, memory, delta_c, delta_m, o_xh = _st_memories(
+            x_gates, h_gates, m_gates, c, m, scalars=(self.forget_bias,)
+        )
+        h = _st_output(o_xh, self.norm_o(self.conv_o(memory)), self.conv_last(memory))
+        return h, c, m, delta_c, delta_m
+
+
+@pointwise
+def _st_memories(x_gates, h_gates, m_gates, c, m, forget_bias: float):
+    """An ST-LSTM cell's arithmetic from its three gate convolutions to its memories:
+    (new c, new m, [c, m], Δc, Δm, the output gate's input and hidden terms)."""
+    i_x, f_x, g_x, i_xm, f_xm, g_xm, o_x = x_gates.chunk(7, dim=1)
+    i_h, f_h, g_h, o_h = h_gates.chunk(4, dim=1)
+    i_m, f_m, g_m = m_gates.chunk(3, dim=1)
+    delta_c = torch.sigmoid(i_x + i_h) * torch.tanh(g_x + g_h)
+    c = torch.sigmoid(f_x + f_h + forget_bias) * c + delta_c
+    delta_m = torch.sigmoid(i_xm + i_m) * torch.tanh(g_xm + g_m)
+    m = torch.sigmoid(f_xm + f_m + forget_bias) * m + delta_m
+    return c, m, torch.cat([c, m], dim=1), delta_c, delta_m, o_x + o_h
+
+
+@pointwise
+def _st_output(o_xh, o_memory, last):
+    """An ST-LSTM cell's hidden state: σ(o_x + o_h + W_o∗[c, m]) ⊙ tanh(W_1×1∗[c, m])."""
+    return torch.sigmoid(o_xh + o_memory) * torch.tanh(last)
+
+
+@pointwise
+def _abs_cosine_mean(a, b):
+    """|cos(a, b)| over the last dimension, averaged: PredRNN.V2's decoupling term."""
+    return torch.nn.functional.cosine_similarity(a, b, dim=2).abs().mean()
 
 
 @dataclass
@@ -157,7 +182,7 @@ class PredRNN(FrameRecurrent):
         """Mean |cosine similarity| per channel between adapted increments of c and m."""
         a = self.adapter(delta_c).flatten(2)
         b = self.adapter(delta_m).flatten(2)
-        return torch.nn.functional.cosine_similarity(a, b, dim=2).abs().mean()
+        return _abs_cosine_mean(a, b)
 
 
 class PredRNNv2(PredRNN):
@@ -196,19 +221,47 @@ class CausalLSTMCell(nn.Module):
         self.norm_om = gate_norm(hidden, norm_size)
 
     def forward(self, x, h, c, m):
-        i_x, f_x, g_x, i_xm, f_xm, g_xm, o_x = self.norm_x(self.conv_x(x)).chunk(7, dim=1)
-        i_h, f_h, g_h, o_h = self.norm_h(self.conv_h(h)).chunk(4, dim=1)
-        i_c, f_c, g_c = self.norm_c(self.conv_c(c)).chunk(3, dim=1)
-        i_m, f_m, m_m = self.norm_m(self.conv_m(m)).chunk(3, dim=1)
-        c = torch.sigmoid(f_x + f_h + f_c + self.forget_bias) * c + torch.sigmoid(
-            i_x + i_h + i_c
-        ) * torch.tanh(g_x + g_h + g_c)
-        i_cm, g_cm, f_cm, o_cm = self.norm_c2m(self.conv_c2m(c)).chunk(4, dim=1)
-        m = torch.sigmoid(f_xm + f_m + f_cm + self.forget_bias) * torch.tanh(m_m) + torch.sigmoid(
-            i_xm + i_m + i_cm
-        ) * torch.tanh(g_xm + g_cm)
-        o = torch.tanh(o_x + o_h + o_cm + self.norm_om(self.conv_om(m)))
-        return o * torch.tanh(self.conv_last(torch.cat([c, m], dim=1))), c, m
+        x_gates = self.norm_x(self.conv_x(x))
+        h_gates = self.norm_h(self.conv_h(h))
+        c_gates = self.norm_c(self.conv_c(c))
+        m_gates = self.norm_m(self.conv_m(m))
+        c = _causal_c(x_gates, h_gates, c_gates, c, scalars=(self.forget_bias,))
+        c2m = self.norm_c2m(self.conv_c2m(c))
+        m = _causal_m(x_gates, m_gates, c2m, scalars=(self.forget_bias,))
+        o_m = self.norm_om(self.conv_om(m))
+        h = _causal_output(x_gates, h_gates, c2m, o_m, self.conv_last(torch.cat([c, m], dim=1)))
+        return h, c, m
+
+
+@pointwise
+def _causal_c(x_gates, h_gates, c_gates, c, forget_bias: float):
+    """The Causal LSTM's new c from the x, h and c gate convolutions."""
+    i_x, f_x, g_x = x_gates.chunk(7, dim=1)[:3]
+    i_h, f_h, g_h, _ = h_gates.chunk(4, dim=1)
+    i_c, f_c, g_c = c_gates.chunk(3, dim=1)
+    return torch.sigmoid(f_x + f_h + f_c + forget_bias) * c + torch.sigmoid(
+        i_x + i_h + i_c
+    ) * torch.tanh(g_x + g_h + g_c)
+
+
+@pointwise
+def _causal_m(x_gates, m_gates, c2m, forget_bias: float):
+    """The Causal LSTM's new m from the x and m gate convolutions and the new c's."""
+    _, _, _, i_xm, f_xm, g_xm, _ = x_gates.chunk(7, dim=1)
+    i_m, f_m, m_m = m_gates.chunk(3, dim=1)
+    i_cm, g_cm, f_cm, _ = c2m.chunk(4, dim=1)
+    return torch.sigmoid(f_xm + f_m + f_cm + forget_bias) * torch.tanh(m_m) + torch.sigmoid(
+        i_xm + i_m + i_cm
+    ) * torch.tanh(g_xm + g_cm)
+
+
+@pointwise
+def _causal_output(x_gates, h_gates, c2m, o_m, last):
+    """The Causal LSTM's hidden state: tanh(o_x + o_h + o_cm + W_om∗m) ⊙ tanh(W_1×1∗[c, m])."""
+    o_x = x_gates.chunk(7, dim=1)[6]
+    o_h = h_gates.chunk(4, dim=1)[3]
+    o_cm = c2m.chunk(4, dim=1)[3]
+    return torch.tanh(o_x + o_h + o_cm + o_m) * torch.tanh(last)
 
 
 class GradientHighwayUnit(nn.Module):
@@ -227,10 +280,16 @@ class GradientHighwayUnit(nn.Module):
         self.norm_z = gate_norm(2 * hidden, norm_size)
 
     def forward(self, x, z):
-        p_x, u_x = self.norm_x(self.conv_x(x)).chunk(2, dim=1)
-        p_z, u_z = self.norm_z(self.conv_z(z)).chunk(2, dim=1)
-        u = torch.sigmoid(u_x + u_z)
-        return u * torch.tanh(p_x + p_z) + (1 - u) * z
+        return _highway(self.norm_x(self.conv_x(x)), self.norm_z(self.conv_z(z)), z)
+
+
+@pointwise
+def _highway(x_gates, z_gates, z):
+    """The GHU's arithmetic after its two convolutions: the new z."""
+    p_x, u_x = x_gates.chunk(2, dim=1)
+    p_z, u_z = z_gates.chunk(2, dim=1)
+    u = torch.sigmoid(u_x + u_z)
+    return u * torch.tanh(p_x + p_z) + (1 - u) * z
 
 
 class PredRNNpp(FrameRecurrent):

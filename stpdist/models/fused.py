@@ -1,0 +1,258 @@
+"""Fused pointwise regions: a recurrent cell's gate arithmetic as one kernel forward and
+one kernel backward instead of 10–40 separate pointwise ops.
+
+A recurrent backbone spends most of its GPU step launching small kernels: each cell step
+runs its convolutions and then a dozen sigmoid/tanh/mul/add ops, each with its backward
+(issue 22: ConvLSTM dispatches ~2 500 kernel-launching ops per training step, most of them
+gate arithmetic). `@pointwise` marks such a region — a function of tensors (and float
+constants) that returns new tensors — and, when fusion is on, runs it as a pair of custom
+operators, `stpdist::<name>` and `stpdist::<name>_backward`, each implemented by
+`torch.compile` (inductor: one Triton kernel on a GPU, one vectorised C++ loop on a CPU;
+a region with reductions, such as a peephole weight's gradient summed over the batch, may
+become a few kernels). The backward recomputes the region's forward inside its own kernel
+(`torch.func.vjp`) instead of saving a dozen intermediates: less memory, one launch.
+
+When fusion is off, under `torch.compile` of the whole model (which fuses the region itself)
+and under tracing/export, the function runs as written: exactly today's ops.
+
+Fusion is switched per forward pass with `fusion(True)` (the Forecaster does it from
+`model.fused_kernels`). Outputs equal the op-by-op region's to float rounding (inductor
+evaluates the same expressions in one pass; the order of a batch reduction may differ);
+tests/test_fused.py holds each backbone to ≤1e-6 relative.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import types
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import _disable_current_modes
+
+log = logging.getLogger(__name__)
+
+_ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("stpdist_fusion", default=False)
+# set once when the compiler fails here: fusion stays off after it
+_BROKEN: list[str] = []
+# the dispatch keys at the region's call site (autocast included), restored in its body
+_CALLER_KEYS: contextvars.ContextVar[tuple | None] = contextvars.ContextVar(
+    "stpdist_fusion_keys", default=None
+)
+
+
+_MODE_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.Python) | torch._C.DispatchKeySet(
+    torch._C.DispatchKey.PythonTLSSnapshot
+)
+
+
+def _keys() -> tuple:
+    """The thread's dispatch keys, less those of Python modes (the body runs without them)."""
+    include = torch._C._dispatch_tls_local_include_set() - _MODE_KEYS
+    return include, torch._C._dispatch_tls_local_exclude_set()
+
+
+@contextlib.contextmanager
+def _from_here() -> Iterator[None]:
+    token = _CALLER_KEYS.set(_keys())
+    try:
+        yield
+    finally:
+        _CALLER_KEYS.reset(token)
+
+
+def fusion(on: bool) -> contextlib.AbstractContextManager[None]:
+    """Fused regions run as fused kernels inside this block when `on` (see module doc).
+    Under `torch.compile` of the caller it does nothing (the compiler fuses the regions
+    itself, and it cannot trace a context variable)."""
+    if torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return _switched(bool(on))
+
+
+@contextlib.contextmanager
+def _switched(on: bool) -> Iterator[None]:
+    token = _ACTIVE.set(on)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def fusion_active() -> bool:
+    """Whether a `@pointwise` region called now would run as a fused kernel."""
+    if not _ACTIVE.get() or _BROKEN:
+        return False
+    return not (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
+class _Region:
+    """One fused region: its function, its two custom ops and their compiled bodies."""
+
+    def __init__(self, fn: Callable[..., Any], name: str) -> None:
+        self.fn = fn
+        self.name = name
+        self._forward: Callable[..., Any] | None = None
+        self._backward: Callable[..., Any] | None = None
+        self.op = self._define_forward()
+        self.op_backward = self._define_backward()
+        region = self
+
+        class Function(torch.autograd.Function):
+            # a Python autograd node around the two ops (custom_op's own autograd
+            # registration runs the backward with dispatch keys under which functorch's
+            # vjp cannot take views)
+            @staticmethod
+            def forward(ctx: Any, scalars: list, *tensors: torch.Tensor) -> Any:
+                with _from_here():
+                    out = region.op(list(tensors), scalars)
+                ctx.save_for_backward(*tensors)
+                ctx.scalars = scalars
+                ctx.set_materialize_grads(False)  # unused outputs: None, zero in the kernel
+                return tuple(out)
+
+            @staticmethod
+            def backward(ctx: Any, *grads: torch.Tensor) -> Any:
+                tensors = list(ctx.saved_tensors)
+                with _from_here():
+                    grads = region.op_backward(tensors, list(grads), ctx.scalars)
+                return (None, *grads)
+
+        self.function = Function
+
+    # the region as a tuple-returning function of (tensors..., scalars...)
+    def _call(self, tensors: Sequence[torch.Tensor], scalars: Sequence[float]) -> list:
+        out = self.fn(*tensors, *scalars)
+        return list(out) if isinstance(out, (tuple, list)) else [out]
+
+    def _vjp(
+        self,
+        tensors: Sequence[torch.Tensor],
+        grads: Sequence[torch.Tensor | None],
+        scalars: Sequence[float],
+    ) -> list:
+        outputs, pull = torch.func.vjp(lambda *xs: tuple(self._call(xs, scalars)), *tensors)
+        # an unused output's gradient is None: zero, created inside the kernel
+        grads = [torch.zeros_like(o) if g is None else g for g, o in zip(grads, outputs)]
+        return list(pull(tuple(grads)))
+
+    def _compiled(self, which: str) -> Callable[..., Any]:
+        if which == "forward":
+            if self._forward is None:
+                self._forward = torch.compile(_own_code(self._call, self.name), fullgraph=True)
+            return self._forward
+        if self._backward is None:
+            self._backward = torch.compile(
+                _own_code(self._vjp, self.name + "_backward"), fullgraph=True
+            )
+        return self._backward
+
+    def _run(self, which: str, *args: Any) -> list:
+        """The compiled body; the op-by-op one (once, with a warning; fusion then stays
+        off) where this machine cannot compile (no C++ compiler, no Triton)."""
+        eager = self._call if which == "forward" else self._vjp
+        if _BROKEN:
+            return eager(*args)
+        try:
+            # modes above (an op counter, a profiler's) see this op as one; its body runs
+            # without them, as a compiled kernel does (dynamo refuses to run under a mode)
+            # and it runs under the caller's dispatch keys: a mode's handler runs its ops under
+            # others, on which the compiled body would recompile and fail
+            include, exclude = _CALLER_KEYS.get() or _keys()
+            with _disable_current_modes(), torch._C._ForceDispatchKeyGuard(include, exclude):
+                return self._compiled(which)(*args)
+        except Exception as error:  # noqa: BLE001 - any compiler failure: run unfused
+            if not _BROKEN:
+                log.warning(
+                    "fused kernels: torch.compile failed for %s (%s); running the op-by-op "
+                    "gate arithmetic from here on",
+                    self.name,
+                    str(error).splitlines()[0] if str(error) else type(error).__name__,
+                )
+                _BROKEN.append(self.name)
+            return eager(*args)
+
+    def _define_forward(self) -> Any:
+        region = self
+
+        @torch.library.custom_op(f"stpdist::{self.name}", mutates_args=())
+        def op(tensors: list[torch.Tensor], scalars: list[float]) -> list[torch.Tensor]:
+            return _distinct(
+                region._run("forward", [t.detach() for t in tensors], scalars), tensors
+            )
+
+        @op.register_fake
+        def _(tensors, scalars):  # noqa: ANN001, ANN202
+            return [t.clone() for t in region._call(tensors, scalars)]
+
+        return op
+
+    def _define_backward(self) -> Any:
+        region = self
+
+        @torch.library.custom_op(f"stpdist::{self.name}_backward", mutates_args=())
+        def op_backward(
+            tensors: list[torch.Tensor],
+            grads: list[torch.Tensor | None],
+            scalars: list[float],
+        ) -> list[torch.Tensor]:
+            # saved inputs may still require grad: the compiled vjp wants plain tensors
+            tensors = [t.detach() for t in tensors]
+            # contiguous: an incoming gradient may be expanded (stride 0), which would make
+            # the compiled body recompile for each stride pattern
+            grads = [None if g is None else g.detach().contiguous() for g in grads]
+            given = [g for g in grads if g is not None]
+            return _distinct(region._run("backward", tensors, grads, scalars), tensors + given)
+
+        @op_backward.register_fake
+        def _(tensors, grads, scalars):  # noqa: ANN001, ANN202
+            return [torch.empty_like(t) for t in tensors]
+
+        return op_backward
+
+    def __call__(self, *tensors: torch.Tensor, scalars: Sequence[float] = ()) -> Any:
+        if not fusion_active():
+            return self.fn(*tensors, *scalars)
+        out = self.function.apply([float(s) for s in scalars], *tensors)
+        return out[0] if len(out) == 1 else tuple(out)
+
+
+def _own_code(method: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """`method` (bound) with a code object of its own: dynamo caches compiled code per code
+    object, and every region's `_call` would otherwise share one cache (and its recompile
+    limit, 8 by default: the ninth region would fail to compile)."""
+    func = method.__func__
+    clone = types.FunctionType(
+        func.__code__.replace(co_name=name), func.__globals__, name, func.__defaults__
+    )
+    return types.MethodType(clone, method.__self__)
+
+
+def _distinct(outputs: list, inputs: Sequence[torch.Tensor]) -> list:
+    """`outputs`, each cloned where it shares storage with an input or an earlier output (a
+    custom op's outputs must not alias: e.g. the gradient of `a + b` is the same tensor
+    for a and b)."""
+    seen = {t.untyped_storage().data_ptr() for t in inputs}
+    distinct = []
+    for t in outputs:
+        ptr = t.untyped_storage().data_ptr()
+        distinct.append(t.clone() if ptr in seen else t)
+        seen.add(ptr)
+    return distinct
+
+
+def pointwise(fn: Callable[..., Any]) -> _Region:
+    """Marks `fn(*tensors, *scalars)` as a fused region (see module doc). Call it as
+    `region(t1, t2, ..., scalars=(1.0,))`; it returns what `fn` returns (one tensor or a
+    tuple). `fn` must compute only from its arguments (no module state, no randomness) and
+    return tensors; its ops must have meta kernels (all pointwise/reduction ops do)."""
+    module = fn.__module__.rsplit(".", 1)[-1]
+    return _Region(fn, f"{module}_{fn.__name__}")
