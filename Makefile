@@ -1,9 +1,10 @@
-# Quick start: `make demo` (train on synthetic moving digits), `make test` (the suite).
+# Quick start: `make demo` (train on synthetic moving digits), `make test` (the suite),
+# `make docs` (the documentation site, docs/site/), `make docs-serve` (served while you edit).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export WANDB_MODE ?= offline
 
-.PHONY: demo test test-slurm lint install
+.PHONY: demo test test-slurm lint install install-docs docs docs-serve
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -31,3 +32,17 @@ test-slurm: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# the docs extra (MkDocs, Material, mkdocstrings) on top of the install: the reference pages
+# are generated from stpdist's own parsers and dataclasses, so the package must import
+install-docs: install
+	$(PY) -m pip install -q -e ".[docs]"
+
+# the site into docs/site/, strict: a broken link or anchor, a reference mkdocstrings cannot
+# resolve or a docstring it cannot parse fails the build
+docs: install-docs
+	$(VENV)/bin/mkdocs build --strict -f docs/mkdocs.yml
+
+# serves the site at http://127.0.0.1:8000, rebuilt on every save
+docs-serve: install-docs
+	$(VENV)/bin/mkdocs serve -f docs/mkdocs.yml
