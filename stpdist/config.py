@@ -193,6 +193,12 @@ class TrainerConfig:
     sampling stays outside the compiled code, so it causes no recompiles."""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     """torch.compile's mode (`reduce-overhead`: CUDA graphs, for static shapes on a GPU)."""
+    cuda_graphs: bool = False
+    """Capture the whole training step (forward, backward, clipping, optimizer step) in a
+    CUDA graph after 3 eager steps and replay it: one launch a step instead of thousands.
+    One process, no accumulation, no fp16, no `compile`, no FSDP (refused at start, with
+    the reason); a module that may skip batches, or a batch of other shapes, runs eagerly
+    (one line says so). On a CPU: accepted, not applicable (see `stpdist.graphs`)."""
     activation_checkpointing: bool = False
     """Recompute each recurrent step's activations in the backward instead of keeping
     all of them: less memory for long sequences and wide cells, more compute."""

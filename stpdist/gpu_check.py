@@ -19,7 +19,11 @@ On a CUDA device it runs, in this order, and prints one table (also written as J
    memory (`torch.cuda.max_memory_allocated`), and the training step's FLOPs (counted by
    `torch.utils.flop_counter.FlopCounterMode`) per second as a share of the device's dense
    bf16 peak (a table of constants by device name; unknown devices: n/a);
-6. torch.compile on and off (what `trainer.compile` compiles) for ConvLSTM with its
+6. the launch-bound recurrent step (`stpdist.gpu_steps`): aten ops per eager step with
+   the fused regions off and on, and the Trainer's steady-state samples/s with
+   `trainer.cuda_graphs` off and on, per recurrent recipe at batch 16 and 64; after the
+   backbones, bf16 against fp32 per backbone;
+7. torch.compile on and off (what `trainer.compile` compiles) for ConvLSTM with its
    recipe's scheduled sampling, and for SimVP: compile time, steady-state step time,
    recompilations per 100 steps after the warm-up.
 
@@ -67,6 +71,7 @@ from .bench import (
     synchronize,
     thread_settings,
 )
+from .gpu_steps import graph_rows, ops_rows, precision_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "configs" / "mmnist"
@@ -420,7 +425,9 @@ class HostReads(TorchFunctionMode):
         return f"{'/'.join(Path(filename).parts[-2:])}:{frame.f_lineno}"
 
 
-def _bench_trainer(plan: Plan, output_dir: str, max_steps: int, precision: str) -> Any:
+def _bench_trainer(
+    plan: Plan, output_dir: str, max_steps: int, precision: str, cuda_graphs: bool = False
+) -> Any:
     """A Trainer for timing: no checkpoints written, no logging inside the timed steps."""
     from .config import CheckpointConfig
     from .trainer import Trainer
@@ -433,6 +440,7 @@ def _bench_trainer(plan: Plan, output_dir: str, max_steps: int, precision: str) 
         log_every_n_steps=10**9,
         checkpoint=CheckpointConfig(every_epoch=False),
         mixed_precision={"fp32": "no"}.get(precision, precision),
+        cuda_graphs=cuda_graphs,
     )
     trainer.checkpoints.save = lambda *a, **k: None  # time the loop, not the disk
     return trainer
@@ -571,15 +579,54 @@ def check_trainer_vs_raw(plan: Plan) -> Row:
             runs[key].append(run())
     med = {k: statistics.median(v) for k, v in runs.items()}
     ratio = med["trainer"] / med["raw"]
+    steady = _steady_trainer_vs_raw(plan, model, dataset, precision)
     return Row(
         "trainer",
         "Trainer vs raw loop",
         "dry" if plan.dry else "measured",
-        f"Trainer {med['trainer']:.1f} vs raw {med['raw']:.1f} samples/s = {ratio:.3f}× "
-        f"(convlstm recipe, {precision}, {count} steps a run, medians of {len(runs['raw'])} "
-        "interleaved runs; whole runs, Trainer setup included)",
-        {"samples_per_s": med, "runs": runs, "ratio": ratio},
+        f"whole runs: Trainer {med['trainer']:.1f} vs raw {med['raw']:.1f} samples/s = "
+        f"{ratio:.3f}× (setup included); steady state: {steady['ratio']:.3f}× "
+        f"({steady['trainer_ms']:.1f} vs {steady['raw_ms']:.1f} ms/step) (convlstm recipe, "
+        f"{precision}, {count} steps a run, medians of {len(runs['raw'])} interleaved runs)",
+        {"samples_per_s": med, "runs": runs, "ratio": ratio, "steady": steady},
     )
+
+
+def _steady_trainer_vs_raw(plan: Plan, model: Any, dataset: Any, precision: str) -> dict:
+    """Steady-state step times (each step synchronised, the first steps left out) of the
+    Trainer and of the raw loop, interleaved rounds, medians."""
+    from torch.utils.data import DataLoader
+
+    from .gpu_steps import steady_median, trainer_step_times
+
+    def raw() -> float:
+        torch.manual_seed(0)
+        module = bench_module(model, plan.shape, plan.output_frames, plan.device)
+        runner, stamps = StepRunner(module, precision=precision), []
+        for inputs, targets in DataLoader(dataset, batch_size=plan.batch):
+            runner.step(inputs.to(plan.device), targets.to(plan.device))
+            synchronize(plan.device)
+            stamps.append(time.perf_counter())
+        return steady_median([b - a for a, b in zip(stamps, stamps[1:])])
+
+    def ours() -> float:
+        torch.manual_seed(0)
+        module = bench_module(model, plan.shape, plan.output_frames, plan.device)
+        loader = DataLoader(dataset, batch_size=plan.batch)
+        with _quiet():
+            times = trainer_step_times(
+                lambda out, **o: _bench_trainer(plan, out, len(loader), precision),
+                module, loader, plan.device,
+            )  # fmt: skip
+        return steady_median(times)
+
+    runs: dict[str, list[float]] = {"raw": [], "trainer": []}
+    for round_ in range(max(plan.rounds, 1)):
+        order = [("raw", raw), ("trainer", ours)]
+        for key, run in order if round_ % 2 == 0 else reversed(order):
+            runs[key].append(run())
+    raw_s, ours_s = statistics.median(runs["raw"]), statistics.median(runs["trainer"])
+    return {"ratio": raw_s / ours_s, "raw_ms": 1000 * raw_s, "trainer_ms": 1000 * ours_s}
 
 
 # ---------------------------------------------------------------------------- fp16
@@ -595,9 +642,12 @@ def _adam_steps(optimizer: torch.optim.Optimizer) -> int:
 
 
 def check_fp16_scaler(plan: Plan) -> Row:
-    """A hand-written GradScaler loop, 4 steps, an inf written into one gradient at step
-    2: exactly one optimizer step skipped, the scale halved there, step 3 applied with the
-    halved scale. (CPU: torch's CPU GradScaler on fp32 compute: the scaler's logic only.)"""
+    """A hand-written GradScaler loop: first warmed until its scale is stable (at the
+    initial scale of 65536 the first fp16 steps may overflow by themselves, and each such
+    step is skipped: that is the scaler working, not what is checked), then 4 steps with an
+    inf written into one gradient at step 2: exactly one optimizer step skipped, the scale
+    halved there, step 3 applied with the halved scale. (CPU: torch's CPU GradScaler on
+    fp32 compute: the scaler's logic only.)"""
     device = plan.device
     torch.manual_seed(0)
     model = torch.nn.Sequential(
@@ -606,19 +656,31 @@ def check_fp16_scaler(plan: Plan) -> Row:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler(device.type)
     x = torch.rand(4, 1, 16, 16, device=device)
-    scales, applied, changed = [], [], []
-    for step in range(1, 5):
-        before = [p.detach().clone() for p in model.parameters()]
+
+    def fp16_step() -> None:
         with torch.autocast(device.type, torch.float16, enabled=device.type == "cuda"):
             loss = (model(x) - x).pow(2).mean()
         scaler.scale(loss).backward()
+
+    warm_scales = [scaler.get_scale()]
+    while len(warm_scales) < 20 and (len(warm_scales) < 3 or warm_scales[-1] != warm_scales[-3]):
+        fp16_step()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        warm_scales.append(scaler.get_scale())
+    warmed = _adam_steps(optimizer)
+    scales, applied, changed = [], [], []
+    for step in range(1, 5):
+        before = [p.detach().clone() for p in model.parameters()]
+        fp16_step()
         if step == 2:
             next(model.parameters()).grad.view(-1)[0] = math.inf  # the forced overflow
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         scales.append(scaler.get_scale())
-        applied.append(_adam_steps(optimizer))
+        applied.append(_adam_steps(optimizer) - warmed)
         changed.append(any(not torch.equal(a, b) for a, b in zip(before, model.parameters())))
     ok = (
         applied == [1, 1, 2, 3]
@@ -631,9 +693,10 @@ def check_fp16_scaler(plan: Plan) -> Row:
         "fp16",
         "GradScaler, forced overflow",
         "passed" if ok else "failed",
-        f"inf at step 2: optimizer steps applied {applied}, weights changed {changed}, "
-        f"scale {scales[0]:g} → {scales[1]:g} → {scales[2]:g} ({where})",
-        {"applied": applied, "changed": changed, "scales": scales},
+        f"after {len(warm_scales) - 1} warm-up steps (scale {warm_scales[0]:g} → "
+        f"{warm_scales[-1]:g}), inf at step 2: optimizer steps applied {applied}, weights "
+        f"changed {changed}, scale {scales[0]:g} → {scales[1]:g} → {scales[2]:g} ({where})",
+        {"applied": applied, "changed": changed, "scales": scales, "warm_scales": warm_scales},
     )
 
 
@@ -766,6 +829,25 @@ def _backbone_row(
     )
 
 
+# -------------------------------------------------------------------- launch-bound step
+def check_launch_bound(plan: Plan, report: Report) -> None:
+    """Ops per step (fused regions off and on) and CUDA graphs off and on, per recurrent
+    recipe (`stpdist.gpu_steps`)."""
+
+    def make_trainer(out: str, **o: Any) -> Any:
+        return _bench_trainer(plan, out, o["max_steps"], o["precision"], o["cuda_graphs"])
+
+    _guarded(report, "ops", "per step", lambda: ops_rows(plan, recipe_model, Row))
+    report.write()
+    _guarded(
+        report,
+        "graphs",
+        "cuda_graphs",
+        lambda: graph_rows(plan, recipe_model, make_trainer, Row, report.left_s),
+    )
+    report.write()
+
+
 # ------------------------------------------------------------------------- compile
 def check_compile(plan: Plan, report: Report) -> None:
     """torch.compile (what `trainer.compile` compiles) against eager, per model in
@@ -829,7 +911,10 @@ def run_check(dry: bool, out: Path, budget_s: float = 420.0) -> Report:
     _guarded(report, "fp16", "Trainer fp16, forced overflow", lambda: check_fp16_trainer(plan))
     report.write()
     compile_reserve = 0 if dry else 150  # what the compile section needs at least
+    check_launch_bound(plan, report)
     check_backbones(plan, report, report.started + budget_s - compile_reserve)
+    for row in precision_rows(report.rows, Row):
+        report.add(row)
     check_compile(plan, report)
     if dry:
         report.add(finish_gpu_tests(plan, tests))

@@ -62,6 +62,13 @@ class EnhancedModule(nn.Module):
         self.current_epoch: int = 0
         self.planned_steps: int | None = None
 
+    def refresh_graph_inputs(self, step: int) -> None:
+        """Under `trainer.cuda_graphs`, before the step numbered `step` (1-based) is
+        replayed from its graph: write into device tensors the host values that change per
+        step and that `training_step` reads (a graph replays the values of its capture
+        otherwise). Default: none; the Forecaster refreshes scheduled sampling's
+        probabilities."""
+
     def configure_optimizer(self) -> torch.optim.Optimizer:
         """Return the optimizer over this module's parameters."""
         raise NotImplementedError(f"{type(self).__name__} must implement configure_optimizer()")

@@ -56,6 +56,7 @@ class Forecaster(EnhancedModule):
     ) -> None:
         super().__init__()
         self.config = config
+        self._graph_probabilities: torch.Tensor | None = None  # see refresh_graph_inputs
         channels, height, width = frame_shape
         # the data's frame size against what the config assumed of it (pool sizes, LPIPS)
         check_frame_size(config, height, width, "the data's frames")
@@ -285,13 +286,27 @@ class Forecaster(EnhancedModule):
                 )
         return 1.0, 0.0
 
+    def refresh_graph_inputs(self, step: int) -> None:
+        """Scheduled sampling's probabilities of optimizer step `step` into a device tensor
+        that `teacher_mask` then reads (a replayed graph reads no host value)."""
+        if self.config.sampling.mode == "none":
+            return
+        p_in, p_out = self.teacher_probabilities(step - 1)  # training_step sees global_step
+        if self._graph_probabilities is None:
+            device = next(self.parameters()).device
+            self._graph_probabilities = torch.zeros(2, device=device)
+        self._graph_probabilities.copy_(torch.tensor([p_in, p_out]), non_blocking=True)
+
     def teacher_mask(self, inputs: torch.Tensor, step: int) -> torch.Tensor | None:
-        """Per-sample choices of true (1) or predicted (0) frames, built on the device."""
+        """Per-sample choices of true (1) or predicted (0) frames, built on the device
+        (under `trainer.cuda_graphs`, with the probabilities read from the device)."""
         mode = self.config.sampling.mode
         if mode == "none":
             return None
         b, t_in = inputs.shape[:2]
         p_in, p_out = self.teacher_probabilities(step)
+        if self._graph_probabilities is not None:
+            p_in, p_out = self._graph_probabilities.unbind()
         draws_out = torch.rand(b, self.num_output_frames - 1, device=inputs.device) < p_out
         if mode == "linear":
             return draws_out.to(inputs.dtype)

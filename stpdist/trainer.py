@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from . import console, threads
 from .checkpoint import CheckpointManager, TrainState, read_state
-from .config import Config, LoggingConfig, TrainerConfig, check_values, to_yaml
+from .config import Config, ConfigError, LoggingConfig, TrainerConfig, check_values, to_yaml
 from .console import format_scalars, say
 from .data.loading import (
     Batch,
@@ -454,6 +454,13 @@ class Trainer:
                 "trainer.compile_mode %r has no effect: trainer.compile is false",
                 self.config.compile_mode,
             )
+        if self.config.cuda_graphs:
+            from .graphs import refusal
+
+            why = refusal(self.config, self.accelerator.num_processes)
+            if why:
+                raise ConfigError(why)
+        self._graph: Any = None
         on_cpu = self.accelerator.device.type == "cpu"
         if self.config.mixed_precision == "bf16" and on_cpu and not _fast_bf16_cpu():
             console.log.warning(
@@ -580,6 +587,7 @@ class Trainer:
         # `--resume auto`) stops here, naming the holder, before touching any checkpoint
         with self._run_lock(), self._stop.installed():
             state = self._start(resume, start, model, module, optimizer, scheduler, train, ctx)
+            self._graph = self._step_graph(module, optimizer)  # on the restored optimizer
             self.checkpoints.bind(
                 acc, module, optimizer, scheduler, self._config_yaml(), state, self.attachments
             )
@@ -712,10 +720,24 @@ class Trainer:
         """Forward, backward and (on the window's last micro-batch) the optimizer step of
         one micro-batch; returns whether the ranks agreed to stop (known here only for a
         module that may skip batches; otherwise at the next check point)."""
-        acc = self.accelerator
         batch = self._to_device(batch)
         module.global_step, module.current_epoch = state.global_step, state.epoch
-        step = state.global_step + 1
+        graph = self._graph
+        if graph is not None and graph.takes(batch):
+            return self._graphed_step(model, module, optimizer, batch, state, meter)
+        with graph.eager(optimizer) if graph is not None else contextlib.nullcontext():
+            return self._eager_step(model, module, optimizer, batch, state, meter)
+
+    def _eager_step(
+        self,
+        model: nn.Module,
+        module: EnhancedModule,
+        optimizer: Any,
+        batch: Any,
+        state: TrainState,
+        meter: Meter,
+    ) -> bool:
+        acc, step = self.accelerator, state.global_step + 1
         with acc.accumulate(model):
             output = model(batch.inputs, batch.targets, **self._hook_extras(batch))
             loss = loss_of(output, step)
@@ -740,6 +762,60 @@ class Trainer:
             extras = {k: v for k, v in _scalars_of(output, "training_step").items() if k != "loss"}
         meter.add(None if skipped else loss, batch.inputs.shape[0] * acc.num_processes, extras)
         return stop
+
+    def _step_graph(self, module: EnhancedModule, optimizer: Any) -> Any:
+        """The `trainer.cuda_graphs` step graph of this run, or None (with one line why)."""
+        from .graphs import StepGraph, emulated, plain_learning_rates
+
+        device, why = self.accelerator.device, None
+        if not self.config.cuda_graphs:
+            pass
+        elif device.type != "cuda" and not emulated():
+            why = (f"not applicable on {device.type} (CUDA graphs need a CUDA device); the "
+                   "step runs eagerly")  # fmt: skip
+        elif module.skips_batches:
+            why = (f"{type(module).__name__} may skip batches (skips_batches = True: every loss "
+                   "is read on the host), which a graph cannot replay; the step runs eagerly")  # fmt: skip
+        else:
+            return StepGraph(module, optimizer, device)
+        if why:
+            say(f"trainer.cuda_graphs: {why}")
+        plain_learning_rates(optimizer)  # resumed from a run with graphs: floats again
+        return None
+
+    def _graphed_step(
+        self,
+        model: nn.Module,
+        module: EnhancedModule,
+        optimizer: Any,
+        batch: Any,
+        state: TrainState,
+        meter: Meter,
+    ) -> bool:
+        """One optimizer step replayed from the step graph (captured at its first call)."""
+        acc, step, clip = self.accelerator, state.global_step + 1, self.config.grad_clip_norm
+
+        def body(inputs: torch.Tensor, targets: torch.Tensor, extras: dict) -> tuple:
+            with acc.accumulate(model):
+                output = model(inputs, targets, **extras)
+                acc.backward(loss_of(output, step))
+                norm = acc.clip_grad_norm_(module.parameters(), clip) if clip else None
+                optimizer.step()
+            return output, norm
+
+        output, norm = self._graph.run(batch, step, body, self._hook_extras(batch))
+        loss = loss_of(output, step)
+        self.lockstep.note(loss, step)
+        if norm is not None:
+            self._grad_norm = norm
+        elif step % self.config.log_every_n_steps == 0:
+            grads = [p.grad for p in module.parameters() if p.grad is not None]
+            self._grad_norm = torch.nn.utils.get_total_norm(grads)
+        extras = {}
+        if isinstance(output, dict):
+            extras = {k: v for k, v in _scalars_of(output, "training_step").items() if k != "loss"}
+        meter.add(loss, batch.inputs.shape[0] * acc.num_processes, extras)
+        return False
 
     def _agree_or_note(
         self, module: EnhancedModule, loss: torch.Tensor | None, step: int, state: TrainState
@@ -801,7 +877,7 @@ class Trainer:
         scalars = meter.window()
         if scalars is None:
             return
-        scalars["train/lr"] = optimizer.param_groups[0]["lr"]
+        scalars["train/lr"] = float(optimizer.param_groups[0]["lr"])  # a tensor with graphs
         if self._grad_norm is not None:  # host sync: the log step's one read of the norm
             scalars["train/grad_norm"], self._grad_norm = float(self._grad_norm), None
         self.tracker.log(scalars, step=state.global_step, epoch=state.epoch)

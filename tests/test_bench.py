@@ -241,6 +241,8 @@ def test_gpu_check_dry_runs_every_section_and_claims_no_measurement(tmp_path):
         ("trainer", "Trainer vs raw loop"),
         ("fp16", "GradScaler, forced overflow"),
         ("fp16", "Trainer fp16, forced overflow"),
+        ("ops", "convlstm"),
+        ("graphs", "convlstm batch 2"),
         ("backbones", "convlstm fp32"),
         ("backbones", "simvp fp32"),
         ("compile", "convlstm (eager)"),
@@ -256,6 +258,12 @@ def test_gpu_check_dry_runs_every_section_and_claims_no_measurement(tmp_path):
     assert scaler["applied"] == [1, 1, 2, 3] and scaler["changed"] == [True, False, True, True]
     assert scaler["scales"][1] == scaler["scales"][0] / 2 == scaler["scales"][2]
     assert rows[("host syncs", "host reads / step")]["values"]["per_step"] == 0
+    # the launch-bound step: fused regions cut the ops; the emulated graph trains as eager
+    ops = rows[("ops", "convlstm")]["values"]
+    assert ops["on"]["launching"] < ops["off"]["launching"]
+    graphs = rows[("graphs", "convlstm batch 2")]["values"]
+    assert graphs["max_relative_param_diff"] == 0 and graphs["steps"] == 7
+    assert "steady" in rows[("trainer", "Trainer vs raw loop")]["values"]
     compiled = rows[("compile", "convlstm (eager)")]["values"]
     assert compiled["sampling"] == "linear" and compiled["recompiles_per_100_steps"] == 0
     convlstm = rows[("backbones", "convlstm fp32")]["values"]

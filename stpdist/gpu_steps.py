@@ -1,0 +1,204 @@
+"""The GPU check's sections on the launch-bound recurrent step (issue 22), kept apart from
+`gpu_check` (which runs them and owns the plan, rows and report):
+
+- ops: aten ops per eager training step (kernel-launching ones and all), each recurrent
+  recipe with its fused regions off and on (`stpdist.bench.count_step_ops`);
+- graphs: samples/s of the Trainer's steady-state step with `trainer.cuda_graphs` off and
+  on, per recurrent recipe, at batch 16 and 64 (the dry run: the emulated graph on the
+  CPU, `stpdist.graphs`), and how far the parameters after the run differ between the two;
+- bf16 vs fp32: the ratio of the two precisions' training throughput per backbone, read
+  from the backbone rows;
+- steady-state step times of a Trainer (`trainer_step_times`), for the Trainer-vs-raw row.
+
+Steady state: each optimizer step is timed from the end of the one before it (with a
+device synchronisation after each), the first steps — warm-up, capture, compilation of
+the fused regions — left out; medians.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from .bench import NO_KERNEL_OPS, bench_module, count_step_ops, synchronize
+
+RECURRENT = ["convlstm", "predrnn", "predrnnpp", "predrnnv2", "mim", "mau", "phydnet", "trajgru"]
+"""The recurrent recipes whose step issue 22 is about."""
+STEADY_AFTER = 5
+"""Optimizer steps left out before the steady state (3 warm-up steps, the capture, one)."""
+
+
+@contextlib.contextmanager
+def _emulated_graphs(on: bool) -> Iterator[None]:
+    """The dry run's graphs: emulated on the CPU (see `stpdist.graphs`)."""
+    from .graphs import EMULATE_ENV
+
+    before = os.environ.get(EMULATE_ENV)
+    if on:
+        os.environ[EMULATE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(EMULATE_ENV, None)
+        else:
+            os.environ[EMULATE_ENV] = before
+
+
+def trainer_step_times(
+    make_trainer: Callable[..., Any], module: Any, loader: Any, device: torch.device, **options
+) -> list[float]:
+    """Seconds of each optimizer step of `make_trainer(**options).fit(module, loader)`,
+    each from the end of the one before (synchronised), the first leaving out set-up."""
+    stamps: list[float] = []
+    with tempfile.TemporaryDirectory() as out:
+        trainer = make_trainer(out, **options)
+        step = trainer._micro_step
+
+        def timed(*args: Any, **kwargs: Any) -> bool:
+            stop = step(*args, **kwargs)
+            synchronize(device)
+            stamps.append(time.perf_counter())
+            return stop
+
+        trainer._micro_step = timed
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # the Trainer's own lines
+                trainer.fit(module, loader)
+        finally:
+            trainer.close()
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def steady_median(times: list[float]) -> float:
+    steady = times[STEADY_AFTER - 1 :] or times
+    return statistics.median(steady)
+
+
+def ops_rows(plan: Any, recipe_model: Callable[..., Any], row: Callable[..., Any]) -> list:
+    """Per recurrent recipe: kernel-launching (and all) aten ops per eager training step,
+    fused regions off and on."""
+    rows = []
+    names = RECURRENT if not plan.dry else ["convlstm"]
+    for name in names:
+        counts = {}
+        for mode in ("off", "on"):
+            torch.manual_seed(0)
+            model = dataclasses.replace(recipe_model(plan, name), fused_kernels=mode)
+            module = bench_module(model, plan.shape, plan.output_frames, plan.device)
+            inputs = torch.rand(plan.shape, device=plan.device)
+            targets = torch.rand(
+                plan.batch, plan.output_frames, *plan.shape[2:], device=plan.device
+            )
+            total, launching, per_op = count_step_ops(
+                module, (inputs, targets), module.configure_optimizer()
+            )
+            top = [(n, k) for n, k in per_op.most_common() if n not in NO_KERNEL_OPS][:3]
+            counts[mode] = {"launching": launching, "all": total, "top": top}
+        off, on = counts["off"]["launching"], counts["on"]["launching"]
+        rows.append(
+            row(
+                "ops",
+                name,
+                "dry" if plan.dry else "measured",
+                f"kernel-launching aten ops per eager step: {off} fused off → {on} on "
+                f"({on / off:.2f}×); all ops {counts['off']['all']} → {counts['on']['all']}",
+                counts,
+            )
+        )
+    return rows
+
+
+def graph_rows(
+    plan: Any,
+    recipe_model: Callable[..., Any],
+    make_trainer: Callable[..., Any],
+    row: Callable[..., Any],
+    left_s: Callable[[], float],
+) -> list:
+    """Per recurrent recipe and batch size: the Trainer's steady-state samples/s with
+    `trainer.cuda_graphs` off and on (fp32; the recipe's scheduled sampling), and the
+    largest relative difference of a parameter after the two runs."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    rows = []
+    names = RECURRENT if not plan.dry else ["convlstm"]
+    sizes = (16, 64) if not plan.dry else (plan.batch,)
+    steps = STEADY_AFTER + (10 if not plan.dry else 2)
+    for name in names:
+        for batch in sizes:
+            if left_s() < (0 if plan.dry else 30):
+                rows.append(row("graphs", f"{name} batch {batch}", "skipped", "time budget spent"))
+                continue
+            shape = (batch, *plan.shape[1:])
+            g = torch.Generator().manual_seed(4)
+            frames = torch.rand(
+                steps * batch, shape[1] + plan.output_frames, *shape[2:], generator=g
+            )
+            data = TensorDataset(
+                frames[:, : shape[1]].contiguous(), frames[:, shape[1] :].contiguous()
+            )
+            result, params = {}, {}
+            for graphs in (False, True):
+                torch.manual_seed(0)
+                module = bench_module(
+                    recipe_model(plan, name), shape, plan.output_frames, plan.device
+                )
+                loader = DataLoader(data, batch_size=batch)
+                with _emulated_graphs(plan.dry and graphs):
+                    times = trainer_step_times(
+                        make_trainer, module, loader, plan.device, max_steps=steps,
+                        precision="fp32", cuda_graphs=graphs,
+                    )  # fmt: skip
+                result[graphs] = batch / steady_median(times)
+                params[graphs] = [p.detach().float().clone() for p in module.parameters()]
+            diff = max(
+                float((a - b).norm() / b.norm().clamp_min(1e-30))
+                for a, b in zip(params[True], params[False])
+            )
+            speedup = result[True] / result[False]
+            rows.append(
+                row(
+                    "graphs",
+                    f"{name} batch {batch}",
+                    "dry" if plan.dry else "measured",
+                    f"{result[False]:.1f} → {result[True]:.1f} samples/s with cuda_graphs "
+                    f"({speedup:.2f}×; steady state, fp32); parameters after {steps} steps "
+                    f"differ by ≤ {diff:.1e} (relative)",
+                    {
+                        "samples_per_s_eager": result[False],
+                        "samples_per_s_graphs": result[True],
+                        "speedup": speedup,
+                        "max_relative_param_diff": diff,
+                        "steps": steps,
+                    },
+                )  # fmt: skip
+            )
+    return rows
+
+
+def precision_rows(rows: list, row: Callable[..., Any]) -> list:
+    """bf16 against fp32 per backbone, from the backbone rows of this run."""
+    by = {}
+    for r in rows:
+        if r.section == "backbones" and "samples_per_s" in r.values:
+            name, precision = r.item.rsplit(" ", 1)
+            by.setdefault(name, {})[precision] = r.values["samples_per_s"]
+    out = []
+    for name, speeds in sorted(by.items()):
+        if {"bf16", "fp32"} <= speeds.keys():
+            ratio = speeds["bf16"] / speeds["fp32"]
+            verdict = "bf16 at least as fast" if ratio >= 1 else "bf16 SLOWER than fp32"
+            out.append(
+                row("bf16 vs fp32", name, "measured", f"{ratio:.2f}× ({verdict})", {"ratio": ratio})
+            )
+    return out

@@ -1,0 +1,198 @@
+"""`trainer.cuda_graphs` on a CPU: accepted and reported as not applicable; the combinations
+it refuses, refused at start in one line; and its code path — warm-up, capture into static
+buffers, replays with the capture's host state, eager fallback for a batch of other shapes,
+device-side scheduled-sampling probabilities, learning rate and clipping — run with the
+emulated graph (`STPDIST_EMULATE_CUDA_GRAPHS=1`): training equal to eager training, bitwise.
+The emulation replays with the capture's host state, so a step that read a per-step host
+value without refreshing it would train differently: the last test shows it does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_cli
+from helpers import forecaster
+from torch.utils.data import DataLoader
+
+from stpdist import EnhancedModule, Trainer
+from stpdist.config import CheckpointConfig, ConfigError
+from stpdist.graphs import EMULATE_ENV, WARMUP_STEPS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Sequences(torch.utils.data.Dataset):
+    """28 sequences of 6 frames of 1×8×8 (a fifth batch of 4 of 1×12×12 with `odd`)."""
+
+    def __init__(self, odd: bool = False) -> None:
+        g = torch.Generator().manual_seed(1)
+        side = [12 if odd and 16 <= i < 20 else 8 for i in range(28)]
+        self.items = [torch.rand(6, 1, s, s, generator=g) for s in side]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.items[i][:3], self.items[i][3:]
+
+
+def _data(odd: bool = False) -> DataLoader:
+    return DataLoader(_Sequences(odd), batch_size=4)
+
+
+class _Convolutional(EnhancedModule):
+    """Frames of any size: the next frames from a convolution of the last one."""
+
+    skips_batches = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 3, 3, padding=1)
+
+    def configure_optimizer(self):
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+    def training_step(self, inputs, targets):
+        return (self.conv(inputs[:, -1]).unsqueeze(2) - targets).square().mean()
+
+
+def _trainer(tmp_path, name: str, graphs: bool, epochs: int) -> Trainer:
+    return Trainer(
+        output_dir=tmp_path / name,
+        max_epochs=epochs,
+        progress_bar=False,
+        log_every_n_steps=2,
+        grad_clip_norm=0.05,
+        cuda_graphs=graphs,
+        checkpoint=CheckpointConfig(every_epoch=False, keep_last=1),
+    )
+
+
+def _train(tmp_path, name: str, graphs: bool, epochs: int = 2) -> tuple[dict, list]:
+    """The openstl ConvLSTM with reverse scheduled sampling (both probabilities change at
+    every step), gradient clipping and its cosine schedule: (final weights, the
+    `global_step` each training step saw)."""
+    torch.manual_seed(0)
+    module = forecaster(
+        "convlstm", (1, 8, 8), 3, 3,
+        backbone={"hidden_channels": [4], "kernel_size": 3, "variant": "openstl"},
+        lr=0.01, sampling="reverse", reverse_steps=[1, 12], reverse_alpha=3.0,
+    )  # fmt: skip
+    seen = []
+    original = module.training_step
+
+    def recorded(inputs, targets):
+        seen.append(module.global_step)
+        return original(inputs, targets)
+
+    module.training_step = recorded
+    _trainer(tmp_path, name, graphs, epochs).fit(module, _data())
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}, seen
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_on_a_cpu_it_is_accepted_and_not_applicable(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(EMULATE_ENV, raising=False)
+    eager, _ = _train(tmp_path, "eager", graphs=False, epochs=1)
+    graphs, _ = _train(tmp_path, "graphs", graphs=True, epochs=1)
+    assert "trainer.cuda_graphs: not applicable on cpu" in capsys.readouterr().out
+    assert _same(eager, graphs)
+
+
+def test_emulated_graph_trains_as_eager_bitwise(tmp_path, capsys, monkeypatch):
+    eager, eager_steps = _train(tmp_path, "eager", graphs=False)
+    monkeypatch.setenv(EMULATE_ENV, "1")
+    graphs, graph_steps = _train(tmp_path, "graphs", graphs=True)
+    assert "not applicable" not in capsys.readouterr().out
+    # warm-up steps ran as themselves; the replays ran the captured step with the host
+    # state of the capture (global_step WARMUP_STEPS)
+    assert eager_steps == list(range(14))
+    assert graph_steps == [*range(WARMUP_STEPS + 1), *[WARMUP_STEPS] * (13 - WARMUP_STEPS)]
+    assert _same(eager, graphs)
+    assert not _same(eager, _train(tmp_path, "short", graphs=False, epochs=1)[0])
+
+
+def test_a_batch_of_other_shapes_runs_eagerly_between_replays(tmp_path, capsys, monkeypatch):
+    weights = {}
+    for graphs in (False, True):
+        monkeypatch.setenv(EMULATE_ENV, "1" if graphs else "0")
+        torch.manual_seed(0)
+        module = _Convolutional()
+        _trainer(tmp_path, f"conv-{graphs}", graphs, epochs=2).fit(module, _data(odd=True))
+        weights[graphs] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    out = capsys.readouterr().out
+    assert out.count("cuda_graphs: a batch of shapes ((4, 3, 1, 12, 12)") == 1, out
+    assert _same(weights[False], weights[True])
+
+
+def test_a_host_value_left_unrefreshed_would_show(tmp_path, monkeypatch):
+    """The control: with the Forecaster's refresh switched off, the replays draw the
+    scheduled-sampling masks with the capture's probabilities — and training differs."""
+    from stpdist.task import Forecaster
+
+    eager, _ = _train(tmp_path, "eager", graphs=False)
+    monkeypatch.setenv(EMULATE_ENV, "1")
+    monkeypatch.setattr(Forecaster, "refresh_graph_inputs", lambda self, step: None)
+    stale, _ = _train(tmp_path, "stale", graphs=True)
+    assert not _same(eager, stale)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        (["trainer.gradient_accumulation_steps=2"], "gradient_accumulation_steps 2"),
+        (["trainer.strategy=fsdp"], "strategy fsdp"),
+        (["trainer.compile=true"], "trainer.compile"),
+    ],
+)
+def test_refused_combinations_exit_2_in_one_line(tmp_path, overrides, reason):
+    done = run_cli(
+        "train", str(ROOT / "configs" / "debug.yaml"), "trainer.cuda_graphs=true", *overrides,
+        f"trainer.output_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'data'}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "trainer.cuda_graphs cannot run with" in lines[0], done.stderr
+    assert reason in lines[0]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
+
+
+def test_refusal_names_every_reason():
+    from stpdist.config import TrainerConfig
+    from stpdist.graphs import refusal
+
+    config = TrainerConfig(mixed_precision="fp16", gradient_accumulation_steps=2)
+    why = refusal(config, num_processes=4)
+    assert why.startswith("trainer.cuda_graphs cannot run with 4 processes")
+    assert "mixed_precision fp16" in why and "gradient_accumulation_steps 2" in why
+    assert refusal(TrainerConfig(), num_processes=1) is None
+
+
+def test_refused_by_the_trainer_object_too():
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps 3"):
+        Trainer(max_epochs=1, cuda_graphs=True, gradient_accumulation_steps=3)
+
+
+def test_a_resume_without_graphs_gets_float_learning_rates_back():
+    """A checkpoint of a run with graphs holds tensor learning rates and `capturable`; an
+    eager foreach Adam refuses a tensor learning rate, so they are made plain again."""
+    from stpdist.graphs import plain_learning_rates
+
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.Adam([param], lr=0.1)
+    saved = optimizer.state_dict()
+    saved["param_groups"][0].update(lr=torch.tensor(0.05), capturable=True)
+    optimizer.load_state_dict(saved)
+    plain_learning_rates(optimizer)
+    group = optimizer.param_groups[0]
+    assert group["lr"] == pytest.approx(0.05) and not isinstance(group["lr"], torch.Tensor)
+    assert group["capturable"] is False
+    param.grad = torch.ones(3)
+    optimizer.step()  # raises "If capturable=True, params … must be on supported devices" unmade
+    assert param.detach().lt(1).all()
