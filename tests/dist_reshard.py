@@ -1,6 +1,6 @@
 """Entry point for the resharding tests: `torchrun --nproc_per_node N tests/dist_reshard.py
 JOBS.json`, each job a dict {out, shards, accum, steps (or null: one epoch), resume,
-keep}: trains TinyModule on real tar shards (ShardTrainStream), records the sample keys of
+keep, strategy}: trains TinyModule on real tar shards (ShardTrainStream), records the sample keys of
 every micro-batch per rank and, on the main rank, the final parameters."""
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def run(job: dict) -> None:
         max_steps=job.get("steps"),
         gradient_accumulation_steps=job.get("accum", 1),
         keep_global_batch=job.get("keep", False),
+        strategy=job.get("strategy", "ddp"),
         output_dir=job["out"],
         progress_bar=False,
         log_every_n_steps=1,
@@ -68,8 +69,12 @@ def run(job: dict) -> None:
     out = Path(job["out"])
     tag = job.get("tag", "run")
     (out / f"keys-{tag}-r{rank}.json").write_text(json.dumps(module.seen))
+    # whole on every rank (FSDP: gathered from the shards, a collective), saved by the main
+    params = {
+        k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+        for k, v in module.state_dict().items()
+    }
     if trainer.is_main:
-        params = {k: v.detach().clone() for k, v in module.state_dict().items()}
         torch.save(params, out / f"params-{tag}.pt")
         (out / f"state-{tag}.json").write_text(
             json.dumps({"global_step": state.global_step, "epoch": state.epoch})

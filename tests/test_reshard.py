@@ -47,7 +47,9 @@ def written(tmp_path_factory):
     jobs = [
         {**common, "out": str(tmp / "straight"), "tag": "straight"},
         {**common, "out": str(tmp / "stopped"), "tag": "first", "steps": 1},
-    ]
+        {**common, "out": str(tmp / "stopped-fsdp"), "tag": "first", "steps": 1,
+         "strategy": "fsdp"},
+    ]  # fmt: skip
     run_ranks([SCRIPT, _jobs(tmp, jobs)], 4, timeout=240)
     return tmp, shards
 
@@ -59,15 +61,22 @@ def _seen(folder: Path, tag: str) -> list[str]:
     return keys
 
 
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_mid_epoch_checkpoint_of_4_ranks_resumes_on_other_ranks(tmp_path, written, ranks):
+@pytest.mark.parametrize(("ranks", "strategy"), [(2, "ddp"), (3, "ddp"), (2, "fsdp"), (3, "fsdp")])
+def test_mid_epoch_checkpoint_of_4_ranks_resumes_on_other_ranks(tmp_path, written, ranks, strategy):
+    """DDP and FSDP (a sharded checkpoint, 4 shards resharded to 2 or 3); the parameters
+    are held to the uninterrupted 4-rank DDP run's (FSDP trains to DDP's, tests/test_fsdp.py)."""
     tmp, shards = written
     run = tmp_path / "run"
-    shutil.copytree(tmp / "stopped", run)
+    shutil.copytree(tmp / ("stopped" if strategy == "ddp" else "stopped-fsdp"), run)
     state = json.loads((run / "checkpoints" / "step-00000001" / "trainer_state.json").read_text())
     assert (state["world_size"], state["batch"], state["epoch"]) == (4, ACCUM, 0)  # mid-epoch
+    shards_of = lambda step: sorted(  # noqa: E731
+        (run / "checkpoints" / f"step-{step:08d}").glob("sharded/*.distcp")
+    )
+    assert len(shards_of(1)) == (4 if strategy == "fsdp" else 0)
 
-    job = {"shards": str(shards), "accum": ACCUM, "out": str(run), "tag": "rest"}
+    job = {"shards": str(shards), "accum": ACCUM, "out": str(run), "tag": "rest",
+           "strategy": strategy}  # fmt: skip
     proc = run_ranks([SCRIPT, _jobs(tmp_path, [{**job, "resume": "auto", "keep": True}])], ranks)
     assert f"redistributed over {ranks}" in proc.stdout + proc.stderr
 
@@ -93,6 +102,7 @@ def test_mid_epoch_checkpoint_of_4_ranks_resumes_on_other_ranks(tmp_path, writte
     assert final == {"global_step": 4, "epoch": 1}
     saved = json.loads((run / "checkpoints" / "step-00000004" / "trainer_state.json").read_text())
     assert (saved["world_size"], saved["gradient_accumulation_steps"]) == (ranks, 12 // ranks)
+    assert len(shards_of(4)) == (ranks if strategy == "fsdp" else 0)
     expected = torch.load(tmp / "straight" / "params-straight.pt")
     got = torch.load(run / "params-rest.pt")
     for name, value in expected.items():
