@@ -83,63 +83,6 @@ def run(job: dict) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
-def measure(job: dict) -> None:
-    """Job {measure: CONFIG, overrides, shape: [C, H, W], strategy, steps, out}: trains the
-    config's model on random frames for `steps` optimizer steps and writes, per rank,
-    `measure-r<rank>.json`: the bytes of parameters + gradients + optimizer state this rank
-    stores (tensor storages, at each optimizer step; the largest), its peak RSS and the
-    median seconds per optimizer step (the first step left out: it includes set-up)."""
-    import resource
-    import time
-
-    from torch.utils.data import TensorDataset
-
-    from stpdist.build import build_module
-    from stpdist.config import load_config
-
-    torch.manual_seed(0)
-    cfg = load_config(job["measure"], job.get("overrides", []))
-    module = build_module(cfg, tuple(job["shape"]))
-    stored, stamps = [], []
-    configure = module.configure_optimizer
-
-    def configure_optimizer():
-        optimizer = configure()
-
-        def at_step(opt, args, kwargs):  # gradients are there, the step not yet taken
-            stored.append(local_bytes(module, opt))
-            stamps.append(time.perf_counter())
-
-        optimizer.register_step_pre_hook(at_step)
-        return optimizer
-
-    module.configure_optimizer = configure_optimizer
-    trainer = Trainer(
-        max_epochs=None,
-        max_steps=job["steps"],
-        strategy=job["strategy"],
-        mixed_precision=cfg.trainer.mixed_precision,
-        output_dir=job["out"],
-        progress_bar=False,
-        log_every_n_steps=1000,
-    )
-    t_in, t_out = cfg.data.num_input_frames, cfg.data.num_output_frames
-    count = cfg.data.batch_size * trainer.accelerator.num_processes * (job["steps"] + 1)
-    frames = torch.randn(count, t_in + t_out, *job["shape"])
-    data = TensorDataset(frames[:, :t_in].contiguous(), frames[:, t_in:].contiguous())
-    trainer.fit(module, DataLoader(data, batch_size=cfg.data.batch_size))
-    gaps = sorted(b - a for a, b in zip(stamps[1:], stamps[2:]))
-    result = {
-        "parameters": sum(p.numel() for p in module.parameters()),
-        "stored_bytes": max(stored),
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "step_s": gaps[len(gaps) // 2] if gaps else None,
-    }
-    rank = trainer.accelerator.process_index
-    (Path(job["out"]) / f"measure-r{rank}.json").write_text(json.dumps(result))
-    trainer.accelerator.wait_for_everyone()
-
-
 if __name__ == "__main__":
     for job in json.loads(Path(sys.argv[1]).read_text()):
-        measure(job) if "measure" in job else run(job)
+        run(job)

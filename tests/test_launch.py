@@ -155,6 +155,19 @@ def test_multi_node_job_on_two_nodes(cluster, tmp_path):
 
 
 @slurm
+def test_multi_node_job_with_fsdp(cluster, tmp_path):
+    """The same script with `trainer.strategy=fsdp`: 4 ranks on 2 nodes, each writing its
+    shard of every checkpoint."""
+    job = sbatch(cluster, tmp_path, "trainer.output_dir=runs/fsdp", "trainer.strategy=fsdp",
+                 wait=True)  # fmt: skip
+    log = (tmp_path / "logs" / f"stpdist-{job}.out").read_text()
+    assert "2 nodes × 2 ranks" in log
+    last = sorted((tmp_path / "runs" / "fsdp" / "checkpoints").glob("step-*"))[-1]
+    assert len(list(last.glob("sharded/*.distcp"))) == 4
+    assert json.loads((last / "trainer_state.json").read_text())["world_size"] == 4
+
+
+@slurm
 def test_preempted_job_checkpoints_requeues_and_resumes(cluster, tmp_path):
     run = tmp_path / "runs" / "pre"
     long = [
