@@ -1,4 +1,4 @@
-"""Fused gate arithmetic (issue 22): ConvLSTM and the PredRNN family.
+"""Fused gate arithmetic (issue 22): ConvLSTM, the PredRNN family, MIM, MAU, PhyDNet, TrajGRU.
 
 With `model.fused_kernels` off, the cells run exactly the ops they ran before the regions
 were marked (bitwise equal to the commit before, `BEFORE`); on, each region runs as one
@@ -22,6 +22,15 @@ BEFORE = "0e38f79"  # the last commit before the gate arithmetic moved into fuse
 
 SPEC = FrameSpec(channels=2, height=8, width=8, num_input_frames=3, num_output_frames=2)
 
+# two channels per GroupNorm group (one would make the conv biases' gradients exactly 0)
+PHYDNET = {
+    "encoder_channels": 32,
+    "phycell_hidden_channels": 9,
+    "phycell_kernel_size": 3,
+    "convlstm_hidden_channels": [64],
+    "downsample": 2,
+}
+
 CASES = {
     "convlstm-stpdist": ("convlstm", "ConvLSTM", {"hidden_channels": [4, 4], "kernel_size": 3}),
     "convlstm-openstl": (
@@ -37,6 +46,35 @@ CASES = {
     "predrnn": ("predrnn", "PredRNN", {"hidden_channels": [4, 4], "kernel_size": 3}),
     "predrnnv2": ("predrnn", "PredRNNv2", {"hidden_channels": [4, 4], "kernel_size": 3}),
     "predrnnpp": ("predrnn", "PredRNNpp", {"hidden_channels": [4, 4], "kernel_size": 3}),
+    "mim-paper": ("mim", "MIM", {"hidden_channels": [4, 4, 4], "kernel_size": 3}),
+    "mim-openstl": (
+        "mim",
+        "MIM",
+        {"variant": "openstl", "hidden_channels": [4, 4, 4], "kernel_size": 3},
+    ),
+    # float64 for MAU and PhyDNet: their gradients are ill-conditioned in float32 (a conv
+    # bias before a LayerNorm or GroupNorm gets the small difference of large terms; the
+    # op-by-op float32 gradients are themselves 1–3e-6 from float64 at these shapes), so
+    # rounding alone would exceed 1e-6; in float64 the check still tells a changed
+    # computation from rounding
+    "mau": (
+        "mau",
+        "MAU",
+        {"hidden_channels": [4, 4], "kernel_size": 3, "downsample": 2, "attention_window": 2},
+        torch.float64,
+    ),
+    "phydnet-paper": (
+        "phydnet",
+        "PhyDNet",
+        {**PHYDNET, "convlstm_hidden_channels": [8, 64]},
+        torch.float64,
+    ),
+    "phydnet-openstl": ("phydnet", "PhyDNet", {**PHYDNET, "variant": "openstl"}, torch.float64),
+    "trajgru": (
+        "trajgru",
+        "TrajGRU",
+        {"conv_channels": [4, 4], "hidden_channels": [4, 4], "links": [8, 8]},
+    ),
 }
 
 
@@ -60,16 +98,22 @@ class _Step(nn.Module):
         return loss
 
 
-def _build(file: str, cls: str, args: dict) -> nn.Module:
+def _case(case: str) -> tuple[str, str, dict, torch.dtype]:
+    """(model file, class, arguments, dtype: float32 unless the case names one)."""
+    file, cls, args, *dtype = CASES[case]
+    return file, cls, args, dtype[0] if dtype else torch.float32
+
+
+def _build(file: str, cls: str, args: dict, dtype: torch.dtype) -> nn.Module:
     model_class = getattr(importlib.import_module(f"stpdist.models.{file}"), cls)
-    return model_class(SPEC, model_class.Args(**args))
+    return model_class(SPEC, model_class.Args(**args)).to(dtype)
 
 
-def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(3)
     frames = torch.rand(2, 3, 2, 8, 8, generator=g)
     targets = torch.rand(2, 2, 2, 8, 8, generator=g)
-    return frames, targets
+    return frames.to(dtype), targets.to(dtype)
 
 
 def _gradients(step: _Step, batch: tuple) -> tuple[torch.Tensor, dict]:
@@ -86,13 +130,13 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fused_off_is_bitwise_the_code_before(case):
-    file, cls, args = CASES[case]
+    file, cls, args, dtype = _case(case)
     old = model_file_at(BEFORE, file)
     torch.manual_seed(0)
-    reference = getattr(old, cls)(SPEC, getattr(old, cls).Args(**args))
-    model = _build(file, cls, args)
+    reference = getattr(old, cls)(SPEC, getattr(old, cls).Args(**args)).to(dtype)
+    model = _build(file, cls, args, dtype)
     model.load_state_dict(reference.state_dict())
-    batch = _batch()
+    batch = _batch(dtype)
     loss_old, grads_old = _gradients(_Step(reference, fused=False), batch)
     loss_new, grads_new = _gradients(_Step(model, fused=False), batch)
     assert torch.equal(loss_old, loss_new)
@@ -103,10 +147,10 @@ def test_fused_off_is_bitwise_the_code_before(case):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fused_on_same_results_with_at_most_half_the_kernel_launches(case):
-    file, cls, args = CASES[case]
+    file, cls, args, dtype = _case(case)
     torch.manual_seed(0)
-    backbone = _build(file, cls, args)
-    batch = _batch()
+    backbone = _build(file, cls, args, dtype)
+    batch = _batch(dtype)
     loss_off, grads_off = _gradients(_Step(backbone, fused=False), batch)
     loss_on, grads_on = _gradients(_Step(backbone, fused=True), batch)
     assert _relative(loss_on, loss_off) <= 1e-6
@@ -116,7 +160,9 @@ def test_fused_on_same_results_with_at_most_half_the_kernel_launches(case):
     counts = {}
     for fused in (False, True):
         step = _Step(backbone, fused)
-        optimizer = torch.optim.Adam(step.parameters(), lr=0.0)
+        # fused Adam (one op): the CPU default, a loop over the parameters, would add ~9 ops
+        # per parameter to both counts, which at these few steps hides the backbone's
+        optimizer = torch.optim.Adam(step.parameters(), lr=0.0, fused=True)
         _, launching, per_op = count_step_ops(step, batch, optimizer)
         counts[fused] = launching, per_op
     assert counts[True][0] * 2 <= counts[False][0], counts
@@ -126,3 +172,48 @@ def test_fused_on_same_results_with_at_most_half_the_kernel_launches(case):
     forward = {n: k for n, k in fused_ops.items() if not n.endswith("_backward")}
     for name, calls in forward.items():
         assert fused_ops[name + "_backward"] == calls, fused_ops
+
+
+def test_phydnet_fused_path_batches_over_time_with_the_same_results():
+    """PhyDNet's fused path encodes the input frames in one call and decodes the predictions
+    that are not fed back in one call after the loop: with every next-frame prediction returned
+    and a teacher mask over the outputs (the recipe's training call), the same predictions,
+    loss and gradients as the step-by-step loop (float64, see CASES)."""
+    file, cls, args, dtype = _case("phydnet-openstl")
+    torch.manual_seed(0)
+    model = _build(file, cls, args, dtype)
+    frames, targets = _batch(dtype)
+    teacher_mask = torch.tensor([[1.0], [0.0]], dtype=dtype)  # B×(T_out−1)
+    calls = {"encoder": 0, "decoder": 0}
+    for name in calls:
+        getattr(model, name).register_forward_hook(
+            lambda *_, name=name: calls.update({name: calls[name] + 1})
+        )
+    results = {}
+    for fused in (False, True):
+        model.zero_grad(set_to_none=True)
+        calls.update(encoder=0, decoder=0)
+        with fusion(fused):
+            out = model(
+                frames,
+                SPEC.num_output_frames,
+                targets_BTCHW=targets,
+                teacher_mask_BT=teacher_mask,
+                all_frames=True,
+            )
+        truth = torch.cat([frames[:, 1:], targets], dim=1)
+        loss = (out.predictions - truth).square().mean() + out.aux_losses["moment"]
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        results[fused] = out.predictions.detach(), loss.detach(), grads
+        # step by step: one call per step (4); batched: the 3 input frames in one call, then
+        # one per fed-back frame (1); the one prediction fed back decoded at its step, the
+        # other three (frames 1, 2 and the last) in one call
+        assert calls == ({"encoder": 2, "decoder": 2} if fused else {"encoder": 4, "decoder": 4})
+    predictions_off, loss_off, grads_off = results[False]
+    predictions_on, loss_on, grads_on = results[True]
+    assert predictions_on.shape == (2, 4, 2, 8, 8)  # T_in + T_out − 1 frames
+    assert _relative(predictions_on, predictions_off) <= 1e-12
+    assert _relative(loss_on, loss_off) <= 1e-12
+    for name, grad in grads_off.items():
+        assert _relative(grads_on[name], grad) <= 1e-10, name

@@ -86,6 +86,10 @@ ST-LSTM's, the MIM block's, MIM-N's and MIM-S's) with a LayerNorm over [its outp
 channels, H, W]; the 1×1 `conv_last` and the peepholes stay unnormalised. In `paper` the
 first step's MIM-N then outputs its LayerNorm biases' response to a zero difference; in
 `openstl` the blocks read zero there, as in OpenSTL.
+
+Fused kernels (`model.fused_kernels`, `stpdist.models.fused`): the arithmetic between the
+convolutions (MIM-N's and MIM-S's gates, a block's memories and its output; the first
+layer's as in PredRNN) runs as fused regions; the LayerNorms stay outside them.
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ import torch
 from torch import nn
 
 from .base import FrameSpec, gate_norm
+from .fused import pointwise
 from .predrnn import STLSTMCell
 from .recurrent import FrameRecurrent
 
@@ -133,14 +138,24 @@ class PeepholeLSTM(nn.Module):
         self.norm_h = gate_norm(4 * hidden, norm_size)
 
     def forward(self, x, h, c):
-        i_x, g_x, f_x, o_x = self.norm_x(self.conv_x(x)).chunk(4, dim=1)
-        i_h, g_h, f_h, o_h = self.norm_h(self.conv_h(h)).chunk(4, dim=1)
-        i_c, f_c = (self.peephole_if * torch.cat([c, c], dim=1)).chunk(2, dim=1)
-        i = torch.sigmoid(i_x + i_h + i_c)
-        f = torch.sigmoid(f_x + f_h + f_c + self.forget_bias)
-        c = f * c + i * torch.tanh(g_x + g_h)
-        o = torch.sigmoid(o_x + o_h + self.peephole_o * c)
-        return o * torch.tanh(c), c
+        x_gates = self.norm_x(self.conv_x(x))
+        h_gates = self.norm_h(self.conv_h(h))
+        return _peephole_lstm(
+            x_gates, h_gates, c, self.peephole_if, self.peephole_o, scalars=(self.forget_bias,)
+        )
+
+
+@pointwise
+def _peephole_lstm(x_gates, h_gates, c, peephole_if, peephole_o, forget_bias: float):
+    """MIM-N's and MIM-S's arithmetic after their two gate convolutions: (new h, new c)."""
+    i_x, g_x, f_x, o_x = x_gates.chunk(4, dim=1)
+    i_h, g_h, f_h, o_h = h_gates.chunk(4, dim=1)
+    i_c, f_c = (peephole_if * torch.cat([c, c], dim=1)).chunk(2, dim=1)
+    i = torch.sigmoid(i_x + i_h + i_c)
+    f = torch.sigmoid(f_x + f_h + f_c + forget_bias)
+    c = f * c + i * torch.tanh(g_x + g_h)
+    o = torch.sigmoid(o_x + o_h + peephole_o * c)
+    return o * torch.tanh(c), c
 
 
 class MIMBlock(nn.Module):
@@ -173,17 +188,36 @@ class MIMBlock(nn.Module):
         self.norm_m = gate_norm(4 * hidden, norm_size)
 
     def forward(self, x, difference, h, c, m, stationary_c):
-        i_x, g_x, f_x, o_x = self.norm_x(self.conv_x(x)).chunk(4, dim=1)
-        i_h, g_h, o_h = self.norm_h(self.conv_h(h)).chunk(3, dim=1)
-        i_m, g_m, f_m, o_m = self.norm_m(self.conv_m(m)).chunk(4, dim=1)
+        x_gates = self.norm_x(self.conv_x(x))
+        h_gates = self.norm_h(self.conv_h(h))
+        m_gates = self.norm_m(self.conv_m(m))
         # MIM-S: input D (from MIM-N), hidden C_{t−1}; its output replaces f ⊙ C_{t−1}
         trend, stationary_c = self.stationary(difference, c, stationary_c)
-        c = trend + torch.sigmoid(i_x + i_h) * torch.tanh(g_x + g_h)
-        m = torch.sigmoid(f_x + f_m + self.forget_bias) * m + torch.sigmoid(i_x + i_m) * torch.tanh(
-            g_x + g_m
+        c, m, o, memory = _block_memories(
+            x_gates, h_gates, m_gates, trend, m, scalars=(self.forget_bias,)
         )
-        o = torch.sigmoid(o_x + o_h + o_m)
-        return o * torch.tanh(self.conv_last(torch.cat([c, m], dim=1))), c, m, stationary_c
+        return _block_output(o, self.conv_last(memory)), c, m, stationary_c
+
+
+@pointwise
+def _block_memories(x_gates, h_gates, m_gates, trend, m, forget_bias: float):
+    """A MIM block's arithmetic from its three gate convolutions and MIM-S's output (the
+    trend): (new c, new m, output gate, [c, m])."""
+    i_x, g_x, f_x, o_x = x_gates.chunk(4, dim=1)
+    i_h, g_h, o_h = h_gates.chunk(3, dim=1)
+    i_m, g_m, f_m, o_m = m_gates.chunk(4, dim=1)
+    c = trend + torch.sigmoid(i_x + i_h) * torch.tanh(g_x + g_h)
+    m = torch.sigmoid(f_x + f_m + forget_bias) * m + torch.sigmoid(i_x + i_m) * torch.tanh(
+        g_x + g_m
+    )
+    o = torch.sigmoid(o_x + o_h + o_m)
+    return c, m, o, torch.cat([c, m], dim=1)
+
+
+@pointwise
+def _block_output(o, last):
+    """A MIM block's hidden state: o ⊙ tanh(W_1×1∗[c, m])."""
+    return o * torch.tanh(last)
 
 
 @dataclass

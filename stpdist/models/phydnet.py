@@ -84,6 +84,13 @@ convolution and GroupNorm, `i.j` below is block i's layer j):
 twice, also as `encoder.phycell.*` and `encoder.convcell.*` (the same modules, shared):
 equal copies to drop; and the buffers `k2m._M0`, `k2m._M1`, `k2m._invM0`, `k2m._invM1`
 (the moment matrices, rebuilt here). Shapes are equal one to one.
+
+Fused kernels (`model.fused_kernels`, `stpdist.models.fused`): each conv block's GroupNorm
+and leaky ReLU, PhyCell's correction and the ConvLSTM gates run as fused regions, and the
+forward batches over time what does not wait for the recurrence: the input frames' encoding
+before the loop, the decoding of the predictions that are never fed back (the last, and
+frames 1..T_in−1 with `loss_frames: all`) after it. Off, the model runs its op-by-op step
+loop.
 """
 
 from __future__ import annotations
@@ -93,14 +100,43 @@ from dataclasses import dataclass, field
 from typing import Literal  # noqa: UP035 - OmegaConf reads these
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .base import FrameSpec
+from .base import BackboneOutput, FrameSpec
+from .fused import fusion_active, pointwise
 from .recurrent import FrameRecurrent
 
 
+class _ConvBlock(nn.Sequential):
+    """(Transposed) convolution, GroupNorm, leaky ReLU; the two after the convolution as
+    one fused region."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, norm, activation = self
+        return _group_norm_leaky(
+            conv(x),
+            norm.weight,
+            norm.bias,
+            scalars=(norm.num_groups, norm.eps, activation.negative_slope),
+        )
+
+
+@pointwise
+def _group_norm_leaky(
+    conv: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    num_groups: float,
+    eps: float,
+    negative_slope: float,
+) -> torch.Tensor:
+    """A conv block's GroupNorm and leaky ReLU."""
+    return F.leaky_relu(F.group_norm(conv, int(num_groups), weight, bias, eps), negative_slope)
+
+
 def _conv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(
+    return _ConvBlock(
         nn.Conv2d(cin, cout, 3, stride=stride, padding=1),
         nn.GroupNorm(16, cout),
         nn.LeakyReLU(0.2),
@@ -108,7 +144,7 @@ def _conv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 def _upconv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(
+    return _ConvBlock(
         nn.ConvTranspose2d(cin, cout, 3, stride=stride, padding=1, output_padding=stride - 1),
         nn.GroupNorm(16, cout),
         nn.LeakyReLU(0.2),
@@ -147,10 +183,12 @@ class PhyCell(nn.Module):
         self.register_buffer("moments", moment_matrices(kernel_size), persistent=False)
 
     def forward(self, x_BEHW: torch.Tensor, hidden_BEHW: torch.Tensor) -> torch.Tensor:
-        predicted = hidden_BEHW + self.physics(hidden_BEHW)
-        gain_reads = hidden_BEHW if self.gain_from_previous else predicted
-        gain = torch.sigmoid(self.gain(torch.cat([x_BEHW, gain_reads], dim=1)))
-        return predicted + gain * (x_BEHW - predicted)
+        change = self.physics(hidden_BEHW)
+        if self.gain_from_previous:  # H̃ = H + Φ(H) is formed inside the correction
+            gain_conv = self.gain(torch.cat([x_BEHW, hidden_BEHW], dim=1))
+            return _predict_correct(x_BEHW, hidden_BEHW, change, gain_conv)
+        predicted = hidden_BEHW + change
+        return _correction(x_BEHW, predicted, self.gain(torch.cat([x_BEHW, predicted], dim=1)))
 
     def moment_loss(self) -> torch.Tensor:
         """Σ over input channels of MSE(moments of kernel j, one-hot at derivative j)."""
@@ -162,6 +200,28 @@ class PhyCell(nn.Module):
         return per_channel.sum().to(self.physics[0].weight.dtype)
 
 
+@pointwise
+def _correction(
+    x_BEHW: torch.Tensor, predicted_BEHW: torch.Tensor, gain_conv_BEHW: torch.Tensor
+) -> torch.Tensor:
+    """PhyCell's correction after the gain's convolution: H̃ + σ(W ∗ ·) ⊙ (E(x) − H̃)."""
+    gain = torch.sigmoid(gain_conv_BEHW)
+    return predicted_BEHW + gain * (x_BEHW - predicted_BEHW)
+
+
+@pointwise
+def _predict_correct(
+    x_BEHW: torch.Tensor,
+    hidden_BEHW: torch.Tensor,
+    change_BEHW: torch.Tensor,
+    gain_conv_BEHW: torch.Tensor,
+) -> torch.Tensor:
+    """`_correction` of the prediction H̃ = H + Φ(H), for a gain that does not read H̃."""
+    predicted = hidden_BEHW + change_BEHW
+    gain = torch.sigmoid(gain_conv_BEHW)
+    return predicted + gain * (x_BEHW - predicted)
+
+
 class PhyDConvLSTMCell(nn.Module):
     """Plain ConvLSTM cell (the residual branch); gates from one conv over [x, h]."""
 
@@ -171,9 +231,24 @@ class PhyDConvLSTMCell(nn.Module):
         self.gates = nn.Conv2d(cin + hidden, 4 * hidden, kernel_size, padding=kernel_size // 2)
 
     def forward(self, x, h, c):
-        i, f, o, g = self.gates(torch.cat([x, h], dim=1)).chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+        return _lstm_gates(self.gates(torch.cat([x, h], dim=1)), c)
+
+
+@pointwise
+def _lstm_gates(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ConvLSTM branch's arithmetic after its gate convolution: (new h, new c)."""
+    i, f, o, g = gates.chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+@pointwise
+def _teacher_forced(
+    keep_B111: torch.Tensor, truth_BCHW: torch.Tensor, prediction_BCHW: torch.Tensor
+) -> torch.Tensor:
+    """The next input frame under scheduled sampling: the truth where `keep` is 1, the
+    prediction where it is 0 (as `FrameRecurrent.forward` mixes them)."""
+    return keep_B111 * truth_BCHW + (1 - keep_B111) * prediction_BCHW
 
 
 @dataclass
@@ -284,13 +359,96 @@ class PhyDNet(FrameRecurrent):
         physics, layers = state
         encoded = self.encoder(frame_BCHW)
         physics = self.phycell(self.encoder_physics(encoded), physics)
-        x, new_layers = self.encoder_residual(encoded), []
+        x, layers = self._residual(self.encoder_residual(encoded), layers)
+        return self._decode(physics, x), (physics, layers)
+
+    def _residual(self, x: torch.Tensor, layers: list) -> tuple[torch.Tensor, list]:
+        """One step of the ConvLSTM branch: (its output, every layer's new (h, c))."""
+        new_layers = []
         for cell, (h, c) in zip(self.convlstm, layers):
             h, c = cell(x, h, c)
             new_layers.append((h, c))
             x = h
-        merged = self.decoder_physics(physics) + self.decoder_residual(x)
-        return torch.sigmoid(self.decoder(merged)), (physics, new_layers)
+        return x, new_layers
+
+    def _decode(self, physics: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """The next frame from the two branches' states (one step, or steps stacked)."""
+        merged = self.decoder_physics(physics) + self.decoder_residual(residual)
+        return torch.sigmoid(self.decoder(merged))
+
+    def forward(
+        self,
+        frames_BTCHW: torch.Tensor,
+        num_output_frames: int,
+        *,
+        targets_BTCHW: torch.Tensor | None = None,
+        teacher_mask_BT: torch.Tensor | None = None,
+        all_frames: bool = False,
+    ) -> torch.Tensor | BackboneOutput:
+        """`FrameRecurrent.forward`; with fused kernels on (`fusion_active`), the same
+        computation with the work on frames known in advance batched over time
+        (`_forward_batched`). Masks over every step (reverse scheduled sampling) and
+        activation checkpointing take the step-by-step loop."""
+        outputs_mask = teacher_mask_BT is None or (
+            targets_BTCHW is not None and teacher_mask_BT.shape[1] == num_output_frames - 1
+        )
+        checkpointing = self.checkpoint_steps and torch.is_grad_enabled()
+        if fusion_active() and outputs_mask and not checkpointing:
+            return self._forward_batched(
+                frames_BTCHW, num_output_frames, targets_BTCHW, teacher_mask_BT, all_frames
+            )
+        return super().forward(
+            frames_BTCHW,
+            num_output_frames,
+            targets_BTCHW=targets_BTCHW,
+            teacher_mask_BT=teacher_mask_BT,
+            all_frames=all_frames,
+        )
+
+    def _forward_batched(
+        self,
+        frames_BTCHW: torch.Tensor,
+        num_output_frames: int,
+        targets_BTCHW: torch.Tensor | None,
+        teacher_mask_BT: torch.Tensor | None,
+        all_frames: bool,
+    ) -> BackboneOutput:
+        """`FrameRecurrent.forward`'s loop (a teacher mask, if any, over the outputs) with
+        the input frames encoded in one call before it and the predictions that are not fed
+        back (frames 1..T_in−1, and the last) decoded in one call after it: fewer, larger
+        kernels, the same values to float rounding."""
+        b, t_in = frames_BTCHW.shape[:2]
+        steps = t_in + num_output_frames - 1
+        # time-major, so that each step's slice is contiguous: (T_in·B)×C×H×W
+        encoded = self.encoder(frames_BTCHW.transpose(0, 1).flatten(0, 1))
+        # (unbind, not indexing per step: one gradient op for all steps, not one per step)
+        known_physics = self.encoder_physics(encoded).unflatten(0, (t_in, b)).unbind(0)
+        known_residual = self.encoder_residual(encoded).unflatten(0, (t_in, b)).unbind(0)
+        physics, layers = self.init_state(frames_BTCHW)
+        predictions, deferred = {}, {}  # step → its prediction, or the states to decode
+        for t in range(steps):
+            if t < t_in:
+                x_physics, x_residual = known_physics[t], known_residual[t]
+            else:
+                frame = predictions[t - 1]
+                if teacher_mask_BT is not None:
+                    keep = teacher_mask_BT[:, t - t_in].view(b, 1, 1, 1).to(frame.dtype)
+                    frame = _teacher_forced(keep, targets_BTCHW[:, t - t_in], frame)
+                encoded = self.encoder(frame)
+                x_physics = self.encoder_physics(encoded)
+                x_residual = self.encoder_residual(encoded)
+            physics = self.phycell(x_physics, physics)
+            x, layers = self._residual(x_residual, layers)
+            if t_in - 1 <= t < steps - 1:  # fed back at the next step
+                predictions[t] = self._decode(physics, x)
+            elif all_frames or t == steps - 1:  # (without all_frames, t < T_in − 1 is unused)
+                deferred[t] = (physics, x)
+        stacked = [torch.stack(states).flatten(0, 1) for states in zip(*deferred.values())]
+        decoded = self._decode(*stacked).unflatten(0, (len(deferred), b)).unbind(0)
+        predictions.update(zip(deferred, decoded))
+        first = 0 if all_frames else t_in - 1
+        outputs = torch.stack([predictions[t] for t in range(first, steps)], dim=1)
+        return BackboneOutput(outputs, self.aux_losses((physics, layers)))
 
     def aux_losses(self, state: tuple) -> dict[str, torch.Tensor]:
         return {"moment": self.moment_weight * self.phycell.moment_loss()}

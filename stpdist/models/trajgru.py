@@ -15,6 +15,10 @@ At the Moving MNIST recipe's settings (configs/mmnist/trajgru.yaml: 1×64×64, 1
 patching, conv [16, 64, 96], hidden [64, 96, 96], links [13, 13, 9]): 3.63M parameters and
 50.6 GMACs forward per sample (`stpdist bench model`). OpenSTL publishes no TrajGRU figures
 to set beside them.
+
+Fused kernels (`model.fused_kernels`, `stpdist.models.fused`): the flow subnetwork's first
+activation, the sampling grids and the GRU update run as fused regions, and the L links are
+sampled in one `grid_sample` call instead of L.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import FrameSpec
+from .fused import fusion_active, pointwise
+
+# how a link's warp samples the state (bilinear, border pixels repeated, corners aligned)
+_SAMPLING = {"mode": "bilinear", "padding_mode": "border", "align_corners": True}
 
 
 class TrajGRUCell(nn.Module):
@@ -76,38 +84,71 @@ class TrajGRUCell(nn.Module):
     def _warp_all(self, h_BCHW: torch.Tensor, flows_B2LHW: torch.Tensor) -> torch.Tensor:
         """h warped along each of the L flows (pixels; channels (x, y) per link), the
         copies concatenated over channels: B×(L·C)×H×W. The grids of all links are built
-        in one multiply-add (the same values, element for element, as one per link)."""
-        b, _, height, width = h_BCHW.shape
+        in one multiply-add (the same values, element for element, as one per link).
+        Fused (`fusion_active`): all links are sampled in one `grid_sample` call, their
+        grids stacked along the height (the same values; h's gradient is then summed over
+        the links in one pass instead of link by link: the same to float rounding)."""
+        height, width = h_BCHW.shape[2:]
         base, scale = self._grid_constants(height, width, h_BCHW)
-        flows_BLHW2 = flows_B2LHW.view(b, self.links, 2, height, width).permute(0, 1, 3, 4, 2)
-        grids = (base + flows_BLHW2 * scale).unbind(1)  # L × (B×H×W×2)
-        return torch.cat(
-            [
-                F.grid_sample(
-                    h_BCHW, grid, mode="bilinear", padding_mode="border", align_corners=True
-                )
-                for grid in grids
-            ],
-            dim=1,
-        )
+        grids_BLHW2 = _sampling_grids(flows_B2LHW, base, scale)
+        if not fusion_active():
+            return torch.cat(
+                [F.grid_sample(h_BCHW, grid, **_SAMPLING) for grid in grids_BLHW2.unbind(1)],
+                dim=1,
+            )
+        # grids B×(L·H)×W×2 sample B×C×(L·H)×W: each link's copy is an H-row band
+        warped = F.grid_sample(h_BCHW, grids_BLHW2.flatten(1, 2), **_SAMPLING)
+        return warped.unflatten(2, (self.links, height)).transpose(1, 2).flatten(1, 2)
 
     def forward(self, x_BCHW: torch.Tensor | None, h_BCHW: torch.Tensor) -> torch.Tensor:
         flow_features = self.state_flow(h_BCHW)
-        x_gates = 0.0
-        if x_BCHW is not None:
-            flow_features = flow_features + self.input_flow(x_BCHW)
-            x_gates = self.input_gates(x_BCHW)
-        warped = self._warp_all(h_BCHW, self.flows(F.leaky_relu(flow_features, 0.2)))
-        h_gates = self.links_to_gates(warped)
         if x_BCHW is None:
-            x_z = x_r = x_h = 0.0
-        else:
-            x_z, x_r, x_h = x_gates.chunk(3, dim=1)
-        h_z, h_r, h_h = h_gates.chunk(3, dim=1)
-        z = torch.sigmoid(x_z + h_z)
-        r = torch.sigmoid(x_r + h_r)
-        candidate = F.leaky_relu(x_h + r * h_h, 0.2)
-        return (1 - z) * candidate + z * h_BCHW
+            warped = self._warp_all(h_BCHW, self.flows(F.leaky_relu(flow_features, 0.2)))
+            return _update_without_input(self.links_to_gates(warped), h_BCHW)
+        flow_features = _flow_input(flow_features, self.input_flow(x_BCHW))
+        x_gates = self.input_gates(x_BCHW)
+        warped = self._warp_all(h_BCHW, self.flows(flow_features))
+        return _update(x_gates, self.links_to_gates(warped), h_BCHW)
+
+
+@pointwise
+def _sampling_grids(
+    flows_B2LHW: torch.Tensor, base_HW2: torch.Tensor, scale_2: torch.Tensor
+) -> torch.Tensor:
+    """Every link's sampling grid, B×L×H×W×2: the identity grid moved by the link's flow
+    (pixels, channels (x, y) per link) in grid units."""
+    flows_BLHW2 = flows_B2LHW.unflatten(1, (-1, 2)).permute(0, 1, 3, 4, 2)
+    return base_HW2 + flows_BLHW2 * scale_2
+
+
+@pointwise
+def _flow_input(state_flow: torch.Tensor, input_flow: torch.Tensor) -> torch.Tensor:
+    """The flow subnetwork's first activation: leaky ReLU of its state and input terms."""
+    return F.leaky_relu(state_flow + input_flow, 0.2)
+
+
+@pointwise
+def _update(x_gates: torch.Tensor, h_gates: torch.Tensor, h_BCHW: torch.Tensor) -> torch.Tensor:
+    """The GRU arithmetic after the input convolution and the links' 1×1 convolution:
+    H_t = (1 − Z_t) ⊙ H'_t + Z_t ⊙ H_{t−1}."""
+    x_z, x_r, x_h = x_gates.chunk(3, dim=1)
+    h_z, h_r, h_h = h_gates.chunk(3, dim=1)
+    z = torch.sigmoid(x_z + h_z)
+    r = torch.sigmoid(x_r + h_r)
+    candidate = F.leaky_relu(x_h + r * h_h, 0.2)
+    return (1 - z) * candidate + z * h_BCHW
+
+
+@pointwise
+def _update_without_input(h_gates: torch.Tensor, h_BCHW: torch.Tensor) -> torch.Tensor:
+    """`_update` for a cell without input: its input terms are 0 (added, as the op-by-op
+    arithmetic always did: the same ops with fusion off)."""
+    x_z = x_r = x_h = 0.0
+    h_z, h_r, h_h = h_gates.chunk(3, dim=1)
+    z = torch.sigmoid(x_z + h_z)
+    r = torch.sigmoid(x_r + h_r)
+    candidate = F.leaky_relu(x_h + r * h_h, 0.2)
+    return (1 - z) * candidate + z * h_BCHW
 
 
 @dataclass
