@@ -145,7 +145,13 @@ def test_fused_off_is_bitwise_the_code_before(case):
         assert torch.equal(grad, grads_new[name]), name
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# Fused on, each region compiles (seconds on a CPU): variants whose regions another case
+# already runs are left out here (convlstm-shi runs convlstm-stpdist's `_peephole_gates`,
+# mim-paper mim-openstl's three regions); their fused-off path is tested above.
+ON_CASES = sorted(set(CASES) - {"convlstm-shi", "mim-paper"})
+
+
+@pytest.mark.parametrize("case", ON_CASES)
 def test_fused_on_same_results_with_at_most_half_the_kernel_launches(case):
     file, cls, args, dtype = _case(case)
     torch.manual_seed(0)
