@@ -24,6 +24,7 @@ sampled in one `grid_sample` call instead of L.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -127,28 +128,27 @@ def _flow_input(state_flow: torch.Tensor, input_flow: torch.Tensor) -> torch.Ten
     return F.leaky_relu(state_flow + input_flow, 0.2)
 
 
-@pointwise
-def _update(x_gates: torch.Tensor, h_gates: torch.Tensor, h_BCHW: torch.Tensor) -> torch.Tensor:
-    """The GRU arithmetic after the input convolution and the links' 1×1 convolution:
-    H_t = (1 − Z_t) ⊙ H'_t + Z_t ⊙ H_{t−1}."""
-    x_z, x_r, x_h = x_gates.chunk(3, dim=1)
+def _gru(x_z: Any, x_r: Any, x_h: Any, h_gates: torch.Tensor, h_BCHW: torch.Tensor) -> torch.Tensor:
+    """The GRU arithmetic after the input convolution (its three terms, or 0 without input)
+    and the links' 1×1 convolution: H_t = (1 − Z_t) ⊙ H'_t + Z_t ⊙ H_{t−1}."""
     h_z, h_r, h_h = h_gates.chunk(3, dim=1)
     z = torch.sigmoid(x_z + h_z)
     r = torch.sigmoid(x_r + h_r)
     candidate = F.leaky_relu(x_h + r * h_h, 0.2)
     return (1 - z) * candidate + z * h_BCHW
+
+
+@pointwise
+def _update(x_gates: torch.Tensor, h_gates: torch.Tensor, h_BCHW: torch.Tensor) -> torch.Tensor:
+    """`_gru` of a cell with input."""
+    return _gru(*x_gates.chunk(3, dim=1), h_gates, h_BCHW)
 
 
 @pointwise
 def _update_without_input(h_gates: torch.Tensor, h_BCHW: torch.Tensor) -> torch.Tensor:
-    """`_update` for a cell without input: its input terms are 0 (added, as the op-by-op
+    """`_gru` for a cell without input: its input terms are 0 (added, as the op-by-op
     arithmetic always did: the same ops with fusion off)."""
-    x_z = x_r = x_h = 0.0
-    h_z, h_r, h_h = h_gates.chunk(3, dim=1)
-    z = torch.sigmoid(x_z + h_z)
-    r = torch.sigmoid(x_r + h_r)
-    candidate = F.leaky_relu(x_h + r * h_h, 0.2)
-    return (1 - z) * candidate + z * h_BCHW
+    return _gru(0.0, 0.0, 0.0, h_gates, h_BCHW)
 
 
 @dataclass
