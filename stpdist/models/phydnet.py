@@ -205,8 +205,12 @@ def _correction(
     x_BEHW: torch.Tensor, predicted_BEHW: torch.Tensor, gain_conv_BEHW: torch.Tensor
 ) -> torch.Tensor:
     """PhyCell's correction after the gain's convolution: H̃ + σ(W ∗ ·) ⊙ (E(x) − H̃)."""
-    gain = torch.sigmoid(gain_conv_BEHW)
-    return predicted_BEHW + gain * (x_BEHW - predicted_BEHW)
+    return _corrected(x_BEHW, predicted_BEHW, gain_conv_BEHW)
+
+
+def _corrected(x: torch.Tensor, predicted: torch.Tensor, gain_conv: torch.Tensor) -> torch.Tensor:
+    gain = torch.sigmoid(gain_conv)
+    return predicted + gain * (x - predicted)
 
 
 @pointwise
@@ -217,9 +221,7 @@ def _predict_correct(
     gain_conv_BEHW: torch.Tensor,
 ) -> torch.Tensor:
     """`_correction` of the prediction H̃ = H + Φ(H), for a gain that does not read H̃."""
-    predicted = hidden_BEHW + change_BEHW
-    gain = torch.sigmoid(gain_conv_BEHW)
-    return predicted + gain * (x_BEHW - predicted)
+    return _corrected(x_BEHW, hidden_BEHW + change_BEHW, gain_conv_BEHW)
 
 
 class PhyDConvLSTMCell(nn.Module):
