@@ -163,9 +163,11 @@ class Forecaster(EnhancedModule):
         once, reused for all T_in+T_out−1 frames, instead of unrolling the loop into one
         graph), any other backbone whole. The teacher mask is drawn in `training_step`,
         outside the compiled code, and enters as a tensor: scheduled sampling, whose
-        probabilities change every step, causes no recompilation."""
+        probabilities change every step, causes no recompilation. The loop then calls `step`
+        at every frame (no batching over time, which would bypass it)."""
         if isinstance(self.backbone, FrameRecurrent):
             self.backbone.step = torch.compile(self.backbone.step, mode=mode)
+            self.backbone.batch_over_time = False
         else:
             self.backbone.compile(mode=mode)
 

@@ -177,6 +177,37 @@ def test_regional_compile_does_not_recompile_under_scheduled_sampling(
     assert len(eager) == 8 and compiled == pytest.approx(eager, rel=1e-5)
 
 
+def test_regional_compile_runs_the_compiled_step_with_fused_kernels_on(monkeypatch):
+    """With fused kernels on, the frame loop batches over time by calling a backbone's step
+    parts; once `trainer.compile` has compiled the step, the loop calls that step at every
+    frame instead, so compiling is not silently bypassed."""
+    module = forecaster(
+        "predrnn", (1, 8, 8), 3, 2, backbone={"hidden_channels": [4], "kernel_size": 3}
+    )
+    module.config.fused_kernels = "on"
+    frames, targets = torch.rand(2, 3, 1, 8, 8), torch.rand(2, 2, 1, 8, 8)
+    calls = []
+    original = module.backbone.step
+    module.backbone.step = lambda frame, state: calls.append(1) or original(frame, state)
+    eager = module(frames, targets, all_frames=True).predictions
+    assert calls == []  # eager and fused: batched over time, `step` unused
+    del module.backbone.step
+
+    runs = []
+
+    def counting_backend(graph_module, example_inputs):
+        return lambda *args: runs.append(1) or graph_module.forward(*args)
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", functools.partial(real_compile, backend=counting_backend))
+    torch._dynamo.reset()
+    module.compile_for_training()
+    compiled = module(frames, targets, all_frames=True).predictions
+    torch._dynamo.reset()
+    assert len(runs) >= 4  # the compiled step ran at each of the T_in + T_out − 1 frames
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
 def test_cpu_compile_defaults_respect_the_users_layout_setting(monkeypatch, inductor_config):
     from stpdist.module import cpu_compile_defaults
 

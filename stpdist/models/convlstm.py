@@ -44,7 +44,7 @@ included), so one LayerNorm normalises its output.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal  # noqa: UP035 - OmegaConf reads these
+from typing import Any, Literal  # noqa: UP035 - OmegaConf reads these
 
 import torch
 from torch import nn
@@ -147,11 +147,22 @@ class OpenSTLConvLSTMCell(nn.Module):
         self.norm_x = gate_norm(4 * hidden_channels, norm_size)
         self.norm_h = gate_norm(4 * hidden_channels, norm_size)
 
+    def input_gates(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        """The input's gate convolution: it reads no state, so a backbone may compute it for
+        many frames in one call (`FrameRecurrent.encode`)."""
+        return self.norm_x(self.conv_x(x_BCHW))
+
     def forward(
         self, x_BCHW: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.advance(self.input_gates(x_BCHW), state)
+
+    def advance(
+        self, x_gates: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cell from its input's gate convolution (`input_gates`)."""
         h, c = state
-        return _lstm_gates(self.norm_x(self.conv_x(x_BCHW)), self.norm_h(self.conv_h(h)), c)
+        return _lstm_gates(x_gates, self.norm_h(self.conv_h(h)), c)
 
 
 @dataclass
@@ -218,11 +229,26 @@ class ConvLSTM(FrameRecurrent):
         b, _, _, h, w = frames_BTCHW.shape
         return [(frames_BTCHW.new_zeros(b, cell.hidden_channels, h, w),) * 2 for cell in self.cells]
 
-    def step(self, frame_BCHW: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
-        state = _advance(self.cells, frame_BCHW, state)
+    def encode(self, frames_NCHW: torch.Tensor) -> torch.Tensor:
+        """`openstl`: the first layer's input gates; else the frames (the cell convolves
+        [input, hidden] in one convolution, so no part of it reads the input alone)."""
         if self.variant == "openstl":
-            return self.output(state[-1][0]), state
-        return self.output(torch.cat([h for h, _ in state], dim=1)), state
+            return self.cells[0].input_gates(frames_NCHW)
+        return frames_NCHW
+
+    def advance(self, x_BCHW: torch.Tensor, state: list) -> tuple[Any, list]:
+        """Features: the top layer's H (`openstl`), else every layer's H (the readout's)."""
+        if self.variant == "openstl":
+            first = self.cells[0].advance(x_BCHW, state[0])
+            state = [first, *_advance(self.cells[1:], first[0], state[1:])]
+            return state[-1][0], state
+        state = _advance(self.cells, x_BCHW, state)
+        return tuple(h for h, _ in state), state
+
+    def decode(self, features: Any) -> torch.Tensor:
+        if self.variant == "openstl":
+            return self.output(features)
+        return self.output(torch.cat(features, dim=1))
 
     def forward(
         self,

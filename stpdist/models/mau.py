@@ -226,8 +226,10 @@ class MAU(FrameRecurrent):
             for _ in self.cells
         ]
 
-    def step(self, frame_BCHW: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
-        spatial = self.encoder(frame_BCHW)
+    def encode(self, frames_NCHW: torch.Tensor) -> torch.Tensor:
+        return self.encoder(frames_NCHW)
+
+    def advance(self, spatial: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
         new_state = []
         for cell, layer in zip(self.cells, state):
             temporal, new_spatial, past_temporal, past_spatial = cell(
@@ -237,4 +239,7 @@ class MAU(FrameRecurrent):
                 {"temporal": temporal, "past_temporal": past_temporal, "past_spatial": past_spatial}
             )
             spatial = new_spatial
-        return self.decoder(spatial), new_state
+        return spatial, new_state
+
+    def decode(self, spatial: torch.Tensor) -> torch.Tensor:
+        return self.decoder(spatial)

@@ -292,10 +292,13 @@ class MIM(FrameRecurrent):
             return n_h[i - 1]
         return h[i] - previous_h[i]
 
-    def step(self, frame_BCHW: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+    def encode(self, frames_NCHW: torch.Tensor) -> torch.Tensor:
+        return self.first.input_gates(frames_NCHW)
+
+    def advance(self, x_gates: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         h, c, n_h, n_c, s_c = (list(state[k]) for k in ("h", "c", "n_h", "n_c", "s_c"))
         previous_h, first_step = state["h"], state["first_step"]
-        h[0], c[0], m, _, _ = self.first(frame_BCHW, h[0], c[0], state["m"])
+        h[0], c[0], m, _, _ = self.first.advance(x_gates, h[0], c[0], state["m"])
         for i, (block, nonstationary) in enumerate(zip(self.blocks, self.nonstationary)):
             if not first_step:
                 difference = self._difference(i, h, previous_h, n_h)
@@ -315,4 +318,7 @@ class MIM(FrameRecurrent):
             "s_c": s_c,
             "first_step": False,
         }
-        return self.output(h[-1]), new_state
+        return h[-1], new_state
+
+    def decode(self, h_top: torch.Tensor) -> torch.Tensor:
+        return self.output(h_top)

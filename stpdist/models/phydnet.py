@@ -87,10 +87,10 @@ equal copies to drop; and the buffers `k2m._M0`, `k2m._M1`, `k2m._invM0`, `k2m._
 
 Fused kernels (`model.fused_kernels`, `stpdist.models.fused`): each conv block's GroupNorm
 and leaky ReLU, PhyCell's correction and the ConvLSTM gates run as fused regions, and the
-forward batches over time what does not wait for the recurrence: the input frames' encoding
-before the loop, the decoding of the predictions that are never fed back (the last, and
-frames 1..T_in−1 with `loss_frames: all`) after it. Off, the model runs its op-by-op step
-loop.
+shared frame loop (`recurrent.FrameRecurrent`) batches over time what does not wait for the
+recurrence: the input frames' encoding before the loop, the decoding of the predictions that
+are never fed back (the last, and frames 1..T_in−1 with `loss_frames: all`) after it. Off,
+the model runs its op-by-op step loop.
 """
 
 from __future__ import annotations
@@ -103,8 +103,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import BackboneOutput, FrameSpec
-from .fused import fusion_active, pointwise
+from .base import FrameSpec
+from .fused import pointwise
 from .recurrent import FrameRecurrent
 
 
@@ -244,15 +244,6 @@ def _lstm_gates(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, tor
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-@pointwise
-def _teacher_forced(
-    keep_B111: torch.Tensor, truth_BCHW: torch.Tensor, prediction_BCHW: torch.Tensor
-) -> torch.Tensor:
-    """The next input frame under scheduled sampling: the truth where `keep` is 1, the
-    prediction where it is 0 (as `FrameRecurrent.forward` mixes them)."""
-    return keep_B111 * truth_BCHW + (1 - keep_B111) * prediction_BCHW
-
-
 @dataclass
 class PhyDNetArgs:
     downsample: int = 4
@@ -357,12 +348,17 @@ class PhyDNet(FrameRecurrent):
         layers = [(frames_BTCHW.new_zeros(b, cell.hidden, h, w),) * 2 for cell in self.convlstm]
         return physics, layers
 
-    def step(self, frame_BCHW: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
+    def encode(self, frames_NCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shared encoder, then each branch's: (PhyCell's input, the ConvLSTM's)."""
+        encoded = self.encoder(frames_NCHW)
+        return self.encoder_physics(encoded), self.encoder_residual(encoded)
+
+    def advance(self, encoded: tuple, state: tuple) -> tuple[tuple, tuple]:
+        x_physics, x_residual = encoded
         physics, layers = state
-        encoded = self.encoder(frame_BCHW)
-        physics = self.phycell(self.encoder_physics(encoded), physics)
-        x, layers = self._residual(self.encoder_residual(encoded), layers)
-        return self._decode(physics, x), (physics, layers)
+        physics = self.phycell(x_physics, physics)
+        x, layers = self._residual(x_residual, layers)
+        return (physics, x), (physics, layers)
 
     def _residual(self, x: torch.Tensor, layers: list) -> tuple[torch.Tensor, list]:
         """One step of the ConvLSTM branch: (its output, every layer's new (h, c))."""
@@ -373,84 +369,11 @@ class PhyDNet(FrameRecurrent):
             x = h
         return x, new_layers
 
-    def _decode(self, physics: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    def decode(self, features: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """The next frame from the two branches' states (one step, or steps stacked)."""
+        physics, residual = features
         merged = self.decoder_physics(physics) + self.decoder_residual(residual)
         return torch.sigmoid(self.decoder(merged))
-
-    def forward(
-        self,
-        frames_BTCHW: torch.Tensor,
-        num_output_frames: int,
-        *,
-        targets_BTCHW: torch.Tensor | None = None,
-        teacher_mask_BT: torch.Tensor | None = None,
-        all_frames: bool = False,
-    ) -> torch.Tensor | BackboneOutput:
-        """`FrameRecurrent.forward`; with fused kernels on (`fusion_active`), the same
-        computation with the work on frames known in advance batched over time
-        (`_forward_batched`). Masks over every step (reverse scheduled sampling) and
-        activation checkpointing take the step-by-step loop."""
-        outputs_mask = teacher_mask_BT is None or (
-            targets_BTCHW is not None and teacher_mask_BT.shape[1] == num_output_frames - 1
-        )
-        checkpointing = self.checkpoint_steps and torch.is_grad_enabled()
-        if fusion_active() and outputs_mask and not checkpointing:
-            return self._forward_batched(
-                frames_BTCHW, num_output_frames, targets_BTCHW, teacher_mask_BT, all_frames
-            )
-        return super().forward(
-            frames_BTCHW,
-            num_output_frames,
-            targets_BTCHW=targets_BTCHW,
-            teacher_mask_BT=teacher_mask_BT,
-            all_frames=all_frames,
-        )
-
-    def _forward_batched(
-        self,
-        frames_BTCHW: torch.Tensor,
-        num_output_frames: int,
-        targets_BTCHW: torch.Tensor | None,
-        teacher_mask_BT: torch.Tensor | None,
-        all_frames: bool,
-    ) -> BackboneOutput:
-        """`FrameRecurrent.forward`'s loop (a teacher mask, if any, over the outputs) with
-        the input frames encoded in one call before it and the predictions that are not fed
-        back (frames 1..T_in−1, and the last) decoded in one call after it: fewer, larger
-        kernels, the same values to float rounding."""
-        b, t_in = frames_BTCHW.shape[:2]
-        steps = t_in + num_output_frames - 1
-        # time-major, so that each step's slice is contiguous: (T_in·B)×C×H×W
-        encoded = self.encoder(frames_BTCHW.transpose(0, 1).flatten(0, 1))
-        # (unbind, not indexing per step: one gradient op for all steps, not one per step)
-        known_physics = self.encoder_physics(encoded).unflatten(0, (t_in, b)).unbind(0)
-        known_residual = self.encoder_residual(encoded).unflatten(0, (t_in, b)).unbind(0)
-        physics, layers = self.init_state(frames_BTCHW)
-        predictions, deferred = {}, {}  # step → its prediction, or the states to decode
-        for t in range(steps):
-            if t < t_in:
-                x_physics, x_residual = known_physics[t], known_residual[t]
-            else:
-                frame = predictions[t - 1]
-                if teacher_mask_BT is not None:
-                    keep = teacher_mask_BT[:, t - t_in].view(b, 1, 1, 1).to(frame.dtype)
-                    frame = _teacher_forced(keep, targets_BTCHW[:, t - t_in], frame)
-                encoded = self.encoder(frame)
-                x_physics = self.encoder_physics(encoded)
-                x_residual = self.encoder_residual(encoded)
-            physics = self.phycell(x_physics, physics)
-            x, layers = self._residual(x_residual, layers)
-            if t_in - 1 <= t < steps - 1:  # fed back at the next step
-                predictions[t] = self._decode(physics, x)
-            elif all_frames or t == steps - 1:  # (without all_frames, t < T_in − 1 is unused)
-                deferred[t] = (physics, x)
-        stacked = [torch.stack(states).flatten(0, 1) for states in zip(*deferred.values())]
-        decoded = self._decode(*stacked).unflatten(0, (len(deferred), b)).unbind(0)
-        predictions.update(zip(deferred, decoded))
-        first = 0 if all_frames else t_in - 1
-        outputs = torch.stack([predictions[t] for t in range(first, steps)], dim=1)
-        return BackboneOutput(outputs, self.aux_losses((physics, layers)))
 
     def aux_losses(self, state: tuple) -> dict[str, torch.Tensor]:
         return {"moment": self.moment_weight * self.phycell.moment_loss()}

@@ -71,8 +71,16 @@ class STLSTMCell(nn.Module):
         self.norm_m = gate_norm(3 * hidden, norm_size)
         self.norm_o = gate_norm(hidden, norm_size)
 
+    def input_gates(self, x):
+        """The input's gate convolution: it reads no state, so a backbone may compute it for
+        many frames in one call (`FrameRecurrent.encode`)."""
+        return self.norm_x(self.conv_x(x))
+
     def forward(self, x, h, c, m):
-        x_gates = self.norm_x(self.conv_x(x))
+        return self.advance(self.input_gates(x), h, c, m)
+
+    def advance(self, x_gates, h, c, m):
+        """The cell from its input's gate convolution (`input_gates`)."""
         h_gates = self.norm_h(self.conv_h(h))
         m_gates = self.norm_m(self.conv_m(m))
         c, m, memory, delta_c, delta_m, o_xh = _st_memories(
@@ -158,19 +166,25 @@ class PredRNN(FrameRecurrent):
         # (layers' (h, c), memory m, decoupling-loss sum over steps, steps taken)
         return [(zeros, zeros) for _ in self.cells], zeros, frames_BTCHW.new_zeros(()), 0
 
-    def step(self, frame_BCHW, state):
+    def encode(self, frames_NCHW):
+        return self.cells[0].input_gates(frames_NCHW)
+
+    def advance(self, x_gates, state):
         layers, m, decouple_sum, steps = state
-        x, new_layers = frame_BCHW, []
-        decouple = []
-        for cell, (h, c) in zip(self.cells, layers):
-            h, c, m, delta_c, delta_m = cell(x, h, c, m)
+        new_layers, decouple = [], []
+        for i, (cell, (h, c)) in enumerate(zip(self.cells, layers)):
+            if i > 0:
+                x_gates = cell.input_gates(new_layers[-1][0])
+            h, c, m, delta_c, delta_m = cell.advance(x_gates, h, c, m)
             new_layers.append((h, c))
-            x = h
             if self.adapter is not None:
                 decouple.append(self._decoupling(delta_c, delta_m))
         if decouple:  # summed over steps of the mean over layers
             decouple_sum = decouple_sum + torch.stack(decouple).mean()
-        return self.output(x), (new_layers, m, decouple_sum, steps + 1)
+        return new_layers[-1][0], (new_layers, m, decouple_sum, steps + 1)
+
+    def decode(self, h_top):
+        return self.output(h_top)
 
     def aux_losses(self, state) -> dict[str, torch.Tensor]:
         if self.adapter is None:
@@ -220,10 +234,17 @@ class CausalLSTMCell(nn.Module):
         self.norm_c2m = gate_norm(4 * hidden, norm_size)
         self.norm_om = gate_norm(hidden, norm_size)
 
+    def input_gates(self, x):
+        """The input's gate convolution (reads no state; see `STLSTMCell.input_gates`)."""
+        return self.norm_x(self.conv_x(x))
+
     def forward(self, x, h, c, m):
+        return self.advance(self.input_gates(x), h, c, m)
+
+    def advance(self, x_gates, h, c, m):
+        """The cell from its input's gate convolution (`input_gates`)."""
         if not fusion_active():
-            return self._op_by_op(x, h, c, m)
-        x_gates = self.norm_x(self.conv_x(x))
+            return self._op_by_op(x_gates, h, c, m)
         h_gates = self.norm_h(self.conv_h(h))
         c_gates = self.norm_c(self.conv_c(c))
         m_gates = self.norm_m(self.conv_m(m))
@@ -234,11 +255,11 @@ class CausalLSTMCell(nn.Module):
         h = _causal_output(x_gates, h_gates, c2m, o_m, self.conv_last(torch.cat([c, m], dim=1)))
         return h, c, m
 
-    def _op_by_op(self, x, h, c, m):
+    def _op_by_op(self, x_gates, h, c, m):
         """The same cell unfused, each gate tensor split once: the three regions above take
         pieces of the same convolutions, and splitting a tensor three times costs ~2 300
         extra ops a PredRNN++ recipe step (zeros, cat, add in the backward)."""
-        i_x, f_x, g_x, i_xm, f_xm, g_xm, o_x = self.norm_x(self.conv_x(x)).chunk(7, dim=1)
+        i_x, f_x, g_x, i_xm, f_xm, g_xm, o_x = x_gates.chunk(7, dim=1)
         i_h, f_h, g_h, o_h = self.norm_h(self.conv_h(h)).chunk(4, dim=1)
         i_c, f_c, g_c = self.norm_c(self.conv_c(c)).chunk(3, dim=1)
         i_m, f_m, m_m = self.norm_m(self.conv_m(m)).chunk(3, dim=1)
@@ -340,14 +361,21 @@ class PredRNNpp(FrameRecurrent):
         zeros = frames_BTCHW.new_zeros(b, self.cells[0].hidden, height, width)
         return [(zeros, zeros) for _ in self.cells], zeros, zeros
 
-    def step(self, frame_BCHW, state):
+    def encode(self, frames_NCHW):
+        return self.cells[0].input_gates(frames_NCHW)
+
+    def advance(self, x_gates, state):
         layers, m, z = state
-        x, new_layers = frame_BCHW, []
+        new_layers = []
         for i, (cell, (h, c)) in enumerate(zip(self.cells, layers)):
-            h, c, m = cell(x, h, c, m)
+            if i == 1:  # the GHU between the first two layers
+                z = self.highway(new_layers[0][0], z)
+                x_gates = cell.input_gates(z)
+            elif i > 1:
+                x_gates = cell.input_gates(new_layers[-1][0])
+            h, c, m = cell.advance(x_gates, h, c, m)
             new_layers.append((h, c))
-            x = h
-            if i == 0:
-                z = self.highway(h, z)
-                x = z
-        return self.output(x), (new_layers, m, z)
+        return new_layers[-1][0], (new_layers, m, z)
+
+    def decode(self, h_top):
+        return self.output(h_top)

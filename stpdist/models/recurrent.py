@@ -14,6 +14,13 @@ model's own previous prediction, chosen per sample by a teacher mask:
 With `all_frames=True` the forward returns every next-frame prediction, frames 1..T_in+T_out−1
 predicted from frames 0..T_in+T_out−2 (B×(T_in+T_out−1)×C×H×W): OpenSTL's training
 objective supervises all of them (`model.loss_frames: all`); the last T_out are the outputs.
+
+Batched over time: a backbone that splits its step into `encode` (the input side, which reads
+no state), `advance` and `decode` (the output side, which writes none) lets the loop, with
+fused kernels on (`fused.fusion_active`), encode the frames known before it — the true inputs
+up to the first step that may read a prediction — in one call, and decode the predictions
+that are not fed back in one call after it: fewer, larger kernels, the same values to float
+rounding. Fused kernels off (and under activation checkpointing) the loop runs step by step.
 """
 
 from __future__ import annotations
@@ -25,23 +32,50 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .base import BackboneOutput
+from .fused import fusion_active, pointwise
 
 
 class FrameRecurrent(nn.Module):
-    """Subclasses define `init_state(frames_BTCHW)` and `step(frame_BCHW, state)`, which
-    returns (prediction of the next frame B×C×H×W, new state); and, when they have extra
-    training losses, `aux_losses(state)`, read from the final state (e.g. PredRNN.V2 keeps
-    its running decoupling loss in the state)."""
+    """Subclasses define `init_state(frames_BTCHW)` and either `step(frame_BCHW, state)`,
+    which returns (prediction of the next frame B×C×H×W, new state), or its three parts
+    (see the module docstring): `encode(frames_NCHW)` → the encoded input of any number N
+    of frames (a tensor, or a tuple of tensors, each N×…), `advance(encoded, state)` →
+    (features, new state) and `decode(features)` → the prediction, for any number of steps'
+    features stacked along the batch; and, when they have extra training losses,
+    `aux_losses(state)`, read from the final state (e.g. PredRNN.V2 keeps its running
+    decoupling loss in the state)."""
 
     checkpoint_steps: bool = False
     """Activation checkpointing: when training, each step's activations are recomputed in
     the backward instead of kept (memory of one step instead of T_in+T_out−1)."""
 
+    batch_over_time: bool = True
+    """With the three parts and fused kernels on, batch the known frames' encoding and the
+    unread predictions' decoding over time (off: `trainer.compile` compiles `step`, the unit
+    the loop must then call)."""
+
     def init_state(self, frames_BTCHW: torch.Tensor) -> Any:
         raise NotImplementedError
 
     def step(self, frame_BCHW: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        features, state = self.advance(self.encode(frame_BCHW), state)
+        return self.decode(features), state
+
+    def encode(self, frames_NCHW: torch.Tensor) -> Any:
+        """The input side of a step, which reads no state (default: the frames as they are)."""
+        return frames_NCHW
+
+    def advance(self, encoded: Any, state: Any) -> tuple[Any, Any]:
+        """One step from an encoded frame: (the features `decode` reads, the new state)."""
         raise NotImplementedError
+
+    def decode(self, features: Any) -> torch.Tensor:
+        """The output side of a step, which writes no state (default: the features)."""
+        return features
+
+    def _splits_step(self) -> bool:
+        """Whether this backbone defines the three parts of a step (not only `step`)."""
+        return type(self).advance is not FrameRecurrent.advance
 
     def aux_losses(self, state: Any) -> dict[str, torch.Tensor]:
         """Named, weighted extra losses of the whole sequence (default: none)."""
@@ -74,23 +108,97 @@ class FrameRecurrent(nn.Module):
                 )
             if targets_BTCHW is None:
                 raise ValueError("a teacher mask needs targets_BTCHW")
-        state = self.init_state(frames_BTCHW)
-        predictions = []
-        for t in range(steps):
-            if t == 0:
-                frame = frames_BTCHW[:, 0]
-            elif first_masked is not None and t >= first_masked:
-                keep = teacher_mask_BT[:, t - first_masked].view(b, 1, 1, 1).to(truth.dtype)
-                frame = keep * truth[:, t] + (1 - keep) * predictions[-1]
-            elif t < t_in:
-                frame = frames_BTCHW[:, t]
-            else:
-                frame = predictions[-1]
-            if self.checkpoint_steps and torch.is_grad_enabled():
-                prediction, state = checkpoint(self.step, frame, state, use_reentrant=False)
-            else:
-                prediction, state = self.step(frame, state)
-            predictions.append(prediction)
+        if (
+            self.batch_over_time
+            and self._splits_step()
+            and fusion_active()
+            and not (self.checkpoint_steps and torch.is_grad_enabled())
+        ):
+            known = t_in if first_masked is None else min(t_in, first_masked)
+            predictions, state = self._batched_loop(
+                frames_BTCHW, truth, steps, known, first_masked, teacher_mask_BT, all_frames
+            )
+        else:
+            state = self.init_state(frames_BTCHW)
+            predictions = []
+            for t in range(steps):
+                if t == 0:
+                    frame = frames_BTCHW[:, 0]
+                elif first_masked is not None and t >= first_masked:
+                    keep = teacher_mask_BT[:, t - first_masked].view(b, 1, 1, 1).to(truth.dtype)
+                    frame = keep * truth[:, t] + (1 - keep) * predictions[-1]
+                elif t < t_in:
+                    frame = frames_BTCHW[:, t]
+                else:
+                    frame = predictions[-1]
+                if self.checkpoint_steps and torch.is_grad_enabled():
+                    prediction, state = checkpoint(self.step, frame, state, use_reentrant=False)
+                else:
+                    prediction, state = self.step(frame, state)
+                predictions.append(prediction)
         outputs = torch.stack(predictions[0 if all_frames else t_in - 1 :], dim=1)
         aux = self.aux_losses(state)
         return BackboneOutput(outputs, aux) if aux else outputs
+
+    def _batched_loop(
+        self,
+        frames_BTCHW: torch.Tensor,
+        truth_BTCHW: torch.Tensor,
+        steps: int,
+        known: int,
+        first_masked: int | None,
+        teacher_mask_BT: torch.Tensor | None,
+        all_frames: bool,
+    ) -> tuple[list, Any]:
+        """The loop with steps 0..`known`−1 (whose frames are the truth) encoded in one call
+        before it and the predictions no step reads decoded in one call after it: (every
+        step's prediction — None for those before T_in − 1 that neither `all_frames` nor a
+        later step needs —, the final state)."""
+        b, t_in = frames_BTCHW.shape[:2]
+        # time-major, so that each step's slice is contiguous: (known·B)×C×H×W
+        encoded = split_steps(
+            self.encode(truth_BTCHW[:, :known].transpose(0, 1).flatten(0, 1)), known
+        )
+        first_returned = 0 if all_frames else t_in - 1
+        state = self.init_state(frames_BTCHW)
+        predictions, deferred = {}, {}  # step → its prediction, or the features to decode
+        for t in range(steps):
+            if t < known:
+                x = encoded[t]
+            else:
+                frame = predictions[t - 1]
+                if first_masked is not None and t >= first_masked:
+                    keep = teacher_mask_BT[:, t - first_masked].view(b, 1, 1, 1)
+                    frame = teacher_forced(keep.to(frame.dtype), truth_BTCHW[:, t], frame)
+                x = self.encode(frame)
+            features, state = self.advance(x, state)
+            if known <= t + 1 < steps:  # the next step reads it
+                predictions[t] = self.decode(features)
+            elif t >= first_returned:
+                deferred[t] = features
+        decoded = split_steps(self.decode(join_steps(list(deferred.values()))), len(deferred))
+        predictions.update(zip(deferred, decoded))
+        return [predictions.get(t) for t in range(steps)], state
+
+
+@pointwise
+def teacher_forced(
+    keep_B111: torch.Tensor, truth_BCHW: torch.Tensor, prediction_BCHW: torch.Tensor
+) -> torch.Tensor:
+    """The next input frame under scheduled sampling: the truth where `keep` is 1, the
+    prediction where it is 0 (as `FrameRecurrent.forward` mixes them step by step)."""
+    return keep_B111 * truth_BCHW + (1 - keep_B111) * prediction_BCHW
+
+
+def split_steps(value: Any, steps: int) -> list:
+    """A tensor (steps·B)×… (or a tuple of them), time-major, as one value per step."""
+    if isinstance(value, torch.Tensor):
+        return list(value.unflatten(0, (steps, -1)).unbind(0))
+    return list(zip(*(split_steps(part, steps) for part in value)))
+
+
+def join_steps(values: list) -> Any:
+    """One value per step (a tensor B×…, or a tuple of them) stacked time-major: (steps·B)×…"""
+    if isinstance(values[0], torch.Tensor):
+        return torch.cat(values)
+    return tuple(join_steps(list(parts)) for parts in zip(*values))

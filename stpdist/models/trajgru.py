@@ -17,8 +17,10 @@ patching, conv [16, 64, 96], hidden [64, 96, 96], links [13, 13, 9]): 3.63M para
 to set beside them.
 
 Fused kernels (`model.fused_kernels`, `stpdist.models.fused`): the flow subnetwork's first
-activation, the sampling grids and the GRU update run as fused regions, and the L links are
-sampled in one `grid_sample` call instead of L.
+activation, the sampling grids and the GRU update run as fused regions, the L links are
+sampled in one `grid_sample` call instead of L, the first level's input side (its
+convolution and the cell's two input convolutions) runs once for all input frames, and the
+output convolution once for all predicted frames.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from torch import nn
 
 from .base import FrameSpec
 from .fused import fusion_active, pointwise
+from .recurrent import join_steps, split_steps
 
 # how a link's warp samples the state (bilinear, border pixels repeated, corners aligned)
 _SAMPLING = {"mode": "bilinear", "padding_mode": "border", "align_corners": True}
@@ -101,13 +104,24 @@ class TrajGRUCell(nn.Module):
         warped = F.grid_sample(h_BCHW, grids_BLHW2.flatten(1, 2), **_SAMPLING)
         return warped.unflatten(2, (self.links, height)).transpose(1, 2).flatten(1, 2)
 
+    def input_terms(self, x_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input's two convolutions, (flow term, gate term): they read no state, so the
+        encoder computes them for all input frames in one call each."""
+        return self.input_flow(x_BCHW), self.input_gates(x_BCHW)
+
     def forward(self, x_BCHW: torch.Tensor | None, h_BCHW: torch.Tensor) -> torch.Tensor:
-        flow_features = self.state_flow(h_BCHW)
         if x_BCHW is None:
+            flow_features = self.state_flow(h_BCHW)
             warped = self._warp_all(h_BCHW, self.flows(F.leaky_relu(flow_features, 0.2)))
             return _update_without_input(self.links_to_gates(warped), h_BCHW)
-        flow_features = _flow_input(flow_features, self.input_flow(x_BCHW))
-        x_gates = self.input_gates(x_BCHW)
+        return self.advance(self.input_terms(x_BCHW), h_BCHW)
+
+    def advance(
+        self, x_terms: tuple[torch.Tensor, torch.Tensor], h_BCHW: torch.Tensor
+    ) -> torch.Tensor:
+        """The cell from its input's two convolutions (`input_terms`)."""
+        input_flow, x_gates = x_terms
+        flow_features = _flow_input(self.state_flow(h_BCHW), input_flow)
         warped = self._warp_all(h_BCHW, self.flows(flow_features))
         return _update(x_gates, self.links_to_gates(warped), h_BCHW)
 
@@ -225,11 +239,20 @@ class TrajGRU(nn.Module):
         for level, hidden in enumerate(self.hidden_channels):
             scale = 2**level
             states.append(frames_BTCHW.new_zeros(b, hidden, height // scale, width // scale))
+        # fused kernels on: the first level's input side (its convolution and the cell's
+        # two input convolutions) for all input frames in one call each, time-major, and
+        # the output convolution for all predicted frames in one call after the loop
+        batched = fusion_active()
+        if batched:
+            x = F.leaky_relu(self.down[0](frames_BTCHW.transpose(0, 1).flatten(0, 1)), 0.2)
+            first_level = split_steps(self.encoder[0].input_terms(x), t_in)
         for t in range(t_in):
             x = frames_BTCHW[:, t]
             for level, (down, cell) in enumerate(zip(self.down, self.encoder)):
-                x = F.leaky_relu(down(x), 0.2)
-                states[level] = cell(x, states[level])
+                if batched and level == 0:
+                    states[0] = cell.advance(first_level[t], states[0])
+                else:
+                    states[level] = cell(F.leaky_relu(down(x), 0.2), states[level])
                 x = states[level]
         outputs = []
         top = len(self.hidden_channels) - 1
@@ -240,5 +263,7 @@ class TrajGRU(nn.Module):
                 x = states[level]
                 if level > 0:
                     x = F.leaky_relu(self.up[level - 1](x), 0.2)
-            outputs.append(self.output(x))
+            outputs.append(x if batched else self.output(x))
+        if batched:
+            outputs = split_steps(self.output(join_steps(outputs)), num_output_frames)
         return torch.stack(outputs, dim=1)
