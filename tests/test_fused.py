@@ -75,6 +75,21 @@ CASES = {
         "TrajGRU",
         {"conv_channels": [4, 4], "hidden_channels": [4, 4], "links": [8, 8]},
     ),
+    # no fused regions: batched over time only (the frame loop's encode / decode)
+    "e3dlstm": ("e3dlstm", "E3DLSTM", {"hidden_channels": [4, 4], "kernel_size": 3}),
+    "swinlstm": (
+        "swinlstm",
+        "SwinLSTM",
+        {
+            "patch_size": 1,
+            "embed_dim": 8,
+            "depths_down": [1, 1],
+            "depths_up": [1, 1],
+            "num_heads": [2, 2],
+            "window_size": 2,
+            "drop_path_rate": 0.0,
+        },
+    ),
 }
 
 
@@ -148,7 +163,7 @@ def test_fused_off_is_bitwise_the_code_before(case):
 # Fused on, each region compiles (seconds on a CPU): variants whose regions another case
 # already runs are left out here (convlstm-shi runs convlstm-stpdist's `_peephole_gates`,
 # mim-paper mim-openstl's three regions); their fused-off path is tested above.
-ON_CASES = sorted(set(CASES) - {"convlstm-shi", "mim-paper"})
+ON_CASES = sorted(set(CASES) - {"convlstm-shi", "mim-paper", "e3dlstm", "swinlstm"})
 
 
 @pytest.mark.parametrize("case", ON_CASES)
@@ -181,7 +196,7 @@ def test_fused_on_same_results_with_at_most_half_the_kernel_launches(case):
 
 
 # every backbone whose step is split into encode / advance / decode (FrameRecurrent)
-SPLIT_CASES = sorted(set(ON_CASES) - {"trajgru"})
+SPLIT_CASES = sorted(set(ON_CASES) - {"trajgru"} | {"e3dlstm", "swinlstm"})
 
 
 @pytest.mark.parametrize("case", SPLIT_CASES)
@@ -197,14 +212,19 @@ def test_fused_frame_loop_batches_over_time_with_the_same_results(case):
     model = _build(file, cls, args, dtype)
     frames, targets = _batch(dtype)  # B = 2, T_in = 3, T_out = 2: 4 steps
     calls: dict[str, list[int]] = {}
-    for part in ("encode", "decode"):
 
-        def recorded(value, part=part, method=getattr(model, part)):
+    def recorded(part: str):
+        method = getattr(model, part)
+
+        def call(value):
             first = value if isinstance(value, torch.Tensor) else value[0]
-            calls[part].append(first.shape[0])
+            calls[part].append(first.shape[0])  # frames (or steps' samples) in this call
             return method(value)
 
-        setattr(model, part, recorded)
+        return call
+
+    for part in ("encode", "decode"):
+        setattr(model, part, recorded(part))
     masks = {  # mask → (frames known before the loop, steps whose prediction is fed back)
         "none": (None, 3, 1),
         "outputs": (torch.tensor([[1.0], [0.0]]), 3, 1),

@@ -317,7 +317,9 @@ class E3DLSTM(FrameRecurrent):
             "m": zeros,
         }
 
-    def step(self, frame_BCHW: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+    def advance(self, frame_BCHW: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """(The top layer's H, the new state): the clip of the last frames slides by one,
+        so the input side reads the state and stays in the step."""
         clip = torch.cat([state["clip"][:, :, 1:], frame_BCHW[:, :, None]], dim=2)
         x, m = clip, state["m"]
         h, c, past_c = [], [], []
@@ -332,5 +334,7 @@ class E3DLSTM(FrameRecurrent):
             c.append(c_new)
             past_c.append(history)
             x = h_new
-        prediction = self.output(h[-1]).squeeze(2)
-        return prediction, {"clip": clip, "h": h, "c": c, "past_c": past_c, "m": m}
+        return h[-1], {"clip": clip, "h": h, "c": c, "past_c": past_c, "m": m}
+
+    def decode(self, h_top: torch.Tensor) -> torch.Tensor:
+        return self.output(h_top).squeeze(2)

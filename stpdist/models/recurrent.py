@@ -62,7 +62,9 @@ class FrameRecurrent(nn.Module):
         return self.decode(features), state
 
     def encode(self, frames_NCHW: torch.Tensor) -> Any:
-        """The input side of a step, which reads no state (default: the frames as they are)."""
+        """The input side of a step, which reads no state and treats each frame on its own
+        (no statistics over the batch), so N frames of several steps give the same values in
+        one call (default: the frames as they are)."""
         return frames_NCHW
 
     def advance(self, encoded: Any, state: Any) -> tuple[Any, Any]:
@@ -70,12 +72,15 @@ class FrameRecurrent(nn.Module):
         raise NotImplementedError
 
     def decode(self, features: Any) -> torch.Tensor:
-        """The output side of a step, which writes no state (default: the features)."""
+        """The output side of a step, which writes no state and treats each sample on its
+        own (default: the features)."""
         return features
 
     def _splits_step(self) -> bool:
-        """Whether this backbone defines the three parts of a step (not only `step`)."""
-        return type(self).advance is not FrameRecurrent.advance
+        """Whether this backbone's step is its three parts (it defines `advance` and keeps
+        the composed `step`)."""
+        cls = type(self)
+        return cls.advance is not FrameRecurrent.advance and cls.step is FrameRecurrent.step
 
     def aux_losses(self, state: Any) -> dict[str, torch.Tensor]:
         """Named, weighted extra losses of the whole sequence (default: none)."""

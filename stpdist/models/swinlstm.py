@@ -317,16 +317,23 @@ class SwinLSTM(FrameRecurrent):
         cells = list(self.down) + list(self.up)
         return [(frames_BTCHW.new_zeros(b, c.grid[0] * c.grid[1], c.dim),) * 2 for c in cells]
 
-    def step(self, frame_BCHW: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
-        b, c, height, width = frame_BCHW.shape
+    def encode(self, frames_NCHW: torch.Tensor) -> torch.Tensor:
+        """The patch embedding: N×L×D tokens."""
+        n, c, height, width = frames_NCHW.shape
         p, (gh, gw) = self.patch_size, self.grid
-        patches = frame_BCHW.view(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5)
-        x = self.embed(patches.reshape(b, gh * gw, c * p * p))
+        patches = frames_NCHW.view(n, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5)
+        return self.embed(patches.reshape(n, gh * gw, c * p * p))
+
+    def advance(self, x: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
         cells = list(zip(self.down, self.merges)) + list(zip(self.up, self.expands))
         new_state = []
         for (cell, resize), (h, cell_state) in zip(cells, state):
             h, cell_state = cell(x, h, cell_state)
             new_state.append((h, cell_state))
             x = resize(h)
-        x = x.transpose(1, 2).reshape(b, -1, gh, gw)
-        return torch.sigmoid(self.head(x)), new_state
+        return x, new_state
+
+    def decode(self, tokens_NLD: torch.Tensor) -> torch.Tensor:
+        """The tokens back to a frame: the transposed-convolution head, then a sigmoid."""
+        x = tokens_NLD.transpose(1, 2).reshape(tokens_NLD.shape[0], -1, *self.grid)
+        return torch.sigmoid(self.head(x))
