@@ -97,9 +97,6 @@ class FrameRecurrent(nn.Module):
     ) -> torch.Tensor | BackboneOutput:
         b, t_in = frames_BTCHW.shape[:2]
         steps = t_in + num_output_frames - 1
-        truth = frames_BTCHW
-        if targets_BTCHW is not None:
-            truth = torch.cat([frames_BTCHW, targets_BTCHW[:, : num_output_frames - 1]], dim=1)
         first_masked = None
         if teacher_mask_BT is not None:
             if teacher_mask_BT.shape[1] == num_output_frames - 1:
@@ -121,9 +118,12 @@ class FrameRecurrent(nn.Module):
         ):
             known = t_in if first_masked is None else min(t_in, first_masked)
             predictions, state = self._batched_loop(
-                frames_BTCHW, truth, steps, known, first_masked, teacher_mask_BT, all_frames
+                frames_BTCHW, targets_BTCHW, steps, known, first_masked, teacher_mask_BT, all_frames
             )
         else:
+            truth = frames_BTCHW
+            if targets_BTCHW is not None:
+                truth = torch.cat([frames_BTCHW, targets_BTCHW[:, : num_output_frames - 1]], dim=1)
             state = self.init_state(frames_BTCHW)
             predictions = []
             for t in range(steps):
@@ -148,7 +148,7 @@ class FrameRecurrent(nn.Module):
     def _batched_loop(
         self,
         frames_BTCHW: torch.Tensor,
-        truth_BTCHW: torch.Tensor,
+        targets_BTCHW: torch.Tensor | None,
         steps: int,
         known: int,
         first_masked: int | None,
@@ -162,7 +162,7 @@ class FrameRecurrent(nn.Module):
         b, t_in = frames_BTCHW.shape[:2]
         # time-major, so that each step's slice is contiguous: (known·B)×C×H×W
         encoded = split_steps(
-            self.encode(truth_BTCHW[:, :known].transpose(0, 1).flatten(0, 1)), known
+            self.encode(frames_BTCHW[:, :known].transpose(0, 1).flatten(0, 1)), known
         )
         first_returned = 0 if all_frames else t_in - 1
         state = self.init_state(frames_BTCHW)
@@ -174,7 +174,8 @@ class FrameRecurrent(nn.Module):
                 frame = predictions[t - 1]
                 if first_masked is not None and t >= first_masked:
                     keep = teacher_mask_BT[:, t - first_masked].view(b, 1, 1, 1)
-                    frame = teacher_forced(keep.to(frame.dtype), truth_BTCHW[:, t], frame)
+                    truth = frames_BTCHW[:, t] if t < t_in else targets_BTCHW[:, t - t_in]
+                    frame = teacher_forced(keep.to(frame.dtype), truth, frame)
                 x = self.encode(frame)
             features, state = self.advance(x, state)
             if known <= t + 1 < steps:  # the next step reads it
