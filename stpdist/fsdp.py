@@ -68,7 +68,11 @@ def fsdp_units(module: nn.Module, class_names: list[str] | None = None) -> list[
 def shard(module: nn.Module, units: list[nn.Module], mixed_precision: str = "no") -> nn.Module:
     """Shard `module`'s parameters, gradients and optimizer state over the default process
     group: every unit, then the root. Build the optimizer afterwards (on the shards)."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import (
+        MixedPrecisionPolicy,
+        fully_shard,
+        register_fsdp_forward_method,
+    )
 
     policy = MixedPrecisionPolicy()
     if mixed_precision == "bf16":  # compute in bf16, reduce and keep fp32 master weights
@@ -77,6 +81,10 @@ def shard(module: nn.Module, units: list[nn.Module], mixed_precision: str = "no"
     # innermost first: a unit nested in another is sharded before its parent
     for unit in sorted(units, key=lambda m: -order.get(id(m), -1)):
         fully_shard(unit, mp_policy=policy)
+        # methods a backbone calls besides forward (`models.recurrent.SplitCell`): each
+        # gathers the unit's parameters too
+        for name in getattr(unit, "fsdp_forward_methods", ()):
+            register_fsdp_forward_method(unit, name)
     fully_shard(module, mp_policy=policy)
     return module
 

@@ -204,8 +204,9 @@ def test_fused_frame_loop_batches_over_time_with_the_same_results(case):
     """With fused kernels on, the frame loop encodes the frames known before it in one call
     and decodes the predictions no step reads in one call after it: for each kind of teacher
     mask (none, over the outputs, over every step), with every next-frame prediction
-    returned, the same predictions, loss and gradients as the step-by-step loop with fused
-    kernels off (float32: ≤1e-6 relative; float64 cases: ≤1e-10)."""
+    returned or the outputs only, and under activation checkpointing (which keeps the
+    step-by-step loop), the same predictions, loss and gradients as the step-by-step loop
+    with fused kernels off (float32: ≤1e-6 relative; float64 cases: ≤1e-10)."""
     file, cls, args, dtype = _case(case)
     tolerance = 1e-6 if dtype == torch.float32 else 1e-10
     torch.manual_seed(0)
@@ -225,12 +226,24 @@ def test_fused_frame_loop_batches_over_time_with_the_same_results(case):
 
     for part in ("encode", "decode"):
         setattr(model, part, recorded(part))
-    masks = {  # mask → (frames known before the loop, steps whose prediction is fed back)
-        "none": (None, 3, 1),
-        "outputs": (torch.tensor([[1.0], [0.0]]), 3, 1),
-        "every step": (torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]), 1, 3),
+    every = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])  # B×(T_in + T_out − 2)
+    # kind → (mask, every prediction returned, encode calls' frames, decode calls' frames)
+    # with fused kernels on; off, each step encodes and decodes its own 2 frames
+    kinds = {
+        # the 3 inputs in one call, then the fed-back prediction; step 2's prediction
+        # decoded at its step (step 3 reads it), steps 0, 1 and 3 in one call after the loop
+        "none": (None, True, [6, 2], [2, 6]),
+        "outputs": (torch.tensor([[1.0], [0.0]]), True, [6, 2], [2, 6]),
+        # every step after the first reads the step before: only the last deferred
+        "every step": (every, True, [2, 2, 2, 2], [2, 2, 2, 2]),
+        # only the T_out outputs returned: steps 0 and 1 never decoded
+        "outputs only": (None, False, [6, 2], [2, 2]),
+        # activation checkpointing: the step-by-step loop, fused or not (each step run
+        # again in the backward)
+        "checkpointed": (every, True, [2] * 8, [2] * 8),
     }
-    for kind, (mask, known, fed_back) in masks.items():
+    for kind, (mask, all_frames, encoded, decoded) in kinds.items():
+        model.checkpoint_steps = kind == "checkpointed"
         results = {}
         for fused in (False, True):
             model.zero_grad(set_to_none=True)
@@ -241,27 +254,23 @@ def test_fused_frame_loop_batches_over_time_with_the_same_results(case):
                     SPEC.num_output_frames,
                     targets_BTCHW=targets,
                     teacher_mask_BT=None if mask is None else mask.to(dtype),
-                    all_frames=True,
+                    all_frames=all_frames,
                 )
             predictions = getattr(out, "predictions", out)
-            truth = torch.cat([frames[:, 1:], targets], dim=1)
+            truth = torch.cat([frames[:, 1:], targets], dim=1)[:, 0 if all_frames else 2 :]
             loss = (predictions - truth).square().mean()
             for aux in getattr(out, "aux_losses", {}).values():
                 loss = loss + aux
             loss.backward()
             grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
             results[fused] = predictions.detach(), loss.detach(), grads
-            if fused:  # the known frames in one call, then one per fed-back prediction
-                assert calls["encode"] == [2 * known] + [2] * (4 - known), (kind, calls)
-                # fed-back predictions at their steps, the others (4 returned) in one call
-                assert calls["decode"] == [2] * fed_back + [2 * (4 - fed_back)], (kind, calls)
-            else:
-                assert calls == {"encode": [2] * 4, "decode": [2] * 4}, (kind, calls)
+            expected = (encoded, decoded) if fused or kind == "checkpointed" else ([2] * 4,) * 2
+            assert (calls["encode"], calls["decode"]) == expected, (kind, fused, calls)
         (predictions_off, loss_off, grads_off), (predictions_on, loss_on, grads_on) = (
             results[False],
             results[True],
         )
-        assert predictions_on.shape == (2, 4, 2, 8, 8)  # T_in + T_out − 1 frames
+        assert predictions_on.shape == (2, 4 if all_frames else 2, 2, 8, 8), kind
         assert _relative(predictions_on, predictions_off) <= tolerance, kind
         assert _relative(loss_on, loss_off) <= tolerance, kind
         assert grads_on.keys() == grads_off.keys()

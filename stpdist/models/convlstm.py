@@ -51,7 +51,7 @@ from torch import nn
 
 from .base import FrameSpec, gate_norm
 from .fused import pointwise
-from .recurrent import FrameRecurrent
+from .recurrent import FrameRecurrent, SplitCell
 
 
 class ConvLSTMCell(nn.Module):
@@ -123,7 +123,7 @@ def _lstm_gates(
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-class OpenSTLConvLSTMCell(nn.Module):
+class OpenSTLConvLSTMCell(SplitCell):
     """OpenSTL's cell: bias-free W_x∗x + W_h∗h for the gates i, f, g, o; no peepholes,
     no forget bias. `norm_size` (H, W): each convolution is followed by a LayerNorm over
     [4h, H, W] (OpenSTL's `layer_norm`); None: none."""
@@ -147,20 +147,12 @@ class OpenSTLConvLSTMCell(nn.Module):
         self.norm_x = gate_norm(4 * hidden_channels, norm_size)
         self.norm_h = gate_norm(4 * hidden_channels, norm_size)
 
-    def input_gates(self, x_BCHW: torch.Tensor) -> torch.Tensor:
-        """The input's gate convolution: it reads no state, so a backbone may compute it for
-        many frames in one call (`FrameRecurrent.encode`)."""
+    def _input_side(self, x_BCHW: torch.Tensor) -> torch.Tensor:  # the input's gate conv
         return self.norm_x(self.conv_x(x_BCHW))
 
-    def forward(
-        self, x_BCHW: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.advance(self.input_gates(x_BCHW), state)
-
-    def advance(
+    def _advance(
         self, x_gates: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The cell from its input's gate convolution (`input_gates`)."""
         h, c = state
         return _lstm_gates(x_gates, self.norm_h(self.conv_h(h)), c)
 
@@ -233,7 +225,7 @@ class ConvLSTM(FrameRecurrent):
         """`openstl`: the first layer's input gates; else the frames (the cell convolves
         [input, hidden] in one convolution, so no part of it reads the input alone)."""
         if self.variant == "openstl":
-            return self.cells[0].input_gates(frames_NCHW)
+            return self.cells[0].input_side(frames_NCHW)
         return frames_NCHW
 
     def advance(self, x_BCHW: torch.Tensor, state: list) -> tuple[Any, list]:

@@ -293,7 +293,7 @@ class MIM(FrameRecurrent):
         return h[i] - previous_h[i]
 
     def encode(self, frames_NCHW: torch.Tensor) -> torch.Tensor:
-        return self.first.input_gates(frames_NCHW)
+        return self.first.input_side(frames_NCHW)
 
     def advance(self, x_gates: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         h, c, n_h, n_c, s_c = (list(state[k]) for k in ("h", "c", "n_h", "n_c", "s_c"))

@@ -39,14 +39,14 @@ from torch import nn
 
 from .base import FrameSpec, gate_norm
 from .fused import fusion_active, pointwise
-from .recurrent import FrameRecurrent
+from .recurrent import FrameRecurrent, SplitCell
 
 
 def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, padding=k // 2, bias=False)
 
 
-class STLSTMCell(nn.Module):
+class STLSTMCell(SplitCell):
     """Spatiotemporal LSTM cell; returns (h, c, m, delta_c, delta_m). `norm_size` (H, W):
     a LayerNorm follows each gate convolution (OpenSTL's `layer_norm`); None: none."""
 
@@ -71,16 +71,10 @@ class STLSTMCell(nn.Module):
         self.norm_m = gate_norm(3 * hidden, norm_size)
         self.norm_o = gate_norm(hidden, norm_size)
 
-    def input_gates(self, x):
-        """The input's gate convolution: it reads no state, so a backbone may compute it for
-        many frames in one call (`FrameRecurrent.encode`)."""
+    def _input_side(self, x):  # the input's gate convolution
         return self.norm_x(self.conv_x(x))
 
-    def forward(self, x, h, c, m):
-        return self.advance(self.input_gates(x), h, c, m)
-
-    def advance(self, x_gates, h, c, m):
-        """The cell from its input's gate convolution (`input_gates`)."""
+    def _advance(self, x_gates, h, c, m):
         h_gates = self.norm_h(self.conv_h(h))
         m_gates = self.norm_m(self.conv_m(m))
         c, m, memory, delta_c, delta_m, o_xh = _st_memories(
@@ -167,15 +161,16 @@ class PredRNN(FrameRecurrent):
         return [(zeros, zeros) for _ in self.cells], zeros, frames_BTCHW.new_zeros(()), 0
 
     def encode(self, frames_NCHW):
-        return self.cells[0].input_gates(frames_NCHW)
+        return self.cells[0].input_side(frames_NCHW)
 
     def advance(self, x_gates, state):
         layers, m, decouple_sum, steps = state
         new_layers, decouple = [], []
         for i, (cell, (h, c)) in enumerate(zip(self.cells, layers)):
-            if i > 0:
-                x_gates = cell.input_gates(new_layers[-1][0])
-            h, c, m, delta_c, delta_m = cell.advance(x_gates, h, c, m)
+            if i == 0:  # from the encoded frame
+                h, c, m, delta_c, delta_m = cell.advance(x_gates, h, c, m)
+            else:
+                h, c, m, delta_c, delta_m = cell(new_layers[-1][0], h, c, m)
             new_layers.append((h, c))
             if self.adapter is not None:
                 decouple.append(self._decoupling(delta_c, delta_m))
@@ -205,7 +200,7 @@ class PredRNNv2(PredRNN):
     Args = PredRNNv2Args
 
 
-class CausalLSTMCell(nn.Module):
+class CausalLSTMCell(SplitCell):
     """Causal LSTM: the new cell state c feeds the spatiotemporal memory m in cascade.
     `norm_size` (H, W): a LayerNorm follows each gate convolution; None: none."""
 
@@ -234,15 +229,10 @@ class CausalLSTMCell(nn.Module):
         self.norm_c2m = gate_norm(4 * hidden, norm_size)
         self.norm_om = gate_norm(hidden, norm_size)
 
-    def input_gates(self, x):
-        """The input's gate convolution (reads no state; see `STLSTMCell.input_gates`)."""
+    def _input_side(self, x):  # the input's gate convolution
         return self.norm_x(self.conv_x(x))
 
-    def forward(self, x, h, c, m):
-        return self.advance(self.input_gates(x), h, c, m)
-
-    def advance(self, x_gates, h, c, m):
-        """The cell from its input's gate convolution (`input_gates`)."""
+    def _advance(self, x_gates, h, c, m):
         if not fusion_active():
             return self._op_by_op(x_gates, h, c, m)
         h_gates = self.norm_h(self.conv_h(h))
@@ -362,18 +352,18 @@ class PredRNNpp(FrameRecurrent):
         return [(zeros, zeros) for _ in self.cells], zeros, zeros
 
     def encode(self, frames_NCHW):
-        return self.cells[0].input_gates(frames_NCHW)
+        return self.cells[0].input_side(frames_NCHW)
 
     def advance(self, x_gates, state):
         layers, m, z = state
         new_layers = []
         for i, (cell, (h, c)) in enumerate(zip(self.cells, layers)):
-            if i == 1:  # the GHU between the first two layers
-                z = self.highway(new_layers[0][0], z)
-                x_gates = cell.input_gates(z)
-            elif i > 1:
-                x_gates = cell.input_gates(new_layers[-1][0])
-            h, c, m = cell.advance(x_gates, h, c, m)
+            if i == 0:  # from the encoded frame
+                h, c, m = cell.advance(x_gates, h, c, m)
+            else:  # the second layer reads the GHU, between the first two layers
+                if i == 1:
+                    z = self.highway(new_layers[0][0], z)
+                h, c, m = cell(z if i == 1 else new_layers[-1][0], h, c, m)
             new_layers.append((h, c))
         return new_layers[-1][0], (new_layers, m, z)
 

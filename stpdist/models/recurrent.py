@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .base import BackboneOutput
-from .fused import fusion_active, pointwise
+from .fused import fusion, fusion_active, pointwise
 
 
 class FrameRecurrent(nn.Module):
@@ -137,13 +137,22 @@ class FrameRecurrent(nn.Module):
                 else:
                     frame = predictions[-1]
                 if self.checkpoint_steps and torch.is_grad_enabled():
-                    prediction, state = checkpoint(self.step, frame, state, use_reentrant=False)
+                    prediction, state = checkpoint(
+                        self._step_fused_as_now, fusion_active(), frame, state, use_reentrant=False
+                    )
                 else:
                     prediction, state = self.step(frame, state)
                 predictions.append(prediction)
         outputs = torch.stack(predictions[0 if all_frames else t_in - 1 :], dim=1)
         aux = self.aux_losses(state)
         return BackboneOutput(outputs, aux) if aux else outputs
+
+    def _step_fused_as_now(self, fused: bool, frame_BCHW: torch.Tensor, state: Any) -> Any:
+        """`step` with its fused regions on or off as given: activation checkpointing runs it
+        again in the backward, outside the caller's `fusion` block, and the recomputation
+        must run the same ops as the forward did."""
+        with fusion(fused):
+            return self.step(frame_BCHW, state)
 
     def _batched_loop(
         self,
@@ -185,6 +194,35 @@ class FrameRecurrent(nn.Module):
         decoded = split_steps(self.decode(join_steps(list(deferred.values()))), len(deferred))
         predictions.update(zip(deferred, decoded))
         return [predictions.get(t) for t in range(steps)], state
+
+
+class SplitCell(nn.Module):
+    """A recurrent cell whose input side a backbone may run apart from the rest: `input_side(x)`
+    (reads no state, so many frames may go in one call), then `advance(x_side, *state)`; or
+    both in `forward(x, *state)`. Subclasses define their bodies, `_input_side` and
+    `_advance`. Under FSDP a cell may be a unit whose parameters are gathered only around a
+    forward method: `fsdp.shard` registers the two methods named in `fsdp_forward_methods`,
+    and `forward` calls their bodies, not them (a nested forward method would release the
+    parameters in the middle of the outer one)."""
+
+    fsdp_forward_methods: tuple[str, ...] = ("input_side", "advance")
+
+    def forward(self, x: torch.Tensor, *state: Any) -> Any:
+        return self._advance(self._input_side(x), *state)
+
+    def input_side(self, x: torch.Tensor) -> Any:
+        """The input's convolution(s), which read no state."""
+        return self._input_side(x)
+
+    def advance(self, x_side: Any, *state: Any) -> Any:
+        """The cell from its input side (`input_side(x)`, computed before)."""
+        return self._advance(x_side, *state)
+
+    def _input_side(self, x: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def _advance(self, x_side: Any, *state: Any) -> Any:
+        raise NotImplementedError
 
 
 @pointwise

@@ -34,13 +34,13 @@ from torch import nn
 
 from .base import FrameSpec
 from .fused import fusion_active, pointwise
-from .recurrent import join_steps, split_steps
+from .recurrent import SplitCell, join_steps, split_steps
 
 # how a link's warp samples the state (bilinear, border pixels repeated, corners aligned)
 _SAMPLING = {"mode": "bilinear", "padding_mode": "border", "align_corners": True}
 
 
-class TrajGRUCell(nn.Module):
+class TrajGRUCell(SplitCell):
     def __init__(
         self,
         in_channels: int | None,
@@ -104,22 +104,20 @@ class TrajGRUCell(nn.Module):
         warped = F.grid_sample(h_BCHW, grids_BLHW2.flatten(1, 2), **_SAMPLING)
         return warped.unflatten(2, (self.links, height)).transpose(1, 2).flatten(1, 2)
 
-    def input_terms(self, x_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The input's two convolutions, (flow term, gate term): they read no state, so the
-        encoder computes them for all input frames in one call each."""
-        return self.input_flow(x_BCHW), self.input_gates(x_BCHW)
-
     def forward(self, x_BCHW: torch.Tensor | None, h_BCHW: torch.Tensor) -> torch.Tensor:
         if x_BCHW is None:
             flow_features = self.state_flow(h_BCHW)
             warped = self._warp_all(h_BCHW, self.flows(F.leaky_relu(flow_features, 0.2)))
             return _update_without_input(self.links_to_gates(warped), h_BCHW)
-        return self.advance(self.input_terms(x_BCHW), h_BCHW)
+        return self._advance(self._input_side(x_BCHW), h_BCHW)
 
-    def advance(
+    def _input_side(self, x_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input's two convolutions: (flow term, gate term)."""
+        return self.input_flow(x_BCHW), self.input_gates(x_BCHW)
+
+    def _advance(
         self, x_terms: tuple[torch.Tensor, torch.Tensor], h_BCHW: torch.Tensor
     ) -> torch.Tensor:
-        """The cell from its input's two convolutions (`input_terms`)."""
         input_flow, x_gates = x_terms
         flow_features = _flow_input(self.state_flow(h_BCHW), input_flow)
         warped = self._warp_all(h_BCHW, self.flows(flow_features))
@@ -245,7 +243,7 @@ class TrajGRU(nn.Module):
         batched = fusion_active()
         if batched:
             x = F.leaky_relu(self.down[0](frames_BTCHW.transpose(0, 1).flatten(0, 1)), 0.2)
-            first_level = split_steps(self.encoder[0].input_terms(x), t_in)
+            first_level = split_steps(self.encoder[0].input_side(x), t_in)
         for t in range(t_in):
             x = frames_BTCHW[:, t]
             for level, (down, cell) in enumerate(zip(self.down, self.encoder)):
