@@ -1,7 +1,7 @@
 """Entry point: `torchrun --nproc_per_node 2 tests/dist_fsdp_backbones.py OUT_DIR`. Each
-recurrent backbone of the zoo (small), sharded as `trainer.strategy: fsdp` shards it (its
+recurrent backbone of the zoo (small; PredRNN.V2 has PredRNN's cells), sharded as `trainer.strategy: fsdp` shards it (its
 default units: every cell layer), runs one forward and backward on the same batch on every
-rank, with fused kernels off and, for a few, on (the frame loop batched over time). Rank 0
+rank, with fused kernels off and, for TrajGRU, on (its first level batched over time). Rank 0
 writes OUT_DIR/result.json: per case, the largest relative difference of the loss and of
 each full gradient from the same backbone unsharded in this process."""
 
@@ -26,13 +26,11 @@ CASES = {  # name → (backbone, its arguments, fused kernels)
     "convlstm-openstl": ("convlstm", {**SMALL, "variant": "openstl"}, False),
     "convlstm": ("convlstm", SMALL, False),
     "predrnn": ("predrnn", SMALL, False),
-    "predrnnv2": ("predrnnv2", SMALL, False),
     "predrnnpp": ("predrnnpp", {**SMALL, "hidden_channels": [4, 4, 4]}, False),
     "mim": ("mim", {**SMALL, "hidden_channels": [4, 4, 4]}, False),
     "mau": ("mau", {**SMALL, "downsample": 2, "attention_window": 2}, False),
     "e3dlstm": ("e3dlstm", SMALL, False),
     "trajgru": ("trajgru", TRAJGRU, False),
-    "predrnnpp-fused": ("predrnnpp", {**SMALL, "hidden_channels": [4, 4, 4]}, True),
     "trajgru-fused": ("trajgru", TRAJGRU, True),
 }
 
