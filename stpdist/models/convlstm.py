@@ -231,8 +231,9 @@ class ConvLSTM(FrameRecurrent):
     def advance(self, x_BCHW: torch.Tensor, state: list) -> tuple[Any, list]:
         """Features: the top layer's H (`openstl`), else every layer's H (the readout's)."""
         if self.variant == "openstl":
-            first = self.cells[0].advance(x_BCHW, state[0])
-            state = [first, *_advance(self.cells[1:], first[0], state[1:])]
+            first, *above = self.cells  # (a list: slicing a ModuleList builds a new one)
+            layer = first.advance(x_BCHW, state[0])
+            state = [layer, *_advance(above, layer[0], state[1:])]
             return state[-1][0], state
         state = _advance(self.cells, x_BCHW, state)
         return tuple(h for h, _ in state), state
@@ -279,7 +280,9 @@ class ConvLSTM(FrameRecurrent):
         return torch.stack(predictions, dim=1)
 
 
-def _advance(cells: nn.ModuleList, x_BCHW: torch.Tensor | None, state: list) -> list:
+def _advance(
+    cells: list[nn.Module] | nn.ModuleList, x_BCHW: torch.Tensor | None, state: list
+) -> list:
     """One time step of a stack: layer l reads layer l−1's new hidden state (the first
     reads `x_BCHW`); returns every layer's new (H, C)."""
     new_state = []

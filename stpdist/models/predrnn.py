@@ -360,10 +360,11 @@ class PredRNNpp(FrameRecurrent):
         for i, (cell, (h, c)) in enumerate(zip(self.cells, layers)):
             if i == 0:  # from the encoded frame
                 h, c, m = cell.advance(x_gates, h, c, m)
-            else:  # the second layer reads the GHU, between the first two layers
-                if i == 1:
-                    z = self.highway(new_layers[0][0], z)
-                h, c, m = cell(z if i == 1 else new_layers[-1][0], h, c, m)
+            elif i == 1:  # from the GHU, between the first two layers
+                z = self.highway(new_layers[0][0], z)
+                h, c, m = cell(z, h, c, m)
+            else:
+                h, c, m = cell(new_layers[-1][0], h, c, m)
             new_layers.append((h, c))
         return new_layers[-1][0], (new_layers, m, z)
 
