@@ -255,11 +255,9 @@ def _init_source(path: Path) -> tuple[Path, Path | None]:
 def _check_same_architecture(cfg: Config, config_file: Path) -> None:
     """Refuse weights whose config names another backbone, other backbone arguments or
     another patch size than `cfg`, naming the first key that differs."""
-    import dataclasses
-
     from omegaconf import OmegaConf
 
-    from .config import backbone_config
+    from .config import architecture_difference
 
     try:  # read as data: the folder's model.name is never imported
         theirs = OmegaConf.to_container(OmegaConf.load(config_file)).get("model") or {}
@@ -267,32 +265,13 @@ def _check_same_architecture(cfg: Config, config_file: Path) -> None:
             raise ValueError("'model' is not a mapping")
     except Exception as exc:  # YAML errors come in several types
         raise InputError(f"model.init_weights: unreadable {config_file} ({exc})") from None
-    ours, defaults = cfg.model, type(cfg.model)()
-    differing = [
-        (f"model.{key}", theirs.get(key, getattr(defaults, key)), getattr(ours, key))
-        for key in ("name", "patch_size")
-        if theirs.get(key, getattr(defaults, key)) != getattr(ours, key)
-    ]
-    if not differing:  # the same backbone: compare its arguments with defaults filled in
-        other = dataclasses.replace(ours, backbone=theirs.get("backbone") or {})
-        mine, their_args = (_as_dict(backbone_config(model)) for model in (ours, other))
-        differing = [
-            (f"model.backbone.{key}", their_args.get(key), mine.get(key))
-            for key in sorted(set(mine) | set(their_args))
-            if mine.get(key) != their_args.get(key)
-        ]
+    differing = architecture_difference(cfg.model, theirs)
     if differing:
-        key, other_value, value = differing[0]
+        key, other_value, value = differing
         raise InputError(
             f"model.init_weights: {config_file} has {key} {other_value!r}, this config "
             f"{value!r}; fine-tuning starts from weights of the same architecture"
         )
-
-
-def _as_dict(args: object) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(args) if dataclasses.is_dataclass(args) else dict(args)
 
 
 def _load_tensors(file: Path, module: EnhancedModule) -> int:

@@ -202,7 +202,7 @@ def _manifest_text(files: dict[str, dict[str, Any]]) -> str:
     return json.dumps({"version": MANIFEST_VERSION, "files": files}, indent=2)
 
 
-def _replace_text(file: Path, text: str) -> None:
+def replace_text(file: Path, text: str) -> None:
     """Write `file` atomically and durably: aside, fsync, rename, fsync the folder."""
     tmp = file.with_name(f".{file.name}.tmp")
     with open(tmp, "w") as handle:
@@ -386,13 +386,61 @@ def load_weights(path: str | Path, module: torch.nn.Module) -> Path:
 
         load_full_state(module, load_file(str(file)))
         return file
-    missing, unexpected = module.load_state_dict(load_file(str(file)), strict=False)
-    if missing or unexpected:
-        raise KeyError(
-            f"{file} does not match {type(module).__name__}: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
+    tensors = load_file(str(file))
+    _check_fits(file, tensors, module)
+    module.load_state_dict(tensors)
     return file
+
+
+def _check_fits(file: Path, tensors: dict[str, torch.Tensor], module: torch.nn.Module) -> None:
+    """Refuse, in one line, weights that are not `module`'s: a tensor missing, extra or of
+    another shape, and — when `file`'s folder or run holds the config.yaml that trained it
+    and `module` knows its model config — the config key that differs."""
+    expected = module.state_dict()
+    problems = [
+        f"tensor '{name}' is {tuple(tensors[name].shape)} there, {tuple(shape)} here"
+        for name, shape in ((k, v.shape) for k, v in expected.items() if k in tensors)
+        if tensors[name].shape != shape
+    ]
+    problems += [f"it lacks tensor '{name}'" for name in expected if name not in tensors]
+    problems += [
+        f"it holds tensor '{name}' the model lacks" for name in tensors if name not in expected
+    ]
+    if not problems:
+        return
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    raise InputError(
+        f"{file} does not fit the model built from this config: {problems[0]}{more}"
+        f"{_which_key_differs(file, module)}"
+    )
+
+
+def _which_key_differs(file: Path, module: torch.nn.Module) -> str:
+    """'; <config.yaml> has <key> <theirs>, this config <ours>' for the weights in `file`
+    (a checkpoint's or model folder's), when that can be told; else ''."""
+    from omegaconf import OmegaConf
+
+    from .config import ModelConfig, architecture_difference
+
+    ours = getattr(module, "config", None)
+    folder = file.parent
+    found = [
+        p for p in (folder / "config.yaml", folder.parent.parent / "config.yaml") if p.is_file()
+    ]
+    if not isinstance(ours, ModelConfig) or not found:
+        return ""
+    try:  # read as data: nothing it names is imported
+        theirs = OmegaConf.to_container(OmegaConf.load(found[0])).get("model") or {}
+        differing = architecture_difference(ours, theirs) if isinstance(theirs, dict) else None
+    except Exception:  # an unreadable or foreign config.yaml: the tensors said enough
+        return ""
+    if differing is None:
+        return ""
+    key, theirs_value, value = differing
+    return (
+        f"; {found[0]} has {key} {theirs_value!r}, this config {value!r} (resume, validate "
+        "and predict build the architecture the checkpoint was trained with)"
+    )
 
 
 class CheckpointManager:
@@ -426,10 +474,10 @@ class CheckpointManager:
         files = _read_manifest(folder)
         if VALIDATION_FILE in files:  # recorded before: unlist it first
             del files[VALIDATION_FILE]
-            _replace_text(folder / MANIFEST_FILE, _manifest_text(files))
-        _replace_text(folder / VALIDATION_FILE, json.dumps(values, indent=2))
+            replace_text(folder / MANIFEST_FILE, _manifest_text(files))
+        replace_text(folder / VALIDATION_FILE, json.dumps(values, indent=2))
         files[VALIDATION_FILE] = _entry(folder / VALIDATION_FILE)
-        _replace_text(folder / MANIFEST_FILE, _manifest_text(files))
+        replace_text(folder / MANIFEST_FILE, _manifest_text(files))
         self._retain()
 
     # ---------------------------------------------------------------- when to save

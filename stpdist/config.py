@@ -662,6 +662,29 @@ def _is_interpolation(value: Any) -> bool:
     return isinstance(value, str) and "${" in value
 
 
+def architecture_difference(
+    ours: ModelConfig, theirs: dict[str, Any]
+) -> tuple[str, Any, Any] | None:
+    """The first key in which the `model` section `theirs` (a mapping read from another
+    run's config.yaml) describes another architecture than `ours` — the backbone's name,
+    the patch size, or a backbone argument with defaults filled in — as (dotted key, their
+    value, ours); None when both build the same layers."""
+    defaults = type(ours)()
+    for key in ("name", "patch_size"):
+        if theirs.get(key, getattr(defaults, key)) != getattr(ours, key):
+            return f"model.{key}", theirs.get(key, getattr(defaults, key)), getattr(ours, key)
+    other = dataclasses.replace(ours, backbone=theirs.get("backbone") or {})
+    mine, their_args = (_fields_of(backbone_config(model)) for model in (ours, other))
+    for key in sorted(set(mine) | set(their_args)):
+        if mine.get(key) != their_args.get(key):
+            return f"model.backbone.{key}", their_args.get(key), mine.get(key)
+    return None
+
+
+def _fields_of(args: object) -> dict:
+    return dataclasses.asdict(args) if dataclasses.is_dataclass(args) else dict(args)
+
+
 def backbone_config(model: ModelConfig) -> Any:
     """`model.backbone` as the typed `Args` of backbone `model.name` (or, for a class given
     by import path without `Args`, checked against its constructor); an unknown name, key

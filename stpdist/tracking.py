@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .config import Config, LoggingConfig, to_dict
+from .checkpoint import replace_text
 from .console import plain, say
 from .errors import InputError
 
@@ -46,13 +47,35 @@ class MetricsLog:
 
     def __init__(self, output_dir: str | Path) -> None:
         self.path = Path(output_dir) / "metrics.jsonl"
+        self._inherited: int | None = None  # bytes in the file before this process wrote
 
     def log(self, values: dict[str, Any], *, step: int, epoch: int) -> None:
         record = {"step": step, "epoch": epoch, "time": round(time.time(), 3)}
         record.update({k: plain(v) for k, v in values.items()})
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._inherited is None:
+            self._inherited = self.path.stat().st_size if self.path.is_file() else 0
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
+
+    def set_aside(self) -> Path | None:
+        """A training that starts from step 0 begins a new file: the lines of metrics.jsonl
+        that this process did not write (a run that stopped before its first checkpoint, a
+        file of the user's) move to `metrics.earlier-N.jsonl`, N the first free number,
+        instead of mixing with the new run's. Returns that file (None: nothing moved)."""
+        if not self.path.is_file():
+            return None
+        data = self.path.read_bytes()
+        inherited = len(data) if self._inherited is None else self._inherited
+        if not inherited:
+            return None
+        number = 1
+        while (aside := self.path.with_name(f"metrics.earlier-{number}.jsonl")).exists():
+            number += 1
+        aside.write_bytes(data[:inherited])
+        replace_text(self.path, data[inherited:].decode())
+        self._inherited = 0
+        return aside
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Every record so far, oldest first (a line torn by a killed process skipped)."""
@@ -105,6 +128,8 @@ class Tracker:
         training (`step` 0) starts a new tracker run, a resumed one (`step`: the
         checkpoint's) continues the run `tracker.json` names."""
         self.accelerator = accelerator
+        if self.is_main and step == 0 and (aside := self.metrics.set_aside()) is not None:
+            say(f"{self.metrics.path} held lines of an earlier start: moved to {aside}")
         if not self.config.trackers or not self.is_main:
             return
         run = self._run_record(step)

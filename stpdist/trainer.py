@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import console, threads
-from .checkpoint import CheckpointManager, TrainState, read_state
+from .checkpoint import CheckpointManager, TrainState, read_state, replace_text
 from .config import Config, ConfigError, LoggingConfig, TrainerConfig, check_values, to_yaml
 from .console import format_scalars, say
 from .data.loading import (
@@ -392,7 +392,7 @@ class Validator:
         self.last_step = state.global_step
         checkpoints = self.trainer.checkpoints
         if checkpoints.keep_best and checkpoints.monitor not in results:
-            raise ValueError(
+            raise InputError(
                 f"trainer.checkpoint.monitor {checkpoints.monitor!r} is not among the validation "
                 f"results ({', '.join(k for k in results if k.count('/') == 1)}): best-k "
                 "checkpoints cannot be ranked; set it to one of them (or keep_best=0) and "
@@ -404,6 +404,20 @@ class Validator:
         say(f"step {state.global_step}: {format_scalars(results)}")
         if self.trainer.early_stopping is not None:
             self.trainer.early_stopping.check(state.global_step, results)
+
+
+# the first line of the config.yaml a run writes: stpdist may replace such a file
+RESOLVED_CONFIG_HEADER = "# the resolved config of this run, written by stpdist: a resume rewrites it\n"
+
+
+def _written_by_us(file: Path, text: str) -> bool:
+    """Whether `file` is stpdist's to replace: a resolved config it wrote (an earlier run,
+    a resume), or one whose content is `text` already (nothing of the user's is lost)."""
+    try:
+        old = file.read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return old.startswith(RESOLVED_CONFIG_HEADER) or old == text[len(RESOLVED_CONFIG_HEADER) :]
 
 
 class Trainer:
@@ -555,9 +569,47 @@ class Trainer:
             return batch.extras
         return {**batch.extras, "keys": batch.keys}
 
-    def _planned_steps(self, steps_per_epoch: int) -> int:
-        limits = [self.config.max_steps, (self.config.max_epochs or 0) * steps_per_epoch]
-        return min(n for n in limits if n)
+    def _planned_steps(
+        self,
+        batches_per_epoch: int,
+        saved: TrainState | None = None,
+        train: TrainSource | None = None,
+        ctx: LoaderContext | None = None,
+    ) -> int:
+        """The optimizer step this run ends at: `max_steps`, or the end of epoch
+        `max_epochs` at this run's steps per epoch counted on from `saved` (the checkpoint
+        resumed), whichever comes first. A resume on another number of ranks, batch or
+        accumulation finishes the epochs it has left at the new rate: `max_epochs` are
+        epochs, whatever the steps per epoch were before."""
+        accumulation = self.accelerator.gradient_accumulation_steps
+        per_epoch = batches_per_epoch // accumulation
+        limits = [n for n in [self.config.max_steps] if n]
+        if self.config.max_epochs:
+            if saved is None:
+                limits.append(self.config.max_epochs * per_epoch)
+            elif saved.epoch >= self.config.max_epochs:
+                limits.append(saved.global_step)
+            else:
+                epoch_batches, done = self._resumed_epoch(saved, batches_per_epoch, train, ctx)
+                left = max(0, epoch_batches // accumulation - done // accumulation)
+                later = (self.config.max_epochs - saved.epoch - 1) * per_epoch
+                limits.append(saved.global_step + left + later)
+        return min(limits)
+
+    def _resumed_epoch(
+        self,
+        saved: TrainState,
+        batches_per_epoch: int,
+        train: TrainSource | None,
+        ctx: LoaderContext | None,
+    ) -> tuple[int, int]:
+        """(micro-batches per rank of the epoch `saved` stands in, as this run will lay it
+        out; those of them already consumed)."""
+        origin = self._moved_origin(saved)
+        if origin is None or not isinstance(train, RedistributableSource):
+            return batches_per_epoch, saved.batch
+        rest = train.batches_in_rest(ctx, EpochOrigin(**origin))
+        return rest, 0 if saved.world_size != self.accelerator.num_processes else saved.batch
 
     def _config_yaml(self) -> str | None:
         return to_yaml(self.run_config) if self.run_config is not None else None
@@ -577,7 +629,8 @@ class Trainer:
         train = as_train_source(train_data)
         validator = Validator(self, None if val_data is None else as_eval_source(val_data), module)
         batches_per_epoch = train.batches_per_epoch(ctx)
-        total_steps = self._planned_steps(batches_per_epoch // acc.gradient_accumulation_steps)
+        saved = None if start is None else read_state(start)
+        total_steps = self._planned_steps(batches_per_epoch, saved, train, ctx)
         module.planned_steps = total_steps  # a fact for schedules that need their length
         self._total_steps = total_steps
         self._banner(batches_per_epoch, total_steps)
@@ -978,26 +1031,34 @@ class Trainer:
         rest = train.iterate_rest(ctx, state.epoch, origin, state.batch)
         return train.batches_in_rest(ctx, origin), rest
 
+    def _moved_origin(self, state: TrainState) -> dict[str, Any] | None:
+        """How the epoch `state` stands in began, when this run lays out its rest anew
+        (`EpochOrigin`'s fields): mid-epoch on another number of ranks, or an epoch already
+        moved once (`state.epoch_origin`). None: the epoch is this run's own layout."""
+        if state.world_size == self.accelerator.num_processes or state.batch == 0:
+            return state.epoch_origin
+        if state.epoch_origin is None:
+            return dataclasses.asdict(
+                EpochOrigin(
+                    world_size=state.world_size,
+                    num_workers=self.config.num_workers
+                    if state.num_workers is None
+                    else state.num_workers,
+                    batch_multiple=state.gradient_accumulation_steps
+                    or self.config.gradient_accumulation_steps,
+                    batch=state.batch,
+                )
+            )
+        # a second move within the epoch: the current part's batches are spent
+        origin = state.epoch_origin
+        return {**origin, "later": origin["later"] + state.batch * state.world_size}
+
     def _adopt(self, state: TrainState, start: Path) -> None:
         """A resumed state in this run's layout. Mid-epoch on another number of ranks, the
         rest of the epoch is redistributed (`EpochOrigin`): the batch count restarts at 0."""
         acc = self.accelerator
         if state.world_size != acc.num_processes and state.batch != 0:
-            origin = state.epoch_origin
-            if origin is None:
-                origin = dataclasses.asdict(
-                    EpochOrigin(
-                        world_size=state.world_size,
-                        num_workers=self.config.num_workers
-                        if state.num_workers is None
-                        else state.num_workers,
-                        batch_multiple=state.gradient_accumulation_steps
-                        or self.config.gradient_accumulation_steps,
-                        batch=state.batch,
-                    )
-                )
-            else:  # a second move within the epoch: the current part's batches are spent
-                origin = {**origin, "later": origin["later"] + state.batch * state.world_size}
+            origin = self._moved_origin(state)
             say(
                 f"{start.name} was written mid-epoch by {state.world_size} processes: the rest "
                 f"of epoch {state.epoch} is redistributed over {acc.num_processes}"
@@ -1071,9 +1132,22 @@ class Trainer:
         return state
 
     def _save_config(self) -> None:
-        if self.is_main and self.run_config is not None:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(to_yaml(self.run_config))
+        """The resolved config as `output_dir/config.yaml`, marked as stpdist's. A file
+        there that stpdist did not write (the user's own config, kept in the run folder)
+        is never written over: the resolved config then goes to config.resolved.yaml (every
+        checkpoint holds it too)."""
+        if not self.is_main or self.run_config is None:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        text = RESOLVED_CONFIG_HEADER + to_yaml(self.run_config)
+        target = self.output_dir / "config.yaml"
+        if target.is_file() and not _written_by_us(target, text):
+            target = self.output_dir / "config.resolved.yaml"
+            say(
+                f"{self.output_dir / 'config.yaml'} is not a file stpdist wrote: kept as it is; "
+                f"this run's resolved config is {target}"
+            )
+        replace_text(target, text)
 
     # ------------------------------------------------------- EMA and early stopping
     def _set_up_ema_and_early_stopping(self, module: EnhancedModule) -> None:

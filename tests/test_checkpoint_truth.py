@@ -159,14 +159,14 @@ def test_validation_written_but_not_listed_does_not_count(tmp_path, monkeypatch)
     manager.bind(Acc(), model, optimizer, None, None, ckpt.TrainState(global_step=2))
     path = manager.maybe_save(state, last=True)
     assert json.loads((path / ckpt.STATE_FILE).read_text())["metrics"] == {}  # step 1's
-    real = ckpt._replace_text
+    real = ckpt.replace_text
 
     def dies_at_the_manifest(file, text):
         if file.name == ckpt.MANIFEST_FILE:
             raise KeyboardInterrupt  # killed here
         real(file, text)
 
-    monkeypatch.setattr(ckpt, "_replace_text", dies_at_the_manifest)
+    monkeypatch.setattr(ckpt, "replace_text", dies_at_the_manifest)
     with pytest.raises(KeyboardInterrupt):
         manager.record_metrics(3, {"val/loss": 0.5})
     monkeypatch.undo()

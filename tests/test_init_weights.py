@@ -219,3 +219,21 @@ def test_a_checkpoint_trained_with_ema_gives_its_averaged_weights(tmp_path):
     assert any(not torch.equal(average[n], raw[n]) for n in average)  # they do differ
     for name, tensor in raw.items():
         assert torch.equal(state[name], average.get(name, tensor)), name
+
+
+def test_resume_or_validate_with_another_architecture_is_one_line_naming_the_key(tmp_path):
+    """A checkpoint loaded into a model of other layers (the config changed since the run)
+    is an input error in one line, naming the tensor and the config key that differs, and
+    the run's files stay as they were."""
+    debug = str(ROOT / "configs" / "debug.yaml")
+    run_cli("train", debug, "trainer.max_epochs=1", cwd=tmp_path, check=True)
+    checkpoints = tmp_path / "runs" / "debug" / "checkpoints"
+    before = sorted(p.name for p in checkpoints.iterdir())
+    changed = "model.backbone.hidden_channels=[8,4]"
+    for args in (("train", debug, "--resume", "auto", changed), ("validate", debug, changed)):
+        proc = run_cli(*args, "trainer.max_epochs=2", cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert "model.safetensors does not fit the model built from this config" in line, line
+        assert "has model.backbone.hidden_channels [8, 8], this config [8, 4]" in line, line
+    assert sorted(p.name for p in checkpoints.iterdir()) == before

@@ -440,3 +440,55 @@ def test_stop_signal_without_per_step_agreement_stops_at_the_next_check_point(tm
     with pytest.raises(Preempted, match="after step 4"):
         trainer.fit(SignalledAtStep2(), loader(40, 4))
     assert [p.name for p in trainer.checkpoints.complete()] == ["step-00000004"]
+
+
+def test_resume_at_another_steps_per_epoch_trains_the_epochs_it_has_left(tmp_path):
+    """`max_epochs` counts epochs: a resume whose steps per epoch differ (another batch size,
+    number of ranks or accumulation) trains its remaining epochs at the new rate, not up to
+    max_epochs × the new steps per epoch counted from step 0."""
+    torch.manual_seed(0)
+    make_trainer(tmp_path, max_epochs=1).fit(TinyModule(), loader(16, 2))  # 8 steps
+    state = make_trainer(tmp_path, max_epochs=2).fit(TinyModule(), loader(16, 4), resume="auto")
+    assert (state.epoch, state.global_step) == (2, 8 + 4)  # epoch 1 at 4 steps an epoch
+    state = make_trainer(tmp_path, max_epochs=3).fit(TinyModule(), loader(16, 1), resume="auto")
+    assert (state.epoch, state.global_step) == (3, 12 + 16)
+    saved = json.loads((tmp_path / "checkpoints/step-00000028/trainer_state.json").read_text())
+    assert (saved["epoch"], saved["batch"]) == (3, 0)
+
+
+def test_a_config_of_the_users_in_the_output_dir_is_never_written_over(tmp_path):
+    """`output_dir/config.yaml` is the run's resolved config, but a file there that stpdist did
+    not write (the user keeps the config in the run folder) stays as it is: the resolved
+    config goes beside it. A config.yaml of stpdist's own is rewritten on resume."""
+    from stpdist.config import load_config
+
+    mine = tmp_path / "config.yaml"
+    mine.write_text("# my notes\ntrainer: {max_epochs: 1}\n")
+    cfg = load_config(mine, [f"trainer.output_dir={tmp_path}"])
+    make_trainer(tmp_path, max_epochs=1, run_config=cfg).fit(TinyModule(), loader(8, 4))
+    assert mine.read_text() == "# my notes\ntrainer: {max_epochs: 1}\n"
+    resolved = tmp_path / "config.resolved.yaml"
+    assert load_config(resolved).trainer.output_dir == str(tmp_path)
+
+    other = tmp_path / "other"
+    make_trainer(other, max_epochs=1, run_config=cfg).fit(TinyModule(), loader(8, 4))
+    assert not (other / "config.resolved.yaml").exists()
+    cfg = load_config(other / "config.yaml", ["trainer.max_epochs=2"])  # a resume, changed
+    make_trainer(other, max_epochs=2, run_config=cfg).fit(TinyModule(), loader(8, 4), resume="auto")
+    assert load_config(other / "config.yaml").trainer.max_epochs == 2
+    assert not (other / "config.resolved.yaml").exists()
+
+
+def test_a_fresh_start_sets_an_earlier_metrics_log_aside(tmp_path):
+    """Lines of a run that stopped before its first checkpoint (or a file of the user's) are
+    not mixed with a new run's: moved to metrics.earlier-N.jsonl; a resume appends."""
+    (tmp_path / "metrics.jsonl").write_text('{"old": 1}\n')
+    trainer = make_trainer(tmp_path, max_epochs=1)
+    trainer.validate(TinyModule(), loader(8, 4, False))  # this run's own line: kept
+    trainer.fit(TinyModule(), loader(8, 4))
+    assert (tmp_path / "metrics.earlier-1.jsonl").read_text() == '{"old": 1}\n'
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "val/loss" in lines[0] and all("old" not in x for x in lines)
+    make_trainer(tmp_path, max_epochs=2).fit(TinyModule(), loader(8, 4), resume="auto")
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) > len(lines)
+    assert not (tmp_path / "metrics.earlier-2.jsonl").exists()
