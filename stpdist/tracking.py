@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import Config, LoggingConfig, to_dict
 from .checkpoint import replace_text
+from .config import Config, LoggingConfig, to_dict
 from .console import plain, say
 from .errors import InputError
 

@@ -407,7 +407,9 @@ class Validator:
 
 
 # the first line of the config.yaml a run writes: stpdist may replace such a file
-RESOLVED_CONFIG_HEADER = "# the resolved config of this run, written by stpdist: a resume rewrites it\n"
+RESOLVED_CONFIG_HEADER = (
+    "# the resolved config of this run, written by stpdist: a resume rewrites it\n"
+)
 
 
 def _written_by_us(file: Path, text: str) -> bool:
