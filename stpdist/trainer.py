@@ -422,6 +422,36 @@ def _written_by_us(file: Path, text: str) -> bool:
     return old.startswith(RESOLVED_CONFIG_HEADER) or old == text[len(RESOLVED_CONFIG_HEADER) :]
 
 
+def _check_schedule_length(
+    scheduler: Any, interval: str, total: int, done: int, start: Path | None
+) -> None:
+    """Refuse, before any step, a run whose steps `done` → `total` outrun a per-step lr
+    schedule of fixed length (`total_steps`: OneCycleLR), which would stop with an error at
+    its end — hours in. Its length is set when it is built: by `model.schedule.total_steps`
+    or by the steps the training first planned, restored from the checkpoint on a resume."""
+    length, steps = getattr(scheduler, "total_steps", None), total - done
+    if interval != "step" or not isinstance(length, int):
+        return
+    if steps <= length - scheduler.last_epoch:
+        return
+    left = length - scheduler.last_epoch
+    if start is None:
+        raise InputError(
+            f"the lr schedule ({type(scheduler).__name__}) lasts {length} steps, this run "
+            f"plans {steps}: set model.schedule.total_steps to at least {steps} (or leave it "
+            "unset: the planned steps), or trainer.max_steps to at most "
+            f"{length}"
+        )
+    raise InputError(
+        f"the lr schedule ({type(scheduler).__name__}) restored from {start} has {left} "
+        f"steps left, this run plans {steps} more (more epochs, or other steps per epoch: "
+        "another number of ranks, batch or accumulation); a one-cycle schedule cannot be "
+        f"lengthened: resume with trainer.max_steps={done + left}, on another "
+        "number of ranks with --keep-global-batch, or begin a new run from these weights "
+        "(model.init_weights)"
+    )
+
+
 class Trainer:
     """Runs an `EnhancedModule`'s hooks with DDP, mixed precision, accumulation,
     clipping, exact checkpoint/resume and exact cross-rank validation.
@@ -644,6 +674,7 @@ class Trainer:
         # `--resume auto`) stops here, naming the holder, before touching any checkpoint
         with self._run_lock(), self._stop.installed():
             state = self._start(resume, start, model, module, optimizer, scheduler, train, ctx)
+            _check_schedule_length(scheduler, interval, total_steps, state.global_step, start)
             self._graph = self._step_graph(module, optimizer)  # on the restored optimizer
             self.checkpoints.bind(
                 acc, module, optimizer, scheduler, self._config_yaml(), state, self.attachments

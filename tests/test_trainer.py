@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 import stpdist.checkpoint as checkpoint_module
 from stpdist import EnhancedModule, Trainer
 from stpdist.config import CheckpointConfig
+from stpdist.errors import InputError
 
 
 def make_trainer(tmp_path, **kwargs) -> Trainer:
@@ -492,3 +493,31 @@ def test_a_fresh_start_sets_an_earlier_metrics_log_aside(tmp_path):
     make_trainer(tmp_path, max_epochs=2).fit(TinyModule(), loader(8, 4), resume="auto")
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) > len(lines)
     assert not (tmp_path / "metrics.earlier-2.jsonl").exists()
+
+
+class OneCycle(TinyModule):
+    def configure_lr_scheduler(self, optimizer):
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.05, total_steps=self.planned_steps)
+
+
+def test_a_resume_that_outruns_a_one_cycle_schedule_is_refused_before_any_step(tmp_path):
+    """OneCycleLR cannot step past its length (restored from the checkpoint): more epochs,
+    or more steps per epoch, would stop with torch's error at its end; refused at start."""
+    make_trainer(tmp_path, max_epochs=1).fit(OneCycle(), loader(16, 4))  # 4 steps
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    with pytest.raises(InputError, match=r"has 0 steps left, this run plans 4 more"):
+        make_trainer(tmp_path, max_epochs=2).fit(OneCycle(), loader(16, 4), resume="auto")
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+    make_trainer(tmp_path / "b", max_epochs=2).fit(OneCycle(), loader(16, 4))  # 8 steps
+    halfway = tmp_path / "b" / "checkpoints" / "step-00000004"
+    trainer = make_trainer(tmp_path / "b", max_epochs=2)  # 16 steps an epoch from here
+    with pytest.raises(InputError, match=r"has 4 steps left, this run plans 16 more.*=8,"):
+        trainer.fit(OneCycle(), loader(16, 1), resume=halfway)
+    fresh = make_trainer(tmp_path / "c", max_epochs=2)
+    with pytest.raises(InputError, match=r"lasts 3 steps, this run plans 8"):
+        fresh.fit(OneCycleOf3(), loader(16, 4))
+
+
+class OneCycleOf3(TinyModule):
+    def configure_lr_scheduler(self, optimizer):
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.05, total_steps=3)
