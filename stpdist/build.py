@@ -246,7 +246,7 @@ def _init_source(path: Path) -> tuple[Path, Path | None]:
         return path, None
     try:
         folder = model_folder(path, "best")
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, InputError) as exc:
         raise InputError(f"model.init_weights: {exc}; expected {what}") from None
     configs = (folder / "config.yaml", folder.parent.parent / "config.yaml")
     return folder / MODEL_FILE, next((p for p in configs if p.is_file()), None)

@@ -4,8 +4,8 @@ import (an OpenSTL checkpoint), synth, shard, inspect (make and look at datasets
 (measure speed).
 
     stpdist train configs/debug.yaml trainer.max_epochs=2 data.batch_size=8 [--resume auto]
-    stpdist validate CONFIG [overrides] [--ckpt best|last|step-N|PATH]
-    stpdist predict CONFIG [overrides] [--ckpt best|last|step-N|PATH] [--out DIR]
+    stpdist validate CONFIG [overrides] [--ckpt best|last|step-N|PATH] [--overwrite]
+    stpdist predict CONFIG [overrides] [--ckpt best|last|step-N|PATH] [--out DIR] [--overwrite]
     stpdist reproduce CONFIG --seeds N [--small]
     stpdist forecast RUN_OR_MODEL INPUTS --out DIR [--overwrite]
     stpdist export RUN_OR_MODEL --out DIR [--format onnx] [--overwrite]
@@ -138,13 +138,17 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
     cfg, trainer, ckpt, module = _with_checkpoint(args)
     split = args.split or cfg.data.val_split
+    out = Path(cfg.trainer.output_dir)
+    record = _checkpoint_record(ckpt)
+    earlier = _json_file(out / f"metrics_{split}.json")
+    if earlier is not None and not (args.overwrite or args.ckpt == "best"):
+        _refuse_other_checkpoint(str(out / f"metrics_{split}.json"), earlier, record, args.ckpt, "")
     results = trainer.validate(
         module, build.eval_stream(cfg, split), ckpt=ckpt, split=split, raw_weights=args.raw_weights
     )
     if trainer.is_main:
-        out = Path(cfg.trainer.output_dir)
-        written = _write_json(out / f"metrics_{split}.json", results)
-        print(f"checkpoint {ckpt}, split {split}")
+        written = _write_json(out / f"metrics_{split}.json", {**record, **results})
+        print(f"checkpoint {ckpt}{_step_text(record)}, split {split}")
         print(lead_time_table(results))
         plot = plot_lead_times(results, out / f"lead_time_{split}.png")
         print(f"results: {written}" + (f"; per-lead-time plot: {plot}" if plot else ""))
@@ -159,33 +163,129 @@ def _write_json(path: Path, results: dict[str, Any]) -> Path:
     return path
 
 
+def _checkpoint_record(ckpt: Path) -> dict[str, Any]:
+    """Which checkpoint produced a result: its path and global step (None for a weights
+    file or an exported model folder, which keep no trainer state)."""
+    from .checkpoint import STATE_FILE, read_state
+
+    step = read_state(ckpt).global_step if (ckpt / STATE_FILE).is_file() else None
+    return {"checkpoint": str(ckpt), "checkpoint_step": step}
+
+
+def _step_text(record: dict[str, Any]) -> str:
+    step = record.get("checkpoint_step")
+    return "" if step is None else f" (step {step})"
+
+
+def _json_file(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path` (an earlier run's results); None when absent or not one."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _refuse_other_checkpoint(
+    where: str, earlier: dict[str, Any], record: dict[str, Any], choice: str, keep_both: str
+) -> None:
+    """An InputError when the results in `where` came from another checkpoint than
+    `record`'s (or do not say which): a `--ckpt` other than the default never silently
+    replaces them. `keep_both`: how to write elsewhere instead, if there is a way."""
+    recorded = earlier.get("checkpoint")
+    same = (
+        isinstance(recorded, str)
+        and Path(recorded).name == Path(record["checkpoint"]).name
+        and earlier.get("checkpoint_step") == record["checkpoint_step"]
+    )
+    if same:
+        return
+    theirs = (
+        f"checkpoint {Path(recorded).name}{_step_text(earlier)}"
+        if isinstance(recorded, str)
+        else "a checkpoint they do not record"
+    )
+    ours = Path(record["checkpoint"]).name
+    if record["checkpoint_step"] is not None:
+        ours += f", step {record['checkpoint_step']}"
+    raise InputError(
+        f"{where} holds the results of {theirs}, not of --ckpt {choice} ({ours}); pass "
+        f"{keep_both}--overwrite to replace them"
+    )
+
+
+PREDICT_OUTPUTS = ("metrics.json", "samples")
+"""What `stpdist predict` writes into its folder, besides `predictions-r*.npz`."""
+
+
+def _check_predict_out(out: Path, args: argparse.Namespace, record: dict[str, Any]) -> None:
+    """Refuse, before anything is written, a predict folder whose contents `predict` would
+    replace without leave: a non-empty one that holds files of its own (not an earlier
+    predict's output), or an earlier predict's output of another checkpoint when `--ckpt`
+    is not the default. `--overwrite` replaces either."""
+    if args.overwrite or not out.is_dir() or not any(out.iterdir()):
+        return
+    where = f"--out {out}" if args.out else str(out)
+    foreign = [
+        p.name
+        for p in out.iterdir()
+        if p.name not in PREDICT_OUTPUTS and not p.match("predictions-r*.npz")
+    ]
+    earlier = _json_file(out / "metrics.json")
+    if foreign or earlier is None:
+        found = f" ({', '.join(sorted(foreign)[:3])}…)" if foreign else ""
+        raise InputError(
+            f"{where} is not empty and holds no earlier predict's output{found}; pass "
+            "--overwrite to replace it"
+        )
+    if args.ckpt != "best":
+        _refuse_other_checkpoint(where, earlier, record, args.ckpt, "--out DIR to keep both, or ")
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
-    """One pass: predictions written, metrics accumulated, the first samples drawn."""
+    """One pass: predictions written, metrics accumulated, the first samples drawn. Written
+    into a staging folder that replaces the predict folder at the end (as `forecast`
+    does): a failure leaves it as it was, and no picture of an earlier predict stays."""
     from . import build
     from .console import format_scalars
+    from .inference import check_output_folder
     from .trainer import SampleKeeper
     from .visualize import save_samples
 
     cfg, trainer, ckpt, module = _with_checkpoint(args)
     split = args.split or cfg.data.test_split
     out = Path(args.out) if args.out else Path(cfg.trainer.output_dir) / "predictions" / split
+    protected = (build.split_dir(cfg, split), ckpt)
+    # a file, the data, a run or its checkpoints: refused even with --overwrite
+    check_output_folder(out, overwrite=True, protected=protected)
+    record = _checkpoint_record(ckpt)
+    _check_predict_out(out, args, record)
+    data = build.eval_stream(cfg, split)
     keeper = SampleKeeper(args.samples if trainer.is_main else 0)
-    results = trainer.predict(
-        module,
-        build.eval_stream(cfg, split),
-        ckpt=ckpt,
-        out=out,
-        split=split,
-        keeper=keeper,
-        raw_weights=args.raw_weights,
-    )
-    trainer.close()
+    with _shared_staging(trainer, out, True, protected) as tmp:
+        results = trainer.predict(
+            module,
+            data,
+            ckpt=ckpt,
+            out=tmp,
+            split=split,
+            keeper=keeper,
+            raw_weights=args.raw_weights,
+            shown_as=out,
+        )
+        trainer.close()
+        if trainer.is_main:
+            _write_json(tmp / "metrics.json", {**record, **results})
+            # sanitised names; none without --samples or samples with predictions
+            pictures = save_samples(tmp / "samples", keeper.samples, cfg.logging.colormap)
     if not trainer.is_main:
         return
-    _write_json(out / "metrics.json", results)
-    save_samples(out / "samples", keeper.samples, cfg.logging.colormap)  # sanitised names
-    print(f"checkpoint {ckpt}; metrics: {format_scalars(results)} (all in {out / 'metrics.json'})")
-    print(f"sample pictures: {out / 'samples'}")
+    print(
+        f"checkpoint {ckpt}{_step_text(record)}; metrics: {format_scalars(results)} "
+        f"(all in {out / 'metrics.json'})"
+    )
+    if pictures:
+        print(f"sample pictures: {out / 'samples'}")
 
 
 def cmd_forecast(args: argparse.Namespace) -> None:
@@ -216,12 +316,16 @@ def cmd_forecast(args: argparse.Namespace) -> None:
         )
         trainer.close()
         if trainer.is_main:
-            save_samples(tmp / "samples", keeper.samples, args.colormap)  # sanitised names
+            # sanitised names; none with --samples 0
+            pictures = save_samples(tmp / "samples", keeper.samples, args.colormap)
             if args.shards:
                 _forecast_shards(tmp, args, module)
     if not trainer.is_main:
         return
-    print(f"forecasts in physical units: {out}/predictions-r*.npz; pictures: {out / 'samples'}")
+    print(
+        f"forecasts in physical units: {out}/predictions-r*.npz"
+        + (f"; pictures: {out / 'samples'}" if pictures else "")
+    )
     if args.shards:
         print(f"as a shard split (stpdist inspect renders it): {out / 'shards' / 'forecast'}")
 
@@ -351,7 +455,7 @@ def cmd_shard(args: argparse.Namespace) -> None:
 
     spec = FORMATS[args.format]
     if not spec.many_paths and len(args.sources) != 1:
-        raise ValueError(f"{args.format} takes one source path, got {len(args.sources)}")
+        raise InputError(f"shard {args.format} takes one source path, got {len(args.sources)}")
     source = spec.build(args.sources, args)
     if args.inputs_only is not None:
         source = FirstFrames(source, args.inputs_only)
@@ -392,7 +496,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         else []
     )
     if not folders:
-        raise FileNotFoundError(f"no {INDEX_FILE} in {root} or its sub-folders")
+        raise InputError(f"{root}: no {INDEX_FILE} in it or its sub-folders; expected a dataset")
     # pictures never go into the dataset: a folder the user names, or a temp folder we name
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="stpdist-inspect-"))
     for folder in folders:
@@ -539,10 +643,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
         )
     else:
         if not args.dir:
-            raise ValueError("bench data needs a dataset folder: stpdist bench data DIR")
+            raise InputError("bench data needs a dataset folder: stpdist bench data DIR")
         bench_data(
             args.dir,
-            workers=tuple(int(w) for w in args.loader_workers.split(",")),
+            workers=args.loader_workers,  # a tuple: parsed by the flag's type
             rounds=args.rounds,
         )
 
@@ -558,22 +662,20 @@ def _bench_model_setup(args: argparse.Namespace) -> tuple:
     cfg = load_config(args.config) if args.config else None
     name = args.dir or (cfg.model.name if cfg else None)
     if not name:
-        raise ValueError(
+        raise InputError(
             "bench model needs a backbone name or a recipe: stpdist bench model convlstm, "
             "or stpdist bench model --config configs/mmnist/convlstm.yaml"
         )
     if cfg and name != cfg.model.name:
         raise ValueError(f"bench model {name}: the recipe {args.config} is for '{cfg.model.name}'")
     backbone = dict(cfg.model.backbone) if cfg else None
-    if args.backbone:
-        backbone = {**(backbone or {}), **json.loads(args.backbone)}
+    if args.backbone:  # a dict: parsed by the flag's type
+        backbone = {**(backbone or {}), **args.backbone}
     if args.translator:
         backbone = {**(backbone or {}), "translator": args.translator}
     patch = args.patch or (cfg.model.patch_size if cfg else 4)
-    if args.shape:
-        shape = tuple(int(x) for x in args.shape.split("x"))
-        if len(shape) != 5:
-            raise ValueError(f"--shape {args.shape!r} is not BxTxCxHxW")
+    if args.shape:  # five positive integers: parsed by the flag's type
+        shape = args.shape
     elif cfg:
         shape = (cfg.data.batch_size, cfg.data.num_input_frames, *_recipe_frame_shape(cfg))
     else:
@@ -600,7 +702,7 @@ def _recipe_frame_shape(cfg: Config) -> tuple[int, int, int]:
         return tuple(dataset_index(cfg).shape[1:])
     except FileNotFoundError:
         if cfg.data.synthesize is None:
-            raise ValueError(
+            raise InputError(
                 f"no dataset under {cfg.data.root} to read the frame shape from: pass --shape"
             ) from None
         size = cfg.data.synthesize.image_size
@@ -679,7 +781,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     from .reproduce import reproduce
 
     if args.seeds < 1:
-        raise ValueError(f"--seeds {args.seeds}: expected at least 1")
+        raise InputError(f"--seeds {args.seeds}: expected at least 1")
     reproduce(
         args.config,
         args.seeds,
@@ -694,6 +796,46 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value}: expected a positive integer")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    """An argparse type (argparse names the flag before the message): an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 or a positive integer")
+    return value
+
+
+def _frame_shape(text: str) -> tuple[int, ...]:
+    """`--shape BxTxCxHxW`: five positive integers joined by x."""
+    parts = text.lower().split("x")
+    if len(parts) != 5 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected BxTxCxHxW, five positive integers such as 4x10x1x64x64"
+        )
+    return tuple(int(p) for p in parts)
+
+
+def _worker_counts(text: str) -> tuple[int, ...]:
+    """`--loader-workers 0,2`: worker counts (integers >= 0) joined by commas."""
+    parts = text.split(",")
+    if not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected worker counts such as 0,2")
+    return tuple(int(p) for p in parts)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """An argparse type (argparse names the flag before the message): a JSON object."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a JSON object")
     return value
 
 
@@ -758,8 +900,32 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--split", default=None, help="dataset split (default from the config)")
         _raw_weights_flag(s)
         if name == "predict":
-            s.add_argument("--out", default=None, help="output folder")
-            s.add_argument("--samples", type=int, default=4, help="samples rendered as pictures")
+            s.add_argument(
+                "--out",
+                default=None,
+                help="output folder (default <output_dir>/predictions/<split>); not a run's "
+                "or checkpoint's folder",
+            )
+            s.add_argument(
+                "--samples",
+                type=_non_negative_int,
+                default=4,
+                help="samples rendered as pictures (0: none)",
+            )
+            s.add_argument(
+                "--overwrite",
+                action="store_true",
+                help="replace a non-empty --out that holds files other than an earlier "
+                "predict's, or (with a --ckpt other than best) an earlier predict's of another "
+                "checkpoint; the old contents go only once the predictions are done",
+            )
+        else:
+            s.add_argument(
+                "--overwrite",
+                action="store_true",
+                help="with a --ckpt other than best: replace the metrics_<split>.json and "
+                "lead_time_<split>.png of another checkpoint",
+            )
         s.set_defaults(func=func)
 
     s = with_config("reproduce", "train a recipe with N seeds; test-split table beside OpenSTL's")
@@ -779,7 +945,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="folder for predictions-*.npz and pictures")
     s.add_argument("--ckpt", default="best", help="of a run folder: best, last or step-N")
     s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--samples", type=int, default=4, help="samples drawn as pictures")
+    s.add_argument(
+        "--samples",
+        type=_non_negative_int,
+        default=4,
+        help="samples drawn as pictures (0: none)",
+    )
     s.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"])
     s.add_argument("--colormap", default=None)
     s.add_argument(
@@ -878,7 +1049,12 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("inspect", help="summarise a dataset's index and render samples")
     s.add_argument("dir")
-    s.add_argument("--samples", type=int, default=4)
+    s.add_argument(
+        "--samples",
+        type=_non_negative_int,
+        default=4,
+        help="samples rendered per split (0: none)",
+    )
     s.add_argument("--out", default=None, help="folder for the pictures (default: a temp dir)")
     s.add_argument(
         "--verify", action="store_true", help="read every sample: counts, dtypes, shapes, keys"
@@ -900,11 +1076,20 @@ def parser() -> argparse.ArgumentParser:
         help="model: a recipe (configs/mmnist/convlstm.yaml): its model section, scheduled "
         "sampling included, and its batch and frame shapes; the flags below override",
     )
-    s.add_argument("--shape", default=None, help="model: inputs BxTxCxHxW (default 4x10x1x64x64)")
+    s.add_argument(
+        "--shape",
+        type=_frame_shape,
+        default=None,
+        metavar="BxTxCxHxW",
+        help="model: inputs BxTxCxHxW (default 4x10x1x64x64)",
+    )
     s.add_argument("--output-frames", type=int, default=None, help="model: T_out (default 10)")
     s.add_argument("--patch", type=int, default=None, help="model: patch size (default 4)")
     s.add_argument(
-        "--backbone", default=None, help="model: JSON args, e.g. '{\"hidden_channels\": [64, 64]}'"
+        "--backbone",
+        type=_json_object,
+        default=None,
+        help="model: JSON args, e.g. '{\"hidden_channels\": [64, 64]}'",
     )
     s.add_argument(
         "--translator",
@@ -950,11 +1135,17 @@ def parser() -> argparse.ArgumentParser:
         "and kernel-launching ones (views and allocations excluded), instead of timings",
     )
     s.add_argument(
-        "--rounds", type=int, default=3, help="data, model: interleaved rounds (medians)"
+        "--rounds",
+        type=_positive_int,
+        default=3,
+        help="data, model: interleaved rounds (medians)",
     )
     s.add_argument("--repeats", type=int, default=5, help="trainer: interleaved repeats")
     s.add_argument(
-        "--loader-workers", default="0,2", help="data: DataLoader worker counts to compare"
+        "--loader-workers",
+        type=_worker_counts,
+        default="0,2",
+        help="data: DataLoader worker counts to compare",
     )
     s.add_argument("--steps", type=int, default=200, help="trainer: steps per repeat")
     s.add_argument("--debug", action="store_true")

@@ -50,7 +50,9 @@ def model_folder(path: str | Path, ckpt: str = "best") -> Path:
         return verify(path)
     root = path / "checkpoints"
     if not root.is_dir():
-        raise FileNotFoundError(f"{path}: neither a model folder ({MODEL_FILE}) nor a run folder")
+        raise InputError(
+            f"{path}: neither a model folder ({MODEL_FILE}) nor a run folder (checkpoints/)"
+        )
     return CheckpointManager(root).choose(ckpt)
 
 
@@ -58,7 +60,7 @@ def _config_path(folder: Path) -> Path:
     found = next((p for p in (folder / "config.yaml", folder.parent.parent / "config.yaml")
                   if p.is_file()), None)  # fmt: skip
     if found is None:
-        raise FileNotFoundError(f"{folder}: no config.yaml beside the weights or in the run")
+        raise InputError(f"{folder}: no config.yaml beside the weights or in the run")
     return found
 
 

@@ -272,7 +272,7 @@ def test_a_second_ctrl_c_aborts_at_once(tmp_path):
 def test_short_step_names_select_a_checkpoint(debug_copy):
     for name in ("step-8", "step-00000008"):
         out = run_cli("validate", DEBUG, "--ckpt", name, cwd=debug_copy, check=True).stdout
-        assert "checkpoint runs/debug/checkpoints/step-00000008, split val" in out
+        assert "checkpoint runs/debug/checkpoints/step-00000008 (step 8), split val" in out
     run = debug_copy / "runs" / "debug"
     module = stpdist.load(run, ckpt="step-8")
     assert module.model_folder == run / "checkpoints" / "step-00000008"
@@ -424,7 +424,7 @@ def test_validate_forecast_and_resume_pass_over_a_malformed_validation_json(debu
     newest = run / "checkpoints" / "step-00000016"
     (newest / ckpt.VALIDATION_FILE).write_text("[1, 2]")
     proc = run_cli("validate", DEBUG, "--ckpt", "best", cwd=debug_copy, check=True)
-    assert "checkpoint runs/debug/checkpoints/step-00000008, split val" in proc.stdout
+    assert "checkpoint runs/debug/checkpoints/step-00000008 (step 8), split val" in proc.stdout
     assert "step-00000016 is damaged (validation.json" in proc.stdout + proc.stderr
     assert stpdist.load(run, "best").model_folder.name == "step-00000008"
     proc = run_cli("train", DEBUG, "--resume", "auto", cwd=debug_copy, check=True)

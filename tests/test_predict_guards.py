@@ -1,0 +1,139 @@
+"""`stpdist predict`, `validate` and `forecast` guard what they write: a predict folder
+holding other files, a run or checkpoint folder as `--out`, and the default results of
+another checkpoint are refused (exit 2, one line, nothing written) unless `--overwrite`;
+results record their checkpoint; bad flag values are refused naming the flag."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+import stpdist
+from stpdist.errors import InputError
+
+DEBUG = str(Path(__file__).parent.parent / "configs" / "debug.yaml")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The debug config trained for two epochs: checkpoints step-8 and step-16."""
+    root = tmp_path_factory.mktemp("guards")
+    run_cli("train", DEBUG, "logging.num_samples=0", cwd=root, check=True)
+    return root
+
+
+def refused(*args: str, cwd: Path) -> str:
+    """The one line on stderr of a `stpdist ARGS` that exits 2."""
+    proc = run_cli(*args, cwd=cwd)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_predict_refuses_an_out_of_other_files_unless_overwrite(trained):
+    out = trained / "pout"
+    out.mkdir()
+    (out / "metrics.json").write_text("mine\n")
+    line = refused("predict", DEBUG, "--out", "pout", cwd=trained)
+    assert "--out pout is not empty" in line and "--overwrite" in line
+    assert snapshot(out) == {"metrics.json": b"mine\n"}  # nothing written, nothing deleted
+    (out / "notes.txt").write_text("mine too\n")
+    assert "notes.txt" in refused("predict", DEBUG, "--out", "pout", cwd=trained)
+
+    run_cli("predict", DEBUG, "--out", "pout", "--overwrite", cwd=trained, check=True)
+    assert not (out / "notes.txt").exists()  # replaced as a whole, like forecast's --out
+    assert json.loads((out / "metrics.json").read_text())["test/num_samples"] == 8
+    # an earlier predict's output of the same checkpoint: replaced without --overwrite
+    run_cli("predict", DEBUG, "--out", "pout", "--samples", "1", cwd=trained, check=True)
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [
+        "test_0000000.gif",
+        "test_0000000.png",
+    ]  # no picture of the earlier predict's 4 left behind
+
+
+@pytest.mark.parametrize(
+    "out", ["runs/debug/checkpoints/step-00000008", "runs/debug", "runs/debug/checkpoints"]
+)
+def test_predict_refuses_a_run_or_checkpoint_folder_as_out(trained, out):
+    before = snapshot(trained / "runs" / "debug" / "checkpoints")
+    for overwrite in ((), ("--overwrite",)):  # refused whatever the flags
+        line = refused("predict", DEBUG, "--out", out, *overwrite, cwd=trained)
+        assert line.startswith(f"stpdist: error: --out {out} ")
+    assert snapshot(trained / "runs" / "debug" / "checkpoints") == before
+
+
+def test_results_record_their_checkpoint_and_another_ckpt_keeps_the_default_ones(trained):
+    run = trained / "runs" / "debug"
+    proc = run_cli("predict", DEBUG, "--samples", "0", cwd=trained, check=True)
+    default = run / "predictions" / "test"
+    metrics = json.loads((default / "metrics.json").read_text())
+    best = metrics["checkpoint_step"]
+    assert best in (8, 16) and metrics["checkpoint"].endswith(f"step-{best:08d}")
+    assert f"checkpoint {metrics['checkpoint']} (step {best});" in proc.stdout
+    other = 24 - best
+    before = snapshot(default)
+
+    line = refused("predict", DEBUG, "--ckpt", f"step-{other}", cwd=trained)
+    assert f"holds the results of checkpoint step-{best:08d} (step {best})" in line
+    assert f"--ckpt step-{other} (step-{other:08d}, step {other})" in line
+    assert "--out DIR" in line and "--overwrite" in line
+    assert snapshot(default) == before  # the default results as they were
+    # the same checkpoint named otherwise replaces its own results
+    run_cli("predict", DEBUG, "--ckpt", str(best), "--samples", "0", cwd=trained, check=True)
+    # another folder keeps both; --overwrite replaces them
+    run_cli("predict", DEBUG, "--ckpt", str(other), "--out", "p-other", cwd=trained, check=True)
+    assert json.loads((trained / "p-other" / "metrics.json").read_text())["checkpoint_step"] == (
+        other
+    )
+    run_cli("predict", DEBUG, "--ckpt", str(other), "--overwrite", cwd=trained, check=True)
+    assert json.loads((default / "metrics.json").read_text())["checkpoint_step"] == other
+
+    proc = run_cli("validate", DEBUG, cwd=trained, check=True)
+    assert f"(step {best}), split val" in proc.stdout
+    validated = run / "metrics_val.json"
+    assert json.loads(validated.read_text())["checkpoint_step"] == best
+    before = validated.read_bytes()
+    line = refused("validate", DEBUG, "--ckpt", str(other), cwd=trained)
+    assert f"{Path('runs/debug/metrics_val.json')} holds the results of checkpoint" in line
+    assert validated.read_bytes() == before
+    run_cli("validate", DEBUG, "--ckpt", str(other), "--overwrite", cwd=trained, check=True)
+    scored = json.loads(validated.read_text())
+    assert scored["checkpoint_step"] == other and scored["val/num_samples"] == 8
+
+
+def test_samples_zero_names_no_picture_folder_and_negative_is_refused(trained):
+    proc = run_cli("predict", DEBUG, "--out", "p0", "--samples", "0", cwd=trained, check=True)
+    assert "pictures" not in proc.stdout and not (trained / "p0" / "samples").exists()
+    proc = run_cli(
+        "forecast", "runs/debug", "data/debug-digits/test", "--out", "fc0", "--samples", "0",
+        cwd=trained, check=True,
+    )  # fmt: skip
+    assert "pictures" not in proc.stdout and not (trained / "fc0" / "samples").exists()
+    for command in (("predict", DEBUG), ("forecast", "runs/debug", "data/debug-digits/test")):
+        proc = run_cli(*command, "--out", "neg", "--samples", "-1", cwd=trained)
+        assert proc.returncode == 2 and "argument --samples: '-1'" in proc.stderr
+    assert not (trained / "neg").exists()
+
+
+@pytest.mark.parametrize("shape", ["axbxc", "2x3x1x16", "2x3x0x16x16"])
+def test_bench_shape_is_parsed_naming_the_flag(tmp_path, shape):
+    proc = run_cli("bench", "model", "convlstm", "--shape", shape, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"argument --shape: '{shape}': expected BxTxCxHxW" in proc.stderr
+
+
+def test_missing_inputs_of_the_cli_exit_2_naming_the_path(tmp_path):
+    assert "nowhere: no index.json" in refused("inspect", "nowhere", cwd=tmp_path)
+    line = refused("forecast", "nowhere", "x.npy", "--out", "o", cwd=tmp_path)
+    assert "nowhere: neither a model folder" in line
+    with pytest.raises(InputError, match="nowhere: neither a model folder"):
+        stpdist.load(tmp_path / "nowhere")
+    assert not (tmp_path / "o").exists()
