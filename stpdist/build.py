@@ -7,14 +7,14 @@ from pathlib import Path
 from . import plugins
 from .checkpoint import MODEL_FILE, CheckpointManager
 from .config import Config
-from .console import say
+from .console import log, say
 from .data.format import INDEX_FILE, SplitIndex, read_climatology, read_index, variable_names
 from .data.normalize import Normalizer
 from .data.onthefly import MovingDigitsTrainSource
 from .data.staging import recover
 from .data.stream import ShardEvalStream, ShardTrainStream
-from .data.synthetic import write_moving_digits
-from .errors import InputError
+from .data.synthetic import synthesized_differently, write_moving_digits
+from .errors import InputError, MissingInput
 from .metrics import GeoInfo
 from .module import EnhancedModule
 from .task import Forecaster
@@ -36,13 +36,15 @@ def ensure_dataset(cfg: Config, trainer: Trainer, *, synthesize: bool = False) -
         if not (split_dir(cfg, needed) / INDEX_FILE).is_file():
             recover(root)  # a `shard` that crashed while it replaced the dataset
         if (split_dir(cfg, needed) / INDEX_FILE).is_file():
+            if trainer.is_main and synth is not None and synth.root is not None:
+                _warn_if_synthesized_differently(cfg, root, on_the_fly)
             return
         where = f"data.root {root} holds no dataset (no {needed}/{INDEX_FILE})"
         convert = f"convert your data with `stpdist shard FORMAT SRC --out {root}`"
         if synth is None:
-            raise FileNotFoundError(f"{where}; {convert} (formats: stpdist shard --help)")
+            raise MissingInput(f"{where}; {convert} (formats: stpdist shard --help)")
         if not synthesize and (synth.root is None or Path(synth.root) != root):
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"{where}, and data.synthesize generates only into {synth.root}; pass "
                 f"--synthesize to generate synthetic digits into {root}, or {convert} "
                 "and set data.synthesize=null"
@@ -51,19 +53,41 @@ def ensure_dataset(cfg: Config, trainer: Trainer, *, synthesize: bool = False) -
             say(f"generating synthetic moving digits into {root}")
             write_moving_digits(
                 root,
-                {
-                    cfg.data.train_split: 0 if on_the_fly else synth.train,
-                    cfg.data.val_split: synth.val,
-                    cfg.data.test_split: synth.test,
-                },
-                seed=synth.seed,
-                num_frames=synth.num_frames,
-                image_size=synth.image_size,
-                num_digits=synth.num_digits,
-                digit_size=synth.digit_size,
-                digits_path=synth.digits,
+                _synth_counts(cfg, on_the_fly),
+                **_synth_settings(cfg),
                 workers=2,
             )
+
+
+def _synth_counts(cfg: Config, on_the_fly: bool) -> dict[str, int]:
+    synth = cfg.data.synthesize
+    return {
+        cfg.data.train_split: 0 if on_the_fly else synth.train,
+        cfg.data.val_split: synth.val,
+        cfg.data.test_split: synth.test,
+    }
+
+
+def _synth_settings(cfg: Config) -> dict:
+    synth = cfg.data.synthesize
+    return {
+        "seed": synth.seed,
+        "num_frames": synth.num_frames,
+        "image_size": synth.image_size,
+        "num_digits": synth.num_digits,
+        "digit_size": synth.digit_size,
+        "digits_path": synth.digits,
+    }
+
+
+def _warn_if_synthesized_differently(cfg: Config, root: Path, on_the_fly: bool) -> None:
+    """`data.synthesize` generates only when the data is absent: say so, once, when the
+    digits in `root` were generated with other settings than the config's now."""
+    if Path(cfg.data.synthesize.root) != root:
+        return
+    differs = synthesized_differently(root, _synth_counts(cfg, on_the_fly), **_synth_settings(cfg))
+    if differs is not None:
+        log.warning(differs)
 
 
 def describe_dataset(cfg: Config) -> bool:

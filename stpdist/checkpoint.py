@@ -75,7 +75,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import CheckpointConfig
-from .errors import InputError
+from .errors import InputError, MissingInput
 
 STATE_FILE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
@@ -738,9 +738,7 @@ class CheckpointManager:
         every damaged one is named in a warning, whichever is chosen."""
         folders = self._folders()
         if not folders:
-            raise FileNotFoundError(
-                f"no checkpoint in {self.root}; train first or pass --ckpt PATH"
-            )
+            raise MissingInput(f"no checkpoint in {self.root}; train first or pass --ckpt PATH")
         found = {path: damage(path) for path in folders}
         for path, why in found.items():
             if why is not None:

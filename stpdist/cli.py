@@ -432,11 +432,11 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from .data.synthetic import write_moving_digits
+    from .data.synthetic import check_synth_counts, write_moving_digits
 
     out = write_moving_digits(
         args.out,
-        {"train": args.train, "val": args.val, "test": args.test},
+        check_synth_counts(args.train, args.val, args.test),
         seed=args.seed,
         num_frames=args.frames,
         image_size=args.size,

@@ -10,3 +10,15 @@ from __future__ import annotations
 
 class InputError(ValueError):
     """Bad user input (file, array, argument, value); the message is one readable line."""
+
+
+class MissingInput(InputError, FileNotFoundError):
+    """An input file or folder that is not there (or holds nothing to read): bad input, so
+    the CLI exits 2 with the message; still a `FileNotFoundError` for callers that test for
+    a missing file."""
+
+
+class OutputExists(InputError, FileExistsError):
+    """An output that is already there and must not be replaced (a used folder without
+    `--overwrite`, a run folder holding an earlier run): bad input (exit 2); still a
+    `FileExistsError` for callers that test for it."""

@@ -50,7 +50,7 @@ from .data.loading import (
 from .early_stopping import STATE_FILE as EARLY_STOPPING_FILE
 from .early_stopping import EarlyStopping
 from .ema import EMA_FILE, WeightAverage, load_eval_weights
-from .errors import InputError
+from .errors import InputError, OutputExists
 from .lockstep import Lockstep, StopFlag, loss_of
 from .module import EnhancedModule, cpu_compile_defaults
 from .runlock import RunLock
@@ -1118,7 +1118,7 @@ class Trainer:
         self._contributed, self._grad_norm = False, None
         self.lockstep.reset()
         if resume is None and self.checkpoints.latest() is not None:
-            raise FileExistsError(
+            raise OutputExists(
                 f"{self.checkpoints.root} holds checkpoints of an earlier run; resume it "
                 "(resume='auto', CLI --resume auto) or use another output_dir"
             )

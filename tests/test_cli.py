@@ -96,7 +96,7 @@ def test_train_resume_validate_predict(tmp_path):
 
 def test_predict_without_checkpoint_fails_clearly(tmp_path):
     proc = run_cli("predict", DEBUG, cwd=tmp_path)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "no checkpoint in runs/debug/checkpoints" in proc.stderr
 
 
@@ -126,7 +126,7 @@ def test_bench_model_prints_figures(tmp_path):
 
 def test_mistyped_root_with_synthesis_configured_refuses_instead_of_faking_data(tmp_path):
     proc = run_cli("train", DEBUG, "data.root=data/debug-digts", cwd=tmp_path)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "data.root data/debug-digts holds no dataset" in lines[0]
     assert "--synthesize" in lines[0] and "stpdist shard" in lines[0]

@@ -135,7 +135,7 @@ def test_refuses_non_empty_output_without_overwrite(tmp_path):
     proc = run_cli(
         "shard", "arrays", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), cwd=tmp_path
     )
-    assert proc.returncode == 1 and "--overwrite" in proc.stderr
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr  # bad input (InputError)
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
     proc = run_cli(
         "shard",
@@ -285,7 +285,7 @@ def test_synth_with_mnist_idx_digits_and_inspect(tmp_path):
     bad = run_cli(
         "synth", "moving-digits", "--out", "ds2", "--digits", "ds/train/index.json", cwd=tmp_path
     )
-    assert bad.returncode == 1 and "not an MNIST idx3 image file" in bad.stderr
+    assert bad.returncode == 2 and "not an MNIST idx3 image file" in bad.stderr  # InputError
 
 
 # ------------------------------------------------------------------ dataset card

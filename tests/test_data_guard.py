@@ -148,7 +148,7 @@ def test_leftovers_of_a_running_process_are_left_alone(tmp_path):
     try:
         dataset(tmp_path / f".ds.old-{_host()}-{runner.pid}", 7)
         proc = run_cli("inspect", "ds", "--samples", "0", cwd=tmp_path)
-        assert proc.returncode == 1 and "still running" in proc.stderr
+        assert proc.returncode == 2 and "still running" in proc.stderr
         assert (tmp_path / f".ds.old-{_host()}-{runner.pid}" / "train" / "index.json").is_file()
     finally:
         runner.kill()

@@ -598,13 +598,13 @@ def test_bad_value_scale_is_refused(tmp_path, scale):
     assert str(folder / "index.json") in one_line(exc)
 
 
-def nan_source(tmp_path: Path, bad: float) -> GenericArrays:
+def nan_source(tmp_path: Path, bad: float, **kwargs: float) -> GenericArrays:
     (tmp_path / "raw").mkdir()
     frames = np.full((4, 1, 8, 8), 0.5, np.float32)
     np.save(tmp_path / "raw" / "good.npy", frames)
     frames[2, 0, 3, 4] = bad
     np.save(tmp_path / "raw" / "bad.npy", frames)
-    return GenericArrays(str(tmp_path / "raw"))
+    return GenericArrays(str(tmp_path / "raw"), **kwargs)
 
 
 def test_nan_in_frames_is_refused_naming_file_and_position(tmp_path):
@@ -617,7 +617,9 @@ def test_nan_in_frames_is_refused_naming_file_and_position(tmp_path):
 def test_nan_with_a_fill_value_is_stored_as_the_fill(tmp_path):
     from stpdist.data.format import decode_frames, iter_shard
 
-    index = convert(nan_source(tmp_path, np.nan), tmp_path / "out", progress=False, nan_fill=-1.0)
+    # a fill of -1 is outside [0, 1]: the value scale must be given, not guessed
+    source = nan_source(tmp_path, np.nan, value_scale=1.0)
+    index = convert(source, tmp_path / "out", progress=False, nan_fill=-1.0)
     assert index["train"].args["nan_fill"] == -1.0
     shard = tmp_path / "out" / "train" / index["train"].shards[0].name
     frames = {k: decode_frames(s["frames.npy"], k) for k, s in iter_shard(str(shard))}
@@ -748,8 +750,8 @@ def test_synth_with_a_negative_count_fails_instead_of_saying_wrote(tmp_path):
     from conftest import run_cli
 
     proc = run_cli("synth", "moving-digits", "--out", "x", "--train", "-5", cwd=tmp_path)
-    assert proc.returncode == 1 and "wrote" not in proc.stdout
-    assert "--train -5 is negative" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.returncode == 2 and "wrote" not in proc.stdout  # bad input (InputError)
+    assert "--train -5: expected at least 1" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_a_broken_taxibj_file_is_named(tmp_path):

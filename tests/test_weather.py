@@ -206,6 +206,7 @@ def test_series_windows_never_cross_gaps_or_splits(tmp_path):
             "shard", "arrays", str(tmp_path / "raw"), "--out", str(tmp_path / "out"),
             "--frames", "4", "--stride", "2", "--time-key", "time",
             "--val-from", "2020-01-02T05:00", "--test-from", "2020-01-02T16:00",
+            "--value-scale", "1",  # physical units (0–137): given, not guessed
         ]
     )  # fmt: skip
     assert code in (0, None)

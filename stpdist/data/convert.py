@@ -36,8 +36,14 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import InputError
-from .format import ShardFormatError, SplitIndex, SplitWriter, read_index, require_file
+from ..errors import InputError, MissingInput, OutputExists
+from .format import (
+    ShardFormatError,
+    SplitIndex,
+    SplitWriter,
+    read_index,
+    require_file,
+)
 from .staging import leftover, recover
 
 Sample = tuple[str, np.ndarray, dict[str, Any]]
@@ -60,6 +66,10 @@ class Source(Protocol):
     # Optional, read with getattr once `splits()` has run (geoscience sources set them):
     # variables: list of {"name", "units"} per channel; latitudes / longitudes: degrees per
     # row / column; climatology: True to store the C×H×W mean of each split (see format.py).
+    # Optional, read with getattr: `root`, `path`, `paths` (a list, or a property), the raw
+    # files and folders read, which `out` must never be nor contain (see `source_paths`);
+    # `check_index(index)`, called with each split's index once it is written (its
+    # statistics), to refuse a dataset that would not train as stored (see generic.py).
 
 
 class _Empty(Exception):
@@ -83,7 +93,9 @@ def _quantize(frames: np.ndarray, grid: float) -> np.ndarray:
 
 
 def source_paths(source: Any) -> list[Path]:
-    """The raw paths a source reads (its `root`, `path` or `paths` field)."""
+    """The raw paths a source reads: its `root`, `path` and `paths` (a field or a property;
+    a source whose inputs sit elsewhere, such as the digits file of the moving digits or the
+    catalog and data folder of SEVIR, lists them as `paths`)."""
     found: list[Any] = []
     for name in ("root", "path"):
         value = getattr(source, name, None)
@@ -111,10 +123,10 @@ def _check_out(out: Path, overwrite: bool, sources: Sequence[str | Path]) -> boo
     """Checks before anything is written; returns whether `out` holds files to replace."""
     _check_not_source(out, sources)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+        raise InputError(f"--out {out} exists and is not a folder")
     occupied = out.is_dir() and any(out.iterdir())
     if occupied and not overwrite:
-        raise FileExistsError(f"{out} is not empty; pass --overwrite to replace it")
+        raise OutputExists(f"{out} is not empty; pass --overwrite to replace it")
     return occupied
 
 
@@ -156,7 +168,7 @@ def staged_output(
     try:
         yield staging
         if not any(staging.iterdir()):
-            raise FileNotFoundError(f"nothing was written for {out}")
+            raise MissingInput(f"nothing was written for {out}")
         # checked again: `out` may have been filled while the dataset was written
         occupied = _check_out(out, overwrite, sources)
         ready = leftover(out, "ready")
@@ -336,14 +348,12 @@ def convert(
     with staged_output(out, overwrite, sources=source_paths(source)) as staging:
         splits = source.splits()
         if not any(splits.values()):
-            raise FileNotFoundError(f"{source.name}: found nothing to convert")
+            raise MissingInput(f"{source.name}: found nothing to convert")
         written = _write_splits(
             source, staging, splits, workers, samples_per_shard, progress, nan_fill
         )
         if not written:  # each written split's shard counts were verified by SplitWriter
-            raise FileNotFoundError(
-                f"{source.name}: no split yielded a sample; {out} left as it was"
-            )
+            raise MissingInput(f"{source.name}: no split yielded a sample; {out} left as it was")
         write_card(staging, out, source.name, written)
     return written
 
@@ -473,6 +483,10 @@ def _write_splits(
             except _Empty:
                 shutil.rmtree(folder, ignore_errors=True)
                 log.warning("%s: no samples; not written", split)
+                continue
+            check_index = getattr(source, "check_index", None)
+            if check_index is not None:  # e.g. values a guessed value scale leaves outside [0, 1]
+                check_index(written[split])
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

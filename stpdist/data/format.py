@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 
-from ..errors import InputError
+from ..errors import InputError, MissingInput
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
@@ -68,7 +68,7 @@ def require_file(path: str | os.PathLike, *, folder_too: bool = False) -> Path:
     try:
         mode = os.stat(path).st_mode  # follows symbolic links
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
+        raise MissingInput(f"{path}: no such file") from None
     if stat.S_ISREG(mode) or (folder_too and stat.S_ISDIR(mode)):
         return path
     kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
@@ -195,7 +195,7 @@ def read_index(folder: str | Path) -> SplitIndex:
 
         recover(Path(folder).absolute().parent)  # a crash while the dataset was replaced
     if not os.path.lexists(path):
-        raise FileNotFoundError(f"no {INDEX_FILE} in {folder} (not a stpdist split folder)")
+        raise MissingInput(f"no {INDEX_FILE} in {folder} (not a stpdist split folder)")
     require_file(path)
     try:
         raw = json.loads(path.read_text())

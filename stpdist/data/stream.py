@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from ..errors import InputError
 from .format import (
     FRAMES_EXT,
     ShardFormatError,
@@ -80,7 +81,7 @@ class _ShardSource:
         self.url_template = url_template
         stored = self.index.shape[0]
         if num_input_frames + num_output_frames > stored:
-            raise ValueError(
+            raise InputError(
                 f"{self.folder}: sequences hold {stored} frames, fewer than "
                 f"num_input_frames + num_output_frames = {num_input_frames + num_output_frames}"
             )
@@ -244,7 +245,7 @@ class ShardTrainStream(_ShardSource):
         batches_per_worker = (span // workers) // self.batch_size
         total = (workers * batches_per_worker // ctx.batch_multiple) * ctx.batch_multiple
         if total == 0:
-            raise ValueError(
+            raise InputError(
                 f"{self.folder}: {self.num_samples} samples are too few for {ctx.world_size} "
                 f"ranks × {workers} workers × batch {self.batch_size} × "
                 f"{ctx.batch_multiple} accumulation steps"

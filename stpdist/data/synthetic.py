@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..errors import InputError
+
 DIGIT = 28
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 
@@ -50,12 +52,18 @@ def load_mnist_digits(path: str | Path) -> np.ndarray:
     from .format import require_file
 
     path = require_file(path)  # a FIFO would block the reader
+    expected = "expected MNIST images in idx3 format (train-images-idx3-ubyte, optionally .gz)"
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:  # not gzip, truncated, unreadable
+        raise InputError(f"{path}: unreadable ({exc}); {expected}") from None
     magic, count, rows, cols = (int.from_bytes(data[i : i + 4], "big") for i in range(0, 16, 4))
     if magic != 2051 or rows != DIGIT or cols != DIGIT or len(data) != 16 + count * rows * cols:
-        raise ValueError(f"{path}: not an MNIST idx3 image file of 28×28 digits")
+        raise InputError(f"{path}: not an MNIST idx3 image file of 28×28 digits; {expected}")
+    if count == 0:
+        raise InputError(f"{path}: holds no images; {expected}")
     return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(count, DIGIT, DIGIT)
 
 
@@ -122,6 +130,43 @@ def draw_moving_digits(
     return frames
 
 
+def check_settings(
+    counts: dict[str, int], num_frames: int, image_size: int, digit_size: int, num_digits: int
+) -> None:
+    """The generator's settings, before any work; errors name `stpdist synth`'s flags."""
+    for split, count in counts.items():
+        if isinstance(count, bool) or not isinstance(count, int | np.integer):
+            raise InputError(f"synthetic moving digits: --{split} {count!r}: expected a count")
+        if count < 0:
+            raise InputError(
+                f"synthetic moving digits: --{split} {count} is negative: expected a count ≥ 0"
+            )
+    for flag, value in (
+        ("--frames", num_frames),
+        ("--size", image_size),
+        ("--num-digits", num_digits),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise InputError(f"synthetic moving digits: {flag} {value}: expected at least 1")
+    if not 0 < digit_size <= image_size:
+        raise InputError(
+            f"synthetic moving digits: --digit-size {digit_size} does not fit --size "
+            f"{image_size}: expected 1 ≤ digit size ≤ frame size"
+        )
+
+
+def check_synth_counts(train: int, val: int, test: int) -> dict[str, int]:
+    """`stpdist synth`'s `--train/--val/--test` as counts per split: train at least 1 (as the
+    config's `data.synthesize.train`), val and test at least 0."""
+    if isinstance(train, bool) or not isinstance(train, int | np.integer) or train < 1:
+        raise InputError(
+            f"synthetic moving digits: --train {train}: expected at least 1 training sequence"
+        )
+    counts = {"train": train, "val": val, "test": test}
+    check_settings(counts, 1, DIGIT, DIGIT, 1)
+    return counts
+
+
 _CHUNK = 16  # sequences per work item: fewer, larger pieces for the worker pool
 
 
@@ -149,17 +194,17 @@ class MovingDigits:
     value_scale: float = 255.0
     grid: float | None = None
 
-    def __post_init__(self) -> None:
-        for split, count in self.counts.items():
-            if count < 0:
-                raise ValueError(f"synthetic moving digits: {split} count {count} is negative")
-        if not 0 < self.digit_size <= self.image_size:  # before any work, not in a worker
-            raise ValueError(
-                f"digit_size {self.digit_size} does not fit a {self.image_size}-pixel canvas"
-            )
+    def __post_init__(self) -> None:  # before any work, not in a worker
+        check_settings(
+            self.counts, self.num_frames, self.image_size, self.digit_size, self.num_digits
+        )
         if self.digits is not None:
             self.digits = str(self.digits)
             _digits(self.digits)  # fail early, naming the file
+
+    @property
+    def paths(self) -> list[str]:  # what `convert` must never overwrite
+        return [self.digits] if self.digits else []
 
     def describe(self, item: tuple[str, int, int]) -> str:
         """What a work item generates (for messages)."""
@@ -216,12 +261,15 @@ def write_moving_digits(
     progress: bool = True,
     overwrite: bool = False,
 ) -> Path:
-    """Generate `counts[split]` sequences per split into `out/<split>/` shards + index."""
+    """Generate `counts[split]` sequences per split into `out/<split>/` shards + index (a
+    split of 0 is not written: on-the-fly training generates its own train sequences)."""
     from .convert import convert
 
-    for split, count in counts.items():
-        if count < 0:
-            raise ValueError(f"synthetic moving digits: --{split} {count} is negative")
+    check_settings(counts, num_frames, image_size, digit_size, num_digits)
+    if not any(counts.values()):
+        raise InputError(
+            f"synthetic moving digits: {', '.join(f'--{s} 0' for s in counts)}: nothing to generate"
+        )
     source = MovingDigits(
         {split: count for split, count in counts.items() if count > 0},
         seed=seed,
@@ -240,3 +288,53 @@ def write_moving_digits(
         progress=progress,
     )
     return Path(out)
+
+
+def synthesized_differently(
+    root: str | Path,
+    counts: dict[str, int],
+    *,
+    seed: int = 0,
+    num_frames: int = 20,
+    image_size: int = 64,
+    num_digits: int = 2,
+    digit_size: int = DIGIT,
+    digits_path: str | Path | None = None,
+) -> str | None:
+    """When `root` holds moving digits generated with other settings than these (the
+    arguments of `write_moving_digits`, as `data.synthesize` gives them), one line naming
+    the settings that differ and how to regenerate; None when they agree (or `root` holds
+    no generated digits). Reads the generator arguments each split's index records; a
+    split of count 0 (on-the-fly training) is not compared."""
+    from .format import INDEX_FILE, read_index
+
+    wanted = {
+        "seed": seed,
+        "num_frames": num_frames,
+        "image_size": image_size,
+        "num_digits": num_digits,
+        "digit_size": digit_size,
+        "digits": str(digits_path) if digits_path else None,
+    }
+    differ: dict[str, tuple[Any, Any]] = {}
+    for split, count in counts.items():
+        folder = Path(root) / split
+        if count < 1 or not (folder / INDEX_FILE).is_file():
+            continue
+        index = read_index(folder)
+        if index.source != MovingDigits.name:
+            return None  # converted data: not ours to compare
+        had = index.args
+        for name, value in wanted.items():
+            if name in had and had[name] != value:
+                differ.setdefault(name, (had[name], value))
+        stored = index.num_samples
+        if stored != count:
+            differ.setdefault(split, (stored, count))
+    if not differ:
+        return None
+    changes = ", ".join(f"{name} {old} → {new}" for name, (old, new) in differ.items())
+    return (
+        f"{root} holds moving digits generated with other settings than data.synthesize "
+        f"({changes}): training on the existing data; delete {root} to regenerate it"
+    )

@@ -215,7 +215,12 @@ FORMATS: dict[str, SourceFormat] = {
         _arrays,
         {
             "--key": {"default": None, "help": "array name inside .npz files"},
-            "--value-scale": {"type": float, "default": None, "help": "stored value range"},
+            "--value-scale": {
+                "type": float,
+                "default": None,
+                "help": "stored values ÷ this lie in [0, 1] (default 255 for uint8, else 1; "
+                "data a default leaves outside [0, 1] is refused: give it)",
+            },
             "--split": {"default": "train", "help": "split name without sub-folders"},
             "--splits": {
                 "default": None,

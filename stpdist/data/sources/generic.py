@@ -1,7 +1,9 @@
 """A folder of per-sequence `.npy` / `.npz` arrays (T×C×H×W or T×H×W): users' own data.
 
-Split sub-folders (`train`, `val`/`validation`, `test`) become splits. A folder without
-them becomes the single split `split`, or, with `split_sizes` (`--splits
+Split sub-folders (`train`, `val`/`validation`, `test`) become splits; a folder that has
+them must hold nothing else to convert (no other sub-folder of arrays, no loose arrays):
+what would be left out is refused, named. A folder without them becomes the single split
+`split`, or, with `split_sizes` (`--splits
 train=0.8,val=0.1,test=0.1`: fractions summing to 1, or counts summing to the number of
 files; one split may be -1, the rest), is cut into several: whole files (sequences) per
 split, in an order shuffled by `seed`, so the same seed gives the same splits, no file
@@ -12,19 +14,25 @@ a folder of consecutive chunks (T×C×H×W or T×H×W each, in name order), cut 
 (see `series.py`): never across a gap in the timestamps (`.npz` member `time_key`, as
 datetime64 or ISO strings; without it the chunks are one gap-free series), split by time
 (`val_from`, `test_from`: dates, or frame indexes without timestamps).
+
+The value scale (`--value-scale`) defaults to 255 for uint8 arrays, else 1. Training scales
+frames to stored / value_scale and, by default, clamps predictions to [0, 1]; data that a
+guessed scale leaves outside [0, 1] (floats of 0–100, int16 counts) is refused once the
+first split's statistics are in, naming the range seen and the option that sets the scale.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...errors import InputError
-from ..format import require_file
-from .common import SEED_SPLITS, as_TCHW, check_frames, key_of, load_array
+from ...errors import InputError, MissingInput
+from ..format import SplitIndex, require_file
+from .common import SEED_SPLITS, as_TCHW, check_array_file, check_frames, key_of, load_array
 from .series import as_times, parse_bound, parse_step, plan_windows, stamp, stamp_unit
 
 
@@ -55,12 +63,18 @@ class GenericArrays:
     """First date (or frame index) of the test split (series mode)."""
     name: str = "arrays"
     grid: float | None = None
+    scale_given: bool | None = None
+    """Whether `value_scale` was given (set at construction: None is guessed in `splits`)."""
     chunks: list[tuple[str, int, int]] | None = None
     """Series mode, set by `splits`: (file, first frame, frame count) per chunk."""
     times: Any = None
     """Series mode, set by `splits`: the time of every frame."""
     key_unit: str = "m"
     """Series mode, set by `splits`: time unit of the keys (minutes unless steps are finer)."""
+
+    def __post_init__(self) -> None:
+        if self.scale_given is None:
+            self.scale_given = self.value_scale is not None
 
     def _files(self, folder: Path) -> list[str]:
         found = [p for p in sorted(folder.iterdir()) if p.suffix in (".npy", ".npz")]
@@ -70,19 +84,48 @@ class GenericArrays:
         if self.num_frames is not None:
             return self._series_splits()
         root = Path(self.root)
+        if root.is_file():
+            raise InputError(
+                f"{root} is a file; shard arrays takes a folder of per-sequence .npy/.npz "
+                "files, or one long series with --frames N (windows of N frames)"
+            )
         if not root.is_dir():
-            raise FileNotFoundError(f"{root}: no such folder")
+            raise MissingInput(f"{root}: no such folder")
         subs = [p for p in sorted(root.iterdir()) if p.is_dir() and p.name in SEED_SPLITS]
         if subs and self.split_sizes:
-            raise ValueError(f"{root} already has split folders; --splits cuts a flat folder")
+            raise InputError(f"{root} already has split folders; --splits cuts a flat folder")
+        _check_nothing_left_out(root, subs)
         out = {SEED_SPLITS[p.name]: self._files(p) for p in subs} or self._cut(root)
         if self.value_scale is None:
             first = next((f for files in out.values() for f in files), None)
             if first is None:
-                raise FileNotFoundError(f"{root}: no .npy/.npz files")
-            dtype = as_TCHW(load_array(Path(first), self.key), first).dtype
+                raise MissingInput(f"{root}: no .npy/.npz files")
+            dtype = as_TCHW(load_array(Path(first), self.key, key_option="--key"), first).dtype
             self.value_scale = 255.0 if dtype == np.uint8 else 1.0
         return out
+
+    def check_index(self, index: SplitIndex) -> None:
+        """Refuse values that the guessed value scale leaves outside [0, 1]: training scales
+        frames by it and clamps predictions to [0, 1], so they would be garbage. Read from the
+        statistics the writer gathered (min/max of stored / value_scale, per channel)."""
+        if self.scale_given or not index.min or not index.max:
+            return
+        low, high = min(index.min), max(index.max)
+        if low >= 0 and high <= 1:
+            return
+        scale = index.value_scale
+        seen = f"{low * scale:g}…{high * scale:g}"
+        keep = "or --value-scale 1 to keep the units and train with data.normalize: standardize"
+        if low < 0:  # no scale maps negative values into [0, 1]
+            fix = f"shift them to be ≥ 0 before converting, {keep}"
+        else:  # high > 1: a power of ten at or above the largest stored value
+            suggested = 10 ** math.ceil(math.log10(high * scale))
+            fix = f"pass --value-scale {suggested:g} (≥ the largest value), {keep}"
+        raise InputError(
+            f"{self.root}: {index.split} values span {seen} ({index.dtype}), outside [0, "
+            f"{scale:g}], the value scale guessed for {index.dtype} data (training divides by "
+            f"it and clamps predictions to [0, 1]): {fix}"
+        )
 
     def _cut(self, root: Path) -> dict[str, list[str]]:
         files = self._files(root)
@@ -104,14 +147,15 @@ class GenericArrays:
         elif root.is_file():
             files = [str(root)]
         else:
-            raise FileNotFoundError(f"{root}: no such file or folder")
+            raise MissingInput(f"{root}: no such file or folder")
         if not files:
-            raise FileNotFoundError(f"{root}: no .npy/.npz files")
+            raise MissingInput(f"{root}: no .npy/.npz files")
         if self.split_sizes:
-            raise ValueError(
+            raise InputError(
                 "--splits cuts whole files; a series is split by --val-from/--test-from"
             )
         if self.key is None and self.time_key is not None and files[0].endswith(".npz"):
+            check_array_file(require_file(files[0]))
             with np.load(files[0], allow_pickle=False) as data:
                 others = [n for n in data.keys() if n != self.time_key]
             if len(others) == 1:  # the frames: the one member besides the timestamps
@@ -128,9 +172,9 @@ class GenericArrays:
                 )
             dtype, frame_shape = chunk_dtype, here
             if self.time_key is not None:
-                stamps = as_times(load_array(Path(file), self.time_key), file)
+                stamps = as_times(load_array(Path(file), self.time_key, "--time-key"), file)
                 if len(stamps) != shape[0]:
-                    raise ValueError(
+                    raise InputError(
                         f"{file}: {len(stamps)} timestamps in '{self.time_key}' for {shape[0]} frames"
                     )
                 times.append(stamps)
@@ -140,6 +184,10 @@ class GenericArrays:
         timestamps = self.time_key is not None
         self.times = np.concatenate(times) if timestamps else np.arange(frame)
         self.key_unit = stamp_unit(self.times)  # keys need seconds for 30-second steps
+        if frame < self.num_frames:
+            raise InputError(
+                f"{root}: the series holds {frame} frames, fewer than --frames {self.num_frames}"
+            )
         if self.value_scale is None:
             self.value_scale = 255.0 if dtype == np.uint8 else 1.0
         windows = plan_windows(
@@ -173,7 +221,7 @@ class GenericArrays:
             data = (
                 np.load(path, mmap_mode="r", allow_pickle=False)
                 if path.suffix == ".npy"
-                else load_array(path, self.key)
+                else load_array(path, self.key, "--key")
             )
             parts.append(as_TCHW(data, path)[max(first - offset, 0) : stop - offset])
         return np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
@@ -201,7 +249,8 @@ class GenericArrays:
         if self.num_frames is not None:
             return self._load_windows(item)
         path = Path(item)
-        return [(key_of(path), as_TCHW(load_array(path, self.key), path), {"source": path.name})]
+        frames = as_TCHW(load_array(path, self.key, "--key"), path)
+        return [(key_of(path), frames, {"source": path.name})]
 
     def args(self) -> dict[str, Any]:
         return {
@@ -225,11 +274,47 @@ class GenericArrays:
         }
 
 
+def _arrays_in(folder: Path) -> list[str]:
+    """Names of the .npy/.npz files in `folder` (not opened)."""
+    return [p.name for p in sorted(folder.iterdir()) if p.suffix in (".npy", ".npz")]
+
+
+def _check_nothing_left_out(root: Path, subs: list[Path]) -> None:
+    """Every array under `root` must be converted: arrays in sub-folders that are not split
+    folders, or loose beside split folders, would be left out silently; `val/` beside
+    `validation/` would be one split twice. Refused, naming them."""
+    names = [p.name for p in subs]
+    if "val" in names and "validation" in names:
+        raise InputError(f"{root} has both val/ and validation/ (the same split): keep one")
+    others = [
+        f"{p.name}/ ({len(_arrays_in(p))} files)"
+        for p in sorted(root.iterdir())
+        if p.is_dir() and p.name not in SEED_SPLITS and not p.name.startswith(".") and _arrays_in(p)
+    ]
+    loose = _arrays_in(root) if subs else []  # without split folders they are the data
+    if not others and not loose:
+        return
+    left = []
+    if others:
+        left.append(f"the arrays in {', '.join(others)}")
+    if loose:
+        shown = ", ".join(loose[:3]) + (f", … ({len(loose)} files)" if len(loose) > 3 else "")
+        left.append(f"the loose files {shown}")
+    recognised = ", ".join(f"{name}/" for name in SEED_SPLITS)
+    found = f"has split folders {', '.join(f'{n}/' for n in names)}" if subs else "is flat"
+    raise InputError(
+        f"{root} {found}; {' and '.join(left)} would be left out (split folders are named "
+        f"{recognised}): move every array into a split folder, or all into {root} itself "
+        "(cut with --splits)"
+    )
+
+
 def _shape(path: Path, key: str | None) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of a .npy file or an .npz member, from its header alone."""
     import zipfile
 
     require_file(path)  # a FIFO would block the reader
+    check_array_file(path)
     try:
         if path.suffix == ".npy":
             array = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -238,7 +323,7 @@ def _shape(path: Path, key: str | None) -> tuple[tuple[int, ...], np.dtype]:
             names = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
             if key is None:
                 if len(names) != 1:
-                    raise ValueError(f"holds arrays {names}; choose one with --key")
+                    raise ValueError(f"holds {len(names)} arrays {names}; choose one with --key")
                 key = names[0]
             if key not in names:
                 raise ValueError(f"missing key '{key}' (has {names})")

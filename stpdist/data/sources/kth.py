@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ...errors import InputError
+from ...errors import InputError, MissingInput
 from ..format import require_file
 
 NAME = re.compile(r"^person(\d+)_([a-z]+)_d(\d+)_uncomp$")
@@ -49,7 +49,7 @@ class KTHVideos:
     def splits(self) -> dict[str, list[Any]]:
         root = Path(self.root)
         if not root.is_dir():
-            raise FileNotFoundError(f"{root}: no such folder")
+            raise MissingInput(f"{root}: no such folder")
         out: dict[str, list[Any]] = {"train": [], "test": []}
         for path in sorted(root.rglob("*.avi")):
             match = NAME.match(path.stem)

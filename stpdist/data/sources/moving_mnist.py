@@ -10,6 +10,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..format import require_file
+from .common import check_array_file
 
 CHUNK = 256
 
@@ -24,7 +25,7 @@ class MovingMnistNpy:
     grid: float | None = None
 
     def _array(self) -> np.ndarray:
-        require_file(self.path)  # a FIFO would block the reader
+        check_array_file(require_file(self.path))  # a FIFO would block the reader
         try:
             array = np.load(self.path, mmap_mode="r", allow_pickle=False)
         except Exception as exc:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import InputError
+from ...errors import InputError, MissingInput
 from ..format import require_file
 from .series import parse_bound, parse_step, plan_windows, stamp, stamp_unit
 
@@ -175,7 +175,7 @@ class XarraySource:
         for path in self.paths:
             p = Path(path)
             if not p.exists():
-                raise FileNotFoundError(f"{p}: no such file or folder")
+                raise MissingInput(f"{p}: no such file or folder")
             require_file(p, folder_too=True)  # a FIFO would block the reader
             if p.is_dir() and not (
                 p.suffix == ".zarr" or (p / ".zgroup").exists() or (p / "zarr.json").exists()
@@ -183,7 +183,7 @@ class XarraySource:
                 found = sorted(str(require_file(f)) for f in p.rglob("*.nc"))
                 found += sorted(str(require_file(f)) for f in p.rglob("*.nc4"))
                 if not found:
-                    raise FileNotFoundError(f"{p}: no .nc files")
+                    raise MissingInput(f"{p}: no .nc files")
                 stores += found
             else:
                 stores.append(str(p))

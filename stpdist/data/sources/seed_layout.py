@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ...errors import InputError
+from ...errors import InputError, MissingInput
 from ..format import require_file
 from .common import SEED_SPLITS, as_TCHW, load_array
 
@@ -41,7 +41,7 @@ class SeedLayout:
     def splits(self) -> dict[str, list[Any]]:
         root = Path(self.root)
         if not root.is_dir():
-            raise FileNotFoundError(f"{root}: no such folder")
+            raise MissingInput(f"{root}: no such folder")
         out: dict[str, list[Any]] = {}
         for folder in sorted(p for p in root.iterdir() if p.name in SEED_SPLITS):
             pattern = {"mmnist": "example*.npz", "kth": "example*", "taxibj": "example*.npy"}
@@ -50,7 +50,7 @@ class SeedLayout:
                 found = [p for p in found if p.is_dir()]
             out[SEED_SPLITS[folder.name]] = [str(p) for p in found]
         if not out:
-            raise FileNotFoundError(f"{root}: no train/validation/test folders")
+            raise MissingInput(f"{root}: no train/validation/test folders")
         return out
 
     def load(self, item: str) -> list[tuple[str, np.ndarray, dict]]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import InputError
+from ...errors import InputError, MissingInput
 from ..format import require_file
 
 SLOT = timedelta(minutes=30)
@@ -92,7 +92,7 @@ class TaxiBJ:
 
     def splits(self) -> dict[str, list[Any]]:
         if not self.paths:
-            raise FileNotFoundError("no TaxiBJ .h5 files given")
+            raise MissingInput("no TaxiBJ .h5 files given")
         for path in self.paths:
             require_file(path)  # missing: FileNotFoundError; a FIFO would block h5py
         self.bounds = self._bounds()
