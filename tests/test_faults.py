@@ -751,7 +751,10 @@ def test_synth_with_a_negative_count_fails_instead_of_saying_wrote(tmp_path):
 
     proc = run_cli("synth", "moving-digits", "--out", "x", "--train", "-5", cwd=tmp_path)
     assert proc.returncode == 2 and "wrote" not in proc.stdout  # bad input (InputError)
-    assert "--train -5: expected at least 1" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert (
+        "--train -5: expected at least 1" in proc.stderr
+        and len(proc.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_a_broken_taxibj_file_is_named(tmp_path):
