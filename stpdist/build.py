@@ -213,7 +213,7 @@ def dataset_index(cfg: Config) -> SplitIndex:
     for split in splits:
         if (split_dir(cfg, split) / INDEX_FILE).is_file():
             return read_index(split_dir(cfg, split))
-    raise FileNotFoundError(f"no dataset split with {INDEX_FILE} under {cfg.data.root}")
+    raise MissingInput(f"no dataset split with {INDEX_FILE} under {cfg.data.root}")
 
 
 # ---------------------------------------------------------------------------- fine-tuning

@@ -355,7 +355,7 @@ def _load_sharded(path: Path, module: torch.nn.Module, optimizer: Any = None) ->
 def _weights_file(path: Path) -> dict[str, torch.Tensor]:
     file = Path(path) / MODEL_FILE
     if not file.is_file():
-        raise FileNotFoundError(f"no checkpoint weights at {file}")
+        raise MissingInput(f"no checkpoint weights at {file}")
     return load_file(str(file))
 
 
@@ -380,7 +380,7 @@ def load_weights(path: str | Path, module: torch.nn.Module) -> Path:
         return path / SHARDED_DIR
     file = path / MODEL_FILE if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(f"no checkpoint weights at {file}")
+        raise MissingInput(f"no checkpoint weights at {file}")
     if _is_sharded(module):
         from .fsdp import load_full_state
 
@@ -713,7 +713,7 @@ class CheckpointManager:
             return None
         path = Path(resume)
         if not (path / STATE_FILE).is_file():
-            raise FileNotFoundError(f"not a complete checkpoint (no {STATE_FILE}): {path}")
+            raise MissingInput(f"not a complete checkpoint (no {STATE_FILE}): {path}")
         return verify(path)
 
     def choose(self, name: str) -> Path:

@@ -667,7 +667,7 @@ def _bench_model_setup(args: argparse.Namespace) -> tuple:
             "or stpdist bench model --config configs/mmnist/convlstm.yaml"
         )
     if cfg and name != cfg.model.name:
-        raise ValueError(f"bench model {name}: the recipe {args.config} is for '{cfg.model.name}'")
+        raise InputError(f"bench model {name}: the recipe {args.config} is for '{cfg.model.name}'")
     backbone = dict(cfg.model.backbone) if cfg else None
     if args.backbone:  # a dict: parsed by the flag's type
         backbone = {**(backbone or {}), **args.backbone}

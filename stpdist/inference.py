@@ -265,7 +265,10 @@ class InputFrames(Dataset):
         frames = []
         for png in sorted(self.source.glob("*.png")):
             _regular_file(png)
-            image = np.asarray(Image.open(png).convert(mode))
+            try:
+                image = np.asarray(Image.open(png).convert(mode))
+            except (OSError, SyntaxError) as exc:  # PIL's UnidentifiedImageError is an OSError
+                raise InputError(f"{png}: not a readable PNG image ({exc})") from None
             frames.append(image[None] if image.ndim == 2 else image.transpose(2, 0, 1))
         shapes = {frame.shape for frame in frames}
         if len(shapes) > 1:

@@ -185,7 +185,7 @@ def test_bench_model_cli_takes_the_recipe_with_its_scheduled_sampling(monkeypatc
     assert shape == (2, 3, 1, 16, 16) and patch == 2 and backbone["hidden_channels"] == [4]
     assert backbone["kernel_size"] == 5  # the recipe's, under the flag's
     assert kwargs["model_config"].sampling.mode == "none"
-    assert main(["bench", "model", "predrnn", "--config", recipe]) == 1  # another backbone
+    assert main(["bench", "model", "predrnn", "--config", recipe]) == 2  # another backbone
 
 
 # ------------------------------------------------------------------------- gpu check

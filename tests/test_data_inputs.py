@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_cli
+from PIL import Image
 
 from stpdist.data.convert import source_paths
 from stpdist.data.format import read_index
@@ -195,6 +196,13 @@ def test_forecast_input_messages_name_no_flag_it_lacks(tmp_path):
     (tmp_path / "g.npy").write_text("garbage\n")
     line = error_line(run_cli("forecast", "runs/debug", "g.npy", "--out", "f", cwd=tmp_path))
     assert "g.npy: not a valid .npy file" in line and "allow_pickle" not in line
+    pngs = tmp_path / "pngs"  # a folder of PNG frames, one of them not an image
+    pngs.mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(pngs / f"{i}.png")
+    (pngs / "3.png").write_text("not a picture\n")
+    line = error_line(run_cli("forecast", "runs/debug", "pngs", "--out", "f", cwd=tmp_path))
+    assert "pngs/3.png: not a readable PNG image" in line, line
 
 
 def test_a_series_shorter_than_frames_says_so(tmp_path):
