@@ -139,7 +139,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
     cfg, trainer, ckpt, module = _with_checkpoint(args)
     split = args.split or cfg.data.val_split
     out = Path(cfg.trainer.output_dir)
-    record = _checkpoint_record(ckpt)
+    record = _checkpoint_record(ckpt, args.raw_weights)
     earlier = _json_file(out / f"metrics_{split}.json")
     if earlier is not None and not (args.overwrite or args.ckpt == "best"):
         _refuse_other_checkpoint(str(out / f"metrics_{split}.json"), earlier, record, args.ckpt, "")
@@ -163,13 +163,14 @@ def _write_json(path: Path, results: dict[str, Any]) -> Path:
     return path
 
 
-def _checkpoint_record(ckpt: Path) -> dict[str, Any]:
-    """Which checkpoint produced a result: its path and global step (None for a weights
-    file or an exported model folder, which keep no trainer state)."""
+def _checkpoint_record(ckpt: Path, raw_weights: bool) -> dict[str, Any]:
+    """Which weights produced a result: the checkpoint's path and global step (None for a
+    weights file or an exported model folder, which keep no trainer state), and whether
+    its raw weights were used instead of the EMA it may hold (`--raw-weights`)."""
     from .checkpoint import STATE_FILE, read_state
 
     step = read_state(ckpt).global_step if (ckpt / STATE_FILE).is_file() else None
-    return {"checkpoint": str(ckpt), "checkpoint_step": step}
+    return {"checkpoint": str(ckpt), "checkpoint_step": step, "raw_weights": raw_weights}
 
 
 def _step_text(record: dict[str, Any]) -> str:
@@ -197,6 +198,7 @@ def _refuse_other_checkpoint(
         isinstance(recorded, str)
         and Path(recorded).name == Path(record["checkpoint"]).name
         and earlier.get("checkpoint_step") == record["checkpoint_step"]
+        and earlier.get("raw_weights", False) == record["raw_weights"]
     )
     if same:
         return
@@ -208,6 +210,10 @@ def _refuse_other_checkpoint(
     ours = Path(record["checkpoint"]).name
     if record["checkpoint_step"] is not None:
         ours += f", step {record['checkpoint_step']}"
+    if earlier.get("raw_weights", False) != record["raw_weights"]:
+        raw = "its raw weights"
+        theirs += f" ({raw if earlier.get('raw_weights') else 'its EMA when it holds one'})"
+        ours += f", {raw if record['raw_weights'] else 'its EMA when it holds one'}"
     raise InputError(
         f"{where} holds the results of {theirs}, not of --ckpt {choice} ({ours}); pass "
         f"{keep_both}--overwrite to replace them"
@@ -258,7 +264,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     protected = (build.split_dir(cfg, split), ckpt)
     # a file, the data, a run or its checkpoints: refused even with --overwrite
     check_output_folder(out, overwrite=True, protected=protected)
-    record = _checkpoint_record(ckpt)
+    record = _checkpoint_record(ckpt, args.raw_weights)
     _check_predict_out(out, args, record)
     data = build.eval_stream(cfg, split)
     keeper = SampleKeeper(args.samples if trainer.is_main else 0)

@@ -4,6 +4,7 @@ optimizer steps, resumed bit for bit, and what validation, predict, load and exp
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,12 @@ def test_cli_export_load_and_predict_use_the_ema_unless_raw_weights(tmp_path):
         run_cli(*predict, cwd=tmp_path, check=True)
     metrics = [(tmp_path / f"pred-{n}" / "metrics.json").read_text() for n in ("ema", "raw")]
     assert metrics[0] != metrics[1]
+    assert [json.loads(m)["raw_weights"] for m in metrics] == [False, True]
+    # the raw weights' results never silently replace the EMA's of the same checkpoint
+    predict = ("predict", str(DEBUG), "--ckpt", "last", "--out", "pred-ema", "--raw-weights")
+    proc = run_cli(*predict, cwd=tmp_path)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    assert (tmp_path / "pred-ema" / "metrics.json").read_text() == metrics[0]
 
 
 def test_ema_settings_are_checked():
