@@ -479,9 +479,24 @@ def lead_time_figure(results: dict[str, float], *, title: str | None = None) -> 
     names = sorted(per_lead)
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
-    size = (round(3.6 * cols * DPI) / DPI, round((2.9 * rows + 0.6) * DPI) / DPI)
-    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
+    width, height = round(3.6 * cols * DPI) / DPI, round((2.9 * rows + 0.6) * DPI) / DPI
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    # fixed margins in inches (a constrained layout measures every tick label: it took
+    # longer than the drawing): y label and tick labels on the left of each panel, its
+    # title above, the x label below, the figure's title on top
+    axes = fig.subplots(
+        rows,
+        cols,
+        squeeze=False,
+        gridspec_kw={
+            "left": 0.85 / width,
+            "right": 1 - 0.15 / width,
+            "bottom": 0.5 / height,
+            "top": 1 - 0.85 / height,
+            "wspace": 0.95 / (3.6 - 0.95),
+            "hspace": 0.8 / (2.9 - 0.8),
+        },
+    )
     for ax, name in zip(axes.flat, names):
         points = per_lead[name]
         ax.plot([t for t, _ in points], [v for _, v in points], marker="o", label="model")
