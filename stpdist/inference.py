@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from .checkpoint import MANIFEST_FILE, MODEL_FILE, CheckpointManager, is_sharded_checkpoint
-from .config import Config, load_config
+from .config import CheckpointConfig, Config, load_config
 from .console import log
 from .data.format import INDEX_FILE, SplitIndex, read_index
 from .ema import has_average, load_eval_weights
@@ -47,13 +47,34 @@ def model_folder(path: str | Path, ckpt: str = "best") -> Path:
 
     path = Path(path)
     if (path / MODEL_FILE).is_file() or is_sharded_checkpoint(path):
+        if ckpt != "best":  # the default: a model folder is its own best
+            raise InputError(
+                f"{path} is a model or checkpoint folder, the weights themselves; the "
+                f"checkpoint choice {ckpt!r} (--ckpt) picks among a run's: pass the run folder"
+            )
         return verify(path)
     root = path / "checkpoints"
     if not root.is_dir():
         raise InputError(
             f"{path}: neither a model folder ({MODEL_FILE}) nor a run folder (checkpoints/)"
         )
-    return CheckpointManager(root).choose(ckpt)
+    return CheckpointManager(root, run_checkpoint_policy(root)).choose(ckpt)
+
+
+def run_checkpoint_policy(root: Path) -> CheckpointConfig:
+    """`trainer.checkpoint` of the run whose checkpoints are in `root`, as its newest
+    checkpoint's resolved config.yaml records it (read as data), so that "best" means the
+    run's own best (its monitor and mode); the defaults when no checkpoint records one."""
+    from omegaconf import OmegaConf
+
+    for folder in sorted(root.glob("step-*"), reverse=True):
+        try:
+            trainer = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))["trainer"]
+            recorded = trainer["checkpoint"]
+            return CheckpointConfig(monitor=str(recorded["monitor"]), mode=str(recorded["mode"]))
+        except Exception:  # no config.yaml, or not one of ours: the next one, else defaults
+            continue
+    return CheckpointConfig()
 
 
 def _config_path(folder: Path) -> Path:

@@ -491,3 +491,23 @@ def test_an_extra_named_like_a_positional_parameter_is_not_passed_again(tmp_path
     wants = WantsLabels()  # a hook that declares `labels` beyond the two gets it
     Trainer(output_dir=tmp_path / "b", progress_bar=False, max_epochs=1).fit(wants, data)
     assert [t.tolist() for t in wants.seen] == [[0, 1, 2, 0], [1, 2, 0, 1]]
+
+
+def test_best_of_a_run_folder_is_the_runs_own_best_by_its_monitor_and_mode(tmp_path):
+    """stpdist.load / export / forecast / model.init_weights given a run folder take "best"
+    as the run ranked it (its trainer.checkpoint.monitor and mode), not by val/loss; an
+    explicit checkpoint choice with a checkpoint folder is refused, not ignored."""
+    by_psnr = ["trainer.checkpoint.monitor=val/psnr", "trainer.checkpoint.mode=min"]
+    run_cli("train", DEBUG, *by_psnr, "logging.num_samples=0", cwd=tmp_path, check=True)
+    root = tmp_path / "runs" / "debug" / "checkpoints"
+    scores = {p.name: json.loads((p / ckpt.VALIDATION_FILE).read_text()) for p in root.iterdir()}
+    lowest_psnr = min(scores, key=lambda name: scores[name]["val/psnr"])
+    lowest_loss = min(scores, key=lambda name: scores[name]["val/loss"])
+    assert lowest_psnr != lowest_loss  # the test tells the two rankings apart
+    assert stpdist.load(tmp_path / "runs" / "debug").model_folder.name == lowest_psnr
+    proc = run_cli("export", "runs/debug", "--out", "m", cwd=tmp_path, check=True)
+    exported = (tmp_path / "m" / ckpt.MODEL_FILE).read_bytes()
+    assert exported == (root / lowest_psnr / ckpt.MODEL_FILE).read_bytes(), proc.stdout
+    proc = run_cli("export", f"runs/debug/checkpoints/{lowest_loss}", "--ckpt", "last",
+                   "--out", "n", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2 and "pass the run folder" in proc.stderr
