@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import inspect
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -1357,6 +1358,7 @@ def _make_accelerator(config: TrainerConfig, log_with: list[str]) -> Accelerator
             "mixed_precision='fp16' needs a CUDA device (on CPU it would silently run in "
             "fp32); use 'bf16' or 'no'"
         )
+    _check_launcher_precision(config.mixed_precision)
     # A new Trainer in the same process may ask for other settings than the last one.
     AcceleratorState._reset_state()
     GradientState._reset_state()
@@ -1371,6 +1373,21 @@ def _make_accelerator(config: TrainerConfig, log_with: list[str]) -> Accelerator
         log_with=log_with or None,
         project_dir=config.output_dir,
     )
+
+
+def _check_launcher_precision(precision: str) -> None:
+    """stpdist takes its precision from `trainer.mixed_precision` (recorded with every
+    checkpoint, so a resume keeps it). `accelerate launch` passes its own (its config
+    file's `mixed_precision`, `--mixed_precision`) in ACCELERATE_MIXED_PRECISION; one that
+    asks for a precision the config does not set is refused rather than ignored."""
+    asked = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+    if asked not in ("", "no") and asked != precision:
+        raise InputError(
+            f"accelerate launch asks for mixed precision {asked} (its config file or "
+            f"--mixed_precision), trainer.mixed_precision is {precision!r}: stpdist takes the "
+            f"precision from its config; set trainer.mixed_precision={asked}, or launch with "
+            "--mixed_precision no"
+        )
 
 
 def _fast_bf16_cpu() -> bool:

@@ -521,3 +521,15 @@ def test_a_resume_that_outruns_a_one_cycle_schedule_is_refused_before_any_step(t
 class OneCycleOf3(TinyModule):
     def configure_lr_scheduler(self, optimizer):
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.05, total_steps=3)
+
+
+def test_a_launcher_asking_for_another_precision_is_refused_not_ignored(tmp_path, monkeypatch):
+    """`accelerate launch` passes its config's or flag's precision in
+    ACCELERATE_MIXED_PRECISION; stpdist's is trainer.mixed_precision: a disagreement is
+    refused in one line (a launcher that asks for nothing, "no", is not a disagreement)."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with pytest.raises(InputError, match="asks for mixed precision bf16.*'no'.*=bf16"):
+        make_trainer(tmp_path)
+    assert make_trainer(tmp_path, mixed_precision="bf16").accelerator.mixed_precision == "bf16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert make_trainer(tmp_path, mixed_precision="bf16").accelerator.mixed_precision == "bf16"
