@@ -35,7 +35,15 @@ from tqdm.auto import tqdm
 
 from . import console, threads
 from .checkpoint import CheckpointManager, TrainState, read_state, replace_text
-from .config import Config, ConfigError, LoggingConfig, TrainerConfig, check_values, to_yaml
+from .config import (
+    CheckpointConfig,
+    Config,
+    ConfigError,
+    LoggingConfig,
+    TrainerConfig,
+    check_values,
+    to_yaml,
+)
 from .console import format_scalars, say
 from .data.loading import (
     Batch,
@@ -393,11 +401,21 @@ class Validator:
         self.last_step = state.global_step
         checkpoints = self.trainer.checkpoints
         if checkpoints.keep_best and checkpoints.monitor not in results:
-            raise InputError(
-                f"trainer.checkpoint.monitor {checkpoints.monitor!r} is not among the validation "
-                f"results ({', '.join(k for k in results if k.count('/') == 1)}): best-k "
-                "checkpoints cannot be ranked; set it to one of them (or keep_best=0) and "
-                "resume with --resume auto (this step's checkpoint is saved)"
+            available = ", ".join(k for k in results if k.count("/") == 1)
+            if checkpoints.monitor != DEFAULT_MONITOR:
+                raise InputError(
+                    f"trainer.checkpoint.monitor {checkpoints.monitor!r} is not among the "
+                    f"validation results ({available}): best-k checkpoints cannot be ranked; "
+                    "set it to one of them (or keep_best=0) and resume (--resume auto, "
+                    "resume='auto'; this step's checkpoint is saved)"
+                )
+            # the default monitor, and a module whose validation reports no loss: keep the
+            # newest checkpoints only, and say so once
+            checkpoints.keep_best = 0
+            say(
+                f"the validation results hold no {DEFAULT_MONITOR} (the default "
+                f"trainer.checkpoint.monitor) but {available}: no checkpoint is kept as best "
+                "(set trainer.checkpoint.monitor to one of them to keep the best)"
             )
         checkpoints.record_metrics(state.global_step, results)
         tracker.log(results, step=state.global_step, epoch=state.epoch)
@@ -406,6 +424,9 @@ class Validator:
         if self.trainer.early_stopping is not None:
             self.trainer.early_stopping.check(state.global_step, results)
 
+
+DEFAULT_MONITOR = CheckpointConfig().monitor
+"""What ranks best-k checkpoints unless `trainer.checkpoint.monitor` says otherwise."""
 
 # the first line of the config.yaml a run writes: stpdist may replace such a file
 RESOLVED_CONFIG_HEADER = (
@@ -670,6 +691,7 @@ class Trainer:
         model, optimizer, scheduler, interval = self._prepare(module)
         self._inner_optimizer = self._direct(optimizer)
         self._set_up_ema_and_early_stopping(module)
+        self._check_early_stopping_can_stop(validator)
         max_epochs = self.config.max_epochs or math.inf
         # one run per output folder: a second run (a duplicated SLURM job, a second
         # `--resume auto`) stops here, naming the holder, before touching any checkpoint
@@ -1020,9 +1042,11 @@ class Trainer:
         self.tracker.log(summary, step=state.global_step, epoch=finished)
         self.checkpoints.maybe_save(state, epoch_end=True)
         validator.maybe_run(state, epoch_end=True)
+        # this step's validation results, when one ran: not an earlier step's as if new
+        fresh = state.metrics if state.metrics_step == state.global_step else {}
         say(
             f"epoch {finished} done: step {state.global_step}/{total_steps}, "
-            f"{format_scalars({**summary, **state.metrics})}"
+            f"{format_scalars({**summary, **fresh})}"
         )
 
     def _resolve_start(self, resume: str | Path | None) -> Path | None:
@@ -1196,6 +1220,24 @@ class Trainer:
             self.attachments[EMA_FILE] = self.ema.to_bytes
         if self.early_stopping is not None:
             self.attachments[EARLY_STOPPING_FILE] = self.early_stopping.to_json
+
+    def _check_early_stopping_can_stop(self, validator: Validator) -> None:
+        """`trainer.early_stopping` counts validations during training: refuse, before any
+        step, a run that has none (no validation data, or validation only at the end)."""
+        if self.early_stopping is None:
+            return
+        why = None
+        if validator.source is None:
+            why = "this run has no validation data"
+        elif not self.config.val_every_n_steps and not self.config.val_every_n_epochs:
+            why = "validation runs only after the last step (val_every_n_epochs 0, "
+            why += "val_every_n_steps unset)"
+        if why is not None:
+            raise InputError(
+                f"trainer.early_stopping would never stop this run: {why}; give it "
+                "validations (trainer.val_every_n_epochs or val_every_n_steps, a data.val_split "
+                "that exists) or turn it off (trainer.early_stopping=null)"
+            )
 
     def _restore_ema_and_early_stopping(self, folder: Path, state: TrainState) -> None:
         if self.ema is not None:

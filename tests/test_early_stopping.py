@@ -105,6 +105,19 @@ def test_a_monitor_validation_does_not_produce_is_refused_at_the_first_validatio
     assert (tmp_path / "checkpoints" / "step-00000001").is_dir()  # the step is saved
 
 
+def test_early_stopping_that_could_never_stop_is_refused_before_any_step(tmp_path):
+    """No validation data, or validation only after the last step: early stopping would be
+    inert; refused at start, nothing written."""
+    with pytest.raises(InputError, match="would never stop this run: this run has no valid"):
+        make_trainer(tmp_path / "a", 4).fit(Frozen(frozen_after=3), loader(40, 4))
+    trainer = Trainer(output_dir=tmp_path / "b", max_epochs=2, val_every_n_epochs=0,
+                      early_stopping=EarlyStoppingConfig(patience=3), progress_bar=False)  # fmt: skip
+    with pytest.raises(InputError, match="validation runs only after the last step"):
+        trainer.fit(Frozen(frozen_after=3), loader(40, 4), val_loader())
+    assert not (tmp_path / "a" / "checkpoints").exists()
+    assert not (tmp_path / "b" / "checkpoints").exists()
+
+
 def test_settings_are_checked():
     for bad, match in (
         ({"patience": 0}, r"'early_stopping.patience' is 0"),

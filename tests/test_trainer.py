@@ -533,3 +533,24 @@ def test_a_launcher_asking_for_another_precision_is_refused_not_ignored(tmp_path
     assert make_trainer(tmp_path, mixed_precision="bf16").accelerator.mixed_precision == "bf16"
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
     assert make_trainer(tmp_path, mixed_precision="bf16").accelerator.mixed_precision == "bf16"
+
+
+class ReportsNoLoss(TinyModule):
+    def validation_step(self, inputs, targets):
+        return {"mse": nn.functional.mse_loss(self(inputs), targets)}
+
+
+def test_default_settings_train_a_module_whose_validation_reports_no_loss(tmp_path, capsys):
+    """The default monitor (val/loss) absent from a conforming module's results: no best-k
+    ranking, said once, and training goes on; a monitor the user set stays an error."""
+    state = make_trainer(tmp_path, max_epochs=2).fit(
+        ReportsNoLoss(), loader(16, 4), loader(8, 4, False)
+    )
+    assert state.global_step == 8
+    said = capsys.readouterr().out
+    assert said.count("hold no val/loss (the default trainer.checkpoint.monitor)") == 1
+    policy = CheckpointConfig(monitor="val/ssim")
+    with pytest.raises(InputError, match="'val/ssim' is not among the validation results"):
+        make_trainer(tmp_path / "b", checkpoint=policy).fit(
+            ReportsNoLoss(), loader(16, 4), loader(8, 4, False)
+        )
