@@ -7,12 +7,37 @@
 #
 # It runs `python -m stpdist.gpu_check` (see that module for what is measured) with the
 # project's virtual environment when there is one (PYTHON overrides), offline trackers,
-# and unbuffered output. Exit status: 0 when every check passed or was measured, 1 when
-# one failed or raised, 2 without a CUDA device (and no --dry).
+# and unbuffered output. A relative --out or PYTHON path is taken from the folder it is
+# called from (the check itself runs in the repository root). Exit status: 0 when every
+# check passed or was measured, 1 when one failed or raised, 2 without a CUDA device (and
+# no --dry).
 set -euo pipefail
 
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# from the caller's folder: relative paths below are made absolute before the cd
+absolute() { if [[ -n "$1" && "$1" != /* ]]; then echo "$PWD/$1"; else echo "$1"; fi; }
+
+args=()
+while (($#)); do
+  case "$1" in
+    # argparse takes any unambiguous prefix of --out, with a space or an =
+    --o | --ou | --out)
+      args+=("$1")
+      shift
+      if (($#)); then
+        args+=("$(absolute "$1")")
+        shift
+      fi
+      ;;
+    --o=* | --ou=* | --out=*) args+=("${1%%=*}=$(absolute "${1#*=}")") && shift ;;
+    *) args+=("$1") && shift ;;
+  esac
+done
+
 python=${PYTHON:-}
+if [[ "$python" == */* ]]; then # a path, not a name looked up on PATH
+  python=$(absolute "$python")
+fi
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [[ -z "$python" ]]; then
   if [[ -x .venv/bin/python ]]; then
     python=.venv/bin/python
@@ -21,4 +46,4 @@ if [[ -z "$python" ]]; then
   fi
 fi
 export WANDB_MODE=offline PYTHONUNBUFFERED=1
-exec "$python" -m stpdist.gpu_check "$@"
+exec "$python" -m stpdist.gpu_check ${args[@]+"${args[@]}"}

@@ -11,7 +11,9 @@ Trainer, `trainer.checkpoint` to the CheckpointManager, `model` to the Forecaste
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import json
 import math
 import re
 import typing
@@ -443,20 +445,89 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
+def _without_none(hint: Any) -> tuple[Any, bool]:
+    """(X, True) for `Optional[X]`, (hint, False) for any other type hint."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Union and type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        return (inner[0] if len(inner) == 1 else hint), True
+    return hint, False
+
+
+@functools.lru_cache(maxsize=64)
+def _fields(cls: type) -> dict[str, tuple[Any, bool]]:
+    """{field name: (type without Optional, whether None is allowed)} of dataclass `cls`."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: _without_none(hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def _section_class(dotted: str) -> type | None:
+    """The dataclass of the schema section at `dotted` ("": Config), Optional sections
+    included (`trainer.ema`, None in the schema's defaults); None if it names no section."""
+    cls: Any = Config
+    for part in filter(None, dotted.split(".")):
+        spec = _fields(cls).get(part) if dataclasses.is_dataclass(cls) else None
+        if spec is None:
+            return None
+        cls = spec[0]
+    return cls if dataclasses.is_dataclass(cls) else None
+
+
 def _valid_keys(schema: DictConfig, full_key: str) -> list[str]:
     """Keys valid beside `full_key` (the fields of its parent section)."""
     parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+    cls = _section_class(parent)
+    if cls is not None:
+        return sorted(_fields(cls))
     node = OmegaConf.select(schema, parent) if parent else schema
     return sorted(node.keys()) if isinstance(node, DictConfig) else []
 
 
 def _error(schema: DictConfig, exc: OmegaConfBaseException, origin: str) -> ConfigError:
-    key = getattr(exc, "full_key", None) or "?"
+    key = getattr(exc, "full_key", None)
     first_line = str(exc).splitlines()[0]
-    if "not in" in first_line or "Missing key" in first_line:
-        valid = ", ".join(_valid_keys(schema, key))
-        return ConfigError(f"{origin}: unknown key '{key}'; valid keys there: {valid}")
+    if key and ("not in" in first_line or "Missing key" in first_line):
+        valid = _valid_keys(schema, key)
+        close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return ConfigError(
+            f"{origin}: unknown key '{key}'; valid keys there: {', '.join(valid)}{hint}"
+        )
+    if not key:  # OmegaConf knows no key (a section given a value of another type)
+        return ConfigError(f"{origin}: {first_line}")
     return ConfigError(f"{origin}: bad value for '{key}': {first_line}")
+
+
+def _shown(value: Any) -> str:
+    """A value as YAML's flow style writes it: true, null, 5, "offline", [1]."""
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def _check_shapes(values: dict, cls: type, prefix: str = "") -> None:
+    """A section, mapping or list field of `cls` given a value of another shape (`ema: true`,
+    `trainer: 5`, `trackers: wandb`): one line naming the key, what it takes and the value.
+    (OmegaConf's merge names no key for a section: "bool is not a subclass of EmaConfig".)
+    Unknown keys are left to the merge, which lists the valid ones."""
+    for name, value in values.items():
+        spec = _fields(cls).get(name)
+        if spec is None or _is_interpolation(value):
+            continue
+        (hint, optional), key = spec, f"{prefix}{name}"
+        if dataclasses.is_dataclass(hint):
+            if isinstance(value, dict):
+                _check_shapes(value, hint, f"{key}.")
+                continue
+            expected = f"a mapping of {hint.__name__}'s keys ({', '.join(_fields(hint))})"
+        elif typing.get_origin(hint) in (dict, list):
+            if isinstance(value, typing.get_origin(hint)):
+                continue
+            expected = "a mapping" if typing.get_origin(hint) is dict else "a list"
+        else:
+            continue
+        if value is None and optional:
+            continue
+        alternative = " or null" if optional else ""
+        raise ConfigError(f"'{key}' is {_shown(value)}; expected {expected}{alternative}")
 
 
 def _yaml_error(origin: str, exc: Exception) -> ConfigError:
@@ -772,7 +843,9 @@ def _schema(cls: type) -> DictConfig:
 def _check_overlay(overlay: DictConfig, origin: str) -> None:
     """What merging would hide, checked on a YAML file or override before it is merged:
     OmegaConf's `???` (merging it keeps the default: `lr: ???` would silently train with
-    1e-3) and a bool field given anything but a boolean (merging turns 2 into true)."""
+    1e-3), a section, mapping or list given a value of another shape (the merge's error
+    names no key) and a bool field given anything but a boolean (merging turns 2 into
+    true)."""
     raw = OmegaConf.to_container(overlay, resolve=False)  # interpolations as their text
     missing = [path for path, value in _leaf_values(raw) if value == "???"]
     if missing:
@@ -780,6 +853,10 @@ def _check_overlay(overlay: DictConfig, origin: str) -> None:
             f"{origin}: '{_dotted(missing[0])}' is ??? (OmegaConf's marker for a value not "
             "given yet); expected a value"
         )
+    try:
+        _check_shapes(raw, Config)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
     for prefix, names in _schema_bools(Config).items():
         section: Any = raw
         for part in filter(None, prefix.split(".")):

@@ -211,3 +211,44 @@ def test_preempted_job_checkpoints_requeues_and_resumes(cluster, tmp_path):
     b = load_file(str(tmp_path / "runs/ref/checkpoints/step-00000080/model.safetensors"))
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+GPU_CHECK = ROOT / "launch" / "gpu_check.sh"
+
+
+def test_gpu_check_script_parses_and_passes_shellcheck():
+    test_scripts_parse_and_pass_shellcheck(GPU_CHECK)
+
+
+def test_gpu_check_script_takes_relative_paths_from_the_callers_folder(tmp_path):
+    """The script runs the check in the repository root: a relative --out (each spelling
+    argparse takes) and a relative PYTHON must still mean the caller's folder. A stand-in
+    for python records the folder it runs in and its arguments; no check is run."""
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    fake = caller / "fakepy"
+    fake.write_text('#!/bin/sh\npwd\nfor arg in "$@"; do echo "$arg"; done\n')
+    fake.chmod(0o755)
+    args = ["--dry", "--out", "h200.json", "--out=sub/a.json", "--ou", "/abs.json", "--o=b c"]
+    proc = subprocess.run(
+        [str(GPU_CHECK), *args],
+        cwd=caller,
+        env={**ENV, "PYTHON": "./fakepy"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert Path(lines[0]).resolve() == ROOT  # the check runs in the repository root
+    assert lines[1:] == [
+        "-m",
+        "stpdist.gpu_check",
+        "--dry",
+        "--out",
+        f"{caller}/h200.json",
+        f"--out={caller}/sub/a.json",
+        "--ou",
+        "/abs.json",
+        f"--o={caller}/b c",
+    ]

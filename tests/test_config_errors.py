@@ -1,0 +1,127 @@
+"""Config errors in Optional sections and for values of the wrong shape: one line naming
+the file (or override), the full dotted key, what is valid there and what was given."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from stpdist.config import (
+    CheckpointConfig,
+    ConfigError,
+    EarlyStoppingConfig,
+    EmaConfig,
+    SynthConfig,
+    TrainerConfig,
+    WandbConfig,
+    load_config,
+)
+
+
+def _names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _message(tmp_path, text: str | None, overrides: list[str] = ()) -> str:
+    path = None
+    if text is not None:
+        path = tmp_path / "t.yaml"
+        path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, list(overrides))
+    message = str(err.value)
+    assert "\n" not in message and "'?'" not in message, message
+    return message
+
+
+@pytest.mark.parametrize(
+    "text, override, key, cls, close",
+    [
+        ("trainer:\n  ema:\n    decy: 0.9\n", "trainer.ema.decy=0.9", "trainer.ema.decy", EmaConfig, "decay"),
+        (
+            "trainer:\n  early_stopping:\n    patiense: 3\n",
+            "trainer.early_stopping.patiense=3",
+            "trainer.early_stopping.patiense",
+            EarlyStoppingConfig,
+            "patience",
+        ),
+        (
+            "data:\n  synthesize:\n    num_digit: 3\n",
+            "data.synthesize.num_digit=3",
+            "data.synthesize.num_digit",
+            SynthConfig,
+            "num_digits",
+        ),
+        ("trainer:\n  max_epoch: 3\n", "trainer.max_epoch=3", "trainer.max_epoch", TrainerConfig, "max_epochs"),
+    ],
+)  # fmt: skip
+def test_unknown_key_lists_the_keys_of_its_section_optional_ones_too(
+    tmp_path, text, override, key, cls, close
+):
+    """An Optional section is None in the schema's defaults: its valid keys come from its
+    dataclass, not from the (empty) default, in a file and in an override alike."""
+    for message in (_message(tmp_path, text), _message(tmp_path, None, [override])):
+        expected = f"unknown key '{key}'; valid keys there: {', '.join(sorted(_names(cls)))}"
+        assert expected in message, message
+        assert message.endswith(f"did you mean '{close}'?"), message
+    assert _message(tmp_path, text).startswith(f"{tmp_path / 't.yaml'}: ")
+
+
+def test_unknown_key_without_a_close_match_suggests_nothing(tmp_path):
+    message = _message(tmp_path, "trainer:\n  ema:\n    zzz: 1\n")
+    assert message.endswith("valid keys there: decay, every_n_steps, start_step"), message
+
+
+SECTIONS = [  # (dotted key, YAML value, how it is shown, its dataclass, Optional)
+    ("trainer.ema", "true", "true", EmaConfig, True),
+    ("trainer.checkpoint", "[1]", "[1]", CheckpointConfig, False),
+    ("logging.wandb", "offline", '"offline"', WandbConfig, False),
+    ("data.synthesize", "5", "5", SynthConfig, True),
+    ("trainer.early_stopping", "3", "3", EarlyStoppingConfig, True),
+    ("trainer", "5", "5", TrainerConfig, False),
+    ("trainer.checkpoint", "null", "null", CheckpointConfig, False),
+]
+
+
+def _nested(key: str, value: str) -> str:
+    """`a.b: v` as the nested YAML mapping `a: {b: v}`."""
+    text = value
+    for part in reversed(key.split(".")):
+        text = f"{{{part}: {text}}}"
+    return text[1:-1] + "\n"
+
+
+@pytest.mark.parametrize("key, value, shown, cls, optional", SECTIONS)
+def test_a_section_given_a_value_names_key_expected_keys_and_value(
+    tmp_path, key, value, shown, cls, optional
+):
+    expected = (
+        f"'{key}' is {shown}; expected a mapping of {cls.__name__}'s keys "
+        f"({', '.join(_names(cls))}){' or null' if optional else ''}"
+    )
+    in_file = _message(tmp_path, _nested(key, value))
+    assert in_file == f"{tmp_path / 't.yaml'}: {expected}", in_file
+    in_override = _message(tmp_path, None, [f"{key}={value}"])
+    assert in_override == f"override '{key}={value}': {expected}", in_override
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("logging.trackers=wandb", "'logging.trackers' is \"wandb\"; expected a list"),
+        ("trainer.fsdp_wrap=Cell", "'trainer.fsdp_wrap' is \"Cell\"; expected a list or null"),
+        ("model.sampling.reverse_steps={a: 1}", "'model.sampling.reverse_steps' is {\"a\": 1}"),
+        ("model.backbone=[1]", "'model.backbone' is [1]; expected a mapping"),
+    ],
+)
+def test_a_list_or_mapping_given_another_shape_names_the_key(tmp_path, override, expected):
+    assert expected in _message(tmp_path, None, [override])
+
+
+def test_well_shaped_sections_still_load(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("trainer:\n  ema:\n    decay: 0.5\n  early_stopping: null\n")
+    cfg = load_config(path, ["data.synthesize=null", "trainer.early_stopping.patience=2"])
+    assert cfg.trainer.ema == EmaConfig(decay=0.5) and cfg.data.synthesize is None
+    assert cfg.trainer.early_stopping == EarlyStoppingConfig(patience=2)
