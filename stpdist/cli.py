@@ -6,7 +6,7 @@ import (an OpenSTL checkpoint), synth, shard, inspect (make and look at datasets
     stpdist train configs/debug.yaml trainer.max_epochs=2 data.batch_size=8 [--resume auto]
     stpdist validate CONFIG [overrides] [--ckpt best|last|step-N|PATH] [--overwrite]
     stpdist predict CONFIG [overrides] [--ckpt best|last|step-N|PATH] [--out DIR] [--overwrite]
-    stpdist reproduce CONFIG --seeds N [--small]
+    stpdist reproduce CONFIG --seeds N [--small] [--resume auto]
     stpdist forecast RUN_OR_MODEL INPUTS --out DIR [--overwrite]
     stpdist export RUN_OR_MODEL --out DIR [--format onnx] [--overwrite]
     stpdist import openstl CKPT --method NAME [--config OpenSTL-config.py] --out DIR
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,10 +116,56 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _resume_command(args: argparse.Namespace) -> str:
-    """The `stpdist train` command that continues this run."""
+    """How to continue this `stpdist train` or `stpdist reproduce`: its command with every
+    flag that shapes the run and `--resume auto`; under a launcher (several ranks), the
+    same launch running that command."""
     import shlex
 
-    return shlex.join(["stpdist", "train", args.config, *args.overrides, "--resume", "auto"])
+    words = ["stpdist", args.command, args.config, *args.overrides]
+    if args.command == "reproduce":
+        words += ["--seeds", str(args.seeds)]
+        words += ["--small"] if args.small else []
+        words += ["--out", args.out] if args.out else []
+        words += ["--digits", args.digits] if args.digits else []
+    else:  # without them a resume would change the global batch or find no data
+        words += ["--keep-global-batch"] if args.keep_global_batch else []
+        words += ["--synthesize"] if args.synthesize else []
+    return _relaunch(shlex.join([*words, "--resume", "auto"]))
+
+
+def _relaunch(command: str) -> str:
+    """`command`, or under a launcher: run by the same launch (its ranks, its options)."""
+    launcher = _launcher()
+    if launcher is None:
+        return command
+    return f"the same {launcher} launch as before (same options) running: {command}"
+
+
+def _launcher() -> str | None:
+    """The launcher that started this process with its ranks (None: a plain process),
+    from the environment it gives its processes."""
+    env = os.environ
+    if "ACCELERATE_DYNAMO_BACKEND" in env:  # set by `accelerate launch` alone
+        return "accelerate launch"
+    if "TORCHELASTIC_RUN_ID" in env:  # torchrun (python -m torch.distributed.run)
+        return "torchrun"
+    if _env_int("SLURM_STEP_NUM_TASKS") > 1:
+        return "srun"
+    if _env_int("WORLD_SIZE") > 1 or _env_int("LOCAL_WORLD_SIZE") > 1:
+        return "multi-process"
+    return None
+
+
+def _env_int(name: str) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else 1
+
+
+def _main_process() -> bool:
+    """Whether this process is rank 0 of its launch (a plain process is): the one that
+    speaks for all, as the Trainer's main process does."""
+    rank = os.environ.get("RANK", "")
+    return not rank.isdigit() or int(rank) == 0
 
 
 def _with_checkpoint(args: argparse.Namespace) -> tuple[Config, Any, Path, Any]:
@@ -763,6 +810,7 @@ def _shard_parser(sub: Any) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     """A wandb sweep over dotted config keys (see stpdist/sweep.py)."""
     from .sweep import sweep
+    from .trainer import Preempted
 
     params = None
     if args.params is not None:
@@ -772,30 +820,51 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             raise InputError(f"--params {args.params!r}: not JSON ({exc})") from None
         if not isinstance(params, dict):
             raise InputError(f"--params {args.params!r}: expected a JSON object of dotted keys")
-    sweep(
-        args.config,
-        args.sweep,
-        overrides=args.overrides,
-        project=args.project,
-        count=args.count,
-        agent=args.agent,
-        params=params,
-    )
+    try:
+        sweep(
+            args.config,
+            args.sweep,
+            overrides=args.overrides,
+            project=args.project,
+            count=args.count,
+            agent=args.agent,
+            params=params,
+        )
+    except Preempted as stop:  # a trial continues as a training of its own folder's config
+        if stop.checkpoint is None:
+            raise
+        import shlex
+
+        config = Path(stop.checkpoint).parent.parent / "config.yaml"
+        command = _relaunch(shlex.join(["stpdist", "train", str(config), "--resume", "auto"]))
+        raise Preempted(stop.step, stop.checkpoint, stop.signum, command) from None
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from .reproduce import reproduce
+    from .trainer import Preempted
 
     if args.seeds < 1:
         raise InputError(f"--seeds {args.seeds}: expected at least 1")
-    reproduce(
-        args.config,
-        args.seeds,
-        small=args.small,
-        out=args.out,
-        digits=args.digits,
-        overrides=args.overrides,
-    )
+    try:
+        reproduce(
+            args.config,
+            args.seeds,
+            small=args.small,
+            out=args.out,
+            digits=args.digits,
+            overrides=args.overrides,
+            resume=args.resume,
+        )
+    except Preempted as stop:  # the seed's stop line, with the command that continues all
+        raise Preempted(stop.step, stop.checkpoint, stop.signum, _resume_command(args)) from None
+    except KeyboardInterrupt:
+        if _main_process():
+            print(
+                f"stpdist: aborted on a second Ctrl-C; resume with {_resume_command(args)}",
+                file=sys.stderr,
+            )
+        raise
 
 
 def _positive_int(text: str) -> int:
@@ -939,6 +1008,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--small", action="store_true", help="scaled-down recipe: minutes on CPU")
     s.add_argument("--out", default=None, help="folder for the runs, reproduce.json/.md")
     s.add_argument("--digits", default=None, help="MNIST train-images-idx3-ubyte(.gz) (--small)")
+    s.add_argument(
+        "--resume",
+        default=None,
+        choices=["auto"],
+        help="'auto': continue an earlier call with the same arguments (stopped, or with "
+        "fewer --seeds): each seed from its newest checkpoint; finished seeds train no more",
+    )
     s.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("forecast", help="forecast from inputs alone with a trained model")
@@ -1188,7 +1264,8 @@ def main(argv: list[str] | None = None) -> int:
         from .trainer import PREEMPTED_EXIT_CODE, Preempted
 
         if isinstance(exc, Preempted):
-            print(f"stpdist: {exc}", file=sys.stderr)
+            if _main_process():  # one line for the run, not one per rank
+                print(f"stpdist: {exc}", file=sys.stderr)
             return getattr(exc, "exit_code", PREEMPTED_EXIT_CODE)  # 130 after Ctrl-C
         if args.debug:
             raise

@@ -9,6 +9,11 @@ copy-last-input-frame baseline's per-pixel MSE. OpenSTL picks its checkpoint on 
 set; here the checkpoint is chosen on the validation split and scored once on the test
 split.
 
+`--resume auto` continues an earlier call with the same arguments (stopped by a signal, or
+with fewer `--seeds`): every seed goes on from its newest checkpoint (a finished one trains
+nothing more and is scored again), a seed without checkpoints starts; the table covers
+all seeds.
+
 `--small`: a scaled-down recipe that finishes on 2 CPU cores in minutes (32×32 canvas,
 digits 12 px, 5→5 frames, 2 layers of 16 channels, on-the-fly training digits); the
 numbers show the harness works and beat copy-last-frame, they are not OpenSTL's setting.
@@ -87,8 +92,12 @@ def small_overrides(out: Path, digits: str | None) -> list[str]:
     return overrides
 
 
-def run_seed(config: str, overrides: list[str], seed: int, out: Path) -> dict[str, float]:
-    """Train one seed; return the test-split metrics of its best checkpoint."""
+def run_seed(
+    config: str, overrides: list[str], seed: int, out: Path, resume: str | None = None
+) -> dict[str, float]:
+    """Train one seed (with `resume="auto"`: on from its newest checkpoint, if it has one;
+    a finished seed trains nothing more); return the test-split metrics of its best
+    checkpoint."""
     from accelerate.utils import set_seed
 
     from . import build
@@ -101,8 +110,10 @@ def run_seed(config: str, overrides: list[str], seed: int, out: Path) -> dict[st
     build.ensure_dataset(cfg, trainer)
     set_seed(seed)
     module = build.build_module(cfg)
-    build.init_weights(cfg, module)  # model.init_weights: every seed fine-tunes from them
-    trainer.fit(module, build.train_stream(cfg), build.eval_stream(cfg, cfg.data.val_split))
+    # model.init_weights: every seed fine-tunes from them (a resumed seed: its checkpoint)
+    build.init_weights(cfg, module, trainer.checkpoints, resume)
+    train, val = build.train_stream(cfg), build.eval_stream(cfg, cfg.data.val_split)
+    trainer.fit(module, train, val, resume=resume)
     ckpt = trainer.checkpoints.best() or trainer.checkpoints.latest()
     split = cfg.data.test_split
     results = trainer.validate(module, build.eval_stream(cfg, split), ckpt=ckpt, split=split)
@@ -152,13 +163,16 @@ def reproduce(
     out: str | Path | None = None,
     digits: str | None = None,
     overrides: list[str] | None = None,
+    resume: str | None = None,
 ) -> dict[str, Any]:
     """Train `config` with seeds 0..N−1, score each best checkpoint on the test split,
-    write reproduce.json and reproduce.md under `out`; return the summary."""
+    write reproduce.json and reproduce.md under `out`; return the summary. `resume="auto"`
+    continues an earlier (stopped, or fewer-seed) call: each seed from its newest
+    checkpoint, a seed without one from scratch."""
     name = load_config(config, overrides).model.name
     out = Path(out or f"runs/reproduce/{name}{'-small' if small else ''}")
     all_overrides = [*(small_overrides(out, digits) if small else []), *(overrides or [])]
-    runs = [run_seed(config, all_overrides, seed, out) for seed in range(seeds)]
+    runs = [run_seed(config, all_overrides, seed, out, resume) for seed in range(seeds)]
     table = summarize(name, runs)
     command = f"stpdist reproduce {config} --seeds {seeds}{' --small' if small else ''}"
     summary = {

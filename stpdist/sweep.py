@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from . import console
 from .config import ConfigError, load_config
 from .console import say
 from .errors import InputError
@@ -177,6 +178,29 @@ def run_trial(
     return result
 
 
+def _process_state() -> Any:
+    """accelerate's `PartialState`: this process' rank among those its launcher started,
+    the process group set up (from the launcher's environment) as the Trainer's
+    Accelerator then uses it; a plain process has none."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())  # the Trainer's choice of device
+
+
+def _agreed_run_id(ranks: Any) -> str:
+    """A new run id, the same on every rank (each rank trains in the trial folder it
+    names): drawn on the main process and broadcast to the others."""
+    from accelerate.utils import broadcast_object_list
+
+    from .tracking import _new_run_id
+
+    drawn = [_new_run_id() if ranks.is_main_process else None]
+    if ranks.num_processes > 1:
+        broadcast_object_list(drawn, from_process=0)
+    return drawn[0]
+
+
 def _agent_parameters() -> dict[str, Any]:
     """The parameters a wandb agent wrote for its current trial (WANDB_SWEEP_PARAM_PATH:
     `{key: {value: v}}`, the file wandb.init reads them from)."""
@@ -208,11 +232,11 @@ def sweep(
                 f"--params {', '.join(unknown)}: not parameters of {sweep_path} "
                 f"({', '.join(spec['parameters'])})"
             )
-        from .tracking import _new_run_id
-
         # inside a `wandb agent` child (command: [..., --params, ${args_json}]): its ids
         sweep_id = os.environ.get("WANDB_SWEEP_ID") or LOCAL_SWEEP
-        run_id = os.environ.get("WANDB_RUN_ID") or _new_run_id()
+        ranks = _process_state()
+        console.setup(ranks.is_main_process)  # the trial's line is said before the Trainer
+        run_id = os.environ.get("WANDB_RUN_ID") or _agreed_run_id(ranks)
         saved = os.environ.get("WANDB_RUN_ID")
         os.environ["WANDB_RUN_ID"] = run_id  # the tracker's run id, as an agent sets it
         try:
@@ -228,6 +252,7 @@ def sweep(
         finally:
             if saved is None:
                 os.environ.pop("WANDB_RUN_ID", None)
+            ranks.destroy_process_group()  # a failure before the Trainer's close: not left alive
         return
     if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
         raise InputError(
@@ -236,6 +261,7 @@ def sweep(
         )
     import wandb
 
+    console.setup(_process_state().is_main_process)  # lines said before the Trainer's
     if agent is None:
         agent = wandb.sweep(spec, project=project)
         say(

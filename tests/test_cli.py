@@ -248,3 +248,56 @@ def test_command_line_page_block_lists_every_subcommand_of_help():
     documented = set(re.findall(r"^stpdist (\w+)", block, re.M))
     sub = next(a for a in parser()._actions if a.dest == "command")
     assert documented == set(sub.choices), (documented, set(sub.choices))
+
+
+def stop_at_step(monkeypatch, step: int, where: str = "") -> None:
+    """SIGTERM this process (what SLURM or torchrun sends before a preemption) once the
+    training of a run folder whose path holds `where` has logged `step`: the Trainer
+    checkpoints after that step and raises Preempted."""
+    import os
+    import signal
+
+    from stpdist import tracking
+
+    log = tracking.Tracker.log
+
+    def stopping_log(self, values, *, step: int, epoch: int) -> None:
+        log(self, values, step=step, epoch=epoch)
+        if step == at and "train/loss" in values and where in str(self.output_dir):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    at = step
+    monkeypatch.setattr(tracking.Tracker, "log", stopping_log)
+
+
+def _stop_line(stderr: str) -> str:
+    (line,) = [x for x in stderr.splitlines() if "stopped on a signal" in x]
+    return line
+
+
+def test_stop_advice_keeps_the_runs_flags_says_how_to_relaunch_once(tmp_path, monkeypatch):
+    """After a SIGTERM, the resume advice keeps --keep-global-batch and --synthesize (a
+    resume without them would change the global batch or find no data); under a launcher
+    (torchrun) it says to launch the same way, not a bare single-process command; only
+    rank 0 says it (RANK: what the launcher gives each rank)."""
+    flags = ["logging.num_samples=0", "--keep-global-batch", "--synthesize"]
+    stop_at_step(monkeypatch, 4)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun sets it on every rank
+    proc = run_cli("train", DEBUG, *flags, cwd=tmp_path)
+    assert proc.returncode == 75, proc.stderr[-3000:]
+    line = _stop_line(proc.stderr)
+    step = int(line.split("after step ")[1].split(";")[0])  # the next step all ranks check
+    saved = f"runs/debug/checkpoints/step-{step:08d}"
+    command = f"stpdist train {DEBUG} {' '.join(flags)} --resume auto"
+    assert line == (
+        f"stpdist: stopped on a signal after step {step}; saved checkpoint {saved}; resume "
+        f"with the same torchrun launch as before (same options) running: {command}"
+    )
+
+    # what the advice says, on a rank other than 0: stopped again, silently
+    stop_at_step(monkeypatch, step + 2)
+    monkeypatch.setenv("RANK", "1")
+    proc = run_cli(*command.split()[1:], cwd=tmp_path)
+    assert proc.returncode == 75, proc.stderr[-3000:]
+    assert f"resumed from {saved}" in proc.stdout
+    assert "stopped on" not in proc.stderr

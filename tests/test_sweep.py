@@ -13,6 +13,7 @@ import pytest
 import yaml
 from conftest import ROOT, run_cli
 from test_cli import DEBUG
+from test_cli import stpdist as launch
 
 from stpdist.config import load_config
 from stpdist.sweep import check_parameters, read_sweep
@@ -130,3 +131,34 @@ def test_shipped_sweeps_are_valid(path):
     assert (ROOT / named).resolve() == path.resolve()
     assert command[-2:] == ["--params", "${args_json}"]
     check_parameters(ROOT / config, spec, path, [])
+
+
+def test_trial_says_its_parameters_and_folder(tmp_path):
+    """The line said before the Trainer exists (the trial's values and folder) is printed."""
+    sweep, overrides = _fixture(tmp_path, SWEEP)
+    params = {"model.optimizer.lr": 0.003, "model.backbone.hidden_channels": [4, 4]}
+    args = ("sweep", DEBUG, str(sweep), *overrides, "--params", json.dumps(params))
+    out = run_cli(*args, cwd=tmp_path, check=True).stdout
+    (folder,) = (tmp_path / "runs" / "sweep-local").iterdir()
+    said = (
+        f"sweep local trial {folder.name}: model.optimizer.lr=0.003 "
+        f"model.backbone.hidden_channels=[4, 4] in {folder}"
+    )
+    assert said in out.splitlines()
+
+
+@pytest.mark.multiprocess
+def test_trial_on_two_ranks_trains_in_one_folder(tmp_path):
+    """With torchrun, every rank trains the trial in the folder of one run id (drawn on
+    rank 0 and shared), and the trial's line is said once."""
+    sweep, overrides = _fixture(tmp_path, SWEEP)
+    params = json.dumps({"model.optimizer.lr": 0.001})
+    proc = launch("sweep", DEBUG, str(sweep), *overrides, "--params", params, cwd=tmp_path, nproc=2)
+    (folder,) = (tmp_path / "runs" / "sweep-local").iterdir()
+    said = [line for line in proc.stdout.splitlines() if line.startswith("sweep local trial")]
+    assert said == [f"sweep local trial {folder.name}: model.optimizer.lr=0.001 in {folder}"]
+    assert "2 process(es)" in proc.stdout
+    result = json.loads((folder / "sweep.json").read_text())
+    assert result["run_id"] == folder.name and result["metric"]["value"] is not None
+    assert json.loads((folder / "tracker.json").read_text())["run_id"] == folder.name
+    assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-00000004"]
