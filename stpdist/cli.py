@@ -376,7 +376,7 @@ def cmd_forecast(args: argparse.Namespace) -> None:
     if not trainer.is_main:
         return
     print(
-        f"forecasts in physical units: {out}/predictions-r*.npz"
+        f"forecasts of {module.model_folder} in physical units: {out}/predictions-r*.npz"
         + (f"; pictures: {out / 'samples'}" if pictures else "")
     )
     if args.shards:
@@ -456,8 +456,10 @@ def _forecast_shards(folder: Path, args: argparse.Namespace, module: Any) -> Non
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from . import console
     from .inference import export
 
+    console.setup(True)  # one process: export says which checkpoint it exports
     differences = export(
         args.model,
         args.out,

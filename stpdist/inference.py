@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from .checkpoint import MANIFEST_FILE, MODEL_FILE, CheckpointManager, is_sharded_checkpoint
 from .config import CheckpointConfig, Config, load_config
-from .console import log
+from .console import log, say
 from .data.format import INDEX_FILE, SplitIndex, read_index
 from .ema import has_average, load_eval_weights
 from .errors import InputError
@@ -404,6 +404,7 @@ def export(
     run = folder.parent.parent if folder.parent.name == "checkpoints" else folder
     check_output_folder(out, overwrite=overwrite, protected=(folder, run))
     module = load(folder, trust_code=trust_code, raw_weights=raw_weights)
+    say(f"exporting {folder}{' (its raw weights)' if raw_weights else ''}")
     wrapped = _Forward(module).eval()
     generator = torch.Generator().manual_seed(0)
     # traced on a batch of 2, checked on it and on a batch of 3: the batch axis is dynamic

@@ -477,13 +477,21 @@ class WantsLabels(TinyModule):
         return super().training_step(inputs, targets)
 
 
-def test_an_extra_named_like_a_positional_parameter_is_not_passed_again(tmp_path, caplog):
+def test_an_extra_named_like_a_positional_parameter_is_not_passed_again(tmp_path):
     data = DataLoader(LabelledSequences(8), batch_size=4)
     trainer = Trainer(output_dir=tmp_path / "a", progress_bar=False, max_epochs=2)
-    with caplog.at_level("WARNING", logger="stpdist"):
+    # records taken at the `stpdist` logger itself: whether it propagates to the root (where
+    # caplog listens) depends on which test installed the console handler first
+    records: list[logging.LogRecord] = []
+    collect = logging.Handler(logging.WARNING)
+    collect.emit = records.append
+    logging.getLogger("stpdist").addHandler(collect)
+    try:
         state = trainer.fit(SeedStyle(), data, data)
+    finally:
+        logging.getLogger("stpdist").removeHandler(collect)
     assert state.global_step == 4 and "val/loss" in state.metrics
-    warned = [r.getMessage() for r in caplog.records if "'labels' is not passed" in r.getMessage()]
+    warned = [r.getMessage() for r in records if "'labels' is not passed" in r.getMessage()]
     assert len(warned) == 2, warned  # once per hook: training_step and validation_step
     assert "SeedStyle.training_step" in warned[0] and "targets" in warned[0]
     trainer.predict(SeedStyle(), DataLoader(LabelledSequences(4), batch_size=4), out=tmp_path / "p")
@@ -508,6 +516,7 @@ def test_best_of_a_run_folder_is_the_runs_own_best_by_its_monitor_and_mode(tmp_p
     proc = run_cli("export", "runs/debug", "--out", "m", cwd=tmp_path, check=True)
     exported = (tmp_path / "m" / ckpt.MODEL_FILE).read_bytes()
     assert exported == (root / lowest_psnr / ckpt.MODEL_FILE).read_bytes(), proc.stdout
+    assert f"exporting runs/debug/checkpoints/{lowest_psnr}" in proc.stdout + proc.stderr
     proc = run_cli("export", f"runs/debug/checkpoints/{lowest_loss}", "--ckpt", "last",
                    "--out", "n", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 2 and "pass the run folder" in proc.stderr
