@@ -554,6 +554,12 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         raise InputError(f"{root}: no {INDEX_FILE} in it or its sub-folders; expected a dataset")
     # pictures never go into the dataset: a folder the user names, or a temp folder we name
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="stpdist-inspect-"))
+    inside = [f for f in folders if out.resolve().is_relative_to(f.resolve())]
+    if inside:
+        raise InputError(
+            f"--out {out} is inside the split folder {inside[0]}: pictures never go among a "
+            "dataset's shards; name another folder"
+        )
     for folder in folders:
         index = read_index(folder)  # index.json must be a regular file: a FIFO is refused
         print(

@@ -503,3 +503,13 @@ def test_inspect_labels_stored_frames_not_inputs(tmp_path):
     split_of(tmp_path / "ds" / "train", [2])
     run_cli("inspect", "ds", "--samples", "2", "--out", "pics", cwd=tmp_path, check=True)
     assert len(list((tmp_path / "pics" / "train").glob("*.png"))) == 2
+
+
+def test_inspect_never_writes_pictures_among_a_datasets_shards(tmp_path):
+    split_of(tmp_path / "ds" / "train", [2])
+    before = sorted(p.name for p in (tmp_path / "ds" / "train").iterdir())
+    for target in ("ds/train", "ds/train/pics"):
+        proc = run_cli("inspect", "ds", "--samples", "1", "--out", target, cwd=tmp_path)
+        assert proc.returncode == 2 and "inside the split folder ds/train" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "ds" / "train").iterdir()) == before
+    run_cli("inspect", "ds/train", "--samples", "1", "--out", "ds/pics", cwd=tmp_path, check=True)
