@@ -94,10 +94,10 @@ def small_overrides(out: Path, digits: str | None) -> list[str]:
 
 def run_seed(
     config: str, overrides: list[str], seed: int, out: Path, resume: str | None = None
-) -> dict[str, float]:
+) -> tuple[dict[str, float], bool]:
     """Train one seed (with `resume="auto"`: on from its newest checkpoint, if it has one;
     a finished seed trains nothing more); return the test-split metrics of its best
-    checkpoint."""
+    checkpoint, and whether this is the main process (it alone writes the table)."""
     from accelerate.utils import set_seed
 
     from . import build
@@ -119,7 +119,8 @@ def run_seed(
     results = trainer.validate(module, build.eval_stream(cfg, split), ckpt=ckpt, split=split)
     trainer.close()
     prefix = f"{split}/"
-    return {k[len(prefix) :]: float(v) for k, v in results.items() if k.startswith(prefix)}
+    scores = {k[len(prefix) :]: float(v) for k, v in results.items() if k.startswith(prefix)}
+    return scores, trainer.is_main
 
 
 def summarize(name: str, runs: list[dict[str, float]]) -> dict[str, Any]:
@@ -172,7 +173,8 @@ def reproduce(
     name = load_config(config, overrides).model.name
     out = Path(out or f"runs/reproduce/{name}{'-small' if small else ''}")
     all_overrides = [*(small_overrides(out, digits) if small else []), *(overrides or [])]
-    runs = [run_seed(config, all_overrides, seed, out, resume) for seed in range(seeds)]
+    seeded = [run_seed(config, all_overrides, seed, out, resume) for seed in range(seeds)]
+    runs = [scores for scores, _ in seeded]
     table = summarize(name, runs)
     command = f"stpdist reproduce {config} --seeds {seeds}{' --small' if small else ''}"
     summary = {
@@ -184,6 +186,8 @@ def reproduce(
         "table": table,
         "runs": runs,
     }
+    if seeded and not seeded[-1][1]:  # the table once, from the main process (every rank has it)
+        return summary
     out.mkdir(parents=True, exist_ok=True)
     (out / "reproduce.json").write_text(json.dumps(summary, indent=2))
     text = markdown(name, table, seeds, small, command)

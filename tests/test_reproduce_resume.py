@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 
-from conftest import run_cli
+import pytest
+from conftest import run_cli, run_ranks
 from test_cli import DEBUG, _stop_line, stop_at_step
 
 FAST = ["trainer.max_epochs=1", "logging.num_samples=0"]
@@ -59,3 +61,14 @@ def test_stopped_reproduce_resumes_and_extends_to_more_seeds(tmp_path, monkeypat
     mse = three["table"]["MSE / pixel"]
     assert mse["values"] == [run["mse"] for run in three["runs"]]
     assert "3 seed(s)" in (rep / "reproduce.md").read_text()
+
+
+@pytest.mark.multiprocess
+def test_reproduce_on_two_ranks_writes_and_prints_its_table_once(tmp_path):
+    """Every rank holds the scores; the main process alone writes reproduce.json/.md and
+    prints the table (the others wrote the same files at the same time, before)."""
+    args = ["-m", "stpdist", "reproduce", DEBUG, "--seeds", "1", "--out", "rep", *FAST]
+    proc = run_ranks(["--no-python", sys.executable, *args], 2, cwd=tmp_path)
+    assert proc.stdout.count("| metric |") == 1, proc.stdout[-2000:]
+    assert proc.stdout.count("written: rep/reproduce.json") == 1
+    assert json.loads((tmp_path / "rep" / "reproduce.json").read_text())["seeds"] == 1
