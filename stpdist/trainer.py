@@ -44,7 +44,7 @@ from .config import (
     check_values,
     to_yaml,
 )
-from .console import format_scalars, say
+from .console import format_scalars, log, say
 from .data.loading import (
     Batch,
     EpochOrigin,
@@ -692,6 +692,7 @@ class Trainer:
         self._inner_optimizer = self._direct(optimizer)
         self._set_up_ema_and_early_stopping(module)
         self._check_early_stopping_can_stop(validator)
+        self._warn_if_best_is_never_ranked(validator, batches_per_epoch, total_steps)
         max_epochs = self.config.max_epochs or math.inf
         # one run per output folder: a second run (a duplicated SLURM job, a second
         # `--resume auto`) stops here, naming the holder, before touching any checkpoint
@@ -1238,6 +1239,33 @@ class Trainer:
                 "validations (trainer.val_every_n_epochs or val_every_n_steps, a data.val_split "
                 "that exists) or turn it off (trainer.early_stopping=null)"
             )
+
+    def _warn_if_best_is_never_ranked(
+        self, validator: Validator, batches_per_epoch: int, total_steps: int
+    ) -> None:
+        """Best-k ranks a checkpoint by the validation of its own step: warn, once at start,
+        when no checkpoint before the last falls on a validation step, so that "best" could
+        only be the last one (e.g. checkpoints every 5 steps, validations every 6)."""
+        policy, config = self.checkpoints.policy, self.config
+        if not self.checkpoints.keep_best or validator.source is None:
+            return
+        per_epoch = batches_per_epoch // self.accelerator.gradient_accumulation_steps
+        saves = [policy.every_n_steps, per_epoch if policy.every_epoch else None]
+        saves = [a for a in saves if a and a < total_steps]  # checkpoints before the last
+        checks = [config.val_every_n_steps, (config.val_every_n_epochs or 0) * per_epoch]
+        periods = [(a, b) for a in saves for b in checks if b]
+        if not saves:
+            return
+        if any(math.lcm(a, b) < total_steps for a, b in periods):
+            return
+        log.warning(
+            "trainer.checkpoint.keep_best ranks checkpoints by their own step's validation, "
+            "and no checkpoint before the last falls on a validation step (checkpoints: "
+            f"every_n_steps {policy.every_n_steps}, every_epoch {policy.every_epoch}; "
+            f"validation: val_every_n_steps {config.val_every_n_steps}, val_every_n_epochs "
+            f"{config.val_every_n_epochs}; {total_steps} steps): 'best' can only be the last "
+            "checkpoint; make the checkpoint steps multiples of the validation steps"
+        )
 
     def _restore_ema_and_early_stopping(self, folder: Path, state: TrainState) -> None:
         if self.ema is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -554,3 +555,27 @@ def test_default_settings_train_a_module_whose_validation_reports_no_loss(tmp_pa
         make_trainer(tmp_path / "b", checkpoint=policy).fit(
             ReportsNoLoss(), loader(16, 4), loader(8, 4, False)
         )
+
+
+def test_best_k_that_could_only_ever_rank_the_last_checkpoint_is_warned_at_start(tmp_path):
+    """Checkpoints every 3 steps, validations every 4, 8 steps: no checkpoint before the last
+    has its step's validation, so "best" could only be the last; said once, at start.
+    Aligned cadences (and the defaults) say nothing."""
+    records: list[logging.LogRecord] = []
+    collect = logging.Handler(logging.WARNING)
+    collect.emit = records.append
+    logging.getLogger("stpdist").addHandler(collect)
+    try:
+        for name, every, val_every in (("misaligned", 3, 4), ("aligned", 2, 4)):
+            policy = CheckpointConfig(every_n_steps=every, every_epoch=False)
+            trainer = make_trainer(tmp_path / name, max_epochs=None, max_steps=8,
+                                   val_every_n_steps=val_every, val_every_n_epochs=0,
+                                   checkpoint=policy)  # fmt: skip
+            trainer.fit(TinyModule(), loader(32, 4), loader(8, 4, False))
+        make_trainer(tmp_path / "defaults").fit(TinyModule(), loader(16, 4), loader(8, 4, False))
+    finally:
+        logging.getLogger("stpdist").removeHandler(collect)
+    warned = [r.getMessage() for r in records if "keep_best ranks" in r.getMessage()]
+    assert (
+        len(warned) == 1 and "every_n_steps 3" in warned[0] and "val_every_n_steps 4" in warned[0]
+    )
