@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import plugins
-from .checkpoint import MODEL_FILE, CheckpointManager
+from .checkpoint import MODEL_FILE, CheckpointManager, describing_config
 from .config import Config
 from .console import log, say
 from .data.format import INDEX_FILE, SplitIndex, read_climatology, read_index, variable_names
@@ -272,8 +272,7 @@ def _init_source(path: Path) -> tuple[Path, Path | None]:
         folder = model_folder(path, "best")
     except (FileNotFoundError, InputError) as exc:
         raise InputError(f"model.init_weights: {exc}; expected {what}") from None
-    configs = (folder / "config.yaml", folder.parent.parent / "config.yaml")
-    return folder / MODEL_FILE, next((p for p in configs if p.is_file()), None)
+    return folder / MODEL_FILE, describing_config(folder)
 
 
 def _check_same_architecture(cfg: Config, config_file: Path) -> None:

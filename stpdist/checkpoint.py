@@ -415,6 +415,13 @@ def _check_fits(file: Path, tensors: dict[str, torch.Tensor], module: torch.nn.M
     )
 
 
+def describing_config(folder: Path) -> Path | None:
+    """The config.yaml that describes the weights in `folder`: its own (a checkpoint or a
+    model folder holds one), else its run's (`<run>/checkpoints/<folder>`); None if neither."""
+    candidates = (folder / "config.yaml", folder.parent.parent / "config.yaml")
+    return next((p for p in candidates if p.is_file()), None)
+
+
 def _which_key_differs(file: Path, module: torch.nn.Module) -> str:
     """'; <config.yaml> has <key> <theirs>, this config <ours>' for the weights in `file`
     (a checkpoint's or model folder's), when that can be told; else ''."""
@@ -422,15 +429,11 @@ def _which_key_differs(file: Path, module: torch.nn.Module) -> str:
 
     from .config import ModelConfig, architecture_difference
 
-    ours = getattr(module, "config", None)
-    folder = file.parent
-    found = [
-        p for p in (folder / "config.yaml", folder.parent.parent / "config.yaml") if p.is_file()
-    ]
-    if not isinstance(ours, ModelConfig) or not found:
+    ours, found = getattr(module, "config", None), describing_config(file.parent)
+    if not isinstance(ours, ModelConfig) or found is None:
         return ""
     try:  # read as data: nothing it names is imported
-        theirs = OmegaConf.to_container(OmegaConf.load(found[0])).get("model") or {}
+        theirs = OmegaConf.to_container(OmegaConf.load(found)).get("model") or {}
         differing = architecture_difference(ours, theirs) if isinstance(theirs, dict) else None
     except Exception:  # an unreadable or foreign config.yaml: the tensors said enough
         return ""
@@ -438,7 +441,7 @@ def _which_key_differs(file: Path, module: torch.nn.Module) -> str:
         return ""
     key, theirs_value, value = differing
     return (
-        f"; {found[0]} has {key} {theirs_value!r}, this config {value!r} (resume, validate "
+        f"; {found} has {key} {theirs_value!r}, this config {value!r} (resume, validate "
         "and predict build the architecture the checkpoint was trained with)"
     )
 

@@ -875,22 +875,23 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         raise
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: expected a positive integer")
-    return value
+def _int_at_least(low: int) -> Any:
+    """An argparse type (argparse names the flag before the message): an integer ≥ `low`."""
+    expected = "a positive integer" if low == 1 else f"an integer ≥ {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    """An argparse type (argparse names the flag before the message): an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 or a positive integer")
-    return value
+_positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
 
 
 def _frame_shape(text: str) -> tuple[int, ...]:

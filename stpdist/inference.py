@@ -26,7 +26,13 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
-from .checkpoint import MANIFEST_FILE, MODEL_FILE, CheckpointManager, is_sharded_checkpoint
+from .checkpoint import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    CheckpointManager,
+    describing_config,
+    is_sharded_checkpoint,
+)
 from .config import CheckpointConfig, Config, load_config
 from .console import log, say
 from .data.format import INDEX_FILE, SplitIndex, read_index
@@ -78,8 +84,7 @@ def run_checkpoint_policy(root: Path) -> CheckpointConfig:
 
 
 def _config_path(folder: Path) -> Path:
-    found = next((p for p in (folder / "config.yaml", folder.parent.parent / "config.yaml")
-                  if p.is_file()), None)  # fmt: skip
+    found = describing_config(folder)
     if found is None:
         raise InputError(f"{folder}: no config.yaml beside the weights or in the run")
     return found

@@ -454,9 +454,9 @@ def _check_schedule_length(
     length, steps = getattr(scheduler, "total_steps", None), total - done
     if interval != "step" or not isinstance(length, int):
         return
-    if steps <= length - scheduler.last_epoch:
-        return
     left = length - scheduler.last_epoch
+    if steps <= left:
+        return
     if start is None:
         raise InputError(
             f"the lr schedule ({type(scheduler).__name__}) lasts {length} steps, this run "
