@@ -20,6 +20,11 @@ def pytest_configure(config):
     # the Trainer keeps torch's setting when OMP_NUM_THREADS is set (stpdist/threads.py);
     # subprocesses inherit it
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # fused regions (stpdist/models/fused.py) compiled without code generation: the same
+    # custom ops, traced and run op by op. A cold inductor compile is seconds of C++ per
+    # region and shape on a CPU (CI's cache starts empty: ~3 min of the suite); the tests of
+    # the kernel itself (tests/test_fused.py) set inductor back. Subprocesses inherit it.
+    os.environ.setdefault("STPDIST_FUSED_BACKEND", "aot_eager")
 
 
 def pytest_addoption(parser):
@@ -62,14 +67,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launcher(nproc: int) -> list[str]:
-    """The command prefix that starts a script on `nproc` CPU ranks (plain python for 1)."""
+def launcher(nproc: int, *, torchrun: bool = False) -> list[str]:
+    """The command prefix that starts a script on `nproc` CPU ranks (plain python for 1):
+    tests/ranks.py, which gives each rank torchrun's environment without torchrun's agent
+    (1.5 s of a core less a launch), or with `torchrun` torchrun itself (the tests of
+    launching). Both take torchrun's `--no-python` before a program that is not a script."""
     if nproc == 1:
         return [sys.executable]
+    start = (
+        ["-m", "torch.distributed.run"] if torchrun else [str(Path(__file__).parent / "ranks.py")]
+    )
     return [
         sys.executable,
-        "-m",
-        "torch.distributed.run",
+        *start,
         "--nproc_per_node",
         str(nproc),
         "--master_port",
@@ -78,13 +88,14 @@ def launcher(nproc: int) -> list[str]:
 
 
 def run_ranks(
-    script: list[str], nproc: int, *, timeout: float = 180, **popen
+    script: list[str], nproc: int, *, timeout: float = 180, torchrun: bool = False, **popen
 ) -> subprocess.CompletedProcess:
-    """Run `script` (a file and its arguments) on `nproc` CPU ranks over gloo with torchrun,
-    or as a plain process when nproc == 1. Fails the test on a non-zero exit."""
+    """Run `script` (a file and its arguments) on `nproc` CPU ranks over gloo, started by
+    tests/ranks.py or with `torchrun` by torchrun (see `launcher`), or as a plain process
+    when nproc == 1. Fails the test on a non-zero exit."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    cmd = [*launcher(nproc), *script]
+    cmd = [*launcher(nproc, torchrun=torchrun), *script]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, **popen)
     if proc.returncode != 0:
         raise AssertionError(

@@ -23,13 +23,14 @@ DEBUG = str(Path(__file__).parent.parent / "configs" / "debug.yaml")
 checked = functools.partial(run_cli, check=True)  # in this process; a failure fails the test
 
 
-def stpdist(*args: str, cwd: Path, nproc: int = 1):
+def stpdist(*args: str, cwd: Path, nproc: int = 1, torchrun: bool = False):
     return run_ranks(
         ["-m", "stpdist", *args]
         if nproc == 1
         else ["--no-python", sys.executable, "-m", "stpdist", *args],
         nproc,
         cwd=cwd,
+        torchrun=torchrun,
     )
 
 

@@ -29,7 +29,9 @@ def two_ranks(tmp_path_factory):
         # an earlier in-process wandb run (test_config) leaves WANDB_SERVICE in this
         # worker's environment: the ranks would log through that worker's service
         mp.delenv("WANDB_SERVICE", raising=False)
-        stpdist("train", DEBUG, *tracked, "logging.num_samples=2", cwd=folder, nproc=2)
+        stpdist(
+            "train", DEBUG, *tracked, "logging.num_samples=2", cwd=folder, nproc=2, torchrun=True
+        )
     return folder
 
 

@@ -3,7 +3,12 @@
 With `model.fused_kernels` off, the cells run exactly the ops they ran before the regions
 were marked (bitwise equal to the commit before, `BEFORE`); on, each region runs as one
 compiled custom op forward and one backward: the same outputs and gradients to float
-rounding (≤1e-6 relative) with at most half the kernel-launching ops per training step."""
+rounding (≤1e-6 relative) with at most half the kernel-launching ops per training step.
+
+The bodies compile with `aot_eager` as in the whole suite (tests/conftest.py): the same
+custom ops, traced, without code generation. The test of fused on against off also runs
+them as inductor's generated kernels: ConvLSTM's by default, every case with
+STPDIST_TEST_INDUCTOR=1 (minutes of C++ compiles on a CPU)."""
 
 from __future__ import annotations
 
@@ -11,12 +16,12 @@ import importlib
 
 import pytest
 import torch
-from helpers import model_file_at
+from helpers import INDUCTOR_OPT_IN, model_file_at
 from torch import nn
 
 from stpdist.bench import NO_KERNEL_OPS, count_step_ops
 from stpdist.models.base import FrameSpec
-from stpdist.models.fused import fusion
+from stpdist.models.fused import BACKEND_ENV, fusion
 
 BEFORE = "0e38f79"  # the last commit before the gate arithmetic moved into fused regions
 
@@ -166,8 +171,19 @@ def test_fused_off_is_bitwise_the_code_before(case):
 ON_CASES = sorted(set(CASES) - {"convlstm-shi", "mim-paper", "e3dlstm", "swinlstm"})
 
 
-@pytest.mark.parametrize("case", ON_CASES)
-def test_fused_on_same_results_with_at_most_half_the_kernel_launches(case):
+# Each case with the bodies compiled by aot_eager (the custom ops, their autograd and the
+# recomputing backward, without code generation), and by inductor, the generated kernel:
+# by default for ConvLSTM's region alone (a cold inductor compile is seconds of C++ per
+# kernel here, ~150 s for every case), every case with STPDIST_TEST_INDUCTOR=1.
+ON_BACKENDS = [(case, "aot_eager") for case in ON_CASES] + [
+    pytest.param(case, "inductor", marks=() if case == "convlstm-stpdist" else INDUCTOR_OPT_IN)
+    for case in ON_CASES
+]
+
+
+@pytest.mark.parametrize(("case", "backend"), ON_BACKENDS)
+def test_fused_on_same_results_with_at_most_half_the_kernel_launches(case, backend, monkeypatch):
+    monkeypatch.setenv(BACKEND_ENV, backend)
     file, cls, args, dtype = _case(case)
     torch.manual_seed(0)
     backbone = _build(file, cls, args, dtype)

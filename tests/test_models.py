@@ -18,9 +18,10 @@ MODEL_FILES = sorted((Path(__file__).parent.parent / "stpdist" / "models").glob(
 @pytest.mark.parametrize("path", MODEL_FILES, ids=[p.name for p in MODEL_FILES])
 def test_model_files_import_torch_only(path):
     # importlib: translators.py resolves `package.module:ClassName` translator paths;
-    # contextlib, contextvars, logging, types: fused.py's switch and compiled regions
+    # contextlib, contextvars, logging, os, types: fused.py's switch and compiled regions
+    # (os: the compile backend from STPDIST_FUSED_BACKEND)
     allowed = {"torch", "math", "typing", "collections", "dataclasses", "__future__", "importlib"}
-    allowed |= {"contextlib", "contextvars", "logging", "types"}
+    allowed |= {"contextlib", "contextvars", "logging", "os", "types"}
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]

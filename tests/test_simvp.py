@@ -5,12 +5,12 @@ the Trainer; torch.compile of a training step; the model benchmark; user transla
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 
 import numpy as np
 import pytest
 import torch
+from helpers import INDUCTOR_OPT_IN
 from torch.utils.flop_counter import FlopCounterMode
 
 from stpdist.models.base import FrameSpec
@@ -282,17 +282,10 @@ def test_bf16_through_the_trainer_on_cpu(tmp_path):
     assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
 
 
-# Inductor generates and builds C++ per kernel: 50–160 s on two busy CPU cores even for
-# two translator blocks, so the suite compiles with aot_eager (the same whole-graph
-# capture by dynamo and the same AOT-autograd forward/backward graphs inductor receives,
-# run by eager kernels); STPDIST_TEST_INDUCTOR=1 adds the inductor run.
-_INDUCTOR = pytest.mark.skipif(
-    not os.environ.get("STPDIST_TEST_INDUCTOR"),
-    reason="inductor on CPU takes minutes here; set STPDIST_TEST_INDUCTOR=1",
-)
-
-
-@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=_INDUCTOR)])
+# the suite compiles with aot_eager: the same whole-graph capture by dynamo and the same
+# AOT-autograd forward/backward graphs inductor receives, run by eager kernels (inductor on
+# CPU: 50–160 s even for two translator blocks; helpers.INDUCTOR_OPT_IN)
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=INDUCTOR_OPT_IN)])
 def test_compiled_training_step_matches_eager(backend):
     if not torch._dynamo.is_dynamo_supported():
         pytest.skip("torch.compile is not supported on this Python/platform")

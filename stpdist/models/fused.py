@@ -16,7 +16,11 @@ When fusion is off, under `torch.compile` of the whole model (which fuses the re
 and under tracing/export, the function runs as written: exactly today's ops.
 
 Fusion is switched per forward pass with `fusion(True)` (the Forecaster does it from
-`model.fused_kernels`). Outputs equal the op-by-op region's to float rounding (inductor
+`model.fused_kernels`). `STPDIST_FUSED_BACKEND` names another `torch.compile` backend for
+the bodies (`aot_eager`: the same custom ops, traced and run op by op, without code
+generation), to tell a compiler fault from a region's own, and for the test suite, which
+compiles with inductor only where the kernel itself is under test (a cold inductor compile is
+seconds of C++ per region on a CPU). Outputs equal the op-by-op region's to float rounding (inductor
 evaluates the same expressions in one pass; the order of a batch reduction may differ);
 tests/test_fused.py holds each backbone to ≤1e-6 relative.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import os
 import types
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -38,6 +43,7 @@ log = logging.getLogger(__name__)
 _ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("stpdist_fusion", default=False)
 # set once when the compiler fails here: fusion stays off after it
 _BROKEN: list[str] = []
+BACKEND_ENV = "STPDIST_FUSED_BACKEND"  # the bodies' torch.compile backend; inductor unset
 # the dispatch keys at the region's call site (autocast included), restored in its body
 _CALLER_KEYS: contextvars.ContextVar[tuple | None] = contextvars.ContextVar(
     "stpdist_fusion_keys", default=None
@@ -100,8 +106,7 @@ class _Region:
     def __init__(self, fn: Callable[..., Any], name: str) -> None:
         self.fn = fn
         self.name = name
-        self._forward: Callable[..., Any] | None = None
-        self._backward: Callable[..., Any] | None = None
+        self._bodies: dict[tuple[str, str], Callable[..., Any]] = {}  # (which, backend) →
         self.op = self._define_forward()
         self.op_backward = self._define_backward()
         region = self
@@ -145,15 +150,17 @@ class _Region:
         return list(pull(tuple(grads)))
 
     def _compiled(self, which: str) -> Callable[..., Any]:
-        if which == "forward":
-            if self._forward is None:
-                self._forward = torch.compile(_own_code(self._call, self.name), fullgraph=True)
-            return self._forward
-        if self._backward is None:
-            self._backward = torch.compile(
-                _own_code(self._vjp, self.name + "_backward"), fullgraph=True
+        backend = os.environ.get(BACKEND_ENV) or "inductor"
+        body = self._bodies.get((which, backend))
+        if body is None:
+            method, name = (
+                (self._call, self.name)
+                if which == "forward"
+                else (self._vjp, self.name + "_backward")
             )
-        return self._backward
+            body = torch.compile(_own_code(method, name), fullgraph=True, backend=backend)
+            self._bodies[(which, backend)] = body
+        return body
 
     def _run(self, which: str, *args: Any) -> list:
         """The compiled body; the op-by-op one (once, with a warning; fusion then stays
