@@ -3,22 +3,36 @@ torchrun's agent: the suite's multi-process launcher.
 
     python tests/ranks.py --nproc_per_node N --master_port P [--no-python] PROGRAM ARGS...
 
-Each rank is a real process of its own that joins the others over gloo from `MASTER_ADDR`,
-`MASTER_PORT`, `RANK`, `LOCAL_RANK`, `WORLD_SIZE` and `LOCAL_WORLD_SIZE`, as under torchrun.
-What it leaves out is the agent: torchrun imports torch and starts its rendezvous before
-the ranks start (about 1.5 s of a core a launch here, and the suite launches dozens). The
-tests about launching itself (tests/test_launch.py, the 2-rank CLI run of
-tests/test_cli_dist.py) keep torchrun and `accelerate launch`.
+Each rank is a process of its own that joins the others over gloo from `MASTER_ADDR`,
+`MASTER_PORT`, `RANK`, `LOCAL_RANK`, `WORLD_SIZE` and `LOCAL_WORLD_SIZE`, as under torchrun,
+and is a child of this launcher. What differs is the start: a Python program (a script, or
+`python -m MODULE`) is not exec'd in a fresh interpreter on each rank. This launcher imports
+what every rank imports first (torch, torch._dynamo, accelerate, stpdist: about 3 s of a core
+here) once, then forks the ranks, and each runs the program from there (`runpy`, as
+`python` would: `__main__`, `sys.argv`, the script's folder on `sys.path`). The suite starts
+about a hundred ranks; a rank's own imports were most of a small run's time. Anything
+else, or `STPDIST_TEST_RANKS_EXEC=1`, is exec'd as a fresh process. The tests about
+launching itself (tests/test_launch.py, the 2-rank CLI run of tests/test_cli_dist.py) keep
+torchrun and `accelerate launch`.
+
+A forked rank starts as a fresh interpreter would after those imports: default signal
+handlers, the environment of its rank (read again by everything that reads it after
+import: the Trainer's threads, accelerate's state, the CLI), numpy's global generator
+reseeded from the OS (Python's `random` reseeds itself after a fork; torch's default
+generator has a fixed seed until seeded, as in a fresh process). OpenMP reads its
+environment when torch loads it: OMP_NUM_THREADS and OMP_WAIT_POLICY are this launcher's,
+which are the ranks' (stpdist sets the wait policy before importing torch, here as there).
 
 Like torchrun: SIGTERM and SIGINT are passed on to every rank; when a rank fails, the
 others get a few seconds to end on their own (a rank waiting on a dead peer's collective
 fails by itself), then SIGTERM, then SIGKILL; the exit status is the first failure's (a
-signal's number as 128 + N), else 0. This file imports nothing of torch.
+signal's number as 128 + N), else 0.
 """
 
 from __future__ import annotations
 
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -46,8 +60,88 @@ def _parse(argv: list[str]) -> tuple[int, int, list[str]]:
     return nproc, port, program if no_python else [sys.executable, *program]
 
 
-def _status(code: int) -> int:
-    return 128 - code if code < 0 else code
+def _python_program(command: list[str]) -> list[str] | None:
+    """The arguments after `python` when `command` is this interpreter running a script or
+    `-m MODULE` (None: anything else, exec'd)."""
+    if os.environ.get("STPDIST_TEST_RANKS_EXEC") or command[0] != sys.executable:
+        return None
+    args = command[1:]
+    if args and args[0] == "-m" and len(args) > 1:
+        return args
+    if args and not args[0].startswith("-") and os.path.isfile(args[0]):
+        return args
+    return None
+
+
+def _warm() -> bool:
+    """Import what every rank imports first; False where that fails (exec then)."""
+    import importlib
+
+    try:
+        # in this order: stpdist sets OpenMP's wait policy before it imports torch;
+        # torch._dynamo is what torch.optim imports at a first parameter group
+        for name in ("numpy", "stpdist", "stpdist.cli", "stpdist.trainer", "torch._dynamo"):
+            importlib.import_module(name)
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def _become(args: list[str], env: dict[str, str]) -> None:
+    """In the forked child: run the program as `python ARGS` would, in this process. Its
+    exit (SystemExit, an uncaught exception's traceback and status 1) is the interpreter's,
+    raised through the launcher's frames, which hold no handler."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.environ.clear()
+    os.environ.update(env)
+    import numpy as np
+
+    np.random.seed()
+    if args[0] == "-m":
+        sys.argv = [args[1], *args[2:]]
+        sys.path[0] = os.getcwd()  # `python -m`: the working directory first
+        runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+    else:
+        script = os.path.abspath(args[0])
+        sys.argv = [args[0], *args[1:]]
+        sys.path[0] = os.path.dirname(script)  # `python SCRIPT`: the script's folder first
+        runpy.run_path(script, run_name="__main__")
+    sys.exit(0)
+
+
+class _Rank:
+    def __init__(self, command: list[str], env: dict[str, str], forked: bool) -> None:
+        self.returncode: int | None = None
+        program = _python_program(command) if forked else None
+        if program is None:
+            self.process: subprocess.Popen | None = subprocess.Popen(command, env=env)
+            self.pid = self.process.pid
+            return
+        self.process = None
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _become(program, env)  # never returns
+        self.pid = pid
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            if self.process is not None:
+                self.returncode = self.process.poll()
+            else:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def signal(self, signum: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
 
 
 def main(argv: list[str]) -> int:
@@ -63,17 +157,18 @@ def main(argv: list[str]) -> int:
         "ROLE_WORLD_SIZE": str(nproc),
     }
     shared.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", shared["OMP_NUM_THREADS"])  # before torch loads
+    forked = _python_program(command) is not None and _warm()
     ranks = [
-        subprocess.Popen(
-            command, env={**shared, "RANK": str(r), "LOCAL_RANK": str(r), "ROLE_RANK": str(r)}
+        _Rank(
+            command, {**shared, "RANK": str(r), "LOCAL_RANK": str(r), "ROLE_RANK": str(r)}, forked
         )
         for r in range(nproc)
     ]
 
     def forward(signum, frame):  # noqa: ANN001, ARG001
         for rank in ranks:
-            if rank.poll() is None:
-                rank.send_signal(signum)
+            rank.signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
@@ -88,13 +183,12 @@ def main(argv: list[str]) -> int:
             due = "kill" if waited > GRACE_S + TERM_S else "term" if waited > GRACE_S else None
             if due and due != sent:
                 for rank in ranks:
-                    if rank.poll() is None:
-                        rank.kill() if due == "kill" else rank.terminate()
+                    rank.signal(signal.SIGKILL if due == "kill" else signal.SIGTERM)
                 sent = due
         time.sleep(0.02)
     if failure is None:
         failure = next((r.returncode for r in ranks if r.returncode != 0), 0)
-    return _status(failure)
+    return 128 - failure if failure < 0 else failure
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ DEBUG = Path(__file__).parent.parent / "configs" / "debug.yaml"
 
 
 def stpdist_cli(*args: str, cwd: Path, nproc: int = 1):
-    """`stpdist ARGS` on `nproc` torchrun ranks, or for one process by the CLI's `main` in
+    """`stpdist ARGS` on `nproc` ranks, or for one process by the CLI's `main` in
     this process (conftest.run_cli: a process of its own costs seconds of imports)."""
     import sys
 

@@ -1,4 +1,4 @@
-"""`trainer.strategy: fsdp` on 2 CPU ranks over gloo (real torchrun processes): the same
+"""`trainer.strategy: fsdp` on 2 CPU ranks over gloo (real processes): the same
 parameters as DDP after k steps, with and without accumulation; 1/N of DDP's bytes per
 rank for parameters + gradients + optimizer state (local shards' storage)."""
 

@@ -1,5 +1,5 @@
 """Sharded checkpoints of `trainer.strategy: fsdp` (torch.distributed.checkpoint), on real
-torchrun CPU ranks over gloo: each rank writes its shard; the manifest lists every shard
+CPU ranks over gloo: each rank writes its shard; the manifest lists every shard
 with its sha256; retention and the fallback from a damaged checkpoint work as for full
 checkpoints; a run SIGKILLed in a step or in a save resumes bitwise; a checkpoint written
 by 2 ranks resumes on 3 (FSDP, resharded), on 1 and on 2 DDP ranks; the metadata file is
@@ -164,7 +164,7 @@ def test_sharded_metadata_naming_code_is_refused(runs, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory) -> Path:
-    """`stpdist train` of a tiny ConvLSTM with `trainer.strategy=fsdp` on 2 torchrun ranks
+    """`stpdist train` of a tiny ConvLSTM with `trainer.strategy=fsdp` on 2 ranks
     (no `fsdp_units()`: the ModuleList fallback makes each cell layer a unit), 2 steps,
     a sharded checkpoint and its validation at the end."""
     from stpdist.data.synthetic import write_moving_digits

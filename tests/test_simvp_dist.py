@@ -1,5 +1,5 @@
 """TAU (the SimVP backbone with the TAU translator and its divergence regulariser, a
-superset of plain SimVP's path) through `stpdist train` on 2 torchrun CPU ranks over
+superset of plain SimVP's path) through `stpdist train` on 2 CPU ranks over
 synthetic shards: it trains to the end, and a run killed with SIGKILL after a checkpoint
 resumes (`--resume auto`) to weights and optimizer state bitwise equal to an uninterrupted
 run. Plain SimVP (gSTA) ran here too until the suite's time budget asked for one of the two:

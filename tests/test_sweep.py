@@ -149,7 +149,7 @@ def test_trial_says_its_parameters_and_folder(tmp_path):
 
 @pytest.mark.multiprocess
 def test_trial_on_two_ranks_trains_in_one_folder(tmp_path):
-    """With torchrun, every rank trains the trial in the folder of one run id (drawn on
+    """On 2 ranks, every rank trains the trial in the folder of one run id (drawn on
     rank 0 and shared), and the trial's line is said once."""
     sweep, overrides = _fixture(tmp_path, SWEEP)
     params = json.dumps({"model.optimizer.lr": 0.001})

@@ -1,6 +1,6 @@
-"""Multi-process trainer tests: real torchrun ranks on CPU over gloo.
+"""Multi-process trainer tests: real ranks on CPU over gloo (tests/ranks.py).
 
-Every 2-rank run of this file is one job of a single torchrun launch (`two_ranks`:
+Every 2-rank run of this file is one job of a single launch (`two_ranks`:
 tests/dist_train.py --jobs, Trainers one after another in the same 2 processes), and the
 two 1-process runs of the equivalence test share one process: on 2 busy cores a launch
 costs ~15 s of CPU before it trains. Each test reads its own job's output folder."""
@@ -53,7 +53,7 @@ def launch(folder: Path, names: list[str], nproc: int, timeout: float) -> None:
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> Path:
-    """Every 2-rank job of this file, run in one torchrun launch: their parent folder."""
+    """Every 2-rank job of this file, run in one launch: their parent folder."""
     folder = tmp_path_factory.mktemp("two-ranks")
     two = [n for n, (nproc, _, _) in EQUIVALENCE.items() if nproc == 2]
     launch(folder, [*two, "skip", "val", "metrics", "batch-dict"], 2, timeout=300)

@@ -1,6 +1,6 @@
 """End to end per geoscience dataset type, on synthetic files in the real layouts (written
 by test_weather.py's helpers): `stpdist shard` → `stpdist train` for 2 epochs on 2 CPU
-ranks (torchrun, gloo) → `stpdist validate` → `stpdist predict`, each run with the shipped
+ranks (gloo) → `stpdist validate` → `stpdist predict`, each run with the shipped
 recipe shrunk by dotted overrides (a tiny backbone, tiny batches). Frames T×C×H×W.
 
 Convert, validate and predict run the CLI's `main` in this process (one rank): a process

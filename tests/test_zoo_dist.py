@@ -1,4 +1,4 @@
-"""The zoo trains on 2 ranks to the end: one torchrun launch (2 CPU ranks over gloo) runs
+"""The zoo trains on 2 ranks to the end: one launch (2 CPU ranks over gloo) runs
 this file as a script, which trains each backbone of issue 11 (and the two extra ConvLSTM
 forms) for a few steps with `stpdist.Trainer` on tiny in-memory data; the test checks the
 step count, that the weights moved and are bitwise the same on both ranks, and that
