@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
+from .models.fused import BACKEND_ENV
 from .module import EnhancedModule, cpu_compile_defaults
 
 
@@ -144,15 +145,19 @@ def thread_settings() -> dict[str, Any]:
         "interop_threads": torch.get_num_interop_threads(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        # fused regions compiled by another backend than inductor time other kernels
+        "STPDIST_FUSED_BACKEND": os.environ.get(BACKEND_ENV),
     }
 
 
 def describe_threads(settings: dict[str, Any] | None = None) -> str:
     s = settings or thread_settings()
+    backend = s.get("STPDIST_FUSED_BACKEND")
     return (
         f"threads: torch {s['torch_threads']} intra-op / {s['interop_threads']} inter-op, "
         f"OMP_NUM_THREADS={s['OMP_NUM_THREADS'] or 'unset'}, "
         f"OMP_WAIT_POLICY={s['OMP_WAIT_POLICY'] or 'unset (OpenMP default: active)'}"
+        + (f", fused regions compiled by {backend} ({BACKEND_ENV})" if backend else "")
     )
 
 

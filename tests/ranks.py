@@ -16,17 +16,25 @@ launching itself (tests/test_launch.py, the 2-rank CLI run of tests/test_cli_dis
 torchrun and `accelerate launch`.
 
 A forked rank starts as a fresh interpreter would after those imports: default signal
-handlers, the environment of its rank (read again by everything that reads it after
-import: the Trainer's threads, accelerate's state, the CLI), numpy's global generator
-reseeded from the OS (Python's `random` reseeds itself after a fork; torch's default
-generator has a fixed seed until seeded, as in a fresh process). OpenMP reads its
-environment when torch loads it: OMP_NUM_THREADS and OMP_WAIT_POLICY are this launcher's,
-which are the ranks' (stpdist sets the wait policy before importing torch, here as there).
+handlers, a session of its own (as torchrun starts its ranks: a terminal's Ctrl-C reaches
+the launcher, which passes it on once), the environment of its rank (read again by
+everything that reads it after import: the Trainer's threads, accelerate's state, the CLI),
+torch's and numpy's default generators reseeded from the OS (Python's `random` reseeds
+itself after a fork), and SIGKILL when the launcher dies (a test's timeout kills the
+launcher: no rank is left waiting in a collective). OpenMP reads its environment when
+torch loads it: OMP_NUM_THREADS and OMP_WAIT_POLICY are this launcher's, which are the
+ranks' (stpdist sets the wait policy before importing torch, here as there).
 
-Like torchrun: SIGTERM and SIGINT are passed on to every rank; when a rank fails, the
-others get a few seconds to end on their own (a rank waiting on a dead peer's collective
-fails by itself), then SIGTERM, then SIGKILL; the exit status is the first failure's (a
-signal's number as 128 + N), else 0.
+What a fork cannot give a rank, and the suite leaves to its runs with fresh processes
+(torchrun in tests/test_cli_dist.py, `accelerate launch` in tests/test_launch.py and
+tests/test_cli_dist.py): a hash seed of its own (string hashing, so the iteration order of
+a set of names, is the same on every forked rank, where fresh ranks differ), and imports
+in the program's own order (the modules above are loaded before it runs).
+
+Like torchrun: SIGTERM and SIGINT are passed on to every rank, and ranks still running 30 s
+later get SIGKILL; when a rank fails, the others get a few seconds to end on their own (a
+rank waiting on a dead peer's collective fails by itself), then SIGTERM, then SIGKILL; the
+exit status is the first failure's (a signal's number as 128 + N), else 0.
 """
 
 from __future__ import annotations
@@ -39,7 +47,8 @@ import sys
 import time
 
 GRACE_S = 5.0  # after a rank fails, before the others get SIGTERM
-TERM_S = 10.0  # after SIGTERM, before SIGKILL
+TERM_S = 10.0  # after that SIGTERM, before SIGKILL
+SIGNALLED_S = 30.0  # after a SIGTERM or SIGINT passed on, before SIGKILL
 
 
 def _parse(argv: list[str]) -> tuple[int, int, list[str]]:
@@ -87,17 +96,28 @@ def _warm() -> bool:
     return True
 
 
-def _become(args: list[str], env: dict[str, str]) -> None:
+def _become(args: list[str], env: dict[str, str], launcher: int) -> None:
     """In the forked child: run the program as `python ARGS` would, in this process. Its
     exit (SystemExit, an uncaught exception's traceback and status 1) is the interpreter's,
     raised through the launcher's frames, which hold no handler."""
+    import ctypes
+
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.setsid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (AttributeError, OSError):  # not Linux: no such call
+        pass
+    if os.getppid() != launcher:  # it died before the line above
+        os._exit(128 + signal.SIGKILL)
     os.environ.clear()
     os.environ.update(env)
     import numpy as np
+    import torch
 
     np.random.seed()
+    torch.seed()
     if args[0] == "-m":
         sys.argv = [args[1], *args[2:]]
         sys.path[0] = os.getcwd()  # `python -m`: the working directory first
@@ -115,15 +135,18 @@ class _Rank:
         self.returncode: int | None = None
         program = _python_program(command) if forked else None
         if program is None:
-            self.process: subprocess.Popen | None = subprocess.Popen(command, env=env)
+            self.process: subprocess.Popen | None = subprocess.Popen(
+                command, env=env, start_new_session=True
+            )
             self.pid = self.process.pid
             return
         self.process = None
         sys.stdout.flush()
         sys.stderr.flush()
+        launcher = os.getpid()
         pid = os.fork()
         if pid == 0:
-            _become(program, env)  # never returns
+            _become(program, env, launcher)  # never returns
         self.pid = pid
 
     def poll(self) -> int | None:
@@ -137,7 +160,8 @@ class _Rank:
         return self.returncode
 
     def signal(self, signum: int) -> None:
-        if self.poll() is None:
+        """No wait here: this runs in a signal handler too (a rank is reaped in one place)."""
+        if self.returncode is None:
             try:
                 os.kill(self.pid, signum)
             except ProcessLookupError:
@@ -146,6 +170,10 @@ class _Rank:
 
 def main(argv: list[str]) -> int:
     nproc, port, command = _parse(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads OpenMP
+    # warm first: `import stpdist` sets OMP_WAIT_POLICY in this environment, which a fresh
+    # rank would set in its own
+    forked = _python_program(command) is not None and _warm()
     shared = {
         **os.environ,
         "MASTER_ADDR": "127.0.0.1",
@@ -156,32 +184,33 @@ def main(argv: list[str]) -> int:
         "GROUP_WORLD_SIZE": "1",
         "ROLE_WORLD_SIZE": str(nproc),
     }
-    shared.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("OMP_NUM_THREADS", shared["OMP_NUM_THREADS"])  # before torch loads
-    forked = _python_program(command) is not None and _warm()
-    ranks = [
-        _Rank(
-            command, {**shared, "RANK": str(r), "LOCAL_RANK": str(r), "ROLE_RANK": str(r)}, forked
-        )
-        for r in range(nproc)
-    ]
+    ranks: list[_Rank] = []
+    signalled: list[float] = []
 
     def forward(signum, frame):  # noqa: ANN001, ARG001
+        signalled.append(time.monotonic())
         for rank in ranks:
             rank.signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGTERM, forward)  # before the first fork: a rank resets its own
     signal.signal(signal.SIGINT, forward)
+    for r in range(nproc):
+        env = {**shared, "RANK": str(r), "LOCAL_RANK": str(r), "ROLE_RANK": str(r)}
+        ranks.append(_Rank(command, env, forked))
 
     failure, failed_at, sent = None, 0.0, None
     while any(rank.poll() is None for rank in ranks):
+        if signalled and time.monotonic() - signalled[0] > SIGNALLED_S and sent != "kill":
+            for rank in ranks:
+                rank.signal(signal.SIGKILL)
+            sent = "kill"
         if failure is None:
             failure = next((r.returncode for r in ranks if r.returncode not in (None, 0)), None)
             failed_at = time.monotonic()
         else:
             waited = time.monotonic() - failed_at
             due = "kill" if waited > GRACE_S + TERM_S else "term" if waited > GRACE_S else None
-            if due and due != sent:
+            if due and sent != "kill" and due != sent:
                 for rank in ranks:
                     rank.signal(signal.SIGKILL if due == "kill" else signal.SIGTERM)
                 sent = due

@@ -292,3 +292,16 @@ def test_fused_frame_loop_batches_over_time_with_the_same_results(case):
         assert grads_on.keys() == grads_off.keys()
         for name, grad in grads_off.items():
             assert _relative(grads_on[name], grad) <= tolerance, (kind, name)
+
+
+def test_a_backend_that_does_not_exist_is_an_error_naming_the_setting(monkeypatch):
+    """A misspelt STPDIST_FUSED_BACKEND is refused as a setting; it does not pass for a
+    compiler failure, which would turn fusion off for the rest of the process."""
+    from stpdist.models import fused
+
+    monkeypatch.setenv(BACKEND_ENV, "inductr")
+    file, cls, args, dtype = _case("convlstm-stpdist")
+    step = _Step(_build(file, cls, args, dtype), fused=True)
+    with pytest.raises(ValueError, match=r"STPDIST_FUSED_BACKEND=inductr is not a torch.compile"):
+        step.backbone_loss(*_batch(dtype))
+    assert not fused._BROKEN

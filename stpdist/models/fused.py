@@ -149,8 +149,7 @@ class _Region:
         grads = [torch.zeros_like(o) if g is None else g for g, o in zip(grads, outputs)]
         return list(pull(tuple(grads)))
 
-    def _compiled(self, which: str) -> Callable[..., Any]:
-        backend = os.environ.get(BACKEND_ENV) or "inductor"
+    def _compiled(self, which: str, backend: str) -> Callable[..., Any]:
         body = self._bodies.get((which, backend))
         if body is None:
             method, name = (
@@ -168,6 +167,7 @@ class _Region:
         eager = self._call if which == "forward" else self._vjp
         if _BROKEN:
             return eager(*args)
+        backend = _backend()  # a bad setting is an error, not a compiler failure
         try:
             # modes above (an op counter, a profiler's) see this op as one; its body runs
             # without them, as a compiled kernel does (dynamo refuses to run under a mode)
@@ -175,7 +175,7 @@ class _Region:
             # others, on which the compiled body would recompile and fail
             include, exclude = _CALLER_KEYS.get() or _keys()
             with _disable_current_modes(), torch._C._ForceDispatchKeyGuard(include, exclude):
-                return self._compiled(which)(*args)
+                return self._compiled(which, backend)(*args)
         except Exception as error:  # noqa: BLE001 - any compiler failure: run unfused
             if not _BROKEN:
                 log.warning(
@@ -230,6 +230,19 @@ class _Region:
             return self.fn(*tensors, *scalars)
         out = self.function.apply([float(s) for s in scalars], *tensors)
         return out[0] if len(out) == 1 else tuple(out)
+
+
+def _backend() -> str:
+    """The bodies' torch.compile backend: `STPDIST_FUSED_BACKEND`, inductor when unset."""
+    name = os.environ.get(BACKEND_ENV) or "inductor"
+    if name != "inductor":
+        known = torch._dynamo.list_backends(exclude_tags=())
+        if name not in known:
+            raise ValueError(
+                f"{BACKEND_ENV}={name} is not a torch.compile backend; known: "
+                + ", ".join(sorted(known))
+            )
+    return name
 
 
 def _own_code(method: Callable[..., Any], name: str) -> Callable[..., Any]:
