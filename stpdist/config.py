@@ -530,6 +530,37 @@ def _check_shapes(values: dict, cls: type, prefix: str = "") -> None:
         raise ConfigError(f"'{key}' is {_shown(value)}; expected {expected}{alternative}")
 
 
+def _interpolated_section_error(
+    merged: DictConfig, cls: type = None, prefix: str = "", root: DictConfig | None = None
+) -> ConfigError | None:
+    """A section given an interpolation that resolves to another kind of value
+    (`synthesize: ${trainer.max_epochs}`): one line naming the key, the interpolation and
+    what it resolved to (OmegaConf's error at resolution names no key). None if no section
+    holds such an interpolation."""
+    for name, (hint, optional) in _fields(cls or Config).items():
+        if not dataclasses.is_dataclass(hint) or name not in merged:
+            continue
+        key = f"{prefix}{name}"
+        if OmegaConf.is_interpolation(merged, name):
+            text = merged._get_node(name)._value()
+            # an absolute reference (a relative one, `${.x}`, is not looked up)
+            reference = _REFERENCE.fullmatch(text.strip())
+            if reference and reference.group(1).startswith("."):
+                reference = None
+            value = OmegaConf.select(root or merged, reference.group(1)) if reference else None
+            if isinstance(value, DictConfig) or (value is None and optional):
+                continue
+            resolved = f", which is {_shown(value)}" if reference else ""
+            expected = f"a mapping of {hint.__name__}'s keys ({', '.join(_fields(hint))})"
+            return ConfigError(f"'{key}' is {text}{resolved}; expected {expected}")
+        node = merged._get_node(name)
+        if isinstance(node, DictConfig) and not node._is_none():
+            found = _interpolated_section_error(node, hint, f"{key}.", root or merged)
+            if found:
+                return found
+    return None
+
+
 def _yaml_error(origin: str, exc: Exception) -> ConfigError:
     """One line naming the origin and, when YAML knows it, the line and column."""
     mark = getattr(exc, "problem_mark", None)
@@ -925,7 +956,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        raise _error(schema, exc, "config") from exc
+        raise _interpolated_section_error(merged) or _error(schema, exc, "config") from exc
     _check_config(cfg)
     cfg.__dict__[_UNRESOLVED] = unresolved  # not a field: no schema key, no equality
     return cfg

@@ -119,6 +119,26 @@ def test_a_list_or_mapping_given_another_shape_names_the_key(tmp_path, override,
     assert expected in _message(tmp_path, None, [override])
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "trainer: {max_epochs: 3}\ndata: {synthesize: '${trainer.max_epochs}'}\n",
+            "'data.synthesize' is ${trainer.max_epochs}, which is 3; expected a mapping of "
+            f"SynthConfig's keys ({', '.join(_names(SynthConfig))})",
+        ),
+        (
+            "trainer: {checkpoint: '${data.root}'}\ndata: {root: data/x}\n",
+            "'trainer.checkpoint' is ${data.root}, which is \"data/x\"; expected a mapping of "
+            f"CheckpointConfig's keys ({', '.join(_names(CheckpointConfig))})",
+        ),
+    ],
+)
+def test_a_section_interpolated_to_another_kind_of_value_names_the_key(tmp_path, text, expected):
+    """OmegaConf resolves interpolations after the merge, and its error there names no key."""
+    assert _message(tmp_path, text) == expected
+
+
 def test_well_shaped_sections_still_load(tmp_path):
     path = tmp_path / "t.yaml"
     path.write_text("trainer:\n  ema:\n    decay: 0.5\n  early_stopping: null\n")
