@@ -531,33 +531,31 @@ def _check_shapes(values: dict, cls: type, prefix: str = "") -> None:
 
 
 def _interpolated_section_error(
-    merged: DictConfig, cls: type = None, prefix: str = "", root: DictConfig | None = None
+    values: dict, cls: type, prefix: str, root: DictConfig
 ) -> ConfigError | None:
     """A section given an interpolation that resolves to another kind of value
-    (`synthesize: ${trainer.max_epochs}`): one line naming the key, the interpolation and
-    what it resolved to (OmegaConf's error at resolution names no key). None if no section
-    holds such an interpolation."""
-    for name, (hint, optional) in _fields(cls or Config).items():
-        if not dataclasses.is_dataclass(hint) or name not in merged:
+    (`synthesize: ${trainer.max_epochs}`), in the unresolved `values` of section `cls`: one
+    line naming the key, the interpolation and what it resolved to (OmegaConf's error at
+    resolution names no key). None if no section holds such an interpolation."""
+    for name, (hint, optional) in _fields(cls).items():
+        value, key = values.get(name), f"{prefix}{name}"
+        if not dataclasses.is_dataclass(hint):
             continue
-        key = f"{prefix}{name}"
-        if OmegaConf.is_interpolation(merged, name):
-            text = merged._get_node(name)._value()
-            # an absolute reference (a relative one, `${.x}`, is not looked up)
-            reference = _REFERENCE.fullmatch(text.strip())
-            if reference and reference.group(1).startswith("."):
-                reference = None
-            value = OmegaConf.select(root or merged, reference.group(1)) if reference else None
-            if isinstance(value, DictConfig) or (value is None and optional):
-                continue
-            resolved = f", which is {_shown(value)}" if reference else ""
-            expected = f"a mapping of {hint.__name__}'s keys ({', '.join(_fields(hint))})"
-            return ConfigError(f"'{key}' is {text}{resolved}; expected {expected}")
-        node = merged._get_node(name)
-        if isinstance(node, DictConfig) and not node._is_none():
-            found = _interpolated_section_error(node, hint, f"{key}.", root or merged)
+        if isinstance(value, dict):
+            found = _interpolated_section_error(value, hint, f"{key}.", root)
             if found:
                 return found
+        elif _is_interpolation(value):
+            # an absolute reference is looked up (a relative one, `${.x}`, is not)
+            reference = _REFERENCE.fullmatch(value.strip())
+            if reference and reference.group(1).startswith("."):
+                reference = None
+            resolved = OmegaConf.select(root, reference.group(1)) if reference else None
+            if isinstance(resolved, DictConfig) or (resolved is None and optional):
+                continue
+            which = f", which is {_shown(resolved)}" if reference else ""
+            expected = f"a mapping of {hint.__name__}'s keys ({', '.join(_fields(hint))})"
+            return ConfigError(f"'{key}' is {value}{which}; expected {expected}")
     return None
 
 
@@ -956,7 +954,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        raise _interpolated_section_error(merged) or _error(schema, exc, "config") from exc
+        raw = OmegaConf.to_container(merged, resolve=False)
+        shaped = _interpolated_section_error(raw, Config, "", merged)
+        raise shaped or _error(schema, exc, "config") from exc
     _check_config(cfg)
     cfg.__dict__[_UNRESOLVED] = unresolved  # not a field: no schema key, no equality
     return cfg

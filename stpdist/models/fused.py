@@ -19,10 +19,10 @@ Fusion is switched per forward pass with `fusion(True)` (the Forecaster does it 
 `model.fused_kernels`). `STPDIST_FUSED_BACKEND` names another `torch.compile` backend for
 the bodies (`aot_eager`: the same custom ops, traced and run op by op, without code
 generation), to tell a compiler fault from a region's own, and for the test suite, which
-compiles with inductor only where the kernel itself is under test (a cold inductor compile is
-seconds of C++ per region on a CPU). Outputs equal the op-by-op region's to float rounding (inductor
-evaluates the same expressions in one pass; the order of a batch reduction may differ);
-tests/test_fused.py holds each backbone to ≤1e-6 relative.
+compiles with inductor only where the kernel itself is under test (a cold inductor compile
+is seconds of C++ per region on a CPU). Outputs equal the op-by-op region's to float
+rounding (inductor evaluates the same expressions in one pass; the order of a batch
+reduction may differ); tests/test_fused.py holds each backbone to ≤1e-6 relative.
 """
 
 from __future__ import annotations
@@ -232,16 +232,20 @@ class _Region:
         return out[0] if len(out) == 1 else tuple(out)
 
 
+_CHECKED_BACKENDS = {"inductor"}  # looked up once each: this runs at every region call
+
+
 def _backend() -> str:
     """The bodies' torch.compile backend: `STPDIST_FUSED_BACKEND`, inductor when unset."""
     name = os.environ.get(BACKEND_ENV) or "inductor"
-    if name != "inductor":
+    if name not in _CHECKED_BACKENDS:
         known = torch._dynamo.list_backends(exclude_tags=())
         if name not in known:
             raise ValueError(
                 f"{BACKEND_ENV}={name} is not a torch.compile backend; known: "
                 + ", ".join(sorted(known))
             )
+        _CHECKED_BACKENDS.add(name)
     return name
 
 
