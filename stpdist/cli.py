@@ -122,13 +122,14 @@ def _resume_command(args: argparse.Namespace) -> str:
     import shlex
 
     words = ["stpdist", args.command, args.config, *args.overrides]
+    # without --keep-global-batch a resume on other ranks would change the global batch
+    words += ["--keep-global-batch"] if args.keep_global_batch else []
     if args.command == "reproduce":
         words += ["--seeds", str(args.seeds)]
         words += ["--small"] if args.small else []
         words += ["--out", args.out] if args.out else []
         words += ["--digits", args.digits] if args.digits else []
-    else:  # without them a resume would change the global batch or find no data
-        words += ["--keep-global-batch"] if args.keep_global_batch else []
+    else:  # without it a resume would find no data
         words += ["--synthesize"] if args.synthesize else []
     return _relaunch(shlex.join([*words, "--resume", "auto"]))
 
@@ -854,6 +855,9 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
     if args.seeds < 1:
         raise InputError(f"--seeds {args.seeds}: expected at least 1")
+    overrides = [*args.overrides]
+    if args.keep_global_batch:  # the flag is trainer.keep_global_batch=true
+        overrides.append("trainer.keep_global_batch=true")
     try:
         reproduce(
             args.config,
@@ -861,7 +865,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
             small=args.small,
             out=args.out,
             digits=args.digits,
-            overrides=args.overrides,
+            overrides=overrides,
             resume=args.resume,
         )
     except Preempted as stop:  # the seed's stop line, with the command that continues all
@@ -963,13 +967,17 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--debug", action="store_true", help="show tracebacks")
         return s
 
+    def keep_global_batch_flag(s: argparse.ArgumentParser) -> None:
+        s.add_argument(
+            "--keep-global-batch",
+            action="store_true",
+            help="resuming on another number of ranks: adjust accumulation to keep the global "
+            "batch (trainer.keep_global_batch=true)",
+        )
+
     s = with_config("train", "train a model")
     s.add_argument("--resume", default=None, help="'auto' (newest checkpoint) or a path")
-    s.add_argument(
-        "--keep-global-batch",
-        action="store_true",
-        help="resuming on another number of ranks: adjust accumulation to keep the global batch",
-    )
+    keep_global_batch_flag(s)
     s.add_argument(
         "--synthesize",
         action="store_true",
@@ -1012,7 +1020,10 @@ def parser() -> argparse.ArgumentParser:
             )
         s.set_defaults(func=func)
 
-    s = with_config("reproduce", "train a recipe with N seeds; test-split table beside OpenSTL's")
+    s = with_config(
+        "reproduce",
+        "train a recipe with N seeds; test-split table (beside OpenSTL's, in its setting)",
+    )
     s.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1, one run each")
     s.add_argument("--small", action="store_true", help="scaled-down recipe: minutes on CPU")
     s.add_argument("--out", default=None, help="folder for the runs, reproduce.json/.md")
@@ -1024,6 +1035,7 @@ def parser() -> argparse.ArgumentParser:
         help="'auto': continue an earlier call with the same arguments (stopped, or with "
         "fewer --seeds): each seed from its newest checkpoint; finished seeds train no more",
     )
+    keep_global_batch_flag(s)
     s.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("forecast", help="forecast from inputs alone with a trained model")

@@ -2,6 +2,12 @@
 run's best checkpoint on the test split, and put mean ± std beside OpenSTL's published
 Moving MNIST numbers. Results go to `<out>/reproduce.json` and `<out>/reproduce.md`.
 
+OpenSTL's numbers are shown only beside a run in their setting: a model they publish, 10→10
+frames of 1×64×64, a test split written from Moving MNIST's `mnist_test_seq.npy`
+(`stpdist shard mmnist-npy`), not `--small`. Otherwise the table leaves their column out
+and says which of these the run differs in (the frame-sum columns of a 32×32, 5-frame run
+would read as "better" than OpenSTL's 64×64, 10-frame ones).
+
 Columns use OpenSTL's conventions so they can be compared: MSE and MAE as per-frame sums
 of raw (unclamped) errors (`mse_frame_raw`, `mae_frame_raw`), SSIM with data range 2
 (`ssim_openstl`), PSNR per frame; beside them the per-pixel MSE, the range-1 SSIM and the
@@ -22,11 +28,13 @@ numbers show the harness works and beat copy-last-frame, they are not OpenSTL's 
 from __future__ import annotations
 
 import json
+import shlex
 import statistics
 from pathlib import Path
 from typing import Any
 
-from .config import load_config
+from .config import Config, load_config
+from .data.format import SplitIndex
 
 OPENSTL_MMNIST = {  # REFERENCE.md: 200 epochs, one V100, batch 16, 10→10
     "convlstm": {"mse": 29.80, "mae": 90.64, "ssim": 0.9288, "psnr": 22.10},
@@ -39,6 +47,8 @@ OPENSTL_MMNIST = {  # REFERENCE.md: 200 epochs, one V100, batch 16, 10→10
     "predrnnv2": {"mse": 24.13, "mae": 73.73, "ssim": 0.9453, "psnr": 23.21},
     "tau": {"mse": 24.60, "mae": 71.93, "ssim": 0.9454, "psnr": 23.19},
 }
+
+OPENSTL_SETTING = "Moving MNIST's mnist_test_seq.npy, 10→10 frames of 1×64×64"
 
 # (column, metric key, OpenSTL column or None)
 COLUMNS = [
@@ -123,9 +133,32 @@ def run_seed(
     return scores, trainer.is_main
 
 
-def summarize(name: str, runs: list[dict[str, float]]) -> dict[str, Any]:
-    """Mean and (sample) standard deviation per column, with OpenSTL's number."""
-    published = OPENSTL_MMNIST.get(name, {})
+def openstl_differences(cfg: Config, small: bool, test_index: SplitIndex) -> list[str]:
+    """How this run's setting differs from the one OpenSTL's published numbers are for
+    (`OPENSTL_SETTING`); empty: the numbers may stand side by side."""
+    from .data.sources.moving_mnist import MovingMnistNpy
+
+    why = []
+    if small:
+        why.append("--small is a scaled-down recipe")
+    if cfg.model.name not in OPENSTL_MMNIST:
+        why.append(f"OpenSTL publishes no Moving MNIST numbers for model {cfg.model.name!r}")
+    frames = (cfg.data.num_input_frames, cfg.data.num_output_frames)
+    if frames != (10, 10):
+        why.append(f"{frames[0]}→{frames[1]} frames, not 10→10")
+    shape = tuple(test_index.shape[1:])
+    if shape != (1, 64, 64):
+        why.append(f"frames of {'×'.join(map(str, shape))}, not 1×64×64")
+    if test_index.source != MovingMnistNpy.name:  # what `stpdist shard mmnist-npy` records
+        origin = test_index.source or "an unnamed source"
+        why.append(f"the test split was written from {origin}, not from mnist_test_seq.npy")
+    return why
+
+
+def summarize(name: str, runs: list[dict[str, float]], comparable: bool = True) -> dict[str, Any]:
+    """Mean and (sample) standard deviation per column, with OpenSTL's number where the
+    run is `comparable` with it."""
+    published = OPENSTL_MMNIST.get(name, {}) if comparable else {}
     table = {}
     for column, key, theirs in COLUMNS:
         values = [run[key] for run in runs if key in run]
@@ -141,19 +174,53 @@ def summarize(name: str, runs: list[dict[str, float]]) -> dict[str, Any]:
     return table
 
 
-def markdown(name: str, table: dict[str, Any], seeds: int, small: bool, command: str) -> str:
+def markdown(
+    name: str,
+    table: dict[str, Any],
+    seeds: int,
+    small: bool,
+    command: str,
+    test_sequences: int,
+    differences: list[str],
+) -> str:
     setting = "scaled-down CPU recipe (--small)" if small else "the recipe as configured"
     lines = [
         f"`{command}` — {name}, {seeds} seed(s), {setting}; best checkpoint (by validation) "
-        "on the test split.",
+        f"on the test split ({test_sequences} sequences).",
         "",
-        "| metric | stpdist (mean ± std) | OpenSTL MMNIST |",
-        "|---|---|---|",
     ]
+    if differences:
+        lines += [
+            f"OpenSTL's published numbers are left out: they are for {OPENSTL_SETTING}, and "
+            f"this run differs: {'; '.join(differences)}.",
+            "",
+            "| metric | stpdist (mean ± std) |",
+            "|---|---|",
+        ]
+        for column, row in table.items():
+            lines.append(f"| {column} | {row['mean']:.4g} ± {row['std']:.2g} |")
+        return "\n".join(lines) + "\n"
+    lines += ["| metric | stpdist (mean ± std) | OpenSTL MMNIST |", "|---|---|---|"]
     for column, row in table.items():
         theirs = "" if row["openstl"] is None else f"{row['openstl']:g}"
         lines.append(f"| {column} | {row['mean']:.4g} ± {row['std']:.2g} | {theirs} |")
     return "\n".join(lines) + "\n"
+
+
+def command_line(
+    config: str,
+    seeds: int,
+    small: bool,
+    out: str | Path | None,
+    digits: str | None,
+    overrides: list[str],
+) -> str:
+    """The `stpdist reproduce` command that makes this table (shell-quoted)."""
+    words = ["stpdist", "reproduce", str(config), *overrides, "--seeds", str(seeds)]
+    words += ["--small"] if small else []
+    words += ["--out", str(out)] if out is not None else []
+    words += ["--digits", digits] if digits else []
+    return shlex.join(words)
 
 
 def reproduce(
@@ -170,19 +237,29 @@ def reproduce(
     write reproduce.json and reproduce.md under `out`; return the summary. `resume="auto"`
     continues an earlier (stopped, or fewer-seed) call: each seed from its newest
     checkpoint, a seed without one from scratch."""
+    from . import build
+    from .data.format import read_index
+
     name = load_config(config, overrides).model.name
+    command = command_line(config, seeds, small, out, digits, overrides or [])
     out = Path(out or f"runs/reproduce/{name}{'-small' if small else ''}")
     all_overrides = [*(small_overrides(out, digits) if small else []), *(overrides or [])]
     seeded = [run_seed(config, all_overrides, seed, out, resume) for seed in range(seeds)]
     runs = [scores for scores, _ in seeded]
-    table = summarize(name, runs)
-    command = f"stpdist reproduce {config} --seeds {seeds}{' --small' if small else ''}"
+    cfg = load_config(config, all_overrides)
+    test_index = read_index(build.split_dir(cfg, cfg.data.test_split))
+    differences = openstl_differences(cfg, small, test_index)
+    table = summarize(name, runs, comparable=not differences)
     summary = {
         "config": str(config),
         "model": name,
         "seeds": seeds,
         "small": small,
         "command": command,
+        "test_sequences": test_index.num_samples,
+        "test_source": test_index.source,
+        "openstl_setting": OPENSTL_SETTING,
+        "openstl_differences": differences,
         "table": table,
         "runs": runs,
     }
@@ -190,7 +267,7 @@ def reproduce(
         return summary
     out.mkdir(parents=True, exist_ok=True)
     (out / "reproduce.json").write_text(json.dumps(summary, indent=2))
-    text = markdown(name, table, seeds, small, command)
+    text = markdown(name, table, seeds, small, command, test_index.num_samples, differences)
     (out / "reproduce.md").write_text(text)
     print(text)
     print(f"written: {out / 'reproduce.json'}, {out / 'reproduce.md'}")

@@ -478,6 +478,7 @@ def test_reproduce_writes_the_table_beside_openstl(tmp_path, capsys):
     """The harness end to end at a toy size (the README's `--small` run takes minutes):
     2 seeds, on-the-fly training digits from an idx file, best checkpoint on the test split."""
     import json
+    import shlex
 
     from stpdist.reproduce import reproduce
 
@@ -494,15 +495,77 @@ def test_reproduce_writes_the_table_beside_openstl(tmp_path, capsys):
     summary = reproduce(config, 2, small=True, out=tmp_path / "out", digits=digits, overrides=tiny)
     saved = json.loads((tmp_path / "out" / "reproduce.json").read_text())
     assert saved["seeds"] == 2 and len(saved["runs"]) == 2
+    assert saved["test_sequences"] == 8 and saved["test_source"] == "synthetic moving digits"
+    # the table's command is the one that made it: overrides and flags included
+    assert shlex.split(saved["command"]) == [
+        *("stpdist", "reproduce", config, *tiny, "--seeds", "2", "--small"),
+        *("--out", str(tmp_path / "out"), "--digits", digits),
+    ]
     row = summary["table"]["MSE (frame sum, raw)"]
-    assert row["openstl"] == 23.97 and len(row["values"]) == 2
+    assert len(row["values"]) == 2
     assert row["mean"] == pytest.approx(np.mean(row["values"]))
     assert row["values"][0] != row["values"][1]  # the seeds differ
     assert "copy-last MSE / pixel" in summary["table"]
+    # a 32×32, 5→5 run on generated digits is not OpenSTL's setting: no number of theirs
+    assert row["openstl"] is None
+    assert saved["openstl_differences"] == [
+        "--small is a scaled-down recipe",
+        "5→5 frames, not 10→10",
+        "frames of 1×32×32, not 1×64×64",
+        "the test split was written from synthetic moving digits, not from mnist_test_seq.npy",
+    ]
     md = (tmp_path / "out" / "reproduce.md").read_text()
-    assert "| SSIM (range 2) |" in md and "0.9462" in md
+    assert "| SSIM (range 2) |" in md and "OpenSTL MMNIST" not in md and "0.9462" not in md
+    assert "OpenSTL's published numbers are left out" in md and "5→5 frames" in md
     assert (tmp_path / "out" / "data" / "test" / "index.json").is_file()
     assert not (tmp_path / "out" / "data" / "train").exists()
+
+
+def test_openstl_numbers_stand_beside_a_run_in_their_setting_only(tmp_path):
+    """OpenSTL's column is shown for its setting (10→10 frames of 1×64×64, the test split
+    from mnist_test_seq.npy, a model it publishes) and left out, with the reasons, for any
+    other run."""
+    from dataclasses import replace
+
+    from stpdist.data.convert import convert
+    from stpdist.data.sources.moving_mnist import MovingMnistNpy
+    from stpdist.reproduce import markdown, openstl_differences, summarize
+
+    config = str(Path(__file__).parent.parent / "configs" / "mmnist" / "predrnn.yaml")
+    array = np.zeros((20, 3, 64, 64), np.uint8)  # mnist_test_seq.npy's layout, 3 sequences
+    np.save(tmp_path / "mnist_test_seq.npy", array)
+    test = convert(
+        MovingMnistNpy(str(tmp_path / "mnist_test_seq.npy")), tmp_path / "mmnist", progress=False
+    )["test"]
+
+    def index(shape=(20, 1, 64, 64), source=test.source):
+        return replace(test, shape=list(shape), source=source)
+
+    theirs = load_config(config)
+    assert openstl_differences(theirs, False, test) == []
+    runs = [{"mse_frame_raw": 24.5, "ssim_openstl": 0.94}, {"mse_frame_raw": 25.5}]
+    table = summarize("predrnn", runs, comparable=True)
+    assert table["MSE (frame sum, raw)"]["openstl"] == 23.97
+    md = markdown("predrnn", table, 2, False, "stpdist reproduce x", 9000, [])
+    assert "| MSE (frame sum, raw) | 25 ± 0.71 | 23.97 |" in md and "9000 sequences" in md
+
+    assert openstl_differences(theirs, False, index((20, 3, 64, 64))) == [
+        "frames of 3×64×64, not 1×64×64"
+    ]
+    assert openstl_differences(theirs, False, index(source="seed-mmnist")) == [
+        "the test split was written from seed-mmnist, not from mnist_test_seq.npy"
+    ]
+    shorter = load_config(config, ["data.num_output_frames=5"])
+    assert openstl_differences(shorter, False, index()) == ["10→5 frames, not 10→10"]
+    other = load_config(str(Path(config).with_name("trajgru.yaml")))
+    assert openstl_differences(other, False, index()) == [
+        "OpenSTL publishes no Moving MNIST numbers for model 'trajgru'"
+    ]
+    table = summarize("predrnn", runs, comparable=False)
+    assert table["MSE (frame sum, raw)"]["openstl"] is None
+    md = markdown("predrnn", table, 2, False, "c", 9000, ["10→5 frames, not 10→10"])
+    assert "| MSE (frame sum, raw) | 25 ± 0.71 |" in md and "23.97" not in md
+    assert "this run differs: 10→5 frames, not 10→10." in md
 
 
 # ---------------------------------------------------------------------- LPIPS

@@ -29,14 +29,22 @@ def _checkpoints(seed_dir):
 def test_stopped_reproduce_resumes_and_extends_to_more_seeds(tmp_path, monkeypatch):
     rep = tmp_path / "rep"
     stop_at_step(monkeypatch, 2, where="seed1")  # seed 0 finishes, seed 1 is stopped
-    proc = run_cli("reproduce", DEBUG, *FAST, "--seeds", "2", "--out", "rep", cwd=tmp_path)
+    proc = run_cli(
+        "reproduce", DEBUG, *FAST, "--seeds", "2", "--out", "rep", "--keep-global-batch",
+        cwd=tmp_path,
+    )  # fmt: skip
     assert proc.returncode == 75, proc.stderr[-3000:]
     line = _stop_line(proc.stderr)
-    command = f"stpdist reproduce {DEBUG} {' '.join(FAST)} --seeds 2 --out rep --resume auto"
+    command = (
+        f"stpdist reproduce {DEBUG} {' '.join(FAST)} --keep-global-batch --seeds 2 --out rep "
+        "--resume auto"
+    )
     assert line.endswith(f"; resume with {command}"), line
     assert "saved checkpoint rep/seed1/checkpoints/step-0000000" in line
     assert _checkpoints(rep / "seed0") == ["step-00000008"]  # 8 steps: the seed's end
     assert _checkpoints(rep / "seed1") != ["step-00000008"]
+    for seed in ("seed0", "seed1"):  # the flag reached every seed's run
+        assert "keep_global_batch: true" in (rep / seed / "config.yaml").read_text()
     finished = _training_rows(rep / "seed0")
 
     monkeypatch.undo()  # no more stops
