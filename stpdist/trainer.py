@@ -1042,12 +1042,9 @@ class Trainer:
         summary = meter.epoch()
         self.tracker.log(summary, step=state.global_step, epoch=finished)
         self.checkpoints.maybe_save(state, epoch_end=True)
-        validator.maybe_run(state, epoch_end=True)
-        # this step's validation results, when one ran: not an earlier step's as if new
-        fresh = state.metrics if state.metrics_step == state.global_step else {}
+        validator.maybe_run(state, epoch_end=True)  # its results: a line of their own
         say(
-            f"epoch {finished} done: step {state.global_step}/{total_steps}, "
-            f"{format_scalars({**summary, **fresh})}"
+            f"epoch {finished} done: step {state.global_step}/{total_steps}, {format_scalars(summary)}"
         )
 
     def _resolve_start(self, resume: str | Path | None) -> Path | None:
