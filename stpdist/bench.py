@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
+from .errors import InputError
 from .models.fused import BACKEND_ENV
 from .module import EnhancedModule, cpu_compile_defaults
 
@@ -458,9 +459,10 @@ class _Probe:
                 return json.loads(line[len(_REPLY) :])
         self.process.wait()
         self._stderr.seek(0)
-        raise RuntimeError(
+        lines = [line for line in self._stderr.read().splitlines() if line.strip()]
+        raise RuntimeError(  # its error: the last line of its traceback
             f"loader process '{self.kind}' exited {self.process.returncode}: "
-            f"{self._stderr.read()[-2000:]}"
+            f"{lines[-1] if lines else 'no message'}"
         )
 
     def wait_ready(self) -> dict:
@@ -555,6 +557,13 @@ def bench_data(
     index = read_index(folder)
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
+    most = max(1, *workers)  # the shard stream deals each worker whole batches
+    if index.num_samples < batch * most:
+        raise InputError(
+            f"{folder}: {index.num_samples} samples are too few to time batches of {batch} "
+            f"with {most} loader worker(s): at least {batch * most} are needed "
+            "(--batch-size, --loader-workers)"
+        )
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         seed = Path(tmp) / "seed" / "train"

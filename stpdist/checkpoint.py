@@ -92,8 +92,9 @@ MANIFEST_VERSION = 2
 log = logging.getLogger("stpdist")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint folder that is damaged or does not follow the layout."""
+class CheckpointError(InputError):
+    """A checkpoint folder or weights file that is damaged or does not follow the layout
+    (bad input: the CLI exits 2 with the message)."""
 
 
 class UnknownCheckpointError(InputError):
@@ -282,11 +283,16 @@ def unverified(path: str | Path) -> bool:
 
 
 def verify(path: str | Path) -> Path:
-    """`path` when it is not a checkpoint folder (a weights file, an exported model folder)
-    or an intact one (sizes and sha256 of the manifest); a `CheckpointError` naming why
-    otherwise. One written before manifests existed passes with a warning."""
+    """`path` when it is not a checkpoint folder (a weights file, an exported model folder:
+    its safetensors header read and checked against the file's size) or an intact one
+    (sizes and sha256 of the manifest); a `CheckpointError` naming why otherwise. One
+    written before manifests existed passes with a warning."""
     path = Path(path)
     if not (path.is_dir() and ((path / STATE_FILE).is_file() or (path / MANIFEST_FILE).is_file())):
+        if path.is_file():
+            check_weights(path)
+        elif (path / MODEL_FILE).is_file():
+            check_weights(path / MODEL_FILE)
         return path
     why = damage(path, deep=True)
     if why is not None:
@@ -356,7 +362,28 @@ def _weights_file(path: Path) -> dict[str, torch.Tensor]:
     file = Path(path) / MODEL_FILE
     if not file.is_file():
         raise MissingInput(f"no checkpoint weights at {file}")
-    return load_file(str(file))
+    return read_weights(file)
+
+
+def read_weights(file: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of safetensors `file`; a `CheckpointError` naming it when it is none (a
+    file of another format, a truncated one). Nothing is unpickled."""
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from None
+
+
+def check_weights(file: str | Path) -> None:
+    """Refuse (`CheckpointError` naming it) a `file` that is not a whole safetensors file:
+    its header is read and checked against the file's size, no tensor is loaded."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), "pt"):
+            pass
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from None
 
 
 def assert_finite(module: torch.nn.Module, what: str) -> None:
@@ -384,9 +411,9 @@ def load_weights(path: str | Path, module: torch.nn.Module) -> Path:
     if _is_sharded(module):
         from .fsdp import load_full_state
 
-        load_full_state(module, load_file(str(file)))
+        load_full_state(module, read_weights(file))
         return file
-    tensors = load_file(str(file))
+    tensors = read_weights(file)
     _check_fits(file, tensors, module)
     module.load_state_dict(tensors)
     return file
@@ -442,7 +469,8 @@ def _which_key_differs(file: Path, module: torch.nn.Module) -> str:
     key, theirs_value, value = differing
     return (
         f"; {found} has {key} {theirs_value!r}, this config {value!r} (resume, validate "
-        "and predict build the architecture the checkpoint was trained with)"
+        f"and predict build the model from the config they are given: give them {found} "
+        "or the config that trained these weights)"
     )
 
 

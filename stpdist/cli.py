@@ -50,10 +50,20 @@ def _trainer(cfg: Config) -> Any:
 def _resolve_ckpt(trainer: Any, choice: str) -> Path:
     """`--ckpt`: a path, else best, last or a step (step-320, step-00000320) of the run's
     checkpoints; damaged ones are refused (by name) or passed over (best, last)."""
-    from .checkpoint import verify
+    from .checkpoint import MODEL_FILE, STATE_FILE, is_sharded_checkpoint, verify
 
     path = Path(choice)
+    if not choice:
+        raise InputError("--ckpt is empty: expected best, last, a step (step-320) or a path")
     if choice not in ("best", "last") and path.exists():
+        held = (STATE_FILE, MODEL_FILE)
+        if path.is_dir() and not any((path / name).is_file() for name in held):
+            if not is_sharded_checkpoint(path):
+                raise InputError(
+                    f"--ckpt {choice}: a folder that is neither a checkpoint nor a model "
+                    f"folder (no {STATE_FILE} or {MODEL_FILE}); expected one of those, a "
+                    ".safetensors file, or best, last or a step of the run's checkpoints"
+                )
         return verify(path)
     return trainer.checkpoints.choose(choice)
 
@@ -490,6 +500,8 @@ def cmd_import(args: argparse.Namespace) -> None:
 def cmd_synth(args: argparse.Namespace) -> None:
     from .data.synthetic import check_synth_counts, write_moving_digits
 
+    if args.seed < 0:  # numpy's message would name neither the flag nor the value
+        raise InputError(f"synthetic moving digits: --seed {args.seed}: expected a seed ≥ 0")
     out = write_moving_digits(
         args.out,
         check_synth_counts(args.train, args.val, args.test),
@@ -552,7 +564,12 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         else []
     )
     if not folders:
-        raise InputError(f"{root}: no {INDEX_FILE} in it or its sub-folders; expected a dataset")
+        what = (
+            "no such folder" if not root.exists() else f"no {INDEX_FILE} in it or its sub-folders"
+        )
+        raise InputError(f"{root}: {what}; expected a dataset")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError(f"--out {args.out} is a file; expected a folder for the pictures")
     # pictures never go into the dataset: a folder the user names, or a temp folder we name
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="stpdist-inspect-"))
     inside = [f for f in folders if out.resolve().is_relative_to(f.resolve())]
@@ -708,6 +725,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             raise InputError("bench data needs a dataset folder: stpdist bench data DIR")
         bench_data(
             args.dir,
+            batch=args.batch_size,
             workers=args.loader_workers,  # a tuple: parsed by the flag's type
             rounds=args.rounds,
         )
@@ -719,7 +737,7 @@ def _bench_model_setup(args: argparse.Namespace) -> tuple:
     included, and its data shapes) with the flags given on top."""
     import dataclasses
 
-    from .config import ModelConfig
+    from .config import ModelConfig, backbone_config
 
     cfg = load_config(args.config) if args.config else None
     name = args.dir or (cfg.model.name if cfg else None)
@@ -735,14 +753,24 @@ def _bench_model_setup(args: argparse.Namespace) -> tuple:
         backbone = {**(backbone or {}), **args.backbone}
     if args.translator:
         backbone = {**(backbone or {}), "translator": args.translator}
-    patch = args.patch or (cfg.model.patch_size if cfg else 4)
+    patch = args.patch if args.patch is not None else (cfg.model.patch_size if cfg else 4)
     if args.shape:  # five positive integers: parsed by the flag's type
         shape = args.shape
     elif cfg:
         shape = (cfg.data.batch_size, cfg.data.num_input_frames, *_recipe_frame_shape(cfg))
     else:
         shape = (4, 10, 1, 64, 64)
-    output_frames = args.output_frames or (cfg.data.num_output_frames if cfg else 10)
+    output_frames = args.output_frames
+    if output_frames is None:
+        output_frames = cfg.data.num_output_frames if cfg else 10
+    # the model name, backbone arguments (--backbone, --translator) checked as a config's
+    backbone_config(ModelConfig(name=name, backbone=backbone or {}, patch_size=patch))
+    height, width = shape[-2:]
+    if height % patch or width % patch:
+        raise InputError(
+            f"--shape {'x'.join(map(str, shape))}: frames of {height}×{width} do not divide "
+            f"into patches of {patch} (--patch)"
+        )
     model = None
     if cfg or args.sampling:
         model = cfg.model if cfg else ModelConfig(name=name)
@@ -1186,8 +1214,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="BxTxCxHxW",
         help="model: inputs BxTxCxHxW (default 4x10x1x64x64)",
     )
-    s.add_argument("--output-frames", type=int, default=None, help="model: T_out (default 10)")
-    s.add_argument("--patch", type=int, default=None, help="model: patch size (default 4)")
+    s.add_argument(
+        "--output-frames", type=_positive_int, default=None, help="model: T_out (default 10)"
+    )
+    s.add_argument(
+        "--patch", type=_positive_int, default=None, help="model: patch size (default 4)"
+    )
     s.add_argument(
         "--backbone",
         type=_json_object,
@@ -1205,7 +1237,9 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="model: scheduled sampling mode (default: the recipe's, else none)",
     )
-    s.add_argument("--model-steps", type=int, default=5, help="model: timed steps per round")
+    s.add_argument(
+        "--model-steps", type=_positive_int, default=5, help="model: timed steps per round"
+    )
     s.add_argument(
         "--compile",
         action="store_true",
@@ -1243,14 +1277,17 @@ def parser() -> argparse.ArgumentParser:
         default=3,
         help="data, model: interleaved rounds (medians)",
     )
-    s.add_argument("--repeats", type=int, default=5, help="trainer: interleaved repeats")
+    s.add_argument("--repeats", type=_positive_int, default=5, help="trainer: interleaved repeats")
     s.add_argument(
         "--loader-workers",
         type=_worker_counts,
         default="0,2",
         help="data: DataLoader worker counts to compare",
     )
-    s.add_argument("--steps", type=int, default=200, help="trainer: steps per repeat")
+    s.add_argument("--steps", type=_positive_int, default=200, help="trainer: steps per repeat")
+    s.add_argument(
+        "--batch-size", type=_positive_int, default=16, help="data: batch size (default 16)"
+    )
     s.add_argument("--debug", action="store_true")
     s.set_defaults(func=cmd_bench)
     return p

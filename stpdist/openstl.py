@@ -504,6 +504,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     """(OpenSTL model state dict without the `model.` prefix, plain hyper-parameters) of a
     Lightning `.ckpt`, a plain state dict (`.pth`/`.pt`) or a `.safetensors` file."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(
+            f"{path} is a folder; expected a checkpoint file (.ckpt, .pth, .pt or .safetensors)"
+        )
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
@@ -518,9 +522,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         safe = True
     except Exception as exc:
         if not _is_weights_only_refusal(exc):
-            raise InputError(
-                f"{path}: not a readable torch checkpoint ({_first_line(exc)})"
-            ) from None
+            raise InputError(_unreadable(path, exc)) from None
         log.warning(
             "%s holds objects besides tensors that a weights-only load refuses (%s); reading "
             "its tensors only (nothing else is unpickled); its hyper_parameters are ignored: "
@@ -533,6 +535,21 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             raise InputError(f"{path}: cannot read its tensors ({_first_line(inner)})") from None
         safe = False
     return _state_dict(raw, path), _hyper_parameters(raw) if safe else {}
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why torch.load could not read `path`, by what the file starts with: torch's zip
+    archive (damaged or cut short), a legacy pickle, or neither (not a torch checkpoint)."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head.startswith(b"PK"):
+        kind = "a damaged or truncated torch checkpoint (a zip archive torch cannot read)"
+    elif head[:1] == b"\x80":
+        kind = "an unreadable torch checkpoint (a pickle torch cannot read)"
+    else:
+        return f"{path}: not a torch checkpoint (neither a zip archive nor a pickle)"
+    first_sentence = _first_line(exc).split(". ")[0].rstrip(".")
+    return f"{path}: {kind}: {first_sentence}"
 
 
 def _first_line(exc: Exception) -> str:

@@ -76,7 +76,14 @@ def sample_values(path: str | Path, key: str, spec: Any) -> list[Any]:
     if isinstance(spec, dict) and isinstance(spec.get("values"), list) and spec["values"]:
         return list(spec["values"])
     if isinstance(spec, dict) and "min" in spec and "max" in spec:
-        return [spec["min"], spec["max"]]
+        low, high = spec["min"], spec["max"]
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high))
+        if not numbers or low > high:
+            raise InputError(
+                f"{path}: parameter {key!r}: min {low!r} and max {high!r}: expected two "
+                "numbers, min at most max"
+            )
+        return [low, high]
     raise InputError(
         f"{path}: parameter {key!r}: expected value, values or min and max (nested "
         f"`parameters` are not supported: name the dotted key, e.g. model.optimizer.lr), "
@@ -163,8 +170,11 @@ def run_trial(
         if index.is_file():
             trainer.attachments["index.json"] = index.read_text()
             break
-    trainer.fit(module, build.train_stream(cfg), val)
     name, goal = metric["name"], metric.get("goal", "minimize")
+    if val is not None and name.startswith("val/"):  # fit's validation results: val/…
+        # a typo stops the trial at its first validation, not after its whole training
+        trainer.required_results[name] = "the sweep's metric"
+    trainer.fit(module, build.train_stream(cfg), val)
     value = best_value(list(MetricsLog(folder).records()), name, goal)
     result = {"sweep_id": sweep_id, "run_id": run_id, "parameters": params}
     result["metric"] = {"name": name, "goal": goal, "value": value}

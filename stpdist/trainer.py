@@ -399,6 +399,12 @@ class Validator:
             results = self.trainer.evaluate(self.module, self.source, "val", keeper)
         state.metrics, state.metrics_step = results, state.global_step
         self.last_step = state.global_step
+        for key, user in self.trainer.required_results.items():
+            if key not in results:
+                available = ", ".join(k for k in results if k.count("/") == 1)
+                raise InputError(
+                    f"{user} {key!r} is not among the validation results ({available})"
+                )
         checkpoints = self.trainer.checkpoints
         if checkpoints.keep_best and checkpoints.monitor not in results:
             available = ", ".join(k for k in results if k.count("/") == 1)
@@ -504,6 +510,10 @@ class Trainer:
         into every checkpoint beside the weights and the config, e.g. the dataset's
         `index.json`, so a checkpoint is a model folder that `stpdist.load` can rebuild the
         model from."""
+        self.required_results: dict[str, str] = {}
+        """Validation result keys (`val/mse`) something relies on → what relies on it: the
+        first validation that reports one of them not stops `fit` with an error naming
+        it, rather than after the whole run (e.g. a sweep's metric)."""
         self._stop = StopFlag()
         self.ema: WeightAverage | None = None
         """The EMA of the weights while `fit` runs with `trainer.ema` (else None)."""
@@ -543,7 +553,7 @@ class Trainer:
             self.output_dir / "checkpoints", self.config.checkpoint
         )
         # a process group left alive at interpreter exit can abort gloo's threads
-        atexit.register(self.close)
+        atexit.register(self._close_at_exit)
 
     @classmethod
     def from_config(cls, cfg: Config) -> Trainer:
@@ -552,11 +562,28 @@ class Trainer:
     def close(self) -> None:
         """Finish trackers and destroy the process group (idempotent; also runs at exit).
         No barrier here: after a crash on one rank a barrier would never return."""
+        self._close(at_exit=False)
+
+    def _close_at_exit(self) -> None:
+        """`close` at interpreter exit, for a process that raised before it closed: wandb's
+        own exit hook (registered after this one, so run before it) has then ended its run
+        with the exit status and stopped its service, and finishing that run again fails;
+        a tracker that cannot finish is passed over, the others and the process group are
+        still closed."""
+        self._close(at_exit=True)
+
+    def _close(self, at_exit: bool) -> None:
         if getattr(self, "_closed", False):
             return
         self._closed = True
-        if self.accelerator.trackers or torch.distributed.is_initialized():
-            self.accelerator.end_training()
+        for tracker in self.accelerator.trackers:  # accelerate's end_training, per tracker
+            try:
+                tracker.finish()
+            except Exception as exc:
+                if not at_exit:
+                    raise
+                log.debug("tracker %s did not finish at exit: %r", tracker.name, exc)
+        self.accelerator.state.destroy_process_group()
         self.tracker.finish()  # offline wandb: the `wandb sync` command
 
     # ------------------------------------------------------------------ helpers

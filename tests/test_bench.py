@@ -144,14 +144,16 @@ def test_bench_data_rounds_table_and_each_loaders_own_memory(tmp_path, capsys):
     assert result["threads"]["torch_threads"] >= 1
 
 
-def test_bench_data_cli_passes_worker_counts_and_rounds(monkeypatch):
+def test_bench_data_cli_passes_batch_worker_counts_and_rounds(monkeypatch):
     import stpdist.bench
     from stpdist.cli import main
 
     calls = []
     monkeypatch.setattr(stpdist.bench, "bench_data", lambda *a, **k: calls.append((a, k)))
     assert main(["bench", "data", "ds", "--loader-workers", "0,2", "--rounds", "4"]) == 0
-    assert calls == [(("ds",), {"workers": (0, 2), "rounds": 4})]
+    assert calls == [(("ds",), {"batch": 16, "workers": (0, 2), "rounds": 4})]
+    assert main(["bench", "data", "ds", "--batch-size", "4"]) == 0
+    assert calls[1] == (("ds",), {"batch": 4, "workers": (0, 2), "rounds": 3})
 
 
 # ----------------------------------------------------------------------- bench model
@@ -302,3 +304,42 @@ def test_bench_checkpointing_measures_both_twins():
     assert result["time_ratio"] > 0 and result["memory"] == "peak RSS growth"
     with pytest.raises(ValueError, match="frame-recurrent"):
         bench_checkpointing(ModelConfig(name="simvp"), (2, 3, 1, 8, 8), 3, steps=1, rounds=1)
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--output-frames", "0"], "argument --output-frames: '0': expected a positive integer"),
+        (["--patch", "-1"], "argument --patch: '-1': expected a positive integer"),
+        (["--model-steps", "0"], "argument --model-steps: '0': expected a positive integer"),
+        (["--backbone", '{"hidden_chanels": [4]}'], "'model.backbone.hidden_chanels'"),
+        (["--translator", "gsta"], "'model.backbone.translator'"),
+        (["--shape", "1x2x1x15x15"], "frames of 15×15 do not divide into patches of 4 (--patch)"),
+    ],
+)
+def test_bench_model_refuses_bad_flags_naming_them(flags, named):
+    """Before, --output-frames 0 and --patch 0 silently ran the defaults and the others
+    ended in a Python error of the model code (exit 1)."""
+    from stpdist.cli import main
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from stpdist.cli import main; sys.exit(main())",
+         "bench", "model", "convlstm", "--rounds", "1", *flags],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert named in proc.stderr and "Traceback" not in proc.stderr
+    assert main(["bench", "model", "nomodel"]) == 2
+
+
+def test_bench_data_refuses_a_dataset_smaller_than_a_batch_per_worker(tmp_path, capsys):
+    from stpdist.cli import main
+    from stpdist.data.synthetic import write_moving_digits
+
+    write_moving_digits(tmp_path / "ds", {"train": 8}, num_frames=4, progress=False)
+    assert main(["bench", "data", str(tmp_path / "ds"), "--loader-workers", "0,2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"stpdist: error: {tmp_path / 'ds' / 'train'}: 8 samples are too few to time batches "
+        "of 16 with 2 loader worker(s): at least 32 are needed (--batch-size, --loader-workers)"
+    ]

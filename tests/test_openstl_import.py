@@ -376,3 +376,24 @@ def test_swin_translator_differs_only_by_the_shift_mask():
         unmasked = module(inputs, clamp=False).predictions
     assert (masked - data["outputs"]).abs().max() > 1e-2
     assert (unmasked - data["outputs"]).abs().max() <= 1e-12
+
+
+def test_a_file_that_is_no_checkpoint_is_refused_saying_what_it_is(tmp_path):
+    """A folder, a text file, a torch checkpoint cut short: one line naming the file and
+    what it is, not torch's internal message cut mid-sentence."""
+    from stpdist.errors import InputError
+    from stpdist.openstl import read_checkpoint
+
+    with pytest.raises(InputError, match=r"is a folder; expected a checkpoint file \(\.ckpt"):
+        read_checkpoint(tmp_path)
+    (tmp_path / "notes.pth").write_text("hello\n")
+    with pytest.raises(InputError, match=r"notes\.pth: not a torch checkpoint \(neither a zip"):
+        read_checkpoint(tmp_path / "notes.pth")
+    torch.save({"state_dict": {"model.a": torch.zeros(1000)}}, tmp_path / "whole.ckpt")
+    (tmp_path / "cut.ckpt").write_bytes((tmp_path / "whole.ckpt").read_bytes()[:700])
+    with pytest.raises(InputError) as caught:
+        read_checkpoint(tmp_path / "cut.ckpt")
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'cut.ckpt'}: a damaged or truncated torch checkpoint")
+    assert message.endswith("failed finding central directory")
+    assert read_checkpoint(tmp_path / "whole.ckpt")[0].keys() == {"a"}

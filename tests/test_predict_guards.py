@@ -131,9 +131,65 @@ def test_bench_shape_is_parsed_naming_the_flag(tmp_path, shape):
 
 
 def test_missing_inputs_of_the_cli_exit_2_naming_the_path(tmp_path):
-    assert "nowhere: no index.json" in refused("inspect", "nowhere", cwd=tmp_path)
+    assert "nowhere: no such folder" in refused("inspect", "nowhere", cwd=tmp_path)
+    (tmp_path / "empty").mkdir()
+    assert "empty: no index.json in it or" in refused("inspect", "empty", cwd=tmp_path)
     line = refused("forecast", "nowhere", "x.npy", "--out", "o", cwd=tmp_path)
     assert "nowhere: neither a model folder" in line
     with pytest.raises(InputError, match="nowhere: neither a model folder"):
         stpdist.load(tmp_path / "nowhere")
     assert not (tmp_path / "o").exists()
+
+
+def test_weights_that_are_not_a_whole_safetensors_file_are_refused_naming_it(trained, tmp_path):
+    """A file of another format, a truncated one, a folder of neither kind, an empty
+    --ckpt, a damaged checkpoint: one line naming it, exit 2, before anything else (here:
+    before the check that would refuse replacing another checkpoint's results)."""
+    import shutil
+
+    import numpy as np
+
+    run = tmp_path / "run"
+    shutil.copytree(trained / "runs" / "debug", run)
+    (run / "metrics_val.json").write_text('{"checkpoint": "elsewhere", "checkpoint_step": 3}')
+    other_format = tmp_path / "weights.npy"
+    np.save(other_format, np.zeros((2, 2), np.uint8))
+    step = run / "checkpoints" / "step-00000008"
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes((step / "model.safetensors").read_bytes()[:3000])
+    at = f"trainer.output_dir={run}"
+
+    line = refused("validate", DEBUG, at, "--ckpt", str(other_format), cwd=trained)
+    assert line.startswith(f"stpdist: error: {other_format}: not a readable safetensors file")
+    line = refused("predict", DEBUG, at, "--ckpt", str(truncated), "--out", "t", cwd=trained)
+    assert f"{truncated}: not a readable safetensors file" in line and "not fully covered" in line
+    assert not (trained / "t").exists()
+    line = refused("validate", DEBUG, at, "--ckpt", str(run / "checkpoints"), cwd=trained)
+    assert f"--ckpt {run / 'checkpoints'}: a folder that is neither a checkpoint nor" in line
+    assert "--ckpt is empty" in refused("validate", DEBUG, at, "--ckpt", "", cwd=trained)
+
+    model = tmp_path / "model"  # a model folder (weights, config, index) truncated
+    shutil.copytree(step, model)
+    for name in ("manifest.json", "trainer_state.json", "optimizer.pt"):  # a checkpoint's own
+        (model / name).unlink()
+    with open(model / "model.safetensors", "r+b") as weights:
+        weights.truncate(4000)
+    inputs = tmp_path / "inputs.npy"
+    np.save(inputs, np.zeros((1, 4, 1, 32, 32), np.float32))
+    line = refused("forecast", str(model), str(inputs), "--out", "f", cwd=trained)
+    assert f"{model / 'model.safetensors'}: not a readable safetensors file" in line
+    with open(step / "model.safetensors", "r+b") as weights:  # the checkpoint itself
+        weights.truncate(4000)
+    line = refused("validate", DEBUG, at, "--ckpt", str(step), "--overwrite", cwd=trained)
+    assert f"{step}: damaged checkpoint (model.safetensors holds 4000 bytes" in line
+
+
+def test_inspect_and_synth_name_the_flag_a_bad_value_is_given_to(trained, tmp_path):
+    (tmp_path / "file.npy").write_bytes(b"mine")
+    line = refused("inspect", str(trained / "data" / "debug-digits"), "--out", "file.npy",
+                   cwd=tmp_path)  # fmt: skip
+    assert line == "stpdist: error: --out file.npy is a file; expected a folder for the pictures"
+    assert (tmp_path / "file.npy").read_bytes() == b"mine"
+    line = refused("synth", "moving-digits", "--out", "s", "--seed", "-1", cwd=tmp_path)
+    assert line == "stpdist: error: synthetic moving digits: --seed -1: expected a seed ≥ 0"
+    assert not (tmp_path / "s").exists()

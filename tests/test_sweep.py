@@ -7,6 +7,9 @@ written; the shipped sweep files are valid against the recipes they name."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,6 +113,40 @@ def test_bad_parameter_key_refused_before_anything_is_written(tmp_path, how):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "'model.optimizer.lrr'" in lines[0] and str(sweep) in lines[0]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+def test_a_misspelt_metric_stops_the_trial_at_its_first_validation(tmp_path):
+    """The sweep's metric is checked against the first validation's results: a typo ends
+    the trial there, naming it and what there is, not after the whole training. In a
+    process of its own: the error is its last words, wandb's run ended at exit without a
+    traceback (before, finishing it after wandb's own exit hook printed one)."""
+    typo = {**SWEEP, "metric": {"name": "val/msee", "goal": "minimize"}}
+    sweep, overrides = _fixture(tmp_path, typo)
+    params = {"model.optimizer.lr": 0.003, "model.backbone.hidden_channels": [4, 4]}
+    overrides = [*overrides, "trainer.max_epochs=3"]  # 8 steps an epoch, validated each
+    proc = subprocess.run(
+        [sys.executable, "-m", "stpdist", "sweep", DEBUG, str(sweep), *overrides,
+         "--params", json.dumps(params)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("stpdist: error:")]
+    assert "the sweep's metric 'val/msee' is not among the validation results (" in line
+    assert "val/mse," in line
+    (folder,) = (tmp_path / "runs" / "sweep-local").iterdir()
+    records = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in records) == 8  # stopped at the first epoch's validation
+
+
+def test_min_above_max_is_refused(tmp_path):
+    reversed_ = {**SWEEP, "parameters": {"model.optimizer.lr": {"min": 0.01, "max": 0.001}}}
+    sweep, overrides = _fixture(tmp_path, reversed_)
+    proc = run_cli("sweep", DEBUG, str(sweep), *overrides, "--params", "{}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "'model.optimizer.lr': min 0.01 and max 0.001" in proc.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_sweep_needs_the_server(tmp_path):
