@@ -809,7 +809,7 @@ def _shard_parser(sub: Any) -> None:
     for name, spec in FORMATS.items():
         s = formats.add_parser(name, help=spec.help, description=spec.help)
         paths = "one or more files" if spec.many_paths else "file or folder"
-        s.add_argument("sources", nargs="+", help=paths)
+        s.add_argument("sources", nargs="+", help=spec.paths_help or paths)
         s.add_argument("--out", required=True, help="dataset folder (one sub-folder a split)")
         s.add_argument(
             "--workers", type=int, default=2, help="processes reading the source (default 2)"

@@ -183,11 +183,12 @@ def test_taxibj_h5_windows_never_cross_gaps_and_split_by_date(tmp_path):
     assert not any(k.endswith("201307010630") for k in train)  # would span the gap
 
 
-def test_kth_avi_person_split_and_windows(tmp_path):
+def kth_videos(root: Path, persons=(1, 17)) -> Path:
+    """KTH's layout: `personNN_walking_d1_uncomp.avi`, 160×120 gray, 45 frames of value
+    5·i mod 256."""
     av = pytest.importorskip("av")
-    root = tmp_path / "kth"
-    root.mkdir()
-    for person in (1, 17):
+    root.mkdir(parents=True)
+    for person in persons:
         path = root / f"person{person:02d}_walking_d1_uncomp.avi"
         with av.open(str(path), "w") as container:
             stream = container.add_stream("rawvideo", rate=25)
@@ -198,6 +199,11 @@ def test_kth_avi_person_split_and_windows(tmp_path):
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
+    return root
+
+
+def test_kth_avi_person_split_and_windows(tmp_path):
+    root = kth_videos(tmp_path / "kth")
     proc = run_cli(
         "shard",
         "kth-avi",

@@ -193,3 +193,17 @@ def test_inspect_and_synth_name_the_flag_a_bad_value_is_given_to(trained, tmp_pa
     line = refused("synth", "moving-digits", "--out", "s", "--seed", "-1", cwd=tmp_path)
     assert line == "stpdist: error: synthetic moving digits: --seed -1: expected a seed ≥ 0"
     assert not (tmp_path / "s").exists()
+
+
+def test_a_predict_that_fails_leaves_no_folder_it_made(trained, tmp_path):
+    """Weights of another architecture: refused naming the key and the config to give, and
+    the predictions folder (and the run folder above it) made for it are gone again."""
+    step = trained / "runs" / "debug" / "checkpoints" / "step-00000008"
+    run = tmp_path / "new" / "run"
+    line = refused(
+        "predict", DEBUG, f"trainer.output_dir={run}", "model.backbone.hidden_channels=[4]",
+        "--ckpt", str(step), cwd=trained,
+    )  # fmt: skip
+    assert "has model.backbone.hidden_channels [8, 8], this config [4]" in line
+    assert f"give them {step / 'config.yaml'} or the config that trained" in line
+    assert not (tmp_path / "new").exists()

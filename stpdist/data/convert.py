@@ -28,6 +28,9 @@ import math
 import os
 import re
 import shutil
+import signal
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -161,6 +164,7 @@ def staged_output(
         out = out.resolve()
     recover(out)
     _check_out(out, overwrite, sources)
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = leftover(out, "staging")
     shutil.rmtree(staging, ignore_errors=True)  # a leftover of an earlier run of this pid
@@ -175,6 +179,9 @@ def staged_output(
         os.rename(staging, ready)  # complete: from here on a crash finishes the swap
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:  # the folders made for `out` (innermost first), if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     _swap(ready, out, occupied)
 
@@ -345,7 +352,10 @@ def convert(
     for path in source_paths(source):  # a FIFO (or socket, device) would block a reader
         if os.path.lexists(path):
             require_file(path, folder_too=True)
-    with staged_output(out, overwrite, sources=source_paths(source)) as staging:
+    with (
+        _terminate_cleanly(),
+        staged_output(out, overwrite, sources=source_paths(source)) as staging,
+    ):
         splits = source.splits()
         if not any(splits.values()):
             raise MissingInput(f"{source.name}: found nothing to convert")
@@ -450,6 +460,73 @@ def write_card(
     (folder / CARD_FILE).write_text(card_text(out, source_name, indexes))
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived during `convert`: unwinds it (workers stopped, staging folder removed)
+    like Ctrl-C does; the process then exits as SIGTERM asks."""
+
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """SIGTERM during the block stops the workers and removes the staging folder before the
+    process exits (status 143), as Ctrl-C does (130); by default it would kill the main
+    process alone, leaving its workers running and the staging folder behind. Only where
+    SIGTERM has its default action and in the main thread: a handler of the caller's (the
+    trainer's preemption flag) is left alone."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated(signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except _Terminated as stop:
+        raise SystemExit(128 + stop.args[0]) from None
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _init_worker(parent: int) -> None:
+    """Runs first in each worker process. A terminal's Ctrl-C, and a SIGTERM sent to the
+    process group, reach the workers too; a worker interrupted or killed while it writes a
+    result to the pool's queue leaves the queue locked or a message half written, and the
+    pool (so the main process) waits forever. So workers ignore both (they start with them
+    blocked, see `_start_workers`): the main process handles them, stops handing out items
+    and waits for the few in flight. Should the main process (`parent`) die without that
+    (SIGKILL), the workers exit on their own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+    def exit_with_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
+
+
+def _start_workers(workers: int) -> ProcessPoolExecutor:
+    """A pool of `workers` processes, all started now with SIGINT and SIGTERM blocked, so
+    that none is interrupted before `_init_worker` makes it ignore them; a signal to the main
+    process meanwhile waits, and is handled once the pool is up."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(os.getpid(),))
+        pool.submit(int)  # starts every worker (a pool forks them all at its first task)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    return pool
+
+
 def _write_splits(
     source: Source,
     out: Path,
@@ -460,10 +537,11 @@ def _write_splits(
     nan_fill: float | None,
 ) -> dict[str, SplitIndex]:
     written: dict[str, SplitIndex] = {}
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    pool = _start_workers(workers) if workers > 1 else None
     try:
         for split, items in splits.items():
-            if not items:
+            if not items:  # e.g. no file of a test person: said, as a split that yields nothing
+                log.warning("%s: no samples; not written", split)
                 continue
             folder = out / split
             quantize = source.grid is not None
@@ -487,7 +565,7 @@ def _write_splits(
             check_index = getattr(source, "check_index", None)
             if check_index is not None:  # e.g. values a guessed value scale leaves outside [0, 1]
                 check_index(written[split])
-    finally:
+    finally:  # after an error, Ctrl-C or SIGTERM: waits for the items in flight (`_init_worker`)
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     return written

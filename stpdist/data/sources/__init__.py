@@ -8,25 +8,44 @@ CLI needs no change.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import InputError
+from .common import check_split_sizes
 
 
-def _ranges(text: str) -> list[int]:
-    """`17-25,30` → [17, …, 25, 30]."""
+def _ranges(text: str, flag: str) -> list[int]:
+    """`17-25,30` → [17, …, 25, 30]; anything else (`abc`, `5-`, `9-3`) is an error naming
+    `flag`."""
     out: list[int] = []
     for part in text.split(","):
-        low, _, high = part.partition("-")
-        out += range(int(low), int(high or low) + 1)
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if match is None or int(match.group(2) or match.group(1)) < int(match.group(1)):
+            raise InputError(
+                f"{flag} {text}: {part!r} is not a number or a range low-high "
+                "(expected e.g. 17-25 or 1,3,17-25)"
+            )
+        out += range(int(match.group(1)), int(match.group(2) or match.group(1)) + 1)
     return out
 
 
-def _split_sizes(text: str, kind: type = int) -> dict[str, Any]:
-    """`train=8000,val=1000,test=-1` → {"train": 8000, …} (`kind` float: fractions too)."""
-    sizes = {}
+def _numbers(text: str, flag: str) -> list[float]:
+    """`500,850` → [500.0, 850.0]; anything else is an error naming `flag`."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(
+            f"{flag} {text}: expected numbers separated by commas (e.g. 500,850)"
+        ) from None
+
+
+def _split_sizes(text: str) -> dict[str, float]:
+    """`train=8000,val=1000,test=-1` → {"train": 8000.0, …}: counts, fractions, or -1 (the
+    rest) for at most one split; what a source cannot use it refuses (see `split_counts`)."""
+    sizes: dict[str, float] = {}
     for part in text.split(","):
         name, _, size = part.partition("=")
         if not name or not size:
@@ -34,9 +53,10 @@ def _split_sizes(text: str, kind: type = int) -> dict[str, Any]:
         if name in sizes:
             raise InputError(f"--splits {text}: split '{name}' is given twice")
         try:
-            sizes[name] = kind(size)
+            sizes[name] = float(size)
         except ValueError:
             raise InputError(f"--splits item {part!r}: {size!r} is not a number") from None
+    check_split_sizes(sizes)
     return sizes
 
 
@@ -78,12 +98,14 @@ class SourceFormat:
     """`--flag` → argparse keyword arguments."""
     many_paths: bool = False
     """Takes several source paths (else exactly one)."""
+    paths_help: str = ""
+    """Help of the source paths argument: what they may be (files, folders)."""
 
 
 def _mmnist(paths: list[str], a: Any) -> Any:
     from .moving_mnist import MovingMnistNpy
 
-    return MovingMnistNpy(paths[0], _split_sizes(a.splits))
+    return MovingMnistNpy(paths[0], _split_sizes(a.splits))  # counts: checked there
 
 
 def _seed(kind: str) -> Callable[[list[str], Any], Any]:
@@ -115,14 +137,14 @@ def _kth(paths: list[str], a: Any) -> Any:
         num_frames=a.frames,
         stride=a.stride,
         image_size=a.size,
-        test_persons=_ranges(a.test_persons),
+        test_persons=_ranges(a.test_persons, "--test-persons"),
     )
 
 
 def _arrays(paths: list[str], a: Any) -> Any:
     from .generic import GenericArrays
 
-    sizes = _split_sizes(a.splits, float) if a.splits else None
+    sizes = _split_sizes(a.splits) if a.splits else None
     return GenericArrays(
         paths[0],
         key=a.key,
@@ -145,7 +167,7 @@ def _xarray(paths: list[str], a: Any) -> Any:
     return XarraySource(
         paths,
         var_specs=a.vars,
-        levels=[float(v) for v in a.levels.split(",")] if a.levels else None,
+        levels=_numbers(a.levels, "--levels") if a.levels else None,
         num_frames=a.frames,
         stride=a.stride,
         step=a.step,
@@ -184,13 +206,30 @@ FORMATS: dict[str, SourceFormat] = {
     "mmnist-npy": SourceFormat(
         "Moving MNIST mnist_test_seq.npy (T×N×H×W uint8)",
         _mmnist,
-        {"--splits": {"default": "test=-1", "help": "e.g. train=8000,val=1000,test=-1"}},
+        {
+            "--splits": {
+                "default": "test=-1",
+                "help": "consecutive sequences per split, counts that take every sequence; one "
+                "split may be -1, the rest (e.g. train=8000,val=1000,test=-1)",
+            }
+        },
+        paths_help="the .npy file",
     ),
     "seed-mmnist": SourceFormat(
-        "the seed project's Moving MNIST npz folders (inputs/labels)", _seed("mmnist")
+        "the seed project's Moving MNIST npz folders (inputs/labels)",
+        _seed("mmnist"),
+        paths_help="the dataset folder (train/, validation/, test/)",
     ),
-    "seed-kth": SourceFormat("the seed project's KTH PNG-frame folders", _seed("kth")),
-    "seed-taxibj": SourceFormat("the seed project's TaxiBJ npy folders", _seed("taxibj")),
+    "seed-kth": SourceFormat(
+        "the seed project's KTH PNG-frame folders",
+        _seed("kth"),
+        paths_help="the dataset folder (train/, validation/, test/)",
+    ),
+    "seed-taxibj": SourceFormat(
+        "the seed project's TaxiBJ npy folders",
+        _seed("taxibj"),
+        paths_help="the dataset folder (train/, validation/, test/)",
+    ),
     "taxibj-h5": SourceFormat(
         "TaxiBJ BJ*_M32x32_T30_InOut.h5 files, gap-free windows, split by date",
         _taxibj,
@@ -200,6 +239,7 @@ FORMATS: dict[str, SourceFormat] = {
             "--val-days": {"type": int, "default": 0, "help": "days before test as val"},
         },
         many_paths=True,
+        paths_help="one or more .h5 files",
     ),
     "kth-avi": SourceFormat(
         "KTH personNN_<action>_dM_uncomp.avi videos, gray, resized, windows, split by person",
@@ -209,6 +249,7 @@ FORMATS: dict[str, SourceFormat] = {
             "--size": {"type": int, "default": 128, "help": "resized frame size"},
             "--test-persons": {"default": "17-25", "help": "persons in the test split"},
         },
+        paths_help="the folder of .avi videos (and its sub-folders)",
     ),
     "arrays": SourceFormat(
         "a folder of per-sequence .npy/.npz arrays (T×C×H×W or T×H×W)",
@@ -232,6 +273,7 @@ FORMATS: dict[str, SourceFormat] = {
             "--seed": {"type": int, "default": 0, "help": "seed of the --splits file order"},
             **_series_flags(None),
         },
+        paths_help="a folder of arrays, or (with --frames) one .npy/.npz file",
     ),
 }
 
@@ -251,6 +293,7 @@ _XARRAY = SourceFormat(
         },
     },
     many_paths=True,
+    paths_help="netCDF files, folders of them (searched recursively), or Zarr stores",
 )
 FORMATS.update({"xarray": _XARRAY, "netcdf": _XARRAY, "zarr": _XARRAY})
 
@@ -270,14 +313,18 @@ def _sevir(paths: list[str], a: Any) -> Any:
 
 
 FORMATS["sevir"] = SourceFormat(
-    "SEVIR CATALOG.csv + HDF5 files (VIL): 49-frame events cut into windows (13→12: "
-    "--frames 25 --stride 12), split by event time",
+    "SEVIR CATALOG.csv (or the folder holding it) + HDF5 files (VIL): 49-frame events cut "
+    "into windows (13→12: --frames 25 --stride 12), split by event time",
     _sevir,
     {
         **_window(25, 12),
-        "--data-root": {"default": None, "help": "folder of the HDF5 files (default: ./data)"},
+        "--data-root": {
+            "default": None,
+            "help": "folder of the HDF5 files (default: data/ beside CATALOG.csv)",
+        },
         "--img-type": {"default": "vil", "help": "image type (catalog img_type)"},
         "--val-from": {"default": "2019-01-01", "help": "first event date of val"},
         "--test-from": {"default": "2019-06-01", "help": "first event date of test"},
     },
+    paths_help="CATALOG.csv, or the folder holding it",
 )

@@ -32,7 +32,15 @@ import numpy as np
 
 from ...errors import InputError, MissingInput
 from ..format import SplitIndex, require_file
-from .common import SEED_SPLITS, as_TCHW, check_array_file, check_frames, key_of, load_array
+from .common import (
+    SEED_SPLITS,
+    as_TCHW,
+    check_array_file,
+    check_frames,
+    key_of,
+    load_array,
+    split_counts,
+)
 from .series import as_times, parse_bound, parse_step, plan_windows, stamp, stamp_unit
 
 
@@ -131,7 +139,7 @@ class GenericArrays:
         files = self._files(root)
         if not self.split_sizes:
             return {self.split: files}
-        counts = split_counts(self.split_sizes, len(files), str(root))
+        counts = split_counts(self.split_sizes, len(files), str(root), allow_empty=False)
         order = np.random.default_rng(self.seed).permutation(len(files))
         out, start = {}, 0
         for split, count in counts.items():
@@ -340,52 +348,3 @@ def _shape(path: Path, key: str | None) -> tuple[tuple[int, ...], np.dtype]:
         raise InputError(f"{path}: {exc}") from exc
     except Exception as exc:
         raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
-
-
-def split_counts(sizes: dict[str, float], total: int, where: str) -> dict[str, int]:
-    """Files per split from `--splits` sizes, which must place every one of the `total`
-    files: fractions summing to 1, or counts summing to `total`; one split may be `-1`,
-    the rest. Fractions are rounded by largest remainder, so the counts always add up."""
-    rest = [split for split, size in sizes.items() if size == -1]
-    given = {split: size for split, size in sizes.items() if size != -1}
-    bad = [f"{split}={size:g}" for split, size in given.items() if not 0 <= size < float("inf")]
-    if bad or len(rest) > 1:
-        raise InputError(
-            f"--splits {_text(sizes)}: sizes must be fractions or counts ≥ 0, and at most one "
-            f"split -1 (the rest); got {', '.join(bad) or ', '.join(f'{r}=-1' for r in rest)}"
-        )
-    fractions = all(size <= 1 for size in given.values()) and any(
-        0 < size < 1 for size in given.values()
-    )
-    if fractions:
-        exact = {split: size * total for split, size in given.items()}
-    elif any(size != int(size) for size in given.values()):
-        raise InputError(f"--splits {_text(sizes)}: counts must be whole numbers of files")
-    else:
-        exact = {split: float(size) for split, size in given.items()}
-    wanted = sum(given.values()) if fractions else sum(exact.values())
-    whole = 1 if fractions else total
-    counts = {split: int(np.floor(value + 1e-9)) for split, value in exact.items()}
-    if wanted > whole + 1e-9:
-        raise InputError(
-            f"--splits {_text(sizes)} ask for more than the {total} files in {where} "
-            f"({'fractions sum' if fractions else 'counts sum'} to {wanted:g})"
-        )
-    if not rest and abs(wanted - whole) > 1e-9:
-        left = total - sum(counts.values())
-        raise InputError(
-            f"--splits {_text(sizes)}: the {'fractions' if fractions else 'counts'} sum to "
-            f"{wanted:g}, not {whole}: {left} of the {total} files in {where} would be in no "
-            "split; make them sum to it, or give one split -1 (the rest)"
-        )
-    if fractions and not rest:  # largest remainder: the counts add up to `total`
-        by_remainder = sorted(exact, key=lambda split: counts[split] - exact[split])
-        for split in by_remainder[: total - sum(counts.values())]:
-            counts[split] += 1
-    if rest:
-        counts[rest[0]] = total - sum(counts.values())
-    return {split: counts[split] for split in sizes}
-
-
-def _text(sizes: dict[str, float]) -> str:
-    return ",".join(f"{split}={size:g}" for split, size in sizes.items())

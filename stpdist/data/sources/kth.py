@@ -17,6 +17,7 @@ from PIL import Image
 
 from ...errors import InputError, MissingInput
 from ..format import require_file
+from .series import check_window
 
 NAME = re.compile(r"^person(\d+)_([a-z]+)_d(\d+)_uncomp$")
 
@@ -45,6 +46,11 @@ class KTHVideos:
     name: str = "kth-avi"
     value_scale: float = 255.0
     grid: float | None = None
+
+    def __post_init__(self) -> None:  # before any video is read
+        check_window(self.num_frames, self.stride)
+        if self.image_size < 1:
+            raise InputError(f"--size {self.image_size}: expected a frame size of at least 1")
 
     def splits(self) -> dict[str, list[Any]]:
         root = Path(self.root)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..format import require_file
-from .common import check_array_file
+from .common import check_array_file, check_split_sizes, split_counts
 
 CHUNK = 256
 
@@ -19,10 +19,21 @@ CHUNK = 256
 class MovingMnistNpy:
     path: str
     split_sizes: dict[str, int] = field(default_factory=lambda: {"test": -1})
-    """Consecutive sequences per split, in file order; -1 takes the rest."""
+    """Consecutive sequences per split, in file order; one split may be -1, the rest. They
+    must take every sequence, and none may be empty (as `shard arrays --splits`)."""
     name: str = "moving-mnist-npy"
     value_scale: float = 255.0
     grid: float | None = None
+
+    def __post_init__(self) -> None:  # before the file is read
+        check_split_sizes(self.split_sizes)
+        fractions = [f"{s}={n:g}" for s, n in self.split_sizes.items() if n != int(n)]
+        if fractions:
+            raise InputError(
+                f"--splits {', '.join(fractions)}: expected counts of sequences (whole "
+                "numbers; -1: the rest), not fractions"
+            )
+        self.split_sizes = {split: int(size) for split, size in self.split_sizes.items()}
 
     def _array(self) -> np.ndarray:
         check_array_file(require_file(self.path))  # a FIFO would block the reader
@@ -43,11 +54,10 @@ class MovingMnistNpy:
 
     def splits(self) -> dict[str, list[Any]]:
         total = self._array().shape[1]
+        counts = split_counts(self.split_sizes, total, self.path, "sequences", allow_empty=False)
         start, out = 0, {}
-        for split, size in self.split_sizes.items():
-            stop = total if size < 0 else start + size
-            if stop > total:
-                raise InputError(f"{self.path}: {total} sequences, fewer than the splits ask")
+        for split, count in counts.items():
+            stop = start + count
             out[split] = [(split, a, min(a + CHUNK, stop)) for a in range(start, stop, CHUNK)]
             start = stop
         return out

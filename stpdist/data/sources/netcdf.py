@@ -58,7 +58,13 @@ def _open(path: str) -> Any:
             )
         return xr.open_dataset(path, chunks=None, decode_timedelta=False)
     except Exception as exc:
-        raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+        if "did not find a match in any of xarray's" in str(exc):  # a paragraph with links
+            readers = re.search(r"\[[^\]]*\]", str(exc))
+            listed = f" {readers.group(0)}" if readers else ""
+            reason = f"none of xarray's installed readers{listed} can open it; expected netCDF"
+        else:
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise InputError(f"{path}: unreadable ({reason})") from None
 
 
 def _dim(names: tuple[str, ...], dims: tuple[str, ...]) -> str | None:

@@ -62,18 +62,50 @@ class SeedLayout:
                 raise InputError(f"{path}: inputs {inputs.shape} and labels {labels.shape} differ")
             frames = np.concatenate([inputs, labels])
         elif self.kind == "kth":
-            pngs = sorted(path.glob("*.png"))
-            if not pngs:
-                raise InputError(f"{path}: no PNG frames")
-            for png in pngs:
-                require_file(png)  # a FIFO would block the reader
-            try:
-                frames = np.stack([np.asarray(Image.open(p).convert("L")) for p in pngs])[:, None]
-            except Exception as exc:
-                raise InputError(f"{path}: unreadable PNG frame ({exc})") from exc
+            frames = _png_frames(path)
         else:
             frames = as_TCHW(load_array(path), path).astype(np.float32)
+        self._check_range(frames, path)
         return [(path.name.split(".")[0], frames, {"source": str(path.name)})]
+
+    def _check_range(self, frames: np.ndarray, path: Path) -> None:
+        """Stored values ÷ the value scale must lie in [0, 1], as the seed project's data
+        does: training divides by the scale and clamps predictions to [0, 1], so values
+        outside would train on garbage (an `arrays` conversion refuses them too)."""
+        finite = frames[np.isfinite(frames)]  # NaN/Inf: refused, or filled, by the writer
+        if finite.size == 0:
+            return
+        low, high = float(finite.min()), float(finite.max())
+        if low < 0 or high > self.value_scale:
+            raise InputError(
+                f"{path}: values span {low:g}…{high:g}, outside [0, {self.value_scale:g}], the "
+                f"range of {self.name} data (its value scale {self.value_scale:g}: training "
+                "divides by it and clamps predictions to [0, 1])"
+            )
 
     def args(self) -> dict[str, Any]:
         return {"root": str(self.root), "kind": self.kind}
+
+
+def _png_frames(folder: Path) -> np.ndarray:
+    """The grayscale PNG frames of `folder` in name order, T×1×H×W uint8; frames of
+    different sizes are an error naming the first that differs."""
+    pngs = sorted(folder.glob("*.png"))
+    if not pngs:
+        raise InputError(f"{folder}: no PNG frames")
+    frames = []
+    for png in pngs:
+        require_file(png)  # a FIFO would block the reader
+        try:
+            with Image.open(png) as image:
+                frame = np.asarray(image.convert("L"))
+        except Exception as exc:
+            raise InputError(f"{png}: unreadable PNG frame ({exc})") from exc
+        if frames and frame.shape != frames[0].shape:
+            (h0, w0), (h, w) = frames[0].shape, frame.shape
+            raise InputError(
+                f"{png}: frame of {h}×{w} pixels (H×W), the first ({pngs[0].name}) {h0}×{w0}; "
+                "every frame of a sequence must have the same size"
+            )
+        frames.append(frame)
+    return np.stack(frames)[:, None]

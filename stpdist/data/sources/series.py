@@ -74,6 +74,12 @@ class Window:
     split: str
 
 
+def check_window(num_frames: int, stride: int) -> None:
+    """`--frames` and `--stride` of a windowing source: both at least 1."""
+    if num_frames < 1 or stride < 1:
+        raise InputError(f"--frames {num_frames} and --stride {stride} must be positive")
+
+
 def plan_windows(
     times: np.ndarray,
     num_frames: int,
@@ -85,8 +91,7 @@ def plan_windows(
     where: str = "series",
 ) -> list[Window]:
     """Every window of the series (see the module docstring), in time order."""
-    if num_frames < 1 or stride < 1:
-        raise InputError(f"--frames {num_frames} and --stride {stride} must be positive")
+    check_window(num_frames, stride)
     times = np.asarray(times)
     if len(times) == 0:
         return []

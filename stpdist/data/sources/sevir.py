@@ -22,15 +22,27 @@ import numpy as np
 
 from ...errors import InputError
 from ..format import require_file
+from .series import check_window
 
 VIL_THRESHOLDS = [16, 74, 133, 160, 181, 219]
 COLUMNS = ("id", "file_name", "file_index", "img_type", "time_utc")
+CATALOG = "CATALOG.csv"
+
+
+def _date(text: str | None, flag: str) -> np.datetime64 | None:
+    """A split boundary (`2019-06-01`, `2019-06-01 12:00`); not a date: an error naming `flag`."""
+    if not text:
+        return None
+    try:
+        return np.datetime64(str(text).strip().replace(" ", "T"))
+    except ValueError:
+        raise InputError(f"{flag} {text!r}: not a date (expected YYYY-MM-DD[THH:MM])") from None
 
 
 @dataclass
 class Sevir:
     catalog: str
-    """`CATALOG.csv`."""
+    """`CATALOG.csv`, or the folder that holds it (and, by default, the data folder)."""
     data_root: str | None = None
     """Folder that the catalog's `file_name`s are relative to (default: `<catalog dir>/data`)."""
     img_type: str = "vil"
@@ -41,6 +53,20 @@ class Sevir:
     name: str = "sevir"
     value_scale: float = 255.0
     grid: float | None = None
+
+    def __post_init__(self) -> None:  # before any file is read
+        if Path(self.catalog).is_dir():
+            self.catalog = str(Path(self.catalog) / CATALOG)
+        check_window(self.num_frames, self.stride)
+        val_from, test_from = (
+            _date(self.val_from, "--val-from"),
+            _date(self.test_from, "--test-from"),
+        )
+        if val_from is not None and test_from is not None and test_from < val_from:
+            raise InputError(
+                f"--test-from {self.test_from} is before --val-from {self.val_from}: the test "
+                "split must start after the validation split"
+            )
 
     @property
     def paths(self) -> list[str]:  # what `convert` must never overwrite
@@ -59,8 +85,10 @@ class Sevir:
             rows = [r for r in reader if r["img_type"] == self.img_type]
         if not rows:
             raise InputError(f"{path}: no events of image type '{self.img_type}'")
-        val_from = np.datetime64(self.val_from) if self.val_from else None
-        test_from = np.datetime64(self.test_from) if self.test_from else None
+        val_from, test_from = (
+            _date(self.val_from, "--val-from"),
+            _date(self.test_from, "--test-from"),
+        )
         by_split: dict[str, dict[str, list[tuple[str, int]]]] = {}
         for line, row in enumerate(rows, start=2):
             try:

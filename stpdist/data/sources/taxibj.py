@@ -19,6 +19,7 @@ import numpy as np
 
 from ...errors import InputError, MissingInput
 from ..format import require_file
+from .series import check_window
 
 SLOT = timedelta(minutes=30)
 SCALE = 1292.0
@@ -59,6 +60,12 @@ class TaxiBJ:
     grid: float | None = None
     bounds: tuple[datetime, datetime] | None = None
     """(validation start, test start), computed from the files by `splits`."""
+
+    def __post_init__(self) -> None:  # before any file is read
+        check_window(self.num_frames, self.stride)
+        for flag, days in (("--test-days", self.test_days), ("--val-days", self.val_days)):
+            if days < 0:
+                raise InputError(f"{flag} {days}: expected a number of days ≥ 0")
 
     def _bounds(self) -> tuple[datetime, datetime]:
         import h5py
