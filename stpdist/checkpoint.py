@@ -124,6 +124,14 @@ class TrainState:
     (`stpdist.data.loading.EpochOrigin`'s fields); `batch` then counts the micro-batches
     of the current layout. None otherwise."""
 
+    @property
+    def step_epoch(self) -> int:
+        """The epoch the newest step was taken in: at an epoch's end (and in a checkpoint
+        written there) `epoch` already names the next one."""
+        if self.global_step and self.batch == 0 and self.epoch_origin is None:
+            return max(self.epoch - 1, 0)
+        return self.epoch
+
 
 def _barrier(accelerator: Any) -> None:
     if accelerator is not None:
@@ -725,6 +733,16 @@ class CheckpointManager:
         sha256, a valid trainer state."""
         if resume is None:
             return None
+        if not isinstance(resume, str | os.PathLike):
+            raise TypeError(
+                f"resume is {resume!r}; expected None, 'auto' (the newest checkpoint) or a "
+                "checkpoint folder"
+            )
+        if str(resume) in ("last", "latest"):
+            raise InputError(
+                f"resume={str(resume)!r}: to go on from the newest checkpoint, resume='auto' "
+                "(--resume auto); else a checkpoint folder"
+            )
         if str(resume) == "auto":
             damaged = []
             for path in reversed(self._folders()):
@@ -747,11 +765,15 @@ class CheckpointManager:
             raise MissingInput(f"not a complete checkpoint (no {STATE_FILE}): {path}")
         return verify(path)
 
-    def choose(self, name: str) -> Path:
+    def choose(self, name: str | int) -> Path:
         """The checkpoint `name` names: "best" (the best ranked, else the newest), "last"
-        (the newest), a step ("step-320", "step-00000320", "320") or another folder of
+        (the newest), a step ("step-320", "step-00000320", "320", 320) or another folder of
         the run's checkpoints. For best and last, damaged checkpoints are passed over with a
         warning naming each; a named one must be intact."""
+        if isinstance(name, int) and not isinstance(name, bool):
+            name = str(name)  # a step number
+        if not isinstance(name, str):
+            raise TypeError(f"checkpoint {name!r}: expected best, last, a step or a folder name")
         if name in ("best", "last", "latest"):
             return self._newest_intact(name)
         match = _STEP_NAME.match(name)

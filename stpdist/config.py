@@ -15,6 +15,7 @@ import difflib
 import functools
 import json
 import math
+import os
 import re
 import typing
 from collections.abc import Callable
@@ -588,6 +589,55 @@ def check_values(section: Any, prefix: str = "") -> None:
             raise ConfigError(f"'{key}' is {value!r}; expected {problem}")
         if dataclasses.is_dataclass(value):
             check_values(value, key + ".")
+
+
+def section_with(base: Any, fields: dict[str, Any], origin: str, prefix: str = "") -> Any:
+    """Dataclass section `base` (e.g. a `TrainerConfig`) with `fields` set from Python, checked
+    as a config file's values are: an unknown key, a value of the wrong type (1.5 for an
+    int, "yes" for a bool, a word outside a field's choices) is a ConfigError starting with
+    `origin` and naming `prefix` + key; a mapping given for a sub-section (`ema={}`)
+    becomes that section, and every field's own check runs."""
+    cls = type(base)
+    plain = {}
+    for key, value in fields.items():
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        plain[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    try:
+        _check_shapes(plain, cls, prefix)
+        for section, names in _schema_bools(cls).items():
+            part: Any = plain
+            for name in filter(None, section.split(".")):
+                part = part.get(name) if isinstance(part, dict) else None
+            if isinstance(part, dict):
+                _strict_bools(part, names, prefix + section)
+        merged = OmegaConf.merge(_schema(cls), OmegaConf.structured(base), plain)
+        typed = OmegaConf.to_object(merged)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or ""
+        first_line = str(exc).splitlines()[0]
+        if key and ("not in" in first_line or "Missing key" in first_line):
+            parent, _, name = key.rpartition(".")
+            section: Any = cls
+            for part_name in filter(None, parent.split(".")):
+                hint = typing.get_type_hints(section)[part_name]
+                inner = [a for a in typing.get_args(hint) if a is not type(None)]
+                section = inner[0] if inner else hint
+            valid = [f.name for f in dataclasses.fields(section)]
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint_text = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"{origin}: unknown key '{prefix}{key}'; valid keys there: "
+                f"{', '.join(valid)}{hint_text}"
+            ) from None
+        where = f"bad value for '{prefix}{key}': " if key else ""
+        raise ConfigError(f"{origin}: {where}{first_line}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    check_values(typed, prefix)
+    return typed
 
 
 def _check_config(cfg: Config) -> None:

@@ -97,7 +97,7 @@ def _config_and_index(folder: Path) -> tuple[Config, SplitIndex | None]:
 
 def load(
     path: str | Path,
-    ckpt: str = "best",
+    ckpt: str | int = "best",
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
@@ -105,7 +105,8 @@ def load(
     raw_weights: bool = False,
 ) -> EnhancedModule:
     """A ready module in eval mode from a model folder or a run folder (its `ckpt`
-    checkpoint: "best", "last" or a folder name), on `device` (in `dtype` if given).
+    checkpoint: "best", "last", a step (320, "step-320") or a folder name), on `device` (in
+    `dtype` if given).
     The Forecaster's `forecast(frames)` then takes and returns physical units. A checkpoint
     trained with `trainer.ema` gives its averaged weights, unless `raw_weights`.
 

@@ -180,8 +180,9 @@ class Lockstep:
 
 
 def loss_of(output: Any, step: int) -> torch.Tensor | None:
-    """The loss in a `training_step` output (a tensor, a dict with "loss", or None)."""
-    if output is None or isinstance(output, torch.Tensor):
+    """The loss in a `training_step` output (a tensor, a dict with "loss", or None): a
+    one-element tensor, else an error naming what came instead."""
+    if output is None:
         return output
     if isinstance(output, dict):
         if "loss" not in output:
@@ -189,5 +190,17 @@ def loss_of(output: Any, step: int) -> torch.Tensor | None:
                 f"training_step returned a dict without 'loss' at step {step} "
                 f"(keys: {sorted(output)}); return the loss or None to skip the batch"
             )
-        return output["loss"]
-    raise TypeError(f"training_step must return a Tensor, a dict or None; got {type(output)}")
+        output = output["loss"]
+    elif not isinstance(output, torch.Tensor):
+        raise TypeError(f"training_step must return a Tensor, a dict or None; got {type(output)}")
+    if not isinstance(output, torch.Tensor) or output.numel() != 1:
+        what = (
+            f"a tensor of shape {tuple(output.shape)}"
+            if isinstance(output, torch.Tensor)
+            else f"a {type(output).__name__}"
+        )
+        raise TypeError(
+            f"training_step returned {what} as its loss at step {step}; expected a tensor of "
+            "one element (reduce it, e.g. .mean()) that autograd can differentiate"
+        )
+    return output

@@ -34,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import console, threads
+from .checkpoint import STATE_FILE as TRAIN_STATE_FILE
 from .checkpoint import CheckpointManager, TrainState, read_state, replace_text
 from .config import (
     CheckpointConfig,
@@ -42,6 +43,7 @@ from .config import (
     LoggingConfig,
     TrainerConfig,
     check_values,
+    section_with,
     to_yaml,
 )
 from .console import format_scalars, log, say
@@ -196,6 +198,12 @@ def _tensors_in(value: Any) -> Iterator[torch.Tensor]:
 def _scalars_of(output: Any, hook: str = "validation_step") -> dict[str, Any]:
     """The scalar entries of a step's output (a tensor is the loss)."""
     if isinstance(output, torch.Tensor):
+        if output.numel() != 1:
+            raise TypeError(
+                f"{hook} returned a tensor of shape {tuple(output.shape)}; expected its loss "
+                "as one number (a batch mean: results are weighted by batch size and reduced "
+                "exactly) or a dict of such scalars"
+            )
         return {"loss": output}
     if isinstance(output, dict):
         return {
@@ -207,16 +215,33 @@ def _scalars_of(output: Any, hook: str = "validation_step") -> dict[str, Any]:
 
 
 def _scheduler_of(returned: Any) -> tuple[Any, str]:
+    """(scheduler, interval) of what `configure_lr_scheduler` returned; what the Trainer
+    would not honour (Lightning's `frequency`, `monitor`; ReduceLROnPlateau, which needs a
+    metric at each step) is refused before the first step, not ignored or failed later."""
     if returned is None:
         return None, "step"
+    scheduler, interval = returned, "step"
     if isinstance(returned, dict):
         interval = returned.get("interval", "step")
         if interval not in ("step", "epoch") or "scheduler" not in returned:
             raise ValueError(
                 "configure_lr_scheduler dict needs 'scheduler' and 'interval' in ('step', 'epoch')"
             )
-        return returned["scheduler"], interval
-    return returned, "step"
+        unknown = sorted(set(returned) - {"scheduler", "interval", "name"})
+        if unknown:
+            raise ValueError(
+                f"configure_lr_scheduler dict has {', '.join(map(repr, unknown))}, which the "
+                "Trainer does not honour; it takes 'scheduler' and 'interval' (stepped once "
+                "per optimizer step or per epoch)"
+            )
+        scheduler = returned["scheduler"]
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        raise TypeError(
+            "configure_lr_scheduler returned a ReduceLROnPlateau, which steps on a metric; the "
+            "Trainer steps schedulers without one (once per optimizer step or epoch): use a "
+            "schedule of the step count, or trainer.early_stopping to stop on a plateau"
+        )
+    return scheduler, interval
 
 
 class Meter:
@@ -424,11 +449,26 @@ class Validator:
                 "(set trainer.checkpoint.monitor to one of them to keep the best)"
             )
         checkpoints.record_metrics(state.global_step, results)
-        tracker.log(results, step=state.global_step, epoch=state.epoch)
+        tracker.log(results, step=state.global_step, epoch=state.step_epoch)
         tracker.log_samples(keeper.samples, results, step=state.global_step)
         say(f"step {state.global_step}: {format_scalars(results)}")
         if self.trainer.early_stopping is not None:
             self.trainer.early_stopping.check(state.global_step, results)
+
+
+def _check_validation_hook(module: EnhancedModule, val_data: Any) -> None:
+    """Validation data for a module without `validation_step`: refused before training, not
+    at the first validation after an epoch's work."""
+    if val_data is not None and not _implements(module, "validation_step"):
+        raise NotImplementedError(
+            f"{type(module).__name__} has no validation_step(), and fit was given validation "
+            "data: implement it, or pass no validation data"
+        )
+
+
+def _implements(module: EnhancedModule, hook: str) -> bool:
+    """Whether `module`'s class defines `hook` itself (not EnhancedModule's, which raises)."""
+    return getattr(type(module), hook, None) is not getattr(EnhancedModule, hook)
 
 
 DEFAULT_MONITOR = CheckpointConfig().monitor
@@ -498,7 +538,8 @@ class Trainer:
         **fields: Any,
     ) -> None:
         config = config or TrainerConfig()
-        self.config = dataclasses.replace(config, **fields) if fields else config
+        # keywords: typed and checked as a config file's values (a mapping for a section)
+        self.config = section_with(config, fields, "Trainer") if fields else config
         check_values(self.config)
         threads.configure(self.config.num_threads)
         if self.config.max_epochs is None and self.config.max_steps is None:
@@ -705,6 +746,7 @@ class Trainer:
     ) -> TrainState:
         """Train `module`; `resume` is None, "auto" (newest complete checkpoint) or a path."""
         acc = self.accelerator
+        _check_validation_hook(module, val_data)
         start = self._resolve_start(resume)  # first: it may set the accumulation
         ctx = self._ctx()
         train = as_train_source(train_data)
@@ -1294,6 +1336,15 @@ class Trainer:
     def _restore_ema_and_early_stopping(self, folder: Path, state: TrainState) -> None:
         if self.ema is not None:
             self.ema.restore(folder)
+        elif (folder / EMA_FILE).is_file():
+            log.warning(
+                "%s holds an EMA of the weights (%s) but trainer.ema is off: this run goes on "
+                "without it, its checkpoints hold none, and its validations (so best-k) score "
+                "the raw weights where the earlier ones scored the average; set trainer.ema "
+                "as before to keep it",
+                folder,
+                EMA_FILE,
+            )
         if self.early_stopping is not None:
             self.early_stopping.restore(folder, state)
 
@@ -1359,11 +1410,17 @@ class Trainer:
     ) -> dict[str, Any]:
         """Evaluate `module` (weights from `ckpt` if given: its EMA when it holds one,
         unless `raw_weights`) over all of `data`; results are named `<split>/<metric>`."""
+        step, epoch = module.global_step, module.current_epoch  # an in-memory module's
         if ckpt is not None:
             load_eval_weights(ckpt, module, raw_weights=raw_weights)
+            state = Path(ckpt) / TRAIN_STATE_FILE
+            # the checkpoint's step; a weights file knows none: not logged as step 0
+            trained = read_state(Path(ckpt)) if state.is_file() else None
+            step, epoch = (trained.global_step, trained.step_epoch) if trained else (None, None)
         module.to(self.accelerator.device)
         results = self.evaluate(module, as_eval_source(data), split)
-        self.tracker.log(results, step=module.global_step, epoch=module.current_epoch)
+        if step is not None:
+            self.tracker.log(results, step=step, epoch=epoch)
         return results
 
     @torch.inference_mode()
@@ -1389,8 +1446,10 @@ class Trainer:
         folder to name in messages when `out` is a staging folder swapped in later.
 
         Files: `out/predictions-r<rank>-<part>.npz`, each with `keys` (N,) and `predictions`
-        N×T_out×C×H×W float32. Returns the metrics ({} without targets)."""
+        N×T_out×C×H×W float32. Returns the metrics ({} without targets, or for a module
+        without `validation_step`)."""
         acc = self.accelerator
+        metrics = metrics and _implements(module, "validation_step")
         if ckpt is not None:
             load_eval_weights(ckpt, module, raw_weights=raw_weights)
         out = Path(out) if out is not None else self.output_dir / "predictions"

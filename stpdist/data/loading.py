@@ -14,7 +14,13 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+)
 
 
 @dataclass(frozen=True)
@@ -331,6 +337,17 @@ def _map_style(data: Any, role: str) -> DataLoader:
         )
     if data.batch_size is None:
         raise TypeError(f"{role} DataLoader has no batch_size (custom batch_sampler unsupported)")
+    sampler = data.sampler
+    plain_random = isinstance(sampler, RandomSampler) and not sampler.replacement
+    if not (isinstance(sampler, SequentialSampler) or plain_random) or (
+        plain_random and sampler.num_samples != len(data.dataset)
+    ):
+        raise TypeError(
+            f"{role} DataLoader has a {type(sampler).__name__} that would be ignored: the "
+            "Trainer deals every sample of the dataset across the ranks itself (shuffled "
+            "when the DataLoader shuffles, in order otherwise); for part of a dataset pass "
+            "torch.utils.data.Subset(dataset, indices)"
+        )
     return data
 
 

@@ -1,0 +1,210 @@
+"""The Python API refuses what it would not honour, in one message naming it, before any
+training: a DataLoader sampler it would ignore, Trainer keywords of the wrong type,
+validation data for a module without `validation_step`, schedulers and scheduler keys it
+does not step, a loss that is not one number; and what it logs or predicts is what the
+user asked for (a validated checkpoint's own step, predictions without metrics hooks)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TinyModule, TinySequences, loader
+from torch.utils.data import DataLoader, SubsetRandomSampler, WeightedRandomSampler
+
+from stpdist import EnhancedModule, Trainer
+from stpdist.config import ConfigError, EmaConfig
+from stpdist.errors import InputError
+
+
+def trainer(tmp_path: Path, **fields) -> Trainer:
+    fields = {"max_epochs": 1, "progress_bar": False, "output_dir": tmp_path / "run", **fields}
+    return Trainer(**fields)
+
+
+def test_a_sampler_the_trainer_would_ignore_is_refused(tmp_path):
+    """The Trainer deals the dataset across ranks itself: a subset sampler would have
+    trained on the validation samples, silently."""
+    data = TinySequences(16)
+    t = trainer(tmp_path)
+    for sampler in (
+        SubsetRandomSampler(range(4)),
+        WeightedRandomSampler([1.0] * 16, 16),
+        torch.utils.data.RandomSampler(data, num_samples=4),
+    ):
+        subset = DataLoader(data, batch_size=2, sampler=sampler)
+        with pytest.raises(TypeError, match=f"has a {type(sampler).__name__} that would be"):
+            t.fit(TinyModule(), subset)
+        with pytest.raises(TypeError, match="torch.utils.data.Subset"):
+            t.validate(TinyModule(), subset)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    part = torch.utils.data.Subset(data, range(12))  # what the message says to use
+    t.fit(TinyModule(), DataLoader(part, batch_size=2, shuffle=True))
+    results = t.validate(TinyModule(), DataLoader(torch.utils.data.Subset(data, range(12, 16))))
+    assert results["val/num_samples"] == 4
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"max_epochs": 1.5}, "Trainer: bad value for 'max_epochs': Value '1.5' of type 'float'"),
+        ({"strategy": "deepspeed"}, "'strategy': Invalid value 'deepspeed', expected one of"),
+        ({"compile": "yes"}, "Trainer: 'compile' is 'yes'; expected true or false"),
+        ({"seed": 0.5}, "bad value for 'seed'"),
+        ({"ema": True}, "'ema' is true; expected a mapping of EmaConfig's keys"),
+        ({"ema": {"decai": 0.9}}, "unknown key 'ema.decai'; valid keys there: decay"),
+        ({"max_epochz": 2}, "unknown key 'max_epochz'; valid keys there: output_dir"),
+        ({"mixed_precision": "fp32"}, "'mixed_precision': Invalid value 'fp32'"),
+    ],
+)
+def test_trainer_keywords_are_typed_as_a_config_files_values(tmp_path, fields, message):
+    with pytest.raises(ConfigError) as caught:
+        trainer(tmp_path, **fields)
+    assert message in str(caught.value)
+
+
+def test_a_mapping_for_a_section_becomes_that_section(tmp_path):
+    t = trainer(tmp_path, ema={"decay": 0.5}, checkpoint={"keep_last": 1}, max_epochs="2")
+    assert t.config.ema == EmaConfig(decay=0.5)
+    assert t.config.checkpoint.keep_last == 1 and t.config.checkpoint.keep_best == 1
+    assert t.config.max_epochs == 2 and t.config.output_dir == str(tmp_path / "run")
+
+
+class NoValidation(EnhancedModule):
+    """TinyModule's layers and hooks but `validation_step`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = TinyModule(scheduler=False)
+
+    def forward(self, inputs):
+        return self.inner(inputs)
+
+    def configure_optimizer(self):
+        return self.inner.configure_optimizer()
+
+    def training_step(self, inputs, targets):
+        return self.inner.training_step(inputs, targets)
+
+    def predict_step(self, inputs, targets):
+        return self(inputs)
+
+
+def test_validation_data_without_validation_step_is_refused_before_training(tmp_path):
+    t = trainer(tmp_path)
+    with pytest.raises(NotImplementedError, match="NoValidation has no validation_step()"):
+        t.fit(NoValidation(), loader(8), loader(4, shuffle=False))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_predict_needs_no_validation_step(tmp_path):
+    t = trainer(tmp_path)
+    module = NoValidation()
+    t.fit(module, loader(8))
+    assert t.predict(module, loader(6, shuffle=False), out=tmp_path / "p") == {}
+    from stpdist.trainer import load_predictions
+
+    predicted = load_predictions(tmp_path / "p")
+    assert len(predicted) == 6 and {v.shape for v in predicted.values()} == {(2, 1, 4, 4)}
+
+
+class Scheduled(TinyModule):
+    def __init__(self, returned) -> None:
+        super().__init__()
+        self.returned = returned
+
+    def configure_lr_scheduler(self, optimizer):
+        return self.returned(optimizer)
+
+
+@pytest.mark.parametrize(
+    ("returned", "message"),
+    [
+        (torch.optim.lr_scheduler.ReduceLROnPlateau, "returned a ReduceLROnPlateau, which steps"),
+        (
+            lambda o: {
+                "scheduler": torch.optim.lr_scheduler.StepLR(o, 1),
+                "interval": "epoch",
+                "frequency": 2,
+            },
+            "dict has 'frequency', which the Trainer does not honour",
+        ),
+    ],
+)
+def test_schedulers_the_trainer_would_not_step_as_asked_are_refused(tmp_path, returned, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        trainer(tmp_path).fit(Scheduled(returned), loader(8))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+class Unreduced(TinyModule):
+    def training_step(self, inputs, targets):
+        return torch.nn.functional.mse_loss(self(inputs), targets, reduction="none")
+
+
+class UnreducedValidation(TinyModule):
+    def validation_step(self, inputs, targets):
+        return torch.nn.functional.mse_loss(self(inputs), targets, reduction="none")
+
+
+def test_a_loss_that_is_not_one_number_is_named_with_its_shape(tmp_path):
+    with pytest.raises(
+        TypeError, match=r"training_step returned a tensor of shape \(4, 2, 1, 4, 4"
+    ):
+        trainer(tmp_path).fit(Unreduced(), loader(8))
+    with pytest.raises(TypeError, match=r"validation_step returned a tensor of shape \(4, 2"):
+        trainer(tmp_path).validate(UnreducedValidation(), loader(8, shuffle=False))
+
+
+def test_resume_and_ckpt_values(tmp_path):
+    t = trainer(tmp_path)
+    t.fit(TinyModule(), loader(8))
+    with pytest.raises(InputError, match=r"resume='last': to go on from the newest checkpoint"):
+        t.fit(TinyModule(), loader(8), resume="last")
+    with pytest.raises(TypeError, match="resume is True; expected None, 'auto'"):
+        t.fit(TinyModule(), loader(8), resume=True)
+    assert t.checkpoints.choose(2).name == "step-00000002"  # a step number
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_rows_name_the_step_and_epoch_they_are_of(tmp_path):
+    """The end-of-epoch validation row is of the epoch just finished; a validation of a
+    checkpoint logs at that checkpoint's step (a weights file, which knows none: no row)."""
+    from stpdist.checkpoint import MODEL_FILE
+
+    run = tmp_path / "run"
+    t = trainer(tmp_path, max_epochs=2)
+    t.fit(TinyModule(), loader(8), loader(4, shuffle=False))  # 2 steps an epoch
+    rows = [r for r in _rows(run) if "val/loss" in r]
+    assert [(r["step"], r["epoch"]) for r in rows] == [(2, 0), (4, 1)]
+    fresh = trainer(tmp_path, max_epochs=2)
+    fresh.validate(
+        TinyModule(), loader(4, shuffle=False), ckpt=run / "checkpoints" / "step-00000002"
+    )
+    assert [(r["step"], r["epoch"]) for r in _rows(run)][-1] == (2, 0)
+    count = len(_rows(run))
+    weights = run / "checkpoints" / "step-00000004" / MODEL_FILE
+    fresh.validate(TinyModule(), loader(4, shuffle=False), ckpt=weights)
+    assert len(_rows(run)) == count
+
+
+def test_resuming_an_ema_run_without_ema_says_the_average_is_dropped(tmp_path):
+    trainer(tmp_path, ema={"decay": 0.5}).fit(TinyModule(), loader(8))
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logger = logging.getLogger("stpdist")
+    logger.addHandler(handler)
+    try:
+        trainer(tmp_path, max_epochs=2).fit(TinyModule(), loader(8), resume="auto")
+    finally:
+        logger.removeHandler(handler)
+    assert any(
+        "holds an EMA of the weights (ema.safetensors) but trainer.ema is off" in s for s in said
+    )
