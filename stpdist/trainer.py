@@ -456,6 +456,28 @@ class Validator:
             self.trainer.early_stopping.check(state.global_step, results)
 
 
+def _check_predictions(module: EnhancedModule, pred: Any, batch: Batch) -> None:
+    """What is written as predictions: a tensor of one prediction per sample, shaped as the
+    targets where the batch has them (N×T_out×C×H×W); else an error naming what came."""
+    name = f"{type(module).__name__}.predict_step"
+    if not isinstance(pred, torch.Tensor):
+        raise TypeError(
+            f"{name} returned a {type(pred).__name__}; expected a tensor of predictions"
+        )
+    size = batch.inputs.shape[0]
+    if pred.ndim == 0 or pred.shape[0] != size:
+        raise ValueError(
+            f"{name} returned predictions of shape {tuple(pred.shape)} for a batch of {size}; "
+            "expected one per sample (first dimension)"
+        )
+    targets = batch.targets  # (input-only data: no frames, as forecasting has)
+    if targets is not None and targets.numel() and pred.shape != targets.shape:
+        raise ValueError(
+            f"{name} returned predictions of shape {tuple(pred.shape)}, the batch's targets "
+            f"are {tuple(targets.shape)}; expected the targets' shape"
+        )
+
+
 def _check_validation_hook(module: EnhancedModule, val_data: Any) -> None:
     """Validation data for a module without `validation_step`: refused before training, not
     at the first validation after an epoch's work."""
@@ -1468,9 +1490,11 @@ class Trainer:
                 batch = self._to_device(batch)
                 if batch.keys is None:
                     raise ValueError("prediction batches must carry sample keys")
+                given = batch  # its targets, when it has them, shape the predictions
                 if not metrics:
                     batch = batch._replace(targets=None)
                 pred, output = self._predict_batch(module, batch, self._hook_extras(batch))
+                _check_predictions(module, pred, given)
                 if output is not None:
                     sums.add(output, batch.inputs.shape[0])
                 if keeper is not None:

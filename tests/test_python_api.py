@@ -208,3 +208,27 @@ def test_resuming_an_ema_run_without_ema_says_the_average_is_dropped(tmp_path):
     assert any(
         "holds an EMA of the weights (ema.safetensors) but trainer.ema is off" in s for s in said
     )
+
+
+class Odd(TinyModule):
+    def __init__(self, returned) -> None:
+        super().__init__()
+        self.returned = returned
+
+    def predict_step(self, inputs, targets):
+        return self.returned(self(inputs))
+
+
+@pytest.mark.parametrize(
+    ("returned", "message"),
+    [
+        (lambda pred: {"predictions": pred}, "Odd.predict_step returned a dict; expected a tensor"),
+        (lambda pred: pred[:, :1], r"shape \(4, 1, 1, 4, 4\), the batch's targets are \(4, 2"),
+        (lambda pred: pred[:2], r"shape \(2, 2, 1, 4, 4\) for a batch of 4"),
+    ],
+)
+def test_predictions_that_are_not_one_per_sample_shaped_as_the_targets_are_refused(
+    tmp_path, returned, message
+):
+    with pytest.raises((TypeError, ValueError), match=message):
+        trainer(tmp_path).predict(Odd(returned), loader(8, shuffle=False), metrics=False)
