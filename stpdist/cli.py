@@ -56,14 +56,13 @@ def _resolve_ckpt(trainer: Any, choice: str) -> Path:
     if not choice:
         raise InputError("--ckpt is empty: expected best, last, a step (step-320) or a path")
     if choice not in ("best", "last") and path.exists():
-        held = (STATE_FILE, MODEL_FILE)
-        if path.is_dir() and not any((path / name).is_file() for name in held):
-            if not is_sharded_checkpoint(path):
-                raise InputError(
-                    f"--ckpt {choice}: a folder that is neither a checkpoint nor a model "
-                    f"folder (no {STATE_FILE} or {MODEL_FILE}); expected one of those, a "
-                    ".safetensors file, or best, last or a step of the run's checkpoints"
-                )
+        weights = any((path / name).is_file() for name in (STATE_FILE, MODEL_FILE))
+        if path.is_dir() and not weights and not is_sharded_checkpoint(path):
+            raise InputError(
+                f"--ckpt {choice}: a folder that is neither a checkpoint nor a model folder "
+                f"(no {STATE_FILE} or {MODEL_FILE}); expected one of those, a .safetensors "
+                "file, or best, last or a step of the run's checkpoints"
+            )
         return verify(path)
     return trainer.checkpoints.choose(choice)
 
@@ -965,6 +964,15 @@ def _trust_code_flag(s: argparse.ArgumentParser) -> None:
     )
 
 
+def _keep_global_batch_flag(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--keep-global-batch",
+        action="store_true",
+        help="resuming on another number of ranks: adjust accumulation to keep the global "
+        "batch (trainer.keep_global_batch=true)",
+    )
+
+
 def _raw_weights_flag(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--raw-weights",
@@ -995,17 +1003,9 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--debug", action="store_true", help="show tracebacks")
         return s
 
-    def keep_global_batch_flag(s: argparse.ArgumentParser) -> None:
-        s.add_argument(
-            "--keep-global-batch",
-            action="store_true",
-            help="resuming on another number of ranks: adjust accumulation to keep the global "
-            "batch (trainer.keep_global_batch=true)",
-        )
-
     s = with_config("train", "train a model")
     s.add_argument("--resume", default=None, help="'auto' (newest checkpoint) or a path")
-    keep_global_batch_flag(s)
+    _keep_global_batch_flag(s)
     s.add_argument(
         "--synthesize",
         action="store_true",
@@ -1063,7 +1063,7 @@ def parser() -> argparse.ArgumentParser:
         help="'auto': continue an earlier call with the same arguments (stopped, or with "
         "fewer --seeds): each seed from its newest checkpoint; finished seeds train no more",
     )
-    keep_global_batch_flag(s)
+    _keep_global_batch_flag(s)
     s.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("forecast", help="forecast from inputs alone with a trained model")
