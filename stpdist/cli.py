@@ -116,11 +116,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise
     trainer.close()
     metrics = state.metrics
-    if trainer.is_main and "val/mse" in metrics and metrics.get("val/copy_last_mse"):
+    # both in the data's units (`val/copy_last_mse` is in the model's normalised space)
+    if trainer.is_main and "val/mse" in metrics and metrics.get("val/persistence_mse"):
         print(
-            f"final validation MSE per pixel {metrics['val/mse']:.5f} vs copy-last-input-frame "
-            f"baseline {metrics['val/copy_last_mse']:.5f} "
-            f"({metrics['val/mse'] / metrics['val/copy_last_mse']:.2f}×)"
+            f"final validation MSE per pixel {metrics['val/mse']:.5g} vs copy-last-input-frame "
+            f"baseline {metrics['val/persistence_mse']:.5g} "
+            f"({metrics['val/mse'] / metrics['val/persistence_mse']:.2f}×)"
         )
 
 

@@ -58,7 +58,7 @@ COLUMNS = [
     ("PSNR", "psnr", "psnr"),
     ("MSE / pixel", "mse", None),
     ("SSIM (range 1)", "ssim", None),
-    ("copy-last MSE / pixel", "copy_last_mse", None),
+    ("copy-last MSE / pixel", "persistence_mse", None),
 ]
 
 

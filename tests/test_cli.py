@@ -302,3 +302,21 @@ def test_stop_advice_keeps_the_runs_flags_says_how_to_relaunch_once(tmp_path, mo
     assert proc.returncode == 75, proc.stderr[-3000:]
     assert f"resumed from {saved}" in proc.stdout
     assert "stopped on" not in proc.stderr
+
+
+def test_final_line_compares_with_persistence_in_the_data_units_under_any_normalize(tmp_path):
+    """The summary after training divides `val/mse` by `val/persistence_mse`, both in the
+    data's units: with `standardize`, `val/copy_last_mse` is in the normalised space and
+    gave ratios off by orders of magnitude."""
+    out = checked(
+        "train", DEBUG, "data.normalize=standardize", "trainer.max_epochs=1", cwd=tmp_path
+    ).stdout
+    rows = [json.loads(line) for line in (tmp_path / "runs/debug/metrics.jsonl").open()]
+    final = [r for r in rows if "val/mse" in r][-1]
+    mse, persistence = final["val/mse"], final["val/persistence_mse"]
+    assert abs(final["val/copy_last_mse"] / persistence - 1) > 0.5  # the spaces differ here
+    line = next(s for s in out.splitlines() if s.startswith("final validation MSE"))
+    assert line == (
+        f"final validation MSE per pixel {mse:.5g} vs copy-last-input-frame baseline "
+        f"{persistence:.5g} ({mse / persistence:.2f}×)"
+    )
