@@ -177,6 +177,8 @@ def build_module(
     normalize = cfg.data.normalize
     # without an index (a frame shape alone: checks, tests) the statistics are unit ones
     normalizer = Normalizer(normalize) if index is None else Normalizer.from_index(normalize, index)
+    if index is not None and not normalizer.unit_range:
+        _check_value_range(cfg, index)
     return Forecaster(
         cfg.model,
         frame_shape,
@@ -186,6 +188,30 @@ def build_module(
         normalizer=normalizer,
         geo=None if index is None else geo_info(cfg, index),
     )
+
+
+def _check_value_range(cfg: Config, index: SplitIndex) -> None:
+    """What data whose scaled values leave [0, 1] (physical units, e.g. weather stored with
+    value scale 1) rules out, before any work: predictions clamped to [0, 1], and LPIPS.
+    PSNR and SSIM are left out of the results (`Forecaster.image_scores`), with a line."""
+    span = (
+        f"the {index.split} split's values run from {min(index.min):.6g} to "
+        f"{max(index.max):.6g} (stored / value scale {index.value_scale:g}), outside [0, 1]"
+    )
+    evaluation = cfg.model.evaluation
+    if cfg.data.normalize == "scale" and evaluation.clamp_output:
+        raise InputError(
+            f"{span}, and data.normalize: scale with model.evaluation.clamp_output would "
+            "clamp every prediction to [0, 1]; set data.normalize to standardize or minmax "
+            "(per variable), or none (the stored units, clamped to each variable's range), "
+            "or model.evaluation.clamp_output=false"
+        )
+    if evaluation.lpips_weights:
+        raise InputError(
+            f"{span}: LPIPS compares images in [0, 1]; leave model.evaluation.lpips_weights "
+            "unset for this data"
+        )
+    say(f"{span}: PSNR and SSIM, which compare images in [0, 1], are not reported")
 
 
 def geo_info(cfg: Config, index: SplitIndex) -> GeoInfo | None:

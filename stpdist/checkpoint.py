@@ -119,6 +119,9 @@ class TrainState:
     """Accumulation steps of the run that wrote it (None: written before it was recorded)."""
     num_workers: int | None = None
     """Data-loading workers per rank of the run that wrote it (they shape the data layout)."""
+    batch_size: int | None = None
+    """Micro-batch size per rank of the run that wrote it (its train source's `batch_size`;
+    None: not recorded, or the source has none)."""
     epoch_origin: dict[str, Any] | None = None
     """Mid-epoch after a resume on another number of ranks: how the epoch began
     (`stpdist.data.loading.EpochOrigin`'s fields); `batch` then counts the micro-batches
@@ -964,8 +967,8 @@ def _state_record(path: Path) -> tuple[TrainState, int]:
         low = 1 if name == "world_size" else 0
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise CheckpointError(f"{file}: '{name}' must be an integer >= {low}, got {value!r}")
-    for name in ("gradient_accumulation_steps", "num_workers"):
-        value, low = raw.get(name), 1 if name == "gradient_accumulation_steps" else 0
+    for name in ("gradient_accumulation_steps", "num_workers", "batch_size"):
+        value, low = raw.get(name), 0 if name == "num_workers" else 1
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or value < low
         ):

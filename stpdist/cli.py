@@ -157,7 +157,7 @@ def _launcher() -> str | None:
     from the environment it gives its processes."""
     env = os.environ
     if "ACCELERATE_DYNAMO_BACKEND" in env:  # set by `accelerate launch` alone
-        return "accelerate launch"
+        return "accelerate"
     if "TORCHELASTIC_RUN_ID" in env:  # torchrun (python -m torch.distributed.run)
         return "torchrun"
     if _env_int("SLURM_STEP_NUM_TASKS") > 1:
@@ -620,13 +620,17 @@ inputs and which targets is chosen at load time (data.num_input_frames), not her
 
 def stored_frames_figure(frames_TCHW: np.ndarray, key: str) -> Any:
     """The sample panel of the stored frames as they are (no prediction), labelled as
-    stored frames numbered 1…T, not as inputs: the input/target split is made at load time."""
-    from .visualize import sample_figure
+    stored frames numbered 1…T, not as inputs: the input/target split is made at load time.
+    Several channels: a row each ("stored frames c1"), each on its own colour range."""
+    from .visualize import LABEL_PT, sample_figure
 
     fig = sample_figure(frames_TCHW, None, None, key=key)
-    row = fig.axes[0]  # the one row of frames (the others: colour bars)
-    row.set_ylabel(STORED_LABEL, rotation=0, ha="right", va="center", fontsize=12)
-    row.set_xticks(row.get_xticks(), [str(t + 1) for t in range(len(frames_TCHW))], fontsize=11)
+    numbers = [str(t + 1) for t in range(len(frames_TCHW))]
+    # the rows are the input rows ("input", or "input c1" a channel); the rest colour bars
+    for row in (ax for ax in fig.axes if ax.get_ylabel().startswith("input")):
+        label = STORED_LABEL + row.get_ylabel().removeprefix("input")
+        row.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=LABEL_PT)
+        row.set_xticks(row.get_xticks(), numbers, fontsize=11)
     fig.suptitle(
         f"{key}  ·  all {len(frames_TCHW)} stored frames (inputs and targets are chosen at "
         "load time)",
@@ -1305,17 +1309,19 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides"):
             p.error(f"{args.command} takes no overrides: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    from .runlock import RunLockedError
+
     try:
         args.func(args)
     except ConfigError as exc:
         if args.debug:
             raise
-        print(f"stpdist: config error: {exc}", file=sys.stderr)
+        print(f"stpdist: config error: {_message(exc)}", file=sys.stderr)
         return 2
-    except InputError as exc:
+    except (InputError, RunLockedError) as exc:  # the user's inputs, or an output in use
         if args.debug:
             raise
-        print(f"stpdist: error: {exc}", file=sys.stderr)
+        print(f"stpdist: error: {_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -1328,9 +1334,23 @@ def main(argv: list[str] | None = None) -> int:
             return getattr(exc, "exit_code", PREEMPTED_EXIT_CODE)  # 130 after Ctrl-C
         if args.debug:
             raise
-        print(f"stpdist: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"stpdist: error: {type(exc).__name__}: {_message(exc)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _message(exc: BaseException) -> str:
+    """`str(exc)`, without the worker's traceback that torch's DataLoader puts before an
+    error raised in one of its workers: that error's own last line."""
+    text = str(exc)
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return text
+    last = text.rstrip().splitlines()[-1]
+    cls = type(exc)
+    for prefix in (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__name__}: "):
+        if last.startswith(prefix):
+            return last[len(prefix) :]
+    return last
 
 
 if __name__ == "__main__":

@@ -184,8 +184,9 @@ class TrainerConfig:
     """Validate at the end of every N epochs (0: never at epoch ends)."""
     val_every_n_steps: Optional[int] = checked(None, _positive)
     """Also validate every N optimizer steps."""
-    num_workers: int = checked(0, _between(0, 1024))
-    """Data-loading worker processes per rank."""
+    num_workers: Optional[int] = checked(None, _between(0, 1024))
+    """Data-loading worker processes per rank (None: the data's own, a DataLoader's
+    `num_workers`; none for the shard streams and on-the-fly digits)."""
     num_threads: Optional[int] = checked(None, _between(1, 4096))
     """Intra-op CPU threads per rank (None: `OMP_NUM_THREADS` when set, else the CPUs this
     process may use — `SLURM_CPUS_PER_TASK` or its affinity — divided among the node's
@@ -341,7 +342,9 @@ class SamplingConfig:
 @dataclass
 class EvaluationConfig:
     clamp_output: bool = True
-    """Clamp predictions to [0, 1], the data range after scaling (outside training)."""
+    """Clamp predictions to the data's range outside training: [0, 1] with `data.normalize:
+    scale` (data whose values leave [0, 1] is then refused), else each variable's min and
+    max in the training index."""
     metric_thresholds: List[float] = field(default_factory=list)
     """Thresholds in physical (stored) units for CSI/POD/FAR/HSS (e.g. [20, 30, 40] dBZ)."""
     csi_pool_sizes: List[int] = checked([], _sizes)
@@ -655,6 +658,15 @@ def _check_config(cfg: Config) -> None:
             f"'model.sampling.reverse_steps' is {steps}; expected two steps, 0 ≤ first < second"
         )
     _check_schedule(cfg.model)
+    evaluation = cfg.model.evaluation
+    for key in ("csi_pool_sizes", "fss_sizes"):
+        if getattr(evaluation, key) and not evaluation.metric_thresholds:
+            raise ConfigError(
+                f"'model.evaluation.{key}' is {list(getattr(evaluation, key))} without "
+                "'model.evaluation.metric_thresholds': these scores are computed at the "
+                "thresholds; set them (physical units, e.g. [20, 30, 40] dBZ) or leave "
+                f"{key} empty"
+            )
     if cfg.data.synthesize is not None:
         _check_synthesis(cfg)
     backbone_config(cfg.model)
@@ -722,7 +734,7 @@ def _check_synthesis(cfg: Config) -> None:
     # only make fewer): none is an error the stream would raise after generating the data
     batch, accum = data.batch_size, cfg.trainer.gradient_accumulation_steps
     if data.train_source == "shards":
-        workers = max(1, cfg.trainer.num_workers)  # each worker batches its own share
+        workers = max(1, cfg.trainer.num_workers or 0)  # each worker batches its own share
         batches = workers * ((synth.train // workers) // batch)
         takes = f"{workers} worker(s) × batch {batch}, accumulation {accum}"
     else:

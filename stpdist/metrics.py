@@ -1,14 +1,17 @@
 """The field's metrics as additive running sums: exact under DDP (sums are all-reduced).
 
 Legend: B batch, T lead time (output frame), C channels, H×W frame size, K thresholds.
-Values are in the scaled data range [0, 1] (frames / the index's value scale).
+Values are in the data's scaled units (frames / the index's value scale): [0, 1] for images
+and radar; physical units for data stored with value scale 1 (weather variables).
 
 * MSE, MAE per pixel (`mse`, `mae`), and in OpenSTL's convention (per-frame sum over
   C×H×W, averaged over frames and samples: `mse_frame`, `mae_frame`); RMSE = √(per-pixel
   MSE). These score the predictions as evaluated (clamped to [0, 1] when
   `evaluation.clamp_output`); `mse_raw`, `mae_raw`, `mse_frame_raw`, `mae_frame_raw` score
   the raw, unclamped predictions, as OpenSTL does (its MSE/MAE are `*_frame_raw`).
-* PSNR per frame (data range 1; an exact match counts as 100 dB), averaged.
+* PSNR per frame (data range 1; an exact match counts as 100 dB), averaged. PSNR, SSIM
+  and LPIPS compare images in [0, 1]: they are reported only for data whose values (the
+  training index's per-channel min and max, scaled) lie in [0, 1].
 * SSIM per frame and channel: 7×7 uniform window, sample covariance, K1 0.01, K2 0.03,
   data range 1 (the full scaled range), mean over the window positions that fit inside the
   frame (scikit-image's `structural_similarity(…, win_size=7, data_range=1)`), averaged
@@ -108,10 +111,11 @@ def batch_sums(
     thresholds_scaled: list[float] = (),
     *,
     raw_pred_BTCHW: torch.Tensor | None = None,
+    image_scores: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Additive sums over the batch, per lead time, in float64 on the input's device.
     `raw_pred_BTCHW`: the predictions before clamping, for the `*_raw` errors (None: the
-    same as `pred_BTCHW`)."""
+    same as `pred_BTCHW`). `image_scores`: PSNR and SSIM too (data in [0, 1])."""
     pred, target = pred_BTCHW.double(), target_BTCHW.double()
     err = pred - target
     sq_frame = err.pow(2).flatten(2).sum(dim=2)  # B×T: sum over C×H×W
@@ -122,19 +126,20 @@ def batch_sums(
         raw_err = raw_pred_BTCHW.double() - target
         sq_raw = raw_err.pow(2).flatten(2).sum(dim=2)
         abs_raw = raw_err.abs().flatten(2).sum(dim=2)
-    ssim, ssim_openstl = _ssim_per_frame(pred, target, (1.0, 2.0))
-    pixels = err[0, 0].numel()
-    mse_frame = (sq_frame / pixels).clamp_min(10 ** (-PSNR_CAP_DB / 10))
     sums = {
         "count": torch.tensor([float(pred.shape[0])], dtype=torch.float64, device=pred.device),
         "sq_err": sq_frame.sum(dim=0),
         "abs_err": abs_frame.sum(dim=0),
-        "psnr": (-10 * torch.log10(mse_frame)).sum(dim=0),
-        "ssim": ssim.sum(dim=0),
-        "ssim_openstl": ssim_openstl.sum(dim=0),
         "sq_err_raw": sq_raw.sum(dim=0),
         "abs_err_raw": abs_raw.sum(dim=0),
     }
+    if image_scores:
+        ssim, ssim_openstl = _ssim_per_frame(pred, target, (1.0, 2.0))
+        pixels = err[0, 0].numel()
+        mse_frame = (sq_frame / pixels).clamp_min(10 ** (-PSNR_CAP_DB / 10))
+        sums["psnr"] = (-10 * torch.log10(mse_frame)).sum(dim=0)
+        sums["ssim"] = ssim.sum(dim=0)
+        sums["ssim_openstl"] = ssim_openstl.sum(dim=0)
     if thresholds_scaled:
         levels = torch.tensor(list(thresholds_scaled), dtype=torch.float64, device=pred.device)
         levels = levels - levels.abs() * THRESHOLD_MARGIN  # see the module docstring
@@ -179,11 +184,11 @@ def summarize(
         "mse_frame": sums["sq_err"] / count,
         "mae": sums["abs_err"] / (count * frame_pixels),
         "mae_frame": sums["abs_err"] / count,
-        "psnr": sums["psnr"] / count,
-        "ssim": sums["ssim"] / count,
     }
-    if "ssim_openstl" in sums:  # sums from batch_sums always hold these four
-        per_lead["ssim_openstl"] = sums["ssim_openstl"] / count
+    for name in ("psnr", "ssim", "ssim_openstl"):  # data in [0, 1] only (`batch_sums`)
+        if name in sums:
+            per_lead[name] = sums[name] / count
+    if "sq_err_raw" in sums:  # sums from batch_sums always hold these four
         per_lead["mse_raw"] = sums["sq_err_raw"] / (count * frame_pixels)
         per_lead["mse_frame_raw"] = sums["sq_err_raw"] / count
         per_lead["mae_raw"] = sums["abs_err_raw"] / (count * frame_pixels)

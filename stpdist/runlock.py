@@ -17,6 +17,11 @@ node failure, check that no run of that host is alive (`squeue`, `ps` on that ho
 delete the file named in the message, then start again. A file naming this host is stale
 when its pid is dead, belongs to a later process (pid reused: its start time differs), or
 the host was rebooted since (boot id differs); otherwise it is refused too.
+
+Under SLURM the file also records the job id and its restart count: a file left by the
+same job before it was requeued (a lower `SLURM_RESTART_COUNT`) is stale wherever it was
+written, since SLURM requeues a job only once all of its processes have ended. The
+requeued job, which usually lands on other nodes, takes it over and resumes.
 """
 
 from __future__ import annotations
@@ -64,6 +69,30 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+def _slurm_job() -> dict[str, Any]:
+    """This process's SLURM job id and restart count (requeues), or {} outside SLURM."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    try:
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    except ValueError:
+        restarts = 0
+    return {"slurm_job": job, "slurm_restart": restarts}
+
+
+def _requeued_since(holder: dict[str, Any]) -> bool:
+    """Whether `holder` is this SLURM job's run before a requeue (all of which had ended)."""
+    me, restart = _slurm_job(), holder.get("slurm_restart")
+    return (
+        bool(me)
+        and holder.get("slurm_job") == me["slurm_job"]
+        and isinstance(restart, int)
+        and not isinstance(restart, bool)
+        and restart < me["slurm_restart"]
+    )
 
 
 def _describe(holder: dict[str, Any]) -> str:
@@ -122,6 +151,7 @@ class RunLock:
             "pid_start": _start_time(os.getpid()),
             "boot_id": _boot_id(),
             "since": time.time(),
+            **_slurm_job(),
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
@@ -137,6 +167,15 @@ class RunLock:
             log.warning("taking over run lock %s: its contents are unreadable", self.path)
             return
         host, pid = holder.get("host"), holder.get("pid")
+        if _requeued_since(holder):
+            log.warning(
+                "taking over run lock %s (%s): it was left by this SLURM job (%s) before it "
+                "was requeued",
+                self.path,
+                _describe(holder),
+                holder["slurm_job"],
+            )
+            return
         if host != socket.gethostname():
             raise RunLockedError(
                 f"{self.output_dir} may be in use by a run on another host ({_describe(holder)}); "

@@ -95,6 +95,9 @@ class Forecaster(EnhancedModule):
         # the parameters, the optimizer, state_dict and checkpoints
         lpips_weights = config.evaluation.lpips_weights
         self.lpips = metrics.LPIPSScorer(lpips_weights, (height, width)) if lpips_weights else None
+        # PSNR and SSIM (data range 1) compare images in [0, 1]: not reported for data in
+        # other units (physical, e.g. kelvin), where they would mean nothing
+        self.image_scores = self.normalizer.unit_range
 
     def forward(
         self,
@@ -346,7 +349,13 @@ class Forecaster(EnhancedModule):
         pred = norm.inverse(pred_model)
         copy_last = norm(inputs[:, -1:]).expand_as(targets)
         thresholds = [t / self.value_scale for t in self.config.evaluation.metric_thresholds]
-        sums = metrics.batch_sums(pred, targets, thresholds, raw_pred_BTCHW=norm.inverse(raw_model))
+        sums = metrics.batch_sums(
+            pred,
+            targets,
+            thresholds,
+            raw_pred_BTCHW=norm.inverse(raw_model),
+            image_scores=self.image_scores,
+        )
         # persistence (copy the last input frame), per lead time: the nowcasting reference
         last = inputs[:, -1:].expand_as(targets)
         sums["persistence_sq_err"] = (last - targets).double().pow(2).sum(dim=(2, 3, 4)).sum(0)

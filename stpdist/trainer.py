@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import GradientAccumulationPlugin, gather_object, send_to_device, set_seed
@@ -73,6 +74,23 @@ PREEMPTED_EXIT_CODE = 75
 INTERRUPTED_EXIT_CODE = 130
 """`stpdist train` exits with this code after a Ctrl-C (SIGINT) stop with a checkpoint, as
 shells report a process that Ctrl-C ended (128 + SIGINT)."""
+
+
+KEPT_ON_RESUME = (
+    "model.optimizer.name",
+    "model.optimizer.lr",
+    "model.optimizer.weight_decay",
+    "trainer.seed",
+)
+"""Config keys a resume cannot change: the optimizer's restored state keeps its kind,
+learning rate and weight decay, and the seed fixed the data order of every epoch."""
+
+
+def _lookup(tree: Any, dotted: str) -> Any:
+    """The value at `dotted` in nested mappings, or None."""
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
 
 
 class Preempted(RuntimeError):
@@ -299,6 +317,12 @@ class Meter:
         return {"train/epoch_loss": loss, "time_s": round(elapsed, 2)}
 
 
+class ValidationAbandoned(RuntimeError):
+    """A stop (SIGTERM, SIGUSR1, Ctrl-C) came during a validation inside `fit`: every rank
+    left it, so that the run stops with a checkpoint within the launcher's grace period
+    instead of being killed at the end of a long validation; it runs again on resume."""
+
+
 class EvalSums:
     """Additive evaluation results of one pass: batch-size-weighted sums of the scalars
     each batch returned, the module's additive "sums", the sample count. `reduce` adds
@@ -309,6 +333,9 @@ class EvalSums:
         self.scalars: dict[str, float] = {}
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
+        self.abandoned = False
+        """This rank left the pass early (a stop was requested): `reduce` raises
+        `ValidationAbandoned` on every rank."""
 
     def add(self, output: Any, size: int) -> None:
         for key, value in _scalars_of(output).items():
@@ -326,21 +353,23 @@ class EvalSums:
         names = sorted(set().union(*(names for names, _ in layouts)))
         shapes = sorted(set().union(*(shapes for _, shapes in layouts)))
         device = accelerator.device
-        parts = [torch.tensor([self.scalars.get(n, 0.0) for n in names] + [self.count],
-                              dtype=torch.float64, device=device)]  # fmt: skip
+        head = [self.scalars.get(n, 0.0) for n in names] + [self.count, float(self.abandoned)]
+        parts = [torch.tensor(head, dtype=torch.float64, device=device)]
         for key, shape in shapes:
             value = self.sums.get(key)
             if value is None:
                 value = torch.zeros(shape, dtype=torch.float64, device=device)
             parts.append(value.flatten())
         flat = accelerator.reduce(torch.cat(parts), reduction="sum")
-        values = flat[: len(names) + 1].tolist()
-        total = int(values[-1])
+        values = flat[: len(names) + 2].tolist()
+        if values[-1]:
+            raise ValidationAbandoned(prefix)
+        total = int(values[-2])
         if total == 0:
             raise ValueError(f"the {prefix} data holds no samples")
-        results = {f"{prefix}/{n}": v / total for n, v in zip(names, values[:-1])}
+        results = {f"{prefix}/{n}": v / total for n, v in zip(names, values[:-2])}
         if shapes:
-            reduced, offset = {}, len(names) + 1
+            reduced, offset = {}, len(names) + 2
             for key, shape in shapes:
                 size = int(np.prod(shape)) if shape else 1
                 reduced[key] = flat[offset : offset + size].view(shape)
@@ -421,7 +450,8 @@ class Validator:
         tracker = self.trainer.tracker
         keeper = SampleKeeper(tracker.num_samples if self.trainer.is_main else 0)
         with self.trainer.evaluation_weights():  # the EMA when trainer.ema is on
-            results = self.trainer.evaluate(self.module, self.source, "val", keeper)
+            stop = self.trainer._stop
+            results = self.trainer.evaluate(self.module, self.source, "val", keeper, stop)
         state.metrics, state.metrics_step = results, state.global_step
         self.last_step = state.global_step
         for key, user in self.trainer.required_results.items():
@@ -578,6 +608,7 @@ class Trainer:
         first validation that reports one of them not stops `fit` with an error naming
         it, rather than after the whole run (e.g. a sweep's metric)."""
         self._stop = StopFlag()
+        self._train_workers = 0  # data-loading workers of the current fit (`_workers_of`)
         self.ema: WeightAverage | None = None
         """The EMA of the weights while `fit` runs with `trainer.ema` (else None)."""
         self.early_stopping: EarlyStopping | None = None
@@ -753,7 +784,7 @@ class Trainer:
         if origin is None or not isinstance(train, RedistributableSource):
             return batches_per_epoch, saved.batch
         rest = train.batches_in_rest(ctx, EpochOrigin(**origin))
-        return rest, 0 if saved.world_size != self.accelerator.num_processes else saved.batch
+        return rest, 0 if self._relaid(saved) else saved.batch
 
     def _config_yaml(self) -> str | None:
         return to_yaml(self.run_config) if self.run_config is not None else None
@@ -772,6 +803,7 @@ class Trainer:
         start = self._resolve_start(resume)  # first: it may set the accumulation
         ctx = self._ctx()
         train = as_train_source(train_data)
+        self._train_workers = self._workers_of(train)
         validator = Validator(self, None if val_data is None else as_eval_source(val_data), module)
         batches_per_epoch = train.batches_per_epoch(ctx)
         saved = None if start is None else read_state(start)
@@ -795,61 +827,81 @@ class Trainer:
                 acc, module, optimizer, scheduler, self._config_yaml(), state, self.attachments
             )
             self.tracker.start(acc, step=state.global_step)  # a resume continues its run
-            validator.resume(state)
-            meter = Meter(acc)
-            bar = self._progress(total_steps, state.global_step)
-            module.train()
-            while state.global_step < total_steps and state.epoch < max_epochs:
-                if self._stopping_early(state):
-                    break
-                bar.set_postfix_str(f"epoch {state.epoch}")
-                epoch_batches, batches = self._this_epoch(train, ctx, state, batches_per_epoch)
-                for batch in batches:
-                    stop = self._micro_step(model, module, optimizer, batch, state, meter)
-                    state.batch += 1
-                    if not acc.sync_gradients:
-                        continue
-                    # ---- one optimizer step done
-                    state.global_step += 1
-                    if self.ema is not None:
-                        self.ema.update(state.global_step)  # device math, no host read
-                    if interval == "step" and scheduler is not None:
-                        if not acc.optimizer_step_was_skipped:  # fp16 overflow: no step
-                            scheduler.step()
-                    epoch_end = state.batch == epoch_batches
-                    if stop or self._check_point(state, validator, epoch_end):
-                        stop = self._settle(state) or stop  # raises on a non-finite loss
-                    self._log_window(meter, optimizer, state, bar)
-                    if stop:  # every rank saw the same flag: all stop after this step
-                        # the validation due at this step runs on resume (Validator.resume)
-                        self.checkpoints.maybe_save(state, last=True)
-                        bar.close()
-                        raise Preempted(
-                            state.global_step, self.checkpoints.latest(), self._stop.signum
+            with self._preempted_if_validation_abandoned(state):
+                validator.resume(state)
+                meter = Meter(acc)
+                bar = self._progress(total_steps, state.global_step)
+                module.train()
+                while state.global_step < total_steps and state.epoch < max_epochs:
+                    if self._stopping_early(state):
+                        break
+                    bar.set_postfix_str(f"epoch {state.epoch}")
+                    epoch_batches, batches = self._this_epoch(train, ctx, state, batches_per_epoch)
+                    for batch in batches:
+                        stop = self._micro_step(model, module, optimizer, batch, state, meter)
+                        state.batch += 1
+                        if not acc.sync_gradients:
+                            continue
+                        # ---- one optimizer step done
+                        state.global_step += 1
+                        if self.ema is not None:
+                            self.ema.update(state.global_step)  # device math, no host read
+                        if interval == "step" and scheduler is not None:
+                            if not acc.optimizer_step_was_skipped:  # fp16 overflow: no step
+                                scheduler.step()
+                        epoch_end = state.batch == epoch_batches
+                        if stop or self._check_point(state, validator, epoch_end):
+                            stop = self._settle(state) or stop  # raises on a non-finite loss
+                        self._log_window(meter, optimizer, state, bar)
+                        if stop:  # every rank saw the same flag: all stop after this step
+                            # the validation due at this step runs on resume (Validator.resume)
+                            self._preempt(state, bar)
+                        if epoch_end:
+                            break
+                        # checkpoint first: a failing validation must not cost the training
+                        self.checkpoints.maybe_save(state)
+                        validator.maybe_run(state)
+                        if state.global_step >= total_steps or self._stopping_early(state):
+                            break
+                    stopped = self._stopping_early(state)
+                    if (
+                        state.batch < epoch_batches
+                        and state.global_step < total_steps
+                        and not stopped
+                    ):
+                        raise RuntimeError(
+                            f"training source yielded {state.batch} batches in epoch {state.epoch} "
+                            f"on rank {acc.process_index}; it announced {epoch_batches}"
                         )
-                    if epoch_end:
-                        break
-                    # checkpoint first: a failing validation must not cost the training
-                    self.checkpoints.maybe_save(state)
-                    validator.maybe_run(state)
-                    if state.global_step >= total_steps or self._stopping_early(state):
-                        break
-                stopped = self._stopping_early(state)
-                if state.batch < epoch_batches and state.global_step < total_steps and not stopped:
-                    raise RuntimeError(
-                        f"training source yielded {state.batch} batches in epoch {state.epoch} "
-                        f"on rank {acc.process_index}; it announced {epoch_batches}"
-                    )
-                if state.batch == epoch_batches:
-                    self._end_epoch(state, scheduler, interval, meter, validator, total_steps)
+                    if state.batch == epoch_batches:
+                        self._end_epoch(state, scheduler, interval, meter, validator, total_steps)
+                bar.close()
+                self._settle(state)
+                self.checkpoints.maybe_save(state, last=True)
+                validator.maybe_run(state, last=True)
+                if self._stopping_early(state):
+                    say(self.early_stopping.reason(state.global_step))
+                acc.wait_for_everyone()
+                return state
+
+    def _preempt(self, state: TrainState, bar: Any = None) -> None:
+        """Every rank agreed to stop after this step: a checkpoint (unless one is there),
+        then `Preempted`, whose line says what was saved and how to continue."""
+        self.checkpoints.maybe_save(state, last=True)
+        if bar is not None:
             bar.close()
-            self._settle(state)
-            self.checkpoints.maybe_save(state, last=True)
-            validator.maybe_run(state, last=True)
-            if self._stopping_early(state):
-                say(self.early_stopping.reason(state.global_step))
-            acc.wait_for_everyone()
-            return state
+        raise Preempted(state.global_step, self.checkpoints.latest(), self._stop.signum)
+
+    @contextmanager
+    def _preempted_if_validation_abandoned(self, state: TrainState) -> Iterator[None]:
+        """A stop during a validation ends `fit` as one at a step does: every rank left the
+        validation together (`ValidationAbandoned`); it runs again on resume, as one due
+        at a stopped step does (`Validator.resume`)."""
+        try:
+            yield
+        except ValidationAbandoned:
+            say(f"step {state.global_step}: validation left unfinished to stop")
+            self._preempt(state)
 
     def _banner(self, batches_per_epoch: int, total_steps: int) -> None:
         """Once, at start: where and how this run computes."""
@@ -1182,13 +1234,13 @@ class Trainer:
         """How the epoch `state` stands in began, when this run lays out its rest anew
         (`EpochOrigin`'s fields): mid-epoch on another number of ranks, or an epoch already
         moved once (`state.epoch_origin`). None: the epoch is this run's own layout."""
-        if state.world_size == self.accelerator.num_processes or state.batch == 0:
+        if not self._relaid(state):
             return state.epoch_origin
         if state.epoch_origin is None:
             return dataclasses.asdict(
                 EpochOrigin(
                     world_size=state.world_size,
-                    num_workers=self.config.num_workers
+                    num_workers=self._train_workers
                     if state.num_workers is None
                     else state.num_workers,
                     batch_multiple=state.gradient_accumulation_steps
@@ -1200,20 +1252,91 @@ class Trainer:
         origin = state.epoch_origin
         return {**origin, "later": origin["later"] + state.batch * state.world_size}
 
-    def _adopt(self, state: TrainState, start: Path) -> None:
-        """A resumed state in this run's layout. Mid-epoch on another number of ranks, the
-        rest of the epoch is redistributed (`EpochOrigin`): the batch count restarts at 0."""
+    def _relaid(self, state: TrainState) -> bool:
+        """Whether this run lays out the rest of the epoch `state` stands in anew: it stopped
+        mid-epoch, and the number of ranks or of data-loading workers (which shape a shard
+        stream's layout) is not the one that wrote it."""
+        workers = state.num_workers
+        return state.batch != 0 and (
+            state.world_size != self.accelerator.num_processes
+            or (workers is not None and workers != self._train_workers)
+        )
+
+    def _workers_of(self, train: TrainSource) -> int:
+        """Data-loading workers per rank that read `train`: `trainer.num_workers` when set,
+        else the source's own (a DataLoader's `num_workers`; 0 for the streams)."""
+        if self.config.num_workers is not None:
+            return self.config.num_workers
+        return int(getattr(train, "num_workers", 0) or 0)
+
+    def _adopt(self, state: TrainState, start: Path, train: TrainSource) -> None:
+        """A resumed state in this run's layout. Mid-epoch on another number of ranks or
+        workers, the rest of the epoch is redistributed (`EpochOrigin`): the batch count
+        restarts at 0."""
         acc = self.accelerator
-        if state.world_size != acc.num_processes and state.batch != 0:
+        if self._relaid(state):
             origin = self._moved_origin(state)
             say(
-                f"{start.name} was written mid-epoch by {state.world_size} processes: the rest "
-                f"of epoch {state.epoch} is redistributed over {acc.num_processes}"
+                f"{start.name} was written mid-epoch by {state.world_size} processes with "
+                f"{state.num_workers} data worker(s) each: the rest of epoch {state.epoch} is "
+                f"redistributed over {acc.num_processes} with {self._train_workers}"
             )
             state.epoch_origin, state.batch = origin, 0
         state.world_size = acc.num_processes
         state.gradient_accumulation_steps = acc.gradient_accumulation_steps
-        state.num_workers = self.config.num_workers
+        state.num_workers = self._train_workers
+        state.batch_size = getattr(train, "batch_size", None)
+
+    def _check_resumable(self, start: Path, saved: TrainState, train: TrainSource) -> None:
+        """What a resume cannot honour is refused before anything is loaded: the rest of an
+        epoch on another layout from a source that cannot redistribute it, or with another
+        batch size; settings the checkpoint's state overrides (`_settings_kept`)."""
+        acc = self.accelerator
+        batch_size = getattr(train, "batch_size", None)
+        if saved.batch != 0 and None not in (saved.batch_size, batch_size):
+            if saved.batch_size != batch_size:
+                raise InputError(
+                    f"{start} was written mid-epoch (batch {saved.batch} of epoch "
+                    f"{saved.epoch}) with batch size {saved.batch_size} per rank, this run has "
+                    f"{batch_size}: the rest of an epoch cannot be dealt in other batch sizes; "
+                    f"resume with batch size {saved.batch_size} (change it at an epoch's end)"
+                )
+        if self._relaid(saved) and not isinstance(train, RedistributableSource):
+            raise InputError(
+                f"{start} was written mid-epoch by {saved.world_size} processes with "
+                f"{saved.num_workers} data worker(s) each and the training source "
+                f"{type(train).__name__} cannot redistribute the rest of an epoch; resume it "
+                f"with {saved.world_size} processes and {saved.num_workers} worker(s) (now "
+                f"{acc.num_processes} and {self._train_workers})"
+            )
+        changed = self._settings_kept(start)
+        if changed:
+            raise InputError(
+                f"resuming from {start} with {'; '.join(changed)}: a resume continues with the "
+                "optimizer state and the data order of the checkpoint, so the new value(s) "
+                "would not take effect while the run's config.yaml recorded them; resume with "
+                "the checkpoint's values, or start a new run from its weights "
+                f"(model.init_weights={start})"
+            )
+
+    def _settings_kept(self, start: Path) -> list[str]:
+        """`key old → new` for each setting of this run's config that a resume from `start`
+        would silently not honour: the optimizer's (its restored state keeps the learning
+        rate and weight decay it had) and the seed (the data order of every epoch)."""
+        saved_file = start / "config.yaml"
+        if self.run_config is None or not saved_file.is_file():
+            return []
+        try:
+            saved = yaml.safe_load(saved_file.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            return []  # the checkpoint's own checks name a damaged file
+        now = yaml.safe_load(to_yaml(self.run_config))
+        changed = []
+        for key in KEPT_ON_RESUME:
+            old, new = _lookup(saved, key), _lookup(now, key)
+            if old is not None and old != new:
+                changed.append(f"{key} {old} (the checkpoint's) → {new}")
+        return changed
 
     def _start(
         self,
@@ -1244,18 +1367,13 @@ class Trainer:
             return TrainState(
                 world_size=acc.num_processes,
                 gradient_accumulation_steps=acc.gradient_accumulation_steps,
-                num_workers=self.config.num_workers,
+                num_workers=self._train_workers,
+                batch_size=getattr(train, "batch_size", None),
             )
         saved = read_state(start)
-        moved = saved.world_size != acc.num_processes and saved.batch != 0
-        if moved and not isinstance(train, RedistributableSource):
-            raise InputError(
-                f"{start} was written mid-epoch by {saved.world_size} processes and the "
-                f"training source {type(train).__name__} cannot redistribute the rest of "
-                f"an epoch; resume it with {saved.world_size} (now {acc.num_processes})"
-            )
+        self._check_resumable(start, saved, train)
         state = self.checkpoints.load(start, acc, module, optimizer, scheduler)
-        self._adopt(state, start)
+        self._adopt(state, start, train)
         self._restore_ema_and_early_stopping(start, state)
 
         def first_batch() -> tuple[tuple, dict] | None:
@@ -1393,14 +1511,19 @@ class Trainer:
         source: Any,
         prefix: str = "val",
         keeper: SampleKeeper | None = None,
+        stop: StopFlag | None = None,
     ) -> dict[str, Any]:
         """Results of `validation_step` over all of `source` across all ranks, exactly
-        (keys `<prefix>/<name>`); `keeper` collects the first samples for pictures."""
+        (keys `<prefix>/<name>`); `keeper` collects the first samples for pictures. When
+        `stop` is requested on any rank, all leave the pass (`ValidationAbandoned`)."""
         was_training = module.training
         module.eval()
         sums = EvalSums()
         with self.accelerator.autocast(), self._whole(module):
             for batch in source.iterate(self._ctx()):
+                if stop is not None and stop.requested:
+                    sums.abandoned = True
+                    break
                 batch = self._to_device(batch)
                 inputs, targets, keys, _ = batch
                 step = call_hook(module.validation_step, inputs, targets, self._hook_extras(batch))

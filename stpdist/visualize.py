@@ -1,11 +1,16 @@
 """Frame sequences → pictures: sample panels (PNG), GIFs and the per-lead-time plot.
 
-Legend: T time, C channels, H×W frame size; values in [0, 1] (the data range after scaling).
-A sample panel has rows input | truth | prediction | persistence | |error| (each row one
-channel for data of 2 or 4+ channels), input frames numbered −(T_in−1) … 0 (0 is the last
-input) and lead times +1 … +T_out, a title with the sample key, step and MSE, and colour
-bars for the values and for |error|. Sample keys become file names only through
-`sample_file_stems` (keys come from data: "../x" or "/abs/x" must not leave the folder).
+Legend: T time, C channels, H×W frame size.
+A sample panel has rows input | truth | prediction | persistence | |error|, input frames
+numbered −(T_in−1) … 0 (0 is the last input) and lead times +1 … +T_out, a title with the
+sample key, step and MSE, and colour bars for the values and for |error|. Every channel is
+drawn (`channel_groups`): 3 channels without a colormap as one RGB picture, any other
+count a channel at a time (a block of panel rows, a GIF strip, a `sequence_panel` row).
+Colour ranges (`_value_range`): each channel on its own, over all frames drawn together;
+the fixed [0, 1] (the data range after value scaling) while its values stay within
+[−0.01, 1.01], else its own min … max (physical units, standardised data), so nothing is
+clipped flat. Sample keys become file names only through `sample_file_stems` (keys come
+from data: "../x" or "/abs/x" must not leave the folder).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -82,27 +87,73 @@ def save_samples(
     return written
 
 
+# ---------------------------------------------------------------------------- colour ranges
+def channel_groups(channels: int, colormap: str | None = None) -> list[slice]:
+    """The channels drawn as one picture: all three as RGB for 3 channels without a colormap,
+    otherwise each channel on its own (gray, or through the colormap): a picture never
+    drops a channel."""
+    if channels == 3 and colormap is None:
+        return [slice(0, 3)]
+    return [slice(c, c + 1) for c in range(channels)]
+
+
+def _value_range(arrays: Iterable[np.ndarray | None]) -> tuple[float, float]:
+    """The colour range of frames drawn on one scale (one channel, or the three of an RGB
+    picture, over every frame shown): the fixed (0, 1), the data range after value scaling,
+    while every finite value lies within [−0.01, 1.01], so pictures of scaled images do not
+    depend on their content; otherwise the frames' own (min, max): physical units (kelvin,
+    geopotential) or standardised data. A constant outside [0, 1] gets (v − 0.5, v + 0.5)."""
+    finite = [
+        a[np.isfinite(a)] for a in (np.asarray(x, np.float64) for x in arrays if x is not None)
+    ]
+    finite = [a for a in finite if a.size]
+    if not finite:
+        return 0.0, 1.0
+    lo, hi = min(float(a.min()) for a in finite), max(float(a.max()) for a in finite)
+    if lo >= -0.01 and hi <= 1.01:
+        return 0.0, 1.0
+    if hi <= lo:
+        return lo - 0.5, hi + 0.5
+    return lo, hi
+
+
+def _error_range(
+    value_range: tuple[float, float], errors: Sequence[np.ndarray]
+) -> tuple[float, float]:
+    """The colour range of |error| frames in pictures without a colour bar (`sequence_panel`):
+    (0, 1) beside values drawn on (0, 1), else 0 … the largest |error| shown."""
+    if value_range == (0.0, 1.0):
+        return value_range
+    return 0.0, max([float(np.nanmax(e)) for e in errors if e.size] + [1e-6])
+
+
 # ---------------------------------------------------------------------------- raw frames
-def to_rgb8(frames_TCHW: np.ndarray, colormap: str | None = None) -> np.ndarray:
-    """T×C×H×W in [0, 1] → T×H×W×3 uint8: three channels as RGB; otherwise channel 0 in
-    gray, or through a matplotlib colormap (e.g. "viridis" for radar or flow intensity)."""
-    frames = np.clip(np.asarray(frames_TCHW, dtype=np.float32), 0.0, 1.0)
-    if frames.shape[1] == 3 and colormap is None:
-        rgb = frames.transpose(0, 2, 3, 1)
-    elif colormap is not None:
+def to_rgb8(
+    frames_TCHW: np.ndarray,
+    colormap: str | None = None,
+    value_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """T×C×H×W → T×H×W×3 uint8, one picture a frame: 3 channels as RGB (without a colormap),
+    1 channel in gray or through a matplotlib colormap (e.g. "viridis" for radar or flow
+    intensity). `value_range` (lo, hi) maps to the ends of the colour scale, values beyond
+    it are clipped; by default `_value_range` of the frames: (0, 1) for data in [0, 1],
+    else their own min … max. Other channel counts are refused: draw each of
+    `channel_groups` apart."""
+    frames = np.asarray(frames_TCHW, dtype=np.float32)
+    if channel_groups(frames.shape[1], colormap) != [slice(0, frames.shape[1])]:
+        raise ValueError(
+            f"to_rgb8 draws 1 channel, or 3 as RGB without a colormap; got frames of shape "
+            f"{frames.shape} with colormap {colormap!r}: draw each of channel_groups apart"
+        )
+    lo, hi = value_range or _value_range([frames])
+    frames = np.clip((frames - lo) / (hi - lo), 0.0, 1.0)
+    if colormap is not None:
         import matplotlib
 
         rgb = matplotlib.colormaps[colormap](frames[:, 0])[..., :3]
     else:
-        rgb = np.repeat(frames[:, :1].transpose(0, 2, 3, 1), 3, axis=3)
+        rgb = np.repeat(frames.transpose(0, 2, 3, 1), 3 // frames.shape[1], axis=3)
     return np.round(rgb * 255).astype(np.uint8)
-
-
-def _channel_rows(frames_TCHW: np.ndarray) -> list[np.ndarray]:
-    """One T×1×H×W row per channel, or the frames as they are for 1 or 3 channels."""
-    if frames_TCHW.shape[1] in (1, 3):
-        return [frames_TCHW]
-    return [frames_TCHW[:, c : c + 1] for c in range(frames_TCHW.shape[1])]
 
 
 def sequence_panel(
@@ -112,23 +163,44 @@ def sequence_panel(
     colormap: str | None = None,
 ) -> np.ndarray:
     """The frames alone as one uint8 RGB image, without labels: rows input, truth,
-    prediction, |truth − prediction| (one row per channel for 2 or 4+ channels); columns
-    are frames, separated by GAP-pixel white lines. Only what exists is drawn."""
-    groups = [x for x in (inputs_TCHW, truth_TCHW, prediction_TCHW) if x is not None]
+    prediction, |truth − prediction| (one row per channel of `channel_groups`, i.e. for all
+    but 3-channel RGB data); columns are frames, separated by GAP-pixel white lines. Only
+    what exists is drawn. Each channel is drawn on its own range over the input, truth and
+    prediction frames together (`_value_range`: (0, 1) for data in [0, 1]); its |error| on
+    (0, 1) beside such data, else on 0 … its largest |error|."""
+    values = [np.asarray(x, np.float32) for x in (inputs_TCHW, truth_TCHW, prediction_TCHW)
+              if x is not None]  # fmt: skip
+    errors = []
     if truth_TCHW is not None and prediction_TCHW is not None:
-        groups.append(np.abs(truth_TCHW - prediction_TCHW))
-    rows = [row for group in groups for row in _channel_rows(group)]
-    h, w = inputs_TCHW.shape[-2:]
+        errors.append(np.abs(values[1] - values[2]))
+    groups = channel_groups(values[0].shape[1], colormap)
+    ranges = [_value_range([x[:, g] for x in values]) for g in groups]
+    error_ranges = [_error_range(r, [e[:, g] for e in errors]) for g, r in zip(groups, ranges)]
+    rows = [to_rgb8(x[:, g], colormap, r) for x in values for g, r in zip(groups, ranges)]
+    rows += [to_rgb8(e[:, g], colormap, r) for e in errors for g, r in zip(groups, error_ranges)]
+    h, w = values[0].shape[-2:]
     columns = max(len(r) for r in rows)
     panel = np.full((len(rows) * (h + GAP) - GAP, columns * (w + GAP) - GAP, 3), 255, np.uint8)
     for r, frames in enumerate(rows):
-        for c, frame in enumerate(to_rgb8(frames, colormap)):
+        for c, frame in enumerate(frames):
             top, left = r * (h + GAP), c * (w + GAP)
             panel[top : top + h, left : left + w] = frame
     return panel
 
 
 # ---------------------------------------------------------------------------- sample panel
+LABEL_PT = 12
+"""Font size of a panel's row labels, in points."""
+LINE_IN = 0.21
+"""Height of one line of a row label at LABEL_PT, inches (matplotlib's line spacing: a
+3-line label measures 0.61 in)."""
+LEFT_IN, RIGHT_IN, TOP_IN, HEAD_IN = 1.5, 1.35, 0.6, 0.3
+"""A panel's margins, inches: left (at least; wider for longer row labels), right (colour
+bars), top (title), and the line of frame numbers above a block's first row."""
+ROW_GAP_IN, ERROR_GAP_IN, BLOCK_GAP_IN = 0.06, 0.2, 0.3
+"""Space between rows, before a block's first |error| row, and between channel blocks."""
+
+
 class _Row:
     """One row of a sample panel: label, T×C'×H×W frames (C' 1 or 3), 'value' or 'error',
     and whether its columns are lead times (else input frames)."""
@@ -137,53 +209,142 @@ class _Row:
         self.label, self.frames, self.kind, self.leads = label, frames, kind, leads
 
 
+class _Placed(NamedTuple):
+    """A row's place in the panel: its block (channel group), whether frame numbers head it,
+    the gap above it (before a block's first |error| row, between blocks) and the height of
+    its slot (inches)."""
+
+    row: _Row
+    block: int
+    numbered: bool
+    gap: float
+    slot: float
+
+
 def _mse(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
 
 
-def _panel_rows(inputs, truth, prediction) -> tuple[list[_Row], dict[str, float]]:
-    """The rows of a sample panel and the sample's scores ('mse', 'persistence_mse')."""
-    groups: list[tuple[str, np.ndarray, str, bool]] = [("input", inputs, "value", False)]
-    scores: dict[str, float] = {}
-    persistence = None
-    if truth is not None:
-        groups.append(("truth", truth, "value", True))
-        # persistence: the last input frame held for every lead time (the nowcasting floor)
-        persistence = np.repeat(inputs[-1:], len(truth), axis=0)
-        scores["persistence_mse"] = _mse(persistence, truth)
+def _panel_series(
+    inputs: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray | None
+) -> list[tuple[str, np.ndarray, str, bool, np.ndarray | None]]:
+    """(label, T×C×H×W frames, 'value' or 'error', lead times?, the truth its MSE is taken
+    against, or None) for each row kind of a sample panel that exists."""
+    series: list[tuple[str, np.ndarray, str, bool, np.ndarray | None]] = [
+        ("input", inputs, "value", False, None)
+    ]
+    if truth is None:
+        if prediction is not None:
+            series.append(("prediction", prediction, "value", True, None))
+        return series
+    # persistence: the last input frame held for every lead time (the nowcasting floor)
+    persistence = np.repeat(inputs[-1:], len(truth), axis=0)
+    series.append(("truth", truth, "value", True, None))
     if prediction is not None:
-        label = "prediction"
-        if truth is not None:
-            scores["mse"] = _mse(prediction, truth)
-            label += f"\nMSE {scores['mse']:.4g}"
-        groups.append((label, prediction, "value", True))
-    if persistence is not None:
-        label = f"persistence\n(last input)\nMSE {scores['persistence_mse']:.4g}"
-        groups.append((label, persistence, "value", True))
-    if truth is not None and prediction is not None:
-        groups.append(("|error|\nprediction", np.abs(truth - prediction), "error", True))
-    if persistence is not None:
-        groups.append(("|error|\npersistence", np.abs(truth - persistence), "error", True))
-    rows = []
-    for label, frames, kind, leads in groups:
-        if kind == "error" and frames.shape[1] == 3:
-            frames = frames.mean(axis=1, keepdims=True)  # one error map for RGB
-        channels = _channel_rows(np.asarray(frames, np.float32))
-        for c, part in enumerate(channels):
-            name = label if len(channels) == 1 else f"{label} c{c}"
-            rows.append(_Row(name, part, kind, leads))
-    return rows, scores
+        series.append(("prediction", prediction, "value", True, truth))
+    series.append(("persistence\n(last input)", persistence, "value", True, truth))
+    if prediction is not None:
+        series.append(("|error|\nprediction", np.abs(truth - prediction), "error", True, None))
+    series.append(("|error|\npersistence", np.abs(truth - persistence), "error", True, None))
+    return series
 
 
-def _value_range(arrays: Iterable[np.ndarray | None]) -> tuple[float, float]:
-    """(0, 1), the scaled data range, unless the frames reach clearly beyond it (data
-    normalised to zero mean): then their own range."""
-    present = [np.asarray(a) for a in arrays if a is not None and np.size(a)]
-    lo = min(float(np.nanmin(a)) for a in present)
-    hi = max(float(np.nanmax(a)) for a in present)
-    if lo >= -0.01 and hi <= 1.01 or not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-        return 0.0, 1.0
-    return lo, hi
+def _panel_blocks(
+    inputs: np.ndarray,
+    truth: np.ndarray | None,
+    prediction: np.ndarray | None,
+    colormap: str | None,
+) -> list[tuple[str, list[_Row]]]:
+    """(channel suffix, rows) for each block of a sample panel: one block per channel of
+    `channel_groups` (a single block, suffix "", for 1 channel or RGB). A row label names
+    its channel ("truth c1") and, for prediction and persistence, that channel's MSE."""
+    groups = channel_groups(inputs.shape[1], colormap)
+    blocks = []
+    for group in groups:
+        suffix = f" c{group.start}" if len(groups) > 1 else ""
+        rows = []
+        for label, frames, kind, leads, reference in _panel_series(inputs, truth, prediction):
+            part = frames[:, group]
+            if kind == "error" and part.shape[1] == 3:
+                part = part.mean(axis=1, keepdims=True)  # one error map for RGB
+            first, *rest = label.split("\n")
+            lines = [first + suffix, *rest]
+            if reference is not None:
+                lines.append(f"MSE {_mse(part, reference[:, group]):.4g}")
+            rows.append(_Row("\n".join(lines), part, kind, leads))
+        blocks.append((suffix, rows))
+    return blocks
+
+
+def _label_size(label: str) -> tuple[float, float]:
+    """Width and height of a row label at LABEL_PT, inches: the widest line measured with
+    matplotlib's own font metrics, LINE_IN a line."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import text_to_path
+
+    prop = FontProperties(size=LABEL_PT)
+    lines = label.split("\n")
+    width = max(text_to_path.get_text_width_height_descent(s, prop, ismath=False)[0] for s in lines)
+    return width / 72, len(lines) * LINE_IN
+
+
+def _row_layout(blocks: list[tuple[str, list[_Row]]], cell_h: float) -> list[_Placed]:
+    """Each row's place, top to bottom: frame numbers above a block's first row and its
+    first lead-time row, a gap before its first |error| row and between blocks; a slot as
+    tall as the frames, or as the row's label where that is taller (labels never overlap)."""
+    placed = []
+    for b, (_, rows) in enumerate(blocks):
+        first_lead = next((i for i, r in enumerate(rows) if r.leads), None)
+        first_error = next((i for i, r in enumerate(rows) if r.kind == "error"), None)
+        for i, row in enumerate(rows):
+            gap = ERROR_GAP_IN if i == first_error else BLOCK_GAP_IN if b > 0 and i == 0 else 0.0
+            slot = max(cell_h, _label_size(row.label)[1])
+            placed.append(_Placed(row, b, i == 0 or i == first_lead, gap, slot))
+    return placed
+
+
+def _bar_label(kind: str, suffix: str) -> str:
+    return ("value" if kind == "value" else "|error|") + suffix
+
+
+def _panel_height(
+    placed: list[_Placed], blocks: list[tuple[str, list[_Row]]], cell_h: float
+) -> float:
+    """A panel's height, inches: title, rows and 0.1 below them; more where a colour bar's
+    label is longer than its bar (a block of one row of wide frames)."""
+    depth = TOP_IN
+    spans: dict[tuple[int, str], list[float]] = {}  # → [top, bottom] depth of its frames
+    for p in placed:
+        depth += p.slot + (HEAD_IN if p.numbered else 0.0) + p.gap
+        bottom = depth - (p.slot - cell_h) / 2
+        spans.setdefault((p.block, p.row.kind), [bottom - cell_h, bottom])[1] = bottom
+        depth += ROW_GAP_IN
+    overhangs = [(top + bottom + _label_size(_bar_label(kind, blocks[b][0]))[0]) / 2 + 0.05
+                 for (b, kind), (top, bottom) in spans.items()]  # fmt: skip
+    return max([depth + 0.1, *overhangs])
+
+
+def _block_styles(rows: list[_Row], colormap: str | None) -> dict[str, tuple[str, float, float]]:
+    """kind → (colormap name, vmin, vmax) of one block: its values on `_value_range` of its
+    value rows, its |error| rows on 0 … their largest |error| (both rows share it)."""
+    errors = [float(np.nanmax(r.frames)) for r in rows if r.kind == "error"]
+    return {
+        "value": (colormap or "gray", *_value_range(r.frames for r in rows if r.kind == "value")),
+        "error": ("magma" if colormap else "gray_r", 0.0, max(errors + [1e-6])),
+    }
+
+
+def _scores(
+    inputs: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray | None
+) -> dict[str, float]:
+    """The sample's MSE ('mse', with a prediction) and persistence's ('persistence_mse'),
+    over all channels, where there is a truth."""
+    if truth is None:
+        return {}
+    scores = {"persistence_mse": _mse(np.repeat(inputs[-1:], len(truth), axis=0), truth)}
+    if prediction is not None:
+        scores["mse"] = _mse(prediction, truth)
+    return scores
 
 
 def sample_figure(
@@ -199,49 +360,45 @@ def sample_figure(
     sample's MSE next to persistence's), labelled rows (input, truth, prediction,
     persistence, |error| of both; only what exists; one axes a row), input frames numbered
     −(T_in−1)…0 and lead times +1…+T_out, a colour bar for the values and one for |error|.
-    Without a colormap everything is gray (errors dark on white)."""
+    Data of 2 or more channels (but 3-channel RGB) get a block of rows per channel, each
+    with its own two colour bars ("value c1", "|error| c1"). Without a colormap everything
+    is gray (errors dark on white)."""
     from matplotlib.figure import Figure
 
-    inputs_TCHW = np.asarray(inputs_TCHW, np.float32)
-    rows, scores = _panel_rows(inputs_TCHW, truth_TCHW, prediction_TCHW)
+    inputs = np.asarray(inputs_TCHW, np.float32)
+    truth = None if truth_TCHW is None else np.asarray(truth_TCHW, np.float32)
+    prediction = None if prediction_TCHW is None else np.asarray(prediction_TCHW, np.float32)
+    blocks = _panel_blocks(inputs, truth, prediction, colormap)
+    rows = [row for _, block in blocks for row in block]
     columns = max(len(r.frames) for r in rows)
-    h, w = inputs_TCHW.shape[-2:]
+    h, w = inputs.shape[-2:]
     # the longer side of a frame gets CELL_IN: frames keep their aspect ratio
     cell_w, cell_h = CELL_IN * min(1.0, w / h), CELL_IN * min(1.0, h / w)
     gap_px = max(1, round(0.06 * w / cell_w))  # white lines between frames, in frame pixels
     scale = cell_w / w  # inches per frame pixel
-    left, right, head, top, row_gap, group_gap = 1.5, 1.35, 0.3, 0.6, 0.06, 0.2
-    # column numbers above the first row and above the first lead-time row
-    first_lead = next((i for i, r in enumerate(rows) if r.leads), None)
-    headers = 1 + (first_lead is not None and first_lead > 0)
-    first_error = next((i for i, r in enumerate(rows) if r.kind == "error"), None)
-    height = top + headers * head + len(rows) * (cell_h + row_gap) + 0.1
-    height += group_gap if first_error else 0.0
-    width = left + (columns * (w + gap_px) - gap_px) * scale + right
-    width, height = math.ceil(width * DPI) / DPI, math.ceil(height * DPI) / DPI  # whole pixels
+    left = max(LEFT_IN, max(_label_size(r.label)[0] for r in rows) + 0.2)
+    placed = _row_layout(blocks, cell_h)
+    height = _panel_height(placed, blocks, cell_h)
+    width = left + (columns * (w + gap_px) - gap_px) * scale + RIGHT_IN
+    # whole pixels (rounded first: float noise must not add one)
+    width, height = (math.ceil(round(v * DPI, 6)) / DPI for v in (width, height))
     fig = Figure(figsize=(width, height), dpi=DPI)
-    style = {
-        "value": (colormap or "gray", *_value_range([inputs_TCHW, truth_TCHW, prediction_TCHW])),
-        "error": (
-            "magma" if colormap else "gray_r",
-            0.0,
-            max([float(np.nanmax(r.frames)) for r in rows if r.kind == "error"] + [1e-6]),
-        ),
-    }
-    y = height - top
-    mappables: dict[str, Any] = {}
-    extents: dict[str, list[float]] = {}  # kind → [lowest y, highest y] of its rows, inches
-    for r, row in enumerate(rows):
-        numbered = r == 0 or r == first_lead
-        y -= cell_h + (head if numbered else 0.0) + (group_gap if r == first_error else 0.0)
-        row_w = (len(row.frames) * (w + gap_px) - gap_px) * scale
-        ax = fig.add_axes((left / width, y / height, row_w / width, cell_h / height))
-        image = _draw_row(ax, row, style[row.kind], gap_px, numbered=numbered)
-        mappables.setdefault(row.kind, image)
-        extents.setdefault(row.kind, [y, y + cell_h])[0] = y
-        y -= row_gap
-    _colour_bars(fig, mappables, extents, x=width - right + 0.25, width=width, height=height)
+    styles = [_block_styles(block, colormap) for _, block in blocks]
+    y = height - TOP_IN
+    mappables: dict[tuple[int, str], Any] = {}
+    extents: dict[tuple[int, str], list[float]] = {}  # → [lowest y, highest y] of its rows
+    for p in placed:
+        y -= p.slot + (HEAD_IN if p.numbered else 0.0) + p.gap
+        bottom = y + (p.slot - cell_h) / 2  # the frames in the middle of their slot
+        row_w = (len(p.row.frames) * (w + gap_px) - gap_px) * scale
+        ax = fig.add_axes((left / width, bottom / height, row_w / width, cell_h / height))
+        image = _draw_row(ax, p.row, styles[p.block][p.row.kind], gap_px, numbered=p.numbered)
+        mappables.setdefault((p.block, p.row.kind), image)
+        extents.setdefault((p.block, p.row.kind), [bottom, bottom + cell_h])[0] = bottom
+        y -= ROW_GAP_IN
+    _colour_bars(fig, mappables, extents, [s for s, _ in blocks], x=width - RIGHT_IN + 0.25)
     title = [key or "sample"] + ([f"step {step}"] if step is not None else [])
+    scores = _scores(inputs, truth, prediction)
     if "mse" in scores:
         title.append(f"MSE {scores['mse']:.4g} (persistence {scores['persistence_mse']:.4g})")
     fig.suptitle("  ·  ".join(title), fontsize=15, y=1 - 0.2 / height, va="top")
@@ -275,7 +432,7 @@ def _draw_row(ax: Any, row: _Row, style: tuple, gap_px: int, *, numbered: bool) 
     for spine in ax.spines.values():
         spine.set_visible(False)
     ax.set_yticks([])
-    ax.set_ylabel(row.label, rotation=0, ha="right", va="center", fontsize=12)
+    ax.set_ylabel(row.label, rotation=0, ha="right", va="center", fontsize=LABEL_PT)
     if numbered:
         centres = [i * (w + gap_px) + (w - 1) / 2 for i in range(t)]
         names = [f"+{i + 1}" if row.leads else ("0" if i == t - 1 else f"−{t - 1 - i}")
@@ -289,18 +446,18 @@ def _draw_row(ax: Any, row: _Row, style: tuple, gap_px: int, *, numbered: bool) 
 
 
 def _colour_bars(
-    fig: Figure, mappables: dict, extents: dict, *, x: float, width: float, height: float
+    fig: Figure, mappables: dict, extents: dict, suffixes: list[str], *, x: float
 ) -> None:
-    """A colour bar beside the value rows ('value') and one beside the error rows
-    ('|error|'), each as tall as its rows."""
-    labels = {"value": "value", "error": "|error|"}
-    for kind, mappable in mappables.items():
+    """Beside each block (channel) a colour bar for its value rows ('value c1') and one
+    for its |error| rows ('|error| c1'), each as tall as its rows; none for RGB rows."""
+    width, height = fig.get_size_inches()
+    for (block, kind), mappable in mappables.items():
         if mappable.get_array().ndim == 3:  # RGB frames: no colour scale to show
             continue
-        low, high = extents[kind]
+        low, high = extents[block, kind]
         cax = fig.add_axes((x / width, low / height, 0.18 / width, (high - low) / height))
         bar = fig.colorbar(mappable, cax=cax)
-        bar.set_label(labels[kind], fontsize=12)
+        bar.set_label(_bar_label(kind, suffixes[block]), fontsize=LABEL_PT)
         bar.ax.tick_params(labelsize=10)
 
 
@@ -338,6 +495,25 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
+def _gif_strips(
+    truth: np.ndarray | None, prediction: np.ndarray, colormap: str | None
+) -> list[list[tuple[str, np.ndarray]]]:
+    """For each channel group of `channel_groups` (the GIF's strips, top to bottom) its
+    halves [(name, T×H×W×3 uint8)]: truth and prediction, or the prediction alone, both on
+    the group's `_value_range` over all their frames, so they stay comparable."""
+    shown = [("prediction", prediction)]
+    if truth is not None:
+        shown.insert(0, ("truth", truth))
+    groups = channel_groups(prediction.shape[1], colormap)
+    strips = []
+    for group in groups:
+        suffix = f" c{group.start}" if len(groups) > 1 else ""
+        value_range = _value_range(frames[:, group] for _, frames in shown)
+        strips.append([(name + suffix, to_rgb8(frames[:, group], colormap, value_range))
+                       for name, frames in shown])  # fmt: skip
+    return strips
+
+
 def gif_frames(
     truth_TCHW: np.ndarray | None,
     prediction_TCHW: np.ndarray,
@@ -348,30 +524,36 @@ def gif_frames(
 ) -> list[Image.Image]:
     """The images of `save_gif`: truth (left) beside prediction (right), or the prediction
     alone, enlarged (nearest neighbour) to at least `min_size` pixels a side, under a
-    caption: the key, then "truth +t" and "prediction +t" (lead time t) over each half."""
+    caption with the key. Data of 2 or more channels (but 3-channel RGB) get one such
+    strip per channel, stacked, each channel on its own colour range (`_gif_strips`).
+    Each strip is labelled "truth (lead +t)" and "prediction (lead +t)" over its halves
+    ("truth c1 (lead +t)" for channel 1 of several)."""
     from PIL import ImageDraw
 
-    pred = to_rgb8(prediction_TCHW, colormap)
-    halves = [("prediction", pred)] if truth_TCHW is None else []
-    if truth_TCHW is not None:
-        halves = [("truth", to_rgb8(truth_TCHW, colormap)), ("prediction", pred)]
-    h, w = pred.shape[1:3]
+    prediction = np.asarray(prediction_TCHW, np.float32)
+    truth = None if truth_TCHW is None else np.asarray(truth_TCHW, np.float32)
+    strips = _gif_strips(truth, prediction, colormap)
+    h, w = prediction.shape[-2:]
     zoom = max(1, math.ceil(min_size / min(h, w)))
     big_h, big_w, gap, line = h * zoom, w * zoom, 8, 22
-    header = 2 * line + 6
-    width = len(halves) * big_w + (len(halves) - 1) * gap
+    strip_h = line + 6 + big_h  # a strip's label line, then its frames
+    halves = len(strips[0])
+    width = halves * big_w + (halves - 1) * gap
+    height = line + len(strips) * (strip_h + gap) - gap  # the caption line on top
     font = _font(16)
     caption = key if len(key) * 9 <= width else key[: max(1, width // 9 - 1)] + "…"
     images = []
-    for t in range(len(pred)):
-        canvas = Image.new("RGB", (width, header + big_h), "white")
+    for t in range(len(prediction)):
+        canvas = Image.new("RGB", (width, height), "white")
         draw = ImageDraw.Draw(canvas)
         draw.text((4, 3), caption, fill="black", font=font)
-        for i, (name, frames) in enumerate(halves):
-            x = i * (big_w + gap)
-            frame = frames[t].repeat(zoom, axis=0).repeat(zoom, axis=1)
-            canvas.paste(Image.fromarray(frame), (x, header))
-            draw.text((x + 4, 3 + line), f"{name}  (lead +{t + 1})", fill="black", font=font)
+        for s, strip in enumerate(strips):
+            top = line + s * (strip_h + gap)
+            for i, (name, frames) in enumerate(strip):
+                x = i * (big_w + gap)
+                frame = frames[t].repeat(zoom, axis=0).repeat(zoom, axis=1)
+                canvas.paste(Image.fromarray(frame), (x, top + line + 6))
+                draw.text((x + 4, top + 3), f"{name}  (lead +{t + 1})", fill="black", font=font)
         images.append(canvas)
     return images
 

@@ -28,10 +28,23 @@ class Scripted(TinyModule):
     """TinyModule that can hang (to be killed) or skip a batch on rank 0 at a given step."""
 
     def __init__(
-        self, hang_at: int | None, skip_at: int | None, step_sleep: float = 0.0, **kwargs
+        self,
+        hang_at: int | None,
+        skip_at: int | None,
+        step_sleep: float = 0.0,
+        val_sleep: float = 0.0,
+        marker: Path | None = None,
+        **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.hang_at, self.skip_at, self.step_sleep = hang_at, skip_at, step_sleep
+        self.val_sleep, self.marker = val_sleep, marker
+
+    def validation_step(self, inputs, targets):
+        if self.marker is not None:
+            self.marker.touch()  # a validation is under way
+        time.sleep(self.val_sleep)  # a long validation, for a test to signal inside it
+        return super().validation_step(inputs, targets)
 
     def training_step(self, inputs, targets):
         time.sleep(self.step_sleep)  # slows the run so a test can signal it mid-training
@@ -95,12 +108,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--validate", type=int, default=0, help="validate on this many samples")
     p.add_argument("--eval-batch", type=int, default=3)
     p.add_argument("--metrics", type=int, default=0, help="evaluate MetricModule on N samples")
+    p.add_argument("--val-every", type=int, default=None, help="fit validates every N steps")
+    p.add_argument("--val-sleep", type=float, default=0.0, help="seconds per validation batch")
     return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
-    module = Scripted(args.hang_at, args.skip_at, args.step_sleep, dropout=args.dropout)
+    marker = Path(args.out) / "validating"
+    module = Scripted(
+        args.hang_at, args.skip_at, args.step_sleep, args.val_sleep, marker, dropout=args.dropout
+    )
     trainer = Trainer(
         max_epochs=None,
         max_steps=args.steps,
@@ -109,6 +127,7 @@ def run(args: argparse.Namespace) -> None:
         progress_bar=False,
         log_every_n_steps=1,
         checkpoint=CheckpointConfig(every_n_steps=args.ckpt_every, keep_last=100),
+        val_every_n_steps=args.val_every,
     )
     results = {}
     if args.metrics:
@@ -120,8 +139,11 @@ def run(args: argparse.Namespace) -> None:
         trainer.predict(module, val, out=Path(args.out) / "predictions")
     else:
         train = DataLoader(TinySequences(args.num), batch_size=args.batch, shuffle=True)
+        val = None
+        if args.val_every:
+            val = DataLoader(TinySequences(40, seed=99), batch_size=args.eval_batch)
         try:
-            state = trainer.fit(module, train, resume=args.resume)
+            state = trainer.fit(module, train, val, resume=args.resume)
         except Preempted as stop:
             print(f"preempted: {stop}", flush=True)
             sys.exit(PREEMPTED_EXIT_CODE)

@@ -239,6 +239,42 @@ def test_ctrl_c_stops_with_a_checkpoint_says_how_to_resume_and_revalidates(tmp_p
     assert ckpt.VALIDATION_FILE in manifest_files(tmp_path / saved)
 
 
+def test_a_launchers_sigterm_to_the_process_group_with_loader_workers_stops_with_a_checkpoint(
+    tmp_path,
+):
+    """torchrun and `accelerate launch` stop a rank by signalling its process group, SLURM
+    every process of the step: the DataLoader workers get the signal too. torch's worker
+    died on a SIGTERM not sent by its parent, and the rank failed with "DataLoader worker
+    exited unexpectedly", no checkpoint at the stop; the workers now leave it to the rank."""
+    overrides = ["trainer.max_epochs=200", "trainer.num_workers=2", "logging.num_samples=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stpdist", "train", DEBUG, *overrides],
+        cwd=tmp_path, env=env, start_new_session=True, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    run = tmp_path / "runs" / "debug"
+    try:
+        _wait_for(lambda: len(_val_steps(run)) >= 1, proc, "a validation")
+
+        def workers_running() -> bool:
+            found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+            return bool(found.stdout.split())
+
+        _wait_for(workers_running, proc, "DataLoader workers")  # a fresh set each epoch
+        os.killpg(proc.pid, signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 75, stderr[-3000:]
+    assert "exited unexpectedly" not in stderr
+    line = next(x for x in stderr.splitlines() if "stopped on a signal" in x)
+    step = int(line.split("after step ")[1].split(";")[0])
+    assert ckpt.damage(run / "checkpoints" / f"step-{step:08d}", deep=True) is None
+
+
 def test_a_second_ctrl_c_aborts_at_once(tmp_path):
     """The first Ctrl-C waits for the step in progress (here one that hangs); the second
     aborts at once."""

@@ -320,3 +320,75 @@ def test_final_line_compares_with_persistence_in_the_data_units_under_any_normal
         f"final validation MSE per pixel {mse:.5g} vs copy-last-input-frame baseline "
         f"{persistence:.5g} ({mse / persistence:.2f}×)"
     )
+
+
+def test_inspect_picture_labels_and_ranges_every_channel(tmp_path):
+    """Stored frames of 2 channels in physical units (z ~5e4, t ~280): a row per channel,
+    each labelled "stored frames cN" and numbered 1…T, each drawn on its own range (the
+    t row is not flat), with a colour bar each."""
+    from stpdist.cli import stored_frames_figure
+    from stpdist.visualize import DPI
+
+    rng = np.random.default_rng(0)
+    centre = np.array([5e4, 280.0], np.float32)[None, :, None, None]
+    spread = np.array([1e3, 5.0], np.float32)[None, :, None, None]
+    frames = centre + spread * rng.uniform(-1, 1, (5, 2, 8, 16)).astype(np.float32)
+    fig = stored_frames_figure(frames, "w2000")
+    rows = [ax for ax in fig.axes if not hasattr(ax, "_colorbar")]
+    bars = [ax.get_ylabel() for ax in fig.axes if hasattr(ax, "_colorbar")]
+    assert [ax.get_ylabel().replace("\n", " ") for ax in rows] == [
+        "stored frames c0",
+        "stored frames c1",
+    ]
+    assert bars == ["value c0", "value c1"]
+    for ax in rows:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "3", "4", "5"]
+    fig.savefig(tmp_path / "w.png", dpi=DPI)
+    png = np.asarray(Image.open(tmp_path / "w.png").convert("RGB"))
+    for c, ax in enumerate(rows):
+        np.testing.assert_allclose(
+            ax.get_images()[0].get_clim(), (frames[:, c].min(), frames[:, c].max()), rtol=1e-6
+        )
+        box = ax.get_window_extent()
+        cells = png[png.shape[0] - int(box.y1) + 1 : png.shape[0] - int(box.y0) - 1,
+                    int(box.x0) + 1 : int(box.x1) - 1]  # fmt: skip
+        assert len(np.unique(cells.reshape(-1, 3), axis=0)) >= 30, f"channel {c} drawn flat"
+
+
+def test_a_resume_refuses_settings_it_would_not_honour(tmp_path):
+    """The restored optimizer keeps its learning rate and weight decay, the seed fixed the
+    data order, and the rest of an epoch cannot be dealt in another batch size: such a
+    change on resume trained on the old values while config.yaml recorded the new ones."""
+    checked("train", DEBUG, "trainer.max_steps=3", cwd=tmp_path)  # stops mid-epoch
+    config = (tmp_path / "runs/debug/config.yaml").read_text()
+    for overrides, message in [
+        (["model.optimizer.lr=0.1"], "model.optimizer.lr 0.003 (the checkpoint's) → 0.1"),
+        (["trainer.seed=5"], "trainer.seed 0 (the checkpoint's) → 5"),
+        (["data.batch_size=2"], "with batch size 4 per rank, this run has 2"),
+    ]:
+        done = run_cli("train", DEBUG, *overrides, "--resume", "auto", cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert message in done.stderr
+        assert (tmp_path / "runs/debug/config.yaml").read_text() == config  # not rewritten
+    done = checked("train", DEBUG, "trainer.max_epochs=1", "--resume", "auto", cwd=tmp_path)
+    assert "resumed from runs/debug/checkpoints/step-00000003" in done.stdout
+
+
+def test_a_bad_sample_met_in_a_data_worker_is_one_line_naming_shard_and_member(tmp_path):
+    """torch re-raises a worker's error with the worker's traceback in its message: the CLI
+    prints the error's own line, as without workers."""
+    from test_stream import corrupt_member
+
+    checked("synth", "moving-digits", "--out", "data/debug-digits", "--train", "32", "--val", "8",
+            "--test", "8", "--frames", "8", "--size", "32", cwd=tmp_path)  # fmt: skip
+    shard = sorted((tmp_path / "data/debug-digits/train").glob("*.tar"))[0]
+    member = corrupt_member(shard, 1)
+    done = run_cli("train", DEBUG, "trainer.num_workers=2", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("stpdist:")]
+    assert lines == [
+        f"stpdist: error: {shard.relative_to(tmp_path)}: member {member}: unreadable frames.npy "
+        "(not a NumPy .npy array (its first bytes are not the .npy header): corrupt, or another "
+        "kind of file)"
+    ]
+    assert "Traceback" not in done.stderr

@@ -145,3 +145,13 @@ def test_well_shaped_sections_still_load(tmp_path):
     cfg = load_config(path, ["data.synthesize=null", "trainer.early_stopping.patience=2"])
     assert cfg.trainer.ema == EmaConfig(decay=0.5) and cfg.data.synthesize is None
     assert cfg.trainer.early_stopping == EarlyStoppingConfig(patience=2)
+
+
+@pytest.mark.parametrize("key", ["csi_pool_sizes", "fss_sizes"])
+def test_neighbourhood_scores_without_thresholds_are_refused(tmp_path, key):
+    """They are computed at the thresholds: without any, they were accepted and silently
+    not reported."""
+    message = _message(tmp_path, None, [f"model.evaluation.{key}=[4]"])
+    assert f"'model.evaluation.{key}' is [4] without 'model.evaluation.metric_thresholds'" in (
+        message
+    )

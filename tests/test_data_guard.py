@@ -513,3 +513,68 @@ def test_inspect_never_writes_pictures_among_a_datasets_shards(tmp_path):
         assert proc.returncode == 2 and "inside the split folder ds/train" in proc.stderr
     assert sorted(p.name for p in (tmp_path / "ds" / "train").iterdir()) == before
     run_cli("inspect", "ds/train", "--samples", "1", "--out", "ds/pics", cwd=tmp_path, check=True)
+
+
+# ------------------------------------------------------------- the climatology file
+def set_climatology(folder: Path, name) -> None:
+    index = json.loads((folder / "index.json").read_text())
+    index["climatology"] = name
+    (folder / "index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize(
+    "name", ["../../clim.npy", "__ABS__", "sub/climatology.npy", "..", ".", 7, None]
+)
+def test_a_climatology_that_is_not_a_file_name_beside_the_index_is_refused(tmp_path, name):
+    """Once, `../` or an absolute path was opened outside the dataset: `../../clim.npy`
+    here is a valid climatology of the split's shape, and it was used."""
+    folder = split_of(tmp_path / "data" / "train", [2])
+    np.save(tmp_path / "clim.npy", np.zeros((1, 4, 4), np.float32))
+    set_climatology(folder, str(tmp_path / "clim.npy") if name == "__ABS__" else name)
+    with pytest.raises(ShardFormatError) as err:
+        read_index(folder)
+    message = str(err.value)
+    assert message.startswith(f"{folder / 'index.json'}: key 'climatology': ")
+    assert "file name beside index.json" in message and "\n" not in message
+
+
+def test_a_climatology_file_name_beside_the_index_is_read(tmp_path):
+    from stpdist.data.format import read_climatology
+
+    folder = split_of(tmp_path / "train", [2])
+    assert read_index(folder).climatology == ""  # none: no file to read
+    np.save(folder / "clim-1991_2020.npy", np.full((1, 4, 4), 0.5, np.float32))
+    set_climatology(folder, "clim-1991_2020.npy")
+    index = read_index(folder)
+    assert index.climatology == "clim-1991_2020.npy"
+    assert read_climatology(folder, index).tolist() == np.full((1, 4, 4), 0.5).tolist()
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b"GARBAG\x01\x00v\x00{'descr': '<f4', 'fortran_order': False, 'shape': (1, 4, 4), }",
+         "not a NumPy .npy array"),
+        (b"root:x:0:0:root:/root:/bin/bash\n", "not a NumPy .npy array"),
+        (None, "holds Python objects (pickled), not a plain numeric array"),
+    ],
+    ids=["npy-header-under-garbage-magic", "a-text-file", "an-array-of-objects"],
+)  # fmt: skip
+def test_a_climatology_that_is_no_plain_array_is_named_without_advice_to_unpickle(
+    tmp_path, content, says
+):
+    from stpdist.data.format import read_climatology
+
+    folder = split_of(tmp_path / "train", [2])
+    path = folder / "climatology.npy"
+    if content is None:
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    else:
+        path.write_bytes(content)
+    set_climatology(folder, "climatology.npy")
+    with pytest.raises(ShardFormatError) as err:
+        read_climatology(folder, read_index(folder))
+    message = str(err.value)
+    assert message.startswith(f"{path}: unreadable climatology") and says in message
+    assert "allow_pickle" not in message and "unsafe" not in message
+    assert "pickle.load" not in message and "If you trust" not in message

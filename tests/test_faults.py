@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -220,6 +221,33 @@ def test_lock_of_another_host_is_refused(tmp_path):
         RunLock(tmp_path / "run").acquire()
     assert str(lock_file) in one_line(exc)
     assert lock_file.is_file()  # left for the user to judge
+
+
+def test_a_requeued_slurm_job_takes_over_the_lock_its_earlier_run_left_on_another_host(
+    tmp_path, monkeypatch, caplog
+):
+    """A preempted job SIGKILLed before it could release the lock, requeued onto another
+    node: the same job id with a higher restart count takes the lock over; another job, or
+    the same job at the same count, is refused as before."""
+    from stpdist.runlock import LOCK_FILE, RunLock, RunLockedError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lock_file = run / LOCK_FILE
+    left = {"host": "node-17", "pid": 4242, "since": time.time(), "slurm_job": "901"}
+    for job, restarts, holder_restarts in [("901", "0", 0), ("902", "1", 0), ("901", "1", 1)]:
+        lock_file.write_text(json.dumps({**left, "slurm_restart": holder_restarts}))
+        monkeypatch.setenv("SLURM_JOB_ID", job)
+        monkeypatch.setenv("SLURM_RESTART_COUNT", restarts)
+        with pytest.raises(RunLockedError, match="another host.*node-17"):
+            RunLock(run).acquire()
+    lock_file.write_text(json.dumps({**left, "slurm_restart": 0}))
+    monkeypatch.setenv("SLURM_JOB_ID", "901")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with caplog.at_level(logging.WARNING, logger="stpdist"), RunLock(run):
+        holder = json.loads(lock_file.read_text())
+        assert (holder["slurm_job"], holder["slurm_restart"]) == ("901", 1)
+    assert "left by this SLURM job (901) before it was requeued" in caplog.text
 
 
 def test_same_process_cannot_take_it_twice(tmp_path):

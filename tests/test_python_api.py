@@ -47,6 +47,34 @@ def test_a_sampler_the_trainer_would_ignore_is_refused(tmp_path):
     assert results["val/num_samples"] == 4
 
 
+def _mark_worker(folder: Path, worker_id: int) -> None:
+    import signal
+
+    ignored = signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # the Trainer's setting kept
+    (folder / f"worker-{worker_id}-{ignored}").touch()
+
+
+def test_a_dataloaders_own_worker_init_fn_runs_in_training_and_evaluation_workers(tmp_path):
+    """The Trainer builds its own DataLoaders from the one passed; the user's
+    `worker_init_fn` (e.g. opening a file per worker) was dropped, silently."""
+    import functools
+
+    for role in ("train", "val"):
+        (tmp_path / role).mkdir()
+    data = TinySequences(16)
+
+    def passed(role: str, **kwargs) -> DataLoader:
+        init = functools.partial(_mark_worker, tmp_path / role)
+        return DataLoader(data, batch_size=4, num_workers=2, worker_init_fn=init, **kwargs)
+
+    trainer(tmp_path).fit(TinyModule(), passed("train", shuffle=True), passed("val"))
+    for role in ("train", "val"):
+        assert sorted(p.name for p in (tmp_path / role).iterdir()) == [
+            "worker-0-True",
+            "worker-1-True",
+        ], role
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [

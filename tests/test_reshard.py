@@ -153,3 +153,136 @@ def test_rest_of_an_epoch_is_every_unconsumed_batch_once(
     dropped = len(left) - len(rest)
     assert 0 <= dropped < ranks * accum
     assert [keys for _, keys in sorted(rest)] == left[: len(rest)]
+
+
+# ---------------------------------------------------------------- on-the-fly moving digits
+def _digest(frames) -> str:
+    import hashlib
+
+    return hashlib.sha1(frames.contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize(
+    "first_workers, workers, first_accum, ranks, accum",
+    [(0, 0, 1, 3, 1), (2, 0, 1, 3, 1), (0, 2, 3, 2, 2), (0, 0, 1, 1, 2)],
+)
+def test_rest_of_an_on_the_fly_epoch_is_every_unconsumed_sequence_once(
+    first_workers, workers, first_accum, ranks, accum
+):
+    """`data.train_source: moving_digits` (every configs/mmnist recipe) resumes mid-epoch on
+    another number of ranks, as the shard stream does: the rest of an epoch begun on 4 ranks,
+    continued on `ranks` (and resumed inside the rest, and moved on again to 2 ranks), holds
+    each batch the 4-rank layout had still to yield once, less fewer than ranks ×
+    accumulation batches; data-loading workers on either side."""
+    from dataclasses import replace
+
+    from stpdist.data.loading import EpochOrigin, LoaderContext
+    from stpdist.data.onthefly import MovingDigitsTrainSource
+
+    source = MovingDigitsTrainSource(
+        50, batch_size=2, num_input_frames=2, num_output_frames=1, image_size=8, digit_size=6
+    )
+
+    def ctx(rank, world, workers, multiple):
+        return LoaderContext(rank, world, 5, multiple, workers)
+
+    def names(batches):
+        return [[_digest(torch.cat([x, y], 1)[i]) for i in range(len(x))] for x, y in batches]
+
+    first = [names(source.iterate(ctx(r, 4, first_workers, first_accum), 1)) for r in range(4)]
+    assert len({len(batches) for batches in first}) == 1
+    consumed = first_accum
+    origin = EpochOrigin(4, first_workers, first_accum, consumed)
+    left = [first[r][j] for j in range(consumed, len(first[0])) for r in range(4)]
+    assert len({name for batch in left for name in batch}) == 2 * len(left)  # all told apart
+    rest, counts = [], set()
+    for rank in range(ranks):
+        here = ctx(rank, ranks, workers, accum)
+        batches = names(source.iterate_rest(here, 1, origin))
+        counts.add(len(batches))
+        assert len(batches) == source.batches_in_rest(here, origin)
+        assert names(source.iterate_rest(here, 1, origin, 1)) == batches[1:]
+        rest += [(i * ranks + rank, b) for i, b in enumerate(batches)]
+    assert len(counts) == 1 and counts.pop() > 0  # equal batches on every rank
+    assert 0 <= len(left) - len(rest) < ranks * accum
+    assert [batch for _, batch in sorted(rest)] == left[: len(rest)]
+
+    # moved again after one batch a rank: 2 ranks take the list on where `ranks` left it
+    again = replace(origin, later=ranks)
+    moved = [names(source.iterate_rest(ctx(r, 2, 0, 1), 1, again)) for r in range(2)]
+    assert len(moved[0]) == len(moved[1]) == source.batches_in_rest(ctx(0, 2, 0, 1), again)
+    assert [moved[r][i] for i in range(len(moved[0])) for r in range(2)] == left[ranks:][
+        : 2 * len(moved[0])
+    ]
+
+
+def test_an_on_the_fly_epoch_stopped_on_2_ranks_resumes_on_1_rank(tmp_path):
+    """End to end, real processes over gloo: 2 ranks × batch 2 over 20 generated sequences
+    an epoch (5 steps), stopped after step 2 and resumed on 1 rank with the global batch
+    kept (accumulating 2): every sequence of the epoch is seen exactly once, each later step
+    holds the uninterrupted run's sequences, and the parameters are its parameters."""
+    from stpdist.data.onthefly import MovingDigitsTrainSource
+
+    common = {"digits": 20, "accum": 1}
+    first = [{**common, "out": str(tmp_path / "straight"), "tag": "straight"},
+             {**common, "out": str(tmp_path / "run"), "tag": "first", "steps": 2}]  # fmt: skip
+    run_ranks([SCRIPT, _jobs(tmp_path, first)], 2)
+    rest = [{**common, "out": str(tmp_path / "run"), "tag": "rest", "resume": "auto", "keep": True}]
+    proc = run_ranks([SCRIPT, _jobs(tmp_path, rest)], 1)
+    assert "redistributed over 1" in proc.stdout + proc.stderr
+
+    source = MovingDigitsTrainSource(  # as in the script
+        20,
+        batch_size=2,
+        num_input_frames=3,
+        num_output_frames=2,
+        image_size=8,
+        digit_size=6,
+        seed=1,
+    )
+    epoch = [_digest(torch.from_numpy(source.sample(0, j)).float().div_(255)) for j in range(20)]
+    assert len(set(epoch)) == 20
+    before, after = _seen(tmp_path / "run", "first"), _seen(tmp_path / "run", "rest")
+    assert len(before) == 8 and len(after) == 12
+    assert sorted(before + after) == sorted(epoch)
+    assert sorted(_seen(tmp_path / "straight", "straight")) == sorted(epoch)
+
+    def steps(folder: Path, tag: str) -> dict[int, set]:
+        found: dict[int, set] = {}
+        for file in sorted(folder.glob(f"keys-{tag}-r*.json")):
+            for step, batch in json.loads(file.read_text()):
+                found.setdefault(step, set()).update(batch)
+        return found
+
+    straight = steps(tmp_path / "straight", "straight")
+    assert steps(tmp_path / "run", "rest") == {s: k for s, k in straight.items() if s >= 2}
+    assert json.loads((tmp_path / "run" / "state-rest.json").read_text()) == {
+        "global_step": 5, "epoch": 1}  # fmt: skip
+    expected = torch.load(tmp_path / "straight" / "params-straight.pt")
+    got = torch.load(tmp_path / "run" / "params-rest.pt")
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-6, atol=1e-6)
+
+
+def test_a_mid_epoch_checkpoint_resumed_with_other_data_workers_sees_each_sample_once(
+    tmp_path, written
+):
+    """A shard stream's layout depends on its workers (each reads its own shards): a
+    mid-epoch resume with `trainer.num_workers` 0 → 2 on the same 2 ranks laid out the rest
+    anew but started at the old batch count, seeing samples twice and skipping others. It
+    is now redistributed as a move to other ranks is."""
+    _, shards = written
+    common = {"shards": str(shards), "accum": ACCUM, "out": str(tmp_path / "run")}
+    jobs = [
+        {**common, "tag": "first", "steps": 1, "workers": 0},
+        {**common, "tag": "rest", "resume": "auto", "workers": 2},
+    ]
+    proc = run_ranks([SCRIPT, _jobs(tmp_path, jobs)], 2)
+    assert "0 data worker(s) each: the rest of epoch 0 is redistributed over 2 with 2" in (
+        proc.stdout + proc.stderr
+    )
+    before, after = _seen(tmp_path / "run", "first"), _seen(tmp_path / "run", "rest")
+    assert len(before) == 2 * ACCUM
+    seen = before + after
+    assert len(seen) == len(set(seen)), "a sample seen twice in the epoch"
+    assert SAMPLES - len(seen) < 2 * ACCUM  # at most a step's worth dropped, as documented

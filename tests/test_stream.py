@@ -3,6 +3,8 @@ mid-epoch resume, eval exactly once — over real tar shards of uneven sizes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -114,8 +116,11 @@ def test_truncated_shard_names_the_shard(tmp_path, uneven):
         list(stream.iterate(LoaderContext()))
 
 
-def corrupt_member(shard, member_index: int) -> str:
-    """Replace one frames.npy member of a tar shard with garbage; returns its name."""
+def corrupt_member(
+    shard, member_index: int, garbage: Callable[[bytes], bytes] | None = None
+) -> str:
+    """Replace one frames.npy member of a tar shard with garbage (`garbage(data)` when
+    given, the member's data in); returns its name."""
     import io
     import tarfile
 
@@ -125,7 +130,7 @@ def corrupt_member(shard, member_index: int) -> str:
     with tarfile.open(shard, "w") as tar:
         for member, data in members:
             if member.name == name:
-                data = b"not an npy file at all"
+                data = b"not an npy file at all" if garbage is None else garbage(data)
                 member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
     return name
@@ -256,3 +261,87 @@ def test_stored_frames_travel_as_uint8_and_scale_like_the_float_path(uneven, wor
         assert moved.inputs.dtype == torch.float32 and moved.keys == keys
         assert torch.equal(moved.inputs, inputs) and torch.equal(moved.targets, targets)
     assert stored[0].frames.nbytes * 4 == (floats[0][0].nbytes + floats[0][1].nbytes)
+
+
+def _template_missing_shard(tmp_path, uneven, missing: str) -> str:
+    """A `pipe:cat …{split}/{name}` template over a copy of `uneven` without `missing`:
+    a shard behind a URL whose command fails (as an https download with curl -f fails)."""
+    import shutil
+
+    remote = tmp_path / "remote" / "train"
+    remote.mkdir(parents=True)
+    for shard in uneven.glob("*.tar"):
+        if shard.name != missing:
+            shutil.copy(shard, remote / shard.name)
+    return f"pipe:cat {tmp_path / 'remote'}/{{split}}/{{name}}"
+
+
+def test_a_shard_whose_url_command_fails_is_named_and_skipped_in_skip_mode(tmp_path, uneven):
+    """Once: webdataset's `Pipe.close` raised its OSError (a tuple repr, exit 1) past the
+    error handling, so skip mode never saw it and the run was lost."""
+    template = _template_missing_shard(tmp_path, uneven, "train-000002.tar")
+    args = dict(batch_size=4, num_input_frames=3, num_output_frames=3, url_template=template)
+    with pytest.raises(ShardFormatError) as err:
+        list(ShardEvalStream(uneven, **args).iterate(LoaderContext()))
+    message = str(err.value)
+    assert message.startswith(f"pipe:cat {tmp_path}/remote/train/train-000002.tar: ")
+    assert "the command exited with status 1" in message
+    assert "\n" not in message and "{" not in message  # no repr of webdataset's arguments
+
+    shard2 = {f"s{i:04d}" for i in range(20, 30)}
+    evaluated = ShardEvalStream(uneven, skip_bad=True, **args)
+    seen = keys_of(evaluated.iterate(LoaderContext()))
+    assert sorted(seen) == sorted({f"s{i:04d}" for i in range(sum(SIZES))} - shard2)
+    assert evaluated.bad_samples == 10
+
+    # the train stream: equal full batches per rank, the shard's samples skipped and counted
+    skipping, local = train(uneven), train(uneven)
+    skipping.url_template, skipping.skip_bad = template, True
+    counts, bad, seen, planned = [], 0, set(), set()
+    for rank in range(2):
+        ctx = LoaderContext(rank=rank, world_size=2, seed=3)
+        batches = list(skipping.iterate(ctx, 0))
+        assert all(len(b[2]) == 2 for b in batches)
+        counts.append(len(batches))
+        bad += skipping.bad_samples
+        seen |= set(keys_of(batches))
+        planned |= set(keys_of(local.iterate(ctx, 0)))
+    assert counts == [local.batches_per_epoch(ctx)] * 2
+    assert seen == planned - shard2 and bad == len(planned & shard2) > 0
+
+
+def _object_npy(_: bytes) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "garbage, says",
+    [
+        (lambda data: b"GARBAG" + data[6:], "not a NumPy .npy array"),  # the review's case
+        (lambda data: b"not an npy file at all", "not a NumPy .npy array"),
+        (_object_npy, "holds Python objects (pickled), not a plain numeric array"),
+    ],
+    ids=["garbage-magic", "text", "objects"],
+)
+def test_a_member_that_is_no_plain_array_is_named_without_advice_to_unpickle(
+    tmp_path, uneven, garbage, says
+):
+    """numpy's message for these advises loading the file "unsafely" with `allow_pickle=` or
+    `pickle.load`: for a corrupt or hostile data file, the wrong advice."""
+    import shutil
+
+    folder = tmp_path / "train"
+    shutil.copytree(uneven, folder)
+    name = corrupt_member(folder / "train-000000.tar", 1, garbage)
+    stream = ShardEvalStream(folder, batch_size=4, num_input_frames=3, num_output_frames=3)
+    with pytest.raises(ShardFormatError) as err:
+        list(stream.iterate(LoaderContext()))
+    message = str(err.value)
+    assert message.startswith(f"{folder}/train-000000.tar: member {name}: unreadable")
+    assert says in message and "\n" not in message
+    assert "allow_pickle" not in message and "unsafe" not in message
+    assert "pickle.load" not in message and "If you trust" not in message

@@ -145,3 +145,38 @@ def test_sigterm_stops_after_a_step_with_checkpoint_and_resumes_bitwise(
     final_b = load_file(str(stopped / "checkpoints" / "step-00000012" / "model.safetensors"))
     for key in final_a:
         assert torch.equal(final_a[key], final_b[key]), key
+
+
+def test_a_stop_during_a_long_validation_leaves_it_and_stops_with_a_checkpoint(tmp_path):
+    """SIGTERM to both ranks in the middle of a validation (each of its batches takes
+    0.3 s, 10 s in all): the ranks leave it together and stop with a checkpoint within
+    seconds, where they used to finish it first (and torchrun SIGKILLs a rank 30 s after
+    its SIGTERM: no checkpoint). The resume runs the validation that was cut off."""
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--steps", "8", "--val-every", "4", "--eval-batch", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [*ranks_launcher(2), SCRIPT, *common, "--val-sleep", "0.3"],
+        env=env, start_new_session=True, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while not (out / "validating").is_file():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+    signalled = time.time()
+    for pid in [int(p) for p in ranks.stdout.split()]:
+        os.kill(pid, signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    took = time.time() - signalled
+    assert "step 4: validation left unfinished to stop" in stdout + stderr, stderr[-2000:]
+    assert "stopped on a signal after step 4" in stdout + stderr
+    assert took < 8, f"{took:.1f} s: the validation (20 batches of 0.3 s per rank) ran on"
+    assert (out / "checkpoints" / "step-00000004").is_dir()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in rows if "val/loss" in r]
+
+    run_ranks([SCRIPT, *common, "--resume", "auto"], 2)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val/loss" in r] == [4, 5, 8]  # 5: the epoch's end

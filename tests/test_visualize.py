@@ -152,3 +152,237 @@ def test_lead_time_figure_labels_every_panel_and_draws_persistence_where_it_exis
     default = lead_time_figure(results)
     assert default._suptitle.get_text()  # a title without being asked
     assert Image.open(path).size == tuple(round(v) for v in default.get_size_inches() * DPI)
+
+
+# ------------------------------------------------- colour ranges per channel, every channel drawn
+def _physical_sample(seed=0, t_in=4, t_out=3, h=8, w=16):
+    """Inputs, truth and prediction of 2 channels in physical units (value scale 1):
+    c0 ≈ 5e4 ± 1e3 (geopotential, m² s⁻²), c1 ≈ 280 ± 5 (temperature, K); wide frames."""
+    rng = np.random.default_rng(seed)
+    centre = np.array([5e4, 280.0], np.float32)[None, :, None, None]
+    spread = np.array([1e3, 5.0], np.float32)[None, :, None, None]
+
+    def frames(t):
+        return centre + spread * rng.uniform(-1, 1, (t, 2, h, w)).astype(np.float32)
+
+    inputs, truth = frames(t_in), frames(t_out)
+    prediction = truth + 0.3 * spread * rng.standard_normal(truth.shape).astype(np.float32)
+    return inputs, truth, prediction
+
+
+def _row_axes(fig):
+    """The panel's row axes by label (not the colour bars)."""
+    return {ax.get_ylabel(): ax for ax in fig.axes if not hasattr(ax, "_colorbar")}
+
+
+def _crop(png, ax):
+    """The pixels of `ax` in a PNG saved at the figure's DPI (display pixels = PNG pixels),
+    one pixel in from its edges."""
+    box = ax.get_window_extent()
+    height = png.shape[0]
+    return png[
+        height - int(box.y1) + 1 : height - int(box.y0) - 1, int(box.x0) + 1 : int(box.x1) - 1
+    ]
+
+
+def _distinct(pixels):
+    return len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0))
+
+
+def _pixel(png, ax, x, y):
+    """The PNG's RGB at data coordinates (x, y) of `ax` (a frame pixel's centre)."""
+    px, py = ax.transData.transform((x, y))
+    return tuple(int(v) for v in png[png.shape[0] - 1 - int(py), int(px)])
+
+
+def test_physical_units_panel_gives_every_channel_its_own_colour_range(tmp_path):
+    """Weather-like data (z ~5e4, t ~280): each channel's block of rows has its own value
+    range (the channel's min…max over input, truth and prediction) and |error| range, with
+    a colour bar each; no row of either channel is drawn flat; a channel's MSE is its own."""
+    from stpdist.visualize import DPI, sample_figure
+
+    inputs, truth, pred = _physical_sample()
+    fig = sample_figure(inputs, truth, pred, "coolwarm", key="w2000")
+    bars = [ax.get_ylabel() for ax in fig.axes if hasattr(ax, "_colorbar")]
+    assert bars == ["value c0", "|error| c0", "value c1", "|error| c1"]
+    rows = _row_axes(fig)
+    for c in (0, 1):
+        values = np.concatenate([inputs[:, c], truth[:, c], pred[:, c]])
+        clim = rows[f"truth c{c}"].get_images()[0].get_clim()
+        np.testing.assert_allclose(clim, (values.min(), values.max()), rtol=1e-6)
+        errors = np.concatenate([np.abs(truth - pred)[:, c], np.abs(truth - inputs[-1:])[:, c]])
+        clim = rows[f"|error| c{c}\nprediction"].get_images()[0].get_clim()
+        np.testing.assert_allclose(clim, (0, errors.max()), rtol=1e-6)
+        mse = float(np.mean((pred[:, c].astype(np.float64) - truth[:, c]) ** 2))
+        assert f"prediction c{c}\nMSE {mse:.4g}" in rows
+    path = tmp_path / "w2000.png"
+    fig.savefig(path, dpi=DPI)
+    png = np.asarray(Image.open(path).convert("RGB"))
+    assert len(rows) == 12  # input, truth, prediction, persistence, 2 × |error|; 2 channels
+    for label, ax in rows.items():
+        assert _distinct(_crop(png, ax)) >= 30, f"row {label!r} is drawn flat"
+
+
+def test_panel_row_and_bar_labels_stay_inside_the_figure_and_apart():
+    """Wide frames (row height 0.4 in), 2 channels, 5-digit MSEs: no row label reaches
+    past the figure's left edge or into its frames, no two labels overlap, and every
+    colour bar's label lies inside the figure (also for inspect's one-row blocks)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from stpdist.visualize import sample_figure
+
+    inputs, truth, pred = _physical_sample(h=16, w=32)
+    for fig in (sample_figure(inputs, truth, pred, key="k"), sample_figure(inputs, None, None)):
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        boxes = []
+        for label, ax in _row_axes(fig).items():
+            box = ax.yaxis.label.get_window_extent(renderer)
+            assert box.x0 >= 0, f"row label {label!r} cut at the left edge"
+            assert box.x1 <= ax.get_window_extent(renderer).x0, f"{label!r} over the frames"
+            boxes.append((box.y0, box.y1, label))
+        boxes.sort()
+        for (_, top, below), (bottom, _, above) in zip(boxes, boxes[1:]):
+            assert top <= bottom, f"row labels {below!r} and {above!r} overlap"
+        width, height = canvas.get_width_height()
+        for ax in (ax for ax in fig.axes if hasattr(ax, "_colorbar")):
+            box = ax.yaxis.label.get_window_extent(renderer)
+            assert box.y0 >= 0 and box.y1 <= height and box.x1 <= width, ax.get_ylabel()
+
+
+def _strips(image, x):
+    """(top, bottom) of each run of rows that are not white in column x of an image: the
+    stacked strips of a GIF (viridis is never white; captions stay left of x)."""
+    coloured = list((image[:, x] != 255).any(axis=-1)) + [False]
+    runs, start = [], None
+    for y, on in enumerate(coloured):
+        if on and start is None:
+            start = y
+        elif not on and start is not None:
+            runs.append((start, y))
+            start = None
+    return runs
+
+
+def test_gif_draws_one_strip_per_channel_each_on_its_own_range(tmp_path):
+    """A 2-channel physical-unit GIF (TaxiBJ-like colormap) has a strip per channel, truth
+    and prediction side by side, each channel on the range of its truth and prediction
+    frames together (viridis of (x − min) / (max − min)), none flat, in every GIF frame."""
+    import matplotlib
+
+    from stpdist.visualize import GIF_MIN_SIZE
+
+    _, truth, pred = _physical_sample()
+    path = save_gif(tmp_path / "w.gif", truth, pred, colormap="viridis", key="w2000")
+    zoom = GIF_MIN_SIZE // 8  # 8×16 frames drawn at 256×512
+    big_w = 16 * zoom
+    with Image.open(path) as gif:
+        assert gif.n_frames == 3
+        for t in range(3):
+            gif.seek(t)
+            image = np.asarray(gif.convert("RGB")).astype(int)
+            strips = _strips(image, big_w - 3)
+            assert [bottom - top for top, bottom in strips] == [GIF_MIN_SIZE] * 2
+            for c, (top, bottom) in enumerate(strips):
+                both = np.concatenate([truth[:, c], pred[:, c]])
+                lo, hi = both.min(), both.max()
+                for half, frames in enumerate((truth, pred)):
+                    shown = image[top:bottom, half * (big_w + 8) : half * (big_w + 8) + big_w]
+                    assert _distinct(shown) >= 30, f"channel {c} drawn flat at lead {t + 1}"
+                    rgb = matplotlib.colormaps["viridis"]((frames[t, c] - lo) / (hi - lo))
+                    expected = np.round(rgb[..., :3] * 255).repeat(zoom, 0).repeat(zoom, 1)
+                    assert np.abs(shown - expected).max() <= 8  # GIF palette rounding
+
+
+def test_gif_of_three_channels_is_rgb_without_colormap_and_a_strip_each_with_one(tmp_path):
+    from stpdist.visualize import GIF_MIN_SIZE
+
+    rng = np.random.default_rng(4)
+    truth, pred = rng.random((2, 3, 8, 8)), rng.random((2, 3, 8, 8))
+    for colormap, count in ((None, 1), ("viridis", 3)):
+        path = save_gif(tmp_path / f"{colormap}.gif", truth, pred, colormap=colormap)
+        with Image.open(path) as gif:
+            image = np.asarray(gif.convert("RGB")).astype(int)
+        strips = _strips(image, GIF_MIN_SIZE - 3)
+        assert [bottom - top for top, bottom in strips] == [GIF_MIN_SIZE] * count, colormap
+    zoom = GIF_MIN_SIZE // 8
+    top, bottom = strips[2]  # channel 2 under viridis: its own strip, values in [0, 1]
+    import matplotlib
+
+    expected = matplotlib.colormaps["viridis"](truth[0, 2])[..., :3]
+    expected = np.round(expected * 255).repeat(zoom, 0).repeat(zoom, 1)
+    assert np.abs(image[top:bottom, :GIF_MIN_SIZE] - expected).max() <= 8
+
+
+def test_sequence_panel_scales_each_channel_by_its_own_range():
+    """Physical units: pixel = (x − min) / (max − min) × 255 with each channel's min and
+    max over inputs, truth and prediction; |error| rows on 0 … the channel's largest."""
+    inputs, truth, pred = _physical_sample(w=8)
+    image = sequence_panel(inputs, truth, pred).astype(int)
+
+    def cell(row, col):
+        top, left = row * (8 + GAP), col * (8 + GAP)
+        return image[top : top + 8, left : left + 8, 0]
+
+    for c in (0, 1):
+        values = np.concatenate([inputs[:, c], truth[:, c], pred[:, c]]).astype(np.float64)
+        lo, hi = values.min(), values.max()
+        expected = np.round((truth[1, c] - lo) / (hi - lo) * 255)
+        assert np.abs(cell(2 + c, 1) - expected).max() <= 1  # rows: input c0, c1, truth c0, …
+        error = np.abs(truth[:, c] - pred[:, c])
+        expected = np.round(error[2] / error.max() * 255)
+        assert np.abs(cell(6 + c, 2) - expected).max() <= 1
+        assert len(np.unique(cell(4 + c, 0))) >= 30  # prediction rows are not flat
+
+
+# the old pictures of data in [0, 1] (before per-channel ranges): frame values and the
+# panel's pixels for them, gray and viridis, read from PNGs the earlier code wrote
+LEVELS = [0.0, 0.1, 0.25, 0.4, 0.5, 0.75, 0.9, 1.0]
+OLD_GRAY = [(0, 0, 0), (25, 25, 25), (64, 64, 64), (102, 102, 102), (128, 128, 128),
+            (192, 192, 192), (230, 230, 230), (255, 255, 255)]  # fmt: skip
+OLD_VIRIDIS = [(68, 1, 84), (72, 35, 116), (58, 82, 139), (41, 120, 142), (32, 144, 140),
+               (94, 201, 97), (189, 222, 38), (253, 231, 36)]  # fmt: skip
+
+
+def test_unit_range_channel_keeps_the_fixed_range_beside_a_physical_one(tmp_path):
+    """Data in [0, 1] are drawn on the fixed (0, 1) range, pixel for pixel as before (the
+    old pixels of a fixed 1-channel sample), and so is a [0, 1] channel beside a channel
+    of kelvin (c1 ≈ 280): in the panel, the GIF and `sequence_panel`; c1 is not flat."""
+    from stpdist.visualize import DPI, GIF_MIN_SIZE, sample_figure
+
+    frame = np.resize(np.array(LEVELS, np.float32), (8, 8))  # row r: LEVELS rolled by r
+    truth = np.stack([np.roll(frame, t, axis=1) for t in range(3)])[:, None]
+    inputs = np.stack([np.roll(frame, -t, axis=0) for t in range(2)])[:, None]
+    pred = truth[:, :, ::-1].copy()
+    kelvin = 280 + 5 * np.random.default_rng(6).uniform(-1, 1, (5, 1, 8, 8)).astype(np.float32)
+    two = [np.concatenate([x, kelvin[: len(x)]], axis=1) for x in (inputs, truth, pred)]
+    for colormap, old in ((None, OLD_GRAY), ("viridis", OLD_VIRIDIS)):
+        for sample, label in (((inputs, truth, pred), "truth"), (two, "truth c0")):
+            fig = sample_figure(*sample, colormap)
+            path = tmp_path / f"{colormap}-{label}.png"
+            fig.savefig(path, dpi=DPI)
+            png = np.asarray(Image.open(path).convert("RGB"))
+            ax = _row_axes(fig)[label]
+            assert [_pixel(png, ax, x, 0) for x in range(8)] == old, (colormap, label)
+        assert _distinct(_crop(png, _row_axes(fig)["truth c1"])) >= 30
+
+    # sequence_panel: channel 0's rows as the 1-channel panel's, channel 1's its own range
+    alone, both = sequence_panel(inputs, truth, pred), sequence_panel(*two)
+    for group in range(4):  # input, truth, prediction, |error|: c0 is row 2 × group
+        top = 2 * group * (8 + GAP)
+        np.testing.assert_array_equal(
+            both[top : top + 8], alone[group * (8 + GAP) : group * (8 + GAP) + 8]
+        )
+    assert len(np.unique(both[8 + GAP : 16 + GAP, :8, 0])) >= 30
+
+    # GIF: channel 0's strip as the 1-channel GIF, channel 1 a strip of its own
+    gifs = [save_gif(tmp_path / f"{n}.gif", t, p, colormap="viridis") for n, t, p in
+            (("alone", truth, pred), ("both", two[1], two[2]))]  # fmt: skip
+    with Image.open(gifs[0]) as a, Image.open(gifs[1]) as b:
+        alone, both = (np.asarray(g.convert("RGB")).astype(int) for g in (a, b))
+    strips = _strips(both, GIF_MIN_SIZE - 3)
+    assert len(strips) == 2
+    (top, bottom), (alone_top, alone_bottom) = strips[0], _strips(alone, GIF_MIN_SIZE - 3)[0]
+    np.testing.assert_array_equal(both[top:bottom], alone[alone_top:alone_bottom])
+    assert _distinct(both[strips[1][0] : strips[1][1], :GIF_MIN_SIZE]) >= 30

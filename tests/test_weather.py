@@ -152,18 +152,22 @@ def test_two_variables_1e4_apart_arrive_standardised_and_predictions_are_physica
             assert results[f"test/rmse/{name}/t{t + 1:02d}"] == pytest.approx(rmse, rel=1e-4)
         mae = np.abs(err[:, :, c]).mean()
         assert results[f"test/mae/{name}"] == pytest.approx(mae, rel=1e-4)
+    # PSNR and SSIM (data range 1) mean nothing in physical units: not reported
+    assert "test/mse" in results
+    assert not [k for k in results if k.startswith(("test/psnr", "test/ssim"))]
 
 
-def test_default_scale_keeps_scaled_predictions(tmp_path):
-    """`scale` (the default) writes predictions as before: frames / value_scale."""
-    from stpdist.data.format import read_index as _read
+def test_scale_with_clamping_is_refused_for_data_outside_0_1(tmp_path):
+    """`scale` (the default) clamps predictions to [0, 1]: on physical values (5e4 and 5,
+    value scale 1) every prediction was clamped without a word. Refused, naming what fits."""
+    from stpdist.errors import InputError
 
-    data, seen, _ = _normalised_run(tmp_path, "scale", steps=1)
-    assert _read(tmp_path / "data" / "train").value_scale == 1.0
-    with np.load(sorted((tmp_path / "pred").glob("*.npz"))[0]) as f:
-        first = f["predictions"][0]
-    # scale mode clamps outputs to [0, 1] (the scaled range), as before
-    assert first.max() <= 1.0
+    with pytest.raises(InputError) as refused:
+        _normalised_run(tmp_path, "scale", steps=1)
+    message = str(refused.value)
+    assert "the train split's values run from" in message and "outside [0, 1]" in message
+    assert "set data.normalize to standardize or minmax" in message
+    assert "model.evaluation.clamp_output=false" in message
 
 
 def test_eval_stream_still_yields_scaled_frames(tmp_path):

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import signal
 import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,9 @@ SHARD_PATTERN = "{split}-%06d.tar"
 SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 """Split names: letters, digits, `_` and `-`; shard names are `<split>-<6+ digits>.tar`, so
 a name from an index can be put in a path or a `pipe:` command without meaning more."""
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+"""Other files an index names (its climatology): a plain name beside index.json, never a
+path (no `/`, no `..`, not absolute)."""
 
 
 class ShardFormatError(InputError):
@@ -131,6 +135,16 @@ def check_shard_name(name: str, split: str) -> str:
     return name
 
 
+def check_beside_index(key: str, name: Any) -> None:
+    """`name`, from index.json's `key`, is "" (none) or a plain file name beside the index:
+    a hostile index must not make stpdist open a file elsewhere."""
+    if name != "" and not (isinstance(name, str) and FILE_NAME.fullmatch(name)):
+        raise ShardFormatError(
+            f"key {key!r}: {name!r} is not a file name beside {INDEX_FILE} (letters, digits, "
+            "'_', '-' and '.', not starting with '.'; no folders), nor \"\" for none"
+        )
+
+
 def check_value_scale(value_scale: Any, where: str) -> float:
     if (
         isinstance(value_scale, bool)
@@ -157,6 +171,37 @@ def encode_frames(frames_TCHW: np.ndarray) -> bytes:
 
 
 _HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool, int]] = {}
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _holds_objects(head: bytes) -> bool:
+    """Whether .npy bytes starting with `head` declare a dtype of Python objects."""
+    try:
+        buffer = io.BytesIO(head)
+        version = np.lib.format.read_magic(buffer)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(buffer)[2].hasobject
+        return np.lib.format.read_array_header_2_0(buffer)[2].hasobject
+    except Exception:  # no header to read: not an .npy array at all
+        return False
+
+
+def npy_problem(head: bytes, exc: Exception) -> str:
+    """Why bytes meant to be a plain .npy array (starting with `head`) are unreadable, in
+    stpdist's words: numpy calls anything without the .npy header "pickled (object) data"
+    and, for that and for an array of objects, advises loading it unsafely with pickle,
+    which for a corrupt or hostile data file is the wrong advice. stpdist never unpickles."""
+    if not head.startswith(NPY_MAGIC):
+        return (
+            "not a NumPy .npy array (its first bytes are not the .npy header): corrupt, "
+            "or another kind of file"
+        )
+    if _holds_objects(head):
+        return "holds Python objects (pickled), not a plain numeric array"
+    text = str(exc)
+    if "pickle" in text:  # numpy's advice, whatever else set it off
+        return "not a plain numeric array (corrupt, or pickled Python objects)"
+    return text
 
 
 def decode_frames(data: bytes, where: str) -> np.ndarray:
@@ -176,7 +221,9 @@ def decode_frames(data: bytes, where: str) -> np.ndarray:
         array = np.frombuffer(data, dtype=dtype, offset=offset, count=int(np.prod(shape)))
         return array.reshape(shape, order="F" if fortran else "C")
     except Exception as exc:
-        raise ShardFormatError(f"{where}: unreadable {FRAMES_EXT} ({exc})") from exc
+        raise ShardFormatError(
+            f"{where}: unreadable {FRAMES_EXT} ({npy_problem(data, exc)})"
+        ) from exc
 
 
 def write_index(folder: str | Path, index: SplitIndex) -> Path:
@@ -218,6 +265,7 @@ def read_index(folder: str | Path) -> SplitIndex:
         if len({s.name for s in index.shards}) != len(index.shards):
             raise ShardFormatError("a shard is listed twice")
         check_value_scale(index.value_scale, "index")
+        check_beside_index("climatology", index.climatology)
     except ShardFormatError as exc:
         raise ShardFormatError(f"{path}: {exc}") from None
     return index
@@ -238,11 +286,15 @@ def read_climatology(folder: str | Path, index: SplitIndex) -> np.ndarray | None
     """The split's stored climatology (C×H×W, scaled units), or None when it has none."""
     if not index.climatology:
         return None
-    path = Path(folder) / index.climatology
+    path = Path(folder) / index.climatology  # a plain file name (`read_index`)
     try:
         clim = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise ShardFormatError(f"{path}: unreadable climatology ({exc})") from exc
+        problem = str(exc)
+        if isinstance(exc, ValueError):  # not an I/O failure: the content
+            with open(path, "rb") as handle:
+                problem = npy_problem(handle.read(1 << 16), exc)
+        raise ShardFormatError(f"{path}: unreadable climatology ({problem})") from exc
     if list(clim.shape) != index.shape[1:]:
         raise ShardFormatError(f"{path}: shape {list(clim.shape)}, expected {index.shape[1:]}")
     return clim
@@ -565,8 +617,30 @@ def iter_shard(
 
     A `Path` is a local file, always (a folder named `pipe:…` is just a folder). A `str` is
     a URL: anything webdataset's `gopen` opens, including `pipe:<shell command>` (run by a
-    shell!) and `https://…`; callers pass a `str` only for an explicit URL template."""
+    shell!) and `https://…`; callers pass a `str` only for an explicit URL template. Any
+    failure, a command's or a download's included, is a ShardFormatError naming `where`."""
     where = where or str(url)
+    stream = _open_shard(url, where)
+    try:
+        yield from _samples(stream, where)
+        _drain(stream)
+    except Exception as exc:
+        failed = _close_shard(stream)  # a failed command or download explains a short read
+        if isinstance(exc, ShardFormatError):
+            if failed is None:
+                raise
+            raise ShardFormatError(f"{exc}; {failed}") from exc
+        why = failed or f"corrupt or truncated shard ({exc})"  # broken pipes, I/O errors
+        raise ShardFormatError(f"{where}: {why}") from exc
+    except BaseException:  # GeneratorExit: the reader stopped early, or an interrupt
+        _close_shard(stream)  # a command cut off mid-write may end on SIGPIPE: not an error
+        raise
+    failed = _close_shard(stream)
+    if failed is not None:
+        raise ShardFormatError(f"{where}: {failed}")
+
+
+def _open_shard(url: str | os.PathLike, where: str) -> Any:
     if isinstance(url, os.PathLike):
         try:
             require_file(url)  # never open a FIFO: it would block (InputError)
@@ -574,31 +648,56 @@ def iter_shard(
             raise ShardFormatError(f"{where}: cannot open (no such file)") from None
     try:
         if isinstance(url, os.PathLike):
-            stream = open(url, "rb")  # noqa: SIM115 (closed below)
-        else:
-            stream = wds.gopen(url, "rb")
+            return open(url, "rb")  # noqa: SIM115 (closed by iter_shard)
+        return wds.gopen(url, "rb")
     except Exception as exc:
         raise ShardFormatError(f"{where}: cannot open ({exc})") from exc
-    key, sample = None, {}
+
+
+def _drain(stream: Any, most: int = 1 << 20) -> None:
+    """Read what a command or download still sends after the end-of-archive block (tar
+    pads archives to whole records), up to `most` bytes: a command cut off mid-write by
+    the close may exit non-zero, and that would be no failure of the shard."""
+    if isinstance(stream, io.IOBase):  # a local file: nothing is cut off
+        return
+    left = most
+    while left > 0 and (chunk := stream.read(min(left, 1 << 16))):
+        left -= len(chunk)
+
+
+def _close_shard(stream: Any) -> str | None:
+    """Close a shard's stream; None, or why the command behind it failed. webdataset runs
+    `pipe:` URLs, and curl (with `-f`: a 404 fails) for `https://` ones, as a `Pipe`, whose
+    `close` raises an OSError holding its arguments' repr for a non-zero exit status."""
     try:
-        for name, data in _tar_members(stream, where):
-            member_key = _sample_key(name)
-            if member_key is None:
-                continue
-            ext = name.rsplit("/", 1)[-1].split(".", 1)[1]
-            if member_key != key:
-                if key is not None:
-                    yield key, sample
-                key, sample = member_key, {"__key__": member_key}
-            sample[ext] = data
-        if key is not None:
-            yield key, sample
-    except ShardFormatError:
-        raise
-    except Exception as exc:  # broken pipes, I/O errors
-        raise ShardFormatError(f"{where}: corrupt or truncated shard ({exc})") from exc
-    finally:
         stream.close()
+    except Exception as exc:
+        status = getattr(stream, "status", None)
+        if not isinstance(status, int):
+            return f"cannot read ({type(exc).__name__}: {exc})"
+        if status == -signal.SIGPIPE:  # it wrote on after the reader stopped: not its failure
+            return None
+        command = getattr(getattr(stream, "proc", None), "args", None)
+        what = "curl" if isinstance(command, list) and command[:1] == ["curl"] else "the command"
+        how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+        return f"cannot read: {what} {how}"
+    return None
+
+
+def _samples(stream: Any, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    key, sample = None, {}
+    for name, data in _tar_members(stream, where):
+        member_key = _sample_key(name)
+        if member_key is None:
+            continue
+        ext = name.rsplit("/", 1)[-1].split(".", 1)[1]
+        if member_key != key:
+            if key is not None:
+                yield key, sample
+            key, sample = member_key, {"__key__": member_key}
+        sample[ext] = data
+    if key is not None:
+        yield key, sample
 
 
 def verify_counts(folder: str | Path, index: SplitIndex) -> None:

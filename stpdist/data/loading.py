@@ -8,6 +8,7 @@ the distributed backend. The shard streams (`stream.py`) are the main sources.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -21,6 +22,53 @@ from torch.utils.data import (
     RandomSampler,
     SequentialSampler,
 )
+
+_STOP_SIGNALS = {
+    getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name)
+}
+
+
+def leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """`worker_init_fn` of every DataLoader the Trainer reads: the worker ignores SIGTERM,
+    SIGUSR1 and SIGINT. Launchers signal a rank's whole process group (torchrun, `accelerate
+    launch`) or every process of a job step (SLURM), workers included, and torch's worker
+    dies on a SIGTERM its parent did not send: the rank then failed with "DataLoader worker
+    exited unexpectedly" instead of stopping with a checkpoint. The training process stops
+    at its next check point and shuts its workers down; a worker whose parent died exits on
+    its own (torch's watchdog). The worker starts with the signals blocked (`shielded_batches`);
+    one that came meanwhile is dropped when they are unblocked here."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+def shielded_batches(loader: DataLoader) -> Iterator[Any]:
+    """The batches of `loader`, its workers started with the stop signals blocked: from their
+    fork to `leave_stop_signals_to_the_trainer` a signal waits instead of reaching torch's
+    handler, which would end the worker. This thread gets what came meanwhile as soon as
+    the workers run."""
+    if loader.num_workers == 0:
+        yield from loader
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        batches = iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    yield from batches
+
+
+class _WorkerInit:
+    """`leave_stop_signals_to_the_trainer`, then the user's own `worker_init_fn` (of the
+    DataLoader they passed), if any; a class, so that it pickles for spawned workers."""
+
+    def __init__(self, user_fn: Any = None) -> None:
+        self.user_fn = user_fn
+
+    def __call__(self, worker_id: int) -> None:
+        leave_stop_signals_to_the_trainer(worker_id)
+        if self.user_fn is not None:
+            self.user_fn(worker_id)
 
 
 @dataclass(frozen=True)
@@ -153,12 +201,14 @@ class MapTrainLoader:
         shuffle: bool = True,
         collate_fn: Any = None,
         num_workers: int = 0,
+        worker_init_fn: Any = None,
     ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.collate_fn = collate_fn
         self.num_workers = num_workers
+        self.worker_init_fn = worker_init_fn
 
     def batches_per_epoch(self, ctx: LoaderContext) -> int:
         per_group = self.batch_size * ctx.world_size * ctx.batch_multiple
@@ -206,11 +256,12 @@ class MapTrainLoader:
             batch_sampler=batches,
             collate_fn=self.collate_fn,
             num_workers=workers,
+            worker_init_fn=_WorkerInit(self.worker_init_fn),
             # its own generator: a DataLoader otherwise draws worker seeds from the global
             # RNG, and a run resumed mid-epoch would then drift from an uninterrupted one
             generator=torch.Generator().manual_seed(ctx.seed * 100_003 + epoch),
         )
-        yield from loader
+        yield from shielded_batches(loader)
 
 
 class _Keyed(Dataset):
@@ -232,12 +283,19 @@ class MapEvalLoader:
     sample exactly once, keys = zero-padded dataset indices."""
 
     def __init__(
-        self, dataset: Dataset, batch_size: int, *, collate_fn: Any = None, num_workers: int = 0
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        collate_fn: Any = None,
+        num_workers: int = 0,
+        worker_init_fn: Any = None,
     ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
         self.collate_fn = collate_fn
         self.num_workers = num_workers
+        self.worker_init_fn = worker_init_fn
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -253,13 +311,15 @@ class MapEvalLoader:
             return {"inputs": batch.inputs, "targets": batch.targets, "keys": keys, **batch.extras}
 
         workers = self.num_workers if ctx.num_workers is None else ctx.num_workers
-        yield from DataLoader(
+        loader = DataLoader(
             subset,
             batch_size=self.batch_size,
             collate_fn=collate_keyed,
             num_workers=workers,
+            worker_init_fn=_WorkerInit(self.worker_init_fn),
             generator=torch.Generator().manual_seed(ctx.seed),
         )
+        yield from shielded_batches(loader)
 
 
 class StoredFrames:
@@ -362,6 +422,7 @@ def as_train_source(data: Any) -> TrainSource:
         shuffle=not isinstance(loader.sampler, SequentialSampler),
         collate_fn=loader.collate_fn,
         num_workers=loader.num_workers,
+        worker_init_fn=loader.worker_init_fn,
     )
 
 
@@ -375,4 +436,5 @@ def as_eval_source(data: Any) -> EvalSource:
         loader.batch_size,
         collate_fn=loader.collate_fn,
         num_workers=loader.num_workers,
+        worker_init_fn=loader.worker_init_fn,
     )

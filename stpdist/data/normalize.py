@@ -29,6 +29,8 @@ from torch import nn
 from .format import SplitIndex
 
 Mode = Literal["none", "scale", "standardize", "minmax"]
+UNIT_SLACK = 1e-6
+"""How far scaled values may stray from [0, 1] (float rounding) and still count as in it."""
 MODES = ("none", "scale", "standardize", "minmax")
 
 
@@ -92,6 +94,14 @@ class Normalizer(nn.Module):
     @property
     def identity(self) -> bool:
         return self.mode == "scale"
+
+    @property
+    def unit_range(self) -> bool:
+        """Whether the data's scaled values lie in [0, 1] (the index's per-channel min and
+        max; true when it records none): what image scores (PSNR, SSIM, LPIPS) compare."""
+        if self.bounds is None or not self.bounds[0]:
+            return True
+        return min(self.bounds[0]) >= -UNIT_SLACK and max(self.bounds[1]) <= 1 + UNIT_SLACK
 
     def forward(self, scaled_BTCHW: torch.Tensor) -> torch.Tensor:
         """Scaled units → the model's space."""

@@ -9,7 +9,10 @@ idx digits when given, else Pillow glyphs). Global micro-batch i of an epoch hol
 sequences [i·W·B, (i+1)·W·B) and rank r takes its r-th slice of B: every rank yields the
 same number of batches, no two ranks share a sequence (OpenSTL's generator gives every
 GPU the same ones), W ranks × batch B see exactly what 1 rank × batch W·B sees, and a run
-resumed at batch b yields exactly the batches an uninterrupted epoch yields from b on.
+resumed at batch b yields exactly the batches an uninterrupted epoch yields from b on. An
+epoch begun on W ranks continues on another number of ranks as `MapTrainLoader`'s does
+(`iterate_rest`, see `loading.EpochOrigin`): the sequences it had not yet consumed, each
+once.
 """
 
 from __future__ import annotations
@@ -21,7 +24,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .loading import LoaderContext
+from .loading import (
+    EpochOrigin,
+    LoaderContext,
+    leave_stop_signals_to_the_trainer,
+    shielded_batches,
+)
 from .synthetic import DIGIT, _digits, draw_moving_digits
 
 _STREAM_ID = 7  # keeps these draws apart from the shard writer's (seed, split, index) keys
@@ -82,26 +90,45 @@ class MovingDigitsTrainSource:
         return count
 
     def iterate(self, ctx: LoaderContext, epoch: int, start: int = 0) -> Iterator[Any]:
-        width = self.batch_size * ctx.world_size
+        count = self.batches_per_epoch(ctx)
+        batches = [self._indices(ctx, ctx.rank, i) for i in range(start, count)]
+        yield from self._load(batches, ctx, epoch)
+
+    def batches_in_rest(self, ctx: LoaderContext, origin: EpochOrigin) -> int:
+        """Batches per rank in the rest of an epoch begun as `origin` says."""
+        return origin.rest_batches(self.batches_per_epoch(origin.first_context(ctx)), ctx)
+
+    def iterate_rest(
+        self, ctx: LoaderContext, epoch: int, origin: EpochOrigin, start: int = 0
+    ) -> Iterator[Any]:
+        """The rest of an epoch begun on `origin.world_size` ranks, continued on
+        `ctx.world_size`: the first layout's unconsumed batches, each exactly once across
+        ranks, in its global order (see `EpochOrigin`), from this layout's batch `start`.
+        The first layout's workers do not matter: a sequence is a function of its index."""
+        first = origin.first_context(ctx)
         batches = [
-            list(
-                range(
-                    i * width + ctx.rank * self.batch_size,
-                    i * width + (ctx.rank + 1) * self.batch_size,
-                )
-            )
-            for i in range(start, self.batches_per_epoch(ctx))
+            self._indices(first, *origin.source_batch(ctx, i))
+            for i in range(start, self.batches_in_rest(ctx, origin))
         ]
+        yield from self._load(batches, ctx, epoch)
+
+    def _indices(self, ctx: LoaderContext, rank: int, index: int) -> list[int]:
+        """Sequence indices of batch `index` of rank `rank` in the layout of `ctx`."""
+        first = index * self.batch_size * ctx.world_size + rank * self.batch_size
+        return list(range(first, first + self.batch_size))
+
+    def _load(self, batches: list[list[int]], ctx: LoaderContext, epoch: int) -> Iterator[Any]:
         workers = self.num_workers if ctx.num_workers is None else ctx.num_workers
         loader = DataLoader(
             _Epoch(self, epoch, ctx.seed),
             batch_sampler=batches,
             collate_fn=self._collate,
             num_workers=workers,
+            worker_init_fn=leave_stop_signals_to_the_trainer,
             # a generator of its own: the global RNG is left alone (resume stays exact)
             generator=torch.Generator().manual_seed(ctx.seed * 100_003 + epoch),
         )
-        yield from loader
+        yield from shielded_batches(loader)
 
     def _collate(self, items: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         frames = torch.from_numpy(np.stack(items))

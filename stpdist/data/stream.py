@@ -32,6 +32,8 @@ from .loading import (
     StoredFrames,
     contiguous_share,
     epoch_permutation,
+    leave_stop_signals_to_the_trainer,
+    shielded_batches,
 )
 
 __all__ = ["LoaderContext", "ShardEvalStream", "ShardTrainStream"]
@@ -211,14 +213,16 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def _loader(dataset: IterableDataset, workers: int, ctx: LoaderContext) -> DataLoader:
-    return DataLoader(
+def _loader(dataset: IterableDataset, workers: int, ctx: LoaderContext) -> Iterator[Any]:
+    loader = DataLoader(
         dataset,
         batch_size=None,
         num_workers=workers,
+        worker_init_fn=leave_stop_signals_to_the_trainer,
         generator=torch.Generator().manual_seed(ctx.seed),
         pin_memory=ctx.pin_memory,
     )
+    return shielded_batches(loader)
 
 
 class ShardTrainStream(_ShardSource):
