@@ -366,7 +366,7 @@ class EvalSums:
             raise ValidationAbandoned(prefix)
         total = int(values[-2])
         if total == 0:
-            raise ValueError(f"the {prefix} data holds no samples")
+            raise InputError(f"the {prefix} data holds no samples")
         results = {f"{prefix}/{n}": v / total for n, v in zip(names, values[:-2])}
         if shapes:
             reduced, offset = {}, len(names) + 2
