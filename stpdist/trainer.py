@@ -65,7 +65,7 @@ from .ema import EMA_FILE, WeightAverage, load_eval_weights
 from .errors import InputError, OutputExists
 from .lockstep import Lockstep, StopFlag, loss_of
 from .module import EnhancedModule, cpu_compile_defaults
-from .runlock import RunLock
+from .runlock import RunLock, RunLockedError
 from .tracking import Tracker
 
 PREEMPTED_EXIT_CODE = 75
@@ -798,8 +798,17 @@ class Trainer:
         resume: str | Path | None = None,
     ) -> TrainState:
         """Train `module`; `resume` is None, "auto" (newest complete checkpoint) or a path."""
-        acc = self.accelerator
         _check_validation_hook(module, val_data)
+        # one run per output folder: a second run (a duplicated SLURM job, a second
+        # `--resume auto`) stops here, on every rank, naming the holder, before any rank
+        # reads a checkpoint that the first run may be writing or retiring
+        with self._run_lock():
+            return self._fit(module, train_data, val_data, resume)
+
+    def _fit(
+        self, module: EnhancedModule, train_data: Any, val_data: Any, resume: str | Path | None
+    ) -> TrainState:
+        acc = self.accelerator
         start = self._resolve_start(resume)  # first: it may set the accumulation
         ctx = self._ctx()
         train = as_train_source(train_data)
@@ -817,9 +826,7 @@ class Trainer:
         self._check_early_stopping_can_stop(validator)
         self._warn_if_best_is_never_ranked(validator, batches_per_epoch, total_steps)
         max_epochs = self.config.max_epochs or math.inf
-        # one run per output folder: a second run (a duplicated SLURM job, a second
-        # `--resume auto`) stops here, naming the holder, before touching any checkpoint
-        with self._run_lock(), self._stop.installed():
+        with self._stop.installed():
             state = self._start(resume, start, model, module, optimizer, scheduler, train, ctx)
             _check_schedule_length(scheduler, interval, total_steps, state.global_step, start)
             self._graph = self._step_graph(module, optimizer)  # on the restored optimizer
@@ -956,12 +963,31 @@ class Trainer:
 
     @contextmanager
     def _run_lock(self) -> Iterator[None]:
-        """The output folder's exclusive lock, held by the main process for the run."""
-        if not self.is_main:
+        """The output folder's exclusive lock, held by the main process for the run; every
+        rank learns whether it got it (one all-reduce), and all stop when it did not: the
+        main one with the holder's line, the others saying so in one line of their own."""
+        lock, refused = None, None
+        if self.is_main:
+            try:
+                lock = RunLock(self.output_dir).acquire()
+            except RunLockedError as exc:
+                refused = exc
+        acc = self.accelerator
+        failed = refused is not None
+        if acc.num_processes > 1:
+            flag = torch.tensor([float(failed)], device=acc.device)
+            failed = bool(acc.reduce(flag, reduction="sum").item())  # once, before the run
+        if refused is not None:
+            raise refused
+        if failed:
+            raise RunLockedError(
+                f"{self.output_dir} is in use by another run (the main process names it)"
+            )
+        try:
             yield
-            return
-        with RunLock(self.output_dir):
-            yield
+        finally:
+            if lock is not None:
+                lock.release()
 
     def _micro_step(
         self,

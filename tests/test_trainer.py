@@ -250,12 +250,15 @@ def test_tensorboard_tracker_gets_scalars_and_sample_images(tmp_path):
 
 
 def test_second_run_on_a_locked_output_dir_is_refused_naming_the_holder(tmp_path):
-    """Two `--resume auto` runs on one folder (a duplicated SLURM job): the second stops at
-    once with one line naming the first, and the first's checkpoints are untouched."""
+    """Two `--resume auto` runs on one folder (a duplicated SLURM job): the second, on 2
+    ranks, stops at once on both, the main one naming the first run, before any rank reads
+    a checkpoint the first may be retiring; the first's checkpoints are untouched."""
     import os
     import subprocess
     import sys
     import time
+
+    from conftest import launcher
 
     script = str(Path(__file__).parent / "dist_train.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -273,7 +276,7 @@ def test_second_run_on_a_locked_output_dir_is_refused_naming_the_holder(tmp_path
             assert time.time() < deadline
             time.sleep(0.2)
         second = subprocess.run(
-            [sys.executable, script, *args, "--resume", "auto"],
+            [*launcher(2), script, *args, "--resume", "auto"],
             env=env,
             capture_output=True,
             text=True,
@@ -281,6 +284,8 @@ def test_second_run_on_a_locked_output_dir_is_refused_naming_the_holder(tmp_path
         )
         assert second.returncode != 0
         assert f"pid {first.pid}" in second.stderr and "in use by another run" in second.stderr
+        assert "in use by another run (the main process names it)" in second.stderr  # rank 1
+        assert "trainer_state.json" not in second.stderr  # no rank read the first's files
         assert first.poll() is None  # the first run is still going
     finally:
         first.kill()
