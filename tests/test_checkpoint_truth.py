@@ -197,18 +197,24 @@ def _val_steps(out: Path) -> list[int]:
     return [row["step"] for row in rows(out) if "val/loss" in row]
 
 
+def _train_in_a_session(folder: Path, overrides: list[str]) -> subprocess.Popen:
+    """`stpdist train` on the debug config in a process group of its own, as a terminal or
+    a launcher starts it (a signal to the group reaches its DataLoader workers too)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "stpdist", "train", DEBUG, *overrides],
+        cwd=folder, env=env, start_new_session=True, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
 def test_ctrl_c_stops_with_a_checkpoint_says_how_to_resume_and_revalidates(tmp_path):
     """Ctrl-C (SIGINT to the process group, DataLoader workers included) on `stpdist
     train`: a checkpoint at the agreed step, one line saying what was saved and the
     command that continues, exit 130; the resume runs the validation the stop cut off, so
     metrics.jsonl has one validation row per due step, as an uninterrupted run."""
     overrides = ["trainer.max_epochs=200", "trainer.val_every_n_steps=2", "logging.num_samples=0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stpdist", "train", DEBUG, *overrides],
-        cwd=tmp_path, env=env, start_new_session=True, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    proc = _train_in_a_session(tmp_path, overrides)
     run = tmp_path / "runs" / "debug"
     try:
         _wait_for(lambda: len(_val_steps(run)) >= 1, proc, "a validation")
@@ -247,12 +253,7 @@ def test_a_launchers_sigterm_to_the_process_group_with_loader_workers_stops_with
     died on a SIGTERM not sent by its parent, and the rank failed with "DataLoader worker
     exited unexpectedly", no checkpoint at the stop; the workers now leave it to the rank."""
     overrides = ["trainer.max_epochs=200", "trainer.num_workers=2", "logging.num_samples=0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stpdist", "train", DEBUG, *overrides],
-        cwd=tmp_path, env=env, start_new_session=True, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    proc = _train_in_a_session(tmp_path, overrides)
     run = tmp_path / "runs" / "debug"
     try:
         _wait_for(lambda: len(_val_steps(run)) >= 1, proc, "a validation")

@@ -184,14 +184,71 @@ class EvalSource(Protocol):
         ...
 
 
-class MapTrainLoader:
-    """Training batches from a map-style dataset, sharded across ranks.
+class PlannedTrainSource:
+    """A train source whose epoch is a list of sample indices (`_order`) dealt in a fixed
+    layout: global micro-batch i is `order[i*W*B:(i+1)*W*B]` and rank r takes its r-th
+    slice of B, so W ranks × batch B see exactly the samples of 1 rank × batch W·B, and an
+    epoch's rest on another layout (`EpochOrigin`) follows from the indices alone. Fewer
+    than W·B·batch_multiple samples are dropped per epoch. Subclasses give `batch_size`,
+    `num_samples`, `_order` and `_load` (the batches of lists of indices)."""
 
-    Global micro-batch i of an epoch is `perm[i*W*B:(i+1)*W*B]` and rank r takes its
-    r-th slice of B, so W ranks × batch B see exactly the samples of 1 rank × batch W·B.
-    Fewer than W·B·batch_multiple samples are dropped per epoch, a different set each
-    epoch.
-    """
+    batch_size: int
+    source_name = "training set"
+
+    @property
+    def num_samples(self) -> int:
+        raise NotImplementedError
+
+    def _order(self, ctx: LoaderContext, epoch: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _load(self, batches: list[list[int]], ctx: LoaderContext, epoch: int) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def batches_per_epoch(self, ctx: LoaderContext) -> int:
+        per_group = self.batch_size * ctx.world_size * ctx.batch_multiple
+        count = (self.num_samples // per_group) * ctx.batch_multiple
+        if count == 0:
+            raise ValueError(
+                f"{self.source_name} of {self.num_samples} samples is smaller than one "
+                f"optimizer step ({ctx.world_size} ranks × batch {self.batch_size} × "
+                f"{ctx.batch_multiple} accumulation steps)"
+            )
+        return count
+
+    def iterate(self, ctx: LoaderContext, epoch: int, start: int = 0) -> Iterator[Any]:
+        order = self._order(ctx, epoch)
+        count = self.batches_per_epoch(ctx)
+        batches = [self._indices(order, ctx, ctx.rank, i) for i in range(start, count)]
+        yield from self._load(batches, ctx, epoch)
+
+    def batches_in_rest(self, ctx: LoaderContext, origin: EpochOrigin) -> int:
+        """Batches per rank in the rest of an epoch begun as `origin` says."""
+        return origin.rest_batches(self.batches_per_epoch(origin.first_context(ctx)), ctx)
+
+    def iterate_rest(
+        self, ctx: LoaderContext, epoch: int, origin: EpochOrigin, start: int = 0
+    ) -> Iterator[Any]:
+        """The rest of an epoch begun on `origin.world_size` ranks, continued on
+        `ctx.world_size`: the first layout's unconsumed batches, each exactly once across
+        ranks, in its global order (see `EpochOrigin`), from this layout's batch `start`.
+        The first layout's workers do not matter: batches are lists of indices."""
+        first, order = origin.first_context(ctx), self._order(ctx, epoch)
+        batches = [
+            self._indices(order, first, *origin.source_batch(ctx, i))
+            for i in range(start, self.batches_in_rest(ctx, origin))
+        ]
+        yield from self._load(batches, ctx, epoch)
+
+    def _indices(self, order: np.ndarray, ctx: LoaderContext, rank: int, index: int) -> list[int]:
+        """Sample indices of batch `index` of rank `rank` in the layout of `ctx`."""
+        width = self.batch_size * ctx.world_size
+        return order[index * width + rank * self.batch_size :][: self.batch_size].tolist()
+
+
+class MapTrainLoader(PlannedTrainSource):
+    """Training batches from a map-style dataset, sharded across ranks (`PlannedTrainSource`),
+    in a permutation per epoch (or in order without `shuffle`)."""
 
     def __init__(
         self,
@@ -210,58 +267,42 @@ class MapTrainLoader:
         self.num_workers = num_workers
         self.worker_init_fn = worker_init_fn
 
-    def batches_per_epoch(self, ctx: LoaderContext) -> int:
-        per_group = self.batch_size * ctx.world_size * ctx.batch_multiple
-        count = (len(self.dataset) // per_group) * ctx.batch_multiple
-        if count == 0:
-            raise ValueError(
-                f"training set of {len(self.dataset)} samples is smaller than one optimizer "
-                f"step ({ctx.world_size} ranks × batch {self.batch_size} × "
-                f"{ctx.batch_multiple} accumulation steps)"
-            )
-        return count
-
-    def iterate(self, ctx: LoaderContext, epoch: int, start: int = 0) -> Iterator[Any]:
-        order = self._order(ctx, epoch)
-        count = self.batches_per_epoch(ctx)
-        batches = [self._indices(order, ctx, ctx.rank, i) for i in range(start, count)]
-        yield from self._load(batches, ctx, epoch)
-
-    def batches_in_rest(self, ctx: LoaderContext, origin: EpochOrigin) -> int:
-        return origin.rest_batches(self.batches_per_epoch(origin.first_context(ctx)), ctx)
-
-    def iterate_rest(
-        self, ctx: LoaderContext, epoch: int, origin: EpochOrigin, start: int = 0
-    ) -> Iterator[Any]:
-        first, order = origin.first_context(ctx), self._order(ctx, epoch)
-        batches = [
-            self._indices(order, first, *origin.source_batch(ctx, i))
-            for i in range(start, self.batches_in_rest(ctx, origin))
-        ]
-        yield from self._load(batches, ctx, epoch)
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
 
     def _order(self, ctx: LoaderContext, epoch: int) -> np.ndarray:
         num = len(self.dataset)
         return epoch_permutation(num, ctx.seed, epoch) if self.shuffle else np.arange(num)
 
-    def _indices(self, order: np.ndarray, ctx: LoaderContext, rank: int, index: int) -> list[int]:
-        """Dataset indices of batch `index` of rank `rank` in the layout of `ctx`."""
-        width = self.batch_size * ctx.world_size
-        return order[index * width + rank * self.batch_size :][: self.batch_size].tolist()
-
     def _load(self, batches: list[list[int]], ctx: LoaderContext, epoch: int) -> Iterator[Any]:
         workers = self.num_workers if ctx.num_workers is None else ctx.num_workers
-        loader = DataLoader(
-            self.dataset,
-            batch_sampler=batches,
-            collate_fn=self.collate_fn,
-            num_workers=workers,
-            worker_init_fn=_WorkerInit(self.worker_init_fn),
-            # its own generator: a DataLoader otherwise draws worker seeds from the global
-            # RNG, and a run resumed mid-epoch would then drift from an uninterrupted one
-            generator=torch.Generator().manual_seed(ctx.seed * 100_003 + epoch),
-        )
-        yield from shielded_batches(loader)
+        init = _WorkerInit(self.worker_init_fn)
+        return planned_batches(self.dataset, batches, self.collate_fn, workers, init, ctx, epoch)
+
+
+def planned_batches(
+    dataset: Dataset,
+    batches: list[list[int]],
+    collate_fn: Any,
+    workers: int,
+    worker_init_fn: Any,
+    ctx: LoaderContext,
+    epoch: int,
+) -> Iterator[Any]:
+    """The batches of `dataset` that `batches` lists (indices), read by `workers` processes
+    (`shielded_batches`)."""
+    loader = DataLoader(
+        dataset,
+        batch_sampler=batches,
+        collate_fn=collate_fn,
+        num_workers=workers,
+        worker_init_fn=worker_init_fn,
+        # its own generator: a DataLoader otherwise draws worker seeds from the global RNG
+        # (left alone here), and a run resumed mid-epoch would drift from an uninterrupted one
+        generator=torch.Generator().manual_seed(ctx.seed * 100_003 + epoch),
+    )
+    return shielded_batches(loader)
 
 
 class _Keyed(Dataset):

@@ -22,24 +22,25 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .loading import (
-    EpochOrigin,
     LoaderContext,
+    PlannedTrainSource,
     leave_stop_signals_to_the_trainer,
-    shielded_batches,
+    planned_batches,
 )
 from .synthetic import DIGIT, _digits, draw_moving_digits
 
 _STREAM_ID = 7  # keeps these draws apart from the shard writer's (seed, split, index) keys
 
 
-class MovingDigitsTrainSource:
+class MovingDigitsTrainSource(PlannedTrainSource):
     """A `TrainSource` of `samples_per_epoch` fresh moving-digit sequences per epoch,
     batches `(inputs B×T_in×1×H×W, targets B×T_out×1×H×W)` in [0, 1] (uint8 / 255)."""
 
     value_scale = 255.0
+    source_name = "moving digits on the fly: an epoch"
 
     def __init__(
         self,
@@ -78,57 +79,17 @@ class MovingDigitsTrainSource:
         rng = np.random.default_rng([self.seed, trainer_seed, _STREAM_ID, epoch, index])
         return draw_moving_digits(rng, digits=_digits(self.digits), **self.shape)
 
-    def batches_per_epoch(self, ctx: LoaderContext) -> int:
-        per_group = self.batch_size * ctx.world_size * ctx.batch_multiple
-        count = (self.samples_per_epoch // per_group) * ctx.batch_multiple
-        if count == 0:
-            raise ValueError(
-                f"moving digits on the fly: {self.samples_per_epoch} sequences per epoch are "
-                f"fewer than one optimizer step ({ctx.world_size} ranks × batch "
-                f"{self.batch_size} × {ctx.batch_multiple} accumulation steps)"
-            )
-        return count
+    @property
+    def num_samples(self) -> int:
+        return self.samples_per_epoch
 
-    def iterate(self, ctx: LoaderContext, epoch: int, start: int = 0) -> Iterator[Any]:
-        count = self.batches_per_epoch(ctx)
-        batches = [self._indices(ctx, ctx.rank, i) for i in range(start, count)]
-        yield from self._load(batches, ctx, epoch)
-
-    def batches_in_rest(self, ctx: LoaderContext, origin: EpochOrigin) -> int:
-        """Batches per rank in the rest of an epoch begun as `origin` says."""
-        return origin.rest_batches(self.batches_per_epoch(origin.first_context(ctx)), ctx)
-
-    def iterate_rest(
-        self, ctx: LoaderContext, epoch: int, origin: EpochOrigin, start: int = 0
-    ) -> Iterator[Any]:
-        """The rest of an epoch begun on `origin.world_size` ranks, continued on
-        `ctx.world_size`: the first layout's unconsumed batches, each exactly once across
-        ranks, in its global order (see `EpochOrigin`), from this layout's batch `start`.
-        The first layout's workers do not matter: a sequence is a function of its index."""
-        first = origin.first_context(ctx)
-        batches = [
-            self._indices(first, *origin.source_batch(ctx, i))
-            for i in range(start, self.batches_in_rest(ctx, origin))
-        ]
-        yield from self._load(batches, ctx, epoch)
-
-    def _indices(self, ctx: LoaderContext, rank: int, index: int) -> list[int]:
-        """Sequence indices of batch `index` of rank `rank` in the layout of `ctx`."""
-        first = index * self.batch_size * ctx.world_size + rank * self.batch_size
-        return list(range(first, first + self.batch_size))
+    def _order(self, ctx: LoaderContext, epoch: int) -> np.ndarray:
+        return np.arange(self.samples_per_epoch)  # sequence j is drawn afresh each epoch
 
     def _load(self, batches: list[list[int]], ctx: LoaderContext, epoch: int) -> Iterator[Any]:
         workers = self.num_workers if ctx.num_workers is None else ctx.num_workers
-        loader = DataLoader(
-            _Epoch(self, epoch, ctx.seed),
-            batch_sampler=batches,
-            collate_fn=self._collate,
-            num_workers=workers,
-            worker_init_fn=leave_stop_signals_to_the_trainer,
-            # a generator of its own: the global RNG is left alone (resume stays exact)
-            generator=torch.Generator().manual_seed(ctx.seed * 100_003 + epoch),
-        )
-        yield from shielded_batches(loader)
+        epoch_data, init = _Epoch(self, epoch, ctx.seed), leave_stop_signals_to_the_trainer
+        return planned_batches(epoch_data, batches, self._collate, workers, init, ctx, epoch)
 
     def _collate(self, items: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         frames = torch.from_numpy(np.stack(items))
