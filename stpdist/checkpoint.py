@@ -122,6 +122,9 @@ class TrainState:
     batch_size: int | None = None
     """Micro-batch size per rank of the run that wrote it (its train source's `batch_size`;
     None: not recorded, or the source has none)."""
+    settings: dict[str, Any] | None = None
+    """The resolved settings a resume must keep (the optimizer's, the seed, the train
+    source's batch size and shuffle buffer; `Trainer._settings_of`); None: not recorded."""
     epoch_origin: dict[str, Any] | None = None
     """Mid-epoch after a resume on another number of ranks: how the epoch began
     (`stpdist.data.loading.EpochOrigin`'s fields); `batch` then counts the micro-batches
@@ -976,6 +979,15 @@ def _state_record(path: Path) -> tuple[TrainState, int]:
                 f"{file}: '{name}' must be null or an integer >= {low}, got {value!r}"
             )
     _check_origin(file, raw.get("epoch_origin"))
+    settings = raw.get("settings")
+    if settings is not None and not (
+        isinstance(settings, dict)
+        and all(
+            isinstance(k, str) and (v is None or isinstance(v, int | float | str))
+            for k, v in settings.items()
+        )
+    ):
+        raise CheckpointError(f"{file}: 'settings' must be null or map names to values")
     metrics = raw.get("metrics", {})
     if not isinstance(metrics, dict) or not all(
         isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)

@@ -76,14 +76,26 @@ INTERRUPTED_EXIT_CODE = 130
 shells report a process that Ctrl-C ended (128 + SIGINT)."""
 
 
-KEPT_ON_RESUME = (
-    "model.optimizer.name",
-    "model.optimizer.lr",
-    "model.optimizer.weight_decay",
-    "trainer.seed",
-)
-"""Config keys a resume cannot change: the optimizer's restored state keeps its kind,
-learning rate and weight decay, and the seed fixed the data order of every epoch."""
+KEPT_ON_RESUME = ("model.optimizer.name", "model.optimizer.lr", "model.optimizer.weight_decay")
+"""Config keys a resume cannot change: the restored optimizer state keeps its kind,
+learning rate and weight decay."""
+ORDER_KEYS = ("trainer.seed",)
+"""Settings that order every epoch's data: changed on resume, the epochs begun would see
+samples twice and miss others (`TrainState.settings`)."""
+MID_EPOCH_KEYS = ("data.batch_size", "data.shuffle_buffer")
+"""Settings of the train source that shape the rest of an epoch: refused mid-epoch only."""
+
+
+def _config_settings(checkpoint: Path) -> dict[str, Any]:
+    """`KEPT_ON_RESUME` and `ORDER_KEYS` values from the config.yaml of a checkpoint whose
+    state does not record them (written before it did); values read from the environment
+    (kept there as `${oc.env:…}` text) and an unreadable file give none."""
+    try:
+        saved = yaml.safe_load((checkpoint / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    values = {key: _lookup(saved, key) for key in (*KEPT_ON_RESUME, *ORDER_KEYS)}
+    return {k: v for k, v in values.items() if not (isinstance(v, str) and "${" in v)}
 
 
 def _lookup(tree: Any, dotted: str) -> Any:
@@ -609,6 +621,7 @@ class Trainer:
         it, rather than after the whole run (e.g. a sweep's metric)."""
         self._stop = StopFlag()
         self._train_workers = 0  # data-loading workers of the current fit (`_workers_of`)
+        self._workers_shape_layout = False  # whether they shape its source's epoch layout
         self.ema: WeightAverage | None = None
         """The EMA of the weights while `fit` runs with `trainer.ema` (else None)."""
         self.early_stopping: EarlyStopping | None = None
@@ -813,6 +826,7 @@ class Trainer:
         ctx = self._ctx()
         train = as_train_source(train_data)
         self._train_workers = self._workers_of(train)
+        self._workers_shape_layout = getattr(train, "workers_shape_layout", False)
         validator = Validator(self, None if val_data is None else as_eval_source(val_data), module)
         batches_per_epoch = train.batches_per_epoch(ctx)
         saved = None if start is None else read_state(start)
@@ -843,7 +857,7 @@ class Trainer:
                     if self._stopping_early(state):
                         break
                     bar.set_postfix_str(f"epoch {state.epoch}")
-                    epoch_batches, batches = self._this_epoch(train, ctx, state, batches_per_epoch)
+                    epoch_batches, batches = self._epoch(train, ctx, state, batches_per_epoch)
                     for batch in batches:
                         stop = self._micro_step(model, module, optimizer, batch, state, meter)
                         state.batch += 1
@@ -906,9 +920,11 @@ class Trainer:
         at a stopped step does (`Validator.resume`)."""
         try:
             yield
+            return
         except ValidationAbandoned:
-            say(f"step {state.global_step}: validation left unfinished to stop")
-            self._preempt(state)
+            pass  # Preempted below, not raised while handling this one
+        say(f"step {state.global_step}: validation left unfinished to stop")
+        self._preempt(state)
 
     def _banner(self, batches_per_epoch: int, total_steps: int) -> None:
         """Once, at start: where and how this run computes."""
@@ -1256,6 +1272,20 @@ class Trainer:
         rest = train.iterate_rest(ctx, state.epoch, origin, state.batch)
         return train.batches_in_rest(ctx, origin), rest
 
+    def _epoch(
+        self, train: TrainSource, ctx: LoaderContext, state: TrainState, batches_per_epoch: int
+    ) -> tuple[int, Iterator[Any]]:
+        """`_this_epoch`, refused when the run stands past the epoch's end (the data shrank
+        since the checkpoint), which would otherwise repeat an empty epoch for ever."""
+        epoch_batches, batches = self._this_epoch(train, ctx, state, batches_per_epoch)
+        if state.batch > epoch_batches:
+            raise InputError(
+                f"the run stands at micro-batch {state.batch} of epoch {state.epoch}, which now "
+                f"has {epoch_batches} per rank: the training data changed since its "
+                "checkpoint; resume from a checkpoint written at an epoch's end"
+            )
+        return epoch_batches, batches
+
     def _moved_origin(self, state: TrainState) -> dict[str, Any] | None:
         """How the epoch `state` stands in began, when this run lays out its rest anew
         (`EpochOrigin`'s fields): mid-epoch on another number of ranks, or an epoch already
@@ -1280,12 +1310,19 @@ class Trainer:
 
     def _relaid(self, state: TrainState) -> bool:
         """Whether this run lays out the rest of the epoch `state` stands in anew: it stopped
-        mid-epoch, and the number of ranks or of data-loading workers (which shape a shard
-        stream's layout) is not the one that wrote it."""
-        workers = state.num_workers
+        mid-epoch, and the number of ranks, the gradient accumulation (epochs end on an
+        optimizer step) or the data-loading workers where they shape the source's layout (a
+        shard stream's: each worker reads its own span) are not those that wrote it."""
+        acc, workers = self.accelerator, state.num_workers
+        accumulation = state.gradient_accumulation_steps
         return state.batch != 0 and (
-            state.world_size != self.accelerator.num_processes
-            or (workers is not None and workers != self._train_workers)
+            state.world_size != acc.num_processes
+            or (accumulation is not None and accumulation != acc.gradient_accumulation_steps)
+            or (
+                self._workers_shape_layout
+                and workers is not None
+                and max(1, workers) != max(1, self._train_workers)
+            )
         )
 
     def _workers_of(self, train: TrainSource) -> int:
@@ -1312,21 +1349,14 @@ class Trainer:
         state.gradient_accumulation_steps = acc.gradient_accumulation_steps
         state.num_workers = self._train_workers
         state.batch_size = getattr(train, "batch_size", None)
+        state.settings = self._settings_of(train)
 
     def _check_resumable(self, start: Path, saved: TrainState, train: TrainSource) -> None:
         """What a resume cannot honour is refused before anything is loaded: the rest of an
-        epoch on another layout from a source that cannot redistribute it, or with another
-        batch size; settings the checkpoint's state overrides (`_settings_kept`)."""
+        epoch on another layout from a source that cannot redistribute it; settings the
+        restored state would override or that would reorder the epochs begun
+        (`_settings_changed`)."""
         acc = self.accelerator
-        batch_size = getattr(train, "batch_size", None)
-        if saved.batch != 0 and None not in (saved.batch_size, batch_size):
-            if saved.batch_size != batch_size:
-                raise InputError(
-                    f"{start} was written mid-epoch (batch {saved.batch} of epoch "
-                    f"{saved.epoch}) with batch size {saved.batch_size} per rank, this run has "
-                    f"{batch_size}: the rest of an epoch cannot be dealt in other batch sizes; "
-                    f"resume with batch size {saved.batch_size} (change it at an epoch's end)"
-                )
         if self._relaid(saved) and not isinstance(train, RedistributableSource):
             raise InputError(
                 f"{start} was written mid-epoch by {saved.world_size} processes with "
@@ -1335,31 +1365,45 @@ class Trainer:
                 f"with {saved.world_size} processes and {saved.num_workers} worker(s) (now "
                 f"{acc.num_processes} and {self._train_workers})"
             )
-        changed = self._settings_kept(start)
+        changed = self._settings_changed(start, saved, train)
         if changed:
             raise InputError(
-                f"resuming from {start} with {'; '.join(changed)}: a resume continues with the "
-                "optimizer state and the data order of the checkpoint, so the new value(s) "
-                "would not take effect while the run's config.yaml recorded them; resume with "
-                "the checkpoint's values, or start a new run from its weights "
-                f"(model.init_weights={start})"
+                f"resuming from {start} with {'; '.join(changed)}: a resume restores the "
+                "optimizer state (its kind, learning rate and weight decay), the seed orders "
+                "every epoch's data, and an epoch begun is dealt in its batch size and "
+                "shuffle buffer, so the run would not honour the new value(s) (or would see "
+                "samples twice and miss others) while its config.yaml recorded them; resume "
+                "with the checkpoint's values, or start a new run in another "
+                f"trainer.output_dir from its weights (model.init_weights={start})"
             )
 
-    def _settings_kept(self, start: Path) -> list[str]:
-        """`key old → new` for each setting of this run's config that a resume from `start`
-        would silently not honour: the optimizer's (its restored state keeps the learning
-        rate and weight decay it had) and the seed (the data order of every epoch)."""
-        saved_file = start / "config.yaml"
-        if self.run_config is None or not saved_file.is_file():
-            return []
-        try:
-            saved = yaml.safe_load(saved_file.read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            return []  # the checkpoint's own checks name a damaged file
-        now = yaml.safe_load(to_yaml(self.run_config))
+    def _settings_of(self, train: TrainSource) -> dict[str, Any]:
+        """This run's resolved values of the settings a resume must keep (`KEPT_ON_RESUME`
+        where the Trainer knows the config, `ORDER_KEYS`, the train source's
+        `MID_EPOCH_KEYS`), recorded in every checkpoint's state."""
+        settings: dict[str, Any] = {"trainer.seed": self.config.seed}
+        if self.run_config is not None:
+            resolved = dataclasses.asdict(self.run_config)  # env interpolations resolved
+            settings.update({key: _lookup(resolved, key) for key in KEPT_ON_RESUME})
+        for key in MID_EPOCH_KEYS:
+            value = getattr(train, key.split(".")[1], None)
+            if value is not None:
+                settings[key] = value
+        return settings
+
+    def _settings_changed(self, start: Path, saved: TrainState, train: TrainSource) -> list[str]:
+        """`key old → new` for each setting a resume from `start` would not honour: those
+        of `_settings_of`, from the checkpoint's state (a checkpoint written before the state
+        recorded them: from its config.yaml, where readable and not read from the
+        environment); the data ones only mid-epoch."""
+        now = self._settings_of(train)
+        before = saved.settings if saved.settings is not None else _config_settings(start)
+        mid_epoch = saved.batch != 0 or saved.epoch_origin is not None
         changed = []
-        for key in KEPT_ON_RESUME:
-            old, new = _lookup(saved, key), _lookup(now, key)
+        for key, new in now.items():
+            old = before.get(key)
+            if key in MID_EPOCH_KEYS and not mid_epoch:
+                continue
             if old is not None and old != new:
                 changed.append(f"{key} {old} (the checkpoint's) → {new}")
         return changed
@@ -1395,6 +1439,7 @@ class Trainer:
                 gradient_accumulation_steps=acc.gradient_accumulation_steps,
                 num_workers=self._train_workers,
                 batch_size=getattr(train, "batch_size", None),
+                settings=self._settings_of(train),
             )
         saved = read_state(start)
         self._check_resumable(start, saved, train)

@@ -364,7 +364,7 @@ def test_a_resume_refuses_settings_it_would_not_honour(tmp_path):
     for overrides, message in [
         (["model.optimizer.lr=0.1"], "model.optimizer.lr 0.003 (the checkpoint's) → 0.1"),
         (["trainer.seed=5"], "trainer.seed 0 (the checkpoint's) → 5"),
-        (["data.batch_size=2"], "with batch size 4 per rank, this run has 2"),
+        (["data.batch_size=2"], "data.batch_size 4 (the checkpoint's) → 2"),
     ]:
         done = run_cli("train", DEBUG, *overrides, "--resume", "auto", cwd=tmp_path)
         assert done.returncode == 2, done.stderr
@@ -392,3 +392,19 @@ def test_a_bad_sample_met_in_a_data_worker_is_one_line_naming_shard_and_member(t
         "kind of file)"
     ]
     assert "Traceback" not in done.stderr
+
+
+def test_settings_read_from_the_environment_are_compared_as_their_values(tmp_path, monkeypatch):
+    """config.yaml keeps `${oc.env:…}` as text; the state records the resolved values: the
+    same value written otherwise resumes, another value behind the same text is refused."""
+    monkeypatch.setenv("STPDIST_TEST_LR", "0.002")
+    checked("train", DEBUG, "trainer.max_steps=3", "model.optimizer.lr=${oc.env:STPDIST_TEST_LR}",
+            cwd=tmp_path)  # fmt: skip
+    monkeypatch.setenv("STPDIST_TEST_LR", "0.01")
+    done = run_cli("train", DEBUG, "trainer.max_steps=4", "model.optimizer.lr=${oc.env:STPDIST_TEST_LR}",
+                   "--resume", "auto", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2 and "model.optimizer.lr 0.002 (the checkpoint's) → 0.01" in (
+        done.stderr
+    )
+    checked("train", DEBUG, "trainer.max_steps=4", "model.optimizer.lr=0.002", "--resume", "auto",
+            cwd=tmp_path)  # fmt: skip

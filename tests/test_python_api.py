@@ -260,3 +260,18 @@ def test_predictions_that_are_not_one_per_sample_shaped_as_the_targets_are_refus
 ):
     with pytest.raises((TypeError, ValueError), match=message):
         trainer(tmp_path).predict(Odd(returned), loader(8, shuffle=False), metrics=False)
+
+
+def test_a_resume_refuses_another_seed_and_data_that_shrank_mid_epoch(tmp_path):
+    """Python-API runs have no config.yaml: the checkpoint's state records the seed (which
+    orders every epoch's data) and the batch size, resolved. A resume past the end of an
+    epoch that now has fewer batches (the data shrank) is refused instead of looping."""
+    trainer(tmp_path, max_epochs=None, max_steps=7).fit(TinyModule(), loader(32, 4))  # 8 a epoch
+    with pytest.raises(InputError, match=r"trainer\.seed 0 \(the checkpoint's\) → 7"):
+        trainer(tmp_path, seed=7, max_epochs=2).fit(TinyModule(), loader(32, 4), resume="auto")
+    with pytest.raises(InputError, match=r"data\.batch_size 4 \(the checkpoint's\) → 2"):
+        trainer(tmp_path, max_epochs=2).fit(TinyModule(), loader(32, 2), resume="auto")
+    with pytest.raises(InputError, match="micro-batch 7 of epoch 0, which now has 4 per rank"):
+        trainer(tmp_path, max_epochs=2).fit(TinyModule(), loader(16, 4), resume="auto")
+    state = trainer(tmp_path, max_epochs=2).fit(TinyModule(), loader(32, 4), resume="auto")
+    assert state.global_step == 16

@@ -238,6 +238,9 @@ class ShardTrainStream(_ShardSource):
     workers and each skips the batches it had already produced.
     """
 
+    workers_shape_layout = True
+    """Each worker reads its own span: another worker count lays an epoch out anew."""
+
     def __init__(self, folder: str | Path, *, shuffle_buffer: int = 256, **kwargs: Any) -> None:
         super().__init__(folder, **kwargs)
         self.shuffle_buffer = shuffle_buffer
