@@ -264,27 +264,31 @@ def test_an_on_the_fly_epoch_stopped_on_2_ranks_resumes_on_1_rank(tmp_path):
         torch.testing.assert_close(got[name], value, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("change", [{"workers": 2}, {"accum": 2}], ids=["workers", "accumulation"])
 def test_a_mid_epoch_checkpoint_resumed_with_other_workers_or_accumulation_sees_each_sample_once(
-    tmp_path, written, change
+    tmp_path, written
 ):
     """A shard stream's layout depends on its workers (each reads its own shards), and an
     epoch ends on an optimizer step: a mid-epoch resume on the same 2 ranks with
     `trainer.num_workers` 0 → 2 laid out the rest anew but started at the old batch count
-    (samples seen twice, others skipped); with more accumulation steps the run stood past
-    the epoch's new end and looped for ever. Both are now redistributed as a move to other
-    ranks is."""
+    (samples seen twice, others skipped); with another accumulation the steps lost their
+    alignment with the epoch (one spanned two epochs), or, standing past the epoch's new
+    end, the run looped for ever. Both are now redistributed as a move to other ranks is
+    (one launch runs both cases, each a stop and its resume)."""
     _, shards = written
-    common = {"shards": str(shards), "accum": ACCUM, "out": str(tmp_path / "run")}
-    jobs = [
-        {**common, "tag": "first", "steps": 1, "workers": 0},
-        {**common, "tag": "rest", "resume": "auto", "workers": 0, **change},
-    ]
+    changes = {"workers": {"workers": 2}, "accumulation": {"accum": 2}}
+    jobs = []
+    for name, change in changes.items():
+        common = {"shards": str(shards), "accum": ACCUM, "out": str(tmp_path / name)}
+        jobs += [
+            {**common, "tag": "first", "steps": 1, "workers": 0},
+            {**common, "tag": "rest", "resume": "auto", "workers": 0, **change},
+        ]
     proc = run_ranks([SCRIPT, _jobs(tmp_path, jobs)], 2, timeout=120)
-    assert "the rest of epoch 0 is redistributed over 2" in proc.stdout + proc.stderr
-    before, after = _seen(tmp_path / "run", "first"), _seen(tmp_path / "run", "rest")
-    assert len(before) == 2 * ACCUM
-    seen = before + after
-    assert len(seen) == len(set(seen)), "a sample seen twice in the epoch"
-    accumulation = change.get("accum", ACCUM)
-    assert SAMPLES - len(seen) < 2 * max(ACCUM, accumulation)  # less than a step's worth
+    assert (proc.stdout + proc.stderr).count("the rest of epoch 0 is redistributed over 2") == 2
+    for name, change in changes.items():
+        before, after = _seen(tmp_path / name, "first"), _seen(tmp_path / name, "rest")
+        assert len(before) == 2 * ACCUM, name
+        seen = before + after
+        assert len(seen) == len(set(seen)), f"{name}: a sample seen twice in the epoch"
+        accumulation = change.get("accum", ACCUM)
+        assert SAMPLES - len(seen) < 2 * max(ACCUM, accumulation), name  # < a step's worth
