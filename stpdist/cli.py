@@ -376,6 +376,7 @@ def cmd_forecast(args: argparse.Namespace) -> None:
             metrics=False,
             keeper=keeper,
             postprocess=module.to_physical,
+            units="physical",
             shown_as=out,
         )
         trainer.close()

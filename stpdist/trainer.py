@@ -1653,6 +1653,7 @@ class Trainer:
         postprocess: Any = None,
         raw_weights: bool = False,
         shown_as: str | Path | None = None,
+        units: str | None = None,
     ) -> dict[str, Any]:
         """One pass that writes predictions keyed by sample and, where batches carry
         targets (and `metrics`), accumulates the metrics of `validation_step` (keys
@@ -1662,7 +1663,10 @@ class Trainer:
         folder to name in messages when `out` is a staging folder swapped in later.
 
         Files: `out/predictions-r<rank>-<part>.npz`, each with `keys` (N,) and `predictions`
-        N×T_out×C×H×W float32. Returns the metrics ({} without targets, or for a module
+        N×T_out×C×H×W float32, and where known `units` (a string: `units` as given,
+        "physical" for a module that `writes_physical_units`, else "scaled" for a module with
+        a `value_scale`, which is then written beside it: physical = scaled × value_scale).
+        Returns the metrics ({} without targets, or for a module
         without `validation_step`)."""
         acc = self.accelerator
         metrics = metrics and _implements(module, "validation_step")
@@ -1677,7 +1681,8 @@ class Trainer:
         module.to(acc.device)
         module.eval()
         if postprocess is None and getattr(module, "writes_physical_units", False):
-            postprocess = module.to_physical  # normalised per variable: physical units
+            postprocess, units = module.to_physical, "physical"  # normalised per variable
+        described = _units_entries(module, units, postprocess)
         sums, written = EvalSums(), 0
         with acc.autocast():
             for part, batch in enumerate(as_eval_source(data).iterate(self._ctx())):
@@ -1699,6 +1704,7 @@ class Trainer:
                     out / f"predictions-r{acc.process_index:03d}-{part:06d}.npz",
                     keys=np.asarray(batch.keys),
                     predictions=pred.float().cpu().numpy(),
+                    **described,
                 )
                 written += len(batch.keys)
         total = acc.reduce(torch.tensor([written, sums.count], device=acc.device), "sum")
@@ -1719,6 +1725,17 @@ class Trainer:
         if isinstance(output, dict) and "predictions" in output:
             return output["predictions"], output
         return call_hook(module.predict_step, inputs, targets, extras), output
+
+
+def _units_entries(module: Any, units: str | None, postprocess: Any) -> dict[str, np.ndarray]:
+    """The `units` (and `value_scale`) entries of `predict`'s files: {} where unknown (a
+    caller's `postprocess` without `units`, a module without a `value_scale`)."""
+    if units is not None:
+        return {"units": np.asarray(units)}
+    scale = getattr(module, "value_scale", None)
+    if postprocess is not None or not isinstance(scale, (int, float)):
+        return {}
+    return {"units": np.asarray("scaled"), "value_scale": np.asarray(float(scale))}
 
 
 def _make_accelerator(config: TrainerConfig, log_with: list[str]) -> Accelerator:

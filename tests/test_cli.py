@@ -65,6 +65,8 @@ def test_train_resume_validate_predict(tmp_path):
     for file in sorted(pred_dir.glob("predictions-*.npz")):
         data = np.load(file)
         assert data["predictions"].shape[1:] == (4, 1, 32, 32)
+        # data.normalize: scale → the model's units, said in each file
+        assert (str(data["units"]), float(data["value_scale"])) == ("scaled", 255.0)
         keys += data["keys"].tolist()
     assert sorted(keys) == [f"test_{i:07d}" for i in range(8)]
     panel = Image.open(pred_dir / "samples" / "test_0000000.png")

@@ -63,6 +63,9 @@ def test_forecast_from_input_only_shards_every_key_once_in_physical_units(traine
         assert prediction.shape == (4, 1, 32, 32)
         np.testing.assert_allclose(prediction, expected, rtol=1e-6, atol=1e-4)
     assert max(p.max() for p in got.values()) > 1.0  # stored units (0–255), not [0, 1]
+    for file in out.glob("predictions-r*.npz"):
+        with np.load(file) as entries:
+            assert str(entries["units"]) == "physical" and "value_scale" not in entries
     # pictures of the main process' first samples (its share: 3 of 5 on 2 ranks)
     assert len(list((out / "samples").glob("*.png"))) == (4 if nproc == 1 else 3)
 
