@@ -235,6 +235,48 @@ def test_an_index_three_short_of_the_last_shard_is_refused_not_predicted_partly(
         list(stream.iterate(LoaderContext()))
 
 
+def test_shards_as_written_are_not_counted_again(tmp_path, monkeypatch):
+    """Every rank checks every shard at every start: on a parallel filesystem, a read per
+    tar member. A shard whose fingerprint (count, size, ends) is the recorded one is taken
+    at its count; an edited count, a rewritten shard of the same size, or an index from
+    before fingerprints is counted from its headers."""
+    import stpdist.data.stream as stream_module
+
+    counted = []
+    real = stream_module.count_samples
+    monkeypatch.setattr(
+        stream_module, "count_samples", lambda path: counted.append(Path(path).name) or real(path)
+    )
+
+    def plan(folder: Path) -> int:
+        counted.clear()
+        stream = ShardTrainStream(folder, batch_size=2, num_input_frames=3, num_output_frames=3)
+        return stream.batches_per_epoch(LoaderContext())
+
+    folder = split_of(tmp_path / "a" / "train", [4, 6])
+    assert all(s.fingerprint for s in read_index(folder).shards)
+    assert plan(folder) == 5 and counted == []
+    # another shard 1 of 5 samples, the same size on disk (tar pads to 10 KiB): refused
+    other = split_of(tmp_path / "b" / "train", [4, 5])
+    sizes = {(f / "train-000001.tar").stat().st_size for f in (folder, other)}
+    assert len(sizes) == 1
+    os.replace(other / "train-000001.tar", folder / "train-000001.tar")
+    with pytest.raises(ShardFormatError, match=r"train-000001\.tar: holds 5 .*6"):
+        plan(folder)
+    assert counted == ["train-000001.tar"]
+    # a count edited by hand (its fingerprint kept), an index without fingerprints: counted
+    folder = split_of(tmp_path / "c" / "train", [4, 6])
+    set_count(folder, 1, 7)
+    with pytest.raises(ShardFormatError, match=r"train-000001\.tar: holds 6 .*7"):
+        plan(folder)
+    index = json.loads((folder / "index.json").read_text())
+    for shard in index["shards"]:
+        del shard["fingerprint"]
+    shard["num_samples"] = 6
+    (folder / "index.json").write_text(json.dumps(index))
+    assert plan(folder) == 5 and counted == ["train-000000.tar", "train-000001.tar"]
+
+
 def test_the_count_reads_tar_headers_only(tmp_path):
     """Garbage member data under valid headers is counted without being read: the cost is
     headers, not frames; a member cut short by the end of the file names the shard."""

@@ -7,7 +7,7 @@ Each tar member group is one sample:
     <key>.json         optional metadata (source file, timestamps, …)
 
 Keys contain no dots. `index.json` records the format version, every shard with its
-sample count and bytes, the sample shape and dtype, the value scale (frames / scale lies
+sample count, bytes and fingerprint, the sample shape and dtype, the value scale (frames / scale lies
 in [0, 1]: 255 for 8-bit images, 1292 for TaxiBJ flows), per-channel mean and std of the
 scaled values, the source and the converter's arguments. The input/target split is made
 at load time, never here.
@@ -17,11 +17,14 @@ per-channel `min`/`max` of the scaled values (for `data.normalize: minmax` and c
 `variables` (one `{"name", "units"}` per channel: names per-variable metrics),
 `latitudes`/`longitudes` (grid coordinates in degrees, one per row/column: latitude
 weights) and `climatology` (a file beside index.json, `climatology.npy`, C×H×W mean of the
-scaled values over the split: anomaly correlation).
+scaled values over the split: anomaly correlation); per shard, a `fingerprint` of its
+count and its bytes (`shard_fingerprint`: readers then check the count without reading
+every tar header).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -85,6 +88,35 @@ class ShardInfo:
     name: str
     num_samples: int
     bytes: int
+    fingerprint: str = ""
+    """`shard_fingerprint` of the shard as written (absent from older indexes)."""
+
+
+FINGERPRINT_SPAN = 1 << 16
+"""Bytes hashed at each end of a shard by `shard_fingerprint`."""
+
+
+def shard_fingerprint(path: str | os.PathLike, num_samples: int) -> str | None:
+    """SHA-256 of a shard's sample count, size and first and last FINGERPRINT_SPAN bytes
+    (all of a shard up to twice that size): two reads, where counting reads a header per
+    member. The count is in the hash, so an index whose count was edited no longer matches;
+    a shard rewritten with other samples changes its size or its ends (its first key, its
+    last samples and the padding after them). None for anything but a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO never blocks
+    except OSError:
+        return None
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode):
+            return None
+        size, span = found.st_size, min(found.st_size, FINGERPRINT_SPAN)
+        digest = hashlib.sha256(f"{num_samples} {size}\n".encode())
+        digest.update(os.pread(fd, span, 0))
+        digest.update(os.pread(fd, span, max(size - span, 0)))
+        return digest.hexdigest()
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -457,7 +489,9 @@ class SplitWriter:
         shards = []
         for number, count in enumerate(self.counts):
             name = self._pattern() % number
-            shards.append(ShardInfo(name, count, (self.folder / name).stat().st_size))
+            path = self.folder / name
+            fingerprint = shard_fingerprint(path, count) or ""
+            shards.append(ShardInfo(name, count, path.stat().st_size, fingerprint))
         mean, std = self.stats.result()
         low, high = self.stats.range()
         channels, height, width = self.shape[1:]

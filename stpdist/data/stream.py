@@ -1,8 +1,9 @@
 """Shard streams: the train and eval sources over WebDataset tar shards (see
 `loading.py` for the protocols they implement): deterministic, equal batches per rank,
-resumable mid-epoch. Before the first plan, every local shard's sample count is read from
-its tar headers and checked against `index.json` (`check_counts`): the index is never
-trusted to plan steps.
+resumable mid-epoch. Before the first plan, every local shard's sample count is checked
+against `index.json` (`check_counts`): read from its tar headers, unless the shard is, by
+its fingerprint (count, size and ends), the one the index's writer recorded. An edited
+index is never trusted to plan steps.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .format import (
     decode_frames,
     iter_shard,
     read_index,
+    shard_fingerprint,
 )
 from .loading import (
     EpochOrigin,
@@ -101,11 +103,19 @@ class _ShardSource:
         index says is refused naming it and both counts, also in skip mode (the index, not
         a sample, is wrong; trusting it plans steps over samples that do not exist). In skip
         mode a damaged shard (truncated, unreadable, missing) passes here and is skipped as
-        it is read. Shards behind a `url_template` are checked as they are read."""
+        it is read. Shards behind a `url_template` are checked as they are read.
+
+        A shard whose `shard_fingerprint` (its count, size and ends: two reads) is the one
+        its writer recorded is not counted again. On a parallel filesystem this spares every
+        rank a read per tar member of every shard at every start; a count edited by hand, a
+        shard rewritten, or an index without fingerprints is counted from the headers."""
         if self._counts_checked or self.url_template is not None:
             return
         for shard in self.index.shards:
             path = self.folder / shard.name
+            recorded = shard.fingerprint
+            if recorded and shard_fingerprint(path, shard.num_samples) == recorded:
+                continue
             try:
                 found, complete = count_samples(path)
             except (ShardFormatError, FileNotFoundError) as exc:
