@@ -32,13 +32,14 @@ import os
 import re
 import signal
 import stat
+import tarfile
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import webdataset as wds
 
 from ..errors import InputError, MissingInput
 
@@ -431,7 +432,7 @@ class SplitWriter:
                 f"finite; got latitudes {_span(self.latitudes)}, longitudes "
                 f"{_span(self.longitudes)}"
             )
-        self._writer: wds.TarWriter | None = None
+        self._writer: _TarShard | None = None
 
     def _pattern(self) -> str:
         return SHARD_PATTERN.format(split=self.split)
@@ -462,10 +463,10 @@ class SplitWriter:
         if not self.counts or self.counts[-1] >= self.samples_per_shard:
             self.new_shard()
         self.keys.add(key)
-        sample = {"__key__": key, FRAMES_EXT: encode_frames(frames_TCHW)}
+        members = {FRAMES_EXT: encode_frames(frames_TCHW)}
         if meta:
-            sample[META_EXT] = json.dumps(meta).encode()
-        self._writer.write(sample)
+            members[META_EXT] = json.dumps(meta).encode()
+        self._writer.write(key, members)
         self.counts[-1] += 1
         self.stats.add(frames_TCHW, self.value_scale)
 
@@ -473,11 +474,7 @@ class SplitWriter:
         """Start a new shard now (the next sample goes into it)."""
         if self._writer is not None:
             self._writer.close()
-        path = self.folder / (self._pattern() % len(self.counts))
-        # opened here: TarWriter given a str hands it to gopen, which runs `pipe:…` names
-        handle = open(path, "wb")  # noqa: SIM115 (closed by the writer, which owns it)
-        self._writer = wds.TarWriter(handle)
-        self._writer.own_fileobj = handle
+        self._writer = _TarShard(self.folder / (self._pattern() % len(self.counts)))
         self.counts.append(0)
 
     def close(self) -> SplitIndex:
@@ -539,6 +536,29 @@ class SplitWriter:
             self.close()
         elif self._writer is not None:
             self._writer.close()
+
+
+class _TarShard:
+    """One shard being written: a sample's members `<key>.<ext>` in extension order, each
+    read-only (mode 444) and dated now, as webdataset's TarWriter writes them; written with
+    the standard library, so converting needs neither webdataset nor torch."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "wb")  # noqa: SIM115 (closed by close)
+        self.tar = tarfile.open(fileobj=self.file, mode="w|")
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        now = time.time()
+        for ext in sorted(members):
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(members[ext]), now, 0o444
+            self.tar.addfile(info, io.BytesIO(members[ext]))
+
+    def close(self) -> None:
+        try:
+            self.tar.close()
+        finally:
+            self.file.close()
 
 
 def _tar_header(stream: Any, where: str) -> tuple[str, bytes, int] | None:
@@ -683,7 +703,9 @@ def _open_shard(url: str | os.PathLike, where: str) -> Any:
     try:
         if isinstance(url, os.PathLike):
             return open(url, "rb")  # noqa: SIM115 (closed by iter_shard)
-        return wds.gopen(url, "rb")
+        import webdataset  # imports torch: only for a `url_template`'s URLs
+
+        return webdataset.gopen(url, "rb")
     except Exception as exc:
         raise ShardFormatError(f"{where}: cannot open ({exc})") from exc
 
