@@ -242,6 +242,17 @@ def dataset_index(cfg: Config) -> SplitIndex:
     raise MissingInput(f"no dataset split with {INDEX_FILE} under {cfg.data.root}")
 
 
+def keep_index(cfg: Config, trainer: Trainer) -> None:
+    """Every checkpoint of `trainer` keeps the data's index.json, so that it is a model
+    folder `stpdist.load`, `forecast` and `export` use without the data: the first split's
+    that has one (with `data.train_source: moving_digits`, train has no shards)."""
+    for split in (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split):
+        index = split_dir(cfg, split) / INDEX_FILE
+        if index.is_file():
+            trainer.attachments[INDEX_FILE] = index.read_text()
+            return
+
+
 # ---------------------------------------------------------------------------- fine-tuning
 def init_weights(
     cfg: Config,

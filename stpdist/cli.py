@@ -94,13 +94,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     # fine-tuning: every rank loads the weights before fit wraps the model (a resume wins)
     build.init_weights(cfg, module, trainer.checkpoints, args.resume)
     has_val = build.describe_dataset(cfg)
-    # every checkpoint keeps the data's statistics: a model folder `stpdist.load` can use
-    # (the first split there is: with data.train_source moving_digits, train has no shards)
-    d = cfg.data
-    splits = (d.train_split, d.val_split, d.test_split)
-    folders = (build.split_dir(cfg, split) / "index.json" for split in splits)
-    index = next(path for path in folders if path.is_file())
-    trainer.attachments["index.json"] = index.read_text()
+    build.keep_index(cfg, trainer)  # every checkpoint a model folder
     val = build.eval_stream(cfg, cfg.data.val_split) if has_val else None
     try:
         state = trainer.fit(module, build.train_stream(cfg), val, resume=args.resume)
@@ -341,7 +335,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
         if trainer.is_main:
             _write_json(tmp / "metrics.json", {**record, **results})
             # sanitised names; none without --samples or samples with predictions
-            pictures = save_samples(tmp / "samples", keeper.samples, cfg.logging.colormap)
+            pictures = save_samples(
+                tmp / "samples",
+                keeper.samples,
+                cfg.logging.colormap,
+                channel_names=getattr(module, "channel_names", None),
+            )
     if not trainer.is_main:
         return
     print(
@@ -382,7 +381,12 @@ def cmd_forecast(args: argparse.Namespace) -> None:
         trainer.close()
         if trainer.is_main:
             # sanitised names; none with --samples 0
-            pictures = save_samples(tmp / "samples", keeper.samples, args.colormap)
+            pictures = save_samples(
+                tmp / "samples",
+                keeper.samples,
+                args.colormap,
+                channel_names=getattr(module, "channel_names", None),
+            )
             if args.shards:
                 _forecast_shards(tmp, args, module)
     if not trainer.is_main:
@@ -481,7 +485,8 @@ def cmd_export(args: argparse.Namespace) -> None:
         trust_code=args.trust_code,
         raw_weights=args.raw_weights,
     )
-    print(f"model folder: {args.out} (model.safetensors, config.yaml, index.json)")
+    kept = sorted(p.name for p in Path(args.out).iterdir() if p.is_file())
+    print(f"model folder: {args.out} ({', '.join(kept)})")
     for fmt, difference in differences.items():
         print(
             f"  {fmt}: max |exported − eager| = {difference:.3g} on test batches of 2 and 3 "
@@ -546,7 +551,7 @@ def cmd_shard(args: argparse.Namespace) -> None:
 def cmd_inspect(args: argparse.Namespace) -> None:
     import tempfile
 
-    from .data.format import INDEX_FILE, read_index, require_file
+    from .data.format import INDEX_FILE, read_index, require_file, variable_names
     from .data.staging import recover
     from .data.stream import LoaderContext, ShardEvalStream
 
@@ -608,7 +613,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             num_output_frames=0,
         )
         frames, _, keys = next(iter(stream.iterate(LoaderContext())))
-        save_stored_frames(out / folder.name, [(k, frames[i].numpy()) for i, k in enumerate(keys)])
+        samples = [(k, frames[i].numpy()) for i, k in enumerate(keys)]
+        save_stored_frames(out / folder.name, samples, channel_names=variable_names(index))
         print(
             f"  rendered {len(keys)} samples (all {index.shape[0]} frames) to {out / folder.name}"
         )
@@ -619,38 +625,44 @@ STORED_LABEL = "stored\nframes"
 inputs and which targets is chosen at load time (data.num_input_frames), not here."""
 
 
-def stored_frames_figure(frames_TCHW: np.ndarray, key: str) -> Any:
+def stored_frames_figure(
+    frames_TCHW: np.ndarray, key: str, *, channel_names: list[str] | None = None
+) -> Any:
     """The sample panel of the stored frames as they are (no prediction), labelled as
     stored frames numbered 1…T, not as inputs: the input/target split is made at load time.
-    Several channels: a row each ("stored frames c1"), each on its own colour range."""
-    from .visualize import LABEL_PT, sample_figure
+    Several channels: a row each, "stored frames" over the channel's name ("c1", or "t2m"
+    by `channel_names`, the index's variables), each on its own colour range."""
+    from .visualize import LABEL_PT, fitted_title, sample_figure
 
-    fig = sample_figure(frames_TCHW, None, None, key=key)
+    fig = sample_figure(frames_TCHW, None, None, key=key, channel_names=channel_names)
     numbers = [str(t + 1) for t in range(len(frames_TCHW))]
     # the rows are the input rows ("input", or "input c1" a channel); the rest colour bars
     for row in (ax for ax in fig.axes if ax.get_ylabel().startswith("input")):
-        label = STORED_LABEL + row.get_ylabel().removeprefix("input")
+        # the left margin fits "input <name>": the name on a line of its own is never wider
+        name = row.get_ylabel().removeprefix("input").strip()
+        label = f"stored frames\n{name}" if name else STORED_LABEL
         row.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=LABEL_PT)
         row.set_xticks(row.get_xticks(), numbers, fontsize=11)
-    fig.suptitle(
-        f"{key}  ·  all {len(frames_TCHW)} stored frames (inputs and targets are chosen at "
-        "load time)",
-        fontsize=15,
-        y=1 - 0.2 / fig.get_figheight(),
-        va="top",
+    fitted_title(
+        fig,
+        f"{key}  ·  all {len(frames_TCHW)} stored frames  ·  (inputs and targets are chosen "
+        "at load time)",
     )
     return fig
 
 
-def save_stored_frames(folder: Path, samples: list[tuple[str, np.ndarray]]) -> list[Path]:
-    """`stored_frames_figure` of each (key, T×C×H×W frames) as `<folder>/<key>.png`."""
+def save_stored_frames(
+    folder: Path, samples: list[tuple[str, np.ndarray]], *, channel_names: list[str] | None = None
+) -> list[Path]:
+    """`stored_frames_figure` of each (key, T×C×H×W frames) as `<folder>/<key>.png`, its
+    channels named by `channel_names` (one per channel) where given."""
     from .visualize import DPI, sample_file_stems
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for stem, (key, frames) in zip(sample_file_stems(k for k, _ in samples), samples):
         path = folder / f"{stem}.png"
-        stored_frames_figure(frames, key).savefig(path, dpi=DPI)
+        stored_frames_figure(frames, key, channel_names=channel_names).savefig(path, dpi=DPI)
         paths.append(path)
     return paths
 

@@ -192,7 +192,10 @@ def loss_of(output: Any, step: int) -> torch.Tensor | None:
             )
         output = output["loss"]
     elif not isinstance(output, torch.Tensor):
-        raise TypeError(f"training_step must return a Tensor, a dict or None; got {type(output)}")
+        raise TypeError(
+            f"training_step returned a {type(output).__name__} at step {step}; expected the "
+            "loss (a one-element tensor), a dict with 'loss', or None to skip the batch"
+        )
     if not isinstance(output, torch.Tensor) or output.numel() != 1:
         what = (
             f"a tensor of shape {tuple(output.shape)}"
@@ -202,5 +205,16 @@ def loss_of(output: Any, step: int) -> torch.Tensor | None:
         raise TypeError(
             f"training_step returned {what} as its loss at step {step}; expected a tensor of "
             "one element (reduce it, e.g. .mean()) that autograd can differentiate"
+        )
+    if not output.is_floating_point():
+        raise TypeError(
+            f"training_step returned a {output.dtype} loss at step {step}; expected a floating "
+            "point loss that autograd can differentiate"
+        )
+    if not output.requires_grad and torch.is_grad_enabled():
+        raise TypeError(
+            f"training_step returned a loss at step {step} that autograd cannot differentiate "
+            "(detached, made under torch.no_grad, or of frozen parameters only); return the "
+            "loss as computed from the model's outputs, or None to skip the batch"
         )
     return output

@@ -164,12 +164,7 @@ def run_trial(
     module = build.build_module(cfg)
     build.init_weights(cfg, module, trainer.checkpoints, None)
     val = build.eval_stream(cfg, cfg.data.val_split) if build.describe_dataset(cfg) else None
-    d = cfg.data
-    for split in (d.train_split, d.val_split, d.test_split):  # as `stpdist train` keeps it
-        index = build.split_dir(cfg, split) / "index.json"
-        if index.is_file():
-            trainer.attachments["index.json"] = index.read_text()
-            break
+    build.keep_index(cfg, trainer)  # as `stpdist train` keeps it
     name, goal = metric["name"], metric.get("goal", "minimize")
     if val is not None and name.startswith("val/"):  # fit's validation results: val/…
         # a typo stops the trial at its first validation, not after its whole training

@@ -398,6 +398,12 @@ class Forecaster(EnhancedModule):
         return out
 
     @property
+    def channel_names(self) -> list[str] | None:
+        """A name per channel (the dataset's variables, e.g. z500, t2m), which sample
+        pictures label their rows with; None where the module has no `geo` (`c0`, `c1`…)."""
+        return None if self.geo is None else list(self.geo.names)
+
+    @property
     def writes_physical_units(self) -> bool:
         """`predict` writes physical (stored) units unless the data are only scaled (the
         behaviour before per-variable normalisation: frames / value_scale)."""

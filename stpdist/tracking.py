@@ -24,7 +24,7 @@ import os
 import secrets
 import string
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -266,16 +266,20 @@ class Tracker:
         results: dict[str, Any],
         *,
         step: int,
+        channel_names: Sequence[str] | None = None,
     ) -> Path | None:
         """Panels (PNG), GIFs and the per-lead-time plot of a validation, in
-        `samples/step-N/` and on every tracker (images; GIF videos on wandb)."""
+        `samples/step-N/` and on every tracker (images; GIF videos on wandb); channels
+        labelled by `channel_names` (the dataset's variables) where given."""
         if not self.is_main or not samples:
             return None
         from .visualize import plot_lead_times, save_samples
 
         folder = self.output_dir / "samples" / f"step-{step:08d}"
         # file names (and tracker tags) from sanitised keys: a key never leaves `folder`
-        written = save_samples(folder, samples, self.config.colormap, step=step)
+        written = save_samples(
+            folder, samples, self.config.colormap, step=step, channel_names=channel_names
+        )
         panels = [(stem, png) for stem, png, _ in written]
         gifs = [(stem, gif) for stem, _, gif in written if gif is not None]
         plot = plot_lead_times(results, folder / "lead_time.png")

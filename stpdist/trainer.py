@@ -20,7 +20,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -236,12 +236,52 @@ def _scalars_of(output: Any, hook: str = "validation_step") -> dict[str, Any]:
             )
         return {"loss": output}
     if isinstance(output, dict):
-        return {
-            k: v
-            for k, v in output.items()
-            if (isinstance(v, torch.Tensor) and v.numel() == 1) or isinstance(v, float | int)
-        }
+        scalars = {}
+        for k, v in output.items():
+            if (isinstance(v, torch.Tensor) and v.numel() == 1) or isinstance(v, float | int):
+                scalars[k] = v
+            elif k not in CONSUMED_ENTRIES and (hook, k) not in _UNLOGGED:
+                _UNLOGGED.add((hook, k))
+                what = (
+                    f"a tensor of shape {tuple(v.shape)}"
+                    if isinstance(v, torch.Tensor)
+                    else f"a {type(v).__name__}"
+                )
+                log.warning(
+                    "%s's entry %r is %s, not one number: it is not logged (scalars are; "
+                    "additive per-lead or per-variable sums go under 'sums' in validation_step)",
+                    hook,
+                    k,
+                    what,
+                )
+        return scalars
     raise TypeError(f"{hook} must return a Tensor or a dict; got {type(output)}")
+
+
+CONSUMED_ENTRIES = frozenset({"predictions", "sums"})
+"""Entries of a step's output dict that the Trainer uses other than as logged scalars."""
+_UNLOGGED: set[tuple[str, str]] = set()
+"""(hook, entry) already warned about as not logged: once per process."""
+
+
+def _optimizer_of(returned: Any) -> torch.optim.Optimizer:
+    """What `configure_optimizer` returned, if it is one optimizer; Lightning's other forms
+    of `configure_optimizers` (a list, a dict with a scheduler) are refused before the
+    first step, saying where the scheduler goes."""
+    if isinstance(returned, torch.optim.Optimizer):
+        return returned
+    if isinstance(returned, dict):
+        hint = (
+            "; return the optimizer alone, and its scheduler from configure_lr_scheduler(optimizer)"
+        )
+    elif isinstance(returned, (list, tuple)):
+        hint = "; the Trainer steps one optimizer (give it several parameter groups instead)"
+    else:
+        hint = ""
+    raise TypeError(
+        f"configure_optimizer returned a {type(returned).__name__}, expected a "
+        f"torch.optim.Optimizer{hint}"
+    )
 
 
 def _scheduler_of(returned: Any) -> tuple[Any, str]:
@@ -265,6 +305,18 @@ def _scheduler_of(returned: Any) -> tuple[Any, str]:
                 "per optimizer step or per epoch)"
             )
         scheduler = returned["scheduler"]
+    if isinstance(scheduler, (list, tuple)):
+        raise TypeError(
+            f"configure_lr_scheduler returned a {type(scheduler).__name__} of "
+            f"{len(scheduler)}; the Trainer steps one scheduler: return it alone (several: "
+            "combine them with torch.optim.lr_scheduler.SequentialLR or ChainedScheduler)"
+        )
+    if not callable(getattr(scheduler, "step", None)):
+        raise TypeError(
+            f"configure_lr_scheduler returned a {type(scheduler).__name__}, which has no "
+            "step(); return a torch.optim.lr_scheduler scheduler, a dict {'scheduler': …, "
+            "'interval': 'step' or 'epoch'}, or None"
+        )
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         raise TypeError(
             "configure_lr_scheduler returned a ReduceLROnPlateau, which steps on a metric; the "
@@ -292,6 +344,7 @@ class Meter:
         for sums in (self._window, self._epoch):
             sums["samples"] = sums.get("samples", 0) + samples
             if loss is None:
+                sums["skipped"] = sums.get("skipped", 0) + 1
                 continue
             sums["batches"] = sums.get("batches", 0) + 1
             for key, value in {"loss": loss, **extras}.items():
@@ -303,6 +356,7 @@ class Meter:
         """Per-batch means: the loss over every rank, the extras of this rank."""
         batches = sums.pop("batches")
         sums.pop("samples")
+        sums.pop("skipped", None)
         world = self.accelerator.num_processes
         loss = self.accelerator.reduce(sums.pop("loss").reshape(1), reduction="sum")
         means = {"loss": float(loss) / world / batches}  # the window's host read
@@ -321,12 +375,15 @@ class Meter:
         means["train/samples_per_s"] = samples / elapsed
         return means
 
-    def epoch(self) -> dict[str, float]:
-        """The epoch's mean loss and duration; starts a new epoch."""
+    def epoch(self) -> tuple[dict[str, float], int]:
+        """The epoch's mean loss (none when this process trained on no batch of it: all
+        skipped, or resumed at its end) and duration, and the number of micro-batches every
+        rank skipped; starts a new epoch."""
         sums, elapsed = self._epoch, time.perf_counter() - self._epoch_start
         self._epoch, self._epoch_start = {}, time.perf_counter()
-        loss = self._means(sums)["loss"] if sums.get("batches") else 0.0
-        return {"train/epoch_loss": loss, "time_s": round(elapsed, 2)}
+        skipped = sums.get("skipped", 0)
+        summary = {"train/epoch_loss": self._means(sums)["loss"]} if sums.get("batches") else {}
+        return {**summary, "time_s": round(elapsed, 2)}, skipped
 
 
 class ValidationAbandoned(RuntimeError):
@@ -492,7 +549,12 @@ class Validator:
             )
         checkpoints.record_metrics(state.global_step, results)
         tracker.log(results, step=state.global_step, epoch=state.step_epoch)
-        tracker.log_samples(keeper.samples, results, step=state.global_step)
+        tracker.log_samples(
+            keeper.samples,
+            results,
+            step=state.global_step,
+            channel_names=getattr(self.module, "channel_names", None),
+        )
         say(f"step {state.global_step}: {format_scalars(results)}")
         if self.trainer.early_stopping is not None:
             self.trainer.early_stopping.check(state.global_step, results)
@@ -948,7 +1010,7 @@ class Trainer:
         self._sharded_root = None
         if strategy == "fsdp" and self.accelerator.num_processes > 1:
             return self._prepare_sharded(module, units)
-        optimizer = module.configure_optimizer()
+        optimizer = _optimizer_of(module.configure_optimizer())
         scheduler, interval = _scheduler_of(module.configure_lr_scheduler(optimizer))
         # The scheduler is not prepared: a prepared one steps num_processes times per step.
         model, optimizer = self.accelerator.prepare(_TrainingStep(module), optimizer)
@@ -966,7 +1028,9 @@ class Trainer:
         units = fsdp.fsdp_units(module, wrap)
         model = fsdp.shard(_ShardedTrainingStep(module), units, self.config.mixed_precision)
         self._sharded_root = model  # validation gathers its parameters (`_whole`)
-        optimizer = module.configure_optimizer()  # on the shards: 1/N of the state per rank
+        optimizer = _optimizer_of(
+            module.configure_optimizer()
+        )  # on the shards: 1/N of the state per rank
         scheduler, interval = _scheduler_of(module.configure_lr_scheduler(optimizer))
         return model, self.accelerator.prepare(optimizer), scheduler, interval
 
@@ -1202,7 +1266,10 @@ class Trainer:
         scalars = meter.window()
         if scalars is None:
             return
-        scalars["train/lr"] = float(optimizer.param_groups[0]["lr"])  # a tensor with graphs
+        # the rate after this step (the next step's); a tensor with graphs: read here
+        lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        scalars["train/lr"] = lrs[0]
+        scalars.update({f"train/lr_group{i}": lr for i, lr in enumerate(lrs) if i})
         if self._grad_norm is not None:  # host sync: the log step's one read of the norm
             scalars["train/grad_norm"], self._grad_norm = float(self._grad_norm), None
         self.tracker.log(scalars, step=state.global_step, epoch=state.epoch)
@@ -1224,7 +1291,14 @@ class Trainer:
         state.epoch, state.batch, state.epoch_origin = state.epoch + 1, 0, None
         if scheduler is not None and interval == "epoch":
             scheduler.step()
-        summary = meter.epoch()
+        summary, skipped = meter.epoch()
+        if skipped and "train/epoch_loss" not in summary:
+            log.warning(
+                "epoch %d: training_step returned None for all %d micro-batches: nothing was "
+                "trained (the steps still count, as planned, toward max_steps and the schedule)",
+                finished,
+                skipped,
+            )
         self.tracker.log(summary, step=state.global_step, epoch=finished)
         self.checkpoints.maybe_save(state, epoch_end=True)
         validator.maybe_run(state, epoch_end=True)  # its results: a line of their own
@@ -1683,12 +1757,13 @@ class Trainer:
         if postprocess is None and getattr(module, "writes_physical_units", False):
             postprocess, units = module.to_physical, "physical"  # normalised per variable
         described = _units_entries(module, units, postprocess)
-        sums, written = EvalSums(), 0
+        sums, written, seen = EvalSums(), 0, set()
         with acc.autocast():
             for part, batch in enumerate(as_eval_source(data).iterate(self._ctx())):
                 batch = self._to_device(batch)
                 if batch.keys is None:
                     raise ValueError("prediction batches must carry sample keys")
+                _check_unique_keys(batch.keys, seen, split)
                 given = batch  # its targets, when it has them, shape the predictions
                 if not metrics:
                     batch = batch._replace(targets=None)
@@ -1725,6 +1800,18 @@ class Trainer:
         if isinstance(output, dict) and "predictions" in output:
             return output["predictions"], output
         return call_hook(module.predict_step, inputs, targets, extras), output
+
+
+def _check_unique_keys(keys: Sequence[str], seen: set[str], split: str) -> None:
+    """Refuse a sample key met before in this process' share: its predictions would be
+    written twice under one key, and `load_predictions` would keep only the last."""
+    for key in keys:
+        if key in seen:
+            raise ValueError(
+                f"sample key {key!r} appears twice in the {split} data; predictions are "
+                "written by key: give each sample its own key"
+            )
+        seen.add(key)
 
 
 def _units_entries(module: Any, units: str | None, postprocess: Any) -> dict[str, np.ndarray]:

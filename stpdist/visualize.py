@@ -5,7 +5,8 @@ A sample panel has rows input | truth | prediction | persistence | |error|, inpu
 numbered −(T_in−1) … 0 (0 is the last input) and lead times +1 … +T_out, a title with the
 sample key, step and MSE, and colour bars for the values and for |error|. Every channel is
 drawn (`channel_groups`): 3 channels without a colormap as one RGB picture, any other
-count a channel at a time (a block of panel rows, a GIF strip, a `sequence_panel` row).
+count a channel at a time (a block of panel rows, a GIF strip, a `sequence_panel` row),
+labelled "c0", "c1", … or by the dataset's variable names (`channel_names`: "z500").
 Colour ranges (`_value_range`): each channel on its own, over all frames drawn together;
 the fixed [0, 1] (the data range after value scaling) while its values stay within
 [−0.01, 1.01], else its own min … max (physical units, standardised data), so nothing is
@@ -72,17 +73,21 @@ def save_samples(
     *,
     step: int | None = None,
     gifs: bool = True,
+    channel_names: Sequence[str] | None = None,
 ) -> list[tuple[str, Path, Path | None]]:
     """A panel (`<stem>.png`) and, with `gifs` and a prediction, a GIF (`<stem>.gif`) for
     each (key, inputs, truth, prediction) in `folder`, named by `sample_file_stems`:
-    [(stem, png, gif or None)]."""
+    [(stem, png, gif or None)]. `channel_names` (one per channel, e.g. the dataset's
+    variables) label the channels' rows and strips (`_channel_suffixes`)."""
     folder = Path(folder)
     written = []
     for stem, (key, inputs, truth, pred) in zip(sample_file_stems(s[0] for s in samples), samples):
-        png = save_panel(folder / f"{stem}.png", inputs, truth, pred, colormap, key=key, step=step)
+        png = save_panel(folder / f"{stem}.png", inputs, truth, pred, colormap, key=key,
+                         step=step, channel_names=channel_names)  # fmt: skip
         gif = None
         if gifs and pred is not None:
-            gif = save_gif(folder / f"{stem}.gif", truth, pred, colormap=colormap, key=key)
+            gif = save_gif(folder / f"{stem}.gif", truth, pred, colormap=colormap, key=key,
+                           channel_names=channel_names)  # fmt: skip
         written.append((stem, png, gif))
     return written
 
@@ -95,6 +100,25 @@ def channel_groups(channels: int, colormap: str | None = None) -> list[slice]:
     if channels == 3 and colormap is None:
         return [slice(0, 3)]
     return [slice(c, c + 1) for c in range(channels)]
+
+
+def _channel_suffixes(
+    channels: int, colormap: str | None = None, channel_names: Sequence[str] | None = None
+) -> list[tuple[slice, str]]:
+    """Each picture of `channel_groups` with the suffix that labels its rows, strips and
+    colour bars: "" where there is one picture (1 channel, or 3 as RGB), else " " and the
+    channel's name in `channel_names` (one per channel: " z500"), or " c1" without names."""
+    if channel_names is not None and len(channel_names) != channels:
+        raise ValueError(
+            f"channel_names has {len(channel_names)} names ({', '.join(map(str, channel_names))})"
+            f" for data of {channels} channels; expected one name per channel"
+        )
+    groups = channel_groups(channels, colormap)
+    if len(groups) == 1:
+        return [(groups[0], "")]
+    names = [f"c{c}" for c in range(channels)] if channel_names is None else channel_names
+    # a `$` is drawn as itself, not as the start of math text
+    return [(group, " " + str(names[group.start]).replace("$", r"\$")) for group in groups]
 
 
 def _value_range(arrays: Iterable[np.ndarray | None]) -> tuple[float, float]:
@@ -254,14 +278,14 @@ def _panel_blocks(
     truth: np.ndarray | None,
     prediction: np.ndarray | None,
     colormap: str | None,
+    channel_names: Sequence[str] | None = None,
 ) -> list[tuple[str, list[_Row]]]:
     """(channel suffix, rows) for each block of a sample panel: one block per channel of
     `channel_groups` (a single block, suffix "", for 1 channel or RGB). A row label names
-    its channel ("truth c1") and, for prediction and persistence, that channel's MSE."""
-    groups = channel_groups(inputs.shape[1], colormap)
+    its channel ("truth c1", or "truth t2m" by `channel_names`) and, for prediction and
+    persistence, that channel's MSE."""
     blocks = []
-    for group in groups:
-        suffix = f" c{group.start}" if len(groups) > 1 else ""
+    for group, suffix in _channel_suffixes(inputs.shape[1], colormap, channel_names):
         rows = []
         for label, frames, kind, leads, reference in _panel_series(inputs, truth, prediction):
             part = frames[:, group]
@@ -291,7 +315,8 @@ def _label_size(label: str) -> tuple[float, float]:
 def _row_layout(blocks: list[tuple[str, list[_Row]]], cell_h: float) -> list[_Placed]:
     """Each row's place, top to bottom: frame numbers above a block's first row and its
     first lead-time row, a gap before its first |error| row and between blocks; a slot as
-    tall as the frames, or as the row's label where that is taller (labels never overlap)."""
+    tall as the frames, or as the row's label where that is taller (labels never overlap);
+    the gaps widened where colour-bar labels would overlap (`_spaced_for_bar_labels`)."""
     placed = []
     for b, (_, rows) in enumerate(blocks):
         first_lead = next((i for i, r in enumerate(rows) if r.leads), None)
@@ -300,11 +325,56 @@ def _row_layout(blocks: list[tuple[str, list[_Row]]], cell_h: float) -> list[_Pl
             gap = ERROR_GAP_IN if i == first_error else BLOCK_GAP_IN if b > 0 and i == 0 else 0.0
             slot = max(cell_h, _label_size(row.label)[1])
             placed.append(_Placed(row, b, i == 0 or i == first_lead, gap, slot))
-    return placed
+    return _spaced_for_bar_labels(placed, blocks, cell_h)
 
 
 def _bar_label(kind: str, suffix: str) -> str:
     return ("value" if kind == "value" else "|error|") + suffix
+
+
+def _bar_spans(
+    placed: list[_Placed], cell_h: float
+) -> tuple[dict[tuple[int, str], list[float]], float]:
+    """((block, kind) → [top, bottom] depth of its rows' frames, i.e. of its colour bar, in
+    inches from the panel's top, top to bottom; the depth below the last row)."""
+    depth = TOP_IN
+    spans: dict[tuple[int, str], list[float]] = {}
+    for p in placed:
+        depth += p.slot + (HEAD_IN if p.numbered else 0.0) + p.gap
+        bottom = depth - (p.slot - cell_h) / 2
+        spans.setdefault((p.block, p.row.kind), [bottom - cell_h, bottom])[1] = bottom
+        depth += ROW_GAP_IN
+    return spans, depth
+
+
+BAR_LABEL_GAP_IN = 0.1
+"""Least space between two colour bars' labels, and between the first one and the title."""
+
+
+def _spaced_for_bar_labels(
+    placed: list[_Placed], blocks: list[tuple[str, list[_Row]]], cell_h: float
+) -> list[_Placed]:
+    """`placed` with the gap above a colour bar's first row widened where its label, or
+    the label of the bar above, is longer than its bar (long channel names: "value
+    geopotential_500hPa" beside one or two rows) and the two would meet, or where the
+    first label would reach the title. Labels shorter than their bars change nothing."""
+    spans, _ = _bar_spans(placed, cell_h)
+    first_row = {}
+    for i, p in enumerate(placed):
+        first_row.setdefault((p.block, p.row.kind), i)
+    above = TOP_IN - BAR_LABEL_GAP_IN  # the lowest point of the title, roughly
+    shift = 0.0  # how far the gaps widened so far moved this bar down
+    placed = list(placed)
+    for (block, kind), (top, bottom) in spans.items():
+        length = _label_size(_bar_label(kind, blocks[block][0]))[0]
+        reach = max(0.0, (length - (bottom - top)) / 2)  # beyond each end of its bar
+        extra = max(0.0, above + BAR_LABEL_GAP_IN - (top + shift - reach))
+        if extra:
+            i = first_row[block, kind]
+            placed[i] = placed[i]._replace(gap=placed[i].gap + extra)
+            shift += extra
+        above = bottom + shift + reach
+    return placed
 
 
 def _panel_height(
@@ -312,13 +382,7 @@ def _panel_height(
 ) -> float:
     """A panel's height, inches: title, rows and 0.1 below them; more where a colour bar's
     label is longer than its bar (a block of one row of wide frames)."""
-    depth = TOP_IN
-    spans: dict[tuple[int, str], list[float]] = {}  # → [top, bottom] depth of its frames
-    for p in placed:
-        depth += p.slot + (HEAD_IN if p.numbered else 0.0) + p.gap
-        bottom = depth - (p.slot - cell_h) / 2
-        spans.setdefault((p.block, p.row.kind), [bottom - cell_h, bottom])[1] = bottom
-        depth += ROW_GAP_IN
+    spans, depth = _bar_spans(placed, cell_h)
     overhangs = [(top + bottom + _label_size(_bar_label(kind, blocks[b][0]))[0]) / 2 + 0.05
                  for (b, kind), (top, bottom) in spans.items()]  # fmt: skip
     return max([depth + 0.1, *overhangs])
@@ -355,20 +419,22 @@ def sample_figure(
     *,
     key: str = "",
     step: int | None = None,
+    channel_names: Sequence[str] | None = None,
 ) -> Figure:
     """A sample panel as a matplotlib Figure (not yet saved): a title (key, step, the
     sample's MSE next to persistence's), labelled rows (input, truth, prediction,
     persistence, |error| of both; only what exists; one axes a row), input frames numbered
     −(T_in−1)…0 and lead times +1…+T_out, a colour bar for the values and one for |error|.
     Data of 2 or more channels (but 3-channel RGB) get a block of rows per channel, each
-    with its own two colour bars ("value c1", "|error| c1"). Without a colormap everything
+    with its own two colour bars ("value c1", "|error| c1"); `channel_names` (one per
+    channel) name them instead ("truth t2m", "value t2m"). Without a colormap everything
     is gray (errors dark on white)."""
     from matplotlib.figure import Figure
 
     inputs = np.asarray(inputs_TCHW, np.float32)
     truth = None if truth_TCHW is None else np.asarray(truth_TCHW, np.float32)
     prediction = None if prediction_TCHW is None else np.asarray(prediction_TCHW, np.float32)
-    blocks = _panel_blocks(inputs, truth, prediction, colormap)
+    blocks = _panel_blocks(inputs, truth, prediction, colormap, channel_names)
     rows = [row for _, block in blocks for row in block]
     columns = max(len(r.frames) for r in rows)
     h, w = inputs.shape[-2:]
@@ -401,8 +467,31 @@ def sample_figure(
     scores = _scores(inputs, truth, prediction)
     if "mse" in scores:
         title.append(f"MSE {scores['mse']:.4g} (persistence {scores['persistence_mse']:.4g})")
-    fig.suptitle("  ·  ".join(title), fontsize=15, y=1 - 0.2 / height, va="top")
+    fitted_title(fig, "  ·  ".join(title))
     return fig
+
+
+TITLE_PT, SMALLEST_TITLE_PT = 15, 8
+"""A panel title's type size, and the smallest it is shrunk to before it is wrapped."""
+
+
+def fitted_title(fig: Figure, text: str) -> Any:
+    """`text` as the title at the top of `fig` (0.2 in below its edge), whole at any figure
+    width: in smaller type (down to SMALLEST_TITLE_PT) where a short sequence makes the
+    figure narrow, and then a line per "  ·  " part. Drawn as written (no math text: a `$`
+    in a sample key is a dollar sign)."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import text_to_path
+
+    width_pt, _, _ = text_to_path.get_text_width_height_descent(
+        text, FontProperties(size=TITLE_PT), ismath=False
+    )
+    room_pt = fig.get_figwidth() * 72 * 0.92
+    size = min(TITLE_PT, TITLE_PT * room_pt / width_pt)
+    if size < SMALLEST_TITLE_PT:
+        size, text = SMALLEST_TITLE_PT, "\n".join(text.split("  ·  "))
+    y = 1 - 0.2 / fig.get_figheight()
+    return fig.suptitle(text, fontsize=size, y=y, va="top", parse_math=False)
 
 
 def _draw_row(ax: Any, row: _Row, style: tuple, gap_px: int, *, numbered: bool) -> Any:
@@ -470,12 +559,19 @@ def save_panel(
     *,
     key: str | None = None,
     step: int | None = None,
+    channel_names: Sequence[str] | None = None,
 ) -> Path:
     """The sample panel (`sample_figure`; the key defaults to the file's stem) as a PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = sample_figure(
-        inputs_TCHW, truth_TCHW, prediction_TCHW, colormap, key=key or path.stem, step=step
+        inputs_TCHW,
+        truth_TCHW,
+        prediction_TCHW,
+        colormap,
+        key=key or path.stem,
+        step=step,
+        channel_names=channel_names,
     )
     fig.savefig(path, dpi=DPI)
     return path
@@ -496,22 +592,46 @@ def _font(size: int) -> Any:
 
 
 def _gif_strips(
-    truth: np.ndarray | None, prediction: np.ndarray, colormap: str | None
+    truth: np.ndarray | None,
+    prediction: np.ndarray,
+    colormap: str | None,
+    channel_names: Sequence[str] | None = None,
 ) -> list[list[tuple[str, np.ndarray]]]:
     """For each channel group of `channel_groups` (the GIF's strips, top to bottom) its
     halves [(name, T×H×W×3 uint8)]: truth and prediction, or the prediction alone, both on
-    the group's `_value_range` over all their frames, so they stay comparable."""
+    the group's `_value_range` over all their frames, so they stay comparable; named with
+    the channel's suffix ("truth c1", "truth t2m": `_channel_suffixes`)."""
     shown = [("prediction", prediction)]
     if truth is not None:
         shown.insert(0, ("truth", truth))
-    groups = channel_groups(prediction.shape[1], colormap)
     strips = []
-    for group in groups:
-        suffix = f" c{group.start}" if len(groups) > 1 else ""
+    for group, suffix in _channel_suffixes(prediction.shape[1], colormap, channel_names):
         value_range = _value_range(frames[:, group] for _, frames in shown)
         strips.append([(name + suffix, to_rgb8(frames[:, group], colormap, value_range))
                        for name, frames in shown])  # fmt: skip
     return strips
+
+
+def _gif_labels(
+    names: Sequence[str], leads: int, font: Any, room: float
+) -> tuple[dict[str, list[list[str]]], int]:
+    """(name → its label's lines at each lead time, the number of lines): "truth t2m  (lead
+    +1)" on one line where every name's label fits in `room` pixels (the width of a GIF's
+    half), else two lines, the name (cut, with "…", where it alone is wider) over "(lead
+    +1)": long channel names ("prediction geopotential_500hPa") never run into the next
+    half or off the picture."""
+
+    def fits(text: str) -> bool:
+        return font.getlength(text) <= room
+
+    def cut(text: str) -> str:
+        while len(text) > 1 and not fits(text):
+            text = text[:-2] + "…"
+        return text
+
+    if all(fits(f"{name}  (lead +{leads})") for name in names):
+        return {name: [[f"{name}  (lead +{t + 1})"] for t in range(leads)] for name in names}, 1
+    return {name: [[cut(name), f"(lead +{t + 1})"] for t in range(leads)] for name in names}, 2
 
 
 def gif_frames(
@@ -521,26 +641,30 @@ def gif_frames(
     *,
     key: str = "",
     min_size: int = GIF_MIN_SIZE,
+    channel_names: Sequence[str] | None = None,
 ) -> list[Image.Image]:
     """The images of `save_gif`: truth (left) beside prediction (right), or the prediction
     alone, enlarged (nearest neighbour) to at least `min_size` pixels a side, under a
     caption with the key. Data of 2 or more channels (but 3-channel RGB) get one such
     strip per channel, stacked, each channel on its own colour range (`_gif_strips`).
     Each strip is labelled "truth (lead +t)" and "prediction (lead +t)" over its halves
-    ("truth c1 (lead +t)" for channel 1 of several)."""
+    ("truth c1 (lead +t)" for channel 1 of several, "truth t2m (lead +t)" by
+    `channel_names`; on two lines where a label is wider than its half: `_gif_labels`)."""
     from PIL import ImageDraw
 
     prediction = np.asarray(prediction_TCHW, np.float32)
     truth = None if truth_TCHW is None else np.asarray(truth_TCHW, np.float32)
-    strips = _gif_strips(truth, prediction, colormap)
+    strips = _gif_strips(truth, prediction, colormap, channel_names)
     h, w = prediction.shape[-2:]
     zoom = max(1, math.ceil(min_size / min(h, w)))
     big_h, big_w, gap, line = h * zoom, w * zoom, 8, 22
-    strip_h = line + 6 + big_h  # a strip's label line, then its frames
+    font = _font(16)
+    names = [name for strip in strips for name, _ in strip]
+    labels, lines = _gif_labels(names, len(prediction), font, big_w - 8)
+    strip_h = lines * line + 6 + big_h  # a strip's label lines, then its frames
     halves = len(strips[0])
     width = halves * big_w + (halves - 1) * gap
     height = line + len(strips) * (strip_h + gap) - gap  # the caption line on top
-    font = _font(16)
     caption = key if len(key) * 9 <= width else key[: max(1, width // 9 - 1)] + "…"
     images = []
     for t in range(len(prediction)):
@@ -552,8 +676,9 @@ def gif_frames(
             for i, (name, frames) in enumerate(strip):
                 x = i * (big_w + gap)
                 frame = frames[t].repeat(zoom, axis=0).repeat(zoom, axis=1)
-                canvas.paste(Image.fromarray(frame), (x, top + line + 6))
-                draw.text((x + 4, top + 3), f"{name}  (lead +{t + 1})", fill="black", font=font)
+                canvas.paste(Image.fromarray(frame), (x, top + lines * line + 6))
+                for k, text in enumerate(labels[name][t]):
+                    draw.text((x + 4, top + 3 + k * line), text, fill="black", font=font)
         images.append(canvas)
     return images
 
@@ -567,13 +692,19 @@ def save_gif(
     *,
     key: str | None = None,
     min_size: int = GIF_MIN_SIZE,
+    channel_names: Sequence[str] | None = None,
 ) -> Path:
     """An animated GIF, one frame per lead time (`gif_frames`; the key defaults to the
     file's stem)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     images = gif_frames(
-        truth_TCHW, prediction_TCHW, colormap, key=key or path.stem, min_size=min_size
+        truth_TCHW,
+        prediction_TCHW,
+        colormap,
+        key=key or path.stem,
+        min_size=min_size,
+        channel_names=channel_names,
     )
     images[0].save(path, save_all=True, append_images=images[1:], duration=1000 // fps, loop=0)
     return path

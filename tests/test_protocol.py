@@ -518,6 +518,9 @@ def test_reproduce_writes_the_table_beside_openstl(tmp_path, capsys):
     assert "| SSIM (range 2) |" in md and "OpenSTL MMNIST" not in md and "0.9462" not in md
     assert "OpenSTL's published numbers are left out" in md and "5→5 frames" in md
     assert (tmp_path / "out" / "data" / "test" / "index.json").is_file()
+    # every checkpoint is a model folder, as `stpdist train`'s (it lacked the index once)
+    checkpoints = sorted((tmp_path / "out").glob("seed*/checkpoints/step-*"))
+    assert checkpoints and all((c / "index.json").is_file() for c in checkpoints)
     assert not (tmp_path / "out" / "data" / "train").exists()
 
 

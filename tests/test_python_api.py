@@ -160,11 +160,42 @@ class Scheduled(TinyModule):
             },
             "dict has 'frequency', which the Trainer does not honour",
         ),
+        # Lightning's list form: failed at step 1 ("'list' object has no attribute 'step'")
+        (lambda o: [torch.optim.lr_scheduler.StepLR(o, 1)], "returned a list of 1; the Trainer"),
+        (lambda o: "cosine", "returned a str, which has no step\\(\\)"),
     ],
 )
 def test_schedulers_the_trainer_would_not_step_as_asked_are_refused(tmp_path, returned, message):
     with pytest.raises((TypeError, ValueError), match=message):
         trainer(tmp_path).fit(Scheduled(returned), loader(8))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+class LightningOptimizers(TinyModule):
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form = form
+
+    def configure_optimizer(self):
+        optimizer = super().configure_optimizer()
+        if self.form == "list":
+            return [optimizer]
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1),
+        }
+
+
+@pytest.mark.parametrize(
+    ("form", "message"),
+    [
+        ("list", r"returned a list, expected a torch.optim.Optimizer; the Trainer steps one"),
+        ("dict", r"returned a dict, .*its scheduler from configure_lr_scheduler\(optimizer\)"),
+    ],
+)
+def test_lightnings_other_optimizer_forms_are_refused_naming_the_hook(tmp_path, form, message):
+    with pytest.raises(TypeError, match=message):
+        trainer(tmp_path).fit(LightningOptimizers(form), loader(8))
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -275,3 +306,95 @@ def test_a_resume_refuses_another_seed_and_data_that_shrank_mid_epoch(tmp_path):
         trainer(tmp_path, max_epochs=2).fit(TinyModule(), loader(16, 4), resume="auto")
     state = trainer(tmp_path, max_epochs=2).fit(TinyModule(), loader(32, 4), resume="auto")
     assert state.global_step == 16
+
+
+# ------------------------------------------- hook outputs a new user's module may return
+class Keyed(TinySequences):
+    def __init__(self, num: int, keys) -> None:
+        super().__init__(num)
+        self.keys = keys
+
+    def __getitem__(self, i: int):
+        inputs, targets = super().__getitem__(i)
+        return {"inputs": inputs, "targets": targets, "keys": self.keys(i)}
+
+
+def test_predict_writes_under_the_samples_own_keys_and_refuses_one_key_twice(tmp_path):
+    """Once, a dataset's own 'keys' were replaced by its indices, and a key shared by every
+    sample wrote one file entry per sample under the same name."""
+    from stpdist.trainer import load_predictions
+
+    t = trainer(tmp_path)
+    module = TinyModule()
+    own = DataLoader(Keyed(6, lambda i: f"sample {i}"), batch_size=4)
+    t.predict(module, own, out=tmp_path / "p")
+    assert sorted(load_predictions(tmp_path / "p")) == [f"sample {i}" for i in range(6)]
+    numbered = DataLoader(Keyed(3, lambda i: 100 + i), batch_size=2)  # numbers: collated
+    t.predict(module, numbered, out=tmp_path / "n")
+    assert sorted(load_predictions(tmp_path / "n")) == ["100", "101", "102"]
+    with pytest.raises(ValueError, match=r"sample key 'dup' appears twice in the test data"):
+        t.predict(module, DataLoader(Keyed(6, lambda i: "dup"), batch_size=4), out=tmp_path / "d")
+
+
+class SkipsEverything(TinyModule):
+    def training_step(self, inputs, targets):
+        return None
+
+
+def test_an_epoch_that_trained_on_nothing_says_so_and_logs_no_loss(tmp_path, caplog):
+    """It logged train/epoch_loss 0 and said nothing."""
+    t = trainer(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="stpdist"):
+        t.fit(SkipsEverything(), loader(8))
+    assert "epoch 0: training_step returned None for all 2 micro-batches" in caplog.text
+    rows = _rows(tmp_path / "run")
+    assert not [r for r in rows if "train/epoch_loss" in r] and [r for r in rows if "time_s" in r]
+
+
+class Extras(TinyModule):
+    def configure_optimizer(self):
+        body, head = self.net[1].parameters(), self.net[4].parameters()
+        return torch.optim.SGD([{"params": body}, {"params": head, "lr": 0.01}], lr=0.1)
+
+    def validation_step(self, inputs, targets):
+        pred = self(inputs)
+        per_lead = (pred - targets).pow(2).mean(dim=(0, 2, 3, 4))
+        return {"loss": per_lead.mean(), "per_lead": per_lead, "note": "text", "predictions": pred}
+
+
+def test_unlogged_entries_are_named_once_and_every_group_rate_is_logged(tmp_path, caplog):
+    t = trainer(tmp_path, log_every_n_steps=1)
+    with caplog.at_level(logging.WARNING, logger="stpdist"):
+        t.fit(Extras(), loader(8), loader(8, shuffle=False))
+    warned = [r.getMessage() for r in caplog.records if "not one number" in r.getMessage()]
+    assert len(warned) == 2  # once each, not per batch; predictions are used, not warned
+    assert "'per_lead' is a tensor of shape (2,)" in warned[0] and "'note' is a str" in warned[1]
+    logged = [r for r in _rows(tmp_path / "run") if "train/lr" in r]
+    assert logged and all((r["train/lr"], r["train/lr_group1"]) == (0.1, 0.01) for r in logged)
+
+
+class BadLoss(TinyModule):
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form = form
+
+    def training_step(self, inputs, targets):
+        loss = super().training_step(inputs, targets)
+        return {
+            "detached": lambda: loss.detach(),
+            "integer": lambda: torch.tensor(3),
+            "tuple": lambda: (loss, 1.0),
+        }[self.form]()
+
+
+@pytest.mark.parametrize(
+    ("form", "message"),
+    [
+        ("detached", r"returned a loss at step 1 that autograd cannot differentiate"),
+        ("integer", r"returned a torch.int64 loss at step 1"),
+        ("tuple", r"returned a tuple at step 1; expected the loss"),
+    ],
+)
+def test_a_loss_autograd_cannot_use_is_named_with_the_step(tmp_path, form, message):
+    with pytest.raises(TypeError, match=message):
+        trainer(tmp_path).fit(BadLoss(form), loader(8))

@@ -5,9 +5,10 @@ figure's labels and persistence lines."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from stpdist.visualize import GAP, save_gif, save_panel, sequence_panel
+from stpdist.visualize import GAP, sample_figure, save_gif, save_panel, sequence_panel
 
 
 def test_panel_pixels_match_frames(tmp_path):
@@ -386,3 +387,142 @@ def test_unit_range_channel_keeps_the_fixed_range_beside_a_physical_one(tmp_path
     (top, bottom), (alone_top, alone_bottom) = strips[0], _strips(alone, GIF_MIN_SIZE - 3)[0]
     np.testing.assert_array_equal(both[top:bottom], alone[alone_top:alone_bottom])
     assert _distinct(both[strips[1][0] : strips[1][1], :GIF_MIN_SIZE]) >= 30
+
+
+# ------------------------------------------------- channels named by the dataset's variables
+def test_channel_names_label_panel_rows_colour_bars_and_gif_strips():
+    """Named channels (the index's variables) replace c0, c1 in a panel's row labels, its
+    colour bars and a GIF's strips; without names they stay c0, c1."""
+    from stpdist.visualize import _gif_strips, _panel_blocks, sample_figure
+
+    inputs, truth, pred = _physical_sample()
+    blocks = _panel_blocks(inputs, truth, pred, None, ["z500", "t2m"])
+    assert [suffix for suffix, _ in blocks] == [" z500", " t2m"]
+    labels = [row.label.split("\n")[0] for row in blocks[1][1]]
+    assert labels == ["input t2m", "truth t2m", "prediction t2m", "persistence t2m",
+                      "|error| t2m", "|error| t2m"]  # fmt: skip
+    mse = float(np.mean((pred[:, 1].astype(np.float64) - truth[:, 1]) ** 2))
+    assert blocks[1][1][2].label == f"prediction t2m\nMSE {mse:.4g}"
+    assert [s for s, _ in _panel_blocks(inputs, truth, pred, None)] == [" c0", " c1"]
+
+    strips = _gif_strips(truth, pred, "viridis", ["z500", "t2m"])
+    assert [[name for name, _ in strip] for strip in strips] == [
+        ["truth z500", "prediction z500"], ["truth t2m", "prediction t2m"]
+    ]  # fmt: skip
+    forecast = _gif_strips(None, pred, None, ["z500", "t2m"])
+    assert [[name for name, _ in strip] for strip in forecast] == [["prediction z500"],
+                                                                   ["prediction t2m"]]  # fmt: skip
+
+    fig = sample_figure(inputs, None, pred, "coolwarm", key="w", channel_names=["z500", "t2m"])
+    rows, bars = _labels(fig)
+    assert list(rows) == ["input z500", "prediction z500", "input t2m", "prediction t2m"]
+    assert bars == ["value z500", "value t2m"]
+
+
+def test_long_channel_names_widen_the_panel_and_nothing_is_cut_or_overlaps():
+    """A long name ("geopotential_500hPa") widens the left margin to fit its row labels,
+    and the colour bars' labels, longer than their bars, are spaced apart (training
+    panels, and `inspect`'s one row a channel): every label inside the figure, none over
+    another or over the frames; the GIF's strip labels go on two lines, cut to fit."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from stpdist.visualize import GIF_MIN_SIZE, _font, _gif_labels, gif_frames, sample_figure
+
+    inputs, truth, pred = _physical_sample(w=8)
+    names = ["geopotential_500hPa", "t2m"]
+    short = sample_figure(inputs, truth, pred, channel_names=["z", "t2m"])
+    long = sample_figure(inputs, truth, pred, channel_names=names)
+    assert long.axes[0].get_window_extent().x0 > short.axes[0].get_window_extent().x0 + 50
+    for fig in (long, sample_figure(inputs, None, None, channel_names=names)):
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        width, height = canvas.get_width_height()
+        rows = [ax for ax in fig.axes if not hasattr(ax, "_colorbar")]
+        for ax in rows:
+            box = ax.yaxis.label.get_window_extent(renderer)
+            assert 0 <= box.x0 and box.x1 <= ax.get_window_extent(renderer).x0, ax.get_ylabel()
+        bars = [ax.yaxis.label.get_window_extent(renderer)
+                for ax in fig.axes if hasattr(ax, "_colorbar")]  # fmt: skip
+        bars.sort(key=lambda box: -box.y1)  # top to bottom
+        assert bars[0].y1 <= height - 50  # below the title (the top 0.5 in)
+        assert bars[-1].y0 >= 0 and max(b.x1 for b in bars) <= width
+        for upper, lower in zip(bars, bars[1:]):
+            assert lower.y1 <= upper.y0, "colour-bar labels overlap"
+
+    font = _font(16)
+    labels, lines = _gif_labels(["truth z500", "prediction t2m"], 12, font, 248)
+    assert lines == 1 and labels["prediction t2m"][11] == ["prediction t2m  (lead +12)"]
+    labels, lines = _gif_labels(["prediction " + names[0] * 2], 3, font, 248)
+    assert lines == 2 and labels["prediction " + names[0] * 2][0][1] == "(lead +1)"
+    cut = labels["prediction " + names[0] * 2][0][0]
+    assert cut.startswith("prediction geopot") and cut.endswith("…")
+    assert font.getlength(cut) <= 248
+    one, two = (gif_frames(truth[:, :, :, :8], pred[:, :, :, :8], channel_names=n)[0]
+                for n in (["z", "t2m"], names))  # fmt: skip
+    assert one.size[0] == two.size[0] == 2 * GIF_MIN_SIZE + 8
+    assert two.size[1] == one.size[1] + 2 * 22  # a second label line over each strip
+
+
+def test_wrong_number_of_channel_names_is_refused_naming_both():
+    import pytest
+
+    from stpdist.visualize import gif_frames, sample_figure, save_samples
+
+    frames = np.zeros((2, 2, 4, 4), np.float32)
+    for draw in (lambda: sample_figure(frames, frames, frames, channel_names=["z500"]),
+                 lambda: gif_frames(frames, frames, channel_names=["z500", "t2m", "u10"])):  # fmt: skip
+        with pytest.raises(ValueError, match=r"channel_names has \d names .* of 2 channels"):
+            draw()
+    with pytest.raises(ValueError, match="has 2 names"):  # RGB and 1 channel: checked too
+        sample_figure(frames[:, :1], None, None, channel_names=["a", "b"])
+    with pytest.raises(ValueError, match="for data of 2 channels"):
+        save_samples("unused", [("k", frames, frames, frames)], channel_names=[])
+
+
+def test_one_channel_and_rgb_pictures_are_unchanged_by_a_name(tmp_path):
+    """One picture per frame (1 channel, or 3 as RGB): no channel suffix, so a name changes
+    no pixel of the panel or the GIF; `save_samples` hands its names to both."""
+    from stpdist.visualize import save_samples
+
+    rng = np.random.default_rng(7)
+    for c, names in ((1, ["x"]), (3, ["r", "g", "b"])):
+        inputs, truth, pred = (rng.random((t, c, 6, 6)) for t in (2, 2, 2))
+        plain = save_panel(tmp_path / f"{c}.png", inputs, truth, pred, key="k")
+        named = save_panel(tmp_path / f"{c}-n.png", inputs, truth, pred, key="k",
+                           channel_names=names)  # fmt: skip
+        assert plain.read_bytes() == named.read_bytes()
+        plain = save_gif(tmp_path / f"{c}.gif", truth, pred, key="k", min_size=24)
+        named = save_gif(tmp_path / f"{c}-n.gif", truth, pred, key="k", min_size=24,
+                         channel_names=names)  # fmt: skip
+        assert plain.read_bytes() == named.read_bytes()
+
+    # two channels: save_samples' pictures are those drawn with the names (not "c0", "c1")
+    inputs, truth, pred = (rng.random((t, 2, 6, 6)) for t in (2, 2, 2))
+    names = ["z500", "t2m"]
+    ((_, png, gif),) = save_samples(tmp_path / "s", [("k", inputs, truth, pred)],
+                                    channel_names=names)  # fmt: skip
+    panel = save_panel(tmp_path / "p.png", inputs, truth, pred, key="k", channel_names=names)
+    assert png.read_bytes() == panel.read_bytes()
+    assert gif.read_bytes() == save_gif(tmp_path / "p.gif", truth, pred, key="k",
+                                        channel_names=names).read_bytes()  # fmt: skip
+
+
+@pytest.mark.parametrize("frames", [1, 2, 4])
+def test_the_title_is_whole_on_the_narrow_panels_of_short_sequences(frames):
+    """The title (key, step, the MSE next to persistence's) was cut at both edges below
+    about 10 frames: 'test_0000123' lost its start and the persistence value its end."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from stpdist.cli import stored_frames_figure
+
+    x = np.random.default_rng(0).random((frames, 2, 16, 16), dtype=np.float32)
+    for fig in (
+        sample_figure(x, x, x * 0.9, key="test_0000123$x$", step=12345678),
+        stored_frames_figure(x, "test_0000123"),
+    ):
+        title = fig._suptitle
+        box = title.get_window_extent(FigureCanvasAgg(fig).get_renderer())
+        assert 0 <= box.x0 and box.x1 <= fig.bbox.width, (frames, title.get_text(), box)
+        assert title.get_fontsize() >= 8
+    assert "test_0000123$x$" in sample_figure(x, x, x, key="test_0000123$x$")._suptitle.get_text()

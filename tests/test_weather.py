@@ -114,9 +114,10 @@ def _normalised_run(tmp_path, normalize: str, steps: int = 2):
             "model.name=test_weather:CopyLast",
             "model.patch_size=1",
             "model.backbone={}",
+            "logging.num_samples=1",  # a validation's sample pictures: one panel, one GIF
         ],
     )
-    trainer = Trainer(cfg.trainer)
+    trainer = Trainer(cfg.trainer, logging=cfg.logging)
     module = build.build_module(cfg)
     CopyLast.seen.clear()
     trainer.fit(module, build.train_stream(cfg), build.eval_stream(cfg, "val"))
@@ -126,11 +127,30 @@ def _normalised_run(tmp_path, normalize: str, steps: int = 2):
     return data, seen_in_training, results
 
 
-def test_two_variables_1e4_apart_arrive_standardised_and_predictions_are_physical(tmp_path):
+def test_two_variables_1e4_apart_arrive_standardised_and_predictions_are_physical(
+    tmp_path, monkeypatch
+):
     """The batch the backbone sees is standardised per variable; `predict` writes physical
     units (the copy-last backbone's outputs equal the raw last input frame); per-variable
-    metrics are named after the index's variables, in physical units."""
+    metrics and the validation's sample pictures are named after the index's variables."""
+    from stpdist import visualize
+
+    panels = []  # the row labels of each sample panel drawn (the real one: saved as well)
+
+    def sample_figure(*args, **kwargs):
+        fig = real_figure(*args, **kwargs)
+        panels.append([ax.get_ylabel() for ax in fig.axes if not hasattr(ax, "_colorbar")])
+        return fig
+
+    real_figure = visualize.sample_figure
+    monkeypatch.setattr(visualize, "sample_figure", sample_figure)
     data, seen, results = _normalised_run(tmp_path, "standardize")
+    (rows,) = panels  # one validation, one sample
+    assert [r.split("\n")[0] for r in rows if r.startswith(("input", "truth"))] == [
+        "input z500", "truth z500", "input t2m", "truth t2m"
+    ]  # fmt: skip
+    (folder,) = (tmp_path / "run" / "samples").iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["lead_time.png", "s0000.gif", "s0000.png"]
     batch = torch.cat(seen[:2])  # training batches (batch 4 each)
     per_channel = batch.transpose(0, 2).reshape(2, -1)
     assert per_channel.mean(dim=1).abs().max() < 0.2  # raw means 5e4 and 5

@@ -319,9 +319,24 @@ class _Keyed(Dataset):
         return self.dataset[index], key(index) if key is not None else f"{index:08d}"
 
 
+def own_keys(keys: Any, size: int) -> list[str]:
+    """The keys a dataset's samples carry, collated (a list, a tuple or a tensor), as `size`
+    strings."""
+    if isinstance(keys, torch.Tensor):
+        keys = keys.tolist()
+    if isinstance(keys, str) or not isinstance(keys, Sequence) or len(keys) != size:
+        raise TypeError(
+            f"a batch of {size} samples has keys {keys!r}; expected one key per sample "
+            "(each sample's 'keys' entry a string or number)"
+        )
+    return [str(k) for k in keys]
+
+
 class MapEvalLoader:
     """Evaluation batches from a map-style dataset: each rank a contiguous share, every
-    sample exactly once, keys = zero-padded dataset indices."""
+    sample exactly once, keyed by the samples' own keys (a dict's 'keys' entry, a tuple's
+    third item), else by the dataset's `key(index)` when it has one, else by the
+    zero-padded dataset index."""
 
     def __init__(
         self,
@@ -349,6 +364,8 @@ class MapEvalLoader:
         def collate_keyed(items: Sequence[tuple[Any, str]]) -> dict[str, Any]:
             batch = unpack_batch(collate([item for item, _ in items]))
             keys = [key for _, key in items]
+            if batch.keys is not None:  # the samples' own keys ('keys', or a third item)
+                keys = own_keys(batch.keys, len(items))
             return {"inputs": batch.inputs, "targets": batch.targets, "keys": keys, **batch.extras}
 
         workers = self.num_workers if ctx.num_workers is None else ctx.num_workers
