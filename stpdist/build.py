@@ -94,11 +94,13 @@ def describe_dataset(cfg: Config) -> bool:
     """Say once, at start: the splits and their sizes, which frames of each sequence are
     used, and when there is no validation split. Returns whether there is one."""
     d = cfg.data
+    indexes = {}
     for split in dict.fromkeys((d.train_split, d.val_split, d.test_split)):
         if (split_dir(cfg, split) / INDEX_FILE).is_file():
-            index = read_index(split_dir(cfg, split))
+            index = indexes[split] = read_index(split_dir(cfg, split))
             shape = "×".join(map(str, index.shape))
             say(f"{split}: {index.num_samples} sequences of T×C×H×W {shape} ({index.dtype})")
+    _check_splits_alike(cfg, indexes)
     frames = dataset_index(cfg).shape[0]
     used = d.num_input_frames + d.num_output_frames
     if used < frames:
@@ -114,6 +116,23 @@ def describe_dataset(cfg: Config) -> bool:
             "validation, metrics or sample pictures"
         )
     return has_val
+
+
+def _check_splits_alike(cfg: Config, indexes: dict[str, SplitIndex]) -> None:
+    """Refuse splits a model cannot take alike: another frame shape C×H×W (validation
+    failed after the first epoch's training) or another value scale (scores in other
+    units). Sequence lengths may differ: each is checked against the frames used."""
+    for what, of in (
+        ("frames C×H×W", lambda index: "×".join(map(str, index.shape[1:]))),
+        ("value scale", lambda index: f"{index.value_scale:g}"),
+    ):
+        found = {split: of(index) for split, index in indexes.items()}
+        if len(set(found.values())) > 1:
+            listed = ", ".join(f"{split} {value}" for split, value in found.items())
+            raise InputError(
+                f"{cfg.data.root}: the splits differ in {what} ({listed}); a model takes one: "
+                "convert every split from the same source settings"
+            )
 
 
 def _stream_args(cfg: Config, split: str, eval_: bool) -> dict:

@@ -620,3 +620,29 @@ def test_a_climatology_that_is_no_plain_array_is_named_without_advice_to_unpickl
     assert message.startswith(f"{path}: unreadable climatology") and says in message
     assert "allow_pickle" not in message and "unsafe" not in message
     assert "pickle.load" not in message and "If you trust" not in message
+
+
+def test_splits_of_another_frame_shape_or_value_scale_are_refused_at_start(tmp_path):
+    """Once, val frames of 16×16 beside train frames of 32×32 trained a whole epoch and then
+    failed in the first validation with a tensor size mismatch."""
+    from stpdist import build
+    from stpdist.config import load_config
+
+    def split(name: str, hw: int, scale: float = 255) -> None:
+        with SplitWriter(tmp_path / "data" / name, name, value_scale=scale) as writer:
+            for i in range(2):
+                writer.write(f"{name}{i}", np.zeros((8, 1, hw, hw), np.uint8))
+
+    split("train", 8)
+    split("val", 8)
+    split("test", 4)
+    cfg = load_config(ROOT / "configs" / "debug.yaml", [f"data.root={tmp_path / 'data'}"])
+    with pytest.raises(
+        InputError, match=r"differ in frames C×H×W \(train 1×8×8, val 1×8×8, test 1×4×4\)"
+    ):
+        build.describe_dataset(cfg)
+    split("test", 8, scale=1)
+    with pytest.raises(InputError, match=r"differ in value scale \(train 255, val 255, test 1\)"):
+        build.describe_dataset(cfg)
+    split("test", 8)
+    assert build.describe_dataset(cfg)
