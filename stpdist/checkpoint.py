@@ -568,7 +568,7 @@ class CheckpointManager:
             accelerator, module, optimizer, scheduler, state, config_yaml, attachments=attachments
         )
         self.last_saved_step = step
-        if accelerator.is_main_process:
+        if accelerator.is_main_process and path is not None:  # None: a bench's stand-in
             log.info("checkpoint: %s", path)
         return path
 
