@@ -108,7 +108,14 @@ def cmd_train(args: argparse.Namespace) -> None:
                 file=sys.stderr,
             )
         raise
+    from .sweep import finish_trial
+
+    trial = finish_trial(Path(cfg.trainer.output_dir), trainer)  # a sweep trial's, resumed
     trainer.close()
+    if trial is not None and trainer.is_main:
+        metric = trial["metric"]
+        print(f"sweep trial {trial.get('run_id')} finished: best {metric['name']} "
+              f"{metric['value']} (in sweep.json and the run's summary)")  # fmt: skip
     metrics = state.metrics
     # both in the data's units (`val/copy_last_mse` is in the model's normalised space)
     if trainer.is_main and "val/mse" in metrics and metrics.get("val/persistence_mse"):

@@ -10,8 +10,9 @@ max) before the sweep is created: a key that is not a config key is refused nami
 A trial is one training of CONFIG with the agent's values applied as dotted overrides, in
 its own folder `<trainer.output_dir>/sweep-<sweep_id>/<run_id>` (an existing one is
 refused, never reused), tracked by wandb under the agent's run id (`tracker.json` holds it,
-so `stpdist train <folder>/config.yaml --resume auto` continues that run). The sweep's
-metric (`metric: {name, goal}`) gets, as the run's summary, its best logged value.
+so `stpdist train <folder>/config.yaml --resume auto` continues that run, and finishes
+the trial as the sweep would). The sweep's metric (`metric: {name, goal}`) gets, as the
+run's summary and in `<folder>/sweep.json`, its best logged value.
 
 wandb hands out parameters from its server only: offline there is no sweep. `--params`
 runs exactly what the agent's function runs, with the given values instead of the agent's:
@@ -37,6 +38,8 @@ from .errors import InputError
 SET_BY_THE_SWEEP = ("trainer.output_dir", "logging.trackers", "logging.wandb.project")
 """Keys a trial sets itself: not sweep parameters."""
 LOCAL_SWEEP = "local"
+TRIAL_FILE = "sweep.json"
+"""A trial's record in its folder: sweep and run ids, parameters, the metric's best value."""
 """The sweep id of trials run with `--params` outside a wandb agent."""
 
 
@@ -142,7 +145,6 @@ def run_trial(
     from accelerate.utils import set_seed
 
     from . import build
-    from .tracking import MetricsLog
     from .trainer import Trainer
 
     swept = [*overrides, *(override(key, value) for key, value in params.items())]
@@ -169,18 +171,48 @@ def run_trial(
     if val is not None and name.startswith("val/"):  # fit's validation results: val/…
         # a typo stops the trial at its first validation, not after its whole training
         trainer.required_results[name] = "the sweep's metric"
+    result = {"sweep_id": sweep_id, "run_id": run_id, "parameters": params, "finished": False}
+    result["metric"] = {"name": name, "goal": goal, "value": None}
+    if trainer.is_main:  # a trial stopped on the way is finished by `stpdist train --resume`
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_record(folder, result)
     trainer.fit(module, build.train_stream(cfg), val)
-    value = best_value(list(MetricsLog(folder).records()), name, goal)
-    result = {"sweep_id": sweep_id, "run_id": run_id, "parameters": params}
-    result["metric"] = {"name": name, "goal": goal, "value": value}
-    if trainer.is_main:
-        if value is not None:  # the sweep ranks runs by the summary: the best, not the last
-            trainer.accelerator.get_tracker("wandb", unwrap=True).summary[name] = value
-        (folder / "sweep.json").write_text(json.dumps(result, indent=1) + "\n")
+    result = finish_trial(folder, trainer)
     trainer.close()
-    if value is None:
+    if result["metric"]["value"] is None:
         raise InputError(f"sweep metric {name!r} was never logged by trial {run_id} ({folder})")
     return result
+
+
+def _write_record(folder: Path, record: dict[str, Any]) -> None:
+    tmp = folder / f"{TRIAL_FILE}.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, folder / TRIAL_FILE)
+
+
+def finish_trial(folder: Path, trainer: Any) -> dict[str, Any] | None:
+    """After a trial's training (`run_trial`'s, or `stpdist train <folder>/config.yaml
+    --resume auto` continuing a stopped one): the best value of the sweep's metric in the
+    folder's metrics log goes into `sweep.json` (finished) and the wandb run's summary,
+    by which the sweep ranks its runs. None for a folder that is not a trial's."""
+    from .tracking import MetricsLog
+
+    path = folder / TRIAL_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        name, goal = record["metric"]["name"], record["metric"]["goal"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: not a sweep trial's record ({exc})") from None
+    value = best_value(list(MetricsLog(folder).records()), name, goal)
+    record["metric"]["value"], record["finished"] = value, True
+    if trainer.is_main:
+        wandb_run = trainer.accelerator.get_tracker("wandb", unwrap=True)
+        if value is not None and hasattr(wandb_run, "summary"):  # the best, not the last
+            wandb_run.summary[name] = value
+        _write_record(folder, record)
+    return record
 
 
 def _process_state() -> Any:

@@ -199,3 +199,31 @@ def test_trial_on_two_ranks_trains_in_one_folder(tmp_path):
     assert result["run_id"] == folder.name and result["metric"]["value"] is not None
     assert json.loads((folder / "tracker.json").read_text())["run_id"] == folder.name
     assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-00000004"]
+
+
+def test_a_stopped_trial_resumed_with_train_finishes_as_the_sweep_would(tmp_path, monkeypatch):
+    """Continued with `stpdist train <folder>/config.yaml --resume auto` (what its stop
+    line says), a trial wrote no sweep.json and its summary was the last value, not the
+    best; the continuation now finishes it as the sweep would."""
+    from test_cli import stop_at_step
+
+    sweep, overrides = _fixture(tmp_path, SWEEP)
+    params = json.dumps({"model.optimizer.lr": 0.003})
+    stop_at_step(monkeypatch, 4)
+    proc = run_cli("sweep", DEBUG, str(sweep), *overrides, "--params", params, cwd=tmp_path)
+    assert proc.returncode == 75, proc.stderr[-2000:]
+    (folder,) = (tmp_path / "runs" / "sweep-local").iterdir()
+    record = json.loads((folder / "sweep.json").read_text())
+    assert (record["finished"], record["metric"]["value"]) == (False, None)
+    assert f"stpdist train {folder / 'config.yaml'}" in proc.stderr
+    # a process of its own, as a user's continuation is (wandb writes no second offline run
+    # file for a run resumed in the process that began it)
+    out = launch("train", str(folder / "config.yaml"), "--resume", "auto", cwd=tmp_path).stdout
+    record = json.loads((folder / "sweep.json").read_text())
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    best = min(r["val/mse"] for r in records if "val/mse" in r)
+    assert record["finished"] and record["metric"]["value"] == best
+    assert record["parameters"] == {"model.optimizer.lr": 0.003}
+    assert f"sweep trial {folder.name} finished: best val/mse {best}" in out
+    newest = sorted((folder / "wandb").glob(f"offline-run-*-{folder.name}"))[-1]
+    assert _run_file(newest / f"run-{folder.name}.wandb")[1]["val/mse"] == pytest.approx(best)
