@@ -841,8 +841,9 @@ def _shard_parser(sub: Any) -> None:
         s.add_argument(
             "--overwrite",
             action="store_true",
-            help="replace a non-empty --out (only once the new dataset is complete; a swap a "
-            "crash interrupted is finished or undone by the next shard or reader)",
+            help="replace an earlier dataset in --out (only once the new one is complete; an "
+            "--out holding other files is refused even so; a swap a crash interrupted is "
+            "finished or undone by the next shard or reader)",
         )
         s.add_argument(
             "--samples-per-shard", type=int, default=1000, help="samples per tar (default 1000)"
@@ -1181,7 +1182,7 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--digit-size", type=int, default=28, help="glyph size in pixels (default 28)")
     s.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    s.add_argument("--overwrite", action="store_true", help="replace an earlier dataset in --out")
     s.add_argument("--debug", action="store_true", help="show tracebacks")
     s.set_defaults(func=cmd_synth)
 

@@ -232,6 +232,10 @@ def _regular_file(path: Path) -> None:
         )
 
 
+ARRAYS = (".npy", ".npz")
+PNG_ADVICE = "save the frames as an .npy array (T×C×H×W, the training data's units) instead"
+
+
 class InputFrames(Dataset):
     """Input-only samples for `forecast`, in the model's scaled units: an .npy/.npz array
     (T×C×H×W or N×T×C×H×W), a folder of such files, or a folder of PNG frames (one
@@ -249,15 +253,15 @@ class InputFrames(Dataset):
         self._files: dict[str, Path] = {}  # key → the file it came from (collisions)
         if not self.source.exists():
             raise InputError(f"{self.source}: no such file or folder")
-        if self.source.is_dir() and any(self.source.glob("*.png")):
+        if self.source.is_dir() and self._pngs():
             self._add_pngs(module)
         elif self.source.is_dir():
-            files = sorted(p for p in self.source.iterdir() if p.suffix in (".npy", ".npz"))
+            files = sorted(p for p in self.source.iterdir() if p.suffix.lower() in ARRAYS)
             if not files:
                 raise InputError(f"{self.source}: no .npy/.npz files or PNG frames")
             for file in files:
                 self._add_array(file)
-        elif self.source.suffix in (".npy", ".npz"):
+        elif self.source.suffix.lower() in ARRAYS:
             self._add_array(self.source)
         else:
             raise InputError(
@@ -280,8 +284,16 @@ class InputFrames(Dataset):
             for i, sequence in enumerate(array):
                 self._add(f"{_key(file.stem)}_{i:06d}", sequence, file)
 
+    def _pngs(self) -> list[Path]:
+        """The folder's PNG frames (`.png` in any case), in natural name order: `2.png`
+        before `10.png`, zero-padded names as they sort."""
+        from .data.sources.common import natural_key
+
+        pngs = [p for p in self.source.iterdir() if p.suffix.lower() == ".png"]
+        return sorted(pngs, key=lambda p: natural_key(p.name))
+
     def _add_pngs(self, module: Any) -> None:
-        from PIL import Image
+        from .data.sources.common import png_8bit
 
         mode = {1: "L", 3: "RGB"}.get(module.frame_shape[0])
         if mode is None:
@@ -290,12 +302,9 @@ class InputFrames(Dataset):
                 f"{module.frame_shape[0]}"
             )
         frames = []
-        for png in sorted(self.source.glob("*.png")):
+        for png in self._pngs():
             _regular_file(png)
-            try:
-                image = np.asarray(Image.open(png).convert(mode))
-            except (OSError, SyntaxError) as exc:  # PIL's UnidentifiedImageError is an OSError
-                raise InputError(f"{png}: not a readable PNG image ({exc})") from None
+            image = png_8bit(png, mode, "forecast reads PNG frames of 8 bits", PNG_ADVICE)
             frames.append(image[None] if image.ndim == 2 else image.transpose(2, 0, 1))
         shapes = {frame.shape for frame in frames}
         if len(shapes) > 1:

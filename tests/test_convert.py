@@ -130,24 +130,17 @@ def test_bad_input_names_file_and_leaves_nothing_valid(tmp_path):
 def test_refuses_non_empty_output_without_overwrite(tmp_path):
     (tmp_path / "raw").mkdir()
     np.save(tmp_path / "raw" / "a.npy", np.zeros((4, 1, 8, 8), np.uint8))
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "keep.txt").write_text("mine")
-    proc = run_cli(
-        "shard", "arrays", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), cwd=tmp_path
+    run_cli("shard", "arrays", "raw", "--out", "out", cwd=tmp_path, check=True)
+    (tmp_path / "out" / "README.md").write_text("mine")  # the user's card: carried over
+    proc = run_cli("shard", "arrays", "raw", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 2  # bad input (InputError)
+    assert "out is not empty; pass --overwrite to replace it (--overwrite replaces the " in (
+        proc.stderr
     )
-    assert proc.returncode == 2 and "--overwrite" in proc.stderr  # bad input (InputError)
-    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
-    proc = run_cli(
-        "shard",
-        "arrays",
-        str(tmp_path / "raw"),
-        "--out",
-        str(tmp_path / "out"),
-        "--overwrite",
-        cwd=tmp_path,
-    )
+    proc = run_cli("shard", "arrays", "raw", "--out", "out", "--overwrite", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert read_index(tmp_path / "out" / "train").num_samples == 1
+    assert (tmp_path / "out" / "README.md").read_text() == "mine"
 
 
 def test_taxibj_h5_windows_never_cross_gaps_and_split_by_date(tmp_path):

@@ -6,6 +6,7 @@ Files are real and small, in the exact layout each source reads."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,11 +17,12 @@ import numpy as np
 import pytest
 from conftest import run_cli
 from PIL import Image
-from test_convert import kth_videos
+from test_convert import kth_videos, stored
 from test_weather import sevir_layout, weatherbench_folders
 
 from stpdist.data.format import read_index
 from stpdist.data.sources import FORMATS
+from stpdist.data.sources.common import natural_key
 
 
 # ------------------------------------------------------------------ interruption
@@ -263,7 +265,7 @@ def test_seed_data_outside_its_value_range_is_refused_naming_the_file(tmp_path):
     values = np.random.default_rng(2).random((3, 20, 1, 8, 8)).astype(np.float32)
     values[:, 0, 0, 0, 0] = 0
     values[1, 15, 0, 2, 3] = 2.0  # a label frame of example000002
-    for split in ("train", "validation"):
+    for split in ("train", "validation", "test"):  # all three: the layout needs them
         (tmp_path / "mm" / split).mkdir(parents=True)
         for i in range(3):
             np.savez(tmp_path / "mm" / split / f"example{i + 1:06d}.npz",
@@ -275,7 +277,9 @@ def test_seed_data_outside_its_value_range_is_refused_naming_the_file(tmp_path):
     )
     flows = np.random.default_rng(3).integers(1, 1292, (8, 2, 8, 8)).astype(np.float64)
     flows[0, 0, 0, 0], flows[3, 1, 4, 4] = 1, 5000
-    (tmp_path / "bj" / "test").mkdir(parents=True)
+    for split in ("train", "validation", "test"):
+        (tmp_path / "bj" / split).mkdir(parents=True)
+        np.save(tmp_path / "bj" / split / "example000001.npy", np.minimum(flows, 1292))
     np.save(tmp_path / "bj" / "test" / "example000001.npy", flows)
     proc = run_cli("shard", "seed-taxibj", "bj", "--out", "ds", "--workers", "1", cwd=tmp_path)
     assert error_line(proc).startswith(
@@ -291,6 +295,8 @@ def test_seed_kth_frames_of_another_size_are_named(tmp_path):
     for t in range(6):
         size = (12, 16) if t != 4 else (16, 12)  # frame 4: 12 wide, 16 high
         Image.fromarray(np.full(size, t, np.uint8)).save(folder / f"{t:04d}.png")
+    for split in ("validation", "test"):
+        shutil.copytree(folder.parent, tmp_path / "seed" / split)
     proc = run_cli("shard", "seed-kth", "seed", "--out", "ds", "--workers", "1", cwd=tmp_path)
     assert error_line(proc) == (
         "seed/train/example000001/0004.png: frame of 16×12 pixels (H×W), the first "
@@ -320,3 +326,258 @@ def test_sevir_takes_the_folder_its_help_promises(tmp_path):
     }
     assert FORMATS["sevir"].paths_help == "CATALOG.csv, or the folder holding it"
     assert "folders" in FORMATS["xarray"].paths_help
+
+
+# ------------------------------------------------------------------ nothing lost silently
+def kth_seed(root: Path, splits=("train", "validation", "test"), frames: int = 3) -> None:
+    """seed-kth's layout: `<split>/example000001/<t>.png`, 8-bit gray 6×8, frame t all 10·t."""
+    for split in splits:
+        folder = root / split / "example000001"
+        folder.mkdir(parents=True)
+        for t in range(frames):
+            Image.fromarray(np.full((6, 8), 10 * t, np.uint8)).save(folder / f"{t}.png")
+
+
+def test_seed_kth_orders_frames_by_number_not_as_text(tmp_path):
+    """`0.png … 19.png` came out 0, 1, 10, 11, …, 19, 2, …, 9 (sorted as text), silently;
+    `.PNG` frames were not read at all."""
+    kth_seed(tmp_path / "seed", frames=20)
+    frames = tmp_path / "seed" / "validation" / "example000001"
+    (frames / "19.png").rename(frames / "19.PNG")
+    run_cli("shard", "seed-kth", "seed", "--out", "ds", "--workers", "1", cwd=tmp_path,
+            check=True)  # fmt: skip
+    got = stored(tmp_path / "ds" / "val")["example000001"]
+    assert got[:, 0, 0, 0].tolist() == [10 * t for t in range(20)]
+    # zero-padded names keep the order they had (text order), whatever the digits
+    padded = [f"frame_{n:05d}.png" for n in np.random.default_rng(0).permutation(1200)]
+    assert sorted(padded, key=natural_key) == sorted(padded)
+    assert sorted(["b10.png", "a2.png", "b9.png", "a10.png"], key=natural_key) == [
+        "a2.png", "a10.png", "b9.png", "b10.png"
+    ]  # fmt: skip
+
+
+def png_16bit_rgb(path: Path, frame_HWC: np.ndarray) -> None:
+    """A 48-bit RGB PNG (PIL writes none): PIL reads it as mode RGB, keeping the high byte."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    h, w, _ = frame_HWC.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in frame_HWC)
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # 16 bits, colour type 2 (RGB)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))  # fmt: skip
+
+
+def test_seed_kth_refuses_png_frames_of_more_than_8_bits(tmp_path):
+    """16-bit frames were clipped to 255 by the conversion to 8-bit grayscale, silently."""
+    kth_seed(tmp_path / "seed")
+    frame = tmp_path / "seed" / "train" / "example000001" / "1.png"
+    Image.fromarray(np.full((6, 8), 4000, np.uint16)).save(frame)
+    line = error_line(run_cli("shard", "seed-kth", "seed", "--out", "ds", cwd=tmp_path))
+    assert line == (
+        "seed/train/example000001/1.png: a 16-bit PNG (mode I;16); seed-kth reads 8-bit frames "
+        "(value scale 255) and would clip the rest: convert the frames to 8-bit, or save each "
+        "sequence as an .npy array (T×H×W, uint16 kept) and convert it with `stpdist shard "
+        "arrays --value-scale 65535`"
+    )
+    png_16bit_rgb(frame, np.full((6, 8, 3), 4000, np.uint16))  # PIL's mode: RGB, as 8-bit
+    line = error_line(run_cli("shard", "seed-kth", "seed", "--out", "ds", cwd=tmp_path))
+    assert line.startswith("seed/train/example000001/1.png: a 16-bit PNG (mode RGB); ")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_seed_layouts_refuse_what_they_would_leave_out_and_need_all_three_splits(tmp_path):
+    """`valid/`, `train/my_sequence/`, `Example000005.npz`, `seq7.npz` were ignored without
+    a word; a layout without validation/ and test/ converted train alone."""
+    kth_seed(tmp_path / "kth", splits=("train", "valid", "test"))
+    (tmp_path / "kth" / "notes.txt").write_text("not data: not refused")
+    shard_kth = ("shard", "seed-kth", "kth", "--out", "ds", "--workers", "1")
+    assert error_line(run_cli(*shard_kth, cwd=tmp_path)) == (
+        "kth: valid/ would be left out: seed-kth reads the sequences example*/ of train/, "
+        "validation/ (or val/) and test/ only; rename them so, or move them out"
+    )
+    (tmp_path / "kth" / "valid").rename(tmp_path / "kth" / "validation")
+    shutil.copytree(tmp_path / "kth/train/example000001", tmp_path / "kth/train/my_sequence")
+    assert error_line(run_cli(*shard_kth, cwd=tmp_path)).startswith(
+        "kth: train/my_sequence/ would be left out: "
+    )
+    shutil.rmtree(tmp_path / "kth" / "train" / "my_sequence")
+    run_cli(*shard_kth, cwd=tmp_path, check=True)
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == [
+        "README.md", "test", "train", "val"
+    ]  # fmt: skip
+
+    sequence = {"inputs": np.zeros((2, 1, 4, 4), np.float32)}
+    sequence["labels"] = sequence["inputs"]
+    for split in ("train", "validation", "test"):
+        (tmp_path / "mm" / split).mkdir(parents=True)
+    for name in ("example000000", "example000001", "Example000005", "seq7"):
+        np.savez(tmp_path / "mm" / "train" / f"{name}.npz", **sequence)
+    shard_mm = ("shard", "seed-mmnist", "mm", "--out", "ds2", "--workers", "1")
+    assert error_line(run_cli(*shard_mm, cwd=tmp_path)) == (
+        "mm: train/Example000005.npz, train/seq7.npz would be left out: seed-mmnist reads the "
+        "sequences example*.npz of train/, validation/ (or val/) and test/ only; rename them "
+        "so, or move them out"
+    )
+    for name in ("Example000005", "seq7"):
+        (tmp_path / "mm" / "train" / f"{name}.npz").unlink()
+    assert error_line(run_cli(*shard_mm, cwd=tmp_path)) == (
+        "mm: validation/ and test/ are missing or hold no example*.npz; a seed-mmnist layout "
+        "needs all three split folders, train/, validation/ (or val/) and test/, each holding "
+        "sequences"
+    )
+    assert not (tmp_path / "ds2").exists()
+
+
+def test_arrays_read_upper_case_suffixes_and_series_chunks_in_number_order(tmp_path):
+    """`SEQ0.NPY` was skipped without a word (half the data gone); a series' chunks
+    `part1 … part10` were read as text orders them (part1, part10, part2, …)."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    frames = np.random.default_rng(0).integers(0, 256, (3, 4, 1, 8, 8), dtype=np.uint8)
+    with open(raw / "SEQ0.NPY", "wb") as f:  # np.save would add .npy to the name
+        np.save(f, frames[0])
+    np.save(raw / "seq1.npy", frames[1])
+    with open(raw / "seq2.Npz", "wb") as f:
+        np.savez(f, frames=frames[2])
+    run_cli("shard", "arrays", "raw", "--out", "ds", "--workers", "1", cwd=tmp_path, check=True)
+    samples = stored(tmp_path / "ds" / "train")
+    assert sorted(samples) == ["SEQ0", "seq1", "seq2"]
+    np.testing.assert_array_equal(samples["SEQ0"], frames[0])
+
+    chunks = tmp_path / "chunks"
+    chunks.mkdir()
+    for part in range(1, 11):  # chunk k: 2 frames of value k
+        np.save(chunks / f"part{part}.npy", np.full((2, 1, 4, 4), part, np.uint8))
+    run_cli("shard", "arrays", "chunks", "--out", "series", "--frames", "2", "--stride", "2",
+            "--workers", "1", cwd=tmp_path, check=True)  # fmt: skip
+    windows = stored(tmp_path / "series" / "train")
+    assert [int(windows[key][0, 0, 0, 0]) for key in sorted(windows, key=natural_key)] == list(
+        range(1, 11)
+    )
+    from stpdist.data.sources.kth import KTHVideos
+
+    (tmp_path / "kth").mkdir()
+    (tmp_path / "kth" / "person01_walking_d1_uncomp.AVI").write_bytes(b"")  # listed, not read
+    assert len(KTHVideos(str(tmp_path / "kth")).splits()["train"]) == 1
+
+
+def test_overwrite_replaces_only_an_earlier_dataset(tmp_path):
+    """`--overwrite` emptied `--out` whatever it held: a shared folder's other project went."""
+    (tmp_path / "raw").mkdir()
+    np.save(tmp_path / "raw" / "a.npy", np.zeros((4, 1, 8, 8), np.uint8))
+    (tmp_path / "shared_data" / "other_project").mkdir(parents=True)
+    notes = tmp_path / "shared_data" / "other_project" / "notes.txt"
+    notes.write_text("mine")
+    for flags in ((), ("--overwrite",)):
+        proc = run_cli("shard", "arrays", "raw", "--out", "shared_data", *flags, cwd=tmp_path)
+        assert error_line(proc) == (
+            "--out shared_data holds other_project/, which no stpdist conversion wrote; "
+            "--overwrite replaces only an earlier dataset (split folders with index.json, "
+            "README.md), never other files: choose another --out, or move those out of it"
+        )
+    assert notes.read_text() == "mine"
+    # an earlier dataset: refused saying what --overwrite does, replaced with it
+    run_cli("shard", "arrays", "raw", "--out", "ds", cwd=tmp_path, check=True)
+    assert error_line(run_cli("shard", "arrays", "raw", "--out", "ds", cwd=tmp_path)) == (
+        "ds is not empty; pass --overwrite to replace it (--overwrite replaces the earlier "
+        "dataset there)"
+    )
+    run_cli("shard", "arrays", "raw", "--out", "ds", "--overwrite", cwd=tmp_path, check=True)
+    # … but not once something else is there too: up to 3 named
+    for name in ("a.txt", "b.txt", "c.txt", "val"):  # val/ without index.json: not a split
+        (tmp_path / "ds" / name).mkdir() if name == "val" else (tmp_path / "ds" / name).touch()
+    proc = run_cli("shard", "arrays", "raw", "--out", "ds", "--overwrite", cwd=tmp_path)
+    assert error_line(proc).startswith("--out ds holds a.txt, b.txt, c.txt and 1 more, which ")
+    assert read_index(tmp_path / "ds" / "train").num_samples == 1
+
+
+def test_channels_last_arrays_are_refused_unless_flagged(tmp_path):
+    """20×32×32×3 arrays were stored as T×C×H×W with C=32, W=3 without a word."""
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)  # T×H×W×C
+    (tmp_path / "raw").mkdir()
+    np.save(tmp_path / "raw" / "clip.npy", clip)
+    line = error_line(run_cli("shard", "arrays", "raw", "--out", "ds", cwd=tmp_path))
+    assert line == (
+        "raw/clip.npy: shape (20, 32, 32, 3) looks channels-last (T×H×W×C, 3 channels); read "
+        "as T×C×H×W it would be 32 channels of 32×3 pixels: pass --channels-last, or store "
+        "the arrays T×C×H×W"
+    )
+    run_cli("shard", "arrays", "raw", "--out", "ds", "--channels-last", "--workers", "1",
+            cwd=tmp_path, check=True)  # fmt: skip
+    np.testing.assert_array_equal(
+        stored(tmp_path / "ds" / "train")["clip"], clip.transpose(0, 3, 1, 2)
+    )
+    series = rng.random((30, 8, 8, 3)).astype(np.float32)  # one long series, channels last
+    np.save(tmp_path / "long.npy", series)
+    window = ("shard", "arrays", "long.npy", "--frames", "10", "--stride", "10")
+    line = error_line(run_cli(*window, "--out", "s", cwd=tmp_path))
+    assert line.startswith("long.npy: shape (30, 8, 8, 3) looks channels-last")
+    run_cli(*window, "--out", "s", "--channels-last", "--workers", "1", cwd=tmp_path,
+            check=True)  # fmt: skip
+    windows = stored(tmp_path / "s" / "train")
+    assert [w.shape for w in windows.values()] == [(10, 3, 8, 8)] * 3
+    np.testing.assert_array_equal(windows["long_f000010"], series[10:20].transpose(0, 3, 1, 2))
+
+
+def test_a_series_split_that_gets_no_window_is_refused_naming_it(tmp_path):
+    """val and test got no window of 10 frames: only train was written, silently."""
+    np.save(tmp_path / "one.npy", np.zeros((30, 1, 4, 4), np.uint8))
+    shard = ("shard", "arrays", "one.npy", "--out", "ds", "--frames", "10", "--stride", "5")
+    line = error_line(run_cli(*shard, "--val-from", "15", "--test-from", "22", cwd=tmp_path))
+    assert line == (
+        "one.npy: split val gets no window: its frames 15…21 (7 frames) hold no window of "
+        "--frames 10 starting every --stride 5 frames (a window never crosses a split boundary "
+        "or a gap in the times); every split asked for needs at least one window: move "
+        "--val-from/--test-from, or lower --frames"
+    )
+    line = error_line(run_cli(*shard, "--test-from", "40", cwd=tmp_path))
+    assert line.startswith(
+        "one.npy: split test gets no frame: --test-from 40 leaves it none of the series' "
+        "frames 0…29; "
+    )
+    assert not (tmp_path / "ds").exists()
+    run_cli(*shard, "--test-from", "0", "--workers", "1", cwd=tmp_path, check=True)  # test only
+    assert [p.name for p in sorted((tmp_path / "ds").iterdir())] == ["README.md", "test"]
+    assert read_index(tmp_path / "ds" / "test").num_samples == 5
+
+
+def test_splits_of_different_frame_shapes_are_refused(tmp_path):
+    """Converted without a word; training then failed after an epoch, at validation."""
+    shapes = {"train": (20, 1, 32, 32), "val": (20, 1, 16, 16), "test": (12, 1, 32, 32)}
+    for split, shape in shapes.items():
+        (tmp_path / "raw" / split).mkdir(parents=True)
+        np.save(tmp_path / "raw" / split / "a.npy", np.zeros(shape, np.uint8))
+    shard = ("shard", "arrays", "raw", "--out", "ds", "--workers", "1")
+    assert error_line(run_cli(*shard, cwd=tmp_path)) == (
+        "raw/val/a.npy: split val has frames 20×1×16×16, split train 20×1×32×32 (T×C×H×W); "
+        "every split must hold sequences of one shape (a model trains and is evaluated on "
+        "them all): resize them to one frame size, or convert the splits as separate datasets"
+    )
+    np.save(tmp_path / "raw" / "val" / "a.npy", np.zeros((20, 1, 32, 32), np.uint8))
+    assert error_line(run_cli(*shard, cwd=tmp_path)).endswith(
+        "raw/test/a.npy: split test has frames 12×1×32×32, split train 20×1×32×32 (T×C×H×W); "
+        "every split must hold sequences of one shape (a model trains and is evaluated on "
+        "them all): cut every sequence to 12 frames, or convert the splits as separate datasets"
+    )
+    assert not (tmp_path / "ds").exists()
+
+
+def test_netcdf_series_shorter_than_a_window_says_so(tmp_path):
+    """It said "xarray: found nothing to convert"; `.NC` files were not found at all."""
+    weatherbench_folders(tmp_path / "wb", steps=3)  # two yearly files of 3 steps each
+    folder = tmp_path / "wb" / "2m_temperature"
+    for file in folder.iterdir():
+        file.rename(file.with_suffix(".NC"))
+    shard = ("shard", "netcdf", "wb/2m_temperature", "--vars", "t2m", "--out", "ds")
+    assert error_line(run_cli(*shard, "--frames", "8", cwd=tmp_path)) == (
+        "wb/2m_temperature/2m_temperature_2000_5.625deg.NC and 1 more file: the series holds "
+        "6 frames, fewer than --frames 8"
+    )
+    run_cli(*shard, "--frames", "6", "--workers", "1", cwd=tmp_path, check=True)
+    assert read_index(tmp_path / "ds" / "train").num_samples == 1

@@ -494,16 +494,17 @@ def test_series_chunks_of_another_frame_size_and_short_inputs_name_the_file(tmp_
 
 
 def test_seed_layout_shape_mismatch_names_the_file_and_warnings_go_to_stderr(tmp_path):
-    for split in ("train",):
+    for split in ("train", "validation", "test"):  # seed layouts need all three
         (tmp_path / "seed" / split).mkdir(parents=True)
-    np.save(tmp_path / "seed" / "train" / "example1.npy", np.zeros((8, 2, 4, 4)))
+        np.save(tmp_path / "seed" / split / "example1.npy", np.zeros((8, 2, 4, 4)))
     np.save(tmp_path / "seed" / "train" / "example2.npy", np.zeros((8, 2, 4, 5)))
     proc = run_cli("shard", "seed-taxibj", "seed", "--out", "ds", "--workers", "1", cwd=tmp_path)
     assert proc.returncode == 2 and "seed/train/example2.npy: sample example2" in proc.stderr
-    mmnist = tmp_path / "mm" / "train"
-    mmnist.mkdir(parents=True)
     off_grid = np.full((10, 1, 4, 4), 0.3, np.float32)  # not k/255: stored as float32
-    np.savez(mmnist / "example000001.npz", inputs=off_grid, labels=off_grid)
+    for split in ("train", "validation", "test"):
+        mmnist = tmp_path / "mm" / split
+        mmnist.mkdir(parents=True)
+        np.savez(mmnist / "example000001.npz", inputs=off_grid, labels=off_grid)
     proc = run_cli("shard", "seed-mmnist", "mm", "--out", "ds", "--workers", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "not all on the 1/255 grid" in proc.stderr and "grid" not in proc.stdout

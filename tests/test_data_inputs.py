@@ -203,6 +203,35 @@ def test_forecast_input_messages_name_no_flag_it_lacks(tmp_path):
     (pngs / "3.png").write_text("not a picture\n")
     line = error_line(run_cli("forecast", "runs/debug", "pngs", "--out", "f", cwd=tmp_path))
     assert "pngs/3.png: not a readable PNG image" in line, line
+    # 16-bit frames were clipped to 255 without a word
+    Image.fromarray(np.full((32, 32), 3000, np.uint16)).save(pngs / "3.png")
+    line = error_line(run_cli("forecast", "runs/debug", "pngs", "--out", "f", cwd=tmp_path))
+    assert "pngs/3.png: a 16-bit PNG (mode I;16); forecast reads PNG frames of 8 bits" in line
+
+
+def test_forecast_takes_png_frames_in_number_order_and_upper_case_suffixes(tmp_path):
+    """`10.png` came before `2.png` (text order), and `.PNG`/`.NPY` inputs were left out."""
+    import stpdist
+    from stpdist.trainer import load_predictions
+
+    run_cli("train", str(DEBUG), "trainer.max_epochs=1", cwd=tmp_path, check=True)
+    pngs, frames = tmp_path / "pngs", np.arange(12, dtype=np.uint8)[:, None, None] * 20
+    pngs.mkdir()
+    for t, value in enumerate(frames):  # 0.png … 11.png, unpadded; one upper-case suffix
+        Image.fromarray(np.full((32, 32), value, np.uint8)).save(
+            pngs / f"{t}.{'PNG' if t == 7 else 'png'}"
+        )
+    (tmp_path / "arrays").mkdir()
+    with open(tmp_path / "arrays" / "SEQ.NPY", "wb") as file:  # np.save would add .npy
+        np.save(file, np.zeros((4, 1, 32, 32), np.uint8))
+    for source in ("pngs", "arrays"):
+        run_cli("forecast", "runs/debug", source, "--out", source + "-out", "--samples", "0",
+                cwd=tmp_path, check=True)  # fmt: skip
+    model = stpdist.load(tmp_path / "runs" / "debug")
+    newest = np.repeat(np.repeat(frames[-4:, None], 32, axis=2), 32, axis=3).astype(np.float32)
+    (got,) = load_predictions(tmp_path / "pngs-out").values()
+    np.testing.assert_allclose(got, model.forecast(newest), rtol=1e-5, atol=1e-4)
+    assert list(load_predictions(tmp_path / "arrays-out")) == ["SEQ"]
 
 
 def test_a_series_shorter_than_frames_says_so(tmp_path):

@@ -12,7 +12,10 @@ dataset already at `out`: until the swap the old one is untouched; during it the
 is at a hidden folder beside `out`, never deleted before the new one is in place; a swap
 that a crash interrupted is finished or undone by the next `shard` or reader of `out` (see
 `staging.py`). An `out` that is, or contains, a source path is
-refused (an overwrite would delete the raw files).
+refused (an overwrite would delete the raw files), and so is one that holds anything but an
+earlier dataset (split folders with an `index.json`, the README.md card), even with
+`overwrite`: it replaces an earlier conversion, never a folder of other files. Every split
+must hold frames of one shape T×C×H×W: one model trains and is evaluated on them all.
 
 Beside the splits goes a README.md dataset card (see `write_card`): what the folder holds,
 how to load it with stpdist, and YAML front matter that makes Hugging Face `datasets` read
@@ -41,6 +44,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError, MissingInput, OutputExists
 from .format import (
+    INDEX_FILE,
     ShardFormatError,
     SplitIndex,
     SplitWriter,
@@ -122,15 +126,47 @@ def _check_not_source(out: Path, sources: Sequence[str | Path]) -> None:
             )
 
 
-def _check_out(out: Path, overwrite: bool, sources: Sequence[str | Path]) -> bool:
-    """Checks before anything is written; returns whether `out` holds files to replace."""
+def _not_a_dataset(out: Path) -> list[str]:
+    """What in `out` no conversion wrote: anything but split folders (holding `index.json`)
+    and the README.md card (ours, or the user's, which a conversion carries over)."""
+    found = []
+    for entry in sorted(out.iterdir()):
+        if entry.is_symlink():
+            found.append(entry.name)
+        elif entry.is_dir() and not (entry / INDEX_FILE).is_file():
+            found.append(f"{entry.name}/")
+        elif not entry.is_dir() and entry.name != CARD_FILE:
+            found.append(entry.name)
+    return found
+
+
+def _check_out(
+    out: Path, overwrite: bool, sources: Sequence[str | Path], dataset: bool = False
+) -> bool:
+    """Checks before anything is written; returns whether `out` holds files to replace.
+    `dataset`: `out` may hold only an earlier dataset (see `_not_a_dataset`), even with
+    `overwrite`, which replaces that and nothing else."""
     _check_not_source(out, sources)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
     occupied = out.is_dir() and any(out.iterdir())
-    if occupied and not overwrite:
-        raise OutputExists(f"{out} is not empty; pass --overwrite to replace it")
-    return occupied
+    if not occupied:
+        return False
+    if dataset:
+        others = _not_a_dataset(out)
+        if others:
+            shown = ", ".join(others[:3]) + (
+                f" and {len(others) - 3} more" if len(others) > 3 else ""
+            )
+            raise OutputExists(
+                f"--out {out} holds {shown}, which no stpdist conversion wrote; --overwrite "
+                "replaces only an earlier dataset (split folders with index.json, README.md), "
+                "never other files: choose another --out, or move those out of it"
+            )
+    if not overwrite:
+        earlier = " (--overwrite replaces the earlier dataset there)" if dataset else ""
+        raise OutputExists(f"{out} is not empty; pass --overwrite to replace it{earlier}")
+    return True
 
 
 def prepare_output(out: str | Path, overwrite: bool, *, sources: Sequence[str | Path] = ()) -> Path:
@@ -149,21 +185,26 @@ def prepare_output(out: str | Path, overwrite: bool, *, sources: Sequence[str | 
 
 @contextlib.contextmanager
 def staged_output(
-    out: str | Path, overwrite: bool, *, sources: Sequence[str | Path] = ()
+    out: str | Path,
+    overwrite: bool,
+    *,
+    sources: Sequence[str | Path] = (),
+    dataset: bool = False,
 ) -> Iterator[Path]:
     """A fresh staging folder beside `out` to write a dataset into; on a clean exit it
     replaces `out`, on an exception it is removed and `out` is left as it was.
 
     First a replacement of `out` that a crash interrupted is finished or undone (see
     `staging.py`). Checks next (before anything is written): `out` must not be, or contain, a
-    source path, and a non-empty `out` needs `overwrite`. The old `out` is deleted only after
-    the new one has been renamed into place.
+    source path, and a non-empty `out` needs `overwrite`; with `dataset`, an `out` holding
+    anything but an earlier dataset is refused even with `overwrite` (see `_check_out`). The
+    old `out` is deleted only after the new one has been renamed into place.
     """
     out = Path(out)
     if out.is_symlink():  # replace the folder it points to, keep the link
         out = out.resolve()
     recover(out)
-    _check_out(out, overwrite, sources)
+    _check_out(out, overwrite, sources, dataset)
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = leftover(out, "staging")
@@ -174,7 +215,7 @@ def staged_output(
         if not any(staging.iterdir()):
             raise MissingInput(f"nothing was written for {out}")
         # checked again: `out` may have been filled while the dataset was written
-        occupied = _check_out(out, overwrite, sources)
+        occupied = _check_out(out, overwrite, sources, dataset)
         ready = leftover(out, "ready")
         os.rename(staging, ready)  # complete: from here on a crash finishes the swap
     except BaseException:
@@ -258,7 +299,10 @@ def _write_split(
     samples_per_shard: int,
     progress: bool,
     nan_fill: float | None = None,
+    like: SplitIndex | None = None,
 ) -> SplitIndex:
+    """One split into `folder`; `like`: a split written before, whose frame shape this one's
+    must have (checked at its first sample, before anything of it is written)."""
     scale = 255.0 if quantize else source.value_scale
     args = {**source.args(), "split": split, "stored_as_uint8": quantize}
     if nan_fill is not None:
@@ -294,11 +338,34 @@ def _write_split(
                         f"{where}: sample key {key!r} is also that of a sample from {first}; "
                         "keys must be unique in a split"
                     )
+                if like is not None and writer.shape is None:
+                    _check_same_shape(like, split, frames.shape, where)
                 grid = source.grid if quantize else None
                 _write_sample(writer, key, frames, meta, where, grid, nan_fill)
         if writer.shape is None:
             raise _Empty
     return read_index(folder)
+
+
+def _check_same_shape(like: SplitIndex, split: str, shape: tuple[int, ...], where: str) -> None:
+    """Refuse a split whose frames are not T×C×H×W as those of the split written before:
+    one model trains and is evaluated on every split, so a difference only shows later, in
+    training (at the first validation, an epoch in)."""
+    if list(shape) == list(like.shape):
+        return
+    size = "×".join
+    if list(shape[1:]) != list(like.shape[1:]):
+        fix = "resize them to one frame size, or convert the splits as separate datasets"
+    else:
+        fix = (
+            f"cut every sequence to {min(shape[0], like.shape[0])} frames, or convert the "
+            "splits as separate datasets"
+        )
+    raise InputError(
+        f"{where}: split {split} has frames {size(map(str, shape))}, split {like.split} "
+        f"{size(map(str, like.shape))} (T×C×H×W); every split must hold sequences of one "
+        f"shape (a model trains and is evaluated on them all): {fix}"
+    )
 
 
 def _write_sample(
@@ -354,7 +421,7 @@ def convert(
             require_file(path, folder_too=True)
     with (
         _terminate_cleanly(),
-        staged_output(out, overwrite, sources=source_paths(source)) as staging,
+        staged_output(out, overwrite, sources=source_paths(source), dataset=True) as staging,
     ):
         splits = source.splits()
         if not any(splits.values()):
@@ -545,7 +612,8 @@ def _write_splits(
                 continue
             folder = out / split
             quantize = source.grid is not None
-            args = (pool, quantize, samples_per_shard, progress, nan_fill)
+            like = next(iter(written.values()), None)  # every split: the first one's shape
+            args = (pool, quantize, samples_per_shard, progress, nan_fill, like)
             try:
                 try:
                     written[split] = _write_split(source, folder, split, items, *args)
@@ -556,7 +624,7 @@ def _write_splits(
                         split,
                         source.grid,
                     )
-                    args = (pool, False, samples_per_shard, progress, nan_fill)
+                    args = (pool, False, samples_per_shard, progress, nan_fill, like)
                     written[split] = _write_split(source, folder, split, items, *args)
             except _Empty:
                 shutil.rmtree(folder, ignore_errors=True)

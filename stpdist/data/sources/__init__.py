@@ -112,7 +112,7 @@ def _seed(kind: str) -> Callable[[list[str], Any], Any]:
     def build(paths: list[str], a: Any) -> Any:
         from .seed_layout import SeedLayout
 
-        return SeedLayout(paths[0], kind)
+        return SeedLayout(paths[0], kind, require_all=True)  # the docs: all three folders
 
     return build
 
@@ -158,6 +158,7 @@ def _arrays(paths: list[str], a: Any) -> Any:
         step=a.step,
         val_from=a.val_from,
         test_from=a.test_from,
+        channels_last=a.channels_last,
     )
 
 
@@ -252,7 +253,7 @@ FORMATS: dict[str, SourceFormat] = {
         paths_help="the folder of .avi videos (and its sub-folders)",
     ),
     "arrays": SourceFormat(
-        "a folder of per-sequence .npy/.npz arrays (T×C×H×W or T×H×W)",
+        "a folder of per-sequence .npy/.npz arrays (T×C×H×W, T×H×W×C or T×H×W)",
         _arrays,
         {
             "--key": {"default": None, "help": "array name inside .npz files"},
@@ -271,6 +272,11 @@ FORMATS: dict[str, SourceFormat] = {
                 "leaves files out is refused",
             },
             "--seed": {"type": int, "default": 0, "help": "seed of the --splits file order"},
+            "--channels-last": {
+                "action": "store_true",
+                "help": "arrays are T×H×W×C (else T×C×H×W; T×H×W either way); without it, "
+                "arrays whose last axis is ≤ 4 while the axis read as C is larger are refused",
+            },
             **_series_flags(None),
         },
         paths_help="a folder of arrays, or (with --frames) one .npy/.npz file",

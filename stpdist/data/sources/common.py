@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +16,103 @@ from ..format import require_file
 SEED_SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test"}
 
 
-def check_frames(shape: tuple[int, ...], dtype: np.dtype, where: str | Path) -> None:
-    """Frames must be T×C×H×W or T×H×W, none of them of size 0, of a numeric dtype (bool,
-    integers, floats); anything else is an error naming `where`."""
+# a frame is at least this wide: a last axis this small after a larger one is channels last
+MOST_CHANNELS_LAST = 4
+
+
+def natural_key(name: str) -> tuple[Any, ...]:
+    """Sort key of a file name with its digit runs compared as numbers: `2.png` before
+    `10.png`; zero-padded names (`0002.png`, `0010.png`) keep their text order."""
+    parts = re.split(r"(\d+)", name)  # text, number, text, …: the same kinds at each position
+    return (*(int(p) if i % 2 else p for i, p in enumerate(parts)), name)
+
+
+PNG_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA")
+"""PIL modes of 8-bit (or fewer bits) PNGs: grayscale, palette, colour, with alpha."""
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    """Bits per sample of a PNG, from its header (None: not a PNG by its first bytes). PIL
+    reads 16-bit colour as "RGB", keeping the high byte: its mode alone does not tell."""
+    with open(path, "rb") as handle:
+        head = handle.read(26)
+    if head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    return head[24]
+
+
+def png_8bit(path: Path, mode: str, reader: str, advice: str) -> np.ndarray:
+    """A PNG frame of 8 bits or fewer, converted to `mode` ("L": H×W, "RGB": H×W×3, uint8).
+    One of more bits, which the conversion would clip to 255 without a word, is refused
+    naming the file, its bit depth and mode: `reader` says what reads 8-bit frames,
+    `advice` what to do instead."""
+    from PIL import Image
+
+    require_file(path)  # a FIFO would block the reader
+    try:
+        with Image.open(path) as image:
+            found, bits = image.mode, _png_bit_depth(path)
+            if found in PNG_MODES and (bits is None or bits <= 8):
+                return np.asarray(image.convert(mode))
+    except Exception as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise InputError(f"{path}: not a readable PNG image ({exc})") from None
+    what = f"a {bits}-bit PNG" if bits is not None else "not an 8-bit PNG"
+    raise InputError(f"{path}: {what} (mode {found}); {reader} and would clip the rest: {advice}")
+
+
+def listed(names: list[str], limit: int = 3, unit: str = "files") -> str:
+    """`a, b, c` or `a, b, c, … (7 files)`: names in a message, the first `limit` of them."""
+    more = f", … ({len(names)} {unit})" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def check_frames(
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    where: str | Path,
+    *,
+    channels_last: bool | None = None,
+) -> None:
+    """Frames must be T×C×H×W or T×H×W (T×H×W×C with `channels_last`), none of them of size
+    0, of a numeric dtype (bool, integers, floats); anything else is an error naming `where`.
+    With `channels_last` False (a reader that has the `--channels-last` flag), T×C×H×W whose
+    last axis (W) is at most 4 while C is larger is refused: that is T×H×W×C (frames a few
+    pixels wide are not a thing). None: no such guess (layouts that are T×C×H×W by name)."""
+    layout = "T×H×W×C" if channels_last else "T×C×H×W"
     if len(shape) not in (3, 4):
-        raise InputError(f"{where}: expected T×C×H×W or T×H×W, got shape {tuple(shape)}")
+        raise InputError(f"{where}: expected {layout} or T×H×W, got shape {tuple(shape)}")
     if 0 in shape:
         raise InputError(f"{where}: shape {tuple(shape)} holds no frames (a dimension of size 0)")
     if np.dtype(dtype).kind not in "biuf":
         raise InputError(
             f"{where}: dtype {np.dtype(dtype)}, expected numbers (bool, integers or floats)"
         )
+    if channels_last is False and len(shape) == 4 and shape[3] <= MOST_CHANNELS_LAST < shape[1]:
+        _, c, h, w = shape
+        raise InputError(
+            f"{where}: shape {tuple(shape)} looks channels-last (T×H×W×C, {w} channels); read "
+            f"as T×C×H×W it would be {c} channels of {h}×{w} pixels: pass --channels-last, "
+            "or store the arrays T×C×H×W"
+        )
 
 
-def as_TCHW(array: np.ndarray, where: str | Path) -> np.ndarray:
-    """T×C×H×W from T×C×H×W or T×H×W (checked by `check_frames`)."""
-    check_frames(array.shape, array.dtype, where)
-    return array[:, None] if array.ndim == 3 else array
+def frame_CHW(shape: tuple[int, ...], *, channels_last: bool | None = None) -> tuple[int, ...]:
+    """C×H×W of frames of `shape` (checked by `check_frames`)."""
+    if len(shape) == 3:
+        return (1, *shape[1:])
+    return (shape[3], *shape[1:3]) if channels_last else tuple(shape[1:])
+
+
+def as_TCHW(
+    array: np.ndarray, where: str | Path, *, channels_last: bool | None = None
+) -> np.ndarray:
+    """T×C×H×W from T×C×H×W or T×H×W (T×H×W×C with `channels_last`), checked by
+    `check_frames`."""
+    check_frames(array.shape, array.dtype, where, channels_last=channels_last)
+    if array.ndim == 3:
+        return array[:, None]
+    return np.ascontiguousarray(np.moveaxis(array, -1, 1)) if channels_last else array
 
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -43,9 +124,10 @@ def check_array_file(path: Path) -> None:
     numpy reads it: numpy takes any other file for a pickle and says so, which misleads."""
     with open(path, "rb") as handle:
         head = handle.read(len(NPY_MAGIC))
-    expected = {".npy": NPY_MAGIC, ".npz": ZIP_MAGIC}.get(path.suffix)
+    suffix = path.suffix.lower()  # SEQ0.NPY is an .npy file too
+    expected = {".npy": NPY_MAGIC, ".npz": ZIP_MAGIC}.get(suffix)
     if expected is not None and not head.startswith(expected):
-        kind = "an .npz (zip) archive" if path.suffix == ".npz" else "a NumPy .npy array"
+        kind = "an .npz (zip) archive" if suffix == ".npz" else "a NumPy .npy array"
         raise InputError(
             f"{path}: not a valid {path.suffix} file (its first bytes are not those of {kind}); "
             "expected a file written by numpy.save / numpy.savez"
@@ -60,7 +142,7 @@ def load_array(path: Path, key: str | None = None, key_option: str | None = None
     require_file(path)  # a FIFO would block np.load
     check_array_file(path)
     try:
-        if path.suffix == ".npy":
+        if path.suffix.lower() == ".npy":
             return np.load(path, allow_pickle=False)
         with np.load(path, allow_pickle=False) as data:
             names = list(data.keys())

@@ -37,8 +37,11 @@ from .common import (
     as_TCHW,
     check_array_file,
     check_frames,
+    frame_CHW,
     key_of,
+    listed,
     load_array,
+    natural_key,
     split_counts,
 )
 from .series import as_times, parse_bound, parse_step, plan_windows, stamp, stamp_unit
@@ -69,6 +72,9 @@ class GenericArrays:
     """First date (or frame index) of the validation split (series mode)."""
     test_from: str | None = None
     """First date (or frame index) of the test split (series mode)."""
+    channels_last: bool = False
+    """Arrays are T×H×W×C (else T×C×H×W; T×H×W either way). Without it, T×C×H×W whose W is
+    at most 4 while C is larger is refused as channels-last (see `check_frames`)."""
     name: str = "arrays"
     grid: float | None = None
     scale_given: bool | None = None
@@ -84,8 +90,12 @@ class GenericArrays:
         if self.scale_given is None:
             self.scale_given = self.value_scale is not None
 
-    def _files(self, folder: Path) -> list[str]:
-        found = [p for p in sorted(folder.iterdir()) if p.suffix in (".npy", ".npz")]
+    def _files(self, folder: Path, *, natural: bool = False) -> list[str]:
+        """The .npy/.npz files of `folder` (any case: SEQ0.NPY too), by name; `natural`: digit
+        runs compared as numbers (`chunk2` before `chunk10`: the order of a series' chunks)."""
+        found = [folder / name for name in _arrays_in(folder)]
+        if natural:
+            found.sort(key=lambda p: natural_key(p.name))
         return [str(require_file(p)) for p in found]  # a FIFO would block the reader
 
     def splits(self) -> dict[str, list[Any]]:
@@ -103,12 +113,14 @@ class GenericArrays:
         if subs and self.split_sizes:
             raise InputError(f"{root} already has split folders; --splits cuts a flat folder")
         _check_nothing_left_out(root, subs)
-        out = {SEED_SPLITS[p.name]: self._files(p) for p in subs} or self._cut(root)
+        found = {SEED_SPLITS[p.name]: self._files(p) for p in subs}
+        out = {s: found[s] for s in ("train", "val", "test") if s in found} or self._cut(root)
         if self.value_scale is None:
             first = next((f for files in out.values() for f in files), None)
             if first is None:
                 raise MissingInput(f"{root}: no .npy/.npz files")
-            dtype = as_TCHW(load_array(Path(first), self.key, key_option="--key"), first).dtype
+            array = load_array(Path(first), self.key, key_option="--key")
+            dtype = as_TCHW(array, first, **self._layout).dtype
             self.value_scale = 255.0 if dtype == np.uint8 else 1.0
         return out
 
@@ -151,7 +163,7 @@ class GenericArrays:
     def _series_splits(self) -> dict[str, list[Any]]:
         root = Path(self.root)
         if root.is_dir():
-            files = self._files(root)
+            files = self._files(root, natural=True)
         elif root.is_file():
             files = [str(root)]
         else:
@@ -162,7 +174,7 @@ class GenericArrays:
             raise InputError(
                 "--splits cuts whole files; a series is split by --val-from/--test-from"
             )
-        if self.key is None and self.time_key is not None and files[0].endswith(".npz"):
+        if self.key is None and self.time_key is not None and files[0].lower().endswith(".npz"):
             check_array_file(require_file(files[0]))
             with np.load(files[0], allow_pickle=False) as data:
                 others = [n for n in data.keys() if n != self.time_key]
@@ -171,8 +183,8 @@ class GenericArrays:
         chunks, times, frame, dtype, frame_shape = [], [], 0, None, None
         for file in files:
             shape, chunk_dtype = _shape(Path(file), self.key)
-            check_frames(shape, chunk_dtype, file)
-            here = (1, *shape[1:]) if len(shape) == 3 else tuple(shape[1:])  # C×H×W
+            check_frames(shape, chunk_dtype, file, channels_last=self.channels_last)
+            here = frame_CHW(shape, channels_last=self.channels_last)  # C×H×W
             if dtype is not None and (chunk_dtype != dtype or here != frame_shape):
                 raise InputError(
                     f"{file}: frames C×H×W {here} {chunk_dtype} differ from the first "
@@ -192,10 +204,6 @@ class GenericArrays:
         timestamps = self.time_key is not None
         self.times = np.concatenate(times) if timestamps else np.arange(frame)
         self.key_unit = stamp_unit(self.times)  # keys need seconds for 30-second steps
-        if frame < self.num_frames:
-            raise InputError(
-                f"{root}: the series holds {frame} frames, fewer than --frames {self.num_frames}"
-            )
         if self.value_scale is None:
             self.value_scale = 255.0 if dtype == np.uint8 else 1.0
         windows = plan_windows(
@@ -228,10 +236,11 @@ class GenericArrays:
             path = Path(file)
             data = (
                 np.load(path, mmap_mode="r", allow_pickle=False)
-                if path.suffix == ".npy"
+                if path.suffix.lower() == ".npy"
                 else load_array(path, self.key, "--key")
             )
-            parts.append(as_TCHW(data, path)[max(first - offset, 0) : stop - offset])
+            frames = as_TCHW(data[max(first - offset, 0) : stop - offset], path, **self._layout)
+            parts.append(frames)
         return np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
 
     def _load_windows(self, item: tuple[int, list[int]]) -> list[tuple[str, np.ndarray, dict]]:
@@ -257,8 +266,12 @@ class GenericArrays:
         if self.num_frames is not None:
             return self._load_windows(item)
         path = Path(item)
-        frames = as_TCHW(load_array(path, self.key, "--key"), path)
+        frames = as_TCHW(load_array(path, self.key, "--key"), path, **self._layout)
         return [(key_of(path), frames, {"source": path.name})]
+
+    @property
+    def _layout(self) -> dict[str, bool]:
+        return {"channels_last": self.channels_last}
 
     def args(self) -> dict[str, Any]:
         return {
@@ -267,6 +280,7 @@ class GenericArrays:
             "value_scale": self.value_scale,
             "split_sizes": self.split_sizes,
             "seed": self.seed,
+            **({"channels_last": True} if self.channels_last else {}),
             **(
                 {
                     "num_frames": self.num_frames,
@@ -284,7 +298,7 @@ class GenericArrays:
 
 def _arrays_in(folder: Path) -> list[str]:
     """Names of the .npy/.npz files in `folder` (not opened)."""
-    return [p.name for p in sorted(folder.iterdir()) if p.suffix in (".npy", ".npz")]
+    return [p.name for p in sorted(folder.iterdir()) if p.suffix.lower() in (".npy", ".npz")]
 
 
 def _check_nothing_left_out(root: Path, subs: list[Path]) -> None:
@@ -306,8 +320,7 @@ def _check_nothing_left_out(root: Path, subs: list[Path]) -> None:
     if others:
         left.append(f"the arrays in {', '.join(others)}")
     if loose:
-        shown = ", ".join(loose[:3]) + (f", … ({len(loose)} files)" if len(loose) > 3 else "")
-        left.append(f"the loose files {shown}")
+        left.append(f"the loose files {listed(loose)}")
     recognised = ", ".join(f"{name}/" for name in SEED_SPLITS)
     found = f"has split folders {', '.join(f'{n}/' for n in names)}" if subs else "is flat"
     raise InputError(
@@ -324,7 +337,7 @@ def _shape(path: Path, key: str | None) -> tuple[tuple[int, ...], np.dtype]:
     require_file(path)  # a FIFO would block the reader
     check_array_file(path)
     try:
-        if path.suffix == ".npy":
+        if path.suffix.lower() == ".npy":
             array = np.load(path, mmap_mode="r", allow_pickle=False)
             return tuple(array.shape), array.dtype
         with zipfile.ZipFile(path) as archive:

@@ -57,7 +57,8 @@ class KTHVideos:
         if not root.is_dir():
             raise MissingInput(f"{root}: no such folder")
         out: dict[str, list[Any]] = {"train": [], "test": []}
-        for path in sorted(root.rglob("*.avi")):
+        videos = (p for p in root.rglob("*") if p.suffix.lower() == ".avi" and not p.is_dir())
+        for path in sorted(videos):  # any case: person01_walking_d1_uncomp.AVI too
             match = NAME.match(path.stem)
             if match is None:
                 raise InputError(f"{path}: name is not personNN_<action>_dM_uncomp.avi")

@@ -48,7 +48,7 @@ def _open(path: str) -> Any:
     xr = _xarray()
     try:
         if (
-            path.rstrip("/").endswith(".zarr")
+            path.rstrip("/").lower().endswith(".zarr")
             or (Path(path) / ".zgroup").exists()
             or (Path(path) / "zarr.json").exists()
         ):
@@ -65,6 +65,15 @@ def _open(path: str) -> Any:
         else:
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         raise InputError(f"{path}: unreadable ({reason})") from None
+
+
+def _netcdf_files(folder: Path) -> list[str]:
+    """The netCDF files under `folder`, any case of `.nc` / `.nc4` (T2M_2019.NC too): `.nc`
+    first, then `.nc4`, each by path (the order the stores are read in, not the time order:
+    pieces are sorted by their first time)."""
+    files = [f for f in folder.rglob("*") if f.suffix.lower() in (".nc", ".nc4") and not f.is_dir()]
+    by_kind = sorted(files, key=lambda f: (f.suffix.lower() == ".nc4", str(f)))
+    return [str(require_file(f)) for f in by_kind]
 
 
 def _dim(names: tuple[str, ...], dims: tuple[str, ...]) -> str | None:
@@ -184,10 +193,11 @@ class XarraySource:
                 raise MissingInput(f"{p}: no such file or folder")
             require_file(p, folder_too=True)  # a FIFO would block the reader
             if p.is_dir() and not (
-                p.suffix == ".zarr" or (p / ".zgroup").exists() or (p / "zarr.json").exists()
+                p.suffix.lower() == ".zarr"
+                or (p / ".zgroup").exists()
+                or (p / "zarr.json").exists()
             ):
-                found = sorted(str(require_file(f)) for f in p.rglob("*.nc"))
-                found += sorted(str(require_file(f)) for f in p.rglob("*.nc4"))
+                found = _netcdf_files(p)
                 if not found:
                     raise MissingInput(f"{p}: no .nc files")
                 stores += found
@@ -329,7 +339,7 @@ class XarraySource:
             step=parse_step(self.step),
             val_from=parse_bound(self.val_from, True),
             test_from=parse_bound(self.test_from, True),
-            where=self.files[self.channels[0].variable][0][0],
+            where=self._series_where(),
         )
         # work items: runs of windows of one split whose frames span at most block_frames
         out: dict[str, list[Any]] = {}
@@ -351,6 +361,13 @@ class XarraySource:
             for s in ("train", "val", "test")
             if s in out
         }
+
+    def _series_where(self) -> str:
+        """The files of the series (the first channel's), for messages about the whole of it."""
+        files = [store for store, _, _ in self.files[self.channels[0].variable]]
+        more = len(files) - 1
+        where = files[0] + (f" and {more} more file{'s' if more > 1 else ''}" if more else "")
+        return where + (f" (--every {self.every})" if self.every > 1 else "")
 
     def _where(self, starts: tuple[int, ...]) -> str:
         first, stop = starts[0], starts[-1] + self.num_frames

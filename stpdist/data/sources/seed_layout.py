@@ -2,8 +2,15 @@
 
 - Moving MNIST: `example*.npz` with `inputs` and `labels` (10×1×64×64 floats in [0, 1]),
   joined into one 20-frame sequence; stored as uint8 when every value is k/255 exactly.
-- KTH: `example*/` folders of grayscale PNG frames, ordered by sorted file name.
+- KTH: `example*/` folders of 8-bit PNG frames, in natural name order (`2.png` before
+  `10.png`; zero-padded names sort as text does), converted to grayscale.
 - TaxiBJ: `example*.npy`, 8×2×32×32 raw flows (value scale 1292).
+
+Nothing is left out silently: a folder beside the split folders, or a file or folder in
+one that is not a sequence (`valid/`, `train/my_sequence/`, `train/seq7.npz`), is refused,
+named, when it holds data of the layout (arrays, PNG frames), as `shard arrays` refuses
+arrays it would leave out. `require_all` (the command line) needs all three split folders,
+each holding a sequence (`validation/` or `val/`).
 """
 
 from __future__ import annotations
@@ -13,14 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from ...errors import InputError, MissingInput
-from ..format import require_file
-from .common import SEED_SPLITS, as_TCHW, load_array
+from .common import SEED_SPLITS, as_TCHW, listed, load_array, natural_key, png_8bit
 
 KINDS = ("mmnist", "kth", "taxibj")
 TAXIBJ_SCALE = 1292.0
+PREFIX = "example"
+KTH_ADVICE = (
+    "convert the frames to 8-bit, or save each sequence as an .npy array (T×H×W, uint16 "
+    "kept) and convert it with `stpdist shard arrays --value-scale 65535`"
+)
+SEQUENCE = {"mmnist": "example*.npz", "kth": "example*/", "taxibj": "example*.npy"}
+"""What a sequence of each layout is called (file suffixes in any case: EXAMPLE1.NPZ too)."""
+DATA = {"mmnist": (".npz", ".npy"), "kth": (".png",), "taxibj": (".npy", ".npz")}
+"""Suffixes of the files that are data of each layout: one left out is refused."""
 
 
 @dataclass
@@ -30,6 +44,10 @@ class SeedLayout:
     name: str = "seed-layout"
     value_scale: float = 1.0
     grid: float | None = None
+    require_all: bool = False
+    """Refuse a layout without all three split folders, each holding a sequence, as the
+    docs say (`stpdist shard seed-…`); False converts the splits there are (a train-only
+    copy, as `stpdist bench` makes)."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -42,16 +60,69 @@ class SeedLayout:
         root = Path(self.root)
         if not root.is_dir():
             raise MissingInput(f"{root}: no such folder")
-        out: dict[str, list[Any]] = {}
-        for folder in sorted(p for p in root.iterdir() if p.name in SEED_SPLITS):
-            pattern = {"mmnist": "example*.npz", "kth": "example*", "taxibj": "example*.npy"}
-            found = sorted(folder.glob(pattern[self.kind]))
-            if self.kind == "kth":
-                found = [p for p in found if p.is_dir()]
-            out[SEED_SPLITS[folder.name]] = [str(p) for p in found]
+        folders = {
+            p.name: p for p in sorted(root.iterdir()) if p.is_dir() and p.name in SEED_SPLITS
+        }
+        if "val" in folders and "validation" in folders:
+            raise InputError(f"{root} has both val/ and validation/ (the same split): keep one")
+        self._check_nothing_left_out(root, list(folders.values()))
+        found = {
+            SEED_SPLITS[name]: [str(p) for p in sorted(folder.iterdir()) if self._is_sequence(p)]
+            for name, folder in folders.items()
+        }
+        out = {split: found[split] for split in ("train", "val", "test") if split in found}
+        missing = [split for split in ("train", "val", "test") if not out.get(split)]
+        if self.require_all and missing:
+            names = {"train": "train/", "val": "validation/", "test": "test/"}
+            what = " and ".join(names[split] for split in missing)
+            verbs = "is missing or holds" if len(missing) == 1 else "are missing or hold"
+            raise InputError(
+                f"{root}: {what} {verbs} no {SEQUENCE[self.kind]}; a {self.name} "
+                "layout needs all three split folders, train/, validation/ (or val/) and "
+                "test/, each holding sequences"
+            )
         if not out:
             raise MissingInput(f"{root}: no train/validation/test folders")
         return out
+
+    def _is_sequence(self, entry: Path) -> bool:
+        """Whether `entry` (in a split folder) is a sequence of the layout."""
+        if not entry.name.startswith(PREFIX):
+            return False
+        if self.kind == "kth":
+            return entry.is_dir()
+        suffix = {"mmnist": ".npz", "taxibj": ".npy"}[self.kind]
+        return not entry.is_dir() and entry.suffix.lower() == suffix
+
+    def _holds_data(self, entry: Path) -> bool:
+        """Whether `entry` is, or (a folder) holds, a file of the layout's data."""
+        if entry.name.startswith("."):
+            return False
+        if not entry.is_dir():
+            return entry.suffix.lower() in DATA[self.kind]
+        return any(not p.is_dir() and p.suffix.lower() in DATA[self.kind] for p in entry.rglob("*"))
+
+    def _check_nothing_left_out(self, root: Path, folders: list[Path]) -> None:
+        """Refuse, naming them, folders beside the split folders and entries of a split
+        folder that hold data of the layout but would not be read (`valid/`,
+        `train/my_sequence/`, `train/seq7.npz`): they used to be left out silently."""
+        left = [
+            f"{p.name}/" if p.is_dir() else p.name
+            for p in sorted(root.iterdir())
+            if p not in folders and self._holds_data(p)
+        ]
+        for folder in folders:
+            left += [
+                f"{folder.name}/{p.name}" + ("/" if p.is_dir() else "")
+                for p in sorted(folder.iterdir())
+                if not self._is_sequence(p) and self._holds_data(p)
+            ]
+        if left:
+            raise InputError(
+                f"{root}: {listed(left, unit='entries')} would be left out: {self.name} reads "
+                f"the sequences {SEQUENCE[self.kind]} of train/, validation/ (or val/) and "
+                "test/ only; rename them so, or move them out"
+            )
 
     def load(self, item: str) -> list[tuple[str, np.ndarray, dict]]:
         path = Path(item)
@@ -88,19 +159,17 @@ class SeedLayout:
 
 
 def _png_frames(folder: Path) -> np.ndarray:
-    """The grayscale PNG frames of `folder` in name order, T×1×H×W uint8; frames of
-    different sizes are an error naming the first that differs."""
-    pngs = sorted(folder.glob("*.png"))
+    """The PNG frames of `folder` in natural name order (`2.png` before `10.png`), as
+    grayscale T×1×H×W uint8. Frames of different sizes are an error naming the first that
+    differs; frames of more than 8 bits, which would be clipped, are refused naming the
+    file and its mode."""
+    pngs = [p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.is_dir()]
+    pngs.sort(key=lambda p: natural_key(p.name))
     if not pngs:
         raise InputError(f"{folder}: no PNG frames")
     frames = []
     for png in pngs:
-        require_file(png)  # a FIFO would block the reader
-        try:
-            with Image.open(png) as image:
-                frame = np.asarray(image.convert("L"))
-        except Exception as exc:
-            raise InputError(f"{png}: unreadable PNG frame ({exc})") from exc
+        frame = png_8bit(png, "L", "seed-kth reads 8-bit frames (value scale 255)", KTH_ADVICE)
         if frames and frame.shape != frames[0].shape:
             (h0, w0), (h, w) = frames[0].shape, frame.shape
             raise InputError(

@@ -90,7 +90,9 @@ def plan_windows(
     test_from: Any = None,
     where: str = "series",
 ) -> list[Window]:
-    """Every window of the series (see the module docstring), in time order."""
+    """Every window of the series (see the module docstring), in time order. A series
+    shorter than one window, or a split that gets no window, is an error (see
+    `check_every_split`)."""
     check_window(num_frames, stride)
     times = np.asarray(times)
     if len(times) == 0:
@@ -108,23 +110,91 @@ def plan_windows(
         step = np.timedelta64(step).astype(diffs.dtype)
     if val_from is not None and test_from is not None and test_from < val_from:
         raise InputError(f"test split starts ({test_from}) before validation ({val_from})")
-
-    def split_of(t: Any) -> str:
-        if test_from is not None and t >= test_from:
-            return "test"
-        if val_from is not None and t >= val_from:
-            return "val"
-        return "train"
-
+    if len(times) < num_frames:
+        raise InputError(
+            f"{where}: the series holds {len(times)} frames, fewer than --frames {num_frames}"
+        )
+    splits = split_names(times, val_from, test_from)
     # runs of evenly spaced frames: [first, end)
     breaks = [0, *(np.flatnonzero(diffs != step) + 1).tolist(), len(times)]
     windows = []
     for first, end in zip(breaks[:-1], breaks[1:]):
         for start in range(first, end - num_frames + 1, stride):
-            split = split_of(times[start])
-            if split == split_of(times[start + num_frames - 1]):
+            split = splits[start]
+            if split == splits[start + num_frames - 1]:
                 windows.append(Window(start, split))
+    check_every_split(
+        windows, times, splits, breaks, num_frames, stride, val_from, test_from, where
+    )
     return windows
+
+
+def split_names(times: np.ndarray, val_from: Any, test_from: Any) -> np.ndarray:
+    """The split of each frame: test from `test_from` on, val from `val_from`, else train."""
+    splits = np.full(len(times), "train", dtype=object)
+    if val_from is not None:
+        splits[times >= val_from] = "val"
+    if test_from is not None:
+        splits[times >= test_from] = "test"
+    return splits
+
+
+def _span(times: np.ndarray, first: int, last: int) -> str:
+    """Frames `first`…`last` as their indexes, or their times for a series with timestamps."""
+    if times.dtype.kind != "M":
+        return f"{first}…{last}"
+    unit = stamp_unit(times[[first, last]])
+    return "…".join(np.datetime_as_string(times[i], unit=unit) for i in (first, last))
+
+
+def _text(bound: Any) -> str:
+    """A split boundary as given: a frame index, or a date without trailing zero fields."""
+    if isinstance(bound, np.datetime64):
+        return np.datetime_as_string(bound, unit=stamp_unit(np.array([bound])))
+    return str(bound)
+
+
+def check_every_split(
+    windows: list[Window],
+    times: np.ndarray,
+    splits: np.ndarray,
+    breaks: list[int],
+    num_frames: int,
+    stride: int,
+    val_from: Any,
+    test_from: Any,
+    where: str,
+) -> None:
+    """Every split asked for gets at least one window, as `--splits` demands of whole files:
+    val with `val_from`, test with `test_from`, and train when any frame comes before them
+    (`--test-from` at the first frame converts everything as test). Refused otherwise, naming
+    the split, its frames and the window length; one used to be left out silently."""
+    asked = {"train": True, "val": val_from is not None, "test": test_from is not None}
+    flags = {"val": f"--val-from {_text(val_from)}", "test": f"--test-from {_text(test_from)}"}
+    got = {window.split for window in windows}
+    for split in (s for s, wanted in asked.items() if wanted and s not in got):
+        frames = np.flatnonzero(splits == split)
+        if split == "train" and not len(frames):
+            continue  # the boundaries lie at or before the first frame: no train asked for
+        needs = (
+            "every split asked for needs at least one window: move --val-from/--test-from, "
+            "or lower --frames"
+        )
+        if not len(frames):
+            raise InputError(
+                f"{where}: split {split} gets no frame: {flags[split]} leaves it none of the "
+                f"series' frames {_span(times, 0, len(times) - 1)}; {needs}"
+            )
+        first, last = int(frames[0]), int(frames[-1])
+        edges = np.clip(breaks, first, last + 1)  # runs without a gap, within the split
+        longest = int(np.diff(edges).max())
+        gaps = f", at most {longest} without a gap" if longest < len(frames) else ""
+        every = f" starting every --stride {stride} frames" if stride > 1 else ""
+        raise InputError(
+            f"{where}: split {split} gets no window: its frames {_span(times, first, last)} "
+            f"({len(frames)} frames{gaps}) hold no window of --frames {num_frames}{every} (a "
+            f"window never crosses a split boundary or a gap in the times); {needs}"
+        )
 
 
 def stamp_unit(times: Any) -> str:
