@@ -169,20 +169,6 @@ def _check_out(
     return True
 
 
-def prepare_output(out: str | Path, overwrite: bool, *, sources: Sequence[str | Path] = ()) -> Path:
-    """Refuse a non-empty `out` unless `overwrite`, which empties it; refuse an `out` that is,
-    or contains, one of `sources`.
-
-    Destructive: the old contents are deleted before anything new exists. Prefer
-    `staged_output`, which only replaces them once the new dataset is complete.
-    """
-    out = Path(out)
-    if _check_out(out, overwrite, sources):
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 @contextlib.contextmanager
 def staged_output(
     out: str | Path,
