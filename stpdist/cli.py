@@ -315,7 +315,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .console import format_scalars
     from .inference import check_output_folder
     from .trainer import SampleKeeper
-    from .visualize import save_samples
+    from .visualize import names_for_pictures, save_samples
 
     cfg, trainer, ckpt, module = _with_checkpoint(args)
     split = args.split or cfg.data.test_split
@@ -346,7 +346,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
                 tmp / "samples",
                 keeper.samples,
                 cfg.logging.colormap,
-                channel_names=getattr(module, "channel_names", None),
+                channel_names=names_for_pictures(module, keeper.samples),
             )
     if not trainer.is_main:
         return
@@ -365,7 +365,7 @@ def cmd_forecast(args: argparse.Namespace) -> None:
     it was and `--overwrite` leaves no file of an earlier forecast mixed in."""
     from .inference import check_output_folder, load
     from .trainer import SampleKeeper, Trainer
-    from .visualize import save_samples
+    from .visualize import names_for_pictures, save_samples
 
     module = load(args.model, args.ckpt, trust_code=args.trust_code, raw_weights=args.raw_weights)
     data = _forecast_inputs(Path(args.inputs), module, args)
@@ -392,7 +392,7 @@ def cmd_forecast(args: argparse.Namespace) -> None:
                 tmp / "samples",
                 keeper.samples,
                 args.colormap,
-                channel_names=getattr(module, "channel_names", None),
+                channel_names=names_for_pictures(module, keeper.samples),
             )
             if args.shards:
                 _forecast_shards(tmp, args, module)

@@ -122,6 +122,7 @@ def run_seed(
     module = build.build_module(cfg)
     # model.init_weights: every seed fine-tunes from them (a resumed seed: its checkpoint)
     build.init_weights(cfg, module, trainer.checkpoints, resume)
+    build.describe_dataset(cfg)  # splits a model cannot take alike: refused before training
     build.keep_index(cfg, trainer)  # each checkpoint a model folder, as `stpdist train`'s
     train, val = build.train_stream(cfg), build.eval_stream(cfg, cfg.data.val_split)
     trainer.fit(module, train, val, resume=resume)

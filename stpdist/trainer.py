@@ -305,6 +305,8 @@ def _scheduler_of(returned: Any) -> tuple[Any, str]:
                 "per optimizer step or per epoch)"
             )
         scheduler = returned["scheduler"]
+        if scheduler is None:  # no scheduler, said as a dict
+            return None, interval
     if isinstance(scheduler, (list, tuple)):
         raise TypeError(
             f"configure_lr_scheduler returned a {type(scheduler).__name__} of "
@@ -549,11 +551,13 @@ class Validator:
             )
         checkpoints.record_metrics(state.global_step, results)
         tracker.log(results, step=state.global_step, epoch=state.step_epoch)
+        from .visualize import names_for_pictures
+
         tracker.log_samples(
             keeper.samples,
             results,
             step=state.global_step,
-            channel_names=getattr(self.module, "channel_names", None),
+            channel_names=names_for_pictures(self.module, keeper.samples),
         )
         say(f"step {state.global_step}: {format_scalars(results)}")
         if self.trainer.early_stopping is not None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from .console import lead_keys
+from .console import lead_keys, log
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -100,6 +100,32 @@ def channel_groups(channels: int, colormap: str | None = None) -> list[slice]:
     if channels == 3 and colormap is None:
         return [slice(0, 3)]
     return [slice(c, c + 1) for c in range(channels)]
+
+
+_UNFIT_NAMES: set[str] = set()
+
+
+def names_for_pictures(module: Any, samples: Sequence[tuple[Any, ...]]) -> list[str] | None:
+    """A module's `channel_names` (the Forecaster's: the index's variables) for pictures of
+    `samples` ((key, inputs T×C×H×W, …)), or None (c0, c1, …) with a warning where they do
+    not fit: one string per channel. Pictures never stop a run."""
+    names = getattr(module, "channel_names", None)
+    if names is None or not samples:
+        return None
+    channels = np.asarray(samples[0][1]).shape[1]
+    if isinstance(names, (list, tuple)) and len(names) == channels:
+        return [str(name) for name in names]
+    if type(module).__name__ in _UNFIT_NAMES:
+        return None
+    _UNFIT_NAMES.add(type(module).__name__)  # said once, not at every validation
+    log.warning(
+        "%s.channel_names is %r, not one name per channel of the %d-channel data: pictures "
+        "label the channels c0, c1, …",
+        type(module).__name__,
+        names,
+        channels,
+    )
+    return None
 
 
 def _channel_suffixes(
@@ -478,20 +504,38 @@ TITLE_PT, SMALLEST_TITLE_PT = 15, 8
 def fitted_title(fig: Figure, text: str) -> Any:
     """`text` as the title at the top of `fig` (0.2 in below its edge), whole at any figure
     width: in smaller type (down to SMALLEST_TITLE_PT) where a short sequence makes the
-    figure narrow, and then a line per "  ·  " part. Drawn as written (no math text: a `$`
-    in a sample key is a dollar sign)."""
+    figure narrow, then a line per "  ·  " part, and a part still too wide (a long sample
+    key) shortened in its middle ("station_12…_2019"). Drawn as written (no math text: a
+    `$` in a sample key is a dollar sign)."""
+    room_pt = fig.get_figwidth() * 72 * 0.92
+    width_pt = _text_width_pt(text, TITLE_PT)
+    size = TITLE_PT if width_pt <= room_pt else TITLE_PT * room_pt / width_pt
+    if size < SMALLEST_TITLE_PT:
+        size = SMALLEST_TITLE_PT
+        text = "\n".join(_shortened(part, size, room_pt) for part in text.split("  ·  "))
+    y = 1 - 0.2 / fig.get_figheight()
+    return fig.suptitle(text, fontsize=size, y=y, va="top", parse_math=False)
+
+
+def _text_width_pt(text: str, size: float) -> float:
     from matplotlib.font_manager import FontProperties
     from matplotlib.textpath import text_to_path
 
-    width_pt, _, _ = text_to_path.get_text_width_height_descent(
-        text, FontProperties(size=TITLE_PT), ismath=False
-    )
-    room_pt = fig.get_figwidth() * 72 * 0.92
-    size = min(TITLE_PT, TITLE_PT * room_pt / width_pt)
-    if size < SMALLEST_TITLE_PT:
-        size, text = SMALLEST_TITLE_PT, "\n".join(text.split("  ·  "))
-    y = 1 - 0.2 / fig.get_figheight()
-    return fig.suptitle(text, fontsize=size, y=y, va="top", parse_math=False)
+    prop = FontProperties(size=size)
+    return text_to_path.get_text_width_height_descent(text, prop, ismath=False)[0]
+
+
+def _shortened(text: str, size: float, room_pt: float) -> str:
+    """`text`, or its start and end around "…", as long as fits `room_pt` at `size`."""
+    if _text_width_pt(text, size) <= room_pt:
+        return text
+    keep = len(text) - 1
+    while keep > 2:
+        short = f"{text[: (keep + 1) // 2]}…{text[len(text) - keep // 2 :]}"
+        if _text_width_pt(short, size) <= room_pt:
+            return short
+        keep -= max(1, keep // 10)
+    return text[:1] + "…"
 
 
 def _draw_row(ax: Any, row: _Row, style: tuple, gap_px: int, *, numbered: bool) -> Any:

@@ -647,3 +647,26 @@ def test_splits_of_another_frame_shape_or_value_scale_are_refused_at_start(tmp_p
         build.describe_dataset(cfg)
     split("test", 8)
     assert build.describe_dataset(cfg)
+
+
+def test_an_index_with_entries_a_newer_stpdist_added_is_read(tmp_path):
+    """Optional entries an index gains (as `fingerprint` was) must not make an older reader
+    call it malformed; a missing required entry still does."""
+    folder = split_of(tmp_path / "train", [3])
+    index = json.loads((folder / "index.json").read_text())
+    index["shards"][0]["checksum"], index["future_field"] = "abc", [1, 2]
+    (folder / "index.json").write_text(json.dumps(index))
+    assert read_index(folder).num_samples == 3
+    del index["shape"]
+    (folder / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ShardFormatError, match="malformed index"):
+        read_index(folder)
+
+
+def test_a_key_holding_a_line_separator_is_counted_as_one_sample(tmp_path):
+    """pax records were split at any line break Python knows (U+2028 too), losing the path."""
+    from stpdist.data.format import count_samples
+
+    with SplitWriter(tmp_path / "train", "train", value_scale=255) as writer:
+        writer.write("a\u2028b\u0085c", np.zeros((2, 1, 4, 4), np.uint8))
+    assert count_samples(tmp_path / "train" / "train-000000.tar") == (1, True)

@@ -707,3 +707,20 @@ def test_forecaster_reports_lpips_and_keeps_it_out_of_its_state(alexnet_weights)
     )
     plain.load_state_dict(module.state_dict())
     module.load_state_dict(plain.state_dict())
+
+
+def test_reproduce_refuses_splits_of_another_frame_shape_before_training(tmp_path):
+    """As `train` does: `reproduce` trained a whole epoch, then failed at the validation."""
+    from stpdist.data.format import SplitWriter
+    from stpdist.errors import InputError
+    from stpdist.reproduce import run_seed
+
+    for split, size in (("train", 8), ("val", 4), ("test", 8)):
+        with SplitWriter(tmp_path / "data" / split, split, value_scale=255) as writer:
+            for i in range(2):
+                writer.write(f"{split}{i}", np.zeros((8, 1, size, size), np.uint8))
+    debug = str(Path(__file__).parent.parent / "configs" / "debug.yaml")
+    overrides = [f"data.root={tmp_path / 'data'}", "data.synthesize=null", "model.patch_size=1"]
+    with pytest.raises(InputError, match=r"differ in frames C×H×W \(train 1×8×8, val 1×4×4"):
+        run_seed(debug, overrides, 0, tmp_path / "out")
+    assert not list((tmp_path / "out").glob("seed0/checkpoints/*"))

@@ -398,3 +398,31 @@ class BadLoss(TinyModule):
 def test_a_loss_autograd_cannot_use_is_named_with_the_step(tmp_path, form, message):
     with pytest.raises(TypeError, match=message):
         trainer(tmp_path).fit(BadLoss(form), loader(8))
+
+
+class Named(TinyModule):
+    channel_names = ["u", "v"]  # two names, for data of one channel
+
+
+def test_channel_names_that_do_not_fit_the_data_leave_the_pictures_to_c0_not_stop_a_run(
+    tmp_path, capsys
+):
+    """A module attribute named `channel_names` (what the Forecaster names its variables
+    with) that did not fit the data stopped `fit` at its first validation."""
+    from stpdist.config import LoggingConfig
+
+    t = Trainer(
+        max_epochs=2, progress_bar=False, output_dir=tmp_path / "run",
+        logging=LoggingConfig(num_samples=1, trackers=[]),
+    )  # fmt: skip
+    t.fit(Named(), loader(8), loader(4, shuffle=False))
+    warned = [line for line in capsys.readouterr().err.splitlines() if "channel_names" in line]
+    assert len(warned) == 1 and "not one name per channel of the 1-channel data" in warned[0]
+    assert len(list((tmp_path / "run" / "samples").glob("step-*/*.png"))) >= 2
+
+
+def test_a_scheduler_of_none_in_the_dict_form_is_no_scheduler(tmp_path):
+    state = trainer(tmp_path).fit(
+        Scheduled(lambda o: {"scheduler": None, "interval": "step"}), loader(8)
+    )
+    assert state.global_step == 2

@@ -517,8 +517,10 @@ def test_the_title_is_whole_on_the_narrow_panels_of_short_sequences(frames):
     from stpdist.cli import stored_frames_figure
 
     x = np.random.default_rng(0).random((frames, 2, 16, 16), dtype=np.float32)
+    long_key = "station_" + "x" * 40 + "_2019-01-01T00-00_" + "y" * 40  # shortened in its middle
     for fig in (
         sample_figure(x, x, x * 0.9, key="test_0000123$x$", step=12345678),
+        sample_figure(x, x, x * 0.9, key=long_key, step=100),
         stored_frames_figure(x, "test_0000123"),
     ):
         title = fig._suptitle

@@ -35,7 +35,7 @@ import stat
 import tarfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +268,16 @@ def write_index(folder: str | Path, index: SplitIndex) -> Path:
     return path
 
 
+def _known(kind: type, entries: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `entries` that are fields of `kind`: an index written by a newer
+    stpdist may add optional ones (as `fingerprint` was added), which this one does not
+    use; a change that must not be ignored raises FORMAT_VERSION instead."""
+    if not isinstance(entries, dict):
+        raise TypeError(f"expected a mapping, got {type(entries).__name__}")
+    names = {f.name for f in fields(kind)}
+    return {k: v for k, v in entries.items() if k in names}
+
+
 def read_index(folder: str | Path) -> SplitIndex:
     path = Path(folder) / INDEX_FILE
     if not os.path.lexists(path):
@@ -279,8 +289,8 @@ def read_index(folder: str | Path) -> SplitIndex:
     require_file(path)
     try:
         raw = json.loads(path.read_text())
-        raw["shards"] = [ShardInfo(**s) for s in raw["shards"]]
-        index = SplitIndex(**raw)
+        raw["shards"] = [ShardInfo(**_known(ShardInfo, s)) for s in raw["shards"]]
+        index = SplitIndex(**_known(SplitIndex, raw))
     except (KeyError, TypeError, ValueError) as exc:
         raise ShardFormatError(f"{path}: malformed index ({exc})") from exc
     if index.format_version != FORMAT_VERSION:
@@ -585,11 +595,18 @@ def _long_name(kind: bytes, data: bytes) -> str | None:
     """The path a pax (`x`) or GNU long-name (`L`) header gives the next member."""
     if kind == b"L":
         return data.rstrip(b"\0").decode()
-    path = None
-    for record in data.decode("utf-8", "replace").splitlines():
-        _, _, field_ = record.partition(" ")
-        if field_.startswith("path="):
-            path = field_[5:]
+    path, at = None, 0
+    while at < len(data):  # records "<length> <key>=<value>\n", the length counting it all
+        space = data.find(b" ", at)
+        if space <= at or not data[at:space].isdigit():
+            break  # not a record: the rest is ignored, as tar readers do
+        length = int(data[at:space])
+        if length <= space - at:
+            break
+        key, _, value = data[space + 1 : at + length - 1].partition(b"=")
+        if key == b"path":  # a value may hold any character, line separators included
+            path = value.decode("utf-8", "replace")
+        at += length
     return path
 
 

@@ -108,7 +108,10 @@ class _ShardSource:
         A shard whose `shard_fingerprint` (its count, size and ends: two reads) is the one
         its writer recorded is not counted again. On a parallel filesystem this spares every
         rank a read per tar member of every shard at every start; a count edited by hand, a
-        shard rewritten, or an index without fingerprints is counted from the headers."""
+        shard rewritten, or an index without fingerprints is counted from the headers. What
+        the fingerprint cannot see, a shard damaged inside without a change of size (a
+        corrupt member header), is found as it is read: an error naming it, or in skip mode
+        its unreadable rest skipped and counted."""
         if self._counts_checked or self.url_template is not None:
             return
         for shard in self.index.shards:
