@@ -422,6 +422,8 @@ def _one_pass(
 def serve_probe(kind: str, path: str, batch: int) -> None:
     """The loader process: build loader `kind`, say so, then run one pass per `run W R`
     line on stdin (W workers, round R), answering each with one JSON line."""
+    from .data import stream  # noqa: F401  (code, not the loader's data: before the baseline)
+
     baseline_kb = _status_kb("self", "VmRSS") or 0
     loader = _open_loader(kind, path, batch)
     ready = {
