@@ -4,6 +4,7 @@ netCDF/Zarr converter, verification scores (tensors B×T×C×H×W, frames T×C×
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -656,6 +657,23 @@ def test_sevir_events_become_13_to_12_windows_split_by_date(tmp_path):
         assert sorted(got) == sorted(f"{e}_{s:02d}" for e in events for s in (0, 12, 24))
         for window, meta in got.values():
             np.testing.assert_array_equal(window, data[meta["event"]][meta["start"] :][:25])
+
+
+def test_sevir_says_which_split_no_event_falls_into(tmp_path, caplog):
+    """A catalog without events after --test-from wrote no test split without a word."""
+    from stpdist.data.sources.sevir import Sevir
+
+    sevir_layout(tmp_path / "sevir")
+    catalog = str(tmp_path / "sevir" / "CATALOG.csv")
+    with caplog.at_level(logging.WARNING, logger="stpdist"):
+        splits = Sevir(catalog, test_from="2020-01-01").splits()
+    assert sorted(splits) == ["train", "val"]
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert "no event falls from --test-from 2020-01-01 on: no test split is written" in said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="stpdist"):
+        assert sorted(Sevir(catalog).splits()) == ["test", "train", "val"]
+    assert not caplog.records
 
 
 def test_sevir_bad_inputs_name_the_file(tmp_path):

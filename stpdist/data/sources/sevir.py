@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ...console import log
 from ...errors import InputError
 from ..format import require_file
 from .series import check_window
@@ -106,6 +107,7 @@ class Sevir:
             by_split.setdefault(split, {}).setdefault(row["file_name"], []).append(
                 (row["id"], index)
             )
+        _say_empty_splits(by_split, val_from, test_from, path)
         # one work item per (split, file): events read from one HDF5 file at a time
         return {
             split: [(file, events) for file, events in sorted(by_split[split].items())]
@@ -157,3 +159,29 @@ class Sevir:
             "val_from": self.val_from,
             "test_from": self.test_from,
         }
+
+
+def _say_empty_splits(
+    by_split: dict[str, Any], val_from: Any, test_from: Any, catalog: Path
+) -> None:
+    """A warning for each split the dates ask for that no event falls into (it is not
+    written): a catalog of older events has no test split under the default dates."""
+    bounds = {
+        "train": f"before {val_from or test_from}" if (val_from or test_from) else "",
+        "val": (
+            f"from --val-from {val_from}"
+            + (f" until --test-from {test_from}" if test_from is not None else " on")
+            if val_from is not None
+            else ""
+        ),
+        "test": f"from --test-from {test_from} on" if test_from is not None else "",
+    }
+    for split, span in bounds.items():
+        if span and split not in by_split:
+            log.warning(
+                "%s: no event falls %s: no %s split is written (set --val-from/--test-from "
+                "to dates within the catalog's events)",
+                catalog,
+                span,
+                split,
+            )
