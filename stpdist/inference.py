@@ -189,14 +189,21 @@ def check_inputs(
         return  # no range to compare
     value_range = getattr(module, "value_range", None)
     if value_range is not None:
-        _warn_on_units(array, value_range, getattr(module, "value_scale", 1.0), where)
+        names = getattr(module, "channel_names", None)
+        _warn_on_units(array, value_range, getattr(module, "value_scale", 1.0), where, names)
 
 
 def _warn_on_units(
-    array: np.ndarray, value_range: tuple[list[float], list[float]], value_scale: float, where: str
+    array: np.ndarray,
+    value_range: tuple[list[float], list[float]],
+    value_scale: float,
+    where: str,
+    names: list[str] | None = None,
 ) -> None:
     """A warning when the inputs' values do not look like the training data's (stored)
-    units; a warning, not an error: a quiet day of radar data is dim but right."""
+    units; a warning, not an error: a quiet day of radar data is dim but right. Each
+    channel out of its own range is named (`names`: the variables, else c0, c1, …): a
+    swap of two variables keeps the overall range."""
     channels = array.shape[-3]
     per_channel = np.moveaxis(array, -3, 0).reshape(channels, -1)
     low, high = per_channel.min(axis=1).astype(float), per_channel.max(axis=1).astype(float)
@@ -216,11 +223,20 @@ def _warn_on_units(
             "multiply by the value scale %g",
             where, low.min(), high.max(), train_low.min(), train_high.max(), value_scale,
         )  # fmt: skip
-    elif ((low < train_low - span / 2) | (high > train_high + span / 2)).any():
+    elif (far := (low < train_low - span / 2) | (high > train_high + span / 2)).any():
+        names = names or [f"c{c}" for c in range(channels)]
+        shown = [
+            f"{names[c]} {low[c]:.4g}…{high[c]:.4g} (trained on {train_low[c]:.4g}…"
+            f"{train_high[c]:.4g})"
+            for c in np.flatnonzero(far)[:3]
+        ]
+        order = (
+            f"; channels in the training data's order: {', '.join(names)}" if channels > 1 else ""
+        )
         log.warning(
-            "%s: values %.4g…%.4g lie far outside the training data's range %.4g…%.4g; "
-            "forecast takes the units the training data were stored in",
-            where, low.min(), high.max(), train_low.min(), train_high.max(),
+            "%s: values far outside the training data's range: %s%s; forecast takes the "
+            "units the training data were stored in%s",
+            where, ", ".join(shown), " …" if far.sum() > 3 else "", order,
         )  # fmt: skip
 
 
