@@ -263,12 +263,17 @@ def latitude_weights(latitudes_deg: Any) -> np.ndarray:
 
 
 def geo_sums(
-    pred_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor, geo: GeoInfo
+    pred_BTCHW: torch.Tensor,
+    target_BTCHW: torch.Tensor,
+    geo: GeoInfo,
+    *,
+    persistence: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per lead time and variable (T×C) sums of squared and absolute errors (scaled units);
     latitude-weighted squared errors when `geo` has latitudes; per-sample anomaly
     correlations (against the climatology, latitude-weighted when it can be) when it has a
-    climatology."""
+    climatology. The baselines' squared errors beside them: `persistence` (the last input
+    frame held, B×T×C×H×W) when given, the climatology when there is one."""
     pred, target = pred_BTCHW.double(), target_BTCHW.double()
     err = pred - target
     sums = {
@@ -284,9 +289,17 @@ def geo_sums(
     w = w.to(pred.device).view(1, 1, 1, -1, 1)
     if weights is not None:
         sums["var_wsq_err"] = (w * err.pow(2)).sum(dim=(0, 3, 4))
+    clim = None
     if geo.climatology is not None:
         clim = torch.as_tensor(np.asarray(geo.climatology), dtype=torch.float64)
         clim = clim.to(pred.device).unsqueeze(0).unsqueeze(0)  # 1×1×C×H×W
+    for name, baseline in (("persistence", persistence), ("climatology", clim)):
+        if baseline is not None:
+            base_sq = (baseline.double() - target).pow(2)
+            sums[f"var_{name}_sq_err"] = base_sq.sum(dim=(0, 3, 4))
+            if weights is not None:
+                sums[f"var_{name}_wsq_err"] = (w * base_sq).sum(dim=(0, 3, 4))
+    if clim is not None:
         fa, oa = pred - clim, target - clim
         num = (w * fa * oa).sum(dim=(3, 4))
         den = ((w * fa * fa).sum(dim=(3, 4)) * (w * oa * oa).sum(dim=(3, 4))).sqrt()
@@ -301,7 +314,9 @@ def summarize_geo(
     sums: dict[str, torch.Tensor], geo: GeoInfo, value_scale: float
 ) -> dict[str, float]:
     """`rmse/<var>`, `mae/<var>` (physical units), `wrmse/<var>` (latitude-weighted RMSE),
-    `acc/<var>` (mean anomaly correlation), each also per lead time (`…/t01`)."""
+    `acc/<var>` (mean anomaly correlation), each also per lead time (`…/t01`); beside them
+    the baselines' `persistence_rmse/<var>` and `climatology_rmse/<var>` (and `…_wrmse`)
+    where their sums are there."""
     count = float(sums["count"].sum())
     pixels = count * geo.height * geo.width
     per_lead: dict[str, torch.Tensor] = {
@@ -312,9 +327,13 @@ def summarize_geo(
         "rmse": (sums["var_sq_err"].mean(dim=0) / pixels).sqrt() * value_scale,
         "mae": per_lead["mae"].mean(dim=0),
     }
-    if "var_wsq_err" in sums:
-        per_lead["wrmse"] = (sums["var_wsq_err"] / pixels).sqrt() * value_scale
-        overall["wrmse"] = (sums["var_wsq_err"].mean(dim=0) / pixels).sqrt() * value_scale
+    for prefix in ("", "persistence_", "climatology_"):
+        for weighted in ("", "w"):
+            key = f"var_{prefix}{weighted}sq_err"
+            if key in sums and (prefix or weighted):
+                score = f"{prefix}{weighted}rmse"
+                per_lead[score] = (sums[key] / pixels).sqrt() * value_scale
+                overall[score] = (sums[key].mean(dim=0) / pixels).sqrt() * value_scale
     if "var_acc" in sums:  # mean over the (sample, lead time) pairs where ACC is defined
         defined = sums.get("var_acc_count", torch.full_like(sums["var_acc"], count))
         per_lead["acc"] = sums["var_acc"] / defined  # 0 / 0: NaN, none defined

@@ -360,7 +360,7 @@ class Forecaster(EnhancedModule):
         last = inputs[:, -1:].expand_as(targets)
         sums["persistence_sq_err"] = (last - targets).double().pow(2).sum(dim=(2, 3, 4)).sum(0)
         if self.geo is not None:
-            sums.update(metrics.geo_sums(pred, targets, self.geo))
+            sums.update(metrics.geo_sums(pred, targets, self.geo, persistence=last))
         if self.lpips is not None:
             sums.update(self.lpips.sums(pred, targets))
         pools, fss = self.config.evaluation.csi_pool_sizes, self.config.evaluation.fss_sizes

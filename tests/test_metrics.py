@@ -114,3 +114,41 @@ def test_a_variable_named_like_a_lead_time_is_not_a_lead_time():
         ["val/rmse", "1", "0.5", "1.5"],
         ["val/rmse/t850", "2", "1", "3"],
     ]
+
+
+def test_per_variable_persistence_and_climatology_baselines_match_numpy():
+    """Beside each variable's RMSE, its baselines' (the last input held; the climatology),
+    plain and latitude-weighted: the references a weather score is read against."""
+    from stpdist.metrics import GeoInfo, geo_sums, latitude_weights, summarize_geo
+
+    rng = np.random.default_rng(5)
+    target = rng.random((4, 3, 2, 6, 8))
+    pred, last = target + 0.1 * rng.standard_normal(target.shape), rng.random((4, 1, 2, 6, 8))
+    lat = np.linspace(-60, 60, 6)
+    clim = target.mean(axis=(0, 1)) + 0.05
+    geo = GeoInfo(["z500", "t2m"], 6, 8, latitudes=list(lat), climatology=clim)
+    halves = [
+        geo_sums(
+            torch.from_numpy(pred[s]), torch.from_numpy(target[s]), geo,
+            persistence=torch.from_numpy(last[s]).expand(-1, 3, -1, -1, -1),
+        )
+        for s in (slice(0, 1), slice(1, 4))
+    ]  # fmt: skip
+    sums = {k: halves[0][k] + halves[1][k] for k in halves[0]}
+    sums["count"] = torch.tensor([4.0], dtype=torch.float64)
+    got = summarize_geo(sums, geo, 100.0)
+    w = latitude_weights(lat)[None, :, None]
+    for name, baseline in (
+        ("persistence", np.broadcast_to(last, target.shape)),
+        ("climatology", clim),
+    ):
+        err = np.broadcast_to(baseline, target.shape) - target
+        for c, var in enumerate(["z500", "t2m"]):
+            overall = np.sqrt((err[:, :, c] ** 2).mean()) * 100
+            assert got[f"{name}_rmse/{var}"] == pytest.approx(overall)
+            for t in range(3):
+                plain = np.sqrt((err[:, t, c] ** 2).mean()) * 100
+                weighted = np.sqrt((w * err[:, t, c] ** 2).mean()) * 100
+                assert got[f"{name}_rmse/{var}/t{t + 1:02d}"] == pytest.approx(plain)
+                assert got[f"{name}_wrmse/{var}/t{t + 1:02d}"] == pytest.approx(weighted)
+    assert got["rmse/z500"] < got["persistence_rmse/z500"]  # the model, not a baseline
