@@ -125,6 +125,8 @@ class TrainState:
     settings: dict[str, Any] | None = None
     """The resolved settings a resume must keep (the optimizer's, the seed, the train
     source's batch size and shuffle buffer; `Trainer._settings_of`); None: not recorded."""
+    planned_steps: int | None = None
+    """The optimizer steps the run that wrote it planned in all (None: not recorded)."""
     epoch_origin: dict[str, Any] | None = None
     """Mid-epoch after a resume on another number of ranks: how the epoch began
     (`stpdist.data.loading.EpochOrigin`'s fields); `batch` then counts the micro-batches
@@ -970,8 +972,8 @@ def _state_record(path: Path) -> tuple[TrainState, int]:
         low = 1 if name == "world_size" else 0
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise CheckpointError(f"{file}: '{name}' must be an integer >= {low}, got {value!r}")
-    for name in ("gradient_accumulation_steps", "num_workers", "batch_size"):
-        value, low = raw.get(name), 0 if name == "num_workers" else 1
+    for name in ("gradient_accumulation_steps", "num_workers", "batch_size", "planned_steps"):
+        value, low = raw.get(name), 0 if name in ("num_workers", "planned_steps") else 1
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or value < low
         ):

@@ -207,7 +207,9 @@ class TrainerConfig:
     """Recompute each recurrent step's activations in the backward instead of keeping
     all of them: less memory for long sequences and wide cells, more compute."""
     progress_bar: bool = True
-    """Show a tqdm bar on the main process."""
+    """Show a tqdm bar on the main process when its output is a terminal. Written to a file
+    (a SLURM log), or with the bar off, training says a line at each log step instead:
+    `[step N/total] epoch E, loss …, lr …, … samples/s`."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpoint policy."""
     ema: Optional[EmaConfig] = None
@@ -434,6 +436,10 @@ class LoggingConfig:
     num_samples: int = checked(4, _non_negative)
     """Validation samples rendered as pictures at each validation (the same keys each time);
     0 renders none."""
+    samples_every_n_validations: int = checked(1, _positive)
+    """Draw the pictures (panels, GIFs, lead-time plot; on the trackers too) at the 1st
+    validation and every N-th after it (1, N+1, 2N+1, …), numbered by the validation steps in
+    metrics.jsonl, so resumes keep the rhythm; the metrics are logged at every validation."""
     colormap: Optional[str] = checked(None, _colormap)
     """matplotlib colormap for sample pictures (e.g. "viridis" for radar or flows; None:
     gray, or RGB for 3 channels)."""

@@ -398,6 +398,13 @@ class Forecaster(EnhancedModule):
         return out
 
     @property
+    def schedule_follows_plan(self) -> bool:
+        """Whether the lr schedule's length is the steps `fit` plans (a `cosine` without
+        `model.schedule.total_steps`): a resume that plans more stretches it."""
+        schedule = self.config.schedule
+        return schedule.name == "cosine" and not schedule.total_steps
+
+    @property
     def channel_names(self) -> list[str] | None:
         """A name per channel (the dataset's variables, e.g. z500, t2m), which sample
         pictures label their rows with; None where the module has no `geo` (`c0`, `c1`…)."""

@@ -18,6 +18,7 @@ step wandb holds; tensorboard drops the earlier events above the checkpoint's st
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -31,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import replace_text
-from .config import Config, LoggingConfig, to_dict
-from .console import plain, say
+from .config import Config, LoggingConfig, check_values, to_dict
+from .console import log, plain, say
 from .errors import InputError
 
 _PACKAGES = {"wandb": ("wandb", "wandb"), "tensorboard": ("tensorboard", "tensorboard")}
@@ -97,6 +98,7 @@ class Tracker:
     def __init__(
         self, output_dir: str | Path, config: LoggingConfig, *, run_config: Config | None = None
     ) -> None:
+        check_values(config, "logging.")  # a LoggingConfig built in Python: checked here
         self.output_dir = Path(output_dir)
         self.config = config
         self.run_config = run_config
@@ -106,6 +108,8 @@ class Tracker:
         self._record: dict[str, Any] = {}  # tracker.json's content, once started
         self._wandb_floor: int | None = None  # the newest step wandb held at the start
         self._wandb_offline: Path | None = None  # the offline run's wandb folder
+        self._validation: tuple[int, int] | None = None  # (number, step) of the newest
+        self._pictures_failed = False  # whether a validation's pictures failed to be written
 
     @property
     def num_samples(self) -> int:
@@ -270,35 +274,82 @@ class Tracker:
     ) -> Path | None:
         """Panels (PNG), GIFs and the per-lead-time plot of a validation, in
         `samples/step-N/` and on every tracker (images; GIF videos on wandb); channels
-        labelled by `channel_names` (the dataset's variables) where given."""
-        if not self.is_main or not samples:
+        labelled by `channel_names` (the dataset's variables) where given. Drawn at the
+        validations `logging.samples_every_n_validations` picks (`_pictures_due`). Pictures
+        never stop a run: a failure to draw or write them (a full disk) is a warning naming
+        the folder, this validation's picture files are removed, and None is returned."""
+        if not self.is_main or not samples or not self._pictures_due(step):
             return None
-        from .visualize import plot_lead_times, save_samples
+        from .visualize import plot_lead_times, sample_file_stems, save_samples
 
         folder = self.output_dir / "samples" / f"step-{step:08d}"
         # file names (and tracker tags) from sanitised keys: a key never leaves `folder`
-        written = save_samples(
-            folder, samples, self.config.colormap, step=step, channel_names=channel_names
-        )
-        panels = [(stem, png) for stem, png, _ in written]
-        gifs = [(stem, gif) for stem, _, gif in written if gif is not None]
-        plot = plot_lead_times(results, folder / "lead_time.png")
+        stems = sample_file_stems(key for key, *_ in samples)
+        try:
+            written = save_samples(
+                folder, samples, self.config.colormap, step=step, channel_names=channel_names
+            )
+            plot = plot_lead_times(results, folder / "lead_time.png")
+            images = _read_pictures(written, plot) if self._tracking else {}
+        except Exception as exc:  # (not KeyboardInterrupt, SystemExit: those stop the run)
+            # pictures are a view of the run, not its result: a full disk, a folder that
+            # cannot be made or a drawing error must not end hours of training
+            names = [f"{stem}{suffix}" for stem in stems for suffix in (".png", ".gif")]
+            self._picture_failure(folder, step, exc, [*names, "lead_time.png"])
+            return None
         if self._tracking:
-            self._send_pictures(panels, gifs, plot, step)
+            gifs = [(stem, gif) for stem, _, gif in written if gif is not None]
+            self._send_pictures(images, gifs, step)
         return folder
 
-    def _send_pictures(
-        self,
-        panels: list[tuple[str, Path]],
-        gifs: list[tuple[str, Path]],
-        plot: Path | None,
-        step: int,
-    ) -> None:
-        from PIL import Image
+    def _pictures_due(self, step: int) -> bool:
+        """Whether the validation at `step` is drawn: validations are numbered 1, 2, … and
+        number 1 and every `samples_every_n_validations`-th after it are (1, N+1, 2N+1, …).
+        Its number is one more than the steps before `step` that `metrics.jsonl` holds
+        validation results of (`val/num_samples`), read once per process: across resumes
+        the same validations are drawn as in an uninterrupted run (a training started from
+        step 0 moves older lines aside, so it starts at 1)."""
+        every = self.config.samples_every_n_validations
+        if every == 1:
+            return True
+        if self._validation is None:
+            earlier = {
+                record["step"]
+                for record in self.metrics.records()
+                if "val/num_samples" in record
+                and isinstance(record.get("step"), int)
+                and record["step"] < step
+            }
+            number = len(earlier) + 1
+        else:
+            newest, newest_step = self._validation
+            number = newest + (step != newest_step)  # the same step again: the same number
+        self._validation = (number, step)
+        return (number - 1) % every == 0
 
-        images = {f"samples/{key}": [np.asarray(Image.open(p).convert("RGB"))] for key, p in panels}
-        if plot is not None:
-            images["val/lead_time"] = [np.asarray(Image.open(plot).convert("RGB"))]
+    def _picture_failure(self, folder: Path, step: int, exc: Exception, names: list[str]) -> None:
+        """Warn, in one line naming `folder` and the error, and remove the picture files
+        `names` of this validation from it (complete or partly written), and the folder if
+        that leaves it empty."""
+        error = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        message = (
+            f"{folder}: the sample pictures of step {step} were not written "
+            f"({type(exc).__name__}{': ' + error if error else ''}); training goes on"
+        )
+        if not self._pictures_failed:
+            message += " (later validations still try to write theirs)"
+        self._pictures_failed = True
+        log.warning("%s", message)
+        if folder.is_dir():
+            for name in names:
+                with contextlib.suppress(OSError):
+                    (folder / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: files of others stay
+
+    def _send_pictures(
+        self, images: dict[str, list[np.ndarray]], gifs: list[tuple[str, Path]], step: int
+    ) -> None:
         trackers = [t for t in self.accelerator.trackers if self._takes(t, step)]
         for tracker in trackers:
             if tracker.name == "tensorboard":
@@ -313,6 +364,19 @@ class Tracker:
             self.accelerator.get_tracker("wandb", unwrap=True).log(
                 {"samples/gifs": videos}, step=step
             )
+
+
+def _read_pictures(
+    written: list[tuple[str, Path, Path | None]], plot: Path | None
+) -> dict[str, list[np.ndarray]]:
+    """The panels (`save_samples`' [(stem, png, gif)]) and the lead-time plot as RGB arrays
+    for the trackers, tagged `samples/<stem>` and `val/lead_time`."""
+    from PIL import Image
+
+    pictures = [(f"samples/{stem}", png) for stem, png, _ in written]
+    if plot is not None:
+        pictures.append(("val/lead_time", plot))
+    return {tag: [np.asarray(Image.open(path).convert("RGB"))] for tag, path in pictures}
 
 
 def _numbers(values: dict[str, Any]) -> dict[str, Any]:

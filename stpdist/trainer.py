@@ -19,6 +19,7 @@ import inspect
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -339,6 +340,9 @@ class Meter:
         self._window: dict[str, Any] = {}
         self._epoch: dict[str, Any] = {}
         self._window_start = self._epoch_start = time.perf_counter()
+        self._paused_at: float | None = None
+        self.partial_epoch = False
+        """The current epoch began before this process (a mid-epoch resume): no epoch loss."""
 
     def add(self, loss: torch.Tensor | None, samples: int, extras: dict[str, Any]) -> None:
         """One micro-batch: this rank's loss (None when skipped on every rank), the global
@@ -353,6 +357,18 @@ class Meter:
                 if isinstance(value, torch.Tensor):
                     value = value.detach().double()
                 sums[key] = sums[key] + value if key in sums else value
+
+    def restart_clocks(self) -> None:
+        """After a checkpoint or validation: the window's samples/s and the epoch's time_s
+        count training time only (they held the pause, a 40× dip after each validation)."""
+        pause = time.perf_counter() - self._paused_at if self._paused_at else 0.0
+        self._window_start += pause
+        self._epoch_start += pause
+        self._paused_at = None
+
+    def pause_clocks(self) -> None:
+        """Before a checkpoint or validation (see `restart_clocks`)."""
+        self._paused_at = time.perf_counter()
 
     def _means(self, sums: dict[str, Any]) -> dict[str, float]:
         """Per-batch means: the loss over every rank, the extras of this rank."""
@@ -378,13 +394,14 @@ class Meter:
         return means
 
     def epoch(self) -> tuple[dict[str, float], int]:
-        """The epoch's mean loss (none when this process trained on no batch of it: all
-        skipped, or resumed at its end) and duration, and the number of micro-batches every
-        rank skipped; starts a new epoch."""
+        """The epoch's mean loss (none when this process trained on no batch of it, all
+        skipped, or on part of it only: resumed mid-epoch) and duration, and the number of
+        micro-batches every rank skipped; starts a new epoch."""
         sums, elapsed = self._epoch, time.perf_counter() - self._epoch_start
         self._epoch, self._epoch_start = {}, time.perf_counter()
-        skipped = sums.get("skipped", 0)
-        summary = {"train/epoch_loss": self._means(sums)["loss"]} if sums.get("batches") else {}
+        skipped, partial, self.partial_epoch = sums.get("skipped", 0), self.partial_epoch, False
+        whole = sums.get("batches") and not partial
+        summary = {"train/epoch_loss": self._means(sums)["loss"]} if whole else {}
         return {**summary, "time_s": round(elapsed, 2)}, skipped
 
 
@@ -917,6 +934,10 @@ class Trainer:
             with self._preempted_if_validation_abandoned(state):
                 validator.resume(state)
                 meter = Meter(acc)
+                # an epoch begun before this process: its loss here would be a part's mean
+                meter.partial_epoch = state.batch > 0 or state.epoch_origin is not None
+                self._say_schedule_stretched(saved, total_steps, module, scheduler)
+                state.planned_steps = total_steps
                 bar = self._progress(total_steps, state.global_step)
                 module.train()
                 while state.global_step < total_steps and state.epoch < max_epochs:
@@ -946,8 +967,10 @@ class Trainer:
                         if epoch_end:
                             break
                         # checkpoint first: a failing validation must not cost the training
+                        meter.pause_clocks()  # throughput counts training time only
                         self.checkpoints.maybe_save(state)
                         validator.maybe_run(state)
+                        meter.restart_clocks()
                         if state.global_step >= total_steps or self._stopping_early(state):
                             break
                     stopped = self._stopping_early(state)
@@ -970,6 +993,24 @@ class Trainer:
                     say(self.early_stopping.reason(state.global_step))
                 acc.wait_for_everyone()
                 return state
+
+    def _say_schedule_stretched(
+        self, saved: TrainState | None, total: int, module: EnhancedModule, scheduler: Any
+    ) -> None:
+        """One line when a resume plans another number of steps than the checkpoint's run
+        and the module's lr schedule spans the planned steps (`schedule_follows_plan`): the
+        schedule is rebuilt for the new length, so its rate jumps at the first step."""
+        before = None if saved is None else saved.planned_steps
+        if before in (None, total) or scheduler is None:
+            return
+        if not getattr(module, "schedule_follows_plan", False):
+            return
+        log.warning(
+            "the checkpoint's run planned %d steps, this one %d: the lr schedule, which spans "
+            "the planned steps, is rebuilt for %d from here, so its rate jumps at step %d; to "
+            "keep the first run's schedule set model.schedule.total_steps=%d",
+            before, total, total, saved.global_step + 1, before,
+        )  # fmt: skip
 
     def _preempt(self, state: TrainState, bar: Any = None) -> None:
         """Every rank agreed to stop after this step: a checkpoint (unless one is there),
@@ -1039,10 +1080,16 @@ class Trainer:
         return model, self.accelerator.prepare(optimizer), scheduler, interval
 
     def _progress(self, total: int, initial: int) -> Any:
-        """A bar over optimizer steps (the epoch is shown beside it), main process only."""
-        enabled = self.is_main and self.config.progress_bar
+        """A bar over optimizer steps (the epoch is shown beside it), main process only, on
+        a terminal: written to a file (a SLURM log) a bar is one line redrawn thousands of
+        times, so there `_log_window` says a line at each log step instead."""
+        self._bar_shown = self.is_main and self.config.progress_bar and _is_terminal(sys.stderr)
         return tqdm(
-            total=total, initial=initial, disable=not enabled, dynamic_ncols=True, unit="step"
+            total=total,
+            initial=initial,
+            disable=not self._bar_shown,
+            dynamic_ncols=True,
+            unit="step",
         )
 
     @contextmanager
@@ -1277,10 +1324,13 @@ class Trainer:
         if self._grad_norm is not None:  # host sync: the log step's one read of the norm
             scalars["train/grad_norm"], self._grad_norm = float(self._grad_norm), None
         self.tracker.log(scalars, step=state.global_step, epoch=state.epoch)
-        bar.set_postfix_str(
+        progress = (
             f"epoch {state.epoch}, loss {scalars['train/loss']:.4g}, "
             f"lr {scalars['train/lr']:.3g}, {scalars['train/samples_per_s']:.3g} samples/s"
         )
+        bar.set_postfix_str(progress)
+        if not self._bar_shown:  # a log file: a line a log step, not a redrawn bar
+            say(f"[step {state.global_step}/{self._total_steps}] {progress}")
 
     def _end_epoch(
         self,
@@ -1304,8 +1354,10 @@ class Trainer:
                 skipped,
             )
         self.tracker.log(summary, step=state.global_step, epoch=finished)
+        meter.pause_clocks()
         self.checkpoints.maybe_save(state, epoch_end=True)
         validator.maybe_run(state, epoch_end=True)  # its results: a line of their own
+        meter.restart_clocks()  # the next epoch's time and throughput: its training only
         say(
             f"epoch {finished} done: step {state.global_step}/{total_steps}, {format_scalars(summary)}"
         )
@@ -1867,6 +1919,11 @@ def _check_launcher_precision(precision: str) -> None:
             f"precision from its config; set trainer.mixed_precision={asked}, or launch with "
             "--mixed_precision no"
         )
+
+
+def _is_terminal(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
 
 
 def _fast_bf16_cpu() -> bool:

@@ -1,0 +1,92 @@
+"""What a long, unattended run shows in its log file and metrics: a line per log step
+instead of a redrawn bar when output is not a terminal; throughput and epoch times without
+the pauses of checkpoints and validations; no epoch loss of part of an epoch; a schedule
+stretched by a resume said at start."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ROOT, run_cli
+from helpers import TinyModule, loader
+
+from stpdist import Trainer
+from stpdist.checkpoint import CheckpointConfig
+
+
+def _rows(run) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_output_that_is_not_a_terminal_gets_a_line_per_log_step_not_a_bar(tmp_path, capsys):
+    """Redirected to a file (SLURM), the bar was one line redrawn 700 times per 320 steps;
+    with the bar off, nothing was said between epochs."""
+    for bar in (True, False):
+        run = tmp_path / f"bar-{bar}"
+        Trainer(output_dir=run, max_epochs=1, log_every_n_steps=2, progress_bar=bar).fit(
+            TinyModule(), loader(16)
+        )
+        out, err = capsys.readouterr()
+        assert "\r" not in out + err
+        lines = [line for line in out.splitlines() if line.startswith("[step ")]
+        assert [line.split("]")[0] for line in lines] == ["[step 2/4", "[step 4/4"]
+        assert "epoch 0, loss " in lines[0] and " samples/s" in lines[0]
+
+
+def test_throughput_and_epoch_time_leave_out_checkpoints_and_validations(monkeypatch):
+    """samples/s dipped 40-60× after each validation, and an epoch's time_s held the
+    previous epoch's validation: the clocks ran on through the pauses."""
+    import stpdist.trainer as trainer_module
+
+    now = [0.0]
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: now[0])
+    meter = trainer_module.Meter(accelerator=None)
+    meter.add(None, 10, {})  # skipped: no loss to reduce, samples counted
+    meter._window["batches"] = 0
+    now[0] = 1.0  # one second of training
+    meter.pause_clocks()
+    now[0] = 31.0  # a 30 s validation
+    meter.restart_clocks()
+    now[0] = 32.0  # one more second of training
+    assert meter._window_start == pytest.approx(30.0)
+    summary, _ = meter.epoch()
+    assert summary["time_s"] == pytest.approx(2.0)
+
+
+def test_an_epoch_resumed_midway_logs_no_loss_of_its_part(tmp_path):
+    """After a resume mid-epoch, train/epoch_loss averaged the steps since the resume
+    only, under the same key as whole epochs."""
+    every = CheckpointConfig(every_n_steps=1, every_epoch=True, keep_last=3)
+    fields = {"output_dir": tmp_path / "run", "progress_bar": False, "checkpoint": every}
+    Trainer(max_steps=2, **fields).fit(TinyModule(), loader(16))  # 2 of the epoch's 4 steps
+    Trainer(max_epochs=2, **fields).fit(TinyModule(), loader(16), resume="auto")
+    epochs = [r for r in _rows(tmp_path / "run") if "time_s" in r]
+    assert [("train/epoch_loss" in r) for r in epochs] == [False, True]
+
+
+def test_a_resume_that_stretches_a_cosine_schedule_says_so(tmp_path, caplog):
+    """Extended from 1 to 2 epochs, a cosine over the planned steps restarted its rate
+    (1e-4 at step 8, 1.4e-3 at step 9) without a word."""
+    debug = str(ROOT / "configs" / "debug.yaml")
+    cosine = ["model.schedule.name=cosine", "model.schedule.min_lr=0.0001", "logging.num_samples=0"]
+    run_cli("train", debug, *cosine, "trainer.max_epochs=1", cwd=tmp_path, check=True)
+    proc = run_cli(
+        "train",
+        debug,
+        *cosine,
+        "trainer.max_epochs=2",
+        "--resume",
+        "auto",
+        cwd=tmp_path,
+        check=True,
+    )
+    assert (
+        "the checkpoint's run planned 8 steps, this one 16: the lr schedule, which spans the "
+        "planned steps, is rebuilt for 16 from here, so its rate jumps at step 9; to keep the "
+        "first run's schedule set model.schedule.total_steps=8"
+    ) in proc.stderr
+    fixed = [*cosine, "model.schedule.total_steps=16", "trainer.output_dir=runs/fixed"]
+    run_cli("train", debug, *fixed, "trainer.max_epochs=1", cwd=tmp_path, check=True)
+    proc = run_cli("train", debug, *fixed, "trainer.max_epochs=2", "--resume", "auto", cwd=tmp_path)
+    assert proc.returncode == 0 and "rebuilt" not in proc.stderr
