@@ -18,7 +18,7 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 from test_convert import kth_videos, stored
-from test_weather import sevir_layout, weatherbench_folders
+from test_weather import sevir_layout, t2m_file, weatherbench1_single_levels, weatherbench_folders
 
 from stpdist.data.format import read_index
 from stpdist.data.sources import FORMATS
@@ -581,3 +581,41 @@ def test_netcdf_series_shorter_than_a_window_says_so(tmp_path):
     )
     run_cli(*shard, "--frames", "6", "--workers", "1", cwd=tmp_path, check=True)
     assert read_index(tmp_path / "ds" / "train").num_samples == 1
+
+
+def test_the_weather_guides_command_reads_weatherbench1_single_level_folders(tmp_path):
+    """docs/pages/guides/weather.md's `shard netcdf geopotential_500 temperature_850 --vars
+    z500,t850` said "missing variable 'z500' (found ['t', 'z'])": the folders hold z and t
+    at a scalar level coordinate. A name that matches nothing lists the names that do."""
+    weatherbench1_single_levels(tmp_path / "wb1")
+    shard = ("shard", "netcdf", "wb1/geopotential_500", "wb1/temperature_850", "--out", "ds",
+             "--frames", "6", "--stride", "2", "--workers", "1")  # fmt: skip
+    run_cli(*shard, "--vars", "z500,t850", cwd=tmp_path, check=True)
+    index = read_index(tmp_path / "ds" / "train")
+    assert [v["name"] for v in index.variables] == ["z500", "t850"] and index.num_samples == 6
+    assert error_line(run_cli(*shard, "--vars", "z500,t500", "--overwrite", cwd=tmp_path)) == (
+        "wb1/geopotential_500, wb1/temperature_850: variable 't' is held at no level 500, only "
+        "as t850 (a scalar level coordinate); ask for t850, or add the files of level 500"
+    )
+    assert error_line(run_cli(*shard, "--vars", "q700", "--overwrite", cwd=tmp_path)) == (
+        "wb1/geopotential_500, wb1/temperature_850: missing variable 'q700' (found t850 (t at "
+        "level 850), z500 (z at level 500))"
+    )
+
+
+def test_a_time_that_is_no_standard_calendar_date_is_one_line(tmp_path):
+    """A 'noleap' time stopped with xarray's advice (decode_times=False, install cftime); a
+    time in plain 'hours' converted as nanoseconds after 1970 (keys w197001010000…)."""
+    frames = np.zeros((8, 4, 4), np.float32)
+    t2m_file(
+        tmp_path / "noleap.nc", frames, {"units": "hours since 2015-01-01", "calendar": "noleap"}
+    )
+    t2m_file(tmp_path / "hours.nc", frames, {"units": "hours"})
+    shard = ("shard", "netcdf", "--vars", "t2m", "--frames", "2", "--out", "ds")
+    line = error_line(run_cli(*shard, "noleap.nc", cwd=tmp_path))
+    assert line.startswith("noleap.nc: coordinate 'time' has calendar 'noleap', and stpdist ")
+    assert error_line(run_cli(*shard, "hours.nc", cwd=tmp_path)).startswith(
+        "hours.nc: coordinate 'time': time values are not dates: units 'hours' has no "
+        "reference date; give it CF units '<unit> since <date>'"
+    )
+    assert not (tmp_path / "ds").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -357,17 +358,19 @@ def test_weatherbench_netcdf_folders_round_trip(tmp_path):
     np.testing.assert_allclose(index.latitudes, _grid()[0])
     assert len(index.longitudes) == 16 and index.value_scale == 1.0
     across_years = 0
-    train_frames = []
+    train_steps: set[int] = set()
     for split in ("train", "val", "test"):
         for window, meta in stored(tmp_path / "out" / split).values():
             s = int(np.flatnonzero(times == np.datetime64(meta["start"], "ns"))[0])
             np.testing.assert_array_equal(window, expected[s : s + 4])  # exact
             across_years += s < 16 <= s + 3
             if split == "train":
-                train_frames.append(window)
+                train_steps.update(range(s, s + 4))
     assert across_years == 1  # one window reads two yearly files
     clim = np.load(tmp_path / "out" / "train" / "climatology.npy")
-    np.testing.assert_allclose(clim, np.concatenate(train_frames).mean(axis=0), rtol=1e-6)
+    # the time mean of the train steps, each once (windows overlap by a frame: --stride 3)
+    train = expected[sorted(train_steps)]
+    np.testing.assert_allclose(clim, train.mean(axis=0), rtol=1e-6)
     from stpdist.data.sources.netcdf import XarraySource
 
     with pytest.raises(ValueError, match="missing variable 'q700'"):
@@ -455,7 +458,7 @@ def test_netcdf_bad_inputs_are_one_line_naming_the_file(tmp_path):
         convert(source, tmp_path / "out", progress=False)
     source = XarraySource([str(tmp_path / "nan.zarr")], var_specs="2m_temperature", num_frames=2)
     index = convert(source, tmp_path / "out", progress=False, nan_fill=0.0)["train"]
-    assert index.num_samples == 7 and index.min[0] == 0.0
+    assert index.num_samples == 7 and index.min[0] >= 280  # the fill 0 is no value of t2m
     bad = xr.Dataset(
         {"x": (("time", "y"), np.zeros((2, 3), np.float32))},
         coords={"time": np.array(["2020-01-01", "2020-01-02"], "datetime64[ns]")},
@@ -463,6 +466,317 @@ def test_netcdf_bad_inputs_are_one_line_naming_the_file(tmp_path):
     bad.to_netcdf(tmp_path / "bad.nc", engine="h5netcdf")
     with pytest.raises(ValueError, match=r"bad\.nc: variable 'x' has dims \('time', 'y'\)"):
         XarraySource([str(tmp_path / "bad.nc")], var_specs="x").splits()
+
+
+def weatherbench1_single_levels(root: Path, steps: int = 8) -> dict:
+    """WeatherBench 1's single-level folders: `geopotential_500/geopotential_500_<year>_
+    5.625deg.nc` holds z(time, lat, lon) with a scalar coordinate `level = 500`,
+    `temperature_850/…` t(time, lat, lon) with `level = 850`; 6-hourly, one file a year."""
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    lat, lon = _grid()
+    rng = np.random.default_rng(5)
+    start = np.datetime64("2001-01-01T00:00", "ns") - steps * np.timedelta64(6, "h")
+    time = start + np.arange(2 * steps) * np.timedelta64(6, "h")
+    z = (54_000 + 3_000 * rng.random((2 * steps, len(lat), len(lon)))).astype(np.float32)
+    t = (270 + 10 * rng.random((2 * steps, len(lat), len(lon)))).astype(np.float32)
+    for folder, name, data, level, units in (
+        ("geopotential_500", "z", z, 500, "m**2 s**-2"),
+        ("temperature_850", "t", t, 850, "K"),
+    ):
+        (root / folder).mkdir(parents=True)
+        for i, year in enumerate((2000, 2001)):
+            part = slice(i * steps, (i + 1) * steps)
+            ds = xr.Dataset(
+                {name: (("time", "lat", "lon"), data[part], {"units": units})},
+                coords={"time": time[part], "lat": lat, "lon": lon, "level": np.int64(level)},
+            )
+            ds.to_netcdf(root / folder / f"{folder}_{year}_5.625deg.nc", engine="h5netcdf")
+    return {"z": z, "t": t, "time": time}
+
+
+def test_weatherbench1_single_level_folders_take_the_guides_names(tmp_path):
+    """`--vars z500,t850` on `geopotential_500/` and `temperature_850/` (z and t at scalar
+    levels) said "missing variable 'z500' (found ['t', 'z'])": the guide's headline command."""
+    from stpdist.data.convert import convert
+    from stpdist.data.sources.netcdf import XarraySource
+
+    full = weatherbench1_single_levels(tmp_path / "wb1")
+    folders = [str(tmp_path / "wb1" / f) for f in ("geopotential_500", "temperature_850")]
+    source = XarraySource(folders, var_specs="z500,t850", num_frames=4, stride=4)
+    index = convert(source, tmp_path / "out", progress=False)["train"]
+    assert index.variables == [
+        {"name": "z500", "units": "m**2 s**-2"}, {"name": "t850", "units": "K"}
+    ]  # fmt: skip
+    got = stored(tmp_path / "out" / "train")
+    assert len(got) == 4  # 16 steps, two files each
+    for window, meta in got.values():
+        s = int(np.flatnonzero(full["time"] == np.datetime64(meta["start"], "ns"))[0])
+        np.testing.assert_array_equal(window[:, 0], full["z"][s : s + 4])
+        np.testing.assert_array_equal(window[:, 1], full["t"][s : s + 4])
+    # the variable by its own name: its one level, named as asked; with --levels by level
+    for specs, levels, names in (("z,t", None, ["z", "t"]), ("z", [500.0], ["z500"])):
+        named = XarraySource(folders, var_specs=specs, levels=levels)
+        named.splits()
+        assert [c.name for c in named.channels] == names
+    found = "(found t850 (t at level 850), z500 (z at level 500))"
+    with pytest.raises(ValueError, match=re.escape(f"missing variable 'q700' {found}")):
+        XarraySource(folders, var_specs="q700").splits()
+    with pytest.raises(ValueError, match="variable 'z' is held at no level 700, only as z500"):
+        XarraySource(folders, var_specs="z700").splits()
+    with pytest.raises(ValueError, match="variable 't' has no level 500 .held as t850."):
+        XarraySource(folders, var_specs="t", levels=[500.0]).splits()
+
+
+def _windows_by_hand(series_TCHW: np.ndarray, starts, num_frames: int, folder: Path, **kwargs):
+    """The index of a split written from these windows with no series position in their
+    metadata: every window's frames counted, as the writer always did."""
+    with SplitWriter(folder, "train", value_scale=1.0, **kwargs) as writer:
+        for s in starts:
+            writer.write(f"w{s:04d}", np.ascontiguousarray(series_TCHW[s : s + num_frames]))
+    return read_index(folder)
+
+
+def t2m_file(path: Path, t2m_THW: np.ndarray, time_attrs: dict | None = None) -> None:
+    """One netCDF file of t2m(time, lat, lon), 6-hourly from 2020-01-01; `time_attrs`: a
+    `time` of plain numbers 0, 6, 12, … with these attributes (units, calendar) instead."""
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    steps, height, width = t2m_THW.shape
+    lat, lon = _grid(height, width)
+    time = np.datetime64("2020-01-01", "ns") + np.arange(steps) * np.timedelta64(6, "h")
+    if time_attrs is not None:
+        time = xr.Variable(("time",), np.arange(steps) * 6.0, time_attrs)
+    xr.Dataset(
+        {"t2m": (("time", "lat", "lon"), t2m_THW, {"units": "K"})},
+        coords={"time": time, "lat": lat, "lon": lon},
+    ).to_netcdf(path, engine="h5netcdf")
+
+
+def test_overlapping_windows_count_each_time_step_once_in_the_statistics(tmp_path):
+    """--stride 1 --frames 4 counted a middle step 4 times, the first once: the climatology
+    (ACC's reference) and mean/std/min/max weighed the series by window overlap. Windows
+    that do not overlap give exactly the statistics every window's frames give."""
+    from stpdist.data.convert import convert
+    from stpdist.data.sources.netcdf import XarraySource
+
+    series = (280 + 10 * np.random.default_rng(8).random((16, 1, 6, 8))).astype(np.float32)
+    series[:2] += 40  # the first steps, in fewer windows, stand out: a weighting shows
+    t2m_file(tmp_path / "t2m.nc", series[:, 0])
+
+    def converted(stride: int, out: str):
+        source = XarraySource([str(tmp_path / "t2m.nc")], var_specs="t2m", num_frames=4)
+        source.stride = stride
+        return convert(source, tmp_path / out, progress=False)["train"]
+
+    index = converted(1, "overlap")  # windows at 0…12: every step, the first ones fewer times
+    steps = series.astype(np.float64)
+    np.testing.assert_allclose(index.mean, [steps.mean()], rtol=1e-12)
+    np.testing.assert_allclose(index.std, [steps.std()], rtol=1e-9)
+    assert (index.min, index.max) == ([float(steps.min())], [float(steps.max())])
+    clim = np.load(tmp_path / "overlap" / "train" / "climatology.npy")
+    np.testing.assert_allclose(clim, steps.mean(axis=0), rtol=1e-6)
+    # no overlap: bitwise the statistics of all the windows' frames, as before
+    index = converted(4, "apart")
+    by_hand = _windows_by_hand(series, range(0, 16, 4), 4, tmp_path / "hand", climatology=True)
+    assert (index.mean, index.std, index.min, index.max) == (
+        by_hand.mean, by_hand.std, by_hand.min, by_hand.max
+    )  # fmt: skip
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "apart" / "train" / "climatology.npy"),
+        np.load(tmp_path / "hand" / "climatology.npy"),
+    )
+
+
+def test_overlapping_array_series_windows_count_each_frame_once(tmp_path):
+    """`shard arrays` series mode feeds the same statistics: --stride 1 --frames 5."""
+    from stpdist.data.convert import convert
+    from stpdist.data.sources.generic import GenericArrays
+
+    series = np.random.default_rng(3).random((12, 2, 4, 4)).astype(np.float32)
+    series[0] += 1.0  # in one window only
+    np.save(tmp_path / "long.npy", series)
+    source = GenericArrays(str(tmp_path / "long.npy"), num_frames=5, stride=1, value_scale=4.0)
+    index = convert(source, tmp_path / "out", progress=False)["train"]
+    assert index.num_samples == 8
+    scaled = series.astype(np.float64) / 4
+    np.testing.assert_allclose(index.mean, scaled.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(index.std, scaled.std(axis=(0, 2, 3)), rtol=1e-9)
+    stats = {int(m["series_index"]) for _, m in stored(tmp_path / "out" / "train").values()}
+    assert stats == set(range(8))  # each window names its first frame in the series
+
+
+def sea_surface(path: Path, steps: int = 10) -> np.ndarray:
+    """sst(time, lat, lon) ~290 ± 3 K with NaN over land (rows 0–1, columns 0–2, always)
+    and at one sea pixel at step 6: what `--allow-nan FILL` fills."""
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    lat, lon = _grid(6, 8)
+    sst = 290 + 3 * np.random.default_rng(6).standard_normal((steps, 6, 8))
+    sst[:, :2, :3] = np.nan
+    sst[6, 4, 5] = np.nan
+    time = np.datetime64("2020-01-01", "ns") + np.arange(steps) * np.timedelta64(6, "h")
+    ds = xr.Dataset(
+        {"sst": (("time", "lat", "lon"), sst.astype(np.float32), {"units": "K"})},
+        coords={"time": time, "lat": lat, "lon": lon},
+    )
+    ds["sst"].encoding["_FillValue"] = -9999.0  # stored masked, read back as NaN
+    ds.to_netcdf(path, engine="h5netcdf")
+    return sst.astype(np.float32)
+
+
+def test_filled_nan_stays_out_of_the_statistics_and_the_climatology(tmp_path):
+    """Land filled with 0 made an SST index of mean 281.5, std 49 (the field's std is ~3 K)
+    and a climatology of 0 over land that also pulled the coast down. Filled values count
+    nowhere; a pixel never valid has the fill as its climatology. The fill is still what
+    the shards hold (trained on and scored as data)."""
+    from stpdist.data.convert import convert
+    from stpdist.data.sources.netcdf import XarraySource
+
+    sst = sea_surface(tmp_path / "sst.nc")
+    source = XarraySource([str(tmp_path / "sst.nc")], var_specs="sst", num_frames=5, stride=5)
+    index = convert(source, tmp_path / "out", progress=False, nan_fill=0.0)["train"]
+    sea = sst[~np.isnan(sst)].astype(np.float64)
+    np.testing.assert_allclose(index.mean, [sea.mean()], rtol=1e-12)
+    np.testing.assert_allclose(index.std, [sea.std()], rtol=1e-9)
+    assert (index.min, index.max) == ([float(sea.min())], [float(sea.max())])
+    clim = np.load(tmp_path / "out" / "train" / "climatology.npy")[0]
+    land = np.isnan(sst).all(axis=0)
+    expected = np.where(land, 0.0, np.nanmean(np.where(land, 0.0, sst), axis=0))
+    np.testing.assert_allclose(clim, expected, rtol=1e-6)  # (4, 5): the mean of 9 steps
+    frames = np.concatenate([w for w, _ in stored(tmp_path / "out" / "train").values()])
+    assert (frames[:, 0, :2, :3] == 0).all()  # stored as the fill
+
+
+def test_statistics_of_masked_and_unmasked_samples_together():
+    """Samples without NaN (no mask) and with (a mask) in one split, and a channel that is
+    fill everywhere: its statistics are the fill's."""
+    from stpdist.data.format import StatsAccumulator
+
+    rng = np.random.default_rng(7)
+    frames = rng.random((3, 2, 2, 3, 3))  # 3 samples T×C×H×W = 2×2×3×3
+    valid = np.ones(frames.shape, bool)
+    valid[1, :, 0, 0, 0] = False  # one pixel of channel 0 in sample 1
+    valid[1:, :, 1] = False  # channel 1: only sample 0 is valid…
+    frames[1:, :, 1] = -5.0  # …the rest is fill
+    stats = StatsAccumulator(per_pixel=True)
+    for i in range(3):
+        stats.add(frames[i], 2.0, valid=None if valid[i].all() else valid[i])
+    scaled = frames / 2.0
+    for c in range(2):
+        kept = scaled[:, :, c][valid[:, :, c]]
+        mean, std = stats.result()
+        low, high = stats.range()
+        assert mean[c] == pytest.approx(kept.mean(), rel=1e-12)
+        assert std[c] == pytest.approx(kept.std(), rel=1e-9)
+        assert (low[c], high[c]) == (kept.min(), kept.max())
+    clim = stats.climatology()
+    counts = valid.sum(axis=(0, 1))
+    expected = np.where(valid, scaled, 0).sum(axis=(0, 1)) / counts
+    np.testing.assert_allclose(clim, expected, rtol=1e-6)
+    never = StatsAccumulator(per_pixel=True)  # nothing but fill
+    never.add(np.full((2, 2, 3, 3), -5.0), 2.0, valid=np.zeros((2, 2, 3, 3), bool))
+    assert never.result() == ([-2.5, -2.5], [0.0, 0.0])
+    assert never.range() == ([-2.5, -2.5], [-2.5, -2.5])
+    np.testing.assert_array_equal(never.climatology(), np.full((2, 3, 3), -2.5, np.float32))
+
+
+@pytest.mark.parametrize(
+    "attrs, why",
+    [
+        ({"units": "hours"}, "units 'hours' has no reference date"),
+        ({}, "it has no units"),
+        (
+            {"units": "months since 2000-01-01"},  # xarray: "… or installing cftime"
+            "units 'months since 2000-01-01' cannot be read as dates of the standard calendar",
+        ),
+    ],
+)
+def test_a_time_of_numbers_that_are_not_dates_is_refused(tmp_path, attrs, why):
+    """`units = "hours"` (no reference date) converted as nanoseconds after 1970: keys
+    `w1970…`, windows 6 ns apart; xarray's advice for undecodable units was about cftime."""
+    from stpdist.data.sources.netcdf import XarraySource
+
+    t2m_file(tmp_path / "t.nc", np.zeros((8, 4, 4), np.float32), attrs)
+    with pytest.raises(ValueError) as refused:
+        XarraySource([str(tmp_path / "t.nc")], var_specs="t2m", num_frames=2).splits()
+    assert str(refused.value).startswith(
+        f"{tmp_path / 't.nc'}: coordinate 'time': time values are not dates: {why}; give it "
+        "CF units '<unit> since <date>'"
+    )
+
+
+def test_array_series_times_that_are_numbers_are_refused(tmp_path):
+    from stpdist.data.sources.generic import GenericArrays
+
+    np.savez(tmp_path / "c.npz", data=np.zeros((3, 4, 4), np.float32), time=np.arange(3) * 6)
+    with pytest.raises(
+        ValueError, match=r"c\.npz: time values are not dates: numbers \(0, 6, 12\)"
+    ):
+        GenericArrays(str(tmp_path / "c.npz"), num_frames=2, time_key="time").splits()
+
+
+@pytest.mark.parametrize("calendar", ["noleap", "360_day", "all_leap", "julian"])
+def test_a_non_standard_calendar_is_refused_naming_it(tmp_path, calendar):
+    """xarray's own message advised decode_times=False or installing cftime: nothing a
+    stpdist user can act on (and with cftime, 'noleap' dates were read as real ones)."""
+    from stpdist.data.sources.netcdf import XarraySource
+
+    attrs = {"units": "hours since 2015-01-01", "calendar": calendar}
+    t2m_file(tmp_path / "t.nc", np.zeros((8, 4, 4), np.float32), attrs)
+    with pytest.raises(ValueError) as refused:
+        XarraySource([str(tmp_path / "t.nc")], var_specs="t2m", num_frames=2).splits()
+    message = str(refused.value)
+    assert message.startswith(
+        f"{tmp_path / 't.nc'}: coordinate 'time' has calendar '{calendar}', and stpdist "
+        "orders and splits data by real dates"
+    )
+    assert "convert_calendar('standard'" in message and "\n" not in message
+    assert "decode_times" not in message
+
+
+def test_cftime_dates_of_another_calendar_are_refused():
+    """With cftime installed xarray decodes a 'noleap' time to cftime dates (which carry
+    their calendar); those are refused as the undecoded ones are."""
+    xr = pytest.importorskip("xarray")
+    from stpdist.data.sources.netcdf import _times
+
+    class NoLeapDate:  # what cftime.DatetimeNoLeap tells of itself
+        calendar = "noleap"
+
+    ds = xr.Dataset(coords={"time": np.array([NoLeapDate(), NoLeapDate()], dtype=object)})
+    with pytest.raises(ValueError, match=r"^f\.nc: coordinate 'time' has calendar 'noleap'"):
+        _times("f.nc", ds)
+
+
+@pytest.mark.parametrize("duplicate", [False, True])
+def test_overlapping_or_duplicated_yearly_files_are_named(tmp_path, duplicate):
+    """It said "a_2015.nc and 2 more files: times do not increase at frame 24": the first
+    file, not the one whose times go back."""
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    from stpdist.data.sources.netcdf import XarraySource
+
+    lat, lon = _grid(4, 4)
+    six = np.timedelta64(6, "h")
+    first = np.datetime64("2015-01-01", "ns")
+    starts = {"a_2015.nc": first, "b_2015dup.nc": first if duplicate else first + 20 * six,
+              "c_2016.nc": np.datetime64("2016-01-01", "ns")}  # fmt: skip
+    for name, start in starts.items():
+        xr.Dataset(
+            {"t2m": (("time", "lat", "lon"), np.zeros((24, 4, 4), np.float32))},
+            coords={"time": start + np.arange(24) * six, "lat": lat, "lon": lon},
+        ).to_netcdf(tmp_path / name, engine="h5netcdf")
+    with pytest.raises(ValueError) as refused:
+        XarraySource([str(tmp_path)], var_specs="t2m", num_frames=4).splits()
+    a, b = tmp_path / "a_2015.nc", tmp_path / "b_2015dup.nc"
+    went_back = "2015-01-01T00:00" if duplicate else "2015-01-06T00:00"
+    relation = f"holds the same times as {a}" if duplicate else f"overlaps {a}"
+    assert str(refused.value) == (
+        f"{b}: times go back: it starts at {went_back}, before the end of {a} "
+        f"(2015-01-06T18:00); it {relation}: remove the duplicate file, or the overlapping "
+        "time steps from one of them"
+    )
 
 
 # ------------------------------------------------------------------ verification scores

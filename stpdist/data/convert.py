@@ -238,15 +238,20 @@ def _first_nonfinite(frames_TCHW: np.ndarray) -> str:
     return f"{frames_TCHW[position]} at (t, c, y, x) = {position} ({count} non-finite values)"
 
 
-def _finite(frames: np.ndarray, key: str, where: str, nan_fill: float | None) -> np.ndarray:
-    """`frames` with NaN replaced by `nan_fill` when given; any other non-finite value (and
-    NaN without `nan_fill`) is an error naming the source item and the position."""
+def _finite(
+    frames: np.ndarray, key: str, where: str, nan_fill: float | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(`frames` with NaN replaced by `nan_fill` when given, the mask of the values that were
+    not NaN, or None when none was); any other non-finite value (and NaN without `nan_fill`)
+    is an error naming the source item and the position. The mask keeps the filled values
+    out of the split's statistics: the fill stands for no data, not for a value of the field."""
     if not np.issubdtype(frames.dtype, np.floating) or np.isfinite(frames).all():
-        return frames
+        return frames, None
     if nan_fill is not None:
-        frames = np.where(np.isnan(frames), np.asarray(nan_fill, frames.dtype), frames)
+        valid = ~np.isnan(frames)
+        frames = np.where(valid, frames, np.asarray(nan_fill, frames.dtype))
         if np.isfinite(frames).all():
-            return frames
+            return frames, valid
     hint = "" if nan_fill is not None else " (--allow-nan FILL stores NaN as FILL)"
     raise InputError(f"{where}: sample {key} holds {_first_nonfinite(frames)}{hint}")
 
@@ -366,12 +371,12 @@ def _write_sample(
     """One sample into `writer`: NaN filled (or refused), quantized to the `grid` when
     given; a bad sample is an error naming `where` it came from."""
     try:
-        frames = _finite(frames, key, where, nan_fill)
+        frames, valid = _finite(frames, key, where, nan_fill)
         if grid:
             frames = _quantize(frames, grid)
         elif frames.dtype == np.float64:
             frames = frames.astype(np.float32)
-        writer.write(key, frames, meta)
+        writer.write(key, frames, meta, valid=valid)
     except ShardFormatError as exc:  # the writer's checks: shape, dtype, key
         raise InputError(f"{where}: {exc}") from None
 

@@ -343,56 +343,151 @@ def read_climatology(folder: str | Path, index: SplitIndex) -> np.ndarray | None
     return clim
 
 
+SERIES_INDEX = "series_index"
+"""Optional entry of a sample's metadata, written by the sources that cut one long series
+into windows: the position in the series of the window's first frame (its frames are the
+next T). The split's statistics count each frame of the series once, however many
+overlapping windows (`--stride` below `--frames`) hold it."""
+
+
 class StatsAccumulator:
     """Per-channel mean/std/min/max of scaled frames, accumulated in float64; with
-    `per_pixel`, also the C×H×W mean over all frames (the climatology)."""
+    `per_pixel`, also the C×H×W mean over all frames (the climatology).
+
+    `add`'s `first`: the sample is a window of one long series starting at that frame; only
+    the frames not counted yet are added (overlapping windows would weigh a frame once per
+    window holding it). `valid`: a T×C×H×W mask of the values to count (False: a NaN filled
+    with `--allow-nan`'s value); the rest are left out of every statistic. A channel with no
+    valid value gets the fill's statistics (mean = min = max = fill, std 0), a pixel never
+    valid the fill as its climatology."""
 
     def __init__(self, per_pixel: bool = False) -> None:
-        self.count = 0
+        self.count: np.ndarray | None = None
         self.total: np.ndarray | None = None
         self.total_sq: np.ndarray | None = None
         self.low: np.ndarray | None = None
         self.high: np.ndarray | None = None
+        self.fill: np.ndarray | None = None
+        """Per channel, a value left out as filled (for a channel with no valid value)."""
         self.per_pixel = per_pixel
         self.pixel_total: np.ndarray | None = None
+        self.pixel_count: np.ndarray | None = None
+        """Valid values per pixel, once a sample came with a mask (before: `frames` each)."""
+        self.pixel_fill: np.ndarray | None = None
         self.frames = 0
+        self.counted = np.zeros(0, bool)
+        """Series positions already counted (`first`): one flag per frame of the series."""
 
-    def add(self, frames_TCHW: np.ndarray, scale: float) -> None:
+    def _not_counted(self, first: int, length: int) -> np.ndarray:
+        """Which of the frames `first`…`first + length − 1` of the series are new; marks them
+        counted."""
+        stop = first + length
+        if stop > len(self.counted):
+            grown = np.zeros(max(stop, 2 * len(self.counted)), bool)
+            grown[: len(self.counted)] = self.counted
+            self.counted = grown
+        new = ~self.counted[first:stop]
+        self.counted[first:stop] = True
+        return new
+
+    def add(
+        self,
+        frames_TCHW: np.ndarray,
+        scale: float,
+        *,
+        first: int | None = None,
+        valid: np.ndarray | None = None,
+    ) -> None:
+        if first is not None:
+            new = self._not_counted(int(first), len(frames_TCHW))
+            if not new.all():
+                frames_TCHW = frames_TCHW[new]
+                valid = None if valid is None else valid[new]
+            if not len(frames_TCHW):
+                return
         values = frames_TCHW.astype(np.float64) / scale
-        per_channel = values.transpose(1, 0, 2, 3).reshape(values.shape[1], -1)
+        channels = values.shape[1]
+        per_channel = values.transpose(1, 0, 2, 3).reshape(channels, -1)
         if self.total is None:
-            self.total = np.zeros(per_channel.shape[0])
-            self.total_sq = np.zeros(per_channel.shape[0])
-            self.low = np.full(per_channel.shape[0], np.inf)
-            self.high = np.full(per_channel.shape[0], -np.inf)
-        self.total += per_channel.sum(axis=1)
-        self.total_sq += (per_channel**2).sum(axis=1)
-        self.count += per_channel.shape[1]
-        self.low = np.minimum(self.low, per_channel.min(axis=1))
-        self.high = np.maximum(self.high, per_channel.max(axis=1))
+            self.count = np.zeros(channels, np.int64)
+            self.total = np.zeros(channels)
+            self.total_sq = np.zeros(channels)
+            self.low = np.full(channels, np.inf)
+            self.high = np.full(channels, -np.inf)
+        if valid is None:
+            self.total += per_channel.sum(axis=1)
+            self.total_sq += (per_channel**2).sum(axis=1)
+            self.count += per_channel.shape[1]
+            self.low = np.minimum(self.low, per_channel.min(axis=1))
+            self.high = np.maximum(self.high, per_channel.max(axis=1))
+        else:
+            self._add_masked(values, per_channel, valid)
         if self.per_pixel:
+            self._add_pixels(values, valid)
+
+    def _add_masked(self, values: np.ndarray, per_channel: np.ndarray, valid: np.ndarray) -> None:
+        """The per-channel statistics of the `valid` values only."""
+        channels = values.shape[1]
+        mask = valid.transpose(1, 0, 2, 3).reshape(channels, -1)
+        kept = np.where(mask, per_channel, 0.0)
+        self.total += kept.sum(axis=1)
+        self.total_sq += (kept**2).sum(axis=1)
+        self.count += mask.sum(axis=1)
+        self.low = np.minimum(self.low, np.where(mask, per_channel, np.inf).min(axis=1))
+        self.high = np.maximum(self.high, np.where(mask, per_channel, -np.inf).max(axis=1))
+        if self.fill is None:
+            self.fill = np.zeros(channels)
+        filled = ~mask.all(axis=1)
+        for c in np.flatnonzero(filled):
+            self.fill[c] = per_channel[c][~mask[c]][0]
+
+    def _add_pixels(self, values: np.ndarray, valid: np.ndarray | None) -> None:
+        """The per-pixel sums of the climatology (of the `valid` values, when given)."""
+        if valid is not None and self.pixel_count is None:  # every earlier value was valid
+            self.pixel_count = np.full(values.shape[1:], self.frames, np.int64)
+            self.pixel_fill = np.zeros(values.shape[1:])
+        if valid is None:
             summed = values.sum(axis=0)
-            self.pixel_total = summed if self.pixel_total is None else self.pixel_total + summed
-            self.frames += values.shape[0]
+            if self.pixel_count is not None:
+                self.pixel_count += values.shape[0]
+        else:
+            summed = np.where(valid, values, 0.0).sum(axis=0)
+            self.pixel_count += valid.sum(axis=0)
+            filled = ~valid.all(axis=0)  # pixels filled in some frame: each holds the fill
+            self.pixel_fill[filled] = values.max(axis=0, where=~valid, initial=-np.inf)[filled]
+        self.pixel_total = summed if self.pixel_total is None else self.pixel_total + summed
+        self.frames += values.shape[0]
 
     def result(self) -> tuple[list[float], list[float]]:
         if self.total is None:
             return [], []
-        mean = self.total / self.count
-        std = np.sqrt(np.maximum(self.total_sq / self.count - mean**2, 0.0))
+        none = self.count == 0  # only filled values: the fill's statistics
+        count = np.maximum(self.count, 1)
+        mean = self.total / count
+        std = np.sqrt(np.maximum(self.total_sq / count - mean**2, 0.0))
+        if none.any():
+            mean, std = np.where(none, self.fill, mean), np.where(none, 0.0, std)
         return mean.tolist(), std.tolist()
 
     def range(self) -> tuple[list[float], list[float]]:
         """Per-channel (min, max)."""
         if self.low is None:
             return [], []
-        return self.low.tolist(), self.high.tolist()
+        low, high = self.low, self.high
+        none = self.count == 0  # only filled values: the fill's range
+        if none.any():
+            low, high = np.where(none, self.fill, low), np.where(none, self.fill, high)
+        return low.tolist(), high.tolist()
 
     def climatology(self) -> np.ndarray | None:
-        """C×H×W mean over every frame added (with `per_pixel`), float32."""
+        """C×H×W mean over every frame added (with `per_pixel`), float32; of the valid values
+        where masks came, the fill where a pixel never held a valid value."""
         if self.pixel_total is None:
             return None
-        return (self.pixel_total / self.frames).astype(np.float32)
+        if self.pixel_count is None:
+            return (self.pixel_total / self.frames).astype(np.float32)
+        mean = self.pixel_total / np.maximum(self.pixel_count, 1)
+        return np.where(self.pixel_count > 0, mean, self.pixel_fill).astype(np.float32)
 
 
 def _span(values: list[float]) -> str:
@@ -447,7 +542,16 @@ class SplitWriter:
     def _pattern(self) -> str:
         return SHARD_PATTERN.format(split=self.split)
 
-    def write(self, key: str, frames_TCHW: np.ndarray, meta: dict[str, Any] | None = None) -> None:
+    def write(
+        self,
+        key: str,
+        frames_TCHW: np.ndarray,
+        meta: dict[str, Any] | None = None,
+        valid: np.ndarray | None = None,
+    ) -> None:
+        """Add one sample. `valid` (T×C×H×W bool): the values that count in the statistics
+        (False where a NaN was filled); a `meta` with `SERIES_INDEX` marks a window of a
+        series, whose frames count once however many windows hold them."""
         if frames_TCHW.ndim != 4:
             raise ShardFormatError(f"sample {key}: expected T×C×H×W, got shape {frames_TCHW.shape}")
         if frames_TCHW.size == 0 or frames_TCHW.dtype.kind not in "biuf":
@@ -470,6 +574,10 @@ class SplitWriter:
             raise ShardFormatError(
                 f"sample {key}: {frames_TCHW[bad]} at (t, c, y, x) = {bad}; frames must be finite"
             )
+        if valid is not None and valid.shape != frames_TCHW.shape:
+            raise ShardFormatError(
+                f"sample {key}: mask of shape {list(valid.shape)} for frames {self.shape}"
+            )
         if not self.counts or self.counts[-1] >= self.samples_per_shard:
             self.new_shard()
         self.keys.add(key)
@@ -478,7 +586,8 @@ class SplitWriter:
             members[META_EXT] = json.dumps(meta).encode()
         self._writer.write(key, members)
         self.counts[-1] += 1
-        self.stats.add(frames_TCHW, self.value_scale)
+        first = (meta or {}).get(SERIES_INDEX)  # a window of a series: its frames count once
+        self.stats.add(frames_TCHW, self.value_scale, first=first, valid=valid)
 
     def new_shard(self) -> None:
         """Start a new shard now (the next sample goes into it)."""

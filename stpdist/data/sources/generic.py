@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError, MissingInput
-from ..format import SplitIndex, require_file
+from ..format import SERIES_INDEX, SplitIndex, require_file
 from .common import (
     SEED_SPLITS,
     as_TCHW,
@@ -250,7 +250,7 @@ class GenericArrays:
         out = []
         for start in starts:
             frames = np.array(span[start - starts[0] : start - starts[0] + self.num_frames])
-            meta = {"source": file.name, "start": str(self.times[start])}
+            meta = {"source": file.name, "start": str(self.times[start]), SERIES_INDEX: start}
             key = f"{key_of(file)}_{stamp(self.times[start], self.key_unit)}"
             out.append((key, frames, meta))
         return out

@@ -5,14 +5,20 @@ folders (one folder per variable of yearly `*.nc` files) and single Zarr stores
 Each variable is a data variable with dims (time, [level,] lat, lon) (`latitude` /
 `longitude` accepted too). A channel is a variable, or a variable at one pressure level:
 `--vars z500,t850,t2m` (or `--vars z,t --levels 500,850`: every level of every variable
-that has levels). Channels share one time axis and grid (checked: a difference is an
-error naming the file). The series is cut into windows by `series.py` (never across a gap
-in `time`; split by `--val-from` / `--test-from` dates) and read in blocks of at most
-`block_frames` frames per work item, so memory stays flat whatever the archive's size.
+that has levels). A variable on one level held as a scalar `level` coordinate (WeatherBench
+1's `geopotential_500/…` holds `z` with `level = 500`) is named the same way: `z500`.
+Channels share one time axis and grid (checked: a difference is an error naming the file).
+`time` must hold dates of the standard calendar (CF units `<unit> since <date>`); another
+calendar, or numbers that are not dates, is refused naming the file. The series is cut
+into windows by `series.py` (never across a gap in `time`; split by `--val-from` /
+`--test-from` dates) and read in blocks of at most `block_frames` frames per work item, so
+memory stays flat whatever the archive's size.
 
 Stored float32 in physical units (value scale 1), with the variables (name, units), the
-latitudes and longitudes, and each split's climatology (the C×H×W mean of its frames) in the
-index. NaN (land/sea masks, missing values) is stored as `convert`'s `--allow-nan FILL`.
+latitudes and longitudes, and each split's climatology (the C×H×W time mean of its frames,
+each time step counted once however many windows hold it) in the index. NaN (land/sea
+masks, missing values) is stored as `convert`'s `--allow-nan FILL`, and left out of the
+statistics.
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError, MissingInput
-from ..format import require_file
-from .series import parse_bound, parse_step, plan_windows, stamp, stamp_unit
+from ..format import SERIES_INDEX, require_file
+from .series import as_times, parse_bound, parse_step, plan_windows, stamp, stamp_unit
 
 LAT_NAMES = ("lat", "latitude")
 LON_NAMES = ("lon", "longitude")
 LEVEL_NAMES = ("level", "plev", "pressure_level", "isobaricInhPa")
+STANDARD_CALENDARS = ("standard", "gregorian", "proleptic_gregorian")
+"""The CF calendars whose dates are datetime64's (the others need cftime)."""
 
 
 def _xarray() -> Any:
@@ -43,21 +51,27 @@ def _xarray() -> Any:
     return xarray
 
 
+def _open_store(path: str, decode_times: bool = True) -> Any:
+    xr = _xarray()
+    options = {"chunks": None, "decode_timedelta": False, "decode_times": decode_times}
+    if (
+        path.rstrip("/").lower().endswith(".zarr")
+        or (Path(path) / ".zgroup").exists()
+        or (Path(path) / "zarr.json").exists()
+    ):
+        consolidated = (Path(path) / ".zmetadata").exists()
+        return xr.open_zarr(path, consolidated=consolidated, **options)
+    return xr.open_dataset(path, **options)
+
+
 def _open(path: str) -> Any:
     """A lazily read dataset (no dask: values are read on indexing)."""
-    xr = _xarray()
     try:
-        if (
-            path.rstrip("/").lower().endswith(".zarr")
-            or (Path(path) / ".zgroup").exists()
-            or (Path(path) / "zarr.json").exists()
-        ):
-            consolidated = (Path(path) / ".zmetadata").exists()
-            return xr.open_zarr(
-                path, chunks=None, decode_timedelta=False, consolidated=consolidated
-            )
-        return xr.open_dataset(path, chunks=None, decode_timedelta=False)
+        return _open_store(path)
     except Exception as exc:
+        undecodable = _undecodable_time(path, exc)
+        if undecodable:
+            raise InputError(undecodable) from None
         if "did not find a match in any of xarray's" in str(exc):  # a paragraph with links
             readers = re.search(r"\[[^\]]*\]", str(exc))
             listed = f" {readers.group(0)}" if readers else ""
@@ -65,6 +79,79 @@ def _open(path: str) -> Any:
         else:
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         raise InputError(f"{path}: unreadable ({reason})") from None
+
+
+def _calendar_problem(store: str, time: Any) -> str | None:
+    """Why the `time` variable (decoded or not) is not on the standard calendar (None: it
+    is). xarray decodes other calendars only with cftime, to dates numpy cannot hold."""
+    calendar = time.attrs.get("calendar", time.encoding.get("calendar"))
+    values = np.asarray(time.values)
+    if values.dtype == object and values.size:  # cftime dates carry their calendar
+        calendar = getattr(values.flat[0], "calendar", calendar)
+    if not calendar or str(calendar).lower() in STANDARD_CALENDARS:
+        return None
+    return (
+        f"{store}: coordinate 'time' has calendar '{calendar}', and stpdist orders and splits "
+        "data by real dates (datetime64, the standard calendar): convert the time axis to the "
+        "standard calendar first, e.g. in Python with cftime installed: xarray.open_dataset("
+        f"'{store}').convert_calendar('standard', align_on='date').to_netcdf(NEW_FILE) (dates "
+        "the standard calendar lacks, such as 30 February, are dropped; those the file lacks, "
+        "such as 29 February, become gaps that no window crosses)"
+    )
+
+
+def _undecodable_time(path: str, exc: Exception) -> str | None:
+    """Why xarray could not decode the store's `time` (its message advises
+    `decode_times=False` or installing cftime, which a stpdist user cannot act on): another
+    calendar, or units that are no dates of the standard one; None for other failures."""
+    if "decode time" not in str(exc):  # "unable to decode time units … with calendar …"
+        return None
+    try:
+        raw = _open_store(path, decode_times=False)
+    except Exception:
+        return None
+    try:
+        if "time" not in raw.variables:
+            return None
+        time = raw.variables["time"]
+        units = str(time.attrs.get("units", ""))
+        return _calendar_problem(path, time) or (
+            f"{path}: coordinate 'time': time values are not dates: units '{units}' cannot "
+            "be read as dates of the standard calendar; give it CF units '<unit> since "
+            "<date>' with a unit of seconds, minutes, hours or days (e.g. 'hours since "
+            "2015-01-01')"
+        )
+    finally:
+        raw.close()
+
+
+def _times(store: str, ds: Any) -> np.ndarray:
+    """The dates of the store's `time` coordinate, datetime64[ns]; refused naming the store
+    when they are not dates of the standard calendar."""
+    if "time" not in ds.variables:
+        raise InputError(
+            f"{store}: dimension 'time' has no coordinate, so its steps have no dates; add a "
+            "'time' coordinate of dates"
+        )
+    time = ds.variables["time"]
+    problem = _calendar_problem(store, time)
+    if problem:
+        raise InputError(problem)
+    if np.asarray(time.values).dtype.kind in "biuf":  # xarray could not read them as dates
+        units = str(time.attrs.get("units", ""))
+        why = (
+            "it has no units"
+            if not units
+            else f"units '{units}' were not read as dates"
+            if " since " in units
+            else f"units '{units}' has no reference date"
+        )
+        raise InputError(
+            f"{store}: coordinate 'time': time values are not dates: {why}; give it CF units "
+            f"'<unit> since <date>' (e.g. ncatted -a units,time,o,c,'hours since 2015-01-01' "
+            f"{store})"
+        )
+    return as_times(time.values, f"{store}: coordinate 'time'")
 
 
 def _netcdf_files(folder: Path) -> list[str]:
@@ -80,13 +167,34 @@ def _dim(names: tuple[str, ...], dims: tuple[str, ...]) -> str | None:
     return next((d for d in dims if d in names), None)
 
 
+def _scalar_level(var: Any) -> float | None:
+    """The level of a variable held on one level as a scalar coordinate (WeatherBench 1's
+    `z` with `level = 500`), else None."""
+    for name in LEVEL_NAMES:
+        coord = var.coords.get(name)
+        if coord is not None and coord.ndim == 0 and coord.dtype.kind in "iuf":
+            return float(coord.values)
+    return None
+
+
+def _key(var_name: str, scalar_level: float | None) -> str:
+    """The name a store's variable is found by: its own, or with its scalar level (z500)."""
+    return var_name if scalar_level is None else f"{var_name}{scalar_level:g}"
+
+
 def _describe(store: str, ds: Any, var_name: str, var: Any) -> dict[str, Any]:
-    """A time-dependent variable of one store: levels, units, grid, where; with `problem`
-    set (one line naming the store) when it cannot be read as (time, [level,] lat, lon)."""
+    """A time-dependent variable of one store: levels (of a level dim), scalar level,
+    units, grid, where; with `problem` set (one line naming the store) when it cannot be
+    read as (time, [level,] lat, lon)."""
     dims = tuple(var.dims)
     lat, lon = _dim(LAT_NAMES, dims), _dim(LON_NAMES, dims)
     level = _dim(LEVEL_NAMES, dims)
-    info: dict[str, Any] = {"units": str(var.attrs.get("units", "")), "where": store}
+    info: dict[str, Any] = {
+        "units": str(var.attrs.get("units", "")),
+        "where": store,
+        "variable": var_name,
+        "scalar_level": None if level else _scalar_level(var),
+    }
     if lat is None or lon is None or len(dims) != (4 if level else 3):
         info["problem"] = (
             f"{store}: variable '{var_name}' has dims {dims}; expected (time, [level,] lat, lon)"
@@ -112,6 +220,11 @@ def _differs(first: dict[str, Any], info: dict[str, Any], store: str, var_name: 
     """What differs between two stores' copies of a variable ('' when nothing)."""
     if "problem" in first:
         return ""
+    if first["variable"] != info["variable"]:  # `z500` itself, and `z` at level 500
+        return (
+            f"{store}: variable '{info['variable']}' and variable '{first['variable']}' of "
+            f"{first['where']} are both found as '{var_name}': rename one"
+        )
     if first["levels"] != info["levels"]:
         return f"{store}: variable '{var_name}' levels differ from those of {first['where']}"
     (lat0, lon0), (lat1, lon1) = first["grid"], info["grid"]
@@ -122,6 +235,48 @@ def _differs(first: dict[str, Any], info: dict[str, Any], store: str, var_name: 
     ):
         return f"{store}: variable '{var_name}' is on another lat/lon grid than in {first['where']}"
     return ""
+
+
+def _found(available: dict[str, dict[str, Any]]) -> str:
+    """The variables found, for messages: `t2m`, `t (levels 500, 850)`, `z500 (z at level
+    500)`."""
+    names = []
+    for key, info in sorted(available.items()):
+        if info.get("scalar_level") is not None:
+            names.append(f"{key} ({info['variable']} at level {info['scalar_level']:g})")
+        elif info.get("levels"):
+            names.append(f"{key} (levels {', '.join(f'{v:g}' for v in info['levels'])})")
+        else:
+            names.append(key)
+    return ", ".join(names)
+
+
+def _check_order(parts: list[tuple[str, np.ndarray]]) -> None:
+    """The stores of one variable, ordered by their first time, must follow each other:
+    times increasing within each, each starting after the one before ends. Files that
+    overlap (or a duplicate) are refused naming both."""
+    for number, (store, stamps) in enumerate(parts):
+        unit = stamp_unit(stamps)
+        bad = np.flatnonzero(np.diff(stamps) <= np.timedelta64(0))
+        if len(bad):
+            i = int(bad[0])
+            then = np.datetime_as_string(stamps[[i, i + 1]], unit=unit)
+            raise InputError(
+                f"{store}: times do not increase at step {i + 1} ({then[0]} then {then[1]}): "
+                "remove the repeated or misplaced steps"
+            )
+        if number == 0:
+            continue
+        before, previous = parts[number - 1]
+        if stamps[0] <= previous[-1]:
+            shown = np.datetime_as_string(np.array([stamps[0], previous[-1]]), unit=unit)
+            same = len(stamps) == len(previous) and (stamps == previous).all()
+            what = "holds the same times as" if same else "overlaps"
+            raise InputError(
+                f"{store}: times go back: it starts at {shown[0]}, before the end of {before} "
+                f"({shown[1]}); it {what} {before}: remove the duplicate file, or the "
+                "overlapping time steps from one of them"
+            )
 
 
 @dataclass(frozen=True)
@@ -139,9 +294,17 @@ class Block:
 @dataclass
 class Channel:
     variable: str
+    """The data variable read (`z`)."""
     level: float | None
+    """Its level along a level dim, or None (no level dim)."""
     name: str
     units: str = ""
+    key: str = ""
+    """The series it is read from (`available`, `files`): the variable, or the variable at
+    its scalar level (`z500`); default the variable."""
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.variable
 
 
 @dataclass
@@ -213,73 +376,116 @@ class XarraySource:
         if not self.specs:
             raise InputError(
                 f"{', '.join(map(str, self.paths))}: choose variables with --vars "
-                f"(found {sorted(available)})"
+                f"(found {_found(available)})"
             )
-        channels = []
-        for spec in self.specs:
-            match = re.fullmatch(r"(.*?)(\d+(?:\.\d+)?)", spec)
-            name = spec if spec in available or not match else match.group(1)
+        return [c for spec in self.specs for c in self._resolve(spec, available, problems)]
+
+    def _resolve(
+        self, spec: str, available: dict[str, dict[str, Any]], problems: dict[str, str]
+    ) -> list[Channel]:
+        """The channels of one spec: a variable (every `--levels` level of one with a level
+        dim), `name<level>` (one level of a level dim), or a variable at a scalar level,
+        by its name with the level (`z500`) or, the only one of that variable, without."""
+        match = re.fullmatch(r"(.*?)(\d+(?:\.\d+)?)", spec)
+        base = match.group(1) if match else None
+        scalar = {k: i for k, i in available.items() if i.get("scalar_level") is not None}
+        at_levels = {k: i for k, i in scalar.items() if i["variable"] == spec}
+        meant = [spec] if spec in available else list(at_levels) or [base]
+        for name in meant:  # what the spec resolves to cannot be read
             if name in problems:
                 raise InputError(problems[name])
-            if spec in available:
-                info = available[spec]
-                if info["levels"] is None:
-                    channels.append(Channel(spec, None, spec, info["units"]))
-                    continue
-                if not self.levels:
-                    raise InputError(
-                        f"{info['where']}: variable '{spec}' has levels {info['levels']}: "
-                        f"choose with --levels or name one, e.g. {spec}{int(info['levels'][0])}"
-                    )
-                for level in self.levels:
-                    if level not in info["levels"]:
-                        raise InputError(
-                            f"{info['where']}: variable '{spec}' has no level {level:g} "
-                            f"(has {info['levels']})"
-                        )
-                    channels.append(Channel(spec, level, f"{spec}{level:g}", info["units"]))
-                continue
-            base = match.group(1) if match else None
-            if base in available and available[base]["levels"] is not None:
-                level = float(match.group(2))
-                if level not in available[base]["levels"]:
-                    raise InputError(
-                        f"{available[base]['where']}: variable '{base}' has no level {level:g} "
-                        f"(has {available[base]['levels']})"
-                    )
-                channels.append(Channel(base, level, spec, available[base]["units"]))
-                continue
+        if spec in available:
+            return self._whole(spec, available[spec])
+        if at_levels:
+            return self._at_scalar_levels(spec, at_levels)
+        if base in available and available[base]["levels"] is not None:
+            info = available[base]
+            level = float(match.group(2))
+            if level not in info["levels"]:
+                raise InputError(
+                    f"{info['where']}: variable '{base}' has no level {level:g} "
+                    f"(has {info['levels']})"
+                )
+            return [Channel(base, level, spec, info["units"])]
+        held = sorted(k for k, i in scalar.items() if i["variable"] == base)
+        if held:
             raise InputError(
-                f"{', '.join(map(str, self.paths))}: missing variable '{spec}' "
-                f"(found {sorted(available)})"
+                f"{', '.join(map(str, self.paths))}: variable '{base}' is held at no level "
+                f"{match.group(2)}, only as {', '.join(held)} (a scalar level coordinate); "
+                f"ask for {' or '.join(held)}, or add the files of level {match.group(2)}"
             )
+        raise InputError(
+            f"{', '.join(map(str, self.paths))}: missing variable '{spec}' "
+            f"(found {_found(available)})"
+        )
+
+    def _whole(self, spec: str, info: dict[str, Any]) -> list[Channel]:
+        """The channels of a variable found by its name (`z500` for a scalar level)."""
+        if info["scalar_level"] is not None or info["levels"] is None:
+            return [Channel(info["variable"], None, spec, info["units"], key=spec)]
+        if not self.levels:
+            raise InputError(
+                f"{info['where']}: variable '{spec}' has levels {info['levels']}: "
+                f"choose with --levels or name one, e.g. {spec}{int(info['levels'][0])}"
+            )
+        channels = []
+        for level in self.levels:
+            if level not in info["levels"]:
+                raise InputError(
+                    f"{info['where']}: variable '{spec}' has no level {level:g} "
+                    f"(has {info['levels']})"
+                )
+            channels.append(Channel(spec, level, f"{spec}{level:g}", info["units"]))
+        return channels
+
+    def _at_scalar_levels(self, spec: str, at_levels: dict[str, dict[str, Any]]) -> list[Channel]:
+        """The channels of variable `spec` held only at scalar levels (`at_levels`: by key):
+        those of `--levels`, else the one level it has."""
+        by_level = {i["scalar_level"]: (k, i) for k, i in at_levels.items()}
+        if not self.levels and len(by_level) > 1:
+            raise InputError(
+                f"{', '.join(map(str, self.paths))}: variable '{spec}' is held at several "
+                f"levels ({', '.join(sorted(at_levels))}): name them, e.g. --vars "
+                f"{','.join(sorted(at_levels))}, or choose with --levels"
+            )
+        if not self.levels:
+            ((key, info),) = by_level.values()
+            return [Channel(spec, None, spec, info["units"], key=key)]
+        channels = []
+        for level in self.levels:
+            if level not in by_level:
+                raise InputError(
+                    f"{', '.join(map(str, self.paths))}: variable '{spec}' has no level "
+                    f"{level:g} (held as {', '.join(sorted(at_levels))})"
+                )
+            key, info = by_level[level]
+            channels.append(Channel(spec, None, key, info["units"], key=key))
         return channels
 
     def _scan(self) -> tuple[dict[str, dict[str, Any]], dict[str, list], dict[str, str]]:
         """Every time-dependent variable of every store: ({name: levels, units, grid, where},
-        {name: [(store, times)]}, {name: what is wrong with it}). Dims, levels and grids
-        are checked here, but a problem is an error only for a variable asked for
-        (`_channels`): an archive may hold variables this converter cannot read."""
-        from .series import as_times
-
+        {name: [(store, times)]}, {name: what is wrong with it}), by the name it is found
+        by (`_key`: `z500` for `z` at a scalar level 500). Dims, levels and grids are
+        checked here, but a problem is an error only for a variable asked for
+        (`_channels`): an archive may hold variables this converter cannot read. Times that
+        are not dates of the standard calendar are an error at once."""
         available: dict[str, dict[str, Any]] = {}
         pieces: dict[str, list[tuple[str, np.ndarray]]] = {}
         problems: dict[str, str] = {}
         for store in self._stores():
             ds = _open(store)
             try:
-                for var_name, var in ds.data_vars.items():
-                    if "time" not in var.dims:
-                        continue  # constants (orography, land-sea mask)
+                timed = {n: v for n, v in ds.data_vars.items() if "time" in v.dims}
+                stamps = _times(store, ds) if timed else None  # constants have no time
+                for var_name, var in timed.items():
                     info = _describe(store, ds, var_name, var)
-                    first = available.setdefault(var_name, info)
-                    problem = info.get("problem") or _differs(first, info, store, var_name)
+                    key = _key(var_name, info["scalar_level"])
+                    first = available.setdefault(key, info)
+                    problem = info.get("problem") or _differs(first, info, store, key)
                     if problem:
-                        problems.setdefault(var_name, problem)
+                        problems.setdefault(key, problem)
                         continue
-                    pieces.setdefault(var_name, []).append(
-                        (store, as_times(ds["time"].values, store))
-                    )
+                    pieces.setdefault(key, []).append((store, stamps))
             finally:
                 ds.close()
         if not available:
@@ -288,10 +494,10 @@ class XarraySource:
 
     def _grid(self, available: dict[str, dict[str, Any]]) -> tuple[list[float], list[float]]:
         """The lat/lon grid the channels share (a channel on another grid is an error)."""
-        first = self.channels[0].variable
+        first = self.channels[0].key
         grid = available[first]["grid"]
         for channel in self.channels[1:]:
-            info = available[channel.variable]
+            info = available[channel.key]
             here = info["grid"]
             if not (
                 len(here[0]) == len(grid[0])
@@ -300,7 +506,7 @@ class XarraySource:
                 and np.allclose(grid[1], here[1])
             ):
                 raise InputError(
-                    f"{info['where']}: variable '{channel.variable}' is on another lat/lon grid "
+                    f"{info['where']}: variable '{channel.key}' is on another lat/lon grid "
                     f"({len(here[0])}×{len(here[1])}) than '{first}' ({len(grid[0])}×"
                     f"{len(grid[1])})"
                 )
@@ -312,8 +518,9 @@ class XarraySource:
         self.variables = [{"name": c.name, "units": c.units} for c in self.channels]
         self.latitudes, self.longitudes = self._grid(available)
         times = None
-        for variable in dict.fromkeys(c.variable for c in self.channels):
-            parts = sorted(pieces[variable], key=lambda p: p[1][0] if len(p[1]) else 0)
+        for variable in dict.fromkeys(c.key for c in self.channels):
+            parts = sorted((p for p in pieces[variable] if len(p[1])), key=lambda p: p[1][0])
+            _check_order(parts)
             files, first = [], 0
             for store, stamps in parts:
                 files.append((store, first, len(stamps)))
@@ -364,7 +571,7 @@ class XarraySource:
 
     def _series_where(self) -> str:
         """The files of the series (the first channel's), for messages about the whole of it."""
-        files = [store for store, _, _ in self.files[self.channels[0].variable]]
+        files = [store for store, _, _ in self.files[self.channels[0].key]]
         more = len(files) - 1
         where = files[0] + (f" and {more} more file{'s' if more > 1 else ''}" if more else "")
         return where + (f" (--every {self.every})" if self.every > 1 else "")
@@ -374,7 +581,7 @@ class XarraySource:
         e = self.every
         stores = [
             store
-            for c in dict.fromkeys(ch.variable for ch in self.channels)
+            for c in dict.fromkeys(ch.key for ch in self.channels)
             for store, offset, count in self.files[c]
             if offset < (stop - 1) * e + 1 and offset + count > first * e
         ]
@@ -386,7 +593,7 @@ class XarraySource:
     def _read(self, channel: Channel, first: int, stop: int) -> np.ndarray:
         """Frames [first, stop) of one channel, T×H×W float32, from the files holding them."""
         parts = []
-        for store, offset, count in self.files[channel.variable]:
+        for store, offset, count in self.files[channel.key]:
             if offset + count <= first or offset >= stop:
                 continue
             ds = _open(store)
@@ -415,7 +622,11 @@ class XarraySource:
         for start in starts:
             frames = np.ascontiguousarray(block[start - first : start - first + self.num_frames])
             time = self.times[start]
-            meta = {"start": str(time), "variables": [c.name for c in self.channels]}
+            meta = {
+                "start": str(time),
+                "variables": [c.name for c in self.channels],
+                SERIES_INDEX: start,  # the statistics count each time step once
+            }
             out.append((f"w{stamp(time, self.key_unit)}", frames, meta))
         return out
 

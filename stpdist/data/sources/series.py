@@ -53,8 +53,16 @@ def parse_bound(text: str | None, timestamps: bool) -> Any:
 
 
 def as_times(values: Any, where: str) -> np.ndarray:
-    """Timestamps as datetime64[ns] from datetime64, ISO strings or bytes."""
+    """Timestamps as datetime64[ns] from datetime64, ISO strings or bytes. Numbers are
+    refused: numpy would read them as nanoseconds since 1970 (hours 0, 6, 12… became
+    times a few nanoseconds into 1970-01-01)."""
     array = np.asarray(values)
+    if array.dtype.kind in "biuf":
+        shown = ", ".join(f"{v:g}" for v in array.ravel()[:3].astype(float))
+        raise InputError(
+            f"{where}: time values are not dates: numbers ({shown}{', …' if array.size > 3 else ''}"
+            "); give the times as dates (datetime64 or ISO strings such as 2020-01-01T06:00)"
+        )
     try:
         if array.dtype.kind in "SO":
             array = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in array])
