@@ -54,6 +54,7 @@ ALLOWED = {
     ("trainer.early_stopping.patience", HUGE): "never stop early (monitoring only)",
     ("logging.trackers_every_n_steps", HUGE): "trackers get validation results only",
     ("logging.num_samples", HUGE): "render every validation sample (at most the split)",
+    ("logging.samples_every_n_validations", HUGE): "pictures at the first validation only",
     ("data.synthesize.seed", HUGE): "numpy's generator takes any non-negative seed",
     # thresholds are physical values: negative ones (temperatures in °C) and zero are
     # legitimate, and one that no value reaches has undefined scores (the metric
