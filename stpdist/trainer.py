@@ -361,7 +361,9 @@ class Meter:
     def restart_clocks(self) -> None:
         """After a checkpoint or validation: the window's samples/s and the epoch's time_s
         count training time only (they held the pause, a 40× dip after each validation)."""
-        pause = time.perf_counter() - self._paused_at if self._paused_at else 0.0
+        if self._paused_at is None:
+            return
+        pause = time.perf_counter() - self._paused_at
         self._window_start += pause
         self._epoch_start += pause
         self._paused_at = None
@@ -1073,9 +1075,8 @@ class Trainer:
         units = fsdp.fsdp_units(module, wrap)
         model = fsdp.shard(_ShardedTrainingStep(module), units, self.config.mixed_precision)
         self._sharded_root = model  # validation gathers its parameters (`_whole`)
-        optimizer = _optimizer_of(
-            module.configure_optimizer()
-        )  # on the shards: 1/N of the state per rank
+        # built on the shards: 1/N of the optimizer state per rank
+        optimizer = _optimizer_of(module.configure_optimizer())
         scheduler, interval = _scheduler_of(module.configure_lr_scheduler(optimizer))
         return model, self.accelerator.prepare(optimizer), scheduler, interval
 
