@@ -64,7 +64,7 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,10 @@ class TrainState:
     source's batch size and shuffle buffer; `Trainer._settings_of`); None: not recorded."""
     planned_steps: int | None = None
     """The optimizer steps the run that wrote it planned in all (None: not recorded)."""
+    epoch_loss: dict[str, float] | None = None
+    """Mid-epoch: the epoch's training loss so far (`sum` of every rank's per-batch losses,
+    the `batches` of all ranks in it, the micro-batches `skipped`), so that a resume logs
+    the whole epoch's `train/epoch_loss`; None at an epoch's start or when not recorded."""
     epoch_origin: dict[str, Any] | None = None
     """Mid-epoch after a resume on another number of ranks: how the epoch began
     (`stpdist.data.loading.EpochOrigin`'s fields); `batch` then counts the micro-batches
@@ -502,6 +506,8 @@ class CheckpointManager:
         self.monitor = self.policy.monitor
         self.mode = self.policy.mode
         self._run: tuple | None = None
+        self.before_save: Callable[[], None] | None = None
+        """Called on every rank before `maybe_save` writes (the Trainer's epoch-loss carry)."""
         self.last_saved_step: int | None = None
 
     def record_metrics(self, step: int, metrics: dict[str, Any]) -> None:
@@ -565,6 +571,8 @@ class CheckpointManager:
             return None
         if self._run is None:
             raise RuntimeError("CheckpointManager.maybe_save needs bind() first")
+        if self.before_save is not None:  # every rank: it may reduce over them
+            self.before_save()
         accelerator, module, optimizer, scheduler, config_yaml, attachments = self._run
         path = self.save(
             accelerator, module, optimizer, scheduler, state, config_yaml, attachments=attachments
@@ -981,6 +989,7 @@ def _state_record(path: Path) -> tuple[TrainState, int]:
                 f"{file}: '{name}' must be null or an integer >= {low}, got {value!r}"
             )
     _check_origin(file, raw.get("epoch_origin"))
+    _check_epoch_loss(file, raw.get("epoch_loss"))
     settings = raw.get("settings")
     if settings is not None and not (
         isinstance(settings, dict)
@@ -1012,6 +1021,27 @@ def _state_record(path: Path) -> tuple[TrainState, int]:
 
 
 _ORIGIN_KEYS = ("world_size", "num_workers", "batch_multiple", "batch", "later")
+
+
+def _check_epoch_loss(file: Path, carried: Any) -> None:
+    if carried is None:
+        return
+    counts_ok = isinstance(carried, dict) and all(
+        not isinstance(carried.get(k), bool) and isinstance(carried.get(k), int) and carried[k] >= 0
+        for k in ("batches", "skipped")
+    )
+    total = carried.get("sum") if isinstance(carried, dict) else None
+    if not (
+        counts_ok
+        and set(carried) == {"sum", "batches", "skipped"}
+        and isinstance(total, int | float)
+        and not isinstance(total, bool)
+        and math.isfinite(total)
+    ):
+        raise CheckpointError(
+            f"{file}: 'epoch_loss' must be null or {{'sum': a finite number, 'batches' and "
+            f"'skipped': integers >= 0}}, got {carried!r}"
+        )
 
 
 def _check_origin(file: Path, origin: Any) -> None:

@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -342,7 +343,10 @@ class Meter:
         self._window_start = self._epoch_start = time.perf_counter()
         self._paused_at: float | None = None
         self.partial_epoch = False
-        """The current epoch began before this process (a mid-epoch resume): no epoch loss."""
+        """The current epoch began before this process (a mid-epoch resume)."""
+        self.carried: dict[str, float] | None = None
+        """Of a partial epoch: its loss before this process, as the checkpoint carried it
+        (`TrainState.epoch_loss`); None: unknown (an older checkpoint), no epoch loss."""
 
     def add(self, loss: torch.Tensor | None, samples: int, extras: dict[str, Any]) -> None:
         """One micro-batch: this rank's loss (None when skipped on every rank), the global
@@ -372,6 +376,31 @@ class Meter:
         """Before a checkpoint or validation (see `restart_clocks`)."""
         self._paused_at = time.perf_counter()
 
+    def _epoch_total(self) -> dict[str, float] | None:
+        """The epoch's loss so far: the sum of every rank's per-batch losses, the number of
+        (rank, batch) pairs in it, and the micro-batches every rank skipped, the part before
+        a resume included; None when that part is unknown. Reduces over ranks when this
+        process counted a batch (every rank did, or none: batches are equal on all ranks)."""
+        sums = self._epoch
+        if self.partial_epoch and self.carried is None:
+            return None
+        total = dict(self.carried or {"sum": 0.0, "batches": 0, "skipped": 0})
+        total["skipped"] += sums.get("skipped", 0)
+        if sums.get("batches"):
+            loss = self.accelerator.reduce(sums["loss"].reshape(1), reduction="sum")
+            total["sum"] += float(loss)  # a host read: at an epoch's end or a checkpoint
+            total["batches"] += sums["batches"] * self.accelerator.num_processes
+        return total
+
+    def carry(self, state: Any) -> None:
+        """Before a checkpoint, on every rank: the epoch's loss so far into `state`, so that
+        a resume logs the whole epoch's `train/epoch_loss` (None at an epoch's start)."""
+        at_start = state.batch == 0 and state.epoch_origin is None
+        total = None if at_start else self._epoch_total()
+        state.epoch_loss = (
+            None if total is None or not total["batches"] + total["skipped"] else total
+        )
+
     def _means(self, sums: dict[str, Any]) -> dict[str, float]:
         """Per-batch means: the loss over every rank, the extras of this rank."""
         batches = sums.pop("batches")
@@ -396,15 +425,18 @@ class Meter:
         return means
 
     def epoch(self) -> tuple[dict[str, float], int]:
-        """The epoch's mean loss (none when this process trained on no batch of it, all
-        skipped, or on part of it only: resumed mid-epoch) and duration, and the number of
-        micro-batches every rank skipped; starts a new epoch."""
-        sums, elapsed = self._epoch, time.perf_counter() - self._epoch_start
+        """The epoch's mean loss over every rank's batches, the part before a mid-epoch
+        resume included (none when every batch was skipped, or that part is unknown), its
+        duration here, and the number of micro-batches every rank skipped; starts a new
+        epoch."""
+        elapsed = time.perf_counter() - self._epoch_start
+        total = self._epoch_total()
         self._epoch, self._epoch_start = {}, time.perf_counter()
-        skipped, partial, self.partial_epoch = sums.get("skipped", 0), self.partial_epoch, False
-        whole = sums.get("batches") and not partial
-        summary = {"train/epoch_loss": self._means(sums)["loss"]} if whole else {}
-        return {**summary, "time_s": round(elapsed, 2)}, skipped
+        self.partial_epoch, self.carried = False, None
+        summary = {}
+        if total is not None and total["batches"]:
+            summary["train/epoch_loss"] = total["sum"] / total["batches"]
+        return {**summary, "time_s": round(elapsed, 2)}, 0 if total is None else total["skipped"]
 
 
 class ValidationAbandoned(RuntimeError):
@@ -936,8 +968,10 @@ class Trainer:
             with self._preempted_if_validation_abandoned(state):
                 validator.resume(state)
                 meter = Meter(acc)
-                # an epoch begun before this process: its loss here would be a part's mean
+                # an epoch begun before this process: its loss so far is the checkpoint's
                 meter.partial_epoch = state.batch > 0 or state.epoch_origin is not None
+                meter.carried = state.epoch_loss if meter.partial_epoch else None
+                self.checkpoints.before_save = partial(meter.carry, state)
                 self._say_schedule_stretched(saved, total_steps, module, scheduler)
                 state.planned_steps = total_steps
                 bar = self._progress(total_steps, state.global_step)

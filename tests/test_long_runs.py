@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import ROOT, run_cli
 from helpers import TinyModule, loader
 
 from stpdist import Trainer
-from stpdist.checkpoint import CheckpointConfig
+from stpdist.checkpoint import CheckpointConfig, _entry
 
 
 def _rows(run) -> list[dict]:
@@ -54,12 +55,44 @@ def test_throughput_and_epoch_time_leave_out_checkpoints_and_validations(monkeyp
     assert summary["time_s"] == pytest.approx(2.0)
 
 
-def test_an_epoch_resumed_midway_logs_no_loss_of_its_part(tmp_path):
+def test_an_epoch_resumed_midway_logs_the_whole_epochs_loss(tmp_path):
     """After a resume mid-epoch, train/epoch_loss averaged the steps since the resume
-    only, under the same key as whole epochs."""
+    only, under the same key as whole epochs; then it logged none. Each checkpoint now
+    carries the epoch's loss so far: the resumed run logs the uninterrupted run's."""
+    every = CheckpointConfig(every_n_steps=1, every_epoch=True, keep_last=3)
+    fields = {"progress_bar": False, "checkpoint": every}
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    torch.manual_seed(0)
+    Trainer(max_epochs=2, output_dir=straight, **fields).fit(TinyModule(), loader(16))
+    torch.manual_seed(0)
+    Trainer(max_steps=2, output_dir=stopped, **fields).fit(TinyModule(), loader(16))  # 2 of 4
+    carried = json.loads((stopped / "checkpoints/step-00000002/trainer_state.json").read_text())
+    assert carried["epoch_loss"]["batches"] == 2 and carried["epoch_loss"]["skipped"] == 0
+    Trainer(max_epochs=2, output_dir=stopped, **fields).fit(TinyModule(), loader(16), resume="auto")
+    losses = [
+        [r["train/epoch_loss"] for r in _rows(run) if "time_s" in r] for run in (straight, stopped)
+    ]
+    assert len(losses[0]) == 2 and losses[1] == pytest.approx(losses[0], rel=1e-12, abs=0)
+    at_epoch_end = json.loads(
+        (stopped / "checkpoints/step-00000008/trainer_state.json").read_text()
+    )
+    assert at_epoch_end["epoch_loss"] is None  # a new epoch: nothing to carry
+
+
+def test_an_epoch_resumed_from_a_checkpoint_without_its_loss_logs_none(tmp_path):
+    """A checkpoint of an earlier stpdist (no epoch_loss): the part's mean is not logged as
+    the epoch's."""
     every = CheckpointConfig(every_n_steps=1, every_epoch=True, keep_last=3)
     fields = {"output_dir": tmp_path / "run", "progress_bar": False, "checkpoint": every}
-    Trainer(max_steps=2, **fields).fit(TinyModule(), loader(16))  # 2 of the epoch's 4 steps
+    Trainer(max_steps=2, **fields).fit(TinyModule(), loader(16))
+    for folder in (tmp_path / "run/checkpoints").glob("step-*"):
+        state = folder / "trainer_state.json"
+        record = json.loads(state.read_text())
+        del record["epoch_loss"]
+        state.write_text(json.dumps(record))
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["files"]["trainer_state.json"] = _entry(state)
+        (folder / "manifest.json").write_text(json.dumps(manifest))
     Trainer(max_epochs=2, **fields).fit(TinyModule(), loader(16), resume="auto")
     epochs = [r for r in _rows(tmp_path / "run") if "time_s" in r]
     assert [("train/epoch_loss" in r) for r in epochs] == [False, True]

@@ -108,6 +108,13 @@ def test_mid_epoch_checkpoint_of_4_ranks_resumes_on_other_ranks(tmp_path, writte
         got = torch.load(run / "params-rest.pt")
         for name, value in expected.items():
             torch.testing.assert_close(got[name], value, rtol=1e-6, atol=1e-6, msg=strategy)
+        # the epoch's loss: its part on 4 ranks (carried by the checkpoint) and the rest
+        assert _epoch_losses(run) == pytest.approx(_epoch_losses(tmp / "straight"), rel=1e-5)
+
+
+def _epoch_losses(run: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["train/epoch_loss"] for r in rows if "time_s" in r]
 
 
 def _shards_of(run: Path, step: int) -> list[Path]:
