@@ -98,13 +98,14 @@ class EarlyStopping:
             indent=2,
         )
 
-    def restore(self, folder: Path, state: TrainState) -> None:
+    def restore(self, folder: Path, state: TrainState, *, count_recorded: bool = True) -> None:
         """The counter saved in checkpoint `folder`, then the validation of its own step
-        when its results are recorded there but were not yet counted."""
+        when its results are recorded there but were not yet counted (`count_recorded`:
+        it was on the validation schedule; a run's last validation off it never counts)."""
         file = Path(folder) / STATE_FILE
         if file.is_file():
             self._load(file)
-        if state.metrics_step == state.global_step and state.metrics:
+        if count_recorded and state.metrics_step == state.global_step and state.metrics:
             self.check(state.global_step, state.metrics)
 
     def _load(self, file: Path) -> None:

@@ -58,6 +58,13 @@ class WeightAverage:
         elif (step - cfg.start_step) % cfg.every_n_steps == 0:
             torch._foreach_lerp_(shadow, params, 1.0 - cfg.decay)
 
+    def averages(self, module: torch.nn.Module) -> bool:
+        """Whether this is the average of `module`'s own parameters."""
+        named = _averaged(module)
+        return len(named) == len(self.params) and all(
+            p is q for (_, p), q in zip(named, self.params, strict=True)
+        )
+
     @contextmanager
     def swapped_in(self) -> Iterator[None]:
         """The average in the module's parameters for the body (e.g. a validation), the

@@ -18,6 +18,7 @@ import contextlib
 import re
 import shutil
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -352,6 +353,33 @@ class InputFrames(Dataset):
 def _key(text: str) -> str:
     """A sample key from a file name (keys hold no dots or slashes)."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", text) or "sample"
+
+
+def refuse_keys_on_several_ranks(keys: Iterable[str], accelerator: Any, split: str) -> None:
+    """Refuse, on every rank, a sample key that more than one rank predicted: each rank
+    refuses a key met twice in its own share, but two ranks holding one key (a key repeated
+    in shards that different ranks read) would each write a prediction under it, and
+    `load_predictions` would keep one of them. The ranks' key sets are gathered once, after
+    the pass (the predictions are in a staging folder then: nothing is replaced yet); the
+    first such key, in key order, is an InputError naming it and its ranks."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import gather_object
+
+    holders: dict[str, list[int]] = {}
+    for rank, held in enumerate(gather_object([sorted(set(keys))])):  # a list per rank
+        for key in held:
+            holders.setdefault(key, []).append(rank)
+    shared = sorted(key for key, ranks in holders.items() if len(ranks) > 1)
+    if not shared:
+        return
+    key, ranks = shared[0], [str(rank) for rank in holders[shared[0]]]
+    more = f" (and {len(shared) - 1} more keys so)" if len(shared) > 1 else ""
+    raise InputError(
+        f"sample key {key!r} appears on ranks {', '.join(ranks[:-1])} and {ranks[-1]} in the "
+        f"{split} data{more}; predictions are written by key and one would replace the other: "
+        "give each sample its own key"
+    )
 
 
 def check_output_folder(

@@ -287,7 +287,12 @@ class Tracker:
         stems = sample_file_stems(key for key, *_ in samples)
         try:
             written = save_samples(
-                folder, samples, self.config.colormap, step=step, channel_names=channel_names
+                folder,
+                samples,
+                self.config.colormap,
+                step=step,
+                channel_names=channel_names,
+                strict=True,  # removed below with the lead-time plot, in one warning
             )
             plot = plot_lead_times(results, folder / "lead_time.png")
             images = _read_pictures(written, plot) if self._tracking else {}

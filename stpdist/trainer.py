@@ -525,6 +525,16 @@ class SampleKeeper:
         self._seen += inputs.shape[0]
 
 
+def validation_due(config: TrainerConfig, state: TrainState, epoch_end: bool) -> bool:
+    """Whether the validation schedule (`val_every_n_*`) validates after `state`'s step (at
+    an epoch's end, `state.epoch` is already the next epoch's number)."""
+    every_steps, every_epochs = config.val_every_n_steps, config.val_every_n_epochs
+    due = bool(every_steps) and state.global_step % every_steps == 0
+    if epoch_end:
+        due = due or (bool(every_epochs) and state.epoch % every_epochs == 0)
+    return due
+
+
 class Validator:
     """Knows when validation is due (`trainer.val_every_n_*`) and runs it: results logged,
     sample pictures handed to the tracker at the end, `state.metrics` updated."""
@@ -537,38 +547,41 @@ class Validator:
     def is_due(self, state: TrainState, *, epoch_end: bool = False) -> bool:
         """Whether validation runs after this step (at an epoch's end, `state.epoch` is
         already the next epoch's number)."""
-        if self.source is None:
-            return False
-        every_steps = self.trainer.config.val_every_n_steps
-        every_epochs = self.trainer.config.val_every_n_epochs
-        due = bool(every_steps) and state.global_step % every_steps == 0
-        if epoch_end:
-            due = due or (bool(every_epochs) and state.epoch % every_epochs == 0)
-        return due
+        return self.source is not None and validation_due(self.trainer.config, state, epoch_end)
 
     def maybe_run(self, state: TrainState, *, epoch_end: bool = False, last: bool = False) -> None:
-        if self.source is None:
+        """Validate if due (or as the `last` act of a run), never twice at one step. Only
+        a validation on the schedule counts toward early stopping: a run's last one off it
+        (`max_steps` reached) would count differently once the run is resumed further."""
+        if self.source is None or self.last_step == state.global_step:
             return
-        due = self.is_due(state, epoch_end=epoch_end)
-        if last:
-            due = self.last_step != state.global_step
-        if due:
-            self.run(state)
+        scheduled = self.is_due(state, epoch_end=epoch_end)
+        if scheduled or last:
+            self.run(state, scheduled=scheduled)
 
-    def resume(self, state: TrainState) -> None:
+    def resume(self, state: TrainState, *, end_pending: bool = False, final: bool = False) -> None:
         """At the start of `fit`, after a resume: run the validation that was due at the
         resumed step if its checkpoint does not hold its results (the run stopped, was
         killed or failed between the save and that validation), as an uninterrupted run
-        did right after the save."""
+        did right after the save. `end_pending`: the checkpoint stands at its epoch's last
+        batch, the epoch not yet closed (a stop there): closing it validates, as an
+        uninterrupted run did, in its order. `final`: this run ends at the resumed step."""
         self.last_step = state.metrics_step
-        if not state.global_step or state.metrics_step == state.global_step:
+        if not state.global_step or state.metrics_step == state.global_step or end_pending:
             return
         # a checkpoint at batch 0 was written at an epoch's end (`state.epoch` is the next)
         # (an epoch continued on other ranks restarts its batch count: no epoch end there)
-        if self.is_due(state, epoch_end=state.batch == 0 and state.epoch_origin is None):
-            self.run(state)
+        epoch_end = state.batch == 0 and state.epoch_origin is None
+        if self.is_due(state, epoch_end=epoch_end):
+            # a stop's checkpoint at a step the policy does not save at: an uninterrupted
+            # run has none there (unless it ends there), so its results are not stored to
+            # rank it as best
+            policy = self.trainer.checkpoints.is_due(state.global_step, epoch_end=epoch_end)
+            self.run(state, record=policy or final)
 
-    def run(self, state: TrainState) -> None:
+    def run(self, state: TrainState, *, scheduled: bool = True, record: bool = True) -> None:
+        """Validate now; `record`: store the results in this step's checkpoint (best-k);
+        `scheduled`: on the validation schedule (counts toward early stopping)."""
         tracker = self.trainer.tracker
         keeper = SampleKeeper(tracker.num_samples if self.trainer.is_main else 0)
         with self.trainer.evaluation_weights():  # the EMA when trainer.ema is on
@@ -600,7 +613,8 @@ class Validator:
                 f"trainer.checkpoint.monitor) but {available}: no checkpoint is kept as best "
                 "(set trainer.checkpoint.monitor to one of them to keep the best)"
             )
-        checkpoints.record_metrics(state.global_step, results)
+        if record:
+            checkpoints.record_metrics(state.global_step, results)
         tracker.log(results, step=state.global_step, epoch=state.step_epoch)
         from .visualize import names_for_pictures
 
@@ -611,7 +625,7 @@ class Validator:
             channel_names=names_for_pictures(self.module, keeper.samples),
         )
         say(f"step {state.global_step}: {format_scalars(results)}")
-        if self.trainer.early_stopping is not None:
+        if self.trainer.early_stopping is not None and scheduled:
             self.trainer.early_stopping.check(state.global_step, results)
 
 
@@ -966,7 +980,8 @@ class Trainer:
             )
             self.tracker.start(acc, step=state.global_step)  # a resume continues its run
             with self._preempted_if_validation_abandoned(state):
-                validator.resume(state)
+                pending = self._end_pending(train, ctx, state, batches_per_epoch)
+                validator.resume(state, end_pending=pending, final=state.global_step >= total_steps)
                 meter = Meter(acc)
                 # an epoch begun before this process: its loss so far is the checkpoint's
                 meter.partial_epoch = state.batch > 0 or state.epoch_origin is not None
@@ -1437,6 +1452,17 @@ class Trainer:
         rest = train.iterate_rest(ctx, state.epoch, origin, state.batch)
         return train.batches_in_rest(ctx, origin), rest
 
+    def _end_pending(
+        self, train: TrainSource, ctx: LoaderContext, state: TrainState, batches_per_epoch: int
+    ) -> bool:
+        """Whether `state` stands at its epoch's last micro-batch with the epoch not closed
+        (a checkpoint of a stop there): the resumed loop closes it first."""
+        if state.batch == 0:
+            return False
+        if state.epoch_origin is None:
+            return state.batch == batches_per_epoch
+        return state.batch == train.batches_in_rest(ctx, EpochOrigin(**state.epoch_origin))
+
     def _epoch(
         self, train: TrainSource, ctx: LoaderContext, state: TrainState, batches_per_epoch: int
     ) -> tuple[int, Iterator[Any]]:
@@ -1722,7 +1748,10 @@ class Trainer:
                 EMA_FILE,
             )
         if self.early_stopping is not None:
-            self.early_stopping.restore(folder, state)
+            # a validation off the schedule (the run's last) was not counted: see maybe_run
+            at_end = state.batch == 0 and state.epoch_origin is None
+            scheduled = validation_due(self.config, state, epoch_end=at_end)
+            self.early_stopping.restore(folder, state, count_recorded=scheduled)
 
     def _stopping_early(self, state: TrainState) -> bool:
         """Whether early stopping ends training (the same answer on every rank: it comes
@@ -1790,7 +1819,10 @@ class Trainer:
         raw_weights: bool = False,
     ) -> dict[str, Any]:
         """Evaluate `module` (weights from `ckpt` if given: its EMA when it holds one,
-        unless `raw_weights`) over all of `data`; results are named `<split>/<metric>`."""
+        unless `raw_weights`; without `ckpt`, the module as it is, or its EMA when this
+        Trainer trained it with one) over all of `data`; results are named
+        `<split>/<metric>`, and logged at the checkpoint's step (not with `raw_weights`:
+        the run's rows are its model's)."""
         step, epoch = module.global_step, module.current_epoch  # an in-memory module's
         if ckpt is not None:
             load_eval_weights(ckpt, module, raw_weights=raw_weights)
@@ -1799,10 +1831,22 @@ class Trainer:
             trained = read_state(Path(ckpt)) if state.is_file() else None
             step, epoch = (trained.global_step, trained.step_epoch) if trained else (None, None)
         module.to(self.accelerator.device)
-        results = self.evaluate(module, as_eval_source(data), split)
-        if step is not None:
+        with self._average_of(module, ckpt, raw_weights):
+            results = self.evaluate(module, as_eval_source(data), split)
+        if step is not None and not raw_weights:  # the run's rows are its model's (the EMA)
             self.tracker.log(results, step=step, epoch=epoch)
         return results
+
+    def _average_of(
+        self, module: EnhancedModule, ckpt: str | Path | None, raw_weights: bool
+    ) -> contextlib.AbstractContextManager:
+        """For `validate`/`predict` of the module this Trainer trained with EMA on, given no
+        `ckpt`: the average swapped in, as validation in `fit` and a checkpoint use it
+        (unless `raw_weights`); else nothing."""
+        ema = self.ema
+        if ckpt is None and not raw_weights and ema is not None and ema.averages(module):
+            return ema.swapped_in()
+        return contextlib.nullcontext()
 
     @torch.inference_mode()
     def predict(
@@ -1824,7 +1868,8 @@ class Trainer:
         targets (and `metrics`), accumulates the metrics of `validation_step` (keys
         `<split>/…`). `postprocess` maps the predictions before they are written (e.g. to
         physical units); `keeper` collects the first samples for pictures. A `ckpt` that
-        holds an EMA of its weights predicts with it, unless `raw_weights`. `shown_as`: the
+        holds an EMA of its weights predicts with it, unless `raw_weights` (without `ckpt`:
+        the EMA when this Trainer trained `module` with one). `shown_as`: the
         folder to name in messages when `out` is a staging folder swapped in later.
 
         Files: `out/predictions-r<rank>-<part>.npz`, each with `keys` (N,) and `predictions`
@@ -1833,6 +1878,8 @@ class Trainer:
         a `value_scale`, which is then written beside it: physical = scaled × value_scale).
         Returns the metrics ({} without targets, or for a module
         without `validation_step`)."""
+        from .inference import refuse_keys_on_several_ranks
+
         acc = self.accelerator
         metrics = metrics and _implements(module, "validation_step")
         if ckpt is not None:
@@ -1849,7 +1896,7 @@ class Trainer:
             postprocess, units = module.to_physical, "physical"  # normalised per variable
         described = _units_entries(module, units, postprocess)
         sums, written, seen = EvalSums(), 0, set()
-        with acc.autocast():
+        with acc.autocast(), self._average_of(module, ckpt, raw_weights):
             for part, batch in enumerate(as_eval_source(data).iterate(self._ctx())):
                 batch = self._to_device(batch)
                 if batch.keys is None:
@@ -1873,6 +1920,7 @@ class Trainer:
                     **described,
                 )
                 written += len(batch.keys)
+        refuse_keys_on_several_ranks(seen, acc, split)  # each rank's `seen` checked: together
         total = acc.reduce(torch.tensor([written, sums.count], device=acc.device), "sum")
         say(f"wrote {int(total[0])} predictions to {shown_as or out}")
         return sums.reduce(acc, module, split) if int(total[1]) else {}

@@ -16,6 +16,7 @@ from data: "../x" or "/abs/x" must not leave the folder).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -74,22 +75,77 @@ def save_samples(
     step: int | None = None,
     gifs: bool = True,
     channel_names: Sequence[str] | None = None,
+    strict: bool = False,
 ) -> list[tuple[str, Path, Path | None]]:
     """A panel (`<stem>.png`) and, with `gifs` and a prediction, a GIF (`<stem>.gif`) for
     each (key, inputs, truth, prediction) in `folder`, named by `sample_file_stems`:
     [(stem, png, gif or None)]. `channel_names` (one per channel, e.g. the dataset's
-    variables) label the channels' rows and strips (`_channel_suffixes`)."""
+    variables) label the channels' rows and strips (`_channel_suffixes`); names that do not
+    fit are an error.
+
+    Pictures are a view of the results, never a reason to lose them: a failure to draw or
+    write them (a full disk, a folder that cannot be made) is one warning naming the folder,
+    the pictures this call wrote (complete or partly written) are removed, the folder too if
+    that leaves it empty, and [] is returned. With `strict` the error is raised instead (the
+    caller removes the files: training's tracker, which removes a validation's files)."""
     folder = Path(folder)
+    stems = sample_file_stems(s[0] for s in samples)
+    for channels in sorted({np.shape(inputs)[1] for _, inputs, *_ in samples}):
+        _channel_suffixes(channels, colormap, channel_names)  # the caller's error: raised
     written = []
-    for stem, (key, inputs, truth, pred) in zip(sample_file_stems(s[0] for s in samples), samples):
-        png = save_panel(folder / f"{stem}.png", inputs, truth, pred, colormap, key=key,
-                         step=step, channel_names=channel_names)  # fmt: skip
-        gif = None
-        if gifs and pred is not None:
-            gif = save_gif(folder / f"{stem}.gif", truth, pred, colormap=colormap, key=key,
-                           channel_names=channel_names)  # fmt: skip
-        written.append((stem, png, gif))
+    try:
+        for stem, (key, inputs, truth, pred) in zip(stems, samples):
+            png = save_panel(folder / f"{stem}.png", inputs, truth, pred, colormap, key=key,
+                             step=step, channel_names=channel_names)  # fmt: skip
+            gif = None
+            if gifs and pred is not None:
+                gif = save_gif(folder / f"{stem}.gif", truth, pred, colormap=colormap, key=key,
+                               channel_names=channel_names)  # fmt: skip
+            written.append((stem, png, gif))
+    except Exception as exc:  # (not KeyboardInterrupt, SystemExit: those stop the command)
+        if strict:
+            raise
+        _pictures_not_written(folder, stems, exc)
+        return []
     return written
+
+
+def _pictures_not_written(folder: Path, stems: Sequence[str], exc: Exception) -> None:
+    """One warning naming `folder` (`shown_folder`) and the error; the pictures of `stems`
+    removed from it, and the folder if that leaves it empty."""
+    error = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, OSError) and exc.strerror:  # its file's name, not its staging path
+        named = f": {Path(exc.filename).name}" if exc.filename else ""
+        error = f"[Errno {exc.errno}] {exc.strerror}{named}"
+    log.warning(
+        "%s: the sample pictures were not written (%s%s); they are left out, the other "
+        "outputs are not affected",
+        shown_folder(folder),
+        type(exc).__name__,
+        f": {error}" if error else "",
+    )
+    if not folder.is_dir():
+        return
+    for name in (f"{stem}{suffix}" for stem in stems for suffix in (".png", ".gif")):
+        with contextlib.suppress(OSError):
+            (folder / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only when empty: what else is there stays
+
+
+def shown_folder(folder: str | Path) -> Path:
+    """`folder` as the user finds it: a path inside this process's staging folder of an
+    output `out` (`predict` and `forecast` write into one that replaces `out` once
+    complete, see `data/convert.py: staged_output`) as the same path under `out`; any
+    other path as it is."""
+    from .data.staging import leftover
+
+    folder = Path(folder)
+    for staging in (folder, *folder.parents):
+        named = re.fullmatch(r"\.(.+)\.staging-.+", staging.name)
+        if named and leftover(staging.parent / named[1], "staging") == staging:
+            return staging.parent / named[1] / folder.relative_to(staging)
+    return folder
 
 
 # ---------------------------------------------------------------------------- colour ranges

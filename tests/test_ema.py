@@ -131,8 +131,17 @@ def test_validation_and_predict_use_the_ema_and_the_raw_weights_on_request(tmp_p
     assert trainer.validate(TinyModule(), val_loader, ckpt=last)["val/loss"] == pytest.approx(
         with_ema, rel=1e-6
     )
+    rows = (trainer.output_dir / "metrics.jsonl").read_text()
     raw_results = trainer.validate(TinyModule(), val_loader, ckpt=last, raw_weights=True)
     assert raw_results["val/loss"] == pytest.approx(with_raw, rel=1e-6)
+    # the run's rows are its model's: the raw weights' results are not logged among them
+    assert (trainer.output_dir / "metrics.jsonl").read_text() == rows
+    # the module just trained, without ckpt: its EMA too (it scored its raw weights)
+    in_memory = trainer.validate(module, val_loader)["val/loss"]
+    assert in_memory == pytest.approx(with_ema, rel=1e-6)
+    in_memory_raw = trainer.validate(module, val_loader, raw_weights=True)["val/loss"]
+    assert in_memory_raw == pytest.approx(with_raw, rel=1e-6)
+    assert all(torch.equal(p, raw[n]) for n, p in module.named_parameters())
 
 
 def test_cli_export_load_and_predict_use_the_ema_unless_raw_weights(tmp_path):
@@ -170,6 +179,12 @@ def test_cli_export_load_and_predict_use_the_ema_unless_raw_weights(tmp_path):
     proc = run_cli(*predict, cwd=tmp_path)
     assert proc.returncode == 2 and "--overwrite" in proc.stderr
     assert (tmp_path / "pred-ema" / "metrics.json").read_text() == metrics[0]
+    # nor do validate's: --ckpt best, whose newer results replace older ones, included
+    run_cli("validate", str(DEBUG), cwd=tmp_path, check=True)
+    kept = (run / "metrics_val.json").read_text()
+    proc = run_cli("validate", str(DEBUG), "--raw-weights", cwd=tmp_path)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    assert (run / "metrics_val.json").read_text() == kept
 
 
 def test_ema_settings_are_checked():

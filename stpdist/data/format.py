@@ -349,17 +349,24 @@ into windows: the position in the series of the window's first frame (its frames
 next T). The split's statistics count each frame of the series once, however many
 overlapping windows (`--stride` below `--frames`) hold it."""
 
+SERIES_ID = "series_id"
+"""Optional entry beside `SERIES_INDEX` where a split holds several series (SEVIR's events,
+TaxiBJ's files): which series the window is cut from (a string). Positions count within
+their series: frame 0 of one event is not frame 0 of another. Without it the split's
+windows are of one series."""
+
 
 class StatsAccumulator:
     """Per-channel mean/std/min/max of scaled frames, accumulated in float64; with
     `per_pixel`, also the C×H×W mean over all frames (the climatology).
 
-    `add`'s `first`: the sample is a window of one long series starting at that frame; only
-    the frames not counted yet are added (overlapping windows would weigh a frame once per
-    window holding it). `valid`: a T×C×H×W mask of the values to count (False: a NaN filled
-    with `--allow-nan`'s value); the rest are left out of every statistic. A channel with no
-    valid value gets the fill's statistics (mean = min = max = fill, std 0), a pixel never
-    valid the fill as its climatology."""
+    `add`'s `first`: the sample is a window of a series (`series`: which one, None for the
+    split's one series) starting at that frame; only the frames of that series not counted
+    yet are added (overlapping windows would weigh a frame once per window holding it).
+    `valid`: a T×C×H×W mask of the values to count (False: a NaN filled with `--allow-nan`'s
+    value); the rest are left out of every statistic. A channel with no valid value gets the
+    fill's statistics (mean = min = max = fill, std 0), a pixel never valid the fill as its
+    climatology."""
 
     def __init__(self, per_pixel: bool = False) -> None:
         self.count: np.ndarray | None = None
@@ -375,19 +382,21 @@ class StatsAccumulator:
         """Valid values per pixel, once a sample came with a mask (before: `frames` each)."""
         self.pixel_fill: np.ndarray | None = None
         self.frames = 0
-        self.counted = np.zeros(0, bool)
-        """Series positions already counted (`first`): one flag per frame of the series."""
+        self.counted: dict[Any, np.ndarray] = {}
+        """Per series (`add`'s `series`), the positions already counted (`first`): one flag
+        per frame of the series."""
 
-    def _not_counted(self, first: int, length: int) -> np.ndarray:
-        """Which of the frames `first`…`first + length − 1` of the series are new; marks them
+    def _not_counted(self, first: int, length: int, series: Any = None) -> np.ndarray:
+        """Which of the frames `first`…`first + length − 1` of `series` are new; marks them
         counted."""
         stop = first + length
-        if stop > len(self.counted):
-            grown = np.zeros(max(stop, 2 * len(self.counted)), bool)
-            grown[: len(self.counted)] = self.counted
-            self.counted = grown
-        new = ~self.counted[first:stop]
-        self.counted[first:stop] = True
+        counted = self.counted.get(series, np.zeros(0, bool))
+        if stop > len(counted):
+            grown = np.zeros(max(stop, 2 * len(counted)), bool)
+            grown[: len(counted)] = counted
+            counted = self.counted[series] = grown
+        new = ~counted[first:stop]
+        counted[first:stop] = True
         return new
 
     def add(
@@ -396,10 +405,11 @@ class StatsAccumulator:
         scale: float,
         *,
         first: int | None = None,
+        series: Any = None,
         valid: np.ndarray | None = None,
     ) -> None:
         if first is not None:
-            new = self._not_counted(int(first), len(frames_TCHW))
+            new = self._not_counted(int(first), len(frames_TCHW), series)
             if not new.all():
                 frames_TCHW = frames_TCHW[new]
                 valid = None if valid is None else valid[new]
@@ -551,7 +561,8 @@ class SplitWriter:
     ) -> None:
         """Add one sample. `valid` (T×C×H×W bool): the values that count in the statistics
         (False where a NaN was filled); a `meta` with `SERIES_INDEX` marks a window of a
-        series, whose frames count once however many windows hold them."""
+        series (`SERIES_ID`: which one, where the split holds several), whose frames count
+        once however many windows hold them."""
         if frames_TCHW.ndim != 4:
             raise ShardFormatError(f"sample {key}: expected T×C×H×W, got shape {frames_TCHW.shape}")
         if frames_TCHW.size == 0 or frames_TCHW.dtype.kind not in "biuf":
@@ -586,8 +597,9 @@ class SplitWriter:
             members[META_EXT] = json.dumps(meta).encode()
         self._writer.write(key, members)
         self.counts[-1] += 1
-        first = (meta or {}).get(SERIES_INDEX)  # a window of a series: its frames count once
-        self.stats.add(frames_TCHW, self.value_scale, first=first, valid=valid)
+        # a window of a series: its frames count once
+        first, series = (meta or {}).get(SERIES_INDEX), (meta or {}).get(SERIES_ID)
+        self.stats.add(frames_TCHW, self.value_scale, first=first, series=series, valid=valid)
 
     def new_shard(self) -> None:
         """Start a new shard now (the next sample goes into it)."""

@@ -203,6 +203,8 @@ class GenericArrays:
         self.chunks = chunks
         timestamps = self.time_key is not None
         self.times = np.concatenate(times) if timestamps else np.arange(frame)
+        if timestamps:
+            _check_chunk_order(chunks, self.times)
         self.key_unit = stamp_unit(self.times)  # keys need seconds for 30-second steps
         if self.value_scale is None:
             self.value_scale = 255.0 if dtype == np.uint8 else 1.0
@@ -294,6 +296,35 @@ class GenericArrays:
                 else {}
             ),
         }
+
+
+def _check_chunk_order(chunks: list[tuple[str, int, int]], times: np.ndarray) -> None:
+    """Times increase through the chunks in the order they are read (name order, digit runs
+    as numbers): within each chunk, and from each chunk's last frame to the next one's
+    first. A chunk that breaks it is refused naming its file (and the chunk before it)."""
+    unit = stamp_unit(times)
+
+    def shown(frame: int) -> str:
+        return np.datetime_as_string(times[frame], unit=unit)
+
+    previous = None  # (file, last frame) of the chunk before
+    for file, first, count in chunks:
+        bad = np.flatnonzero(np.diff(times[first : first + count]) <= np.timedelta64(0))
+        if len(bad):
+            i = int(bad[0])
+            raise InputError(
+                f"{file}: times do not increase at frame {i + 1} ({shown(first + i)} then "
+                f"{shown(first + i + 1)}): remove the repeated or misplaced frames"
+            )
+        if previous is not None and count and times[first] <= times[previous[1]]:
+            raise InputError(
+                f"{file}: times go back: it starts at {shown(first)}, not after the end of "
+                f"{previous[0]} ({shown(previous[1])}), the chunk before it in name order "
+                "(digit runs compared as numbers: chunk2 before chunk10); chunks are read in "
+                "name order: name them in time order, or remove the time steps they both hold"
+            )
+        if count:
+            previous = (file, first + count - 1)
 
 
 def _arrays_in(folder: Path) -> list[str]:

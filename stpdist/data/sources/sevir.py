@@ -6,9 +6,10 @@ holding it (`file_name`, relative to the data folder) and its row there (`file_i
 and the event time (`time_utc`). A VIL file holds `id` (N event ids) and `vil`, N×H×W×49
 uint8 (384×384 frames, 5 minutes apart). Each event is cut into windows of `num_frames`
 frames every `stride` frames (25 = 13 inputs + 12 targets, stride 12: starts 0, 12, 24),
-stored T×1×H×W uint8, value scale 255. Split by event time: events from `val_from` on are
-validation, from `test_from` on test (Earthformer: 2019-01-01 and 2019-06-01). The usual
-VIL thresholds in stored units: 16, 74, 133, 160, 181, 219.
+stored T×1×H×W uint8, value scale 255; the split's statistics count each frame of an event
+once, however many overlapping windows hold it. Split by event time: events from `val_from`
+on are validation, from `test_from` on test (Earthformer: 2019-01-01 and 2019-06-01). The
+usual VIL thresholds in stored units: 16, 74, 133, 160, 181, 219.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 from ...console import log
 from ...errors import InputError
-from ..format import require_file
+from ..format import SERIES_ID, SERIES_INDEX, require_file
 from .series import check_window
 
 VIL_THRESHOLDS = [16, 74, 133, 160, 181, 219]
@@ -144,7 +145,9 @@ class Sevir:
                     for start in range(0, frames.shape[0] - self.num_frames + 1, self.stride):
                         key = f"{event}_{start:02d}".replace(".", "_").replace("/", "_")
                         window = frames[start : start + self.num_frames]
-                        out.append((key, window, {"event": event, "start": start, "file": file}))
+                        meta = {"event": event, "start": start, "file": file}
+                        meta |= {SERIES_INDEX: start, SERIES_ID: event}  # counted once each
+                        out.append((key, window, meta))
         except (OSError, KeyError, ValueError) as exc:
             raise InputError(f"{path}: {exc}") from exc
         return out

@@ -5,7 +5,8 @@ Windows of `num_frames` consecutive half-hour slots (stride `stride`), never acr
 in the record nor across files. Date-based split: windows starting in the last `test_days`
 days of the whole record are test, the `val_days` before them validation, the rest train;
 a window that straddles a split boundary is dropped, so no frame is shared between splits.
-Stored as float32 raw flows, value scale 1292 (the maximum flow).
+Stored as float32 raw flows, value scale 1292 (the maximum flow); the split's statistics
+count each slot of a file once, however many overlapping windows hold it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError, MissingInput
-from ..format import require_file
+from ..format import SERIES_ID, SERIES_INDEX, require_file
 from .series import check_window
 
 SLOT = timedelta(minutes=30)
@@ -127,13 +128,13 @@ class TaxiBJ:
             if self._split_of(dates[s], dates[end], bounds) == split:
                 frames = np.asarray(data[s : end + 1], dtype=np.float32)
                 stamp = dates[s].strftime("%Y%m%d%H%M")
-                out.append(
-                    (
-                        f"{stem}_{stamp}",
-                        frames,
-                        {"source": Path(path).name, "start": dates[s].isoformat()},
-                    )
-                )
+                meta = {
+                    "source": Path(path).name,
+                    "start": dates[s].isoformat(),
+                    SERIES_INDEX: s,  # the statistics count each slot of the file once
+                    SERIES_ID: Path(path).name,
+                }
+                out.append((f"{stem}_{stamp}", frames, meta))
         return out
 
     def args(self) -> dict[str, Any]:
