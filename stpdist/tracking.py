@@ -54,10 +54,18 @@ class MetricsLog:
         record = {"step": step, "epoch": epoch, "time": round(time.time(), 3)}
         record.update({k: plain(v) for k, v in values.items()})
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(record) + "\n"
         if self._inherited is None:
             self._inherited = self.path.stat().st_size if self.path.is_file() else 0
+            if self._inherited and not self._ends_a_line():
+                line = "\n" + line  # a line torn by a killed process: ours starts anew
         with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(line)
+
+    def _ends_a_line(self) -> bool:
+        with open(self.path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) == b"\n"
 
     def set_aside(self) -> Path | None:
         """A training that starts from step 0 begins a new file: the lines of metrics.jsonl
@@ -250,6 +258,18 @@ class Tracker:
     @property
     def _tracking(self) -> bool:
         return self.is_main and self.accelerator is not None and bool(self.accelerator.trackers)
+
+    def log_unless_logged(self, values: dict[str, Any], *, step: int, epoch: int) -> bool:
+        """`log`, unless `metrics.jsonl` holds a record of `step` with all of `values`' keys
+        (results a checkpoint stored whose logging a killed process never reached);
+        returns whether it logged."""
+        if not self.is_main or not values:
+            return False
+        for record in self.metrics.records():
+            if record.get("step") == step and set(values) <= set(record):
+                return False
+        self.log(values, step=step, epoch=epoch)
+        return True
 
     def log(self, values: dict[str, Any], *, step: int, epoch: int) -> None:
         if not self.is_main:

@@ -567,7 +567,16 @@ class Validator:
         batch, the epoch not yet closed (a stop there): closing it validates, as an
         uninterrupted run did, in its order. `final`: this run ends at the resumed step."""
         self.last_step = state.metrics_step
-        if not state.global_step or state.metrics_step == state.global_step or end_pending:
+        if state.global_step and state.metrics_step == state.global_step:
+            # stored in the checkpoint, but a process killed before it logged them (or
+            # while retention deleted an old checkpoint) left them out of metrics.jsonl
+            epoch = state.step_epoch
+            if self.trainer.tracker.log_unless_logged(
+                state.metrics, step=state.global_step, epoch=epoch
+            ):
+                say(f"step {state.global_step}: validation results logged from its checkpoint")
+            return
+        if not state.global_step or end_pending:
             return
         # a checkpoint at batch 0 was written at an epoch's end (`state.epoch` is the next)
         # (an epoch continued on other ranks restarts its batch count: no epoch end there)

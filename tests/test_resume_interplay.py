@@ -9,6 +9,8 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,49 @@ def test_a_run_extended_past_its_last_validation_stops_early_where_it_would_have
         for r in ("straight", "extended")
     ]
     assert stops[0] == stops[1]  # the state saved with step 12, before its validation
+
+
+KILLED_BEFORE_LOGGING = """
+import os, sys
+from stpdist import tracking
+from stpdist.cli import main
+
+log = tracking.Tracker.log
+
+def dying_log(self, values, *, step, epoch):
+    if "val/loss" in values and step == int(os.environ["DIE_AT"]):
+        os._exit(9)  # SIGKILL's effect: the results are stored in the checkpoint, not logged
+    log(self, values, step=step, epoch=epoch)
+
+tracking.Tracker.log = dying_log
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_results_stored_in_a_checkpoint_but_never_logged_are_logged_on_resume(tmp_path):
+    """A process killed between storing a validation in its checkpoint and logging it (or
+    while retention deleted an old checkpoint) lost the row for good: the resume saw the
+    results stored and did not validate again."""
+    from conftest import ROOT, run_cli
+
+    debug = str(ROOT / "configs" / "debug.yaml")
+    args = ["train", debug, "trainer.max_epochs=2", "logging.num_samples=0"]
+    script = tmp_path / "die.py"
+    script.write_text(KILLED_BEFORE_LOGGING)
+    env = {**os.environ, "DIE_AT": "8", "OMP_NUM_THREADS": "1"}
+    died = subprocess.run(
+        [sys.executable, str(script), *args], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert died.returncode == 9, died.stderr[-2000:]
+    run = tmp_path / "runs" / "debug"
+    assert (run / "checkpoints/step-00000008/validation.json").is_file()
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 9, "epoch": 1, "ti')  # and a line torn by the kill
+    resumed = run_cli(*args, "--resume", "auto", cwd=tmp_path, check=True)
+    assert "step 8: validation results logged from its checkpoint" in resumed.stdout
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    rows = [
+        json.loads(line) for line in lines if not line.startswith('{"step": 9, "epoch": 1, "ti')
+    ]
+    assert len(rows) == len(lines) - 1  # every other line whole: the torn one swallowed none
+    assert [r["step"] for r in rows if "val/loss" in r] == [8, 16]
