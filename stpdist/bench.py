@@ -951,7 +951,9 @@ def bench_model(
 ) -> dict:
     """Forward+backward+optimizer step time, peak memory and forward FLOPs of backbone
     `name` on inputs of `shape` (B, T_in, C, H, W), and inference FPS: sequences per second
-    of an eval-mode forward of `fps_batch` sequences (OpenSTL's table: batch 16).
+    of an eval-mode forward of `fps_batch` sequences (default 16; OpenSTL's FPS column
+    comes from its `measure_throughput`, at batch 100, or 10 when the frames' longer side is
+    ≥ 128 px, on a V100: not the same measurement).
 
     `model_config` (a ModelConfig, e.g. a recipe's `model` section) replaces name, patch
     size and backbone arguments, and brings the recipe's scheduled sampling: the steps run

@@ -9,7 +9,7 @@ import (an OpenSTL checkpoint), synth, shard, inspect (make and look at datasets
     stpdist reproduce CONFIG --seeds N [--small] [--resume auto]
     stpdist forecast RUN_OR_MODEL INPUTS --out DIR [--overwrite]
     stpdist export RUN_OR_MODEL --out DIR [--format onnx] [--overwrite]
-    stpdist import openstl CKPT --method NAME [--config OpenSTL-config.py] --out DIR
+    stpdist import openstl CKPT --method NAME [--config OpenSTL-config.py] [--dataset NAME] --out DIR
     stpdist synth moving-digits --out DIR --train N --val N --test N --seed S
     stpdist shard FORMAT SRC --out DIR   (formats: stpdist shard --help)
     stpdist inspect DIR
@@ -200,7 +200,10 @@ def cmd_validate(args: argparse.Namespace) -> None:
     out = Path(cfg.trainer.output_dir)
     record = _checkpoint_record(ckpt, args.raw_weights)
     earlier = _json_file(out / f"metrics_{split}.json")
-    if earlier is not None and not (args.overwrite or args.ckpt == "best"):
+    # the best checkpoint moves as a run goes on: its newer results replace the older, but
+    # results of its EMA and of its raw weights (--raw-weights) do not replace each other
+    same_kind = earlier is not None and earlier.get("raw_weights", False) == args.raw_weights
+    if earlier is not None and not (args.overwrite or (args.ckpt == "best" and same_kind)):
         _refuse_other_checkpoint(str(out / f"metrics_{split}.json"), earlier, record, args.ckpt, "")
     results = trainer.validate(
         module, build.eval_stream(cfg, split), ckpt=ckpt, split=split, raw_weights=args.raw_weights
@@ -506,8 +509,28 @@ def cmd_import(args: argparse.Namespace) -> None:
     from .openstl import import_checkpoint
 
     import_checkpoint(
-        args.checkpoint, args.method, args.out, config=args.config, overwrite=args.overwrite
+        args.checkpoint,
+        args.method,
+        args.out,
+        config=args.config,
+        overwrite=args.overwrite,
+        dataset=args.dataset,
+        in_shape=args.in_shape,
+        pre=args.pre,
+        aft=args.aft,
+        ema=args.ema,
     )
+
+
+def _openstl_shape(text: str) -> list[int]:
+    """`--in-shape T,C,H,W`: four positive sizes."""
+    try:
+        sizes = [int(v) for v in text.split(",")]
+    except ValueError:
+        sizes = []
+    if len(sizes) != 4 or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected four positive sizes T,C,H,W")
+    return sizes
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -1154,6 +1177,26 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="OpenSTL .ckpt (Lightning) or state dict (.pth)")
     s.add_argument("--method", required=True, help="OpenSTL method: ConvLSTM, SimVP, TAU, …")
     s.add_argument("--config", default=None, help="OpenSTL config .py (read, never run)")
+    s.add_argument(
+        "--dataset",
+        default=None,
+        help="OpenSTL dataset name (mmnist, taxibj, kth, …): its frame shape and counts, "
+        "which OpenSTL's config files never hold (default: the checkpoint's, else mmnist's)",
+    )
+    s.add_argument(
+        "--in-shape",
+        type=_openstl_shape,
+        default=None,
+        metavar="T,C,H,W",
+        help="OpenSTL's in_shape: input frames, channels, height, width",
+    )
+    s.add_argument("--pre", type=_positive_int, default=None, help="input frames (pre_seq_length)")
+    s.add_argument("--aft", type=_positive_int, default=None, help="output frames (aft_seq_length)")
+    s.add_argument(
+        "--ema",
+        action="store_true",
+        help="import the EMA weights of OpenSTL's EMA hook (ema_* buffers), not the raw ones",
+    )
     s.add_argument("--out", required=True, help="the model folder to write")
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     s.add_argument("--debug", action="store_true")

@@ -9,9 +9,15 @@ code runs) and the hyper-parameters are ignored, with a warning.
 
 The architecture comes from, in increasing priority: OpenSTL's Moving MNIST defaults for
 the method (its `configs/mmnist/<Method>.py` and the dataset's 10→10 at 1×64×64), the
-checkpoint's `hyper_parameters` (plain values only), and `--config`: an OpenSTL config
+checkpoint's `hyper_parameters` (plain values only), `--config`: an OpenSTL config
 file, which is Python but is never run: only top-level assignments of literals are read
-(`ast.literal_eval`).
+(`ast.literal_eval`), then `--dataset` (OpenSTL's dataset defaults, `DATASETS`) and
+`--in-shape`/`--pre`/`--aft`. OpenSTL's config files never hold the frame shape: when
+nothing gives it, the Moving MNIST one assumed is said in one line.
+
+A prefix every key carries from a wrapper (DDP's `module.`) is stripped; the `ema_*`
+buffers of OpenSTL's EMA hook are left out, or with `--ema` imported in place of the raw
+weights (`split_ema`).
 
 Every OpenSTL tensor is renamed by the method's rules below (`KEY_RULES`) into the
 stpdist backbone; tensors that OpenSTL builds but its forward never uses (`UNUSED`) are
@@ -144,7 +150,51 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 """OpenSTL's Moving MNIST settings per method (its configs/mmnist files, its parser's
 defaults and the dataset's 10→10 frames of 1×64×64)."""
 
-KNOWN_KEYS = sorted({k for d in DEFAULTS.values() for k in d} | set(_COMMON) | {"method"})
+# OpenSTL's dataset defaults (openstl/datasets/dataset_constant.py): its config files never
+# hold the frame shape or counts, its `--dataname` brings them
+_SHAPE_KEYS = ("in_shape", "pre_seq_length", "aft_seq_length")
+
+
+def _shape(t_in: int, c: int, h: int, w: int, t_out: int) -> dict[str, Any]:
+    return {"in_shape": [t_in, c, h, w], "pre_seq_length": t_in, "aft_seq_length": t_out}
+
+
+DATASETS: dict[str, dict[str, Any]] = {
+    "mmnist": _shape(10, 1, 64, 64, 10),
+    "mfmnist": _shape(10, 1, 64, 64, 10),
+    "mmnist_cifar": _shape(10, 3, 64, 64, 10),
+    "noisymmnist": _shape(10, 1, 64, 64, 10),
+    "taxibj": _shape(4, 2, 32, 32, 4),
+    "human": _shape(4, 3, 256, 256, 4),
+    "kth": _shape(10, 1, 128, 128, 20),
+    "kth20": _shape(10, 1, 128, 128, 20),
+    "kth40": _shape(10, 1, 128, 128, 40),
+    "kitticaltech": _shape(10, 3, 128, 160, 1),
+    "bair": _shape(4, 3, 64, 64, 12),
+    "kinetics": _shape(4, 3, 256, 256, 4),
+    "kinetics400": _shape(4, 3, 256, 256, 4),
+    "kinetics600": _shape(4, 3, 256, 256, 4),
+    "weather": _shape(12, 1, 32, 64, 12),
+    "weather_t2m_5_625": _shape(12, 1, 32, 64, 12),
+    "weather_r_5_625": _shape(12, 1, 32, 64, 12),
+    "weather_tcc_5_625": _shape(12, 1, 32, 64, 12),
+    "weather_uv10_5_625": _shape(12, 2, 32, 64, 12),
+    "weather_mv_4_4_s6_5_625": _shape(4, 12, 32, 64, 4),
+    "weather_mv_4_28_s6_5_625": _shape(4, 12, 32, 64, 28),
+    "weather_t2m_1_40625": _shape(12, 1, 128, 256, 12),
+    "weather_r_1_40625": _shape(12, 1, 128, 256, 12),
+    "weather_tcc_1_40625": _shape(12, 1, 128, 256, 12),
+    "weather_uv10_1_40625": _shape(12, 2, 128, 256, 12),
+}
+"""OpenSTL `--dataname` → its frame shape and counts (its dataset_parameters); `--dataset`."""
+
+_DATA_ROOTS = {"mmnist": "data/mmnist", "kth": "data/kth", "kth20": "data/kth",
+               "taxibj": "data/taxibj"}  # fmt: skip
+"""Datasets with an stpdist recipe: the `data.root` its recipes use (others: data/NAME)."""
+
+KNOWN_KEYS = sorted(
+    {k for d in DEFAULTS.values() for k in d} | set(_COMMON) | {"method", "dataname"}
+)
 
 
 # ---------------------------------------------------------------------------- key maps
@@ -527,7 +577,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             "%s holds objects besides tensors that a weights-only load refuses (%s); reading "
             "its tensors only (nothing else is unpickled); its hyper_parameters are ignored: "
             "pass the OpenSTL config with --config",
-            path, _first_line(exc),
+            path, _refusal(exc),
         )  # fmt: skip
         try:
             raw = _load_tensors_only(path)
@@ -552,6 +602,21 @@ def _unreadable(path: Path, exc: Exception) -> str:
     return f"{path}: {kind}: {first_sentence}"
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _refusal(exc: Exception) -> str:
+    """What a weights-only load refused, in one clause: the global torch names ("Unsupported
+    global: GLOBAL x.Y …") where it names one, else its first sentence (terminal escapes
+    removed)."""
+    text = _ANSI.sub("", str(exc))
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if match:
+        return f"the first: {match.group(1)}"
+    first = " ".join(text.split()).split(". ")[0].rstrip(".")
+    return (first or type(exc).__name__)[:200]
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:200]
@@ -572,6 +637,60 @@ def _state_dict(raw: Any, path: Path) -> dict[str, torch.Tensor]:
             )
         tensors[key.removeprefix("model.") if isinstance(key, str) else key] = value
     return tensors
+
+
+_WRAPPER_PREFIXES = ("module.",)
+"""Prefixes a wrapper module puts before every key: DDP and DataParallel's `module.`
+(OpenSTL's multi-GPU training before Lightning saved `checkpoint.pth` from the wrapped
+model; a Lightning state dict of a wrapped model holds `model.module.`)."""
+
+
+def strip_wrappers(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """`tensors` without the wrapper prefixes (`_WRAPPER_PREFIXES`) that every key carries,
+    and those prefixes; a prefix only some keys carry stays."""
+    stripped: list[str] = []
+    while tensors:
+        prefix = next(
+            (w for w in _WRAPPER_PREFIXES if all(str(k).startswith(w) for k in tensors)), None
+        )
+        if prefix is None:
+            break
+        tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
+        stripped.append(prefix)
+    return tensors, stripped
+
+
+@dataclasses.dataclass
+class EmaSplit:
+    tensors: dict[str, torch.Tensor]
+    """The state dict to import: the raw weights, or with `ema` the averaged ones."""
+    averaged: list[str]
+    """Keys whose EMA copy the checkpoint holds."""
+
+
+def split_ema(tensors: dict[str, torch.Tensor], ema: bool, where: str) -> EmaSplit:
+    """OpenSTL's EMA hook (before its Lightning version) registers on the model, per
+    parameter `a.b.c`, a buffer `ema_a_b_c` holding its moving average; the checkpoint
+    holds both (the parameters raw: the hook swaps the averages in only around a
+    validation). Without `ema`: those buffers are left out; with `ema`: each parameter is
+    replaced by its average (tensors without one, such as BatchNorm statistics, stay)."""
+    by_ema_name = {f"ema_{k.replace('.', '_')}": k for k in tensors if not k.startswith("ema_")}
+    averages = {k: by_ema_name[k] for k in tensors if k.startswith("ema_") and k in by_ema_name}
+    if ema and not averages:
+        raise InputError(
+            f"{where}: --ema, but the checkpoint holds no EMA weights (the ema_* buffers of "
+            "OpenSTL's EMA hook); leave out --ema"
+        )
+    kept = {k: v for k, v in tensors.items() if k not in averages}
+    if ema:
+        for key, original in averages.items():
+            if tensors[key].shape != tensors[original].shape:
+                raise InputError(
+                    f"{where}: EMA buffer '{key}' {tuple(tensors[key].shape)} does not have "
+                    f"the shape of '{original}' {tuple(tensors[original].shape)}"
+                )
+            kept[original] = tensors[key]
+    return EmaSplit(kept, sorted(averages.values()))
 
 
 def _plain(value: Any) -> bool:
@@ -636,10 +755,22 @@ def canonical_method(name: str) -> str:
 
 
 def settings(
-    method: str, hyper_parameters: dict[str, Any], config: dict[str, Any]
+    method: str,
+    hyper_parameters: dict[str, Any],
+    config: dict[str, Any],
+    *,
+    dataset: str | None = None,
+    shape: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """OpenSTL's settings for `method`: Moving MNIST defaults ← checkpoint ← config file."""
+    """OpenSTL's settings for `method`: Moving MNIST defaults ← checkpoint ← config file ←
+    `dataset` (an OpenSTL dataset name: its frame shape and counts, `DATASETS`) ← `shape`
+    (`in_shape`, `pre_seq_length`, `aft_seq_length` given on the command line). A
+    checkpoint's or config's `dataname` fills the shape keys they leave out. `notes` gets
+    one line saying which shape was assumed when no source gave it, and one per value the
+    command line replaced."""
     merged = {**_COMMON, **DEFAULTS[method]}
+    given: set[str] = set()
     for source, values in (
         ("the checkpoint's hyper_parameters", hyper_parameters),
         ("--config", config),
@@ -651,9 +782,39 @@ def settings(
             != method
         ):
             raise InputError(f"{source} says method {named!r}, but --method is {method}")
-        merged.update({k: v for k, v in values.items() if k in KNOWN_KEYS})
+        found = {k: v for k, v in values.items() if k in KNOWN_KEYS}
+        merged.update(found)
+        given |= set(found) | ({"aft_seq_length"} if "total_length" in values else set())
     if "total_length" in merged and "aft_seq_length" not in config:
         merged["aft_seq_length"] = int(merged["total_length"]) - int(merged["pre_seq_length"])
+    named_data = str(merged.get("dataname") or "").lower()
+    if named_data in DATASETS:  # the checkpoint's dataset: the shape keys it leaves out
+        merged.update({k: v for k, v in DATASETS[named_data].items() if k not in given})
+        given |= set(_SHAPE_KEYS)
+    replaced = {}
+    if dataset is not None:
+        name = dataset.lower()
+        if name not in DATASETS:
+            raise InputError(
+                f"--dataset {dataset!r}: not an OpenSTL dataset name; valid: {', '.join(DATASETS)}"
+            )
+        replaced.update(DATASETS[name])
+        merged["dataname"] = name
+    replaced.update(shape or {})
+    for key, value in replaced.items():
+        if key in given and merged.get(key) != value and notes is not None:
+            notes.append(f"{key} {value} from the command line replaces {merged[key]} of "
+                         "the checkpoint or --config")  # fmt: skip
+        merged[key] = value
+    assumed = [k for k in _SHAPE_KEYS if k not in given and k not in replaced]
+    if assumed and notes is not None:
+        t, (c, h, w) = merged["pre_seq_length"], merged["in_shape"][1:]
+        notes.append(
+            f"assumed {', '.join(assumed)} of OpenSTL's Moving MNIST ({t}→"
+            f"{merged['aft_seq_length']} frames of {c}×{h}×{w}): neither the checkpoint nor "
+            "--config gives them; for another dataset pass --dataset NAME (OpenSTL's, e.g. "
+            "taxibj, kth) or --in-shape T,C,H,W --pre N --aft M"
+        )
     return merged  # fmt: skip
 
 
@@ -790,10 +951,14 @@ def _model_section(method: str, s: dict[str, Any]) -> dict[str, Any]:
 def stpdist_config(method: str, s: dict[str, Any]) -> dict[str, Any]:
     """The stpdist config (as a nested dict) for OpenSTL settings `s` of `method`."""
     t_in, t_out = int(s["pre_seq_length"]), int(s["aft_seq_length"])
-    mmnist = list(s["in_shape"])[1:] == [1, 64, 64]
+    dataname = str(s.get("dataname") or "").lower()
+    if dataname in DATASETS:
+        root = _DATA_ROOTS.get(dataname, f"data/{dataname}")
+    else:
+        root = "data/mmnist" if list(s["in_shape"])[1:] == [1, 64, 64] else "data"
     return {
         "trainer": {"output_dir": f"runs/openstl-{method}"},
-        "data": {"root": "data/mmnist" if mmnist else "data", "batch_size": int(s.get("batch_size", 16)),
+        "data": {"root": root, "batch_size": int(s.get("batch_size", 16)),
                  "num_input_frames": t_in, "num_output_frames": t_out},
         "model": _model_section(method, s),
     }  # fmt: skip
@@ -849,11 +1014,12 @@ def map_tensors(
     target: dict[str, torch.Tensor],
     where: str,
     prefix: str = "backbone.",
+    hint: str = "",
 ) -> Mapped:
     """Rename OpenSTL `tensors` by `rules` into the keys of `target` (a module's state
     dict); a tensor matching `unused` is dropped. An InputError names the first tensor
-    that maps nowhere, lands twice or has another shape, or the first target key left
-    unfilled."""
+    that maps nowhere, lands twice or has another shape (`hint` appended: what to pass),
+    or the first target key left unfilled."""
     mapped: dict[str, torch.Tensor] = {}
     sources: dict[str, str] = {}
     dropped, unmapped = [], []
@@ -870,7 +1036,7 @@ def map_tensors(
             raise InputError(
                 f"{where}: OpenSTL tensors '{sources[new]}' and '{key}' both map to '{new}'"
             )
-        mapped[new], sources[new] = _shaped(tensor, target[new], key, new, where), key
+        mapped[new], sources[new] = _shaped(tensor, target[new], key, new, where, hint), key
     if unmapped:
         key, new = unmapped[0]
         more = (
@@ -928,7 +1094,7 @@ def _rename(key: str, rules: list[tuple[str, Any]]) -> str | None:
 
 
 def _shaped(
-    tensor: torch.Tensor, target: torch.Tensor, key: str, new: str, where: str
+    tensor: torch.Tensor, target: torch.Tensor, key: str, new: str, where: str, hint: str = ""
 ) -> torch.Tensor:
     """`tensor` in `target`'s shape: equal, or equal after dropping size-1 axes (layer
     scales are (C,) in OpenSTL and C×1×1 here)."""
@@ -939,7 +1105,7 @@ def _shaped(
         return tensor.reshape(target.shape).contiguous()
     raise InputError(
         f"{where}: OpenSTL tensor '{key}' has shape {tuple(tensor.shape)}, stpdist's '{new}' "
-        f"{tuple(target.shape)}: --method/--config do not describe this checkpoint's sizes"
+        f"{tuple(target.shape)}: --method/--config do not describe this checkpoint's sizes{hint}"
     )
 
 
@@ -951,11 +1117,21 @@ def import_checkpoint(
     *,
     config: str | Path | None = None,
     overwrite: bool = False,
+    dataset: str | None = None,
+    in_shape: list[int] | None = None,
+    pre: int | None = None,
+    aft: int | None = None,
+    ema: bool = False,
     say: Callable[[str], None] = print,
 ) -> Path:
     """Convert OpenSTL `checkpoint` of `method` into the stpdist model folder `out`
     (config.yaml, model.safetensors, index.json), written into a staging folder that
-    replaces `out` only when complete. Returns `out`."""
+    replaces `out` only when complete. Returns `out`.
+
+    `dataset` (an OpenSTL dataset name) or `in_shape` (T, C, H, W), `pre` and `aft` give
+    the frame shape and counts, which OpenSTL's config files never hold (otherwise the
+    checkpoint's, or Moving MNIST's, said in one line). `ema`: import the averages of
+    OpenSTL's EMA hook instead of the raw weights (see `split_ema`)."""
     from safetensors.torch import save_file
 
     from .build import build_module
@@ -968,15 +1144,33 @@ def import_checkpoint(
     name = canonical_method(method)
     protected = (checkpoint,) if config is None else (checkpoint, config)
     check_output_folder(out, overwrite=overwrite, protected=protected)
+    shape = _shape_options(in_shape, pre, aft)
     tensors, hyper_parameters = read_checkpoint(checkpoint)
+    tensors, wrappers = strip_wrappers(tensors)
+    if wrappers:
+        say(f"stripped the wrapper prefix {''.join(wrappers)!r} that every key carries (a "
+            "model saved inside DistributedDataParallel or DataParallel)")  # fmt: skip
+    split = split_ema(tensors, ema, str(checkpoint))
+    tensors = split.tensors
+    if split.averaged and ema:
+        say(f"imported the EMA weights (OpenSTL's EMA hook) of {len(split.averaged)} tensors "
+            "in place of the raw ones")  # fmt: skip
+    elif split.averaged:
+        say(f"left out the EMA weights of {len(split.averaged)} tensors (the ema_* buffers of "
+            "OpenSTL's EMA hook): the raw weights are imported; --ema imports the averages")  # fmt: skip
     tensors, copies = resolve_copies(tensors, COPIES.get(name, []), str(checkpoint))
-    found = settings(name, hyper_parameters, read_config(config) if config else {})
+    notes: list[str] = []
+    found = settings(name, hyper_parameters, read_config(config) if config else {},
+                     dataset=dataset, shape=shape, notes=notes)  # fmt: skip
+    for note in notes:
+        say(note)
     found = from_tensors(name, found, tensors)
     if name == "swinlstm":
         tensors = _swinlstm_tensors(tensors)
     cfg_dict = stpdist_config(name, found)
     cfg = _load_dict(cfg_dict)
-    t, (c, h, w) = found["pre_seq_length"] + found["aft_seq_length"], list(found["in_shape"])[1:]
+    t_in, t_out = int(found["pre_seq_length"]), int(found["aft_seq_length"])
+    t, (c, h, w) = t_in + t_out, list(found["in_shape"])[1:]
     index = SplitIndex(split="test", shape=[int(t), int(c), int(h), int(w)], dtype="uint8",
                        value_scale=255.0, shards=[], min=[0.0] * int(c), max=[1.0] * int(c),
                        source="openstl", args={"checkpoint": Path(checkpoint).name, "method": method,
@@ -987,8 +1181,10 @@ def import_checkpoint(
         raise InputError(
             f"{checkpoint}: the settings do not build stpdist's {name}: {exc}"
         ) from None
+    hint = (f" (the model was built for {t_in}→{t_out} frames of {c}×{h}×{w}; a checkpoint "
+            "of another dataset needs --dataset NAME, or --in-shape T,C,H,W --pre N --aft M)")  # fmt: skip
     mapped = map_tensors(tensors, key_rules(name, found), UNUSED.get(name, []),
-                         module.state_dict(), str(checkpoint))  # fmt: skip
+                         module.state_dict(), str(checkpoint), hint=hint)  # fmt: skip
     module.load_state_dict(
         {k: v.to(module.state_dict()[k].dtype) for k, v in mapped.tensors.items()}
     )
@@ -1006,6 +1202,30 @@ def import_checkpoint(
         write_index(staging, index)
     say(f"{name}: {len(mapped.tensors)} tensors from {checkpoint} → {out}")
     return Path(out)
+
+
+def _shape_options(in_shape: list[int] | None, pre: int | None, aft: int | None) -> dict[str, Any]:
+    """The shape settings given on the command line: `--in-shape` T,C,H,W (T is OpenSTL's
+    pre_seq_length unless `--pre` says it), `--pre`, `--aft`."""
+    shape: dict[str, Any] = {}
+    if in_shape is not None:
+        if len(in_shape) != 4 or any(int(n) < 1 for n in in_shape):
+            raise InputError(
+                f"--in-shape {','.join(map(str, in_shape))}: expected four positive sizes T,C,H,W"
+            )
+        shape["in_shape"] = [int(n) for n in in_shape]
+        if pre is not None and pre != shape["in_shape"][0]:
+            raise InputError(
+                f"--pre {pre} but --in-shape's T is {in_shape[0]}: OpenSTL's in_shape starts "
+                "with the input frames (pre_seq_length)"
+            )
+        shape["pre_seq_length"] = shape["in_shape"][0]
+    for flag, key, value in (("--pre", "pre_seq_length", pre), ("--aft", "aft_seq_length", aft)):
+        if value is not None:
+            if value < 1:
+                raise InputError(f"{flag} {value}: expected a positive number of frames")
+            shape[key] = int(value)
+    return shape
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ the tar shards as the data. A README.md of the user's own is kept instead.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import logging
 import math
@@ -140,6 +141,35 @@ def _not_a_dataset(out: Path) -> list[str]:
     return found
 
 
+_OCCUPIED_ADVICE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "occupied_advice", default=None
+)
+
+
+@contextlib.contextmanager
+def occupied_advice(advice: str) -> Iterator[None]:
+    """Within it, an output folder that is not empty is refused with `advice` (what to do)
+    in place of "pass --overwrite to replace it": for callers that have no --overwrite,
+    such as `stpdist train` generating its dataset from `data.synthesize`."""
+    token = _OCCUPIED_ADVICE.set(advice)
+    try:
+        yield
+    finally:
+        _OCCUPIED_ADVICE.reset(token)
+
+
+def generation_advice(root: str | Path) -> str:
+    """What to do when training would generate `data.synthesize`'s splits into `root`
+    (it has no --overwrite) and `root` holds something already."""
+    return (
+        "training generates data.synthesize's splits only into an empty folder: point "
+        f"data.root and data.synthesize.root to an empty one, or remove {root}; to keep "
+        "what is there (such as a test split from `stpdist shard`), convert a validation "
+        "split into it as well, which training then reads (Moving MNIST: `stpdist shard "
+        f"mmnist-npy mnist_test_seq.npy --out {root} --splits val=1000,test=-1`)"
+    )
+
+
 def _check_out(
     out: Path, overwrite: bool, sources: Sequence[str | Path], dataset: bool = False
 ) -> bool:
@@ -164,6 +194,9 @@ def _check_out(
                 "never other files: choose another --out, or move those out of it"
             )
     if not overwrite:
+        advice = _OCCUPIED_ADVICE.get()
+        if advice:
+            raise OutputExists(f"{out} is not empty; {advice}")
         earlier = " (--overwrite replaces the earlier dataset there)" if dataset else ""
         raise OutputExists(f"{out} is not empty; pass --overwrite to replace it{earlier}")
     return True
