@@ -67,6 +67,10 @@ class MetricsLog:
             handle.seek(-1, os.SEEK_END)
             return handle.read(1) == b"\n"
 
+    def forget_own_lines(self) -> None:
+        """From now on, the lines already in the file count as an earlier start's."""
+        self._inherited = None
+
     def set_aside(self) -> Path | None:
         """A training that starts from step 0 begins a new file: the lines of metrics.jsonl
         that this process did not write (a run that stopped before its first checkpoint, a
@@ -140,6 +144,9 @@ class Tracker:
         training (`step` 0) starts a new tracker run, a resumed one (`step`: the
         checkpoint's) continues the run `tracker.json` names."""
         self.accelerator = accelerator
+        # every line so far is of an earlier start, this process' own included (a fit that
+        # failed before its first checkpoint, a validate before the fit)
+        self.metrics.forget_own_lines()
         if self.is_main and step == 0 and (aside := self.metrics.set_aside()) is not None:
             say(f"{self.metrics.path} held lines of an earlier start: moved to {aside}")
         if not self.config.trackers or not self.is_main:

@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -116,7 +117,7 @@ class Preempted(RuntimeError):
         step: int,
         checkpoint: Path | None,
         signum: int | None = None,
-        resume: str = "--resume auto",
+        resume: str = 'fit(…, resume="auto")',
     ) -> None:
         interrupted = signum == signal.SIGINT
         cause = "Ctrl-C" if interrupted else "a signal"
@@ -799,11 +800,28 @@ class Trainer:
         self.checkpoints = CheckpointManager(
             self.output_dir / "checkpoints", self.config.checkpoint
         )
-        # a process group left alive at interpreter exit can abort gloo's threads
-        atexit.register(self._close_at_exit)
+        # a process group left alive at interpreter exit can abort gloo's threads; held
+        # weakly, so that a notebook's finished Trainers and their modules can be freed
+        _OPEN_TRAINERS.add(self)
+        self._shared_settings = _shared_settings()
+        _SETTINGS_HOLDER[0] = weakref.ref(self)
+
+    def _hold_settings(self) -> None:
+        """Accelerate keeps mixed precision and gradient accumulation in process-wide
+        state, which each new Trainer resets to its own: put this Trainer's back before it
+        works (a notebook's earlier Trainer silently took a later one's accumulation)."""
+        holder = _SETTINGS_HOLDER[0]
+        if holder is not None and holder() is self:
+            return
+        accelerate_state, plugin = self._shared_settings
+        AcceleratorState._shared_state.update(accelerate_state)
+        GradientState._shared_state["plugin_kwargs"] = dict(plugin)
+        _SETTINGS_HOLDER[0] = weakref.ref(self)
 
     @classmethod
     def from_config(cls, cfg: Config) -> Trainer:
+        """The Trainer of a whole config (`stpdist train`'s): its `trainer` section, its
+        `logging`, and the config itself, written into the run folder and checkpoints."""
         return cls(cfg.trainer, logging=cfg.logging, run_config=cfg)
 
     def close(self) -> None:
@@ -823,6 +841,7 @@ class Trainer:
         if getattr(self, "_closed", False):
             return
         self._closed = True
+        _OPEN_TRAINERS.discard(self)
         for tracker in self.accelerator.trackers:  # accelerate's end_training, per tracker
             try:
                 tracker.finish()
@@ -836,6 +855,7 @@ class Trainer:
     # ------------------------------------------------------------------ helpers
     @property
     def is_main(self) -> bool:
+        """Whether this is the main process (rank 0), the one that writes shared files."""
         return self.accelerator.is_main_process
 
     def main_process_first(self) -> Any:
@@ -950,7 +970,11 @@ class Trainer:
         val_data: Any = None,
         resume: str | Path | None = None,
     ) -> TrainState:
-        """Train `module`; `resume` is None, "auto" (newest complete checkpoint) or a path."""
+        """Train `module`; `resume` is None, "auto" (newest complete checkpoint) or a path.
+        Returns the final `TrainState`. Raises `Preempted` after a stop (SIGTERM, SIGUSR1,
+        Ctrl-C) with its checkpoint saved, `OutputExists` for a fresh run into a folder that
+        holds another run's checkpoints, `RunLockedError` when another run holds the folder."""
+        self._hold_settings()
         _check_validation_hook(module, val_data)
         # one run per output folder: a second run (a duplicated SLURM job, a second
         # `--resume auto`) stops here, on every rank, naming the holder, before any rank
@@ -1192,6 +1216,12 @@ class Trainer:
         one micro-batch; returns whether the ranks agreed to stop (known here only for a
         module that may skip batches; otherwise at the next check point)."""
         batch = self._to_device(batch)
+        if batch.targets is None:
+            raise TypeError(
+                "a training batch has no targets (a dict batch needs 'targets' beside "
+                "'inputs', a tuple is (inputs, targets) or (inputs, targets, keys)): training "
+                "needs the frames to predict"
+            )
         module.global_step, module.current_epoch = state.global_step, state.epoch
         graph = self._graph
         if graph is not None and graph.takes(batch):
@@ -1832,6 +1862,7 @@ class Trainer:
         Trainer trained it with one) over all of `data`; results are named
         `<split>/<metric>`, and logged at the checkpoint's step (not with `raw_weights`:
         the run's rows are its model's)."""
+        self._hold_settings()
         step, epoch = module.global_step, module.current_epoch  # an in-memory module's
         if ckpt is not None:
             load_eval_weights(ckpt, module, raw_weights=raw_weights)
@@ -1889,6 +1920,7 @@ class Trainer:
         without `validation_step`)."""
         from .inference import refuse_keys_on_several_ranks
 
+        self._hold_settings()
         acc = self.accelerator
         metrics = metrics and _implements(module, "validation_step")
         if ckpt is not None:
@@ -1971,6 +2003,25 @@ def _units_entries(module: Any, units: str | None, postprocess: Any) -> dict[str
     if postprocess is not None or not isinstance(scale, (int, float)):
         return {}
     return {"units": np.asarray("scaled"), "value_scale": np.asarray(float(scale))}
+
+
+_OPEN_TRAINERS: weakref.WeakSet[Trainer] = weakref.WeakSet()
+"""Trainers not yet closed: closed at interpreter exit (`_close_open_trainers`)."""
+_SETTINGS_HOLDER: list[Any] = [None]
+"""A weak reference to the Trainer whose settings accelerate's shared state holds."""
+
+
+def _shared_settings() -> tuple[dict[str, Any], dict[str, Any]]:
+    """Accelerate's process-wide state as a Trainer set it: `AcceleratorState`'s (mixed
+    precision with the rest) and the gradient accumulation plugin's settings."""
+    plugin = GradientState._shared_state.get("plugin_kwargs") or {}
+    return dict(AcceleratorState._shared_state), dict(plugin)
+
+
+@atexit.register
+def _close_open_trainers() -> None:
+    for trainer in list(_OPEN_TRAINERS):
+        trainer._close_at_exit()
 
 
 def _make_accelerator(config: TrainerConfig, log_with: list[str]) -> Accelerator:

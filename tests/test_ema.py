@@ -164,6 +164,7 @@ def test_cli_export_load_and_predict_use_the_ema_unless_raw_weights(tmp_path):
 
     loaded = stpdist.load(run, "last")
     assert all(torch.equal(p, ema[n]) for n, p in loaded.named_parameters())
+    assert loaded.global_step == int(ckpt.name.split("-")[1])  # was 0: validate logged step 0
     loaded_raw = stpdist.load(run, "last", raw_weights=True)
     assert all(torch.equal(p, raw[n]) for n, p in loaded_raw.named_parameters())
 

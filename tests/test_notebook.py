@@ -1,0 +1,85 @@
+"""stpdist used from a notebook: several Trainers, fits and failures in one process. Each
+Trainer keeps its own settings, finished ones are freed, a fit after a failed one starts a
+clean log, and a batch that cannot train is named."""
+
+from __future__ import annotations
+
+import gc
+import json
+import weakref
+
+import pytest
+import torch
+from helpers import TinyModule, TinySequences
+from torch.utils.data import DataLoader
+
+import stpdist
+from stpdist import Trainer
+
+
+def test_a_later_trainer_leaves_an_earlier_ones_accumulation_and_precision(tmp_path):
+    """Built after B, C reset accelerate's process-wide state: B then trained with
+    accumulation 1 (16 optimizer steps instead of 4) and reported precision 'no'."""
+    b = Trainer(max_epochs=1, output_dir=tmp_path / "b", progress_bar=False,
+                gradient_accumulation_steps=4, mixed_precision="bf16")  # fmt: skip
+    c = Trainer(max_epochs=1, output_dir=tmp_path / "c", progress_bar=False)
+    state = b.fit(TinyModule(), DataLoader(TinySequences(16), batch_size=1))
+    assert state.global_step == 4
+    assert (b.accelerator.gradient_accumulation_steps, b.accelerator.mixed_precision) == (4, "bf16")
+    assert c.fit(TinyModule(), DataLoader(TinySequences(16), batch_size=1)).global_step == 16
+    assert (c.accelerator.gradient_accumulation_steps, c.accelerator.mixed_precision) == (1, "no")
+
+
+def test_a_finished_trainer_and_its_module_are_freed(tmp_path):
+    """An exit hook held every Trainer (and so its module) for the life of the process: a
+    notebook's loop over runs kept every model in memory."""
+    trainer, module = Trainer(max_steps=2, output_dir=tmp_path, progress_bar=False), TinyModule()
+    trainer.fit(module, DataLoader(TinySequences(8), batch_size=4))
+    refs = weakref.ref(trainer), weakref.ref(module)
+    del trainer, module
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
+
+
+class Failing(TinyModule):
+    def training_step(self, inputs, targets):
+        if self.global_step == 3:
+            raise RuntimeError("a bug in the module")
+        return super().training_step(inputs, targets)
+
+
+def test_a_fit_after_a_failed_one_starts_a_clean_log(tmp_path):
+    """The same Trainer fit again after a failure before its first checkpoint appended the
+    new run's rows to the failed one's (steps 1, 2, 3, 1, 2, …)."""
+    trainer = Trainer(max_steps=6, output_dir=tmp_path, progress_bar=False, log_every_n_steps=1)
+    with pytest.raises(RuntimeError, match="a bug in the module"):
+        trainer.fit(Failing(), DataLoader(TinySequences(24), batch_size=4))
+    trainer.fit(TinyModule(), DataLoader(TinySequences(24), batch_size=4))
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps[:6] == [1, 2, 3, 4, 5, 6] and steps == sorted(steps)
+    earlier = (tmp_path / "metrics.earlier-1.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in earlier] == [1, 2, 3]
+
+
+class InputsOnly(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return {"inputs": torch.zeros(3, 1, 4, 4)}
+
+
+def test_training_batches_without_targets_are_named(tmp_path):
+    """A dict batch with 'inputs' only reached training_step with targets None: an
+    AttributeError inside the loss."""
+    trainer = Trainer(max_steps=1, output_dir=tmp_path, progress_bar=False)
+    with pytest.raises(TypeError, match="a training batch has no targets"):
+        trainer.fit(TinyModule(), DataLoader(InputsOnly(), batch_size=4))
+
+
+def test_the_package_lists_each_name_once():
+    assert stpdist.Trainer is Trainer
+    names = dir(stpdist)
+    assert len(names) == len(set(names)) and "Trainer" in names
