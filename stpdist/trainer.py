@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -772,6 +773,9 @@ class Trainer:
             self.output_dir, logging or LoggingConfig(num_samples=0), run_config=run_config
         )
         self.accelerator = _make_accelerator(self.config, self.tracker.log_with)
+        # again: accelerate's CPU ranks set their own count (cores ÷ local ranks) when
+        # OMP_NUM_THREADS is unset, over trainer.num_threads and SLURM's allocation
+        threads.configure(self.config.num_threads)
         self.tracker.is_main = self.accelerator.is_main_process
         self._stop.announce = self.accelerator.is_main_process  # one "stopping" line, not N
         console.setup(self.accelerator.is_main_process)
@@ -2039,14 +2043,16 @@ def _make_accelerator(config: TrainerConfig, log_with: list[str]) -> Accelerator
     plugin = GradientAccumulationPlugin(
         num_steps=config.gradient_accumulation_steps, sync_with_dataloader=False
     )
-    return Accelerator(
-        cpu=cpu,
-        mixed_precision=config.mixed_precision,
-        gradient_accumulation_plugin=plugin,
-        step_scheduler_with_optimizer=False,
-        log_with=log_with or None,
-        project_dir=config.output_dir,
-    )
+    with warnings.catch_warnings():  # its thread count on CPU ranks: stpdist sets its own
+        warnings.filterwarnings("ignore", message="OMP_NUM_THREADS/MKL_NUM_THREADS unset")
+        return Accelerator(
+            cpu=cpu,
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_plugin=plugin,
+            step_scheduler_with_optimizer=False,
+            log_with=log_with or None,
+            project_dir=config.output_dir,
+        )
 
 
 def _check_launcher_precision(precision: str) -> None:
