@@ -1106,7 +1106,18 @@ class Trainer:
         self.checkpoints.maybe_save(state, last=True)
         if bar is not None:
             bar.close()
-        raise Preempted(state.global_step, self.checkpoints.latest(), self._stop.signum)
+        saved = self.checkpoints.latest()
+        self._tell_launcher(saved)
+        raise Preempted(state.global_step, saved, self._stop.signum)
+
+    def _tell_launcher(self, saved: Path | None) -> None:
+        """A job script's way to know that the run stopped with a checkpoint (the SLURM
+        scripts requeue then), whatever the signal reached and whatever exit status the
+        launcher reports (torchrun: 1 when its ranks exit 75): the main rank writes the
+        checkpoint's path to the file `STPDIST_STOP_FILE` names, if set."""
+        marker = os.environ.get("STPDIST_STOP_FILE")
+        if marker and self.is_main:
+            Path(marker).write_text(f"{saved}\n")
 
     @contextmanager
     def _preempted_if_validation_abandoned(self, state: TrainState) -> Iterator[None]:

@@ -183,3 +183,13 @@ def test_results_stored_in_a_checkpoint_but_never_logged_are_logged_on_resume(tm
     ]
     assert len(rows) == len(lines) - 1  # every other line whole: the torn one swallowed none
     assert [r["step"] for r in rows if "val/loss" in r] == [8, 16]
+
+
+def test_a_stop_with_a_checkpoint_is_written_where_a_job_script_looks(tmp_path, monkeypatch):
+    """The SLURM scripts requeued only when their own shell was signalled: a stop that
+    reached the ranks alone (`scancel --signal=USR1 JOBID`), or one under torchrun (which
+    exits 1 when its ranks exit 75), ended the job unrequeued."""
+    marker = tmp_path / "stopped"
+    monkeypatch.setenv("STPDIST_STOP_FILE", str(marker))
+    _fit(tmp_path / "run", stop_at=2, max_steps=6)
+    assert marker.read_text() == f"{tmp_path / 'run' / 'checkpoints' / 'step-00000002'}\n"
