@@ -127,14 +127,16 @@ def cluster(tmp_path_factory):
     subprocess.run(["bash", script, "stop", str(state)], timeout=60)
 
 
-def sbatch(env: dict, cwd: Path, *overrides: str, wait: bool) -> str:
+def sbatch(
+    env: dict, cwd: Path, *overrides: str, wait: bool, resources: tuple = ("--cpus-per-task=1",)
+) -> str:
     (cwd / "logs").mkdir(exist_ok=True)
     cmd = [
         "sbatch",
         "--parsable",
         "--nodes=2",
         "--gpus-per-node=0",
-        "--cpus-per-task=1",
+        *resources,
         *(["--wait"] if wait else []),
         str(ROOT / "launch" / "slurm" / "multi_node.sbatch"),
         DEBUG,
@@ -211,6 +213,73 @@ def test_preempted_job_checkpoints_requeues_and_resumes(cluster, tmp_path):
     b = load_file(str(tmp_path / "runs/ref/checkpoints/step-00000080/model.safetensors"))
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@slurm
+@pytest.mark.parametrize(
+    "resources",
+    [("--cpus-per-task=2",), ("--ntasks-per-node=2", "--cpus-per-task=1")],
+    ids=["one-task-a-node", "one-task-a-rank"],
+)
+def test_launcher_free_job_gives_each_rank_its_cpus(cluster, tmp_path, resources):
+    """LAUNCHER=none on 2 nodes of 2 CPUs, 2 ranks a node, submitted either way the docs
+    give: the script's one task a node (its 2 CPUs shared: 1 a rank) or one task a rank
+    (its --cpus-per-task=1 as it is). 4 ranks take part, each sizing its threads from its
+    SLURM_CPUS_PER_TASK (OMP_NUM_THREADS unset); PORT, when set, is the rendezvous port."""
+    port = free_port()
+    env = {k: v for k, v in cluster.items() if k != "OMP_NUM_THREADS"}
+    env |= {"LAUNCHER": "none", "PORT": str(port)}
+    job = sbatch(env, tmp_path, "trainer.output_dir=runs/none", "trainer.max_epochs=1",
+                 wait=True, resources=resources)  # fmt: skip
+    log = (tmp_path / "logs" / f"stpdist-{job}.out").read_text()
+    assert "4 process(es) on cpu, precision no, 1 intra-op thread(s)" in log, log[-3000:]
+    assert f"2 nodes × 2 ranks, head n1:{port}, none" in log, log[-3000:]
+    assert world_size(tmp_path / "runs" / "none", 2) == 4
+
+
+@slurm
+def test_stop_signalled_to_the_tasks_only_requeues_and_resumes(cluster, tmp_path):
+    """`scancel --signal=USR1 JOBID` (no --batch) reaches torchrun and the ranks, not the
+    batch shell: the ranks checkpoint and exit 75, torchrun exits 1, and the stop file the
+    main rank writes makes the script requeue; the rerun resumes and finishes."""
+    run = tmp_path / "runs" / "tasks"
+    long = ["trainer.max_epochs=20", "trainer.val_every_n_epochs=0",
+            "trainer.checkpoint.every_epoch=false", "trainer.log_every_n_steps=1"]  # fmt: skip
+    job = sbatch(cluster, tmp_path, "trainer.output_dir=runs/tasks", *long, wait=False)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.is_file() and metrics.read_text().count("train/loss") >= 6):
+        assert time.time() < deadline, "the job never trained"
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR1", job], env=cluster, check=True)
+    while subprocess.run(
+        ["squeue", "-h", "-j", job], env=cluster, capture_output=True, text=True
+    ).stdout.strip():
+        assert time.time() < deadline + 300, "the requeued job never finished"
+        time.sleep(1)
+    log = (tmp_path / "logs" / f"stpdist-{job}.out").read_text()
+    assert "(restart 1)" in log, log[-3000:]
+    assert "signal received" not in log  # the batch shell was not signalled
+    stopped = int(log.split("stopped on a signal after step ")[1].split(";")[0])
+    assert 6 <= stopped < 40
+    checkpoint = f"runs/tasks/checkpoints/step-{stopped:08d}"
+    assert f"stopped with a checkpoint ({checkpoint}), step status 1: requeueing" in log
+    assert f"resumed from {checkpoint}" in log
+    assert (run / "checkpoints" / "step-00000040").is_dir()
+    assert not list(tmp_path.glob(".stpdist-stop-*"))  # read and removed
+
+
+def test_unknown_launcher_is_refused_before_anything_runs(tmp_path):
+    env = {**ENV, "LAUNCHER": "accelerate", "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "n1"}
+    proc = subprocess.run(
+        ["bash", str(ROOT / "launch" / "slurm" / "single_node.sbatch"), DEBUG],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "LAUNCHER=accelerate: this script runs LAUNCHER=torchrun (default) or LAUNCHER=none\n"
+    )
+    assert proc.stdout == ""
 
 
 GPU_CHECK = ROOT / "launch" / "gpu_check.sh"
