@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import linecache
+import re
 from pathlib import Path
 
 from . import plugins
 from .checkpoint import MODEL_FILE, CheckpointManager, describing_config
-from .config import Config
+from .config import Config, ConfigError
 from .console import log, say
+from .data.convert import generation_advice, occupied_advice
 from .data.format import INDEX_FILE, SplitIndex, read_climatology, read_index, variable_names
 from .data.normalize import Normalizer
 from .data.onthefly import MovingDigitsTrainSource
@@ -16,6 +19,7 @@ from .data.stream import ShardEvalStream, ShardTrainStream
 from .data.synthetic import synthesized_differently, write_moving_digits
 from .errors import InputError, MissingInput
 from .metrics import GeoInfo
+from .models.base import UntrustedImportPath
 from .module import EnhancedModule
 from .task import Forecaster
 from .trainer import Trainer
@@ -51,12 +55,13 @@ def ensure_dataset(cfg: Config, trainer: Trainer, *, synthesize: bool = False) -
             )
         if trainer.is_main:
             say(f"generating synthetic moving digits into {root}")
-            write_moving_digits(
-                root,
-                _synth_counts(cfg, on_the_fly),
-                **_synth_settings(cfg),
-                workers=2,
-            )
+            with occupied_advice(generation_advice(root)):  # train has no --overwrite
+                write_moving_digits(
+                    root,
+                    _synth_counts(cfg, on_the_fly),
+                    **_synth_settings(cfg),
+                    workers=2,
+                )
 
 
 def _synth_counts(cfg: Config, on_the_fly: bool) -> dict[str, int]:
@@ -198,15 +203,76 @@ def build_module(
     normalizer = Normalizer(normalize) if index is None else Normalizer.from_index(normalize, index)
     if index is not None and not normalizer.unit_range:
         _check_value_range(cfg, index)
-    return Forecaster(
-        cfg.model,
-        frame_shape,
-        cfg.data.num_input_frames,
-        cfg.data.num_output_frames,
-        value_scale=value_scale,
-        normalizer=normalizer,
-        geo=None if index is None else geo_info(cfg, index),
+    geo = None if index is None else geo_info(cfg, index)
+    try:
+        return Forecaster(
+            cfg.model,
+            frame_shape,
+            cfg.data.num_input_frames,
+            cfg.data.num_output_frames,
+            value_scale=value_scale,
+            normalizer=normalizer,
+            geo=geo,
+        )
+    except (ValueError, TypeError) as exc:
+        refusal = _backbone_refusal(cfg, exc)
+        if refusal is None:
+            raise
+        raise refusal from exc
+
+
+def _backbone_refusal(cfg: Config, exc: BaseException) -> ConfigError | None:
+    """A ConfigError naming `model.backbone` (and the argument the message names) when `exc`
+    is a backbone's refusal of its hyper-parameters: raised by a `raise` statement in the
+    backbone's own code (stpdist.models, or the module of a backbone given by import path).
+    None for anything else: a bug elsewhere (torch, the task) keeps its traceback, and bad
+    input already said in one line (InputError) stays as it is."""
+    if isinstance(exc, (InputError, UntrustedImportPath)):
+        return None
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:  # the frame that raised it
+        tb = tb.tb_next
+    if tb is None:
+        return None
+    frame = tb.tb_frame
+    module = frame.f_globals.get("__name__", "")
+    owner = _backbone_module(cfg.model.name)
+    if not (module.startswith("stpdist.models.") or (owner is not None and module == owner)):
+        return None
+    line = linecache.getline(frame.f_code.co_filename, tb.tb_lineno).strip()
+    if not line.startswith("raise "):  # Python's own TypeError in model code: a bug
+        return None
+    names = _backbone_keys(cfg)
+    named = [key for key in names if re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", str(exc))]
+    where = (
+        f"'model.backbone.{named[0]}'"
+        if len(named) == 1
+        else f"'model.backbone' ({', '.join(named)})"
+        if named
+        else "'model.backbone'"
     )
+    return ConfigError(f"{where} of {cfg.model.name}: {exc}")
+
+
+def _backbone_module(name: str) -> str | None:
+    """The module that defines backbone `name` (a registered name or an import path)."""
+    try:
+        return plugins.resolve_model(name).__module__
+    except Exception:  # it resolved once already (the constructor ran); be safe anyway
+        return None
+
+
+def _backbone_keys(cfg: Config) -> list[str]:
+    """The argument names of `cfg.model`'s backbone: its `Args` fields, else the keys set."""
+    import dataclasses
+
+    try:
+        args = getattr(plugins.resolve_model(cfg.model.name), "Args", None)
+    except Exception:
+        args = None
+    if dataclasses.is_dataclass(args):
+        return [f.name for f in dataclasses.fields(args)]
+    return list(dict(cfg.model.backbone))
 
 
 def _check_value_range(cfg: Config, index: SplitIndex) -> None:

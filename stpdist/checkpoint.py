@@ -224,13 +224,22 @@ def _manifest_text(files: dict[str, dict[str, Any]]) -> str:
 
 
 def replace_text(file: Path, text: str) -> None:
-    """Write `file` atomically and durably: aside, fsync, rename, fsync the folder."""
+    """Write `file` atomically and durably: aside, fsync, rename, fsync the folder. A failed
+    write (a full disk, a read-only folder) removes the file set aside and raises an
+    OSError that names `file` (a write or fsync error carries no file name of its own)."""
     tmp = file.with_name(f".{file.name}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, file)
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, file)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if exc.filename not in (None, str(tmp), tmp) or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(file)) from exc
     _fsync_dir(file.parent)
 
 
@@ -880,13 +889,33 @@ def _writing(tmp: Path) -> Iterator[None]:
         yield
     except (OSError, RuntimeError, SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        cause = cause.strip().splitlines()[0] if cause.strip() else type(exc).__name__
-        space = shutil.disk_usage(tmp.parent).free if tmp.parent.exists() else None
-        hint = f" ({space // 2**20} MiB free there)" if space is not None else ""
+        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else _cause(exc)
         raise CheckpointError(
-            f"cannot write checkpoint {tmp.name} in {tmp.parent}{hint}: {cause}"
+            f"cannot write checkpoint {tmp.name} in {tmp.parent}{free_space(tmp.parent)}: {cause}"
         ) from exc
+
+
+def _cause(exc: BaseException) -> str:
+    """The first line of `exc`'s message without torch's `[enforce fail at file.cc:N]`
+    prefix; torch's "unexpected pos A vs B" (its zip writer wrote fewer bytes than it
+    asked: the disk or the quota filled up) said as such."""
+    text = str(exc).strip()
+    text = text.splitlines()[0] if text else type(exc).__name__
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*[.:]?\s*", "", text)
+    if re.search(r"unexpected pos \d+ vs \d+|file write failed", text):
+        return "a write stopped short: the disk or the quota is full"
+    return text or type(exc).__name__
+
+
+def free_space(folder: Path) -> str:
+    """The free space of `folder`'s filesystem as " (N MiB free there)" (KiB below 1 MiB),
+    or "" when `folder` is not there to ask: for messages about a write that failed."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    amount = f"{free // 2**20} MiB" if free >= 2**20 else f"{free // 2**10} KiB"
+    return f" ({amount} free there)"
 
 
 def _load(file: Path) -> Any:

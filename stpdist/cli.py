@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -1398,9 +1400,52 @@ def main(argv: list[str] | None = None) -> int:
             return getattr(exc, "exit_code", PREEMPTED_EXIT_CODE)  # 130 after Ctrl-C
         if args.debug:
             raise
-        print(f"stpdist: error: {type(exc).__name__}: {_message(exc)}", file=sys.stderr)
+        line = _environment_error(exc, args.command)
+        if line is None:
+            line = f"{type(exc).__name__}: {_message(exc)}"
+        print(f"stpdist: error: {line}", file=sys.stderr)
         return 1
     return 0
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, getattr(errno, "EDQUOT", errno.ENOSPC)}
+"""A full disk or quota, a read-only or forbidden folder: the machine's state, not a bug."""
+
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote worker crash")
+"""What gloo says when another rank's process is gone."""
+
+
+def _environment_error(exc: BaseException, command: str) -> str | None:
+    """One line for a failure that the machine caused, from anywhere in a command: an
+    OSError of `_WRITE_ERRNOS` (here or as the cause of `exc`) names the path it carries
+    (and the free space left for a full disk); another rank's death (a lost gloo
+    connection) says so and how to go on. None for anything else."""
+    found: BaseException | None = exc
+    while found is not None and not (isinstance(found, OSError) and found.errno in _WRITE_ERRNOS):
+        found = found.__cause__
+    if isinstance(found, OSError):
+        from .checkpoint import free_space
+
+        cause = found.strerror or os.strerror(found.errno)
+        if found.filename is None:
+            return f"{cause} (the error names no file; --debug shows where)"
+        path = Path(os.fsdecode(found.filename))
+        where = str(path)
+        if found.filename2 is not None:
+            where += f" → {os.fsdecode(found.filename2)}"
+        space = ""
+        if found.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            space = free_space(path if path.is_dir() else path.parent)
+        return f"{where}: {cause}{space}"
+    text = str(exc)
+    if any(sign in text for sign in _PEER_LOST):
+        again = "resume with --resume auto" if command in ("train", "reproduce") else "run it again"
+        first = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0]).split(". ")[0]
+        return (
+            "another rank of this run stopped (crashed or killed): see its output; "
+            f"{again} ({type(exc).__name__}: {first})"
+        )
+    return None
 
 
 def _message(exc: BaseException) -> str:

@@ -15,6 +15,7 @@ Legend: N samples, T time, C channels, H×W frame size.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import warnings
@@ -30,9 +31,11 @@ from torch.utils.data import Dataset
 from .checkpoint import (
     MANIFEST_FILE,
     MODEL_FILE,
+    STATE_FILE,
     CheckpointManager,
     describing_config,
     is_sharded_checkpoint,
+    read_state,
 )
 from .config import CheckpointConfig, Config, load_config
 from .console import log, say
@@ -53,6 +56,7 @@ def model_folder(path: str | Path, ckpt: str = "best") -> Path:
     from .checkpoint import verify
 
     path = Path(path)
+    _recover_swap(path)
     if (path / MODEL_FILE).is_file() or is_sharded_checkpoint(path):
         if ckpt != "best":  # the default: a model folder is its own best
             raise InputError(
@@ -66,6 +70,19 @@ def model_folder(path: str | Path, ckpt: str = "best") -> Path:
             f"{path}: neither a model folder ({MODEL_FILE}) nor a run folder (checkpoints/)"
         )
     return CheckpointManager(root, run_checkpoint_policy(root)).choose(ckpt)
+
+
+def _recover_swap(folder: Path) -> None:
+    """Finish or undo a replacement of `folder` (an `export --out`, a forecast) that a crash
+    interrupted, before it is read (see `data/staging.py`; one line on stderr saying what
+    was done). A leftover that cannot be removed here (a read-only share) is a warning: the
+    folder is then read as it stands."""
+    from .data.staging import recover
+
+    try:
+        recover(folder)
+    except OSError as exc:
+        log.warning("%s: could not finish an interrupted replacement of it: %s", folder, exc)
 
 
 def run_checkpoint_policy(root: Path) -> CheckpointConfig:
@@ -134,6 +151,9 @@ def load(
     load_eval_weights(folder, module, raw_weights=raw_weights)
     module.eval().to(device)
     module.model_folder = folder
+    if (folder / STATE_FILE).is_file():  # a checkpoint: the step its weights were trained to
+        trained = read_state(folder)
+        module.global_step, module.current_epoch = trained.global_step, trained.step_epoch
     if index.min and index.max:  # the training data's range, for `forecast`'s input check
         module.value_range = (
             [v * index.value_scale for v in index.min],
@@ -387,8 +407,13 @@ def check_output_folder(
 ) -> Path:
     """Refuse, before anything is written, an `out` that is a file, that is or holds one of
     `protected` (the inputs, the model folder), that lies in or holds a run's checkpoints,
-    or that is not empty without `overwrite`."""
+    or that is not empty without `overwrite`. First (on the main process) a replacement of
+    `out` that a crash interrupted is finished or undone, as `shard` does: the checks then
+    see `out` as it is meant to be, and no complete leftover copy stays behind silently."""
     out = Path(out)
+    rank = os.environ.get("RANK", "")
+    if not rank.isdigit() or int(rank) == 0:  # the other ranks never write `out`
+        _recover_swap(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
     target = out.resolve()

@@ -118,15 +118,13 @@ def run_seed(
     from accelerate.utils import set_seed
 
     from . import build
-    from .data.convert import generation_advice, occupied_advice
     from .trainer import Trainer
 
     cfg = load_config(
         config, [*overrides, f"trainer.seed={seed}", f"trainer.output_dir={out / f'seed{seed}'}"]
     )
     trainer = Trainer.from_config(cfg)
-    with occupied_advice(generation_advice(cfg.data.root)):  # reproduce has no --overwrite
-        build.ensure_dataset(cfg, trainer)
+    build.ensure_dataset(cfg, trainer)  # (into an occupied folder: refused with advice)
     set_seed(seed)
     module = build.build_module(cfg)
     # model.init_weights: every seed fine-tunes from them (a resumed seed: its checkpoint)

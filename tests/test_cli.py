@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -378,14 +380,19 @@ def test_a_resume_refuses_settings_it_would_not_honour(tmp_path):
 
 def test_a_bad_sample_met_in_a_data_worker_is_one_line_naming_shard_and_member(tmp_path):
     """torch re-raises a worker's error with the worker's traceback in its message: the CLI
-    prints the error's own line, as without workers."""
+    prints the error's own line, as without workers. And the process ends: the workers,
+    which ignore SIGTERM, kept multiprocessing's exit hook waiting on them for ever."""
     from test_stream import corrupt_member
 
     checked("synth", "moving-digits", "--out", "data/debug-digits", "--train", "32", "--val", "8",
             "--test", "8", "--frames", "8", "--size", "32", cwd=tmp_path)  # fmt: skip
     shard = sorted((tmp_path / "data/debug-digits/train").glob("*.tar"))[0]
     member = corrupt_member(shard, 1)
-    done = run_cli("train", DEBUG, "trainer.num_workers=2", cwd=tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "stpdist", "train", DEBUG, "trainer.num_workers=2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("stpdist:")]
     assert lines == [

@@ -202,6 +202,12 @@ def test_reproduce_into_a_folder_holding_a_test_split_says_what_to_do(tmp_path):
     assert result.returncode == 2
     assert "point data.root and data.synthesize.root to an empty one" in result.stderr
     assert "--splits val=1000,test=-1" in result.stderr and "--overwrite" not in result.stderr
+    # stpdist train alike (it said "pass --overwrite", which it does not take)
+    debug = str(ROOT / "configs" / "debug.yaml")
+    result = run_cli("train", debug, f"data.root={out / 'data'}",
+                     f"data.synthesize.root={out / 'data'}", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and "--overwrite" not in result.stderr
+    assert "point data.root and data.synthesize.root to an empty one" in result.stderr
     with pytest.raises(OutputExists, match=r"not empty; pass --overwrite to replace it"):
         with staged_output(out / "data", False, dataset=True):
             pass

@@ -8,7 +8,9 @@ the distributed backend. The shard streams (`stream.py`) are the main sources.
 
 from __future__ import annotations
 
+import atexit
 import signal
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -55,7 +57,32 @@ def shielded_batches(loader: DataLoader) -> Iterator[Any]:
         batches = iter(loader)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-    yield from batches
+    _LIVE_WORKERS.add(batches)
+    try:
+        yield from batches
+    finally:  # a worker's error, or the consumer's, or a break: the workers go now
+        _shut_down(batches)
+
+
+_LIVE_WORKERS: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Worker-backed iterators of `shielded_batches` not yet shut down."""
+
+
+def _shut_down(batches: Any) -> None:
+    """Stop `batches`' workers (torch's own shutdown: a message to each, a join, then
+    terminate). Workers ignore SIGTERM (see `leave_stop_signals_to_the_trainer`), so
+    multiprocessing's exit hook, which terminates daemonic children with it and joins them,
+    would wait for ever on workers of an iterator left alive by an error."""
+    _LIVE_WORKERS.discard(batches)
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
+@atexit.register  # registered after multiprocessing's exit hook: runs before it
+def _shut_down_live_workers() -> None:
+    for batches in list(_LIVE_WORKERS):
+        _shut_down(batches)
 
 
 class _WorkerInit:

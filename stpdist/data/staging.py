@@ -1,19 +1,20 @@
-"""Replacing a dataset folder without ever losing it, and finishing a replacement that a
-crash interrupted.
+"""Replacing an output folder (a dataset, a model folder, predictions) without ever losing
+it, and finishing a replacement that a crash interrupted.
 
-A new dataset for `out` is written into `.<out>.staging-<host>-<pid>` beside it. Once it is
+A new version of `out` is written into `.<out>.staging-<host>-<pid>` beside it. Once it is
 complete it is renamed `.<out>.ready-<host>-<pid>` (the completion marker: one atomic
 rename), then swapped in with two more renames: `out` → `.<out>.old-<host>-<pid>`, ready →
 `out`; the old folder is deleted last. So a crash at any point leaves one of these states,
-and `recover(out)` (run by `shard` before it writes, and by the readers when a split has no
-`index.json`) puts it right, with one line on stderr saying what it did:
+and `recover(out)` (run by every command before it writes a folder this way, by the
+readers when a split has no `index.json`, and by `model_folder` before it reads a model
+folder) puts it right, with one line on stderr saying what it did:
 
-- `staging` left over: an unfinished conversion; deleted (`out` was never touched).
-- `ready` left over, `out` in place: the swap had not started; the new dataset is
+- `staging` left over: an unfinished new version; deleted (`out` was never touched).
+- `ready` left over, `out` in place: the swap had not started; the new version is
   deleted and `out` stays as it was.
 - `ready` left over, `out` missing (moved aside): the swap is finished: ready → `out`,
   then the old folder is deleted.
-- `old` left over, `out` missing: the new dataset is gone; the old one is restored.
+- `old` left over, `out` missing: the new version is gone; the old one is restored.
 - `old` left over, `out` in place: the swap had finished; the old folder is deleted.
 
 Folders named by the older scheme (`.<out>.staging-<pid>`, `.<out>.old-<pid>`, no ready
@@ -101,19 +102,19 @@ def _resolve(out: Path, group: _Leftovers) -> str:
     done = []
     if staging is not None:
         shutil.rmtree(staging)
-        done.append(f"deleted the unfinished conversion {staging.name}")
+        done.append(f"deleted the unfinished new version {staging.name}")
     if ready is not None and not out.exists():
         os.rename(ready, out)
-        done.append(f"finished the interrupted replacement: the new dataset from {ready.name}")
+        done.append(f"finished the replacement with the complete new version from {ready.name}")
     elif ready is not None:
         shutil.rmtree(ready)
-        done.append(f"deleted {ready.name}, a new dataset never swapped in ({out.name} kept)")
+        done.append(f"deleted {ready.name}, a new version never swapped in ({out.name} kept)")
     if old is not None and not out.exists():
         os.rename(old, out)
-        done.append(f"restored the previous dataset from {old.name}")
+        done.append(f"restored the previous version from {old.name}")
     elif old is not None:
         shutil.rmtree(old)
-        done.append(f"deleted the replaced dataset {old.name}")
+        done.append(f"deleted the replaced version {old.name}")
     return "; ".join(done)
 
 
