@@ -144,9 +144,12 @@ class Tracker:
         training (`step` 0) starts a new tracker run, a resumed one (`step`: the
         checkpoint's) continues the run `tracker.json` names."""
         self.accelerator = accelerator
-        # every line so far is of an earlier start, this process' own included (a fit that
-        # failed before its first checkpoint, a validate before the fit)
-        self.metrics.forget_own_lines()
+        # lines of an earlier fit of this process (one that failed before its first
+        # checkpoint) are an earlier start's; a validation before the first fit (a
+        # baseline at step 0) is this run's own
+        if getattr(self, "_started", False):
+            self.metrics.forget_own_lines()
+        self._started = True
         if self.is_main and step == 0 and (aside := self.metrics.set_aside()) is not None:
             say(f"{self.metrics.path} held lines of an earlier start: moved to {aside}")
         if not self.config.trackers or not self.is_main:
