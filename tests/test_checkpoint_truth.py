@@ -62,7 +62,9 @@ def debug_run(tmp_path_factory) -> Path:
     """configs/debug.yaml trained as the README's quick start does (2 epochs: checkpoints
     at steps 8 and 16, each validated after its save). Tests copy it before changing it."""
     base = tmp_path_factory.mktemp("debug")
-    run_cli("train", DEBUG, cwd=base, check=True)
+    run_cli(
+        "train", DEBUG, "logging.num_samples=0", cwd=base, check=True
+    )  # no pictures checked here
     return base
 
 
@@ -100,7 +102,9 @@ def test_second_resume_with_nothing_to_train_prints_the_last_steps_metrics(debug
     logged = val_rows(run)
     assert sorted(logged) == [8, 16]
     assert logged[8]["val/mse"] != logged[16]["val/mse"]
-    out = run_cli("train", DEBUG, "--resume", "auto", cwd=debug_copy, check=True).stdout
+    out = run_cli(
+        "train", DEBUG, "logging.num_samples=0", "--resume", "auto", cwd=debug_copy, check=True
+    ).stdout
     assert "resumed from runs/debug/checkpoints/step-00000016" in out
     assert f"final validation MSE per pixel {logged[16]['val/mse']:.5g} " in out
     assert sorted(val_rows(run)) == [8, 16]  # its validation is stored: not run again
@@ -464,7 +468,9 @@ def test_validate_forecast_and_resume_pass_over_a_malformed_validation_json(debu
     assert "checkpoint runs/debug/checkpoints/step-00000008 (step 8), split val" in proc.stdout
     assert "step-00000016 is damaged (validation.json" in proc.stdout + proc.stderr
     assert stpdist.load(run, "best").model_folder.name == "step-00000008"
-    proc = run_cli("train", DEBUG, "--resume", "auto", cwd=debug_copy, check=True)
+    proc = run_cli(
+        "train", DEBUG, "logging.num_samples=0", "--resume", "auto", cwd=debug_copy, check=True
+    )
     assert "resumed from runs/debug/checkpoints/step-00000008" in proc.stdout
     assert "step-00000016 is damaged (validation.json" in proc.stdout + proc.stderr
     assert (run / "checkpoints" / "damaged-step-00000016").is_dir()

@@ -313,7 +313,12 @@ def test_final_line_compares_with_persistence_in_the_data_units_under_any_normal
     data's units: with `standardize`, `val/copy_last_mse` is in the normalised space and
     gave ratios off by orders of magnitude."""
     out = checked(
-        "train", DEBUG, "data.normalize=standardize", "trainer.max_epochs=1", cwd=tmp_path
+        "train",
+        DEBUG,
+        "data.normalize=standardize",
+        "trainer.max_epochs=1",
+        "logging.num_samples=0",
+        cwd=tmp_path,
     ).stdout
     rows = [json.loads(line) for line in (tmp_path / "runs/debug/metrics.jsonl").open()]
     final = [r for r in rows if "val/mse" in r][-1]
@@ -363,7 +368,9 @@ def test_a_resume_refuses_settings_it_would_not_honour(tmp_path):
     """The restored optimizer keeps its learning rate and weight decay, the seed fixed the
     data order, and the rest of an epoch cannot be dealt in another batch size: such a
     change on resume trained on the old values while config.yaml recorded the new ones."""
-    checked("train", DEBUG, "trainer.max_steps=3", cwd=tmp_path)  # stops mid-epoch
+    checked(
+        "train", DEBUG, "trainer.max_steps=3", "logging.num_samples=0", cwd=tmp_path
+    )  # stops mid-epoch
     config = (tmp_path / "runs/debug/config.yaml").read_text()
     for overrides, message in [
         (["model.optimizer.lr=0.1"], "model.optimizer.lr 0.003 (the checkpoint's) → 0.1"),
@@ -374,7 +381,15 @@ def test_a_resume_refuses_settings_it_would_not_honour(tmp_path):
         assert done.returncode == 2, done.stderr
         assert message in done.stderr
         assert (tmp_path / "runs/debug/config.yaml").read_text() == config  # not rewritten
-    done = checked("train", DEBUG, "trainer.max_steps=3", "--resume", "auto", cwd=tmp_path)
+    done = checked(
+        "train",
+        DEBUG,
+        "trainer.max_steps=3",
+        "logging.num_samples=0",
+        "--resume",
+        "auto",
+        cwd=tmp_path,
+    )
     assert "resumed from runs/debug/checkpoints/step-00000003" in done.stdout
 
 
@@ -407,7 +422,7 @@ def test_settings_read_from_the_environment_are_compared_as_their_values(tmp_pat
     """config.yaml keeps `${oc.env:…}` as text; the state records the resolved values: the
     same value written otherwise resumes, another value behind the same text is refused."""
     monkeypatch.setenv("STPDIST_TEST_LR", "0.002")
-    checked("train", DEBUG, "trainer.max_steps=3", "model.optimizer.lr=${oc.env:STPDIST_TEST_LR}",
+    checked("train", DEBUG, "trainer.max_steps=3", "logging.num_samples=0", "model.optimizer.lr=${oc.env:STPDIST_TEST_LR}",
             cwd=tmp_path)  # fmt: skip
     monkeypatch.setenv("STPDIST_TEST_LR", "0.01")
     done = run_cli("train", DEBUG, "trainer.max_steps=4", "model.optimizer.lr=${oc.env:STPDIST_TEST_LR}",

@@ -78,6 +78,7 @@ def test_accelerate_launch_multi_gpu_flag_on_cpu_host_gives_two_ranks(tmp_path):
         "stpdist",
         "train",
         DEBUG,
+        "logging.num_samples=0",  # pictures of two ranks: two_ranks above
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

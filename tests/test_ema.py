@@ -145,7 +145,8 @@ def test_validation_and_predict_use_the_ema_and_the_raw_weights_on_request(tmp_p
 
 
 def test_cli_export_load_and_predict_use_the_ema_unless_raw_weights(tmp_path):
-    train = ("train", str(DEBUG), "trainer.max_epochs=1", "trainer.ema.decay=0.5")
+    train = ("train", str(DEBUG), "trainer.max_epochs=1", "trainer.ema.decay=0.5",
+             "logging.num_samples=0")  # fmt: skip
     run_cli(*train, cwd=tmp_path, check=True)
     run = tmp_path / "runs" / "debug"
     ckpt = sorted((run / "checkpoints").glob("step-*"))[-1]

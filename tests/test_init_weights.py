@@ -226,7 +226,9 @@ def test_resume_or_validate_with_another_architecture_is_one_line_naming_the_key
     is an input error in one line, naming the tensor and the config key that differs, and
     the run's files stay as they were."""
     debug = str(ROOT / "configs" / "debug.yaml")
-    run_cli("train", debug, "trainer.max_epochs=1", cwd=tmp_path, check=True)
+    run_cli(
+        "train", debug, "trainer.max_epochs=1", "logging.num_samples=0", cwd=tmp_path, check=True
+    )
     checkpoints = tmp_path / "runs" / "debug" / "checkpoints"
     before = sorted(p.name for p in checkpoints.iterdir())
     changed = "model.backbone.hidden_channels=[8,4]"
