@@ -172,6 +172,22 @@ def test_multi_node_job_with_fsdp(cluster, tmp_path):
     assert json.loads((last / "trainer_state.json").read_text())["world_size"] == 4
 
 
+def _signal_after_steps(cluster, job: str, run: Path, steps: int, how: list[str]) -> None:
+    """`scancel HOW JOB` once `run` logged `steps` training steps, then wait until the job,
+    requeued and resumed, has left the queue."""
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.is_file() and metrics.read_text().count("train/loss") >= steps):
+        assert time.time() < deadline, "the job never trained"
+        time.sleep(0.5)
+    subprocess.run(["scancel", *how, job], env=cluster, check=True)
+    while subprocess.run(
+        ["squeue", "-h", "-j", job], env=cluster, capture_output=True, text=True
+    ).stdout.strip():
+        assert time.time() < deadline + 300, "the requeued job never finished"
+        time.sleep(1)
+
+
 @slurm
 def test_preempted_job_checkpoints_requeues_and_resumes(cluster, tmp_path):
     run = tmp_path / "runs" / "pre"
@@ -182,17 +198,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes(cluster, tmp_path):
         "trainer.log_every_n_steps=1",
     ]
     job = sbatch(cluster, tmp_path, "trainer.output_dir=runs/pre", *long, wait=False)
-    metrics = run / "metrics.jsonl"
-    deadline = time.time() + 300
-    while not (metrics.is_file() and metrics.read_text().count("train/loss") >= 10):
-        assert time.time() < deadline, "the job never trained"
-        time.sleep(0.5)
-    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=cluster, check=True)
-    while subprocess.run(
-        ["squeue", "-h", "-j", job], env=cluster, capture_output=True, text=True
-    ).stdout.strip():
-        assert time.time() < deadline + 300, "the requeued job never finished"
-        time.sleep(1)
+    _signal_after_steps(cluster, job, run, 10, ["--signal=USR1", "--batch"])
     log = (tmp_path / "logs" / f"stpdist-{job}.out").read_text()
     assert "signal received: checkpointing and requeueing" in log
     assert "(restart 1)" in log
@@ -249,17 +255,7 @@ def test_stop_signalled_to_the_tasks_only_requeues_and_resumes(cluster, tmp_path
     long = ["trainer.max_epochs=20", "trainer.val_every_n_epochs=0",
             "trainer.checkpoint.every_epoch=false", "trainer.log_every_n_steps=1"]  # fmt: skip
     job = sbatch(cluster, tmp_path, "trainer.output_dir=runs/tasks", *long, wait=False)
-    metrics = run / "metrics.jsonl"
-    deadline = time.time() + 300
-    while not (metrics.is_file() and metrics.read_text().count("train/loss") >= 6):
-        assert time.time() < deadline, "the job never trained"
-        time.sleep(0.5)
-    subprocess.run(["scancel", "--signal=USR1", job], env=cluster, check=True)
-    while subprocess.run(
-        ["squeue", "-h", "-j", job], env=cluster, capture_output=True, text=True
-    ).stdout.strip():
-        assert time.time() < deadline + 300, "the requeued job never finished"
-        time.sleep(1)
+    _signal_after_steps(cluster, job, run, 6, ["--signal=USR1"])
     log = (tmp_path / "logs" / f"stpdist-{job}.out").read_text()
     assert "(restart 1)" in log, log[-3000:]
     assert "signal received" not in log  # the batch shell was not signalled
