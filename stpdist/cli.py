@@ -1415,6 +1415,16 @@ _PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote w
 """What gloo says when another rank's process is gone."""
 
 
+def _several_ranks() -> bool:
+    """Whether this process is one rank of several (a lost connection can be a peer's): a
+    process group of more than one, or a launcher's WORLD_SIZE above 1."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    size = os.environ.get("WORLD_SIZE", "")
+    return size.isdigit() and int(size) > 1
+
+
 def _environment_error(exc: BaseException, command: str) -> str | None:
     """One line for a failure that the machine caused, from anywhere in a command: an
     OSError of `_WRITE_ERRNOS` (here or as the cause of `exc`) names the path it carries
@@ -1438,7 +1448,7 @@ def _environment_error(exc: BaseException, command: str) -> str | None:
             space = free_space(path if path.is_dir() else path.parent)
         return f"{where}: {cause}{space}"
     text = str(exc)
-    if any(sign in text for sign in _PEER_LOST):
+    if any(sign in text for sign in _PEER_LOST) and _several_ranks():
         again = "resume with --resume auto" if command in ("train", "reproduce") else "run it again"
         first = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0]).split(". ")[0]
         return (

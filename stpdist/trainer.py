@@ -350,6 +350,15 @@ class Meter:
         """Of a partial epoch: its loss before this process, as the checkpoint carried it
         (`TrainState.epoch_loss`); None: unknown (an older checkpoint), no epoch loss."""
 
+    @classmethod
+    def resumed(cls, accelerator: Any, state: Any) -> Meter:
+        """A Meter for training from `state`: an epoch begun before this process (a
+        mid-epoch resume) has its loss so far from the checkpoint (`state.epoch_loss`)."""
+        meter = cls(accelerator)
+        meter.partial_epoch = state.batch > 0 or state.epoch_origin is not None
+        meter.carried = state.epoch_loss if meter.partial_epoch else None
+        return meter
+
     def add(self, loss: torch.Tensor | None, samples: int, extras: dict[str, Any]) -> None:
         """One micro-batch: this rank's loss (None when skipped on every rank), the global
         batch size, and this rank's extra scalars (tensors or numbers)."""
@@ -1019,15 +1028,16 @@ class Trainer:
             with self._preempted_if_validation_abandoned(state):
                 pending = self._end_pending(train, ctx, state, batches_per_epoch)
                 validator.resume(state, end_pending=pending, final=state.global_step >= total_steps)
-                meter = Meter(acc)
-                # an epoch begun before this process: its loss so far is the checkpoint's
-                meter.partial_epoch = state.batch > 0 or state.epoch_origin is not None
-                meter.carried = state.epoch_loss if meter.partial_epoch else None
+                meter = Meter.resumed(acc, state)
                 self.checkpoints.before_save = partial(meter.carry, state)
                 self._say_schedule_stretched(saved, total_steps, module, scheduler)
                 state.planned_steps = total_steps
                 bar = self._progress(total_steps, state.global_step)
                 module.train()
+                # stopped at an epoch's last step: that epoch closes as it would have (the
+                # loop below does not run when the run ends at that step)
+                if pending:
+                    self._end_epoch(state, scheduler, interval, meter, validator, total_steps)
                 while state.global_step < total_steps and state.epoch < max_epochs:
                     if self._stopping_early(state):
                         break
@@ -1061,16 +1071,7 @@ class Trainer:
                         meter.restart_clocks()
                         if state.global_step >= total_steps or self._stopping_early(state):
                             break
-                    stopped = self._stopping_early(state)
-                    if (
-                        state.batch < epoch_batches
-                        and state.global_step < total_steps
-                        and not stopped
-                    ):
-                        raise RuntimeError(
-                            f"training source yielded {state.batch} batches in epoch {state.epoch} "
-                            f"on rank {acc.process_index}; it announced {epoch_batches}"
-                        )
+                    self._check_epoch_was_whole(state, epoch_batches, total_steps)
                     if state.batch == epoch_batches:
                         self._end_epoch(state, scheduler, interval, meter, validator, total_steps)
                 bar.close()
@@ -1117,7 +1118,10 @@ class Trainer:
         checkpoint's path to the file `STPDIST_STOP_FILE` names, if set."""
         marker = os.environ.get("STPDIST_STOP_FILE")
         if marker and self.is_main:
-            Path(marker).write_text(f"{saved}\n")
+            try:
+                Path(marker).write_text(f"{saved}\n")
+            except OSError as exc:  # best effort: the stop and its checkpoint stand
+                log.warning("STPDIST_STOP_FILE %s could not be written (%s)", marker, exc)
 
     @contextmanager
     def _preempted_if_validation_abandoned(self, state: TrainState) -> Iterator[None]:
@@ -1505,6 +1509,16 @@ class Trainer:
         origin = EpochOrigin(**state.epoch_origin)
         rest = train.iterate_rest(ctx, state.epoch, origin, state.batch)
         return train.batches_in_rest(ctx, origin), rest
+
+    def _check_epoch_was_whole(self, state: TrainState, epoch_batches: int, total: int) -> None:
+        """After an epoch's batches: a source that yielded fewer than it announced, with
+        the run neither at its end nor stopping early, is an error naming both numbers."""
+        short = state.batch < epoch_batches and state.global_step < total
+        if short and not self._stopping_early(state):
+            raise RuntimeError(
+                f"training source yielded {state.batch} batches in epoch {state.epoch} "
+                f"on rank {self.accelerator.process_index}; it announced {epoch_batches}"
+            )
 
     def _end_pending(
         self, train: TrainSource, ctx: LoaderContext, state: TrainState, batches_per_epoch: int

@@ -371,3 +371,15 @@ def test_a_lost_peer_rank_is_said_as_such(tmp_path):
         "resume with --resume auto (RuntimeError: "
     ), lines[0]
     assert "pair.cc" not in lines[0] and "by peer" in lines[0], lines[0]
+
+
+def test_a_reset_connection_in_one_process_is_not_called_a_lost_rank(monkeypatch):
+    """The lost-peer line matched the text alone: a single-process command that met a
+    reset socket was told another rank of its run had stopped."""
+    from stpdist.cli import _environment_error
+
+    reset = ConnectionResetError(104, "Connection reset by peer")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert _environment_error(reset, "forecast") is None
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _environment_error(reset, "train").startswith("another rank of this run stopped")

@@ -116,6 +116,23 @@ def test_a_stop_and_resume_leave_what_an_uninterrupted_run_leaves(tmp_path, stop
     assert resumed.checkpoints.best().name == straight.checkpoints.best().name
 
 
+def test_a_stop_at_the_runs_last_step_closes_its_epoch_on_resume(tmp_path):
+    """Stopped after step 6, the run's last and the end of its epoch 1: the resumed run
+    had no step left to train, so the epoch was never closed (no train/epoch_loss row, its
+    checkpoint left at the epoch's last batch, its validation not counted as scheduled)."""
+    settings = {**SETTINGS, "max_epochs": 2, "val_every_n_epochs": 1, "val_every_n_steps": None}
+    settings["checkpoint"] = {"every_n_steps": None, "every_epoch": True, "keep_last": 2}
+    _fit(tmp_path / "straight", **settings)
+    _fit(tmp_path / "stopped", stop_at=6, **settings)
+    _fit(tmp_path / "stopped", resume="auto", **settings)
+    assert _rows(tmp_path / "stopped") == _rows(tmp_path / "straight")
+    assert _checkpoints(tmp_path / "stopped") == _checkpoints(tmp_path / "straight")
+    state = json.loads(
+        (tmp_path / "stopped/checkpoints/step-00000006/trainer_state.json").read_text()
+    )
+    assert (state["epoch"], state["batch"], state["epoch_loss"]) == (2, 0, None)
+
+
 def test_a_run_extended_past_its_last_validation_stops_early_where_it_would_have(tmp_path):
     """Ended by max_steps=5 and resumed with max_steps=14: the run's last validation, at
     step 5 (off the every-4-steps schedule), counted toward patience, so the resumed run
@@ -193,3 +210,12 @@ def test_a_stop_with_a_checkpoint_is_written_where_a_job_script_looks(tmp_path, 
     monkeypatch.setenv("STPDIST_STOP_FILE", str(marker))
     _fit(tmp_path / "run", stop_at=2, max_steps=6)
     assert marker.read_text() == f"{tmp_path / 'run' / 'checkpoints' / 'step-00000002'}\n"
+
+
+def test_a_stop_file_that_cannot_be_written_leaves_the_stop_as_it_is(tmp_path, monkeypatch):
+    monkeypatch.setenv("STPDIST_STOP_FILE", str(tmp_path / "no such folder" / "stopped"))
+    torch.manual_seed(0)
+    trainer = Trainer(output_dir=tmp_path / "run", progress_bar=False, max_steps=6)
+    train = DataLoader(_data(40, 1), batch_size=4)
+    with pytest.raises(Preempted):  # was FileNotFoundError: exit 1, no resume line
+        trainer.fit(Overfitting(stop_at=2), train)
