@@ -334,3 +334,62 @@ def test_a_backend_that_does_not_exist_is_an_error_naming_the_setting(monkeypatc
     with pytest.raises(ValueError, match=r"STPDIST_FUSED_BACKEND=inductr is not a torch.compile"):
         step.backbone_loss(*_batch(dtype))
     assert not fused._BROKEN
+
+
+def _gates(x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A small region like a cell's: two outputs, one of which a caller may leave unused."""
+    c = torch.sigmoid(x) * c + torch.tanh(x)
+    return torch.sigmoid(x) * torch.tanh(c), c
+
+
+def test_many_dtypes_shapes_and_gradient_offsets_compile_once_each_and_stay_fused(
+    monkeypatch,
+):
+    """A long process meets a region under many signatures: fp32, bf16 and fp64 (the
+    gpu_check's sections; autocast), batch sizes (a last partial batch), an unused output
+    (its gradient None), and gradients that are slices of one tensor over time (each at
+    its own storage offset). Each signature compiles once, an offset alone compiles
+    nothing, and fusion never runs out of dynamo's recompile limit (8). On a GPU the one
+    shared body did: the 9th variant turned fusion off for the rest of the process."""
+    from torch._dynamo.utils import counters
+
+    from stpdist.models import fused
+
+    monkeypatch.setattr(fused, "_BROKEN", [])
+    region = fused.pointwise(_gates)
+    calls = 0
+
+    def step(batch: int, dtype: torch.dtype, unused: int | None, offsets: int) -> None:
+        nonlocal calls
+        g = torch.Generator().manual_seed(calls)
+        x = torch.rand(batch, 3, 4, 4, generator=g, dtype=dtype, requires_grad=True)
+        c = torch.rand(batch, 3, 4, 4, generator=g, dtype=dtype, requires_grad=True)
+        # the gradients of `offsets` time steps: slices of one tensor, each at its offset
+        over_time = torch.rand(offsets, 2, batch, 3, 4, 4, generator=g, dtype=dtype)
+        for t in range(offsets):
+            calls += 1
+            results = {}
+            for on in (False, True):
+                x.grad = c.grad = None
+                with fusion(on):
+                    outputs = region(x, c)
+                used = [i for i in (0, 1) if i != unused]
+                torch.autograd.backward([outputs[i] for i in used], [over_time[t, i] for i in used])
+                results[on] = [o.detach() for o in outputs] + [x.grad, c.grad]
+            for a, b in zip(results[True], results[False]):
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+    counters.clear()
+    step(2, torch.float32, None, offsets=3)
+    graphs_one_signature = counters["stats"]["unique_graphs"]
+    assert graphs_one_signature == 2  # forward and backward, whatever the offset
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        for unused in (None, 0, 1):
+            step(3, dtype, unused, offsets=2)
+    step(2, torch.float32, None, offsets=2)  # seen before: nothing compiles
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        step(2, torch.float32, None, offsets=1)
+    assert not fused._BROKEN, fused._BROKEN
+    # the first signature, 3 dtypes × 3 gradient patterns at batch 3 (the forwards shared
+    # per dtype), and autocast: one compile each
+    assert counters["stats"]["unique_graphs"] == 2 + (3 + 9) + 2

@@ -149,16 +149,25 @@ class _Region:
         grads = [torch.zeros_like(o) if g is None else g for g, o in zip(grads, outputs)]
         return list(pull(tuple(grads)))
 
-    def _compiled(self, which: str, backend: str) -> Callable[..., Any]:
-        body = self._bodies.get((which, backend))
+    def _compiled(self, which: str, backend: str, args: tuple) -> Callable[..., Any]:
+        """The body compiled for the signature of `args` (see `_signature`)."""
+        key = (which, backend, _signature(args))
+        body = self._bodies.get(key)
         if body is None:
             method, name = (
                 (self._call, self.name)
                 if which == "forward"
                 else (self._vjp, self.name + "_backward")
             )
-            body = torch.compile(_own_code(method, name), fullgraph=True, backend=backend)
-            self._bodies[(which, backend)] = body
+            # static shapes, and a code object (so a dynamo cache and recompile limit) of
+            # its own per signature: with one shared body, each dtype, autocast state and
+            # batch size recompiled it, shapes then turned symbolic, and on a GPU each
+            # gradient's storage offset (a slice of the gradient over time) became a guard
+            # of its own, until dynamo's limit (8) stopped fusion for the process
+            body = torch.compile(
+                _own_code(method, name), fullgraph=True, dynamic=False, backend=backend
+            )
+            self._bodies[key] = body
         return body
 
     def _run(self, which: str, *args: Any) -> list:
@@ -175,7 +184,7 @@ class _Region:
             # others, on which the compiled body would recompile and fail
             include, exclude = _CALLER_KEYS.get() or _keys()
             with _disable_current_modes(), torch._C._ForceDispatchKeyGuard(include, exclude):
-                return self._compiled(which, backend)(*args)
+                return self._compiled(which, backend, args)(*args)
         except Exception as error:  # noqa: BLE001 - any compiler failure: run unfused
             if not _BROKEN:
                 log.warning(
@@ -247,6 +256,29 @@ def _backend() -> str:
             )
         _CHECKED_BACKENDS.add(name)
     return name
+
+
+def _signature(args: tuple) -> tuple:
+    """What a compiled body's guards check, as a key: each tensor's dtype, device, shape and
+    strides (not its storage offset, which static-shape code does not depend on), which
+    gradients are None, the scalars, and the dispatch state the body runs under (autocast
+    and grad mode). A new signature gets a body of its own instead of recompiling one."""
+    parts: list = []
+    for arg in args:
+        for item in arg if isinstance(arg, (list, tuple)) else (arg,):
+            if isinstance(item, torch.Tensor):
+                parts.append((item.dtype, item.device, tuple(item.shape), item.stride()))
+            else:
+                parts.append(item)  # None (an unused output's gradient) or a scalar
+    include, exclude = _CALLER_KEYS.get() or _keys()
+    state = (
+        include.raw_repr(),
+        exclude.raw_repr(),
+        torch.is_grad_enabled(),
+        torch.get_autocast_dtype("cpu"),
+        torch.get_autocast_dtype("cuda"),
+    )
+    return (*parts, state)
 
 
 def _own_code(method: Callable[..., Any], name: str) -> Callable[..., Any]:
