@@ -4,6 +4,8 @@
 #   launch/gpu_check.sh                      # on a machine with a CUDA device
 #   launch/gpu_check.sh --out runs/h200.json
 #   launch/gpu_check.sh --dry                # CPU, tiny shapes: every code path, no result
+#   launch/gpu_check.sh --only graphs,backbones --models mau,phydnet --budget-s 500
+#                                            # what an earlier run's budget left out
 #
 # It runs `python -m stpdist.gpu_check` (see that module for what is measured) with the
 # project's virtual environment when there is one (PYTHON overrides), offline trackers,

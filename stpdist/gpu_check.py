@@ -1,5 +1,7 @@
-"""One GPU check, one table: `python -m stpdist.gpu_check [--dry] [--out FILE]`
-(`launch/gpu_check.sh` runs it). Sized for under 8 minutes on one H200.
+"""One GPU check, one table: `python -m stpdist.gpu_check [--dry] [--out FILE]
+[--budget-s S] [--only SECTIONS] [--models NAMES]` (`launch/gpu_check.sh` runs it). Sized
+for under 8 minutes on one H200; `--only graphs,backbones --models mau,phydnet` measures
+what an earlier run's budget left out.
 
 On a CUDA device it runs, in this order, and prints one table (also written as JSON to
 `--out`, rewritten after every section, so a run cut short keeps what it measured):
@@ -71,7 +73,7 @@ from .bench import (
     synchronize,
     thread_settings,
 )
-from .gpu_steps import graph_rows, ops_rows, precision_rows
+from .gpu_steps import RECURRENT, graph_rows, ops_rows, precision_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "configs" / "mmnist"
@@ -133,6 +135,8 @@ class Plan:
     compile_models: list[str]
     compile_backend: str
     budget_s: float
+    recurrent: list[str] = dataclasses.field(default_factory=list)
+    """The recurrent recipes of the ops and graphs sections."""
     """Wall-clock budget: the backbone section shortens its timed steps, and the compile
     section skips a model, rather than run over it."""
 
@@ -155,6 +159,7 @@ class Plan:
                 compile_models=["convlstm"],
                 compile_backend="eager",
                 budget_s=budget_s,
+                recurrent=["convlstm"],
             )
         return cls(
             dry=False,
@@ -172,7 +177,21 @@ class Plan:
             compile_models=["convlstm", "simvp"],
             compile_backend="inductor",
             budget_s=budget_s,
+            recurrent=list(RECURRENT),
         )
+
+    def only_models(self, names: list[str]) -> None:
+        """Keep these models in every per-model section (`--models`)."""
+        known = set(self.backbones) | set(self.recurrent) | set(self.compile_models)
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(
+                f"--models: {', '.join(unknown)} not in this check; its models are "
+                + ", ".join(sorted(known))
+            )
+        self.backbones = [n for n in self.backbones if n in names]
+        self.recurrent = [n for n in self.recurrent if n in names]
+        self.compile_models = [n for n in self.compile_models if n in names]
 
     @property
     def shape(self) -> tuple[int, int, int, int, int]:
@@ -830,22 +849,24 @@ def _backbone_row(
 
 
 # -------------------------------------------------------------------- launch-bound step
-def check_launch_bound(plan: Plan, report: Report) -> None:
+def check_launch_bound(plan: Plan, report: Report, sections: frozenset[str]) -> None:
     """Ops per step (fused regions off and on) and CUDA graphs off and on, per recurrent
     recipe (`stpdist.gpu_steps`)."""
 
     def make_trainer(out: str, **o: Any) -> Any:
         return _bench_trainer(plan, out, o["max_steps"], o["precision"], o["cuda_graphs"])
 
-    _guarded(report, "ops", "per step", lambda: ops_rows(plan, recipe_model, Row))
-    report.write()
-    _guarded(
-        report,
-        "graphs",
-        "cuda_graphs",
-        lambda: graph_rows(plan, recipe_model, make_trainer, Row, report.left_s),
-    )
-    report.write()
+    if "ops" in sections:
+        _guarded(report, "ops", "per step", lambda: ops_rows(plan, recipe_model, Row))
+        report.write()
+    if "graphs" in sections:
+        _guarded(
+            report,
+            "graphs",
+            "cuda_graphs",
+            lambda: graph_rows(plan, recipe_model, make_trainer, Row, report.left_s),
+        )
+        report.write()
 
 
 # ------------------------------------------------------------------------- compile
@@ -894,32 +915,65 @@ def _compile_row(plan: Plan, name: str) -> Row:
 
 
 # ---------------------------------------------------------------------------- main
-def run_check(dry: bool, out: Path, budget_s: float = 420.0) -> Report:
-    """Run every section (see the module docstring); returns the report."""
+SECTIONS = ("tests", "syncs", "trainer", "fp16", "ops", "graphs", "backbones", "compile")
+"""The sections, in the order they run (`--only` picks some)."""
+
+
+def run_check(
+    dry: bool,
+    out: Path,
+    budget_s: float = 420.0,
+    sections: frozenset[str] = frozenset(SECTIONS),
+    models: list[str] | None = None,
+) -> Report:
+    """Run the `sections` (all by default; see the module docstring) for `models` (every
+    model of the plan by default); returns the report."""
     if not dry and not torch.cuda.is_available():
         raise RuntimeError("no CUDA device: run on a GPU, or pass --dry for the CPU dry run")
     plan = Plan.for_device(dry, budget_s)
+    if models:
+        plan.only_models(models)
     report = Report(plan, out)
     # On a GPU the tests run first, alone; in a dry run beside the rest (no timing matters)
-    tests = start_gpu_tests()
-    if not dry:
+    tests = start_gpu_tests() if "tests" in sections else None
+    if tests is not None and not dry:
         report.add(finish_gpu_tests(plan, tests))
         report.write()
-    _guarded(report, "host syncs", "Trainer steps", lambda: check_host_syncs(plan))
-    _guarded(report, "trainer", "Trainer vs raw loop", lambda: check_trainer_vs_raw(plan))
-    _guarded(report, "fp16", "GradScaler, forced overflow", lambda: check_fp16_scaler(plan))
-    _guarded(report, "fp16", "Trainer fp16, forced overflow", lambda: check_fp16_trainer(plan))
+    if "syncs" in sections:
+        _guarded(report, "host syncs", "Trainer steps", lambda: check_host_syncs(plan))
+    if "trainer" in sections:
+        _guarded(report, "trainer", "Trainer vs raw loop", lambda: check_trainer_vs_raw(plan))
+    if "fp16" in sections:
+        _guarded(report, "fp16", "GradScaler, forced overflow", lambda: check_fp16_scaler(plan))
+        _guarded(report, "fp16", "Trainer fp16, forced overflow", lambda: check_fp16_trainer(plan))
     report.write()
-    compile_reserve = 0 if dry else 150  # what the compile section needs at least
-    check_launch_bound(plan, report)
-    check_backbones(plan, report, report.started + budget_s - compile_reserve)
-    for row in precision_rows(report.rows, Row):
-        report.add(row)
-    check_compile(plan, report)
-    if dry:
+    # what the compile section needs at least
+    compile_reserve = 0 if dry or "compile" not in sections else 150
+    check_launch_bound(plan, report, sections)
+    if "backbones" in sections:
+        check_backbones(plan, report, report.started + budget_s - compile_reserve)
+        for row in precision_rows(report.rows, Row):
+            report.add(row)
+    if "compile" in sections:
+        check_compile(plan, report)
+    if tests is not None and dry:
         report.add(finish_gpu_tests(plan, tests))
     report.write()
     return report
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _sections(text: str) -> frozenset[str]:
+    names = _names(text)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a comma-separated list of {', '.join(SECTIONS)}"
+        )
+    return frozenset(names)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -931,9 +985,28 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default="runs/gpu_check.json", help="JSON results (rewritten per section)"
     )
     p.add_argument("--budget-s", type=float, default=420.0, help="wall-clock budget in seconds")
+    p.add_argument(
+        "--only",
+        type=_sections,
+        default=frozenset(SECTIONS),
+        metavar="SECTIONS",
+        help=f"run only these sections (comma-separated: {', '.join(SECTIONS)})",
+    )
+    p.add_argument(
+        "--models",
+        type=_names,
+        default=None,
+        metavar="NAMES",
+        help="only these recipes in the per-model sections (comma-separated, e.g. mau,phydnet)",
+    )
     args = p.parse_args(argv)
+    if args.models:
+        try:  # named before anything runs
+            Plan.for_device(args.dry, args.budget_s).only_models(args.models)
+        except ValueError as exc:
+            p.error(str(exc))
     try:
-        report = run_check(args.dry, Path(args.out), args.budget_s)
+        report = run_check(args.dry, Path(args.out), args.budget_s, args.only, args.models)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -88,7 +88,7 @@ def ops_rows(plan: Any, recipe_model: Callable[..., Any], row: Callable[..., Any
     """Per recurrent recipe: kernel-launching (and all) aten ops per eager training step,
     fused regions off and on."""
     rows = []
-    names = RECURRENT if not plan.dry else ["convlstm"]
+    names = plan.recurrent
     for name in names:
         counts = {}
         for mode in ("off", "on"):
@@ -131,7 +131,7 @@ def graph_rows(
     from torch.utils.data import DataLoader, TensorDataset
 
     rows = []
-    names = RECURRENT if not plan.dry else ["convlstm"]
+    names = plan.recurrent
     sizes = (16, 64) if not plan.dry else (plan.batch,)
     steps = STEADY_AFTER + (10 if not plan.dry else 2)
     for name in names:

@@ -4,6 +4,8 @@ its recompile count, and `launch/gpu_check.sh --dry` end to end."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -343,3 +345,26 @@ def test_bench_data_refuses_a_dataset_smaller_than_a_batch_per_worker(tmp_path, 
         f"stpdist: error: {tmp_path / 'ds' / 'train'}: 8 samples are too few to time batches "
         "of 16 with 2 loader worker(s): at least 32 are needed (--batch-size, --loader-workers)"
     ]
+
+
+def test_gpu_check_runs_only_the_sections_and_models_asked_for(tmp_path):
+    """`--only` and `--models`: a GPU session with little device time left measures what an
+    earlier run's budget skipped, and nothing else; a misspelt section or model is refused
+    before anything runs (exit 2, naming it)."""
+    from stpdist.gpu_check import main
+
+    out = tmp_path / "some.json"
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main(["--dry", "--out", str(out), "--only", "ops,backbones", "--models", "simvp"])
+    assert code == 0
+    rows = [(r["section"], r["item"]) for r in json.loads(out.read_text())["rows"]]
+    assert rows == [("backbones", "simvp fp32")]  # simvp is not recurrent: no ops row
+    for flags, named in [
+        (["--only", "ops,graph"], "expected a comma-separated list of tests, syncs"),
+        (["--models", "convlstm,mua"], "--models: mua not in this check"),
+    ]:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+            main(["--dry", "--out", str(tmp_path / "x.json"), *flags])
+        assert exit_.value.code == 2 and named in err.getvalue(), err.getvalue()
+        assert not (tmp_path / "x.json").exists()
