@@ -2051,6 +2051,12 @@ def _shared_settings() -> tuple[dict[str, Any], dict[str, Any]]:
 def _close_open_trainers() -> None:
     for trainer in list(_OPEN_TRAINERS):
         trainer._close_at_exit()
+    # a Trainer freed unclosed (a script that never calls `close`) leaves accelerate's
+    # process group alive: torn down with the interpreter, its gloo threads could abort the
+    # process ("terminate called without an active exception", exit 134) after a run that
+    # had finished
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _make_accelerator(config: TrainerConfig, log_with: list[str]) -> Accelerator:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,3 +84,20 @@ def test_the_package_lists_each_name_once():
     assert stpdist.Trainer is Trainer
     names = dir(stpdist)
     assert len(names) == len(set(names)) and "Trainer" in names
+
+
+def test_a_freed_unclosed_trainer_leaves_no_process_group_to_the_interpreters_teardown(
+    tmp_path, monkeypatch
+):
+    """Since Trainers are held weakly, one a script never closed could be freed before the
+    exit hook that closed it ran; its process group then outlived every hook, and tearing it
+    down with the interpreter now and then aborted a finished 2-rank run (exit 134,
+    "terminate called without an active exception": 5 errors of one suite run here)."""
+    from conftest import run_ranks
+
+    # fresh interpreters: the script's exit hook is registered before stpdist's, as in a
+    # user's script (the suite's forking launcher imports stpdist before the script)
+    monkeypatch.setenv("STPDIST_TEST_RANKS_EXEC", "1")
+    proc = run_ranks([str(Path(__file__).parent / "dist_unclosed.py"), str(tmp_path)], 2)
+    lines = [line for line in proc.stdout.splitlines() if "process group alive" in line]
+    assert lines == ["process group alive after stpdist's exit hook: False"] * 2, proc.stdout
