@@ -53,6 +53,7 @@ def ensure_dataset(cfg: Config, trainer: Trainer, *, synthesize: bool = False) -
                 f"--synthesize to generate synthetic digits into {root}, or {convert} "
                 "and set data.synthesize=null"
             )
+        _check_model_before_generating(cfg)
         if trainer.is_main:
             say(f"generating synthetic moving digits into {root}")
             with occupied_advice(generation_advice(root)):  # train has no --overwrite
@@ -62,6 +63,25 @@ def ensure_dataset(cfg: Config, trainer: Trainer, *, synthesize: bool = False) -
                     **_synth_settings(cfg),
                     workers=2,
                 )
+
+
+def _check_model_before_generating(cfg: Config) -> None:
+    """A built-in backbone's refusal of its arguments (a ConfigError naming the key), said
+    before the dataset is generated rather than minutes after: the model is built for the
+    digits' frames on the meta device (no memory, no weights). Any other failure is left to
+    the real build after generation, which says it with the data's own shape."""
+    import torch
+
+    if plugins.is_import_path(cfg.model.name):  # a user's code: built once, at its time
+        return
+    size = cfg.data.synthesize.image_size
+    try:
+        with torch.device("meta"):
+            build_module(cfg, (1, size, size))
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - said by the real build, after generation
+        log.debug("model check before generating data: %r", exc)
 
 
 def _synth_counts(cfg: Config, on_the_fly: bool) -> dict[str, int]:

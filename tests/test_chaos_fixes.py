@@ -383,3 +383,21 @@ def test_a_reset_connection_in_one_process_is_not_called_a_lost_rank(monkeypatch
     assert _environment_error(reset, "forecast") is None
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert _environment_error(reset, "train").startswith("another rank of this run stopped")
+
+
+def test_a_backbone_refusal_comes_before_the_dataset_is_generated(tmp_path):
+    """With `data.synthesize`, a backbone's refusal of its arguments came after the digits
+    were generated (minutes at the recipes' sizes); it now comes first, and nothing is
+    written."""
+    (tmp_path / "cfg.yaml").write_text(
+        "trainer: {output_dir: run, max_steps: 2, progress_bar: false}\n"
+        "data: {root: digits, batch_size: 4, num_input_frames: 4, num_output_frames: 4,\n"
+        "       synthesize: {root: digits, train: 8, val: 4, test: 4, num_frames: 8,\n"
+        "                    image_size: 32}}\n"
+        "model: {name: convlstm, backbone: {hidden_channels: []}}\n"
+    )
+    proc = run_cli("train", "cfg.yaml", cwd=tmp_path)
+    line = one_error(proc, 2)
+    assert line.startswith("stpdist: config error: 'model.backbone.hidden_channels' of convlstm")
+    assert "generating" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "digits").exists() and not (tmp_path / "run" / "checkpoints").exists()
