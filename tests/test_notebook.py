@@ -87,7 +87,7 @@ def test_the_package_lists_each_name_once():
 
 
 def test_a_freed_unclosed_trainer_leaves_no_process_group_to_the_interpreters_teardown(
-    tmp_path, monkeypatch
+    tmp_path,
 ):
     """Since Trainers are held weakly, one a script never closed could be freed before the
     exit hook that closed it ran; its process group then outlived every hook, and tearing it
@@ -95,9 +95,6 @@ def test_a_freed_unclosed_trainer_leaves_no_process_group_to_the_interpreters_te
     "terminate called without an active exception": 5 errors of one suite run here)."""
     from conftest import run_ranks
 
-    # fresh interpreters: the script's exit hook is registered before stpdist's, as in a
-    # user's script (the suite's forking launcher imports stpdist before the script)
-    monkeypatch.setenv("STPDIST_TEST_RANKS_EXEC", "1")
     proc = run_ranks([str(Path(__file__).parent / "dist_unclosed.py"), str(tmp_path)], 2)
     lines = [line for line in proc.stdout.splitlines() if "process group alive" in line]
     assert lines == ["process group alive after stpdist's exit hook: False"] * 2, proc.stdout
