@@ -18,7 +18,7 @@ from .data.staging import recover
 from .data.stream import ShardEvalStream, ShardTrainStream
 from .data.synthetic import synthesized_differently, write_moving_digits
 from .errors import InputError, MissingInput
-from .metrics import GeoInfo
+from .metrics import SSIM_WINDOW, GeoInfo
 from .models.base import UntrustedImportPath
 from .module import EnhancedModule
 from .task import Forecaster
@@ -223,6 +223,11 @@ def build_module(
     normalizer = Normalizer(normalize) if index is None else Normalizer.from_index(normalize, index)
     if index is not None and not normalizer.unit_range:
         _check_value_range(cfg, index)
+    elif index is not None and min(frame_shape[1:]) < SSIM_WINDOW:
+        say(
+            f"frames of {frame_shape[1]}×{frame_shape[2]} are smaller than SSIM's "
+            f"{SSIM_WINDOW}×{SSIM_WINDOW} window: SSIM is not reported"
+        )
     geo = None if index is None else geo_info(cfg, index)
     try:
         return Forecaster(

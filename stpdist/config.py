@@ -81,6 +81,16 @@ def _sizes(value: Any) -> str | None:
     return None if ok else f"a list of sizes, each in [1, {LARGEST_FRAME_SIDE}] pixels"
 
 
+def _thresholds(value: Any) -> str | None:
+    """Thresholds name their results (`csi@20`, `{level:g}`): two that print alike would
+    write the same keys, one over the other."""
+    names = [f"{v:g}" for v in value]
+    alike = sorted({n for n in names if names.count(n) > 1})
+    if not alike:
+        return None
+    return f"thresholds that differ in their results' names (csi@X): {', '.join(alike)} repeats"
+
+
 def _colormap(value: Any) -> str | None:
     if value is None:
         return None
@@ -347,7 +357,7 @@ class EvaluationConfig:
     """Clamp predictions to the data's range outside training: [0, 1] with `data.normalize:
     scale` (data whose values leave [0, 1] is then refused), else each variable's min and
     max in the training index."""
-    metric_thresholds: List[float] = field(default_factory=list)
+    metric_thresholds: List[float] = checked([], _thresholds)
     """Thresholds in physical (stored) units for CSI/POD/FAR/HSS (e.g. [20, 30, 40] dBZ)."""
     csi_pool_sizes: List[int] = checked([], _sizes)
     """Neighbourhoods (p×p, max-pooled) for pooled CSI at the thresholds, and CSI-M (the mean
@@ -357,8 +367,9 @@ class EvaluationConfig:
     fss_sizes: List[int] = checked([], _sizes)
     """Window sizes n (n×n pixels) of the fractions skill score at the thresholds."""
     score_convention: Literal["stpdist", "earthformer"] = "stpdist"
-    """Skill scores with an empty denominator (a threshold no pixel reaches): `stpdist`, the
-    score is undefined (NaN) and CSI-M averages the thresholds where it is defined, counting
+    """Skill scores with an empty denominator (CSI: a threshold no pixel of either field
+    reaches; POD: no event observed; FAR: none forecast; HSS: no event, or events
+    everywhere): `stpdist`, the score is undefined (NaN) and CSI-M averages the thresholds where it is defined, counting
     the others in `csi_m…_undefined`; pooled CSI keeps partial edge blocks. `earthformer`,
     as Earthformer/PreDiff compute them to compare with their papers: 1e-4 added to every
     denominator (an empty one scores 0), pooled CSI drops partial edge blocks."""

@@ -15,7 +15,8 @@ and radar; physical units for data stored with value scale 1 (weather variables)
 * SSIM per frame and channel: 7×7 uniform window, sample covariance, K1 0.01, K2 0.03,
   data range 1 (the full scaled range), mean over the window positions that fit inside the
   frame (scikit-image's `structural_similarity(…, win_size=7, data_range=1)`), averaged
-  over channels, frames and samples.
+  over channels, frames and samples. Frames smaller than 7×7 fit no window: SSIM (and
+  `ssim_openstl`) is left out of their results (scikit-image refuses them too).
 * `ssim_openstl`: the same SSIM with data range 2 (K1, K2 scaled by 2), what OpenSTL's
   scikit-image call computes for float images (it passes no data_range; scikit-image
   ≤ 0.19 then takes 2 = the dtype range −1..1). Higher than `ssim` on the same frames;
@@ -35,9 +36,11 @@ and radar; physical units for data stored with value scale 1 (weather variables)
 
 Conventions at the edges (`evaluation.score_convention`):
 
-* `stpdist` (default): a skill score whose denominator is 0 (a threshold that neither the
-  predictions nor the observations reach: no hits, misses or false alarms) is undefined,
-  NaN — CSI, POD, FAR, HSS, pooled CSI, and FSS when neither field has an event. CSI-M
+* `stpdist` (default): a skill score whose denominator is 0 is undefined, NaN: CSI and
+  pooled CSI when neither field has an event (no hits, misses or false alarms), POD when
+  no event is observed, FAR when none is forecast, HSS when neither field has an event or
+  both are events everywhere (e.g. a threshold of 0 on data ≥ 0), FSS when neither field
+  has an event. CSI-M
   (`csi_m`, `csi_m_pool<p>`) is the mean over the thresholds where CSI is defined, per
   lead time and overall, and `csi_m_undefined` (`csi_m_pool<p>_undefined`) counts the
   thresholds left out of the overall value; NaN only when no threshold is defined. Pooled
@@ -48,9 +51,11 @@ Conventions at the edges (`evaluation.score_convention`):
   FSS, which they do not report, gets the same: 1 when neither field has an event),
   CSI-M a plain mean, and pooled CSI drops the partial edge blocks (PreDiff's max-pool
   without ceil mode): both agree with `stpdist` when H and W divide by p.
-* ACC (`acc/<var>`) is undefined for a sample and lead time whose forecast or observed
-  anomaly is zero everywhere (its denominator is 0): that pair is left out of the mean,
-  per lead time and overall (pooled over lead times); NaN when none is defined.
+* ACC (`acc/<var>`) is uncentred: the anomalies' means are not removed (WeatherBench 1's
+  `compute_weighted_acc` removes them, and reads differently). It is undefined for a
+  sample and lead time whose forecast or observed anomaly is zero everywhere (its
+  denominator is 0): that pair is left out of the mean, per lead time and overall (pooled
+  over lead times); NaN when none is defined.
 
 The conventions apply when the summed counts are turned into scores, so they stay exact
 across ranks: the sums are reduced exactly whatever the convention.
@@ -115,7 +120,8 @@ def batch_sums(
 ) -> dict[str, torch.Tensor]:
     """Additive sums over the batch, per lead time, in float64 on the input's device.
     `raw_pred_BTCHW`: the predictions before clamping, for the `*_raw` errors (None: the
-    same as `pred_BTCHW`). `image_scores`: PSNR and SSIM too (data in [0, 1])."""
+    same as `pred_BTCHW`). `image_scores`: PSNR and SSIM too (data in [0, 1]; SSIM only
+    for frames of at least 7×7)."""
     pred, target = pred_BTCHW.double(), target_BTCHW.double()
     err = pred - target
     sq_frame = err.pow(2).flatten(2).sum(dim=2)  # B×T: sum over C×H×W
@@ -134,12 +140,13 @@ def batch_sums(
         "abs_err_raw": abs_raw.sum(dim=0),
     }
     if image_scores:
-        ssim, ssim_openstl = _ssim_per_frame(pred, target, (1.0, 2.0))
         pixels = err[0, 0].numel()
         mse_frame = (sq_frame / pixels).clamp_min(10 ** (-PSNR_CAP_DB / 10))
         sums["psnr"] = (-10 * torch.log10(mse_frame)).sum(dim=0)
-        sums["ssim"] = ssim.sum(dim=0)
-        sums["ssim_openstl"] = ssim_openstl.sum(dim=0)
+        if min(pred.shape[-2:]) >= SSIM_WINDOW:  # else no window fits: SSIM left out
+            ssim, ssim_openstl = _ssim_per_frame(pred, target, (1.0, 2.0))
+            sums["ssim"] = ssim.sum(dim=0)
+            sums["ssim_openstl"] = ssim_openstl.sum(dim=0)
     if thresholds_scaled:
         levels = torch.tensor(list(thresholds_scaled), dtype=torch.float64, device=pred.device)
         levels = levels - levels.abs() * THRESHOLD_MARGIN  # see the module docstring
