@@ -353,6 +353,21 @@ def _is_sharded(module: torch.nn.Module) -> bool:
     return torch.distributed.is_available() and is_sharded(module)
 
 
+def safetensors_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` as safetensors takes it: detached, on the CPU, contiguous, and no two entries
+    sharing memory (tied weights, one tensor under two names, which safetensors refuses:
+    each later name gets a copy; loading into the module ties them again)."""
+    weights, seen = {}, set()
+    for name, value in state.items():
+        value = value.detach().cpu().contiguous()
+        storage = (value.untyped_storage().data_ptr(), value.untyped_storage().nbytes())
+        if value.numel() and storage in seen:
+            value = value.clone()
+        seen.add(storage)
+        weights[name] = value
+    return weights
+
+
 def is_sharded_checkpoint(path: str | Path) -> bool:
     """Whether checkpoint folder `path` holds a sharded state (written by an FSDP run)
     instead of `model.safetensors` and `optimizer.pt`."""
@@ -662,9 +677,7 @@ class CheckpointManager:
             }
             if main:
                 if not sharded:
-                    weights = {
-                        k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()
-                    }
+                    weights = safetensors_weights(module.state_dict())
                     save_file(weights, str(tmp / MODEL_FILE))
                     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
                 if scheduler is not None:

@@ -56,6 +56,12 @@ class EnhancedModule(nn.Module):
     on at the next check point (log steps, checkpoints, validations, epoch ends) — still
     the same step on every rank, and never saved."""
 
+    validation_predicts: bool = False
+    """Whether the "predictions" `validation_step` returns are what `predict_step` returns for
+    the same batch. Then `Trainer.predict`, on data with targets, writes those and runs one
+    forward a batch, not two (the `Forecaster` does); otherwise it writes what `predict_step`
+    returns, whatever the data carry."""
+
     def __init__(self) -> None:
         super().__init__()
         self.global_step: int = 0
@@ -80,16 +86,30 @@ class EnhancedModule(nn.Module):
 
     def training_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepOutput:
         """Return the loss tensor, a dict holding "loss" (plus scalars to log), or None to
-        skip this batch (it is then skipped on every rank)."""
+        skip this batch (it is then skipped on every rank).
+
+        Logged as `train/<name>`: the loss averaged over every rank's batches of the log
+        window; each other scalar (one number: a one-element tensor, int or float) averaged
+        over the main process' batches only (as Lightning's `self.log` without
+        `sync_dist`). Entries that are not one number are not logged (a warning names each
+        once)."""
         raise NotImplementedError(f"{type(self).__name__} must implement training_step()")
 
     def training_step_end(self, output: StepOutput) -> StepOutput:
-        """Post-process the output of `training_step` (default: unchanged)."""
+        """Post-process the output of `training_step` (default: unchanged): called on every
+        micro-batch, on every rank, inside the (DDP-)wrapped forward, with what
+        `training_step` returned (None for a batch it skips). What it returns is what the
+        Trainer uses, so it must return the output (None for an output is an error)."""
         return output
 
     def validation_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepOutput:
         """Return the batch-mean loss tensor, or a dict of batch-mean scalars (and, under
-        "predictions", the B×T_out×C×H×W predictions)."""
+        "predictions", the B×T_out×C×H×W predictions; under "sums", additive tensors for
+        `metrics_from_sums`); None is an error. Runs under `torch.no_grad()` in eval mode.
+        Each scalar is weighted by the batch size and summed over every batch of every rank
+        (`val/<name>`, equal to a one-process evaluation). On data with targets,
+        `Trainer.predict` calls this hook too, for the metrics (and for the predictions it
+        writes, with `validation_predicts`)."""
         raise NotImplementedError(f"{type(self).__name__} must implement validation_step()")
 
     def metrics_from_sums(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -102,7 +122,9 @@ class EnhancedModule(nn.Module):
         )
 
     def validation_step_end(self, output: StepOutput) -> StepOutput:
-        """Post-process the output of `validation_step` (default: unchanged)."""
+        """Post-process the output of `validation_step` (default: unchanged): called on every
+        batch, on the rank that ran it, before its results are added up; it must return the
+        output."""
         return output
 
     def compile_for_training(self, mode: str = "default") -> None:
@@ -121,5 +143,8 @@ class EnhancedModule(nn.Module):
         )
 
     def predict_step(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
-        """Return predictions B×T_out×C×H×W."""
+        """Return predictions B×T_out×C×H×W (shaped as the targets where the batch has
+        them), under `torch.inference_mode()` in eval mode; `targets` is None where `predict`
+        computes no metrics (data without targets, `metrics=False`, a module without
+        `validation_step`)."""
         raise NotImplementedError(f"{type(self).__name__} must implement predict_step()")

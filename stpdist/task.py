@@ -41,6 +41,7 @@ class Forecaster(EnhancedModule):
     """Backbone `config.name` with loss, optimizer, schedule, scheduled sampling, patching,
     clamping and metrics, all read from `config` (the `model` section)."""
 
+    validation_predicts = True  # predict writes validation_step's predictions
     skips_batches = False  # never returns None: its steps read nothing on the host
 
     def __init__(

@@ -140,7 +140,20 @@ class _TrainingStep(nn.Module):
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, **extras: Any) -> Any:
         step = call_hook(self.module.training_step, inputs, targets, extras)
-        return self.module.training_step_end(step)
+        return _end_of(self.module, "training_step", step)
+
+
+def _end_of(module: EnhancedModule, hook: str, output: Any) -> Any:
+    """`<hook>_end(output)`; None from it for an output that was not None is an error naming
+    it (a `*_step_end` that forgot its `return`: every batch skipped, or a confusing error
+    naming `<hook>`), never a silent skip."""
+    ended = getattr(module, f"{hook}_end")(output)
+    if ended is None and output is not None:
+        raise TypeError(
+            f"{type(module).__name__}.{hook}_end returned None for the "
+            f"{type(output).__name__} {hook} returned; return the (post-processed) output"
+        )
+    return ended
 
 
 class _ShardedTrainingStep(_TrainingStep):
@@ -372,6 +385,9 @@ class Meter:
                 if isinstance(value, torch.Tensor):
                     value = value.detach().double()
                 sums[key] = sums[key] + value if key in sums else value
+                if key != "loss":  # an entry some batches leave out: its mean over the others
+                    counts = sums.setdefault("counts", {})
+                    counts[key] = counts.get(key, 0) + 1
 
     def restart_clocks(self) -> None:
         """After a checkpoint or validation: the window's samples/s and the epoch's time_s
@@ -417,10 +433,11 @@ class Meter:
         batches = sums.pop("batches")
         sums.pop("samples")
         sums.pop("skipped", None)
+        counts = sums.pop("counts", {})
         world = self.accelerator.num_processes
         loss = self.accelerator.reduce(sums.pop("loss").reshape(1), reduction="sum")
         means = {"loss": float(loss) / world / batches}  # the window's host read
-        means.update({k: float(v) / batches for k, v in sums.items()})
+        means.update({k: float(v) / counts[k] for k, v in sums.items()})
         return means
 
     def window(self) -> dict[str, float] | None:
@@ -603,6 +620,7 @@ class Validator:
         """Validate now; `record`: store the results in this step's checkpoint (best-k);
         `scheduled`: on the validation schedule (counts toward early stopping)."""
         tracker = self.trainer.tracker
+        self.module.global_step = state.global_step  # also on resume, before any step
         keeper = SampleKeeper(tracker.num_samples if self.trainer.is_main else 0)
         with self.trainer.evaluation_weights():  # the EMA when trainer.ema is on
             stop = self.trainer._stop
@@ -668,6 +686,23 @@ def _check_predictions(module: EnhancedModule, pred: Any, batch: Batch) -> None:
         raise ValueError(
             f"{name} returned predictions of shape {tuple(pred.shape)}, the batch's targets "
             f"are {tuple(targets.shape)}; expected the targets' shape"
+        )
+
+
+def _check_every_parameter_trained(module: EnhancedModule, processes: int, step: int) -> None:
+    """After the first backward: under DDP a trainable parameter that took no part in the loss
+    fails the next step with torch's long message about `find_unused_parameters` (which the
+    Trainer does not take); name the parameters now, in one line."""
+    if processes == 1:
+        return
+    unused = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    if unused:
+        more = f" (and {len(unused) - 3} more)" if len(unused) > 3 else ""
+        raise RuntimeError(
+            f"{type(module).__name__}.training_step at step {step} left trainable parameter(s) "
+            f"{', '.join(map(repr, unused[:3]))}{more} out of the loss; with {processes} "
+            "processes (DDP) every trainable parameter must take part in every step's loss: "
+            "freeze them while training (requires_grad_(False)) or use them in training_step"
         )
 
 
@@ -1050,6 +1085,8 @@ class Trainer:
                             continue
                         # ---- one optimizer step done
                         state.global_step += 1
+                        # validation, checkpoints and a validate() after fit see the steps taken
+                        module.global_step = state.global_step
                         if self.ema is not None:
                             self.ema.update(state.global_step)  # device math, no host read
                         if interval == "step" and scheduler is not None:
@@ -1265,6 +1302,10 @@ class Trainer:
             if not skipped:
                 acc.backward(loss)
                 self._contributed = True
+                if not self._parameters_checked:  # DDP's rule, not FSDP's
+                    self._parameters_checked = True
+                    if self._sharded_root is None:
+                        _check_every_parameter_trained(module, acc.num_processes, step)
             elif acc.sync_gradients and self._contributed:
                 # DDP all-reduces inside the backward of the window's last micro-batch;
                 # with that one skipped on every rank, average the earlier ones here.
@@ -1682,6 +1723,7 @@ class Trainer:
         checkpoint `start` (what `resume` names), with everything it saved restored."""
         acc = self.accelerator
         self._contributed, self._grad_norm = False, None
+        self._parameters_checked = False  # see _check_every_parameter_trained
         self.lockstep.reset()
         if resume is None and self.checkpoints.latest() is not None:
             raise OutputExists(
@@ -1851,6 +1893,7 @@ class Trainer:
         `stop` is requested on any rank, all leave the pass (`ValidationAbandoned`)."""
         was_training = module.training
         module.eval()
+        self._buffers_of_rank_0(module)
         sums = EvalSums()
         with self.accelerator.autocast(), self._whole(module):
             for batch in source.iterate(self._ctx()):
@@ -1860,12 +1903,21 @@ class Trainer:
                 batch = self._to_device(batch)
                 inputs, targets, keys, _ = batch
                 step = call_hook(module.validation_step, inputs, targets, self._hook_extras(batch))
-                output = module.validation_step_end(step)
+                output = _end_of(module, "validation_step", step)
                 sums.add(output, inputs.shape[0])
                 if keeper is not None:
                     keeper.offer(keys, inputs, targets, output)
         module.train(was_training)
         return sums.reduce(self.accelerator, module, prefix)
+
+    def _buffers_of_rank_0(self, module: nn.Module) -> None:
+        """Every rank evaluates with rank 0's buffers (BatchNorm's running statistics), the
+        ones a checkpoint holds: DDP broadcasts them at the start of each forward, so each
+        rank's last training forward left its own, and results were not a one-process
+        evaluation of the checkpoint. (DDP overwrites them again at the next forward.)"""
+        if self.accelerator.num_processes > 1 and getattr(self, "_sharded_root", None) is None:
+            for buffer in module.buffers():
+                torch.distributed.broadcast(buffer.data, src=0)
 
     def _whole(self, module: nn.Module) -> Any:
         """FSDP: the sharded model's full parameters gathered for an evaluation of `module`
@@ -1962,6 +2014,7 @@ class Trainer:
         acc.wait_for_everyone()
         module.to(acc.device)
         module.eval()
+        self._buffers_of_rank_0(module)
         if postprocess is None and getattr(module, "writes_physical_units", False):
             postprocess, units = module.to_physical, "physical"  # normalised per variable
         described = _units_entries(module, units, postprocess)
@@ -2003,10 +2056,10 @@ class Trainer:
         inputs, targets = batch.inputs, batch.targets
         if targets is None:
             return call_hook(module.predict_step, inputs, None, extras), None
-        output = module.validation_step_end(
-            call_hook(module.validation_step, inputs, targets, extras)
+        output = _end_of(
+            module, "validation_step", call_hook(module.validation_step, inputs, targets, extras)
         )
-        if isinstance(output, dict) and "predictions" in output:
+        if isinstance(output, dict) and "predictions" in output and module.validation_predicts:
             return output["predictions"], output
         return call_hook(module.predict_step, inputs, targets, extras), output
 

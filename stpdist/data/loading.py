@@ -462,7 +462,14 @@ def unpack_batch(batch: Any) -> Batch:
         extras = {k: v for k, v in batch.items() if k not in ("inputs", "targets", "keys")}
         return Batch(batch["inputs"], batch.get("targets"), batch.get("keys"), extras)
     if isinstance(batch, list | tuple) and len(batch) in (2, 3):
-        return Batch(batch[0], batch[1], (batch[2] if len(batch) == 3 else None), {})
+        keys = batch[2] if len(batch) == 3 else None
+        if isinstance(keys, torch.Tensor) and keys.ndim != 1:
+            raise TypeError(
+                f"a batch tuple's third item is its sample keys, one string or number per "
+                f"sample; got a tensor of shape {tuple(keys.shape)}: for a mask or another "
+                "per-sample tensor use a dict batch {'inputs', 'targets', 'mask', …}"
+            )
+        return Batch(batch[0], batch[1], keys, {})
     size = f" of {len(batch)} items" if isinstance(batch, list | tuple) else ""
     raise TypeError(
         "a batch must be (inputs, targets), (inputs, targets, keys) or a dict with "
