@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
+from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import GradientAccumulationPlugin, gather_object, send_to_device, set_seed
 from torch import nn
 from tqdm.auto import tqdm
@@ -2124,6 +2124,10 @@ def _make_accelerator(config: TrainerConfig, log_with: list[str]) -> Accelerator
     # A new Trainer in the same process may ask for other settings than the last one.
     AcceleratorState._reset_state()
     GradientState._reset_state()
+    if PartialState._shared_state and _process_group_closed():
+        # an earlier Trainer's `close` ended the ranks' process group: join it again (the
+        # state left says "distributed", and the first collective would fail)
+        PartialState._reset_state()
     plugin = GradientAccumulationPlugin(
         num_steps=config.gradient_accumulation_steps, sync_with_dataloader=False
     )
@@ -2137,6 +2141,12 @@ def _make_accelerator(config: TrainerConfig, log_with: list[str]) -> Accelerator
             log_with=log_with or None,
             project_dir=config.output_dir,
         )
+
+
+def _process_group_closed() -> bool:
+    """Whether this process is one of several ranks whose process group has been destroyed."""
+    several = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    return several and torch.distributed.is_available() and not torch.distributed.is_initialized()
 
 
 def _check_launcher_precision(precision: str) -> None:

@@ -1,6 +1,7 @@
-"""A 2-rank script that trains and never closes its Trainer, which is then freed; at exit,
-stpdist's exit hook runs and then the script says whether a process group is still alive
-(the interpreter's teardown would then destroy it)."""
+"""A 2-rank script with two Trainers in turn: the first closed (its process group ended),
+the second trained after it, never closed and then freed; at exit, stpdist's exit hook runs
+and then the script says whether a process group is still alive (the interpreter's teardown
+would then destroy it)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,11 @@ def _report() -> None:
     print(f"process group alive after stpdist's exit hook: {dist.is_initialized()}", flush=True)
 
 
-run = Trainer(max_steps=2, output_dir=sys.argv[1], progress_bar=False)
-run.fit(TinyModule(), DataLoader(TinySequences(8), batch_size=2))
+for name in ("closed", "unclosed"):
+    run = Trainer(max_steps=2, output_dir=Path(sys.argv[1]) / name, progress_bar=False)
+    state = run.fit(TinyModule(), DataLoader(TinySequences(8), batch_size=2))
+    print(f"{name}: {state.global_step} steps on {run.accelerator.num_processes} ranks", flush=True)
+    if name == "closed":
+        run.close()
 del run
 gc.collect()

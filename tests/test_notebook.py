@@ -96,5 +96,9 @@ def test_a_freed_unclosed_trainer_leaves_no_process_group_to_the_interpreters_te
     from conftest import run_ranks
 
     proc = run_ranks([str(Path(__file__).parent / "dist_unclosed.py"), str(tmp_path)], 2)
+    # a Trainer after one that was closed joins the ranks again: it failed with "Default
+    # process group has not been initialized" at its first collective
+    for name in ("closed", "unclosed"):
+        assert proc.stdout.splitlines().count(f"{name}: 2 steps on 2 ranks") == 2, proc.stdout
     lines = [line for line in proc.stdout.splitlines() if "process group alive" in line]
     assert lines == ["process group alive after stpdist's exit hook: False"] * 2, proc.stdout
