@@ -36,12 +36,13 @@ from .checkpoint import (
     describing_config,
     is_sharded_checkpoint,
     read_state,
+    safetensors_weights,
 )
 from .config import CheckpointConfig, Config, load_config
 from .console import log, say
 from .data.format import INDEX_FILE, SplitIndex, read_index
 from .ema import has_average, load_eval_weights
-from .errors import InputError
+from .errors import InputError, MissingInput
 from .module import EnhancedModule
 from .plugins import refusing_import_paths
 
@@ -66,10 +67,31 @@ def model_folder(path: str | Path, ckpt: str = "best") -> Path:
         return verify(path)
     root = path / "checkpoints"
     if not root.is_dir():
-        raise InputError(
-            f"{path}: neither a model folder ({MODEL_FILE}) nor a run folder (checkpoints/)"
+        raise InputError(f"{path}: {_not_a_model(path)}")
+    try:
+        return CheckpointManager(root, run_checkpoint_policy(root)).choose(ckpt)
+    except MissingInput:
+        if str(ckpt) not in ("best", "last", "latest"):
+            raise
+        # no checkpoint at all; the manager's advice (--ckpt PATH) is train's, not ours
+        raise MissingInput(
+            f"{root} holds no checkpoint: train first, or pass a model or checkpoint folder "
+            "(runs/x/checkpoints/step-N) instead of the run"
+        ) from None
+
+
+def _not_a_model(path: Path) -> str:
+    """Why `path` is neither a model folder nor a run folder, and what to pass instead."""
+    if not path.exists():
+        return f"neither a model folder ({MODEL_FILE}) nor a run folder: no such file or folder"
+    if path.is_file() and path.suffix == ".safetensors":
+        return (
+            f"a weights file; pass the folder that holds it ({path.parent}), with the "
+            "config.yaml and index.json beside it"
         )
-    return CheckpointManager(root, run_checkpoint_policy(root)).choose(ckpt)
+    if path.name == "checkpoints" and path.is_dir():
+        return f"a run's checkpoints folder; pass the run folder {path.parent} (--ckpt picks one)"
+    return f"neither a model folder ({MODEL_FILE}) nor a run folder (checkpoints/)"
 
 
 def _recover_swap(folder: Path) -> None:
@@ -270,6 +292,8 @@ def _regular_file(path: Path) -> None:
 
 
 ARRAYS = (".npy", ".npz")
+# image formats forecast does not read: refused beside PNG frames, never passed over
+OTHER_IMAGES = (".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PNG_ADVICE = "save the frames as an .npy array (T×C×H×W, the training data's units) instead"
 
 
@@ -290,12 +314,14 @@ class InputFrames(Dataset):
         self._files: dict[str, Path] = {}  # key → the file it came from (collisions)
         if not self.source.exists():
             raise InputError(f"{self.source}: no such file or folder")
+        if self.source.is_dir():
+            self._refuse_a_mix()
         if self.source.is_dir() and self._pngs():
             self._add_pngs(module)
         elif self.source.is_dir():
             files = sorted(p for p in self.source.iterdir() if p.suffix.lower() in ARRAYS)
             if not files:
-                raise InputError(f"{self.source}: no .npy/.npz files or PNG frames")
+                raise InputError(f"{self.source}: no .npy/.npz files or PNG frames{self._splits()}")
             for file in files:
                 self._add_array(file)
         elif self.source.suffix.lower() in ARRAYS:
@@ -321,6 +347,43 @@ class InputFrames(Dataset):
             for i, sequence in enumerate(array):
                 self._add(f"{_key(file.stem)}_{i:06d}", sequence, file)
 
+    def _splits(self) -> str:
+        """For a folder without inputs: the shard splits in it, when it is a dataset root
+        (`stpdist shard … --out data/new` writes `data/new/train`), as advice."""
+        splits = sorted(p.name for p in self.source.iterdir() if (p / INDEX_FILE).is_file())
+        if not splits:
+            return ""
+        return (
+            f"; it holds the shard splits {', '.join(splits)}: pass one split's folder, such "
+            f"as {self.source / splits[0]}"
+        )
+
+    def _refuse_a_mix(self) -> None:
+        """A folder is either arrays (one or more sequences a file) or the PNG frames of one
+        sequence. PNGs beside arrays, or frames of another image format beside PNGs (a
+        `4.jpg` after `0.png`…`3.png`: the newest frame), would otherwise be passed over
+        without a word and the forecast made from other frames than meant."""
+        from .data.sources.common import listed
+
+        kinds: dict[str, list[str]] = {}
+        for file in sorted(self.source.iterdir()):
+            suffix = file.suffix.lower()
+            kind = (
+                "arrays" if suffix in ARRAYS
+                else "PNG frames" if suffix == ".png"
+                else "other images" if suffix in OTHER_IMAGES
+                else None
+            )  # fmt: skip
+            if kind is not None:
+                kinds.setdefault(kind, []).append(file.name)
+        if "PNG frames" in kinds and len(kinds) > 1:
+            other = "arrays" if "arrays" in kinds else "other images"
+            raise InputError(
+                f"{self.source}: holds both PNG frames ({listed(kinds['PNG frames'])}) and "
+                f"{other} ({listed(kinds[other])}); a folder is one sequence of PNG frames or "
+                "a folder of .npy/.npz arrays: move the others out"
+            )
+
     def _pngs(self) -> list[Path]:
         """The folder's PNG frames (`.png` in any case), in natural name order: `2.png`
         before `10.png`, zero-padded names as they sort."""
@@ -342,10 +405,13 @@ class InputFrames(Dataset):
         for png in self._pngs():
             _regular_file(png)
             image = png_8bit(png, mode, "forecast reads PNG frames of 8 bits", PNG_ADVICE)
-            frames.append(image[None] if image.ndim == 2 else image.transpose(2, 0, 1))
-        shapes = {frame.shape for frame in frames}
-        if len(shapes) > 1:
-            raise InputError(f"{self.source}: PNG frames of different sizes {sorted(shapes)}")
+            frame = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
+            if frame.shape != tuple(module.frame_shape):  # the frame that differs, named
+                raise InputError(
+                    f"{png}: a frame of C×H×W {_shape_text(frame.shape)}; the model takes "
+                    f"C×H×W {_shape_text(module.frame_shape)} (channels × height × width)"
+                )
+            frames.append(frame)
         frames = np.stack(frames)
         check_inputs(frames, module, str(self.source), allow_nonfinite=self.allow_nonfinite)
         self._add(_key(self.source.name), frames, self.source)
@@ -506,8 +572,7 @@ def export(
                 shutil.copy2(source, staging / name)
         averaged = has_average(folder) and not raw_weights  # the EMA as the model's weights
         if averaged or is_sharded_checkpoint(folder):  # the weights as loaded, in one file
-            weights = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-            save_file(weights, str(staging / MODEL_FILE))
+            save_file(safetensors_weights(module.state_dict()), str(staging / MODEL_FILE))
         for fmt in formats:
             exported = _EXPORTERS[fmt](wrapped, sample, staging)
             with torch.no_grad():

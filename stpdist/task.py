@@ -224,6 +224,8 @@ class Forecaster(EnhancedModule):
         if not isinstance(frames, torch.Tensor):
             frames = np.asarray(frames)
         check_inputs(frames, self, "forecast inputs", allow_nonfinite=allow_nonfinite)
+        if isinstance(frames, np.ndarray):  # a view with negative strides (frames[::-1]):
+            frames = np.ascontiguousarray(frames)  # torch takes none
         x = torch.as_tensor(frames)
         single = x.dim() == 4
         x = x[None] if single else x

@@ -1,0 +1,225 @@
+"""Review of forecasting and export as a user meets them: a folder that mixes PNG frames with
+arrays or other images, a PNG frame of another size, a dataset root given instead of its
+split, a model path that is a weights file, a run's checkpoints folder or a run without
+checkpoints, numpy views with negative strides, and the exported graphs reloaded in a
+process where stpdist cannot be imported.
+
+The model is the debug config's (4 → 4 frames of 1×32×32, values 0–255) with its initial
+weights, written as a model folder: no training needed for what is checked here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from PIL import Image
+from safetensors.torch import save_file
+
+import stpdist
+from stpdist.build import build_module
+from stpdist.config import load_config, to_yaml
+from stpdist.data.format import SplitWriter, read_index
+from stpdist.errors import InputError
+from stpdist.inference import InputFrames, model_folder
+
+DEBUG = Path(__file__).parent.parent / "configs" / "debug.yaml"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """A model folder of the debug config (initial weights, seeded) and its index."""
+    root = tmp_path_factory.mktemp("inference-review")
+    rng = np.random.default_rng(0)
+    with SplitWriter(root / "data" / "train", "train", value_scale=255.0) as writer:
+        for i in range(2):
+            writer.write(f"s{i}", rng.integers(0, 256, (8, 1, 32, 32), dtype=np.uint8))
+    cfg = load_config(DEBUG)
+    torch.manual_seed(0)
+    module = build_module(cfg, index=read_index(root / "data" / "train"))
+    folder = root / "model"
+    folder.mkdir()
+    save_file(
+        {k: v.contiguous() for k, v in module.state_dict().items()},
+        str(folder / "model.safetensors"),
+    )
+    (folder / "config.yaml").write_text(to_yaml(cfg))
+    (folder / "index.json").write_text((root / "data" / "train" / "index.json").read_text())
+    return folder
+
+
+def _frames(seed: int, *shape: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _pngs(folder: Path, count: int, size: tuple[int, int] = (32, 32)) -> None:
+    folder.mkdir()
+    for t in range(count):
+        Image.fromarray(_frames(t, *size)).save(folder / f"{t}.png")
+
+
+def _error_line(proc: subprocess.CompletedProcess) -> str:
+    """The CLI's one error line: exit 2, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    return proc.stderr.strip().splitlines()[-1]
+
+
+# ------------------------------------------------------------------ folders of inputs
+def test_png_frames_beside_arrays_are_refused_naming_both(model, tmp_path):
+    """The PNGs were forecast as the folder's one sequence and `seq.npy` passed over
+    without a word (the forecast held one key, the folder's name)."""
+    _pngs(tmp_path / "mix", 4)
+    np.save(tmp_path / "mix" / "seq.npy", _frames(9, 4, 1, 32, 32))
+    module = stpdist.load(model)
+    with pytest.raises(InputError, match=r"mix: holds both PNG frames \(0.png, 1.png, 2.png, … "):
+        InputFrames(tmp_path / "mix", module)
+    line = _error_line(run_cli("forecast", str(model), "mix", "--out", "f", cwd=tmp_path))
+    assert "and arrays (seq.npy)" in line, line
+    assert not (tmp_path / "f").exists()
+
+
+def test_a_frame_of_another_image_format_beside_png_frames_is_refused(model, tmp_path):
+    """`4.jpg`, the newest frame, was passed over: the forecast continued from 0–3.png."""
+    _pngs(tmp_path / "frames", 4)
+    Image.fromarray(_frames(4, 32, 32)).save(tmp_path / "frames" / "4.jpg")
+    with pytest.raises(
+        InputError, match=r"frames: holds both PNG frames .* other images \(4.jpg\)"
+    ):
+        InputFrames(tmp_path / "frames", stpdist.load(model))
+
+
+def test_a_folder_of_arrays_with_a_readme_and_a_png_folder_with_notes_still_forecast(
+    model, tmp_path
+):
+    """Files of no image or array format are not a mix: they stay passed over."""
+    module = stpdist.load(model)
+    _pngs(tmp_path / "frames", 5)
+    (tmp_path / "frames" / "notes.txt").write_text("radar, 5 min\n")
+    (tmp_path / "arrays").mkdir()
+    np.save(tmp_path / "arrays" / "a.npy", _frames(1, 4, 1, 32, 32))
+    (tmp_path / "arrays" / "README.md").write_text("inputs\n")
+    frames = InputFrames(tmp_path / "frames", module)
+    arrays = InputFrames(tmp_path / "arrays", module)
+    assert [frames.key(0)] == ["frames"] and [arrays.key(0)] == ["a"]
+    expected = np.stack([_frames(t, 32, 32) for t in range(1, 5)])[:, None] / 255.0
+    np.testing.assert_allclose(frames[0]["inputs"].numpy(), expected, rtol=1e-6)
+
+
+def test_a_dataset_root_as_the_inputs_names_its_splits(model):
+    """`stpdist shard … --out data/new` prints data/new; given that folder, forecast said
+    only 'no .npy/.npz files or PNG frames' (the split folder data/new/train holds them)."""
+    data = model.parent / "data"  # the fixture's dataset: data/train
+    line = _error_line(run_cli("forecast", str(model), str(data), "--out", "f", cwd=data.parent))
+    assert line.endswith(
+        f"{data}: no .npy/.npz files or PNG frames; it holds the shard splits train: pass "
+        f"one split's folder, such as {data / 'train'}"
+    ), line
+    assert not (data.parent / "f").exists()
+
+
+def test_a_png_frame_of_another_size_is_named_with_both_shapes(model, tmp_path):
+    """The error named the folder and a set of shapes, not the frame that differs."""
+    _pngs(tmp_path / "frames", 4)
+    Image.fromarray(_frames(7, 32, 48)).save(tmp_path / "frames" / "2.png")
+    line = _error_line(run_cli("forecast", str(model), "frames", "--out", "f", cwd=tmp_path))
+    assert line.endswith(
+        "frames/2.png: a frame of C×H×W 1×32×48; the model takes C×H×W 1×32×32 "
+        "(channels × height × width)"
+    ), line
+
+
+# ------------------------------------------------------------------ what the model path is
+def test_a_weights_file_or_a_checkpoints_folder_as_the_model_says_what_to_pass(model, tmp_path):
+    with pytest.raises(
+        InputError,
+        match=r"model.safetensors: a weights file; pass the folder that holds it \(.*model\)",
+    ):
+        model_folder(model / "model.safetensors")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(
+        InputError, match=r"checkpoints: a run's checkpoints folder; pass the run folder .*run "
+    ):
+        model_folder(tmp_path / "run" / "checkpoints")
+    with pytest.raises(
+        InputError, match=r"nowhere: neither a model folder .* no such file or folder"
+    ):
+        model_folder(tmp_path / "nowhere")
+
+
+def test_a_run_without_checkpoints_gives_advice_that_works_for_forecast(tmp_path):
+    """The advice was 'train first or pass --ckpt PATH'; forecast and export's --ckpt
+    names one of the run's checkpoints, never a path."""
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    np.save(tmp_path / "x.npy", _frames(0, 4, 1, 32, 32))
+    line = _error_line(run_cli("forecast", "run", "x.npy", "--out", "f", cwd=tmp_path))
+    assert "holds no checkpoint: train first, or pass a model or checkpoint folder" in line
+    assert "--ckpt PATH" not in line
+
+
+# ------------------------------------------------------------------ layouts and units
+def test_forecast_takes_numpy_views_with_negative_strides(model):
+    """FAILS until the lead applies the proposed stpdist/task.py change: `frames[::-1]` (a
+    reversed or flipped view) raised torch's 'At least one stride in the given numpy array
+    is negative' ValueError instead of forecasting."""
+    module = stpdist.load(model)
+    frames = _frames(3, 6, 1, 32, 32)
+    view = frames[::-1, :, :, ::-1]  # newest-first storage, mirrored: views, not copies
+    np.testing.assert_array_equal(module.forecast(view), module.forecast(view.copy()))
+
+
+def test_forecast_units_and_layouts_agree(model):
+    """Physical in, physical out: uint8 and float inputs, one sequence or a batch, a longer
+    sequence (its newest T_in), all equal to the scaled model's output × 255."""
+    module = stpdist.load(model)
+    frames = _frames(5, 7, 1, 32, 32)
+    newest = torch.from_numpy(frames[-4:].astype(np.float32))[None] / 255.0
+    with torch.no_grad():
+        expected = module.predict_frames(newest)[0].numpy() * 255.0
+    for given in (frames, frames.astype(np.float32), frames.astype(np.float16)):
+        np.testing.assert_allclose(module.forecast(given), expected, rtol=1e-5, atol=1e-3)
+    batch = module.forecast(np.stack([frames, frames // 2]))
+    np.testing.assert_allclose(batch[0], expected, rtol=1e-5, atol=1e-3)
+    assert expected.max() > 1.0  # stored units, not [0, 1]
+
+
+# ------------------------------------------------------------------ export, elsewhere
+FRESH = """
+import sys, importlib.abc
+class NoStpdist(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] == "stpdist":
+            raise ImportError("stpdist is not importable here")
+sys.meta_path.insert(0, NoStpdist())
+import numpy as np, torch
+x = torch.from_numpy(np.load(sys.argv[2]))
+with torch.no_grad():
+    a = torch.jit.load(sys.argv[1] + "/model.ts")(x)
+    b = torch.export.load(sys.argv[1] + "/model.pt2").module()(x)
+np.save(sys.argv[3], torch.stack([a, b]).numpy())
+"""
+
+
+def test_exported_graphs_run_where_stpdist_cannot_be_imported(model, tmp_path):
+    """The docs call the export stand-alone: TorchScript and the exported program load and
+    run in a fresh process that cannot import stpdist, on a batch size not traced (1), in
+    the scaled units, equal to `model.forecast` (physical) ÷ 255 within 1e-5."""
+    from stpdist.inference import export
+
+    export(model, tmp_path / "out", formats=("torchscript", "exported-program"))
+    frames = _frames(8, 1, 4, 1, 32, 32)
+    np.save(tmp_path / "x.npy", frames.astype(np.float32) / 255.0)
+    script = tmp_path / "fresh.py"
+    script.write_text(FRESH)
+    subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "out"), "x.npy", "y.npy"],
+        cwd=tmp_path, check=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": ""},
+    )  # fmt: skip
+    torchscript, program = np.load(tmp_path / "y.npy")
+    eager = stpdist.load(model).forecast(frames) / 255.0
+    np.testing.assert_allclose(torchscript, eager, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(program, eager, atol=1e-5, rtol=0)
