@@ -481,6 +481,7 @@ class EvalSums:
 
     def __init__(self) -> None:
         self.scalars: dict[str, float] = {}
+        self.weights: dict[str, int] = {}  # per scalar: the samples of the batches holding it
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
         self.abandoned = False
@@ -490,6 +491,7 @@ class EvalSums:
     def add(self, output: Any, size: int) -> None:
         for key, value in _scalars_of(output).items():
             self.scalars[key] = self.scalars.get(key, 0.0) + float(value) * size
+            self.weights[key] = self.weights.get(key, 0) + size
         if isinstance(output, dict) and "sums" in output:
             for key, value in output["sums"].items():
                 value = value.detach().double()
@@ -503,7 +505,8 @@ class EvalSums:
         names = sorted(set().union(*(names for names, _ in layouts)))
         shapes = sorted(set().union(*(shapes for _, shapes in layouts)))
         device = accelerator.device
-        head = [self.scalars.get(n, 0.0) for n in names] + [self.count, float(self.abandoned)]
+        head = [self.scalars.get(n, 0.0) for n in names]
+        head += [self.weights.get(n, 0) for n in names] + [self.count, float(self.abandoned)]
         parts = [torch.tensor(head, dtype=torch.float64, device=device)]
         for key, shape in shapes:
             value = self.sums.get(key)
@@ -511,15 +514,17 @@ class EvalSums:
                 value = torch.zeros(shape, dtype=torch.float64, device=device)
             parts.append(value.flatten())
         flat = accelerator.reduce(torch.cat(parts), reduction="sum")
-        values = flat[: len(names) + 2].tolist()
+        values = flat[: 2 * len(names) + 2].tolist()
         if values[-1]:
             raise ValidationAbandoned(prefix)
         total = int(values[-2])
         if total == 0:
             raise InputError(f"the {prefix} data holds no samples")
-        results = {f"{prefix}/{n}": v / total for n, v in zip(names, values[:-2])}
+        # each scalar over the samples of the batches that returned it (all, as a rule)
+        sums, weights = values[: len(names)], values[len(names) : 2 * len(names)]
+        results = {f"{prefix}/{n}": v / w for n, v, w in zip(names, sums, weights)}
         if shapes:
-            reduced, offset = {}, len(names) + 2
+            reduced, offset = {}, 2 * len(names) + 2
             for key, shape in shapes:
                 size = int(np.prod(shape)) if shape else 1
                 reduced[key] = flat[offset : offset + size].view(shape)

@@ -258,6 +258,27 @@ def test_a_scalar_some_batches_leave_out_is_averaged_over_the_batches_that_repor
     assert [r["train/odd"] for r in rows(out) if "train/odd" in r] == [10.0]
 
 
+def test_a_validation_scalar_some_batches_leave_out_is_averaged_over_those_that_report_it(
+    tmp_path,
+):
+    """Validation's scalars are weighted by batch size: one that every other batch returns,
+    always 10, was divided by every sample (val/odd 5.0); it is 10 over its own samples."""
+
+    class Sometimes(TinyModule):
+        batches = 0
+
+        def validation_step(self, inputs, targets):
+            output = super().validation_step(inputs, targets)
+            output = output if isinstance(output, dict) else {"loss": output}
+            Sometimes.batches += 1
+            if Sometimes.batches % 2:
+                output["odd"] = torch.tensor(10.0)
+            return output
+
+    results = trainer(tmp_path / "run").validate(Sometimes(), loader(12, 4, shuffle=False))
+    assert results["val/odd"] == 10.0 and results["val/num_samples"] == 12
+
+
 def test_predict_writes_what_predict_step_returns_also_on_data_with_targets(tmp_path):
     """On data with targets `predict` wrote `validation_step`'s "predictions" and never
     called the user's `predict_step` (here clamped): the written predictions depended on
