@@ -793,9 +793,12 @@ def _backbone_class(model: ModelConfig) -> Any:
         except (ImportError, TypeError, ValueError) as exc:
             raise ConfigError(str(exc)) from exc
     if model.name not in BACKBONES:
+        module, dot, cls = model.name.rpartition(".")
+        # LightningCLI's dotted class path: stpdist's import paths name the class after a colon
+        hint = f" (did you mean {module}:{cls}?)" if dot and module and cls else ""
         raise ConfigError(
             f"'model.name' is {model.name!r}; expected one of {', '.join(available())} "
-            "or an import path package.module:Class"
+            f"or an import path package.module:Class{hint}"
         )
     return BACKBONES[model.name]
 

@@ -155,3 +155,11 @@ def test_neighbourhood_scores_without_thresholds_are_refused(tmp_path, key):
     assert f"'model.evaluation.{key}' is [4] without 'model.evaluation.metric_thresholds'" in (
         message
     )
+
+
+def test_a_dotted_class_path_as_the_model_suggests_the_colon_form(tmp_path):
+    """LightningCLI names a class `pkg.module.Class`; stpdist's import paths put a colon
+    before the class. The refusal listed the registry only."""
+    message = _message(tmp_path, None, ["model.name=my_pkg.models.Task"])
+    assert message.endswith("import path package.module:Class (did you mean my_pkg.models:Task?)")
+    assert "did you mean" not in _message(tmp_path, None, ["model.name=convlsmt"])
