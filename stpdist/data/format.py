@@ -676,7 +676,9 @@ class _TarShard:
 
     def __init__(self, path: Path) -> None:
         self.file = open(path, "wb")  # noqa: SIM115 (closed by close)
-        self.tar = tarfile.open(fileobj=self.file, mode="w|")
+        # not the stream mode ("w|"): its buffer, left unclosed by an interrupt, was
+        # written into the closed file when collected (the same bytes either way)
+        self.tar = tarfile.open(fileobj=self.file, mode="w")
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
         now = time.time()
@@ -686,6 +688,11 @@ class _TarShard:
             self.tar.addfile(info, io.BytesIO(members[ext]))
 
     def close(self) -> None:
+        """Ends the archive and closes the file, once: a second call (the writer's exit
+        after Ctrl-C interrupted the first) does nothing; it wrote the archive's end into
+        the closed file ("ValueError: write to closed file" over the interrupt)."""
+        if self.file.closed:
+            return
         try:
             self.tar.close()
         finally:
