@@ -138,8 +138,8 @@ class GenericArrays:
         keep = "or --value-scale 1 to keep the units and train with data.normalize: standardize"
         if low < 0:  # no scale maps negative values into [0, 1]
             fix = f"shift them to be ≥ 0 before converting, {keep}"
-        else:  # high > 1: a power of ten at or above the largest stored value
-            suggested = 10 ** math.ceil(math.log10(high * scale))
+        else:  # high > 1: a scale at or above the largest stored value
+            suggested = _suggested_scale(high * scale, index.dtype)
             fix = f"pass --value-scale {suggested:g} (≥ the largest value), {keep}"
         raise InputError(
             f"{self.root}: {index.split} values span {seen} ({index.dtype}), outside [0, "
@@ -296,6 +296,18 @@ class GenericArrays:
                 else {}
             ),
         }
+
+
+def _suggested_scale(largest: float, dtype: str) -> float:
+    """A value scale for data whose largest stored value is `largest`: 255 for integers of
+    8 bits (saved as int64, as np.save of a list of ints does), 65535 for uint16 (images,
+    as the docs advise), else a power of ten at or above it."""
+    kind = np.dtype(dtype)
+    if kind.kind in "iu" and largest <= 255:
+        return 255.0
+    if kind == np.uint16:
+        return 65535.0
+    return float(10 ** math.ceil(math.log10(largest)))
 
 
 def _check_chunk_order(chunks: list[tuple[str, int, int]], times: np.ndarray) -> None:

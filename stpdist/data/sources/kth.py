@@ -74,6 +74,11 @@ class KTHVideos:
         resized = np.stack(
             [np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in video]
         )
+        if len(resized) < self.num_frames:  # no window: it used to vanish without a word
+            raise InputError(
+                f"{path}: {len(resized)} frames, fewer than --frames {self.num_frames} (one "
+                "window); lower --frames, or move the video out (a damaged file?)"
+            )
         person, action, scenario = NAME.match(path.stem).groups()
         out = []
         for start in range(0, len(resized) - self.num_frames + 1, self.stride):

@@ -585,9 +585,8 @@ class XarraySource:
             for store, offset, count in self.files[c]
             if offset < (stop - 1) * e + 1 and offset + count > first * e
         ]
-        return (
-            f"{', '.join(dict.fromkeys(stores))} (times {self.times[first]}…{self.times[stop - 1]})"
-        )
+        shown = np.datetime_as_string(self.times[[first, stop - 1]], unit=self.key_unit)
+        return f"{', '.join(dict.fromkeys(stores))} (times {shown[0]}…{shown[1]})"
 
     # ------------------------------------------------------------------ reading
     def _read(self, channel: Channel, first: int, stop: int) -> np.ndarray:
