@@ -445,8 +445,8 @@ class LoggingConfig:
     trackers_every_n_steps: Optional[int] = checked(None, _positive)
     """Send training scalars to the trackers every N steps (None: whenever logged)."""
     num_samples: int = checked(4, _non_negative)
-    """Validation samples rendered as pictures at each validation (the same keys each time);
-    0 renders none."""
+    """Validation samples rendered as pictures at each validation (the same keys each time),
+    at most the main process' share of the split on several ranks; 0 renders none."""
     samples_every_n_validations: int = checked(1, _positive)
     """Draw the pictures (panels, GIFs, lead-time plot; on the trackers too) at the 1st
     validation and every N-th after it (1, N+1, 2N+1, …), numbered by the validation steps in

@@ -3,7 +3,9 @@ pictures in `<output_dir>/samples/`, and the trackers named in `logging.trackers
 tensorboard) through accelerate's tracker API.
 
 No other rank builds media or talks to a tracker. Without a tracker configured, training
-works the same and the local files are still written.
+works the same and the local files are still written. A tracker that fails while training
+(wandb's service killed, a full disk) is one warning and is left out from then on: training
+and `metrics.jsonl` go on (`Tracker._sent`).
 
 One tracker run per training: a fresh training creates a run id (wandb's run id; the
 tensorboard folder with it) and keeps it in `<output_dir>/tracker.json`; every resume
@@ -26,6 +28,7 @@ import secrets
 import string
 import time
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -172,12 +175,13 @@ class Tracker:
         # tensorboard hides the events an earlier process wrote above the steps this one
         # starts after (all of them for a fresh training): they are logged again
         init_kwargs["tensorboard"] = {"purge_step": step + 1 if step else 0}
-        accelerator.init_trackers(
-            run["project"],
-            # tensorboard's hparams take flat scalars only; wandb shows the nesting
-            config=_flat(config) if "tensorboard" in self.config.trackers else config,
-            init_kwargs=init_kwargs,
-        )
+        accelerator.init_trackers(run["project"], init_kwargs=init_kwargs)
+        for tracker in accelerator.trackers:
+            # tensorboard's hparams take flat scalars only; wandb keeps the nesting, the
+            # same whatever other trackers are on (`config.trainer.max_epochs` in every run)
+            tracker.store_init_configuration(
+                _flat(config) if tracker.name == "tensorboard" else config
+            )
         self._wandb_floor = None
         if "wandb" in self.config.trackers:
             wandb_run = accelerator.get_tracker("wandb", unwrap=True)
@@ -230,8 +234,10 @@ class Tracker:
                 values = {k: v for k, v in record.items() if k not in ("step", "epoch", "time")}
                 if not self._thinned(values, at):
                     rows.setdefault(at, {}).update(_numbers(values))
+        tracker = self.accelerator.get_tracker("wandb")
         for at in sorted(rows):
-            wandb_run.log(rows[at], step=at)
+            if not self._sent(tracker, at, partial(wandb_run.log, rows[at], step=at)):
+                return
         if rows:
             say(
                 f"wandb run {self._record['run_id']} lacked steps {min(rows)}–{max(rows)}: "
@@ -247,9 +253,35 @@ class Tracker:
         return tracker.name != "wandb" or floor is None or step > floor
 
     def _thinned(self, values: dict[str, Any], step: int) -> bool:
-        """Training scalars of a step that `trackers_every_n_steps` leaves out."""
+        """Training scalars of a step that `trackers_every_n_steps` leaves out: a training
+        window's (`train/loss`, `train/lr`, …), never an epoch's summary (`train/epoch_loss`,
+        `time_s`), which comes once an epoch, at a step the thinning knows nothing of."""
         every = self.config.trackers_every_n_steps
-        return bool(every and step % every and any(k.startswith("train/") for k in values))
+        window = any(k.startswith("train/") and not k.startswith("train/epoch_") for k in values)
+        return bool(every and step % every and window)
+
+    def _sent(self, tracker: Any, step: int, send: Any) -> bool:
+        """`send()` to `tracker`; whether it went. A tracker that fails (wandb's service
+        killed, a full disk under tensorboard's folder) is a view of the run, not its result:
+        one warning naming it and the error, it is dropped from this process's trackers and
+        training goes on (metrics.jsonl holds every result; a resume sends wandb the steps
+        up to its checkpoint that wandb lacks). KeyboardInterrupt and SystemExit still stop."""
+        try:
+            send()
+        except Exception as exc:
+            error = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            log.warning(
+                "%s failed at step %d (%s%s): training goes on without it; %s holds every result",
+                tracker.name,
+                step,
+                type(exc).__name__,
+                f": {error}" if error else "",
+                self.metrics.path,
+            )
+            with contextlib.suppress(ValueError):
+                self.accelerator.trackers.remove(tracker)  # not logged to, nor finished
+            return False
+        return True
 
     def finish(self) -> None:
         """After the trackers ended (`Trainer.close`): for an offline wandb run, the
@@ -290,9 +322,9 @@ class Tracker:
         if self._thinned(values, step):
             return
         scalars = _numbers(values)
-        for tracker in self.accelerator.trackers:
+        for tracker in list(self.accelerator.trackers):
             if self._takes(tracker, step):
-                tracker.log(scalars, step=step)
+                self._sent(tracker, step, partial(tracker.log, scalars, step=step))
 
     def log_samples(
         self,
@@ -389,16 +421,23 @@ class Tracker:
         for tracker in trackers:
             if tracker.name == "tensorboard":
                 stacked = {k: np.stack(v) for k, v in images.items()}
-                tracker.log_images(stacked, step=step, dataformats="NHWC")
+                send = partial(tracker.log_images, stacked, step=step, dataformats="NHWC")
+            elif tracker.name == "wandb" and gifs:  # animations: wandb's own media type
+                send = partial(_log_wandb_media, tracker, images, gifs, step)
             else:
-                tracker.log_images(images, step=step)
-        if any(t.name == "wandb" for t in trackers):  # animations: wandb's own media type
-            import wandb
+                send = partial(tracker.log_images, images, step=step)
+            self._sent(tracker, step, send)
 
-            videos = [wandb.Video(str(g), caption=k, format="gif") for k, g in gifs]
-            self.accelerator.get_tracker("wandb", unwrap=True).log(
-                {"samples/gifs": videos}, step=step
-            )
+
+def _log_wandb_media(
+    tracker: Any, images: dict[str, list[np.ndarray]], gifs: list[tuple[str, Path]], step: int
+) -> None:
+    """The images (accelerate's `log_images`) and the GIFs as `wandb.Video`s."""
+    import wandb
+
+    tracker.log_images(images, step=step)
+    videos = [wandb.Video(str(gif), caption=stem, format="gif") for stem, gif in gifs]
+    tracker.tracker.log({"samples/gifs": videos}, step=step)
 
 
 def _read_pictures(

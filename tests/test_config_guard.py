@@ -52,7 +52,10 @@ ALLOWED = {
     ("trainer.ema.start_step", HUGE): "the average stays a copy of the weights",
     ("trainer.ema.every_n_steps", HUGE): "the average is updated at its start only",
     ("trainer.early_stopping.patience", HUGE): "never stop early (monitoring only)",
-    ("logging.trackers_every_n_steps", HUGE): "trackers get validation results only",
+    (
+        "logging.trackers_every_n_steps",
+        HUGE,
+    ): "trackers get validation results and epoch summaries only",
     ("logging.num_samples", HUGE): "render every validation sample (at most the split)",
     ("logging.samples_every_n_validations", HUGE): "pictures at the first validation only",
     ("data.synthesize.seed", HUGE): "numpy's generator takes any non-negative seed",
