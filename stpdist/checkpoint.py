@@ -64,6 +64,7 @@ import os
 import random
 import re
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -79,6 +80,8 @@ from .errors import InputError, MissingInput
 
 STATE_FILE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
+SHARDED_DIR = "sharded"
+"""A sharded checkpoint's DCP folder (`.metadata`, `__<rank>_0.distcp`)."""
 VALIDATION_FILE = "validation.json"
 MANIFEST_FILE = "manifest.json"
 _NAME = re.compile(r"^step-(\d{8})$")
@@ -348,6 +351,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _is_sharded(module: torch.nn.Module) -> bool:
+    # no parameter can be a DTensor before torch's DTensor module is imported: then stpdist's
+    # fsdp module (a second of imports: DCP, DTensor) is not needed to say so
+    if "torch.distributed.tensor" not in sys.modules:
+        return False
     from .fsdp import is_sharded
 
     return torch.distributed.is_available() and is_sharded(module)
@@ -371,8 +378,6 @@ def safetensors_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 def is_sharded_checkpoint(path: str | Path) -> bool:
     """Whether checkpoint folder `path` holds a sharded state (written by an FSDP run)
     instead of `model.safetensors` and `optimizer.pt`."""
-    from .fsdp import SHARDED_DIR
-
     return Path(path).is_dir() and (Path(path) / SHARDED_DIR / ".metadata").is_file()
 
 
@@ -445,8 +450,6 @@ def load_weights(path: str | Path, module: torch.nn.Module) -> Path:
     is collective: every rank calls it."""
     path = Path(path)
     if is_sharded_checkpoint(path):  # DCP: resharded to `module`'s layout on load
-        from .fsdp import SHARDED_DIR
-
         _load_sharded(path, module)
         return path / SHARDED_DIR
     file = path / MODEL_FILE if path.is_dir() else path

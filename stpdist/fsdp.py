@@ -35,10 +35,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checkpoint import SHARDED_DIR
+
 __all__ = ["fsdp_units", "is_sharded", "shard", "load_full_state", "save_sharded", "load_sharded"]
 
-SHARDED_DIR = "sharded"
-"""A sharded checkpoint's DCP folder (`.metadata`, `__<rank>_0.distcp`)."""
 OPTIMIZER_GROUPS_FILE = "optimizer-groups.pt"
 """A sharded checkpoint's optimizer param groups and non-tensor state (tensors-only file)."""
 
