@@ -133,24 +133,6 @@ def test_a_killed_wandb_service_warns_once_and_training_goes_on(killed_wandb_run
     assert steps["val/loss"] == [4, 8]
 
 
-def test_wandb_config_keeps_its_nesting_beside_tensorboard(tmp_path):
-    """With tensorboard on too, wandb got the config flattened (`trainer.max_epochs` keys,
-    unlike the nested config of a wandb-only run): the same nested sections either way."""
-    pytest.importorskip("wandb")
-    pytest.importorskip("tensorboard")
-    out = tmp_path / "run"
-    done = _run_tiny(out)
-    assert done.returncode == 0, done.stderr[-3000:]
-    (run_file,) = out.glob("wandb/offline-run-*/run-*.wandb")
-    config = _wandb_config(run_file)
-    assert {"trainer", "data", "model", "logging"} <= set(config), sorted(config)[:8]
-    assert config["trainer"]["max_epochs"] == 2
-    assert not [key for key in config if "." in key]
-    # tensorboard's hparams keep the flat form it takes
-    (hparams,) = (out / "stpdist").glob("*/hparams.yml")
-    assert "trainer.max_epochs: 2" in hparams.read_text()
-
-
 # a `stpdist train` that preempts itself (SIGTERM) after its step 2 is logged
 PREEMPTING = """
 import os, signal, sys
@@ -170,11 +152,13 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_a_preempted_training_prints_the_sync_command_of_its_run(tmp_path):
-    """PROPOSED (stpdist/cli.py; fails until applied): a `stpdist train` stopped by SIGTERM
-    (exit 75) printed wandb's own hint for its newest folder only, never stpdist's
-    `wandb sync` line naming every folder of the run (the Trainer was left to the exit
-    hook and freed before it ran)."""
+    """A `stpdist train` stopped by SIGTERM (exit 75) printed wandb's own hint for its
+    newest folder only, never stpdist's `wandb sync` line naming every folder of the run
+    (the Trainer was left to the exit hook and freed before it ran). With tensorboard on
+    too, wandb got the config flattened (`trainer.max_epochs` keys, unlike the nested
+    config of a wandb-only run): it keeps its sections either way."""
     pytest.importorskip("wandb")
+    pytest.importorskip("tensorboard")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     env["WANDB_DIR"] = str(tmp_path / "wandb-dir")
     env.pop("WANDB_SERVICE", None)
@@ -182,10 +166,18 @@ def test_a_preempted_training_prints_the_sync_command_of_its_run(tmp_path):
     args = ["train", str(ROOT / "configs" / "debug.yaml"), f"data.root={data}",
             f"data.synthesize.root={data}", f"trainer.output_dir={out}", "trainer.max_steps=3",
             "trainer.log_every_n_steps=1", "trainer.val_every_n_epochs=0",
-            "logging.num_samples=0", "logging.trackers=[wandb]"]  # fmt: skip
+            "logging.num_samples=0", "logging.trackers=[wandb,tensorboard]"]  # fmt: skip
     first = subprocess.run([sys.executable, "-c", PREEMPTING, *args], env=env, cwd=tmp_path,
                            capture_output=True, text=True, timeout=180)  # fmt: skip
     assert first.returncode == 75, first.stderr[-3000:]
     run_id = json.loads((out / "tracker.json").read_text())["run_id"]
     (folder,) = sorted((out / "wandb").glob(f"offline-run-*-{run_id}"))
     assert f"upload it with: wandb sync {folder}" in first.stdout + first.stderr
+    (run_file,) = folder.glob("run-*.wandb")
+    config = _wandb_config(run_file)
+    assert {"trainer", "data", "model", "logging"} <= set(config), sorted(config)[:8]
+    assert config["trainer"]["max_steps"] == 3
+    assert not [key for key in config if "." in key]
+    # tensorboard's hparams keep the flat form it takes
+    (hparams,) = (out / "stpdist").glob("*/hparams.yml")
+    assert "trainer.max_steps: 3" in hparams.read_text()
