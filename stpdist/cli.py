@@ -102,8 +102,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         state = trainer.fit(module, build.train_stream(cfg), val, resume=args.resume)
     except Preempted as stop:  # the same line, with the command that continues the run
         # the trackers end now, not at exit (this Trainer is freed by then): an offline wandb
-        # run's `wandb sync` line names every folder of the run
-        trainer.close()
+        # run's `wandb sync` line names every folder of the run; a tracker that cannot finish
+        # (wandb's service killed with the job) is passed over, as at exit: the stop stays a
+        # stop (exit 75, its line)
+        trainer._close_at_exit()
         raise Preempted(stop.step, stop.checkpoint, stop.signum, _resume_command(args)) from None
     except KeyboardInterrupt:
         if trainer.is_main:

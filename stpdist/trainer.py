@@ -895,14 +895,16 @@ class Trainer:
             return
         self._closed = True
         _OPEN_TRAINERS.discard(self)
-        for tracker in self.accelerator.trackers:  # accelerate's end_training, per tracker
-            try:
-                tracker.finish()
-            except Exception as exc:
-                if not at_exit:
-                    raise
-                log.debug("tracker %s did not finish at exit: %r", tracker.name, exc)
-        self.accelerator.state.destroy_process_group()
+        try:
+            for tracker in self.accelerator.trackers:  # accelerate's end_training, per tracker
+                try:
+                    tracker.finish()
+                except Exception as exc:
+                    if not at_exit:
+                        raise
+                    log.debug("tracker %s did not finish at exit: %r", tracker.name, exc)
+        finally:  # a tracker that cannot finish leaves no process group behind
+            self.accelerator.state.destroy_process_group()
         self.tracker.finish()  # offline wandb: the `wandb sync` command
 
     # ------------------------------------------------------------------ helpers
@@ -1307,7 +1309,9 @@ class Trainer:
             if not skipped:
                 acc.backward(loss)
                 self._contributed = True
-                if not self._parameters_checked:  # DDP's rule, not FSDP's
+                # DDP's rule, not FSDP's, at a window's synchronising backward: under
+                # accumulation a parameter may take part in the window's other micro-batches
+                if not self._parameters_checked and acc.sync_gradients:
                     self._parameters_checked = True
                     if self._sharded_root is None:
                         _check_every_parameter_trained(module, acc.num_processes, step)

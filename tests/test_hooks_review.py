@@ -358,12 +358,36 @@ class LeftOut(Buffered):
         return nn.functional.mse_loss(self.head(hidden.flatten(1)).view_as(targets), targets)
 
 
+class LastMicroBatch(TinyModule):
+    """A parameter in the loss of every second micro-batch only: with accumulation 2, the
+    window's last one, the backward DDP synchronises (which is all DDP asks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(1))
+        self.calls = 0
+
+    def training_step(self, inputs, targets):
+        self.calls += 1
+        loss = super().training_step(inputs, targets)
+        if self.calls % 2 == 0:
+            loss = loss + (self.shift - 1).square().sum()
+        return loss
+
+
 def _two_rank_jobs(out: Path) -> None:
     """Run on each of 2 ranks, one Trainer after the other: Buffered (BatchNorm) trained with
-    validation into out/bn; LeftOut trained into out/unused, the error's message written."""
+    validation into out/bn; LastMicroBatch with accumulation 2 into out/accumulated (its
+    parameter's value written); LeftOut trained into out/unused, the error's message
+    written."""
     run = trainer(out / "bn", max_epochs=2)
     run.fit(Buffered(), loader(16, 4), loader(8, 2, shuffle=False))
     # no close: it would end the process group that the next Trainer trains on
+    module = LastMicroBatch()
+    run = trainer(out / "accumulated", max_epochs=1, gradient_accumulation_steps=2)
+    run.fit(module, loader(16, 4))
+    if run.is_main:
+        (out / "accumulated-shift.txt").write_text(repr(float(module.shift)))
     run = trainer(out / "unused", max_epochs=2)
     try:
         run.fit(LeftOut(), loader(16, 4))
@@ -395,6 +419,9 @@ def test_two_ranks_evaluate_with_rank_0_buffers_and_name_parameters_left_out_of_
     message = (tmp_path / "unused-error.txt").read_text()
     assert "\n" not in message
     assert "'head.weight', 'head.bias'" in message and "training_step at step 1" in message
+    # a parameter only the window's synchronised micro-batch uses is legal under DDP: it
+    # trains (the check ran after the first micro-batch and refused it)
+    assert float((tmp_path / "accumulated-shift.txt").read_text()) != 0.0
 
 
 if __name__ == "__main__":

@@ -181,3 +181,33 @@ def test_a_preempted_training_prints_the_sync_command_of_its_run(tmp_path):
     # tensorboard's hparams keep the flat form it takes
     (hparams,) = (out / "stpdist").glob("*/hparams.yml")
     assert "trainer.max_steps: 3" in hparams.read_text()
+
+
+# the same self-preempting `stpdist train`, with a tracker that cannot finish (as wandb's
+# service killed with the job by scancel): the stop must stay a stop
+FAILING_FINISH = PREEMPTING.replace(
+    "tracking.Tracker.log = stopping_log",
+    "tracking.Tracker.log = stopping_log\n"
+    "from accelerate.tracking import TensorBoardTracker\n"
+    "def finish(self):\n"
+    "    raise ConnectionResetError('Connection lost')\n"
+    "TensorBoardTracker.finish = finish",
+)
+
+
+def test_a_preempted_training_whose_tracker_cannot_finish_still_stops_as_a_stop(tmp_path):
+    """Closing the Trainer at a preemption (for the sync line) re-raised a tracker's failure
+    to finish: exit 1 and `ConnectionResetError` instead of exit 75 and the line saying how
+    to resume, which requeue scripts rely on."""
+    pytest.importorskip("tensorboard")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    data, out = tmp_path / "data", tmp_path / "run"
+    args = ["train", str(ROOT / "configs" / "debug.yaml"), f"data.root={data}",
+            f"data.synthesize.root={data}", f"trainer.output_dir={out}", "trainer.max_steps=3",
+            "trainer.log_every_n_steps=1", "trainer.val_every_n_epochs=0",
+            "logging.num_samples=0", "logging.trackers=[tensorboard]"]  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", FAILING_FINISH, *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert done.returncode == 75, done.stderr[-3000:]
+    assert "stopped on a signal after step" in done.stderr and "--resume auto" in done.stderr
+    assert "ConnectionResetError" not in done.stderr
