@@ -381,13 +381,17 @@ class Meter:
                 sums["skipped"] = sums.get("skipped", 0) + 1
                 continue
             sums["batches"] = sums.get("batches", 0) + 1
-            for key, value in {"loss": loss, **extras}.items():
+            value = loss.detach().double()
+            sums["loss"] = sums["loss"] + value if "loss" in sums else value
+            # the module's own entries apart from the bookkeeping (an entry named "samples"
+            # or "batches" is the module's), each with the batches that returned it: an
+            # entry some batches leave out is its mean over the others
+            added, counts = sums.setdefault("extras", {}), sums.setdefault("counts", {})
+            for key, value in extras.items():
                 if isinstance(value, torch.Tensor):
                     value = value.detach().double()
-                sums[key] = sums[key] + value if key in sums else value
-                if key != "loss":  # an entry some batches leave out: its mean over the others
-                    counts = sums.setdefault("counts", {})
-                    counts[key] = counts.get(key, 0) + 1
+                added[key] = added[key] + value if key in added else value
+                counts[key] = counts.get(key, 0) + 1
 
     def restart_clocks(self) -> None:
         """After a checkpoint or validation: the window's samples/s and the epoch's time_s
@@ -430,14 +434,11 @@ class Meter:
 
     def _means(self, sums: dict[str, Any]) -> dict[str, float]:
         """Per-batch means: the loss over every rank, the extras of this rank."""
-        batches = sums.pop("batches")
-        sums.pop("samples")
-        sums.pop("skipped", None)
-        counts = sums.pop("counts", {})
+        batches, counts = sums["batches"], sums.get("counts", {})
         world = self.accelerator.num_processes
-        loss = self.accelerator.reduce(sums.pop("loss").reshape(1), reduction="sum")
+        loss = self.accelerator.reduce(sums["loss"].reshape(1), reduction="sum")
         means = {"loss": float(loss) / world / batches}  # the window's host read
-        means.update({k: float(v) / counts[k] for k, v in sums.items()})
+        means.update({k: float(v) / counts[k] for k, v in sums.get("extras", {}).items()})
         return means
 
     def window(self) -> dict[str, float] | None:

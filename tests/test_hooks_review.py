@@ -258,6 +258,24 @@ def test_a_scalar_some_batches_leave_out_is_averaged_over_the_batches_that_repor
     assert [r["train/odd"] for r in rows(out) if "train/odd" in r] == [10.0]
 
 
+def test_extras_named_like_the_meters_bookkeeping_are_the_modules_own(tmp_path):
+    """Training extras were summed into the same dict as the Meter's counters: an entry
+    named `samples` or `batches` was added to them (samples/s and the loss's mean wrong, the
+    entry itself not logged), one named `counts` broke the window's means."""
+
+    class Named(TinyModule):
+        def training_step(self, inputs, targets):
+            loss = super().training_step(inputs, targets)
+            return {"loss": loss, "samples": 3.0, "batches": 7.0, "counts": 5.0}
+
+    out = tmp_path / "run"
+    trainer(out, log_every_n_steps=2).fit(Named(), loader(16, 4, shuffle=False))
+    windows = [r for r in rows(out) if "train/loss" in r]
+    assert len(windows) == 2
+    for row in windows:
+        assert (row["train/samples"], row["train/batches"], row["train/counts"]) == (3, 7, 5)
+
+
 def test_a_validation_scalar_some_batches_leave_out_is_averaged_over_those_that_report_it(
     tmp_path,
 ):
