@@ -979,15 +979,20 @@ def _check_overlay(overlay: DictConfig, origin: str) -> None:
                 raise ConfigError(f"{origin}: {exc}") from None
 
 
-_WORDS_YAML_READS_AS_FALSE = {("trainer", "mixed_precision"): "no"}
-"""YAML 1.1 reads `no` (and `off`, `false`) as false: `mixed_precision: no` means "no"."""
+_WORDS_YAML_READS_AS_BOOLEANS = {
+    ("trainer", "mixed_precision"): {False: "no"},
+    ("model", "fused_kernels"): {True: "on", False: "off"},
+}
+"""YAML 1.1 reads `no`, `off` (and `false`) as false and `on` (and `yes`, `true`) as true:
+`mixed_precision: no` means "no", `fused_kernels: on` means "on"."""
 
 
 def _words_back(node: DictConfig) -> DictConfig:
-    for (section, key), word in _WORDS_YAML_READS_AS_FALSE.items():
+    for (section, key), words in _WORDS_YAML_READS_AS_BOOLEANS.items():
         part = node.get(section) if isinstance(node, DictConfig) else None
-        if isinstance(part, DictConfig) and part.get(key, None) is False:
-            part[key] = word
+        value = part.get(key, None) if isinstance(part, DictConfig) else None
+        if isinstance(value, bool) and value in words:
+            part[key] = words[value]
     return node
 
 

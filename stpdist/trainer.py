@@ -34,7 +34,13 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState, PartialState
-from accelerate.utils import GradientAccumulationPlugin, gather_object, send_to_device, set_seed
+from accelerate.utils import (
+    DistributedType,
+    GradientAccumulationPlugin,
+    gather_object,
+    send_to_device,
+    set_seed,
+)
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -2154,9 +2160,11 @@ def _make_accelerator(config: TrainerConfig, log_with: list[str]) -> Accelerator
 
 
 def _process_group_closed() -> bool:
-    """Whether this process is one of several ranks whose process group has been destroyed."""
-    several = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-    return several and torch.distributed.is_available() and not torch.distributed.is_initialized()
+    """Whether accelerate's state says distributed (several ranks, or one under torchrun)
+    while its process group has been destroyed (an earlier Trainer's `close`)."""
+    kind = PartialState._shared_state.get("distributed_type", DistributedType.NO)
+    closed = torch.distributed.is_available() and not torch.distributed.is_initialized()
+    return kind != DistributedType.NO and closed
 
 
 def _check_launcher_precision(precision: str) -> None:

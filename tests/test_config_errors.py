@@ -163,3 +163,13 @@ def test_a_dotted_class_path_as_the_model_suggests_the_colon_form(tmp_path):
     message = _message(tmp_path, None, ["model.name=my_pkg.models.Task"])
     assert message.endswith("import path package.module:Class (did you mean my_pkg.models:Task?)")
     assert "did you mean" not in _message(tmp_path, None, ["model.name=convlsmt"])
+
+
+def test_on_and_off_unquoted_are_the_words_the_docs_give(tmp_path):
+    """YAML 1.1 reads a bare `on` as true: `model.fused_kernels: on`, as the docs write it,
+    was refused ("Invalid value 'True'"), in a file and as an override."""
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name: convlstm, fused_kernels: on}\ntrainer: {mixed_precision: no}\n")
+    assert load_config(path).model.fused_kernels == "on"
+    assert load_config(None, ["model.fused_kernels=off"]).model.fused_kernels == "off"
+    assert load_config(None, ["model.fused_kernels=on"]).model.fused_kernels == "on"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import weakref
 from pathlib import Path
 
@@ -86,19 +87,33 @@ def test_the_package_lists_each_name_once():
     assert len(names) == len(set(names)) and "Trainer" in names
 
 
+@pytest.mark.parametrize("nproc", [1, 2])
 def test_a_freed_unclosed_trainer_leaves_no_process_group_to_the_interpreters_teardown(
-    tmp_path,
+    tmp_path, nproc
 ):
     """Since Trainers are held weakly, one a script never closed could be freed before the
     exit hook that closed it ran; its process group then outlived every hook, and tearing it
     down with the interpreter now and then aborted a finished 2-rank run (exit 134,
-    "terminate called without an active exception": 5 errors of one suite run here)."""
-    from conftest import run_ranks
+    "terminate called without an active exception": 5 errors of one suite run here). One
+    rank under a launcher (torchrun --nproc_per_node 1) has a process group too."""
+    import subprocess
+    import sys
 
-    proc = run_ranks([str(Path(__file__).parent / "dist_unclosed.py"), str(tmp_path)], 2)
+    from conftest import free_port
+
+    script = str(Path(__file__).parent / "dist_unclosed.py")
+    ranks = [sys.executable, str(Path(__file__).parent / "ranks.py")]
+    proc = subprocess.run(
+        [*ranks, "--nproc_per_node", str(nproc), "--master_port", str(free_port()), script,
+         str(tmp_path)],
+        capture_output=True, text=True, timeout=180,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
     # a Trainer after one that was closed joins the ranks again: it failed with "Default
     # process group has not been initialized" at its first collective
     for name in ("closed", "unclosed"):
-        assert proc.stdout.splitlines().count(f"{name}: 2 steps on 2 ranks") == 2, proc.stdout
+        expected = f"{name}: 2 steps on {nproc} ranks"
+        assert proc.stdout.splitlines().count(expected) == nproc, proc.stdout
     lines = [line for line in proc.stdout.splitlines() if "process group alive" in line]
-    assert lines == ["process group alive after stpdist's exit hook: False"] * 2, proc.stdout
+    assert lines == ["process group alive after stpdist's exit hook: False"] * nproc, proc.stdout
