@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import TinyModule, loader
@@ -151,6 +152,18 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def _preempted(script: str, tmp_path: Path, trackers: str, env: dict) -> Any:
+    """`stpdist train` of the debug config (3 steps, into tmp_path/run) run by `script`,
+    which stops it with SIGTERM after step 2 is logged; the completed process."""
+    data, out = tmp_path / "data", tmp_path / "run"
+    args = ["train", str(ROOT / "configs" / "debug.yaml"), f"data.root={data}",
+            f"data.synthesize.root={data}", f"trainer.output_dir={out}", "trainer.max_steps=3",
+            "trainer.log_every_n_steps=1", "trainer.val_every_n_epochs=0",
+            "logging.num_samples=0", f"logging.trackers={trackers}"]  # fmt: skip
+    return subprocess.run([sys.executable, "-c", script, *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=180)  # fmt: skip
+
+
 def test_a_preempted_training_prints_the_sync_command_of_its_run(tmp_path):
     """A `stpdist train` stopped by SIGTERM (exit 75) printed wandb's own hint for its
     newest folder only, never stpdist's `wandb sync` line naming every folder of the run
@@ -162,13 +175,8 @@ def test_a_preempted_training_prints_the_sync_command_of_its_run(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     env["WANDB_DIR"] = str(tmp_path / "wandb-dir")
     env.pop("WANDB_SERVICE", None)
-    data, out = tmp_path / "data", tmp_path / "run"
-    args = ["train", str(ROOT / "configs" / "debug.yaml"), f"data.root={data}",
-            f"data.synthesize.root={data}", f"trainer.output_dir={out}", "trainer.max_steps=3",
-            "trainer.log_every_n_steps=1", "trainer.val_every_n_epochs=0",
-            "logging.num_samples=0", "logging.trackers=[wandb,tensorboard]"]  # fmt: skip
-    first = subprocess.run([sys.executable, "-c", PREEMPTING, *args], env=env, cwd=tmp_path,
-                           capture_output=True, text=True, timeout=180)  # fmt: skip
+    out = tmp_path / "run"
+    first = _preempted(PREEMPTING, tmp_path, "[wandb,tensorboard]", env)
     assert first.returncode == 75, first.stderr[-3000:]
     run_id = json.loads((out / "tracker.json").read_text())["run_id"]
     (folder,) = sorted((out / "wandb").glob(f"offline-run-*-{run_id}"))
@@ -201,13 +209,7 @@ def test_a_preempted_training_whose_tracker_cannot_finish_still_stops_as_a_stop(
     to resume, which requeue scripts rely on."""
     pytest.importorskip("tensorboard")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    data, out = tmp_path / "data", tmp_path / "run"
-    args = ["train", str(ROOT / "configs" / "debug.yaml"), f"data.root={data}",
-            f"data.synthesize.root={data}", f"trainer.output_dir={out}", "trainer.max_steps=3",
-            "trainer.log_every_n_steps=1", "trainer.val_every_n_epochs=0",
-            "logging.num_samples=0", "logging.trackers=[tensorboard]"]  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", FAILING_FINISH, *args], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=180)  # fmt: skip
+    done = _preempted(FAILING_FINISH, tmp_path, "[tensorboard]", env)
     assert done.returncode == 75, done.stderr[-3000:]
     assert "stopped on a signal after step" in done.stderr and "--resume auto" in done.stderr
     assert "ConnectionResetError" not in done.stderr
