@@ -369,8 +369,9 @@ class EvaluationConfig:
     score_convention: Literal["stpdist", "earthformer"] = "stpdist"
     """Skill scores with an empty denominator (CSI: a threshold no pixel of either field
     reaches; POD: no event observed; FAR: none forecast; HSS: no event, or events
-    everywhere): `stpdist`, the score is undefined (NaN) and CSI-M averages the thresholds where it is defined, counting
-    the others in `csi_m…_undefined`; pooled CSI keeps partial edge blocks. `earthformer`,
+    everywhere): `stpdist`, the score is undefined (NaN) and CSI-M averages the thresholds
+    where it is defined, counting the others in `csi_m…_undefined`; pooled CSI keeps
+    partial edge blocks. `earthformer`,
     as Earthformer/PreDiff compute them to compare with their papers: 1e-4 added to every
     denominator (an empty one scores 0), pooled CSI drops partial edge blocks."""
     lpips_weights: Optional[str] = checked(None, _none_or_not_empty)

@@ -702,9 +702,10 @@ def _check_predictions(module: EnhancedModule, pred: Any, batch: Batch) -> None:
 
 
 def _check_every_parameter_trained(module: EnhancedModule, processes: int, step: int) -> None:
-    """After the first backward: under DDP a trainable parameter that took no part in the loss
-    fails the next step with torch's long message about `find_unused_parameters` (which the
-    Trainer does not take); name the parameters now, in one line."""
+    """At the first synchronising backward (a window's last micro-batch): under DDP a
+    trainable parameter that took no part in the window's losses fails the next step with
+    torch's long message about `find_unused_parameters` (which the Trainer does not take);
+    name the parameters now, in one line."""
     if processes == 1:
         return
     unused = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
@@ -2140,7 +2141,7 @@ def _make_accelerator(config: TrainerConfig, log_with: list[str]) -> Accelerator
     # A new Trainer in the same process may ask for other settings than the last one.
     AcceleratorState._reset_state()
     GradientState._reset_state()
-    if PartialState._shared_state and _process_group_closed():
+    if _process_group_closed():
         # an earlier Trainer's `close` ended the ranks' process group: join it again (the
         # state left says "distributed", and the first collective would fail)
         PartialState._reset_state()
