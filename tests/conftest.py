@@ -25,6 +25,67 @@ def pytest_configure(config):
     # region and shape on a CPU (CI's cache starts empty: ~3 min of the suite); the tests of
     # the kernel itself (tests/test_fused.py) set inductor back. Subprocesses inherit it.
     os.environ.setdefault("STPDIST_FUSED_BACKEND", "aot_eager")
+    # Hugging Face's caches (the `datasets` the docs' examples write; accelerate reads its
+    # config folder from it at import) in a folder of the session's, never the user's
+    import tempfile
+
+    config._stpdist_hf_home = os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="stpdist-hf-")
+    _start_fork_server(config)
+
+
+def _start_fork_server(config) -> None:
+    """tests/forkserver.py for this worker's fresh Python processes (each would spend ~3 s
+    of a core importing torch); `STPDIST_TEST_FORK_SERVER=0` starts none. Every process a
+    test starts from here on finds it through the environment (unset it for a process
+    that must be fresh); the controller of `-n 2` runs no test and starts none."""
+    import tempfile
+
+    if os.environ.get("STPDIST_TEST_FORK_SERVER") == "0":
+        os.environ.pop("STPDIST_TEST_FORK_SERVER")
+        return
+    if getattr(config.option, "numprocesses", None) and "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    folder = tempfile.mkdtemp(prefix="stpdist-fork-")
+    path = os.path.join(folder, "server")
+    client = str(Path(__file__).parent / "forkclient")
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (client, os.environ.get("PYTHONPATH")) if p
+    )
+    os.environ["STPDIST_TEST_FORK_SERVER"] = path
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "forkserver.py"), path],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=open(
+            os.environ.get("STPDIST_TEST_FORK_LOG", os.path.join(folder, "server.log")), "ab"
+        ),  # noqa: SIM115
+        start_new_session=True,
+        env={
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("PYTHONUNBUFFERED", "STPDIST_TEST_FORK_SERVER")
+        },
+    )
+    config._stpdist_fork_server = (server, folder)
+
+
+def unserved(env: dict[str, str]) -> dict[str, str]:
+    """`env` for a process that tests/forkserver.py must not start: one the test kills
+    from outside with SIGKILL (a served program dies just after the process the test
+    started, which a next run could race), or whose pid or children the test looks at."""
+    return {key: value for key, value in env.items() if key != "STPDIST_TEST_FORK_SERVER"}
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    if getattr(config, "_stpdist_hf_home", None):
+        shutil.rmtree(config._stpdist_hf_home, ignore_errors=True)
+    server, folder = getattr(config, "_stpdist_fork_server", (None, None))
+    if server is not None:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_addoption(parser):

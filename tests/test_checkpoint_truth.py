@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, unserved
 from helpers import TinyModule, TinySequences, loader
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -203,8 +203,9 @@ def _val_steps(out: Path) -> list[int]:
 
 def _train_in_a_session(folder: Path, overrides: list[str]) -> subprocess.Popen:
     """`stpdist train` on the debug config in a process group of its own, as a terminal or
-    a launcher starts it (a signal to the group reaches its DataLoader workers too)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    a launcher starts it (a signal to the group reaches its DataLoader workers too): a
+    fresh process, in that group."""
+    env = unserved({**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     return subprocess.Popen(
         [sys.executable, "-m", "stpdist", "train", DEBUG, *overrides],
         cwd=folder, env=env, start_new_session=True, text=True,
@@ -284,7 +285,7 @@ def test_a_second_ctrl_c_aborts_at_once(tmp_path):
     """The first Ctrl-C waits for the step in progress (here one that hangs); the second
     aborts at once."""
     script = ROOT / "tests" / "dist_train.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = unserved({**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     proc = subprocess.Popen(
         [sys.executable, str(script), "--out", str(tmp_path), "--steps", "20", "--hang-at", "3"],
         env=env, start_new_session=True, text=True,

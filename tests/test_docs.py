@@ -126,7 +126,6 @@ def _environment(folder: Path) -> dict[str, str]:
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         WANDB_MODE="offline",
         WANDB_DIR=str(folder / ".wandb"),
-        HF_HOME=str(folder / ".hf"),  # datasets' cache
         MPLBACKEND="Agg",
         OMP_NUM_THREADS="1",
         PYTHONDONTWRITEBYTECODE="1",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import launcher, run_ranks
+from conftest import launcher, run_ranks, unserved
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.multiprocess
@@ -91,7 +91,7 @@ def _kill_after_first_checkpoint(folder: Path) -> int:
     SIGSTOP, then SIGKILL them all. Returns the newest complete checkpoint's step."""
     import psutil
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = unserved({**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     cmd = [*launcher(2), "--no-python", sys.executable, "-m", "stpdist", "train", "cfg.yaml"]
     proc = subprocess.Popen(
         [*cmd, "trainer.max_epochs=1000"],

@@ -258,14 +258,14 @@ def test_second_run_on_a_locked_output_dir_is_refused_naming_the_holder(tmp_path
     import sys
     import time
 
-    from conftest import launcher
+    from conftest import launcher, unserved
 
     script = str(Path(__file__).parent / "dist_train.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["--out", str(tmp_path), "--batch", "4", "--steps", "12", "--ckpt-every", "2"]
     first = subprocess.Popen(
         [sys.executable, script, *args, "--hang-at", "6"],
-        env=env,
+        env=unserved(env),  # its pid is the holder's
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

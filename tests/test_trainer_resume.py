@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import launcher as ranks_launcher
-from conftest import run_ranks
+from conftest import run_ranks, unserved
 from safetensors.torch import load_file
 
 SCRIPT = str(Path(__file__).parent / "dist_train.py")
@@ -23,7 +23,11 @@ pytestmark = pytest.mark.multiprocess
 
 def _run_until_killed(cmd: list[str], ckpt: Path, env: dict) -> None:
     proc = subprocess.Popen(
-        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        cmd,
+        env=unserved(env),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.time() + 120
     try:
@@ -109,7 +113,7 @@ def test_sigterm_stops_after_a_step_with_checkpoint_and_resumes_bitwise(
 
     stopped = tmp_path / "stopped"
     launcher = ranks_launcher(nproc)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = unserved({**os.environ, "OMP_NUM_THREADS": "1"})  # its ranks are its children
     proc = subprocess.Popen(
         [*launcher, SCRIPT, "--out", str(stopped), *common, "--step-sleep", "0.3"],
         env=env,
@@ -156,7 +160,7 @@ def test_a_stop_during_a_long_validation_leaves_it_and_stops_with_a_checkpoint(t
     its SIGTERM: no checkpoint). The resume runs the validation that was cut off."""
     out = tmp_path / "run"
     common = ["--out", str(out), "--steps", "8", "--val-every", "4", "--eval-batch", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = unserved({**os.environ, "OMP_NUM_THREADS": "1"})  # its ranks are its children
     proc = subprocess.Popen(
         [*ranks_launcher(2), SCRIPT, *common, "--val-sleep", "0.3"],
         env=env, start_new_session=True, text=True,
