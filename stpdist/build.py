@@ -229,8 +229,9 @@ def build_module(
             f"{SSIM_WINDOW}×{SSIM_WINDOW} window: SSIM is not reported"
         )
     geo = None if index is None else geo_info(cfg, index)
+    _check_patch_size(cfg, frame_shape)
     try:
-        return Forecaster(
+        module = Forecaster(
             cfg.model,
             frame_shape,
             cfg.data.num_input_frames,
@@ -239,19 +240,73 @@ def build_module(
             normalizer=normalizer,
             geo=geo,
         )
-    except (ValueError, TypeError) as exc:
-        refusal = _backbone_refusal(cfg, exc)
+    except (ValueError, TypeError, KeyError) as exc:
+        refusal = _backbone_refusal(cfg, exc, frame_shape)
         if refusal is None:
             raise
         raise refusal from exc
+    _check_frame_loop(cfg, module)
+    _warn_if_divergence_is_off(cfg)
+    return module
 
 
-def _backbone_refusal(cfg: Config, exc: BaseException) -> ConfigError | None:
+def _warn_if_divergence_is_off(cfg: Config) -> None:
+    """TAU's differential divergence compares consecutive output frames: with too few of
+    them it is 0 (`simvp.differential_divergence`), and `model.divergence_weight` would do
+    nothing without a word."""
+    form, frames = cfg.model.divergence_form, cfg.data.num_output_frames
+    needed = 3 if form == "openstl" else 2
+    if cfg.model.divergence_weight and frames < needed:
+        log.warning(
+            f"model.divergence_weight {cfg.model.divergence_weight:g} has no effect: the "
+            f"divergence ({form}) needs at least {needed} output frames, "
+            f"data.num_output_frames is {frames}"
+        )
+
+
+def _check_patch_size(cfg: Config, frame_shape: tuple[int, ...]) -> None:
+    """`model.patch_size` against the data's frames, said as a config error naming the key
+    and the sizes that would fit (the Forecaster's own check names neither)."""
+    p, (height, width) = cfg.model.patch_size, frame_shape[1:]
+    if height % p or width % p:
+        fits = [d for d in range(1, min(height, width) + 1) if height % d == 0 == width % d]
+        raise ConfigError(
+            f"'model.patch_size' is {p}, but the data's frames are {height}×{width}: not "
+            f"divisible by it; expected a divisor of both sides ({', '.join(map(str, fits))})"
+        )
+
+
+def _check_frame_loop(cfg: Config, module: EnhancedModule) -> None:
+    """Scheduled sampling and `loss_frames: all` need a backbone that predicts frame by frame
+    from the first input (`FrameRecurrent.feeds_back`); ConvLSTM's `shi` encoder–forecaster
+    is frame-recurrent but does not: refused here, not at the first training step."""
+    backbone = getattr(module, "backbone", None)
+    if getattr(backbone, "feeds_back", True):
+        return
+    variant = getattr(backbone, "variant", None)
+    what = f"{cfg.model.name} (variant {variant})" if variant else cfg.model.name
+    for key, value, default in (
+        ("model.sampling.mode", cfg.model.sampling.mode, "none"),
+        ("model.loss_frames", cfg.model.loss_frames, "outputs"),
+    ):
+        if value != default:
+            raise ConfigError(
+                f"'{key}' is {value!r}, which applies to backbones that predict frame by frame "
+                f"from the first input; {what} reads every input before it predicts: "
+                f"expected {default!r}"
+            )
+
+
+def _backbone_refusal(
+    cfg: Config, exc: BaseException, frame_shape: tuple[int, ...] | None = None
+) -> ConfigError | None:
     """A ConfigError naming `model.backbone` (and the argument the message names) when `exc`
     is a backbone's refusal of its hyper-parameters: raised by a `raise` statement in the
     backbone's own code (stpdist.models, or the module of a backbone given by import path).
-    None for anything else: a bug elsewhere (torch, the task) keeps its traceback, and bad
-    input already said in one line (InputError) stays as it is."""
+    A refusal that quotes a frame size, with `model.patch_size` above 1, also says which
+    frames the backbone saw (the patched ones, not the data's). None for anything else: a
+    bug elsewhere (torch, the task) keeps its traceback, and bad input already said in one
+    line (InputError) stays as it is."""
     if isinstance(exc, (InputError, UntrustedImportPath)):
         return None
     tb = exc.__traceback__
@@ -267,8 +322,16 @@ def _backbone_refusal(cfg: Config, exc: BaseException) -> ConfigError | None:
     line = linecache.getline(frame.f_code.co_filename, tb.tb_lineno).strip()
     if not line.startswith("raise "):  # Python's own TypeError in model code: a bug
         return None
+    message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    p = cfg.model.patch_size
+    if p > 1 and frame_shape is not None and re.search(r"\d×\d", message):
+        c, h, w = frame_shape
+        message += (
+            f" (the backbone sees the frames after 'model.patch_size' {p}: {c * p * p}×"
+            f"{h // p}×{w // p}, from the data's {c}×{h}×{w})"
+        )
     names = _backbone_keys(cfg)
-    named = [key for key in names if re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", str(exc))]
+    named = [key for key in names if re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", message)]
     where = (
         f"'model.backbone.{named[0]}'"
         if len(named) == 1
@@ -276,7 +339,7 @@ def _backbone_refusal(cfg: Config, exc: BaseException) -> ConfigError | None:
         if named
         else "'model.backbone'"
     )
-    return ConfigError(f"{where} of {cfg.model.name}: {exc}")
+    return ConfigError(f"{where} of {cfg.model.name}: {message}")
 
 
 def _backbone_module(name: str) -> str | None:

@@ -59,6 +59,22 @@ def gate_norm(channels: int, size: tuple[int, ...] | None) -> nn.Module:
     return nn.Identity() if size is None else nn.LayerNorm([channels, *size])
 
 
+def check_odd_kernels(**kernel_sizes: int | list[int]) -> None:
+    """Refuse an even kernel size, naming its argument: the backbones pad k//2 on each
+    side to keep H×W, which an even kernel grows by one pixel (a shape error mid-step, or a
+    frame silently resampled back to size)."""
+    for name, value in kernel_sizes.items():
+        even = [k for k in (value if isinstance(value, list) else [value]) if k % 2 == 0]
+        if even:
+            what = (
+                f"{name} {value} holds {even[0]}" if isinstance(value, list) else f"{name} {value}"
+            )
+            raise ValueError(
+                f"{what}: kernel sizes must be odd (padding k//2 on each side keeps the frame "
+                "size H×W only for odd k)"
+            )
+
+
 class UntrustedImportPath(ValueError):
     """An import path met while import paths are refused (see `UNTRUSTED_SOURCES`)."""
 

@@ -14,8 +14,8 @@ Legend: B batch, T time, C channels, H×W frame size (after patching).
   starting from the encoder layer's final (H, C), runs T_out steps with no frame input
   (layer l reads layer l−1's hidden state; the first reads nothing); a 1×1 convolution
   over the concatenated hidden states of all forecaster layers gives each output frame.
-  Nothing is fed back, so there is no scheduled sampling (a teacher mask is an error).
-  Cells as in `stpdist`.
+  Nothing is fed back, so there is no scheduled sampling and no `loss_frames: all` (both
+  refused when the model is built: `feeds_back` is False). Cells as in `stpdist`.
 
 At OpenSTL's Moving MNIST settings (patch 4 → 16×16×16, hidden 128×4, filter 5, 10→10),
 measured with `torch.utils.flop_counter.FlopCounterMode` (MACs = flops/2, batch 1):
@@ -24,7 +24,7 @@ measured with `torch.utils.flop_counter.FlopCounterMode` (MACs = flops/2, batch 
 |---------|-----------:|------:|--------------------|
 | stpdist | 12,077,072 | 56.82 |                    |
 | openstl | 11,675,648 | 56.79 | 15.0M, 56.8G       |
-| shi     | 23,941,136 | 59.27 |                    |
+| shi     | 23,941,136 | 59.29 |                    |
 
 `openstl` computes exactly what OpenSTL's forward computes (56.8G agrees). Its 15.0M
 counts 3,407,872 parameters that forward never uses: each OpenSTL cell also builds a 5×5
@@ -33,7 +33,9 @@ with them the count is 15,083,520 (0.6 % from 15.0M; test_zoo pins both). We do 
 them: they would get no gradient, which DDP rejects. `stpdist` has the same compute with
 one convolution over [x, h] (one bias) instead of two, plus the peepholes (3×128×16×16
 per layer) and a readout over all layers. `shi` has a second stack (the forecaster) and
-runs T_in + T_out = 20 steps instead of 19.
+runs T_in + T_out = 20 steps instead of 19. Every one of its steps is a call of `step`
+(which `trainer.compile` compiles, and activation checkpointing recomputes), so its
+encoder steps also compute a readout they do not use: 0.02 G of the 59.29 (59.27 without).
 
 `layer_norm` (OpenSTL's option, off by default): a LayerNorm over [4h, H, W] follows
 each gate convolution. The `openstl` cell normalises W_x∗x and W_h∗h separately, as
@@ -49,7 +51,7 @@ from typing import Any, Literal  # noqa: UP035 - OmegaConf reads these
 import torch
 from torch import nn
 
-from .base import FrameSpec, gate_norm
+from .base import FrameSpec, check_odd_kernels, gate_norm
 from .fused import pointwise
 from .recurrent import FrameRecurrent, SplitCell
 
@@ -188,7 +190,9 @@ class ConvLSTM(FrameRecurrent):
             raise ValueError("hidden_channels needs at least one layer")
         if args.variant not in ("stpdist", "openstl", "shi"):
             raise ValueError(f"variant must be stpdist, openstl or shi, got '{args.variant}'")
+        check_odd_kernels(kernel_size=kernel_size)
         self.variant = args.variant
+        self.feeds_back = args.variant != "shi"
         norm_size = (height, width) if args.layer_norm else None
         if args.variant == "openstl":
             if args.forget_bias is not None:
@@ -235,7 +239,9 @@ class ConvLSTM(FrameRecurrent):
             layer = first.advance(x_BCHW, state[0])
             state = [layer, *_advance(above, layer[0], state[1:])]
             return state[-1][0], state
-        state = _advance(self.cells, x_BCHW, state)
+        # no input: `shi`'s forecaster, which runs after its encoder (`self.cells`) read them
+        cells = self.cells if x_BCHW is not None else self.forecaster
+        state = _advance(cells, x_BCHW, state)
         return tuple(h for h, _ in state), state
 
     def decode(self, features: Any) -> torch.Tensor:
@@ -270,13 +276,16 @@ class ConvLSTM(FrameRecurrent):
                 "the shi ConvLSTM (encoder–forecaster) feeds no frames back: scheduled "
                 "sampling does not apply (set model.sampling.mode: none)"
             )
+        # every step through `run_step`, so that `trainer.compile` (which compiles `step`)
+        # and activation checkpointing apply to this loop too; the encoder steps' readouts
+        # (a 1×1 convolution each) are not used
         state = self.init_state(frames_BTCHW)
         for t in range(frames_BTCHW.shape[1]):  # encoder
-            state = _advance(self.cells, frames_BTCHW[:, t], state)
+            _, state = self.run_step(frames_BTCHW[:, t], state)
         predictions = []
         for _ in range(num_output_frames):  # forecaster, from the encoder's states
-            state = _advance(self.forecaster, None, state)
-            predictions.append(self.output(torch.cat([h for h, _ in state], dim=1)))
+            prediction, state = self.run_step(None, state)
+            predictions.append(prediction)
         return torch.stack(predictions, dim=1)
 
 

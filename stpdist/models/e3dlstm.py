@@ -82,7 +82,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .base import FrameSpec, gate_norm
+from .base import FrameSpec, check_odd_kernels, gate_norm
 from .recurrent import FrameRecurrent
 
 
@@ -284,6 +284,7 @@ class E3DLSTM(FrameRecurrent):
             raise ValueError(f"variant must be paper or openstl, got '{args.variant}'")
         if args.stride < 1 or (args.stride != 1 and args.variant != "openstl"):
             raise ValueError(f"stride {args.stride}: must be 1 (any ≥ 1 with variant openstl)")
+        check_odd_kernels(kernel_size=args.kernel_size)
         hidden, w = hidden_channels[0], args.window_length
         self.hidden, self.window, self.recall_window = hidden, w, args.recall_window
         self.variant = args.variant

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import FrameSpec
+from .base import FrameSpec, check_odd_kernels
 from .fused import pointwise
 from .recurrent import FrameRecurrent
 
@@ -193,6 +193,7 @@ class MAU(FrameRecurrent):
             )
         if args.attention_window < 1:
             raise ValueError(f"attention_window must be ≥ 1, got {args.attention_window}")
+        check_odd_kernels(kernel_size=args.kernel_size)
         hidden = hidden_channels[0]
         self.hidden = hidden
         self.window = args.attention_window

@@ -100,7 +100,7 @@ from typing import Literal  # noqa: UP035 - OmegaConf reads these
 import torch
 from torch import nn
 
-from .base import FrameSpec, gate_norm
+from .base import FrameSpec, check_odd_kernels, gate_norm
 from .fused import pointwise
 from .predrnn import STLSTMCell
 from .recurrent import FrameRecurrent
@@ -252,6 +252,7 @@ class MIM(FrameRecurrent):
             )
         if args.variant not in ("paper", "openstl"):
             raise ValueError(f"MIM variant must be 'paper' or 'openstl', got {args.variant!r}")
+        check_odd_kernels(kernel_size=args.kernel_size)
         hidden, k = hidden_channels[0], args.kernel_size
         hw = (spec.height, spec.width)
         self.hidden = hidden

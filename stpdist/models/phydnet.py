@@ -103,7 +103,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import FrameSpec
+from .base import FrameSpec, check_odd_kernels
 from .fused import pointwise
 from .recurrent import FrameRecurrent
 
@@ -194,7 +194,9 @@ class PhyCell(nn.Module):
         """Σ over input channels of MSE(moments of kernel j, one-hot at derivative j)."""
         k = self.kernel_size
         weight = self.physics[0].weight.double()  # hidden × E × k × k
-        moments = torch.einsum("ix,jy,ocxy->oicj", self.moments, self.moments, weight)
+        # the buffer is float64 unless the module was cast (`.float()`, `.to(dtype)`)
+        m = self.moments if self.moments.dtype == torch.float64 else moment_matrices(k).to(weight)
+        moments = torch.einsum("ix,jy,ocxy->oicj", m, m, weight)
         target = torch.eye(k * k, dtype=weight.dtype, device=weight.device).view(k * k, k, 1, k)
         per_channel = (moments - target).pow(2).mean(dim=(0, 1, 3))  # E
         return per_channel.sum().to(self.physics[0].weight.dtype)
@@ -290,6 +292,10 @@ class PhyDNet(FrameRecurrent):
                 f"frame size {spec.height}×{spec.width} is not divisible by "
                 f"downsample {args.downsample}"
             )
+        check_odd_kernels(
+            phycell_kernel_size=args.phycell_kernel_size,
+            convlstm_kernel_size=args.convlstm_kernel_size,
+        )
         nf, encoded = args.encoder_channels, 2 * args.encoder_channels
         if nf % 16:
             raise ValueError(f"encoder_channels must be a multiple of 16 (GroupNorm), got {nf}")

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .base import FrameSpec, gate_norm
+from .base import FrameSpec, check_odd_kernels, gate_norm
 from .fused import fusion_active, pointwise
 from .recurrent import FrameRecurrent, SplitCell
 
@@ -142,6 +142,9 @@ class PredRNN(FrameRecurrent):
         decouple = isinstance(args, PredRNNv2Args)
         if len(set(hidden_channels)) != 1:
             raise ValueError("PredRNN needs equal hidden_channels per layer (m flows across them)")
+        check_odd_kernels(kernel_size=kernel_size)
+        if decouple and not args.decouple_weight >= 0:  # negative: the loss would reward coupling
+            raise ValueError(f"decouple_weight must be ≥ 0, got {args.decouple_weight}")
         hidden = hidden_channels[0]
         norm_size = (spec.height, spec.width) if args.layer_norm else None
         self.cells = nn.ModuleList(
@@ -335,6 +338,7 @@ class PredRNNpp(FrameRecurrent):
         hidden_channels = list(args.hidden_channels)
         if len(set(hidden_channels)) != 1 or len(hidden_channels) < 2:
             raise ValueError("PredRNN++ needs at least 2 layers of equal hidden_channels")
+        check_odd_kernels(kernel_size=kernel_size)
         hidden = hidden_channels[0]
         norm_size = (spec.height, spec.width) if args.layer_norm else None
         self.cells = nn.ModuleList(

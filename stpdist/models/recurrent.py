@@ -49,6 +49,13 @@ class FrameRecurrent(nn.Module):
     """Activation checkpointing: when training, each step's activations are recomputed in
     the backward instead of kept (memory of one step instead of T_in+T_out−1)."""
 
+    feeds_back: bool = True
+    """Whether every step predicts the next frame from the one before, from the first input
+    on (the shared frame loop), so that predictions can be fed back (scheduled sampling) and
+    every step's prediction scored (`model.loss_frames: all`). False for an
+    encoder–forecaster that predicts only after reading every input (ConvLSTM `shi`); the
+    task refuses those two settings for it when the model is built (`build.build_module`)."""
+
     batch_over_time: bool = True
     """With the three parts and fused kernels on, batch the known frames' encoding and the
     unread predictions' decoding over time (off: `trainer.compile` compiles `step`, the unit
@@ -136,16 +143,20 @@ class FrameRecurrent(nn.Module):
                     frame = frames_BTCHW[:, t]
                 else:
                     frame = predictions[-1]
-                if self.checkpoint_steps and torch.is_grad_enabled():
-                    prediction, state = checkpoint(
-                        self._step_fused_as_now, fusion_active(), frame, state, use_reentrant=False
-                    )
-                else:
-                    prediction, state = self.step(frame, state)
+                prediction, state = self.run_step(frame, state)
                 predictions.append(prediction)
         outputs = torch.stack(predictions[0 if all_frames else t_in - 1 :], dim=1)
         aux = self.aux_losses(state)
         return BackboneOutput(outputs, aux) if aux else outputs
+
+    def run_step(self, frame_BCHW: torch.Tensor | None, state: Any) -> tuple[torch.Tensor, Any]:
+        """`step` (compiled by `trainer.compile`), under activation checkpointing when it is
+        on and gradients are recorded: the step-by-step loop's one call per frame."""
+        if self.checkpoint_steps and torch.is_grad_enabled():
+            return checkpoint(
+                self._step_fused_as_now, fusion_active(), frame_BCHW, state, use_reentrant=False
+            )
+        return self.step(frame_BCHW, state)
 
     def _step_fused_as_now(self, fused: bool, frame_BCHW: torch.Tensor, state: Any) -> Any:
         """`step` with its fused regions on or off as given: activation checkpointing runs it

@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import FrameSpec
+from .base import FrameSpec, check_odd_kernels
 from .translators import BlockSettings, InceptionBlock, translator_block
 
 DIVERGENCE_FORMS = ("per_channel", "openstl")
@@ -312,6 +312,16 @@ class SimVP(nn.Module):
                 "SimVP needs num_spatial_blocks >= 1 and num_translator_blocks >= 2, got "
                 f"{args.num_spatial_blocks} and {args.num_translator_blocks}"
             )
+        kernels = {"encoder_kernel_size": args.encoder_kernel_size}
+        kernels["decoder_kernel_size"] = args.decoder_kernel_size
+        if args.translator == "incepu":
+            kernels["inception_kernel_sizes"] = list(args.inception_kernel_sizes)
+        check_odd_kernels(**kernels)
+        if not args.mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {args.mlp_ratio}")
+        for name in ("drop", "drop_path"):
+            if not 0 <= getattr(args, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(args, name)}")
         factor = 2 ** (args.num_spatial_blocks // 2)
         if spec.height % factor or spec.width % factor:
             raise ValueError(

@@ -99,11 +99,19 @@ class SwinBlock(nn.Module):
         super().__init__()
         self.drop_path = drop_path
         if dim % num_heads:
-            raise ValueError(f"stage width {dim} is not divisible by {num_heads} heads")
+            raise ValueError(
+                f"a stage's width {dim} (embed_dim·2^stage) is not divisible by its num_heads "
+                f"{num_heads}"
+            )
         self.grid, self.num_heads = grid, num_heads
         self.window = min(window, *grid)
         if grid[0] % self.window or grid[1] % self.window:
-            raise ValueError(f"token grid {grid} is not divisible by window {self.window}")
+            clipped = f" (window_size {window} clipped to the grid)" if self.window < window else ""
+            raise ValueError(
+                f"a stage's token grid {grid[0]}×{grid[1]} (frame / patch_size / 2^stage) is "
+                f"not divisible by the window {self.window}{clipped}; every stage's grid must "
+                "be a multiple of window_size"
+            )
         # no shift when one window covers the whole grid (as in Swin)
         self.shift = self.window // 2 if shift and self.window < min(grid) else 0
         self.norm_attention = nn.LayerNorm(dim)

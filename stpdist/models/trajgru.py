@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import FrameSpec
+from .base import FrameSpec, check_odd_kernels
 from .fused import fusion_active, pointwise
 from .recurrent import SplitCell, join_steps, split_steps
 
@@ -172,7 +172,8 @@ class TrajGRUArgs:
     links: list[int] = field(default_factory=lambda: [13, 13, 9])
     """L: flow fields (warped copies of the state) per level."""
     kernel_size: int = 3
-    """Kernel of the flow subnetwork's convolutions."""
+    """Kernel of each cell's input-to-gates convolution, odd (the flow subnetwork's
+    convolutions are 5×5)."""
 
 
 class TrajGRU(nn.Module):
@@ -189,11 +190,12 @@ class TrajGRU(nn.Module):
         levels = len(hidden_channels)
         if not levels or len(conv_channels) != levels or len(links) != levels:
             raise ValueError("conv_channels, hidden_channels and links need one entry per level")
+        check_odd_kernels(kernel_size=kernel_size)
         factor = 2 ** (levels - 1)
         if height % factor or width % factor:
             raise ValueError(
-                f"TrajGRU with {levels} levels needs H and W divisible by {factor}; "
-                f"got {height}×{width}"
+                f"TrajGRU with {levels} levels (the length of conv_channels, hidden_channels "
+                f"and links) needs frames divisible by {factor}; got {height}×{width}"
             )
         self.down = nn.ModuleList()
         self.encoder = nn.ModuleList()

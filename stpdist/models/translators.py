@@ -558,7 +558,10 @@ class SwinBlock(nn.Module):
         self.window = swin_window_size(height, width)
         if height % self.window or width % self.window:
             raise ValueError(
-                f"Swin: latent size {height}×{width} is not a multiple of window {self.window}"
+                f"translator swin: the latent frames {height}×{width} (after the encoder's "
+                f"down-sampling) are not a multiple of its window {self.window} (chosen from "
+                "the latent height as OpenSTL does, see `swin_window_size`); use frames whose "
+                "latent sides it divides, or another translator"
             )
         no_shift = settings.layer_index % 2 == 0 or self.window >= min(height, width)
         self.shift = 0 if no_shift else self.window // 2
