@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import Config, ConfigError, load_config
-from .errors import InputError
+from .config import Config, ConfigError, check_output_dir, load_config
+from .errors import InputError, MissingInput
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -79,6 +79,17 @@ def _check_named_files(cfg: Config) -> None:
             raise ConfigError(f"'{key}': {value} does not exist")
 
 
+def _check_resume_flag(resume: str | None) -> None:
+    """`--resume`: 'auto', or a checkpoint folder that exists (refused before any work)."""
+    if resume is None or resume == "auto":
+        return
+    expected = "expected 'auto' or a checkpoint folder (runs/x/checkpoints/step-N)"
+    if not resume.strip():
+        raise InputError(f"--resume is empty: {expected}")
+    if not Path(resume).exists():
+        raise InputError(f"--resume {resume}: no such checkpoint folder; {expected}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from . import build
     from .trainer import Preempted
@@ -86,9 +97,19 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = _config(args)
     if args.keep_global_batch:  # the flag is trainer.keep_global_batch=true
         cfg.trainer.keep_global_batch = True
-    _check_named_files(cfg)  # before any data is made or read
+    _check_resume_flag(args.resume)  # these before any data is made or read
+    check_output_dir(cfg)
+    _check_named_files(cfg)
     trainer = _trainer(cfg)
-    build.ensure_dataset(cfg, trainer, synthesize=args.synthesize)
+    try:
+        build.ensure_dataset(cfg, trainer, synthesize=args.synthesize)
+    except MissingInput as exc:
+        if not args.synthesize or cfg.data.synthesize is not None:
+            raise
+        raise MissingInput(
+            f"{exc}. --synthesize generates with the settings of 'data.synthesize', which this "
+            "config does not have: add that section (data.synthesize={} for its defaults)"
+        ) from None
     from accelerate.utils import set_seed
 
     set_seed(cfg.trainer.seed)  # identical initial weights on every rank and every run
@@ -330,8 +351,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     cfg, trainer, ckpt, module = _with_checkpoint(args)
     split = args.split or cfg.data.test_split
     out = Path(args.out) if args.out else Path(cfg.trainer.output_dir) / "predictions" / split
-    protected = (build.split_dir(cfg, split), ckpt)
-    # a file, the data, a run or its checkpoints: refused even with --overwrite
+    protected = (build.split_dir(cfg, split), ckpt, args.config)
+    # a file, the data, the config, a run or its checkpoints: refused even with --overwrite
     check_output_folder(out, overwrite=True, protected=protected)
     record = _checkpoint_record(ckpt, args.raw_weights)
     _check_predict_out(out, args, record)
@@ -541,10 +562,26 @@ def _openstl_shape(text: str) -> list[int]:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
+    from .config import LARGEST_FRAME_SIDE, MOST_DIGITS, MOST_FRAMES, MOST_ITEMS
     from .data.synthetic import check_synth_counts, write_moving_digits
 
     if args.seed < 0:  # numpy's message would name neither the flag nor the value
         raise InputError(f"synthetic moving digits: --seed {args.seed}: expected a seed ≥ 0")
+    # data.synthesize's bounds: beyond them a typo, hours of work or memory no machine has
+    for flag, value, most in (
+        ("--train", args.train, MOST_ITEMS),
+        ("--val", args.val, MOST_ITEMS),
+        ("--test", args.test, MOST_ITEMS),
+        ("--frames", args.frames, MOST_FRAMES),
+        ("--size", args.size, LARGEST_FRAME_SIDE),
+        ("--digit-size", args.digit_size, LARGEST_FRAME_SIDE),
+        ("--num-digits", args.num_digits, MOST_DIGITS),
+    ):
+        if value > most:
+            raise InputError(
+                f"synthetic moving digits: {flag} {value}: expected at most {most} (the "
+                "bound data.synthesize has)"
+            )
     out = write_moving_digits(
         args.out,
         check_synth_counts(args.train, args.val, args.test),
@@ -599,27 +636,38 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     recover(root)
     if root.exists():
         require_file(root, folder_too=True)  # a FIFO: refused, never opened
+    from .checkpoint import MODEL_FILE
+
+    def is_split(folder: Path) -> bool:  # a model folder keeps its data's index.json too
+        return (folder / INDEX_FILE).exists() and not (folder / MODEL_FILE).exists()
+
     folders = (
         [root]
-        if (root / INDEX_FILE).exists()
-        else sorted(p for p in root.iterdir() if (p / INDEX_FILE).exists())
+        if is_split(root)
+        else sorted(p for p in root.iterdir() if is_split(p))
         if root.is_dir()
         else []
     )
     if not folders:
         what = (
-            "no such folder" if not root.exists() else f"no {INDEX_FILE} in it or its sub-folders"
+            "no such folder"
+            if not root.exists()
+            else f"a model folder ({MODEL_FILE}), not a dataset"
+            if (root / MODEL_FILE).exists()
+            else f"no {INDEX_FILE} in it or its sub-folders"
         )
         raise InputError(f"{root}: {what}; expected a dataset")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out {args.out} is a file; expected a folder for the pictures")
     # pictures never go into the dataset: a folder the user names, or a temp folder we name
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="stpdist-inspect-"))
-    inside = [f for f in folders if out.resolve().is_relative_to(f.resolve())]
+    # each split's pictures go to out/<split>: neither may lie in a split folder
+    targets = [out, *(out / f.name for f in folders)]
+    inside = [f for f in folders for t in targets if t.resolve().is_relative_to(f.resolve())]
     if inside:
         raise InputError(
-            f"--out {out} is inside the split folder {inside[0]}: pictures never go among a "
-            "dataset's shards; name another folder"
+            f"--out {out}: the pictures would go inside the split folder {inside[0]}; pictures "
+            "never go among a dataset's shards: name another folder"
         )
     for folder in folders:
         index = read_index(folder)  # index.json must be a regular file: a FIFO is refused
@@ -743,6 +791,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
         from .bench import bench_model
 
         name, shape, output_frames, patch, backbone, model = _bench_model_setup(args)
+        if args.compile:  # before the eager rounds, not after them
+            import torch._dynamo
+
+            if args.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
+                raise InputError(
+                    f"--compile-backend {args.compile_backend}: not a torch.compile backend; "
+                    f"expected one of {', '.join(torch._dynamo.list_backends())}"
+                )
         if args.ops:
             from .bench import bench_ops
             from .config import ModelConfig
@@ -864,9 +920,17 @@ def _shard_parser(sub: Any) -> None:
         s = formats.add_parser(name, help=spec.help, description=spec.help)
         paths = "one or more files" if spec.many_paths else "file or folder"
         s.add_argument("sources", nargs="+", help=spec.paths_help or paths)
-        s.add_argument("--out", required=True, help="dataset folder (one sub-folder a split)")
         s.add_argument(
-            "--workers", type=int, default=2, help="processes reading the source (default 2)"
+            "--out",
+            type=_non_empty,
+            required=True,
+            help="dataset folder (one sub-folder a split)",
+        )
+        s.add_argument(
+            "--workers",
+            type=_worker_count,
+            default=2,
+            help="processes reading the source (default 2)",
         )
         s.add_argument(
             "--overwrite",
@@ -962,16 +1026,19 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         raise
 
 
-def _int_at_least(low: int) -> Any:
-    """An argparse type (argparse names the flag before the message): an integer ≥ `low`."""
+def _int_at_least(low: int, high: int | None = None) -> Any:
+    """An argparse type (argparse names the flag before the message): an integer ≥ `low`
+    (and ≤ `high`, when given: the bound beyond which a value is a typo)."""
     expected = "a positive integer" if low == 1 else f"an integer ≥ {low}"
+    if high is not None:
+        expected = f"an integer in [{low}, {high}]"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = low - 1
-        if value < low:
+        if value < low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
         return value
 
@@ -979,6 +1046,37 @@ def _int_at_least(low: int) -> Any:
 
 
 _positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
+MOST_WORKERS = 1024
+"""Worker processes: `trainer.num_workers`'s bound. A pool starts all its processes at
+once: a typo of 100000 would fork until the machine runs out of memory."""
+_worker_count = _int_at_least(1, MOST_WORKERS)
+
+
+def _non_empty(text: str) -> str:
+    """An argparse type: a non-empty value (an empty --out would name the working folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a non-empty value")
+    return text
+
+
+def _split_flag(text: str) -> str:
+    """`--split NAME`: a split's name, as the config's `data.*_split` keys take it."""
+    from .config import split_name
+
+    problem = split_name(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {problem}")
+    return text
+
+
+def _colormap_flag(text: str) -> str:
+    """`--colormap NAME`: a matplotlib colormap, as `logging.colormap` takes it."""
+    from .config import _colormap
+
+    problem = _colormap(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {problem}")
+    return text
 
 
 def _frame_shape(text: str) -> tuple[int, ...]:
@@ -994,8 +1092,10 @@ def _frame_shape(text: str) -> tuple[int, ...]:
 def _worker_counts(text: str) -> tuple[int, ...]:
     """`--loader-workers 0,2`: worker counts (integers >= 0) joined by commas."""
     parts = text.split(",")
-    if not all(p.strip().isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected worker counts such as 0,2")
+    if not all(p.strip().isdigit() and int(p) <= MOST_WORKERS for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected worker counts such as 0,2 (each at most {MOST_WORKERS})"
+        )
     return tuple(int(p) for p in parts)
 
 
@@ -1038,10 +1138,19 @@ def _raw_weights_flag(s: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line, as every other error of the CLI: the
+    flag, the value and what was expected, and where the options are listed (argparse
+    would print the usage block above it). Sub-command parsers are of this class too."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="stpdist",
         description=__doc__.split("\n\n")[0].replace("\n", " "),
         epilog="`stpdist COMMAND --help` lists each command's options.",
@@ -1073,11 +1182,17 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument(
             "--ckpt", default="best", help="'best', 'last', a step (step-320) or a checkpoint path"
         )
-        s.add_argument("--split", default=None, help="dataset split (default from the config)")
+        s.add_argument(
+            "--split",
+            type=_split_flag,
+            default=None,
+            help="dataset split (default from the config)",
+        )
         _raw_weights_flag(s)
         if name == "predict":
             s.add_argument(
                 "--out",
+                type=_non_empty,
                 default=None,
                 help="output folder (default <output_dir>/predictions/<split>); not a run's "
                 "or checkpoint's folder",
@@ -1110,7 +1225,9 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1, one run each")
     s.add_argument("--small", action="store_true", help="scaled-down recipe: minutes on CPU")
-    s.add_argument("--out", default=None, help="folder for the runs, reproduce.json/.md")
+    s.add_argument(
+        "--out", type=_non_empty, default=None, help="folder for the runs, reproduce.json/.md"
+    )
     s.add_argument("--digits", default=None, help="MNIST train-images-idx3-ubyte(.gz) (--small)")
     s.add_argument(
         "--resume",
@@ -1129,9 +1246,11 @@ def parser() -> argparse.ArgumentParser:
         help="a shard split folder, an .npy/.npz array (T×C×H×W or N×T×C×H×W), a folder of "
         "them, or a folder of PNG frames; physical units",
     )
-    s.add_argument("--out", required=True, help="folder for predictions-*.npz and pictures")
+    s.add_argument(
+        "--out", type=_non_empty, required=True, help="folder for predictions-*.npz and pictures"
+    )
     s.add_argument("--ckpt", default="best", help="of a run folder: best, last or step-N")
-    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--batch-size", type=_positive_int, default=8)
     s.add_argument(
         "--samples",
         type=_non_negative_int,
@@ -1139,7 +1258,12 @@ def parser() -> argparse.ArgumentParser:
         help="samples drawn as pictures (0: none)",
     )
     s.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"])
-    s.add_argument("--colormap", default=None)
+    s.add_argument(
+        "--colormap",
+        type=_colormap_flag,
+        default=None,
+        help="matplotlib colormap of the pictures (default: gray, or RGB for 3 channels)",
+    )
     s.add_argument(
         "--shards", action="store_true", help="also write the forecasts as a shard split"
     )
@@ -1160,7 +1284,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("export", help="write a stand-alone model folder (+ exported graphs)")
     s.add_argument("model", help="a run folder or a checkpoint folder")
-    s.add_argument("--out", required=True, help="the model folder to write")
+    s.add_argument("--out", type=_non_empty, required=True, help="the model folder to write")
     s.add_argument("--ckpt", default="best", help="of a run folder: best, last or step-N")
     s.add_argument(
         "--overwrite",
@@ -1204,14 +1328,16 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="import the EMA weights of OpenSTL's EMA hook (ema_* buffers), not the raw ones",
     )
-    s.add_argument("--out", required=True, help="the model folder to write")
+    s.add_argument("--out", type=_non_empty, required=True, help="the model folder to write")
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     s.add_argument("--debug", action="store_true")
     s.set_defaults(func=cmd_import)
 
     s = sub.add_parser("synth", help="generate a synthetic dataset as shards")
     s.add_argument("kind", choices=["moving-digits"], help="what to generate")
-    s.add_argument("--out", required=True, help="dataset folder (one sub-folder a split)")
+    s.add_argument(
+        "--out", type=_non_empty, required=True, help="dataset folder (one sub-folder a split)"
+    )
     s.add_argument("--train", type=int, default=1000, help="train sequences (default 1000)")
     s.add_argument("--val", type=int, default=100, help="validation sequences (default 100)")
     s.add_argument("--test", type=int, default=100, help="test sequences (default 100)")
@@ -1231,7 +1357,7 @@ def parser() -> argparse.ArgumentParser:
         "drawn with Pillow's font)",
     )
     s.add_argument("--digit-size", type=int, default=28, help="glyph size in pixels (default 28)")
-    s.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    s.add_argument("--workers", type=_worker_count, default=2, help="worker processes (default 2)")
     s.add_argument("--overwrite", action="store_true", help="replace an earlier dataset in --out")
     s.add_argument("--debug", action="store_true", help="show tracebacks")
     s.set_defaults(func=cmd_synth)
@@ -1243,7 +1369,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("sweep", help="wandb sweep YAML: method, metric, parameters (dotted keys)")
     s.add_argument("overrides", nargs="*", default=[], help="dotted overrides for every trial")
     s.add_argument("--count", type=_positive_int, default=None, help="trials this agent runs")
-    s.add_argument("--project", default=None, help="wandb project (default logging.wandb)")
+    s.add_argument("--project", default=None, help="wandb project (default logging.wandb.project)")
     s.add_argument("--agent", default=None, metavar="SWEEP_ID", help="join this sweep")
     s.add_argument(
         "--params",
@@ -1255,14 +1381,16 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("inspect", help="summarise a dataset's index and render samples")
-    s.add_argument("dir")
+    s.add_argument("dir", type=_non_empty, help="a dataset folder or one of its split folders")
     s.add_argument(
         "--samples",
         type=_non_negative_int,
         default=4,
         help="samples rendered per split (0: none)",
     )
-    s.add_argument("--out", default=None, help="folder for the pictures (default: a temp dir)")
+    s.add_argument(
+        "--out", type=_non_empty, default=None, help="folder for the pictures (default: a temp dir)"
+    )
     s.add_argument(
         "--verify", action="store_true", help="read every sample: counts, dtypes, shapes, keys"
     )

@@ -40,6 +40,8 @@ MOST_FRAMES = 1000
 """Frames per sequence: far above any recipe (20); more is a typo that would hang."""
 MOST_ITEMS = 2**20
 """Samples in a batch or a shuffle buffer, sequences to synthesise: beyond it, a typo."""
+MOST_DIGITS = 100
+"""Digits moving in one synthetic sequence."""
 
 
 def _positive(value: Any) -> str | None:
@@ -63,6 +65,19 @@ def _not_empty(value: Any) -> str | None:
     return None if value else "a non-empty value"
 
 
+def split_name(value: Any) -> str | None:
+    """A split's name: a sub-folder of `data.root` (no path separator, not `.` or `..`);
+    it also names the split's results (`val/mse`, metrics_val.json)."""
+    if (
+        isinstance(value, str)
+        and value.strip()
+        and value not in (".", "..")
+        and not (set(value) & {"/", "\\"})
+    ):
+        return None
+    return "a split name: a sub-folder of data.root (no '/', not '.' or '..')"
+
+
 def _none_or_not_empty(value: Any) -> str | None:
     return None if value is None or value else "null or a non-empty value"
 
@@ -82,7 +97,9 @@ def _sizes(value: Any) -> str | None:
 
 
 def _thresholds(value: Any) -> str | None:
-    """Thresholds name their results (`csi@20`, `{level:g}`): two that print alike would
+    """Thresholds whose results' names (csi@X) differ.
+
+    Thresholds name their results (`csi@20`, `{level:g}`): two that print alike would
     write the same keys, one over the other."""
     names = [f"{v:g}" for v in value]
     alike = sorted({n for n in names if names.count(n) > 1})
@@ -247,7 +264,7 @@ class SynthConfig:
     """Frames per sequence."""
     image_size: int = checked(64, _between(1, LARGEST_FRAME_SIDE))
     """Canvas height and width in pixels."""
-    num_digits: int = checked(2, _between(1, 100))
+    num_digits: int = checked(2, _between(1, MOST_DIGITS))
     """Digits per sequence."""
     digit_size: int = checked(28, _between(1, LARGEST_FRAME_SIDE))
     """Glyph height and width in pixels (MNIST's 28; smaller on a small canvas lets the
@@ -260,11 +277,11 @@ class SynthConfig:
 class DataConfig:
     root: str = checked("data/moving-digits", _not_empty)
     """Dataset folder holding one sub-folder of shards (+ index.json) per split."""
-    train_split: str = checked("train", _not_empty)
+    train_split: str = checked("train", split_name)
     """Split used by `train`."""
-    val_split: str = checked("val", _not_empty)
+    val_split: str = checked("val", split_name)
     """Split used for validation during `train` and by `validate`."""
-    test_split: str = checked("test", _not_empty)
+    test_split: str = checked("test", split_name)
     """Split used by `predict`."""
     batch_size: int = checked(8, _between(1, MOST_ITEMS))
     """Micro-batch size per process."""
@@ -661,6 +678,30 @@ def section_with(base: Any, fields: dict[str, Any], origin: str, prefix: str = "
     return typed
 
 
+def check_output_dir(cfg: Config) -> None:
+    """`trainer.output_dir` as a training writes it, checked before any data is read or
+    generated: a file there (or in its path) is refused, and so is the dataset root or one
+    of its split folders (the run's checkpoints, samples and logs never go among shards)."""
+    out = Path(cfg.trainer.output_dir)
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            where = "" if folder == out else f" ({folder} is a file)"
+            raise ConfigError(
+                f"'trainer.output_dir' is {out}{where}; expected a folder for the run "
+                "(checkpoints, metrics.jsonl, config.yaml)"
+            )
+    target, root = out.resolve(), Path(cfg.data.root)
+    data = cfg.data
+    for folder in (root, *(root / s for s in (data.train_split, data.val_split, data.test_split))):
+        inside = folder != root and folder.resolve() in target.parents
+        if target == folder.resolve() or inside:
+            raise ConfigError(
+                f"'trainer.output_dir' is {out}, in the dataset (data.root {root}): a run's "
+                "checkpoints, samples and logs never go among a dataset's splits; choose "
+                "another folder"
+            )
+
+
 def _check_config(cfg: Config) -> None:
     check_values(cfg)
     if cfg.trainer.max_epochs is None and cfg.trainer.max_steps is None:
@@ -886,6 +927,8 @@ def backbone_config(model: ModelConfig) -> Any:
     hints = typing.get_type_hints(args_cls)
     bools = {f.name for f in dataclasses.fields(args_cls) if hints[f.name] is bool}
     _strict_bools(dict(model.backbone), bools, "model.backbone.")
+    # a list given as text ("8,8"): OmegaConf's error would name neither it nor a list
+    _check_shapes(dict(model.backbone), args_cls, "model.backbone.")
     schema = _schema(args_cls)
     try:
         typed = OmegaConf.to_object(OmegaConf.merge(schema, model.backbone))
@@ -1003,8 +1046,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     merged = schema
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder; expected a YAML config file")
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+            hint = " (the config file comes first, the key=value overrides after it)"
+            raise ConfigError(f"config file not found: {path}{hint if '=' in str(path) else ''}")
         try:
             overlay = OmegaConf.load(path)
         except Exception as exc:  # YAML syntax errors come in several types

@@ -472,10 +472,14 @@ def check_output_folder(
     out: str | Path, *, overwrite: bool, protected: tuple[str | Path, ...] = ()
 ) -> Path:
     """Refuse, before anything is written, an `out` that is a file, that is or holds one of
-    `protected` (the inputs, the model folder), that lies in or holds a run's checkpoints,
-    or that is not empty without `overwrite`. First (on the main process) a replacement of
-    `out` that a crash interrupted is finished or undone, as `shard` does: the checks then
-    see `out` as it is meant to be, and no complete leftover copy stays behind silently."""
+    `protected` (the inputs, the model folder), the working folder, a dataset (a split
+    folder or a folder of them), that lies in or holds a run's checkpoints, or that is not
+    empty without `overwrite` (the last alone is what `overwrite` lifts). First (on the main
+    process) a replacement of `out` that a crash interrupted is finished or undone, as
+    `shard` does: the checks then see `out` as it is meant to be, and no complete leftover
+    copy stays behind silently."""
+    if not str(out).strip():
+        raise InputError("--out is empty: expected a folder")
     out = Path(out)
     rank = os.environ.get("RANK", "")
     if not rank.isdigit() or int(rank) == 0:  # the other ranks never write `out`
@@ -487,6 +491,20 @@ def check_output_folder(
         resolved = Path(path).resolve()
         if resolved == target or target in resolved.parents:
             raise InputError(f"--out {out} is or holds {path}, which this command reads")
+    # `out` is replaced as a whole: the working folder would be swapped away under this
+    # process (`.` stages inside itself and fails half-way) and every file in it deleted
+    here = Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise InputError(
+            f"--out {out} is the current folder or holds it; the output folder is replaced "
+            "as a whole: name a folder of its own (e.g. --out forecasts)"
+        )
+    split = _dataset_split(target)
+    if split is not None:
+        raise InputError(
+            f"--out {out} is or holds the dataset split {split}, which even --overwrite "
+            "never replaces: choose another folder"
+        )
     checkpoint = _checkpoint_folder(target)
     if checkpoint is not None:
         raise InputError(
@@ -496,6 +514,26 @@ def check_output_folder(
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise InputError(f"--out {out} is not empty; pass --overwrite to replace it")
     return out
+
+
+def _dataset_split(target: Path) -> Path | None:
+    """The dataset split folder (index.json beside its shards, no weights: a model or
+    checkpoint folder keeps its data's index.json too) that `target` is in, is, or holds as
+    a direct sub-folder (a dataset root); None when there is none."""
+
+    def is_split(folder: Path) -> bool:
+        return (
+            (folder / INDEX_FILE).is_file()
+            and not (folder / MODEL_FILE).is_file()
+            and not (folder / MANIFEST_FILE).is_file()
+        )
+
+    for folder in (target, *target.parents):
+        if is_split(folder):
+            return folder
+    if target.is_dir():
+        return next((child for child in sorted(target.iterdir()) if is_split(child)), None)
+    return None
 
 
 def _checkpoint_folder(target: Path) -> Path | None:

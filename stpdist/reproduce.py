@@ -33,8 +33,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .config import Config, load_config
+from .config import Config, check_output_dir, load_config
 from .data.format import SplitIndex
+from .errors import InputError
 
 OPENSTL_MMNIST = {  # REFERENCE.md: 200 epochs, one V100, batch 16, 10→10
     "convlstm": {"mse": 29.80, "mae": 90.64, "ssim": 0.9288, "psnr": 22.10},
@@ -109,6 +110,28 @@ def small_overrides(out: Path, digits: str | None) -> list[str]:
     return overrides
 
 
+SMALL_BACKBONE_KEYS = ("hidden_channels", "kernel_size")
+"""The backbone arguments `--small` sets: the frame-recurrent backbones' width and kernel."""
+
+
+def _check_small_fits(cfg: Config) -> None:
+    """`--small` sets backbone arguments that not every backbone takes: one that lacks them
+    is refused by name, before any work (not as an unknown key the user never wrote)."""
+    import dataclasses
+
+    from .config import _backbone_class
+
+    args = getattr(_backbone_class(cfg.model), "Args", None)
+    takes = {f.name for f in dataclasses.fields(args)} if dataclasses.is_dataclass(args) else set()
+    if not set(SMALL_BACKBONE_KEYS) <= takes:
+        raise InputError(
+            f"--small: the scaled-down recipe sets model.backbone's "
+            f"{' and '.join(SMALL_BACKBONE_KEYS)}, which {cfg.model.name!r} does not take; it "
+            "is for the frame-recurrent backbones (convlstm, predrnn, …): run this recipe "
+            "without --small, with your own overrides"
+        )
+
+
 def run_seed(
     config: str, overrides: list[str], seed: int, out: Path, resume: str | None = None
 ) -> tuple[dict[str, float], bool]:
@@ -123,6 +146,7 @@ def run_seed(
     cfg = load_config(
         config, [*overrides, f"trainer.seed={seed}", f"trainer.output_dir={out / f'seed{seed}'}"]
     )
+    check_output_dir(cfg)  # before any data is read or generated
     trainer = Trainer.from_config(cfg)
     build.ensure_dataset(cfg, trainer)  # (into an occupied folder: refused with advice)
     set_seed(seed)
@@ -256,9 +280,19 @@ def reproduce(
     from . import build
     from .data.format import read_index
 
-    name = load_config(config, overrides).model.name
+    cfg = load_config(config, overrides)
+    name = cfg.model.name
+    if digits and not small:
+        raise InputError(
+            f"--digits {digits}: only the --small recipe draws digits (the recipe's own data "
+            "is read from data.root); add --small, or leave --digits out"
+        )
+    if small:
+        _check_small_fits(cfg)
     command = command_line(config, seeds, small, out, digits, overrides or [])
     out = Path(out or f"runs/reproduce/{name}{'-small' if small else ''}")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; expected a folder for the runs and the table")
     all_overrides = [*(small_overrides(out, digits) if small else []), *(overrides or [])]
     seeded = [run_seed(config, all_overrides, seed, out, resume) for seed in range(seeds)]
     runs = [scores for scores, _ in seeded]

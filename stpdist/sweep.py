@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from . import console
-from .config import ConfigError, load_config
+from .config import ConfigError, _yaml_error, check_output_dir, load_config
 from .console import say
 from .errors import InputError
 
@@ -50,8 +50,8 @@ def read_sweep(path: str | Path) -> dict[str, Any]:
         raise InputError(f"sweep file not found: {path}")
     try:
         spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not YAML ({str(exc).splitlines()[0]})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise _yaml_error(str(path), exc) from None  # the line and column, as a config's
     if not isinstance(spec, dict):
         raise InputError(f"{path}: expected a mapping (method, metric, parameters)")
     if spec.get("method") not in ("grid", "random", "bayes"):
@@ -103,7 +103,9 @@ def check_parameters(
     config: str | Path, spec: dict[str, Any], path: str | Path, overrides: list[str]
 ) -> None:
     """Refuse, in one line naming it, a parameter that is not a config key or whose
-    values the schema rejects."""
+    values the schema rejects (the config and its overrides are checked alone first: their
+    errors are not a parameter's)."""
+    load_config(config, overrides)
     for key, param in spec["parameters"].items():
         if key in SET_BY_THE_SWEEP:
             raise InputError(f"{path}: parameter {key!r} is set by each trial, not swept")
@@ -159,6 +161,7 @@ def run_trial(
     if sweep_id != LOCAL_SWEEP:
         trial.append("logging.wandb.mode=online")  # the sweep's server reads the metric
     cfg = load_config(config, [*swept, *trial])
+    check_output_dir(cfg)  # before any data is read or generated
     say(f"sweep {sweep_id} trial {run_id}: {' '.join(swept[len(overrides) :])} in {folder}")
     trainer = Trainer.from_config(cfg)
     build.ensure_dataset(cfg, trainer)
@@ -269,6 +272,10 @@ def sweep(
                 f"--params {', '.join(unknown)}: not parameters of {sweep_path} "
                 f"({', '.join(spec['parameters'])})"
             )
+        try:  # the values given, checked as the sweep's are
+            load_config(config, [*overrides, *(override(k, v) for k, v in params.items())])
+        except ConfigError as exc:
+            raise ConfigError(f"--params: {exc}") from None
         # inside a `wandb agent` child (command: [..., --params, ${args_json}]): its ids
         sweep_id = os.environ.get("WANDB_SWEEP_ID") or LOCAL_SWEEP
         ranks = _process_state()

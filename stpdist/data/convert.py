@@ -222,6 +222,14 @@ def staged_output(
     out = Path(out)
     if out.is_symlink():  # replace the folder it points to, keep the link
         out = out.resolve()
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        # its staging folder would lie inside it (`.` has no name), and the swap would
+        # rename the working folder away from under this process
+        raise InputError(
+            f"--out {out} is the current folder or holds it; the output folder is replaced "
+            "as a whole: name a folder of its own"
+        )
     recover(out)
     _check_out(out, overwrite, sources, dataset)
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]

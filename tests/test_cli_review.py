@@ -1,0 +1,277 @@
+"""The command line flag by flag (review R20): a bad value is one line naming the flag and
+the value, exit 2, with nothing written; an output folder never replaces a dataset, the
+working folder or the config the command reads, even with --overwrite.
+
+Every run is the CLI's `main` in this process (`run_cli`); one tiny training (1 step of a
+2-channel ConvLSTM on 8×8 frames) gives predict, forecast and export a run to read."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from safetensors.torch import save_file
+
+from stpdist.config import ConfigError, load_config
+from stpdist.data.synthetic import write_moving_digits
+from stpdist.errors import InputError
+from stpdist.inference import check_output_folder
+
+TINY = """\
+trainer: {output_dir: run, max_steps: 1, max_epochs: null, progress_bar: false}
+data: {root: ds, batch_size: 2, num_input_frames: 2, num_output_frames: 2, shuffle_buffer: 2}
+logging: {num_samples: 0}
+model: {name: convlstm, backbone: {hidden_channels: [2], kernel_size: 1}, patch_size: 2}
+"""
+
+
+def error(proc) -> str:
+    """The one line a refused command prints (exit 2, no traceback, no usage block)."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def tree(folder: Path) -> dict[str, int]:
+    """Every file under `folder` with its size: what a refused command must leave as it was."""
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*")}
+
+
+def dataset(folder: Path) -> Path:
+    write_moving_digits(
+        folder,
+        {"train": 4, "val": 0, "test": 2},
+        num_frames=4,
+        image_size=8,
+        digit_size=4,
+        progress=False,
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A folder with a dataset `ds`, the config `c.yaml` and its run `run` (1 step)."""
+    folder = tmp_path_factory.mktemp("trained")
+    dataset(folder / "ds")
+    (folder / "c.yaml").write_text(TINY)
+    run_cli("train", "c.yaml", cwd=folder, check=True)
+    return folder
+
+
+# ------------------------------------------------------------------ argparse's errors
+def test_flag_errors_are_one_line_naming_flag_and_value(tmp_path):
+    line = error(run_cli("synth", "moving-digits", "--out", "s", "--workers", "0", cwd=tmp_path))
+    assert "argument --workers: '0'" in line and "`stpdist synth --help`" in line
+    line = error(run_cli("forecast", "m", "x.npy", "--out", "f", "--batch-size", "0", cwd=tmp_path))
+    assert "argument --batch-size: '0': expected a positive integer" in line
+    line = error(
+        run_cli("forecast", "m", "x.npy", "--out", "f", "--colormap", "viridus", cwd=tmp_path)
+    )
+    assert "argument --colormap: 'viridus': expected a matplotlib colormap" in line
+    line = error(run_cli("forecast", "m", "x.npy", "--out", "", cwd=tmp_path))
+    assert "argument --out: '': expected a non-empty value" in line
+    line = error(run_cli("bench", "data", "d", "--loader-workers", "0,100000", cwd=tmp_path))
+    assert "'0,100000'" in line and "each at most 1024" in line
+    assert not any(tmp_path.iterdir())
+
+
+def test_worker_counts_are_bounded_before_a_pool_forks(tmp_path):
+    """`--workers 100000` started 100000 processes at once (killed by the kernel); -1 and 0
+    passed silently as 1. The source does not exist: the flag is refused before it is read."""
+    for value in ("-1", "0", "100000"):
+        line = error(
+            run_cli("shard", "arrays", "nosuch", "--out", "o", "--workers", value, cwd=tmp_path)
+        )
+        assert f"argument --workers: '{value}': expected an integer in [1, 1024]" in line
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "flag, value, most",
+    [("--frames", "1001", 1000), ("--num-digits", "101", 100), ("--size", "4097", 4096)],
+)
+def test_synth_flags_have_the_bounds_of_data_synthesize(tmp_path, flag, value, most):
+    args = ["synth", "moving-digits", "--out", "s", "--train", "1", "--val", "0", "--test", "0"]
+    size = [] if flag == "--size" else ["--size", "8"]
+    line = error(
+        run_cli(*args, *size, "--digit-size", "4", "--workers", "1", flag, value, cwd=tmp_path)
+    )
+    assert f"{flag} {value}: expected at most {most}" in line
+    assert not (tmp_path / "s").exists()
+
+
+# ------------------------------------------------------------------ output folders
+def test_an_output_folder_is_never_a_dataset_or_the_working_folder(tmp_path, monkeypatch):
+    """forecast/export/predict/import replace --out as a whole: with --overwrite a dataset
+    root or split was deleted, and `--out .` staged inside itself and failed half-way."""
+    ds = dataset(tmp_path / "ds")
+    for out in (ds, ds / "test", ds / "test" / "deeper"):
+        with pytest.raises(InputError, match="dataset split .*even --overwrite"):
+            check_output_folder(out, overwrite=True)
+    work = tmp_path / "work" / "inner"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    for out in (".", "..", str(work)):
+        with pytest.raises(InputError, match="is the current folder or holds it"):
+            check_output_folder(out, overwrite=True)
+    # a model folder keeps its data's index.json: replacing it is an ordinary --overwrite
+    model = tmp_path / "model"
+    model.mkdir()
+    save_file({"w": torch.zeros(1)}, str(model / "model.safetensors"))
+    (model / "index.json").write_text("{}")
+    assert check_output_folder(model, overwrite=True) == model
+
+
+def test_synth_and_shard_into_the_working_folder_are_refused_before_any_work(tmp_path):
+    """`synth --out .` generated the data, then refused its own staging folder (`.` has
+    no name, so it was staged inside the output); `shard` alike."""
+    work = tmp_path / "work"
+    work.mkdir()
+    np.save(tmp_path / "seq.npy", np.zeros((4, 8, 8), np.uint8))
+    for command in (
+        ["synth", "moving-digits", "--train", "2", "--val", "1", "--test", "1", "--frames",
+         "2", "--size", "8", "--digit-size", "4", "--out", "."],
+        ["shard", "arrays", str(tmp_path / "seq.npy"), "--out", "."],
+    ):  # fmt: skip
+        line = error(run_cli(*command, cwd=work))
+        assert "is the current folder or holds it" in line, line
+        assert not any(work.iterdir())
+
+
+def test_export_and_forecast_keep_a_dataset_even_with_overwrite(trained, tmp_path):
+    """Before: `export run --out ds --overwrite` and `forecast … --out ds --overwrite`
+    replaced the whole dataset with a model folder or forecasts."""
+    ds = trained / "ds"
+    before = tree(ds)
+    line = error(run_cli("export", "run", "--out", "ds", "--overwrite", cwd=trained))
+    assert "--out ds is or holds the dataset split" in line
+    np.save(tmp_path / "in.npy", np.zeros((1, 2, 1, 8, 8), np.uint8))
+    inputs = str(tmp_path / "in.npy")
+    proc = run_cli("forecast", "run", inputs, "--out", "ds/test", "--overwrite", cwd=trained)
+    assert "--out ds/test is or holds the dataset split" in error(proc)
+    assert tree(ds) == before
+
+
+def test_predict_never_replaces_the_folder_holding_its_config(trained):
+    conf = trained / "conf"
+    conf.mkdir()
+    (conf / "c.yaml").write_text(TINY)
+    line = error(run_cli("predict", "conf/c.yaml", "--out", "conf", "--overwrite", cwd=trained))
+    assert "--out conf is or holds conf/c.yaml, which this command reads" in line
+    assert sorted(p.name for p in conf.iterdir()) == ["c.yaml"]
+
+
+def test_train_output_dir_is_checked_before_any_data_work(tmp_path):
+    """Before: a file as output_dir failed after the data were read (exit 1, 'FileExistsError'),
+    and the dataset root or a split folder took the run's checkpoints and logs."""
+    ds = dataset(tmp_path / "ds")
+    (tmp_path / "c.yaml").write_text(TINY)
+    before = tree(ds)
+    line = error(run_cli("train", "c.yaml", "trainer.output_dir=c.yaml", cwd=tmp_path))
+    assert line == (
+        "stpdist: config error: 'trainer.output_dir' is c.yaml; expected a folder for the run "
+        "(checkpoints, metrics.jsonl, config.yaml)"
+    )
+    for out in ("ds", "ds/train", "ds/test/x"):
+        line = error(run_cli("train", "c.yaml", f"trainer.output_dir={out}", cwd=tmp_path))
+        assert f"'trainer.output_dir' is {out}, in the dataset (data.root ds)" in line
+    line = error(run_cli("train", "c.yaml", "--resume", "nothere", cwd=tmp_path))
+    assert "--resume nothere: no such checkpoint folder" in line
+    assert tree(ds) == before and not (tmp_path / "run").exists()
+
+
+def test_train_synthesize_without_its_section_says_so(tmp_path):
+    (tmp_path / "c.yaml").write_text(TINY)
+    line = error(run_cli("train", "c.yaml", "--synthesize", cwd=tmp_path))
+    assert "--synthesize generates with the settings of 'data.synthesize'" in line
+
+
+def test_inspect_never_renders_into_a_split_folder(tmp_path):
+    """`inspect ds --out ds` wrote its PNGs into ds/train, ds/test (out/<split>)."""
+    ds = dataset(tmp_path / "ds")
+    before = tree(ds)
+    line = error(run_cli("inspect", "ds", "--out", "ds", cwd=tmp_path))
+    assert "the pictures would go inside the split folder ds/t" in line
+    assert tree(ds) == before
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"")
+    (model / "index.json").write_text((ds / "test" / "index.json").read_text())
+    assert "m: a model folder (model.safetensors), not a dataset" in error(
+        run_cli("inspect", "m", cwd=tmp_path)
+    )
+
+
+# ------------------------------------------------------------------ config and splits
+def test_split_names_are_names_not_paths(tmp_path):
+    """`--split ../ds/train` wrote run/metrics_../ds/train.json (folders made on the way)."""
+    (tmp_path / "c.yaml").write_text(TINY)
+    line = error(run_cli("validate", "c.yaml", "--split", "../ds/train", cwd=tmp_path))
+    assert "argument --split: '../ds/train': expected a split name" in line
+    line = error(run_cli("predict", "c.yaml", "--split", "", cwd=tmp_path))
+    assert "argument --split: '': expected a split name" in line
+    for key in ("train_split", "val_split", "test_split"):
+        with pytest.raises(ConfigError, match=f"'data.{key}' is '../x'; expected a split name"):
+            load_config(tmp_path / "c.yaml", [f"data.{key}=../x"])
+    assert not any(p.name != "c.yaml" for p in tmp_path.iterdir())
+
+
+def test_config_path_and_list_errors_say_what_is_wrong(tmp_path):
+    (tmp_path / "folder.yaml").mkdir()
+    with pytest.raises(ConfigError, match="folder.yaml is a folder; expected a YAML config file"):
+        load_config(tmp_path / "folder.yaml")
+    with pytest.raises(ConfigError, match=r"the config file comes first, the key=value overrides"):
+        load_config("trainer.max_steps=3")
+    message = "'model.backbone.hidden_channels' is \"8,8\"; expected a list"
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["model.backbone.hidden_channels=8,8"])
+
+
+# ------------------------------------------------------------------ reproduce and sweep
+def test_reproduce_refuses_flags_it_would_ignore_or_misapply(tmp_path):
+    (tmp_path / "c.yaml").write_text(TINY)
+    line = error(run_cli("reproduce", "c.yaml", "--digits", "d.gz", cwd=tmp_path))
+    assert "--digits d.gz: only the --small recipe draws digits" in line
+    line = error(run_cli("reproduce", "c.yaml", "--out", "c.yaml", cwd=tmp_path))
+    assert (
+        line
+        == "stpdist: error: --out c.yaml is a file; expected a folder for the runs and the table"
+    )
+    simvp = str(Path(__file__).parent.parent / "configs" / "mmnist" / "simvp.yaml")
+    line = error(run_cli("reproduce", simvp, "--small", "--out", "r", cwd=tmp_path))
+    assert "--small: the scaled-down recipe sets model.backbone's hidden_channels" in line
+    assert "'simvp' does not take" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def test_sweep_errors_name_their_origin(tmp_path):
+    (tmp_path / "c.yaml").write_text(TINY)
+    (tmp_path / "bad.yaml").write_text("method: grid\nmetric: {name: val/mse\n")
+    line = error(run_cli("sweep", "c.yaml", "bad.yaml", cwd=tmp_path))
+    assert "bad.yaml: not valid YAML (line 3, column 1)" in line
+    (tmp_path / "s.yaml").write_text(
+        "method: grid\nmetric: {name: val/mse}\nparameters:\n  model.optimizer.lr: {values: [0.001]}\n"
+    )
+    line = error(
+        run_cli("sweep", "c.yaml", "s.yaml", "trainer.max_stepz=1", "--params", "{}", cwd=tmp_path)
+    )
+    assert line.startswith("stpdist: config error: override 'trainer.max_stepz=1': unknown key"), (
+        line
+    )
+    params = '{"model.optimizer.lr": -1}'
+    line = error(run_cli("sweep", "c.yaml", "s.yaml", "--params", params, cwd=tmp_path))
+    assert line.startswith("stpdist: config error: --params: 'model.optimizer.lr' is -1.0"), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "c.yaml", "s.yaml"]
+
+
+def test_bench_compile_backend_is_checked_before_timing(tmp_path):
+    args = ["bench", "model", "convlstm", "--shape", "1x2x1x8x8", "--compile"]
+    line = error(run_cli(*args, "--compile-backend", "nosuch", cwd=tmp_path))
+    assert "--compile-backend nosuch: not a torch.compile backend; expected one of" in line
+    assert "inductor" in line and os.listdir(tmp_path) == []
