@@ -36,6 +36,9 @@ def ensure_dataset(cfg: Config, trainer: Trainer, *, synthesize: bool = False) -
     root, synth = Path(cfg.data.root), cfg.data.synthesize
     on_the_fly = cfg.data.train_source == "moving_digits"  # no train shards: val is needed
     needed = cfg.data.val_split if on_the_fly else cfg.data.train_split
+    generates = synth is not None and (synthesize or (synth.root and Path(synth.root) == root))
+    if generates and not (split_dir(cfg, needed) / INDEX_FILE).is_file():
+        _check_root_before_generating(root)  # on every rank: the others wait for no main
     with trainer.main_process_first():
         if not (split_dir(cfg, needed) / INDEX_FILE).is_file():
             recover(root)  # a `shard` that crashed while it replaced the dataset
@@ -63,6 +66,19 @@ def ensure_dataset(cfg: Config, trainer: Trainer, *, synthesize: bool = False) -
                     **_synth_settings(cfg),
                     workers=2,
                 )
+
+
+def _check_root_before_generating(root: Path) -> None:
+    """`data.root` that is the working folder or holds it, refused by its key before any
+    digit is drawn: the dataset is written beside it and swapped in as a whole, which would
+    move the working folder away (`shard` says the same of its `--out`)."""
+    here = Path.cwd().resolve()
+    if root.resolve() == here or root.resolve() in here.parents:
+        raise ConfigError(
+            f"'data.root' is {root}, the current folder or one holding it; synthetic digits "
+            "are generated into a folder of their own, swapped in as a whole: point data.root "
+            "(and data.synthesize.root) to another folder"
+        )
 
 
 def _check_model_before_generating(cfg: Config) -> None:

@@ -87,6 +87,10 @@ def _check_resume_flag(resume: str | None) -> None:
     if not resume.strip():
         raise InputError(f"--resume is empty: {expected}")
     if not Path(resume).exists():
+        if resume in ("last", "latest"):  # as `--ckpt` takes it
+            expected = (
+                "to go on from the newest checkpoint, --resume auto; else a checkpoint folder"
+            )
         raise InputError(f"--resume {resume}: no such checkpoint folder; {expected}")
 
 
@@ -1497,16 +1501,31 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _command_parser(p: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
+    """The parser of the (sub-)command `args` were parsed for (`stpdist shard arrays`'s for
+    `shard arrays`), whose `--help` lists the options that command takes."""
+    found = True
+    while found:
+        found = False
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(args, action.dest, None))
+                if chosen is not None:
+                    p, found = chosen, True
+                    break
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args, extra = p.parse_known_args(argv)
     # overrides may also stand after options (`train cfg --resume auto a.b=1`)
     unknown = [item for item in extra if "=" not in item or item.startswith("-")]
-    if unknown:
-        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:  # said by the command's parser: its --help lists the options it takes
+        _command_parser(p, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         if not hasattr(args, "overrides"):
-            p.error(f"{args.command} takes no overrides: {' '.join(extra)}")
+            _command_parser(p, args).error(f"takes no key=value overrides: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     from .runlock import RunLockedError
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional  # noqa: UP035 - OmegaConf reads these
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import InputError
@@ -553,12 +553,16 @@ def _check_shapes(values: dict, cls: type, prefix: str = "") -> None:
             continue
         (hint, optional), key = spec, f"{prefix}{name}"
         if dataclasses.is_dataclass(hint):
-            if isinstance(value, dict):
-                _check_shapes(value, hint, f"{key}.")
+            if isinstance(value, dict | DictConfig):
+                _check_shapes(dict(value), hint, f"{key}.")
                 continue
             expected = f"a mapping of {hint.__name__}'s keys ({', '.join(_fields(hint))})"
         elif typing.get_origin(hint) in (dict, list):
-            if isinstance(value, typing.get_origin(hint)):
+            # from Python, a tuple is a list and OmegaConf's own containers are what they hold
+            kinds = (
+                (dict, DictConfig) if typing.get_origin(hint) is dict else (list, tuple, ListConfig)
+            )
+            if isinstance(value, kinds):
                 continue
             expected = "a mapping" if typing.get_origin(hint) is dict else "a list"
         else:

@@ -15,6 +15,7 @@ Legend: N samples, T time, C channels, H×W frame size.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -523,7 +524,7 @@ def _dataset_split(target: Path) -> Path | None:
 
     def is_split(folder: Path) -> bool:
         return (
-            (folder / INDEX_FILE).is_file()
+            _holds_split_index(folder)
             and not (folder / MODEL_FILE).is_file()
             and not (folder / MANIFEST_FILE).is_file()
         )
@@ -534,6 +535,23 @@ def _dataset_split(target: Path) -> Path | None:
     if target.is_dir():
         return next((child for child in sorted(target.iterdir()) if is_split(child)), None)
     return None
+
+
+def _holds_split_index(folder: Path) -> bool:
+    """Whether `folder` holds a shard split's index.json (a JSON object with its `split`
+    and `shards`, or any index.json beside .tar shards: a damaged split is still one): an
+    index.json of anything else (a web project's, a notebook's) in a folder above `--out`
+    does not make that folder a dataset."""
+    path = folder / INDEX_FILE
+    if not path.is_file():
+        return False
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        index = None
+    if isinstance(index, dict) and "split" in index and "shards" in index:
+        return True
+    return any(folder.glob("*.tar"))
 
 
 def _checkpoint_folder(target: Path) -> Path | None:
