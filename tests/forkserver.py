@@ -19,7 +19,7 @@ What it serves, and only when the process would otherwise be the same: this inte
 command (`stpdist` or `python -m stpdist`) with a command that imports torch; and the
 same interpreter flags, and the same value of every environment variable the warm-up
 imports read (OMP_NUM_THREADS, HF_HOME, TORCH_*, ...: some are read once at import) but a
-few that are read again or only shape a default (PATH, HOME, TMPDIR, PYTHONUNBUFFERED,
+few that are read again or only shape a default (PATH, HOME, PYTHONUNBUFFERED,
 PYTHONDONTWRITEBYTECODE). Anything else, or `STPDIST_TEST_FORK_SERVER` unset in the
 process' environment, starts as a fresh interpreter (tests that look at a process' tree,
 or kill a run from outside with SIGKILL and start the next at once, unset it).
@@ -51,9 +51,6 @@ IGNORED = frozenset(
     {
         "PATH",  # read by tqdm at import for its defaults; programs look it up again
         "HOME",
-        "TMPDIR",  # tempfile's cached folder is cleared in the child
-        "TMP",
-        "TEMP",
         "PYTHONUNBUFFERED",  # applied to sys.stdout/sys.stderr in the child
         "PYTHONDONTWRITEBYTECODE",  # applied to sys.dont_write_bytecode
         "PWD",
@@ -131,8 +128,9 @@ def _flags() -> list:
             name not in FLAGS and not callable(getattr(sys.flags, name))]  # fmt: skip
 
 
-def servable(argv: list[str]) -> str | None:
-    """Why `argv` (sys.orig_argv after the interpreter) is not served; None when it is."""
+def servable(argv: list[str], cwd: str) -> str | None:
+    """Why `argv` (sys.orig_argv after the interpreter), run in `cwd`, is not served; None
+    when it is."""
     if not argv:
         return "no program"
     tests = os.path.dirname(os.path.abspath(__file__))
@@ -143,7 +141,9 @@ def servable(argv: list[str]) -> str | None:
     elif argv[0].startswith("-"):
         return f"interpreter option {argv[0]}"
     else:
-        script = os.path.abspath(argv[0])
+        script = os.path.normpath(os.path.join(cwd, argv[0]))  # the client's folder's
+        if not os.path.isfile(script):
+            return "no such script"  # `python` says so itself (status 2)
         if os.path.dirname(script) == tests:
             return None
         if os.path.basename(script) != "stpdist" or os.path.dirname(script) != os.path.dirname(
@@ -169,7 +169,7 @@ def _process() -> dict:
 def _refusal(request: dict, environment: dict[str, str | None], set_: dict[str, str]) -> str | None:
     if request["executable"] != sys.executable:
         return "another interpreter"
-    why = servable(request["argv"])
+    why = servable(request["argv"], request["cwd"])
     if why:
         return why
     if request["flags"] != _flags() or request["warnoptions"] != sys.warnoptions:
@@ -211,6 +211,7 @@ def _become(request: dict, fds: list[int], set_: dict[str, str]) -> None:
     """In the forked child: the client's process, running its program. Never returns; the
     program's SystemExit or uncaught exception ends the interpreter as it would a fresh
     one (traceback and status 1)."""
+    import io
     import runpy
     import tempfile
 
@@ -228,9 +229,17 @@ def _become(request: dict, fds: list[int], set_: dict[str, str]) -> None:
         os.environ.setdefault(key, value)
     tempfile.tempdir = None  # found again from this environment
     sys.dont_write_bytecode = bool(request["dont_write_bytecode"])
-    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
-    sys.stdout.reconfigure(write_through=unbuffered)
-    sys.stderr.reconfigure(write_through=True)
+    if os.environ.get("PYTHONUNBUFFERED"):  # as `python -u`: no buffer under the text
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            old = getattr(sys, name)
+            raw = io.FileIO(fd, "w", closefd=False)
+            raw.name = f"<{name}>"
+            new = io.TextIOWrapper(raw, old.encoding, old.errors, write_through=True)
+            setattr(sys, name, new)
+            setattr(sys, f"__{name}__", new)
+    else:
+        sys.stdout.reconfigure(line_buffering=os.isatty(1))
+        sys.stderr.reconfigure(write_through=True)
     import numpy as np
     import torch
 

@@ -42,6 +42,11 @@ def _served() -> None:
     import socket
     import struct
 
+    try:  # a closed standard stream: the socket below would take its number
+        for fd in (0, 1, 2):
+            os.fstat(fd)
+    except OSError:
+        return
     argv = sys.orig_argv[1:]
     request = {
         "executable": sys.executable,
@@ -80,9 +85,13 @@ def _served() -> None:
     for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGQUIT"):
         signal.signal(getattr(signal, name), forward)
     line = reader.readline().decode().split()
-    code = int(line[1]) if len(line) == 2 and line[0] == "exit" else 1
+    if len(line) != 2 or line[0] != "exit":  # the server went away: so does the program
+        forward(signal.SIGKILL, None)
+        os._exit(1)
+    code = int(line[1])
     if code < 0:  # killed by a signal: so is this process
-        signal.signal(-code, signal.SIG_DFL)
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):  # those have no handler to set
+            signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
         code = 128 - code
     os._exit(code)
