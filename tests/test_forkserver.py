@@ -70,10 +70,11 @@ def test_a_closed_standard_input_stays_closed():
 def test_the_temporary_folder_is_the_programs(tmp_path):
     """torch derives its inductor cache folder from TMPDIR at import: a program with
     another TMPDIR gets the folder a fresh import would give it."""
+    env = _env(TMPDIR=str(tmp_path))
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)  # set by this worker's own torch._dynamo import
     proc = subprocess.run(
-        [sys.executable, SCRIPT, "tmpdir"],
-        env=_env(TMPDIR=str(tmp_path)), stdout=subprocess.PIPE, text=True, timeout=60,
-    )  # fmt: skip
+        [sys.executable, SCRIPT, "tmpdir"], env=env, stdout=subprocess.PIPE, text=True, timeout=60
+    )
     assert proc.returncode == 0
     assert proc.stdout.startswith(str(tmp_path / "torchinductor_")), proc.stdout
 
