@@ -44,6 +44,8 @@ import socket
 import struct
 import sys
 
+from ranks import run_program  # this folder is first on sys.path: a script's
+
 STDIO = 3
 """File descriptors a client passes: its standard input, output and error."""
 
@@ -212,7 +214,6 @@ def _become(request: dict, fds: list[int], set_: dict[str, str]) -> None:
     program's SystemExit or uncaught exception ends the interpreter as it would a fresh
     one (traceback and status 1)."""
     import io
-    import runpy
     import tempfile
 
     for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGQUIT", "SIGCHLD"):
@@ -240,23 +241,8 @@ def _become(request: dict, fds: list[int], set_: dict[str, str]) -> None:
     else:
         sys.stdout.reconfigure(line_buffering=os.isatty(1))
         sys.stderr.reconfigure(write_through=True)
-    import numpy as np
-    import torch
-
-    np.random.seed()
-    torch.seed()
-    argv = request["argv"]
-    sys.orig_argv = [sys.executable, *argv]
-    if argv[0] == "-m":
-        sys.argv = [argv[1], *argv[2:]]
-        sys.path[0] = os.getcwd()  # `python -m`: the working directory first
-        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
-    else:
-        script = os.path.abspath(argv[0])
-        sys.argv = list(argv)
-        sys.path[0] = os.path.dirname(script)  # `python SCRIPT`: the script's folder first
-        runpy.run_path(script, run_name="__main__")
-    sys.exit(0)
+    sys.orig_argv = [sys.executable, *request["argv"]]
+    run_program(request["argv"])  # exits
 
 
 def _send(conn: socket.socket, line: str) -> None:

@@ -113,6 +113,13 @@ def _become(args: list[str], env: dict[str, str], launcher: int) -> None:
         os._exit(128 + signal.SIGKILL)
     os.environ.clear()
     os.environ.update(env)
+    run_program(args)
+
+
+def run_program(args: list[str]) -> None:
+    """In a forked child: the default generators reseeded from the OS, then `python ARGS`'s
+    program (a script or `-m MODULE`) run in this process, as the interpreter would run it.
+    Exits 0 when it returns (tests/forkserver.py runs its programs with it too)."""
     import numpy as np
     import torch
 
