@@ -21,7 +21,8 @@ same interpreter flags, and the same value of every environment variable the war
 imports read (OMP_NUM_THREADS, HF_HOME, TORCH_*, ...: some are read once at import) but a
 few that are read again or only shape a default (PATH, HOME, PYTHONUNBUFFERED,
 PYTHONDONTWRITEBYTECODE). Anything else, or `STPDIST_TEST_FORK_SERVER` unset in the
-process' environment, starts as a fresh interpreter (tests that look at a process' tree,
+process' environment, or a process started by torchrun, `accelerate launch` or SLURM,
+starts as a fresh interpreter (tests that look at a process' tree,
 or kill a run from outside with SIGKILL and start the next at once, unset it).
 
 A served program runs as `python PROGRAM` would: in a process of its own (a session of
@@ -64,6 +65,11 @@ IGNORED = frozenset(
     }
 )
 """Variables read by the warm-up imports whose value may differ in a served process."""
+
+LAUNCHED = frozenset({"TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_STEP_ID"})
+"""Variables torchrun (and `accelerate launch`, which also sets ACCELERATE_*) and SLURM give
+the processes they start: those stay fresh, as tests/ranks.py's docstring promises the
+tests of launching (a hash seed of their own, imports in the program's order)."""
 
 AT_START = ("PYTHON", "LD_", "OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "MALLOC_", "LC_", "LANG")
 """Prefixes of variables the interpreter or a C library reads when it starts: they must
@@ -174,6 +180,9 @@ def _refusal(request: dict, environment: dict[str, str | None], set_: dict[str, 
     why = servable(request["argv"], request["cwd"])
     if why:
         return why
+    launched = sorted(k for k in request["env"] if k in LAUNCHED or k.startswith("ACCELERATE_"))
+    if launched:  # the tests of launching mean a launcher's own fresh processes
+        return f"started by a launcher ({launched[0]})"
     if request["flags"] != _flags() or request["warnoptions"] != sys.warnoptions:
         return "other interpreter flags"
     if request["xoptions"] != sys._xoptions:

@@ -142,6 +142,25 @@ def test_a_relative_script_is_found_from_the_programs_folder(tmp_path):
     assert proc.stdout == "False\n"  # fresh: nothing imported torch
 
 
+def test_processes_a_launcher_starts_stay_fresh():
+    """torchrun's, `accelerate launch`'s and SLURM's processes run fresh: the tests of
+    launching mean the launcher's own processes (tests/ranks.py's docstring)."""
+    seen = {}
+    for marker in (None, "TORCHELASTIC_RUN_ID", "ACCELERATE_USE_CPU", "SLURM_JOB_ID"):
+        extra = {marker: "1"} if marker else {}
+        proc = subprocess.run(
+            [sys.executable, SCRIPT, "who"],
+            env=_env(**extra), stdout=subprocess.PIPE, text=True, timeout=60,
+        )  # fmt: skip
+        seen[marker] = proc.stdout.strip()
+    assert seen == {
+        None: "served",
+        "TORCHELASTIC_RUN_ID": "fresh",
+        "ACCELERATE_USE_CPU": "fresh",
+        "SLURM_JOB_ID": "fresh",
+    }
+
+
 def _main(mode: str, *args: str) -> None:
     served = "served" if "torch" in sys.modules else "fresh"
     if mode == "stream":
@@ -153,6 +172,8 @@ def _main(mode: str, *args: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif mode == "stdin":
         print(sys.stdin, served)
+    elif mode == "who":
+        print(served)
     elif mode == "tmpdir":
         import torch._dynamo  # noqa: F401
 
