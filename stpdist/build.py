@@ -14,7 +14,7 @@ from .data.convert import generation_advice, occupied_advice
 from .data.format import INDEX_FILE, SplitIndex, read_climatology, read_index, variable_names
 from .data.normalize import Normalizer
 from .data.onthefly import MovingDigitsTrainSource
-from .data.staging import recover
+from .data.staging import holds_working_folder, recover
 from .data.stream import ShardEvalStream, ShardTrainStream
 from .data.synthetic import synthesized_differently, write_moving_digits
 from .errors import InputError, MissingInput
@@ -72,8 +72,7 @@ def _check_root_before_generating(root: Path) -> None:
     """`data.root` that is the working folder or holds it, refused by its key before any
     digit is drawn: the dataset is written beside it and swapped in as a whole, which would
     move the working folder away (`shard` says the same of its `--out`)."""
-    here = Path.cwd().resolve()
-    if root.resolve() == here or root.resolve() in here.parents:
+    if holds_working_folder(root):
         raise ConfigError(
             f"'data.root' is {root}, the current folder or one holding it; synthetic digits "
             "are generated into a folder of their own, swapped in as a whole: point data.root "

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import Config, ConfigError, check_output_dir, load_config
+from .config import MOST_WORKERS, Config, ConfigError, check_output_dir, load_config
 from .errors import InputError, MissingInput
 
 
@@ -1050,9 +1050,6 @@ def _int_at_least(low: int, high: int | None = None) -> Any:
 
 
 _positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
-MOST_WORKERS = 1024
-"""Worker processes: `trainer.num_workers`'s bound. A pool starts all its processes at
-once: a typo of 100000 would fork until the machine runs out of memory."""
 _worker_count = _int_at_least(1, MOST_WORKERS)
 
 

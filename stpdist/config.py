@@ -42,6 +42,9 @@ MOST_ITEMS = 2**20
 """Samples in a batch or a shuffle buffer, sequences to synthesise: beyond it, a typo."""
 MOST_DIGITS = 100
 """Digits moving in one synthetic sequence."""
+MOST_WORKERS = 1024
+"""Worker processes (loader, conversion): a pool starts all of its at once, so a typo of
+100000 would fork until the machine runs out of memory."""
 
 
 def _positive(value: Any) -> str | None:
@@ -211,7 +214,7 @@ class TrainerConfig:
     """Validate at the end of every N epochs (0: never at epoch ends)."""
     val_every_n_steps: Optional[int] = checked(None, _positive)
     """Also validate every N optimizer steps."""
-    num_workers: Optional[int] = checked(None, _between(0, 1024))
+    num_workers: Optional[int] = checked(None, _between(0, MOST_WORKERS))
     """Data-loading worker processes per rank (None: the data's own, a DataLoader's
     `num_workers`; none for the shard streams and on-the-fly digits)."""
     num_threads: Optional[int] = checked(None, _between(1, 4096))

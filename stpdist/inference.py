@@ -42,6 +42,7 @@ from .checkpoint import (
 from .config import CheckpointConfig, Config, load_config
 from .console import log, say
 from .data.format import INDEX_FILE, SplitIndex, read_index
+from .data.staging import holds_working_folder
 from .ema import has_average, load_eval_weights
 from .errors import InputError, MissingInput
 from .module import EnhancedModule
@@ -492,10 +493,7 @@ def check_output_folder(
         resolved = Path(path).resolve()
         if resolved == target or target in resolved.parents:
             raise InputError(f"--out {out} is or holds {path}, which this command reads")
-    # `out` is replaced as a whole: the working folder would be swapped away under this
-    # process (`.` stages inside itself and fails half-way) and every file in it deleted
-    here = Path.cwd().resolve()
-    if target == here or target in here.parents:
+    if holds_working_folder(out):  # replaced as a whole: every file in it deleted
         raise InputError(
             f"--out {out} is the current folder or holds it; the output folder is replaced "
             "as a whole: name a folder of its own (e.g. --out forecasts)"
@@ -522,19 +520,22 @@ def _dataset_split(target: Path) -> Path | None:
     checkpoint folder keeps its data's index.json too) that `target` is in, is, or holds as
     a direct sub-folder (a dataset root); None when there is none."""
 
-    def is_split(folder: Path) -> bool:
-        return (
-            _holds_split_index(folder)
-            and not (folder / MODEL_FILE).is_file()
-            and not (folder / MANIFEST_FILE).is_file()
-        )
-
     for folder in (target, *target.parents):
-        if is_split(folder):
+        if is_split_folder(folder):
             return folder
     if target.is_dir():
-        return next((child for child in sorted(target.iterdir()) if is_split(child)), None)
+        return next((c for c in sorted(target.iterdir()) if is_split_folder(c)), None)
     return None
+
+
+def is_split_folder(folder: Path) -> bool:
+    """Whether `folder` is a dataset split: its index.json beside its shards, and no
+    weights (a model or checkpoint folder keeps its data's index.json too)."""
+    return (
+        _holds_split_index(folder)
+        and not (folder / MODEL_FILE).is_file()
+        and not (folder / MANIFEST_FILE).is_file()
+    )
 
 
 def _holds_split_index(folder: Path) -> bool:

@@ -52,7 +52,7 @@ from .format import (
     read_index,
     require_file,
 )
-from .staging import leftover, recover
+from .staging import holds_working_folder, leftover, recover
 
 Sample = tuple[str, np.ndarray, dict[str, Any]]
 log = logging.getLogger("stpdist")  # warnings: stderr, never stdout (stdout is for results)
@@ -222,10 +222,7 @@ def staged_output(
     out = Path(out)
     if out.is_symlink():  # replace the folder it points to, keep the link
         out = out.resolve()
-    here = Path.cwd().resolve()
-    if out.resolve() == here or out.resolve() in here.parents:
-        # its staging folder would lie inside it (`.` has no name), and the swap would
-        # rename the working folder away from under this process
+    if holds_working_folder(out):
         raise InputError(
             f"--out {out} is the current folder or holds it; the output folder is replaced "
             "as a whole: name a folder of its own"

@@ -38,6 +38,14 @@ log = logging.getLogger("stpdist")
 KINDS = ("staging", "ready", "old")
 
 
+def holds_working_folder(out: str | Path) -> bool:
+    """Whether `out` is the working folder or one holding it. Such a folder cannot be
+    replaced this way: the swap would move the working folder away from under the process
+    (and `.` has no name, so its staging folder would lie inside it)."""
+    target, here = Path(out).resolve(), Path.cwd().resolve()
+    return target == here or target in here.parents
+
+
 def _host() -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
 
