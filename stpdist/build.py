@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import linecache
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import plugins
 from .checkpoint import MODEL_FILE, CheckpointManager, describing_config
 from .config import Config, ConfigError
-from .console import log, say
+from .console import log, quiet, say, warn_main
 from .data.convert import generation_advice, occupied_advice
 from .data.format import INDEX_FILE, SplitIndex, read_climatology, read_index, variable_names
 from .data.normalize import Normalizer
@@ -32,17 +36,30 @@ def split_dir(cfg: Config, split: str) -> Path:
 def ensure_dataset(cfg: Config, trainer: Trainer, *, synthesize: bool = False) -> None:
     """Make sure `data.root` holds a dataset: generate synthetic moving digits into it (on
     the main process, the others waiting) when `data.synthesize` is for this root or
-    `synthesize` is asked for; otherwise a missing dataset is an error saying what to do."""
+    `synthesize` is asked for; otherwise a missing dataset is an error saying what to do.
+    Two runs started at once on one absent `data.root` generate it once: the main process
+    generates under a lock beside the root (`generation_lock`), and a run that waited for
+    it trains on what the other generated."""
     root, synth = Path(cfg.data.root), cfg.data.synthesize
     on_the_fly = cfg.data.train_source == "moving_digits"  # no train shards: val is needed
     needed = cfg.data.val_split if on_the_fly else cfg.data.train_split
+    index = split_dir(cfg, needed) / INDEX_FILE
     generates = synth is not None and (synthesize or (synth.root and Path(synth.root) == root))
-    if generates and not (split_dir(cfg, needed) / INDEX_FILE).is_file():
-        _check_root_before_generating(root)  # on every rank: the others wait for no main
-    with trainer.main_process_first():
-        if not (split_dir(cfg, needed) / INDEX_FILE).is_file():
+    if generates and not index.is_file():  # on every rank: the others wait for no main
+        _check_root_before_generating(root)
+        _check_model_before_generating(cfg)  # a refusal said by the main rank (as a config
+        # error is), not one rank's error and another's "a rank stopped" from its barrier
+    # the main process generates under a lock: taken before `recover`, which would find a
+    # generating run's staging folder; the other ranks wait for the main one
+    lock = trainer.is_main and generates and not index.is_file()
+    with trainer.main_process_first(), generation_lock(root) if lock else contextlib.nullcontext():
+        if lock and index.is_file():  # another run wrote it while this one waited for the lock
+            say(f"using the dataset that another process wrote into {root} meanwhile")
+            _warn_if_synthesized_differently(cfg, root, on_the_fly, meanwhile=True)
+            return
+        if not index.is_file():
             recover(root)  # a `shard` that crashed while it replaced the dataset
-        if (split_dir(cfg, needed) / INDEX_FILE).is_file():
+        if index.is_file():
             if trainer.is_main and synth is not None and synth.root is not None:
                 _warn_if_synthesized_differently(cfg, root, on_the_fly)
             return
@@ -56,7 +73,6 @@ def ensure_dataset(cfg: Config, trainer: Trainer, *, synthesize: bool = False) -
                 f"--synthesize to generate synthetic digits into {root}, or {convert} "
                 "and set data.synthesize=null"
             )
-        _check_model_before_generating(cfg)
         if trainer.is_main:
             say(f"generating synthetic moving digits into {root}")
             with occupied_advice(generation_advice(root)):  # train has no --overwrite
@@ -66,6 +82,74 @@ def ensure_dataset(cfg: Config, trainer: Trainer, *, synthesize: bool = False) -
                     **_synth_settings(cfg),
                     workers=2,
                 )
+
+
+def generation_lock_file(root: Path) -> Path:
+    """The lock that serialises generation into `root`: beside it, never inside the
+    dataset (which is swapped in as a whole)."""
+    return root.parent / f".{root.name}.lock"
+
+
+@contextlib.contextmanager
+def generation_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive `fcntl.flock` on `generation_lock_file(root)` for the block,
+    waiting (with a line saying so) while another process holds it. The file is deleted
+    on release; a waiter that then locked the deleted file tries again, so that two
+    processes never hold the lock at once. Where the lock cannot be taken (a filesystem
+    without flock, a folder this process cannot write) the block runs unlocked, as it did
+    before the lock: generation then says its own error, if any."""
+    path = generation_lock_file(Path(root))
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    fd = None
+    try:
+        fd = _lock(path, Path(root))
+        yield
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # held: no other process is between its open and its lock
+            os.close(fd)  # releases the lock
+        for folder in made:  # made for the lock (innermost first), if nothing else is there
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _lock(path: Path, root: Path) -> int | None:
+    """An open descriptor of `path` holding its flock, or None where none can be taken."""
+    said = False
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only folder: generation says it, naming the root
+            log.debug("no generation lock %s: %s", path, exc)
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not said:
+                    say(
+                        f"another process is generating the dataset in {root}; waiting for "
+                        f"it (lock {path})"
+                    )
+                    said = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # no flock on this filesystem (ENOLCK, EOPNOTSUPP, ...)
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # nobody locks it there
+            log.debug("no generation lock %s: %s", path, exc)
+            return None
+        except BaseException:  # Ctrl-C while waiting
+            os.close(fd)
+            raise
+        try:  # the file locked is still the one at `path` (its holder deletes it)
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def _check_root_before_generating(root: Path) -> None:
@@ -91,7 +175,7 @@ def _check_model_before_generating(cfg: Config) -> None:
         return
     size = cfg.data.synthesize.image_size
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), quiet():  # its warnings: said by the real build
             build_module(cfg, (1, size, size))
     except ConfigError:
         raise
@@ -120,12 +204,26 @@ def _synth_settings(cfg: Config) -> dict:
     }
 
 
-def _warn_if_synthesized_differently(cfg: Config, root: Path, on_the_fly: bool) -> None:
+def _warn_if_synthesized_differently(
+    cfg: Config, root: Path, on_the_fly: bool, *, meanwhile: bool = False
+) -> None:
     """`data.synthesize` generates only when the data is absent: say so, once, when the
-    digits in `root` were generated with other settings than the config's now."""
-    if Path(cfg.data.synthesize.root) != root:
+    digits in `root` were generated with other settings than the config's now.
+    `meanwhile`: another run generated them while this one waited to (whatever
+    `data.synthesize.root` is: this run would have generated into `root`)."""
+    if not meanwhile and Path(cfg.data.synthesize.root) != root:
         return
-    differs = synthesized_differently(root, _synth_counts(cfg, on_the_fly), **_synth_settings(cfg))
+    differs = synthesized_differently(
+        root,
+        _synth_counts(cfg, on_the_fly),
+        **_synth_settings(cfg),
+        advice=(
+            "another run generated it while this one waited: training on it; to regenerate "
+            f"it, delete {root} once no run uses it"
+            if meanwhile
+            else None
+        ),
+    )
     if differs is not None:
         log.warning(differs)
 
@@ -272,7 +370,7 @@ def _warn_if_divergence_is_off(cfg: Config) -> None:
     form, frames = cfg.model.divergence_form, cfg.data.num_output_frames
     needed = 3 if form == "openstl" else 2
     if cfg.model.divergence_weight and frames < needed:
-        log.warning(
+        warn_main(
             f"model.divergence_weight {cfg.model.divergence_weight:g} has no effect: the "
             f"divergence ({form}) needs at least {needed} output frames, "
             f"data.num_output_frames is {frames}"
@@ -453,6 +551,7 @@ def init_weights(
     resumes (`resume` a path, or "auto" with a checkpoint in `checkpoints`): the checkpoint
     then holds the weights, said in one line. A folder of another architecture, or a
     missing, extra, mis-shaped or non-finite tensor, is an InputError naming it."""
+    from .checkpoint import reading_chosen
     from .ema import has_average, load_eval_weights
 
     source = cfg.model.init_weights
@@ -464,13 +563,21 @@ def init_weights(
         where = checkpoints.root if auto else resume
         say(f"resuming from {where}: model.init_weights {source} is not applied (fresh runs only)")
         return None
-    file, config_file = _init_source(Path(source))
-    if config_file is not None:
-        _check_same_architecture(cfg, config_file)
-    count = _load_tensors(file, module)
-    if Path(source).is_dir() and has_average(file.parent):
-        # a checkpoint trained with trainer.ema: its average is the model, as for `load`
-        file = load_eval_weights(file.parent, module)
+    chosen: list[tuple[Path, Path | None]] = []
+
+    def choose() -> Path:  # the folder read (a run's best: chosen again if retired meanwhile)
+        chosen[:] = [_init_source(Path(source))]
+        return chosen[0][0].parent if Path(source).is_dir() else chosen[0][0]
+
+    # a read lease: a run still training keeps the checkpoint while it is read
+    with reading_chosen(choose, again=(Path(source) / "checkpoints").is_dir()):
+        file, config_file = chosen[0]
+        if config_file is not None:
+            _check_same_architecture(cfg, config_file)
+        count = _load_tensors(file, module)
+        if Path(source).is_dir() and has_average(file.parent):
+            # a checkpoint trained with trainer.ema: its average is the model, as for `load`
+            file = load_eval_weights(file.parent, module)
     say(
         f"initialised the model from {file} ({count} tensors); optimizer, schedule, step and "
         "data order start fresh"

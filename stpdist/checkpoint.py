@@ -56,6 +56,8 @@ loads unverified, with a warning; it must still hold the state, weights and opti
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -76,6 +78,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import CheckpointConfig
+from .data.staging import make_durable, sync_folder
 from .errors import InputError, MissingInput
 
 STATE_FILE = "trainer_state.json"
@@ -243,7 +246,7 @@ def replace_text(file: Path, text: str) -> None:
         if exc.filename not in (None, str(tmp), tmp) or exc.errno is None:
             raise
         raise OSError(exc.errno, exc.strerror, str(file)) from exc
-    _fsync_dir(file.parent)
+    sync_folder(file.parent)
 
 
 def _manifest(folder: Path) -> tuple[int, dict[str, dict[str, Any]]]:
@@ -342,12 +345,121 @@ def _warn_if_unverified(path: Path) -> None:
         )
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+# ---------------------------------------------------------------------------- read leases
+# A process reading a checkpoint folder (predict, validate, load, export, a resume) holds a
+# shared flock on the folder itself while it reads: a "read lease". Retention deletes a
+# folder only when it can take an exclusive lock on it at once; a leased folder is kept and
+# marked retired (`.retired-<name>` beside it, holding the folder's device and inode), so
+# that nothing chooses it again, and a later retention pass (the next save, the run's end)
+# deletes it. A reader checks, once its lease is held, that the path still names the folder
+# it opened: one retired between the choice and the lease is chosen again (best, last) or
+# refused (a checkpoint named). Filesystems without flock (some NFS mounts) keep no leases.
+# (NFS emulates flock by POSIX locks: an exclusive one on a folder opened to read is EBADF)
+_NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL, errno.EBADF}
+_RETIRED = ".retired-"
+CHOICES = 5
+"""How many times best or last is chosen again when the run retires each choice before its
+lease is taken."""
+
+
+class RetiredCheckpoint(MissingInput):
+    """A checkpoint folder that its run (still training) retired after it was chosen."""
+
+
+def _retired_text(path: Path, *, known: bool = True) -> str:
+    said = "was retired by its run" if known else "is not there: a run still training retires"
+    return (
+        f"checkpoint {path} {said} (trainer.checkpoint.keep_last, keep_best) before it "
+        "could be read; read the run's best or last, or a copy"
+    )
+
+
+def _lock(fd: int, how: int, folder: Path) -> bool:
+    """flock `fd` (folder `folder`'s) with `how`; False when the filesystem has no flock:
+    no lease is kept then, and reading and retention go on as without leases. Under
+    LOCK_NB a lock held elsewhere raises BlockingIOError."""
     try:
-        os.fsync(fd)
+        fcntl.flock(fd, how)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _NO_FLOCK:
+            raise
+        log.debug("%s: no flock here (%s); no checkpoint read lease kept", folder, exc.strerror)
+        return False
+    return True
+
+
+def _same_folder(fd: int, path: Path) -> bool:
+    """Whether `path` still names the folder open as `fd` (not deleted, renamed or replaced)."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
+@contextlib.contextmanager
+def reading(folder: str | Path) -> Iterator[Path]:
+    """Hold a read lease on checkpoint (or model) folder `folder` while the `with` block
+    reads it: the retention of a run still training does not delete it meanwhile. A
+    `RetiredCheckpoint` (one line naming it) when it is gone or was replaced since it was
+    chosen. A weights file needs no lease (retention deletes folders only), nor does a
+    path that is not there and not named as a run's checkpoints are: its reader says so."""
+    path = Path(folder)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except NotADirectoryError:
+        fd = None
+    except FileNotFoundError:
+        if _NAME.match(path.name):
+            raise RetiredCheckpoint(_retired_text(path, known=False)) from None
+        fd = None
+    if fd is None:
+        yield path
+        return
+    try:
+        _lock(fd, fcntl.LOCK_SH, path)
+        if not _same_folder(fd, path):
+            raise RetiredCheckpoint(_retired_text(path))
+        yield path
     finally:
-        os.close(fd)
+        os.close(fd)  # releases the lease
+
+
+@contextlib.contextmanager
+def reading_chosen(choose: Callable[[], Path], *, again: bool) -> Iterator[Path]:
+    """The folder `choose()` returns, held under a read lease (`reading`) while the `with`
+    block runs. One that its run retires before the lease is taken is chosen again when
+    `again` (best, last: up to `CHOICES` times, a line on the log each), else refused."""
+    for _ in range(CHOICES):
+        with contextlib.ExitStack() as lease:
+            try:
+                folder = choose()
+                lease.enter_context(reading(folder))
+            except RetiredCheckpoint as exc:
+                if not again:
+                    raise
+                log.info("%s; choosing again", exc)
+                continue
+            yield folder
+            return
+    raise RetiredCheckpoint(
+        f"the checkpoint chosen was retired by its run before it could be read, {CHOICES} "
+        "times in a row (the run saves and retires checkpoints faster than they can be "
+        "chosen); read a copy of one"
+    )
+
+
+def _held(marker: Path, folder: Path) -> bool:
+    """Whether retired-marker `marker` applies to `folder` (the same device and inode)."""
+    try:
+        recorded = marker.read_text().split()
+        now = os.stat(folder)
+    except OSError:
+        return False
+    return recorded == [str(now.st_dev), str(now.st_ino)]
 
 
 def _is_sharded(module: torch.nn.Module) -> bool:
@@ -614,11 +726,21 @@ class CheckpointManager:
         """Complete checkpoints (every listed file at its size, a valid state), oldest first."""
         return [p for p in self._folders() if damage(p) is None]
 
-    def _folders(self) -> list[Path]:
-        """Every `step-*` folder, complete or not, oldest first."""
+    def _folders(self, *, retired: bool = False) -> list[Path]:
+        """Every `step-*` folder, complete or not, oldest first; without `retired`, not
+        those that retention kept only for a reader's lease (nothing chooses them again)."""
         if not self.root.is_dir():
             return []
-        return sorted((p for p in self.root.iterdir() if _NAME.match(p.name)), key=lambda p: p.name)
+        entries = list(self.root.iterdir())
+        folders = sorted((p for p in entries if _NAME.match(p.name)), key=lambda p: p.name)
+        if retired:
+            return folders
+        marked = {p.name for p in entries if p.name.startswith(_RETIRED)}
+        return [p for p in folders if not self._is_retired(p, marked)]
+
+    def _is_retired(self, folder: Path, marked: set[str] | None = None) -> bool:
+        marker = self.root / f"{_RETIRED}{folder.name}"
+        return (marked is None or marker.name in marked) and _held(marker, folder)
 
     def latest(self) -> Path | None:
         found = self.complete()
@@ -634,7 +756,8 @@ class CheckpointManager:
             try:
                 value = _validation_of(path).get(self.monitor)
             except CheckpointError as exc:  # damaged since complete() looked: not ranked
-                log.warning("checkpoint left out of best-k: %s", exc)
+                if path.is_dir():  # (not retired meanwhile by its run)
+                    log.warning("checkpoint left out of best-k: %s", exc)
                 continue
             if value is not None and math.isfinite(value):
                 scored.append((value if self.mode == "min" else -value, path.name, path))
@@ -700,14 +823,10 @@ class CheckpointManager:
             with _writing(tmp):
                 # the manifest goes last, once every rank's files exist: it lists them all
                 _write_manifest(tmp)
-                for file in _files(tmp):
-                    with open(file, "rb") as handle:
-                        os.fsync(handle.fileno())
-                for folder in (p for p in tmp.rglob("*") if p.is_dir()):
-                    _fsync_dir(folder)
+                make_durable(tmp)
             aside = self._set_aside(final, tmp) if final.exists() else None
             os.replace(tmp, final)
-            _fsync_dir(self.root)
+            sync_folder(self.root)
             if aside is not None and aside.name.startswith(".same-"):
                 shutil.rmtree(aside)
             self._retain()
@@ -742,20 +861,44 @@ class CheckpointManager:
                 return target
         raise FileExistsError(f"no free name to set {path} aside")
 
-    def _delete(self, path: Path) -> None:
+    def _delete(self, path: Path) -> bool:
         """Remove a checkpoint folder so that a crash at any point leaves either the whole
-        folder or nothing under its name: rename it out of `step-*` first (atomic)."""
-        trash = self.root / f".trash-{path.name}-{os.getpid()}"
+        folder or nothing under its name: rename it out of `step-*` first (atomic). Not
+        while a reader holds a lease on it (`reading`): False then, and it is marked
+        retired, for a later pass (`_retain`, `prune`) to delete."""
+        marker = self.root / f"{_RETIRED}{path.name}"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            marker.unlink(missing_ok=True)
+            return True
+        try:
+            try:  # held until renamed: a reader that opened it before sees it retired
+                _lock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, path)
+            except BlockingIOError:
+                if not _held(marker, path):
+                    held = os.fstat(fd)
+                    replace_text(marker, f"{held.st_dev} {held.st_ino}\n")
+                    log.info("checkpoint %s is being read: kept until a later save", path)
+                return False
+            trash = self.root / f".trash-{path.name}-{os.getpid()}"
+            shutil.rmtree(trash, ignore_errors=True)
+            os.rename(path, trash)
+            marker.unlink(missing_ok=True)
+            sync_folder(self.root)
+        finally:
+            os.close(fd)
         shutil.rmtree(trash, ignore_errors=True)
-        os.rename(path, trash)
-        _fsync_dir(self.root)
-        shutil.rmtree(trash, ignore_errors=True)
+        return True
 
     def _sweep(self) -> None:
         """Remove what killed saves and deletions left (never a `step-*` folder)."""
         patterns = (".tmp-step-*", ".trash-*", ".same-step-*")
         for stale in (p for pattern in patterns for p in self.root.glob(pattern)):
             shutil.rmtree(stale, ignore_errors=True)
+        for marker in self.root.glob(f"{_RETIRED}step-*"):  # its folder gone or replaced
+            if not _held(marker, self.root / marker.name[len(_RETIRED) :]):
+                marker.unlink(missing_ok=True)
 
     def _retain(self) -> None:
         found = self.complete()
@@ -763,6 +906,17 @@ class CheckpointManager:
         keep.update(self._ranked()[: self.keep_best])
         for path in found:
             if path not in keep:
+                self._delete(path)
+        self.prune()
+
+    def prune(self) -> None:
+        """Delete the checkpoints retention kept only because a reader held them (see
+        `reading`), where no reader holds them any more; sweep what killed saves left.
+        The main process's, at every save and at the run's end (other ranks: nothing)."""
+        if self._run is not None and not self._run[0].is_main_process:
+            return
+        for path in self._folders(retired=True):
+            if self._is_retired(path):
                 self._delete(path)
         self._sweep()
 
@@ -791,6 +945,8 @@ class CheckpointManager:
                 if why is None:
                     _warn_if_unverified(path)
                     return path
+                if not path.is_dir():  # deleted since it was listed: not damaged
+                    continue
                 damaged.append(path)
                 log.warning(
                     "checkpoint %s is damaged (%s); falling back to an older one", path, why
@@ -835,7 +991,7 @@ class CheckpointManager:
             raise MissingInput(f"no checkpoint in {self.root}; train first or pass --ckpt PATH")
         found = {path: damage(path) for path in folders}
         for path, why in found.items():
-            if why is not None:
+            if why is not None and path.is_dir():  # not one its run retired meanwhile
                 log.warning("checkpoint %s is damaged (%s); passing over it", path, why)
         ranked = self._ranked() if name == "best" else []
         newest = [p for p in reversed(folders) if p not in ranked and found[p] is None]
@@ -844,7 +1000,10 @@ class CheckpointManager:
             if why is None:
                 _warn_if_unverified(path)
                 return path
-            log.warning("checkpoint %s is damaged (%s); passing over it", path, why)
+            if path.is_dir():
+                log.warning("checkpoint %s is damaged (%s); passing over it", path, why)
+        if not any(p.is_dir() for p in folders):  # every one retired meanwhile
+            raise RetiredCheckpoint(f"{self.root}: {_retired_text(folders[-1])}")
         raise CheckpointError(f"every checkpoint in {self.root} is damaged (newest: {folders[-1]})")
 
     def load(

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from .config import MOST_WORKERS, Config, ConfigError, check_output_dir, load_config
+from .console import counted, launched_as_main
 from .errors import InputError, MissingInput
 
 
@@ -200,26 +201,80 @@ def _launcher() -> str | None:
     return None
 
 
+LAUNCHER_POLL_S = 2.0
+"""How often a rank started by torchrun looks whether its launcher is still there."""
+_watching_launcher = False
+
+
+def _stop_when_launcher_dies() -> None:
+    """Under torchrun (and `accelerate launch`, which runs torchrun's agent in its own
+    process): torch starts each rank in a session of its own, so when the launcher dies
+    without stopping its ranks (SIGKILL, the out-of-memory killer), nothing reaches them and
+    they train on as orphans, holding the devices and the run lock. A thread of each rank
+    watches its parent; once it is gone (the rank re-parented), the rank signals itself
+    SIGTERM, as a preemption would: a run stops after an agreed step with a checkpoint."""
+    global _watching_launcher
+    if "TORCHELASTIC_RUN_ID" not in os.environ or _watching_launcher:
+        return
+    _watching_launcher = True
+    import signal
+    import threading
+    import time
+
+    launcher = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(LAUNCHER_POLL_S)
+        print(
+            f"stpdist: the launcher of this rank (pid {launcher}) is gone; stopping as on SIGTERM",
+            file=sys.stderr,
+            flush=True,
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stpdist-launcher-watch", daemon=True).start()
+
+
 def _env_int(name: str) -> int:
     value = os.environ.get(name, "")
     return int(value) if value.isdigit() else 1
 
 
-def _main_process() -> bool:
-    """Whether this process is rank 0 of its launch (a plain process is): the one that
-    speaks for all, as the Trainer's main process does."""
-    rank = os.environ.get("RANK", "")
-    return not rank.isdigit() or int(rank) == 0
-
-
-def _with_checkpoint(args: argparse.Namespace) -> tuple[Config, Any, Path, Any]:
-    """(config, trainer, checkpoint path, module) for validate and predict."""
+def _with_checkpoint(
+    args: argparse.Namespace, split_key: str
+) -> tuple[Config, Any, Path, Any, str]:
+    """(config, trainer, checkpoint path, module, split) for validate and predict: the split
+    is `--split`, else the config's `split_key` (data.val_split, data.test_split)."""
     from . import build
 
     cfg = _config(args)
+    split = args.split or getattr(cfg.data, split_key.removeprefix("data."))
     trainer = _trainer(cfg)
-    ckpt = _resolve_ckpt(trainer, args.ckpt)
-    return cfg, trainer, ckpt, build.build_module(cfg)
+    # chosen once, on the main process, and held there until every rank holds it
+    again = args.ckpt in ("best", "last")
+    ckpt = trainer.choose_checkpoint(lambda: _resolve_ckpt(trainer, args.ckpt), again=again)
+    _check_split(cfg, split, f"--split {split}" if args.split else f"{split_key} {split!r}")
+    return cfg, trainer, ckpt, build.build_module(cfg), split
+
+
+def _check_split(cfg: Config, split: str, named: str) -> None:
+    """A split the dataset does not hold, refused before the model is built: `named` says
+    where it came from, and the message lists the splits the dataset has."""
+    from .build import split_dir
+    from .data.format import INDEX_FILE
+    from .inference import is_split_folder
+
+    folder = split_dir(cfg, split)
+    if is_split_folder(folder):
+        return
+    root = Path(cfg.data.root)
+    held = sorted(p.name for p in root.iterdir() if is_split_folder(p)) if root.is_dir() else []
+    listed = ", ".join(held) if held else "none"
+    raise MissingInput(
+        f"{named}: data.root {root} holds no such split (no {folder / INDEX_FILE}); its "
+        f"splits: {listed}"
+    )
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -227,8 +282,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
     from .console import lead_time_table
     from .visualize import plot_lead_times
 
-    cfg, trainer, ckpt, module = _with_checkpoint(args)
-    split = args.split or cfg.data.val_split
+    cfg, trainer, ckpt, module, split = _with_checkpoint(args, "data.val_split")
     out = Path(cfg.trainer.output_dir)
     record = _checkpoint_record(ckpt, args.raw_weights)
     earlier = _json_file(out / f"metrics_{split}.json")
@@ -250,10 +304,13 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 
 def _write_json(path: Path, results: dict[str, Any]) -> Path:
+    """`results` as JSON into `path`, atomically: a kill or a full disk mid-write leaves the
+    earlier results whole (see `checkpoint.replace_text`)."""
+    from .checkpoint import replace_text
     from .console import plain
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({k: plain(v) for k, v in results.items()}, indent=2))
+    replace_text(path, json.dumps({k: plain(v) for k, v in results.items()}, indent=2))
     return path
 
 
@@ -352,8 +409,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .trainer import SampleKeeper
     from .visualize import names_for_pictures, save_samples
 
-    cfg, trainer, ckpt, module = _with_checkpoint(args)
-    split = args.split or cfg.data.test_split
+    cfg, trainer, ckpt, module, split = _with_checkpoint(args, "data.test_split")
     out = Path(args.out) if args.out else Path(cfg.trainer.output_dir) / "predictions" / split
     protected = (build.split_dir(cfg, split), ckpt, args.config)
     # a file, the data, the config, a run or its checkpoints: refused even with --overwrite
@@ -621,8 +677,8 @@ def cmd_shard(args: argparse.Namespace) -> None:
     )
     for split, index in indexes.items():
         print(
-            f"{Path(args.out) / split}: {index.num_samples} samples in {len(index.shards)} "
-            f"shards, shape {index.shape} {index.dtype}, scale {index.value_scale:g}"
+            f"{Path(args.out) / split}: {counted(index.num_samples, 'sample')} in "
+            f"{counted(len(index.shards), 'shard')}, shape {index.shape} {index.dtype}, scale {index.value_scale:g}"
         )
 
 
@@ -676,7 +732,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     for folder in folders:
         index = read_index(folder)  # index.json must be a regular file: a FIFO is refused
         print(
-            f"{folder}: {index.num_samples} samples in {len(index.shards)} shards, "
+            f"{folder}: {counted(index.num_samples, 'sample')} in "
+            f"{counted(len(index.shards), 'shard')}, "
             f"shape {index.shape} {index.dtype}, scale {index.value_scale:g}, "
             f"mean {np.round(index.mean, 4).tolist()}, std {np.round(index.std, 4).tolist()}, "
             f"source: {index.source}"
@@ -783,7 +840,7 @@ def verify_split(folder: Path) -> str:
             raise ShardFormatError(
                 f"{folder / shard.name}: holds {count} samples, the index says {shard.num_samples}"
             )
-    return f"{len(seen)} samples in {len(index.shards)} shards: counts, dtypes, shapes, keys OK"
+    return f"{counted(len(seen), 'sample')} in {counted(len(index.shards), 'shard')}: counts, dtypes, shapes, keys OK"
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -944,7 +1001,10 @@ def _shard_parser(sub: Any) -> None:
             "finished or undone by the next shard or reader)",
         )
         s.add_argument(
-            "--samples-per-shard", type=int, default=1000, help="samples per tar (default 1000)"
+            "--samples-per-shard",
+            type=int,
+            default=1000,
+            help="most samples per tar (default 1000); a shard also ends at 1 GiB of samples",
         )
         s.add_argument(
             "--inputs-only",
@@ -1022,7 +1082,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     except Preempted as stop:  # the seed's stop line, with the command that continues all
         raise Preempted(stop.step, stop.checkpoint, stop.signum, _resume_command(args)) from None
     except KeyboardInterrupt:
-        if _main_process():
+        if launched_as_main():
             print(
                 f"stpdist: aborted on a second Ctrl-C; resume with {_resume_command(args)}",
                 file=sys.stderr,
@@ -1526,25 +1586,27 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     from .runlock import RunLockedError
 
+    if args.command in ONE_PROCESS and _several_ranks() and not launched_as_main():
+        return 0  # the main process does it; a second rank would write the same files
+    earlier = _open_trainers()  # a program's own (`main` called from Python): left open
+    _stop_when_launcher_dies()
     try:
         args.func(args)
     except ConfigError as exc:
         if args.debug:
             raise
-        print(f"stpdist: config error: {_message(exc)}", file=sys.stderr)
-        return 2
+        return _refused("config error", exc, earlier, alike_on_every_rank=True)
     except (InputError, RunLockedError) as exc:  # the user's inputs, or an output in use
         if args.debug:
             raise
-        print(f"stpdist: error: {_message(exc)}", file=sys.stderr)
-        return 2
+        return _refused("error", exc, earlier, alike_on_every_rank=not _group_started())
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
         from .trainer import PREEMPTED_EXIT_CODE, Preempted
 
         if isinstance(exc, Preempted):
-            if _main_process():  # one line for the run, not one per rank
+            if launched_as_main():  # one line for the run, not one per rank
                 print(f"stpdist: {exc}", file=sys.stderr)
             return getattr(exc, "exit_code", PREEMPTED_EXIT_CODE)  # 130 after Ctrl-C
         if args.debug:
@@ -1552,16 +1614,30 @@ def main(argv: list[str] | None = None) -> int:
         line = _environment_error(exc, args.command)
         if line is None:
             line = f"{type(exc).__name__}: {_message(exc)}"
+        _close_failed(1, earlier)  # first: the error is the last line a log file shows
         print(f"stpdist: error: {line}", file=sys.stderr)
         return 1
     return 0
 
 
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, getattr(errno, "EDQUOT", errno.ENOSPC)}
-"""A full disk or quota, a read-only or forbidden folder: the machine's state, not a bug."""
+_WRITE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EFBIG,
+    getattr(errno, "EDQUOT", errno.ENOSPC),
+}
+"""A full disk or quota, a read-only or forbidden folder, a file too large for its
+filesystem (FAT32's 4 GiB) or the process' file-size limit: the machine's state, not a bug."""
 
 _PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote worker crash")
 """What gloo says when another rank's process is gone."""
+
+
+ONE_PROCESS = ("synth", "shard", "inspect", "export", "import")
+"""Commands that are one process's work: started on several ranks (`torchrun`, a SLURM step
+of several tasks) every rank wrote the same folder (a race, a rank's error for a folder
+the other had filled) and printed the same lines; the main process alone does it now."""
 
 
 def _several_ranks() -> bool:
@@ -1572,6 +1648,41 @@ def _several_ranks() -> bool:
         return dist.get_world_size() > 1
     size = os.environ.get("WORLD_SIZE", "")
     return size.isdigit() and int(size) > 1
+
+
+def _open_trainers() -> set[Any]:
+    """The Trainers open now (none where the Trainer's module was never loaded)."""
+    trainer = sys.modules.get("stpdist.trainer")
+    return set() if trainer is None else set(trainer.open_trainers())
+
+
+def _close_failed(exit_code: int, earlier: set[Any]) -> None:
+    """The failed command's open Trainers (not those open before it) closed now, their
+    trackers marked failed (see `trainer.close_failed`)."""
+    trainer = sys.modules.get("stpdist.trainer")
+    if trainer is not None:
+        with contextlib.suppress(Exception):  # the error is said; a second would hide it
+            trainer.close_failed(exit_code, leave=earlier)
+
+
+def _refused(
+    label: str, exc: BaseException, earlier: set[Any], *, alike_on_every_rank: bool
+) -> int:
+    """A user's error in one line, exit status 2. An error that every rank meets alike (the
+    same config, or the same arguments and files read before the ranks joined) is said by
+    the main process alone: one line for the run, not one per rank."""
+    _close_failed(2, earlier)  # first: the error is the last line a log file shows
+    if launched_as_main() or not alike_on_every_rank:
+        print(f"stpdist: {label}: {_message(exc)}", file=sys.stderr)
+    return 2
+
+
+def _group_started() -> bool:
+    """Whether this process has joined its process group: from then on an input error can
+    be its rank's own (a shard only it reads), so each rank says its own; before, every rank
+    read the same arguments and files and failed alike, and the main process speaks."""
+    dist = sys.modules.get("torch.distributed")
+    return bool(dist is not None and dist.is_available() and dist.is_initialized())
 
 
 def _environment_error(exc: BaseException, command: str) -> str | None:

@@ -6,10 +6,13 @@ results: one-line summaries and the metric × lead-time table.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import re
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -46,14 +49,60 @@ class _TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
+_main: bool | None = None
+"""Whether this process is the main one, as `setup` was told; None before it was called."""
+
+
 def setup(is_main: bool) -> None:
-    """Messages at INFO from the main process, warnings from every process."""
+    """Messages at INFO from the main process, warnings from every process (a warning
+    about what the ranks share from the main one: `warn_main`)."""
+    global _main
+    _main = is_main
     if not any(isinstance(h, _TqdmHandler) for h in log.handlers):
         handler = _TqdmHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.propagate = False  # printed once, here, whatever the root logger does
     log.setLevel(logging.INFO if is_main else logging.WARNING)
+
+
+def warn_main(message: str, *args: Any) -> None:
+    """A warning about what every rank shares (the config, the module, the run's plan):
+    said by the main process only (rank 0 of a launch before `setup`), not once per rank.
+    A warning about one rank's own state goes to `log.warning`."""
+    if launched_as_main() if _main is None else _main:
+        log.warning(message, *args)
+
+
+def launched_as_main() -> bool:
+    """Whether this process is rank 0 of its launch (`RANK`; a plain process is): the one
+    that speaks for all, as the Trainer's main process does."""
+    rank = os.environ.get("RANK", "")
+    return not rank.isdigit() or int(rank) == 0
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Below errors, nothing said inside: for work done twice (a check before the real
+    thing), whose warnings the real thing says."""
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def shows_progress() -> bool:
+    """Whether a progress bar would be seen as one: stderr is a terminal. In a log file
+    (a SLURM job's, stdout and stderr redirected) tqdm's redraws pile up, ten a second."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def counted(count: int, noun: str) -> str:
+    """ "1 shard", "3 shards": `count` with `noun` (its singular), plural unless it is 1."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def say(message: str) -> None:

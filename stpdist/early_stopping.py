@@ -22,6 +22,7 @@ from typing import Any
 
 from .checkpoint import CheckpointError, TrainState
 from .config import EarlyStoppingConfig
+from .console import warn_main
 from .errors import InputError
 
 STATE_FILE = "early_stopping.json"
@@ -120,7 +121,7 @@ class EarlyStopping:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{file}: unreadable early-stopping state ({exc})") from None
         if (raw.get("monitor"), raw.get("mode")) != (self.config.monitor, self.config.mode):
-            log.warning(
+            warn_main(  # the same on every rank
                 "%s watched %s (%s); trainer.early_stopping now watches %s (%s): counting "
                 "starts afresh",
                 file,

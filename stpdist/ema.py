@@ -25,8 +25,9 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from .checkpoint import CheckpointError, load_weights
+from .checkpoint import CheckpointError, load_weights, reading
 from .config import EmaConfig
+from .console import warn_main
 
 EMA_FILE = "ema.safetensors"
 log = logging.getLogger("stpdist")
@@ -93,7 +94,7 @@ class WeightAverage:
         none (a run resumed with EMA switched on: the average restarts from the weights)."""
         file = Path(folder) / EMA_FILE
         if not file.is_file():
-            log.warning(
+            warn_main(  # the same on every rank
                 "%s holds no %s (EMA was off when it was saved): the average starts from "
                 "the resumed weights",
                 folder,
@@ -158,11 +159,12 @@ def load_eval_weights(
     """The weights to evaluate with, loaded into `module` from a checkpoint folder, a model
     folder or a `.safetensors` file: a checkpoint's EMA when it holds one (unless
     `raw_weights`), else its weights. Returns the file the parameters came from."""
-    file = load_weights(path, module)
-    if raw_weights or not has_average(path):
-        return file
-    ema_file = Path(path) / EMA_FILE
-    saved = _read(ema_file)
+    with reading(path):  # a read lease: a run still training keeps the folder meanwhile
+        file = load_weights(path, module)
+        if raw_weights or not has_average(path):
+            return file
+        ema_file = Path(path) / EMA_FILE
+        saved = _read(ema_file)
     named = dict(_averaged(module))
     _check_names(ema_file, saved, list(named))
     with torch.no_grad():

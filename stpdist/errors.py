@@ -7,6 +7,9 @@ wrong. Its message is one readable line naming what is wrong and what was expect
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class InputError(ValueError):
     """Bad user input (file, array, argument, value); the message is one readable line."""
@@ -22,3 +25,17 @@ class OutputExists(InputError, FileExistsError):
     """An output that is already there and must not be replaced (a used folder without
     `--overwrite`, a run folder holding an earlier run): bad input (exit 2); still a
     `FileExistsError` for callers that test for it."""
+
+
+def require_extra(module: str, extra: str, purpose: str) -> ModuleType:
+    """`module`, a dependency of the pip extra `extra` that a default install lacks: when it
+    (or a package it needs) is missing, an ImportError that says what needs it and how to
+    install it, rather than a bare "No module named ...". `purpose` completes "... needs",
+    e.g. "decoding KTH videos"."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or module
+        raise ImportError(
+            f"{purpose} needs {module} ({missing} is missing): pip install 'stpdist[{extra}]'"
+        ) from exc

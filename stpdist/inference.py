@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from .checkpoint import (
+    CHOICES,
     MANIFEST_FILE,
     MODEL_FILE,
     STATE_FILE,
@@ -37,10 +38,11 @@ from .checkpoint import (
     describing_config,
     is_sharded_checkpoint,
     read_state,
+    reading_chosen,
     safetensors_weights,
 )
 from .config import CheckpointConfig, Config, load_config
-from .console import log, say
+from .console import log, say, warn_main
 from .data.format import INDEX_FILE, SplitIndex, read_index
 from .data.staging import holds_working_folder
 from .ema import has_average, load_eval_weights
@@ -156,9 +158,49 @@ def load(
     import path `package.module:Class` is refused before anything is imported, unless
     `trust_code=True`; then it is imported from the installed packages and the `sys.path`
     you set up (the model folder is never added to it)."""
+    return _on_chosen(
+        path,
+        ckpt,
+        lambda folder: _load_folder(folder, device, dtype, trust_code, raw_weights),
+    )
+
+
+def _on_chosen(path: str | Path, ckpt: str | int, use: Any) -> Any:
+    """`use(folder)` on the checkpoint folder that `path` and `ckpt` name (`model_folder`),
+    under a read lease on it (`checkpoint.reading_chosen`): a run still training does not
+    retire (`keep_last`, `keep_best`) the folder while `use` reads it. Best or last of a
+    run folder retired between the choice and the lease is chosen again; a checkpoint
+    named (a step, a folder) is an InputError saying so."""
+    again = str(ckpt) in ("best", "last", "latest") and (Path(path) / "checkpoints").is_dir()
+    for _ in range(CHOICES):
+        with reading_chosen(lambda: model_folder(path, ckpt), again=again) as folder:
+            try:
+                return use(folder)
+            except Exception as exc:
+                if folder.is_dir():
+                    raise
+                # deleted under its lease: a filesystem without flock (some NFS mounts)
+                gone = f"{folder} was deleted while it was read (its run retires checkpoints)"
+                if not again:
+                    raise InputError(
+                        f"{gone}; read a copy of it, or the run's best or last"
+                    ) from exc
+                log.warning("%s; choosing the run's %s checkpoint again", gone, ckpt)
+    raise InputError(
+        f"{path}: its {ckpt} checkpoint was deleted while it was read, {CHOICES} times"
+    )
+
+
+def _load_folder(
+    folder: Path,
+    device: str | torch.device,
+    dtype: torch.dtype | None,
+    trust_code: bool,
+    raw_weights: bool,
+) -> EnhancedModule:
+    """`load` of the model or checkpoint folder `folder` itself."""
     from .build import build_module, dataset_index
 
-    folder = model_folder(path, ckpt)
     gate = (
         contextlib.nullcontext() if trust_code else refusing_import_paths(str(_config_path(folder)))
     )
@@ -262,7 +304,7 @@ def _warn_on_units(
         and 0 < high.max() <= 1
         and (train_high >= 10).any()
     ):
-        log.warning(
+        warn_main(  # each rank reads the same inputs
             "%s: the values lie within [0, 1] (%.3g…%.3g) but the model was trained on "
             "%.4g…%.4g: forecast takes physical (stored) units, not [0, 1]-scaled frames; "
             "multiply by the value scale %g",
@@ -278,7 +320,7 @@ def _warn_on_units(
         order = (
             f"; channels in the training data's order: {', '.join(names)}" if channels > 1 else ""
         )
-        log.warning(
+        warn_main(  # each rank reads the same inputs
             "%s: values far outside the training data's range: %s%s; forecast takes the "
             "units the training data were stored in%s",
             where, ", ".join(shown), " …" if far.sum() > 3 else "", order,
@@ -605,12 +647,58 @@ def export(
     checkpoints is refused. From a checkpoint trained with `trainer.ema`, the model
     folder's weights are the averaged ones, unless `raw_weights`. A sharded checkpoint's
     shards are consolidated into one `model.safetensors` (in this one process)."""
+
+    def prepare(folder: Path) -> tuple[Path, Path, dict[str, Any], Any]:
+        run = folder.parent.parent if folder.parent.name == "checkpoints" else folder
+        check_output_folder(out, overwrite=overwrite, protected=(folder, run))
+        # the files copied into `out`, opened before the weights are read: a run that
+        # retires the checkpoint meanwhile can no longer leave the copy without them
+        sources = _open_sources(folder, run)
+        try:
+            return folder, run, sources, _load_folder(folder, "cpu", None, trust_code, raw_weights)
+        except BaseException:
+            _close(sources)
+            raise
+
+    folder, run, sources, module = _on_chosen(path, ckpt, prepare)
+    try:
+        return _export(module, folder, run, sources, out, formats, overwrite, raw_weights)
+    finally:
+        _close(sources)
+
+
+def _open_sources(folder: Path, run: Path) -> dict[str, Any]:
+    """The files an export copies, opened: each of the model folder's own, else its run's."""
+    sources: dict[str, Any] = {}
+    try:
+        for name in (MODEL_FILE, "config.yaml", INDEX_FILE):
+            for source in (folder / name, run / name):
+                if source.is_file():
+                    sources[name] = open(source, "rb")  # noqa: SIM115 (closed by _close)
+                    break
+    except BaseException:
+        _close(sources)
+        raise
+    return sources
+
+
+def _close(sources: dict[str, Any]) -> None:
+    for handle in sources.values():
+        handle.close()
+
+
+def _export(
+    module: Any,
+    folder: Path,
+    run: Path,
+    sources: dict[str, Any],
+    out: str | Path,
+    formats: tuple[str, ...],
+    overwrite: bool,
+    raw_weights: bool,
+) -> dict[str, float]:
     from .data.convert import staged_output
 
-    folder = model_folder(path, ckpt)
-    run = folder.parent.parent if folder.parent.name == "checkpoints" else folder
-    check_output_folder(out, overwrite=overwrite, protected=(folder, run))
-    module = load(folder, trust_code=trust_code, raw_weights=raw_weights)
     say(f"exporting {folder}{' (its raw weights)' if raw_weights else ''}")
     wrapped = _Forward(module).eval()
     generator = torch.Generator().manual_seed(0)
@@ -623,10 +711,11 @@ def export(
         expected = [(x, wrapped(x)) for x in (sample, other)]
     differences = {}
     with staged_output(out, overwrite, sources=(folder, run)) as staging:
-        for name in (MODEL_FILE, "config.yaml", INDEX_FILE):
-            source = folder / name if (folder / name).is_file() else run / name
-            if source.is_file():
-                shutil.copy2(source, staging / name)
+        for name, handle in sources.items():
+            with open(staging / name, "wb") as copy:
+                shutil.copyfileobj(handle, copy)
+            stat = os.fstat(handle.fileno())
+            os.utime(staging / name, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         averaged = has_average(folder) and not raw_weights  # the EMA as the model's weights
         if averaged or is_sharded_checkpoint(folder):  # the weights as loaded, in one file
             save_file(safetensors_weights(module.state_dict()), str(staging / MODEL_FILE))

@@ -16,7 +16,10 @@ that host's run is alive; the message names the file. On a shared filesystem, af
 node failure, check that no run of that host is alive (`squeue`, `ps` on that host) and
 delete the file named in the message, then start again. A file naming this host is stale
 when its pid is dead, belongs to a later process (pid reused: its start time differs), or
-the host was rebooted since (boot id differs); otherwise it is refused too.
+the host was rebooted since (boot id differs); otherwise it is refused too. It is stale as
+well when it is a copy: the file records the folder it was written in and its own inode, so
+a run folder copied (`cp -a`, `rsync`) with its lock while that run goes on is not taken
+for the live run's folder; the live run keeps the lock of its own folder.
 
 Under SLURM the file also records the job id and its restart count: a file left by the
 same job before it was requeued (a lower `SLURM_RESTART_COUNT`) is stale wherever it was
@@ -139,7 +142,7 @@ class RunLock:
                 except FileNotFoundError:
                     same = False
                 if same:
-                    self._check_stale(_read(fd))
+                    self._check_stale(_read(fd), fd)
                     break
             except BaseException:
                 os.close(fd)
@@ -152,6 +155,7 @@ class RunLock:
             "boot_id": _boot_id(),
             "since": time.time(),
             **_slurm_job(),
+            **_identity(self.output_dir, fd),
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
@@ -159,7 +163,7 @@ class RunLock:
         self._fd = fd
         return self
 
-    def _check_stale(self, holder: dict[str, Any]) -> None:
+    def _check_stale(self, holder: dict[str, Any], fd: int) -> None:
         """We hold the flock; decide from the file whether its previous holder may live on."""
         if not holder:
             return  # free (released cleanly, or never written)
@@ -191,6 +195,8 @@ class RunLock:
             why = f"names pid {pid}, now another process"
         elif pid == os.getpid():
             why = "was left by this process"
+        elif self._copied(holder, fd):
+            why = f"was copied from {holder['dir']}, whose run (pid {pid}) holds that folder"
         else:
             # alive, and yet the flock was free: a filesystem that ignores flock
             raise RunLockedError(
@@ -201,6 +207,15 @@ class RunLock:
         log.warning(
             "taking over a stale run lock %s (%s): it %s", self.path, _describe(holder), why
         )
+
+    def _copied(self, holder: dict[str, Any], fd: int) -> bool:
+        """Whether the lock file is a copy of a live run's (a run folder copied with it): it
+        names another folder and is another file than the one that run wrote. A folder
+        renamed (same file) or reached by another path (same inode) is not a copy."""
+        if not isinstance(holder.get("dir"), str) or not isinstance(holder.get("inode"), list):
+            return False  # written before locks recorded where they were
+        here = _identity(self.output_dir, fd)
+        return holder["dir"] != here["dir"] and holder["inode"] != here["inode"]
 
     def release(self) -> None:
         """Give the lock up (the file is removed first, then the flock dropped)."""
@@ -219,6 +234,12 @@ class RunLock:
 
     def __exit__(self, *_: Any) -> None:
         self.release()
+
+
+def _identity(output_dir: Path, fd: int) -> dict[str, Any]:
+    """Where a lock file is: its folder (resolved) and its (device, inode)."""
+    stat = os.fstat(fd)
+    return {"dir": str(output_dir.resolve()), "inode": [stat.st_dev, stat.st_ino]}
 
 
 def _read(fd: int) -> dict[str, Any]:

@@ -33,7 +33,7 @@ import yaml
 from . import console
 from .config import ConfigError, _yaml_error, check_output_dir, load_config
 from .console import say
-from .errors import InputError
+from .errors import InputError, require_extra
 
 SET_BY_THE_SWEEP = ("trainer.output_dir", "logging.trackers", "logging.wandb.project")
 """Keys a trial sets itself: not sweep parameters."""
@@ -120,8 +120,30 @@ def trial_folder(output_dir: str | Path, sweep_id: str, run_id: str) -> Path:
     """`<output_dir>/sweep-<sweep_id>/<run_id>`; one that holds anything is refused."""
     folder = Path(output_dir) / f"sweep-{sweep_id}" / run_id
     if folder.exists() and any(folder.iterdir()):
-        raise InputError(f"{folder}: a trial folder that holds an earlier run; not overwritten")
+        raise InputError(f"{folder}: {_earlier_trial(folder, run_id)}")
     return folder
+
+
+def _earlier_trial(folder: Path, run_id: str) -> str:
+    """What the occupied trial folder `folder` holds, and what to do (a relaunched job with
+    the same run id: its trial goes on with `stpdist train --resume auto`, never again)."""
+    try:
+        record = json.loads((folder / TRIAL_FILE).read_text())
+        finished, metric = record["finished"], record["metric"]
+        best = f"best {metric['name']} {metric['value']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a trial folder that holds an earlier run; not overwritten"
+    if finished:
+        return f"trial {run_id} finished before ({best}, in {TRIAL_FILE}); not run again"
+    if not (folder / "config.yaml").is_file():  # stopped before its training began
+        return (
+            f"trial {run_id} was started before and stopped before its training began; "
+            f"delete {folder} to run it again"
+        )
+    return (
+        f"trial {run_id} was started before and did not finish; it is not run again (nor "
+        f"overwritten): continue it with stpdist train {folder / 'config.yaml'} --resume auto"
+    )
 
 
 def best_value(records: list[dict[str, Any]], name: str, goal: str) -> float | None:
@@ -303,7 +325,7 @@ def sweep(
             f"WANDB_MODE={os.environ['WANDB_MODE']}: a wandb sweep needs the wandb server to "
             "hand out parameters; run one trial offline with --params JSON"
         )
-    import wandb
+    wandb = require_extra("wandb", "wandb", "a wandb sweep")
 
     console.setup(_process_state().is_main_process)  # lines said before the Trainer's
     if agent is None:

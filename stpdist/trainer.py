@@ -46,7 +46,15 @@ from tqdm.auto import tqdm
 
 from . import console, threads
 from .checkpoint import STATE_FILE as TRAIN_STATE_FILE
-from .checkpoint import CheckpointManager, TrainState, read_state, replace_text
+from .checkpoint import (
+    CheckpointManager,
+    RetiredCheckpoint,
+    TrainState,
+    read_state,
+    reading,
+    reading_chosen,
+    replace_text,
+)
 from .config import (
     CheckpointConfig,
     Config,
@@ -226,7 +234,7 @@ def _warn_taken(hook: Any, declared: _Parameters, extras: dict[str, Any]) -> Non
     for name in declared.positional:
         if name in extras and (function, name) not in _NOT_PASSED:
             _NOT_PASSED.add((function, name))
-            console.log.warning(
+            console.warn_main(
                 "batch entry %r is not passed to %s: its parameter %r already receives the "
                 "batch's %s; rename the entry to pass it as well",
                 name,
@@ -270,7 +278,7 @@ def _scalars_of(output: Any, hook: str = "validation_step") -> dict[str, Any]:
                     if isinstance(v, torch.Tensor)
                     else f"a {type(v).__name__}"
                 )
-                log.warning(
+                console.warn_main(
                     "%s's entry %r is %s, not one number: it is not logged (scalars are; "
                     "additive per-lead or per-variable sums go under 'sums' in validation_step)",
                     hook,
@@ -837,7 +845,7 @@ class Trainer:
         self._stop.announce = self.accelerator.is_main_process  # one "stopping" line, not N
         console.setup(self.accelerator.is_main_process)
         if self.config.compile_mode != "default" and not self.config.compile:
-            console.log.warning(
+            console.warn_main(
                 "trainer.compile_mode %r has no effect: trainer.compile is false",
                 self.config.compile_mode,
             )
@@ -851,7 +859,7 @@ class Trainer:
         self._inner_optimizer: Any = None  # see _direct
         on_cpu = self.accelerator.device.type == "cpu"
         if self.config.mixed_precision == "bf16" and on_cpu and not _fast_bf16_cpu():
-            console.log.warning(
+            console.warn_main(
                 "mixed_precision 'bf16' on a CPU without AMX: measured 1.2–2.8× SLOWER than "
                 "fp32 for ConvLSTM training on such a CPU (faster convolution forward, slower "
                 "backward, ~1 200 extra casts per step); use 'no' unless you measured a "
@@ -898,15 +906,21 @@ class Trainer:
         still closed."""
         self._close(at_exit=True)
 
-    def _close(self, at_exit: bool) -> None:
+    def _close(self, at_exit: bool, exit_code: int = 0) -> None:
         if getattr(self, "_closed", False):
             return
         self._closed = True
         _OPEN_TRAINERS.discard(self)
+        held, self._choice_lease = getattr(self, "_choice_lease", None), None
+        if held is not None:  # a checkpoint chosen (`choose_checkpoint`) and never read
+            held.close()
         try:
             for tracker in self.accelerator.trackers:  # accelerate's end_training, per tracker
                 try:
-                    tracker.finish()
+                    if exit_code and tracker.name == "wandb":  # the run marked as failed
+                        tracker.run.finish(exit_code=exit_code)
+                    else:
+                        tracker.finish()
                 except Exception as exc:
                     if not at_exit:
                         raise
@@ -1042,14 +1056,19 @@ class Trainer:
         # one run per output folder: a second run (a duplicated SLURM job, a second
         # `--resume auto`) stops here, on every rank, naming the holder, before any rank
         # reads a checkpoint that the first run may be writing or retiring
-        with self._run_lock():
-            return self._fit(module, train_data, val_data, resume)
+        with self._run_lock(), contextlib.ExitStack() as lease:
+            return self._fit(module, train_data, val_data, resume, lease)
 
     def _fit(
-        self, module: EnhancedModule, train_data: Any, val_data: Any, resume: str | Path | None
+        self,
+        module: EnhancedModule,
+        train_data: Any,
+        val_data: Any,
+        resume: str | Path | None,
+        lease: contextlib.ExitStack,
     ) -> TrainState:
         acc = self.accelerator
-        start = self._resolve_start(resume)  # first: it may set the accumulation
+        start = self._resolve_start(resume, lease)  # first: it may set the accumulation
         ctx = self._ctx()
         train = as_train_source(train_data)
         self._train_workers = self._workers_of(train)
@@ -1069,6 +1088,7 @@ class Trainer:
         max_epochs = self.config.max_epochs or math.inf
         with self._stop.installed():
             state = self._start(resume, start, model, module, optimizer, scheduler, train, ctx)
+            lease.close()  # `start` is read: this run's retention may retire it from now on
             _check_schedule_length(scheduler, interval, total_steps, state.global_step, start)
             self._graph = self._step_graph(module, optimizer)  # on the restored optimizer
             self.checkpoints.bind(
@@ -1130,6 +1150,7 @@ class Trainer:
                 self._settle(state)
                 self.checkpoints.maybe_save(state, last=True)
                 validator.maybe_run(state, last=True)
+                self.checkpoints.prune()  # what retention kept for readers until now
                 if self._stopping_early(state):
                     say(self.early_stopping.reason(state.global_step))
                 acc.wait_for_everyone()
@@ -1146,7 +1167,7 @@ class Trainer:
             return
         if not getattr(module, "schedule_follows_plan", False):
             return
-        log.warning(
+        console.warn_main(
             "the checkpoint's run planned %d steps, this one %d: the lr schedule, which spans "
             "the planned steps, is rebuilt for %d from here, so its rate jumps at step %d; to "
             "keep the first run's schedule set model.schedule.total_steps=%d",
@@ -1513,7 +1534,7 @@ class Trainer:
             scheduler.step()
         summary, skipped = meter.epoch()
         if skipped and "train/epoch_loss" not in summary:
-            log.warning(
+            console.warn_main(
                 "epoch %d: training_step returned None for all %d micro-batches: nothing was "
                 "trained (the steps still count, as planned, toward max_steps and the schedule)",
                 finished,
@@ -1528,12 +1549,15 @@ class Trainer:
             f"epoch {finished} done: step {state.global_step}/{total_steps}, {format_scalars(summary)}"
         )
 
-    def _resolve_start(self, resume: str | Path | None) -> Path | None:
-        """The checkpoint `resume` names (None: a fresh start). With
+    def _resolve_start(self, resume: str | Path | None, lease: contextlib.ExitStack) -> Path | None:
+        """The checkpoint `resume` names (None: a fresh start), under a read lease on every
+        rank (into `lease`: another run's checkpoint may be retired by its run). With
         `trainer.keep_global_batch`, the accumulation is set here, before the data layout
         is planned, so that ranks × accumulation equals the checkpoint's run's."""
         keep = self.config.keep_global_batch
         start = self.checkpoints.resolve(resume)
+        if start is not None:
+            self._lease_on_every_rank(lease, start)
         if start is not None and keep:
             self._keep_global_batch(start, read_state(start))
         return start
@@ -1853,7 +1877,7 @@ class Trainer:
             return
         if any(math.lcm(a, b) < total_steps for a, b in periods):
             return
-        log.warning(
+        console.warn_main(
             "trainer.checkpoint.keep_best ranks checkpoints by their own step's validation, "
             "and no checkpoint before the last falls on a validation step (checkpoints: "
             f"every_n_steps {policy.every_n_steps}, every_epoch {policy.every_epoch}; "
@@ -1866,7 +1890,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.restore(folder)
         elif (folder / EMA_FILE).is_file():
-            log.warning(
+            console.warn_main(
                 "%s holds an EMA of the weights (%s) but trainer.ema is off: this run goes on "
                 "without it, its checkpoints hold none, and its validations (so best-k) score "
                 "the raw weights where the earlier ones scored the average; set trainer.ema "
@@ -1963,10 +1987,12 @@ class Trainer:
         self._hold_settings()
         step, epoch = module.global_step, module.current_epoch  # an in-memory module's
         if ckpt is not None:
-            load_eval_weights(ckpt, module, raw_weights=raw_weights)
-            state = Path(ckpt) / TRAIN_STATE_FILE
-            # the checkpoint's step; a weights file knows none: not logged as step 0
-            trained = read_state(Path(ckpt)) if state.is_file() else None
+            with contextlib.ExitStack() as lease:
+                self._lease_on_every_rank(lease, Path(ckpt))
+                load_eval_weights(ckpt, module, raw_weights=raw_weights)
+                state = Path(ckpt) / TRAIN_STATE_FILE
+                # the checkpoint's step; a weights file knows none: not logged as step 0
+                trained = read_state(Path(ckpt)) if state.is_file() else None
             step, epoch = (trained.global_step, trained.step_epoch) if trained else (None, None)
         module.to(self.accelerator.device)
         with self._average_of(module, ckpt, raw_weights):
@@ -1974,6 +2000,59 @@ class Trainer:
         if step is not None and not raw_weights:  # the run's rows are its model's (the EMA)
             self.tracker.log(results, step=step, epoch=epoch)
         return results
+
+    def choose_checkpoint(self, choose: Callable[[], Path], *, again: bool = False) -> Path:
+        """The checkpoint `choose()` names, chosen once, by the main process, and the same on
+        every rank (collective). The main process holds a read lease on it (see
+        `checkpoint.reading`) until every rank holds its own, in `validate` or `predict`:
+        a run still training cannot retire it in between. `again` (best, last): one
+        retired before the main process's lease is chosen again. An error of `choose` is
+        raised on every rank, as the same InputError."""
+        from accelerate.utils import broadcast_object_list
+
+        chosen: list[Any] = [None, None]  # (folder, error) as text
+        failure = None
+        if self.is_main:
+            held = contextlib.ExitStack()
+            try:
+                chosen[0] = str(held.enter_context(reading_chosen(choose, again=again)))
+                self._choice_lease = held
+            except InputError as exc:
+                failure, chosen[1] = exc, str(exc)
+        if self.accelerator.num_processes > 1:
+            chosen = broadcast_object_list(chosen, from_process=0)
+        if failure is not None:
+            raise failure
+        if chosen[1] is not None:
+            raise InputError(chosen[1])
+        return Path(chosen[0])
+
+    def _lease_on_every_rank(self, lease: contextlib.ExitStack, ckpt: Path) -> None:
+        """Every rank takes its own read lease on checkpoint `ckpt` (into `lease`), then the
+        ranks agree (collective): one that finds it retired, or ranks that were given
+        different checkpoints, make every rank raise the same one-line InputError, rather
+        than one rank failing while the others wait in a collective."""
+        problem = None
+        try:
+            lease.enter_context(reading(ckpt))
+        except RetiredCheckpoint as exc:
+            problem = str(exc)
+        if self.accelerator.num_processes > 1:
+            seen = gather_object([(problem, Path(ckpt).name)])
+            problem = next((p for p, _ in seen if p is not None), None)
+            names = [name for _, name in seen]
+            if problem is None and len(set(names)) > 1:
+                problem = (
+                    f"the ranks were given different checkpoints ({', '.join(names)}, by "
+                    "rank; a run still training saves meanwhile): every rank must read the "
+                    "same one: choose it on the main process (Trainer.choose_checkpoint) "
+                    "or name a step"
+                )
+        held, self._choice_lease = getattr(self, "_choice_lease", None), None
+        if held is not None:  # every rank holds its own lease now
+            held.close()
+        if problem is not None:
+            raise RetiredCheckpoint(problem)
 
     def _average_of(
         self, module: EnhancedModule, ckpt: str | Path | None, raw_weights: bool
@@ -2022,7 +2101,9 @@ class Trainer:
         acc = self.accelerator
         metrics = metrics and _implements(module, "validation_step")
         if ckpt is not None:
-            load_eval_weights(ckpt, module, raw_weights=raw_weights)
+            with contextlib.ExitStack() as lease:
+                self._lease_on_every_rank(lease, Path(ckpt))
+                load_eval_weights(ckpt, module, raw_weights=raw_weights)
         out = Path(out) if out is not None else self.output_dir / "predictions"
         if acc.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
@@ -2115,6 +2196,22 @@ def _shared_settings() -> tuple[dict[str, Any], dict[str, Any]]:
     precision with the rest) and the gradient accumulation plugin's settings."""
     plugin = GradientState._shared_state.get("plugin_kwargs") or {}
     return dict(AcceleratorState._shared_state), dict(plugin)
+
+
+def open_trainers() -> list[Trainer]:
+    """The Trainers of this process not closed yet."""
+    return list(_OPEN_TRAINERS)
+
+
+def close_failed(exit_code: int, leave: Any = ()) -> None:
+    """Close the Trainers still open when a command failed (`stpdist`'s error line said
+    why), while they are alive: a Trainer left to the exit hook was often freed by then, so
+    wandb's own exit hook ended its run (in colour, on stdout, a log file's too) and the
+    line with the offline run's `wandb sync` command was never said. Those in `leave` (open
+    before the command) stay open."""
+    for trainer in list(_OPEN_TRAINERS):
+        if trainer not in leave:
+            trainer._close(at_exit=True, exit_code=exit_code)
 
 
 @atexit.register

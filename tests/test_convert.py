@@ -267,7 +267,7 @@ def test_synth_with_mnist_idx_digits_and_inspect(tmp_path):
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "ds").rglob("*"))
     proc = run_cli("inspect", "ds", "--samples", "2", "--out", "pics", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "ds/train: 4 samples in 1 shards, shape [20, 1, 64, 64] uint8, scale 255" in proc.stdout
+    assert "ds/train: 4 samples in 1 shard, shape [20, 1, 64, 64] uint8, scale 255" in proc.stdout
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "ds").rglob("*")) == before
     panels = sorted((tmp_path / "pics" / "val").glob("*.png"))
     assert len(panels) == 2  # the stored frames only: one row of 20, no fake prediction

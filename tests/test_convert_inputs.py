@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli, unserved
 from PIL import Image
 from test_convert import kth_videos, stored
 from test_weather import sevir_layout, t2m_file, weatherbench1_single_levels, weatherbench_folders
@@ -48,8 +49,9 @@ def _interrupted_shards(
 ) -> list[tuple[int, str]]:
     """`runs` concurrent `stpdist shard arrays --workers 3` over many files, each sent
     `signum` (to its whole process group, as a terminal's Ctrl-C, or to the main process
-    alone) once its progress bar is up; their exit statuses and stderr. Fails when one does
-    not exit within 20 s, leaves a process behind or a staging folder."""
+    alone) once its first shard is in the staging folder (its workers are loading files;
+    stderr, a file, shows no bar); their exit statuses and stderr. Fails when one does not
+    exit within 20 s, leaves a process behind or a staging folder."""
     raw = tmp_path / "raw"
     raw.mkdir()
     frames = np.random.default_rng(0).random((20, 1, 32, 32), dtype=np.float32)
@@ -74,14 +76,14 @@ def _interrupted_shards(
     try:
         deadline = time.time() + 60
         waiting = list(range(runs))
-        while waiting:  # signal each once its bar is up: its workers are loading files
+        while waiting:  # signal each once it writes: its workers are loading files
             for run in list(waiting):
-                if "item" in logs[run].read_text():
+                if any(tmp_path.glob(f".ds{run}.staging-*/*/*.tar")):
                     (os.killpg if group else os.kill)(procs[run].pid, signum)
                     waiting.remove(run)
                 else:
                     assert procs[run].poll() is None, logs[run].read_text()
-            assert time.time() < deadline, "no progress bar within 60 s"
+            assert time.time() < deadline, "no shard written within 60 s"
             time.sleep(0.02)
         deadline = time.time() + 20
         for proc in procs:
@@ -144,6 +146,76 @@ def test_sigterm_stops_a_multi_worker_shard_and_its_workers(tmp_path, group):
     folder stayed until the next run."""
     [(code, stderr)] = _interrupted_shards(tmp_path, signal.SIGTERM, group=group)
     assert code in (143, -signal.SIGTERM) and "Traceback" not in stderr, stderr[-2000:]
+
+
+# ------------------------------------------------------------------ progress
+def _small_arrays(tmp_path: Path, count: int) -> None:
+    (tmp_path / "raw").mkdir()
+    for i in range(count):
+        np.save(tmp_path / "raw" / f"s{i}.npy", np.full((3, 1, 4, 4), i / count, dtype=np.float32))
+
+
+def test_shard_in_a_log_file_says_how_far_it_is_in_lines_not_a_redrawn_bar(tmp_path, monkeypatch):
+    """stderr not a terminal (a SLURM job's log): tqdm's bar redrew itself into the file ten
+    times a second, for the hours a big conversion takes. A plain line comes every 30 s
+    (here after every item); a run shorter than that says none."""
+    import stpdist.data.convert as convert_module
+
+    _small_arrays(tmp_path, 6)
+    quiet = run_cli("shard", "arrays", "raw", "--out", "ds0", cwd=tmp_path, check=True)
+    assert "\r" not in quiet.stderr and "items" not in quiet.stderr, quiet.stderr
+    monkeypatch.setattr(convert_module, "PROGRESS_LINE_EVERY", 0.0)
+    proc = run_cli(
+        "shard", "arrays", "raw", "--out", "ds", "--samples-per-shard", "2", cwd=tmp_path,
+        check=True,
+    )  # fmt: skip
+    assert "\r" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("arrays train: ")]
+    assert [line.split(",")[0] for line in lines] == [
+        f"arrays train: {i}/6 items" for i in range(1, 7)
+    ]
+    for line in lines:
+        assert re.fullmatch(
+            r"arrays train: \d/6 items, [\d.]+ (B|KB) written, \d+ s elapsed(, about \d+ s left)?",
+            line,
+        ), line
+    assert "left" in lines[0] and "left" not in lines[-1]
+
+
+def test_shard_on_a_terminal_keeps_its_bar(tmp_path):
+    """stderr a terminal (a pty): the bar, redrawn in place, as before."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    _small_arrays(tmp_path, 3)
+    controller, terminal = pty.openpty()
+    rows_cols = struct.pack("HHHH", 24, 100, 0, 0)
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, rows_cols)  # a new pty is 0 wide: no bar fits
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stpdist", "shard", "arrays", "raw", "--out", "ds"],
+        cwd=tmp_path,
+        env=unserved({**os.environ, "OMP_NUM_THREADS": "1"}),
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    shown, deadline = b"", time.time() + 60
+    while time.time() < deadline:  # read as it comes: a full pty would block the writer
+        if select.select([controller], [], [], 0.1)[0]:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: the writer closed its end
+                chunk = b""
+            if not chunk:
+                break
+            shown += chunk
+    os.close(controller)
+    assert proc.wait(timeout=30) == 0, shown.decode(errors="replace")
+    text = shown.decode(errors="replace")
+    assert "\r" in text and "3/3" in text and "item/s" in text, text
 
 
 # ------------------------------------------------------------------ flags, checked first

@@ -1,7 +1,8 @@
 """The shard format, defined once; every writer and reader imports it.
 
-A split folder holds `<split>-000000.tar, <split>-000001.tar, …` and `index.json`.
-Each tar member group is one sample:
+A split folder holds `<split>-000000.tar, <split>-000001.tar, …` and `index.json`; a
+shard holds at most `samples_per_shard` samples and, past its first, `SHARD_BYTES`. Each
+tar member group is one sample:
 
     <key>.frames.npy   the whole sequence T×C×H×W in its stored dtype (uint8 for 8-bit data)
     <key>.json         optional metadata (source file, timestamps, …)
@@ -48,6 +49,12 @@ INDEX_FILE = "index.json"
 FRAMES_EXT = "frames.npy"
 META_EXT = "json"
 SHARD_PATTERN = "{split}-%06d.tar"
+SHARD_BYTES = 1 << 30
+"""Most bytes of samples a shard holds before the writer starts the next (`SplitWriter`'s
+`samples_per_shard` bounds the count too): a shard is the unit a reader streams from its
+start, so each worker of a rank reads up to a shard it does not use to reach its share, and
+1000 large samples (SEVIR windows: 3.7 MB; ERA5 at 0.25°: 30 MB a channel) made shards of
+gigabytes (past the 4 GiB a FAT32 disk takes)."""
 SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 """Split names: letters, digits, `_` and `-`; shard names are `<split>-<6+ digits>.tar`, so
 a name from an index can be put in a path or a `pipe:` command without meaning more."""
@@ -535,6 +542,8 @@ class SplitWriter:
         self.shape: list[int] | None = None
         self.dtype: str | None = None
         self.counts: list[int] = []
+        self.shard_bytes = 0
+        """Bytes of the samples in the current shard (their members' data)."""
         self.keys: set[str] = set()
         self.stats = StatsAccumulator(per_pixel=climatology)
         self.variables = [dict(v) for v in variables or []]
@@ -589,14 +598,20 @@ class SplitWriter:
             raise ShardFormatError(
                 f"sample {key}: mask of shape {list(valid.shape)} for frames {self.shape}"
             )
-        if not self.counts or self.counts[-1] >= self.samples_per_shard:
-            self.new_shard()
-        self.keys.add(key)
         members = {FRAMES_EXT: encode_frames(frames_TCHW)}
         if meta:
             members[META_EXT] = json.dumps(meta).encode()
+        size = sum(map(len, members.values()))
+        if (
+            not self.counts
+            or self.counts[-1] >= self.samples_per_shard
+            or (self.counts[-1] and self.shard_bytes + size > SHARD_BYTES)
+        ):
+            self.new_shard()
+        self.keys.add(key)
         self._writer.write(key, members)
         self.counts[-1] += 1
+        self.shard_bytes += size
         # a window of a series: its frames count once
         first, series = (meta or {}).get(SERIES_INDEX), (meta or {}).get(SERIES_ID)
         self.stats.add(frames_TCHW, self.value_scale, first=first, series=series, valid=valid)
@@ -607,6 +622,7 @@ class SplitWriter:
             self._writer.close()
         self._writer = _TarShard(self.folder / (self._pattern() % len(self.counts)))
         self.counts.append(0)
+        self.shard_bytes = 0
 
     def close(self) -> SplitIndex:
         if self._writer is not None:

@@ -46,6 +46,30 @@ def holds_working_folder(out: str | Path) -> bool:
     return target == here or target in here.parents
 
 
+def make_durable(folder: Path) -> None:
+    """fsync every file under `folder`, then every folder (the deepest first), `folder`
+    included: before the rename that marks a new version complete, so that a power loss
+    after the old version is deleted cannot leave the new one's files empty or missing (a
+    rename reaches the disk before the data written ahead of it, on many filesystems)."""
+    folders = [folder]
+    for root, names, files in os.walk(folder):
+        folders += [Path(root) / name for name in names]
+        for name in files:
+            with open(Path(root) / name, "rb") as handle:
+                os.fsync(handle.fileno())
+    for path in reversed(folders):
+        sync_folder(path)
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder: its entries (renames, new files) reach the disk."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _host() -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
 

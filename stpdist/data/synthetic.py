@@ -300,12 +300,14 @@ def synthesized_differently(
     num_digits: int = 2,
     digit_size: int = DIGIT,
     digits_path: str | Path | None = None,
+    advice: str | None = None,
 ) -> str | None:
     """When `root` holds moving digits generated with other settings than these (the
     arguments of `write_moving_digits`, as `data.synthesize` gives them), one line naming
-    the settings that differ and how to regenerate; None when they agree (or `root` holds
-    no generated digits). Reads the generator arguments each split's index records; a
-    split of count 0 (on-the-fly training) is not compared."""
+    the settings that differ and how to regenerate (or `advice`, what to do, in its place);
+    None when they agree (or `root` holds no generated digits). Reads the generator
+    arguments each split's index records; a split of count 0 (on-the-fly training) is not
+    compared."""
     from .format import INDEX_FILE, read_index
 
     wanted = {
@@ -334,7 +336,8 @@ def synthesized_differently(
     if not differ:
         return None
     changes = ", ".join(f"{name} {old} → {new}" for name, (old, new) in differ.items())
+    advice = advice or f"training on the existing data; delete {root} to regenerate it"
     return (
         f"{root} holds moving digits generated with other settings than data.synthesize "
-        f"({changes}): training on the existing data; delete {root} to regenerate it"
+        f"({changes}): {advice}"
     )

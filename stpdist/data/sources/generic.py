@@ -44,7 +44,15 @@ from .common import (
     natural_key,
     split_counts,
 )
-from .series import as_times, parse_bound, parse_step, plan_windows, stamp, stamp_unit
+from .series import (
+    as_times,
+    group_starts,
+    parse_bound,
+    parse_step,
+    plan_windows,
+    stamp,
+    stamp_unit,
+)
 
 
 @dataclass
@@ -222,9 +230,20 @@ class GenericArrays:
         for window in windows:
             chunk = int(np.searchsorted(firsts, window.start, side="right")) - 1
             grouped.setdefault(window.split, {}).setdefault(chunk, []).append(window.start)
+        # a .npy chunk is read in windows: items of at most ITEM_BYTES of windows each, so
+        # memory stays flat however large the file; an .npz member is read whole, once
+        frame_bytes = math.prod(frame_shape) * np.dtype(dtype).itemsize
         order = ("train", "val", "test")
         return {
-            split: [(chunk, starts) for chunk, starts in grouped[split].items()]
+            split: [
+                (chunk, run)
+                for chunk, starts in grouped[split].items()
+                for run in (
+                    group_starts(starts, self.num_frames, frame_bytes)
+                    if chunks[chunk][0].lower().endswith(".npy")
+                    else [starts]
+                )
+            ]
             for split in order
             if split in grouped
         }

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ...errors import InputError, MissingInput
+from ...errors import InputError, MissingInput, require_extra
 from ..format import require_file
 from .series import check_window
 
@@ -24,7 +24,7 @@ NAME = re.compile(r"^person(\d+)_([a-z]+)_d(\d+)_uncomp$")
 
 def decode_gray(path: str | Path) -> np.ndarray:
     """All frames of a video as T×H×W uint8 grayscale."""
-    import av
+    av = require_extra("av", "formats", "decoding KTH videos")
 
     try:
         with av.open(str(path)) as container:

@@ -30,9 +30,17 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import InputError, MissingInput
+from ...errors import InputError, MissingInput, require_extra
 from ..format import SERIES_INDEX, require_file
-from .series import as_times, parse_bound, parse_step, plan_windows, stamp, stamp_unit
+from .series import (
+    as_times,
+    group_starts,
+    parse_bound,
+    parse_step,
+    plan_windows,
+    stamp,
+    stamp_unit,
+)
 
 LAT_NAMES = ("lat", "latitude")
 LON_NAMES = ("lon", "longitude")
@@ -42,13 +50,7 @@ STANDARD_CALENDARS = ("standard", "gregorian", "proleptic_gregorian")
 
 
 def _xarray() -> Any:
-    try:
-        import xarray
-    except ImportError:  # pragma: no cover - the extra is missing
-        raise ImportError(
-            "reading netCDF/Zarr needs xarray: pip install 'stpdist[weather]'"
-        ) from None
-    return xarray
+    return require_extra("xarray", "weather", "reading netCDF/Zarr")
 
 
 def _open_store(path: str, decode_times: bool = True) -> Any:
@@ -66,6 +68,7 @@ def _open_store(path: str, decode_times: bool = True) -> Any:
 
 def _open(path: str) -> Any:
     """A lazily read dataset (no dask: values are read on indexing)."""
+    _xarray()  # a missing extra is said as such, not as an unreadable file
     try:
         return _open_store(path)
     except Exception as exc:
@@ -549,20 +552,18 @@ class XarraySource:
             where=self._series_where(),
         )
         # work items: runs of windows of one split whose frames span at most block_frames
-        out: dict[str, list[Any]] = {}
-        block: list[int] = []
-        split = None
+        # and whose windows (each a copy) hold at most ITEM_BYTES (0.25° ERA5 frames are 4 MB
+        # a channel: 256 of them, times the windows overlapping them, would not fit)
+        runs: list[tuple[str, list[int]]] = []
         for window in windows:
-            if block and (
-                window.split != split
-                or window.start + self.num_frames - block[0] > self.block_frames
-            ):
-                out.setdefault(split, []).append(tuple(block))
-                block = []
-            split = window.split
-            block.append(window.start)
-        if block:
-            out.setdefault(split, []).append(tuple(block))
+            if not runs or runs[-1][0] != window.split:
+                runs.append((window.split, []))
+            runs[-1][1].append(window.start)
+        frame_bytes = len(self.channels) * len(self.latitudes) * len(self.longitudes) * 4
+        out: dict[str, list[Any]] = {}
+        for split, starts in runs:
+            for run in group_starts(starts, self.num_frames, frame_bytes, self.block_frames):
+                out.setdefault(split, []).append(tuple(run))
         return {
             s: [Block(starts, self._where(starts)) for starts in out[s]]
             for s in ("train", "val", "test")
@@ -590,10 +591,18 @@ class XarraySource:
 
     # ------------------------------------------------------------------ reading
     def _read(self, channel: Channel, first: int, stop: int) -> np.ndarray:
-        """Frames [first, stop) of one channel, T×H×W float32, from the files holding them."""
+        """Kept steps [first, stop) of one channel (`--every` e: the files' steps first·e,
+        (first + 1)·e, …), T×H×W float32, from the files holding them; only those steps
+        are read (`--every 12` of hourly data reads a twelfth of it, not all)."""
+        every = self.every
+        first, stop = first * every, (stop - 1) * every + 1  # the files' steps
         parts = []
         for store, offset, count in self.files[channel.key]:
             if offset + count <= first or offset >= stop:
+                continue
+            begin = max(first - offset, 0)
+            begin += -(offset + begin) % every  # the file's first kept step
+            if begin >= min(count, stop - offset):
                 continue
             ds = _open(store)
             try:
@@ -604,7 +613,7 @@ class XarraySource:
                 if channel.level is not None:
                     var = var.sel({level: channel.level})
                 var = var.transpose("time", lat, lon)
-                part = var.isel(time=slice(max(first - offset, 0), stop - offset)).values
+                part = var.isel(time=slice(begin, stop - offset, every)).values
             finally:
                 ds.close()
             parts.append(np.asarray(part, dtype=np.float32))
@@ -613,10 +622,7 @@ class XarraySource:
     def load(self, block: Block) -> list[tuple[str, np.ndarray, dict]]:
         starts = block.starts
         first, stop = starts[0], starts[-1] + self.num_frames
-        e = self.every  # window indexes count kept steps; files hold every step
-        block = np.stack(
-            [self._read(c, first * e, (stop - 1) * e + 1)[::e] for c in self.channels], axis=1
-        )
+        block = np.stack([self._read(c, first, stop) for c in self.channels], axis=1)
         out = []
         for start in starts:
             frames = np.ascontiguousarray(block[start - first : start - first + self.num_frames])

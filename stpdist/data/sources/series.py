@@ -75,6 +75,32 @@ def as_times(values: Any, where: str) -> np.ndarray:
     return stamps
 
 
+ITEM_BYTES = 64 << 20
+"""Most bytes of frames one work item of a windowing source returns: its windows, each a
+copy (a worker hands them to the writer whole), so memory stays flat however long the
+series (a source read in windows, such as a `.npy` chunk, is never read whole)."""
+
+
+def group_starts(
+    starts: list[int], num_frames: int, frame_bytes: int, most_frames: int | None = None
+) -> list[list[int]]:
+    """Window `starts` (increasing) in runs of one work item each: a run's windows hold at
+    most `ITEM_BYTES` of frames, and span at most that (a read of the run's frames) and
+    `most_frames`; one window at least."""
+    budget = ITEM_BYTES // max(frame_bytes, 1)  # frames
+    most_windows = max(1, budget // num_frames)
+    span = max(num_frames, budget)
+    most_frames = span if most_frames is None else min(most_frames, span)
+    groups: list[list[int]] = []
+    for start in starts:
+        run = groups[-1] if groups else None
+        if run is None or len(run) >= most_windows or start + num_frames - run[0] > most_frames:
+            groups.append([start])
+        else:
+            run.append(start)
+    return groups
+
+
 @dataclass
 class Window:
     start: int

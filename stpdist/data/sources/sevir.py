@@ -22,11 +22,14 @@ from typing import Any
 import numpy as np
 
 from ...console import log
-from ...errors import InputError
+from ...errors import InputError, require_extra
 from ..format import SERIES_ID, SERIES_INDEX, require_file
 from .series import check_window
 
 VIL_THRESHOLDS = [16, 74, 133, 160, 181, 219]
+EVENTS_PER_ITEM = 8
+"""Most events one work item reads: a VIL event is 7 MB (384×384×49), its windows each a
+copy once handed to the writer, while a file holds hundreds of events (gigabytes)."""
 COLUMNS = ("id", "file_name", "file_index", "img_type", "time_utc")
 CATALOG = "CATALOG.csv"
 
@@ -109,9 +112,13 @@ class Sevir:
                 (row["id"], index)
             )
         _say_empty_splits(by_split, val_from, test_from, path)
-        # one work item per (split, file): events read from one HDF5 file at a time
+        # work items of one file's events each, a few at a time (a file is gigabytes)
         return {
-            split: [(file, events) for file, events in sorted(by_split[split].items())]
+            split: [
+                (file, events[first : first + EVENTS_PER_ITEM])
+                for file, events in sorted(by_split[split].items())
+                for first in range(0, len(events), EVENTS_PER_ITEM)
+            ]
             for split in ("train", "val", "test")
             if split in by_split
         }
@@ -120,7 +127,7 @@ class Sevir:
         return str(Path(self._root()) / item[0])
 
     def load(self, item: tuple[str, list[tuple[str, int]]]) -> list[tuple[str, np.ndarray, dict]]:
-        import h5py
+        h5py = require_extra("h5py", "formats", "reading SEVIR HDF5 files")
 
         file, events = item
         path = require_file(Path(self._root()) / file)

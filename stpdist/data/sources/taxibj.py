@@ -11,6 +11,7 @@ count each slot of a file once, however many overlapping windows hold it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import InputError, MissingInput
+from ...errors import InputError, MissingInput, require_extra
 from ..format import SERIES_ID, SERIES_INDEX, require_file
-from .series import check_window
+from .series import check_window, group_starts
 
 SLOT = timedelta(minutes=30)
 SCALE = 1292.0
@@ -34,19 +35,26 @@ def parse_slot(raw: bytes | str) -> datetime:
     return day + (slot - 1) * SLOT
 
 
-def _read(path: str) -> tuple[np.ndarray, list[datetime]]:
-    import h5py
+def _read(
+    path: str, first: int = 0, stop: int | None = None
+) -> tuple[np.ndarray, list[datetime], tuple[int, ...]]:
+    """(`data` slots [first, stop), every slot's date, the shape of the whole of `data`):
+    only those slots are read (a file is 80–120 MB of float64; its windows, 8 frames each
+    at stride 1, eight times that)."""
+    h5py = require_extra("h5py", "formats", "reading TaxiBJ .h5 files")
 
     try:
         with h5py.File(path, "r") as f:
             if "data" not in f or "date" not in f:
                 raise InputError(f"missing dataset 'data' or 'date' (has {list(f.keys())})")
-            data, dates = f["data"][()], [parse_slot(d) for d in f["date"][()]]
+            dates = [parse_slot(d) for d in f["date"][()]]
+            shape = tuple(f["data"].shape)
+            if len(shape) != 4 or shape[0] != len(dates):
+                raise InputError(f"'data' has shape {shape}, 'date' {len(dates)} entries")
+            data = f["data"][first:stop]
     except Exception as exc:  # h5py raises several types; every one names the file here
         raise InputError(f"{path}: {type(exc).__name__}: {exc}") from exc
-    if data.ndim != 4 or data.shape[0] != len(dates):
-        raise InputError(f"{path}: 'data' has shape {data.shape}, 'date' {len(dates)} entries")
-    return data, dates
+    return data, dates, shape
 
 
 @dataclass
@@ -69,7 +77,7 @@ class TaxiBJ:
                 raise InputError(f"{flag} {days}: expected a number of days ≥ 0")
 
     def _bounds(self) -> tuple[datetime, datetime]:
-        import h5py
+        h5py = require_extra("h5py", "formats", "reading TaxiBJ .h5 files")
 
         last = None
         for path in self.paths:
@@ -95,17 +103,31 @@ class TaxiBJ:
             run = 1
         return starts
 
-    def describe(self, item: tuple[str, str]) -> str:
+    def describe(self, item: tuple[str, str, tuple[int, ...]]) -> str:
         return item[0]
 
     def splits(self) -> dict[str, list[Any]]:
+        """Work items (file, split, window starts): runs of one file's windows of one split,
+        at most `ITEM_BYTES` of windows each (see `series.group_starts`)."""
         if not self.paths:
             raise MissingInput("no TaxiBJ .h5 files given")
         for path in self.paths:
             require_file(path)  # missing: FileNotFoundError; a FIFO would block h5py
         self.bounds = self._bounds()
         names = ("train", "val", "test") if self.val_days > 0 else ("train", "test")
-        return {split: [(p, split) for p in self.paths] for split in names}
+        out: dict[str, list[Any]] = {split: [] for split in names}
+        for path in self.paths:
+            _, dates, shape = _read(path, 0, 0)  # the dates and the shape alone
+            starts: dict[str, list[int]] = {}
+            for s in self.windows(dates):
+                split = self._split_of(dates[s], dates[s + self.num_frames - 1], self.bounds)
+                if split is not None:
+                    starts.setdefault(split, []).append(s)
+            frame_bytes = math.prod(shape[1:]) * 4  # stored as float32
+            for split in names:
+                for run in group_starts(starts.get(split, []), self.num_frames, frame_bytes):
+                    out[split].append((path, split, tuple(run)))
+        return out
 
     def _split_of(
         self, start: datetime, end: datetime, bounds: tuple[datetime, datetime]
@@ -117,16 +139,17 @@ class TaxiBJ:
 
         return which(start) if which(start) == which(end) else None
 
-    def load(self, item: tuple[str, str]) -> list[tuple[str, np.ndarray, dict]]:
-        path, split = item
-        data, dates = _read(path)
+    def load(self, item: tuple[str, str, tuple[int, ...]]) -> list[tuple[str, np.ndarray, dict]]:
+        path, split, starts = item
+        first = starts[0]
+        data, dates, _ = _read(path, first, starts[-1] + self.num_frames)
         bounds = self.bounds or self._bounds()
         stem = Path(path).stem.replace(".", "_")
         out = []
-        for s in self.windows(dates):
+        for s in starts:
             end = s + self.num_frames - 1
             if self._split_of(dates[s], dates[end], bounds) == split:
-                frames = np.asarray(data[s : end + 1], dtype=np.float32)
+                frames = np.asarray(data[s - first : end + 1 - first], dtype=np.float32)
                 stamp = dates[s].strftime("%Y%m%d%H%M")
                 meta = {
                     "source": Path(path).name,

@@ -1,0 +1,199 @@
+"""The lead's fixes from the ninth review (the helpers' have their own files:
+test_scale_review, test_output_review, test_concurrency_review, test_read_leases,
+test_generation_race)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import textwrap
+
+# a write past the process' file-size limit fails with EFBIG (SIGXFSZ ignored), as a full
+# disk fails a write: the earlier results must stay whole
+_LIMITED_WRITE = """
+import json, resource, signal, sys
+from pathlib import Path
+from stpdist.cli import _write_json
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+try:
+    _write_json(Path(sys.argv[1]), {f"test/metric_{i}": float(i) for i in range(50)})
+except OSError as exc:
+    print(type(exc).__name__, exc.errno)
+"""
+
+
+def test_results_written_past_a_full_disk_leave_the_earlier_results_whole(tmp_path):
+    path = tmp_path / "metrics_val.json"
+    earlier = {"checkpoint": "step-00000008", "val/mse": 0.5}
+    path.write_text(json.dumps(earlier))
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_LIMITED_WRITE), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["OSError", "27"]  # EFBIG: the write failed
+    assert json.loads(path.read_text()) == earlier
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics_val.json"]
+
+
+def test_a_file_size_limit_is_said_as_the_machine_s_in_one_line(tmp_path):
+    """EFBIG (a file over the process' limit, or FAT32's 4 GiB) is the machine's state like
+    a full disk: one line naming the output, not an OSError's repr."""
+    import numpy as np
+
+    source = tmp_path / "arrays"
+    source.mkdir()
+    for i in range(6):
+        np.save(source / f"seq{i}.npy", np.full((8, 1, 16, 16), i / 6, np.float32))
+    out = tmp_path / "out"
+
+    def limited() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "stpdist", "shard", "arrays", str(source), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limited,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"stpdist: error: {out}: File too large"
+    assert not out.exists()
+
+
+def test_a_split_the_dataset_lacks_is_refused_naming_the_flag_and_the_splits(tmp_path):
+    """`validate --split nosuch` built the model (its warnings said) and then named only the
+    folder; now it is refused first, naming --split (or the config key) and the splits."""
+    from pathlib import Path
+
+    from stpdist.data.synthetic import write_moving_digits
+
+    data = tmp_path / "data"
+    write_moving_digits(data, {"train": 2, "val": 2}, image_size=16, digit_size=8, progress=False)
+    config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    from safetensors.torch import save_file
+
+    from stpdist.build import build_module
+    from stpdist.config import load_config
+
+    weights = tmp_path / "weights.safetensors"  # the split is checked once the weights are
+    module = build_module(load_config(config, [f"data.root={data}"]))
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(weights))
+    common = [str(config), f"data.root={data}", f"trainer.output_dir={tmp_path / 'run'}"]
+    common += ["--ckpt", str(weights)]
+    for args, named in (
+        (["validate", *common, "--split", "nosuch"], "--split nosuch"),
+        (["predict", *common], "data.test_split 'test'"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "stpdist", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr
+        split = named.split()[-1].strip("'")
+        assert proc.stderr.strip().splitlines() == [
+            f"stpdist: error: {named}: data.root {data} holds no such split (no "
+            f"{data / split / 'index.json'}); its splits: train, val"
+        ]
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Pids of the processes whose command line holds `text`."""
+    from pathlib import Path
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_ranks_whose_torchrun_was_killed_stop_with_a_checkpoint(tmp_path):
+    """torchrun starts each rank in a session of its own: SIGKILL to torchrun (or the OOM
+    killer) reached no rank, and they trained on as orphans holding the run lock. Each rank
+    now watches its launcher and stops as on SIGTERM: a checkpoint, then exit."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    from conftest import launcher, unserved
+
+    from stpdist.data.synthetic import write_moving_digits
+
+    data, run = tmp_path / "data", tmp_path / "orphaned-run"
+    write_moving_digits(data, {"train": 64, "val": 8}, image_size=32, digit_size=14, progress=False)
+    config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    log = tmp_path / "out.txt"
+    env = unserved({**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        *launcher(2, torchrun=True),
+        *["-m", "stpdist", "train", str(config), f"data.root={data}"],
+        *[f"trainer.output_dir={run}", "trainer.max_epochs=1000", "trainer.log_every_n_steps=1"],
+    ]
+    with open(log, "w") as out:
+        torchrun = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while "[step 1/" not in log.read_text() and time.monotonic() < deadline:
+            assert torchrun.poll() is None, log.read_text()
+            time.sleep(0.2)
+        assert "[step 1/" in log.read_text(), log.read_text()
+        torchrun.send_signal(signal.SIGKILL)
+        torchrun.wait()
+        deadline = time.monotonic() + 120
+        while _processes_naming(str(run)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _processes_naming(str(run)), log.read_text()
+        said = log.read_text()
+        assert "is gone; stopping as on SIGTERM" in said, said
+        assert "stopped on a signal after step" in said, said
+        saved = sorted(p.name for p in (run / "checkpoints").iterdir())
+        assert saved and all(name.startswith("step-") for name in saved), saved
+    finally:
+        for pid in _processes_naming(str(run)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_model_refused_before_generating_is_one_line_on_two_ranks(tmp_path):
+    """The model check before generating ran on the main rank alone, inside the wait of the
+    others: its config error was said once, and then every other rank, left in the barrier,
+    said "another rank of this run stopped ...; resume with --resume auto", advice for a run
+    that never started. Every rank now checks before the wait; the main rank speaks."""
+    import os
+    from pathlib import Path
+
+    from conftest import launcher
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    data = tmp_path / "data"
+    command = [
+        *launcher(2),
+        *["--no-python", sys.executable, "-m", "stpdist", "train", str(config), "--synthesize"],
+        *[f"data.root={data}", f"trainer.output_dir={tmp_path / 'run'}"],
+        "model.backbone.num_translator_blocks=1",  # SimVP needs 2 or more
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("stpdist:")]
+    assert len(lines) == 1 and lines[0].startswith("stpdist: config error: "), proc.stderr
+    assert "num_translator_blocks" in lines[0]
+    assert not data.exists()  # refused before any digit was drawn

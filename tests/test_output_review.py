@@ -1,0 +1,136 @@
+"""What the commands print, read as a user reads a terminal or a SLURM log file: a warning
+about the config once per command (not once per rank, not once per build), a user's error
+in one line from one rank, no progress-bar redraws in a log file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from conftest import launcher, run_cli, run_ranks
+
+TAU = {
+    "trainer": {"output_dir": "run", "max_epochs": 1, "checkpoint": {"every_epoch": True}},
+    "data": {
+        "root": "digits",
+        "batch_size": 2,
+        "num_input_frames": 2,
+        "num_output_frames": 1,
+        "synthesize": {
+            "root": "elsewhere",  # not data.root: only --synthesize generates into it
+            "train": 4,
+            "val": 4,
+            "test": 4,
+            "num_frames": 3,
+            "image_size": 8,
+            "digit_size": 4,
+        },
+    },
+    "logging": {"num_samples": 0},
+    "model": {
+        "name": "tau",
+        "backbone": {
+            "spatial_channels": 2,
+            "temporal_channels": 4,
+            "num_spatial_blocks": 1,
+            "num_translator_blocks": 2,
+        },
+        "divergence_weight": 0.1,  # with 1 output frame: no effect, said
+    },
+}
+NO_EFFECT = "model.divergence_weight 0.1 has no effect"
+
+
+def config(folder: Path) -> str:
+    path = folder / "tau.yaml"
+    path.write_text(yaml.safe_dump(TAU))
+    return str(path)
+
+
+def ranks(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`stpdist ARGS` on 2 ranks over gloo; the exit status is the caller's to check."""
+    cmd = [*launcher(2), "--no-python", sys.executable, "-m", "stpdist", *args]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_config_warning_is_said_once_a_command_on_two_ranks(tmp_path):
+    """TAU's divergence that cannot act: said by each rank, and twice more by the main
+    one with --synthesize (the model checked before generating), again at validate; the
+    Trainer's warnings about its config likewise."""
+    cfg = config(tmp_path)
+    argv = ["--no-python", sys.executable, "-m", "stpdist"]
+    unused = "trainer.compile_mode=max-autotune"  # the Trainer's own: said on each rank too
+    trained = run_ranks([*argv, "train", cfg, "--synthesize", unused], 2, cwd=tmp_path)
+    assert trained.stderr.count(NO_EFFECT) == 1, trained.stderr
+    assert trained.stderr.count("'max-autotune' has no effect") == 1, trained.stderr
+    validated = run_ranks([*argv, "validate", cfg], 2, cwd=tmp_path)
+    assert validated.stderr.count(NO_EFFECT) == 1, validated.stderr
+
+
+def test_a_config_error_is_one_line_from_one_rank(tmp_path):
+    proc = ranks("train", config(tmp_path), "model.nosuch=1", cwd=tmp_path)
+    assert proc.returncode != 0
+    said = [line for line in proc.stderr.splitlines() if line.startswith("stpdist:")]
+    assert said == [said[0]] and "unknown key 'model.nosuch'" in said[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_input_error_before_the_ranks_join_is_said_once(tmp_path):
+    proc = ranks("train", config(tmp_path), "--resume", str(tmp_path / "none"), cwd=tmp_path)
+    assert proc.returncode != 0
+    said = [line for line in proc.stderr.splitlines() if line.startswith("stpdist:")]
+    assert len(said) == 1 and "--resume" in said[0], proc.stderr
+
+
+def test_no_progress_bar_redraws_in_a_log_file(tmp_path):
+    """stderr not a terminal (a SLURM log): tqdm's bar redrew itself ten times a second
+    into the file; the trainer's bar was already off there, the data writers' were not."""
+    out = tmp_path / "digits"
+    proc = run_cli(
+        "synth", "moving-digits", "--out", str(out), "--train", "64", "--val", "8",
+        "--test", "8", "--frames", "3", "--size", "8", "--digit-size", "4", "--workers", "1",
+        cwd=tmp_path, check=True,
+    )  # fmt: skip
+    assert "\r" not in proc.stderr and "item/s" not in proc.stderr, proc.stderr
+    assert f"wrote moving digits to {out}" in proc.stdout
+    trained = run_cli("train", config(tmp_path), "--synthesize", cwd=tmp_path, check=True)
+    assert "\r" not in trained.stderr and "item/s" not in trained.stderr, trained.stderr
+    assert trained.stderr.count(NO_EFFECT) == 1, trained.stderr
+
+
+def test_one_process_commands_run_once_on_two_ranks(tmp_path):
+    """synth, inspect, export under torchrun: each rank did the work: lines printed twice,
+    and the second writer failed on the folder the first had filled (exit 1)."""
+    synth = ranks(
+        "synth", "moving-digits", "--out", "digits", "--train", "4", "--val", "4",
+        "--test", "4", "--frames", "3", "--size", "8", "--digit-size", "4", cwd=tmp_path,
+    )  # fmt: skip
+    assert synth.returncode == 0, synth.stderr[-3000:]
+    assert synth.stdout.count("wrote moving digits") == 1, synth.stdout
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no staging left
+    shown = ranks("inspect", "digits", "--out", "pics", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert shown.stdout.count("rendered") == 3, shown.stdout  # one line a split
+
+
+def test_a_failed_run_ends_its_wandb_run_itself(tmp_path):
+    """A run that fails mid-training (a truncated validation shard) left its wandb run to
+    wandb's exit hook: colour codes on stdout (a log file's too), and no `wandb sync` line
+    of stpdist's for the offline run. The error line stays the last line."""
+    from stpdist.data.synthetic import write_moving_digits
+
+    settings = {"num_frames": 3, "image_size": 8, "digit_size": 4}
+    write_moving_digits(tmp_path / "digits", {"train": 4, "val": 4}, **settings, progress=False)
+    (shard,) = (tmp_path / "digits" / "val").glob("*.tar")
+    shard.write_bytes(shard.read_bytes()[:3000])  # the first sample, without the tar's end
+    cmd = [sys.executable, "-m", "stpdist", "train", config(tmp_path), "logging.trackers=[wandb]"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]  # after wandb's summary, not amid it
+    assert last.startswith("stpdist: error: ") and "val-000000.tar" in last, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "\x1b[" not in proc.stdout + proc.stderr, proc.stdout[-2000:]
+    assert "; upload it with: wandb sync " in proc.stdout, proc.stdout[-2000:]
