@@ -64,6 +64,22 @@ def _start_time(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
+def started_at(pid: int) -> float | None:
+    """When process `pid` started, in seconds since the epoch (Linux); None if unknown."""
+    ticks = _start_time(pid)
+    if ticks is None:
+        return None
+    try:
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

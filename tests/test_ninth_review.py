@@ -197,3 +197,32 @@ def test_a_model_refused_before_generating_is_one_line_on_two_ranks(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("stpdist: config error: "), proc.stderr
     assert "num_translator_blocks" in lines[0]
     assert not data.exists()  # refused before any digit was drawn
+
+
+def test_leftovers_whose_pid_was_reused_are_recovered_not_waited_for(tmp_path):
+    """A crashed replacement's folders name its pid; a later process that got the same pid
+    kept them "of process N, which is still running" until it exited. A process that
+    started after the folders were last changed cannot have made them."""
+    import os
+    import time
+
+    from conftest import run_cli
+    from test_data_guard import dataset
+
+    from stpdist.data.staging import _host
+
+    runner = subprocess.Popen(["sleep", "60"])  # the pid's new owner, started just now
+    try:
+        dataset(tmp_path / "ds", 5)
+        left = tmp_path / f".ds.old-{_host()}-{runner.pid}"
+        dataset(left, 7)
+        hour_ago = time.time() - 3600  # made by the pid's earlier owner, an hour ago
+        for path in (left / "train", left):
+            os.utime(path, (hour_ago, hour_ago))
+        proc = run_cli("inspect", "ds", "--samples", "0", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert "still running" not in proc.stderr
+        assert not left.exists()
+    finally:
+        runner.kill()
+        runner.wait()

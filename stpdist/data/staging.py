@@ -116,7 +116,26 @@ def _running(group: _Leftovers) -> str | None:
         return None
     except PermissionError:  # alive, another user's
         pass
+    if _pid_reused(group):
+        return None
     return f"of process {group.pid}, which is still running"
+
+
+def _pid_reused(group: _Leftovers) -> bool:
+    """Whether the live process of the group's pid started after the group's folders were
+    last changed, so cannot have made them: the pid was reused, its owner is gone. (The
+    owner started before it made its folders; a process that started meanwhile is not
+    told apart from it, and is waited for as the owner would be.)"""
+    from ..runlock import started_at
+
+    started = started_at(group.pid)
+    if started is None:
+        return False
+    try:
+        changed = max(folder.stat().st_mtime for folder in group.folders.values())
+    except OSError:
+        return False
+    return started > changed + 1  # a second of slack: clock ticks and mtimes round
 
 
 def _complete(folder: Path) -> bool:
