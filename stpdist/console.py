@@ -44,7 +44,10 @@ class _TqdmHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:  # warnings on stderr, where scripts look for them; results on stdout
             stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
-            tqdm.write(self.format(record), file=stream)
+            # one write a record, newline included: under `python -u` (SLURM jobs often set
+            # PYTHONUNBUFFERED) each write is a syscall of its own, and the ranks sharing one
+            # log would otherwise put a line's end after another rank's line
+            tqdm.write(self.format(record) + "\n", file=stream, end="")
         except Exception:  # logging must never raise into training
             self.handleError(record)
 

@@ -145,7 +145,8 @@ def run(args: argparse.Namespace) -> None:
         try:
             state = trainer.fit(module, train, val, resume=args.resume)
         except Preempted as stop:
-            print(f"preempted: {stop}", flush=True)
+            sys.stdout.write(f"preempted: {stop}\n")  # one write: the ranks share a pipe
+            sys.stdout.flush()
             sys.exit(PREEMPTED_EXIT_CODE)
         results = {"global_step": state.global_step, "epoch": state.epoch}
     if trainer.is_main:

@@ -23,16 +23,23 @@ from stpdist import Trainer, trainer  # noqa: E402
 atexit.unregister(trainer._close_open_trainers)
 
 
+def say(line: str) -> None:
+    """One write a line: the ranks share one pipe, and under PYTHONUNBUFFERED `print` writes
+    the text and its newline apart (a CI run read "closed: …closed: …" and then two newlines)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 @atexit.register
 def _report() -> None:
     trainer._close_open_trainers()
-    print(f"process group alive after stpdist's exit hook: {dist.is_initialized()}", flush=True)
+    say(f"process group alive after stpdist's exit hook: {dist.is_initialized()}")
 
 
 for name in ("closed", "unclosed"):
     run = Trainer(max_steps=2, output_dir=Path(sys.argv[1]) / name, progress_bar=False)
     state = run.fit(TinyModule(), DataLoader(TinySequences(8), batch_size=2))
-    print(f"{name}: {state.global_step} steps on {run.accelerator.num_processes} ranks", flush=True)
+    say(f"{name}: {state.global_step} steps on {run.accelerator.num_processes} ranks")
     if name == "closed":
         run.close()
 del run

@@ -25,6 +25,11 @@ launcher: no rank is left waiting in a collective). OpenMP reads its environment
 torch loads it: OMP_NUM_THREADS and OMP_WAIT_POLICY are this launcher's, which are the
 ranks' (stpdist sets the wait policy before importing torch, here as there).
 
+It ends as the interpreter ends a program (its exit status, an uncaught exception's
+traceback and status 1, non-daemon threads joined, the atexit hooks run, the standard
+streams flushed) but without the interpreter's teardown of every object: freeing the warm
+heap a rank shares with its launcher cost about 1.3 s of CPU a process (`_exit`).
+
 What a fork cannot give a rank, and the suite leaves to its runs with fresh processes
 (torchrun in tests/test_cli_dist.py, `accelerate launch` in tests/test_launch.py and
 tests/test_cli_dist.py): a hash seed of its own (string hashing, so the iteration order of
@@ -97,9 +102,8 @@ def _warm() -> bool:
 
 
 def _become(args: list[str], env: dict[str, str], launcher: int) -> None:
-    """In the forked child: run the program as `python ARGS` would, in this process. Its
-    exit (SystemExit, an uncaught exception's traceback and status 1) is the interpreter's,
-    raised through the launcher's frames, which hold no handler."""
+    """In the forked child: run the program as `python ARGS` would, in this process, and
+    exit as it would (`run_program`): never returns into the launcher's frames."""
     import ctypes
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -118,23 +122,75 @@ def _become(args: list[str], env: dict[str, str], launcher: int) -> None:
 
 def run_program(args: list[str]) -> None:
     """In a forked child: the default generators reseeded from the OS, then `python ARGS`'s
-    program (a script or `-m MODULE`) run in this process, as the interpreter would run it.
-    Exits 0 when it returns (tests/forkserver.py runs its programs with it too)."""
+    program (a script or `-m MODULE`) run in this process, as the interpreter would run it,
+    and its exit as the interpreter's (`_exit`). Never returns (tests/forkserver.py runs its
+    programs with it too)."""
     import numpy as np
     import torch
 
     np.random.seed()
     torch.seed()
-    if args[0] == "-m":
-        sys.argv = [args[1], *args[2:]]
-        sys.path[0] = os.getcwd()  # `python -m`: the working directory first
-        runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+    try:
+        if args[0] == "-m":
+            sys.argv = [args[1], *args[2:]]
+            sys.path[0] = os.getcwd()  # `python -m`: the working directory first
+            runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+        else:
+            script = os.path.abspath(args[0])
+            sys.argv = [args[0], *args[1:]]
+            sys.path[0] = os.path.dirname(script)  # `python SCRIPT`: the script's folder first
+            runpy.run_path(script, run_name="__main__")
+    except SystemExit as stop:
+        status = _status(stop.code)
+    except KeyboardInterrupt:  # the interpreter's: the traceback, then killed by SIGINT
+        sys.excepthook(*sys.exc_info())
+        status = -signal.SIGINT
+    except BaseException:  # noqa: BLE001 (the interpreter's: the traceback, status 1)
+        sys.excepthook(*sys.exc_info())
+        status = 1
     else:
-        script = os.path.abspath(args[0])
-        sys.argv = [args[0], *args[1:]]
-        sys.path[0] = os.path.dirname(script)  # `python SCRIPT`: the script's folder first
-        runpy.run_path(script, run_name="__main__")
-    sys.exit(0)
+        status = 0
+    _exit(status)
+
+
+def _status(code: object) -> int:
+    """The exit status of `sys.exit(code)`, as the interpreter makes it."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    try:  # anything else is printed, and the status is 1
+        print(code, file=sys.stderr)
+    except Exception:  # noqa: BLE001
+        pass
+    return 1
+
+
+def _exit(status: int) -> None:
+    """End a forked program as the interpreter ends one (non-daemon threads joined, the
+    atexit hooks run, the standard streams flushed), but without its teardown of every
+    object and module: a forked process holds the whole warm heap (torch and all), and
+    freeing it touched every page it shared with its parent, copying them: about 1.3 s of
+    CPU per process here, more than a small 2-rank run's own work (the suite forks several
+    hundred). `multiprocessing` ends its forked children the same way. What is left
+    undone: files a program left open without flushing them are not flushed."""
+    import atexit
+    import threading
+
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001
+        pass
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 (a closed or broken stream, as the interpreter)
+            pass
+    if status == -signal.SIGINT:  # an uncaught KeyboardInterrupt: killed by SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(status)
 
 
 class _Rank:

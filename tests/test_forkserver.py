@@ -161,6 +161,56 @@ def test_processes_a_launcher_starts_stay_fresh():
     }
 
 
+ENDINGS = ("return", "exit-3", "exit-text", "raise", "interrupt")
+
+
+@pytest.mark.parametrize("launch", ["served", "rank"])
+def test_a_served_program_ends_as_a_fresh_one(launch):
+    """Served programs and forked ranks skip the interpreter's teardown (tests/ranks.py's
+    `_exit`), and must still end as a fresh interpreter ends them: the exit status of
+    `sys.exit` (a number, or a text printed), an uncaught exception's traceback and status
+    1, killed by SIGINT after an uncaught KeyboardInterrupt; a non-daemon thread joined
+    first, the atexit hooks run after it, output left without a newline flushed. A rank is
+    compared with a rank tests/ranks.py execs (its status is the launcher's: 128 + N for a
+    signal)."""
+    ranks = [str(Path(__file__).parent / "ranks.py"), "--nproc_per_node", "1"] * (launch == "rank")
+    fresh = {"STPDIST_TEST_FORK_SERVER": "", "STPDIST_TEST_RANKS_EXEC": "1"}
+    seen = {}
+    for ending in ENDINGS:
+        for how, extra in (("fresh", fresh), (launch, {})):
+            proc = subprocess.run(
+                [sys.executable, *ranks, SCRIPT, "end", ending],
+                env=_env(**extra), capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            seen[how, ending] = (proc.returncode, proc.stdout, proc.stderr.splitlines()[-1:])
+    for ending in ENDINGS:
+        assert seen[launch, ending] == seen["fresh", ending], ending
+    assert seen["fresh", "return"] == (0, "thread done\nat exit\nno newline", [])
+    assert seen["fresh", "exit-3"][0] == 3
+    assert seen["fresh", "exit-text"][::2] == (1, ["a reason"])
+    assert seen["fresh", "raise"][::2] == (1, ["ValueError: uncaught"])
+    interrupted = 128 + signal.SIGINT if ranks else -signal.SIGINT
+    assert seen["fresh", "interrupt"][0] == interrupted
+
+
+def _end(ending: str) -> None:
+    """A non-daemon thread and an atexit hook that leaves its output unflushed, then the
+    ending."""
+    import atexit
+    import threading
+
+    atexit.register(lambda: sys.stdout.write("at exit\nno newline"))
+    threading.Thread(target=lambda: (time.sleep(0.3), print("thread done"))).start()
+    if ending == "exit-3":
+        sys.exit(3)
+    elif ending == "exit-text":
+        sys.exit("a reason")
+    elif ending == "raise":
+        raise ValueError("uncaught")
+    elif ending == "interrupt":
+        raise KeyboardInterrupt
+
+
 def _main(mode: str, *args: str) -> None:
     served = "served" if "torch" in sys.modules else "fresh"
     if mode == "stream":
@@ -174,6 +224,8 @@ def _main(mode: str, *args: str) -> None:
         print(sys.stdin, served)
     elif mode == "who":
         print(served)
+    elif mode == "end":
+        _end(*args)
     elif mode == "tmpdir":
         import torch._dynamo  # noqa: F401
 

@@ -134,3 +134,31 @@ def test_a_failed_run_ends_its_wandb_run_itself(tmp_path):
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "\x1b[" not in proc.stdout + proc.stderr, proc.stdout[-2000:]
     assert "; upload it with: wandb sync " in proc.stdout, proc.stdout[-2000:]
+
+
+def test_a_log_record_is_one_write_with_its_newline(monkeypatch):
+    """Under `python -u` (PYTHONUNBUFFERED, which SLURM jobs often set) each write is a
+    syscall of its own: a record written as its text and then its newline let the ranks
+    sharing one log put one rank's line inside another's ("a line: …a line: …" and then
+    two newlines, as a CI run read)."""
+    import logging
+
+    from stpdist.console import _TqdmHandler
+
+    writes: list[str] = []
+
+    class Recorder:
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    for stream in ("stdout", "stderr"):
+        monkeypatch.setattr(sys, stream, Recorder())
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for level, text in ((logging.INFO, "a result"), (logging.WARNING, "a warning")):
+        handler.emit(logging.LogRecord("stpdist", level, __file__, 1, text, None, None))
+    assert [w for w in writes if w] == ["a result\n", "a warning\n"]
