@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .config import MOST_WORKERS, Config, ConfigError, check_output_dir, load_config
-from .console import counted, launched_as_main
+from .console import counted, error_line, launched_as_main
 from .errors import InputError, MissingInput
 
 
@@ -226,10 +226,8 @@ def _stop_when_launcher_dies() -> None:
     def watch() -> None:
         while os.getppid() == launcher:
             time.sleep(LAUNCHER_POLL_S)
-        print(
-            f"stpdist: the launcher of this rank (pid {launcher}) is gone; stopping as on SIGTERM",
-            file=sys.stderr,
-            flush=True,
+        error_line(
+            f"stpdist: the launcher of this rank (pid {launcher}) is gone; stopping as on SIGTERM"
         )
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -1615,7 +1613,7 @@ def main(argv: list[str] | None = None) -> int:
         if line is None:
             line = f"{type(exc).__name__}: {_message(exc)}"
         _close_failed(1, earlier)  # first: the error is the last line a log file shows
-        print(f"stpdist: error: {line}", file=sys.stderr)
+        error_line(f"stpdist: error: {line}")
         return 1
     return 0
 
@@ -1673,7 +1671,7 @@ def _refused(
     the main process alone: one line for the run, not one per rank."""
     _close_failed(2, earlier)  # first: the error is the last line a log file shows
     if launched_as_main() or not alike_on_every_rank:
-        print(f"stpdist: {label}: {_message(exc)}", file=sys.stderr)
+        error_line(f"stpdist: {label}: {_message(exc)}")
     return 2
 
 

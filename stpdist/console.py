@@ -108,6 +108,15 @@ def counted(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
+def error_line(text: str) -> None:
+    """`text` and its newline on stderr in one write, flushed: every rank may say its own
+    error, and under `python -u` (PYTHONUNBUFFERED) `print` writes the text and the newline
+    apart, so two ranks sharing a log could put one's line inside the other's."""
+    sys.stderr.write(text + "\n")
+    with contextlib.suppress(Exception):  # a closed stream: nothing more to say
+        sys.stderr.flush()
+
+
 def say(message: str) -> None:
     """A line for the person running stpdist (main process only, after `setup`)."""
     log.info(message)

@@ -162,3 +162,25 @@ def test_a_log_record_is_one_write_with_its_newline(monkeypatch):
     for level, text in ((logging.INFO, "a result"), (logging.WARNING, "a warning")):
         handler.emit(logging.LogRecord("stpdist", level, __file__, 1, text, None, None))
     assert [w for w in writes if w] == ["a result\n", "a warning\n"]
+
+
+def test_an_error_line_is_one_write_with_its_newline(tmp_path, monkeypatch):
+    """Every rank may say its own error ("stpdist: error: …"): `print` wrote the text and
+    its newline apart, so under `python -u` two ranks' errors could share a line."""
+    from stpdist.cli import main
+
+    writes: list[str] = []
+
+    class Recorder:
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Recorder())
+    assert main(["inspect", str(tmp_path / "no-such-folder")]) == 2
+    said = [w for w in writes if w]
+    assert len(said) == 1 and said[0].startswith("stpdist: error: "), said
+    assert said[0].endswith("\n") and said[0].count("\n") == 1
