@@ -136,6 +136,20 @@ def test_a_failed_run_ends_its_wandb_run_itself(tmp_path):
     assert "; upload it with: wandb sync " in proc.stdout, proc.stdout[-2000:]
 
 
+class _Recorder:
+    """A stream that keeps each write apart."""
+
+    def __init__(self, writes: list[str]) -> None:
+        self.writes = writes
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 def test_a_log_record_is_one_write_with_its_newline(monkeypatch):
     """Under `python -u` (PYTHONUNBUFFERED, which SLURM jobs often set) each write is a
     syscall of its own: a record written as its text and then its newline let the ranks
@@ -147,16 +161,8 @@ def test_a_log_record_is_one_write_with_its_newline(monkeypatch):
 
     writes: list[str] = []
 
-    class Recorder:
-        def write(self, text: str) -> int:
-            writes.append(text)
-            return len(text)
-
-        def flush(self) -> None:
-            pass
-
     for stream in ("stdout", "stderr"):
-        monkeypatch.setattr(sys, stream, Recorder())
+        monkeypatch.setattr(sys, stream, _Recorder(writes))
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     for level, text in ((logging.INFO, "a result"), (logging.WARNING, "a warning")):
@@ -171,15 +177,7 @@ def test_an_error_line_is_one_write_with_its_newline(tmp_path, monkeypatch):
 
     writes: list[str] = []
 
-    class Recorder:
-        def write(self, text: str) -> int:
-            writes.append(text)
-            return len(text)
-
-        def flush(self) -> None:
-            pass
-
-    monkeypatch.setattr(sys, "stderr", Recorder())
+    monkeypatch.setattr(sys, "stderr", _Recorder(writes))
     assert main(["inspect", str(tmp_path / "no-such-folder")]) == 2
     said = [w for w in writes if w]
     assert len(said) == 1 and said[0].startswith("stpdist: error: "), said
