@@ -112,8 +112,8 @@ def error_line(text: str) -> None:
     """`text` and its newline on stderr in one write, flushed: every rank may say its own
     error, and under `python -u` (PYTHONUNBUFFERED) `print` writes the text and the newline
     apart, so two ranks sharing a log could put one's line inside the other's."""
-    sys.stderr.write(text + "\n")
-    with contextlib.suppress(Exception):  # a closed stream: nothing more to say
+    with contextlib.suppress(Exception):  # no stderr (`2>&-`), a full disk: nowhere to say it
+        sys.stderr.write(text + "\n")
         sys.stderr.flush()
 
 

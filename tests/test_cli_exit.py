@@ -60,3 +60,47 @@ def test_the_module_and_the_command_both_end_through_run():
     scripts = Path(sys.executable).parent / "stpdist"
     if scripts.is_file():  # the installed command (an editable install's script)
         assert "from stpdist.cli import run" in scripts.read_text()
+
+
+def _env() -> dict[str, str]:
+    """Output buffered, as a terminal-less run without PYTHONUNBUFFERED has it: what is
+    left to write at the end is written by the exit's flush."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONUNBUFFERED", None)
+    return env
+
+
+def test_a_profiler_still_writes_its_results(tmp_path):
+    """Profilers, tracers and debuggers write their results once the program returns (or
+    raises SystemExit): under one, `run` returns that way instead of ending the process
+    (`python -m cProfile -o F -m stpdist …` wrote no F)."""
+    out = tmp_path / "profile.out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "stpdist", "--version"],
+        capture_output=True, text=True, env=_env(), timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("stpdist ")
+    assert out.is_file() and out.stat().st_size > 0
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_output_that_cannot_be_written_at_the_end_is_status_120_and_said():
+    """The interpreter's exit says a failed final flush and exits 120; ending early must
+    not turn a full disk into a silent success."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "stpdist", "--version"],
+            stdout=full, stderr=subprocess.PIPE, text=True, env=_env(), timeout=120,
+        )  # fmt: skip
+    assert proc.returncode == 120
+    assert "stpdist: could not write the output: [Errno 28]" in proc.stderr
+
+
+def test_an_error_with_no_stderr_is_still_status_2(tmp_path, monkeypatch):
+    """`stpdist … 2>&-` has no sys.stderr: the error line has nowhere to go, and the status
+    stays the user error's."""
+    from stpdist.cli import main
+
+    monkeypatch.setattr(sys, "stderr", None)
+    assert main(["inspect", str(tmp_path / "no-such-folder")]) == 2
