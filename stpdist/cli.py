@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .config import MOST_WORKERS, Config, ConfigError, check_output_dir, load_config
-from .console import counted, error_line, launched_as_main
+from .console import counted, end_process, error_line, launched_as_main
 from .errors import InputError, MissingInput
 
 
@@ -1732,21 +1732,18 @@ def _message(exc: BaseException) -> str:
 
 def run() -> None:
     """The `stpdist` command (and `python -m stpdist`): `main`, then the process ends as the
-    interpreter ends a program (non-daemon threads joined, atexit hooks run: wandb's finish,
-    logging's flush, temporary folders; the standard streams flushed, status 120 when that
-    fails, as the interpreter's) but without freeing every object and module first, which
-    adds nothing to a finished command and took about 0.9 s of CPU once torch is loaded.
-    Under a profiler, a tracer or a debugger (`python -m cProfile -m stpdist …`), which
-    write their results once the program returns, it returns as `sys.exit` would. An
-    exception `main` lets through (`--debug`) ends the interpreter's way, with its
-    traceback."""
+    interpreter ends a program, without its teardown of every object (`end_process`: about
+    0.9 s of CPU a command once torch is loaded). Under a profiler, a tracer or a debugger
+    (`python -m cProfile -m stpdist …`), which write their results once the program
+    returns, it returns as `sys.exit` would. An exception `main` lets through (`--debug`)
+    ends the interpreter's way, with its traceback."""
     try:
         status = main()
     except SystemExit as stop:  # argparse's errors and --help
         status = stop.code
     if _watched():
         raise SystemExit(status)
-    _exit_now(status)
+    end_process(status)
 
 
 def _watched() -> bool:
@@ -1755,33 +1752,6 @@ def _watched() -> bool:
         return True
     monitoring = getattr(sys, "monitoring", None)  # Python 3.12+: coverage, debuggers
     return monitoring is not None and any(monitoring.get_tool(i) for i in range(6))
-
-
-def _exit_now(status: object) -> None:
-    import atexit
-    import threading
-
-    if status is None:
-        code = 0
-    elif isinstance(status, int):
-        code = status & 0xFF
-    else:  # `sys.exit("text")`: the text on stderr, status 1
-        error_line(str(status))
-        code = 1
-    shutdown = getattr(threading, "_shutdown", None)  # what the interpreter's exit calls
-    if shutdown is not None:
-        shutdown()
-    atexit._run_exitfuncs()
-    for name in ("stdout", "stderr"):
-        stream = getattr(sys, name)
-        try:
-            if stream is not None:
-                stream.flush()
-        except OSError as exc:  # a full disk, a closed pipe: said, and status 120
-            code = code or 120
-            if name == "stdout":
-                error_line(f"stpdist: could not write the output: {exc}")
-    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 from tqdm.auto import tqdm
 
@@ -115,6 +115,47 @@ def error_line(text: str) -> None:
     with contextlib.suppress(Exception):  # no stderr (`2>&-`), a full disk: nowhere to say it
         sys.stderr.write(text + "\n")
         sys.stderr.flush()
+
+
+def end_process(status: object, *, interrupted: bool = False) -> NoReturn:
+    """End this process as the interpreter ends a program that ended with `sys.exit(status)`
+    (None: 0; a number; anything else printed, and 1): non-daemon threads joined, the atexit
+    hooks run, the standard streams flushed (status 120 and a line when the output cannot
+    be written), then killed by SIGINT where `interrupted` (an uncaught KeyboardInterrupt),
+    but without freeing every object and module first: that teardown adds nothing to a
+    finished program and took about 0.9 s of CPU once torch was loaded, 1.3 s in a forked
+    process (freeing the heap it shares with its parent copies its pages). What it leaves
+    undone: files a program left open without flushing them stay unflushed."""
+    import atexit
+    import signal
+    import threading
+
+    if status is None:
+        code = 0
+    elif isinstance(status, int):
+        code = status & 0xFF
+    else:  # `sys.exit("text")`: the text on stderr, status 1
+        error_line(str(status))
+        code = 1
+    shutdown = getattr(threading, "_shutdown", None)  # what the interpreter's exit calls
+    if shutdown is not None:
+        shutdown()
+    atexit._run_exitfuncs()
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        try:
+            if stream is not None:
+                stream.flush()
+        except OSError as exc:  # a full disk, a closed pipe: said, and status 120
+            code = code or 120
+            if name == "stdout":
+                error_line(f"stpdist: could not write the output: {exc}")
+        except Exception:  # noqa: BLE001 (a closed stream: ignored, as the interpreter does)
+            pass
+    if interrupted:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(code)
 
 
 def say(message: str) -> None:

@@ -33,8 +33,8 @@ generators reseeded from the OS. What differs: its pid is not the one the test s
 (the client's), it is not a child of that process, modules are imported in the server's
 order first (stpdist, setting `OMP_WAIT_POLICY=PASSIVE`, before torch, which a script
 importing torch first would not do), the hash seed is the server's, and it ends without
-the interpreter's teardown of every object (tests/ranks.py's `_exit`: files it left open
-unflushed stay so).
+the interpreter's teardown of every object (`stpdist.console.end_process`: files it
+left open unflushed stay so).
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ ranks' (stpdist sets the wait policy before importing torch, here as there).
 It ends as the interpreter ends a program (its exit status, an uncaught exception's
 traceback and status 1, non-daemon threads joined, the atexit hooks run, the standard
 streams flushed) but without the interpreter's teardown of every object: freeing the warm
-heap a rank shares with its launcher cost about 1.3 s of CPU a process (`_exit`).
+heap a rank shares with its launcher cost about 1.3 s of CPU a process
+(`stpdist.console.end_process`, which the `stpdist` command ends with too).
 
 What a fork cannot give a rank, and the suite leaves to its runs with fresh processes
 (torchrun in tests/test_cli_dist.py, `accelerate launch` in tests/test_launch.py and
@@ -123,10 +124,12 @@ def _become(args: list[str], env: dict[str, str], launcher: int) -> None:
 def run_program(args: list[str]) -> None:
     """In a forked child: the default generators reseeded from the OS, then `python ARGS`'s
     program (a script or `-m MODULE`) run in this process, as the interpreter would run it,
-    and its exit as the interpreter's (`_exit`). Never returns (tests/forkserver.py runs its
-    programs with it too)."""
+    and its exit as the interpreter's (`stpdist.console.end_process`). Never returns
+    (tests/forkserver.py runs its programs with it too)."""
     import numpy as np
     import torch
+
+    from stpdist.console import end_process
 
     np.random.seed()
     torch.seed()
@@ -141,56 +144,14 @@ def run_program(args: list[str]) -> None:
             sys.path[0] = os.path.dirname(script)  # `python SCRIPT`: the script's folder first
             runpy.run_path(script, run_name="__main__")
     except SystemExit as stop:
-        status = _status(stop.code)
+        end_process(stop.code)
     except KeyboardInterrupt:  # the interpreter's: the traceback, then killed by SIGINT
         sys.excepthook(*sys.exc_info())
-        status = -signal.SIGINT
+        end_process(1, interrupted=True)
     except BaseException:  # noqa: BLE001 (the interpreter's: the traceback, status 1)
         sys.excepthook(*sys.exc_info())
-        status = 1
-    else:
-        status = 0
-    _exit(status)
-
-
-def _status(code: object) -> int:
-    """The exit status of `sys.exit(code)`, as the interpreter makes it."""
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    try:  # anything else is printed, and the status is 1
-        print(code, file=sys.stderr)
-    except Exception:  # noqa: BLE001
-        pass
-    return 1
-
-
-def _exit(status: int) -> None:
-    """End a forked program as the interpreter ends one (non-daemon threads joined, the
-    atexit hooks run, the standard streams flushed), but without its teardown of every
-    object and module: a forked process holds the whole warm heap (torch and all), and
-    freeing it touched every page it shared with its parent, copying them: about 1.3 s of
-    CPU per process here, more than a small 2-rank run's own work (the suite forks several
-    hundred). `multiprocessing` ends its forked children the same way. What is left
-    undone: files a program left open without flushing them are not flushed."""
-    import atexit
-    import threading
-
-    try:
-        threading._shutdown()  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001
-        pass
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 (a closed or broken stream, as the interpreter)
-            pass
-    if status == -signal.SIGINT:  # an uncaught KeyboardInterrupt: killed by SIGINT
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
-    os._exit(status)
+        end_process(1)
+    end_process(0)
 
 
 class _Rank:

@@ -167,7 +167,7 @@ ENDINGS = ("return", "exit-3", "exit-text", "raise", "interrupt")
 @pytest.mark.parametrize("launch", ["served", "rank"])
 def test_a_served_program_ends_as_a_fresh_one(launch):
     """Served programs and forked ranks skip the interpreter's teardown (tests/ranks.py's
-    `_exit`), and must still end as a fresh interpreter ends them: the exit status of
+    `stpdist.console.end_process`), and must still end as a fresh interpreter ends them: the exit status of
     `sys.exit` (a number, or a text printed), an uncaught exception's traceback and status
     1, killed by SIGINT after an uncaught KeyboardInterrupt; a non-daemon thread joined
     first, the atexit hooks run after it, output left without a newline flushed. A rank is

@@ -181,6 +181,17 @@ def test_the_writer_keeps_only_a_few_loaded_items_ahead(tmp_path):
     assert [int(got[f"s{i:03d}"][0][0, 0, 0, 0]) for i in range(40)] == list(range(40))
 
 
+def _printed(program: str) -> str:
+    """What `program` prints, run in a fresh interpreter (its own file-size limit), which
+    must end with status 0."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_a_shard_write_that_fails_names_the_output_and_keeps_the_old_dataset(tmp_path):
     """A full disk seen as a file size limit (RLIMIT_FSIZE, SIGXFSZ ignored: EFBIG): a
     write's OSError names no file, so the error said "File too large" and nothing else."""
@@ -207,12 +218,7 @@ def test_a_shard_write_that_fails_names_the_output_and_keeps_the_old_dataset(tmp
             print(exc)
         """
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    message = done.stdout.strip()
+    message = _printed(program).strip()
     assert message == f"[Errno 27] File too large: '{out}'"  # the staging folder is gone
     assert (out / "train" / "index.json").read_text() == before  # the old dataset, whole
     assert json.loads(before)["args"]["root"] == str(source_folder)
@@ -343,12 +349,7 @@ def test_a_write_that_fails_in_a_staged_output_names_the_output_and_keeps_it(tmp
                 print(exc)
         """
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    efbig, short = done.stdout.splitlines()
+    efbig, short = _printed(program).splitlines()
     assert efbig == f"[Errno 27] File too large: '{out}'"
     # numpy's own error for a short write, without an errno
     assert re.fullmatch(rf"writing {re.escape(str(out))}: 100000 requested and \d+ written", short)
