@@ -233,6 +233,12 @@ class TrainerConfig:
     One process, no accumulation, no fp16, no `compile`, no FSDP (refused at start, with
     the reason); a module that may skip batches, or a batch of other shapes, runs eagerly
     (one line says so). On a CPU: accepted, not applicable (see `stpdist.graphs`)."""
+    cudnn_benchmark: Optional[bool] = None
+    """On a GPU, let cuDNN time its convolution algorithms at the first call of each input
+    shape and keep the fastest (`torch.backends.cudnn.benchmark`, set while this Trainer is
+    open): the first steps are slower, later ones may be faster, and two runs may pick
+    different algorithms (results differ in the last bits). None: torch's setting (off
+    unless set). On a CPU: accepted, not applicable."""
     activation_checkpointing: bool = False
     """Recompute each recurrent step's activations in the backward instead of keeping
     all of them: less memory for long sequences and wide cells, more compute."""

@@ -445,7 +445,12 @@ class HostReads(TorchFunctionMode):
 
 
 def _bench_trainer(
-    plan: Plan, output_dir: str, max_steps: int, precision: str, cuda_graphs: bool = False
+    plan: Plan,
+    output_dir: str,
+    max_steps: int,
+    precision: str,
+    cuda_graphs: bool = False,
+    cudnn_benchmark: bool | None = None,
 ) -> Any:
     """A Trainer for timing: no checkpoints written, no logging inside the timed steps."""
     from .config import CheckpointConfig
@@ -460,6 +465,7 @@ def _bench_trainer(
         checkpoint=CheckpointConfig(every_epoch=False),
         mixed_precision={"fp32": "no"}.get(precision, precision),
         cuda_graphs=cuda_graphs,
+        cudnn_benchmark=cudnn_benchmark,
     )
     trainer.checkpoints.save = lambda *a, **k: None  # time the loop, not the disk
     return trainer
@@ -849,22 +855,33 @@ def _backbone_row(
 
 
 # -------------------------------------------------------------------- launch-bound step
+LATER_RESERVE_S = 120.0
+"""Seconds of the budget the graphs rows leave to each later section that runs."""
+
+
 def check_launch_bound(plan: Plan, report: Report, sections: frozenset[str]) -> None:
     """Ops per step (fused regions off and on) and CUDA graphs off and on, per recurrent
     recipe (`stpdist.gpu_steps`)."""
 
     def make_trainer(out: str, **o: Any) -> Any:
-        return _bench_trainer(plan, out, o["max_steps"], o["precision"], o["cuda_graphs"])
+        return _bench_trainer(
+            plan, out, o["max_steps"], o["precision"], o["cuda_graphs"], o.get("cudnn_benchmark")
+        )
 
     if "ops" in sections:
         _guarded(report, "ops", "per step", lambda: ops_rows(plan, recipe_model, Row))
         report.write()
     if "graphs" in sections:
+        # the sections after it keep a share of the budget (the backbone rows give bf16
+        # against fp32 for the backbones that are not recurrent)
+        later = 0 if plan.dry else LATER_RESERVE_S * len({"backbones", "compile"} & sections)
         _guarded(
             report,
             "graphs",
             "cuda_graphs",
-            lambda: graph_rows(plan, recipe_model, make_trainer, Row, report.left_s),
+            lambda: graph_rows(
+                plan, recipe_model, make_trainer, Row, lambda: report.left_s() - later
+            ),
         )
         report.write()
 

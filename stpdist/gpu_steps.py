@@ -118,6 +118,32 @@ def ops_rows(plan: Any, recipe_model: Callable[..., Any], row: Callable[..., Any
     return rows
 
 
+GRAPH_VARIANTS = (
+    # (name, precision, cuda_graphs, cudnn_benchmark, batch sizes): eager fp32 is the
+    # baseline; bf16 under graphs is the one that can be compute-bound (see graph_rows)
+    ("eager", "fp32", False, None, (16, 64)),
+    ("graphs", "fp32", True, None, (16, 64)),
+    ("graphs_bf16", "bf16", True, None, (16, 64)),
+    ("graphs_bf16_cudnn_benchmark", "bf16", True, True, (16,)),
+)
+
+
+def step_flops(plan: Any, model: Any, shape: tuple) -> int:
+    """FLOPs of one eager training step of `model` (a ModelConfig) at `shape`
+    (`FlopCounterMode`: convolutions and matrix products, forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .bench import _train_step
+
+    torch.manual_seed(0)
+    module = bench_module(model, shape, plan.output_frames, plan.device)
+    inputs = torch.rand(shape, device=plan.device)
+    targets = torch.rand(shape[0], plan.output_frames, *shape[2:], device=plan.device)
+    with FlopCounterMode(display=False) as counter:
+        _train_step(module, (inputs, targets), module.configure_optimizer())
+    return counter.get_total_flops()
+
+
 def graph_rows(
     plan: Any,
     recipe_model: Callable[..., Any],
@@ -125,21 +151,28 @@ def graph_rows(
     row: Callable[..., Any],
     left_s: Callable[[], float],
 ) -> list:
-    """Per recurrent recipe and batch size: the Trainer's steady-state samples/s with
-    `trainer.cuda_graphs` off and on (fp32; the recipe's scheduled sampling), and the
-    largest relative difference of a parameter after the two runs."""
+    """Per recurrent recipe and batch size: the Trainer's steady-state samples/s eager in
+    fp32 (the baseline), with `trainer.cuda_graphs` in fp32, in bf16, and (batch 16) in
+    bf16 with `trainer.cudnn_benchmark` (the recipe's scheduled sampling each time); the
+    TFLOP/s each reaches; and the largest relative difference of a parameter after the
+    eager and graphed fp32 runs. Every recipe at batch 16 first, then at 64, so a spent
+    budget skips the larger batch. Why bf16: at batch 64, where launches are amortised, the
+    H100's fp32 steps of ConvLSTM and PredRNN ran at 126 and 141 TFLOP/s, below what 3× their
+    batch-16 eager speed needs (docs: performance, The GPU check)."""
     from torch.utils.data import DataLoader, TensorDataset
 
     rows = []
-    names = plan.recurrent
     sizes = (16, 64) if not plan.dry else (plan.batch,)
     steps = STEADY_AFTER + (10 if not plan.dry else 2)
-    for name in names:
-        for batch in sizes:
+    flops: dict[str, int] = {}  # per recipe at batch 1 (a step's FLOPs grow with the batch)
+    for batch in sizes:
+        for name in plan.recurrent:
             if left_s() < (0 if plan.dry else 30):
                 rows.append(row("graphs", f"{name} batch {batch}", "skipped", "time budget spent"))
                 continue
             shape = (batch, *plan.shape[1:])
+            if name not in flops:
+                flops[name] = step_flops(plan, recipe_model(plan, name), shape) // batch
             g = torch.Generator().manual_seed(4)
             frames = torch.rand(
                 steps * batch, shape[1] + plan.output_frames, *shape[2:], generator=g
@@ -147,43 +180,79 @@ def graph_rows(
             data = TensorDataset(
                 frames[:, : shape[1]].contiguous(), frames[:, shape[1] :].contiguous()
             )
-            result, params = {}, {}
-            for graphs in (False, True):
+            speed, params, errors = {}, {}, {}
+            for variant, precision, graphs, benchmark, batches in GRAPH_VARIANTS:
+                if batch not in batches and not plan.dry:
+                    continue
                 torch.manual_seed(0)
                 module = bench_module(
                     recipe_model(plan, name), shape, plan.output_frames, plan.device
                 )
                 loader = DataLoader(data, batch_size=batch)
-                with _emulated_graphs(plan.dry and graphs):
-                    times = trainer_step_times(
-                        make_trainer, module, loader, plan.device, max_steps=steps,
-                        precision="fp32", cuda_graphs=graphs,
-                    )  # fmt: skip
-                result[graphs] = batch / steady_median(times)
-                params[graphs] = [p.detach().float().clone() for p in module.parameters()]
-            diff = max(
-                float((a - b).norm() / b.norm().clamp_min(1e-30))
-                for a, b in zip(params[True], params[False])
-            )
-            speedup = result[True] / result[False]
+                try:  # one variant's failure is its row's error, not the section's
+                    with _emulated_graphs(plan.dry and graphs):
+                        times = trainer_step_times(
+                            make_trainer, module, loader, plan.device, max_steps=steps,
+                            precision=precision, cuda_graphs=graphs, cudnn_benchmark=benchmark,
+                        )  # fmt: skip
+                except Exception as exc:  # noqa: BLE001 - reported in the row
+                    errors[variant] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                    continue
+                speed[variant] = batch / steady_median(times)
+                if precision == "fp32":
+                    params[graphs] = [p.detach().float().clone() for p in module.parameters()]
             rows.append(
-                row(
-                    "graphs",
-                    f"{name} batch {batch}",
-                    "dry" if plan.dry else "measured",
-                    f"{result[False]:.1f} → {result[True]:.1f} samples/s with cuda_graphs "
-                    f"({speedup:.2f}×; steady state, fp32); parameters after {steps} steps "
-                    f"differ by ≤ {diff:.1e} (relative)",
-                    {
-                        "samples_per_s_eager": result[False],
-                        "samples_per_s_graphs": result[True],
-                        "speedup": speedup,
-                        "max_relative_param_diff": diff,
-                        "steps": steps,
-                    },
-                )  # fmt: skip
+                _graph_row(plan, row, name, batch, steps, speed, params, errors, flops[name])
             )
     return rows
+
+
+_LABELS = {
+    "eager": "eager fp32",
+    "graphs": "graphs",
+    "graphs_bf16": "graphs bf16",
+    "graphs_bf16_cudnn_benchmark": "+ cudnn.benchmark",
+}
+
+
+def _graph_row(
+    plan: Any, row: Callable[..., Any], name: str, batch: int, steps: int,
+    speed: dict[str, float], params: dict[bool, list], errors: dict[str, str],
+    flops_per_sample: int,
+) -> Any:  # fmt: skip
+    diff = None
+    if len(params) == 2:
+        diff = max(
+            float((a - b).norm() / b.norm().clamp_min(1e-30))
+            for a, b in zip(params[True], params[False])
+        )
+    eager = speed.get("eager")
+    tflops = {v: s * flops_per_sample / 1e12 for v, s in speed.items()}
+    parts = []
+    for variant, s in speed.items():
+        times = f"{s / eager:.2f}×, " if eager and variant != "eager" else ""
+        parts.append(f"{_LABELS[variant]} {s:.1f} samples/s ({times}{tflops[variant]:.3g} TFLOP/s)")
+    parts += [f"{_LABELS[v]}: {why}" for v, why in errors.items()]
+    if diff is not None:
+        parts.append(
+            f"fp32 parameters after {steps} steps, eager and graphs, differ by ≤ {diff:.1e} "
+            "(relative)"
+        )
+    return row(
+        "graphs",
+        f"{name} batch {batch}",
+        "error" if errors else "dry" if plan.dry else "measured",
+        "; ".join(parts) + "; steady state",
+        {
+            **{f"samples_per_s_{v}": s for v, s in speed.items()},
+            **{f"speedup_{v}": s / eager for v, s in speed.items() if eager and v != "eager"},
+            **{f"train_tflops_per_s_{v}": t for v, t in tflops.items()},
+            "train_flops_per_sample": flops_per_sample,
+            "max_relative_param_diff": diff,
+            "errors": errors,
+            "steps": steps,
+        },
+    )
 
 
 def precision_rows(rows: list, row: Callable[..., Any]) -> list:

@@ -856,6 +856,9 @@ class Trainer:
             if why:
                 raise ConfigError(why)
         self._graph: Any = None
+        self._cudnn_before = _set_cudnn_benchmark(
+            self.config.cudnn_benchmark, self.accelerator.device
+        )
         self._inner_optimizer: Any = None  # see _direct
         on_cpu = self.accelerator.device.type == "cpu"
         if self.config.mixed_precision == "bf16" and on_cpu and not _fast_bf16_cpu():
@@ -911,6 +914,8 @@ class Trainer:
             return
         self._closed = True
         _OPEN_TRAINERS.discard(self)
+        if getattr(self, "_cudnn_before", None) is not None:  # as it was before this Trainer
+            torch.backends.cudnn.benchmark = self._cudnn_before
         held, self._choice_lease = getattr(self, "_choice_lease", None), None
         if held is not None:  # a checkpoint chosen (`choose_checkpoint`) and never read
             held.close()
@@ -2283,6 +2288,19 @@ def _check_launcher_precision(precision: str) -> None:
 def _is_terminal(stream: Any) -> bool:
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())
+
+
+def _set_cudnn_benchmark(value: bool | None, device: torch.device) -> bool | None:
+    """`trainer.cudnn_benchmark`: on a CUDA device, `torch.backends.cudnn.benchmark` set to
+    `value`; returns the setting before, for `close` to restore (None: nothing was set)."""
+    if value is None:
+        return None
+    if device.type != "cuda":
+        say(f"trainer.cudnn_benchmark: not applicable on {device.type} (cuDNN runs on CUDA)")
+        return None
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = bool(value)
+    return before
 
 
 def _fast_bf16_cpu() -> bool:

@@ -281,6 +281,13 @@ def test_gpu_check_dry_runs_every_section_and_claims_no_measurement(tmp_path):
     assert ops["on"]["launching"] < ops["off"]["launching"]
     graphs = rows[("graphs", "convlstm batch 2")]["values"]
     assert graphs["max_relative_param_diff"] == 0 and graphs["steps"] == 7
+    # eager fp32 (the baseline), graphs in fp32 and bf16, and bf16 with cudnn.benchmark
+    variants = ("graphs", "graphs_bf16", "graphs_bf16_cudnn_benchmark")
+    assert all(graphs[f"speedup_{v}"] > 0 for v in variants)
+    assert graphs["train_flops_per_sample"] > 0
+    assert graphs["train_tflops_per_s_eager"] == pytest.approx(
+        graphs["samples_per_s_eager"] * graphs["train_flops_per_sample"] / 1e12
+    )
     assert "steady" in rows[("trainer", "Trainer vs raw loop")]["values"]
     compiled = rows[("compile", "convlstm (eager)")]["values"]
     assert compiled["sampling"] == "linear" and compiled["recompiles_per_100_steps"] == 0
@@ -290,6 +297,31 @@ def test_gpu_check_dry_runs_every_section_and_claims_no_measurement(tmp_path):
     assert convlstm["peak_mb"] is None and convlstm["percent_of_bf16_peak"] is None
     assert rows[("trainer", "Trainer vs raw loop")]["values"]["ratio"] > 0
     assert np.isfinite(rows[("backbones", "simvp fp32")]["values"]["inference_fps"])
+
+
+def test_a_graph_variant_that_fails_is_its_rows_error_and_the_others_are_measured(tmp_path):
+    """One failing variant (here bf16 with cudnn.benchmark) must not cost the section the
+    other variants' figures: on a GPU session's few minutes, a lost section is lost."""
+    from stpdist import gpu_check
+    from stpdist.gpu_steps import graph_rows
+
+    plan = gpu_check.Plan.for_device(dry=True, budget_s=60)
+
+    def make_trainer(out, **options):
+        if options.get("cudnn_benchmark"):
+            raise RuntimeError("capture failed\nsecond line")
+        return gpu_check._bench_trainer(
+            plan, out, options["max_steps"], options["precision"], options["cuda_graphs"]
+        )
+
+    [row] = graph_rows(plan, gpu_check.recipe_model, make_trainer, gpu_check.Row, lambda: 60.0)
+    assert row.status == "error"
+    assert row.values["errors"] == {"graphs_bf16_cudnn_benchmark": "RuntimeError: capture failed"}
+    assert {"samples_per_s_eager", "samples_per_s_graphs", "samples_per_s_graphs_bf16"} <= set(
+        row.values
+    )
+    assert row.values["max_relative_param_diff"] == 0
+    assert "+ cudnn.benchmark: RuntimeError: capture failed" in row.result
 
 
 def test_bench_checkpointing_measures_both_twins():

@@ -196,3 +196,61 @@ def test_a_resume_without_graphs_gets_float_learning_rates_back():
     param.grad = torch.ones(3)
     optimizer.step()  # raises "If capturable=True, params … must be on supported devices" unmade
     assert param.detach().lt(1).all()
+
+
+class _BenchmarkSeen(_Convolutional):
+    """Records `torch.backends.cudnn.benchmark` as each training step sees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[bool] = []
+
+    def training_step(self, inputs, targets):
+        self.seen.append(torch.backends.cudnn.benchmark)
+        return super().training_step(inputs, targets)
+
+
+def _benchmark_run(tmp_path, value) -> tuple[list[bool], bool]:
+    """(the setting each step saw, the setting after `close`) of a run with
+    `trainer.cudnn_benchmark: value`, started with the setting off."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        trainer = Trainer(
+            output_dir=tmp_path / f"cudnn-{value}", max_epochs=1, progress_bar=False,
+            cudnn_benchmark=value, checkpoint=CheckpointConfig(every_epoch=False),
+        )  # fmt: skip
+        module = _BenchmarkSeen()
+        trainer.fit(module, _data())
+        trainer.close()
+        return module.seen, torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's answer")
+def test_cudnn_benchmark_on_a_cpu_is_accepted_and_not_applicable(tmp_path, capsys):
+    seen, after = _benchmark_run(tmp_path, True)
+    assert seen and not any(seen) and after is False
+    assert "trainer.cudnn_benchmark: not applicable on cpu" in capsys.readouterr().out
+
+
+def test_cudnn_benchmark_on_a_cuda_device_is_set_and_the_setting_before_returned():
+    from stpdist.trainer import _set_cudnn_benchmark
+
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        assert _set_cudnn_benchmark(True, torch.device("cuda")) is False
+        assert torch.backends.cudnn.benchmark is True
+        assert _set_cudnn_benchmark(None, torch.device("cuda")) is None
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("value", [True, False])
+def test_cudnn_benchmark_holds_while_the_trainer_is_open_on_a_gpu(tmp_path, value):
+    seen, after = _benchmark_run(tmp_path, value)
+    assert seen and all(s is value for s in seen) and after is False
