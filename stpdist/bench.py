@@ -895,20 +895,36 @@ def count_step_ops(
     return sum(ops.values()), launching, ops
 
 
+class AutocastStep:
+    """`module`'s training step with its forward under bf16 autocast on `device_type`
+    (backward and optimizer outside it, as the Trainer runs them), for `count_step_ops`."""
+
+    def __init__(self, module: nn.Module, device_type: str) -> None:
+        self.module, self.device_type = module, device_type
+
+    def training_step(self, *batch: torch.Tensor) -> Any:
+        with torch.autocast(self.device_type, torch.bfloat16):
+            return self.module.training_step(*batch)
+
+
 def bench_ops(
     config: Any,
     shape: tuple[int, int, int, int, int],
     num_output_frames: int,
     *,
     top: int = 10,
+    precision: str = "fp32",
 ) -> dict:
     """`stpdist bench model --ops`: aten ops per eager training step of the Forecaster for
     `config` (a ModelConfig) at `shape`, on this machine's device (see count_step_ops),
     with the backbone's fused regions off (the op-by-op arithmetic) and on
-    (`model.fused_kernels`), and the `top` most frequent kernel-launching ops of each."""
+    (`model.fused_kernels`), and the `top` most frequent kernel-launching ops of each;
+    `precision` bf16: the forward under autocast (its casts, `_to_copy`, counted apart)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     b, t_in, c, h, w = shape
-    result: dict = {"model": config.name, "device": device.type, "shape": list(shape)}
+    result: dict = {
+        "model": config.name, "device": device.type, "shape": list(shape), "precision": precision
+    }  # fmt: skip
     for mode in ("off", "on"):
         torch.manual_seed(0)
         fused_config = dataclasses.replace(config, fused_kernels=mode)
@@ -916,16 +932,20 @@ def bench_ops(
         inputs = torch.rand(b, t_in, c, h, w, device=device)
         targets = torch.rand(b, num_output_frames, c, h, w, device=device)
         optimizer = module.configure_optimizer()
-        total, launching, ops = count_step_ops(module, (inputs, targets), optimizer)
+        step = AutocastStep(module, device.type) if precision == "bf16" else module
+        total, launching, ops = count_step_ops(step, (inputs, targets), optimizer)
         frequent = [(n, k) for n, k in ops.most_common() if n not in NO_KERNEL_OPS][:top]
         print(
             f"{config.name:<10} {device.type} batch {b} {t_in}→{num_output_frames} {c}×{h}×{w} "
-            f"patch {config.patch_size}, fused kernels {mode}: aten ops per eager training "
-            f"step (forward, backward, optimizer): {launching} kernel-launching, {total} in "
-            "all (views and allocations included)"
+            f"patch {config.patch_size}, {precision}, fused kernels {mode}: aten ops per eager "
+            f"training step (forward, backward, optimizer): {launching} kernel-launching "
+            f"({ops['_to_copy']} of them casts), {total} in all (views and allocations "
+            "included)"
         )
         print("  most frequent: " + ", ".join(f"{n} {k}" for n, k in frequent))
-        result[mode] = {"ops": total, "launching_ops": launching, "per_op": dict(ops)}
+        result[mode] = {
+            "ops": total, "launching_ops": launching, "casts": ops["_to_copy"], "per_op": dict(ops)
+        }  # fmt: skip
     off, on = result["off"]["launching_ops"], result["on"]["launching_ops"]
     print(f"kernel-launching ops, fused / op by op: {on} / {off} = {on / off:.2f}")
     return result

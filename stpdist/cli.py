@@ -863,7 +863,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             from .config import ModelConfig
 
             config = model or ModelConfig(name=name, backbone=backbone or {}, patch_size=patch)
-            bench_ops(config, shape, output_frames)
+            bench_ops(config, shape, output_frames, precision=args.precision)
             return
         if args.activation_checkpointing:
             from .bench import bench_checkpointing
@@ -1520,7 +1520,7 @@ def parser() -> argparse.ArgumentParser:
         "--precision",
         choices=["fp32", "bf16"],
         default="fp32",
-        help="model: bf16 runs the step under autocast",
+        help="model: bf16 runs the step's forward under autocast (with --ops: counts it)",
     )
     s.add_argument("--channels-last", action="store_true", help="model: channels-last memory")
     s.add_argument(

@@ -86,12 +86,14 @@ def steady_median(times: list[float]) -> float:
 
 def ops_rows(plan: Any, recipe_model: Callable[..., Any], row: Callable[..., Any]) -> list:
     """Per recurrent recipe: kernel-launching (and all) aten ops per eager training step,
-    fused regions off and on."""
+    fused regions off and on, and on under bf16 autocast (its casts apart)."""
+    from .bench import AutocastStep
+
     rows = []
     names = plan.recurrent
     for name in names:
         counts = {}
-        for mode in ("off", "on"):
+        for mode, precision in (("off", "fp32"), ("on", "fp32"), ("on", "bf16")):
             torch.manual_seed(0)
             model = dataclasses.replace(recipe_model(plan, name), fused_kernels=mode)
             module = bench_module(model, plan.shape, plan.output_frames, plan.device)
@@ -99,19 +101,24 @@ def ops_rows(plan: Any, recipe_model: Callable[..., Any], row: Callable[..., Any
             targets = torch.rand(
                 plan.batch, plan.output_frames, *plan.shape[2:], device=plan.device
             )
+            step = AutocastStep(module, plan.device.type) if precision == "bf16" else module
             total, launching, per_op = count_step_ops(
-                module, (inputs, targets), module.configure_optimizer()
+                step, (inputs, targets), module.configure_optimizer()
             )
             top = [(n, k) for n, k in per_op.most_common() if n not in NO_KERNEL_OPS][:3]
-            counts[mode] = {"launching": launching, "all": total, "top": top}
-        off, on = counts["off"]["launching"], counts["on"]["launching"]
+            key = mode if precision == "fp32" else f"{mode}_{precision}"
+            counts[key] = {
+                "launching": launching, "all": total, "casts": per_op["_to_copy"], "top": top
+            }  # fmt: skip
+        off, on, bf16 = (counts[k]["launching"] for k in ("off", "on", "on_bf16"))
         rows.append(
             row(
                 "ops",
                 name,
                 "dry" if plan.dry else "measured",
                 f"kernel-launching aten ops per eager step: {off} fused off → {on} on "
-                f"({on / off:.2f}×); all ops {counts['off']['all']} → {counts['on']['all']}",
+                f"({on / off:.2f}×); all ops {counts['off']['all']} → {counts['on']['all']}; "
+                f"on in bf16: {bf16} ({counts['on_bf16']['casts']} casts)",
                 counts,
             )
         )

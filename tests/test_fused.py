@@ -393,3 +393,50 @@ def test_many_dtypes_shapes_and_gradient_offsets_compile_once_each_and_stay_fuse
     # the first signature, 3 dtypes × 3 gradient patterns at batch 3 (the forwards shared
     # per dtype), and autocast: one compile each
     assert counters["stats"]["unique_graphs"] == 2 + (3 + 9) + 2
+
+
+# Under autocast a region's outputs that only convolutions read come out in the
+# convolutions' dtype (`pointwise(conv_outputs=…, conv_copies=…)`, `conv_cat`): fewer cast
+# kernels forward and backward, the convolutions reading the same values
+BEFORE_CONV_DTYPE = "7e1b7ee"  # the last commit before those outputs took autocast's dtype
+# one case per changed region set (ConvLSTM's peephole cell and [x, h] cat, its OpenSTL
+# cell, ST-LSTM, the Causal LSTM's c copy, the MIM block and MIM-N, MAU, PhyCell)
+LOWERED = [
+    "convlstm-shi", "convlstm-openstl", "predrnn", "predrnnpp", "mim-paper", "mau",
+    "phydnet-openstl",
+]  # fmt: skip
+
+
+def _casts_and_launches(step: _Step, batch: tuple) -> tuple[int, int]:
+    optimizer = torch.optim.Adam(step.parameters(), lr=0.0, fused=True)
+    with torch.autocast("cpu", torch.bfloat16):
+        _, launching, per_op = count_step_ops(step, batch, optimizer)
+    return per_op["_to_copy"], launching
+
+
+@pytest.mark.parametrize("case", LOWERED)
+def test_under_autocast_outputs_read_by_convolutions_cost_fewer_casts(case):
+    """In bf16 autocast: the loss is bitwise the code before's, fused regions off and on
+    (the convolutions read the same values); the gradients differ by bf16 rounding only
+    (readers' gradients summed in bf16): as close to float32's as the code before's were,
+    within a quarter; and a fused step dispatches at most 70% of the casts it did (at these
+    few steps the weights' casts, once a forward, weigh more than at a recipe's)."""
+    file, cls, args, _ = _case(case)
+    old = model_file_at(BEFORE_CONV_DTYPE, file)
+    torch.manual_seed(0)
+    reference = getattr(old, cls)(SPEC, getattr(old, cls).Args(**args))
+    model = _build(file, cls, args, torch.float32)
+    model.load_state_dict(reference.state_dict())
+    batch = _batch(torch.float32)
+    _, grads_fp32 = _gradients(_Step(reference, fused=False), batch)
+    with torch.autocast("cpu", torch.bfloat16):
+        loss_old, grads_old = _gradients(_Step(reference, fused=False), batch)
+        loss_new, grads_new = _gradients(_Step(model, fused=False), batch)
+        loss_fused, _ = _gradients(_Step(model, fused=True), batch)
+    assert torch.equal(loss_old, loss_new) and torch.equal(loss_old, loss_fused)
+    for name, grad in grads_old.items():
+        bf16_error = _relative(grad, grads_fp32[name])
+        assert _relative(grads_new[name], grads_fp32[name]) <= 1.25 * bf16_error + 1e-6, name
+    casts_old, _ = _casts_and_launches(_Step(reference, True), batch)
+    casts_new, _ = _casts_and_launches(_Step(model, True), batch)
+    assert casts_new <= 0.7 * casts_old, (casts_new, casts_old)

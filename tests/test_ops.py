@@ -51,25 +51,28 @@ def test_count_step_ops_on_a_hand_counted_step():
     assert total == sum(per_op.values()) > launching
 
 
-def test_bench_model_ops_prints_both_counts(tmp_path):
+def _ops_line(tmp_path, *flags: str) -> tuple[int, int, int]:
+    """(kernel-launching ops, casts among them, all ops) of the first line of `stpdist
+    bench model convlstm --ops` (fused kernels off)."""
     result = run_cli(
-        "bench",
-        "model",
-        "convlstm",
-        "--shape",
-        "1x4x1x16x16",
-        "--output-frames",
-        "2",
-        "--ops",
-        cwd=tmp_path,
-    )
+        "bench", "model", "convlstm", "--shape", "1x4x1x16x16", "--output-frames", "2",
+        "--ops", *flags, cwd=tmp_path,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     line = result.stdout.splitlines()[0]
     assert "kernel-launching" in line and "in all" in line, result.stdout
     words = line.split(": aten ops")[1].split()
-    launching = int(words[words.index("kernel-launching,") - 1])
+    launching = int(words[words.index("kernel-launching") - 1])
+    casts = int(words[words.index("kernel-launching") + 1].lstrip("("))
     total = int(words[words.index("in") - 1])
-    assert 0 < launching < total
+    return launching, casts, total
+
+
+def test_bench_model_ops_prints_both_counts_and_the_casts_of_bf16(tmp_path):
+    launching, casts, total = _ops_line(tmp_path)
+    assert 0 <= casts < launching < total
+    launching_bf16, casts_bf16, _ = _ops_line(tmp_path, "--precision", "bf16")
+    assert casts_bf16 > casts and launching_bf16 - launching == casts_bf16 - casts
 
 
 BEFORE = "f9eb221"  # the commit before the grid was built once: its trajgru.py rebuilt it per step

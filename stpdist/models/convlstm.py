@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from .base import FrameSpec, check_odd_kernels, gate_norm
-from .fused import pointwise
+from .fused import conv_dtype, pointwise
 from .recurrent import FrameRecurrent, SplitCell
 
 
@@ -97,7 +97,7 @@ class ConvLSTMCell(nn.Module):
         )
 
 
-@pointwise
+@pointwise(conv_outputs=(0,))  # H: read by the gate and readout convolutions only
 def _peephole_gates(
     gates: torch.Tensor,
     c: torch.Tensor,
@@ -115,7 +115,7 @@ def _peephole_gates(
     return o * torch.tanh(c), c
 
 
-@pointwise
+@pointwise(conv_outputs=(0,))  # H: read by the gate and readout convolutions only
 def _lstm_gates(
     x_gates: torch.Tensor, h_gates: torch.Tensor, c: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,7 +223,11 @@ class ConvLSTM(FrameRecurrent):
 
     def init_state(self, frames_BTCHW: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         b, _, _, h, w = frames_BTCHW.shape
-        return [(frames_BTCHW.new_zeros(b, cell.hidden_channels, h, w),) * 2 for cell in self.cells]
+        states = []
+        for cell in self.cells:  # H in the dtype its convolutions read (as the cells make it)
+            zeros = frames_BTCHW.new_zeros(b, cell.hidden_channels, h, w)
+            states.append((zeros.to(conv_dtype(zeros.device) or zeros.dtype), zeros))
+        return states
 
     def encode(self, frames_NCHW: torch.Tensor) -> torch.Tensor:
         """`openstl`: the first layer's input gates; else the frames (the cell convolves

@@ -90,22 +90,29 @@ def _switched(on: bool) -> Iterator[None]:
 
 def fusion_active() -> bool:
     """Whether a `@pointwise` region called now would run as a fused kernel."""
+    if torch.compiler.is_compiling():  # first: dynamo cannot trace a context variable
+        return False
     if not _ACTIVE.get() or _BROKEN:
         return False
     return not (
-        torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.compiler.is_compiling()
-        or torch.onnx.is_in_onnx_export()
+        torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
     )
 
 
 class _Region:
     """One fused region: its function, its two custom ops and their compiled bodies."""
 
-    def __init__(self, fn: Callable[..., Any], name: str) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        name: str,
+        conv_outputs: Sequence[int] = (),
+        conv_copies: Sequence[int] = (),
+    ) -> None:
         self.fn = fn
         self.name = name
+        self.conv_outputs = tuple(conv_outputs)
+        self.conv_copies = tuple(conv_copies)
         self._bodies: dict[tuple[str, str], Callable[..., Any]] = {}  # (which, backend) →
         self.op = self._define_forward()
         self.op_backward = self._define_backward()
@@ -116,11 +123,11 @@ class _Region:
             # registration runs the backward with dispatch keys under which functorch's
             # vjp cannot take views)
             @staticmethod
-            def forward(ctx: Any, scalars: list, *tensors: torch.Tensor) -> Any:
+            def forward(ctx: Any, scalars: list, lower: Any, *tensors: torch.Tensor) -> Any:
                 with _from_here():
-                    out = region.op(list(tensors), scalars)
+                    out = region.op(list(tensors), scalars, lower)
                 ctx.save_for_backward(*tensors)
-                ctx.scalars = scalars
+                ctx.scalars, ctx.lower = scalars, lower
                 ctx.set_materialize_grads(False)  # unused outputs: None, zero in the kernel
                 return tuple(out)
 
@@ -128,23 +135,33 @@ class _Region:
             def backward(ctx: Any, *grads: torch.Tensor) -> Any:
                 tensors = list(ctx.saved_tensors)
                 with _from_here():
-                    grads = region.op_backward(tensors, list(grads), ctx.scalars)
-                return (None, *grads)
+                    grads = region.op_backward(tensors, list(grads), ctx.scalars, ctx.lower)
+                return (None, None, *grads)
 
         self.function = Function
 
-    # the region as a tuple-returning function of (tensors..., scalars...)
-    def _call(self, tensors: Sequence[torch.Tensor], scalars: Sequence[float]) -> list:
+    # the region as a tuple-returning function of (tensors..., scalars...), its outputs
+    # that only convolutions read in dtype `lower` (None: as computed)
+    def _call(
+        self, tensors: Sequence[torch.Tensor], scalars: Sequence[float], lower: Any = None
+    ) -> list:
         out = self.fn(*tensors, *scalars)
-        return list(out) if isinstance(out, (tuple, list)) else [out]
+        out = list(out) if isinstance(out, (tuple, list)) else [out]
+        if lower is not None:
+            out += [out[i].to(lower) for i in self.conv_copies]
+            for i in self.conv_outputs:
+                if out[i].dtype == torch.float32:
+                    out[i] = out[i].to(lower)
+        return out
 
     def _vjp(
         self,
         tensors: Sequence[torch.Tensor],
         grads: Sequence[torch.Tensor | None],
         scalars: Sequence[float],
+        lower: Any = None,
     ) -> list:
-        outputs, pull = torch.func.vjp(lambda *xs: tuple(self._call(xs, scalars)), *tensors)
+        outputs, pull = torch.func.vjp(lambda *xs: tuple(self._call(xs, scalars, lower)), *tensors)
         # an unused output's gradient is None: zero, created inside the kernel
         grads = [torch.zeros_like(o) if g is None else g for g, o in zip(grads, outputs)]
         return list(pull(tuple(grads)))
@@ -200,14 +217,16 @@ class _Region:
         region = self
 
         @torch.library.custom_op(f"stpdist::{self.name}", mutates_args=())
-        def op(tensors: list[torch.Tensor], scalars: list[float]) -> list[torch.Tensor]:
+        def op(
+            tensors: list[torch.Tensor], scalars: list[float], lower: torch.dtype | None
+        ) -> list[torch.Tensor]:
             return _distinct(
-                region._run("forward", [t.detach() for t in tensors], scalars), tensors
+                region._run("forward", [t.detach() for t in tensors], scalars, lower), tensors
             )
 
         @op.register_fake
-        def _(tensors, scalars):  # noqa: ANN001, ANN202
-            return [t.clone() for t in region._call(tensors, scalars)]
+        def _(tensors, scalars, lower):  # noqa: ANN001, ANN202
+            return [t.clone() for t in region._call(tensors, scalars, lower)]
 
         return op
 
@@ -219,6 +238,7 @@ class _Region:
             tensors: list[torch.Tensor],
             grads: list[torch.Tensor | None],
             scalars: list[float],
+            lower: torch.dtype | None,
         ) -> list[torch.Tensor]:
             # saved inputs may still require grad: the compiled vjp wants plain tensors
             tensors = [t.detach() for t in tensors]
@@ -226,19 +246,23 @@ class _Region:
             # the compiled body recompile for each stride pattern
             grads = [None if g is None else g.detach().contiguous() for g in grads]
             given = [g for g in grads if g is not None]
-            return _distinct(region._run("backward", tensors, grads, scalars), tensors + given)
+            return _distinct(
+                region._run("backward", tensors, grads, scalars, lower), tensors + given
+            )
 
         @op_backward.register_fake
-        def _(tensors, grads, scalars):  # noqa: ANN001, ANN202
+        def _(tensors, grads, scalars, lower):  # noqa: ANN001, ANN202
             return [torch.empty_like(t) for t in tensors]
 
         return op_backward
 
     def __call__(self, *tensors: torch.Tensor, scalars: Sequence[float] = ()) -> Any:
+        lower = conv_dtype(tensors[0].device) if self.conv_outputs or self.conv_copies else None
         if not fusion_active():
-            return self.fn(*tensors, *scalars)
-        out = self.function.apply([float(s) for s in scalars], *tensors)
-        return out[0] if len(out) == 1 else tuple(out)
+            out = self._call(tensors, scalars, lower)
+        else:
+            out = self.function.apply([float(s) for s in scalars], lower, *tensors)
+        return out[0] if len(out) == 1 and not self.conv_copies else tuple(out)
 
 
 _CHECKED_BACKENDS = {"inductor"}  # looked up once each: this runs at every region call
@@ -305,10 +329,55 @@ def _distinct(outputs: list, inputs: Sequence[torch.Tensor]) -> list:
     return distinct
 
 
-def pointwise(fn: Callable[..., Any]) -> _Region:
+def conv_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype a convolution reads its float32 input in on `device` now: autocast's
+    lower precision where autocast is on (None: off, convolutions read float32)."""
+    kind = device.type
+    try:
+        if torch.is_autocast_enabled(kind):
+            return torch.get_autocast_dtype(kind)
+    except RuntimeError:  # a device autocast knows nothing of (meta: shapes only)
+        pass
+    return None
+
+
+def conv_cat(tensors: Sequence[torch.Tensor], dim: int = 1) -> torch.Tensor:
+    """`torch.cat(tensors, dim)` for a convolution to read. Under autocast, when some parts
+    are already in the convolution's dtype, the float32 parts are cast to it before the
+    cat: one cast each, instead of type promotion casting every lower part up to float32
+    and the convolution casting the whole cat back down. The convolution reads the same
+    values, and the gradients are the same."""
+    lower = conv_dtype(tensors[0].device)
+    if lower is not None:
+        wide = sum(t.dtype == torch.float32 for t in tensors)
+        if 0 < wide <= sum(t.dtype == lower for t in tensors):
+            tensors = [t.to(lower) if t.dtype == torch.float32 else t for t in tensors]
+    return torch.cat(list(tensors), dim)
+
+
+def pointwise(
+    fn: Callable[..., Any] | None = None,
+    *,
+    conv_outputs: Sequence[int] = (),
+    conv_copies: Sequence[int] = (),
+) -> Any:
     """Marks `fn(*tensors, *scalars)` as a fused region (see module doc). Call it as
     `region(t1, t2, ..., scalars=(1.0,))`; it returns what `fn` returns (one tensor or a
     tuple). `fn` must compute only from its arguments (no module state, no randomness) and
-    return tensors; its ops must have meta kernels (all pointwise/reduction ops do)."""
+    return tensors; its ops must have meta kernels (all pointwise/reduction ops do).
+
+    `conv_outputs`: the indices of outputs that only convolutions read (a cell's hidden
+    state that feeds its own and the next layer's gate convolutions, say). Under autocast
+    they are returned in autocast's dtype, the cast each convolution would make, made once
+    and, fused, inside the region's kernel: a float32 output read by two convolutions
+    costs two cast kernels forward and two backward. The convolutions read the same values
+    as before; the gradients of such an output's readers add up in that dtype instead of
+    float32 (as for any tensor autocast makes). Without autocast nothing changes.
+    `conv_copies`: outputs that arithmetic reads too (a cell state): under autocast a copy
+    of each in autocast's dtype is returned after the outputs, for the convolutions that
+    read it (nothing is added without autocast: see `conv_dtype`); such a region always
+    returns a tuple."""
+    if fn is None:
+        return lambda f: pointwise(f, conv_outputs=conv_outputs, conv_copies=conv_copies)
     module = fn.__module__.rsplit(".", 1)[-1]
-    return _Region(fn, f"{module}_{fn.__name__}")
+    return _Region(fn, f"{module}_{fn.__name__}", conv_outputs, conv_copies)

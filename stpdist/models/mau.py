@@ -103,7 +103,7 @@ class MotionAwareUnit(nn.Module):
         return temporal, spatial, past_temporal, past_spatial
 
 
-@pointwise
+@pointwise(conv_outputs=(0,))  # T fused with the trend: read by one convolution only
 def _attention(
     query_conv: torch.Tensor,
     query_weight: torch.Tensor,

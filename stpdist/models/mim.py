@@ -114,7 +114,8 @@ class PeepholeLSTM(nn.Module):
     """The LSTM shared by MIM-N and MIM-S: gates from conv(x) + conv(h) + peepholes on c
     (input and forget on c_{t−1}, output on c_t). `layer_norm`: a LayerNorm over
     [4h, H, W] after each convolution. `batch_axis`: peepholes 1×h×H×W (else h×H×W,
-    OpenSTL's shape; the product broadcasts the same)."""
+    OpenSTL's shape; the product broadcasts the same). `h_feeds_convolutions` (MIM-N):
+    only convolutions read its h, which under autocast then comes out in their dtype."""
 
     def __init__(
         self,
@@ -125,9 +126,11 @@ class PeepholeLSTM(nn.Module):
         forget_bias: float,
         layer_norm: bool = False,
         batch_axis: bool = True,
+        h_feeds_convolutions: bool = False,
     ):
         super().__init__()
         self.forget_bias = forget_bias
+        self.h_feeds_convolutions = h_feeds_convolutions
         self.conv_x = _conv(hidden, 4 * hidden, kernel_size)
         self.conv_h = _conv(hidden, 4 * hidden, kernel_size)
         lead = (1,) if batch_axis else ()
@@ -140,12 +143,13 @@ class PeepholeLSTM(nn.Module):
     def forward(self, x, h, c):
         x_gates = self.norm_x(self.conv_x(x))
         h_gates = self.norm_h(self.conv_h(h))
-        return _peephole_lstm(
+        region = _peephole_lstm_to_convolutions if self.h_feeds_convolutions else _peephole_lstm
+        return region(
             x_gates, h_gates, c, self.peephole_if, self.peephole_o, scalars=(self.forget_bias,)
         )
 
 
-@pointwise
+@pointwise  # MIM-S: its h (the trend) enters the block's arithmetic
 def _peephole_lstm(x_gates, h_gates, c, peephole_if, peephole_o, forget_bias: float):
     """MIM-N's and MIM-S's arithmetic after their two gate convolutions: (new h, new c)."""
     i_x, g_x, f_x, o_x = x_gates.chunk(4, dim=1)
@@ -156,6 +160,12 @@ def _peephole_lstm(x_gates, h_gates, c, peephole_if, peephole_o, forget_bias: fl
     c = f * c + i * torch.tanh(g_x + g_h)
     o = torch.sigmoid(o_x + o_h + peephole_o * c)
     return o * torch.tanh(c), c
+
+
+@pointwise(conv_outputs=(0,))  # MIM-N: its h (D) feeds only convolutions
+def _peephole_lstm_to_convolutions(x_gates, h_gates, c, peephole_if, peephole_o, forget_bias):
+    """MIM-N's arithmetic: `_peephole_lstm`'s, its h in the convolutions' dtype."""
+    return _peephole_lstm.fn(x_gates, h_gates, c, peephole_if, peephole_o, forget_bias)
 
 
 class MIMBlock(nn.Module):
@@ -199,7 +209,8 @@ class MIMBlock(nn.Module):
         return _block_output(o, self.conv_last(memory)), c, m, stationary_c
 
 
-@pointwise
+# c (MIM-S reads it as its hidden state) and [c, m]: read by convolutions only
+@pointwise(conv_outputs=(0, 3))
 def _block_memories(x_gates, h_gates, m_gates, trend, m, forget_bias: float):
     """A MIM block's arithmetic from its three gate convolutions and MIM-S's output (the
     trend): (new c, new m, output gate, [c, m])."""
@@ -266,7 +277,9 @@ class MIM(FrameRecurrent):
             for _ in hidden_channels[1:]
         )
         self.nonstationary = nn.ModuleList(
-            PeepholeLSTM(hidden, k, *hw, args.forget_bias, args.layer_norm, batch_axis)
+            PeepholeLSTM(  # MIM-N: its h (D) feeds MIM-S's and its own convolutions only
+                hidden, k, *hw, args.forget_bias, args.layer_norm, batch_axis, True
+            )
             for _ in hidden_channels[1:]
         )
         self.output = nn.Conv2d(hidden, spec.channels, 1, bias=False)

@@ -104,7 +104,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import FrameSpec, check_odd_kernels
-from .fused import pointwise
+from .fused import conv_cat, conv_dtype, pointwise
 from .recurrent import FrameRecurrent
 
 
@@ -183,12 +183,15 @@ class PhyCell(nn.Module):
         self.register_buffer("moments", moment_matrices(kernel_size), persistent=False)
 
     def forward(self, x_BEHW: torch.Tensor, hidden_BEHW: torch.Tensor) -> torch.Tensor:
-        change = self.physics(hidden_BEHW)
+        # under autocast H is cast once for the convolutions that read it
+        lower = conv_dtype(hidden_BEHW.device)
+        read = hidden_BEHW.to(lower) if lower is not None else hidden_BEHW
+        change = self.physics(read)
         if self.gain_from_previous:  # H̃ = H + Φ(H) is formed inside the correction
-            gain_conv = self.gain(torch.cat([x_BEHW, hidden_BEHW], dim=1))
+            gain_conv = self.gain(conv_cat([x_BEHW, read]))
             return _predict_correct(x_BEHW, hidden_BEHW, change, gain_conv)
         predicted = hidden_BEHW + change
-        return _correction(x_BEHW, predicted, self.gain(torch.cat([x_BEHW, predicted], dim=1)))
+        return _correction(x_BEHW, predicted, self.gain(conv_cat([x_BEHW, predicted])))
 
     def moment_loss(self) -> torch.Tensor:
         """Σ over input channels of MSE(moments of kernel j, one-hot at derivative j)."""
@@ -235,10 +238,11 @@ class PhyDConvLSTMCell(nn.Module):
         self.gates = nn.Conv2d(cin + hidden, 4 * hidden, kernel_size, padding=kernel_size // 2)
 
     def forward(self, x, h, c):
-        return _lstm_gates(self.gates(torch.cat([x, h], dim=1)), c)
+        return _lstm_gates(self.gates(conv_cat([x, h])), c)
 
 
-@pointwise
+# h: read by the gate convolutions (its own, the next layer's) and the residual decoder only
+@pointwise(conv_outputs=(0,))
 def _lstm_gates(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The ConvLSTM branch's arithmetic after its gate convolution: (new h, new c)."""
     i, f, o, g = gates.chunk(4, dim=1)
@@ -351,7 +355,10 @@ class PhyDNet(FrameRecurrent):
         b = frames_BTCHW.shape[0]
         h, w = self.encoded_size
         physics = frames_BTCHW.new_zeros(b, self.phycell.gain.out_channels, h, w)
-        layers = [(frames_BTCHW.new_zeros(b, cell.hidden, h, w),) * 2 for cell in self.convlstm]
+        layers = []
+        for cell in self.convlstm:  # h in the dtype its convolutions read (as the cells make it)
+            zeros = frames_BTCHW.new_zeros(b, cell.hidden, h, w)
+            layers.append((zeros.to(conv_dtype(zeros.device) or zeros.dtype), zeros))
         return physics, layers
 
     def encode(self, frames_NCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

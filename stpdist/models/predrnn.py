@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .base import FrameSpec, check_odd_kernels, gate_norm
-from .fused import fusion_active, pointwise
+from .fused import conv_cat, fusion_active, pointwise
 from .recurrent import FrameRecurrent, SplitCell
 
 
@@ -84,7 +84,7 @@ class STLSTMCell(SplitCell):
         return h, c, m, delta_c, delta_m
 
 
-@pointwise
+@pointwise(conv_outputs=(2,))  # [c, m]: read by the output gate's two convolutions only
 def _st_memories(x_gates, h_gates, m_gates, c, m, forget_bias: float):
     """An ST-LSTM cell's arithmetic from its three gate convolutions to its memories:
     (new c, new m, [c, m], Δc, Δm, the output gate's input and hidden terms)."""
@@ -241,11 +241,13 @@ class CausalLSTMCell(SplitCell):
         h_gates = self.norm_h(self.conv_h(h))
         c_gates = self.norm_c(self.conv_c(c))
         m_gates = self.norm_m(self.conv_m(m))
-        c = _causal_c(x_gates, h_gates, c_gates, c, scalars=(self.forget_bias,))
-        c2m = self.norm_c2m(self.conv_c2m(c))
+        # under autocast, also c in the convolutions' dtype, for the two that read it now
+        c, *c_conv = _causal_c(x_gates, h_gates, c_gates, c, scalars=(self.forget_bias,))
+        c_conv = c_conv[0] if c_conv else c
+        c2m = self.norm_c2m(self.conv_c2m(c_conv))
         m = _causal_m(x_gates, m_gates, c2m, scalars=(self.forget_bias,))
         o_m = self.norm_om(self.conv_om(m))
-        h = _causal_output(x_gates, h_gates, c2m, o_m, self.conv_last(torch.cat([c, m], dim=1)))
+        h = _causal_output(x_gates, h_gates, c2m, o_m, self.conv_last(conv_cat([c_conv, m])))
         return h, c, m
 
     def _op_by_op(self, x_gates, h, c, m):
@@ -267,7 +269,7 @@ class CausalLSTMCell(SplitCell):
         return o * torch.tanh(self.conv_last(torch.cat([c, m], dim=1))), c, m
 
 
-@pointwise
+@pointwise(conv_copies=(0,))
 def _causal_c(x_gates, h_gates, c_gates, c, forget_bias: float):
     """The Causal LSTM's new c from the x, h and c gate convolutions."""
     i_x, f_x, g_x = x_gates.chunk(7, dim=1)[:3]
