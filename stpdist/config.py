@@ -236,9 +236,10 @@ class TrainerConfig:
     cudnn_benchmark: Optional[bool] = None
     """On a GPU, let cuDNN time its convolution algorithms at the first call of each input
     shape and keep the fastest (`torch.backends.cudnn.benchmark`, set while this Trainer is
-    open): the first steps are slower, later ones may be faster, and two runs may pick
-    different algorithms (results differ in the last bits). None: torch's setting (off
-    unless set). On a CPU: accepted, not applicable."""
+    open, torch's own setting again once the last Trainer that set it closes): the first
+    steps are slower, later ones may be faster, and two runs may pick different algorithms
+    (results differ in the last bits). None: torch's setting (off unless set). On a CPU:
+    accepted, not applicable."""
     activation_checkpointing: bool = False
     """Recompute each recurrent step's activations in the backward instead of keeping
     all of them: less memory for long sequences and wide cells, more compute."""
@@ -885,7 +886,7 @@ def _strict_bools(values: dict, bool_fields: set[str], prefix: str) -> None:
     in `bool_fields`, only YAML's booleans or the words true/false pass."""
     for name in bool_fields & set(values):
         value = values[name]
-        if not _is_bool(value):
+        if value is not None and not _is_bool(value):  # None: the schema says if it may be
             raise ConfigError(f"'{prefix}{name}' is {value!r}; expected true or false")
 
 
@@ -996,7 +997,7 @@ def _schema_bools(cls: type, prefix: str = "") -> dict[str, set[str]]:
         section = inner[0] if typing.get_origin(hint) is typing.Union and inner else hint
         if dataclasses.is_dataclass(section):
             found.update(_schema_bools(section, f"{prefix}{f.name}."))
-        elif hint is bool:
+        elif section is bool:  # Optional[bool] too
             found.setdefault(prefix, set()).add(f.name)
     return found
 

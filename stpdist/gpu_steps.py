@@ -171,7 +171,7 @@ def graph_rows(
     rows = []
     sizes = (16, 64) if not plan.dry else (plan.batch,)
     steps = STEADY_AFTER + (10 if not plan.dry else 2)
-    flops: dict[str, int] = {}  # per recipe at batch 1 (a step's FLOPs grow with the batch)
+    flops: dict[str, int | None] = {}  # per recipe at batch 1 (a step's FLOPs grow with the batch)
     for batch in sizes:
         for name in plan.recurrent:
             if left_s() < (0 if plan.dry else 30):
@@ -179,7 +179,10 @@ def graph_rows(
                 continue
             shape = (batch, *plan.shape[1:])
             if name not in flops:
-                flops[name] = step_flops(plan, recipe_model(plan, name), shape) // batch
+                try:  # the rows are worth more than their TFLOP/s
+                    flops[name] = step_flops(plan, recipe_model(plan, name), shape) // batch
+                except Exception:  # noqa: BLE001 - the row then says n/a
+                    flops[name] = None
             g = torch.Generator().manual_seed(4)
             frames = torch.rand(
                 steps * batch, shape[1] + plan.output_frames, *shape[2:], generator=g
@@ -225,7 +228,7 @@ _LABELS = {
 def _graph_row(
     plan: Any, row: Callable[..., Any], name: str, batch: int, steps: int,
     speed: dict[str, float], params: dict[bool, list], errors: dict[str, str],
-    flops_per_sample: int,
+    flops_per_sample: int | None,
 ) -> Any:  # fmt: skip
     diff = None
     if len(params) == 2:
@@ -234,11 +237,12 @@ def _graph_row(
             for a, b in zip(params[True], params[False])
         )
     eager = speed.get("eager")
-    tflops = {v: s * flops_per_sample / 1e12 for v, s in speed.items()}
+    tflops = {v: s * flops_per_sample / 1e12 for v, s in speed.items() if flops_per_sample}
     parts = []
     for variant, s in speed.items():
         times = f"{s / eager:.2f}×, " if eager and variant != "eager" else ""
-        parts.append(f"{_LABELS[variant]} {s:.1f} samples/s ({times}{tflops[variant]:.3g} TFLOP/s)")
+        rate = f"{tflops[variant]:.3g} TFLOP/s" if variant in tflops else "TFLOP/s n/a"
+        parts.append(f"{_LABELS[variant]} {s:.1f} samples/s ({times}{rate})")
     parts += [f"{_LABELS[v]}: {why}" for v, why in errors.items()]
     if diff is not None:
         parts.append(

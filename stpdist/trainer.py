@@ -16,6 +16,7 @@ import atexit
 import contextlib
 import dataclasses
 import inspect
+import itertools
 import math
 import os
 import signal
@@ -856,8 +857,8 @@ class Trainer:
             if why:
                 raise ConfigError(why)
         self._graph: Any = None
-        self._cudnn_before = _set_cudnn_benchmark(
-            self.config.cudnn_benchmark, self.accelerator.device
+        self._cudnn_release = hold_cudnn_benchmark(
+            self, self.config.cudnn_benchmark, self.accelerator.device
         )
         self._inner_optimizer: Any = None  # see _direct
         on_cpu = self.accelerator.device.type == "cpu"
@@ -914,8 +915,8 @@ class Trainer:
             return
         self._closed = True
         _OPEN_TRAINERS.discard(self)
-        if getattr(self, "_cudnn_before", None) is not None:  # as it was before this Trainer
-            torch.backends.cudnn.benchmark = self._cudnn_before
+        if getattr(self, "_cudnn_release", None) is not None:
+            self._cudnn_release()
         held, self._choice_lease = getattr(self, "_choice_lease", None), None
         if held is not None:  # a checkpoint chosen (`choose_checkpoint`) and never read
             held.close()
@@ -2290,17 +2291,38 @@ def _is_terminal(stream: Any) -> bool:
     return bool(isatty and isatty())
 
 
-def _set_cudnn_benchmark(value: bool | None, device: torch.device) -> bool | None:
+_CUDNN_HELD: dict[int, bool] = {}
+"""`trainer.cudnn_benchmark` of each open Trainer that set it, in the order they opened."""
+_CUDNN_BEFORE: list[bool] = []
+"""torch's setting before the first of them set it."""
+_CUDNN_TOKENS = itertools.count()
+
+
+def hold_cudnn_benchmark(owner: object, value: bool | None, device: torch.device) -> Any:
     """`trainer.cudnn_benchmark`: on a CUDA device, `torch.backends.cudnn.benchmark` set to
-    `value`; returns the setting before, for `close` to restore (None: nothing was set)."""
+    `value` while `owner` (a Trainer) holds it. Returns the release (call it at close; it
+    also runs when `owner` is collected or the process exits), None when nothing was set.
+    The setting is the latest open holder's, and torch's own again after the last."""
     if value is None:
         return None
     if device.type != "cuda":
         say(f"trainer.cudnn_benchmark: not applicable on {device.type} (cuDNN runs on CUDA)")
         return None
-    before = torch.backends.cudnn.benchmark
+    if not _CUDNN_HELD:
+        _CUDNN_BEFORE[:] = [torch.backends.cudnn.benchmark]
+    token = next(_CUDNN_TOKENS)
+    _CUDNN_HELD[token] = bool(value)
     torch.backends.cudnn.benchmark = bool(value)
-    return before
+    return weakref.finalize(owner, _release_cudnn_benchmark, token)
+
+
+def _release_cudnn_benchmark(token: int) -> None:
+    if _CUDNN_HELD.pop(token, None) is None:
+        return
+    if _CUDNN_HELD:
+        torch.backends.cudnn.benchmark = list(_CUDNN_HELD.values())[-1]
+    else:
+        torch.backends.cudnn.benchmark = _CUDNN_BEFORE[0]
 
 
 def _fast_bf16_cpu() -> bool:

@@ -440,3 +440,16 @@ def test_under_autocast_outputs_read_by_convolutions_cost_fewer_casts(case):
     casts_old, _ = _casts_and_launches(_Step(reference, True), batch)
     casts_new, _ = _casts_and_launches(_Step(model, True), batch)
     assert casts_new <= 0.7 * casts_old, (casts_new, casts_old)
+
+
+def test_a_float64_model_under_autocast_keeps_its_convolutions_in_float64():
+    """Autocast leaves float64 convolutions in float64: a float64 model run under it (as
+    `stpdist.load(dtype=torch.float64)` then the user's own autocast) gets no bf16 input
+    for a float64 weight from the lowered outputs, copies or initial states."""
+    for case in ("convlstm-openstl", "predrnnpp", "phydnet-openstl"):
+        file, cls, args, _ = _case(case)
+        model = _build(file, cls, args, torch.float64)
+        frames, targets = _batch(torch.float64)
+        with torch.autocast("cpu", torch.bfloat16), fusion(True):
+            out = model(frames, SPEC.num_output_frames, targets_BTCHW=targets)
+        assert getattr(out, "predictions", out).dtype == torch.float64, case

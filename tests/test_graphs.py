@@ -235,16 +235,36 @@ def test_cudnn_benchmark_on_a_cpu_is_accepted_and_not_applicable(tmp_path, capsy
     assert "trainer.cudnn_benchmark: not applicable on cpu" in capsys.readouterr().out
 
 
-def test_cudnn_benchmark_on_a_cuda_device_is_set_and_the_setting_before_returned():
-    from stpdist.trainer import _set_cudnn_benchmark
+def test_cudnn_benchmark_is_the_latest_open_holders_and_torchs_own_after_the_last():
+    """Set per Trainer on a CUDA device (here the setting alone: torch keeps it on any
+    build): closed in any order, or an unclosed Trainer collected, the setting goes back
+    to the latest open holder's value, then to what it was before the first."""
+    import gc
 
-    before = torch.backends.cudnn.benchmark
+    from stpdist.trainer import hold_cudnn_benchmark
+
+    class Owner:  # what holds the setting: a Trainer in the Trainer
+        pass
+
+    cuda, before = torch.device("cuda"), torch.backends.cudnn.benchmark
     try:
         torch.backends.cudnn.benchmark = False
-        assert _set_cudnn_benchmark(True, torch.device("cuda")) is False
+        assert hold_cudnn_benchmark(Owner(), None, cuda) is None
+        a, b = Owner(), Owner()
+        release_a = hold_cudnn_benchmark(a, True, cuda)
+        release_b = hold_cudnn_benchmark(b, True, cuda)
+        release_a()  # closed out of order: b's setting stays
         assert torch.backends.cudnn.benchmark is True
-        assert _set_cudnn_benchmark(None, torch.device("cuda")) is None
+        release_b()
+        assert torch.backends.cudnn.benchmark is False
+        c = Owner()
+        hold_cudnn_benchmark(c, True, cuda)
         assert torch.backends.cudnn.benchmark is True
+        del c  # never released: collected
+        gc.collect()
+        assert torch.backends.cudnn.benchmark is False
+        release_a()  # a second release does nothing
+        assert torch.backends.cudnn.benchmark is False
     finally:
         torch.backends.cudnn.benchmark = before
 

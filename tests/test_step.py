@@ -265,8 +265,7 @@ def test_activation_checkpointing_needs_a_frame_recurrent_backbone():
         module.enable_activation_checkpointing()
 
 
-@pytest.mark.parametrize("name", ["convlstm", "predrnnpp"])
-def test_the_regionally_compiled_step_is_one_graph_with_no_break(monkeypatch, name):
+def test_the_regionally_compiled_step_is_one_graph_with_no_break(monkeypatch):
     """`trainer.compile` (`compile_for_training`) compiles a recurrent backbone's step.
     Each fused region asked a context variable whether fusion was on, which dynamo cannot
     trace: the step broke into pieces at every region call (a 2-layer ConvLSTM's step: 15
@@ -277,10 +276,8 @@ def test_the_regionally_compiled_step_is_one_graph_with_no_break(monkeypatch, na
     monkeypatch.setattr(torch, "compile", functools.partial(real_compile, backend="aot_eager"))
     torch._dynamo.reset()
     counters.clear()
-    backbone = {"hidden_channels": [4, 4], "kernel_size": 3}
-    if name == "convlstm":
-        backbone["variant"] = "openstl"
-    module = forecaster(name, (1, 8, 8), 3, 2, backbone=backbone)
+    backbone = {"hidden_channels": [4, 4], "kernel_size": 3, "variant": "openstl"}
+    module = forecaster("convlstm", (1, 8, 8), 3, 2, backbone=backbone)
     module.compile_for_training()
     frames = torch.rand(2, 3, 1, 8, 8)
     for precision in ("fp32", "bf16"):

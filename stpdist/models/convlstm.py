@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from .base import FrameSpec, check_odd_kernels, gate_norm
-from .fused import conv_dtype, pointwise
+from .fused import conv_read, pointwise
 from .recurrent import FrameRecurrent, SplitCell
 
 
@@ -226,7 +226,7 @@ class ConvLSTM(FrameRecurrent):
         states = []
         for cell in self.cells:  # H in the dtype its convolutions read (as the cells make it)
             zeros = frames_BTCHW.new_zeros(b, cell.hidden_channels, h, w)
-            states.append((zeros.to(conv_dtype(zeros.device) or zeros.dtype), zeros))
+            states.append((conv_read(zeros), zeros))
         return states
 
     def encode(self, frames_NCHW: torch.Tensor) -> torch.Tensor:

@@ -148,10 +148,9 @@ class _Region:
         out = self.fn(*tensors, *scalars)
         out = list(out) if isinstance(out, (tuple, list)) else [out]
         if lower is not None:
-            out += [out[i].to(lower) for i in self.conv_copies]
+            out += [conv_read(out[i], lower) for i in self.conv_copies]
             for i in self.conv_outputs:
-                if out[i].dtype == torch.float32:
-                    out[i] = out[i].to(lower)
+                out[i] = conv_read(out[i], lower)
         return out
 
     def _vjp(
@@ -339,6 +338,16 @@ def conv_dtype(device: torch.device) -> torch.dtype | None:
     except RuntimeError:  # a device autocast knows nothing of (meta: shapes only)
         pass
     return None
+
+
+def conv_read(tensor: torch.Tensor, lower: torch.dtype | None = None) -> torch.Tensor:
+    """`tensor` as a convolution under autocast reads it: a float32 tensor in autocast's
+    dtype (`lower`, else `conv_dtype` of its device); any other tensor as it is (autocast
+    leaves a float64 convolution in float64)."""
+    lower = lower if lower is not None else conv_dtype(tensor.device)
+    if lower is None or tensor.dtype != torch.float32:
+        return tensor
+    return tensor.to(lower)
 
 
 def conv_cat(tensors: Sequence[torch.Tensor], dim: int = 1) -> torch.Tensor:

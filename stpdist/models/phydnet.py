@@ -104,7 +104,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import FrameSpec, check_odd_kernels
-from .fused import conv_cat, conv_dtype, pointwise
+from .fused import conv_cat, conv_read, pointwise
 from .recurrent import FrameRecurrent
 
 
@@ -183,9 +183,7 @@ class PhyCell(nn.Module):
         self.register_buffer("moments", moment_matrices(kernel_size), persistent=False)
 
     def forward(self, x_BEHW: torch.Tensor, hidden_BEHW: torch.Tensor) -> torch.Tensor:
-        # under autocast H is cast once for the convolutions that read it
-        lower = conv_dtype(hidden_BEHW.device)
-        read = hidden_BEHW.to(lower) if lower is not None else hidden_BEHW
+        read = conv_read(hidden_BEHW)  # under autocast: cast once for both convolutions
         change = self.physics(read)
         if self.gain_from_previous:  # H̃ = H + Φ(H) is formed inside the correction
             gain_conv = self.gain(conv_cat([x_BEHW, read]))
@@ -358,7 +356,7 @@ class PhyDNet(FrameRecurrent):
         layers = []
         for cell in self.convlstm:  # h in the dtype its convolutions read (as the cells make it)
             zeros = frames_BTCHW.new_zeros(b, cell.hidden, h, w)
-            layers.append((zeros.to(conv_dtype(zeros.device) or zeros.dtype), zeros))
+            layers.append((conv_read(zeros), zeros))
         return physics, layers
 
     def encode(self, frames_NCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
