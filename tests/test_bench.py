@@ -279,7 +279,7 @@ def test_gpu_check_dry_runs_every_section_and_claims_no_measurement(tmp_path):
     # the launch-bound step: fused regions cut the ops; the emulated graph trains as eager
     ops = rows[("ops", "convlstm")]["values"]
     assert ops["on"]["launching"] < ops["off"]["launching"]
-    assert ops["on_bf16"]["casts"] > ops["on"]["casts"]
+    assert "on_bf16" not in ops  # bf16 is the GPU plan's (a CPU's autocast is no GPU's)
     graphs = rows[("graphs", "convlstm batch 2")]["values"]
     assert graphs["max_relative_param_diff"] == 0 and graphs["steps"] == 7
     # eager fp32 (the baseline), graphs in fp32 and bf16, and bf16 with cudnn.benchmark
