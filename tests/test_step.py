@@ -265,11 +265,11 @@ def test_activation_checkpointing_needs_a_frame_recurrent_backbone():
         module.enable_activation_checkpointing()
 
 
-def test_the_regionally_compiled_step_is_one_graph_with_no_break(monkeypatch):
+def test_the_regionally_compiled_step_has_no_graph_break(monkeypatch):
     """`trainer.compile` (`compile_for_training`) compiles a recurrent backbone's step.
     Each fused region asked a context variable whether fusion was on, which dynamo cannot
     trace: the step broke into pieces at every region call (a 2-layer ConvLSTM's step: 15
-    breaks, 10 graphs). Now no break, under bf16 autocast too."""
+    breaks, 10 graphs). Now no break, in float32 and under bf16 autocast."""
     from torch._dynamo.utils import counters
 
     real_compile = torch.compile
