@@ -129,13 +129,14 @@ def ops_rows(plan: Any, recipe_model: Callable[..., Any], row: Callable[..., Any
 
 
 GRAPH_VARIANTS = (
-    # (name, precision, cuda_graphs, cudnn_benchmark, batch sizes): eager fp32 is the
-    # baseline; bf16 under graphs is the one that can be compute-bound (see graph_rows)
-    ("eager", "fp32", False, None, (16, 64)),
-    ("graphs", "fp32", True, None, (16, 64)),
-    ("graphs_bf16", "bf16", True, None, (16, 64)),
-    ("graphs_bf16_cudnn_benchmark", "bf16", True, True, (16,)),
+    # (name, label in the row, precision, cuda_graphs, cudnn_benchmark, batch sizes): eager
+    # fp32 is the baseline; bf16 under graphs is the one that can be compute-bound
+    ("eager", "eager fp32", "fp32", False, None, (16, 64)),
+    ("graphs", "graphs", "fp32", True, None, (16, 64)),
+    ("graphs_bf16", "graphs bf16", "bf16", True, None, (16, 64)),
+    ("graphs_bf16_cudnn_benchmark", "+ cudnn.benchmark", "bf16", True, True, (16,)),
 )
+_LABELS = {variant[0]: variant[1] for variant in GRAPH_VARIANTS}
 
 
 def step_flops(plan: Any, model: Any, shape: tuple) -> int:
@@ -194,7 +195,7 @@ def graph_rows(
                 frames[:, : shape[1]].contiguous(), frames[:, shape[1] :].contiguous()
             )
             speed, params, errors = {}, {}, {}
-            for variant, precision, graphs, benchmark, batches in GRAPH_VARIANTS:
+            for variant, _, precision, graphs, benchmark, batches in GRAPH_VARIANTS:
                 if batch not in batches and not plan.dry:
                     continue
                 torch.manual_seed(0)
@@ -218,14 +219,6 @@ def graph_rows(
                 _graph_row(plan, row, name, batch, steps, speed, params, errors, flops[name])
             )
     return rows
-
-
-_LABELS = {
-    "eager": "eager fp32",
-    "graphs": "graphs",
-    "graphs_bf16": "graphs bf16",
-    "graphs_bf16_cudnn_benchmark": "+ cudnn.benchmark",
-}
 
 
 def _graph_row(
