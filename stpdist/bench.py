@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .errors import InputError
 from .models.fused import BACKEND_ENV
-from .module import EnhancedModule, cpu_compile_defaults
+from .module import EnhancedModule, cpu_compile_defaults, to_channels_last
 
 
 class _BenchNet(EnhancedModule):
@@ -997,7 +997,7 @@ def bench_model(
     torch.manual_seed(0)
     module = bench_module(config, shape, num_output_frames, device)
     if channels_last:
-        module = module.to(memory_format=torch.channels_last)
+        to_channels_last(module)
     params = sum(p.numel() for p in module.parameters())
     inputs = torch.rand(b, t_in, c, h, w, device=device)
     targets = torch.rand(b, num_output_frames, c, h, w, device=device)

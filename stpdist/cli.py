@@ -1522,7 +1522,11 @@ def parser() -> argparse.ArgumentParser:
         default="fp32",
         help="model: bf16 runs the step's forward under autocast (with --ops: counts it)",
     )
-    s.add_argument("--channels-last", action="store_true", help="model: channels-last memory")
+    s.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="model: 2-D convolution weights channels-last (trainer.channels_last)",
+    )
     s.add_argument(
         "--activation-checkpointing",
         action="store_true",

@@ -451,6 +451,7 @@ def _bench_trainer(
     precision: str,
     cuda_graphs: bool = False,
     cudnn_benchmark: bool | None = None,
+    channels_last: bool = False,
 ) -> Any:
     """A Trainer for timing: no checkpoints written, no logging inside the timed steps."""
     from .config import CheckpointConfig
@@ -466,6 +467,7 @@ def _bench_trainer(
         mixed_precision={"fp32": "no"}.get(precision, precision),
         cuda_graphs=cuda_graphs,
         cudnn_benchmark=cudnn_benchmark,
+        channels_last=channels_last,
     )
     trainer.checkpoints.save = lambda *a, **k: None  # time the loop, not the disk
     return trainer
@@ -865,8 +867,9 @@ def check_launch_bound(plan: Plan, report: Report, sections: frozenset[str]) -> 
 
     def make_trainer(out: str, **o: Any) -> Any:
         return _bench_trainer(
-            plan, out, o["max_steps"], o["precision"], o["cuda_graphs"], o.get("cudnn_benchmark")
-        )
+            plan, out, o["max_steps"], o["precision"], o["cuda_graphs"],
+            o.get("cudnn_benchmark"), o.get("channels_last", False),
+        )  # fmt: skip
 
     if "ops" in sections:
         _guarded(report, "ops", "per step", lambda: ops_rows(plan, recipe_model, Row))

@@ -25,7 +25,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -128,15 +128,31 @@ def ops_rows(plan: Any, recipe_model: Callable[..., Any], row: Callable[..., Any
     return rows
 
 
+class GraphVariant(NamedTuple):
+    """One way of running a recipe's training step in the graphs rows."""
+
+    name: str
+    label: str  # in the row
+    precision: str
+    cuda_graphs: bool
+    cudnn_benchmark: bool | None
+    channels_last: bool
+    batches: tuple[int, ...]
+
+
 GRAPH_VARIANTS = (
-    # (name, label in the row, precision, cuda_graphs, cudnn_benchmark, batch sizes): eager
-    # fp32 is the baseline; bf16 under graphs is the one that can be compute-bound
-    ("eager", "eager fp32", "fp32", False, None, (16, 64)),
-    ("graphs", "graphs", "fp32", True, None, (16, 64)),
-    ("graphs_bf16", "graphs bf16", "bf16", True, None, (16, 64)),
-    ("graphs_bf16_cudnn_benchmark", "+ cudnn.benchmark", "bf16", True, True, (16,)),
+    # eager fp32 is the baseline; bf16 under graphs is the one that can be compute-bound;
+    # channels-last is cuDNN's native layout for bf16 tensor cores (a channels-first
+    # convolution converts its operands)
+    GraphVariant("eager", "eager fp32", "fp32", False, None, False, (16, 64)),
+    GraphVariant("graphs", "graphs", "fp32", True, None, False, (16, 64)),
+    GraphVariant("graphs_bf16", "graphs bf16", "bf16", True, None, False, (16, 64)),
+    GraphVariant(
+        "graphs_bf16_cudnn_benchmark", "+ cudnn.benchmark", "bf16", True, True, False, (16,)
+    ),
+    GraphVariant("graphs_bf16_channels_last", "+ channels-last", "bf16", True, None, True, (16,)),
 )
-_LABELS = {variant[0]: variant[1] for variant in GRAPH_VARIANTS}
+_LABELS = {variant.name: variant.label for variant in GRAPH_VARIANTS}
 
 
 def step_flops(plan: Any, model: Any, shape: tuple) -> int:
@@ -164,7 +180,8 @@ def graph_rows(
 ) -> list:
     """Per recurrent recipe and batch size: the Trainer's steady-state samples/s eager in
     fp32 (the baseline), with `trainer.cuda_graphs` in fp32, in bf16, and (batch 16) in
-    bf16 with `trainer.cudnn_benchmark` (the recipe's scheduled sampling each time); the
+    bf16 with `trainer.cudnn_benchmark` and with `trainer.channels_last` (GRAPH_VARIANTS;
+    the recipe's scheduled sampling each time); the
     TFLOP/s each reaches; and the largest relative difference of a parameter after the
     eager and graphed fp32 runs. Every recipe at batch 16 first, then at 64, so a spent
     budget skips the larger batch. Why bf16: at batch 64, where launches are amortised, the
@@ -195,8 +212,8 @@ def graph_rows(
                 frames[:, : shape[1]].contiguous(), frames[:, shape[1] :].contiguous()
             )
             speed, params, errors = {}, {}, {}
-            for variant, _, precision, graphs, benchmark, batches in GRAPH_VARIANTS:
-                if batch not in batches and not plan.dry:
+            for variant in GRAPH_VARIANTS:
+                if batch not in variant.batches and not plan.dry:
                     continue
                 torch.manual_seed(0)
                 module = bench_module(
@@ -204,17 +221,22 @@ def graph_rows(
                 )
                 loader = DataLoader(data, batch_size=batch)
                 try:  # one variant's failure is its row's error, not the section's
-                    with _emulated_graphs(plan.dry and graphs):
+                    with _emulated_graphs(plan.dry and variant.cuda_graphs):
                         times = trainer_step_times(
                             make_trainer, module, loader, plan.device, max_steps=steps,
-                            precision=precision, cuda_graphs=graphs, cudnn_benchmark=benchmark,
+                            precision=variant.precision, cuda_graphs=variant.cuda_graphs,
+                            cudnn_benchmark=variant.cudnn_benchmark,
+                            channels_last=variant.channels_last,
                         )  # fmt: skip
                 except Exception as exc:  # noqa: BLE001 - reported in the row
-                    errors[variant] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                    why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                    errors[variant.name] = why
                     continue
-                speed[variant] = batch / steady_median(times)
-                if precision == "fp32":
-                    params[graphs] = [p.detach().float().clone() for p in module.parameters()]
+                speed[variant.name] = batch / steady_median(times)
+                if variant.precision == "fp32":
+                    params[variant.cuda_graphs] = [
+                        p.detach().float().clone() for p in module.parameters()
+                    ]
             rows.append(
                 _graph_row(plan, row, name, batch, steps, speed, params, errors, flops[name])
             )

@@ -28,6 +28,23 @@ def cpu_compile_defaults(device: torch.device) -> bool:
     return True
 
 
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """`module` with every 4-D parameter and buffer (a 2-D convolution's weight) stored
+    channels-last, in place (the same Parameter objects: an optimizer built on them keeps
+    them); returns it. A convolution whose weight is channels-last writes its output so,
+    and the pointwise arithmetic after it keeps that layout, so a recurrent cell's states
+    stay channels-last step after step: on a GPU that is cuDNN's native layout for bf16
+    and fp16 tensor cores, where a channels-first convolution converts its operands.
+    Tensors of other ranks are left as they are: `module.to(memory_format=
+    torch.channels_last)` refuses a module with any 5-D tensor (a Forecaster's normaliser
+    statistics, a 3-D convolution), this does not. Values are unchanged; checkpoints store
+    weights contiguous (channels-first) either way."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.dim() == 4 and not tensor.is_contiguous(memory_format=torch.channels_last):
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    return module
+
+
 class EnhancedModule(nn.Module):
     """A `torch.nn.Module` with Lightning-style hooks.
 

@@ -83,7 +83,7 @@ from .early_stopping import EarlyStopping
 from .ema import EMA_FILE, WeightAverage, load_eval_weights
 from .errors import InputError, OutputExists
 from .lockstep import Lockstep, StopFlag, loss_of
-from .module import EnhancedModule, cpu_compile_defaults
+from .module import EnhancedModule, cpu_compile_defaults, to_channels_last
 from .runlock import RunLock, RunLockedError
 from .tracking import Tracker
 
@@ -856,6 +856,11 @@ class Trainer:
             why = refusal(self.config, self.accelerator.num_processes)
             if why:
                 raise ConfigError(why)
+        if self.config.channels_last and self._fsdp_sharded:
+            say(
+                "trainer.channels_last: not applied with strategy fsdp on "
+                f"{self.accelerator.num_processes} processes (FSDP keeps parameters contiguous)"
+            )
         self._graph: Any = None
         self._cudnn_release = hold_cudnn_benchmark(
             self, self.config.cudnn_benchmark, self.accelerator.device
@@ -1225,17 +1230,30 @@ class Trainer:
             f"{batches_per_epoch // accum} optimizer steps per epoch, {total_steps} in all"
         )
 
+    @property
+    def _fsdp_sharded(self) -> bool:
+        """Whether training shards the model (`strategy: fsdp` on several processes)."""
+        return self.config.strategy == "fsdp" and self.accelerator.num_processes > 1
+
+    def _place(self, module: nn.Module) -> None:
+        """`module` onto this run's device, its convolution weights channels-last where
+        `trainer.channels_last` asks it (not when FSDP shards them: it keeps them
+        contiguous)."""
+        module.to(self.accelerator.device)
+        if self.config.channels_last and not self._fsdp_sharded:
+            to_channels_last(module)
+
     def _prepare(self, module: EnhancedModule) -> tuple[nn.Module, Any, Any, str]:
         """(DDP-wrapped training step, prepared optimizer, scheduler, its interval)."""
-        module.to(self.accelerator.device)
+        self._place(module)
         if self.config.activation_checkpointing:
             module.enable_activation_checkpointing()
         if self.config.compile:
             cpu_compile_defaults(self.accelerator.device)
             module.compile_for_training(self.config.compile_mode)
-        strategy, units = self.config.strategy, self.config.fsdp_wrap
+        units = self.config.fsdp_wrap
         self._sharded_root = None
-        if strategy == "fsdp" and self.accelerator.num_processes > 1:
+        if self._fsdp_sharded:
             return self._prepare_sharded(module, units)
         optimizer = _optimizer_of(module.configure_optimizer())
         scheduler, interval = _scheduler_of(module.configure_lr_scheduler(optimizer))
@@ -2000,7 +2018,7 @@ class Trainer:
                 # the checkpoint's step; a weights file knows none: not logged as step 0
                 trained = read_state(Path(ckpt)) if state.is_file() else None
             step, epoch = (trained.global_step, trained.step_epoch) if trained else (None, None)
-        module.to(self.accelerator.device)
+        self._place(module)
         with self._average_of(module, ckpt, raw_weights):
             results = self.evaluate(module, as_eval_source(data), split)
         if step is not None and not raw_weights:  # the run's rows are its model's (the EMA)
@@ -2116,7 +2134,7 @@ class Trainer:
             for old in out.glob("predictions-r*.npz"):
                 old.unlink()
         acc.wait_for_everyone()
-        module.to(acc.device)
+        self._place(module)
         module.eval()
         self._buffers_of_rank_0(module)
         if postprocess is None and getattr(module, "writes_physical_units", False):

@@ -282,8 +282,14 @@ def test_gpu_check_dry_runs_every_section_and_claims_no_measurement(tmp_path):
     assert "on_bf16" not in ops  # bf16 is the GPU plan's (a CPU's autocast is no GPU's)
     graphs = rows[("graphs", "convlstm batch 2")]["values"]
     assert graphs["max_relative_param_diff"] == 0 and graphs["steps"] == 7
-    # eager fp32 (the baseline), graphs in fp32 and bf16, and bf16 with cudnn.benchmark
-    variants = ("graphs", "graphs_bf16", "graphs_bf16_cudnn_benchmark")
+    # eager fp32 (the baseline), graphs in fp32 and bf16, and bf16 with cudnn.benchmark and
+    # with channels-last weights
+    variants = (
+        "graphs",
+        "graphs_bf16",
+        "graphs_bf16_cudnn_benchmark",
+        "graphs_bf16_channels_last",
+    )
     assert all(graphs[f"speedup_{v}"] > 0 for v in variants)
     assert graphs["train_flops_per_sample"] > 0
     assert graphs["train_tflops_per_s_eager"] == pytest.approx(

@@ -41,7 +41,7 @@ def test_defaults_overlay_and_overrides(tmp_path):
     [
         (
             ["trainer.nope=1"],
-            "unknown key 'trainer.nope'; valid keys there: activation_checkpointing, checkpoint",
+            "unknown key 'trainer.nope'; valid keys there: activation_checkpointing, channels_last, checkpoint",
         ),
         (["trainer.max_epochs=abc"], "bad value for 'trainer.max_epochs'"),
         (

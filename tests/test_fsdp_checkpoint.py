@@ -173,8 +173,10 @@ def cli_run(tmp_path_factory) -> Path:
     write_moving_digits(tmp / "data", {"train": 8, "val": 4}, num_frames=4, image_size=32,
                         progress=False)  # fmt: skip
     (tmp / "cfg.yaml").write_text(_TINY_CONFIG.format(root=tmp / "data"))
-    run_ranks(["--no-python", sys.executable, "-m", "stpdist", "train", "cfg.yaml",
-               "trainer.strategy=fsdp"], 2, cwd=tmp, timeout=120)  # fmt: skip
+    done = run_ranks(["--no-python", sys.executable, "-m", "stpdist", "train", "cfg.yaml",
+                      "trainer.strategy=fsdp", "trainer.channels_last=true"], 2, cwd=tmp,
+                     timeout=120)  # fmt: skip
+    (tmp / "output.txt").write_text(done.stdout + done.stderr)
     return tmp
 
 
@@ -190,6 +192,9 @@ def test_convlstm_trains_under_fsdp_with_its_cell_layers_as_units(cli_run):
     final = _step(cli_run / "runs" / "x", 2)
     assert len(_shards(final)) == 2  # each rank wrote its shard
     assert json.loads((final / "trainer_state.json").read_text())["world_size"] == 2
+    # FSDP keeps parameters contiguous: channels-last is not applied, and said once
+    said = (cli_run / "output.txt").read_text()
+    assert said.count("trainer.channels_last: not applied with strategy fsdp on 2 processes") == 1
 
 
 def test_sharded_checkpoint_consolidates_to_the_same_forecasts(cli_run, tmp_path):

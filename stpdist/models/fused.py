@@ -241,9 +241,7 @@ class _Region:
         ) -> list[torch.Tensor]:
             # saved inputs may still require grad: the compiled vjp wants plain tensors
             tensors = [t.detach() for t in tensors]
-            # contiguous: an incoming gradient may be expanded (stride 0), which would make
-            # the compiled body recompile for each stride pattern
-            grads = [None if g is None else g.detach().contiguous() for g in grads]
+            grads = [None if g is None else _dense(g.detach()) for g in grads]
             given = [g for g in grads if g is not None]
             return _distinct(
                 region._run("backward", tensors, grads, scalars, lower), tensors + given
@@ -313,6 +311,17 @@ def _own_code(method: Callable[..., Any], name: str) -> Callable[..., Any]:
         func.__code__.replace(co_name=name), func.__globals__, name, func.__defaults__
     )
     return types.MethodType(clone, method.__self__)
+
+
+def _dense(grad: torch.Tensor) -> torch.Tensor:
+    """An incoming gradient as the compiled backward takes it: an expanded one (stride 0)
+    made contiguous, since each stride pattern would be a signature of its own; a dense one,
+    channels-first or channels-last (`trainer.channels_last`), as it is: a copy into the
+    other layout would be a kernel of its own, and the convolution that reads the result
+    would convert it back."""
+    if grad.dim() == 4 and grad.is_contiguous(memory_format=torch.channels_last):
+        return grad
+    return grad.contiguous()
 
 
 def _distinct(outputs: list, inputs: Sequence[torch.Tensor]) -> list:
