@@ -728,6 +728,93 @@ def _check_every_parameter_trained(module: EnhancedModule, processes: int, step:
         )
 
 
+def _trainable(module: nn.Module) -> tuple[bool, ...]:
+    return tuple(p.requires_grad for p in module.parameters())
+
+
+def _check_trainable_unchanged(module: nn.Module, at_start: tuple[bool, ...], step: int) -> None:
+    """With several processes, after each training_step: DDP (and FSDP) set up their
+    gradient reduction for the parameters trainable when training started. One unfrozen
+    later would get its gradient on each rank alone and train to other values on each,
+    silently; one frozen later stalls the reduction. Refused in one line naming them (a
+    host-side look at the flags: no device work)."""
+    now = _trainable(module)
+    if now == at_start:
+        return
+    names = [name for name, _ in module.named_parameters()]
+    changed = [(n, was) for n, was, is_ in zip(names, at_start, now) if was != is_]
+    unfrozen = [repr(n) for n, was in changed if not was]
+    frozen = [repr(n) for n, was in changed if was]
+
+    def listed(items: list[str]) -> str:
+        more = f" (and {len(items) - 3} more)" if len(items) > 3 else ""
+        return ", ".join(items[:3]) + more
+
+    what = "; ".join(
+        part
+        for part in (
+            f"became trainable: {listed(unfrozen)}" if unfrozen else "",
+            f"was frozen: {listed(frozen)}" if frozen else "",
+        )
+        if part
+    )
+    raise RuntimeError(
+        f"{type(module).__name__} changed which parameters train at step {step} ({what}); "
+        "with several processes the gradient all-reduce covers the parameters trainable "
+        "when training started, so each rank would train them apart: set requires_grad "
+        "before fit (to unfreeze later, keep them trainable with their param group's lr at "
+        "0 until then), or stop and resume with the new setting"
+    )
+
+
+_LIGHTNING_INDEX = frozenset({"batch_idx", "batch_nb", "batch_index", "dataloader_idx"})
+
+
+def check_hook_signature(module: nn.Module, hook: str) -> None:
+    """Refuse, before any batch, a hook that cannot be `hook(inputs, targets)`: a wrong
+    count of parameters, or Lightning's `(batch, batch_idx)` (which would unpack the inputs
+    tensor as the batch and train on nonsense without an error)."""
+    function = getattr(module, hook, None)
+    if function is None:
+        return
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # a builtin or C function: nothing to read
+        return
+    where = f"{type(module).__name__}.{hook}{signature}"
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        raise TypeError(
+            f"{where} cannot be called as {hook}(inputs, targets): stpdist passes the "
+            "batch's input frames and target frames (B×T×C×H×W) as two arguments"
+        ) from None
+    positional = [
+        p.name
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(positional) >= 2 and positional[1] in _LIGHTNING_INDEX:
+        raise TypeError(
+            f"{where} looks like Lightning's (batch, {positional[1]}); stpdist calls "
+            f"{hook}(inputs, targets) with the input and target frames: write it as "
+            f"{hook}(self, inputs, targets)"
+        )
+
+
+def check_state_is_tensors(module: nn.Module) -> None:
+    """Refuse, before training, a state dict entry that is not a tensor (a module's
+    `get_extra_state`): checkpoints hold tensors only (safetensors), so the first save, an
+    epoch later, would fail and leave no checkpoint."""
+    for name, value in module.state_dict().items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"{type(module).__name__}'s state_dict entry {name!r} is a "
+                f"{type(value).__name__}, not a tensor (get_extra_state?): checkpoints hold "
+                "tensors only (safetensors); keep that state in a buffer (register_buffer)"
+            )
+
+
 def _check_validation_hook(module: EnhancedModule, val_data: Any) -> None:
     """Validation data for a module without `validation_step`: refused before training, not
     at the first validation after an epoch's work."""
@@ -862,6 +949,7 @@ class Trainer:
                 f"{self.accelerator.num_processes} processes (FSDP keeps parameters contiguous)"
             )
         self._graph: Any = None
+        self._trainable: tuple[bool, ...] | None = None  # see _check_trainable_unchanged
         self._cudnn_release = hold_cudnn_benchmark(
             self, self.config.cudnn_benchmark, self.accelerator.device
         )
@@ -1064,6 +1152,10 @@ class Trainer:
         holds another run's checkpoints, `RunLockedError` when another run holds the folder."""
         self._hold_settings()
         _check_validation_hook(module, val_data)
+        check_hook_signature(module, "training_step")
+        if val_data is not None:
+            check_hook_signature(module, "validation_step")
+        check_state_is_tensors(module)
         # one run per output folder: a second run (a duplicated SLURM job, a second
         # `--resume auto`) stops here, on every rank, naming the holder, before any rank
         # reads a checkpoint that the first run may be writing or retiring
@@ -1092,6 +1184,7 @@ class Trainer:
         self._total_steps = total_steps
         self._banner(batches_per_epoch, total_steps)
         model, optimizer, scheduler, interval = self._prepare(module)
+        self._trainable = _trainable(module) if self.accelerator.num_processes > 1 else None
         self._inner_optimizer = self._direct(optimizer)
         self._set_up_ema_and_early_stopping(module)
         self._check_early_stopping_can_stop(validator)
@@ -1357,6 +1450,8 @@ class Trainer:
         acc, step = self.accelerator, state.global_step + 1
         with acc.accumulate(model):
             output = model(batch.inputs, batch.targets, **self._hook_extras(batch))
+            if self._trainable is not None:
+                _check_trainable_unchanged(module, self._trainable, step)
             loss = loss_of(output, step)
             skipped, stop = self._agree_or_note(module, loss, step, state)
             if not skipped:
@@ -1956,6 +2051,7 @@ class Trainer:
         """Results of `validation_step` over all of `source` across all ranks, exactly
         (keys `<prefix>/<name>`); `keeper` collects the first samples for pictures. When
         `stop` is requested on any rank, all leave the pass (`ValidationAbandoned`)."""
+        check_hook_signature(module, "validation_step")
         was_training = module.training
         module.eval()
         self._buffers_of_rank_0(module)
@@ -2124,6 +2220,9 @@ class Trainer:
         self._hold_settings()
         acc = self.accelerator
         metrics = metrics and _implements(module, "validation_step")
+        check_hook_signature(module, "predict_step")
+        if metrics:
+            check_hook_signature(module, "validation_step")
         if ckpt is not None:
             with contextlib.ExitStack() as lease:
                 self._lease_on_every_rank(lease, Path(ckpt))

@@ -1,0 +1,122 @@
+"""Mistakes in a user's own module that used to train on nonsense, train the ranks apart or
+fail an epoch late: refused before the first step, or at the step they happen, in one line
+naming the hook, parameter or state entry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_ranks
+from helpers import TinyModule, TinySequences
+from torch.utils.data import DataLoader
+
+import stpdist.trainer as trainer_module
+from stpdist import Trainer
+
+HERE = Path(__file__).parent
+
+
+def _loader() -> DataLoader:
+    return DataLoader(TinySequences(8), batch_size=2)
+
+
+def _trainer(tmp_path) -> Trainer:
+    return Trainer(max_steps=2, output_dir=tmp_path / "run", progress_bar=False)
+
+
+def test_a_layer_unfrozen_during_fit_on_two_ranks_stops_naming_it(tmp_path):
+    """Its gradient would be each rank's own (DDP all-reduces what was trainable at the
+    start): the ranks' weights drifted apart, silently, until this check."""
+    with pytest.raises(AssertionError) as failed:
+        run_ranks([str(HERE / "dist_unfreeze.py"), "unfreeze", str(tmp_path / "run")], 2)
+    said = str(failed.value)
+    assert "Changing changed which parameters train at step 2 (became trainable: " in said
+    assert "'net.4.weight', 'net.4.bias')" in said and "trained" not in said
+
+
+def test_a_layer_frozen_during_fit_is_named_too():
+    module = TinyModule()
+    at_start = trainer_module._trainable(module)
+    trainer_module._check_trainable_unchanged(module, at_start, 1)  # nothing changed: nothing said
+    module.net[1].requires_grad_(False)
+    with pytest.raises(
+        RuntimeError, match=r"at step 3 \(was frozen: 'net.1.weight', 'net.1.bias'\)"
+    ):
+        trainer_module._check_trainable_unchanged(module, at_start, 3)
+
+
+class _Lightning(TinyModule):
+    def training_step(self, batch, batch_idx):
+        inputs, targets = batch  # at batch size 2: the two input sequences
+        return torch.nn.functional.mse_loss(self(inputs), targets)
+
+
+class _OneArgument(TinyModule):
+    def validation_step(self, batch):
+        return super().validation_step(*batch)
+
+
+class _OneArgumentPredict(TinyModule):
+    def predict_step(self, inputs, targets, batch_idx):
+        return self(inputs)
+
+
+def test_lightnings_batch_and_batch_idx_hook_is_refused_before_a_step(tmp_path):
+    """`(batch, batch_idx)` is called with (inputs, targets): at batch size 2 it unpacked
+    the inputs into two "frames" and trained on them without an error."""
+    with pytest.raises(TypeError, match=r"_Lightning.training_step\(batch, batch_idx\) looks "
+                       r"like Lightning's \(batch, batch_idx\); .* training_step\(self, "
+                       r"inputs, targets\)"):  # fmt: skip
+        _trainer(tmp_path).fit(_Lightning(), _loader())
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_validation_step_of_the_wrong_arity_is_refused_before_training(tmp_path):
+    """It failed at the first validation, after an epoch, with Python's own TypeError."""
+    with pytest.raises(TypeError, match=r"_OneArgument.validation_step\(batch\) cannot be "
+                       r"called as validation_step\(inputs, targets\)"):  # fmt: skip
+        _trainer(tmp_path).fit(_OneArgument(), _loader(), _loader())
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    trainer = Trainer(output_dir=tmp_path / "eval", progress_bar=False)
+    with pytest.raises(TypeError, match="cannot be called as validation_step"):
+        trainer.validate(_OneArgument(), _loader())
+
+
+def test_a_predict_step_that_wants_a_batch_index_is_refused_before_writing(tmp_path):
+    trainer = Trainer(output_dir=tmp_path / "eval", progress_bar=False)
+    with pytest.raises(TypeError, match=r"predict_step\(inputs, targets, batch_idx\) cannot"):
+        trainer.predict(_OneArgumentPredict(), _loader(), metrics=False, out=tmp_path / "p")
+    assert not list(tmp_path.glob("p/*.npz"))
+
+
+class _ExtraState(TinyModule):
+    def get_extra_state(self):
+        return {"counter": 3}
+
+    def set_extra_state(self, state):
+        pass
+
+
+def test_a_state_entry_that_is_not_a_tensor_is_refused_before_training(tmp_path):
+    """Checkpoints are safetensors: the first save, an epoch later, failed with
+    "'dict' object has no attribute 'detach'" and left no checkpoint."""
+    with pytest.raises(TypeError, match=r"_ExtraState's state_dict entry '_extra_state' is a "
+                       r"dict, not a tensor \(get_extra_state\?\)"):  # fmt: skip
+        _trainer(tmp_path).fit(_ExtraState(), _loader())
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_hooks_of_the_contract_and_with_extras_pass(tmp_path):
+    """(inputs, targets), (inputs, labels, **extras), (inputs, targets=None): all taken."""
+
+    class Fine(TinyModule):
+        def training_step(self, x, labels, mask=None, **extras):
+            return super().training_step(x, labels)
+
+        def validation_step(self, inputs, targets=None):
+            return super().validation_step(inputs, targets)
+
+    state = _trainer(tmp_path).fit(Fine(), _loader(), _loader())
+    assert state.global_step == 2
