@@ -31,13 +31,16 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .config import MOST_WORKERS, Config, ConfigError, check_output_dir, load_config
 from .console import counted, end_process, error_line, launched_as_main
 from .errors import InputError, MissingInput
+
+if TYPE_CHECKING:
+    from .data.convert import EarlierOutput
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -371,6 +374,8 @@ def _refuse_other_checkpoint(
 
 PREDICT_OUTPUTS = ("metrics.json", "samples")
 """What `stpdist predict` writes into its folder, besides `predictions-r*.npz`."""
+FORECAST_OUTPUTS = ("samples", "shards")
+"""What `stpdist forecast` writes into its folder, besides `predictions-r*.npz`."""
 
 
 def _check_predict_out(out: Path, args: argparse.Namespace, record: dict[str, Any]) -> None:
@@ -416,7 +421,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
     _check_predict_out(out, args, record)
     data = build.eval_stream(cfg, split)
     keeper = SampleKeeper(args.samples if trainer.is_main else 0)
-    with _shared_staging(trainer, out, True, protected) as tmp:
+    from .data.convert import EarlierOutput
+
+    earlier = EarlierOutput("predict", ("predictions-r*.npz", *PREDICT_OUTPUTS))
+    with _shared_staging(trainer, out, True, protected, earlier) as tmp:
         results = trainer.predict(
             module,
             data,
@@ -463,7 +471,11 @@ def cmd_forecast(args: argparse.Namespace) -> None:
     )
     trainer = Trainer(output_dir=out, progress_bar=False, mixed_precision=args.precision)
     keeper = SampleKeeper(args.samples if trainer.is_main else 0)
-    with _shared_staging(trainer, out, args.overwrite, (args.inputs, module.model_folder)) as tmp:
+    from .data.convert import EarlierOutput
+
+    earlier = EarlierOutput("forecast", ("predictions-r*.npz", *FORECAST_OUTPUTS))
+    protected = (args.inputs, module.model_folder)
+    with _shared_staging(trainer, out, args.overwrite, protected, earlier) as tmp:
         trainer.predict(
             module,
             data,
@@ -534,16 +546,23 @@ def _forecast_inputs(source: Path, module: Any, args: argparse.Namespace) -> Any
 
 @contextlib.contextmanager
 def _shared_staging(
-    trainer: Any, out: Path, overwrite: bool, protected: tuple[Any, ...]
+    trainer: Any,
+    out: Path,
+    overwrite: bool,
+    protected: tuple[Any, ...],
+    earlier: EarlierOutput,
 ) -> Iterator[Path]:
     """The staging folder every rank writes into (the main process's `staged_output`,
-    its path sent to the others); on the main process's clean exit it replaces `out`."""
+    its path sent to the others); on the main process's clean exit it replaces `out`,
+    which may hold nothing but `earlier` output of the command."""
     from .data.convert import staged_output
 
     with contextlib.ExitStack() as stack:
         staging = None
         if trainer.is_main:
-            staging = stack.enter_context(staged_output(out, overwrite, sources=protected))
+            staging = stack.enter_context(
+                staged_output(out, overwrite, sources=protected, earlier=earlier)
+            )
         if trainer.accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 

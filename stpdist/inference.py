@@ -697,7 +697,7 @@ def _export(
     overwrite: bool,
     raw_weights: bool,
 ) -> dict[str, float]:
-    from .data.convert import staged_output
+    from .data.convert import EarlierOutput, staged_output
 
     say(f"exporting {folder}{' (its raw weights)' if raw_weights else ''}")
     wrapped = _Forward(module).eval()
@@ -710,7 +710,8 @@ def _export(
     with torch.no_grad():
         expected = [(x, wrapped(x)) for x in (sample, other)]
     differences = {}
-    with staged_output(out, overwrite, sources=(folder, run)) as staging:
+    earlier = EarlierOutput("export", (MODEL_FILE, "config.yaml", INDEX_FILE, *EXPORT_FILES))
+    with staged_output(out, overwrite, sources=(folder, run), earlier=earlier) as staging:
         for name, handle in sources.items():
             with open(staging / name, "wb") as copy:
                 shutil.copyfileobj(handle, copy)
@@ -774,6 +775,9 @@ def _onnx(wrapped: torch.nn.Module, sample: torch.Tensor, out: Path) -> Any:
     return lambda x: session.run(None, {"inputs": x.numpy()})[0]
 
 
+EXPORT_FILES = ("model.ts", "model.pt2", "model.onnx")
+"""The graphs `export` writes (torchscript, exported-program, onnx), beside the model folder's
+files."""
 _EXPORTERS = {
     "torchscript": _torchscript,
     "exported-program": _exported_program,

@@ -1137,8 +1137,8 @@ def import_checkpoint(
     from .build import build_module
     from .checkpoint import MODEL_FILE
     from .config import to_yaml
-    from .data.convert import staged_output
-    from .data.format import SplitIndex, write_index
+    from .data.convert import EarlierOutput, staged_output
+    from .data.format import INDEX_FILE, SplitIndex, write_index
     from .inference import check_output_folder
 
     name = canonical_method(method)
@@ -1196,7 +1196,8 @@ def import_checkpoint(
         say(f"dropped {len(copies)} OpenSTL tensors that repeat another key's tensor (one "
             "module saved under two names, checked equal): "
             + ", ".join(copies[:6]) + (" …" if len(copies) > 6 else ""))  # fmt: skip
-    with staged_output(out, overwrite, sources=protected) as staging:
+    earlier = EarlierOutput("import", (MODEL_FILE, "config.yaml", INDEX_FILE))
+    with staged_output(out, overwrite, sources=protected, earlier=earlier) as staging:
         save_file(mapped.tensors, str(staging / MODEL_FILE))
         (staging / "config.yaml").write_text(to_yaml(cfg))
         write_index(staging, index)

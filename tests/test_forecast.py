@@ -81,6 +81,24 @@ def test_forecast_from_an_arrays_folder_takes_the_newest_frames(trained):
     np.testing.assert_allclose(got["seq3"], module.forecast(frames[-4:]), rtol=1e-6, atol=1e-4)
 
 
+def test_overwrite_replaces_an_earlier_output_and_never_the_users_files(trained):
+    """forecast and export with --overwrite: an earlier run's output is replaced, a folder
+    that also holds the user's files is refused (it was deleted as a whole) and kept."""
+    for command, out, args in [
+        ("forecast", trained / "forecast-mine", ("arrays", "--samples", "0")),
+        ("export", trained / "export-mine", ("--format", "torchscript")),
+    ]:
+        argv = [command, "runs/debug", *args, "--out", str(out), "--overwrite"]
+        stpdist_cli(*argv, cwd=trained)  # into a new folder
+        stpdist_cli(*argv, cwd=trained)  # an earlier output of its own: replaced
+        (out / "notes.md").write_text("mine\n")
+        (out / "src").mkdir()
+        refused = run_cli(*argv, cwd=trained)
+        assert refused.returncode == 2, refused.stderr
+        assert f"holds notes.md, src/, which no stpdist {command} wrote" in refused.stderr
+        assert (out / "notes.md").read_text() == "mine\n" and (out / "src").is_dir()
+
+
 def test_every_checkpoint_is_a_model_folder(trained):
     ckpt = trained / "runs" / "debug" / "checkpoints" / "step-00000008"
     assert {"model.safetensors", "config.yaml", "index.json"} <= {p.name for p in ckpt.iterdir()}

@@ -294,8 +294,17 @@ def test_out_must_be_empty_without_overwrite(tmp_path):
     record, state, _ = _fixture("convlstm")
     ckpt = tmp_path / "convlstm.ckpt"
     cfg = tmp_path / "ConvLSTM.py"
-    run_cli("import", "openstl", str(ckpt), "--method", "ConvLSTM", "--config", str(cfg),
-            "--out", str(out), "--overwrite", cwd=tmp_path, check=True)  # fmt: skip
+    argv = ["import", "openstl", str(ckpt), "--method", "ConvLSTM", "--config", str(cfg),
+            "--out", str(out), "--overwrite"]  # fmt: skip
+    # --overwrite replaces an earlier import, never the user's own files
+    refused = run_cli(*argv, cwd=tmp_path)
+    assert refused.returncode == 2 and "holds keep.txt, which no stpdist import wrote" in (
+        refused.stderr
+    )
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+    (out / "model.safetensors").write_text("an earlier import's")
+    run_cli(*argv, cwd=tmp_path, check=True)
     assert sorted(p.name for p in out.iterdir()) == [
         "config.yaml",
         "index.json",

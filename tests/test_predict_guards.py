@@ -48,8 +48,20 @@ def test_predict_refuses_an_out_of_other_files_unless_overwrite(trained):
     (out / "notes.txt").write_text("mine too\n")
     assert "notes.txt" in refused("predict", DEBUG, "--out", "pout", cwd=trained)
 
+    # --overwrite replaces an earlier predict's output, never the user's other files: it
+    # deleted them with the folder (their code, their notes)
+    line = refused("predict", DEBUG, "--out", "pout", "--overwrite", cwd=trained)
+    assert "--out pout holds notes.txt, which no stpdist predict wrote" in line
+    assert (out / "notes.txt").read_text() == "mine too\n"
+    (out / "notes.txt").unlink()
+    (out / "src").mkdir()
+    (out / "src" / "model.py").write_text("code\n")
+    line = refused("predict", DEBUG, "--out", "pout", "--overwrite", cwd=trained)
+    assert "--out pout holds src/, which no stpdist predict wrote" in line
+    assert (out / "src" / "model.py").read_text() == "code\n"
+    (out / "src" / "model.py").unlink()
+    (out / "src").rmdir()
     run_cli("predict", DEBUG, "--out", "pout", "--overwrite", cwd=trained, check=True)
-    assert not (out / "notes.txt").exists()  # replaced as a whole, like forecast's --out
     assert json.loads((out / "metrics.json").read_text())["test/num_samples"] == 8
     # an earlier predict's output of the same checkpoint: replaced without --overwrite
     run_cli("predict", DEBUG, "--out", "pout", "--samples", "1", cwd=trained, check=True)

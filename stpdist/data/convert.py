@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import fnmatch
 import functools
 import itertools
 import logging
@@ -42,7 +43,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -146,6 +147,33 @@ def _not_a_dataset(out: Path) -> list[str]:
     return found
 
 
+class EarlierOutput(NamedTuple):
+    """What an earlier run of a command left in its output folder: the only entries its
+    `--overwrite` replaces (anything else there is the user's, and refused)."""
+
+    command: str
+    entries: tuple[str, ...]  # glob patterns of top-level names ("samples": a folder too)
+
+    def foreign(self, out: Path) -> list[str]:
+        """What in `out` matches none of `entries` (a symbolic link always counts)."""
+        return [
+            entry.name + ("/" if entry.is_dir() and not entry.is_symlink() else "")
+            for entry in sorted(out.iterdir())
+            if entry.is_symlink()
+            or not any(fnmatch.fnmatchcase(entry.name, p) for p in self.entries)
+        ]
+
+
+def _refuse_foreign(out: Path, found: list[str], whose: str, which: str) -> None:
+    if not found:
+        return
+    shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+    raise OutputExists(
+        f"--out {out} holds {shown}, which no {whose} wrote; --overwrite replaces only "
+        f"{which}, never other files: choose another --out, or move those out of it"
+    )
+
+
 _OCCUPIED_ADVICE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "occupied_advice", default=None
 )
@@ -176,11 +204,16 @@ def generation_advice(root: str | Path) -> str:
 
 
 def _check_out(
-    out: Path, overwrite: bool, sources: Sequence[str | Path], dataset: bool = False
+    out: Path,
+    overwrite: bool,
+    sources: Sequence[str | Path],
+    dataset: bool = False,
+    earlier: EarlierOutput | None = None,
 ) -> bool:
     """Checks before anything is written; returns whether `out` holds files to replace.
     `dataset`: `out` may hold only an earlier dataset (see `_not_a_dataset`), even with
-    `overwrite`, which replaces that and nothing else."""
+    `overwrite`, which replaces that and nothing else; `earlier`: likewise, only what an
+    earlier run of that command wrote."""
     _check_not_source(out, sources)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
@@ -188,16 +221,11 @@ def _check_out(
     if not occupied:
         return False
     if dataset:
-        others = _not_a_dataset(out)
-        if others:
-            shown = ", ".join(others[:3]) + (
-                f" and {len(others) - 3} more" if len(others) > 3 else ""
-            )
-            raise OutputExists(
-                f"--out {out} holds {shown}, which no stpdist conversion wrote; --overwrite "
-                "replaces only an earlier dataset (split folders with index.json, README.md), "
-                "never other files: choose another --out, or move those out of it"
-            )
+        which = "an earlier dataset (split folders with index.json, README.md)"
+        _refuse_foreign(out, _not_a_dataset(out), "stpdist conversion", which)
+    if earlier is not None:
+        which = f"an earlier {earlier.command}'s output ({', '.join(earlier.entries)})"
+        _refuse_foreign(out, earlier.foreign(out), f"stpdist {earlier.command}", which)
     if not overwrite:
         advice = _OCCUPIED_ADVICE.get()
         if advice:
@@ -214,14 +242,16 @@ def staged_output(
     *,
     sources: Sequence[str | Path] = (),
     dataset: bool = False,
+    earlier: EarlierOutput | None = None,
 ) -> Iterator[Path]:
     """A fresh staging folder beside `out` to write a dataset into; on a clean exit it
     replaces `out`, on an exception it is removed and `out` is left as it was.
 
     First a replacement of `out` that a crash interrupted is finished or undone (see
     `staging.py`). Checks next (before anything is written): `out` must not be, or contain, a
-    source path, and a non-empty `out` needs `overwrite`; with `dataset`, an `out` holding
-    anything but an earlier dataset is refused even with `overwrite` (see `_check_out`). The
+    source path, and a non-empty `out` needs `overwrite`; with `dataset` (or `earlier`), an
+    `out` holding anything but an earlier dataset (or that command's earlier output) is
+    refused even with `overwrite` (see `_check_out`). The
     old `out` is deleted only after the new one has been renamed into place.
     """
     out = Path(out)
@@ -233,7 +263,7 @@ def staged_output(
             "as a whole: name a folder of its own"
         )
     recover(out)
-    _check_out(out, overwrite, sources, dataset)
+    _check_out(out, overwrite, sources, dataset, earlier)
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = leftover(out, "staging")
@@ -244,7 +274,7 @@ def staged_output(
         if not any(staging.iterdir()):
             raise MissingInput(f"nothing was written for {out}")
         # checked again: `out` may have been filled while the dataset was written
-        occupied = _check_out(out, overwrite, sources, dataset)
+        occupied = _check_out(out, overwrite, sources, dataset, earlier)
         ready = leftover(out, "ready")
         make_durable(staging)  # on disk before it counts as complete (and the old goes)
         os.rename(staging, ready)  # complete: from here on a crash finishes the swap
