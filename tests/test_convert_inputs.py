@@ -566,6 +566,30 @@ def test_arrays_read_upper_case_suffixes_and_series_chunks_in_number_order(tmp_p
     assert len(KTHVideos(str(tmp_path / "kth")).splits()["train"]) == 1
 
 
+def test_a_folder_of_separate_clips_is_cut_inside_each_with_per_file(tmp_path):
+    """Three 10-frame clips with --frames 6 --stride 2: read as chunks of one series, 4 of
+    the 13 windows mixed two unrelated clips, and nothing said so. Now a line says how the
+    files were joined, and --per-file cuts each clip alone: 3 windows each, none mixed."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i in range(3):  # clip i: 10 frames of value 50 (i + 1)
+        np.save(clips / f"clip{i}.npy", np.full((10, 1, 4, 4), 50 * (i + 1), np.uint8))
+    argv = ["shard", "arrays", "clips", "--frames", "6", "--stride", "2", "--workers", "1"]
+    joined = run_cli(*argv, "--out", "joined", cwd=tmp_path, check=True)
+    assert (
+        "clips: 3 files read as consecutive chunks of one series in name order (clip0.npy, "
+        "clip1.npy, …): a window may span two of them; if each file is a clip of its own, "
+        "pass --per-file"
+    ) in joined.stderr
+    assert len(stored(tmp_path / "joined" / "train")) == 13
+    alone = run_cli(*argv, "--per-file", "--out", "alone", cwd=tmp_path, check=True)
+    assert "--per-file" not in alone.stderr
+    windows = stored(tmp_path / "alone" / "train")
+    assert len(windows) == 9
+    assert all(len(np.unique(frames)) == 1 for frames in windows.values())  # one clip each
+    assert read_index(tmp_path / "alone" / "train").args["per_file"] is True
+
+
 def test_overwrite_replaces_only_an_earlier_dataset(tmp_path):
     """`--overwrite` emptied `--out` whatever it held: a shared folder's other project went."""
     (tmp_path / "raw").mkdir()

@@ -159,6 +159,7 @@ def _arrays(paths: list[str], a: Any) -> Any:
         val_from=a.val_from,
         test_from=a.test_from,
         channels_last=a.channels_last,
+        per_file=a.per_file,
     )
 
 
@@ -278,8 +279,15 @@ FORMATS: dict[str, SourceFormat] = {
                 "arrays whose last axis is ≤ 4 while the axis read as C is larger are refused",
             },
             **_series_flags(None),
+            "--per-file": {
+                "action": "store_true",
+                "help": "with --frames on a folder: each file is a clip of its own, cut into "
+                "windows inside it (without it the files are consecutive chunks of one "
+                "series and a window may span two)",
+            },
         },
-        paths_help="a folder of arrays, or (with --frames) one .npy/.npz file",
+        paths_help="a folder of arrays, or (with --frames) one .npy/.npz file or a folder of "
+        "them (consecutive chunks, or clips with --per-file)",
     ),
 }
 

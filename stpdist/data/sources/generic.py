@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ...console import log
 from ...errors import InputError, MissingInput
 from ..format import SERIES_INDEX, SplitIndex, require_file
 from .common import (
@@ -83,6 +84,9 @@ class GenericArrays:
     channels_last: bool = False
     """Arrays are T×H×W×C (else T×C×H×W; T×H×W either way). Without it, T×C×H×W whose W is
     at most 4 while C is larger is refused as channels-last (see `check_frames`)."""
+    per_file: bool = False
+    """Series mode on a folder: each file is a separate clip, windows never span two (else
+    the files are consecutive chunks of one series)."""
     name: str = "arrays"
     grid: float | None = None
     scale_given: bool | None = None
@@ -216,6 +220,7 @@ class GenericArrays:
         self.key_unit = stamp_unit(self.times)  # keys need seconds for 30-second steps
         if self.value_scale is None:
             self.value_scale = 255.0 if dtype == np.uint8 else 1.0
+        self._say_how_files_join(root, files, timestamps)
         windows = plan_windows(
             self.times,
             self.num_frames,
@@ -224,6 +229,7 @@ class GenericArrays:
             val_from=parse_bound(self.val_from, timestamps),
             test_from=parse_bound(self.test_from, timestamps),
             where=str(root),
+            clips=[first for _, first, _ in chunks] if self.per_file else None,
         )
         firsts = [first for _, first, _ in chunks]
         grouped: dict[str, dict[int, list[int]]] = {}
@@ -247,6 +253,22 @@ class GenericArrays:
             for split in order
             if split in grouped
         }
+
+    def _say_how_files_join(self, root: Path, files: list[str], timestamps: bool) -> None:
+        """One line when several files are read as one series without `--per-file` or
+        timestamps: a window then spans two files, which is right for consecutive chunks
+        of one record and wrong for separate clips (it joined two unrelated clips)."""
+        if self.per_file or timestamps or len(files) < 2:
+            return
+        log.warning(
+            "%s: %d files read as consecutive chunks of one series in name order (%s, %s, "
+            "…): a window may span two of them; if each file is a clip of its own, pass "
+            "--per-file",
+            root,
+            len(files),
+            Path(files[0]).name,
+            Path(files[1]).name,
+        )
 
     def _frames(self, first: int, stop: int) -> np.ndarray:
         """Frames [first, stop) of the series, read from the chunks that hold them."""
@@ -310,6 +332,7 @@ class GenericArrays:
                     "step": self.step,
                     "val_from": self.val_from,
                     "test_from": self.test_from,
+                    **({"per_file": True} if self.per_file else {}),
                 }
                 if self.num_frames is not None
                 else {}

@@ -123,10 +123,12 @@ def plan_windows(
     val_from: Any = None,
     test_from: Any = None,
     where: str = "series",
+    clips: list[int] | None = None,
 ) -> list[Window]:
     """Every window of the series (see the module docstring), in time order. A series
     shorter than one window, or a split that gets no window, is an error (see
-    `check_every_split`)."""
+    `check_every_split`). `clips`: the first frames of separate clips joined in the series
+    (files cut with `--per-file`): no window spans two of them either."""
     check_window(num_frames, stride)
     times = np.asarray(times)
     if len(times) == 0:
@@ -150,7 +152,8 @@ def plan_windows(
         )
     splits = split_names(times, val_from, test_from)
     # runs of evenly spaced frames: [first, end)
-    breaks = [0, *(np.flatnonzero(diffs != step) + 1).tolist(), len(times)]
+    gaps = (np.flatnonzero(diffs != step) + 1).tolist()
+    breaks = sorted({0, *gaps, *(c for c in clips or () if 0 < c < len(times)), len(times)})
     windows = []
     for first, end in zip(breaks[:-1], breaks[1:]):
         for start in range(first, end - num_frames + 1, stride):
