@@ -460,11 +460,12 @@ def cmd_forecast(args: argparse.Namespace) -> None:
     Everything is checked before anything is written (model, every input, `--out`); the
     outputs go into a staging folder swapped in at the end, so a failure leaves `--out` as
     it was and `--overwrite` leaves no file of an earlier forecast mixed in."""
-    from .inference import check_output_folder, load
+    from .inference import check_output_folder, load, require_forecaster
     from .trainer import SampleKeeper, Trainer
     from .visualize import names_for_pictures, save_samples
 
     module = load(args.model, args.ckpt, trust_code=args.trust_code, raw_weights=args.raw_weights)
+    require_forecaster(module, "forecast")
     data = _forecast_inputs(Path(args.inputs), module, args)
     out = check_output_folder(
         args.out, overwrite=args.overwrite, protected=(args.inputs, module.model_folder)

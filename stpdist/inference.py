@@ -228,6 +228,22 @@ def _load_folder(
     return module
 
 
+def require_forecaster(module: Any, command: str) -> None:
+    """Refuse, in one line, a model folder whose module is a task of the user's own (an
+    `EnhancedModule` named by import path) rather than a Forecaster: `command` (forecast,
+    export) needs what only a Forecaster knows, its frame counts, shapes and units."""
+    from .task import Forecaster
+
+    if isinstance(module, Forecaster):
+        return
+    raise InputError(
+        f"{module.model_folder} holds a {type(module).__name__}, a task module of your own, "
+        f"not a Forecaster: `stpdist {command}` needs a model of the zoo or an import-path "
+        "backbone (which know their frame counts and units); run this one with `stpdist "
+        "predict` or Trainer.predict"
+    )
+
+
 # ---------------------------------------------------------------------------- inputs alone
 def _shape_text(shape: Any) -> str:
     return "×".join(str(int(n)) for n in shape)
@@ -655,7 +671,9 @@ def export(
         # retires the checkpoint meanwhile can no longer leave the copy without them
         sources = _open_sources(folder, run)
         try:
-            return folder, run, sources, _load_folder(folder, "cpu", None, trust_code, raw_weights)
+            module = _load_folder(folder, "cpu", None, trust_code, raw_weights)
+            require_forecaster(module, "export")
+            return folder, run, sources, module
         except BaseException:
             _close(sources)
             raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_ranks
@@ -120,3 +121,49 @@ def test_hooks_of_the_contract_and_with_extras_pass(tmp_path):
 
     state = _trainer(tmp_path).fit(Fine(), _loader(), _loader())
     assert state.global_step == 2
+
+
+TASK = """
+import torch
+from stpdist import EnhancedModule
+
+
+class Mine(EnhancedModule):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def configure_optimizer(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def training_step(self, inputs, targets):
+        return (inputs[:, -targets.shape[1]:] * self.scale - targets).square().mean()
+
+    def validation_step(self, inputs, targets):
+        return {"loss": self.training_step(inputs, targets)}
+"""
+
+
+def test_forecast_and_export_of_a_task_module_say_what_they_need(tmp_path, monkeypatch):
+    """A run of the user's own EnhancedModule (model.name an import path) is no Forecaster:
+    `forecast` and `export` ended in "AttributeError: 'Mine' object has no attribute
+    'num_input_frames'"; now one line each, exit 2, nothing written."""
+    from conftest import run_cli
+
+    (tmp_path / "mytask.py").write_text(TASK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    debug = (HERE.parent / "configs" / "debug.yaml").read_text()
+    config = debug.split("model:")[0] + "model:\n  name: 'mytask:Mine'\n"
+    (tmp_path / "mine.yaml").write_text(config.replace("max_epochs: 2", "max_epochs: 1"))
+    run_cli("train", "mine.yaml", "logging.num_samples=0", cwd=tmp_path, check=True)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    np.save(frames / "a.npy", np.zeros((4, 1, 32, 32), np.uint8))
+    for command, args in [("forecast", ("frames",)), ("export", ())]:
+        proc = run_cli(command, "runs/debug", *args, "--out", "out", "--trust-code", cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert (
+            f"holds a Mine, a task module of your own, not a Forecaster: `stpdist {command}` "
+            "needs a model of the zoo or an import-path backbone"
+        ) in proc.stderr
+        assert not (tmp_path / "out").exists()
