@@ -372,8 +372,9 @@ def _refuse_other_checkpoint(
     )
 
 
-PREDICT_OUTPUTS = ("metrics.json", "samples")
-"""What `stpdist predict` writes into its folder, besides `predictions-r*.npz`."""
+PREDICT_OUTPUTS = ("metrics.json", "samples", ".predicting")
+"""What `stpdist predict` writes into its folder, besides `predictions-r*.npz` (`.predicting`:
+where `Trainer.predict` writes them first)."""
 FORECAST_OUTPUTS = ("samples", "shards")
 """What `stpdist forecast` writes into its folder, besides `predictions-r*.npz`."""
 

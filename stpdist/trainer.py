@@ -19,6 +19,7 @@ import inspect
 import itertools
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -771,8 +772,9 @@ _LIGHTNING_INDEX = frozenset({"batch_idx", "batch_nb", "batch_index", "dataloade
 
 
 def check_hook_signature(module: nn.Module, hook: str) -> None:
-    """Refuse, before any batch, a hook that cannot be `hook(inputs, targets)`: a wrong
-    count of parameters, or Lightning's `(batch, batch_idx)` (which would unpack the inputs
+    """Refuse, before any batch, a hook that cannot be `hook(inputs, targets)`: fewer than
+    two parameters for them (one beyond them may be required: a batch entry of its name is
+    passed to it), or Lightning's `batch_idx` (`(batch, batch_idx)` would unpack the inputs
     tensor as the batch and train on nonsense without an error)."""
     function = getattr(module, hook, None)
     if function is None:
@@ -783,7 +785,7 @@ def check_hook_signature(module: nn.Module, hook: str) -> None:
         return
     where = f"{type(module).__name__}.{hook}{signature}"
     try:
-        signature.bind(None, None)
+        signature.bind_partial(None, None)
     except TypeError:
         raise TypeError(
             f"{where} cannot be called as {hook}(inputs, targets): stpdist passes the "
@@ -794,10 +796,11 @@ def check_hook_signature(module: nn.Module, hook: str) -> None:
         for p in signature.parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
-    if len(positional) >= 2 and positional[1] in _LIGHTNING_INDEX:
+    lightning = [name for name in positional if name in _LIGHTNING_INDEX]
+    if lightning:
         raise TypeError(
-            f"{where} looks like Lightning's (batch, {positional[1]}); stpdist calls "
-            f"{hook}(inputs, targets) with the input and target frames: write it as "
+            f"{where} takes Lightning's {lightning[0]}; stpdist calls {hook}(inputs, "
+            f"targets) with the input and target frames (and no batch index): write it as "
             f"{hook}(self, inputs, targets)"
         )
 
@@ -2214,9 +2217,8 @@ class Trainer:
         "physical" for a module that `writes_physical_units`, else "scaled" for a module with
         a `value_scale`, which is then written beside it: physical = scaled × value_scale).
         Returns the metrics ({} without targets, or for a module
-        without `validation_step`)."""
-        from .inference import refuse_keys_on_several_ranks
-
+        without `validation_step`). The earlier predictions in `out` are replaced once the
+        new ones are all written: a pass that fails leaves them as they were."""
         self._hold_settings()
         acc = self.accelerator
         metrics = metrics and _implements(module, "validation_step")
@@ -2228,11 +2230,51 @@ class Trainer:
                 self._lease_on_every_rank(lease, Path(ckpt))
                 load_eval_weights(ckpt, module, raw_weights=raw_weights)
         out = Path(out) if out is not None else self.output_dir / "predictions"
+        # written into `out/.predicting`, moved over the earlier predictions only once every
+        # rank has written all of its own: a pass that fails leaves the earlier ones intact
+        staging = out / PREDICTING
         if acc.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)  # a killed predict's
+            staging.mkdir()
+        acc.wait_for_everyone()
+        try:
+            total, sums = self._predict_into(
+                module, data, ckpt, staging, split, keeper, metrics, postprocess, raw_weights,
+                units,
+            )  # fmt: skip
+        except BaseException:
+            if acc.is_main_process:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if acc.is_main_process:
             for old in out.glob("predictions-r*.npz"):
                 old.unlink()
-        acc.wait_for_everyone()
+            for new in sorted(staging.iterdir()):
+                os.replace(new, out / new.name)
+            staging.rmdir()
+        acc.wait_for_everyone()  # every rank returns with the predictions in place
+        say(f"wrote {int(total[0])} predictions to {shown_as or out}")
+        return sums.reduce(acc, module, split) if int(total[1]) else {}
+
+    def _predict_into(
+        self,
+        module: EnhancedModule,
+        data: Any,
+        ckpt: str | Path | None,
+        out: Path,
+        split: str,
+        keeper: SampleKeeper | None,
+        metrics: bool,
+        postprocess: Any,
+        raw_weights: bool,
+        units: str | None,
+    ) -> tuple[torch.Tensor, EvalSums]:
+        """`predict`'s pass, its files written into `out`: (the numbers of predictions and
+        of scored samples, summed over the ranks; this rank's metric sums)."""
+        from .inference import refuse_keys_on_several_ranks
+
+        acc = self.accelerator
         self._place(module)
         module.eval()
         self._buffers_of_rank_0(module)
@@ -2266,8 +2308,7 @@ class Trainer:
                 written += len(batch.keys)
         refuse_keys_on_several_ranks(seen, acc, split)  # each rank's `seen` checked: together
         total = acc.reduce(torch.tensor([written, sums.count], device=acc.device), "sum")
-        say(f"wrote {int(total[0])} predictions to {shown_as or out}")
-        return sums.reduce(acc, module, split) if int(total[1]) else {}
+        return total, sums
 
     @staticmethod
     def _predict_batch(
@@ -2283,6 +2324,11 @@ class Trainer:
         if isinstance(output, dict) and "predictions" in output and module.validation_predicts:
             return output["predictions"], output
         return call_hook(module.predict_step, inputs, targets, extras), output
+
+
+PREDICTING = ".predicting"
+"""The folder inside `predict`'s `out` that a pass writes into before its files replace
+the earlier ones."""
 
 
 def _check_unique_keys(keys: Sequence[str], seen: set[str], split: str) -> None:

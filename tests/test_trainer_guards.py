@@ -67,9 +67,8 @@ class _OneArgumentPredict(TinyModule):
 def test_lightnings_batch_and_batch_idx_hook_is_refused_before_a_step(tmp_path):
     """`(batch, batch_idx)` is called with (inputs, targets): at batch size 2 it unpacked
     the inputs into two "frames" and trained on them without an error."""
-    with pytest.raises(TypeError, match=r"_Lightning.training_step\(batch, batch_idx\) looks "
-                       r"like Lightning's \(batch, batch_idx\); .* training_step\(self, "
-                       r"inputs, targets\)"):  # fmt: skip
+    with pytest.raises(TypeError, match=r"_Lightning.training_step\(batch, batch_idx\) takes "
+                       r"Lightning's batch_idx; .* training_step\(self, inputs, targets\)"):  # fmt: skip
         _trainer(tmp_path).fit(_Lightning(), _loader())
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -87,7 +86,7 @@ def test_a_validation_step_of_the_wrong_arity_is_refused_before_training(tmp_pat
 
 def test_a_predict_step_that_wants_a_batch_index_is_refused_before_writing(tmp_path):
     trainer = Trainer(output_dir=tmp_path / "eval", progress_bar=False)
-    with pytest.raises(TypeError, match=r"predict_step\(inputs, targets, batch_idx\) cannot"):
+    with pytest.raises(TypeError, match=r"predict_step\(inputs, targets, batch_idx\) takes "):
         trainer.predict(_OneArgumentPredict(), _loader(), metrics=False, out=tmp_path / "p")
     assert not list(tmp_path.glob("p/*.npz"))
 
@@ -167,3 +166,39 @@ def test_forecast_and_export_of_a_task_module_say_what_they_need(tmp_path, monke
             "needs a model of the zoo or an import-path backbone"
         ) in proc.stderr
         assert not (tmp_path / "out").exists()
+
+
+class _FailsOnItsSecondBatch(TinyModule):
+    def predict_step(self, inputs, targets):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == 2:
+            raise RuntimeError("a bad batch")
+        return self(inputs)
+
+
+def _keyed(num: int) -> DataLoader:
+    sequences = TinySequences(num)
+    items = [(sequences[i][0], sequences[i][1], f"s{i}") for i in range(num)]
+    return DataLoader(items, batch_size=2)
+
+
+def test_a_predict_that_fails_leaves_the_earlier_predictions(tmp_path):
+    """Trainer.predict deleted the earlier predictions before its pass: one that failed
+    left none. They are replaced only once the new ones are all written."""
+    from stpdist.trainer import load_predictions
+
+    out = tmp_path / "predictions"
+    trainer = Trainer(output_dir=tmp_path / "eval", progress_bar=False)
+    trainer.predict(TinyModule(), _keyed(6), out=out, metrics=False)
+    earlier = load_predictions(out)
+    assert sorted(earlier) == ["s0", "s1", "s2", "s3", "s4", "s5"]
+    with pytest.raises(RuntimeError, match="a bad batch"):
+        trainer.predict(_FailsOnItsSecondBatch(), _keyed(6), out=out, metrics=False)
+    kept = load_predictions(out)
+    assert kept.keys() == earlier.keys()
+    assert all(np.array_equal(kept[k], earlier[k]) for k in kept)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"predictions-r000-{i:06d}.npz" for i in range(3)
+    )  # nothing half-written left beside them
+    trainer.predict(TinyModule(), _keyed(2), out=out, metrics=False)  # a success replaces all
+    assert sorted(load_predictions(out)) == ["s0", "s1"]
