@@ -1180,6 +1180,9 @@ class Trainer:
         self._train_workers = self._workers_of(train)
         self._workers_shape_layout = getattr(train, "workers_shape_layout", False)
         validator = Validator(self, None if val_data is None else as_eval_source(val_data), module)
+        # the validation shards too, before the first step: a missing or miscounted one
+        # failed at the first validation, an epoch of training later
+        getattr(validator.source, "check_counts", lambda: None)()
         batches_per_epoch = train.batches_per_epoch(ctx)
         saved = None if start is None else read_state(start)
         total_steps = self._planned_steps(batches_per_epoch, saved, train, ctx)

@@ -202,3 +202,21 @@ def test_a_predict_that_fails_leaves_the_earlier_predictions(tmp_path):
     )  # nothing half-written left beside them
     trainer.predict(TinyModule(), _keyed(2), out=out, metrics=False)  # a success replaces all
     assert sorted(load_predictions(out)) == ["s0", "s1"]
+
+
+def test_a_missing_validation_shard_is_named_before_the_first_step(tmp_path):
+    """The train shards were checked before step 1, the validation ones at the first
+    validation: an epoch of training (and each resume's) lost to a missing file."""
+    from conftest import run_cli
+
+    from stpdist.data.synthetic import write_moving_digits
+
+    write_moving_digits(tmp_path / "data", {"train": 8, "val": 4}, num_frames=8, image_size=32,
+                        progress=False)  # fmt: skip
+    (shard,) = (tmp_path / "data" / "val").glob("*.tar")
+    shard.unlink()
+    debug = HERE.parent / "configs" / "debug.yaml"
+    proc = run_cli("train", str(debug), f"data.root={tmp_path / 'data'}", "data.synthesize=null",
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2 and f"{shard}: no such file" in proc.stderr
+    assert not (tmp_path / "runs" / "debug" / "checkpoints").exists()
