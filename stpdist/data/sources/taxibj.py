@@ -116,8 +116,11 @@ class TaxiBJ:
         self.bounds = self._bounds()
         names = ("train", "val", "test") if self.val_days > 0 else ("train", "test")
         out: dict[str, list[Any]] = {split: [] for split in names}
+        first: datetime | None = None
         for path in self.paths:
             _, dates, shape = _read(path, 0, 0)  # the dates and the shape alone
+            if dates and (first is None or dates[0] < first):
+                first = dates[0]
             starts: dict[str, list[int]] = {}
             for s in self.windows(dates):
                 split = self._split_of(dates[s], dates[s + self.num_frames - 1], self.bounds)
@@ -127,7 +130,26 @@ class TaxiBJ:
             for split in names:
                 for run in group_starts(starts.get(split, []), self.num_frames, frame_bytes):
                     out[split].append((path, split, tuple(run)))
+        self._check_every_split(out, first)
         return out
+
+    def _check_every_split(self, out: dict[str, list[Any]], first: datetime | None) -> None:
+        """Refuse a split that gets no window (the train split of a record shorter than
+        --test-days): converting without it exited 0, and training then said the folder
+        held no dataset."""
+        empty = [split for split, items in out.items() if not items]
+        if not empty:
+            return
+        val_start, test_start = self.bounds or (None, None)
+        cut = f"test from {test_start:%Y-%m-%d %H:%M} (--test-days {self.test_days})"
+        if self.val_days > 0:
+            cut = f"validation from {val_start:%Y-%m-%d %H:%M} (--val-days {self.val_days}), {cut}"
+        since = f"from {first:%Y-%m-%d %H:%M} " if first is not None else ""
+        raise InputError(
+            f"{', '.join(self.paths)}: the {' and '.join(empty)} split gets no window of "
+            f"{self.num_frames} consecutive slots: the record runs {since}on, {cut}; lower "
+            "--test-days/--val-days (or --frames)"
+        )
 
     def _split_of(
         self, start: datetime, end: datetime, bounds: tuple[datetime, datetime]
