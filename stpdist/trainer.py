@@ -953,6 +953,7 @@ class Trainer:
             )
         self._graph: Any = None
         self._trainable: tuple[bool, ...] | None = None  # see _check_trainable_unchanged
+        self._nothing_left = False  # a resume at or past the config's end
         self._cudnn_release = hold_cudnn_benchmark(
             self, self.config.cudnn_benchmark, self.accelerator.device
         )
@@ -1188,7 +1189,7 @@ class Trainer:
         total_steps = self._planned_steps(batches_per_epoch, saved, train, ctx)
         module.planned_steps = total_steps  # a fact for schedules that need their length
         self._total_steps = total_steps
-        self._banner(batches_per_epoch, total_steps)
+        self._banner(batches_per_epoch, total_steps, saved)
         model, optimizer, scheduler, interval = self._prepare(module)
         self._trainable = _trainable(module) if self.accelerator.num_processes > 1 else None
         self._inner_optimizer = self._direct(optimizer)
@@ -1319,8 +1320,9 @@ class Trainer:
         say(f"step {state.global_step}: validation left unfinished to stop")
         self._preempt(state)
 
-    def _banner(self, batches_per_epoch: int, total_steps: int) -> None:
-        """Once, at start: where and how this run computes."""
+    def _banner(self, batches_per_epoch: int, total_steps: int, saved: TrainState | None) -> None:
+        """Once, at start: where and how this run computes; for a resume at or past the
+        config's end (`saved`, the checkpoint's state), that it trains no step."""
         acc, accum = self.accelerator, self.accelerator.gradient_accumulation_steps
         say(
             f"{acc.num_processes} process(es) on {acc.device.type}, precision "
@@ -1328,6 +1330,16 @@ class Trainer:
             f"{batches_per_epoch} micro-batches per rank per epoch, accumulation {accum}: "
             f"{batches_per_epoch // accum} optimizer steps per epoch, {total_steps} in all"
         )
+        self._nothing_left = saved is not None and total_steps <= saved.global_step
+        if self._nothing_left:
+            limits = [f"max_epochs {self.config.max_epochs}"] if self.config.max_epochs else []
+            limits += [f"max_steps {self.config.max_steps}"] if self.config.max_steps else []
+            say(
+                f"nothing to train: the checkpoint stands at step {saved.global_step} (epoch "
+                f"{saved.epoch}), at or past this run's end at step {total_steps} "
+                f"({', '.join(limits)}); raise trainer.max_epochs or trainer.max_steps to "
+                "train on"
+            )
 
     @property
     def _fsdp_sharded(self) -> bool:
@@ -1930,7 +1942,8 @@ class Trainer:
             first_batch,
             lambda: self.checkpoints.restore_weights_and_rng(start, acc, module),
         )
-        self._save_config()
+        if not self._nothing_left:  # the run's config.yaml stays the one it trained with
+            self._save_config()
         say(f"resumed from {start} (epoch {state.epoch}, step {state.global_step})")
         return state
 

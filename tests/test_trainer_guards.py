@@ -220,3 +220,22 @@ def test_a_missing_validation_shard_is_named_before_the_first_step(tmp_path):
                    cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 2 and f"{shard}: no such file" in proc.stderr
     assert not (tmp_path / "runs" / "debug" / "checkpoints").exists()
+
+
+def test_resuming_a_finished_run_says_it_trains_nothing_and_keeps_its_config(tmp_path):
+    """It printed the banner and "resumed from", exited 0 and rewrote the run's config.yaml
+    with the new (smaller) plan, which no longer matched its weights."""
+    from conftest import run_cli
+
+    debug = str(HERE.parent / "configs" / "debug.yaml")
+    quick = ["logging.num_samples=0", "trainer.max_epochs=1"]
+    run_cli("train", debug, *quick, cwd=tmp_path, check=True)
+    written = (tmp_path / "runs" / "debug" / "config.yaml").read_text()
+    again = run_cli("train", debug, *quick, "trainer.log_every_n_steps=3", "--resume", "auto",
+                    cwd=tmp_path, check=True)  # fmt: skip
+    assert (
+        "nothing to train: the checkpoint stands at step 8 (epoch 1), at or past this run's "
+        "end at step 8 (max_epochs 1); raise trainer.max_epochs or trainer.max_steps to "
+        "train on"
+    ) in again.stdout + again.stderr
+    assert (tmp_path / "runs" / "debug" / "config.yaml").read_text() == written
