@@ -155,8 +155,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     metrics = state.metrics
     # both in the data's units (`val/copy_last_mse` is in the model's normalised space)
     if trainer.is_main and "val/mse" in metrics and metrics.get("val/persistence_mse"):
+        # the last validation's: at the final step, or (no validation since, a resume onto
+        # data without a validation split) the step it ran at, named
+        at = state.metrics_step
+        which = (
+            "final validation" if at in (None, state.global_step) else f"validation at step {at}"
+        )
         print(
-            f"final validation MSE per pixel {metrics['val/mse']:.5g} vs copy-last-input-frame "
+            f"{which} MSE per pixel {metrics['val/mse']:.5g} vs copy-last-input-frame "
             f"baseline {metrics['val/persistence_mse']:.5g} "
             f"({metrics['val/mse'] / metrics['val/persistence_mse']:.2f}×)"
         )

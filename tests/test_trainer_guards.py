@@ -4,6 +4,7 @@ naming the hook, parameter or state entry."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -239,3 +240,24 @@ def test_resuming_a_finished_run_says_it_trains_nothing_and_keeps_its_config(tmp
         "train on"
     ) in again.stdout + again.stderr
     assert (tmp_path / "runs" / "debug" / "config.yaml").read_text() == written
+
+
+def test_the_closing_line_names_the_step_of_a_validation_that_is_not_the_last_steps(tmp_path):
+    """Resumed onto data without a validation split, a run trained from step 8 to 16 and
+    printed step 8's validation as "final validation"."""
+    from conftest import run_cli
+
+    from stpdist.data.synthetic import write_moving_digits
+
+    debug = str(HERE.parent / "configs" / "debug.yaml")
+    quick = ["logging.num_samples=0", "data.synthesize=null"]
+    write_moving_digits(tmp_path / "data", {"train": 32, "val": 8}, num_frames=8, image_size=32,
+                        progress=False)  # fmt: skip
+    first = run_cli("train", debug, *quick, f"data.root={tmp_path / 'data'}",
+                    "trainer.max_epochs=1", cwd=tmp_path, check=True)  # fmt: skip
+    assert "final validation MSE per pixel" in first.stdout
+    shutil.rmtree(tmp_path / "data" / "val")
+    again = run_cli("train", debug, *quick, f"data.root={tmp_path / 'data'}", "--resume",
+                    "auto", cwd=tmp_path, check=True)  # fmt: skip
+    assert "validation at step 8 MSE per pixel" in again.stdout, again.stdout
+    assert "final validation" not in again.stdout
