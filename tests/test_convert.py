@@ -178,11 +178,15 @@ def test_taxibj_h5_windows_never_cross_gaps_and_split_by_date(tmp_path):
     # the default 28 test days cover the whole 30 h: no train window is refused, naming the
     # record's span and the cut (it exited 0, and training said the folder held no dataset)
     proc = run_cli("shard", "taxibj-h5", str(path), "--out", "all-test", cwd=tmp_path)
-    assert proc.returncode == 2 and (
-        f"{path}: the train split gets no window of 8 consecutive slots: the record runs "
-        "from 2013-07-01 00:00 on, test from 2013-06-04 06:00 (--test-days 28); lower "
-        "--test-days/--val-days (or --frames)"
-    ) in proc.stderr
+    assert (
+        proc.returncode == 2
+        and (
+            f"{path}: the train split gets no window of 8 consecutive slots: the record runs "
+            "from 2013-07-01 00:00 on, test from 2013-06-04 06:00 (--test-days 28); lower "
+            "--test-days/--val-days (or --frames)"
+        )
+        in proc.stderr
+    )
     assert not (tmp_path / "all-test").exists()
 
 

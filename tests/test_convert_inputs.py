@@ -566,6 +566,23 @@ def test_arrays_read_upper_case_suffixes_and_series_chunks_in_number_order(tmp_p
     assert len(KTHVideos(str(tmp_path / "kth")).splits()["train"]) == 1
 
 
+def test_a_negative_seed_is_named_and_a_given_scale_below_the_data_is_said(tmp_path):
+    """`--seed -1` was numpy's "expected non-negative integer" (exit 1, no flag named); a
+    --value-scale below the data's values passed silently, and training refused them."""
+    (tmp_path / "raw").mkdir()
+    for i in range(4):
+        np.save(tmp_path / "raw" / f"s{i}.npy", np.full((4, 1, 4, 4), 200, np.uint8))
+    argv = ["shard", "arrays", "raw", "--workers", "1"]
+    proc = run_cli(*argv, "--out", "a", "--splits", "train=0.5,val=0.5", "--seed", "-1",
+                   cwd=tmp_path)  # fmt: skip
+    assert error_line(proc) == "--seed -1: expected an integer ≥ 0"
+    proc = run_cli(*argv, "--out", "b", "--value-scale", "100", cwd=tmp_path, check=True)
+    assert (
+        "raw: train values span 200…200, outside [0, 100] (--value-scale 100): training takes "
+        "them only with data.normalize: standardize"
+    ) in proc.stderr
+
+
 def test_a_folder_of_separate_clips_is_cut_inside_each_with_per_file(tmp_path):
     """Three 10-frame clips with --frames 6 --stride 2: read as chunks of one series, 4 of
     the 13 windows mixed two unrelated clips, and nothing said so. Now a line says how the

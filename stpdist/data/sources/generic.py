@@ -98,9 +98,11 @@ class GenericArrays:
     key_unit: str = "m"
     """Series mode, set by `splits`: time unit of the keys (minutes unless steps are finer)."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # before any file is read
         if self.scale_given is None:
             self.scale_given = self.value_scale is not None
+        if self.seed < 0:
+            raise InputError(f"--seed {self.seed}: expected an integer ≥ 0")
 
     def _files(self, folder: Path, *, natural: bool = False) -> list[str]:
         """The .npy/.npz files of `folder` (any case: SEQ0.NPY too), by name; `natural`: digit
@@ -139,14 +141,23 @@ class GenericArrays:
     def check_index(self, index: SplitIndex) -> None:
         """Refuse values that the guessed value scale leaves outside [0, 1]: training scales
         frames by it and clamps predictions to [0, 1], so they would be garbage. Read from the
-        statistics the writer gathered (min/max of stored / value_scale, per channel)."""
-        if self.scale_given or not index.min or not index.max:
+        statistics the writer gathered (min/max of stored / value_scale, per channel). With
+        a scale given, a warning: such data trains only standardised."""
+        if not index.min or not index.max:
             return
         low, high = min(index.min), max(index.max)
         if low >= 0 and high <= 1:
             return
         scale = index.value_scale
         seen = f"{low * scale:g}…{high * scale:g}"
+        if self.scale_given:  # the user's choice, right for standardised training only
+            log.warning(
+                "%s: %s values span %s, outside [0, %g] (--value-scale %g): training takes "
+                "them only with data.normalize: standardize (else it refuses them); for "
+                "[0, 1] training give a --value-scale at or above the largest value",
+                self.root, index.split, seen, scale, scale,
+            )  # fmt: skip
+            return
         keep = "or --value-scale 1 to keep the units and train with data.normalize: standardize"
         if low < 0:  # no scale maps negative values into [0, 1]
             fix = f"shift them to be ≥ 0 before converting, {keep}"
