@@ -583,6 +583,25 @@ def test_a_negative_seed_is_named_and_a_given_scale_below_the_data_is_said(tmp_p
     ) in proc.stderr
 
 
+def test_a_sample_of_another_shape_or_dtype_is_named_beside_the_first(tmp_path):
+    """The odd file may be the first, whose shape the split takes: the message blamed a good
+    file against "the split's" shape, and said "shape" when only the dtype differed."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    np.save(raw / "seq0.npy", np.zeros((9, 1, 4, 4), np.uint8))  # the odd one, read first
+    np.save(raw / "seq1.npy", np.zeros((8, 1, 4, 4), np.uint8))
+    argv = ["shard", "arrays", "raw", "--split", "train", "--workers", "1"]
+    assert error_line(run_cli(*argv, "--out", "a", cwd=tmp_path)).endswith(
+        "sample seq1: shape [8, 1, 4, 4] differs from [9, 1, 4, 4] of sample seq0, the split's "
+        "first (every sample of a split has one shape and dtype)"
+    )
+    np.save(raw / "seq0.npy", np.zeros((8, 1, 4, 4), np.float32))
+    assert error_line(run_cli(*argv, "--out", "b", "--value-scale", "1", cwd=tmp_path)).endswith(
+        "sample seq1: dtype uint8 differs from float32 of sample seq0, the split's first (every "
+        "sample of a split has one shape and dtype)"
+    )
+
+
 def test_a_folder_of_separate_clips_is_cut_inside_each_with_per_file(tmp_path):
     """Three 10-frame clips with --frames 6 --stride 2: read as chunks of one series, 4 of
     the 13 windows mixed two unrelated clips, and nothing said so. Now a line says how the

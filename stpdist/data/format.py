@@ -541,6 +541,8 @@ class SplitWriter:
         self.samples_per_shard = samples_per_shard
         self.shape: list[int] | None = None
         self.dtype: str | None = None
+        self.first_key: str | None = None
+        """The key of the first sample: the one whose shape and dtype the split holds."""
         self.counts: list[int] = []
         self.shard_bytes = 0
         """Bytes of the samples in the current shard (their members' data)."""
@@ -560,6 +562,22 @@ class SplitWriter:
 
     def _pattern(self) -> str:
         return SHARD_PATTERN.format(split=self.split)
+
+    def _refuse_other_layout(self, key: str, shape: list[int], dtype: str) -> None:
+        """A sample whose shape or dtype is not the split's, named beside the sample the
+        split's came from (the odd one may be either: the first sample sets them)."""
+        parts = []
+        if shape != self.shape:
+            parts.append(("shape", shape, self.shape))
+        if dtype != self.dtype:
+            parts.append(("dtype", dtype, self.dtype))
+        what = " and ".join(name for name, _, _ in parts)
+        theirs = " ".join(str(value) for _, value, _ in parts)
+        first = " ".join(str(value) for _, _, value in parts)
+        raise ShardFormatError(
+            f"sample {key}: {what} {theirs} differs from {first} of sample {self.first_key}, "
+            f"the split's first (every sample of a split has one shape and dtype)"
+        )
 
     def write(
         self,
@@ -581,11 +599,9 @@ class SplitWriter:
             )
         if self.shape is None:
             self.shape, self.dtype = list(frames_TCHW.shape), str(frames_TCHW.dtype)
+            self.first_key = key
         elif list(frames_TCHW.shape) != self.shape or str(frames_TCHW.dtype) != self.dtype:
-            raise ShardFormatError(
-                f"sample {key}: shape {list(frames_TCHW.shape)} {frames_TCHW.dtype} differs from "
-                f"the split's {self.shape} {self.dtype}"
-            )
+            self._refuse_other_layout(key, list(frames_TCHW.shape), str(frames_TCHW.dtype))
         check_key(key)
         if key in self.keys:
             raise ShardFormatError(f"split '{self.split}': sample key {key!r} written twice")
