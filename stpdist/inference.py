@@ -359,7 +359,8 @@ PNG_ADVICE = "save the frames as an .npy array (T×C×H×W, the training data's 
 
 class InputFrames(Dataset):
     """Input-only samples for `forecast`, in the model's scaled units: an .npy/.npz array
-    (T×C×H×W or N×T×C×H×W), a folder of such files, or a folder of PNG frames (one
+    (T×C×H×W or N×T×C×H×W; T×H×W for a one-channel model, as `shard arrays` reads it), a
+    folder of such files, or a folder of PNG frames (one
     sequence, in name order). When a sequence holds more than T_in frames the last T_in
     are used: a forecast continues from the newest frames. Every input is checked against
     the model (`check_inputs`) before any forecast is made."""
@@ -400,6 +401,8 @@ class InputFrames(Dataset):
             array = load_array(file)
         except ValueError as exc:
             raise InputError(str(exc)) from exc
+        if array.ndim == 3 and self.module.frame_shape[0] == 1:
+            array = array[:, None]  # T×H×W, as `shard arrays` reads it: one channel
         check_inputs(array, self.module, str(file), allow_nonfinite=self.allow_nonfinite)
         if array.ndim == 4:
             self._add(_key(file.stem), array, file)

@@ -79,6 +79,13 @@ def test_forecast_from_an_arrays_folder_takes_the_newest_frames(trained):
     module = stpdist.load(trained / "runs" / "debug", "last")
     frames = np.load(trained / "arrays" / "seq3.npy").astype(np.float32)
     np.testing.assert_allclose(got["seq3"], module.forecast(frames[-4:]), rtol=1e-6, atol=1e-4)
+    # T×H×W, as `shard arrays` reads a one-channel model's arrays (it was refused)
+    (trained / "thw").mkdir()
+    np.save(trained / "thw" / "seq3.npy", np.load(trained / "arrays" / "seq3.npy")[:, 0])
+    stpdist_cli("forecast", "runs/debug", "thw", "--out", str(out) + "-thw", "--samples", "0",
+                cwd=trained)  # fmt: skip
+    thw = load_predictions(str(out) + "-thw")["seq3"]
+    np.testing.assert_allclose(thw, got["seq3"], rtol=1e-6, atol=1e-4)  # one batch, not five
 
 
 def test_overwrite_replaces_an_earlier_output_and_never_the_users_files(trained):
