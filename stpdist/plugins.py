@@ -14,9 +14,12 @@ import path before anything is imported, unless the user passes `trust_code=True
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import dataclasses
 import inspect
+import types
+import typing
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,7 +64,9 @@ def is_task(cls: type) -> bool:
 
 def check_keywords(cls: type, values: dict[str, Any], *leading: Any) -> None:
     """Raise TypeError naming the valid parameters when `values` do not fit `cls`'s
-    constructor (after the positional `leading` arguments)."""
+    constructor (after the positional `leading` arguments), or one of them is not of the
+    type its parameter is annotated with (int, float, bool, str, lists and tuples of them,
+    Optional; other annotations are not checked)."""
     signature = inspect.signature(cls)
     try:
         signature.bind(*leading, **values)
@@ -74,6 +79,45 @@ def check_keywords(cls: type, values: dict[str, Any], *leading: Any) -> None:
         raise TypeError(
             f"{exc}; {cls.__name__} takes: {', '.join(valid) or 'no arguments'}"
         ) from None
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve: not checked
+        return
+    for name, value in values.items():
+        hint = hints.get(name)
+        if hint is not None and _fits(value, hint) is False:
+            raise TypeError(
+                f"{name}={value!r} is a {type(value).__name__}; {cls.__name__} takes "
+                f"{name}: {_shown(hint)}"
+            )
+
+
+_SIMPLE = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
+
+
+def _fits(value: Any, hint: Any) -> bool | None:
+    """Whether `value` is of type `hint`; None where the annotation is not one checked."""
+    if hint is Any:
+        return None
+    if hint in _SIMPLE:
+        return isinstance(value, _SIMPLE[hint]) and (hint is bool or not isinstance(value, bool))
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        verdicts = [_fits(value, arg) for arg in args]
+        return None if None in verdicts else any(verdicts)
+    if hint is type(None):
+        return value is None
+    if origin in (list, tuple, collections.abc.Sequence) and isinstance(value, (list, tuple)):
+        items = args[:1] if origin is not tuple or (len(args) == 2 and args[1] is ...) else ()
+        verdicts = [_fits(item, items[0]) for item in value] if items else [None]
+        return None if None in verdicts else all(verdicts)
+    if origin in (list, tuple, collections.abc.Sequence):
+        return False
+    return None
+
+
+def _shown(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if hint in _SIMPLE else str(hint).replace("typing.", "")
 
 
 def build_user_backbone(cls: type[nn.Module], spec: Any, values: dict[str, Any]) -> nn.Module:

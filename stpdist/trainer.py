@@ -954,6 +954,7 @@ class Trainer:
         self._graph: Any = None
         self._trainable: tuple[bool, ...] | None = None  # see _check_trainable_unchanged
         self._nothing_left = False  # a resume at or past the config's end
+        self._held_window: tuple | None = None  # see _log_window
         self._cudnn_release = hold_cudnn_benchmark(
             self, self.config.cudnn_benchmark, self.accelerator.device
         )
@@ -1241,7 +1242,10 @@ class Trainer:
                         epoch_end = state.batch == epoch_batches
                         if stop or self._check_point(state, validator, epoch_end):
                             stop = self._settle(state) or stop  # raises on a non-finite loss
-                        self._log_window(meter, optimizer, state, bar)
+                        # an epoch schedule steps as the epoch closes: its rate after this
+                        # step is known there (not on a stop: the epoch closes on resume)
+                        hold = epoch_end and not stop and interval == "epoch"
+                        self._log_window(meter, optimizer, state, bar, hold=hold)
                         if stop:  # every rank saw the same flag: all stop after this step
                             # the validation due at this step runs on resume (Validator.resume)
                             self._preempt(state, bar)
@@ -1634,7 +1638,15 @@ class Trainer:
             grads = [p.grad for p in module.parameters() if p.grad is not None]
             self._grad_norm = torch.nn.utils.get_total_norm(grads)
 
-    def _log_window(self, meter: Meter, optimizer: Any, state: TrainState, bar: Any) -> None:
+    def _log_window(
+        self, meter: Meter, optimizer: Any, state: TrainState, bar: Any, *, hold: bool = False
+    ) -> None:
+        """The log step's training scalars, `train/lr` the rate after this step (the next
+        step's). `hold`: logged by `_end_epoch` instead, once the epoch's scheduler step
+        (interval epoch) has set that rate."""
+        if hold:
+            self._held_window = (meter, optimizer, state, bar)
+            return
         bar.update(state.global_step - bar.n)
         if state.global_step % self.config.log_every_n_steps:
             return
@@ -1666,9 +1678,12 @@ class Trainer:
         total_steps: int,
     ) -> None:
         finished = state.epoch
-        state.epoch, state.batch, state.epoch_origin = state.epoch + 1, 0, None
         if scheduler is not None and interval == "epoch":
             scheduler.step()
+        held, self._held_window = self._held_window, None
+        if held is not None:  # this step's scalars (of its epoch), with the next step's rate
+            self._log_window(*held)
+        state.epoch, state.batch, state.epoch_origin = state.epoch + 1, 0, None
         summary, skipped = meter.epoch()
         if skipped and "train/epoch_loss" not in summary:
             console.warn_main(

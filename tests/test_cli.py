@@ -238,6 +238,9 @@ def test_own_enhanced_module_by_import_path(tmp_path, monkeypatch):
 
     with pytest.raises(ConfigError, match="Mine takes: width"):
         load_config(None, ["model.name=mytask:Mine", "model.backbone.depth=5"])
+    # a value of another type than the annotation: it failed inside torch's Linear
+    with pytest.raises(ConfigError, match="width='three' is a str; Mine takes width: int"):
+        load_config(None, ["model.name=mytask:Mine", "model.backbone.width=three"])
 
 
 def test_command_line_page_block_lists_every_subcommand_of_help():

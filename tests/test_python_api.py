@@ -426,3 +426,16 @@ def test_a_scheduler_of_none_in_the_dict_form_is_no_scheduler(tmp_path):
         Scheduled(lambda o: {"scheduler": None, "interval": "step"}), loader(8)
     )
     assert state.global_step == 2
+
+
+def test_train_lr_is_the_next_steps_rate_at_an_epoch_schedules_boundary_too(tmp_path):
+    """`train/lr` is the rate after the step; with `interval: epoch` the epoch's last step
+    logged the rate it had trained with, one step behind the schedule."""
+    halving = Scheduled(
+        lambda o: {"scheduler": torch.optim.lr_scheduler.StepLR(o, 1, 0.5), "interval": "epoch"}
+    )
+    trainer(tmp_path, max_epochs=2, log_every_n_steps=1).fit(halving, loader(8))
+    rows = [r for r in _rows(tmp_path / "run") if "train/lr" in r]
+    assert [(r["step"], r["epoch"], r["train/lr"]) for r in rows] == [
+        (1, 0, 0.05), (2, 0, 0.025), (3, 1, 0.025), (4, 1, 0.0125),
+    ]  # fmt: skip
