@@ -583,6 +583,39 @@ def test_a_negative_seed_is_named_and_a_given_scale_below_the_data_is_said(tmp_p
     ) in proc.stderr
 
 
+def test_flags_that_would_be_ignored_are_refused_and_hidden_files_are_not_data(tmp_path):
+    """--split beside --splits, --split on a folder of split folders and --key on .npy files
+    were ignored without a word; `.hidden.npy` (macOS leaves `._name.npy` copies on shared
+    drives, which do not even load) became a sample."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(4):
+        np.save(raw / f"s{i}.npy", np.zeros((4, 1, 4, 4), np.uint8))
+    (raw / "._s0.npy").write_bytes(b"\0\5\0\0AppleDouble")
+    argv = ["shard", "arrays", "raw", "--workers", "1", "--out"]
+    assert error_line(
+        run_cli(*argv, "a", "--split", "foo", "--splits", "train=0.5,val=0.5", cwd=tmp_path)
+    ) == (  # fmt: skip
+        "--split foo and --splits train=0.5,val=0.5: --splits cuts the folder into the splits "
+        "it names; drop --split"
+    )
+    assert error_line(run_cli(*argv, "b", "--key", "frames", cwd=tmp_path)) == (
+        "--key frames names an array inside .npz files; raw holds .npy files only (one array "
+        "each): drop --key"
+    )
+    run_cli(*argv, "c", cwd=tmp_path, check=True)
+    assert sorted(stored(tmp_path / "c" / "train")) == ["s0", "s1", "s2", "s3"]
+    split = tmp_path / "split"
+    (split / "train").mkdir(parents=True)
+    np.save(split / "train" / "s0.npy", np.zeros((4, 1, 4, 4), np.uint8))
+    assert error_line(
+        run_cli("shard", "arrays", "split", "--split", "val", "--out", "d", cwd=tmp_path)
+    ) == (  # fmt: skip
+        "split already has split folders (train/); --split val names the one split of a flat "
+        "folder: drop it"
+    )
+
+
 def test_a_sample_of_another_shape_or_dtype_is_named_beside_the_first(tmp_path):
     """The odd file may be the first, whose shape the split takes: the message blamed a good
     file against "the split's" shape, and said "shape" when only the dtype differed."""

@@ -145,11 +145,17 @@ def _arrays(paths: list[str], a: Any) -> Any:
     from .generic import GenericArrays
 
     sizes = _split_sizes(a.splits) if a.splits else None
+    if a.splits and a.split is not None:
+        raise InputError(
+            f"--split {a.split} and --splits {a.splits}: --splits cuts the folder into the "
+            "splits it names; drop --split"
+        )
     return GenericArrays(
         paths[0],
         key=a.key,
         value_scale=a.value_scale,
-        split=a.split,
+        split=a.split or "train",
+        split_given=a.split is not None,
         split_sizes=sizes,
         seed=a.seed,
         num_frames=a.frames,
@@ -264,7 +270,10 @@ FORMATS: dict[str, SourceFormat] = {
                 "help": "stored values ÷ this lie in [0, 1] (default 255 for uint8, else 1; "
                 "data a default leaves outside [0, 1] is refused: give it)",
             },
-            "--split": {"default": "train", "help": "split name without sub-folders"},
+            "--split": {
+                "default": None,
+                "help": "split name of a flat folder (default train; not with --splits)",
+            },
             "--splits": {
                 "default": None,
                 "help": "cut a flat folder into splits that take every file: fractions summing "

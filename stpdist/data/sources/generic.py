@@ -64,6 +64,8 @@ class GenericArrays:
     value_scale: float | None = None
     """Stored value range (default: 255 for uint8 arrays, else 1)."""
     split: str = "train"
+    split_given: bool = False
+    """Whether `--split` was given (it names the split of a flat folder only)."""
     split_sizes: dict[str, float] | None = None
     """Cut a flat folder into these splits: fractions summing to 1 or counts summing to the
     number of files (one split may be -1: the rest); see `split_counts`."""
@@ -126,9 +128,20 @@ class GenericArrays:
         subs = [p for p in sorted(root.iterdir()) if p.is_dir() and p.name in SEED_SPLITS]
         if subs and self.split_sizes:
             raise InputError(f"{root} already has split folders; --splits cuts a flat folder")
+        if subs and self.split_given:
+            raise InputError(
+                f"{root} already has split folders ({', '.join(p.name + '/' for p in subs)}); "
+                f"--split {self.split} names the one split of a flat folder: drop it"
+            )
         _check_nothing_left_out(root, subs)
         found = {SEED_SPLITS[p.name]: self._files(p) for p in subs}
         out = {s: found[s] for s in ("train", "val", "test") if s in found} or self._cut(root)
+        listed = [f for files in out.values() for f in files]
+        if self.key is not None and listed and not any(f.lower().endswith(".npz") for f in listed):
+            raise InputError(
+                f"--key {self.key} names an array inside .npz files; {root} holds .npy files "
+                "only (one array each): drop --key"
+            )
         if self.value_scale is None:
             first = next((f for files in out.values() for f in files), None)
             if first is None:
@@ -393,8 +406,13 @@ def _check_chunk_order(chunks: list[tuple[str, int, int]], times: np.ndarray) ->
 
 
 def _arrays_in(folder: Path) -> list[str]:
-    """Names of the .npy/.npz files in `folder` (not opened)."""
-    return [p.name for p in sorted(folder.iterdir()) if p.suffix.lower() in (".npy", ".npz")]
+    """Names of the .npy/.npz files in `folder` (not opened); hidden ones (`.name`, such as
+    the `._name.npy` copies macOS leaves on shared drives) are not data."""
+    return [
+        p.name
+        for p in sorted(folder.iterdir())
+        if p.suffix.lower() in (".npy", ".npz") and not p.name.startswith(".")
+    ]
 
 
 def _check_nothing_left_out(root: Path, subs: list[Path]) -> None:
