@@ -1602,7 +1602,7 @@ def _command_parser(p: argparse.ArgumentParser, args: argparse.Namespace) -> Any
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parsed(argv: list[str] | None) -> argparse.Namespace:
     p = parser()
     args, extra = p.parse_known_args(argv)
     # overrides may also stand after options (`train cfg --resume auto a.b=1`)
@@ -1613,6 +1613,26 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides"):
             _command_parser(p, args).error(f"takes no key=value overrides: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def _interrupted(command: str) -> int:
+    """Ctrl-C outside training (which says its own line): a line, exit 130."""
+    if command in STAGED and launched_as_main():
+        error_line(f"stpdist {command}: interrupted (Ctrl-C); its output folder is as it was")
+    return 130
+
+
+def _pipe_closed() -> int:
+    """`stpdist inspect … | head`: the reader has all it wanted. Exit as a process that
+    SIGPIPE ended, with no second error when stdout is flushed at exit."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parsed(argv)
     from .runlock import RunLockedError
 
     if args.command in ONE_PROCESS and _several_ranks() and not launched_as_main():
@@ -1630,7 +1650,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return _refused("error", exc, earlier, alike_on_every_rank=not _group_started())
     except KeyboardInterrupt:
-        return 130
+        return _interrupted(args.command)
+    except BrokenPipeError:
+        return _pipe_closed()
     except Exception as exc:
         from .trainer import PREEMPTED_EXIT_CODE, Preempted
 
@@ -1663,6 +1685,9 @@ _PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote w
 """What gloo says when another rank's process is gone."""
 
 
+STAGED = ("synth", "shard", "export", "import", "forecast", "predict")
+"""Commands that write their output into a staging folder swapped in at the end: an
+interrupt leaves the output folder as it was (train and reproduce say their own line)."""
 ONE_PROCESS = ("synth", "shard", "inspect", "export", "import")
 """Commands that are one process's work: started on several ranks (`torchrun`, a SLURM step
 of several tasks) every rank wrote the same folder (a race, a rank's error for a folder

@@ -111,6 +111,7 @@ def test_one_ctrl_c_stops_a_multi_worker_shard_at_once(tmp_path):
     three runs at once)."""
     for code, stderr in _interrupted_shards(tmp_path, signal.SIGINT, group=True, runs=3):
         assert code == 130 and "Traceback" not in stderr, stderr[-2000:]
+        assert "stpdist shard: interrupted (Ctrl-C); its output folder is as it was" in stderr
 
 
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
@@ -812,3 +813,19 @@ def test_a_time_that_is_no_standard_calendar_date_is_one_line(tmp_path):
         "reference date; give it CF units '<unit> since <date>'"
     )
     assert not (tmp_path / "ds").exists()
+
+
+def test_a_closed_pipe_ends_inspect_quietly(tmp_path):
+    """`stpdist inspect DIR | head`: the reader closing the pipe gave "stpdist: error:
+    BrokenPipeError: [Errno 32] Broken pipe" (exit 1)."""
+    (tmp_path / "raw").mkdir()
+    np.save(tmp_path / "raw" / "a.npy", np.zeros((4, 1, 4, 4), np.uint8))
+    run_cli("shard", "arrays", "raw", "--out", "ds", "--workers", "1", cwd=tmp_path, check=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stpdist", "inspect", "ds", "--samples", "0"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    proc.stdout.close()  # gone before the first line is written
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 141, stderr.decode()
+    assert b"error" not in stderr and b"Traceback" not in stderr, stderr.decode()
