@@ -2285,7 +2285,7 @@ class Trainer:
                 os.replace(new, out / new.name)
             staging.rmdir()
         acc.wait_for_everyone()  # every rank returns with the predictions in place
-        say(f"wrote {int(total[0])} predictions to {shown_as or out}")
+        say(f"wrote {console.counted(int(total[0]), 'prediction')} to {shown_as or out}")
         return sums.reduce(acc, module, split) if int(total[1]) else {}
 
     def _predict_into(

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ...console import log
+from ...console import counted, log
 from ...errors import InputError, MissingInput
 from ..format import SERIES_INDEX, SplitIndex, require_file
 from .common import (
@@ -423,7 +423,7 @@ def _check_nothing_left_out(root: Path, subs: list[Path]) -> None:
     if "val" in names and "validation" in names:
         raise InputError(f"{root} has both val/ and validation/ (the same split): keep one")
     others = [
-        f"{p.name}/ ({len(_arrays_in(p))} files)"
+        f"{p.name}/ ({counted(len(_arrays_in(p)), 'file')})"
         for p in sorted(root.iterdir())
         if p.is_dir() and p.name not in SEED_SPLITS and not p.name.startswith(".") and _arrays_in(p)
     ]
