@@ -149,7 +149,7 @@ def test_split_folders_beside_other_arrays_are_refused_naming_what_is_left_out(t
     save_arrays(tmp_path / "flat", 3)
     save_arrays(tmp_path / "flat" / "extra", 1)  # flat: the sub-folder would be skipped
     line = error_line(run_cli("shard", "arrays", "flat", "--out", "d_flat", cwd=tmp_path))
-    assert "extra/ (1 files)" in line and "would be left out" in line
+    assert "extra/ (1 file)" in line and "would be left out" in line
 
     save_arrays(tmp_path / "ok" / "train", 3)  # the layout as documented: every file taken
     save_arrays(tmp_path / "ok" / "validation", 2)
