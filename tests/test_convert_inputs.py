@@ -829,3 +829,21 @@ def test_a_closed_pipe_ends_inspect_quietly(tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 141, stderr.decode()
     assert b"error" not in stderr and b"Traceback" not in stderr, stderr.decode()
+
+
+def test_an_object_array_and_a_taxibj_file_without_dates_say_what_they_hold(tmp_path):
+    """numpy's "Object arrays cannot be loaded when allow_pickle=False" (no advice), and
+    h5py's raw KeyError for a TaxiBJ file without its 'date' dataset."""
+    (tmp_path / "raw").mkdir()
+    np.savez(tmp_path / "raw" / "x.npz", frames=np.array([np.zeros(3), np.zeros(4)], dtype=object))
+    assert error_line(run_cli("shard", "arrays", "raw", "--out", "a", cwd=tmp_path)) == (
+        "raw/x.npz: holds Python objects (an object array: sequences of different lengths, or "
+        "values of mixed types), expected an array of numbers: save each sequence as a "
+        "numeric array of its own"
+    )
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "BJ.h5", "w") as f:
+        f["data"] = np.zeros((8, 2, 4, 4))
+    assert error_line(run_cli("shard", "taxibj-h5", "BJ.h5", "--out", "b", cwd=tmp_path)) == (
+        "BJ.h5: missing dataset 'data' or 'date' (has ['data']): a TaxiBJ file holds both"
+    )

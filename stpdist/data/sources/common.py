@@ -159,8 +159,12 @@ def load_array(path: Path, key: str | None = None, key_option: str | None = None
                 raise ValueError(f"missing key '{key}' (has {names})")
             return data[key]
     except ValueError as exc:
-        if "pickled" in str(exc):  # a valid header of dtype object
-            exc = ValueError("holds Python objects (pickled), expected an array of numbers")
+        if "pickle" in str(exc).lower():  # numpy: "Object arrays cannot be loaded when …"
+            exc = ValueError(
+                "holds Python objects (an object array: sequences of different lengths, or "
+                "values of mixed types), expected an array of numbers: save each sequence as "
+                "a numeric array of its own"
+            )
         raise InputError(f"{path}: {exc}") from exc
     except Exception as exc:
         raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc

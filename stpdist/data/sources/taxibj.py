@@ -52,6 +52,8 @@ def _read(
             if len(shape) != 4 or shape[0] != len(dates):
                 raise InputError(f"'data' has shape {shape}, 'date' {len(dates)} entries")
             data = f["data"][first:stop]
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from exc
     except Exception as exc:  # h5py raises several types; every one names the file here
         raise InputError(f"{path}: {type(exc).__name__}: {exc}") from exc
     return data, dates, shape
@@ -83,7 +85,14 @@ class TaxiBJ:
         for path in self.paths:
             try:
                 with h5py.File(path, "r") as f:
+                    if "data" not in f or "date" not in f:
+                        raise InputError(
+                            f"missing dataset 'data' or 'date' (has {list(f.keys())}): a TaxiBJ "
+                            "file holds both"
+                        )
                     end = parse_slot(f["date"][-1])
+            except InputError as exc:
+                raise InputError(f"{path}: {exc}") from exc
             except Exception as exc:  # h5py raises several types; name the file
                 raise InputError(f"{path}: {type(exc).__name__}: {exc}") from exc
             last = end if last is None or end > last else last
