@@ -269,6 +269,12 @@ def _scalars_of(output: Any, hook: str = "validation_step") -> dict[str, Any]:
             )
         return {"loss": output}
     if isinstance(output, dict):
+        loss = output.get("loss")
+        if isinstance(loss, torch.Tensor) and loss.numel() != 1:  # as the tensor form is
+            raise TypeError(
+                f"{hook} returned a 'loss' of shape {tuple(loss.shape)}; expected one number "
+                "(a batch mean: results are weighted by batch size and reduced exactly)"
+            )
         scalars = {}
         for k, v in output.items():
             if (isinstance(v, torch.Tensor) and v.numel() == 1) or isinstance(v, float | int):

@@ -261,3 +261,16 @@ def test_the_closing_line_names_the_step_of_a_validation_that_is_not_the_last_st
                     "auto", cwd=tmp_path, check=True)  # fmt: skip
     assert "validation at step 8 MSE per pixel" in again.stdout, again.stdout
     assert "final validation" not in again.stdout
+
+
+class _PerSampleLoss(TinyModule):
+    def validation_step(self, inputs, targets):
+        return {"loss": (self(inputs) - targets).square().mean(dim=(1, 2, 3, 4))}
+
+
+def test_a_validation_loss_per_sample_in_a_dict_is_refused_as_the_tensor_form_is(tmp_path):
+    """As a tensor it was refused; inside a dict only warned about and dropped: val/loss,
+    what best-k checkpoints are ranked by, silently missing."""
+    trainer = Trainer(output_dir=tmp_path / "eval", progress_bar=False)
+    with pytest.raises(TypeError, match=r"validation_step returned a 'loss' of shape \(2,\)"):
+        trainer.validate(_PerSampleLoss(), _loader())
