@@ -19,6 +19,7 @@ import inspect
 import itertools
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -733,6 +734,33 @@ def _check_every_parameter_trained(module: EnhancedModule, processes: int, step:
             "processes (DDP) every trainable parameter must take part in every step's loss: "
             "freeze them while training (requires_grad_(False)) or use them in training_step"
         )
+
+
+def _name_unreduced_parameters(
+    exc: RuntimeError, module: nn.Module, processes: int, step: int
+) -> None:
+    """DDP's "Expected to have finished reduction in the prior iteration" (a parameter
+    that took part in the first step's loss, checked then, but not in a later one's), said
+    in one line naming the parameters by name instead of DDP's indices."""
+    text = str(exc)
+    if "Expected to have finished reduction" not in text:
+        return
+    found = re.search(r"did not receive grad for rank (\d+): ([\d ]+)", text)
+    trainable = [name for name, p in module.named_parameters() if p.requires_grad]
+    indices = [int(i) for i in found.group(2).split()] if found else []
+    names = [repr(trainable[i]) for i in indices if i < len(trainable)]
+    which = (
+        f"parameter(s) {', '.join(names[:3])}{' …' if len(names) > 3 else ''}"
+        if names
+        else "a parameter"
+    )
+    rank = f" on rank {found.group(1)}" if found else ""
+    raise RuntimeError(
+        f"{type(module).__name__}.training_step at step {step - 1}: {which} took no part in "
+        f"the loss{rank}; with {processes} processes (DDP) every trainable parameter must "
+        "take part in every step's loss: use it in every step (a branch that skips it can "
+        "add 0 × its sum to the loss), or freeze it for the whole run"
+    ) from exc
 
 
 def _trainable(module: nn.Module) -> tuple[bool, ...]:
@@ -1477,7 +1505,11 @@ class Trainer:
     ) -> bool:
         acc, step = self.accelerator, state.global_step + 1
         with acc.accumulate(model):
-            output = model(batch.inputs, batch.targets, **self._hook_extras(batch))
+            try:
+                output = model(batch.inputs, batch.targets, **self._hook_extras(batch))
+            except RuntimeError as exc:
+                _name_unreduced_parameters(exc, module, acc.num_processes, step)
+                raise
             if self._trainable is not None:
                 _check_trainable_unchanged(module, self._trainable, step)
             loss = loss_of(output, step)

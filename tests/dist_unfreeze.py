@@ -1,7 +1,8 @@
 """A 2-rank script whose module changes which parameters train during fit: `unfreeze`
 makes its frozen last layer trainable at step 2 (the fine-tuning pattern), `freeze` freezes
 its first layer then. Either must stop with one line naming the parameters, not train the
-ranks apart (unfreeze) or stall (freeze)."""
+ranks apart (unfreeze) or stall (freeze). `sometimes` leaves its last layer out of the
+loss from step 2 on: DDP's own error, in one line naming the layer's parameters."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ class Changing(TinyModule):
             self.net[4].requires_grad_(False)
 
     def training_step(self, inputs, targets):
+        if self.how == "sometimes" and self.global_step >= 1:  # the head, skipped
+            hidden = self.net[2](self.net[1](self.net[0](inputs)))
+            return (hidden[:, :32].view(-1, 2, 1, 4, 4) - targets).square().mean()
         if self.global_step >= 1:  # the second step (global_step counts steps done)
             layer = self.net[4] if self.how == "unfreeze" else self.net[1]
             layer.requires_grad_(self.how == "unfreeze")

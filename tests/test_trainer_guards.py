@@ -274,3 +274,15 @@ def test_a_validation_loss_per_sample_in_a_dict_is_refused_as_the_tensor_form_is
     trainer = Trainer(output_dir=tmp_path / "eval", progress_bar=False)
     with pytest.raises(TypeError, match=r"validation_step returned a 'loss' of shape \(2,\)"):
         trainer.validate(_PerSampleLoss(), _loader())
+
+
+def test_a_layer_left_out_of_a_later_steps_loss_on_two_ranks_is_named(tmp_path):
+    """The first step's check passes; DDP then failed the next step with its long message
+    naming parameter indices (and an environment variable to learn their names)."""
+    with pytest.raises(AssertionError) as failed:
+        run_ranks([str(HERE / "dist_unfreeze.py"), "sometimes", str(tmp_path / "run")], 2)
+    said = str(failed.value)
+    assert (
+        "Changing.training_step at step 2: parameter(s) 'net.4.weight', 'net.4.bias' took no "
+        "part in the loss on rank"
+    ) in said, said[-3000:]
