@@ -11,7 +11,9 @@ and radar; physical units for data stored with value scale 1 (weather variables)
   the raw, unclamped predictions, as OpenSTL does (its MSE/MAE are `*_frame_raw`).
 * PSNR per frame (data range 1; an exact match counts as 100 dB), averaged. PSNR, SSIM
   and LPIPS compare images in [0, 1]: they are reported only for data whose values (the
-  training index's per-channel min and max, scaled) lie in [0, 1].
+  training index's per-channel min and max, scaled) lie in [0, 1], and predictions left
+  unclamped (`evaluation.clamp_output: false`) are clipped to [0, 1] for PSNR and SSIM,
+  as OpenSTL clips them.
 * SSIM per frame and channel: 7×7 uniform window, sample covariance, K1 0.01, K2 0.03,
   data range 1 (the full scaled range), mean over the window positions that fit inside the
   frame (scikit-image's `structural_similarity(…, win_size=7, data_range=1)`), averaged
@@ -140,11 +142,15 @@ def batch_sums(
         "abs_err_raw": abs_raw.sum(dim=0),
     }
     if image_scores:
+        # images in [0, 1]: predictions left unclamped (`evaluation.clamp_output: false`)
+        # are clipped for PSNR and SSIM, as OpenSTL clips them (the same values otherwise)
+        image = pred.clamp(0, 1)
+        sq_image = (image - target).pow(2).flatten(2).sum(dim=2)
         pixels = err[0, 0].numel()
-        mse_frame = (sq_frame / pixels).clamp_min(10 ** (-PSNR_CAP_DB / 10))
+        mse_frame = (sq_image / pixels).clamp_min(10 ** (-PSNR_CAP_DB / 10))
         sums["psnr"] = (-10 * torch.log10(mse_frame)).sum(dim=0)
         if min(pred.shape[-2:]) >= SSIM_WINDOW:  # else no window fits: SSIM left out
-            ssim, ssim_openstl = _ssim_per_frame(pred, target, (1.0, 2.0))
+            ssim, ssim_openstl = _ssim_per_frame(image, target, (1.0, 2.0))
             sums["ssim"] = ssim.sum(dim=0)
             sums["ssim_openstl"] = ssim_openstl.sum(dim=0)
     if thresholds_scaled:

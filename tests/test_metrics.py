@@ -54,6 +54,23 @@ def test_against_numpy_and_skimage(channels):
     assert got["rmse"] == pytest.approx(np.sqrt(ref["mse"].mean()), rel=1e-9)
 
 
+def test_unclamped_predictions_are_clipped_for_psnr_and_ssim_and_not_for_the_errors():
+    """With `evaluation.clamp_output: false`, PSNR and SSIM scored predictions outside
+    [0, 1] as they were; OpenSTL (and the definition: images in [0, 1]) clips them."""
+    rng = np.random.default_rng(5)
+    target = rng.random((2, 3, 1, 12, 12))
+    raw = target + rng.normal(0, 0.3, target.shape)  # well outside [0, 1] in places
+    got = summarize(
+        batch_sums(torch.from_numpy(raw), torch.from_numpy(target)), frame_pixels=144
+    )
+    clipped = reference(np.clip(raw, 0, 1), target)
+    unclipped = reference(raw, target)
+    for name in ("psnr", "ssim"):
+        assert got[name] == pytest.approx(clipped[name].mean(), rel=1e-9), name
+        assert got[name] != pytest.approx(unclipped[name].mean(), rel=1e-3), name
+    assert got["mse"] == pytest.approx(unclipped["mse"].mean(), rel=1e-9)  # as evaluated
+
+
 def test_sums_are_additive_over_batches():
     rng = np.random.default_rng(0)
     pred, target = (torch.from_numpy(rng.random((7, 3, 1, 8, 8))) for _ in range(2))

@@ -39,7 +39,8 @@ def _ratio(num, den):
 
 
 def _image_reference(pred: np.ndarray, target: np.ndarray, raw: np.ndarray | None = None):
-    """Per lead time (T) values, frame by frame with numpy and scikit-image."""
+    """Per lead time (T) values, frame by frame with numpy and scikit-image; PSNR and SSIM
+    of the predictions clipped to [0, 1] (images), as OpenSTL scores them."""
     raw = pred if raw is None else raw
     b, t = pred.shape[:2]
     ref: dict[str, np.ndarray] = {}
@@ -52,7 +53,8 @@ def _image_reference(pred: np.ndarray, target: np.ndarray, raw: np.ndarray | Non
     ref["psnr"], ref["ssim"], ref["ssim_openstl"] = np.zeros(t), np.zeros(t), np.zeros(t)
     for i in range(b):
         for j in range(t):
-            p, q = pred[i, j].astype(np.float64), target[i, j].astype(np.float64)
+            p = np.clip(pred[i, j].astype(np.float64), 0, 1)
+            q = target[i, j].astype(np.float64)
             with np.errstate(divide="ignore"):  # an exact match: inf, reported as 100 dB
                 psnr = skimage_metrics.peak_signal_noise_ratio(q, p, data_range=1.0)
             ref["psnr"][j] += min(psnr, 100.0) / b
