@@ -2175,7 +2175,10 @@ class Trainer:
         unless `raw_weights`; without `ckpt`, the module as it is, or its EMA when this
         Trainer trained it with one) over all of `data`; results are named
         `<split>/<metric>`, and logged at the checkpoint's step (not with `raw_weights`:
-        the run's rows are its model's)."""
+        the run's rows are its model's), unless the run's record already holds that step's
+        `<split>` results: a second validation of a step (with other settings, perhaps)
+        adds no row beside the first, which a resume would otherwise send again in its
+        place."""
         self._hold_settings()
         step, epoch = module.global_step, module.current_epoch  # an in-memory module's
         if ckpt is not None:
@@ -2190,7 +2193,7 @@ class Trainer:
         with self._average_of(module, ckpt, raw_weights):
             results = self.evaluate(module, as_eval_source(data), split)
         if step is not None and not raw_weights:  # the run's rows are its model's (the EMA)
-            self.tracker.log(results, step=step, epoch=epoch)
+            self.tracker.log_unless_logged(results, step=step, epoch=epoch)
         return results
 
     def choose_checkpoint(self, choose: Callable[[], Path], *, again: bool = False) -> Path:

@@ -60,9 +60,7 @@ def test_unclamped_predictions_are_clipped_for_psnr_and_ssim_and_not_for_the_err
     rng = np.random.default_rng(5)
     target = rng.random((2, 3, 1, 12, 12))
     raw = target + rng.normal(0, 0.3, target.shape)  # well outside [0, 1] in places
-    got = summarize(
-        batch_sums(torch.from_numpy(raw), torch.from_numpy(target)), frame_pixels=144
-    )
+    got = summarize(batch_sums(torch.from_numpy(raw), torch.from_numpy(target)), frame_pixels=144)
     clipped = reference(np.clip(raw, 0, 1), target)
     unclipped = reference(raw, target)
     for name in ("psnr", "ssim"):

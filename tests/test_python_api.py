@@ -243,11 +243,16 @@ def test_rows_name_the_step_and_epoch_they_are_of(tmp_path):
     rows = [r for r in _rows(run) if "val/loss" in r]
     assert [(r["step"], r["epoch"]) for r in rows] == [(2, 0), (4, 1)]
     fresh = trainer(tmp_path, max_epochs=2)
-    fresh.validate(
-        TinyModule(), loader(4, shuffle=False), ckpt=run / "checkpoints" / "step-00000002"
-    )
+    ckpt = run / "checkpoints" / "step-00000002"
+    fresh.validate(TinyModule(), loader(4, shuffle=False), ckpt=ckpt, split="test")
     assert [(r["step"], r["epoch"]) for r in _rows(run)][-1] == (2, 0)
+    assert "test/loss" in _rows(run)[-1]
+    # a step validated already: its first row stays the record (no second one beside it,
+    # which a resume would send to wandb in its place)
     count = len(_rows(run))
+    fresh.validate(TinyModule(), loader(4, shuffle=False), ckpt=ckpt)
+    fresh.validate(TinyModule(), loader(4, shuffle=False), ckpt=ckpt, split="test")
+    assert len(_rows(run)) == count
     weights = run / "checkpoints" / "step-00000004" / MODEL_FILE
     fresh.validate(TinyModule(), loader(4, shuffle=False), ckpt=weights)
     assert len(_rows(run)) == count
