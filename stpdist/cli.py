@@ -417,7 +417,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .console import format_scalars
     from .inference import check_output_folder
     from .trainer import SampleKeeper
-    from .visualize import names_for_pictures, save_samples
+    from .visualize import names_for_pictures, north_up, save_samples
 
     cfg, trainer, ckpt, module, split = _with_checkpoint(args, "data.test_split")
     out = Path(args.out) if args.out else Path(cfg.trainer.output_dir) / "predictions" / split
@@ -448,7 +448,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
             # sanitised names; none without --samples or samples with predictions
             pictures = save_samples(
                 tmp / "samples",
-                keeper.samples,
+                north_up(module, keeper.samples),
                 cfg.logging.colormap,
                 channel_names=names_for_pictures(module, keeper.samples),
             )
@@ -469,7 +469,7 @@ def cmd_forecast(args: argparse.Namespace) -> None:
     it was and `--overwrite` leaves no file of an earlier forecast mixed in."""
     from .inference import check_output_folder, load, require_forecaster
     from .trainer import SampleKeeper, Trainer
-    from .visualize import names_for_pictures, save_samples
+    from .visualize import names_for_pictures, north_up, save_samples
 
     module = load(args.model, args.ckpt, trust_code=args.trust_code, raw_weights=args.raw_weights)
     require_forecaster(module, "forecast")
@@ -499,7 +499,7 @@ def cmd_forecast(args: argparse.Namespace) -> None:
             # sanitised names; none with --samples 0
             pictures = save_samples(
                 tmp / "samples",
-                keeper.samples,
+                north_up(module, keeper.samples),
                 args.colormap,
                 channel_names=names_for_pictures(module, keeper.samples),
             )

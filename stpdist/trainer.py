@@ -683,10 +683,10 @@ class Validator:
         if record:
             checkpoints.record_metrics(state.global_step, results)
         tracker.log(results, step=state.global_step, epoch=state.step_epoch)
-        from .visualize import names_for_pictures
+        from .visualize import names_for_pictures, north_up
 
         tracker.log_samples(
-            keeper.samples,
+            north_up(self.module, keeper.samples),
             results,
             step=state.global_step,
             channel_names=names_for_pictures(self.module, keeper.samples),

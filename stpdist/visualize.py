@@ -161,6 +161,20 @@ def channel_groups(channels: int, colormap: str | None = None) -> list[slice]:
 _UNFIT_NAMES: set[str] = set()
 
 
+def north_up(module: Any, samples: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """`samples` ((key, inputs, truth, prediction), frames …×H×W) as pictures draw them:
+    where the module's data has latitudes that ascend with the row (WeatherBench 1's files
+    store the south first), the rows flipped, so maps are drawn north up as the other
+    sources' are. Other data as it is."""
+    latitudes = getattr(getattr(module, "geo", None), "latitudes", None)
+    if not latitudes or len(latitudes) < 2 or latitudes[0] >= latitudes[-1]:
+        return list(samples)
+    return [
+        (key, *(None if a is None else np.flip(np.asarray(a), axis=-2).copy() for a in arrays))
+        for key, *arrays in samples
+    ]
+
+
 def names_for_pictures(module: Any, samples: Sequence[tuple[Any, ...]]) -> list[str] | None:
     """A module's `channel_names` (the Forecaster's: the index's variables) for pictures of
     `samples` ((key, inputs T×C×H×W, …)), or None (c0, c1, …) with a warning where they do

@@ -479,3 +479,22 @@ def test_thresholds_whose_results_would_share_a_name_are_refused():
         root / "configs" / "debug.yaml", ["model.evaluation.metric_thresholds=[20,30]"]
     )
     assert cfg.model.evaluation.metric_thresholds == [20, 30]
+
+
+def test_maps_whose_latitudes_ascend_are_drawn_north_up():
+    """WeatherBench 1's files store latitude ascending (south first, kept in index.json):
+    their sample panels were drawn upside down."""
+    from types import SimpleNamespace
+
+    from stpdist.visualize import north_up
+
+    frames = np.arange(2 * 1 * 3 * 2, dtype=np.float32).reshape(2, 1, 3, 2)  # T×C×H×W
+    samples = [("k", frames, frames + 1, None)]
+    south_first = SimpleNamespace(geo=SimpleNamespace(latitudes=[-60.0, 0.0, 60.0]))
+    ((key, inputs, truth, pred),) = north_up(south_first, samples)
+    assert key == "k" and pred is None
+    np.testing.assert_array_equal(inputs, frames[:, :, ::-1])
+    np.testing.assert_array_equal(truth, frames[:, :, ::-1] + 1)
+    north_first = SimpleNamespace(geo=SimpleNamespace(latitudes=[60.0, 0.0, -60.0]))
+    assert north_up(north_first, samples)[0][1] is frames  # as it is
+    assert north_up(SimpleNamespace(), samples)[0][1] is frames  # no map
