@@ -302,12 +302,28 @@ def cmd_validate(args: argparse.Namespace) -> None:
         module, build.eval_stream(cfg, split), ckpt=ckpt, split=split, raw_weights=args.raw_weights
     )
     if trainer.is_main:
-        written = _write_json(out / f"metrics_{split}.json", {**record, **results})
+        written = _write_json(
+            out / f"metrics_{split}.json", {**record, **_units_of(module), **results}
+        )
         print(f"checkpoint {ckpt}{_step_text(record)}, split {split}")
         print(lead_time_table(results))
         plot = plot_lead_times(results, out / f"lead_time_{split}.png")
         print(f"results: {written}" + (f"; per-lead-time plot: {plot}" if plot else ""))
     trainer.close()
+
+
+def _units_of(module: Any) -> dict[str, Any]:
+    """The units a results file's metrics are in, written beside them: the data's scaled
+    units (stored / `value_scale`; physical for data stored with value scale 1), per-variable
+    scores physical. The predictions beside them may be in other units (`units` in each
+    predictions file)."""
+    scale = getattr(module, "value_scale", None)
+    if not isinstance(scale, (int, float)):
+        return {}
+    return {
+        "metric_units": "scaled: stored values / value_scale (per-variable scores: physical)",
+        "value_scale": float(scale),
+    }
 
 
 def _write_json(path: Path, results: dict[str, Any]) -> Path:
@@ -444,7 +460,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         )
         trainer.close()
         if trainer.is_main:
-            _write_json(tmp / "metrics.json", {**record, **results})
+            _write_json(tmp / "metrics.json", {**record, **_units_of(module), **results})
             # sanitised names; none without --samples or samples with predictions
             pictures = save_samples(
                 tmp / "samples",
