@@ -596,7 +596,7 @@ def _check_fits(file: Path, tensors: dict[str, torch.Tensor], module: torch.nn.M
         return
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     raise InputError(
-        f"{file} does not fit the model built from this config: {problems[0]}{more}"
+        f"{file} does not fit this model ({type(module).__name__}): {problems[0]}{more}"
         f"{_which_key_differs(file, module)}"
     )
 

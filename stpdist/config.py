@@ -100,7 +100,7 @@ def _sizes(value: Any) -> str | None:
 
 
 def _thresholds(value: Any) -> str | None:
-    """Thresholds whose results' names (csi@X) differ.
+    """A list of thresholds each naming its results apart (csi@X: no two print alike).
 
     Thresholds name their results (`csi@20`, `{level:g}`): two that print alike would
     write the same keys, one over the other."""
@@ -938,6 +938,11 @@ def backbone_config(model: ModelConfig) -> Any:
     from . import plugins
 
     cls = _backbone_class(model)
+    if plugins.is_import_path(model.name) and not plugins.is_task(cls):
+        try:
+            plugins.check_backbone_forward(cls)
+        except TypeError as exc:
+            raise ConfigError(f"'model.name' {model.name}: {exc}") from exc
     args_cls = getattr(cls, "Args", None)
     if not dataclasses.is_dataclass(args_cls):
         leading = () if plugins.is_task(cls) else (None,)  # a backbone gets the FrameSpec first

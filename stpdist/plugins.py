@@ -92,6 +92,29 @@ def check_keywords(cls: type, values: dict[str, Any], *leading: Any) -> None:
             )
 
 
+BACKBONE_KEYWORDS = ("targets_BTCHW", "teacher_mask_BT")
+"""The keywords the Forecaster passes a backbone's forward, besides the frames and T_out."""
+
+
+def check_backbone_forward(cls: type) -> None:
+    """Raise TypeError when `cls.forward` cannot be called as the Forecaster calls it,
+    `forward(frames, num_output_frames, targets_BTCHW=…, teacher_mask_BT=…)`: said before
+    any work, where it failed at the first step (`forward() got an unexpected keyword
+    argument 'targets_BTCHW'`)."""
+    try:
+        signature = inspect.signature(cls.forward)
+    except (TypeError, ValueError):  # a builtin: nothing to read
+        return
+    try:
+        signature.bind(None, None, None, **dict.fromkeys(BACKBONE_KEYWORDS))
+    except TypeError:
+        raise TypeError(
+            f"{cls.__name__}.forward{signature} cannot be called as the Forecaster calls it: "
+            "forward(self, frames_BTCHW, num_output_frames, *, targets_BTCHW=None, "
+            "teacher_mask_BT=None) (the keywords named exactly so; **kwargs takes them too)"
+        ) from None
+
+
 _SIMPLE = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
 
 

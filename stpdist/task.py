@@ -211,7 +211,8 @@ class Forecaster(EnhancedModule):
     @torch.inference_mode()
     def forecast(self, frames: Any, *, allow_nonfinite: bool = False) -> Any:
         """T_out frames after the given ones, all in physical (stored) units: a numpy array
-        or tensor of T×C×H×W or B×T×C×H×W, returned in the same type and layout. With more
+        or tensor of T×C×H×W or B×T×C×H×W (T×H×W for a one-channel model), returned in the
+        same type and layout. With more
         than T_in frames the newest T_in are used (as `stpdist forecast` does). The inputs
         are checked first (frame size and channels, at least T_in frames, dtype; NaN/Inf
         refused unless `allow_nonfinite`; a warning when the values look [0, 1]-scaled for
@@ -223,6 +224,8 @@ class Forecaster(EnhancedModule):
         as_numpy = isinstance(frames, np.ndarray)
         if not isinstance(frames, torch.Tensor):
             frames = np.asarray(frames)
+        one_channel = frames.ndim == 3 and self.frame_shape[0] == 1  # T×H×W, as shard reads
+        frames = frames[:, None] if one_channel else frames
         check_inputs(frames, self, "forecast inputs", allow_nonfinite=allow_nonfinite)
         if isinstance(frames, np.ndarray):  # a view with negative strides (frames[::-1]):
             frames = np.ascontiguousarray(frames)  # torch takes none
@@ -234,6 +237,7 @@ class Forecaster(EnhancedModule):
         x = self.from_physical(x.to(parameter.device, torch.float32)).to(parameter.dtype)
         out = self.to_physical(self.predict_frames(x).float())
         out = out[0] if single else out
+        out = out[:, 0] if one_channel else out  # T_out×H×W, as given
         return out.cpu().numpy() if as_numpy else out
 
     # ------------------------------------------------------------------ hooks

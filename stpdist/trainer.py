@@ -315,7 +315,10 @@ def _optimizer_of(returned: Any) -> torch.optim.Optimizer:
             "; return the optimizer alone, and its scheduler from configure_lr_scheduler(optimizer)"
         )
     elif isinstance(returned, (list, tuple)):
-        hint = "; the Trainer steps one optimizer (give it several parameter groups instead)"
+        hint = (
+            "; the Trainer steps one optimizer (give it several parameter groups instead), "
+            "and a scheduler comes from configure_lr_scheduler(optimizer)"
+        )
     else:
         hint = ""
     raise TypeError(

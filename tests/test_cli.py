@@ -218,6 +218,22 @@ def test_new_user_walk_through_arrays_to_predictions_with_own_model(tmp_path, mo
     proc = run_cli("train", str(bad), cwd=tmp_path)
     assert proc.returncode == 2 and "TinyNet takes: hidden" in proc.stderr
 
+    # a forward whose keywords are not the Forecaster's: refused before any work (it failed
+    # at the first step, data generated and all)
+    nets = tmp_path / "mypkg" / "nets.py"
+    nets.write_text(
+        USER_PACKAGE.replace("def forward(self, frames, num_output_frames, **_):",
+                             "def forward(self, frames, num_output_frames, *, targets=None):")
+    )  # fmt: skip
+    proc = run_cli("train", "mine.yaml", "trainer.output_dir=runs/other", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        "TinyNet.forward(self, frames, num_output_frames, *, targets=None) cannot be called as "
+        "the "
+        "Forecaster calls it: forward(self, frames_BTCHW, num_output_frames, *, "
+        "targets_BTCHW=None, teacher_mask_BT=None)"
+    ) in proc.stderr
+
 
 def test_own_enhanced_module_by_import_path(tmp_path, monkeypatch):
     from stpdist.build import build_module

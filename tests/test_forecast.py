@@ -86,6 +86,9 @@ def test_forecast_from_an_arrays_folder_takes_the_newest_frames(trained):
                 cwd=trained)  # fmt: skip
     thw = load_predictions(str(out) + "-thw")["seq3"]
     np.testing.assert_allclose(thw, got["seq3"], rtol=1e-6, atol=1e-4)  # one batch, not five
+    from_python = module.forecast(frames[-4:, 0])  # and from Python, T_out×H×W back
+    assert from_python.shape == (4, 32, 32)
+    np.testing.assert_allclose(from_python, got["seq3"][:, 0], rtol=1e-6, atol=1e-4)
 
 
 def test_overwrite_replaces_an_earlier_output_and_never_the_users_files(trained):

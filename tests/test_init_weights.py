@@ -236,6 +236,6 @@ def test_resume_or_validate_with_another_architecture_is_one_line_naming_the_key
         proc = run_cli(*args, "trainer.max_epochs=2", cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         (line,) = proc.stderr.strip().splitlines()
-        assert "model.safetensors does not fit the model built from this config" in line, line
+        assert "model.safetensors does not fit this model (Forecaster)" in line, line
         assert "has model.backbone.hidden_channels [8, 8], this config [8, 4]" in line, line
     assert sorted(p.name for p in checkpoints.iterdir()) == before
