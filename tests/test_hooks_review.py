@@ -77,9 +77,9 @@ def test_documented_hook_forms_train_as_a_lightning_user_expects(tmp_path):
     logged = [r for r in rows(tmp_path / "run") if "train/loss" in r]
     assert [(r["step"], r["train/lr"], r["train/lr_group1"]) for r in logged] == [
         (2, 0.1, 0.01),
-        (4, 0.1, 0.01),
-        (6, 0.05, 0.005),  # the rates after each step: halved once the first epoch ended
-        (8, 0.05, 0.005),
+        (4, 0.05, 0.005),  # the rates after each step (the next one's): halved at epoch 0's end
+        (6, 0.05, 0.005),
+        (8, 0.025, 0.0025),
     ]
     assert all(r["train/two"] == 2.0 and r["train/three"] == 3.0 for r in logged)
     assert module.seen[0] == ("planned_steps", 8)
@@ -220,8 +220,11 @@ def test_validation_and_validate_after_fit_see_the_steps_taken(tmp_path):
     run.fit(module, loader(8, 4), loader(4, 4, shuffle=False))
     assert module.validated_at == [2, 4]
     assert module.global_step == 4
+    run.validate(module, loader(4, 4, shuffle=False), split="test")
+    assert [r["step"] for r in rows(out) if "test/loss" in r] == [4]
+    # validated again at step 4: the run's record keeps its first row of that step
     run.validate(module, loader(4, 4, shuffle=False))
-    assert [r["step"] for r in rows(out) if "val/loss" in r] == [2, 4, 4]
+    assert [r["step"] for r in rows(out) if "val/loss" in r] == [2, 4]
 
 
 def test_a_step_end_hook_that_forgets_its_return_is_an_error_naming_it(tmp_path):

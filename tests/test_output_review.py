@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import yaml
@@ -117,15 +118,20 @@ def test_one_process_commands_run_once_on_two_ranks(tmp_path):
 
 
 def test_a_failed_run_ends_its_wandb_run_itself(tmp_path):
-    """A run that fails mid-training (a truncated validation shard) left its wandb run to
-    wandb's exit hook: colour codes on stdout (a log file's too), and no `wandb sync` line
-    of stpdist's for the offline run. The error line stays the last line."""
+    """A run that fails mid-training (a validation sample damaged inside its shard: the
+    counts checked before the first step pass) left its wandb run to wandb's exit hook:
+    colour codes on stdout (a log file's too), and no `wandb sync` line of stpdist's for
+    the offline run. The error line stays the last line."""
     from stpdist.data.synthetic import write_moving_digits
 
     settings = {"num_frames": 3, "image_size": 8, "digit_size": 4}
     write_moving_digits(tmp_path / "digits", {"train": 4, "val": 4}, **settings, progress=False)
     (shard,) = (tmp_path / "digits" / "val").glob("*.tar")
-    shard.write_bytes(shard.read_bytes()[:3000])  # the first sample, without the tar's end
+    with tarfile.open(shard) as tar:
+        first = tar.getmembers()[0].offset_data  # the first sample's frames (.npy)
+    data = bytearray(shard.read_bytes())
+    data[first : first + 6] = b"GARBAG"  # its .npy magic; every header intact
+    shard.write_bytes(bytes(data))
     cmd = [sys.executable, "-m", "stpdist", "train", config(tmp_path), "logging.trackers=[wandb]"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-3000:]
