@@ -29,6 +29,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1740,11 +1741,28 @@ def _refused(
 ) -> int:
     """A user's error in one line, exit status 2. An error that every rank meets alike (the
     same config, or the same arguments and files read before the ranks joined) is said by
-    the main process alone: one line for the run, not one per rank."""
-    _close_failed(2, earlier)  # first: the error is the last line a log file shows
-    if launched_as_main() or not alike_on_every_rank:
-        error_line(f"stpdist: {label}: {_message(exc)}")
+    the main process alone: one line for the run, not one per rank.
+
+    One process closes its Trainers first, so that the error is the last line a log file
+    shows. Under a launcher (several ranks) the line comes first: a launcher ends the
+    others as soon as one rank exits, and the main process was often ended before it had
+    said anything (3 runs in 8 under torchrun); a silent rank waits a moment for it."""
+    line = f"stpdist: {label}: {_message(exc)}"
+    speaks = launched_as_main() or not alike_on_every_rank
+    several = os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+    if speaks and several:
+        error_line(line)
+    _close_failed(2, earlier)
+    if speaks and not several:
+        error_line(line)
+    if several and not speaks:
+        time.sleep(SILENT_RANK_WAIT_S)
     return 2
+
+
+SILENT_RANK_WAIT_S = 2.0
+"""How long a rank that leaves an error to the main process waits before it exits: the
+launcher ends every rank once one exits, and the main one needs the moment to say it."""
 
 
 def _group_started() -> bool:

@@ -269,6 +269,24 @@ def test_stop_signalled_to_the_tasks_only_requeues_and_resumes(cluster, tmp_path
     assert not list(tmp_path.glob(".stpdist-stop-*"))  # read and removed
 
 
+@slurm
+def test_a_cancelled_job_stops_with_a_checkpoint_and_is_not_requeued(cluster, tmp_path):
+    """A plain `scancel JOBID` sends SIGTERM to the batch shell too, which the scripts took
+    for a preemption warning: they requeued the job and it ran again. Now the ranks stop
+    with a checkpoint and the job ends."""
+    run = tmp_path / "runs" / "cancel"
+    long = ["trainer.max_epochs=20", "trainer.val_every_n_epochs=0",
+            "trainer.checkpoint.every_epoch=false", "trainer.log_every_n_steps=1"]  # fmt: skip
+    job = sbatch(cluster, tmp_path, "trainer.output_dir=runs/cancel", *long, wait=False)
+    _signal_after_steps(cluster, job, run, 6, [])
+    log = (tmp_path / "logs" / f"stpdist-{job}.out").read_text()
+    assert "SIGTERM received (scancel or preemption): checkpointing; not requeued" in log, log
+    assert "(restart 1)" not in log and "requeueing" not in log, log[-3000:]
+    stopped = int(log.split("stopped on a signal after step ")[1].split(";")[0])
+    assert (run / "checkpoints" / f"step-{stopped:08d}").is_dir()
+    assert not (run / "checkpoints" / "step-00000040").is_dir()
+
+
 def test_unknown_launcher_is_refused_before_anything_runs(tmp_path):
     env = {**ENV, "LAUNCHER": "accelerate", "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "n1"}
     proc = subprocess.run(

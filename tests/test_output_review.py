@@ -86,6 +86,20 @@ def test_an_input_error_before_the_ranks_join_is_said_once(tmp_path):
     assert len(said) == 1 and "--resume" in said[0], proc.stderr
 
 
+def test_a_config_error_under_torchrun_is_said_by_the_main_rank_every_time(tmp_path):
+    """The main rank closed its Trainers before it said the error; the other rank, silent,
+    exited at once, and torchrun ended the main one first: no line at all, only torchrun's
+    report (3 runs in 8). Each rank runs the CLI until the config is read (well under a
+    second), so the race was there at every run; now the line comes first."""
+    cmd = [*launcher(2, torchrun=True), "--no-python", sys.executable, "-m", "stpdist",
+           "train", config(tmp_path), "trainer.max_epochs=-3"]  # fmt: skip
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    said = [line for line in proc.stderr.splitlines() if line.startswith("stpdist: config error")]
+    assert len(said) == 1 and "trainer.max_epochs" in said[0], proc.stderr[-3000:]
+
+
 def test_no_progress_bar_redraws_in_a_log_file(tmp_path):
     """stderr not a terminal (a SLURM log): tqdm's bar redrew itself ten times a second
     into the file; the trainer's bar was already off there, the data writers' were not."""

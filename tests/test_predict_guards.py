@@ -219,3 +219,23 @@ def test_a_predict_that_fails_leaves_no_folder_it_made(trained, tmp_path):
     assert "has model.backbone.hidden_channels [8, 8], this config [4]" in line
     assert f"give them {step / 'config.yaml'} or the config that trained" in line
     assert not (tmp_path / "new").exists()
+
+
+def test_an_output_written_by_another_command_meanwhile_is_kept(tmp_path):
+    """Two `predict --out X` at once: both said they wrote their predictions and the one
+    that finished last replaced the other's silently. The later one now refuses, and the
+    folder stays as the other left it."""
+    from stpdist.data.convert import staged_output
+    from stpdist.errors import OutputExists
+
+    out = tmp_path / "x"
+    with pytest.raises(OutputExists, match="was written by another command while this one ran"):
+        with staged_output(out, True) as staging:
+            (staging / "mine.txt").write_text("mine")
+            out.mkdir()  # the other command, finished first
+            (out / "theirs.txt").write_text("theirs")
+    assert sorted(p.name for p in out.iterdir()) == ["theirs.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".x")]  # no staging left
+    with staged_output(out, True) as staging:  # no one else: replaced as asked
+        (staging / "mine.txt").write_text("mine")
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]

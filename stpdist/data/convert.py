@@ -164,6 +164,16 @@ class EarlierOutput(NamedTuple):
         ]
 
 
+def _folder_state(folder: Path) -> tuple[int, int] | None:
+    """(inode, mtime) of `folder`, None when there is none: what changes when another
+    command swaps in its output or writes into it."""
+    try:
+        st = os.stat(folder)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 def _refuse_foreign(out: Path, found: list[str], whose: str, which: str) -> None:
     if not found:
         return
@@ -264,6 +274,7 @@ def staged_output(
         )
     recover(out)
     _check_out(out, overwrite, sources, dataset, earlier)
+    before = _folder_state(out)
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = leftover(out, "staging")
@@ -275,6 +286,12 @@ def staged_output(
             raise MissingInput(f"nothing was written for {out}")
         # checked again: `out` may have been filled while the dataset was written
         occupied = _check_out(out, overwrite, sources, dataset, earlier)
+        if _folder_state(out) != before:  # another command's output: not replaced unasked
+            raise OutputExists(
+                f"--out {out} was written by another command while this one ran: it is kept "
+                "as that one left it, and this one's output was not written; run again to "
+                "replace it"
+            )
         ready = leftover(out, "ready")
         make_durable(staging)  # on disk before it counts as complete (and the old goes)
         os.rename(staging, ready)  # complete: from here on a crash finishes the swap
