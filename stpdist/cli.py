@@ -1665,7 +1665,8 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, RunLockedError) as exc:  # the user's inputs, or an output in use
         if args.debug:
             raise
-        return _refused("error", exc, earlier, alike_on_every_rank=not _group_started())
+        alike = getattr(exc, "alike_on_every_rank", False) or not _group_started()
+        return _refused("error", exc, earlier, alike_on_every_rank=alike)
     except KeyboardInterrupt:
         return _interrupted(args.command)
     except BrokenPipeError:

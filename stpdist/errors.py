@@ -15,6 +15,13 @@ class InputError(ValueError):
     """Bad user input (file, array, argument, value); the message is one readable line."""
 
 
+def alike(exc: BaseException) -> BaseException:
+    """`exc` marked as one that every rank of a run raises alike (the same checkpoint, the
+    same choice sent to all): the command line says it once, from the main process."""
+    exc.alike_on_every_rank = True  # type: ignore[attr-defined]
+    return exc
+
+
 class MissingInput(InputError, FileNotFoundError):
     """An input file or folder that is not there (or holds nothing to read): bad input, so
     the CLI exits 2 with the message; still a `FileNotFoundError` for callers that test for

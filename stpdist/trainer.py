@@ -83,7 +83,7 @@ from .data.loading import (
 from .early_stopping import STATE_FILE as EARLY_STOPPING_FILE
 from .early_stopping import EarlyStopping
 from .ema import EMA_FILE, WeightAverage, load_eval_weights
-from .errors import InputError, OutputExists
+from .errors import InputError, OutputExists, alike
 from .lockstep import Lockstep, StopFlag, loss_of
 from .module import EnhancedModule, cpu_compile_defaults, to_channels_last
 from .runlock import RunLock, RunLockedError
@@ -1759,12 +1759,14 @@ class Trainer:
         acc, ranks = self.accelerator, self.accelerator.num_processes
         before = saved.gradient_accumulation_steps or self.config.gradient_accumulation_steps
         micro = saved.world_size * before  # micro-batches per optimizer step, all ranks
-        if micro % ranks:
-            raise InputError(
-                f"keep_global_batch: {start} was written by {saved.world_size} ranks × {before} "
-                f"accumulation steps = {micro} micro-batches per optimizer step, which "
-                f"{ranks} ranks cannot split evenly; resume on a number of ranks that divides "
-                f"{micro}, or without --keep-global-batch"
+        if micro % ranks:  # every rank reads the same checkpoint: said once
+            raise alike(
+                InputError(
+                    f"keep_global_batch: {start} was written by {saved.world_size} ranks × "
+                    f"{before} accumulation steps = {micro} micro-batches per optimizer step, "
+                    f"which {ranks} ranks cannot split evenly; resume on a number of ranks "
+                    f"that divides {micro}, or without --keep-global-batch"
+                )
             )
         if micro // ranks != acc.gradient_accumulation_steps:
             say(
@@ -2219,10 +2221,10 @@ class Trainer:
                 failure, chosen[1] = exc, str(exc)
         if self.accelerator.num_processes > 1:
             chosen = broadcast_object_list(chosen, from_process=0)
-        if failure is not None:
-            raise failure
+        if failure is not None:  # every rank raises it (the main one's choice): said once
+            raise alike(failure)
         if chosen[1] is not None:
-            raise InputError(chosen[1])
+            raise alike(InputError(chosen[1]))
         return Path(chosen[0])
 
     def _lease_on_every_rank(self, lease: contextlib.ExitStack, ckpt: Path) -> None:

@@ -100,6 +100,15 @@ def test_a_config_error_under_torchrun_is_said_by_the_main_rank_every_time(tmp_p
     assert len(said) == 1 and "trainer.max_epochs" in said[0], proc.stderr[-3000:]
 
 
+def test_an_unknown_checkpoint_on_two_ranks_is_said_once(tmp_path):
+    """The main rank's choice, sent to every rank, failed alike on each: once per rank."""
+    run_cli("train", config(tmp_path), "--synthesize", cwd=tmp_path, check=True)
+    proc = ranks("validate", config(tmp_path), "--ckpt", "step-99", cwd=tmp_path)
+    assert proc.returncode != 0
+    said = [line for line in proc.stderr.splitlines() if line.startswith("stpdist:")]
+    assert len(said) == 1 and "no checkpoint 'step-99'" in said[0], proc.stderr[-3000:]
+
+
 def test_no_progress_bar_redraws_in_a_log_file(tmp_path):
     """stderr not a terminal (a SLURM log): tqdm's bar redrew itself ten times a second
     into the file; the trainer's bar was already off there, the data writers' were not."""
