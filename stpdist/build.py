@@ -75,7 +75,8 @@ def ensure_dataset(cfg: Config, trainer: Trainer, *, synthesize: bool = False) -
             )
         if trainer.is_main:
             say(f"generating synthetic moving digits into {root}")
-            with occupied_advice(generation_advice(root)):  # train has no --overwrite
+            # train has no --overwrite: the advice names the split it lacks
+            with occupied_advice(generation_advice(root, needed, on_the_fly)):
                 write_moving_digits(
                     root,
                     _synth_counts(cfg, on_the_fly),

@@ -114,21 +114,33 @@ SMALL_BACKBONE_KEYS = ("hidden_channels", "kernel_size")
 """The backbone arguments `--small` sets: the frame-recurrent backbones' width and kernel."""
 
 
-def _check_small_fits(cfg: Config) -> None:
-    """`--small` sets backbone arguments that not every backbone takes: one that lacks them
-    is refused by name, before any work (not as an unknown key the user never wrote)."""
+def _check_small_fits(cfg: Config, config: str | None, overrides: list[str]) -> None:
+    """`--small` sets backbone arguments that not every backbone takes, or takes in that
+    form (TrajGRU's widths need one entry per level, three): such a backbone is refused by
+    name, before any work (not as a key the user never wrote)."""
     import dataclasses
 
-    from .config import _backbone_class
+    from .config import ConfigError, _backbone_class
 
     args = getattr(_backbone_class(cfg.model), "Args", None)
     takes = {f.name for f in dataclasses.fields(args)} if dataclasses.is_dataclass(args) else set()
+    why = None
     if not set(SMALL_BACKBONE_KEYS) <= takes:
+        why = "does not take"
+    else:
+        try:  # the backbone built at the small recipe's frames (a second at most)
+            from .build import build_module
+
+            small = load_config(config, [*small_overrides(Path("."), None), *overrides])
+            build_module(small, (1, 32, 32))
+        except ConfigError as exc:
+            why = f"does not take as set ({str(exc).split(': ', 1)[-1]})"
+    if why is not None:
         raise InputError(
             f"--small: the scaled-down recipe sets model.backbone's "
-            f"{' and '.join(SMALL_BACKBONE_KEYS)}, which {cfg.model.name!r} does not take; it "
-            "is for the frame-recurrent backbones (convlstm, predrnn, …): run this recipe "
-            "without --small, with your own overrides"
+            f"{' and '.join(SMALL_BACKBONE_KEYS)} ([16, 16] and 3), which {cfg.model.name!r} "
+            f"{why}; it is for the frame-recurrent backbones (convlstm, predrnn, …): run "
+            "this recipe without --small, with your own overrides"
         )
 
 
@@ -288,7 +300,7 @@ def reproduce(
             "is read from data.root); add --small, or leave --digits out"
         )
     if small:
-        _check_small_fits(cfg)
+        _check_small_fits(cfg, config, overrides or [])
     command = command_line(config, seeds, small, out, digits, overrides or [])
     out = Path(out or f"runs/reproduce/{name}{'-small' if small else ''}")
     if out.exists() and not out.is_dir():

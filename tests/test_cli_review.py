@@ -247,6 +247,11 @@ def test_reproduce_refuses_flags_it_would_ignore_or_misapply(tmp_path):
     line = error(run_cli("reproduce", simvp, "--small", "--out", "r", cwd=tmp_path))
     assert "--small: the scaled-down recipe sets model.backbone's hidden_channels" in line
     assert "'simvp' does not take" in line
+    # TrajGRU takes the keys, not their form (one entry per level, three): an error about
+    # keys the user never wrote, before
+    trajgru = str(Path(__file__).parent.parent / "configs" / "mmnist" / "trajgru.yaml")
+    line = error(run_cli("reproduce", trajgru, "--small", "--out", "r", cwd=tmp_path))
+    assert "'trajgru' does not take as set (conv_channels, hidden_channels and links" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
 
 

@@ -286,3 +286,22 @@ def test_a_layer_left_out_of_a_later_steps_loss_on_two_ranks_is_named(tmp_path):
         "Changing.training_step at step 2: parameter(s) 'net.4.weight', 'net.4.bias' took no "
         "part in the loss on rank"
     ) in said, said[-3000:]
+
+
+def test_a_data_root_without_its_train_split_is_told_to_add_that_split(tmp_path):
+    """A root holding val and test splits (another recipe's, or `shard … --splits
+    val=1000,test=-1`) for a recipe that reads a train split: the advice was to convert a
+    validation split, which it held already."""
+    from conftest import run_cli
+
+    from stpdist.data.synthetic import write_moving_digits
+
+    write_moving_digits(tmp_path / "data", {"val": 4, "test": 4}, num_frames=8, image_size=32,
+                        progress=False)  # fmt: skip
+    debug = str(HERE.parent / "configs" / "debug.yaml")
+    root = tmp_path / "data"
+    proc = run_cli("train", debug, f"data.root={root}", f"data.synthesize.root={root}",
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "convert a train split into it as well" in proc.stderr, proc.stderr
+    assert "data.train_source: moving_digits" in proc.stderr

@@ -201,15 +201,24 @@ def occupied_advice(advice: str) -> Iterator[None]:
         _OCCUPIED_ADVICE.reset(token)
 
 
-def generation_advice(root: str | Path) -> str:
+def generation_advice(root: str | Path, needed: str = "val", on_the_fly: bool = True) -> str:
     """What to do when training would generate `data.synthesize`'s splits into `root`
-    (it has no --overwrite) and `root` holds something already."""
-    return (
+    (it has no --overwrite) and `root` holds something already, but not the `needed`
+    split (`on_the_fly`: the training sequences are drawn fresh, only `needed` is read)."""
+    advice = (
         "training generates data.synthesize's splits only into an empty folder: point "
         f"data.root and data.synthesize.root to an empty one, or remove {root}; to keep "
-        "what is there (such as a test split from `stpdist shard`), convert a validation "
-        "split into it as well, which training then reads (Moving MNIST: `stpdist shard "
-        f"mmnist-npy mnist_test_seq.npy --out {root} --splits val=1000,test=-1`)"
+        f"what is there (such as a test split from `stpdist shard`), convert a {needed} "
+        "split into it as well, which training then reads"
+    )
+    if on_the_fly:
+        return advice + (
+            f" (Moving MNIST: `stpdist shard mmnist-npy mnist_test_seq.npy --out {root} "
+            "--splits val=1000,test=-1`)"
+        )
+    return advice + (
+        ", or draw fresh training sequences every epoch (data.train_source: moving_digits), "
+        "which needs only a validation split"
     )
 
 
