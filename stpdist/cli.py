@@ -432,6 +432,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     does): a failure leaves it as it was, and no picture of an earlier predict stays."""
     from . import build
     from .console import format_scalars
+    from .data.convert import EarlierOutput
     from .inference import check_output_folder
     from .trainer import SampleKeeper
     from .visualize import names_for_pictures, north_up, save_samples
@@ -445,8 +446,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
     _check_predict_out(out, args, record)
     data = build.eval_stream(cfg, split)
     keeper = SampleKeeper(args.samples if trainer.is_main else 0)
-    from .data.convert import EarlierOutput
-
     earlier = EarlierOutput("predict", ("predictions-r*.npz", *PREDICT_OUTPUTS))
     with _shared_staging(trainer, out, True, protected, earlier) as tmp:
         results = trainer.predict(
@@ -484,6 +483,7 @@ def cmd_forecast(args: argparse.Namespace) -> None:
     Everything is checked before anything is written (model, every input, `--out`); the
     outputs go into a staging folder swapped in at the end, so a failure leaves `--out` as
     it was and `--overwrite` leaves no file of an earlier forecast mixed in."""
+    from .data.convert import EarlierOutput
     from .inference import check_output_folder, load, require_forecaster
     from .trainer import SampleKeeper, Trainer
     from .visualize import names_for_pictures, north_up, save_samples
@@ -496,8 +496,6 @@ def cmd_forecast(args: argparse.Namespace) -> None:
     )
     trainer = Trainer(output_dir=out, progress_bar=False, mixed_precision=args.precision)
     keeper = SampleKeeper(args.samples if trainer.is_main else 0)
-    from .data.convert import EarlierOutput
-
     earlier = EarlierOutput("forecast", ("predictions-r*.npz", *FORECAST_OUTPUTS))
     protected = (args.inputs, module.model_folder)
     with _shared_staging(trainer, out, args.overwrite, protected, earlier) as tmp:
