@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -217,7 +218,11 @@ def test_a_stopped_trial_resumed_with_train_finishes_as_the_sweep_would(tmp_path
     assert (record["finished"], record["metric"]["value"]) == (False, None)
     assert f"stpdist train {folder / 'config.yaml'}" in proc.stderr
     # a process of its own, as a user's continuation is (wandb writes no second offline run
-    # file for a run resumed in the process that began it)
+    # file for a run resumed in the process that began it); begun a second after the first
+    # run: wandb names an offline run's folder by the second it began, and a continuation
+    # begun within the same second (a fork-served process on a fast machine) went into the
+    # first one's folder and file, where the summary read below was the first run's
+    time.sleep(1.1)
     out = launch("train", str(folder / "config.yaml"), "--resume", "auto", cwd=tmp_path).stdout
     record = json.loads((folder / "sweep.json").read_text())
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
