@@ -1748,7 +1748,7 @@ def _refused(
     said anything (3 runs in 8 under torchrun); a silent rank waits a moment for it."""
     line = f"stpdist: {label}: {_message(exc)}"
     speaks = launched_as_main() or not alike_on_every_rank
-    several = os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+    several = _several_ranks()
     if speaks and several:
         error_line(line)
     _close_failed(2, earlier)
