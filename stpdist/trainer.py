@@ -23,6 +23,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import time
 import warnings
 import weakref
@@ -2491,7 +2492,8 @@ def _make_accelerator(config: TrainerConfig, log_with: list[str]) -> Accelerator
     plugin = GradientAccumulationPlugin(
         num_steps=config.gradient_accumulation_steps, sync_with_dataloader=False
     )
-    with warnings.catch_warnings():  # its thread count on CPU ranks: stpdist sets its own
+    with warnings.catch_warnings(), _waiting_for_ranks_said():
+        # its thread count on CPU ranks: stpdist sets its own
         warnings.filterwarnings("ignore", message="OMP_NUM_THREADS/MKL_NUM_THREADS unset")
         return Accelerator(
             cpu=cpu,
@@ -2501,6 +2503,56 @@ def _make_accelerator(config: TrainerConfig, log_with: list[str]) -> Accelerator
             log_with=log_with or None,
             project_dir=config.output_dir,
         )
+
+
+RANKS_WAIT_NOTICE_S = 30.0
+"""How often a rank waiting to join the others says so (`_waiting_for_ranks_said`)."""
+
+
+@contextmanager
+def _waiting_for_ranks_said() -> Iterator[None]:
+    """Joining the ranks' process group waits until every rank has reached the main rank's
+    address, and torch waits without a word until its timeout (30 minutes over gloo): for a
+    main rank that failed to start (its port held by another program, a config error), or a
+    rank never started. Without a launcher (ranks started by hand, SLURM's LAUNCHER=none)
+    nothing else ends the others. So a rank still waiting says so every 30 s, with the
+    address it waits at and where to look."""
+    if not _ranks_to_join():
+        yield
+        return
+    joined = threading.Event()
+    address = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    rank = os.environ.get("RANK", "?")
+
+    def say_while_waiting() -> None:
+        waited = 0.0
+        while not joined.wait(RANKS_WAIT_NOTICE_S):
+            waited += RANKS_WAIT_NOTICE_S
+            log.warning(
+                "rank %s has waited %.0f s to join the other ranks at %s (MASTER_ADDR:"
+                "MASTER_PORT): is every rank started, and did the main rank (rank 0) start "
+                "without an error? Its output says; torch waits until its process-group "
+                "timeout",
+                rank,
+                waited,
+                address,
+            )
+
+    watcher = threading.Thread(target=say_while_waiting, name="stpdist-join", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        joined.set()
+        watcher.join()
+
+
+def _ranks_to_join() -> bool:
+    """Whether this process is about to join a process group of several ranks."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return False
+    size = os.environ.get("WORLD_SIZE", "")
+    return size.isdigit() and int(size) > 1
 
 
 def _process_group_closed() -> bool:

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -153,9 +154,13 @@ def sbatch(
 
 @slurm
 def test_multi_node_job_on_two_nodes(cluster, tmp_path):
-    job = sbatch(cluster, tmp_path, "trainer.output_dir=runs/slurm", wait=True)
+    """A generic PORT in the submitting shell (a web server's, here a port nothing may bind)
+    is not the rendezvous port: the scripts read STPDIST_PORT, say so, and take a free one."""
+    job = sbatch(cluster | {"PORT": "1"}, tmp_path, "trainer.output_dir=runs/slurm", wait=True)
     log = (tmp_path / "logs" / f"stpdist-{job}.out").read_text()
     assert "2 nodes × 2 ranks" in log
+    assert "PORT=1 is not read (set STPDIST_PORT for the rendezvous port)" in log
+    assert "head n1:1," not in log
     assert world_size(tmp_path / "runs" / "slurm", 4) == 4  # 4 ranks took part
     assert (tmp_path / "runs" / "slurm" / "metrics.jsonl").is_file()
 
@@ -235,10 +240,11 @@ def test_launcher_free_job_gives_each_rank_its_cpus(cluster, tmp_path, resources
     """LAUNCHER=none on 2 nodes of 2 CPUs, 2 ranks a node, submitted either way the docs
     give: the script's one task a node (its 2 CPUs shared: 1 a rank) or one task a rank
     (its --cpus-per-task=1 as it is). 4 ranks take part, each sizing its threads from its
-    SLURM_CPUS_PER_TASK (OMP_NUM_THREADS unset); PORT, when set, is the rendezvous port."""
+    SLURM_CPUS_PER_TASK (OMP_NUM_THREADS unset); STPDIST_PORT, when set, is the rendezvous
+    port."""
     port = free_port()
     env = {k: v for k, v in cluster.items() if k != "OMP_NUM_THREADS"}
-    env |= {"LAUNCHER": "none", "PORT": str(port)}
+    env |= {"LAUNCHER": "none", "STPDIST_PORT": str(port)}
     job = sbatch(env, tmp_path, "trainer.output_dir=runs/none", "trainer.max_epochs=1",
                  wait=True, resources=resources)  # fmt: skip
     log = (tmp_path / "logs" / f"stpdist-{job}.out").read_text()
@@ -339,3 +345,40 @@ def test_gpu_check_script_takes_relative_paths_from_the_callers_folder(tmp_path)
         "/abs.json",
         f"--o={caller}/b c",
     ]
+
+
+@pytest.mark.multiprocess
+def test_a_rank_waiting_for_a_main_rank_that_never_answers_says_so(tmp_path):
+    """Ranks started without a launcher, the main rank's port held by another program: the
+    main rank fails at once (address in use), and rank 1 connects to that program and waits
+    for torch's timeout, 30 minutes, silent until 2026-12-06. It now says every 30 s (here
+    1 s) that it waits, at which address, and where to look."""
+    import socket
+
+    with socket.socket() as other_program:
+        other_program.bind(("127.0.0.1", 0))
+        other_program.listen()
+        port = other_program.getsockname()[1]
+        env = ENV | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "1",
+                     "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}  # fmt: skip
+        code = (
+            "import sys, stpdist.trainer as t; t.RANKS_WAIT_NOTICE_S = 1.0; "
+            "from stpdist.cli import main; sys.exit(main(sys.argv[1:]))"
+        )
+        cmd = [sys.executable, "-c", code, "train", DEBUG, "trainer.output_dir=run"]
+        rank = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+        give_up = threading.Timer(120, rank.kill)  # a silent rank: end it, the test fails
+        give_up.start()
+        lines = []
+        try:
+            for line in rank.stderr:
+                lines.append(line)
+                if "has waited" in line:
+                    break
+        finally:
+            give_up.cancel()
+            rank.kill()
+            rank.wait()
+    said = "".join(lines)
+    assert f"rank 1 has waited 1 s to join the other ranks at 127.0.0.1:{port}" in said, said
+    assert "did the main rank (rank 0) start without an error?" in said
