@@ -236,9 +236,11 @@ def _stop_when_launcher_dies() -> None:
     def watch() -> None:
         while os.getppid() == launcher:
             time.sleep(LAUNCHER_POLL_S)
-        error_line(
-            f"stpdist: the launcher of this rank (pid {launcher}) is gone; stopping as on SIGTERM"
-        )
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # one line a launcher, not one a rank
+            error_line(
+                f"stpdist: the launcher of the ranks (pid {launcher}) is gone; stopping as on "
+                "SIGTERM"
+            )
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="stpdist-launcher-watch", daemon=True).start()

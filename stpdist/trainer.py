@@ -2288,7 +2288,8 @@ class Trainer:
         physical units); `keeper` collects the first samples for pictures. A `ckpt` that
         holds an EMA of its weights predicts with it, unless `raw_weights` (without `ckpt`:
         the EMA when this Trainer trained `module` with one). `shown_as`: the
-        folder to name in messages when `out` is a staging folder swapped in later.
+        folder to name in messages when `out` is a staging folder the caller swaps in
+        later (the line then says the predictions were made, not written there).
 
         Files: `out/predictions-r<rank>-<part>.npz`, each with `keys` (N,) and `predictions`
         N×T_out×C×H×W float32, and where known `units` (a string: `units` as given,
@@ -2332,7 +2333,9 @@ class Trainer:
                 os.replace(new, out / new.name)
             staging.rmdir()
         acc.wait_for_everyone()  # every rank returns with the predictions in place
-        say(f"wrote {console.counted(int(total[0]), 'prediction')} to {shown_as or out}")
+        count = console.counted(int(total[0]), "prediction")
+        # into a staging folder: the caller's swap may still refuse, so nothing "written" yet
+        say(f"made {count} for {shown_as}" if shown_as else f"wrote {count} to {out}")
         return sums.reduce(acc, module, split) if int(total[1]) else {}
 
     def _predict_into(

@@ -63,6 +63,9 @@ def test_train_resume_validate_predict(tmp_path):
 
     out = checked("predict", DEBUG, "--ckpt", "last", cwd=tmp_path).stdout
     pred_dir = run / "predictions" / "test"
+    # made in a staging folder: "wrote" only once swapped in (the swap may still refuse)
+    assert f"made 8 predictions for {Path('runs/debug/predictions/test')}\n" in out, out
+    assert "wrote" not in out
     keys = []
     for file in sorted(pred_dir.glob("predictions-*.npz")):
         data = np.load(file)

@@ -155,6 +155,29 @@ def test_leftovers_of_a_running_process_are_left_alone(tmp_path):
         runner.wait()
 
 
+@pytest.mark.parametrize("main", [True, False], ids=["main-rank", "other-rank"])
+def test_leftovers_left_alone_are_said_by_the_main_rank_only(tmp_path, monkeypatch, main):
+    """Every rank reads the data root, and each said "left ... alone" about the same folder:
+    8 ranks, 8 lines. The main rank says it; the others find the same and keep quiet."""
+    from stpdist import console
+    from stpdist.data.staging import recover
+
+    said = []
+    monkeypatch.setattr(console, "_main", main)
+    monkeypatch.setattr(console.log, "warning", lambda msg, *args: said.append(msg % args))
+    runner = subprocess.Popen(["sleep", "60"])
+    try:
+        dataset(tmp_path / f".ds.old-{_host()}-{runner.pid}", 7)
+        recover(tmp_path / "ds")
+    finally:
+        runner.kill()
+        runner.wait()
+    assert [line for line in said if "alone" in line] == (
+        [f"{tmp_path / 'ds'}: left .ds.old-{_host()}-{runner.pid} alone: of process "
+         f"{runner.pid}, which is still running"] if main else []  # fmt: skip
+    )
+
+
 KILL_BEFORE_SWAP_IN = textwrap.dedent(
     """
     import os, signal, sys

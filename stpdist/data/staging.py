@@ -34,6 +34,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import console
+
 log = logging.getLogger("stpdist")
 KINDS = ("staging", "ready", "old")
 
@@ -179,7 +181,8 @@ def recover(out: str | Path) -> None:
         busy = _running(group)
         names = ", ".join(sorted(p.name for p in group.folders.values()))
         if busy is not None:
-            log.warning("%s: left %s alone: %s", out, names, busy)
+            # every rank reading `out` finds the same: said by the main one
+            console.warn_main("%s: left %s alone: %s", out, names, busy)
             continue
         try:
             done = _resolve(out, group)
