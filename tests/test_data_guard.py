@@ -173,8 +173,12 @@ def test_leftovers_left_alone_are_said_by_the_main_rank_only(tmp_path, monkeypat
         runner.kill()
         runner.wait()
     assert [line for line in said if "alone" in line] == (
-        [f"{tmp_path / 'ds'}: left .ds.old-{_host()}-{runner.pid} alone: of process "
-         f"{runner.pid}, which is still running"] if main else []  # fmt: skip
+        [
+            f"{tmp_path / 'ds'}: left .ds.old-{_host()}-{runner.pid} alone: of process "
+            f"{runner.pid}, which is still running"
+        ]
+        if main
+        else []  # fmt: skip
     )
 
 
