@@ -120,6 +120,29 @@ def _describe(holder: dict[str, Any]) -> str:
     return f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, since {when}"
 
 
+_HELD: set[RunLock] = set()
+"""The locks this process holds (an unreferenced one too, whose descriptor stays open): a
+forked child (a DataLoader worker) lets go of its copies."""
+
+
+def _let_go_in_child() -> None:
+    """After a fork, in the child: close its copies of the held locks' descriptors. An flock
+    belongs to the open file, which a forked child shares, and lasts until every descriptor
+    of it is closed: a run SIGKILLed with its DataLoader workers alive left them holding
+    the lock (orphans, for the seconds until they notice), and the resume that followed at
+    once was refused, naming the dead pid. Closing a copy never unlocks the parent's."""
+    for lock in list(_HELD):
+        fd, lock._fd = lock._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_let_go_in_child)
+
+
 class RunLock:
     """An exclusive lock on `output_dir` for one training run.
 
@@ -177,6 +200,7 @@ class RunLock:
         os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
         os.fsync(fd)
         self._fd = fd
+        _HELD.add(self)
         return self
 
     def _check_stale(self, holder: dict[str, Any], fd: int) -> None:
@@ -238,6 +262,7 @@ class RunLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        _HELD.discard(self)
         try:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)

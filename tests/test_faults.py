@@ -8,6 +8,7 @@ and in the readers. Seeded; the file runs in well under a minute on two busy cor
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -194,6 +195,55 @@ def test_killed_holder_is_taken_over_with_a_warning(tmp_path, caplog):
             timeout=30,
         )
         assert proc.returncode == 3 and f"pid {os.getpid()}" in proc.stdout
+
+
+KILLED_WITH_WORKERS = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+    from stpdist.runlock import RunLock
+
+    class Slow(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            time.sleep(60)  # busy: an orphaned worker notices its dead parent only after
+            return torch.zeros(1)
+
+    RunLock(sys.argv[1]).acquire()
+    batches = iter(DataLoader(Slow(), num_workers=1, multiprocessing_context="fork"))
+    worker = next(iter(batches._workers)).pid
+    print(worker, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_a_run_killed_with_live_dataloader_workers_does_not_block_the_next(tmp_path, caplog):
+    """An flock belongs to the open file, which forked DataLoader workers share: a run
+    SIGKILLed with its workers busy left them holding the lock, and the resume started at
+    once was refused naming the dead pid (for the seconds until the orphans noticed). Now a
+    forked child lets go of its copy, and the next run takes over the stale lock at once."""
+    from stpdist.runlock import RunLock
+
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_WITH_WORKERS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    said = tmp_path / "said.txt"  # a file: the orphan keeps a pipe open after its parent
+    with open(said, "w") as out:
+        proc = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], env=env,
+                              stdout=out, stderr=subprocess.STDOUT, timeout=120)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, said.read_text()
+    worker = int(said.read_text().split()[0])
+    try:
+        os.kill(worker, 0)  # the orphan is alive: the case this test is about
+        with RunLock(tmp_path / "run"):
+            assert "which is dead" in caplog.text
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
 
 
 def test_contending_processes_exactly_one_wins(tmp_path):
