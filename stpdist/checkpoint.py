@@ -141,6 +141,9 @@ class TrainState:
     """Mid-epoch after a resume on another number of ranks: how the epoch began
     (`stpdist.data.loading.EpochOrigin`'s fields); `batch` then counts the micro-batches
     of the current layout. None otherwise."""
+    data_layout: int | None = None
+    """The shard stream's epoch layout of the run that wrote it (`LoaderContext.layout`;
+    None: written before it was recorded, layout 1)."""
 
     @property
     def step_epoch(self) -> int:
@@ -1193,6 +1196,13 @@ def _state_record(path: Path) -> tuple[TrainState, int]:
                 f"{file}: '{name}' must be null or an integer >= {low}, got {value!r}"
             )
     _check_origin(file, raw.get("epoch_origin"))
+    if raw.get("epoch_origin") is not None:  # written before origins recorded the layout
+        raw["epoch_origin"] = {_ORIGIN_LAYOUT: 1, **raw["epoch_origin"]}
+    if raw.get("data_layout") not in (None, *_LAYOUTS):
+        raise CheckpointError(
+            f"{file}: 'data_layout' must be null or one of {list(_LAYOUTS)}, got "
+            f"{raw['data_layout']!r}"
+        )
     _check_epoch_loss(file, raw.get("epoch_loss"))
     settings = raw.get("settings")
     if settings is not None and not (
@@ -1225,6 +1235,9 @@ def _state_record(path: Path) -> tuple[TrainState, int]:
 
 
 _ORIGIN_KEYS = ("world_size", "num_workers", "batch_multiple", "batch", "later")
+_ORIGIN_LAYOUT = "layout"
+"""Also in an `epoch_origin` since 2026-12-06 (absent before: layout 1)."""
+_LAYOUTS = (1, 2)
 
 
 def _check_epoch_loss(file: Path, carried: Any) -> None:
@@ -1256,12 +1269,16 @@ def _check_origin(file: Path, origin: Any) -> None:
     def integer(value: Any, low: int) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
-    valid = isinstance(origin, dict) and sorted(origin) == sorted(_ORIGIN_KEYS)
+    valid = isinstance(origin, dict) and sorted(set(origin) - {_ORIGIN_LAYOUT}) == sorted(
+        _ORIGIN_KEYS
+    )
+    valid = valid and origin.get(_ORIGIN_LAYOUT, 1) in _LAYOUTS
     valid = valid and all(integer(origin[k], 1) for k in ("world_size", "batch_multiple"))
     valid = valid and all(integer(origin[k], 0) for k in ("batch", "later"))
     valid = valid and (origin["num_workers"] is None or integer(origin["num_workers"], 0))
     if not valid:
         raise CheckpointError(
             f"{file}: 'epoch_origin' must be null or an object of integers {list(_ORIGIN_KEYS)} "
-            f"(num_workers may be null), got {json.dumps(origin)[:120]}"
+            f"(num_workers may be null; optionally 'layout', one of {list(_LAYOUTS)}), got "
+            f"{json.dumps(origin)[:120]}"
         )

@@ -71,6 +71,7 @@ from .config import (
 )
 from .console import format_scalars, log, say
 from .data.loading import (
+    LAYOUT,
     Batch,
     EpochOrigin,
     LoaderContext,
@@ -1092,6 +1093,7 @@ class Trainer:
             num_workers=self.config.num_workers,
             stored_dtype=True,  # uint8 stays uint8 until it is on the device
             pin_memory=acc.device.type == "cuda",
+            layout=LAYOUT,
         )
 
     def _to_device(self, batch: Any) -> Batch:
@@ -1839,6 +1841,7 @@ class Trainer:
                     batch_multiple=state.gradient_accumulation_steps
                     or self.config.gradient_accumulation_steps,
                     batch=state.batch,
+                    layout=state.data_layout or 1,
                 )
             )
         # a second move within the epoch: the current part's batches are spent
@@ -1860,6 +1863,17 @@ class Trainer:
                 and workers is not None
                 and max(1, workers) != max(1, self._train_workers)
             )
+            or self._earlier_layout(state)
+        )
+
+    def _earlier_layout(self, state: TrainState) -> bool:
+        """Whether `state` stands in an epoch of a shard stream laid out by an earlier
+        stpdist (layout 1, before 2026-12-06), whose workers' layout differs from today's:
+        with more than one worker."""
+        return (
+            self._workers_shape_layout
+            and (state.data_layout or 1) != LAYOUT
+            and max(1, state.num_workers or 0) > 1
         )
 
     def _workers_of(self, train: TrainSource) -> int:
@@ -1876,15 +1890,18 @@ class Trainer:
         acc = self.accelerator
         if self._relaid(state):
             origin = self._moved_origin(state)
+            earlier = " (in an earlier stpdist's layout)" if self._earlier_layout(state) else ""
             say(
                 f"{start.name} was written mid-epoch by {state.world_size} processes with "
-                f"{state.num_workers} data worker(s) each: the rest of epoch {state.epoch} is "
-                f"redistributed over {acc.num_processes} with {self._train_workers}"
+                f"{state.num_workers} data worker(s) each{earlier}: the rest of epoch "
+                f"{state.epoch} is redistributed over {acc.num_processes} with "
+                f"{self._train_workers}"
             )
             state.epoch_origin, state.batch = origin, 0
         state.world_size = acc.num_processes
         state.gradient_accumulation_steps = acc.gradient_accumulation_steps
         state.num_workers = self._train_workers
+        state.data_layout = LAYOUT
         state.batch_size = getattr(train, "batch_size", None)
         state.settings = self._settings_of(train)
 
@@ -1976,6 +1993,7 @@ class Trainer:
                 world_size=acc.num_processes,
                 gradient_accumulation_steps=acc.gradient_accumulation_steps,
                 num_workers=self._train_workers,
+                data_layout=LAYOUT,
                 batch_size=getattr(train, "batch_size", None),
                 settings=self._settings_of(train),
             )

@@ -1,6 +1,6 @@
 """Entry point for the resharding tests: `torchrun --nproc_per_node N tests/dist_reshard.py
 JOBS.json`, each job a dict {out, shards, accum, steps (or null: one epoch), resume,
-keep, strategy, digits, workers}: trains TinyModule on real tar shards (ShardTrainStream), or with
+keep, strategy, digits, workers, layout}: trains TinyModule on real tar shards (ShardTrainStream), or with
 `digits` (sequences per epoch) on moving digits generated on the fly
 (MovingDigitsTrainSource, 8×8, batch 2: a sequence is named by a digest of its frames),
 records the sample keys of every micro-batch per rank and, on the main rank, the final
@@ -85,6 +85,10 @@ class DigitRecorder(KeyRecorder):
 
 
 def run(job: dict) -> None:
+    import stpdist.trainer
+
+    # `layout: 1`: as an stpdist of before 2026-12-06 laid out (and recorded) the epochs
+    stpdist.trainer.LAYOUT = job.get("layout", 2)
     torch.manual_seed(0)
     module = DigitRecorder() if job.get("digits") else KeyRecorder()
     trainer = Trainer(

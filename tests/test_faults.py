@@ -368,7 +368,40 @@ BAD_STATES = {
     "wrong step": {"epoch": 0, "batch": 0, "global_step": 0, "world_size": 1},
     "unknown key": {"epoch": 0, "batch": 0, "global_step": 20, "world_size": 1, "x": 1},
     "list": [],
+    "unknown layout": {
+        "epoch": 0,
+        "batch": 0,
+        "global_step": 20,
+        "world_size": 1,
+        "data_layout": 3,
+    },  # fmt: skip
+    "origin layout": {
+        "epoch": 0,
+        "batch": 1,
+        "global_step": 20,
+        "world_size": 1,
+        "epoch_origin": {
+            "world_size": 2,
+            "num_workers": 2,
+            "batch_multiple": 1,
+            "batch": 3,
+            "later": 0,
+            "layout": "2",
+        },
+    },  # fmt: skip
 }
+
+
+def test_a_state_written_before_layouts_were_recorded_reads_as_layout_1(tmp_path):
+    """Checkpoints of before 2026-12-06 record no layout: their epochs (and an epoch moved
+    to other ranks then) were laid out by layout 1, which a resume must finish them in."""
+    manager = manager_for(tmp_path, 5)
+    path = save(manager, 20)
+    origin = {"world_size": 2, "num_workers": 2, "batch_multiple": 1, "batch": 3, "later": 0}
+    old = {"epoch": 0, "batch": 1, "global_step": 20, "world_size": 1, "epoch_origin": origin}
+    (path / ckpt.STATE_FILE).write_text(json.dumps(old))
+    state = ckpt.read_state(path)
+    assert state.data_layout is None and state.epoch_origin == {**origin, "layout": 1}
 
 
 @pytest.mark.parametrize("case", list(BAD_STATES))

@@ -280,22 +280,47 @@ def test_a_mid_epoch_checkpoint_resumed_with_other_workers_or_accumulation_sees_
     (samples seen twice, others skipped); with another accumulation the steps lost their
     alignment with the epoch (one spanned two epochs), or, standing past the epoch's new
     end, the run looped for ever. Both are now redistributed as a move to other ranks is
-    (one launch runs both cases, each a stop and its resume)."""
+    (one launch runs both cases, each a stop and its resume). Also a checkpoint of an
+    earlier stpdist, whose workers' layout (layout 1) differs from today's with the same 5
+    workers: its epoch is finished in its own layout."""
     _, shards = written
-    changes = {"workers": {"workers": 2}, "accumulation": {"accum": 2}}
+    changes = {"workers": {"workers": 2}, "accumulation": {"accum": 2}, "layout": {}}
     jobs = []
     for name, change in changes.items():
         common = {"shards": str(shards), "accum": ACCUM, "out": str(tmp_path / name)}
+        workers = 5 if name == "layout" else 0
         jobs += [
-            {**common, "tag": "first", "steps": 1, "workers": 0},
-            {**common, "tag": "rest", "resume": "auto", "workers": 0, **change},
+            {**common, "tag": "first", "steps": 1, "workers": workers, "layout": 1},
+            {**common, "tag": "rest", "resume": "auto", "workers": workers, **change},
         ]
-    proc = run_ranks([SCRIPT, _jobs(tmp_path, jobs)], 2, timeout=120)
-    assert (proc.stdout + proc.stderr).count("the rest of epoch 0 is redistributed over 2") == 2
+    proc = run_ranks([SCRIPT, _jobs(tmp_path, jobs)], 2, timeout=180)
+    said = proc.stdout + proc.stderr
+    assert said.count("the rest of epoch 0 is redistributed over 2") == 3
+    assert said.count("5 data worker(s) each (in an earlier stpdist's layout)") == 1
     for name, change in changes.items():
         before, after = _seen(tmp_path / name, "first"), _seen(tmp_path / name, "rest")
         assert len(before) == 2 * ACCUM, name
         seen = before + after
         assert len(seen) == len(set(seen)), f"{name}: a sample seen twice in the epoch"
         accumulation = change.get("accum", ACCUM)
+        if name == "layout":  # the epoch as the earlier layout planned it, every sample once
+            assert sorted(seen) == sorted(_layout_1_epoch(shards)), name
+            continue
         assert SAMPLES - len(seen) < 2 * max(ACCUM, accumulation), name  # < a step's worth
+
+
+def _layout_1_epoch(shards: Path) -> list[str]:
+    """The keys of epoch 0 on 2 ranks × 5 workers, accumulation ACCUM, in layout 1."""
+    from stpdist.config import TrainerConfig
+    from stpdist.data.loading import LoaderContext
+    from stpdist.data.stream import ShardTrainStream
+
+    stream = ShardTrainStream(
+        shards, batch_size=1, num_input_frames=3, num_output_frames=2, shuffle_buffer=4
+    )
+    seed = TrainerConfig().seed
+    keys = []
+    for rank in range(2):
+        ctx = LoaderContext(rank, 2, seed, ACCUM, num_workers=5, layout=1)
+        keys += [key for batch in stream.iterate(ctx, 0) for key in batch[2]]
+    return keys

@@ -222,7 +222,34 @@ def test_fewer_shards_than_ranks_times_workers(tmp_path):
         batches = list(stream.iterate(ctx, 0))
         counts.append(len(batches))
         seen += keys_of(batches)
-    assert counts == [4, 4] and len(set(seen)) == 16  # 2 ranks × 2 workers × 2 batches of 2
+    # 10 samples a rank: 5 batches of 2, dealt to the 2 workers in turn (3 and 2)
+    assert counts == [5, 5] and len(set(seen)) == 20
+
+
+@pytest.mark.parametrize("workers", [0, 1, 3, 4])
+def test_workers_drop_no_more_than_a_step_of_samples(tmp_path, workers):
+    """Each worker used to read an equal chunk of whole batches: on 2 ranks × batch 4 over
+    60 samples (30 a rank), 4 workers trained 4 batches a rank where 7 fit, 16 samples of
+    60 left out every epoch (half an epoch at 8 workers and larger data). Now the rank's
+    whole batches are dealt to the workers: the same 7 a rank whatever their number (6 at
+    accumulation 2: whole optimizer steps), each sample at most once."""
+    with SplitWriter(tmp_path / "d", "train", value_scale=255) as writer:
+        for i in range(60):
+            writer.write(f"k{i:03d}", np.full((6, 1, 4, 4), i, np.uint8))
+    stream = train(tmp_path / "d", batch=4)
+    for multiple, per_rank in [(1, 7), (2, 6)]:
+        seen = []
+        for rank in range(2):
+            ctx = LoaderContext(rank=rank, world_size=2, batch_multiple=multiple,
+                                num_workers=workers)  # fmt: skip
+            batches = list(stream.iterate(ctx, 0))
+            assert len(batches) == stream.batches_per_epoch(ctx) == per_rank
+            assert all(len(keys) == 4 for _, _, keys in batches)
+            seen += keys_of(batches)
+        assert len(seen) == len(set(seen)) == 2 * 4 * per_rank
+        # resumed at batch 3: the rest of the uninterrupted pass
+        ctx = LoaderContext(rank=1, world_size=2, batch_multiple=multiple, num_workers=workers)
+        assert keys_of(stream.iterate(ctx, 0, 3)) == keys_of(list(stream.iterate(ctx, 0))[3:])
 
 
 def test_pipe_url_template(uneven):

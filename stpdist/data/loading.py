@@ -114,6 +114,13 @@ class LoaderContext:
     on the device. Off for everyone else, who gets float batches."""
     pin_memory: bool = False
     """Loaders pin their batches (page-locked memory: asynchronous copies to a GPU)."""
+    layout: int = 2
+    """The shard stream's epoch layout (`ShardTrainStream._layout`): 2 since 2026-12-06;
+    1 (before) is kept to finish epochs that checkpoints of then stopped in."""
+
+
+LAYOUT = LoaderContext.layout
+"""The epoch layout this version writes (recorded in every checkpoint)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,9 @@ class EpochOrigin:
     """Micro-batches every rank of the first layout consumed."""
     later: int = 0
     """Entries of the list consumed by later layouts before the current one (all ranks)."""
+    layout: int = LoaderContext.layout
+    """`LoaderContext.layout` of the first part (a checkpoint's origin without one, written
+    before it was recorded, reads as 1)."""
 
     def first_context(self, ctx: LoaderContext, rank: int = 0) -> LoaderContext:
         """`ctx` as the epoch's first layout saw it on rank `rank`."""
@@ -144,6 +154,7 @@ class EpochOrigin:
             world_size=self.world_size,
             num_workers=self.num_workers,
             batch_multiple=self.batch_multiple,
+            layout=self.layout,
         )
 
     def rest_batches(self, first_total: int, ctx: LoaderContext) -> int:

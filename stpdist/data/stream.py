@@ -242,13 +242,15 @@ class ShardTrainStream(_ShardSource):
     """Training batches from a split's shards.
 
     Each epoch the shards are ordered by a permutation of (seed, epoch); the resulting
-    sample sequence is cut into equal contiguous spans per rank, and each span into equal
-    chunks per worker, each chunk a whole number of batches. So every rank yields the same,
-    known number of batches; no sample comes twice; fewer than ranks × workers × batch
-    samples are dropped, a different set each epoch. Within a chunk, samples pass a seeded
-    shuffle buffer (raw bytes; only emitted batches are decoded). Batch j of a rank comes
-    from worker j mod K (DataLoader's round robin), so resuming at batch b rotates the
-    workers and each skips the batches it had already produced.
+    sample sequence is cut into equal contiguous spans per rank, and each span into whole
+    batches (whole optimizer steps of them), dealt to the workers in turn; each worker
+    reads its batches' samples as one contiguous run. So every rank yields the same, known
+    number of batches; no sample comes twice; fewer than ranks × batch × accumulation
+    samples are dropped, a different set each epoch, whatever the number of workers.
+    Within a worker's run, samples pass a seeded shuffle buffer (raw bytes; only emitted
+    batches are decoded). Batch j of a rank comes from worker j mod K (DataLoader's round
+    robin), so resuming at batch b rotates the workers and each skips the batches it had
+    already produced.
     """
 
     workers_shape_layout = True
@@ -258,19 +260,35 @@ class ShardTrainStream(_ShardSource):
         super().__init__(folder, **kwargs)
         self.shuffle_buffer = shuffle_buffer
 
-    def _layout(self, ctx: LoaderContext) -> tuple[int, int, int, int]:
-        """(workers K, span per rank, chunk per worker, batches per epoch per rank)."""
+    def _layout(self, ctx: LoaderContext) -> tuple[int, int, list[int], int]:
+        """(workers K, span per rank, where each worker's samples begin in the rank's span,
+        batches per epoch per rank).
+
+        Layout 2: the rank's whole batches, whole optimizer steps of them, dealt to the
+        workers in turn (worker k yields batches k, k + K, …) and read as one contiguous
+        run per worker: fewer than ranks × batch × accumulation samples are dropped.
+        Layout 1 (before 2026-12-06; kept to finish epochs begun then) cut the span into K
+        equal chunks of whole batches first, dropping up to ranks × K × batch samples:
+        half of a 1000-sample epoch on 4 ranks × 8 workers at batch 16."""
         workers = max(1, ctx.num_workers or 0)
         span = self.num_samples // ctx.world_size
-        batches_per_worker = (span // workers) // self.batch_size
-        total = (workers * batches_per_worker // ctx.batch_multiple) * ctx.batch_multiple
+        if ctx.layout == 1:
+            batches = workers * ((span // workers) // self.batch_size)
+        else:
+            batches = span // self.batch_size
+        total = (batches // ctx.batch_multiple) * ctx.batch_multiple
         if total == 0:
             raise InputError(
                 f"{self.folder}: {self.num_samples} samples are too few for {ctx.world_size} "
-                f"ranks × {workers} workers × batch {self.batch_size} × "
-                f"{ctx.batch_multiple} accumulation steps"
+                f"ranks × batch {self.batch_size} × {ctx.batch_multiple} accumulation steps"
+                + (f" × {workers} workers" if ctx.layout == 1 else "")
             )
-        return workers, span, span // workers, total
+        if ctx.layout == 1:
+            starts = [k * (span // workers) for k in range(workers)]
+        else:
+            emitted = [len(range(k, total, workers)) for k in range(workers)]
+            starts = [sum(emitted[:k]) * self.batch_size for k in range(workers)]
+        return workers, span, starts, total
 
     def batches_per_epoch(self, ctx: LoaderContext) -> int:
         return self._layout(ctx)[3]
@@ -301,10 +319,10 @@ def _raw_batches(
     """The raw batches logical worker `logical` of rank `ctx.rank` produces in `epoch`
     (its batches j = logical, logical + K, …), read lazily: a batch is read when asked for.
     A batch short of samples lost to bad shards comes short (filled up by the consumer)."""
-    workers, span, chunk, total = stream._layout(ctx)
+    workers, span, starts, total = stream._layout(ctx)
     emit = len(range(logical, total, workers))
     order = epoch_permutation(len(stream.index.shards), ctx.seed, epoch)
-    first = ctx.rank * span + logical * chunk
+    first = ctx.rank * span + starts[logical]
     raw = stream._read_span(order, first, first + emit * stream.batch_size)
     rng = np.random.default_rng([ctx.seed, epoch, ctx.world_size, ctx.rank, logical])
     batch: list[_Raw] = []
