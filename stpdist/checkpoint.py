@@ -1195,14 +1195,7 @@ def _state_record(path: Path) -> tuple[TrainState, int]:
             raise CheckpointError(
                 f"{file}: '{name}' must be null or an integer >= {low}, got {value!r}"
             )
-    _check_origin(file, raw.get("epoch_origin"))
-    if raw.get("epoch_origin") is not None:  # written before origins recorded the layout
-        raw["epoch_origin"] = {_ORIGIN_LAYOUT: 1, **raw["epoch_origin"]}
-    if raw.get("data_layout") not in (None, *_LAYOUTS):
-        raise CheckpointError(
-            f"{file}: 'data_layout' must be null or one of {list(_LAYOUTS)}, got "
-            f"{raw['data_layout']!r}"
-        )
+    _check_layouts(file, raw)
     _check_epoch_loss(file, raw.get("epoch_loss"))
     settings = raw.get("settings")
     if settings is not None and not (
@@ -1258,6 +1251,19 @@ def _check_epoch_loss(file: Path, carried: Any) -> None:
         raise CheckpointError(
             f"{file}: 'epoch_loss' must be null or {{'sum': a finite number, 'batches' and "
             f"'skipped': integers >= 0}}, got {carried!r}"
+        )
+
+
+def _check_layouts(file: Path, raw: dict[str, Any]) -> None:
+    """`epoch_origin` and `data_layout` of a trainer state checked; an origin written before
+    origins recorded their layout gets layout 1, the one of then."""
+    _check_origin(file, raw.get("epoch_origin"))
+    if raw.get("epoch_origin") is not None:
+        raw["epoch_origin"] = {_ORIGIN_LAYOUT: 1, **raw["epoch_origin"]}
+    if raw.get("data_layout") not in (None, *_LAYOUTS):
+        raise CheckpointError(
+            f"{file}: 'data_layout' must be null or one of {list(_LAYOUTS)}, got "
+            f"{raw['data_layout']!r}"
         )
 
 
