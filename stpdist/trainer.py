@@ -105,8 +105,10 @@ learning rate and weight decay."""
 ORDER_KEYS = ("trainer.seed",)
 """Settings that order every epoch's data: changed on resume, the epochs begun would see
 samples twice and miss others (`TrainState.settings`)."""
-MID_EPOCH_KEYS = ("data.batch_size", "data.shuffle_buffer")
-"""Settings of the train source that shape the rest of an epoch: refused mid-epoch only."""
+MID_EPOCH_KEYS = ("data.batch_size", "data.shuffle_buffer", "data.shards")
+"""Settings of the train source that shape the rest of an epoch: refused mid-epoch only.
+`data.shards` is no config key: the train split's shards and their counts, as the source
+describes them (a shard stream's `shards`), whose change deals the rest of an epoch anew."""
 
 
 def _config_settings(checkpoint: Path) -> dict[str, Any]:
@@ -1925,10 +1927,11 @@ class Trainer:
                 f"resuming from {start} with {'; '.join(changed)}: a resume restores the "
                 "optimizer state (its kind, learning rate and weight decay), the seed orders "
                 "every epoch's data, and an epoch begun is dealt in its batch size and "
-                "shuffle buffer, so the run would not honour the new value(s) (or would see "
-                "samples twice and miss others) while its config.yaml recorded them; resume "
-                "with the checkpoint's values, or start a new run in another "
-                f"trainer.output_dir from its weights (model.init_weights={start})"
+                "shuffle buffer over its training shards, so the run would not honour the "
+                "new value(s) (or would see samples twice and miss others) while its "
+                "config.yaml recorded them; resume with the checkpoint's values (the data "
+                "as it was), from a checkpoint written at an epoch's end, or start a new run "
+                f"in another trainer.output_dir from its weights (model.init_weights={start})"
             )
 
     def _settings_of(self, train: TrainSource) -> dict[str, Any]:

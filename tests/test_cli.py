@@ -394,10 +394,16 @@ def test_a_resume_refuses_settings_it_would_not_honour(tmp_path):
         "train", DEBUG, "trainer.max_steps=3", "logging.num_samples=0", cwd=tmp_path
     )  # stops mid-epoch
     config = (tmp_path / "runs/debug/config.yaml").read_text()
+    # the training split changed (here: moved, with 8 samples less): the rest of the epoch
+    # was dealt over the new shards from the old batch count, samples repeated and missed
+    checked("synth", "moving-digits", "--out", "data/fewer", "--train", "24", "--val", "8",
+            "--test", "8", "--frames", "8", "--size", "32", cwd=tmp_path)  # fmt: skip
+    shards = "data.shards 1 shard of 32 samples (digest "
     for overrides, message in [
         (["model.optimizer.lr=0.1"], "model.optimizer.lr 0.003 (the checkpoint's) → 0.1"),
         (["trainer.seed=5"], "trainer.seed 0 (the checkpoint's) → 5"),
         (["data.batch_size=2"], "data.batch_size 4 (the checkpoint's) → 2"),
+        (["data.root=data/fewer"], shards),
     ]:
         done = run_cli("train", DEBUG, *overrides, "--resume", "auto", cwd=tmp_path)
         assert done.returncode == 2, done.stderr

@@ -8,6 +8,7 @@ index is never trusted to plan steps.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shlex
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from .. import console
 from ..errors import InputError
 from .format import (
     FRAMES_EXT,
@@ -292,6 +294,15 @@ class ShardTrainStream(_ShardSource):
 
     def batches_per_epoch(self, ctx: LoaderContext) -> int:
         return self._layout(ctx)[3]
+
+    @property
+    def shards(self) -> str:
+        """The split's shards and their counts in a few words (recorded in checkpoints: an
+        epoch begun cannot go on over other shards, `Trainer`'s `MID_EPOCH_KEYS`)."""
+        listing = "\n".join(f"{s.name}\t{s.num_samples}" for s in self.index.shards)
+        digest = hashlib.sha1(listing.encode()).hexdigest()[:10]
+        count = console.counted(len(self.index.shards), "shard")
+        return f"{count} of {self.num_samples} samples (digest {digest})"
 
     def iterate(self, ctx: LoaderContext, epoch: int, start: int = 0) -> Iterator[Any]:
         workers = self._layout(ctx)[0]
