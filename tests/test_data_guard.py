@@ -690,6 +690,26 @@ def test_an_index_with_entries_a_newer_stpdist_added_is_read(tmp_path):
         read_index(folder)
 
 
+@pytest.mark.parametrize(
+    "key, value, named",
+    [("shape", "abc", 'shape "abc"'), ("shape", [8, 1, 16], "shape [8, 1, 16]"),
+     ("shape", None, "shape null"), ("shape", [8, 1, 16, "16"], 'shape [8, 1, 16, "16"]'),
+     ("shape", [8, 0, 16, 16], "shape [8, 0, 16, 16]"), ("shape", [8, True, 4, 4], "shape [8, true"),
+     ("dtype", "foo", 'dtype "foo"'), ("dtype", "object", 'dtype "object"'),
+     ("dtype", 5, "dtype 5")],
+)  # fmt: skip
+def test_an_index_with_a_bad_shape_or_dtype_names_the_file_and_entry(tmp_path, key, value, named):
+    """A malformed `shape` failed deep in the planning with "'<' not supported between
+    instances of 'str' and 'int'" or "not enough values to unpack", naming nothing."""
+    folder = split_of(tmp_path / "train", [3])
+    index = json.loads((folder / "index.json").read_text())
+    index[key] = value
+    (folder / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ShardFormatError) as exc:
+        read_index(folder)
+    assert str(exc.value).startswith(f"{folder / 'index.json'}: {named}"), exc.value
+
+
 def test_a_key_holding_a_line_separator_is_counted_as_one_sample(tmp_path):
     """pax records were split at any line break Python knows (U+2028 too), losing the path."""
     from stpdist.data.format import count_samples

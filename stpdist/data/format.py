@@ -306,6 +306,7 @@ def read_index(folder: str | Path) -> SplitIndex:
         )
     try:
         check_split(index.split)
+        _check_layout(index.shape, index.dtype)
         for shard in index.shards:
             check_shard_name(shard.name, index.split)
             if isinstance(shard.num_samples, bool) or not isinstance(shard.num_samples, int):
@@ -319,6 +320,26 @@ def read_index(folder: str | Path) -> SplitIndex:
     except ShardFormatError as exc:
         raise ShardFormatError(f"{path}: {exc}") from None
     return index
+
+
+def _check_layout(shape: Any, dtype: Any) -> None:
+    """An index's sample `shape` (T×C×H×W: 4 positive integers) and `dtype` (a NumPy name
+    of booleans, integers or floats, as the writer records), each named when not."""
+    sizes_ok = isinstance(shape, list) and len(shape) == 4
+    if not sizes_ok or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape
+    ):
+        raise ShardFormatError(
+            f"shape {json.dumps(shape)}: expected the samples' T×C×H×W, 4 positive integers"
+        )
+    try:
+        kind = np.dtype(dtype).kind if isinstance(dtype, str) else None
+    except TypeError:
+        kind = None
+    if kind is None or kind not in "biuf":
+        raise ShardFormatError(
+            f"dtype {json.dumps(dtype)}: expected the samples' NumPy dtype (uint8, float32, …)"
+        )
 
 
 CLIMATOLOGY_FILE = "climatology.npy"
