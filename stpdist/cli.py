@@ -804,7 +804,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         samples = [(k, frames[i].numpy()) for i, k in enumerate(keys)]
         save_stored_frames(out / folder.name, samples, channel_names=variable_names(index))
         print(
-            f"  rendered {len(keys)} samples (all {index.shape[0]} frames) to {out / folder.name}"
+            f"  rendered {counted(len(keys), 'sample')} (all {index.shape[0]} frames) to "
+            f"{out / folder.name}"
         )
 
 
@@ -1065,7 +1066,7 @@ def _shard_parser(sub: Any) -> None:
         )
         for flag, kwargs in spec.flags.items():
             s.add_argument(flag, **kwargs)
-        s.add_argument("--debug", action="store_true")
+        s.add_argument("--debug", action="store_true", help="show tracebacks")
         s.set_defaults(func=cmd_shard)
 
 
@@ -1353,14 +1354,21 @@ def parser() -> argparse.ArgumentParser:
         "--out", type=_non_empty, required=True, help="folder for predictions-*.npz and pictures"
     )
     s.add_argument("--ckpt", default="best", help="of a run folder: best, last or step-N")
-    s.add_argument("--batch-size", type=_positive_int, default=8)
+    s.add_argument(
+        "--batch-size", type=_positive_int, default=8, help="inputs forecast at once (default 8)"
+    )
     s.add_argument(
         "--samples",
         type=_non_negative_int,
         default=4,
         help="samples drawn as pictures (0: none)",
     )
-    s.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"])
+    s.add_argument(
+        "--precision",
+        default="no",
+        choices=["no", "bf16", "fp16"],
+        help="mixed precision of the forecast (default no: float32; fp16 needs a GPU)",
+    )
     s.add_argument(
         "--colormap",
         type=_colormap_flag,
@@ -1382,7 +1390,7 @@ def parser() -> argparse.ArgumentParser:
     )
     _trust_code_flag(s)
     _raw_weights_flag(s)
-    s.add_argument("--debug", action="store_true")
+    s.add_argument("--debug", action="store_true", help="show tracebacks")
     s.set_defaults(func=cmd_forecast)
 
     s = sub.add_parser("export", help="write a stand-alone model folder (+ exported graphs)")
@@ -1403,7 +1411,7 @@ def parser() -> argparse.ArgumentParser:
         help="also export as this (repeatable); each is checked against the eager model",
     )
     _raw_weights_flag(s)
-    s.add_argument("--debug", action="store_true")
+    s.add_argument("--debug", action="store_true", help="show tracebacks")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("import", help="turn an OpenSTL checkpoint into a stpdist model folder")
@@ -1433,7 +1441,7 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", type=_non_empty, required=True, help="the model folder to write")
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    s.add_argument("--debug", action="store_true")
+    s.add_argument("--debug", action="store_true", help="show tracebacks")
     s.set_defaults(func=cmd_import)
 
     s = sub.add_parser("synth", help="generate a synthetic dataset as shards")
@@ -1497,7 +1505,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--verify", action="store_true", help="read every sample: counts, dtypes, shapes, keys"
     )
-    s.add_argument("--debug", action="store_true")
+    s.add_argument("--debug", action="store_true", help="show tracebacks")
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("bench", help="print benchmarks")
@@ -1599,7 +1607,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--batch-size", type=_positive_int, default=16, help="data: batch size (default 16)"
     )
-    s.add_argument("--debug", action="store_true")
+    s.add_argument("--debug", action="store_true", help="show tracebacks")
     s.set_defaults(func=cmd_bench)
     return p
 

@@ -81,6 +81,26 @@ def split_name(value: Any) -> str | None:
     return "a split name: a sub-folder of data.root (no '/', not '.' or '..')"
 
 
+WANDB_PROJECT_FORBIDDEN = "/\\#?%:"
+
+
+def _wandb_project(value: Any) -> str | None:
+    """wandb's own rules for a project name (it refused only at the tracker's start, after
+    the data was read, in a line that named no key): at most 128 characters, none of
+    / \\ # ? % :; and not blank (which wandb took as a project named by spaces)."""
+    ok = isinstance(value, str) and value.strip() and len(value) <= 128
+    if ok and not set(value) & set(WANDB_PROJECT_FORBIDDEN):
+        return None
+    return f"a project name of 1 to 128 characters, none of {' '.join(WANDB_PROJECT_FORBIDDEN)}"
+
+
+def _wandb_tags(value: Any) -> str | None:
+    """wandb's rule for tags: each 1 to 64 characters (else its error at the tracker's start
+    was a page of pydantic's)."""
+    ok = all(isinstance(tag, str) and 1 <= len(tag.strip()) and len(tag) <= 64 for tag in value)
+    return None if ok else "a list of tags of 1 to 64 characters each"
+
+
 def _none_or_not_empty(value: Any) -> str | None:
     return None if value is None or value else "null or a non-empty value"
 
@@ -464,14 +484,14 @@ class ModelConfig:
 class WandbConfig:
     mode: Literal["online", "offline"] = "offline"
     """`online`, or `offline` (a local run folder; `wandb sync` uploads it later)."""
-    project: str = checked("stpdist", _not_empty)
-    """wandb project."""
+    project: str = checked("stpdist", _wandb_project)
+    """wandb project (at most 128 characters, none of / \\ # ? % :)."""
     entity: Optional[str] = checked(None, _none_or_not_empty)
     """wandb entity (team or user)."""
     name: Optional[str] = checked(None, _none_or_not_empty)
     """Run name."""
-    tags: List[str] = field(default_factory=list)
-    """Run tags."""
+    tags: List[str] = checked([], _wandb_tags)
+    """Run tags (each 1 to 64 characters)."""
 
 
 @dataclass
@@ -479,7 +499,8 @@ class LoggingConfig:
     trackers: List[Literal["wandb", "tensorboard"]] = field(default_factory=list)
     """Experiment trackers fed through accelerate (metrics.jsonl is always written)."""
     trackers_every_n_steps: Optional[int] = checked(None, _positive)
-    """Send training scalars to the trackers every N steps (None: whenever logged)."""
+    """Send training scalars to the trackers every N steps (None: whenever logged); a
+    multiple of `trainer.log_every_n_steps`, the steps they exist at."""
     num_samples: int = checked(4, _non_negative)
     """Validation samples rendered as pictures at each validation (the same keys each time),
     at most the main process' share of the split on several ranks; 0 renders none."""
@@ -739,6 +760,7 @@ def _check_config(cfg: Config) -> None:
             f"'model.sampling.reverse_steps' is {steps}; expected two steps, 0 ≤ first < second"
         )
     _check_schedule(cfg.model)
+    _check_tracker_cadence(cfg)
     evaluation = cfg.model.evaluation
     for key in ("csi_pool_sizes", "fss_sizes"):
         if getattr(evaluation, key) and not evaluation.metric_thresholds:
@@ -752,6 +774,20 @@ def _check_config(cfg: Config) -> None:
         _check_synthesis(cfg)
     backbone_config(cfg.model)
     _check_task_fits_backbone(cfg)
+
+
+def _check_tracker_cadence(cfg: Config) -> None:
+    """Training scalars exist at the logged steps only (`trainer.log_every_n_steps`), and
+    the trackers get those of them on a multiple of `logging.trackers_every_n_steps`: 3
+    beside 2 sent every 6th step, steps 3, 9, 15 never, without a word."""
+    every, logged = cfg.logging.trackers_every_n_steps, cfg.trainer.log_every_n_steps
+    if every is not None and logged and every % logged:
+        raise ConfigError(
+            f"'logging.trackers_every_n_steps' is {every}, not a multiple of "
+            f"'trainer.log_every_n_steps' {logged}: training scalars exist every {logged} "
+            f"steps, so the trackers would get them every {math.lcm(every, logged)}; set a "
+            f"multiple of {logged}"
+        )
 
 
 def _check_schedule(model: ModelConfig) -> None:

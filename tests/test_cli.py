@@ -277,6 +277,28 @@ def test_command_line_page_block_lists_every_subcommand_of_help():
     assert documented == set(sub.choices), (documented, set(sub.choices))
 
 
+def test_every_option_of_every_command_says_what_it_does():
+    """`inspect --help` (and five other commands) listed a bare `--debug`."""
+    import argparse
+
+    from stpdist.cli import parser
+
+    def commands(p):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield name, sub
+                    yield from ((f"{name} {n}", s) for n, s in commands(sub))
+
+    bare = [
+        f"{name} {action.option_strings[0]}"
+        for name, sub in commands(parser())
+        for action in sub._actions
+        if action.option_strings and not action.help and action.dest != "help"
+    ]
+    assert bare == []
+
+
 def stop_at_step(monkeypatch, step: int, where: str = "") -> None:
     """SIGTERM this process (what SLURM or torchrun sends before a preemption) once the
     training of a run folder whose path holds `where` has logged `step`: the Trainer

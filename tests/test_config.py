@@ -50,6 +50,17 @@ def test_defaults_overlay_and_overrides(tmp_path):
         ),
         (["data.batch_size=0"], "'data.batch_size' is 0"),
         (["oops"], "not of the form"),
+        # wandb's rules, said at config time (wandb said them at its start, naming no key)
+        (["logging.wandb.project=a/b"], "'logging.wandb.project' is 'a/b'; expected a project"),
+        (["logging.wandb.project='  '"], "'logging.wandb.project' is '  '; expected a project"),
+        (["logging.wandb.project=" + "p" * 129], "'logging.wandb.project' is 'ppp"),
+        (["logging.wandb.tags=[" + "t" * 65 + "]"], "'logging.wandb.tags' is \\['ttt"),
+        (["logging.wandb.tags=[a,'']"], "'logging.wandb.tags' is \\['a', ''\\]; expected a"),
+        (
+            ["trainer.log_every_n_steps=2", "logging.trackers_every_n_steps=3"],
+            "'logging.trackers_every_n_steps' is 3, not a multiple of 'trainer.log_every_n_steps' "
+            "2: training scalars exist every 2 steps, so the trackers would get them every 6",
+        ),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):

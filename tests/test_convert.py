@@ -292,6 +292,7 @@ def test_synth_with_mnist_idx_digits_and_inspect(tmp_path):
     one_row = sample_figure(np.zeros((20, 1, 64, 64)), None, None).get_size_inches() * DPI
     assert Image.open(panels[0]).size == tuple(round(v) for v in one_row)
     proc = run_cli("inspect", "ds", "--samples", "1", cwd=tmp_path)  # no --out: a named temp dir
+    assert "  rendered 1 sample (all 20 frames) to " in proc.stdout  # not "1 samples"
     folder = Path(proc.stdout.strip().splitlines()[-1].rsplit(" to ", 1)[1])
     assert folder.is_dir() and "stpdist-inspect-" in str(folder) and tmp_path not in folder.parents
     shutil.rmtree(folder)  # the user's to delete; the test's, here
