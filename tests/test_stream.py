@@ -184,6 +184,22 @@ def test_skip_mode_keeps_batch_counts_and_reports(damaged, workers, caplog):
     assert evaluated.bad_samples >= 2
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_mode_resumes_to_the_batches_of_the_uninterrupted_pass(damaged, workers):
+    """A batch short of good samples is filled with the worker's previous batch's samples:
+    a resume, which skipped decoding the batches before it, filled it with others."""
+    folder, _ = damaged
+    stream = train(folder)
+    stream.skip_bad = True
+    ctx = LoaderContext(seed=3, num_workers=workers)
+    full = [keys for _, _, keys in stream.iterate(ctx, 0)]
+    seen = [key for keys in full for key in keys]
+    filled = [b for b, keys in enumerate(full) if any(seen.count(key) > 1 for key in keys[1:])]
+    assert filled and max(filled) > 0, full  # a filled batch after the first: the case here
+    for start in range(1, len(full)):
+        assert [keys for _, _, keys in stream.iterate(ctx, 0, start)] == full[start:], start
+
+
 def test_loader_memory_does_not_grow_with_dataset_size(tmp_path):
     """Peak RSS of one epoch over 2 000 samples (160 MB of shards) stays within +50 MB of
     the same over 200 samples."""

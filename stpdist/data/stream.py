@@ -387,6 +387,8 @@ class _TrainEpoch(IterableDataset):
         for produced, raw in enumerate(_raw_batches(stream, ctx, self.epoch, logical)):
             if produced >= skip:  # the ones before were consumed before a resume
                 yield fill(raw)
+            elif stream.skip_bad:  # decoded unsent: the filler's spares as the pass had them
+                fill(raw)
         stream._report(f"epoch {self.epoch}, rank {ctx.rank}, worker {logical}")
 
 
