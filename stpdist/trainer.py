@@ -1944,7 +1944,8 @@ class Trainer:
             settings.update({key: _lookup(resolved, key) for key in KEPT_ON_RESUME})
         for key in MID_EPOCH_KEYS:
             value = getattr(train, key.split(".")[1], None)
-            if value is not None:
+            # a user's own source may hold another kind of thing by that name: not recorded
+            if isinstance(value, int | float | str) and not isinstance(value, bool):
                 settings[key] = value
         return settings
 
