@@ -233,9 +233,8 @@ def finish_trial(folder: Path, trainer: Any) -> dict[str, Any] | None:
     value = best_value(list(MetricsLog(folder).records()), name, goal)
     record["metric"]["value"], record["finished"] = value, True
     if trainer.is_main:
-        wandb_run = trainer.accelerator.get_tracker("wandb", unwrap=True)
-        if value is not None and hasattr(wandb_run, "summary"):  # the best, not the last
-            wandb_run.summary[name] = value
+        if value is not None:  # the best, not the last
+            trainer.tracker.set_wandb_summary({name: value})
         _write_record(folder, record)
     return record
 

@@ -123,6 +123,7 @@ class Tracker:
         self._record: dict[str, Any] = {}  # tracker.json's content, once started
         self._wandb_floor: int | None = None  # the newest step wandb held at the start
         self._wandb_offline: Path | None = None  # the offline run's wandb folder
+        self._wandb_step: int | None = None  # the newest step this process sent wandb
         self._validation: tuple[int, int] | None = None  # (number, step) of the newest
         self._pictures_failed = False  # whether a validation's pictures failed to be written
 
@@ -268,6 +269,8 @@ class Tracker:
         up to its checkpoint that wandb lacks). KeyboardInterrupt and SystemExit still stop."""
         try:
             send()
+            if tracker.name == "wandb":
+                self._wandb_step = max(step, self._wandb_step or step)
         except Exception as exc:
             error = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             log.warning(
@@ -282,6 +285,20 @@ class Tracker:
                 self.accelerator.trackers.remove(tracker)  # not logged to, nor finished
             return False
         return True
+
+    def set_wandb_summary(self, values: dict[str, Any]) -> None:
+        """`values` into the wandb run's summary (none without a wandb run), to stay there.
+        wandb holds the newest step's row until a later step or its finish, and sending it
+        then overwrites the summary with that row's values: a sweep trial's best value
+        became its last (the sweep ranked trials by it). So that row is sent first."""
+        if not self.is_main:
+            return
+        run = self.accelerator.get_tracker("wandb", unwrap=True)
+        if not hasattr(run, "summary"):  # accelerate's blank stand-in: no wandb run
+            return
+        if self._wandb_step is not None and run.step == self._wandb_step:  # still held
+            run.log({}, step=self._wandb_step, commit=True)
+        run.summary.update(values)
 
     def finish(self) -> None:
         """After the trackers ended (`Trainer.close`): for an offline wandb run, the

@@ -104,6 +104,24 @@ def test_two_trials_with_stubbed_agent_parameters(tmp_path):
     assert lrs == {0.003, 0.001}  # each stub trained once
 
 
+def test_the_run_summary_keeps_the_best_value_when_the_last_is_not_it(tmp_path):
+    """wandb holds the newest step's row until its finish, and sending it then overwrote
+    the summary's best with the last value (the sweep ranks trials by the summary). Goal
+    maximize on a falling val/mse: the best is the first validation's, not the last's."""
+    sweep, overrides = _fixture(tmp_path, {**SWEEP, "metric": {"name": "val/mse",
+                                                               "goal": "maximize"}})  # fmt: skip
+    args = ("sweep", DEBUG, str(sweep), *overrides, "trainer.max_epochs=3", "--params", "{}")
+    run_cli(*args, cwd=tmp_path, check=True)
+    (folder,) = (tmp_path / "runs" / "sweep-local").iterdir()
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    values = [r["val/mse"] for r in records if "val/mse" in r]
+    assert len(values) == 3 and max(values) != values[-1], values  # the case under test
+    (wandb_run,) = (folder / "wandb").glob(f"offline-run-*-{folder.name}")
+    _, summary = _run_file(wandb_run / f"run-{folder.name}.wandb")  # its last update of each
+    assert summary["val/mse"] == pytest.approx(max(values))
+    assert json.loads((folder / "sweep.json").read_text())["metric"]["value"] == max(values)
+
+
 @pytest.mark.parametrize("how", ["params", "sweep"])
 def test_bad_parameter_key_refused_before_anything_is_written(tmp_path, how):
     bad = {**SWEEP, "parameters": {**SWEEP["parameters"], "model.optimizer.lrr": {"value": 1}}}
