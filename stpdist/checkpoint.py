@@ -856,6 +856,21 @@ class CheckpointManager:
         )
         return aside
 
+    def set_aside_after(self, step: int) -> list[tuple[Path, Path]]:
+        """Rename every `step-*` folder above `step` to `superseded-step-…` (kept, never
+        used): a run resumed from an older checkpoint than the newest goes on another
+        trajectory, whose checkpoints must not sit among those newer ones (retention kept
+        the abandoned ones as the newest and deleted the run's own; `resume auto`, `last`
+        and best-k chose them). (old, new) for each, oldest first."""
+        moved = []
+        for folder in self._folders(retired=True):
+            match = _NAME.match(folder.name)
+            if match and int(match.group(1)) > step:
+                moved.append((folder, self._aside(folder, "superseded")))
+        if moved:
+            sync_folder(self.root)
+        return moved
+
     def _aside(self, path: Path, label: str) -> Path:
         for number in range(1, 10_000):
             target = path.with_name(f"{label}-{path.name}" + (f"-{number}" if number > 1 else ""))
