@@ -400,8 +400,22 @@ def _refuse_other_checkpoint(
 PREDICT_OUTPUTS = ("metrics.json", "samples", ".predicting")
 """What `stpdist predict` writes into its folder, besides `predictions-r*.npz` (`.predicting`:
 where `Trainer.predict` writes them first)."""
-FORECAST_OUTPUTS = ("samples", "shards")
-"""What `stpdist forecast` writes into its folder, besides `predictions-r*.npz`."""
+PICTURES = ("samples", ("*.png", "*.gif"))
+"""The sample pictures' folder and what is in it (`visualize.save_samples`)."""
+
+
+def _earlier_output(command: str) -> EarlierOutput:
+    """What `stpdist predict` or `forecast` writes, which its `--overwrite` replaces
+    (forecast's `--shards`: shards/forecast/)."""
+    from .data.convert import EarlierOutput
+
+    if command == "predict":
+        files = ("predictions-r*.npz", "metrics.json")
+        folders = (PICTURES, (".predicting", ("predictions-r*.npz",)))
+    else:
+        files = ("predictions-r*.npz",)
+        folders = (PICTURES, ("shards", ("forecast/index.json", "forecast/forecast-*.tar")))
+    return EarlierOutput(command, files, markers=files, folders=folders)
 
 
 def _check_predict_out(out: Path, args: argparse.Namespace, record: dict[str, Any]) -> None:
@@ -434,7 +448,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
     does): a failure leaves it as it was, and no picture of an earlier predict stays."""
     from . import build
     from .console import format_scalars
-    from .data.convert import EarlierOutput
     from .inference import check_output_folder
     from .trainer import SampleKeeper
     from .visualize import names_for_pictures, north_up, save_samples
@@ -448,7 +461,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     _check_predict_out(out, args, record)
     data = build.eval_stream(cfg, split)
     keeper = SampleKeeper(args.samples if trainer.is_main else 0)
-    earlier = EarlierOutput("predict", ("predictions-r*.npz", *PREDICT_OUTPUTS))
+    earlier = _earlier_output("predict")
     with _shared_staging(trainer, out, True, protected, earlier) as tmp:
         results = trainer.predict(
             module,
@@ -485,7 +498,6 @@ def cmd_forecast(args: argparse.Namespace) -> None:
     Everything is checked before anything is written (model, every input, `--out`); the
     outputs go into a staging folder swapped in at the end, so a failure leaves `--out` as
     it was and `--overwrite` leaves no file of an earlier forecast mixed in."""
-    from .data.convert import EarlierOutput
     from .inference import check_output_folder, load, require_forecaster
     from .trainer import SampleKeeper, Trainer
     from .visualize import names_for_pictures, north_up, save_samples
@@ -498,7 +510,7 @@ def cmd_forecast(args: argparse.Namespace) -> None:
     )
     trainer = Trainer(output_dir=out, progress_bar=False, mixed_precision=args.precision)
     keeper = SampleKeeper(args.samples if trainer.is_main else 0)
-    earlier = EarlierOutput("forecast", ("predictions-r*.npz", *FORECAST_OUTPUTS))
+    earlier = _earlier_output("forecast")
     protected = (args.inputs, module.model_folder)
     with _shared_staging(trainer, out, args.overwrite, protected, earlier) as tmp:
         trainer.predict(

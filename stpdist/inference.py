@@ -731,7 +731,9 @@ def _export(
     with torch.no_grad():
         expected = [(x, wrapped(x)) for x in (sample, other)]
     differences = {}
-    earlier = EarlierOutput("export", (MODEL_FILE, "config.yaml", INDEX_FILE, *EXPORT_FILES))
+    earlier = EarlierOutput(
+        "export", (MODEL_FILE, "config.yaml", INDEX_FILE, *EXPORT_FILES), markers=(MODEL_FILE,)
+    )
     with staged_output(out, overwrite, sources=(folder, run), earlier=earlier) as staging:
         for name, handle in sources.items():
             with open(staging / name, "wb") as copy:

@@ -1196,7 +1196,9 @@ def import_checkpoint(
         say(f"dropped {len(copies)} OpenSTL tensors that repeat another key's tensor (one "
             "module saved under two names, checked equal): "
             + ", ".join(copies[:6]) + (" …" if len(copies) > 6 else ""))  # fmt: skip
-    earlier = EarlierOutput("import", (MODEL_FILE, "config.yaml", INDEX_FILE))
+    earlier = EarlierOutput(
+        "import", (MODEL_FILE, "config.yaml", INDEX_FILE), markers=(MODEL_FILE,)
+    )
     with staged_output(out, overwrite, sources=protected, earlier=earlier) as staging:
         save_file(mapped.tensors, str(staging / MODEL_FILE))
         (staging / "config.yaml").write_text(to_yaml(cfg))

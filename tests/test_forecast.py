@@ -109,6 +109,38 @@ def test_overwrite_replaces_an_earlier_output_and_never_the_users_files(trained)
         assert (out / "notes.md").read_text() == "mine\n" and (out / "src").is_dir()
 
 
+def test_overwrite_looks_inside_the_folders_it_writes_and_needs_its_own_files(trained):
+    """Two ways --overwrite still took the user's files: a picture of theirs in forecast's
+    `samples/` (the folder was taken as a whole: deleted), and a folder of their own
+    `config.yaml` and `index.json`, names an export writes (taken for an earlier export's:
+    replaced). Each is now refused, naming the files, and kept."""
+    out = trained / "forecast-pictures"
+    argv = ["forecast", "runs/debug", "arrays", "--out", str(out), "--overwrite"]
+    stpdist_cli(*argv, cwd=trained)
+    (out / "samples" / "holiday.jpg").write_text("mine\n")
+    refused = run_cli(*argv, cwd=trained)
+    assert refused.returncode == 2, refused.stderr
+    assert f"--out {out} holds samples/holiday.jpg, which no stpdist forecast wrote" in (
+        refused.stderr
+    )
+    assert (out / "samples" / "holiday.jpg").read_text() == "mine\n"
+    (out / "samples" / "holiday.jpg").unlink()
+    stpdist_cli(*argv, "--samples", "1", cwd=trained)  # its own pictures: replaced
+    assert len(list((out / "samples").glob("*.png"))) == 1
+
+    mine = trained / "my-configs"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("mine: 1\n")
+    (mine / "index.json").write_text("{}\n")
+    argv = ["export", "runs/debug", "--out", str(mine), "--overwrite"]
+    refused = run_cli(*argv, cwd=trained)
+    assert refused.returncode == 2, refused.stderr
+    assert f"--out {mine} holds config.yaml, index.json, which no stpdist export wrote" in (
+        refused.stderr
+    )
+    assert (mine / "config.yaml").read_text() == "mine: 1\n"
+
+
 def test_every_checkpoint_is_a_model_folder(trained):
     ckpt = trained / "runs" / "debug" / "checkpoints" / "step-00000008"
     assert {"model.safetensors", "config.yaml", "index.json"} <= {p.name for p in ckpt.iterdir()}

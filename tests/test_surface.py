@@ -244,8 +244,16 @@ def test_export_refuses_a_used_out_and_checkpoint_folders(run):
         proc = run_cli("export", str(step), "--out", str(target), "--overwrite", cwd=run)
         assert "checkpoint" in _one_line_error(proc)
     assert _tree(checkpoints) == before
+    # the user's own config.yaml: no export's (none wrote a model.safetensors beside it),
+    # so kept even with --overwrite (until 2026-12-06 it was replaced)
+    proc = run_cli("export", "runs/debug", "--out", "mine", "--overwrite", cwd=run)
+    assert "holds config.yaml, which no stpdist export wrote" in _one_line_error(proc)
+    assert (mine / "config.yaml").read_text() == "my own notes\n"
+    (mine / "config.yaml").unlink()
     done = run_cli("export", "runs/debug", "--out", "mine", "--overwrite", cwd=run)
     assert done.returncode == 0, done.stderr
+    done = run_cli("export", "runs/debug", "--out", "mine", "--overwrite", cwd=run)
+    assert done.returncode == 0, done.stderr  # an earlier export: replaced
     assert sorted(p.name for p in mine.iterdir()) == [
         "config.yaml",
         "index.json",

@@ -152,16 +152,58 @@ class EarlierOutput(NamedTuple):
     `--overwrite` replaces (anything else there is the user's, and refused)."""
 
     command: str
-    entries: tuple[str, ...]  # glob patterns of top-level names ("samples": a folder too)
+    entries: tuple[str, ...]
+    """Glob patterns of the top-level files it writes."""
+    markers: tuple[str, ...]
+    """Patterns of which an earlier run's output holds a file (its predictions, its
+    weights): without one, `entries` are not taken for its output (a `config.yaml` or
+    `index.json` of the user's own, in a folder of theirs, is theirs)."""
+    folders: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(folder name, glob patterns of the paths of the files it writes inside it): the
+    folders it writes (`samples`), whose every file must match, since a user's file put
+    there would go with them."""
 
     def foreign(self, out: Path) -> list[str]:
-        """What in `out` matches none of `entries` (a symbolic link always counts)."""
-        return [
-            entry.name + ("/" if entry.is_dir() and not entry.is_symlink() else "")
-            for entry in sorted(out.iterdir())
-            if entry.is_symlink()
-            or not any(fnmatch.fnmatchcase(entry.name, p) for p in self.entries)
-        ]
+        """What in `out` is no earlier output of the command (a symbolic link always
+        counts): named as `name`, `folder/` or `folder/path`."""
+        entries = sorted(out.iterdir())
+        marked = any(
+            entry.is_file() and not entry.is_symlink() and _matches(entry.name, self.markers)
+            for entry in entries
+        )
+        inside = dict(self.folders)
+        found = []
+        for entry in entries:
+            plain = not entry.is_symlink()
+            if marked and plain and entry.name in inside and entry.is_dir():
+                found += [
+                    f"{entry.name}/{path}" for path in _foreign_files(entry, inside[entry.name])
+                ]
+            elif not (marked and plain and entry.is_file() and _matches(entry.name, self.entries)):
+                found.append(entry.name + ("/" if entry.is_dir() and plain else ""))
+        return found
+
+    def describe(self) -> str:
+        """Its output in a few words, for a refusal."""
+        names = [*self.entries, *(f"{name}/" for name, _ in self.folders)]
+        return f"an earlier {self.command}'s output ({', '.join(names)})"
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def _foreign_files(folder: Path, patterns: Sequence[str]) -> list[str]:
+    """Paths (relative to `folder`) of the files and links under it that match none of
+    `patterns`; empty folders are nothing."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        if path.is_symlink() or (path.is_file() and not _matches(relative, patterns)):
+            found.append(relative)
+        elif not path.is_dir() and not path.is_file():  # a fifo, a socket
+            found.append(relative)
+    return found
 
 
 def _folder_state(folder: Path) -> tuple[int, int] | None:
@@ -243,8 +285,7 @@ def _check_out(
         which = "an earlier dataset (split folders with index.json, README.md)"
         _refuse_foreign(out, _not_a_dataset(out), "stpdist conversion", which)
     if earlier is not None:
-        which = f"an earlier {earlier.command}'s output ({', '.join(earlier.entries)})"
-        _refuse_foreign(out, earlier.foreign(out), f"stpdist {earlier.command}", which)
+        _refuse_foreign(out, earlier.foreign(out), f"stpdist {earlier.command}", earlier.describe())
     if not overwrite:
         advice = _OCCUPIED_ADVICE.get()
         if advice:
