@@ -688,6 +688,13 @@ def test_overwrite_replaces_only_an_earlier_dataset(tmp_path):
     proc = run_cli("shard", "arrays", "raw", "--out", "ds", "--overwrite", cwd=tmp_path)
     assert error_line(proc).startswith("--out ds holds a.txt, b.txt, c.txt and 1 more, which ")
     assert read_index(tmp_path / "ds" / "train").num_samples == 1
+    # a file of the user's inside a split folder went with the split
+    for name in ("a.txt", "b.txt", "c.txt", "val"):
+        (tmp_path / "ds" / name).rmdir() if name == "val" else (tmp_path / "ds" / name).unlink()
+    (tmp_path / "ds" / "train" / "notes.txt").write_text("mine")
+    proc = run_cli("shard", "arrays", "raw", "--out", "ds", "--overwrite", cwd=tmp_path)
+    assert error_line(proc).startswith("--out ds holds train/notes.txt, which no stpdist ")
+    assert (tmp_path / "ds" / "train" / "notes.txt").read_text() == "mine"
 
 
 def test_channels_last_arrays_are_refused_unless_flagged(tmp_path):

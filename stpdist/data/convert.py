@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from ..console import shows_progress
 from ..errors import InputError, MissingInput, OutputExists
 from .format import (
+    CLIMATOLOGY_FILE,
     INDEX_FILE,
     ShardFormatError,
     SplitIndex,
@@ -134,14 +135,18 @@ def _check_not_source(out: Path, sources: Sequence[str | Path]) -> None:
 
 
 def _not_a_dataset(out: Path) -> list[str]:
-    """What in `out` no conversion wrote: anything but split folders (holding `index.json`)
-    and the README.md card (ours, or the user's, which a conversion carries over)."""
+    """What in `out` no conversion wrote: anything but split folders (holding `index.json`,
+    with nothing but it, their shards and a climatology inside) and the README.md card
+    (ours, or the user's, which a conversion carries over)."""
     found = []
     for entry in sorted(out.iterdir()):
         if entry.is_symlink():
             found.append(entry.name)
         elif entry.is_dir() and not (entry / INDEX_FILE).is_file():
             found.append(f"{entry.name}/")
+        elif entry.is_dir():
+            written = (INDEX_FILE, f"{entry.name}-*.tar", CLIMATOLOGY_FILE)
+            found += [f"{entry.name}/{path}" for path in _foreign_files(entry, written)]
         elif not entry.is_dir() and entry.name != CARD_FILE:
             found.append(entry.name)
     return found
