@@ -343,6 +343,36 @@ def _warn_on_units(
         )  # fmt: skip
 
 
+def _check_png_colour(path: Path, channels: int) -> None:
+    """A PNG frame's colour against the model's channels, before it is converted to the
+    model's mode (which made a colour frame grey for a 1-channel model, without a word):
+    a 1-channel model takes a grey frame (also one stored as RGB, its channels equal); a
+    3-channel model takes a frame stored in colour (RGB, RGBA, a palette), whatever it
+    shows. Transparency is not read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            grey_mode = mode in ("1", "L", "LA", "I", "I;16", "F")
+            colour = not grey_mode and channels == 1 and _coloured(image)
+    except Exception:  # unreadable: `png_8bit` says so, naming the file
+        return
+    if channels == 1 and colour:
+        raise InputError(
+            f"{path}: a colour PNG (mode {mode}, its channels differ); the model takes 1 "
+            "channel: convert the frames to grey yourself if that is meant"
+        )
+    if channels == 3 and grey_mode:
+        raise InputError(f"{path}: a grey PNG (mode {mode}); the model takes 3 channels (RGB)")
+
+
+def _coloured(image: Any) -> bool:
+    """Whether an image's RGB channels differ anywhere."""
+    rgb = np.asarray(image.convert("RGB"))
+    return bool((rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any())
+
+
 def _regular_file(path: Path) -> None:
     """Refuse FIFOs, sockets and devices: reading one would block or never end."""
     if not path.is_file():
@@ -467,6 +497,7 @@ class InputFrames(Dataset):
         frames = []
         for png in self._pngs():
             _regular_file(png)
+            _check_png_colour(png, module.frame_shape[0])
             image = png_8bit(png, mode, "forecast reads PNG frames of 8 bits", PNG_ADVICE)
             frame = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
             if frame.shape != tuple(module.frame_shape):  # the frame that differs, named

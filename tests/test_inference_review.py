@@ -133,6 +133,34 @@ def test_a_png_frame_of_another_size_is_named_with_both_shapes(model, tmp_path):
     ), line
 
 
+def test_colour_png_frames_for_a_one_channel_model_are_refused_grey_ones_as_rgb_taken(
+    model, tmp_path
+):
+    """A colour PNG was made grey for the 1-channel model without a word. Now refused,
+    naming the frame; grey frames stored as RGB (all three channels equal) are still taken,
+    as the same frames in mode L."""
+    _pngs(tmp_path / "grey", 4)
+    rgb = tmp_path / "rgb-grey"
+    rgb.mkdir()
+    for t in range(4):
+        Image.fromarray(_frames(t, 32, 32)).convert("RGB").save(rgb / f"{t}.png")
+    for folder in ("grey", "rgb-grey"):
+        run_cli("forecast", str(model), folder, "--out", f"f-{folder}", "--samples", "0",
+                cwd=tmp_path, check=True)  # fmt: skip
+    same = [np.load(next((tmp_path / f"f-{f}").glob("*.npz")))["predictions"]
+            for f in ("grey", "rgb-grey")]  # fmt: skip
+    np.testing.assert_array_equal(same[0], same[1])
+    colour = tmp_path / "colour"
+    colour.mkdir()
+    for t in range(4):
+        Image.fromarray(_frames(t, 32, 32, 3)).save(colour / f"{t}.png")
+    line = _error_line(run_cli("forecast", str(model), "colour", "--out", "f", cwd=tmp_path))
+    assert line.endswith(
+        "colour/0.png: a colour PNG (mode RGB, its channels differ); the model takes 1 "
+        "channel: convert the frames to grey yourself if that is meant"
+    ), line
+
+
 # ------------------------------------------------------------------ what the model path is
 def test_a_weights_file_or_a_checkpoints_folder_as_the_model_says_what_to_pass(model, tmp_path):
     with pytest.raises(
