@@ -813,6 +813,13 @@ def _check_schedule(model: ModelConfig) -> None:
             "'model.schedule.restart_every_steps' is None with name cosine_restarts; "
             "expected the first cycle's length in steps (epochs with interval epoch)"
         )
+    total, warmup = schedule.total_steps, schedule.warmup_steps
+    if schedule.name == "cosine" and total is not None and warmup >= total:
+        raise ConfigError(
+            f"'model.schedule.total_steps' is {total} with warmup_steps {warmup}; expected "
+            "more than the warm-up, which it includes (the rate fell to min_lr at once after "
+            "it)"
+        )
     if schedule.name == "onecycle" and schedule.warmup_steps:
         raise ConfigError(
             f"'model.schedule.warmup_steps' is {schedule.warmup_steps} with name onecycle; "
