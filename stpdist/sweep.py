@@ -287,6 +287,12 @@ def sweep(
     check_parameters(config, spec, sweep_path, overrides)
     project = project or load_config(config, overrides).logging.wandb.project
     if params is not None:
+        given = [flag for flag, value in (("--count", count), ("--agent", agent)) if value]
+        if given:  # they were ignored: one trial ran, with no agent
+            raise InputError(
+                f"--params runs one trial with the values given, without an agent: "
+                f"{' and '.join(given)} would be ignored; drop them, or drop --params"
+            )
         unknown = sorted(set(params) - set(spec["parameters"]))
         if unknown:
             raise InputError(

@@ -134,6 +134,20 @@ def test_bad_parameter_key_refused_before_anything_is_written(tmp_path, how):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("flags", [["--count", "3"], ["--agent", "xyz"]])
+def test_count_or_agent_beside_params_is_refused(tmp_path, flags):
+    """They were ignored: one trial ran, with no agent, and nothing said so."""
+    sweep, overrides = _fixture(tmp_path, SWEEP)
+    params = ["--params", '{"model.optimizer.lr": 0.001}']
+    proc = run_cli("sweep", DEBUG, str(sweep), *overrides, *flags, *params, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"stpdist: error: --params runs one trial with the values given, without an agent: "
+        f"{flags[0]} would be ignored; drop them, or drop --params"
+    ]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_misspelt_metric_stops_the_trial_at_its_first_validation(tmp_path):
     """The sweep's metric is checked against the first validation's results: a typo ends
     the trial there, naming it and what there is, not after the whole training. In a
