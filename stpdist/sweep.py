@@ -24,6 +24,7 @@ in `sweep-local/`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ def sample_values(path: str | Path, key: str, spec: Any) -> list[Any]:
         return [spec["value"]]
     if isinstance(spec, dict) and isinstance(spec.get("values"), list) and spec["values"]:
         return list(spec["values"])
+    distribution = spec.get("distribution") if isinstance(spec, dict) else None
     if isinstance(spec, dict) and "min" in spec and "max" in spec:
         low, high = spec["min"], spec["max"]
         numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high))
@@ -86,12 +88,31 @@ def sample_values(path: str | Path, key: str, spec: Any) -> list[Any]:
                 f"{path}: parameter {key!r}: min {low!r} and max {high!r}: expected two "
                 "numbers, min at most max"
             )
+        # wandb's log_uniform draws exp(u), u in [min, max]: min and max are exponents
+        if distribution in EXPONENT_BOUNDS:
+            return [math.exp(low), math.exp(high)]
+        if distribution in INVERSE_EXPONENT_BOUNDS:  # 1 / exp(u)
+            return [math.exp(-high), math.exp(-low)]
         return [low, high]
+    if isinstance(spec, dict) and "mu" in spec and distribution in NORMAL_DISTRIBUTIONS:
+        mu = spec["mu"]  # unbounded draws: the centre stands for them
+        if isinstance(mu, bool) or not isinstance(mu, int | float):
+            raise InputError(f"{path}: parameter {key!r}: mu {mu!r}: expected a number")
+        return [math.exp(mu) if "log" in distribution else mu]
     raise InputError(
-        f"{path}: parameter {key!r}: expected value, values or min and max (nested "
-        f"`parameters` are not supported: name the dotted key, e.g. model.optimizer.lr), "
-        f"got {spec!r}"
+        f"{path}: parameter {key!r}: expected value, values, min and max, or a normal "
+        "distribution's mu and sigma (nested `parameters` are not supported: name the dotted "
+        f"key, e.g. model.optimizer.lr), got {spec!r}"
     )
+
+
+EXPONENT_BOUNDS = ("log_uniform", "q_log_uniform")
+"""wandb's distributions whose `min` and `max` are natural-log exponents of the values (its
+`log_uniform_values` takes the values themselves)."""
+INVERSE_EXPONENT_BOUNDS = ("inv_log_uniform",)
+"""Its distribution of values 1 / exp(u), u in [min, max]."""
+NORMAL_DISTRIBUTIONS = ("normal", "q_normal", "log_normal", "q_log_normal")
+"""Its distributions by `mu` and `sigma` (of the log for the log_ ones)."""
 
 
 def override(key: str, value: Any) -> str:

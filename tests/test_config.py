@@ -57,8 +57,11 @@ def test_defaults_overlay_and_overrides(tmp_path):
         (["logging.wandb.tags=[" + "t" * 65 + "]"], "'logging.wandb.tags' is \\['ttt"),
         (["logging.wandb.tags=[a,'']"], "'logging.wandb.tags' is \\['a', ''\\]; expected a"),
         (
-            ["model.schedule.name=cosine", "model.schedule.total_steps=3",
-             "model.schedule.warmup_steps=5"],
+            [
+                "model.schedule.name=cosine",
+                "model.schedule.total_steps=3",
+                "model.schedule.warmup_steps=5",
+            ],
             "'model.schedule.total_steps' is 3 with warmup_steps 5; expected more than the",
         ),  # fmt: skip
         (

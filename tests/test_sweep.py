@@ -182,6 +182,31 @@ def test_min_above_max_is_refused(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_wandb_distributions_are_checked_by_the_values_they_draw():
+    """log_uniform's min and max are exponents (e^-9 … e^-5): they were checked as the
+    values, and a valid sweep was refused ("-9.0; expected a positive finite number");
+    a normal distribution was refused as if it were nested parameters."""
+    from stpdist.errors import InputError
+    from stpdist.sweep import sample_values
+
+    log_uniform = {"distribution": "log_uniform", "min": -9, "max": -5}
+    assert sample_values("s.yaml", "lr", log_uniform) == pytest.approx([1.234e-4, 6.738e-3],
+                                                                      rel=1e-3)  # fmt: skip
+    inverse = {"distribution": "inv_log_uniform", "min": 5, "max": 9}
+    assert sample_values("s.yaml", "lr", inverse) == pytest.approx([1.234e-4, 6.738e-3], rel=1e-3)
+    values = {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}
+    assert sample_values("s.yaml", "lr", values) == [1e-4, 1e-2]
+    assert sample_values("s.yaml", "lr", {"distribution": "normal", "mu": 3e-3, "sigma": 1e-3}) == [
+        3e-3
+    ]
+    spec = {"method": "random", "metric": {"name": "val/mse", "goal": "minimize"},
+            "parameters": {"model.optimizer.lr": log_uniform}}  # fmt: skip
+    check_parameters(DEBUG, spec, "s.yaml", [])  # accepted
+    spec["parameters"]["model.optimizer.lr"] = {**log_uniform, "distribution": "uniform"}
+    with pytest.raises(InputError, match="'model.optimizer.lr' is -9"):
+        check_parameters(DEBUG, spec, "s.yaml", [])
+
+
 def test_a_sweep_needs_the_server(tmp_path):
     """Offline, `stpdist sweep` without --params says so (wandb has no local sweep)."""
     sweep, overrides = _fixture(tmp_path, SWEEP)
