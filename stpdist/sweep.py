@@ -66,6 +66,11 @@ def read_sweep(path: str | Path) -> dict[str, Any]:
         raise InputError(
             f"{path}: metric {metric!r}: expected {{name: val/mse, goal: minimize|maximize}}"
         )
+    if "/" not in metric["name"]:  # it was found missing only after the whole training
+        raise InputError(
+            f"{path}: metric name {metric['name']!r}: results are logged as <split>/<name> "
+            f"(val/{metric['name']}, train/loss): name one of them"
+        )
     parameters = spec.get("parameters")
     if not isinstance(parameters, dict) or not parameters:
         raise InputError(f"{path}: parameters: expected a mapping of dotted config keys")

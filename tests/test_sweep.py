@@ -207,6 +207,18 @@ def test_wandb_distributions_are_checked_by_the_values_they_draw():
         check_parameters(DEBUG, spec, "s.yaml", [])
 
 
+def test_a_metric_named_without_its_split_is_refused_before_training(tmp_path):
+    """`metric: {name: mse}` trained the whole trial, then said it was never logged."""
+    sweep, overrides = _fixture(tmp_path, {**SWEEP, "metric": {"name": "mse"}})
+    proc = run_cli("sweep", DEBUG, str(sweep), *overrides, "--params", "{}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"stpdist: error: {sweep}: metric name 'mse': results are logged as <split>/<name> "
+        "(val/mse, train/loss): name one of them"
+    ]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_sweep_needs_the_server(tmp_path):
     """Offline, `stpdist sweep` without --params says so (wandb has no local sweep)."""
     sweep, overrides = _fixture(tmp_path, SWEEP)
