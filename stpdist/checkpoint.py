@@ -651,6 +651,9 @@ class CheckpointManager:
         self.before_save: Callable[[], None] | None = None
         """Called on every rank before `maybe_save` writes (the Trainer's epoch-loss carry)."""
         self.last_saved_step: int | None = None
+        self.trajectory_from: int | None = None
+        """The step a resume began this run at, while the run has saved nothing: its first
+        save sets the newer `step-*` folders aside (`set_aside_after`)."""
 
     def record_metrics(self, step: int, metrics: dict[str, Any]) -> None:
         """The validation of step `step`, run after its checkpoint was written (so a failing
@@ -827,6 +830,8 @@ class CheckpointManager:
                 # the manifest goes last, once every rank's files exist: it lists them all
                 _write_manifest(tmp)
                 make_durable(tmp)
+            if self.trajectory_from is not None:
+                self._leave_the_other_trajectory(self.trajectory_from, final)
             aside = self._set_aside(final, tmp) if final.exists() else None
             os.replace(tmp, final)
             sync_folder(self.root)
@@ -856,20 +861,57 @@ class CheckpointManager:
         )
         return aside
 
-    def set_aside_after(self, step: int) -> list[tuple[Path, Path]]:
-        """Rename every `step-*` folder above `step` to `superseded-step-…` (kept, never
-        used): a run resumed from an older checkpoint than the newest goes on another
-        trajectory, whose checkpoints must not sit among those newer ones (retention kept
-        the abandoned ones as the newest and deleted the run's own; `resume auto`, `last`
-        and best-k chose them). (old, new) for each, oldest first."""
-        moved = []
+    def _leave_the_other_trajectory(self, step: int, final: Path) -> None:
+        """The first save of a run resumed from step `step`, older than the folder's newest:
+        the newer `step-*` folders hold the trajectory left behind. They must not stay among
+        this run's (retention kept them as the newest and deleted the run's own; `resume
+        auto`, `last` and best-k chose them), so they are renamed `superseded-step-…`
+        (`damaged-…` when damaged), kept, never used; `final`, the step being saved, is
+        `_set_aside`'s. Done at the first save, not at the resume: a resume refused or
+        stopped before it has changed nothing. One a reader holds is left, with a line."""
+        self.trajectory_from = None
+        moved, held = [], []
         for folder in self._folders(retired=True):
             match = _NAME.match(folder.name)
-            if match and int(match.group(1)) > step:
-                moved.append((folder, self._aside(folder, "superseded")))
+            if not match or int(match.group(1)) <= step or folder == final:
+                continue
+            label = "superseded" if damage(folder) is None else "damaged"
+            aside = self._aside_unless_read(folder, label)
+            (moved if aside is not None else held).append((folder.name, aside))
         if moved:
             sync_folder(self.root)
-        return moved
+            log.warning(
+                "resumed from step %d: the newer checkpoint(s) in %s are another trajectory's, "
+                "renamed (kept, not used): %s",
+                step,
+                self.root,
+                ", ".join(f"{name} → {aside.name}" for name, aside in moved),
+            )
+        if held:
+            log.warning(
+                "resumed from step %d: %s, of another trajectory, is being read: left in "
+                "place; once read, rename it out of the step-* names (a resume could choose it)",
+                step,
+                ", ".join(name for name, _ in held),
+            )
+
+    def _aside_unless_read(self, folder: Path, label: str) -> Path | None:
+        """`_aside(folder, label)` under the exclusive lock retention takes to delete (a
+        reader's lease holds it shared): None, and untouched, while a reader holds it."""
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                _lock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, folder)
+            except BlockingIOError:
+                return None
+            aside = self._aside(folder, label)
+            (self.root / f"{_RETIRED}{folder.name}").unlink(missing_ok=True)
+            return aside
+        finally:
+            os.close(fd)
 
     def _aside(self, path: Path, label: str) -> Path:
         for number in range(1, 10_000):

@@ -484,13 +484,13 @@ class ModelConfig:
 class WandbConfig:
     mode: Literal["online", "offline"] = "offline"
     """`online`, or `offline` (a local run folder; `wandb sync` uploads it later)."""
-    project: str = checked("stpdist", _wandb_project)
+    project: str = checked("stpdist", _not_empty)
     """wandb project (at most 128 characters, none of / \\ # ? % :)."""
     entity: Optional[str] = checked(None, _none_or_not_empty)
     """wandb entity (team or user)."""
     name: Optional[str] = checked(None, _none_or_not_empty)
     """Run name."""
-    tags: List[str] = checked([], _wandb_tags)
+    tags: List[str] = field(default_factory=list)
     """Run tags (each 1 to 64 characters)."""
 
 
@@ -745,7 +745,7 @@ def check_output_dir(cfg: Config) -> None:
             )
 
 
-def _check_config(cfg: Config) -> None:
+def _check_config(cfg: Config, saved: bool = False) -> None:
     check_values(cfg)
     if cfg.trainer.max_epochs is None and cfg.trainer.max_steps is None:
         raise ConfigError("set 'trainer.max_epochs' or 'trainer.max_steps' (both are None)")
@@ -760,7 +760,8 @@ def _check_config(cfg: Config) -> None:
             f"'model.sampling.reverse_steps' is {steps}; expected two steps, 0 ≤ first < second"
         )
     _check_schedule(cfg.model)
-    _check_tracker_cadence(cfg)
+    if not saved:
+        _check_for_training(cfg)
     evaluation = cfg.model.evaluation
     for key in ("csi_pool_sizes", "fss_sizes"):
         if getattr(evaluation, key) and not evaluation.metric_thresholds:
@@ -774,6 +775,29 @@ def _check_config(cfg: Config) -> None:
         _check_synthesis(cfg)
     backbone_config(cfg.model)
     _check_task_fits_backbone(cfg)
+
+
+def _check_for_training(cfg: Config) -> None:
+    """Checks of what only a training reads (the trackers, the schedule's length), added
+    2026-12-06: not run on a saved config (a checkpoint's or model folder's config.yaml,
+    `load_config(saved=True)`), which an earlier stpdist may have written with such values
+    and which forecasting and export read unchanged."""
+    wandb = cfg.logging.wandb
+    for key, value, problem in (
+        ("logging.wandb.project", wandb.project, _wandb_project(wandb.project)),
+        ("logging.wandb.tags", list(wandb.tags), _wandb_tags(wandb.tags)),
+    ):
+        if problem:
+            raise ConfigError(f"'{key}' is {value!r}; expected {problem}")
+    schedule = cfg.model.schedule
+    total, warmup = schedule.total_steps, schedule.warmup_steps
+    if schedule.name == "cosine" and total is not None and warmup >= total:
+        raise ConfigError(
+            f"'model.schedule.total_steps' is {total} with warmup_steps {warmup}; expected "
+            "more than the warm-up, which it includes (the rate fell to min_lr at once after "
+            "it)"
+        )
+    _check_tracker_cadence(cfg)
 
 
 def _check_tracker_cadence(cfg: Config) -> None:
@@ -812,13 +836,6 @@ def _check_schedule(model: ModelConfig) -> None:
         raise ConfigError(
             "'model.schedule.restart_every_steps' is None with name cosine_restarts; "
             "expected the first cycle's length in steps (epochs with interval epoch)"
-        )
-    total, warmup = schedule.total_steps, schedule.warmup_steps
-    if schedule.name == "cosine" and total is not None and warmup >= total:
-        raise ConfigError(
-            f"'model.schedule.total_steps' is {total} with warmup_steps {warmup}; expected "
-            "more than the warm-up, which it includes (the rate fell to min_lr at once after "
-            "it)"
         )
     if schedule.name == "onecycle" and schedule.warmup_steps:
         raise ConfigError(
@@ -1110,8 +1127,13 @@ def _words_back(node: DictConfig) -> DictConfig:
     return node
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Schema defaults ← YAML file at `path` ← dotted `overrides` (`a.b=value`)."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, *, saved: bool = False
+) -> Config:
+    """Schema defaults ← YAML file at `path` ← dotted `overrides` (`a.b=value`). `saved`:
+    a config a run saved (a checkpoint's or model folder's), read to rebuild its model:
+    the checks of what only a training reads and that earlier versions did not make are
+    left out (`_check_for_training`)."""
     schema = _schema(Config)
     merged = schema
     if path is not None:
@@ -1161,7 +1183,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = OmegaConf.to_container(merged, resolve=False)
         shaped = _interpolated_section_error(raw, Config, "", merged)
         raise shaped or _error(schema, exc, "config") from exc
-    _check_config(cfg)
+    _check_config(cfg, saved)
     cfg.__dict__[_UNRESOLVED] = unresolved  # not a field: no schema key, no equality
     return cfg
 

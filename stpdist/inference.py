@@ -136,7 +136,7 @@ def _config_path(folder: Path) -> Path:
 
 def _config_and_index(folder: Path) -> tuple[Config, SplitIndex | None]:
     index = read_index(folder) if (folder / INDEX_FILE).is_file() else None
-    return load_config(_config_path(folder)), index
+    return load_config(_config_path(folder), saved=True), index
 
 
 def load(

@@ -2006,8 +2006,8 @@ class Trainer:
         state = self.checkpoints.load(start, acc, module, optimizer, scheduler)
         self._adopt(state, start, train)
         self._restore_ema_and_early_stopping(start, state)
-        if not self._nothing_left:  # a resume that trains nothing leaves the folder be
-            self._set_aside_later_checkpoints(state.global_step)
+        # the newer checkpoints, another trajectory's, go aside at this run's first save
+        self.checkpoints.trajectory_from = None if self._nothing_left else state.global_step
 
         def first_batch() -> tuple[tuple, dict] | None:
             batch = next(iter(self._this_epoch(train, ctx, state, 1)[1]), None)
@@ -2029,22 +2029,6 @@ class Trainer:
             self._save_config()
         say(f"resumed from {start} (epoch {state.epoch}, step {state.global_step})")
         return state
-
-    def _set_aside_later_checkpoints(self, step: int) -> None:
-        """A resume from an older checkpoint than the run folder's newest: the newer ones
-        belong to the trajectory left behind; renamed `superseded-step-…`, kept, never used
-        (`CheckpointManager.set_aside_after`), so the `step-*` folders stay this run's."""
-        if self.is_main:
-            moved = self.checkpoints.set_aside_after(step)
-            if moved:
-                log.warning(
-                    "resuming from step %d: the newer checkpoint(s) in %s are another "
-                    "trajectory's, renamed (kept, not used): %s",
-                    step,
-                    self.checkpoints.root,
-                    ", ".join(f"{old.name} → {new.name}" for old, new in moved),
-                )
-        self.accelerator.wait_for_everyone()
 
     def _save_config(self) -> None:
         """The resolved config as `output_dir/config.yaml`, marked as stpdist's. A file

@@ -447,21 +447,27 @@ def test_a_resume_from_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
     """Resumed from step 16 of a run that reached step 40: its steps 24–40 stayed `step-*`
     folders, so retention kept the abandoned step 40 as the newest and deleted the new
     run's step 24, and a later `--resume auto` went on from the abandoned step 40. They
-    are now renamed superseded-step-… (kept, never used) when the resume starts."""
+    are now renamed superseded-step-… (kept, never used) at the resumed run's first save;
+    a resume refused before it (here: Ctrl-C's stand-in, a bad override) renames nothing."""
     quiet = ["logging.num_samples=0", "trainer.checkpoint.keep_best=0"]
     checked("train", DEBUG, *quiet, "trainer.max_epochs=5", "trainer.checkpoint.keep_last=5",
             cwd=tmp_path)  # fmt: skip
     root = tmp_path / "runs/debug/checkpoints"
+    refused = run_cli("train", DEBUG, *quiet, "trainer.max_epochs=4", "trainer.seed=5",
+                      "--resume", str(root / "step-00000016"), cwd=tmp_path)  # fmt: skip
+    assert refused.returncode == 2 and "trainer.seed 0 (the checkpoint's) → 5" in refused.stderr
+    assert not list(root.glob("superseded-*"))
     resumed = checked("train", DEBUG, *quiet, "trainer.max_epochs=4", "--resume",
                       str(root / "step-00000016"), cwd=tmp_path)  # fmt: skip
     assert (
-        "resuming from step 16: the newer checkpoint(s) in runs/debug/checkpoints are another "
-        "trajectory's, renamed (kept, not used): step-00000024 → superseded-step-00000024, "
-        "step-00000032 → superseded-step-00000032, step-00000040 → superseded-step-00000040"
-    ) in resumed.stderr
+        "resumed from step 16: the newer checkpoint(s) in runs/debug/checkpoints are another "
+        "trajectory's, renamed (kept, not used): step-00000032 → superseded-step-00000032, "
+        "step-00000040 → superseded-step-00000040"
+    ) in resumed.stderr  # at its first save, step 24 (the step saved is the save's to judge:
+    # the same weights here, the same seed and data, so the old copy went)
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == [
         "step-00000024", "step-00000032",  # this run's two newest (keep_last 2)
-        "superseded-step-00000024", "superseded-step-00000032", "superseded-step-00000040",
+        "superseded-step-00000032", "superseded-step-00000040",
     ]  # fmt: skip
     again = checked("train", DEBUG, *quiet, "trainer.max_epochs=5", "--resume", "auto",
                     cwd=tmp_path)  # fmt: skip

@@ -76,6 +76,22 @@ def test_bad_values_name_the_key(overrides, message):
         load_config(None, overrides)
 
 
+def test_a_saved_config_with_values_refused_since_2026_12_06_still_loads(tmp_path):
+    """The checks added then (wandb's rules, the trackers' cadence, a cosine shorter than
+    its warm-up) read what only a training uses: a checkpoint's config.yaml written before
+    them still rebuilds its model (forecast, export, `stpdist.load` read it unchanged: its
+    sha256 is in the manifest), and a training from it is refused naming the key."""
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "trainer:\n  log_every_n_steps: 2\nlogging:\n  trackers_every_n_steps: 3\n"
+        "  wandb:\n    project: team/x\n    tags: ['']\nmodel:\n  schedule:\n"
+        "    name: cosine\n    total_steps: 3\n    warmup_steps: 5\n"
+    )
+    assert load_config(path, saved=True).logging.wandb.project == "team/x"
+    with pytest.raises(ConfigError, match="'logging.wandb.project' is 'team/x'"):
+        load_config(path)
+
+
 def test_unknown_key_in_file_names_file_and_key(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("data:\n  batchsize: 4\n")

@@ -419,6 +419,27 @@ def test_invalid_trainer_state_is_refused_naming_the_file(tmp_path, case):
     assert manager.resolve("auto") == tmp_path / "step-00000010"  # auto falls back
 
 
+def test_a_resumed_runs_first_save_sets_the_other_trajectory_aside(tmp_path, caplog):
+    """Resumed from step 10 of a folder that reached 40: at the first save (20) the newer
+    ones go aside, a damaged one as damaged-, one a reader holds left in place (said)."""
+    manager = manager_for(tmp_path, 5, keep_best=0)
+    for step in (10, 20, 30, 40, 50):
+        save(manager, step)
+    (tmp_path / "step-00000040" / "optimizer.pt").write_bytes(b"torn")  # damaged
+    manager.trajectory_from = 10
+    with ckpt.reading(tmp_path / "step-00000050"):
+        save(manager, 20, value=21)  # another trajectory's step 20
+    names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert names == ["damaged-step-00000040", "step-00000010", "step-00000020",
+                     "step-00000050", "superseded-step-00000020",
+                     "superseded-step-00000030"]  # fmt: skip
+    assert "step-00000030 → superseded-step-00000030, step-00000040 → damaged-step-00000040" in (
+        caplog.text
+    )
+    assert "step-00000050, of another trajectory, is being read: left in place" in caplog.text
+    assert manager.trajectory_from is None  # once, at the first save
+
+
 def test_resaving_a_step_never_overwrites_a_complete_checkpoint(tmp_path, caplog):
     manager = manager_for(tmp_path, 5)
     save(manager, 10)
