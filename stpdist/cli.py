@@ -411,10 +411,11 @@ def _earlier_output(command: str) -> EarlierOutput:
 
     if command == "predict":
         files = ("predictions-r*.npz", "metrics.json")
+        # `.predicting`: where `Trainer.predict` writes first; a pass killed leaves it alone
         folders = (PICTURES, (".predicting", ("predictions-r*.npz",)))
-    else:
-        files = ("predictions-r*.npz",)
-        folders = (PICTURES, ("shards", ("forecast/index.json", "forecast/forecast-*.tar")))
+        return EarlierOutput(command, files, markers=(*files, ".predicting"), folders=folders)
+    files = ("predictions-r*.npz",)
+    folders = (PICTURES, ("shards", ("forecast/index.json", "forecast/forecast-*.tar")))
     return EarlierOutput(command, files, markers=files, folders=folders)
 
 

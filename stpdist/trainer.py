@@ -995,6 +995,7 @@ class Trainer:
         self._graph: Any = None
         self._trainable: tuple[bool, ...] | None = None  # see _check_trainable_unchanged
         self._nothing_left = False  # a resume at or past the config's end
+        self._data_layout = LAYOUT  # the epoch layout of the current fit's run (`_fit`)
         self._held_window: tuple | None = None  # see _log_window
         self._cudnn_release = hold_cudnn_benchmark(
             self, self.config.cudnn_benchmark, self.accelerator.device
@@ -1095,7 +1096,7 @@ class Trainer:
             num_workers=self.config.num_workers,
             stored_dtype=True,  # uint8 stays uint8 until it is on the device
             pin_memory=acc.device.type == "cuda",
-            layout=LAYOUT,
+            layout=self._data_layout,
         )
 
     def _to_device(self, batch: Any) -> Batch:
@@ -1219,6 +1220,10 @@ class Trainer:
     ) -> TrainState:
         acc = self.accelerator
         start = self._resolve_start(resume, lease)  # first: it may set the accumulation
+        # a run keeps the epoch layout it began with (`LoaderContext.layout`): one begun by
+        # an earlier stpdist (layout 1) goes on in it, its steps per epoch (its schedule's
+        # length) and the epoch it stands in as they were
+        self._data_layout = LAYOUT if start is None else (read_state(start).data_layout or 1)
         ctx = self._ctx()
         train = as_train_source(train_data)
         self._train_workers = self._workers_of(train)
@@ -1865,17 +1870,6 @@ class Trainer:
                 and workers is not None
                 and max(1, workers) != max(1, self._train_workers)
             )
-            or self._earlier_layout(state)
-        )
-
-    def _earlier_layout(self, state: TrainState) -> bool:
-        """Whether `state` stands in an epoch of a shard stream laid out by an earlier
-        stpdist (layout 1, before 2026-12-06), whose workers' layout differs from today's:
-        with more than one worker."""
-        return (
-            self._workers_shape_layout
-            and (state.data_layout or 1) != LAYOUT
-            and max(1, state.num_workers or 0) > 1
         )
 
     def _workers_of(self, train: TrainSource) -> int:
@@ -1892,18 +1886,16 @@ class Trainer:
         acc = self.accelerator
         if self._relaid(state):
             origin = self._moved_origin(state)
-            earlier = " (in an earlier stpdist's layout)" if self._earlier_layout(state) else ""
             say(
                 f"{start.name} was written mid-epoch by {state.world_size} processes with "
-                f"{state.num_workers} data worker(s) each{earlier}: the rest of epoch "
-                f"{state.epoch} is redistributed over {acc.num_processes} with "
-                f"{self._train_workers}"
+                f"{state.num_workers} data worker(s) each: the rest of epoch {state.epoch} is "
+                f"redistributed over {acc.num_processes} with {self._train_workers}"
             )
             state.epoch_origin, state.batch = origin, 0
         state.world_size = acc.num_processes
         state.gradient_accumulation_steps = acc.gradient_accumulation_steps
         state.num_workers = self._train_workers
-        state.data_layout = LAYOUT
+        state.data_layout = self._data_layout
         state.batch_size = getattr(train, "batch_size", None)
         state.settings = self._settings_of(train)
 
@@ -1997,7 +1989,7 @@ class Trainer:
                 world_size=acc.num_processes,
                 gradient_accumulation_steps=acc.gradient_accumulation_steps,
                 num_workers=self._train_workers,
-                data_layout=LAYOUT,
+                data_layout=self._data_layout,
                 batch_size=getattr(train, "batch_size", None),
                 settings=self._settings_of(train),
             )

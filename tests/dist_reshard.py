@@ -87,7 +87,8 @@ class DigitRecorder(KeyRecorder):
 def run(job: dict) -> None:
     import stpdist.trainer
 
-    # `layout: 1`: as an stpdist of before 2026-12-06 laid out (and recorded) the epochs
+    # `layout: 1`: as an stpdist of before 2026-12-06 began its runs (a resume keeps the
+    # layout its checkpoint records)
     stpdist.trainer.LAYOUT = job.get("layout", 2)
     torch.manual_seed(0)
     module = DigitRecorder() if job.get("digits") else KeyRecorder()

@@ -221,6 +221,29 @@ def test_a_predict_that_fails_leaves_no_folder_it_made(trained, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+def test_what_predict_and_forecast_take_for_their_earlier_output():
+    """A picture in a sub-folder of samples/ is no panel of theirs (fnmatch's `*` matched
+    the `/`), and a `.predicting/` left alone by a killed `Trainer.predict` is predict's."""
+    import tempfile
+
+    from stpdist.cli import _earlier_output
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        (out / "predictions-r000-000000.npz").touch()
+        (out / "samples" / "sub").mkdir(parents=True)
+        (out / "samples" / "a.png").touch()
+        (out / "samples" / "sub" / "x.gif").touch()
+        assert _earlier_output("forecast").foreign(out) == ["samples/sub/x.gif"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        (out / ".predicting").mkdir()
+        (out / ".predicting" / "predictions-r000-000000.npz").touch()
+        assert _earlier_output("predict").foreign(out) == []
+        (out / ".predicting" / "mine.txt").touch()
+        assert _earlier_output("predict").foreign(out) == [".predicting/mine.txt"]
+
+
 def test_an_output_written_by_another_command_meanwhile_is_kept(tmp_path):
     """Two `predict --out X` at once: both said they wrote their predictions and the one
     that finished last replaced the other's silently. The later one now refuses, and the

@@ -161,8 +161,8 @@ class EarlierOutput(NamedTuple):
     """Glob patterns of the top-level files it writes."""
     markers: tuple[str, ...]
     """Patterns of which an earlier run's output holds a file (its predictions, its
-    weights): without one, `entries` are not taken for its output (a `config.yaml` or
-    `index.json` of the user's own, in a folder of theirs, is theirs)."""
+    weights), or one of `folders`: without one, `entries` are not taken for its output (a
+    `config.yaml` or `index.json` of the user's own, in a folder of theirs, is theirs)."""
     folders: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """(folder name, glob patterns of the paths of the files it writes inside it): the
     folders it writes (`samples`), whose every file must match, since a user's file put
@@ -172,11 +172,13 @@ class EarlierOutput(NamedTuple):
         """What in `out` is no earlier output of the command (a symbolic link always
         counts): named as `name`, `folder/` or `folder/path`."""
         entries = sorted(out.iterdir())
+        inside = dict(self.folders)
         marked = any(
-            entry.is_file() and not entry.is_symlink() and _matches(entry.name, self.markers)
+            not entry.is_symlink()
+            and (entry.is_file() or (entry.is_dir() and entry.name in inside))
+            and _matches(entry.name, self.markers)
             for entry in entries
         )
-        inside = dict(self.folders)
         found = []
         for entry in entries:
             plain = not entry.is_symlink()
@@ -195,7 +197,14 @@ class EarlierOutput(NamedTuple):
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    """Whether `name` (a relative path) matches one of `patterns`, each `/`-separated part
+    alone (fnmatch's `*` would also match a `/`: `*.png` took `sub/x.png` for a picture)."""
+    parts = name.split("/")
+    return any(
+        len(parts) == len(pattern.split("/"))
+        and all(map(fnmatch.fnmatchcase, parts, pattern.split("/")))
+        for pattern in patterns
+    )
 
 
 def _foreign_files(folder: Path, patterns: Sequence[str]) -> list[str]:
