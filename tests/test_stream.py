@@ -200,6 +200,31 @@ def test_skip_mode_resumes_to_the_batches_of_the_uninterrupted_pass(damaged, wor
         assert [keys for _, _, keys in stream.iterate(ctx, 0, start)] == full[start:], start
 
 
+@pytest.mark.parametrize("first_workers", [0, 2])
+def test_skip_mode_rest_of_an_epoch_on_other_ranks_is_the_first_layouts_batches(
+    damaged, first_workers
+):
+    """Moved from 2 ranks to 1 mid-epoch in skip mode: each batch of the rest is the one
+    the first layout would have yielded, short ones filled alike (its batches skipped
+    over were not decoded, so their fills came from other samples)."""
+    from stpdist.data.loading import EpochOrigin
+
+    folder, _ = damaged
+    stream = train(folder)
+    stream.skip_bad = True
+    first = [
+        [keys for _, _, keys in stream.iterate(LoaderContext(r, 2, 3, 1, first_workers), 0)]
+        for r in range(2)
+    ]
+    consumed = 2
+    left = [first[r][j] for j in range(consumed, len(first[0])) for r in range(2)]
+    seen = [key for keys in left for key in keys]
+    assert any(seen.count(key) > 1 for key in seen), left  # filled batches in the rest
+    origin = EpochOrigin(2, first_workers, 1, consumed)
+    rest = [keys for _, _, keys in stream.iterate_rest(LoaderContext(0, 1, 3, 1, 0), 0, origin)]
+    assert rest == left
+
+
 def test_loader_memory_does_not_grow_with_dataset_size(tmp_path):
     """Peak RSS of one epoch over 2 000 samples (160 MB of shards) stays within +50 MB of
     the same over 200 samples."""

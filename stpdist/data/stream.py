@@ -415,20 +415,24 @@ class _RestOfEpoch(IterableDataset):
         first_workers = stream._layout(origin.first_context(ctx))[0]
         count = stream.batches_in_rest(ctx, origin)
         physical, _ = _worker()
-        readers: dict[tuple[int, int], tuple[Iterator[list[_Raw]], int]] = {}
+        # a reader per first-layout worker, with the filler that worker had (skip mode:
+        # a short batch is filled from that worker's previous batch, decoded if skipped)
+        readers: dict[tuple[int, int], tuple[Iterator[list[_Raw]], int, _Filler]] = {}
         stream.bad_samples = 0
-        fill = _Filler(stream, ctx)
         # DataLoader's round robin: the first batch asked for comes from worker 0
         for index in range(self.start + physical, count, self.workers):
             rank, batch = origin.source_batch(ctx, index)
             logical, wanted = batch % first_workers, batch // first_workers
-            reader, position = readers.get((rank, logical), (None, 0))
-            if reader is None:
+            if (rank, logical) not in readers:
                 first = origin.first_context(ctx, rank)
                 reader = _raw_batches(stream, first, self.epoch, logical)
+                readers[(rank, logical)] = (reader, 0, _Filler(stream, ctx))
+            reader, position, fill = readers[(rank, logical)]
             for _ in range(wanted - position):  # another rank's, or consumed before
-                next(reader)
-            readers[(rank, logical)] = (reader, wanted + 1)
+                raw = next(reader)
+                if stream.skip_bad:
+                    fill(raw)
+            readers[(rank, logical)] = (reader, wanted + 1, fill)
             yield fill(next(reader))
         stream._report(f"epoch {self.epoch} (continued), rank {ctx.rank}, worker {physical}")
 
