@@ -143,6 +143,29 @@ def test_refuses_non_empty_output_without_overwrite(tmp_path):
     assert (tmp_path / "out" / "README.md").read_text() == "mine"
 
 
+def test_a_taxibj_file_with_slots_out_of_order_is_refused(tmp_path):
+    """Days 4–5 stored before days 1–3: the test split (the record's last days) was taken
+    from the last entry, day 3, and covered days 2–5, without a word."""
+    h5py = pytest.importorskip("h5py")
+    start = datetime(2015, 1, 1)
+    slots = [start + timedelta(minutes=30 * i) for i in range(240)]
+    order = list(range(144, 240)) + list(range(144))
+    dates = [f"{t:%Y%m%d}{(t.hour * 60 + t.minute) // 30 + 1:02d}".encode() for t in slots]
+    path = tmp_path / "BJ15_M32x32_T30_InOut.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = np.zeros((240, 2, 32, 32))[order]
+        f["date"] = np.array(dates)[order]
+    proc = run_cli("shard", "taxibj-h5", str(path), "--out", "o", "--test-days", "2",
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"stpdist: error: {path}: 'date' entry 96 (2015-01-01 00:00) comes before entry 95 "
+        "(2015-01-05 23:30): the slots must be in time order; sort the file's 'data' and "
+        "'date' by date"
+    )
+    assert not (tmp_path / "o").exists()
+
+
 def test_taxibj_h5_windows_never_cross_gaps_and_split_by_date(tmp_path):
     h5py = pytest.importorskip("h5py")
     start = datetime(2013, 7, 1)

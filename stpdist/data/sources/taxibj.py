@@ -59,6 +59,23 @@ def _read(
     return data, dates, shape
 
 
+def _newest_in_order(raw_dates: Any) -> datetime:
+    """The newest slot of a file's `date`, whose slots must come in time order (a slot
+    repeated breaks a window run, as a gap does): out of order, the test split, the record's
+    last days, was taken from the last entry and covered other days, without a word."""
+    dates = [parse_slot(d) for d in raw_dates]
+    for i in range(1, len(dates)):
+        if dates[i] < dates[i - 1]:
+            raise InputError(
+                f"'date' entry {i} ({dates[i]:%Y-%m-%d %H:%M}) comes before entry {i - 1} "
+                f"({dates[i - 1]:%Y-%m-%d %H:%M}): the slots must be in time order; sort the "
+                "file's 'data' and 'date' by date"
+            )
+    if not dates:
+        raise InputError("'date' holds no slot")
+    return dates[-1]
+
+
 @dataclass
 class TaxiBJ:
     paths: list[str]
@@ -90,7 +107,7 @@ class TaxiBJ:
                             f"missing dataset 'data' or 'date' (has {list(f.keys())}): a TaxiBJ "
                             "file holds both"
                         )
-                    end = parse_slot(f["date"][-1])
+                    end = _newest_in_order(f["date"][()])
             except InputError as exc:
                 raise InputError(f"{path}: {exc}") from exc
             except Exception as exc:  # h5py raises several types; name the file
