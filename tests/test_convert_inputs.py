@@ -769,6 +769,21 @@ def test_splits_of_different_frame_shapes_are_refused(tmp_path):
     assert not (tmp_path / "ds").exists()
 
 
+def test_splits_of_different_dtypes_are_refused(tmp_path):
+    """uint8 train and val, float32 [0, 1] test: the value scale was guessed once, 255, from
+    the first split's dtype, and every test frame was divided by it, without a word."""
+    for split, dtype in (("train", np.uint8), ("val", np.uint8), ("test", np.float32)):
+        (tmp_path / "raw" / split).mkdir(parents=True)
+        np.save(tmp_path / "raw" / split / "a.npy", np.zeros((6, 1, 8, 8), dtype))
+    shard = ("shard", "arrays", "raw", "--out", "ds", "--workers", "1")
+    assert error_line(run_cli(*shard, cwd=tmp_path)) == (
+        "raw/test/a.npy: split test has float32 frames, split train uint8; the dataset has "
+        "one value scale (frames ÷ scale in [0, 1]) for every split: convert the files to one "
+        "dtype, or the splits as separate datasets"
+    )
+    assert not (tmp_path / "ds").exists()
+
+
 def test_netcdf_series_shorter_than_a_window_says_so(tmp_path):
     """It said "xarray: found nothing to convert"; `.NC` files were not found at all."""
     weatherbench_folders(tmp_path / "wb", steps=3)  # two yearly files of 3 steps each

@@ -502,10 +502,13 @@ def _write_split(
                         f"{where}: sample key {key!r} is also that of a sample from {first}; "
                         "keys must be unique in a split"
                     )
-                if like is not None and writer.shape is None:
+                first = writer.shape is None
+                if like is not None and first:
                     _check_same_shape(like, split, frames.shape, where)
                 grid = source.grid if quantize else None
                 _write_sample(writer, key, frames, meta, where, grid, nan_fill)
+                if like is not None and first:  # as stored (a grid quantizes to uint8)
+                    _check_same_dtype(like, split, writer.dtype, where)
         if writer.shape is None:
             raise _Empty
     return read_index(folder)
@@ -604,6 +607,19 @@ def _check_same_shape(like: SplitIndex, split: str, shape: tuple[int, ...], wher
         f"{where}: split {split} has frames {size(map(str, shape))}, split {like.split} "
         f"{size(map(str, like.shape))} (T×C×H×W); every split must hold sequences of one "
         f"shape (a model trains and is evaluated on them all): {fix}"
+    )
+
+
+def _check_same_dtype(like: SplitIndex, split: str, stored: str | None, where: str) -> None:
+    """Refuse a split whose frames are stored in another dtype than the split written
+    before: the dataset has one value scale, often guessed from the dtype (255 for uint8),
+    and a float split beside uint8 ones was divided by 255 without a word."""
+    if stored is None or stored == like.dtype:
+        return
+    raise InputError(
+        f"{where}: split {split} has {stored} frames, split {like.split} {like.dtype}; the "
+        "dataset has one value scale (frames ÷ scale in [0, 1]) for every split: convert "
+        "the files to one dtype, or the splits as separate datasets"
     )
 
 
