@@ -429,6 +429,22 @@ def test_sevir_takes_the_folder_its_help_promises(tmp_path):
     assert "folders" in FORMATS["xarray"].paths_help
 
 
+def test_a_bad_sevir_catalog_row_is_named_by_its_line_and_value(tmp_path):
+    """The error counted only the rows of the image type read (another type's rows sit
+    between them in the real catalog) and showed the time as rewritten for parsing."""
+    sevir_layout(tmp_path / "sevir")
+    catalog = tmp_path / "sevir" / "CATALOG.csv"
+    header, *rows = catalog.read_text().splitlines()
+    rows.insert(0, "S009,ir069/2018/SEVIR_IR069.h5,0,ir069,2018-08-01 12:00:00,-120,1")
+    rows[3] = rows[3].replace("2019-03-01 00:00:00", "Feb 1 2019")  # S003, line 5
+    catalog.write_text("\n".join([header, *rows]) + "\n")
+    line = error_line(run_cli("shard", "sevir", "sevir", "--out", "ds", cwd=tmp_path))
+    assert line == (
+        "sevir/CATALOG.csv: line 5 (S003): time_utc 'Feb 1 2019': expected a date and time, "
+        "YYYY-MM-DD HH:MM:SS"
+    )
+
+
 # ------------------------------------------------------------------ nothing lost silently
 def kth_seed(root: Path, splits=("train", "validation", "test"), frames: int = 3) -> None:
     """seed-kth's layout: `<split>/example000001/<t>.png`, 8-bit gray 6×8, frame t all 10·t."""

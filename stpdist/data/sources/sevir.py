@@ -87,7 +87,8 @@ class Sevir:
             missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
                 raise InputError(f"{path}: missing columns {missing} (has {reader.fieldnames})")
-            rows = [r for r in reader if r["img_type"] == self.img_type]
+            # each with its line in the file (the header is line 1), for errors to name
+            rows = [(reader.line_num, r) for r in reader if r["img_type"] == self.img_type]
         if not rows:
             raise InputError(f"{path}: no events of image type '{self.img_type}'")
         val_from, test_from = (
@@ -95,12 +96,21 @@ class Sevir:
             _date(self.test_from, "--test-from"),
         )
         by_split: dict[str, dict[str, list[tuple[str, int]]]] = {}
-        for line, row in enumerate(rows, start=2):
+        for line, row in rows:
             try:
                 time = np.datetime64(row["time_utc"].strip().replace(" ", "T"))
+            except ValueError:
+                raise InputError(
+                    f"{path}: line {line} ({row['id']}): time_utc {row['time_utc']!r}: "
+                    "expected a date and time, YYYY-MM-DD HH:MM:SS"
+                ) from None
+            try:
                 index = int(row["file_index"])
-            except ValueError as exc:
-                raise InputError(f"{path}: row {line} ({row['id']}): {exc}") from None
+            except ValueError:
+                raise InputError(
+                    f"{path}: line {line} ({row['id']}): file_index {row['file_index']!r}: "
+                    "expected an integer"
+                ) from None
             split = (
                 "test"
                 if test_from is not None and time >= test_from
