@@ -338,6 +338,30 @@ def weatherbench_folders(root: Path, years=(2000, 2001), steps: int = 16) -> dic
     return {k: np.concatenate(v) for k, v in full.items()}
 
 
+def test_era5_from_the_current_cds_with_a_valid_time_dimension_converts(tmp_path):
+    """The current CDS writes ERA5 with its time dimension named `valid_time`: refused as
+    holding "no variable with dims (time, …, lat, lon)". It is read as `time`."""
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    lat, lon = _grid()
+    time = np.datetime64("2024-01-01T00:00", "ns") + np.arange(8) * np.timedelta64(1, "h")
+    t2m = (280 + np.arange(8 * len(lat) * len(lon))).reshape(8, len(lat), len(lon))
+    ds = xr.Dataset(
+        {"t2m": (("valid_time", "latitude", "longitude"), t2m.astype(np.float32), {"units": "K"})},
+        coords={"valid_time": time, "latitude": lat, "longitude": lon},
+    )
+    ds.to_netcdf(tmp_path / "era5.nc", engine="h5netcdf")
+    from stpdist.cli import main
+
+    code = main(["shard", "netcdf", str(tmp_path / "era5.nc"), "--vars", "t2m", "--frames",
+                 "4", "--stride", "4", "--out", str(tmp_path / "ds")])  # fmt: skip
+    assert code == 0
+    samples = stored(tmp_path / "ds" / "train")
+    assert len(samples) == 2
+    frames, _ = samples[min(samples)]
+    np.testing.assert_allclose(frames[:, 0], t2m[:4].astype(np.float32), rtol=1e-6)
+
+
 def test_weatherbench_netcdf_folders_round_trip(tmp_path):
     from stpdist.cli import main
 

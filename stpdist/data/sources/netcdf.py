@@ -66,11 +66,17 @@ def _open_store(path: str, decode_times: bool = True) -> Any:
     return xr.open_dataset(path, **options)
 
 
+TIME_NAMES = ("valid_time",)
+"""Other names of the time dimension, read as `time`: the current CDS ERA5 files'."""
+
+
 def _open(path: str) -> Any:
-    """A lazily read dataset (no dask: values are read on indexing)."""
+    """A lazily read dataset (no dask: values are read on indexing); its time dimension
+    named `time` (ERA5 from the current CDS names it `valid_time`: refused before as holding
+    no variable with a time dimension)."""
     _xarray()  # a missing extra is said as such, not as an unreadable file
     try:
-        return _open_store(path)
+        ds = _open_store(path)
     except Exception as exc:
         undecodable = _undecodable_time(path, exc)
         if undecodable:
@@ -82,6 +88,11 @@ def _open(path: str) -> Any:
         else:
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         raise InputError(f"{path}: unreadable ({reason})") from None
+    if "time" not in ds.dims and "time" not in ds.variables:
+        other = next((name for name in TIME_NAMES if name in ds.dims), None)
+        if other is not None:
+            ds = ds.rename({other: "time"})
+    return ds
 
 
 def _calendar_problem(store: str, time: Any) -> str | None:
