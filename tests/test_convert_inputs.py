@@ -785,6 +785,18 @@ def test_splits_of_different_frame_shapes_are_refused(tmp_path):
     assert not (tmp_path / "ds").exists()
 
 
+def test_an_mmnist_array_with_more_frames_than_sequences_is_said(tmp_path):
+    """N×T (300 sequences of 20 frames) was read as T×N, 20 sequences of 300 frames,
+    without a word; the published file is T×N, 20×10000."""
+    np.save(tmp_path / "nfirst.npy", np.zeros((30, 4, 8, 8), np.uint8))
+    proc = run_cli("shard", "mmnist-npy", "nfirst.npy", "--out", "nf", cwd=tmp_path, check=True)
+    assert (
+        "nfirst.npy: read as T×N×H×W, time first, as the published mnist_test_seq.npy "
+        "(20×10000×64×64): 4 sequences of 30 frames. If it holds 30 sequences of 4 frames "
+        "(N×T), save it transposed: np.save(path, a.transpose(1, 0, 2, 3))"
+    ) in proc.stderr
+
+
 def test_splits_of_different_dtypes_are_refused(tmp_path):
     """uint8 train and val, float32 [0, 1] test: the value scale was guessed once, 255, from
     the first split's dtype, and every test frame was divided by it, without a word."""

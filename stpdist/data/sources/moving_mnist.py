@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,19 @@ class MovingMnistNpy:
         return f"{self.path} (sequences {item[1]}..{item[2] - 1})"
 
     def splits(self) -> dict[str, list[Any]]:
-        total = self._array().shape[1]
+        shape = self._array().shape
+        total = shape[1]
+        if shape[0] > total:  # more frames than sequences: likely N×T, read as T×N
+            logging.getLogger("stpdist").warning(
+                "%s: read as T×N×H×W, time first, as the published mnist_test_seq.npy "
+                "(20×10000×64×64): %d sequences of %d frames. If it holds %d sequences of %d "
+                "frames (N×T), save it transposed: np.save(path, a.transpose(1, 0, 2, 3))",
+                self.path,
+                total,
+                shape[0],
+                shape[0],
+                total,
+            )
         counts = split_counts(self.split_sizes, total, self.path, "sequences", allow_empty=False)
         start, out = 0, {}
         for split, count in counts.items():
