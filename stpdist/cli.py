@@ -815,6 +815,9 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         )
         frames, _, keys = next(iter(stream.iterate(LoaderContext())))
         samples = [(k, frames[i].numpy()) for i, k in enumerate(keys)]
+        lats = index.latitudes
+        if len(lats) > 1 and lats[0] < lats[-1]:  # south first (WeatherBench 1): north up
+            samples = [(k, np.flip(f, axis=-2).copy()) for k, f in samples]
         save_stored_frames(out / folder.name, samples, channel_names=variable_names(index))
         print(
             f"  rendered {counted(len(keys), 'sample')} (all {index.shape[0]} frames) to "

@@ -362,6 +362,28 @@ def test_era5_from_the_current_cds_with_a_valid_time_dimension_converts(tmp_path
     np.testing.assert_allclose(frames[:, 0], t2m[:4].astype(np.float32), rtol=1e-6)
 
 
+def test_inspect_draws_ascending_latitude_maps_north_up(tmp_path, monkeypatch):
+    """`inspect` drew WeatherBench 1 maps (south first) upside down, where training's and
+    predict's pictures are north up."""
+    from stpdist import cli
+    from stpdist.cli import main
+
+    full = weatherbench_folders(tmp_path / "wb", steps=8)
+    assert main(["shard", "netcdf", str(tmp_path / "wb" / "2m_temperature"), "--vars", "t2m",
+                 "--frames", "4", "--stride", "4", "--out", str(tmp_path / "ds")]) == 0  # fmt: skip
+    drawn = []
+    real = cli.save_stored_frames
+    monkeypatch.setattr(cli, "save_stored_frames",
+                        lambda out, samples, **kw: drawn.extend(samples) or real(out, samples, **kw))  # fmt: skip
+    assert (
+        main(["inspect", str(tmp_path / "ds"), "--samples", "1", "--out", str(tmp_path / "p")]) == 0
+    )
+    key, frames = drawn[0]
+    first = int(np.flatnonzero(full["time"] == np.datetime64(
+        f"{key[-12:-8]}-{key[-8:-6]}-{key[-6:-4]}T{key[-4:-2]}:{key[-2:]}", "ns"))[0])  # fmt: skip
+    np.testing.assert_allclose(frames[0, 0], full["t2m"][first][::-1], rtol=1e-6)  # north row first
+
+
 def test_weatherbench_netcdf_folders_round_trip(tmp_path):
     from stpdist.cli import main
 
