@@ -148,7 +148,38 @@ def load_full_state(
     set_model_state_dict(module, weights, options=_options(False))
     if optimizer is not None and optim is not None:
         inner = getattr(optimizer, "optimizer", optimizer)
+        optim = _keyed_by_name(module, inner, optim)
         set_optimizer_state_dict(module, inner, optim, options=_options(False))
+
+
+def _keyed_by_name(module: nn.Module, inner: Any, optim: dict[str, Any]) -> dict[str, Any]:
+    """A full optimizer state as `optimizer.state_dict()` writes it (a DDP or one-process
+    run's: parameters by their index in the groups) keyed by parameter name, as torch's
+    `set_optimizer_state_dict` takes one (it failed with KeyError 'state.0.step'): the
+    names, in each group's order, from torch's own full state of this optimizer. One keyed
+    by name already is returned as it is."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    groups = optim.get("param_groups", [])
+    if not all(isinstance(i, int) for group in groups for i in group["params"]):
+        return optim
+    names = get_optimizer_state_dict(module, inner, options=_options(False))["param_groups"]
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in names]:
+        raise ValueError(
+            f"the checkpoint's optimizer has groups of {[len(g['params']) for g in groups]} "
+            f"parameters, this one {[len(g['params']) for g in names]}: not the same optimizer"
+        )
+    name_of = {
+        index: name
+        for group, named in zip(groups, names, strict=True)
+        for index, name in zip(group["params"], named["params"], strict=True)
+    }
+    return {
+        "state": {name_of[index]: state for index, state in optim.get("state", {}).items()},
+        "param_groups": [
+            {**group, "params": [name_of[i] for i in group["params"]]} for group in groups
+        ],
+    }
 
 
 def local_bytes(module: nn.Module, optimizer: Any) -> int:

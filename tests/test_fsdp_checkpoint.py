@@ -147,6 +147,21 @@ def test_sharded_checkpoint_resumes_resharded(runs, tmp_path, ranks, strategy):
         torch.testing.assert_close(got[name], value, rtol=1e-6, atol=1e-6)
 
 
+def test_a_full_checkpoint_resumes_sharded(runs, tmp_path):
+    """Written by 2 DDP ranks (a full checkpoint: optimizer.pt keyed by parameter index) at
+    step 3, mid-epoch; resumed under FSDP on 2 ranks, which failed with KeyError
+    'state.0.step' (torch's full-state loader takes parameter names): the uninterrupted
+    FSDP run's weights at step 8 to 1e-6."""
+    run = tmp_path / "run"
+    job = {"out": str(run), "accum": 3, "every": 2}
+    _launch(tmp_path, [{**job, "strategy": "ddp", "steps": 3},
+                       {**job, "strategy": "fsdp", "steps": 8, "resume": "auto"}])  # fmt: skip
+    assert len(_shards(_step(run, 8))) == 2  # sharded from then on
+    got, want = _weights(_step(run, 8)), _weights(_step(runs / "accum3", 8))
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-6, atol=1e-6)
+
+
 class _Payload:
     def __reduce__(self):
         return (os.system, ("touch pwned",))
