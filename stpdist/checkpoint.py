@@ -79,7 +79,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import CheckpointConfig
 from .data.staging import make_durable, sync_folder
-from .errors import InputError, MissingInput
+from .errors import InputError, MissingInput, peer_lost
 
 STATE_FILE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
@@ -1124,6 +1124,8 @@ def _writing(tmp: Path) -> Iterator[None]:
         yield
     except (OSError, RuntimeError, SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if peer_lost(exc):  # a collective of the save (FSDP's shards) lost a rank: not disk
+            raise
         cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else _cause(exc)
         raise CheckpointError(
             f"cannot write checkpoint {tmp.name} in {tmp.parent}{free_space(tmp.parent)}: {cause}"

@@ -38,7 +38,7 @@ import numpy as np
 
 from .config import MOST_WORKERS, Config, ConfigError, check_output_dir, load_config
 from .console import counted, end_process, error_line, launched_as_main
-from .errors import InputError, MissingInput
+from .errors import InputError, MissingInput, peer_lost
 
 if TYPE_CHECKING:
     from .data.convert import EarlierOutput
@@ -1723,10 +1723,6 @@ _WRITE_ERRNOS = {
 """A full disk or quota, a read-only or forbidden folder, a file too large for its
 filesystem (FAT32's 4 GiB) or the process' file-size limit: the machine's state, not a bug."""
 
-_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote worker crash")
-"""What gloo says when another rank's process is gone."""
-
-
 STAGED = ("synth", "shard", "export", "import", "forecast", "predict")
 """Commands that write their output into a staging folder swapped in at the end: an
 interrupt leaves the output folder as it was (train and reproduce say their own line)."""
@@ -1821,7 +1817,7 @@ def _environment_error(exc: BaseException, command: str) -> str | None:
             space = free_space(path if path.is_dir() else path.parent)
         return f"{where}: {cause}{space}"
     text = str(exc)
-    if any(sign in text for sign in _PEER_LOST) and _several_ranks():
+    if peer_lost(exc) and _several_ranks():
         again = "resume with --resume auto" if command in ("train", "reproduce") else "run it again"
         first = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0]).split(". ")[0]
         return (

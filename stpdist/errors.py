@@ -22,6 +22,15 @@ def alike(exc: BaseException) -> BaseException:
     return exc
 
 
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote worker crash")
+"""What gloo says when another rank's process is gone."""
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether `exc` is a collective's error for another rank's process gone."""
+    return any(sign in str(exc) for sign in PEER_LOST)
+
+
 class MissingInput(InputError, FileNotFoundError):
     """An input file or folder that is not there (or holds nothing to read): bad input, so
     the CLI exits 2 with the message; still a `FileNotFoundError` for callers that test for

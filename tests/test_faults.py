@@ -419,6 +419,22 @@ def test_invalid_trainer_state_is_refused_naming_the_file(tmp_path, case):
     assert manager.resolve("auto") == tmp_path / "step-00000010"  # auto falls back
 
 
+def test_a_rank_lost_during_a_save_is_not_said_as_a_disk_failure(tmp_path):
+    """gloo's lost-peer error in a save's collective (FSDP's shards) became "cannot write
+    checkpoint … (N MiB free there)", exit 2: the CLI's "another rank of this run stopped …
+    resume with --resume auto" never saw it. A disk failure is still said as one."""
+    tmp = tmp_path / ".tmp-step-00000024"
+    tmp.mkdir()
+    lost = RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer")
+    with pytest.raises(RuntimeError) as exc, ckpt._writing(tmp):
+        raise lost
+    assert exc.value is lost and not tmp.exists()
+    tmp.mkdir()
+    with pytest.raises(ckpt.CheckpointError, match="cannot write checkpoint .tmp-step-00000024"):
+        with ckpt._writing(tmp):
+            raise OSError(28, "No space left on device")
+
+
 def test_a_resumed_runs_first_save_sets_the_other_trajectory_aside(tmp_path, caplog):
     """Resumed from step 10 of a folder that reached 40: at the first save (20) the newer
     ones go aside, a damaged one as damaged-, one a reader holds left in place (said)."""
