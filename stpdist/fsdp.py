@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .checkpoint import SHARDED_DIR
+from .errors import InputError, alike
 
 __all__ = ["fsdp_units", "is_sharded", "shard", "load_full_state", "save_sharded", "load_sharded"]
 
@@ -51,9 +52,12 @@ def fsdp_units(module: nn.Module, class_names: list[str] | None = None) -> list[
         found = [m for m in module.modules() if type(m).__name__ in set(class_names)]
         if not found:
             present = sorted({type(m).__name__ for m in module.modules()})
-            raise ValueError(
-                f"trainer.fsdp_wrap {class_names} names no submodule of "
-                f"{type(module).__name__}; its classes: {', '.join(present[:30])}"
+            # the same on every rank: said once
+            raise alike(
+                InputError(
+                    f"trainer.fsdp_wrap {class_names} names no submodule of "
+                    f"{type(module).__name__}; its classes: {', '.join(present[:30])}"
+                )
             )
         return found
     for owner in (module, getattr(module, "backbone", None)):

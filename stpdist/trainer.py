@@ -1417,6 +1417,10 @@ class Trainer:
         self._sharded_root = None
         if self._fsdp_sharded:
             return self._prepare_sharded(module, units)
+        if self.config.strategy == "fsdp" and units:  # checked on one process too
+            from .fsdp import fsdp_units
+
+            fsdp_units(module, units)
         optimizer = _optimizer_of(module.configure_optimizer())
         scheduler, interval = _scheduler_of(module.configure_lr_scheduler(optimizer))
         # The scheduler is not prepared: a prepared one steps num_processes times per step.
@@ -1905,17 +1909,18 @@ class Trainer:
         restored state would override or that would reorder the epochs begun
         (`_settings_changed`)."""
         acc = self.accelerator
+        # the same checkpoint and settings on every rank: each refusal said once (`alike`)
         if self._relaid(saved) and not isinstance(train, RedistributableSource):
-            raise InputError(
+            raise alike(InputError(
                 f"{start} was written mid-epoch by {saved.world_size} processes with "
                 f"{saved.num_workers} data worker(s) each and the training source "
                 f"{type(train).__name__} cannot redistribute the rest of an epoch; resume it "
                 f"with {saved.world_size} processes and {saved.num_workers} worker(s) (now "
                 f"{acc.num_processes} and {self._train_workers})"
-            )
+            ))  # fmt: skip
         changed = self._settings_changed(start, saved, train)
         if changed:
-            raise InputError(
+            raise alike(InputError(
                 f"resuming from {start} with {'; '.join(changed)}: a resume restores the "
                 "optimizer state (its kind, learning rate and weight decay), the seed orders "
                 "every epoch's data, and an epoch begun is dealt in its batch size and "
@@ -1924,7 +1929,7 @@ class Trainer:
                 "config.yaml recorded them; resume with the checkpoint's values (the data "
                 "as it was), from a checkpoint written at an epoch's end, or start a new run "
                 f"in another trainer.output_dir from its weights (model.init_weights={start})"
-            )
+            ))  # fmt: skip
 
     def _settings_of(self, train: TrainSource) -> dict[str, Any]:
         """This run's resolved values of the settings a resume must keep (`KEPT_ON_RESUME`
@@ -1976,10 +1981,10 @@ class Trainer:
         self._parameters_checked = False  # see _check_every_parameter_trained
         self.lockstep.reset()
         if resume is None and self.checkpoints.latest() is not None:
-            raise OutputExists(
+            raise alike(OutputExists(
                 f"{self.checkpoints.root} holds checkpoints of an earlier run; resume it "
                 "(resume='auto', CLI --resume auto) or use another output_dir"
-            )
+            ))  # fmt: skip
         if start is None:
             if resume == "auto":
                 say(f"no checkpoint in {self.checkpoints.root}; starting from scratch")

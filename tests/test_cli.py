@@ -474,6 +474,18 @@ def test_a_resume_from_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
     assert "resumed from runs/debug/checkpoints/step-00000032" in again.stdout
 
 
+def test_a_mistyped_fsdp_wrap_is_refused_on_one_process_too(tmp_path):
+    """It trained on one process without a word and failed on two, as a ValueError (exit 1,
+    once per rank)."""
+    done = run_cli("train", DEBUG, "trainer.strategy=fsdp", "trainer.fsdp_wrap=[Nope]",
+                   cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "stpdist: error: trainer.fsdp_wrap ['Nope'] names no submodule of Forecaster; its "
+        "classes: Conv2d, ConvLSTM, ConvLSTMCell, Forecaster, Identity, ModuleList, Normalizer"
+    )
+
+
 def test_a_bad_sample_met_in_a_data_worker_is_one_line_naming_shard_and_member(tmp_path):
     """torch re-raises a worker's error with the worker's traceback in its message: the CLI
     prints the error's own line, as without workers. And the process ends: the workers,

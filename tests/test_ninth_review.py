@@ -226,3 +226,33 @@ def test_leftovers_whose_pid_was_reused_are_recovered_not_waited_for(tmp_path):
     finally:
         runner.kill()
         runner.wait()
+
+
+def test_resume_refusals_and_fsdp_wrap_are_one_line_on_two_ranks(tmp_path):
+    """A changed setting on resume, checkpoints of an earlier run and a mistyped
+    trainer.fsdp_wrap were each said by every rank (the last as a ValueError, exit 1)."""
+    import os
+    from pathlib import Path
+
+    from conftest import launcher
+
+    debug = str(Path(__file__).resolve().parents[1] / "configs" / "debug.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def train(*args: str) -> subprocess.CompletedProcess:
+        command = [*launcher(2), "--no-python", sys.executable, "-m", "stpdist", "train", debug,
+                   "logging.num_samples=0", *args]  # fmt: skip
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=180, env=env)  # fmt: skip
+
+    assert train("trainer.max_steps=2").returncode == 0
+    for args, said in [
+        (("model.optimizer.lr=0.01", "--resume", "auto"), "model.optimizer.lr 0.003"),
+        ((), "holds checkpoints of an earlier run"),
+        (("trainer.strategy=fsdp", "trainer.fsdp_wrap=[Nope]", "trainer.output_dir=other"),
+         "trainer.fsdp_wrap ['Nope'] names no submodule"),
+    ]:  # fmt: skip
+        proc = train(*args)
+        assert proc.returncode == 2, proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("stpdist:")]
+        assert len(lines) == 1 and said in lines[0], proc.stderr
