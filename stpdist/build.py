@@ -21,7 +21,7 @@ from .data.onthefly import MovingDigitsTrainSource
 from .data.staging import holds_working_folder, recover
 from .data.stream import ShardEvalStream, ShardTrainStream
 from .data.synthetic import synthesized_differently, write_moving_digits
-from .errors import InputError, MissingInput
+from .errors import InputError, MissingInput, alike
 from .metrics import SSIM_WINDOW, GeoInfo
 from .models.base import UntrustedImportPath
 from .module import EnhancedModule
@@ -49,6 +49,12 @@ def ensure_dataset(cfg: Config, trainer: Trainer, *, synthesize: bool = False) -
         _check_root_before_generating(root)
         _check_model_before_generating(cfg)  # a refusal said by the main rank (as a config
         # error is), not one rank's error and another's "a rank stopped" from its barrier
+    if not generates and not index.is_file():
+        # on every rank, before the wait: a missing dataset said by the main rank (the
+        # others, left in the wait, said "a rank stopped; resume with --resume auto")
+        recover(root)  # a `shard` that crashed while it replaced the dataset (any rank)
+        if not index.is_file():
+            raise alike(_no_dataset(cfg, root, needed))
     # the main process generates under a lock: taken before `recover`, which would find a
     # generating run's staging folder; the other ranks wait for the main one
     lock = trainer.is_main and generates and not index.is_file()
@@ -63,16 +69,8 @@ def ensure_dataset(cfg: Config, trainer: Trainer, *, synthesize: bool = False) -
             if trainer.is_main and synth is not None and synth.root is not None:
                 _warn_if_synthesized_differently(cfg, root, on_the_fly)
             return
-        where = f"data.root {root} holds no dataset (no {needed}/{INDEX_FILE})"
-        convert = f"convert your data with `stpdist shard FORMAT SRC --out {root}`"
-        if synth is None:
-            raise MissingInput(f"{where}; {convert} (formats: stpdist shard --help)")
-        if not synthesize and (synth.root is None or Path(synth.root) != root):
-            raise MissingInput(
-                f"{where}, and data.synthesize generates only into {synth.root}; pass "
-                f"--synthesize to generate synthetic digits into {root}, or {convert} "
-                "and set data.synthesize=null"
-            )
+        if not generates:  # gone meanwhile
+            raise _no_dataset(cfg, root, needed)
         if trainer.is_main:
             say(f"generating synthetic moving digits into {root}")
             # train has no --overwrite: the advice names the split it lacks
@@ -83,6 +81,20 @@ def ensure_dataset(cfg: Config, trainer: Trainer, *, synthesize: bool = False) -
                     **_synth_settings(cfg),
                     workers=2,
                 )
+
+
+def _no_dataset(cfg: Config, root: Path, needed: str) -> MissingInput:
+    """The error for a `data.root` without the `needed` split, saying what to do."""
+    synth = cfg.data.synthesize
+    where = f"data.root {root} holds no dataset (no {needed}/{INDEX_FILE})"
+    convert = f"convert your data with `stpdist shard FORMAT SRC --out {root}`"
+    if synth is None:
+        return MissingInput(f"{where}; {convert} (formats: stpdist shard --help)")
+    return MissingInput(
+        f"{where}, and data.synthesize generates only into {synth.root}; pass "
+        f"--synthesize to generate synthetic digits into {root}, or {convert} "
+        "and set data.synthesize=null"
+    )
 
 
 def generation_lock_file(root: Path) -> Path:

@@ -256,3 +256,23 @@ def test_resume_refusals_and_fsdp_wrap_are_one_line_on_two_ranks(tmp_path):
         assert proc.returncode == 2, proc.stderr
         lines = [line for line in proc.stderr.splitlines() if line.startswith("stpdist:")]
         assert len(lines) == 1 and said in lines[0], proc.stderr
+
+
+def test_a_missing_dataset_is_one_line_on_two_ranks(tmp_path):
+    """The main rank said the data root holds no dataset; the other, left waiting for it,
+    said "another rank of this run stopped …; resume with --resume auto" (the last line of
+    the log, advice for a run that never started)."""
+    import os
+    from pathlib import Path
+
+    from conftest import launcher
+
+    debug = str(Path(__file__).resolve().parents[1] / "configs" / "debug.yaml")
+    command = [*launcher(2), "--no-python", sys.executable, "-m", "stpdist", "train", debug,
+               f"data.root={tmp_path / 'nodata'}", "data.synthesize=null"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=180,
+                          env=env)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("stpdist:")]
+    assert len(lines) == 1 and "holds no dataset" in lines[0], proc.stderr
