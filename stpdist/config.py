@@ -552,13 +552,18 @@ def _section_class(dotted: str) -> type | None:
 
 
 def _valid_keys(schema: DictConfig, full_key: str) -> list[str]:
-    """Keys valid beside `full_key` (the fields of its parent section)."""
-    parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
-    cls = _section_class(parent)
-    if cls is not None:
-        return sorted(_fields(cls))
-    node = OmegaConf.select(schema, parent) if parent else schema
-    return sorted(node.keys()) if isinstance(node, DictConfig) else []
+    """Keys valid beside `full_key` (the fields of its parent section: the longest prefix
+    that is one, as the unknown key may hold a dot itself, `decay:0.9`)."""
+    parts = full_key.split(".")
+    for cut in range(len(parts) - 1, -1, -1):
+        parent = ".".join(parts[:cut])
+        cls = _section_class(parent)
+        if cls is not None:
+            return sorted(_fields(cls))
+        node = OmegaConf.select(schema, parent) if parent else schema
+        if isinstance(node, DictConfig):
+            return sorted(node.keys())
+    return []
 
 
 def _error(schema: DictConfig, exc: OmegaConfBaseException, origin: str) -> ConfigError:
@@ -568,6 +573,8 @@ def _error(schema: DictConfig, exc: OmegaConfBaseException, origin: str) -> Conf
         valid = _valid_keys(schema, key)
         close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
+        if ":" in key:  # `{decay:0.9}`: YAML reads one key, `decay:0.9`, without the space
+            hint += "; YAML needs a space after the colon: {key: value}"
         return ConfigError(
             f"{origin}: unknown key '{key}'; valid keys there: {', '.join(valid)}{hint}"
         )

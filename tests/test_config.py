@@ -50,6 +50,11 @@ def test_defaults_overlay_and_overrides(tmp_path):
         ),
         (["data.batch_size=0"], "'data.batch_size' is 0"),
         (["oops"], "not of the form"),
+        (
+            ["trainer.ema={decay:0.9}"],  # no space: one key `decay:0.9`; the list was empty
+            "unknown key 'trainer.ema.decay:0.9'; valid keys there: decay, every_n_steps, "
+            "start_step; YAML needs a space after the colon",
+        ),
         # wandb's rules, said at config time (wandb said them at its start, naming no key)
         (["logging.wandb.project=a/b"], "'logging.wandb.project' is 'a/b'; expected a project"),
         (["logging.wandb.project='  '"], "'logging.wandb.project' is '  '; expected a project"),
