@@ -139,6 +139,30 @@ def test_predict_needs_no_validation_step(tmp_path):
     assert len(predicted) == 6 and {v.shape for v in predicted.values()} == {(2, 1, 4, 4)}
 
 
+class Days(TinySequences):
+    def key(self, index: int) -> str:
+        return f"day{index:03d}"
+
+
+def test_predictions_of_a_subset_are_named_by_the_samples_they_hold(tmp_path):
+    """`Subset(dataset, indices)`, as the docs advise for part of a dataset: its samples
+    were named by their place in the subset (two subsets: the same keys), the dataset's
+    own `key` ignored."""
+    from torch.utils.data import Subset
+
+    from stpdist.trainer import load_predictions
+
+    t = trainer(tmp_path)
+    module = TinyModule()
+    t.fit(module, loader(8))
+    for dataset, name in ((Days(10), "days"), (TinySequences(10), "plain")):
+        part = Subset(Subset(dataset, [3, 7, 8, 9]), [1, 2, 3])  # 7, 8, 9 of the dataset
+        t.predict(module, DataLoader(part, batch_size=2), out=tmp_path / name)
+        keys = sorted(load_predictions(tmp_path / name))
+        assert keys == (["day007", "day008", "day009"] if name == "days"
+                        else ["00000007", "00000008", "00000009"])  # fmt: skip
+
+
 class Scheduled(TinyModule):
     def __init__(self, returned) -> None:
         super().__init__()

@@ -23,6 +23,7 @@ from torch.utils.data import (
     IterableDataset,
     RandomSampler,
     SequentialSampler,
+    Subset,
 )
 
 _STOP_SIGNALS = {
@@ -353,8 +354,18 @@ class _Keyed(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[Any, str]:
-        key = getattr(self.dataset, "key", None)  # a dataset may name its samples
-        return self.dataset[index], key(index) if key is not None else f"{index:08d}"
+        return self.dataset[index], _sample_key(self.dataset, index)
+
+
+def _sample_key(dataset: Any, index: int) -> str:
+    """A sample's key: the dataset's `key(index)` when it names its samples, else its
+    zero-padded index. Through a `Subset` (what the docs advise for part of a dataset):
+    the key of the sample it holds, by the dataset's `key` or by the index there (by the
+    index in the subset, two subsets' predictions had the same keys, and `key` was lost)."""
+    while not hasattr(dataset, "key") and isinstance(dataset, Subset):
+        dataset, index = dataset.dataset, int(dataset.indices[index])
+    key = getattr(dataset, "key", None)
+    return key(index) if key is not None else f"{index:08d}"
 
 
 def own_keys(keys: Any, size: int) -> list[str]:
