@@ -1238,6 +1238,7 @@ class Trainer:
         module.planned_steps = total_steps  # a fact for schedules that need their length
         self._total_steps = total_steps
         self._banner(batches_per_epoch, total_steps, saved)
+        self._say_left_out(train, batches_per_epoch)
         model, optimizer, scheduler, interval = self._prepare(module)
         self._trainable = _trainable(module) if self.accelerator.num_processes > 1 else None
         self._inner_optimizer = self._direct(optimizer)
@@ -1391,6 +1392,27 @@ class Trainer:
                 f"({', '.join(limits)}); raise trainer.max_epochs or trainer.max_steps to "
                 "train on"
             )
+
+    def _say_left_out(self, train: TrainSource, batches_per_epoch: int) -> None:
+        """Every rank's epoch ends on a whole optimizer step: the training samples that do
+        not fill one are left out of each epoch. Said once, with how many (a DataLoader
+        passed from Python that does not shuffle leaves the same ones out every epoch, and
+        its `drop_last=False` promised none: 7 of 15 were never trained on)."""
+        total, batch = getattr(train, "num_samples", None), getattr(train, "batch_size", None)
+        if not isinstance(total, int) or not isinstance(batch, int):
+            return
+        acc = self.accelerator
+        left = total - batches_per_epoch * batch * acc.num_processes
+        if left <= 0:
+            return
+        same = getattr(train, "shuffle", True) is False
+        say(
+            f"{left} of {total} training samples are left out of each epoch (epochs end on a "
+            f"whole optimizer step on every rank: {acc.num_processes} rank(s) × batch {batch} "
+            f"× accumulation {acc.gradient_accumulation_steps}); "
+            + ("the same ones every epoch: the DataLoader does not shuffle"
+               if same else "a different set each epoch")
+        )  # fmt: skip
 
     @property
     def _fsdp_sharded(self) -> bool:

@@ -163,6 +163,18 @@ def test_predictions_of_a_subset_are_named_by_the_samples_they_hold(tmp_path):
                         else ["00000007", "00000008", "00000009"])  # fmt: skip
 
 
+def test_the_samples_an_epoch_leaves_out_are_said(tmp_path, capsys):
+    """15 samples at batch 4 × accumulation 2 make one optimizer step: 7 were never trained
+    on (a DataLoader that does not shuffle: the same 7 every epoch), without a word."""
+    t = trainer(tmp_path, gradient_accumulation_steps=2)
+    t.fit(TinyModule(), loader(15, shuffle=False))
+    assert (
+        "7 of 15 training samples are left out of each epoch (epochs end on a whole optimizer "
+        "step on every rank: 1 rank(s) × batch 4 × accumulation 2); the same ones every "
+        "epoch: the DataLoader does not shuffle"
+    ) in capsys.readouterr().out
+
+
 class Scheduled(TinyModule):
     def __init__(self, returned) -> None:
         super().__init__()
