@@ -281,7 +281,18 @@ def _scalars_of(output: Any, hook: str = "validation_step") -> dict[str, Any]:
                 "(a batch mean: results are weighted by batch size and reduced exactly)"
             )
         scalars = {}
+        reserved = TRAINER_SCALARS if hook == "training_step" else EVALUATION_SCALARS
         for k, v in output.items():
+            if k in reserved or (hook == "training_step" and k.startswith("lr_group")):
+                if (hook, k) not in _UNLOGGED:  # said once; the Trainer's value is logged
+                    _UNLOGGED.add((hook, k))
+                    console.warn_main(
+                        "%s's entry %r is not logged: the Trainer logs its own value under "
+                        "that name; rename yours",
+                        hook,
+                        k,
+                    )
+                continue
             if (isinstance(v, torch.Tensor) and v.numel() == 1) or isinstance(v, float | int):
                 scalars[k] = v
             elif k not in CONSUMED_ENTRIES and (hook, k) not in _UNLOGGED:
@@ -299,7 +310,18 @@ def _scalars_of(output: Any, hook: str = "validation_step") -> dict[str, Any]:
                     what,
                 )
         return scalars
-    raise TypeError(f"{hook} must return a Tensor or a dict; got {type(output)}")
+    forgot = "; did it forget its `return`?" if output is None else ""
+    raise TypeError(
+        f"{hook} returned {type(output).__name__}; expected its loss (a tensor of one "
+        f"number) or a dict of scalars{forgot}"
+    )
+
+
+TRAINER_SCALARS = frozenset({"lr", "grad_norm", "samples_per_s", "epoch_loss"})
+"""Training scalars the Trainer logs itself (`train/lr`, …): a module's own entry of that
+name was overwritten, or logged under the epoch's row's name, without a word."""
+EVALUATION_SCALARS = frozenset({"num_samples"})
+"""Evaluation results the Trainer adds itself (`val/num_samples`)."""
 
 
 CONSUMED_ENTRIES = frozenset({"predictions", "sums"})

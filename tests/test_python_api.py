@@ -175,6 +175,36 @@ def test_the_samples_an_epoch_leaves_out_are_said(tmp_path, capsys):
     ) in capsys.readouterr().out
 
 
+class ReservedNames(TinyModule):
+    def training_step(self, inputs, targets):
+        return {"loss": super().training_step(inputs, targets), "lr": 123.0, "mine": 1.0}
+
+    def validation_step(self, inputs, targets):
+        return {"loss": super().validation_step(inputs, targets), "num_samples": 999.0}
+
+
+class ForgotReturn(TinyModule):
+    def validation_step(self, inputs, targets):
+        self(inputs)
+
+
+def test_entries_under_the_trainers_own_names_are_said_not_silently_overwritten(tmp_path, capsys):
+    """A module's `lr` (or `grad_norm`, `epoch_loss`, `num_samples`) was replaced by the
+    Trainer's value, or mixed into the epoch's row, without a word."""
+    t = trainer(tmp_path, log_every_n_steps=1)
+    t.fit(ReservedNames(), loader(8), loader(5, shuffle=False))
+    said = capsys.readouterr().err
+    assert "training_step's entry 'lr' is not logged: the Trainer logs its own value" in said
+    assert "validation_step's entry 'num_samples' is not logged" in said
+    rows = _rows(tmp_path / "run")
+    assert all(r["train/lr"] != 123.0 for r in rows if "train/lr" in r)
+    assert any(r.get("train/mine") == 1.0 for r in rows)
+    assert [r["val/num_samples"] for r in rows if "val/num_samples" in r] == [5]
+    with pytest.raises(TypeError, match="validation_step returned NoneType; expected its loss "
+                       r".*did it forget its `return`\?"):  # fmt: skip
+        trainer(tmp_path / "b").fit(ForgotReturn(), loader(8), loader(4, shuffle=False))
+
+
 class Scheduled(TinyModule):
     def __init__(self, returned) -> None:
         super().__init__()
