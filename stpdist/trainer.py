@@ -194,6 +194,8 @@ class _Parameters(NamedTuple):
     keywords: frozenset[str]
     any_keyword: bool
     positional: tuple[str, ...]
+    required: tuple[str, ...] = ()
+    """Parameters after those two without a default: extras the batch must carry."""
 
 
 def _declared(hook: Any) -> _Parameters:
@@ -204,10 +206,12 @@ def _declared(hook: Any) -> _Parameters:
     if found is None:
         parameters = list(inspect.signature(function).parameters.values())[int(bound) :]
         by_position = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        plain = [p for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
         found = _Parameters(
             frozenset(p.name for p in parameters if p.kind is not p.POSITIONAL_ONLY),
             any(p.kind is p.VAR_KEYWORD for p in parameters),
             tuple(p.name for p in parameters if p.kind in by_position)[:2],
+            tuple(p.name for p in plain[2:] if p.default is p.empty),
         )
         _SIGNATURES[(function, bound)] = found
     return found
@@ -223,9 +227,19 @@ def call_hook(hook: Any, inputs: Any, targets: Any, extras: dict[str, Any]) -> A
     the seed's `(inputs, labels)` hooks keep working on batches that carry more. An extra
     named like a parameter that already receives inputs or targets (a `labels` entry for
     `(inputs, labels)`) is not passed, with a warning once."""
+    declared = _declared(hook)
+    missing = [name for name in declared.required if name not in extras]
+    if missing:  # Python's "missing 1 required positional argument" said not where from
+        function = getattr(hook, "__func__", hook)
+        carried = ", ".join(sorted(extras)) or "none"
+        raise TypeError(
+            f"{getattr(function, '__qualname__', hook)} takes {', '.join(missing)}, which the "
+            f"batch does not carry (its extras: {carried}): extras come in a dict batch "
+            f"({{'inputs': …, 'targets': …, '{missing[0]}': …}}); a tuple batch's third item is "
+            "its sample keys"
+        )
     if not extras:
         return hook(inputs, targets)
-    declared = _declared(hook)
     given = {
         k: v
         for k, v in extras.items()

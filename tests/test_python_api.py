@@ -205,6 +205,28 @@ def test_entries_under_the_trainers_own_names_are_said_not_silently_overwritten(
         trainer(tmp_path / "b").fit(ForgotReturn(), loader(8), loader(4, shuffle=False))
 
 
+class Weighted(TinyModule):
+    def training_step(self, inputs, targets, weight):
+        return super().training_step(inputs, targets) * weight.mean()
+
+
+class WithWeights(TinySequences):
+    def __getitem__(self, i: int):
+        return (*super().__getitem__(i), torch.tensor(float(i)))
+
+
+def test_a_hook_taking_an_extra_the_batch_lacks_says_where_extras_come_from(tmp_path):
+    """A tuple batch's third item is its keys: a hook declaring `weight` failed with
+    Python's bare "missing 1 required positional argument: 'weight'"."""
+    with pytest.raises(TypeError) as exc:
+        trainer(tmp_path).fit(Weighted(), DataLoader(WithWeights(8), batch_size=4))
+    assert str(exc.value) == (
+        "Weighted.training_step takes weight, which the batch does not carry (its extras: "
+        "keys): extras come in a dict batch ({'inputs': …, 'targets': …, 'weight': …}); a "
+        "tuple batch's third item is its sample keys"
+    )
+
+
 class Scheduled(TinyModule):
     def __init__(self, returned) -> None:
         super().__init__()
