@@ -131,7 +131,11 @@ def _mse(module, inputs, targets):
         ("training_step", lambda m, x, y: {"mse": _mse(m, x, y)}, "dict without 'loss'"),
         ("training_step", lambda m, x, y: {"loss": 0.5}, "returned a float as its loss"),
         ("training_step", lambda m, x, y: (m(x) - y).pow(2).mean((1, 2, 3, 4)), r"shape \(4,\)"),
-        ("validation_step", lambda m, x, y: None, "validation_step returned NoneType; expected its loss"),
+        (
+            "validation_step",
+            lambda m, x, y: None,
+            "validation_step returned NoneType; expected its loss",
+        ),
         ("validation_step", lambda m, x, y: (m(x) - y).abs().mean(1), r"validation_step .*shape"),
         ("predict_step", lambda m, x, y: {"p": m(x)}, "predict_step returned a dict"),
         ("predict_step", lambda m, x, y: m(x)[:, :1], r"predict_step .*\(4, 1, 1, 4, 4\)"),
