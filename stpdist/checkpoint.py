@@ -653,7 +653,7 @@ class CheckpointManager:
         self.last_saved_step: int | None = None
         self.trajectory_from: int | None = None
         """The step a resume began this run at, while the run has saved nothing: its first
-        save sets the newer `step-*` folders aside (`set_aside_after`)."""
+        save sets the newer `step-*` folders aside (`_leave_the_other_trajectory`)."""
 
     def record_metrics(self, step: int, metrics: dict[str, Any]) -> None:
         """The validation of step `step`, run after its checkpoint was written (so a failing
