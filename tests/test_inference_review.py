@@ -161,6 +161,32 @@ def test_colour_png_frames_for_a_one_channel_model_are_refused_grey_ones_as_rgb_
     ), line
 
 
+def test_grey_png_frames_for_a_three_channel_model_are_refused_rgb_ones_taken(tmp_path):
+    """A grey PNG was turned into RGB for a 3-channel model without a word; a frame stored
+    as RGB is taken whatever it shows (an all-grey one too)."""
+    rng = np.random.default_rng(0)
+    with SplitWriter(tmp_path / "data" / "train", "train", value_scale=255.0) as writer:
+        writer.write("s0", rng.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8))
+    cfg = load_config(DEBUG)
+    torch.manual_seed(0)
+    module = build_module(cfg, index=read_index(tmp_path / "data" / "train"))
+    folder = tmp_path / "rgb-model"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()},
+              str(folder / "model.safetensors"))  # fmt: skip
+    (folder / "config.yaml").write_text(to_yaml(cfg))
+    (folder / "index.json").write_text((tmp_path / "data" / "train" / "index.json").read_text())
+    _pngs(tmp_path / "grey", 4)
+    line = _error_line(run_cli("forecast", str(folder), "grey", "--out", "f", cwd=tmp_path))
+    assert line.endswith("grey/0.png: a grey PNG (mode L); the model takes 3 channels (RGB)")
+    rgb = tmp_path / "rgb"
+    rgb.mkdir()
+    for t in range(4):
+        Image.fromarray(_frames(t, 32, 32)).convert("RGB").save(rgb / f"{t}.png")  # grey, as RGB
+    run_cli("forecast", str(folder), "rgb", "--out", "f2", "--samples", "0", cwd=tmp_path,
+            check=True)  # fmt: skip
+
+
 # ------------------------------------------------------------------ what the model path is
 def test_a_weights_file_or_a_checkpoints_folder_as_the_model_says_what_to_pass(model, tmp_path):
     with pytest.raises(
