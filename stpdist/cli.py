@@ -397,9 +397,6 @@ def _refuse_other_checkpoint(
     )
 
 
-PREDICT_OUTPUTS = ("metrics.json", "samples", ".predicting")
-"""What `stpdist predict` writes into its folder, besides `predictions-r*.npz` (`.predicting`:
-where `Trainer.predict` writes them first)."""
 PICTURES = ("samples", ("*.png", "*.gif"))
 """The sample pictures' folder and what is in it (`visualize.save_samples`)."""
 
@@ -427,14 +424,10 @@ def _check_predict_out(out: Path, args: argparse.Namespace, record: dict[str, An
     if args.overwrite or not out.is_dir() or not any(out.iterdir()):
         return
     where = f"--out {out}" if args.out else str(out)
-    foreign = [
-        p.name
-        for p in out.iterdir()
-        if p.name not in PREDICT_OUTPUTS and not p.match("predictions-r*.npz")
-    ]
+    foreign = _earlier_output("predict").foreign(out)
     earlier = _json_file(out / "metrics.json")
     if foreign or earlier is None:
-        found = f" ({', '.join(sorted(foreign)[:3])}…)" if foreign else ""
+        found = f" ({', '.join(foreign[:3])}…)" if foreign else ""
         raise InputError(
             f"{where} is not empty and holds no earlier predict's output{found}; pass "
             "--overwrite to replace it"

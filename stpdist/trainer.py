@@ -1259,7 +1259,8 @@ class Trainer:
         # a run keeps the epoch layout it began with (`LoaderContext.layout`): one begun by
         # an earlier stpdist (layout 1) goes on in it, its steps per epoch (its schedule's
         # length) and the epoch it stands in as they were
-        self._data_layout = LAYOUT if start is None else (read_state(start).data_layout or 1)
+        saved = None if start is None else read_state(start)
+        self._data_layout = LAYOUT if saved is None else (saved.data_layout or 1)
         ctx = self._ctx()
         train = as_train_source(train_data)
         self._train_workers = self._workers_of(train)
@@ -1269,7 +1270,6 @@ class Trainer:
         # failed at the first validation, an epoch of training later
         getattr(validator.source, "check_counts", lambda: None)()
         batches_per_epoch = train.batches_per_epoch(ctx)
-        saved = None if start is None else read_state(start)
         total_steps = self._planned_steps(batches_per_epoch, saved, train, ctx)
         module.planned_steps = total_steps  # a fact for schedules that need their length
         self._total_steps = total_steps

@@ -117,7 +117,7 @@ class LoaderContext:
     """Loaders pin their batches (page-locked memory: asynchronous copies to a GPU)."""
     layout: int = 2
     """The shard stream's epoch layout (`ShardTrainStream._layout`): 2 since 2026-12-06;
-    1 (before) is kept to finish epochs that checkpoints of then stopped in."""
+    1 (before) is kept for the runs begun then, which keep it when resumed."""
 
 
 LAYOUT = LoaderContext.layout

@@ -269,7 +269,7 @@ class ShardTrainStream(_ShardSource):
         Layout 2: the rank's whole batches, whole optimizer steps of them, dealt to the
         workers in turn (worker k yields batches k, k + K, …) and read as one contiguous
         run per worker: fewer than ranks × batch × accumulation samples are dropped.
-        Layout 1 (before 2026-12-06; kept to finish epochs begun then) cut the span into K
+        Layout 1 (before 2026-12-06; kept for the runs begun then) cut the span into K
         equal chunks of whole batches first, dropping up to ranks × K × batch samples:
         half of a 1000-sample epoch on 4 ranks × 8 workers at batch 16."""
         workers = max(1, ctx.num_workers or 0)
