@@ -157,6 +157,8 @@ def _earlier_trial(folder: Path, run_id: str) -> str:
         record = json.loads((folder / TRIAL_FILE).read_text())
         finished, metric = record["finished"], record["metric"]
         best = f"best {metric['name']} {metric['value']}"
+        if metric["value"] is None:
+            best = f"{metric['name']} never logged"
     except (OSError, ValueError, KeyError, TypeError):
         return "a trial folder that holds an earlier run; not overwritten"
     if finished:

@@ -301,3 +301,17 @@ def test_a_stopped_trial_resumed_with_train_finishes_as_the_sweep_would(tmp_path
     assert f"sweep trial {folder.name} finished: best val/mse {best}" in out
     newest = sorted((folder / "wandb").glob(f"offline-run-*-{folder.name}"))[-1]
     assert _run_file(newest / f"run-{folder.name}.wandb")[1]["val/mse"] == pytest.approx(best)
+
+
+def test_a_trial_that_never_logged_its_metric_says_so_when_relaunched(tmp_path):
+    """Its record holds `value: null`: the relaunch named "best val/mse None"."""
+    from stpdist.errors import InputError
+    from stpdist.sweep import TRIAL_FILE, trial_folder
+
+    folder = tmp_path / "sweep-local" / "t1"
+    folder.mkdir(parents=True)
+    record = {"finished": True, "metric": {"name": "val/mse", "goal": "minimize", "value": None}}
+    (folder / TRIAL_FILE).write_text(json.dumps(record))
+    with pytest.raises(InputError) as raised:
+        trial_folder(tmp_path, "local", "t1")
+    assert "trial t1 finished before (val/mse never logged, in sweep.json)" in str(raised.value)
