@@ -424,13 +424,12 @@ def _check_predict_out(out: Path, args: argparse.Namespace, record: dict[str, An
     if args.overwrite or not out.is_dir() or not any(out.iterdir()):
         return
     where = f"--out {out}" if args.out else str(out)
-    foreign = _earlier_output("predict").foreign(out)
+    _earlier_output("predict").refuse_foreign(out)  # which --overwrite would not replace
     earlier = _json_file(out / "metrics.json")
-    if foreign or earlier is None:
-        found = f" ({', '.join(foreign[:3])}…)" if foreign else ""
+    if earlier is None:  # no readable metrics.json: not a whole earlier predict's output
         raise InputError(
-            f"{where} is not empty and holds no earlier predict's output{found}; pass "
-            "--overwrite to replace it"
+            f"{where} is not empty and holds no earlier predict's output; pass --overwrite "
+            "to replace it"
         )
     if args.ckpt != "best":
         _refuse_other_checkpoint(where, earlier, record, args.ckpt, "--out DIR to keep both, or ")
@@ -499,13 +498,13 @@ def cmd_forecast(args: argparse.Namespace) -> None:
     module = load(args.model, args.ckpt, trust_code=args.trust_code, raw_weights=args.raw_weights)
     require_forecaster(module, "forecast")
     data = _forecast_inputs(Path(args.inputs), module, args)
+    earlier = _earlier_output("forecast")
+    protected = (args.inputs, module.model_folder)
     out = check_output_folder(
-        args.out, overwrite=args.overwrite, protected=(args.inputs, module.model_folder)
+        args.out, overwrite=args.overwrite, protected=protected, earlier=earlier
     )
     trainer = Trainer(output_dir=out, progress_bar=False, mixed_precision=args.precision)
     keeper = SampleKeeper(args.samples if trainer.is_main else 0)
-    earlier = _earlier_output("forecast")
-    protected = (args.inputs, module.model_folder)
     with _shared_staging(trainer, out, args.overwrite, protected, earlier) as tmp:
         trainer.predict(
             module,
@@ -1319,9 +1318,8 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument(
                 "--overwrite",
                 action="store_true",
-                help="replace a non-empty --out that holds files other than an earlier "
-                "predict's, or (with a --ckpt other than best) an earlier predict's of another "
-                "checkpoint; the old contents go only once the predictions are done",
+                help="replace an earlier predict's output in --out (of any checkpoint; never "
+                "other files); the old contents go only once the predictions are done",
             )
         else:
             s.add_argument(
@@ -1390,7 +1388,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace a non-empty --out (the old contents go only once the forecast is done)",
+        help="replace an earlier forecast's output in --out (never other files); the old "
+        "contents go only once the forecast is done",
     )
     s.add_argument(
         "--allow-nonfinite",
@@ -1409,7 +1408,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace a non-empty --out (the old contents go only once the export is done)",
+        help="replace an earlier export's model folder in --out (never other files); the "
+        "old contents go only once the export is done",
     )
     _trust_code_flag(s)
     s.add_argument(
@@ -1449,7 +1449,11 @@ def parser() -> argparse.ArgumentParser:
         help="import the EMA weights of OpenSTL's EMA hook (ema_* buffers), not the raw ones",
     )
     s.add_argument("--out", type=_non_empty, required=True, help="the model folder to write")
-    s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier import's model folder in --out (never other files)",
+    )
     s.add_argument("--debug", action="store_true", help="show tracebacks")
     s.set_defaults(func=cmd_import)
 

@@ -22,7 +22,7 @@ import shutil
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,9 +46,12 @@ from .console import log, say, warn_main
 from .data.format import INDEX_FILE, SplitIndex, read_index
 from .data.staging import holds_working_folder
 from .ema import has_average, load_eval_weights
-from .errors import InputError, MissingInput
+from .errors import InputError, MissingInput, OutputExists
 from .module import EnhancedModule
 from .plugins import refusing_import_paths
+
+if TYPE_CHECKING:
+    from .data.convert import EarlierOutput
 
 EXPORT_FORMATS = ("torchscript", "exported-program", "onnx")
 
@@ -563,12 +566,18 @@ def refuse_keys_on_several_ranks(keys: Iterable[str], accelerator: Any, split: s
 
 
 def check_output_folder(
-    out: str | Path, *, overwrite: bool, protected: tuple[str | Path, ...] = ()
+    out: str | Path,
+    *,
+    overwrite: bool,
+    protected: tuple[str | Path, ...] = (),
+    earlier: EarlierOutput | None = None,
 ) -> Path:
     """Refuse, before anything is written, an `out` that is a file, that is or holds one of
     `protected` (the inputs, the model folder), the working folder, a dataset (a split
     folder or a folder of them), that lies in or holds a run's checkpoints, or that is not
-    empty without `overwrite` (the last alone is what `overwrite` lifts). First (on the main
+    empty without `overwrite` (the last alone is what `overwrite` lifts; `earlier`, the
+    command's own output: a folder holding anything else is refused first, as `overwrite`
+    would not replace that either). First (on the main
     process) a replacement of `out` that a crash interrupted is finished or undone, as
     `shard` does: the checks then see `out` as it is meant to be, and no complete leftover
     copy stays behind silently."""
@@ -603,7 +612,12 @@ def check_output_folder(
             "would damage the checkpoint: choose another folder"
         )
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"--out {out} is not empty; pass --overwrite to replace it")
+        if earlier is None:
+            raise InputError(f"--out {out} is not empty; pass --overwrite to replace it")
+        earlier.refuse_foreign(out)
+        raise OutputExists(
+            f"--out {out} holds {earlier.describe()}; pass --overwrite to replace it"
+        )
     return out
 
 
@@ -700,7 +714,9 @@ def export(
 
     def prepare(folder: Path) -> tuple[Path, Path, dict[str, Any], Any]:
         run = folder.parent.parent if folder.parent.name == "checkpoints" else folder
-        check_output_folder(out, overwrite=overwrite, protected=(folder, run))
+        check_output_folder(
+            out, overwrite=overwrite, protected=(folder, run), earlier=_export_output()
+        )
         # the files copied into `out`, opened before the weights are read: a run that
         # retires the checkpoint meanwhile can no longer leave the copy without them
         sources = _open_sources(folder, run)
@@ -749,7 +765,7 @@ def _export(
     overwrite: bool,
     raw_weights: bool,
 ) -> dict[str, float]:
-    from .data.convert import EarlierOutput, staged_output
+    from .data.convert import staged_output
 
     say(f"exporting {folder}{' (its raw weights)' if raw_weights else ''}")
     wrapped = _Forward(module).eval()
@@ -762,10 +778,7 @@ def _export(
     with torch.no_grad():
         expected = [(x, wrapped(x)) for x in (sample, other)]
     differences = {}
-    earlier = EarlierOutput(
-        "export", (MODEL_FILE, "config.yaml", INDEX_FILE, *EXPORT_FILES), markers=(MODEL_FILE,)
-    )
-    with staged_output(out, overwrite, sources=(folder, run), earlier=earlier) as staging:
+    with staged_output(out, overwrite, sources=(folder, run), earlier=_export_output()) as staging:
         for name, handle in sources.items():
             with open(staging / name, "wb") as copy:
                 shutil.copyfileobj(handle, copy)
@@ -832,6 +845,16 @@ def _onnx(wrapped: torch.nn.Module, sample: torch.Tensor, out: Path) -> Any:
 EXPORT_FILES = ("model.ts", "model.pt2", "model.onnx")
 """The graphs `export` writes (torchscript, exported-program, onnx), beside the model folder's
 files."""
+
+
+def _export_output() -> EarlierOutput:
+    """What `export` writes, which its `--overwrite` replaces (and nothing else)."""
+    from .data.convert import EarlierOutput
+
+    files = (MODEL_FILE, "config.yaml", INDEX_FILE, *EXPORT_FILES)
+    return EarlierOutput("export", files, markers=(MODEL_FILE,))
+
+
 _EXPORTERS = {
     "torchscript": _torchscript,
     "exported-program": _exported_program,

@@ -1143,7 +1143,10 @@ def import_checkpoint(
 
     name = canonical_method(method)
     protected = (checkpoint,) if config is None else (checkpoint, config)
-    check_output_folder(out, overwrite=overwrite, protected=protected)
+    earlier = EarlierOutput(
+        "import", (MODEL_FILE, "config.yaml", INDEX_FILE), markers=(MODEL_FILE,)
+    )
+    check_output_folder(out, overwrite=overwrite, protected=protected, earlier=earlier)
     shape = _shape_options(in_shape, pre, aft)
     tensors, hyper_parameters = read_checkpoint(checkpoint)
     tensors, wrappers = strip_wrappers(tensors)
@@ -1196,9 +1199,6 @@ def import_checkpoint(
         say(f"dropped {len(copies)} OpenSTL tensors that repeat another key's tensor (one "
             "module saved under two names, checked equal): "
             + ", ".join(copies[:6]) + (" …" if len(copies) > 6 else ""))  # fmt: skip
-    earlier = EarlierOutput(
-        "import", (MODEL_FILE, "config.yaml", INDEX_FILE), markers=(MODEL_FILE,)
-    )
     with staged_output(out, overwrite, sources=protected, earlier=earlier) as staging:
         save_file(mapped.tensors, str(staging / MODEL_FILE))
         (staging / "config.yaml").write_text(to_yaml(cfg))

@@ -288,7 +288,9 @@ def test_out_must_be_empty_without_overwrite(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("x")
     result, _ = _import(tmp_path, "convlstm")
-    assert result.returncode == 2 and "not empty" in result.stderr
+    assert result.returncode == 2, result.stderr
+    assert "holds keep.txt, which no stpdist import wrote" in result.stderr  # --overwrite won't
+    assert "pass --overwrite" not in result.stderr
     assert (out / "keep.txt").read_text() == "x"
     result, _ = _import(tmp_path, "convlstm", check=False)
     record, state, _ = _fixture("convlstm")

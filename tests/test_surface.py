@@ -14,6 +14,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -160,8 +161,16 @@ def test_forecast_into_a_used_out_refuses_and_overwrite_leaves_no_stale_files(ru
     assert {"samples/good_000000.png", "samples/good_000001.png"} <= set(before)
     np.save(run / "single.npy", np.load(run / "good.npy")[0])
     proc = run_cli("forecast", "runs/debug", "single.npy", "--out", "o_reuse", cwd=run)
-    assert "--overwrite" in _one_line_error(proc)
+    line = _one_line_error(proc)
+    assert "--out o_reuse holds an earlier forecast's output (" in line
+    assert line.endswith("; pass --overwrite to replace it")
     assert _tree(out) == before  # untouched
+    (out / "notes.txt").write_text("mine\n")  # said at once: --overwrite would refuse it too
+    proc = run_cli("forecast", "runs/debug", "single.npy", "--out", "o_reuse", cwd=run)
+    line = _one_line_error(proc)
+    assert "holds notes.txt, which no stpdist forecast wrote" in line
+    assert "pass --overwrite" not in line and _tree(out) == {**before, "notes.txt": ANY}
+    (out / "notes.txt").unlink()
     again = run_cli(
         "forecast", "runs/debug", "single.npy", "--out", "o_reuse", "--overwrite", cwd=run
     )
@@ -234,7 +243,9 @@ def test_export_refuses_a_used_out_and_checkpoint_folders(run):
     mine.mkdir()
     (mine / "config.yaml").write_text("my own notes\n")
     proc = run_cli("export", "runs/debug", "--out", "mine", cwd=run)
-    assert "--overwrite" in _one_line_error(proc)
+    line = _one_line_error(proc)  # not "pass --overwrite", which would refuse it too
+    assert "holds config.yaml, which no stpdist export wrote" in line
+    assert "never other files: choose another --out" in line and "pass --overwrite" not in line
     assert (mine / "config.yaml").read_text() == "my own notes\n"
     # another run's checkpoint folder (or the run itself) is refused even with --overwrite
     checkpoints = run / "runs" / "debug" / "checkpoints"

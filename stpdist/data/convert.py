@@ -195,6 +195,11 @@ class EarlierOutput(NamedTuple):
         names = [*self.entries, *(f"{name}/" for name, _ in self.folders)]
         return f"an earlier {self.command}'s output ({', '.join(names)})"
 
+    def refuse_foreign(self, out: Path) -> None:
+        """Refuse an `out` that holds anything but this output, naming what: `--overwrite`
+        would not replace it either, so it is said before `--overwrite` is asked for."""
+        _refuse_foreign(out, self.foreign(out), f"stpdist {self.command}", self.describe())
+
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
     """Whether `name` (a relative path) matches one of `patterns`, each `/`-separated part
@@ -299,7 +304,7 @@ def _check_out(
         which = "an earlier dataset (split folders with index.json, README.md)"
         _refuse_foreign(out, _not_a_dataset(out), "stpdist conversion", which)
     if earlier is not None:
-        _refuse_foreign(out, earlier.foreign(out), f"stpdist {earlier.command}", earlier.describe())
+        earlier.refuse_foreign(out)
     if not overwrite:
         advice = _OCCUPIED_ADVICE.get()
         if advice:
