@@ -286,9 +286,27 @@ def _check_splits_alike(cfg: Config, indexes: dict[str, SplitIndex]) -> None:
             )
 
 
+ALLOW_PIPE_ENV = "STPDIST_ALLOW_PIPE"
+"""Set to 1 to let `data.url_template` be a `pipe:` shell command: a config is data, and a
+command in one runs only with this leave from the environment."""
+
+
+def _checked_template(template: str | None) -> str | None:
+    """`data.url_template`, refused when it is a shell command (`pipe:…`) and the
+    environment has not allowed one (`STPDIST_ALLOW_PIPE=1`): a config handed over with a
+    dataset or a recipe must not run commands unasked."""
+    if template and template.startswith("pipe:") and os.environ.get(ALLOW_PIPE_ENV) != "1":
+        raise ConfigError(
+            f"data.url_template {template!r} is a shell command, which stpdist runs from a "
+            f"config only when allowed: set {ALLOW_PIPE_ENV}=1 in the environment if you "
+            "wrote (or trust) this config"
+        )
+    return template
+
+
 def _stream_args(cfg: Config, split: str, eval_: bool) -> dict:
     batch = cfg.data.eval_batch_size or cfg.data.batch_size if eval_ else cfg.data.batch_size
-    template = cfg.data.url_template
+    template = _checked_template(cfg.data.url_template)
     return {
         "skip_bad": cfg.data.skip_bad_samples,
         "url_template": template,  # the stream substitutes (and shell-quotes) {split}, {name}

@@ -340,7 +340,8 @@ class DataConfig:
     """Skip unreadable samples / truncated shards (counted, reported) instead of failing."""
     url_template: Optional[str] = checked(None, _none_or_not_empty)
     """Shard location per split, e.g. `pipe:aws s3 cp s3://bucket/ds/{split}/{name} -`
-    (None: the local folder `root/<split>/`); index.json is always read from `root`."""
+    (None: the local folder `root/<split>/`); index.json is always read from `root`. A
+    `pipe:` command runs only with `STPDIST_ALLOW_PIPE=1` in the environment."""
     synthesize: Optional[SynthConfig] = None
     """Generate synthetic moving digits into `root` when it holds no dataset."""
     train_source: Literal["shards", "moving_digits"] = "shards"

@@ -500,50 +500,55 @@ class _Opaque:
         pass
 
 
-def _tensor_globals() -> dict[str, Any]:
-    """The globals `torch.load(weights_only=True)` allows (tensor rebuilding, storages,
-    dtypes, OrderedDict): every other global read becomes `_Opaque`."""
-    try:
-        from torch._weights_only_unpickler import _get_allowed_globals
+def _load_tensors_only(path: Path, refusal: str) -> Any:
+    """`torch.load` of a checkpoint that holds objects besides tensors, by torch's own
+    weights-only unpickler: each global it would refuse is allowed as a stand-in class of
+    its name (an `_Opaque`), so that no code of the checkpoint's runs and nothing outside
+    the checkpoint is touched (`refusal`: why the plain weights-only load refused it). Only torch's zip format (every `torch.save` since torch 1.6):
+    a legacy file would be read by pickle itself, which can run any code."""
+    import zipfile
 
-        return dict(_get_allowed_globals())
-    except Exception:  # a torch without that helper: the minimum for state dicts
-        import collections
+    from torch import serialization
 
-        import torch._utils
-
-        allowed = {
-            "collections.OrderedDict": collections.OrderedDict,
-            "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
-            "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter,
-        }
-        allowed.update(
-            {f"torch.{n}": getattr(torch, n) for n in dir(torch) if n.endswith("Storage")}
+    if not zipfile.is_zipfile(path):
+        raise InputError(
+            f"{path}: a legacy torch file (not torch's zip format) holding objects besides "
+            "tensors, which only a full unpickling could read (it can run any code); load "
+            "and re-save it with torch.save where you trust it, or save its state_dict alone"
         )
-        return allowed
+    if not hasattr(serialization, "get_unsafe_globals_in_checkpoint"):  # torch < 2.5
+        raise InputError(
+            f"{path}: holds objects besides tensors; reading its tensors alone needs torch "
+            f"≥ 2.5 (this is {torch.__version__}), or save its state_dict alone"
+        )
+    names = serialization.get_unsafe_globals_in_checkpoint(path)
+    stand_ins = [(_stand_in(name), name) for name in names]
+    try:
+        with serialization.safe_globals(stand_ins):
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        if not _is_weights_only_refusal(exc):
+            raise
+        # what stand-ins cannot mimic: a call of a call's result, a module torch never
+        # allows (os, sys), a class object given state
+        raise InputError(
+            f"{path}: holds objects besides tensors that cannot be read without running "
+            f"their code ({_refusal(exc)}); where you trust the file, load it and torch.save "
+            "its state_dict alone, then import that"
+        ) from None
+    log.warning(
+        "%s holds objects besides tensors that a weights-only load refuses (%s); reading "
+        "its tensors only (nothing else is unpickled); its hyper_parameters are ignored: "
+        "pass the OpenSTL config with --config",
+        path, refusal,
+    )  # fmt: skip
+    return raw
 
 
-class _TensorsOnly(pickle.Unpickler):
-    allowed: dict[str, Any] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        found = self.allowed.get(f"{module}.{name}")
-        return found if found is not None else type(name, (_Opaque,), {})
-
-
-class _TensorsOnlyModule:
-    """A `pickle_module` for `torch.load` that rebuilds tensors and nothing else."""
-
-    Unpickler = _TensorsOnly
-    load = pickle.load
-    __name__ = "stpdist_tensors_only"
-
-
-def _load_tensors_only(path: Path) -> Any:
-    _TensorsOnly.allowed = _tensor_globals()
-    return torch.load(
-        path, map_location="cpu", weights_only=False, pickle_module=_TensorsOnlyModule
-    )
+def _stand_in(name: str) -> type:
+    """An `_Opaque` class named like the global `module.name` it stands in for."""
+    module, _, qualname = name.rpartition(".")
+    return type(qualname or name, (_Opaque,), {"__module__": module})
 
 
 def _is_weights_only_refusal(exc: Exception) -> bool:
@@ -573,14 +578,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     except Exception as exc:
         if not _is_weights_only_refusal(exc):
             raise InputError(_unreadable(path, exc)) from None
-        log.warning(
-            "%s holds objects besides tensors that a weights-only load refuses (%s); reading "
-            "its tensors only (nothing else is unpickled); its hyper_parameters are ignored: "
-            "pass the OpenSTL config with --config",
-            path, _refusal(exc),
-        )  # fmt: skip
         try:
-            raw = _load_tensors_only(path)
+            raw = _load_tensors_only(path, _refusal(exc))
+        except InputError:
+            raise
         except Exception as inner:
             raise InputError(f"{path}: cannot read its tensors ({_first_line(inner)})") from None
         safe = False
@@ -613,6 +614,11 @@ def _refusal(exc: Exception) -> str:
     match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
     if match:
         return f"the first: {match.group(1)}"
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    for paragraph in re.split(r"\n\s*\n", text):  # the unpickler's own reason, if given
+        paragraph = " ".join(paragraph.replace("WeightsUnpickler error:", "").split())
+        if paragraph and not paragraph.startswith(boilerplate):
+            return paragraph.rstrip(".")[:200]
     first = " ".join(text.split()).split(". ")[0].rstrip(".")
     return (first or type(exc).__name__)[:200]
 

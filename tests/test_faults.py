@@ -700,6 +700,37 @@ def test_shard_names_from_the_index_are_never_run(tmp_path):
     assert not (tmp_path / "PWNED").exists()
 
 
+def test_a_shell_command_in_a_config_runs_only_when_the_environment_allows_it(
+    tmp_path, monkeypatch
+):
+    """`data.url_template: "pipe:…"` in a config handed over with a dataset or a recipe ran
+    its command unasked; it now needs STPDIST_ALLOW_PIPE=1."""
+    from stpdist import build
+    from stpdist.config import ConfigError, load_config
+
+    small_split(tmp_path / "train")
+    marker = tmp_path / "ran"
+    template = f"pipe:touch {marker}; cat {tmp_path}/{{split}}/{{name}}"
+    overrides = [f"data.root={tmp_path}", "data.synthesize=null", f"data.url_template={template}"]
+    overrides += ["data.num_input_frames=2", "data.num_output_frames=2", "data.batch_size=2"]
+    cfg = load_config(ROOT / "configs" / "debug.yaml", overrides)
+    monkeypatch.delenv("STPDIST_ALLOW_PIPE", raising=False)
+    for make in (build.train_stream, lambda c: build.eval_stream(c, "train")):
+        with pytest.raises(ConfigError, match="is a shell command, .* set STPDIST_ALLOW_PIPE=1"):
+            make(cfg)
+    assert not marker.exists()
+    monkeypatch.setenv("STPDIST_ALLOW_PIPE", "1")
+    stream = build.eval_stream(cfg, "train")
+    assert [k for batch in stream.iterate(LoaderContext()) for k in batch[2]] == ["k0", "k1", "k2"]
+    assert marker.exists()
+    # a URL is no command
+    monkeypatch.delenv("STPDIST_ALLOW_PIPE")
+    url = load_config(
+        ROOT / "configs" / "debug.yaml", [*overrides, "data.url_template=https://h/{split}/{name}"]
+    )
+    assert build.eval_stream(url, "train").url_template == "https://h/{split}/{name}"
+
+
 def test_pipe_substitutions_are_shell_quoted():
     from stpdist.data.stream import shard_url
 

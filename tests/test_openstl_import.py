@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import pickle
 import pprint
 import re
 from pathlib import Path
@@ -238,7 +239,8 @@ def test_config_file_is_read_never_run(tmp_path):
 
 
 class _Payload:
-    """Pickles as a call of `pathlib.Path(marker).touch`: code a full unpickling would run."""
+    """Pickles as a call of `pathlib.Path(marker).touch` (the method found by a call of
+    `getattr`): code a full unpickling would run."""
 
     def __init__(self, marker: Path) -> None:
         self.marker = marker
@@ -247,17 +249,40 @@ class _Payload:
         return (Path.touch, (self.marker,))
 
 
+class _Touch:
+    """Pickles as one call of `shutil.copyfile(source, marker)`: code a full unpickling
+    would run, by a global torch's weights-only unpickler refuses."""
+
+    def __init__(self, source: Path, marker: Path) -> None:
+        self.source, self.marker = source, marker
+
+    def __reduce__(self):
+        import shutil
+
+        return (shutil.copyfile, (str(self.source), str(self.marker)))
+
+
 def test_checkpoint_objects_are_never_unpickled(tmp_path):
     """Hyper-parameters holding an object a weights-only load refuses: only the tensors
-    are read (with a warning), and the object's code never runs."""
+    are read (with a warning), and the object's code never runs. One it cannot stand in
+    for (a call of a call's result) is refused, naming why, and never run either."""
     record, state, data = _fixture("convlstm")
-    marker = tmp_path / "unpickled"
-    ckpt = _write_ckpt(tmp_path / "c.ckpt", state, hyper_parameters={"obj": _Payload(marker)})
+    marker, source = tmp_path / "unpickled", tmp_path / "source"
+    source.write_text("x")
+    ckpt = _write_ckpt(tmp_path / "c.ckpt", state, hyper_parameters={"obj": _Touch(source, marker)})
     cfg = _write_config(tmp_path / "ConvLSTM.py", record["config"])
     args = ["import", "openstl", str(ckpt), "--method", "ConvLSTM", "--config", str(cfg)]
     result = run_cli(*args, "--out", str(tmp_path / "m"), cwd=tmp_path, check=True)
     assert not marker.exists()
-    assert "reading its tensors only" in result.stderr
+    assert "(the first: shutil.copyfile); reading its tensors only" in result.stderr
+    chained = _write_ckpt(tmp_path / "g.ckpt", state, hyper_parameters={"obj": _Payload(marker)})
+    args[2] = str(chained)
+    refused = run_cli(*args, "--out", str(tmp_path / "m2"), cwd=tmp_path)
+    assert refused.returncode == 2 and not marker.exists()
+    assert "cannot be read without running their code (Trying to call reduce for " in (
+        refused.stderr
+    )
+    assert not (tmp_path / "m2").exists()
     module = _load64(tmp_path / "m")
     with torch.no_grad():
         out = module.eval()(data["input"][:, :3], all_frames=True, clamp=False).predictions
@@ -408,3 +433,46 @@ def test_a_file_that_is_no_checkpoint_is_refused_saying_what_it_is(tmp_path):
     assert message.startswith(f"{tmp_path / 'cut.ckpt'}: a damaged or truncated torch checkpoint")
     assert message.endswith("failed finding central directory")
     assert read_checkpoint(tmp_path / "whole.ckpt")[0].keys() == {"a"}
+
+
+def test_no_checkpoint_runs_code_or_changes_a_class_when_its_tensors_are_read(tmp_path):
+    """The tensors-only fallback unpickled legacy (non-zip) files with plain pickle: a file
+    of one pickled `os.system` call, or a legacy `torch.save` holding one, ran it. And a
+    zip checkpoint could set attributes of an allowed class (BUILD on a class). Both come
+    from a file a user was handed; now torch's weights-only unpickler reads every file."""
+    import collections
+    import io
+    import zipfile
+
+    from stpdist.errors import InputError
+    from stpdist.openstl import read_checkpoint
+
+    marker = tmp_path / "ran"
+    raw = tmp_path / "raw.pth"  # not even torch's: one pickle of a call
+    raw.write_bytes(pickle.dumps(_Payload(marker), protocol=2))
+    legacy = tmp_path / "legacy.pth"
+    state = {"model.a": torch.zeros(3)}
+    torch.save({"state_dict": state, "hparams": _Payload(marker)}, legacy,
+               _use_new_zipfile_serialization=False)  # fmt: skip
+    for path in (raw, legacy):
+        with pytest.raises(InputError):
+            read_checkpoint(path)
+        assert not marker.exists(), path
+    with pytest.raises(InputError, match="legacy torch file .* re-save it"):
+        read_checkpoint(legacy)
+
+    template = tmp_path / "template.pt"
+    torch.save({"state_dict": state}, template)
+    tampering = b"\x80\x02ccollections\nCounter\nN}X\x0b\x00\x00\x00most_commonc" + (
+        b"builtins\nprint\ns\x86b."
+    )  # BUILD on the class: Counter.most_common = print
+    forged = io.BytesIO()
+    with zipfile.ZipFile(template) as zin, zipfile.ZipFile(forged, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            zout.writestr(item, tampering if item.filename.endswith("data.pkl") else data)
+    (tmp_path / "forged.pt").write_bytes(forged.getvalue())
+    before = collections.Counter.most_common
+    with pytest.raises(InputError):
+        read_checkpoint(tmp_path / "forged.pt")
+    assert collections.Counter.most_common is before
