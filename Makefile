@@ -1,6 +1,7 @@
 # Quick start: `make demo` (train on synthetic moving digits), `make test` (the suite),
 # `make docs` (the documentation site, docs/site/), `make docs-serve` (served while you edit).
 VENV   ?= .venv
+TORCH_INDEX ?=
 PY     := $(VENV)/bin/python
 export WANDB_MODE ?= offline
 
@@ -9,12 +10,15 @@ export WANDB_MODE ?= offline
 $(PY):
 	python3 -m venv $(VENV)
 
-# torch first, pinned to the CPU build on disk: a bare `torch` would pull a multi-GB CUDA build.
+# torch first, pinned: a bare `torch` would pull a multi-GB CUDA build. This project's machines
+# hold the CPU build of 2.13.0 on disk; elsewhere PyPI's Linux torch is the CUDA build, and
+# `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes the CPU one instead.
 # pip byte-compiles one file at a time (half of a fresh install's 80 s here); compileall does
 # it on every core. It exits 1 when a file does not compile (Python 2 test data some packages
 # ship): such a file is only left uncompiled.
 install: $(PY)
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --no-compile torch==2.13.0
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --no-compile torch==2.13.0 \
+		$(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q --no-compile -e ".[test,wandb,media,formats]"
 	@$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" >/dev/null || true
 

@@ -1292,7 +1292,9 @@ def parser() -> argparse.ArgumentParser:
     for name, func in (("validate", cmd_validate), ("predict", cmd_predict)):
         s = with_config(name, f"{name} with a checkpoint")
         s.add_argument(
-            "--ckpt", default="best", help="'best', 'last', a step (step-320) or a checkpoint path"
+            "--ckpt",
+            default="best",
+            help="'best' (the default), 'last', a step (step-320) or a checkpoint path",
         )
         s.add_argument(
             "--split",
@@ -1313,7 +1315,7 @@ def parser() -> argparse.ArgumentParser:
                 "--samples",
                 type=_non_negative_int,
                 default=4,
-                help="samples rendered as pictures (0: none)",
+                help="samples rendered as pictures (default 4; 0: none)",
             )
             s.add_argument(
                 "--overwrite",
@@ -1334,7 +1336,7 @@ def parser() -> argparse.ArgumentParser:
         "reproduce",
         "train a recipe with N seeds; test-split table (beside OpenSTL's, in its setting)",
     )
-    s.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1, one run each")
+    s.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1, one run each (default 3)")
     s.add_argument("--small", action="store_true", help="scaled-down recipe: minutes on CPU")
     s.add_argument(
         "--out", type=_non_empty, default=None, help="folder for the runs, reproduce.json/.md"
@@ -1360,7 +1362,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--out", type=_non_empty, required=True, help="folder for predictions-*.npz and pictures"
     )
-    s.add_argument("--ckpt", default="best", help="of a run folder: best, last or step-N")
+    s.add_argument(
+        "--ckpt", default="best", help="of a run folder: best (the default), last or step-N"
+    )
     s.add_argument(
         "--batch-size", type=_positive_int, default=8, help="inputs forecast at once (default 8)"
     )
@@ -1368,7 +1372,7 @@ def parser() -> argparse.ArgumentParser:
         "--samples",
         type=_non_negative_int,
         default=4,
-        help="samples drawn as pictures (0: none)",
+        help="samples drawn as pictures (default 4; 0: none)",
     )
     s.add_argument(
         "--precision",
@@ -1404,7 +1408,9 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="write a stand-alone model folder (+ exported graphs)")
     s.add_argument("model", help="a run folder or a checkpoint folder")
     s.add_argument("--out", type=_non_empty, required=True, help="the model folder to write")
-    s.add_argument("--ckpt", default="best", help="of a run folder: best, last or step-N")
+    s.add_argument(
+        "--ckpt", default="best", help="of a run folder: best (the default), last or step-N"
+    )
     s.add_argument(
         "--overwrite",
         action="store_true",
@@ -1465,7 +1471,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--train", type=int, default=1000, help="train sequences (default 1000)")
     s.add_argument("--val", type=int, default=100, help="validation sequences (default 100)")
     s.add_argument("--test", type=int, default=100, help="test sequences (default 100)")
-    s.add_argument("--seed", type=int, default=0, help="random seed: same seed, same data")
+    s.add_argument(
+        "--seed", type=int, default=0, help="random seed: same seed, same data (default 0)"
+    )
     s.add_argument("--frames", type=int, default=20, help="frames per sequence (default 20)")
     s.add_argument("--size", type=int, default=64, help="frame size in pixels (default 64)")
     s.add_argument(
@@ -1510,7 +1518,7 @@ def parser() -> argparse.ArgumentParser:
         "--samples",
         type=_non_negative_int,
         default=4,
-        help="samples rendered per split (0: none)",
+        help="samples rendered per split (default 4; 0: none)",
     )
     s.add_argument(
         "--out", type=_non_empty, default=None, help="folder for the pictures (default: a temp dir)"
