@@ -87,8 +87,8 @@ SHARDED_DIR = "sharded"
 """A sharded checkpoint's DCP folder (`.metadata`, `__<rank>_0.distcp`)."""
 VALIDATION_FILE = "validation.json"
 MANIFEST_FILE = "manifest.json"
-_NAME = re.compile(r"^step-(\d{8})$")
-_STEP_NAME = re.compile(r"^(?:step-?)?(\d+)$")  # what a user may call a step: step-320, 320
+_NAME = re.compile(r"^step-([0-9]{8})\Z")
+_STEP_NAME = re.compile(r"^(?:step-?)?([0-9]+)\Z")  # what a user may call a step: step-320, 320
 _LEGACY_REQUIRED = (STATE_FILE, MODEL_FILE, "optimizer.pt")  # folders saved before manifests
 _MANIFEST_ERA = (VALIDATION_FILE, "index.json")  # only versions with manifests wrote these
 STATE_FORMAT = 2

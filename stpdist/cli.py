@@ -878,7 +878,9 @@ def verify_split(folder: Path) -> str:
             if key in seen:
                 raise ShardFormatError(f"{where}: key '{key}' also in {seen[key]}")
             seen[key] = shard.name
-            frames = decode_frames(sample.get(FRAMES_EXT, b""), where)
+            if FRAMES_EXT not in sample:  # as the streams say it
+                raise ShardFormatError(f"{folder / shard.name}: sample '{key}' has no {FRAMES_EXT}")
+            frames = decode_frames(sample[FRAMES_EXT], where)
             if list(frames.shape) != index.shape or str(frames.dtype) != index.dtype:
                 raise ShardFormatError(
                     f"{where}: {frames.dtype} {list(frames.shape)}, the index says "

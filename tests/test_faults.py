@@ -731,6 +731,39 @@ def test_a_shell_command_in_a_config_runs_only_when_the_environment_allows_it(
     assert build.eval_stream(url, "train").url_template == "https://h/{split}/{name}"
 
 
+def test_hostile_tar_headers_and_names_are_said_plainly(tmp_path):
+    """A member whose size field claims 64 GiB failed to allocate and said "corrupt or
+    truncated shard ()"; a sample without frames.npy was "unreadable frames.npy" to
+    `inspect --verify`; shard and checkpoint names took any script's digits."""
+    from stpdist.checkpoint import _NAME
+    from stpdist.cli import verify_split
+    from stpdist.data.format import check_shard_name
+
+    folder = small_split(tmp_path / "train")
+    shard = folder / "train-000000.tar"
+    tar = bytearray(shard.read_bytes())
+    tar[124:136] = b"777777777777"  # the first member's size: 64 GiB
+    tar[148:156] = b" " * 8
+    tar[148:155] = f"{sum(tar[:512]):06o}\0".encode()
+    shard.write_bytes(bytes(tar))
+    with pytest.raises(ShardFormatError, match=r"train-000000\.tar: truncated member "):
+        eval_keys(folder)
+
+    folder = tmp_path / "other" / "train"
+    with SplitWriter(folder, "train", value_scale=255) as writer:
+        writer.write("k0", np.zeros((4, 1, 4, 4), np.uint8))
+    shard = folder / "train-000000.tar"
+    shard.write_bytes(shard.read_bytes().replace(b"k0.frames.npy", b"k0.frames.txt"))
+    with pytest.raises(ShardFormatError, match=r"train-000000\.tar: sample 'k0' has no frames"):
+        verify_split(folder)
+
+    with pytest.raises(ShardFormatError, match="is not 'train-<6 digits>.tar'"):
+        check_shard_name("train-\u0660\u0660\u0660\u0660\u0660\u0661.tar", "train")
+    assert check_shard_name("train-000001.tar", "train") == "train-000001.tar"
+    assert _NAME.match("step-\u0660\u0660\u0660\u0660\u0660\u0660\u0660\u0661") is None
+    assert _NAME.match("step-00000001\n") is None and _NAME.match("step-00000001")
+
+
 def test_pipe_substitutions_are_shell_quoted():
     from stpdist.data.stream import shard_url
 

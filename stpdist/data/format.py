@@ -170,7 +170,8 @@ def check_split(split: str) -> str:
 
 def check_shard_name(name: str, split: str) -> str:
     """A shard name as the format writes it: `<split>-000000.tar`."""
-    if not isinstance(name, str) or not re.fullmatch(re.escape(split) + r"-\d{6,}\.tar", name):
+    pattern = re.escape(split) + r"-[0-9]{6,}\.tar"  # ASCII digits (\d: any script's)
+    if not isinstance(name, str) or not re.fullmatch(pattern, name):
         raise ShardFormatError(f"shard name {name!r} is not '{split}-<6 digits>.tar'")
     return name
 
@@ -800,7 +801,7 @@ def _tar_members(stream: Any, where: str) -> Iterator[tuple[str, bytes]]:
     long_name: str | None = None
     while (header := _tar_header(stream, where)) is not None:
         name, kind, size = header
-        data = stream.read(size)
+        data = _read_member(stream, size)
         if len(data) < size:
             raise ShardFormatError(f"{where}: truncated member {name}")
         stream.read((512 - size % 512) % 512)
@@ -811,6 +812,23 @@ def _tar_members(stream: Any, where: str) -> Iterator[tuple[str, bytes]]:
             continue  # directories, links, global headers
         yield (long_name or name), data
         long_name = None
+
+
+_MEMBER_CHUNK = 1 << 26
+"""Members above this size are read in pieces of it: a header's size field is untrusted,
+and one read of what it claims (64 GiB) would fail to allocate before the short read
+shows the shard is truncated."""
+
+
+def _read_member(stream: Any, size: int) -> bytes:
+    """Up to `size` bytes of `stream` (fewer at its end)."""
+    if size <= _MEMBER_CHUNK:
+        return stream.read(size)
+    parts, left = [], size
+    while left and (part := stream.read(min(left, _MEMBER_CHUNK))):
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 def _sample_key(name: str) -> str | None:
@@ -882,7 +900,7 @@ def iter_shard(
             if failed is None:
                 raise
             raise ShardFormatError(f"{exc}; {failed}") from exc
-        why = failed or f"corrupt or truncated shard ({exc})"  # broken pipes, I/O errors
+        why = failed or f"corrupt or truncated shard ({exc or type(exc).__name__})"  # I/O errors
         raise ShardFormatError(f"{where}: {why}") from exc
     except BaseException:  # GeneratorExit: the reader stopped early, or an interrupt
         _close_shard(stream)  # a command cut off mid-write may end on SIGPIPE: not an error
