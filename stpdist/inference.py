@@ -261,22 +261,7 @@ def check_inputs(
     `allow_nonfinite`). Warns (on the `stpdist` logger) when the values do not look like
     the training data's units: [0, 1]-scaled frames for a model trained on 0–255, or
     values far outside the training range."""
-    shape = tuple(frames.shape)
-    expected = tuple(module.frame_shape)
-    if len(shape) not in (4, 5):
-        raise InputError(f"{where}: expected T×C×H×W or N×T×C×H×W frames, got shape {shape}")
-    if shape[-3:] != expected:
-        raise InputError(
-            f"{where}: frames of C×H×W {_shape_text(shape[-3:])} (shape {shape}); the model "
-            f"takes C×H×W {_shape_text(expected)} (channels × height × width)"
-        )
-    if shape[-4] < module.num_input_frames:
-        raise InputError(
-            f"{where}: {shape[-4]} frames, fewer than the model's num_input_frames, "
-            f"T_in = {module.num_input_frames}; got shape {shape}"
-        )
-    if len(shape) == 5 and shape[0] == 0:
-        raise InputError(f"{where}: holds no sequence (shape {shape})")
+    check_input_shape(tuple(frames.shape), module, where)
     if isinstance(frames, torch.Tensor):  # numpy has no bfloat16: check those as float32
         tensor = frames.detach()
         array = (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).cpu().numpy()
@@ -297,6 +282,26 @@ def check_inputs(
     if value_range is not None:
         names = getattr(module, "channel_names", None)
         _warn_on_units(array, value_range, getattr(module, "value_scale", 1.0), where, names)
+
+
+def check_input_shape(shape: tuple[int, ...], module: Any, where: str) -> None:
+    """`check_inputs`' checks of the shape alone: what an array file's header tells before
+    its data is read (a wrong frame size is said before gigabytes are decompressed)."""
+    expected = tuple(module.frame_shape)
+    if len(shape) not in (4, 5):
+        raise InputError(f"{where}: expected T×C×H×W or N×T×C×H×W frames, got shape {shape}")
+    if shape[-3:] != expected:
+        raise InputError(
+            f"{where}: frames of C×H×W {_shape_text(shape[-3:])} (shape {shape}); the model "
+            f"takes C×H×W {_shape_text(expected)} (channels × height × width)"
+        )
+    if shape[-4] < module.num_input_frames:
+        raise InputError(
+            f"{where}: {shape[-4]} frames, fewer than the model's num_input_frames, "
+            f"T_in = {module.num_input_frames}; got shape {shape}"
+        )
+    if len(shape) == 5 and shape[0] == 0:
+        raise InputError(f"{where}: holds no sequence (shape {shape})")
 
 
 def _warn_on_units(
@@ -344,6 +349,23 @@ def _warn_on_units(
             "units the training data were stored in%s",
             where, ", ".join(shown), " …" if far.sum() > 3 else "", order,
         )  # fmt: skip
+
+
+def _check_png_size(path: Path, frame_shape: tuple[int, ...]) -> None:
+    """A PNG frame's height and width, read from its header, against the model's: a frame
+    of another size is refused before it is decoded (a 13000×13000 PNG of 500 KB decodes
+    to gigabytes)."""
+    from .data.sources.common import png_size
+
+    size = png_size(path)
+    if size is None:  # unreadable: `png_8bit` says so, naming the file
+        return
+    height, width = size
+    if (height, width) != tuple(frame_shape[1:]):
+        raise InputError(
+            f"{path}: a frame of H×W {height}×{width}; the model takes C×H×W "
+            f"{_shape_text(frame_shape)} (channels × height × width)"
+        )
 
 
 def _check_png_colour(path: Path, channels: int) -> None:
@@ -427,9 +449,15 @@ class InputFrames(Dataset):
             )
 
     def _add_array(self, file: Path) -> None:
-        from .data.sources.common import load_array
+        from .data.sources.common import array_shape, load_array
 
         _regular_file(file)
+        shape = array_shape(file)  # from the header: before the data is decompressed
+        if shape is not None:
+            one_channel = len(shape) == 3 and self.module.frame_shape[0] == 1
+            check_input_shape(
+                (*shape[:1], 1, *shape[1:]) if one_channel else shape, self.module, str(file)
+            )
         try:
             array = load_array(file)
         except ValueError as exc:
@@ -500,6 +528,7 @@ class InputFrames(Dataset):
         frames = []
         for png in self._pngs():
             _regular_file(png)
+            _check_png_size(png, module.frame_shape)  # from the header: before decoding
             _check_png_colour(png, module.frame_shape[0])
             image = png_8bit(png, mode, "forecast reads PNG frames of 8 bits", PNG_ADVICE)
             frame = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)

@@ -128,7 +128,7 @@ def test_a_png_frame_of_another_size_is_named_with_both_shapes(model, tmp_path):
     Image.fromarray(_frames(7, 32, 48)).save(tmp_path / "frames" / "2.png")
     line = _error_line(run_cli("forecast", str(model), "frames", "--out", "f", cwd=tmp_path))
     assert line.endswith(
-        "frames/2.png: a frame of C×H×W 1×32×48; the model takes C×H×W 1×32×32 "
+        "frames/2.png: a frame of H×W 32×48; the model takes C×H×W 1×32×32 "
         "(channels × height × width)"
     ), line
 

@@ -66,6 +66,40 @@ def test_forecast_refuses_another_frame_size_before_creating_out(run):
     assert not [p for p in run.iterdir() if p.name.startswith(".o_size")]
 
 
+def test_a_frame_size_is_checked_from_the_file_header_before_decoding(run):
+    """A 6.7 MB .npz declaring 1.5 GB, or a PNG of 13000×13000, was decoded in full before
+    its frame size was refused. These files declare huge frames and hold no data for them:
+    only a check of the header can refuse them by size (a decode fails otherwise)."""
+    import io
+    import struct
+    import zipfile
+    import zlib
+
+    header = io.BytesIO()
+    shape = (1_000_000, 6, 1, 16, 16)
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": shape})  # fmt: skip
+    with zipfile.ZipFile(run / "bomb.npz", "w") as archive:
+        archive.writestr("frames.npy", header.getvalue() + b"\0" * 64)
+    proc = run_cli("forecast", "runs/debug", "bomb.npz", "--out", "o_bomb", cwd=run)
+    line = _one_line_error(proc)
+    assert "bomb.npz: frames of C×H×W 1×16×16" in line and "takes C×H×W 1×32×32" in line
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    (run / "huge_png").mkdir()
+    ihdr = struct.pack(">IIBBBBB", 13000, 13000, 8, 0, 0, 0, 0)  # 8-bit grey
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+    for t in range(4):
+        (run / "huge_png" / f"{t}.png").write_bytes(png)
+    proc = run_cli("forecast", "runs/debug", "huge_png", "--out", "o_bomb", cwd=run)
+    line = _one_line_error(proc)
+    assert "0.png: a frame of H×W 13000×13000; the model takes C×H×W 1×32×32" in line
+    assert not (run / "o_bomb").exists()
+
+
 def test_api_forecast_refuses_another_channel_count_in_one_line(run):
     model = stpdist.load(run / "runs" / "debug")
     with pytest.raises(InputError) as caught:

@@ -42,6 +42,16 @@ def _png_bit_depth(path: Path) -> int | None:
     return head[24]
 
 
+def png_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) of a PNG, from its header (None: not a PNG by its first bytes), read
+    without decoding it (nor PIL's refusal of a huge image before it tells its size)."""
+    with open(path, "rb") as handle:
+        head = handle.read(24)
+    if len(head) < 24 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+
+
 def png_8bit(path: Path, mode: str, reader: str, advice: str) -> np.ndarray:
     """A PNG frame of 8 bits or fewer, converted to `mode` ("L": H×W, "RGB": H×W×3, uint8).
     One of more bits, which the conversion would clip to 255 without a word, is refused
@@ -132,6 +142,35 @@ def check_array_file(path: Path) -> None:
             f"{path}: not a valid {path.suffix} file (its first bytes are not those of {kind}); "
             "expected a file written by numpy.save / numpy.savez"
         )
+
+
+def array_shape(path: Path, key: str | None = None) -> tuple[int, ...] | None:
+    """The shape of an .npy file's array, or of an .npz member's (`key`, default the only
+    one), read from its header without its data; None when the file cannot tell (not an
+    array file, several members and no key, a damaged header: `load_array` says why)."""
+    import zipfile
+
+    try:
+        if path.suffix.lower() == ".npy":
+            with open(path, "rb") as handle:
+                return _header_shape(handle)
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith(".npy")]
+            name = f"{key}.npy" if key is not None else (names[0] if len(names) == 1 else None)
+            if name not in names:
+                return None
+            with archive.open(name) as handle:
+                return _header_shape(handle)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+
+
+def _header_shape(handle: Any) -> tuple[int, ...]:
+    fmt = np.lib.format
+    version = fmt.read_magic(handle)
+    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, _, _ = read(handle)
+    return tuple(shape)
 
 
 def load_array(path: Path, key: str | None = None, key_option: str | None = None) -> np.ndarray:
