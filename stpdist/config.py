@@ -574,6 +574,9 @@ def _error(schema: DictConfig, exc: OmegaConfBaseException, origin: str) -> Conf
         valid = _valid_keys(schema, key)
         close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
+        parent, _, name = key.rpartition(".")
+        if parent == "model" and name in _EARLIER_MODEL_KEYS:  # the layout before 2026-12-03
+            hint = f"; it is 'model.{_EARLIER_MODEL_KEYS[name]}' since 2026-12-03"
         if ":" in key:  # `{decay:0.9}`: YAML reads one key, `decay:0.9`, without the space
             hint += "; YAML needs a space after the colon: {key: value}"
         return ConfigError(
@@ -1090,6 +1093,77 @@ def _schema(cls: type) -> DictConfig:
     return OmegaConf.structured(cls)
 
 
+_EARLIER_MODEL_KEYS = {
+    "lr": "optimizer.lr",
+    "weight_decay": "optimizer.weight_decay",
+    "lr_schedule": "schedule.name",
+    "warmup_steps": "schedule.warmup_steps",
+    "total_steps": "schedule.total_steps",
+    "scheduled_sampling": "sampling.mode",
+    "sampling_start": "sampling.start",
+    "sampling_decay": "sampling.decay",
+    "sampling_stop_step": "sampling.stop_step",
+    "reverse_sampling_steps": "sampling.reverse_steps",
+    "reverse_sampling_alpha": "sampling.reverse_alpha",
+    "clamp_output": "evaluation.clamp_output",
+    "metric_thresholds": "evaluation.metric_thresholds",
+}
+"""`model` keys of the config layout before 2026-12-03 → where they are now (under `model`)."""
+
+
+def _from_earlier_layout(overlay: DictConfig, origin: str) -> DictConfig:
+    """A config file in the layout before 2026-12-03 (a checkpoint's or run's config.yaml
+    from then, or the user's own), read in today's: `model.optimizer: adam` and `model.lr`
+    became `model.optimizer.{name,lr}`, the schedule, sampling and evaluation keys moved
+    into their sections, PredRNN.V2's `model.aux_loss_weight` became its backbone's
+    `decouple_weight` (others ignored it), and `logging.wandb.mode: disabled` (no wandb)
+    and `logging.wandb.log_every_n_steps` became the absence of the tracker and
+    `logging.trackers_every_n_steps`. Said in one line naming the keys; a file in today's
+    layout is returned as it is."""
+    raw = OmegaConf.to_container(overlay, resolve=False)
+    model = raw.get("model") if isinstance(raw, dict) else None
+    logging_ = raw.get("logging") if isinstance(raw, dict) else None
+    wandb = logging_.get("wandb") if isinstance(logging_, dict) else None
+    earlier = isinstance(model, dict) and (
+        isinstance(model.get("optimizer"), str)
+        or set(model) & {*_EARLIER_MODEL_KEYS, "aux_loss_weight"}
+    )
+    earlier_wandb = isinstance(wandb, dict) and (
+        wandb.get("mode") == "disabled" or "log_every_n_steps" in wandb
+    )
+    if not (earlier or earlier_wandb):
+        return overlay
+    moved = []
+    if earlier:
+        if isinstance(model.get("optimizer"), str):
+            model["optimizer"] = {"name": model["optimizer"]}
+            moved.append("model.optimizer → model.optimizer.name")
+        for key, now in _EARLIER_MODEL_KEYS.items():
+            if key in model:
+                section, name = now.split(".")
+                model.setdefault(section, {})[name] = model.pop(key)
+                moved.append(f"model.{key} → model.{now}")
+        if "aux_loss_weight" in model:
+            weight = model.pop("aux_loss_weight")
+            if model.get("name") == "predrnnv2":
+                model.setdefault("backbone", {}).setdefault("decouple_weight", weight)
+                moved.append("model.aux_loss_weight → model.backbone.decouple_weight")
+            else:
+                moved.append("model.aux_loss_weight left out (only PredRNN.V2 read it)")
+    if earlier_wandb:
+        if wandb.get("mode") == "disabled":
+            del wandb["mode"]  # no wandb: the tracker is not in `logging.trackers`
+            moved.append("logging.wandb.mode disabled → no wandb tracker")
+        if "log_every_n_steps" in wandb:
+            logging_["trackers_every_n_steps"] = wandb.pop("log_every_n_steps")
+            moved.append("logging.wandb.log_every_n_steps → logging.trackers_every_n_steps")
+    from .console import warn_main
+
+    warn_main("%s is in the config layout before 2026-12-03; read as today's: %s", origin,
+              ", ".join(moved))  # fmt: skip
+    return OmegaConf.create(raw)
+
+
 def _check_overlay(overlay: DictConfig, origin: str) -> None:
     """What merging would hide, checked on a YAML file or override before it is merged:
     OmegaConf's `???` (merging it keeps the default: `lr: ???` would silently train with
@@ -1157,6 +1231,7 @@ def load_config(
             raise _yaml_error(str(path), exc) from exc
         if overlay is None or not isinstance(overlay, DictConfig):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        overlay = _from_earlier_layout(overlay, str(path))
         _check_overlay(overlay, str(path))
         try:
             merged = OmegaConf.merge(merged, _words_back(overlay))

@@ -919,14 +919,21 @@ RESOLVED_CONFIG_HEADER = (
 )
 
 
-def _written_by_us(file: Path, text: str) -> bool:
+def _written_by_us(file: Path, text: str, checkpoint: Path | None = None) -> bool:
     """Whether `file` is stpdist's to replace: a resolved config it wrote (an earlier run,
-    a resume), or one whose content is `text` already (nothing of the user's is lost)."""
+    a resume), one whose content is `text` already (nothing of the user's is lost), or,
+    on a resume, the resumed `checkpoint`'s config.yaml (what an stpdist before the header
+    of 2026-12-05 wrote in both places, unmarked)."""
     try:
         old = file.read_text()
     except (OSError, UnicodeDecodeError):
         return False
-    return old.startswith(RESOLVED_CONFIG_HEADER) or old == text[len(RESOLVED_CONFIG_HEADER) :]
+    if old.startswith(RESOLVED_CONFIG_HEADER) or old == text[len(RESOLVED_CONFIG_HEADER) :]:
+        return True
+    try:
+        return checkpoint is not None and old == (checkpoint / "config.yaml").read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _check_schedule_length(
@@ -2081,21 +2088,21 @@ class Trainer:
             lambda: self.checkpoints.restore_weights_and_rng(start, acc, module),
         )
         if not self._nothing_left:  # the run's config.yaml stays the one it trained with
-            self._save_config()
+            self._save_config(resumed_from=start)
         say(f"resumed from {start} (epoch {state.epoch}, step {state.global_step})")
         return state
 
-    def _save_config(self) -> None:
+    def _save_config(self, resumed_from: Path | None = None) -> None:
         """The resolved config as `output_dir/config.yaml`, marked as stpdist's. A file
         there that stpdist did not write (the user's own config, kept in the run folder)
         is never written over: the resolved config then goes to config.resolved.yaml (every
-        checkpoint holds it too)."""
+        checkpoint holds it too). `resumed_from`: the checkpoint a resume starts from."""
         if not self.is_main or self.run_config is None:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         text = RESOLVED_CONFIG_HEADER + to_yaml(self.run_config)
         target = self.output_dir / "config.yaml"
-        if target.is_file() and not _written_by_us(target, text):
+        if target.is_file() and not _written_by_us(target, text, resumed_from):
             target = self.output_dir / "config.resolved.yaml"
             say(
                 f"{self.output_dir / 'config.yaml'} is not a file stpdist wrote: kept as it is; "

@@ -4,6 +4,7 @@ the file (or override), the full dotted key, what is valid there and what was gi
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import pytest
 
@@ -173,3 +174,90 @@ def test_on_and_off_unquoted_are_the_words_the_docs_give(tmp_path):
     assert load_config(path).model.fused_kernels == "on"
     assert load_config(None, ["model.fused_kernels=off"]).model.fused_kernels == "off"
     assert load_config(None, ["model.fused_kernels=on"]).model.fused_kernels == "on"
+
+
+EARLIER_LAYOUT = """\
+trainer: {output_dir: run_full, max_epochs: 2, log_every_n_steps: 2}
+data: {root: data, batch_size: 4, num_input_frames: 4, num_output_frames: 4}
+model:
+  name: predrnnv2
+  backbone: {hidden_channels: [8, 8]}
+  optimizer: adamw
+  lr: 0.003
+  weight_decay: 0.01
+  lr_schedule: cosine
+  warmup_steps: 5
+  total_steps: 100
+  clamp_output: false
+  scheduled_sampling: reverse
+  sampling_start: 0.5
+  sampling_decay: 2.0e-05
+  sampling_stop_step: 500
+  reverse_sampling_steps: [100, 200]
+  reverse_sampling_alpha: 50.0
+  metric_thresholds: [0.5]
+  aux_loss_weight: 0.2
+logging:
+  wandb: {mode: disabled, project: stpdist, log_every_n_steps: 4}
+"""
+
+
+class _Said(logging.Handler):
+    """The messages of the `stpdist` logger (which may not propagate to pytest's caplog)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def said():
+    handler = _Said()
+    logging.getLogger("stpdist").addHandler(handler)
+    yield handler.lines
+    logging.getLogger("stpdist").removeHandler(handler)
+
+
+def test_a_config_in_the_layout_before_2026_12_03_is_read_as_today(tmp_path, said):
+    """A checkpoint's config.yaml from before the layout of 2026-12-03 failed export and
+    forecast ("'model.optimizer' is "adam"; expected a mapping"), with no way to pass
+    another; a user's own old config failed on `model.lr` without saying where it went."""
+    from stpdist.config import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(EARLIER_LAYOUT)
+    for saved in (True, False):
+        cfg = load_config(path, saved=saved)
+        model = cfg.model
+        assert (model.optimizer.name, model.optimizer.lr, model.optimizer.weight_decay) == (
+            "adamw",
+            0.003,
+            0.01,
+        )
+        assert (model.schedule.name, model.schedule.warmup_steps, model.schedule.total_steps) == (
+            "cosine",
+            5,
+            100,
+        )
+        assert (model.sampling.mode, model.sampling.start, model.sampling.stop_step) == (
+            "reverse",
+            0.5,
+            500,
+        )
+        assert model.sampling.reverse_steps == [100, 200] and model.sampling.reverse_alpha == 50
+        assert model.evaluation.clamp_output is False
+        assert model.evaluation.metric_thresholds == [0.5]
+        assert model.backbone["decouple_weight"] == 0.2
+        assert cfg.logging.trackers == [] and cfg.logging.trackers_every_n_steps == 4
+        (line,) = said
+        assert line.startswith(f"{path} is in the config layout before 2026-12-03; read as ")
+        assert "model.lr → model.optimizer.lr" in line
+        said.clear()
+    today = tmp_path / "today.yaml"  # today's layout: nothing said
+    today.write_text("model: {optimizer: {name: adamw, lr: 0.01}}\n")
+    assert load_config(today).model.optimizer.lr == 0.01 and said == []
+    with pytest.raises(ConfigError, match="it is 'model.optimizer.lr' since 2026-12-03"):
+        load_config(today, ["model.lr=0.1"])

@@ -486,6 +486,28 @@ def test_a_config_of_the_users_in_the_output_dir_is_never_written_over(tmp_path)
     assert not (other / "config.resolved.yaml").exists()
 
 
+def test_a_run_config_of_an_earlier_stpdist_is_rewritten_on_resume(tmp_path):
+    """Before 2026-12-05 the run's config.yaml carried no header: a resume took it for the
+    user's and left it describing the old settings (config.resolved.yaml beside it). It is
+    stpdist's when it is the resumed checkpoint's config.yaml."""
+    from stpdist.config import load_config
+    from stpdist.trainer import RESOLVED_CONFIG_HEADER
+
+    run = tmp_path / "run"
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("trainer: {max_epochs: 1}\n")
+    cfg = load_config(mine, [f"trainer.output_dir={run}"])
+    make_trainer(run, max_epochs=1, run_config=cfg).fit(TinyModule(), loader(8, 4))
+    (checkpoint,) = (run / "checkpoints").glob("step-*")
+    unmarked = (run / "config.yaml").read_text().removeprefix(RESOLVED_CONFIG_HEADER)
+    assert (checkpoint / "config.yaml").read_text() == unmarked  # as earlier versions wrote
+    (run / "config.yaml").write_text(unmarked)
+    cfg = load_config(mine, [f"trainer.output_dir={run}", "trainer.max_epochs=2"])
+    make_trainer(run, max_epochs=2, run_config=cfg).fit(TinyModule(), loader(8, 4), resume="auto")
+    assert not (run / "config.resolved.yaml").exists()
+    assert load_config(run / "config.yaml").trainer.max_epochs == 2
+
+
 def test_a_fresh_start_sets_an_earlier_metrics_log_aside(tmp_path):
     """Lines of a run that stopped before its first checkpoint (or a file of the user's) are
     not mixed with a new run's: moved to metrics.earlier-N.jsonl; a resume appends."""
