@@ -382,7 +382,7 @@ def _refuse_other_checkpoint(
     theirs = (
         f"checkpoint {Path(recorded).name}{_step_text(earlier)}"
         if isinstance(recorded, str)
-        else "a checkpoint they do not record"
+        else "a checkpoint they do not record (written by an stpdist before 2026-12-05)"
     )
     ours = Path(record["checkpoint"]).name
     if record["checkpoint_step"] is not None:

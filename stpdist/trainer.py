@@ -436,6 +436,13 @@ class Meter:
         meter = cls(accelerator)
         meter.partial_epoch = state.batch > 0 or state.epoch_origin is not None
         meter.carried = state.epoch_loss if meter.partial_epoch else None
+        if meter.partial_epoch and meter.carried is None:
+            console.warn_main(
+                "epoch %d's train/epoch_loss will not be logged: the checkpoint does not hold "
+                "the loss of the epoch's batches before it (written by an stpdist before "
+                "2026-12-05)",
+                state.epoch,
+            )
         return meter
 
     def add(self, loss: torch.Tensor | None, samples: int, extras: dict[str, Any]) -> None:

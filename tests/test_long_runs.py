@@ -79,9 +79,9 @@ def test_an_epoch_resumed_midway_logs_the_whole_epochs_loss(tmp_path):
     assert at_epoch_end["epoch_loss"] is None  # a new epoch: nothing to carry
 
 
-def test_an_epoch_resumed_from_a_checkpoint_without_its_loss_logs_none(tmp_path):
+def test_an_epoch_resumed_from_a_checkpoint_without_its_loss_logs_none(tmp_path, capsys):
     """A checkpoint of an earlier stpdist (no epoch_loss): the part's mean is not logged as
-    the epoch's."""
+    the epoch's, and a line says why that epoch has none (it was missing without a word)."""
     every = CheckpointConfig(every_n_steps=1, every_epoch=True, keep_last=3)
     fields = {"output_dir": tmp_path / "run", "progress_bar": False, "checkpoint": every}
     Trainer(max_steps=2, **fields).fit(TinyModule(), loader(16))
@@ -93,9 +93,12 @@ def test_an_epoch_resumed_from_a_checkpoint_without_its_loss_logs_none(tmp_path)
         manifest = json.loads((folder / "manifest.json").read_text())
         manifest["files"]["trainer_state.json"] = _entry(state)
         (folder / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
     Trainer(max_epochs=2, **fields).fit(TinyModule(), loader(16), resume="auto")
     epochs = [r for r in _rows(tmp_path / "run") if "time_s" in r]
     assert [("train/epoch_loss" in r) for r in epochs] == [False, True]
+    said = [x for x in capsys.readouterr().err.splitlines() if "train/epoch_loss" in x]
+    assert len(said) == 1 and "epoch 0's train/epoch_loss will not be logged" in said[0]
 
 
 def test_a_resume_that_stretches_a_cosine_schedule_says_so(tmp_path, caplog):

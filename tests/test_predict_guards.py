@@ -262,3 +262,15 @@ def test_an_output_written_by_another_command_meanwhile_is_kept(tmp_path):
     with staged_output(out, True) as staging:  # no one else: replaced as asked
         (staging / "mine.txt").write_text("mine")
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+
+def test_results_of_an_stpdist_that_did_not_record_the_checkpoint_say_so(trained):
+    """Before 2026-12-05 predict's metrics.json named no checkpoint: the refusal said "a
+    checkpoint they do not record", as if the files were broken."""
+    out = trained / "old_predict"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"test/mse": 0.5}\n')
+    line = refused("predict", DEBUG, "--out", "old_predict", "--ckpt", "last", cwd=trained)
+    assert "holds the results of a checkpoint they do not record (written by an stpdist " in line
+    assert line.endswith("pass --out DIR to keep both, or --overwrite to replace them")
+    assert (out / "metrics.json").read_text() == '{"test/mse": 0.5}\n'
