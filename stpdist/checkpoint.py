@@ -137,6 +137,12 @@ class TrainState:
     """Mid-epoch: the epoch's training loss so far (`sum` of every rank's per-batch losses,
     the `batches` of all ranks in it, the micro-batches `skipped`), so that a resume logs
     the whole epoch's `train/epoch_loss`; None at an epoch's start or when not recorded."""
+    window: dict[str, Any] | None = None
+    """Between two log steps: the training log window so far (`sum` and `batches` of the
+    loss as in `epoch_loss`, the main rank's `extras` as name → [sum, count],
+    `epoch_seconds`, the epoch's training time so far, and the `grad_norm` of a log step
+    whose row a stop held), so that a resume logs the rows of an uninterrupted run; None
+    when not recorded (before 2026-12-06)."""
     epoch_origin: dict[str, Any] | None = None
     """Mid-epoch after a resume on another number of ranks: how the epoch began
     (`stpdist.data.loading.EpochOrigin`'s fields); `batch` then counts the micro-batches
@@ -1256,6 +1262,7 @@ def _state_record(path: Path) -> tuple[TrainState, int]:
             )
     _check_layouts(file, raw)
     _check_epoch_loss(file, raw.get("epoch_loss"))
+    _check_window(file, raw.get("window"))
     settings = raw.get("settings")
     if settings is not None and not (
         isinstance(settings, dict)
@@ -1310,6 +1317,40 @@ def _check_epoch_loss(file: Path, carried: Any) -> None:
         raise CheckpointError(
             f"{file}: 'epoch_loss' must be null or {{'sum': a finite number, 'batches' and "
             f"'skipped': integers >= 0}}, got {carried!r}"
+        )
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_window(file: Path, window: Any) -> None:
+    if window is None:
+        return
+    extras = window.get("extras") if isinstance(window, dict) else None
+    if not (
+        isinstance(window, dict)
+        and set(window) == {"sum", "batches", "extras", "epoch_seconds", "grad_norm"}
+        and (window["grad_norm"] is None or _finite(window["grad_norm"]))
+        and _finite(window["sum"])
+        and _count(window["batches"])
+        and _finite(window["epoch_seconds"])
+        and window["epoch_seconds"] >= 0
+        and isinstance(extras, dict)
+        and all(
+            isinstance(k, str) and isinstance(v, list) and len(v) == 2
+            and _finite(v[0]) and _count(v[1])
+            for k, v in extras.items()
+        )
+    ):  # fmt: skip
+        raise CheckpointError(
+            f"{file}: 'window' must be null or {{'sum': a finite number, 'batches': an "
+            "integer >= 0, 'extras': {name: [sum, count]}, 'epoch_seconds': a number >= 0, "
+            f"'grad_norm': null or a finite number}}, got {window!r}"
         )
 
 

@@ -428,6 +428,9 @@ class Meter:
         self.carried: dict[str, float] | None = None
         """Of a partial epoch: its loss before this process, as the checkpoint carried it
         (`TrainState.epoch_loss`); None: unknown (an older checkpoint), no epoch loss."""
+        self.carried_window: dict[str, Any] | None = None
+        """The log window's sums before this process (`TrainState.window`), added to the
+        first window's; None: none (a resume at a log step, or an older checkpoint)."""
 
     @classmethod
     def resumed(cls, accelerator: Any, state: Any) -> Meter:
@@ -436,6 +439,9 @@ class Meter:
         meter = cls(accelerator)
         meter.partial_epoch = state.batch > 0 or state.epoch_origin is not None
         meter.carried = state.epoch_loss if meter.partial_epoch else None
+        if state.window is not None:  # the first window and the epoch's clock go on
+            meter.carried_window = state.window if state.window["batches"] else None
+            meter._epoch_start -= state.window["epoch_seconds"]
         if meter.partial_epoch and meter.carried is None:
             console.warn_main(
                 "epoch %d's train/epoch_loss will not be logged: the checkpoint does not hold "
@@ -498,15 +504,42 @@ class Meter:
 
     def carry(self, state: Any) -> None:
         """Before a checkpoint, on every rank: the epoch's loss so far into `state`, so that
-        a resume logs the whole epoch's `train/epoch_loss` (None at an epoch's start)."""
+        a resume logs the whole epoch's `train/epoch_loss` (None at an epoch's start), and
+        the log window's sums and the epoch's time so far, so that it logs the same rows."""
         at_start = state.batch == 0 and state.epoch_origin is None
         total = None if at_start else self._epoch_total()
         state.epoch_loss = (
             None if total is None or not total["batches"] + total["skipped"] else total
         )
+        window = self._window_total(self._window, self.carried_window)
+        now = self._paused_at if self._paused_at is not None else time.perf_counter()
+        state.window = {**window, "epoch_seconds": round(max(now - self._epoch_start, 0.0), 6)}
+
+    def _window_total(self, sums: dict[str, Any], carried: dict[str, Any] | None) -> dict[str, Any]:
+        """The window's loss sum over every rank and (rank, batch) count, and this rank's
+        extras as name → [sum, count], with the part before a resume (`carried`)."""
+        carried = carried or {"sum": 0.0, "batches": 0, "extras": {}}
+        total = {"sum": carried["sum"], "batches": carried["batches"]}
+        extras = {k: list(v) for k, v in carried["extras"].items()}
+        if sums.get("batches"):
+            loss = self.accelerator.reduce(sums["loss"].reshape(1), reduction="sum")
+            total["sum"] += float(loss)  # a host read: at a checkpoint
+            total["batches"] += sums["batches"] * self.accelerator.num_processes
+            counts = sums.get("counts", {})
+            for key, value in sums.get("extras", {}).items():
+                before = extras.get(key, [0.0, 0])
+                extras[key] = [before[0] + float(value), before[1] + counts[key]]
+        return {**total, "extras": extras}
 
     def _means(self, sums: dict[str, Any]) -> dict[str, float]:
-        """Per-batch means: the loss over every rank, the extras of this rank."""
+        """Per-batch means: the loss over every rank, the extras of this rank; with the
+        sums a resumed window carried (`carried_window`)."""
+        carried, self.carried_window = self.carried_window, None
+        if carried is not None:
+            total = self._window_total(sums, carried)
+            means = {"loss": total["sum"] / total["batches"]}
+            means.update({k: s / n for k, (s, n) in total["extras"].items() if n})
+            return means
         batches, counts = sums["batches"], sums.get("counts", {})
         world = self.accelerator.num_processes
         loss = self.accelerator.reduce(sums["loss"].reshape(1), reduction="sum")
@@ -515,13 +548,13 @@ class Meter:
         return means
 
     def window(self) -> dict[str, float] | None:
-        """`train/…` means and samples/s since the last call (None when no batch counted);
-        starts a new window."""
+        """`train/…` means and samples/s since the last call (None when no batch counted,
+        here or before a resume); starts a new window. Samples/s counts this process'."""
         sums, elapsed = self._window, time.perf_counter() - self._window_start
         self._window, self._window_start = {}, time.perf_counter()
-        if not sums.get("batches"):
+        if not sums.get("batches") and self.carried_window is None:
             return None
-        samples = sums["samples"]
+        samples = sums.get("samples", 0)
         means = {f"train/{k}": v for k, v in self._means(sums).items()}
         means["train/samples_per_s"] = samples / elapsed
         return means
@@ -1309,7 +1342,7 @@ class Trainer:
                 pending = self._end_pending(train, ctx, state, batches_per_epoch)
                 validator.resume(state, end_pending=pending, final=state.global_step >= total_steps)
                 meter = Meter.resumed(acc, state)
-                self.checkpoints.before_save = partial(meter.carry, state)
+                self.checkpoints.before_save = partial(self._carry, meter, state)
                 self._say_schedule_stretched(saved, total_steps, module, scheduler)
                 state.planned_steps = total_steps
                 bar = self._progress(total_steps, state.global_step)
@@ -1317,6 +1350,7 @@ class Trainer:
                 # stopped at an epoch's last step: that epoch closes as it would have (the
                 # loop below does not run when the run ends at that step)
                 if pending:
+                    self._held_window = self._row_held_at_stop(meter, optimizer, state, bar)
                     self._end_epoch(state, scheduler, interval, meter, validator, total_steps)
                 while state.global_step < total_steps and state.epoch < max_epochs:
                     if self._stopping_early(state):
@@ -1342,8 +1376,8 @@ class Trainer:
                             stop = self._settle(state) or stop  # raises on a non-finite loss
                         # an epoch schedule steps as the epoch closes: its rate after this
                         # step is known there (not on a stop: the epoch closes on resume)
-                        hold = epoch_end and not stop and interval == "epoch"
-                        self._log_window(meter, optimizer, state, bar, hold=hold)
+                        hold = epoch_end and interval == "epoch"
+                        self._log_window(meter, optimizer, state, bar, hold=hold, stop=stop)
                         if stop:  # every rank saw the same flag: all stop after this step
                             # the validation due at this step runs on resume (Validator.resume)
                             self._preempt(state, bar)
@@ -1765,14 +1799,45 @@ class Trainer:
             grads = [p.grad for p in module.parameters() if p.grad is not None]
             self._grad_norm = torch.nn.utils.get_total_norm(grads)
 
+    def _row_held_at_stop(
+        self, meter: Meter, optimizer: Any, state: TrainState, bar: Any
+    ) -> tuple | None:
+        """On a resume at the epoch's last step: that step's row when it is a log step and
+        the stop held it (its window and grad norm carried by the checkpoint), for
+        `_end_epoch` to log once the epoch's scheduler step has set the rate."""
+        window = state.window or {}
+        if meter.carried_window is None or state.global_step % self.config.log_every_n_steps:
+            return None
+        if window.get("grad_norm") is not None:
+            self._grad_norm = torch.tensor(window["grad_norm"])
+        return (meter, optimizer, state, bar)
+
+    def _carry(self, meter: Meter, state: TrainState) -> None:
+        """Before a checkpoint: the meter's sums (`Meter.carry`) and, at a log step whose
+        row a stop held, its grad norm."""
+        meter.carry(state)
+        norm = self._grad_norm
+        state.window["grad_norm"] = None if norm is None else float(norm)
+
     def _log_window(
-        self, meter: Meter, optimizer: Any, state: TrainState, bar: Any, *, hold: bool = False
+        self,
+        meter: Meter,
+        optimizer: Any,
+        state: TrainState,
+        bar: Any,
+        *,
+        hold: bool = False,
+        stop: bool = False,
     ) -> None:
         """The log step's training scalars, `train/lr` the rate after this step (the next
         step's). `hold`: logged by `_end_epoch` instead, once the epoch's scheduler step
-        (interval epoch) has set that rate."""
+        (interval epoch) has set that rate; with `stop` as well, by the resumed run: the
+        checkpoint carries the window (the epoch closes on resume)."""
         if hold:
-            self._held_window = (meter, optimizer, state, bar)
+            if stop:
+                bar.update(state.global_step - bar.n)
+            else:
+                self._held_window = (meter, optimizer, state, bar)
             return
         bar.update(state.global_step - bar.n)
         if state.global_step % self.config.log_every_n_steps:
@@ -1806,7 +1871,11 @@ class Trainer:
     ) -> None:
         finished = state.epoch
         if scheduler is not None and interval == "epoch":
-            scheduler.step()
+            with warnings.catch_warnings():  # an epoch closed on resume: no step here yet
+                warnings.filterwarnings(
+                    "ignore", "Detected call of `lr_scheduler.step", UserWarning
+                )
+                scheduler.step()
         held, self._held_window = self._held_window, None
         if held is not None:  # this step's scalars (of its epoch), with the next step's rate
             self._log_window(*held)

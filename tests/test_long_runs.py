@@ -6,6 +6,8 @@ stretched by a resume said at start."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -126,3 +128,58 @@ def test_a_resume_that_stretches_a_cosine_schedule_says_so(tmp_path, caplog):
     run_cli("train", debug, *fixed, "trainer.max_epochs=1", cwd=tmp_path, check=True)
     proc = run_cli("train", debug, *fixed, "trainer.max_epochs=2", "--resume", "auto", cwd=tmp_path)
     assert proc.returncode == 0 and "rebuilt" not in proc.stderr
+
+
+class _StoppedAt(TinyModule):
+    """SIGTERM during the training step of `stop_at` (0: never); an epoch-interval lr
+    schedule, whose log step at an epoch's end holds its row until the epoch's rate."""
+
+    stop_at = 0
+
+    def configure_lr_scheduler(self, optimizer):
+        return {
+            "scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1, 0.5),
+            "interval": "epoch",
+        }
+
+    def training_step(self, inputs, targets):
+        if self.global_step + 1 == self.stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)  # fit's handler stops after this step
+        return super().training_step(inputs, targets)
+
+
+@pytest.mark.parametrize("stop_at", [3, 4])  # mid-window; an epoch's last step, a log step
+def test_a_run_stopped_and_resumed_logs_the_rows_of_an_uninterrupted_one(tmp_path, stop_at):
+    """After a SIGTERM stop between two log steps, the next train/loss averaged only the
+    steps since the resume; an epoch closed after a resume logged time_s 0.0; a stop at an
+    epoch's last log step lost that step's row. Checkpoints now carry the log window."""
+    from stpdist.trainer import Preempted
+
+    every = CheckpointConfig(every_n_steps=100, every_epoch=False)
+    fields = {"max_epochs": 3, "log_every_n_steps": 2, "progress_bar": False, "checkpoint": every}
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    torch.manual_seed(0)
+    Trainer(output_dir=straight, **fields).fit(_StoppedAt(), loader(16, shuffle=False))
+    torch.manual_seed(0)
+    module = _StoppedAt()
+    module.stop_at = stop_at
+    with pytest.raises(Preempted):
+        Trainer(output_dir=stopped, **fields).fit(module, loader(16, shuffle=False))
+    Trainer(output_dir=stopped, **fields).fit(
+        _StoppedAt(), loader(16, shuffle=False), resume="auto"
+    )
+
+    def rows(run):
+        kept = {}
+        for row in _rows(run):
+            for key in ("train/samples_per_s", "time_s", "time"):  # the clocks
+                row.pop(key, None)
+            kept[(row["step"], tuple(sorted(row)))] = row
+        return kept
+
+    expected, got = rows(straight), rows(stopped)
+    assert sorted(got) == sorted(expected)
+    for key, row in expected.items():
+        for name, value in row.items():
+            assert got[key][name] == pytest.approx(value, rel=1e-12, abs=0), (key, name)
+    assert len([r for r in _rows(stopped) if "time_s" in r]) == 3
