@@ -108,8 +108,11 @@ def _trainer_loop(steps: int, batch: int) -> float:
         )
         trainer.checkpoints.save = lambda *a, **k: None  # time the loop, not the disk
         trainer._print = lambda message: None
+        from .console import quiet
+
         start = time.perf_counter()
-        trainer.fit(module, loader)
+        with quiet():  # the banner and step lines: not the benchmark's output
+            trainer.fit(module, loader)
         return steps / (time.perf_counter() - start)
 
 
@@ -125,6 +128,11 @@ def bench_trainer(repeats: int = 5, steps: int = 200, batch: int = 16) -> float:
             raw.append(_raw_loop(steps, batch))
             ours.append(_trainer_loop(steps, batch))
     ratio = statistics.median(ours) / statistics.median(raw)
+    print(
+        f"a 3-convolution net, 4→4 frames of 1×32×32, batch {batch}, {steps} steps a run; "
+        f"medians of {repeats} interleaved runs each. The raw loop's clock starts after its "
+        "prepare; the Trainer's covers the whole fit() (its setup counted against it)"
+    )
     print(
         f"raw accelerate loop : {statistics.median(raw):8.1f} steps/s  (runs: "
         f"{', '.join(f'{x:.1f}' for x in raw)})"
@@ -392,12 +400,17 @@ def _open_loader(kind: str, path: str, batch: int) -> Callable[[int, int], Itera
 
 
 def _count(batch: Any) -> tuple[int, int]:
-    """(samples, frame values) of a batch in any of the loaders' forms."""
+    """(samples, bytes of frames) of a batch in any of the loaders' forms: what it moves
+    (uint8 frames as stored are a quarter of the same frames in float32)."""
+
+    def size(tensor: torch.Tensor) -> int:
+        return tensor.numel() * tensor.element_size()
+
     if isinstance(batch, torch.Tensor):
-        return batch.shape[0], batch.numel()
+        return batch.shape[0], size(batch)
     if hasattr(batch, "frames"):  # frames as stored, split on the device
-        return batch.frames.shape[0], batch.frames.numel()
-    return batch[0].shape[0], batch[0].numel() + batch[1].numel()
+        return batch.frames.shape[0], size(batch.frames)
+    return batch[0].shape[0], size(batch[0]) + size(batch[1])
 
 
 def _one_pass(
@@ -414,7 +427,7 @@ def _one_pass(
         "samples": samples,
         "seconds": elapsed,
         "samples_per_s": samples / elapsed,
-        "mb_per_s": values / elapsed / 2**20,  # frames counted as 1 byte a value (uint8)
+        "mb_per_s": values / elapsed / 2**20,  # MiB/s of the batches' frames, as they come
         **memory.result(),
     }
 
@@ -554,8 +567,11 @@ def bench_data(
     from .data.stream import LoaderContext, ShardEvalStream
 
     folder = Path(folder)
-    if not (folder / INDEX_FILE).is_file() and (folder / "train" / INDEX_FILE).is_file():
-        folder = folder / "train"
+    if not (folder / INDEX_FILE).is_file() and folder.is_dir():  # a dataset folder:
+        splits = sorted(p for p in folder.iterdir() if (p / INDEX_FILE).is_file())
+        named = [p for p in splits if p.name == "train"] or splits  # train, else the first
+        if named:
+            folder = named[0]
     index = read_index(folder)
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
@@ -604,7 +620,7 @@ def bench_data(
             "of one pass each, median (min–max)"
         )
         print(
-            f"{'loader':<24}{'workers':>8}{'samples/s':>24}{'MB/s':>9}"
+            f"{'loader':<24}{'workers':>8}{'samples/s':>24}{'MiB/s':>9}"
             f"{'own MB: process + workers':>28}"
         )
         for r in rows:
@@ -1080,7 +1096,8 @@ def bench_model(
         f"{config.patch_size}: {params / 1e6:.2f}M params, {result['gmacs_per_sample']:.2f} "
         f"GMACs forward/sample, step {result['step_ms']:.0f} ms (median of {timed}), peak "
         f"{'GPU memory' if device.type == 'cuda' else 'RSS growth'} {peak:.0f} MB, inference "
-        f"{fps[measured_key]:.1f} FPS (batch {fps_batch} forward)"
+        f"{fps[measured_key]:.1f} sequences/s (OpenSTL's 'FPS': an eval forward of batch "
+        f"{fps_batch})"
         f"{', compiled' if compile_ else ''}{', channels-last' if channels_last else ''}"
         f"{', bf16 autocast' if precision == 'bf16' else ''}"
     )
@@ -1101,7 +1118,7 @@ def bench_model(
             f"{rounds} interleaved round(s) × {steps} steps; round medians "
             f"{_range(result['round_medians_ms']['compiled'])} vs "
             f"{_range(result['round_medians_ms']['eager'])} ms); inference "
-            f"{fps['compiled']:.1f} vs {fps['eager']:.1f} FPS"
+            f"{fps['compiled']:.1f} vs {fps['eager']:.1f} sequences/s"
         )
         print(
             f"  compilations after {warmup} warm-up step(s): {compilations} in {timed} steps "

@@ -896,9 +896,27 @@ def verify_split(folder: Path) -> str:
     return f"{counted(len(seen), 'sample')} in {counted(len(index.shards), 'shard')}: counts, dtypes, shapes, keys OK"
 
 
+def _refuse_other_modes(args: argparse.Namespace) -> None:
+    """A `bench` flag (or the folder/name) given to a mode it is not for: refused, naming
+    the modes it is for (read from its help, `model: …`, `data, model: …`), not ignored."""
+    bench = _command_parser(parser(), args)
+    for action in bench._actions:
+        head, colon, _ = (action.help or "").partition(":")
+        modes = [m.strip() for m in head.split(",")] if colon else []
+        if action.dest in ("what", "help") or not modes or args.what in modes:
+            continue
+        default = action.default
+        if isinstance(default, str) and action.type is not None:  # parsed as given ones are
+            default = action.type(default)
+        if getattr(args, action.dest, default) != default:
+            named = action.option_strings[0] if action.option_strings else f"'{args.dir}'"
+            raise InputError(f"bench {args.what}: {named} is for bench {' and '.join(modes)} only")
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import bench_data, bench_trainer
 
+    _refuse_other_modes(args)
     if args.what == "trainer":
         bench_trainer(repeats=args.repeats, steps=args.steps)
     elif args.what == "model":
@@ -1537,7 +1555,7 @@ def parser() -> argparse.ArgumentParser:
         "dir",
         nargs="?",
         default=None,
-        help="data: a dataset or split folder; model: a backbone name (or use --config)",
+        help="data, model: a dataset or split folder (data); a backbone name, or --config (model)",
     )
     s.add_argument(
         "--config",

@@ -827,7 +827,7 @@ def _backbone_row(
     tflops = flops[0] / step_s / 1e12
     peak = bf16_peak_tflops(torch.cuda.get_device_name(device)) if on_gpu else None
     share = None if peak is None else 100 * tflops / peak
-    openstl = OPENSTL_V100_FPS.get(name)
+    openstl = OPENSTL_V100_FPS.get(name) if on_gpu else None  # a CPU dry run: no match
     values = {
         "precision": precision,
         "batch": plan.batch,
@@ -845,7 +845,7 @@ def _backbone_row(
     }
     result = (
         f"train {plan.batch / step_s:.1f} samples/s ({1000 * step_s:.1f} ms/step, median of "
-        f"{plan.rounds}×{steps}); infer {fps:.1f} FPS (OpenSTL V100: "
+        f"{plan.rounds}×{steps}); infer {fps:.1f} sequences/s (OpenSTL's V100 'FPS': "
         f"{openstl if openstl else '—'}); peak "
         f"{f'{peak_mb / 1024:.2f} GiB' if peak_mb is not None else 'n/a (CPU)'}; "
         f"{tflops:.3g} TFLOP/s = "
@@ -996,15 +996,37 @@ def _sections(text: str) -> frozenset[str]:
     return frozenset(names)
 
 
+def _positive_seconds(text: str) -> float:
+    """A budget that lets something run: a positive finite number of seconds (0 skipped
+    every row and exited 0)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of seconds")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m stpdist.gpu_check", description=__doc__.split("\n")[0]
+        prog="python -m stpdist.gpu_check",
+        description="One GPU check, one table: the GPU paths' tests, then measurements "
+        "(sections below), within a time budget; --dry runs every path at tiny shapes on CPU",
     )
     p.add_argument("--dry", action="store_true", help="CPU, tiny shapes: exercise every path")
     p.add_argument(
-        "--out", default="runs/gpu_check.json", help="JSON results (rewritten per section)"
+        "--out",
+        default="runs/gpu_check.json",
+        help="JSON results, rewritten per section (default runs/gpu_check.json, under the "
+        "working folder: the repository's root when run by launch/gpu_check.sh)",
     )
-    p.add_argument("--budget-s", type=float, default=420.0, help="wall-clock budget in seconds")
+    p.add_argument(
+        "--budget-s",
+        type=_positive_seconds,
+        default=420.0,
+        help="wall-clock budget in seconds (default 420)",
+    )
     p.add_argument(
         "--only",
         type=_sections,

@@ -510,6 +510,10 @@ def _load_tensors_only(path: Path, refusal: str) -> Any:
 
     from torch import serialization
 
+    with open(path, "rb") as handle:
+        pickled = handle.read(1) == b"\x80"  # a pickle's PROTO opcode (protocol 2 and up)
+    if not zipfile.is_zipfile(path) and not pickled:
+        raise InputError(f"{path}: not a torch checkpoint (neither a zip archive nor a pickle)")
     if not zipfile.is_zipfile(path):
         raise InputError(
             f"{path}: a legacy torch file (not torch's zip format) holding objects besides "
@@ -1115,6 +1119,46 @@ def _shaped(
     )
 
 
+_METHOD_MARKS = (
+    ("MIM", ("stlstm_layer.",)),
+    ("PhyDNet", ("convcell.", "phycell.")),
+    ("SwinLSTM_D", ("Downsample.", ".STBs.")),
+    ("PredRNNpp", (".conv_c2m.", ".conv_om.")),
+    ("E3DLSTM", (".conv3d.",)),
+    ("MAU", (".conv_t_next.", ".conv_s_next.")),
+    ("PredRNNv2", ("adapter.",)),
+    ("PredRNN", (".conv_m.",)),
+    ("ConvLSTM", ("cell_list.",)),
+)
+"""OpenSTL methods by what their tensor names hold, the most telling first (every PredRNN
+has a cell_list; MIM's and PhyDNet's names are their own)."""
+
+
+def _looks_like(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The OpenSTL method whose tensor names `tensors` (its state dict, prefixes stripped)
+    hold, as far as names tell: SimVP and TAU alike ("SimVP or TAU"); None when no mark
+    is found."""
+    keys = [f".{key}" for key in tensors]
+    if any(k.startswith((".enc.", ".hid.", ".dec.")) for k in keys):
+        return "SimVP or TAU"
+    for method, marks in _METHOD_MARKS:
+        if any(mark in key for key in keys for mark in marks):
+            return method
+    return None
+
+
+def _another_method(tensors: dict[str, torch.Tensor], name: str) -> str:
+    """`; its tensor names look like OpenSTL's X: --method X?` when they name another
+    method than `name` (canonical), else ""."""
+    guess = _looks_like(tensors)
+    if guess is None:
+        return ""
+    guessed = [canonical_method(g) for g in guess.split(" or ")]
+    if name in guessed:
+        return ""
+    return f"; its tensor names look like OpenSTL's {guess}: --method {guess.split(' or ')[0]}?"
+
+
 # ---------------------------------------------------------------------------- import
 def import_checkpoint(
     checkpoint: str | Path,
@@ -1191,9 +1235,14 @@ def import_checkpoint(
             f"{checkpoint}: the settings do not build stpdist's {name}: {exc}"
         ) from None
     hint = (f" (the model was built for {t_in}→{t_out} frames of {c}×{h}×{w}; a checkpoint "
-            "of another dataset needs --dataset NAME, or --in-shape T,C,H,W --pre N --aft M)")  # fmt: skip
-    mapped = map_tensors(tensors, key_rules(name, found), UNUSED.get(name, []),
-                         module.state_dict(), str(checkpoint), hint=hint)  # fmt: skip
+            "of another dataset needs --dataset NAME, or --in-shape T,C,H,W --pre N --aft M; "
+            "other widths or kernels (num_hidden, filter_size, patch_size) need the run's "
+            "OpenSTL --config)")  # fmt: skip
+    try:
+        mapped = map_tensors(tensors, key_rules(name, found), UNUSED.get(name, []),
+                             module.state_dict(), str(checkpoint), hint=hint)  # fmt: skip
+    except InputError as exc:  # a checkpoint of another method: said first
+        raise InputError(f"{exc}{_another_method(tensors, name)}") from None
     module.load_state_dict(
         {k: v.to(module.state_dict()[k].dtype) for k, v in mapped.tensors.items()}
     )

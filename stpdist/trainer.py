@@ -1770,9 +1770,12 @@ class Trainer:
 
     def _check_point(self, state: TrainState, validator: Validator, epoch_end: bool) -> bool:
         """Whether ranks compare notes after this optimizer step: at log steps, before a
-        checkpoint or a validation, at an epoch's end and at the last step."""
+        checkpoint or a validation, at an epoch's end and at the last step; a process
+        alone also right after a stop was asked for (there is no other rank to agree with:
+        a slow model's stop comes after this step, not up to log_every_n_steps later)."""
         return (
             epoch_end
+            or (self.accelerator.num_processes == 1 and self.lockstep.stop.requested)
             or state.global_step % self.config.log_every_n_steps == 0
             or state.global_step >= self._total_steps
             or self.checkpoints.is_due(state.global_step, epoch_end=epoch_end)

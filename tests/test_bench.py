@@ -407,3 +407,14 @@ def test_gpu_check_runs_only_the_sections_and_models_asked_for(tmp_path):
             main(["--dry", "--out", str(tmp_path / "x.json"), *flags])
         assert exit_.value.code == 2 and named in err.getvalue(), err.getvalue()
         assert not (tmp_path / "x.json").exists()
+
+
+def test_gpu_check_refuses_a_budget_that_lets_nothing_run(capsys):
+    """`--budget-s 0` (or -5) skipped every row and exited 0: a run that checked nothing."""
+    from stpdist import gpu_check
+
+    for budget in ("0", "-5", "nan"):
+        with pytest.raises(SystemExit) as exited:
+            gpu_check.main(["--dry", "--budget-s", budget])
+        assert exited.value.code == 2
+        assert "expected a positive number of seconds" in capsys.readouterr().err

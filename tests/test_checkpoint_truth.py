@@ -239,7 +239,7 @@ def test_ctrl_c_stops_with_a_checkpoint_says_how_to_resume_and_revalidates(tmp_p
         f"resume with {command}"
     )
     assert ckpt.damage(tmp_path / saved, deep=True) is None
-    assert step % 2 == 0 and step not in _val_steps(run)  # the stop came before it
+    assert step not in _val_steps(run)  # a stop at a validation step came before it
 
     resumed = run_cli(
         "train", DEBUG, *overrides, f"trainer.max_steps={step}", "--resume", "auto",

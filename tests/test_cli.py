@@ -109,8 +109,11 @@ def test_predict_without_checkpoint_fails_clearly(tmp_path):
 
 
 def test_bench_trainer_prints_ratio(tmp_path):
-    out = checked("bench", "trainer", "--repeats", "1", "--steps", "10", cwd=tmp_path).stdout
+    proc = checked("bench", "trainer", "--repeats", "1", "--steps", "10", cwd=tmp_path)
+    out = proc.stdout
     assert "Trainer / raw" in out and "steps/s" in out
+    assert "medians of 1 interleaved runs each" in out and "3-convolution net" in out
+    assert "process(es) on" not in out + proc.stderr  # the Trainer's banner: not bench output
 
 
 def test_bench_model_prints_figures(tmp_path):
@@ -335,7 +338,7 @@ def test_stop_advice_keeps_the_runs_flags_says_how_to_relaunch_once(tmp_path, mo
     proc = run_cli("train", DEBUG, *flags, cwd=tmp_path)
     assert proc.returncode == 75, proc.stderr[-3000:]
     line = _stop_line(proc.stderr)
-    step = int(line.split("after step ")[1].split(";")[0])  # the next step all ranks check
+    step = int(line.split("after step ")[1].split(";")[0])  # one process: the next step
     saved = f"runs/debug/checkpoints/step-{step:08d}"
     command = f"stpdist train {DEBUG} {' '.join(flags)} --resume auto"
     assert line == (
@@ -344,7 +347,7 @@ def test_stop_advice_keeps_the_runs_flags_says_how_to_relaunch_once(tmp_path, mo
     )
 
     # what the advice says, on a rank other than 0: stopped again, silently
-    stop_at_step(monkeypatch, step + 2)
+    stop_at_step(monkeypatch, step - step % 2 + 2)  # the next logged step (every 2)
     monkeypatch.setenv("RANK", "1")
     proc = run_cli(*command.split()[1:], cwd=tmp_path)
     assert proc.returncode == 75, proc.stderr[-3000:]

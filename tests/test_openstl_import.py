@@ -425,6 +425,9 @@ def test_a_file_that_is_no_checkpoint_is_refused_saying_what_it_is(tmp_path):
     (tmp_path / "notes.pth").write_text("hello\n")
     with pytest.raises(InputError, match=r"notes\.pth: not a torch checkpoint \(neither a zip"):
         read_checkpoint(tmp_path / "notes.pth")
+    (tmp_path / "ConvLSTM.py").write_text("method = 'ConvLSTM'\nin_shape = [10, 1, 64, 64]\n")
+    with pytest.raises(InputError, match=r"ConvLSTM\.py: not a torch checkpoint \(neither a"):
+        read_checkpoint(tmp_path / "ConvLSTM.py")  # the config given as the checkpoint
     torch.save({"state_dict": {"model.a": torch.zeros(1000)}}, tmp_path / "whole.ckpt")
     (tmp_path / "cut.ckpt").write_bytes((tmp_path / "whole.ckpt").read_bytes()[:700])
     with pytest.raises(InputError) as caught:
@@ -476,3 +479,23 @@ def test_no_checkpoint_runs_code_or_changes_a_class_when_its_tensors_are_read(tm
     with pytest.raises(InputError):
         read_checkpoint(tmp_path / "forged.pt")
     assert collections.Counter.most_common is before
+
+
+@pytest.mark.parametrize(
+    ("checkpoint_of", "method", "named"),
+    [("predrnn", "convlstm", "PredRNN"), ("mim", "predrnn", "MIM"),
+     ("simvp_gsta", "convlstm", "SimVP or TAU")],
+)  # fmt: skip
+def test_a_checkpoint_of_another_method_is_named_as_such(tmp_path, checkpoint_of, method, named):
+    """A PredRNN checkpoint imported as ConvLSTM was a size problem "needs --dataset"."""
+    _, state, _ = _fixture(checkpoint_of)
+    record, _, _ = _fixture(method)
+    ckpt = _write_ckpt(tmp_path / "c.ckpt", state)
+    config = _write_config(tmp_path / f"{record['method']}.py", record["config"])
+    args = ["import", "openstl", str(ckpt), "--method", record["method"], "--config", str(config)]
+    result = run_cli(*args, "--out", str(tmp_path / "m"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"its tensor names look like OpenSTL's {named}: --method {named.split()[0]}?" in (
+        result.stderr
+    )
+    assert not (tmp_path / "m").exists()

@@ -252,3 +252,17 @@ def test_taxibj_schedule_figures_in_parity_md():
     for epoch in (0, 5, 25):
         row = f"epoch {epoch}: {ours(epoch) * lr:.2e} against {timm(epoch):.2e}"
         assert row in text, row
+
+
+def test_reproduce_into_an_earlier_calls_out_says_resume_or_another_out(tmp_path):
+    """It read and described the data, then said "… or use another output_dir" (a config
+    key reproduce does not take): now refused first, in its own flags."""
+    out = tmp_path / "r1"
+    (out / "seed0" / "checkpoints" / "step-00000008").mkdir(parents=True)
+    config = str(ROOT / "configs" / "mmnist" / "convlstm.yaml")
+    result = run_cli("reproduce", config, "--seeds", "1", "--small", "--out", str(out),
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2
+    assert f"--out {out} holds seed0 of an earlier call" in result.stderr
+    assert "add --resume auto to continue it" in result.stderr and "output_dir" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["seed0"]  # no data read or made

@@ -274,3 +274,26 @@ def test_results_of_an_stpdist_that_did_not_record_the_checkpoint_say_so(trained
     assert "holds the results of a checkpoint they do not record (written by an stpdist " in line
     assert line.endswith("pass --out DIR to keep both, or --overwrite to replace them")
     assert (out / "metrics.json").read_text() == '{"test/mse": 0.5}\n'
+
+
+def test_a_bench_flag_for_another_mode_is_refused_not_ignored(tmp_path):
+    """`bench model … --loader-workers 3` and `bench trainer extra` ran, ignoring them."""
+    for args, said in [
+        (("trainer", "extra"), "bench trainer: 'extra' is for bench data and model only"),
+        (("model", "convlstm", "--loader-workers", "3"), "--loader-workers is for bench data only"),
+        (("data", "somewhere", "--steps", "3"), "bench data: --steps is for bench trainer only"),
+        (("data", "somewhere", "--ops"), "bench data: --ops is for bench model only"),
+    ]:  # fmt: skip
+        assert said in refused("bench", *args, cwd=tmp_path)
+
+
+def test_bench_data_on_a_dataset_without_a_train_split_takes_its_first(tmp_path):
+    """`bench data DATASET` looked for DATASET/train only: "no index.json in DATASET"."""
+    from stpdist.data.synthetic import write_moving_digits
+
+    write_moving_digits(tmp_path / "ds", {"val": 8, "test": 8}, num_frames=4, image_size=16,
+                        digit_size=8, progress=False)  # fmt: skip
+    proc = run_cli("bench", "data", "ds", "--rounds", "1", "--loader-workers", "0",
+                   "--batch-size", "2", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "stpdist shards" in proc.stdout

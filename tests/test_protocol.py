@@ -325,7 +325,7 @@ def test_bench_model_reports_inference_fps(capsys):
     args = {"hidden_channels": [4], "kernel_size": 3}
     result = bench_model("predrnn", (2, 3, 1, 16, 16), 3, 2, args, steps=1, fps_batch=4)
     assert result["inference_fps"] > 0 and result["fps_batch"] == 4
-    assert "FPS (batch 4 forward)" in capsys.readouterr().out
+    assert "sequences/s (OpenSTL's 'FPS': an eval forward of batch 4)" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------- layer_norm
@@ -550,7 +550,8 @@ def test_openstl_numbers_stand_beside_a_run_in_their_setting_only(tmp_path):
     table = summarize("predrnn", runs, comparable=True)
     assert table["MSE (frame sum, raw)"]["openstl"] == 23.97
     md = markdown("predrnn", table, 2, False, "stpdist reproduce x", 9000, [])
-    assert "| MSE (frame sum, raw) | 25 ± 0.71 | 23.97 |" in md and "9000 sequences" in md
+    assert "| MSE (frame sum, raw) | 25.00 ± 0.71 | 23.97 |" in md and "9000 sequences" in md
+    assert "OpenSTL picks its checkpoint on the test set" in md  # the caveats that remain
 
     assert openstl_differences(theirs, False, index((20, 3, 64, 64))) == [
         "frames of 3×64×64, not 1×64×64"
@@ -567,8 +568,22 @@ def test_openstl_numbers_stand_beside_a_run_in_their_setting_only(tmp_path):
     table = summarize("predrnn", runs, comparable=False)
     assert table["MSE (frame sum, raw)"]["openstl"] is None
     md = markdown("predrnn", table, 2, False, "c", 9000, ["10→5 frames, not 10→10"])
-    assert "| MSE (frame sum, raw) | 25 ± 0.71 |" in md and "23.97" not in md
+    assert "| MSE (frame sum, raw) | 25.00 ± 0.71 |" in md and "23.97" not in md
     assert "this run differs: 10→5 frames, not 10→10." in md
+
+    # trained otherwise than the recipe (OpenSTL's training): said, the column left out;
+    # where it writes and logs are no difference
+    shorter = load_config(config, ["trainer.max_epochs=1", "trainer.output_dir=elsewhere"])
+    assert openstl_differences(shorter, False, test, recipe=theirs) == [
+        f"trainer.max_epochs 1, not the recipe's {theirs.trainer.max_epochs}"
+    ]
+    moved = load_config(config, ["trainer.output_dir=x", "logging.num_samples=0"])
+    assert openstl_differences(moved, False, test, recipe=theirs) == []
+    one = summarize("predrnn", runs[:1], comparable=True)
+    assert one["MSE (frame sum, raw)"]["std"] is None  # one seed: no spread, not 0
+    assert "| MSE (frame sum, raw) | 24.50 ± n/a | 23.97 |" in markdown(
+        "predrnn", one, 1, False, "c", 9000, []
+    )
 
 
 # ---------------------------------------------------------------------- LPIPS
