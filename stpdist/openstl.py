@@ -504,17 +504,19 @@ def _load_tensors_only(path: Path, refusal: str) -> Any:
     """`torch.load` of a checkpoint that holds objects besides tensors, by torch's own
     weights-only unpickler: each global it would refuse is allowed as a stand-in class of
     its name (an `_Opaque`), so that no code of the checkpoint's runs and nothing outside
-    the checkpoint is touched (`refusal`: why the plain weights-only load refused it). Only torch's zip format (every `torch.save` since torch 1.6):
-    a legacy file would be read by pickle itself, which can run any code."""
+    the checkpoint is touched (`refusal`: why the plain weights-only load refused it).
+    Only torch's zip format (every `torch.save` since torch 1.6): a legacy file would be
+    read by pickle itself, which can run any code."""
     import zipfile
 
     from torch import serialization
 
     with open(path, "rb") as handle:
         pickled = handle.read(1) == b"\x80"  # a pickle's PROTO opcode (protocol 2 and up)
-    if not zipfile.is_zipfile(path) and not pickled:
+    zipped = zipfile.is_zipfile(path)
+    if not zipped and not pickled:
         raise InputError(f"{path}: not a torch checkpoint (neither a zip archive nor a pickle)")
-    if not zipfile.is_zipfile(path):
+    if not zipped:
         raise InputError(
             f"{path}: a legacy torch file (not torch's zip format) holding objects besides "
             "tensors, which only a full unpickling could read (it can run any code); load "
