@@ -101,7 +101,7 @@ def _check_resume_flag(resume: str | None) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from . import build
-    from .trainer import Preempted
+    from .trainer import STOPS, stopped
 
     cfg = _config(args)
     if args.keep_global_batch:  # the flag is trainer.keep_global_batch=true
@@ -130,13 +130,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     val = build.eval_stream(cfg, cfg.data.val_split) if has_val else None
     try:
         state = trainer.fit(module, build.train_stream(cfg), val, resume=args.resume)
-    except Preempted as stop:  # the same line, with the command that continues the run
+    except STOPS as stop:  # the same line, with the command that continues the run
         # the trackers end now, not at exit (this Trainer is freed by then): an offline wandb
         # run's `wandb sync` line names every folder of the run; a tracker that cannot finish
         # (wandb's service killed with the job) is passed over, as at exit: the stop stays a
         # stop (exit 75, its line)
         trainer._close_at_exit()
-        raise Preempted(stop.step, stop.checkpoint, stop.signum, _resume_command(args)) from None
+        raise stopped(stop.step, stop.checkpoint, stop.signum, _resume_command(args)) from None
     except KeyboardInterrupt:
         if trainer.is_main:
             print(
@@ -1101,7 +1101,7 @@ def _shard_parser(sub: Any) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     """A wandb sweep over dotted config keys (see stpdist/sweep.py)."""
     from .sweep import sweep
-    from .trainer import Preempted
+    from .trainer import STOPS, stopped
 
     params = None
     if args.params is not None:
@@ -1121,19 +1121,19 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             agent=args.agent,
             params=params,
         )
-    except Preempted as stop:  # a trial continues as a training of its own folder's config
+    except STOPS as stop:  # a trial continues as a training of its own folder's config
         if stop.checkpoint is None:
             raise
         import shlex
 
         config = Path(stop.checkpoint).parent.parent / "config.yaml"
         command = _relaunch(shlex.join(["stpdist", "train", str(config), "--resume", "auto"]))
-        raise Preempted(stop.step, stop.checkpoint, stop.signum, command) from None
+        raise stopped(stop.step, stop.checkpoint, stop.signum, command) from None
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from .reproduce import reproduce
-    from .trainer import Preempted
+    from .trainer import STOPS, stopped
 
     if args.seeds < 1:
         raise InputError(f"--seeds {args.seeds}: expected at least 1")
@@ -1150,8 +1150,8 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
             overrides=overrides,
             resume=args.resume,
         )
-    except Preempted as stop:  # the seed's stop line, with the command that continues all
-        raise Preempted(stop.step, stop.checkpoint, stop.signum, _resume_command(args)) from None
+    except STOPS as stop:  # the seed's stop line, with the command that continues all
+        raise stopped(stop.step, stop.checkpoint, stop.signum, _resume_command(args)) from None
     except KeyboardInterrupt:
         if launched_as_main():
             print(
@@ -1689,6 +1689,20 @@ def _interrupted(command: str) -> int:
     return 130
 
 
+def _stopped_line(stop: BaseException, earlier: set[Any]) -> int:
+    """A training stopped with a checkpoint (`Preempted`, `Interrupted`): the command's
+    Trainers closed (their trackers end now: a continuation may start at once), then its
+    line, once for the run (not once per rank); exit 75, or 130 after Ctrl-C."""
+    trainer = sys.modules.get("stpdist.trainer")
+    for opened in trainer.open_trainers() if trainer is not None else []:
+        if opened not in earlier:
+            with contextlib.suppress(Exception):  # the stop stands, with its line
+                opened._close_at_exit()
+    if launched_as_main():
+        print(f"stpdist: {stop}", file=sys.stderr)
+    return stop.exit_code
+
+
 def _pipe_closed() -> int:
     """`stpdist inspect … | head`: the reader has all it wanted. Exit as a process that
     SIGPIPE ended, with no second error when stdout is flushed at exit."""
@@ -1716,17 +1730,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         alike = getattr(exc, "alike_on_every_rank", False) or not _group_started()
         return _refused("error", exc, earlier, alike_on_every_rank=alike)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if hasattr(exc, "checkpoint"):  # a training stopped by Ctrl-C, with a checkpoint
+            return _stopped_line(exc, earlier)
         return _interrupted(args.command)
     except BrokenPipeError:
         return _pipe_closed()
     except Exception as exc:
-        from .trainer import PREEMPTED_EXIT_CODE, Preempted
+        from .trainer import Preempted
 
         if isinstance(exc, Preempted):
-            if launched_as_main():  # one line for the run, not one per rank
-                print(f"stpdist: {exc}", file=sys.stderr)
-            return getattr(exc, "exit_code", PREEMPTED_EXIT_CODE)  # 130 after Ctrl-C
+            return _stopped_line(exc, earlier)
         if args.debug:
             raise
         line = _environment_error(exc, args.command)

@@ -227,7 +227,9 @@ class TrainerConfig:
     grad_clip_norm: Optional[float] = checked(None, _positive_number)
     """Clip the global gradient norm to this value (None: no clipping)."""
     seed: int = checked(0, _SEED)
-    """Seeds model initialisation, data order and every rank's RNG."""
+    """Seeds model initialisation (torch, numpy and random are seeded when the Trainer is
+    made: a module built after it; the CLI's always), data order and every rank's RNG
+    (seeded again when `fit` starts)."""
     log_every_n_steps: int = checked(10, _positive)
     """Log training scalars every N optimizer steps."""
     val_every_n_epochs: int = checked(1, _non_negative)

@@ -26,6 +26,7 @@ import json
 import os
 import secrets
 import string
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from functools import partial
@@ -107,6 +108,21 @@ class MetricsLog:
                     yield record
 
 
+def _finish_another_wandb_run(run_id: str) -> None:
+    """wandb keeps one run a process: an earlier Trainer's, not closed (a loop over trials
+    without `trainer.close()`), made wandb.init return that run, and every later trial
+    logged into the first trial's run. It is finished first, with a line."""
+    wandb = sys.modules.get("wandb")
+    active = getattr(wandb, "run", None)
+    if active is None or active.id == run_id:  # none, or this training's own (a second fit)
+        return
+    say(
+        f"finishing wandb run {active.id}, of an earlier Trainer of this process that was not "
+        "closed: call trainer.close() when a Trainer is done"
+    )
+    active.finish()
+
+
 class Tracker:
     """metrics.jsonl + sample pictures + the configured trackers, from `logging`."""
 
@@ -176,6 +192,8 @@ class Tracker:
         # tensorboard hides the events an earlier process wrote above the steps this one
         # starts after (all of them for a fresh training): they are logged again
         init_kwargs["tensorboard"] = {"purge_step": step + 1 if step else 0}
+        if "wandb" in self.config.trackers:
+            _finish_another_wandb_run(run["run_id"])
         accelerator.init_trackers(run["project"], init_kwargs=init_kwargs)
         for tracker in accelerator.trackers:
             # tensorboard's hparams take flat scalars only; wandb keeps the nesting, the
@@ -309,6 +327,8 @@ class Tracker:
         self._wandb_offline = None
         run_id = self._record["run_id"]
         parts = sorted(folder.resolve().glob(f"offline-run-*-{run_id}"))
+        if not parts:  # nothing of this run was written offline
+            return
         say(
             f"offline wandb run {run_id}; upload it with: "
             f"wandb sync {' '.join(str(p) for p in parts)}"

@@ -132,7 +132,8 @@ def _lookup(tree: Any, dotted: str) -> Any:
 
 class Preempted(RuntimeError):
     """Training stopped on a signal after a completed optimizer step and a checkpoint.
-    `exit_code`: 130 after Ctrl-C (SIGINT), 75 after SIGTERM/SIGUSR1."""
+    `exit_code`: 130 after Ctrl-C (SIGINT), 75 after SIGTERM/SIGUSR1. `fit` raises it for
+    SIGTERM/SIGUSR1, and `Interrupted` (a KeyboardInterrupt) for Ctrl-C."""
 
     def __init__(
         self,
@@ -141,14 +142,47 @@ class Preempted(RuntimeError):
         signum: int | None = None,
         resume: str = 'fit(…, resume="auto")',
     ) -> None:
-        interrupted = signum == signal.SIGINT
-        cause = "Ctrl-C" if interrupted else "a signal"
-        super().__init__(
-            f"stopped on {cause} after step {step}; saved checkpoint {checkpoint}; "
-            f"resume with {resume}"
-        )
+        super().__init__(_stop_text(step, checkpoint, signum, resume))
         self.step, self.checkpoint, self.signum = step, checkpoint, signum
+        interrupted = signum == signal.SIGINT
         self.exit_code = INTERRUPTED_EXIT_CODE if interrupted else PREEMPTED_EXIT_CODE
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C (SIGINT) after a completed optimizer step and a
+    checkpoint: a KeyboardInterrupt, so that an experiment loop's `except Exception` does
+    not swallow it and go on to the next trial (one Ctrl-C per trial). The attributes of
+    `Preempted` (`step`, `checkpoint`, `signum`, `exit_code` 130)."""
+
+    def __init__(
+        self,
+        step: int,
+        checkpoint: Path | None,
+        signum: int | None = signal.SIGINT,
+        resume: str = 'fit(…, resume="auto")',
+    ) -> None:
+        super().__init__(_stop_text(step, checkpoint, signal.SIGINT, resume))
+        self.step, self.checkpoint, self.signum = step, checkpoint, signum
+        self.exit_code = INTERRUPTED_EXIT_CODE
+
+
+STOPS = (Preempted, Interrupted)
+"""What `fit` raises after a stop with a checkpoint."""
+
+
+def stopped(
+    step: int, checkpoint: Path | None, signum: int | None, resume: str = 'fit(…, resume="auto")'
+) -> Preempted | Interrupted:
+    """The stop `signum` asked for: `Interrupted` after Ctrl-C, else `Preempted`."""
+    kind = Interrupted if signum == signal.SIGINT else Preempted
+    return kind(step, checkpoint, signum, resume)
+
+
+def _stop_text(step: int, checkpoint: Path | None, signum: int | None, resume: str) -> str:
+    cause = "Ctrl-C" if signum == signal.SIGINT else "a signal"
+    return (
+        f"stopped on {cause} after step {step}; saved checkpoint {checkpoint}; resume with {resume}"
+    )
 
 
 class _TrainingStep(nn.Module):
@@ -309,6 +343,8 @@ def _scalars_of(output: Any, hook: str = "validation_step") -> dict[str, Any]:
                 continue
             if (isinstance(v, torch.Tensor) and v.numel() == 1) or isinstance(v, float | int):
                 scalars[k] = v
+            elif isinstance(v, np.generic | np.ndarray) and v.size == 1 and v.dtype.kind in "biuf":
+                scalars[k] = float(v.reshape(()))  # numpy's float32, int64, 0-d arrays
             elif k not in CONSUMED_ENTRIES and (hook, k) not in _UNLOGGED:
                 _UNLOGGED.add((hook, k))
                 what = (
@@ -431,6 +467,8 @@ class Meter:
         self.carried_window: dict[str, Any] | None = None
         """The log window's sums before this process (`TrainState.window`), added to the
         first window's; None: none (a resume at a log step, or an older checkpoint)."""
+        self.held_grad_norm: Any = None
+        """The grad norm of a log step whose row a stop held (carried by the checkpoint)."""
 
     @classmethod
     def resumed(cls, accelerator: Any, state: Any) -> Meter:
@@ -513,7 +551,11 @@ class Meter:
         )
         window = self._window_total(self._window, self.carried_window)
         now = self._paused_at if self._paused_at is not None else time.perf_counter()
-        state.window = {**window, "epoch_seconds": round(max(now - self._epoch_start, 0.0), 6)}
+        state.window = {
+            **window,
+            "epoch_seconds": round(max(now - self._epoch_start, 0.0), 6),
+            "grad_norm": None if self.held_grad_norm is None else float(self.held_grad_norm),
+        }
 
     def _window_total(self, sums: dict[str, Any], carried: dict[str, Any] | None) -> dict[str, Any]:
         """The window's loss sum over every rank and (rank, batch) count, and this rank's
@@ -1101,6 +1143,9 @@ class Trainer:
         _OPEN_TRAINERS.add(self)
         self._shared_settings = _shared_settings()
         _SETTINGS_HOLDER[0] = weakref.ref(self)
+        # a module built after the Trainer (`Trainer(…).fit(Net(), …)`) starts from the same
+        # weights every run, as the CLI's does; `fit` seeds again, per rank (data order)
+        set_seed(self.config.seed)
 
     def _hold_settings(self) -> None:
         """Accelerate keeps mixed precision and gradient accumulation in process-wide
@@ -1278,8 +1323,8 @@ class Trainer:
         resume: str | Path | None = None,
     ) -> TrainState:
         """Train `module`; `resume` is None, "auto" (newest complete checkpoint) or a path.
-        Returns the final `TrainState`. Raises `Preempted` after a stop (SIGTERM, SIGUSR1,
-        Ctrl-C) with its checkpoint saved, `OutputExists` for a fresh run into a folder that
+        Returns the final `TrainState`. Raises `Preempted` after a stop (SIGTERM, SIGUSR1;
+        `Interrupted`, a KeyboardInterrupt, after Ctrl-C) with its checkpoint saved, `OutputExists` for a fresh run into a folder that
         holds another run's checkpoints, `RunLockedError` when another run holds the folder."""
         self._hold_settings()
         _check_validation_hook(module, val_data)
@@ -1342,7 +1387,7 @@ class Trainer:
                 pending = self._end_pending(train, ctx, state, batches_per_epoch)
                 validator.resume(state, end_pending=pending, final=state.global_step >= total_steps)
                 meter = Meter.resumed(acc, state)
-                self.checkpoints.before_save = partial(self._carry, meter, state)
+                self.checkpoints.before_save = partial(meter.carry, state)
                 self._say_schedule_stretched(saved, total_steps, module, scheduler)
                 state.planned_steps = total_steps
                 bar = self._progress(total_steps, state.global_step)
@@ -1429,7 +1474,7 @@ class Trainer:
             bar.close()
         saved = self.checkpoints.latest()
         self._tell_launcher(saved)
-        raise Preempted(state.global_step, saved, self._stop.signum)
+        raise stopped(state.global_step, saved, self._stop.signum)
 
     def _tell_launcher(self, saved: Path | None) -> None:
         """A job script's way to know that the run stopped with a checkpoint (the SLURM
@@ -1815,13 +1860,6 @@ class Trainer:
             self._grad_norm = torch.tensor(window["grad_norm"])
         return (meter, optimizer, state, bar)
 
-    def _carry(self, meter: Meter, state: TrainState) -> None:
-        """Before a checkpoint: the meter's sums (`Meter.carry`) and, at a log step whose
-        row a stop held, its grad norm."""
-        meter.carry(state)
-        norm = self._grad_norm
-        state.window["grad_norm"] = None if norm is None else float(norm)
-
     def _log_window(
         self,
         meter: Meter,
@@ -1837,7 +1875,8 @@ class Trainer:
         (interval epoch) has set that rate; with `stop` as well, by the resumed run: the
         checkpoint carries the window (the epoch closes on resume)."""
         if hold:
-            if stop:
+            if stop:  # the checkpoint carries the row's window and grad norm
+                meter.held_grad_norm = self._grad_norm
                 bar.update(state.global_step - bar.n)
             else:
                 self._held_window = (meter, optimizer, state, bar)

@@ -154,3 +154,27 @@ def test_stopped_training_resumed_from_an_older_checkpoint_sends_no_step_twice(t
     steps = [step for step, _ in rows]
     assert steps == sorted(set(steps)), steps
     assert [s for s, items in rows if "train/loss" in items] == list(range(1, 11))
+
+
+def test_trainers_not_closed_in_a_loop_each_log_into_their_own_wandb_run(tmp_path, capsys):
+    """A loop over trials without `trainer.close()`: wandb returned the first trial's run
+    to every later init, and the later trials' rows went into it; their own offline folders
+    held a debug log. An earlier Trainer's run is now finished first, with a line."""
+    from helpers import TinyModule, loader
+
+    from stpdist import Trainer
+    from stpdist.config import LoggingConfig
+
+    runs = []
+    for trial in range(2):
+        run = tmp_path / f"trial{trial}"
+        trainer = Trainer(max_epochs=1, output_dir=run, progress_bar=False, log_every_n_steps=2,
+                          logging=LoggingConfig(trackers=["wandb"], num_samples=0))  # fmt: skip
+        trainer.fit(TinyModule(), loader(16))  # and no close()
+        runs.append(run)
+    trainer.close()  # the last one's rows on disk (the first's: finished by the second)
+    for run in runs:
+        run_id, _, rows = _one_run(run)
+        assert sorted(step for step, row in rows if "train/loss" in row) == [2, 4], run
+    said = capsys.readouterr()
+    assert "of an earlier Trainer of this process that was not closed" in said.out + said.err
