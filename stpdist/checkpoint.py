@@ -1095,10 +1095,25 @@ class CheckpointManager:
             optimizer.load_state_dict(_load(path / "optimizer.pt"))
         if scheduler is not None:
             if not (path / "scheduler.pt").is_file():
-                raise FileNotFoundError(
-                    f"{path} has no scheduler.pt but the module has a scheduler"
+                raise InputError(
+                    f"{path} has no scheduler.pt (its run had no lr scheduler) but the module "
+                    f"has a {type(scheduler).__name__}: resume with the run's schedule, or "
+                    "start a new run from its weights (model.init_weights)"
                 )
-            scheduler.load_state_dict(_load(path / "scheduler.pt"))
+            try:
+                scheduler.load_state_dict(_load(path / "scheduler.pt"))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:  # another kind
+                raise InputError(
+                    f"{path / 'scheduler.pt'} holds another kind of lr scheduler's state than "
+                    f"the module's {type(scheduler).__name__} (missing {exc}): resume with the "
+                    "run's schedule, or start a new run from its weights (model.init_weights)"
+                ) from None
+        elif (path / "scheduler.pt").is_file():
+            log.warning(
+                "%s holds an lr scheduler's state, but the module has no scheduler now: the "
+                "rate stays where the checkpoint's optimizer left it",
+                path,
+            )
         if accelerator.scaler is not None and (path / "scaler.pt").is_file():
             accelerator.scaler.load_state_dict(_load(path / "scaler.pt"))
         _restore_rng(path, accelerator)

@@ -254,7 +254,8 @@ class TrainerConfig:
     CUDA graph after 3 eager steps and replay it: one launch a step instead of thousands.
     One process, no accumulation, no fp16, no `compile`, no FSDP (refused at start, with
     the reason); a module that may skip batches, or a batch of other shapes, runs eagerly
-    (one line says so). On a CPU: accepted, not applicable (see `stpdist.graphs`)."""
+    (one line says so). On a CPU: accepted, not applicable (see `stpdist.graphs`); the
+    combinations above are refused there too, as they would be on a GPU."""
     cudnn_benchmark: Optional[bool] = None
     """On a GPU, let cuDNN time its convolution algorithms at the first call of each input
     shape and keep the fastest (`torch.backends.cudnn.benchmark`, set while this Trainer is

@@ -119,6 +119,13 @@ def gathered(root: nn.Module) -> Iterator[None]:
     Costs the full parameters' memory on every rank while it lasts (as DDP holds always)."""
     from torch.distributed.fsdp import FSDPModule
 
+    # the root's state first: an evaluation before any training forward of this process (a
+    # resume that runs the validation a stop cut off) called a unit first, which then
+    # took itself for a root, and the first training forward failed ("FSDP state has
+    # already been lazily initialized for …")
+    state = root._get_fsdp_state() if hasattr(root, "_get_fsdp_state") else None
+    if state is not None and hasattr(state, "_lazy_init"):
+        state._lazy_init()
     units = [m for m in root.modules() if isinstance(m, FSDPModule) and m is not root]
     for unit in units:  # kept gathered after each forward (`unshard` below does it once)
         unit.set_reshard_after_forward(False, recurse=False)

@@ -99,9 +99,15 @@ INTERRUPTED_EXIT_CODE = 130
 shells report a process that Ctrl-C ended (128 + SIGINT)."""
 
 
-KEPT_ON_RESUME = ("model.optimizer.name", "model.optimizer.lr", "model.optimizer.weight_decay")
+KEPT_ON_RESUME = (
+    "model.optimizer.name",
+    "model.optimizer.lr",
+    "model.optimizer.weight_decay",
+    "model.schedule.interval",
+)
 """Config keys a resume cannot change: the restored optimizer state keeps its kind,
-learning rate and weight decay."""
+learning rate and weight decay, and the restored scheduler state its interval (it counts
+steps or epochs). Another kind of schedule is refused as its state is loaded."""
 ORDER_KEYS = ("trainer.seed",)
 """Settings that order every epoch's data: changed on resume, the epochs begun would see
 samples twice and miss others (`TrainState.settings`)."""

@@ -6,7 +6,9 @@ the last optimizer step); the final weights are in the run's last checkpoint.
 Optional keys: resume, keep (keep_global_batch), wrap (fsdp_wrap), every (checkpoint every
 N steps, keeping the last 2), kill_at (rank 0 SIGKILLs itself in the training step of
 that optimizer step), kill_in_save (rank 0 SIGKILLs itself while that step's checkpoint
-is being written: every rank's shard is there, the manifest not yet)."""
+is being written: every rank's shard is there, the manifest not yet), val_every
+(validate every N steps on 6 sequences), stop_in_validation (every rank SIGTERMs itself in
+its first validation_step: the run stops there with a checkpoint)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from stpdist import Trainer, checkpoint  # noqa: E402
 from stpdist.config import CheckpointConfig  # noqa: E402
 from stpdist.fsdp import local_bytes  # noqa: E402
+from stpdist.trainer import Preempted  # noqa: E402
 
 
 class Measured(TinyModule):
@@ -44,8 +47,14 @@ class Measured(TinyModule):
             os.kill(os.getpid(), signal.SIGKILL)  # a crash in the middle of a step
         return super().training_step(inputs, targets)
 
+    def validation_step(self, inputs, targets):
+        if KILL["in_validation"]:  # every rank: a launcher's SIGTERM during a validation
+            KILL["in_validation"] = False
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().validation_step(inputs, targets)
 
-KILL = {"at": None, "in_save": None}
+
+KILL = {"at": None, "in_save": None, "in_validation": False}
 _write_manifest = checkpoint._write_manifest
 
 
@@ -60,7 +69,8 @@ checkpoint._write_manifest = _killing_write_manifest
 
 def run(job: dict) -> None:
     torch.manual_seed(0)
-    KILL.update(at=job.get("kill_at"), in_save=job.get("kill_in_save"))
+    KILL.update(at=job.get("kill_at"), in_save=job.get("kill_in_save"),
+                in_validation=job.get("stop_in_validation", False))  # fmt: skip
     module = Measured(lr=0.01)
     every = job.get("every")
     policy = CheckpointConfig(every_n_steps=every, keep_last=2, keep_best=0) if every else None
@@ -75,9 +85,14 @@ def run(job: dict) -> None:
         **({"checkpoint": policy} if policy else {}),
         progress_bar=False,
         log_every_n_steps=1,
+        val_every_n_steps=job.get("val_every"),
     )
     train = DataLoader(TinySequences(48), batch_size=2, shuffle=True)
-    trainer.fit(module, train, resume=job.get("resume"))
+    val = DataLoader(TinySequences(6), batch_size=1) if job.get("val_every") else None
+    try:
+        trainer.fit(module, train, val, resume=job.get("resume"))
+    except Preempted:
+        return  # stopped (`stop_in_validation`): the job after it resumes
     rank = trainer.accelerator.process_index
     (Path(job["out"]) / f"bytes-r{rank}.json").write_text(json.dumps(module.stored))
     trainer.accelerator.wait_for_everyone()

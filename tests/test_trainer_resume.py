@@ -186,3 +186,35 @@ def test_a_stop_during_a_long_validation_leaves_it_and_stops_with_a_checkpoint(t
     run_ranks([SCRIPT, *common, "--resume", "auto"], 2)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "val/loss" in r] == [4, 5, 8]  # 5: the epoch's end
+
+
+def test_another_lr_schedule_on_resume_is_refused_naming_it(tmp_path):
+    """onecycle → cosine failed with "KeyError: 'lr_lambdas'", none → cosine with a
+    FileNotFoundError (exit 1), and step → epoch intervals loaded a state counting steps as
+    epochs; cosine → none kept onecycle's last rate without a word."""
+    from conftest import ROOT, run_cli
+
+    debug = str(ROOT / "configs" / "debug.yaml")
+    first = ["logging.num_samples=0", "trainer.max_epochs=1"]
+    for name, schedule in [("onecycle", ["model.schedule.name=onecycle"]), ("none", []),
+                           ("cosine", ["model.schedule.name=cosine"])]:  # fmt: skip
+        run_cli("train", debug, *first, f"trainer.output_dir=runs/{name}", *schedule,
+                cwd=tmp_path, check=True)  # fmt: skip
+    resume = ["logging.num_samples=0", "trainer.max_epochs=2", "--resume", "auto"]
+    for name, schedule, said in [
+        ("onecycle", "model.schedule.name=cosine",
+         "scheduler.pt holds another kind of lr scheduler's state than the module's LambdaLR"),
+        ("none", "model.schedule.name=cosine", "has no scheduler.pt (its run had no lr scheduler)"),
+        ("cosine", "model.schedule.interval=epoch",
+         "model.schedule.interval step (the checkpoint's) → epoch"),
+    ]:  # fmt: skip
+        extra = ["model.schedule.name=cosine", "model.schedule.total_steps=16"] * (
+            "interval" in schedule
+        )
+        proc = run_cli("train", debug, *resume, f"trainer.output_dir=runs/{name}", *extra,
+                       schedule, cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 2, (name, proc.stderr[-2000:])
+        assert said in proc.stderr, (name, proc.stderr[-2000:])
+    proc = run_cli("train", debug, *resume, "trainer.output_dir=runs/cosine", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # dropped: trained on, and said
+    assert "holds an lr scheduler's state, but the module has no scheduler now" in proc.stderr
