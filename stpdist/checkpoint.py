@@ -139,10 +139,11 @@ class TrainState:
     the whole epoch's `train/epoch_loss`; None at an epoch's start or when not recorded."""
     window: dict[str, Any] | None = None
     """Between two log steps: the training log window so far (`sum` and `batches` of the
-    loss as in `epoch_loss`, the main rank's `extras` as name → [sum, count],
-    `epoch_seconds`, the epoch's training time so far, and the `grad_norm` of a log step
-    whose row a stop held), so that a resume logs the rows of an uninterrupted run; None
-    when not recorded (before 2026-12-06)."""
+    loss as in `epoch_loss`, the main rank's `extras` as name → [sum, count], the window's
+    `samples` and training `seconds` (its samples/s), `epoch_seconds`, the epoch's training
+    time so far, and the `grad_norm` of a log step whose row a stop held), so that a
+    resume logs the rows of an uninterrupted run; None when not recorded (before
+    2026-12-06)."""
     epoch_origin: dict[str, Any] | None = None
     """Mid-epoch after a resume on another number of ranks: how the epoch began
     (`stpdist.data.loading.EpochOrigin`'s fields); `batch` then counts the micro-batches
@@ -1105,11 +1106,14 @@ class CheckpointManager:
             except (KeyError, TypeError, ValueError, AttributeError) as exc:  # another kind
                 raise InputError(
                     f"{path / 'scheduler.pt'} holds another kind of lr scheduler's state than "
-                    f"the module's {type(scheduler).__name__} (missing {exc}): resume with the "
-                    "run's schedule, or start a new run from its weights (model.init_weights)"
+                    f"the module's {type(scheduler).__name__} ({type(exc).__name__}: {exc}): "
+                    "resume with the run's schedule, or start a new run from its weights "
+                    "(model.init_weights)"
                 ) from None
         elif (path / "scheduler.pt").is_file():
-            log.warning(
+            from .console import warn_main
+
+            warn_main(
                 "%s holds an lr scheduler's state, but the module has no scheduler now: the "
                 "rate stays where the checkpoint's optimizer left it",
                 path,
@@ -1339,6 +1343,11 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _number(value: Any) -> bool:
+    """A number, NaN and ±Inf included (a module's extra scalar may be one: logged as such)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -1349,8 +1358,12 @@ def _check_window(file: Path, window: Any) -> None:
     extras = window.get("extras") if isinstance(window, dict) else None
     if not (
         isinstance(window, dict)
-        and set(window) == {"sum", "batches", "extras", "epoch_seconds", "grad_norm"}
-        and (window["grad_norm"] is None or _finite(window["grad_norm"]))
+        and set(window) == {"sum", "batches", "extras", "epoch_seconds", "grad_norm",
+                            "samples", "seconds"}
+        and (window["grad_norm"] is None or _number(window["grad_norm"]))
+        and _count(window["samples"])
+        and _finite(window["seconds"])
+        and window["seconds"] >= 0
         and _finite(window["sum"])
         and _count(window["batches"])
         and _finite(window["epoch_seconds"])
@@ -1358,14 +1371,15 @@ def _check_window(file: Path, window: Any) -> None:
         and isinstance(extras, dict)
         and all(
             isinstance(k, str) and isinstance(v, list) and len(v) == 2
-            and _finite(v[0]) and _count(v[1])
+            and _number(v[0]) and _count(v[1])
             for k, v in extras.items()
         )
     ):  # fmt: skip
         raise CheckpointError(
             f"{file}: 'window' must be null or {{'sum': a finite number, 'batches': an "
-            "integer >= 0, 'extras': {name: [sum, count]}, 'epoch_seconds': a number >= 0, "
-            f"'grad_norm': null or a finite number}}, got {window!r}"
+            "integer >= 0, 'extras': {name: [sum, count]}, 'epoch_seconds' and 'seconds': "
+            "numbers >= 0, 'samples': an integer >= 0, 'grad_norm': null or a number}, "
+            f"got {window!r}"
         )
 
 

@@ -1119,9 +1119,9 @@ def _from_earlier_layout(overlay: DictConfig, origin: str) -> DictConfig:
     from then, or the user's own), read in today's: `model.optimizer: adam` and `model.lr`
     became `model.optimizer.{name,lr}`, the schedule, sampling and evaluation keys moved
     into their sections, PredRNN.V2's `model.aux_loss_weight` became its backbone's
-    `decouple_weight` (others ignored it), and `logging.wandb.mode: disabled` (no wandb)
-    and `logging.wandb.log_every_n_steps` became the absence of the tracker and
-    `logging.trackers_every_n_steps`. Said in one line naming the keys; a file in today's
+    `decouple_weight` (others ignored it), `logging.wandb.mode: online`/`offline` (wandb on)
+    and `disabled` (off) became `logging.trackers` with or without wandb, and
+    `logging.wandb.log_every_n_steps` became `logging.trackers_every_n_steps`. Said in one line naming the keys; a file in today's
     layout is returned as it is."""
     raw = OmegaConf.to_container(overlay, resolve=False)
     model = raw.get("model") if isinstance(raw, dict) else None
@@ -1153,6 +1153,12 @@ def _from_earlier_layout(overlay: DictConfig, origin: str) -> DictConfig:
                 moved.append("model.aux_loss_weight → model.backbone.decouple_weight")
             else:
                 moved.append("model.aux_loss_weight left out (only PredRNN.V2 read it)")
+    if isinstance(wandb, dict) and wandb.get("mode") in ("online", "offline"):
+        # then wandb was on whenever its mode said so; now when `logging.trackers` names it
+        trackers = logging_.setdefault("trackers", [])
+        if isinstance(trackers, list) and "wandb" not in trackers:
+            trackers.append("wandb")
+            moved.append(f"logging.wandb.mode {wandb['mode']} → logging.trackers [wandb]")
     if earlier_wandb:
         if wandb.get("mode") == "disabled":
             del wandb["mode"]  # no wandb: the tracker is not in `logging.trackers`

@@ -61,8 +61,9 @@ class StopFlag:
             # os.write: safe inside a signal handler, unlike logging's locks
             os.write(
                 2,
-                b"\nstpdist: Ctrl-C: stopping with a checkpoint at the next check point "
-                b"(within trainer.log_every_n_steps steps); Ctrl-C again to abort at once\n",
+                b"\nstpdist: Ctrl-C: stopping with a checkpoint after this step (several "
+                b"ranks: at the next check point, within trainer.log_every_n_steps steps); "
+                b"Ctrl-C again to abort at once\n",
             )
 
     @contextmanager

@@ -505,8 +505,8 @@ def _load_tensors_only(path: Path, refusal: str) -> Any:
     weights-only unpickler: each global it would refuse is allowed as a stand-in class of
     its name (an `_Opaque`), so that no code of the checkpoint's runs and nothing outside
     the checkpoint is touched (`refusal`: why the plain weights-only load refused it).
-    Only torch's zip format (every `torch.save` since torch 1.6): a legacy file would be
-    read by pickle itself, which can run any code."""
+    Only torch's zip format (every `torch.save` since torch 1.6): the globals of a legacy
+    file cannot be listed beforehand (`get_unsafe_globals_in_checkpoint` reads zip files)."""
     import zipfile
 
     from torch import serialization

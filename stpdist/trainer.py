@@ -103,11 +103,13 @@ KEPT_ON_RESUME = (
     "model.optimizer.name",
     "model.optimizer.lr",
     "model.optimizer.weight_decay",
+    "model.schedule.name",
     "model.schedule.interval",
 )
 """Config keys a resume cannot change: the restored optimizer state keeps its kind,
-learning rate and weight decay, and the restored scheduler state its interval (it counts
-steps or epochs). Another kind of schedule is refused as its state is loaded."""
+learning rate and weight decay, and the restored scheduler state its kind (another's state
+fails to load, or loads into it and goes on at the other's step) and interval (it counts
+steps or epochs)."""
 ORDER_KEYS = ("trainer.seed",)
 """Settings that order every epoch's data: changed on resume, the epochs begun would see
 samples twice and miss others (`TrainState.settings`)."""
@@ -557,8 +559,11 @@ class Meter:
         )
         window = self._window_total(self._window, self.carried_window)
         now = self._paused_at if self._paused_at is not None else time.perf_counter()
+        carried = self.carried_window or {}
         state.window = {
             **window,
+            "samples": self._window.get("samples", 0) + carried.get("samples", 0),
+            "seconds": round(max(now - self._window_start, 0.0) + carried.get("seconds", 0), 6),
             "epoch_seconds": round(max(now - self._epoch_start, 0.0), 6),
             "grad_norm": None if self.held_grad_norm is None else float(self.held_grad_norm),
         }
@@ -602,9 +607,11 @@ class Meter:
         self._window, self._window_start = {}, time.perf_counter()
         if not sums.get("batches") and self.carried_window is None:
             return None
-        samples = sums.get("samples", 0)
+        carried = self.carried_window or {}  # the window's part before a resume
+        samples = sums.get("samples", 0) + carried.get("samples", 0)
+        elapsed += carried.get("seconds", 0.0)
         means = {f"train/{k}": v for k, v in self._means(sums).items()}
-        means["train/samples_per_s"] = samples / elapsed
+        means["train/samples_per_s"] = samples / elapsed if elapsed > 0 else 0.0
         return means
 
     def epoch(self) -> tuple[dict[str, float], int]:
@@ -1426,7 +1433,8 @@ class Trainer:
                         if stop or self._check_point(state, validator, epoch_end):
                             stop = self._settle(state) or stop  # raises on a non-finite loss
                         # an epoch schedule steps as the epoch closes: its rate after this
-                        # step is known there (not on a stop: the epoch closes on resume)
+                        # step is known there (on a stop, the epoch closes on resume, and the
+                        # checkpoint carries this step's row)
                         hold = epoch_end and interval == "epoch"
                         self._log_window(meter, optimizer, state, bar, hold=hold, stop=stop)
                         if stop:  # every rank saw the same flag: all stop after this step

@@ -138,6 +138,10 @@ runs), slowest first (`make test`'s durations, 2026-12-05)."""
 def _offline_wandb(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    # an in-process wandb run of an earlier test leaves WANDB_SERVICE in this worker's
+    # environment: a test's subprocesses would log through that worker's service, where
+    # a run id an earlier process held (killed) is still "in use"
+    os.environ.pop("WANDB_SERVICE", None)
 
 
 def free_port() -> int:

@@ -256,6 +256,15 @@ def test_a_config_in_the_layout_before_2026_12_03_is_read_as_today(tmp_path, sai
         assert line.startswith(f"{path} is in the config layout before 2026-12-03; read as ")
         assert "model.lr → model.optimizer.lr" in line
         said.clear()
+    # wandb was on whenever its mode was online or offline: it stays on
+    (tmp_path / "online.yaml").write_text(
+        "model: {name: convlstm, optimizer: adam, lr: 0.001}\n"
+        "logging: {wandb: {mode: offline, project: mine}}\n"
+    )
+    cfg = load_config(tmp_path / "online.yaml")
+    assert cfg.logging.trackers == ["wandb"] and cfg.logging.wandb.project == "mine"
+    assert "logging.wandb.mode offline → logging.trackers [wandb]" in said[0]
+    said.clear()
     today = tmp_path / "today.yaml"  # today's layout: nothing said
     today.write_text("model: {optimizer: {name: adamw, lr: 0.01}}\n")
     assert load_config(today).model.optimizer.lr == 0.01 and said == []

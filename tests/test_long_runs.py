@@ -177,9 +177,34 @@ def test_a_run_stopped_and_resumed_logs_the_rows_of_an_uninterrupted_one(tmp_pat
             kept[(row["step"], tuple(sorted(row)))] = row
         return kept
 
+    held = [r for r in _rows(stopped) if r["step"] == 4 and "train/loss" in r]
+    assert len(held) == 1 and held[0]["train/samples_per_s"] > 0  # was 0.0 (no samples)
     expected, got = rows(straight), rows(stopped)
     assert sorted(got) == sorted(expected)
     for key, row in expected.items():
         for name, value in row.items():
             assert got[key][name] == pytest.approx(value, rel=1e-12, abs=0), (key, name)
     assert len([r for r in _rows(stopped) if "time_s" in r]) == 3
+
+
+class _InfiniteExtra(TinyModule):
+    def training_step(self, inputs, targets):
+        loss = super().training_step(inputs, targets)
+        return {"loss": loss, "psnr": float("inf") if self.global_step == 0 else 20.0}
+
+
+def test_a_non_finite_extra_in_a_carried_window_leaves_the_checkpoint_whole(tmp_path):
+    """An extra scalar of inf (a PSNR of a perfect batch) in the log window was written into
+    the checkpoint's `window` and then refused on reading: every such checkpoint was
+    "damaged", and the run fell back to an older one or had none to resume from."""
+    from stpdist.checkpoint import damage, read_state
+
+    every = CheckpointConfig(every_n_steps=1, every_epoch=False, keep_last=4, keep_best=0)
+    Trainer(max_steps=3, output_dir=tmp_path, progress_bar=False, log_every_n_steps=2,
+            checkpoint=every).fit(_InfiniteExtra(), loader(16))  # fmt: skip
+    first = tmp_path / "checkpoints" / "step-00000001"
+    assert damage(first) is None
+    assert read_state(first).window["extras"]["psnr"] == [float("inf"), 1]
+    state = Trainer(max_steps=4, output_dir=tmp_path, progress_bar=False, log_every_n_steps=2,
+                    checkpoint=every).fit(_InfiniteExtra(), loader(16), resume="auto")  # fmt: skip
+    assert state.global_step == 4

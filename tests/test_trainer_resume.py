@@ -190,31 +190,55 @@ def test_a_stop_during_a_long_validation_leaves_it_and_stops_with_a_checkpoint(t
 
 def test_another_lr_schedule_on_resume_is_refused_naming_it(tmp_path):
     """onecycle → cosine failed with "KeyError: 'lr_lambdas'", none → cosine with a
-    FileNotFoundError (exit 1), and step → epoch intervals loaded a state counting steps as
-    epochs; cosine → none kept onecycle's last rate without a word."""
+    FileNotFoundError (exit 1), cosine → onecycle loaded one state into the other and went
+    on at its step, step → epoch intervals counted steps as epochs, and onecycle → none
+    kept onecycle's last rate, all without a word: each is refused naming the key."""
     from conftest import ROOT, run_cli
 
     debug = str(ROOT / "configs" / "debug.yaml")
     first = ["logging.num_samples=0", "trainer.max_epochs=1"]
-    for name, schedule in [("onecycle", ["model.schedule.name=onecycle"]), ("none", []),
-                           ("cosine", ["model.schedule.name=cosine"])]:  # fmt: skip
-        run_cli("train", debug, *first, f"trainer.output_dir=runs/{name}", *schedule,
-                cwd=tmp_path, check=True)  # fmt: skip
+    for name in ("onecycle", "none", "cosine"):
+        run_cli("train", debug, *first, f"trainer.output_dir=runs/{name}",
+                f"model.schedule.name={name}", cwd=tmp_path, check=True)  # fmt: skip
     resume = ["logging.num_samples=0", "trainer.max_epochs=2", "--resume", "auto"]
-    for name, schedule, said in [
-        ("onecycle", "model.schedule.name=cosine",
-         "scheduler.pt holds another kind of lr scheduler's state than the module's LambdaLR"),
-        ("none", "model.schedule.name=cosine", "has no scheduler.pt (its run had no lr scheduler)"),
-        ("cosine", "model.schedule.interval=epoch",
+    for name, change, said in [
+        ("onecycle", ["model.schedule.name=cosine"], "model.schedule.name onecycle (the "
+         "checkpoint's) → cosine"),
+        ("none", ["model.schedule.name=cosine"], "model.schedule.name none (the checkpoint's) → "
+         "cosine"),
+        ("cosine", ["model.schedule.name=onecycle"], "model.schedule.name cosine (the "
+         "checkpoint's) → onecycle"),
+        ("cosine", ["model.schedule.name=none"], "model.schedule.name cosine (the checkpoint's) "
+         "→ none"),
+        ("cosine", ["model.schedule.name=cosine", "model.schedule.interval=epoch",
+                    "model.schedule.total_steps=16"],
          "model.schedule.interval step (the checkpoint's) → epoch"),
     ]:  # fmt: skip
-        extra = ["model.schedule.name=cosine", "model.schedule.total_steps=16"] * (
-            "interval" in schedule
+        proc = run_cli("train", debug, *resume, f"trainer.output_dir=runs/{name}", *change,
+                       cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 2, (name, change, proc.stderr[-2000:])
+        assert said in proc.stderr, (name, change, proc.stderr[-2000:])
+
+
+def test_a_scheduler_of_another_kind_from_python_is_refused_naming_both(tmp_path):
+    """From Python (no config to compare): a StepLR's state loaded into a LambdaLR failed
+    with a bare KeyError; a module that dropped its scheduler kept the last rate unsaid."""
+    from helpers import TinyModule, loader
+
+    from stpdist import Trainer
+    from stpdist.errors import InputError
+
+    class Lambda(TinyModule):
+        def configure_lr_scheduler(self, optimizer):
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    class Without(TinyModule):
+        def configure_lr_scheduler(self, optimizer):
+            return None
+
+    Trainer(max_epochs=1, output_dir=tmp_path, progress_bar=False).fit(TinyModule(), loader(16))
+    with pytest.raises(InputError, match=r"holds another kind of lr scheduler's state than "
+                                         r"the module's LambdaLR \(KeyError"):  # fmt: skip
+        Trainer(max_epochs=2, output_dir=tmp_path, progress_bar=False).fit(
+            Lambda(), loader(16), resume="auto"
         )
-        proc = run_cli("train", debug, *resume, f"trainer.output_dir=runs/{name}", *extra,
-                       schedule, cwd=tmp_path)  # fmt: skip
-        assert proc.returncode == 2, (name, proc.stderr[-2000:])
-        assert said in proc.stderr, (name, proc.stderr[-2000:])
-    proc = run_cli("train", debug, *resume, "trainer.output_dir=runs/cosine", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]  # dropped: trained on, and said
-    assert "holds an lr scheduler's state, but the module has no scheduler now" in proc.stderr
