@@ -120,6 +120,8 @@ def as_TCHW(
     """T×C×H×W from T×C×H×W or T×H×W (T×H×W×C with `channels_last`), checked by
     `check_frames`."""
     check_frames(array.shape, array.dtype, where, channels_last=channels_last)
+    if not array.dtype.isnative:  # a big-endian >f4 file: the same data as float32
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.ndim == 3:
         return array[:, None]
     return np.ascontiguousarray(np.moveaxis(array, -1, 1)) if channels_last else array
@@ -148,29 +150,45 @@ def array_shape(path: Path, key: str | None = None) -> tuple[int, ...] | None:
     """The shape of an .npy file's array, or of an .npz member's (`key`, default the only
     one), read from its header without its data; None when the file cannot tell (not an
     array file, several members and no key, a damaged header: `load_array` says why)."""
-    import zipfile
-
     try:
-        if path.suffix.lower() == ".npy":
-            with open(path, "rb") as handle:
-                return _header_shape(handle)
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.endswith(".npy")]
-            name = f"{key}.npy" if key is not None else (names[0] if len(names) == 1 else None)
-            if name not in names:
-                return None
-            with archive.open(name) as handle:
-                return _header_shape(handle)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return array_header(path, key)[0]
+    except InputError:
         return None
 
 
-def _header_shape(handle: Any) -> tuple[int, ...]:
-    fmt = np.lib.format
-    version = fmt.read_magic(handle)
-    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-    shape, _, _ = read(handle)
-    return tuple(shape)
+def array_header(path: Path, key: str | None) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype (in this machine's byte order: a big-endian `>f4` file holds the
+    same data as a float32 one) of a .npy file or an .npz member, from its header alone;
+    an InputError naming the file when it cannot tell."""
+    import zipfile
+
+    require_file(path)  # a FIFO would block the reader
+    check_array_file(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            return tuple(array.shape), array.dtype.newbyteorder("=")
+        with zipfile.ZipFile(path) as archive:
+            names = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
+            if key is None:
+                if len(names) != 1:
+                    raise ValueError(f"holds {len(names)} arrays {names}; choose one with --key")
+                key = names[0]
+            if key not in names:
+                raise ValueError(f"missing key '{key}' (has {names})")
+            with archive.open(key + ".npy") as member:
+                version = np.lib.format.read_magic(member)
+                header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, _, dtype = header(member)
+                return tuple(shape), np.dtype(dtype).newbyteorder("=")
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from exc
+    except Exception as exc:
+        raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
 
 
 def load_array(path: Path, key: str | None = None, key_option: str | None = None) -> np.ndarray:

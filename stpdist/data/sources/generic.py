@@ -35,6 +35,7 @@ from ...errors import InputError, MissingInput
 from ..format import SERIES_INDEX, SplitIndex, require_file
 from .common import (
     SEED_SPLITS,
+    array_header,
     as_TCHW,
     check_array_file,
     check_frames,
@@ -218,7 +219,7 @@ class GenericArrays:
                 self.key = others[0]
         chunks, times, frame, dtype, frame_shape = [], [], 0, None, None
         for file in files:
-            shape, chunk_dtype = _shape(Path(file), self.key)
+            shape, chunk_dtype = array_header(Path(file), self.key)
             check_frames(shape, chunk_dtype, file, channels_last=self.channels_last)
             here = frame_CHW(shape, channels_last=self.channels_last)  # C×H×W
             if dtype is not None and (chunk_dtype != dtype or here != frame_shape):
@@ -442,36 +443,3 @@ def _check_nothing_left_out(root: Path, subs: list[Path]) -> None:
         f"{recognised}): move every array into a split folder, or all into {root} itself "
         "(cut with --splits)"
     )
-
-
-def _shape(path: Path, key: str | None) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of a .npy file or an .npz member, from its header alone."""
-    import zipfile
-
-    require_file(path)  # a FIFO would block the reader
-    check_array_file(path)
-    try:
-        if path.suffix.lower() == ".npy":
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-            return tuple(array.shape), array.dtype
-        with zipfile.ZipFile(path) as archive:
-            names = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
-            if key is None:
-                if len(names) != 1:
-                    raise ValueError(f"holds {len(names)} arrays {names}; choose one with --key")
-                key = names[0]
-            if key not in names:
-                raise ValueError(f"missing key '{key}' (has {names})")
-            with archive.open(key + ".npy") as member:
-                version = np.lib.format.read_magic(member)
-                header = (
-                    np.lib.format.read_array_header_1_0
-                    if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0
-                )
-                shape, _, dtype = header(member)
-                return tuple(shape), dtype
-    except ValueError as exc:
-        raise InputError(f"{path}: {exc}") from exc
-    except Exception as exc:
-        raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc

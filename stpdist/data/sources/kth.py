@@ -28,11 +28,18 @@ def decode_gray(path: str | Path) -> np.ndarray:
 
     try:
         with av.open(str(path)) as container:
+            declared = container.streams.video[0].frames  # 0: the container does not say
             frames = [f.to_ndarray(format="gray") for f in container.decode(video=0)]
     except Exception as exc:
-        raise InputError(f"{path}: cannot decode video ({exc})") from exc
+        why = getattr(exc, "strerror", None) or str(exc)  # not "[Errno 1094995529] …"
+        raise InputError(f"{path}: cannot decode video ({why})") from exc
     if not frames:
         raise InputError(f"{path}: no video frames")
+    if declared and len(frames) < declared:  # cut short: its last windows were left out
+        raise InputError(
+            f"{path}: decoded {len(frames)} of the {declared} frames its header declares: the "
+            "file is cut short or damaged; replace it (or move it out to convert the others)"
+        )
     return np.stack(frames)
 
 

@@ -210,8 +210,15 @@ def _describe(store: str, ds: Any, var_name: str, var: Any) -> dict[str, Any]:
         "scalar_level": None if level else _scalar_level(var),
     }
     if lat is None or lon is None or len(dims) != (4 if level else 3):
+        hint = (
+            " (ERA5T's expver dimension: merge it away first, e.g. "
+            "ds.sel(expver=1).combine_first(ds.sel(expver=5)), and save that)"
+            if "expver" in dims
+            else ""
+        )
         info["problem"] = (
-            f"{store}: variable '{var_name}' has dims {dims}; expected (time, [level,] lat, lon)"
+            f"{store}: variable '{var_name}' has dims {dims}; expected (time, [level,] lat, "
+            f"lon){hint}"
         )
         return info
     info["levels"] = [float(v) for v in ds[level].values] if level else None
@@ -404,7 +411,7 @@ class XarraySource:
         base = match.group(1) if match else None
         scalar = {k: i for k, i in available.items() if i.get("scalar_level") is not None}
         at_levels = {k: i for k, i in scalar.items() if i["variable"] == spec}
-        meant = [spec] if spec in available else list(at_levels) or [base]
+        meant = [spec] if spec in available or spec in problems else list(at_levels) or [base]
         for name in meant:  # what the spec resolves to cannot be read
             if name in problems:
                 raise InputError(problems[name])
@@ -490,6 +497,14 @@ class XarraySource:
             ds = _open(store)
             try:
                 timed = {n: v for n, v in ds.data_vars.items() if "time" in v.dims}
+                for name, var in ds.data_vars.items():  # said if asked for as a channel
+                    if "time" not in var.dims:
+                        problems.setdefault(
+                            name,
+                            f"{store}: variable '{name}' has no time dimension (dims "
+                            f"{tuple(var.dims)}: a constant field); only variables in time "
+                            "can be channels",
+                        )
                 stamps = _times(store, ds) if timed else None  # constants have no time
                 for var_name, var in timed.items():
                     info = _describe(store, ds, var_name, var)

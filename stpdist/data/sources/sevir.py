@@ -44,6 +44,19 @@ def _date(text: str | None, flag: str) -> np.datetime64 | None:
         raise InputError(f"{flag} {text!r}: not a date (expected YYYY-MM-DD[THH:MM])") from None
 
 
+def _catalog_time(text: str) -> np.datetime64 | None:
+    """A catalog's `time_utc` (`YYYY-MM-DD HH:MM:SS`, a trailing `Z` or `+00:00` of UTC
+    read past); None for a blank or unreadable one."""
+    text = text.strip().replace(" ", "T")
+    for utc in ("Z", "+00:00"):
+        text = text.removesuffix(utc)
+    try:
+        time = np.datetime64(text)
+    except ValueError:
+        return None
+    return None if np.isnat(time) else time
+
+
 @dataclass
 class Sevir:
     catalog: str
@@ -82,7 +95,7 @@ class Sevir:
 
     def splits(self) -> dict[str, list[Any]]:
         path = require_file(self.catalog)  # missing: FileNotFoundError; a FIFO would block
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM (Excel's) read past
             reader = csv.DictReader(f)
             missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
@@ -97,9 +110,8 @@ class Sevir:
         )
         by_split: dict[str, dict[str, list[tuple[str, int]]]] = {}
         for line, row in rows:
-            try:
-                time = np.datetime64(row["time_utc"].strip().replace(" ", "T"))
-            except ValueError:
+            time = _catalog_time(row["time_utc"])
+            if time is None:  # blank read as NaT: no split bound held, and it went to train
                 raise InputError(
                     f"{path}: line {line} ({row['id']}): time_utc {row['time_utc']!r}: "
                     "expected a date and time, YYYY-MM-DD HH:MM:SS"
@@ -149,6 +161,23 @@ class Sevir:
                 data = f[self.img_type]
                 if data.ndim != 4:
                     raise InputError(f"'{self.img_type}' has shape {data.shape}, expected N×H×W×T")
+                if data.dtype != np.uint8:  # its values are not 0–255 (the scale written)
+                    raise InputError(
+                        f"'{self.img_type}' holds {data.dtype}; this converter reads SEVIR's "
+                        "8-bit image types (vil), whose values are 0–255: another type needs "
+                        "its own scale (export its events as arrays: stpdist shard arrays … "
+                        "--value-scale S)"
+                    )
+                if data.shape[1] != data.shape[2]:  # N×T×H×W read as N×H×W×T: cut along W
+                    raise InputError(
+                        f"'{self.img_type}' has shape {data.shape}: expected N×H×W×T (square "
+                        "frames, time last, as SEVIR stores them)"
+                    )
+                if data.shape[3] < self.num_frames:
+                    raise InputError(
+                        f"'{self.img_type}' holds {data.shape[3]} frames an event, fewer than "
+                        f"--frames {self.num_frames}"
+                    )
                 ids = [i.decode() if isinstance(i, bytes) else str(i) for i in f["id"][()]]
                 for event, index in events:
                     if not 0 <= index < data.shape[0]:

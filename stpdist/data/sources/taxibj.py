@@ -29,7 +29,10 @@ SCALE = 1292.0
 
 def parse_slot(raw: bytes | str) -> datetime:
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    day, slot = datetime.strptime(text[:8], "%Y%m%d"), int(text[8:])
+    try:
+        day, slot = datetime.strptime(text[:8], "%Y%m%d"), int(text[8:])
+    except ValueError:
+        raise InputError(f"date entry {text!r}: expected YYYYMMDDSS (slot 01..48)") from None
     if not 1 <= slot <= 48:
         raise InputError(f"slot {slot} of {text} outside 01..48")
     return day + (slot - 1) * SLOT
@@ -51,6 +54,11 @@ def _read(
             shape = tuple(f["data"].shape)
             if len(shape) != 4 or shape[0] != len(dates):
                 raise InputError(f"'data' has shape {shape}, 'date' {len(dates)} entries")
+            if shape[1] != 2:  # TaxiBJ's inflow and outflow: N×2×H×W
+                raise InputError(
+                    f"'data' has shape {shape}: expected N×2×H×W (inflow, outflow; a file "
+                    "stored channels-last, N×H×W×2, needs transposing first)"
+                )
             data = f["data"][first:stop]
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from exc
@@ -115,6 +123,20 @@ class TaxiBJ:
             last = end if last is None or end > last else last
         test_start = (last + SLOT) - timedelta(days=self.test_days)
         return test_start - timedelta(days=self.val_days), test_start
+
+    def check_index(self, index: Any) -> None:
+        """Flows are counts, 0 to TaxiBJ's largest (1 292): values outside that, scaled by
+        it, are another dataset's (or damaged), and training would refuse them far from
+        here."""
+        if not index.min or not index.max:
+            return
+        low, high = min(index.min) * SCALE, max(index.max) * SCALE
+        if low < 0 or high > SCALE:
+            raise InputError(
+                f"{', '.join(self.paths)}: {index.split} flows span {low:g}…{high:g}, outside "
+                f"TaxiBJ's 0…{SCALE:g}: not TaxiBJ's flows (convert other grids with "
+                "stpdist shard arrays, which takes a --value-scale)"
+            )
 
     def windows(self, dates: list[datetime]) -> list[int]:
         """Start indexes of windows of consecutive slots."""
