@@ -345,7 +345,10 @@ FORMATS["sevir"] = SourceFormat(
             "default": None,
             "help": "folder of the HDF5 files (default: data/ beside CATALOG.csv)",
         },
-        "--img-type": {"default": "vil", "help": "image type (catalog img_type): 8-bit types such as vil"},
+        "--img-type": {
+            "default": "vil",
+            "help": "image type (catalog img_type): 8-bit types such as vil",
+        },
         "--val-from": {"default": "2019-01-01", "help": "first event date of val"},
         "--test-from": {"default": "2019-06-01", "help": "first event date of test"},
     },
