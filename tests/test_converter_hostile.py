@@ -155,3 +155,24 @@ def test_a_constant_netcdf_field_asked_for_is_named_as_such(tmp_path):
     assert "variable 'lsm' has no time dimension (dims ('latitude', 'longitude'): a " in line
     assert not (tmp_path / "o").exists()
     shutil.rmtree(tmp_path / "nc")
+
+
+def test_unmarked_fill_values_in_netcdf_are_refused(tmp_path):
+    """3e38 in a file whose attributes mark no fill value was converted: the split's mean
+    became 3e35 and its climatology 1e37."""
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    times = np.arange("2020-01-01T00", "2020-01-03T00", 6, dtype="datetime64[h]")
+    values = np.random.default_rng(0).uniform(250, 300, (len(times), 4, 4)).astype(np.float32)
+    values[1, 1, 1] = 3e38
+    ds = xr.Dataset(
+        {"t2m": (("time", "latitude", "longitude"), values)},
+        coords={"time": times.astype("datetime64[ns]"), "latitude": np.arange(4.0),
+                "longitude": np.arange(4.0)},
+    )  # fmt: skip
+    (tmp_path / "nc").mkdir()
+    ds.to_netcdf(tmp_path / "nc" / "x.nc", engine="h5netcdf")
+    line = error_line(run_cli("shard", "netcdf", "nc", "--vars", "t2m", "--frames", "2",
+                              "--out", "o", cwd=tmp_path))  # fmt: skip
+    assert "train values of 't2m' reach 3e+38: fill values no _FillValue or missing_value" in line
+    assert not (tmp_path / "o").exists()

@@ -328,6 +328,10 @@ class Channel:
         self.key = self.key or self.variable
 
 
+UNMARKED_FILL = 1e30
+"""Beyond this, a value is a fill value, not a measurement (see `XarraySource.check_index`)."""
+
+
 @dataclass
 class XarraySource:
     paths: list[str]
@@ -367,6 +371,20 @@ class XarraySource:
         if isinstance(specs, str):
             specs = [v.strip() for v in specs.split(",") if v.strip()]
         self.specs = list(specs or [])
+
+    def check_index(self, index: Any) -> None:
+        """Values beyond ±1e30 are fill values no attribute marked (netCDF's default fill is
+        9.97e36, Fortran's 1e20…3e38): converted, they would be the split's statistics and
+        its climatology. Refused, naming the channel."""
+        for name, low, high in zip(index.variables or self.specs, index.min, index.max):
+            if max(abs(low), abs(high)) * index.value_scale > UNMARKED_FILL:
+                label = name["name"] if isinstance(name, dict) else name
+                raise InputError(
+                    f"{', '.join(map(str, self.paths))}: {index.split} values of '{label}' "
+                    f"reach {max(abs(low), abs(high)) * index.value_scale:.3g}: fill values "
+                    "no _FillValue or missing_value attribute marks; mark them (set the "
+                    "attribute, or ds.where(abs(ds) < 1e30)) and convert with --allow-nan FILL"
+                )
 
     # ------------------------------------------------------------------ discovery
     def _stores(self) -> list[str]:
