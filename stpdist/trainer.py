@@ -119,6 +119,32 @@ MID_EPOCH_KEYS = ("data.batch_size", "data.shuffle_buffer", "data.shards")
 describes them (a shard stream's `shards`), whose change deals the rest of an epoch anew."""
 
 
+def _settings_refusal(start: Path, changed: list[str]) -> str:
+    """Why a resume from `start` refuses the `changed` settings (`key old → new`), said for
+    the kinds changed only, and what to do instead."""
+    keys = [line.split(" ", 1)[0] for line in changed]
+    why = []
+    if any(k.startswith("model.optimizer.") for k in keys):
+        why.append("a resume restores the optimizer state (its kind, learning rate and weight "
+                   "decay)")  # fmt: skip
+    if any(k.startswith("model.schedule.") for k in keys):
+        why.append("a resume restores the lr scheduler's state (its kind, and whether it "
+                   "counts steps or epochs)")  # fmt: skip
+    if any(k in ORDER_KEYS for k in keys):
+        why.append("the seed orders every epoch's data")
+    mid_epoch = [k for k in keys if k in MID_EPOCH_KEYS]
+    if mid_epoch:
+        why.append("an epoch begun is dealt in its batch size and shuffle buffer over its "
+                   "training shards (samples would be seen twice and others missed)")  # fmt: skip
+    at_epoch_end = ", from a checkpoint written at an epoch's end" * (len(mid_epoch) == len(keys))
+    return (
+        f"resuming from {start} with {'; '.join(changed)}: {'; '.join(why)}, so the run would "
+        "not honour the new value(s) while its config.yaml recorded them; resume with the "
+        f"checkpoint's values{at_epoch_end}, or start a new run in another "
+        f"trainer.output_dir from its weights (model.init_weights={start})"
+    )
+
+
 def _config_settings(checkpoint: Path) -> dict[str, Any]:
     """`KEPT_ON_RESUME` and `ORDER_KEYS` values from the config.yaml of a checkpoint whose
     state does not record them (written before it did); values read from the environment
@@ -2117,16 +2143,7 @@ class Trainer:
             ))  # fmt: skip
         changed = self._settings_changed(start, saved, train)
         if changed:
-            raise alike(InputError(
-                f"resuming from {start} with {'; '.join(changed)}: a resume restores the "
-                "optimizer state (its kind, learning rate and weight decay), the seed orders "
-                "every epoch's data, and an epoch begun is dealt in its batch size and "
-                "shuffle buffer over its training shards, so the run would not honour the "
-                "new value(s) (or would see samples twice and miss others) while its "
-                "config.yaml recorded them; resume with the checkpoint's values (the data "
-                "as it was), from a checkpoint written at an epoch's end, or start a new run "
-                f"in another trainer.output_dir from its weights (model.init_weights={start})"
-            ))  # fmt: skip
+            raise alike(InputError(_settings_refusal(start, changed)))
 
     def _settings_of(self, train: TrainSource) -> dict[str, Any]:
         """This run's resolved values of the settings a resume must keep (`KEPT_ON_RESUME`

@@ -218,6 +218,9 @@ def test_another_lr_schedule_on_resume_is_refused_naming_it(tmp_path):
                        cwd=tmp_path)  # fmt: skip
         assert proc.returncode == 2, (name, change, proc.stderr[-2000:])
         assert said in proc.stderr, (name, change, proc.stderr[-2000:])
+        # the reason given is the schedule's; an epoch's end would not help (it said so)
+        assert "restores the lr scheduler's state" in proc.stderr
+        assert "epoch's end" not in proc.stderr and "shuffle buffer" not in proc.stderr
 
 
 def test_a_scheduler_of_another_kind_from_python_is_refused_naming_both(tmp_path):

@@ -211,8 +211,9 @@ def _describe(store: str, ds: Any, var_name: str, var: Any) -> dict[str, Any]:
     }
     if lat is None or lon is None or len(dims) != (4 if level else 3):
         hint = (
-            " (ERA5T's expver dimension: merge it away first, e.g. "
-            "ds.sel(expver=1).combine_first(ds.sel(expver=5)), and save that)"
+            " (ERA5T's expver dimension: merge its versions first, in xarray "
+            "ds.sel(expver=a).combine_first(ds.sel(expver=b)) with the two values "
+            "ds.expver holds, e.g. '0001' and '0005', and save that)"
             if "expver" in dims
             else ""
         )
