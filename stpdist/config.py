@@ -1114,7 +1114,21 @@ _EARLIER_MODEL_KEYS = {
 """`model` keys of the config layout before 2026-12-03 → where they are now (under `model`)."""
 
 
-def _from_earlier_layout(overlay: DictConfig, origin: str) -> DictConfig:
+def in_todays_layout(text: str, origin: str) -> str | None:
+    """A config file's text in today's layout when it is in the layout before 2026-12-03
+    (`_from_earlier_layout`, quietly: its reader has said so), else None. Values stay as
+    written (`${oc.env:…}` kept as text)."""
+    try:
+        overlay = OmegaConf.create(text)  # YAML text, interpolations kept as written
+    except Exception:  # not YAML, not a mapping: its reader said why
+        return None
+    if not isinstance(overlay, DictConfig):
+        return None
+    migrated = _from_earlier_layout(overlay, origin, quiet=True)
+    return None if migrated is overlay else OmegaConf.to_yaml(migrated)
+
+
+def _from_earlier_layout(overlay: DictConfig, origin: str, quiet: bool = False) -> DictConfig:
     """A config file in the layout before 2026-12-03 (a checkpoint's or run's config.yaml
     from then, or the user's own), read in today's: `model.optimizer: adam` and `model.lr`
     became `model.optimizer.{name,lr}`, the schedule, sampling and evaluation keys moved
@@ -1166,10 +1180,11 @@ def _from_earlier_layout(overlay: DictConfig, origin: str) -> DictConfig:
         if "log_every_n_steps" in wandb:
             logging_["trackers_every_n_steps"] = wandb.pop("log_every_n_steps")
             moved.append("logging.wandb.log_every_n_steps → logging.trackers_every_n_steps")
-    from .console import warn_main
+    if not quiet:
+        from .console import warn_main
 
-    warn_main("%s is in the config layout before 2026-12-03; read as today's: %s", origin,
-              ", ".join(moved))  # fmt: skip
+        warn_main("%s is in the config layout before 2026-12-03; read as today's: %s", origin,
+                  ", ".join(moved))  # fmt: skip
     return OmegaConf.create(raw)
 
 

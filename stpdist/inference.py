@@ -779,6 +779,17 @@ def _open_sources(folder: Path, run: Path) -> dict[str, Any]:
     return sources
 
 
+def _config_in_todays_layout(path: Path) -> None:
+    """An exported model folder's config.yaml written in today's layout when the checkpoint
+    held one of before 2026-12-03: every later load of the folder said so again."""
+    from .config import in_todays_layout
+
+    if path.is_file():
+        text = in_todays_layout(path.read_text(), str(path))
+        if text is not None:
+            path.write_text(text)
+
+
 def _close(sources: dict[str, Any]) -> None:
     for handle in sources.values():
         handle.close()
@@ -813,6 +824,7 @@ def _export(
                 shutil.copyfileobj(handle, copy)
             stat = os.fstat(handle.fileno())
             os.utime(staging / name, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        _config_in_todays_layout(staging / "config.yaml")
         averaged = has_average(folder) and not raw_weights  # the EMA as the model's weights
         if averaged or is_sharded_checkpoint(folder):  # the weights as loaded, in one file
             save_file(safetensors_weights(module.state_dict()), str(staging / MODEL_FILE))

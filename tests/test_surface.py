@@ -490,3 +490,32 @@ def test_converting_and_the_cli_start_without_importing_torch(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "data" / "a" / "index.json").is_file()
+
+
+def test_an_export_of_an_old_layout_checkpoint_writes_todays_config(run, tmp_path):
+    """The model folder kept the checkpoint's config.yaml of before 2026-12-03 as it was:
+    every later forecast of it said "is in the config layout before 2026-12-03" again."""
+    import shutil
+
+    import yaml
+
+    from stpdist.checkpoint import _entry
+
+    old = tmp_path / "old"
+    shutil.copytree(run / "runs" / "debug", old)
+    for step in (old / "checkpoints").glob("step-*"):
+        saved = yaml.safe_load((step / "config.yaml").read_text())
+        optimizer = saved["model"].pop("optimizer")
+        saved["model"].update(optimizer=optimizer["name"], lr=optimizer["lr"])  # as then
+        (step / "config.yaml").write_text(yaml.safe_dump(saved))
+        manifest = json.loads((step / "manifest.json").read_text())
+        manifest["files"]["config.yaml"] = _entry(step / "config.yaml")
+        (step / "manifest.json").write_text(json.dumps(manifest))
+    proc = run_cli("export", str(old), "--out", "m", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count("is in the config layout before 2026-12-03") == 1
+    exported = yaml.safe_load((tmp_path / "m" / "config.yaml").read_text())
+    assert exported["model"]["optimizer"]["name"] == "adam" and "lr" not in exported["model"]
+    again = run_cli("forecast", "m", str(run / "good.npy"), "--out", "f", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "layout before" not in again.stderr
