@@ -1321,17 +1321,12 @@ _LAYOUTS = (1, 2)
 def _check_epoch_loss(file: Path, carried: Any) -> None:
     if carried is None:
         return
-    counts_ok = isinstance(carried, dict) and all(
-        not isinstance(carried.get(k), bool) and isinstance(carried.get(k), int) and carried[k] >= 0
-        for k in ("batches", "skipped")
-    )
-    total = carried.get("sum") if isinstance(carried, dict) else None
     if not (
-        counts_ok
+        isinstance(carried, dict)
         and set(carried) == {"sum", "batches", "skipped"}
-        and isinstance(total, int | float)
-        and not isinstance(total, bool)
-        and math.isfinite(total)
+        and _count(carried["batches"])
+        and _count(carried["skipped"])
+        and _finite(carried["sum"])
     ):
         raise CheckpointError(
             f"{file}: 'epoch_loss' must be null or {{'sum': a finite number, 'batches' and "

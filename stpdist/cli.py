@@ -1693,11 +1693,7 @@ def _stopped_line(stop: BaseException, earlier: set[Any]) -> int:
     """A training stopped with a checkpoint (`Preempted`, `Interrupted`): the command's
     Trainers closed (their trackers end now: a continuation may start at once), then its
     line, once for the run (not once per rank); exit 75, or 130 after Ctrl-C."""
-    trainer = sys.modules.get("stpdist.trainer")
-    for opened in trainer.open_trainers() if trainer is not None else []:
-        if opened not in earlier:
-            with contextlib.suppress(Exception):  # the stop stands, with its line
-                opened._close_at_exit()
+    _close_command_trainers(0, earlier)
     if launched_as_main():
         print(f"stpdist: {stop}", file=sys.stderr)
     return stop.exit_code
@@ -1746,7 +1742,7 @@ def main(argv: list[str] | None = None) -> int:
         line = _environment_error(exc, args.command)
         if line is None:
             line = f"{type(exc).__name__}: {_message(exc)}"
-        _close_failed(1, earlier)  # first: the error is the last line a log file shows
+        _close_command_trainers(1, earlier)  # first: the error is the last line a log file shows
         error_line(f"stpdist: error: {line}")
         return 1
     return 0
@@ -1787,13 +1783,13 @@ def _open_trainers() -> set[Any]:
     return set() if trainer is None else set(trainer.open_trainers())
 
 
-def _close_failed(exit_code: int, earlier: set[Any]) -> None:
-    """The failed command's open Trainers (not those open before it) closed now, their
-    trackers marked failed (see `trainer.close_failed`)."""
+def _close_command_trainers(exit_code: int, earlier: set[Any]) -> None:
+    """The command's open Trainers (not those open before it) closed now; a failed one's
+    trackers marked failed (see `trainer.close_command_trainers`)."""
     trainer = sys.modules.get("stpdist.trainer")
     if trainer is not None:
-        with contextlib.suppress(Exception):  # the error is said; a second would hide it
-            trainer.close_failed(exit_code, leave=earlier)
+        with contextlib.suppress(Exception):  # the error (or stop) is said; not hidden
+            trainer.close_command_trainers(exit_code, leave=earlier)
 
 
 def _refused(
@@ -1812,7 +1808,7 @@ def _refused(
     several = _several_ranks()
     if speaks and several:
         error_line(line)
-    _close_failed(2, earlier)
+    _close_command_trainers(2, earlier)
     if speaks and not several:
         error_line(line)
     if several and not speaks:

@@ -33,8 +33,6 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .config import Config, check_output_dir, load_config
 from .data.format import SplitIndex
 from .errors import InputError
@@ -209,26 +207,16 @@ OPENSTL_CAVEATS = (
 def _recipe_changes(cfg: Config, recipe: Config) -> list[str]:
     """`key value, not the recipe's value` for each setting of `cfg` that differs from the
     `recipe`'s (its training length, batch, rates, model) outside `SETTING_ALONE`."""
-    from .config import to_yaml
+    from .config import to_dict
+    from .tracking import flat_dict
 
-    ours, theirs = (_flat(yaml.safe_load(to_yaml(c))) for c in (cfg, recipe))
+    ours, theirs = (flat_dict(to_dict(c)) for c in (cfg, recipe))
     changed = []
     for key in sorted(set(ours) | set(theirs)):
         if key.startswith(SETTING_ALONE) or ours.get(key) == theirs.get(key):
             continue
         changed.append(f"{key} {ours.get(key)}, not the recipe's {theirs.get(key)}")
     return changed
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(
-            _flat(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}")
-        )
-    return flat
 
 
 def openstl_differences(

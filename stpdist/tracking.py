@@ -199,7 +199,7 @@ class Tracker:
             # tensorboard's hparams take flat scalars only; wandb keeps the nesting, the
             # same whatever other trackers are on (`config.trainer.max_epochs` in every run)
             tracker.store_init_configuration(
-                _flat(config) if tracker.name == "tensorboard" else config
+                flat_dict(config) if tracker.name == "tensorboard" else config
             )
         self._wandb_floor = None
         if "wandb" in self.config.trackers:
@@ -574,12 +574,13 @@ def _write_record(path: Path, record: dict[str, Any]) -> None:
     os.replace(partial, path)
 
 
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts → `a.b.c` keys; lists and None as strings (tensorboard's hparams)."""
+def flat_dict(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts → `a.b.c` keys; lists and None as strings (tensorboard's hparams; a
+    config compared key by key, `reproduce`)."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
+            flat.update(flat_dict(value, f"{prefix}{key}."))
         else:
             keep = isinstance(value, int | float | str | bool)
             flat[f"{prefix}{key}"] = value if keep else str(value)

@@ -1363,8 +1363,9 @@ class Trainer:
     ) -> TrainState:
         """Train `module`; `resume` is None, "auto" (newest complete checkpoint) or a path.
         Returns the final `TrainState`. Raises `Preempted` after a stop (SIGTERM, SIGUSR1;
-        `Interrupted`, a KeyboardInterrupt, after Ctrl-C) with its checkpoint saved, `OutputExists` for a fresh run into a folder that
-        holds another run's checkpoints, `RunLockedError` when another run holds the folder."""
+        `Interrupted`, a KeyboardInterrupt, after Ctrl-C) with its checkpoint saved,
+        `OutputExists` for a fresh run into a folder that holds another run's checkpoints,
+        `RunLockedError` when another run holds the folder."""
         self._hold_settings()
         _check_validation_hook(module, val_data)
         check_hook_signature(module, "training_step")
@@ -2688,12 +2689,13 @@ def open_trainers() -> list[Trainer]:
     return list(_OPEN_TRAINERS)
 
 
-def close_failed(exit_code: int, leave: Any = ()) -> None:
-    """Close the Trainers still open when a command failed (`stpdist`'s error line said
-    why), while they are alive: a Trainer left to the exit hook was often freed by then, so
+def close_command_trainers(exit_code: int, leave: Any = ()) -> None:
+    """Close the Trainers still open when a command failed (`exit_code`: its trackers'
+    runs marked failed; `stpdist`'s error line said why) or stopped with a checkpoint (0),
+    while they are alive: a Trainer left to the exit hook was often freed by then, so
     wandb's own exit hook ended its run (in colour, on stdout, a log file's too) and the
-    line with the offline run's `wandb sync` command was never said. Those in `leave` (open
-    before the command) stay open."""
+    line with the offline run's `wandb sync` command was never said; a stopped run's
+    continuation may start at once. Those in `leave` (open before the command) stay open."""
     for trainer in list(_OPEN_TRAINERS):
         if trainer not in leave:
             trainer._close(at_exit=True, exit_code=exit_code)

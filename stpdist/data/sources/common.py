@@ -32,22 +32,28 @@ PNG_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+def _png_header(path: Path) -> bytes | None:
+    """A PNG's signature and IHDR chunk (26 bytes: width, height, bit depth), read without
+    decoding it; None: not a PNG by its first bytes."""
+    with open(path, "rb") as handle:
+        head = handle.read(26)
+    if len(head) < 26 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    return head
+
+
 def _png_bit_depth(path: Path) -> int | None:
     """Bits per sample of a PNG, from its header (None: not a PNG by its first bytes). PIL
     reads 16-bit colour as "RGB", keeping the high byte: its mode alone does not tell."""
-    with open(path, "rb") as handle:
-        head = handle.read(26)
-    if head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
-        return None
-    return head[24]
+    head = _png_header(path)
+    return None if head is None else head[24]
 
 
 def png_size(path: Path) -> tuple[int, int] | None:
     """(height, width) of a PNG, from its header (None: not a PNG by its first bytes), read
     without decoding it (nor PIL's refusal of a huge image before it tells its size)."""
-    with open(path, "rb") as handle:
-        head = handle.read(24)
-    if len(head) < 24 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+    head = _png_header(path)
+    if head is None:
         return None
     return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
 
