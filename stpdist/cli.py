@@ -604,7 +604,7 @@ def _shared_staging(
 def _forecast_shards(folder: Path, args: argparse.Namespace, module: Any) -> None:
     """The forecasts in `folder` also as a shard split, `folder/shards/forecast`."""
     from .data.format import SplitWriter
-    from .trainer import load_predictions
+    from .trainer import iter_predictions
 
     with SplitWriter(
         folder / "shards" / "forecast",
@@ -612,7 +612,7 @@ def _forecast_shards(folder: Path, args: argparse.Namespace, module: Any) -> Non
         value_scale=module.value_scale,
         source=f"stpdist forecast of {args.inputs} with {module.model_folder}",
     ) as writer:
-        for key, frames in sorted(load_predictions(folder).items()):
+        for key, frames in iter_predictions(folder):  # a file's predictions at a time
             writer.write(key, frames.astype(np.float32), {"forecast_of": key})
 
 

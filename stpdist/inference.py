@@ -267,21 +267,60 @@ def check_inputs(
         array = (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).cpu().numpy()
     else:
         array = np.asarray(frames)
-    if array.dtype.kind not in "iuf":
-        raise InputError(f"{where}: frames of dtype {array.dtype}; expected integers or floats")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        if not allow_nonfinite:
-            position = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+    survey = ValueSurvey(where)
+    survey.add(array)
+    survey.check(module, allow_nonfinite)
+
+
+class ValueSurvey:
+    """`check_inputs`' checks of the values, over frames seen a piece at a time (the rows
+    of a file too large to hold): the dtype, NaN/Inf (the count and the first one's
+    position), and each channel's range for the units warning."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.nonfinite, self.first = 0, ""
+        self.kind = "i"
+        self.low: np.ndarray | None = None
+        self.high: np.ndarray | None = None
+
+    def add(self, array: np.ndarray, offset: int = 0) -> None:
+        """One piece: rows `offset`… of the whole (…×C×H×W), for positions in messages."""
+        if array.dtype.kind not in "iuf":
             raise InputError(
-                f"{where}: the frames hold NaN or Inf ({int((~np.isfinite(array)).sum())} "
-                f"values, the first {array[position]} at {position}); pass --allow-nonfinite "
-                "(allow_nonfinite=True) to forecast from them anyway"
+                f"{self.where}: frames of dtype {array.dtype}; expected integers or floats"
             )
-        return  # no range to compare
-    value_range = getattr(module, "value_range", None)
-    if value_range is not None:
-        names = getattr(module, "channel_names", None)
-        _warn_on_units(array, value_range, getattr(module, "value_scale", 1.0), where, names)
+        if array.dtype.kind == "f":
+            self.kind = "f"
+            bad = ~np.isfinite(array)
+            if bad.any():
+                if not self.nonfinite:
+                    position = tuple(int(i) for i in np.argwhere(bad)[0])
+                    shown = (position[0] + offset, *position[1:])
+                    self.first = f"the first {array[position]} at {shown}"
+                self.nonfinite += int(bad.sum())
+        if self.nonfinite or array.size == 0:  # no range once a value is not finite
+            return
+        others = tuple(i for i in range(array.ndim) if i != array.ndim - 3)
+        low, high = array.min(axis=others).astype(float), array.max(axis=others).astype(float)
+        self.low = low if self.low is None else np.minimum(self.low, low)
+        self.high = high if self.high is None else np.maximum(self.high, high)
+
+    def check(self, module: Any, allow_nonfinite: bool) -> None:
+        """Refuse NaN/Inf (unless `allow_nonfinite`), else warn on the units."""
+        if self.nonfinite:
+            if not allow_nonfinite:
+                raise InputError(
+                    f"{self.where}: the frames hold NaN or Inf ({self.nonfinite} values, "
+                    f"{self.first}); pass --allow-nonfinite (allow_nonfinite=True) to forecast "
+                    "from them anyway"
+                )
+            return  # no range to compare
+        value_range = getattr(module, "value_range", None)
+        if value_range is not None and self.low is not None:
+            names = getattr(module, "channel_names", None)
+            scale = getattr(module, "value_scale", 1.0)
+            _warn_on_units(self.low, self.high, self.kind, value_range, scale, self.where, names)
 
 
 def check_input_shape(shape: tuple[int, ...], module: Any, where: str) -> None:
@@ -305,29 +344,25 @@ def check_input_shape(shape: tuple[int, ...], module: Any, where: str) -> None:
 
 
 def _warn_on_units(
-    array: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    kind: str,
     value_range: tuple[list[float], list[float]],
     value_scale: float,
     where: str,
     names: list[str] | None = None,
 ) -> None:
-    """A warning when the inputs' values do not look like the training data's (stored)
-    units; a warning, not an error: a quiet day of radar data is dim but right. Each
+    """A warning when the inputs' values (each channel's `low`…`high`, of numpy dtype kind
+    `kind`) do not look like the training data's (stored) units; a warning, not an error:
+    a quiet day of radar data is dim but right. Each
     channel out of its own range is named (`names`: the variables, else c0, c1, …): a
     swap of two variables keeps the overall range."""
-    channels = array.shape[-3]
-    per_channel = np.moveaxis(array, -3, 0).reshape(channels, -1)
-    low, high = per_channel.min(axis=1).astype(float), per_channel.max(axis=1).astype(float)
+    channels = len(low)
     train_low, train_high = np.asarray(value_range[0]), np.asarray(value_range[1])
     if len(train_low) != channels or len(train_high) != channels:
         return
     span = np.maximum(train_high - train_low, 1e-12)
-    if (
-        value_scale > 1
-        and array.dtype.kind == "f"
-        and 0 < high.max() <= 1
-        and (train_high >= 10).any()
-    ):
+    if value_scale > 1 and kind == "f" and 0 < high.max() <= 1 and (train_high >= 10).any():
         warn_main(  # each rank reads the same inputs
             "%s: the values lie within [0, 1] (%.3g…%.3g) but the model was trained on "
             "%.4g…%.4g: forecast takes physical (stored) units, not [0, 1]-scaled frames; "
@@ -407,6 +442,8 @@ def _regular_file(path: Path) -> None:
 
 
 ARRAYS = (".npy", ".npz")
+# the values checked at a time in an array file: its rows are read in pieces of this size
+SURVEY_BYTES = 16 << 20
 # image formats forecast does not read: refused beside PNG frames, never passed over
 OTHER_IMAGES = (".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PNG_ADVICE = "save the frames as an .npy array (T×C×H×W, the training data's units) instead"
@@ -426,7 +463,8 @@ class InputFrames(Dataset):
         self.allow_nonfinite = allow_nonfinite
         self.num_input_frames = module.num_input_frames
         self.from_physical = module.from_physical
-        self.items: list[tuple[str, np.ndarray]] = []  # (key, T×C×H×W in physical units)
+        # (key, T×C×H×W in physical units, or where in a file to read them)
+        self.items: list[tuple[str, Any]] = []
         self._files: dict[str, Path] = {}  # key → the file it came from (collisions)
         if not self.source.exists():
             raise InputError(f"{self.source}: no such file or folder")
@@ -449,27 +487,28 @@ class InputFrames(Dataset):
             )
 
     def _add_array(self, file: Path) -> None:
-        from .data.sources.common import array_shape, load_array
+        """A file's sequences, checked as read a piece at a time and then read again, one
+        at a time, as they are forecast: a file of many sequences is never held whole."""
+        from .data.sources.common import ArrayRows, array_header
 
         _regular_file(file)
-        shape = array_shape(file)  # from the header: before the data is decompressed
-        if shape is not None:
-            one_channel = len(shape) == 3 and self.module.frame_shape[0] == 1
-            check_input_shape(
-                (*shape[:1], 1, *shape[1:]) if one_channel else shape, self.module, str(file)
-            )
-        try:
-            array = load_array(file)
-        except ValueError as exc:
-            raise InputError(str(exc)) from exc
-        if array.ndim == 3 and self.module.frame_shape[0] == 1:
-            array = array[:, None]  # T×H×W, as `shard arrays` reads it: one channel
-        check_inputs(array, self.module, str(file), allow_nonfinite=self.allow_nonfinite)
-        if array.ndim == 4:
-            self._add(_key(file.stem), array, file)
+        shape, _ = array_header(file, None, None)  # before the data is decompressed
+        one_channel = len(shape) == 3 and self.module.frame_shape[0] == 1  # T×H×W
+        check_input_shape(
+            (shape[0], 1, *shape[1:]) if one_channel else shape, self.module, str(file)
+        )
+        rows = ArrayRows(file)
+        survey = ValueSurvey(str(file))
+        step = max(1, SURVEY_BYTES // max(1, rows.dtype.itemsize * int(np.prod(shape[1:]))))
+        for start in range(0, len(rows), step):
+            part = rows.rows(start, min(start + step, len(rows)))
+            survey.add(part[:, None] if one_channel else part, start)
+        survey.check(self.module, self.allow_nonfinite)
+        if len(shape) == 5:
+            for i in range(shape[0]):
+                self._add(f"{_key(file.stem)}_{i:06d}", (rows, i), file)
         else:
-            for i, sequence in enumerate(array):
-                self._add(f"{_key(file.stem)}_{i:06d}", sequence, file)
+            self._add(_key(file.stem), (rows, None), file)
 
     def _splits(self) -> str:
         """For a folder without inputs: the shard splits in it, when it is a dataset root
@@ -542,14 +581,18 @@ class InputFrames(Dataset):
         check_inputs(frames, module, str(self.source), allow_nonfinite=self.allow_nonfinite)
         self._add(_key(self.source.name), frames, self.source)
 
-    def _add(self, key: str, frames: np.ndarray, where: Path) -> None:
+    def _add(self, key: str, frames: Any, where: Path) -> None:
+        """A sequence: its frames, or (a file's rows, the sequence's row or None for a
+        file of one sequence) to read its newest T_in frames from when forecast."""
         if key in self._files:  # `a.b.npy` and `a_b.npy` both give `a_b`: refuse, not overwrite
             raise InputError(
                 f"{self._files[key]} and {where} both give the sample key '{key}' (keys keep "
                 "letters, digits, '_' and '-'); rename one of them"
             )
         self._files[key] = where
-        self.items.append((key, frames[-self.num_input_frames :]))
+        if isinstance(frames, np.ndarray):
+            frames = frames[-self.num_input_frames :]
+        self.items.append((key, frames))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -558,7 +601,12 @@ class InputFrames(Dataset):
         return self.items[index][0]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        frames = torch.as_tensor(np.asarray(self.items[index][1], dtype=np.float32))
+        frames = self.items[index][1]
+        if not isinstance(frames, np.ndarray):
+            rows, row = frames
+            frames = rows.last(row, self.num_input_frames)
+            frames = frames[:, None] if frames.ndim == 3 else frames  # T×H×W: one channel
+        frames = torch.as_tensor(np.asarray(frames, dtype=np.float32))
         return {"inputs": self.from_physical(frames)}
 
 

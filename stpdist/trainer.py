@@ -2870,3 +2870,19 @@ def load_predictions(folder: str | Path) -> dict[str, np.ndarray]:
         with np.load(file, allow_pickle=False) as data:
             found.update(zip(data["keys"].tolist(), data["predictions"]))
     return found
+
+
+def iter_predictions(folder: str | Path) -> Iterator[tuple[str, np.ndarray]]:
+    """`load_predictions`' entries in key order, with one file's predictions in memory at a
+    time (the files' keys are read first): for passes over more than memory holds."""
+    where: dict[str, tuple[Path, int]] = {}
+    for file in sorted(Path(folder).glob("predictions-r*.npz")):
+        with np.load(file, allow_pickle=False) as data:
+            where.update((key, (file, i)) for i, key in enumerate(data["keys"].tolist()))
+    held: tuple[Path | None, Any] = (None, None)
+    for key in sorted(where):
+        file, i = where[key]
+        if held[0] != file:
+            with np.load(file, allow_pickle=False) as data:
+                held = (file, data["predictions"])
+        yield key, held[1][i]

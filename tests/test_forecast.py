@@ -224,13 +224,18 @@ def test_inputs_out_of_a_channels_own_range_are_named_by_channel(caplog):
     max only ('258.9…5.729e+04 outside 259.1…5.742e+04') and named no channel."""
     import logging
 
-    from stpdist.inference import _warn_on_units
+    from types import SimpleNamespace
+
+    from stpdist.inference import ValueSurvey
 
     trained = ([5.07e4, 259.0], [5.74e4, 297.0])  # z, t2m
+    module = SimpleNamespace(value_range=trained, value_scale=1.0, channel_names=["z", "t2m"])
     swapped = np.stack([np.full((4, 8, 8), 280.0), np.full((4, 8, 8), 5.5e4)], axis=1)
     with caplog.at_level(logging.WARNING, logger="stpdist"):
-        _warn_on_units(swapped, trained, 1.0, "new.npy", ["z", "t2m"])
-        _warn_on_units(swapped[:, ::-1], trained, 1.0, "right.npy", ["z", "t2m"])
+        for frames, where in ((swapped, "new.npy"), (swapped[:, ::-1], "right.npy")):
+            survey = ValueSurvey(where)
+            survey.add(frames)
+            survey.check(module, allow_nonfinite=False)
     (said,) = [r.getMessage() for r in caplog.records]
     assert said.startswith("new.npy: values far outside the training data's range: ")
     assert "z 280…280 (trained on 5.07e+04…5.74e+04), t2m 5.5e+04…5.5e+04" in said

@@ -162,10 +162,12 @@ def array_shape(path: Path, key: str | None = None) -> tuple[int, ...] | None:
         return None
 
 
-def array_header(path: Path, key: str | None) -> tuple[tuple[int, ...], np.dtype]:
+def array_header(
+    path: Path, key: str | None, key_option: str | None = "--key"
+) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype (in this machine's byte order: a big-endian `>f4` file holds the
     same data as a float32 one) of a .npy file or an .npz member, from its header alone;
-    an InputError naming the file when it cannot tell."""
+    an InputError naming the file when it cannot tell (`key_option` as for `load_array`)."""
     import zipfile
 
     require_file(path)  # a FIFO would block the reader
@@ -175,13 +177,9 @@ def array_header(path: Path, key: str | None) -> tuple[tuple[int, ...], np.dtype
             array = np.load(path, mmap_mode="r", allow_pickle=False)
             return tuple(array.shape), array.dtype.newbyteorder("=")
         with zipfile.ZipFile(path) as archive:
-            names = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
-            if key is None:
-                if len(names) != 1:
-                    raise ValueError(f"holds {len(names)} arrays {names}; choose one with --key")
-                key = names[0]
-            if key not in names:
-                raise ValueError(f"missing key '{key}' (has {names})")
+            key = _member(
+                [n[:-4] for n in archive.namelist() if n.endswith(".npy")], key, key_option
+            )
             with archive.open(key + ".npy") as member:
                 version = np.lib.format.read_magic(member)
                 header = (
@@ -192,7 +190,7 @@ def array_header(path: Path, key: str | None) -> tuple[tuple[int, ...], np.dtype
                 shape, _, dtype = header(member)
                 return tuple(shape), np.dtype(dtype).newbyteorder("=")
     except ValueError as exc:
-        raise InputError(f"{path}: {exc}") from exc
+        raise InputError(f"{path}: {_said(exc)}") from exc
     except Exception as exc:
         raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
 
@@ -208,29 +206,38 @@ def load_array(path: Path, key: str | None = None, key_option: str | None = None
         if path.suffix.lower() == ".npy":
             return np.load(path, allow_pickle=False)
         with np.load(path, allow_pickle=False) as data:
-            names = list(data.keys())
-            if key is None:
-                if len(names) != 1:
-                    choose = (
-                        f"choose one with {key_option}"
-                        if key_option
-                        else "expected a file of one array"
-                    )
-                    raise ValueError(f"holds {len(names)} arrays {names}; {choose}")
-                key = names[0]
-            if key not in names:
-                raise ValueError(f"missing key '{key}' (has {names})")
-            return data[key]
+            return data[_member(list(data.keys()), key, key_option)]
     except ValueError as exc:
-        if "pickle" in str(exc).lower():  # numpy: "Object arrays cannot be loaded when …"
-            exc = ValueError(
-                "holds Python objects (an object array: sequences of different lengths, or "
-                "values of mixed types), expected an array of numbers: save each sequence as "
-                "a numeric array of its own"
-            )
-        raise InputError(f"{path}: {exc}") from exc
+        raise InputError(f"{path}: {_said(exc)}") from exc
     except Exception as exc:
         raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
+
+
+def _member(names: list[str], key: str | None, key_option: str | None) -> str:
+    """The .npz member to read: `key`, or the only one (`key_option` names the caller's
+    option that chooses one, in the error when there are several)."""
+    if key is None:
+        if len(names) != 1:
+            choose = (
+                f"choose one with {key_option}" if key_option else "expected a file of one array"
+            )
+            raise ValueError(f"holds {len(names)} arrays {names}; {choose}")
+        return names[0]
+    if key not in names:
+        raise ValueError(f"missing key '{key}' (has {names})")
+    return key
+
+
+def _said(exc: ValueError) -> str:
+    """numpy's ValueError in a user's words: an object array's ("Object arrays cannot be
+    loaded when …", "… can't be memory-mapped: Python objects in dtype") says what it is."""
+    if "pickle" in str(exc).lower() or "python objects" in str(exc).lower():
+        return (
+            "holds Python objects (an object array: sequences of different lengths, or "
+            "values of mixed types), expected an array of numbers: save each sequence as "
+            "a numeric array of its own"
+        )
+    return str(exc)
 
 
 def key_of(path: Path, *extra: Any) -> str:
@@ -311,3 +318,87 @@ def split_counts(
 
 def _text(sizes: dict[str, float]) -> str:
     return ",".join(f"{split}={size:g}" for split, size in sizes.items())
+
+
+class ArrayRows:
+    """An .npy file's array, or an .npz member's, read a few rows (along its first axis) at
+    a time: a memory map for .npy; for .npz, the member's stream from the archive, which
+    decompresses on the way to a read and keeps only what was asked for. Memory is bounded
+    by a read, not by the file: a file of many sequences is never held whole. Values come in
+    the file's dtype and byte order; reads in increasing order read a compressed member
+    once."""
+
+    def __init__(self, path: Path, key: str | None = None, key_option: str | None = None) -> None:
+        import zipfile
+
+        # refuses non-array files, naming them
+        self.shape, dtype = array_header(path, key, key_option)
+        self.path = path
+        self._array: np.ndarray | None = None
+        self._name, self._start, self._stream = "", 0, None
+        if path.suffix.lower() == ".npy":
+            self._array = np.load(path, mmap_mode="r", allow_pickle=False)
+        else:
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith(".npy")]
+                self._name = f"{key}.npy" if key else names[0]  # array_header checked it
+                with archive.open(self._name) as member:
+                    version = np.lib.format.read_magic(member)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    _, fortran, stored = read_header(member)
+                    self._start = member.tell()
+            if fortran or np.dtype(stored).hasobject:  # not rows one after another: whole
+                self._array = load_array(path, key)
+        self.dtype = dtype  # this machine's byte order, as every read returns
+        self._stored = np.dtype(stored) if self._array is None else None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows `start`…`stop` - 1, a copy in this machine's byte order."""
+        if self._array is not None:
+            return _native(np.array(self._array[start:stop]))
+        values = math.prod(self.shape[1:])
+        return self._read(start * values, (stop - start) * values, (stop - start, *self.shape[1:]))
+
+    def last(self, row: int | None, count: int) -> np.ndarray:
+        """The last `count` rows (`row` None), or the last `count` entries of row `row`'s
+        first axis (a sequence's newest frames in an N×T×… array): read alone."""
+        if self._array is not None:
+            part = self._array[-count:] if row is None else self._array[row, -count:]
+            return _native(np.array(part))
+        if row is None:
+            return self.rows(len(self) - count, len(self))
+        inner = self.shape[1:]
+        per = math.prod(inner[1:])
+        first = row * math.prod(inner) + (inner[0] - count) * per
+        return self._read(first, count * per, (count, *inner[1:]))
+
+    def _read(self, first: int, count: int, shape: tuple[int, ...]) -> np.ndarray:
+        """`count` values from value `first` of the member, as an array of `shape`."""
+        import os
+        import zipfile
+
+        assert self._stored is not None
+        if self._stream is None or self._stream[0] != os.getpid():  # one stream a process
+            archive = zipfile.ZipFile(self.path)
+            self._stream = (os.getpid(), archive, archive.open(self._name))
+        stream, size = self._stream[2], self._stored.itemsize
+        try:
+            stream.seek(self._start + first * size)
+            data = stream.read(count * size)
+        except Exception as exc:
+            raise InputError(f"{self.path}: unreadable ({type(exc).__name__}: {exc})") from exc
+        if len(data) != count * size:
+            raise InputError(f"{self.path}: cut short: its array {self.shape} ends early")
+        return _native(np.frombuffer(data, self._stored).reshape(shape).copy())
+
+
+def _native(array: np.ndarray) -> np.ndarray:
+    """`array` in this machine's byte order (a big-endian `>f4` file's values as float32)."""
+    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))

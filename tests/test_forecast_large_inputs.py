@@ -1,0 +1,217 @@
+"""`stpdist forecast` from array files larger than memory: an .npy is memory-mapped, an
+.npz member is read from its zip stream a piece at a time, so memory is bounded by a
+piece (`inference.SURVEY_BYTES`) and a batch, not by the file. The old reader loaded each
+file whole: a 6.7 MB `.npz` declaring 1.5 GB of frames of the model's size took 2.2 GB.
+
+The model is the debug config's (4 → 4 frames of 1×32×32, values 0–255) with its initial
+weights, as a model folder: no training needed."""
+
+from __future__ import annotations
+
+import io
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from safetensors.torch import save_file
+
+import stpdist
+from stpdist import inference
+from stpdist.build import build_module
+from stpdist.config import load_config, to_yaml
+from stpdist.data.format import SplitWriter, read_index
+from stpdist.errors import InputError
+from stpdist.inference import InputFrames
+from stpdist.trainer import load_predictions
+
+DEBUG = Path(__file__).parent.parent / "configs" / "debug.yaml"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("large-inputs")
+    rng = np.random.default_rng(0)
+    with SplitWriter(root / "data" / "train", "train", value_scale=255.0) as writer:
+        for i in range(2):
+            writer.write(f"s{i}", rng.integers(0, 256, (8, 1, 32, 32), dtype=np.uint8))
+    cfg = load_config(DEBUG)
+    torch.manual_seed(0)
+    module = build_module(cfg, index=read_index(root / "data" / "train"))
+    folder = root / "model"
+    folder.mkdir()
+    state = {k: v.contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "config.yaml").write_text(to_yaml(cfg))
+    (folder / "index.json").write_text((root / "data" / "train" / "index.json").read_text())
+    return folder
+
+
+def _sequences(n: int, t: int = 6, seed: int = 0) -> np.ndarray:
+    """n sequences of t frames of 1×32×32, float32 in 0–255."""
+    return np.random.default_rng(seed).uniform(0, 255, (n, t, 1, 32, 32)).astype(np.float32)
+
+
+def _inputs(frames: InputFrames) -> np.ndarray:
+    return np.stack([frames[i]["inputs"].numpy() for i in range(len(frames))])
+
+
+@pytest.mark.parametrize("writer", ["npy", "npz", "npz_compressed"])
+def test_many_sequences_are_read_in_pieces_with_memory_bounded_by_a_piece(
+    model, tmp_path, monkeypatch, writer
+):
+    """600 sequences (14.7 MB of float32) checked in pieces of 256 KiB and read one at a
+    time: the peak of numpy's allocations stays under 2 MB (the old reader held the whole
+    array, and a copy of it for the NaN check: over 14.7 MB), and every sequence's inputs
+    are its newest 4 frames, scaled, as from the array in memory."""
+    module = stpdist.load(model)
+    data = _sequences(600)
+    file = tmp_path / f"many.{writer[:3]}"
+    if writer == "npy":
+        np.save(file, data)
+    else:
+        (np.savez if writer == "npz" else np.savez_compressed)(file, frames=data)
+    monkeypatch.setattr(inference, "SURVEY_BYTES", 256 << 10)
+    tracemalloc.start()
+    try:
+        frames = InputFrames(file, module)
+        peak = 0
+        for i in range(len(frames)):
+            got = frames[i]["inputs"].numpy()
+            np.testing.assert_array_equal(got, data[i, -4:] / np.float32(255.0))
+            peak = max(peak, tracemalloc.get_traced_memory()[1])
+    finally:
+        tracemalloc.stop()
+    assert len(frames) == 600 and frames.key(599) == "many_000599"
+    assert peak < 2 << 20, f"peak {peak / 2**20:.1f} MiB for a file of {data.nbytes / 2**20:.1f}"
+
+
+def test_one_long_sequence_file_gives_its_newest_frames(model, tmp_path, monkeypatch):
+    """A T×C×H×W file (and T×H×W for a one-channel model) of 50 frames: one sequence, its
+    last 4 frames; from a compressed .npz too, checked 3 frames at a time."""
+    module = stpdist.load(model)
+    data = _sequences(1, 50)[0]
+    np.savez_compressed(tmp_path / "long.npz", data)
+    np.save(tmp_path / "grey.npy", data[:, 0])
+    monkeypatch.setattr(inference, "SURVEY_BYTES", 3 * 32 * 32 * 4)
+    for name in ("long.npz", "grey.npy"):
+        frames = InputFrames(tmp_path / name, module)
+        assert len(frames) == 1
+        np.testing.assert_array_equal(_inputs(frames)[0], data[-4:] / np.float32(255.0))
+
+
+def test_big_endian_and_fortran_order_files_read_as_their_values(model, tmp_path):
+    """A `>f4` member (read from the stream, converted) and a Fortran-ordered one (its
+    sequences not one after another in the file: read whole) give the same inputs."""
+    module = stpdist.load(model)
+    data = _sequences(3)
+    np.savez_compressed(tmp_path / "big.npz", data.astype(">f4"))
+    np.savez(tmp_path / "fortran.npz", np.asfortranarray(data))
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(data))
+    for name in ("big.npz", "fortran.npz", "fortran.npy"):
+        np.testing.assert_array_equal(
+            _inputs(InputFrames(tmp_path / name, module)), data[:, -4:] / np.float32(255.0)
+        )
+
+
+def test_a_nan_in_a_later_piece_is_named_at_its_place_in_the_file(model, tmp_path, monkeypatch):
+    """Checked a piece at a time, the first NaN's position is the file's, not the piece's;
+    the count is over the whole file."""
+    module = stpdist.load(model)
+    data = _sequences(40)
+    data[33, 2, 0, 5, 7] = np.nan
+    data[38, 0, 0, 0, 0] = np.inf
+    np.savez_compressed(tmp_path / "holes.npz", data)
+    monkeypatch.setattr(inference, "SURVEY_BYTES", 4 * 6 * 32 * 32 * 4)  # 4 sequences
+    with pytest.raises(InputError) as caught:
+        InputFrames(tmp_path / "holes.npz", module)
+    assert str(caught.value) == (
+        f"{tmp_path / 'holes.npz'}: the frames hold NaN or Inf (2 values, the first nan at "
+        "(33, 2, 0, 5, 7)); pass --allow-nonfinite (allow_nonfinite=True) to forecast from "
+        "them anyway"
+    )
+
+
+def test_units_warning_sees_every_piece(model, tmp_path, monkeypatch, caplog):
+    """Values far outside the training range in the last piece only are still warned of,
+    with the whole file's range."""
+    import logging
+
+    module = stpdist.load(model)
+    data = _sequences(20)
+    data[19] += 5000.0
+    np.save(tmp_path / "hot.npy", data)
+    monkeypatch.setattr(inference, "SURVEY_BYTES", 6 * 32 * 32 * 4)  # one sequence a piece
+    with caplog.at_level(logging.WARNING, logger="stpdist"):
+        InputFrames(tmp_path / "hot.npy", module)
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert "values far outside the training data's range: c0 " in said
+    assert f"…{data.max():.4g} (trained on" in said
+
+
+def _member_cut_short(path: Path, declared: tuple[int, ...], data: np.ndarray) -> None:
+    """An .npz whose member's header declares `declared` but holds `data`'s bytes only."""
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        member, {"descr": "<f4", "fortran_order": False, "shape": declared}
+    )
+    member.write(data.astype("<f4").tobytes())
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("frames.npy", member.getvalue())
+
+
+def test_a_member_cut_short_is_named_when_read(model, tmp_path):
+    """A member whose header promises 40 sequences but whose data ends after 10: the check
+    reads to the end and names the file (before any forecast), not a reshape error."""
+    module = stpdist.load(model)
+    _member_cut_short(tmp_path / "short.npz", (40, 6, 1, 32, 32), _sequences(10))
+    with pytest.raises(InputError, match=r"short\.npz: cut short: its array \(40, 6, 1, 32, 32\)"):
+        InputFrames(tmp_path / "short.npz", module)
+
+
+def test_forecast_from_a_compressed_file_writes_every_sequence(model, tmp_path):
+    """The command end to end from a compressed .npz of 9 sequences, batches of 4: nine
+    forecasts, keyed by place, equal to the module's own forecast of the arrays."""
+    data = _sequences(9)
+    np.savez_compressed(tmp_path / "radar.npz", frames=data)
+    proc = run_cli(
+        "forecast", str(model), str(tmp_path / "radar.npz"), "--out", str(tmp_path / "f"),
+        "--batch-size", "4", "--samples", "0", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = load_predictions(tmp_path / "f")
+    assert sorted(written) == [f"radar_{i:06d}" for i in range(9)]
+    expected = stpdist.load(model).forecast(data)
+    for i in range(9):
+        np.testing.assert_allclose(written[f"radar_{i:06d}"], expected[i], rtol=1e-5, atol=1e-3)
+
+
+def test_predictions_are_walked_in_key_order_a_file_at_a_time(tmp_path, monkeypatch):
+    """`forecast --shards` writes the forecasts in key order; it held every prediction at
+    once (`load_predictions`). `iter_predictions` gives the same entries in the same order
+    with one file open at a time: two ranks' files interleave their keys."""
+    from stpdist.trainer import iter_predictions
+
+    rng = np.random.default_rng(0)
+    for rank in range(2):
+        for part in range(3):
+            keys = [f"k{(part * 2 + rank) * 2 + i:03d}" for i in range(2)]
+            np.savez(
+                tmp_path / f"predictions-r{rank:03d}-{part:06d}.npz",
+                keys=np.asarray(keys),
+                predictions=rng.random((2, 4, 1, 8, 8), dtype=np.float32),
+            )
+    opened: list[str] = []
+    load = np.load
+    monkeypatch.setattr(
+        np, "load", lambda file, **kw: opened.append(Path(file).name) or load(file, **kw)
+    )
+    walked = list(iter_predictions(tmp_path))
+    assert len(opened) == 6 + 6  # each file's keys, then each file's predictions once
+    everything = load_predictions(tmp_path)
+    assert [key for key, _ in walked] == sorted(everything) == [f"k{i:03d}" for i in range(12)]
+    for key, frames in walked:
+        np.testing.assert_array_equal(frames, everything[key])
