@@ -1679,7 +1679,20 @@ def _parsed(argv: list[str] | None) -> argparse.Namespace:
         if not hasattr(args, "overrides"):
             _command_parser(p, args).error(f"takes no key=value overrides: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    _shipped_recipes(args)
     return args
+
+
+def _shipped_recipes(args: argparse.Namespace) -> None:
+    """A config or sweep file as the docs write it (`configs/debug.yaml`) that is not in
+    the current folder is read from the recipes that come with stpdist (`recipes.resolved`):
+    after a `pip install`, outside a checkout, the docs' commands work as written."""
+    from . import recipes
+
+    for name in ("config", "sweep"):
+        value = getattr(args, name, None)
+        if isinstance(value, str) and args.command != "import":  # import: OpenSTL's .py
+            setattr(args, name, recipes.resolved(value))
 
 
 def _interrupted(command: str) -> int:

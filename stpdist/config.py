@@ -1247,8 +1247,11 @@ def load_config(
         if path.is_dir():
             raise ConfigError(f"{path} is a folder; expected a YAML config file")
         if not path.is_file():
-            hint = " (the config file comes first, the key=value overrides after it)"
-            raise ConfigError(f"config file not found: {path}{hint if '=' in str(path) else ''}")
+            from .recipes import hint
+
+            order = " (the config file comes first, the key=value overrides after it)"
+            said = order if "=" in str(path) else hint(path)
+            raise ConfigError(f"config file not found: {path}{said}")
         try:
             overlay = OmegaConf.load(path)
         except Exception as exc:  # YAML syntax errors come in several types

@@ -72,11 +72,19 @@ def fsdp_units(module: nn.Module, class_names: list[str] | None = None) -> list[
 def shard(module: nn.Module, units: list[nn.Module], mixed_precision: str = "no") -> nn.Module:
     """Shard `module`'s parameters, gradients and optimizer state over the default process
     group: every unit, then the root. Build the optimizer afterwards (on the shards)."""
-    from torch.distributed.fsdp import (
-        MixedPrecisionPolicy,
-        fully_shard,
-        register_fsdp_forward_method,
-    )
+    try:
+        from torch.distributed.fsdp import (
+            MixedPrecisionPolicy,
+            fully_shard,
+            register_fsdp_forward_method,
+        )
+    except ImportError as exc:  # public from torch 2.6; pyproject allows torch 2.4
+        from .config import ConfigError
+
+        raise ConfigError(
+            f"trainer.strategy: fsdp needs torch 2.6 or later (FSDP2's fully_shard); this is "
+            f"torch {torch.__version__}: upgrade torch, or train with trainer.strategy: ddp"
+        ) from exc
 
     policy = MixedPrecisionPolicy()
     if mixed_precision == "bf16":  # compute in bf16, reduce and keep fp32 master weights

@@ -48,7 +48,9 @@ def read_sweep(path: str | Path) -> dict[str, Any]:
     """SWEEP.yaml as a dict, its `method`, `metric` and `parameters` checked."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"sweep file not found: {path}")
+        from .recipes import hint
+
+        raise InputError(f"sweep file not found: {path}{hint(path)}")
     try:
         spec = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
