@@ -482,6 +482,25 @@ def _is_sharded(module: torch.nn.Module) -> bool:
     return torch.distributed.is_available() and is_sharded(module)
 
 
+def save_weights(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """`tensors` as a safetensors file at `path`, with the permissions of any other file
+    the run writes (the umask's): safetensors writes its files readable by their owner
+    alone, so a team's shared run folder held weights no one else could load."""
+    save_file(tensors, str(path))
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux tells it."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def safetensors_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """`state` as safetensors takes it: detached, on the CPU, contiguous, and no two entries
     sharing memory (tied weights, one tensor under two names, which safetensors refuses:
@@ -817,7 +836,7 @@ class CheckpointManager:
             if main:
                 if not sharded:
                     weights = safetensors_weights(module.state_dict())
-                    save_file(weights, str(tmp / MODEL_FILE))
+                    save_weights(weights, tmp / MODEL_FILE)
                     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
                 if scheduler is not None:
                     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -860,7 +879,8 @@ class CheckpointManager:
                 return self._aside(final, ".same")
         aside = self._aside(final, "superseded" if why is None else "damaged")
         log.warning(
-            "checkpoint %s %s; renamed to %s (kept, not used) so step %s can be saved",
+            "checkpoint %s %s; renamed to %s (kept, not used: delete it once you no longer "
+            "want it) so that %s can be saved",
             final,
             "holds another trajectory's state" if why is None else f"is damaged: {why}",
             aside.name,

@@ -137,11 +137,19 @@ def cmd_train(args: argparse.Namespace) -> None:
         # stop (exit 75, its line)
         trainer._close_at_exit()
         raise stopped(stop.step, stop.checkpoint, stop.signum, _resume_command(args)) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # a second Ctrl-C, or SIGTERM before fit took it
         if trainer.is_main:
+            latest = trainer.checkpoints.latest()
+            why = (
+                "stopped (SIGTERM)" if isinstance(exc, Terminated) else "aborted on a second Ctrl-C"
+            )
             print(
-                f"stpdist: aborted on a second Ctrl-C; newest checkpoint "
-                f"{trainer.checkpoints.latest()}; resume with {_resume_command(args)}",
+                f"stpdist: {why}; "
+                + (
+                    f"newest checkpoint {latest}; resume with {_resume_command(args)}"
+                    if latest is not None
+                    else f"no checkpoint yet: {_resume_command(args)} starts over"
+                ),
                 file=sys.stderr,
             )
         raise
@@ -730,8 +738,6 @@ def cmd_shard(args: argparse.Namespace) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    import tempfile
-
     from .data.format import INDEX_FILE, read_index, require_file, variable_names
     from .data.staging import recover
     from .data.stream import LoaderContext, ShardEvalStream
@@ -767,7 +773,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out {args.out} is a file; expected a folder for the pictures")
     # pictures never go into the dataset: a folder the user names, or a temp folder we name
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="stpdist-inspect-"))
+    out = Path(args.out) if args.out else _inspect_pictures(root)
     # each split's pictures go to out/<split>: neither may lie in a split folder
     targets = [out, *(out / f.name for f in folders)]
     inside = [f for f in folders for t in targets if t.resolve().is_relative_to(f.resolve())]
@@ -807,6 +813,10 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         )
         frames, _, keys = next(iter(stream.iterate(LoaderContext())))
         samples = [(k, frames[i].numpy()) for i, k in enumerate(keys)]
+        if not args.out:  # ours: the pictures of an earlier inspect replaced
+            import shutil
+
+            shutil.rmtree(out / folder.name, ignore_errors=True)
         lats = index.latitudes
         if len(lats) > 1 and lats[0] < lats[-1]:  # south first (WeatherBench 1): north up
             samples = [(k, np.flip(f, axis=-2).copy()) for k, f in samples]
@@ -815,6 +825,26 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             f"  rendered {counted(len(keys), 'sample')} (all {index.shape[0]} frames) to "
             f"{out / folder.name}"
         )
+
+
+def _inspect_pictures(root: Path) -> Path:
+    """`inspect`'s pictures without --out: one folder a dataset (and user) in the temp dir,
+    its pictures replaced by each inspect of it; a folder per call piled up. One that is
+    not this user's own folder (a link, another user's) is passed over for a new one."""
+    import hashlib
+    import stat
+    import tempfile
+
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"stpdist-inspect-{os.getuid()}-{digest}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        found = folder.lstat()
+        if stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid():
+            return folder
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix="stpdist-inspect-"))
 
 
 STORED_LABEL = "stored\nframes"
@@ -1541,7 +1571,11 @@ def parser() -> argparse.ArgumentParser:
         help="samples rendered per split (default 4; 0: none)",
     )
     s.add_argument(
-        "--out", type=_non_empty, default=None, help="folder for the pictures (default: a temp dir)"
+        "--out",
+        type=_non_empty,
+        default=None,
+        help="folder for the pictures (default: a folder of the dataset's in the temp dir, "
+        "its pictures replaced by each inspect of that dataset)",
     )
     s.add_argument(
         "--verify", action="store_true", help="read every sample: counts, dtypes, shapes, keys"
@@ -1695,11 +1729,49 @@ def _shipped_recipes(args: argparse.Namespace) -> None:
             setattr(args, name, recipes.resolved(value))
 
 
-def _interrupted(command: str) -> int:
-    """Ctrl-C outside training (which says its own line): a line, exit 130."""
+def _interrupted(command: str, stop: KeyboardInterrupt) -> int:
+    """Ctrl-C (or SIGTERM: `Terminated`) outside training (which says its own line): a
+    line, exit 130 (143 after SIGTERM)."""
+    how = "stopped (SIGTERM)" if isinstance(stop, Terminated) else "interrupted (Ctrl-C)"
     if command in STAGED and launched_as_main():
-        error_line(f"stpdist {command}: interrupted (Ctrl-C); its output folder is as it was")
-    return 130
+        error_line(f"stpdist {command}: {how}; its output folder is as it was")
+    return Terminated.exit_code if isinstance(stop, Terminated) else 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to a command outside a training (a training stops with a checkpoint on it):
+    raised in the main thread, so that what the command was writing is undone as on Ctrl-C
+    (a staging folder as big as its output was left behind: SLURM, torchrun and `kill`
+    send SIGTERM)."""
+
+    exit_code = 128 + 15
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises `Terminated` in this process for the body (the main thread only: a
+    handler can be set there alone). A process forked meanwhile (a DataLoader worker) ends
+    on it as by default. The handler before is put back after."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def handle(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _stopped_line(stop: BaseException, earlier: set[Any]) -> int:
@@ -1729,7 +1801,8 @@ def main(argv: list[str] | None = None) -> int:
     earlier = _open_trainers()  # a program's own (`main` called from Python): left open
     _stop_when_launcher_dies()
     try:
-        args.func(args)
+        with _sigterm_as_interrupt():
+            args.func(args)
     except ConfigError as exc:
         if args.debug:
             raise
@@ -1742,7 +1815,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         if hasattr(exc, "checkpoint"):  # a training stopped by Ctrl-C, with a checkpoint
             return _stopped_line(exc, earlier)
-        return _interrupted(args.command)
+        return _interrupted(args.command, exc)
     except BrokenPipeError:
         return _pipe_closed()
     except Exception as exc:

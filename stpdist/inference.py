@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from .checkpoint import (
@@ -40,6 +39,7 @@ from .checkpoint import (
     read_state,
     reading_chosen,
     safetensors_weights,
+    save_weights,
 )
 from .config import CheckpointConfig, Config, load_config
 from .console import log, say, warn_main
@@ -875,7 +875,7 @@ def _export(
         _config_in_todays_layout(staging / "config.yaml")
         averaged = has_average(folder) and not raw_weights  # the EMA as the model's weights
         if averaged or is_sharded_checkpoint(folder):  # the weights as loaded, in one file
-            save_file(safetensors_weights(module.state_dict()), str(staging / MODEL_FILE))
+            save_weights(safetensors_weights(module.state_dict()), staging / MODEL_FILE)
         for fmt in formats:
             exported = _EXPORTERS[fmt](wrapped, sample, staging)
             with torch.no_grad():

@@ -1184,10 +1184,8 @@ def import_checkpoint(
     the frame shape and counts, which OpenSTL's config files never hold (otherwise the
     checkpoint's, or Moving MNIST's, said in one line). `ema`: import the averages of
     OpenSTL's EMA hook instead of the raw weights (see `split_ema`)."""
-    from safetensors.torch import save_file
-
     from .build import build_module
-    from .checkpoint import MODEL_FILE
+    from .checkpoint import MODEL_FILE, save_weights
     from .config import to_yaml
     from .data.convert import EarlierOutput, staged_output
     from .data.format import INDEX_FILE, SplitIndex, write_index
@@ -1257,7 +1255,7 @@ def import_checkpoint(
             "module saved under two names, checked equal): "
             + ", ".join(copies[:6]) + (" …" if len(copies) > 6 else ""))  # fmt: skip
     with staged_output(out, overwrite, sources=protected, earlier=earlier) as staging:
-        save_file(mapped.tensors, str(staging / MODEL_FILE))
+        save_weights(mapped.tensors, staging / MODEL_FILE)
         (staging / "config.yaml").write_text(to_yaml(cfg))
         write_index(staging, index)
     say(f"{name}: {len(mapped.tensors)} tensors from {checkpoint} → {out}")

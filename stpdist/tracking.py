@@ -219,6 +219,7 @@ class Tracker:
             # a wandb sweep agent names its trial's run in WANDB_RUN_ID (wandb then ignores
             # init's `id`): this training's record must hold that id (stpdist/sweep.py)
             run_id = os.environ.get("WANDB_RUN_ID") or _new_run_id()
+            self._say_earlier_run(path, run_id)
             known = {"run_id": run_id, "project": project, "tensorboard_dir": project}
             _write_record(path, known)  # tensorboard: accelerate's <output_dir>/<project>
         elif known["project"] != project:
@@ -228,6 +229,22 @@ class Tracker:
             )
         self._record = known
         return known
+
+    def _say_earlier_run(self, path: Path, run_id: str) -> None:
+        """A training from step 0 where `tracker.json` names a run (a start that stopped
+        before its first checkpoint): a new tracker run, and a line naming the earlier's,
+        whose wandb folders stay (each such restart left one that no line named)."""
+        if "wandb" not in self.config.trackers:  # tensorboard hides the earlier events
+            return
+        with contextlib.suppress(InputError, OSError):
+            earlier = _read_record(path)
+            if earlier is not None and earlier["run_id"] != run_id:
+                say(
+                    f"{path} named the tracker run {earlier['run_id']} of an earlier start, "
+                    f"which left no checkpoint: this training is a new run, {run_id}; the "
+                    f"earlier run's wandb folders stay ({self.output_dir / 'wandb'}/*-"
+                    f"{earlier['run_id']}): delete them if you do not want them"
+                )
 
     def _wandb_newest_step(self, wandb_run: Any) -> int:
         """The newest step the resumed wandb run holds (-1: none): online, the server's

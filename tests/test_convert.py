@@ -314,11 +314,15 @@ def test_synth_with_mnist_idx_digits_and_inspect(tmp_path):
 
     one_row = sample_figure(np.zeros((20, 1, 64, 64)), None, None).get_size_inches() * DPI
     assert Image.open(panels[0]).size == tuple(round(v) for v in one_row)
-    proc = run_cli("inspect", "ds", "--samples", "1", cwd=tmp_path)  # no --out: a named temp dir
+    proc = run_cli("inspect", "ds", "--samples", "2", cwd=tmp_path)  # no --out: a named temp dir
+    first = Path(proc.stdout.strip().splitlines()[-1].rsplit(" to ", 1)[1])
+    proc = run_cli("inspect", "ds", "--samples", "1", cwd=tmp_path)
     assert "  rendered 1 sample (all 20 frames) to " in proc.stdout  # not "1 samples"
     folder = Path(proc.stdout.strip().splitlines()[-1].rsplit(" to ", 1)[1])
     assert folder.is_dir() and "stpdist-inspect-" in str(folder) and tmp_path not in folder.parents
-    shutil.rmtree(folder)  # the user's to delete; the test's, here
+    # the same folder for the same dataset, its pictures replaced: a folder a call piled up
+    assert folder == first and len(list(folder.glob("*.png"))) == 1
+    shutil.rmtree(folder.parent)  # the user's to delete; the test's, here
     bad = run_cli(
         "synth", "moving-digits", "--out", "ds2", "--digits", "ds/train/index.json", cwd=tmp_path
     )

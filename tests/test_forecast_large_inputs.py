@@ -215,3 +215,45 @@ def test_predictions_are_walked_in_key_order_a_file_at_a_time(tmp_path, monkeypa
     assert [key for key, _ in walked] == sorted(everything) == [f"k{i:03d}" for i in range(12)]
     for key, frames in walked:
         np.testing.assert_array_equal(frames, everything[key])
+
+
+def test_sigterm_during_a_forecast_leaves_the_earlier_one_and_no_staging(model, tmp_path):
+    """SIGTERM (SLURM's, torchrun's, `kill`'s) ended `forecast`, `predict` and `export` at
+    once: their staging folder, as big as the output, stayed hidden beside it until a next
+    run into the same --out. It now undoes the staging as Ctrl-C does: one line, exit 143,
+    the earlier forecast as it was."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import unserved
+
+    np.save(tmp_path / "one.npy", _sequences(1)[0])
+    first = run_cli("forecast", str(model), "one.npy", "--out", "f", "--samples", "0", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = sorted(p.name for p in (tmp_path / "f").iterdir())
+    np.save(tmp_path / "many.npy", _sequences(6000, 4))
+    env = unserved({**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stpdist", "forecast", str(model), "many.npy", "--out", "f",
+         "--overwrite", "--samples", "0", "--batch-size", "2"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not any((s / ".predicting").is_dir() for s in tmp_path.glob(".f.staging-*")):
+            assert proc.poll() is None and time.time() < deadline, "no staging folder seen"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "stpdist forecast: stopped (SIGTERM); its output folder is as it was" in stderr
+    assert "Traceback" not in stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == before
