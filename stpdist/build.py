@@ -133,8 +133,8 @@ def _lock(path: Path, root: Path) -> int | None:
     while True:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:  # a read-only folder: generation says it, naming the root
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:  # a read-only folder (or a link): generation says it
             log.debug("no generation lock %s: %s", path, exc)
             return None
         try:
@@ -261,6 +261,12 @@ def describe_dataset(cfg: Config) -> bool:
             f"the last {frames - used} are not"
         )
     has_val = (split_dir(cfg, d.val_split) / INDEX_FILE).is_file()
+    if has_val and split_dir(cfg, d.val_split).resolve() == split_dir(cfg, d.train_split).resolve():
+        warn_main(
+            "the validation split %s is the training split %s (%s): validation scores "
+            "the data the model trains on, and checkpoints are chosen by them",
+            d.val_split, d.train_split, split_dir(cfg, d.train_split).resolve(),
+        )  # fmt: skip
     if not has_val:
         say(
             f"no validation split '{d.val_split}' under {d.root}: training without "

@@ -482,6 +482,15 @@ def _is_sharded(module: torch.nn.Module) -> bool:
     return torch.distributed.is_available() and is_sharded(module)
 
 
+def _remove(path: Path) -> None:
+    """Delete a checkpoint folder, or the link a user put in its place (only the link: a
+    link stayed forever, renamed `.trash-…`, as rmtree refuses links)."""
+    if path.is_symlink():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def save_weights(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """`tensors` as a safetensors file at `path`, with the permissions of any other file
     the run writes (the umask's): safetensors writes its files readable by their owner
@@ -969,20 +978,20 @@ class CheckpointManager:
                     log.info("checkpoint %s is being read: kept until a later save", path)
                 return False
             trash = self.root / f".trash-{path.name}-{os.getpid()}"
-            shutil.rmtree(trash, ignore_errors=True)
+            _remove(trash)
             os.rename(path, trash)
             marker.unlink(missing_ok=True)
             sync_folder(self.root)
         finally:
             os.close(fd)
-        shutil.rmtree(trash, ignore_errors=True)
+        _remove(trash)
         return True
 
     def _sweep(self) -> None:
         """Remove what killed saves and deletions left (never a `step-*` folder)."""
         patterns = (".tmp-step-*", ".trash-*", ".same-step-*")
         for stale in (p for pattern in patterns for p in self.root.glob(pattern)):
-            shutil.rmtree(stale, ignore_errors=True)
+            _remove(stale)
         for marker in self.root.glob(f"{_RETIRED}step-*"):  # its folder gone or replaced
             if not _held(marker, self.root / marker.name[len(_RETIRED) :]):
                 marker.unlink(missing_ok=True)

@@ -1293,9 +1293,27 @@ def load_config(
         raw = OmegaConf.to_container(merged, resolve=False)
         shaped = _interpolated_section_error(raw, Config, "", merged)
         raise shaped or _error(schema, exc, "config") from exc
+    _expand_home(cfg)
     _check_config(cfg, saved)
     cfg.__dict__[_UNRESOLVED] = unresolved  # not a field: no schema key, no equality
     return cfg
+
+
+def _expand_home(cfg: Config) -> None:
+    """`~` and `~user` at the start of a path setting are the home folder, as in a shell:
+    `trainer.output_dir: ~/runs/x` wrote into a folder named `~` in the current one."""
+    holders = [
+        (cfg.trainer, "output_dir"),
+        (cfg.data, "root"),
+        (cfg.model, "init_weights"),
+        (cfg.model.evaluation, "lpips_weights"),
+    ]
+    if cfg.data.synthesize is not None:
+        holders += [(cfg.data.synthesize, "root"), (cfg.data.synthesize, "digits")]
+    for holder, name in holders:
+        value = getattr(holder, name)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(holder, name, os.path.expanduser(value))
 
 
 # ------------------------------------------------------------ saved forms, secrets kept out

@@ -30,6 +30,7 @@ requeued job, which usually lands on other nodes, takes it over and resumes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -38,6 +39,8 @@ import socket
 import time
 from pathlib import Path
 from typing import Any
+
+from .errors import InputError
 
 LOCK_FILE = ".stpdist.lock"
 log = logging.getLogger("stpdist")
@@ -164,7 +167,16 @@ class RunLock:
             raise RuntimeError(f"{self.path}: this RunLock is already held")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # never through a link: the lock's content is written into the file
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+                raise InputError(
+                    f"{self.path} is a symbolic link; a run's lock file is a file of the run "
+                    "folder's own, written on each start (the link's target would be "
+                    "overwritten): remove the link"
+                ) from None
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -60,11 +60,23 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(record) + "\n"
         if self._inherited is None:
+            self._own_file()
             self._inherited = self.path.stat().st_size if self.path.is_file() else 0
             if self._inherited and not self._ends_a_line():
                 line = "\n" + line  # a line torn by a killed process: ours starts anew
         with open(self.path, "a") as handle:
             handle.write(line)
+
+    def _own_file(self) -> None:
+        """A `metrics.jsonl` that is a link (a run copied with `cp -al` or `cp -rs`, then
+        resumed: the copy's lines went into the original run's file) becomes a file of
+        this run's own, with the same lines, before anything is appended."""
+        if not (self.path.is_symlink() or (self.path.is_file() and self.path.stat().st_nlink > 1)):
+            return
+        copy = self.path.with_name(f".{self.path.name}.own-{os.getpid()}")
+        copy.write_bytes(self.path.read_bytes() if self.path.exists() else b"")  # dangling
+        os.replace(copy, self.path)  # the link's entry replaced; its target untouched
+        log.info("%s was a link to another file: this run keeps a copy of its own", self.path)
 
     def _ends_a_line(self) -> bool:
         with open(self.path, "rb") as handle:

@@ -1112,6 +1112,8 @@ class Trainer:
         if self.config.max_epochs is None and self.config.max_steps is None:
             raise ValueError("set max_epochs or max_steps")
         self.output_dir = Path(self.config.output_dir)
+        if self.output_dir.is_symlink() and not self.output_dir.exists():  # a dangling link:
+            Path(os.path.realpath(self.output_dir)).mkdir(parents=True, exist_ok=True)  # its target
         self.run_config = run_config
         self.attachments: dict[str, str | Callable[[], str | bytes]] = {}
         """Files (name → text, or a function giving text or bytes at each save) written

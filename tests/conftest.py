@@ -30,6 +30,12 @@ def pytest_configure(config):
     import tempfile
 
     config._stpdist_hf_home = os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="stpdist-hf-")
+    # the caches of the tools the tests run, likewise: wandb-core writes two debug logs a
+    # run into $XDG_CACHE_HOME/wandb/logs (~/.cache: thousands after a few suites),
+    # matplotlib its font list into MPLCONFIGDIR (built once a session, in a second)
+    cache = Path(config._stpdist_hf_home) / "cache"
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    os.environ["MPLCONFIGDIR"] = str(cache / "matplotlib")
     _start_fork_server(config)
 
 

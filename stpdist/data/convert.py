@@ -297,6 +297,7 @@ def _check_out(
     _check_not_source(out, sources)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
+    _refuse_write_protected(out)
     occupied = out.is_dir() and any(out.iterdir())
     if not occupied:
         return False
@@ -312,6 +313,24 @@ def _check_out(
         earlier = " (--overwrite replaces the earlier dataset there)" if dataset else ""
         raise OutputExists(f"{out} is not empty; pass --overwrite to replace it{earlier}")
     return True
+
+
+def _refuse_write_protected(out: Path) -> None:
+    """An `out` that is, or holds, a folder whose mode allows no writing (`chmod -R a-w`: a
+    user's protection) is refused before any work, even for root, who may write anyway:
+    the swap renamed it aside, put the new output in place, then failed to delete it (exit
+    1 after the replacement, and the hidden folder stuck every later command)."""
+    import stat
+
+    if not out.is_dir():
+        return
+    for folder, _, _ in os.walk(out):
+        if not os.lstat(folder).st_mode & stat.S_IWUSR:
+            raise InputError(
+                f"--out {out}: {'it' if Path(folder) == out else folder} is write-protected "
+                f"(mode {stat.filemode(os.lstat(folder).st_mode)}), so it is not replaced: "
+                "make it writable (chmod -R u+w) or name another --out"
+            )
 
 
 @contextlib.contextmanager

@@ -1,0 +1,149 @@
+"""Paths as users have them, from a review of symlinks, odd names, overlaps and permissions
+(no case deleted through a link; these did other harm):
+
+- `--overwrite` onto a write-protected output (`chmod -R a-w`) replaced it anyway, then
+  failed deleting the old copy (exit 1), and the hidden old copy stuck every later command;
+  an empty write-protected folder was replaced without a word;
+- a run copied with `cp -al` (or `cp -rs`) and resumed appended its lines to the original
+  run's `metrics.jsonl`, through the link;
+- a `.stpdist.lock` that is a link: its target was overwritten with the lock's content;
+- a dangling link as `trainer.output_dir`: `FileExistsError` after the data was made;
+- a checkpoint folder that is a link stayed as `.trash-…` after retention;
+- `~` in a path setting made a folder named `~`; a validation split that is the training
+  split trained and validated on the same data without a word."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_cli
+
+from stpdist.config import load_config
+
+DEBUG = str(ROOT / "configs" / "debug.yaml")
+
+
+def _error_line(proc) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def _protect(folder: Path, protect: bool = True) -> None:
+    for path in [folder, *folder.rglob("*")]:
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        path.chmod(mode & ~0o222 if protect else mode | 0o200)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A debug run (1 epoch), its folder as the cwd's runs/debug."""
+    root = tmp_path_factory.mktemp("paths")
+    run_cli("train", DEBUG, "trainer.max_epochs=1", "logging.num_samples=0", cwd=root, check=True)
+    return root
+
+
+def test_overwrite_onto_a_write_protected_output_is_refused_before_any_work(trained, tmp_path):
+    np.save(tmp_path / "latest.npy", np.zeros((4, 1, 32, 32), np.float32))
+    model = str(trained / "runs" / "debug")
+    args = ("forecast", model, "latest.npy", "--samples", "0")
+    run_cli(*args, "--out", "f", cwd=tmp_path, check=True)
+    (tmp_path / "empty").mkdir()
+    before = sorted(p.name for p in (tmp_path / "f").iterdir())
+    _protect(tmp_path / "f")
+    _protect(tmp_path / "empty")
+    try:
+        line = _error_line(run_cli(*args, "--out", "f", "--overwrite", cwd=tmp_path))
+        assert line == (
+            "stpdist: error: --out f: it is write-protected (mode dr-xr-xr-x), so it is not "
+            "replaced: make it writable (chmod -R u+w) or name another --out"
+        )
+        line = _error_line(run_cli(*args, "--out", "empty", cwd=tmp_path))
+        assert "--out empty: it is write-protected (mode dr-xr-xr-x)" in line
+        assert sorted(p.name for p in (tmp_path / "f").iterdir()) == before
+        assert not stat.S_IMODE((tmp_path / "f").stat().st_mode) & 0o222  # still protected
+        assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    finally:
+        _protect(tmp_path / "f", False)
+        _protect(tmp_path / "empty", False)
+
+
+def test_a_resumed_copy_of_a_run_made_with_hard_links_leaves_the_original_alone(trained, tmp_path):
+    original = tmp_path / "runs" / "debug"
+    shutil.copytree(trained / "runs" / "debug", original)
+    shutil.copytree(original, tmp_path / "runs" / "copy", copy_function=os.link)  # cp -al
+    assert (tmp_path / "runs" / "copy" / "metrics.jsonl").stat().st_nlink == 2
+    before = (original / "metrics.jsonl").read_bytes()
+    run_cli(
+        "train", DEBUG, "trainer.max_epochs=2", "trainer.output_dir=runs/copy",
+        "logging.num_samples=0", "--resume", "auto", cwd=tmp_path, check=True,
+    )  # fmt: skip
+    assert (original / "metrics.jsonl").read_bytes() == before
+    copied = (tmp_path / "runs" / "copy" / "metrics.jsonl").read_bytes()
+    assert copied.startswith(before) and len(copied) > len(before)
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_kept(tmp_path):
+    victim = tmp_path / "precious.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "runs" / "L").mkdir(parents=True)
+    (tmp_path / "runs" / "L" / ".stpdist.lock").symlink_to(victim)
+    proc = run_cli("train", DEBUG, "trainer.output_dir=runs/L", cwd=tmp_path)
+    assert _error_line(proc) == (
+        "stpdist: error: runs/L/.stpdist.lock is a symbolic link; a run's lock file is a "
+        "file of the run folder's own, written on each start (the link's target would be "
+        "overwritten): remove the link"
+    )
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_dangling_link_as_output_dir_trains_into_its_target(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "dang").symlink_to(tmp_path / "elsewhere" / "deep")
+    run_cli(
+        "train", DEBUG, "trainer.max_epochs=1", "trainer.output_dir=runs/dang",
+        "logging.num_samples=0", cwd=tmp_path, check=True,
+    )  # fmt: skip
+    assert (tmp_path / "runs" / "dang").is_symlink()
+    assert any((tmp_path / "elsewhere" / "deep" / "checkpoints").glob("step-*"))
+
+
+def test_retention_removes_a_linked_checkpoint_as_a_link(trained, tmp_path):
+    """The archive the link points to stays whole; no `.trash-…` is left."""
+    shutil.copytree(trained / "runs" / "debug", tmp_path / "runs" / "debug")
+    checkpoints = tmp_path / "runs" / "debug" / "checkpoints"
+    (step,) = checkpoints.glob("step-*")
+    archive = tmp_path / "archive" / step.name
+    shutil.move(step, archive)
+    step.symlink_to(archive)
+    run_cli(
+        "train", DEBUG, "trainer.max_epochs=3", "trainer.checkpoint.keep_last=1",
+        "trainer.checkpoint.keep_best=0", "logging.num_samples=0", "--resume", "auto",
+        cwd=tmp_path, check=True,
+    )  # fmt: skip
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000024"]
+    assert (archive / "model.safetensors").is_file()
+
+
+def test_a_home_folder_in_a_path_setting_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = load_config(
+        DEBUG,
+        ["trainer.output_dir=~/runs/x", "data.root=~/data/d", "data.synthesize.root=~/data/d"],
+    )
+    assert cfg.trainer.output_dir == str(tmp_path / "home" / "runs" / "x")
+    assert cfg.data.root == cfg.data.synthesize.root == str(tmp_path / "home" / "data" / "d")
+
+
+def test_validating_on_the_training_split_is_warned_of(tmp_path):
+    proc = run_cli(
+        "train", DEBUG, "trainer.max_epochs=1", "data.val_split=train", "logging.num_samples=0",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "the validation split train is the training split train" in proc.stderr
