@@ -78,11 +78,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import CheckpointConfig
+from .data.format import MODEL_FILE
 from .data.staging import make_durable, sync_folder
 from .errors import InputError, MissingInput, peer_lost
 
 STATE_FILE = "trainer_state.json"
-MODEL_FILE = "model.safetensors"
 SHARDED_DIR = "sharded"
 """A sharded checkpoint's DCP folder (`.metadata`, `__<rank>_0.distcp`)."""
 VALIDATION_FILE = "validation.json"

@@ -740,7 +740,6 @@ def cmd_shard(args: argparse.Namespace) -> None:
 def cmd_inspect(args: argparse.Namespace) -> None:
     from .data.format import INDEX_FILE, read_index, require_file, variable_names
     from .data.staging import recover
-    from .data.stream import LoaderContext, ShardEvalStream
 
     root = Path(args.dir)
     # a crash while the dataset (`root`, or the one `root` is a split of) was being replaced
@@ -749,7 +748,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     recover(root)
     if root.exists():
         require_file(root, folder_too=True)  # a FIFO: refused, never opened
-    from .checkpoint import MODEL_FILE
+    from .data.format import MODEL_FILE  # checkpoint's, without its import of torch
 
     def is_split(folder: Path) -> bool:  # a model folder keeps its data's index.json too
         return (folder / INDEX_FILE).exists() and not (folder / MODEL_FILE).exists()
@@ -805,6 +804,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             print(f"  verified: {verify_split(folder)}")
         if args.samples <= 0:
             continue
+        from .data.stream import LoaderContext, ShardEvalStream  # torch: pictures only
+
         stream = ShardEvalStream(
             folder,
             batch_size=args.samples,

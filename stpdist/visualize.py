@@ -903,7 +903,9 @@ def lead_time_figure(results: dict[str, float], *, title: str | None = None) -> 
     import matplotlib.ticker
     from matplotlib.figure import Figure
 
-    names = sorted(per_lead)
+    # a per-frame sum (`mse_frame`, OpenSTL's) is the per-pixel mean × H·W: the same curve,
+    # a panel that cost a tenth of the drawing time; the lead-time table keeps its values
+    names = sorted(n for n in per_lead if _per_pixel_twin(n) not in per_lead)
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
     width, height = round(3.6 * cols * DPI) / DPI, round((2.9 * rows + 0.6) * DPI) / DPI
@@ -942,6 +944,13 @@ def lead_time_figure(results: dict[str, float], *, title: str | None = None) -> 
     prefix = names[0].split("/")[0]
     fig.suptitle(title or f"{prefix} metrics by lead time (dashed: persistence)", fontsize=13)
     return fig
+
+
+def _per_pixel_twin(name: str) -> str | None:
+    """`val/mse` for `val/mse_frame`, `val/mse_raw` for `val/mse_frame_raw`; else None."""
+    if "_frame" not in name.rsplit("/", 1)[-1]:
+        return None
+    return name.replace("_frame", "", 1) if name.count("_frame") == 1 else None
 
 
 def plot_lead_times(

@@ -223,7 +223,6 @@ def test_inputs_out_of_a_channels_own_range_are_named_by_channel(caplog):
     """Two variables swapped keep the overall range: the warning compared overall min and
     max only ('258.9…5.729e+04 outside 259.1…5.742e+04') and named no channel."""
     import logging
-
     from types import SimpleNamespace
 
     from stpdist.inference import ValueSurvey

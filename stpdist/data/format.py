@@ -46,6 +46,9 @@ from ..errors import InputError, MissingInput
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
+MODEL_FILE = "model.safetensors"
+"""A model folder's (and checkpoint's) weights: here, where commands that must not import
+torch (`inspect` telling a model folder from a dataset) find it; `checkpoint` re-exports it."""
 FRAMES_EXT = "frames.npy"
 META_EXT = "json"
 SHARD_PATTERN = "{split}-%06d.tar"
