@@ -208,7 +208,9 @@ class TrainerConfig:
     max_epochs: Optional[int] = checked(1, _positive)
     """Stop after this many epochs (None: only `max_steps` limits)."""
     max_steps: Optional[int] = checked(None, _positive)
-    """Stop after this many optimizer steps (None: only `max_epochs` limits)."""
+    """Stop after this many optimizer steps (None: only `max_epochs` limits). With both
+    set, the limit met first ends the run (said at start when that is `max_epochs`): set
+    `max_epochs` to null to train by steps alone."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """`no`, `bf16` (CPU autocast or CUDA) or `fp16` (CUDA only, with a grad scaler)."""
     gradient_accumulation_steps: int = checked(1, _between(1, MOST_ITEMS))

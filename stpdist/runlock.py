@@ -40,14 +40,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
-
 LOCK_FILE = ".stpdist.lock"
 log = logging.getLogger("stpdist")
 
 
 class RunLockedError(RuntimeError):
-    """Another run holds the output folder's lock."""
+    """Another run holds the output folder's lock (or its lock file is a link, which no
+    run may write through)."""
 
 
 def _boot_id() -> str | None:
@@ -172,7 +171,7 @@ class RunLock:
             except OSError as exc:
                 if exc.errno != errno.ELOOP:
                     raise
-                raise InputError(
+                raise RunLockedError(  # a module of its own: no stpdist import here
                     f"{self.path} is a symbolic link; a run's lock file is a file of the run "
                     "folder's own, written on each start (the link's target would be "
                     "overwritten): remove the link"

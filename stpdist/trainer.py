@@ -1554,6 +1554,13 @@ class Trainer:
             f"{batches_per_epoch} micro-batches per rank per epoch, accumulation {accum}: "
             f"{batches_per_epoch // accum} optimizer steps per epoch, {total_steps} in all"
         )
+        max_steps = self.config.max_steps
+        if max_steps is not None and total_steps < max_steps:  # a Lightning user's surprise
+            say(
+                f"trainer.max_steps {max_steps} is not reached: trainer.max_epochs "
+                f"{self.config.max_epochs} ends the run at step {total_steps} (the limit met "
+                "first); set trainer.max_epochs to null (None) to train by steps alone"
+            )
         self._nothing_left = saved is not None and total_steps <= saved.global_step
         if self._nothing_left:
             limits = [f"max_epochs {self.config.max_epochs}"] if self.config.max_epochs else []
@@ -1583,7 +1590,7 @@ class Trainer:
             f"whole optimizer step on every rank: {acc.num_processes} rank(s) × batch {batch} "
             f"× accumulation {acc.gradient_accumulation_steps}); "
             + ("the same ones every epoch: the DataLoader does not shuffle"
-               if same else "a different set each epoch")
+               if same else "drawn anew each epoch")
         )  # fmt: skip
 
     @property
@@ -1740,6 +1747,8 @@ class Trainer:
                 self.lockstep.average_grads_by_hand(module)
             if acc.sync_gradients and self._contributed:
                 self._note_grad_norm(module, step)  # (and clips, with grad_clip_norm)
+            elif acc.sync_gradients:  # a step with no gradient: no norm (not an earlier one's)
+                self._grad_norm = None
             # On micro-batches before the window's last, accelerate makes step() and
             # zero_grad() no-ops (gradients keep accumulating); on the last they act.
             self._optimizer_step(optimizer)
@@ -2197,6 +2206,11 @@ class Trainer:
         self._contributed, self._grad_norm = False, None
         self._parameters_checked = False  # see _check_every_parameter_trained
         self.lockstep.reset()
+        # what an earlier fit of this Trainer that failed inside an accumulation window left:
+        # accelerate's micro-batch count (its next step synced after fewer micro-batches)
+        # and the window's gradients (added into this fit's first step)
+        acc.step = 0
+        module.zero_grad(set_to_none=True)
         if resume is None and self.checkpoints.latest() is not None:
             raise alike(OutputExists(
                 f"{self.checkpoints.root} holds checkpoints of an earlier run; resume it "
@@ -2368,11 +2382,9 @@ class Trainer:
         (keys `<prefix>/<name>`); `keeper` collects the first samples for pictures. When
         `stop` is requested on any rank, all leave the pass (`ValidationAbandoned`)."""
         check_hook_signature(module, "validation_step")
-        was_training = module.training
-        module.eval()
-        self._buffers_of_rank_0(module)
         sums = EvalSums()
-        with self.accelerator.autocast(), self._whole(module):
+        with _evaluating(module), self.accelerator.autocast(), self._whole(module):
+            self._buffers_of_rank_0(module)
             for batch in source.iterate(self._ctx()):
                 if stop is not None and stop.requested:
                     sums.abandoned = True
@@ -2384,7 +2396,6 @@ class Trainer:
                 sums.add(output, inputs.shape[0])
                 if keeper is not None:
                     keeper.offer(keys, inputs, targets, output)
-        module.train(was_training)
         return sums.reduce(self.accelerator, module, prefix)
 
     def _buffers_of_rank_0(self, module: nn.Module) -> None:
@@ -2433,6 +2444,8 @@ class Trainer:
                 # the checkpoint's step; a weights file knows none: not logged as step 0
                 trained = read_state(Path(ckpt)) if state.is_file() else None
             step, epoch = (trained.global_step, trained.step_epoch) if trained else (None, None)
+            if trained:  # the hooks see the checkpoint's step, as in fit's validation
+                module.global_step, module.current_epoch = step, epoch
         self._place(module)
         with self._average_of(module, ckpt, raw_weights):
             results = self.evaluate(module, as_eval_source(data), split)
@@ -2591,11 +2604,28 @@ class Trainer:
     ) -> tuple[torch.Tensor, EvalSums]:
         """`predict`'s pass, its files written into `out`: (the numbers of predictions and
         of scored samples, summed over the ranks; this rank's metric sums)."""
+        self._place(module)
+        with _evaluating(module):
+            return self._predict_pass(
+                module, data, ckpt, out, split, keeper, metrics, postprocess, raw_weights, units
+            )
+
+    def _predict_pass(
+        self,
+        module: EnhancedModule,
+        data: Any,
+        ckpt: str | Path | None,
+        out: Path,
+        split: str,
+        keeper: SampleKeeper | None,
+        metrics: bool,
+        postprocess: Any,
+        raw_weights: bool,
+        units: str | None,
+    ) -> tuple[torch.Tensor, EvalSums]:
         from .inference import refuse_keys_on_several_ranks
 
         acc = self.accelerator
-        self._place(module)
-        module.eval()
         self._buffers_of_rank_0(module)
         if postprocess is None and getattr(module, "writes_physical_units", False):
             postprocess, units = module.to_physical, "physical"  # normalised per variable
@@ -2863,6 +2893,20 @@ def _fast_bf16_cpu() -> bool:
     """Whether this CPU has AMX tiles (bf16 matrix units), where bf16 autocast can pay."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe and probe())
+
+
+@contextlib.contextmanager
+def _evaluating(module: nn.Module) -> Iterator[None]:
+    """`module` in eval mode for the body, then each submodule back in the mode it had: a
+    part the user keeps in eval mode (a frozen backbone's batch norm) stays so, where
+    `module.train(True)` set every part training; `predict` left the module in eval mode."""
+    modes = [(part, part.training) for part in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for part, mode in modes:
+            part.training = mode
 
 
 def load_predictions(folder: str | Path) -> dict[str, np.ndarray]:

@@ -159,3 +159,30 @@ def model_file_at(commit: str, name: str) -> types.ModuleType:
     sys.modules[module.__name__] = module  # dataclasses look their module up
     exec(compile(source, f"{commit}:{name}.py", "exec"), module.__dict__)
     return module
+
+
+def debug_model_folder(root: Path) -> Path:
+    """A model folder of configs/debug.yaml (4 → 4 frames of 1×32×32, values 0–255) with
+    its initial weights (seed 0), under `root`: `model/` and the `data/train` split whose
+    index.json it keeps. No training: what forecast and export checks need is the model."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from stpdist.build import build_module
+    from stpdist.config import load_config, to_yaml
+    from stpdist.data.format import SplitWriter, read_index
+
+    rng = np.random.default_rng(0)
+    with SplitWriter(root / "data" / "train", "train", value_scale=255.0) as writer:
+        for i in range(2):
+            writer.write(f"s{i}", rng.integers(0, 256, (8, 1, 32, 32), dtype=np.uint8))
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "debug.yaml")
+    torch.manual_seed(0)
+    module = build_module(cfg, index=read_index(root / "data" / "train"))
+    folder = root / "model"
+    folder.mkdir()
+    state = {k: v.contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "config.yaml").write_text(to_yaml(cfg))
+    (folder / "index.json").write_text((root / "data" / "train" / "index.json").read_text())
+    return folder

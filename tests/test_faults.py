@@ -373,7 +373,7 @@ BAD_STATES = {
         "batch": 0,
         "global_step": 20,
         "world_size": 1,
-        "data_layout": 3,
+        "data_layout": 4,
     },  # fmt: skip
     "origin layout": {
         "epoch": 0,

@@ -15,15 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import run_cli
-from safetensors.torch import save_file
+from helpers import debug_model_folder
 
 import stpdist
 from stpdist import inference
-from stpdist.build import build_module
-from stpdist.config import load_config, to_yaml
-from stpdist.data.format import SplitWriter, read_index
 from stpdist.errors import InputError
 from stpdist.inference import InputFrames
 from stpdist.trainer import load_predictions
@@ -33,21 +29,7 @@ DEBUG = Path(__file__).parent.parent / "configs" / "debug.yaml"
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("large-inputs")
-    rng = np.random.default_rng(0)
-    with SplitWriter(root / "data" / "train", "train", value_scale=255.0) as writer:
-        for i in range(2):
-            writer.write(f"s{i}", rng.integers(0, 256, (8, 1, 32, 32), dtype=np.uint8))
-    cfg = load_config(DEBUG)
-    torch.manual_seed(0)
-    module = build_module(cfg, index=read_index(root / "data" / "train"))
-    folder = root / "model"
-    folder.mkdir()
-    state = {k: v.contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
-    (folder / "config.yaml").write_text(to_yaml(cfg))
-    (folder / "index.json").write_text((root / "data" / "train" / "index.json").read_text())
-    return folder
+    return debug_model_folder(tmp_path_factory.mktemp("large-inputs"))
 
 
 def _sequences(n: int, t: int = 6, seed: int = 0) -> np.ndarray:

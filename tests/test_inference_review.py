@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_cli
+from helpers import debug_model_folder
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -32,24 +33,7 @@ DEBUG = Path(__file__).parent.parent / "configs" / "debug.yaml"
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    """A model folder of the debug config (initial weights, seeded) and its index."""
-    root = tmp_path_factory.mktemp("inference-review")
-    rng = np.random.default_rng(0)
-    with SplitWriter(root / "data" / "train", "train", value_scale=255.0) as writer:
-        for i in range(2):
-            writer.write(f"s{i}", rng.integers(0, 256, (8, 1, 32, 32), dtype=np.uint8))
-    cfg = load_config(DEBUG)
-    torch.manual_seed(0)
-    module = build_module(cfg, index=read_index(root / "data" / "train"))
-    folder = root / "model"
-    folder.mkdir()
-    save_file(
-        {k: v.contiguous() for k, v in module.state_dict().items()},
-        str(folder / "model.safetensors"),
-    )
-    (folder / "config.yaml").write_text(to_yaml(cfg))
-    (folder / "index.json").write_text((root / "data" / "train" / "index.json").read_text())
-    return folder
+    return debug_model_folder(tmp_path_factory.mktemp("inference-review"))
 
 
 def _frames(seed: int, *shape: int) -> np.ndarray:

@@ -115,9 +115,11 @@ class LoaderContext:
     on the device. Off for everyone else, who gets float batches."""
     pin_memory: bool = False
     """Loaders pin their batches (page-locked memory: asynchronous copies to a GPU)."""
-    layout: int = 2
-    """The shard stream's epoch layout (`ShardTrainStream._layout`): 2 since 2026-12-06;
-    1 (before) is kept for the runs begun then, which keep it when resumed."""
+    layout: int = 3
+    """The shard stream's epoch layout (`ShardTrainStream._layout`): 3 since 2026-12-06,
+    night (layout 2 with the epoch's sample sequence rotated: the samples an epoch leaves
+    out differ every epoch, even in a split of one shard); 2 and 1 (before) are kept for
+    the runs begun then, which keep theirs when resumed."""
 
 
 LAYOUT = LoaderContext.layout

@@ -8,6 +8,7 @@ index is never trusted to plan steps.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shlex
@@ -158,9 +159,12 @@ class _ShardSource:
                         )
                     if start <= position < stop:
                         where = f"{url}: member {key}.{FRAMES_EXT}"
-                        if FRAMES_EXT not in sample:
+                        if FRAMES_EXT in sample:
+                            yield key, sample[FRAMES_EXT], where
+                        elif self.skip_bad:  # this sample alone: the shard reads on
+                            self._skip(1, f"{url}: sample '{key}' has no {FRAMES_EXT}")
+                        else:
                             raise ShardFormatError(f"{url}: sample '{key}' has no {FRAMES_EXT}")
-                        yield key, sample[FRAMES_EXT], where
                     position += 1
                     seen += 1
                     if position >= stop:
@@ -175,6 +179,25 @@ class _ShardSource:
                 self._skip(max(lost, 0), str(exc))
                 position = first + count
 
+    def _read_rotated(
+        self, order: Sequence[int], start: int, stop: int, ctx: LoaderContext, epoch: int
+    ) -> Iterator[_Raw]:
+        """`_read_span` of positions [start, stop) of the epoch's sample sequence, which
+        layout 3 rotates by an offset of (seed, epoch): the samples an epoch leaves out
+        (each rank's span's tail, the split's) are others every epoch; in shard order alone
+        they were the same samples every epoch in a split of one shard."""
+        total = self.num_samples
+        if ctx.layout < 3 or not total:
+            yield from self._read_span(order, start, stop)
+            return
+        offset = int(np.random.default_rng([ctx.seed, epoch, 3]).integers(total))
+        start, stop = start + offset, stop + offset  # stop - start <= total
+        if start >= total:
+            start, stop = start - total, stop - total
+        yield from self._read_span(order, start, min(stop, total))
+        if stop > total:  # wraps around to the sequence's beginning
+            yield from self._read_span(order, 0, stop - total)
+
     def _skip(self, count: int, why: str) -> None:
         self.bad_samples += count
         log.warning("skipping %d sample(s): %s", count, why)
@@ -184,14 +207,7 @@ class _ShardSource:
         good = []
         for key, raw, where in items:
             try:
-                frames = decode_frames(raw, where)
-                if list(frames.shape) != self.index.shape or str(frames.dtype) != self.index.dtype:
-                    raise ShardFormatError(
-                        f"{where}: {frames.dtype} {list(frames.shape)} differs from the index's "
-                        f"{self.index.dtype} {self.index.shape}"
-                    )
-                if frames.dtype.kind == "f" and not np.isfinite(frames).all():
-                    raise ShardFormatError(f"{where}: the frames hold NaN or Inf")
+                frames = self._frames(raw, where)
             except ShardFormatError as exc:
                 if not self.skip_bad:
                     raise
@@ -199,6 +215,36 @@ class _ShardSource:
                 continue
             good.append((key, frames))
         return good
+
+    def _frames(self, raw: bytes, where: str) -> np.ndarray:
+        """A sample's frames, decoded and checked against the index (ShardFormatError)."""
+        frames = decode_frames(raw, where)
+        if list(frames.shape) != self.index.shape or str(frames.dtype) != self.index.dtype:
+            raise ShardFormatError(
+                f"{where}: {frames.dtype} {list(frames.shape)} differs from the index's "
+                f"{self.index.dtype} {self.index.shape}"
+            )
+        if frames.dtype.kind == "f" and not np.isfinite(frames).all():
+            raise ShardFormatError(f"{where}: the frames hold NaN or Inf")
+        return frames
+
+    def _first_readable(self, count: int) -> list[tuple[str, np.ndarray]]:
+        """Up to `count` good samples of the split, the first in its shards' order (a
+        damaged shard passed over without a word: the reader of its span says it)."""
+        found: list[tuple[str, np.ndarray]] = []
+        for shard in range(len(self.index.shards)):
+            url = self._url(shard)
+            try:
+                for key, sample in iter_shard(url):
+                    with contextlib.suppress(ShardFormatError):
+                        if FRAMES_EXT in sample:
+                            where = f"{url}: member {key}.{FRAMES_EXT}"
+                            found.append((key, self._frames(sample[FRAMES_EXT], where)))
+                    if len(found) == count:
+                        return found
+            except ShardFormatError:
+                continue
+        return found
 
     def _batch(
         self, decoded: list[tuple[str, np.ndarray]], ctx: LoaderContext
@@ -248,7 +294,8 @@ class ShardTrainStream(_ShardSource):
     batches (whole optimizer steps of them), dealt to the workers in turn; each worker
     reads its batches' samples as one contiguous run. So every rank yields the same, known
     number of batches; no sample comes twice; fewer than ranks × batch × accumulation
-    samples are dropped, a different set each epoch, whatever the number of workers.
+    samples are dropped, drawn anew each epoch (layout 3: the epoch's sample sequence
+    starts at an offset of (seed, epoch)), whatever the number of workers.
     Within a worker's run, samples pass a seeded shuffle buffer (raw bytes; only emitted
     batches are decoded). Batch j of a rank comes from worker j mod K (DataLoader's round
     robin), so resuming at batch b rotates the workers and each skips the batches it had
@@ -334,7 +381,7 @@ def _raw_batches(
     emit = len(range(logical, total, workers))
     order = epoch_permutation(len(stream.index.shards), ctx.seed, epoch)
     first = ctx.rank * span + starts[logical]
-    raw = stream._read_span(order, first, first + emit * stream.batch_size)
+    raw = stream._read_rotated(order, first, first + emit * stream.batch_size, ctx, epoch)
     rng = np.random.default_rng([ctx.seed, epoch, ctx.world_size, ctx.rank, logical])
     batch: list[_Raw] = []
     produced = 0
@@ -364,7 +411,16 @@ class _Filler:
         stream = self.stream
         decoded = stream._decode(raw)
         if len(decoded) < stream.batch_size and not (decoded or self.spares):
-            raise ShardFormatError(f"{stream.folder}: no readable sample to fill a batch")
+            # this worker's whole share so far was lost (a rank's or worker's run inside a
+            # damaged shard): filled from the split's first readable samples instead
+            self.spares = stream._first_readable(stream.batch_size)
+            if not self.spares:
+                raise ShardFormatError(f"{stream.folder}: no readable sample to fill a batch")
+            log.warning(
+                "%s: a batch with no readable sample of its own, filled with the split's "
+                "first readable samples",
+                stream.folder,
+            )
         pool = decoded + self.spares
         while len(decoded) < stream.batch_size:
             decoded.append(pool[len(decoded) % len(pool)])

@@ -181,18 +181,25 @@ def array_header(
                 [n[:-4] for n in archive.namelist() if n.endswith(".npy")], key, key_option
             )
             with archive.open(key + ".npy") as member:
-                version = np.lib.format.read_magic(member)
-                header = (
-                    np.lib.format.read_array_header_1_0
-                    if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0
-                )
-                shape, _, dtype = header(member)
-                return tuple(shape), np.dtype(dtype).newbyteorder("=")
+                shape, _, dtype = member_header(member)
+                return shape, dtype.newbyteorder("=")
     except ValueError as exc:
         raise InputError(f"{path}: {_said(exc)}") from exc
     except Exception as exc:
         raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
+
+
+def member_header(member: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, Fortran order, dtype as stored) from an .npy stream's header, the stream
+    left at the array's first byte (format versions 1 and 2)."""
+    version = np.lib.format.read_magic(member)
+    read = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    shape, fortran, dtype = read(member)
+    return tuple(shape), bool(fortran), np.dtype(dtype)
 
 
 def load_array(path: Path, key: str | None = None, key_option: str | None = None) -> np.ndarray:
@@ -336,6 +343,7 @@ class ArrayRows:
         self.path = path
         self._array: np.ndarray | None = None
         self._name, self._start, self._stream = "", 0, None
+        stored: np.dtype | None = None
         if path.suffix.lower() == ".npy":
             self._array = np.load(path, mmap_mode="r", allow_pickle=False)
         else:
@@ -343,18 +351,12 @@ class ArrayRows:
                 names = [n for n in archive.namelist() if n.endswith(".npy")]
                 self._name = f"{key}.npy" if key else names[0]  # array_header checked it
                 with archive.open(self._name) as member:
-                    version = np.lib.format.read_magic(member)
-                    read_header = (
-                        np.lib.format.read_array_header_1_0
-                        if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0
-                    )
-                    _, fortran, stored = read_header(member)
+                    _, fortran, stored = member_header(member)
                     self._start = member.tell()
-            if fortran or np.dtype(stored).hasobject:  # not rows one after another: whole
+            if fortran or stored.hasobject:  # not rows one after another: read whole
                 self._array = load_array(path, key)
         self.dtype = dtype  # this machine's byte order, as every read returns
-        self._stored = np.dtype(stored) if self._array is None else None
+        self._stored = stored if self._array is None else None
 
     def __len__(self) -> int:
         return self.shape[0]

@@ -1,0 +1,111 @@
+"""Shard streams, from a code-reading review of stream.py (each case reproduced first):
+
+- the samples an epoch leaves out were the same every epoch in a split of one shard
+  (what `synth` and `shard` write for fewer than 1000 samples), though the docs and the
+  run's banner said "a different set each epoch": layout 3 rotates the epoch's sample
+  sequence by an offset of (seed, epoch); runs begun with layout 2 keep it;
+- skip mode (`data.skip_bad_samples`): a worker or rank whose whole share lay inside a
+  damaged shard failed the run ("no readable sample to fill a batch"), the very case the
+  mode is for; it fills from the split's first readable samples;
+- skip mode: one sample without `frames.npy` threw away the rest of its shard.
+
+Shards are real tars written by `SplitWriter`, read by the real streams (no DataLoader
+workers: the layout with workers is the same one, tests/test_stream.py)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stpdist.data.format import SplitWriter
+from stpdist.data.loading import LoaderContext
+from stpdist.data.stream import ShardEvalStream, ShardTrainStream
+
+
+def _split(folder: Path, sizes: list[int]) -> list[str]:
+    """A split of shards of `sizes` samples (sample n: frames of value n % 256)."""
+    keys = []
+    with SplitWriter(folder, "train", value_scale=255, samples_per_shard=10**6) as writer:
+        for size in sizes:
+            writer.new_shard()
+            for _ in range(size):
+                key = f"s{len(keys):05d}"
+                writer.write(key, np.full((2, 1, 2, 2), len(keys) % 256, np.uint8))
+                keys.append(key)
+    return keys
+
+
+def _epoch_keys(stream: ShardTrainStream, ctx: LoaderContext, epoch: int) -> list[str]:
+    return [key for _, _, batch_keys in stream.iterate(ctx, epoch) for key in batch_keys]
+
+
+def _stream(folder: Path, **kwargs) -> ShardTrainStream:
+    return ShardTrainStream(
+        folder, batch_size=4, num_input_frames=1, num_output_frames=1, shuffle_buffer=8, **kwargs
+    )
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_an_epoch_leaves_out_other_samples_every_epoch_in_a_one_shard_split(tmp_path, world):
+    keys = _split(tmp_path / "train", [30])
+    stream = _stream(tmp_path / "train")
+    left_out = []
+    for epoch in range(6):
+        seen = []
+        for rank in range(world):
+            seen += _epoch_keys(stream, LoaderContext(rank, world, seed=0), epoch)
+        assert len(seen) == len(set(seen)) == (28 if world == 1 else 24)  # none twice
+        left_out.append(frozenset(keys) - set(seen))
+    # drawn anew each epoch (an offset of (seed, epoch): two epochs may draw alike)
+    assert len(set(left_out)) >= 4, left_out
+    assert len(frozenset().union(*left_out)) >= 3 * len(left_out[0])
+
+
+def test_a_run_begun_with_layout_2_keeps_its_epochs(tmp_path):
+    """Layout 2's epochs are what they were: a resumed run's rest of an epoch stays the
+    samples it had left."""
+    _split(tmp_path / "train", [30])
+    stream = _stream(tmp_path / "train")
+    old = [_epoch_keys(stream, LoaderContext(layout=2), epoch) for epoch in range(3)]
+    assert all(sorted(keys) == sorted(old[0]) for keys in old)  # always the same 28
+    assert _epoch_keys(stream, LoaderContext(layout=2), 1) == old[1]
+
+
+def test_skip_mode_fills_a_share_that_lies_wholly_in_a_damaged_shard(tmp_path, caplog):
+    _split(tmp_path / "train", [8, 8, 8, 8])
+    shard = tmp_path / "train" / "train-000002.tar"
+    shard.write_bytes(shard.read_bytes()[:1024])  # cut short: its samples are lost
+    stream = ShardTrainStream(
+        tmp_path / "train", batch_size=2, num_input_frames=1, num_output_frames=1,
+        shuffle_buffer=4, skip_bad=True,
+    )  # fmt: skip
+    for layout in (2, 3):  # layout 2 on 4 ranks: one rank's share is the damaged shard
+        for world in (1, 2, 4):
+            for rank in range(world):
+                ctx = LoaderContext(rank, world, seed=0, layout=layout)
+                batches = list(stream.iterate(ctx, 0))
+                assert len(batches) == stream.batches_per_epoch(ctx)
+                assert all(len(keys) == 2 for _, _, keys in batches)
+    assert "filled with the split's first readable samples" in caplog.text
+
+
+def test_skip_mode_loses_only_the_sample_without_frames(tmp_path):
+    _split(tmp_path / "train", [10, 10])
+    path = tmp_path / "train" / "train-000000.tar"
+    with tarfile.open(path) as source:
+        members = [(m, source.extractfile(m).read()) for m in source.getmembers()]
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as out:
+        for member, data in members:
+            if member.name == "s00003.frames.npy":
+                member.name = "s00003.framez.npy"  # its frames member misnamed
+            out.addfile(member, io.BytesIO(data))
+    stream = ShardEvalStream(
+        tmp_path / "train", batch_size=4, num_input_frames=1, num_output_frames=1, skip_bad=True
+    )
+    seen = sorted(key for _, _, keys in stream.iterate(LoaderContext()) for key in keys)
+    assert seen == [f"s{i:05d}" for i in range(20) if i != 3]
+    assert stream.bad_samples == 1
