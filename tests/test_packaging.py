@@ -143,3 +143,21 @@ def test_the_sdist_holds_the_repository(tree, tmp_path):
     assert tracked <= names, sorted(tracked - names)[:10]
     extra = {n for n in names - tracked if not n.startswith("stpdist.egg-info/")}
     assert extra == {"PKG-INFO", "setup.cfg"}, sorted(extra)
+
+
+def test_fsdp_on_a_torch_without_fully_shard_is_a_config_error(monkeypatch):
+    """pyproject allows torch 2.4; FSDP2's `fully_shard` is public from 2.6: the import
+    error there named no setting."""
+    import torch
+    import torch.distributed.fsdp as fsdp_api
+
+    from stpdist.config import ConfigError
+    from stpdist.fsdp import shard
+
+    monkeypatch.delattr(fsdp_api, "fully_shard")
+    with pytest.raises(ConfigError) as caught:
+        shard(torch.nn.Linear(2, 2), [])
+    assert str(caught.value) == (
+        "trainer.strategy: fsdp needs torch 2.6 or later (FSDP2's fully_shard); this is "
+        f"torch {torch.__version__}: upgrade torch, or train with trainer.strategy: ddp"
+    )
