@@ -140,9 +140,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     except KeyboardInterrupt as exc:  # a second Ctrl-C, or SIGTERM before fit took it
         if trainer.is_main:
             latest = trainer.checkpoints.latest()
-            why = (
-                "stopped (SIGTERM)" if isinstance(exc, Terminated) else "aborted on a second Ctrl-C"
-            )
+            why = _abort_reason(exc)
             print(
                 f"stpdist: {why}; "
                 + (
@@ -1183,13 +1181,18 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         )
     except STOPS as stop:  # the seed's stop line, with the command that continues all
         raise stopped(stop.step, stop.checkpoint, stop.signum, _resume_command(args)) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # a second Ctrl-C, or SIGTERM outside a seed's fit
         if launched_as_main():
             print(
-                f"stpdist: aborted on a second Ctrl-C; resume with {_resume_command(args)}",
+                f"stpdist: {_abort_reason(exc)}; resume with {_resume_command(args)}",
                 file=sys.stderr,
             )
         raise
+
+
+def _abort_reason(exc: KeyboardInterrupt) -> str:
+    """What ended a command at once: SIGTERM outside a fit, or a second Ctrl-C."""
+    return "stopped (SIGTERM)" if isinstance(exc, Terminated) else "aborted on a second Ctrl-C"
 
 
 def _int_at_least(low: int, high: int | None = None) -> Any:
@@ -1750,13 +1753,17 @@ class Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises `Terminated` in this process for the body (the main thread only: a
-    handler can be set there alone). A process forked meanwhile (a DataLoader worker) ends
-    on it as by default. The handler before is put back after."""
+    """SIGTERM raises `Terminated` in this process for the body, where it would end the
+    process (its default action; the main thread only: a handler can be set there alone).
+    A process forked meanwhile (a DataLoader worker) ends on it as by default. The default
+    is put back after."""
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):  # a program's own handler (`main` called from Python), or SIGTERM ignored: theirs
         yield
         return
     owner = os.getpid()

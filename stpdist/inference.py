@@ -466,6 +466,7 @@ class InputFrames(Dataset):
         # (key, T×C×H×W in physical units, or where in a file to read them)
         self.items: list[tuple[str, Any]] = []
         self._files: dict[str, Path] = {}  # key → the file it came from (collisions)
+        self._reading: Any = None  # the array file read last (its stream open)
         if not self.source.exists():
             raise InputError(f"{self.source}: no such file or folder")
         if self.source.is_dir():
@@ -500,9 +501,12 @@ class InputFrames(Dataset):
         rows = ArrayRows(file)
         survey = ValueSurvey(str(file))
         step = max(1, SURVEY_BYTES // max(1, rows.dtype.itemsize * int(np.prod(shape[1:]))))
-        for start in range(0, len(rows), step):
-            part = rows.rows(start, min(start + step, len(rows)))
-            survey.add(part[:, None] if one_channel else part, start)
+        try:
+            for start in range(0, len(rows), step):
+                part = rows.rows(start, min(start + step, len(rows)))
+                survey.add(part[:, None] if one_channel else part, start)
+        finally:
+            rows.close()  # reopened when forecast: one open input at a time
         survey.check(self.module, self.allow_nonfinite)
         if len(shape) == 5:
             for i in range(shape[0]):
@@ -604,6 +608,9 @@ class InputFrames(Dataset):
         frames = self.items[index][1]
         if not isinstance(frames, np.ndarray):
             rows, row = frames
+            if self._reading is not rows and self._reading is not None:
+                self._reading.close()  # the previous file's stream: one open at a time
+            self._reading = rows
             frames = rows.last(row, self.num_input_frames)
             frames = frames[:, None] if frames.ndim == 3 else frames  # T×H×W: one channel
         frames = torch.as_tensor(np.asarray(frames, dtype=np.float32))

@@ -176,6 +176,11 @@ class RunLock:
                     "folder's own, written on each start (the link's target would be "
                     "overwritten): remove the link"
                 ) from None
+            if os.fstat(fd).st_nlink > 1:  # a hard link to another folder's lock (`cp -al`):
+                os.close(fd)  # this folder gets a lock file of its own; the other keeps its
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+                continue
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1585,12 +1585,17 @@ class Trainer:
         if left <= 0:
             return
         same = getattr(train, "shuffle", True) is False
+        anew = (  # a shard stream's layout before 3: the same tail of each shard's samples
+            "drawn anew each epoch" if self._data_layout >= 3 or not hasattr(train, "index")
+            else f"in this run's epoch layout ({self._data_layout}, begun by an earlier "
+            "stpdist), the last samples of shards, the same ones every epoch in a split of one"
+        )  # fmt: skip
         say(
             f"{left} of {total} training samples are left out of each epoch (epochs end on a "
             f"whole optimizer step on every rank: {acc.num_processes} rank(s) × batch {batch} "
             f"× accumulation {acc.gradient_accumulation_steps}); "
             + ("the same ones every epoch: the DataLoader does not shuffle"
-               if same else "drawn anew each epoch")
+               if same else anew)
         )  # fmt: skip
 
     @property
@@ -2211,6 +2216,9 @@ class Trainer:
         # and the window's gradients (added into this fit's first step)
         acc.step = 0
         module.zero_grad(set_to_none=True)
+        # parameters the optimizer holds outside the module too (accelerate's wrapper
+        # would not clear them while the failed window left sync_gradients off)
+        getattr(optimizer, "optimizer", optimizer).zero_grad(set_to_none=True)
         if resume is None and self.checkpoints.latest() is not None:
             raise alike(OutputExists(
                 f"{self.checkpoints.root} holds checkpoints of an earlier run; resume it "
@@ -2444,11 +2452,15 @@ class Trainer:
                 # the checkpoint's step; a weights file knows none: not logged as step 0
                 trained = read_state(Path(ckpt)) if state.is_file() else None
             step, epoch = (trained.global_step, trained.step_epoch) if trained else (None, None)
-            if trained:  # the hooks see the checkpoint's step, as in fit's validation
-                module.global_step, module.current_epoch = step, epoch
+        held = module.global_step, module.current_epoch
+        if step is not None:  # the hooks see the checkpoint's step, as in fit's validation
+            module.global_step, module.current_epoch = step, epoch
         self._place(module)
-        with self._average_of(module, ckpt, raw_weights):
-            results = self.evaluate(module, as_eval_source(data), split)
+        try:
+            with self._average_of(module, ckpt, raw_weights):
+                results = self.evaluate(module, as_eval_source(data), split)
+        finally:
+            module.global_step, module.current_epoch = held
         if step is not None and not raw_weights:  # the run's rows are its model's (the EMA)
             self.tracker.log_unless_logged(results, step=step, epoch=epoch)
         return results
@@ -2900,13 +2912,15 @@ def _evaluating(module: nn.Module) -> Iterator[None]:
     """`module` in eval mode for the body, then each submodule back in the mode it had: a
     part the user keeps in eval mode (a frozen backbone's batch norm) stays so, where
     `module.train(True)` set every part training; `predict` left the module in eval mode."""
-    modes = [(part, part.training) for part in module.modules()]
+    modes = [(part, part.training) for part in module.modules()]  # parents first
     module.eval()
     try:
         yield
-    finally:
-        for part, mode in modes:
-            part.training = mode
+    finally:  # through `train`: a module's own override (a block that fuses) runs
+        module.train(modes[0][1])
+        for part, mode in modes[1:]:
+            if part.training != mode:
+                part.train(mode)
 
 
 def load_predictions(folder: str | Path) -> dict[str, np.ndarray]:
@@ -2919,16 +2933,17 @@ def load_predictions(folder: str | Path) -> dict[str, np.ndarray]:
 
 
 def iter_predictions(folder: str | Path) -> Iterator[tuple[str, np.ndarray]]:
-    """`load_predictions`' entries in key order, with one file's predictions in memory at a
-    time (the files' keys are read first): for passes over more than memory holds."""
-    where: dict[str, tuple[Path, int]] = {}
-    for file in sorted(Path(folder).glob("predictions-r*.npz")):
+    """`load_predictions`' entries a file at a time, in the files' order (rank, then part:
+    one rank's predictions in the order they were made), one file in memory at a time:
+    for passes over more than memory holds. A key written twice comes once, its last."""
+    files = sorted(Path(folder).glob("predictions-r*.npz"))
+    last: dict[str, Path] = {}
+    for file in files:
         with np.load(file, allow_pickle=False) as data:
-            where.update((key, (file, i)) for i, key in enumerate(data["keys"].tolist()))
-    held: tuple[Path | None, Any] = (None, None)
-    for key in sorted(where):
-        file, i = where[key]
-        if held[0] != file:
-            with np.load(file, allow_pickle=False) as data:
-                held = (file, data["predictions"])
-        yield key, held[1][i]
+            last.update((key, file) for key in data["keys"].tolist())
+    for file in files:
+        with np.load(file, allow_pickle=False) as data:
+            keys, predictions = data["keys"].tolist(), data["predictions"]
+        for key, frames in zip(keys, predictions):
+            if last[key] == file:
+                yield key, frames

@@ -79,3 +79,25 @@ def test_a_restart_from_scratch_names_the_earlier_starts_wandb_run(tmp_path):
         f"left no checkpoint: this training is a new run, {new}; the earlier run's wandb "
         "folders stay (runs/debug/wandb/*-earlier1): delete them if you do not want them"
     ) in said, said[-3000:]
+
+
+def test_sigterm_is_taken_over_only_where_it_would_end_the_process():
+    """`main` called from a program with a SIGTERM handler of its own (or SIGTERM ignored)
+    leaves it in place; with the default action, the command's own handler is on for the
+    command and the default is back after."""
+    import signal
+
+    from stpdist.cli import _sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        for theirs in (lambda signum, frame: None, signal.SIG_IGN):
+            signal.signal(signal.SIGTERM, theirs)
+            with _sigterm_as_interrupt():
+                assert signal.getsignal(signal.SIGTERM) is theirs
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with _sigterm_as_interrupt():
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, before)

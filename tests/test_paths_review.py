@@ -147,3 +147,52 @@ def test_validating_on_the_training_split_is_warned_of(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "the validation split train is the training split train" in proc.stderr
+
+
+def test_a_hard_linked_lock_file_gets_one_of_its_own(tmp_path):
+    """A run folder copied with `cp -al` while its lock file was left (a killed run): the
+    copy wrote into the original's lock file, and the two folders locked each other."""
+    from stpdist.runlock import LOCK_FILE, RunLock
+
+    original, copy = tmp_path / "A", tmp_path / "B"
+    original.mkdir()
+    (original / LOCK_FILE).write_text("")
+    copy.mkdir()
+    os.link(original / LOCK_FILE, copy / LOCK_FILE)
+    with RunLock(copy), RunLock(original) as lock:  # both held at once: two folders
+        assert lock.held
+        assert (copy / LOCK_FILE).stat().st_ino != (original / LOCK_FILE).stat().st_ino
+        assert str(original) not in (copy / LOCK_FILE).read_text()
+
+
+def test_a_write_protected_folder_among_foreign_files_is_refused_as_foreign(tmp_path):
+    """The foreign files are the refusal; making a folder stpdist would never replace
+    writable was the first advice."""
+    (tmp_path / "proj" / "go" / "mod").mkdir(parents=True)
+    (tmp_path / "proj" / "notes.txt").write_text("mine\n")
+    _protect(tmp_path / "proj" / "go")
+    try:
+        proc = run_cli(
+            "synth", "moving-digits", "--out", "proj", "--train", "4", "--val", "2",
+            "--test", "2", "--frames", "4", "--size", "16", "--digit-size", "8",
+            "--workers", "1", "--overwrite", cwd=tmp_path,
+        )  # fmt: skip
+        line = _error_line(proc)
+        assert "which no stpdist conversion wrote" in line and "write-protected" not in line
+    finally:
+        _protect(tmp_path / "proj" / "go", False)
+
+
+def test_only_the_docs_form_of_a_recipe_path_falls_back_and_a_broken_link_is_the_users(
+    tmp_path, monkeypatch
+):
+    from stpdist.recipes import resolved
+
+    monkeypatch.chdir(tmp_path)
+    assert resolved("debug.yaml") == "debug.yaml"  # a bare name: the user's, not found
+    assert resolved("mmnist/convlstm.yaml") == "mmnist/convlstm.yaml"
+    assert resolved("configs/debug.yaml").endswith("debug.yaml")
+    assert resolved("configs/debug.yaml") != "configs/debug.yaml"  # the shipped one
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "debug.yaml").symlink_to(tmp_path / "moved" / "debug.yaml")
+    assert resolved("configs/debug.yaml") == "configs/debug.yaml"  # theirs: said not found

@@ -172,3 +172,24 @@ def test_max_steps_that_max_epochs_cuts_short_is_said(tmp_path):
         "trainer.max_steps 10 is not reached: trainer.max_epochs 1 ends the run at step 2 (the "
         "limit met first); set trainer.max_epochs to null (None) to train by steps alone"
     ) in records
+
+
+def test_validations_restore_modes_through_train(tmp_path):
+    """A block whose `train` does more than set the flag (a re-parameterised block that
+    fuses its branches in eval mode) is put back through its `train`, not its flag."""
+    from stpdist.trainer import _evaluating
+
+    class Fusing(torch.nn.Module):
+        fused = False
+
+        def train(self, mode: bool = True):
+            super().train(mode)
+            self.fused = not mode
+            return self
+
+    module = torch.nn.Sequential(Fusing(), torch.nn.Sequential(torch.nn.BatchNorm1d(2)))
+    module[1].eval()  # a part kept in eval mode
+    with _evaluating(module):
+        assert module[0].fused and not module.training
+    assert module.training and module[0].training and not module[0].fused
+    assert not module[1].training and not module[1][0].training

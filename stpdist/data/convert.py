@@ -297,9 +297,9 @@ def _check_out(
     _check_not_source(out, sources)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
-    _refuse_write_protected(out)
     occupied = out.is_dir() and any(out.iterdir())
     if not occupied:
+        _refuse_write_protected(out)  # an empty folder made read-only: kept, not replaced
         return False
     if dataset:
         which = "an earlier dataset (split folders with index.json, README.md)"
@@ -312,6 +312,7 @@ def _check_out(
             raise OutputExists(f"{out} is not empty; {advice}")
         earlier = " (--overwrite replaces the earlier dataset there)" if dataset else ""
         raise OutputExists(f"{out} is not empty; pass --overwrite to replace it{earlier}")
+    _refuse_write_protected(out)  # what it replaces: after the refusals of what it never would
     return True
 
 
@@ -819,7 +820,8 @@ def _terminate_cleanly() -> Iterator[None]:
     process exits (status 143), as Ctrl-C does (130); by default it would kill the main
     process alone, leaving its workers running and the staging folder behind. Only where
     SIGTERM has its default action and in the main thread: a handler of the caller's (the
-    trainer's preemption flag) is left alone."""
+    trainer's preemption flag; the CLI's, which raises `cli.Terminated` to the same end) is
+    left alone."""
     if (
         threading.current_thread() is not threading.main_thread()
         or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL

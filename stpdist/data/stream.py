@@ -235,13 +235,14 @@ class _ShardSource:
         for shard in range(len(self.index.shards)):
             url = self._url(shard)
             try:
-                for key, sample in iter_shard(url):
-                    with contextlib.suppress(ShardFormatError):
-                        if FRAMES_EXT in sample:
-                            where = f"{url}: member {key}.{FRAMES_EXT}"
-                            found.append((key, self._frames(sample[FRAMES_EXT], where)))
-                    if len(found) == count:
-                        return found
+                with contextlib.closing(iter_shard(url)) as samples:  # closed on return
+                    for key, sample in samples:
+                        with contextlib.suppress(ShardFormatError):
+                            if FRAMES_EXT in sample:
+                                where = f"{url}: member {key}.{FRAMES_EXT}"
+                                found.append((key, self._frames(sample[FRAMES_EXT], where)))
+                        if len(found) == count:
+                            return found
             except ShardFormatError:
                 continue
         return found
@@ -401,7 +402,8 @@ def _raw_batches(
 
 class _Filler:
     """Decodes raw batches; fills a batch short of good samples with repeats of the last
-    good ones (skip mode), so the batch count and size never change."""
+    good ones (skip mode), so the batch count and size never change; with none yet (the
+    share so far lost), with the split's first readable samples."""
 
     def __init__(self, stream: ShardTrainStream, ctx: LoaderContext) -> None:
         self.stream, self.ctx = stream, ctx

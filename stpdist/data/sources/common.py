@@ -329,11 +329,12 @@ def _text(sizes: dict[str, float]) -> str:
 
 class ArrayRows:
     """An .npy file's array, or an .npz member's, read a few rows (along its first axis) at
-    a time: a memory map for .npy; for .npz, the member's stream from the archive, which
-    decompresses on the way to a read and keeps only what was asked for. Memory is bounded
-    by a read, not by the file: a file of many sequences is never held whole. Values come in
-    the file's dtype and byte order; reads in increasing order read a compressed member
-    once."""
+    a time: through a memory map for .npy; for .npz, from the member's stream in the
+    archive, which decompresses on the way to a read and keeps only what was asked for.
+    Memory is bounded by a read, not by the file: a file of many sequences is never held
+    whole. Reads come in this machine's byte order. No file stays open between reads but
+    an .npz member's stream, until `close` (a folder of thousands of inputs held a
+    descriptor each); reads in increasing order decompress a member once a pass."""
 
     def __init__(self, path: Path, key: str | None = None, key_option: str | None = None) -> None:
         import zipfile
@@ -341,12 +342,10 @@ class ArrayRows:
         # refuses non-array files, naming them
         self.shape, dtype = array_header(path, key, key_option)
         self.path = path
-        self._array: np.ndarray | None = None
+        self._whole: np.ndarray | None = None  # an array whose rows are not contiguous
         self._name, self._start, self._stream = "", 0, None
         stored: np.dtype | None = None
-        if path.suffix.lower() == ".npy":
-            self._array = np.load(path, mmap_mode="r", allow_pickle=False)
-        else:
+        if path.suffix.lower() != ".npy":
             with zipfile.ZipFile(path) as archive:
                 names = [n for n in archive.namelist() if n.endswith(".npy")]
                 self._name = f"{key}.npy" if key else names[0]  # array_header checked it
@@ -354,32 +353,49 @@ class ArrayRows:
                     _, fortran, stored = member_header(member)
                     self._start = member.tell()
             if fortran or stored.hasobject:  # not rows one after another: read whole
-                self._array = load_array(path, key)
+                self._whole = load_array(path, key)
         self.dtype = dtype  # this machine's byte order, as every read returns
-        self._stored = stored if self._array is None else None
+        self._stored = stored
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows `start`…`stop` - 1, a copy in this machine's byte order."""
-        if self._array is not None:
-            return _native(np.array(self._array[start:stop]))
+        mapped = self._mapped()
+        if mapped is not None:
+            return _native(np.array(mapped[start:stop]))
         values = math.prod(self.shape[1:])
         return self._read(start * values, (stop - start) * values, (stop - start, *self.shape[1:]))
 
     def last(self, row: int | None, count: int) -> np.ndarray:
         """The last `count` rows (`row` None), or the last `count` entries of row `row`'s
         first axis (a sequence's newest frames in an N×T×… array): read alone."""
-        if self._array is not None:
-            part = self._array[-count:] if row is None else self._array[row, -count:]
-            return _native(np.array(part))
+        mapped = self._mapped()
+        if mapped is not None:
+            return _native(np.array(mapped[-count:] if row is None else mapped[row, -count:]))
         if row is None:
             return self.rows(len(self) - count, len(self))
         inner = self.shape[1:]
         per = math.prod(inner[1:])
         first = row * math.prod(inner) + (inner[0] - count) * per
         return self._read(first, count * per, (count, *inner[1:]))
+
+    def close(self) -> None:
+        """Close an .npz member's stream (reopened by the next read)."""
+        if self._stream is not None:
+            self._stream[2].close()
+            self._stream[1].close()
+            self._stream = None
+
+    def _mapped(self) -> np.ndarray | None:
+        """The whole array as read whole, or an .npy's memory map (opened for this read:
+        its descriptor goes with it), or None for an .npz member's stream."""
+        if self._whole is not None:
+            return self._whole
+        if self._stored is None:
+            return np.load(self.path, mmap_mode="r", allow_pickle=False)
+        return None
 
     def _read(self, first: int, count: int, shape: tuple[int, ...]) -> np.ndarray:
         """`count` values from value `first` of the member, as an array of `shape`."""
