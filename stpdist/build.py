@@ -197,12 +197,13 @@ def _check_model_before_generating(cfg: Config) -> None:
 
 
 def _synth_counts(cfg: Config, on_the_fly: bool) -> dict[str, int]:
-    synth = cfg.data.synthesize
-    return {
-        cfg.data.train_split: 0 if on_the_fly else synth.train,
-        cfg.data.val_split: synth.val,
-        cfg.data.test_split: synth.test,
-    }
+    """Sequences to generate a split, by split name; a split named twice (a validation
+    split that is the training split) keeps the first role's count, not the last's."""
+    synth, counts = cfg.data.synthesize, {}
+    counts.setdefault(cfg.data.train_split, 0 if on_the_fly else synth.train)
+    counts.setdefault(cfg.data.val_split, synth.val)
+    counts.setdefault(cfg.data.test_split, synth.test)
+    return counts
 
 
 def _synth_settings(cfg: Config) -> dict:

@@ -140,13 +140,16 @@ def test_a_home_folder_in_a_path_setting_is_expanded(tmp_path, monkeypatch):
     assert cfg.data.root == cfg.data.synthesize.root == str(tmp_path / "home" / "data" / "d")
 
 
-def test_validating_on_the_training_split_is_warned_of(tmp_path):
+def test_validating_on_the_training_split_is_warned_of(trained):
+    """On the data the config generated with its three splits; the run said besides that
+    the data was "generated with other settings than data.synthesize (train 32 → 8)"."""
     proc = run_cli(
         "train", DEBUG, "trainer.max_epochs=1", "data.val_split=train", "logging.num_samples=0",
-        cwd=tmp_path,
+        "trainer.output_dir=runs/on-train", cwd=trained,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "the validation split train is the training split train" in proc.stderr
+    assert "other settings" not in proc.stdout + proc.stderr
 
 
 def test_a_hard_linked_lock_file_gets_one_of_its_own(tmp_path):
