@@ -196,7 +196,10 @@ class TrainSource(Protocol):
 
     def iterate(self, ctx: LoaderContext, epoch: int, start: int = 0) -> Iterator[Any]:
         """The batches `(inputs, targets[, keys])` of `epoch` from batch index `start` on:
-        exactly those an uninterrupted pass yields from there."""
+        exactly those an uninterrupted pass yields from there (the same samples in the same
+        order; a map-style dataset that draws random numbers as it loads an item, a random
+        augmentation, draws others after a resume: its DataLoader workers' random state is
+        not where the uninterrupted pass had it)."""
         ...
 
 
@@ -340,7 +343,9 @@ def planned_batches(
         num_workers=workers,
         worker_init_fn=worker_init_fn,
         # its own generator: a DataLoader otherwise draws worker seeds from the global RNG
-        # (left alone here), and a run resumed mid-epoch would drift from an uninterrupted one
+        # (left alone here), and a run resumed mid-epoch would drift further from an
+        # uninterrupted one (the workers' random state still differs after a resume: a
+        # dataset's own random augmentation draws other numbers; the samples are the same)
         generator=torch.Generator().manual_seed(ctx.seed * 100_003 + epoch),
     )
     return shielded_batches(loader)
