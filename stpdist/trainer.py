@@ -2581,10 +2581,11 @@ class Trainer:
             staging.mkdir()
         acc.wait_for_everyone()
         try:
-            total, sums = self._predict_into(
-                module, data, ckpt, staging, split, keeper, metrics, postprocess, raw_weights,
-                units,
-            )  # fmt: skip
+            with _evaluating(module):  # each part's mode back after (predict left eval)
+                total, sums = self._predict_into(
+                    module, data, ckpt, staging, split, keeper, metrics, postprocess,
+                    raw_weights, units,
+                )  # fmt: skip
         except BaseException:
             if acc.is_main_process:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -2616,28 +2617,10 @@ class Trainer:
     ) -> tuple[torch.Tensor, EvalSums]:
         """`predict`'s pass, its files written into `out`: (the numbers of predictions and
         of scored samples, summed over the ranks; this rank's metric sums)."""
-        self._place(module)
-        with _evaluating(module):
-            return self._predict_pass(
-                module, data, ckpt, out, split, keeper, metrics, postprocess, raw_weights, units
-            )
-
-    def _predict_pass(
-        self,
-        module: EnhancedModule,
-        data: Any,
-        ckpt: str | Path | None,
-        out: Path,
-        split: str,
-        keeper: SampleKeeper | None,
-        metrics: bool,
-        postprocess: Any,
-        raw_weights: bool,
-        units: str | None,
-    ) -> tuple[torch.Tensor, EvalSums]:
         from .inference import refuse_keys_on_several_ranks
 
         acc = self.accelerator
+        self._place(module)
         self._buffers_of_rank_0(module)
         if postprocess is None and getattr(module, "writes_physical_units", False):
             postprocess, units = module.to_physical, "physical"  # normalised per variable
