@@ -695,13 +695,20 @@ def check_output_folder(
             f"--out {out} is in or holds the checkpoint folder {checkpoint}; writing there "
             "would damage the checkpoint: choose another folder"
         )
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    occupied = out.is_dir() and any(out.iterdir())
+    if occupied and not overwrite:
         if earlier is None:
             raise InputError(f"--out {out} is not empty; pass --overwrite to replace it")
         earlier.refuse_foreign(out)
         raise OutputExists(
             f"--out {out} holds {earlier.describe()}; pass --overwrite to replace it"
         )
+    if occupied and earlier is not None:
+        earlier.refuse_foreign(out)
+    from .data.convert import refuse_write_protected
+
+    # here, on every rank: refused by the main process alone, the others saw it vanish
+    refuse_write_protected(out)
     return out
 
 

@@ -199,3 +199,20 @@ def test_only_the_docs_form_of_a_recipe_path_falls_back_and_a_broken_link_is_the
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "debug.yaml").symlink_to(tmp_path / "moved" / "debug.yaml")
     assert resolved("configs/debug.yaml") == "configs/debug.yaml"  # theirs: said not found
+
+
+def test_the_write_protected_refusal_is_every_ranks(tmp_path):
+    """On 2 ranks the main process alone refused (in its staging), and the other rank said
+    "another rank of this run stopped … run it again": every rank checks the folder now,
+    before the process group's work, and the command line says the refusal once."""
+    from stpdist.errors import InputError
+    from stpdist.inference import check_output_folder
+
+    (tmp_path / "out").mkdir()
+    _protect(tmp_path / "out")
+    try:
+        with pytest.raises(InputError) as caught:
+            check_output_folder(tmp_path / "out", overwrite=True)
+        assert getattr(caught.value, "alike_on_every_rank", False)
+    finally:
+        _protect(tmp_path / "out", False)

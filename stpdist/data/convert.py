@@ -49,7 +49,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..console import shows_progress
-from ..errors import InputError, MissingInput, OutputExists
+from ..errors import InputError, MissingInput, OutputExists, alike
 from .format import (
     CLIMATOLOGY_FILE,
     INDEX_FILE,
@@ -299,7 +299,7 @@ def _check_out(
         raise InputError(f"--out {out} exists and is not a folder")
     occupied = out.is_dir() and any(out.iterdir())
     if not occupied:
-        _refuse_write_protected(out)  # an empty folder made read-only: kept, not replaced
+        refuse_write_protected(out)  # an empty folder made read-only: kept, not replaced
         return False
     if dataset:
         which = "an earlier dataset (split folders with index.json, README.md)"
@@ -312,11 +312,11 @@ def _check_out(
             raise OutputExists(f"{out} is not empty; {advice}")
         earlier = " (--overwrite replaces the earlier dataset there)" if dataset else ""
         raise OutputExists(f"{out} is not empty; pass --overwrite to replace it{earlier}")
-    _refuse_write_protected(out)  # what it replaces: after the refusals of what it never would
+    refuse_write_protected(out)  # what it replaces: after the refusals of what it never would
     return True
 
 
-def _refuse_write_protected(out: Path) -> None:
+def refuse_write_protected(out: Path) -> None:
     """An `out` that is, or holds, a folder whose mode allows no writing (`chmod -R a-w`: a
     user's protection) is refused before any work, even for root, who may write anyway:
     the swap renamed it aside, put the new output in place, then failed to delete it (exit
@@ -326,12 +326,12 @@ def _refuse_write_protected(out: Path) -> None:
     if not out.is_dir():
         return
     for folder, _, _ in os.walk(out):
-        if not os.lstat(folder).st_mode & stat.S_IWUSR:
-            raise InputError(
+        if not os.lstat(folder).st_mode & stat.S_IWUSR:  # every rank sees the same folder
+            raise alike(InputError(
                 f"--out {out}: {'it' if Path(folder) == out else folder} is write-protected "
                 f"(mode {stat.filemode(os.lstat(folder).st_mode)}), so it is not replaced: "
                 "make it writable (chmod -R u+w) or name another --out"
-            )
+            ))  # fmt: skip
 
 
 @contextlib.contextmanager
