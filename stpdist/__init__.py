@@ -27,12 +27,14 @@ __all__ = ["Config", "ConfigError", "EnhancedModule", "Trainer", "load", "load_c
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'stpdist' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    globals()[name] = value  # once
-    return value
+if not TYPE_CHECKING:  # type checkers read the imports above: a misspelt name is theirs to say
+
+    def __getattr__(name: str) -> Any:
+        if name not in _EXPORTS:
+            raise AttributeError(f"module 'stpdist' has no attribute {name!r}")
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value  # once
+        return value
 
 
 def __dir__() -> list[str]:

@@ -150,7 +150,7 @@ def load(
     dtype: torch.dtype | None = None,
     trust_code: bool = False,
     raw_weights: bool = False,
-) -> EnhancedModule:
+) -> Any:
     """A ready module in eval mode from a model folder or a run folder (its `ckpt`
     checkpoint: "best", "last", a step (320, "step-320") or a folder name), on `device` (in
     `dtype` if given).
@@ -160,7 +160,8 @@ def load(
     A model folder is data, not code: a `model.name` (or SimVP translator) given there as an
     import path `package.module:Class` is refused before anything is imported, unless
     `trust_code=True`; then it is imported from the installed packages and the `sys.path`
-    you set up (the model folder is never added to it)."""
+    you set up (the model folder is never added to it). Typed `Any`: an `EnhancedModule`,
+    a `Forecaster` for stpdist's own tasks, or the task class a model folder names."""
     return _on_chosen(
         path,
         ckpt,

@@ -101,7 +101,9 @@ class EnhancedModule(nn.Module):
         `{"scheduler": s, "interval": "step" | "epoch"}`."""
         return None
 
-    def training_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepOutput:
+    def training_step(
+        self, inputs: torch.Tensor, targets: torch.Tensor, /, *args: Any, **extras: Any
+    ) -> StepOutput:
         """Return the loss tensor, a dict holding "loss" (plus scalars to log), or None to
         skip this batch (it is then skipped on every rank).
 
@@ -119,7 +121,9 @@ class EnhancedModule(nn.Module):
         Trainer uses, so it must return the output (None for an output is an error)."""
         return output
 
-    def validation_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepOutput:
+    def validation_step(
+        self, inputs: torch.Tensor, targets: torch.Tensor, /, *args: Any, **extras: Any
+    ) -> StepOutput:
         """Return the batch-mean loss tensor, or a dict of batch-mean scalars (and, under
         "predictions", the B×T_out×C×H×W predictions; under "sums", additive tensors for
         `metrics_from_sums`); None is an error. Runs under `torch.no_grad()` in eval mode.
@@ -159,7 +163,9 @@ class EnhancedModule(nn.Module):
             f"{type(self).__name__} does not support trainer.activation_checkpointing"
         )
 
-    def predict_step(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    def predict_step(
+        self, inputs: torch.Tensor, targets: torch.Tensor | None, /, *args: Any, **extras: Any
+    ) -> torch.Tensor:
         """Return predictions B×T_out×C×H×W (shaped as the targets where the batch has
         them), under `torch.inference_mode()` in eval mode; `targets` is None where `predict`
         computes no metrics (data without targets, `metrics=False`, a module without

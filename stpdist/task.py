@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -207,6 +207,12 @@ class Forecaster(EnhancedModule):
     def to_physical(self, frames: torch.Tensor) -> torch.Tensor:
         """The model's scaled units → stored (physical) units."""
         return frames * self.value_scale
+
+    @overload
+    def forecast(self, frames: np.ndarray, *, allow_nonfinite: bool = False) -> np.ndarray: ...
+
+    @overload
+    def forecast(self, frames: Any, *, allow_nonfinite: bool = False) -> torch.Tensor: ...
 
     @torch.inference_mode()
     def forecast(self, frames: Any, *, allow_nonfinite: bool = False) -> Any:
