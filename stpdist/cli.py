@@ -37,7 +37,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .config import MOST_WORKERS, Config, ConfigError, check_output_dir, load_config
-from .console import counted, end_process, error_line, launched_as_main
+from .console import (
+    Terminated,
+    counted,
+    end_process,
+    error_line,
+    launched_as_main,
+    sigterm_as_interrupt,
+)
 from .errors import InputError, MissingInput, peer_lost
 
 if TYPE_CHECKING:
@@ -1742,46 +1749,6 @@ def _interrupted(command: str, stop: KeyboardInterrupt) -> int:
     return Terminated.exit_code if isinstance(stop, Terminated) else 130
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM to a command outside a training (a training stops with a checkpoint on it):
-    raised in the main thread, so that what the command was writing is undone as on Ctrl-C
-    (a staging folder as big as its output was left behind: SLURM, torchrun and `kill`
-    send SIGTERM)."""
-
-    exit_code = 128 + 15
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises `Terminated` in this process for the body, where it would end the
-    process (its default action; the main thread only: a handler can be set there alone).
-    A process forked meanwhile (a DataLoader worker) ends on it as by default. The default
-    is put back after."""
-    import signal
-    import threading
-
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
-    ):  # a program's own handler (`main` called from Python), or SIGTERM ignored: theirs
-        yield
-        return
-    owner = os.getpid()
-
-    def handle(signum: int, frame: Any) -> None:
-        if os.getpid() != owner:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handle)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _stopped_line(stop: BaseException, earlier: set[Any]) -> int:
     """A training stopped with a checkpoint (`Preempted`, `Interrupted`): the command's
     Trainers closed (their trackers end now: a continuation may start at once), then its
@@ -1809,7 +1776,7 @@ def main(argv: list[str] | None = None) -> int:
     earlier = _open_trainers()  # a program's own (`main` called from Python): left open
     _stop_when_launcher_dies()
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             args.func(args)
     except ConfigError as exc:
         if args.debug:

@@ -207,3 +207,45 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to a command outside a training (a training stops with a checkpoint on it):
+    raised in the main thread, so that what the command was writing is undone as on Ctrl-C
+    (a staging folder as big as its output was left behind: SLURM, torchrun and `kill`
+    send SIGTERM)."""
+
+    exit_code = 128 + 15
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[bool]:
+    """SIGTERM raises `Terminated` in this process for the body, where it would end the
+    process (its default action; the main thread only: a handler can be set there alone).
+    A process forked meanwhile (a DataLoader worker) ends on it as by default. The default
+    is put back after. A handler of the caller's (the Trainer's stop flag, an outer
+    `sigterm_as_interrupt`, a program's own) or an ignored SIGTERM is left alone. Yields
+    whether it set the handler."""
+    import signal
+    import threading
+
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield False
+        return
+    owner = os.getpid()
+
+    def handle(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handle)
+    try:
+        yield True
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

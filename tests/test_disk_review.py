@@ -87,16 +87,16 @@ def test_sigterm_is_taken_over_only_where_it_would_end_the_process():
     command and the default is back after."""
     import signal
 
-    from stpdist.cli import _sigterm_as_interrupt
+    from stpdist.console import sigterm_as_interrupt
 
     before = signal.getsignal(signal.SIGTERM)
     try:
         for theirs in (lambda signum, frame: None, signal.SIG_IGN):
             signal.signal(signal.SIGTERM, theirs)
-            with _sigterm_as_interrupt():
+            with sigterm_as_interrupt():
                 assert signal.getsignal(signal.SIGTERM) is theirs
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:

@@ -48,7 +48,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..console import shows_progress
+from ..console import Terminated, shows_progress, sigterm_as_interrupt
 from ..errors import InputError, MissingInput, OutputExists, alike
 from .format import (
     CLIMATOLOGY_FILE,
@@ -809,36 +809,20 @@ def write_card(
     (folder / CARD_FILE).write_text(card_text(out, source_name, indexes))
 
 
-class _Terminated(BaseException):
-    """SIGTERM arrived during `convert`: unwinds it (workers stopped, staging folder removed)
-    like Ctrl-C does; the process then exits as SIGTERM asks."""
-
-
 @contextlib.contextmanager
 def _terminate_cleanly() -> Iterator[None]:
     """SIGTERM during the block stops the workers and removes the staging folder before the
     process exits (status 143), as Ctrl-C does (130); by default it would kill the main
-    process alone, leaving its workers running and the staging folder behind. Only where
-    SIGTERM has its default action and in the main thread: a handler of the caller's (the
-    trainer's preemption flag; the CLI's, which raises `cli.Terminated` to the same end) is
-    left alone."""
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
-    ):
-        yield
-        return
-
-    def terminate(signum: int, frame: Any) -> None:
-        raise _Terminated(signum)
-
-    signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    except _Terminated as stop:
-        raise SystemExit(128 + stop.args[0]) from None
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    process alone, leaving its workers running and the staging folder behind. The CLI's
+    own handler (`console.sigterm_as_interrupt`, which the CLI has set already and says
+    the stop); called from Python, `Terminated` is then the exit SIGTERM asks for."""
+    with sigterm_as_interrupt() as installed:
+        try:
+            yield
+        except Terminated:
+            if not installed:
+                raise
+            raise SystemExit(Terminated.exit_code) from None
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
