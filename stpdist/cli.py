@@ -510,12 +510,14 @@ def cmd_forecast(args: argparse.Namespace) -> None:
 
     module = load(args.model, args.ckpt, trust_code=args.trust_code, raw_weights=args.raw_weights)
     require_forecaster(module, "forecast")
-    data = _forecast_inputs(Path(args.inputs), module, args)
     earlier = _earlier_output("forecast")
     protected = (args.inputs, module.model_folder)
+    # `--out` first: its refusal is cheap, and the inputs' survey (a large file's minutes,
+    # its units warnings) was wasted before it
     out = check_output_folder(
         args.out, overwrite=args.overwrite, protected=protected, earlier=earlier
     )
+    data = _forecast_inputs(Path(args.inputs), module, args)
     trainer = Trainer(output_dir=out, progress_bar=False, mixed_precision=args.precision)
     keeper = SampleKeeper(args.samples if trainer.is_main else 0)
     with _shared_staging(trainer, out, args.overwrite, protected, earlier) as tmp:

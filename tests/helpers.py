@@ -186,3 +186,11 @@ def debug_model_folder(root: Path) -> Path:
     (folder / "config.yaml").write_text(to_yaml(cfg))
     (folder / "index.json").write_text((root / "data" / "train" / "index.json").read_text())
     return folder
+
+
+def resum_tar_header(data: bytearray, offset: int = 0) -> None:
+    """Rewrite the checksum of the tar header at `offset` after a test changed its bytes
+    (readers refuse a header whose sum does not match)."""
+    header = data[offset : offset + 512]
+    header[148:156] = b" " * 8
+    data[offset + 148 : offset + 156] = f"{sum(header):06o}\0 ".encode()

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, run_cli
+from helpers import resum_tar_header
 
 from stpdist.data.convert import convert
 from stpdist.data.format import ShardFormatError, SplitWriter, read_index
@@ -322,9 +323,39 @@ def test_the_count_reads_tar_headers_only(tmp_path):
     with pytest.raises(ShardFormatError, match=r"train-000000\.tar: truncated"):
         count_samples(shard)
     data[124:136] = b"-0000001000\0"  # a negative size would step back to the same header
-    shard.write_bytes(bytes(data))
-    with pytest.raises(ShardFormatError, match=r"train-000000\.tar: corrupt tar header"):
+    shard.write_bytes(bytes(data))  # its checksum unchanged
+    with pytest.raises(ShardFormatError, match=r"000\.tar: corrupt tar header \(its checksum"):
         count_samples(shard)
+    resum_tar_header(data)
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ShardFormatError, match=r"000\.tar: corrupt tar header \(size -512\)"):
+        count_samples(shard)
+
+
+def test_a_tar_header_whose_checksum_does_not_match_is_refused(tmp_path):
+    """A flipped bit in a member's name read on as another sample's key (s0001 became s0003:
+    a sample without frames, or a wrong one); the header's checksum now says the shard is
+    damaged, as `tarfile` and GNU tar do. Sums of signed bytes (old tars) are accepted."""
+    from stpdist.data.format import count_samples, iter_shard
+
+    folder = split_of(tmp_path / "train", [3])
+    shard = folder / "train-000000.tar"
+    data = bytearray(shard.read_bytes())
+    at = data.index(b"s0001.frames.npy")
+    data[at + 4] ^= 0x02  # s0001 -> s0003
+    shard.write_bytes(bytes(data))
+    for read in (lambda: list(iter_shard(shard)), lambda: count_samples(shard)):
+        with pytest.raises(ShardFormatError, match=r"000\.tar: corrupt tar header \(its checksum"):
+            read()
+    data[at + 4] ^= 0x02
+    data[at + 20] = 0xE9  # a byte above 127 after the name's end: signed and unsigned sums differ
+    resum_tar_header(data, at)
+    header = data[at : at + 512]
+    header[148:156] = b" " * 8
+    signed = sum(header) - 256 * sum(1 for byte in header if byte > 127)
+    data[at + 148 : at + 156] = f"{signed:06o}\0 ".encode()
+    shard.write_bytes(bytes(data))
+    assert [key for key, _ in iter_shard(shard)] == ["s0000", "s0001", "s0002"]
 
 
 def test_train_cli_with_a_lying_index_exits_2_in_one_line(tmp_path):

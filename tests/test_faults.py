@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import resum_tar_header
 
 import stpdist.checkpoint as ckpt
 from stpdist.data.convert import convert
@@ -743,8 +744,7 @@ def test_hostile_tar_headers_and_names_are_said_plainly(tmp_path):
     shard = folder / "train-000000.tar"
     tar = bytearray(shard.read_bytes())
     tar[124:136] = b"777777777777"  # the first member's size: 64 GiB
-    tar[148:156] = b" " * 8
-    tar[148:155] = f"{sum(tar[:512]):06o}\0".encode()
+    resum_tar_header(tar)
     shard.write_bytes(bytes(tar))
     with pytest.raises(ShardFormatError, match=r"train-000000\.tar: truncated member "):
         eval_keys(folder)
@@ -753,7 +753,9 @@ def test_hostile_tar_headers_and_names_are_said_plainly(tmp_path):
     with SplitWriter(folder, "train", value_scale=255) as writer:
         writer.write("k0", np.zeros((4, 1, 4, 4), np.uint8))
     shard = folder / "train-000000.tar"
-    shard.write_bytes(shard.read_bytes().replace(b"k0.frames.npy", b"k0.frames.txt"))
+    tar = bytearray(shard.read_bytes().replace(b"k0.frames.npy", b"k0.frames.txt"))
+    resum_tar_header(tar, tar.index(b"k0.frames.txt"))
+    shard.write_bytes(bytes(tar))
     with pytest.raises(ShardFormatError, match=r"train-000000\.tar: sample 'k0' has no frames"):
         verify_split(folder)
 

@@ -216,3 +216,44 @@ def test_the_write_protected_refusal_is_every_ranks(tmp_path):
         assert getattr(caught.value, "alike_on_every_rank", False)
     finally:
         _protect(tmp_path / "out", False)
+
+
+def test_an_out_in_a_folder_that_cannot_be_written_is_named_not_its_staging(tmp_path, monkeypatch):
+    """A writable-looking `--out` in a read-only parent failed with the bare "Permission
+    denied: '.../.ds.staging-<pid>'" of a hidden folder the user never named. The kernel's
+    refusal is injected here (the tests run as root, whom a mode does not stop)."""
+    (tmp_path / "ro").mkdir()
+    real_mkdir = os.mkdir
+
+    def refused(path, *args, **kwargs):
+        if Path(os.fsdecode(path)).parent.name == "ro":
+            raise PermissionError(13, "Permission denied", os.fsdecode(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", refused)
+    for out in ("ro/ds", "ro/deeper/ds"):
+        line = _error_line(
+            run_cli(
+                "synth", "moving-digits", "--out", out, "--train", "2", "--val", "2", cwd=tmp_path
+            )
+        )
+        assert line == (
+            f"stpdist: error: --out {out}: cannot write in ro (Permission denied); the output "
+            "is written beside it and then renamed into place, so its folder must be "
+            "writable: name another --out"
+        ), line
+    assert os.listdir(tmp_path / "ro") == []
+
+
+def test_forecast_refuses_its_out_before_surveying_the_inputs(trained, tmp_path):
+    """A refused `--out` came after the inputs' survey: minutes for a large file, and its
+    units warning printed above the error as if it mattered."""
+    np.save(tmp_path / "dim.npy", np.full((4, 1, 32, 32), 0.5, np.float32))  # [0, 1]: warned
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "mine.txt").write_text("mine\n")
+    model = str(trained / "runs" / "debug")
+    proc = run_cli("forecast", model, "dim.npy", "--out", "taken", cwd=tmp_path)
+    assert "--out taken" in _error_line(proc)
+    assert "the values lie within [0, 1]" not in proc.stderr, proc.stderr
+    done = run_cli("forecast", model, "dim.npy", "--out", "f", "--samples", "0", cwd=tmp_path)
+    assert done.returncode == 0 and "the values lie within [0, 1]" in done.stderr, done.stderr

@@ -365,10 +365,18 @@ def staged_output(
     _check_out(out, overwrite, sources, dataset, earlier)
     before = _folder_state(out)
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
     staging = leftover(out, "staging")
-    shutil.rmtree(staging, ignore_errors=True)  # a leftover of an earlier run of this pid
-    staging.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)  # a leftover of an earlier run of this pid
+        staging.mkdir()
+    except PermissionError as exc:  # named: the bare error named the hidden staging folder
+        where = Path(os.fsdecode(exc.filename)).parent if exc.filename else out.parent
+        raise alike(InputError(
+            f"--out {out}: cannot write in {where} ({exc.strerror}); the output is written "
+            "beside it and then renamed into place, so its folder must be writable: name "
+            "another --out"
+        )) from exc  # fmt: skip
     try:
         yield staging
         if not any(staging.iterdir()):

@@ -764,6 +764,7 @@ def _tar_header(stream: Any, where: str) -> tuple[str, bytes, int] | None:
         return None
     if len(header) < 512:
         raise ShardFormatError(f"{where}: truncated tar header")
+    _check_header_sum(header, where)
     try:
         size = int(header[124:136].rstrip(b"\0 ").decode() or "0", 8)
         name = header[0:100].split(b"\0", 1)[0].decode()
@@ -774,6 +775,23 @@ def _tar_header(stream: Any, where: str) -> tuple[str, bytes, int] | None:
     if size < 0:  # a signed size field: the next header would lie behind this one
         raise ShardFormatError(f"{where}: corrupt tar header (size {size})")
     return (f"{prefix}/{name}" if prefix else name), header[156:157], size
+
+
+def _check_header_sum(header: bytes, where: str) -> None:
+    """A tar header's checksum: the sum of its bytes with the checksum field read as
+    spaces, as unsigned bytes (POSIX) or signed ones (old Sun tars), as `tarfile` checks.
+    A flipped bit in a name or size otherwise reads on as another sample's key or as the
+    next header found at a wrong offset."""
+    field = header[148:156].split(b"\0", 1)[0].strip(b" ")
+    try:
+        stored = int(field.decode(), 8)
+    except ValueError as exc:  # not octal
+        raise ShardFormatError(f"{where}: corrupt tar header (checksum field {field!r})") from exc
+    rest = header[:148] + b" " * 8 + header[156:]
+    unsigned = sum(rest)
+    signed = unsigned - 256 * sum(1 for byte in rest if byte > 127)
+    if stored not in (unsigned, signed):
+        raise ShardFormatError(f"{where}: corrupt tar header (its checksum does not match)")
 
 
 def _long_name(kind: bytes, data: bytes) -> str | None:
