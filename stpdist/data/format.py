@@ -789,8 +789,7 @@ def _check_header_sum(header: bytes, where: str) -> None:
         raise ShardFormatError(f"{where}: corrupt tar header (checksum field {field!r})") from exc
     rest = header[:148] + b" " * 8 + header[156:]
     unsigned = sum(rest)
-    signed = unsigned - 256 * sum(1 for byte in rest if byte > 127)
-    if stored not in (unsigned, signed):
+    if stored != unsigned and stored != unsigned - 256 * sum(byte > 127 for byte in rest):
         raise ShardFormatError(f"{where}: corrupt tar header (its checksum does not match)")
 
 
