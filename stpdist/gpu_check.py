@@ -251,11 +251,18 @@ class Report:
         self.meta = environment(plan)
 
     def add(self, row: Row) -> Row:
+        """`row` kept, and printed with its result at once: a run cut off by a time limit
+        still shows what it measured."""
+        from .models import fused
+
+        if fused._BROKEN:  # the fused gate arithmetic fell back to op-by-op: say which rows
+            row.values["fused_fallback_after"] = list(fused._BROKEN)
         self.rows.append(row)
         took = row.values.get("section_s")
         print(
             f"gpu_check: {row.section} / {row.item}: {row.status}"
-            + (f" ({took} s)" if took is not None else ""),
+            + (f" ({took} s)" if took is not None else "")
+            + (f": {row.result}" if row.result else ""),
             file=sys.stderr,
         )
         return row
@@ -289,6 +296,13 @@ class Report:
         for r in self.rows:
             lines.append(
                 f"{r.section:<{widths[0]}} {r.item:<{widths[1]}} {r.status:<{widths[2]}} {r.result}"
+            )
+        fallen = [r for r in self.rows if r.values.get("fused_fallback_after")]
+        if fallen:
+            lines.append(
+                f"note: the fused kernels failed to compile ({fallen[0].values['fused_fallback_after'][0]}"
+                f"); the rows from '{fallen[0].section} / {fallen[0].item}' on ran steps "
+                "with the op-by-op gate arithmetic"
             )
         return "\n".join(lines)
 

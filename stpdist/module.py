@@ -85,6 +85,11 @@ class EnhancedModule(nn.Module):
         self.current_epoch: int = 0
         self.planned_steps: int | None = None
 
+    in_step_graph: bool = False
+    """True while the Trainer runs the code a CUDA graph replays (`trainer.cuda_graphs`):
+    values `refresh_graph_inputs` wrote to the device are to be read then, host values in
+    an eager step (a batch the graph does not take, another `fit` without graphs)."""
+
     def refresh_graph_inputs(self, step: int) -> None:
         """Under `trainer.cuda_graphs`, before the step numbered `step` (1-based) is
         replayed from its graph: write into device tensors the host values that change per

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import metrics, plugins
-from .config import ModelConfig, ScheduleConfig, check_frame_size
+from .config import ConfigError, ModelConfig, ScheduleConfig, check_frame_size
 from .data.normalize import Normalizer
 from .errors import InputError
 from .models import BackboneOutput, FrameSpec, as_output, backbone_args, build_backbone
@@ -170,6 +170,14 @@ class Forecaster(EnhancedModule):
         probabilities change every step, causes no recompilation. The loop then calls `step`
         at every frame (no batching over time, which would bypass it)."""
         if isinstance(self.backbone, FrameRecurrent):
+            if mode == "reduce-overhead":
+                raise ConfigError(
+                    f"trainer.compile_mode reduce-overhead with '{self.config.name}': it "
+                    "compiles the backbone's one-frame step, and this mode's CUDA graphs "
+                    "start anew at each call outside training, overwriting the previous "
+                    "frame's state (validation fails); use compile_mode default, or "
+                    "trainer.cuda_graphs, which captures the whole training step"
+                )
             self.backbone.step = torch.compile(self.backbone.step, mode=mode)
             self.backbone.batch_over_time = False
         else:
@@ -323,7 +331,7 @@ class Forecaster(EnhancedModule):
             return None
         b, t_in = inputs.shape[:2]
         p_in, p_out = self.teacher_probabilities(step)
-        if self._graph_probabilities is not None:
+        if self.in_step_graph and self._graph_probabilities is not None:
             p_in, p_out = self._graph_probabilities.unbind()
         draws_out = torch.rand(b, self.num_output_frames - 1, device=inputs.device) < p_out
         if mode == "linear":

@@ -1420,7 +1420,7 @@ class Trainer:
             state = self._start(resume, start, model, module, optimizer, scheduler, train, ctx)
             lease.close()  # `start` is read: this run's retention may retire it from now on
             _check_schedule_length(scheduler, interval, total_steps, state.global_step, start)
-            self._graph = self._step_graph(module, optimizer)  # on the restored optimizer
+            self._graph = self._step_graph(module, optimizer, scheduler)  # restored optimizer
             self.checkpoints.bind(
                 acc, module, optimizer, scheduler, self._config_yaml(), state, self.attachments
             )
@@ -1713,7 +1713,12 @@ class Trainer:
         module.global_step, module.current_epoch = state.global_step, state.epoch
         graph = self._graph
         if graph is not None and graph.takes(batch):
-            return self._graphed_step(model, module, optimizer, batch, state, meter)
+            from .graphs import CaptureFailed
+
+            try:
+                return self._graphed_step(model, module, optimizer, batch, state, meter)
+            except CaptureFailed:  # said; this batch and every later one run eagerly
+                pass
         with graph.eager(optimizer) if graph is not None else contextlib.nullcontext():
             return self._eager_step(model, module, optimizer, batch, state, meter)
 
@@ -1794,9 +1799,15 @@ class Trainer:
         elif self.accelerator.sync_gradients:
             self._inner_optimizer.zero_grad(set_to_none=True)
 
-    def _step_graph(self, module: EnhancedModule, optimizer: Any) -> Any:
+    def _step_graph(self, module: EnhancedModule, optimizer: Any, scheduler: Any) -> Any:
         """The `trainer.cuda_graphs` step graph of this run, or None (with one line why)."""
-        from .graphs import StepGraph, emulated, plain_learning_rates
+        from .graphs import (
+            StepGraph,
+            cycles_momentum,
+            emulated,
+            optimizer_refusal,
+            plain_learning_rates,
+        )
 
         device, why = self.accelerator.device, None
         if not self.config.cuda_graphs:
@@ -1807,8 +1818,8 @@ class Trainer:
         elif module.skips_batches:
             why = (f"{type(module).__name__} may skip batches (skips_batches = True: every loss "
                    "is read on the host), which a graph cannot replay; the step runs eagerly")  # fmt: skip
-        else:
-            return StepGraph(module, optimizer, device)
+        elif (why := optimizer_refusal(optimizer)) is None:
+            return StepGraph(module, optimizer, device, momentum=cycles_momentum(scheduler))
         if why:
             say(f"trainer.cuda_graphs: {why}")
         plain_learning_rates(optimizer)  # resumed from a run with graphs: floats again

@@ -419,3 +419,24 @@ def test_gpu_check_refuses_a_budget_that_lets_nothing_run(capsys):
             gpu_check.main(["--dry", "--budget-s", budget])
         assert exited.value.code == 2
         assert "expected a positive number of seconds" in capsys.readouterr().err
+
+
+def test_gpu_check_rows_say_when_the_fused_kernels_fell_back(tmp_path, monkeypatch, capsys):
+    """A compile failure of the fused gate arithmetic turned it off for the rest of the
+    process with one log line: every later row measured unfused steps and the table did not
+    say so. Each row also prints its result as it ends (a run cut off keeps them)."""
+    from stpdist import gpu_check
+    from stpdist.models import fused
+
+    report = gpu_check.Report(gpu_check.Plan.for_device(True, 10.0), tmp_path / "c.json")
+    report.add(gpu_check.Row("ops", "convlstm", "dry", "1 000 ops"))
+    monkeypatch.setattr(fused, "_BROKEN", ["convlstm_gates"])
+    report.add(gpu_check.Row("graphs", "convlstm batch 2", "dry", "1.5×"))
+    assert "gpu_check: graphs / convlstm batch 2: dry: 1.5×" in capsys.readouterr().err
+    assert "fused_fallback_after" not in report.rows[0].values
+    assert report.rows[1].values["fused_fallback_after"] == ["convlstm_gates"]
+    report.meta["elapsed_s"] = 1.0
+    assert report.table().splitlines()[-1] == (
+        "note: the fused kernels failed to compile (convlstm_gates); the rows from "
+        "'graphs / convlstm batch 2' on ran steps with the op-by-op gate arithmetic"
+    )

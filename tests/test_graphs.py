@@ -274,3 +274,144 @@ def test_cudnn_benchmark_is_the_latest_open_holders_and_torchs_own_after_the_las
 def test_cudnn_benchmark_holds_while_the_trainer_is_open_on_a_gpu(tmp_path, value):
     seen, after = _benchmark_run(tmp_path, value)
     assert seen and all(s is value for s in seen) and after is False
+
+
+# --------------------------------------------- what a graph would replay as captured
+class _OneCycle(_Convolutional):
+    """The recipes' schedule: OneCycleLR, which cycles Adam's beta1 every step."""
+
+    def configure_lr_scheduler(self, optimizer):
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.05, total_steps=14)
+
+
+class _DecayingWeightDecay(_Convolutional):
+    """A scheduler of weight decay (changed after the capture: the graph holds the old)."""
+
+    def configure_optimizer(self):
+        return torch.optim.AdamW(self.parameters(), lr=0.01, weight_decay=0.1)
+
+    def configure_lr_scheduler(self, optimizer):
+        class WeightDecay(torch.optim.lr_scheduler.LambdaLR):
+            def step(self, *args, **kwargs):
+                super().step(*args, **kwargs)
+                for group in self.optimizer.param_groups:
+                    group["weight_decay"] = 0.1 / (1 + self.last_epoch)
+
+        return WeightDecay(optimizer, lambda step: 1.0)
+
+
+class _Sgd(_Convolutional):
+    def configure_optimizer(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+
+class _UncapturableOnce(_Convolutional):
+    """A step a capture refuses (here: raises while the Trainer runs the graph's step)."""
+
+    def training_step(self, inputs, targets):
+        if self.in_step_graph:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return super().training_step(inputs, targets)
+
+
+def _weights_of(tmp_path, monkeypatch, kind, graphs: bool):
+    monkeypatch.setenv(EMULATE_ENV, "1" if graphs else "0")
+    torch.manual_seed(0)
+    module = kind()
+    trainer = _trainer(tmp_path, f"{kind.__name__}-{graphs}", graphs, epochs=2)
+    trainer.fit(module, _data())
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}, trainer._graph
+
+
+def test_a_scheduler_cycling_beta1_reaches_the_graph_through_the_device(tmp_path, monkeypatch):
+    """OneCycleLR (every recipe's schedule) writes a new beta1 each step; a capturable Adam
+    bakes a float beta1 into the graph. It is kept in a device tensor the replays refill,
+    and the emulation, which replays every other Python value as captured, trains as eager."""
+    import stpdist.graphs as graphs_module
+
+    eager, _ = _weights_of(tmp_path, monkeypatch, _OneCycle, graphs=False)
+    replayed, graph = _weights_of(tmp_path, monkeypatch, _OneCycle, graphs=True)
+    assert graph.replays == 14 - WARMUP_STEPS and graph.abandoned is None
+    assert _same(eager, replayed)
+    # the control: beta1 left to the host, the replays keep the captured one
+    monkeypatch.setattr(graphs_module, "cycles_momentum", lambda scheduler: False)
+    stale, graph = _weights_of(tmp_path / "stale", monkeypatch, _OneCycle, graphs=True)
+    assert graph.abandoned is not None and "betas" in graph.abandoned
+
+
+def test_another_setting_changed_after_the_capture_turns_the_steps_eager(
+    tmp_path, monkeypatch, caplog
+):
+    eager, _ = _weights_of(tmp_path, monkeypatch, _DecayingWeightDecay, graphs=False)
+    with caplog.at_level("INFO", logger="stpdist"):
+        replayed, graph = _weights_of(tmp_path, monkeypatch, _DecayingWeightDecay, graphs=True)
+    assert _same(eager, replayed)
+    assert caplog.text.count("after the capture, and a graph replays the captured value") == 1
+    assert "the optimizer's weight_decay (param group 0) changed from 0.025 to 0.02" in caplog.text
+    assert graph.replays == 1  # the capture's step; the scheduler changes it every step
+
+
+def test_an_optimizer_without_a_capturable_mode_runs_eagerly(tmp_path, monkeypatch, capsys):
+    eager, _ = _weights_of(tmp_path, monkeypatch, _Sgd, graphs=False)
+    replayed, graph = _weights_of(tmp_path, monkeypatch, _Sgd, graphs=True)
+    assert graph is None and _same(eager, replayed)
+    assert "trainer.cuda_graphs: SGD has no capturable mode" in capsys.readouterr().out
+
+
+def test_a_capture_that_fails_is_said_once_and_training_goes_on_eagerly(
+    tmp_path, monkeypatch, caplog
+):
+    eager, _ = _weights_of(tmp_path, monkeypatch, _UncapturableOnce, graphs=False)
+    with caplog.at_level("INFO", logger="stpdist"):
+        replayed, graph = _weights_of(tmp_path, monkeypatch, _UncapturableOnce, graphs=True)
+    assert _same(eager, replayed) and graph.replays == 0
+    assert caplog.text.count("cuda_graphs: the step could not be captured (RuntimeError") == 1
+
+
+def test_the_graphs_probabilities_are_read_inside_the_graphs_step_only():
+    """After a graphed run the Forecaster kept reading the last replay's scheduled-sampling
+    probabilities in every eager step (a batch of other shapes, a later `fit` without
+    graphs): at step 50 010, where its schedule gives 0, 99.8% teacher frames."""
+    torch.manual_seed(0)
+    module = forecaster(
+        "convlstm", (1, 8, 8), 3, 3, backbone={"hidden_channels": [4], "kernel_size": 3},
+        sampling="reverse", reverse_steps=[1, 12], reverse_alpha=3.0,
+    )  # fmt: skip
+    module.refresh_graph_inputs(11)  # the replay of step 11: both probabilities high
+    inputs = torch.rand(64, 3, 1, 8, 8)
+    module.in_step_graph = True
+    assert module.teacher_mask(inputs, 50_010).mean() > 0.3
+    module.in_step_graph = False
+    assert module.teacher_mask(inputs, 50_010)[:, 2:].mean() == 0  # the host's: after the end
+
+
+def test_refused_with_activation_checkpointing():
+    from stpdist.config import TrainerConfig
+    from stpdist.graphs import refusal
+
+    why = refusal(TrainerConfig(activation_checkpointing=True), num_processes=1)
+    assert why and "trainer.activation_checkpointing" in why and "random state" in why
+
+
+def test_compile_mode_reduce_overhead_is_refused_for_a_frame_recurrent_backbone():
+    module = forecaster("convlstm", (1, 8, 8), 3, 3, backbone={"hidden_channels": [4]})
+    with pytest.raises(ConfigError, match="compile_mode reduce-overhead with 'convlstm'"):
+        module.compile_for_training("reduce-overhead")
+
+
+def test_a_resume_without_graphs_puts_step_counts_and_betas_back_on_the_host():
+    from stpdist.graphs import plain_learning_rates
+
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.Adam([param], lr=0.1, foreach=None)
+    param.grad = torch.ones(3)
+    optimizer.step()
+    group = optimizer.param_groups[0]
+    group.update(lr=torch.tensor(0.05), capturable=True, foreach=False)
+    group["betas"] = (torch.tensor(0.85), 0.999)
+    plain_learning_rates(optimizer)
+    assert group["betas"] == (pytest.approx(0.85), 0.999)
+    assert not any(isinstance(b, torch.Tensor) for b in group["betas"])
+    assert group["foreach"] is None and group["capturable"] is False
+    assert optimizer.state[param]["step"].device.type == "cpu"
+    optimizer.step()
