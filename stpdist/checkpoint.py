@@ -87,7 +87,16 @@ SHARDED_DIR = "sharded"
 """A sharded checkpoint's DCP folder (`.metadata`, `__<rank>_0.distcp`)."""
 VALIDATION_FILE = "validation.json"
 MANIFEST_FILE = "manifest.json"
-_NAME = re.compile(r"^step-([0-9]{8})\Z")
+_NAME = re.compile(r"^step-([0-9]{8,})\Z")  # 8 digits, more from step 100 000 000
+
+
+def step_of(folder: Path) -> int:
+    """The step number of a `step-N` checkpoint folder (its order: by number, not by
+    name, past step 99 999 999); -1 for another name."""
+    match = _NAME.match(folder.name)
+    return int(match.group(1)) if match else -1
+
+
 _STEP_NAME = re.compile(r"^(?:step-?)?([0-9]+)\Z")  # what a user may call a step: step-320, 320
 _LEGACY_REQUIRED = (STATE_FILE, MODEL_FILE, "optimizer.pt")  # folders saved before manifests
 _MANIFEST_ERA = (VALIDATION_FILE, "index.json")  # only versions with manifests wrote these
@@ -773,7 +782,7 @@ class CheckpointManager:
         if not self.root.is_dir():
             return []
         entries = list(self.root.iterdir())
-        folders = sorted((p for p in entries if _NAME.match(p.name)), key=lambda p: p.name)
+        folders = sorted((p for p in entries if _NAME.match(p.name)), key=step_of)
         if retired:
             return folders
         marked = {p.name for p in entries if p.name.startswith(_RETIRED)}
@@ -987,8 +996,22 @@ class CheckpointManager:
         _remove(trash)
         return True
 
+    def _put_back_same(self) -> None:
+        """A `.same-step-N` whose `step-N` is missing back under its name: a save of step N
+        again (same weights) killed between setting the old copy aside and putting the new
+        one in place left the step under no name, and the sweep then deleted both copies.
+        (Racing ranks: one rename wins, the others find nothing to do.)"""
+        for aside in self.root.glob(".same-step-*"):
+            name = aside.name[len(".same-") :]
+            if _NAME.match(name) and not (self.root / name).exists():
+                with contextlib.suppress(OSError):
+                    os.rename(aside, self.root / name)
+                    log.warning("checkpoint %s: put back (a save of it again was interrupted)",
+                                self.root / name)  # fmt: skip
+
     def _sweep(self) -> None:
         """Remove what killed saves and deletions left (never a `step-*` folder)."""
+        self._put_back_same()
         patterns = (".tmp-step-*", ".trash-*", ".same-step-*")
         for stale in (p for pattern in patterns for p in self.root.glob(pattern)):
             _remove(stale)
@@ -1036,6 +1059,8 @@ class CheckpointManager:
             )
         if str(resume) == "auto":
             damaged = []
+            if self.root.is_dir():
+                self._put_back_same()
             for path in reversed(self._folders()):
                 why = damage(path, deep=True)
                 if why is None:

@@ -120,7 +120,9 @@ def run_checkpoint_policy(root: Path) -> CheckpointConfig:
     run's own best (its monitor and mode); the defaults when no checkpoint records one."""
     from omegaconf import OmegaConf
 
-    for folder in sorted(root.glob("step-*"), reverse=True):
+    from .checkpoint import step_of
+
+    for folder in sorted(root.glob("step-*"), key=step_of, reverse=True):
         try:
             trainer = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))["trainer"]
             recorded = trainer["checkpoint"]

@@ -1030,3 +1030,42 @@ def test_inspect_verify_reads_every_sample_and_names_a_duplicate_key(tmp_path):
 
     proc = run_cli("inspect", str(folder), "--verify", "--samples", "0", cwd=tmp_path)
     assert proc.returncode == 2 and "key 'k0' also in train-000000.tar" in proc.stderr
+
+
+def test_a_step_saved_again_and_killed_between_its_renames_is_put_back(tmp_path, monkeypatch):
+    """Saving a step that exists with the same weights renames the old copy `.same-step-N`,
+    then moves the new one into place; a kill between the two left step N under no name:
+    `--resume auto` went back a step, and the next save's sweep deleted both copies."""
+    manager = manager_for(tmp_path, keep_last=3)
+    save(manager, 5)
+    save(manager, 6)
+
+    def killed(source, target):  # the new copy never reaches its name
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save(manager, 6)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir() if "00000006" in p.name) == [
+        ".same-step-00000006",
+        ".tmp-step-00000006",
+    ]
+    restarted = manager_for(tmp_path, keep_last=3)
+    assert restarted.resolve("auto") == tmp_path / "step-00000006"
+    assert loads_as(restarted, tmp_path / "step-00000006") == 6
+    save(restarted, 7)  # the sweep: the leftover new copy goes, step 6 stays
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("step-", "."))) == [
+        "step-00000005", "step-00000006", "step-00000007",
+    ]  # fmt: skip
+
+
+def test_checkpoints_past_step_99_999_999_are_found_in_step_order(tmp_path):
+    """`step-100000000` has 9 digits: it matched no checkpoint name, so `--resume auto`
+    went back to step 99 999 999 and retention never deleted the newer ones."""
+    manager = manager_for(tmp_path, keep_last=1, keep_best=0)
+    for step in (99_999_999, 100_000_000, 100_000_001):
+        save(manager, step)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("step-")] == ["step-100000001"]
+    assert manager.resolve("auto") == manager.latest() == tmp_path / "step-100000001"
+    assert manager.choose("100000001") == tmp_path / "step-100000001"
