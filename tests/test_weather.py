@@ -1069,3 +1069,79 @@ def test_netcdf_every_kth_step(tmp_path):
     for window, meta in got.values():
         s = int(np.flatnonzero(full["time"] == np.datetime64(meta["start"], "ns"))[0])
         np.testing.assert_array_equal(window[:, 0], full["t2m"][s : s + 5 : 2])
+
+
+def test_netcdf_every_keeps_the_same_hours_after_a_missing_step(tmp_path):
+    """`--every 2` of 6-hourly data picked every second step by position: one missing step
+    and every later sample (the rest of train, all of val) moved from 00/12 UTC to 06/18,
+    silently. The kept steps are those a whole number of 12 h after the first."""
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    from stpdist.data.convert import convert
+    from stpdist.data.sources.netcdf import XarraySource
+
+    lat, lon = _grid()
+    every_6h = np.datetime64("2020-01-01T00:00", "ns") + np.arange(40) * np.timedelta64(6, "h")
+    time = np.delete(every_6h, 13)  # 2020-01-04T06 missing
+    t2m = 280 + np.arange(len(time))[:, None, None] + np.zeros((1, len(lat), len(lon)))
+    for part, at in (("a", slice(0, 20)), ("b", slice(20, None))):  # two files
+        xr.Dataset(
+            {"t2m": (("time", "lat", "lon"), t2m[at].astype(np.float32), {"units": "K"})},
+            coords={"time": time[at], "lat": lat, "lon": lon},
+        ).to_netcdf(tmp_path / f"era5_{part}.nc", engine="h5netcdf")
+    source = XarraySource(
+        [str(tmp_path / "era5_a.nc"), str(tmp_path / "era5_b.nc")], var_specs="t2m",
+        num_frames=2, stride=1, every=2, block_frames=3, val_from="2020-01-08",
+    )  # fmt: skip
+    convert(source, tmp_path / "out", progress=False)
+    for split in ("train", "val"):
+        for window, meta in stored(tmp_path / "out" / split).values():
+            start = np.datetime64(meta["start"], "ns")
+            assert (start - time[0]) % np.timedelta64(12, "h") == np.timedelta64(0), meta
+            frames = [int(np.flatnonzero(time == start + k * np.timedelta64(12, "h"))[0])
+                      for k in range(2)]  # fmt: skip
+            np.testing.assert_array_equal(window[:, 0, 0, 0], t2m[frames, 0, 0])
+    assert len(stored(tmp_path / "out" / "val")) == 5  # frames 08T00 … 10T12, at 00/12 UTC
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_zarr_chunk_never_written_is_not_stored_as_data(tmp_path, zarr_format):
+    """A Zarr v3 store that xarray writes keeps a packed variable's _FillValue (-32767) in
+    its attributes and the array's fill value at 0: a chunk never written read as 0 × scale
+    + offset = 270 K and was stored as data. Refused, naming the store and the variable; in
+    v2, where the fill value is the _FillValue, it reads as missing (the NaN policy)."""
+    xr = pytest.importorskip("xarray")
+    zarr = pytest.importorskip("zarr")
+    if zarr_format == 3 and int(zarr.__version__.split(".")[0]) < 3:
+        pytest.skip("zarr v3 stores need zarr 3")
+    from stpdist.data.convert import convert
+    from stpdist.data.sources.netcdf import XarraySource
+    from stpdist.errors import InputError
+
+    lat, lon = _grid()
+    time = np.datetime64("2020-01-01T00:00", "ns") + np.arange(12) * np.timedelta64(6, "h")
+    t2m = (265 + 10 * np.random.default_rng(0).random((12, len(lat), len(lon)))).astype("f4")
+    path = tmp_path / "era5.zarr"
+    xr.Dataset(
+        {"t2m": (("time", "lat", "lon"), t2m, {"units": "K"})},
+        coords={"time": time, "lat": lat, "lon": lon},
+    ).to_zarr(
+        path, zarr_format=zarr_format, consolidated=False,
+        encoding={"t2m": {"chunks": (4, len(lat), len(lon)), "dtype": "int16",
+                          "scale_factor": 0.01, "add_offset": 270.0, "_FillValue": -32767}},
+    )  # fmt: skip
+    group = zarr.open_group(path, mode="r")
+    assert group["t2m"].nchunks_initialized == 3
+    chunk = path / "t2m" / ("c/1/0/0" if zarr_format == 3 else "1.0.0")
+    chunk.unlink()  # the chunk of steps 4…7
+    source = XarraySource([str(path)], var_specs="t2m", num_frames=2, stride=2)
+    if zarr_format == 3:
+        with pytest.raises(InputError, match=(
+            r"era5\.zarr: variable 't2m' has 1 of 3 chunks never written, which read as the "
+            r"array's fill value 0, not as missing \(its _FillValue -32767\)"
+        )):  # fmt: skip
+            convert(source, tmp_path / "out", progress=False)
+    else:
+        with pytest.raises(InputError, match="holds nan"):
+            convert(source, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -53,17 +53,77 @@ def _xarray() -> Any:
     return require_extra("xarray", "weather", "reading netCDF/Zarr")
 
 
-def _open_store(path: str, decode_times: bool = True) -> Any:
-    xr = _xarray()
-    options = {"chunks": None, "decode_timedelta": False, "decode_times": decode_times}
-    if (
+def _is_zarr(path: str) -> bool:
+    return (
         path.rstrip("/").lower().endswith(".zarr")
         or (Path(path) / ".zgroup").exists()
         or (Path(path) / "zarr.json").exists()
-    ):
+    )
+
+
+def _open_store(path: str, decode_times: bool = True) -> Any:
+    xr = _xarray()
+    options = {"chunks": None, "decode_timedelta": False, "decode_times": decode_times}
+    if _is_zarr(path):
         consolidated = (Path(path) / ".zmetadata").exists()
         return xr.open_zarr(path, consolidated=consolidated, **options)
     return xr.open_dataset(path, **options)
+
+
+def _kept_steps(times: np.ndarray, every: int) -> np.ndarray:
+    """The steps `--every` keeps: those whose time lies a whole number of `every` series
+    steps (the smallest spacing) after the first's. Counted by position, a missing step
+    moved every later kept step to other hours (00/12 UTC before it, 06/18 after)."""
+    if every == 1 or len(times) < 2:
+        return np.arange(len(times))
+    stride = np.diff(times).min() * every
+    return np.flatnonzero((times - times[0]) % stride == stride.dtype.type(0))
+
+
+def _as_slice(steps: np.ndarray) -> Any:
+    """Evenly spaced indices as a slice (a strided read); others as they are."""
+    gaps = np.diff(steps)
+    if len(steps) == 1 or (gaps[0] > 0 and (gaps == gaps[0]).all()):
+        spacing = int(gaps[0]) if len(steps) > 1 else 1
+        return slice(int(steps[0]), int(steps[-1]) + 1, spacing)
+    return steps
+
+
+def _unmasked_missing_chunks(store: str, name: str, var: Any) -> str | None:
+    """Why a Zarr array's never-written chunks would be read as data (None: there are
+    none, or they read as missing). Such a chunk reads as the array's `fill_value`; in a
+    store xarray writes as Zarr v3, that is 0 while the variable's `_FillValue` (-32767 of
+    packed ERA5) sits in its attributes: 0 × scale + offset (270 K) came out as real
+    values, silently. A fill value that decodes to missing (NaN, the `_FillValue`) goes
+    through the converter's NaN policy instead."""
+    if not _is_zarr(store):
+        return None
+    try:
+        import zarr
+
+        array = zarr.open_group(store, mode="r")[name]
+        missing = int(array.nchunks) - int(array.nchunks_initialized)
+        fill = array.fill_value
+    except Exception:  # noqa: BLE001 - not readable as zarr here: xarray's reading decides
+        return None
+    if missing <= 0 or fill is None:
+        return None
+    masks = [var.encoding.get(k, var.attrs.get(k)) for k in ("_FillValue", "missing_value")]
+    fill_value = np.asarray(fill)
+    if fill_value.dtype.kind == "f" and np.isnan(fill_value).all():
+        return None
+    if any(m is not None and np.array_equal(np.asarray(m), fill_value) for m in masks):
+        return None
+    shown = ", ".join(
+        f"{k} {m!r}" for k, m in zip(("_FillValue", "missing_value"), masks) if m is not None
+    )
+    return (
+        f"{store}: variable '{name}' has {missing} of {array.nchunks} chunks never written, "
+        f"which read as the array's fill value {fill_value.item()!r}, not as missing"
+        + (f" (its {shown})" if shown else "")
+        + ": they would be stored as data; write the missing chunks, or rewrite the store "
+        "with the array's fill value equal to its _FillValue"
+    )
 
 
 TIME_NAMES = ("valid_time",)
@@ -358,6 +418,8 @@ class XarraySource:
     files: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
     """Per variable: (file, first frame, frame count), set by `splits`."""
     times: Any = None
+    kept: Any = None
+    """The files' steps (indices in the series) that `--every` keeps, set by `splits`."""
     latitudes: list[float] | None = None
     longitudes: list[float] | None = None
     specs: list[str] = field(default_factory=list)
@@ -529,7 +591,11 @@ class XarraySource:
                     info = _describe(store, ds, var_name, var)
                     key = _key(var_name, info["scalar_level"])
                     first = available.setdefault(key, info)
-                    problem = info.get("problem") or _differs(first, info, store, key)
+                    problem = (
+                        info.get("problem")
+                        or _differs(first, info, store, key)
+                        or _unmasked_missing_chunks(store, var_name, var)
+                    )
                     if problem:
                         problems.setdefault(key, problem)
                         continue
@@ -584,7 +650,8 @@ class XarraySource:
             self.files[variable] = files
         if self.every < 1:
             raise InputError(f"--every {self.every}: expected a positive step count")
-        self.times = times[:: self.every]
+        self.kept = _kept_steps(times, self.every)
+        self.times = times[self.kept]
         self.key_unit = stamp_unit(self.times)  # keys need seconds for 30-second steps
         times = self.times
         windows = plan_windows(
@@ -624,30 +691,27 @@ class XarraySource:
 
     def _where(self, starts: tuple[int, ...]) -> str:
         first, stop = starts[0], starts[-1] + self.num_frames
-        e = self.every
+        low, high = self.kept[first], self.kept[stop - 1]  # the files' steps
         stores = [
             store
             for c in dict.fromkeys(ch.key for ch in self.channels)
             for store, offset, count in self.files[c]
-            if offset < (stop - 1) * e + 1 and offset + count > first * e
+            if offset <= high and offset + count > low
         ]
         shown = np.datetime_as_string(self.times[[first, stop - 1]], unit=self.key_unit)
         return f"{', '.join(dict.fromkeys(stores))} (times {shown[0]}…{shown[1]})"
 
     # ------------------------------------------------------------------ reading
     def _read(self, channel: Channel, first: int, stop: int) -> np.ndarray:
-        """Kept steps [first, stop) of one channel (`--every` e: the files' steps first·e,
-        (first + 1)·e, …), T×H×W float32, from the files holding them; only those steps
-        are read (`--every 12` of hourly data reads a twelfth of it, not all)."""
-        every = self.every
-        first, stop = first * every, (stop - 1) * every + 1  # the files' steps
+        """Kept steps [first, stop) of one channel (`--every` e: the files' steps whose time
+        lies a multiple of e steps after the first's), T×H×W float32, from the files
+        holding them; only those steps are read (`--every 12` of hourly data reads a
+        twelfth of it, not all)."""
+        steps = self.kept[first:stop]  # the files' steps
         parts = []
         for store, offset, count in self.files[channel.key]:
-            if offset + count <= first or offset >= stop:
-                continue
-            begin = max(first - offset, 0)
-            begin += -(offset + begin) % every  # the file's first kept step
-            if begin >= min(count, stop - offset):
+            local = steps[(steps >= offset) & (steps < offset + count)] - offset
+            if not len(local):
                 continue
             ds = _open(store)
             try:
@@ -658,7 +722,7 @@ class XarraySource:
                 if channel.level is not None:
                     var = var.sel({level: channel.level})
                 var = var.transpose("time", lat, lon)
-                part = var.isel(time=slice(begin, stop - offset, every)).values
+                part = var.isel(time=_as_slice(local)).values
             finally:
                 ds.close()
             parts.append(np.asarray(part, dtype=np.float32))
