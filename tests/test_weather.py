@@ -1145,3 +1145,62 @@ def test_a_zarr_chunk_never_written_is_not_stored_as_data(tmp_path, zarr_format)
         with pytest.raises(InputError, match="holds nan"):
             convert(source, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def _monthly(root: Path, months: dict[int, dict], lat=None) -> None:
+    """ERA5-like monthly files `era5_2020MM.nc`, 6-hourly, 8 steps each: `months` maps a
+    month to {variable: values (8×H×W)} (an empty time axis where the values have 0 steps)."""
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    grid_lat, lon = _grid()
+    root.mkdir(parents=True, exist_ok=True)
+    for month, variables in months.items():
+        steps = len(next(iter(variables.values())))
+        time = np.datetime64(f"2020-{month:02d}-01T00:00", "ns") + np.arange(steps) * np.timedelta64(6, "h")  # fmt: skip
+        here = lat.get(month, grid_lat) if lat else grid_lat
+        xr.Dataset(
+            {n: (("time", "lat", "lon"), v.astype(np.float32), {"units": "K"}) for n, v in variables.items()},
+            coords={"time": time, "lat": here, "lon": lon},
+        ).to_netcdf(root / f"era5_2020{month:02d}.nc", engine="h5netcdf")  # fmt: skip
+
+
+def test_netcdf_files_that_disagree_are_said_as_what_differs(tmp_path, caplog):
+    """A month without one variable was "variable 'msl' has other times than 't2m'", naming
+    the first file (which was fine); grids said "another lat/lon grid" without how (a
+    latitude axis reversed in one file looked like any other grid); a file with no time
+    steps was passed over without a word; a NaN named channel 0, not the variable; and
+    `--allow-nan` never said how much it filled."""
+    from stpdist.data.convert import convert
+    from stpdist.data.sources.netcdf import XarraySource
+    from stpdist.errors import InputError
+
+    lat, lon = _grid()
+    field = np.full((8, len(lat), len(lon)), 280.0)
+    both = {"t2m": field, "msl": field + 1e5}
+
+    def refused(folder: Path, match: str) -> None:
+        source = XarraySource([str(folder)], var_specs="t2m,msl", num_frames=2, stride=2)
+        with pytest.raises(InputError, match=match):
+            convert(source, tmp_path / "out", progress=False)
+
+    _monthly(tmp_path / "novar", {1: both, 2: {"msl": field}, 3: both})
+    refused(tmp_path / "novar", r"era5_202002\.nc: holds 'msl' at 2020-02-01T00:00, and no file "
+            r"holds 't2m' at that time \(24 steps of 'msl', 16 of 't2m'\)")  # fmt: skip
+    _monthly(tmp_path / "flip", {1: both, 2: both}, lat={2: lat[::-1]})
+    refused(tmp_path / "flip", r"era5_202002\.nc: variable 't2m' is on another lat/lon grid "
+            r"than in .*era5_202001\.nc: latitude is descending here and the other way there")  # fmt: skip
+    _monthly(tmp_path / "shift", {1: both, 2: both}, lat={2: lat + 1})
+    refused(tmp_path / "shift", r"latitude\[0\] is -77\.75 here, -78\.75 there")
+
+    nan = field.copy()
+    nan[3, 2, 5] = np.nan
+    _monthly(tmp_path / "gaps", {1: both, 2: {"t2m": field[:0], "msl": field[:0]},
+                                 3: {"t2m": field, "msl": nan}})  # fmt: skip
+    refused(
+        tmp_path / "gaps", r"holds nan at \(t, c, y, x\) = \(1, 1, 2, 5\), variable msl in frame 1"
+    )
+    source = XarraySource([str(tmp_path / "gaps")], var_specs="t2m,msl", num_frames=2, stride=2)
+    with caplog.at_level("WARNING", logger="stpdist"):
+        convert(source, tmp_path / "out", progress=False, nan_fill=0.0)
+    assert "era5_202002.nc: no time steps (time has length 0)" in caplog.text
+    assert "train: 1 NaN value(s) stored as --allow-nan 0 (" in caplog.text

@@ -444,14 +444,25 @@ def _swap(ready: Path, out: Path, occupied: bool) -> None:
         shutil.rmtree(old)
 
 
-def _first_nonfinite(frames_TCHW: np.ndarray) -> str:
+def _first_nonfinite(frames_TCHW: np.ndarray, names: list[str] | None = None) -> str:
+    """The first non-finite value and its position; the channel named by its variable when
+    the source has names (`t2m`, not `c=0`)."""
     position = tuple(int(i) for i in np.argwhere(~np.isfinite(frames_TCHW))[0])
     count = int((~np.isfinite(frames_TCHW)).sum())
-    return f"{frames_TCHW[position]} at (t, c, y, x) = {position} ({count} non-finite values)"
+    named = ""
+    if names and len(position) == 4 and position[1] < len(names):
+        named = f", variable {names[position[1]]} in frame {position[0]}"
+    return (
+        f"{frames_TCHW[position]} at (t, c, y, x) = {position}{named} ({count} non-finite values)"
+    )
 
 
 def _finite(
-    frames: np.ndarray, key: str, where: str, nan_fill: float | None
+    frames: np.ndarray,
+    key: str,
+    where: str,
+    nan_fill: float | None,
+    names: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(`frames` with NaN replaced by `nan_fill` when given, the mask of the values that were
     not NaN, or None when none was); any other non-finite value (and NaN without `nan_fill`)
@@ -465,7 +476,7 @@ def _finite(
         if np.isfinite(frames).all():
             return frames, valid
     hint = "" if nan_fill is not None else " (--allow-nan FILL stores NaN as FILL)"
-    raise InputError(f"{where}: sample {key} holds {_first_nonfinite(frames)}{hint}")
+    raise InputError(f"{where}: sample {key} holds {_first_nonfinite(frames, names)}{hint}")
 
 
 def describe(source: Source, item: Any) -> str:
@@ -513,6 +524,8 @@ def _write_split(
     load = functools.partial(_load, source)
     loaded = _in_order(pool, load, items) if pool else map(load, items)
     origin: dict[str, int] = {}  # key → number of the item it came from
+    names = [v["name"] for v in getattr(source, "variables", None) or [] if "name" in v] or None
+    filled = values = 0
     with SplitWriter(
         folder,
         split,
@@ -539,11 +552,18 @@ def _write_split(
                 if like is not None and first:
                     _check_same_shape(like, split, frames.shape, where)
                 grid = source.grid if quantize else None
-                _write_sample(writer, key, frames, meta, where, grid, nan_fill)
+                filled += _write_sample(writer, key, frames, meta, where, grid, nan_fill, names)
+                values += frames.size
                 if like is not None and first:  # as stored (a grid quantizes to uint8)
                     _check_same_dtype(like, split, writer.dtype, where)
         if writer.shape is None:
             raise _Empty
+    if filled:  # how much of the split is the fill: a number a user checks the data by
+        log.warning(
+            "%s: %d NaN value(s) stored as --allow-nan %g (%.3g%% of its values; left out of "
+            "its statistics)",
+            folder.name, filled, nan_fill, 100 * filled / values,
+        )  # fmt: skip
     return read_index(folder)
 
 
@@ -664,11 +684,13 @@ def _write_sample(
     where: str,
     grid: float | None,
     nan_fill: float | None,
-) -> None:
+    names: list[str] | None = None,
+) -> int:
     """One sample into `writer`: NaN filled (or refused), quantized to the `grid` when
-    given; a bad sample is an error naming `where` it came from."""
+    given; a bad sample is an error naming `where` it came from. Returns how many values
+    were filled."""
     try:
-        frames, valid = _finite(frames, key, where, nan_fill)
+        frames, valid = _finite(frames, key, where, nan_fill, names)
         if grid:
             frames = _quantize(frames, grid)
         elif frames.dtype == np.float64:
@@ -676,6 +698,7 @@ def _write_sample(
         writer.write(key, frames, meta, valid=valid)
     except ShardFormatError as exc:  # the writer's checks: shape, dtype, key
         raise InputError(f"{where}: {exc}") from None
+    return 0 if valid is None else int(valid.size - np.count_nonzero(valid))
 
 
 def convert(

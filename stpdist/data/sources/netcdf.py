@@ -23,6 +23,7 @@ statistics.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,8 @@ from .series import (
     stamp,
     stamp_unit,
 )
+
+log = logging.getLogger("stpdist")
 
 LAT_NAMES = ("lat", "latitude")
 LON_NAMES = ("lon", "longitude")
@@ -309,13 +312,55 @@ def _differs(first: dict[str, Any], info: dict[str, Any], store: str, var_name: 
         )
     if first["levels"] != info["levels"]:
         return f"{store}: variable '{var_name}' levels differ from those of {first['where']}"
-    (lat0, lon0), (lat1, lon1) = first["grid"], info["grid"]
-    if (
-        len(lat0) != len(lat1)
-        or len(lon0) != len(lon1)
-        or not (np.allclose(lat0, lat1) and np.allclose(lon0, lon1))
-    ):
-        return f"{store}: variable '{var_name}' is on another lat/lon grid than in {first['where']}"
+    how = _grid_difference(first["grid"], info["grid"])
+    if how:
+        return (
+            f"{store}: variable '{var_name}' is on another lat/lon grid than in "
+            f"{first['where']}: {how}"
+        )
+    return ""
+
+
+def _other_times(
+    variable: str, files: list, stamps: np.ndarray, reference: str, held: list, times: np.ndarray
+) -> str:
+    """The first time one of two channels has and the other lacks, with the file holding
+    it (`files`, `held`: each one's (file, first step, steps)): a month downloaded without
+    a variable was said as "variable 'msl' has other times than 't2m'", naming the series'
+    first file, which was fine."""
+    only_here = np.setdiff1d(stamps, times)
+    if len(only_here):
+        has, lacks, order, when = variable, reference, stamps, only_here[0]
+        held = files
+    else:
+        has, lacks, order, when = reference, variable, times, np.setdiff1d(times, stamps)[0]
+    at = int(np.searchsorted(order, when))
+    store = next((f for f, first, count in held if first <= at < first + count), held[0][0])
+    return (
+        f"{store}: holds '{has}' at {np.datetime_as_string(when, unit='m')}, and no file "
+        f"holds '{lacks}' at that time ({len(stamps)} steps of '{variable}', {len(times)} of "
+        f"'{reference}'); the series needs every channel at every time: add '{lacks}' there, "
+        "or leave it out of --vars"
+    )
+
+
+def _grid_difference(grid: Any, other: Any) -> str:
+    """How lat/lon grid `other` differs from `grid` ('' when it does not): the sizes, an
+    axis in the opposite order, or the first coordinate that differs."""
+    (lat0, lon0), (lat1, lon1) = grid, other
+    if len(lat0) != len(lat1) or len(lon0) != len(lon1):
+        return f"{len(lat1)}×{len(lon1)} points here, {len(lat0)}×{len(lon0)} there"
+    for axis, there, here in (("latitude", lat0, lat1), ("longitude", lon0, lon1)):
+        if np.allclose(there, here):
+            continue
+        if len(here) > 1 and np.allclose(there, np.asarray(here)[::-1]):
+            order = "ascending" if here[-1] > here[0] else "descending"
+            return (
+                f"{axis} is {order} here and the other way there (reverse one file's "
+                f"{axis} axis, e.g. with xarray's sortby)"
+            )
+        at = int(np.flatnonzero(~np.isclose(there, here))[0])
+        return f"{axis}[{at}] is {here[at]:g} here, {there[at]:g} there"
     return ""
 
 
@@ -612,17 +657,11 @@ class XarraySource:
         grid = available[first]["grid"]
         for channel in self.channels[1:]:
             info = available[channel.key]
-            here = info["grid"]
-            if not (
-                len(here[0]) == len(grid[0])
-                and len(here[1]) == len(grid[1])
-                and np.allclose(grid[0], here[0])
-                and np.allclose(grid[1], here[1])
-            ):
+            how = _grid_difference(grid, info["grid"])
+            if how:
                 raise InputError(
                     f"{info['where']}: variable '{channel.key}' is on another lat/lon grid "
-                    f"({len(here[0])}×{len(here[1])}) than '{first}' ({len(grid[0])}×"
-                    f"{len(grid[1])})"
+                    f"than '{first}' ({available[first]['where']}): {how}"
                 )
         return grid
 
@@ -631,6 +670,16 @@ class XarraySource:
         self.channels = self._channels(available, problems)
         self.variables = [{"name": c.name, "units": c.units} for c in self.channels]
         self.latitudes, self.longitudes = self._grid(available)
+        empty = {
+            store
+            for key in {c.key for c in self.channels}
+            for store, t in pieces[key]
+            if not len(t)
+        }
+        for store in sorted(empty):  # a failed download, often: said, not passed over silently
+            log.warning(
+                "%s: no time steps (time has length 0); it adds nothing to the series", store
+            )
         times = None
         for variable in dict.fromkeys(c.key for c in self.channels):
             parts = sorted((p for p in pieces[variable] if len(p[1])), key=lambda p: p[1][0])
@@ -644,8 +693,7 @@ class XarraySource:
                 times, reference = stamps, variable
             elif len(stamps) != len(times) or (stamps != times).any():
                 raise InputError(
-                    f"{files[0][0]}: variable '{variable}' has other times than '{reference}' "
-                    f"({len(stamps)} vs {len(times)} steps)"
+                    _other_times(variable, files, stamps, reference, self.files[reference], times)
                 )
             self.files[variable] = files
         if self.every < 1:
