@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -1052,6 +1053,11 @@ def test_sevir_bad_inputs_name_the_file(tmp_path):
     (tmp_path / "bad.csv").write_text("id,file_name\nS1,x.h5\n")
     with pytest.raises(ValueError, match=r"bad\.csv: missing columns"):
         Sevir(str(tmp_path / "bad.csv")).splits()
+    with pytest.raises(ValueError, match=(  # a case typo (VIL) named only what was asked
+        r"CATALOG\.csv: no events of image type 'VIL' \(the catalog's types: ir069, vil; "
+        r"--img-type takes one of them\)"
+    )):  # fmt: skip
+        Sevir(str(catalog), img_type="VIL").splits()
 
 
 def test_netcdf_every_kth_step(tmp_path):
@@ -1203,4 +1209,7 @@ def test_netcdf_files_that_disagree_are_said_as_what_differs(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="stpdist"):
         convert(source, tmp_path / "out", progress=False, nan_fill=0.0)
     assert "era5_202002.nc: no time steps (time has length 0)" in caplog.text
+    (tmp_path / "gaps" / "era5_202004.nc").write_bytes(b"")  # "none of xarray's readers…"
+    shutil.rmtree(tmp_path / "out")
+    refused(tmp_path / "gaps", r"era5_202004\.nc: empty file \(0 bytes\)")
     assert "train: 1 NaN value(s) stored as --allow-nan 0 (" in caplog.text

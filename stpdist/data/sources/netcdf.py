@@ -138,6 +138,8 @@ def _open(path: str) -> Any:
     named `time` (ERA5 from the current CDS names it `valid_time`: refused before as holding
     no variable with a time dimension)."""
     _xarray()  # a missing extra is said as such, not as an unreadable file
+    if Path(path).is_file() and Path(path).stat().st_size == 0:  # a failed download, often
+        raise InputError(f"{path}: empty file (0 bytes)")
     try:
         ds = _open_store(path)
     except Exception as exc:

@@ -101,9 +101,17 @@ class Sevir:
             if missing:
                 raise InputError(f"{path}: missing columns {missing} (has {reader.fieldnames})")
             # each with its line in the file (the header is line 1), for errors to name
-            rows = [(reader.line_num, r) for r in reader if r["img_type"] == self.img_type]
+            rows, types = [], set()
+            for row in reader:
+                types.add(row["img_type"])
+                if row["img_type"] == self.img_type:
+                    rows.append((reader.line_num, row))
         if not rows:
-            raise InputError(f"{path}: no events of image type '{self.img_type}'")
+            held = ", ".join(sorted(t for t in types if t)) or "none"
+            raise InputError(
+                f"{path}: no events of image type '{self.img_type}' (the catalog's types: "
+                f"{held}; --img-type takes one of them)"
+            )
         val_from, test_from = (
             _date(self.val_from, "--val-from"),
             _date(self.test_from, "--test-from"),
