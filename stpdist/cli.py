@@ -42,6 +42,7 @@ from .console import (
     counted,
     end_process,
     error_line,
+    interrupts_noted,
     launched_as_main,
     sigterm_as_interrupt,
 )
@@ -1778,7 +1779,7 @@ def main(argv: list[str] | None = None) -> int:
     earlier = _open_trainers()  # a program's own (`main` called from Python): left open
     _stop_when_launcher_dies()
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), interrupts_noted():
             args.func(args)
     except ConfigError as exc:
         if args.debug:

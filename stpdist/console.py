@@ -218,6 +218,51 @@ class Terminated(KeyboardInterrupt):
     exit_code = 128 + 15
 
 
+_INTERRUPTS: list[int] = []
+"""The Ctrl-Cs of the command now running (see `interrupts_noted`)."""
+
+
+@contextlib.contextmanager
+def interrupts_noted() -> Iterator[None]:
+    """Ctrl-C raises `KeyboardInterrupt` as by default, and is noted as well, for the body
+    (main thread, and only where SIGINT has Python's own handler: the Trainer's stop flag,
+    a program's handler, are left alone). Python raises it in whatever code runs next;
+    inside a weakref callback or a `__del__` it is printed as "ignored" and the command
+    runs on: a conversion stopped in its first second (its imports) wrote its whole output
+    and exited 0. `check_not_interrupted`, at a point of no return, stops it there."""
+    import signal
+    import threading
+
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    owner = os.getpid()
+
+    def handle(signum: int, frame: Any) -> None:
+        if os.getpid() == owner:
+            _INTERRUPTS.append(signum)
+        raise KeyboardInterrupt
+
+    _INTERRUPTS.clear()
+    signal.signal(signal.SIGINT, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _INTERRUPTS.clear()
+
+
+def check_not_interrupted() -> None:
+    """Raise `KeyboardInterrupt` if a Ctrl-C came during this command (under
+    `interrupts_noted`) and was swallowed where it landed: called before an output is put
+    in place, so that a Ctrl-C never ends in a complete output and exit status 0."""
+    if _INTERRUPTS:
+        raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[bool]:
     """SIGTERM raises `Terminated` in this process for the body, where it would end the

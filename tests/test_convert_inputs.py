@@ -897,3 +897,33 @@ def test_an_object_array_and_a_taxibj_file_without_dates_say_what_they_hold(tmp_
     assert error_line(run_cli("shard", "taxibj-h5", "BJ.h5", "--out", "b", cwd=tmp_path)) == (
         "BJ.h5: missing dataset 'data' or 'date' (has ['data']): a TaxiBJ file holds both"
     )
+
+
+def test_a_ctrl_c_swallowed_where_it_landed_still_stops_before_the_output(tmp_path, monkeypatch):
+    """Python raises Ctrl-C's KeyboardInterrupt in whatever runs next; in a weakref callback
+    (an import's) it is printed as "ignored" and the command ran on: the whole dataset was
+    written and `shard` exited 0 (2 of 24 Ctrl-Cs in a conversion's first second). Here
+    the interrupt lands in code that swallows it, as such a callback does."""
+    import signal
+
+    from stpdist.data.sources.generic import GenericArrays
+
+    _small_arrays(tmp_path, 4)
+    original = GenericArrays.load
+
+    def swallowing(self, item):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here
+        except KeyboardInterrupt:
+            pass  # what "Exception ignored in: <function WeakValueDictionary…>" does
+        return original(self, item)
+
+    monkeypatch.setattr(GenericArrays, "load", swallowing)
+    proc = run_cli("shard", "arrays", "raw", "--out", "ds", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "interrupted (Ctrl-C); its output folder is as it was" in proc.stderr
+    assert not [p.name for p in tmp_path.iterdir() if "ds" in p.name]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.undo()  # the next command starts with no Ctrl-C noted
+    assert run_cli("shard", "arrays", "raw", "--out", "ds", cwd=tmp_path).returncode == 0

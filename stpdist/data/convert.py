@@ -48,7 +48,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..console import Terminated, shows_progress, sigterm_as_interrupt
+from ..console import Terminated, check_not_interrupted, shows_progress, sigterm_as_interrupt
 from ..errors import InputError, MissingInput, OutputExists, alike
 from .format import (
     CLIMATOLOGY_FILE,
@@ -389,6 +389,7 @@ def staged_output(
                 "as that one left it, and this one's output was not written; run again to "
                 "replace it"
             )
+        check_not_interrupted()  # a Ctrl-C swallowed where it landed (a weakref callback)
         ready = leftover(out, "ready")
         make_durable(staging)  # on disk before it counts as complete (and the old goes)
         os.rename(staging, ready)  # complete: from here on a crash finishes the swap
