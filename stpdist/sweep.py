@@ -36,12 +36,33 @@ from .config import ConfigError, _yaml_error, check_output_dir, load_config
 from .console import say
 from .errors import InputError, require_extra
 
-SET_BY_THE_SWEEP = ("trainer.output_dir", "logging.trackers", "logging.wandb.project")
+SET_BY_THE_SWEEP = (
+    "trainer.output_dir",
+    "logging.trackers",
+    "logging.wandb.project",
+    "logging.wandb.mode",  # a trial run by the server is online whatever it is given
+)
 """Keys a trial sets itself: not sweep parameters."""
 LOCAL_SWEEP = "local"
 TRIAL_FILE = "sweep.json"
 """A trial's record in its folder: sweep and run ids, parameters, the metric's best value."""
 """The sweep id of trials run with `--params` outside a wandb agent."""
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (the later one won,
+    silently: a parameter listed twice was swept over its second values only)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"found duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_sweep(path: str | Path) -> dict[str, Any]:
@@ -52,7 +73,7 @@ def read_sweep(path: str | Path) -> dict[str, Any]:
 
         raise InputError(f"sweep file not found: {path}{hint(path)}")
     try:
-        spec = yaml.safe_load(path.read_text())
+        spec = yaml.load(path.read_text(), Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise _yaml_error(str(path), exc) from None  # the line and column, as a config's
     if not isinstance(spec, dict):
@@ -100,6 +121,8 @@ def sample_values(path: str | Path, key: str, spec: Any) -> list[Any]:
             return [math.exp(low), math.exp(high)]
         if distribution in INVERSE_EXPONENT_BOUNDS:  # 1 / exp(u)
             return [math.exp(-high), math.exp(-low)]
+        if distribution in FLOAT_DRAWS and isinstance(low, int) and isinstance(high, int):
+            return [low, high, low + (high - low) / 3]  # integer bounds, yet float draws
         return [low, high]
     if isinstance(spec, dict) and "mu" in spec and distribution in NORMAL_DISTRIBUTIONS:
         mu = spec["mu"]  # unbounded draws: the centre stands for them
@@ -120,6 +143,12 @@ INVERSE_EXPONENT_BOUNDS = ("inv_log_uniform",)
 """Its distribution of values 1 / exp(u), u in [min, max]."""
 NORMAL_DISTRIBUTIONS = ("normal", "q_normal", "log_normal", "q_log_normal")
 """Its distributions by `mu` and `sigma` (of the log for the log_ ones)."""
+FLOAT_DRAWS = ("uniform", "log_uniform_values", "inv_log_uniform_values")
+"""Its distributions by `min` and `max` whose draws are floats whatever the bounds (an
+integer setting takes `int_uniform` or a `q_` one)."""
+GRID_CHECKED = 256
+"""Most combinations of parameter values checked together (a setting checked against
+another: `model.schedule.min_lr` at most `model.optimizer.lr`)."""
 
 
 def override(key: str, value: Any) -> str:
@@ -134,14 +163,43 @@ def check_parameters(
     values the schema rejects (the config and its overrides are checked alone first: their
     errors are not a parameter's)."""
     load_config(config, overrides)
+    samples = {}
     for key, param in spec["parameters"].items():
         if key in SET_BY_THE_SWEEP:
             raise InputError(f"{path}: parameter {key!r} is set by each trial, not swept")
-        for value in sample_values(path, key, param):
+        samples[key] = sample_values(path, key, param)
+        for value in samples[key]:
             try:
                 load_config(config, [*overrides, override(key, value)])
             except ConfigError as exc:
-                raise ConfigError(f"{path}: sweep parameter {key!r}: {exc}") from None
+                draws = param.get("distribution") if isinstance(param, dict) else None
+                floats = (
+                    f" (wandb's {draws} draws floats: an integer setting takes int_uniform "
+                    "or a q_ distribution)"
+                    if draws in FLOAT_DRAWS and isinstance(value, float)
+                    else ""
+                )
+                raise ConfigError(f"{path}: sweep parameter {key!r}: {exc}{floats}") from None
+    _check_together(config, samples, path, overrides)
+
+
+def _check_together(
+    config: str | Path, samples: dict[str, list[Any]], path: str | Path, overrides: list[str]
+) -> None:
+    """The parameters' values in combination (a grid's every trial; a range's ends), up to
+    `GRID_CHECKED` of them: a setting checked against another (`model.schedule.min_lr` at
+    most `model.optimizer.lr`) failed only in the trials that combined them."""
+    import itertools
+
+    if len(samples) < 2 or math.prod(len(v) for v in samples.values()) > GRID_CHECKED:
+        return
+    for values in itertools.product(*samples.values()):
+        chosen = dict(zip(samples, values))
+        try:
+            load_config(config, [*overrides, *(override(k, v) for k, v in chosen.items())])
+        except ConfigError as exc:
+            shown = ", ".join(f"{k}={v!r}" for k, v in chosen.items())
+            raise ConfigError(f"{path}: sweep parameters together ({shown}): {exc}") from None
 
 
 def trial_folder(output_dir: str | Path, sweep_id: str, run_id: str) -> Path:

@@ -315,3 +315,42 @@ def test_a_trial_that_never_logged_its_metric_says_so_when_relaunched(tmp_path):
     with pytest.raises(InputError) as raised:
         trial_folder(tmp_path, "local", "t1")
     assert "trial t1 finished before (val/mse never logged, in sweep.json)" in str(raised.value)
+
+
+def test_sweep_files_are_checked_as_their_trials_will_run(tmp_path):
+    """From a review of the config paths: a parameter listed twice was swept over its last
+    values only (YAML's later key won); an integer setting under `uniform` passed its
+    integer bounds, and every trial then refused its float draw; values checked one
+    parameter at a time passed a grid whose combinations fail (min_lr above lr); and
+    `logging.wandb.mode` could be swept, though each server trial runs online."""
+    from stpdist.config import ConfigError
+    from stpdist.errors import InputError
+
+    metric = {"name": "val/mse", "goal": "minimize"}
+    (tmp_path / "dup.yaml").write_text(
+        "method: grid\nmetric: {name: val/mse}\nparameters:\n"
+        "  model.optimizer.lr: {values: [0.001, 0.002]}\n"
+        "  model.optimizer.lr: {values: [0.0005]}\n"
+    )
+    with pytest.raises(InputError, match=r"dup\.yaml.*duplicate key 'model\.optimizer\.lr'"):
+        read_sweep(tmp_path / "dup.yaml")
+
+    def refused(parameters: dict, match: str, overrides=()) -> None:
+        spec = {"method": "random", "metric": metric, "parameters": parameters}
+        with pytest.raises((ConfigError, InputError), match=match):
+            check_parameters(DEBUG, spec, "s.yaml", list(overrides))
+
+    refused(
+        {"data.batch_size": {"distribution": "uniform", "min": 4, "max": 16}},
+        r"sweep parameter 'data.batch_size': .*wandb's uniform draws floats: an integer "
+        r"setting takes int_uniform",
+    )
+    check_parameters(DEBUG, {"method": "random", "metric": metric, "parameters": {
+        "data.batch_size": {"distribution": "int_uniform", "min": 4, "max": 16}}}, "s.yaml", [])  # fmt: skip
+    refused(
+        {"model.optimizer.lr": {"values": [1e-4, 1e-3]}, "model.schedule.min_lr": {"value": 5e-4}},
+        r"sweep parameters together \(model\.optimizer\.lr=0\.0001, model\.schedule\.min_lr="
+        r"0\.0005\): .*'model\.schedule\.min_lr' is 0\.0005, above 'model\.optimizer\.lr'",
+        ["model.schedule.name=cosine"],
+    )
+    refused({"logging.wandb.mode": {"values": ["online", "offline"]}}, "set by each trial")
