@@ -105,11 +105,19 @@ KEPT_ON_RESUME = (
     "model.optimizer.weight_decay",
     "model.schedule.name",
     "model.schedule.interval",
+    "model.schedule.total_steps",
+    "data.normalize",
+    "model.loss",
+    "model.loss_frames",
 )
 """Config keys a resume cannot change: the restored optimizer state keeps its kind,
 learning rate and weight decay, and the restored scheduler state its kind (another's state
-fails to load, or loads into it and goes on at the other's step) and interval (it counts
-steps or epochs)."""
+fails to load, or loads into it and goes on at the other's step), interval (it counts
+steps or epochs) and length (OneCycleLR's `total_steps` is part of its state); what the
+run's losses measure (the normalisation of the frames, the loss and its frames: `val/loss`,
+the monitor of best checkpoints and of early stopping, would rank numbers that cannot be
+compared)."""
+MEASURE_KEYS = ("data.normalize", "model.loss", "model.loss_frames")
 ORDER_KEYS = ("trainer.seed",)
 """Settings that order every epoch's data: changed on resume, the epochs begun would see
 samples twice and miss others (`TrainState.settings`)."""
@@ -128,8 +136,11 @@ def _settings_refusal(start: Path, changed: list[str]) -> str:
         why.append("a resume restores the optimizer state (its kind, learning rate and weight "
                    "decay)")  # fmt: skip
     if any(k.startswith("model.schedule.") for k in keys):
-        why.append("a resume restores the lr scheduler's state (its kind, and whether it "
-                   "counts steps or epochs)")  # fmt: skip
+        why.append("a resume restores the lr scheduler's state (its kind, its length, and "
+                   "whether it counts steps or epochs)")  # fmt: skip
+    if any(k in MEASURE_KEYS for k in keys):
+        why.append("the run's losses would measure something else from here (val/loss, the "
+                   "best checkpoints' and early stopping's monitor, compare numbers of both)")  # fmt: skip
     if any(k in ORDER_KEYS for k in keys):
         why.append("the seed orders every epoch's data")
     mid_epoch = [k for k in keys if k in MID_EPOCH_KEYS]

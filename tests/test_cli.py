@@ -429,6 +429,10 @@ def test_a_resume_refuses_settings_it_would_not_honour(tmp_path):
         (["trainer.seed=5"], "trainer.seed 0 (the checkpoint's) → 5"),
         (["data.batch_size=2"], "data.batch_size 4 (the checkpoint's) → 2"),
         (["data.root=data/fewer"], shards),
+        # what val/loss and the monitor measure (a review: accepted, and the numbers before
+        # and after the resume were ranked together)
+        (["model.loss=l1"], "model.loss mse (the checkpoint's) → l1"),
+        (["data.normalize=standardize"], "data.normalize scale (the checkpoint's) → standardize"),
     ]:
         done = run_cli("train", DEBUG, *overrides, "--resume", "auto", cwd=tmp_path)
         assert done.returncode == 2, done.stderr
@@ -444,6 +448,19 @@ def test_a_resume_refuses_settings_it_would_not_honour(tmp_path):
         cwd=tmp_path,
     )
     assert "resumed from runs/debug/checkpoints/step-00000003" in done.stdout
+
+
+def test_a_resume_refuses_another_length_of_a_onecycle_schedule(tmp_path):
+    """OneCycleLR's length is part of its restored state: `total_steps` 100 → 16 on resume
+    went on rising toward the old peak while config.yaml recorded 16."""
+    schedule = ["model.schedule.name=onecycle", "logging.num_samples=0"]
+    checked("train", DEBUG, *schedule, "model.schedule.total_steps=100", "trainer.max_steps=3",
+            cwd=tmp_path)  # fmt: skip
+    done = run_cli("train", DEBUG, *schedule, "model.schedule.total_steps=16", "--resume",
+                   "auto", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2
+    assert "model.schedule.total_steps 100 (the checkpoint's) → 16" in done.stderr
+    assert "its length" in done.stderr
 
 
 def test_a_resume_from_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
