@@ -28,6 +28,7 @@ numbers show the harness works and beat copy-last-frame, they are not OpenSTL's 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import statistics
 from pathlib import Path
@@ -192,10 +193,17 @@ def run_seed(
 
 
 SETTING_ALONE = ("trainer.output_dir", "trainer.num_workers", "trainer.progress_bar",
-                 "trainer.log_every_n_steps", "trainer.checkpoint.", "logging.", "data.root",
-                 "data.url_template", "data.synthesize")  # fmt: skip
-"""Keys whose values leave the trained model and its scores as they are: changed from the
-recipe's, they keep a run comparable with OpenSTL's numbers."""
+                 "trainer.log_every_n_steps", "trainer.checkpoint.keep_last",
+                 "trainer.checkpoint.every_", "logging.", "data.root", "data.url_template",
+                 "data.synthesize.root", "data.synthesize.digits", "trainer.keep_global_batch",
+                 "trainer.compile", "trainer.cuda_graphs", "trainer.cudnn_benchmark",
+                 "trainer.channels_last", "trainer.num_threads",
+                 "trainer.activation_checkpointing", "model.fused_kernels")  # fmt: skip
+"""Keys whose values leave the trained model and its scores as they are (where the data
+are kept, how fast a step runs): changed from the recipe's, they keep a run comparable with
+OpenSTL's numbers. Not among them: the training digits' settings (`data.synthesize.train`,
+`num_digits`…) and the choice of the scored checkpoint (`trainer.checkpoint.monitor`,
+`mode`, `keep_best`)."""
 
 OPENSTL_CAVEATS = (
     "Even in OpenSTL's setting two differences remain: OpenSTL picks its checkpoint on the "
@@ -215,6 +223,8 @@ def _recipe_changes(cfg: Config, recipe: Config) -> list[str]:
     for key in sorted(set(ours) | set(theirs)):
         if key.startswith(SETTING_ALONE) or ours.get(key) == theirs.get(key):
             continue
+        if key in GLOBAL_BATCH:  # compared as the batch they make with the ranks
+            continue
         changed.append(f"{key} {ours.get(key)}, not the recipe's {theirs.get(key)}")
     return changed
 
@@ -232,6 +242,16 @@ def openstl_differences(
         why.append("--small is a scaled-down recipe")
     elif recipe is not None:
         why += _recipe_changes(cfg, recipe)
+        ranks = _world_size()
+        ours = cfg.data.batch_size * cfg.trainer.gradient_accumulation_steps * ranks
+        theirs = recipe.data.batch_size * recipe.trainer.gradient_accumulation_steps
+        if ours != theirs:  # the recipe's batch is OpenSTL's, on one GPU
+            why.append(
+                f"a global batch of {ours} ({ranks} rank{'s' * (ranks > 1)} × "
+                f"{cfg.data.batch_size} × "
+                f"accumulation {cfg.trainer.gradient_accumulation_steps}), not the recipe's "
+                f"{theirs}: set data.batch_size or trainer.gradient_accumulation_steps to keep it"
+            )
     if cfg.model.name not in OPENSTL_MMNIST:
         why.append(f"OpenSTL publishes no Moving MNIST numbers for model {cfg.model.name!r}")
     expected = OPENSTL_TRANSLATORS.get(cfg.model.name)
@@ -251,6 +271,23 @@ def openstl_differences(
         origin = test_index.source or "an unnamed source"
         why.append(f"the test split was written from {origin}, not from mnist_test_seq.npy")
     return why
+
+
+GLOBAL_BATCH = ("data.batch_size", "trainer.gradient_accumulation_steps")
+"""Compared as the global batch they make with the number of ranks."""
+
+
+def _world_size() -> int:
+    """The processes of this run (torchrun's and accelerate's WORLD_SIZE; 1 alone)."""
+    try:
+        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
+
+
+SET_BY_REPRODUCE = {"trainer.seed": "--seeds N (seeds 0…N−1)", "trainer.output_dir": "--out"}
+"""Overrides `reproduce` sets for each seed itself: given as overrides, they were dropped
+(a `trainer.seed=5` trained seed 0, and the table then said the recipe was changed)."""
 
 
 def summarize(name: str, runs: list[dict[str, float]], comparable: bool = True) -> dict[str, Any]:
@@ -345,6 +382,13 @@ def reproduce(
     from . import build
     from .data.format import read_index
 
+    for item in overrides or []:
+        key = item.split("=", 1)[0].strip()
+        if key in SET_BY_REPRODUCE:
+            raise InputError(
+                f"{item}: reproduce sets {key} for each seed itself; use "
+                f"{SET_BY_REPRODUCE[key]} instead"
+            )
     cfg = load_config(config, overrides)
     name = cfg.model.name
     if digits and not small:

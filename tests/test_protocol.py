@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 from stpdist.config import ModelConfig, load_config
 from stpdist.task import Forecaster
@@ -524,7 +525,7 @@ def test_reproduce_writes_the_table_beside_openstl(tmp_path, capsys):
     assert not (tmp_path / "out" / "data" / "train").exists()
 
 
-def test_openstl_numbers_stand_beside_a_run_in_their_setting_only(tmp_path):
+def test_openstl_numbers_stand_beside_a_run_in_their_setting_only(tmp_path, monkeypatch):
     """OpenSTL's column is shown for its setting (10→10 frames of 1×64×64, the test split
     from mnist_test_seq.npy, a model it publishes) and left out, with the reasons, for any
     other run."""
@@ -579,6 +580,28 @@ def test_openstl_numbers_stand_beside_a_run_in_their_setting_only(tmp_path):
     ]
     moved = load_config(config, ["trainer.output_dir=x", "logging.num_samples=0"])
     assert openstl_differences(moved, False, test, recipe=theirs) == []
+    # a review: the training digits and the scored checkpoint's choice were "no change", a
+    # faster step (compile, fused kernels, graphs) was one, and ranks were not counted
+    for changed in (["data.synthesize.num_digits=3"], ["trainer.checkpoint.monitor=val/ssim"],
+                    ["trainer.checkpoint.keep_best=0"]):  # fmt: skip
+        assert openstl_differences(load_config(config, changed), False, test, recipe=theirs)
+    faster = ["trainer.compile=true", "model.fused_kernels=on", "trainer.keep_global_batch=true"]
+    assert openstl_differences(load_config(config, faster), False, test, recipe=theirs) == []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert openstl_differences(theirs, False, test, recipe=theirs) == [
+        f"a global batch of {2 * theirs.data.batch_size} (2 ranks × {theirs.data.batch_size} × "
+        f"accumulation 1), not the recipe's {theirs.data.batch_size}: set data.batch_size or "
+        "trainer.gradient_accumulation_steps to keep it"
+    ]
+    half = load_config(config, [f"data.batch_size={theirs.data.batch_size // 2}"])
+    assert openstl_differences(half, False, test, recipe=theirs) == []  # the recipe's batch
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert openstl_differences(half, False, test, recipe=theirs) == [
+        f"a global batch of {theirs.data.batch_size // 2} (1 rank × "
+        f"{theirs.data.batch_size // 2} × accumulation 1), not the recipe's "
+        f"{theirs.data.batch_size}: set data.batch_size or trainer.gradient_accumulation_steps"
+        " to keep it"
+    ]
     one = summarize("predrnn", runs[:1], comparable=True)
     assert one["MSE (frame sum, raw)"]["std"] is None  # one seed: no spread, not 0
     assert "| MSE (frame sum, raw) | 24.50 ± n/a | 23.97 |" in markdown(
@@ -739,3 +762,18 @@ def test_reproduce_refuses_splits_of_another_frame_shape_before_training(tmp_pat
     with pytest.raises(InputError, match=r"differ in frames C×H×W \(train 1×8×8, val 1×4×4"):
         run_seed(debug, overrides, 0, tmp_path / "out")
     assert not list((tmp_path / "out").glob("seed0/checkpoints/*"))
+
+
+@pytest.mark.parametrize(
+    ("override", "instead"),
+    [("trainer.seed=5", "--seeds N"), ("trainer.output_dir=mine", "--out")],
+)
+def test_reproduce_refuses_the_settings_it_sets_for_each_seed(tmp_path, override, instead):
+    """`reproduce … trainer.seed=5` trained seed 0 (its own seed came after the user's),
+    then said the run differed from the recipe by a seed it never used."""
+    config = str(Path(__file__).parent.parent / "configs" / "mmnist" / "predrnn.yaml")
+    proc = run_cli("reproduce", config, override, "--small", "--seeds", "1", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert f"{override}: reproduce sets {override.split('=')[0]} for each seed itself" in line
+    assert instead in line and not list(tmp_path.iterdir())
