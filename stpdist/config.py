@@ -1327,6 +1327,7 @@ def _expand_home(cfg: Config) -> None:
 
 _UNRESOLVED = "_unresolved_interpolations"
 _REFERENCE = re.compile(r"\$\{\s*([^}:$\s]+)\s*\}")  # ${a.b}: a plain node reference
+_NAMES_IN_RESOLVERS = re.compile(r"[:,]\s*([A-Za-z_][\w.]*)")  # ${oc.select:a.b,default}
 
 
 def _leaf_values(node: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
@@ -1361,7 +1362,9 @@ def _environment_interpolations(merged: DictConfig) -> dict[tuple, str]:
         for path, text in every.items():
             if path in kept:
                 continue
-            refs = _REFERENCE.findall(text)
+            # plain references and the dotted names a resolver is given (oc.select's): a
+            # secret reached through `${oc.select:logging.wandb.entity}` was saved resolved
+            refs = _REFERENCE.findall(text) + _NAMES_IN_RESOLVERS.findall(text)
             # a relative reference (${.x}) is kept unresolved too: saving it is always safe
             relative = any(ref.startswith(".") for ref in refs)
             if relative or any(r.startswith(n) or n.startswith(r) for r in refs for n in names):

@@ -269,6 +269,18 @@ def test_environment_values_stay_out_of_the_saved_config(tmp_path, monkeypatch):
     again.write_text(saved)
     assert load_config(again) == cfg
     assert SECRET not in to_yaml(load_config(again))
+    # reached through a resolver (a review: oc.select's value was saved resolved)
+    path.write_text(
+        "logging:\n  wandb:\n    entity: ${oc.env:STPDIST_TEST_ENTITY}\n"
+        "    name: ${oc.select:logging.wandb.entity}\n"
+        "    tags: ['${oc.select:logging.wandb.entity,x}']\n"
+    )
+    cfg = load_config(path)
+    assert cfg.logging.wandb.name == SECRET and cfg.logging.wandb.tags == [SECRET]
+    saved = to_yaml(cfg)
+    assert SECRET not in saved and "${oc.select:logging.wandb.entity}" in saved
+    again.write_text(saved)
+    assert load_config(again) == cfg
 
 
 def test_a_training_run_writes_no_secret(tmp_path, monkeypatch):
