@@ -18,7 +18,7 @@ import math
 import os
 import re
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional  # noqa: UP035 - OmegaConf reads these
@@ -813,14 +813,14 @@ def _check_for_training(cfg: Config) -> None:
             "more than the warm-up, which it includes (the rate fell to min_lr at once after "
             "it)"
         )
-    _check_tracker_cadence(cfg)
+    check_tracker_cadence(cfg.logging, cfg.trainer)
 
 
-def _check_tracker_cadence(cfg: Config) -> None:
+def check_tracker_cadence(logging: LoggingConfig, trainer: TrainerConfig) -> None:
     """Training scalars exist at the logged steps only (`trainer.log_every_n_steps`), and
     the trackers get those of them on a multiple of `logging.trackers_every_n_steps`: 3
     beside 2 sent every 6th step, steps 3, 9, 15 never, without a word."""
-    every, logged = cfg.logging.trackers_every_n_steps, cfg.trainer.log_every_n_steps
+    every, logged = logging.trackers_every_n_steps, trainer.log_every_n_steps
     if every is not None and logged and every % logged:
         raise ConfigError(
             f"'logging.trackers_every_n_steps' is {every}, not a multiple of "
@@ -1078,17 +1078,77 @@ def _check_builtin_args(args: Any) -> None:
 def _schema_bools(cls: type, prefix: str = "") -> dict[str, set[str]]:
     """{section prefix: names of its bool fields} over the whole schema, Optional sections
     included (`data.synthesize`)."""
+    return _schema_fields(cls, bool, prefix)
+
+
+@functools.lru_cache(maxsize=16)
+def _schema_texts(cls: type) -> dict[str, set[str]]:
+    """{section prefix: names of its text fields (str, Optional[str], list[str])}."""
+    return _schema_fields(cls, str, "")
+
+
+def _schema_fields(cls: type, kind: type, prefix: str = "") -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
         inner = [a for a in typing.get_args(hint) if a is not type(None)]
         section = inner[0] if typing.get_origin(hint) is typing.Union and inner else hint
+        if typing.get_origin(section) is list and typing.get_args(section) == (str,):
+            section = str  # list[str]: its items
         if dataclasses.is_dataclass(section):
-            found.update(_schema_bools(section, f"{prefix}{f.name}."))
-        elif section is bool:  # Optional[bool] too
+            found.update(_schema_fields(section, kind, f"{prefix}{f.name}."))
+        elif section is kind:  # Optional[kind] too
             found.setdefault(prefix, set()).add(f.name)
     return found
+
+
+def _sections(raw: Any, table: dict[str, set[str]]) -> Iterator[tuple[str, str, Any]]:
+    """(prefix, name, value) of the fields of `table` present in the plain mapping `raw`."""
+    for prefix, names in table.items():
+        section: Any = raw
+        for part in filter(None, prefix.split(".")):
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            for name in sorted(names & set(section)):
+                yield prefix, name, section[name]
+
+
+def _check_texts(raw: Any, origin: str) -> None:
+    """A text field given a YAML boolean: YAML reads yes/no/on/off/true/false unquoted as
+    booleans, and the field then held 'True' or 'False' (a wandb name `no` became 'False',
+    a monitor `true` 'True')."""
+    for prefix, name, value in _sections(raw, _schema_texts(Config)):
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(item, bool) for item in items):
+            raise ConfigError(
+                f"{origin}: '{prefix}{name}' is {value!r}, a YAML boolean where text is "
+                "expected (YAML reads yes, no, on, off, true and false unquoted as booleans): "
+                "quote it"
+            )
+
+
+_YAML11_NUMBER = re.compile(r"[-+]?(0[0-7_]+|0x[0-9a-fA-F_]+|0b[01_]+|[0-9][0-9_]*(:[0-5]?[0-9])+)")
+"""Numbers YAML 1.1 reads otherwise than they read: 0123 (octal 83), 1:30 (sexagesimal 90),
+0x10, 0b11, 1_000."""
+_YAML_VALUE_IN_LINE = re.compile(r"^[^#'\"]*?:\s+([^\s#'\"\[\]{},]+)\s*(#.*)?$")
+
+
+def _check_yaml11_numbers(text: str, origin: str, lines: bool) -> None:
+    """An unquoted octal, hex, binary or sexagesimal number (see `_YAML11_NUMBER`) in a
+    YAML file (`lines`) or an override's value: refused, saying how it reads, rather than
+    training with `trainer.seed=0123` as seed 83."""
+    values = text.splitlines() if lines else [text]
+    for number, line in enumerate(values, 1):
+        found = _YAML_VALUE_IN_LINE.match(line) if lines else None
+        value = (found.group(1) if found else None) if lines else line.strip()
+        if value and _YAML11_NUMBER.fullmatch(value) and value not in ("0",):
+            where = f"{origin}, line {number}" if lines else origin
+            raise ConfigError(
+                f"{where}: {value} is read by YAML as a number in another notation (octal, "
+                "hex, binary or base 60: 0123 is 83, 1:30 is 90); write a plain decimal "
+                "number, or quote it for text"
+            )
 
 
 @functools.lru_cache(maxsize=64)
@@ -1207,6 +1267,7 @@ def _check_overlay(overlay: DictConfig, origin: str) -> None:
         _check_shapes(raw, Config)
     except ConfigError as exc:
         raise ConfigError(f"{origin}: {exc}") from None
+    _check_texts(raw, origin)
     for prefix, names in _schema_bools(Config).items():
         section: Any = raw
         for part in filter(None, prefix.split(".")):
@@ -1258,6 +1319,7 @@ def load_config(
             overlay = OmegaConf.load(path)
         except Exception as exc:  # YAML syntax errors come in several types
             raise _yaml_error(str(path), exc) from exc
+        _check_yaml11_numbers(path.read_text(errors="replace"), str(path), lines=True)
         if overlay is None or not isinstance(overlay, DictConfig):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
         overlay = _from_earlier_layout(overlay, str(path))
@@ -1275,6 +1337,7 @@ def load_config(
             dotted = OmegaConf.from_dotlist([item])
         except Exception as exc:
             raise _yaml_error(f"override {item!r}", exc) from exc
+        _check_yaml11_numbers(item.partition("=")[2], f"override {item!r}", lines=False)
         _check_overlay(dotted, f"override {item!r}")
         try:
             merged = OmegaConf.merge(merged, _words_back(dotted))
@@ -1289,6 +1352,7 @@ def load_config(
         if isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict:
             OmegaConf.update(merged, key, {}, merge=False)
     unresolved = _environment_interpolations(merged)
+    _check_interpolated_bools(merged)
     try:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
@@ -1299,6 +1363,29 @@ def load_config(
     _check_config(cfg, saved)
     cfg.__dict__[_UNRESOLVED] = unresolved  # not a field: no schema key, no equality
     return cfg
+
+
+def _check_interpolated_bools(merged: DictConfig) -> None:
+    """A bool field given an interpolation, checked as its value: the typed merge turned
+    `${oc.env:FLAG}` with FLAG=2 or y, or `${data.batch_size}`, into true, where the same
+    value written out is refused."""
+    raw = OmegaConf.to_container(merged, resolve=False)
+    interpolated = [
+        (prefix, name, value)
+        for prefix, name, value in _sections(raw, _schema_bools(Config))
+        if _is_interpolation(value)
+    ]
+    if not interpolated:
+        return
+    try:
+        resolved = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
+    except Exception:  # noqa: BLE001 - unresolvable: the typed conversion says why
+        return
+    values = {(p, n): v for p, n, v in _sections(resolved, _schema_bools(Config))}
+    for prefix, name, text in interpolated:
+        value = values.get((prefix, name))
+        if value is not None and not _is_bool(value):
+            raise ConfigError(f"'{prefix}{name}' is {text} = {value!r}; expected true or false")
 
 
 def _expand_home(cfg: Config) -> None:

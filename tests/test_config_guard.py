@@ -349,3 +349,54 @@ def test_a_backbone_returning_the_wrong_number_of_frames_is_refused_at_the_first
     checkpoints = tmp_path / "run" / "checkpoints"
     assert not checkpoints.exists() or not any(checkpoints.iterdir())
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no step was logged
+
+
+def test_config_objects_built_in_python_are_checked_as_a_files_values(tmp_path):
+    """`Trainer(config=TrainerConfig(…), logging=LoggingConfig(…))` skipped the type and
+    cross-field checks a YAML file and overrides get: `max_epochs=2.5` ran, the string
+    "false" for `compile` was truthy (compile on), a misspelt tracker was a bare KeyError
+    and a tracker cadence the CLI refuses was taken."""
+    from stpdist import Trainer
+    from stpdist.config import LoggingConfig, TrainerConfig
+
+    where = {"output_dir": str(tmp_path / "run")}
+    with pytest.raises(ConfigError, match="Trainer: bad value for 'max_epochs'"):
+        Trainer(config=TrainerConfig(max_epochs=2.5, **where))
+    trainer = Trainer(config=TrainerConfig(compile="false", max_epochs=1, **where))
+    assert trainer.config.compile is False
+    trainer.close()
+    with pytest.raises(ConfigError, match=r"logging: bad value for 'trackers\[0\]'.*tensorbord"):
+        Trainer(max_epochs=1, logging=LoggingConfig(trackers=["tensorbord"]), **where)
+    with pytest.raises(ConfigError, match="'logging.trackers_every_n_steps' is 3, not a multiple"):
+        Trainer(max_epochs=1, log_every_n_steps=2, **where,
+                logging=LoggingConfig(trackers=[], trackers_every_n_steps=3))  # fmt: skip
+    with pytest.raises(TypeError, match=r"Trainer\(config=…\) takes a TrainerConfig, got dict"):
+        Trainer(config={"max_epochs": 1})
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("trainer.seed=0123", "0123 is read by YAML as a number in another notation"),
+        ("trainer.seed=1:30", "1:30 is read by YAML as a number in another notation"),
+        ("logging.wandb.name=no", "'logging.wandb.name' is False, a YAML boolean where text"),
+        ("trainer.checkpoint.monitor=true", "'trainer.checkpoint.monitor' is True, a YAML"),
+        ("logging.wandb.tags=[a, yes]", "'logging.wandb.tags' is \\['a', True\\], a YAML"),
+        (
+            "trainer.compile=${oc.env:STPDIST_TEST_FLAG}",
+            "is \\$\\{oc.env:STPDIST_TEST_FLAG\\} = '2'",
+        ),
+        ("trainer.checkpoint.every_epoch=${data.batch_size}", "= 4; expected true or false"),
+    ],
+)
+def test_yaml_readings_that_change_a_value_are_refused(override, match, monkeypatch, tmp_path):
+    """YAML 1.1 reads 0123 as 83 and 1:30 as 90 (a seed of 83 trained, silently), yes/no/
+    on/off/true/false as booleans (a text field then held 'True'); and a bool field given an
+    interpolation took its value's truthiness (FLAG=2 was true), where the value written
+    out is refused."""
+    monkeypatch.setenv("STPDIST_TEST_FLAG", "2")
+    with pytest.raises(ConfigError, match=match):
+        load_config(DEBUG, [override])
+    (tmp_path / "c.yaml").write_text("trainer:\n  seed: 0123  # octal to YAML 1.1\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml, line 2: 0123 is read by YAML as a number"):
+        load_config(tmp_path / "c.yaml")
