@@ -563,7 +563,7 @@ def _forecast_inputs(source: Path, module: Any, args: argparse.Namespace) -> Any
     from .inference import InputFrames
 
     if not (source / INDEX_FILE).is_file():
-        frames = InputFrames(source, module, allow_nonfinite=args.allow_nonfinite)
+        frames = InputFrames(source, module, allow_nonfinite=args.allow_nonfinite, key=args.key)
         return DataLoader(frames, batch_size=args.batch_size)
     data = ShardEvalStream(  # a shard split: its first T_in frames
         source,
@@ -1463,6 +1463,12 @@ def parser() -> argparse.ArgumentParser:
         "--allow-nonfinite",
         action="store_true",
         help="forecast from inputs that hold NaN or Inf (refused by default)",
+    )
+    s.add_argument(
+        "--key",
+        type=_non_empty,
+        default=None,
+        help="the array of each .npz input to forecast from, where one holds several",
     )
     _trust_code_flag(s)
     _raw_weights_flag(s)

@@ -460,10 +460,18 @@ class InputFrames(Dataset):
     are used: a forecast continues from the newest frames. Every input is checked against
     the model (`check_inputs`) before any forecast is made."""
 
-    def __init__(self, source: str | Path, module: Any, *, allow_nonfinite: bool = False) -> None:
+    def __init__(
+        self,
+        source: str | Path,
+        module: Any,
+        *,
+        allow_nonfinite: bool = False,
+        key: str | None = None,
+    ) -> None:
         self.source = Path(source)
         self.module = module
         self.allow_nonfinite = allow_nonfinite
+        self.npz_key = key  # the array of an .npz that holds several (`--key`)
         self.num_input_frames = module.num_input_frames
         self.from_physical = module.from_physical
         # (key, T×C×H×W in physical units, or where in a file to read them)
@@ -496,12 +504,13 @@ class InputFrames(Dataset):
         from .data.sources.common import ArrayRows, array_header
 
         _regular_file(file)
-        shape, _ = array_header(file, None, None)  # before the data is decompressed
+        key = self.npz_key if file.suffix.lower() == ".npz" else None
+        shape, _ = array_header(file, key, "--key")  # before the data is decompressed
         one_channel = len(shape) == 3 and self.module.frame_shape[0] == 1  # T×H×W
         check_input_shape(
             (shape[0], 1, *shape[1:]) if one_channel else shape, self.module, str(file)
         )
-        rows = ArrayRows(file)
+        rows = ArrayRows(file, key, "--key")
         survey = ValueSurvey(str(file))
         step = max(1, SURVEY_BYTES // max(1, rows.dtype.itemsize * int(np.prod(shape[1:]))))
         try:

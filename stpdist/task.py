@@ -200,8 +200,11 @@ class Forecaster(EnhancedModule):
 
     def predict_frames(self, inputs_BTCHW: torch.Tensor) -> torch.Tensor:
         """Predictions B×T_out×C×H×W from the inputs alone, in the data's scaled units (as
-        the streams deliver them); what validation and `predict` use."""
-        return self.normalizer.inverse(self(self.normalizer(inputs_BTCHW)).predictions)
+        the streams deliver them); what validation and `predict` use. The statistics meet
+        the values in float32: a model cast to bfloat16 gets its inputs in bfloat16 after
+        them, and gives float32 predictions."""
+        normalized = self.normalizer(inputs_BTCHW).to(inputs_BTCHW.dtype)
+        return self.normalizer.inverse(self(normalized).predictions)
 
     # ------------------------------------------------------------------ physical units
     value_range: tuple[list[float], list[float]] | None = None

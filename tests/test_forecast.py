@@ -239,3 +239,31 @@ def test_inputs_out_of_a_channels_own_range_are_named_by_channel(caplog):
     assert said.startswith("new.npy: values far outside the training data's range: ")
     assert "z 280…280 (trained on 5.07e+04…5.74e+04), t2m 5.5e+04…5.5e+04" in said
     assert said.endswith("channels in the training data's order: z, t2m")
+
+
+def test_a_model_cast_to_bfloat16_keeps_its_statistics_in_float32():
+    """`stpdist.load(…, dtype=torch.bfloat16)` cast the normaliser's statistics too: a
+    mean of 0.1325 became 0.1328, a fixed offset of 6% of the channel's spread in every
+    forecast. They stay float32 (moved with the module), and meet the values in float32."""
+    from helpers import forecaster
+
+    from stpdist.data.normalize import Normalizer
+
+    torch.manual_seed(0)
+    module = forecaster("convlstm", (3, 8, 8), 3, 2, backbone={"hidden_channels": [4]})
+    stats = {"shift": [0.1325027, 2.75e-6, 0.6], "spread": [0.02, 1e-6, 0.3]}
+    module.normalizer = Normalizer("standardize", **stats, value_scale=1.0)
+    module.eval()
+    inputs = torch.tensor(stats["shift"]).view(1, 1, 3, 1, 1) + torch.tensor(stats["spread"]).view(
+        1, 1, 3, 1, 1
+    ) * torch.randn(2, 3, 3, 8, 8)
+    with torch.no_grad():
+        reference = module.predict_frames(inputs)
+        module.to(torch.bfloat16)
+        assert module.normalizer.shift.dtype == torch.float32
+        assert module.normalizer.shift.flatten().tolist() == pytest.approx(stats["shift"], rel=1e-7)
+        low = module.predict_frames(inputs.to(torch.bfloat16))
+    assert low.dtype == torch.float32
+    spread = torch.tensor(stats["spread"]).view(1, 1, 3, 1, 1)
+    bias = ((low - reference) / spread).mean(dim=(0, 1, 3, 4))
+    assert bias.abs().max() < 0.01, bias  # 0.06 when the statistics were bfloat16

@@ -225,6 +225,25 @@ def test_forecast_units_and_layouts_agree(model):
     assert expected.max() > 1.0  # stored units, not [0, 1]
 
 
+def test_forecast_chooses_the_array_of_an_npz_that_holds_several(model, tmp_path):
+    """An .npz of several arrays was refused ("expected a file of one array") with no way to
+    choose, though `shard arrays` has `--key`; `forecast` has it now."""
+    frames = _frames(2, 4, 1, 32, 32)
+    np.savez(tmp_path / "multi.npz", frames=frames, mask=np.ones((4, 32, 32), np.uint8))
+    line = _error_line(run_cli("forecast", str(model), "multi.npz", "--out", "f", cwd=tmp_path))
+    assert "multi.npz: holds 2 arrays ['frames', 'mask']; choose one with --key" in line
+    done = run_cli("forecast", str(model), "multi.npz", "--key", "frames", "--out", "f",
+                   "--samples", "0", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (saved,) = (tmp_path / "f").glob("predictions-*.npz")
+    with np.load(saved) as got:
+        expected = stpdist.load(model).forecast(frames)
+        np.testing.assert_allclose(got["predictions"][0], expected, rtol=1e-5, atol=1e-3)
+    line = _error_line(run_cli("forecast", str(model), "multi.npz", "--key", "x", "--out", "g",
+                               cwd=tmp_path))  # fmt: skip
+    assert "multi.npz: missing key 'x' (has ['frames', 'mask'])" in line
+
+
 # ------------------------------------------------------------------ export, elsewhere
 FRESH = """
 import sys, importlib.abc
