@@ -688,6 +688,28 @@ def check_values(section: Any, prefix: str = "") -> None:
             check_values(value, key + ".")
 
 
+def checked_section(section: Any, cls: type, origin: str, prefix: str = "") -> Any:
+    """A config section built in Python (`TrainerConfig(compile="false")`) checked as a
+    file's values are: `section` itself when its values pass as they are, else its typed
+    copy ("false" → False), or a ConfigError naming `prefix` + key. (An object standing for
+    a dataclass, with its fields, passes too; the fields are read here, in config.py.)"""
+    if isinstance(section, type) or not hasattr(section, "__dataclass_fields__"):
+        raise TypeError(f"{origin}: expected a {cls.__name__}, got {type(section).__name__}")
+    values = _plain_fields(section)
+    typed = section_with(cls(), values, origin, prefix)
+    return section if dataclasses.asdict(typed) == values else typed
+
+
+def _plain_fields(section: Any) -> dict[str, Any]:
+    """The fields of a (possibly stand-in) dataclass object as plain values, sub-sections
+    as mappings."""
+    names = [f.name for f in dataclasses.fields(section)]
+    return {
+        name: _plain_fields(value) if hasattr(value, "__dataclass_fields__") else value
+        for name, value in ((name, getattr(section, name)) for name in names)
+    }
+
+
 def section_with(base: Any, fields: dict[str, Any], origin: str, prefix: str = "") -> Any:
     """Dataclass section `base` (e.g. a `TrainerConfig`) with `fields` set from Python, checked
     as a config file's values are: an unknown key, a value of the wrong type (1.5 for an

@@ -67,6 +67,7 @@ from .config import (
     TrainerConfig,
     check_tracker_cadence,
     check_values,
+    checked_section,
     section_with,
     to_yaml,
 )
@@ -1099,16 +1100,6 @@ def _check_schedule_length(
     )
 
 
-def _fields_of(section: Any, name: str) -> dict[str, Any]:
-    """A config section's fields (one level: sub-sections stay objects, checked in turn)."""
-    if not dataclasses.is_dataclass(section) or isinstance(section, type):
-        raise TypeError(
-            f"Trainer({name}=…) takes a {'TrainerConfig' if name == 'config' else 'LoggingConfig'}"
-            f", got {type(section).__name__}"
-        )
-    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
-
-
 class Trainer:
     """Runs an `EnhancedModule`'s hooks with DDP, mixed precision, accumulation,
     clipping, exact checkpoint/resume and exact cross-rank validation.
@@ -1127,14 +1118,13 @@ class Trainer:
         **fields: Any,
     ) -> None:
         config = config or TrainerConfig()
-        # keywords, and a config object built in Python (`TrainerConfig(compile="false")`):
+        # a config object built in Python (`TrainerConfig(compile="false")`), and keywords:
         # typed and checked as a config file's values (a mapping for a section)
-        self.config = section_with(
-            TrainerConfig(), {**_fields_of(config, "config"), **fields}, "Trainer"
-        )
+        config = checked_section(config, TrainerConfig, "Trainer(config=…)")
+        self.config = section_with(config, fields, "Trainer") if fields else config
         check_values(self.config)
         if logging is not None:
-            logging = section_with(LoggingConfig(), _fields_of(logging, "logging"), "logging")
+            logging = checked_section(logging, LoggingConfig, "Trainer(logging=…)", "logging.")
             check_tracker_cadence(logging, self.config)
         threads.configure(self.config.num_threads)
         if self.config.max_epochs is None and self.config.max_steps is None:

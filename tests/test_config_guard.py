@@ -360,17 +360,17 @@ def test_config_objects_built_in_python_are_checked_as_a_files_values(tmp_path):
     from stpdist.config import LoggingConfig, TrainerConfig
 
     where = {"output_dir": str(tmp_path / "run")}
-    with pytest.raises(ConfigError, match="Trainer: bad value for 'max_epochs'"):
+    with pytest.raises(ConfigError, match=r"Trainer\(config=…\): bad value for 'max_epochs'"):
         Trainer(config=TrainerConfig(max_epochs=2.5, **where))
     trainer = Trainer(config=TrainerConfig(compile="false", max_epochs=1, **where))
     assert trainer.config.compile is False
     trainer.close()
-    with pytest.raises(ConfigError, match=r"logging: bad value for 'trackers\[0\]'.*tensorbord"):
+    with pytest.raises(ConfigError, match=r"bad value for 'logging\.trackers\[0\]'.*tensorbord"):
         Trainer(max_epochs=1, logging=LoggingConfig(trackers=["tensorbord"]), **where)
     with pytest.raises(ConfigError, match="'logging.trackers_every_n_steps' is 3, not a multiple"):
         Trainer(max_epochs=1, log_every_n_steps=2, **where,
                 logging=LoggingConfig(trackers=[], trackers_every_n_steps=3))  # fmt: skip
-    with pytest.raises(TypeError, match=r"Trainer\(config=…\) takes a TrainerConfig, got dict"):
+    with pytest.raises(TypeError, match=r"Trainer\(config=…\): expected a TrainerConfig, got dict"):
         Trainer(config={"max_epochs": 1})
 
 

@@ -186,13 +186,12 @@ def test_a_file_that_is_not_npy_is_named_as_such_not_as_pickled_data(tmp_path):
 
 
 def test_forecast_input_messages_name_no_flag_it_lacks(tmp_path):
-    """`stpdist forecast` has no --key: an .npz of two arrays says to hold one; a text file
-    named .npy is not a valid .npy (not numpy's pickle message)."""
+    """An .npz of two arrays names `forecast`'s --key (which it has now); a text file named
+    .npy is not a valid .npy (not numpy's pickle message)."""
     run_cli("train", str(DEBUG), "trainer.max_epochs=1", cwd=tmp_path, check=True)
     np.savez(tmp_path / "two.npz", a=np.zeros((4, 1, 32, 32)), b=np.zeros((4, 1, 32, 32)))
     line = error_line(run_cli("forecast", "runs/debug", "two.npz", "--out", "f", cwd=tmp_path))
-    assert "two.npz: holds 2 arrays ['a', 'b']; expected a file of one array" in line
-    assert "--key" not in line
+    assert "two.npz: holds 2 arrays ['a', 'b']; choose one with --key" in line
     (tmp_path / "g.npy").write_text("garbage\n")
     line = error_line(run_cli("forecast", "runs/debug", "g.npy", "--out", "f", cwd=tmp_path))
     assert "g.npy: not a valid .npy file" in line and "allow_pickle" not in line
