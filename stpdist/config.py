@@ -276,6 +276,11 @@ class TrainerConfig:
     activation_checkpointing: bool = False
     """Recompute each recurrent step's activations in the backward instead of keeping
     all of them: less memory for long sequences and wide cells, more compute."""
+    dist_timeout_s: Optional[float] = checked(None, _positive_number)
+    """Seconds a rank waits in a collective before the run is aborted (None: torch's, 10
+    minutes over NCCL, 30 over gloo). Raise it where the main rank alone does long work
+    the others wait for: generating a large `data.synthesize` dataset, writing and hashing
+    checkpoints on a slow shared filesystem."""
     progress_bar: bool = True
     """Show a tqdm bar on the main process when its output is a terminal. Written to a file
     (a SLURM log), or with the bar off, training says a line at each log step instead:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import datetime
 import inspect
 import itertools
 import math
@@ -1639,6 +1640,15 @@ class Trainer:
             module.compile_for_training(self.config.compile_mode)
         units = self.config.fsdp_wrap
         self._sharded_root = None
+        accumulation = self.config.gradient_accumulation_steps
+        if self._fsdp_sharded and accumulation > 1 and module.skips_batches:
+            raise alike(ConfigError(
+                f"strategy fsdp with gradient_accumulation_steps {accumulation} and "
+                f"{type(module).__name__}, which may skip batches (skips_batches = True): a "
+                "window whose last micro-batch is skipped would leave its gradients "
+                "unreduced, and no weight would change from there; use accumulation 1, "
+                "strategy ddp, or a module that never skips"
+            ))  # fmt: skip
         if self._fsdp_sharded:
             return self._prepare_sharded(module, units)
         if self.config.strategy == "fsdp" and units:  # checked on one process too
@@ -2791,6 +2801,12 @@ def _make_accelerator(config: TrainerConfig, log_with: list[str]) -> Accelerator
     with warnings.catch_warnings(), _waiting_for_ranks_said():
         # its thread count on CPU ranks: stpdist sets its own
         warnings.filterwarnings("ignore", message="OMP_NUM_THREADS/MKL_NUM_THREADS unset")
+        handlers = []
+        if config.dist_timeout_s is not None:  # a process group's, set when it is made
+            from accelerate.utils import InitProcessGroupKwargs
+
+            timeout = datetime.timedelta(seconds=config.dist_timeout_s)
+            handlers.append(InitProcessGroupKwargs(timeout=timeout))
         return Accelerator(
             cpu=cpu,
             mixed_precision=config.mixed_precision,
@@ -2798,6 +2814,7 @@ def _make_accelerator(config: TrainerConfig, log_with: list[str]) -> Accelerator
             step_scheduler_with_optimizer=False,
             log_with=log_with or None,
             project_dir=config.output_dir,
+            kwargs_handlers=handlers,
         )
 
 
