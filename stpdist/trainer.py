@@ -682,7 +682,9 @@ class EvalSums:
     of names and shapes is agreed first)."""
 
     def __init__(self) -> None:
-        self.scalars: dict[str, float] = {}
+        # a tensor scalar's sum stays a float64 tensor on its device (a host read per
+        # batch made the host wait for every validation batch on a GPU); numbers, floats
+        self.scalars: dict[str, Any] = {}
         self.weights: dict[str, int] = {}  # per scalar: the samples of the batches holding it
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
@@ -692,7 +694,9 @@ class EvalSums:
 
     def add(self, output: Any, size: int) -> None:
         for key, value in _scalars_of(output).items():
-            self.scalars[key] = self.scalars.get(key, 0.0) + float(value) * size
+            if isinstance(value, torch.Tensor):
+                value = value.detach().reshape(()).double()
+            self.scalars[key] = self.scalars.get(key, 0.0) + value * size
             self.weights[key] = self.weights.get(key, 0) + size
         if isinstance(output, dict) and "sums" in output:
             for key, value in output["sums"].items():
@@ -707,9 +711,10 @@ class EvalSums:
         names = sorted(set().union(*(names for names, _ in layouts)))
         shapes = sorted(set().union(*(shapes for _, shapes in layouts)))
         device = accelerator.device
-        head = [self.scalars.get(n, 0.0) for n in names]
-        head += [self.weights.get(n, 0) for n in names] + [self.count, float(self.abandoned)]
-        parts = [torch.tensor(head, dtype=torch.float64, device=device)]
+        sums = [torch.as_tensor(self.scalars.get(n, 0.0), dtype=torch.float64) for n in names]
+        head = [self.weights.get(n, 0) for n in names] + [self.count, float(self.abandoned)]
+        parts = [s.to(device).reshape(1) for s in sums]
+        parts.append(torch.tensor(head, dtype=torch.float64, device=device))
         for key, shape in shapes:
             value = self.sums.get(key)
             if value is None:

@@ -285,3 +285,34 @@ def test_the_regionally_compiled_step_has_no_graph_break(monkeypatch):
             module(frames, all_frames=True)
     torch._dynamo.reset()
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+
+
+def test_validation_reads_nothing_on_the_host_until_its_results(tmp_path, monkeypatch):
+    """Each validation batch's scalars were summed with `float(value)`: a host read per
+    batch, which on a GPU waits for the batch before the next one is queued. The sums stay
+    on the device until the pass's one reduce."""
+    from stpdist.data.stream import ShardEvalStream
+
+    shards(tmp_path / "val")
+    stream = ShardEvalStream(tmp_path / "val", batch_size=4, num_input_frames=3,
+                             num_output_frames=3)  # fmt: skip
+    torch.manual_seed(0)
+    module = convlstm()
+    reads = HostReads(monkeypatch)
+    original = module.validation_step
+    batches = []
+
+    def marked(inputs, targets):
+        batches.append(len(batches) + 1)
+        reads.mark(len(batches))
+        return original(inputs, targets)
+
+    module.validation_step = marked
+    trainer = Trainer(output_dir=tmp_path / "run", max_epochs=1, progress_bar=False,
+                      checkpoint=CheckpointConfig(every_epoch=False, keep_last=1))  # fmt: skip
+    results = trainer.validate(module, stream)
+    monkeypatch.undo()
+    assert len(batches) > 2 and results["val/loss"] > 0
+    # the last batch's mark also holds the pass's end: the reduce, the metrics read once
+    reading = {step for step, found in reads.per_step.items() if found}
+    assert reading <= {len(batches)}, {step: reads.per_step[step] for step in reading}
