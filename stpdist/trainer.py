@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from . import console, threads
 from .checkpoint import STATE_FILE as TRAIN_STATE_FILE
 from .checkpoint import (
+    CheckpointError,
     CheckpointManager,
     RetiredCheckpoint,
     TrainState,
@@ -88,7 +89,7 @@ from .data.loading import (
 from .early_stopping import STATE_FILE as EARLY_STOPPING_FILE
 from .early_stopping import EarlyStopping
 from .ema import EMA_FILE, WeightAverage, load_eval_weights
-from .errors import InputError, OutputExists, alike
+from .errors import InputError, MissingInput, OutputExists, alike
 from .lockstep import Lockstep, StopFlag, loss_of
 from .module import EnhancedModule, cpu_compile_defaults, to_channels_last
 from .runlock import RunLock, RunLockedError
@@ -673,6 +674,20 @@ class ValidationAbandoned(RuntimeError):
     """A stop (SIGTERM, SIGUSR1, Ctrl-C) came during a validation inside `fit`: every rank
     left it, so that the run stops with a checkpoint within the launcher's grace period
     instead of being killed at the end of a long validation; it runs again on resume."""
+
+
+def _fsdp_window_lost(step: int, latest: Path | None) -> InputError:
+    """The error of a window whose last micro-batch every rank skipped, under FSDP: the
+    skipped forward gathered the parameters and no backward reduce-scattered the window's
+    gradients (a review: no weight changed from there, silently, until a checkpoint
+    failed). Said where it happens; DDP averages the earlier micro-batches instead."""
+    return InputError(
+        f"optimizer step {step}: the last micro-batch of an accumulation window was skipped "
+        "(training_step returned None) on every rank, and under strategy fsdp the window's "
+        "gradients are reduced only in that micro-batch's backward, so they cannot be "
+        f"applied; the run stops here (last checkpoint: {latest}): skip earlier in a window, "
+        "or use gradient_accumulation_steps 1 or strategy ddp"
+    )
 
 
 class EvalSums:
@@ -1645,15 +1660,6 @@ class Trainer:
             module.compile_for_training(self.config.compile_mode)
         units = self.config.fsdp_wrap
         self._sharded_root = None
-        accumulation = self.config.gradient_accumulation_steps
-        if self._fsdp_sharded and accumulation > 1 and module.skips_batches:
-            raise alike(ConfigError(
-                f"strategy fsdp with gradient_accumulation_steps {accumulation} and "
-                f"{type(module).__name__}, which may skip batches (skips_batches = True): a "
-                "window whose last micro-batch is skipped would leave its gradients "
-                "unreduced, and no weight would change from there; use accumulation 1, "
-                "strategy ddp, or a module that never skips"
-            ))  # fmt: skip
         if self._fsdp_sharded:
             return self._prepare_sharded(module, units)
         if self.config.strategy == "fsdp" and units:  # checked on one process too
@@ -1785,6 +1791,8 @@ class Trainer:
                     if self._sharded_root is None:
                         _check_every_parameter_trained(module, acc.num_processes, step)
             elif acc.sync_gradients and self._contributed:
+                if self._sharded_root is not None:
+                    raise alike(_fsdp_window_lost(step, self.checkpoints.latest()))
                 # DDP all-reduces inside the backward of the window's last micro-batch;
                 # with that one skipped on every rank, average the earlier ones here.
                 self.lockstep.average_grads_by_hand(module)
@@ -2046,12 +2054,37 @@ class Trainer:
         `trainer.keep_global_batch`, the accumulation is set here, before the data layout
         is planned, so that ranks × accumulation equals the checkpoint's run's."""
         keep = self.config.keep_global_batch
-        start = self.checkpoints.resolve(resume)
+        start = self._resolved_by_main(resume)
         if start is not None:
             self._lease_on_every_rank(lease, start)
         if start is not None and keep:
             self._keep_global_batch(start, read_state(start))
         return start
+
+    def _resolved_by_main(self, resume: str | Path | None) -> Path | None:
+        """`checkpoints.resolve(resume)` by the main process alone, its answer (or its error,
+        raised on every rank alike) sent to the others: resolving reads and hashes every
+        file of the checkpoint, and every rank doing it read an FSDP run's checkpoint N
+        times over from a shared filesystem at each resume."""
+        if self.accelerator.num_processes == 1 or resume is None:
+            return self.checkpoints.resolve(resume)
+        from accelerate.utils import broadcast_object_list
+
+        answer: list[Any] = [None, None]  # (folder, (error type, text)) as text
+        failure = None
+        if self.is_main:
+            try:
+                found = self.checkpoints.resolve(resume)
+                answer[0] = None if found is None else str(found)
+            except InputError as exc:
+                failure, answer[1] = exc, (type(exc).__name__, str(exc))
+        answer = broadcast_object_list(answer, from_process=0)
+        if failure is not None:
+            raise alike(failure)
+        if answer[1] is not None:
+            kinds = {k.__name__: k for k in (CheckpointError, MissingInput, InputError)}
+            raise alike(kinds.get(answer[1][0], InputError)(answer[1][1]))
+        return None if answer[0] is None else Path(answer[0])
 
     def _keep_global_batch(self, start: Path, saved: TrainState) -> None:
         acc, ranks = self.accelerator, self.accelerator.num_processes

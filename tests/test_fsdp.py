@@ -148,18 +148,19 @@ def test_recurrent_backbones_shard_with_their_cells_as_units(tmp_path):
         assert difference <= 1e-6, case
 
 
-def test_fsdp_with_accumulation_refuses_a_module_that_may_skip_batches(tmp_path):
+def test_fsdp_stops_at_a_window_whose_last_micro_batch_every_rank_skipped(tmp_path):
     """A review on 2 ranks: with FSDP, accumulation 2 and a window whose last micro-batch is
     skipped on every rank, the window's gradients were never reduce-scattered (the skipped
     forward gathered the parameters, no backward put them back): no weight changed from
-    there, and the next checkpoint failed. Refused at the start of `fit`, on every rank."""
+    there, silently, and the next checkpoint failed. The run stops there, saying why."""
     from conftest import run_ranks
 
     script = str(Path(__file__).parent / "dist_fsdp_skip.py")
     proc = run_ranks([script, str(tmp_path / "run")], 2)
     lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
     assert len(lines) == 2 and all(
-        "refused: strategy fsdp with gradient_accumulation_steps 2 and MaySkip, which may "
-        "skip batches" in line
+        "stopped: optimizer step 2: the last micro-batch of an accumulation window was skipped"
+        in line
+        and "strategy fsdp" in line
         for line in lines
     ), proc.stdout[-2000:]
