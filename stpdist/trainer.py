@@ -1448,6 +1448,7 @@ class Trainer:
         self._total_steps = total_steps
         self._banner(batches_per_epoch, total_steps, saved)
         self._say_left_out(train, batches_per_epoch)
+        self._say_mixing(train, ctx)
         model, optimizer, scheduler, interval = self._prepare(module)
         self._trainable = _trainable(module) if self.accelerator.num_processes > 1 else None
         self._inner_optimizer = self._direct(optimizer)
@@ -1636,6 +1637,14 @@ class Trainer:
             + ("the same ones every epoch: the DataLoader does not shuffle"
                if same else anew)
         )  # fmt: skip
+
+    def _say_mixing(self, train: TrainSource, ctx: LoaderContext) -> None:
+        """One warning when the source says its batches mix little (`mixing_note`: a
+        series' windows in time order, read through a small shuffle buffer)."""
+        note = getattr(train, "mixing_note", None)
+        said = note(ctx) if callable(note) else None
+        if said:
+            console.warn_main("%s", said)
 
     @property
     def _fsdp_sharded(self) -> bool:

@@ -413,3 +413,35 @@ def test_a_member_that_is_no_plain_array_is_named_without_advice_to_unpickle(
     assert says in message and "\n" not in message
     assert "allow_pickle" not in message and "unsafe" not in message
     assert "pickle.load" not in message and "If you trust" not in message
+
+
+def test_a_series_windows_mixed_by_a_small_buffer_are_said_once(tmp_path, caplog):
+    """A review measured how a split of windows cut from a series (written in time order)
+    mixes: with 20 shards of 500 and the buffer's default 256, a batch drew from 2–3
+    neighbouring stretches (as much seasonal information as 1.3–1.7 independent windows,
+    against 16 for a shuffle), and nothing said so. One warning says it, with what helps;
+    none for a buffer that reaches a quarter of the split, nor for independent samples."""
+    from stpdist.data.format import SplitWriter
+    from stpdist.data.stream import LoaderContext, ShardTrainStream
+
+    def split(folder, args):
+        with SplitWriter(folder, "train", value_scale=255, samples_per_shard=500,
+                         args=args) as writer:  # fmt: skip
+            for i in range(10_000):
+                writer.write(f"w{i:06d}", np.full((3, 1, 2, 2), i % 256, np.uint8))
+        return folder
+
+    series = split(tmp_path / "series", {"num_frames": 3, "stride": 1})
+    ctx = LoaderContext(rank=0, world_size=2, seed=0, num_workers=2)
+
+    def note(folder, buffer):
+        return ShardTrainStream(folder, batch_size=16, num_input_frames=2, num_output_frames=1,
+                                shuffle_buffer=buffer).mixing_note(ctx)  # fmt: skip
+
+    said = note(series, 256)
+    assert (
+        said is not None and "each batch draws from about 272 neighbouring ones (2.7% of " in said
+    )
+    assert "a shuffle buffer of 256 in runs of 2500 per worker, shards of 500" in said
+    assert note(series, 2500) is None  # the worker's whole run
+    assert note(split(tmp_path / "sequences", {}), 256) is None  # independent sequences
