@@ -254,8 +254,11 @@ class TrainerConfig:
     cuda_graphs: bool = False
     """Capture the whole training step (forward, backward, clipping, optimizer step) in a
     CUDA graph after 3 eager steps and replay it: one launch a step instead of thousands.
-    One process, no accumulation, no fp16, no `compile`, no FSDP (refused at start, with
-    the reason); a module that may skip batches, or a batch of other shapes, runs eagerly
+    One process, no accumulation, no fp16, no `compile`, no FSDP, no activation
+    checkpointing (refused at start, with the reason); a module that may skip batches, an
+    optimizer without a capturable mode (SGD), a batch of other shapes, an optimizer
+    setting a scheduler changes after the capture (other than the learning rate and Adam's
+    beta1, which reach the graph through the device) and a capture that fails run eagerly
     (one line says so). On a CPU: accepted, not applicable (see `stpdist.graphs`); the
     combinations above are refused there too, as they would be on a GPU."""
     cudnn_benchmark: Optional[bool] = None
