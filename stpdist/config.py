@@ -708,7 +708,8 @@ def checked_section(section: Any, cls: type, origin: str, prefix: str = "") -> A
     if isinstance(section, type) or not hasattr(section, "__dataclass_fields__"):
         raise TypeError(f"{origin}: expected a {cls.__name__}, got {type(section).__name__}")
     values = _plain_fields(section)
-    typed = section_with(cls(), values, origin, prefix)
+    kind = type(section) if isinstance(section, cls) else cls  # a user's subclass: its own
+    typed = section_with(kind(), values, origin, prefix)
     return section if dataclasses.asdict(typed) == values else typed
 
 
@@ -1164,7 +1165,7 @@ def _check_texts(raw: Any, origin: str) -> None:
 
 _YAML11_NUMBER = re.compile(r"[-+]?(0[0-7_]+|0x[0-9a-fA-F_]+|0b[01_]+|[0-9][0-9_]*(:[0-5]?[0-9])+)")
 """Numbers YAML 1.1 reads otherwise than they read: 0123 (octal 83), 1:30 (sexagesimal 90),
-0x10, 0b11, 1_000."""
+0x10, 0b11."""
 _YAML_VALUE_IN_LINE = re.compile(r"^[^#'\"]*?:\s+([^\s#'\"\[\]{},]+)\s*(#.*)?$")
 
 

@@ -128,6 +128,7 @@ class StepGraph:
         self._body: Callable[..., Any] | None = None
         self._capture_step = 0
         self._synced: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        self._captured_synced = False  # whether the capture read the synced tensors
         self._frozen: list[dict[str, Any]] = []
         self._grads: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._stream = torch.cuda.Stream() if not self.emulate else None
@@ -145,7 +146,9 @@ class StepGraph:
         kind = {"device": self.device, "dtype": torch.float64 if self.emulate else None}
         for group in self._groups():
             lr, beta1 = torch.tensor(float(group["lr"]), **kind), None
-            if momentum and isinstance(inner, torch.optim.Adam) and not group.get("fused"):
+            # AdamW is Adam's subclass from torch 2.7 only
+            adam = isinstance(inner, torch.optim.Adam | torch.optim.AdamW)
+            if momentum and adam and not group.get("fused"):
                 beta1 = torch.tensor(float(group["betas"][0]), **kind)
             self._synced.append((lr, beta1))
             if self.emulate:  # the group keeps floats: eager steps as eager training's
@@ -215,10 +218,12 @@ class StepGraph:
                 if key == "betas" and beta1 is not None:
                     now, value = now[1:], value[1:]  # beta1 too
                 if now != value:
+                    fused = " (a fused Adam reads betas on the host: fused=False keeps the graph)"
                     self.abandoned = (
                         f"cuda_graphs: the optimizer's {key} (param group {index}) changed "
                         f"from {value} to {now} after the capture, and a graph replays the "
                         "captured value: every step from here runs eagerly"
+                        + (fused if key == "betas" and group.get("fused") else "")
                     )
                     console.log.info(self.abandoned)
                     return True
@@ -247,6 +252,10 @@ class StepGraph:
         self.shape_key = _shapes(batch)
         self.static = (batch.inputs.clone(), batch.targets.clone(), _cloned(extras))
         self._body, self._capture_step = body, step
+        # the device tensors back in the groups first: the warm-up steps' scheduler wrote
+        # floats there (OneCycleLR a new betas tuple each step), which a capture would bake
+        self._sync()
+        self._captured_synced = True
         self._frozen = [_host_values(group) for group in self._groups()]
         self.optimizer.zero_grad(set_to_none=True)  # the graph's backward writes them anew
         if self.emulate:  # the first emulated replay stands for the capture (see `run`)
@@ -298,16 +307,22 @@ class StepGraph:
             if isinstance(value, torch.Tensor) and name in batch.extras:
                 value.copy_(batch.extras[name], non_blocking=True)
 
-    def _replay(self) -> None:
+    def _sync(self) -> None:
+        """The scheduler's values into the tensors the graph reads, and (on a GPU) those
+        tensors back in the groups where a scheduler assigned floats: the learning rate
+        (a scheduler that assigns floats) and a synced beta1 (OneCycleLR's momentum)."""
         for group, (lr, beta1) in zip(self._groups(), self._synced):
-            if group["lr"] is not lr:  # a scheduler that assigns floats: into the graph's tensor
+            if group["lr"] is not lr:
                 lr.fill_(float(group["lr"]))
                 if not self.emulate:
                     group["lr"] = lr
-            if beta1 is not None and group["betas"][0] is not beta1:  # OneCycleLR's momentum
+            if beta1 is not None and group["betas"][0] is not beta1:
                 beta1.fill_(float(group["betas"][0]))
                 if not self.emulate:
                     group["betas"] = (beta1, *group["betas"][1:])
+
+    def _replay(self) -> None:
+        self._sync()
         if not self.emulate:
             self.replays += 1
             self.graph.replay()
@@ -324,7 +339,8 @@ class StepGraph:
         current = [_host_values(group) for group in self._groups()]
         self.module.global_step = self._capture_step - 1
         for group, frozen, synced in zip(self._groups(), self._frozen, self._synced):
-            group.update(_replayed(frozen, *synced))
+            # values read from the device only if the capture saw the tensors in place
+            group.update(_replayed(frozen, *synced) if self._captured_synced else frozen)
         try:
             with self._in_graph():
                 self.output = self._body(*self.static)

@@ -198,7 +198,8 @@ SETTING_ALONE = ("trainer.output_dir", "trainer.num_workers", "trainer.progress_
                  "data.synthesize.root", "data.synthesize.digits", "trainer.keep_global_batch",
                  "trainer.compile", "trainer.cuda_graphs", "trainer.cudnn_benchmark",
                  "trainer.channels_last", "trainer.num_threads",
-                 "trainer.activation_checkpointing", "model.fused_kernels")  # fmt: skip
+                 "trainer.activation_checkpointing", "model.fused_kernels",
+                 "trainer.dist_timeout_s")  # fmt: skip
 """Keys whose values leave the trained model and its scores as they are (where the data
 are kept, how fast a step runs): changed from the recipe's, they keep a run comparable with
 OpenSTL's numbers. Not among them: the training digits' settings (`data.synthesize.train`,
@@ -288,6 +289,21 @@ def _world_size() -> int:
 SET_BY_REPRODUCE = {"trainer.seed": "--seeds N (seeds 0…N−1)", "trainer.output_dir": "--out"}
 """Overrides `reproduce` sets for each seed itself: given as overrides, they were dropped
 (a `trainer.seed=5` trained seed 0, and the table then said the recipe was changed)."""
+
+
+def _sets(override: str, key: str) -> bool:
+    """Whether the dotted `override` (`a.b=v`, or `a={b: v}`) sets `key`."""
+    from omegaconf import OmegaConf
+
+    try:
+        given = OmegaConf.to_container(OmegaConf.from_dotlist([override]), resolve=False)
+    except Exception:  # noqa: BLE001 - load_config says what is wrong with it
+        return False
+    for part in key.split("."):
+        if not isinstance(given, dict) or part not in given:
+            return False
+        given = given[part]
+    return True
 
 
 def summarize(name: str, runs: list[dict[str, float]], comparable: bool = True) -> dict[str, Any]:
@@ -383,12 +399,12 @@ def reproduce(
     from .data.format import read_index
 
     for item in overrides or []:
-        key = item.split("=", 1)[0].strip()
-        if key in SET_BY_REPRODUCE:
-            raise InputError(
-                f"{item}: reproduce sets {key} for each seed itself; use "
-                f"{SET_BY_REPRODUCE[key]} instead"
-            )
+        for key in SET_BY_REPRODUCE:  # `trainer.seed=5`, or `trainer={seed: 5}`
+            if _sets(item, key):
+                raise InputError(
+                    f"{item}: reproduce sets {key} for each seed itself; use "
+                    f"{SET_BY_REPRODUCE[key]} instead"
+                )
     cfg = load_config(config, overrides)
     name = cfg.model.name
     if digits and not small:

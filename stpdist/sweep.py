@@ -54,9 +54,14 @@ class _UniqueKeys(yaml.SafeLoader):
     silently: a parameter listed twice was swept over its second values only)."""
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        self.flatten_mapping(node)  # `<<: *anchor` merged first (what a safe load does)
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool) and key is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"found a key that is not a name: {key!r}", key_node.start_mark
+                )
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"found duplicate key {key!r}", key_node.start_mark
@@ -146,7 +151,7 @@ NORMAL_DISTRIBUTIONS = ("normal", "q_normal", "log_normal", "q_log_normal")
 FLOAT_DRAWS = ("uniform", "log_uniform_values", "inv_log_uniform_values")
 """Its distributions by `min` and `max` whose draws are floats whatever the bounds (an
 integer setting takes `int_uniform` or a `q_` one)."""
-GRID_CHECKED = 256
+GRID_CHECKED = 64
 """Most combinations of parameter values checked together (a setting checked against
 another: `model.schedule.min_lr` at most `model.optimizer.lr`)."""
 

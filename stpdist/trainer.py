@@ -143,8 +143,8 @@ def _settings_refusal(start: Path, changed: list[str]) -> str:
         why.append("a resume restores the lr scheduler's state (its kind, its length, and "
                    "whether it counts steps or epochs)")  # fmt: skip
     if any(k in MEASURE_KEYS for k in keys):
-        why.append("the run's losses would measure something else from here (val/loss, the "
-                   "best checkpoints' and early stopping's monitor, compare numbers of both)")  # fmt: skip
+        why.append("the run's losses would measure something else from here (val/loss, and "
+                   "a monitor built on it, would compare numbers of both)")  # fmt: skip
     if any(k in ORDER_KEYS for k in keys):
         why.append("the seed orders every epoch's data")
     mid_epoch = [k for k in keys if k in MID_EPOCH_KEYS]
@@ -683,7 +683,8 @@ def _fsdp_window_lost(step: int, latest: Path | None) -> InputError:
     failed). Said where it happens; DDP averages the earlier micro-batches instead."""
     return InputError(
         f"optimizer step {step}: the last micro-batch of an accumulation window was skipped "
-        "(training_step returned None) on every rank, and under strategy fsdp the window's "
+        "(training_step returned None on a rank: every rank skips it), and under strategy "
+        "fsdp the window's "
         "gradients are reduced only in that micro-batch's backward, so they cannot be "
         f"applied; the run stops here (last checkpoint: {latest}): skip earlier in a window, "
         "or use gradient_accumulation_steps 1 or strategy ddp"
@@ -2085,14 +2086,15 @@ class Trainer:
             try:
                 found = self.checkpoints.resolve(resume)
                 answer[0] = None if found is None else str(found)
-            except InputError as exc:
+            except Exception as exc:  # any: the other ranks must not wait for an answer
                 failure, answer[1] = exc, (type(exc).__name__, str(exc))
         answer = broadcast_object_list(answer, from_process=0)
         if failure is not None:
             raise alike(failure)
         if answer[1] is not None:
             kinds = {k.__name__: k for k in (CheckpointError, MissingInput, InputError)}
-            raise alike(kinds.get(answer[1][0], InputError)(answer[1][1]))
+            kinds.update(TypeError=TypeError, ValueError=ValueError, OSError=OSError)
+            raise alike(kinds.get(answer[1][0], RuntimeError)(answer[1][1]))
         return None if answer[0] is None else Path(answer[0])
 
     def _keep_global_batch(self, start: Path, saved: TrainState) -> None:
@@ -2256,6 +2258,10 @@ class Trainer:
         if self.run_config is not None:
             resolved = dataclasses.asdict(self.run_config)  # env interpolations resolved
             settings.update({key: _lookup(resolved, key) for key in KEPT_ON_RESUME})
+            if _lookup(resolved, "model.schedule.name") != "onecycle":
+                # a cosine schedule's length comes from the config on resume (its state
+                # holds no length): only OneCycleLR's is restored with its state
+                settings.pop("model.schedule.total_steps", None)
         for key in MID_EPOCH_KEYS:
             value = getattr(train, key.split(".")[1], None)
             # a user's own source may hold another kind of thing by that name: not recorded

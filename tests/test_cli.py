@@ -461,6 +461,13 @@ def test_a_resume_refuses_another_length_of_a_onecycle_schedule(tmp_path):
     assert done.returncode == 2
     assert "model.schedule.total_steps 100 (the checkpoint's) → 16" in done.stderr
     assert "its length" in done.stderr
+    # a cosine schedule's length comes from the config on resume: another one is honoured
+    cosine = ["model.schedule.name=cosine", "logging.num_samples=0",
+              "trainer.output_dir=runs/cosine"]  # fmt: skip
+    checked("train", DEBUG, *cosine, "model.schedule.total_steps=16", "trainer.max_steps=3",
+            cwd=tmp_path)  # fmt: skip
+    checked("train", DEBUG, *cosine, "model.schedule.total_steps=40", "trainer.max_steps=4",
+            "--resume", "auto", cwd=tmp_path)  # fmt: skip
 
 
 def test_a_resume_from_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):

@@ -164,3 +164,16 @@ def test_fsdp_stops_at_a_window_whose_last_micro_batch_every_rank_skipped(tmp_pa
         and "strategy fsdp" in line
         for line in lines
     ), proc.stdout[-2000:]
+
+
+def test_a_resume_the_main_rank_cannot_resolve_fails_on_every_rank_at_once(tmp_path):
+    """The main rank alone resolves `resume` (hashing the checkpoint once); an error of
+    another kind than the user-input ones (a TypeError: `resume=True`) was raised on the
+    main rank only, and the other waited for its answer until the process group's timeout."""
+    from conftest import run_ranks
+
+    script = str(Path(__file__).parent / "dist_resume_type.py")
+    proc = run_ranks([script, str(tmp_path / "run")], 2, timeout=120)
+    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
+    assert len(lines) == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert all("TypeError after 0 s: resume is True" in line for line in lines), lines

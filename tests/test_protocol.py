@@ -766,7 +766,11 @@ def test_reproduce_refuses_splits_of_another_frame_shape_before_training(tmp_pat
 
 @pytest.mark.parametrize(
     ("override", "instead"),
-    [("trainer.seed=5", "--seeds N"), ("trainer.output_dir=mine", "--out")],
+    [
+        ("trainer.seed=5", "--seeds N"),
+        ("trainer.output_dir=mine", "--out"),
+        ("trainer={seed: 5}", "--seeds N"),  # the same, as a mapping
+    ],
 )
 def test_reproduce_refuses_the_settings_it_sets_for_each_seed(tmp_path, override, instead):
     """`reproduce … trainer.seed=5` trained seed 0 (its own seed came after the user's),
@@ -775,5 +779,6 @@ def test_reproduce_refuses_the_settings_it_sets_for_each_seed(tmp_path, override
     proc = run_cli("reproduce", config, override, "--small", "--seeds", "1", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     line = proc.stderr.strip().splitlines()[-1]
-    assert f"{override}: reproduce sets {override.split('=')[0]} for each seed itself" in line
+    key = "trainer.output_dir" if "output_dir" in override else "trainer.seed"
+    assert f"{override}: reproduce sets {key} for each seed itself" in line
     assert instead in line and not list(tmp_path.iterdir())

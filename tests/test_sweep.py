@@ -117,7 +117,12 @@ def test_the_run_summary_keeps_the_best_value_when_the_last_is_not_it(tmp_path):
     values = [r["val/mse"] for r in records if "val/mse" in r]
     assert len(values) == 3 and max(values) != values[-1], values  # the case under test
     (wandb_run,) = (folder / "wandb").glob(f"offline-run-*-{folder.name}")
-    _, summary = _run_file(wandb_run / f"run-{folder.name}.wandb")  # its last update of each
+    deadline = time.time() + 20  # wandb's service may write the run's last block a moment
+    while True:  # after `finish` returns, on a loaded machine
+        _, summary = _run_file(wandb_run / f"run-{folder.name}.wandb")  # each key's last
+        if "val/mse" in summary or time.time() > deadline:
+            break
+        time.sleep(0.5)
     assert summary["val/mse"] == pytest.approx(max(values))
     assert json.loads((folder / "sweep.json").read_text())["metric"]["value"] == max(values)
 
@@ -334,6 +339,13 @@ def test_sweep_files_are_checked_as_their_trials_will_run(tmp_path):
     )
     with pytest.raises(InputError, match=r"dup\.yaml.*duplicate key 'model\.optimizer\.lr'"):
         read_sweep(tmp_path / "dup.yaml")
+    (tmp_path / "merged.yaml").write_text(  # YAML's merge keys still read (a review)
+        "base: &base {values: [0.001, 0.002]}\nmethod: grid\nmetric: {name: val/mse}\n"
+        "parameters:\n  model.optimizer.lr:\n    <<: *base\n"
+    )
+    assert read_sweep(tmp_path / "merged.yaml")["parameters"]["model.optimizer.lr"] == {
+        "values": [0.001, 0.002]
+    }
 
     def refused(parameters: dict, match: str, overrides=()) -> None:
         spec = {"method": "random", "metric": metric, "parameters": parameters}

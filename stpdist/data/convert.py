@@ -541,6 +541,7 @@ def _write_split(
     ) as writer:
         reported = _progress(loaded, len(items), f"{source.name} {split}", folder, progress)
         for number, samples in enumerate(reported):
+            check_not_interrupted()  # a Ctrl-C swallowed where it landed: stop now, not at the end
             where = describe(source, items[number])
             for key, frames, meta in samples:
                 if origin.setdefault(key, number) != number:

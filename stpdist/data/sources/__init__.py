@@ -308,7 +308,12 @@ _XARRAY = SourceFormat(
         "--vars": {"required": True, "help": "channels, e.g. z500,t850,t2m (name<level>)"},
         "--levels": {"default": None, "help": "levels of every variable that has them"},
         **{k: v for k, v in _series_flags(8).items() if k != "--time-key"},
-        "--every": {"type": int, "default": 1, "help": "keep every k-th time step"},
+        "--every": {
+            "type": int,
+            "default": 1,
+            "help": "keep the time steps k series steps apart (from the first; after a gap "
+            "on the same hours)",
+        },
         "--block-frames": {
             "type": int,
             "default": 256,

@@ -75,11 +75,13 @@ def _open_store(path: str, decode_times: bool = True) -> Any:
 
 def _kept_steps(times: np.ndarray, every: int) -> np.ndarray:
     """The steps `--every` keeps: those whose time lies a whole number of `every` series
-    steps (the smallest spacing) after the first's. Counted by position, a missing step
-    moved every later kept step to other hours (00/12 UTC before it, 06/18 after)."""
+    steps (its usual spacing: the most common one) after the first's. Counted by position,
+    a missing step moved every later kept step to other hours (00/12 UTC before it, 06/18
+    after); an odd step between two (a 21Z in 6-hourly data) leaves the spacing as it is."""
     if every == 1 or len(times) < 2:
         return np.arange(len(times))
-    stride = np.diff(times).min() * every
+    spacings, counts = np.unique(np.diff(times), return_counts=True)
+    stride = spacings[np.argmax(counts)] * every
     return np.flatnonzero((times - times[0]) % stride == stride.dtype.type(0))
 
 
@@ -92,15 +94,14 @@ def _as_slice(steps: np.ndarray) -> Any:
     return steps
 
 
-def _unmasked_missing_chunks(store: str, name: str, var: Any) -> str | None:
-    """Why a Zarr array's never-written chunks would be read as data (None: there are
-    none, or they read as missing). Such a chunk reads as the array's `fill_value`; in a
+def _unmasked_missing_chunks(store: str, name: str, masks: list[Any]) -> str | None:
+    """A warning when a Zarr array has chunks not stored that read as data (None: there
+    are none, or they read as missing). Such a chunk reads as the array's `fill_value`; in a
     store xarray writes as Zarr v3, that is 0 while the variable's `_FillValue` (-32767 of
-    packed ERA5) sits in its attributes: 0 × scale + offset (270 K) came out as real
-    values, silently. A fill value that decodes to missing (NaN, the `_FillValue`) goes
-    through the converter's NaN policy instead."""
-    if not _is_zarr(store):
-        return None
+    packed ERA5) sits in its attributes: a chunk a failed write left out came out as 0 ×
+    scale + offset (270 K), silently. It stays a warning: zarr itself leaves out chunks
+    equal to the fill value (a dry spell's zeros), which are real. `masks`: the variable's
+    `_FillValue` and `missing_value`."""
     try:
         import zarr
 
@@ -111,21 +112,21 @@ def _unmasked_missing_chunks(store: str, name: str, var: Any) -> str | None:
         return None
     if missing <= 0 or fill is None:
         return None
-    masks = [var.encoding.get(k, var.attrs.get(k)) for k in ("_FillValue", "missing_value")]
     fill_value = np.asarray(fill)
     if fill_value.dtype.kind == "f" and np.isnan(fill_value).all():
-        return None
+        return None  # read as NaN: the converter's NaN policy applies
     if any(m is not None and np.array_equal(np.asarray(m), fill_value) for m in masks):
         return None
     shown = ", ".join(
         f"{k} {m!r}" for k, m in zip(("_FillValue", "missing_value"), masks) if m is not None
     )
     return (
-        f"{store}: variable '{name}' has {missing} of {array.nchunks} chunks never written, "
-        f"which read as the array's fill value {fill_value.item()!r}, not as missing"
-        + (f" (its {shown})" if shown else "")
-        + ": they would be stored as data; write the missing chunks, or rewrite the store "
-        "with the array's fill value equal to its _FillValue"
+        f"{store}: variable '{name}' has {missing} of {array.nchunks} chunks not stored, which "
+        f"read as the array's fill value {fill_value.item()!r}"
+        + (f" (not its {shown})" if shown else "")
+        + " and are converted as data: zarr leaves out chunks equal to the fill value, so "
+        "they may be real; if the store is incomplete (a write that failed), write the "
+        "missing chunks, or rewrite it with its fill value equal to its _FillValue"
     )
 
 
@@ -465,6 +466,8 @@ class XarraySource:
     files: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
     """Per variable: (file, first frame, frame count), set by `splits`."""
     times: Any = None
+    _zarr_arrays: dict[str, list] = field(default_factory=dict)
+    """Per channel key: (Zarr store, variable, its masks) for the missing-chunk check."""
     kept: Any = None
     """The files' steps (indices in the series) that `--every` keeps, set by `splits`."""
     latitudes: list[float] | None = None
@@ -638,11 +641,11 @@ class XarraySource:
                     info = _describe(store, ds, var_name, var)
                     key = _key(var_name, info["scalar_level"])
                     first = available.setdefault(key, info)
-                    problem = (
-                        info.get("problem")
-                        or _differs(first, info, store, key)
-                        or _unmasked_missing_chunks(store, var_name, var)
-                    )
+                    problem = info.get("problem") or _differs(first, info, store, key)
+                    if _is_zarr(store):  # checked for the channels asked for (`splits`)
+                        masks = [var.encoding.get(k, var.attrs.get(k))
+                                 for k in ("_FillValue", "missing_value")]  # fmt: skip
+                        self._zarr_arrays.setdefault(key, []).append((store, var_name, masks))
                     if problem:
                         problems.setdefault(key, problem)
                         continue
@@ -682,6 +685,10 @@ class XarraySource:
             log.warning(
                 "%s: no time steps (time has length 0); it adds nothing to the series", store
             )
+        for key in dict.fromkeys(c.key for c in self.channels):
+            for store, name, masks in self._zarr_arrays.get(key, []):
+                if (said := _unmasked_missing_chunks(store, name, masks)) is not None:
+                    log.warning("%s", said)
         times = None
         for variable in dict.fromkeys(c.key for c in self.channels):
             parts = sorted((p for p in pieces[variable] if len(p[1])), key=lambda p: p[1][0])
