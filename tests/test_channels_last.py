@@ -58,13 +58,15 @@ STATES_STAY = {"convlstm-stpdist", "predrnnpp", "predrnnv2", "mim-paper"}
 @pytest.mark.parametrize("case", RECURRENT)
 def test_every_recurrent_backbone_trains_the_same_with_its_states_channels_last(case):
     """Fused regions on (their compiled bodies get channels-last tensors and gradients):
-    the same loss and gradients as channels-first, to float rounding; the weights'
-    gradients come back channels-last (what DDP's buckets are laid out by); and in the
-    ConvLSTM and PredRNN family every convolution writes channels-last, step after step."""
+    the same loss and gradients as channels-first op by op (test_fused checks fused on
+    against off; one compile a case keeps the suite's time), to float rounding; the
+    weights' gradients come back channels-last (what DDP's buckets are laid out by); and in
+    the ConvLSTM and PredRNN family every convolution writes channels-last, step after step."""
     file, cls, args, dtype = _case(case)
     torch.manual_seed(0)
-    plain = _Step(_build(file, cls, args, dtype), fused=True)
+    plain = _Step(_build(file, cls, args, dtype), fused=False)
     converted = to_channels_last(copy.deepcopy(plain))
+    converted.fused = True
     layouts = []
     for conv in (m for m in converted.modules() if isinstance(m, nn.Conv2d)):
         conv.register_forward_hook(
