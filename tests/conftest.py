@@ -282,3 +282,31 @@ def run_cli(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedP
             f"stpdist {' '.join(args)} exited {code}\n{out.getvalue()[-3000:]}\n{err.getvalue()[-3000:]}"
         )
     return proc
+
+
+def terminal_signals() -> None:
+    """`preexec_fn` of a subprocess that a test signals as a terminal would: SIGINT and
+    SIGTERM back to their default action and unblocked. A test runner started in the
+    background (a CI job, `make test &`) passes SIGINT on ignored, and a command that
+    ignores Ctrl-C cannot be tested for it."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+@pytest.fixture
+def ctrl_c_as_in_a_terminal():
+    """This process's SIGINT as a terminal-started Python has it (Python's handler,
+    unblocked) for the test, and as it was after (see `terminal_signals`)."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)

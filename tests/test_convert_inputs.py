@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli, unserved
+from conftest import run_cli, terminal_signals, unserved
 from PIL import Image
 from test_convert import kth_videos, stored
 from test_weather import sevir_layout, t2m_file, weatherbench1_single_levels, weatherbench_folders
@@ -70,6 +70,7 @@ def _interrupted_shards(
                     stdout=subprocess.DEVNULL,
                     stderr=stderr,
                     start_new_session=True,
+                    preexec_fn=terminal_signals,  # whatever the test runner's were
                 )
             )
     logs = [tmp_path / f"stderr{run}.txt" for run in range(runs)]
@@ -899,7 +900,9 @@ def test_an_object_array_and_a_taxibj_file_without_dates_say_what_they_hold(tmp_
     )
 
 
-def test_a_ctrl_c_swallowed_where_it_landed_still_stops_before_the_output(tmp_path, monkeypatch):
+def test_a_ctrl_c_swallowed_where_it_landed_still_stops_before_the_output(
+    tmp_path, monkeypatch, ctrl_c_as_in_a_terminal
+):
     """Python raises Ctrl-C's KeyboardInterrupt in whatever runs next; in a weakref callback
     (an import's) it is printed as "ignored" and the command ran on: the whole dataset was
     written and `shard` exited 0 (2 of 24 Ctrl-Cs in a conversion's first second). Here
