@@ -737,12 +737,7 @@ def section_with(base: Any, fields: dict[str, Any], origin: str, prefix: str = "
         plain[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
     try:
         _check_shapes(plain, cls, prefix)
-        for section, names in _schema_bools(cls).items():
-            part: Any = plain
-            for name in filter(None, section.split(".")):
-                part = part.get(name) if isinstance(part, dict) else None
-            if isinstance(part, dict):
-                _strict_bools(part, names, prefix + section)
+        _check_bools(plain, cls, prefix)
         merged = OmegaConf.merge(_schema(cls), OmegaConf.structured(base), plain)
         typed = OmegaConf.to_object(merged)
     except ConfigError as exc:
@@ -1009,6 +1004,13 @@ def _strict_bools(values: dict, bool_fields: set[str], prefix: str) -> None:
             raise ConfigError(f"'{prefix}{name}' is {value!r}; expected true or false")
 
 
+def _check_bools(raw: Any, cls: type, prefix: str = "") -> None:
+    """`_strict_bools` over every section of schema `cls` present in the plain mapping
+    `raw` (its keys named with `prefix`)."""
+    for section, name, value in _sections(raw, _schema_bools(cls)):
+        _strict_bools({name: value}, {name}, prefix + section)
+
+
 def _is_bool(value: Any) -> bool:
     if isinstance(value, bool) or _is_interpolation(value):
         return True
@@ -1110,18 +1112,18 @@ def _check_builtin_args(args: Any) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _schema_bools(cls: type, prefix: str = "") -> dict[str, set[str]]:
+def _schema_bools(cls: type) -> dict[str, set[str]]:
     """{section prefix: names of its bool fields} over the whole schema, Optional sections
     included (`data.synthesize`)."""
-    return _schema_fields(cls, bool, prefix)
+    return _schema_fields(cls, bool)
 
 
-@functools.lru_cache(maxsize=16)
 def _schema_texts(cls: type) -> dict[str, set[str]]:
     """{section prefix: names of its text fields (str, Optional[str], list[str])}."""
-    return _schema_fields(cls, str, "")
+    return _schema_fields(cls, str)
 
 
+@functools.lru_cache(maxsize=64)
 def _schema_fields(cls: type, kind: type, prefix: str = "") -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     hints = typing.get_type_hints(cls)
@@ -1303,15 +1305,10 @@ def _check_overlay(overlay: DictConfig, origin: str) -> None:
     except ConfigError as exc:
         raise ConfigError(f"{origin}: {exc}") from None
     _check_texts(raw, origin)
-    for prefix, names in _schema_bools(Config).items():
-        section: Any = raw
-        for part in filter(None, prefix.split(".")):
-            section = section.get(part) if isinstance(section, dict) else None
-        if isinstance(section, dict):
-            try:
-                _strict_bools(section, names, prefix)
-            except ConfigError as exc:
-                raise ConfigError(f"{origin}: {exc}") from None
+    try:
+        _check_bools(raw, Config)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
 
 
 _WORDS_YAML_READS_AS_BOOLEANS = {

@@ -128,7 +128,6 @@ class StepGraph:
         self._body: Callable[..., Any] | None = None
         self._capture_step = 0
         self._synced: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-        self._captured_synced = False  # whether the capture read the synced tensors
         self._frozen: list[dict[str, Any]] = []
         self._grads: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._stream = torch.cuda.Stream() if not self.emulate else None
@@ -144,10 +143,10 @@ class StepGraph:
         inner = getattr(self.optimizer, "optimizer", self.optimizer)
         # emulated: float64, so that a value read back is the scheduler's float exactly
         kind = {"device": self.device, "dtype": torch.float64 if self.emulate else None}
+        # AdamW is Adam's subclass from torch 2.7 only
+        adam = isinstance(inner, torch.optim.Adam | torch.optim.AdamW)
         for group in self._groups():
             lr, beta1 = torch.tensor(float(group["lr"]), **kind), None
-            # AdamW is Adam's subclass from torch 2.7 only
-            adam = isinstance(inner, torch.optim.Adam | torch.optim.AdamW)
             if momentum and adam and not group.get("fused"):
                 beta1 = torch.tensor(float(group["betas"][0]), **kind)
             self._synced.append((lr, beta1))
@@ -255,7 +254,6 @@ class StepGraph:
         # the device tensors back in the groups first: the warm-up steps' scheduler wrote
         # floats there (OneCycleLR a new betas tuple each step), which a capture would bake
         self._sync()
-        self._captured_synced = True
         self._frozen = [_host_values(group) for group in self._groups()]
         self.optimizer.zero_grad(set_to_none=True)  # the graph's backward writes them anew
         if self.emulate:  # the first emulated replay stands for the capture (see `run`)
@@ -274,12 +272,11 @@ class StepGraph:
         self._grads = [(p, p.grad) for p in params if p.grad is not None]
 
     def _give_up(self, exc: Exception) -> None:
-        self.graph, self.abandoned = (
-            None,
-            (
-                f"cuda_graphs: the step could not be captured ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); it runs eagerly"
-            ),
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        self.graph = None
+        self.abandoned = (
+            f"cuda_graphs: the step could not be captured ({type(exc).__name__}: {first}); "
+            "it runs eagerly"
         )
         console.log.info(self.abandoned)
         self.optimizer.zero_grad(set_to_none=True)
@@ -339,8 +336,7 @@ class StepGraph:
         current = [_host_values(group) for group in self._groups()]
         self.module.global_step = self._capture_step - 1
         for group, frozen, synced in zip(self._groups(), self._frozen, self._synced):
-            # values read from the device only if the capture saw the tensors in place
-            group.update(_replayed(frozen, *synced) if self._captured_synced else frozen)
+            group.update(_replayed(frozen, *synced))
         try:
             with self._in_graph():
                 self.output = self._body(*self.static)

@@ -90,6 +90,7 @@ from .early_stopping import STATE_FILE as EARLY_STOPPING_FILE
 from .early_stopping import EarlyStopping
 from .ema import EMA_FILE, WeightAverage, load_eval_weights
 from .errors import InputError, MissingInput, OutputExists, alike
+from .graphs import CaptureFailed
 from .lockstep import Lockstep, StopFlag, loss_of
 from .module import EnhancedModule, cpu_compile_defaults, to_channels_last
 from .runlock import RunLock, RunLockedError
@@ -1762,8 +1763,6 @@ class Trainer:
         module.global_step, module.current_epoch = state.global_step, state.epoch
         graph = self._graph
         if graph is not None and graph.takes(batch):
-            from .graphs import CaptureFailed
-
             try:
                 return self._graphed_step(model, module, optimizer, batch, state, meter)
             except CaptureFailed:  # said; this batch and every later one run eagerly
