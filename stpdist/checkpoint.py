@@ -1369,7 +1369,7 @@ def _state_record(path: Path) -> tuple[TrainState, int]:
 _ORIGIN_KEYS = ("world_size", "num_workers", "batch_multiple", "batch", "later")
 _ORIGIN_LAYOUT = "layout"
 """Also in an `epoch_origin` since 2026-12-06 (absent before: layout 1)."""
-_LAYOUTS = (1, 2, 3)  # data.loading.LoaderContext.layout
+_LAYOUTS = (1, 2, 3, 4)  # data.loading.LoaderContext.layout
 
 
 def _check_epoch_loss(file: Path, carried: Any) -> None:

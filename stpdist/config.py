@@ -344,10 +344,9 @@ class DataConfig:
     """Frames the model predicts (T_out), following the inputs."""
     shuffle_buffer: int = checked(256, _between(1, MOST_ITEMS))
     """Samples held in the training shuffle buffer per worker (raw bytes: memory is about
-    buffer × sample × workers). Shards are read in a random order each epoch, each worker's
-    samples one shard after another through this buffer: a batch holds samples of about
-    this many neighbouring ones. For windows of a series (written in time order), a few
-    shards' samples mix distant stretches; see the converting guide."""
+    buffer × sample × workers). Shards are read in a random order each epoch, each worker
+    reading a piece of each of 16 bands of that sequence in turn through this buffer: a
+    batch draws from up to 16 distant stretches of the split (see the converting guide)."""
     normalize: Literal["scale", "none", "standardize", "minmax"] = "scale"
     """What the model sees, per variable (channel), from the training index's statistics,
     applied on the device: `scale`, frames / value_scale (in [0, 1]); `none`, physical

@@ -374,7 +374,7 @@ BAD_STATES = {
         "batch": 0,
         "global_step": 20,
         "world_size": 1,
-        "data_layout": 4,
+        "data_layout": 99,
     },  # fmt: skip
     "origin layout": {
         "epoch": 0,

@@ -417,10 +417,11 @@ def test_a_member_that_is_no_plain_array_is_named_without_advice_to_unpickle(
 
 def test_a_series_windows_mixed_by_a_small_buffer_are_said_once(tmp_path, caplog):
     """A review measured how a split of windows cut from a series (written in time order)
-    mixes: with 20 shards of 500 and the buffer's default 256, a batch drew from 2–3
-    neighbouring stretches (as much seasonal information as 1.3–1.7 independent windows,
-    against 16 for a shuffle), and nothing said so. One warning says it, with what helps;
-    none for a buffer that reaches a quarter of the split, nor for independent samples."""
+    mixes in layout 3: with 20 shards of 500 and the buffer's default 256, a batch drew from
+    2–3 neighbouring stretches (as much seasonal information as 1.3–1.7 independent windows,
+    against 16 for a shuffle), and nothing said so. One warning says it for a run that keeps
+    that layout, with what helps; none for a buffer that reaches a quarter of the split,
+    nor for independent samples, nor in layout 4 (tests/test_mixing.py)."""
     from stpdist.data.format import SplitWriter
     from stpdist.data.stream import LoaderContext, ShardTrainStream
 
@@ -432,7 +433,7 @@ def test_a_series_windows_mixed_by_a_small_buffer_are_said_once(tmp_path, caplog
         return folder
 
     series = split(tmp_path / "series", {"num_frames": 3, "stride": 1})
-    ctx = LoaderContext(rank=0, world_size=2, seed=0, num_workers=2)
+    ctx = LoaderContext(rank=0, world_size=2, seed=0, num_workers=2, layout=3)
 
     def note(folder, buffer):
         return ShardTrainStream(folder, batch_size=16, num_input_frames=2, num_output_frames=1,
@@ -445,3 +446,6 @@ def test_a_series_windows_mixed_by_a_small_buffer_are_said_once(tmp_path, caplog
     assert "a shuffle buffer of 256 in runs of 2500 per worker, shards of 500" in said
     assert note(series, 2500) is None  # the worker's whole run
     assert note(split(tmp_path / "sequences", {}), 256) is None  # independent sequences
+    # layout 4 (runs begun since 2026-12-07) deals from 16 bands: nothing to say
+    ctx = LoaderContext(rank=0, world_size=2, seed=0, num_workers=2)
+    assert note(series, 256) is None

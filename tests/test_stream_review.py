@@ -83,7 +83,7 @@ def test_skip_mode_fills_a_share_that_lies_wholly_in_a_damaged_shard(tmp_path, c
         tmp_path / "train", batch_size=2, num_input_frames=1, num_output_frames=1,
         shuffle_buffer=4, skip_bad=True,
     )  # fmt: skip
-    for layout in (2, 3):  # layout 2 on 4 ranks: one rank's share is the damaged shard
+    for layout in (2, 3, 4):  # layout 2 on 4 ranks: one rank's share is the damaged shard
         for world in (1, 2, 4):
             for rank in range(world):
                 ctx = LoaderContext(rank, world, seed=0, layout=layout)

@@ -35,7 +35,7 @@ import signal
 import stat
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -812,8 +812,11 @@ def _long_name(kind: bytes, data: bytes) -> str | None:
     return path
 
 
-def _tar_members(stream: Any, where: str) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of the regular files of an uncompressed tar stream.
+def _tar_members(
+    stream: Any, where: str, keep: Callable[[str], bool] | None = None
+) -> Iterator[tuple[str, bytes | None]]:
+    """(name, data) of the regular files of an uncompressed tar stream; a member whose
+    name `keep` refuses comes with None, its data passed over unread (`_pass_over`).
 
     A small reader for what tar writers produce (ustar, pax and GNU long names): python's
     `tarfile` spends most of a loader's time parsing headers.
@@ -821,6 +824,11 @@ def _tar_members(stream: Any, where: str) -> Iterator[tuple[str, bytes]]:
     long_name: str | None = None
     while (header := _tar_header(stream, where)) is not None:
         name, kind, size = header
+        if kind in (b"0", b"\0") and keep is not None and not keep(long_name or name):
+            _pass_over(stream, size, where, long_name or name)
+            yield (long_name or name), None
+            long_name = None
+            continue
         data = _read_member(stream, size)
         if len(data) < size:
             raise ShardFormatError(f"{where}: truncated member {name}")
@@ -838,6 +846,24 @@ _MEMBER_CHUNK = 1 << 26
 """Members above this size are read in pieces of it: a header's size field is untrusted,
 and one read of what it claims (64 GiB) would fail to allocate before the short read
 shows the shard is truncated."""
+
+
+def _pass_over(stream: Any, size: int, where: str, name: str) -> None:
+    """Past a member's data and padding: sought over in a local file (nothing read), read
+    and dropped from a command's or download's stream. A member running past the end of
+    the shard is a ShardFormatError, as when read."""
+    padded = size + (512 - size % 512) % 512
+    if isinstance(stream, io.BufferedReader) and stream.seekable():
+        position = stream.tell()
+        if position + size > os.fstat(stream.fileno()).st_size:
+            raise ShardFormatError(f"{where}: truncated member {name}")
+        stream.seek(position + padded)
+        return
+    left = padded
+    while left and (part := stream.read(min(left, 1 << 20))):
+        left -= len(part)
+    if left > padded - size:
+        raise ShardFormatError(f"{where}: truncated member {name}")
 
 
 def _read_member(stream: Any, size: int) -> bytes:
@@ -901,9 +927,11 @@ def count_samples(path: str | os.PathLike) -> tuple[int, bool]:
 
 
 def iter_shard(
-    url: str | os.PathLike, where: str | None = None
+    url: str | os.PathLike, where: str | None = None, *, skip: int = 0
 ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(key, members by extension) of every sample of one shard, in stored order.
+    """(key, members by extension) of every sample of one shard, in stored order; the first
+    `skip` samples with their key alone (`{"__key__": key}`), their data unread: sought
+    past in a local file, read and dropped from a URL's stream.
 
     A `Path` is a local file, always (a folder named `pipe:…` is just a folder). A `str` is
     a URL: anything webdataset's `gopen` opens, including `pipe:<shell command>` (run by a
@@ -912,7 +940,7 @@ def iter_shard(
     where = where or str(url)
     stream = _open_shard(url, where)
     try:
-        yield from _samples(stream, where)
+        yield from _samples(stream, where, skip)
         _drain(stream)
     except Exception as exc:
         failed = _close_shard(stream)  # a failed command or download explains a short read
@@ -976,9 +1004,21 @@ def _close_shard(stream: Any) -> str | None:
     return None
 
 
-def _samples(stream: Any, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def _samples(stream: Any, where: str, skip: int = 0) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key, members by extension) of a tar stream's samples; the first `skip` come with
+    their key alone, their members' data passed over unread."""
+    seen: list[str | None] = [None]  # the key of the sample last begun, and how many
+    begun = [0]
+
+    def keep(name: str) -> bool:
+        member_key = _sample_key(name)
+        if member_key is not None and member_key != seen[0]:
+            seen[0] = member_key
+            begun[0] += 1
+        return begun[0] > skip
+
     key, sample = None, {}
-    for name, data in _tar_members(stream, where):
+    for name, data in _tar_members(stream, where, keep if skip else None):
         member_key = _sample_key(name)
         if member_key is None:
             continue
@@ -987,7 +1027,8 @@ def _samples(stream: Any, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
             if key is not None:
                 yield key, sample
             key, sample = member_key, {"__key__": member_key}
-        sample[ext] = data
+        if data is not None:
+            sample[ext] = data
     if key is not None:
         yield key, sample
 

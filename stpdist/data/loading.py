@@ -115,11 +115,13 @@ class LoaderContext:
     on the device. Off for everyone else, who gets float batches."""
     pin_memory: bool = False
     """Loaders pin their batches (page-locked memory: asynchronous copies to a GPU)."""
-    layout: int = 3
-    """The shard stream's epoch layout (`ShardTrainStream._layout`): 3 since 2026-12-06,
-    night (layout 2 with the epoch's sample sequence rotated: the samples an epoch leaves
-    out differ every epoch, even in a split of one shard); 2 and 1 (before) are kept for
-    the runs begun then, which keep theirs when resumed."""
+    layout: int = 4
+    """The shard stream's epoch layout (`ShardTrainStream._layout`): 4 since 2026-12-07
+    (layout 3 over a sequence that deals its samples from `stream.BANDS` bands in turn:
+    batches drawn from distant stretches of the split); 3 (2026-12-06, night: layout 2
+    with the epoch's sample sequence rotated, so the samples an epoch leaves out differ every
+    epoch, even in a split of one shard), 2 and 1 (before) are kept for the runs begun then,
+    which keep theirs when resumed."""
 
 
 LAYOUT = LoaderContext.layout

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import logging
 import shlex
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,18 @@ __all__ = ["LoaderContext", "ShardEvalStream", "ShardTrainStream"]
 
 _Raw = tuple[str, bytes, str]  # key, frames.npy bytes, where it came from (for errors)
 log = logging.getLogger("stpdist")
+
+BANDS = 16
+"""Layout 4 reads the epoch's sample sequence (its shards in a random order of the epoch's)
+as this many equal bands, dealt in turn: position p of the sequence the ranks and workers
+are cut from is sample p // BANDS of band p % BANDS. A worker's contiguous run is then a
+piece of every band, read a sample of each in turn into its shuffle buffer, so a batch
+draws from up to this many distant stretches of the split, at any number of ranks and
+workers. Measured on 20 shards of 500 windows of a series (written in time order), a
+batch of 16 carried what 13–14 independent windows do of a seasonal signal, from 1 to 64
+ranks × workers (8 bands: 7; layout 3, one run read shard after shard through the buffer:
+1.1–1.9). The same counts, another deal of samples; up to this many shards open per worker
+at once, each entered where its piece begins (a local file is sought there)."""
 
 
 def shard_url(template: str, name: str, split: str) -> str:
@@ -151,8 +163,8 @@ class _ShardSource:
                 return
             url = self._url(shard)
             first, seen = position, 0
-            try:
-                for key, sample in iter_shard(url):
+            try:  # the samples before the span: their keys alone (counted), data unread
+                for key, sample in iter_shard(url, skip=max(0, start - position)):
                     if seen == count:  # never read a sample as if it were the next shard's
                         raise ShardFormatError(
                             f"{url}: holds more than the {count} samples the index says"
@@ -181,7 +193,7 @@ class _ShardSource:
 
     def _read_rotated(
         self, order: Sequence[int], start: int, stop: int, ctx: LoaderContext, epoch: int
-    ) -> Iterator[_Raw]:
+    ) -> Generator[_Raw, None, None]:
         """`_read_span` of positions [start, stop) of the epoch's sample sequence, which
         layout 3 rotates by an offset of (seed, epoch): the samples an epoch leaves out
         (each rank's span's tail, the split's) are others every epoch; in shard order alone
@@ -297,8 +309,10 @@ class ShardTrainStream(_ShardSource):
     number of batches; no sample comes twice; fewer than ranks × batch × accumulation
     samples are dropped, drawn anew each epoch (layout 3: the epoch's sample sequence
     starts at an offset of (seed, epoch)), whatever the number of workers.
-    Within a worker's run, samples pass a seeded shuffle buffer (raw bytes; only emitted
-    batches are decoded). Batch j of a rank comes from worker j mod K (DataLoader's round
+    The sequence the spans are cut from deals its samples from `BANDS` bands in turn
+    (layout 4), so a worker's run is a piece of each band, read a sample of each in turn
+    through a seeded shuffle buffer (raw bytes; only emitted batches are decoded): a batch
+    draws from that many distant stretches of the split. Batch j of a rank comes from worker j mod K (DataLoader's round
     robin), so resuming at batch b rotates the workers and each skips the batches it had
     already produced.
     """
@@ -346,26 +360,29 @@ class ShardTrainStream(_ShardSource):
     def mixing_note(self, ctx: LoaderContext) -> str | None:
         """A line for a split of windows cut from a series (its index records a `stride`:
         written in time order, consecutive windows side by side in a shard) whose batches
-        each draw from a short stretch of it: a worker reads its run shard after shard (in
-        a random order of shards each epoch) through a buffer of `shuffle_buffer` samples,
-        so a batch holds windows of about buffer + batch neighbouring ones. Measured in a
-        review (20 shards of 500 hourly windows, buffer 256): a batch of 16 carried what
-        1.3–1.7 independent windows do of seasonal variation; an ideal shuffle, 16. None
-        when the batches reach over a quarter of the split, or the samples are not a
-        series' windows."""
-        if "stride" not in (self.index.args or {}):
+        each draw from a short stretch of it, or None.
+
+        None from layout 4 on: a batch draws from `BANDS` stretches spread over the whole
+        split. Before, a worker read its run shard after shard through a buffer of
+        `shuffle_buffer` samples, so a batch held windows of about buffer + batch
+        neighbouring ones (a review measured, on 20 shards of 500 hourly windows with the
+        buffer's 256, batches of 16 that carried what 1.3–1.7 independent windows do of
+        seasonal variation; an ideal shuffle, 16): said when that reach is under a quarter
+        of the split, for the runs that keep such a layout."""
+        if ctx.layout >= 4 or "stride" not in (self.index.args or {}):
             return None
         workers, span, _, _ = self._layout(ctx)
-        reach = min(self.shuffle_buffer + self.batch_size, max(1, span // workers))
-        if reach * 4 >= self.num_samples:
-            return None
+        run = max(1, span // workers)
         sizes = sorted(s.num_samples for s in self.index.shards)
         shard = sizes[len(sizes) // 2]
+        reach = min(self.shuffle_buffer + self.batch_size, run)
+        if reach * 4 >= self.num_samples:
+            return None
         return (
             f"{self.folder}: its samples are windows of a series, stored in time order, and "
             f"each batch draws from about {reach} neighbouring ones "
             f"({100 * reach / self.num_samples:.2g}% of the split: a shuffle buffer of "
-            f"{self.shuffle_buffer} in runs of {max(1, span // workers)} per worker, shards "
+            f"{self.shuffle_buffer} in runs of {run} per worker, shards "
             f"of {shard}); batches spread over more of the series mix better: raise "
             f"data.shuffle_buffer to a few shards' samples (memory: buffer × sample × "
             "workers), or write smaller shards (--samples-per-shard), whose random order "
@@ -411,7 +428,16 @@ def _raw_batches(
     emit = len(range(logical, total, workers))
     order = epoch_permutation(len(stream.index.shards), ctx.seed, epoch)
     first = ctx.rank * span + starts[logical]
-    raw = stream._read_rotated(order, first, first + emit * stream.batch_size, ctx, epoch)
+    length = emit * stream.batch_size
+    if ctx.layout < 4:
+        raw = stream._read_rotated(order, first, first + length, ctx, epoch)
+    else:  # a piece of each band, read in turn: the sequence's order (see `BANDS`)
+        raw = _interleaved(
+            [
+                stream._read_rotated(order, start, stop, ctx, epoch)
+                for start, stop in _band_pieces(stream.num_samples, first, first + length)
+            ]
+        )
     rng = np.random.default_rng([ctx.seed, epoch, ctx.world_size, ctx.rank, logical])
     batch: list[_Raw] = []
     produced = 0
@@ -522,6 +548,39 @@ class _RestOfEpoch(IterableDataset):
             readers[(rank, logical)] = (reader, wanted + 1, fill)
             yield fill(next(reader))
         stream._report(f"epoch {self.epoch} (continued), rank {ctx.rank}, worker {physical}")
+
+
+def _band_pieces(total: int, start: int, stop: int) -> list[tuple[int, int]]:
+    """Where positions [start, stop) of a layout-4 sequence of `total` samples lie in the
+    bands' order (see `BANDS`): a contiguous piece of each band, the band of `start`
+    first, so reading them a sample of each in turn gives the positions in order."""
+    bands = min(BANDS, total)
+    pieces = []
+    for turn in range(bands):
+        band = (start + turn) % bands
+        first = contiguous_share(total, band, bands).start
+        # the band's samples q with q × bands + band in [start, stop)
+        low, high = -(-(start - band) // bands), -(-(stop - band) // bands)
+        if high > low:
+            pieces.append((first + low, first + high))
+    return pieces
+
+
+def _interleaved(runs: list[Generator[_Raw, None, None]]) -> Iterator[_Raw]:
+    """One item of each run in turn (a run that ends drops out); every run is closed when
+    the reader stops, early or not (their open shards with them)."""
+    live = list(runs)
+    try:
+        while live:
+            for run in list(live):
+                item = next(run, None)
+                if item is None:
+                    live.remove(run)
+                else:
+                    yield item
+    finally:
+        for run in runs:
+            run.close()
 
 
 def _shuffled(items: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:

@@ -1,0 +1,124 @@
+"""How training batches mix a split's samples (layout 4, `stpdist.data.stream.BANDS`), and
+the shard reader's skip that layout leans on.
+
+A review (stop 47) measured that windows cut from a series, written in time order, reached
+a batch with their neighbours: a worker read its run shard after shard through a buffer of
+256, so a batch of 16 carried the seasonal information of 1.1–1.9 independent windows (an
+ideal shuffle: 16), fewer the more ranks × workers. Layout 4 deals the epoch's sequence from
+16 bands in turn: a worker's run is a piece of each band, read in turn. Measured here with
+the same statistic, on real shards read by the real stream (its raw batches, as each
+DataLoader worker produces them)."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stpdist.data.format import ShardFormatError, SplitWriter, iter_shard
+from stpdist.data.loading import LoaderContext
+from stpdist.data.stream import ShardTrainStream, _band_pieces, _raw_batches
+
+WINDOWS = 10_000
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory) -> Path:
+    """20 shards of 500 windows of one series, in time order (window i: key w<i>)."""
+    folder = tmp_path_factory.mktemp("series") / "train"
+    with SplitWriter(folder, "train", value_scale=255, samples_per_shard=500,
+                     args={"num_frames": 2, "stride": 1}) as writer:  # fmt: skip
+        for i in range(WINDOWS):
+            writer.write(f"w{i:06d}", np.full((2, 1, 1, 1), i % 256, np.uint8))
+    return folder
+
+
+def _batches(stream: ShardTrainStream, world: int, workers: int, layout: int) -> list[list[int]]:
+    """Every rank's and worker's batches of epoch 0, as window numbers."""
+    out = []
+    for rank in range(world):
+        ctx = LoaderContext(rank, world, seed=0, num_workers=workers, layout=layout)
+        for logical in range(workers):
+            for raw in _raw_batches(stream, ctx, 0, logical):
+                out.append([int(key[1:]) for key, _, _ in raw])
+    return out
+
+
+def _independent_windows(batches: list[list[int]]) -> float:
+    """How many independent windows a batch is worth for a seasonal signal (a sine over
+    the series): the variance of one window's value over that of a batch's mean."""
+    season = np.sin(2 * np.pi * np.arange(WINDOWS) / WINDOWS)
+    means = [season[batch].mean() for batch in batches]
+    return float(season.var() / np.var(means))
+
+
+@pytest.mark.parametrize("world, workers", [(1, 1), (4, 4)])
+def test_batches_draw_from_distant_stretches_at_any_number_of_ranks_and_workers(
+    series, world, workers
+):
+    stream = ShardTrainStream(series, batch_size=16, num_input_frames=1, num_output_frames=1)
+    old, new = (_batches(stream, world, workers, layout) for layout in (3, 4))
+    # the same counts: every rank and worker its batches, no window twice
+    assert len(new) == len(old) and all(len(batch) == 16 for batch in new)
+    windows = [w for batch in new for w in batch]
+    assert len(windows) == len(set(windows)) == sum(len(batch) for batch in old)
+    # measured: layout 3 1.9 (1 × 1) and 1.6 (4 × 4); layout 4 13.1 and 13.6 (ideal: 16)
+    assert _independent_windows(old) < 2.5
+    assert _independent_windows(new) > 10
+    shards = np.mean([len({w // 500 for w in batch}) for batch in new])
+    assert shards > 8  # of the 20 shards, in a batch of 16
+
+
+def test_band_pieces_are_the_dealt_positions_in_order():
+    """Positions [start, stop) of the dealt sequence, read as the pieces say a sample of
+    each in turn, are positions p // BANDS of band p % BANDS in order, for any total."""
+    for total in (1, 5, 16, 17, 100, 1003):
+        bands = min(16, total)
+        starts = [0]
+        for band in range(bands):
+            starts.append(starts[-1] + len(range(band, total, bands)))
+        dealt = [starts[p % bands] + p // bands for p in range(total)]
+        assert sorted(dealt) == list(range(total))
+        for start, stop in [(0, total), (total // 3, total // 3 + 7), (total - 1, total)]:
+            stop = min(stop, total)
+            iterators = [iter(range(a, b)) for a, b in _band_pieces(total, start, stop)]
+            read = []
+            while iterators:
+                for it in list(iterators):
+                    item = next(it, None)
+                    if item is None:
+                        iterators.remove(it)
+                    else:
+                        read.append(item)
+            assert read == dealt[start:stop], (total, start, stop)
+
+
+def test_a_shard_entered_past_its_start_reads_no_data_before_it(series, monkeypatch):
+    """`iter_shard(skip=n)`: the first n samples come as their keys alone, their data never
+    read (a local file is sought past it; a URL's stream is read and dropped); the rest as
+    without the skip. A member cut short inside the skipped part is still refused."""
+    import stpdist.data.format as fmt
+
+    shard = series / "train-000003.tar"
+    whole = list(iter_shard(shard))
+    reads = []
+    real = fmt._read_member
+    monkeypatch.setattr(fmt, "_read_member", lambda s, n: reads.append(n) or real(s, n))
+    skipped = list(iter_shard(shard, skip=480))
+    assert [k for k, _ in skipped] == [k for k, _ in whole]
+    assert all(sample == {"__key__": key} for key, sample in skipped[:480])
+    assert skipped[480:] == whole[480:]
+    frames = len(whole[0][1]["frames.npy"])  # (pax headers, read before their member, aside)
+    assert reads.count(frames) == 20  # the frames of the 20 samples after the skip alone
+    piped = list(iter_shard(f"pipe:cat {shard}", skip=480))
+    assert piped == skipped
+
+    with tarfile.open(shard) as tar:  # the data of sample 5's frames, cut in the middle
+        middle = tar.getmember("w001505.frames.npy").offset_data + frames // 2
+    cut = series.parent / "cut.tar"
+    cut.write_bytes(shard.read_bytes()[:middle])
+    for url in (cut, f"pipe:cat {cut}"):
+        with pytest.raises(ShardFormatError, match="truncated member"):
+            list(iter_shard(url, skip=100))
