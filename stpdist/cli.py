@@ -565,6 +565,11 @@ def _forecast_inputs(source: Path, module: Any, args: argparse.Namespace) -> Any
     if not (source / INDEX_FILE).is_file():
         frames = InputFrames(source, module, allow_nonfinite=args.allow_nonfinite, key=args.key)
         return DataLoader(frames, batch_size=args.batch_size)
+    if args.key is not None:  # chosen for nothing: the user meant other inputs
+        raise InputError(
+            f"--key {args.key} names an array inside .npz inputs; {source} is a shard split: "
+            "drop --key"
+        )
     data = ShardEvalStream(  # a shard split: its first T_in frames
         source,
         batch_size=args.batch_size,

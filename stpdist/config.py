@@ -583,6 +583,41 @@ def _valid_keys(schema: DictConfig, full_key: str) -> list[str]:
     return []
 
 
+_LIST_ITEM = re.compile(r"(?P<list>[^=\[\]]+?)(?:\[(?P<bracket>\d+)\]|\.(?P<dotted>\d+))")
+"""An override's key naming one item of a list: `key[0]` or `key.0`."""
+
+
+def _list_item_error(merged: DictConfig, item: str) -> ConfigError | None:
+    """For an override of one item of a list (`model.backbone.hidden_channels[0]=32`, which
+    OmegaConf cannot merge: "incompatible container types"), an error that gives the whole
+    list to set instead, with that item changed; None for any other override."""
+    import yaml
+
+    key, _, text = (part.strip() for part in item.partition("="))
+    found = _LIST_ITEM.fullmatch(key)
+    if found is None:
+        return None
+    path, index = found["list"], int(found["bracket"] or found["dotted"])
+    node = OmegaConf.select(merged, path, default=None, throw_on_resolution_failure=False)
+    if not isinstance(node, ListConfig):
+        return None
+    items = OmegaConf.to_container(node, resolve=False)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    if index < len(items):
+        items[index] = value
+        whole = f"{path}={json.dumps(items, separators=(',', ':'))}"
+        return ConfigError(
+            f"override {item!r}: one item of a list is not set alone; set the whole list: {whole}"
+        )
+    return ConfigError(
+        f"override {item!r}: one item of a list is not set alone, and '{path}' holds "
+        f"{len(items)} item(s); set the whole list: {path}=[...]"
+    )
+
+
 def _error(schema: DictConfig, exc: OmegaConfBaseException, origin: str) -> ConfigError:
     key = getattr(exc, "full_key", None)
     first_line = str(exc).splitlines()[0]
@@ -1336,6 +1371,7 @@ def load_config(
     left out (`_check_for_training`)."""
     schema = _schema(Config)
     merged = schema
+    sources: list[tuple[str, DictConfig]] = []  # (origin, overlay): who set a key, for errors
     if path is not None:
         path = Path(path)
         if path.is_dir():
@@ -1355,6 +1391,7 @@ def load_config(
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
         overlay = _from_earlier_layout(overlay, str(path))
         _check_overlay(overlay, str(path))
+        sources.append((str(path), overlay))
         try:
             merged = OmegaConf.merge(merged, _words_back(overlay))
         except OmegaConfBaseException as exc:
@@ -1370,13 +1407,18 @@ def load_config(
             raise _yaml_error(f"override {item!r}", exc) from exc
         _check_yaml11_numbers(item.partition("=")[2], f"override {item!r}", lines=False)
         _check_overlay(dotted, f"override {item!r}")
+        sources.append((f"override {item!r}", dotted))
         try:
             merged = OmegaConf.merge(merged, _words_back(dotted))
         except OmegaConfBaseException as exc:
-            raise _error(schema, exc, f"override {item!r}") from exc
+            raise _list_item_error(merged, item) or _error(
+                schema, exc, f"override {item!r}"
+            ) from exc
         except (TypeError, ValueError) as exc:  # e.g. a list where a mapping belongs
             key = item.partition("=")[0]
-            raise ConfigError(f"override {item!r}: bad value for '{key}': {exc}") from exc
+            raise _list_item_error(merged, item) or ConfigError(
+                f"override {item!r}: bad value for '{key}': {exc}"
+            ) from exc
         # `model.backbone={}` empties a free-form mapping (a merge would keep every key)
         key, _, value = (part.strip() for part in item.partition("="))
         node = OmegaConf.select(merged, key) if value == "{}" else None
@@ -1389,11 +1431,27 @@ def load_config(
     except OmegaConfBaseException as exc:
         raw = OmegaConf.to_container(merged, resolve=False)
         shaped = _interpolated_section_error(raw, Config, "", merged)
-        raise shaped or _error(schema, exc, "config") from exc
+        origin = _origin_of(sources, getattr(exc, "full_key", None))
+        raise shaped or _error(schema, exc, origin) from exc
     _expand_home(cfg)
     _check_config(cfg, saved)
     cfg.__dict__[_UNRESOLVED] = unresolved  # not a field: no schema key, no equality
     return cfg
+
+
+def _origin_of(sources: list[tuple[str, DictConfig]], key: str | None) -> str:
+    """Where `key` was last set: the override or file (`load_config`'s `sources`, in the
+    order merged) whose overlay holds it; "config" when none does (a default)."""
+    for origin, overlay in reversed(sources if key else []):
+        node: Any = OmegaConf.to_container(overlay, resolve=False)
+        for part in key.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        if node is not _ABSENT:
+            return origin
+    return "config"
+
+
+_ABSENT = object()
 
 
 def _check_interpolated_bools(merged: DictConfig) -> None:

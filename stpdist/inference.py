@@ -497,6 +497,12 @@ class InputFrames(Dataset):
                 f"{self.source}: forecast inputs are a shard split folder, an .npy/.npz "
                 "array (T×C×H×W or N×T×C×H×W), a folder of them, or a folder of PNG frames"
             )
+        if key is not None and not any(f.suffix.lower() == ".npz" for f in self._files.values()):
+            # chosen for nothing: the user meant other inputs
+            raise InputError(
+                f"--key {key} names an array inside .npz inputs; {self.source} holds none: "
+                "drop --key"
+            )
 
     def _add_array(self, file: Path) -> None:
         """A file's sequences, checked as read a piece at a time and then read again, one

@@ -270,3 +270,36 @@ def test_a_config_in_the_layout_before_2026_12_03_is_read_as_today(tmp_path, sai
     assert load_config(today).model.optimizer.lr == 0.01 and said == []
     with pytest.raises(ConfigError, match="it is 'model.optimizer.lr' since 2026-12-03"):
         load_config(today, ["model.lr=0.1"])
+
+
+def test_an_override_of_one_list_item_gives_the_whole_list_to_set(tmp_path):
+    """`hidden_channels[0]=32` said OmegaConf's "Cannot merge incompatible container types";
+    the line now gives the whole list with that item changed, ready to paste."""
+    text = "model:\n  name: convlstm\n  backbone: {hidden_channels: [8, 8]}\n"
+    said = "one item of a list is not set alone; set the whole list: "
+    for key, whole in [("model.backbone.hidden_channels[0]=32", "[32,8]"),
+                       ("model.backbone.hidden_channels.1=4", "[8,4]")]:  # fmt: skip
+        expected = f"override '{key}': {said}model.backbone.hidden_channels={whole}"
+        assert _message(tmp_path, text, [key]) == expected
+        fixed = f"model.backbone.hidden_channels={whole}"
+        assert load_config(tmp_path / "t.yaml", [fixed]).model.backbone["hidden_channels"] == [
+            int(v) for v in whole.strip("[]").split(",")
+        ]
+    assert "holds 2 item(s); set the whole list: model.backbone.hidden_channels=[...]" in (
+        _message(tmp_path, text, ["model.backbone.hidden_channels[2]=4"])
+    )
+
+
+def test_an_interpolation_that_fails_names_the_file_or_override_that_set_it(tmp_path, monkeypatch):
+    """OmegaConf resolves interpolations after every merge: the error said "config: bad
+    value for ..." and left the user to find which file or override held the key."""
+    monkeypatch.delenv("STPDIST_NO_SUCH_VARIABLE", raising=False)
+    text = "trainer:\n  output_dir: runs/${data.nope}\n  max_epochs: ${oc.env:STPDIST_NO_SUCH_VARIABLE}\n"
+    said = _message(tmp_path, text)
+    assert said.startswith(f"{tmp_path / 't.yaml'}: bad value for 'trainer.")
+    fixed = "trainer:\n  output_dir: runs/a\n"
+    override = "trainer.output_dir=runs/${data.nope}"
+    assert _message(tmp_path, fixed, [override]) == (
+        f"override '{override}': bad value for 'trainer.output_dir': Interpolation key "
+        "'data.nope' not found"
+    )

@@ -192,6 +192,15 @@ def test_forecast_input_messages_name_no_flag_it_lacks(tmp_path):
     np.savez(tmp_path / "two.npz", a=np.zeros((4, 1, 32, 32)), b=np.zeros((4, 1, 32, 32)))
     line = error_line(run_cli("forecast", "runs/debug", "two.npz", "--out", "f", cwd=tmp_path))
     assert "two.npz: holds 2 arrays ['a', 'b']; choose one with --key" in line
+    # --key for inputs without an .npz chose nothing, silently
+    np.save(tmp_path / "one.npy", np.zeros((12, 1, 32, 32), np.float32))
+    for source, what in [("one.npy", "one.npy holds none"),
+                         ("data/debug-digits/test", "data/debug-digits/test is a shard split")]:  # fmt: skip
+        line = error_line(
+            run_cli("forecast", "runs/debug", source, "--key", "a", "--out", "f", cwd=tmp_path)
+        )
+        assert line.endswith(f"--key a names an array inside .npz inputs; {what}: drop --key")
+    assert not (tmp_path / "f").exists()
     (tmp_path / "g.npy").write_text("garbage\n")
     line = error_line(run_cli("forecast", "runs/debug", "g.npy", "--out", "f", cwd=tmp_path))
     assert "g.npy: not a valid .npy file" in line and "allow_pickle" not in line
