@@ -1207,19 +1207,50 @@ _YAML_VALUE_IN_LINE = re.compile(r"^[^#'\"]*?:\s+([^\s#'\"\[\]{},]+)\s*(#.*)?$")
 
 def _check_yaml11_numbers(text: str, origin: str, lines: bool) -> None:
     """An unquoted octal, hex, binary or sexagesimal number (see `_YAML11_NUMBER`) in a
-    YAML file (`lines`) or an override's value: refused, saying how it reads, rather than
-    training with `trainer.seed=0123` as seed 83."""
-    values = text.splitlines() if lines else [text]
-    for number, line in enumerate(values, 1):
-        found = _YAML_VALUE_IN_LINE.match(line) if lines else None
-        value = (found.group(1) if found else None) if lines else line.strip()
-        if value and _YAML11_NUMBER.fullmatch(value) and value not in ("0",):
-            where = f"{origin}, line {number}" if lines else origin
-            raise ConfigError(
-                f"{where}: {value} is read by YAML as a number in another notation (octal, "
-                "hex, binary or base 60: 0123 is 83, 1:30 is 90); write a plain decimal "
-                "number, or quote it for text"
-            )
+    YAML file (`lines`) or an override's value, as a block value, in a flow mapping or a
+    list: refused, saying how it reads, rather than training with `trainer.seed=0123` as
+    seed 83."""
+    found = [
+        (line, value)
+        for value, line in _plain_values(text, lines)
+        if _YAML11_NUMBER.fullmatch(value) and value != "0"
+    ]
+    if found:
+        line, value = min(found)
+        where = f"{origin}, line {line}" if lines else origin
+        raise ConfigError(
+            f"{where}: {value} is read by YAML as a number in another notation (octal, "
+            "hex, binary or base 60: 0123 is 83, 1:30 is 90); write a plain decimal "
+            "number, or quote it for text"
+        )
+
+
+def _plain_values(text: str, lines: bool) -> list[tuple[str, int]]:
+    """(text, line) of every unquoted scalar value in a YAML document (mapping keys left
+    out), read from its node graph; text YAML cannot parse (OmegaConf's own grammar, an
+    interpolation in an override) is scanned a `key: value` line at a time."""
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        if not lines:
+            return [(text.strip(), 1)]
+        rows = enumerate(text.splitlines(), 1)
+        return [(m.group(1), n) for n, row in rows if (m := _YAML_VALUE_IN_LINE.match(row))]
+    found, stack, seen = [], [root] if root is not None else [], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:  # an alias: the node of its anchor, walked once
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode) and node.style is None:
+            found.append((node.value, node.start_mark.line + 1))
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(value for _, value in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return found
 
 
 @functools.lru_cache(maxsize=64)

@@ -379,6 +379,7 @@ def test_config_objects_built_in_python_are_checked_as_a_files_values(tmp_path):
     [
         ("trainer.seed=0123", "0123 is read by YAML as a number in another notation"),
         ("trainer.seed=1:30", "1:30 is read by YAML as a number in another notation"),
+        ("model.backbone.hidden_channels=[8,0x10]", "0x10 is read by YAML as a number"),
         ("logging.wandb.name=no", "'logging.wandb.name' is False, a YAML boolean where text"),
         ("trainer.checkpoint.monitor=true", "'trainer.checkpoint.monitor' is True, a YAML"),
         ("logging.wandb.tags=[a, yes]", "'logging.wandb.tags' is \\['a', True\\], a YAML"),
@@ -399,4 +400,12 @@ def test_yaml_readings_that_change_a_value_are_refused(override, match, monkeypa
         load_config(DEBUG, [override])
     (tmp_path / "c.yaml").write_text("trainer:\n  seed: 0123  # octal to YAML 1.1\n")
     with pytest.raises(ConfigError, match=r"c\.yaml, line 2: 0123 is read by YAML as a number"):
+        load_config(tmp_path / "c.yaml")
+    # in a flow mapping and a list item too (a line-by-line reading saw block values only)
+    model = "model:\n  name: convlstm\n  backbone: {hidden_channels: [8, 0x10]}\n"
+    (tmp_path / "c.yaml").write_text(model)
+    with pytest.raises(ConfigError, match=r"c\.yaml, line 3: 0x10 is read by YAML as a number"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_text("trainer: {max_epochs: 1, seed: 017}\n" + model)
+    with pytest.raises(ConfigError, match=r"c\.yaml, line 1: 017 is read by YAML as a number"):
         load_config(tmp_path / "c.yaml")
