@@ -2779,14 +2779,21 @@ def _check_unique_keys(keys: Sequence[str], seen: set[str], split: str) -> None:
 
 
 def _units_entries(module: Any, units: str | None, postprocess: Any) -> dict[str, np.ndarray]:
-    """The `units` (and `value_scale`) entries of `predict`'s files: {} where unknown (a
-    caller's `postprocess` without `units`, a module without a `value_scale`)."""
+    """The `units` (and `value_scale`) entries of `predict`'s files, {} where unknown (a
+    caller's `postprocess` without `units`, a module without a `value_scale`); and
+    `variables`, a name per channel, where the module knows them (`channel_names`: the
+    dataset's variables, z500, t2m, …)."""
+    names = getattr(module, "channel_names", None)
+    channels = getattr(module, "frame_shape", (None,))[0]
+    named = {}
+    if isinstance(names, (list, tuple)) and len(names) == channels:
+        named = {"variables": np.asarray([str(name) for name in names])}
     if units is not None:
-        return {"units": np.asarray(units)}
+        return {"units": np.asarray(units), **named}
     scale = getattr(module, "value_scale", None)
     if postprocess is not None or not isinstance(scale, (int, float)):
-        return {}
-    return {"units": np.asarray("scaled"), "value_scale": np.asarray(float(scale))}
+        return named
+    return {"units": np.asarray("scaled"), "value_scale": np.asarray(float(scale)), **named}
 
 
 _OPEN_TRAINERS: weakref.WeakSet[Trainer] = weakref.WeakSet()

@@ -72,6 +72,7 @@ def test_train_resume_validate_predict(tmp_path):
         assert data["predictions"].shape[1:] == (4, 1, 32, 32)
         # data.normalize: scale → the model's units, said in each file
         assert (str(data["units"]), float(data["value_scale"])) == ("scaled", 255.0)
+        assert "variables" not in data  # digits: no dataset variables to name
         keys += data["keys"].tolist()
     assert sorted(keys) == [f"test_{i:07d}" for i in range(8)]
     panel = Image.open(pred_dir / "samples" / "test_0000000.png")

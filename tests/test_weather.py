@@ -164,6 +164,7 @@ def test_two_variables_1e4_apart_arrive_standardised_and_predictions_are_physica
         with np.load(file) as f:
             got.update(zip(f["keys"].tolist(), f["predictions"]))
             assert str(f["units"]) == "physical" and "value_scale" not in f
+            assert f["variables"].tolist() == ["z500", "t2m"]  # a name per channel
     test = data[20:]
     for i, sample in enumerate(test):
         expected = np.repeat(sample[1:2], 2, axis=0)  # last input frame, physical units

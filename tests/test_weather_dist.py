@@ -124,6 +124,12 @@ def test_weatherbench_netcdf_convert_train_two_ranks_validate_predict(tmp_path, 
 
     out = run / "predictions" / "test"
     got = predictions(out)
+    with np.load(next(out.glob("predictions-*.npz"))) as written:
+        assert written["variables"].tolist() == ["t850", "t2m"]  # the channels, named
+    forecast = ["forecast", str(run), str(tmp_path / "data" / "test"), "--samples", "0"]
+    assert main([*forecast, "--out", str(tmp_path / "forecasts")]) == 0
+    with np.load(next((tmp_path / "forecasts").glob("predictions-*.npz"))) as written:
+        assert written["variables"].tolist() == ["t850", "t2m"]
     test = stored(tmp_path / "data" / "test")
     assert sorted(got) == sorted(test)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -183,6 +189,12 @@ def test_sevir_h5_catalog_convert_train_two_ranks_validate_predict(tmp_path, mon
 
     out = run / "predictions" / "test"
     got = predictions(out)
+    with np.load(next(out.glob("predictions-*.npz"))) as written:
+        assert written["variables"].tolist() == ["t850", "t2m"]  # the channels, named
+    forecast = ["forecast", str(run), str(tmp_path / "data" / "test"), "--samples", "0"]
+    assert main([*forecast, "--out", str(tmp_path / "forecasts")]) == 0
+    with np.load(next((tmp_path / "forecasts").glob("predictions-*.npz"))) as written:
+        assert written["variables"].tolist() == ["t850", "t2m"]
     test = stored(tmp_path / "data" / "test")
     assert sorted(got) == ["S004_00", "S004_12", "S004_24"] == sorted(test)
     metrics = json.loads((out / "metrics.json").read_text())
