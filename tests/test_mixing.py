@@ -19,7 +19,7 @@ import pytest
 
 from stpdist.data.format import ShardFormatError, SplitWriter, iter_shard
 from stpdist.data.loading import LoaderContext
-from stpdist.data.stream import ShardTrainStream, _band_pieces, _raw_batches
+from stpdist.data.stream import ShardTrainStream, _band_pieces, _interleaved, _raw_batches
 
 WINDOWS = 10_000
 
@@ -83,15 +83,8 @@ def test_band_pieces_are_the_dealt_positions_in_order():
         assert sorted(dealt) == list(range(total))
         for start, stop in [(0, total), (total // 3, total // 3 + 7), (total - 1, total)]:
             stop = min(stop, total)
-            iterators = [iter(range(a, b)) for a, b in _band_pieces(total, start, stop)]
-            read = []
-            while iterators:
-                for it in list(iterators):
-                    item = next(it, None)
-                    if item is None:
-                        iterators.remove(it)
-                    else:
-                        read.append(item)
+            pieces = _band_pieces(total, start, stop)
+            read = list(_interleaved([(p for p in range(a, b)) for a, b in pieces]))
             assert read == dealt[start:stop], (total, start, stop)
 
 
