@@ -76,6 +76,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.nn.parameter import is_lazy
 
 from .config import CheckpointConfig
 from .data.format import MODEL_FILE
@@ -630,10 +631,10 @@ def _check_fits(file: Path, tensors: dict[str, torch.Tensor], module: torch.nn.M
     another shape, and — when `file`'s folder or run holds the config.yaml that trained it
     and `module` knows its model config — the config key that differs."""
     expected = module.state_dict()
-    problems = [
-        f"tensor '{name}' is {tuple(tensors[name].shape)} there, {tuple(shape)} here"
-        for name, shape in ((k, v.shape) for k, v in expected.items() if k in tensors)
-        if tensors[name].shape != shape
+    problems = [  # a lazy module's parameters take their shapes from the weights loaded
+        f"tensor '{name}' is {tuple(tensors[name].shape)} there, {tuple(value.shape)} here"
+        for name, value in expected.items()
+        if name in tensors and not is_lazy(value) and tensors[name].shape != value.shape
     ]
     problems += [f"it lacks tensor '{name}'" for name in expected if name not in tensors]
     problems += [

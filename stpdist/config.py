@@ -1007,6 +1007,44 @@ def _backbone_class(model: ModelConfig) -> Any:
     return BACKBONES[model.name]
 
 
+FORECASTER_ONLY = ("patch_size", "loss", "loss_frames", "divergence_weight",
+                   "divergence_form", "optimizer", "schedule", "sampling", "evaluation")  # fmt: skip
+"""`model` keys the Forecaster reads and a task of the user's own (an EnhancedModule named
+by `model.name`, built from `model.backbone` alone) never sees: its hooks decide them."""
+
+
+def _changed_keys(value: Any, default: Any, prefix: str) -> list[str]:
+    """The dotted keys under `prefix` where `value` (a config dataclass or a leaf) differs
+    from `default`."""
+    if not dataclasses.is_dataclass(value) or type(value) is not type(default):
+        return [] if value == default else [prefix]
+    return [
+        key
+        for f in dataclasses.fields(value)
+        for key in _changed_keys(
+            getattr(value, f.name), getattr(default, f.name), f"{prefix}.{f.name}"
+        )  # fmt: skip
+    ]
+
+
+def _check_task_takes_no_forecaster_settings(model: ModelConfig) -> None:
+    """Refuse `FORECASTER_ONLY` settings given to a task of the user's own, naming them: it
+    never reads them (an lr of 0.5 in the config trained at the module's own 0.01, silently)."""
+    default = ModelConfig(name=model.name)
+    changed = [
+        key
+        for name in FORECASTER_ONLY
+        for key in _changed_keys(getattr(model, name), getattr(default, name), f"model.{name}")
+    ]
+    if changed:
+        raise ConfigError(
+            f"{', '.join(repr(k) for k in changed)}: settings of stpdist's Forecaster, which "
+            f"'{model.name}' (an EnhancedModule of its own, built from model.backbone alone) "
+            "never reads: its own hooks (configure_optimizer, configure_lr_scheduler, "
+            "training_step) decide them; remove them, or pass them through model.backbone"
+        )
+
+
 def _check_task_fits_backbone(cfg: Config) -> None:
     """Forecaster settings that apply to frame-recurrent backbones only, refused here
     instead of when the model is built (after the data are read or generated)."""
@@ -1014,7 +1052,10 @@ def _check_task_fits_backbone(cfg: Config) -> None:
     from .models.recurrent import FrameRecurrent
 
     cls = _backbone_class(cfg.model)
-    if plugins.is_task(cls) or not isinstance(cls, type) or issubclass(cls, FrameRecurrent):
+    if plugins.is_task(cls):
+        _check_task_takes_no_forecaster_settings(cfg.model)
+        return
+    if not isinstance(cls, type) or issubclass(cls, FrameRecurrent):
         return
     name = cfg.model.name
     for key, value, default in (

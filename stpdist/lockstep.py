@@ -180,21 +180,22 @@ class Lockstep:
         restore()
 
 
-def loss_of(output: Any, step: int) -> torch.Tensor | None:
+def loss_of(output: Any, step: int, hook: str = "training_step") -> torch.Tensor | None:
     """The loss in a `training_step` output (a tensor, a dict with "loss", or None): a
-    one-element tensor, else an error naming what came instead."""
+    one-element tensor, else an error naming what came instead and the `hook` that returned
+    it (`training_step_end` where the module defines it: the output passes through it)."""
     if output is None:
         return output
     if isinstance(output, dict):
         if "loss" not in output:
             raise KeyError(
-                f"training_step returned a dict without 'loss' at step {step} "
+                f"{hook} returned a dict without 'loss' at step {step} "
                 f"(keys: {sorted(output)}); return the loss or None to skip the batch"
             )
         output = output["loss"]
     elif not isinstance(output, torch.Tensor):
         raise TypeError(
-            f"training_step returned a {type(output).__name__} at step {step}; expected the "
+            f"{hook} returned a {type(output).__name__} at step {step}; expected the "
             "loss (a one-element tensor), a dict with 'loss', or None to skip the batch"
         )
     if not isinstance(output, torch.Tensor) or output.numel() != 1:
@@ -204,17 +205,17 @@ def loss_of(output: Any, step: int) -> torch.Tensor | None:
             else f"a {type(output).__name__}"
         )
         raise TypeError(
-            f"training_step returned {what} as its loss at step {step}; expected a tensor of "
+            f"{hook} returned {what} as its loss at step {step}; expected a tensor of "
             "one element (reduce it, e.g. .mean()) that autograd can differentiate"
         )
     if not output.is_floating_point():
         raise TypeError(
-            f"training_step returned a {output.dtype} loss at step {step}; expected a floating "
+            f"{hook} returned a {output.dtype} loss at step {step}; expected a floating "
             "point loss that autograd can differentiate"
         )
     if not output.requires_grad and torch.is_grad_enabled():
         raise TypeError(
-            f"training_step returned a loss at step {step} that autograd cannot differentiate "
+            f"{hook} returned a loss at step {step} that autograd cannot differentiate "
             "(detached, made under torch.no_grad, or of frozen parameters only); return the "
             "loss as computed from the model's outputs, or None to skip the batch"
         )

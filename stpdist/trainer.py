@@ -248,6 +248,13 @@ class _TrainingStep(nn.Module):
         return _end_of(self.module, "training_step", step)
 
 
+def _hook_of(module: EnhancedModule, hook: str) -> str:
+    """The hook whose output the Trainer reads: `<hook>_end` where the module defines its
+    own (the output passes through it, and an error in it is its), else `hook`."""
+    own = getattr(type(module), f"{hook}_end") is not getattr(EnhancedModule, f"{hook}_end")
+    return f"{hook}_end" if own else hook
+
+
 def _end_of(module: EnhancedModule, hook: str, output: Any) -> Any:
     """`<hook>_end(output)`; None from it for an output that was not None is an error naming
     it (a `*_step_end` that forgot its `return`: every batch skipped, or a confusing error
@@ -453,10 +460,11 @@ def _optimizer_of(returned: Any) -> torch.optim.Optimizer:
     )
 
 
-def _scheduler_of(returned: Any) -> tuple[Any, str]:
-    """(scheduler, interval) of what `configure_lr_scheduler` returned; what the Trainer
-    would not honour (Lightning's `frequency`, `monitor`; ReduceLROnPlateau, which needs a
-    metric at each step) is refused before the first step, not ignored or failed later."""
+def _scheduler_of(returned: Any, optimizer: Any) -> tuple[Any, str]:
+    """(scheduler, interval) of what `configure_lr_scheduler(optimizer)` returned; what the
+    Trainer would not honour (Lightning's `frequency`, `monitor`; ReduceLROnPlateau, which
+    needs a metric at each step; a scheduler of another optimizer, which would schedule one
+    nobody steps) is refused before the first step, not ignored or failed later."""
     if returned is None:
         return None, "step"
     scheduler, interval = returned, "step"
@@ -493,6 +501,13 @@ def _scheduler_of(returned: Any) -> tuple[Any, str]:
             "configure_lr_scheduler returned a ReduceLROnPlateau, which steps on a metric; the "
             "Trainer steps schedulers without one (once per optimizer step or epoch): use a "
             "schedule of the step count, or trainer.early_stopping to stop on a plateau"
+        )
+    if getattr(scheduler, "optimizer", optimizer) is not optimizer:
+        raise TypeError(
+            f"configure_lr_scheduler returned a {type(scheduler).__name__} of another "
+            "optimizer than the one it was given (a second configure_optimizer() call?): the "
+            "Trainer steps the one it was given, so the schedule would never reach it; build "
+            "the scheduler on the optimizer argument"
         )
     return scheduler, interval
 
@@ -692,6 +707,36 @@ def _fsdp_window_lost(step: int, latest: Path | None) -> InputError:
     )
 
 
+def _check_validation_source(source: Any) -> None:
+    """The validation data before the first step: its shards' counts (a missing or
+    miscounted one failed at the first validation, an epoch of training later), and any
+    samples at all (an empty dataset was refused there too)."""
+    getattr(source, "check_counts", lambda: None)()
+    size = getattr(source, "__len__", None)
+    if callable(size) and size() == 0:
+        raise InputError(
+            "the validation data holds no samples (an empty dataset); pass data with samples, "
+            "or val_data=None to train without validation"
+        )
+
+
+def _checked_sums(sums: Any) -> dict[str, torch.Tensor]:
+    """A validation output's "sums" (additive results, reduced over ranks by summing: a
+    dict of tensors), else a TypeError naming the entry."""
+    if not isinstance(sums, dict):
+        raise TypeError(
+            f"validation_step returned 'sums' as a {type(sums).__name__}; expected a dict of "
+            "tensors (additive results, summed over batches and ranks)"
+        )
+    for key, value in sums.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"validation_step returned sums['{key}'] as a {type(value).__name__}; expected "
+                "a tensor (summed over batches and ranks: torch.as_tensor(value) for a number)"
+            )
+    return sums
+
+
 class EvalSums:
     """Additive evaluation results of one pass: batch-size-weighted sums of the scalars
     each batch returned, the module's additive "sums", the sample count. `reduce` adds
@@ -716,7 +761,7 @@ class EvalSums:
             self.scalars[key] = self.scalars.get(key, 0.0) + value * size
             self.weights[key] = self.weights.get(key, 0) + size
         if isinstance(output, dict) and "sums" in output:
-            for key, value in output["sums"].items():
+            for key, value in _checked_sums(output["sums"]).items():
                 value = value.detach().double()
                 self.sums[key] = self.sums[key] + value if key in self.sums else value
         self.count += size
@@ -1443,7 +1488,7 @@ class Trainer:
         validator = Validator(self, None if val_data is None else as_eval_source(val_data), module)
         # the validation shards too, before the first step: a missing or miscounted one
         # failed at the first validation, an epoch of training later
-        getattr(validator.source, "check_counts", lambda: None)()
+        _check_validation_source(validator.source)
         batches_per_epoch = train.batches_per_epoch(ctx)
         total_steps = self._planned_steps(batches_per_epoch, saved, train, ctx)
         module.planned_steps = total_steps  # a fact for schedules that need their length
@@ -1678,7 +1723,7 @@ class Trainer:
 
             fsdp_units(module, units)
         optimizer = _optimizer_of(module.configure_optimizer())
-        scheduler, interval = _scheduler_of(module.configure_lr_scheduler(optimizer))
+        scheduler, interval = _scheduler_of(module.configure_lr_scheduler(optimizer), optimizer)
         # The scheduler is not prepared: a prepared one steps num_processes times per step.
         model, optimizer = self.accelerator.prepare(_TrainingStep(module), optimizer)
         return model, optimizer, scheduler, interval
@@ -1697,7 +1742,7 @@ class Trainer:
         self._sharded_root = model  # validation gathers its parameters (`_whole`)
         # built on the shards: 1/N of the optimizer state per rank
         optimizer = _optimizer_of(module.configure_optimizer())
-        scheduler, interval = _scheduler_of(module.configure_lr_scheduler(optimizer))
+        scheduler, interval = _scheduler_of(module.configure_lr_scheduler(optimizer), optimizer)
         return model, self.accelerator.prepare(optimizer), scheduler, interval
 
     def _progress(self, total: int, initial: int) -> Any:
@@ -1788,7 +1833,7 @@ class Trainer:
                 raise
             if self._trainable is not None:
                 _check_trainable_unchanged(module, self._trainable, step)
-            loss = loss_of(output, step)
+            loss = loss_of(output, step, _hook_of(module, "training_step"))
             skipped, stop = self._agree_or_note(module, loss, step, state)
             if not skipped:
                 acc.backward(loss)
@@ -1890,13 +1935,13 @@ class Trainer:
         def body(inputs: torch.Tensor, targets: torch.Tensor, extras: dict) -> tuple:
             with acc.accumulate(model):
                 output = model(inputs, targets, **extras)
-                acc.backward(loss_of(output, step))
+                acc.backward(loss_of(output, step, _hook_of(module, "training_step")))
                 norm = acc.clip_grad_norm_(module.parameters(), clip) if clip else None
                 self._optimizer_step(optimizer)
             return output, norm
 
         output, norm = self._graph.run(batch, step, body, self._hook_extras(batch))
-        loss = loss_of(output, step)
+        loss = loss_of(output, step, _hook_of(module, "training_step"))
         self.lockstep.note(loss, step)
         if norm is not None:
             self._grad_norm = norm

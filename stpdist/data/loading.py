@@ -519,7 +519,14 @@ def _map_style(data: Any, role: str) -> DataLoader:
             "ranks; use a map-style dataset or a stpdist shard stream"
         )
     if data.batch_size is None:
-        raise TypeError(f"{role} DataLoader has no batch_size (custom batch_sampler unsupported)")
+        custom = data.batch_sampler is not None
+        raise TypeError(
+            f"{role} DataLoader has a custom batch_sampler, which the Trainer cannot honour: it "
+            "deals samples to the ranks and batches them itself; pass batch_size instead"
+            if custom
+            else f"{role} DataLoader has batch_size=None (one sample at a time, unbatched); "
+            "set batch_size: the Trainer deals samples to the ranks and batches them itself"
+        )
     sampler = data.sampler
     plain_random = isinstance(sampler, RandomSampler) and not sampler.replacement
     if not (isinstance(sampler, SequentialSampler) or plain_random) or (
