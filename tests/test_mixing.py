@@ -115,3 +115,53 @@ def test_a_shard_entered_past_its_start_reads_no_data_before_it(series, monkeypa
     for url in (cut, f"pipe:cat {cut}"):
         with pytest.raises(ShardFormatError, match="truncated member"):
             list(iter_shard(url, skip=100))
+
+
+def test_shards_behind_a_url_template_are_read_as_in_layout_3(series):
+    """A stream cannot be sought: entering 16 × ranks × workers shards part-way would
+    download the split many times over each epoch (a review: 7.3× at 4 × 4, 26.6× at
+    8 × 8). Behind a `url_template` layout 4 reads as layout 3, and says how it mixes."""
+    piped = ShardTrainStream(series, batch_size=16, num_input_frames=1, num_output_frames=1,
+                             url_template=f"pipe:cat {series}/{{name}}")  # fmt: skip
+    local = ShardTrainStream(series, batch_size=16, num_input_frames=1, num_output_frames=1)
+    assert _batches(piped, 2, 2, 4)[:20] == _batches(local, 2, 2, 3)[:20]
+    ctx = LoaderContext(0, 2, seed=0, num_workers=2)
+    assert local.mixing_note(ctx) is None
+    assert "each batch draws from about 272 neighbouring ones" in piped.mixing_note(ctx)
+
+
+_FEW_FILES = """
+import resource, sys
+from stpdist.data.loading import EpochOrigin, LoaderContext
+from stpdist.data.stream import ShardTrainStream, _raw_batches
+from stpdist.errors import InputError
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (40, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+stream = ShardTrainStream(sys.argv[1], batch_size=4, num_input_frames=1, num_output_frames=1,
+                          shuffle_buffer=8, skip_bad=True)
+# an epoch begun on 4 ranks x 2 workers, continued on 1 rank: 8 readers x 16 shards open
+rest = stream.iterate_rest(LoaderContext(0, 1, 0, 1, 0), 0, EpochOrigin(4, 2, 1, 1))
+print("rest", sum(1 for _ in rest), "bad", stream.bad_samples, flush=True)
+resource.setrlimit(resource.RLIMIT_NOFILE, (12, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+try:  # past the limit: said as such, never taken for damaged shards in skip mode
+    list(_raw_batches(stream, LoaderContext(0, 1, 0, 1, 0), 0, 0))
+except InputError as exc:
+    print("refused", exc)
+"""
+
+
+def test_an_epoch_continued_on_fewer_ranks_has_the_files_it_needs_or_says_so(series, tmp_path):
+    """Continued on fewer ranks, an epoch reads from every worker of the ranks it began on
+    at once: a review ran out of open files (16 ranks × 8 workers, the usual soft limit of
+    1024) and, in skip mode, counted healthy shards as damaged. The soft limit is raised as
+    far as the hard one allows; past it, one line says what to raise."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "few_files.py"
+    script.write_text(_FEW_FILES)
+    out = subprocess.run([sys.executable, str(script), str(series)], capture_output=True,
+                         text=True, timeout=120, check=True).stdout  # fmt: skip
+    assert "bad 0" in out and out.startswith("rest "), out
+    assert int(out.split()[1]) == 10_000 // 4 - 4 * 1  # every batch but the 4 consumed
+    assert "refused" in out and "too many open files" in out and "ulimit -n" in out, out

@@ -25,6 +25,7 @@ every tar header).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -970,6 +971,13 @@ def _open_shard(url: str | os.PathLike, where: str) -> Any:
         import webdataset  # imports torch: only for a `url_template`'s URLs
 
         return webdataset.gopen(url, "rb")
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):  # the process' limit, not the shard
+            raise InputError(
+                f"{where}: cannot open: too many open files (this process' limit, `ulimit "
+                "-n`, is reached); raise it before training, e.g. `ulimit -n 65536`"
+            ) from exc
+        raise ShardFormatError(f"{where}: cannot open ({exc})") from exc
     except Exception as exc:
         raise ShardFormatError(f"{where}: cannot open ({exc})") from exc
 

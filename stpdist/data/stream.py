@@ -61,7 +61,10 @@ workers. Measured on 20 shards of 500 windows of a series (written in time order
 batch of 16 carried what 13–14 independent windows do of a seasonal signal, from 1 to 64
 ranks × workers (8 bands: 7; layout 3, one run read shard after shard through the buffer:
 1.1–1.9). The same counts, another deal of samples; up to this many shards open per worker
-at once, each entered where its piece begins (a local file is sought there)."""
+at once, each entered where its piece begins (a local file is sought there). Shards behind
+a `url_template` (`pipe:aws s3 cp …`, `https://…`) are read as in layout 3: a stream
+cannot be sought, and entering 16 × ranks × workers shards part-way would download 7–27×
+the split each epoch (measured at 4 × 4 and 8 × 8)."""
 
 
 def shard_url(template: str, name: str, split: str) -> str:
@@ -305,16 +308,17 @@ class ShardTrainStream(_ShardSource):
     Each epoch the shards are ordered by a permutation of (seed, epoch); the resulting
     sample sequence is cut into equal contiguous spans per rank, and each span into whole
     batches (whole optimizer steps of them), dealt to the workers in turn; each worker
-    reads its batches' samples as one contiguous run. So every rank yields the same, known
-    number of batches; no sample comes twice; fewer than ranks × batch × accumulation
-    samples are dropped, drawn anew each epoch (layout 3: the epoch's sample sequence
-    starts at an offset of (seed, epoch)), whatever the number of workers.
-    The sequence the spans are cut from deals its samples from `BANDS` bands in turn
-    (layout 4), so a worker's run is a piece of each band, read a sample of each in turn
-    through a seeded shuffle buffer (raw bytes; only emitted batches are decoded): a batch
-    draws from that many distant stretches of the split. Batch j of a rank comes from worker j mod K (DataLoader's round
-    robin), so resuming at batch b rotates the workers and each skips the batches it had
-    already produced.
+    reads its batches' samples as one contiguous run of that sequence. So every rank yields
+    the same, known number of batches; no sample comes twice; fewer than ranks × batch ×
+    accumulation samples are dropped, drawn anew each epoch (layout 3: the epoch's sample
+    sequence starts at an offset of (seed, epoch)), whatever the number of workers.
+    From layout 4 that sequence deals its samples from `BANDS` bands of the shards' order
+    in turn, so a worker's run is a piece of each band, read a sample of each in turn (local
+    shards; shards behind a `url_template` are read as in layout 3, see `BANDS`), through a
+    seeded shuffle buffer (raw bytes; only emitted batches are decoded): a batch draws from
+    that many distant stretches of the split. Batch j of a rank comes from worker j mod K
+    (DataLoader's round robin), so resuming at batch b rotates the workers and each skips
+    the batches it had already produced.
     """
 
     workers_shape_layout = True
@@ -328,9 +332,10 @@ class ShardTrainStream(_ShardSource):
         """(workers K, span per rank, where each worker's samples begin in the rank's span,
         batches per epoch per rank).
 
-        Layout 2: the rank's whole batches, whole optimizer steps of them, dealt to the
-        workers in turn (worker k yields batches k, k + K, …) and read as one contiguous
-        run per worker: fewer than ranks × batch × accumulation samples are dropped.
+        Layout 2 (and 3, 4): the rank's whole batches, whole optimizer steps of them, dealt
+        to the workers in turn (worker k yields batches k, k + K, …) and read as one
+        contiguous run of the epoch's sequence per worker (from layout 4 a piece of each of
+        its bands): fewer than ranks × batch × accumulation samples are dropped.
         Layout 1 (before 2026-12-06; kept for the runs begun then) cut the span into K
         equal chunks of whole batches first, dropping up to ranks × K × batch samples:
         half of a 1000-sample epoch on 4 ranks × 8 workers at batch 16."""
@@ -362,14 +367,15 @@ class ShardTrainStream(_ShardSource):
         written in time order, consecutive windows side by side in a shard) whose batches
         each draw from a short stretch of it, or None.
 
-        None from layout 4 on: a batch draws from `BANDS` stretches spread over the whole
-        split. Before, a worker read its run shard after shard through a buffer of
+        None from layout 4 on (local shards): a batch draws from `BANDS` stretches spread
+        over the whole split. Before, and for shards behind a `url_template`, a worker read its run shard after shard through a buffer of
         `shuffle_buffer` samples, so a batch held windows of about buffer + batch
         neighbouring ones (a review measured, on 20 shards of 500 hourly windows with the
         buffer's 256, batches of 16 that carried what 1.3–1.7 independent windows do of
         seasonal variation; an ideal shuffle, 16): said when that reach is under a quarter
         of the split, for the runs that keep such a layout."""
-        if ctx.layout >= 4 or "stride" not in (self.index.args or {}):
+        banded = ctx.layout >= 4 and self.url_template is None
+        if banded or "stride" not in (self.index.args or {}):
             return None
         workers, span, _, _ = self._layout(ctx)
         run = max(1, span // workers)
@@ -429,7 +435,7 @@ def _raw_batches(
     order = epoch_permutation(len(stream.index.shards), ctx.seed, epoch)
     first = ctx.rank * span + starts[logical]
     length = emit * stream.batch_size
-    if ctx.layout < 4:
+    if ctx.layout < 4 or stream.url_template is not None:
         raw = stream._read_rotated(order, first, first + length, ctx, epoch)
     else:  # a piece of each band, read in turn: the sequence's order (see `BANDS`)
         raw = _interleaved(
@@ -526,6 +532,8 @@ class _RestOfEpoch(IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         stream, ctx, origin = self.stream, self.ctx, self.origin
         first_workers = stream._layout(origin.first_context(ctx))[0]
+        # a reader per first-layout worker may be open at once, with a shard per band each
+        _allow_open_files(origin.world_size * first_workers * BANDS + 256)
         count = stream.batches_in_rest(ctx, origin)
         physical, _ = _worker()
         # a reader per first-layout worker, with the filler that worker had (skip mode:
@@ -564,6 +572,23 @@ def _band_pieces(total: int, start: int, stop: int) -> list[tuple[int, int]]:
         if high > low:
             pieces.append((first + low, first + high))
     return pieces
+
+
+def _allow_open_files(needed: int) -> None:
+    """This process' soft limit of open files raised towards `needed`, up to its hard
+    limit (an epoch continued on fewer ranks reads from every worker of the ranks it began
+    on at once: 8 × 8 workers begun, 1024 shards open, the usual soft limit). Past the
+    hard limit a shard's open says so (`format._open_shard`)."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _interleaved(runs: list[Generator[_Raw, None, None]]) -> Iterator[_Raw]:
