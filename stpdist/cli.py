@@ -908,6 +908,33 @@ def save_stored_frames(
     return paths
 
 
+def _check_unchanged(path: Path, shard: Any) -> None:
+    """A shard's bytes against what its writer recorded: every byte's SHA-256 (indexes
+    since 2026-12-07), else its fingerprint (count, size, ends); a difference is an error:
+    damaged or changed since it was written, though its samples may still read."""
+    import hashlib
+
+    from .data.format import ShardFormatError, shard_fingerprint
+
+    if shard.sha256:
+        digest = hashlib.sha256()
+        with open(path, "rb") as file:
+            while chunk := file.read(1 << 22):
+                digest.update(chunk)
+        changed = digest.hexdigest() != shard.sha256
+        recorded = "the SHA-256 its writer recorded in index.json"
+    else:
+        changed = bool(shard.fingerprint) and (
+            shard_fingerprint(path, shard.num_samples) != shard.fingerprint
+        )
+        recorded = "the fingerprint its writer recorded in index.json (size and ends)"
+    if changed:
+        raise ShardFormatError(
+            f"{path}: its bytes are not those written ({recorded} differs): damaged or "
+            "changed since it was converted; convert the data again, or restore the shard"
+        )
+
+
 def verify_split(folder: Path) -> str:
     """Read every sample of a split: each shard's count against the index, each sample's
     dtype, shape and finiteness, keys unique; the first problem is an error naming it."""
@@ -916,6 +943,7 @@ def verify_split(folder: Path) -> str:
     index = read_index(folder)
     seen: dict[str, str] = {}
     for shard in index.shards:
+        _check_unchanged(folder / shard.name, shard)
         count = 0
         for key, sample in iter_shard(folder / shard.name):
             where = f"{folder / shard.name}: member {key}.{FRAMES_EXT}"
@@ -937,7 +965,10 @@ def verify_split(folder: Path) -> str:
             raise ShardFormatError(
                 f"{folder / shard.name}: holds {count} samples, the index says {shard.num_samples}"
             )
-    return f"{counted(len(seen), 'sample')} in {counted(len(index.shards), 'shard')}: counts, dtypes, shapes, keys OK"
+    return (
+        f"{counted(len(seen), 'sample')} in {counted(len(index.shards), 'shard')}: bytes, counts, "
+        "dtypes, shapes, keys OK"
+    )
 
 
 def _refuse_other_modes(args: argparse.Namespace) -> None:
@@ -1603,7 +1634,9 @@ def parser() -> argparse.ArgumentParser:
         "its pictures replaced by each inspect of that dataset)",
     )
     s.add_argument(
-        "--verify", action="store_true", help="read every sample: counts, dtypes, shapes, keys"
+        "--verify",
+        action="store_true",
+        help="read every shard and sample: bytes as written (SHA-256), counts, dtypes, shapes, keys",
     )
     s.add_argument("--debug", action="store_true", help="show tracebacks")
     s.set_defaults(func=cmd_inspect)

@@ -1022,6 +1022,11 @@ def test_inspect_verify_reads_every_sample_and_names_a_duplicate_key(tmp_path):
         info.size = buffer.tell()
         buffer.seek(0)
         tar.addfile(info, buffer)
+    with pytest.raises(ShardFormatError, match=r"train-000001\.tar: its bytes are not those"):
+        verify_split(folder)  # the shard is not the one written
+    index = json.loads((folder / "index.json").read_text())  # as its own writer's index
+    index["shards"][1].update(sha256="", fingerprint="")
+    (folder / "index.json").write_text(json.dumps(index))
     with pytest.raises(
         ShardFormatError, match=r"train-000001\.tar: member k0.*also in train-000000"
     ):
@@ -1030,6 +1035,29 @@ def test_inspect_verify_reads_every_sample_and_names_a_duplicate_key(tmp_path):
 
     proc = run_cli("inspect", str(folder), "--verify", "--samples", "0", cwd=tmp_path)
     assert proc.returncode == 2 and "key 'k0' also in train-000000.tar" in proc.stderr
+
+
+def test_inspect_verify_finds_a_flipped_byte_in_a_samples_data(tmp_path):
+    """A review flipped one byte inside a sample's frames: `--verify` read every sample
+    back, found counts, dtypes, shapes and keys right, and said OK. The writer records each
+    shard's SHA-256; `--verify` checks it (an index without one: the fingerprint)."""
+    import tarfile
+
+    from conftest import run_cli
+
+    from stpdist.cli import verify_split
+
+    folder = small_split(tmp_path / "train")
+    assert verify_split(folder).endswith("bytes, counts, dtypes, shapes, keys OK")
+    shard = folder / "train-000000.tar"
+    with tarfile.open(shard) as tar:  # a byte of k0's frames, past the .npy header
+        offset = tar.getmember("k0.frames.npy").offset_data + 140
+    data = bytearray(shard.read_bytes())
+    data[offset] ^= 0x01
+    shard.write_bytes(bytes(data))
+    proc = run_cli("inspect", str(folder), "--verify", "--samples", "0", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "train-000000.tar: its bytes are not those written (the SHA-256" in proc.stderr
 
 
 def test_a_step_saved_again_and_killed_between_its_renames_is_put_back(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ per-channel `min`/`max` of the scaled values (for `data.normalize: minmax` and c
 weights) and `climatology` (a file beside index.json, `climatology.npy`, C×H×W mean of the
 scaled values over the split: anomaly correlation); per shard, a `fingerprint` of its
 count and its bytes (`shard_fingerprint`: readers then check the count without reading
-every tar header).
+every tar header) and the `sha256` of all its bytes (`stpdist inspect --verify` checks it).
 """
 
 from __future__ import annotations
@@ -102,6 +102,10 @@ class ShardInfo:
     bytes: int
     fingerprint: str = ""
     """`shard_fingerprint` of the shard as written (absent from older indexes)."""
+    sha256: str = ""
+    """SHA-256 of the shard's every byte as written, which `stpdist inspect --verify`
+    checks: a flipped byte in a sample's data changes neither its count nor, away from its
+    ends, its fingerprint (absent from indexes written before 2026-12-07)."""
 
 
 FINGERPRINT_SPAN = 1 << 16
@@ -585,6 +589,7 @@ class SplitWriter:
                 f"{_span(self.longitudes)}"
             )
         self._writer: _TarShard | None = None
+        self.digests: list[str] = []  # each closed shard's SHA-256, in shard order
 
     def _pattern(self) -> str:
         return SHARD_PATTERN.format(split=self.split)
@@ -662,6 +667,7 @@ class SplitWriter:
         """Start a new shard now (the next sample goes into it)."""
         if self._writer is not None:
             self._writer.close()
+            self.digests.append(self._writer.sha256())
         self._writer = _TarShard(self.folder / (self._pattern() % len(self.counts)))
         self.counts.append(0)
         self.shard_bytes = 0
@@ -669,6 +675,7 @@ class SplitWriter:
     def close(self) -> SplitIndex:
         if self._writer is not None:
             self._writer.close()
+            self.digests.append(self._writer.sha256())
             self._writer = None
         if self.shape is None:
             raise ShardFormatError(f"split '{self.split}' received no samples")
@@ -677,7 +684,8 @@ class SplitWriter:
             name = self._pattern() % number
             path = self.folder / name
             fingerprint = shard_fingerprint(path, count) or ""
-            shards.append(ShardInfo(name, count, path.stat().st_size, fingerprint))
+            digest = self.digests[number] if number < len(self.digests) else ""
+            shards.append(ShardInfo(name, count, path.stat().st_size, fingerprint, digest))
         mean, std = self.stats.result()
         low, high = self.stats.range()
         channels, height, width = self.shape[1:]
@@ -727,6 +735,20 @@ class SplitWriter:
             self._writer.close()
 
 
+class _Hashed:
+    """A file being written that hashes what is written through it (all `tarfile` calls)."""
+
+    def __init__(self, file: Any, digest: Any) -> None:
+        self.file, self.digest = file, digest
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.file.write(data)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+
 class _TarShard:
     """One shard being written: a sample's members `<key>.<ext>` in extension order, each
     read-only (mode 444) and dated now, as webdataset's TarWriter writes them; written with
@@ -734,9 +756,13 @@ class _TarShard:
 
     def __init__(self, path: Path) -> None:
         self.file = open(path, "wb")  # noqa: SIM115 (closed by close)
+        self._digest = hashlib.sha256()  # of every byte written (`ShardInfo.sha256`)
         # not the stream mode ("w|"): its buffer, left unclosed by an interrupt, was
         # written into the closed file when collected (the same bytes either way)
-        self.tar = tarfile.open(fileobj=self.file, mode="w")
+        self.tar = tarfile.open(fileobj=_Hashed(self.file, self._digest), mode="w")
+
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
         now = time.time()
