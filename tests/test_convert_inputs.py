@@ -930,3 +930,22 @@ def test_a_ctrl_c_swallowed_where_it_landed_still_stops_before_the_output(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     monkeypatch.undo()  # the next command starts with no Ctrl-C noted
     assert run_cli("shard", "arrays", "raw", "--out", "ds", cwd=tmp_path).returncode == 0
+
+
+def test_one_file_under_two_names_is_refused_naming_both(tmp_path):
+    """A review converted a folder holding a symbolic link beside each file: every
+    sequence was written twice, and with --splits a test sequence was also a training one.
+    Two names of one file (symbolic or hard link) are refused, naming both."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(4):
+        np.save(raw / f"s{i}.npy", np.full((4, 1, 4, 4), i, np.uint8))
+    argv = ["shard", "arrays", "raw", "--workers", "1", "--splits", "train=0.5,test=0.5"]
+    for link in (os.symlink, os.link):
+        (raw / "t2.npy").unlink(missing_ok=True)
+        link(raw / "s2.npy", raw / "t2.npy")
+        proc = run_cli(*argv, "--out", f"out-{link.__name__}", cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        line = [x for x in proc.stderr.splitlines() if x.startswith("stpdist:")][0]
+        assert "raw/s2.npy and " in line and "raw/t2.npy are one file (a link to it)" in line
+        assert not (tmp_path / f"out-{link.__name__}").exists()

@@ -24,6 +24,7 @@ first split's statistics are in, naming the range seen and the option that sets 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,7 @@ class GenericArrays:
         found = {SEED_SPLITS[p.name]: self._files(p) for p in subs}
         out = {s: found[s] for s in ("train", "val", "test") if s in found} or self._cut(root)
         listed = [f for files in out.values() for f in files]
+        _refuse_one_file_twice(listed)
         if self.key is not None and listed and not any(f.lower().endswith(".npz") for f in listed):
             raise InputError(
                 f"--key {self.key} names an array inside .npz files; {root} holds .npy files "
@@ -404,6 +406,22 @@ def _check_chunk_order(chunks: list[tuple[str, int, int]], times: np.ndarray) ->
             )
         if count:
             previous = (file, first + count - 1)
+
+
+def _refuse_one_file_twice(files: list[str]) -> None:
+    """Refuse two names of one file (a symbolic or hard link beside its target): it would
+    be converted twice, as two sequences, and could land in two splits (a test sequence
+    that is also a training one). Copies are other files: not seen here."""
+    seen: dict[tuple[int, int], str] = {}
+    for name in files:
+        found = os.stat(name)
+        identity = (found.st_dev, found.st_ino)
+        if identity in seen:
+            raise InputError(
+                f"{seen[identity]} and {name} are one file (a link to it): it would be "
+                "converted twice, as two sequences, perhaps into two splits; remove one"
+            )
+        seen[identity] = name
 
 
 def _arrays_in(folder: Path) -> list[str]:
