@@ -897,13 +897,15 @@ def save_stored_frames(
 ) -> list[Path]:
     """`stored_frames_figure` of each (key, T×C×H×W frames) as `<folder>/<key>.png`, its
     channels named by `channel_names` (one per channel) where given."""
-    from .visualize import DPI, sample_file_stems
+    from .visualize import DPI, glyphs_said_once, sample_file_stems
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for stem, (key, frames) in zip(sample_file_stems(k for k, _ in samples), samples):
         path = folder / f"{stem}.png"
-        stored_frames_figure(frames, key, channel_names=channel_names).savefig(path, dpi=DPI)
+        with glyphs_said_once(path):
+            figure = stored_frames_figure(frames, key, channel_names=channel_names)
+            figure.savefig(path, dpi=DPI)
         paths.append(path)
     return paths
 

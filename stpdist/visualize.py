@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -664,6 +664,32 @@ def _colour_bars(
         bar.ax.tick_params(labelsize=10)
 
 
+_UNDRAWN_GLYPHS_SAID: list[bool] = [False]
+
+
+@contextlib.contextmanager
+def glyphs_said_once(path: Path) -> Iterator[None]:
+    """Around building and saving a figure: characters matplotlib's font lacks (a sample
+    key or variable name in CJK script: DejaVu Sans has no glyphs for them) are drawn as
+    boxes and said once a process in one line, not as a warning per glyph with a source
+    line; any other warning passes as it was."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    missing = [w for w in caught if "missing from font" in str(w.message)]
+    for other in (w for w in caught if w not in missing):
+        warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+    if missing and not _UNDRAWN_GLYPHS_SAID[0]:
+        _UNDRAWN_GLYPHS_SAID[0] = True
+        log.warning(
+            "%s: some characters of its labels are not in matplotlib's font and are drawn "
+            "as boxes (e.g. non-Latin sample keys or variable names)",
+            path,
+        )
+
+
 def save_panel(
     path: str | Path,
     inputs_TCHW: np.ndarray,
@@ -678,16 +704,17 @@ def save_panel(
     """The sample panel (`sample_figure`; the key defaults to the file's stem) as a PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig = sample_figure(
-        inputs_TCHW,
-        truth_TCHW,
-        prediction_TCHW,
-        colormap,
-        key=key or path.stem,
-        step=step,
-        channel_names=channel_names,
-    )
-    fig.savefig(path, dpi=DPI)
+    with glyphs_said_once(path):
+        fig = sample_figure(
+            inputs_TCHW,
+            truth_TCHW,
+            prediction_TCHW,
+            colormap,
+            key=key or path.stem,
+            step=step,
+            channel_names=channel_names,
+        )
+        fig.savefig(path, dpi=DPI)
     return path
 
 
@@ -957,10 +984,11 @@ def plot_lead_times(
     results: dict[str, float], path: str | Path, *, title: str | None = None
 ) -> Path | None:
     """`lead_time_figure` as a PNG; None (nothing written) without per-lead values."""
-    fig = lead_time_figure(results, title=title)
-    if fig is None:
-        return None
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    with glyphs_said_once(path):
+        fig = lead_time_figure(results, title=title)
+        if fig is None:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=DPI)
     return path

@@ -528,3 +528,22 @@ def test_the_title_is_whole_on_the_narrow_panels_of_short_sequences(frames):
         assert 0 <= box.x0 and box.x1 <= fig.bbox.width, (frames, title.get_text(), box)
         assert title.get_fontsize() >= 8
     assert "test_0000123$x$" in sample_figure(x, x, x, key="test_0000123$x$")._suptitle.get_text()
+
+
+def test_characters_the_font_lacks_are_said_once_not_as_a_warning_per_glyph(
+    tmp_path, caplog, recwarn, monkeypatch
+):
+    """A review's `inspect` of keys in CJK script printed matplotlib's warning per missing
+    glyph, each with a source line of stpdist's; one line a process says it now."""
+    import logging
+
+    from stpdist import visualize
+
+    monkeypatch.setattr(visualize, "_UNDRAWN_GLYPHS_SAID", [False])
+    frames = np.random.default_rng(0).random((3, 1, 8, 8)).astype(np.float32)
+    with caplog.at_level(logging.WARNING, logger="stpdist"):
+        for name in ("日本語", "キー"):
+            visualize.save_panel(tmp_path / f"{name}.png", frames, frames, frames)
+    assert not [w for w in recwarn if "missing from font" in str(w.message)]
+    said = [r for r in caplog.records if "drawn as boxes" in r.getMessage()]
+    assert len(said) == 1 and (tmp_path / "キー.png").is_file()
