@@ -149,9 +149,14 @@ class GenericArrays:
             first = next((f for files in out.values() for f in files), None)
             if first is None:
                 raise MissingInput(f"{root}: no .npy/.npz files")
-            array = load_array(Path(first), self.key, key_option="--key")
-            dtype = as_TCHW(array, first, **self._layout).dtype
-            self.value_scale = 255.0 if dtype == np.uint8 else 1.0
+            array = as_TCHW(load_array(Path(first), self.key, key_option="--key"), first,
+                            **self._layout)  # fmt: skip
+            self.value_scale = 255.0 if array.dtype == np.uint8 else 1.0
+            if array.size and np.isfinite(array).all():  # NaN is said where it is written
+                scale = self.value_scale
+                low, high = float(array.min()) / scale, float(array.max()) / scale
+                # its first file already out of range: said now, not after a whole split
+                self._check_range(low, high, scale, str(array.dtype), f"{first}:")
         return out
 
     def check_index(self, index: SplitIndex) -> None:
@@ -161,29 +166,33 @@ class GenericArrays:
         a scale given, a warning: such data trains only standardised."""
         if not index.min or not index.max:
             return
-        low, high = min(index.min), max(index.max)
+        self._check_range(min(index.min), max(index.max), index.value_scale, index.dtype,
+                          f"{self.root}: {index.split}")  # fmt: skip
+
+    def _check_range(self, low: float, high: float, scale: float, dtype: str, where: str) -> None:
+        """`check_index`'s check of scaled values [low, high] of `where` (a split, or the
+        first file, checked before anything is written)."""
         if low >= 0 and high <= 1:
             return
-        scale = index.value_scale
         seen = f"{low * scale:g}…{high * scale:g}"
         if self.scale_given:  # the user's choice, right for standardised training only
             log.warning(
-                "%s: %s values span %s, outside [0, %g] (--value-scale %g): training takes "
+                "%s values span %s, outside [0, %g] (--value-scale %g): training takes "
                 "them only with data.normalize: standardize (else it refuses them); for "
                 "[0, 1] training give a --value-scale at or above the largest value",
-                self.root, index.split, seen, scale, scale,
+                where, seen, scale, scale,
             )  # fmt: skip
             return
         keep = "or --value-scale 1 to keep the units and train with data.normalize: standardize"
         if low < 0:  # no scale maps negative values into [0, 1]
             fix = f"shift them to be ≥ 0 before converting, {keep}"
         else:  # high > 1: a scale at or above the largest stored value
-            suggested = _suggested_scale(high * scale, index.dtype)
+            suggested = _suggested_scale(high * scale, dtype)
             fix = f"pass --value-scale {suggested:g} (≥ the largest value), {keep}"
         raise InputError(
-            f"{self.root}: {index.split} values span {seen} ({index.dtype}), outside [0, "
-            f"{scale:g}], the value scale guessed for {index.dtype} data (training divides by "
-            f"it and clamps predictions to [0, 1]): {fix}"
+            f"{where} values span {seen} ({dtype}), outside [0, {scale:g}], the value scale "
+            f"guessed for {dtype} data (training divides by it and clamps predictions to "
+            f"[0, 1]): {fix}"
         )
 
     def _cut(self, root: Path) -> dict[str, list[str]]:
