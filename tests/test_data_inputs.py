@@ -70,7 +70,8 @@ def test_floats_a_guessed_scale_leaves_outside_unit_range_are_refused(tmp_path):
     assert "values span 0…100 (float32)" in line and "--value-scale 100" in line
     assert not (tmp_path / "d_fl").exists()  # nothing written
     # said from the first file, before a split is converted (a review: after the whole split)
-    assert re.search(r"error: fl/\d\.npy: values span 0…100 \(float32\), outside \[0, 1\]", line), line
+    said = r"error: fl/\d\.npy: values span 0…100 \(float32\), outside \[0, 1\]"
+    assert re.search(said, line), line
 
     run_cli(
         "shard", "arrays", "fl", "--out", "d_fl", "--splits", splits, "--value-scale", "100",
