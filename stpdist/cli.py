@@ -916,8 +916,12 @@ def _check_unchanged(path: Path, shard: Any) -> None:
     damaged or changed since it was written, though its samples may still read."""
     import hashlib
 
-    from .data.format import ShardFormatError, shard_fingerprint
+    from .data.format import ShardFormatError, require_file, shard_fingerprint
 
+    try:
+        require_file(path)  # never open a FIFO: it would block (InputError)
+    except FileNotFoundError:
+        raise ShardFormatError(f"{path}: cannot open (no such file)") from None
     if shard.sha256:
         digest = hashlib.sha256()
         with open(path, "rb") as file:

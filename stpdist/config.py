@@ -346,7 +346,8 @@ class DataConfig:
     """Samples held in the training shuffle buffer per worker (raw bytes: memory is about
     buffer × sample × workers). Shards are read in a random order each epoch, each worker
     reading a piece of each of 16 bands of that sequence in turn through this buffer: a
-    batch draws from up to 16 distant stretches of the split (see the converting guide)."""
+    batch draws from up to 16 distant stretches of the split (local shards; shards behind a
+    `url_template` are read in order: see the converting guide)."""
     normalize: Literal["scale", "none", "standardize", "minmax"] = "scale"
     """What the model sees, per variable (channel), from the training index's statistics,
     applied on the device: `scale`, frames / value_scale (in [0, 1]); `none`, physical
@@ -854,7 +855,7 @@ def _check_config(cfg: Config, saved: bool = False) -> None:
     if cfg.data.synthesize is not None:
         _check_synthesis(cfg)
     backbone_config(cfg.model)
-    _check_task_fits_backbone(cfg)
+    _check_task_fits_backbone(cfg, saved)
 
 
 def _check_for_training(cfg: Config) -> None:
@@ -1045,7 +1046,7 @@ def _check_task_takes_no_forecaster_settings(model: ModelConfig) -> None:
         )
 
 
-def _check_task_fits_backbone(cfg: Config) -> None:
+def _check_task_fits_backbone(cfg: Config, saved: bool = False) -> None:
     """Forecaster settings that apply to frame-recurrent backbones only, refused here
     instead of when the model is built (after the data are read or generated)."""
     from . import plugins
@@ -1053,7 +1054,8 @@ def _check_task_fits_backbone(cfg: Config) -> None:
 
     cls = _backbone_class(cfg.model)
     if plugins.is_task(cls):
-        _check_task_takes_no_forecaster_settings(cfg.model)
+        if not saved:  # a checkpoint's config.yaml of an earlier stpdist, read as written
+            _check_task_takes_no_forecaster_settings(cfg.model)
         return
     if not isinstance(cls, type) or issubclass(cls, FrameRecurrent):
         return
@@ -1266,6 +1268,9 @@ def _check_yaml11_numbers(text: str, origin: str, lines: bool) -> None:
         )
 
 
+_NUMBERS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
 def _plain_values(text: str, lines: bool) -> list[tuple[str, int]]:
     """(text, line) of every unquoted scalar value in a YAML document (mapping keys left
     out), read from its node graph; text YAML cannot parse (OmegaConf's own grammar, an
@@ -1285,7 +1290,9 @@ def _plain_values(text: str, lines: bool) -> list[tuple[str, int]]:
         if id(node) in seen:  # an alias: the node of its anchor, walked once
             continue
         seen.add(id(node))
-        if isinstance(node, yaml.ScalarNode) and node.style is None:
+        # plain, and read as a number (`!!str 0123` and `08:00` are text: YAML 1.1 reads
+        # base 60 from a first digit of 1–9 only)
+        if isinstance(node, yaml.ScalarNode) and node.style is None and node.tag in _NUMBERS:
             found.append((node.value, node.start_mark.line + 1))
         elif isinstance(node, yaml.MappingNode):
             stack.extend(value for _, value in node.value)

@@ -126,10 +126,12 @@ MEASURE_KEYS = ("data.normalize", "model.loss", "model.loss_frames")
 ORDER_KEYS = ("trainer.seed",)
 """Settings that order every epoch's data: changed on resume, the epochs begun would see
 samples twice and miss others (`TrainState.settings`)."""
-MID_EPOCH_KEYS = ("data.batch_size", "data.shuffle_buffer", "data.shards")
+MID_EPOCH_KEYS = ("data.batch_size", "data.shuffle_buffer", "data.shards", "data.reading")
 """Settings of the train source that shape the rest of an epoch: refused mid-epoch only.
-`data.shards` is no config key: the train split's shards and their counts, as the source
-describes them (a shard stream's `shards`), whose change deals the rest of an epoch anew."""
+`data.shards` and `data.reading` are no config keys: the train split's shards and their
+counts, and the order they are read in (a shard stream's `shards` and `reading`: local
+shards by bands, shards behind a `data.url_template` in order), whose change deals the rest
+of an epoch anew (not recorded before 2026-12-07: not compared for such checkpoints)."""
 
 
 def _settings_refusal(start: Path, changed: list[str]) -> str:

@@ -672,15 +672,23 @@ def glyphs_said_once(path: Path) -> Iterator[None]:
     """Around building and saving a figure: characters matplotlib's font lacks (a sample
     key or variable name in CJK script: DejaVu Sans has no glyphs for them) are drawn as
     boxes and said once a process in one line, not as a warning per glyph with a source
-    line; any other warning passes as it was."""
+    line. Only the display of that warning is taken over: every other warning is filtered
+    and shown as without this (main thread only: `warnings` state is process-wide)."""
     import warnings
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    shown, missing = warnings.showwarning, []
+
+    def show(message: Any, category: Any, filename: str, lineno: int, *rest: Any) -> None:
+        if "missing from font" in str(message):
+            missing.append(message)
+        else:
+            shown(message, category, filename, lineno, *rest)
+
+    warnings.showwarning = show  # the filters untouched: a change resets once-per-place
+    try:
         yield
-    missing = [w for w in caught if "missing from font" in str(w.message)]
-    for other in (w for w in caught if w not in missing):
-        warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+    finally:
+        warnings.showwarning = shown
     if missing and not _UNDRAWN_GLYPHS_SAID[0]:
         _UNDRAWN_GLYPHS_SAID[0] = True
         log.warning(

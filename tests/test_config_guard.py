@@ -409,3 +409,7 @@ def test_yaml_readings_that_change_a_value_are_refused(override, match, monkeypa
     (tmp_path / "c.yaml").write_text("trainer: {max_epochs: 1, seed: 017}\n" + model)
     with pytest.raises(ConfigError, match=r"c\.yaml, line 1: 017 is read by YAML as a number"):
         load_config(tmp_path / "c.yaml")
+    # text YAML reads as text stays allowed: a !!str tag, a time with a leading 0
+    (tmp_path / "c.yaml").write_text("logging: {wandb: {name: !!str 0123, tags: [08:00, b]}}\n")
+    wandb = load_config(tmp_path / "c.yaml", ["logging.wandb.entity=!!str 0x10"]).logging.wandb
+    assert (wandb.name, wandb.tags, wandb.entity) == ("0123", ["08:00", "b"], "0x10")

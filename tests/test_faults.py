@@ -35,6 +35,7 @@ from stpdist.data.convert import convert
 from stpdist.data.format import ShardFormatError, SplitWriter, read_index
 from stpdist.data.sources.generic import GenericArrays
 from stpdist.data.stream import LoaderContext, ShardEvalStream
+from stpdist.errors import InputError
 from stpdist.metrics import batch_sums
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -756,6 +757,11 @@ def test_hostile_tar_headers_and_names_are_said_plainly(tmp_path):
     tar = bytearray(shard.read_bytes().replace(b"k0.frames.npy", b"k0.frames.txt"))
     resum_tar_header(tar, tar.index(b"k0.frames.txt"))
     shard.write_bytes(bytes(tar))
+    with pytest.raises(ShardFormatError, match=r"train-000000\.tar: its bytes are not those"):
+        verify_split(folder)  # not the shard written
+    index = json.loads((folder / "index.json").read_text())  # as its own writer's index
+    index["shards"][0].update(sha256="", fingerprint="")
+    (folder / "index.json").write_text(json.dumps(index))
     with pytest.raises(ShardFormatError, match=r"train-000000\.tar: sample 'k0' has no frames"):
         verify_split(folder)
 
@@ -1058,6 +1064,15 @@ def test_inspect_verify_finds_a_flipped_byte_in_a_samples_data(tmp_path):
     proc = run_cli("inspect", str(folder), "--verify", "--samples", "0", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "train-000000.tar: its bytes are not those written (the SHA-256" in proc.stderr
+    # a shard missing, or a FIFO in its place: said as such (a FIFO is never opened)
+    (folder / "train-000001.tar").unlink()
+    shard.unlink()
+    os.mkfifo(shard)
+    with pytest.raises(InputError, match=r"train-000000\.tar.* FIFO"):
+        verify_split(folder)
+    shard.unlink()
+    with pytest.raises(ShardFormatError, match=r"train-000000\.tar: cannot open \(no such file\)"):
+        verify_split(folder)
 
 
 def test_a_step_saved_again_and_killed_between_its_renames_is_put_back(tmp_path, monkeypatch):

@@ -165,3 +165,23 @@ def test_an_epoch_continued_on_fewer_ranks_has_the_files_it_needs_or_says_so(ser
     assert "bad 0" in out and out.startswith("rest "), out
     assert int(out.split()[1]) == 10_000 // 4 - 4 * 1  # every batch but the 4 consumed
     assert "refused" in out and "too many open files" in out and "ulimit -n" in out, out
+
+
+def test_a_mid_epoch_resume_refuses_another_reading_order(tmp_path, monkeypatch):
+    """Local shards are read by bands, shards behind a url_template in order: switching
+    between them mid-epoch dealt the rest of the epoch anew (a review: 100 samples of 400
+    seen twice, 100 never), and the shards' description was the same. The reading order is
+    recorded and a mid-epoch resume in the other one refused, naming it."""
+    from conftest import run_cli
+
+    debug = Path(__file__).parent.parent / "configs" / "debug.yaml"
+    base = [str(debug), "logging.num_samples=0", "trainer.checkpoint.every_epoch=false"]
+    run_cli("train", *base, "trainer.max_steps=2", cwd=tmp_path, check=True)  # of 8 an epoch
+    template = f"data.url_template=pipe:cat {tmp_path}/data/debug-digits/{{split}}/{{name}}"
+    monkeypatch.setenv("STPDIST_ALLOW_PIPE", "1")  # the user's own config
+    proc = run_cli("train", *base, "trainer.max_steps=4", template, "--resume", "auto",
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "data.reading by bands (local shards) (the checkpoint's) → in order (url_template)" in (
+        proc.stderr
+    )

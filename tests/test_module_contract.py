@@ -80,6 +80,9 @@ def test_a_task_class_refuses_the_forecasters_settings_naming_them(tmp_path, mon
         with pytest.raises(ConfigError, match=f"^{key}: settings of stpdist's Forecaster, which "
                            "'mine.task:Task'"):  # fmt: skip
             load_config(config, [override])
+    # a checkpoint's config.yaml written by an earlier stpdist, which took them: read as is
+    saved = load_config(config, ["model.optimizer.lr=0.5"], saved=True)
+    assert saved.model.optimizer.lr == 0.5
 
 
 class _EndReturnsAFloat(TinyModule):

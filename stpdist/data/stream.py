@@ -396,6 +396,13 @@ class ShardTrainStream(_ShardSource):
         )
 
     @property
+    def reading(self) -> str:
+        """How an epoch's shards are read from layout 4 on (recorded in checkpoints: an
+        epoch begun one way cannot go on the other, `Trainer`'s `MID_EPOCH_KEYS`): local
+        shards by `BANDS`, shards behind a `url_template` in order."""
+        return "by bands (local shards)" if self.url_template is None else "in order (url_template)"
+
+    @property
     def shards(self) -> str:
         """The split's shards and their counts in a few words (recorded in checkpoints: an
         epoch begun cannot go on over other shards, `Trainer`'s `MID_EPOCH_KEYS`)."""
