@@ -1041,15 +1041,15 @@ def _close_shard(stream: Any) -> str | None:
 def _samples(stream: Any, where: str, skip: int = 0) -> Iterator[tuple[str, dict[str, Any]]]:
     """(key, members by extension) of a tar stream's samples; the first `skip` come with
     their key alone, their members' data passed over unread."""
-    seen: list[str | None] = [None]  # the key of the sample last begun, and how many
-    begun = [0]
+    last: str | None = None  # the key of the sample last begun, and how many were
+    begun = 0
 
     def keep(name: str) -> bool:
+        nonlocal last, begun
         member_key = _sample_key(name)
-        if member_key is not None and member_key != seen[0]:
-            seen[0] = member_key
-            begun[0] += 1
-        return begun[0] > skip
+        if member_key is not None and member_key != last:
+            last, begun = member_key, begun + 1
+        return begun > skip
 
     key, sample = None, {}
     for name, data in _tar_members(stream, where, keep if skip else None):

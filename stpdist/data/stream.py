@@ -368,22 +368,22 @@ class ShardTrainStream(_ShardSource):
         each draw from a short stretch of it, or None.
 
         None from layout 4 on (local shards): a batch draws from `BANDS` stretches spread
-        over the whole split. Before, and for shards behind a `url_template`, a worker read its run shard after shard through a buffer of
-        `shuffle_buffer` samples, so a batch held windows of about buffer + batch
-        neighbouring ones (a review measured, on 20 shards of 500 hourly windows with the
-        buffer's 256, batches of 16 that carried what 1.3–1.7 independent windows do of
-        seasonal variation; an ideal shuffle, 16): said when that reach is under a quarter
-        of the split, for the runs that keep such a layout."""
+        over the whole split. Before, and for shards behind a `url_template`, a worker reads
+        its run shard after shard through a buffer of `shuffle_buffer` samples, so a batch
+        holds windows of about buffer + batch neighbouring ones (a review measured, on 20
+        shards of 500 hourly windows with the buffer's 256, batches of 16 that carried what
+        1.3–1.7 independent windows do of seasonal variation; an ideal shuffle, 16): said
+        when that reach is under a quarter of the split."""
         banded = ctx.layout >= 4 and self.url_template is None
         if banded or "stride" not in (self.index.args or {}):
             return None
         workers, span, _, _ = self._layout(ctx)
         run = max(1, span // workers)
-        sizes = sorted(s.num_samples for s in self.index.shards)
-        shard = sizes[len(sizes) // 2]
         reach = min(self.shuffle_buffer + self.batch_size, run)
         if reach * 4 >= self.num_samples:
             return None
+        sizes = sorted(s.num_samples for s in self.index.shards)
+        shard = sizes[len(sizes) // 2]
         return (
             f"{self.folder}: its samples are windows of a series, stored in time order, and "
             f"each batch draws from about {reach} neighbouring ones "
