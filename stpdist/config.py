@@ -1269,12 +1269,13 @@ def _check_yaml11_numbers(text: str, origin: str, lines: bool) -> None:
 
 
 _NUMBERS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+"""The tags YAML gives the plain scalars it reads as numbers."""
 
 
 def _plain_values(text: str, lines: bool) -> list[tuple[str, int]]:
-    """(text, line) of every unquoted scalar value in a YAML document (mapping keys left
-    out), read from its node graph; text YAML cannot parse (OmegaConf's own grammar, an
-    interpolation in an override) is scanned a `key: value` line at a time."""
+    """(text, line) of every unquoted scalar value a YAML document reads as a number
+    (mapping keys left out), from its node graph; text YAML cannot parse (OmegaConf's own
+    grammar, an interpolation in an override) is scanned a `key: value` line at a time."""
     import yaml
 
     try:
