@@ -91,6 +91,10 @@ def test_skip_mode_fills_a_share_that_lies_wholly_in_a_damaged_shard(tmp_path, c
                 assert len(batches) == stream.batches_per_epoch(ctx)
                 assert all(len(keys) == 2 for _, _, keys in batches)
     assert "filled with the split's first readable samples" in caplog.text
+    # each reason said once (layout 4 enters the damaged shard by up to 16 pieces a worker:
+    # a review counted 25 lines for one truncated shard), the totals at each pass's end
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
+    assert said and len(said) == len({m.split(": ", 1)[1] for m in said}), said
 
 
 def test_skip_mode_loses_only_the_sample_without_frames(tmp_path):

@@ -93,6 +93,7 @@ class _ShardSource:
         """Skip unreadable samples and truncated shards (counted and reported) instead of
         raising; training batches are then filled up with repeats of good samples."""
         self.bad_samples = 0
+        self._said: set[str] = set()  # reasons for skipped samples said (`_skip`)
         self.index = read_index(self.folder)
         self.batch_size = batch_size
         self.num_input_frames = num_input_frames
@@ -214,8 +215,13 @@ class _ShardSource:
             yield from self._read_span(order, 0, stop - total)
 
     def _skip(self, count: int, why: str) -> None:
+        """Count `count` samples lost; say why once per reason (a damaged shard is entered
+        by up to `BANDS` pieces of a worker's run: one line, not one a piece; the pass's
+        total is said at its end, `_report`)."""
         self.bad_samples += count
-        log.warning("skipping %d sample(s): %s", count, why)
+        if why not in self._said:
+            self._said.add(why)
+            log.warning("skipping %d sample(s): %s", count, why)
 
     def _decode(self, items: list[_Raw]) -> list[tuple[str, np.ndarray]]:
         """Decoded (key, frames); in skip mode a bad sample is left out (and counted)."""
