@@ -58,7 +58,7 @@ are cut from is sample p // BANDS of band p % BANDS. A worker's contiguous run i
 piece of every band, read a sample of each in turn into its shuffle buffer, so a batch
 draws from up to this many distant stretches of the split, at any number of ranks and
 workers. Measured on 20 shards of 500 windows of a series (written in time order), a
-batch of 16 carried what 13–14 independent windows do of a seasonal signal, from 1 to 64
+batch of 16 carried what 12–14 independent windows do of a seasonal signal, from 1 to 64
 ranks × workers (8 bands: 7; layout 3, one run read shard after shard through the buffer:
 1.1–1.9). The same counts, another deal of samples; up to this many shards open per worker
 at once, each entered where its piece begins (a local file is sought there). Shards behind
