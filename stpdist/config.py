@@ -1523,7 +1523,7 @@ def _origin_of(sources: list[tuple[str, DictConfig]], key: str | None) -> str:
     """Where `key` was last set: the override or file (`load_config`'s `sources`, in the
     order merged) whose overlay holds it; "config" when none does (a default)."""
     for origin, overlay in reversed(sources if key else []):
-        node: Any = OmegaConf.to_container(overlay, resolve=False)
+        node: Any = OmegaConf.to_container(overlay, resolve=False)  # not resolved: it fails
         for part in key.split("."):
             node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
         if node is not _ABSENT:

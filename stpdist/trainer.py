@@ -16,6 +16,7 @@ import atexit
 import contextlib
 import dataclasses
 import datetime
+import functools
 import inspect
 import itertools
 import math
@@ -253,7 +254,13 @@ class _TrainingStep(nn.Module):
 def _hook_of(module: EnhancedModule, hook: str) -> str:
     """The hook whose output the Trainer reads: `<hook>_end` where the module defines its
     own (the output passes through it, and an error in it is its), else `hook`."""
-    own = getattr(type(module), f"{hook}_end") is not getattr(EnhancedModule, f"{hook}_end")
+    return _hook_of_class(type(module), hook)
+
+
+@functools.lru_cache(maxsize=64)
+def _hook_of_class(cls: type, hook: str) -> str:
+    """`_hook_of` for a module class, looked up once (it is asked at every step)."""
+    own = getattr(cls, f"{hook}_end") is not getattr(EnhancedModule, f"{hook}_end")
     return f"{hook}_end" if own else hook
 
 

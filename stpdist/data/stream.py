@@ -380,8 +380,7 @@ class ShardTrainStream(_ShardSource):
         shards of 500 hourly windows with the buffer's 256, batches of 16 that carried what
         1.3–1.7 independent windows do of seasonal variation; an ideal shuffle, 16): said
         when that reach is under a quarter of the split."""
-        banded = ctx.layout >= 4 and self.url_template is None
-        if banded or "stride" not in (self.index.args or {}):
+        if self.banded(ctx) or "stride" not in (self.index.args or {}):
             return None
         workers, span, _, _ = self._layout(ctx)
         run = max(1, span // workers)
@@ -400,6 +399,11 @@ class ShardTrainStream(_ShardSource):
             "workers), or write smaller shards (--samples-per-shard), whose random order "
             "each epoch then mixes distant stretches"
         )
+
+    def banded(self, ctx: LoaderContext) -> bool:
+        """Whether an epoch of `ctx`'s layout is read by `BANDS`: from layout 4, local
+        shards (a `url_template`'s are read in order, `reading`)."""
+        return ctx.layout >= 4 and self.url_template is None
 
     @property
     def reading(self) -> str:
@@ -448,7 +452,7 @@ def _raw_batches(
     order = epoch_permutation(len(stream.index.shards), ctx.seed, epoch)
     first = ctx.rank * span + starts[logical]
     length = emit * stream.batch_size
-    if ctx.layout < 4 or stream.url_template is not None:
+    if not stream.banded(ctx):
         raw = stream._read_rotated(order, first, first + length, ctx, epoch)
     else:  # a piece of each band, read in turn: the sequence's order (see `BANDS`)
         raw = _interleaved(
