@@ -1926,13 +1926,49 @@ def _refused(
     if speaks and not several:
         error_line(line)
     if several and not speaks:
-        time.sleep(SILENT_RANK_WAIT_S)
+        _wait_for_the_speaker()
     return 2
 
 
 SILENT_RANK_WAIT_S = 2.0
-"""How long a rank that leaves an error to the main process waits before it exits: the
-launcher ends every rank once one exits, and the main one needs the moment to say it."""
+"""How long at most a rank that leaves an error to the main process waits before it exits:
+the launcher ends every rank once one exits, and the main one needs the moment to say it."""
+
+
+def _wait_for_the_speaker() -> None:
+    """Up to SILENT_RANK_WAIT_S, and no longer than until a rank beside this one (another
+    child of the same launcher) has ended: the main process, having said the error, or the
+    launcher ending them all. A main process on another node: the whole wait."""
+    deadline = time.monotonic() + SILENT_RANK_WAIT_S
+    siblings = _sibling_pids()
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        if siblings and not siblings <= _sibling_pids():
+            return
+
+
+def _sibling_pids() -> set[int]:
+    """The running processes (zombies left out) that share this one's parent (Linux's
+    /proc; none where it cannot be read)."""
+    parent, found = os.getppid(), set()
+    try:
+        tasks = os.listdir(f"/proc/{parent}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        with contextlib.suppress(OSError, ValueError):
+            with open(f"/proc/{parent}/task/{task}/children") as listed:
+                found.update(int(pid) for pid in listed.read().split())
+    found.discard(os.getpid())
+    return {pid for pid in found if _running(pid)}
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _group_started() -> bool:

@@ -211,3 +211,43 @@ def test_an_error_line_is_one_write_with_its_newline(tmp_path, monkeypatch):
     said = [w for w in writes if w]
     assert len(said) == 1 and said[0].startswith("stpdist: error: "), said
     assert said[0].endswith("\n") and said[0].count("\n") == 1
+
+
+
+_SIBLINGS = """
+import subprocess, sys, time
+speaker = sys.argv[2] == "speaker" and subprocess.Popen(
+    [sys.executable, "-c", "import time; time.sleep(0.5)"]
+)
+waiter = subprocess.Popen([sys.executable, "-c", f'''
+import time
+from stpdist import cli
+cli.SILENT_RANK_WAIT_S = {sys.argv[1]}
+start = time.monotonic()
+cli._wait_for_the_speaker()
+print(time.monotonic() - start)
+'''], stdout=subprocess.PIPE, text=True)
+print(waiter.communicate(timeout=120)[0].strip())  # the speaker a zombie until then
+if speaker:
+    speaker.wait()
+"""
+
+
+def test_a_silent_rank_waits_until_a_rank_beside_it_has_ended():
+    """A rank that leaves a refusal to the main process waited a fixed 2 s before exiting
+    (so that the launcher, which ends every rank once one exits, left the main process the
+    moment to say it): now it exits once another child of its launcher has ended, an
+    unreaped one (a zombie) included, and waits the whole time where none does."""
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("STPDIST_TEST_FORK_SERVER", None)  # the parent and children are the test's
+
+    def waited(ceiling: float, sibling: str) -> float:
+        proc = subprocess.run([sys.executable, "-c", _SIBLINGS, str(ceiling), sibling],
+                              capture_output=True, text=True, timeout=180, env=env)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return float(proc.stdout.split()[-1])
+
+    assert waited(60, "speaker") < 30  # not the 60 s ceiling
+    assert waited(1, "none") >= 1
