@@ -213,7 +213,6 @@ def test_an_error_line_is_one_write_with_its_newline(tmp_path, monkeypatch):
     assert said[0].endswith("\n") and said[0].count("\n") == 1
 
 
-
 _SIBLINGS = """
 import subprocess, sys, time
 speaker = sys.argv[2] == "speaker" and subprocess.Popen(
