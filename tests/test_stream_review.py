@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stpdist.data.format import SplitWriter
+from stpdist.data.format import ShardFormatError, SplitWriter
 from stpdist.data.loading import LoaderContext
 from stpdist.data.stream import ShardEvalStream, ShardTrainStream
 
@@ -113,3 +113,51 @@ def test_skip_mode_loses_only_the_sample_without_frames(tmp_path):
     seen = sorted(key for _, _, keys in stream.iterate(LoaderContext()) for key in keys)
     assert seen == [f"s{i:05d}" for i in range(20) if i != 3]
     assert stream.bad_samples == 1
+
+
+def _two_member_shard(path: Path) -> bytes:
+    """A shard of samples k0..k2, each a frames.npy and a txt member; returns its bytes."""
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for i in range(3):
+            buffer = io.BytesIO()
+            np.save(buffer, np.full((4, 1, 4, 4), i, np.uint8))
+            for name, data in [(f"k{i}.frames.npy", buffer.getvalue()), (f"k{i}.txt", b"x")]:
+                member = tarfile.TarInfo(name)
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("skip", [0, 1])
+def test_the_whole_sample_before_a_truncated_member_is_read(tmp_path, skip):
+    """A shard cut inside a sample's member lost the sample before it too (a sample was
+    handed on when the next one's data had been read): it is read, and counted as read in
+    skip mode, where the damaged member is the next sample's; where it is the same
+    sample's (its other member cut short), that sample is lost with the rest."""
+    from stpdist.data.format import iter_shard
+
+    shard = tmp_path / "train-000000.tar"
+    data = _two_member_shard(shard)
+    for cut_in, read in [("k2.frames.npy", ["k0", "k1"]), ("k1.txt", ["k0"])]:
+        start = data.index(cut_in.encode()) + 512  # past its header: inside its data
+        shard.write_bytes(data[: start + (8 if cut_in.endswith("npy") else 0)])
+        keys = []
+        with pytest.raises(ShardFormatError, match=rf"truncated member {cut_in}"):
+            for key, sample in iter_shard(shard, skip=skip):
+                keys.append(key)
+                assert ("frames.npy" in sample) == (len(keys) > skip), sample
+        assert keys == read, cut_in
+
+
+def test_skip_mode_counts_lost_only_the_samples_from_the_cut_on(tmp_path):
+    """The sample before the one cut short is read and counted as read."""
+    keys = _split(tmp_path / "train", [10, 10])
+    shard = tmp_path / "train" / "train-000000.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: data.index(b"s00007.frames.npy") + 520])  # inside s00007's data
+    stream = ShardEvalStream(
+        tmp_path / "train", batch_size=4, num_input_frames=1, num_output_frames=1,
+        skip_bad=True,
+    )  # fmt: skip
+    seen = [key for _, _, batch in stream.iterate(LoaderContext()) for key in batch]
+    assert sorted(seen) == keys[:7] + keys[10:] and stream.bad_samples == 3

@@ -70,6 +70,15 @@ path (no `/`, no `..`, not absolute)."""
 class ShardFormatError(InputError):
     """A shard, member or index that does not follow the format."""
 
+    member: str | None = None
+    """The damaged member's name, where its header was read (its data was not)."""
+
+
+def _damaged_member(where: str, name: str) -> ShardFormatError:
+    error = ShardFormatError(f"{where}: truncated member {name}")
+    error.member = name
+    return error
+
 
 _KINDS = {
     stat.S_IFIFO: "a FIFO (named pipe)",
@@ -858,7 +867,9 @@ def _tar_members(
             continue
         data = _read_member(stream, size)
         if len(data) < size:
-            raise ShardFormatError(f"{where}: truncated member {name}")
+            if kind not in (b"0", b"\0"):  # a pax or long-name header: of a member unknown
+                raise ShardFormatError(f"{where}: truncated member {name}")
+            raise _damaged_member(where, long_name or name)
         stream.read((512 - size % 512) % 512)
         if kind in (b"x", b"L"):  # the real path of the next member
             long_name = _long_name(kind, data) or long_name
@@ -883,14 +894,14 @@ def _pass_over(stream: Any, size: int, where: str, name: str) -> None:
     if isinstance(stream, io.BufferedReader) and stream.seekable():
         position = stream.tell()
         if position + size > os.fstat(stream.fileno()).st_size:
-            raise ShardFormatError(f"{where}: truncated member {name}")
+            raise _damaged_member(where, name)
         stream.seek(position + padded)
         return
     left = padded
     while left and (part := stream.read(min(left, 1 << 20))):
         left -= len(part)
     if left > padded - size:
-        raise ShardFormatError(f"{where}: truncated member {name}")
+        raise _damaged_member(where, name)
 
 
 def _read_member(stream: Any, size: int) -> bytes:
@@ -1052,17 +1063,25 @@ def _samples(stream: Any, where: str, skip: int = 0) -> Iterator[tuple[str, dict
         return begun > skip
 
     key, sample = None, {}
-    for name, data in _tar_members(stream, where, keep if skip else None):
-        member_key = _sample_key(name)
-        if member_key is None:
-            continue
-        ext = name.rsplit("/", 1)[-1].split(".", 1)[1]
-        if member_key != key:
-            if key is not None:
-                yield key, sample
-            key, sample = member_key, {"__key__": member_key}
-        if data is not None:
-            sample[ext] = data
+    try:
+        for name, data in _tar_members(stream, where, keep if skip else None):
+            member_key = _sample_key(name)
+            if member_key is None:
+                continue
+            ext = name.rsplit("/", 1)[-1].split(".", 1)[1]
+            if member_key != key:
+                if key is not None:
+                    yield key, sample
+                key, sample = member_key, {"__key__": member_key}
+            if data is not None:
+                sample[ext] = data
+    except ShardFormatError as exc:
+        # the sample begun is whole when the damaged member is the next sample's (a header
+        # that cannot be read leaves that unknown: the sample is lost with the rest)
+        damaged = None if exc.member is None else _sample_key(exc.member)
+        if key is not None and damaged is not None and damaged != key:
+            yield key, sample
+        raise
     if key is not None:
         yield key, sample
 
