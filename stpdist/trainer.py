@@ -1147,19 +1147,38 @@ def _written_by_us(file: Path, text: str, checkpoint: Path | None = None) -> boo
         return False
 
 
+def _schedule_is_the_modules_own(module: Any) -> bool:
+    """Whether the module's lr schedule comes from its own `configure_lr_scheduler`, not
+    from the Forecaster's config-built one (`model.schedule`)."""
+    from .task import Forecaster
+
+    return getattr(type(module), "configure_lr_scheduler", None) is not (
+        Forecaster.configure_lr_scheduler
+    )
+
+
 def _check_schedule_length(
-    scheduler: Any, interval: str, total: int, done: int, start: Path | None
+    scheduler: Any, interval: str, total: int, done: int, start: Path | None, own: bool = False
 ) -> None:
     """Refuse, before any step, a run whose steps `done` → `total` outrun a per-step lr
     schedule of fixed length (`total_steps`: OneCycleLR), which would stop with an error at
     its end — hours in. Its length is set when it is built: by `model.schedule.total_steps`
-    or by the steps the training first planned, restored from the checkpoint on a resume."""
+    or by the steps the training first planned, restored from the checkpoint on a resume;
+    by the module's own `configure_lr_scheduler` where `own` (not a config-built Forecaster:
+    the fix is in its code, `module.planned_steps`)."""
     length, steps = getattr(scheduler, "total_steps", None), total - done
     if interval != "step" or not isinstance(length, int):
         return
     left = length - scheduler.last_epoch
     if steps <= left:
         return
+    if start is None and own:
+        raise InputError(
+            f"the lr schedule ({type(scheduler).__name__}) that configure_lr_scheduler built "
+            f"lasts {length} steps, this run plans {steps}: build it with total_steps="
+            "self.planned_steps (the steps fit plans, set before configure_lr_scheduler is "
+            f"called), or train at most {length} steps (max_steps)"
+        )
     if start is None:
         raise InputError(
             f"the lr schedule ({type(scheduler).__name__}) lasts {length} steps, this run "
@@ -1515,7 +1534,10 @@ class Trainer:
         with self._stop.installed():
             state = self._start(resume, start, model, module, optimizer, scheduler, train, ctx)
             lease.close()  # `start` is read: this run's retention may retire it from now on
-            _check_schedule_length(scheduler, interval, total_steps, state.global_step, start)
+            _check_schedule_length(
+                scheduler, interval, total_steps, state.global_step, start,
+                own=_schedule_is_the_modules_own(module),
+            )  # fmt: skip
             self._graph = self._step_graph(module, optimizer, scheduler)  # restored optimizer
             self.checkpoints.bind(
                 acc, module, optimizer, scheduler, self._config_yaml(), state, self.attachments

@@ -139,3 +139,16 @@ def test_logged_learning_rate_is_the_scheduled_one(tmp_path):
     for s, rate in logged.items():
         expected = PEAK * (s + 1) / 2 if s < 2 else _sgdr(s - 2, 3, 1, 0.0)
         assert rate == pytest.approx(expected, rel=1e-12), s
+
+
+def test_a_one_cycle_too_short_for_the_run_names_the_setting_that_lengthens_it(tmp_path):
+    """A Forecaster's one-cycle schedule is the config's: the refusal names
+    model.schedule.total_steps (a module's own schedule is refused naming its code:
+    tests/test_trainer.py)."""
+    from stpdist.errors import InputError
+
+    module = _module(name="onecycle", total_steps=3)
+    trainer = Trainer(output_dir=tmp_path / "run", max_epochs=1, progress_bar=False)
+    with pytest.raises(InputError, match=r"lasts 3 steps, this run plans 4: set model\.sched"):
+        trainer.fit(module, loader(16, 4))
+    trainer.close()
