@@ -403,3 +403,28 @@ def test_dataset_card_never_replaces_a_users_readme(tmp_path):
     readme.unlink()
     convert(source, tmp_path / "out", overwrite=True, progress=False)
     assert readme.read_text() == ours  # without one, ours is written again
+
+
+@pytest.mark.parametrize("off_grid", ["train", "validation"])
+def test_seed_mmnist_with_one_split_off_the_grid_stores_every_split_float32(tmp_path, off_grid):
+    """One split on the 1/255 grid (uint8), another not (float32), was refused as a dtype
+    mismatch naming a file of the grid split and saying to convert the files to one dtype
+    (they were one: float32). The dataset is stored float32 in every split, the values as
+    given, with one line saying so."""
+    on = np.random.default_rng(1).integers(0, 256, size=(3, 20, 1, 8, 8)) / 255.0
+    off = np.random.default_rng(2).random((3, 20, 1, 8, 8))
+    write_seed_mmnist(tmp_path / "seed", on.astype(np.float32))
+    for i in range(3):
+        np.savez(tmp_path / "seed" / off_grid / f"example{i + 1:06d}.npz",
+                 inputs=off[i, :10].astype(np.float32), labels=off[i, 10:].astype(np.float32))  # fmt: skip
+    indexes = convert(
+        SeedLayout(str(tmp_path / "seed"), "mmnist"), tmp_path / "out", progress=False
+    )
+    assert {s: (i.dtype, i.value_scale) for s, i in indexes.items()} == {
+        "train": ("float32", 1), "val": ("float32", 1)
+    }  # fmt: skip
+    given = {"train": on, "val": on}
+    given["train" if off_grid == "train" else "val"] = off
+    for split, values in given.items():
+        samples = stored(tmp_path / "out" / split)
+        np.testing.assert_array_equal(samples["example000002"], values[1].astype(np.float32))

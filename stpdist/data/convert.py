@@ -92,7 +92,10 @@ class _Empty(Exception):
 
 
 class OffGrid(Exception):
-    """A sample's values do not lie on the uint8 grid: the split is stored as float32."""
+    """A sample's values do not lie on the uint8 grid: the dataset, every split, is stored
+    as float32 (one value scale for all; `split` is the one found off the grid)."""
+
+    split = ""
 
 
 def _quantize(frames: np.ndarray, grid: float) -> np.ndarray:
@@ -903,37 +906,54 @@ def _write_splits(
     progress: bool,
     nan_fill: float | None,
 ) -> dict[str, SplitIndex]:
-    written: dict[str, SplitIndex] = {}
     pool = _start_workers(workers) if workers > 1 else None
     try:
-        for split, items in splits.items():
-            if not items:  # e.g. no file of a test person: said, as a split that yields nothing
-                log.warning("%s: no samples; not written", split)
-                continue
-            folder = out / split
-            quantize = source.grid is not None
-            like = next(iter(written.values()), None)  # every split: the first one's shape
-            args = (pool, quantize, samples_per_shard, progress, nan_fill, like)
-            try:
-                try:
-                    written[split] = _write_split(source, folder, split, items, *args)
-                except OffGrid:
-                    shutil.rmtree(folder, ignore_errors=True)
-                    log.warning(
-                        "%s: values are not all on the 1/%g grid; storing float32",
-                        split,
-                        source.grid,
-                    )
-                    args = (pool, False, samples_per_shard, progress, nan_fill, like)
-                    written[split] = _write_split(source, folder, split, items, *args)
-            except _Empty:
-                shutil.rmtree(folder, ignore_errors=True)
-                log.warning("%s: no samples; not written", split)
-                continue
-            check_index = getattr(source, "check_index", None)
-            if check_index is not None:  # e.g. values a guessed value scale leaves outside [0, 1]
-                check_index(written[split])
+        written: dict[str, SplitIndex] = {}
+        try:
+            return _write_each_split(source, out, splits, written, pool, source.grid is not None,
+                                     (samples_per_shard, progress, nan_fill))  # fmt: skip
+        except OffGrid as off:  # every split float32: one value scale for the dataset
+            for split in written:
+                shutil.rmtree(out / split, ignore_errors=True)
+            again = f" (split(s) {', '.join(written)} written again)" if written else ""
+            log.warning("%s: values are not all on the 1/%g grid; storing every split float32%s",
+                        off.split, source.grid, again)  # fmt: skip
+            return _write_each_split(source, out, splits, {}, pool, False,
+                                     (samples_per_shard, progress, nan_fill))  # fmt: skip
     finally:  # after an error, Ctrl-C or SIGTERM: waits for the items in flight (`_init_worker`)
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+
+
+def _write_each_split(
+    source: Source,
+    out: Path,
+    splits: dict[str, list[Any]],
+    written: dict[str, SplitIndex],
+    pool: ProcessPoolExecutor | None,
+    quantize: bool,
+    settings: tuple[int, bool, float | None],
+) -> dict[str, SplitIndex]:
+    """Each split into `written` (filled as they are done: an OffGrid leaves there the ones
+    written before it, the failed one's folder removed)."""
+    for split, items in splits.items():
+        if not items:  # e.g. no file of a test person: said, as a split that yields nothing
+            log.warning("%s: no samples; not written", split)
+            continue
+        folder = out / split
+        like = next(iter(written.values()), None)  # every split: the first one's shape
+        try:
+            written[split] = _write_split(source, folder, split, items, pool, quantize,
+                                          *settings, like)  # fmt: skip
+        except OffGrid as off:
+            shutil.rmtree(folder, ignore_errors=True)
+            off.split = split
+            raise
+        except _Empty:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.warning("%s: no samples; not written", split)
+            continue
+        check_index = getattr(source, "check_index", None)
+        if check_index is not None:  # e.g. values a guessed value scale leaves outside [0, 1]
+            check_index(written[split])
     return written
