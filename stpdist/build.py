@@ -355,11 +355,15 @@ def build_module(
     frame_shape: tuple[int, int, int] | None = None,
     *,
     index: SplitIndex | None = None,
+    trained_on: SplitIndex | None = None,
 ) -> EnhancedModule:
     """The module for `cfg.model`: the Forecaster around its backbone, for frames C×H×W of
     `frame_shape`, or of `index` (a dataset's statistics, e.g. the one a checkpoint keeps),
     or by default of the dataset's own index; or the user's own EnhancedModule when
-    `model.name` is its import path (built with `model.backbone` as keywords)."""
+    `model.name` is its import path (built with `model.backbone` as keywords).
+    `trained_on`: the index a checkpoint keeps (its training data's), whose statistics
+    normalise the frames when `data.normalize` uses any (standardize, minmax): a model
+    evaluated on other data takes its frames as it was trained to."""
     if plugins.is_import_path(cfg.model.name):
         cls = plugins.resolve_model(cfg.model.name)
         if plugins.is_task(cls):
@@ -372,6 +376,9 @@ def build_module(
     normalize = cfg.data.normalize
     # without an index (a frame shape alone: checks, tests) the statistics are unit ones
     normalizer = Normalizer(normalize) if index is None else Normalizer.from_index(normalize, index)
+    if trained_on is not None and index is not None and normalize in STATISTICS_MODES:
+        _check_same_units(index, trained_on)
+        normalizer = Normalizer.from_index(normalize, trained_on)
     if index is not None and not normalizer.unit_range:
         _check_value_range(cfg, index)
     elif index is not None and min(frame_shape[1:]) < SSIM_WINDOW:
@@ -512,6 +519,47 @@ def _backbone_keys(cfg: Config) -> list[str]:
     if dataclasses.is_dataclass(args):
         return [f.name for f in dataclasses.fields(args)]
     return list(dict(cfg.model.backbone))
+
+
+STATISTICS_MODES = ("standardize", "minmax")
+"""The `data.normalize` modes that normalise by the training data's statistics."""
+
+
+def _check_same_units(data: SplitIndex, trained_on: SplitIndex) -> None:
+    """Refuse data stored in other units (value scale, channels) than the training data's,
+    whose statistics then would not apply."""
+    if data.value_scale != trained_on.value_scale or data.shape[1] != trained_on.shape[1]:
+        raise InputError(
+            f"the {data.split} split holds {data.shape[1]} channel(s) stored with value scale "
+            f"{data.value_scale:g}, the data the checkpoint was trained on "
+            f"{trained_on.shape[1]} with value scale {trained_on.value_scale:g}: its "
+            "statistics (data.normalize) do not apply; convert the data as the training "
+            "data was"
+        )
+
+
+def trained_on(cfg: Config, checkpoint: Path) -> SplitIndex | None:
+    """The index of the data the weights in `checkpoint` (a checkpoint or model folder, or a
+    weights file in one) were trained on, kept beside them; None where none is. Refuses a
+    `data.normalize` other than the one they were trained with (their config.yaml's): the
+    model takes frames normalised as in training."""
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    described, trained = describing_config(folder), None
+    if described is not None:
+        import yaml
+
+        with contextlib.suppress(OSError, ValueError, LookupError, TypeError, yaml.YAMLError):
+            trained = yaml.safe_load(described.read_text())["data"]["normalize"]
+    written = isinstance(trained, str) and "${" not in trained  # not interpolated
+    if written and trained != cfg.data.normalize:
+        raise ConfigError(
+            f"data.normalize {cfg.data.normalize!r}: {checkpoint} was trained with "
+            f"{trained!r} ({described}), and takes frames normalised so; leave "
+            "data.normalize as it was in training"
+        )
+    if not (folder / INDEX_FILE).is_file():
+        return None
+    return read_index(folder)
 
 
 def _check_value_range(cfg: Config, index: SplitIndex) -> None:

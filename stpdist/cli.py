@@ -279,7 +279,8 @@ def _with_checkpoint(
     again = args.ckpt in ("best", "last")
     ckpt = trainer.choose_checkpoint(lambda: _resolve_ckpt(trainer, args.ckpt), again=again)
     _check_split(cfg, split, f"--split {split}" if args.split else f"{split_key} {split!r}")
-    return cfg, trainer, ckpt, build.build_module(cfg), split
+    module = build.build_module(cfg, trained_on=build.trained_on(cfg, Path(ckpt)))
+    return cfg, trainer, ckpt, module, split
 
 
 def _check_split(cfg: Config, split: str, named: str) -> None:

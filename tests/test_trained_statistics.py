@@ -1,0 +1,78 @@
+"""`validate` and `predict` normalise frames with the statistics of the data the checkpoint
+was trained on (the index.json it keeps), as `forecast` and `stpdist.load` do: a review
+found them taking the statistics of whatever data they were pointed at (`data.root=…`, or
+the dataset converted again), so one checkpoint gave other predictions by command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from stpdist.trainer import load_predictions
+
+CONFIG = """\
+trainer: {output_dir: runs/std, max_steps: 2, progress_bar: false}
+data: {root: data/a, batch_size: 4, num_input_frames: 4, num_output_frames: 4,
+       normalize: standardize}
+model:
+  name: convlstm
+  backbone: {hidden_channels: [4], kernel_size: 3}
+  patch_size: 4
+logging: {num_samples: 0}
+"""
+
+
+def _arrays(folder: Path, count: int, low: int, high: int, dtype=np.uint8) -> None:
+    rng = np.random.default_rng(low)
+    folder.mkdir()
+    for i in range(count):
+        frames = rng.integers(low, high, size=(8, 16, 16))
+        np.save(
+            folder / f"s{i:03d}.npy",
+            (frames / 255 if dtype == np.float32 else frames).astype(dtype),
+        )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("statistics")
+    _arrays(root / "dim", 24, 0, 60)  # the training data: dim
+    _arrays(root / "bright", 6, 150, 256)  # new data, other statistics
+    (root / "std.yaml").write_text(CONFIG)
+    for args in [
+        ("shard", "arrays", "dim", "--out", "data/a", "--splits", "train=16,val=4,test=4"),
+        ("shard", "arrays", "bright", "--out", "data/b", "--split", "test"),
+        ("train", "std.yaml"),
+    ]:
+        run_cli(*args, cwd=root, check=True)
+    return root
+
+
+def test_predict_on_other_data_equals_forecast(run):
+    run_cli("predict", "std.yaml", "data.root=data/b", "--out", "p", "--samples", "0",
+            cwd=run, check=True)  # fmt: skip
+    run_cli("forecast", "runs/std", "data/b/test", "--out", "f", "--samples", "0", "--ckpt",
+            "last", cwd=run, check=True)  # fmt: skip
+    predicted, forecast = load_predictions(run / "p"), load_predictions(run / "f")
+    assert sorted(predicted) == sorted(forecast) == [f"s{i:03d}" for i in range(6)]
+    for key, frames in predicted.items():
+        np.testing.assert_allclose(frames, forecast[key], rtol=1e-5, atol=1e-3)
+    done = run_cli("validate", "std.yaml", "data.root=data/b", "--split", "test", cwd=run)
+    assert done.returncode == 0, done.stderr
+
+
+def test_another_normalisation_or_other_units_are_refused(run):
+    refused = run_cli("predict", "std.yaml", "data.normalize=scale", "--out", "q", cwd=run)
+    assert refused.returncode == 2 and "was trained with 'standardize'" in refused.stderr, (
+        refused.stderr
+    )
+    _arrays(run / "float", 6, 150, 256, np.float32)  # stored in [0, 1]: value scale 1
+    run_cli("shard", "arrays", "float", "--out", "data/c", "--split", "test", cwd=run, check=True)
+    refused = run_cli("predict", "std.yaml", "data.root=data/c", "--out", "r", cwd=run)
+    assert refused.returncode == 2 and "value scale 1, the data the checkpoint" in refused.stderr, (
+        refused.stderr
+    )
+    assert not (run / "q").exists() and not (run / "r").exists()
