@@ -741,6 +741,19 @@ def test_channels_last_arrays_are_refused_unless_flagged(tmp_path):
     windows = stored(tmp_path / "s" / "train")
     assert [w.shape for w in windows.values()] == [(10, 3, 8, 8)] * 3
     np.testing.assert_array_equal(windows["long_f000010"], series[10:20].transpose(0, 3, 1, 2))
+    # and the other way round: T×C×H×W arrays flagged --channels-last were stored as frames
+    # one pixel high (16 channels of 1×16), from a review
+    (tmp_path / "tchw").mkdir()
+    np.save(tmp_path / "tchw" / "a.npy", rng.integers(0, 256, (12, 1, 16, 16), dtype=np.uint8))
+    line = error_line(
+        run_cli("shard", "arrays", "tchw", "--out", "t", "--channels-last", cwd=tmp_path)
+    )
+    assert line == (
+        "tchw/a.npy: shape (12, 1, 16, 16) looks T×C×H×W (1 channel(s)); read as T×H×W×C "
+        "(--channels-last) it would be 16 channels of 1×16 pixels: drop --channels-last, or "
+        "store the arrays T×H×W×C"
+    )
+    assert not (tmp_path / "t").exists()
 
 
 def test_a_series_split_that_gets_no_window_is_refused_naming_it(tmp_path):

@@ -94,7 +94,9 @@ def check_frames(
     0, of a numeric dtype (bool, integers, floats); anything else is an error naming `where`.
     With `channels_last` False (a reader that has the `--channels-last` flag), T×C×H×W whose
     last axis (W) is at most 4 while C is larger is refused: that is T×H×W×C (frames a few
-    pixels wide are not a thing). None: no such guess (layouts that are T×C×H×W by name)."""
+    pixels wide are not a thing); with `channels_last` True, likewise T×H×W×C whose H is at
+    most 4 while C is larger: that is T×C×H×W. None: no such guess (layouts that are T×C×H×W
+    by name)."""
     layout = "T×H×W×C" if channels_last else "T×C×H×W"
     if len(shape) not in (3, 4):
         raise InputError(f"{where}: expected {layout} or T×H×W, got shape {tuple(shape)}")
@@ -110,6 +112,13 @@ def check_frames(
             f"{where}: shape {tuple(shape)} looks channels-last (T×H×W×C, {w} channels); read "
             f"as T×C×H×W it would be {c} channels of {h}×{w} pixels: pass --channels-last, "
             "or store the arrays T×C×H×W"
+        )
+    if channels_last and len(shape) == 4 and shape[1] <= MOST_CHANNELS_LAST < shape[3]:
+        _, h, w, c = shape
+        raise InputError(
+            f"{where}: shape {tuple(shape)} looks T×C×H×W ({h} channel(s)); read as T×H×W×C "
+            f"(--channels-last) it would be {c} channels of {h}×{w} pixels: drop "
+            "--channels-last, or store the arrays T×H×W×C"
         )
 
 
