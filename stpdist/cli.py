@@ -911,10 +911,11 @@ def save_stored_frames(
     return paths
 
 
-def _check_unchanged(path: Path, shard: Any) -> None:
+def _check_unchanged(path: Path, shard: Any) -> str | None:
     """A shard's bytes against what its writer recorded: every byte's SHA-256 (indexes
     since 2026-12-07), else its fingerprint (count, size, ends); a difference is an error:
-    damaged or changed since it was written, though its samples may still read."""
+    damaged or changed since it was written, though its samples may still read. Returns
+    which was compared ("sha256", "fingerprint"; None: the index records neither)."""
     import hashlib
 
     from .data.format import ShardFormatError, require_file, shard_fingerprint
@@ -940,6 +941,19 @@ def _check_unchanged(path: Path, shard: Any) -> None:
             f"{path}: its bytes are not those written ({recorded} differs): damaged or "
             "changed since it was converted; convert the data again, or restore the shard"
         )
+    return "sha256" if shard.sha256 else "fingerprint" if shard.fingerprint else None
+
+
+def _bytes_checked(compared: list[str | None]) -> str:
+    """What `verify_split` says of the shards' bytes, by what `_check_unchanged` compared."""
+    if all(kind == "sha256" for kind in compared):
+        return "bytes, counts, dtypes, shapes, keys OK"
+    if not any(compared):
+        return "counts, dtypes, shapes, keys OK (bytes not checked: the index records no SHA-256)"
+    return (
+        "counts, dtypes, shapes, keys OK (bytes checked by size and ends alone where the "
+        "index records no SHA-256)"
+    )
 
 
 def verify_split(folder: Path) -> str:
@@ -949,8 +963,9 @@ def verify_split(folder: Path) -> str:
 
     index = read_index(folder)
     seen: dict[str, str] = {}
+    compared = []
     for shard in index.shards:
-        _check_unchanged(folder / shard.name, shard)
+        compared.append(_check_unchanged(folder / shard.name, shard))
         count = 0
         for key, sample in iter_shard(folder / shard.name):
             where = f"{folder / shard.name}: member {key}.{FRAMES_EXT}"
@@ -973,8 +988,8 @@ def verify_split(folder: Path) -> str:
                 f"{folder / shard.name}: holds {count} samples, the index says {shard.num_samples}"
             )
     return (
-        f"{counted(len(seen), 'sample')} in {counted(len(index.shards), 'shard')}: bytes, counts, "
-        "dtypes, shapes, keys OK"
+        f"{counted(len(seen), 'sample')} in {counted(len(index.shards), 'shard')}: "
+        f"{_bytes_checked(compared)}"
     )
 
 

@@ -161,3 +161,80 @@ def test_skip_mode_counts_lost_only_the_samples_from_the_cut_on(tmp_path):
     )  # fmt: skip
     seen = [key for _, _, batch in stream.iterate(LoaderContext()) for key in batch]
     assert sorted(seen) == keys[:7] + keys[10:] and stream.bad_samples == 3
+
+
+def _tar_of(path: Path, members: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members:
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+
+
+def _npy(value: int) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.full((2, 1, 2, 2), value, np.uint8))
+    return buffer.getvalue()
+
+
+def test_shards_from_other_tools_are_read_or_refused_saying_why(tmp_path):
+    """A review's tars of users' own making: macOS's `.DS_Store` and `._<name>` members
+    counted as samples of key '' (the shard "holds more samples than the index says"); a
+    sample's members apart (GNU tar in directory order), or two folders of one file name,
+    were said as a count the index got wrong, or merged into one sample; a gzip-compressed
+    shard was "truncated tar header". Now: passed over as webdataset does; refused naming
+    the member and the rule; named as compressed."""
+    from stpdist.data.format import count_samples, iter_shard
+
+    shard = tmp_path / "train-000000.tar"
+    _tar_of(shard, [(".DS_Store", b"x"), ("d/._s0.frames.npy", b"x"), ("d/s0.frames.npy", _npy(0)),
+                    ("d/s1.frames.npy", _npy(1))])  # fmt: skip
+    assert count_samples(shard) == (2, True)
+    assert [key for key, _ in iter_shard(shard)] == ["s0", "s1"]
+    again = r"member s0\.json: sample key 's0' comes again after other samples; a sample's"
+    twice = r"member b/s0\.frames\.npy: sample 's0' holds a member of this name already"
+    for members, said in [
+        ([("s0.frames.npy", _npy(0)), ("s1.frames.npy", _npy(1)), ("s0.json", b"{}")], again),
+        (
+            [
+                ("a/s0.frames.npy", _npy(0)),
+                ("b/s0.frames.npy", _npy(1)),
+                ("a/s1.frames.npy", _npy(2)),
+                ("b/s1.frames.npy", _npy(3)),
+            ],
+            twice,
+        ),  # fmt: skip
+    ]:
+        _tar_of(shard, members)
+        with pytest.raises(ShardFormatError, match=said):
+            count_samples(shard)
+        with pytest.raises(ShardFormatError, match=said):
+            list(iter_shard(shard))
+    import gzip
+
+    _tar_of(shard, [("s0.frames.npy", _npy(0))])
+    shard.write_bytes(gzip.compress(shard.read_bytes()))
+    for read in (count_samples, lambda path: list(iter_shard(path))):
+        with pytest.raises(ShardFormatError, match=r"train-000000\.tar: gzip-compressed; stpdist"):
+            read(shard)
+    _tar_of(shard, [("BZh0.frames.npy", _npy(0))])  # a key that begins as bzip2's magic does
+    assert [key for key, _ in iter_shard(shard)] == ["BZh0"]
+
+
+def test_verify_says_when_it_checked_no_bytes(tmp_path):
+    """`inspect --verify` said "bytes … OK" of an index without SHA-256 or fingerprint (a
+    user's own), having compared none."""
+    import json
+
+    from stpdist.cli import verify_split
+
+    _split(tmp_path / "train", [3])
+    assert verify_split(tmp_path / "train").endswith(": bytes, counts, dtypes, shapes, keys OK")
+    path = tmp_path / "train" / "index.json"
+    index = json.loads(path.read_text())
+    for shard in index["shards"]:
+        shard.pop("sha256"), shard.pop("fingerprint")
+    path.write_text(json.dumps(index))
+    assert verify_split(tmp_path / "train").endswith(
+        ": counts, dtypes, shapes, keys OK (bytes not checked: the index records no SHA-256)"
+    )

@@ -799,8 +799,13 @@ def _tar_header(stream: Any, where: str) -> tuple[str, bytes, int] | None:
     if len(header) == 0 or header == b"\0" * 512:
         return None
     if len(header) < 512:
+        _refuse_compressed(header, where)
         raise ShardFormatError(f"{where}: truncated tar header")
-    _check_header_sum(header, where)
+    try:
+        _check_header_sum(header, where)
+    except ShardFormatError:
+        _refuse_compressed(header, where)  # a compressed file is no header: said so
+        raise
     try:
         size = int(header[124:136].rstrip(b"\0 ").decode() or "0", 8)
         name = header[0:100].split(b"\0", 1)[0].decode()
@@ -811,6 +816,27 @@ def _tar_header(stream: Any, where: str) -> tuple[str, bytes, int] | None:
     if size < 0:  # a signed size field: the next header would lie behind this one
         raise ShardFormatError(f"{where}: corrupt tar header (size {size})")
     return (f"{prefix}/{name}" if prefix else name), header[156:157], size
+
+
+_COMPRESSED = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\0": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+}
+"""The magic bytes of the compressions a tar is often written with, and their names."""
+
+
+def _refuse_compressed(header: bytes, where: str) -> None:
+    """A header block that begins as a compressed file does (a shard written compressed,
+    e.g. webdataset's `TarWriter(compress=True)`): said by name, not as a corrupt header."""
+    for magic, name in _COMPRESSED.items():
+        if header.startswith(magic):
+            raise ShardFormatError(
+                f"{where}: {name}-compressed; stpdist reads shards as uncompressed tar "
+                "files: decompress it (or let a data.url_template `pipe:` command decompress "
+                "shards as they are read, with STPDIST_ALLOW_PIPE=1)"
+            )
 
 
 def _check_header_sum(header: bytes, where: str) -> None:
@@ -916,9 +942,40 @@ def _read_member(stream: Any, size: int) -> bytes:
 
 
 def _sample_key(name: str) -> str | None:
-    """The sample key of a member name (`<key>.<ext>`; None for a member without one)."""
+    """The sample key of a member name (`<key>.<ext>`; None for a member without one: no
+    dot, or a name beginning with one, as macOS's `.DS_Store` and `._<name>` files that its
+    tar adds, which webdataset passes over too)."""
     base = name.rsplit("/", 1)[-1]
-    return base.split(".", 1)[0] if "." in base else None
+    return base.split(".", 1)[0] or None if "." in base else None
+
+
+def _member_again(where: str, name: str, key: str) -> ShardFormatError:
+    """A second member of one name (key and extension) in a sample: read on, the later one
+    would replace the earlier."""
+    return ShardFormatError(
+        f"{where}: member {name}: sample {key!r} holds a member of this name already (keys "
+        "are file names up to their first dot, folders left out: two folders holding one "
+        "file name?)"
+    )
+
+
+def _add_member(exts: set[str], name: str, where: str, key: str) -> None:
+    """The extension of member `name` into its sample's `exts`; a second is an error."""
+    ext = name.rsplit("/", 1)[-1].split(".", 1)[1]
+    if ext in exts:
+        raise _member_again(where, name, key)
+    exts.add(ext)
+
+
+def _key_again(where: str, name: str, key: str) -> ShardFormatError:
+    """A member of a sample whose members came earlier in the shard, other samples' between:
+    read on, it would count as another sample (and stpdist reads keys by file name alone,
+    so `a/s0.frames.npy` and `b/s0.frames.npy` are one key)."""
+    return ShardFormatError(
+        f"{where}: member {name}: sample key {key!r} comes again after other samples; a "
+        "sample's members must be next to each other and keys unique in a shard (keys are "
+        "file names up to their first dot, folders left out; GNU tar: --sort=name)"
+    )
 
 
 class _At:
@@ -943,6 +1000,8 @@ def count_samples(path: str | os.PathLike) -> tuple[int, bool]:
     try:
         size_on_disk = os.fstat(fd).st_size
         stream, count, last_key, long_name = _At(fd), 0, None, None
+        seen: set[str] = set()  # the keys so far, and the current sample's extensions
+        exts: set[str] = set()
         while stream.offset < size_on_disk:
             header = _tar_header(stream, str(path))
             if header is None:
@@ -954,10 +1013,15 @@ def count_samples(path: str | os.PathLike) -> tuple[int, bool]:
             if kind in (b"x", b"L"):
                 long_name = _long_name(kind, stream.read(size)) or long_name
             elif kind in (b"0", b"\0"):
-                key = _sample_key(long_name or name)
-                long_name = None
+                full = long_name or name
+                key, long_name = _sample_key(full), None
                 if key is not None and key != last_key:
-                    count, last_key = count + 1, key
+                    if key in seen:
+                        raise _key_again(str(path), full, key)
+                    count, last_key, exts = count + 1, key, set()
+                    seen.add(key)
+                if key is not None:
+                    _add_member(exts, full, str(path), key)
             stream.offset = end
         return count, False  # cut at a member boundary: no end-of-archive block
     finally:
@@ -1063,6 +1127,8 @@ def _samples(stream: Any, where: str, skip: int = 0) -> Iterator[tuple[str, dict
         return begun > skip
 
     key, sample = None, {}
+    seen: set[str] = set()  # the keys so far, and the current sample's extensions
+    exts: set[str] = set()
     try:
         for name, data in _tar_members(stream, where, keep if skip else None):
             member_key = _sample_key(name)
@@ -1070,9 +1136,14 @@ def _samples(stream: Any, where: str, skip: int = 0) -> Iterator[tuple[str, dict
                 continue
             ext = name.rsplit("/", 1)[-1].split(".", 1)[1]
             if member_key != key:
+                if member_key in seen:
+                    raise _key_again(where, name, member_key)
+                seen.add(member_key)
                 if key is not None:
                     yield key, sample
                 key, sample = member_key, {"__key__": member_key}
+                exts = set()
+            _add_member(exts, name, where, member_key)
             if data is not None:
                 sample[ext] = data
     except ShardFormatError as exc:
