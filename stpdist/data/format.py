@@ -37,7 +37,7 @@ import stat
 import tarfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,8 @@ def require_file(path: str | os.PathLike, *, folder_too: bool = False) -> Path:
 class ShardInfo:
     name: str
     num_samples: int
-    bytes: int
+    bytes: int = 0
+    """The bytes of its samples' members, as written (informative: not read back)."""
     fingerprint: str = ""
     """`shard_fingerprint` of the shard as written (absent from older indexes)."""
     sha256: str = ""
@@ -299,6 +300,13 @@ def _known(kind: type, entries: dict[str, Any]) -> dict[str, Any]:
     use; a change that must not be ignored raises FORMAT_VERSION instead."""
     if not isinstance(entries, dict):
         raise TypeError(f"expected a mapping, got {type(entries).__name__}")
+    required = [
+        f.name for f in fields(kind) if f.default is MISSING and f.default_factory is MISSING
+    ]
+    lacking = [name for name in required if name not in entries]
+    if lacking:
+        what = "a shard entry" if kind is ShardInfo else "it"
+        raise ValueError(f"{what} lacks {', '.join(map(repr, lacking))}")
     names = {f.name for f in fields(kind)}
     return {k: v for k, v in entries.items() if k in names}
 
