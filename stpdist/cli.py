@@ -309,13 +309,15 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
     cfg, trainer, ckpt, module, split = _with_checkpoint(args, "data.val_split")
     out = Path(cfg.trainer.output_dir)
-    record = _checkpoint_record(ckpt, args.raw_weights)
+    record = {**_checkpoint_record(ckpt, args.raw_weights), **_data_record(cfg, split)}
     earlier = _json_file(out / f"metrics_{split}.json")
     # the best checkpoint moves as a run goes on: its newer results replace the older, but
     # results of its EMA and of its raw weights (--raw-weights) do not replace each other
     same_kind = earlier is not None and earlier.get("raw_weights", False) == args.raw_weights
     if earlier is not None and not (args.overwrite or (args.ckpt == "best" and same_kind)):
         _refuse_other_checkpoint(str(out / f"metrics_{split}.json"), earlier, record, args.ckpt, "")
+    if earlier is not None and not args.overwrite:
+        _refuse_other_data(str(out / f"metrics_{split}.json"), earlier, record)
     results = trainer.validate(
         module, build.eval_stream(cfg, split), ckpt=ckpt, split=split, raw_weights=args.raw_weights
     )
@@ -363,6 +365,39 @@ def _checkpoint_record(ckpt: Path, raw_weights: bool) -> dict[str, Any]:
 
     step = read_state(ckpt).global_step if (ckpt / STATE_FILE).is_file() else None
     return {"checkpoint": str(ckpt), "checkpoint_step": step, "raw_weights": raw_weights}
+
+
+def _data_record(cfg: Config, split: str) -> dict[str, Any]:
+    """Which data a result was computed on: the split's folder and the frame counts."""
+    from .build import split_dir
+
+    return {
+        "data": {
+            "split": str(split_dir(cfg, split).resolve()),
+            "num_input_frames": cfg.data.num_input_frames,
+            "num_output_frames": cfg.data.num_output_frames,
+        }
+    }
+
+
+def _refuse_other_data(where: str, earlier: dict[str, Any], record: dict[str, Any]) -> None:
+    """An InputError when the results in `where` were computed on other data or frame
+    counts than `record`'s (results that record none, from before 2026-12-07: not compared):
+    a validation on other data never silently replaces the run's results."""
+    theirs, ours = earlier.get("data"), record["data"]
+    if not isinstance(theirs, dict) or theirs == ours:
+        return
+
+    def said(data: dict[str, Any]) -> str:
+        return (
+            f"{data.get('split')} ({data.get('num_input_frames')} → "
+            f"{data.get('num_output_frames')} frames)"
+        )
+
+    raise InputError(
+        f"{where} holds results on {said(theirs)}, not on {said(ours)}; pass --overwrite to "
+        "replace them, or validate in another trainer.output_dir"
+    )
 
 
 def _step_text(record: dict[str, Any]) -> str:
@@ -465,7 +500,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     protected = (build.split_dir(cfg, split), ckpt, args.config)
     # a file, the data, the config, a run or its checkpoints: refused even with --overwrite
     check_output_folder(out, overwrite=True, protected=protected)
-    record = _checkpoint_record(ckpt, args.raw_weights)
+    record = {**_checkpoint_record(ckpt, args.raw_weights), **_data_record(cfg, split)}
     _check_predict_out(out, args, record)
     data = build.eval_stream(cfg, split)
     keeper = SampleKeeper(args.samples if trainer.is_main else 0)

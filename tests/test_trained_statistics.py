@@ -76,3 +76,29 @@ def test_another_normalisation_or_other_units_are_refused(run):
         refused.stderr
     )
     assert not (run / "q").exists() and not (run / "r").exists()
+
+
+def test_validate_on_other_data_or_frames_does_not_replace_the_runs_results(run):
+    """`validate` on other data or frame counts silently replaced the run's results of the
+    split (same checkpoint, so "the same results"); results record the split folder and
+    frame counts they were computed on, and other data is refused without --overwrite."""
+    import json
+
+    run_cli("validate", "std.yaml", cwd=run, check=True)
+    path = run / "runs" / "std" / "metrics_val.json"
+    first = json.loads(path.read_text())
+    assert first["data"] == {"split": str((run / "data" / "a" / "val").resolve()),
+                             "num_input_frames": 4, "num_output_frames": 4}  # fmt: skip
+    run_cli("validate", "std.yaml", cwd=run, check=True)  # the same again: replaced
+    refused = run_cli("validate", "std.yaml", "data.num_output_frames=3", cwd=run)
+    assert refused.returncode == 2, refused.stderr
+    assert "data/a/val (4 → 4 frames), not on " in refused.stderr
+    assert refused.stderr.rstrip().endswith("(4 → 3 frames); pass --overwrite to replace them, "
+                                            "or validate in another trainer.output_dir")  # fmt: skip
+    test = ("validate", "std.yaml", "--split", "test")
+    run_cli(*test, "--overwrite", cwd=run, check=True)  # the run's own test split
+    refused = run_cli(*test, "data.root=data/b", cwd=run)
+    assert refused.returncode == 2 and "data/a/test (4 → 4 frames), not on " in refused.stderr
+    run_cli(*test, "data.root=data/b", "--overwrite", cwd=run, check=True)
+    written = json.loads((run / "runs" / "std" / "metrics_test.json").read_text())
+    assert written["data"]["split"] == str((run / "data" / "b" / "test").resolve())
