@@ -962,3 +962,30 @@ def test_one_file_under_two_names_is_refused_naming_both(tmp_path):
         line = [x for x in proc.stderr.splitlines() if x.startswith("stpdist:")][0]
         assert "raw/s2.npy and " in line and "raw/t2.npy are one file (a link to it)" in line
         assert not (tmp_path / f"out-{link.__name__}").exists()
+
+
+def test_array_files_cut_short_are_said_so(tmp_path):
+    """A review's truncated inputs came back in numpy's and zipfile's words ("Failed to read
+    all data for array", "EOF: reading array header", "File is not a zip file", "mmap length
+    is greater than file size"): each is said as cut short, with the bytes there and due."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "raw").mkdir()
+    frames = rng.integers(0, 256, (10, 1, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "whole.npy", frames)
+    np.savez(tmp_path / "whole.npz", frames=frames)
+    data, zipped = (tmp_path / "whole.npy").read_bytes(), (tmp_path / "whole.npz").read_bytes()
+    for name, cut, said in [
+        ("a.npy", data[:300], f"a.npy: cut short (300 bytes, its header says {len(data)})"),
+        ("a.npy", data[:30], "a.npy: cut short (30 bytes, not even a whole .npy header)"),
+        ("a.npz", zipped[:-30], f"a.npz: cut short ({len(zipped) - 30} bytes, with no zip dir"),
+    ]:
+        shutil.rmtree(tmp_path / "raw")
+        (tmp_path / "raw").mkdir()
+        (tmp_path / "raw" / name).write_bytes(cut)
+        proc = run_cli("shard", "arrays", "raw", "--out", "ds", "--workers", "1", cwd=tmp_path)
+        assert error_line(proc) == f"stpdist: error: raw/{said}" or said in error_line(proc), (
+            proc.stderr
+        )
+    (tmp_path / "mm.npy").write_bytes(data[:300])  # mmnist-npy reads it memory-mapped
+    proc = run_cli("shard", "mmnist-npy", "mm.npy", "--out", "ds2", cwd=tmp_path)
+    assert "mm.npy: cut short (300 bytes, its header says" in error_line(proc), proc.stderr

@@ -192,10 +192,8 @@ def array_header(
             with archive.open(key + ".npy") as member:
                 shape, _, dtype = member_header(member)
                 return shape, dtype.newbyteorder("=")
-    except ValueError as exc:
-        raise InputError(f"{path}: {_said(exc)}") from exc
     except Exception as exc:
-        raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
+        raise unreadable(path, exc) from exc
 
 
 def member_header(member: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -223,10 +221,8 @@ def load_array(path: Path, key: str | None = None, key_option: str | None = None
             return np.load(path, allow_pickle=False)
         with np.load(path, allow_pickle=False) as data:
             return data[_member(list(data.keys()), key, key_option)]
-    except ValueError as exc:
-        raise InputError(f"{path}: {_said(exc)}") from exc
     except Exception as exc:
-        raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
+        raise unreadable(path, exc) from exc
 
 
 def _member(names: list[str], key: str | None, key_option: str | None) -> str:
@@ -242,6 +238,42 @@ def _member(names: list[str], key: str | None, key_option: str | None) -> str:
     if key not in names:
         raise ValueError(f"missing key '{key}' (has {names})")
     return key
+
+
+def unreadable(path: Path, exc: Exception) -> InputError:
+    """Why numpy could not read `path`, said for a user: a file cut short (a copy or
+    download that did not finish) as such, with the bytes it holds and should hold."""
+    short = _cut_short(Path(path))
+    if short is not None:
+        return InputError(f"{path}: cut short ({short}): a copy or download that did not finish?")
+    if isinstance(exc, ValueError):
+        return InputError(f"{path}: {_said(exc)}")
+    return InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})")
+
+
+def _cut_short(path: Path) -> str | None:
+    """How an .npy file falls short of the size its header gives, or that an .npz file is
+    no whole zip archive (its directory, at the end, missing); None where neither shows."""
+    import zipfile
+
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None
+    if path.suffix.lower() == ".npz":
+        return (
+            None if zipfile.is_zipfile(path) else f"{size} bytes, with no zip directory at the end"
+        )
+    try:
+        with open(path, "rb") as handle:
+            shape, _, dtype = member_header(handle)
+            start = handle.tell()
+    except Exception:  # the header itself cut short
+        return f"{size} bytes, not even a whole .npy header"
+    if dtype.hasobject:  # pickled: no size to expect (refused as objects)
+        return None
+    expected = start + math.prod(shape) * dtype.itemsize
+    return f"{size} bytes, its header says {expected}" if size < expected else None
 
 
 def _said(exc: ValueError) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..format import require_file
-from .common import check_array_file, check_split_sizes, split_counts
+from .common import check_array_file, check_split_sizes, split_counts, unreadable
 
 CHUNK = 256
 
@@ -41,7 +41,7 @@ class MovingMnistNpy:
         try:
             array = np.load(self.path, mmap_mode="r", allow_pickle=False)
         except Exception as exc:
-            raise InputError(f"{self.path}: unreadable ({exc})") from exc
+            raise unreadable(self.path, exc) from exc
         if array.ndim != 4 or array.dtype != np.uint8:
             raise InputError(
                 f"{self.path}: expected uint8 T×N×H×W (time first), got {array.dtype} "
