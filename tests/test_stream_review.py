@@ -271,3 +271,38 @@ def test_shards_of_another_tool_with_the_documented_minimal_index_are_read(tmp_p
     (folder / "index.json").write_text(json.dumps(index))
     with pytest.raises(ShardFormatError, match=r"malformed index \(it lacks 'value_scale'\)"):
         ShardEvalStream(folder, batch_size=2, num_input_frames=1, num_output_frames=1)
+
+
+def test_tar_data_after_the_end_block_is_damage_not_a_wrong_index(tmp_path):
+    """Two archives joined with `cat`, or a shard with blocks zeroed in its middle, ended at
+    the first end-of-archive block: counted as complete, said as an index that got the
+    count wrong, and refused even in skip mode; now said as what it is, and in skip mode
+    the rest skipped and counted."""
+    from stpdist.data.format import count_samples, iter_shard
+
+    _split(tmp_path / "train", [6])
+    shard = tmp_path / "train" / "train-000000.tar"
+    data = shard.read_bytes()
+    start = data.index(b"s00003.frames.npy")
+    zeroed = data[:start] + bytes(2048) + data[start + 2048 :]  # s00003's header and data
+    _tar_of(tmp_path / "a.tar", [("x0.frames.npy", _npy(0))])
+    _tar_of(tmp_path / "b.tar", [("x1.frames.npy", _npy(1))])
+    joined = (tmp_path / "a.tar").read_bytes() + (tmp_path / "b.tar").read_bytes()
+    said = r"train-000000\.tar: tar data after its end-of-archive block \(byte \d+\): blocks"
+    for damaged, keys in [(zeroed, ["s00000", "s00001", "s00002"]), (joined, ["x0"])]:
+        shard.write_bytes(damaged)
+        with pytest.raises(ShardFormatError, match=said):
+            count_samples(shard)
+        read = []
+        with pytest.raises(ShardFormatError, match=said):
+            read.extend(key for key, _ in iter_shard(shard))
+        assert read == keys
+    shard.write_bytes(zeroed)
+    stream = ShardEvalStream(
+        tmp_path / "train", batch_size=2, num_input_frames=1, num_output_frames=1,
+        skip_bad=True,
+    )  # fmt: skip
+    seen = [key for _, _, batch in stream.iterate(LoaderContext()) for key in batch]
+    assert seen == ["s00000", "s00001", "s00002"] and stream.bad_samples == 3
+    shard.write_bytes(data)  # whole again: its padding of zeros is fine
+    assert count_samples(shard) == (6, True) and len(list(iter_shard(shard))) == 6

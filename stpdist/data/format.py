@@ -1013,6 +1013,8 @@ def count_samples(path: str | os.PathLike) -> tuple[int, bool]:
         while stream.offset < size_on_disk:
             header = _tar_header(stream, str(path))
             if header is None:
+                _check_nothing_after(lambda n, at: os.pread(fd, n, at), stream.offset,
+                                     size_on_disk, str(path))  # fmt: skip
                 return count, True
             name, kind, size = header
             if stream.offset + size > size_on_disk:
@@ -1051,7 +1053,7 @@ def iter_shard(
     stream = _open_shard(url, where)
     try:
         yield from _samples(stream, where, skip)
-        _drain(stream)
+        _drain(stream, where)
     except Exception as exc:
         failed = _close_shard(stream)  # a failed command or download explains a short read
         if isinstance(exc, ShardFormatError):
@@ -1091,11 +1093,34 @@ def _open_shard(url: str | os.PathLike, where: str) -> Any:
         raise ShardFormatError(f"{where}: cannot open ({exc})") from exc
 
 
-def _drain(stream: Any, most: int = 1 << 20) -> None:
+def _check_nothing_after(
+    read: Callable[[int, int], bytes], start: int, end: int, where: str
+) -> None:
+    """Refuse tar data after the end-of-archive block (found before byte `start`; `read(n,
+    offset)` reads the file): the end block of archives joined with `cat`, or blocks of a
+    shard zeroed by damage, would otherwise end it there, its rest unread and unsaid (tar
+    pads an archive with zeros to whole records: those are fine)."""
+    at = start
+    while at < end and (chunk := read(min(1 << 20, end - at), at)):
+        if chunk.strip(b"\0"):
+            raise ShardFormatError(
+                f"{where}: tar data after its end-of-archive block (byte {start - 512}): "
+                "blocks zeroed by damage, or archives joined with cat (each one's end block "
+                "ends the whole; join them with tar --concatenate)"
+            )
+        at += len(chunk)
+
+
+def _drain(stream: Any, where: str, most: int = 1 << 20) -> None:
     """Read what a command or download still sends after the end-of-archive block (tar
     pads archives to whole records), up to `most` bytes: a command cut off mid-write by
-    the close may exit non-zero, and that would be no failure of the shard."""
+    the close may exit non-zero, and that would be no failure of the shard. A local file
+    is checked to hold nothing but zeros there (`_check_nothing_after`)."""
     if isinstance(stream, io.IOBase):  # a local file: nothing is cut off
+        if isinstance(stream, io.BufferedReader) and stream.seekable():
+            start, fd = stream.tell(), stream.fileno()
+            _check_nothing_after(lambda n, at: os.pread(fd, n, at), start,
+                                 os.fstat(fd).st_size, where)  # fmt: skip
         return
     left = most
     while left > 0 and (chunk := stream.read(min(left, 1 << 16))):
