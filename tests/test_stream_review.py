@@ -95,6 +95,8 @@ def test_skip_mode_fills_a_share_that_lies_wholly_in_a_damaged_shard(tmp_path, c
     # a review counted 25 lines for one truncated shard), the totals at each pass's end
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
     assert said and len(said) == len({m.split(": ", 1)[1] for m in said}), said
+    # no count on that line: it was the first piece's alone ("skipping 2" of 8 lost)
+    assert all(m.startswith("skipping bad samples (the pass's count at its end): ") for m in said)
 
 
 def test_skip_mode_loses_only_the_sample_without_frames(tmp_path):

@@ -219,9 +219,9 @@ class _ShardSource:
         by up to `BANDS` pieces of a worker's run: one line, not one a piece; the pass's
         total is said at its end, `_report`)."""
         self.bad_samples += count
-        if why not in self._said:
+        if why not in self._said:  # the count of this piece alone: the total comes at the end
             self._said.add(why)
-            log.warning("skipping %d sample(s): %s", count, why)
+            log.warning("skipping bad samples (the pass's count at its end): %s", why)
 
     def _decode(self, items: list[_Raw]) -> list[tuple[str, np.ndarray]]:
         """Decoded (key, frames); in skip mode a bad sample is left out (and counted)."""
