@@ -80,6 +80,12 @@ def test_floats_a_guessed_scale_leaves_outside_unit_range_are_refused(tmp_path):
     index = read_index(tmp_path / "d_fl" / "train")
     assert index.value_scale == 100 and index.args["value_scale"] == 100
     assert index.max == [1.0] and index.min == [0.0]
+    # a later file out of range is named too (the split's statistics named the folder)
+    for i in range(4):
+        np.save(folder / f"{i}.npy", np.full((8, 1, 32, 32), 3.0 if i == 3 else 0.5, np.float32))
+    line = error_line(run_cli("shard", "arrays", "fl", "--out", "d2", "--workers", "1",
+                              cwd=tmp_path))  # fmt: skip
+    assert line.startswith("stpdist: error: fl/3.npy: values span 3…3 (float32), outside [0, 1]")
 
 
 def test_signed_or_integer_data_with_a_guessed_scale_is_refused_unless_given(tmp_path):

@@ -152,12 +152,19 @@ class GenericArrays:
             array = as_TCHW(load_array(Path(first), self.key, key_option="--key"), first,
                             **self._layout)  # fmt: skip
             self.value_scale = 255.0 if array.dtype == np.uint8 else 1.0
-            if array.size and np.isfinite(array).all():  # NaN is said where it is written
-                scale = self.value_scale
-                low, high = float(array.min()) / scale, float(array.max()) / scale
-                # its first file already out of range: said now, not after a whole split
-                self._check_range(low, high, scale, str(array.dtype), f"{first}:")
+            # its first file already out of range: said now, not after a whole split
+            self._check_file_range(array, first)
         return out
+
+    def _check_file_range(self, frames: np.ndarray, where: str | Path) -> None:
+        """A file's values against the guessed value scale (`_check_range`), naming it: the
+        split's statistics, checked at its end, cannot say which file (a given scale: the
+        split's warning alone). NaN is said where it is written."""
+        if self.scale_given or not frames.size or not np.isfinite(frames).all():
+            return
+        scale = self.value_scale
+        low, high = float(frames.min()) / scale, float(frames.max()) / scale
+        self._check_range(low, high, scale, str(frames.dtype), f"{where}:")
 
     def check_index(self, index: SplitIndex) -> None:
         """Refuse values that the guessed value scale leaves outside [0, 1]: training scales
@@ -346,6 +353,7 @@ class GenericArrays:
             return self._load_windows(item)
         path = Path(item)
         frames = as_TCHW(load_array(path, self.key, "--key"), path, **self._layout)
+        self._check_file_range(frames, path)
         return [(key_of(path), frames, {"source": path.name})]
 
     @property
