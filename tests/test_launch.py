@@ -31,6 +31,22 @@ def test_scripts_parse_and_pass_shellcheck(script):
     assert proc.returncode == 0, proc.stdout
 
 
+@pytest.mark.parametrize("script", ["multi_node.sbatch", "single_node.sbatch"])
+def test_a_launcher_free_task_that_sees_one_gpu_takes_device_0(script):
+    """LAUNCHER=none took LOCAL_RANK (the device index) from SLURM_LOCALID: a job submitted
+    with --gpus-per-task=1 gives each task one GPU, numbered 0 in it, and task 3's cuda:3
+    did not exist. The task's own lines (the text srun's bash runs) with SLURM's variables."""
+    text = (ROOT / "launch" / "slurm" / script).read_text()
+    task = text.split("bash -c '", 1)[1].split('exec "$PYTHON"', 1)[0]
+    env = {"PATH": os.environ["PATH"], "SLURM_PROCID": "7", "SLURM_NTASKS": "8",
+           "SLURM_LOCALID": "3"}  # fmt: skip
+    for visible, local in [("5", "0"), ("GPU-4f1c", "0"), ("0,1,2,3", "3"), ("", "3"), (None, "3")]:
+        shown = env if visible is None else {**env, "CUDA_VISIBLE_DEVICES": visible}
+        out = subprocess.run(["bash", "-c", task + 'echo "$RANK $WORLD_SIZE $LOCAL_RANK"'],
+                             env=shown, capture_output=True, text=True, check=True)  # fmt: skip
+        assert out.stdout.split() == ["7", "8", local], (visible, out.stdout, out.stderr)
+
+
 def world_size(run: Path, step: int) -> int:
     state = run / "checkpoints" / f"step-{step:08d}" / "trainer_state.json"
     return json.loads(state.read_text())["world_size"]
