@@ -1121,6 +1121,12 @@ def _fields_of(args: object) -> dict:
     return dataclasses.asdict(args) if dataclasses.is_dataclass(args) else dict(args)
 
 
+_EMPTY_BACKBONE = (
+    "; an override merges into model.backbone, keeping the config's other keys: another "
+    "model's keys are dropped by starting it empty, 'model.backbone={}'"
+)
+
+
 def backbone_config(model: ModelConfig) -> Any:
     """`model.backbone` as the typed `Args` of backbone `model.name` (or, for a class given
     by import path without `Args`, checked against its constructor); an unknown name, key
@@ -1139,7 +1145,8 @@ def backbone_config(model: ModelConfig) -> Any:
         try:
             plugins.check_keywords(cls, dict(model.backbone), *leading)
         except TypeError as exc:
-            raise ConfigError(f"'model.backbone' does not fit {model.name}: {exc}") from exc
+            hint = _EMPTY_BACKBONE if "unexpected keyword" in str(exc) else ""
+            raise ConfigError(f"'model.backbone' does not fit {model.name}: {exc}{hint}") from exc
         return dict(model.backbone)
     hints = typing.get_type_hints(args_cls)
     bools = {f.name for f in dataclasses.fields(args_cls) if hints[f.name] is bool}
@@ -1155,6 +1162,7 @@ def backbone_config(model: ModelConfig) -> Any:
         valid = ", ".join(schema.keys())
         raise ConfigError(
             f"'model.backbone.{key}': {first_line} (model '{model.name}' takes: {valid})"
+            f"{_EMPTY_BACKBONE if 'not in' in first_line else ''}"
         ) from exc
     check_values(typed, "model.backbone.")
     if model.name in _builtin_backbones():

@@ -719,7 +719,7 @@ def check_output_folder(
             raise InputError(f"--out {out} is not empty; pass --overwrite to replace it")
         earlier.refuse_foreign(out)
         raise OutputExists(
-            f"--out {out} holds {earlier.describe()}; pass --overwrite to replace it"
+            f"--out {out} holds {earlier.describe(out)}; pass --overwrite to replace it"
         )
     if occupied and earlier is not None:
         earlier.refuse_foreign(out)

@@ -303,3 +303,20 @@ def test_an_interpolation_that_fails_names_the_file_or_override_that_set_it(tmp_
         f"override '{override}': bad value for 'trainer.output_dir': Interpolation key "
         "'data.nope' not found"
     )
+
+
+def test_another_model_on_the_command_line_is_told_to_empty_the_backbone(tmp_path):
+    """Overriding model.name kept the recipe's backbone keys (overrides merge), which the
+    other model refused with no word of `'model.backbone={}'`, the way to start it empty
+    (from a review of the docs, which now say it too)."""
+    from pathlib import Path
+
+    from stpdist.config import backbone_config
+
+    debug = Path(__file__).parent.parent / "configs" / "debug.yaml"
+    with pytest.raises(ConfigError, match=r"starting it empty, 'model\.backbone=\{\}'$"):
+        load_config(debug, ["model.name=simvp"])
+    cfg = load_config(debug, ["model.name=simvp", "model.backbone={}",
+                              "model.backbone.spatial_channels=16"])  # fmt: skip
+    assert dict(cfg.model.backbone) == {"spatial_channels": 16}
+    assert backbone_config(cfg.model).spatial_channels == 16

@@ -196,7 +196,10 @@ def test_forecast_into_a_used_out_refuses_and_overwrite_leaves_no_stale_files(ru
     np.save(run / "single.npy", np.load(run / "good.npy")[0])
     proc = run_cli("forecast", "runs/debug", "single.npy", "--out", "o_reuse", cwd=run)
     line = _one_line_error(proc)
-    assert "--out o_reuse holds an earlier forecast's output (" in line
+    # what is there (it listed every file the command could write: "model.onnx" of an
+    # export that wrote none, from a review)
+    held = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+    assert f"--out o_reuse holds an earlier forecast's output ({', '.join(held)})" in line
     assert line.endswith("; pass --overwrite to replace it")
     assert _tree(out) == before  # untouched
     (out / "notes.txt").write_text("mine\n")  # said at once: --overwrite would refuse it too

@@ -193,9 +193,14 @@ class EarlierOutput(NamedTuple):
                 found.append(entry.name + ("/" if entry.is_dir() and plain else ""))
         return found
 
-    def describe(self) -> str:
-        """Its output in a few words, for a refusal."""
+    def describe(self, out: Path | None = None) -> str:
+        """Its output in a few words, for a refusal: the names it writes, or those `out`
+        holds (what is there, not all it could have written)."""
         names = [*self.entries, *(f"{name}/" for name, _ in self.folders)]
+        if out is not None:
+            held = [e.name + ("/" if e.is_dir() and not e.is_symlink() else "")
+                    for e in sorted(out.iterdir())]  # fmt: skip
+            names = held[:4] + ([f"{len(held) - 4} more"] if len(held) > 4 else []) or names
         return f"an earlier {self.command}'s output ({', '.join(names)})"
 
     def refuse_foreign(self, out: Path) -> None:
