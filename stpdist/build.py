@@ -377,7 +377,7 @@ def build_module(
     # without an index (a frame shape alone: checks, tests) the statistics are unit ones
     normalizer = Normalizer(normalize) if index is None else Normalizer.from_index(normalize, index)
     if trained_on is not None and index is not None and normalize in STATISTICS_MODES:
-        _check_same_units(index, trained_on)
+        _check_same_units(cfg, index, trained_on)
         normalizer = Normalizer.from_index(normalize, trained_on)
     if index is not None and not normalizer.unit_range:
         _check_value_range(cfg, index)
@@ -525,16 +525,16 @@ STATISTICS_MODES = ("standardize", "minmax")
 """The `data.normalize` modes that normalise by the training data's statistics."""
 
 
-def _check_same_units(data: SplitIndex, trained_on: SplitIndex) -> None:
+def _check_same_units(cfg: Config, data: SplitIndex, trained_on: SplitIndex) -> None:
     """Refuse data stored in other units (value scale, channels) than the training data's,
-    whose statistics then would not apply."""
+    whose statistics then would not apply (`data`: an index of the data under data.root)."""
     if data.value_scale != trained_on.value_scale or data.shape[1] != trained_on.shape[1]:
         raise InputError(
-            f"the {data.split} split holds {data.shape[1]} channel(s) stored with value scale "
-            f"{data.value_scale:g}, the data the checkpoint was trained on "
-            f"{trained_on.shape[1]} with value scale {trained_on.value_scale:g}: its "
-            "statistics (data.normalize) do not apply; convert the data as the training "
-            "data was"
+            f"data.root {cfg.data.root} holds {data.shape[1]} channel(s) stored with value "
+            f"scale {data.value_scale:g} (its {data.split} split), the data the checkpoint "
+            f"was trained on {trained_on.shape[1]} with value scale "
+            f"{trained_on.value_scale:g}: its statistics (data.normalize) do not apply; "
+            "convert the data as the training data was"
         )
 
 

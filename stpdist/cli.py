@@ -368,16 +368,31 @@ def _checkpoint_record(ckpt: Path, raw_weights: bool) -> dict[str, Any]:
 
 
 def _data_record(cfg: Config, split: str) -> dict[str, Any]:
-    """Which data a result was computed on: the split's folder and the frame counts."""
-    from .build import split_dir
+    """Which data a result was computed on: the split's folder, the SHA-256 of its
+    index.json (the same data reached by another path, copied to a job's scratch, is the
+    same), and the frame counts."""
+    import hashlib
 
+    from .build import split_dir
+    from .data.format import INDEX_FILE
+
+    folder = split_dir(cfg, split)
+    try:
+        index = hashlib.sha256((folder / INDEX_FILE).read_bytes()).hexdigest()
+    except OSError:
+        index = None
     return {
         "data": {
-            "split": str(split_dir(cfg, split).resolve()),
+            "split": str(folder.resolve()),
+            "index_sha256": index,
             "num_input_frames": cfg.data.num_input_frames,
             "num_output_frames": cfg.data.num_output_frames,
         }
     }
+
+
+_SAME_DATA = ("index_sha256", "num_input_frames", "num_output_frames")
+"""What makes results of one data: the split's index and the frame counts (not its path)."""
 
 
 def _refuse_other_data(where: str, earlier: dict[str, Any], record: dict[str, Any]) -> None:
@@ -385,7 +400,7 @@ def _refuse_other_data(where: str, earlier: dict[str, Any], record: dict[str, An
     counts than `record`'s (results that record none, from before 2026-12-07: not compared):
     a validation on other data never silently replaces the run's results."""
     theirs, ours = earlier.get("data"), record["data"]
-    if not isinstance(theirs, dict) or theirs == ours:
+    if not isinstance(theirs, dict) or all(theirs.get(k) == ours[k] for k in _SAME_DATA):
         return
 
     def said(data: dict[str, Any]) -> str:

@@ -986,6 +986,11 @@ def test_array_files_cut_short_are_said_so(tmp_path):
         assert error_line(proc) == f"stpdist: error: raw/{said}" or said in error_line(proc), (
             proc.stderr
         )
+    shutil.rmtree(tmp_path / "raw")  # a whole file with a damaged header is not cut short
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "a.npy").write_bytes(data.replace(b"|u1", b"|q1"))
+    proc = run_cli("shard", "arrays", "raw", "--out", "ds", "--workers", "1", cwd=tmp_path)
+    assert error_line(proc).endswith("raw/a.npy: descr is not a valid dtype descriptor: '|q1'")
     (tmp_path / "mm.npy").write_bytes(data[:300])  # mmnist-npy reads it memory-mapped
     proc = run_cli("shard", "mmnist-npy", "mm.npy", "--out", "ds2", cwd=tmp_path)
     assert "mm.npy: cut short (300 bytes, its header says" in error_line(proc), proc.stderr

@@ -86,6 +86,11 @@ def test_floats_a_guessed_scale_leaves_outside_unit_range_are_refused(tmp_path):
     line = error_line(run_cli("shard", "arrays", "fl", "--out", "d2", "--workers", "1",
                               cwd=tmp_path))  # fmt: skip
     assert line.startswith("stpdist: error: fl/3.npy: values span 3…3 (float32), outside [0, 1]")
+    # a file of another dtype is said as such, not against a scale guessed from another
+    np.save(folder / "3.npy", np.full((8, 1, 32, 32), 200, np.uint8))
+    line = error_line(run_cli("shard", "arrays", "fl", "--out", "d3", "--workers", "1",
+                              cwd=tmp_path))  # fmt: skip
+    assert line.startswith("stpdist: error: fl/3.npy: sample 3: dtype uint8 differs from float32")
 
 
 def test_signed_or_integer_data_with_a_guessed_scale_is_refused_unless_given(tmp_path):

@@ -40,7 +40,8 @@ def test_a_launcher_free_task_that_sees_one_gpu_takes_device_0(script):
     task = text.split("bash -c '", 1)[1].split('exec "$PYTHON"', 1)[0]
     env = {"PATH": os.environ["PATH"], "SLURM_PROCID": "7", "SLURM_NTASKS": "8",
            "SLURM_LOCALID": "3"}  # fmt: skip
-    for visible, local in [("5", "0"), ("GPU-4f1c", "0"), ("0,1,2,3", "3"), ("", "3"), (None, "3")]:
+    for visible, local in [("5", "0"), ("GPU-4f1c", "0"), ("0,1,2,3", "3"), ("", "3"), (None, "3"),
+                           ("NoDevFiles", "3")]:  # fmt: skip
         shown = env if visible is None else {**env, "CUDA_VISIBLE_DEVICES": visible}
         out = subprocess.run(["bash", "-c", task + 'echo "$RANK $WORLD_SIZE $LOCAL_RANK"'],
                              env=shown, capture_output=True, text=True, check=True)  # fmt: skip

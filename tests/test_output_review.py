@@ -214,21 +214,32 @@ def test_an_error_line_is_one_write_with_its_newline(tmp_path, monkeypatch):
 
 
 _SIBLINGS = """
-import subprocess, sys, time
-speaker = sys.argv[2] == "speaker" and subprocess.Popen(
-    [sys.executable, "-c", "import time; time.sleep(0.5)"]
-)
+import subprocess, sys
+# a sibling that ends when its stdin closes: after the waiter has looked at its siblings
+sibling = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                           stdin=subprocess.PIPE)
 waiter = subprocess.Popen([sys.executable, "-c", f'''
 import time
 from stpdist import cli
 cli.SILENT_RANK_WAIT_S = {sys.argv[1]}
+first = cli._sibling_pids
+def looked():  # the siblings seen at the start: then the test may end one
+    cli._sibling_pids = first
+    found = first()
+    print("looked", flush=True)
+    return found
+cli._sibling_pids = looked
 start = time.monotonic()
 cli._wait_for_the_speaker()
-print(time.monotonic() - start)
+print(time.monotonic() - start, flush=True)
 '''], stdout=subprocess.PIPE, text=True)
-print(waiter.communicate(timeout=120)[0].strip())  # the speaker a zombie until then
-if speaker:
-    speaker.wait()
+assert waiter.stdout.readline() == "looked\\n"
+if sys.argv[2] == "ends":
+    sibling.stdin.close()  # it ends; a zombie, not waited for, until the waiter is done
+print(waiter.stdout.read().strip())
+waiter.wait()
+sibling.kill()
+sibling.wait()
 """
 
 
@@ -236,7 +247,7 @@ def test_a_silent_rank_waits_until_a_rank_beside_it_has_ended():
     """A rank that leaves a refusal to the main process waited a fixed 2 s before exiting
     (so that the launcher, which ends every rank once one exits, left the main process the
     moment to say it): now it exits once another child of its launcher has ended, an
-    unreaped one (a zombie) included, and waits the whole time where none does."""
+    unreaped one (a zombie) included, and waits the whole time while they all run."""
     import os
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -248,5 +259,5 @@ def test_a_silent_rank_waits_until_a_rank_beside_it_has_ended():
         assert proc.returncode == 0, proc.stderr
         return float(proc.stdout.split()[-1])
 
-    assert waited(60, "speaker") < 30  # not the 60 s ceiling
-    assert waited(1, "none") >= 1
+    assert waited(60, "ends") < 30  # not the 60 s ceiling
+    assert waited(1, "runs") >= 1

@@ -365,7 +365,7 @@ def test_dist_timeout_s_is_the_process_groups_timeout(tmp_path):
     """NCCL aborts a collective after 10 minutes by default: ranks waiting for the main
     rank's long work alone (generating a large dataset, hashing checkpoints on a slow
     filesystem) were aborted with no setting to raise it. `trainer.dist_timeout_s` sets
-    the process group's timeout (here lowered to 2 s, against 4.5 s of the main rank's work:
+    the process group's timeout (here lowered to 2 s, against 5 s of the main rank's work:
     the other rank gives up at 2 s, not when the main rank ends)."""
     from conftest import free_port
 
@@ -373,7 +373,7 @@ def test_dist_timeout_s_is_the_process_groups_timeout(tmp_path):
     ranks = [sys.executable, str(Path(__file__).parent / "ranks.py")]
     proc = subprocess.run(
         [*ranks, "--nproc_per_node", "2", "--master_port", str(free_port()), script,
-         str(tmp_path / "run"), "2", "4.5"],
+         str(tmp_path / "run"), "2", "5"],
         capture_output=True, text=True, timeout=180,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip

@@ -265,11 +265,12 @@ def test_shards_of_another_tool_with_the_documented_minimal_index_are_read(tmp_p
     batches = list(stream.iterate(LoaderContext()))
     assert [key for _, _, keys in batches for key in keys] == ["s0", "s1", "s2"]
     assert batches[1][0].max().item() == 1.0  # 255 / value_scale
-    del index["value_scale"], index["shards"][1]["num_samples"]
+    del index["shards"][1]["num_samples"]
     (folder / "index.json").write_text(json.dumps(index))
     with pytest.raises(ShardFormatError, match=r"malformed index \(a shard entry lacks 'num_sa"):
         ShardEvalStream(folder, batch_size=2, num_input_frames=1, num_output_frames=1)
     index["shards"][1]["num_samples"] = 1
+    del index["value_scale"]
     (folder / "index.json").write_text(json.dumps(index))
     with pytest.raises(ShardFormatError, match=r"malformed index \(it lacks 'value_scale'\)"):
         ShardEvalStream(folder, batch_size=2, num_input_frames=1, num_output_frames=1)
@@ -308,3 +309,44 @@ def test_tar_data_after_the_end_block_is_damage_not_a_wrong_index(tmp_path):
     assert seen == ["s00000", "s00001", "s00002"] and stream.bad_samples == 3
     shard.write_bytes(data)  # whole again: its padding of zeros is fine
     assert count_samples(shard) == (6, True) and len(list(iter_shard(shard))) == 6
+
+
+def test_what_a_code_review_of_the_tar_reading_found(tmp_path, monkeypatch):
+    """Joined archives read through a `pipe:` URL ended silently at the first end block (a
+    local file said so); a truncated member with a long name was named by its header's
+    first 100 characters in counting; a damaged header inside a shard whose name began as
+    a compression's magic bytes (BZh…) was said to be a compressed shard; an index without
+    `shards` said "malformed index ('shards')"."""
+    import json
+
+    from stpdist.data.format import count_samples, iter_shard, read_index
+
+    _tar_of(tmp_path / "a.tar", [("x0.frames.npy", _npy(0))])
+    _tar_of(tmp_path / "b.tar", [("x1.frames.npy", _npy(1))])
+    joined = tmp_path / "j.tar"
+    joined.write_bytes((tmp_path / "a.tar").read_bytes() + (tmp_path / "b.tar").read_bytes())
+    with pytest.raises(ShardFormatError, match=r"tar data after its end-of-archive block: "):
+        list(iter_shard(f"pipe:cat {joined}"))
+    long = "d" * 120 + "/s1.frames.npy"
+    with tarfile.open(tmp_path / "long.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in [("s0.frames.npy", _npy(0)), (long, _npy(1))]:
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    data = (tmp_path / "long.tar").read_bytes()
+    (tmp_path / "long.tar").write_bytes(data[: data.rindex(b"\x93NUMPY") + 20])
+    with pytest.raises(ShardFormatError, match=rf"truncated member {long}$"):
+        count_samples(tmp_path / "long.tar")
+    _tar_of(tmp_path / "bzh.tar", [("a0.frames.npy", _npy(0)), ("BZh1.frames.npy", _npy(1))])
+    data = bytearray((tmp_path / "bzh.tar").read_bytes())
+    data[data.index(b"BZh1.frames.npy") + 100] ^= 0xFF  # its mode field: the checksum fails
+    (tmp_path / "bzh.tar").write_bytes(bytes(data))
+    for read in (count_samples, lambda path: list(iter_shard(path))):
+        with pytest.raises(ShardFormatError, match=r"corrupt tar header \(its checksum"):
+            read(tmp_path / "bzh.tar")
+    folder = tmp_path / "train"
+    folder.mkdir()
+    (folder / "index.json").write_text(json.dumps({"split": "train", "shape": [2, 1, 2, 2],
+                                                   "dtype": "uint8", "value_scale": 255}))  # fmt: skip
+    with pytest.raises(ShardFormatError, match=r"malformed index \(it lacks 'shards'\)"):
+        read_index(folder)

@@ -72,9 +72,11 @@ def test_another_normalisation_or_other_units_are_refused(run):
     _arrays(run / "float", 6, 150, 256, np.float32)  # stored in [0, 1]: value scale 1
     run_cli("shard", "arrays", "float", "--out", "data/c", "--split", "test", cwd=run, check=True)
     refused = run_cli("predict", "std.yaml", "data.root=data/c", "--out", "r", cwd=run)
-    assert refused.returncode == 2 and "value scale 1, the data the checkpoint" in refused.stderr, (
-        refused.stderr
-    )
+    assert (
+        refused.returncode == 2
+        and "data.root data/c holds 1 channel(s) stored with value scale 1 (its test split), the data the checkpoint was trained on 1 with value scale 255"
+        in refused.stderr
+    ), refused.stderr
     assert not (run / "q").exists() and not (run / "r").exists()
 
 
@@ -87,12 +89,21 @@ def test_validate_on_other_data_or_frames_does_not_replace_the_runs_results(run)
     run_cli("validate", "std.yaml", cwd=run, check=True)
     path = run / "runs" / "std" / "metrics_val.json"
     first = json.loads(path.read_text())
-    assert first["data"] == {"split": str((run / "data" / "a" / "val").resolve()),
-                             "num_input_frames": 4, "num_output_frames": 4}  # fmt: skip
+    import hashlib
+    import shutil
+
+    val = run / "data" / "a" / "val"
+    assert first["data"] == {
+        "split": str(val.resolve()), "num_input_frames": 4, "num_output_frames": 4,
+        "index_sha256": hashlib.sha256((val / "index.json").read_bytes()).hexdigest(),
+    }  # fmt: skip
     run_cli("validate", "std.yaml", cwd=run, check=True)  # the same again: replaced
+    # the same data by another path (a copy in a job's scratch folder): the same results
+    shutil.copytree(run / "data" / "a", run / "scratch")
+    run_cli("validate", "std.yaml", "data.root=scratch", cwd=run, check=True)
     refused = run_cli("validate", "std.yaml", "data.num_output_frames=3", cwd=run)
     assert refused.returncode == 2, refused.stderr
-    assert "data/a/val (4 → 4 frames), not on " in refused.stderr
+    assert "scratch/val (4 → 4 frames), not on " in refused.stderr
     assert refused.stderr.rstrip().endswith("(4 → 3 frames); pass --overwrite to replace them, "
                                             "or validate in another trainer.output_dir")  # fmt: skip
     test = ("validate", "std.yaml", "--split", "test")

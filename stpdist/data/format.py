@@ -322,6 +322,7 @@ def read_index(folder: str | Path) -> SplitIndex:
     require_file(path)
     try:
         raw = json.loads(path.read_text())
+        _known(SplitIndex, raw)  # the entries it must have, named when it lacks one
         raw["shards"] = [ShardInfo(**_known(ShardInfo, s)) for s in raw["shards"]]
         index = SplitIndex(**_known(SplitIndex, raw))
     except (KeyError, TypeError, ValueError) as exc:
@@ -800,19 +801,21 @@ class _TarShard:
             self.file.close()
 
 
-def _tar_header(stream: Any, where: str) -> tuple[str, bytes, int] | None:
-    """(name, type flag, data size) of the next tar header; None at the end of the archive
-    (its zero block, or the end of the stream)."""
+def _tar_header(stream: Any, where: str, first: bool = False) -> tuple[str, bytes, int] | None:
+    """(name, type flag, data size) of the next tar header (the archive's `first`); None at
+    the end of the archive (its zero block, or the end of the stream)."""
     header = stream.read(512)
     if len(header) == 0 or header == b"\0" * 512:
         return None
     if len(header) < 512:
-        _refuse_compressed(header, where)
+        if first:
+            _refuse_compressed(header, where)
         raise ShardFormatError(f"{where}: truncated tar header")
     try:
         _check_header_sum(header, where)
     except ShardFormatError:
-        _refuse_compressed(header, where)  # a compressed file is no header: said so
+        if first:  # a compressed file is no header: said so
+            _refuse_compressed(header, where)
         raise
     try:
         size = int(header[124:136].rstrip(b"\0 ").decode() or "0", 8)
@@ -892,7 +895,9 @@ def _tar_members(
     `tarfile` spends most of a loader's time parsing headers.
     """
     long_name: str | None = None
-    while (header := _tar_header(stream, where)) is not None:
+    first = True
+    while (header := _tar_header(stream, where, first)) is not None:
+        first = False
         name, kind, size = header
         if kind in (b"0", b"\0") and keep is not None and not keep(long_name or name):
             _pass_over(stream, size, where, long_name or name)
@@ -1011,14 +1016,14 @@ def count_samples(path: str | os.PathLike) -> tuple[int, bool]:
         seen: set[str] = set()  # the keys so far, and the current sample's extensions
         exts: set[str] = set()
         while stream.offset < size_on_disk:
-            header = _tar_header(stream, str(path))
+            header = _tar_header(stream, str(path), stream.offset == 0)
             if header is None:
                 _check_nothing_after(lambda n, at: os.pread(fd, n, at), stream.offset,
                                      size_on_disk, str(path))  # fmt: skip
                 return count, True
             name, kind, size = header
             if stream.offset + size > size_on_disk:
-                raise ShardFormatError(f"{path}: truncated member {name}")
+                raise ShardFormatError(f"{path}: truncated member {long_name or name}")
             end = stream.offset + size + (512 - size % 512) % 512
             if kind in (b"x", b"L"):
                 long_name = _long_name(kind, stream.read(size)) or long_name
@@ -1103,12 +1108,17 @@ def _check_nothing_after(
     at = start
     while at < end and (chunk := read(min(1 << 20, end - at), at)):
         if chunk.strip(b"\0"):
-            raise ShardFormatError(
-                f"{where}: tar data after its end-of-archive block (byte {start - 512}): "
-                "blocks zeroed by damage, or archives joined with cat (each one's end block "
-                "ends the whole; join them with tar --concatenate)"
-            )
+            raise _data_after_end(where, start - 512)
         at += len(chunk)
+
+
+def _data_after_end(where: str, block: int | None) -> ShardFormatError:
+    at = "" if block is None else f" (byte {block})"
+    return ShardFormatError(
+        f"{where}: tar data after its end-of-archive block{at}: blocks zeroed by damage, or "
+        "archives joined with cat (each one's end block ends the whole; join them with tar "
+        "--concatenate)"
+    )
 
 
 def _drain(stream: Any, where: str, most: int = 1 << 20) -> None:
@@ -1124,6 +1134,8 @@ def _drain(stream: Any, where: str, most: int = 1 << 20) -> None:
         return
     left = most
     while left > 0 and (chunk := stream.read(min(left, 1 << 16))):
+        if chunk.strip(b"\0"):
+            raise _data_after_end(where, None)
         left -= len(chunk)
 
 

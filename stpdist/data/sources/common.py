@@ -264,12 +264,20 @@ def _cut_short(path: Path) -> str | None:
         return (
             None if zipfile.is_zipfile(path) else f"{size} bytes, with no zip directory at the end"
         )
+    prefix = b""
     try:
         with open(path, "rb") as handle:
+            prefix = handle.read(12)  # magic, version, header length (2 bytes; 4 from v2)
+            handle.seek(0)
             shape, _, dtype = member_header(handle)
             start = handle.tell()
-    except Exception:  # the header itself cut short
-        return f"{size} bytes, not even a whole .npy header"
+    except Exception:  # a header cut short, or a damaged one (said as numpy says it)
+        wide = prefix[6:7] not in (b"\x01", b"")
+        length = 8 + (4 if wide else 2)
+        if len(prefix) >= length:
+            length += int.from_bytes(prefix[8:length], "little")
+        whole = size >= length and len(prefix) >= min(length, 12)
+        return None if whole else f"{size} bytes, not even a whole .npy header"
     if dtype.hasobject:  # pickled: no size to expect (refused as objects)
         return None
     expected = start + math.prod(shape) * dtype.itemsize

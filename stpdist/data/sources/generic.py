@@ -95,6 +95,8 @@ class GenericArrays:
     grid: float | None = None
     scale_given: bool | None = None
     """Whether `value_scale` was given (set at construction: None is guessed in `splits`)."""
+    guessed_from: str = ""
+    """The dtype of the first file, which a guessed `value_scale` was guessed from."""
     chunks: list[tuple[str, int, int]] | None = None
     """Series mode, set by `splits`: (file, first frame, frame count) per chunk."""
     times: Any = None
@@ -152,6 +154,7 @@ class GenericArrays:
             array = as_TCHW(load_array(Path(first), self.key, key_option="--key"), first,
                             **self._layout)  # fmt: skip
             self.value_scale = 255.0 if array.dtype == np.uint8 else 1.0
+            self.guessed_from = str(array.dtype)
             # its first file already out of range: said now, not after a whole split
             self._check_file_range(array, first)
         return out
@@ -159,10 +162,18 @@ class GenericArrays:
     def _check_file_range(self, frames: np.ndarray, where: str | Path) -> None:
         """A file's values against the guessed value scale (`_check_range`), naming it: the
         split's statistics, checked at its end, cannot say which file (a given scale: the
-        split's warning alone). NaN is said where it is written."""
-        if self.scale_given or not frames.size or not np.isfinite(frames).all():
-            return
+        split's warning alone). Not a file of another dtype than the one the scale was
+        guessed from (the writer refuses it as such), nor integers whose whole range fits
+        the scale (uint8 with 255); NaN is said where it is written."""
         scale = self.value_scale
+        if self.scale_given or not frames.size or str(frames.dtype) != self.guessed_from:
+            return
+        kind = frames.dtype.kind
+        if kind == "b" or (kind in "iu" and 0 <= np.iinfo(frames.dtype).min
+                           and np.iinfo(frames.dtype).max <= scale):  # fmt: skip
+            return
+        if not np.isfinite(frames).all():
+            return
         low, high = float(frames.min()) / scale, float(frames.max()) / scale
         self._check_range(low, high, scale, str(frames.dtype), f"{where}:")
 
