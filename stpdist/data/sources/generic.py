@@ -188,30 +188,9 @@ class GenericArrays:
                           f"{self.root}: {index.split}")  # fmt: skip
 
     def _check_range(self, low: float, high: float, scale: float, dtype: str, where: str) -> None:
-        """`check_index`'s check of scaled values [low, high] of `where` (a split, or the
-        first file, checked before anything is written)."""
-        if low >= 0 and high <= 1:
-            return
-        seen = f"{low * scale:g}…{high * scale:g}"
-        if self.scale_given:  # the user's choice, right for standardised training only
-            log.warning(
-                "%s values span %s, outside [0, %g] (--value-scale %g): training takes "
-                "them only with data.normalize: standardize (else it refuses them); for "
-                "[0, 1] training give a --value-scale at or above the largest value",
-                where, seen, scale, scale,
-            )  # fmt: skip
-            return
-        keep = "or --value-scale 1 to keep the units and train with data.normalize: standardize"
-        if low < 0:  # no scale maps negative values into [0, 1]
-            fix = f"shift them to be ≥ 0 before converting, {keep}"
-        else:  # high > 1: a scale at or above the largest stored value
-            suggested = _suggested_scale(high * scale, dtype)
-            fix = f"pass --value-scale {suggested:g} (≥ the largest value), {keep}"
-        raise InputError(
-            f"{where} values span {seen} ({dtype}), outside [0, {scale:g}], the value scale "
-            f"guessed for {dtype} data (training divides by it and clamps predictions to "
-            f"[0, 1]): {fix}"
-        )
+        """`check_index`'s check of scaled values [low, high] of `where` (a split, or a
+        file, checked before anything is written)."""
+        check_value_range(low, high, scale, dtype, where, given=bool(self.scale_given))
 
     def _cut(self, root: Path) -> dict[str, list[str]]:
         files = self._files(root)
@@ -393,6 +372,36 @@ class GenericArrays:
                 else {}
             ),
         }
+
+
+def check_value_range(
+    low: float, high: float, scale: float, dtype: str, where: str, *, given: bool
+) -> None:
+    """Scaled values [low, high] of `where` against [0, 1]: outside it, with a value scale
+    `given` by the user, a warning (right for standardised training only); with a guessed
+    one, an InputError that says which --value-scale would fit."""
+    if low >= 0 and high <= 1:
+        return
+    seen = f"{low * scale:g}…{high * scale:g}"
+    if given:  # the user's choice, right for standardised training only
+        log.warning(
+            "%s values span %s, outside [0, %g] (--value-scale %g): training takes "
+            "them only with data.normalize: standardize (else it refuses them); for "
+            "[0, 1] training give a --value-scale at or above the largest value",
+            where, seen, scale, scale,
+        )  # fmt: skip
+        return
+    keep = "or --value-scale 1 to keep the units and train with data.normalize: standardize"
+    if low < 0:  # no scale maps negative values into [0, 1]
+        fix = f"shift them to be ≥ 0 before converting, {keep}"
+    else:  # high > 1: a scale at or above the largest stored value
+        suggested = _suggested_scale(high * scale, dtype)
+        fix = f"pass --value-scale {suggested:g} (≥ the largest value), {keep}"
+    raise InputError(
+        f"{where} values span {seen} ({dtype}), outside [0, {scale:g}], the value scale "
+        f"guessed for {dtype} data (training divides by it and clamps predictions to "
+        f"[0, 1]): {fix}"
+    )
 
 
 def _suggested_scale(largest: float, dtype: str) -> float:
