@@ -169,6 +169,19 @@ def _arrays(paths: list[str], a: Any) -> Any:
     )
 
 
+def _tars(paths: list[str], a: Any) -> Any:
+    from .tars import TarSamples
+
+    return TarSamples(
+        paths[0],
+        member=a.member,
+        value_scale=a.value_scale,
+        split=a.split or "train",
+        split_given=a.split is not None,
+        channels_last=a.channels_last,
+    )
+
+
 def _xarray(paths: list[str], a: Any) -> Any:
     from .netcdf import XarraySource
 
@@ -258,6 +271,34 @@ FORMATS: dict[str, SourceFormat] = {
             "--test-persons": {"default": "17-25", "help": "persons in the test split"},
         },
         paths_help="the folder of .avi videos (and its sub-folders)",
+    ),
+    "tars": SourceFormat(
+        "tar shards of other tools (webdataset's, tar's): each sample's .npy member "
+        "(T×C×H×W, T×H×W×C or T×H×W)",
+        _tars,
+        {
+            "--member": {
+                "default": None,
+                "help": "the member holding a sample's frames, by extension (e.g. video.npy; "
+                "default: its only .npy member)",
+            },
+            "--value-scale": {
+                "type": float,
+                "default": None,
+                "help": "stored values ÷ this lie in [0, 1] (default 255 for uint8, else 1; "
+                "data a default leaves outside [0, 1] is refused: give it)",
+            },
+            "--split": {
+                "default": None,
+                "help": "split name of a folder without split folders (default train)",
+            },
+            "--channels-last": {
+                "action": "store_true",
+                "help": "frames are T×H×W×C (else T×C×H×W; T×H×W either way)",
+            },
+        },
+        paths_help="a folder of .tar files (split folders train/, val/, test/ inside, or "
+        "one split), or one .tar file",
     ),
     "arrays": SourceFormat(
         "a folder of per-sequence .npy/.npz arrays (T×C×H×W, T×H×W×C or T×H×W)",
