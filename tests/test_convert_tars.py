@@ -63,9 +63,8 @@ def test_what_such_folders_get_wrong_is_refused_naming_the_tar_and_sample(tmp_pa
     two = {"__key__": "s0", "a.npy": _frames("x", 0), "b.npy": _frames("x", 1)}
     _write(tmp_path / "two" / "x.tar", [two])
     proc = run_cli("shard", "tars", "two", "--out", "o", cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.strip().endswith(
-        "two/x.tar: sample s0: 2 .npy members among a.npy, b.npy; choose one with --member"
-    ), proc.stderr
+    said = "two/x.tar: sample s0: 2 .npy members among a.npy, b.npy; choose one with --member"
+    assert proc.returncode == 2 and said in proc.stderr, proc.stderr
     run_cli("shard", "tars", "two", "--out", "o", "--member", "b.npy", "--split", "test",
             "--workers", "1", cwd=tmp_path, check=True)  # fmt: skip
     np.testing.assert_array_equal(_stored(tmp_path / "o" / "test")["s0"][:, 0], _frames("x", 1))
@@ -107,3 +106,38 @@ def test_frames_in_other_layouts(tmp_path, layout):
     stored = _stored(tmp_path / "ds" / "train")["s"]
     expected = given[:, None] if layout == "thw" else given.transpose(0, 3, 1, 2)
     np.testing.assert_array_equal(stored, expected)
+
+
+def test_what_a_review_of_the_converter_found(tmp_path):
+    """float64 samples after a float32 first sample were stored out of range silently (only
+    the first sample's dtype was checked); `--member` naming an .npz crashed; keys with a
+    dot were told to choose a member (dropping samples); images, upper-case NPY, an empty
+    first tar, macOS's `._` files and tars in an unknown sub-folder each misled."""
+    import io
+
+    unit = np.random.default_rng(0).random((6, 8, 8)).astype(np.float32)
+    _write(tmp_path / "mix" / "a.tar", [{"__key__": "a0", "npy": unit},
+                                         {"__key__": "a1", "npy": unit.astype(np.float64) * 255}])  # fmt: skip
+    proc = run_cli("shard", "tars", "mix", "--out", "o1", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 2 and "mix/a.tar: sample a1: values span" in proc.stderr, proc.stderr
+    buffer = io.BytesIO()
+    np.savez(buffer, x=_frames("z", 0))
+    _write(tmp_path / "npz" / "a.tar", [{"__key__": "z0", "arr.npz": buffer.getvalue()}])
+    proc = run_cli("shard", "tars", "npz", "--out", "o2", "--member", "arr.npz", cwd=tmp_path)
+    assert proc.returncode == 2 and "arr.npz is no .npy array" in proc.stderr, proc.stderr
+    _write(tmp_path / "dots" / "a.tar", [{"__key__": "run.1", "npy": _frames("d", 0)},
+                                          {"__key__": "run.2", "npy": _frames("d", 1)}])  # fmt: skip
+    proc = run_cli("shard", "tars", "dots", "--out", "o3", cwd=tmp_path)
+    assert proc.returncode == 2 and "whose keys hold a dot (run.1.npy" in proc.stderr, proc.stderr
+    _write(tmp_path / "jpg" / "a.tar", [{"__key__": "j0", "0000.jpg": b"\xff\xd8\xff"}])
+    proc = run_cli("shard", "tars", "jpg", "--out", "o4", cwd=tmp_path)
+    assert proc.returncode == 2 and "frames as images are not read" in proc.stderr, proc.stderr
+    _write(tmp_path / "odd" / "train" / "a.tar", [])  # an empty first tar
+    _write(tmp_path / "odd" / "train" / "b.tar", [{"__key__": "u0", "NPY": _frames("u", 0)}])
+    (tmp_path / "odd" / "train" / "._b.tar").write_bytes(b"\0\5\26\7 AppleDouble")
+    run_cli("shard", "tars", "odd", "--out", "o5", "--workers", "1", cwd=tmp_path, check=True)
+    assert sorted(_stored(tmp_path / "o5" / "train")) == ["u0"]
+    _write(tmp_path / "odd" / "dev" / "c.tar", [{"__key__": "d0", "npy": _frames("v", 0)}])
+    proc = run_cli("shard", "tars", "odd", "--out", "o6", cwd=tmp_path)
+    assert proc.returncode == 2 and "the tars in dev/ would be left out" in proc.stderr
+    assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3, 4, 6))

@@ -5,8 +5,9 @@ again as stpdist shards, with the splits, statistics and checks of every convers
 The source is a folder of `.tar` files (or one `.tar` file): with split sub-folders
 (`train/`, `val/` or `validation/`, `test/`) those are the splits, else the folder is the
 one split `--split` (default train). A sample is the members of one key, the file name up
-to its first dot (webdataset's rule; folders in member names are left out, so keys must be
-unique: two samples of one key are refused, naming both places). Its frames are its one
+to its first dot, folders left out (webdataset keeps them in its keys: `clip/0001` is
+`0001` here, and two samples of one key in a split are refused, naming both places; a key
+holds no dot). Its frames are its one
 `.npy` member, or the one `--member` names (`video.npy`, `frames.npy`, …). The value scale
 is `--value-scale`, or guessed from the first sample's dtype (255 for uint8, else 1), as
 `shard arrays` does; values a guessed scale leaves outside [0, 1] are refused, naming the
@@ -62,18 +63,23 @@ class TarSamples:
         else:
             raise MissingInput(f"{root}: no such file or folder")
         if self.value_scale is None:
-            first = next(t for tars in out.values() for t in tars)
-            samples = self._samples(first)
+            tar, key, frames = self._first_sample(out)
+            self.value_scale = 255.0 if frames.dtype == np.uint8 else 1.0
+            self.guessed_from = str(frames.dtype)
+            self._check_range(frames, f"{tar}: sample {key}")  # before any is written
+        return out
+
+    def _first_sample(self, out: dict[str, list[str]]) -> tuple[str, str, np.ndarray]:
+        """(tar, key, frames) of the first sample of the first tar that holds one."""
+        for tar in (t for tars in out.values() for t in tars):
+            samples = self._samples(tar)
             try:
                 found = next(samples, None)
             finally:
                 samples.close()  # the tar closed now
-            if found is None:
-                raise MissingInput(f"{first}: holds no sample")
-            self.value_scale = 255.0 if found[1].dtype == np.uint8 else 1.0
-            self.guessed_from = str(found[1].dtype)
-            self._check_range(found[1], f"{first}: sample {found[0]}")  # before any is written
-        return out
+            if found is not None:
+                return tar, found[0], found[1]
+        raise MissingInput(f"{self.root}: its tars hold no sample")
 
     def _folders(self, root: Path) -> dict[str, list[str]]:
         subs = [p for p in sorted(root.iterdir()) if p.is_dir() and p.name in SEED_SPLITS]
@@ -83,6 +89,14 @@ class TarSamples:
             raise InputError(
                 f"{root} has split folders ({', '.join(p.name + '/' for p in subs)}); --split "
                 f"{self.split} names the one split of a flat folder: drop it"
+            )
+        others = [p.name + "/" for p in sorted(root.iterdir()) if p.is_dir()
+                  and p.name not in SEED_SPLITS and not p.name.startswith(".") and _tars_in(p)]  # fmt: skip
+        if others:
+            recognised = ", ".join(f"{name}/" for name in SEED_SPLITS)
+            raise InputError(
+                f"{root}: the tars in {listed(others)} would be left out (split folders are "
+                f"named {recognised}; a folder without them holds its tars itself)"
             )
         loose = _tars_in(root)
         if subs and loose:
@@ -115,22 +129,39 @@ class TarSamples:
                 frames = as_TCHW(_decode(sample, self.member, where), where,
                                  channels_last=self.channels_last)  # fmt: skip
                 self._check_range(frames, where)
-                yield key, frames, {"source": path.name}
+                yield key, frames, {"source": _relative(path, Path(self.root))}
         except ShardFormatError as exc:
             raise InputError(str(exc)) from None
 
     def _check_range(self, frames: np.ndarray, where: str) -> None:
         """A sample's values against a guessed value scale, as `shard arrays` checks a file
-        (a given scale, or another dtype than the guess's: the split's own checks)."""
+        (a given scale: the split's warning, `check_index`; integers beside floats: the
+        writer refuses the mix; float64 beside float32 is stored as float32: checked)."""
         scale = self.value_scale
-        if self.scale_given or not frames.size or str(frames.dtype) != self.guessed_from:
+        if scale is None:  # the first sample, before the guess: checked once it is made
             return
-        if frames.dtype == np.uint8 or frames.dtype.kind == "b":
-            return  # 255 fits every uint8
+        guessed = np.dtype(self.guessed_from or frames.dtype)
+        if (
+            self.scale_given
+            or not frames.size
+            or (frames.dtype.kind == "f") != (guessed.kind == "f")
+        ):
+            return
+        kind = frames.dtype.kind
+        if kind == "b" or (kind in "iu" and 0 <= np.iinfo(frames.dtype).min
+                           and np.iinfo(frames.dtype).max <= scale):  # fmt: skip
+            return  # the whole range fits (uint8 with 255)
         if not np.isfinite(frames).all():
             return  # said where it is written
         low, high = float(frames.min()) / scale, float(frames.max()) / scale
         check_value_range(low, high, scale, str(frames.dtype), f"{where}:", given=False)
+
+    def check_index(self, index: Any) -> None:
+        """The split's values against the value scale once written: a given scale that
+        leaves them outside [0, 1] is said (as `shard arrays` says it)."""
+        if index.min and index.max:
+            check_value_range(min(index.min), max(index.max), index.value_scale, index.dtype,
+                              f"{self.root}: {index.split}", given=bool(self.scale_given))  # fmt: skip
 
     def describe(self, item: Any) -> str:
         return str(item)
@@ -146,28 +177,64 @@ class TarSamples:
 
 def _tars_in(folder: Path) -> list[str]:
     """The `.tar` files of `folder` (any case), in natural name order."""
-    found = [p.name for p in folder.iterdir() if p.suffix.lower() == ".tar" and p.is_file()]
+    found = [  # not macOS's `._<name>` files beside them
+        p.name
+        for p in folder.iterdir()
+        if p.suffix.lower() == ".tar" and not p.name.startswith(".") and p.is_file()
+    ]
     return sorted(found, key=natural_key)
+
+
+def _relative(path: Path, root: Path) -> str:
+    """`path` as a source's samples record it: from the folder converted (train/a.tar)."""
+    try:
+        return path.relative_to(root).as_posix() if root.is_dir() else path.name
+    except ValueError:
+        return path.name
+
+
+def _is_npy(ext: str) -> bool:
+    return ext.lower() == "npy" or ext.lower().endswith(".npy")
+
+
+IMAGES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def _decode(sample: dict[str, Any], member: str | None, where: str) -> np.ndarray:
     """The frames of a sample: its `member`, or its only `.npy` member."""
     members = sorted(ext for ext in sample if ext != "__key__")
     if member is None:
-        arrays = [ext for ext in members if ext.endswith("npy")]
+        arrays = [ext for ext in members if _is_npy(ext)]
         if len(arrays) != 1:
-            choose = "choose one with --member" if arrays else "name its frames with --member"
-            raise InputError(
-                f"{where}: {len(arrays)} .npy members among {', '.join(members) or 'none'}; "
-                f"{choose}"
-            )
+            raise InputError(f"{where}: {len(arrays)} .npy members among "
+                             f"{', '.join(members) or 'none'}; {_why(arrays, members)}")  # fmt: skip
         member = arrays[0]
     if member not in sample:
         raise InputError(
             f"{where}: no {member} member (it has {', '.join(members) or 'none'}; a key with "
             "a dot in it splits at its first dot)"
         )
+    data = sample[member]
+    if not data.startswith(b"\x93NUMPY"):
+        raise InputError(f"{where}: {member} is no .npy array (shard tars reads .npy members)")
     try:
-        return np.load(io.BytesIO(sample[member]), allow_pickle=False)
-    except Exception as exc:  # not an .npy, a pickle, cut short
+        frames = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:  # a pickle, cut short
         raise InputError(f"{where}: {member} is no readable .npy ({exc})") from exc
+    return frames
+
+
+def _why(arrays: list[str], members: list[str]) -> str:
+    """What to do about a sample with `arrays` (.npy members) other than one."""
+    if len(arrays) > 1:  # `1.npy`, `2.npy` of keys `run.1`, `run.2` come here too
+        return (
+            "choose one with --member, unless they are samples of their own whose keys hold "
+            "a dot (run.1.npy, run.2.npy): a key is the file name up to its first dot, so "
+            "rename those keys (run_1)"
+        )
+    if any(ext.lower().endswith(IMAGES) for ext in members):
+        return "frames as images are not read: store each sequence as one .npy member"
+    return (
+        "name its frames with --member (or its members lie apart in the tar: a sample's "
+        "members must be next to each other; GNU tar: --sort=name)"
+    )
