@@ -223,6 +223,15 @@ def _series_flags(frames: int | None) -> dict[str, dict[str, Any]]:
     }
 
 
+_GUESSED_SCALE: dict[str, Any] = {
+    "type": float,
+    "default": None,
+    "help": "stored values ÷ this lie in [0, 1] (default 255 for uint8, else 1; data a "
+    "default leaves outside [0, 1] is refused: give it)",
+}
+"""The --value-scale of converters that guess it from the data's dtype (arrays, tars)."""
+
+
 FORMATS: dict[str, SourceFormat] = {
     "mmnist-npy": SourceFormat(
         "Moving MNIST mnist_test_seq.npy (T×N×H×W uint8)",
@@ -282,12 +291,7 @@ FORMATS: dict[str, SourceFormat] = {
                 "help": "the member holding a sample's frames, by extension (e.g. video.npy; "
                 "default: its only .npy member)",
             },
-            "--value-scale": {
-                "type": float,
-                "default": None,
-                "help": "stored values ÷ this lie in [0, 1] (default 255 for uint8, else 1; "
-                "data a default leaves outside [0, 1] is refused: give it)",
-            },
+            "--value-scale": _GUESSED_SCALE,
             "--split": {
                 "default": None,
                 "help": "split name of a folder without split folders (default train)",
@@ -305,12 +309,7 @@ FORMATS: dict[str, SourceFormat] = {
         _arrays,
         {
             "--key": {"default": None, "help": "array name inside .npz files"},
-            "--value-scale": {
-                "type": float,
-                "default": None,
-                "help": "stored values ÷ this lie in [0, 1] (default 255 for uint8, else 1; "
-                "data a default leaves outside [0, 1] is refused: give it)",
-            },
+            "--value-scale": _GUESSED_SCALE,
             "--split": {
                 "default": None,
                 "help": "split name of a flat folder (default train; not with --splits)",
