@@ -141,3 +141,24 @@ def test_what_a_review_of_the_converter_found(tmp_path):
     proc = run_cli("shard", "tars", "odd", "--out", "o6", cwd=tmp_path)
     assert proc.returncode == 2 and "the tars in dev/ would be left out" in proc.stderr
     assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3, 4, 6))
+
+
+def test_keys_keep_their_folders_as_webdataset_keys_them(tmp_path):
+    """`clipA/0001` and `clipB/0001` (a video's frames-sequence index, a common layout) were
+    one key `0001` and the tar was refused; the keys are webdataset's, folders kept (stored
+    with `_` for `/`), a leading `./` (tar -C dir .) left out."""
+    import io
+    import tarfile
+
+    (tmp_path / "src").mkdir()
+    with tarfile.open(tmp_path / "src" / "a.tar", "w") as tar:
+        for i, name in enumerate(["clipA/0001.npy", "clipB/0001.npy", "./c.npy"]):
+            buffer = io.BytesIO()
+            np.save(buffer, _frames("f", i))
+            member = tarfile.TarInfo(name)
+            member.size = len(buffer.getvalue())
+            tar.addfile(member, io.BytesIO(buffer.getvalue()))
+    run_cli("shard", "tars", "src", "--out", "ds", "--workers", "1", cwd=tmp_path, check=True)
+    stored = _stored(tmp_path / "ds" / "train")
+    assert sorted(stored) == ["c", "clipA_0001", "clipB_0001"]
+    np.testing.assert_array_equal(stored["clipB_0001"][:, 0], _frames("f", 1))

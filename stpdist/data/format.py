@@ -954,12 +954,15 @@ def _read_member(stream: Any, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _sample_key(name: str) -> str | None:
+def _sample_key(name: str, folders: bool = False) -> str | None:
     """The sample key of a member name (`<key>.<ext>`; None for a member without one: no
     dot, or a name beginning with one, as macOS's `.DS_Store` and `._<name>` files that its
-    tar adds, which webdataset passes over too)."""
-    base = name.rsplit("/", 1)[-1]
-    return base.split(".", 1)[0] or None if "." in base else None
+    tar adds, which webdataset passes over too); with `folders`, the member's folders before
+    it (`clip/0001`: webdataset's keys; a leading `./` left out)."""
+    folder, _, base = name.rpartition("/")
+    key = base.split(".", 1)[0] or None if "." in base else None
+    folder = folder.removeprefix("./").strip("/")
+    return f"{folder}/{key}" if folders and key and folder not in ("", ".") else key
 
 
 def _member_again(where: str, name: str, key: str) -> ShardFormatError:
@@ -1044,11 +1047,12 @@ def count_samples(path: str | os.PathLike) -> tuple[int, bool]:
 
 
 def iter_shard(
-    url: str | os.PathLike, where: str | None = None, *, skip: int = 0
+    url: str | os.PathLike, where: str | None = None, *, skip: int = 0, folders: bool = False
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(key, members by extension) of every sample of one shard, in stored order; the first
     `skip` samples with their key alone (`{"__key__": key}`), their data unread: sought
-    past in a local file, read and dropped from a URL's stream.
+    past in a local file, read and dropped from a URL's stream. `folders`: keys keep the
+    members' folders, as webdataset's do (`clip/0001`; stpdist's own shards have none).
 
     A `Path` is a local file, always (a folder named `pipe:…` is just a folder). A `str` is
     a URL: anything webdataset's `gopen` opens, including `pipe:<shell command>` (run by a
@@ -1057,7 +1061,7 @@ def iter_shard(
     where = where or str(url)
     stream = _open_shard(url, where)
     try:
-        yield from _samples(stream, where, skip)
+        yield from _samples(stream, where, skip, folders)
         _drain(stream, where)
     except Exception as exc:
         failed = _close_shard(stream)  # a failed command or download explains a short read
@@ -1158,15 +1162,18 @@ def _close_shard(stream: Any) -> str | None:
     return None
 
 
-def _samples(stream: Any, where: str, skip: int = 0) -> Iterator[tuple[str, dict[str, Any]]]:
+def _samples(
+    stream: Any, where: str, skip: int = 0, folders: bool = False
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """(key, members by extension) of a tar stream's samples; the first `skip` come with
-    their key alone, their members' data passed over unread."""
+    their key alone, their members' data passed over unread; `folders`: keys keep the
+    members' folders (`_sample_key`)."""
     last: str | None = None  # the key of the sample last begun, and how many were
     begun = 0
 
     def keep(name: str) -> bool:
         nonlocal last, begun
-        member_key = _sample_key(name)
+        member_key = _sample_key(name, folders)
         if member_key is not None and member_key != last:
             last, begun = member_key, begun + 1
         return begun > skip
@@ -1176,7 +1183,7 @@ def _samples(stream: Any, where: str, skip: int = 0) -> Iterator[tuple[str, dict
     exts: set[str] = set()
     try:
         for name, data in _tar_members(stream, where, keep if skip else None):
-            member_key = _sample_key(name)
+            member_key = _sample_key(name, folders)
             if member_key is None:
                 continue
             ext = name.rsplit("/", 1)[-1].split(".", 1)[1]
@@ -1194,7 +1201,7 @@ def _samples(stream: Any, where: str, skip: int = 0) -> Iterator[tuple[str, dict
     except ShardFormatError as exc:
         # the sample begun is whole when the damaged member is the next sample's (a header
         # that cannot be read leaves that unknown: the sample is lost with the rest)
-        damaged = None if exc.member is None else _sample_key(exc.member)
+        damaged = None if exc.member is None else _sample_key(exc.member, folders)
         if key is not None and damaged is not None and damaged != key:
             yield key, sample
         raise

@@ -4,10 +4,11 @@ again as stpdist shards, with the splits, statistics and checks of every convers
 
 The source is a folder of `.tar` files (or one `.tar` file): with split sub-folders
 (`train/`, `val/` or `validation/`, `test/`) those are the splits, else the folder is the
-one split `--split` (default train). A sample is the members of one key, the file name up
-to its first dot, folders left out (webdataset keeps them in its keys: `clip/0001` is
-`0001` here, and two samples of one key in a split are refused, naming both places; a key
-holds no dot). Its frames are its one
+one split `--split` (default train). A sample is the members of one key: the member's
+path up to the first dot of its file name, as webdataset keys it (`clip/0001.npy`: key
+`clip/0001`, stored as `clip_0001`, since a stored key holds no slash or dot; a leading
+`./` is left out). Keys must be unique in a split (one in two tars is refused, naming both).
+Its frames are its one
 `.npy` member, or the one `--member` names (`video.npy`, `frames.npy`, …). The value scale
 is `--value-scale`, or guessed from the first sample's dtype (255 for uint8, else 1), as
 `shard arrays` does; values a guessed scale leaves outside [0, 1] are refused, naming the
@@ -19,6 +20,7 @@ naming the tar (see `format.iter_shard`).
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,8 +126,9 @@ class TarSamples:
     def _samples(self, tar: str) -> Any:
         path = Path(tar)
         try:
-            for key, sample in iter_shard(path):
-                where = f"{tar}: sample {key}"
+            for found, sample in iter_shard(path, folders=True):
+                key = re.sub(r"[/.]", "_", found)  # a key holds no slash or dot
+                where = f"{tar}: sample {found}"
                 frames = as_TCHW(_decode(sample, self.member, where), where,
                                  channels_last=self.channels_last)  # fmt: skip
                 self._check_range(frames, where)
