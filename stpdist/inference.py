@@ -333,9 +333,16 @@ def check_input_shape(shape: tuple[int, ...], module: Any, where: str) -> None:
     if len(shape) not in (4, 5):
         raise InputError(f"{where}: expected T×C×H×W or N×T×C×H×W frames, got shape {shape}")
     if shape[-3:] != expected:
+        last = (shape[-1], *shape[-3:-1])  # read as …×H×W×C
+        hint = (
+            "; they look channels-last (…×H×W×C): forecast reads channels first, so move "
+            "the last axis, e.g. numpy.moveaxis(frames, -1, -3)"
+            if last == expected
+            else ""
+        )
         raise InputError(
             f"{where}: frames of C×H×W {_shape_text(shape[-3:])} (shape {shape}); the model "
-            f"takes C×H×W {_shape_text(expected)} (channels × height × width)"
+            f"takes C×H×W {_shape_text(expected)} (channels × height × width){hint}"
         )
     if shape[-4] < module.num_input_frames:
         raise InputError(

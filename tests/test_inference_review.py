@@ -280,3 +280,15 @@ def test_exported_graphs_run_where_stpdist_cannot_be_imported(model, tmp_path):
     eager = stpdist.load(model).forecast(frames) / 255.0
     np.testing.assert_allclose(torchscript, eager, atol=1e-5, rtol=0)
     np.testing.assert_allclose(program, eager, atol=1e-5, rtol=0)
+
+
+def test_channels_last_arrays_for_forecast_are_told_how_to_move_the_axis(model, tmp_path):
+    """A T×H×W×1 array (as `shard arrays --channels-last` takes) was refused with the two
+    shapes alone, no word of the layout (from a review)."""
+    np.save(tmp_path / "last.npy", np.zeros((10, 32, 32, 1), np.uint8))
+    line = _error_line(run_cli("forecast", str(model), "last.npy", "--out", "f", cwd=tmp_path))
+    assert line.endswith(
+        "last.npy: frames of C×H×W 32×32×1 (shape (10, 32, 32, 1)); the model takes C×H×W "
+        "1×32×32 (channels × height × width); they look channels-last (…×H×W×C): forecast "
+        "reads channels first, so move the last axis, e.g. numpy.moveaxis(frames, -1, -3)"
+    ), line
