@@ -562,6 +562,30 @@ def trained_on(cfg: Config, checkpoint: Path) -> SplitIndex | None:
     return read_index(folder)
 
 
+def trained_on_this_data(cfg: Config, checkpoint: Path) -> bool:
+    """Whether `cfg`'s data is the data the weights in `checkpoint` were trained on: the
+    index the checkpoint keeps is the one under data.root (the same split's, whatever its
+    path), and the frame counts are the checkpoint's config.yaml's. True where either is not
+    known (a weights file alone)."""
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    kept = trained_on(cfg, checkpoint)
+    if kept is not None:
+        with contextlib.suppress(OSError, ValueError):
+            here = split_dir(cfg, kept.split) / INDEX_FILE
+            if not here.is_file() or read_index(here.parent) != kept:
+                return False
+    described = describing_config(folder)
+    if described is not None:
+        import yaml
+
+        with contextlib.suppress(OSError, ValueError, LookupError, TypeError, yaml.YAMLError):
+            data = yaml.safe_load(described.read_text())["data"]
+            counts = (data["num_input_frames"], data["num_output_frames"])
+            if all(isinstance(c, int) for c in counts):
+                return counts == (cfg.data.num_input_frames, cfg.data.num_output_frames)
+    return True
+
+
 def _check_value_range(cfg: Config, index: SplitIndex) -> None:
     """What data whose scaled values leave [0, 1] (physical units, e.g. weather stored with
     value scale 1) rules out, before any work: predictions clamped to [0, 1], and LPIPS.

@@ -318,9 +318,14 @@ def cmd_validate(args: argparse.Namespace) -> None:
         _refuse_other_checkpoint(str(out / f"metrics_{split}.json"), earlier, record, args.ckpt, "")
     if earlier is not None and not args.overwrite:
         _refuse_other_data(str(out / f"metrics_{split}.json"), earlier, record)
+    own = build.trained_on_this_data(cfg, Path(ckpt))
     results = trainer.validate(
-        module, build.eval_stream(cfg, split), ckpt=ckpt, split=split, raw_weights=args.raw_weights
-    )
+        module, build.eval_stream(cfg, split), ckpt=ckpt, split=split,
+        raw_weights=args.raw_weights, log=own,
+    )  # fmt: skip
+    if not own and trainer.is_main:
+        print("results on other data or frame counts than the checkpoint was trained on: "
+              "not logged into the run's metrics.jsonl")  # fmt: skip
     if trainer.is_main:
         written = _write_json(
             out / f"metrics_{split}.json", {**record, **_units_of(module), **results}

@@ -2600,12 +2600,14 @@ class Trainer:
         split: str = "val",
         *,
         raw_weights: bool = False,
+        log: bool = True,
     ) -> dict[str, Any]:
         """Evaluate `module` (weights from `ckpt` if given: its EMA when it holds one,
         unless `raw_weights`; without `ckpt`, the module as it is, or its EMA when this
         Trainer trained it with one) over all of `data`; results are named
         `<split>/<metric>`, and logged at the checkpoint's step (not with `raw_weights`:
-        the run's rows are its model's), unless the run's record already holds that step's
+        the run's rows are its model's; not without `log`: results of other data than the
+        run's), unless the run's record already holds that step's
         `<split>` results: a second validation of a step (with other settings, perhaps)
         adds no row beside the first, which a resume would otherwise send again in its
         place."""
@@ -2628,7 +2630,7 @@ class Trainer:
                 results = self.evaluate(module, as_eval_source(data), split)
         finally:
             module.global_step, module.current_epoch = held
-        if step is not None and not raw_weights:  # the run's rows are its model's (the EMA)
+        if step is not None and not raw_weights and log:  # the run's rows: its model's, data's
             self.tracker.log_unless_logged(results, step=step, epoch=epoch)
         return results
 

@@ -62,6 +62,10 @@ def test_predict_on_other_data_equals_forecast(run):
         np.testing.assert_allclose(frames, forecast[key], rtol=1e-5, atol=1e-3)
     done = run_cli("validate", "std.yaml", "data.root=data/b", "--split", "test", cwd=run)
     assert done.returncode == 0, done.stderr
+    # other data's results are not the run's: not logged into its metrics.jsonl
+    assert "not logged into the run's metrics.jsonl" in done.stdout
+    rows = (run / "runs" / "std" / "metrics.jsonl").read_text()
+    assert "test/mse" not in rows
 
 
 def test_another_normalisation_or_other_units_are_refused(run):
@@ -107,7 +111,9 @@ def test_validate_on_other_data_or_frames_does_not_replace_the_runs_results(run)
     assert refused.stderr.rstrip().endswith("(4 → 3 frames); pass --overwrite to replace them, "
                                             "or validate in another trainer.output_dir")  # fmt: skip
     test = ("validate", "std.yaml", "--split", "test")
-    run_cli(*test, "--overwrite", cwd=run, check=True)  # the run's own test split
+    own = run_cli(*test, "--overwrite", cwd=run, check=True)  # the run's own test split
+    assert "not logged" not in own.stdout
+    assert "test/mse" in (run / "runs" / "std" / "metrics.jsonl").read_text()
     refused = run_cli(*test, "data.root=data/b", cwd=run)
     assert refused.returncode == 2 and "data/a/test (4 → 4 frames), not on " in refused.stderr
     run_cli(*test, "data.root=data/b", "--overwrite", cwd=run, check=True)
