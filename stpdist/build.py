@@ -544,45 +544,47 @@ def trained_on(cfg: Config, checkpoint: Path) -> SplitIndex | None:
     `data.normalize` other than the one they were trained with (their config.yaml's): the
     model takes frames normalised as in training."""
     folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    described, trained = describing_config(folder), None
-    if described is not None:
-        import yaml
-
-        with contextlib.suppress(OSError, ValueError, LookupError, TypeError, yaml.YAMLError):
-            trained = yaml.safe_load(described.read_text())["data"]["normalize"]
+    trained = _trained_data(folder).get("normalize")
     written = isinstance(trained, str) and "${" not in trained  # not interpolated
     if written and trained != cfg.data.normalize:
         raise ConfigError(
             f"data.normalize {cfg.data.normalize!r}: {checkpoint} was trained with "
-            f"{trained!r} ({described}), and takes frames normalised so; leave "
-            "data.normalize as it was in training"
+            f"{trained!r} ({describing_config(folder)}), and takes frames normalised so; "
+            "leave data.normalize as it was in training"
         )
     if not (folder / INDEX_FILE).is_file():
         return None
     return read_index(folder)
 
 
-def trained_on_this_data(cfg: Config, checkpoint: Path) -> bool:
+def _trained_data(folder: Path) -> dict:
+    """The `data` section of the config.yaml that describes the weights in `folder` (empty
+    where there is none, or it cannot be read)."""
+    import yaml
+
+    described = describing_config(folder)
+    if described is not None:
+        with contextlib.suppress(OSError, ValueError, LookupError, TypeError, yaml.YAMLError):
+            data = yaml.safe_load(described.read_text())["data"]
+            if isinstance(data, dict):
+                return data
+    return {}
+
+
+def trained_on_this_data(cfg: Config, checkpoint: Path, kept: SplitIndex | None) -> bool:
     """Whether `cfg`'s data is the data the weights in `checkpoint` were trained on: the
-    index the checkpoint keeps is the one under data.root (the same split's, whatever its
-    path), and the frame counts are the checkpoint's config.yaml's. True where either is not
-    known (a weights file alone)."""
-    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    kept = trained_on(cfg, checkpoint)
+    index the checkpoint keeps (`kept`, `trained_on`'s) is the one under data.root (the same
+    split's, whatever its path), and the frame counts are the checkpoint's config.yaml's.
+    True where either is not known (a weights file alone)."""
     if kept is not None:
         with contextlib.suppress(OSError, ValueError):
             here = split_dir(cfg, kept.split) / INDEX_FILE
             if not here.is_file() or read_index(here.parent) != kept:
                 return False
-    described = describing_config(folder)
-    if described is not None:
-        import yaml
-
-        with contextlib.suppress(OSError, ValueError, LookupError, TypeError, yaml.YAMLError):
-            data = yaml.safe_load(described.read_text())["data"]
-            counts = (data["num_input_frames"], data["num_output_frames"])
-            if all(isinstance(c, int) for c in counts):
-                return counts == (cfg.data.num_input_frames, cfg.data.num_output_frames)
+    data = _trained_data(checkpoint if checkpoint.is_dir() else checkpoint.parent)
+    counts = (data.get("num_input_frames"), data.get("num_output_frames"))
+    if all(isinstance(c, int) for c in counts):
+        return counts == (cfg.data.num_input_frames, cfg.data.num_output_frames)
     return True
 
 

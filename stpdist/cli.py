@@ -267,9 +267,10 @@ def _env_int(name: str) -> int:
 
 def _with_checkpoint(
     args: argparse.Namespace, split_key: str
-) -> tuple[Config, Any, Path, Any, str]:
-    """(config, trainer, checkpoint path, module, split) for validate and predict: the split
-    is `--split`, else the config's `split_key` (data.val_split, data.test_split)."""
+) -> tuple[Config, Any, Path, Any, str, Any]:
+    """(config, trainer, checkpoint path, module, split, the index of the data the
+    checkpoint was trained on or None) for validate and predict: the split is `--split`,
+    else the config's `split_key` (data.val_split, data.test_split)."""
     from . import build
 
     cfg = _config(args)
@@ -279,8 +280,9 @@ def _with_checkpoint(
     again = args.ckpt in ("best", "last")
     ckpt = trainer.choose_checkpoint(lambda: _resolve_ckpt(trainer, args.ckpt), again=again)
     _check_split(cfg, split, f"--split {split}" if args.split else f"{split_key} {split!r}")
-    module = build.build_module(cfg, trained_on=build.trained_on(cfg, Path(ckpt)))
-    return cfg, trainer, ckpt, module, split
+    kept = build.trained_on(cfg, Path(ckpt))
+    module = build.build_module(cfg, trained_on=kept)
+    return cfg, trainer, ckpt, module, split, kept
 
 
 def _check_split(cfg: Config, split: str, named: str) -> None:
@@ -307,7 +309,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
     from .console import lead_time_table
     from .visualize import plot_lead_times
 
-    cfg, trainer, ckpt, module, split = _with_checkpoint(args, "data.val_split")
+    cfg, trainer, ckpt, module, split, kept = _with_checkpoint(args, "data.val_split")
     out = Path(cfg.trainer.output_dir)
     record = {**_checkpoint_record(ckpt, args.raw_weights), **_data_record(cfg, split)}
     earlier = _json_file(out / f"metrics_{split}.json")
@@ -318,7 +320,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
         _refuse_other_checkpoint(str(out / f"metrics_{split}.json"), earlier, record, args.ckpt, "")
     if earlier is not None and not args.overwrite:
         _refuse_other_data(str(out / f"metrics_{split}.json"), earlier, record)
-    own = build.trained_on_this_data(cfg, Path(ckpt))
+    own = build.trained_on_this_data(cfg, Path(ckpt), kept)
     results = trainer.validate(
         module, build.eval_stream(cfg, split), ckpt=ckpt, split=split,
         raw_weights=args.raw_weights, log=own,
@@ -515,7 +517,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .trainer import SampleKeeper
     from .visualize import names_for_pictures, north_up, save_samples
 
-    cfg, trainer, ckpt, module, split = _with_checkpoint(args, "data.test_split")
+    cfg, trainer, ckpt, module, split, _ = _with_checkpoint(args, "data.test_split")
     out = Path(args.out) if args.out else Path(cfg.trainer.output_dir) / "predictions" / split
     protected = (build.split_dir(cfg, split), ckpt, args.config)
     # a file, the data, the config, a run or its checkpoints: refused even with --overwrite

@@ -975,12 +975,29 @@ def _member_again(where: str, name: str, key: str) -> ShardFormatError:
     )
 
 
-def _add_member(exts: set[str], name: str, where: str, key: str) -> None:
-    """The extension of member `name` into its sample's `exts`; a second is an error."""
-    ext = name.rsplit("/", 1)[-1].split(".", 1)[1]
-    if ext in exts:
-        raise _member_again(where, name, key)
-    exts.add(ext)
+class _MemberOrder:
+    """The order a shard's members must come in, as counting and reading both check it: a
+    sample's members next to each other (a key again after other samples is an error, not
+    another sample), each member name once in a sample."""
+
+    def __init__(self, where: str) -> None:
+        self.where, self.last = where, None
+        self.seen: set[str] = set()  # the keys so far
+        self.exts: set[str] = set()  # the current sample's extensions
+
+    def begins(self, name: str, key: str) -> bool:
+        """Whether member `name`, of sample `key`, begins a sample."""
+        new = key != self.last
+        if new:
+            if key in self.seen:
+                raise _key_again(self.where, name, key)
+            self.seen.add(key)
+            self.last, self.exts = key, set()
+        ext = name.rsplit("/", 1)[-1].split(".", 1)[1]
+        if ext in self.exts:
+            raise _member_again(self.where, name, key)
+        self.exts.add(ext)
+        return new
 
 
 def _key_again(where: str, name: str, key: str) -> ShardFormatError:
@@ -1015,9 +1032,7 @@ def count_samples(path: str | os.PathLike) -> tuple[int, bool]:
     fd = os.open(path, os.O_RDONLY)
     try:
         size_on_disk = os.fstat(fd).st_size
-        stream, count, last_key, long_name = _At(fd), 0, None, None
-        seen: set[str] = set()  # the keys so far, and the current sample's extensions
-        exts: set[str] = set()
+        stream, count, long_name, order = _At(fd), 0, None, _MemberOrder(str(path))
         while stream.offset < size_on_disk:
             header = _tar_header(stream, str(path), stream.offset == 0)
             if header is None:
@@ -1033,13 +1048,8 @@ def count_samples(path: str | os.PathLike) -> tuple[int, bool]:
             elif kind in (b"0", b"\0"):
                 full = long_name or name
                 key, long_name = _sample_key(full), None
-                if key is not None and key != last_key:
-                    if key in seen:
-                        raise _key_again(str(path), full, key)
-                    count, last_key, exts = count + 1, key, set()
-                    seen.add(key)
-                if key is not None:
-                    _add_member(exts, full, str(path), key)
+                if key is not None and order.begins(full, key):
+                    count += 1
             stream.offset = end
         return count, False  # cut at a member boundary: no end-of-archive block
     finally:
@@ -1178,26 +1188,18 @@ def _samples(
             last, begun = member_key, begun + 1
         return begun > skip
 
-    key, sample = None, {}
-    seen: set[str] = set()  # the keys so far, and the current sample's extensions
-    exts: set[str] = set()
+    key, sample, order = None, {}, _MemberOrder(where)
     try:
         for name, data in _tar_members(stream, where, keep if skip else None):
             member_key = _sample_key(name, folders)
             if member_key is None:
                 continue
-            ext = name.rsplit("/", 1)[-1].split(".", 1)[1]
-            if member_key != key:
-                if member_key in seen:
-                    raise _key_again(where, name, member_key)
-                seen.add(member_key)
+            if order.begins(name, member_key):
                 if key is not None:
                     yield key, sample
                 key, sample = member_key, {"__key__": member_key}
-                exts = set()
-            _add_member(exts, name, where, member_key)
             if data is not None:
-                sample[ext] = data
+                sample[name.rsplit("/", 1)[-1].split(".", 1)[1]] = data
     except ShardFormatError as exc:
         # the sample begun is whole when the damaged member is the next sample's (a header
         # that cannot be read leaves that unknown: the sample is lost with the rest)

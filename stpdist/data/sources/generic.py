@@ -160,22 +160,10 @@ class GenericArrays:
         return out
 
     def _check_file_range(self, frames: np.ndarray, where: str | Path) -> None:
-        """A file's values against the guessed value scale (`_check_range`), naming it: the
-        split's statistics, checked at its end, cannot say which file (a given scale: the
-        split's warning alone). Not a file of another dtype than the one the scale was
-        guessed from (the writer refuses it as such), nor integers whose whole range fits
-        the scale (uint8 with 255); NaN is said where it is written."""
-        scale = self.value_scale
-        if self.scale_given or not frames.size or str(frames.dtype) != self.guessed_from:
-            return
-        kind = frames.dtype.kind
-        if kind == "b" or (kind in "iu" and 0 <= np.iinfo(frames.dtype).min
-                           and np.iinfo(frames.dtype).max <= scale):  # fmt: skip
-            return
-        if not np.isfinite(frames).all():
-            return
-        low, high = float(frames.min()) / scale, float(frames.max()) / scale
-        self._check_range(low, high, scale, str(frames.dtype), f"{where}:")
+        """A file's values against a guessed value scale, naming it (`check_frames_range`):
+        the split's statistics, checked at its end, cannot say which file."""
+        check_frames_range(frames, self.value_scale, self.guessed_from, f"{where}:",
+                           given=bool(self.scale_given))  # fmt: skip
 
     def check_index(self, index: SplitIndex) -> None:
         """Refuse values that the guessed value scale leaves outside [0, 1]: training scales
@@ -372,6 +360,29 @@ class GenericArrays:
                 else {}
             ),
         }
+
+
+def check_frames_range(
+    frames: np.ndarray, scale: float | None, guessed_from: str, where: str, *, given: bool
+) -> None:
+    """One file's or sample's values against a value scale guessed (not `given`: the split's
+    warning alone) from the first one's dtype `guessed_from` (`check_value_range`). Not
+    frames of another dtype (the writer refuses the mix as such), unless both are floats
+    (float64 is stored as float32: no mix to refuse); not integers whose whole range fits
+    the scale (uint8 with 255); NaN is said where it is written."""
+    if given or scale is None or not frames.size:
+        return
+    guessed = np.dtype(guessed_from or frames.dtype)
+    if frames.dtype != guessed and not (frames.dtype.kind == guessed.kind == "f"):
+        return
+    kind = frames.dtype.kind
+    if kind == "b" or (kind in "iu" and 0 <= np.iinfo(frames.dtype).min
+                       and np.iinfo(frames.dtype).max <= scale):  # fmt: skip
+        return
+    if not np.isfinite(frames).all():
+        return
+    low, high = float(frames.min()) / scale, float(frames.max()) / scale
+    check_value_range(low, high, scale, str(frames.dtype), where, given=False)
 
 
 def check_value_range(

@@ -30,7 +30,7 @@ import numpy as np
 from ...errors import InputError, MissingInput
 from ..format import ShardFormatError, iter_shard, require_file
 from .common import SEED_SPLITS, as_TCHW, listed, natural_key
-from .generic import check_value_range
+from .generic import check_frames_range, check_value_range
 
 
 @dataclass
@@ -138,26 +138,9 @@ class TarSamples:
 
     def _check_range(self, frames: np.ndarray, where: str) -> None:
         """A sample's values against a guessed value scale, as `shard arrays` checks a file
-        (a given scale: the split's warning, `check_index`; integers beside floats: the
-        writer refuses the mix; float64 beside float32 is stored as float32: checked)."""
-        scale = self.value_scale
-        if scale is None:  # the first sample, before the guess: checked once it is made
-            return
-        guessed = np.dtype(self.guessed_from or frames.dtype)
-        if (
-            self.scale_given
-            or not frames.size
-            or (frames.dtype.kind == "f") != (guessed.kind == "f")
-        ):
-            return
-        kind = frames.dtype.kind
-        if kind == "b" or (kind in "iu" and 0 <= np.iinfo(frames.dtype).min
-                           and np.iinfo(frames.dtype).max <= scale):  # fmt: skip
-            return  # the whole range fits (uint8 with 255)
-        if not np.isfinite(frames).all():
-            return  # said where it is written
-        low, high = float(frames.min()) / scale, float(frames.max()) / scale
-        check_value_range(low, high, scale, str(frames.dtype), f"{where}:", given=False)
+        (the first sample, before the guess: checked once it is made)."""
+        check_frames_range(frames, self.value_scale, self.guessed_from, f"{where}:",
+                           given=bool(self.scale_given))  # fmt: skip
 
     def check_index(self, index: Any) -> None:
         """The split's values against the value scale once written: a given scale that
