@@ -990,6 +990,27 @@ def _check_every_parameter_trained(module: EnhancedModule, processes: int, step:
         )
 
 
+def _warn_of_parameters_not_optimized(module: nn.Module, optimizer: Any, step: int) -> None:
+    """At the first optimizer step: a trainable parameter in none of the optimizer's groups
+    never changes, and torch says nothing (a layer created after configure_optimizer, in
+    the first training_step, or one left out of the parameters the optimizer was given).
+    One warning naming them: leaving some out may be meant (fine-tuning a part), and
+    freezing them says so."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missed = [n for n, p in module.named_parameters() if p.requires_grad and id(p) not in held]
+    if not missed:
+        return
+    more = f" (and {len(missed) - 3} more)" if len(missed) > 3 else ""
+    console.warn_main(
+        "%s: trainable parameter(s) %s%s are in none of the optimizer's parameter groups at "
+        "step %d, so they never change (a layer created after configure_optimizer, or left "
+        "out of the parameters given to the optimizer?): build the layers in __init__ and give "
+        "the optimizer self.parameters(), or freeze them (requires_grad_(False)) to train "
+        "without them",
+        type(module).__name__, ", ".join(map(repr, missed[:3])), more, step,
+    )  # fmt: skip
+
+
 def _name_unreduced_parameters(
     exc: RuntimeError, module: nn.Module, processes: int, step: int
 ) -> None:
@@ -1889,6 +1910,9 @@ class Trainer:
             # zero_grad() no-ops (gradients keep accumulating); on the last they act.
             self._optimizer_step(optimizer)
             self._zero_grad(optimizer)
+            if acc.sync_gradients and not self._optimizer_checked:
+                self._optimizer_checked = True
+                _warn_of_parameters_not_optimized(module, optimizer, step)
         if acc.sync_gradients:
             self._contributed = False
         extras = {}
@@ -2377,6 +2401,7 @@ class Trainer:
         acc = self.accelerator
         self._contributed, self._grad_norm = False, None
         self._parameters_checked = False  # see _check_every_parameter_trained
+        self._optimizer_checked = False  # see _warn_of_parameters_not_optimized
         self.lockstep.reset()
         # what an earlier fit of this Trainer that failed inside an accumulation window left:
         # accelerate's micro-batch count (its next step synced after fewer micro-batches)

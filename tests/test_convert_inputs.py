@@ -994,3 +994,37 @@ def test_array_files_cut_short_are_said_so(tmp_path):
     (tmp_path / "mm.npy").write_bytes(data[:300])  # mmnist-npy reads it memory-mapped
     proc = run_cli("shard", "mmnist-npy", "mm.npy", "--out", "ds2", cwd=tmp_path)
     assert "mm.npy: cut short (300 bytes, its header says" in error_line(proc), proc.stderr
+
+
+def test_samples_copied_within_a_split_or_into_another_are_said(tmp_path):
+    """A file copied under another name (`a (1).npy`) or into another split's folder: the
+    conversion says each, with its first case (test scores of data trained on otherwise go
+    unnoticed); constant sequences (all zeros) are alike by nature and not counted."""
+    rng = np.random.default_rng(0)
+    seq = rng.integers(0, 256, (6, 1, 8, 8), dtype=np.uint8)
+    for name, frames in {
+        "train/a.npy": seq,
+        "train/a (1).npy": seq,
+        "train/b.npy": rng.integers(0, 256, seq.shape, dtype=np.uint8),
+        "train/z.npy": np.zeros_like(seq),
+        "train/z2.npy": np.zeros_like(seq),
+        "test/c.npy": seq,
+        "test/d.npy": rng.integers(0, 256, seq.shape, dtype=np.uint8),
+    }.items():
+        (tmp_path / "raw" / name).parent.mkdir(parents=True, exist_ok=True)
+        np.save(tmp_path / "raw" / name, frames)
+    proc = run_cli("shard", "arrays", "raw", "--out", "ds", "--workers", "1", cwd=tmp_path,
+                   check=True)  # fmt: skip
+    lines = [line for line in proc.stderr.splitlines() if "byte-identical" in line]
+    assert len(lines) == 2, proc.stderr
+    within = "train: 1 sample(s) are byte-identical to earlier samples of the split (first: 'a'"
+    assert lines[0].startswith(within) and "= 'a (1)' of " in lines[0], lines[0]
+    across = "test: 1 sample(s) are byte-identical to samples of split train (first: 'c' of "
+    assert lines[1].startswith(across) and "remove it from one" in lines[1], lines[1]
+    assert read_index(tmp_path / "ds" / "train").num_samples == 5  # nothing left out
+    # distinct sequences: not a word
+    shutil.rmtree(tmp_path / "raw" / "test")
+    (tmp_path / "raw" / "train" / "a (1).npy").unlink()
+    proc = run_cli("shard", "arrays", "raw", "--out", "ds", "--overwrite", "--workers", "1",
+                   cwd=tmp_path, check=True)  # fmt: skip
+    assert "byte-identical" not in proc.stderr, proc.stderr

@@ -14,6 +14,7 @@ contract (each case reproduced first, on the code before):
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -120,3 +121,51 @@ def test_an_empty_validation_set_and_an_unbatched_loader_are_refused_before_trai
     custom = DataLoader(TinySequences(8), batch_sampler=sampler)
     with pytest.raises(TypeError, match="has a custom batch_sampler, which the Trainer cannot"):
         _trainer(tmp_path).fit(TinyModule(), custom)
+
+
+class _LayerMadeInTheStep(TinyModule):
+    """A layer created in the first training_step, after configure_optimizer."""
+
+    def training_step(self, inputs, targets):
+        if not hasattr(self, "late"):
+            self.late = nn.Linear(32, 32)
+        return nn.functional.mse_loss(self.late(self.net(inputs)).view(-1, 2, 1, 4, 4), targets)
+
+
+class _HalfOptimized(TinyModule):
+    def configure_optimizer(self):
+        return torch.optim.Adam(self.net[1].parameters(), lr=self.lr)
+
+
+def test_trainable_parameters_the_optimizer_never_steps_are_named(tmp_path):
+    """A layer created after configure_optimizer (or left out of the optimizer's parameters)
+    trained never, without a word: one warning at the first step names it; a module whose
+    every trainable parameter is in the optimizer (lazy layers too) hears nothing."""
+    said = _Said()
+    logging.getLogger("stpdist").addHandler(said)
+    try:
+        module = _LayerMadeInTheStep(scheduler=False)
+        _trainer(tmp_path, output_dir=tmp_path / "late").fit(module, loader(16))
+        _trainer(tmp_path, output_dir=tmp_path / "half").fit(_HalfOptimized(), loader(16))
+        _trainer(tmp_path, output_dir=tmp_path / "lazy").fit(_Lazy(), loader(16))
+    finally:
+        logging.getLogger("stpdist").removeHandler(said)
+    found = [line for line in said.lines if "in none of the optimizer's" in line]
+    assert len(found) == 2, said.lines
+    assert found[0].startswith(
+        "_LayerMadeInTheStep: trainable parameter(s) 'late.weight', 'late.bias' are in none "
+        "of the optimizer's parameter groups at step 1, so they never change"
+    ), found[0]
+    assert found[1].startswith("_HalfOptimized: trainable parameter(s) 'net.4.weight', "), found
+    assert module.late.weight.grad is not None  # it took part in the loss, and stayed put
+
+
+class _Said(logging.Handler):
+    """The warnings of the `stpdist` logger (which may not propagate to pytest's caplog)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())

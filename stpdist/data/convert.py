@@ -30,6 +30,7 @@ import contextlib
 import contextvars
 import fnmatch
 import functools
+import hashlib
 import itertools
 import logging
 import math
@@ -523,9 +524,11 @@ def _write_split(
     progress: bool,
     nan_fill: float | None = None,
     like: SplitIndex | None = None,
+    copies: _Copies | None = None,
 ) -> SplitIndex:
     """One split into `folder`; `like`: a split written before, whose frame shape this one's
-    must have (checked at its first sample, before anything of it is written)."""
+    must have (checked at its first sample, before anything of it is written); `copies`:
+    where samples identical to earlier ones are counted, said once the split is written."""
     scale = 255.0 if quantize else source.value_scale
     args = {**source.args(), "split": split, "stored_as_uint8": quantize}
     if nan_fill is not None:
@@ -563,6 +566,8 @@ def _write_split(
                     _check_same_shape(like, split, frames.shape, where)
                 grid = source.grid if quantize else None
                 filled += _write_sample(writer, key, frames, meta, where, grid, nan_fill, names)
+                if copies is not None:
+                    copies.add(split, key, frames, where)
                 values += frames.size
                 if like is not None and first:  # as stored (a grid quantizes to uint8)
                     _check_same_dtype(like, split, writer.dtype, where)
@@ -574,7 +579,53 @@ def _write_split(
             "its statistics)",
             folder.name, filled, nan_fill, 100 * filled / values,
         )  # fmt: skip
+    if copies is not None:
+        copies.say(split)
     return read_index(folder)
+
+
+class _Copies:
+    """Samples byte for byte those of an earlier sample, in the same split or another: a
+    file copied under another name (`seq2 (1).npy`) or into two split folders trains on a
+    sample twice, or scores val/test on samples trained on, without a word. Counted by a
+    128-bit digest of each sample's frames (with their shape and dtype), and said once a
+    split is written, with its first case; constant samples (a radar's hours without rain,
+    all zeros) are alike by nature and not counted."""
+
+    def __init__(self) -> None:
+        self._seen: dict[bytes, tuple[str, str, str]] = {}  # digest → (split, key, where)
+        self._found: dict[str, dict[str, Any]] = {}  # split of the first → count, first case
+
+    def add(self, split: str, key: str, frames: np.ndarray, where: str) -> None:
+        frames = np.ascontiguousarray(frames)
+        digest = hashlib.blake2b(f"{frames.dtype.str}{frames.shape}".encode(), digest_size=16)
+        digest.update(frames)
+        earlier = self._seen.setdefault(digest.digest(), (split, key, where))
+        if earlier[:2] == (split, key) or frames.size == 0 or frames.min() == frames.max():
+            return
+        found = self._found.setdefault(earlier[0], {"count": 0, "first": (earlier, key, where)})
+        found["count"] += 1
+
+    def say(self, split: str) -> None:
+        """Warn of the samples of `split` that copy earlier ones, a line for each split
+        they copy; starts counting the next split."""
+        for other, found in self._found.items():
+            (_, first_key, first_where), key, where = found["first"]
+            case = f"first: {key!r} of {where} = {first_key!r} of {first_where}"
+            if other == split:
+                log.warning(
+                    "%s: %d sample(s) are byte-identical to earlier samples of the split (%s): "
+                    "a file copied under another name counts its samples twice; remove the copy",
+                    split, found["count"], case,
+                )  # fmt: skip
+            else:
+                log.warning(
+                    "%s: %d sample(s) are byte-identical to samples of split %s (%s): the "
+                    "same data in two splits (a file copied under another name, or into two "
+                    "split folders?) scores a model on data it trained on; remove it from one",
+                    split, found["count"], other, case,
+                )  # fmt: skip
+        self._found = {}
 
 
 PROGRESS_LINE_EVERY = 30.0
@@ -941,6 +992,7 @@ def _write_each_split(
 ) -> dict[str, SplitIndex]:
     """Each split into `written` (filled as they are done: an OffGrid leaves there the ones
     written before it, the failed one's folder removed)."""
+    copies = _Copies()
     for split, items in splits.items():
         if not items:  # e.g. no file of a test person: said, as a split that yields nothing
             log.warning("%s: no samples; not written", split)
@@ -949,7 +1001,7 @@ def _write_each_split(
         like = next(iter(written.values()), None)  # every split: the first one's shape
         try:
             written[split] = _write_split(source, folder, split, items, pool, quantize,
-                                          *settings, like)  # fmt: skip
+                                          *settings, like, copies)  # fmt: skip
         except OffGrid as off:
             shutil.rmtree(folder, ignore_errors=True)
             off.split = split
