@@ -621,12 +621,18 @@ def _forecast_inputs(source: Path, module: Any, args: argparse.Namespace) -> Any
     from .inference import InputFrames
 
     if not (source / INDEX_FILE).is_file():
-        frames = InputFrames(source, module, allow_nonfinite=args.allow_nonfinite, key=args.key)
+        frames = InputFrames(source, module, allow_nonfinite=args.allow_nonfinite, key=args.key,
+                             channels_last=args.channels_last)  # fmt: skip
         return DataLoader(frames, batch_size=args.batch_size)
     if args.key is not None:  # chosen for nothing: the user meant other inputs
         raise InputError(
             f"--key {args.key} names an array inside .npz inputs; {source} is a shard split: "
             "drop --key"
+        )
+    if args.channels_last:
+        raise InputError(
+            f"--channels-last reads arrays of …×H×W×C; {source} is a shard split (stored "
+            "channels first): drop --channels-last"
         )
     data = ShardEvalStream(  # a shard split: its first T_in frames
         source,
@@ -1567,6 +1573,12 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--shards", action="store_true", help="also write the forecasts as a shard split"
+    )
+    s.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="input arrays are T×H×W×C or N×T×H×W×C (else channels first, as the model takes "
+        "them; T×H×W either way)",
     )
     s.add_argument(
         "--overwrite",

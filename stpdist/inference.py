@@ -289,10 +289,12 @@ class ValueSurvey:
 
     def add(self, array: np.ndarray, offset: int = 0) -> None:
         """One piece: rows `offset`… of the whole (…×C×H×W), for positions in messages."""
-        if array.dtype.kind not in "iuf":
+        if array.dtype.kind not in "biuf":
             raise InputError(
                 f"{self.where}: frames of dtype {array.dtype}; expected integers or floats"
             )
+        if array.dtype.kind == "b":  # masks, as `shard arrays` stores them: 0 and 1
+            array = array.view(np.uint8)
         if array.dtype.kind == "f":
             self.kind = "f"
             bad = ~np.isfinite(array)
@@ -336,7 +338,8 @@ def check_input_shape(shape: tuple[int, ...], module: Any, where: str) -> None:
         last = (shape[-1], *shape[-3:-1])  # read as …×H×W×C
         hint = (
             "; they look channels-last (…×H×W×C): forecast reads channels first, so move "
-            "the last axis, e.g. numpy.moveaxis(frames, -1, -3)"
+            "the last axis, e.g. numpy.moveaxis(frames, -1, -3) (stpdist forecast: "
+            "--channels-last)"
             if last == expected
             else ""
         )
@@ -461,9 +464,9 @@ PNG_ADVICE = "save the frames as an .npy array (T×C×H×W, the training data's 
 
 class InputFrames(Dataset):
     """Input-only samples for `forecast`, in the model's scaled units: an .npy/.npz array
-    (T×C×H×W or N×T×C×H×W; T×H×W for a one-channel model, as `shard arrays` reads it), a
-    folder of such files, or a folder of PNG frames (one
-    sequence, in name order). When a sequence holds more than T_in frames the last T_in
+    (T×C×H×W or N×T×C×H×W; T×H×W for a one-channel model, as `shard arrays` reads it;
+    T×H×W×C or N×T×H×W×C with `channels_last`), a folder of such files, or a folder of PNG
+    frames (one sequence, in name order). When a sequence holds more than T_in frames the last T_in
     are used: a forecast continues from the newest frames. Every input is checked against
     the model (`check_inputs`) before any forecast is made."""
 
@@ -474,9 +477,11 @@ class InputFrames(Dataset):
         *,
         allow_nonfinite: bool = False,
         key: str | None = None,
+        channels_last: bool = False,
     ) -> None:
         self.source = Path(source)
         self.module = module
+        self.channels_last = channels_last  # array files hold …×H×W×C
         self.allow_nonfinite = allow_nonfinite
         self.npz_key = key  # the array of an .npz that holds several (`--key`)
         self.num_input_frames = module.num_input_frames
@@ -490,6 +495,11 @@ class InputFrames(Dataset):
         if self.source.is_dir():
             self._refuse_a_mix()
         if self.source.is_dir() and self._pngs():
+            if channels_last:
+                raise InputError(
+                    f"{self.source}: PNG frames are read as images (their channels known): "
+                    "drop --channels-last, which is of .npy/.npz arrays"
+                )
             self._add_pngs(module)
         elif self.source.is_dir():
             files = sorted(p for p in self.source.iterdir() if p.suffix.lower() in ARRAYS)
@@ -520,6 +530,9 @@ class InputFrames(Dataset):
         key = self.npz_key if file.suffix.lower() == ".npz" else None
         shape, _ = array_header(file, key, "--key")  # before the data is decompressed
         one_channel = len(shape) == 3 and self.module.frame_shape[0] == 1  # T×H×W
+        if self.channels_last:
+            self._check_channels_last(shape, file)
+            shape = (*shape[:-3], shape[-1], *shape[-3:-1])
         check_input_shape(
             (shape[0], 1, *shape[1:]) if one_channel else shape, self.module, str(file)
         )
@@ -529,7 +542,7 @@ class InputFrames(Dataset):
         try:
             for start in range(0, len(rows), step):
                 part = rows.rows(start, min(start + step, len(rows)))
-                survey.add(part[:, None] if one_channel else part, start)
+                survey.add(part[:, None] if one_channel else self._channels_first(part), start)
         finally:
             rows.close()  # reopened when forecast: one open input at a time
         survey.check(self.module, self.allow_nonfinite)
@@ -538,6 +551,25 @@ class InputFrames(Dataset):
                 self._add(f"{_key(file.stem)}_{i:06d}", (rows, i), file)
         else:
             self._add(_key(file.stem), (rows, None), file)
+
+    def _channels_first(self, frames: np.ndarray) -> np.ndarray:
+        """…×C×H×W frames of an array file (moved from …×H×W×C with `channels_last`)."""
+        return np.moveaxis(frames, -1, -3) if self.channels_last else frames
+
+    def _check_channels_last(self, shape: tuple[int, ...], file: Path) -> None:
+        """With `channels_last`: frames of 4 or 5 axes, not already channels-first (which
+        moving the axis would read as frames one pixel high, as `shard arrays` refuses)."""
+        expected = tuple(self.module.frame_shape)
+        if len(shape) not in (4, 5):
+            raise InputError(
+                f"{file}: --channels-last reads T×H×W×C or N×T×H×W×C frames, got shape {shape}"
+                + ("; T×H×W frames have no channel axis: drop it" if len(shape) == 3 else "")
+            )
+        if tuple(shape[-3:]) == expected and shape[-1] != expected[0]:
+            raise InputError(
+                f"{file}: frames of shape {shape} are already channels-first (C×H×W "
+                f"{_shape_text(expected)}, as the model takes them): drop --channels-last"
+            )
 
     def _splits(self) -> str:
         """For a folder without inputs: the shard splits in it, when it is a dataset root
@@ -637,7 +669,7 @@ class InputFrames(Dataset):
                 self._reading.close()  # the previous file's stream: one open at a time
             self._reading = rows
             frames = rows.last(row, self.num_input_frames)
-            frames = frames[:, None] if frames.ndim == 3 else frames  # T×H×W: one channel
+            frames = frames[:, None] if frames.ndim == 3 else self._channels_first(frames)
         frames = torch.as_tensor(np.asarray(frames, dtype=np.float32))
         return {"inputs": self.from_physical(frames)}
 

@@ -290,5 +290,49 @@ def test_channels_last_arrays_for_forecast_are_told_how_to_move_the_axis(model, 
     assert line.endswith(
         "last.npy: frames of C×H×W 32×32×1 (shape (10, 32, 32, 1)); the model takes C×H×W "
         "1×32×32 (channels × height × width); they look channels-last (…×H×W×C): forecast "
-        "reads channels first, so move the last axis, e.g. numpy.moveaxis(frames, -1, -3)"
+        "reads channels first, so move the last axis, e.g. numpy.moveaxis(frames, -1, -3) "
+        "(stpdist forecast: --channels-last)"
     ), line
+
+
+def test_forecast_reads_channels_last_arrays_and_masks_as_shard_arrays_does(model, tmp_path):
+    """`shard arrays` takes T×H×W×C arrays with --channels-last and bool masks; forecast
+    took neither (the same files the model was trained from). With --channels-last a
+    T×H×W×C and an N×T×H×W×C file forecast as their channels-first copies; channels-first
+    arrays with the flag, and a shard split, are refused; a bool array forecasts as 0/1."""
+    from stpdist.trainer import load_predictions
+
+    first = _frames(3, 2, 10, 1, 32, 32)
+    np.save(tmp_path / "first.npy", first)
+    (tmp_path / "last").mkdir()
+    np.save(tmp_path / "last" / "first.npy", np.moveaxis(first, -3, -1))  # N×T×H×W×C
+    np.save(tmp_path / "last" / "one.npy", np.moveaxis(first[1], -3, -1))  # T×H×W×C
+    run_cli("forecast", str(model), "first.npy", "--out", "a", "--samples", "0", cwd=tmp_path,
+            check=True)  # fmt: skip
+    run_cli("forecast", str(model), "last", "--out", "b", "--samples", "0", "--channels-last",
+            cwd=tmp_path, check=True)  # fmt: skip
+    expected, got = load_predictions(tmp_path / "a"), load_predictions(tmp_path / "b")
+    assert sorted(got) == ["first_000000", "first_000001", "one"], sorted(got)
+    for key in ("first_000000", "first_000001"):
+        np.testing.assert_array_equal(got[key], expected[key])
+    np.testing.assert_array_equal(got["one"], expected["first_000001"])
+
+    line = _error_line(run_cli("forecast", str(model), "first.npy", "--out", "c",
+                               "--channels-last", cwd=tmp_path))  # fmt: skip
+    assert line.endswith(
+        "first.npy: frames of shape (2, 10, 1, 32, 32) are already channels-first (C×H×W "
+        "1×32×32, as the model takes them): drop --channels-last"
+    ), line
+    split = model.parent / "data" / "train"
+    line = _error_line(run_cli("forecast", str(model), str(split), "--out", "c",
+                               "--channels-last", cwd=tmp_path))  # fmt: skip
+    assert line.endswith("is a shard split (stored channels first): drop --channels-last"), line
+
+    mask = first[0] > 127
+    np.save(tmp_path / "mask.npy", mask)
+    np.save(tmp_path / "ones.npy", mask.astype(np.uint8))
+    for name in ("mask", "ones"):
+        run_cli("forecast", str(model), f"{name}.npy", "--out", name, "--samples", "0",
+                cwd=tmp_path, check=True)  # fmt: skip
+    got, expected = load_predictions(tmp_path / "mask"), load_predictions(tmp_path / "ones")
+    np.testing.assert_array_equal(got["mask"], expected["ones"])
