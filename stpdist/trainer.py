@@ -2751,7 +2751,10 @@ class Trainer:
         Files: `out/predictions-r<rank>-<part>.npz`, each with `keys` (N,) and `predictions`
         N×T_out×C×H×W float32, and where known `units` (a string: `units` as given,
         "physical" for a module that `writes_physical_units`, else "scaled" for a module with
-        a `value_scale`, which is then written beside it: physical = scaled × value_scale).
+        a `value_scale`, which is then written beside it: physical = scaled × value_scale),
+        and, for data whose samples keep their frames' times (`data.frame_times()`, a shard
+        split of a time series), `reference_times` (N) and `valid_times` (N×T_out),
+        datetime64[s]: the last input frame's time and each predicted frame's.
         Returns the metrics ({} without targets, or for a module
         without `validation_step`). The earlier predictions in `out` are replaced once the
         new ones are all written: a pass that fails leaves them as they were."""
@@ -2819,6 +2822,8 @@ class Trainer:
         if postprocess is None and getattr(module, "writes_physical_units", False):
             postprocess, units = module.to_physical, "physical"  # normalised per variable
         described = _units_entries(module, units, postprocess)
+        times = getattr(data, "frame_times", None)  # a shard split's, where it keeps them
+        times = times() if callable(times) else None
         sums, written, seen = EvalSums(), 0, set()
         with acc.autocast(), self._average_of(module, ckpt, raw_weights):
             for part, batch in enumerate(as_eval_source(data).iterate(self._ctx())):
@@ -2842,7 +2847,9 @@ class Trainer:
                     keys=np.asarray(batch.keys),
                     predictions=pred.float().cpu().numpy(),
                     **described,
-                )
+                    **({} if times is None else
+                       times.of(batch.keys, batch.inputs.shape[1], pred.shape[1])),
+                )  # fmt: skip
                 written += len(batch.keys)
         refuse_keys_on_several_ranks(seen, acc, split)  # each rank's `seen` checked: together
         total = acc.reduce(torch.tensor([written, sums.count], device=acc.device), "sum")

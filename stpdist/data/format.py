@@ -1057,12 +1057,19 @@ def count_samples(path: str | os.PathLike) -> tuple[int, bool]:
 
 
 def iter_shard(
-    url: str | os.PathLike, where: str | None = None, *, skip: int = 0, folders: bool = False
+    url: str | os.PathLike,
+    where: str | None = None,
+    *,
+    skip: int = 0,
+    folders: bool = False,
+    members: frozenset[str] | None = None,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(key, members by extension) of every sample of one shard, in stored order; the first
     `skip` samples with their key alone (`{"__key__": key}`), their data unread: sought
     past in a local file, read and dropped from a URL's stream. `folders`: keys keep the
     members' folders, as webdataset's do (`clip/0001`; stpdist's own shards have none).
+    `members`: only the members of these extensions are read (`{"json"}`: the metadata,
+    the frames passed over as the skipped samples' are).
 
     A `Path` is a local file, always (a folder named `pipe:…` is just a folder). A `str` is
     a URL: anything webdataset's `gopen` opens, including `pipe:<shell command>` (run by a
@@ -1071,7 +1078,7 @@ def iter_shard(
     where = where or str(url)
     stream = _open_shard(url, where)
     try:
-        yield from _samples(stream, where, skip, folders)
+        yield from _samples(stream, where, skip, folders, members)
         _drain(stream, where)
     except Exception as exc:
         failed = _close_shard(stream)  # a failed command or download explains a short read
@@ -1173,11 +1180,16 @@ def _close_shard(stream: Any) -> str | None:
 
 
 def _samples(
-    stream: Any, where: str, skip: int = 0, folders: bool = False
+    stream: Any,
+    where: str,
+    skip: int = 0,
+    folders: bool = False,
+    members: frozenset[str] | None = None,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(key, members by extension) of a tar stream's samples; the first `skip` come with
-    their key alone, their members' data passed over unread; `folders`: keys keep the
-    members' folders (`_sample_key`)."""
+    their key alone, their members' data passed over unread, as are the members of other
+    extensions than `members` when given; `folders`: keys keep the members' folders
+    (`_sample_key`)."""
     last: str | None = None  # the key of the sample last begun, and how many were
     begun = 0
 
@@ -1186,11 +1198,14 @@ def _samples(
         member_key = _sample_key(name, folders)
         if member_key is not None and member_key != last:
             last, begun = member_key, begun + 1
+        if members is not None and name.rsplit("/", 1)[-1].split(".", 1)[-1] not in members:
+            return False
         return begun > skip
 
     key, sample, order = None, {}, _MemberOrder(where)
     try:
-        for name, data in _tar_members(stream, where, keep if skip else None):
+        filtered = skip or members is not None
+        for name, data in _tar_members(stream, where, keep if filtered else None):
             member_key = _sample_key(name, folders)
             if member_key is None:
                 continue

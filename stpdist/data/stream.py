@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import shlex
+import warnings
 from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from .. import console
 from ..errors import InputError
 from .format import (
     FRAMES_EXT,
+    META_EXT,
     ShardFormatError,
     count_samples,
     decode_frames,
@@ -650,6 +653,72 @@ class ShardEvalStream(_ShardSource):
         self.check_counts()  # here, not in a worker: an error is then one line
         workers = max(1, ctx.num_workers or 0)
         yield from _loader(_EvalShare(self, ctx, workers), workers if workers > 1 else 0, ctx)
+
+    def frame_times(self) -> FrameTimes | None:
+        """Each sample's frame times, from the `times` of its `.json` member (which the
+        time-series converters write), read from the local shards' metadata alone (the
+        frames passed over); None for a split without them (other sources; conversions
+        before 2026-12-07) and for shards behind a `url_template` (read once, for the
+        frames). Times that cannot be read are unknown (NaT), never an error: the pass
+        that reads the frames says what is wrong with a shard."""
+        if self.url_template is not None:
+            return None
+        keys: dict[str, int] = {}
+        rows: list[np.ndarray] = []
+        frames = self.index.shape[0]
+        for shard in range(len(self.index.shards)):
+            url = self._url(shard)
+            try:
+                for key, sample in iter_shard(url, members=frozenset({META_EXT})):
+                    times = _times_of(sample.get(META_EXT), frames)
+                    if times is None and not rows:
+                        return None  # the first sample has none: a split without times
+                    keys[key] = len(rows)
+                    rows.append(
+                        np.full(frames, np.datetime64("NaT", "s")) if times is None else times
+                    )
+            except ShardFormatError:
+                continue
+        return FrameTimes(keys, np.stack(rows)) if rows else None
+
+
+class FrameTimes:
+    """Sample key → its frames' times (datetime64[s]), and the times of a batch's
+    predictions: `reference_times` (N), the time of each sample's last input frame (the
+    forecast's reference time), and `valid_times` (N×T_out), each predicted frame's: the
+    stored frames' times where the sample holds them, beyond that (a split of inputs only)
+    continued at the step of its frames when they are evenly spaced, else NaT."""
+
+    def __init__(self, keys: dict[str, int], times: np.ndarray) -> None:
+        self.keys, self.times = keys, times
+
+    def of(self, keys: Sequence[str], t_in: int, t_out: int) -> dict[str, np.ndarray]:
+        never = np.datetime64("NaT", "s")
+        unknown = np.full(self.times.shape[1], never)
+        rows = np.stack([self.times[self.keys[k]] if k in self.keys else unknown for k in keys])
+        valid = np.full((len(rows), t_out), never)
+        held = min(t_out, rows.shape[1] - t_in)
+        valid[:, :held] = rows[:, t_in : t_in + held]
+        if held < t_out and rows.shape[1] > 1:
+            steps = np.diff(rows, axis=1)
+            even = (steps == steps[:, :1]).all(axis=1)  # NaT is never equal: not even
+            continued = rows[:, -1:] + steps[:, :1] * np.arange(1, t_out - held + 1)
+            valid[:, held:] = np.where(even[:, None], continued, never)
+        return {"reference_times": rows[:, t_in - 1], "valid_times": valid}
+
+
+def _times_of(meta: bytes | None, frames: int) -> np.ndarray | None:
+    """A sample's frame times from its `.json` member (datetime64[s]), or None."""
+    if meta is None:
+        return None
+    try:
+        times = json.loads(meta).get("times")
+        with warnings.catch_warnings():  # a time zone ("+00:00") is read as UTC
+            warnings.simplefilter("ignore", DeprecationWarning)
+            array = np.array(times, dtype="datetime64[s]")
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError):
+        return None
+    return array if array.shape == (frames,) else None
 
 
 class _EvalShare(IterableDataset):

@@ -50,6 +50,7 @@ from .common import (
 from .series import (
     as_times,
     group_starts,
+    iso_times,
     parse_bound,
     parse_step,
     plan_windows,
@@ -315,6 +316,9 @@ class GenericArrays:
         for start in starts:
             frames = np.array(span[start - starts[0] : start - starts[0] + self.num_frames])
             meta = {"source": file.name, "start": str(self.times[start]), SERIES_INDEX: start}
+            times = iso_times(self.times[start : start + self.num_frames], self.key_unit)
+            if times is not None:  # a --time-key's: predictions carry each frame's time
+                meta["times"] = times
             key = f"{key_of(file)}_{stamp(self.times[start], self.key_unit)}"
             out.append((key, frames, meta))
         return out

@@ -36,6 +36,7 @@ from ..format import SERIES_INDEX, require_file
 from .series import (
     as_times,
     group_starts,
+    iso_times,
     parse_bound,
     parse_step,
     plan_windows,
@@ -795,6 +796,7 @@ class XarraySource:
             time = self.times[start]
             meta = {
                 "start": str(time),
+                "times": iso_times(self.times[start : start + self.num_frames], self.key_unit),
                 "variables": [c.name for c in self.channels],
                 SERIES_INDEX: start,  # the statistics count each time step once
             }

@@ -246,6 +246,14 @@ def stamp_unit(times: Any) -> str:
     return "ns"
 
 
+def iso_times(times: np.ndarray, unit: str = "m") -> list[str] | None:
+    """A window's frame times as ISO text (`2020-01-01T06:00`), for its `.json` member's
+    `times` (predictions carry each frame's time from them); None for frame positions."""
+    if times.dtype.kind != "M":
+        return None
+    return [str(t) for t in np.datetime_as_string(times, unit=unit)]
+
+
 def stamp(time: Any, unit: str = "m") -> str:
     """A key-safe time label: `202001011200` for a timestamp (`20200101120030` with `unit`
     "s"), `f000123` for a position."""

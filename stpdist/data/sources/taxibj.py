@@ -224,6 +224,7 @@ class TaxiBJ:
                 meta = {
                     "source": Path(path).name,
                     "start": dates[s].isoformat(),
+                    "times": [d.isoformat() for d in dates[s : end + 1]],
                     SERIES_INDEX: s,  # the statistics count each slot of the file once
                     SERIES_ID: Path(path).name,
                 }

@@ -1,0 +1,111 @@
+"""Predictions carry their frames' times: the time-series converters write each window's
+frame times in its `.json` member (`times`), and `predict` (and `forecast` from a shard
+split) writes `reference_times` (the last input frame's) and `valid_times` (each predicted
+frame's) beside the predictions; a window of inputs alone is continued at its step."""
+
+from __future__ import annotations
+
+import numpy as np
+from helpers import TinyModule
+from test_weather import hourly_series, stored
+
+from stpdist import Trainer
+from stpdist.cli import main
+from stpdist.data.stream import FrameTimes, ShardEvalStream
+
+
+def _predicted(folder) -> dict[str, dict[str, np.ndarray]]:
+    """key → the fields of its row in every predictions file of `folder`."""
+    out = {}
+    for path in sorted(folder.glob("predictions-r*.npz")):
+        with np.load(path) as data:
+            fields = {name: data[name] for name in data.files if name != "keys"}
+            for row, key in enumerate(data["keys"].tolist()):
+                out[key] = {name: value[row] for name, value in fields.items() if value.ndim}
+    return out
+
+
+def _convert(tmp_path, frames: int, *extra: str) -> None:
+    code = main(["shard", "arrays", str(tmp_path / "raw"), "--out", str(tmp_path / "ds"),
+                 "--frames", str(frames), "--stride", "2", "--value-scale", "1",
+                 "--workers", "1", *extra])  # fmt: skip
+    assert code in (0, None)
+
+
+def test_predictions_carry_the_reference_and_valid_times_of_their_frames(tmp_path):
+    _, times = hourly_series(tmp_path)
+    _convert(tmp_path, 5, "--time-key", "time")
+    minutes = times.astype("datetime64[s]")
+    position = {t: i for i, t in enumerate(minutes.tolist())}
+    samples = stored(tmp_path / "ds" / "train")
+    for _, meta in samples.values():  # every window keeps its frames' times
+        first = position[np.datetime64(meta["start"], "s").tolist()]
+        assert meta["times"] == [
+            str(t) for t in np.datetime_as_string(times[first : first + 5], "m")
+        ]
+
+    stream = ShardEvalStream(tmp_path / "ds" / "train", batch_size=4, num_input_frames=3,
+                             num_output_frames=2)  # fmt: skip
+    trainer = Trainer(output_dir=tmp_path / "run", progress_bar=False)
+    trainer.predict(TinyModule(), stream, out=tmp_path / "p", metrics=False)
+    got = _predicted(tmp_path / "p")
+    assert sorted(got) == sorted(samples) and len(got) > 10
+    for key, fields in got.items():
+        first = position[np.datetime64(samples[key][1]["start"], "s").tolist()]
+        assert fields["reference_times"] == minutes[first + 2], key
+        np.testing.assert_array_equal(fields["valid_times"], minutes[first + 3 : first + 5])
+        assert fields["valid_times"].dtype == np.dtype("datetime64[s]")
+
+    # windows of inputs alone (3 frames, as forecast reads them): continued at their step
+    _convert(tmp_path, 3, "--time-key", "time", "--overwrite")
+    inputs = ShardEvalStream(tmp_path / "ds" / "train", batch_size=4, num_input_frames=3,
+                             num_output_frames=0)  # fmt: skip
+    trainer.predict(TinyModule(), inputs, out=tmp_path / "f", metrics=False)
+    for key, fields in _predicted(tmp_path / "f").items():
+        reference = fields["reference_times"]
+        hour = np.timedelta64(1, "h")
+        np.testing.assert_array_equal(
+            fields["valid_times"], [reference + hour, reference + 2 * hour]
+        )
+        assert not np.isnat(reference), key
+
+
+def test_a_series_without_times_predicts_without_them_and_uneven_frames_continue_as_nat(tmp_path):
+    hourly_series(tmp_path)
+    _convert(tmp_path, 5, "--key", "data")  # no --time-key: frame positions, no times
+    stream = ShardEvalStream(tmp_path / "ds" / "train", batch_size=4, num_input_frames=3,
+                             num_output_frames=2)  # fmt: skip
+    assert stream.frame_times() is None
+    Trainer(output_dir=tmp_path / "run", progress_bar=False).predict(
+        TinyModule(), stream, out=tmp_path / "p", metrics=False
+    )
+    with np.load(next((tmp_path / "p").glob("predictions-r*.npz"))) as data:
+        assert sorted(data.files) == ["keys", "predictions"]
+
+    hour = np.timedelta64(1, "h")
+    start = np.datetime64("2020-01-01T00:00", "s")
+    even = start + np.arange(3) * hour
+    uneven = start + np.array([0, 1, 3]) * hour
+    times = FrameTimes({"even": 0, "uneven": 1}, np.stack([even, uneven]))
+    got = times.of(["uneven", "even", "missing"], 3, 2)
+    np.testing.assert_array_equal(
+        got["reference_times"], [uneven[2], even[2], np.datetime64("NaT")]
+    )
+    assert np.isnat(got["valid_times"][[0, 2]]).all()
+    np.testing.assert_array_equal(got["valid_times"][1], [even[2] + hour, even[2] + 2 * hour])
+
+
+def test_netcdf_windows_keep_their_frames_times(tmp_path):
+    from test_weather import t2m_file
+
+    t2m_file(tmp_path / "t2m.nc", (280 + np.arange(12 * 6 * 8) % 7).reshape(12, 6, 8).astype("f4"))
+    code = main(["shard", "netcdf", str(tmp_path / "t2m.nc"), "--vars", "t2m", "--frames", "4",
+                 "--stride", "4", "--out", str(tmp_path / "ds"), "--workers", "1"])  # fmt: skip
+    assert code in (0, None)
+    samples = stored(tmp_path / "ds" / "train")
+    assert len(samples) == 3
+    six_hours = np.timedelta64(6, "h")
+    for _, meta in samples.values():
+        start = np.datetime64(meta["start"], "s")
+        expected = np.datetime_as_string(start + np.arange(4) * six_hours, "m").tolist()
+        assert meta["times"] == expected, meta
