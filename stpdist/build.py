@@ -376,6 +376,8 @@ def build_module(
     normalize = cfg.data.normalize
     # without an index (a frame shape alone: checks, tests) the statistics are unit ones
     normalizer = Normalizer(normalize) if index is None else Normalizer.from_index(normalize, index)
+    if trained_on is not None and index is not None:
+        _check_same_fill(cfg, index, trained_on)
     if trained_on is not None and index is not None and normalize in STATISTICS_MODES:
         _check_same_units(cfg, index, trained_on)
         normalizer = Normalizer.from_index(normalize, trained_on)
@@ -536,6 +538,21 @@ def _check_same_units(cfg: Config, data: SplitIndex, trained_on: SplitIndex) -> 
             f"{trained_on.value_scale:g}: its statistics (data.normalize) do not apply; "
             "convert the data as the training data was"
         )
+
+
+def _check_same_fill(cfg: Config, data: SplitIndex, trained_on: SplitIndex) -> None:
+    """Refuse data whose missing values (NaN) were stored as another fill value than the
+    training data's (`--allow-nan FILL`): the model learnt the one fill as "no data", and
+    reads the other as a value (a radar's no-coverage pixels as rain: threshold scores of
+    the same model and frames changed by a third)."""
+    ours, theirs = data.args.get("nan_fill"), trained_on.args.get("nan_fill")
+    if ours is None or theirs is None or ours == theirs:
+        return
+    raise InputError(
+        f"data.root {cfg.data.root} stores missing values (NaN) as {ours:g} (its {data.split} "
+        f"split, --allow-nan {ours:g}), the data the checkpoint was trained on as {theirs:g}: "
+        f"the model learnt {theirs:g} as no data; convert the data with --allow-nan {theirs:g}"
+    )
 
 
 def trained_on(cfg: Config, checkpoint: Path) -> SplitIndex | None:

@@ -226,6 +226,8 @@ def _load_folder(
     if (folder / STATE_FILE).is_file():  # a checkpoint: the step its weights were trained to
         trained = read_state(folder)
         module.global_step, module.current_epoch = trained.global_step, trained.step_epoch
+    # the value the training data stored NaN as (`--allow-nan`): forecast inputs' NaN too
+    module.nan_fill = index.args.get("nan_fill")
     if index.min and index.max:  # the training data's range, for `forecast`'s input check
         module.value_range = (
             [v * index.value_scale for v in index.min],
@@ -270,18 +272,30 @@ def check_inputs(
         array = (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).cpu().numpy()
     else:
         array = np.asarray(frames)
-    survey = ValueSurvey(where)
+    survey = ValueSurvey(where, getattr(module, "nan_fill", None))
     survey.add(array)
     survey.check(module, allow_nonfinite)
+
+
+def fill_missing(frames: Any, module: Any) -> Any:
+    """`frames` (a float array or tensor) with NaN as the value the model's training data
+    stored NaN as (`module.nan_fill`, from `--allow-nan`), when it has one."""
+    fill = getattr(module, "nan_fill", None)
+    if fill is None:
+        return frames
+    if isinstance(frames, torch.Tensor):
+        return torch.nan_to_num(frames, nan=fill, posinf=torch.inf, neginf=-torch.inf)
+    return np.where(np.isnan(frames), np.asarray(fill, frames.dtype), frames)
 
 
 class ValueSurvey:
     """`check_inputs`' checks of the values, over frames seen a piece at a time (the rows
     of a file too large to hold): the dtype, NaN/Inf (the count and the first one's
-    position), and each channel's range for the units warning."""
+    position), and each channel's range for the units warning. `fill`: the value the
+    model's training data stored NaN as: NaN is counted as filled with it, not refused."""
 
-    def __init__(self, where: str) -> None:
-        self.where = where
+    def __init__(self, where: str, fill: float | None = None) -> None:
+        self.where, self.fill, self.filled = where, fill, 0
         self.nonfinite, self.first = 0, ""
         self.kind = "i"
         self.low: np.ndarray | None = None
@@ -297,6 +311,11 @@ class ValueSurvey:
             array = array.view(np.uint8)
         if array.dtype.kind == "f":
             self.kind = "f"
+            if self.fill is not None:
+                missing = np.isnan(array)
+                if missing.any():
+                    self.filled += int(missing.sum())
+                    array = np.where(missing, np.asarray(self.fill, array.dtype), array)
             bad = ~np.isfinite(array)
             if bad.any():
                 if not self.nonfinite:
@@ -313,6 +332,12 @@ class ValueSurvey:
 
     def check(self, module: Any, allow_nonfinite: bool) -> None:
         """Refuse NaN/Inf (unless `allow_nonfinite`), else warn on the units."""
+        if self.filled:  # a warning: said before the Trainer's setup shows info lines
+            log.warning(
+                "%s: %d missing value(s) (NaN) forecast from as %g, as the model's training "
+                "data stored them (--allow-nan)",
+                self.where, self.filled, self.fill,
+            )  # fmt: skip
         if self.nonfinite:
             if not allow_nonfinite:
                 raise InputError(
@@ -320,6 +345,11 @@ class ValueSurvey:
                     f"{self.first}); pass --allow-nonfinite (allow_nonfinite=True) to forecast "
                     "from them anyway"
                 )
+            log.warning(
+                "%s: forecasting from %d NaN or Inf value(s): a convolution spreads each over "
+                "its neighbours, and the forecasts may be NaN where not all of them",
+                self.where, self.nonfinite,
+            )  # fmt: skip
             return  # no range to compare
         value_range = getattr(module, "value_range", None)
         if value_range is not None and self.low is not None:
@@ -537,7 +567,7 @@ class InputFrames(Dataset):
             (shape[0], 1, *shape[1:]) if one_channel else shape, self.module, str(file)
         )
         rows = ArrayRows(file, key, "--key")
-        survey = ValueSurvey(str(file))
+        survey = ValueSurvey(str(file), getattr(self.module, "nan_fill", None))
         step = max(1, SURVEY_BYTES // max(1, rows.dtype.itemsize * int(np.prod(shape[1:]))))
         try:
             for start in range(0, len(rows), step):
@@ -670,8 +700,8 @@ class InputFrames(Dataset):
             self._reading = rows
             frames = rows.last(row, self.num_input_frames)
             frames = frames[:, None] if frames.ndim == 3 else self._channels_first(frames)
-        frames = torch.as_tensor(np.asarray(frames, dtype=np.float32))
-        return {"inputs": self.from_physical(frames)}
+        frames = fill_missing(np.asarray(frames, dtype=np.float32), self.module)
+        return {"inputs": self.from_physical(torch.as_tensor(frames))}
 
 
 def _key(text: str) -> str:

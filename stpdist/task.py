@@ -232,11 +232,12 @@ class Forecaster(EnhancedModule):
         same type and layout. With more
         than T_in frames the newest T_in are used (as `stpdist forecast` does). The inputs
         are checked first (frame size and channels, at least T_in frames, dtype; NaN/Inf
-        refused unless `allow_nonfinite`; a warning when the values look [0, 1]-scaled for
+        refused unless `allow_nonfinite`, except NaN of a model whose training data stored
+        NaN as a fill value (`--allow-nan`), forecast from as that value; a warning when the values look [0, 1]-scaled for
         a model trained on 0–255), each failure one line. Scaling, patching and clamping
         happen inside; the module's mode is left as it is (a module from `stpdist.load` is
         in eval mode)."""
-        from .inference import check_inputs
+        from .inference import check_inputs, fill_missing
 
         as_numpy = isinstance(frames, np.ndarray)
         if not isinstance(frames, torch.Tensor):
@@ -251,7 +252,8 @@ class Forecaster(EnhancedModule):
         x = x[None] if single else x
         x = x[:, -self.num_input_frames :]  # the newest T_in frames
         parameter = next(self.parameters())
-        x = self.from_physical(x.to(parameter.device, torch.float32)).to(parameter.dtype)
+        x = fill_missing(x.to(parameter.device, torch.float32), self)  # NaN as in training
+        x = self.from_physical(x).to(parameter.dtype)
         out = self.to_physical(self.predict_frames(x).float())
         out = out[0] if single else out
         out = out[:, 0] if one_channel else out  # T_out×H×W, as given

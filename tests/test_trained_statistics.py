@@ -119,3 +119,54 @@ def test_validate_on_other_data_or_frames_does_not_replace_the_runs_results(run)
     run_cli(*test, "data.root=data/b", "--overwrite", cwd=run, check=True)
     written = json.loads((run / "runs" / "std" / "metrics_test.json").read_text())
     assert written["data"]["split"] == str((run / "data" / "b" / "test").resolve())
+
+
+def test_data_with_another_fill_of_missing_values_is_refused(tmp_path):
+    """A radar user's review: NaN (no coverage) stored as --allow-nan 30 where the model was
+    trained on a fill of 0 was accepted without a word, and every no-coverage pixel read
+    as rain (CSI of the same model and frames fell by a third)."""
+    rng = np.random.default_rng(3)
+    (tmp_path / "raw").mkdir()
+    for i in range(8):
+        frames = rng.random((8, 16, 16)).astype(np.float32)
+        frames[:, :3] = np.nan  # beyond the radar's range
+        np.save(tmp_path / "raw" / f"s{i}.npy", frames)
+    (tmp_path / "nan.yaml").write_text(
+        CONFIG.replace("runs/std", "runs/nan").replace("data/a", "data/fill0")
+    )
+    for fill, out in (("0", "data/fill0"), ("0.5", "data/fill5")):
+        run_cli("shard", "arrays", "raw", "--out", out, "--splits", "train=4,val=2,test=2",
+                "--allow-nan", fill, "--workers", "1", cwd=tmp_path, check=True)  # fmt: skip
+    run_cli("train", "nan.yaml", cwd=tmp_path, check=True)
+    refused = run_cli("predict", "nan.yaml", "data.root=data/fill5", "--out", "p", cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    assert (
+        refused.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "data.root data/fill5 stores missing values (NaN) as 0.5 (its train split, --allow-nan "
+            "0.5), the data the checkpoint was trained on as 0: the model learnt 0 as no data; "
+            "convert the data with --allow-nan 0"
+        )
+    ), refused.stderr
+    run_cli("predict", "nan.yaml", "--out", "q", "--samples", "0", cwd=tmp_path, check=True)
+    # forecast from frames with NaN: as the training data stored it (0), said in a line
+    frames = np.load(tmp_path / "raw" / "s0.npy")
+    np.save(tmp_path / "filled.npy", np.nan_to_num(frames, nan=0.0))
+    said = run_cli("forecast", "runs/nan", "raw/s0.npy", "--out", "f", "--samples", "0",
+                   "--ckpt", "last", cwd=tmp_path, check=True)  # fmt: skip
+    assert "384 missing value(s) (NaN) forecast from as 0, as the model's training" in (
+        said.stderr + said.stdout
+    ), said.stderr
+    run_cli("forecast", "runs/nan", "filled.npy", "--out", "g", "--samples", "0", "--ckpt",
+            "last", cwd=tmp_path, check=True)  # fmt: skip
+    (nan,), (filled,) = (
+        load_predictions(tmp_path / "f").values(),
+        load_predictions(tmp_path / "g").values(),
+    )
+    assert np.isfinite(nan).all()
+    np.testing.assert_array_equal(nan, filled)
+    import stpdist
+
+    model = stpdist.load(tmp_path / "runs" / "nan", "last")
+    np.testing.assert_allclose(model.forecast(frames), filled[:, 0], rtol=1e-5, atol=1e-6)
