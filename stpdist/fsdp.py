@@ -118,6 +118,42 @@ def no_sync(module: nn.Module) -> Iterator[None]:
         module.set_requires_gradient_sync(True)
 
 
+def reduce_pending_grads(root: nn.Module) -> bool:
+    """Reduce-scatter the gradients a window accumulated with gradient sync off when its
+    last micro-batch, whose backward would have done it, was skipped on every rank: each
+    rank's sharded `.grad` becomes its shard of the mean over ranks, by FSDP's own
+    reduction (reduce dtype, divide factor, padded shards), as that backward would have
+    left it. Called with sync on (the window's last micro-batch); collective. Runs what
+    autograd runs after an FSDP backward, by FSDP2's private methods (no public one does
+    this: `reset_iter_state` drops the gradients); False, nothing done, where a torch
+    lacks them (the caller then stops the run, saying why)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in root.modules() if isinstance(m, FSDPModule)]  # one order on all ranks
+    states = [m._get_fsdp_state() for m in units if hasattr(m, "_get_fsdp_state")]
+    if len(states) != len(units) or not all(
+        hasattr(state, "_fsdp_param_groups") or hasattr(state, "_fsdp_param_group")
+        for state in states
+    ):
+        return False
+    groups_of = []
+    for state in states:
+        groups = getattr(state, "_fsdp_param_groups", None)  # a list in newer torch
+        if groups is None:  # one group (or None) in older ones
+            groups = [g for g in [getattr(state, "_fsdp_param_group", None)] if g is not None]
+        groups_of.append(groups)
+    final = getattr(root._get_fsdp_state(), "_root_post_backward_final_callback", None)
+    if final is None or not all(hasattr(g, "post_backward") for gs in groups_of for g in gs):
+        return False
+    for unit, groups in zip(units, groups_of, strict=True):
+        if groups:
+            unit.unshard()  # older torch reads the unsharded gradients only while gathered
+            for group in groups:
+                group.post_backward()  # what the skipped backward ran: reduce, reshard
+    final()  # then finalise, and reset the iteration's state
+    return True
+
+
 @contextmanager
 def gathered(root: nn.Module) -> Iterator[None]:
     """Every unit's and the root's full parameters on every rank, for evaluation: the

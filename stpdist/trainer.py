@@ -702,7 +702,8 @@ class ValidationAbandoned(RuntimeError):
 
 
 def _fsdp_window_lost(step: int, latest: Path | None) -> InputError:
-    """The error of a window whose last micro-batch every rank skipped, under FSDP: the
+    """The error of a window whose last micro-batch every rank skipped, under FSDP, on a
+    torch whose FSDP lacks the private methods `fsdp.reduce_pending_grads` runs: the
     skipped forward gathered the parameters and no backward reduce-scattered the window's
     gradients (a review: no weight changed from there, silently, until a checkpoint
     failed). Said where it happens; DDP averages the earlier micro-batches instead."""
@@ -1897,11 +1898,15 @@ class Trainer:
                     if self._sharded_root is None:
                         _check_every_parameter_trained(module, acc.num_processes, step)
             elif acc.sync_gradients and self._contributed:
-                if self._sharded_root is not None:
-                    raise alike(_fsdp_window_lost(step, self.checkpoints.latest()))
-                # DDP all-reduces inside the backward of the window's last micro-batch;
-                # with that one skipped on every rank, average the earlier ones here.
-                self.lockstep.average_grads_by_hand(module)
+                if self._sharded_root is not None:  # FSDP's reduce-scatter, run by hand
+                    from .fsdp import reduce_pending_grads
+
+                    if not reduce_pending_grads(self._sharded_root):
+                        raise alike(_fsdp_window_lost(step, self.checkpoints.latest()))
+                else:
+                    # DDP all-reduces inside the backward of the window's last micro-batch;
+                    # with that one skipped on every rank, average the earlier ones here.
+                    self.lockstep.average_grads_by_hand(module)
             if acc.sync_gradients and self._contributed:
                 self._note_grad_norm(module, step)  # (and clips, with grad_clip_norm)
             elif acc.sync_gradients:  # a step with no gradient: no norm (not an earlier one's)

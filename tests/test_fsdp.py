@@ -149,21 +149,22 @@ def test_recurrent_backbones_shard_with_their_cells_as_units(tmp_path):
         assert difference <= 1e-6, case
 
 
-def test_fsdp_stops_at_a_window_whose_last_micro_batch_every_rank_skipped(tmp_path):
+def test_fsdp_trains_through_a_window_whose_last_micro_batch_every_rank_skipped(tmp_path):
     """A review on 2 ranks: with FSDP, accumulation 2 and a window whose last micro-batch is
     skipped on every rank, the window's gradients were never reduce-scattered (the skipped
     forward gathered the parameters, no backward put them back): no weight changed from
-    there, silently, and the next checkpoint failed. The run stops there, saying why."""
+    there, silently, and the next checkpoint failed; then the run stopped there, saying
+    why. FSDP's reduction now runs by hand, and FSDP (one unit, and a unit a Linear) ends
+    on DDP's weights."""
     from conftest import run_ranks
 
     script = str(Path(__file__).parent / "dist_fsdp_skip.py")
     proc = run_ranks([script, str(tmp_path / "run")], 2)
-    said = re.findall(  # (the ranks' lines may share one: both print at once)
-        r"rank (\d): stopped: optimizer step 2: the last micro-batch of an accumulation "
-        r"window was skipped .*?under strategy fsdp",
-        proc.stdout,
-    )
-    assert sorted(said) == ["0", "1"], proc.stdout[-2000:]
+    said = re.findall(r"rank (\d): trained, wrap (\S+), max\|fsdp - ddp\| ([\d.e+-]+)", proc.stdout)
+    assert sorted((rank, wrap) for rank, wrap, _ in said) == [
+        ("0", "None"), ("0", "['Linear']"), ("1", "None"), ("1", "['Linear']")
+    ], proc.stdout[-2000:] + proc.stderr[-2000:]  # fmt: skip
+    assert all(float(gap) < 1e-6 for _, _, gap in said), said
 
 
 def test_a_resume_the_main_rank_cannot_resolve_fails_on_every_rank_at_once(tmp_path):
