@@ -432,6 +432,11 @@ class EvaluationConfig:
     max in the training index."""
     metric_thresholds: List[float] = checked([], _thresholds)
     """Thresholds in physical (stored) units for CSI/POD/FAR/HSS (e.g. [20, 30, 40] dBZ)."""
+    threshold_channel: Optional[str] = checked(None, _none_or_not_empty)
+    """The channel the thresholds apply to, by index (`0`) or variable name (`tp`), for data
+    of several channels (precipitation beside temperature: thresholds are in one channel's
+    units); `all` pools every channel's pixels (channels of one quantity). None: a frame's
+    every channel, with a warning at the first validation when there are several."""
     csi_pool_sizes: List[int] = checked([], _sizes)
     """Neighbourhoods (p×p, max-pooled) for pooled CSI at the thresholds, and CSI-M (the mean
     over thresholds) per size (SEVIR: [4, 16]); CSI-M itself is reported with thresholds.

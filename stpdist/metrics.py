@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import math
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,17 +155,28 @@ def batch_sums(
             sums["ssim"] = ssim.sum(dim=0)
             sums["ssim_openstl"] = ssim_openstl.sum(dim=0)
     if thresholds_scaled:
-        levels = torch.tensor(list(thresholds_scaled), dtype=torch.float64, device=pred.device)
-        levels = levels - levels.abs() * THRESHOLD_MARGIN  # see the module docstring
-        shape = (-1, 1, 1, 1, 1, 1)
-        p = pred.unsqueeze(0) >= levels.view(shape)  # K×B×T×C×H×W
-        o = target.unsqueeze(0) >= levels.view(shape)
-        dims = (1, 3, 4, 5)  # keep K×T
-        sums["hits"] = (p & o).sum(dim=dims).double()
-        sums["misses"] = (~p & o).sum(dim=dims).double()
-        sums["false_alarms"] = (p & ~o).sum(dim=dims).double()
-        sums["correct_negatives"] = (~p & ~o).sum(dim=dims).double()
+        sums.update(event_sums(pred, target, thresholds_scaled))
     return sums
+
+
+def event_sums(
+    pred_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor, thresholds_scaled: Sequence[float]
+) -> dict[str, torch.Tensor]:
+    """The contingency counts at each threshold, K×T (hits, misses, false alarms, correct
+    negatives), over the batch and every pixel of the channels given, in float64."""
+    pred, target = pred_BTCHW.double(), target_BTCHW.double()
+    levels = torch.tensor(list(thresholds_scaled), dtype=torch.float64, device=pred.device)
+    levels = levels - levels.abs() * THRESHOLD_MARGIN  # see the module docstring
+    shape = (-1, 1, 1, 1, 1, 1)
+    p = pred.unsqueeze(0) >= levels.view(shape)  # K×B×T×C×H×W
+    o = target.unsqueeze(0) >= levels.view(shape)
+    dims = (1, 3, 4, 5)  # keep K×T
+    return {
+        "hits": (p & o).sum(dim=dims).double(),
+        "misses": (~p & o).sum(dim=dims).double(),
+        "false_alarms": (p & ~o).sum(dim=dims).double(),
+        "correct_negatives": (~p & ~o).sum(dim=dims).double(),
+    }
 
 
 CONVENTIONS = ("stpdist", "earthformer")

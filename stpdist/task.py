@@ -22,6 +22,7 @@ from torch import nn
 
 from . import metrics, plugins
 from .config import ConfigError, ModelConfig, ScheduleConfig, check_frame_size
+from .console import warn_main
 from .data.normalize import Normalizer
 from .errors import InputError
 from .models import BackboneOutput, FrameSpec, as_output, backbone_args, build_backbone
@@ -92,6 +93,8 @@ class Forecaster(EnhancedModule):
         # scaled batches → the model's space and back (data.normalize; identity by default)
         self.normalizer = normalizer or Normalizer("scale", value_scale=value_scale)
         self.geo = geo  # variable names, latitudes, climatology: per-variable scores
+        # the channels CSI/POD/FAR/HSS count events in (model.evaluation.threshold_channel)
+        self._scored_channels = _threshold_channels(config.evaluation, channels, self.channel_names)
         # LPIPS's AlexNet, built once; a plain attribute, not a submodule, so it stays out of
         # the parameters, the optimizer, state_dict and checkpoints
         lpips_weights = config.evaluation.lpips_weights
@@ -378,10 +381,13 @@ class Forecaster(EnhancedModule):
         sums = metrics.batch_sums(
             pred,
             targets,
-            thresholds,
             raw_pred_BTCHW=norm.inverse(raw_model),
             image_scores=self.image_scores,
         )
+        scored = (pred[:, :, self._scored_channels], targets[:, :, self._scored_channels])
+        if thresholds:
+            self._say_pooled_channels()
+            sums.update(metrics.event_sums(*scored, thresholds))
         # persistence (copy the last input frame), per lead time: the nowcasting reference
         last = inputs[:, -1:].expand_as(targets)
         sums["persistence_sq_err"] = (last - targets).double().pow(2).sum(dim=(2, 3, 4)).sum(0)
@@ -392,9 +398,7 @@ class Forecaster(EnhancedModule):
         pools, fss = self.config.evaluation.csi_pool_sizes, self.config.evaluation.fss_sizes
         if thresholds and (pools or fss):
             convention = self.config.evaluation.score_convention
-            sums.update(
-                metrics.neighbourhood_sums(pred, targets, thresholds, pools, fss, convention)
-            )
+            sums.update(metrics.neighbourhood_sums(*scored, thresholds, pools, fss, convention))
         return {
             "loss": _LOSSES[self.config.loss](pred_model, targets_model),
             "copy_last_mse": nn.functional.mse_loss(copy_last, targets_model),
@@ -429,6 +433,24 @@ class Forecaster(EnhancedModule):
         `model.schedule.total_steps`): a resume that plans more stretches it."""
         schedule = self.config.schedule
         return schedule.name == "cosine" and not schedule.total_steps
+
+    def _say_pooled_channels(self) -> None:
+        """Once: thresholds counted over several channels without a choice of them."""
+        channels = self.frame_shape[0]
+        if channels == 1 or self.config.evaluation.threshold_channel is not None:
+            return
+        if getattr(self, "_said_pooled", False):
+            return
+        self._said_pooled = True
+        names = self.channel_names
+        which = f" ({', '.join(names)})" if names else ""
+        warn_main(
+            "model.evaluation.metric_thresholds are counted over the %d channels%s together "
+            "(CSI/POD/FAR/HSS of every channel's pixels pooled): set "
+            "model.evaluation.threshold_channel to the channel they are in the units of, or "
+            "'all' to pool them without this warning",
+            channels, which,
+        )  # fmt: skip
 
     @property
     def channel_names(self) -> list[str] | None:
@@ -531,3 +553,20 @@ def reshape_patch_back(patches_BTCHW: torch.Tensor, patch_size: int) -> torch.Te
     c = pc // (p * p)
     x = patches_BTCHW.reshape(b, t, p, p, c, hp, wp)
     return x.permute(0, 1, 4, 5, 2, 6, 3).reshape(b, t, c, hp * p, wp * p)
+
+
+def _threshold_channels(evaluation: Any, channels: int, names: list[str] | None) -> slice:
+    """The channels of a frame that the thresholds' event counts take
+    (`model.evaluation.threshold_channel`: an index, a variable's name, or `all`)."""
+    chosen = evaluation.threshold_channel
+    if chosen is None or chosen == "all":
+        return slice(None)
+    if chosen.isdigit() and int(chosen) < channels:
+        return slice(int(chosen), int(chosen) + 1)
+    if names and chosen in names:
+        return slice(names.index(chosen), names.index(chosen) + 1)
+    named = f", a variable's name ({', '.join(names)})" if names else ""
+    raise ConfigError(
+        f"model.evaluation.threshold_channel {chosen!r}: expected a channel index, 0 to "
+        f"{channels - 1}{named}, or 'all'"
+    )
