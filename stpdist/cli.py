@@ -596,7 +596,7 @@ def cmd_forecast(args: argparse.Namespace) -> None:
             pictures = save_samples(
                 tmp / "samples",
                 north_up(module, keeper.samples),
-                args.colormap,
+                args.colormap or getattr(module, "colormap", None),  # the run's, by default
                 channel_names=names_for_pictures(module, keeper.samples),
             )
             if args.shards:
@@ -1569,7 +1569,8 @@ def parser() -> argparse.ArgumentParser:
         "--colormap",
         type=_colormap_flag,
         default=None,
-        help="matplotlib colormap of the pictures (default: gray, or RGB for 3 channels)",
+        help="matplotlib colormap of the pictures (default: the run's logging.colormap; "
+        "unset, gray, or RGB for 3 channels)",
     )
     s.add_argument(
         "--shards", action="store_true", help="also write the forecasts as a shard split"

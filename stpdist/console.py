@@ -185,20 +185,26 @@ def format_scalars(values: dict[str, Any]) -> str:
 
 
 def lead_time_table(results: dict[str, Any]) -> str:
-    """Rows = metrics, columns = all and each lead time."""
+    """Rows = metrics, columns = all and each lead time; each column as wide as its widest
+    entry, two spaces apart (a fixed width ran `-0.0001503` into its neighbour, and a long
+    name such as `test/csi_pool16@181` shifted its row)."""
     per_lead: dict[str, dict[int, float]] = {}
     lead_of = lead_keys(results)
     for key, (metric, lead) in lead_of.items():
         per_lead.setdefault(metric, {})[lead] = results[key]
     leads = sorted({t for values in per_lead.values() for t in values})
-    lines = [f"{'metric':<22}{'all':>11}" + "".join(f"{'t' + str(t):>10}" for t in leads)]
+    rows = [["metric", "all", *(f"t{t}" for t in leads)]]
     for key, value in results.items():
-        if key in lead_of:
-            continue
-        row = f"{key:<22}{_fmt(value):>11}"
-        row += "".join(f"{_fmt(per_lead.get(key, {}).get(t)):>10}" for t in leads)
-        lines.append(row)
-    return "\n".join(lines)
+        if key not in lead_of:
+            values = per_lead.get(key, {})
+            rows.append([key, _fmt(value), *(_fmt(values.get(t)) for t in leads)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        (
+            row[0].ljust(widths[0]) + "".join(f"  {v:>{w}}" for v, w in zip(row[1:], widths[1:]))
+        ).rstrip()
+        for row in rows
+    )
 
 
 def _fmt(value: Any) -> str:

@@ -228,6 +228,7 @@ def _load_folder(
         module.global_step, module.current_epoch = trained.global_step, trained.step_epoch
     # the value the training data stored NaN as (`--allow-nan`): forecast inputs' NaN too
     module.nan_fill = index.args.get("nan_fill")
+    module.colormap = cfg.logging.colormap  # the run's pictures', forecast's by default
     if index.min and index.max:  # the training data's range, for `forecast`'s input check
         module.value_range = (
             [v * index.value_scale for v in index.min],

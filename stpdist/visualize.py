@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from .console import lead_keys, log
+from .data.sources.common import natural_key
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -940,7 +941,8 @@ def lead_time_figure(results: dict[str, float], *, title: str | None = None) -> 
 
     # a per-frame sum (`mse_frame`, OpenSTL's) is the per-pixel mean × H·W: the same curve,
     # a panel that cost a tenth of the drawing time; the lead-time table keeps its values
-    names = sorted(n for n in per_lead if _per_pixel_twin(n) not in per_lead)
+    # thresholds in number order (csi@16 before csi@133)
+    names = sorted((n for n in per_lead if _per_pixel_twin(n) not in per_lead), key=natural_key)
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
     width, height = round(3.6 * cols * DPI) / DPI, round((2.9 * rows + 0.6) * DPI) / DPI
@@ -977,7 +979,9 @@ def lead_time_figure(results: dict[str, float], *, title: str | None = None) -> 
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     prefix = names[0].split("/")[0]
-    fig.suptitle(title or f"{prefix} metrics by lead time (dashed: persistence)", fontsize=13)
+    # at a fixed height above the panels' titles (a share of a tall figure's height fell on them)
+    fig.suptitle(title or f"{prefix} metrics by lead time (dashed: persistence)", fontsize=13,
+                 y=1 - 0.2 / height, va="top")  # fmt: skip
     return fig
 
 

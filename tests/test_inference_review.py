@@ -336,3 +336,33 @@ def test_forecast_reads_channels_last_arrays_and_masks_as_shard_arrays_does(mode
                 cwd=tmp_path, check=True)  # fmt: skip
     got, expected = load_predictions(tmp_path / "mask"), load_predictions(tmp_path / "ones")
     np.testing.assert_array_equal(got["mask"], expected["ones"])
+
+
+def test_forecast_pictures_take_the_runs_colormap_by_default(model, tmp_path):
+    """A radar user's review: forecast drew gray pictures for a run trained with
+    `logging.colormap: viridis` (its own pictures coloured): the run's colormap is the
+    default; `--colormap` still chooses."""
+    import shutil
+
+    import yaml
+
+    from stpdist.inference import _coloured
+
+    coloured = tmp_path / "viridis"
+    shutil.copytree(model, coloured)
+    cfg = yaml.safe_load((coloured / "config.yaml").read_text())
+    cfg.setdefault("logging", {})["colormap"] = "viridis"
+    (coloured / "config.yaml").write_text(yaml.safe_dump(cfg))
+    np.save(tmp_path / "x.npy", _frames(5, 4, 1, 32, 32))
+
+    def drawn(folder: str, *flags: str) -> bool:
+        run_cli("forecast", folder, "x.npy", "--out", f"out-{len(flags)}-{Path(folder).name}",
+                "--samples", "1", *flags, cwd=tmp_path, check=True)  # fmt: skip
+        pngs = sorted(
+            (tmp_path / f"out-{len(flags)}-{Path(folder).name}" / "samples").glob("*.png")
+        )
+        assert pngs
+        return _coloured(Image.open(pngs[0]))
+
+    assert drawn(str(coloured)) and not drawn(str(model))
+    assert not drawn(str(coloured), "--colormap", "gray")

@@ -167,3 +167,26 @@ def test_per_variable_persistence_and_climatology_baselines_match_numpy():
                 assert got[f"{name}_rmse/{var}/t{t + 1:02d}"] == pytest.approx(plain)
                 assert got[f"{name}_wrmse/{var}/t{t + 1:02d}"] == pytest.approx(weighted)
     assert got["rmse/z500"] < got["persistence_rmse/z500"]  # the model, not a baseline
+
+
+def test_the_lead_time_table_keeps_columns_apart_whatever_their_width():
+    """A review: `-0.0001503` in a 10-wide column ran into its neighbour, and a name longer
+    than 22 characters shifted its row; every entry now has its column, two spaces apart."""
+    from stpdist.console import lead_time_table
+
+    results = {
+        "test/hss@219": 0.02582,
+        "test/hss@219/t01": -0.0001503,
+        "test/hss@219/t02": -0.0003838,
+        "test/csi_pool16@181_of_a_long_name": 0.5,
+        "test/csi_pool16@181_of_a_long_name/t01": 0.25,
+        "test/csi_pool16@181_of_a_long_name/t02": 0.75,
+    }
+    table = lead_time_table(results).splitlines()
+    assert [row.split() for row in table] == [
+        ["metric", "all", "t1", "t2"],
+        ["test/hss@219", "0.02582", "-0.0001503", "-0.0003838"],
+        ["test/csi_pool16@181_of_a_long_name", "0.5", "0.25", "0.75"],
+    ]
+    ends = {len(row) for row in table}  # right-aligned columns: every row ends alike
+    assert len(ends) == 1, table

@@ -155,6 +155,27 @@ def test_lead_time_figure_labels_every_panel_and_draws_persistence_where_it_exis
     assert Image.open(path).size == tuple(round(v) for v in default.get_size_inches() * DPI)
 
 
+def test_lead_time_panels_of_thresholds_in_number_order_under_a_title_clear_of_them():
+    """A radar user's review: 57 panels ordered as text (csi@133 before csi@16), and the
+    figure's title, placed at a share of a tall figure's height, over the first row's titles."""
+    from stpdist.visualize import lead_time_figure
+
+    results = {}
+    levels = (16, 74, 133, 160, 181, 219, 230, 240, 241, 242, 243, 244, 245, 246, 247)
+    for level in levels:  # 60 panels, 15 rows: a tall figure
+        for score in ("csi", "pod", "far", "hss"):
+            results.update({f"test/{score}@{level}/t{t:02d}": 0.1 * t for t in (1, 2)})
+    fig = lead_time_figure(results)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles[:6] == [f"test/csi@{level}" for level in (16, 74, 133, 160, 181, 219)]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    title_bottom = fig._suptitle.get_window_extent(renderer).y0
+    panel_tops = max(ax.title.get_window_extent(renderer).y1 for ax in fig.axes if ax.get_title())
+    assert title_bottom > panel_tops, (title_bottom, panel_tops)
+
+
 # ------------------------------------------------- colour ranges per channel, every channel drawn
 def _physical_sample(seed=0, t_in=4, t_out=3, h=8, w=16):
     """Inputs, truth and prediction of 2 channels in physical units (value scale 1):
