@@ -1897,16 +1897,8 @@ class Trainer:
                     self._parameters_checked = True
                     if self._sharded_root is None:
                         _check_every_parameter_trained(module, acc.num_processes, step)
-            elif acc.sync_gradients and self._contributed:
-                if self._sharded_root is not None:  # FSDP's reduce-scatter, run by hand
-                    from .fsdp import reduce_pending_grads
-
-                    if not reduce_pending_grads(self._sharded_root):
-                        raise alike(_fsdp_window_lost(step, self.checkpoints.latest()))
-                else:
-                    # DDP all-reduces inside the backward of the window's last micro-batch;
-                    # with that one skipped on every rank, average the earlier ones here.
-                    self.lockstep.average_grads_by_hand(module)
+            elif acc.sync_gradients:
+                self._window_ends_skipped(module, step)
             if acc.sync_gradients and self._contributed:
                 self._note_grad_norm(module, step)  # (and clips, with grad_clip_norm)
             elif acc.sync_gradients:  # a step with no gradient: no norm (not an earlier one's)
@@ -1925,6 +1917,20 @@ class Trainer:
             extras = {k: v for k, v in _scalars_of(output, "training_step").items() if k != "loss"}
         meter.add(None if skipped else loss, batch.inputs.shape[0] * acc.num_processes, extras)
         return stop
+
+    def _window_ends_skipped(self, module: EnhancedModule, step: int) -> None:
+        """A window's last micro-batch, skipped on every rank: what its backward would have
+        done. DDP all-reduces inside that backward: the earlier micro-batches' gradients
+        are averaged by hand. FSDP reduce-scatters in it, and its forward left the root's
+        parameters gathered (a window skipped whole too: a checkpoint then failed): FSDP's
+        own post-backward runs by hand (`fsdp.reduce_pending_grads`)."""
+        if self._sharded_root is not None:
+            from .fsdp import reduce_pending_grads
+
+            if not reduce_pending_grads(self._sharded_root):
+                raise alike(_fsdp_window_lost(step, self.checkpoints.latest()))
+        elif self._contributed:
+            self.lockstep.average_grads_by_hand(module)
 
     def _direct(self, optimizer: Any) -> Any:
         """The torch optimizer inside accelerate's wrapper when the wrapper's step and

@@ -1,13 +1,15 @@
-"""FSDP with accumulation 2 on two ranks, a module that skips the last micro-batch of its
-second window on every rank: the window's gradients (accumulated with sync off, reduced
-only in that micro-batch's backward) are reduce-scattered by hand, and the run ends on
-the weights DDP reaches (which averages the earlier micro-batches by hand). Prints each
-rank's outcome and the largest difference. Run by test_fsdp.py."""
+"""FSDP on two ranks with a module that skips micro-batches on every rank: the last one of
+a window under accumulation 2 (the window's gradients, accumulated with sync off and
+reduced only in that micro-batch's backward, are reduce-scattered by hand), a whole
+window (its forwards left the root's parameters gathered: a checkpoint failed), and a
+step without accumulation. Each run ends on the weights DDP reaches (which averages the
+earlier micro-batches by hand). Prints each rank's outcome per case. Run by test_fsdp.py."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 import torch  # noqa: E402
@@ -17,34 +19,43 @@ from torch.utils.data import DataLoader  # noqa: E402
 from stpdist import Trainer  # noqa: E402
 
 
-class SkipsOne(TinyModule):
+class Skips(TinyModule):
     skips_batches = True
     calls = 0
+    skipped: tuple[int, ...] = ()
 
     def training_step(self, inputs, targets):
-        SkipsOne.calls += 1
-        if SkipsOne.calls == 4:  # the second window's last micro-batch, on every rank
+        Skips.calls += 1
+        if Skips.calls in Skips.skipped:  # on every rank
             return None
         return super().training_step(inputs, targets)
 
 
-def trained(strategy: str, wrap: list[str] | None) -> tuple[Trainer, dict[str, torch.Tensor]]:
+def trained(strategy: str, case: str, accumulation: int, wrap: list[str] | None) -> Any:
     torch.manual_seed(0)
-    SkipsOne.calls = 0
-    module = SkipsOne(lr=0.01)
+    Skips.calls = 0
+    module = Skips(lr=0.01)
     trainer = Trainer(
-        max_epochs=1, output_dir=Path(sys.argv[1]) / f"{strategy}-{wrap}", strategy=strategy,
-        gradient_accumulation_steps=2, fsdp_wrap=wrap, progress_bar=False,
+        max_epochs=1, output_dir=Path(sys.argv[1]) / f"{case}-{strategy}-{wrap}",
+        strategy=strategy, gradient_accumulation_steps=accumulation, fsdp_wrap=wrap,
+        progress_bar=False,
     )  # fmt: skip
     trainer.fit(module, DataLoader(TinySequences(16), batch_size=2))
     full = {n: getattr(p, "full_tensor", p.detach)().detach() for n, p in module.named_parameters()}
     return trainer, full
 
 
-trainer, ddp = trained("ddp", None)
-for wrap in (None, ["Linear"]):
-    trainer, fsdp = trained("fsdp", wrap)
-    gap = max((fsdp[n] - ddp[n]).abs().max().item() for n in ddp)
-    print(f"rank {trainer.accelerator.process_index}: trained, wrap {wrap}, max|fsdp - ddp| "
-          f"{gap:.3g}", flush=True)  # fmt: skip
+CASES = {  # case: (micro-batches skipped, accumulation, FSDP units)
+    "last": ((4,), 2, (None, ["Linear"])),  # the second window's last micro-batch
+    "window": ((3, 4), 2, (None,)),  # the whole second window
+    "step": ((2,), 1, (None,)),  # the second step, without accumulation
+}
+for case, (skipped, accumulation, wraps) in CASES.items():
+    Skips.skipped = skipped
+    trainer, ddp = trained("ddp", case, accumulation, None)
+    for wrap in wraps:
+        trainer, fsdp = trained("fsdp", case, accumulation, wrap)
+        gap = max((fsdp[n] - ddp[n]).abs().max().item() for n in ddp)
+        print(f"rank {trainer.accelerator.process_index}: {case} trained, wrap {wrap}, "
+              f"max|fsdp - ddp| {gap:.3g}", flush=True)  # fmt: skip
 trainer.close()
