@@ -182,6 +182,85 @@ def _tars(paths: list[str], a: Any) -> Any:
     )
 
 
+def _frame_sequences(kind: str) -> Callable[[list[str], Any], Any]:
+    """`shard images` / `shard videos` (see `frames.py`)."""
+
+    def build(paths: list[str], a: Any) -> Any:
+        from .frames import ImageSequences, VideoSequences
+
+        if a.splits and a.split is not None:
+            raise InputError(
+                f"--split {a.split} and --splits {a.splits}: --splits cuts the folder into the "
+                "splits it names; drop --split"
+            )
+        return {"images": ImageSequences, "videos": VideoSequences}[kind](
+            paths[0],
+            gray=a.gray,
+            rgb=a.rgb,
+            size=a.size,
+            num_frames=a.frames,
+            stride=a.stride,
+            every=a.every,
+            split=a.split or "train",
+            split_given=a.split is not None,
+            split_sizes=_split_sizes(a.splits) if a.splits else None,
+            seed=a.seed,
+        )
+
+    return build
+
+
+def _frames_flags(kind: str) -> dict[str, dict[str, Any]]:
+    """The flags of `shard images` and `shard videos`."""
+    first = (
+        "as the first frame: 1 channel for a grayscale image file, else 3"
+        if kind == "images"
+        else "3 (RGB)"
+    )
+    unit = "sequence folders" if kind == "images" else "videos"
+    return {
+        "--gray": {
+            "action": "store_true",
+            "help": f"store 1 channel, grayscale (default: {first})",
+        },
+        "--rgb": {"action": "store_true", "help": f"store 3 channels, RGB (default: {first})"},
+        "--size": {
+            "default": None,
+            "help": "resize every frame to H×H (--size 64) or H×W (--size 64x80), bilinear "
+            "(default: the first frame's size, which every frame must then have)",
+        },
+        "--frames": {
+            "type": int,
+            "default": None,
+            "help": "cut each sequence into windows of this many frames, keyed <key>_<first "
+            "frame> (default: each sequence whole, one sample, and all must be of one length); "
+            "a sequence shorter than one window is left out, said in a warning",
+        },
+        "--stride": {
+            "type": int,
+            "default": None,
+            "help": "frames between window starts (default: --frames, windows side by side)",
+        },
+        "--every": {
+            "type": int,
+            "default": 1,
+            "help": "keep every k-th frame (0, k, 2k, …; before --frames): a lower frame rate",
+        },
+        "--split": {
+            "default": None,
+            "help": "split name of a folder without split folders (default train; not with "
+            "--splits)",
+        },
+        "--splits": {
+            "default": None,
+            "help": f"cut a folder without split folders into splits of whole {unit}: "
+            "fractions summing to 1 (train=0.8,val=0.1,test=0.1) or counts; one "
+            "split may be -1, the rest",
+        },
+        "--seed": {"type": int, "default": 0, "help": "seed of the --splits sequence order"},
+    }
+
+
 def _xarray(paths: list[str], a: Any) -> Any:
     from .netcdf import XarraySource
 
@@ -339,6 +418,23 @@ FORMATS: dict[str, SourceFormat] = {
         "them (consecutive chunks, or clips with --per-file)",
     ),
 }
+
+FORMATS["images"] = SourceFormat(
+    "one folder of image frames per sequence (PNG, JPEG, BMP, TIFF, WebP; frames in natural "
+    "name order), in split folders train/, val/, test/ or cut by --splits",
+    _frame_sequences("images"),
+    _frames_flags("images"),
+    paths_help="a folder of sequence folders (ROOT/seq1/0001.png …, at any depth), or of "
+    "split folders (train/, val/ or validation/, test/) holding them",
+)
+FORMATS["videos"] = SourceFormat(
+    "video files, one sequence each (.mp4 .avi .mov .mkv .webm .m4v …; decoded with PyAV, "
+    "pip install 'stpdist[formats]'), in split folders train/, val/, test/ or cut by --splits",
+    _frame_sequences("videos"),
+    _frames_flags("videos"),
+    paths_help="a folder of video files (at any depth), or of split folders (train/, val/ "
+    "or validation/, test/) holding them",
+)
 
 _XARRAY = SourceFormat(
     "netCDF files / folders (WeatherBench: one folder per variable) or a Zarr store "

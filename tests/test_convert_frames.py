@@ -1,0 +1,343 @@
+"""`stpdist shard images` and `stpdist shard videos`: folders of image frames and video
+files (written here with PIL and PyAV, in the layouts users have) converted to shards:
+values (PNG and lossless video exact), keys, splits, channels, sizes, windows, and the
+mistakes such folders hold refused, or said, naming the file."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+from test_convert_inputs import error_line
+
+from stpdist.data.format import iter_shard, read_index
+
+SIZE = 16
+
+
+def _gray(seed: int, count: int, size: tuple[int, int] = (SIZE, SIZE)) -> np.ndarray:
+    """T×H×W uint8 noise: any resampling or reordering shows."""
+    return np.random.default_rng(seed).integers(0, 256, (count, *size), dtype=np.uint8)
+
+
+def _colour(seed: int, count: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def _pngs(folder: Path, frames: np.ndarray, suffix: str = ".png", **save: object) -> None:
+    """Frame i as `<i>.png` (1.png, 2.png, … 10.png: natural order is not text order)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{i + 1}{suffix}", **save)
+
+
+def _video(path: Path, frames_THWC: np.ndarray, codec: str = "ffv1", pix_fmt: str = "bgr0") -> None:
+    av = pytest.importorskip("av")
+    if codec not in av.codecs_available:
+        pytest.skip(f"PyAV without {codec}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.height, stream.width = frames_THWC.shape[1:3]
+        stream.pix_fmt = pix_fmt
+        for frame in frames_THWC:
+            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            for packet in stream.encode(picture):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _stored(folder: Path) -> dict[str, np.ndarray]:
+    return {
+        key: np.load(io.BytesIO(sample["frames.npy"]))
+        for shard in read_index(folder).shards
+        for key, sample in iter_shard(folder / shard.name)
+    }
+
+
+def _meta(folder: Path) -> dict[str, dict]:
+    import json
+
+    return {
+        key: json.loads(sample["json"])
+        for shard in read_index(folder).shards
+        for key, sample in iter_shard(folder / shard.name)
+    }
+
+
+def _shard(tmp_path: Path, *args: str) -> None:
+    run_cli("shard", *args, "--workers", "1", cwd=tmp_path, check=True)
+
+
+# ------------------------------------------------------------------ images
+def test_image_folders_convert_in_natural_order_with_path_keys_exactly(tmp_path):
+    """Sequence folders at any depth; frames 1.png … 12.png in natural order (10.png after
+    9.png); keys from the folder's path; PNG values exact; read back through the stream."""
+    from stpdist.data.loading import LoaderContext
+    from stpdist.data.stream import ShardEvalStream
+
+    source = {"walk_p01": _gray(0, 12), "walk_p02": _gray(1, 12), "run_v_1": _gray(2, 12)}
+    _pngs(tmp_path / "src" / "walk" / "p01", source["walk_p01"])
+    _pngs(tmp_path / "src" / "walk" / "p02", source["walk_p02"], suffix=".PNG")
+    _pngs(tmp_path / "src" / "run" / "v.1", source["run_v_1"])
+    (tmp_path / "src" / "walk" / "p01" / "notes.txt").write_text("not a frame\n")
+    (tmp_path / "src" / "walk" / "p01" / "._3.png").write_bytes(b"macOS metadata")
+    proc = run_cli("shard", "images", "src", "--out", "ds", "--workers", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "ds/train: 3 samples in 1 shard, shape [12, 1, 16, 16] uint8, scale 255" in proc.stdout
+    stored = _stored(tmp_path / "ds" / "train")
+    assert sorted(stored) == sorted(source)
+    for key, frames in source.items():
+        np.testing.assert_array_equal(stored[key][:, 0], frames)  # 10.png is the 10th frame
+    assert _meta(tmp_path / "ds" / "train")["run_v_1"]["source"] == "run/v.1"
+    stream = ShardEvalStream(tmp_path / "ds" / "train", batch_size=2, num_input_frames=5,
+                             num_output_frames=7)  # fmt: skip
+    seen = []
+    for inputs, targets, keys in stream.iterate(LoaderContext(rank=0, world_size=1)):
+        for i, key in enumerate(keys):
+            frames = np.concatenate([inputs[i].numpy(), targets[i].numpy()])[:, 0]
+            want = source[key].astype(np.float32) / np.float32(255)
+            assert frames.dtype == np.float32 and np.array_equal(frames, want), key
+            seen.append(key)
+    assert sorted(seen) == sorted(source)
+
+
+def test_colour_alpha_palette_jpeg_and_gray(tmp_path):
+    """RGBA loses its alpha, a palette image becomes its colours, a JPEG is what Pillow
+    decodes; a grayscale first frame keeps 1 channel (LA: alpha dropped); --gray stores
+    colour as Pillow's grayscale."""
+    from PIL import Image
+
+    rgba = np.concatenate([_colour(3, 4), np.full((4, SIZE, SIZE, 1), 7, np.uint8)], axis=-1)
+    _pngs(tmp_path / "c" / "a_rgba", rgba)
+    palette = [
+        Image.fromarray(f).convert("P", palette=Image.Palette.ADAPTIVE) for f in _colour(4, 4)
+    ]
+    (tmp_path / "c" / "b_pal").mkdir()
+    for i, image in enumerate(palette):
+        image.save(tmp_path / "c" / "b_pal" / f"{i}.png")
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    smooth = np.stack([np.stack([4 * y + t, 4 * x, 2 * (x + y)], -1) for t in range(4)]).astype(
+        np.uint8
+    )
+    _pngs(tmp_path / "c" / "c_jpg", smooth, suffix=".JPG", quality=95)
+    _shard(tmp_path, "images", "c", "--out", "dc")
+    stored = _stored(tmp_path / "dc" / "train")
+    assert stored["a_rgba"].shape == (4, 3, SIZE, SIZE)
+    np.testing.assert_array_equal(stored["a_rgba"], rgba[..., :3].transpose(0, 3, 1, 2))
+    colours = np.stack([np.asarray(p.convert("RGB")) for p in palette])
+    np.testing.assert_array_equal(stored["b_pal"], colours.transpose(0, 3, 1, 2))
+    decoded = np.stack([np.asarray(Image.open(tmp_path / "c" / "c_jpg" / f"{i}.JPG"))
+                        for i in range(1, 5)])  # fmt: skip
+    np.testing.assert_array_equal(stored["c_jpg"], decoded.transpose(0, 3, 1, 2))
+    assert np.abs(decoded.astype(int) - smooth).max() < 12  # a JPEG, not garbage
+
+    _shard(tmp_path, "images", "c", "--out", "dg", "--gray")
+    gray = _stored(tmp_path / "dg" / "train")["a_rgba"]
+    want = np.stack([np.asarray(Image.fromarray(f[..., :3]).convert("L")) for f in rgba])
+    np.testing.assert_array_equal(gray[:, 0], want)
+
+    la = np.stack([_gray(5, 3), np.full((3, SIZE, SIZE), 9, np.uint8)], axis=-1)
+    _pngs(tmp_path / "g" / "s", la)
+    _shard(tmp_path, "images", "g", "--out", "dl")
+    np.testing.assert_array_equal(_stored(tmp_path / "dl" / "train")["s"][:, 0], la[..., 0])
+    _shard(tmp_path, "images", "g", "--out", "dr", "--rgb")
+    assert np.array_equal(_stored(tmp_path / "dr" / "train")["s"],
+                          np.repeat(la[:, None, :, :, 0], 3, axis=1))  # fmt: skip
+
+
+def test_resize_windows_stride_every_and_a_short_sequence_said(tmp_path):
+    from PIL import Image
+
+    long, short = _gray(6, 12, (20, 24)), _gray(7, 4, (20, 24))
+    _pngs(tmp_path / "s" / "long", long)
+    _pngs(tmp_path / "s" / "short", short)
+    proc = run_cli("shard", "images", "s", "--out", "d", "--size", "8x12", "--frames", "3",
+                   "--stride", "2", "--every", "2", "--workers", "1", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    # kept frames 0, 2, …, 10 (6); windows of 3 kept frames, starts 0 and 2 (frames 0 and 4)
+    assert "1 of 2 sequence folders are shorter than --frames 3 (after --every 2)" in proc.stderr
+    assert "(the first: s/short, 2 frames)" in proc.stderr
+    stored = _stored(tmp_path / "d" / "train")
+    assert sorted(stored) == ["long_00000", "long_00004"]
+
+    def resized(frame: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(frame).resize((12, 8), Image.Resampling.BILINEAR))
+
+    for key, frames in [("long_00000", [0, 2, 4]), ("long_00004", [4, 6, 8])]:
+        assert stored[key].shape == (3, 1, 8, 12)
+        np.testing.assert_array_equal(stored[key][:, 0], [resized(long[i]) for i in frames])
+    assert _meta(tmp_path / "d" / "train")["long_00004"] == {"source": "long", "start_frame": 4}
+    # --frames alone: windows side by side; --size H: square
+    _shard(tmp_path, "images", "s", "--out", "d2", "--frames", "4", "--size", "10")
+    stored = _stored(tmp_path / "d2" / "train")
+    assert sorted(stored) == ["long_00000", "long_00004", "long_00008", "short_00000"]
+    assert stored["short_00000"].shape == (4, 1, 10, 10)
+
+
+def test_split_folders_and_splits_by_sequence(tmp_path):
+    for split, count in [("train", 3), ("validation", 1), ("test", 2)]:
+        for i in range(count):
+            _pngs(tmp_path / "sp" / split / f"seq{i}", _gray(10 * len(split) + i, 5))
+    _shard(tmp_path, "images", "sp", "--out", "dsp")
+    counts = {s: read_index(tmp_path / "dsp" / s).num_samples for s in ("train", "val", "test")}
+    assert counts == {"train": 3, "val": 1, "test": 2}
+    np.testing.assert_array_equal(_stored(tmp_path / "dsp" / "val")["seq0"][:, 0], _gray(100, 5))
+
+    for i in range(8):
+        _pngs(tmp_path / "flat" / f"s{i}", _gray(i, 5))
+    cut = {}
+    for out in ("a", "b"):
+        _shard(tmp_path, "images", "flat", "--out", out, "--splits", "train=0.5,val=0.25,test=-1",
+               "--seed", "3")  # fmt: skip
+        cut[out] = {s: sorted(_stored(tmp_path / out / s)) for s in ("train", "val", "test")}
+    assert cut["a"] == cut["b"]  # the same seed, the same splits
+    assert [len(cut["a"][s]) for s in ("train", "val", "test")] == [4, 2, 2]
+    assert sorted(sum(cut["a"].values(), [])) == [f"s{i}" for i in range(8)]
+    _shard(tmp_path, "images", "flat", "--out", "c", "--split", "test")
+    assert read_index(tmp_path / "c" / "test").num_samples == 8
+
+    proc = run_cli("shard", "images", "sp", "--out", "x1", "--splits", "train=1", cwd=tmp_path)
+    assert "already has split folders (test/, train/, validation/); --splits" in error_line(proc)
+    _pngs(tmp_path / "sp" / "valid" / "seq9", _gray(9, 5))  # not a split folder's name
+    proc = run_cli("shard", "images", "sp", "--out", "x2", cwd=tmp_path)
+    assert "sp has split folders; valid/ would be left out" in error_line(proc)
+    assert not (tmp_path / "x1").exists() and not (tmp_path / "x2").exists()
+
+
+def test_what_such_folders_get_wrong_is_refused_naming_the_file(tmp_path):
+    from PIL import Image
+
+    def refused(name: str, *flags: str) -> str:
+        proc = run_cli("shard", "images", name, "--out", f"o_{name}", "--workers", "1", *flags,
+                       cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 2 and not (tmp_path / f"o_{name}").exists(), proc.stderr
+        return error_line(proc)
+
+    _pngs(tmp_path / "size" / "a", _gray(0, 3))
+    _pngs(tmp_path / "size" / "b", _gray(1, 3, (16, 20)))
+    said = refused("size")
+    assert said.startswith("size/b/1.png: frame of 16×20 pixels (H×W), the first frame "), said
+    assert "(size/a/1.png) 16×16" in said and "pass --size H or HxW" in said
+    _pngs(tmp_path / "len" / "a", _gray(0, 3))
+    _pngs(tmp_path / "len" / "b", _gray(1, 3))
+    _pngs(tmp_path / "len" / "c", _gray(2, 5))
+    said = refused("len")
+    assert (
+        said.startswith("len/c: 5 frames, the first sequence (len/a) 3;") and "--frames N" in said
+    )
+    _pngs(tmp_path / "bad" / "a", _gray(0, 3))
+    (tmp_path / "bad" / "a" / "2.png").write_bytes(b"not a png")
+    assert refused("bad") == "bad/a/2.png: not an image file Pillow reads (damaged?)"
+    _pngs(tmp_path / "badj" / "a", _gray(0, 3), suffix=".jpg")
+    jpeg = tmp_path / "badj" / "a" / "3.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[:200])  # cut short
+    assert refused("badj").startswith("badj/a/3.jpg: not a readable image")
+    (tmp_path / "deep" / "a").mkdir(parents=True)
+    Image.fromarray(np.full((SIZE, SIZE), 4000, np.uint16)).save(tmp_path / "deep" / "a" / "1.png")
+    Image.fromarray(np.full((SIZE, SIZE), 4000, np.uint16)).save(tmp_path / "deep" / "a" / "2.tif")
+    assert refused("deep").startswith("deep/a/1.png: a 16-bit PNG")
+    (tmp_path / "deep" / "a" / "1.png").unlink()  # a 16-bit TIFF: refused likewise
+    assert refused("deep").startswith("deep/a/2.tif: more than 8 bits per sample (mode I;16)")
+    _pngs(tmp_path / "mix" / "a", _gray(0, 3))
+    _pngs(tmp_path / "mix" / "b", _colour(0, 3))
+    said = refused("mix")
+    assert said.startswith("mix/b/1.png: a colour frame (mode RGB), while the first frame")
+    assert "pass --rgb" in said
+    _pngs(tmp_path / "keys" / "a_b", _gray(0, 3))
+    _pngs(tmp_path / "keys" / "a" / "b", _gray(1, 3))
+    said = refused("keys")
+    assert "keys/a/b and keys/a_b both give the sample key 'a_b'" in said, said
+    _pngs(tmp_path / "loose", _gray(0, 3))
+    assert "loose: the image files 1.png, 2.png, 3.png lie in it directly" in refused("loose")
+    _pngs(tmp_path / "all_short" / "a", _gray(0, 3))
+    said = refused("all_short", "--frames", "4")
+    assert "every sequence is shorter than --frames 4 (the longest: 3 frames)" in said
+    for flags, expected in [
+        (["--size", "0x4"], "--size 0x4: expected H (square frames) or HxW"),
+        (["--stride", "2"], "--stride 2 needs --frames"),
+        (["--every", "0"], "--every 0: expected at least 1"),
+        (["--gray", "--rgb"], "--gray and --rgb: choose one"),
+    ]:
+        assert expected in refused("len", *flags)
+
+
+# ------------------------------------------------------------------ videos
+def _smooth(count: int, shift: int = 0) -> np.ndarray:
+    """T×H×W×3 frames without sharp edges (lossy codecs keep them within a few levels)."""
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    return np.stack(
+        [
+            np.stack([4 * y + 8 * t + shift, 4 * x + 2 * t, 60 + 2 * (x + y)], -1)
+            for t in range(count)
+        ]
+    ).astype(np.uint8)
+
+
+def test_videos_flat_and_nested_decode_exactly_in_rgb_gray_and_windows(tmp_path):
+    source = {"a": _colour(0, 6), "cls_b": _colour(1, 6)}
+    _video(tmp_path / "v" / "a.mkv", source["a"])
+    _video(tmp_path / "v" / "cls" / "b.avi", source["cls_b"])
+    (tmp_path / "v" / "cls" / "b.avi").rename(tmp_path / "v" / "cls" / "b.AVI")
+    proc = run_cli("shard", "videos", "v", "--out", "d", "--workers", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    stored = _stored(tmp_path / "d" / "train")
+    assert sorted(stored) == ["a", "cls_b"]
+    for key, frames in source.items():  # ffv1: lossless, RGB by default
+        np.testing.assert_array_equal(stored[key], frames.transpose(0, 3, 1, 2))
+    assert _meta(tmp_path / "d" / "train")["cls_b"]["source"] == "cls/b.AVI"
+
+    gray = np.repeat(_gray(2, 7)[..., None], 3, axis=-1)  # gray content: luma is the value
+    _video(tmp_path / "g" / "train" / "c.mkv", gray)
+    _video(tmp_path / "g" / "test" / "d.mkv", gray[::-1])
+    _shard(tmp_path, "videos", "g", "--out", "dg", "--gray", "--every", "2", "--frames", "2")
+    train, test = _stored(tmp_path / "dg" / "train"), _stored(tmp_path / "dg" / "test")
+    assert sorted(train) == ["c_00000", "c_00004"] and sorted(test) == ["d_00000", "d_00004"]
+    np.testing.assert_array_equal(train["c_00004"][:, 0], gray[[4, 6], ..., 0])
+    np.testing.assert_array_equal(test["d_00000"][:, 0], gray[::-1][[0, 2], ..., 0])
+
+
+def test_lossy_video_resized_and_what_is_refused(tmp_path):
+    from PIL import Image
+
+    frames = _smooth(5)
+    _video(tmp_path / "m" / "clip.mp4", frames, codec="mpeg4", pix_fmt="yuv420p")
+    _shard(tmp_path, "videos", "m", "--out", "dm", "--size", "8")
+    stored = _stored(tmp_path / "dm" / "train")["clip"]
+    av = pytest.importorskip("av")
+    with av.open(str(tmp_path / "m" / "clip.mp4")) as container:  # what the codec kept
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+    def resized(frames_THWC: np.ndarray) -> np.ndarray:
+        return np.stack([np.asarray(Image.fromarray(f).resize((8, 8), Image.Resampling.BILINEAR))
+                         for f in frames_THWC]).transpose(0, 3, 1, 2)  # fmt: skip
+
+    np.testing.assert_array_equal(stored, resized(np.stack(decoded)))
+    assert np.abs(stored.astype(int) - resized(frames)).mean() < 4  # lossy, not garbage
+
+    def refused(name: str, *flags: str) -> str:
+        proc = run_cli("shard", "videos", name, "--out", f"o_{name}", "--workers", "1", *flags,
+                       cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 2 and not (tmp_path / f"o_{name}").exists(), proc.stderr
+        return error_line(proc)
+
+    _video(tmp_path / "len" / "a.mkv", _colour(0, 4))
+    _video(tmp_path / "len" / "b.mkv", _colour(1, 6))
+    said = refused("len")
+    assert said.startswith("len/b.mkv: 6 frames, the first sequence (len/a.mkv) 4;"), said
+    _video(tmp_path / "bad" / "a.mkv", _colour(0, 4))
+    (tmp_path / "bad" / "b.mp4").write_bytes(b"\x00" * 64)
+    assert refused("bad").startswith("bad/b.mp4: not a readable video")
+    _video(tmp_path / "size" / "a.mkv", _colour(0, 3))
+    _video(tmp_path / "size" / "b.mkv", np.zeros((3, 8, 8, 3), np.uint8))
+    said = refused("size")
+    assert said.startswith("size/b.mkv: frame of 8×8 pixels (H×W), the first frame (size/a.mkv)")
+    _video(tmp_path / "dup" / "a.mkv", _colour(0, 3))
+    _video(tmp_path / "dup" / "a.avi", _colour(1, 3))
+    assert "dup/a.avi and dup/a.mkv both give the sample key 'a'" in refused("dup")
