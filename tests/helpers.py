@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -194,3 +196,25 @@ def resum_tar_header(data: bytearray, offset: int = 0) -> None:
     header = data[offset : offset + 512]
     header[148:156] = b" " * 8
     data[offset + 148 : offset + 156] = f"{sum(header):06o}\0 ".encode()
+
+
+class Said(logging.Handler):
+    """The warnings of the `stpdist` logger (which may not propagate to pytest's caplog)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def said_warnings():
+    """The `stpdist` logger's warnings while the block runs, as a list of lines."""
+    handler = Said()
+    logging.getLogger("stpdist").addHandler(handler)
+    try:
+        yield handler.lines
+    finally:
+        logging.getLogger("stpdist").removeHandler(handler)

@@ -4,9 +4,9 @@ the file (or override), the full dotted key, what is valid there and what was gi
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import pytest
+from helpers import said_warnings
 
 from stpdist.config import (
     CheckpointConfig,
@@ -202,23 +202,10 @@ logging:
 """
 
 
-class _Said(logging.Handler):
-    """The messages of the `stpdist` logger (which may not propagate to pytest's caplog)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 @pytest.fixture
 def said():
-    handler = _Said()
-    logging.getLogger("stpdist").addHandler(handler)
-    yield handler.lines
-    logging.getLogger("stpdist").removeHandler(handler)
+    with said_warnings() as lines:
+        yield lines
 
 
 def test_a_config_in_the_layout_before_2026_12_03_is_read_as_today(tmp_path, said):

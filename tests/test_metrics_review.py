@@ -505,7 +505,7 @@ def test_thresholds_count_events_in_the_channel_named_or_say_they_pool_them():
     (40 dBZ beside a VIL of 5 scored csi@30 1.0 with channel 1 all wrong):
     `model.evaluation.threshold_channel` names the channel (or `all`); unset with several
     channels, the counts are pooled and one warning says so."""
-    import logging
+    from helpers import said_warnings
 
     from stpdist.build import build_module
     from stpdist.config import ConfigError, load_config
@@ -520,11 +520,7 @@ def test_thresholds_count_events_in_the_channel_named_or_say_they_pool_them():
 
     torch.manual_seed(0)
     inputs, targets = torch.rand(2, 4, 2, 16, 16), torch.rand(2, 4, 2, 16, 16)
-    said: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: said.append(record.getMessage())
-    logging.getLogger("stpdist").addHandler(handler)
-    try:
+    with said_warnings() as said:
         for chosen, channels in (("1", slice(1, 2)), ("all", slice(None)), (None, slice(None))):
             forecaster = module(
                 *([f"model.evaluation.threshold_channel={chosen}"] if chosen else [])
@@ -536,8 +532,6 @@ def test_thresholds_count_events_in_the_channel_named_or_say_they_pool_them():
             )
             for name, value in expected.items():
                 torch.testing.assert_close(out["sums"][name], value, rtol=0, atol=0)
-    finally:
-        logging.getLogger("stpdist").removeHandler(handler)
     pooled = [line for line in said if "counted over the 2 channels" in line]
     assert len(pooled) == 1, said  # once, for the module that left it unset
     with pytest.raises(

@@ -14,13 +14,12 @@ contract (each case reproduced first, on the code before):
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import TinyModule, TinySequences, loader
+from helpers import TinyModule, TinySequences, loader, said_warnings
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -141,31 +140,16 @@ def test_trainable_parameters_the_optimizer_never_steps_are_named(tmp_path):
     """A layer created after configure_optimizer (or left out of the optimizer's parameters)
     trained never, without a word: one warning at the first step names it; a module whose
     every trainable parameter is in the optimizer (lazy layers too) hears nothing."""
-    said = _Said()
-    logging.getLogger("stpdist").addHandler(said)
-    try:
+    with said_warnings() as said:
         module = _LayerMadeInTheStep(scheduler=False)
         _trainer(tmp_path, output_dir=tmp_path / "late").fit(module, loader(16))
         _trainer(tmp_path, output_dir=tmp_path / "half").fit(_HalfOptimized(), loader(16))
         _trainer(tmp_path, output_dir=tmp_path / "lazy").fit(_Lazy(), loader(16))
-    finally:
-        logging.getLogger("stpdist").removeHandler(said)
-    found = [line for line in said.lines if "in none of the optimizer's" in line]
-    assert len(found) == 2, said.lines
+    found = [line for line in said if "in none of the optimizer's" in line]
+    assert len(found) == 2, said
     assert found[0].startswith(
         "_LayerMadeInTheStep: trainable parameter(s) 'late.weight', 'late.bias' are in none "
         "of the optimizer's parameter groups at step 1, so they never change"
     ), found[0]
     assert found[1].startswith("_HalfOptimized: trainable parameter(s) 'net.4.weight', "), found
     assert module.late.weight.grad is not None  # it took part in the loss, and stayed put
-
-
-class _Said(logging.Handler):
-    """The warnings of the `stpdist` logger (which may not propagate to pytest's caplog)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
