@@ -533,9 +533,14 @@ class InputFrames(Dataset):
                 )
             self._add_pngs(module)
         elif self.source.is_dir():
-            files = sorted(p for p in self.source.iterdir() if p.suffix.lower() in ARRAYS)
+            files = sorted(
+                p for p in self.source.iterdir() if p.suffix.lower() in ARRAYS and p.name[0] != "."
+            )
             if not files:
-                raise InputError(f"{self.source}: no .npy/.npz files or PNG frames{self._splits()}")
+                raise InputError(
+                    f"{self.source}: no .npy/.npz files or PNG frames{self._splits()}"
+                    f"{self._other_images()}"
+                )
             for file in files:
                 self._add_array(file)
         elif self.source.suffix.lower() in ARRAYS:
@@ -602,6 +607,22 @@ class InputFrames(Dataset):
                 f"{_shape_text(expected)}, as the model takes them): drop --channels-last"
             )
 
+    def _other_images(self) -> str:
+        """For a folder without inputs that holds frames of other image formats (JPEG), as
+        advice: `shard images` reads them."""
+        from .data.sources.common import natural_key
+
+        images = sorted(
+            (p.name for p in self.source.iterdir() if p.suffix.lower() in OTHER_IMAGES),
+            key=natural_key,
+        )
+        if not images:
+            return ""
+        return (
+            f"; its {images[0]} … are read by `stpdist shard images` (a folder of such "
+            "folders, --inputs-only T_IN), whose split forecast reads"
+        )
+
     def _splits(self) -> str:
         """For a folder without inputs: the shard splits in it, when it is a dataset root
         (`stpdist shard … --out data/new` writes `data/new/train`), as advice."""
@@ -622,6 +643,8 @@ class InputFrames(Dataset):
 
         kinds: dict[str, list[str]] = {}
         for file in sorted(self.source.iterdir()):
+            if file.name.startswith("."):  # hidden: macOS's `._0001.png`, `.DS_Store`
+                continue
             suffix = file.suffix.lower()
             kind = (
                 "arrays" if suffix in ARRAYS
@@ -644,7 +667,9 @@ class InputFrames(Dataset):
         before `10.png`, zero-padded names as they sort."""
         from .data.sources.common import natural_key
 
-        pngs = [p for p in self.source.iterdir() if p.suffix.lower() == ".png"]
+        pngs = [  # not macOS's `._0001.png` copies, nor other hidden files
+            p for p in self.source.iterdir() if p.suffix.lower() == ".png" and p.name[0] != "."
+        ]
         return sorted(pngs, key=lambda p: natural_key(p.name))
 
     def _add_pngs(self, module: Any) -> None:

@@ -173,7 +173,8 @@ def test_resize_windows_stride_every_and_a_short_sequence_said(tmp_path):
     for key, frames in [("long_00000", [0, 2, 4]), ("long_00004", [4, 6, 8])]:
         assert stored[key].shape == (3, 1, 8, 12)
         np.testing.assert_array_equal(stored[key][:, 0], [resized(long[i]) for i in frames])
-    assert _meta(tmp_path / "d" / "train")["long_00004"] == {"source": "long", "start_frame": 4}
+    meta = _meta(tmp_path / "d" / "train")["long_00004"]  # frames are named from 1: the file
+    assert meta == {"source": "long", "start_frame": 4, "first_file": "5.png"}  # says which
     # --frames alone: windows side by side; --size H: square
     _shard(tmp_path, "images", "s", "--out", "d2", "--frames", "4", "--size", "10")
     stored = _stored(tmp_path / "d2" / "train")
@@ -204,7 +205,7 @@ def test_split_folders_and_splits_by_sequence(tmp_path):
     assert read_index(tmp_path / "c" / "test").num_samples == 8
 
     proc = run_cli("shard", "images", "sp", "--out", "x1", "--splits", "train=1", cwd=tmp_path)
-    assert "already has split folders (test/, train/, validation/); --splits" in error_line(proc)
+    assert "already has split folders (train/, validation/, test/); --splits" in error_line(proc)
     _pngs(tmp_path / "sp" / "valid" / "seq9", _gray(9, 5))  # not a split folder's name
     proc = run_cli("shard", "images", "sp", "--out", "x2", cwd=tmp_path)
     assert "sp has split folders; valid/ would be left out" in error_line(proc)
@@ -341,3 +342,95 @@ def test_lossy_video_resized_and_what_is_refused(tmp_path):
     _video(tmp_path / "dup" / "a.mkv", _colour(0, 3))
     _video(tmp_path / "dup" / "a.avi", _colour(1, 3))
     assert "dup/a.avi and dup/a.mkv both give the sample key 'a'" in refused("dup")
+
+
+def _trimmed_clip(path: Path) -> None:
+    """A clip cut as `ffmpeg -ss 1.4 -i src.mp4 -c copy` cuts it: packets from the keyframe
+    before 1.4 s, its 10 lead-in frames at negative times (an mp4 edit list): 35 frames
+    declared, 25 shown."""
+    av = pytest.importorskip("av")
+    if "libx264" not in av.codecs_available:
+        pytest.skip("PyAV without libx264")
+    source = path.with_name("source.mp4")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width = stream.height = SIZE
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"g": "25", "keyint_min": "25", "bf": "0"}
+        for t in range(60):
+            frame = np.zeros((SIZE, SIZE, 3), np.uint8)
+            frame[..., 0] = 4 * t
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with av.open(str(source)) as given, av.open(str(path), "w") as cut:
+        stream = given.streams.video[0]
+        out = cut.add_stream_from_template(stream)
+        shift = int(1.4 / stream.time_base)
+        for packet in given.demux(stream):
+            if packet.dts is None or packet.pts < int(1.0 / stream.time_base):
+                continue
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = out
+            cut.mux(packet)
+    source.unlink()
+
+
+def test_what_a_video_users_folders_hold_is_read_as_meant(tmp_path):
+    """From a video user's review: `Train/`, `Test/` were merged into one train split (test
+    data trained on); short sequences emptied a split and the command exited 0; gray videos
+    were stored as 3 equal channels without a word; a phone's JPEG was stored unturned; a
+    clip trimmed without re-encoding (an edit list) was refused as damaged."""
+    for split, seed in (("Train", 1), ("Test", 2)):
+        _pngs(tmp_path / "cap" / split / "a", _gray(seed, 4))
+    _shard(tmp_path, "images", "cap", "--out", "dc")
+    assert sorted(p.name for p in (tmp_path / "dc").iterdir() if p.is_dir()) == ["test", "train"]
+    _pngs(tmp_path / "near" / "training" / "a", _gray(1, 4))
+    _pngs(tmp_path / "near" / "testing" / "b", _gray(2, 4))
+    proc = run_cli("shard", "images", "near", "--out", "dn", cwd=tmp_path)
+    assert "near: testing/, training/ look like split folders" in error_line(proc)
+    _shard(tmp_path, "images", "near", "--out", "dn", "--split", "train")  # one split, named
+    assert sorted(_stored(tmp_path / "dn" / "train")) == ["testing_b", "training_a"]
+
+    _pngs(tmp_path / "short" / "train" / "a", _gray(1, 6))
+    _pngs(tmp_path / "short" / "val" / "b", _gray(2, 3))
+    proc = run_cli("shard", "images", "short", "--out", "ds", "--frames", "4", cwd=tmp_path)
+    assert (
+        error_line(proc).endswith(
+            "short/val: every sequence is shorter than --frames 4, so the split would hold no "
+            "sample: lower --frames"
+        )
+        and not (tmp_path / "ds").exists()
+    )
+    for name, seed, count in (("a", 1, 6), ("b", 2, 6), ("c", 3, 3)):
+        _pngs(tmp_path / "flat" / name, _gray(seed, count))
+    _shard(
+        tmp_path, "images", "flat", "--out", "df", "--frames", "4", "--splits", "train=1,val=1"
+    )  # fmt: skip (c left out before the cut: both splits get one)
+    assert [read_index(tmp_path / "df" / s).num_samples for s in ("train", "val")] == [1, 1]
+
+    gray = np.repeat(_gray(2, 4)[..., None], 3, axis=-1)
+    _video(tmp_path / "g" / "c.mkv", gray)
+    proc = run_cli("shard", "videos", "g", "--out", "dg", "--workers", "1", cwd=tmp_path)
+    assert "the first frame is gray (its 3 channels are equal)" in proc.stderr, proc.stderr
+
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter clockwise
+    (tmp_path / "phone" / "clip").mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(_gray(i, 2, (8, 12))[0]).save(tmp_path / "phone" / "clip" / f"{i}.jpg",
+                                                       exif=exif)  # fmt: skip
+    _shard(tmp_path, "images", "phone", "--out", "dp")
+    assert read_index(tmp_path / "dp" / "train").shape == [2, 1, 12, 8]  # as viewers show it
+
+    _trimmed_clip(tmp_path / "cut" / "clip.mp4")
+    proc = run_cli("shard", "videos", "cut", "--out", "dt", "--frames", "10", "--workers", "1",
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "decoded 25 of the 35 frames its container declares" in proc.stderr, proc.stderr
+    assert sorted(_stored(tmp_path / "dt" / "train")) == ["clip_00000", "clip_00010"]

@@ -366,3 +366,20 @@ def test_forecast_pictures_take_the_runs_colormap_by_default(model, tmp_path):
 
     assert drawn(str(coloured)) and not drawn(str(model))
     assert not drawn(str(coloured), "--colormap", "gray")
+
+
+def test_forecast_passes_over_hidden_files_and_points_jpeg_frames_to_shard_images(model, tmp_path):
+    """A video user's review: macOS's `._3.png` beside the PNG frames failed the forecast
+    as an unreadable PNG; a folder of JPEG frames was told only "no .npy/.npz files or PNG
+    frames"."""
+    _pngs(tmp_path / "frames", 4)
+    (tmp_path / "frames" / "._3.png").write_bytes(b"\x00\x05\x16\x07 not a png")
+    run_cli("forecast", str(model), "frames", "--out", "f", "--samples", "0", cwd=tmp_path,
+            check=True)  # fmt: skip
+    (tmp_path / "jpegs").mkdir()
+    for t in range(4):
+        Image.fromarray(_frames(t, 32, 32)).save(tmp_path / "jpegs" / f"{t}.jpg")
+    line = _error_line(run_cli("forecast", str(model), "jpegs", "--out", "g", cwd=tmp_path))
+    assert "no .npy/.npz files or PNG frames; its 0.jpg … are read by `stpdist shard images`" in (
+        line
+    ), line

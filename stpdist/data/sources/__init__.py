@@ -420,8 +420,8 @@ FORMATS: dict[str, SourceFormat] = {
 }
 
 FORMATS["images"] = SourceFormat(
-    "one folder of image frames per sequence (PNG, JPEG, BMP, TIFF, WebP; frames in natural "
-    "name order), in split folders train/, val/, test/ or cut by --splits",
+    "one folder of image frames per sequence (PNG, JPEG, BMP, TIFF, WebP, GIF, PPM/PGM; "
+    "frames in natural name order), in split folders train/, val/, test/ or cut by --splits",
     _frame_sequences("images"),
     _frames_flags("images"),
     paths_help="a folder of sequence folders (ROOT/seq1/0001.png …, at any depth), or of "

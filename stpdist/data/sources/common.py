@@ -14,6 +14,27 @@ from ..format import require_file
 
 # the seed project names its validation folder "validation"; stpdist calls the split "val"
 SEED_SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test"}
+NEAR_SPLITS = ("training", "testing", "valid", "eval", "evaluation", "dev")
+"""Folder names that look like splits but are none (`shard images` refuses them at the top
+of a folder without split folders: its test data would be trained on)."""
+
+
+def split_folders(root: Path) -> dict[str, Path]:
+    """The split folders of `root` by split: `train/`, `val/` or `validation/`, `test/`, in
+    any case (`Train/`); two folders of one split (`val/` and `validation/`, `Test/` and
+    `test/`) are refused, naming both."""
+    found: dict[str, Path] = {}
+    for path in sorted(root.iterdir()):
+        split = SEED_SPLITS.get(path.name.lower())
+        if split is None or not path.is_dir():
+            continue
+        if split in found:
+            raise InputError(
+                f"{root} has both {found[split].name}/ and {path.name}/ (the same split, "
+                f"{split}): keep one"
+            )
+        found[split] = path
+    return {split: found[split] for split in ("train", "val", "test") if split in found}
 
 
 # a frame is at least this wide: a last axis this small after a larger one is channels last

@@ -42,7 +42,15 @@ import numpy as np
 from ...console import log
 from ...errors import InputError, MissingInput, require_extra
 from ..format import require_file
-from .common import SEED_SPLITS, listed, natural_key, png_8bit, split_counts
+from .common import (
+    NEAR_SPLITS,
+    SEED_SPLITS,
+    listed,
+    natural_key,
+    png_8bit,
+    split_counts,
+    split_folders,
+)
 from .series import check_window
 
 # Legend: frames_TCHW: frames × channels × height × width; frame_HW(C): one decoded frame.
@@ -92,7 +100,7 @@ def read_image(path: Path, mode: str | None) -> tuple[np.ndarray, str]:
     "L" for a grayscale file, else "RGB"), alpha dropped, and the mode it is stored in.
     A file PIL cannot read, an animated or multi-page one, and one of more than 8 bits per
     sample (a 16-bit PNG or TIFF, which the conversion would clip) are refused, naming it."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     require_file(path)  # a FIFO would block the reader
     is_png = path.suffix.lower() == ".png"
@@ -103,7 +111,8 @@ def read_image(path: Path, mode: str | None) -> tuple[np.ndarray, str]:
             found, count = image.mode, getattr(image, "n_frames", 1)
             target = mode or ("RGB" if found in COLOUR_MODES else "L")
             if count == 1 and found in EIGHT_BIT_MODES and not is_png:
-                return np.asarray(image.convert(target)), found
+                # turned as its EXIF orientation says (a phone's JPEG): as viewers show it
+                return np.asarray(ImageOps.exif_transpose(image).convert(target)), found
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image file Pillow reads (damaged?)") from None
     except Exception as exc:  # a truncated JPEG: OSError at decoding
@@ -144,6 +153,12 @@ def count_video_frames(path: Path) -> int:
         raise
     except Exception as exc:
         raise InputError(f"{path}: not a readable video ({_why(exc)})") from None
+
+
+def _gray_content(frame: np.ndarray) -> bool:
+    """Whether a colour frame (H×W×3) holds gray: its three channels equal (a gray video
+    decoded as RGB, a palette image of grays)."""
+    return frame.ndim == 3 and bool((frame == frame[..., :1]).all())
 
 
 def _kept(length: int, every: int) -> int:
@@ -202,6 +217,8 @@ class _FrameSequences:
 
     unit = "sequences"
     layout = ""
+    keyed = "folders joined with _, dots replaced"
+    """How a key is made of a sequence's path (said when two collide)."""
 
     def __post_init__(self) -> None:  # before any file is read
         if self.gray and self.rgb:
@@ -248,18 +265,17 @@ class _FrameSequences:
         self._settle_frames(everything[0])
         if self.num_frames is None:
             self._check_lengths(everything)
-            return found
-        return self._leave_out_short(found, everything)
+        return found
 
     def _found(self, root: Path) -> dict[str, list[Sequence]]:
-        """The sequences of each split: split folders', or ROOT's (cut by `--splits`)."""
-        subs = [p for p in sorted(root.iterdir()) if p.is_dir() and p.name in SEED_SPLITS]
+        """The sequences of each split: split folders', or ROOT's (cut by `--splits`); those
+        shorter than one window left out first (said), and a split they would empty refused."""
+        subs = split_folders(root)
         if not subs:
-            sequences = self._unique(self._sequences_in(root))
+            self._refuse_near_split_names(root)
+            sequences = self._long_enough(self._unique(self._sequences_in(root)))
             return self._cut(root, sequences) if self.split_sizes else {self.split: sequences}
-        given = ", ".join(p.name + "/" for p in subs)
-        if {"val", "validation"} <= {p.name for p in subs}:
-            raise InputError(f"{root} has both val/ and validation/ (the same split): keep one")
+        given = ", ".join(p.name + "/" for p in subs.values())
         if self.split_sizes:
             raise InputError(f"{root} already has split folders ({given}); --splits cuts a "
                              "folder without them: drop --splits")  # fmt: skip
@@ -267,12 +283,35 @@ class _FrameSequences:
             raise InputError(f"{root} already has split folders ({given}); --split "
                              f"{self.split} names the one split of a folder without them: "
                              "drop it")  # fmt: skip
-        self._check_nothing_left_out(root, subs)
-        found = {SEED_SPLITS[p.name]: self._unique(self._sequences_in(p)) for p in subs}
-        for sub in subs:
-            if not found[SEED_SPLITS[sub.name]]:
+        self._check_nothing_left_out(root, list(subs.values()))
+        found = {split: self._unique(self._sequences_in(sub)) for split, sub in subs.items()}
+        for split, sub in subs.items():
+            if not found[split]:
                 raise MissingInput(f"{sub}: no {self.layout}")
-        return {split: found[split] for split in ("train", "val", "test") if split in found}
+        kept = set(self._long_enough([s for sequences in found.values() for s in sequences]))
+        for split, sub in subs.items():
+            found[split] = [s for s in found[split] if s in kept]
+            if not found[split]:
+                raise InputError(
+                    f"{sub}: every sequence is shorter than {self._window()}, so the split "
+                    "would hold no sample: lower --frames"
+                )
+        return found
+
+    def _refuse_near_split_names(self, root: Path) -> None:
+        """A folder without split folders whose folders are named like splits (`training/`,
+        `testing/`, `valid/`): taken as one split, its test data would be trained on."""
+        if self.split_given:  # the one split, named: its folders are the user's own
+            return
+        near = [
+            p.name for p in sorted(root.iterdir()) if p.is_dir() and p.name.lower() in NEAR_SPLITS
+        ]
+        if near:
+            raise InputError(
+                f"{root}: {', '.join(n + '/' for n in near)} look like split folders, which "
+                "are named train/, val/ (or validation/) and test/ (in any case): rename them, "
+                "or pass --split train to take the whole folder as one split"
+            )
 
     def _check_nothing_left_out(self, root: Path, subs: list[Path]) -> None:
         """Beside split folders, frames in another folder (`valid/`) or loose in ROOT would
@@ -284,7 +323,7 @@ class _FrameSequences:
         ]
         loose = self._loose(root)
         if others or loose:
-            recognised = ", ".join(f"{name}/" for name in SEED_SPLITS)
+            recognised = ", ".join(f"{name}/" for name in SEED_SPLITS) + " (in any case)"
             raise InputError(
                 f"{root} has split folders; {listed(others + loose, unit='entries')} would be "
                 f"left out (split folders are named {recognised}): move them into a split "
@@ -303,7 +342,7 @@ class _FrameSequences:
             if other is not sequence:
                 raise InputError(
                     f"{other.path} and {sequence.path} both give the sample key "
-                    f"{sequence.key!r} (folders joined with _, dots replaced): rename one"
+                    f"{sequence.key!r} ({self.keyed}): rename one"
                 )
         return sequences
 
@@ -327,6 +366,13 @@ class _FrameSequences:
         frame, self.first, colour = self._first_frame(first)
         self.channels = 1 if self.gray else 3 if self.rgb or colour else 1
         self.frame_size = parse_size(self.size) or (frame.shape[0], frame.shape[1])
+        if self.channels == 3 and not self.rgb and _gray_content(frame):
+            log.warning(
+                "%s: the first frame is gray (its 3 channels are equal) and is stored as 3 "
+                "channels, 3 times the size and compute of 1: pass --gray to store 1, or "
+                "--rgb to keep 3 without this warning",
+                self.first,
+            )  # fmt: skip
 
     def _fit(self, frame: np.ndarray, where: Path | str) -> np.ndarray:
         """A frame (H×W or H×W×3) as C×H×W of the stored size: resized to `--size`, or
@@ -365,34 +411,37 @@ class _FrameSequences:
     def _after_every(self) -> str:
         return f" (after --every {self.every})" if self.every > 1 else ""
 
-    def _leave_out_short(
-        self, found: dict[str, list[Sequence]], everything: list[Sequence]
-    ) -> dict[str, list[Sequence]]:
-        """Sequences shorter than one window give none: said in one warning (how many, the
-        first named), never left out without a word; all of them: refused."""
-        assert self.num_frames is not None
-        short = [s for s in everything if _kept(s.length, self.every) < self.num_frames]
+    def _window(self) -> str:
+        return f"--frames {self.num_frames}{self._after_every()}"
+
+    def _long_enough(self, sequences: list[Sequence]) -> list[Sequence]:
+        """The sequences of at least one window: the shorter give none, said in one warning
+        (how many, the first named), never left out without a word; all of them: refused."""
+        if self.num_frames is None or not sequences:
+            return sequences
+        short = [s for s in sequences if _kept(s.length, self.every) < self.num_frames]
         if not short:
-            return found
-        window = f"--frames {self.num_frames}{self._after_every()}"
-        if len(short) == len(everything):
-            longest = max(_kept(s.length, self.every) for s in everything)
+            return sequences
+        if len(short) == len(sequences):
+            longest = max(_kept(s.length, self.every) for s in sequences)
             raise InputError(
-                f"{self.root}: every sequence is shorter than {window} (the longest: "
+                f"{self.root}: every sequence is shorter than {self._window()} (the longest: "
                 f"{longest} frames): lower --frames"
             )
         log.warning(
             "%s: %d of %d %s are shorter than %s and give no window: left out (the first: "
             "%s, %d frames); lower --frames to keep them",
-            self.root, len(short), len(everything), self.unit, window, short[0].path,
+            self.root, len(short), len(sequences), self.unit, self._window(), short[0].path,
             _kept(short[0].length, self.every),
         )  # fmt: skip
         left_out = set(short)
-        return {split: [s for s in found[split] if s not in left_out] for split in found}
+        return [s for s in sequences if s not in left_out]
 
     def load(self, item: Sequence) -> list[tuple[str, np.ndarray, dict]]:
         frames_TCHW = self._frames(item)
         meta: dict[str, Any] = {"source": item.source}
+        if item.files and self.num_frames is None:
+            meta["first_file"] = item.files[0]
         if self.num_frames is None:
             if len(frames_TCHW) != self.length:  # a video that decodes to another count
                 raise InputError(
@@ -402,14 +451,17 @@ class _FrameSequences:
                 )
             return [(item.key, frames_TCHW, meta)]
         assert self.stride is not None
-        if len(frames_TCHW) < self.num_frames:  # a video that decodes to fewer
-            raise InputError(f"{item.path}: {len(frames_TCHW)} frames decoded, fewer than "
-                             f"--frames {self.num_frames}")  # fmt: skip
+        if len(frames_TCHW) < self.num_frames:  # a video that decodes to fewer than declared
+            log.warning("%s: %d frames decoded, fewer than %s: no window", item.path,
+                        len(frames_TCHW), self._window())  # fmt: skip
         out = []
         for start in range(0, len(frames_TCHW) - self.num_frames + 1, self.stride):
             first = start * self.every  # in the sequence's own frames
             window = frames_TCHW[start : start + self.num_frames]  # a view: no copy
-            out.append((f"{item.key}_{first:05d}", window, {**meta, "start_frame": first}))
+            start_meta = {**meta, "start_frame": first}
+            if item.files:  # images: the window's first frame's file (names need not count 0…)
+                start_meta["first_file"] = item.files[first]
+            out.append((f"{item.key}_{first:05d}", window, start_meta))
         return out
 
     def describe(self, item: Sequence) -> str:
@@ -493,6 +545,7 @@ class VideoSequences(_FrameSequences):
 
     name: str = "videos"
     unit = "videos"
+    keyed = "folders joined with _, dots replaced, the video's suffix left out"
     layout = f"video files ({', '.join(VIDEO_SUFFIXES)})"
 
     def _videos(self, names: list[str]) -> list[str]:
@@ -548,10 +601,11 @@ class VideoSequences(_FrameSequences):
     def _frames(self, sequence: Sequence) -> np.ndarray:
         path = Path(sequence.path)
         kept, decoded = self._decoded(path)
-        if decoded < sequence.length:  # cut short: frames its windows counted on are missing
-            raise InputError(
-                f"{path}: decoded {decoded} of the {sequence.length} frames its container "
-                "declares: the file is cut short or damaged; replace it (or move it out to "
-                "convert the others)"
-            )
+        if decoded < sequence.length:  # said, not refused: a trimmed clip decodes to fewer
+            log.warning(
+                "%s: decoded %d of the %d frames its container declares (a clip trimmed "
+                "without re-encoding, whose edit list drops its first frames, or a file cut "
+                "short): its samples are cut from the %d decoded",
+                path, decoded, sequence.length, decoded,
+            )  # fmt: skip
         return np.stack(kept)

@@ -46,6 +46,7 @@ from .common import (
     load_array,
     natural_key,
     split_counts,
+    split_folders,
 )
 from .series import (
     as_times,
@@ -130,7 +131,8 @@ class GenericArrays:
             )
         if not root.is_dir():
             raise MissingInput(f"{root}: no such folder")
-        subs = [p for p in sorted(root.iterdir()) if p.is_dir() and p.name in SEED_SPLITS]
+        by_split = split_folders(root)  # train/, val/ or validation/, test/, in any case
+        subs = list(by_split.values())
         if subs and self.split_sizes:
             raise InputError(f"{root} already has split folders; --splits cuts a flat folder")
         if subs and self.split_given:
@@ -139,8 +141,7 @@ class GenericArrays:
                 f"--split {self.split} names the one split of a flat folder: drop it"
             )
         _check_nothing_left_out(root, subs)
-        found = {SEED_SPLITS[p.name]: self._files(p) for p in subs}
-        out = {s: found[s] for s in ("train", "val", "test") if s in found} or self._cut(root)
+        out = {split: self._files(sub) for split, sub in by_split.items()} or self._cut(root)
         listed = [f for files in out.values() for f in files]
         _refuse_one_file_twice(listed)
         if self.key is not None and listed and not any(f.lower().endswith(".npz") for f in listed):
@@ -491,12 +492,10 @@ def _check_nothing_left_out(root: Path, subs: list[Path]) -> None:
     folders, or loose beside split folders, would be left out silently; `val/` beside
     `validation/` would be one split twice. Refused, naming them."""
     names = [p.name for p in subs]
-    if "val" in names and "validation" in names:
-        raise InputError(f"{root} has both val/ and validation/ (the same split): keep one")
     others = [
         f"{p.name}/ ({counted(len(_arrays_in(p)), 'file')})"
         for p in sorted(root.iterdir())
-        if p.is_dir() and p.name not in SEED_SPLITS and not p.name.startswith(".") and _arrays_in(p)
+        if p.is_dir() and p not in subs and not p.name.startswith(".") and _arrays_in(p)
     ]
     loose = _arrays_in(root) if subs else []  # without split folders they are the data
     if not others and not loose:
@@ -506,7 +505,7 @@ def _check_nothing_left_out(root: Path, subs: list[Path]) -> None:
         left.append(f"the arrays in {', '.join(others)}")
     if loose:
         left.append(f"the loose files {listed(loose)}")
-    recognised = ", ".join(f"{name}/" for name in SEED_SPLITS)
+    recognised = ", ".join(f"{name}/" for name in SEED_SPLITS) + " (in any case)"
     found = f"has split folders {', '.join(f'{n}/' for n in names)}" if subs else "is flat"
     raise InputError(
         f"{root} {found}; {' and '.join(left)} would be left out (split folders are named "
