@@ -176,10 +176,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         which = (
             "final validation" if at in (None, state.global_step) else f"validation at step {at}"
         )
+        scale = getattr(module, "value_scale", 1.0)  # the units, where they are not stored
         print(
             f"{which} MSE per pixel {metrics['val/mse']:.5g} vs copy-last-input-frame "
             f"baseline {metrics['val/persistence_mse']:.5g} "
             f"({metrics['val/mse'] / metrics['val/persistence_mse']:.2f}×)"
+            + (f", of stored values ÷ {scale:g}" if scale != 1 else "")
         )
 
 

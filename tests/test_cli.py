@@ -375,7 +375,7 @@ def test_final_line_compares_with_persistence_in_the_data_units_under_any_normal
     line = next(s for s in out.splitlines() if s.startswith("final validation MSE"))
     assert line == (
         f"final validation MSE per pixel {mse:.5g} vs copy-last-input-frame baseline "
-        f"{persistence:.5g} ({mse / persistence:.2f}×)"
+        f"{persistence:.5g} ({mse / persistence:.2f}×), of stored values ÷ 255"
     )
 
 
