@@ -817,7 +817,7 @@ def cmd_shard(args: argparse.Namespace) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    from .data.format import INDEX_FILE, read_index, require_file, variable_names
+    from .data.format import INDEX_FILE, read_index, require_file, time_span, variable_names
     from .data.staging import recover
 
     root = Path(args.dir)
@@ -879,6 +879,9 @@ def cmd_inspect(args: argparse.Namespace) -> None:
                 f"longitudes {lon[0]:g}…{lon[-1]:g} ({len(lon)})"
                 + (f", climatology {index.climatology}" if index.climatology else "")
             )
+        span = time_span(folder, index)  # a time series': the period the split covers
+        if span is not None:
+            print(f"  times: {span[0]} … {span[1]} (its first and last samples' frames)")
         if args.verify:
             print(f"  verified: {verify_split(folder)}")
         if args.samples <= 0:

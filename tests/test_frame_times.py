@@ -109,3 +109,17 @@ def test_netcdf_windows_keep_their_frames_times(tmp_path):
         start = np.datetime64(meta["start"], "s")
         expected = np.datetime_as_string(start + np.arange(4) * six_hours, "m").tolist()
         assert meta["times"] == expected, meta
+
+
+def test_inspect_says_the_period_a_time_series_split_covers(tmp_path, capsys):
+    hourly_series(tmp_path)
+    _convert(tmp_path, 5, "--time-key", "time", "--samples-per-shard", "4")
+    assert main(["inspect", str(tmp_path / "ds"), "--samples", "0"]) in (0, None)
+    out = capsys.readouterr().out
+    # 60 hourly frames, 3 hours more from frame 30 on: the last window ends at frame 58 (61 h)
+    assert "  times: 2020-01-01T00:00 … 2020-01-03T13:00 (its first and last samples' frames)" in (
+        out
+    ), out
+    _convert(tmp_path, 5, "--key", "data", "--overwrite")  # frame positions: no times
+    assert main(["inspect", str(tmp_path / "ds"), "--samples", "0"]) in (0, None)
+    assert "times:" not in capsys.readouterr().out

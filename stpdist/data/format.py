@@ -1226,6 +1226,26 @@ def _samples(
         yield key, sample
 
 
+def time_span(folder: str | Path, index: SplitIndex) -> tuple[str, str] | None:
+    """(the first frame's time of the split's first sample, the last frame's of its last),
+    from their `.json` members' `times` (the time-series converters write samples in time
+    order); None where they hold none. Reads two shards' metadata alone, the frames passed
+    over; a shard that cannot be read gives None too (`inspect --verify` says why)."""
+    if not index.shards:
+        return None
+    ends = []
+    for shard, pick in ((index.shards[0], 0), (index.shards[-1], -1)):
+        try:
+            samples = list(iter_shard(Path(folder) / shard.name, members=frozenset({META_EXT})))
+            times = json.loads(samples[pick][1][META_EXT]).get("times")
+        except (ShardFormatError, OSError, IndexError, KeyError, ValueError, AttributeError):
+            return None
+        if not isinstance(times, list) or not times or not all(isinstance(t, str) for t in times):
+            return None
+        ends.append(times[pick])
+    return ends[0], ends[1]
+
+
 def verify_counts(folder: str | Path, index: SplitIndex) -> None:
     """Re-read every shard and check its sample count against the index."""
     for shard in index.shards:
