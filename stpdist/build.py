@@ -545,13 +545,26 @@ def _check_same_fill(cfg: Config, data: SplitIndex, trained_on: SplitIndex) -> N
     training data's (`--allow-nan FILL`): the model learnt the one fill as "no data", and
     reads the other as a value (a radar's no-coverage pixels as rain: threshold scores of
     the same model and frames changed by a third)."""
-    ours, theirs = data.args.get("nan_fill"), trained_on.args.get("nan_fill")
-    if ours is None or theirs is None or ours == theirs:
+    check_same_fill(f"data.root {cfg.data.root}", data, trained_on.args.get("nan_fill"))
+
+
+def check_same_fill(where: str, data: SplitIndex, trained: float | None) -> None:
+    """`_check_same_fill` of data at `where` against the fill `trained` (None: training
+    data without missing values, where the data's fill is said, as values the model reads)."""
+    ours = data.args.get("nan_fill")
+    if ours is None or ours == trained:
+        return
+    if trained is None:
+        warn_main(
+            "%s stores missing values (NaN) as %g (its %s split, --allow-nan); the data the "
+            "model was trained on had none, and it reads %g as a value there",
+            where, ours, data.split, ours,
+        )  # fmt: skip
         return
     raise InputError(
-        f"data.root {cfg.data.root} stores missing values (NaN) as {ours:g} (its {data.split} "
-        f"split, --allow-nan {ours:g}), the data the checkpoint was trained on as {theirs:g}: "
-        f"the model learnt {theirs:g} as no data; convert the data with --allow-nan {theirs:g}"
+        f"{where} stores missing values (NaN) as {ours:g} (its {data.split} split, "
+        f"--allow-nan {ours:g}), the data the checkpoint was trained on as {trained:g}: the "
+        f"model learnt {trained:g} as no data; convert the data with --allow-nan {trained:g}"
     )
 
 

@@ -658,6 +658,9 @@ def _forecast_inputs(source: Path, module: Any, args: argparse.Namespace) -> Any
         )
     if index.num_samples == 0:
         raise InputError(f"{source}: the split holds no sample")
+    from .build import check_same_fill
+
+    check_same_fill(str(source), index, getattr(module, "nan_fill", None))
     return data
 
 

@@ -310,14 +310,13 @@ class ValueSurvey:
             )
         if array.dtype.kind == "b":  # masks, as `shard arrays` stores them: 0 and 1
             array = array.view(np.uint8)
+        missing = None
         if array.dtype.kind == "f":
             self.kind = "f"
-            if self.fill is not None:
+            if self.fill is not None:  # NaN stands for the fill: counted, not refused
                 missing = np.isnan(array)
-                if missing.any():
-                    self.filled += int(missing.sum())
-                    array = np.where(missing, np.asarray(self.fill, array.dtype), array)
-            bad = ~np.isfinite(array)
+                self.filled += int(missing.sum())
+            bad = ~np.isfinite(array) if missing is None else np.isinf(array)
             if bad.any():
                 if not self.nonfinite:
                     position = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -327,7 +326,15 @@ class ValueSurvey:
         if self.nonfinite or array.size == 0:  # no range once a value is not finite
             return
         others = tuple(i for i in range(array.ndim) if i != array.ndim - 3)
-        low, high = array.min(axis=others).astype(float), array.max(axis=others).astype(float)
+        if missing is not None and missing.any():  # the values given: not the fill's
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a channel of NaN alone
+                low, high = np.nanmin(array, axis=others), np.nanmax(array, axis=others)
+            if np.isnan(low).any():
+                return
+            low, high = low.astype(float), high.astype(float)
+        else:
+            low, high = array.min(axis=others).astype(float), array.max(axis=others).astype(float)
         self.low = low if self.low is None else np.minimum(self.low, low)
         self.high = high if self.high is None else np.maximum(self.high, high)
 

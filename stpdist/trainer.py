@@ -701,12 +701,22 @@ class ValidationAbandoned(RuntimeError):
     instead of being killed at the end of a long validation; it runs again on resume."""
 
 
-def _fsdp_window_lost(step: int, latest: Path | None) -> InputError:
+def _fsdp_window_lost(step: int, latest: Path | None, whole: bool = False) -> InputError:
     """The error of a window whose last micro-batch every rank skipped, under FSDP, on a
     torch whose FSDP lacks the private methods `fsdp.reduce_pending_grads` runs: the
     skipped forward gathered the parameters and no backward reduce-scattered the window's
     gradients (a review: no weight changed from there, silently, until a checkpoint
-    failed). Said where it happens; DDP averages the earlier micro-batches instead."""
+    failed). Said where it happens; DDP averages the earlier micro-batches instead.
+    `whole`: every micro-batch of the window was skipped (nothing to reduce, but the
+    skipped forwards left the root's parameters gathered)."""
+    if whole:
+        return InputError(
+            f"optimizer step {step}: every micro-batch of the step was skipped (training_step "
+            "returned None), and under strategy fsdp on this torch the parameters its "
+            "forwards gathered cannot be put back without a backward; the run stops here "
+            f"(last checkpoint: {latest}): use strategy ddp (this torch's FSDP lacks the "
+            "methods stpdist runs for it; torch 2.13 has them)"
+        )
     return InputError(
         f"optimizer step {step}: the last micro-batch of an accumulation window was skipped "
         "(training_step returned None on a rank: every rank skips it), and under strategy "
@@ -1928,7 +1938,8 @@ class Trainer:
             from .fsdp import reduce_pending_grads
 
             if not reduce_pending_grads(self._sharded_root):
-                raise alike(_fsdp_window_lost(step, self.checkpoints.latest()))
+                whole = not self._contributed
+                raise alike(_fsdp_window_lost(step, self.checkpoints.latest(), whole))
         elif self._contributed:
             self.lockstep.average_grads_by_hand(module)
 

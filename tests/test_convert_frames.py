@@ -434,3 +434,29 @@ def test_what_a_video_users_folders_hold_is_read_as_meant(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "decoded 25 of the 35 frames its container declares" in proc.stderr, proc.stderr
     assert sorted(_stored(tmp_path / "dt" / "train")) == ["clip_00000", "clip_00010"]
+
+
+def test_linked_sequence_folders_and_names_that_extend_another_are_read(tmp_path):
+    """A code review: sequence folders that are symbolic links (splits made of links to the
+    data, not copies) were passed over without a word; folders `seq` and `seq2` stopped
+    the conversion with a TypeError of the natural sort; a folder named like a split
+    (`dev/`) had no way through with --splits."""
+    from stpdist.data.sources.common import natural_key
+
+    names = ["seq10", "seq", "seq2", "val/csi2", "val/csi", "2.png", "0002.png"]
+    assert sorted(names, key=natural_key) == [
+        "0002.png", "2.png", "seq", "seq2", "seq10", "val/csi", "val/csi2"
+    ]  # fmt: skip
+    _pngs(tmp_path / "store" / "s1", _gray(1, 3))
+    _pngs(tmp_path / "lnk" / "train" / "seq", _gray(2, 3))
+    (tmp_path / "lnk" / "train" / "seq2").symlink_to(tmp_path / "store" / "s1")
+    (tmp_path / "lnk" / "train" / "seq2" / "loop").symlink_to(tmp_path / "lnk")  # a cycle
+    _shard(tmp_path, "images", "lnk", "--out", "d")
+    stored = _stored(tmp_path / "d" / "train")
+    assert sorted(stored) == ["seq", "seq2"]
+    np.testing.assert_array_equal(stored["seq2"][:, 0], _gray(1, 3))
+
+    for name, seed in (("dev", 1), ("a", 2), ("b", 3), ("c", 4)):
+        _pngs(tmp_path / "cut" / name, _gray(seed, 3))
+    _shard(tmp_path, "images", "cut", "--out", "dc", "--splits", "train=2,test=2")
+    assert [read_index(tmp_path / "dc" / s).num_samples for s in ("train", "test")] == [2, 2]

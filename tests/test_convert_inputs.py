@@ -999,7 +999,8 @@ def test_array_files_cut_short_are_said_so(tmp_path):
 def test_samples_copied_within_a_split_or_into_another_are_said(tmp_path):
     """A file copied under another name (`a (1).npy`) or into another split's folder: the
     conversion says each, with its first case (test scores of data trained on otherwise go
-    unnoticed); constant sequences (all zeros) are alike by nature and not counted."""
+    unnoticed); static sequences (all zeros, a still scene) are alike by nature and not
+    counted."""
     rng = np.random.default_rng(0)
     seq = rng.integers(0, 256, (6, 1, 8, 8), dtype=np.uint8)
     for name, frames in {
@@ -1008,6 +1009,8 @@ def test_samples_copied_within_a_split_or_into_another_are_said(tmp_path):
         "train/b.npy": rng.integers(0, 256, seq.shape, dtype=np.uint8),
         "train/z.npy": np.zeros_like(seq),
         "train/z2.npy": np.zeros_like(seq),
+        "train/still.npy": np.repeat(seq[:1], 6, axis=0),  # a still scene: static by nature
+        "train/still2.npy": np.repeat(seq[:1], 6, axis=0),
         "test/c.npy": seq,
         "test/d.npy": rng.integers(0, 256, seq.shape, dtype=np.uint8),
     }.items():
@@ -1021,7 +1024,7 @@ def test_samples_copied_within_a_split_or_into_another_are_said(tmp_path):
     assert lines[0].startswith(within) and "= 'a (1)' of " in lines[0], lines[0]
     across = "test: 1 sample(s) are byte-identical to samples of split train (first: 'c' of "
     assert lines[1].startswith(across) and "remove it from one" in lines[1], lines[1]
-    assert read_index(tmp_path / "ds" / "train").num_samples == 5  # nothing left out
+    assert read_index(tmp_path / "ds" / "train").num_samples == 7  # nothing left out
     # distinct sequences: not a word
     shutil.rmtree(tmp_path / "raw" / "test")
     (tmp_path / "raw" / "train" / "a (1).npy").unlink()

@@ -580,8 +580,13 @@ def _write_split(
             folder.name, filled, nan_fill, 100 * filled / values,
         )  # fmt: skip
     if copies is not None:
-        copies.say(split)
+        copies.end_split(split)
     return read_index(folder)
+
+
+def _static(frames: np.ndarray) -> bool:
+    """Whether every frame of a T×… sample is its first (no frames: static too)."""
+    return frames.size == 0 or bool((frames == frames[:1]).all())
 
 
 class _Copies:
@@ -589,43 +594,51 @@ class _Copies:
     file copied under another name (`seq2 (1).npy`) or into two split folders trains on a
     sample twice, or scores val/test on samples trained on, without a word. Counted by a
     128-bit digest of each sample's frames (with their shape and dtype), and said once a
-    split is written, with its first case; constant samples (a radar's hours without rain,
-    all zeros) are alike by nature and not counted."""
+    split is written, with its first case; static samples, every frame the first (a radar's
+    hours without rain: zeros beside a fixed mask; a still scene), are alike by nature and
+    not counted."""
 
     def __init__(self) -> None:
         self._seen: dict[bytes, tuple[str, str, str]] = {}  # digest → (split, key, where)
         self._found: dict[str, dict[str, Any]] = {}  # split of the first → count, first case
+        self._lines: list[str] = []
 
     def add(self, split: str, key: str, frames: np.ndarray, where: str) -> None:
         frames = np.ascontiguousarray(frames)
         digest = hashlib.blake2b(f"{frames.dtype.str}{frames.shape}".encode(), digest_size=16)
         digest.update(frames)
         earlier = self._seen.setdefault(digest.digest(), (split, key, where))
-        if earlier[:2] == (split, key) or frames.size == 0 or frames.min() == frames.max():
+        if earlier[:2] == (split, key) or _static(frames):
             return
         found = self._found.setdefault(earlier[0], {"count": 0, "first": (earlier, key, where)})
         found["count"] += 1
 
-    def say(self, split: str) -> None:
-        """Warn of the samples of `split` that copy earlier ones, a line for each split
-        they copy; starts counting the next split."""
+    def end_split(self, split: str) -> None:
+        """The warnings of `split`'s samples that copy earlier ones, a line for each split
+        they copy, kept for `say`; starts counting the next split."""
         for other, found in self._found.items():
             (_, first_key, first_where), key, where = found["first"]
             case = f"first: {key!r} of {where} = {first_key!r} of {first_where}"
             if other == split:
-                log.warning(
-                    "%s: %d sample(s) are byte-identical to earlier samples of the split (%s): "
-                    "a file copied under another name counts its samples twice; remove the copy",
-                    split, found["count"], case,
-                )  # fmt: skip
+                self._lines.append(
+                    f"{split}: {found['count']} sample(s) are byte-identical to earlier samples "
+                    f"of the split ({case}): a file copied under another name counts its "
+                    "samples twice; remove the copy"
+                )
             else:
-                log.warning(
-                    "%s: %d sample(s) are byte-identical to samples of split %s (%s): the "
-                    "same data in two splits (a file copied under another name, or into two "
-                    "split folders?) scores a model on data it trained on; remove it from one",
-                    split, found["count"], other, case,
-                )  # fmt: skip
+                self._lines.append(
+                    f"{split}: {found['count']} sample(s) are byte-identical to samples of split "
+                    f"{other} ({case}): the same data in two splits (a file copied under "
+                    "another name, or into two split folders?) scores a model on data it "
+                    "trained on; remove it from one"
+                )
         self._found = {}
+
+    def say(self) -> None:
+        """The warnings, once every split is written (a split written again, every split
+        in float32 after an off-grid one, says them once)."""
+        for line in self._lines:
+            log.warning("%s", line)
 
 
 PROGRESS_LINE_EVERY = 30.0
@@ -1013,4 +1026,5 @@ def _write_each_split(
         check_index = getattr(source, "check_index", None)
         if check_index is not None:  # e.g. values a guessed value scale leaves outside [0, 1]
             check_index(written[split])
+    copies.say()
     return written

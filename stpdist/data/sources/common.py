@@ -45,7 +45,10 @@ def natural_key(name: str) -> tuple[Any, ...]:
     """Sort key of a file name with its digit runs compared as numbers: `2.png` before
     `10.png`; zero-padded names (`0002.png`, `0010.png`) keep their text order."""
     parts = re.split(r"(\d+)", name)  # text, number, text, …: the same kinds at each position
-    return (*(int(p) if i % 2 else p for i, p in enumerate(parts)), name)
+    # each part tagged with its kind, so that where `seq`'s parts end and `seq2`'s number
+    # follows, the tags compare (Python orders no text against a number): the shorter first
+    keyed = ((1, int(p), "") if i % 2 else (0, 0, p) for i, p in enumerate(parts))
+    return (*keyed, (-1, 0, name))
 
 
 PNG_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA")

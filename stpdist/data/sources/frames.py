@@ -33,6 +33,7 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -172,6 +173,21 @@ def _key(relative: Path) -> str:
     return re.sub(r"[/.]", "_", relative.as_posix())
 
 
+def _walk(folder: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk` of `folder`'s visible folders, into linked folders too (splits made of
+    symbolic links to the data, a common way not to copy it), each real folder once (a
+    link back up would loop)."""
+    seen: set[str] = set()
+    for path, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(path)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = _visible(dirs)
+        yield path, dirs, names
+
+
 def _visible(names: list[str]) -> list[str]:
     """Not hidden: macOS's `._name` copies, `.DS_Store`, `.ipynb_checkpoints`."""
     return [name for name in names if not name.startswith(".")]
@@ -301,8 +317,8 @@ class _FrameSequences:
     def _refuse_near_split_names(self, root: Path) -> None:
         """A folder without split folders whose folders are named like splits (`training/`,
         `testing/`, `valid/`): taken as one split, its test data would be trained on."""
-        if self.split_given:  # the one split, named: its folders are the user's own
-            return
+        if self.split_given or self.split_sizes:  # one split named, or cut by sequence:
+            return  # its folders are the user's own
         near = [
             p.name for p in sorted(root.iterdir()) if p.is_dir() and p.name.lower() in NEAR_SPLITS
         ]
@@ -495,8 +511,7 @@ class ImageSequences(_FrameSequences):
 
     def _sequences_in(self, folder: Path) -> list[Sequence]:
         out = []
-        for path, dirs, names in os.walk(folder):
-            dirs[:] = _visible(dirs)
+        for path, _, names in _walk(folder):
             images = self._images(names)
             here = Path(path)
             if images and here == folder:
@@ -512,7 +527,7 @@ class ImageSequences(_FrameSequences):
         return sorted(out, key=lambda s: natural_key(s.source))
 
     def _holds_data(self, folder: Path) -> bool:
-        return any(self._images(names) for _, _, names in os.walk(folder))
+        return any(self._images(names) for _, _, names in _walk(folder))
 
     def _loose(self, folder: Path) -> list[str]:
         return self._images(os.listdir(folder))
@@ -554,8 +569,7 @@ class VideoSequences(_FrameSequences):
 
     def _sequences_in(self, folder: Path) -> list[Sequence]:
         out = []
-        for path, dirs, names in os.walk(folder):
-            dirs[:] = _visible(dirs)
+        for path, _, names in _walk(folder):
             for name in self._videos(names):
                 video = Path(path) / name
                 if video.is_dir():  # a folder named clip.mp4
@@ -566,7 +580,7 @@ class VideoSequences(_FrameSequences):
         return sorted(out, key=lambda s: natural_key(s.source))
 
     def _holds_data(self, folder: Path) -> bool:
-        return any(self._videos(names) for _, _, names in os.walk(folder))
+        return any(self._videos(names) for _, _, names in _walk(folder))
 
     def _loose(self, folder: Path) -> list[str]:
         return [n for n in self._videos(os.listdir(folder)) if (folder / n).is_file()]
