@@ -3143,12 +3143,17 @@ def _evaluating(module: nn.Module) -> Iterator[None]:
                 part.train(mode)
 
 
-def load_predictions(folder: str | Path) -> dict[str, np.ndarray]:
-    """Every prediction `Trainer.predict` wrote to `folder`, by sample key."""
+def load_predictions(folder: str | Path, field: str = "predictions") -> dict[str, np.ndarray]:
+    """Every prediction `Trainer.predict` wrote to `folder`, by sample key; `field`: another
+    of their per-sample arrays (`valid_times`, `reference_times` of a time series)."""
     found: dict[str, np.ndarray] = {}
     for file in sorted(Path(folder).glob("predictions-r*.npz")):
         with np.load(file, allow_pickle=False) as data:
-            found.update(zip(data["keys"].tolist(), data["predictions"]))
+            if field not in data.files:
+                raise KeyError(
+                    f"{file} holds no {field!r}; its arrays: {', '.join(sorted(data.files))}"
+                )
+            found.update(zip(data["keys"].tolist(), data[field]))
     return found
 
 

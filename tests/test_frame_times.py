@@ -6,12 +6,14 @@ frame's) beside the predictions; a window of inputs alone is continued at its st
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from helpers import TinyModule
 from test_weather import hourly_series, stored
 
 from stpdist import Trainer
 from stpdist.cli import main
 from stpdist.data.stream import FrameTimes, ShardEvalStream
+from stpdist.trainer import load_predictions
 
 
 def _predicted(folder) -> dict[str, dict[str, np.ndarray]]:
@@ -50,6 +52,10 @@ def test_predictions_carry_the_reference_and_valid_times_of_their_frames(tmp_pat
     trainer.predict(TinyModule(), stream, out=tmp_path / "p", metrics=False)
     got = _predicted(tmp_path / "p")
     assert sorted(got) == sorted(samples) and len(got) > 10
+    valid = load_predictions(tmp_path / "p", "valid_times")  # the Python reader's field
+    assert {k: v.tolist() for k, v in valid.items()} == {
+        k: fields["valid_times"].tolist() for k, fields in got.items()
+    }
     for key, fields in got.items():
         first = position[np.datetime64(samples[key][1]["start"], "s").tolist()]
         assert fields["reference_times"] == minutes[first + 2], key
@@ -81,6 +87,8 @@ def test_a_series_without_times_predicts_without_them_and_uneven_frames_continue
     )
     with np.load(next((tmp_path / "p").glob("predictions-r*.npz"))) as data:
         assert sorted(data.files) == ["keys", "predictions"]
+    with pytest.raises(KeyError, match=r"holds no 'valid_times'; its arrays: keys, predictions"):
+        load_predictions(tmp_path / "p", "valid_times")
 
     hour = np.timedelta64(1, "h")
     start = np.datetime64("2020-01-01T00:00", "s")
