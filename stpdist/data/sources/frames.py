@@ -326,7 +326,8 @@ class _FrameSequences:
             raise InputError(
                 f"{root}: {', '.join(n + '/' for n in near)} look like split folders, which "
                 "are named train/, val/ (or validation/) and test/ (in any case): rename them, "
-                "or pass --split train to take the whole folder as one split"
+                "or pass --split train (the whole folder one split) or --splits (cut by "
+                "sequence)"
             )
 
     def _check_nothing_left_out(self, root: Path, subs: list[Path]) -> None:
