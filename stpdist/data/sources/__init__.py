@@ -144,19 +144,11 @@ def _kth(paths: list[str], a: Any) -> Any:
 def _arrays(paths: list[str], a: Any) -> Any:
     from .generic import GenericArrays
 
-    sizes = _split_sizes(a.splits) if a.splits else None
-    if a.splits and a.split is not None:
-        raise InputError(
-            f"--split {a.split} and --splits {a.splits}: --splits cuts the folder into the "
-            "splits it names; drop --split"
-        )
     return GenericArrays(
         paths[0],
         key=a.key,
         value_scale=a.value_scale,
-        split=a.split or "train",
-        split_given=a.split is not None,
-        split_sizes=sizes,
+        **_split_flags(a),
         seed=a.seed,
         num_frames=a.frames,
         stride=a.stride,
@@ -167,6 +159,21 @@ def _arrays(paths: list[str], a: Any) -> Any:
         channels_last=a.channels_last,
         per_file=a.per_file,
     )
+
+
+def _split_flags(a: Any) -> dict[str, Any]:
+    """`--split` (the one split of a folder without split folders) and `--splits` (a cut
+    of it) as a converter's fields; both given is refused."""
+    if a.splits and a.split is not None:
+        raise InputError(
+            f"--split {a.split} and --splits {a.splits}: --splits cuts the folder into the "
+            "splits it names; drop --split"
+        )
+    return {
+        "split": a.split or "train",
+        "split_given": a.split is not None,
+        "split_sizes": _split_sizes(a.splits) if a.splits else None,
+    }
 
 
 def _tars(paths: list[str], a: Any) -> Any:
@@ -188,11 +195,6 @@ def _frame_sequences(kind: str) -> Callable[[list[str], Any], Any]:
     def build(paths: list[str], a: Any) -> Any:
         from .frames import ImageSequences, VideoSequences
 
-        if a.splits and a.split is not None:
-            raise InputError(
-                f"--split {a.split} and --splits {a.splits}: --splits cuts the folder into the "
-                "splits it names; drop --split"
-            )
         return {"images": ImageSequences, "videos": VideoSequences}[kind](
             paths[0],
             gray=a.gray,
@@ -201,9 +203,7 @@ def _frame_sequences(kind: str) -> Callable[[list[str], Any], Any]:
             num_frames=a.frames,
             stride=a.stride,
             every=a.every,
-            split=a.split or "train",
-            split_given=a.split is not None,
-            split_sizes=_split_sizes(a.splits) if a.splits else None,
+            **_split_flags(a),
             seed=a.seed,
         )
 
