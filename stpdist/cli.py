@@ -854,9 +854,10 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out {args.out} is a file; expected a folder for the pictures")
     # pictures never go into the dataset: a folder the user names, or a temp folder we name
-    out = Path(args.out) if args.out else _inspect_pictures(root)
+    # (none made where no pictures are drawn: --samples 0)
+    out = Path(args.out) if args.out else _inspect_pictures(root) if args.samples > 0 else None
     # each split's pictures go to out/<split>: neither may lie in a split folder
-    targets = [out, *(out / f.name for f in folders)]
+    targets = [out, *(out / f.name for f in folders)] if out is not None else []
     inside = [f for f in folders for t in targets if t.resolve().is_relative_to(f.resolve())]
     if inside:
         raise InputError(

@@ -323,6 +323,9 @@ def test_synth_with_mnist_idx_digits_and_inspect(tmp_path):
     # the same folder for the same dataset, its pictures replaced: a folder a call piled up
     assert folder == first and len(list(folder.glob("*.png"))) == 1
     shutil.rmtree(folder.parent)  # the user's to delete; the test's, here
+    # no pictures, no folder: `--samples 0` left an empty one in the temp dir every call
+    assert run_cli("inspect", "ds", "--samples", "0", cwd=tmp_path).returncode == 0
+    assert not folder.parent.exists()
     bad = run_cli(
         "synth", "moving-digits", "--out", "ds2", "--digits", "ds/train/index.json", cwd=tmp_path
     )
