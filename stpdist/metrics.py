@@ -160,10 +160,14 @@ def batch_sums(
 
 
 def event_sums(
-    pred_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor, thresholds_scaled: Sequence[float]
+    pred_BTCHW: torch.Tensor,
+    target_BTCHW: torch.Tensor,
+    thresholds_scaled: Sequence[float],
+    prefix: str = "",
 ) -> dict[str, torch.Tensor]:
     """The contingency counts at each threshold, K×T (hits, misses, false alarms, correct
-    negatives), over the batch and every pixel of the channels given, in float64."""
+    negatives), over the batch and every pixel of the channels given, in float64; keys
+    `prefix` + `hits`… (`persistence_hits`: the last input frame's counts)."""
     pred, target = pred_BTCHW.double(), target_BTCHW.double()
     levels = torch.tensor(list(thresholds_scaled), dtype=torch.float64, device=pred.device)
     levels = levels - levels.abs() * THRESHOLD_MARGIN  # see the module docstring
@@ -172,10 +176,10 @@ def event_sums(
     o = target.unsqueeze(0) >= levels.view(shape)
     dims = (1, 3, 4, 5)  # keep K×T
     return {
-        "hits": (p & o).sum(dim=dims).double(),
-        "misses": (~p & o).sum(dim=dims).double(),
-        "false_alarms": (p & ~o).sum(dim=dims).double(),
-        "correct_negatives": (~p & ~o).sum(dim=dims).double(),
+        f"{prefix}hits": (p & o).sum(dim=dims).double(),
+        f"{prefix}misses": (~p & o).sum(dim=dims).double(),
+        f"{prefix}false_alarms": (p & ~o).sum(dim=dims).double(),
+        f"{prefix}correct_negatives": (~p & ~o).sum(dim=dims).double(),
     }
 
 
@@ -228,11 +232,30 @@ def summarize(
         )
         for t, value in enumerate(values.tolist()):
             out[f"{name}/t{t + 1:02d}"] = value
+    for prefix in ("", PERSISTENCE):  # the model's; the last input frame's, where counted
+        if f"{prefix}hits" in sums:
+            out.update(_event_scores(sums, thresholds, convention, prefix))
+    return out
+
+
+PERSISTENCE = "persistence_"
+"""The prefix of the persistence baseline's sums and scores (the last input frame held for
+every lead time): `persistence_csi@20`, `persistence_csi_m`, …"""
+
+EVENT_COUNTS = ("hits", "misses", "false_alarms", "correct_negatives")
+
+
+def _event_scores(
+    sums: dict[str, torch.Tensor], thresholds: Sequence[float], convention: str, prefix: str
+) -> dict[str, float]:
+    """CSI, POD, FAR and HSS at each threshold from `prefix`'s contingency counts, over all
+    lead times and per lead time (`…/t01`)."""
+    out: dict[str, float] = {}
     for k, level in enumerate(thresholds):
-        counts = {n: sums[n][k] for n in ("hits", "misses", "false_alarms", "correct_negatives")}
+        counts = {n: sums[prefix + n][k] for n in EVENT_COUNTS}
         totals = {n: v.sum() for n, v in counts.items()}
         for name, pair in (("per lead", counts), ("all", totals)):
-            h, m, f, cn = (pair[n] for n in ("hits", "misses", "false_alarms", "correct_negatives"))
+            h, m, f, cn = (pair[n] for n in EVENT_COUNTS)
             hss_den = (h + m) * (m + cn) + (h + f) * (f + cn)
             scores = {
                 "csi": _ratio(h, h + m + f, convention),
@@ -241,7 +264,7 @@ def summarize(
                 "hss": _ratio(2 * (h * cn - m * f), hss_den, convention),
             }
             for score, value in scores.items():
-                key = f"{score}@{level:g}"
+                key = f"{prefix}{score}@{level:g}"
                 if name == "all":
                     out[key] = float(value)
                 else:
@@ -448,16 +471,17 @@ def summarize_neighbourhood(
         total = h + m + f
         return _ratio(h, total, convention), _ratio(h.sum(-1), total.sum(-1), convention)
 
-    variants = [("", "hits", "misses", "false_alarms")] if "hits" in sums else []
-    variants += [(f"_pool{p}", f"pool{p}_hits", f"pool{p}_misses", f"pool{p}_false_alarms")
-                 for p in pool_sizes]  # fmt: skip
-    for suffix, hits, misses, false_alarms in variants:
-        per_lead, overall = csi(sums[hits], sums[misses], sums[false_alarms])
+    # (name, sums' prefix): the model's CSI-M, persistence's, each pooled CSI
+    variants = [(f"{p}csi_m", p) for p in ("", PERSISTENCE) if f"{p}hits" in sums]
+    variants += [(f"csi_m_pool{p}", f"pool{p}_") for p in pool_sizes]
+    for name, counted in variants:
+        per_lead, overall = csi(*(sums[counted + n] for n in EVENT_COUNTS[:3]))
         # the thresholds where CSI is defined (all of them with `earthformer`'s eps)
-        put(f"csi_m{suffix}", per_lead.nanmean(dim=0), overall.nanmean())
+        put(name, per_lead.nanmean(dim=0), overall.nanmean())
         if convention == "stpdist":
-            out[f"csi_m{suffix}_undefined"] = float(overall.isnan().sum())
-        if suffix:
+            out[f"{name}_undefined"] = float(overall.isnan().sum())
+        if counted.startswith("pool"):
+            suffix = name.removeprefix("csi_m")
             for k, level in enumerate(thresholds):
                 put(f"csi{suffix}@{level:g}", per_lead[k], overall[k])
     for size in fss_sizes:

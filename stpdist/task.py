@@ -385,12 +385,14 @@ class Forecaster(EnhancedModule):
             image_scores=self.image_scores,
         )
         scored = (pred[:, :, self._scored_channels], targets[:, :, self._scored_channels])
-        if thresholds:
-            self._say_pooled_channels()
-            sums.update(metrics.event_sums(*scored, thresholds))
         # persistence (copy the last input frame), per lead time: the nowcasting reference
         last = inputs[:, -1:].expand_as(targets)
         sums["persistence_sq_err"] = (last - targets).double().pow(2).sum(dim=(2, 3, 4)).sum(0)
+        if thresholds:
+            self._say_pooled_channels()
+            sums.update(metrics.event_sums(*scored, thresholds))
+            held = last[:, :, self._scored_channels]
+            sums.update(metrics.event_sums(held, scored[1], thresholds, metrics.PERSISTENCE))
         if self.geo is not None:
             sums.update(metrics.geo_sums(pred, targets, self.geo, persistence=last))
         if self.lpips is not None:

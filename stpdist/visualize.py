@@ -905,7 +905,8 @@ def lead_time_series(
     results: dict[str, float],
 ) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, float]]]]:
     """(metric → [(lead, value)], model metric → persistence's [(lead, value)]): the
-    persistence series for every metric that follows from `<prefix>/persistence_mse`."""
+    persistence series for every metric that follows from `<prefix>/persistence_mse`, and
+    persistence's own thresholded scores (`<prefix>/persistence_csi@20` for `csi@20`)."""
     per_lead: dict[str, list[tuple[int, float]]] = {}
     for key, (metric, lead) in lead_keys(results).items():
         value = results[key]
@@ -920,7 +921,15 @@ def lead_time_series(
         if name.endswith("/persistence_mse")
     }
     baseline = {}
+    # persistence's own scores (`val/persistence_csi@20`) beside the model's (`val/csi@20`);
+    # never a panel of their own (the model's may be undefined at every lead: no events)
+    for name in [n for n in per_lead if "/persistence_" in n]:
+        series, model_metric = per_lead.pop(name), name.replace("/persistence_", "/", 1)
+        if model_metric in per_lead:
+            baseline[model_metric] = series
     for metric in per_lead:
+        if metric in baseline:
+            continue
         prefix = metric.split("/")[0]
         if prefix in persistence:
             series = _persistence_of(metric, per_lead, persistence[prefix])

@@ -540,3 +540,57 @@ def test_thresholds_count_events_in_the_channel_named_or_say_they_pool_them():
         module("model.evaluation.threshold_channel=tp")
     with pytest.raises(ConfigError, match=r"threshold_channel '2'"):
         module("model.evaluation.threshold_channel=2")
+
+
+def test_thresholded_scores_have_persistence_beside_them():
+    """A radar user's review: nowcasting papers compare CSI with persistence (the last input
+    frame held), which only had an MSE: `persistence_csi@<thr>`, POD, FAR, HSS and
+    `persistence_csi_m`, per lead time and overall, equal numpy's contingency counts of
+    the last input frame (in the channel scored), and the lead-time plot draws them as the
+    model's baseline, not as panels of their own."""
+    from stpdist.build import build_module
+    from stpdist.config import load_config
+    from stpdist.visualize import lead_time_series
+
+    root = Path(__file__).parent.parent
+    cfg = load_config(
+        root / "configs" / "debug.yaml",
+        ["model.evaluation.metric_thresholds=[0.3,0.7]", "model.evaluation.threshold_channel=1"],
+    )
+    forecaster = build_module(cfg, frame_shape=(2, 8, 8))
+    torch.manual_seed(1)
+    inputs, targets = torch.rand(3, 4, 2, 8, 8), torch.rand(3, 4, 2, 8, 8)
+    results = forecaster.metrics_from_sums(forecaster.validation_step(inputs, targets)["sums"])
+    last = np.broadcast_to(inputs[:, -1:, 1].numpy(), targets[:, :, 1].shape)
+    truth = targets[:, :, 1].numpy()
+    csis = []
+    for level in (0.3, 0.7):
+        p, o = last >= level, truth >= level
+        per_lead = [(p & o).sum(axis=(0, 2, 3)), (~p & o).sum(axis=(0, 2, 3)),
+                    (p & ~o).sum(axis=(0, 2, 3)), (~p & ~o).sum(axis=(0, 2, 3))]  # fmt: skip
+        h, m, f, cn = (float(v.sum()) for v in per_lead)
+        csis.append([a / (a + b + c) for a, b, c in zip(*per_lead[:3])])
+        expected = {
+            f"persistence_csi@{level:g}": h / (h + m + f),
+            f"persistence_pod@{level:g}": h / (h + m),
+            f"persistence_far@{level:g}": f / (h + f),
+            f"persistence_hss@{level:g}": 2
+            * (h * cn - m * f)
+            / ((h + m) * (m + cn) + (h + f) * (f + cn)),
+        }
+        for key, value in expected.items():
+            assert results[key] == pytest.approx(value, rel=1e-12), key
+        for t, value in enumerate(csis[-1]):
+            assert results[f"persistence_csi@{level:g}/t{t + 1:02d}"] == pytest.approx(value)
+    csi_m = np.mean(csis, axis=0)
+    for t, value in enumerate(csi_m):
+        assert results[f"persistence_csi_m/t{t + 1:02d}"] == pytest.approx(value)
+    assert results["persistence_csi_m"] == pytest.approx(
+        np.mean([results["persistence_csi@0.3"], results["persistence_csi@0.7"]])
+    )
+    assert results["csi@0.3"] != results["persistence_csi@0.3"]  # the model's own, apart
+    per_lead, baseline = lead_time_series({f"val/{k}": v for k, v in results.items()})
+    assert not [name for name in per_lead if "persistence" in name], list(per_lead)
+    assert baseline["val/csi@0.3"] == [(t + 1, v) for t, v in enumerate(csis[0])]
+    assert [t for t, _ in baseline["val/csi_m"]] == [1, 2, 3, 4]
+    assert [v for _, v in baseline["val/csi_m"]] == pytest.approx(list(csi_m))
