@@ -407,7 +407,46 @@ def build_module(
         raise refusal from exc
     _check_frame_loop(cfg, module)
     _warn_if_divergence_is_off(cfg)
+    if index is not None:
+        _warn_of_thresholds_outside(cfg, index, module._scored_channels)
     return module
+
+
+def _warn_of_thresholds_outside(cfg: Config, index: SplitIndex, channels: slice) -> None:
+    """Thresholds at or below the split's smallest value (every pixel an event: CSI and POD
+    1 for any prediction reaching it, lifting CSI-M) or above its largest (no event in
+    it), said once: a threshold in other units than the stored ones looks like this."""
+    thresholds = cfg.model.evaluation.metric_thresholds
+    if not thresholds or not index.min or not index.max:
+        return
+    scale = index.value_scale
+    low, high = min(index.min[channels]) * scale, max(index.max[channels]) * scale
+    below = [t for t in thresholds if t <= low]
+    above = [t for t in thresholds if t > high]
+    if not below and not above:
+        return
+    which = "" if len(index.min) == 1 else f" (channel {_channels_text(channels, index)})"
+    said = []
+    if below:
+        said.append(
+            f"{', '.join(f'{t:g}' for t in below)} at or below its smallest value: every "
+            "pixel is an event, CSI and POD score 1 for any prediction reaching it"
+        )
+    if above:
+        said.append(f"{', '.join(f'{t:g}' for t in above)} above its largest: no event in it")
+    warn_main(
+        "model.evaluation.metric_thresholds are in stored units, and the %s split's values%s "
+        "run from %.6g to %.6g: %s. Thresholds in other units (scaled, or another unit "
+        "than the data's) look like this",
+        index.split, which, low, high, "; ".join(said),
+    )  # fmt: skip
+
+
+def _channels_text(channels: slice, index: SplitIndex) -> str:
+    """`0` or `0–2` (by name where the index names its variables): the channels scored."""
+    picked = list(range(len(index.min)))[channels]
+    names = variable_names(index) if index.variables else [str(c) for c in range(len(index.min))]
+    return names[picked[0]] if len(picked) == 1 else f"{names[picked[0]]}–{names[picked[-1]]}"
 
 
 def _warn_if_divergence_is_off(cfg: Config) -> None:

@@ -594,3 +594,38 @@ def test_thresholded_scores_have_persistence_beside_them():
     assert baseline["val/csi@0.3"] == [(t + 1, v) for t, v in enumerate(csis[0])]
     assert [t for t, _ in baseline["val/csi_m"]] == [1, 2, 3, 4]
     assert [v for _, v in baseline["val/csi_m"]] == pytest.approx(list(csi_m))
+
+
+def test_thresholds_outside_the_datas_range_are_said_once_at_build():
+    """A radar user's review: a threshold below the data's minimum made every pixel an
+    event (CSI 1 for any prediction, lifting CSI-M) without a word; one above its maximum
+    counts no event. Both are said at build, in stored units, naming the channel scored;
+    thresholds inside the range say nothing."""
+    from helpers import said_warnings
+
+    from stpdist.build import build_module
+    from stpdist.config import load_config
+    from stpdist.data.format import SplitIndex
+
+    root = Path(__file__).parent.parent
+    index = SplitIndex(split="train", shape=[8, 2, 16, 16], dtype="uint8", value_scale=255.0,
+                       shards=[], min=[0.0, 10 / 255], max=[1.0, 200 / 255])  # fmt: skip
+
+    def said(thresholds: str, channel: str) -> list[str]:
+        cfg = load_config(
+            root / "configs" / "debug.yaml",
+            [f"model.evaluation.metric_thresholds={thresholds}",
+             f"model.evaluation.threshold_channel={channel}"],
+        )  # fmt: skip
+        with said_warnings() as lines:
+            build_module(cfg, index=index)
+        return [line for line in lines if "metric_thresholds are in stored units" in line]
+
+    (line,) = said("[5,20,0.5,250]", "1")
+    assert "train split's values (channel 1) run from 10 to 200" in line
+    assert "5, 0.5 at or below its smallest value: every pixel is an event" in line
+    assert "250 above its largest: no event in it" in line
+    assert said("[20,100]", "1") == []  # inside the range
+    assert said("[20,100]", "0") == []  # channel 0 runs from 0 to 255
+    (line,) = said("[0]", "all")
+    assert "(channel 0–1) run from 0 to 255: 0 at or below" in line
