@@ -1251,7 +1251,8 @@ def _shard_parser(sub: Any) -> None:
             type=int,
             default=None,
             metavar="T_IN",
-            help="keep only the first T_IN frames of each sequence (inputs for forecast)",
+            help="keep only the first T_IN frames of each sequence (inputs for forecast; "
+            "windowed formats: --frames T_IN forecasts from the newest frames)",
         )
         s.add_argument(
             "--allow-nan",

@@ -99,6 +99,16 @@ def test_seed_taxibj_npy(tmp_path):
     )
     assert indexes["train"].value_scale == 1292
     np.testing.assert_array_equal(stored(tmp_path / "out" / "train")["example000001"], flows)
+    assert [v["name"] for v in indexes["train"].variables] == ["inflow", "outflow"]
+
+    # flows already divided by 1292 (a traffic user's copy): stored as they are, and said
+    from helpers import said_warnings
+
+    np.save(tmp_path / "seed" / "train" / "example000001.npy", flows / 1292)
+    with said_warnings() as said:
+        convert(SeedLayout(str(tmp_path / "seed"), "taxibj"), tmp_path / "scaled",
+                progress=False)  # fmt: skip
+    assert any("flows already scaled to [0, 1]?" in line for line in said), said
 
 
 def test_generic_arrays_thw_and_npz_key(tmp_path):
@@ -211,6 +221,86 @@ def test_taxibj_h5_windows_never_cross_gaps_and_split_by_date(tmp_path):
         in proc.stderr
     )
     assert not (tmp_path / "all-test").exists()
+
+
+def _flows_file(path: Path, slots: list[datetime], minutes: int, seed: int = 0) -> np.ndarray:
+    """A TaxiBJ-layout file: `data` N×2×4×4 flows, `date` YYYYMMDDSS at `minutes` a slot."""
+    h5py = pytest.importorskip("h5py")
+    data = np.random.default_rng(seed).integers(0, 300, (len(slots), 2, 4, 4)).astype(np.float64)
+    with h5py.File(path, "w") as f:
+        f["data"] = data
+        f["date"] = np.array(
+            [f"{t:%Y%m%d}{(t.hour * 60 + t.minute) // minutes + 1:02d}".encode() for t in slots]
+        )
+    return data
+
+
+def test_taxibj_h5_reads_hourly_files_and_says_gaps_repeats_and_slots_that_look_hourly(tmp_path):
+    """A traffic user's review: BikeNYC's hourly `NYC14_M16x8_T60_NewEnd.h5` (slots 01..24)
+    was read as half hours without a word (hour 24 labelled 11:30, no window across
+    midnight); gaps and repeated slots cost windows silently; files given newest first were
+    written newest first; the channels had no names, so no per-channel score in flows."""
+    from helpers import said_warnings
+    from test_weather import stored as series_samples
+
+    from stpdist.build import build_module
+    from stpdist.config import load_config
+    from stpdist.data.sources.taxibj import TaxiBJ
+
+    start = datetime(2014, 4, 1)
+    hours = [start + timedelta(hours=i) for i in range(72)]
+    nyc = tmp_path / "NYC14_M16x8_T60_NewEnd.h5"
+    data = _flows_file(nyc, hours, 60)
+    indexes = convert(TaxiBJ([str(nyc)], num_frames=6, test_days=1), tmp_path / "nyc",
+                      progress=False)  # fmt: skip
+    samples = series_samples(tmp_path / "nyc" / "train")
+    assert len(samples) == 48 - 5  # 2 days of hours, windows across midnight
+    first = samples["NYC14_M16x8_T60_NewEnd_201404010000"]
+    across = samples["NYC14_M16x8_T60_NewEnd_201404012200"]  # 22:00 … 03:00 the next day
+    assert across[1]["times"][2:4] == ["2014-04-02T00:00:00", "2014-04-02T01:00:00"]
+    np.testing.assert_array_equal(first[0], data[:6].astype(np.float32))
+    assert [v["name"] for v in indexes["train"].variables] == ["inflow", "outflow"]
+    assert indexes["train"].variables[0]["units"] == "flow per 60 min"
+
+    # the same file under a name without _T60_: read as half hours, and said
+    plain = tmp_path / "flows.h5"
+    shutil.copy(nyc, plain)
+    with said_warnings() as said:
+        TaxiBJ([str(plain)], num_frames=6, test_days=1).splits()
+    assert any("no day has a slot past 24 of its 48 half hours" in line and
+               "--slot-minutes 60" in line for line in said), said  # fmt: skip
+    proc = run_cli("shard", "taxibj-h5", "flows.h5", "--slot-minutes", "60", "--frames", "6",
+                   "--test-days", "1", "--out", "o", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0 and "no day has a slot past 24" not in proc.stderr, proc.stderr
+
+    # a gap of 3 half hours and a repeated slot, in a file given before an older one
+    half = [datetime(2013, 7, 2) + timedelta(minutes=30 * i) for i in range(96)]
+    newer = half[:10] + half[13:40] + [half[39]] + half[40:]
+    _flows_file(tmp_path / "BJ13b_M32x32_T30_InOut.h5", newer, 30)
+    older = [datetime(2013, 7, 1) + timedelta(minutes=30 * i) for i in range(48)]
+    _flows_file(tmp_path / "BJ13a_M32x32_T30_InOut.h5", older, 30, seed=1)
+    with said_warnings() as said:
+        convert(TaxiBJ([str(tmp_path / "BJ13b_M32x32_T30_InOut.h5"),
+                        str(tmp_path / "BJ13a_M32x32_T30_InOut.h5")], num_frames=4, test_days=1),
+                tmp_path / "bj", progress=False)  # fmt: skip
+    (line,) = [line for line in said if "windows never cross them" in line]
+    assert "BJ13b_M32x32_T30_InOut.h5: 3 slots missing in 1 gap (the first after " in line
+    assert "2013-07-02 04:30), 1 slot repeated (the first 2013-07-02 19:30)" in line
+    keys = list(series_samples(tmp_path / "bj" / "train"))
+    assert keys[0].startswith("BJ13a") and keys[-1].startswith("BJ13b")  # in time order
+
+    # per-channel scores in flows, named: `rmse/inflow` = √(mean squared error) × 1292
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "debug.yaml")
+    module = build_module(cfg, index=indexes["train"])
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    inputs, targets = torch.rand(2, 4, 2, 4, 4), torch.rand(2, 4, 2, 4, 4)
+    with torch.no_grad():
+        out = module.validation_step(inputs, targets)
+    results = module.metrics_from_sums(out["sums"])
+    error = (out["predictions"] - targets)[:, :, 0].double()
+    assert results["rmse/inflow"] == pytest.approx(float(error.pow(2).mean().sqrt()) * 1292)
+    assert "mae/outflow" in results and "persistence_rmse/outflow" in results
 
 
 def kth_videos(root: Path, persons=(1, 17)) -> Path:

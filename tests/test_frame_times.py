@@ -131,3 +131,25 @@ def test_inspect_says_the_period_a_time_series_split_covers(tmp_path, capsys):
     _convert(tmp_path, 5, "--key", "data", "--overwrite")  # frame positions: no times
     assert main(["inspect", str(tmp_path / "ds"), "--samples", "0"]) in (0, None)
     assert "times:" not in capsys.readouterr().out
+
+
+def test_an_inputs_only_split_keeps_the_times_of_the_frames_it_keeps(tmp_path):
+    """A traffic user's review: `--inputs-only` cut each window's frames but not its times
+    (5 times for 3 frames), so the split's times were dropped and forecasts carried none."""
+    _, times = hourly_series(tmp_path)
+    _convert(tmp_path, 5, "--time-key", "time", "--inputs-only", "3")
+    minutes = times.astype("datetime64[s]")
+    samples = stored(tmp_path / "ds" / "train")
+    for _, meta in samples.values():
+        assert len(meta["times"]) == 3
+    stream = ShardEvalStream(tmp_path / "ds" / "train", batch_size=4, num_input_frames=3,
+                             num_output_frames=0)  # fmt: skip
+    found = stream.frame_times()
+    assert found is not None
+    hour = np.timedelta64(1, "h")
+    for key, (_, meta) in samples.items():
+        got = found.of([key], 3, 2)
+        first = np.datetime64(meta["start"], "s")
+        assert got["reference_times"][0] == first + 2 * hour
+        np.testing.assert_array_equal(got["valid_times"][0], [first + 3 * hour, first + 4 * hour])
+        assert first in minutes

@@ -274,6 +274,12 @@ def test_shards_of_another_tool_with_the_documented_minimal_index_are_read(tmp_p
     (folder / "index.json").write_text(json.dumps(index))
     with pytest.raises(ShardFormatError, match=r"malformed index \(it lacks 'value_scale'\)"):
         ShardEvalStream(folder, batch_size=2, num_input_frames=1, num_output_frames=1)
+    # variables written by hand as names (a traffic user's): said, not an AttributeError
+    index["value_scale"], index["variables"] = 255, ["inflow", "outflow"]
+    (folder / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ShardFormatError, match=r"index.json: variables \['inflow', 'outflow'\]: "
+                       r'expected a list of \{"name": …, "units": …\} objects'):  # fmt: skip
+        ShardEvalStream(folder, batch_size=2, num_input_frames=1, num_output_frames=1)
 
 
 def test_tar_data_after_the_end_block_is_damage_not_a_wrong_index(tmp_path):

@@ -344,9 +344,24 @@ def read_index(folder: str | Path) -> SplitIndex:
             raise ShardFormatError("a shard is listed twice")
         check_value_scale(index.value_scale, "index")
         check_beside_index("climatology", index.climatology)
+        _check_variables(index.variables)
     except ShardFormatError as exc:
         raise ShardFormatError(f"{path}: {exc}") from None
     return index
+
+
+def _check_variables(variables: Any) -> None:
+    """`variables`: a list of {"name": …, "units": …} (an index written by hand held a list
+    of names, and training failed on `'str' object has no attribute 'get'`)."""
+    fits = isinstance(variables, list) and all(
+        isinstance(v, dict) and all(isinstance(v.get(k, ""), str) for k in ("name", "units"))
+        for v in variables
+    )
+    if not fits:
+        raise ShardFormatError(
+            f"variables {str(variables)[:80]}: expected a list of "
+            '{"name": …, "units": …} objects, one per channel'
+        )
 
 
 def _check_layout(shape: Any, dtype: Any) -> None:

@@ -82,6 +82,8 @@ class FirstFrames:
         for key, frames, meta in self.source.load(item):
             if frames.shape[0] < self.count:
                 raise InputError(f"sample {key}: {frames.shape[0]} frames, fewer than {self.count}")
+            if isinstance(meta.get("times"), list):  # a time series': the frames kept
+                meta = {**meta, "times": meta["times"][: self.count]}
             samples.append((key, frames[: self.count], meta))
         return samples
 
@@ -126,6 +128,7 @@ def _taxibj(paths: list[str], a: Any) -> Any:
         stride=a.stride,
         test_days=a.test_days,
         val_days=a.val_days,
+        slot_minutes=a.slot_minutes,
     )
 
 
@@ -346,6 +349,12 @@ FORMATS: dict[str, SourceFormat] = {
             **_window(8, 1),
             "--test-days": {"type": int, "default": 28, "help": "last days as test"},
             "--val-days": {"type": int, "default": 0, "help": "days before test as val"},
+            "--slot-minutes": {
+                "type": int,
+                "default": None,
+                "help": "the slots' length (default: the _T<minutes>_ of the file names, "
+                "_T30_ for TaxiBJ, _T60_ for BikeNYC; else 30)",
+            },
         },
         many_paths=True,
         paths_help="one or more .h5 files",

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ...console import log
 from ...errors import InputError, MissingInput
 from .common import SEED_SPLITS, as_TCHW, listed, load_array, natural_key, png_8bit
 
@@ -153,6 +154,24 @@ class SeedLayout:
                 f"range of {self.name} data (its value scale {self.value_scale:g}: training "
                 "divides by it and clamps predictions to [0, 1])"
             )
+
+    @property
+    def variables(self) -> list[dict[str, str]] | None:
+        """TaxiBJ's channels by name (per-channel scores in flows: `rmse/inflow`)."""
+        if self.kind != "taxibj":
+            return None
+        return [{"name": name, "units": "flow per 30 min"} for name in ("inflow", "outflow")]
+
+    def check_index(self, index: Any) -> None:
+        """TaxiBJ flows of at most 1 (of 1 292): data already divided by its scale, which
+        training divides again, without a word."""
+        if self.kind == "taxibj" and index.max and max(index.max) * self.value_scale <= 1:
+            log.warning(
+                "seed-taxibj: the %s split's values run to %.6g: flows already scaled to "
+                "[0, 1]? They are stored as they are and divided by %g again in training; "
+                "the seed layout holds raw flows (0…1292)",
+                index.split, max(index.max) * self.value_scale, self.value_scale,
+            )  # fmt: skip
 
     def args(self) -> dict[str, Any]:
         return {"root": str(self.root), "kind": self.kind}

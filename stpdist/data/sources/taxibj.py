@@ -1,5 +1,7 @@
-"""TaxiBJ `BJ{13,14,15,16}_M32x32_T30_InOut.h5`: `data` N×2×32×32 flows, `date` N byte
-strings YYYYMMDDSS (SS = half-hour slot 01..48).
+"""TaxiBJ `BJ{13,14,15,16}_M32x32_T30_InOut.h5`: `data` N×2×32×32 flows (inflow, outflow),
+`date` N byte strings YYYYMMDDSS (SS = half-hour slot 01..48). Files of the same layout
+with other slots (BikeNYC's hourly `NYC14_M16x8_T60_NewEnd.h5`: slots 01..24) take their
+slot length from the `_T<minutes>_` of their names, or `--slot-minutes`.
 
 Windows of `num_frames` consecutive half-hour slots (stride `stride`), never across a gap
 in the record nor across files. Date-based split: windows starting in the last `test_days`
@@ -12,6 +14,7 @@ count each slot of a file once, however many overlapping windows hold it.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,27 +22,56 @@ from typing import Any
 
 import numpy as np
 
+from ...console import log
 from ...errors import InputError, MissingInput, require_extra
 from ..format import SERIES_ID, SERIES_INDEX, require_file
 from .series import check_window, group_starts
 
 SLOT = timedelta(minutes=30)
 SCALE = 1292.0
+CHANNELS = ("inflow", "outflow")
 
 
-def parse_slot(raw: bytes | str) -> datetime:
+def parse_slot(raw: bytes | str, slot_length: timedelta = SLOT) -> datetime:
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    per_day = timedelta(days=1) // slot_length
     try:
         day, slot = datetime.strptime(text[:8], "%Y%m%d"), int(text[8:])
     except ValueError:
-        raise InputError(f"date entry {text!r}: expected YYYYMMDDSS (slot 01..48)") from None
-    if not 1 <= slot <= 48:
-        raise InputError(f"slot {slot} of {text} outside 01..48")
-    return day + (slot - 1) * SLOT
+        raise InputError(f"date entry {text!r}: expected YYYYMMDDSS (slot 01..{per_day})") from None
+    if not 1 <= slot <= per_day:
+        minutes = slot_length // timedelta(minutes=1)
+        raise InputError(f"slot {slot} of {text} outside 01..{per_day} (slots of {minutes} min)")
+    return day + (slot - 1) * slot_length
+
+
+def slot_minutes_of(paths: list[str], given: int | None) -> int:
+    """The slot length in minutes: `given` (--slot-minutes), else the `_T<minutes>_` of the
+    files' names (TaxiBJ's `_T30_`, BikeNYC's `_T60_`), else 30; names that disagree are
+    refused (one record, one slot length)."""
+    if given is not None:
+        if given < 1 or (24 * 60) % given:
+            raise InputError(f"--slot-minutes {given}: expected a divisor of a day's 1440")
+        return given
+    named = {p: int(m.group(1)) for p in paths if (m := re.search(r"_T(\d+)_", Path(p).name))}
+    lengths = sorted(set(named.values()))
+    if len(lengths) > 1:
+        raise InputError(
+            f"files of slots of {' and '.join(map(str, lengths))} minutes by their names "
+            f"({', '.join(Path(p).name for p in named)}): convert them apart, or pass "
+            "--slot-minutes"
+        )
+    minutes = lengths[0] if lengths else 30
+    if (24 * 60) % minutes:
+        raise InputError(
+            f"slots of {minutes} minutes (the _T{minutes}_ of the file names) do not divide a "
+            "day: pass --slot-minutes"
+        )
+    return minutes
 
 
 def _read(
-    path: str, first: int = 0, stop: int | None = None
+    path: str, first: int = 0, stop: int | None = None, slot_length: timedelta = SLOT
 ) -> tuple[np.ndarray, list[datetime], tuple[int, ...]]:
     """(`data` slots [first, stop), every slot's date, the shape of the whole of `data`):
     only those slots are read (a file is 80–120 MB of float64; its windows, 8 frames each
@@ -50,7 +82,7 @@ def _read(
         with h5py.File(path, "r") as f:
             if "data" not in f or "date" not in f:
                 raise InputError(f"missing dataset 'data' or 'date' (has {list(f.keys())})")
-            dates = [parse_slot(d) for d in f["date"][()]]
+            dates = [parse_slot(d, slot_length) for d in f["date"][()]]
             shape = tuple(f["data"].shape)
             if len(shape) != 4 or shape[0] != len(dates):
                 raise InputError(f"'data' has shape {shape}, 'date' {len(dates)} entries")
@@ -67,11 +99,11 @@ def _read(
     return data, dates, shape
 
 
-def _newest_in_order(raw_dates: Any) -> datetime:
+def _newest_in_order(raw_dates: Any, slot_length: timedelta = SLOT) -> datetime:
     """The newest slot of a file's `date`, whose slots must come in time order (a slot
     repeated breaks a window run, as a gap does): out of order, the test split, the record's
     last days, was taken from the last entry and covered other days, without a word."""
-    dates = [parse_slot(d) for d in raw_dates]
+    dates = [parse_slot(d, slot_length) for d in raw_dates]
     for i in range(1, len(dates)):
         if dates[i] < dates[i - 1]:
             raise InputError(
@@ -96,9 +128,12 @@ class TaxiBJ:
     grid: float | None = None
     bounds: tuple[datetime, datetime] | None = None
     """(validation start, test start), computed from the files by `splits`."""
+    slot_minutes: int | None = None
+    """The slots' length (--slot-minutes); None: from the files' names (`_T30_`), else 30."""
 
     def __post_init__(self) -> None:  # before any file is read
         check_window(self.num_frames, self.stride)
+        self.slot_minutes = slot_minutes_of(self.paths, self.slot_minutes)
         for flag, days in (("--test-days", self.test_days), ("--val-days", self.val_days)):
             if days < 0:
                 raise InputError(f"{flag} {days}: expected a number of days ≥ 0")
@@ -115,14 +150,25 @@ class TaxiBJ:
                             f"missing dataset 'data' or 'date' (has {list(f.keys())}): a TaxiBJ "
                             "file holds both"
                         )
-                    end = _newest_in_order(f["date"][()])
+                    end = _newest_in_order(f["date"][()], self.slot)
             except InputError as exc:
                 raise InputError(f"{path}: {exc}") from exc
             except Exception as exc:  # h5py raises several types; name the file
                 raise InputError(f"{path}: {type(exc).__name__}: {exc}") from exc
             last = end if last is None or end > last else last
-        test_start = (last + SLOT) - timedelta(days=self.test_days)
+        test_start = (last + self.slot) - timedelta(days=self.test_days)
         return test_start - timedelta(days=self.val_days), test_start
+
+    @property
+    def slot(self) -> timedelta:
+        return timedelta(minutes=self.slot_minutes or 30)
+
+    @property
+    def variables(self) -> list[dict[str, str]]:
+        """The channels' names and units: per-channel scores in flows (`rmse/inflow`),
+        pictures and forecasts labelled by them."""
+        units = f"flow per {self.slot_minutes} min"
+        return [{"name": name, "units": units} for name in CHANNELS]
 
     def check_index(self, index: Any) -> None:
         """Flows are counts, 0 to TaxiBJ's largest (1 292): values outside that, scaled by
@@ -143,7 +189,7 @@ class TaxiBJ:
         starts = []
         run = 1  # length of the consecutive run ending at i
         for i in range(1, len(dates) + 1):
-            if i < len(dates) and dates[i] - dates[i - 1] == SLOT:
+            if i < len(dates) and dates[i] - dates[i - 1] == self.slot:
                 run += 1
                 continue
             first = i - run
@@ -164,11 +210,13 @@ class TaxiBJ:
         self.bounds = self._bounds()
         names = ("train", "val", "test") if self.val_days > 0 else ("train", "test")
         out: dict[str, list[Any]] = {split: [] for split in names}
-        first: datetime | None = None
-        for path in self.paths:
-            _, dates, shape = _read(path, 0, 0)  # the dates and the shape alone
-            if dates and (first is None or dates[0] < first):
-                first = dates[0]
+        # the dates and the shape alone, each file's; windows written in time order
+        read = {path: _read(path, 0, 0, self.slot)[1:] for path in self.paths}
+        ordered = sorted(self.paths, key=lambda path: read[path][0][:1])
+        first = min((dates[0] for dates, _ in read.values() if dates), default=None)
+        self._say_slots(read)
+        for path in ordered:
+            dates, shape = read[path]
             starts: dict[str, list[int]] = {}
             for s in self.windows(dates):
                 split = self._split_of(dates[s], dates[s + self.num_frames - 1], self.bounds)
@@ -180,6 +228,37 @@ class TaxiBJ:
                     out[split].append((path, split, tuple(run)))
         self._check_every_split(out, first)
         return out
+
+    def _say_slots(self, read: dict[str, tuple[list[datetime], tuple[int, ...]]]) -> None:
+        """One line a file with gaps or repeated slots (windows never cross either: the
+        windows they cost were lost without a word), and one where half-hour slots never
+        pass 24 in a day: an hourly file (BikeNYC's `_T60_`) read as half hours."""
+        for path, (dates, _) in read.items():
+            steps = [b - a for a, b in zip(dates, dates[1:])]
+            gaps = [(a, b) for a, b in zip(dates, dates[1:]) if b - a > self.slot]
+            missing = sum((b - a) // self.slot - 1 for a, b in gaps)
+            repeated = sum(step == timedelta(0) for step in steps)
+            said = []
+            if gaps:
+                said.append(
+                    f"{missing} slot{'s' * (missing != 1)} missing in {len(gaps)} "
+                    f"gap{'s' * (len(gaps) != 1)} (the first after {gaps[0][0]:%Y-%m-%d %H:%M})"
+                )
+            if repeated:
+                first = next(a for a, step in zip(dates, steps) if step == timedelta(0))
+                said.append(f"{repeated} slot{'s' * (repeated != 1)} repeated (the first "
+                            f"{first:%Y-%m-%d %H:%M})")  # fmt: skip
+            if said:
+                log.warning("%s: %s; windows never cross them", path, ", ".join(said))
+        days = {d.date() for dates, _ in read.values() for d in dates}
+        latest = max(((d - datetime.combine(d.date(), datetime.min.time())) // self.slot
+                      for dates, _ in read.values() for d in dates), default=0)  # fmt: skip
+        if self.slot_minutes == 30 and len(days) > 1 and latest < 24:
+            log.warning(
+                "%s: no day has a slot past 24 of its 48 half hours: hourly data (as BikeNYC's "
+                "_T60_ files)? Its times are read as half hours; pass --slot-minutes 60",
+                ", ".join(self.paths),
+            )
 
     def _check_every_split(self, out: dict[str, list[Any]], first: datetime | None) -> None:
         """Refuse a split that gets no window (the train split of a record shorter than
@@ -212,7 +291,7 @@ class TaxiBJ:
     def load(self, item: tuple[str, str, tuple[int, ...]]) -> list[tuple[str, np.ndarray, dict]]:
         path, split, starts = item
         first = starts[0]
-        data, dates, _ = _read(path, first, starts[-1] + self.num_frames)
+        data, dates, _ = _read(path, first, starts[-1] + self.num_frames, self.slot)
         bounds = self.bounds or self._bounds()
         stem = Path(path).stem.replace(".", "_")
         out = []
@@ -238,4 +317,5 @@ class TaxiBJ:
             "stride": self.stride,
             "test_days": self.test_days,
             "val_days": self.val_days,
+            "slot_minutes": self.slot_minutes,
         }
