@@ -58,6 +58,7 @@ def test_train_resume_validate_predict(tmp_path):
     header = next(line for line in out.splitlines() if line.startswith("metric"))
     assert header.split() == ["metric", "all", "t1", "t2", "t3", "t4"]
     assert any(line.startswith("val/ssim") for line in out.splitlines())
+    assert "\nmetrics in stored values ÷ 255\n" in out  # the units, under the table
     assert (run / "lead_time_val.png").is_file()
     assert json.loads((run / "metrics_val.json").read_text())["val/num_samples"] == 8
 
@@ -66,6 +67,7 @@ def test_train_resume_validate_predict(tmp_path):
     # made in a staging folder: "wrote" only once swapped in (the swap may still refuse)
     assert f"made 8 predictions for {Path('runs/debug/predictions/test')}\n" in out, out
     assert "wrote" not in out
+    assert "metrics.json)\nmetrics in stored values ÷ 255\n" in out
     keys = []
     for file in sorted(pred_dir.glob("predictions-*.npz")):
         data = np.load(file)
