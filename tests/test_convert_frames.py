@@ -36,7 +36,13 @@ def _pngs(folder: Path, frames: np.ndarray, suffix: str = ".png", **save: object
         Image.fromarray(frame).save(folder / f"{i + 1}{suffix}", **save)
 
 
-def _video(path: Path, frames_THWC: np.ndarray, codec: str = "ffv1", pix_fmt: str = "bgr0") -> None:
+def _video(
+    path: Path,
+    frames_THWC: np.ndarray,
+    codec: str = "ffv1",
+    pix_fmt: str = "bgr0",
+    rotation: int = 0,
+) -> None:
     av = pytest.importorskip("av")
     if codec not in av.codecs_available:
         pytest.skip(f"PyAV without {codec}")
@@ -45,6 +51,8 @@ def _video(path: Path, frames_THWC: np.ndarray, codec: str = "ffv1", pix_fmt: st
         stream = container.add_stream(codec, rate=25)
         stream.height, stream.width = frames_THWC.shape[1:3]
         stream.pix_fmt = pix_fmt
+        if rotation:  # the display matrix a phone writes for portrait video
+            stream.set_display_rotation(rotation)
         for frame in frames_THWC:
             picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             for packet in stream.encode(picture):
@@ -302,6 +310,20 @@ def test_videos_flat_and_nested_decode_exactly_in_rgb_gray_and_windows(tmp_path)
     assert sorted(train) == ["c_00000", "c_00004"] and sorted(test) == ["d_00000", "d_00004"]
     np.testing.assert_array_equal(train["c_00004"][:, 0], gray[[4, 6], ..., 0])
     np.testing.assert_array_equal(test["d_00000"][:, 0], gray[::-1][[0, 2], ..., 0])
+
+    # a video review: a phone's portrait clip (landscape frames, display rotation 90° or
+    # -90°) was stored on its side; stored upright now, as players show it
+    wide = _colour(3, 4)[:, :8]  # 8×16: a turn shows up in the shape
+    _video(tmp_path / "r" / "left.mkv", wide, rotation=90)
+    _video(tmp_path / "r" / "right.mkv", wide, rotation=-90)
+    _shard(tmp_path, "videos", "r", "--out", "dr")
+    turned = _stored(tmp_path / "dr" / "train")
+    np.testing.assert_array_equal(
+        turned["left"], np.rot90(wide, 1, axes=(1, 2)).transpose(0, 3, 1, 2)
+    )
+    np.testing.assert_array_equal(
+        turned["right"], np.rot90(wide, -1, axes=(1, 2)).transpose(0, 3, 1, 2)
+    )
 
 
 def test_lossy_video_resized_and_what_is_refused(tmp_path):

@@ -156,6 +156,15 @@ def count_video_frames(path: Path) -> int:
         raise InputError(f"{path}: not a readable video ({_why(exc)})") from None
 
 
+def _upright(frame_HWC: np.ndarray, decoded: Any) -> np.ndarray:
+    """A video frame turned as players show it, by the rotation of its display matrix
+    (phones store portrait video as landscape frames with a rotation of ±90°): stored as
+    it was, portrait clips lay on their side. Quarter turns only; mirroring is not read."""
+    degrees = getattr(decoded, "rotation", 0) or 0  # counter-clockwise; PyAV < 14 has none
+    turns = round(degrees / 90) % 4
+    return np.ascontiguousarray(np.rot90(frame_HWC, turns)) if turns else frame_HWC
+
+
 def _gray_content(frame: np.ndarray) -> bool:
     """Whether a colour frame (H×W×3) holds gray: its three channels equal (a gray video
     decoded as RGB, a palette image of grays)."""
@@ -597,7 +606,7 @@ class VideoSequences(_FrameSequences):
                 for decoded, frame in enumerate(container.decode(video=0), start=1):
                     if (decoded - 1) % self.every:
                         continue
-                    frame_HWC = frame.to_ndarray(format=colour)
+                    frame_HWC = _upright(frame.to_ndarray(format=colour), frame)
                     if first_only:
                         return [frame_HWC], decoded
                     kept.append(self._fit(frame_HWC, path))
