@@ -17,6 +17,7 @@ from stpdist.data.sources.generic import GenericArrays
 from stpdist.data.sources.moving_mnist import MovingMnistNpy
 from stpdist.data.sources.seed_layout import SeedLayout
 from stpdist.data.synthetic import moving_digits_sample, write_moving_digits
+from stpdist.errors import InputError
 
 
 def stored(folder) -> dict[str, np.ndarray]:
@@ -109,6 +110,10 @@ def test_seed_taxibj_npy(tmp_path):
         convert(SeedLayout(str(tmp_path / "seed"), "taxibj"), tmp_path / "scaled",
                 progress=False)  # fmt: skip
     assert any("flows already scaled to [0, 1]?" in line for line in said), said
+    # one channel is no TaxiBJ (its channels are named): refused naming the file, at once
+    np.save(tmp_path / "seed" / "train" / "example000001.npy", flows[:, :1])
+    with pytest.raises(InputError, match=r"example000001.npy: 1 channel\(s\), T×C×H×W \[8, 1"):
+        convert(SeedLayout(str(tmp_path / "seed"), "taxibj"), tmp_path / "one", progress=False)
 
 
 def test_generic_arrays_thw_and_npz_key(tmp_path):
@@ -269,6 +274,19 @@ def test_taxibj_h5_reads_hourly_files_and_says_gaps_repeats_and_slots_that_look_
         TaxiBJ([str(plain)], num_frames=6, test_days=1).splits()
     assert any("no day has a slot past 24 of its 48 half hours" in line and
                "--slot-minutes 60" in line for line in said), said  # fmt: skip
+    # said of that file, beside a half-hourly one (the check pooled every file's slots)
+    halves = [datetime(2014, 3, 1) + timedelta(minutes=30 * i) for i in range(96)]
+    _flows_file(tmp_path / "BJ_M4x4_T30_x.h5", halves, 30)
+    with said_warnings() as said:
+        TaxiBJ([str(plain), str(tmp_path / "BJ_M4x4_T30_x.h5")], num_frames=6).splits()
+    (line,) = [line for line in said if "no day has a slot past 24" in line]
+    assert line.startswith(f"{plain}: ")
+    # a slot length only from the layout's `_M<H>x<W>_T<n>_` (a `_T8_` elsewhere is none)
+    from stpdist.data.sources.taxibj import slot_minutes_of
+
+    assert slot_minutes_of(["run_T8_part.h5", "x_T0_y.h5"], None) == 30
+    with pytest.raises(InputError, match=r"slots of 0 minutes \(the _T0_ of the file names\)"):
+        slot_minutes_of(["BJ_M4x4_T0_x.h5"], None)
     proc = run_cli("shard", "taxibj-h5", "flows.h5", "--slot-minutes", "60", "--frames", "6",
                    "--test-days", "1", "--out", "o", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0 and "no day has a slot past 24" not in proc.stderr, proc.stderr

@@ -280,6 +280,9 @@ def test_shards_of_another_tool_with_the_documented_minimal_index_are_read(tmp_p
     with pytest.raises(ShardFormatError, match=r"index.json: variables \['inflow', 'outflow'\]: "
                        r'expected a list of \{"name": …, "units": …\} objects'):  # fmt: skip
         ShardEvalStream(folder, batch_size=2, num_input_frames=1, num_output_frames=1)
+    index["variables"] = None  # null: none, as before (another tool's writer may say so)
+    (folder / "index.json").write_text(json.dumps(index))
+    assert ShardEvalStream(folder, batch_size=2, num_input_frames=1, num_output_frames=1)
 
 
 def test_tar_data_after_the_end_block_is_damage_not_a_wrong_index(tmp_path):
@@ -356,3 +359,94 @@ def test_what_a_code_review_of_the_tar_reading_found(tmp_path, monkeypatch):
                                                    "dtype": "uint8", "value_scale": 255}))  # fmt: skip
     with pytest.raises(ShardFormatError, match=r"malformed index \(it lacks 'shards'\)"):
         read_index(folder)
+
+
+class _Shards:
+    """A local HTTP server of `root`'s files in a thread (as `python -m http.server`), whose
+    handler `stall_after` bytes of a file then sends nothing more (a hung server)."""
+
+    def __init__(self, root: Path, port: int = 0, stall_after: int | None = None) -> None:
+        import functools
+        import http.server
+        import threading
+        import time
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def copyfile(self, source, outputfile) -> None:
+                if stall_after is None:
+                    return super().copyfile(source, outputfile)
+                outputfile.write(source.read(stall_after))
+                outputfile.flush()
+                time.sleep(8)  # then the rest, too late
+
+        handler = functools.partial(Handler, directory=str(root))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.server.daemon_threads, self.server.block_on_close = True, False
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_shards_over_http_retry_a_refused_connection_and_a_stalled_server_fails(
+    tmp_path, monkeypatch
+):
+    """A review of training on a dataset bigger than RAM, streamed from a server: a server
+    that stalled hung the training for ever without a word, and one restarting (a refused
+    connection) ended it at once. curl now retries a refused connection (2 s apart) and gives
+    up on a download that sends nothing for `URL_STALL_S`, naming the shard and why."""
+    import socket
+    import threading
+    import time
+
+    from stpdist.data import format as shard_format
+
+    keys = _split(tmp_path / "ds" / "train", [3, 2])
+    template = "http://127.0.0.1:{port}/{split}/{name}"
+    monkeypatch.setattr(shard_format, "URL_RETRY_DELAY_S", 1)
+
+    def read(port: int) -> list[str]:
+        stream = ShardEvalStream(tmp_path / "ds" / "train", batch_size=2, num_input_frames=1,
+                                 num_output_frames=1, url_template=template.replace(
+                                     "{port}", str(port)))  # fmt: skip
+        return [key for _, _, batch in stream.iterate(LoaderContext()) for key in batch]
+
+    server = _Shards(tmp_path / "ds")
+    assert read(server.port) == keys
+    server.close()
+
+    # nothing listens yet: the server comes up a second later (a restart), and is read
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    late: list[_Shards] = []
+    starter = threading.Timer(0.5, lambda: late.append(_Shards(tmp_path / "ds", port)))
+    starter.start()
+    try:
+        assert read(port) == keys
+    finally:
+        starter.join()
+        late[0].close()
+
+    # a server that stops sending mid-shard: a failure within the stall time, named
+    monkeypatch.setattr(shard_format, "URL_STALL_S", 1)
+    monkeypatch.setattr(shard_format, "URL_RETRY_S", 1)
+    monkeypatch.setattr(shard_format, "URL_MIN_BYTES_S", 10**6)  # curl's window: seen at once
+    stalled = _Shards(tmp_path / "ds", stall_after=700)
+    began = time.monotonic()
+    try:
+        with pytest.raises(ShardFormatError) as raised:
+            read(stalled.port)
+    finally:
+        stalled.close()
+    assert time.monotonic() - began < 5.5
+    message = str(raised.value)
+    assert f"127.0.0.1:{stalled.port}/train/train-000000.tar" in message
+    assert "curl exited with status 28 (timed out: no connection in 30 s, or no data for 1 s)" in (
+        message
+    ), message

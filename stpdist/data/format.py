@@ -324,6 +324,8 @@ def read_index(folder: str | Path) -> SplitIndex:
         raw = json.loads(path.read_text())
         _known(SplitIndex, raw)  # the entries it must have, named when it lacks one
         raw["shards"] = [ShardInfo(**_known(ShardInfo, s)) for s in raw["shards"]]
+        if raw.get("variables") is None:  # null: none (another tool's writer)
+            raw.pop("variables", None)
         index = SplitIndex(**_known(SplitIndex, raw))
     except (KeyError, TypeError, ValueError) as exc:
         raise ShardFormatError(f"{path}: malformed index ({exc})") from exc
@@ -1111,6 +1113,41 @@ def iter_shard(
         raise ShardFormatError(f"{where}: {failed}")
 
 
+URL_STALL_S = 120
+"""A download (`http://`, `https://` shards behind a `url_template`) that receives less than
+`URL_MIN_BYTES_S` a second for this long fails (curl's status 28; curl averages over its
+last ~6 s, so a stall is seen that much later), naming the shard: a stalled server or a
+half-open connection hung the training without a word, for ever."""
+URL_MIN_BYTES_S = 1
+URL_RETRY_S = 300
+"""How long curl retries a shard's download that cannot connect (a server restarting) or
+times out before it has sent anything, `URL_RETRY_DELAY_S` apart; then the read fails."""
+URL_RETRY_DELAY_S = 2
+CURL_STATUS = {
+    6: "cannot resolve the host",
+    7: "cannot connect to the server",
+    22: "the server answered with an HTTP error (404: no such shard?)",
+    28: "timed out: no connection in 30 s, or no data for {stall} s",
+    35: "the TLS handshake failed",
+    56: "the connection was reset while receiving",
+}
+"""What curl's exit statuses mean, said beside them."""
+
+
+def _curl(url: str) -> Any:
+    """An HTTP(S) shard's stream through curl, run without a shell (as webdataset's `gopen`
+    runs it), retrying a refused connection (a server restarting), and failing when no data
+    comes for `URL_STALL_S` seconds (webdataset's waits for ever)."""
+    from webdataset.gopen import Pipe  # imports torch: only for a `url_template`'s URLs
+
+    command = ["curl", "--connect-timeout", "30", "--retry", "30",
+               "--retry-delay", str(URL_RETRY_DELAY_S),
+               "--retry-connrefused", "--retry-max-time", str(URL_RETRY_S),
+               "--speed-limit", str(URL_MIN_BYTES_S), "--speed-time", str(URL_STALL_S),
+               "-f", "-s", "-L", "--", url]  # fmt: skip
+    return Pipe(command, mode="rb", bufsize=8192, ignore_status=[141, 23])
+
+
 def _open_shard(url: str | os.PathLike, where: str) -> Any:
     if isinstance(url, os.PathLike):
         try:
@@ -1120,6 +1157,8 @@ def _open_shard(url: str | os.PathLike, where: str) -> Any:
     try:
         if isinstance(url, os.PathLike):
             return open(url, "rb")  # noqa: SIM115 (closed by iter_shard)
+        if url.split("://", 1)[0].lower() in ("http", "https"):
+            return _curl(url)
         import webdataset  # imports torch: only for a `url_template`'s URLs
 
         return webdataset.gopen(url, "rb")
@@ -1188,9 +1227,13 @@ def _close_shard(stream: Any) -> str | None:
         if status == -signal.SIGPIPE:  # it wrote on after the reader stopped: not its failure
             return None
         command = getattr(getattr(stream, "proc", None), "args", None)
-        what = "curl" if isinstance(command, list) and command[:1] == ["curl"] else "the command"
+        curl = isinstance(command, list) and command[:1] == ["curl"]
+        what = "curl" if curl else "the command"
         how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
-        return f"cannot read: {what} {how}"
+        meaning = CURL_STATUS.get(status, "") if curl else ""
+        return f"cannot read: {what} {how}" + (
+            f" ({meaning.format(stall=URL_STALL_S)})" if meaning else ""
+        )
     return None
 
 

@@ -352,7 +352,7 @@ FORMATS: dict[str, SourceFormat] = {
             "--slot-minutes": {
                 "type": int,
                 "default": None,
-                "help": "the slots' length (default: the _T<minutes>_ of the file names, "
+                "help": "the slots' length (default: the _M<H>x<W>_T<minutes>_ of the file names, "
                 "_T30_ for TaxiBJ, _T60_ for BikeNYC; else 30)",
             },
         },

@@ -137,6 +137,12 @@ class SeedLayout:
             frames = _png_frames(path)
         else:
             frames = as_TCHW(load_array(path), path).astype(np.float32)
+            if frames.shape[1] != 2:  # its channels are named inflow and outflow
+                raise InputError(
+                    f"{path}: {frames.shape[1]} channel(s), T×C×H×W {list(frames.shape)}: seed "
+                    "TaxiBJ sequences hold 2 (inflow, outflow); convert other grids with "
+                    "stpdist shard arrays"
+                )
         self._check_range(frames, path)
         return [(path.name.split(".")[0], frames, {"source": str(path.name)})]
 

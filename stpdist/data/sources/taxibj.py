@@ -1,7 +1,7 @@
 """TaxiBJ `BJ{13,14,15,16}_M32x32_T30_InOut.h5`: `data` N×2×32×32 flows (inflow, outflow),
 `date` N byte strings YYYYMMDDSS (SS = half-hour slot 01..48). Files of the same layout
 with other slots (BikeNYC's hourly `NYC14_M16x8_T60_NewEnd.h5`: slots 01..24) take their
-slot length from the `_T<minutes>_` of their names, or `--slot-minutes`.
+slot length from the `_M<H>x<W>_T<minutes>_` of their names, or `--slot-minutes`.
 
 Windows of `num_frames` consecutive half-hour slots (stride `stride`), never across a gap
 in the record nor across files. Date-based split: windows starting in the last `test_days`
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ...console import log
+from ...console import log, say
 from ...errors import InputError, MissingInput, require_extra
 from ..format import SERIES_ID, SERIES_INDEX, require_file
 from .series import check_window, group_starts
@@ -45,15 +45,20 @@ def parse_slot(raw: bytes | str, slot_length: timedelta = SLOT) -> datetime:
     return day + (slot - 1) * slot_length
 
 
+NAMED_SLOTS = re.compile(r"_M\d+x\d+_T(\d+)_")
+"""The grid and slot length in a file name of the layout: `BJ13_M32x32_T30_InOut.h5`,
+`NYC14_M16x8_T60_NewEnd.h5` (a `_T8_` elsewhere in a name is no slot length)."""
+
+
 def slot_minutes_of(paths: list[str], given: int | None) -> int:
-    """The slot length in minutes: `given` (--slot-minutes), else the `_T<minutes>_` of the
-    files' names (TaxiBJ's `_T30_`, BikeNYC's `_T60_`), else 30; names that disagree are
-    refused (one record, one slot length)."""
+    """The slot length in minutes: `given` (--slot-minutes), else the `_M<H>x<W>_T<minutes>_`
+    of the files' names (TaxiBJ's `_T30_`, BikeNYC's `_T60_`), else 30; names that disagree
+    are refused (one record, one slot length), and a length other than 30 is said."""
     if given is not None:
         if given < 1 or (24 * 60) % given:
             raise InputError(f"--slot-minutes {given}: expected a divisor of a day's 1440")
         return given
-    named = {p: int(m.group(1)) for p in paths if (m := re.search(r"_T(\d+)_", Path(p).name))}
+    named = {p: int(m.group(1)) for p in paths if (m := NAMED_SLOTS.search(Path(p).name))}
     lengths = sorted(set(named.values()))
     if len(lengths) > 1:
         raise InputError(
@@ -62,11 +67,14 @@ def slot_minutes_of(paths: list[str], given: int | None) -> int:
             "--slot-minutes"
         )
     minutes = lengths[0] if lengths else 30
-    if (24 * 60) % minutes:
+    if minutes < 1 or (24 * 60) % minutes:
         raise InputError(
             f"slots of {minutes} minutes (the _T{minutes}_ of the file names) do not divide a "
             "day: pass --slot-minutes"
         )
+    if minutes != 30:
+        say(f"slots of {minutes} minutes, by the _T{minutes}_ of the file names "
+            "(--slot-minutes says otherwise)")  # fmt: skip
     return minutes
 
 
@@ -250,15 +258,16 @@ class TaxiBJ:
                             f"{first:%Y-%m-%d %H:%M})")  # fmt: skip
             if said:
                 log.warning("%s: %s; windows never cross them", path, ", ".join(said))
-        days = {d.date() for dates, _ in read.values() for d in dates}
-        latest = max(((d - datetime.combine(d.date(), datetime.min.time())) // self.slot
-                      for dates, _ in read.values() for d in dates), default=0)  # fmt: skip
-        if self.slot_minutes == 30 and len(days) > 1 and latest < 24:
-            log.warning(
-                "%s: no day has a slot past 24 of its 48 half hours: hourly data (as BikeNYC's "
-                "_T60_ files)? Its times are read as half hours; pass --slot-minutes 60",
-                ", ".join(self.paths),
-            )
+            days = {d.date() for d in dates}
+            latest = max(((d - datetime.combine(d.date(), datetime.min.time())) // self.slot
+                          for d in dates), default=0)  # fmt: skip
+            if self.slot_minutes == 30 and len(days) > 1 and latest < 24:
+                log.warning(
+                    "%s: no day has a slot past 24 of its 48 half hours: hourly data (as "
+                    "BikeNYC's _T60_ files)? Its times are read as half hours; pass "
+                    "--slot-minutes 60",
+                    path,
+                )
 
     def _check_every_split(self, out: dict[str, list[Any]], first: datetime | None) -> None:
         """Refuse a split that gets no window (the train split of a record shorter than
