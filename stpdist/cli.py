@@ -831,7 +831,7 @@ def cmd_shard(args: argparse.Namespace) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    from .data.format import INDEX_FILE, read_index, require_file, time_span, variable_names
+    from .data.format import INDEX_FILE, read_index, require_file, variable_names
     from .data.staging import recover
 
     root = Path(args.dir)
@@ -875,6 +875,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             f"--out {out}: the pictures would go inside the split folder {inside[0]}; pictures "
             "never go among a dataset's shards: name another folder"
         )
+    damaged: list[str] = []
     for folder in folders:
         index = read_index(folder)  # index.json must be a regular file: a FIFO is refused
         print(
@@ -884,21 +885,9 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             f"mean {np.round(index.mean, 4).tolist()}, std {np.round(index.std, 4).tolist()}, "
             f"source: {index.source}"
         )
-        if index.variables:  # per-channel names and units (geoscience converters)
-            names = [f"{v.get('name')} [{v.get('units') or '-'}]" for v in index.variables]
-            print(f"  variables: {', '.join(names)}")
-        if index.latitudes:
-            lat, lon = index.latitudes, index.longitudes
-            print(
-                f"  grid: latitudes {lat[0]:g}…{lat[-1]:g} ({len(lat)}), "
-                f"longitudes {lon[0]:g}…{lon[-1]:g} ({len(lon)})"
-                + (f", climatology {index.climatology}" if index.climatology else "")
-            )
-        span = time_span(folder, index)  # a time series': the period the split covers
-        if span is not None:
-            print(f"  times: {span[0]} … {span[1]} (its first and last samples' frames)")
-        if args.verify:
-            print(f"  verified: {verify_split(folder)}")
+        _describe_split(folder, index)
+        if args.verify and not _verified(folder, damaged):
+            continue  # no pictures of a damaged split; the next split is verified still
         if args.samples <= 0:
             continue
         from .data.stream import LoaderContext, ShardEvalStream  # torch: pictures only
@@ -923,6 +912,42 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             f"  rendered {counted(len(keys), 'sample')} (all {index.shape[0]} frames) to "
             f"{out / folder.name}"
         )
+    if damaged:  # every split's damaged shards, in one error (exit status 2)
+        from .data.format import ShardFormatError
+
+        raise ShardFormatError("\n".join(damaged))
+
+
+def _describe_split(folder: Path, index: Any) -> None:
+    """`inspect`'s lines of a split's variables, grid and period, where it has them."""
+    from .data.format import time_span
+
+    if index.variables:  # per-channel names and units (geoscience converters)
+        names = [f"{v.get('name')} [{v.get('units') or '-'}]" for v in index.variables]
+        print(f"  variables: {', '.join(names)}")
+    if index.latitudes:
+        lat, lon = index.latitudes, index.longitudes
+        print(
+            f"  grid: latitudes {lat[0]:g}…{lat[-1]:g} ({len(lat)}), "
+            f"longitudes {lon[0]:g}…{lon[-1]:g} ({len(lon)})"
+            + (f", climatology {index.climatology}" if index.climatology else "")
+        )
+    span = time_span(folder, index)  # a time series': the period the split covers
+    if span is not None:
+        print(f"  times: {span[0]} … {span[1]} (its first and last samples' frames)")
+
+
+def _verified(folder: Path, damaged: list[str]) -> bool:
+    """`inspect --verify` of one split: its line, or its damage kept in `damaged`."""
+    from .data.format import ShardFormatError
+
+    try:
+        print(f"  verified: {verify_split(folder)}")
+    except ShardFormatError as exc:
+        print(f"  damaged: see the error below ({str(exc).splitlines()[0]})")
+        damaged.append(str(exc))
+        return False
+    return True
 
 
 def _inspect_pictures(root: Path) -> Path:
@@ -1041,39 +1066,57 @@ def _bytes_checked(compared: list[str | None]) -> str:
 
 def verify_split(folder: Path) -> str:
     """Read every sample of a split: each shard's count against the index, each sample's
-    dtype, shape and finiteness, keys unique; the first problem is an error naming it."""
-    from .data.format import FRAMES_EXT, ShardFormatError, decode_frames, iter_shard, read_index
+    dtype, shape and finiteness, keys unique. Every damaged shard is named, each by its
+    first problem, in one error at the end (it stopped at the first: a large dataset took a
+    run a damaged shard)."""
+    from .data.format import ShardFormatError, read_index
 
     index = read_index(folder)
     seen: dict[str, str] = {}
-    compared = []
+    compared, damaged = [], []
     for shard in index.shards:
-        compared.append(_check_unchanged(folder / shard.name, shard))
-        count = 0
-        for key, sample in iter_shard(folder / shard.name):
-            where = f"{folder / shard.name}: member {key}.{FRAMES_EXT}"
-            if key in seen:
-                raise ShardFormatError(f"{where}: key '{key}' also in {seen[key]}")
-            seen[key] = shard.name
-            if FRAMES_EXT not in sample:  # as the streams say it
-                raise ShardFormatError(f"{folder / shard.name}: sample '{key}' has no {FRAMES_EXT}")
-            frames = decode_frames(sample[FRAMES_EXT], where)
-            if list(frames.shape) != index.shape or str(frames.dtype) != index.dtype:
-                raise ShardFormatError(
-                    f"{where}: {frames.dtype} {list(frames.shape)}, the index says "
-                    f"{index.dtype} {index.shape}"
-                )
-            if frames.dtype.kind == "f" and not np.isfinite(frames).all():
-                raise ShardFormatError(f"{where}: the frames hold NaN or Inf")
-            count += 1
-        if count != shard.num_samples:
-            raise ShardFormatError(
-                f"{folder / shard.name}: holds {count} samples, the index says {shard.num_samples}"
-            )
+        try:
+            compared.append(_check_unchanged(folder / shard.name, shard))
+            _verify_shard(folder, shard, index, seen)
+        except ShardFormatError as exc:
+            damaged.append(str(exc))
+    if damaged:
+        listed = "\n  ".join(damaged)
+        raise ShardFormatError(
+            f"{folder}: {counted(len(damaged), 'damaged shard')} of {len(index.shards)}:\n  "
+            f"{listed}"
+        )
     return (
         f"{counted(len(seen), 'sample')} in {counted(len(index.shards), 'shard')}: "
         f"{_bytes_checked(compared)}"
     )
+
+
+def _verify_shard(folder: Path, shard: Any, index: Any, seen: dict[str, str]) -> None:
+    """`verify_split`'s reading of one shard; its first problem raised, naming it."""
+    from .data.format import FRAMES_EXT, ShardFormatError, decode_frames, iter_shard
+
+    count = 0
+    for key, sample in iter_shard(folder / shard.name):
+        where = f"{folder / shard.name}: member {key}.{FRAMES_EXT}"
+        if key in seen:
+            raise ShardFormatError(f"{where}: key '{key}' also in {seen[key]}")
+        seen[key] = shard.name
+        if FRAMES_EXT not in sample:  # as the streams say it
+            raise ShardFormatError(f"{folder / shard.name}: sample '{key}' has no {FRAMES_EXT}")
+        frames = decode_frames(sample[FRAMES_EXT], where)
+        if list(frames.shape) != index.shape or str(frames.dtype) != index.dtype:
+            raise ShardFormatError(
+                f"{where}: {frames.dtype} {list(frames.shape)}, the index says "
+                f"{index.dtype} {index.shape}"
+            )
+        if frames.dtype.kind == "f" and not np.isfinite(frames).all():
+            raise ShardFormatError(f"{where}: the frames hold NaN or Inf")
+        count += 1
+    if count != shard.num_samples:
+        raise ShardFormatError(
+            f"{folder / shard.name}: holds {count} samples, the index says {shard.num_samples}"
+        )
 
 
 def _refuse_other_modes(args: argparse.Namespace) -> None:

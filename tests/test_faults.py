@@ -1075,6 +1075,28 @@ def test_inspect_verify_finds_a_flipped_byte_in_a_samples_data(tmp_path):
         verify_split(folder)
 
 
+def test_inspect_verify_names_every_damaged_shard_of_every_split_in_one_run(tmp_path):
+    """A review of a large dataset: `--verify` stopped at the first damaged shard (a run a
+    damaged shard, each reading the whole dataset again) and never reached the next split.
+    Every damaged shard of every split is named now, each by its first problem; exit 2."""
+    from conftest import run_cli
+
+    for split in ("train", "val"):
+        with SplitWriter(tmp_path / "ds" / split, split, value_scale=255,
+                         samples_per_shard=2) as writer:  # fmt: skip
+            for i in range(5):
+                writer.write(f"{split}{i}", np.full((4, 1, 4, 4), i, np.uint8))
+    for name in ("train/train-000000.tar", "train/train-000002.tar", "val/val-000001.tar"):
+        shard = tmp_path / "ds" / name
+        shard.write_bytes(shard.read_bytes()[:-700])  # cut short
+    proc = run_cli("inspect", "ds", "--verify", "--samples", "0", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "2 damaged shards of 3:" in proc.stderr and "1 damaged shard of 3:" in proc.stderr
+    for name in ("train-000000.tar", "train-000002.tar", "val-000001.tar"):
+        assert f"{name}: its bytes are not those written" in proc.stderr, (name, proc.stderr)
+    assert "train-000001.tar" not in proc.stderr and proc.stdout.count("  damaged: ") == 2
+
+
 def test_a_step_saved_again_and_killed_between_its_renames_is_put_back(tmp_path, monkeypatch):
     """Saving a step that exists with the same weights renames the old copy `.same-step-N`,
     then moves the new one into place; a kill between the two left step N under no name:
