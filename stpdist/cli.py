@@ -815,13 +815,18 @@ def cmd_shard(args: argparse.Namespace) -> None:
     source = spec.build(args.sources, args)
     if args.inputs_only is not None:
         source = FirstFrames(source, args.inputs_only)
+    fill = args.allow_nan
+    if args.format == "merge":  # the parts' fill, which NaN is stored as again
+        from .data.sources.merge import check_fill
+
+        fill = check_fill(source.nan_fill, args.allow_nan)
     indexes = convert(
         source,
         args.out,
         workers=args.workers,
         overwrite=args.overwrite,
         samples_per_shard=args.samples_per_shard,
-        nan_fill=args.allow_nan,
+        nan_fill=fill,
     )
     for split, index in indexes.items():
         print(

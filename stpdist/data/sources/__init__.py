@@ -179,6 +179,12 @@ def _split_flags(a: Any) -> dict[str, Any]:
     }
 
 
+def _merge(paths: list[str], a: Any) -> Any:
+    from .merge import MergedDatasets
+
+    return MergedDatasets(paths)
+
+
 def _tars(paths: list[str], a: Any) -> Any:
     from .tars import TarSamples
 
@@ -368,6 +374,13 @@ FORMATS: dict[str, SourceFormat] = {
             "--test-persons": {"default": "17-25", "help": "persons in the test split"},
         },
         paths_help="the folder of .avi videos (and its sub-folders)",
+    ),
+    "merge": SourceFormat(
+        "datasets stpdist wrote, merged into one: a new month added to a dataset, or the "
+        "parts of a long conversion joined (samples read back and written again)",
+        _merge,
+        many_paths=True,
+        paths_help="two or more dataset folders (each holding split folders), in order",
     ),
     "tars": SourceFormat(
         "tar shards of other tools (webdataset's, tar's): each sample's .npy member "

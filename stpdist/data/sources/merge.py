@@ -1,0 +1,174 @@
+"""`stpdist shard merge`: datasets stpdist wrote (`shard`, `synth`), merged into one: a
+new month of data added to a dataset without converting its raw files again, or a long
+conversion done in parts (each part restarted alone when it is killed) and joined.
+
+Each part is a dataset folder holding split folders (`train/`, `val/`, …, each with its
+`index.json`); a split is the samples of that split of every part, in the order the parts
+are given, each part's in its shard order. Samples are read back from the shards (their
+frames and their metadata, frame times included) and written again with the checks and
+statistics of every conversion, so the merged split's mean, std, range and climatology
+are those of all its samples, exactly. What the parts must share, per split: the frame
+shape and dtype, the value scale, the variables and the grid, and the NaN fill value
+(`--allow-nan`) they were converted with; any difference is refused naming both parts.
+A key must be unique in a split across parts (one in two parts is refused naming both:
+two months of files named alike need other names, e.g. converted from folders named by
+month). Windows of a time series count each frame once in the statistics within a part;
+two parts holding the same frames (overlapping windows at their join) count them twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import InputError, MissingInput
+from ..format import (
+    FRAMES_EXT,
+    INDEX_FILE,
+    META_EXT,
+    SERIES_ID,
+    SERIES_INDEX,
+    ShardFormatError,
+    SplitIndex,
+    decode_frames,
+    iter_shard,
+    read_index,
+)
+
+SHARED = ("shape", "dtype", "value_scale", "variables", "latitudes", "longitudes")
+"""What every part's split must hold alike (and every split its value scale)."""
+
+
+@dataclass
+class MergedDatasets:
+    paths: list[str]
+    name: str = "merge"
+    value_scale: float = 1.0
+    grid: float | None = None
+    variables: list[dict[str, str]] = field(default_factory=list)
+    latitudes: list[float] | None = None
+    longitudes: list[float] | None = None
+    climatology: bool = False
+    nan_fill: float | None = None
+    """The parts' NaN fill value (`--allow-nan`), which the merge stores NaN as again."""
+    indexes: dict[str, list[tuple[int, Path, SplitIndex]]] = field(default_factory=dict)
+    """Per split: (part number, split folder, index) of each part that has it."""
+
+    def __post_init__(self) -> None:  # the indexes alone: read before anything is written
+        if len(self.paths) < 2:
+            raise InputError(
+                f"shard merge takes two or more datasets, got {len(self.paths)}: the datasets "
+                "to merge, each a folder of split folders"
+            )
+        for number, path in enumerate(self.paths):
+            for folder in self._split_folders(Path(path)):
+                index = read_index(folder)
+                self.indexes.setdefault(index.split, []).append((number, folder, index))
+        self._check_alike()
+        first = next(iter(self.indexes.values()))[0][2]
+        self.value_scale = first.value_scale
+        self.variables = first.variables
+        self.latitudes = first.latitudes or None
+        self.longitudes = first.longitudes or None
+        self.climatology = any(i.climatology for parts in self.indexes.values()
+                               for _, _, i in parts)  # fmt: skip
+
+    def _split_folders(self, root: Path) -> list[Path]:
+        if not root.is_dir():
+            raise MissingInput(f"{root}: no such folder")
+        if (root / INDEX_FILE).is_file():
+            raise InputError(
+                f"{root} is a split folder (it holds {INDEX_FILE}): name the dataset folder "
+                f"above it, {root.parent}"
+            )
+        found = sorted(p for p in root.iterdir() if p.is_dir() and (p / INDEX_FILE).is_file())
+        if not found:
+            raise MissingInput(f"{root}: no split folder (with its {INDEX_FILE}) in it")
+        return found
+
+    def _check_alike(self) -> None:
+        """Every part's split alike in `SHARED`, every split one value scale, and every part
+        converted with one NaN fill: the first difference refused, naming both parts."""
+        fills: dict[Any, str] = {}
+        scales: dict[float, str] = {}
+        for parts in self.indexes.values():
+            _, first_folder, first = parts[0]
+            for _, folder, index in parts:
+                for name in SHARED:
+                    if getattr(index, name) != getattr(first, name):
+                        raise InputError(
+                            f"{folder}: {name} {getattr(index, name)}, and {first_folder} "
+                            f"{getattr(first, name)}: the parts of a split must hold alike "
+                            "samples"
+                        )
+                fills.setdefault(index.args.get("nan_fill"), str(folder))
+                scales.setdefault(index.value_scale, str(folder))
+        if len(scales) > 1:
+            (a, where_a), (b, where_b) = list(scales.items())[:2]
+            raise InputError(f"{where_b}: value scale {b:g}, and {where_a} {a:g}: the splits of "
+                             "a dataset share one")  # fmt: skip
+        if len(fills) > 1:
+            (a, where_a), (b, where_b) = list(fills.items())[:2]
+            raise InputError(
+                f"{where_b}: NaN stored as {b} (--allow-nan), and {where_a} as {a}: convert "
+                "the parts with one fill value"
+            )
+        self.nan_fill = next(iter(fills))
+
+    def splits(self) -> dict[str, list[Any]]:
+        order = {"train": 0, "val": 1, "test": 2}
+        return {
+            split: [
+                (number, str(folder / shard.name))
+                for number, folder, index in parts
+                for shard in index.shards
+            ]  # fmt: skip
+            for split, parts in sorted(self.indexes.items(), key=lambda s: order.get(s[0], 3))
+        }
+
+    def load(self, item: tuple[int, str]) -> list[tuple[str, np.ndarray, dict]]:
+        number, tar = item
+        out = []
+        try:
+            for key, sample in iter_shard(Path(tar)):
+                where = f"{tar}: member {key}.{FRAMES_EXT}"
+                if FRAMES_EXT not in sample:
+                    raise ShardFormatError(f"{tar}: sample '{key}' has no {FRAMES_EXT}")
+                frames = decode_frames(sample[FRAMES_EXT], where)
+                meta = json.loads(sample[META_EXT]) if META_EXT in sample else {}
+                if not isinstance(meta, dict):
+                    raise ShardFormatError(f"{tar}: sample '{key}': its {META_EXT} is no object")
+                if SERIES_INDEX in meta:  # a window of a part's series: its own series
+                    meta[SERIES_ID] = f"{number}:{meta.get(SERIES_ID, '')}"
+                out.append((key, self._unfilled(frames), meta))
+        except (ShardFormatError, ValueError) as exc:
+            raise InputError(f"{tar}: {exc}" if tar not in str(exc) else str(exc)) from None
+        return out
+
+    def _unfilled(self, frames: np.ndarray) -> np.ndarray:
+        """The parts' filled values as NaN again, to be filled and left out of the
+        statistics as they were (a real value equal to the fill is taken for one too)."""
+        if self.nan_fill is None or frames.dtype.kind != "f":
+            return frames
+        filled = frames == np.asarray(self.nan_fill, frames.dtype)
+        if not filled.any():
+            return frames
+        return np.where(filled, np.nan, frames).astype(frames.dtype)
+
+    def describe(self, item: tuple[int, str]) -> str:
+        return item[1]
+
+    def args(self) -> dict[str, Any]:
+        return {"paths": [str(Path(p)) for p in self.paths]}
+
+
+def check_fill(value: float | None, given: float | None) -> float | None:
+    """The fill to store NaN as: the parts' own; `--allow-nan` may only repeat it."""
+    if given is not None and value is not None and not math.isclose(given, value):
+        raise InputError(f"--allow-nan {given:g}: the parts store NaN as {value:g}")
+    return value if value is not None else given
