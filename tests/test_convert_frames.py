@@ -324,6 +324,12 @@ def test_videos_flat_and_nested_decode_exactly_in_rgb_gray_and_windows(tmp_path)
     np.testing.assert_array_equal(
         turned["right"], np.rot90(wide, -1, axes=(1, 2)).transpose(0, 3, 1, 2)
     )
+    # a portrait clip beside a landscape one: refused as another size, saying it was turned
+    _video(tmp_path / "mixed" / "a_land.mkv", wide)
+    _video(tmp_path / "mixed" / "b_port.mkv", wide, rotation=90)
+    proc = run_cli("shard", "videos", "mixed", "--out", "dm", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "b_port.mkv (turned 90° by its display rotation): frame of 16×8 pixels" in proc.stderr
 
 
 def test_lossy_video_resized_and_what_is_refused(tmp_path):

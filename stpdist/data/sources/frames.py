@@ -609,7 +609,9 @@ class VideoSequences(_FrameSequences):
                     frame_HWC = _upright(frame.to_ndarray(format=colour), frame)
                     if first_only:
                         return [frame_HWC], decoded
-                    kept.append(self._fit(frame_HWC, path))
+                    turned = getattr(frame, "rotation", 0) or 0
+                    where = f"{path} (turned {turned}° by its display rotation)" if turned else path
+                    kept.append(self._fit(frame_HWC, where))
         except InputError:
             raise
         except Exception as exc:
