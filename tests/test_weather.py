@@ -1218,3 +1218,6 @@ def test_netcdf_files_that_disagree_are_said_as_what_differs(tmp_path, caplog):
     shutil.rmtree(tmp_path / "out")
     refused(tmp_path / "gaps", r"era5_202004\.nc: empty file \(0 bytes\)")
     assert "train: 1 NaN value(s) stored as --allow-nan 0 (" in caplog.text
+    # a series' windows: a value in overlapping ones counts in each, said (a traffic review
+    # counted 7 for one NaN cell)
+    assert "counted in each window holding them" in caplog.text

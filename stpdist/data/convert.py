@@ -54,6 +54,7 @@ from ..errors import InputError, MissingInput, OutputExists, alike
 from .format import (
     CLIMATOLOGY_FILE,
     INDEX_FILE,
+    SERIES_INDEX,
     ShardFormatError,
     SplitIndex,
     SplitWriter,
@@ -538,6 +539,7 @@ def _write_split(
     origin: dict[str, int] = {}  # key → number of the item it came from
     names = [v["name"] for v in getattr(source, "variables", None) or [] if "name" in v] or None
     filled = values = 0
+    windows = False  # windows of a series, whose frames overlapping windows share
     with SplitWriter(
         folder,
         split,
@@ -566,6 +568,7 @@ def _write_split(
                     _check_same_shape(like, split, frames.shape, where)
                 grid = source.grid if quantize else None
                 filled += _write_sample(writer, key, frames, meta, where, grid, nan_fill, names)
+                windows = windows or SERIES_INDEX in (meta or {})
                 if copies is not None:
                     copies.add(split, key, frames, where)
                 values += frames.size
@@ -576,8 +579,10 @@ def _write_split(
     if filled:  # how much of the split is the fill: a number a user checks the data by
         log.warning(
             "%s: %d NaN value(s) stored as --allow-nan %g (%.3g%% of its values; left out of "
-            "its statistics)",
+            "its statistics)%s",
             folder.name, filled, nan_fill, 100 * filled / values,
+            "; counted in each window holding them: a value of the series in overlapping "
+            "windows counts once a window" if windows else "",
         )  # fmt: skip
     if copies is not None:
         copies.end_split(split)
