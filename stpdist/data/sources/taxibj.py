@@ -124,6 +124,22 @@ def _newest_in_order(raw_dates: Any, slot_length: timedelta = SLOT) -> datetime:
     return dates[-1]
 
 
+def _check_flows(data: np.ndarray, dates: list[datetime], path: str) -> None:
+    """Flows are counts, 0 to TaxiBJ's largest (1 292): the first value outside, named by
+    its slot, channel and cell as it is read (the split's range was checked only once the
+    whole split was written). NaN is left to the writer (refused, or `--allow-nan`)."""
+    with np.errstate(invalid="ignore"):
+        bad = (data < 0) | (data > SCALE)
+    if not bad.any():
+        return
+    t, c, y, x = (int(i) for i in np.argwhere(bad)[0])
+    raise InputError(
+        f"{path}: flow {data[t, c, y, x]:g} at {dates[t]:%Y-%m-%d %H:%M}, {CHANNELS[c]}, cell "
+        f"(y, x) = ({y}, {x}): outside TaxiBJ's 0…{SCALE:g}; not TaxiBJ's flows (convert "
+        "other grids with stpdist shard arrays, which takes a --value-scale)"
+    )
+
+
 @dataclass
 class TaxiBJ:
     paths: list[str]
@@ -301,6 +317,7 @@ class TaxiBJ:
         path, split, starts = item
         first = starts[0]
         data, dates, _ = _read(path, first, starts[-1] + self.num_frames, self.slot)
+        _check_flows(data, dates[first:], path)
         bounds = self.bounds or self._bounds()
         stem = Path(path).stem.replace(".", "_")
         out = []
