@@ -54,12 +54,20 @@ class MergedDatasets:
     latitudes: list[float] | None = None
     longitudes: list[float] | None = None
     climatology: bool = False
-    nan_fill: float | None = None
-    """The parts' NaN fill value (`--allow-nan`), which the merge stores NaN as again."""
+    fill: float | None = None
     indexes: dict[str, list[tuple[int, Path, SplitIndex]]] = field(default_factory=dict)
     """Per split: (part number, split folder, index) of each part that has it."""
 
-    def __post_init__(self) -> None:  # the indexes alone: read before anything is written
+    @property
+    def nan_fill(self) -> float | None:
+        """The parts' NaN fill value (`--allow-nan`), which the merge stores NaN as again."""
+        self._read()
+        return self.fill
+
+    def _read(self) -> None:
+        """The parts' indexes alone, checked alike (once, before anything is written)."""
+        if self.indexes:
+            return
         if len(self.paths) < 2:
             raise InputError(
                 f"shard merge takes two or more datasets, got {len(self.paths)}: the datasets "
@@ -118,9 +126,10 @@ class MergedDatasets:
                 f"{where_b}: NaN stored as {b} (--allow-nan), and {where_a} as {a}: convert "
                 "the parts with one fill value"
             )
-        self.nan_fill = next(iter(fills))
+        self.fill = next(iter(fills))
 
     def splits(self) -> dict[str, list[Any]]:
+        self._read()
         order = {"train": 0, "val": 1, "test": 2}
         return {
             split: [
@@ -153,9 +162,9 @@ class MergedDatasets:
     def _unfilled(self, frames: np.ndarray) -> np.ndarray:
         """The parts' filled values as NaN again, to be filled and left out of the
         statistics as they were (a real value equal to the fill is taken for one too)."""
-        if self.nan_fill is None or frames.dtype.kind != "f":
+        if self.fill is None or frames.dtype.kind != "f":
             return frames
-        filled = frames == np.asarray(self.nan_fill, frames.dtype)
+        filled = frames == np.asarray(self.fill, frames.dtype)
         if not filled.any():
             return frames
         return np.where(filled, np.nan, frames).astype(frames.dtype)
