@@ -46,7 +46,7 @@ from .console import (
     launched_as_main,
     sigterm_as_interrupt,
 )
-from .errors import InputError, MissingInput, peer_lost
+from .errors import InputError, MissingInput, OutputExists, alike, peer_lost
 
 if TYPE_CHECKING:
     from .data.convert import EarlierOutput
@@ -131,6 +131,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     set_seed(cfg.trainer.seed)  # identical initial weights on every rank and every run
     module = build.build_module(cfg)
+    if args.resume is None and trainer.checkpoints.latest() is not None:
+        # fit refuses it: before "initialised the model from …" is said of a run refused
+        raise alike(OutputExists(
+            f"{trainer.checkpoints.root} holds checkpoints of an earlier run; resume it "
+            "(resume='auto', CLI --resume auto) or use another output_dir"
+        ))  # fmt: skip
     # fine-tuning: every rank loads the weights before fit wraps the model (a resume wins)
     build.init_weights(cfg, module, trainer.checkpoints, args.resume)
     has_val = build.describe_dataset(cfg)

@@ -1108,8 +1108,9 @@ def architecture_difference(
 ) -> tuple[str, Any, Any] | None:
     """The first key in which the `model` section `theirs` (a mapping read from another
     run's config.yaml) describes another architecture than `ours` — the backbone's name,
-    the patch size, or a backbone argument with defaults filled in — as (dotted key, their
-    value, ours); None when both build the same layers."""
+    the patch size, or a backbone argument with defaults filled in, dropout rates aside (a
+    fine-tuning changes them routinely) — as (dotted key, their value, ours); None when both
+    build the same layers."""
     defaults = type(ours)()
     for key in ("name", "patch_size"):
         if theirs.get(key, getattr(defaults, key)) != getattr(ours, key):
@@ -1117,6 +1118,8 @@ def architecture_difference(
     other = dataclasses.replace(ours, backbone=theirs.get("backbone") or {})
     mine, their_args = (_fields_of(backbone_config(model)) for model in (ours, other))
     for key in sorted(set(mine) | set(their_args)):
+        if "drop" in key:  # dropout, drop path: regularisation, no layer of its own
+            continue
         if mine.get(key) != their_args.get(key):
             return f"model.backbone.{key}", their_args.get(key), mine.get(key)
     return None

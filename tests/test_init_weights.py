@@ -143,12 +143,27 @@ def test_a_folder_of_another_architecture_is_refused_naming_the_key(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "has model.backbone.temporal_channels 16, this config 32" in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained, nothing saved
+    # dropout rates are no architecture: a fine-tuning changes them routinely (a review:
+    # refused as "another architecture", the weights file the only way round, past checks)
+    from stpdist.config import ModelConfig, architecture_difference
+
+    theirs = {"name": "simvp", "backbone": {"drop": 0.0, "drop_path": 0.0}}
+    ours = ModelConfig(name="simvp", backbone={"drop": 0.1, "drop_path": 0.2})
+    assert architecture_difference(ours, theirs) is None
+    ours = ModelConfig(name="predformer", backbone={"dropout": 0.1, "drop_path_rate": 0.1,
+                                                    "attention_dropout": 0.1})  # fmt: skip
+    assert architecture_difference(ours, {"name": "predformer"}) is None
 
 
 def test_resume_wins_over_init_weights(tmp_path):
     folder = _import(tmp_path, "simvp_gsta")
     config = _config(tmp_path, folder)
     run_cli("train", str(config), "trainer.max_epochs=1", cwd=tmp_path, check=True)
+    # without --resume: refused before the weights are loaded (a review saw "initialised the
+    # model from …" said of a run then refused)
+    again = run_cli("train", str(config), "trainer.max_epochs=1", cwd=tmp_path)
+    assert again.returncode == 2 and "holds checkpoints of an earlier run" in again.stderr
+    assert "initialised the model" not in again.stdout
     shutil.rmtree(folder)  # a resume never reads them: it continues from its checkpoint
     result = run_cli("train", str(config), "--resume", "auto", cwd=tmp_path, check=True)
     said = [line for line in result.stdout.splitlines() if "init_weights" in line]
