@@ -1228,6 +1228,16 @@ def _check_schedule_length(
     )
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of a rank's random draws (scheduled sampling's masks, dropout): `seed` on
+    rank 0, as a one-process run; on rank r a number drawn from both, not `seed + r`: that
+    is rank 0's of seed + r, and the runs of two seeds on several ranks shared masks (a
+    reproducibility review found seed 0's rank 1 drawing what seed 1's rank 0 drew)."""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
 class Trainer:
     """Runs an `EnhancedModule`'s hooks with DDP, mixed precision, accumulation,
     clipping, exact checkpoint/resume and exact cross-rank validation.
@@ -2234,7 +2244,9 @@ class Trainer:
         if micro // ranks != acc.gradient_accumulation_steps:
             say(
                 f"keeping the global batch of {start.name}: {ranks} ranks × {micro // ranks} "
-                f"accumulation steps (it was written by {saved.world_size} × {before})"
+                f"accumulation steps (it was written by {saved.world_size} × {before}); "
+                "random draws in training (scheduled sampling's masks, dropout) are each "
+                "rank's own, so they differ from the uninterrupted run's"
             )
             acc.gradient_accumulation_steps = micro // ranks
 
@@ -2441,7 +2453,7 @@ class Trainer:
         if start is None:
             if resume == "auto":
                 say(f"no checkpoint in {self.checkpoints.root}; starting from scratch")
-            set_seed(self.config.seed + acc.process_index)
+            set_seed(rank_seed(self.config.seed, acc.process_index))
             self._save_config()
             return TrainState(
                 world_size=acc.num_processes,

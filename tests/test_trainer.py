@@ -611,3 +611,15 @@ def test_best_k_that_could_only_ever_rank_the_last_checkpoint_is_warned_at_start
     assert (
         len(warned) == 1 and "every_n_steps 3" in warned[0] and "val_every_n_steps 4" in warned[0]
     )
+
+
+def test_ranks_of_two_seeds_never_share_their_random_draws():
+    """A reproducibility review: rank r drew with seed + r, so seed 0's rank 1 drew exactly
+    seed 1's rank 0 (the scheduled-sampling masks of `reproduce --seeds` on several ranks).
+    Rank 0 keeps the seed (a one-process run unchanged); no two (seed, rank) pairs alike."""
+    from stpdist.trainer import rank_seed
+
+    assert [rank_seed(s, 0) for s in range(5)] == list(range(5))
+    seeds = {rank_seed(s, r) for s in range(64) for r in range(16)}
+    assert len(seeds) == 64 * 16 and rank_seed(0, 1) != 1
+    assert all(0 <= value < 2**32 for value in seeds)  # numpy's and torch's seed range
