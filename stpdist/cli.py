@@ -1983,7 +1983,11 @@ def _pipe_closed() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parsed(argv)
+    from . import provenance
     from .runlock import RunLockedError
+
+    # the command a run records (main may be called from Python, whose sys.argv is other)
+    provenance.COMMAND = ["stpdist", *(sys.argv[1:] if argv is None else argv)]
 
     if args.command in ONE_PROCESS and _several_ranks() and not launched_as_main():
         return 0  # the main process does it; a second rank would write the same files

@@ -2455,6 +2455,7 @@ class Trainer:
                 say(f"no checkpoint in {self.checkpoints.root}; starting from scratch")
             set_seed(rank_seed(self.config.seed, acc.process_index))
             self._save_config()
+            self._record_provenance("start", 0, None, module, train)
             return TrainState(
                 world_size=acc.num_processes,
                 gradient_accumulation_steps=acc.gradient_accumulation_steps,
@@ -2489,8 +2490,48 @@ class Trainer:
         )
         if not self._nothing_left:  # the run's config.yaml stays the one it trained with
             self._save_config(resumed_from=start)
+            self._record_provenance("resume", state.global_step, start, module, train)
         say(f"resumed from {start} (epoch {state.epoch}, step {state.global_step})")
         return state
+
+    def _record_provenance(
+        self, event: str, step: int, start: Path | None, module: Any, train: TrainSource
+    ) -> None:
+        """A line of `provenance.jsonl` (see `stpdist.provenance`); on a resume, the config
+        keys changed since the run's line before said too (config.yaml keeps the newest)."""
+        if not self.is_main:
+            return
+        from .provenance import file_sha256, record
+
+        acc = self.accelerator
+        entry: dict[str, Any] = {"event": event, "step": step}
+        if start is not None:
+            entry["resumed_from"] = str(start)
+        entry.update(
+            world_size=acc.num_processes,
+            gradient_accumulation_steps=acc.gradient_accumulation_steps,
+            num_workers=self._train_workers,
+            threads=torch.get_num_threads(),
+            device=str(acc.device),
+            mixed_precision=str(acc.mixed_precision),
+            config=dataclasses.asdict(self.run_config) if self.run_config is not None else None,
+        )
+        init = getattr(module, "stpdist_init_weights", None)
+        if event == "start" and init is not None:
+            entry["init_weights"] = init
+        index = Path(getattr(train, "folder", "") or "") / "index.json"
+        if getattr(train, "folder", None) is not None and index.is_file():
+            entry["train_data"] = {"index": str(index.absolute()), "sha256": file_sha256(index)}
+        try:
+            changed = record(self.output_dir, entry)
+        except OSError as exc:  # a record, never a reason to stop the run
+            log.warning("could not write %s: %s", self.output_dir / "provenance.jsonl", exc)
+            return
+        if changed:
+            shown = "; ".join(changed[:6]) + (
+                f"; … ({len(changed)} in all)" if len(changed) > 6 else ""
+            )
+            say(f"settings changed since the run's previous start: {shown} (provenance.jsonl)")
 
     def _save_config(self, resumed_from: Path | None = None) -> None:
         """The resolved config as `output_dir/config.yaml`, marked as stpdist's. A file

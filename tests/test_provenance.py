@@ -1,0 +1,60 @@
+"""A run folder records what reproduces it (a reproducibility review: no commit, torch
+version, command line, thread count, or fine-tuning source was recorded, and a resume with
+other settings rewrote config.yaml without a word): `provenance.jsonl`, a line a start and
+a resume."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import torch
+from conftest import run_cli
+
+ROOT = Path(__file__).parent.parent
+DEBUG = str(ROOT / "configs" / "debug.yaml")
+checked = functools.partial(run_cli, check=True)
+
+
+def _lines(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "provenance.jsonl").read_text().splitlines()]
+
+
+def test_a_run_records_its_command_versions_data_and_changed_settings(tmp_path):
+    short = ["trainer.max_steps=4", "trainer.max_epochs=1", "logging.num_samples=0"]
+    checked("train", DEBUG, *short, cwd=tmp_path)
+    run = tmp_path / "runs" / "debug"
+    (start,) = _lines(run)
+    assert start["event"] == "start" and start["step"] == 0
+    assert start["command"][-len(short) :] == short  # as given
+    assert start["torch"] == torch.__version__ and start["threads"] == torch.get_num_threads()
+    assert start["world_size"] == 1 and start["config"]["trainer"]["max_steps"] == 4
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()  # fmt: skip
+    if commit:  # a checkout: the commit read from .git, without running git
+        assert start["commit"] == commit
+    index = tmp_path / "data" / "debug" / "train" / "index.json"
+    if not index.is_file():
+        index = next(tmp_path.rglob("train/index.json"))
+    assert start["train_data"]["sha256"] == hashlib.sha256(index.read_bytes()).hexdigest()
+
+    # a resume with another setting: said, and recorded beside the config.yaml it rewrote
+    done = checked("train", DEBUG, *short[1:], "trainer.max_steps=8", "trainer.grad_clip_norm=0.5",
+                   "--resume", "auto", cwd=tmp_path)  # fmt: skip
+    assert "settings changed since the run's previous start: " in done.stdout
+    assert "trainer.grad_clip_norm" in done.stdout and "trainer.max_steps 4 → 8" in done.stdout
+    _, resumed = _lines(run)
+    assert resumed["event"] == "resume" and resumed["step"] == 4
+    assert "trainer.max_steps 4 → 8" in resumed["changed"]
+
+    # a fine-tuning: the weights it started from, by path and SHA-256 (a run folder's best
+    # moves on as that run goes on)
+    checked("train", DEBUG, *short, f"model.init_weights={run}",
+            f"trainer.output_dir={tmp_path / 'tuned'}", cwd=tmp_path)  # fmt: skip
+    (tuned,) = _lines(tmp_path / "tuned")
+    weights = Path(tuned["init_weights"]["path"])
+    assert weights.is_file() and weights.is_relative_to(run)
+    assert tuned["init_weights"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
