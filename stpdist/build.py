@@ -755,6 +755,7 @@ def init_weights(
         file, config_file = chosen[0]
         if config_file is not None:
             _check_same_architecture(cfg, config_file)
+            _say_other_normalisation(cfg, config_file, file.parent)
         count = _load_tensors(file, module)
         if Path(source).is_dir() and has_average(file.parent):
             # a checkpoint trained with trainer.ema: its average is the model, as for `load`
@@ -812,6 +813,41 @@ def _check_same_architecture(cfg: Config, config_file: Path) -> None:
             f"model.init_weights: {config_file} has {key} {other_value!r}, this config "
             f"{value!r}; fine-tuning starts from weights of the same architecture"
         )
+
+
+def _say_other_normalisation(cfg: Config, config_file: Path, folder: Path) -> None:
+    """A fine-tuning whose inputs are normalised otherwise than the weights' were: another
+    `data.normalize` (a warning: `validate` refuses it), or the same statistics mode on data
+    of other statistics (said: each run normalises by its own training data's)."""
+    from omegaconf import OmegaConf
+
+    try:  # read as data
+        theirs = OmegaConf.to_container(OmegaConf.load(config_file)).get("data") or {}
+        mode = theirs.get("normalize", "scale") if isinstance(theirs, dict) else "scale"
+    except Exception:  # unreadable: the architecture check said so already
+        return
+    if mode != cfg.data.normalize:
+        warn_main(
+            "model.init_weights: the weights were trained with data.normalize %r (%s), this "
+            "run normalises its inputs by %r: they see values of another range than they "
+            "learnt from (set data.normalize: %s to keep theirs)",
+            mode, config_file, cfg.data.normalize, mode,
+        )  # fmt: skip
+        return
+    if mode not in STATISTICS_MODES or not (folder / INDEX_FILE).is_file():
+        return
+    with contextlib.suppress(OSError, ValueError, InputError):
+        trained, here = read_index(folder), dataset_index(cfg)
+        if (trained.mean, trained.std) != (here.mean, here.std):
+            say(
+                f"data.normalize {mode}: this run normalises by its own data's statistics "
+                f"(mean {_rounded(here.mean)}, std {_rounded(here.std)}); the weights learnt "
+                f"from data of mean {_rounded(trained.mean)}, std {_rounded(trained.std)}"
+            )
+
+
+def _rounded(values: list[float]) -> list[float]:
+    return [round(v, 4) for v in values]
 
 
 def _load_tensors(file: Path, module: EnhancedModule) -> int:

@@ -58,3 +58,19 @@ def test_a_run_records_its_command_versions_data_and_changed_settings(tmp_path):
     weights = Path(tuned["init_weights"]["path"])
     assert weights.is_file() and weights.is_relative_to(run)
     assert tuned["init_weights"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def test_a_fine_tuning_that_normalises_otherwise_says_so(tmp_path):
+    """A fine-tuning review: weights trained on `scale`d inputs fine-tuned with
+    `standardize` (or the other way) trained without a word, where `validate` refuses
+    the same change."""
+    short = ["trainer.max_steps=2", "trainer.max_epochs=1", "logging.num_samples=0"]
+    checked("train", DEBUG, *short, cwd=tmp_path)
+    run = tmp_path / "runs" / "debug"
+    tuned = checked("train", DEBUG, *short, f"model.init_weights={run}", "data.normalize=standardize",
+                    f"trainer.output_dir={tmp_path / 'tuned'}", cwd=tmp_path)  # fmt: skip
+    assert "the weights were trained with data.normalize 'scale'" in tuned.stderr, tuned.stderr
+    assert "this run normalises its inputs by 'standardize'" in tuned.stderr
+    same = checked("train", DEBUG, *short, f"model.init_weights={run}",
+                   f"trainer.output_dir={tmp_path / 'same'}", cwd=tmp_path)  # fmt: skip
+    assert "data.normalize" not in same.stderr
