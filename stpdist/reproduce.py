@@ -160,10 +160,11 @@ def _refuse_earlier_seeds(out: Path, seeds: int) -> None:
 
 def run_seed(
     config: str, overrides: list[str], seed: int, out: Path, resume: str | None = None
-) -> tuple[dict[str, float], bool]:
+) -> tuple[dict[str, float], bool, str]:
     """Train one seed (with `resume="auto"`: on from its newest checkpoint, if it has one;
     a finished seed trains nothing more); return the test-split metrics of its best
-    checkpoint, and whether this is the main process (it alone writes the table)."""
+    checkpoint, whether this is the main process (it alone writes the table), and that
+    checkpoint."""
     from accelerate.utils import set_seed
 
     from . import build
@@ -189,7 +190,7 @@ def run_seed(
     trainer.close()
     prefix = f"{split}/"
     scores = {k[len(prefix) :]: float(v) for k, v in results.items() if k.startswith(prefix)}
-    return scores, trainer.is_main
+    return scores, trainer.is_main, str(ckpt)
 
 
 SETTING_ALONE = ("trainer.output_dir", "trainer.num_workers", "trainer.progress_bar",
@@ -337,7 +338,8 @@ def markdown(
     setting = "scaled-down CPU recipe (--small)" if small else "the recipe as configured"
     lines = [
         f"`{command}` — {name}, {seeds} seed(s), {setting}; best checkpoint (by validation) "
-        f"on the test split ({test_sequences} sequences).",
+        f"on the test split ({test_sequences} sequences); ± the seeds' sample standard "
+        "deviation (n − 1).",
         "",
     ]
     if differences:
@@ -359,9 +361,10 @@ def markdown(
 
 
 def _mean_std(row: dict[str, Any]) -> str:
-    """`mean ± std` at 4 significant digits (trailing zeros kept: 0.04800 beside 0.02159);
-    one seed has no spread: `± n/a`."""
-    spread = "n/a" if row["std"] is None else f"{row['std']:.2g}"
+    """`mean ± std` at 4 significant digits (trailing zeros kept: 0.04800 beside 0.02159),
+    the spread (the seeds' sample standard deviation, n − 1) at 3 (at 2, 1.0476 read as
+    "± 1"); one seed has no spread: `± n/a`."""
+    spread = "n/a" if row["std"] is None else f"{row['std']:.3g}"
     return f"{row['mean']:#.4g} ± {spread}"
 
 
@@ -422,7 +425,7 @@ def reproduce(
         _refuse_earlier_seeds(out, seeds)
     all_overrides = [*(small_overrides(out, digits) if small else []), *(overrides or [])]
     seeded = [run_seed(config, all_overrides, seed, out, resume) for seed in range(seeds)]
-    runs = [scores for scores, _ in seeded]
+    runs = [scores for scores, _, _ in seeded]
     cfg = load_config(config, all_overrides)
     test_index = read_index(build.split_dir(cfg, cfg.data.test_split))
     differences = openstl_differences(cfg, small, test_index, recipe=load_config(config))
@@ -439,6 +442,9 @@ def reproduce(
         "openstl_differences": differences,
         "table": table,
         "runs": runs,
+        # which seed each of `runs` is, and the checkpoint its scores are of (best by
+        # validation: seeds' steps differ)
+        "scored": [{"seed": seed, "checkpoint": ckpt} for seed, (_, _, ckpt) in enumerate(seeded)],
     }
     if seeded and not seeded[-1][1]:  # the table once, from the main process (every rank has it)
         return summary

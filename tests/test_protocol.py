@@ -607,6 +607,10 @@ def test_openstl_numbers_stand_beside_a_run_in_their_setting_only(tmp_path, monk
     assert "| MSE (frame sum, raw) | 24.50 ± n/a | 23.97 |" in markdown(
         "predrnn", one, 1, False, "c", 9000, []
     )
+    from stpdist.reproduce import _mean_std
+
+    # the spread at 3 digits (a reproducibility review read "31.48 ± 1" for a std of 1.0476)
+    assert _mean_std({"mean": 31.4838, "std": 1.0476}) == "31.48 ± 1.05"
 
 
 # ---------------------------------------------------------------------- LPIPS

@@ -68,6 +68,10 @@ def test_stopped_reproduce_resumes_and_extends_to_more_seeds(tmp_path, monkeypat
     assert _checkpoints(rep / "seed2") == ["step-00000008"]
     mse = three["table"]["MSE / pixel"]
     assert mse["values"] == [run["mse"] for run in three["runs"]]
+    # which seed each run is, and the checkpoint scored (a reproducibility review could
+    # tell them only from each seed's metrics.jsonl)
+    assert [entry["seed"] for entry in three["scored"]] == [0, 1, 2]
+    assert three["scored"][0]["checkpoint"].endswith("seed0/checkpoints/step-00000008")
     assert "3 seed(s)" in (rep / "reproduce.md").read_text()
 
 
