@@ -876,16 +876,38 @@ def _load_tensors(file: Path, module: EnhancedModule) -> int:
             f"model.init_weights: {file} holds tensor '{extra[0]}'{_more(extra)}, which "
             f"{model} does not have"
         )
+    shaped = [name for name, tensor in tensors.items() if tensor.shape != expected[name].shape]
+    if shaped:
+        name = shaped[0]
+        raise InputError(
+            f"model.init_weights: tensor '{name}' in {file} has shape "
+            f"{tuple(tensors[name].shape)}; the model's is {tuple(expected[name].shape)}"
+            f"{_more(shaped)}{_trained_frames(file, module)}"
+        )
     for name, tensor in tensors.items():
-        if tensor.shape != expected[name].shape:
-            raise InputError(
-                f"model.init_weights: tensor '{name}' in {file} has shape "
-                f"{tuple(tensor.shape)}; the model's is {tuple(expected[name].shape)}"
-            )
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise InputError(f"model.init_weights: tensor '{name}' in {file} holds NaN or Inf")
     module.load_state_dict(tensors)  # cast to the module's dtypes (float64 → float32)
     return len(tensors)
+
+
+def _trained_frames(file: Path, module: EnhancedModule) -> str:
+    """'; the weights were trained on frames …, this run's are …' where the folder of
+    `file` keeps its data's index and the frames differ (the likely cause of other shapes:
+    another frame size or channel count)."""
+    theirs, ours = file.parent / INDEX_FILE, getattr(module, "frame_shape", None)
+    if ours is None or not theirs.is_file():
+        return ""
+    with contextlib.suppress(OSError, ValueError, InputError):
+        shape = tuple(read_index(file.parent).shape[1:])
+        if shape != tuple(ours):
+            return (
+                f"; the weights were trained on frames C×H×W {'×'.join(map(str, shape))}, this "
+                f"run's are {'×'.join(map(str, ours))}: fine-tuning takes weights of the same "
+                "frames (ConvLSTM's peephole weights and a patched model's layers are sized by "
+                "them)"
+            )
+    return ""
 
 
 def _more(names: list[str]) -> str:

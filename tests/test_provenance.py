@@ -74,3 +74,12 @@ def test_a_fine_tuning_that_normalises_otherwise_says_so(tmp_path):
     same = checked("train", DEBUG, *short, f"model.init_weights={run}",
                    f"trainer.output_dir={tmp_path / 'same'}", cwd=tmp_path)  # fmt: skip
     assert "data.normalize" not in same.stderr
+    # frames of another size: every mismatched tensor counted, and the likely cause named
+    bigger = run_cli("train", DEBUG, *short, f"model.init_weights={run}",
+                     f"data.root={tmp_path / 'd48'}", f"data.synthesize.root={tmp_path / 'd48'}",
+                     "data.synthesize.image_size=48", f"trainer.output_dir={tmp_path / 'big'}",
+                     cwd=tmp_path)  # fmt: skip
+    assert bigger.returncode == 2
+    line = bigger.stderr.strip().splitlines()[-1]
+    assert "(and " in line and " more)" in line, line
+    assert "the weights were trained on frames C×H×W 1×32×32, this run's are 1×48×48" in line
