@@ -44,6 +44,7 @@ from .console import (
     error_line,
     interrupts_noted,
     launched_as_main,
+    say,
     sigterm_as_interrupt,
 )
 from .errors import InputError, MissingInput, OutputExists, alike, peer_lost
@@ -72,11 +73,18 @@ def _resolve_ckpt(trainer: Any, choice: str) -> Path:
         raise InputError("--ckpt is empty: expected best, last, a step (step-320) or a path")
     if choice not in ("best", "last") and path.exists():
         weights = any((path / name).is_file() for name in (STATE_FILE, MODEL_FILE))
+        if path.is_dir() and not weights and (path / "checkpoints").is_dir():
+            # a run folder, as model.init_weights, stpdist.load and export take it: its best
+            from .checkpoint import CheckpointManager
+
+            chosen = CheckpointManager(path / "checkpoints").choose("best")
+            say(f"--ckpt {choice}: a run folder; its best checkpoint, {chosen}")
+            return chosen
         if path.is_dir() and not weights and not is_sharded_checkpoint(path):
             raise InputError(
                 f"--ckpt {choice}: a folder that is neither a checkpoint nor a model folder "
-                f"(no {STATE_FILE} or {MODEL_FILE}); expected one of those, a .safetensors "
-                "file, or best, last or a step of the run's checkpoints"
+                f"(no {STATE_FILE} or {MODEL_FILE}); expected one of those, a run folder, a "
+                ".safetensors file, or best, last or a step of the run's checkpoints"
             )
         return verify(path)
     return trainer.checkpoints.choose(choice)
@@ -1554,7 +1562,8 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument(
             "--ckpt",
             default="best",
-            help="'best' (the default), 'last', a step (step-320) or a checkpoint path",
+            help="'best' (the default), 'last', a step (step-320), a checkpoint path, or another "
+            "run's folder (its best checkpoint)",
         )
         s.add_argument(
             "--split",

@@ -83,3 +83,9 @@ def test_a_fine_tuning_that_normalises_otherwise_says_so(tmp_path):
     line = bigger.stderr.strip().splitlines()[-1]
     assert "(and " in line and " more)" in line, line
     assert "the weights were trained on frames C×H×W 1×32×32, this run's are 1×48×48" in line
+    # validate --ckpt takes a run folder as init_weights, load and export do: its best
+    scored = checked("validate", DEBUG, "--ckpt", str(run),
+                     f"trainer.output_dir={tmp_path / 'eval'}", cwd=tmp_path)  # fmt: skip
+    assert f"--ckpt {run}: a run folder; its best checkpoint, {run / 'checkpoints'}" in (
+        scored.stdout
+    )
