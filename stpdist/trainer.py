@@ -72,6 +72,7 @@ from .config import (
     check_values,
     checked_section,
     section_with,
+    to_dict,
     to_yaml,
 )
 from .console import format_scalars, log, say
@@ -2514,7 +2515,7 @@ class Trainer:
             threads=torch.get_num_threads(),
             device=str(acc.device),
             mixed_precision=str(acc.mixed_precision),
-            config=dataclasses.asdict(self.run_config) if self.run_config is not None else None,
+            config=to_dict(self.run_config) if self.run_config is not None else None,
         )
         init = getattr(module, "stpdist_init_weights", None)
         if event == "start" and init is not None:

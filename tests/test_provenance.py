@@ -23,13 +23,17 @@ def _lines(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "provenance.jsonl").read_text().splitlines()]
 
 
-def test_a_run_records_its_command_versions_data_and_changed_settings(tmp_path):
+def test_a_run_records_its_command_versions_data_and_changed_settings(tmp_path, monkeypatch):
     short = ["trainer.max_steps=4", "trainer.max_epochs=1", "logging.num_samples=0"]
-    checked("train", DEBUG, *short, cwd=tmp_path)
+    monkeypatch.setenv("STPDIST_TEST_MAP", "cividis")  # a value from the environment
+    checked("train", DEBUG, *short, "logging.colormap=${oc.env:STPDIST_TEST_MAP}", cwd=tmp_path)
     run = tmp_path / "runs" / "debug"
+    text = (run / "provenance.jsonl").read_text()
+    assert "cividis" not in text  # kept as its interpolation, as config.yaml keeps it
     (start,) = _lines(run)
+    assert start["config"]["logging"]["colormap"] == "${oc.env:STPDIST_TEST_MAP}"
     assert start["event"] == "start" and start["step"] == 0
-    assert start["command"][-len(short) :] == short  # as given
+    assert start["command"][-len(short) - 1 : -1] == short  # as given
     assert start["torch"] == torch.__version__ and start["threads"] == torch.get_num_threads()
     assert start["world_size"] == 1 and start["config"]["trainer"]["max_steps"] == 4
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
@@ -43,7 +47,8 @@ def test_a_run_records_its_command_versions_data_and_changed_settings(tmp_path):
 
     # a resume with another setting: said, and recorded beside the config.yaml it rewrote
     done = checked("train", DEBUG, *short[1:], "trainer.max_steps=8", "trainer.grad_clip_norm=0.5",
-                   "--resume", "auto", cwd=tmp_path)  # fmt: skip
+                   "logging.colormap=${oc.env:STPDIST_TEST_MAP}", "--resume", "auto",
+                   cwd=tmp_path)  # fmt: skip
     assert "settings changed since the run's previous start: " in done.stdout
     assert "trainer.grad_clip_norm" in done.stdout and "trainer.max_steps 4 → 8" in done.stdout
     _, resumed = _lines(run)
