@@ -551,7 +551,7 @@ def test_openstl_numbers_stand_beside_a_run_in_their_setting_only(tmp_path, monk
     table = summarize("predrnn", runs, comparable=True)
     assert table["MSE (frame sum, raw)"]["openstl"] == 23.97
     md = markdown("predrnn", table, 2, False, "stpdist reproduce x", 9000, [])
-    assert "| MSE (frame sum, raw) | 25.00 ± 0.71 | 23.97 |" in md and "9000 sequences" in md
+    assert "| MSE (frame sum, raw) | 25.00 ± 0.707 | 23.97 |" in md and "9000 sequences" in md
     assert "OpenSTL picks its checkpoint on the test set" in md  # the caveats that remain
 
     assert openstl_differences(theirs, False, index((20, 3, 64, 64))) == [
@@ -569,7 +569,7 @@ def test_openstl_numbers_stand_beside_a_run_in_their_setting_only(tmp_path, monk
     table = summarize("predrnn", runs, comparable=False)
     assert table["MSE (frame sum, raw)"]["openstl"] is None
     md = markdown("predrnn", table, 2, False, "c", 9000, ["10→5 frames, not 10→10"])
-    assert "| MSE (frame sum, raw) | 25.00 ± 0.71 |" in md and "23.97" not in md
+    assert "| MSE (frame sum, raw) | 25.00 ± 0.707 |" in md and "23.97" not in md
     assert "this run differs: 10→5 frames, not 10→10." in md
 
     # trained otherwise than the recipe (OpenSTL's training): said, the column left out;
