@@ -1191,9 +1191,21 @@ class CheckpointManager:
 
 
 def _restore_rng(path: Path, accelerator: Any) -> None:
-    rng_file = Path(path) / f"rng-{accelerator.process_index}.pt"
+    rank = accelerator.process_index
+    rng_file = Path(path) / f"rng-{rank}.pt"
     if rng_file.is_file():
         _set_rng_state(_load(rng_file))
+        return
+    # a rank the checkpoint's run did not have (resumed on more ranks): a stream of its own
+    # from (seed, rank, step); it kept the state set_seed(seed) left, alike on every new rank
+    from accelerate.utils import set_seed
+
+    from .trainer import rank_seed
+
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        state = read_state(path)
+        seed = int((state.settings or {}).get("trainer.seed", 0))
+        set_seed(rank_seed(seed, rank, state.global_step))
 
 
 @contextlib.contextmanager

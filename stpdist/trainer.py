@@ -1229,14 +1229,16 @@ def _check_schedule_length(
     )
 
 
-def rank_seed(seed: int, rank: int) -> int:
+def rank_seed(seed: int, rank: int, *salt: int) -> int:
     """The seed of a rank's random draws (scheduled sampling's masks, dropout): `seed` on
     rank 0, as a one-process run; on rank r a number drawn from both, not `seed + r`: that
     is rank 0's of seed + r, and the runs of two seeds on several ranks shared masks (a
-    reproducibility review found seed 0's rank 1 drawing what seed 1's rank 0 drew)."""
-    if rank == 0:
+    reproducibility review found seed 0's rank 1 drawing what seed 1's rank 0 drew). `salt`
+    (a step): the stream of a rank a resumed run adds."""
+    if rank == 0 and not salt:
         return seed
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+    entropy = [abs(seed), int(seed < 0), rank, *salt]  # SeedSequence takes no negative
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 class Trainer:

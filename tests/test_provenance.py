@@ -94,3 +94,25 @@ def test_a_fine_tuning_that_normalises_otherwise_says_so(tmp_path):
     assert f"--ckpt {run}: a run folder; its best checkpoint, {run / 'checkpoints'}" in (
         scored.stdout
     )
+
+
+def test_ranks_a_resume_adds_draw_streams_of_their_own(tmp_path):
+    """A review resumed a 2-rank run on 4: ranks 2 and 3 had no RNG state in the checkpoint
+    and kept what set_seed(seed) left, drawing alike (the shared masks rank seeds avoid)."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import set_seed
+
+    from stpdist.checkpoint import _restore_rng
+
+    checked("train", DEBUG, "trainer.max_steps=2", "trainer.max_epochs=1",
+            "logging.num_samples=0", cwd=tmp_path)  # fmt: skip
+    ckpt = next((tmp_path / "runs" / "debug" / "checkpoints").glob("step-*"))
+    draws = []
+    for rank in (2, 3):
+        set_seed(0)
+        _restore_rng(ckpt, SimpleNamespace(process_index=rank))
+        draws.append(torch.rand(4))
+    set_seed(0)
+    assert not torch.equal(draws[0], draws[1])
+    assert not torch.equal(draws[0], torch.rand(4))
