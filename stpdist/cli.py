@@ -833,6 +833,7 @@ def cmd_shard(args: argparse.Namespace) -> None:
     if args.format == "merge":  # the parts' fill, which NaN is stored as again
         from .data.sources.merge import check_fill
 
+        source.check_out(args.out)
         fill = check_fill(source.nan_fill, args.allow_nan)
     indexes = convert(
         source,

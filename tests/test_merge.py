@@ -81,6 +81,8 @@ def test_merge_keeps_frame_times_and_counts_each_parts_series_frames(tmp_path):
     every = np.concatenate(frames).astype(np.float64)
     index = read_index(tmp_path / "ds" / "train")
     assert index.mean[0] == pytest.approx(every.mean(), rel=1e-9)  # 24 frames, each once
+    # the windows' settings the parts share are kept (the streams' notes on windows read them)
+    assert (index.args["num_frames"], index.args["stride"]) == (4, 2)
     assert index.std[0] == pytest.approx(every.std(), rel=1e-6)
     feb = [meta for key, (_, meta) in samples.items() if meta["times"][0].startswith("2020-02")]
     assert len(feb) == 5 and feb[0]["times"][:2] == ["2020-02-01T00:00", "2020-02-01T01:00"]
@@ -110,7 +112,13 @@ def test_merge_refuses_what_cannot_be_one_dataset_naming_the_parts(tmp_path):
         refused("ds_one/train", "ds_big")
     )
     assert "shard merge takes two or more datasets, got 1" in refused("ds_one")
-    assert "ds_one" in refused("ds_one", "ds_big", out="ds_one/inside")
+    assert "ds_one: given twice (as ds_one)" in refused("ds_one", "ds_one")
+    # inside a part: refused by itself (it passed, and the part then held a foreign folder)
+    _arrays(tmp_path / "three", "t", 3, {"train": 2})
+    assert _shard(tmp_path, "arrays", "three", "--out", "ds_three").returncode == 0
+    assert "--out ds_one/inside lies inside the part ds_one" in refused(
+        "ds_one", "ds_three", out="ds_one/inside"
+    )
     index = json.loads((tmp_path / "ds_one" / "train" / "index.json").read_text())
     assert index["source"] == "arrays"  # the parts untouched
 
@@ -135,3 +143,21 @@ def test_merge_stores_the_parts_fill_again_and_refuses_another(tmp_path):
     assert index.mean[0] * 50 == pytest.approx(np.nanmean(valid.astype(np.float64)), rel=1e-6)
     proc = _shard(tmp_path, "merge", "ds_a", "ds_b", "--out", "ds2", "--allow-nan", "0")
     assert proc.returncode == 2 and "--allow-nan 0: the parts store NaN as -10" in proc.stderr
+    # a part without NaN (converted without --allow-nan) beside them: merged
+    (tmp_path / "c" / "train").mkdir(parents=True)
+    np.save(tmp_path / "c" / "train" / "c.npy", np.full((5, 1, 4, 4), 20, np.float32))
+    _shard(tmp_path, "arrays", "c", "--out", "ds_c", "--value-scale", "50")
+    proc = _shard(tmp_path, "merge", "ds_a", "ds_c", "--out", "ds_ac")
+    assert proc.returncode == 0, proc.stderr
+    # a fill among real values (0 beside real zeros: radar's no rain) cannot be told from
+    # them when read back: refused (a review saw the merged mean 0.80 where the data's is 0.33)
+    for part in ("z1", "z2"):
+        (tmp_path / part / "train").mkdir(parents=True)
+        values = np.zeros((5, 1, 4, 4), np.float32)
+        values[0, 0, 0, 0], values[1, 0, 1, 1] = np.nan, 30
+        np.save(tmp_path / part / "train" / f"{part}.npy", values)
+        _shard(tmp_path, "arrays", part, "--out", f"ds_{part}", "--allow-nan", "0",
+               "--value-scale", "50")  # fmt: skip
+    proc = _shard(tmp_path, "merge", "ds_z1", "ds_z2", "--out", "ds_z")
+    assert proc.returncode == 2
+    assert "its values run from 0 to 30, and NaN was stored as 0 among them" in proc.stderr

@@ -73,6 +73,12 @@ class MergedDatasets:
                 f"shard merge takes two or more datasets, got {len(self.paths)}: the datasets "
                 "to merge, each a folder of split folders"
             )
+        resolved = [Path(p).resolve() for p in self.paths]
+        for number, path in enumerate(resolved):
+            if path in resolved[:number]:
+                raise InputError(
+                    f"{self.paths[number]}: given twice (as {self.paths[resolved.index(path)]})"
+                )
         for number, path in enumerate(self.paths):
             for folder in self._split_folders(Path(path)):
                 index = read_index(folder)
@@ -114,7 +120,8 @@ class MergedDatasets:
                             f"{getattr(first, name)}: the parts of a split must hold alike "
                             "samples"
                         )
-                fills.setdefault(index.args.get("nan_fill"), str(folder))
+                if index.args.get("nan_fill") is not None:  # a part without NaN needs none
+                    fills.setdefault(index.args["nan_fill"], str(folder))
                 scales.setdefault(index.value_scale, str(folder))
         if len(scales) > 1:
             (a, where_a), (b, where_b) = list(scales.items())[:2]
@@ -123,10 +130,31 @@ class MergedDatasets:
         if len(fills) > 1:
             (a, where_a), (b, where_b) = list(fills.items())[:2]
             raise InputError(
-                f"{where_b}: NaN stored as {b} (--allow-nan), and {where_a} as {a}: convert "
+                f"{where_b}: NaN stored as {b:g} (--allow-nan), and {where_a} as {a:g}: convert "
                 "the parts with one fill value"
             )
-        self.fill = next(iter(fills))
+        self.fill = next(iter(fills), None)
+        if self.fill is not None:
+            self._check_fill_apart()
+
+    def _check_fill_apart(self) -> None:
+        """The fill must lie outside every part's values (the index's range leaves filled
+        values out): only then are the filled values told from real ones again. A fill
+        such as 0 among real zeros (radar's no rain) would turn them missing: refused."""
+        assert self.fill is not None
+        for parts in self.indexes.values():
+            for _, folder, index in parts:
+                if not index.min or not index.max:
+                    continue
+                low = min(index.min) * index.value_scale
+                high = max(index.max) * index.value_scale
+                if low <= self.fill <= high:
+                    raise InputError(
+                        f"{folder}: its values run from {low:g} to {high:g}, and NaN was stored "
+                        f"as {self.fill:g} among them: a merge cannot tell the filled values from "
+                        "real ones (it reads samples back); convert the raw files of all the parts "
+                        "together, or each again with a fill outside the data (--allow-nan -999)"
+                    )
 
     def splits(self) -> dict[str, list[Any]]:
         self._read()
@@ -169,11 +197,35 @@ class MergedDatasets:
             return frames
         return np.where(filled, np.nan, frames).astype(frames.dtype)
 
+    def check_out(self, out: str | Path) -> None:
+        """An --out inside a part is refused: the part would hold a folder no conversion
+        wrote (its own later --overwrite is refused for it)."""
+        where = Path(out).resolve()
+        for path in self.paths:
+            if where != Path(path).resolve() and where.is_relative_to(Path(path).resolve()):
+                raise InputError(
+                    f"--out {out} lies inside the part {path}: name a folder outside it"
+                )
+
     def describe(self, item: tuple[int, str]) -> str:
         return item[1]
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What a worker needs to load samples: not the parts' indexes (pickled with every
+        item a worker is sent: thousands of shards made the merge slower the more it had)."""
+        return {**self.__dict__, "indexes": {}}
+
     def args(self) -> dict[str, Any]:
-        return {"paths": [str(Path(p)) for p in self.paths]}
+        """The parts, and the conversion settings every part's every split shares (a
+        series' `num_frames` and `stride`: the streams' notes on windows read them)."""
+        shared: dict[str, Any] | None = None
+        for parts in self.indexes.values():
+            for _, _, index in parts:
+                items = {k: v for k, v in index.args.items() if k not in ("split", "paths", "root")}
+                shared = items if shared is None else {
+                    k: v for k, v in shared.items() if items.get(k) == v
+                }  # fmt: skip
+        return {**(shared or {}), "paths": [str(Path(p)) for p in self.paths]}
 
 
 def check_fill(value: float | None, given: float | None) -> float | None:
