@@ -362,26 +362,43 @@ def test_what_a_code_review_of_the_tar_reading_found(tmp_path, monkeypatch):
 
 
 class _Shards:
-    """A local HTTP server of `root`'s files in a thread (as `python -m http.server`), whose
-    handler `stall_after` bytes of a file then sends nothing more (a hung server)."""
+    """A local HTTP server of `root`'s files in a thread (as `python -m http.server`). Each
+    request takes the next of `plan` (then "ok"): "ok" serves the file, "stall" its first
+    700 bytes then nothing (a hung server), "cut" its first 700 then closes, "503"/"404"
+    that status."""
 
-    def __init__(self, root: Path, port: int = 0, stall_after: int | None = None) -> None:
+    def __init__(self, root: Path, port: int = 0, plan: list[str] | None = None) -> None:
         import functools
         import http.server
         import threading
         import time
 
+        plan = list(plan or [])
+        self.requests = 0
+
         class Handler(http.server.SimpleHTTPRequestHandler):
             def log_message(self, *args) -> None:  # quiet
                 pass
 
-            def copyfile(self, source, outputfile) -> None:
-                if stall_after is None:
-                    return super().copyfile(source, outputfile)
-                outputfile.write(source.read(stall_after))
-                outputfile.flush()
-                time.sleep(8)  # then the rest, too late
+            def do_GET(self) -> None:
+                shards.requests += 1
+                what = plan.pop(0) if plan else "ok"
+                if what in ("503", "404"):
+                    self.send_error(int(what))
+                    return
+                self.what = what
+                super().do_GET()
 
+            def copyfile(self, source, outputfile) -> None:
+                if self.what == "ok":
+                    return super().copyfile(source, outputfile)
+                outputfile.write(source.read(700))
+                outputfile.flush()
+                if self.what == "stall":
+                    time.sleep(8)  # then the rest, too late
+                self.close_connection = True
+
+        shards = self
         handler = functools.partial(Handler, directory=str(root))
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.server.daemon_threads, self.server.block_on_close = True, False
@@ -399,7 +416,8 @@ def test_shards_over_http_retry_a_refused_connection_and_a_stalled_server_fails(
     """A review of training on a dataset bigger than RAM, streamed from a server: a server
     that stalled hung the training for ever without a word, and one restarting (a refused
     connection) ended it at once. curl now retries a refused connection (2 s apart) and gives
-    up on a download that sends nothing for `URL_STALL_S`, naming the shard and why."""
+    up on a download that sends nothing for `URL_STALL_S`, naming the shard and why; only a
+    download that failed before its first byte is tried again."""
     import socket
     import threading
     import time
@@ -433,20 +451,35 @@ def test_shards_over_http_retry_a_refused_connection_and_a_stalled_server_fails(
         starter.join()
         late[0].close()
 
-    # a server that stops sending mid-shard: a failure within the stall time, named
+    # a server that stops sending mid-shard: a failure within the stall time, named, not
+    # tried again (curl's own retry appended a second copy of the shard to the first's start)
     monkeypatch.setattr(shard_format, "URL_STALL_S", 1)
-    monkeypatch.setattr(shard_format, "URL_RETRY_S", 1)
     monkeypatch.setattr(shard_format, "URL_MIN_BYTES_S", 10**6)  # curl's window: seen at once
-    stalled = _Shards(tmp_path / "ds", stall_after=700)
-    began = time.monotonic()
+    for cut, status in (("stall", "status 28 (timed out: no connection in 30 s, or no data for 1 s)"),
+                        ("cut", "status 18")):  # fmt: skip
+        server = _Shards(tmp_path / "ds", plan=[cut])
+        began = time.monotonic()
+        try:
+            with pytest.raises(ShardFormatError) as raised:
+                read(server.port)
+        finally:
+            server.close()
+        assert time.monotonic() - began < 5 and server.requests == 1, cut
+        message = str(raised.value)
+        assert f"127.0.0.1:{server.port}/train/train-000000.tar" in message
+        assert f"curl exited with {status}" in message, message
+
+    # a 503 (an overloaded gateway) is tried again and read; a 404 fails at once, said
+    server = _Shards(tmp_path / "ds", plan=["503"])
     try:
-        with pytest.raises(ShardFormatError) as raised:
-            read(stalled.port)
+        assert read(server.port) == keys and server.requests == 3  # 503, then both shards
     finally:
-        stalled.close()
-    assert time.monotonic() - began < 5.5
-    message = str(raised.value)
-    assert f"127.0.0.1:{stalled.port}/train/train-000000.tar" in message
-    assert "curl exited with status 28 (timed out: no connection in 30 s, or no data for 1 s)" in (
-        message
-    ), message
+        server.close()
+    server = _Shards(tmp_path / "ds", plan=["404"])
+    try:
+        with pytest.raises(ShardFormatError, match=r"status 22 \(the server answered with an "
+                           r"HTTP error \(404: no such shard\?\)\)"):  # fmt: skip
+            read(server.port)
+        assert server.requests == 1
+    finally:
+        server.close()

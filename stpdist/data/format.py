@@ -1120,8 +1120,8 @@ last ~6 s, so a stall is seen that much later), naming the shard: a stalled serv
 half-open connection hung the training without a word, for ever."""
 URL_MIN_BYTES_S = 1
 URL_RETRY_S = 300
-"""How long curl retries a shard's download that cannot connect (a server restarting) or
-times out before it has sent anything, `URL_RETRY_DELAY_S` apart; then the read fails."""
+"""How long a shard's download that fails before its first byte (no connection: a server
+restarting; a timeout; a 5xx) is tried again, `URL_RETRY_DELAY_S` apart; then it fails."""
 URL_RETRY_DELAY_S = 2
 CURL_STATUS = {
     6: "cannot resolve the host",
@@ -1134,18 +1134,85 @@ CURL_STATUS = {
 """What curl's exit statuses mean, said beside them."""
 
 
+RETRIED_CURL = frozenset({7, 28, 52, 56})
+"""curl's statuses of a download that may go through when tried again (no connection, a
+timeout, an empty reply, a reset), retried only before its first byte; an HTTP error too
+when the server's status is 5xx (an overloaded gateway), never a 4xx (no such shard)."""
+
+
 def _curl(url: str) -> Any:
     """An HTTP(S) shard's stream through curl, run without a shell (as webdataset's `gopen`
-    runs it), retrying a refused connection (a server restarting), and failing when no data
-    comes for `URL_STALL_S` seconds (webdataset's waits for ever)."""
-    from webdataset.gopen import Pipe  # imports torch: only for a `url_template`'s URLs
+    runs it), failing when no data comes for `URL_STALL_S` seconds (webdataset's waited for
+    ever); a download that fails before its first byte is tried again (`_Download`)."""
+    return _Download(url)
 
-    command = ["curl", "--connect-timeout", "30", "--retry", "30",
-               "--retry-delay", str(URL_RETRY_DELAY_S),
-               "--retry-connrefused", "--retry-max-time", str(URL_RETRY_S),
-               "--speed-limit", str(URL_MIN_BYTES_S), "--speed-time", str(URL_STALL_S),
-               "-f", "-s", "-L", "--", url]  # fmt: skip
-    return Pipe(command, mode="rb", bufsize=8192, ignore_status=[141, 23])
+
+class _Download:
+    """curl's output as a stream. A download that fails before its first byte (a server
+    restarting, a 503) is started again, `URL_RETRY_DELAY_S` apart for `URL_RETRY_S`; one
+    that fails after it is not: a stream read on cannot be entered part-way (curl's own
+    retry appended a second copy of the shard to the first's start)."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.received = url, 0
+        self.deadline = time.monotonic() + URL_RETRY_S
+        self.pipe = self._open()
+
+    def _open(self) -> Any:
+        import subprocess
+
+        from webdataset.gopen import Pipe  # imports torch: only for a `url_template`'s URLs
+
+        command = ["curl", "--connect-timeout", "30",
+                   "--speed-limit", str(URL_MIN_BYTES_S), "--speed-time", str(URL_STALL_S),
+                   "-f", "-s", "-L", "-w", "%{stderr}%{http_code}", "--", self.url]  # fmt: skip
+        try:
+            return Pipe(command, mode="rb", bufsize=8192, ignore_status=[141, 23],
+                        stderr=subprocess.PIPE)  # fmt: skip
+        except FileNotFoundError:
+            raise OSError(f"curl is needed to read {self.url.split(':', 1)[0]} shards and is not "
+                          "installed (apt install curl)") from None  # fmt: skip
+
+    def read(self, *args: Any) -> bytes:
+        while True:
+            try:
+                data = self.pipe.read(*args)
+            except OSError:
+                if self._again():
+                    continue
+                raise
+            if not data and self._again():
+                continue
+            self.received += len(data)
+            return data
+
+    def _again(self) -> bool:
+        """Whether the download was started again: it failed before its first byte, in a
+        way worth another try, with time left."""
+        if self.received:
+            return False
+        status = self.pipe.proc.wait()
+        code = self.pipe.proc.stderr.read().decode(errors="replace").strip()[-3:]
+        worth = status in RETRIED_CURL or (status == 22 and code.startswith("5"))
+        if not worth or time.monotonic() + URL_RETRY_DELAY_S > self.deadline:
+            return False
+        self.pipe.proc.stdout.close()
+        time.sleep(URL_RETRY_DELAY_S)
+        self.pipe = self._open()
+        return True
+
+    @property
+    def status(self) -> Any:
+        return self.pipe.status
+
+    @property
+    def proc(self) -> Any:
+        return self.pipe.proc
+
+    def close(self) -> None:
+        self.pipe.close()
+        if self.pipe.proc.stderr is not None:
+            self.pipe.proc.stderr.close()
 
 
 def _open_shard(url: str | os.PathLike, where: str) -> Any:
