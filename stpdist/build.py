@@ -764,10 +764,9 @@ def init_weights(
         f"initialised the model from {file} ({count} tensors); optimizer, schedule, step and "
         "data order start fresh"
     )
-    from .provenance import file_sha256
-
     # which weights these were (a run folder's best moves on): the run's provenance.jsonl
-    module.stpdist_init_weights = {"path": str(file.absolute()), "sha256": file_sha256(file)}
+    # records them, hashed by the main process alone
+    module.stpdist_init_weights = str(file.absolute())
     return file
 
 

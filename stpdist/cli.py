@@ -958,12 +958,14 @@ def _describe_split(folder: Path, index: Any) -> None:
 
 
 def _verified(folder: Path, damaged: list[str]) -> bool:
-    """`inspect --verify` of one split: its line, or its damage kept in `damaged`."""
+    """`inspect --verify` of one split: its line, or its damage kept in `damaged` (a shard
+    that is no file, or that cannot be read, too: the damage of the splits before it was
+    dropped)."""
     from .data.format import ShardFormatError
 
     try:
         print(f"  verified: {verify_split(folder)}")
-    except ShardFormatError as exc:
+    except (ShardFormatError, InputError, OSError) as exc:
         print(f"  damaged: see the error below ({str(exc).splitlines()[0]})")
         damaged.append(str(exc))
         return False
@@ -1994,10 +1996,17 @@ def _pipe_closed() -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parsed(argv)
     from . import provenance
-    from .runlock import RunLockedError
 
     # the command a run records (main may be called from Python, whose sys.argv is other)
     provenance.COMMAND = ["stpdist", *(sys.argv[1:] if argv is None else argv)]
+    try:
+        return _main(args)
+    finally:
+        provenance.COMMAND = None  # a Trainer's later fit in this program is no such command
+
+
+def _main(args: argparse.Namespace) -> int:
+    from .runlock import RunLockedError
 
     if args.command in ONE_PROCESS and _several_ranks() and not launched_as_main():
         return 0  # the main process does it; a second rank would write the same files

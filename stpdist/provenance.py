@@ -24,7 +24,8 @@ from typing import Any
 
 PROVENANCE_FILE = "provenance.jsonl"
 COMMAND: list[str] | None = None
-"""The `stpdist` command line being run (set by `cli.main`); else `sys.argv` is recorded."""
+"""The `stpdist` command line being run (set by `cli.main`); else the program's own path
+(`sys.argv[0]`) alone: a program's arguments are its own (a token among them)."""
 HEX_SHA = re.compile(r"[0-9a-f]{40}")
 
 
@@ -133,10 +134,16 @@ def record(output_dir: str | Path, entry: dict[str, Any]) -> list[str]:
     line = {
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **entry,
-        "command": list(COMMAND) if COMMAND is not None else list(sys.argv),
+        "command": list(COMMAND) if COMMAND is not None else sys.argv[:1],
         **environment(),
         **({"changed": changed} if changed else {}),
     }
-    with open(path, "a") as f:
-        f.write(json.dumps(line, default=str) + "\n")
+    with open(path, "a+b") as f:
+        f.seek(0, 2)
+        if f.tell():  # a line a kill cut short is ended first, not joined to this one
+            f.seek(-1, 2)
+            ended = f.read(1) == b"\n"
+            if not ended:
+                f.write(b"\n")
+        f.write((json.dumps(line, default=str) + "\n").encode())
     return changed

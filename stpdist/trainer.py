@@ -2517,11 +2517,14 @@ class Trainer:
             threads=torch.get_num_threads(),
             device=str(acc.device),
             mixed_precision=str(acc.mixed_precision),
-            config=to_dict(self.run_config) if self.run_config is not None else None,
+            # a Trainer of keywords (the Python API) has no run config: its own settings
+            config=to_dict(self.run_config)
+            if self.run_config is not None
+            else {"trainer": dataclasses.asdict(self.config)},
         )
         init = getattr(module, "stpdist_init_weights", None)
-        if event == "start" and init is not None:
-            entry["init_weights"] = init
+        if event == "start" and init is not None and Path(init).is_file():
+            entry["init_weights"] = {"path": init, "sha256": file_sha256(init)}
         index = Path(getattr(train, "folder", "") or "") / "index.json"
         if getattr(train, "folder", None) is not None and index.is_file():
             entry["train_data"] = {"index": str(index.absolute()), "sha256": file_sha256(index)}

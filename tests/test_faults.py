@@ -1095,6 +1095,13 @@ def test_inspect_verify_names_every_damaged_shard_of_every_split_in_one_run(tmp_
     for name in ("train-000000.tar", "train-000002.tar", "val-000001.tar"):
         assert f"{name}: its bytes are not those written" in proc.stderr, (name, proc.stderr)
     assert "train-000001.tar" not in proc.stderr and proc.stdout.count("  damaged: ") == 2
+    # a shard that is no file (a folder in its place) is said beside the others' damage,
+    # which it dropped (an InputError, not a shard's format error)
+    (tmp_path / "ds" / "val" / "val-000002.tar").unlink()
+    (tmp_path / "ds" / "val" / "val-000002.tar").mkdir()
+    proc = run_cli("inspect", "ds", "--verify", "--samples", "0", cwd=tmp_path)
+    assert proc.returncode == 2 and "2 damaged shards of 3:" in proc.stderr
+    assert "val-000002.tar" in proc.stderr.splitlines()[-1] and "train-000002.tar" in proc.stderr
 
 
 def test_a_step_saved_again_and_killed_between_its_renames_is_put_back(tmp_path, monkeypatch):

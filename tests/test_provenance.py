@@ -116,3 +116,30 @@ def test_ranks_a_resume_adds_draw_streams_of_their_own(tmp_path):
     set_seed(0)
     assert not torch.equal(draws[0], draws[1])
     assert not torch.equal(draws[0], torch.rand(4))
+
+
+def test_the_python_api_records_its_settings_and_a_cut_line_is_ended(tmp_path):
+    """A diff review: a Trainer of keywords recorded no settings and the program's whole
+    command line (a token among its arguments); a line a kill cut short swallowed the next;
+    after `cli.main` in a program, a later fit recorded that stpdist command."""
+    import sys
+
+    from helpers import TinyModule, loader
+
+    from stpdist import Trainer, provenance
+
+    run_cli("inspect", "nowhere", cwd=tmp_path)  # cli.main, then a program's own fit
+    assert provenance.COMMAND is None
+    Trainer(output_dir=tmp_path / "api", max_steps=2, seed=3, progress_bar=False).fit(
+        TinyModule(), loader(shuffle=False)
+    )
+    (line,) = _lines(tmp_path / "api")
+    assert line["config"]["trainer"]["seed"] == 3 and line["command"] == sys.argv[:1]
+    with open(tmp_path / "api" / "provenance.jsonl", "a") as f:
+        f.write('{"event": "start", "cut sh')  # a kill mid-line
+    Trainer(output_dir=tmp_path / "api", max_steps=4, seed=3, progress_bar=False).fit(
+        TinyModule(), loader(shuffle=False), resume="auto"
+    )
+    lines = (tmp_path / "api" / "provenance.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[2])["event"] == "resume"
+    assert "trainer.max_steps 2 → 4" in json.loads(lines[2])["changed"]
