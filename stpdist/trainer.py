@@ -2520,7 +2520,9 @@ class Trainer:
             # a Trainer of keywords (the Python API) has no run config: its own settings
             config=to_dict(self.run_config)
             if self.run_config is not None
-            else {"trainer": dataclasses.asdict(self.config)},
+            else {"trainer": dataclasses.asdict(self.config)}
+            if dataclasses.is_dataclass(self.config)
+            else None,
         )
         init = getattr(module, "stpdist_init_weights", None)
         if event == "start" and init is not None and Path(init).is_file():
