@@ -9,7 +9,9 @@ frames and their metadata, frame times included) and written again with the chec
 statistics of every conversion, so the merged split's mean, std, range and climatology
 are those of all its samples, exactly. What the parts must share, per split: the frame
 shape and dtype, the value scale, the variables and the grid, and the NaN fill value
-(`--allow-nan`) they were converted with; any difference is refused naming both parts.
+(`--allow-nan`) those with NaN were converted with, which must lie outside every part's
+values (a fill among real values cannot be told from them once stored); any difference is
+refused naming both parts.
 A key must be unique in a split across parts (one in two parts is refused naming both:
 two months of files named alike need other names, e.g. converted from folders named by
 month). Windows of a time series count each frame once in the statistics within a part;
