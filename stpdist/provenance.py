@@ -138,6 +138,7 @@ def record(output_dir: str | Path, entry: dict[str, Any]) -> list[str]:
         **environment(),
         **({"changed": changed} if changed else {}),
     }
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as f:
         f.seek(0, 2)
         if f.tell():  # a line a kill cut short is ended first, not joined to this one
