@@ -9,6 +9,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from . import plugins
 from .checkpoint import MODEL_FILE, CheckpointManager, describing_config
@@ -754,8 +755,9 @@ def init_weights(
     with reading_chosen(choose, again=(Path(source) / "checkpoints").is_dir()):
         file, config_file = chosen[0]
         if config_file is not None:
-            _check_same_architecture(cfg, config_file)
-            _say_other_normalisation(cfg, config_file, file.parent)
+            theirs = _trained_config(config_file)
+            _check_same_architecture(cfg, config_file, theirs.get("model") or {})
+            _say_other_normalisation(cfg, theirs, file.parent)
         count = _load_tensors(file, module)
         if Path(source).is_dir() and has_average(file.parent):
             # a checkpoint trained with trainer.ema: its average is the model, as for `load`
@@ -792,19 +794,26 @@ def _init_source(path: Path) -> tuple[Path, Path | None]:
     return folder / MODEL_FILE, describing_config(folder)
 
 
-def _check_same_architecture(cfg: Config, config_file: Path) -> None:
-    """Refuse weights whose config names another backbone, other backbone arguments or
-    another patch size than `cfg`, naming the first key that differs."""
+def _trained_config(config_file: Path) -> dict[str, Any]:
+    """The config.yaml that trained `model.init_weights`'s weights, read as data (the
+    folder's model.name is never imported); unreadable, an InputError naming it."""
     from omegaconf import OmegaConf
 
-    from .config import architecture_difference
-
-    try:  # read as data: the folder's model.name is never imported
-        theirs = OmegaConf.to_container(OmegaConf.load(config_file)).get("model") or {}
-        if not isinstance(theirs, dict):
+    try:
+        theirs = OmegaConf.to_container(OmegaConf.load(config_file))
+        if not isinstance(theirs, dict) or not isinstance(theirs.get("model") or {}, dict):
             raise ValueError("'model' is not a mapping")
     except Exception as exc:  # YAML errors come in several types
         raise InputError(f"model.init_weights: unreadable {config_file} ({exc})") from None
+    return theirs
+
+
+def _check_same_architecture(cfg: Config, config_file: Path, theirs: dict[str, Any]) -> None:
+    """Refuse weights whose config (`theirs`, the `model` section of `config_file`) names
+    another backbone, other backbone arguments or another patch size than `cfg`, naming
+    the first key that differs."""
+    from .config import architecture_difference
+
     differing = architecture_difference(cfg.model, theirs)
     if differing:
         key, other_value, value = differing
@@ -814,23 +823,19 @@ def _check_same_architecture(cfg: Config, config_file: Path) -> None:
         )
 
 
-def _say_other_normalisation(cfg: Config, config_file: Path, folder: Path) -> None:
-    """A fine-tuning whose inputs are normalised otherwise than the weights' were: another
-    `data.normalize` (a warning: `validate` refuses it), or the same statistics mode on data
-    of other statistics (said: each run normalises by its own training data's)."""
-    from omegaconf import OmegaConf
-
-    try:  # read as data
-        theirs = OmegaConf.to_container(OmegaConf.load(config_file)).get("data") or {}
-        mode = theirs.get("normalize", "scale") if isinstance(theirs, dict) else "scale"
-    except Exception:  # unreadable: the architecture check said so already
-        return
+def _say_other_normalisation(cfg: Config, theirs: dict[str, Any], folder: Path) -> None:
+    """A fine-tuning whose inputs are normalised otherwise than the weights' were (`theirs`:
+    the config.yaml that trained them): another `data.normalize` (a warning: `validate`
+    refuses it), or the same statistics mode on data of other statistics (said: each run
+    normalises by its own training data's)."""
+    data = theirs.get("data")
+    mode = data.get("normalize", "scale") if isinstance(data, dict) else "scale"
     if mode != cfg.data.normalize:
         warn_main(
             "model.init_weights: the weights were trained with data.normalize %r (%s), this "
             "run normalises its inputs by %r: they see values of another range than they "
             "learnt from (set data.normalize: %s to keep theirs)",
-            mode, config_file, cfg.data.normalize, mode,
+            mode, folder, cfg.data.normalize, mode,
         )  # fmt: skip
         return
     if mode not in STATISTICS_MODES or not (folder / INDEX_FILE).is_file():

@@ -156,12 +156,11 @@ def count_video_frames(path: Path) -> int:
         raise InputError(f"{path}: not a readable video ({_why(exc)})") from None
 
 
-def _upright(frame_HWC: np.ndarray, decoded: Any) -> np.ndarray:
+def _upright(frame_HWC: np.ndarray, degrees: int) -> np.ndarray:
     """A video frame turned as players show it, by the rotation of its display matrix
     (phones store portrait video as landscape frames with a rotation of ±90°): stored as
     it was, portrait clips lay on their side. Quarter turns only; mirroring is not read."""
-    degrees = getattr(decoded, "rotation", 0) or 0  # counter-clockwise; PyAV < 14 has none
-    turns = round(degrees / 90) % 4
+    turns = round(degrees / 90) % 4  # `degrees` counter-clockwise
     return np.ascontiguousarray(np.rot90(frame_HWC, turns)) if turns else frame_HWC
 
 
@@ -606,10 +605,10 @@ class VideoSequences(_FrameSequences):
                 for decoded, frame in enumerate(container.decode(video=0), start=1):
                     if (decoded - 1) % self.every:
                         continue
-                    frame_HWC = _upright(frame.to_ndarray(format=colour), frame)
+                    turned = getattr(frame, "rotation", 0) or 0  # PyAV < 14 has none
+                    frame_HWC = _upright(frame.to_ndarray(format=colour), turned)
                     if first_only:
                         return [frame_HWC], decoded
-                    turned = getattr(frame, "rotation", 0) or 0
                     where = f"{path} (turned {turned}° by its display rotation)" if turned else path
                     kept.append(self._fit(frame_HWC, where))
         except InputError:

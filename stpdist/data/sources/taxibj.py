@@ -194,20 +194,6 @@ class TaxiBJ:
         units = f"flow per {self.slot_minutes} min"
         return [{"name": name, "units": units} for name in CHANNELS]
 
-    def check_index(self, index: Any) -> None:
-        """Flows are counts, 0 to TaxiBJ's largest (1 292): values outside that, scaled by
-        it, are another dataset's (or damaged), and training would refuse them far from
-        here."""
-        if not index.min or not index.max:
-            return
-        low, high = min(index.min) * SCALE, max(index.max) * SCALE
-        if low < 0 or high > SCALE:
-            raise InputError(
-                f"{', '.join(self.paths)}: {index.split} flows span {low:g}…{high:g}, outside "
-                f"TaxiBJ's 0…{SCALE:g}: not TaxiBJ's flows (convert other grids with "
-                "stpdist shard arrays, which takes a --value-scale)"
-            )
-
     def windows(self, dates: list[datetime]) -> list[int]:
         """Start indexes of windows of consecutive slots."""
         starts = []
