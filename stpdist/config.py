@@ -268,6 +268,15 @@ class TrainerConfig:
     steps are slower, later ones may be faster, and two runs may pick different algorithms
     (results differ in the last bits). None: torch's setting (off unless set). On a CPU:
     accepted, not applicable."""
+    deterministic: bool = False
+    """Deterministic kernels while this Trainer is open (`torch.use_deterministic_algorithms`
+    and `torch.backends.cudnn.deterministic`; on CUDA `CUBLAS_WORKSPACE_CONFIG=:4096:8` when
+    unset): on a GPU the same seed and settings then train the same weights run after run,
+    at some cost in speed; an op that has no deterministic kernel stops the run with an
+    error naming it. Refused with `cudnn_benchmark: true` (it picks kernels by timing them).
+    Torch's own settings again once the last Trainer that set it closes. On a CPU the
+    kernels stpdist's models use are deterministic already (same seed, threads, workers and
+    ranks: bitwise-identical weights); the setting holds there too."""
     channels_last: bool = False
     """Store the model's 2-D convolution weights channels-last before training
     (`stpdist.module.to_channels_last`): the convolutions then write channels-last

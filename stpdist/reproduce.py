@@ -198,7 +198,7 @@ SETTING_ALONE = ("trainer.output_dir", "trainer.num_workers", "trainer.progress_
                  "trainer.checkpoint.every_", "logging.", "data.root", "data.url_template",
                  "data.synthesize.root", "data.synthesize.digits", "trainer.keep_global_batch",
                  "trainer.compile", "trainer.cuda_graphs", "trainer.cudnn_benchmark",
-                 "trainer.channels_last", "trainer.num_threads",
+                 "trainer.deterministic", "trainer.channels_last", "trainer.num_threads",
                  "trainer.activation_checkpointing", "model.fused_kernels",
                  "trainer.dist_timeout_s")  # fmt: skip
 """Keys whose values leave the trained model and its scores as they are (where the data

@@ -1322,8 +1322,17 @@ class Trainer:
         self._nothing_left = False  # a resume at or past the config's end
         self._data_layout = LAYOUT  # the epoch layout of the current fit's run (`_fit`)
         self._held_window: tuple | None = None  # see _log_window
+        if self.config.deterministic and self.config.cudnn_benchmark:
+            raise ConfigError(
+                "trainer.deterministic and trainer.cudnn_benchmark are both set: the "
+                "algorithm search picks kernels by timing them, so two runs may differ; "
+                "drop one of them"
+            )
         self._cudnn_release = hold_cudnn_benchmark(
             self, self.config.cudnn_benchmark, self.accelerator.device
+        )
+        self._deterministic_release = hold_deterministic(
+            self, self.config.deterministic, self.accelerator.device
         )
         self._inner_optimizer: Any = None  # see _direct
         on_cpu = self.accelerator.device.type == "cpu"
@@ -1383,8 +1392,9 @@ class Trainer:
             return
         self._closed = True
         _OPEN_TRAINERS.discard(self)
-        if getattr(self, "_cudnn_release", None) is not None:
-            self._cudnn_release()
+        for release in ("_cudnn_release", "_deterministic_release"):
+            if getattr(self, release, None) is not None:
+                getattr(self, release)()
         held, self._choice_lease = getattr(self, "_choice_lease", None), None
         if held is not None:  # a checkpoint chosen (`choose_checkpoint`) and never read
             held.close()
@@ -3148,11 +3158,40 @@ def _is_terminal(stream: Any) -> bool:
     return bool(isatty and isatty())
 
 
-_CUDNN_HELD: dict[int, bool] = {}
-"""`trainer.cudnn_benchmark` of each open Trainer that set it, in the order they opened."""
-_CUDNN_BEFORE: list[bool] = []
-"""torch's setting before the first of them set it."""
-_CUDNN_TOKENS = itertools.count()
+class _HeldSetting:
+    """A process-wide torch setting that open Trainers hold: the value of the latest open
+    holder, and what it was before the first of them again once the last lets go."""
+
+    def __init__(self, read: Callable[[], Any], write: Callable[[Any], None]) -> None:
+        self.read, self.write = read, write
+        self.held: dict[int, Any] = {}  # token → value, in the order the holders opened
+        self.before: Any = None
+
+    def hold(self, owner: object, value: Any) -> Any:
+        """Set `value` while `owner` holds it; returns the release (call it at close; it
+        also runs when `owner` is collected or the process exits)."""
+        if not self.held:
+            self.before = self.read()
+        token = next(_HELD_TOKENS)
+        self.held[token] = value
+        self.write(value)
+        return weakref.finalize(owner, self._release, token)
+
+    def _release(self, token: int) -> None:
+        if token not in self.held:
+            return
+        del self.held[token]
+        self.write(list(self.held.values())[-1] if self.held else self.before)
+
+
+_HELD_TOKENS = itertools.count()
+
+
+def _set_cudnn_benchmark(value: bool) -> None:
+    torch.backends.cudnn.benchmark = value
+
+
+_CUDNN_BENCHMARK = _HeldSetting(lambda: torch.backends.cudnn.benchmark, _set_cudnn_benchmark)
 
 
 def hold_cudnn_benchmark(owner: object, value: bool | None, device: torch.device) -> Any:
@@ -3165,21 +3204,49 @@ def hold_cudnn_benchmark(owner: object, value: bool | None, device: torch.device
     if device.type != "cuda":
         say(f"trainer.cudnn_benchmark: not applicable on {device.type} (cuDNN runs on CUDA)")
         return None
-    if not _CUDNN_HELD:
-        _CUDNN_BEFORE[:] = [torch.backends.cudnn.benchmark]
-    token = next(_CUDNN_TOKENS)
-    _CUDNN_HELD[token] = bool(value)
-    torch.backends.cudnn.benchmark = bool(value)
-    return weakref.finalize(owner, _release_cudnn_benchmark, token)
+    return _CUDNN_BENCHMARK.hold(owner, bool(value))
 
 
-def _release_cudnn_benchmark(token: int) -> None:
-    if _CUDNN_HELD.pop(token, None) is None:
-        return
-    if _CUDNN_HELD:
-        torch.backends.cudnn.benchmark = list(_CUDNN_HELD.values())[-1]
-    else:
-        torch.backends.cudnn.benchmark = _CUDNN_BEFORE[0]
+CUBLAS_WORKSPACE = ":4096:8"
+"""`CUBLAS_WORKSPACE_CONFIG` for deterministic cuBLAS (CUDA 10.2 and later; NVIDIA's
+cuBLAS documentation, "Results reproducibility")."""
+
+
+def _deterministic_state() -> tuple[bool, bool, bool]:
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+    )
+
+
+def _set_deterministic(state: tuple[bool, bool, bool]) -> None:
+    enabled, warn_only, cudnn = state
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    torch.backends.cudnn.deterministic = cudnn
+
+
+_DETERMINISTIC = _HeldSetting(_deterministic_state, _set_deterministic)
+
+
+def hold_deterministic(owner: object, value: bool, device: torch.device) -> Any:
+    """`trainer.deterministic`: `torch.use_deterministic_algorithms(True)` and
+    `torch.backends.cudnn.deterministic` while `owner` (a Trainer) holds them, and on CUDA
+    `CUBLAS_WORKSPACE_CONFIG` set when unset (cuBLAS reads it as it starts; it stays for the
+    process). Returns the release, None when nothing was set (see `hold_cudnn_benchmark`)."""
+    if not value:
+        return None
+    if device.type == "cuda":
+        workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+        if workspace is None:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+        elif workspace not in (":4096:8", ":16:8"):
+            raise ConfigError(
+                f"trainer.deterministic: CUBLAS_WORKSPACE_CONFIG is {workspace!r}, with which "
+                "cuBLAS is not deterministic: unset it (stpdist then sets :4096:8) or set "
+                ":4096:8 or :16:8"
+            )
+    return _DETERMINISTIC.hold(owner, (True, False, True))
 
 
 def _fast_bf16_cpu() -> bool:

@@ -8,6 +8,7 @@ value without refreshing it would train differently: the last test shows it does
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -269,11 +270,89 @@ def test_cudnn_benchmark_is_the_latest_open_holders_and_torchs_own_after_the_las
         torch.backends.cudnn.benchmark = before
 
 
+class _DeterminismSeen(_BenchmarkSeen):
+    def training_step(self, inputs, targets):
+        self.seen.append(
+            (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
+        )
+        return _Convolutional.training_step(self, inputs, targets)
+
+
+def test_deterministic_holds_while_the_trainer_is_open_and_goes_back_at_close(tmp_path):
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
+    assert before == (False, False)  # torch's defaults: what the run must give back
+    trainer = Trainer(
+        output_dir=tmp_path / "det", max_epochs=1, progress_bar=False, deterministic=True,
+        checkpoint=CheckpointConfig(every_epoch=False),
+    )  # fmt: skip
+    module = _DeterminismSeen()
+    try:
+        trainer.fit(module, _data())
+    finally:
+        trainer.close()
+    assert module.seen and all(seen == (True, True) for seen in module.seen)
+    after = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
+    assert after == before
+
+
+def test_deterministic_with_cudnn_benchmark_is_refused_at_start(tmp_path):
+    with pytest.raises(ConfigError, match="trainer.deterministic and trainer.cudnn_benchmark"):
+        Trainer(output_dir=tmp_path / "r", max_epochs=1, deterministic=True, cudnn_benchmark=True)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_deterministic_sets_cublas_workspace_on_cuda_and_refuses_one_that_is_not(monkeypatch):
+    """On a CUDA device (the setting alone, as above): CUBLAS_WORKSPACE_CONFIG set when unset,
+    kept when deterministic, refused naming the value otherwise."""
+    from stpdist.trainer import hold_deterministic
+
+    class Owner:
+        pass
+
+    cuda = torch.device("cuda")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert hold_deterministic(Owner(), False, cuda) is None
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    owner = Owner()
+    release = hold_deterministic(owner, True, cuda)
+    try:
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        release()
+    assert not torch.are_deterministic_algorithms_enabled()
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    hold_deterministic(owner, True, cuda)()
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
+    with pytest.raises(ConfigError, match="CUBLAS_WORKSPACE_CONFIG is ':0:0'"):
+        hold_deterministic(owner, True, cuda)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("value", [True, False])
 def test_cudnn_benchmark_holds_while_the_trainer_is_open_on_a_gpu(tmp_path, value):
     seen, after = _benchmark_run(tmp_path, value)
     assert seen and all(s is value for s in seen) and after is False
+
+
+@pytest.mark.gpu
+def test_deterministic_trains_the_same_weights_twice_on_a_gpu(tmp_path):
+    def weights(name: str) -> dict[str, torch.Tensor]:
+        trainer = Trainer(
+            output_dir=tmp_path / name, max_epochs=2, progress_bar=False, deterministic=True,
+            seed=3, checkpoint=CheckpointConfig(every_epoch=False),
+        )  # fmt: skip
+        module = _Convolutional()
+        try:
+            trainer.fit(module, _data())
+        finally:
+            trainer.close()
+        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+    first, second = weights("a"), weights("b")
+    assert all(torch.equal(first[k], second[k]) for k in first)
 
 
 # --------------------------------------------- what a graph would replay as captured
