@@ -717,10 +717,16 @@ def _shared_staging(
 
 
 def _forecast_shards(folder: Path, args: argparse.Namespace, module: Any) -> None:
-    """The forecasts in `folder` also as a shard split, `folder/shards/forecast`."""
+    """The forecasts in `folder` also as a shard split, `folder/shards/forecast`; a
+    forecast of a time series keeps its frames' valid times (the sample's `times`, as the
+    converters write them) and the time it was made from (`reference_time`)."""
     from .data.format import SplitWriter
-    from .trainer import iter_predictions
+    from .trainer import iter_predictions, load_predictions
 
+    times: dict[str, np.ndarray] = {}
+    with contextlib.suppress(KeyError):  # no times: not a time series
+        times = load_predictions(folder, "valid_times")
+        made_from = load_predictions(folder, "reference_times")
     with SplitWriter(
         folder / "shards" / "forecast",
         "forecast",
@@ -728,7 +734,16 @@ def _forecast_shards(folder: Path, args: argparse.Namespace, module: Any) -> Non
         source=f"stpdist forecast of {args.inputs} with {module.model_folder}",
     ) as writer:
         for key, frames in iter_predictions(folder):  # a file's predictions at a time
-            writer.write(key, frames.astype(np.float32), {"forecast_of": key})
+            meta: dict[str, Any] = {"forecast_of": key}
+            if key in times and not np.isnat(times[key]).all():
+                meta["times"] = [_iso(t) for t in times[key]]
+                meta["reference_time"] = _iso(made_from[key])
+            writer.write(key, frames.astype(np.float32), meta)
+
+
+def _iso(time: np.datetime64) -> str | None:
+    """A datetime64 as the ISO text the converters store; NaT as None."""
+    return None if np.isnat(time) else str(time.astype("datetime64[s]"))
 
 
 def cmd_export(args: argparse.Namespace) -> None:

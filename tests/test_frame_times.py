@@ -153,3 +153,43 @@ def test_an_inputs_only_split_keeps_the_times_of_the_frames_it_keeps(tmp_path):
         assert got["reference_times"][0] == first + 2 * hour
         np.testing.assert_array_equal(got["valid_times"][0], [first + 3 * hour, first + 4 * hour])
         assert first in minutes
+
+
+def test_forecast_shards_keep_the_valid_times_of_a_time_series(tmp_path):
+    """A deployment review: `forecast --shards` wrote each forecast with `{"forecast_of":
+    key}` alone, so the split read back as a dataset had lost its valid times."""
+    import argparse
+
+    from stpdist.cli import _forecast_shards
+
+    hourly_series(tmp_path)
+    _convert(tmp_path, 3, "--time-key", "time", "--inputs-only", "3")
+    inputs = ShardEvalStream(tmp_path / "ds" / "train", batch_size=4, num_input_frames=3,
+                             num_output_frames=0)  # fmt: skip
+    Trainer(output_dir=tmp_path / "run", progress_bar=False).predict(
+        TinyModule(), inputs, out=tmp_path / "f", metrics=False
+    )
+    model = argparse.Namespace(value_scale=1.0, model_folder="m")
+    _forecast_shards(tmp_path / "f", argparse.Namespace(inputs="ds/train"), model)
+    valid = load_predictions(tmp_path / "f", "valid_times")
+    made_from = load_predictions(tmp_path / "f", "reference_times")
+    written = stored(tmp_path / "f" / "shards" / "forecast")
+    assert sorted(written) == sorted(valid) and len(written) > 10
+    for key, (_, meta) in written.items():
+        assert meta["forecast_of"] == key
+        np.testing.assert_array_equal(np.array(meta["times"], "datetime64[s]"), valid[key])
+        assert np.datetime64(meta["reference_time"], "s") == made_from[key]
+    back = ShardEvalStream(tmp_path / "f" / "shards" / "forecast", batch_size=4,
+                           num_input_frames=2, num_output_frames=0).frame_times()  # fmt: skip
+    assert back is not None  # read back as a dataset, the forecasts keep their times
+
+    # a series without times: forecasts without them, as before
+    _convert(tmp_path, 3, "--key", "data", "--inputs-only", "3", "--overwrite")
+    Trainer(output_dir=tmp_path / "run2", progress_bar=False).predict(
+        TinyModule(), inputs, out=tmp_path / "g", metrics=False
+    )
+    _forecast_shards(tmp_path / "g", argparse.Namespace(inputs="ds/train"), model)
+    assert all(
+        meta == {"forecast_of": key}
+        for key, (_, meta) in stored(tmp_path / "g" / "shards" / "forecast").items()
+    )
