@@ -27,7 +27,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from .checkpoint import CheckpointError, load_weights, reading
 from .config import EmaConfig
-from .console import warn_main
+from .console import say, warn_main
 
 EMA_FILE = "ema.safetensors"
 log = logging.getLogger("stpdist")
@@ -148,6 +148,20 @@ def _check_names(file: Path, saved: dict[str, torch.Tensor], names: list[str]) -
         )
 
 
+def _check_raw_weights_there(path: Path) -> None:
+    from .inference import read_export_info
+
+    info = read_export_info(path) if path.is_dir() else None
+    if info is not None and info.get("weights") == "ema":
+        source = info.get("exported_from") or {}
+        raise CheckpointError(
+            f"--raw-weights: {path} was exported with the averaged weights (trainer.ema) of "
+            f"{source.get('path', 'its checkpoint')}; its raw weights are not in it: load or "
+            "export them from that checkpoint with --raw-weights"
+        )
+    say(f"--raw-weights: {path} holds no averaged weights (no trainer.ema); its only weights")
+
+
 def has_average(folder: str | Path) -> bool:
     """Whether `folder` (a checkpoint folder) holds an EMA of its weights."""
     return Path(folder).is_dir() and (Path(folder) / EMA_FILE).is_file()
@@ -158,7 +172,11 @@ def load_eval_weights(
 ) -> Path:
     """The weights to evaluate with, loaded into `module` from a checkpoint folder, a model
     folder or a `.safetensors` file: a checkpoint's EMA when it holds one (unless
-    `raw_weights`), else its weights. Returns the file the parameters came from."""
+    `raw_weights`), else its weights. Returns the file the parameters came from.
+    `raw_weights` of a folder `stpdist export` wrote from averaged weights is refused (its
+    raw weights are not in it); of one trained without an EMA, said (its weights are raw)."""
+    if raw_weights and not has_average(path):
+        _check_raw_weights_there(Path(path))
     with reading(path):  # a read lease: a run still training keeps the folder meanwhile
         file = load_weights(path, module)
         if raw_weights or not has_average(path):

@@ -33,6 +33,7 @@ from .checkpoint import (
     MANIFEST_FILE,
     MODEL_FILE,
     STATE_FILE,
+    CheckpointError,
     CheckpointManager,
     describing_config,
     is_sharded_checkpoint,
@@ -923,7 +924,7 @@ def export(
     folder's weights are the averaged ones, unless `raw_weights`. A sharded checkpoint's
     shards are consolidated into one `model.safetensors` (in this one process)."""
 
-    def prepare(folder: Path) -> tuple[Path, Path, dict[str, Any], Any]:
+    def prepare(folder: Path) -> tuple[Path, Path, dict[str, Any], Any, dict[str, Any]]:
         run = folder.parent.parent if folder.parent.name == "checkpoints" else folder
         check_output_folder(
             out, overwrite=overwrite, protected=(folder, run), earlier=_export_output()
@@ -934,14 +935,15 @@ def export(
         try:
             module = _load_folder(folder, "cpu", None, trust_code, raw_weights)
             require_forecaster(module, "export")
-            return folder, run, sources, module
+            # read while the checkpoint is leased: a run may retire it once it is loaded
+            return folder, run, sources, module, _export_info(module, folder, raw_weights)
         except BaseException:
             _close(sources)
             raise
 
-    folder, run, sources, module = _on_chosen(path, ckpt, prepare)
+    folder, run, sources, module, info = _on_chosen(path, ckpt, prepare)
     try:
-        return _export(module, folder, run, sources, out, formats, overwrite, raw_weights)
+        return _export(module, folder, run, sources, out, formats, overwrite, raw_weights, info)
     finally:
         _close(sources)
 
@@ -986,10 +988,11 @@ def _export(
     formats: tuple[str, ...],
     overwrite: bool,
     raw_weights: bool,
+    info: dict[str, Any],
 ) -> dict[str, float]:
     from .data.convert import staged_output
 
-    say(f"exporting {folder}{' (its raw weights)' if raw_weights else ''}")
+    say(f"exporting {folder}{' (its raw weights)' if raw_weights and has_average(folder) else ''}")
     wrapped = _Forward(module).eval()
     generator = torch.Generator().manual_seed(0)
     # traced on a batch of 2, checked on it and on a batch of 3: the batch axis is dynamic
@@ -1011,12 +1014,67 @@ def _export(
         if averaged or is_sharded_checkpoint(folder):  # the weights as loaded, in one file
             save_weights(safetensors_weights(module.state_dict()), staging / MODEL_FILE)
         for fmt in formats:
-            exported = _EXPORTERS[fmt](wrapped, sample, staging)
+            exported = _EXPORTERS[fmt](wrapped, sample, staging, info)
             with torch.no_grad():
                 differences[fmt] = max(
                     float((torch.as_tensor(exported(x)) - y).abs().max()) for x, y in expected
                 )
+        info["graphs"] = {
+            FORMAT_FILES[fmt]: {"max_abs_difference_from_eager": difference}
+            for fmt, difference in differences.items()
+        }
+        (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
     return differences
+
+
+EXPORT_INFO = "export.json"
+"""What an exported folder holds, for whoever serves it without stpdist: which weights, from
+which checkpoint and step, and the graphs' inputs and outputs (shapes, units)."""
+
+
+def _export_info(module: Any, folder: Path, raw_weights: bool) -> dict[str, Any]:
+    """The `EXPORT_INFO` record of an export of `folder` (a checkpoint or a model folder:
+    the record of an export of an export names the checkpoint of the first)."""
+    from . import __version__
+
+    earlier = read_export_info(folder)
+    if earlier is not None:  # an export of an exported folder: its weights as they were
+        source, weights = earlier.get("exported_from"), earlier.get("weights")
+    else:
+        step = None
+        if folder.parent.name == "checkpoints":
+            with contextlib.suppress(CheckpointError):
+                step = read_state(folder).global_step
+        source = {"path": str(folder.resolve()), "step": step}
+        weights = "ema" if has_average(folder) and not raw_weights else "raw"
+    frames = (*module.frame_shape,)
+    return {
+        "stpdist_version": __version__,
+        "exported_from": source,
+        "weights": weights,
+        "inputs": {"name": "inputs", "shape": ["batch", module.num_input_frames, *frames],
+                   "dtype": "float32"},
+        "outputs": {"name": "predictions", "shape": ["batch", module.num_output_frames, *frames],
+                    "dtype": "float32"},
+        "units": "stored values / value_scale (stored = the dataset's units); the "
+                 "normalisation and the clamp to the data's range are inside the graphs",
+        "value_scale": module.value_scale,
+    }  # fmt: skip
+
+
+def read_export_info(folder: str | Path) -> dict[str, Any] | None:
+    """The `EXPORT_INFO` record of an exported folder; None for any other folder (and for a
+    folder exported before 2026-12-07, which has none)."""
+    file = Path(folder) / EXPORT_INFO
+    if not file.is_file():
+        return None
+    try:
+        info = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{file}: unreadable ({exc})") from None
+    if not isinstance(info, dict):
+        raise InputError(f"{file}: expected a JSON object")
+    return info
 
 
 @contextlib.contextmanager
@@ -1030,21 +1088,25 @@ def _quiet_tracer() -> Any:
         yield
 
 
-def _torchscript(wrapped: torch.nn.Module, sample: torch.Tensor, out: Path) -> Any:
+def _torchscript(
+    wrapped: torch.nn.Module, sample: torch.Tensor, out: Path, info: dict[str, Any]
+) -> Any:
     with torch.no_grad(), _quiet_tracer():
         traced = torch.jit.trace(wrapped, sample, check_trace=False)
     traced.save(str(out / "model.ts"))
     return torch.jit.load(str(out / "model.ts"))
 
 
-def _exported_program(wrapped: torch.nn.Module, sample: torch.Tensor, out: Path) -> Any:
+def _exported_program(
+    wrapped: torch.nn.Module, sample: torch.Tensor, out: Path, info: dict[str, Any]
+) -> Any:
     batch = torch.export.Dim("batch", min=1, max=65536)  # any batch size; frames fixed
     program = torch.export.export(wrapped, (sample,), dynamic_shapes={"inputs": {0: batch}})
     torch.export.save(program, str(out / "model.pt2"))
     return torch.export.load(str(out / "model.pt2")).module()
 
 
-def _onnx(wrapped: torch.nn.Module, sample: torch.Tensor, out: Path) -> Any:
+def _onnx(wrapped: torch.nn.Module, sample: torch.Tensor, out: Path, info: dict[str, Any]) -> Any:
     try:
         import onnxruntime
     except ImportError as exc:
@@ -1061,8 +1123,32 @@ def _onnx(wrapped: torch.nn.Module, sample: torch.Tensor, out: Path) -> Any:
             dynamic_axes={"inputs": {0: "batch"}, "predictions": {0: "batch"}},
             dynamo=False,
         )
+    _describe_onnx(out / "model.onnx", info)
     session = onnxruntime.InferenceSession(str(out / "model.onnx"))
     return lambda x: session.run(None, {"inputs": x.numpy()})[0]
+
+
+def _describe_onnx(path: Path, info: dict[str, Any]) -> None:
+    """The ONNX file's outputs given their sizes (the tracer named them by the op that made
+    them: `Clippredictions_dim_1`…) and `info` as its metadata (`stpdist_export`, JSON), for
+    an ONNX runtime that sees the file alone."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    for value, shape in ((graph.graph.output[0], info["outputs"]["shape"]),
+                         (graph.graph.input[0], info["inputs"]["shape"])):  # fmt: skip
+        for dim, size in zip(value.type.tensor_type.shape.dim, shape):
+            if isinstance(size, int):
+                dim.dim_value = size
+            else:
+                dim.dim_param = size
+    graph.doc_string = (
+        f"stpdist model: inputs {info['inputs']['shape']} → predictions "
+        f"{info['outputs']['shape']}, float32, in {info['units']}"
+    )
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = "stpdist_export", json.dumps(info)
+    onnx.save(graph, str(path))
 
 
 EXPORT_FILES = ("model.ts", "model.pt2", "model.onnx")
@@ -1074,9 +1160,11 @@ def _export_output() -> EarlierOutput:
     """What `export` writes, which its `--overwrite` replaces (and nothing else)."""
     from .data.convert import EarlierOutput
 
-    files = (MODEL_FILE, "config.yaml", INDEX_FILE, *EXPORT_FILES)
+    files = (MODEL_FILE, "config.yaml", INDEX_FILE, EXPORT_INFO, *EXPORT_FILES)
     return EarlierOutput("export", files, markers=(MODEL_FILE,))
 
+
+FORMAT_FILES = {"torchscript": "model.ts", "exported-program": "model.pt2", "onnx": "model.onnx"}
 
 _EXPORTERS = {
     "torchscript": _torchscript,

@@ -105,8 +105,11 @@ def test_export_of_a_training_run_never_leaves_out_its_retired_checkpoints_weigh
     exported = tmp_path / "exported"
     # the weights that were loaded and checked (step 2's, read before it was retired), not
     # a model folder without weights
-    assert sorted(os.listdir(exported)) == ["config.yaml", "index.json", "model.safetensors"]
+    assert sorted(os.listdir(exported)) == [
+        "config.yaml", "export.json", "index.json", "model.safetensors"
+    ]  # fmt: skip
     assert (exported / "model.safetensors").read_bytes() == weights
+    assert json.loads((exported / "export.json").read_text())["exported_from"]["step"] == 2
 
 
 def test_a_relaunched_sweep_trial_is_refused_saying_how_to_continue_it(tmp_path, monkeypatch):

@@ -160,6 +160,22 @@ def test_cli_export_load_and_predict_use_the_ema_unless_raw_weights(tmp_path):
     exported_raw = load_file(str(tmp_path / "raw" / MODEL_FILE))
     assert exported_raw.keys() == raw.keys()
     assert all(torch.equal(exported_raw[n], raw[n]) for n in raw)
+    # the exported folders say which weights they hold, and where from (a deployment review)
+    step = int(ckpt.name.split("-")[1])
+    for name, weights in (("averaged", "ema"), ("raw", "raw")):
+        info = json.loads((tmp_path / name / "export.json").read_text())
+        assert info["weights"] == weights
+        assert info["exported_from"] == {"path": str(ckpt.resolve()), "step": step}
+    # the raw weights are not in an averaged export: asked for, refused (they were the EMA's)
+    proc = run_cli("export", "averaged", "--out", "again", "--raw-weights", cwd=tmp_path)
+    assert proc.returncode == 2 and not (tmp_path / "again").exists()
+    assert "averaged weights (trainer.ema) of" in proc.stderr and str(ckpt.resolve()) in proc.stderr
+    run_cli("export", "averaged", "--out", "again", cwd=tmp_path, check=True)
+    again = json.loads((tmp_path / "again" / "export.json").read_text())
+    assert again["weights"] == "ema" and again["exported_from"]["step"] == step
+    assert all(torch.equal(load_file(str(tmp_path / "again" / MODEL_FILE))[n], ema[n]) for n in ema)
+    proc = run_cli("export", "raw", "--out", "raw-again", "--raw-weights", cwd=tmp_path)
+    assert proc.returncode == 0 and "holds no averaged weights" in proc.stdout + proc.stderr
 
     import stpdist
 

@@ -273,6 +273,15 @@ def test_onnx_takes_any_batch_and_export_prints_no_tracer_warning(run, tmp_path)
     (got,) = session.run(None, {"inputs": x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(got, model.predict_frames(x).numpy(), atol=1e-5)
+    # the file describes itself (a deployment review: no metadata, outputs' sizes unnamed)
+    (output,) = session.get_outputs()
+    frames = [*model.frame_shape]
+    assert output.shape == ["batch", model.num_output_frames, *frames]  # were Clip…_dim_1…
+    assert session.get_inputs()[0].shape == ["batch", model.num_input_frames, *frames]
+    described = json.loads(session.get_modelmeta().custom_metadata_map["stpdist_export"])
+    info = json.loads((tmp_path / "model" / "export.json").read_text())
+    assert described["outputs"] == info["outputs"] and info["value_scale"] == 255
+    assert info["graphs"]["model.onnx"]["max_abs_difference_from_eager"] < 1e-5
 
 
 def test_export_refuses_a_used_out_and_checkpoint_folders(run):
@@ -304,6 +313,7 @@ def test_export_refuses_a_used_out_and_checkpoint_folders(run):
     assert done.returncode == 0, done.stderr  # an earlier export: replaced
     assert sorted(p.name for p in mine.iterdir()) == [
         "config.yaml",
+        "export.json",
         "index.json",
         "model.safetensors",
     ]
