@@ -328,6 +328,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
     cfg, trainer, ckpt, module, split, kept = _with_checkpoint(args, "data.val_split")
     out = Path(cfg.trainer.output_dir)
     record = {**_checkpoint_record(ckpt, args.raw_weights), **_data_record(cfg, split)}
+    record["precision"] = _said_precision(cfg, trainer)
     earlier = _json_file(out / f"metrics_{split}.json")
     # the best checkpoint moves as a run goes on: its newer results replace the older, but
     # results of its EMA and of its raw weights (--raw-weights) do not replace each other
@@ -389,6 +390,17 @@ def _write_json(path: Path, results: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     replace_text(path, json.dumps({k: plain(v) for k, v in results.items()}, indent=2))
     return path
+
+
+def _said_precision(cfg: Config, trainer: Any) -> str:
+    """The precision `validate`/`predict` run in (the config's `trainer.mixed_precision`),
+    said when it is not float32: its outputs then differ from `forecast`'s and an export's
+    (float32) by the rounding of bf16/fp16. Recorded in the results file."""
+    precision = cfg.trainer.mixed_precision
+    if precision != "no" and trainer.is_main:
+        print(f"running in {precision} (the config's trainer.mixed_precision; "
+              "trainer.mixed_precision=no for float32)")  # fmt: skip
+    return precision
 
 
 def _checkpoint_record(ckpt: Path, raw_weights: bool) -> dict[str, Any]:
@@ -550,6 +562,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     # a file, the data, the config, a run or its checkpoints: refused even with --overwrite
     check_output_folder(out, overwrite=True, protected=protected)
     record = {**_checkpoint_record(ckpt, args.raw_weights), **_data_record(cfg, split)}
+    record["precision"] = _said_precision(cfg, trainer)
     _check_predict_out(out, args, record)
     data = build.eval_stream(cfg, split)
     keeper = SampleKeeper(args.samples if trainer.is_main else 0)
@@ -590,10 +603,17 @@ def cmd_forecast(args: argparse.Namespace) -> None:
     Everything is checked before anything is written (model, every input, `--out`); the
     outputs go into a staging folder swapped in at the end, so a failure leaves `--out` as
     it was and `--overwrite` leaves no file of an earlier forecast mixed in."""
+    import torch
+
     from .inference import check_output_folder, load, require_forecaster
     from .trainer import SampleKeeper, Trainer
     from .visualize import names_for_pictures, north_up, save_samples
 
+    if args.precision == "fp16" and not torch.cuda.is_available():
+        raise InputError(
+            "--precision fp16 needs a CUDA device (on CPU it would run in fp32); use "
+            "--precision bf16 or no"
+        )
     module = load(args.model, args.ckpt, trust_code=args.trust_code, raw_weights=args.raw_weights)
     require_forecaster(module, "forecast")
     earlier = _earlier_output("forecast")

@@ -223,16 +223,17 @@ class Forecaster(EnhancedModule):
         return frames * self.value_scale
 
     @overload
-    def forecast(self, frames: np.ndarray, *, allow_nonfinite: bool = False) -> np.ndarray: ...
+    def forecast(self, frames: torch.Tensor, *, allow_nonfinite: bool = False) -> torch.Tensor: ...
 
     @overload
-    def forecast(self, frames: Any, *, allow_nonfinite: bool = False) -> torch.Tensor: ...
+    def forecast(self, frames: Any, *, allow_nonfinite: bool = False) -> np.ndarray: ...
 
     @torch.inference_mode()
     def forecast(self, frames: Any, *, allow_nonfinite: bool = False) -> Any:
         """T_out frames after the given ones, all in physical (stored) units: a numpy array
         or tensor of T×C×H×W or B×T×C×H×W (T×H×W for a one-channel model), returned in the
-        same type and layout. With more
+        same layout, float32: a tensor as a tensor (on the module's device), anything else
+        (an array, nested lists) as a numpy array. With more
         than T_in frames the newest T_in are used (as `stpdist forecast` does). The inputs
         are checked first (frame size and channels, at least T_in frames, dtype; NaN/Inf
         refused unless `allow_nonfinite`, except NaN of a model whose training data stored
@@ -242,7 +243,7 @@ class Forecaster(EnhancedModule):
         in eval mode)."""
         from .inference import check_inputs, fill_missing
 
-        as_numpy = isinstance(frames, np.ndarray)
+        as_numpy = not isinstance(frames, torch.Tensor)
         if not isinstance(frames, torch.Tensor):
             frames = np.asarray(frames)
         one_channel = frames.ndim == 3 and self.frame_shape[0] == 1  # T×H×W, as shard reads

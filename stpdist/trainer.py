@@ -3045,9 +3045,9 @@ def _make_accelerator(config: TrainerConfig, log_with: list[str]) -> Accelerator
     """An Accelerator for this host: CPU ranks over gloo when there is no CUDA device."""
     cpu = not torch.cuda.is_available()
     if config.mixed_precision == "fp16" and cpu:
-        raise ValueError(
-            "mixed_precision='fp16' needs a CUDA device (on CPU it would silently run in "
-            "fp32); use 'bf16' or 'no'"
+        raise ConfigError(
+            "trainer.mixed_precision 'fp16' needs a CUDA device (on CPU it would silently run "
+            "in fp32); use 'bf16' or 'no'"
         )
     _check_launcher_precision(config.mixed_precision)
     # A new Trainer in the same process may ask for other settings than the last one.

@@ -192,6 +192,14 @@ def test_cli_export_load_and_predict_use_the_ema_unless_raw_weights(tmp_path):
     metrics = [(tmp_path / f"pred-{n}" / "metrics.json").read_text() for n in ("ema", "raw")]
     assert metrics[0] != metrics[1]
     assert [json.loads(m)["raw_weights"] for m in metrics] == [False, True]
+    assert [json.loads(m)["precision"] for m in metrics] == ["no", "no"]
+    # in another precision than float32: said, and recorded (it was neither: a deployment
+    # review saw outputs that differed from forecast's and export's without a word why)
+    bf16 = ("predict", str(DEBUG), "--ckpt", "last", "--out", "pred-bf16", "--samples", "0",
+            "trainer.mixed_precision=bf16")  # fmt: skip
+    proc = run_cli(*bf16, cwd=tmp_path, check=True)
+    assert "running in bf16 (the config's trainer.mixed_precision;" in proc.stdout
+    assert json.loads((tmp_path / "pred-bf16" / "metrics.json").read_text())["precision"] == "bf16"
     # the raw weights' results never silently replace the EMA's of the same checkpoint
     predict = ("predict", str(DEBUG), "--ckpt", "last", "--out", "pred-ema", "--raw-weights")
     proc = run_cli(*predict, cwd=tmp_path)

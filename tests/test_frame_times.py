@@ -193,3 +193,18 @@ def test_forecast_shards_keep_the_valid_times_of_a_time_series(tmp_path):
         meta == {"forecast_of": key}
         for key, (_, meta) in stored(tmp_path / "g" / "shards" / "forecast").items()
     )
+
+
+def test_split_names_the_one_split_of_a_series_and_is_refused_beside_val_from(tmp_path):
+    """A deployment review: `--split live` with `--frames` wrote `train` (and recorded it)."""
+    from stpdist.data.format import read_index
+
+    hourly_series(tmp_path)
+    _convert(tmp_path, 3, "--time-key", "time", "--inputs-only", "3", "--split", "live")
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir() if p.is_dir()) == ["live"]
+    index = read_index(tmp_path / "ds" / "live")
+    assert index.split == "live" and index.args["split"] == "live" and index.num_samples > 10
+    code = main(["shard", "arrays", str(tmp_path / "raw"), "--out", str(tmp_path / "ds2"),
+                 "--frames", "3", "--time-key", "time", "--val-from", "2020-01-02",
+                 "--split", "live", "--workers", "1"])  # fmt: skip
+    assert code == 2 and not (tmp_path / "ds2").exists()

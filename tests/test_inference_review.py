@@ -383,3 +383,28 @@ def test_forecast_passes_over_hidden_files_and_points_jpeg_frames_to_shard_image
     assert "no .npy/.npz files or PNG frames; its 0.jpg … are read by `stpdist shard images`" in (
         line
     ), line
+
+
+def test_forecast_of_nested_lists_is_a_numpy_array_and_of_a_tensor_a_tensor(model):
+    """A deployment review: lists gave a tensor where the docstring said "the same type"."""
+    module = stpdist.load(model)
+    frames = _frames(9, 2, 4, 1, 32, 32)
+    expected = module.forecast(frames)
+    from_lists = module.forecast(frames.tolist())
+    assert isinstance(from_lists, np.ndarray) and from_lists.dtype == np.float32
+    np.testing.assert_array_equal(from_lists, expected)
+    from_tensor = module.forecast(torch.from_numpy(frames))
+    assert isinstance(from_tensor, torch.Tensor)
+    np.testing.assert_array_equal(from_tensor.numpy(), expected)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's answer")
+def test_forecast_in_fp16_on_a_cpu_is_refused_naming_the_flag(model, tmp_path):
+    np.save(tmp_path / "x.npy", _frames(1, 4, 1, 32, 32))
+    proc = run_cli("forecast", str(model), "x.npy", "--out", "f", "--precision", "fp16",
+                   cwd=tmp_path)  # fmt: skip
+    assert _error_line(proc) == (
+        "stpdist: error: --precision fp16 needs a CUDA device (on CPU it would run in fp32); "
+        "use --precision bf16 or no"
+    )
+    assert not (tmp_path / "f").exists()

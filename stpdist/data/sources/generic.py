@@ -209,6 +209,11 @@ class GenericArrays:
             raise InputError(
                 "--splits cuts whole files; a series is split by --val-from/--test-from"
             )
+        if self.split_given and (self.val_from is not None or self.test_from is not None):
+            raise InputError(
+                f"--split {self.split} names the one split of a series; with --val-from or "
+                "--test-from its windows go to train, val and test: drop one or the other"
+            )
         if self.key is None and self.time_key is not None and files[0].lower().endswith(".npz"):
             check_array_file(require_file(files[0]))
             with np.load(files[0], allow_pickle=False) as data:
@@ -263,8 +268,9 @@ class GenericArrays:
         # memory stays flat however large the file; an .npz member is read whole, once
         frame_bytes = math.prod(frame_shape) * np.dtype(dtype).itemsize
         order = ("train", "val", "test")
+        named = {"train": self.split}  # `--split NAME`: the one split of a series uncut
         return {
-            split: [
+            named.get(split, split): [
                 (chunk, run)
                 for chunk, starts in grouped[split].items()
                 for run in (
