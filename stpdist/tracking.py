@@ -21,6 +21,7 @@ step wandb holds; tensorboard drops the earlier events above the checkpoint's st
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -135,6 +136,39 @@ def _finish_another_wandb_run(run_id: str) -> None:
     active.finish()
 
 
+WANDB_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline",
+               "disabled": None}  # fmt: skip
+"""`WANDB_MODE` values (wandb's, its older names included) → the mode a run takes (None:
+no wandb run)."""
+
+
+def _wandb_mode_of_environment(config: LoggingConfig) -> tuple[LoggingConfig, str | None]:
+    """`config` with the wandb mode `WANDB_MODE` sets, when it is set: the environment rules
+    over `logging.wandb.mode` (cluster nodes without internet export `offline`; `disabled`
+    drops the wandb tracker), and a line to say when it changes anything."""
+    env = os.environ.get("WANDB_MODE")
+    if "wandb" not in config.trackers or not env:
+        return config, None
+    if env not in WANDB_MODES:
+        raise InputError(
+            f"WANDB_MODE={env!r} in the environment: expected online, offline or disabled "
+            "(or wandb's older names run, dryrun)"
+        )
+    mode = WANDB_MODES[env]
+    if mode is None:
+        trackers = [name for name in config.trackers if name != "wandb"]
+        return dataclasses.replace(config, trackers=trackers), (
+            "WANDB_MODE=disabled in the environment: no wandb run (logging.trackers names wandb)"
+        )
+    if mode == config.wandb.mode:
+        return config, None
+    wandb = dataclasses.replace(config.wandb, mode=mode)
+    return dataclasses.replace(config, wandb=wandb), (
+        f"WANDB_MODE={env} in the environment: the wandb run is {mode} (logging.wandb.mode "
+        f"is {config.wandb.mode})"
+    )
+
+
 class Tracker:
     """metrics.jsonl + sample pictures + the configured trackers, from `logging`."""
 
@@ -143,7 +177,7 @@ class Tracker:
     ) -> None:
         check_values(config, "logging.")  # a LoggingConfig built in Python: checked here
         self.output_dir = Path(output_dir)
-        self.config = config
+        self.config, self._mode_note = _wandb_mode_of_environment(config)
         self.run_config = run_config
         self.is_main = False  # set by the Trainer once the Accelerator knows
         self.metrics = MetricsLog(output_dir)
@@ -184,6 +218,9 @@ class Tracker:
         self._started = True
         if self.is_main and step == 0 and (aside := self.metrics.set_aside()) is not None:
             say(f"{self.metrics.path} held lines of an earlier start: moved to {aside}")
+        if self.is_main and self._mode_note:
+            say(self._mode_note)
+            self._mode_note = None
         if not self.config.trackers or not self.is_main:
             return
         run = self._run_record(step)

@@ -213,3 +213,44 @@ def test_a_preempted_training_whose_tracker_cannot_finish_still_stops_as_a_stop(
     assert done.returncode == 75, done.stderr[-3000:]
     assert "stopped on a signal after step" in done.stderr and "--resume auto" in done.stderr
     assert "ConnectionResetError" not in done.stderr
+
+
+def test_wandb_mode_of_the_environment_rules_over_the_configs(tmp_path, monkeypatch, capsys):
+    """A monitoring review: `WANDB_MODE=offline` exported on a cluster's nodes was ignored by
+    a config saying online (the run died at start: no API key), and `disabled` still wrote
+    an offline run."""
+    from stpdist.config import WandbConfig
+    from stpdist.errors import InputError
+    from stpdist.tracking import Tracker
+
+    online = LoggingConfig(trackers=["wandb", "tensorboard"], wandb=WandbConfig(mode="online"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    tracker = Tracker(tmp_path / "a", online)
+    assert tracker.config.wandb.mode == "offline" and online.wandb.mode == "online"
+    assert tracker._mode_note == (
+        "WANDB_MODE=offline in the environment: the wandb run is offline (logging.wandb.mode "
+        "is online)"
+    )
+    offline = LoggingConfig(trackers=["wandb"])  # the default, offline: nothing to say
+    assert Tracker(tmp_path / "b", offline)._mode_note is None
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    assert Tracker(tmp_path / "c", online).config.wandb.mode == "offline"
+    monkeypatch.setenv("WANDB_MODE", "offlne")
+    with pytest.raises(InputError, match=r"WANDB_MODE='offlne' in the environment: expected"):
+        Tracker(tmp_path / "d", online)
+    monkeypatch.delenv("WANDB_MODE")
+    assert Tracker(tmp_path / "e", online).config.wandb.mode == "online"  # the config's
+
+    # disabled: no wandb run at all, said once; the other trackers and metrics.jsonl stay
+    pytest.importorskip("tensorboard")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    logging = LoggingConfig(trackers=["wandb", "tensorboard"], num_samples=0)
+    trainer = Trainer(output_dir=tmp_path / "run", progress_bar=False, max_epochs=1,
+                      log_every_n_steps=1, logging=logging)  # fmt: skip
+    trainer.fit(TinyModule(), loader(8, 4, shuffle=False))
+    trainer.close()
+    out = capsys.readouterr().out
+    assert out.count("WANDB_MODE=disabled in the environment: no wandb run") == 1
+    assert not (tmp_path / "run" / "wandb").exists()
+    assert _scalar_steps(tmp_path / "run" / "stpdist")["train/loss"]
+    assert (tmp_path / "run" / "metrics.jsonl").is_file()
