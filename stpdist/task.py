@@ -285,6 +285,7 @@ class Forecaster(EnhancedModule):
         total = schedule.total_steps or self.planned_steps
         if schedule.name in ("onecycle", "cosine") and not total:
             raise ValueError(f"lr schedule '{schedule.name}' needs model.schedule.total_steps")
+        _say_ignored_schedule_settings(schedule, self.planned_steps)
         if schedule.name == "onecycle":
             peak = self.config.optimizer.lr
             return torch.optim.lr_scheduler.OneCycleLR(optimizer, peak, total_steps=total)
@@ -472,6 +473,39 @@ class Forecaster(EnhancedModule):
 
 
 # ---------------------------------------------------------------------- lr schedules
+def _say_ignored_schedule_settings(schedule: ScheduleConfig, planned: int | None) -> None:
+    """Settings the chosen schedule does not read, and a cosine shorter than the run (its
+    rest trains at `min_lr`), said once at fit: each ran silently (a schedules review)."""
+    ignored = []
+    if schedule.min_lr and schedule.name not in ("cosine", "cosine_restarts"):
+        ignored.append(f"min_lr {schedule.min_lr:g}")
+    if schedule.name != "cosine_restarts":
+        if schedule.restart_every_steps:
+            ignored.append(f"restart_every_steps {schedule.restart_every_steps}")
+        if schedule.restart_mult != 1:
+            ignored.append(f"restart_mult {schedule.restart_mult}")
+    if ignored:
+        own = " (onecycle ends at lr / 25 / 1e4, its own end)" * (schedule.name == "onecycle")
+        warn_main(
+            "model.schedule.name %s does not read %s%s: only the cosine schedules decay to "
+            "min_lr, and only cosine_restarts restarts",
+            schedule.name, ", ".join(ignored), own,
+        )  # fmt: skip
+    if (
+        schedule.name == "cosine"
+        and schedule.interval == "step"
+        and schedule.total_steps
+        and planned
+        and schedule.total_steps < planned
+    ):
+        warn_main(
+            "model.schedule.total_steps %d is shorter than this run's %d steps: the cosine "
+            "ends at step %d, and the last %d steps train at min_lr %g",
+            schedule.total_steps, planned, schedule.total_steps,
+            planned - schedule.total_steps, schedule.min_lr,
+        )  # fmt: skip
+
+
 def lr_factor(
     schedule: ScheduleConfig, peak_lr: float, total: int | None
 ) -> Callable[[int], float]:

@@ -512,6 +512,7 @@ def _scheduler_of(returned: Any, optimizer: Any) -> tuple[Any, str]:
             "Trainer steps schedulers without one (once per optimizer step or epoch): use a "
             "schedule of the step count, or trainer.early_stopping to stop on a plateau"
         )
+    _check_scheduler_calls(scheduler)
     if getattr(scheduler, "optimizer", optimizer) is not optimizer:
         raise TypeError(
             f"configure_lr_scheduler returned a {type(scheduler).__name__} of another "
@@ -520,6 +521,46 @@ def _scheduler_of(returned: Any, optimizer: Any) -> tuple[Any, str]:
             "the scheduler on the optimizer argument"
         )
     return scheduler, interval
+
+
+def _check_scheduler_calls(scheduler: Any) -> None:
+    """What the Trainer calls of a scheduler, checked before the first step (a failure
+    there came after a whole epoch, nothing saved): `step()` without arguments, and
+    `state_dict()`/`load_state_dict()` for the checkpoints."""
+    kind = type(scheduler).__name__
+    missing = [
+        n for n in ("state_dict", "load_state_dict") if not callable(getattr(scheduler, n, None))
+    ]
+    if missing:
+        raise TypeError(
+            f"configure_lr_scheduler returned a {kind} without {' or '.join(f'{n}()' for n in missing)}: "
+            "every checkpoint saves the schedule's state, so that a resume goes on where it "
+            "stopped; add them, or use a torch.optim.lr_scheduler scheduler (LambdaLR takes "
+            "any function of the step)"
+        )
+    try:
+        signature = inspect.signature(scheduler.step)
+    except (TypeError, ValueError):  # no signature to read (a builtin): called as it is
+        return
+    try:
+        signature.bind()
+    except TypeError:
+        signature = signature.replace(return_annotation=inspect.Signature.empty)
+        raise TypeError(
+            f"configure_lr_scheduler returned a {kind} whose step{signature} needs arguments; "
+            "the Trainer calls step() with none, once per optimizer step (or epoch, with "
+            "'interval': 'epoch'); timm's schedulers take the epoch or the update count: "
+            "use a torch.optim.lr_scheduler scheduler (LambdaLR takes any function of the "
+            "step)"
+        ) from None
+
+
+def _multiples_below(limit: int, periods: list[int]) -> int:
+    """How many steps in 1 … limit − 1 are a multiple of one of `periods` (one or two)."""
+    count = sum((limit - 1) // p for p in periods)
+    if len(periods) == 2:
+        count -= (limit - 1) // math.lcm(*periods)
+    return count
 
 
 class Meter:
@@ -1583,7 +1624,7 @@ class Trainer:
         self._trainable = _trainable(module) if self.accelerator.num_processes > 1 else None
         self._inner_optimizer = self._direct(optimizer)
         self._set_up_ema_and_early_stopping(module)
-        self._check_early_stopping_can_stop(validator)
+        self._check_early_stopping_can_stop(validator, batches_per_epoch, total_steps)
         self._warn_if_best_is_never_ranked(validator, batches_per_epoch, total_steps)
         max_epochs = self.config.max_epochs or math.inf
         with self._stop.installed():
@@ -2583,17 +2624,39 @@ class Trainer:
         if self.early_stopping is not None:
             self.attachments[EARLY_STOPPING_FILE] = self.early_stopping.to_json
 
-    def _check_early_stopping_can_stop(self, validator: Validator) -> None:
+    def _check_early_stopping_can_stop(
+        self, validator: Validator, batches_per_epoch: int, total_steps: int
+    ) -> None:
         """`trainer.early_stopping` counts validations during training: refuse, before any
-        step, a run that has none (no validation data, or validation only at the end)."""
+        step, a run that has none (no validation data, or validation only at the end: none
+        of its validation periods falls before the last step); warn when it has too few to
+        ever stop (the first sets the best, then `patience` more)."""
         if self.early_stopping is None:
             return
+        config = self.config
+        per_epoch = batches_per_epoch // self.accelerator.gradient_accumulation_steps
+        periods = [config.val_every_n_steps, (config.val_every_n_epochs or 0) * per_epoch]
+        counted = _multiples_below(total_steps, [p for p in periods if p])
         why = None
         if validator.source is None:
             why = "this run has no validation data"
-        elif not self.config.val_every_n_steps and not self.config.val_every_n_epochs:
+        elif not config.val_every_n_steps and not config.val_every_n_epochs:
             why = "validation runs only after the last step (val_every_n_epochs 0, "
             why += "val_every_n_steps unset)"
+        elif counted == 0:
+            why = (
+                f"its {total_steps} steps end before its first validation (val_every_n_steps "
+                f"{config.val_every_n_steps}, val_every_n_epochs {config.val_every_n_epochs}"
+                f", {per_epoch} steps an epoch), and the last step's validation is not counted"
+            )
+        elif counted <= self.early_stopping.config.patience:
+            console.warn_main(
+                "trainer.early_stopping cannot stop this run: it plans %d validation(s) "
+                "before its last step, and a stop needs %d (the first sets the best, then "
+                "patience %d without improvement)",
+                counted, self.early_stopping.config.patience + 1,
+                self.early_stopping.config.patience,
+            )  # fmt: skip
         if why is not None:
             raise InputError(
                 f"trainer.early_stopping would never stop this run: {why}; give it "

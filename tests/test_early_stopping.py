@@ -116,6 +116,27 @@ def test_early_stopping_that_could_never_stop_is_refused_before_any_step(tmp_pat
         trainer.fit(Frozen(frozen_after=3), loader(40, 4), val_loader())
     assert not (tmp_path / "a" / "checkpoints").exists()
     assert not (tmp_path / "b" / "checkpoints").exists()
+    # a schedules review: periods that all fall at or after the last step ran silently
+    # (10 steps an epoch, 20 in all: validations every 5 epochs, or every 100 steps)
+    for name, periods in (("c", {"val_every_n_epochs": 5}),
+                          ("d", {"val_every_n_epochs": 0, "val_every_n_steps": 100})):  # fmt: skip
+        trainer = Trainer(output_dir=tmp_path / name, max_epochs=2, progress_bar=False,
+                          early_stopping=EarlyStoppingConfig(patience=3), **periods)  # fmt: skip
+        with pytest.raises(InputError, match=r"its 20 steps end before its first validation"):
+            trainer.fit(Frozen(frozen_after=3), loader(40, 4), val_loader())
+        assert not (tmp_path / name / "checkpoints").exists()
+
+
+def test_early_stopping_with_too_few_validations_to_stop_says_so(tmp_path, caplog):
+    """Validations every 5 steps of 20: three before the last, one short of patience 3's
+    four (the first sets the best): a warning at start, and the run goes on."""
+    trainer = Trainer(output_dir=tmp_path, max_epochs=2, val_every_n_epochs=0,
+                      val_every_n_steps=5, early_stopping=EarlyStoppingConfig(patience=3),
+                      progress_bar=False)  # fmt: skip
+    trainer.fit(Frozen(frozen_after=3), loader(40, 4), val_loader())
+    trainer.close()
+    assert "trainer.early_stopping cannot stop this run: it plans 3 validation(s) before its " \
+        "last step, and a stop needs 4" in caplog.text  # fmt: skip
 
 
 def test_settings_are_checked():

@@ -227,6 +227,27 @@ def test_a_hook_taking_an_extra_the_batch_lacks_says_where_extras_come_from(tmp_
     )
 
 
+class _TimmLike:
+    """timm's schedulers' calling convention: `step(epoch)`, the epoch given."""
+
+    def __init__(self, optimizer) -> None:
+        self.optimizer = optimizer
+
+    def step(self, epoch, metric=None) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state) -> None:
+        pass
+
+
+class _Stateless:
+    def step(self) -> None:
+        pass
+
+
 class Scheduled(TinyModule):
     def __init__(self, returned) -> None:
         super().__init__()
@@ -251,6 +272,9 @@ class Scheduled(TinyModule):
         # Lightning's list form: failed at step 1 ("'list' object has no attribute 'step'")
         (lambda o: [torch.optim.lr_scheduler.StepLR(o, 1)], "returned a list of 1; the Trainer"),
         (lambda o: "cosine", "returned a str, which has no step\\(\\)"),
+        # a schedules review: these failed a whole epoch in (at its end, or its first save)
+        (lambda o: _TimmLike(o), r"returned a _TimmLike whose step\(epoch, metric=None\) needs"),
+        (lambda o: _Stateless(), r"returned a _Stateless without state_dict\(\) or load_state"),
     ],
 )
 def test_schedulers_the_trainer_would_not_step_as_asked_are_refused(tmp_path, returned, message):

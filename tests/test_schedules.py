@@ -152,3 +152,29 @@ def test_a_one_cycle_too_short_for_the_run_names_the_setting_that_lengthens_it(t
     with pytest.raises(InputError, match=r"lasts 3 steps, this run plans 4: set model\.sched"):
         trainer.fit(module, loader(16, 4))
     trainer.close()
+
+
+@pytest.mark.parametrize(
+    ("schedule", "said"),
+    [
+        ({"name": "onecycle", "min_lr": 1e-3},
+         "model.schedule.name onecycle does not read min_lr 0.001 (onecycle ends at lr / 25"),
+        ({"name": "cosine", "restart_every_steps": 5, "restart_mult": 2},
+         "model.schedule.name cosine does not read restart_every_steps 5, restart_mult 2:"),
+        ({"name": "cosine", "total_steps": 10},
+         "model.schedule.total_steps 10 is shorter than this run's 24 steps: the cosine ends "
+         "at step 10, and the last 14 steps train at min_lr 0"),
+        ({"name": "cosine", "total_steps": 24, "min_lr": 1e-3}, None),  # as read: nothing said
+        ({"name": "cosine_restarts", "restart_every_steps": 5, "min_lr": 1e-3}, None),
+    ],
+)  # fmt: skip
+def test_schedule_settings_the_schedule_does_not_read_are_said(schedule, said, caplog):
+    """A schedules review: these ran silently (14 of 24 steps at lr 0 for the short cosine)."""
+    module = _module(**schedule)
+    module.planned_steps = 24
+    module.configure_lr_scheduler(module.configure_optimizer())
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if said is None:
+        assert not warned
+    else:
+        assert len(warned) == 1 and said in warned[0], warned
