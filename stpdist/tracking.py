@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import secrets
+import shutil
 import string
 import sys
 import time
@@ -221,6 +222,8 @@ class Tracker:
         if self.is_main and self._mode_note:
             say(self._mode_note)
             self._mode_note = None
+        if self.is_main:
+            self._clear_unfinished_pictures()
         if not self.config.trackers or not self.is_main:
             return
         run = self._run_record(step)
@@ -320,13 +323,27 @@ class Tracker:
                 if not self._thinned(values, at):
                     rows.setdefault(at, {}).update(_numbers(values))
         tracker = self.accelerator.get_tracker("wandb")
+        drawn = []
         for at in sorted(rows):
             if not self._sent(tracker, at, partial(wandb_run.log, rows[at], step=at)):
                 return
+            folder = self.output_dir / "samples" / f"step-{at:08d}"
+            if folder.is_dir():  # its validation's pictures, as drawn then
+                images, gifs = _drawn_pictures(folder)
+                if images or gifs:
+                    send = (
+                        partial(_log_wandb_media, tracker, images, gifs, at)
+                        if gifs
+                        else partial(tracker.log_images, images, step=at)
+                    )
+                    if not self._sent(tracker, at, send):
+                        return
+                    drawn.append(at)
         if rows:
+            pictures = f" (and the pictures of step(s) {', '.join(map(str, drawn))})" * bool(drawn)
             say(
                 f"wandb run {self._record['run_id']} lacked steps {min(rows)}–{max(rows)}: "
-                "sent them from metrics.jsonl"
+                f"sent them from metrics.jsonl{pictures}"
             )
         self._wandb_floor = max(self._wandb_floor, step - 1)  # the rest follows live
 
@@ -448,29 +465,50 @@ class Tracker:
         from .visualize import plot_lead_times, sample_file_stems, save_samples
 
         folder = self.output_dir / "samples" / f"step-{step:08d}"
+        # drawn aside, moved in once all are drawn: a process killed while drawing leaves
+        # no half a validation's pictures in `folder` (`_clear_unfinished_pictures`)
+        drawing = folder.with_name(f".{folder.name}{DRAWING}")
         # file names (and tracker tags) from sanitised keys: a key never leaves `folder`
         stems = sample_file_stems(key for key, *_ in samples)
         try:
+            shutil.rmtree(drawing, ignore_errors=True)
             written = save_samples(
-                folder,
+                drawing,
                 samples,
                 self.config.colormap,
                 step=step,
                 channel_names=channel_names,
                 strict=True,  # removed below with the lead-time plot, in one warning
             )
-            plot = plot_lead_times(results, folder / "lead_time.png")
+            plot = plot_lead_times(results, drawing / "lead_time.png")
+            written, plot = _move_drawn(drawing, folder, written, plot)
             images = _read_pictures(written, plot) if self._tracking else {}
         except Exception as exc:  # (not KeyboardInterrupt, SystemExit: those stop the run)
             # pictures are a view of the run, not its result: a full disk, a folder that
             # cannot be made or a drawing error must not end hours of training
+            shutil.rmtree(drawing, ignore_errors=True)
             names = [f"{stem}{suffix}" for stem in stems for suffix in (".png", ".gif")]
             self._picture_failure(folder, step, exc, [*names, "lead_time.png"])
             return None
+        except BaseException:  # Ctrl-C, SystemExit: stop, leaving no half-drawn folder
+            shutil.rmtree(drawing, ignore_errors=True)
+            raise
         if self._tracking:
             gifs = [(stem, gif) for stem, _, gif in written if gif is not None]
             self._send_pictures(images, gifs, step)
         return folder
+
+    def _clear_unfinished_pictures(self) -> None:
+        """The pictures a stopped process was drawing (`samples/.step-N.drawing`): removed,
+        and said; that validation's results are in metrics.jsonl, its pictures are not
+        drawn again."""
+        for drawing in sorted((self.output_dir / "samples").glob(f".step-*{DRAWING}")):
+            shutil.rmtree(drawing, ignore_errors=True)
+            name = drawing.name[1 : -len(DRAWING)]
+            say(
+                f"{drawing.parent / name}: the pictures of that validation were being drawn "
+                "when the run stopped; they are not drawn again (its results are logged)"
+            )
 
     def _pictures_due(self, step: int) -> bool:
         """Whether the validation at `step` is drawn: validations are numbered 1, 2, … and
@@ -541,6 +579,36 @@ def _log_wandb_media(
     tracker.log_images(images, step=step)
     videos = [wandb.Video(str(gif), caption=stem, format="gif") for stem, gif in gifs]
     tracker.tracker.log({"samples/gifs": videos}, step=step)
+
+
+DRAWING = ".drawing"
+"""Suffix of the folder a validation's pictures are drawn in, beside `samples/step-N`."""
+
+
+def _move_drawn(
+    drawing: Path, folder: Path, written: list[tuple[str, Path, Path | None]], plot: Path | None
+) -> tuple[list[tuple[str, Path, Path | None]], Path | None]:
+    """The pictures drawn in `drawing` moved into `folder` (made if need be; files of
+    others there stay), `drawing` removed; returns their new paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted(drawing.iterdir()):
+        os.replace(path, folder / path.name)
+    drawing.rmdir()
+
+    def moved(path: Path | None) -> Path | None:
+        return None if path is None else folder / path.name
+
+    return [(stem, folder / png.name, moved(gif)) for stem, png, gif in written], moved(plot)
+
+
+def _drawn_pictures(folder: Path) -> tuple[dict[str, list[np.ndarray]], list[tuple[str, Path]]]:
+    """The pictures of a validation as `log_samples` drew them in `folder`, for a tracker
+    that lacks them: panels, the lead-time plot, GIFs."""
+    panels = sorted(p for p in folder.glob("*.png") if p.name != "lead_time.png")
+    written = [(png.stem, png, None) for png in panels]
+    plot = folder / "lead_time.png"
+    images = _read_pictures(written, plot if plot.is_file() else None)
+    return images, [(gif.stem, gif) for gif in sorted(folder.glob("*.gif"))]
 
 
 def _read_pictures(

@@ -45,17 +45,31 @@ def _pictured(run: Path) -> dict[str, list[str]]:
     }
 
 
-def test_a_picture_that_cannot_be_written_is_a_warning_and_training_goes_on(tmp_path, capsys):
+def test_a_picture_that_cannot_be_written_is_a_warning_and_training_goes_on(
+    tmp_path, capsys, monkeypatch
+):
     """A full disk while the pictures were written ended a long run (OSError, no path)."""
+
+    import stpdist.visualize as visualize
+
     run = tmp_path / "run"
-    # step 2: the folder cannot be made (a file holds its name); step 4: the panel is
-    # written to /dev/full, which fails every write with ENOSPC, as a full disk does
+    # step 2: the folder cannot be made (a file holds its name); step 4: the panel's write
+    # fails with ENOSPC, as on a full disk (drawn aside: written to /dev/full, whose
+    # link in the step's folder the drawn file then replaced)
     (run / "samples").mkdir(parents=True)
     blocked = run / "samples" / "step-00000002"
     blocked.write_text("not a folder")
     full = run / "samples" / "step-00000004"
-    full.mkdir()
-    (full / "00000000.png").symlink_to("/dev/full")
+    save_panel = visualize.save_panel
+
+    def disk_full_at_step_4(path, *args, **kwargs):
+        if kwargs.get("step") == 4:
+            with open("/dev/full", "wb") as device:
+                device.write(b"x" * 65536)
+                device.flush()
+        return save_panel(path, *args, **kwargs)
+
+    monkeypatch.setattr(visualize, "save_panel", disk_full_at_step_4)
     trainer(tmp_path, max_steps=6).fit(TinyModule(), loader(8), loader(4, shuffle=False))
     warned = [line for line in capsys.readouterr().err.splitlines() if "sample pictures" in line]
     assert len(warned) == 2, warned

@@ -116,13 +116,20 @@ def _logged_losses(run: Path) -> dict[int, float]:
 def test_sigkilled_training_resumed_keeps_one_wandb_run_with_a_monotone_step_axis(tmp_path):
     """Killed (SIGKILL) right after logging step 7, checkpoint at 6; `--resume auto`
     finishes at 10. Offline wandb stores nothing a SIGKILLed process had not flushed: the
-    resumed process sends steps up to 6 from metrics.jsonl and 7.. live, in one run."""
-    killed = _train(tmp_path, stop_at=7)
+    resumed process sends steps up to 6 from metrics.jsonl and 7.. live, in one run, with
+    the pictures of the validations it sends (steps 3 and 6, from samples/step-N: a
+    monitoring review found them lost for good)."""
+    pictures = ("logging.num_samples=1", "trainer.val_every_n_steps=3")
+    killed = _train(tmp_path, *pictures, stop_at=7)
     assert killed.returncode == -9, killed.stderr[-2000:]
     run = tmp_path / "runs" / "debug"
     first_id = json.loads((run / "tracker.json").read_text())["run_id"]
-    resumed = _train(tmp_path, "--resume", "auto")
+    # a process killed while drawing leaves its pictures aside, never half a folder
+    (run / "samples" / ".step-00000009.drawing").mkdir()
+    resumed = _train(tmp_path, *pictures, "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "the pictures of that validation were being drawn" in resumed.stdout
+    assert not list((run / "samples").glob(".*"))
     run_id, folders, rows = _one_run(run)
     assert run_id == first_id and len(folders) == 2
     steps = [step for step, _ in rows]
@@ -131,6 +138,8 @@ def test_sigkilled_training_resumed_keeps_one_wandb_run_with_a_monotone_step_axi
     assert sorted(losses) == list(range(1, 11))
     # each step's value is the one the process that owns the step logged (the last line)
     assert losses == pytest.approx(_logged_losses(run), rel=1e-12)
+    drawn = {step for step, items in rows if "val/lead_time/_type" in items}
+    assert drawn == {3, 6, 8, 9, 10}, drawn  # every 3 steps, the epoch's end, the last
     sync = f"wandb sync {' '.join(str(f.resolve()) for f in folders)}"
     assert sync in resumed.stdout + resumed.stderr
 
