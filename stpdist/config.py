@@ -296,7 +296,10 @@ class TrainerConfig:
     progress_bar: bool = True
     """Show a tqdm bar on the main process when its output is a terminal. Written to a file
     (a SLURM log), or with the bar off, training says a line at each log step instead:
-    `[step N/total] epoch E, loss …, lr …, … samples/s`."""
+    `[step N/total] HH:MM:SS epoch E, loss …, lr …, … samples/s, elapsed H:MM:SS, ETA
+    H:MM:SS` (samples/s of every rank together; elapsed: this process's time, validations
+    included; ETA: the rest of the run at that pace), and a line as each validation
+    starts."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpoint policy."""
     ema: Optional[EmaConfig] = None

@@ -555,6 +555,12 @@ def _check_scheduler_calls(scheduler: Any) -> None:
         ) from None
 
 
+def _clock(seconds: float) -> str:
+    """H:MM:SS."""
+    whole = int(round(seconds))
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
 def _multiples_below(limit: int, periods: list[int]) -> int:
     """How many steps in 1 … limit − 1 are a multiple of one of `periods` (one or two)."""
     count = sum((limit - 1) // p for p in periods)
@@ -710,7 +716,8 @@ class Meter:
 
     def window(self) -> dict[str, float] | None:
         """`train/…` means and samples/s since the last call (None when no batch counted,
-        here or before a resume); starts a new window. Samples/s counts this process'."""
+        here or before a resume); starts a new window. Samples/s counts every rank's (the
+        global batch)."""
         sums, elapsed = self._window, time.perf_counter() - self._window_start
         self._window, self._window_start = {}, time.perf_counter()
         if not sums.get("batches") and self.carried_window is None:
@@ -957,6 +964,9 @@ class Validator:
         `scheduled`: on the validation schedule (counts toward early stopping)."""
         tracker = self.trainer.tracker
         self.module.global_step = state.global_step  # also on resume, before any step
+        trainer = self.trainer
+        if trainer.is_main and not (trainer.config.progress_bar and _is_terminal(sys.stderr)):
+            say(trainer._log_line(state.global_step, "validating"))  # a log file: not silent
         keeper = SampleKeeper(tracker.num_samples if self.trainer.is_main else 0)
         with self.trainer.evaluation_weights():  # the EMA when trainer.ema is on
             stop = self.trainer._stop
@@ -1647,6 +1657,7 @@ class Trainer:
                 self._say_schedule_stretched(saved, total_steps, module, scheduler)
                 state.planned_steps = total_steps
                 bar = self._progress(total_steps, state.global_step)
+                self._line_clock = (time.perf_counter(), state.global_step)  # see _log_line
                 module.train()
                 # stopped at an epoch's last step: that epoch closes as it would have (the
                 # loop below does not run when the run ends at that step)
@@ -2204,7 +2215,22 @@ class Trainer:
         )
         bar.set_postfix_str(progress)
         if not self._bar_shown:  # a log file: a line a log step, not a redrawn bar
-            say(f"[step {state.global_step}/{self._total_steps}] {progress}")
+            say(self._log_line(state.global_step, f"{progress}{self._time_left(state)}"))
+
+    def _log_line(self, step: int, text: str) -> str:
+        """A line of a log file (no bar on screen): the step, the wall-clock time, `text`."""
+        return f"[step {step}/{self._total_steps}] {time.strftime('%H:%M:%S')} {text}"
+
+    def _time_left(self, state: TrainState) -> str:
+        """`, elapsed H:MM:SS, ETA H:MM:SS`: this process's time so far (validations and
+        checkpoints included) and the rest of the run at its pace."""
+        started, first = getattr(self, "_line_clock", (None, 0))
+        done = state.global_step - first
+        if started is None or done <= 0:
+            return ""
+        elapsed = time.perf_counter() - started
+        left = elapsed / done * max(self._total_steps - state.global_step, 0)
+        return f", elapsed {_clock(elapsed)}, ETA {_clock(left)}"
 
     def _end_epoch(
         self,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 
 import pytest
@@ -35,6 +36,18 @@ def test_output_that_is_not_a_terminal_gets_a_line_per_log_step_not_a_bar(tmp_pa
         lines = [line for line in out.splitlines() if line.startswith("[step ")]
         assert [line.split("]")[0] for line in lines] == ["[step 2/4", "[step 4/4"]
         assert "epoch 0, loss " in lines[0] and " samples/s" in lines[0]
+        # when it was written, and how long the rest takes (a monitoring review: a log
+        # could not tell a stalled run from a slow one)
+        assert re.fullmatch(
+            r"\[step 2/4\] \d\d:\d\d:\d\d epoch 0, loss \S+, lr \S+, \S+ samples/s, "
+            r"elapsed 0:00:\d\d, ETA 0:00:\d\d",
+            lines[0],
+        ), lines[0]
+    # a validation says it starts: the log is not silent while it runs
+    Trainer(output_dir=tmp_path / "val", max_epochs=1, log_every_n_steps=2,
+            progress_bar=False).fit(TinyModule(), loader(16), loader(4, shuffle=False))  # fmt: skip
+    out = capsys.readouterr().out
+    assert re.search(r"^\[step 4/4\] \d\d:\d\d:\d\d validating$", out, re.MULTILINE), out
 
 
 def test_throughput_and_epoch_time_leave_out_checkpoints_and_validations(monkeypatch):
