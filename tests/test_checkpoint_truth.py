@@ -563,7 +563,9 @@ def test_best_of_a_run_folder_is_the_runs_own_best_by_its_monitor_and_mode(tmp_p
     assert exported == (root / lowest_psnr / ckpt.MODEL_FILE).read_bytes(), proc.stdout
     assert f"exporting runs/debug/checkpoints/{lowest_psnr}" in proc.stdout + proc.stderr
     # the files it names are the files it wrote
-    assert "model folder: m (config.yaml, index.json, model.safetensors)" in proc.stdout
+    assert "model folder: m (config.yaml, export.json, index.json, model.safetensors)" in (
+        proc.stdout
+    )
     proc = run_cli("export", f"runs/debug/checkpoints/{lowest_loss}", "--ckpt", "last",
                    "--out", "n", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 2 and "pass the run folder" in proc.stderr

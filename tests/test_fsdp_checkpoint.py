@@ -225,7 +225,7 @@ def test_sharded_checkpoint_consolidates_to_the_same_forecasts(cli_run, tmp_path
     sharded = _step(work / "runs" / "x", 2)
     run_cli("export", "runs/x", "--ckpt", "last", "--out", "exported", cwd=work, check=True)
     assert sorted(p.name for p in (work / "exported").iterdir()) == [
-        "config.yaml", "index.json", "model.safetensors"
+        "config.yaml", "export.json", "index.json", "model.safetensors"
     ]  # fmt: skip
     run_cli("validate", "cfg.yaml", "--ckpt", "exported", cwd=work, check=True)
     own = json.loads((sharded / "validation.json").read_text())
