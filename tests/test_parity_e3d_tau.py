@@ -368,3 +368,40 @@ def test_tau_recipes_use_openstls_divergence():
     for dataset in ("mmnist", "kth", "taxibj"):
         model = load_config(ROOT / "configs" / dataset / "tau.yaml").model
         assert (model.divergence_weight, model.divergence_form) == (0.1, "openstl"), dataset
+
+
+@pytest.mark.parametrize("variant", ["paper", "openstl"])
+@pytest.mark.parametrize("recall_window", [None, 2])
+def test_e3dlstm_recall_memory_estimate_counts_the_attention_it_computes(
+    monkeypatch, variant, recall_window
+):
+    """The estimate behind the build-time warning (an unusual-shapes review: 48×80 frames
+    ran a 24 GiB machine out of memory without a word) is the attention the recall gates
+    compute: counted here from the calls of a training forward."""
+    from stpdist.models.e3dlstm import E3DLSTMArgs, recall_bytes
+
+    counted = []
+    attend = F.scaled_dot_product_attention
+
+    def counting(query, key, value, *args, **kwargs):
+        counted.append(query.shape[0] * query.shape[-2] * key.shape[-2])
+        return attend(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    spec = FrameSpec(1, 4, 6, 3, 2)
+    args = E3DLSTMArgs(hidden_channels=[4, 4], kernel_size=3, variant=variant,
+                       recall_window=recall_window)  # fmt: skip
+    model = E3DLSTM(spec, args)
+    model(torch.rand(2, 3, 1, 4, 6), 2)  # a batch of 2: 3 inputs, 2 outputs, 4 steps
+    assert sum(counted) == 2 * recall_bytes(spec, 2, recall_window, 2) // 4
+
+
+def test_e3dlstm_at_full_resolution_warns_of_its_recall_memory(caplog):
+    from stpdist.models.e3dlstm import E3DLSTMArgs
+
+    args = E3DLSTMArgs(hidden_channels=[4, 4], kernel_size=3)
+    E3DLSTM(FrameSpec(3, 12, 20, 12, 6), args)  # 0.28 GB a sample: nothing to say
+    assert "recall attention" not in caplog.text
+    E3DLSTM(FrameSpec(3, 24, 40, 12, 6), args)  # 4.5 GB estimated, 5.1 GB measured
+    assert "E3D-LSTM: its recall attention keeps about 4.2 GiB a sample" in caplog.text
+    assert "model.patch_size p divides it by p⁴" in caplog.text

@@ -133,6 +133,28 @@ def test_swin_masks_pixels_that_the_shift_wrapped_around():
     assert change_at_7_7(far) > 1e-5
 
 
+def test_swin_window_is_a_setting_for_latent_frames_openstls_choice_does_not_tile():
+    """An unusual-shapes review: 30×50 frames could not run swin at any setting (the window,
+    4, divides neither 15×25 nor 30×50, and had no key)."""
+    spec = FrameSpec(2, 30, 50, 3, 2)
+
+    def simvp(**kw):
+        return SimVP(spec, SimVPArgs(translator="swin", spatial_channels=8, temporal_channels=16,
+                                     num_spatial_blocks=2, num_translator_blocks=2, **kw))  # fmt: skip
+
+    with pytest.raises(ValueError, match=r"latent frames 15×25 .* not a multiple of its window "
+                       r"4 \(chosen from the latent height.*swin_window to one that divides "
+                       r"both \(5\), or use another translator"):  # fmt: skip
+        simvp()
+    with pytest.raises(ValueError, match=r"its window 3 \(model.backbone.swin_window\)"):
+        simvp(swin_window=3)
+    with pytest.raises(ValueError, match=r"swin_window 16 must be 1 … 15"):
+        simvp(swin_window=16)
+    model = simvp(swin_window=5)
+    assert {b.window for b in model.modules() if isinstance(b, SwinBlock)} == {5}
+    assert model(torch.rand(2, 3, 2, 30, 50), 2).shape == (2, 2, 2, 30, 50)
+
+
 # OpenSTL's Moving MNIST settings: 1×64×64, 10→10, C' 64, temporal 512, 4 + 8 blocks,
 # mlp_ratio 8. OpenSTL's table: (params in M, "FLOPs" = fvcore MACs in G) per sample.
 OPENSTL = {

@@ -82,6 +82,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..console import warn_main
 from .base import FrameSpec, check_odd_kernels, gate_norm
 from .recurrent import FrameRecurrent
 
@@ -262,6 +263,42 @@ class E3DLSTMArgs:
     recipe uses 2), whose output is then repeated back to full size; `paper` needs 1."""
 
 
+RECALL_WARNING_BYTES = 2 * 1024**3
+"""Attention weights a training step keeps per sample above which `E3DLSTM` warns."""
+
+
+def recall_bytes(spec: FrameSpec, window: int, recall_window: int | None, layers: int) -> int:
+    """The float32 attention weights the recall gates keep for the backward, per sample,
+    over a training step: each of the T_in + T_out − 1 steps of each layer attends from
+    every one of the w·H·W positions to every position of up to `recall_window` past
+    states (all of them when None), so the total grows with (w·H·W)² and with the frames
+    squared. (Reviewed against peak memory: 24×40 frames, w 2, 2 layers, 12 → 6 frames:
+    4.5 GB estimated, 5.1 GB measured at batch 1.)"""
+    positions = window * spec.height * spec.width
+    steps = spec.num_input_frames + spec.num_output_frames - 1
+    recalled = sum(min(t, recall_window or t) for t in range(1, steps + 1))
+    return 4 * layers * positions * positions * recalled
+
+
+def _warn_of_recall_memory(
+    spec: FrameSpec, window: int, recall_window: int | None, layers: int
+) -> None:
+    """Said at build when the recall attention alone needs more than RECALL_WARNING_BYTES a
+    sample: at full resolution it ran a 24 GiB machine out of memory without a word (an
+    unusual-shapes review: 48×80 frames, 4 hidden channels)."""
+    needed = recall_bytes(spec, window, recall_window, layers)
+    if needed > RECALL_WARNING_BYTES:
+        warn_main(
+            "E3D-LSTM: its recall attention keeps about %.1f GiB a sample for a training "
+            "step (%d×%d positions a state, w %d, %d layer(s), %s past states, %d steps), "
+            "times the batch size; model.patch_size p divides it by p⁴, "
+            "model.backbone.recall_window bounds the past states",
+            needed / 1024**3, spec.height, spec.width, window, layers,
+            "all" if recall_window is None else f"at most {recall_window}",
+            spec.num_input_frames + spec.num_output_frames - 1,
+        )  # fmt: skip
+
+
 class E3DLSTM(FrameRecurrent):
     """Stacked eidetic 3D LSTM cells over sliding clips of w frames."""
 
@@ -305,6 +342,7 @@ class E3DLSTM(FrameRecurrent):
             for i in range(len(hidden_channels))
         )
         self.output = nn.Conv3d(hidden, spec.channels, (w, 1, 1), stride=(w, 1, 1), bias=False)
+        _warn_of_recall_memory(spec, w, args.recall_window, len(hidden_channels))
 
     def init_state(self, frames_BTCHW: torch.Tensor) -> dict:
         b, _, c, height, width = frames_BTCHW.shape

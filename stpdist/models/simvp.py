@@ -296,6 +296,10 @@ class SimVPArgs:
     swin_shift_mask: bool = True
     """swin only: mask attention between pixels the cyclic shift brought together (Swin's
     paper); false is OpenSTL's SimVP, which runs the shifted windows without that mask."""
+    swin_window: int | None = None
+    """swin only: the side of its attention windows, which must divide both sides of the
+    latent frames (the frames ÷ 2 for every second spatial block); None: OpenSTL's choice
+    from the latent height (7 if a multiple of 7, else max(4, height // 16), at most 8)."""
 
 
 class SimVP(nn.Module):
@@ -349,6 +353,7 @@ class SimVP(nn.Module):
                 drop_path=args.drop_path,
                 resolution=(spec.height // factor, spec.width // factor),
                 swin_shift_mask=args.swin_shift_mask,
+                swin_window=args.swin_window,
             )
             self.translator = StackedTranslator(
                 block_class,

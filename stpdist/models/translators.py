@@ -70,6 +70,8 @@ class BlockSettings:
     swin_shift_mask: bool = True
     """Swin: mask attention between pixels that the cyclic shift brought together (the
     paper); OpenSTL's SimVP runs its shifted windows without that mask."""
+    swin_window: int | None = None
+    """Swin: the side of its windows (None: `swin_window_size`, OpenSTL's choice)."""
 
 
 def init_weights(module: nn.Module) -> None:
@@ -555,13 +557,31 @@ class SwinBlock(nn.Module):
     def __init__(self, dim: int, settings: BlockSettings) -> None:
         super().__init__()
         height, width = settings.resolution
-        self.window = swin_window_size(height, width)
+        given = settings.swin_window
+        self.window = given or swin_window_size(height, width)
+        if given is not None and not 1 <= given <= min(height, width):
+            raise ValueError(
+                f"translator swin: swin_window {given} must be 1 … {min(height, width)}, the "
+                f"shorter side of the latent frames {height}×{width}"
+            )
         if height % self.window or width % self.window:
+            sides = [
+                d for d in range(2, min(height, width) + 1) if height % d == 0 and width % d == 0
+            ]
+            remedy = (
+                "set model.backbone.swin_window to one that divides both "
+                f"({', '.join(map(str, sides))}), or use another translator"
+                if sides
+                else "no window above 1 divides both sides: use frames whose latent sides "
+                "share a divisor, or another translator"
+            )
+            chosen = "model.backbone.swin_window" if given else (
+                "chosen from the latent height as OpenSTL does, see `swin_window_size`"
+            )  # fmt: skip
             raise ValueError(
                 f"translator swin: the latent frames {height}×{width} (after the encoder's "
-                f"down-sampling) are not a multiple of its window {self.window} (chosen from "
-                "the latent height as OpenSTL does, see `swin_window_size`); use frames whose "
-                "latent sides it divides, or another translator"
+                f"down-sampling) are not a multiple of its window {self.window} ({chosen}); "
+                f"{remedy}"
             )
         no_shift = settings.layer_index % 2 == 0 or self.window >= min(height, width)
         self.shift = 0 if no_shift else self.window // 2
