@@ -522,9 +522,9 @@ def _earlier_output(command: str) -> EarlierOutput:
         # `.predicting`: where `Trainer.predict` writes first; a pass killed leaves it alone
         folders = (PICTURES, (".predicting", ("predictions-r*.npz",)))
         return EarlierOutput(command, files, markers=(*files, ".predicting"), folders=folders)
-    files = ("predictions-r*.npz",)
+    files = ("predictions-r*.npz", "forecast.json")
     folders = (PICTURES, ("shards", ("forecast/index.json", "forecast/forecast-*.tar")))
-    return EarlierOutput(command, files, markers=files, folders=folders)
+    return EarlierOutput(command, files, markers=files[:1], folders=folders)
 
 
 def _check_predict_out(out: Path, args: argparse.Namespace, record: dict[str, Any]) -> None:
@@ -648,6 +648,7 @@ def cmd_forecast(args: argparse.Namespace) -> None:
             )
             if args.shards:
                 _forecast_shards(tmp, args, module)
+            _write_json(tmp / "forecast.json", _forecast_record(module, args))
     if not trainer.is_main:
         return
     print(
@@ -656,6 +657,25 @@ def cmd_forecast(args: argparse.Namespace) -> None:
     )
     if args.shards:
         print(f"as a shard split (stpdist inspect renders it): {out / 'shards' / 'forecast'}")
+
+
+def _forecast_record(module: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """What made a forecast (`forecast.json` beside it): the model folder and its step, the
+    weights, precision and inputs, the frame counts and units (a deployment review: the
+    forecast files named none of them)."""
+    from . import __version__
+
+    return {
+        "model": str(Path(module.model_folder).resolve()),
+        "checkpoint_step": getattr(module, "global_step", None) or None,
+        "raw_weights": args.raw_weights,
+        "precision": args.precision,
+        "inputs": str(Path(args.inputs).resolve()),
+        "num_input_frames": module.num_input_frames,
+        "num_output_frames": module.num_output_frames,
+        "units": "physical",
+        "stpdist_version": __version__,
+    }
 
 
 def _forecast_inputs(source: Path, module: Any, args: argparse.Namespace) -> Any:

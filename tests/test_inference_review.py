@@ -9,6 +9,7 @@ weights, written as a model folder: no training needed for what is checked here.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -408,3 +409,25 @@ def test_forecast_in_fp16_on_a_cpu_is_refused_naming_the_flag(model, tmp_path):
         "use --precision bf16 or no"
     )
     assert not (tmp_path / "f").exists()
+
+
+def test_a_forecast_names_what_made_it(model, tmp_path):
+    """A deployment review: the forecast files named no model, step, precision or inputs."""
+    np.save(tmp_path / "x.npy", _frames(2, 4, 1, 32, 32))
+    for again in ((), ("--overwrite",)):  # replaced with the forecast, as its own file
+        proc = run_cli("forecast", str(model), "x.npy", "--out", "f", "--samples", "0",
+                       *again, cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "f" / "forecast.json").read_text())
+    module = stpdist.load(model)
+    assert record["model"] == str(Path(module.model_folder).resolve())
+    assert record["inputs"] == str(tmp_path / "x.npy")
+    assert (record["raw_weights"], record["precision"], record["units"]) == (
+        False,
+        "no",
+        "physical",
+    )
+    assert (record["num_input_frames"], record["num_output_frames"]) == (
+        4,
+        module.num_output_frames,
+    )
