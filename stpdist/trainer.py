@@ -1276,8 +1276,10 @@ def _check_schedule_length(
         "another number of ranks, batch or accumulation); a one-cycle schedule cannot be "
         f"lengthened: resume with trainer.max_steps={done + left}, on another "
         "number of ranks with --keep-global-batch, or begin a new run from these weights "
-        "(model.init_weights)"
-    )
+        + (f"(module.load_state_dict(safetensors.torch.load_file('{start}/model.safetensors')) "
+           "before fit, in another output_dir)" if own
+           else "(model.init_weights)")
+    )  # fmt: skip
 
 
 def rank_seed(seed: int, rank: int, *salt: int) -> int:

@@ -654,3 +654,18 @@ def test_numpy_scalars_of_a_hook_are_logged(tmp_path, capsys):
     assert len(logged) == 2
     assert {(r["train/f32"], r["train/i64"], r["train/zero_d"]) for r in logged} == {(2, 3, 4)}
     assert "not one number" not in capsys.readouterr().err
+
+
+class _PlannedOneCycle(TinyModule):
+    def configure_lr_scheduler(self, optimizer):
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.01, total_steps=self.planned_steps)
+
+
+def test_a_one_cycle_of_ones_own_module_lengthened_on_resume_says_how_from_python(tmp_path):
+    """A schedules review: the refusal told a Python module to set model.init_weights, a key
+    of stpdist's configs that such a run has not."""
+    trainer(tmp_path).fit(_PlannedOneCycle(), loader(8))
+    longer = trainer(tmp_path, max_epochs=2)
+    with pytest.raises(InputError, match=r"cannot be lengthened.*module\.load_state_dict\("
+                       r"safetensors\.torch\.load_file\('.*step-00000002/model\.safetensors'\)\)"):  # fmt: skip
+        longer.fit(_PlannedOneCycle(), loader(8), resume="auto")
