@@ -106,6 +106,17 @@ INTERRUPTED_EXIT_CODE = 130
 shells report a process that Ctrl-C ended (128 + SIGINT)."""
 
 
+LR_KEY = "model.optimizer.lr"
+"""Changed on resume, the restored schedule is scaled by new / old (`_rescale_lr`)."""
+
+
+def _positive_numbers(*values: Any) -> bool:
+    return all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v > 0 and math.isfinite(v)
+        for v in values
+    )
+
+
 KEPT_ON_RESUME = (
     "model.optimizer.name",
     "model.optimizer.lr",
@@ -117,8 +128,8 @@ KEPT_ON_RESUME = (
     "model.loss",
     "model.loss_frames",
 )
-"""Config keys a resume cannot change: the restored optimizer state keeps its kind,
-learning rate and weight decay, and the restored scheduler state its kind (another's state
+"""Config keys a resume cannot change (but `model.optimizer.lr`, whose change scales the
+restored schedule: `LR_KEY`): the restored optimizer state keeps its kind and weight decay, and the restored scheduler state its kind (another's state
 fails to load, or loads into it and goes on at the other's step), interval (it counts
 steps or epochs) and length (OneCycleLR's `total_steps` is part of its state); what the
 run's losses measure (the normalisation of the frames, the loss and its frames: `val/loss`,
@@ -142,8 +153,7 @@ def _settings_refusal(start: Path, changed: list[str]) -> str:
     keys = [line.split(" ", 1)[0] for line in changed]
     why = []
     if any(k.startswith("model.optimizer.") for k in keys):
-        why.append("a resume restores the optimizer state (its kind, learning rate and weight "
-                   "decay)")  # fmt: skip
+        why.append("a resume restores the optimizer state (its kind and weight decay)")
     if any(k.startswith("model.schedule.") for k in keys):
         why.append("a resume restores the lr scheduler's state (its kind, its length, and "
                    "whether it counts steps or epochs)")  # fmt: skip
@@ -2493,13 +2503,44 @@ class Trainer:
         before = saved.settings if saved.settings is not None else _config_settings(start)
         mid_epoch = saved.batch != 0 or saved.epoch_origin is not None
         changed = []
+        self._lr_rescale = None
         for key, new in now.items():
             old = before.get(key)
             if key in MID_EPOCH_KEYS and not mid_epoch:
                 continue
+            if key == LR_KEY and _positive_numbers(old, new) and old != new:
+                self._lr_rescale = (old, new)  # honoured: the schedule scaled (_rescale_lr)
+                continue
             if old is not None and old != new:
                 changed.append(f"{key} {old} (the checkpoint's) → {new}")
         return changed
+
+    def _rescale_lr(self, optimizer: Any, scheduler: Any, step: int) -> None:
+        """A resume with another `model.optimizer.lr`: the restored schedule goes on scaled
+        by new / old (the rate now and at every later step; a cosine's `min_lr` floor
+        stays where the config puts it), the optimizer's moments kept."""
+        if getattr(self, "_lr_rescale", None) is None:
+            return
+        old, new = self._lr_rescale
+        ratio = new / old
+        groups = getattr(optimizer, "optimizer", optimizer).param_groups
+        for group in groups:
+            for key in ("lr", "initial_lr", "max_lr", "min_lr"):  # OneCycleLR's bounds too
+                if key in group:
+                    group[key] = group[key] * ratio
+        inner = getattr(scheduler, "scheduler", scheduler)
+        if isinstance(inner, torch.optim.lr_scheduler.LambdaLR):
+            # the config's schedules: base × factor(step), the factor built from the new
+            # config (its min_lr floor where the config puts it): the rate of this step too
+            inner.base_lrs = [lr * ratio for lr in inner.base_lrs]
+            for group, base, factor in zip(groups, inner.base_lrs, inner.lr_lambdas):
+                group["lr"] = base * factor(inner.last_epoch)
+        if inner is not None and hasattr(inner, "_last_lr"):
+            inner._last_lr = [float(group["lr"]) for group in groups]
+        say(
+            f"model.optimizer.lr {old:g} (the checkpoint's) → {new:g}: from step {step} the "
+            f"schedule goes on scaled by {ratio:g} (the optimizer's moments kept)"
+        )
 
     def _start(
         self,
@@ -2549,6 +2590,7 @@ class Trainer:
         saved = read_state(start)
         self._check_resumable(start, saved, train)
         state = self.checkpoints.load(start, acc, module, optimizer, scheduler)
+        self._rescale_lr(optimizer, scheduler, state.global_step)
         self._adopt(state, start, train)
         self._restore_ema_and_early_stopping(start, state)
         # the newer checkpoints, another trajectory's, go aside at this run's first save

@@ -428,7 +428,10 @@ def test_a_resume_refuses_settings_it_would_not_honour(tmp_path):
             "--test", "8", "--frames", "8", "--size", "32", cwd=tmp_path)  # fmt: skip
     shards = "data.shards 1 shard of 32 samples (digest "
     for overrides, message in [
-        (["model.optimizer.lr=0.1"], "model.optimizer.lr 0.003 (the checkpoint's) → 0.1"),
+        (
+            ["model.optimizer.weight_decay=0.1"],
+            "model.optimizer.weight_decay 0.0 (the checkpoint's) → 0.1",
+        ),  # fmt: skip
         (["trainer.seed=5"], "trainer.seed 0 (the checkpoint's) → 5"),
         (["data.batch_size=2"], "data.batch_size 4 (the checkpoint's) → 2"),
         (["data.root=data/fewer"], shards),
@@ -544,16 +547,16 @@ def test_a_bad_sample_met_in_a_data_worker_is_one_line_naming_shard_and_member(t
 def test_settings_read_from_the_environment_are_compared_as_their_values(tmp_path, monkeypatch):
     """config.yaml keeps `${oc.env:…}` as text; the state records the resolved values: the
     same value written otherwise resumes, another value behind the same text is refused."""
-    monkeypatch.setenv("STPDIST_TEST_LR", "0.002")
-    checked("train", DEBUG, "trainer.max_steps=3", "logging.num_samples=0", "model.optimizer.lr=${oc.env:STPDIST_TEST_LR}",
+    monkeypatch.setenv("STPDIST_TEST_WD", "0.002")
+    checked("train", DEBUG, "trainer.max_steps=3", "logging.num_samples=0", "model.optimizer.weight_decay=${oc.env:STPDIST_TEST_WD}",
             cwd=tmp_path)  # fmt: skip
-    monkeypatch.setenv("STPDIST_TEST_LR", "0.01")
-    done = run_cli("train", DEBUG, "trainer.max_steps=4", "model.optimizer.lr=${oc.env:STPDIST_TEST_LR}",
+    monkeypatch.setenv("STPDIST_TEST_WD", "0.01")
+    done = run_cli("train", DEBUG, "trainer.max_steps=4", "model.optimizer.weight_decay=${oc.env:STPDIST_TEST_WD}",
                    "--resume", "auto", cwd=tmp_path)  # fmt: skip
-    assert done.returncode == 2 and "model.optimizer.lr 0.002 (the checkpoint's) → 0.01" in (
-        done.stderr
+    assert done.returncode == 2 and (
+        "model.optimizer.weight_decay 0.002 (the checkpoint's) → 0.01" in done.stderr
     )
     # the same value written out: accepted (nothing left to train, so it is quick)
-    done = checked("train", DEBUG, "trainer.max_steps=3", "model.optimizer.lr=0.002",
+    done = checked("train", DEBUG, "trainer.max_steps=3", "model.optimizer.weight_decay=0.002",
                    "--resume", "auto", cwd=tmp_path)  # fmt: skip
     assert "resumed from runs/debug/checkpoints/step-00000003" in done.stdout

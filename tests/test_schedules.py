@@ -178,3 +178,36 @@ def test_schedule_settings_the_schedule_does_not_read_are_said(schedule, said, c
         assert not warned
     else:
         assert len(warned) == 1 and said in warned[0], warned
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [("model.schedule.name=cosine", "model.schedule.total_steps=8", "model.schedule.min_lr=1e-4"),
+     ("model.schedule.name=onecycle", "model.schedule.total_steps=8")],
+)  # fmt: skip
+def test_a_resume_with_another_learning_rate_goes_on_with_the_schedule_scaled(tmp_path, schedule):
+    """A resume with another model.optimizer.lr was refused (only a new run from the
+    weights, without the optimizer's moments, could change it): now the restored schedule
+    goes on as the new rate's, step for step, a cosine's min_lr floor kept."""
+    from conftest import run_cli
+
+    common = ("train", DEBUG, "trainer.max_steps=8", "trainer.log_every_n_steps=1",
+              "trainer.checkpoint.every_n_steps=2", "logging.num_samples=0", *schedule)  # fmt: skip
+
+    def rates(run: str) -> dict[int, float]:
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return {x["step"]: x["train/lr"] for x in map(json.loads, lines) if "train/lr" in x}
+
+    run_cli(*common, "model.optimizer.lr=0.002", "trainer.output_dir=new", cwd=tmp_path,
+            check=True)  # fmt: skip
+    first = (*common, "model.optimizer.lr=0.004", "trainer.output_dir=changed")
+    run_cli(*first, "trainer.max_steps=4", cwd=tmp_path, check=True)
+    proc = run_cli(*common, "model.optimizer.lr=0.002", "trainer.output_dir=changed",
+                   "--resume", "auto", cwd=tmp_path, check=True)  # fmt: skip
+    assert "model.optimizer.lr 0.004 (the checkpoint's) → 0.002: from step 4 the schedule goes " \
+        "on scaled by 0.5" in proc.stdout + proc.stderr  # fmt: skip
+    expected, got = rates("new"), rates("changed")
+    assert sorted(got) == list(range(1, 9))
+    for step in range(5, 9):  # the rate after each step, as the new rate's run had it
+        assert got[step] == pytest.approx(expected[step], rel=1e-12), step
+    assert got[4] != pytest.approx(expected[4])  # before the change: the old rate's
