@@ -159,7 +159,7 @@ def _check_raw_weights_there(path: Path) -> None:
             f"{source.get('path', 'its checkpoint')}; its raw weights are not in it: load or "
             "export them from that checkpoint with --raw-weights"
         )
-    say(f"--raw-weights: {path} holds no averaged weights (no trainer.ema); its only weights")
+    say(f"--raw-weights: {path} holds no separate averaged weights; its weights are used")
 
 
 def has_average(folder: str | Path) -> bool:
@@ -174,7 +174,8 @@ def load_eval_weights(
     folder or a `.safetensors` file: a checkpoint's EMA when it holds one (unless
     `raw_weights`), else its weights. Returns the file the parameters came from.
     `raw_weights` of a folder `stpdist export` wrote from averaged weights is refused (its
-    raw weights are not in it); of one trained without an EMA, said (its weights are raw)."""
+    raw weights are not in it); of any other without an EMA file, said (its weights are
+    used as they are)."""
     if raw_weights and not has_average(path):
         _check_raw_weights_there(Path(path))
     with reading(path):  # a read lease: a run still training keeps the folder meanwhile

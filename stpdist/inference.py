@@ -1014,7 +1014,7 @@ def _export(
         if averaged or is_sharded_checkpoint(folder):  # the weights as loaded, in one file
             save_weights(safetensors_weights(module.state_dict()), staging / MODEL_FILE)
         for fmt in formats:
-            exported = _EXPORTERS[fmt](wrapped, sample, staging, info)
+            exported = _EXPORTERS[fmt](wrapped, sample, staging)
             with torch.no_grad():
                 differences[fmt] = max(
                     float((torch.as_tensor(exported(x)) - y).abs().max()) for x, y in expected
@@ -1024,6 +1024,8 @@ def _export(
             for fmt, difference in differences.items()
         }
         (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        if "onnx" in formats:  # the same record, its checks included, in the file itself
+            _describe_onnx(staging / "model.onnx", info)
     return differences
 
 
@@ -1047,6 +1049,8 @@ def _export_info(module: Any, folder: Path, raw_weights: bool) -> dict[str, Any]
                 step = read_state(folder).global_step
         source = {"path": str(folder.resolve()), "step": step}
         weights = "ema" if has_average(folder) and not raw_weights else "raw"
+        if weights == "raw" and not (folder / STATE_FILE).is_file() and _trained_with_ema(folder):
+            weights = "unknown"  # a model folder exported before 2026-12-07 of an EMA run
     frames = (*module.frame_shape,)
     return {
         "stpdist_version": __version__,
@@ -1060,6 +1064,17 @@ def _export_info(module: Any, folder: Path, raw_weights: bool) -> dict[str, Any]
                  "normalisation and the clamp to the data's range are inside the graphs",
         "value_scale": module.value_scale,
     }  # fmt: skip
+
+
+def _trained_with_ema(folder: Path) -> bool:
+    """Whether `folder`'s config.yaml (a model folder's) has `trainer.ema` set."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+        return bool((config.get("trainer") or {}).get("ema"))
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False
 
 
 def read_export_info(folder: str | Path) -> dict[str, Any] | None:
@@ -1088,25 +1103,21 @@ def _quiet_tracer() -> Any:
         yield
 
 
-def _torchscript(
-    wrapped: torch.nn.Module, sample: torch.Tensor, out: Path, info: dict[str, Any]
-) -> Any:
+def _torchscript(wrapped: torch.nn.Module, sample: torch.Tensor, out: Path) -> Any:
     with torch.no_grad(), _quiet_tracer():
         traced = torch.jit.trace(wrapped, sample, check_trace=False)
     traced.save(str(out / "model.ts"))
     return torch.jit.load(str(out / "model.ts"))
 
 
-def _exported_program(
-    wrapped: torch.nn.Module, sample: torch.Tensor, out: Path, info: dict[str, Any]
-) -> Any:
+def _exported_program(wrapped: torch.nn.Module, sample: torch.Tensor, out: Path) -> Any:
     batch = torch.export.Dim("batch", min=1, max=65536)  # any batch size; frames fixed
     program = torch.export.export(wrapped, (sample,), dynamic_shapes={"inputs": {0: batch}})
     torch.export.save(program, str(out / "model.pt2"))
     return torch.export.load(str(out / "model.pt2")).module()
 
 
-def _onnx(wrapped: torch.nn.Module, sample: torch.Tensor, out: Path, info: dict[str, Any]) -> Any:
+def _onnx(wrapped: torch.nn.Module, sample: torch.Tensor, out: Path) -> Any:
     try:
         import onnxruntime
     except ImportError as exc:
@@ -1123,7 +1134,6 @@ def _onnx(wrapped: torch.nn.Module, sample: torch.Tensor, out: Path, info: dict[
             dynamic_axes={"inputs": {0: "batch"}, "predictions": {0: "batch"}},
             dynamo=False,
         )
-    _describe_onnx(out / "model.onnx", info)
     session = onnxruntime.InferenceSession(str(out / "model.onnx"))
     return lambda x: session.run(None, {"inputs": x.numpy()})[0]
 
@@ -1134,7 +1144,7 @@ def _describe_onnx(path: Path, info: dict[str, Any]) -> None:
     an ONNX runtime that sees the file alone."""
     import onnx
 
-    graph = onnx.load(str(path))
+    graph = onnx.load(str(path), load_external_data=False)  # weights over 2 GB stay beside
     for value, shape in ((graph.graph.output[0], info["outputs"]["shape"]),
                          (graph.graph.input[0], info["inputs"]["shape"])):  # fmt: skip
         for dim, size in zip(value.type.tensor_type.shape.dim, shape):

@@ -138,22 +138,24 @@ def _finish_another_wandb_run(run_id: str) -> None:
 
 
 WANDB_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline",
-               "disabled": None}  # fmt: skip
+               "shared": "shared", "disabled": None}  # fmt: skip
 """`WANDB_MODE` values (wandb's, its older names included) → the mode a run takes (None:
 no wandb run)."""
 
 
-def _wandb_mode_of_environment(config: LoggingConfig) -> tuple[LoggingConfig, str | None]:
+def _wandb_mode_of_environment(
+    config: LoggingConfig,
+) -> tuple[LoggingConfig, str | InputError | None]:
     """`config` with the wandb mode `WANDB_MODE` sets, when it is set: the environment rules
     over `logging.wandb.mode` (cluster nodes without internet export `offline`; `disabled`
     drops the wandb tracker), and a line to say when it changes anything."""
     env = os.environ.get("WANDB_MODE")
     if "wandb" not in config.trackers or not env:
         return config, None
-    if env not in WANDB_MODES:
-        raise InputError(
-            f"WANDB_MODE={env!r} in the environment: expected online, offline or disabled "
-            "(or wandb's older names run, dryrun)"
+    if env not in WANDB_MODES:  # raised when a wandb run would start (`Tracker.start`)
+        return config, InputError(
+            f"WANDB_MODE={env!r} in the environment: expected online, offline, shared or "
+            "disabled (or wandb's older names run, dryrun)"
         )
     mode = WANDB_MODES[env]
     if mode is None:
@@ -219,13 +221,15 @@ class Tracker:
         self._started = True
         if self.is_main and step == 0 and (aside := self.metrics.set_aside()) is not None:
             say(f"{self.metrics.path} held lines of an earlier start: moved to {aside}")
-        if self.is_main and self._mode_note:
+        if self.is_main and isinstance(self._mode_note, str):
             say(self._mode_note)
             self._mode_note = None
         if self.is_main:
             self._clear_unfinished_pictures()
         if not self.config.trackers or not self.is_main:
             return
+        if isinstance(self._mode_note, InputError):  # a wandb run starts: its mode unknown
+            raise self._mode_note
         run = self._run_record(step)
         w = self.config.wandb
         # as saved: values read from the environment stay `${oc.env:NAME}` (secrets)
@@ -507,7 +511,8 @@ class Tracker:
             name = drawing.name[1 : -len(DRAWING)]
             say(
                 f"{drawing.parent / name}: the pictures of that validation were being drawn "
-                "when the run stopped; they are not drawn again (its results are logged)"
+                "when the run stopped: removed (drawn again only where this resume runs that "
+                "validation again)"
             )
 
     def _pictures_due(self, step: int) -> bool:
@@ -588,12 +593,16 @@ DRAWING = ".drawing"
 def _move_drawn(
     drawing: Path, folder: Path, written: list[tuple[str, Path, Path | None]], plot: Path | None
 ) -> tuple[list[tuple[str, Path, Path | None]], Path | None]:
-    """The pictures drawn in `drawing` moved into `folder` (made if need be; files of
-    others there stay), `drawing` removed; returns their new paths."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in sorted(drawing.iterdir()):
-        os.replace(path, folder / path.name)
-    drawing.rmdir()
+    """The pictures drawn in `drawing` moved into `folder`, `drawing` removed; returns their
+    new paths. A new `folder` is `drawing` renamed (one step: a kill leaves all or none);
+    into one that exists (another split's pictures of the step) they move one by one."""
+    try:
+        os.rename(drawing, folder)  # fails where `folder` exists (and holds anything)
+    except OSError:
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in sorted(drawing.iterdir()):
+            os.replace(path, folder / path.name)
+        drawing.rmdir()
 
     def moved(path: Path | None) -> Path | None:
         return None if path is None else folder / path.name

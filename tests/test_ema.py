@@ -174,8 +174,14 @@ def test_cli_export_load_and_predict_use_the_ema_unless_raw_weights(tmp_path):
     again = json.loads((tmp_path / "again" / "export.json").read_text())
     assert again["weights"] == "ema" and again["exported_from"]["step"] == step
     assert all(torch.equal(load_file(str(tmp_path / "again" / MODEL_FILE))[n], ema[n]) for n in ema)
+    # an export written before export.json existed, of an EMA run: its weights unknown
+    (tmp_path / "again" / "export.json").unlink()
+    run_cli("export", "again", "--out", "older", cwd=tmp_path, check=True)
+    assert json.loads((tmp_path / "older" / "export.json").read_text())["weights"] == "unknown"
     proc = run_cli("export", "raw", "--out", "raw-again", "--raw-weights", cwd=tmp_path)
-    assert proc.returncode == 0 and "holds no averaged weights" in proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "holds no separate averaged weights; its weights are used" in (
+        proc.stdout + proc.stderr
+    )
 
     import stpdist
 

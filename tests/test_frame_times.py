@@ -208,3 +208,8 @@ def test_split_names_the_one_split_of_a_series_and_is_refused_beside_val_from(tm
                  "--frames", "3", "--time-key", "time", "--val-from", "2020-01-02",
                  "--split", "live", "--workers", "1"])  # fmt: skip
     assert code == 2 and not (tmp_path / "ds2").exists()
+    code = main(["shard", "arrays", str(tmp_path / "raw"), "--out", str(tmp_path / "ds3"),
+                 "--frames", "3", "--time-key", "time", "--val-from", "2020-01-02",
+                 "--split", "train", "--value-scale", "1", "--workers", "1"])  # fmt: skip
+    assert code in (0, None)  # the default spelt out, as before
+    assert sorted(p.name for p in (tmp_path / "ds3").iterdir() if p.is_dir()) == ["train", "val"]

@@ -235,9 +235,17 @@ def test_wandb_mode_of_the_environment_rules_over_the_configs(tmp_path, monkeypa
     assert Tracker(tmp_path / "b", offline)._mode_note is None
     monkeypatch.setenv("WANDB_MODE", "dryrun")
     assert Tracker(tmp_path / "c", online).config.wandb.mode == "offline"
-    monkeypatch.setenv("WANDB_MODE", "offlne")
-    with pytest.raises(InputError, match=r"WANDB_MODE='offlne' in the environment: expected"):
-        Tracker(tmp_path / "d", online)
+    monkeypatch.setenv("WANDB_MODE", "shared")  # wandb's own too
+    assert Tracker(tmp_path / "s", online).config.wandb.mode == "shared"
+    monkeypatch.setenv("WANDB_MODE", "offlne")  # refused as a wandb run would start
+    note = Tracker(tmp_path / "d", online)._mode_note
+    assert isinstance(note, InputError)
+    assert str(note).startswith("WANDB_MODE='offlne' in the environment: expected online")
+    typo = Trainer(output_dir=tmp_path / "typo", progress_bar=False, max_epochs=1,
+                   logging=LoggingConfig(trackers=["wandb"], num_samples=0))  # fmt: skip
+    with pytest.raises(InputError, match=r"WANDB_MODE='offlne' in the environment"):
+        typo.fit(TinyModule(), loader(8, 4, shuffle=False))
+    typo.close()
     monkeypatch.delenv("WANDB_MODE")
     assert Tracker(tmp_path / "e", online).config.wandb.mode == "online"  # the config's
 

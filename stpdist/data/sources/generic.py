@@ -209,7 +209,8 @@ class GenericArrays:
             raise InputError(
                 "--splits cuts whole files; a series is split by --val-from/--test-from"
             )
-        if self.split_given and (self.val_from is not None or self.test_from is not None):
+        cut = self.val_from is not None or self.test_from is not None
+        if self.split_given and self.split != "train" and cut:  # train: the default, spelt out
             raise InputError(
                 f"--split {self.split} names the one split of a series; with --val-from or "
                 "--test-from its windows go to train, val and test: drop one or the other"
