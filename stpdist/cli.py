@@ -328,15 +328,22 @@ def cmd_validate(args: argparse.Namespace) -> None:
     cfg, trainer, ckpt, module, split, kept = _with_checkpoint(args, "data.val_split")
     out = Path(cfg.trainer.output_dir)
     record = {**_checkpoint_record(ckpt, args.raw_weights), **_data_record(cfg, split)}
-    record["precision"] = _said_precision(cfg, trainer)
+    record["precision"] = cfg.trainer.mixed_precision
     earlier = _json_file(out / f"metrics_{split}.json")
     # the best checkpoint moves as a run goes on: its newer results replace the older, but
     # results of its EMA and of its raw weights (--raw-weights) do not replace each other
-    same_kind = earlier is not None and earlier.get("raw_weights", False) == args.raw_weights
+    # (nor do float32 results and those of another precision: `precision`, recorded since
+    # 2026-12-07, "no" where not recorded)
+    same_kind = (
+        earlier is not None
+        and earlier.get("raw_weights", False) == args.raw_weights
+        and earlier.get("precision", "no") == record["precision"]
+    )
     if earlier is not None and not (args.overwrite or (args.ckpt == "best" and same_kind)):
         _refuse_other_checkpoint(str(out / f"metrics_{split}.json"), earlier, record, args.ckpt, "")
     if earlier is not None and not args.overwrite:
         _refuse_other_data(str(out / f"metrics_{split}.json"), earlier, record)
+    _say_precision(record["precision"], trainer)  # after the refusals
     own = build.trained_on_this_data(cfg, Path(ckpt), kept)
     results = trainer.validate(
         module, build.eval_stream(cfg, split), ckpt=ckpt, split=split,
@@ -392,15 +399,13 @@ def _write_json(path: Path, results: dict[str, Any]) -> Path:
     return path
 
 
-def _said_precision(cfg: Config, trainer: Any) -> str:
-    """The precision `validate`/`predict` run in (the config's `trainer.mixed_precision`),
-    said when it is not float32: its outputs then differ from `forecast`'s and an export's
-    (float32) by the rounding of bf16/fp16. Recorded in the results file."""
-    precision = cfg.trainer.mixed_precision
+def _say_precision(precision: str, trainer: Any) -> None:
+    """The precision `validate`/`predict` run in (the config's `trainer.mixed_precision`,
+    recorded in the results file), said when it is not float32: its outputs then differ
+    from `forecast`'s and an export's (float32) by the rounding of bf16/fp16."""
     if precision != "no" and trainer.is_main:
         print(f"running in {precision} (the config's trainer.mixed_precision; "
               "trainer.mixed_precision=no for float32)")  # fmt: skip
-    return precision
 
 
 def _checkpoint_record(ckpt: Path, raw_weights: bool) -> dict[str, Any]:
@@ -487,6 +492,7 @@ def _refuse_other_checkpoint(
         and Path(recorded).name == Path(record["checkpoint"]).name
         and earlier.get("checkpoint_step") == record["checkpoint_step"]
         and earlier.get("raw_weights", False) == record["raw_weights"]
+        and earlier.get("precision", "no") == record.get("precision", "no")
     )
     if same:
         return
@@ -502,6 +508,9 @@ def _refuse_other_checkpoint(
         raw = "its raw weights"
         theirs += f" ({raw if earlier.get('raw_weights') else 'its EMA when it holds one'})"
         ours += f", {raw if record['raw_weights'] else 'its EMA when it holds one'}"
+    if earlier.get("precision", "no") != record.get("precision", "no"):
+        theirs += f" in precision {earlier.get('precision', 'no')}"
+        ours += f", precision {record['precision']}"
     raise InputError(
         f"{where} holds the results of {theirs}, not of --ckpt {choice} ({ours}); pass "
         f"{keep_both}--overwrite to replace them"
@@ -562,8 +571,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     # a file, the data, the config, a run or its checkpoints: refused even with --overwrite
     check_output_folder(out, overwrite=True, protected=protected)
     record = {**_checkpoint_record(ckpt, args.raw_weights), **_data_record(cfg, split)}
-    record["precision"] = _said_precision(cfg, trainer)
+    record["precision"] = cfg.trainer.mixed_precision
     _check_predict_out(out, args, record)
+    _say_precision(record["precision"], trainer)
     data = build.eval_stream(cfg, split)
     keeper = SampleKeeper(args.samples if trainer.is_main else 0)
     earlier = _earlier_output("predict")

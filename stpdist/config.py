@@ -273,10 +273,12 @@ class TrainerConfig:
     and `torch.backends.cudnn.deterministic`; on CUDA `CUBLAS_WORKSPACE_CONFIG=:4096:8` when
     unset): on a GPU the same seed and settings then train the same weights run after run,
     at some cost in speed; an op that has no deterministic kernel stops the run with an
-    error naming it. Refused with `cudnn_benchmark: true` (it picks kernels by timing them).
-    Torch's own settings again once the last Trainer that set it closes. On a CPU the
-    kernels stpdist's models use are deterministic already (same seed, threads, workers and
-    ranks: bitwise-identical weights); the setting holds there too."""
+    error naming it (on a GPU: TrajGRU's `grid_sample` backward has none). Refused with
+    `cudnn_benchmark: true` or cuDNN's algorithm search otherwise on (it picks kernels by
+    timing them). The settings are process-wide: while a Trainer that set it is open, every
+    Trainer of the process runs with them; torch's own again once the last one that set it
+    closes. On a CPU the kernels stpdist's models use are deterministic already (same seed,
+    threads, workers and ranks: bitwise-identical weights); the setting holds there too."""
     channels_last: bool = False
     """Store the model's 2-D convolution weights channels-last before training
     (`stpdist.module.to_channels_last`): the convolutions then write channels-last

@@ -271,6 +271,7 @@ class Forecaster(EnhancedModule):
 
     def configure_lr_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
         schedule = self.config.schedule
+        _say_ignored_schedule_settings(schedule, self.planned_steps)
         if schedule.name == "none" and not schedule.warmup_steps:
             return None
         interval = schedule.interval
@@ -285,7 +286,6 @@ class Forecaster(EnhancedModule):
         total = schedule.total_steps or self.planned_steps
         if schedule.name in ("onecycle", "cosine") and not total:
             raise ValueError(f"lr schedule '{schedule.name}' needs model.schedule.total_steps")
-        _say_ignored_schedule_settings(schedule, self.planned_steps)
         if schedule.name == "onecycle":
             peak = self.config.optimizer.lr
             return torch.optim.lr_scheduler.OneCycleLR(optimizer, peak, total_steps=total)

@@ -1391,12 +1391,6 @@ class Trainer:
                 "algorithm search picks kernels by timing them, so two runs may differ; "
                 "drop one of them"
             )
-        self._cudnn_release = hold_cudnn_benchmark(
-            self, self.config.cudnn_benchmark, self.accelerator.device
-        )
-        self._deterministic_release = hold_deterministic(
-            self, self.config.deterministic, self.accelerator.device
-        )
         self._inner_optimizer: Any = None  # see _direct
         on_cpu = self.accelerator.device.type == "cpu"
         if self.config.mixed_precision == "bf16" and on_cpu and not _fast_bf16_cpu():
@@ -1418,6 +1412,11 @@ class Trainer:
         # a module built after the Trainer (`Trainer(…).fit(Net(), …)`) starts from the same
         # weights every run, as the CLI's does; `fit` seeds again, per rank (data order)
         set_seed(self.config.seed)
+        # process-wide torch settings, held last: a Trainer that fails to be made holds none
+        # (the deterministic hold, which may refuse, first)
+        device = self.accelerator.device
+        self._deterministic_release = hold_deterministic(self, self.config.deterministic, device)
+        self._cudnn_release = hold_cudnn_benchmark(self, self.config.cudnn_benchmark, device)
 
     def _hold_settings(self) -> None:
         """Accelerate keeps mixed precision and gradient accumulation in process-wide
@@ -1646,7 +1645,9 @@ class Trainer:
         self._trainable = _trainable(module) if self.accelerator.num_processes > 1 else None
         self._inner_optimizer = self._direct(optimizer)
         self._set_up_ema_and_early_stopping(module)
-        self._check_early_stopping_can_stop(validator, batches_per_epoch, total_steps)
+        self._check_early_stopping_can_stop(
+            validator, batches_per_epoch, total_steps, resumed=start is not None
+        )
         self._warn_if_best_is_never_ranked(validator, batches_per_epoch, total_steps)
         max_epochs = self.config.max_epochs or math.inf
         with self._stop.installed():
@@ -2695,12 +2696,13 @@ class Trainer:
             self.attachments[EARLY_STOPPING_FILE] = self.early_stopping.to_json
 
     def _check_early_stopping_can_stop(
-        self, validator: Validator, batches_per_epoch: int, total_steps: int
+        self, validator: Validator, batches_per_epoch: int, total_steps: int, resumed: bool
     ) -> None:
         """`trainer.early_stopping` counts validations during training: refuse, before any
         step, a run that has none (no validation data, or validation only at the end: none
-        of its validation periods falls before the last step); warn when it has too few to
-        ever stop (the first sets the best, then `patience` more)."""
+        of its validation periods falls before the last step; a `resumed` run, begun when
+        that was not refused, is told instead); warn when it has too few to ever stop (the
+        first sets the best, then `patience` more)."""
         if self.early_stopping is None:
             return
         config = self.config
@@ -2717,8 +2719,12 @@ class Trainer:
             why = (
                 f"its {total_steps} steps end before its first validation (val_every_n_steps "
                 f"{config.val_every_n_steps}, val_every_n_epochs {config.val_every_n_epochs}"
-                f", {per_epoch} steps an epoch), and the last step's validation is not counted"
+                f", {per_epoch} steps an epoch), and a validation at the last step cannot "
+                "stop it early"
             )
+            if resumed:
+                console.warn_main("trainer.early_stopping cannot stop this run: %s", why)
+                return
         elif counted <= self.early_stopping.config.patience:
             console.warn_main(
                 "trainer.early_stopping cannot stop this run: it plans %d validation(s) "
@@ -3370,6 +3376,13 @@ def hold_deterministic(owner: object, value: bool, device: torch.device) -> Any:
     if not value:
         return None
     if device.type == "cuda":
+        if torch.backends.cudnn.benchmark:
+            raise ConfigError(
+                "trainer.deterministic: cuDNN's algorithm search is on "
+                "(torch.backends.cudnn.benchmark, set by this program or by another open "
+                "Trainer's cudnn_benchmark), which picks kernels by timing them: turn it off "
+                "first, or drop trainer.deterministic"
+            )
         workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
         if workspace is None:
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE

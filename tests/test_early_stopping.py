@@ -127,6 +127,19 @@ def test_early_stopping_that_could_never_stop_is_refused_before_any_step(tmp_pat
         assert not (tmp_path / name / "checkpoints").exists()
 
 
+def test_a_resumed_run_that_early_stopping_cannot_stop_is_told_not_refused(tmp_path, capsys):
+    """A diff review: the refusal stopped runs begun before it existed from resuming (and a
+    requeued job of a finished one exited 2)."""
+    periods = {"val_every_n_epochs": 5, "max_epochs": 2, "progress_bar": False}
+    Trainer(output_dir=tmp_path, **periods).fit(Frozen(frozen_after=3), loader(40, 4), val_loader())
+    again = Trainer(output_dir=tmp_path, early_stopping=EarlyStoppingConfig(patience=3), **periods)
+    again.fit(Frozen(frozen_after=3), loader(40, 4), val_loader(), resume="auto")
+    again.close()
+    assert "trainer.early_stopping cannot stop this run: its 20 steps end before" in (
+        capsys.readouterr().err
+    )
+
+
 def test_early_stopping_with_too_few_validations_to_stop_says_so(tmp_path, caplog):
     """Validations every 5 steps of 20: three before the last, one short of patience 3's
     four (the first sets the best): a warning at start, and the run goes on."""

@@ -217,6 +217,11 @@ def test_cli_export_load_and_predict_use_the_ema_unless_raw_weights(tmp_path):
     proc = run_cli("validate", str(DEBUG), "--raw-weights", cwd=tmp_path)
     assert proc.returncode == 2 and "--overwrite" in proc.stderr
     assert (run / "metrics_val.json").read_text() == kept
+    # nor do those of another precision (a diff review: bf16 replaced float32 silently)
+    proc = run_cli("validate", str(DEBUG), "trainer.mixed_precision=bf16", cwd=tmp_path)
+    assert proc.returncode == 2 and ", precision bf16); pass --overwrite" in proc.stderr
+    assert "running in bf16" not in proc.stdout  # not said for a run that is refused
+    assert (run / "metrics_val.json").read_text() == kept
 
 
 def test_ema_settings_are_checked():

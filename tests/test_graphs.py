@@ -298,7 +298,6 @@ def test_deterministic_holds_while_the_trainer_is_open_and_goes_back_at_close(tm
 def test_deterministic_with_cudnn_benchmark_is_refused_at_start(tmp_path):
     with pytest.raises(ConfigError, match="trainer.deterministic and trainer.cudnn_benchmark"):
         Trainer(output_dir=tmp_path / "r", max_epochs=1, deterministic=True, cudnn_benchmark=True)
-    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_deterministic_sets_cublas_workspace_on_cuda_and_refuses_one_that_is_not(monkeypatch):
@@ -326,6 +325,13 @@ def test_deterministic_sets_cublas_workspace_on_cuda_and_refuses_one_that_is_not
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
     with pytest.raises(ConfigError, match="CUBLAS_WORKSPACE_CONFIG is ':0:0'"):
+        hold_deterministic(owner, True, cuda)
+    assert not torch.are_deterministic_algorithms_enabled()
+    # cuDNN's algorithm search on (another Trainer's cudnn_benchmark, the program's own):
+    # refused, not run beside it (a diff review: it stayed on, deterministic said)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    with pytest.raises(ConfigError, match=r"cuDNN's algorithm search is on"):
         hold_deterministic(owner, True, cuda)
     assert not torch.are_deterministic_algorithms_enabled()
 

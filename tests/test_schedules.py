@@ -164,6 +164,8 @@ def test_a_one_cycle_too_short_for_the_run_names_the_setting_that_lengthens_it(t
         ({"name": "cosine", "total_steps": 10},
          "model.schedule.total_steps 10 is shorter than this run's 24 steps: the cosine ends "
          "at step 10, and the last 14 steps train at min_lr 0"),
+        ({"name": "none", "min_lr": 1e-3},  # the default schedule: said too (a diff review)
+         "model.schedule.name none does not read min_lr 0.001: only the cosine schedules"),
         ({"name": "cosine", "total_steps": 24, "min_lr": 1e-3}, None),  # as read: nothing said
         ({"name": "cosine_restarts", "restart_every_steps": 5, "min_lr": 1e-3}, None),
     ],
