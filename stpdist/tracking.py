@@ -504,8 +504,8 @@ class Tracker:
 
     def _clear_unfinished_pictures(self) -> None:
         """The pictures a stopped process was drawing (`samples/.step-N.drawing`): removed,
-        and said; that validation's results are in metrics.jsonl, its pictures are not
-        drawn again."""
+        and said; that validation's results are in metrics.jsonl (or the validation runs
+        again on resume, drawing them again)."""
         for drawing in sorted((self.output_dir / "samples").glob(f".step-*{DRAWING}")):
             shutil.rmtree(drawing, ignore_errors=True)
             name = drawing.name[1 : -len(DRAWING)]

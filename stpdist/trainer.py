@@ -129,7 +129,8 @@ KEPT_ON_RESUME = (
     "model.loss_frames",
 )
 """Config keys a resume cannot change (but `model.optimizer.lr`, whose change scales the
-restored schedule: `LR_KEY`): the restored optimizer state keeps its kind and weight decay, and the restored scheduler state its kind (another's state
+restored schedule: `LR_KEY`): the restored optimizer state keeps its kind and weight decay,
+and the restored scheduler state its kind (another's state
 fails to load, or loads into it and goes on at the other's step), interval (it counts
 steps or epochs) and length (OneCycleLR's `total_steps` is part of its state); what the
 run's losses measure (the normalisation of the frames, the loss and its frames: `val/loss`,
@@ -542,8 +543,9 @@ def _check_scheduler_calls(scheduler: Any) -> None:
         n for n in ("state_dict", "load_state_dict") if not callable(getattr(scheduler, n, None))
     ]
     if missing:
+        named = " or ".join(f"{n}()" for n in missing)
         raise TypeError(
-            f"configure_lr_scheduler returned a {kind} without {' or '.join(f'{n}()' for n in missing)}: "
+            f"configure_lr_scheduler returned a {kind} without {named}: "
             "every checkpoint saves the schedule's state, so that a resume goes on where it "
             "stopped; add them, or use a torch.optim.lr_scheduler scheduler (LambdaLR takes "
             "any function of the step)"
