@@ -1119,6 +1119,7 @@ def _exported_program(wrapped: torch.nn.Module, sample: torch.Tensor, out: Path)
 
 def _onnx(wrapped: torch.nn.Module, sample: torch.Tensor, out: Path) -> Any:
     try:
+        import onnx  # noqa: F401 (`_describe_onnx` writes the file's metadata with it)
         import onnxruntime
     except ImportError as exc:
         raise ImportError(
