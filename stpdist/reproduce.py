@@ -27,6 +27,7 @@ numbers show the harness works and beat copy-last-frame, they are not OpenSTL's 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -158,6 +159,50 @@ def _refuse_earlier_seeds(out: Path, seeds: int) -> None:
             )
 
 
+CALL_FILE = "reproduce.call.json"
+"""The settings of the call whose seeds `--out` holds (`_hold_call_settings`)."""
+
+
+def _call_settings(cfg: Config) -> dict[str, Any]:
+    """What trains a seed, flat (`model.optimizer.lr`: 0.003): the resolved config but the
+    keys `reproduce` sets per seed and those that leave the model as it is (SETTING_ALONE)."""
+    from .tracking import flat_dict
+
+    flat = flat_dict(dataclasses.asdict(cfg))
+    alone = (*SETTING_ALONE, *SET_BY_REPRODUCE)  # prefixes, as `openstl_differences` reads
+    return {key: value for key, value in flat.items() if not key.startswith(alone)}
+
+
+def _hold_call_settings(out: Path, cfg: Config, command: str, resume: str | None) -> None:
+    """Record the settings of this call in `out` (before any seed trains); a `--resume auto`
+    of a call with other settings is refused, naming them: its table would average seeds
+    trained otherwise (seed 0 finished at one learning rate, seed 2 trained at another)."""
+    file = out / CALL_FILE
+    now = json.loads(json.dumps(_call_settings(cfg), default=str))  # as JSON reads it back
+    if resume == "auto" and file.is_file():
+        try:
+            earlier = json.loads(file.read_text())
+            before, their_command = earlier["settings"], earlier["command"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{file}: unreadable ({exc}); it records the earlier call") from None
+        changed = [
+            f"{key} {before.get(key)!r} → {now.get(key)!r}"
+            for key in sorted(set(before) | set(now))
+            if before.get(key) != now.get(key)
+        ]
+        if changed:
+            listed = "; ".join(changed[:8]) + (f" … ({len(changed)} in all)" * (len(changed) > 8))
+            raise InputError(
+                f"--resume auto continues the call whose seeds {out} holds ({their_command}) "
+                f"with its settings; this one differs: {listed}. Resume with that call's "
+                "arguments, or choose another --out"
+            )
+        return
+    if os.environ.get("RANK", "0") == "0":  # every rank has it; the main process writes it
+        out.mkdir(parents=True, exist_ok=True)
+        file.write_text(json.dumps({"command": command, "settings": now}, indent=2))
+
+
 def run_seed(
     config: str, overrides: list[str], seed: int, out: Path, resume: str | None = None
 ) -> tuple[dict[str, float], bool, str]:
@@ -184,7 +229,9 @@ def run_seed(
     build.keep_index(cfg, trainer)  # each checkpoint a model folder, as `stpdist train`'s
     train, val = build.train_stream(cfg), build.eval_stream(cfg, cfg.data.val_split)
     trainer.fit(module, train, val, resume=resume)
-    ckpt = trainer.checkpoints.best() or trainer.checkpoints.latest()
+    # the best ranked, else the newest, as `validate --ckpt best`: a damaged one is passed
+    # over with a warning naming it (it was replaced silently by the next best)
+    ckpt = trainer.checkpoints.choose("best")
     split = cfg.data.test_split
     results = trainer.validate(module, build.eval_stream(cfg, split), ckpt=ckpt, split=split)
     trainer.close()
@@ -334,10 +381,18 @@ def markdown(
     command: str,
     test_sequences: int,
     differences: list[str],
+    ranked: bool = True,
 ) -> str:
+    """The table as markdown; `ranked`: the checkpoints scored are the best by validation
+    (else the newest: `trainer.checkpoint.keep_best` 0 ranks none)."""
     setting = "scaled-down CPU recipe (--small)" if small else "the recipe as configured"
+    scored = (
+        "best checkpoint (by validation)"
+        if ranked
+        else "newest checkpoint (trainer.checkpoint.keep_best 0 ranks none)"
+    )
     lines = [
-        f"`{command}` — {name}, {seeds} seed(s), {setting}; best checkpoint (by validation) "
+        f"`{command}` — {name}, {seeds} seed(s), {setting}; {scored} "
         f"on the test split ({test_sequences} sequences); ± the seeds' sample standard "
         "deviation (n − 1).",
         "",
@@ -361,10 +416,10 @@ def markdown(
 
 
 def _mean_std(row: dict[str, Any]) -> str:
-    """`mean ± std` at 4 significant digits (trailing zeros kept: 0.04800 beside 0.02159),
-    the spread (the seeds' sample standard deviation, n − 1) at 3 (at 2, 1.0476 read as
-    "± 1"); one seed has no spread: `± n/a`."""
-    spread = "n/a" if row["std"] is None else f"{row['std']:.3g}"
+    """`mean ± std` at 4 significant digits, the spread (the seeds' sample standard
+    deviation, n − 1) at 3 (at 2, 1.0476 read as "± 1"), trailing zeros kept in both
+    (0.04800 beside 0.02159, ± 1.40); one seed has no spread: `± n/a`."""
+    spread = "n/a" if row["std"] is None else f"{row['std']:#.3g}"
     return f"{row['mean']:#.4g} ± {spread}"
 
 
@@ -424,6 +479,7 @@ def reproduce(
     if resume != "auto":
         _refuse_earlier_seeds(out, seeds)
     all_overrides = [*(small_overrides(out, digits) if small else []), *(overrides or [])]
+    _hold_call_settings(out, load_config(config, all_overrides), command, resume)
     seeded = [run_seed(config, all_overrides, seed, out, resume) for seed in range(seeds)]
     runs = [scores for scores, _, _ in seeded]
     cfg = load_config(config, all_overrides)
@@ -450,7 +506,8 @@ def reproduce(
         return summary
     out.mkdir(parents=True, exist_ok=True)
     (out / "reproduce.json").write_text(json.dumps(summary, indent=2))
-    text = markdown(name, table, seeds, small, command, test_index.num_samples, differences)
+    ranked = cfg.trainer.checkpoint.keep_best > 0
+    text = markdown(name, table, seeds, small, command, test_index.num_samples, differences, ranked)
     (out / "reproduce.md").write_text(text)
     print(text)
     print(f"written: {out / 'reproduce.json'}, {out / 'reproduce.md'}")

@@ -99,6 +99,13 @@ def read_sweep(path: str | Path) -> dict[str, Any]:
             f"{path}: metric name {metric['name']!r}: results are logged as <split>/<name> "
             f"(val/{metric['name']}, train/loss): name one of them"
         )
+    split, _, rest = metric["name"].partition("/")
+    if split not in ("val", "train"):  # test/…: scored by no training (found at its end)
+        raise InputError(
+            f"{path}: metric name {metric['name']!r}: a trial logs its training's results, "
+            f"train/… and val/… (val/{rest}); the {split} split is scored by none (stpdist "
+            "validate or predict score it after)"
+        )
     parameters = spec.get("parameters")
     if not isinstance(parameters, dict) or not parameters:
         raise InputError(f"{path}: parameters: expected a mapping of dotted config keys")
@@ -291,18 +298,25 @@ def run_trial(
         trainer.required_results[name] = "the sweep's metric"
     result = {"sweep_id": sweep_id, "run_id": run_id, "parameters": params, "finished": False}
     result["metric"] = {"name": name, "goal": goal, "value": None}
+    # what else made the trial (a sweeps review: trials of other sweep files and other
+    # overrides were told apart by provenance.jsonl alone)
+    result["config"], result["overrides"] = str(config), list(overrides)
     if trainer.is_main:  # a trial stopped on the way is finished by `stpdist train --resume`
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_record(folder, result)
+        # written once the run lock is held: a second trial of the same run id (a job
+        # launched twice) is refused before it, and wrote its parameters over the first's
+        trainer.when_locked.append(lambda: _write_record(folder, result, make=True))
     trainer.fit(module, build.train_stream(cfg), val)
     result = finish_trial(folder, trainer)
     trainer.close()
     if result["metric"]["value"] is None:
         raise InputError(f"sweep metric {name!r} was never logged by trial {run_id} ({folder})")
+    say(f"sweep trial {run_id} finished: best {name} {result['metric']['value']:.6g} ({folder})")
     return result
 
 
-def _write_record(folder: Path, record: dict[str, Any]) -> None:
+def _write_record(folder: Path, record: dict[str, Any], make: bool = False) -> None:
+    if make:
+        folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f"{TRIAL_FILE}.tmp"
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, folder / TRIAL_FILE)

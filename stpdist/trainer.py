@@ -1394,6 +1394,9 @@ class Trainer:
                 "drop one of them"
             )
         self._inner_optimizer: Any = None  # see _direct
+        self.when_locked: list[Callable[[], None]] = []
+        """Called by `fit` once it holds the output folder's run lock, before anything else
+        (what a second run into the folder must not do: it is refused before)."""
         on_cpu = self.accelerator.device.type == "cpu"
         if self.config.mixed_precision == "bf16" and on_cpu and not _fast_bf16_cpu():
             console.warn_main(
@@ -1611,6 +1614,8 @@ class Trainer:
         # `--resume auto`) stops here, on every rank, naming the holder, before any rank
         # reads a checkpoint that the first run may be writing or retiring
         with self._run_lock(), contextlib.ExitStack() as lease:
+            for call in self.when_locked:  # e.g. a sweep trial's record, written by the holder
+                call()
             return self._fit(module, train_data, val_data, resume, lease)
 
     def _fit(

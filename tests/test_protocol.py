@@ -611,6 +611,12 @@ def test_openstl_numbers_stand_beside_a_run_in_their_setting_only(tmp_path, monk
 
     # the spread at 3 digits (a reproducibility review read "31.48 ± 1" for a std of 1.0476)
     assert _mean_std({"mean": 31.4838, "std": 1.0476}) == "31.48 ± 1.05"
+    # its trailing zeros kept, as the mean's (a sweeps review read "± 1.4" for 1.39684)
+    assert _mean_std({"mean": 7.137, "std": 1.39684}) == "7.137 ± 1.40"
+    # the checkpoint scored, said as it is: none ranked with keep_best 0 (the newest)
+    assert "newest checkpoint (trainer.checkpoint.keep_best 0 ranks none)" in markdown(
+        "predrnn", {}, 2, False, "c", 9000, [], ranked=False
+    )
 
 
 # ---------------------------------------------------------------------- LPIPS

@@ -74,6 +74,19 @@ def test_stopped_reproduce_resumes_and_extends_to_more_seeds(tmp_path, monkeypat
     assert three["scored"][0]["checkpoint"].endswith("seed0/checkpoints/step-00000008")
     assert "3 seed(s)" in (rep / "reproduce.md").read_text()
 
+    # other settings under --resume auto: refused (a sweeps review: one table averaged
+    # seeds trained at two learning rates, its header naming the last call's alone)
+    table = (rep / "reproduce.json").read_text()
+    proc = run_cli(
+        "reproduce", DEBUG, *FAST, "model.optimizer.lr=0.01", "--seeds", "3", "--out", "rep",
+        "--resume", "auto", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "this one differs: model.optimizer.lr 0.003 → 0.01. Resume with that call's" in (
+        proc.stderr
+    )
+    assert (rep / "reproduce.json").read_text() == table
+
 
 @pytest.mark.multiprocess
 def test_reproduce_on_two_ranks_writes_and_prints_its_table_once(tmp_path):

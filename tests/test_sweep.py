@@ -222,6 +222,34 @@ def test_a_metric_named_without_its_split_is_refused_before_training(tmp_path):
         "(val/mse, train/loss): name one of them"
     ]
     assert not (tmp_path / "runs").exists()
+    # a split no training scores (a sweeps review: test/mse trained the whole trial first)
+    sweep, overrides = _fixture(tmp_path, {**SWEEP, "metric": {"name": "test/mse"}})
+    proc = run_cli("sweep", DEBUG, str(sweep), *overrides, "--params", "{}", cwd=tmp_path)
+    assert proc.returncode == 2 and not (tmp_path / "runs").exists()
+    assert "a trial logs its training's results, train/… and val/… (val/mse)" in proc.stderr
+
+
+def test_a_trial_refused_by_the_run_lock_writes_no_record(tmp_path, monkeypatch):
+    """A sweeps review: two jobs of one run id at once; the one the run lock refused had
+    written its parameters into sweep.json, and the other's score was filed under them."""
+    from stpdist import sweep as sweep_module
+    from stpdist.runlock import RunLock
+
+    sweep, overrides = _fixture(tmp_path, SWEEP)
+    held, found = [], sweep_module.trial_folder
+
+    def raced(*args, **kwargs):  # the other job takes the folder after this one's check
+        folder = found(*args, **kwargs)
+        held.append(RunLock(folder).acquire())
+        return folder
+
+    monkeypatch.setattr(sweep_module, "trial_folder", raced)
+    monkeypatch.setenv("WANDB_RUN_ID", "twice")
+    params = json.dumps({"model.optimizer.lr": 0.001, "model.backbone.hidden_channels": [4, 4]})
+    proc = run_cli("sweep", DEBUG, str(sweep), *overrides, "--params", params, cwd=tmp_path)
+    held[0].release()
+    assert proc.returncode == 2 and "in use by another run" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "runs" / "sweep-local" / "twice" / "sweep.json").exists()
 
 
 def test_a_sweep_needs_the_server(tmp_path):
