@@ -399,6 +399,27 @@ def _write_json(path: Path, results: dict[str, Any]) -> Path:
     return path
 
 
+def _raised_in_user_code(exc: BaseException) -> str:
+    """` (in FILE:LINE, FUNCTION; …)` for an error raised in code of the user's own (a model,
+    a module, a translator named by import path), the innermost of its frames outside
+    stpdist, torch and the installed packages; "" for any other (a plugins review: a shape
+    error in one's own forward named no file)."""
+    import sysconfig
+    import traceback
+
+    ours = str(Path(__file__).resolve().parent)
+    libraries = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        where = str(Path(frame.filename).resolve())
+        if frame.filename.startswith("<") or where.startswith((ours, *libraries)):
+            continue
+        return (
+            f" (in {frame.filename}:{frame.lineno}, {frame.name}; stpdist --debug shows the "
+            "traceback)"
+        )
+    return ""
+
+
 def _say_precision(precision: str, trainer: Any) -> None:
     """The precision `validate`/`predict` run in (the config's `trainer.mixed_precision`,
     recorded in the results file), said when it is not float32: its outputs then differ
@@ -2104,7 +2125,7 @@ def _main(args: argparse.Namespace) -> int:
             raise
         line = _environment_error(exc, args.command)
         if line is None:
-            line = f"{type(exc).__name__}: {_message(exc)}"
+            line = f"{type(exc).__name__}: {_message(exc)}{_raised_in_user_code(exc)}"
         _close_command_trainers(1, earlier)  # first: the error is the last line a log file shows
         error_line(f"stpdist: error: {line}")
         return 1

@@ -1086,8 +1086,10 @@ def _check_task_fits_backbone(cfg: Config, saved: bool = False) -> None:
     ):
         if value != default:
             raise ConfigError(
-                f"'{key}' is {value!r}, which applies to frame-recurrent backbones only; "
-                f"'{name}' predicts all frames at once: expected {default!r}"
+                f"'{key}' is {value!r}, which applies to frame-recurrent backbones only (built "
+                "on stpdist.models.recurrent.FrameRecurrent, whose frame loop feeds "
+                f"predictions back); '{name}' is not one: expected {default!r}, or build it on "
+                "FrameRecurrent (the own-model guide shows how)"
             )
 
 

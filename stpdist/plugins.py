@@ -145,10 +145,11 @@ def _shown(hint: Any) -> str:
     return getattr(hint, "__name__", None) if hint in _SIMPLE else str(hint).replace("typing.", "")
 
 
-def build_user_backbone(cls: type[nn.Module], spec: Any, values: dict[str, Any]) -> nn.Module:
-    """A backbone given by import path: with `Args` like the built-in ones, else keywords."""
+def build_user_backbone(cls: type[nn.Module], spec: Any, values: Any) -> nn.Module:
+    """A backbone given by import path: with `Args` like the built-in ones (`values` an
+    instance of them, as `config.backbone_config` types them, or a mapping), else keywords."""
     args_cls = getattr(cls, "Args", None)
     if dataclasses.is_dataclass(args_cls):
-        return cls(spec, args_cls(**values))
+        return cls(spec, values if isinstance(values, args_cls) else args_cls(**values))
     check_keywords(cls, values, spec)
     return cls(spec, **values)

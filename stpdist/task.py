@@ -11,6 +11,7 @@ targets B×T_out×C×H×W.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from . import metrics, plugins
-from .config import ConfigError, ModelConfig, ScheduleConfig, check_frame_size
+from .config import ConfigError, ModelConfig, ScheduleConfig, backbone_config, check_frame_size
 from .console import warn_main
 from .data.normalize import Normalizer
 from .errors import InputError
@@ -70,14 +71,23 @@ class Forecaster(EnhancedModule):
         )
         if plugins.is_import_path(config.name):  # a user's backbone, by import path
             cls = plugins.resolve_model(config.name)
-            self.backbone = plugins.build_user_backbone(cls, spec, dict(config.backbone))
+            values = config.backbone
+            if dataclasses.is_dataclass(getattr(cls, "Args", None)) and not isinstance(
+                values, cls.Args
+            ):
+                # its Args as the schema types them (an int 2 for a float field as 2.0, a
+                # list for a tuple as a tuple), not the config's raw values (a plugins
+                # review: `init_gain: 2` reached torch.tensor as an int)
+                values = backbone_config(config)
+            self.backbone = plugins.build_user_backbone(cls, spec, values)
         else:
             self.backbone = build_backbone(
                 config.name, spec, backbone_args(config.name, config.backbone)
             )
         if config.sampling.mode != "none" and not isinstance(self.backbone, FrameRecurrent):
             raise ValueError(
-                f"'{config.name}' does not feed frames back: scheduled sampling does not apply"
+                f"'{config.name}' does not feed frames back: scheduled sampling does not apply "
+                "(a backbone built on stpdist.models.recurrent.FrameRecurrent does)"
             )
         if config.loss_frames == "all" and not isinstance(self.backbone, FrameRecurrent):
             raise ValueError(

@@ -533,3 +533,107 @@ def test_an_export_of_an_old_layout_checkpoint_writes_todays_config(run, tmp_pat
     again = run_cli("forecast", "m", str(run / "good.npy"), "--out", "f", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "layout before" not in again.stderr
+
+
+GAIN = """
+import dataclasses
+
+import torch
+from torch import nn
+
+
+class GainNet(nn.Module):
+    @dataclasses.dataclass
+    class Args:
+        init_gain: float = 1.0
+        ks: tuple[int, int] = (3, 3)
+
+    def __init__(self, spec, args):
+        super().__init__()
+        self.args = args
+        self.gain = nn.Parameter(torch.tensor(args.init_gain))  # an int here cannot train
+        self.conv = nn.Conv2d(spec.channels, spec.channels, args.ks, padding=args.ks[0] // 2)
+
+    def forward(self, frames, num_output_frames, *, targets_BTCHW=None, teacher_mask_BT=None):
+        last = self.gain * self.conv(frames[:, -1])
+        return last[:, None].expand(-1, num_output_frames, -1, -1, -1)
+"""
+
+
+def test_a_backbone_by_import_path_gets_its_args_as_the_schema_types_them(tmp_path, monkeypatch):
+    """A plugins review: `init_gain: 2` for a float field reached the backbone as an int
+    (nn.Parameter then failed), a list for a tuple field as a list."""
+    from helpers import forecaster
+
+    (tmp_path / "gainmod.py").write_text(GAIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = forecaster("gainmod:GainNet", (1, 8, 8), 3, 2, backbone={"init_gain": 2, "ks": [5, 5]})
+    args = module.backbone.args
+    assert type(args.init_gain) is float and args.init_gain == 2.0
+    assert args.ks == (5, 5) and isinstance(args.ks, tuple)
+    assert module.backbone.gain.requires_grad
+    sys.modules.pop("gainmod", None)
+
+
+def test_the_own_model_guides_frame_recurrent_backbone_trains_with_scheduled_sampling(
+    tmp_path, monkeypatch
+):
+    """The guide's example, as written there: scheduled sampling and every next-frame
+    prediction in the loss (a plugins review found no documented way to either)."""
+    import re
+
+    from helpers import forecaster
+
+    guide = (ROOT / "docs" / "pages" / "guides" / "own-model.md").read_text()
+    code = re.search(r"```python\n(import dataclasses\n.*?class TinyConvGRU.*?)```", guide, re.S)
+    (tmp_path / "guidegru.py").write_text(code.group(1))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = forecaster("guidegru:TinyConvGRU", (1, 8, 8), 3, 2, backbone={"hidden": 4},
+                        sampling="linear")  # fmt: skip
+    module.config.loss_frames = "all"
+    module.global_step = 0
+    inputs, targets = torch.rand(2, 3, 1, 8, 8), torch.rand(2, 2, 1, 8, 8)
+    loss = module.training_step(inputs, targets)
+    loss = loss["loss"] if isinstance(loss, dict) else loss
+    loss.backward()
+    assert torch.isfinite(loss) and module.backbone.gates.weight.grad is not None
+    sys.modules.pop("guidegru", None)
+
+
+USER_BUG = """
+import dataclasses
+
+from torch import nn
+
+
+class Net(nn.Module):
+    @dataclasses.dataclass
+    class Args:
+        pass
+
+    def __init__(self, spec, args):
+        super().__init__()
+        self.conv = nn.Conv2d(spec.channels, spec.channels, 3, padding=1)
+
+    def forward(self, frames, num_output_frames, *, targets_BTCHW=None, teacher_mask_BT=None):
+        raise RuntimeError("shapes do not match in my forward")
+"""
+
+
+def test_an_error_in_ones_own_model_names_its_file_and_line(tmp_path):
+    """A plugins review: an error raised in one's own code was one line naming no file, and
+    a SyntaxError in one's module was no `model.name` error (exit 1, no key named)."""
+    from test_cli import DEBUG
+
+    (tmp_path / "usrbad.py").write_text(USER_BUG)
+    common = ("train", DEBUG, "model.backbone={}", "trainer.max_steps=1", "logging.num_samples=0")
+    proc = run_cli(*common, "model.name=usrbad:Net", cwd=tmp_path)
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and line.startswith(
+        "stpdist: error: RuntimeError: shapes do not match in my forward (in "
+    ), line
+    assert line.endswith("usrbad.py:17, forward; stpdist --debug shows the traceback)"), line
+    (tmp_path / "usrsyntax.py").write_text("def broken(:\n")
+    proc = run_cli(*common, "model.name=usrsyntax:Net", "trainer.output_dir=other", cwd=tmp_path)
+    assert proc.returncode == 2 and "cannot import module 'usrsyntax'" in proc.stderr
+    assert "model.name" in proc.stderr

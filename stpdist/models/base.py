@@ -100,7 +100,7 @@ def import_class(path: str, what: str) -> type[nn.Module]:
         raise ValueError(f"{what} '{path}': expected an import path package.module:Class")
     try:
         found: Any = importlib.import_module(module_name)
-    except ImportError as exc:
+    except (ImportError, SyntaxError) as exc:  # SyntaxError: the module's own, named as one
         raise ImportError(
             f"{what} '{path}': cannot import module '{module_name}' ({exc}); is it "
             "installed, or its folder on PYTHONPATH?"
