@@ -1002,6 +1002,8 @@ def _export(
     )
     with torch.no_grad():
         expected = [(x, wrapped(x)) for x in (sample, other)]
+    # as the graphs give them: a backbone of one's own may return float64 or float16
+    info["outputs"]["dtype"] = str(expected[0][1].dtype).removeprefix("torch.")
     differences = {}
     with staged_output(out, overwrite, sources=(folder, run), earlier=_export_output()) as staging:
         for name, handle in sources.items():

@@ -926,11 +926,25 @@ class Validator:
         self.trainer, self.source, self.module = trainer, source, module
         self.last_step: int | None = None
         """The step whose validation ran (or, on resume, the checkpoint holds)."""
+        self._nonfinite_said = False
 
     def is_due(self, state: TrainState, *, epoch_end: bool = False) -> bool:
         """Whether validation runs after this step (at an epoch's end, `state.epoch` is
         already the next epoch's number)."""
         return self.source is not None and validation_due(self.trainer.config, state, epoch_end)
+
+    def _say_nonfinite(self, results: dict[str, Any], step: int) -> None:
+        """Validation results that are NaN or ±Inf, said at the first validation that has
+        any (a model whose evaluation gives NaN trained on with `val/mse nan`, silently)."""
+        bad = [k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad and not self._nonfinite_said:
+            self._nonfinite_said = True
+            listed = ", ".join(bad[:4]) + (f" … ({len(bad)} in all)" if len(bad) > 4 else "")
+            console.warn_main(
+                "validation at step %d: %s not finite: the model's predictions hold NaN or "
+                "±Inf outside training (said once)",
+                step, listed,
+            )  # fmt: skip
 
     def maybe_run(self, state: TrainState, *, epoch_end: bool = False, last: bool = False) -> None:
         """Validate if due (or as the `last` act of a run), never twice at one step. Only
@@ -985,6 +999,7 @@ class Validator:
             results = self.trainer.evaluate(self.module, self.source, "val", keeper, stop)
         state.metrics, state.metrics_step = results, state.global_step
         self.last_step = state.global_step
+        self._say_nonfinite(results, state.global_step)
         for key, user in self.trainer.required_results.items():
             if key not in results:
                 available = ", ".join(k for k in results if k.count("/") == 1)
@@ -3036,6 +3051,12 @@ class Trainer:
         count = console.counted(int(total[0]), "prediction")
         # into a staging folder: the caller's swap may still refuse, so nothing "written" yet
         say(f"made {count} for {shown_as}" if shown_as else f"wrote {count} to {out}")
+        if total[2]:  # a model's NaN/Inf, written as they came (a plugins review: silent)
+            console.warn_main(
+                "%d of the %d predicted values (%.3g%%) are NaN or ±Inf: the model's outputs, "
+                "written as they came",
+                int(total[2]), int(total[3]), 100 * float(total[2]) / float(total[3]),
+            )  # fmt: skip
         return sums.reduce(acc, module, split) if int(total[1]) else {}
 
     def _predict_into(
@@ -3064,6 +3085,7 @@ class Trainer:
         times = getattr(data, "frame_times", None)  # a shard split's, where it keeps them
         times = times() if callable(times) else None
         sums, written, seen = EvalSums(), 0, set()
+        values = nonfinite = 0  # the predictions' values, and those NaN or ±Inf among them
         with acc.autocast(), self._average_of(module, ckpt, raw_weights):
             for part, batch in enumerate(as_eval_source(data).iterate(self._ctx())):
                 batch = self._to_device(batch)
@@ -3081,17 +3103,21 @@ class Trainer:
                     keeper.offer(batch.keys, batch.inputs, batch.targets, {"predictions": pred})
                 if postprocess is not None:
                     pred = postprocess(pred)
+                array = pred.float().cpu().numpy()
+                values += array.size
+                nonfinite += array.size - int(np.count_nonzero(np.isfinite(array)))
                 np.savez(
                     out / f"predictions-r{acc.process_index:03d}-{part:06d}.npz",
                     keys=np.asarray(batch.keys),
-                    predictions=pred.float().cpu().numpy(),
+                    predictions=array,
                     **described,
                     **({} if times is None else
                        times.of(batch.keys, batch.inputs.shape[1], pred.shape[1])),
                 )  # fmt: skip
                 written += len(batch.keys)
         refuse_keys_on_several_ranks(seen, acc, split)  # each rank's `seen` checked: together
-        total = acc.reduce(torch.tensor([written, sums.count], device=acc.device), "sum")
+        counts = [written, sums.count, nonfinite, values]
+        total = acc.reduce(torch.tensor(counts, device=acc.device, dtype=torch.float64), "sum")
         return total, sums
 
     @staticmethod

@@ -307,3 +307,13 @@ def test_another_model_on_the_command_line_is_told_to_empty_the_backbone(tmp_pat
                               "model.backbone.spatial_channels=16"])  # fmt: skip
     assert dict(cfg.model.backbone) == {"spatial_channels": 16}
     assert backbone_config(cfg.model).spatial_channels == 16
+
+
+def test_an_unknown_short_model_name_says_registered_names_live_in_their_process():
+    """A plugins review: a run trained under a name registered from Python could not be
+    loaded by the CLI, whose refusal did not say why."""
+    from stpdist.config import ModelConfig, backbone_config
+
+    with pytest.raises(ConfigError, match=r"'model.name' is 'myrec'.*exists only in the process "
+                       r"that registered it: name the class by its import path"):  # fmt: skip
+        backbone_config(ModelConfig(name="myrec"))

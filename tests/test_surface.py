@@ -637,3 +637,58 @@ def test_an_error_in_ones_own_model_names_its_file_and_line(tmp_path):
     proc = run_cli(*common, "model.name=usrsyntax:Net", "trainer.output_dir=other", cwd=tmp_path)
     assert proc.returncode == 2 and "cannot import module 'usrsyntax'" in proc.stderr
     assert "model.name" in proc.stderr
+
+
+NAN_EVAL = """
+import dataclasses
+
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    @dataclasses.dataclass
+    class Args:
+        pass
+
+    def __init__(self, spec, args):
+        super().__init__()
+        self.conv = nn.Conv2d(spec.channels, spec.channels, 3, padding=1)
+
+    def forward(self, frames, num_output_frames, *, targets_BTCHW=None, teacher_mask_BT=None):
+        last = self.conv(frames[:, -1])
+        if not self.training:  # a bug of the evaluation path alone
+            last = last * float("nan")
+        return last[:, None].expand(-1, num_output_frames, -1, -1, -1)
+"""
+
+
+def test_nan_validation_results_and_predictions_are_said(tmp_path, monkeypatch, capsys):
+    """A plugins review: NaN in evaluation only gave `val/mse nan` and all-NaN forecasts,
+    exit 0, without a word."""
+    from helpers import forecaster, loader
+
+    from stpdist import Trainer
+
+    (tmp_path / "naneval.py").write_text(NAN_EVAL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = forecaster("naneval:Net", (1, 4, 4), 3, 2)
+    trainer = Trainer(output_dir=tmp_path / "run", max_epochs=2, progress_bar=False)
+    trainer.fit(module, loader(8), loader(4, shuffle=False))
+    err = capsys.readouterr().err
+    assert err.count("validation at step 2: val/loss, val/mse") == 1, err  # said once
+    assert "not finite: the model's predictions hold NaN or ±Inf outside training" in err
+    assert "validation at step 4" not in err
+
+    class Keyed(torch.utils.data.Dataset):  # predictions are written by sample key
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return {"inputs": torch.rand(3, 1, 4, 4), "targets": torch.rand(2, 1, 4, 4),
+                    "key": f"s{i}"}  # fmt: skip
+
+    trainer.predict(module, torch.utils.data.DataLoader(Keyed(), batch_size=2), out=tmp_path / "p")
+    trainer.close()
+    assert "128 of the 128 predicted values (100%) are NaN or ±Inf" in capsys.readouterr().err
+    sys.modules.pop("naneval", None)

@@ -748,8 +748,10 @@ def translator_block(name: str) -> type[nn.Module]:
     if name in BLOCKS:
         return BLOCKS[name]
     if ":" not in name:
+        from ..config import REGISTERED_HINT
+
         raise KeyError(
             f"unknown SimVP translator '{name}'; valid: {', '.join(BLOCKS)}, or an import "
-            "path package.module:ClassName"
+            f"path package.module:ClassName{REGISTERED_HINT}"
         )
     return import_class(name, "SimVP translator")
