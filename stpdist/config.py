@@ -1021,19 +1021,12 @@ def _backbone_class(model: ModelConfig) -> Any:
         # LightningCLI's dotted class path: stpdist's import paths name the class after a colon
         hint = f" (did you mean {module}:{cls}?)" if dot and module and cls else ""
         if not hint:  # a short name: perhaps one another process gave stpdist.models.register
-            hint = REGISTERED_HINT
+            from .models.base import REGISTERED_HINT as hint
         raise ConfigError(
             f"'model.name' is {model.name!r}; expected one of {', '.join(available())} "
             f"or an import path package.module:Class{hint}"
         )
     return BACKBONES[model.name]
-
-
-REGISTERED_HINT = (
-    " (a name given to stpdist.models.register or register_translator exists only in the "
-    "process that registered it: name the class by its import path to train, load, "
-    "forecast or export it anywhere)"
-)
 
 
 FORECASTER_ONLY = ("patch_size", "loss", "loss_frames", "divergence_weight",

@@ -247,7 +247,8 @@ def test_resume_refusals_and_fsdp_wrap_are_one_line_on_two_ranks(tmp_path):
 
     assert train("trainer.max_steps=2").returncode == 0
     for args, said in [
-        (("model.optimizer.lr=0.01", "--resume", "auto"), "model.optimizer.lr 0.003"),
+        (("model.optimizer.weight_decay=0.01", "--resume", "auto"),
+         "model.optimizer.weight_decay 0.0"),
         ((), "holds checkpoints of an earlier run"),
         (("trainer.strategy=fsdp", "trainer.fsdp_wrap=[Nope]", "trainer.output_dir=other"),
          "trainer.fsdp_wrap ['Nope'] names no submodule"),

@@ -36,6 +36,14 @@ class FrameSpec:
     num_output_frames: int
 
 
+REGISTERED_HINT = (
+    " (a name given to stpdist.models.register or register_translator exists only in the "
+    "process that registered it: name the class by its import path to train, load, "
+    "forecast or export it anywhere)"
+)
+"""Said where a short model or translator name is unknown."""
+
+
 class BackboneOutput(NamedTuple):
     predictions: torch.Tensor
     """B×T_out×C×H×W."""

@@ -76,13 +76,14 @@ of the recall (`norm_c`) is part of the cell and there either way.
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import nn
 
-from ..console import warn_main
 from .base import FrameSpec, check_odd_kernels, gate_norm
 from .recurrent import FrameRecurrent
 
@@ -287,8 +288,9 @@ def _warn_of_recall_memory(
     sample: at full resolution it ran a 24 GiB machine out of memory without a word (an
     unusual-shapes review: 48×80 frames, 4 hidden channels)."""
     needed = recall_bytes(spec, window, recall_window, layers)
-    if needed > RECALL_WARNING_BYTES:
-        warn_main(
+    # said by rank 0 alone (a model file imports torch only: stpdist's console is not used)
+    if needed > RECALL_WARNING_BYTES and os.environ.get("RANK", "0") in ("", "0"):
+        logging.getLogger("stpdist").warning(
             "E3D-LSTM: its recall attention keeps about %.1f GiB a sample for a training "
             "step (%d×%d positions a state, w %d, %d layer(s), %s past states, %d steps), "
             "times the batch size; model.patch_size p divides it by p⁴, "

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import import_class
+from .base import REGISTERED_HINT, import_class
 
 # ---------------------------------------------------------------------------------------
 # shared pieces
@@ -748,8 +748,6 @@ def translator_block(name: str) -> type[nn.Module]:
     if name in BLOCKS:
         return BLOCKS[name]
     if ":" not in name:
-        from ..config import REGISTERED_HINT
-
         raise KeyError(
             f"unknown SimVP translator '{name}'; valid: {', '.join(BLOCKS)}, or an import "
             f"path package.module:ClassName{REGISTERED_HINT}"
