@@ -401,7 +401,7 @@ def build_module(
             normalizer=normalizer,
             geo=geo,
         )
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, ImportError) as exc:  # ImportError: a block's path
         refusal = _backbone_refusal(cfg, exc, frame_shape)
         if refusal is None:
             raise

@@ -163,6 +163,38 @@ GRID_CHECKED = 64
 another: `model.schedule.min_lr` at most `model.optimizer.lr`)."""
 
 
+def _outside_the_sweep(
+    spec: dict[str, Any], params: dict[str, Any], path: str | Path, overrides: list[str]
+) -> list[str]:
+    """What a `--params` trial does that the sweep's agent would not (a sweeps review: each
+    ran silently): a value outside its parameter's values or bounds, a parameter not given
+    (the config's value trains), a command-line override the parameters replace."""
+    lines = []
+    for key, param in spec["parameters"].items():
+        if key not in params:
+            lines.append(f"{key} is not given: the config's value trains, not one of {path}'s")
+            continue
+        value = params[key]
+        if not isinstance(param, dict):
+            continue
+        if "values" in param and value not in param["values"]:
+            lines.append(f"{key} {value!r} is not among {path}'s values {param['values']}")
+        elif "value" in param and value != param["value"]:
+            lines.append(f"{key} {value!r} is not {path}'s value {param['value']!r}")
+        elif "min" in param and "max" in param and isinstance(value, int | float):
+            bounds = sample_values(path, key, param)[:2]
+            low, high = min(bounds), max(bounds)
+            slack = 1e-9 * max(abs(low), abs(high))
+            if not low - slack <= value <= high + slack:
+                lines.append(f"{key} {value!r} is outside {path}'s range {low:g} … {high:g}")
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if key in params:
+            lines.append(f"{key} is both an override ({item}) and a parameter: the parameter's "
+                         f"{params[key]!r} trains")  # fmt: skip
+    return lines
+
+
 def override(key: str, value: Any) -> str:
     """`key=value` as `load_config` reads it (JSON is YAML: lists, strings, null)."""
     return f"{key}={json.dumps(value)}"
@@ -276,7 +308,9 @@ def run_trial(
     folder = trial_folder(cfg.trainer.output_dir, sweep_id, run_id)
     trackers = [*cfg.logging.trackers, *([] if "wandb" in cfg.logging.trackers else ["wandb"])]
     trial = [
-        f"trainer.output_dir={folder}",
+        # absolute in the trial's config.yaml: `stpdist train <folder>/config.yaml --resume
+        # auto` from another folder continues the trial (a relative one began a new run there)
+        f"trainer.output_dir={folder.absolute()}",
         f"logging.trackers={json.dumps(trackers)}",
         f"logging.wandb.project={project}",
     ]
@@ -410,10 +444,13 @@ def sweep(
             load_config(config, [*overrides, *(override(k, v) for k, v in params.items())])
         except ConfigError as exc:
             raise ConfigError(f"--params: {exc}") from None
+        outside = _outside_the_sweep(spec, params, sweep_path, overrides)
         # inside a `wandb agent` child (command: [..., --params, ${args_json}]): its ids
         sweep_id = os.environ.get("WANDB_SWEEP_ID") or LOCAL_SWEEP
         ranks = _process_state()
         console.setup(ranks.is_main_process)  # the trial's line is said before the Trainer
+        for line in outside:
+            console.warn_main("--params: %s", line)
         run_id = os.environ.get("WANDB_RUN_ID") or _agreed_run_id(ranks)
         saved = os.environ.get("WANDB_RUN_ID")
         os.environ["WANDB_RUN_ID"] = run_id  # the tracker's run id, as an agent sets it

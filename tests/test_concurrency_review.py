@@ -142,6 +142,8 @@ def test_a_relaunched_sweep_trial_is_refused_saying_how_to_continue_it(tmp_path,
         first.kill()
         first.wait()
     record = (folder / "sweep.json").read_bytes()
+    # absolute in its config (a sweeps review: a resume from another folder began anew)
+    assert f"output_dir: {folder}\n" in (folder / "config.yaml").read_text()
     again = subprocess.run(
         [sys.executable, "-m", "stpdist", *args], cwd=tmp_path, env=env, capture_output=True
     )

@@ -484,9 +484,10 @@ def test_bad_translator_path_is_one_line_from_the_cli(user_module, capsys):
     from stpdist.cli import main
 
     (user_module / "custom.yaml").write_text(USER_CONFIG.replace("MyBlock", "MyBlok"))
-    assert main(["train", "custom.yaml"]) == 1
+    assert main(["train", "custom.yaml"]) == 2  # a config error, naming the key (was exit 1)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'my_blocks:MyBlok'" in err[0] and "has no 'MyBlok'" in err[0]
+    assert "'model.backbone.translator' of simvp" in err[0]
 
 
 def test_register_translator_adds_a_name(user_module, monkeypatch):

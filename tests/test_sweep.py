@@ -285,6 +285,40 @@ def test_trial_says_its_parameters_and_folder(tmp_path):
         f"model.backbone.hidden_channels=[4, 4] in {folder}"
     )
     assert said in out.splitlines()
+    # and its end, with the best value (a sweeps review: a trial ended without a word)
+    assert f"sweep trial {folder.name} finished: best val/mse " in out
+    record = json.loads((folder / "sweep.json").read_text())
+    assert record["config"] == DEBUG and record["overrides"] == overrides
+
+
+def test_params_outside_the_sweep_are_said(tmp_path, monkeypatch, caplog):
+    """A sweeps review: a value outside the sweep's values, a parameter left out and an
+    override the parameters replace each ran silently."""
+    from stpdist import sweep as sweep_module
+
+    sweep, overrides = _fixture(tmp_path, SWEEP)
+    trials = []
+    monkeypatch.setattr(sweep_module, "run_trial", lambda *a, **kw: trials.append(kw))
+    params = {"model.optimizer.lr": 0.5}
+    proc = run_cli("sweep", DEBUG, str(sweep), *overrides, "model.optimizer.lr=0.1",
+                   "--params", json.dumps(params), cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0 and len(trials) == 1, proc.stderr
+    said = proc.stderr
+    assert f"--params: model.optimizer.lr 0.5 is not among {sweep}'s values [0.003, 0.001]" in said
+    assert "--params: model.backbone.hidden_channels is not given: the config's value" in said
+    assert ("--params: model.optimizer.lr is both an override (model.optimizer.lr=0.1) and a "
+            "parameter: the parameter's 0.5 trains") in said  # fmt: skip
+    ranged = {**SWEEP, "parameters": {"model.optimizer.lr": {
+        "distribution": "log_uniform_values", "min": 0.0003, "max": 0.003}}}  # fmt: skip
+    sweep, overrides = _fixture(tmp_path, ranged)
+    proc = run_cli("sweep", DEBUG, str(sweep), *overrides, "--params",
+                   json.dumps({"model.optimizer.lr": 5.0}), cwd=tmp_path)  # fmt: skip
+    assert "model.optimizer.lr 5.0 is outside" in proc.stderr and "range 0.0003 … 0.003" in (
+        proc.stderr
+    )
+    proc = run_cli("sweep", DEBUG, str(sweep), *overrides, "--params",
+                   json.dumps({"model.optimizer.lr": 0.001}), cwd=tmp_path)  # fmt: skip
+    assert "--params:" not in proc.stderr  # inside: nothing to say
 
 
 @pytest.mark.multiprocess

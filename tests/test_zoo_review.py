@@ -192,6 +192,9 @@ def test_a_refusal_about_frame_size_says_the_frames_were_patched():
         ("drop", -0.1, r"must be in \[0, 1\)"),
         ("drop_path", 1.5, r"must be in \[0, 1\)"),
         ("translator", "nope", "unknown SimVP translator 'nope'"),
+        # an import path that does not resolve: a config error too (a plugins review: an
+        # ImportError, exit 1, naming no key)
+        ("translator", "json:NoSuchBlock", "module 'json' has no 'NoSuchBlock'"),
     ],
 )
 def test_simvp_arguments_out_of_range_are_config_errors(argument, value, words):
