@@ -1338,6 +1338,14 @@ def _bench_model_setup(args: argparse.Namespace) -> tuple:
         output_frames = cfg.data.num_output_frames if cfg else 10
     # the model name, backbone arguments (--backbone, --translator) checked as a config's
     backbone_config(ModelConfig(name=name, backbone=backbone or {}, patch_size=patch))
+    from . import plugins
+
+    if plugins.is_import_path(name) and plugins.is_task(plugins.resolve_model(name)):
+        raise InputError(
+            f"bench model {name}: a whole task (an EnhancedModule), not a backbone; bench "
+            "model times a backbone inside stpdist's Forecaster: name the backbone your task "
+            "wraps, or time the task with your own loop"
+        )
     height, width = shape[-2:]
     if height % patch or width % patch:
         raise InputError(

@@ -692,3 +692,18 @@ def test_nan_validation_results_and_predictions_are_said(tmp_path, monkeypatch, 
     trainer.close()
     assert "128 of the 128 predicted values (100%) are NaN or ±Inf" in capsys.readouterr().err
     sys.modules.pop("naneval", None)
+
+
+def test_bench_model_of_a_whole_task_is_refused_in_one_line(tmp_path):
+    """A plugins review: `bench model mypkg.task:MyTask` failed with an internal TypeError
+    (the frame spec handed to the task as its first argument)."""
+    (tmp_path / "benchtask.py").write_text(
+        "from stpdist import EnhancedModule\n\n\nclass MyTask(EnhancedModule):\n    pass\n"
+    )
+    proc = run_cli("bench", "model", "benchtask:MyTask", "--shape", "2x4x1x16x16", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "stpdist: error: bench model benchtask:MyTask: a whole task (an EnhancedModule), not a "
+        "backbone"
+    )
+    sys.modules.pop("benchtask", None)
