@@ -407,11 +407,17 @@ def _raised_in_user_code(exc: BaseException) -> str:
     import sysconfig
     import traceback
 
-    ours = str(Path(__file__).resolve().parent)
-    libraries = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    ours = Path(__file__).resolve().parent
+    paths = sysconfig.get_paths()
+    libraries = [Path(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib")]
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        where = str(Path(frame.filename).resolve())
-        if frame.filename.startswith("<") or where.startswith((ours, *libraries)):
+        if frame.filename.startswith("<"):
+            continue
+        where = Path(frame.filename).resolve()
+        installed = {"site-packages", "dist-packages"} & set(where.parts) or any(
+            part.startswith("torchinductor") for part in where.parts
+        )  # packages installed elsewhere (PYTHONPATH, the system's), generated kernels
+        if installed or any(where.is_relative_to(p) for p in (ours, *libraries)):
             continue
         return (
             f" (in {frame.filename}:{frame.lineno}, {frame.name}; stpdist --debug shows the "

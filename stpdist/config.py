@@ -1087,11 +1087,15 @@ def _check_task_fits_backbone(cfg: Config, saved: bool = False) -> None:
         ("trainer.activation_checkpointing", cfg.trainer.activation_checkpointing, False),
     ):
         if value != default:
+            own = (
+                ", or build it on FrameRecurrent (the own-model guide shows how)"
+                if plugins.is_import_path(name)
+                else ""
+            )
             raise ConfigError(
                 f"'{key}' is {value!r}, which applies to frame-recurrent backbones only (built "
                 "on stpdist.models.recurrent.FrameRecurrent, whose frame loop feeds "
-                f"predictions back); '{name}' is not one: expected {default!r}, or build it on "
-                "FrameRecurrent (the own-model guide shows how)"
+                f"predictions back); '{name}' is not one: expected {default!r}{own}"
             )
 
 

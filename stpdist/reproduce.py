@@ -35,7 +35,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .config import Config, check_output_dir, load_config
+from .config import Config, ConfigError, check_output_dir, load_config
 from .data.format import SplitIndex
 from .errors import InputError
 
@@ -159,32 +159,43 @@ def _refuse_earlier_seeds(out: Path, seeds: int) -> None:
             )
 
 
-CALL_FILE = "reproduce.call.json"
-"""The settings of the call whose seeds `--out` holds (`_hold_call_settings`)."""
-
-
 def _call_settings(cfg: Config) -> dict[str, Any]:
-    """What trains a seed, flat (`model.optimizer.lr`: 0.003): the resolved config but the
-    keys `reproduce` sets per seed and those that leave the model as it is (SETTING_ALONE)."""
+    """What trains a seed, flat (`model.optimizer.lr`: 0.003): the resolved config with the
+    backbone's typed Args (a default written out is the default), but the keys `reproduce`
+    sets per seed and those of CALL_ALONE."""
+    from .config import backbone_config
     from .tracking import flat_dict
 
     flat = flat_dict(dataclasses.asdict(cfg))
-    alone = (*SETTING_ALONE, *SET_BY_REPRODUCE)  # prefixes, as `openstl_differences` reads
-    return {key: value for key, value in flat.items() if not key.startswith(alone)}
+    typed = backbone_config(cfg.model)
+    if dataclasses.is_dataclass(typed):
+        typed = dataclasses.asdict(typed)
+    flat.update(flat_dict({"backbone": typed}, "model."))
+    alone = (*CALL_ALONE, *SET_BY_REPRODUCE)  # prefixes, as `openstl_differences` reads
+    kept = {key: value for key, value in flat.items() if not key.startswith(alone)}
+    kept.update({k: v for k, v in flat.items() if k.startswith("model.backbone.")})
+    return kept
 
 
-def _hold_call_settings(out: Path, cfg: Config, command: str, resume: str | None) -> None:
-    """Record the settings of this call in `out` (before any seed trains); a `--resume auto`
-    of a call with other settings is refused, naming them: its table would average seeds
-    trained otherwise (seed 0 finished at one learning rate, seed 2 trained at another)."""
-    file = out / CALL_FILE
-    now = json.loads(json.dumps(_call_settings(cfg), default=str))  # as JSON reads it back
-    if resume == "auto" and file.is_file():
+def _refuse_other_settings(out: Path, cfg: Config) -> None:
+    """A `--resume auto` whose settings differ from those a seed of `out` trained with (its
+    run's config.yaml; seeds with no checkpoint yet are not compared), refused naming them,
+    before any seed trains: its table would average seeds trained otherwise (seed 0 finished
+    at one learning rate, seed 2 trained at another)."""
+    now = _call_settings(cfg)
+    for folder in sorted(out.glob("seed*")):
+        if (
+            not any((folder / "checkpoints").glob("step-*"))
+            or not (folder / "config.yaml").is_file()
+        ):
+            continue
         try:
-            earlier = json.loads(file.read_text())
-            before, their_command = earlier["settings"], earlier["command"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"{file}: unreadable ({exc}); it records the earlier call") from None
+            before = _call_settings(load_config(folder / "config.yaml"))
+        except (ConfigError, OSError) as exc:
+            raise InputError(
+                f"{folder / 'config.yaml'}: unreadable ({str(exc).splitlines()[0]}); it records "
+                f"how {folder.name} trained, which --resume auto continues"
+            ) from None
         changed = [
             f"{key} {before.get(key)!r} → {now.get(key)!r}"
             for key in sorted(set(before) | set(now))
@@ -193,14 +204,10 @@ def _hold_call_settings(out: Path, cfg: Config, command: str, resume: str | None
         if changed:
             listed = "; ".join(changed[:8]) + (f" … ({len(changed)} in all)" * (len(changed) > 8))
             raise InputError(
-                f"--resume auto continues the call whose seeds {out} holds ({their_command}) "
-                f"with its settings; this one differs: {listed}. Resume with that call's "
-                "arguments, or choose another --out"
+                f"--resume auto continues the seeds {out} holds with the settings they trained "
+                f"with ({folder / 'config.yaml'}); this call differs: {listed}. Resume with "
+                "those settings, or choose another --out"
             )
-        return
-    if os.environ.get("RANK", "0") == "0":  # every rank has it; the main process writes it
-        out.mkdir(parents=True, exist_ok=True)
-        file.write_text(json.dumps({"command": command, "settings": now}, indent=2))
 
 
 def run_seed(
@@ -253,6 +260,14 @@ are kept, how fast a step runs): changed from the recipe's, they keep a run comp
 OpenSTL's numbers. Not among them: the training digits' settings (`data.synthesize.train`,
 `num_digits`…) and the choice of the scored checkpoint (`trainer.checkpoint.monitor`,
 `mode`, `keep_best`)."""
+
+CALL_ALONE = tuple(key for key in SETTING_ALONE if key != "data.synthesize.digits") + (
+    "data.eval_batch_size",
+    "model.backbone",  # compared as its typed Args (`backbone`), defaults filled in
+)
+"""What a `--resume auto` may change: what leaves the training as it is (SETTING_ALONE, but
+the digits a `--small` recipe draws from) and the evaluation batch (float rounding)."""
+
 
 OPENSTL_CAVEATS = (
     "Even in OpenSTL's setting two differences remain: OpenSTL picks its checkpoint on the "
@@ -479,7 +494,8 @@ def reproduce(
     if resume != "auto":
         _refuse_earlier_seeds(out, seeds)
     all_overrides = [*(small_overrides(out, digits) if small else []), *(overrides or [])]
-    _hold_call_settings(out, load_config(config, all_overrides), command, resume)
+    if resume == "auto":
+        _refuse_other_settings(out, load_config(config, all_overrides))
     seeded = [run_seed(config, all_overrides, seed, out, resume) for seed in range(seeds)]
     runs = [scores for scores, _, _ in seeded]
     cfg = load_config(config, all_overrides)

@@ -177,11 +177,16 @@ def _outside_the_sweep(
         value = params[key]
         if not isinstance(param, dict):
             continue
-        if "values" in param and value not in param["values"]:
+        if "values" in param and not any(_same(value, v) for v in param["values"]):
             lines.append(f"{key} {value!r} is not among {path}'s values {param['values']}")
         elif "value" in param and value != param["value"]:
             lines.append(f"{key} {value!r} is not {path}'s value {param['value']!r}")
-        elif "min" in param and "max" in param and isinstance(value, int | float):
+        elif (
+            "min" in param
+            and "max" in param
+            and isinstance(value, int | float)
+            and not str(param.get("distribution", "")).startswith("q_")  # rounded past them
+        ):
             bounds = sample_values(path, key, param)[:2]
             low, high = min(bounds), max(bounds)
             slack = 1e-9 * max(abs(low), abs(high))
@@ -193,6 +198,17 @@ def _outside_the_sweep(
             lines.append(f"{key} is both an override ({item}) and a parameter: the parameter's "
                          f"{params[key]!r} trains")  # fmt: skip
     return lines
+
+
+def _same(value: Any, listed: Any) -> bool:
+    """Whether a `--params` value is a sweep's listed one (`1e-3` in a YAML file is text to
+    PyYAML, the number 0.001 to JSON)."""
+    if value == listed:
+        return True
+    try:
+        return float(value) == float(listed)
+    except (TypeError, ValueError):
+        return False
 
 
 def override(key: str, value: Any) -> str:
@@ -307,9 +323,16 @@ def run_trial(
     cfg = load_config(config, swept)  # a bad value: refused before any data work
     folder = trial_folder(cfg.trainer.output_dir, sweep_id, run_id)
     trackers = [*cfg.logging.trackers, *([] if "wandb" in cfg.logging.trackers else ["wandb"])]
+    # absolute in the trial's config.yaml: `stpdist train <folder>/config.yaml --resume auto`
+    # from another folder continues the trial (a relative one began a new run there)
+    places = [
+        f"{key}={Path(value).absolute()}"
+        for key, value in (("data.root", cfg.data.root),
+                           ("data.synthesize.root", getattr(cfg.data.synthesize, "root", None)))
+        if value and not Path(value).is_absolute()
+    ]  # fmt: skip
     trial = [
-        # absolute in the trial's config.yaml: `stpdist train <folder>/config.yaml --resume
-        # auto` from another folder continues the trial (a relative one began a new run there)
+        *places,
         f"trainer.output_dir={folder.absolute()}",
         f"logging.trackers={json.dumps(trackers)}",
         f"logging.wandb.project={project}",

@@ -936,7 +936,12 @@ class Validator:
     def _say_nonfinite(self, results: dict[str, Any], step: int) -> None:
         """Validation results that are NaN or ±Inf, said at the first validation that has
         any (a model whose evaluation gives NaN trained on with `val/mse nan`, silently)."""
-        bad = [k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v)]
+        # the scores of every prediction (not thresholded skill scores, which are NaN by
+        # convention where a threshold has no event, nor the persistence baseline's)
+        bad = [
+            k for k in ("val/loss", "val/mse", "val/mae")
+            if isinstance(results.get(k), float) and not math.isfinite(results[k])
+        ]  # fmt: skip
         if bad and not self._nonfinite_said:
             self._nonfinite_said = True
             listed = ", ".join(bad[:4]) + (f" … ({len(bad)} in all)" if len(bad) > 4 else "")

@@ -143,7 +143,9 @@ def test_a_relaunched_sweep_trial_is_refused_saying_how_to_continue_it(tmp_path,
         first.wait()
     record = (folder / "sweep.json").read_bytes()
     # absolute in its config (a sweeps review: a resume from another folder began anew)
-    assert f"output_dir: {folder}\n" in (folder / "config.yaml").read_text()
+    trial_config = (folder / "config.yaml").read_text()
+    assert f"output_dir: {folder}\n" in trial_config
+    assert f"root: {tmp_path}/" in trial_config and "root: data/" not in trial_config
     again = subprocess.run(
         [sys.executable, "-m", "stpdist", *args], cwd=tmp_path, env=env, capture_output=True
     )

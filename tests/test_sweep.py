@@ -319,6 +319,12 @@ def test_params_outside_the_sweep_are_said(tmp_path, monkeypatch, caplog):
     proc = run_cli("sweep", DEBUG, str(sweep), *overrides, "--params",
                    json.dumps({"model.optimizer.lr": 0.001}), cwd=tmp_path)  # fmt: skip
     assert "--params:" not in proc.stderr  # inside: nothing to say
+    # `1e-3` in a YAML file is text to PyYAML: the number 0.001 is among its values
+    listed = {**SWEEP, "parameters": {"model.optimizer.lr": {"values": ["1e-3", "3e-3"]}}}
+    sweep, overrides = _fixture(tmp_path, listed)
+    proc = run_cli("sweep", DEBUG, str(sweep), *overrides, "--params",
+                   json.dumps({"model.optimizer.lr": 1e-3}), cwd=tmp_path)  # fmt: skip
+    assert "is not among" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.multiprocess

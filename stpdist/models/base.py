@@ -108,7 +108,11 @@ def import_class(path: str, what: str) -> type[nn.Module]:
         raise ValueError(f"{what} '{path}': expected an import path package.module:Class")
     try:
         found: Any = importlib.import_module(module_name)
-    except (ImportError, SyntaxError) as exc:  # SyntaxError: the module's own, named as one
+    except SyntaxError as exc:  # found, but not Python: said as such
+        raise ImportError(
+            f"{what} '{path}': module '{module_name}' has a syntax error ({exc})"
+        ) from exc
+    except ImportError as exc:
         raise ImportError(
             f"{what} '{path}': cannot import module '{module_name}' ({exc}); is it "
             "installed, or its folder on PYTHONPATH?"
