@@ -278,18 +278,22 @@ class _DeterminismSeen(_BenchmarkSeen):
         return _Convolutional.training_step(self, inputs, targets)
 
 
-def test_deterministic_holds_while_the_trainer_is_open_and_goes_back_at_close(tmp_path):
-    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
-    assert before == (False, False)  # torch's defaults: what the run must give back
-    trainer = Trainer(
-        output_dir=tmp_path / "det", max_epochs=1, progress_bar=False, deterministic=True,
-        checkpoint=CheckpointConfig(every_epoch=False),
-    )  # fmt: skip
-    module = _DeterminismSeen()
+def _deterministic_fit(output_dir: Path, module: EnhancedModule, **fields) -> EnhancedModule:
+    """`module` trained on `_data()` by a Trainer with `trainer.deterministic`, then closed.
+    (A module built before its Trainer: `fields`' seed does not make its initial weights.)"""
+    trainer = Trainer(output_dir=output_dir, progress_bar=False, deterministic=True,
+                      checkpoint=CheckpointConfig(every_epoch=False), **fields)  # fmt: skip
     try:
         trainer.fit(module, _data())
     finally:
         trainer.close()
+    return module
+
+
+def test_deterministic_holds_while_the_trainer_is_open_and_goes_back_at_close(tmp_path):
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
+    assert before == (False, False)  # torch's defaults: what the run must give back
+    module = _deterministic_fit(tmp_path / "det", _DeterminismSeen(), max_epochs=1)
     assert module.seen and all(seen == (True, True) for seen in module.seen)
     after = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
     assert after == before
@@ -346,15 +350,8 @@ def test_cudnn_benchmark_holds_while_the_trainer_is_open_on_a_gpu(tmp_path, valu
 @pytest.mark.gpu
 def test_deterministic_trains_the_same_weights_twice_on_a_gpu(tmp_path):
     def weights(name: str) -> dict[str, torch.Tensor]:
-        trainer = Trainer(
-            output_dir=tmp_path / name, max_epochs=2, progress_bar=False, deterministic=True,
-            seed=3, checkpoint=CheckpointConfig(every_epoch=False),
-        )  # fmt: skip
-        module = _Convolutional()
-        try:
-            trainer.fit(module, _data())
-        finally:
-            trainer.close()
+        torch.manual_seed(3)  # the same initial weights in both runs
+        module = _deterministic_fit(tmp_path / name, _Convolutional(), max_epochs=2, seed=3)
         return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
     first, second = weights("a"), weights("b")

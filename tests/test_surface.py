@@ -600,46 +600,7 @@ def test_the_own_model_guides_frame_recurrent_backbone_trains_with_scheduled_sam
     sys.modules.pop("guidegru", None)
 
 
-USER_BUG = """
-import dataclasses
-
-from torch import nn
-
-
-class Net(nn.Module):
-    @dataclasses.dataclass
-    class Args:
-        pass
-
-    def __init__(self, spec, args):
-        super().__init__()
-        self.conv = nn.Conv2d(spec.channels, spec.channels, 3, padding=1)
-
-    def forward(self, frames, num_output_frames, *, targets_BTCHW=None, teacher_mask_BT=None):
-        raise RuntimeError("shapes do not match in my forward")
-"""
-
-
-def test_an_error_in_ones_own_model_names_its_file_and_line(tmp_path):
-    """A plugins review: an error raised in one's own code was one line naming no file, and
-    a SyntaxError in one's module was no `model.name` error (exit 1, no key named)."""
-    from test_cli import DEBUG
-
-    (tmp_path / "usrbad.py").write_text(USER_BUG)
-    common = ("train", DEBUG, "model.backbone={}", "trainer.max_steps=1", "logging.num_samples=0")
-    proc = run_cli(*common, "model.name=usrbad:Net", cwd=tmp_path)
-    line = proc.stderr.strip().splitlines()[-1]
-    assert proc.returncode == 1 and line.startswith(
-        "stpdist: error: RuntimeError: shapes do not match in my forward (in "
-    ), line
-    assert line.endswith("usrbad.py:17, forward; stpdist --debug shows the traceback)"), line
-    (tmp_path / "usrsyntax.py").write_text("def broken(:\n")
-    proc = run_cli(*common, "model.name=usrsyntax:Net", "trainer.output_dir=other", cwd=tmp_path)
-    assert proc.returncode == 2 and "module 'usrsyntax' has a syntax error" in proc.stderr
-    assert "model.name" in proc.stderr
-
-
-NAN_EVAL = """
+_NET_HEAD = """
 import dataclasses
 
 import torch
@@ -656,11 +617,40 @@ class Net(nn.Module):
         self.conv = nn.Conv2d(spec.channels, spec.channels, 3, padding=1)
 
     def forward(self, frames, num_output_frames, *, targets_BTCHW=None, teacher_mask_BT=None):
+"""
+"""A backbone module of one's own, up to its forward's body."""
+
+USER_BUG = _NET_HEAD + '        raise RuntimeError("shapes do not match in my forward")\n'
+
+
+def test_an_error_in_ones_own_model_names_its_file_and_line(tmp_path):
+    """A plugins review: an error raised in one's own code was one line naming no file, and
+    a SyntaxError in one's module was no `model.name` error (exit 1, no key named)."""
+    from test_cli import DEBUG
+
+    (tmp_path / "usrbad.py").write_text(USER_BUG)
+    common = ("train", DEBUG, "model.backbone={}", "trainer.max_steps=1", "logging.num_samples=0")
+    proc = run_cli(*common, "model.name=usrbad:Net", cwd=tmp_path)
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and line.startswith(
+        "stpdist: error: RuntimeError: shapes do not match in my forward (in "
+    ), line
+    assert line.endswith("usrbad.py:18, forward; stpdist --debug shows the traceback)"), line
+    (tmp_path / "usrsyntax.py").write_text("def broken(:\n")
+    proc = run_cli(*common, "model.name=usrsyntax:Net", "trainer.output_dir=other", cwd=tmp_path)
+    assert proc.returncode == 2 and "module 'usrsyntax' has a syntax error" in proc.stderr
+    assert "model.name" in proc.stderr
+
+
+NAN_EVAL = (
+    _NET_HEAD
+    + """\
         last = self.conv(frames[:, -1])
         if not self.training:  # a bug of the evaluation path alone
             last = last * float("nan")
         return last[:, None].expand(-1, num_output_frames, -1, -1, -1)
 """
+)
 
 
 def test_nan_validation_results_and_predictions_are_said(tmp_path, monkeypatch, capsys):
