@@ -1449,6 +1449,16 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from .sweep import sweep
     from .trainer import STOPS, stopped
 
+    if args.summary:
+        from .sweep import trials_summary
+
+        given = [f for f, v in (("--params", args.params), ("--count", args.count),
+                                ("--agent", args.agent)) if v]  # fmt: skip
+        if given:
+            raise InputError(f"--summary lists the trials run; {' and '.join(given)} would "
+                             "be ignored: drop them")  # fmt: skip
+        print(trials_summary(args.config, args.sweep, args.overrides))
+        return
     params = None
     if args.params is not None:
         try:
@@ -1893,6 +1903,12 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         metavar="JSON",
         help="one trial with these values, no sweep server: '{\"model.optimizer.lr\": 0.001}'",
+    )
+    s.add_argument(
+        "--summary",
+        action="store_true",
+        help="list the trials of the sweep's metric under the config's output_dir, best "
+        "first (their sweep.json), and train nothing",
     )
     s.add_argument("--debug", action="store_true", help="show tracebacks")
     s.set_defaults(func=cmd_sweep)

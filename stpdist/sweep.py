@@ -200,6 +200,53 @@ def _outside_the_sweep(
     return lines
 
 
+def trials_summary(
+    config: str | Path, sweep_path: str | Path, overrides: list[str] | None = None
+) -> str:
+    """The trials of the sweep's metric under the config's `trainer.output_dir` (every
+    `sweep-*/<run_id>/sweep.json`, any sweep id, local ones included), best first, as a
+    markdown table: trial, sweep, value, finished, parameters, the command's overrides;
+    trials not finished (or that never logged the metric) last."""
+    spec = read_sweep(sweep_path)
+    cfg = load_config(config, overrides)
+    name, goal = spec["metric"]["name"], spec["metric"].get("goal", "minimize")
+    rows, unreadable = [], []
+    for path in sorted(Path(cfg.trainer.output_dir).glob(f"sweep-*/*/{TRIAL_FILE}")):
+        try:
+            record = json.loads(path.read_text())
+            metric = record["metric"]
+        except (OSError, ValueError, KeyError, TypeError):
+            unreadable.append(str(path))
+            continue
+        if metric.get("name") == name:
+            rows.append(record)
+    sign = 1 if goal == "minimize" else -1
+
+    def rank(record: dict[str, Any]) -> tuple[int, float]:
+        value = record["metric"].get("value")
+        done = record.get("finished") and isinstance(value, int | float)
+        return (0, sign * value) if done else (1, 0.0)
+
+    lines = [
+        f"{len(rows)} trial(s) of {name} ({goal}) under {cfg.trainer.output_dir}, best first:",
+        "",
+        "| trial | sweep | value | finished | parameters | overrides |",
+        "|---|---|---|---|---|---|",
+    ]
+    for record in sorted(rows, key=rank):
+        value = record["metric"].get("value")
+        shown = "" if value is None else f"{value:.6g}"
+        params = ", ".join(f"{k}={json.dumps(v)}" for k, v in record.get("parameters", {}).items())
+        extra = " ".join(record.get("overrides") or [])  # recorded since 2026-12-07
+        lines.append(
+            f"| {record.get('run_id')} | {record.get('sweep_id')} | {shown} | "
+            f"{'yes' if record.get('finished') else 'no'} | {params} | {extra} |"
+        )
+    if unreadable:
+        lines += ["", f"unreadable (not listed): {', '.join(unreadable)}"]
+    return "\n".join(lines)
+
+
 def _same(value: Any, listed: Any) -> bool:
     """Whether a `--params` value is a sweep's listed one (`1e-3` in a YAML file is text to
     PyYAML, the number 0.001 to JSON)."""

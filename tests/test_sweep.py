@@ -103,6 +103,20 @@ def test_two_trials_with_stubbed_agent_parameters(tmp_path):
     lrs = {load_config(t / "config.yaml").model.optimizer.lr for t in trials}
     assert lrs == {0.003, 0.001}  # each stub trained once
 
+    # the trials compared (a sweeps review: there was no way but one's own script)
+    (tmp_path / "runs" / "sweep-local" / "broken").mkdir()
+    (tmp_path / "runs" / "sweep-local" / "broken" / "sweep.json").write_text("{")
+    proc = run_cli("sweep", DEBUG, str(sweep), *overrides, "--summary", cwd=tmp_path, check=True)
+    values = {t.name: json.loads((t / "sweep.json").read_text())["metric"]["value"] for t in trials}
+    order = sorted(values, key=values.get)  # minimize: the best first
+    rows = [
+        line for line in proc.stdout.splitlines() if line.startswith("| ") and "sweep" not in line
+    ]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == order
+    assert f"| {order[0]} | local | {values[order[0]]:.6g} | yes | model.optimizer.lr=" in rows[0]
+    assert "unreadable (not listed): " in proc.stdout and "broken/sweep.json" in proc.stdout
+    assert proc.stdout.startswith(f"2 trial(s) of val/mse (minimize) under {tmp_path / 'runs'}")
+
 
 def test_the_run_summary_keeps_the_best_value_when_the_last_is_not_it(tmp_path):
     """wandb holds the newest step's row until its finish, and sending it then overwrote
