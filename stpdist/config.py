@@ -1170,6 +1170,11 @@ def backbone_config(model: ModelConfig) -> Any:
         except TypeError as exc:
             raise ConfigError(f"'model.name' {model.name}: {exc}") from exc
     args_cls = getattr(cls, "Args", None)
+    if args_cls is not None and not dataclasses.is_dataclass(args_cls):
+        raise ConfigError(  # (the keywords' check said "missing a required argument: 'args'")
+            f"'model.name' {model.name}: its Args is not a dataclass; model.backbone is read "
+            "into it as a schema: decorate it with @dataclasses.dataclass"
+        )
     if not dataclasses.is_dataclass(args_cls):
         leading = () if plugins.is_task(cls) else (None,)  # a backbone gets the FrameSpec first
         try:

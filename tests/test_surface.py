@@ -707,3 +707,17 @@ def test_bench_model_of_a_whole_task_is_refused_in_one_line(tmp_path):
         )
     )
     sys.modules.pop("benchtask", None)
+
+
+def test_an_args_class_that_is_no_dataclass_is_named(tmp_path, monkeypatch):
+    """A plugins review: a plain `class Args:` was refused as "missing a required argument:
+    'args'", as if a config key `args` were missing."""
+    from stpdist.config import ConfigError, ModelConfig, backbone_config
+
+    (tmp_path / "plainargs.py").write_text(
+        _NET_HEAD.replace("    @dataclasses.dataclass\n", "") + "        return frames\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"its Args is not a dataclass.*@dataclasses.dataclass"):
+        backbone_config(ModelConfig(name="plainargs:Net"))
+    sys.modules.pop("plainargs", None)
