@@ -786,7 +786,9 @@ def _init_source(path: Path) -> tuple[Path, Path | None]:
                 "(stpdist never unpickles: turn an OpenSTL checkpoint into a model folder "
                 "with `stpdist import openstl`)"
             )
-        return path, None
+        # the weights file of a checkpoint or model folder: checked against the config
+        # that trained it, as the folder is
+        return path, describing_config(path.parent) if path.name == MODEL_FILE else None
     try:
         folder = model_folder(path, "best")
     except (FileNotFoundError, InputError) as exc:

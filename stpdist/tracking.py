@@ -108,6 +108,41 @@ class MetricsLog:
         self._inherited = 0
         return aside
 
+    def set_aside_after(self, step: int) -> tuple[Path, int] | None:
+        """A training resumed at `step` goes on from there: the lines of steps after it (a
+        process killed past its last checkpoint, a resume from an older checkpoint) were
+        written by a run that is trained again, and move to `metrics.replaced-N.jsonl`, N
+        the first free number, so that the file holds each step once, as an uninterrupted
+        run's does. Lines that are no JSON record (torn by a kill) move with them. Returns
+        (that file, the records moved), None when nothing moved."""
+        if not self.path.is_file():
+            return None
+        kept: list[str] = []
+        moved: list[str] = []
+        count = 0
+        for line in self.path.read_text().splitlines(keepends=True):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not line.strip():
+                continue
+            at = record.get("step") if isinstance(record, dict) else None
+            if isinstance(at, int) and at <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                moved.append(line if line.endswith("\n") else line + "\n")
+                count += isinstance(at, int)
+        if not moved:
+            return None
+        number = 1
+        while (aside := self.path.with_name(f"metrics.replaced-{number}.jsonl")).exists():
+            number += 1
+        replace_text(aside, "".join(moved))  # first: a kill between keeps both copies
+        replace_text(self.path, "".join(kept))
+        self._inherited = None
+        return aside, count
+
     def records(self) -> Iterator[dict[str, Any]]:
         """Every record so far, oldest first (a line torn by a killed process skipped)."""
         if not self.path.is_file():
@@ -221,6 +256,11 @@ class Tracker:
         self._started = True
         if self.is_main and step == 0 and (aside := self.metrics.set_aside()) is not None:
             say(f"{self.metrics.path} held lines of an earlier start: moved to {aside}")
+        if self.is_main and step and (replaced := self.metrics.set_aside_after(step)):
+            say(
+                f"{self.metrics.path} held {replaced[1]} record(s) of steps after {step}, "
+                f"the checkpoint's, which this run trains again: moved to {replaced[0]}"
+            )
         if self.is_main and isinstance(self._mode_note, str):
             say(self._mode_note)
             self._mode_note = None

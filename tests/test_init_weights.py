@@ -134,6 +134,11 @@ def test_a_folder_of_another_architecture_is_refused_naming_the_key(tmp_path):
     assert f"{convlstm / 'config.yaml'} has model.name 'convlstm', this config 'simvp'" in (
         result.stderr
     )
+    # the folder's weights file named itself: checked as the folder is (it was not)
+    weights_file = _config(tmp_path, simvp, init_weights=str(convlstm / "model.safetensors"))
+    result = run_cli("train", str(weights_file), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "has model.name 'convlstm', this config 'simvp'" in result.stderr
     wider = yaml.safe_load(other_backbone.read_text())
     wider["model"].update(init_weights=str(simvp))
     wider["model"]["backbone"]["temporal_channels"] = 32

@@ -525,6 +525,31 @@ def test_a_fresh_start_sets_an_earlier_metrics_log_aside(tmp_path):
     assert not (tmp_path / "metrics.earlier-2.jsonl").exists()
 
 
+def test_a_resume_sets_the_lines_past_its_checkpoint_aside(tmp_path, capsys):
+    """Steps trained past the checkpoint a run resumes from (a process killed after it, or
+    an older checkpoint chosen) are trained again: their lines move to
+    metrics.replaced-N.jsonl, so metrics.jsonl holds each step once, as an uninterrupted
+    run's does (it held those steps twice, the later rows the ones the run went on from)."""
+    policy = CheckpointConfig(every_n_steps=4, every_epoch=False, keep_last=5)
+    make_trainer(tmp_path, max_epochs=None, max_steps=10, checkpoint=policy).fit(
+        TinyModule(), loader(40, 4)
+    )
+    with open(tmp_path / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 11, "train/lo')  # torn by a kill
+    first = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()[:-1]]
+    older = tmp_path / "checkpoints" / "step-00000004"
+    resumed = make_trainer(tmp_path, max_epochs=None, max_steps=10, checkpoint=policy)
+    resumed.fit(TinyModule(), loader(40, 4), resume=older)
+    assert "held 7 record(s) of steps after 4, the checkpoint's" in capsys.readouterr().out
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [x["step"] for x in lines if "train/loss" in x]
+    assert steps == list(range(1, 11))
+    replaced = (tmp_path / "metrics.replaced-1.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in replaced[:-1]] == [x for x in first if x["step"] > 4]
+    assert replaced[-1] == '{"step": 11, "train/lo'
+    assert [x for x in lines if x["step"] <= 4] == [x for x in first if x["step"] <= 4]
+
+
 class OneCycle(TinyModule):
     def configure_lr_scheduler(self, optimizer):
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.05, total_steps=self.planned_steps)
