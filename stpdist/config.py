@@ -105,6 +105,18 @@ def _none_or_not_empty(value: Any) -> str | None:
     return None if value is None or value else "null or a non-empty value"
 
 
+BUILT_IN_LOSSES = ("mse", "l1", "mse+l1")
+
+
+def _loss_name(value: Any) -> str | None:
+    """`model.loss`: a built-in loss, or an import path `package.module:name`."""
+    if isinstance(value, str) and (
+        value in BUILT_IN_LOSSES or (value.count(":") == 1 and all(value.split(":")))
+    ):
+        return None
+    return f"one of {', '.join(BUILT_IN_LOSSES)} or an import path package.module:function"
+
+
 def _between(low: int, high: int) -> Callable[[Any], str | None]:
     """Integers in [low, high] (None passes: an Optional field's "not set")."""
 
@@ -481,8 +493,12 @@ class ModelConfig:
     """The backbone's arguments: the fields of its `Args` dataclass, checked by name and type."""
     patch_size: int = checked(1, _between(1, LARGEST_FRAME_SIDE))
     """Fold p×p pixel patches into channels before the backbone (H, W divisible by p)."""
-    loss: Literal["mse", "l1", "mse+l1"] = "mse"
-    """Training loss on the frames `loss_frames` names."""
+    loss: str = checked("mse", _loss_name)
+    """Training loss on the frames `loss_frames` names: `mse`, `l1`, `mse+l1`, or an import
+    path `package.module:function` of your own, called as `function(predictions, targets)`
+    on B×T×C×H×W tensors in the model's (normalised) space and returning one number (a
+    tensor); a class there (`torch.nn:HuberLoss`) is built with no arguments. Also
+    `val/loss`, so the checkpoint monitor and early stopping rank by it."""
     loss_frames: Literal["outputs", "all"] = "outputs"
     """Frames the training loss covers: `outputs`, the T_out predicted frames; `all`, every
     next-frame prediction of a frame-recurrent backbone (frames 1..T_in+T_out−1 from frames

@@ -27,6 +27,7 @@ from .console import warn_main
 from .data.normalize import Normalizer
 from .errors import InputError
 from .models import BackboneOutput, FrameSpec, as_output, backbone_args, build_backbone
+from .models.base import UNTRUSTED_SOURCES, UntrustedImportPath, import_object
 from .models.fused import fusion
 from .models.recurrent import FrameRecurrent
 from .models.simvp import differential_divergence
@@ -37,6 +38,33 @@ _LOSSES = {
     "l1": lambda p, t: nn.functional.l1_loss(p, t),
     "mse+l1": lambda p, t: nn.functional.mse_loss(p, t) + nn.functional.l1_loss(p, t),
 }
+
+
+def _user_loss(path: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`model.loss` given by import path: a function, or a class built with no arguments
+    (an `nn.Module` loss such as `torch.nn:HuberLoss`). Refused with a ConfigError naming
+    the key: what does not import, is not callable, or holds tensors of its own (they would
+    be trained by no optimizer and saved in no checkpoint)."""
+    try:
+        found = import_object(path, "model.loss")
+        if isinstance(found, type):
+            found = found()
+    except UntrustedImportPath:
+        raise
+    except (ImportError, ValueError, TypeError) as exc:
+        said = str(exc)
+        raise ConfigError(
+            said if "model.loss" in said else f"model.loss '{path}': {said}"
+        ) from None
+    if not callable(found):
+        raise ConfigError(f"model.loss '{path}' is {found!r}, not a function")
+    if isinstance(found, nn.Module) and any(True for _ in found.state_dict()):
+        raise ConfigError(
+            f"model.loss '{path}' holds tensors of its own ({', '.join(found.state_dict())}): "
+            "no optimizer trains them and no checkpoint keeps them; give a function, or a "
+            "class without parameters or buffers"
+        )
+    return found
 
 
 class Forecaster(EnhancedModule):
@@ -94,6 +122,13 @@ class Forecaster(EnhancedModule):
                 f"'{config.name}' does not predict frame by frame: model.loss_frames 'all' "
                 "(every next-frame prediction) does not apply; use 'outputs'"
             )
+        # not a submodule: a loss class's instance adds nothing to the weights
+        object.__setattr__(self, "_loss", _LOSSES.get(config.loss))
+        # a model folder read without trust_code: its loss is imported by no one (a forecast
+        # needs none; a validation is refused at its first loss, as the import would be)
+        self._untrusted = UNTRUSTED_SOURCES[-1] if UNTRUSTED_SOURCES else None
+        if self._loss is None and self._untrusted is None:
+            object.__setattr__(self, "_loss", _user_loss(config.loss))
         self.num_input_frames = num_input_frames
         self.num_output_frames = num_output_frames
         self.frame_shape = tuple(frame_shape)
@@ -370,7 +405,7 @@ class Forecaster(EnhancedModule):
         every_frame = self.config.loss_frames == "all"
         out = self(inputs, targets if mask is not None else None, mask, all_frames=every_frame)
         truth = torch.cat([inputs[:, 1:], targets], dim=1) if every_frame else targets
-        loss = _LOSSES[self.config.loss](out.predictions, truth)
+        loss = self.loss(out.predictions, truth)
         outputs = out.predictions[:, -self.num_output_frames :]
         logged = {"frames_loss": loss.detach()}
         aux = dict(out.aux_losses)
@@ -381,6 +416,26 @@ class Forecaster(EnhancedModule):
             loss = loss + value
             logged[name] = value.detach()
         return {"loss": loss, **logged} if aux else loss
+
+    def loss(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """`model.loss` of `predictions` against `targets`; one of the user's (an import
+        path) that returns no single number is refused naming it and the shape."""
+        if self._loss is None:
+            UNTRUSTED_SOURCES.append(self._untrusted)
+            try:
+                object.__setattr__(self, "_loss", _user_loss(self.config.loss))
+            except UntrustedImportPath as exc:
+                raise InputError(str(exc)) from None
+            finally:
+                UNTRUSTED_SOURCES.pop()
+        value = self._loss(predictions, targets)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise InputError(
+                f"model.loss '{self.config.loss}' returned {shape}; expected one number, a "
+                "tensor of one element (reduce it: .mean())"
+            )
+        return value.reshape(())
 
     def validation_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         # losses in the model's (normalised) space, metrics in the data's scaled units
@@ -414,7 +469,7 @@ class Forecaster(EnhancedModule):
             convention = self.config.evaluation.score_convention
             sums.update(metrics.neighbourhood_sums(*scored, thresholds, pools, fss, convention))
         return {
-            "loss": _LOSSES[self.config.loss](pred_model, targets_model),
+            "loss": self.loss(pred_model, targets_model),
             "copy_last_mse": nn.functional.mse_loss(copy_last, targets_model),
             "sums": sums,
             "predictions": pred,

@@ -600,6 +600,66 @@ def test_the_own_model_guides_frame_recurrent_backbone_trains_with_scheduled_sam
     sys.modules.pop("guidegru", None)
 
 
+def _loss_forecaster(loss: str):
+    from stpdist.config import ModelConfig
+    from stpdist.task import Forecaster
+
+    return Forecaster(ModelConfig(name="convlstm", backbone={"hidden_channels": [4]}, loss=loss),
+                      (1, 8, 8), 3, 2)  # fmt: skip
+
+
+def test_a_loss_of_ones_own_by_import_path(tmp_path, monkeypatch):
+    """`model.loss` took only mse, l1 and mse+l1 (an own-model review: no custom loss for a
+    config-built model). The guide's function, as written there, trains; a function and a
+    torch.nn class equal to the built-ins give their losses exactly; bad ones are refused
+    naming the key."""
+    import re
+
+    from stpdist.config import ConfigError, load_config
+    from stpdist.errors import InputError
+
+    guide = (ROOT / "docs" / "pages" / "guides" / "own-model.md").read_text()
+    code = re.search(r"```python\n(import torch\n\n\ndef weighted_mse.*?)```", guide, re.S)
+    (tmp_path / "guideloss.py").write_text(
+        code.group(1)
+        + "\n\ndef same_as_mse(p, t):\n    return ((p - t) ** 2).mean()\n"
+        + "\n\ndef per_frame(p, t):\n    return ((p - t) ** 2).mean(dim=(2, 3, 4))\n"
+        + "\n\nclass Learnt(torch.nn.Module):\n    def __init__(self):\n"
+        + "        super().__init__()\n        self.w = torch.nn.Parameter(torch.ones(1))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    inputs, targets = torch.rand(2, 3, 1, 8, 8), torch.rand(2, 2, 1, 8, 8)
+
+    def loss_of(name: str) -> torch.Tensor:
+        torch.manual_seed(0)
+        module = _loss_forecaster(name)
+        return module.training_step(inputs, targets)
+
+    weighted = loss_of("guideloss:weighted_mse")
+    weighted.backward()
+    assert torch.isfinite(weighted) and weighted > loss_of("mse")  # weights ≥ 1
+    assert torch.equal(loss_of("guideloss:same_as_mse"), loss_of("mse"))
+    assert torch.equal(loss_of("torch.nn:L1Loss"), loss_of("l1"))
+    validated = _loss_forecaster("guideloss:same_as_mse").validation_step(inputs, targets)
+    assert validated["loss"].shape == ()
+    with pytest.raises(InputError, match=r"model.loss 'guideloss:per_frame' returned \(2, 2\)"):
+        loss_of("guideloss:per_frame")
+    with pytest.raises(ConfigError, match="model.loss 'guideloss:Learnt' holds tensors of its own"):
+        _loss_forecaster("guideloss:Learnt")
+    with pytest.raises(ConfigError, match="model.loss 'guideloss:nope': module 'guideloss' has no"):
+        _loss_forecaster("guideloss:nope")
+    with pytest.raises(ConfigError, match="'model.loss' is 'msse'; expected one of mse, l1"):
+        load_config(ROOT / "configs" / "debug.yaml", ["model.loss=msse"])
+    # a model folder read without trust_code imports nothing of it, and refuses its loss
+    from stpdist.plugins import refusing_import_paths
+
+    with refusing_import_paths("a-folder/config.yaml"):
+        untrusted = _loss_forecaster("guideloss:same_as_mse")
+    with pytest.raises(InputError, match="model.loss 'guideloss:same_as_mse' in a-folder"):
+        untrusted.training_step(inputs, targets)
+    sys.modules.pop("guideloss", None)
+
+
 _NET_HEAD = """
 import dataclasses
 

@@ -97,6 +97,15 @@ def import_class(path: str, what: str) -> type[nn.Module]:
     """The `nn.Module` class at import path `package.module:Class` (a user's backbone, task
     or translator block); failures are one line naming `what`, the path and the cause. The
     module must be importable on every rank: installed, or its folder on PYTHONPATH."""
+    found = import_object(path, what)
+    if not (isinstance(found, type) and issubclass(found, nn.Module)):
+        raise TypeError(f"{what} '{path}' is {found!r}, not an nn.Module class")
+    return found
+
+
+def import_object(path: str, what: str) -> Any:
+    """The object at import path `package.module:name` (dotted attributes allowed), as
+    `import_class` finds it, of any kind."""
     if UNTRUSTED_SOURCES:  # checked before anything is imported
         raise UntrustedImportPath(
             f"{what} '{path}' in {UNTRUSTED_SOURCES[-1]} is an import path: loading it would "
@@ -121,6 +130,4 @@ def import_class(path: str, what: str) -> type[nn.Module]:
         if not hasattr(found, part):
             raise ImportError(f"{what} '{path}': module '{module_name}' has no '{attribute}'")
         found = getattr(found, part)
-    if not (isinstance(found, type) and issubclass(found, nn.Module)):
-        raise TypeError(f"{what} '{path}' is {found!r}, not an nn.Module class")
     return found
