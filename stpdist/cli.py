@@ -115,6 +115,39 @@ def _check_resume_flag(resume: str | None) -> None:
         raise InputError(f"--resume {resume}: no such checkpoint folder; {expected}")
 
 
+def _refuse_a_run_config_resumed_elsewhere(args: argparse.Namespace, cfg: Config) -> None:
+    """`train RUN/config.yaml --resume auto` from another folder than the run was started
+    in: a relative `trainer.output_dir` names another folder from here, which holds no
+    checkpoint, and a new run began there from step 0, its printed path the run's own (a
+    config review). Refused, naming both folders, when the config is one a run wrote and
+    its run folder holds checkpoints."""
+    from .checkpoint import CheckpointManager
+    from .trainer import RESOLVED_CONFIG_HEADER
+
+    config = Path(args.config)
+    if args.resume != "auto" or config.name != "config.yaml":
+        return
+    try:
+        with open(config) as handle:
+            written_by_a_run = handle.readline() == RESOLVED_CONFIG_HEADER
+    except (OSError, UnicodeDecodeError):
+        return
+    run, here = config.parent.resolve(), Path(cfg.trainer.output_dir).absolute()
+    if not written_by_a_run or run.resolve() == here.resolve():
+        return
+    if CheckpointManager(here / "checkpoints").latest() is not None:
+        return  # it resumes the folder it names
+    if CheckpointManager(run / "checkpoints").latest() is None:
+        return
+    raise InputError(
+        f"{config} is the config of the run in {run}, which holds checkpoints, but its "
+        f"trainer.output_dir {cfg.trainer.output_dir!r} is {here} from this folder, which "
+        f"holds none: --resume auto would start a new run there. To resume the run, add "
+        f"trainer.output_dir={run} (or run from the folder it was started in); to start a "
+        "new run from its config, leave out --resume auto"
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from . import build
     from .trainer import STOPS, stopped
@@ -123,6 +156,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.keep_global_batch:  # the flag is trainer.keep_global_batch=true
         cfg.trainer.keep_global_batch = True
     _check_resume_flag(args.resume)  # these before any data is made or read
+    _refuse_a_run_config_resumed_elsewhere(args, cfg)
     check_output_dir(cfg)
     _check_named_files(cfg)
     trainer = _trainer(cfg)
@@ -1440,7 +1474,9 @@ def _shard_parser(sub: Any) -> None:
         )
         for flag, kwargs in spec.flags.items():
             s.add_argument(flag, **kwargs)
-        s.add_argument("--debug", action="store_true", help="show tracebacks")
+        s.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+        )
         s.set_defaults(func=cmd_shard)
 
 
@@ -1649,16 +1685,20 @@ def parser() -> argparse.ArgumentParser:
         epilog="`stpdist COMMAND --help` lists each command's options.",
     )
     p.add_argument("--version", action="version", version=f"stpdist {__version__}")
+    # each command's own --debug defaults to nothing, so that this one (`stpdist --debug
+    # CMD`) is not reset to False by the command's parser (an admin review)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def with_config(name: str, help_: str) -> argparse.ArgumentParser:
+    def with_config(
+        name: str, help_: str, example: str = "trainer.max_epochs=2"
+    ) -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_)
         s.add_argument("config", help="YAML config file")
+        s.add_argument("overrides", nargs="*", default=[], help=f"dotted overrides, e.g. {example}")
         s.add_argument(
-            "overrides", nargs="*", default=[], help="dotted overrides, e.g. trainer.max_epochs=2"
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
         )
-        s.add_argument("--debug", action="store_true", help="show tracebacks")
         return s
 
     s = with_config("train", "train a model")
@@ -1671,7 +1711,7 @@ def parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_train)
     for name, func in (("validate", cmd_validate), ("predict", cmd_predict)):
-        s = with_config(name, f"{name} with a checkpoint")
+        s = with_config(name, f"{name} with a checkpoint", "data.batch_size=8")
         s.add_argument(
             "--ckpt",
             default="best",
@@ -1797,7 +1837,9 @@ def parser() -> argparse.ArgumentParser:
     )
     _trust_code_flag(s)
     _raw_weights_flag(s)
-    s.add_argument("--debug", action="store_true", help="show tracebacks")
+    s.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
     s.set_defaults(func=cmd_forecast)
 
     s = sub.add_parser("export", help="write a stand-alone model folder (+ exported graphs)")
@@ -1821,7 +1863,9 @@ def parser() -> argparse.ArgumentParser:
         help="also export as this (repeatable); each is checked against the eager model",
     )
     _raw_weights_flag(s)
-    s.add_argument("--debug", action="store_true", help="show tracebacks")
+    s.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("import", help="turn an OpenSTL checkpoint into a stpdist model folder")
@@ -1855,7 +1899,9 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace an earlier import's model folder in --out (never other files)",
     )
-    s.add_argument("--debug", action="store_true", help="show tracebacks")
+    s.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
     s.set_defaults(func=cmd_import)
 
     s = sub.add_parser("synth", help="generate a synthetic dataset as shards")
@@ -1886,7 +1932,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--digit-size", type=int, default=28, help="glyph size in pixels (default 28)")
     s.add_argument("--workers", type=_worker_count, default=2, help="worker processes (default 2)")
     s.add_argument("--overwrite", action="store_true", help="replace an earlier dataset in --out")
-    s.add_argument("--debug", action="store_true", help="show tracebacks")
+    s.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
     s.set_defaults(func=cmd_synth)
 
     _shard_parser(sub)
@@ -1910,7 +1958,9 @@ def parser() -> argparse.ArgumentParser:
         help="list the trials of the sweep's metric under the config's output_dir, best "
         "first (their sweep.json), and train nothing",
     )
-    s.add_argument("--debug", action="store_true", help="show tracebacks")
+    s.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
     s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("inspect", help="summarise a dataset's index and render samples")
@@ -1933,7 +1983,9 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read every shard and sample: bytes as written (SHA-256), counts, dtypes, shapes, keys",
     )
-    s.add_argument("--debug", action="store_true", help="show tracebacks")
+    s.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("bench", help="print benchmarks")
@@ -2035,7 +2087,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--batch-size", type=_positive_int, default=16, help="data: batch size (default 16)"
     )
-    s.add_argument("--debug", action="store_true", help="show tracebacks")
+    s.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
     s.set_defaults(func=cmd_bench)
     return p
 

@@ -1287,6 +1287,10 @@ def _sections(raw: Any, table: dict[str, set[str]]) -> Iterator[tuple[str, str, 
                 yield prefix, name, section[name]
 
 
+def _without_comments(text: str) -> str:
+    return "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+
+
 def _check_texts(raw: Any, origin: str) -> None:
     """A text field given a YAML boolean: YAML reads yes/no/on/off/true/false unquoted as
     booleans, and the field then held 'True' or 'False' (a wandb name `no` became 'False',
@@ -1299,11 +1303,20 @@ def _check_texts(raw: Any, origin: str) -> None:
                 "expected (YAML reads yes, no, on, off, true and false unquoted as booleans): "
                 "quote it"
             )
+        # a float is not the text it was written as (0.10 became the folder 0.1, 1e3 the
+        # name 1000.0: a config review); an integer's digits are
+        if any(isinstance(item, float) for item in items):
+            raise ConfigError(
+                f"{origin}: '{prefix}{name}' is {value!r}, a number where text is expected "
+                "(YAML reads an unquoted 0.10 as 0.1, 1e3 as 1000.0): quote it"
+            )
 
 
-_YAML11_NUMBER = re.compile(r"[-+]?(0[0-7_]+|0x[0-9a-fA-F_]+|0b[01_]+|[0-9][0-9_]*(:[0-5]?[0-9])+)")
-"""Numbers YAML 1.1 reads otherwise than they read: 0123 (octal 83), 1:30 (sexagesimal 90),
-0x10, 0b11."""
+_YAML11_NUMBER = re.compile(
+    r"[-+]?(0[0-7_]+|0x[0-9a-fA-F_]+|0b[01_]+|[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?)"
+)
+"""Numbers YAML 1.1 reads otherwise than they read: 0123 (octal 83), 1:30 (sexagesimal 90;
+1:30.5 as 90.5), 0x10, 0b11."""
 _YAML_VALUE_IN_LINE = re.compile(r"^[^#'\"]*?:\s+([^\s#'\"\[\]{},]+)\s*(#.*)?$")
 
 
@@ -1417,9 +1430,17 @@ def _from_earlier_layout(overlay: DictConfig, origin: str, quiet: bool = False) 
         isinstance(model.get("optimizer"), str)
         or set(model) & {*_EARLIER_MODEL_KEYS, "aux_loss_weight"}
     )
+    # `disabled` beside `logging.trackers` is today's (no wandb run; a config review: read
+    # as the earlier layout's, the mode went and a wandb run was made)
     earlier_wandb = isinstance(wandb, dict) and (
-        wandb.get("mode") == "disabled" or "log_every_n_steps" in wandb
+        (wandb.get("mode") == "disabled" and "trackers" not in logging_)
+        or "log_every_n_steps" in wandb
     )
+    if isinstance(wandb, dict) and wandb.get("mode") == "disabled" and not earlier_wandb:
+        raise ConfigError(
+            f"{origin}: logging.wandb.mode is 'disabled' beside logging.trackers: leave wandb "
+            "out of logging.trackers for no wandb run (or set WANDB_MODE=disabled)"
+        )
     if not (earlier or earlier_wandb):
         return overlay
     moved = []
@@ -1446,7 +1467,7 @@ def _from_earlier_layout(overlay: DictConfig, origin: str, quiet: bool = False) 
             trackers.append("wandb")
             moved.append(f"logging.wandb.mode {wandb['mode']} → logging.trackers [wandb]")
     if earlier_wandb:
-        if wandb.get("mode") == "disabled":
+        if wandb.get("mode") == "disabled" and "trackers" not in logging_:
             del wandb["mode"]  # no wandb: the tracker is not in `logging.trackers`
             moved.append("logging.wandb.mode disabled → no wandb tracker")
         if "log_every_n_steps" in wandb:
@@ -1501,6 +1522,54 @@ def _words_back(node: DictConfig) -> DictConfig:
     return node
 
 
+def _file_overlay(path: Path) -> DictConfig:
+    """A config file's mapping, checked (YAML errors, numbers in other notations, an empty
+    file, keys), in today's layout."""
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; expected a YAML config file")
+    if not path.is_file():
+        from .recipes import hint
+
+        order = " (the config file comes first, the key=value overrides after it)"
+        said = order if "=" in str(path) else hint(path)
+        raise ConfigError(f"config file not found: {path}{said}")
+    try:
+        overlay = OmegaConf.load(path)
+    except Exception as exc:  # YAML syntax errors come in several types
+        raise _yaml_error(str(path), exc) from exc
+    _check_yaml11_numbers(path.read_text(errors="replace"), str(path), lines=True)
+    if overlay is None or not isinstance(overlay, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    if not overlay and "{" not in _without_comments(path.read_text(errors="replace")):
+        # a truncated file or the wrong one ran every default (a config review)
+        raise ConfigError(
+            f"{path} is empty or holds only comments; expected a mapping of sections "
+            "(trainer, data, model, logging); a file holding {} takes every default"
+        )
+    overlay = _from_earlier_layout(overlay, str(path))
+    _check_overlay(overlay, str(path))
+    return overlay
+
+
+def _override_overlay(item: str, merged: DictConfig) -> DictConfig:
+    """One `key=value` override as a mapping, checked as a file's is; `merged`: the config
+    so far (to give the whole list where one item of a list was set)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.path=value")
+    if not all(item.partition("=")[0].strip().split(".")):
+        raise ConfigError(f"override {item!r}: its key has an empty part; expected key.path=value")
+    try:
+        dotted = OmegaConf.from_dotlist([item])
+    except Exception as exc:
+        raise _yaml_error(f"override {item!r}", exc) from exc
+    _check_yaml11_numbers(item.partition("=")[2], f"override {item!r}", lines=False)
+    try:
+        _check_overlay(dotted, f"override {item!r}")
+    except ConfigError as exc:  # `reverse_steps[0]=7` read as a mapping {"0": 7}
+        raise _list_item_error(merged, item) or exc from None
+    return dotted
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None, *, saved: bool = False
 ) -> Config:
@@ -1513,23 +1582,7 @@ def load_config(
     sources: list[tuple[str, DictConfig]] = []  # (origin, overlay): who set a key, for errors
     if path is not None:
         path = Path(path)
-        if path.is_dir():
-            raise ConfigError(f"{path} is a folder; expected a YAML config file")
-        if not path.is_file():
-            from .recipes import hint
-
-            order = " (the config file comes first, the key=value overrides after it)"
-            said = order if "=" in str(path) else hint(path)
-            raise ConfigError(f"config file not found: {path}{said}")
-        try:
-            overlay = OmegaConf.load(path)
-        except Exception as exc:  # YAML syntax errors come in several types
-            raise _yaml_error(str(path), exc) from exc
-        _check_yaml11_numbers(path.read_text(errors="replace"), str(path), lines=True)
-        if overlay is None or not isinstance(overlay, DictConfig):
-            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-        overlay = _from_earlier_layout(overlay, str(path))
-        _check_overlay(overlay, str(path))
+        overlay = _file_overlay(path)
         sources.append((str(path), overlay))
         try:
             merged = OmegaConf.merge(merged, _words_back(overlay))
@@ -1538,14 +1591,7 @@ def load_config(
         except (TypeError, ValueError) as exc:  # e.g. a list where a mapping belongs
             raise ConfigError(f"{path}: {exc}") from exc
     for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key.path=value")
-        try:
-            dotted = OmegaConf.from_dotlist([item])
-        except Exception as exc:
-            raise _yaml_error(f"override {item!r}", exc) from exc
-        _check_yaml11_numbers(item.partition("=")[2], f"override {item!r}", lines=False)
-        _check_overlay(dotted, f"override {item!r}")
+        dotted = _override_overlay(item, merged)
         sources.append((f"override {item!r}", dotted))
         try:
             merged = OmegaConf.merge(merged, _words_back(dotted))

@@ -1684,6 +1684,7 @@ class Trainer:
                 scheduler, interval, total_steps, state.global_step, start,
                 own=_schedule_is_the_modules_own(module),
             )  # fmt: skip
+            self._write_start_record(module, train)
             self._graph = self._step_graph(module, optimizer, scheduler)  # restored optimizer
             self.checkpoints.bind(
                 acc, module, optimizer, scheduler, self._config_yaml(), state, self.attachments
@@ -2584,6 +2585,7 @@ class Trainer:
         """A fresh state (refusing an output_dir that holds an earlier run) or the state of
         checkpoint `start` (what `resume` names), with everything it saved restored."""
         acc = self.accelerator
+        self._start_record: tuple[str, int, Path | None] | None = None
         self._contributed, self._grad_norm = False, None
         self._parameters_checked = False  # see _check_every_parameter_trained
         self._optimizer_checked = False  # see _warn_of_parameters_not_optimized
@@ -2605,8 +2607,7 @@ class Trainer:
             if resume == "auto":
                 say(f"no checkpoint in {self.checkpoints.root}; starting from scratch")
             set_seed(rank_seed(self.config.seed, acc.process_index))
-            self._save_config()
-            self._record_provenance("start", 0, None, module, train)
+            self._start_record = ("start", 0, None)  # written once the start's checks pass
             return TrainState(
                 world_size=acc.num_processes,
                 gradient_accumulation_steps=acc.gradient_accumulation_steps,
@@ -2640,11 +2641,19 @@ class Trainer:
             first_batch,
             lambda: self.checkpoints.restore_weights_and_rng(start, acc, module),
         )
-        if not self._nothing_left:  # the run's config.yaml stays the one it trained with
-            self._save_config(resumed_from=start)
-            self._record_provenance("resume", state.global_step, start, module, train)
+        # the run's config.yaml stays the one it trained with when nothing is left to train
+        self._start_record = None if self._nothing_left else ("resume", state.global_step, start)
         say(f"resumed from {start} (epoch {state.epoch}, step {state.global_step})")
         return state
+
+    def _write_start_record(self, module: Any, train: TrainSource) -> None:
+        """config.yaml and the provenance line of this start (`_start_record`), written
+        after every refusal of the start: a refused start or resume writes neither (a
+        config review: a resume refused for its schedule's length had rewritten both)."""
+        if self._start_record is not None:
+            event, step, resumed_from = self._start_record
+            self._save_config(resumed_from=resumed_from)
+            self._record_provenance(event, step, resumed_from, module, train)
 
     def _record_provenance(
         self, event: str, step: int, start: Path | None, module: Any, train: TrainSource

@@ -280,3 +280,27 @@ def test_bench_compile_backend_is_checked_before_timing(tmp_path):
     line = error(run_cli(*args, "--compile-backend", "nosuch", cwd=tmp_path))
     assert "--compile-backend nosuch: not a torch.compile backend; expected one of" in line
     assert "inductor" in line and os.listdir(tmp_path) == []
+
+
+def test_a_runs_config_resumed_from_another_folder_is_refused_naming_both(tmp_path):
+    """A config review: `train RUN/config.yaml --resume auto` from another folder than the
+    run's began a new run from step 0 in another folder (its relative output_dir read from
+    here), saying "no checkpoint in runs/rel/checkpoints", the run's own path."""
+    from test_cli import DEBUG
+
+    data = tmp_path / "data"
+    common = ("logging.num_samples=0", f"data.root={data}", f"data.synthesize.root={data}")
+    run_cli("train", DEBUG, "trainer.output_dir=runs/rel", "trainer.max_steps=1", *common,
+            cwd=tmp_path, check=True)  # fmt: skip
+    elsewhere = tmp_path / "t"
+    elsewhere.mkdir()
+    config = Path("..") / "runs" / "rel" / "config.yaml"
+    proc = run_cli("train", str(config), "trainer.max_steps=2", "--resume", "auto", cwd=elsewhere)
+    assert proc.returncode == 2, proc.stderr
+    run = tmp_path / "runs" / "rel"
+    assert f"is the config of the run in {run}, which holds checkpoints" in proc.stderr
+    assert f"add trainer.output_dir={run}" in proc.stderr
+    assert not (elsewhere / "runs").exists()
+    resumed = run_cli("train", str(config), "trainer.max_steps=2", f"trainer.output_dir={run}",
+                      "--resume", "auto", cwd=elsewhere, check=True)  # fmt: skip
+    assert f"resumed from {run / 'checkpoints' / 'step-00000001'}" in resumed.stdout

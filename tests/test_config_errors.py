@@ -317,3 +317,34 @@ def test_an_unknown_short_model_name_says_registered_names_live_in_their_process
     with pytest.raises(ConfigError, match=r"'model.name' is 'myrec'.*exists only in the process "
                        r"that registered it: name the class by its import path"):  # fmt: skip
         backbone_config(ModelConfig(name="myrec"))
+
+
+def test_a_config_review_s_texts_lists_and_wandb_mode(tmp_path):
+    """A config review: a float given to a text key was written as another text (the run
+    folder `0.10` became `0.1`, a wandb name `1e3` '1000.0'); base-60 floats (1:30.5 as
+    90.5) passed; one item of a schema list said "is {"0": 7}; expected a list"; and
+    `mode: disabled` beside `logging.trackers` was read as the earlier layout's, its mode
+    dropped: a wandb run was made."""
+    quote = "a number where text is expected (YAML reads an unquoted 0.10 as 0.1"
+    assert quote in _message(tmp_path, None, ["trainer.output_dir=0.10"])
+    assert "'logging.wandb.name' is 1000.0" in _message(tmp_path, None, ["logging.wandb.name=1e3"])
+    assert quote in _message(tmp_path, "logging:\n  wandb: {tags: [2.50]}\n")
+    assert load_config(None, ["logging.wandb.name=2024"]).logging.wandb.name == "2024"
+    assert load_config(None, ["trainer.output_dir='0.10'"]).trainer.output_dir == "0.10"
+    for value in ("1:30.5", "12:30.5"):
+        said = _message(tmp_path, None, [f"trainer.grad_clip_norm={value}"])
+        assert f"{value} is read by YAML as a number in another notation" in said
+    said = _message(tmp_path, None, ["model.sampling.reverse_steps[0]=7"])
+    assert said.endswith("set the whole list: model.sampling.reverse_steps=[7,50000]"), said
+    said = _message(tmp_path, "logging:\n  trackers: [wandb]\n  wandb: {mode: disabled}\n")
+    assert "logging.wandb.mode is 'disabled' beside logging.trackers: leave wandb out" in said
+
+
+def test_an_empty_config_file_and_empty_key_parts_are_refused(tmp_path):
+    """A config review: an empty (truncated, or the wrong) file trained every default, and
+    `trainer..seed=5` said "did you mean 'trainer'?"."""
+    assert "t.yaml is empty or holds only comments" in _message(tmp_path, "# nothing yet\n\n")
+    (tmp_path / "braces.yaml").write_text("{}  # every default\n")
+    assert load_config(tmp_path / "braces.yaml").trainer.output_dir == "runs/default"
+    for item in ("trainer..seed=5", "=5"):
+        assert "its key has an empty part" in _message(tmp_path, None, [item])

@@ -560,9 +560,16 @@ def test_a_resume_that_outruns_a_one_cycle_schedule_is_refused_before_any_step(t
     or more steps per epoch, would stop with torch's error at its end; refused at start."""
     make_trainer(tmp_path, max_epochs=1).fit(OneCycle(), loader(16, 4))  # 4 steps
     before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    provenance = (tmp_path / "provenance.jsonl").read_text()
     with pytest.raises(InputError, match=r"has 0 steps left, this run plans 4 more"):
         make_trainer(tmp_path, max_epochs=2).fit(OneCycle(), loader(16, 4), resume="auto")
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+    # a config review: the refused resume had recorded itself (and rewritten config.yaml)
+    assert (tmp_path / "provenance.jsonl").read_text() == provenance
+    fresh = make_trainer(tmp_path / "refused", max_epochs=2)
+    with pytest.raises(InputError, match=r"lasts 3 steps, this run plans 8"):
+        fresh.fit(OneCycleOf3(), loader(16, 4))
+    assert not (tmp_path / "refused" / "provenance.jsonl").exists()
     make_trainer(tmp_path / "b", max_epochs=2).fit(OneCycle(), loader(16, 4))  # 8 steps
     halfway = tmp_path / "b" / "checkpoints" / "step-00000004"
     trainer = make_trainer(tmp_path / "b", max_epochs=2)  # 16 steps an epoch from here
