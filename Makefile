@@ -22,7 +22,7 @@ $(PY):
 install: $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --no-compile torch==2.13.0 \
 		$(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q --no-compile -e ".[test,wandb,media,formats]"
+	$(PY) -m pip install -q --no-compile -e ".[test,wandb,formats]"
 	@$(PY) -m compileall -q -j 0 -x '/site-packages/(.*/)?(tests?|pip)/' "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" stpdist >/dev/null || true
 
 # train (resuming if an earlier demo left checkpoints), then predict the test split

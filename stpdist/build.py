@@ -15,7 +15,7 @@ from . import plugins
 from .checkpoint import MODEL_FILE, CheckpointManager, describing_config
 from .config import Config, ConfigError
 from .console import log, quiet, say, warn_main
-from .data.convert import generation_advice, occupied_advice
+from .data.convert import generation_advice, occupied_advice, output_named
 from .data.format import INDEX_FILE, SplitIndex, read_climatology, read_index, variable_names
 from .data.normalize import Normalizer
 from .data.onthefly import MovingDigitsTrainSource
@@ -75,7 +75,8 @@ def ensure_dataset(cfg: Config, trainer: Trainer, *, synthesize: bool = False) -
         if trainer.is_main:
             say(f"generating synthetic moving digits into {root}")
             # train has no --overwrite: the advice names the split it lacks
-            with occupied_advice(generation_advice(root, needed, on_the_fly)):
+            advice = occupied_advice(generation_advice(root, needed, on_the_fly))
+            with advice, output_named("data.root"):
                 write_moving_digits(
                     root,
                     _synth_counts(cfg, on_the_fly),
@@ -134,7 +135,10 @@ def _lock(path: Path, root: Path) -> int | None:
     while True:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            try:  # 0o666: the umask decides (a group's shared data folder)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            except PermissionError:  # another user's lock: a flock needs reading alone
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError as exc:  # a read-only folder (or a link): generation says it
             log.debug("no generation lock %s: %s", path, exc)
             return None

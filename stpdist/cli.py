@@ -275,6 +275,37 @@ def _launcher() -> str | None:
     return None
 
 
+def _bad_rank_variable() -> str | None:
+    """A launcher's variable set to no number (`export LOCAL_RANK=$SLURM_LOCALID` outside a
+    step: empty), named: accelerate's `int()` said only "invalid literal" (an admin
+    review)."""
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        value = os.environ.get(name)
+        if value is not None and not value.strip().isdigit():
+            return (
+                f"the environment variable {name} is {value!r}, not a number: unset it (one "
+                "process), or let a launcher (torchrun, accelerate launch) set it"
+            )
+    return None
+
+
+def _srun_tasks_without_a_group() -> str | None:
+    """The refusal for one of several tasks of a SLURM step (`srun -n 2 stpdist …`) that no
+    launcher gave a rank: each task ran alone, the second refused by the first's run lock
+    (an admin review). None elsewhere."""
+    env = os.environ
+    tasks = _env_int("SLURM_STEP_NUM_TASKS")
+    if tasks <= 1 or any(k in env for k in ("WORLD_SIZE", "RANK", "TORCHELASTIC_RUN_ID")):
+        return None
+    return (
+        f"this process is one of the {tasks} tasks of a SLURM step (srun -n {tasks}), but no "
+        "process group was set up: each task would run alone. Use the job scripts in "
+        "launch/slurm/, or in each task export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS "
+        "LOCAL_RANK=$SLURM_LOCALID MASTER_ADDR MASTER_PORT, or run torchrun in one task a "
+        "node; for one process, srun -n 1"
+    )
+
+
 LAUNCHER_POLL_S = 2.0
 """How often a rank started by torchrun looks whether its launcher is still there."""
 _watching_launcher = False
@@ -378,6 +409,8 @@ def cmd_validate(args: argparse.Namespace) -> None:
     if earlier is not None and not args.overwrite:
         _refuse_other_data(str(out / f"metrics_{split}.json"), earlier, record)
     _say_precision(record["precision"], trainer)  # after the refusals
+    if trainer.is_main:
+        _check_results_folder(out)
     own = build.trained_on_this_data(cfg, Path(ckpt), kept)
     results = trainer.validate(
         module, build.eval_stream(cfg, split), ckpt=ckpt, split=split,
@@ -395,6 +428,27 @@ def cmd_validate(args: argparse.Namespace) -> None:
         plot = plot_lead_times(results, out / f"lead_time_{split}.png")
         print(f"results: {written}" + (f"; per-lead-time plot: {plot}" if plot else ""))
     trainer.close()
+
+
+def _check_results_folder(out: Path) -> None:
+    """`validate` writes its results into the run folder: one this user cannot write is
+    refused before the validation runs (it ran in full, then failed on its file: an admin
+    review), saying how to write them elsewhere."""
+    import tempfile
+
+    existing = next((f for f in (out, *out.absolute().parents) if f.exists()), out)
+    try:
+        if existing == out:
+            with tempfile.TemporaryFile(dir=out, prefix=".stpdist-probe-"):
+                pass
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as exc:
+        raise InputError(
+            f"cannot write the results into {out} ({exc.strerror}): add "
+            "trainer.output_dir=<a folder of yours> to write them there, with --ckpt naming "
+            "this run's folder or checkpoint"
+        ) from None
 
 
 def _units_of(module: Any) -> dict[str, Any]:
@@ -2163,7 +2217,18 @@ def _pipe_closed() -> int:
     return 141
 
 
+def _readable_streams() -> None:
+    """stdout to a file or pipe (a SLURM log) written line by line, as stderr is: block
+    buffered, a killed job's log lacked its last lines and an error came out above lines
+    said before it; a stream that cannot encode a character (an ASCII locale) writes it
+    escaped: `×` made a finished training exit 1 (an admin review)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):  # not a text file
+            stream.reconfigure(line_buffering=not stream.isatty(), errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _readable_streams()
     args = _parsed(argv)
     from . import provenance
 
@@ -2178,6 +2243,10 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     from .runlock import RunLockedError
 
+    refusal = _srun_tasks_without_a_group() or _bad_rank_variable()
+    if refusal is not None:
+        error_line(f"stpdist: error: {refusal}")  # every task: each is alone
+        return 2
     if args.command in ONE_PROCESS and _several_ranks() and not launched_as_main():
         return 0  # the main process does it; a second rank would write the same files
     earlier = _open_trainers()  # a program's own (`main` called from Python): left open

@@ -849,6 +849,14 @@ def check_output_dir(cfg: Config) -> None:
                 f"'trainer.output_dir' is {out}{where}; expected a folder for the run "
                 "(checkpoints, metrics.jsonl, config.yaml)"
             )
+    existing = next((f for f in (out, *out.absolute().parents) if f.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        # it failed later with "runs: Permission denied", after the data was made (an
+        # admin review)
+        raise ConfigError(
+            f"'trainer.output_dir' is {out}, and {existing.absolute()} is not writable by this "
+            "user: choose a folder of yours for the run"
+        )
     target, root = out.resolve(), Path(cfg.data.root)
     data = cfg.data
     for folder in (root, *(root / s for s in (data.train_split, data.val_split, data.test_split))):

@@ -167,7 +167,12 @@ class RunLock:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         while True:
             try:  # never through a link: the lock's content is written into the file
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+                # (0o666: the umask decides, as for the run's other files; a group's
+                # shared folder under umask 002 got a lock its other members cannot open)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            except PermissionError:
+                self._replace_anothers_lock()  # or says who holds it
+                continue
             except OSError as exc:
                 if exc.errno != errno.ELOOP:
                     raise
@@ -218,6 +223,42 @@ class RunLock:
         self._fd = fd
         _HELD.add(self)
         return self
+
+    def _replace_anothers_lock(self) -> None:
+        """The lock file is another user's, not writable by us: a run holding it is named
+        (a RunLockedError, as for our own); one nobody holds is removed, to be made again
+        (the folder lets us), else a RunLockedError naming its owner. It said
+        `Permission denied` alone (an admin review)."""
+        try:
+            owner = _owner(self.path)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return  # gone meanwhile: made again
+        except OSError as exc:
+            raise RunLockedError(
+                f"cannot open the run lock {self.path} ({exc.strerror}; it is {owner}'s): if "
+                "no run is alive in that folder, ask them to delete it, or use another "
+                "output_dir"
+            ) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunLockedError(
+                    f"{self.output_dir} is in use by another run ({_describe(_read(fd))}; "
+                    f"lock file {self.path}, {owner}'s)"
+                ) from None
+            try:  # nobody holds it: a stale file of theirs
+                os.unlink(self.path)
+            except OSError as exc:
+                raise RunLockedError(
+                    f"the run lock {self.path} is {owner}'s, held by no run, and cannot be "
+                    f"replaced ({exc.strerror}): ask them to delete it, or use another "
+                    "output_dir"
+                ) from None
+            log.warning("replaced the run lock %s of %s, which no run held", self.path, owner)
+        finally:
+            os.close(fd)
 
     def _check_stale(self, holder: dict[str, Any], fd: int) -> None:
         """We hold the flock; decide from the file whether its previous holder may live on."""
@@ -297,6 +338,17 @@ def _identity(output_dir: Path, fd: int) -> dict[str, Any]:
     """Where a lock file is: its folder (resolved) and its (device, inode)."""
     stat = os.fstat(fd)
     return {"dir": str(output_dir.resolve()), "inode": [stat.st_dev, stat.st_ino]}
+
+
+def _owner(path: Path) -> str:
+    """The user owning `path`, by name where the system knows it, else `uid N`."""
+    uid = os.stat(path, follow_symlinks=False).st_uid
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return f"uid {uid}"
 
 
 def _read(fd: int) -> dict[str, Any]:

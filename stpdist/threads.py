@@ -23,12 +23,16 @@ def prefer_passive_waiting(env: MutableMapping[str, str] = os.environ) -> None:
 
 
 def available_cpus(env: Mapping[str, str] = os.environ) -> int:
-    """CPUs this process may run on: SLURM's per-task allocation, else the affinity."""
-    if env.get("SLURM_CPUS_PER_TASK", "").isdigit():
-        return int(env["SLURM_CPUS_PER_TASK"])
+    """CPUs this process may run on: its affinity, or SLURM's per-task allocation where
+    that is fewer (a SLURM variable left in a shell on a login node, `salloc`'s, named 8
+    CPUs on a machine of 2: 8 threads oversubscribed it; an admin review)."""
     if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+        cpus = len(os.sched_getaffinity(0))
+    else:
+        cpus = os.cpu_count() or 1
+    if env.get("SLURM_CPUS_PER_TASK", "").isdigit() and int(env["SLURM_CPUS_PER_TASK"]) > 0:
+        return min(cpus, int(env["SLURM_CPUS_PER_TASK"]))
+    return cpus
 
 
 def default_threads(env: Mapping[str, str] = os.environ, cpus: int | None = None) -> int | None:

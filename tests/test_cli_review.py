@@ -304,3 +304,63 @@ def test_a_runs_config_resumed_from_another_folder_is_refused_naming_both(tmp_pa
     resumed = run_cli("train", str(config), "trainer.max_steps=2", f"trainer.output_dir={run}",
                       "--resume", "auto", cwd=elsewhere, check=True)  # fmt: skip
     assert f"resumed from {run / 'checkpoints' / 'step-00000001'}" in resumed.stdout
+
+
+def test_a_log_file_gets_each_line_as_said_and_an_ascii_one_escapes(tmp_path):
+    """An admin review: stdout to a file (a SLURM log) was block-buffered, so a killed job's
+    log lacked its last lines; an ASCII stdout made a finished training exit 1 on `×`."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_cli import DEBUG
+
+    data = tmp_path / "data"
+    args = [sys.executable, "-m", "stpdist", "train", DEBUG, "logging.num_samples=0",
+            f"data.root={data}", f"data.synthesize.root={data}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "ascii"}
+    env.pop("PYTHONUNBUFFERED", None)
+    log = tmp_path / "job.log"
+    with open(log, "w") as handle:
+        proc = subprocess.Popen([*args, "trainer.max_steps=100000"], cwd=tmp_path, env=env,
+                                stdout=handle, stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            deadline = time.time() + 120
+            while "checkpoint" not in log.read_text() and time.time() < deadline:
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.2)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    said = log.read_text()
+    assert "checkpoint" in said and "sequences of T\\xd7C" in said, said[-2000:]
+    done = subprocess.run([*args, "trainer.max_steps=1", "trainer.output_dir=runs/two"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0 and "Logging error" not in done.stderr, done.stderr[-2000:]
+
+
+def test_srun_tasks_without_a_process_group_are_refused(tmp_path, monkeypatch):
+    """An admin review: `srun -n 2 stpdist train …` without torchrun or the RANK mapping
+    ran two separate trainings, the second refused by the first's run lock."""
+    from test_cli import DEBUG
+
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    for name in ("WORLD_SIZE", "RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    proc = run_cli("train", DEBUG, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "one of the 2 tasks of a SLURM step (srun -n 2), but no process group" in proc.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+def test_a_launcher_variable_that_is_no_number_is_named(tmp_path, monkeypatch):
+    """An admin review: `LOCAL_RANK=` (an export outside a SLURM step) ended in accelerate's
+    "invalid literal for int() with base 10: ''", naming no variable."""
+    from test_cli import DEBUG
+
+    monkeypatch.setenv("LOCAL_RANK", "")
+    proc = run_cli("train", DEBUG, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "the environment variable LOCAL_RANK is '', not a number: unset it" in proc.stderr

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import run_cli
 from test_cli import DEBUG
 
@@ -162,3 +163,103 @@ def test_a_relaunched_sweep_trial_is_refused_saying_how_to_continue_it(tmp_path,
     assert finished.returncode == 2 and "trial trial1 finished before (best val/mse" in (
         finished.stderr
     )
+
+
+_OTHER_USER_ACQUIRES = """
+import logging, os, pwd, sys
+from stpdist.runlock import RunLock, RunLockedError  # imported first: root's files
+logging.basicConfig()
+os.setgid(65534); os.setuid(65534)
+try:
+    RunLock(sys.argv[1]).acquire()
+    print("ACQUIRED")
+except RunLockedError as exc:
+    print("REFUSED", exc)
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to act as another user"
+)
+def test_a_lock_file_of_another_user_is_named_or_replaced(tmp_path):
+    """An admin review: a run lock was made 0644 whatever the umask, and a group member's
+    run then failed with `Permission denied` alone. Real users: the lock made by root,
+    tried by `nobody` (uid 65534) in a folder both may write."""
+    import stat
+    import tempfile
+
+    old = os.umask(0o002)
+    try:
+        lock = RunLock(tmp_path / "umask").acquire()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "umask" / LOCK_FILE).st_mode) == 0o664
+    lock.release()
+    shared = Path(tempfile.mkdtemp(prefix="stpdist-shared-"))  # reachable by another user
+    try:
+        shared.chmod(0o777)
+        (shared / "run").mkdir(mode=0o777)
+        (shared / "run").chmod(0o777)
+        held = RunLock(shared / "run").acquire()  # root's file, 0644 (umask 022)
+        os.chmod(shared / "run" / LOCK_FILE, 0o644)
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+        command = [sys.executable, "-c", _OTHER_USER_ACQUIRES, str(shared / "run")]
+        said = subprocess.run(command, capture_output=True, text=True, env=env, cwd=shared)
+        assert said.stdout.startswith("REFUSED") and "is in use by another run" in said.stdout, (
+            said.stdout + said.stderr
+        )
+        assert "root's" in said.stdout
+        held.release()
+        (shared / "run" / LOCK_FILE).write_text("")  # a stale file of root's, held by no run
+        os.chmod(shared / "run" / LOCK_FILE, 0o644)
+        said = subprocess.run(command, capture_output=True, text=True, env=env, cwd=shared)
+        assert said.stdout.strip() == "ACQUIRED", said.stdout + said.stderr
+        assert "replaced the run lock" in said.stderr
+        assert os.stat(shared / "run" / LOCK_FILE).st_uid == 65534
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+_OTHER_USER_FOLDERS = """
+import os, sys, tempfile
+from pathlib import Path
+from stpdist.cli import _check_results_folder
+from stpdist.config import ConfigError, check_output_dir, load_config
+from stpdist.errors import InputError
+cfg = load_config(None, [f"trainer.output_dir={sys.argv[1]}/runs/mine"])
+os.setgid(65534); os.setuid(65534)
+try:
+    check_output_dir(cfg)
+except ConfigError as exc:
+    print("TRAIN", exc)
+try:
+    _check_results_folder(Path(sys.argv[1]))
+except InputError as exc:
+    print("VALIDATE", exc)
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to act as another user"
+)
+def test_folders_another_user_cannot_write_are_refused_before_any_work(tmp_path):
+    """An admin review: `train` with an output_dir in a folder the user cannot write made
+    the data, then said "runs: Permission denied"; `validate` of another user's run ran the
+    whole validation, then failed on its results file."""
+    import tempfile
+
+    theirs = Path(tempfile.mkdtemp(prefix="stpdist-theirs-"))  # root's, 0755 (reachable)
+    try:
+        theirs.chmod(0o755)
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+        command = [sys.executable, "-c", _OTHER_USER_FOLDERS, str(theirs)]
+        said = subprocess.run(command, capture_output=True, text=True, env=env, cwd=theirs)
+        lines = said.stdout.splitlines()
+        assert lines[0] == (
+            f"TRAIN 'trainer.output_dir' is {theirs}/runs/mine, and {theirs} is not writable "
+            "by this user: choose a folder of yours for the run"
+        ), said.stdout + said.stderr
+        assert lines[1].startswith(f"VALIDATE cannot write the results into {theirs} ("), lines
+        assert "trainer.output_dir=<a folder of yours>" in lines[1]
+    finally:
+        shutil.rmtree(theirs, ignore_errors=True)

@@ -392,8 +392,14 @@ def test_thread_defaults_divide_the_cpus_among_a_nodes_ranks():
     assert default_threads({"LOCAL_WORLD_SIZE": "2"}, cpus=8) == 4
     assert default_threads({"LOCAL_WORLD_SIZE": "4"}, cpus=2) == 1  # never 0
     assert default_threads({"OMP_NUM_THREADS": "3", "LOCAL_WORLD_SIZE": "2"}, cpus=8) is None
-    slurm = {"SLURM_CPUS_PER_TASK": "6", "LOCAL_WORLD_SIZE": "2"}
-    assert available_cpus(slurm) == 6 and default_threads(slurm) == 3
+    import os
+
+    mine = len(os.sched_getaffinity(0))
+    slurm = {"SLURM_CPUS_PER_TASK": "1", "LOCAL_WORLD_SIZE": "2"}
+    assert available_cpus(slurm) == 1 and default_threads(slurm) == 1
+    # more than the process may use (salloc's variables left on a login node): the affinity
+    slurm = {"SLURM_CPUS_PER_TASK": str(mine + 6), "LOCAL_WORLD_SIZE": "1"}
+    assert available_cpus(slurm) == mine and default_threads(slurm) == mine
 
 
 def test_num_threads_is_applied_and_passive_waiting_is_the_default(tmp_path):

@@ -250,14 +250,29 @@ def _refuse_foreign(out: Path, found: list[str], whose: str, which: str) -> None
         return
     shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
     raise OutputExists(
-        f"--out {out} holds {shown}, which no {whose} wrote; --overwrite replaces only "
-        f"{which}, never other files: choose another --out, or move those out of it"
+        f"{_OUT_NAME.get()} {out} holds {shown}, which no {whose} wrote; --overwrite replaces only "
+        f"{which}, never other files: choose another {_OUT_NAME.get()}, or move those out of it"
     )
 
 
 _OCCUPIED_ADVICE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "occupied_advice", default=None
 )
+
+
+_OUT_NAME: contextvars.ContextVar[str] = contextvars.ContextVar("out_name", default="--out")
+"""What the output folder is called in errors: `--out`, or `data.root` where training
+generates its dataset (an admin review: train, which has no --out, was told to name
+another --out)."""
+
+
+@contextlib.contextmanager
+def output_named(name: str) -> Iterator[None]:
+    token = _OUT_NAME.set(name)
+    try:
+        yield
+    finally:
+        _OUT_NAME.reset(token)
 
 
 @contextlib.contextmanager
@@ -306,7 +321,7 @@ def _check_out(
     earlier run of that command wrote."""
     _check_not_source(out, sources)
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
+        raise InputError(f"{_OUT_NAME.get()} {out} exists and is not a folder")
     occupied = out.is_dir() and any(out.iterdir())
     if not occupied:
         refuse_write_protected(out)  # an empty folder made read-only: kept, not replaced
@@ -338,9 +353,9 @@ def refuse_write_protected(out: Path) -> None:
     for folder, _, _ in os.walk(out):
         if not os.lstat(folder).st_mode & stat.S_IWUSR:  # every rank sees the same folder
             raise alike(InputError(
-                f"--out {out}: {'it' if Path(folder) == out else folder} is write-protected "
+                f"{_OUT_NAME.get()} {out}: {'it' if Path(folder) == out else folder} is write-protected "
                 f"(mode {stat.filemode(os.lstat(folder).st_mode)}), so it is not replaced: "
-                "make it writable (chmod -R u+w) or name another --out"
+                f"make it writable (chmod -R u+w) or name another {_OUT_NAME.get()}"
             ))  # fmt: skip
 
 
@@ -368,7 +383,7 @@ def staged_output(
         out = out.resolve()
     if holds_working_folder(out):
         raise InputError(
-            f"--out {out} is the current folder or holds it; the output folder is replaced "
+            f"{_OUT_NAME.get()} {out} is the current folder or holds it; the output folder is replaced "
             "as a whole: name a folder of its own"
         )
     recover(out)
@@ -383,9 +398,9 @@ def staged_output(
     except PermissionError as exc:  # named: the bare error named the hidden staging folder
         where = Path(os.fsdecode(exc.filename)).parent if exc.filename else out.parent
         raise alike(InputError(
-            f"--out {out}: cannot write in {where} ({exc.strerror}); the output is written "
+            f"{_OUT_NAME.get()} {out}: cannot write in {where} ({exc.strerror}); the output is written "
             "beside it and then renamed into place, so its folder must be writable: name "
-            "another --out"
+            f"another {_OUT_NAME.get()}"
         )) from exc  # fmt: skip
     try:
         yield staging
@@ -395,7 +410,7 @@ def staged_output(
         occupied = _check_out(out, overwrite, sources, dataset, earlier)
         if _folder_state(out) != before:  # another command's output: not replaced unasked
             raise OutputExists(
-                f"--out {out} was written by another command while this one ran: it is kept "
+                f"{_OUT_NAME.get()} {out} was written by another command while this one ran: it is kept "
                 "as that one left it, and this one's output was not written; run again to "
                 "replace it"
             )
