@@ -793,6 +793,20 @@ def _plain_fields(section: Any) -> dict[str, Any]:
     }
 
 
+def _python_numbers(value: Any) -> Any:
+    """NumPy scalars (a sweep loop over `np.linspace`) as Python's own numbers, in lists and
+    mappings too: OmegaConf refused `np.float64` ("not a supported primitive type"; a
+    Python API review)."""
+    item = getattr(value, "item", None)
+    if type(value).__module__ == "numpy" and callable(item) and getattr(value, "ndim", 1) == 0:
+        return item()
+    if isinstance(value, list | tuple):
+        return type(value)(_python_numbers(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _python_numbers(v) for k, v in value.items()}
+    return value
+
+
 def section_with(base: Any, fields: dict[str, Any], origin: str, prefix: str = "") -> Any:
     """Dataclass section `base` (e.g. a `TrainerConfig`) with `fields` set from Python, checked
     as a config file's values are: an unknown key, a value of the wrong type (1.5 for an
@@ -804,6 +818,7 @@ def section_with(base: Any, fields: dict[str, Any], origin: str, prefix: str = "
     for key, value in fields.items():
         if isinstance(value, os.PathLike):
             value = os.fspath(value)
+        value = _python_numbers(value)
         plain[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
     try:
         _check_shapes(plain, cls, prefix)

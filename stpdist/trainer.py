@@ -29,7 +29,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -148,9 +148,10 @@ shards by bands, shards behind a `data.url_template` in order), whose change dea
 of an epoch anew (not recorded before 2026-12-07: not compared for such checkpoints)."""
 
 
-def _settings_refusal(start: Path, changed: list[str]) -> str:
+def _settings_refusal(start: Path, changed: list[str], *, from_config: bool = True) -> str:
     """Why a resume from `start` refuses the `changed` settings (`key old → new`), said for
-    the kinds changed only, and what to do instead."""
+    the kinds changed only, and what to do instead (`from_config`: the run was made from a
+    config; a Trainer of keywords, from Python, is told in Python's terms)."""
     keys = [line.split(" ", 1)[0] for line in changed]
     why = []
     if any(k.startswith("model.optimizer.") for k in keys):
@@ -168,6 +169,13 @@ def _settings_refusal(start: Path, changed: list[str]) -> str:
         why.append("an epoch begun is dealt in its batch size and shuffle buffer over its "
                    "training shards (samples would be seen twice and others missed)")  # fmt: skip
     at_epoch_end = ", from a checkpoint written at an epoch's end" * (len(mid_epoch) == len(keys))
+    if not from_config:  # no config.yaml, no model.init_weights (a Python API review)
+        return (
+            f"resuming from {start} with {'; '.join(changed)}: {'; '.join(why)}; resume with "
+            f"the checkpoint's values{at_epoch_end}, or start a new run in another "
+            "output_dir from its weights (stpdist.load, or module.load_state_dict of its "
+            "model.safetensors)"
+        )
     return (
         f"resuming from {start} with {'; '.join(changed)}: {'; '.join(why)}, so the run would "
         "not honour the new value(s) while its config.yaml recorded them; resume with the "
@@ -1337,13 +1345,19 @@ class Trainer:
 
     def __init__(
         self,
-        config: TrainerConfig | None = None,
+        config: TrainerConfig | Mapping[str, Any] | None = None,
         *,
-        logging: LoggingConfig | None = None,
+        logging: LoggingConfig | Mapping[str, Any] | None = None,
         run_config: Config | None = None,
         **fields: Any,
     ) -> None:
         config = config or TrainerConfig()
+        # a mapping for either, as for a sub-section (`ema={…}`): `logging={"num_samples":
+        # 0}` was a TypeError (a Python API review)
+        if isinstance(config, Mapping):
+            config = section_with(TrainerConfig(), dict(config), "Trainer(config=…)")
+        if isinstance(logging, Mapping):
+            logging = section_with(LoggingConfig(), dict(logging), "Trainer(logging=…)", "logging.")
         # a config object built in Python (`TrainerConfig(compile="false")`), and keywords:
         # typed and checked as a config file's values (a mapping for a section)
         config = checked_section(config, TrainerConfig, "Trainer(config=…)")
@@ -2014,6 +2028,8 @@ class Trainer:
                 _check_trainable_unchanged(module, self._trainable, step)
             loss = loss_of(output, step, _hook_of(module, "training_step"))
             skipped, stop = self._agree_or_note(module, loss, step, state)
+            self._window[0] += 1
+            self._window[1] += not skipped
             if not skipped:
                 acc.backward(loss)
                 self._contributed = True
@@ -2026,6 +2042,7 @@ class Trainer:
             elif acc.sync_gradients:
                 self._window_ends_skipped(module, step)
             if acc.sync_gradients and self._contributed:
+                self._mean_of_used_micro_batches(module)
                 self._note_grad_norm(module, step)  # (and clips, with grad_clip_norm)
             elif acc.sync_gradients:  # a step with no gradient: no norm (not an earlier one's)
                 self._grad_norm = None
@@ -2038,11 +2055,25 @@ class Trainer:
                 _warn_of_parameters_not_optimized(module, optimizer, step)
         if acc.sync_gradients:
             self._contributed = False
+            self._window = [0, 0]
         extras = {}
         if isinstance(output, dict) and not skipped:
             extras = {k: v for k, v in _scalars_of(output, "training_step").items() if k != "loss"}
         meter.add(None if skipped else loss, batch.inputs.shape[0] * acc.num_processes, extras)
         return stop
+
+    def _mean_of_used_micro_batches(self, module: EnhancedModule) -> None:
+        """A window some of whose micro-batches were skipped (None from training_step, on
+        every rank alike): its gradient is the mean over the micro-batches used, as its
+        logged loss is. `accelerator.backward` divides each by the window's length, so
+        the sum is scaled by length ÷ used (a Python API review: a skip shrank the step,
+        an lr × used/length that no log showed)."""
+        seen, used = self._window
+        if 0 < used < seen:
+            with torch.no_grad():
+                for parameter in module.parameters():
+                    if parameter.grad is not None:
+                        parameter.grad.mul_(seen / used)
 
     def _window_ends_skipped(self, module: EnhancedModule, step: int) -> None:
         """A window's last micro-batch, skipped on every rank: what its backward would have
@@ -2502,7 +2533,8 @@ class Trainer:
             ))  # fmt: skip
         changed = self._settings_changed(start, saved, train)
         if changed:
-            raise alike(InputError(_settings_refusal(start, changed)))
+            from_config = self.run_config is not None
+            raise alike(InputError(_settings_refusal(start, changed, from_config=from_config)))
 
     def _settings_of(self, train: TrainSource) -> dict[str, Any]:
         """This run's resolved values of the settings a resume must keep (`KEPT_ON_RESUME`
@@ -2587,6 +2619,7 @@ class Trainer:
         acc = self.accelerator
         self._start_record: tuple[str, int, Path | None] | None = None
         self._contributed, self._grad_norm = False, None
+        self._window = [0, 0]  # micro-batches of this accumulation window: seen, used
         self._parameters_checked = False  # see _check_every_parameter_trained
         self._optimizer_checked = False  # see _warn_of_parameters_not_optimized
         self.lockstep.reset()
@@ -2899,7 +2932,8 @@ class Trainer:
         unless `raw_weights`; without `ckpt`, the module as it is, or its EMA when this
         Trainer trained it with one) over all of `data`; results are named
         `<split>/<metric>`, and logged at the checkpoint's step (not with `raw_weights`:
-        the run's rows are its model's; not without `log`: results of other data than the
+        the run's rows are its model's; nor for a checkpoint outside this Trainer's
+        output_dir, another run's; not without `log`: results of other data than the
         run's), unless the run's record already holds that step's
         `<split>` results: a second validation of a step (with other settings, perhaps)
         adds no row beside the first, which a resume would otherwise send again in its
@@ -2923,7 +2957,10 @@ class Trainer:
                 results = self.evaluate(module, as_eval_source(data), split)
         finally:
             module.global_step, module.current_epoch = held
-        if step is not None and not raw_weights and log:  # the run's rows: its model's, data's
+        # the run's rows: its model's (not another run's checkpoint: a Python API review
+        # found one logged here at that run's step), its data's
+        own = ckpt is None or self.output_dir.resolve() in Path(ckpt).resolve().parents
+        if step is not None and not raw_weights and log and own:
             self.tracker.log_unless_logged(results, step=step, epoch=epoch)
         return results
 

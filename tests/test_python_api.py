@@ -419,7 +419,9 @@ def test_a_resume_refuses_another_seed_and_data_that_shrank_mid_epoch(tmp_path):
         trainer(tmp_path, seed=7, max_epochs=2).fit(TinyModule(), loader(32, 4), resume="auto")
     with pytest.raises(InputError, match=r"data\.batch_size 4 \(the checkpoint's\) → 2"):
         trainer(tmp_path, max_epochs=2).fit(TinyModule(), loader(32, 2), resume="auto")
-    with pytest.raises(InputError, match="micro-batch 7 of epoch 0, which now has 4 per rank"):
+    # the dataset's length is recorded too (since 2026-12-07; a checkpoint from before
+    # meets the refusal of a micro-batch past the epoch's end)
+    with pytest.raises(InputError, match=r"data\.shards 32 samples \(the checkpoint's\) → 16"):
         trainer(tmp_path, max_epochs=2).fit(TinyModule(), loader(16, 4), resume="auto")
     state = trainer(tmp_path, max_epochs=2).fit(TinyModule(), loader(32, 4), resume="auto")
     assert state.global_step == 16
@@ -669,3 +671,20 @@ def test_a_one_cycle_of_ones_own_module_lengthened_on_resume_says_how_from_pytho
     with pytest.raises(InputError, match=r"cannot be lengthened.*module\.load_state_dict\("
                        r"safetensors\.torch\.load_file\('.*step-00000002/model\.safetensors'\)\)"):  # fmt: skip
         longer.fit(_PlannedOneCycle(), loader(8), resume="auto")
+
+
+def test_numpy_numbers_and_mappings_are_trainer_settings(tmp_path):
+    """A Python API review: a sweep loop over `np.linspace` failed ("Value 'float64' is not a
+    supported primitive type"), and `logging={"num_samples": 0}` was a TypeError while
+    `ema={…}` was taken."""
+    import numpy as np
+
+    from stpdist import Trainer
+
+    for clip in np.linspace(0.5, 1.0, 2):
+        trainer = Trainer({"output_dir": str(tmp_path / "run"), "max_epochs": np.int64(1)},
+                          logging={"num_samples": np.int32(0)}, grad_clip_norm=clip,
+                          seed=np.int64(3), progress_bar=np.bool_(False))  # fmt: skip
+        assert type(trainer.config.grad_clip_norm) is float and trainer.config.seed == 3
+        assert trainer.config.max_epochs == 1 and trainer.tracker.config.num_samples == 0
+        trainer.close()

@@ -556,6 +556,79 @@ def test_a_resume_sets_the_lines_past_its_checkpoint_aside(tmp_path, capsys):
     assert [x for x in lines if x["step"] <= 4] == [x for x in first if x["step"] <= 4]
 
 
+def test_a_resume_mid_epoch_on_another_dataset_length_or_order_is_refused(tmp_path):
+    """A Python API review: a map-style dataset of another length, or `shuffle` changed,
+    re-dealt the epoch begun silently (samples seen twice, others never), while a changed
+    batch size was refused, in words of a config the Python user has not."""
+    policy = CheckpointConfig(every_n_steps=2, every_epoch=False)
+    make_trainer(tmp_path, max_epochs=None, max_steps=2, checkpoint=policy).fit(
+        TinyModule(), loader(16, 4)
+    )  # stops at step 2 of 4 in epoch 0
+    for data, changed in ((loader(24, 4), "data.shards 16 samples (the checkpoint's) → 24 "),
+                          (loader(16, 4, shuffle=False), "data.reading shuffled (the ")):  # fmt: skip
+        trainer = make_trainer(tmp_path, max_epochs=None, max_steps=4, checkpoint=policy)
+        with pytest.raises(InputError, match="resuming from") as refused:
+            trainer.fit(TinyModule(), data, resume="auto")
+        said = str(refused.value)
+        assert changed in said and "samples would be seen twice" in said, said
+        assert "config.yaml" not in said and "model.init_weights" not in said, said
+        trainer.close()
+    resumed = make_trainer(tmp_path, max_epochs=None, max_steps=4, checkpoint=policy)
+    assert resumed.fit(TinyModule(), loader(16, 4), resume="auto").global_step == 4
+
+
+def test_validating_another_runs_checkpoint_logs_nothing_into_this_run(tmp_path):
+    """A Python API review: `validate(ckpt=<another run's checkpoint>)` wrote that run's
+    results into this run's metrics.jsonl, at that run's step."""
+    other = make_trainer(tmp_path / "b", max_epochs=1)
+    other.fit(TinyModule(), loader(8, 4))
+    mine = make_trainer(tmp_path / "a", max_epochs=1)
+    mine.fit(TinyModule(), loader(16, 4))
+    before = (tmp_path / "a" / "metrics.jsonl").read_text()
+    results = mine.validate(TinyModule(), loader(8, 4, False), ckpt=other.checkpoints.latest())
+    assert "val/loss" in results
+    assert (tmp_path / "a" / "metrics.jsonl").read_text() == before
+    mine.validate(TinyModule(), loader(8, 4, False), ckpt=mine.checkpoints.latest())
+    rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 4 and "val/loss" in rows[-1]  # its own: logged
+
+
+class SkipsEverySecond(TinyModule):
+    """Skips (returns None for) every second training batch it sees."""
+
+    def __init__(self, skipping: bool) -> None:
+        super().__init__(lr=0.1, scheduler=False)
+        self.skipping, self.seen = skipping, 0
+
+    def configure_optimizer(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+    def training_step(self, inputs, targets):
+        self.seen += 1
+        if self.skipping and self.seen % 2 == 0:
+            return None
+        return super().training_step(inputs, targets)
+
+
+def test_a_window_with_skipped_micro_batches_steps_by_the_mean_of_those_used(tmp_path):
+    """A Python API review: under accumulation, a micro-batch skipped (None) still counted in
+    the divisor, so the step shrank by used/length (an lr that no log showed). Windows of
+    2 whose second micro-batch is skipped step as the first micro-batches alone do."""
+    data = TinySequences(16)
+    torch.manual_seed(0)
+    skipping = SkipsEverySecond(skipping=True)
+    Trainer(output_dir=tmp_path / "a", max_epochs=1, progress_bar=False,
+            gradient_accumulation_steps=2).fit(skipping, DataLoader(data, batch_size=2))  # fmt: skip
+    used = torch.utils.data.Subset(data, [i for i in range(16) if (i // 2) % 2 == 0])
+    torch.manual_seed(0)
+    alone = SkipsEverySecond(skipping=False)
+    Trainer(output_dir=tmp_path / "b", max_epochs=1, progress_bar=False).fit(
+        alone, DataLoader(used, batch_size=2)
+    )
+    for mine, theirs in zip(skipping.parameters(), alone.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-7)
+
+
 class OneCycle(TinyModule):
     def configure_lr_scheduler(self, optimizer):
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.05, total_steps=self.planned_steps)

@@ -317,6 +317,18 @@ class MapTrainLoader(PlannedTrainSource):
     def num_samples(self) -> int:
         return len(self.dataset)
 
+    # what an epoch is dealt from, recorded in checkpoints as the shard streams' are
+    # (`trainer.MID_EPOCH_KEYS`): a resume mid-epoch on a dataset of another length, or
+    # shuffled otherwise, dealt the rest of the epoch anew (a Python API review: samples
+    # seen twice, others never)
+    @property
+    def shards(self) -> str:
+        return f"{len(self.dataset)} samples"
+
+    @property
+    def reading(self) -> str:
+        return "shuffled" if self.shuffle else "in order"
+
     def _order(self, ctx: LoaderContext, epoch: int) -> np.ndarray:
         num = len(self.dataset)
         return epoch_permutation(num, ctx.seed, epoch) if self.shuffle else np.arange(num)
