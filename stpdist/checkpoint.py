@@ -387,10 +387,18 @@ class RetiredCheckpoint(MissingInput):
 
 
 def _retired_text(path: Path, *, known: bool = True) -> str:
-    said = "was retired by its run" if known else "is not there: a run still training retires"
+    if not known:  # never there (a typo), or retired before it was chosen: said as it is
+        # (a Python API review: a mistyped step was said as retired by a run training)
+        with contextlib.suppress(OSError):
+            there = sorted(p.name for p in path.parent.iterdir() if _NAME.match(p.name))
+            listed = ", ".join(there[-6:]) if there else "none"
+            return (
+                f"checkpoint {path} is not there (the checkpoints in {path.parent}: {listed}; "
+                "a run retires older ones as trainer.checkpoint.keep_last and keep_best say)"
+            )
     return (
-        f"checkpoint {path} {said} (trainer.checkpoint.keep_last, keep_best) before it "
-        "could be read; read the run's best or last, or a copy"
+        f"checkpoint {path} was retired by its run (trainer.checkpoint.keep_last, keep_best) "
+        "before it could be read; read the run's best or last, or a copy"
     )
 
 

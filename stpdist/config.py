@@ -245,7 +245,9 @@ class TrainerConfig:
     made: a module built after it; the CLI's always), data order and every rank's RNG
     (seeded again when `fit` starts)."""
     log_every_n_steps: int = checked(10, _positive)
-    """Log training scalars every N optimizer steps."""
+    """Log training scalars every N optimizer steps (the means over those N; the steps after
+    a run's last multiple of N are in no `train/loss` row, only in their epoch's
+    `train/epoch_loss`)."""
     val_every_n_epochs: int = checked(1, _non_negative)
     """Validate at the end of every N epochs (0: never at epoch ends)."""
     val_every_n_steps: Optional[int] = checked(None, _positive)

@@ -148,13 +148,48 @@ shards by bands, shards behind a `data.url_template` in order), whose change dea
 of an epoch anew (not recorded before 2026-12-07: not compared for such checkpoints)."""
 
 
+MODULE_LR_KEY = "optimizer.lr"
+"""A Trainer of keywords records its module's optimizer (its kind, "optimizer", and each
+param group's initial lr, "optimizer.lr") in every checkpoint's state: another kind is
+refused on resume, other rates of one ratio scale the restored schedule as `LR_KEY` does."""
+
+
+def _optimizer_facts(optimizer: Any) -> dict[str, Any]:
+    """{"optimizer": class name, "optimizer.lr": each param group's initial lr}."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    rates = [group.get("initial_lr", group.get("lr")) for group in inner.param_groups]
+    facts: dict[str, Any] = {"optimizer": type(inner).__name__}
+    if all(isinstance(r, int | float) and not isinstance(r, bool) for r in rates):
+        # text: a checkpoint's settings are scalars (as every stpdist reads them)
+        facts[MODULE_LR_KEY] = ", ".join(f"{float(r):g}" for r in rates)
+    return facts
+
+
+def _rates(text: Any) -> list[float] | None:
+    try:
+        rates = [float(part) for part in str(text).split(",")]
+    except ValueError:
+        return None
+    return rates if rates and all(r > 0 for r in rates) else None
+
+
+def _one_ratio(old: Any, new: Any) -> bool:
+    """Whether the rates `new` are the rates `old` (one a param group, as text) times one
+    positive number."""
+    before, now = _rates(old), _rates(new)
+    if before is None or now is None or len(before) != len(now):
+        return False
+    ratio = now[0] / before[0]
+    return all(math.isclose(n / o, ratio, rel_tol=1e-9) for o, n in zip(before, now))
+
+
 def _settings_refusal(start: Path, changed: list[str], *, from_config: bool = True) -> str:
     """Why a resume from `start` refuses the `changed` settings (`key old → new`), said for
     the kinds changed only, and what to do instead (`from_config`: the run was made from a
     config; a Trainer of keywords, from Python, is told in Python's terms)."""
     keys = [line.split(" ", 1)[0] for line in changed]
     why = []
-    if any(k.startswith("model.optimizer.") for k in keys):
+    if any(k.startswith(("model.optimizer.", "optimizer")) for k in keys):
         why.append("a resume restores the optimizer state (its kind and weight decay)")
     if any(k.startswith("model.schedule.") for k in keys):
         why.append("a resume restores the lr scheduler's state (its kind, its length, and "
@@ -888,9 +923,27 @@ class EvalSums:
                 reduced[key] = flat[offset : offset + size].view(shape)
                 offset += size
             for key, value in module.metrics_from_sums(reduced).items():
-                results[f"{prefix}/{key}"] = value
+                results[f"{prefix}/{key}"] = _one_number(value, key)
         results[f"{prefix}/num_samples"] = total
         return results
+
+
+def _one_number(value: Any, key: str) -> float | int:
+    """A result of `metrics_from_sums` as a Python number; anything else is refused naming
+    the hook and the key (a Python API review: a vector failed after the checkpoint, in the
+    console's formatting, naming neither, and `validate` returned tensors)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() == 1:
+            return value.item()
+    elif isinstance(value, np.ndarray | np.generic) and value.size == 1:
+        return value.item()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    shape = tuple(value.shape) if hasattr(value, "shape") else type(value).__name__
+    raise InputError(
+        f"metrics_from_sums returned {shape} for '{key}'; expected one number a key (a "
+        "per-lead-time metric: one key each, e.g. 'mse/t01', 'mse/t02')"
+    )
 
 
 class SampleKeeper:
@@ -901,8 +954,10 @@ class SampleKeeper:
         self.limit = limit
         self.samples: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
         self._seen = 0
+        self.offered = False  # whether any batch was offered (a validation with data)
 
     def offer(self, keys: list[str] | None, inputs: Any, targets: Any, output: Any) -> None:
+        self.offered = True
         preds = output.get("predictions") if isinstance(output, dict) else None
         room = self.limit - len(self.samples)
         if preds is not None and room > 0:
@@ -932,6 +987,7 @@ class Validator:
 
     def __init__(self, trainer: Trainer, source: Any, module: EnhancedModule) -> None:
         self.trainer, self.source, self.module = trainer, source, module
+        self._no_pictures_said = False
         self.last_step: int | None = None
         """The step whose validation ran (or, on resume, the checkpoint holds)."""
         self._nonfinite_said = False
@@ -1013,6 +1069,13 @@ class Validator:
         state.metrics, state.metrics_step = results, state.global_step
         self.last_step = state.global_step
         self._say_nonfinite(results, state.global_step)
+        if keeper.limit and not keeper.samples and keeper.offered and not self._no_pictures_said:
+            # a Python API review: no pictures, without a word
+            self._no_pictures_said = True
+            say(
+                f"logging.num_samples is {keeper.limit}, but validation_step returns no "
+                "'predictions' (a dict entry, B×T_out×C×H×W): no sample pictures are drawn"
+            )
         for key, user in self.trainer.required_results.items():
             if key not in results:
                 available = ", ".join(k for k in results if k.count("/") == 1)
@@ -1683,6 +1746,7 @@ class Trainer:
         self._say_left_out(train, batches_per_epoch)
         self._say_mixing(train, ctx)
         model, optimizer, scheduler, interval = self._prepare(module)
+        self._optimizer_facts = _optimizer_facts(optimizer)
         self._trainable = _trainable(module) if self.accelerator.num_processes > 1 else None
         self._inner_optimizer = self._direct(optimizer)
         self._set_up_ema_and_early_stopping(module)
@@ -2548,6 +2612,9 @@ class Trainer:
                 # a cosine schedule's length comes from the config on resume (its state
                 # holds no length): only OneCycleLR's is restored with its state
                 settings.pop("model.schedule.total_steps", None)
+        else:  # a Trainer of keywords: the module's optimizer (a Python API review: another
+            # lr was ignored without a word, another kind failed in torch with KeyError 'step')
+            settings.update(getattr(self, "_optimizer_facts", {}))
         for key in MID_EPOCH_KEYS:
             value = getattr(train, key.split(".")[1], None)
             # a user's own source may hold another kind of thing by that name: not recorded
@@ -2571,6 +2638,9 @@ class Trainer:
                 continue
             if key == LR_KEY and _positive_numbers(old, new) and old != new:
                 self._lr_rescale = (old, new)  # honoured: the schedule scaled (_rescale_lr)
+                continue
+            if key == MODULE_LR_KEY and old != new and _one_ratio(old, new):
+                self._lr_rescale = (_rates(old)[0], _rates(new)[0])  # a module's optimizer
                 continue
             if old is not None and old != new:
                 changed.append(f"{key} {old} (the checkpoint's) → {new}")
@@ -2598,8 +2668,9 @@ class Trainer:
                 group["lr"] = base * factor(inner.last_epoch)
         if inner is not None and hasattr(inner, "_last_lr"):
             inner._last_lr = [float(group["lr"]) for group in groups]
+        what = "model.optimizer.lr" if self.run_config is not None else "the optimizer's lr"
         say(
-            f"model.optimizer.lr {old:g} (the checkpoint's) → {new:g}: from step {step} the "
+            f"{what} {old:g} (the checkpoint's) → {new:g}: from step {step} the "
             f"schedule goes on scaled by {ratio:g} (the optimizer's moments kept)"
         )
 

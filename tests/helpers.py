@@ -218,3 +218,23 @@ def said_warnings():
         yield handler.lines
     finally:
         logging.getLogger("stpdist").removeHandler(handler)
+
+
+FORKED_MARK: list[str] = []
+"""Set by a test in its own process: a forked data worker inherits it, a spawned one
+imports this module afresh, without it."""
+
+
+class StartMethodProbe(TinySequences):
+    """TinySequences whose workers write into `record` how they were started."""
+
+    def __init__(self, num: int, record: str) -> None:
+        super().__init__(num)
+        self.record = record
+
+    def __getitem__(self, i: int):
+        import os
+
+        with open(self.record, "a") as handle:
+            handle.write(f"{os.getpid()} {'forked' if FORKED_MARK else 'spawned'}\n")
+        return super().__getitem__(i)

@@ -10,6 +10,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import TinyModule, TinySequences, loader
@@ -688,3 +689,146 @@ def test_numpy_numbers_and_mappings_are_trainer_settings(tmp_path):
         assert type(trainer.config.grad_clip_norm) is float and trainer.config.seed == 3
         assert trainer.config.max_epochs == 1 and trainer.tracker.config.num_samples == 0
         trainer.close()
+
+
+class RateOf(TinyModule):
+    def __init__(self, lr: float, kind: str = "sgd") -> None:
+        super().__init__(lr=lr, scheduler=False)
+        self.kind = kind
+
+    def configure_optimizer(self):
+        if self.kind == "adam":
+            return torch.optim.Adam(self.parameters(), lr=self.lr)
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+def test_a_resume_with_another_optimizer_from_python_is_scaled_or_refused(tmp_path, capsys):
+    """A Python API review: another lr in `configure_optimizer` was ignored on resume without
+    a word (the checkpoint's went on), another optimizer class failed in torch with
+    KeyError 'step'. Other rates of one ratio scale the restored state, as a config's
+    `model.optimizer.lr` does: the new rate from the resumed step on."""
+    trainer(tmp_path, max_epochs=1, log_every_n_steps=1).fit(RateOf(0.1), loader(16, 4))
+    with pytest.raises(InputError, match=r"optimizer SGD \(the checkpoint's\) → Adam"):
+        trainer(tmp_path, max_epochs=2).fit(RateOf(0.1, "adam"), loader(16, 4), resume="auto")
+    resumed = trainer(tmp_path, max_epochs=2, log_every_n_steps=1)
+    resumed.fit(RateOf(0.5), loader(16, 4), resume="auto")
+    assert "the optimizer's lr 0.1 (the checkpoint's) → 0.5" in capsys.readouterr().out
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    rates = {r["step"]: r["train/lr"] for r in map(json.loads, lines) if "train/lr" in r}
+    assert rates[4] == pytest.approx(0.1) and rates[5] == pytest.approx(0.5), rates
+
+
+def test_a_dataloaders_worker_start_method_is_kept(tmp_path, capsys):
+    """A Python API review: the Trainer's own loaders dropped `multiprocessing_context`
+    (workers forked whatever was asked: libraries that break after fork broke), pinned
+    memory and prefetching, and said nothing of `persistent_workers`."""
+    import helpers
+
+    from stpdist.data import loading
+
+    loading._SAID_OF_LOADERS.clear()  # said once a process
+    record = tmp_path / "workers.txt"
+    helpers.FORKED_MARK.append("parent")
+    try:
+        data = DataLoader(helpers.StartMethodProbe(8, str(record)), batch_size=4, num_workers=1,
+                          multiprocessing_context="spawn", persistent_workers=True)  # fmt: skip
+        trainer(tmp_path).fit(TinyModule(), data)
+    finally:
+        helpers.FORKED_MARK.clear()
+    started = {line.split()[1] for line in record.read_text().splitlines()}
+    assert started == {"spawned"}, started
+    assert "DataLoader(persistent_workers=True) does not apply" in capsys.readouterr().err
+
+
+def test_after_fit_with_ema_the_average_is_reachable_as_documented(tmp_path):
+    """A Python API review: after `fit` with `ema` the module holds the raw weights, and no
+    page said how to reach the average from Python."""
+    module = TinyModule()
+    fitted = trainer(tmp_path, ema={"decay": 0.5})
+    fitted.fit(module, loader(16, 4))
+    average = fitted.ema.state_dict()
+    raw = {k: v.clone() for k, v in module.state_dict().items()}
+    assert any(not torch.equal(raw[k], average[k]) for k in average)
+    with fitted.evaluation_weights():
+        assert all(torch.equal(module.state_dict()[k], average[k]) for k in average)
+    assert all(torch.equal(module.state_dict()[k], raw[k]) for k in raw)
+    fitted.close()
+
+
+class VectorMetric(TinyModule):
+    def validation_step(self, inputs, targets):
+        pred = self(inputs)
+        err = (pred - targets).pow(2).mean(dim=(2, 3, 4)).sum(0)  # per lead time
+        return {"loss": torch.nn.functional.mse_loss(pred, targets), "sums": {"sq": err}}
+
+    def metrics_from_sums(self, sums):
+        return {"mse_t1": sums["sq"][0], "mse_per_t": sums["sq"]}
+
+
+def test_a_vector_from_metrics_from_sums_is_named_before_anything(tmp_path):
+    """A Python API review: a vector result of `metrics_from_sums` failed after the
+    checkpoint, in the console's formatting ("a Tensor with 2 elements cannot be converted
+    to Scalar"), naming neither the hook nor the key; `validate` returned tensors."""
+    with pytest.raises(InputError, match=r"metrics_from_sums returned \(2,\) for 'mse_per_t'"):
+        trainer(tmp_path).validate(VectorMetric(), loader(8, 4, False))
+
+    class Scalars(VectorMetric):
+        def metrics_from_sums(self, sums):
+            return {"mse_t1": sums["sq"][0]}
+
+    results = trainer(tmp_path / "b").validate(Scalars(), loader(8, 4, False))
+    assert type(results["val/mse_t1"]) is float
+
+
+def test_inputs_alone_are_predicted_from(tmp_path):
+    """A Python API review: `predict` over a TensorDataset of inputs, or a DataLoader over a
+    tensor, was refused, the message listing only forms with targets."""
+    from torch.utils.data import TensorDataset
+
+    from stpdist.trainer import load_predictions
+
+    inputs = TinySequences(6).inputs
+    module = TinyModule()
+    for data, out in ((DataLoader(TensorDataset(inputs), batch_size=4), "a"),
+                      (DataLoader(inputs, batch_size=4), "b")):  # fmt: skip
+        trainer(tmp_path).predict(module, data, out=tmp_path / out)
+        predicted = load_predictions(tmp_path / out)
+        assert len(predicted) == 6
+        with torch.no_grad():
+            expected = module(inputs[:1])[0].numpy()
+        first = predicted[sorted(predicted)[0]]
+        np.testing.assert_allclose(first, expected, rtol=1e-5, atol=1e-7)  # batch of 4 vs 1
+
+
+def test_a_mistyped_checkpoint_is_said_not_there_with_those_that_are(tmp_path):
+    """A Python API review: a checkpoint path that never existed (a typo) was said to be
+    retired by a run still training."""
+    from stpdist.checkpoint import RetiredCheckpoint
+
+    fitted = trainer(tmp_path)
+    fitted.fit(TinyModule(), loader(16, 4))  # step-00000004
+    typo = tmp_path / "run" / "checkpoints" / "step-00000009"
+    with pytest.raises(RetiredCheckpoint) as missing:
+        fitted.validate(TinyModule(), loader(8, 4, False), ckpt=typo)
+    said = str(missing.value)
+    assert f"checkpoint {typo} is not there (the checkpoints in" in said
+    assert "step-00000004" in said and "still training" not in said
+
+
+class NoPredictions(TinyModule):
+    def validation_step(self, inputs, targets):
+        return {"loss": torch.nn.functional.mse_loss(self(inputs), targets)}
+
+
+def test_sample_pictures_asked_of_a_module_without_predictions_are_said(tmp_path, capsys):
+    """A Python API review: `num_samples` with a validation_step that returns no
+    'predictions' drew no pictures, without a word."""
+    from stpdist.config import LoggingConfig
+
+    fitted = trainer(tmp_path, max_epochs=2, logging=LoggingConfig(num_samples=2))
+    fitted.fit(NoPredictions(), loader(8, 4), loader(4, 4, False))
+    said = capsys.readouterr().out
+    assert said.count("logging.num_samples is 2, but validation_step returns no") == 1, said
+    assert not (tmp_path / "run" / "samples").exists() or not any(
+        (tmp_path / "run" / "samples").iterdir()
+    )

@@ -26,6 +26,8 @@ from torch.utils.data import (
     Subset,
 )
 
+from ..console import warn_main
+
 _STOP_SIGNALS = {
     getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name)
 }
@@ -305,6 +307,7 @@ class MapTrainLoader(PlannedTrainSource):
         collate_fn: Any = None,
         num_workers: int = 0,
         worker_init_fn: Any = None,
+        loader_options: dict[str, Any] | None = None,
     ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
@@ -312,6 +315,7 @@ class MapTrainLoader(PlannedTrainSource):
         self.collate_fn = collate_fn
         self.num_workers = num_workers
         self.worker_init_fn = worker_init_fn
+        self.loader_options = dict(loader_options or {})  # see `_loader_options`
 
     @property
     def num_samples(self) -> int:
@@ -336,7 +340,9 @@ class MapTrainLoader(PlannedTrainSource):
     def _load(self, batches: list[list[int]], ctx: LoaderContext, epoch: int) -> Iterator[Any]:
         workers = self.num_workers if ctx.num_workers is None else ctx.num_workers
         init = _WorkerInit(self.worker_init_fn)
-        return planned_batches(self.dataset, batches, self.collate_fn, workers, init, ctx, epoch)
+        return planned_batches(
+            self.dataset, batches, self.collate_fn, workers, init, ctx, epoch, self.loader_options
+        )
 
 
 def planned_batches(
@@ -347,6 +353,7 @@ def planned_batches(
     worker_init_fn: Any,
     ctx: LoaderContext,
     epoch: int,
+    options: dict[str, Any] | None = None,
 ) -> Iterator[Any]:
     """The batches of `dataset` that `batches` lists (indices), read by `workers` processes
     (`shielded_batches`)."""
@@ -361,8 +368,19 @@ def planned_batches(
         # uninterrupted one (the workers' random state still differs after a resume: a
         # dataset's own random augmentation draws other numbers; the samples are the same)
         generator=torch.Generator().manual_seed(ctx.seed * 100_003 + epoch),
+        **_worker_options(options, workers),
     )
     return shielded_batches(loader)
+
+
+def _worker_options(options: dict[str, Any] | None, workers: int) -> dict[str, Any]:
+    """The user's DataLoader options that apply: those of the worker processes only with
+    workers (DataLoader refuses them without)."""
+    options = dict(options or {})
+    if not workers:
+        for name in ("multiprocessing_context", "prefetch_factor", "timeout"):
+            options.pop(name, None)
+    return options
 
 
 class _Keyed(Dataset):
@@ -416,12 +434,14 @@ class MapEvalLoader:
         collate_fn: Any = None,
         num_workers: int = 0,
         worker_init_fn: Any = None,
+        loader_options: dict[str, Any] | None = None,
     ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
         self.collate_fn = collate_fn
         self.num_workers = num_workers
         self.worker_init_fn = worker_init_fn
+        self.loader_options = dict(loader_options or {})
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -446,6 +466,7 @@ class MapEvalLoader:
             num_workers=workers,
             worker_init_fn=_WorkerInit(self.worker_init_fn),
             generator=torch.Generator().manual_seed(ctx.seed),
+            **_worker_options(self.loader_options, workers),
         )
         yield from shielded_batches(loader)
 
@@ -504,6 +525,13 @@ def unpack_batch(batch: Any) -> Batch:
             )
         extras = {k: v for k, v in batch.items() if k not in ("inputs", "targets", "keys")}
         return Batch(batch["inputs"], batch.get("targets"), batch.get("keys"), extras)
+    # inputs alone (a TensorDataset of inputs, or a DataLoader over a tensor): as a dict
+    # with 'inputs' only, for predicting (a Python API review: refused with a message that
+    # listed only forms with targets)
+    if isinstance(batch, torch.Tensor):
+        return Batch(batch, None, None, {})
+    if isinstance(batch, list | tuple) and len(batch) == 1 and isinstance(batch[0], torch.Tensor):
+        return Batch(batch[0], None, None, {})
     if isinstance(batch, list | tuple) and len(batch) in (2, 3):
         keys = batch[2] if len(batch) == 3 else None
         if isinstance(keys, torch.Tensor) and keys.ndim != 1:
@@ -515,8 +543,9 @@ def unpack_batch(batch: Any) -> Batch:
         return Batch(batch[0], batch[1], keys, {})
     size = f" of {len(batch)} items" if isinstance(batch, list | tuple) else ""
     raise TypeError(
-        "a batch must be (inputs, targets), (inputs, targets, keys) or a dict with "
-        f"'inputs', 'targets', 'keys' and extras; got a {type(batch).__name__}{size}"
+        "a batch must be (inputs, targets), (inputs, targets, keys), a dict with 'inputs', "
+        "'targets', 'keys' and extras, or inputs alone ((inputs,) or a tensor: to predict); "
+        f"got a {type(batch).__name__}{size}"
     )
 
 
@@ -565,7 +594,42 @@ def as_train_source(data: Any) -> TrainSource:
         collate_fn=loader.collate_fn,
         num_workers=loader.num_workers,
         worker_init_fn=loader.worker_init_fn,
+        loader_options=_loader_options(loader),
     )
+
+
+_SAID_OF_LOADERS: set[str] = set()
+
+
+def _loader_options(loader: DataLoader) -> dict[str, Any]:
+    """What of a user's DataLoader the Trainer's own loaders keep: the worker processes'
+    start method (`multiprocessing_context`: a library that breaks after fork), pinned
+    memory, prefetching and the timeout (a Python API review: all were dropped, workers
+    forked whatever was asked). Persistent workers and a generator are said once not to
+    apply: the Trainer deals each epoch itself (its workers start each epoch) and orders it
+    by `trainer.seed`."""
+    options: dict[str, Any] = {}
+    if loader.multiprocessing_context is not None:
+        options["multiprocessing_context"] = loader.multiprocessing_context
+    if loader.pin_memory:
+        options["pin_memory"] = True
+        if getattr(loader, "pin_memory_device", ""):
+            options["pin_memory_device"] = loader.pin_memory_device
+    if loader.num_workers and loader.prefetch_factor not in (None, 2):
+        options["prefetch_factor"] = loader.prefetch_factor
+    if loader.timeout:
+        options["timeout"] = loader.timeout
+    ignored = [name for name, on in (("persistent_workers=True", loader.persistent_workers),
+                                     ("generator", loader.generator is not None)) if on]  # fmt: skip
+    for name in ignored:
+        if name not in _SAID_OF_LOADERS:
+            _SAID_OF_LOADERS.add(name)
+            warn_main(
+                "DataLoader(%s) does not apply: the Trainer deals every epoch's batches itself, "
+                "in an order from trainer.seed, and starts its data workers each epoch",
+                name,
+            )
+    return options
 
 
 def as_eval_source(data: Any) -> EvalSource:
@@ -579,4 +643,5 @@ def as_eval_source(data: Any) -> EvalSource:
         collate_fn=loader.collate_fn,
         num_workers=loader.num_workers,
         worker_init_fn=loader.worker_init_fn,
+        loader_options=_loader_options(loader),
     )
