@@ -16,7 +16,14 @@ from .checkpoint import MODEL_FILE, CheckpointManager, describing_config
 from .config import Config, ConfigError
 from .console import log, quiet, say, warn_main
 from .data.convert import generation_advice, occupied_advice, output_named
-from .data.format import INDEX_FILE, SplitIndex, read_climatology, read_index, variable_names
+from .data.format import (
+    INDEX_FILE,
+    SplitIndex,
+    read_climatology,
+    read_index,
+    unlisted_shards,
+    variable_names,
+)
 from .data.normalize import Normalizer
 from .data.onthefly import MovingDigitsTrainSource
 from .data.staging import holds_working_folder, recover
@@ -257,6 +264,15 @@ def describe_dataset(cfg: Config) -> bool:
             index = indexes[split] = read_index(split_dir(cfg, split))
             shape = "×".join(map(str, index.shape))
             say(f"{split}: {index.num_samples} sequences of T×C×H×W {shape} ({index.dtype})")
+            unlisted = unlisted_shards(split_dir(cfg, split), index)
+            if unlisted:
+                warn_main(
+                    "%s holds %d .tar file(s) its %s does not list, which are not read: %s (a "
+                    "split's shards are those its index lists; `stpdist shard merge` joins "
+                    "datasets)",
+                    split_dir(cfg, split), len(unlisted), INDEX_FILE,
+                    ", ".join(unlisted[:5]) + (" …" if len(unlisted) > 5 else ""),
+                )  # fmt: skip
     _check_splits_alike(cfg, indexes)
     frames = dataset_index(cfg).shape[0]
     used = d.num_input_frames + d.num_output_frames

@@ -1228,8 +1228,22 @@ def _writing(tmp: Path) -> Iterator[None]:
             raise
         cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else _cause(exc)
         raise CheckpointError(
-            f"cannot write checkpoint {tmp.name} in {tmp.parent}{free_space(tmp.parent)}: {cause}"
+            f"cannot write checkpoint {tmp.name} in {tmp.parent}{free_space(tmp.parent)}"
+            f"{file_size_limit()}: {cause}"
         ) from exc
+
+
+def file_size_limit() -> str:
+    """ " (files of this process: at most N MiB, `ulimit -f`)" where such a limit is set, else
+    "": a write it stopped reads as a full disk, or as torch's "iostream error" (a dataops
+    review)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft == resource.RLIM_INFINITY:
+        return ""
+    amount = f"{soft // 2**20} MiB" if soft >= 2**20 else f"{soft // 2**10} KiB"
+    return f" (files of this process: at most {amount}, `ulimit -f`)"
 
 
 def _cause(exc: BaseException) -> str:

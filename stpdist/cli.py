@@ -1221,41 +1221,8 @@ def save_stored_frames(
     return paths
 
 
-def _check_unchanged(path: Path, shard: Any) -> str | None:
-    """A shard's bytes against what its writer recorded: every byte's SHA-256 (indexes
-    since 2026-12-07), else its fingerprint (count, size, ends); a difference is an error:
-    damaged or changed since it was written, though its samples may still read. Returns
-    which was compared ("sha256", "fingerprint"; None: the index records neither)."""
-    import hashlib
-
-    from .data.format import ShardFormatError, require_file, shard_fingerprint
-
-    try:
-        require_file(path)  # never open a FIFO: it would block (InputError)
-    except FileNotFoundError:
-        raise ShardFormatError(f"{path}: cannot open (no such file)") from None
-    if shard.sha256:
-        digest = hashlib.sha256()
-        with open(path, "rb") as file:
-            while chunk := file.read(1 << 22):
-                digest.update(chunk)
-        changed = digest.hexdigest() != shard.sha256
-        recorded = "the SHA-256 its writer recorded in index.json"
-    else:
-        changed = bool(shard.fingerprint) and (
-            shard_fingerprint(path, shard.num_samples) != shard.fingerprint
-        )
-        recorded = "the fingerprint its writer recorded in index.json (size and ends)"
-    if changed:
-        raise ShardFormatError(
-            f"{path}: its bytes are not those written ({recorded} differs): damaged or "
-            "changed since it was converted; convert the data again, or restore the shard"
-        )
-    return "sha256" if shard.sha256 else "fingerprint" if shard.fingerprint else None
-
-
 def _bytes_checked(compared: list[str | None]) -> str:
-    """What `verify_split` says of the shards' bytes, by what `_check_unchanged` compared."""
+    """What `verify_split` says of the shards' bytes, by what `check_unchanged` compared."""
     if all(kind == "sha256" for kind in compared):
         return "bytes, counts, dtypes, shapes, keys OK"
     if not any(compared):
@@ -1271,14 +1238,14 @@ def verify_split(folder: Path) -> str:
     dtype, shape and finiteness, keys unique. Every damaged shard is named, each by its
     first problem, in one error at the end (it stopped at the first: a large dataset took a
     run a damaged shard)."""
-    from .data.format import ShardFormatError, read_index
+    from .data.format import ShardFormatError, check_unchanged, read_index, unlisted_shards
 
     index = read_index(folder)
     seen: dict[str, str] = {}
     compared, damaged = [], []
     for shard in index.shards:
         try:
-            compared.append(_check_unchanged(folder / shard.name, shard))
+            compared.append(check_unchanged(folder / shard.name, shard))
             _verify_shard(folder, shard, index, seen)
         except ShardFormatError as exc:
             damaged.append(str(exc))
@@ -1288,9 +1255,16 @@ def verify_split(folder: Path) -> str:
             f"{folder}: {counted(len(damaged), 'damaged shard')} of {len(index.shards)}:\n  "
             f"{listed}"
         )
+    unlisted = unlisted_shards(folder, index)
+    extra = (
+        f"; {counted(len(unlisted), '.tar file')} the index does not list, never read: "
+        f"{', '.join(unlisted[:5])}{' …' if len(unlisted) > 5 else ''}"
+        if unlisted
+        else ""
+    )
     return (
         f"{counted(len(seen), 'sample')} in {counted(len(index.shards), 'shard')}: "
-        f"{_bytes_checked(compared)}"
+        f"{_bytes_checked(compared)}{extra}"
     )
 
 
@@ -2407,11 +2381,20 @@ def _environment_error(exc: BaseException, command: str) -> str | None:
     OSError of `_WRITE_ERRNOS` (here or as the cause of `exc`) names the path it carries
     (and the free space left for a full disk); another rank's death (a lost gloo
     connection) says so and how to go on. None for anything else."""
+    if isinstance(exc, OSError) and exc.errno == errno.EMFILE:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return (
+            f"too many open files (this process may open {soft}: `ulimit -n`): raise the "
+            "limit (ulimit -n 4096 in the job script) or use fewer data workers "
+            "(trainer.num_workers)"
+        )
     found: BaseException | None = exc
     while found is not None and not (isinstance(found, OSError) and found.errno in _WRITE_ERRNOS):
         found = found.__cause__
     if isinstance(found, OSError):
-        from .checkpoint import free_space
+        from .checkpoint import file_size_limit, free_space
 
         cause = found.strerror or os.strerror(found.errno)
         if found.filename is None:
@@ -2423,8 +2406,18 @@ def _environment_error(exc: BaseException, command: str) -> str | None:
         space = ""
         if found.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
             space = free_space(path if path.is_dir() else path.parent)
+        if found.errno == errno.EFBIG:
+            space = file_size_limit()
         return f"{where}: {cause}{space}"
     text = str(exc)
+    if isinstance(exc, RuntimeError) and re.match(
+        r"DataLoader worker \(pid.*exited unexpectedly", text
+    ):
+        return (
+            f"{text}: a data worker ended, its own error above (shared memory full, `df -h "
+            "/dev/shm`? memory? a file-size limit?); fewer workers (trainer.num_workers) or "
+            "more shared memory (docker --shm-size) may help"
+        )
     if peer_lost(exc) and _several_ranks():
         again = "resume with --resume auto" if command in ("train", "reproduce") else "run it again"
         first = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0]).split(". ")[0]

@@ -66,8 +66,13 @@ class MetricsLog:
             self._inherited = self.path.stat().st_size if self.path.is_file() else 0
             if self._inherited and not self._ends_a_line():
                 line = "\n" + line  # a line torn by a killed process: ours starts anew
-        with open(self.path, "a") as handle:
-            handle.write(line)
+        try:
+            with open(self.path, "a") as handle:
+                handle.write(line)
+        except OSError as exc:  # a write's error names no file (a dataops review)
+            if exc.filename is not None or exc.errno is None:
+                raise
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
 
     def _own_file(self) -> None:
         """A `metrics.jsonl` that is a link (a run copied with `cp -al` or `cp -rs`, then

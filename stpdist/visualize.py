@@ -28,6 +28,7 @@ from PIL import Image
 
 from .console import lead_keys, log
 from .data.sources.common import natural_key
+from .data.staging import as_final
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -695,7 +696,7 @@ def glyphs_said_once(path: Path) -> Iterator[None]:
         log.warning(
             "%s: some characters of its labels are not in matplotlib's font and are drawn "
             "as boxes (e.g. non-Latin sample keys or variable names)",
-            path,
+            as_final(path),
         )
 
 

@@ -364,3 +364,100 @@ def test_a_launcher_variable_that_is_no_number_is_named(tmp_path, monkeypatch):
     proc = run_cli("train", DEBUG, cwd=tmp_path)
     assert proc.returncode == 2
     assert "the environment variable LOCAL_RANK is '', not a number: unset it" in proc.stderr
+
+
+def test_too_many_open_files_ends_the_command_naming_the_limit(tmp_path):
+    """A dataops review: with a low `ulimit -n` and 8 data workers, the error line came,
+    then the process hung until killed: the workers started before the failure ignore
+    SIGTERM, and the exit hook joined them for ever."""
+    import resource
+    import subprocess
+    import sys
+
+    from test_cli import DEBUG
+
+    data = tmp_path / "data"
+    args = [sys.executable, "-m", "stpdist", "train", DEBUG, "logging.num_samples=0",
+            f"data.root={data}", f"data.synthesize.root={data}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    made = subprocess.run([*args, "trainer.max_steps=1", "trainer.output_dir=first"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
+    assert made.returncode == 0, made.stderr[-2000:]
+
+    def few_files():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    proc = subprocess.run([*args, "trainer.num_workers=8", "trainer.max_steps=2"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120,
+                          preexec_fn=few_files)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "too many open files (this process may open 64: `ulimit -n`)" in proc.stderr
+
+
+def test_a_data_worker_that_cannot_hand_over_a_batch_ends_the_run(tmp_path):
+    """A dataops review: a worker whose batch could not be put in shared memory (a full
+    /dev/shm; here a file-size limit) lived on, and training waited for the batch for
+    ever, a SIGTERM too."""
+    import resource
+    import subprocess
+    import sys
+
+    assert run_cli("synth", "moving-digits", "--out", "ds", "--train", "16", "--val", "4",
+                   "--test", "4", "--size", "32", "--frames", "6", "--digit-size", "12",
+                   cwd=tmp_path).returncode == 0  # fmt: skip
+    (tmp_path / "c.yaml").write_text(
+        "trainer: {output_dir: run, max_epochs: 1, progress_bar: false, num_workers: 2}\n"
+        "data: {root: ds, batch_size: 8, num_input_frames: 3, num_output_frames: 3,"
+        " shuffle_buffer: 16}\n"
+        "logging: {num_samples: 0}\n"
+        "model: {name: convlstm, backbone: {hidden_channels: [4]}, patch_size: 8}\n"
+    )
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8 * 1024, 8 * 1024))
+
+    proc = subprocess.run([sys.executable, "-m", "stpdist", "train", "c.yaml"], cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=120, preexec_fn=small_files)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "a data worker could not hand over a batch" in proc.stderr
+    assert "exited unexpectedly: a data worker ended, its own error above" in proc.stderr
+
+
+def test_a_file_size_limit_is_named_where_a_write_stops(tmp_path):
+    """A dataops review: a checkpoint stopped by `ulimit -f` was said as torch's "iostream
+    error" beside the disk's free space, and a metrics.jsonl line as "File too large (the
+    error names no file)"."""
+    import resource
+    import subprocess
+    import sys
+
+    from test_cli import DEBUG
+
+    from stpdist.tracking import MetricsLog
+
+    data = tmp_path / "data"
+    args = [sys.executable, "-m", "stpdist", "train", DEBUG, "logging.num_samples=0",
+            f"data.root={data}", f"data.synthesize.root={data}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    made = subprocess.run([*args, "trainer.max_steps=1", "trainer.output_dir=first"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
+    assert made.returncode == 0, made.stderr[-2000:]
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
+
+    proc = subprocess.run([*args, "trainer.max_steps=2"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120, preexec_fn=small_files)  # fmt: skip
+    assert "cannot write checkpoint" in proc.stderr, proc.stderr[-2000:]
+    assert "(files of this process: at most 16 KiB, `ulimit -f`)" in proc.stderr
+    log = MetricsLog(tmp_path / "run")
+    log.log({"x": 1}, step=1, epoch=0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (log.path.stat().st_size, hard))
+    try:
+        with pytest.raises(OSError) as stopped:
+            log.log({"x": 2}, step=2, epoch=0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert stopped.value.filename == str(log.path)

@@ -162,3 +162,19 @@ def test_keys_keep_their_folders_as_webdataset_keys_them(tmp_path):
     stored = _stored(tmp_path / "ds" / "train")
     assert sorted(stored) == ["c", "clipA_0001", "clipB_0001"]
     np.testing.assert_array_equal(stored["clipB_0001"][:, 0], _frames("f", 1))
+
+
+def test_a_tar_cut_at_a_member_boundary_is_refused(tmp_path):
+    """A dataops review: a tar cut at a member's end (no end-of-archive block: a writer
+    killed there leaves exactly this) converted in part, without a word."""
+    import tarfile
+
+    tar = tmp_path / "src" / "train" / "b.tar"
+    _write(tar, [{"__key__": f"s{i}", "video.npy": _frames("train", i)} for i in range(4)])
+    with tarfile.open(tar) as archive:
+        cut = archive.getmembers()[2].offset  # the third sample's first header
+    tar.write_bytes(tar.read_bytes()[:cut])
+    proc = run_cli("shard", "tars", "src", "--out", "ds", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "b.tar: it ends without the tar end-of-archive block" in proc.stderr
+    assert not (tmp_path / "ds").exists()

@@ -748,3 +748,22 @@ def test_a_key_holding_a_line_separator_is_counted_as_one_sample(tmp_path):
     with SplitWriter(tmp_path / "train", "train", value_scale=255) as writer:
         writer.write("a\u2028b\u0085c", np.zeros((2, 1, 4, 4), np.uint8))
     assert count_samples(tmp_path / "train" / "train-000000.tar") == (1, True)
+
+
+def test_a_conversion_into_an_output_another_one_is_writing_is_refused(tmp_path):
+    """A dataops review: two conversions into one empty --out both wrote; the second won,
+    and the first, after all its work, was refused as "not empty"."""
+    import numpy as np
+
+    (tmp_path / "src" / "train").mkdir(parents=True)
+    np.save(tmp_path / "src" / "train" / "a.npy", np.zeros((6, 1, 8, 8), np.uint8))
+    runner = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / f".out.staging-{_host()}-{runner.pid}").mkdir()
+        proc = run_cli("shard", "arrays", "src", "--out", "out", cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert "--out out is being written by another command (.out.staging-" in proc.stderr
+        assert not (tmp_path / "out").exists()
+    finally:
+        runner.kill()
+        runner.wait()

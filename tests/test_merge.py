@@ -161,3 +161,25 @@ def test_merge_stores_the_parts_fill_again_and_refuses_another(tmp_path):
     proc = _shard(tmp_path, "merge", "ds_z1", "ds_z2", "--out", "ds_z")
     assert proc.returncode == 2
     assert "its values run from 0 to 30, and NaN was stored as 0 among them" in proc.stderr
+
+
+def test_merge_refuses_a_parts_damaged_or_cut_shard(tmp_path):
+    """A dataops review: a shard damaged (one byte flipped inside a sample) or cut short was
+    copied into the merged set, whose fresh hashes then verified: the bad data became
+    the dataset the docs say to keep."""
+    _arrays(tmp_path / "a", "a", 0, {"train": 3})
+    _arrays(tmp_path / "b", "b", 1, {"train": 3})
+    for part in ("a", "b"):
+        assert _shard(tmp_path, "arrays", part, "--out", f"ds_{part}").returncode == 0
+    tar = tmp_path / "ds_b" / "train" / read_index(tmp_path / "ds_b" / "train").shards[0].name
+    data = bytearray(tar.read_bytes())
+    data[1024 + 200] ^= 0xFF  # inside the first sample's frames, past its tar header
+    tar.write_bytes(bytes(data))
+    proc = _shard(tmp_path, "merge", "ds_a", "ds_b", "--out", "merged")
+    assert proc.returncode == 2, proc.stderr
+    assert "ds_b/train/train-000000.tar: its bytes are not those written" in proc.stderr
+    assert not (tmp_path / "merged").exists()
+    data[1024 + 200] ^= 0xFF
+    tar.write_bytes(bytes(data[: len(data) // 2]))  # cut short
+    proc = _shard(tmp_path, "merge", "ds_a", "ds_b", "--out", "merged")
+    assert proc.returncode == 2 and "its bytes are not those written" in proc.stderr

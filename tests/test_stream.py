@@ -450,3 +450,29 @@ def test_a_series_windows_mixed_by_a_small_buffer_are_said_once(tmp_path, caplog
     # layout 4 (runs begun since 2026-12-07) deals from 16 bands: nothing to say
     ctx = LoaderContext(rank=0, world_size=2, seed=0, num_workers=2)
     assert note(series, 256) is None
+
+
+def test_a_dataset_replaced_while_read_stops_the_reading(tmp_path):
+    """A dataops review: `shard … --overwrite` (which swaps the folder in) while a run
+    trained on it switched the run to the new shards, read by the old index, silently."""
+    import os
+
+    def write(folder, value):
+        with SplitWriter(folder, "train", value_scale=255) as writer:
+            for shard in range(2):
+                writer.new_shard()
+                for i in range(4):
+                    writer.write(f"s{shard}{i}", np.full((6, 1, 4, 4), value, np.uint8))
+
+    folder = tmp_path / "ds" / "train"
+    write(folder, 1)
+    stream = train(folder)
+    ctx = LoaderContext(rank=0, world_size=1)
+    assert len(keys_of(stream.iterate(ctx, 0))) == 8
+    write(tmp_path / "new" / "train", 200)  # swapped in as `--overwrite` does: a rename
+    os.rename(tmp_path / "ds", tmp_path / "old")
+    os.rename(tmp_path / "new", tmp_path / "ds")
+    with pytest.raises(ShardFormatError, match="the dataset was replaced while this run read it"):
+        list(stream.iterate(ctx, 1))
+    evaluation = ShardEvalStream(folder, batch_size=2, num_input_frames=3, num_output_frames=3)
+    assert len(keys_of(evaluation.iterate(ctx))) == 8  # a stream begun on the new: reads it

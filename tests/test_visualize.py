@@ -562,9 +562,12 @@ def test_characters_the_font_lacks_are_said_once_not_as_a_warning_per_glyph(
 
     monkeypatch.setattr(visualize, "_UNDRAWN_GLYPHS_SAID", [False])
     frames = np.random.default_rng(0).random((3, 1, 8, 8)).astype(np.float32)
+    staging = tmp_path / ".pred.staging-host-123"  # drawn aside (a dataops review: named so)
+    staging.mkdir()
     with caplog.at_level(logging.WARNING, logger="stpdist"):
         for name in ("日本語", "キー"):
-            visualize.save_panel(tmp_path / f"{name}.png", frames, frames, frames)
+            visualize.save_panel(staging / f"{name}.png", frames, frames, frames)
     assert not [w for w in recwarn if "missing from font" in str(w.message)]
     said = [r for r in caplog.records if "drawn as boxes" in r.getMessage()]
-    assert len(said) == 1 and (tmp_path / "キー.png").is_file()
+    assert len(said) == 1 and (staging / "キー.png").is_file()
+    assert said[0].getMessage().startswith(f"{tmp_path / 'pred' / '日本語.png'}: ")

@@ -61,7 +61,14 @@ from .format import (
     read_index,
     require_file,
 )
-from .staging import holds_working_folder, leftover, make_durable, recover, sync_folder
+from .staging import (
+    holds_working_folder,
+    leftover,
+    make_durable,
+    recover,
+    sync_folder,
+    writer_running,
+)
 
 Sample = tuple[str, np.ndarray, dict[str, Any]]
 log = logging.getLogger("stpdist")  # warnings: stderr, never stdout (stdout is for results)
@@ -386,6 +393,12 @@ def staged_output(
             f"{_OUT_NAME.get()} {out} is the current folder or holds it; the output folder is replaced "
             "as a whole: name a folder of its own"
         )
+    busy = writer_running(out)
+    if busy is not None:  # both wrote, and the first refused its own work at the end
+        raise alike(OutputExists(
+            f"{_OUT_NAME.get()} {out} is being written by another command ({busy}): wait for "
+            f"it to finish, or name another {_OUT_NAME.get()}"
+        ))  # fmt: skip
     recover(out)
     _check_out(out, overwrite, sources, dataset, earlier)
     before = _folder_state(out)

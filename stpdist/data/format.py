@@ -818,10 +818,18 @@ class _TarShard:
             self.file.close()
 
 
-def _tar_header(stream: Any, where: str, first: bool = False) -> tuple[str, bytes, int] | None:
+def _tar_header(
+    stream: Any, where: str, first: bool = False, end_required: bool = False
+) -> tuple[str, bytes, int] | None:
     """(name, type flag, data size) of the next tar header (the archive's `first`); None at
-    the end of the archive (its zero block, or the end of the stream)."""
+    the end of the archive (its zero block, or the end of the stream: refused with
+    `end_required`, a tar cut at a member boundary)."""
     header = stream.read(512)
+    if len(header) == 0 and end_required and not first:
+        raise ShardFormatError(
+            f"{where}: it ends without the tar end-of-archive block: cut short (at a member's "
+            "end) while it was written or copied?"
+        )
     if len(header) == 0 or header == b"\0" * 512:
         return None
     if len(header) < 512:
@@ -903,7 +911,10 @@ def _long_name(kind: bytes, data: bytes) -> str | None:
 
 
 def _tar_members(
-    stream: Any, where: str, keep: Callable[[str], bool] | None = None
+    stream: Any,
+    where: str,
+    keep: Callable[[str], bool] | None = None,
+    end_required: bool = False,
 ) -> Iterator[tuple[str, bytes | None]]:
     """(name, data) of the regular files of an uncompressed tar stream; a member whose
     name `keep` refuses comes with None, its data passed over unread (`_pass_over`).
@@ -913,7 +924,7 @@ def _tar_members(
     """
     long_name: str | None = None
     first = True
-    while (header := _tar_header(stream, where, first)) is not None:
+    while (header := _tar_header(stream, where, first, end_required)) is not None:
         first = False
         name, kind, size = header
         if kind in (b"0", b"\0") and keep is not None and not keep(long_name or name):
@@ -1073,6 +1084,48 @@ def count_samples(path: str | os.PathLike) -> tuple[int, bool]:
         os.close(fd)
 
 
+def unlisted_shards(folder: Path, index: SplitIndex) -> list[str]:
+    """The `.tar` files in a split's folder that its index does not list: never read (the
+    index, not the folder, is the dataset), named where a person would think them part of
+    it (a dataops review: a tar dropped in beside the shards was ignored without a word)."""
+    listed = {shard.name for shard in index.shards}
+    try:
+        return sorted(
+            p.name for p in folder.iterdir() if p.suffix == ".tar" and p.name not in listed
+        )
+    except OSError:
+        return []
+
+
+def check_unchanged(path: Path, shard: ShardInfo) -> str | None:
+    """A shard's bytes against what its writer recorded: every byte's SHA-256 (indexes
+    since 2026-12-07), else its fingerprint (count, size, ends); a difference is an error:
+    damaged or changed since it was written, though its samples may still read. Returns
+    which was compared ("sha256", "fingerprint"; None: the index records neither)."""
+    try:
+        require_file(path)  # never open a FIFO: it would block (InputError)
+    except FileNotFoundError:
+        raise ShardFormatError(f"{path}: cannot open (no such file)") from None
+    if shard.sha256:
+        digest = hashlib.sha256()
+        with open(path, "rb") as file:
+            while chunk := file.read(1 << 22):
+                digest.update(chunk)
+        changed = digest.hexdigest() != shard.sha256
+        recorded = "the SHA-256 its writer recorded in index.json"
+    else:
+        changed = bool(shard.fingerprint) and (
+            shard_fingerprint(path, shard.num_samples) != shard.fingerprint
+        )
+        recorded = "the fingerprint its writer recorded in index.json (size and ends)"
+    if changed:
+        raise ShardFormatError(
+            f"{path}: its bytes are not those written ({recorded} differs): damaged or "
+            "changed since it was converted; convert the data again, or restore the shard"
+        )
+    return "sha256" if shard.sha256 else "fingerprint" if shard.fingerprint else None
+
+
 def iter_shard(
     url: str | os.PathLike,
     where: str | None = None,
@@ -1080,13 +1133,16 @@ def iter_shard(
     skip: int = 0,
     folders: bool = False,
     members: frozenset[str] | None = None,
+    end_required: bool = False,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(key, members by extension) of every sample of one shard, in stored order; the first
     `skip` samples with their key alone (`{"__key__": key}`), their data unread: sought
     past in a local file, read and dropped from a URL's stream. `folders`: keys keep the
     members' folders, as webdataset's do (`clip/0001`; stpdist's own shards have none).
     `members`: only the members of these extensions are read (`{"json"}`: the metadata,
-    the frames passed over as the skipped samples' are).
+    the frames passed over as the skipped samples' are). `end_required`: a stream that ends
+    without the end-of-archive block is refused (a user's tar to convert; stpdist's own
+    shards are counted against their index instead).
 
     A `Path` is a local file, always (a folder named `pipe:…` is just a folder). A `str` is
     a URL: anything webdataset's `gopen` opens, including `pipe:<shell command>` (run by a
@@ -1095,7 +1151,7 @@ def iter_shard(
     where = where or str(url)
     stream = _open_shard(url, where)
     try:
-        yield from _samples(stream, where, skip, folders, members)
+        yield from _samples(stream, where, skip, folders, members, end_required)
         _drain(stream, where)
     except Exception as exc:
         failed = _close_shard(stream)  # a failed command or download explains a short read
@@ -1310,6 +1366,7 @@ def _samples(
     skip: int = 0,
     folders: bool = False,
     members: frozenset[str] | None = None,
+    end_required: bool = False,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(key, members by extension) of a tar stream's samples; the first `skip` come with
     their key alone, their members' data passed over unread, as are the members of other
@@ -1330,7 +1387,7 @@ def _samples(
     key, sample, order = None, {}, _MemberOrder(where)
     try:
         filtered = skip or members is not None
-        for name, data in _tar_members(stream, where, keep if filtered else None):
+        for name, data in _tar_members(stream, where, keep if filtered else None, end_required):
             member_key = _sample_key(name, folders)
             if member_key is None:
                 continue

@@ -9,7 +9,10 @@ the distributed backend. The shard streams (`stream.py`) are the main sources.
 from __future__ import annotations
 
 import atexit
+import multiprocessing
+import multiprocessing.queues
 import signal
+import sys
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -45,6 +48,26 @@ def leave_stop_signals_to_the_trainer(worker_id: int) -> None:
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    multiprocessing.queues.Queue._on_queue_feeder_error = staticmethod(_end_the_worker)
+
+
+def _end_the_worker(exc: BaseException, obj: object) -> None:
+    """In a data worker, a batch that cannot be handed over (shared memory full, a file-size
+    limit: torch's "unable to resize file") was lost while the worker lived on, and the
+    training waited for it for ever, a stop (SIGTERM) too (a dataops review). The worker
+    says why and ends: the training process then stops with torch's "exited unexpectedly"
+    error, which stpdist says with its cause."""
+    import os
+    import traceback
+
+    traceback.print_exception(exc)
+    print(
+        f"stpdist: a data worker could not hand over a batch ({type(exc).__name__}: {exc}); "
+        "it ends",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(1)
 
 
 def shielded_batches(loader: DataLoader) -> Iterator[Any]:
@@ -56,8 +79,17 @@ def shielded_batches(loader: DataLoader) -> Iterator[Any]:
         yield from loader
         return
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    before = set(multiprocessing.active_children())
     try:
         batches = iter(loader)
+    except BaseException:
+        # workers started before the failure (EMFILE at the fifth of eight: a dataops
+        # review) belong to no iterator that could shut them down, and ignore SIGTERM:
+        # the exit hook's join waited for them for ever after the error line
+        for worker in set(multiprocessing.active_children()) - before:
+            worker.kill()
+            worker.join(timeout=5)
+        raise
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     _LIVE_WORKERS.add(batches)

@@ -106,6 +106,28 @@ def _scan(out: Path) -> list[_Leftovers]:
     return list(groups.values())
 
 
+def as_final(path: str | Path) -> Path:
+    """`path` with a staging folder in it named as the folder it becomes (`.out.staging-
+    host-pid/x.png` → `out/x.png`): for messages said while writing, read once it is done
+    (a dataops review: a warning named a staging file that was gone)."""
+    # a replacement's folders, and sample pictures drawn aside (`samples/.step-N.drawing`)
+    pattern = re.compile(rf"\.(.+)\.(?:(?:{'|'.join(KINDS)})-(?:.+-)?\d+|drawing)")
+    parts = [
+        match.group(1) if (match := pattern.fullmatch(part)) else part for part in Path(path).parts
+    ]
+    return Path(*parts) if parts else Path(path)
+
+
+def writer_running(out: str | Path) -> str | None:
+    """Why another process may be writing `out` now (a staging folder of a live process
+    beside it), or None."""
+    out = Path(out)
+    for group in _scan(out.resolve() if out.is_symlink() else out):
+        if "staging" in group.folders and (busy := _running(group)) is not None:
+            return f"{group.folders['staging'].name} is {busy}"
+    return None
+
+
 def _running(group: _Leftovers) -> str | None:
     """Why the group's owner may still be at work (None: it is gone)."""
     if group.host != _host():

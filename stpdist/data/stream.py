@@ -26,6 +26,7 @@ from .. import console
 from ..errors import InputError
 from .format import (
     FRAMES_EXT,
+    INDEX_FILE,
     META_EXT,
     ShardFormatError,
     count_samples,
@@ -78,6 +79,16 @@ def shard_url(template: str, name: str, split: str) -> str:
     return template.replace("{name}", quote(name)).replace("{split}", quote(split))
 
 
+def _index_identity(folder: Path) -> tuple[int, int, int] | None:
+    """(inode, size, modification time) of `folder`'s index.json: another after the folder
+    was swapped or the index rewritten; None where there is none to stat."""
+    try:
+        info = (folder / INDEX_FILE).stat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
 class _ShardSource:
     """Shared by the train and eval streams: index, shard URLs, decoding, frame split."""
 
@@ -113,6 +124,7 @@ class _ShardSource:
             )
         self.offsets = np.cumsum([0] + [s.num_samples for s in self.index.shards])
         self._counts_checked = False
+        self._identity = _index_identity(self.folder)  # see `_url`
 
     @property
     def num_samples(self) -> int:
@@ -154,6 +166,16 @@ class _ShardSource:
     def _url(self, shard: int) -> str | Path:
         name = self.index.shards[shard].name  # checked against the format by read_index
         if self.url_template is None:
+            # a dataset replaced while a run reads it (`shard … --overwrite`, which swaps
+            # the folder): the run went on reading the new shards by the old index, its
+            # statistics and checkpoints the old data's (a dataops review); one stat a shard
+            if _index_identity(self.folder) != self._identity:
+                raise ShardFormatError(
+                    f"{self.folder}: the dataset was replaced while this run read it (its "
+                    f"{INDEX_FILE} is not the one the run started with: `stpdist shard … "
+                    "--overwrite`?); stopped rather than read other data by the old index: "
+                    "resume to go on with the data there now"
+                )
             return self.folder / name
         return shard_url(self.url_template, name, self.index.split)
 

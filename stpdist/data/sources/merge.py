@@ -36,7 +36,9 @@ from ..format import (
     SERIES_ID,
     SERIES_INDEX,
     ShardFormatError,
+    ShardInfo,
     SplitIndex,
+    check_unchanged,
     decode_frames,
     iter_shard,
     read_index,
@@ -163,17 +165,21 @@ class MergedDatasets:
         order = {"train": 0, "val": 1, "test": 2}
         return {
             split: [
-                (number, str(folder / shard.name))
+                (number, str(folder / shard.name), shard)
                 for number, folder, index in parts
                 for shard in index.shards
             ]  # fmt: skip
             for split, parts in sorted(self.indexes.items(), key=lambda s: order.get(s[0], 3))
         }
 
-    def load(self, item: tuple[int, str]) -> list[tuple[str, np.ndarray, dict]]:
-        number, tar = item
+    def load(self, item: tuple[int, str, ShardInfo]) -> list[tuple[str, np.ndarray, dict]]:
+        """A part's shard's samples, its bytes and count checked against the part's index
+        first (a dataops review: a merge copied a damaged or cut shard, and the merged
+        set, its hashes written afresh, then verified)."""
+        number, tar, shard = item
         out = []
         try:
+            check_unchanged(Path(tar), shard)
             for key, sample in iter_shard(Path(tar)):
                 where = f"{tar}: member {key}.{FRAMES_EXT}"
                 if FRAMES_EXT not in sample:
@@ -185,6 +191,12 @@ class MergedDatasets:
                 if SERIES_INDEX in meta:  # a window of a part's series: its own series
                     meta[SERIES_ID] = f"{number}:{meta.get(SERIES_ID, '')}"
                 out.append((key, self._unfilled(frames), meta))
+            if len(out) != shard.num_samples:
+                raise ShardFormatError(
+                    f"{tar}: holds {len(out)} samples, its part's index.json says "
+                    f"{shard.num_samples}: damaged (cut short?); restore it or convert that "
+                    "part again"
+                )
         except (ShardFormatError, ValueError) as exc:
             raise InputError(f"{tar}: {exc}" if tar not in str(exc) else str(exc)) from None
         return out

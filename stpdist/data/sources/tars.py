@@ -126,7 +126,7 @@ class TarSamples:
     def _samples(self, tar: str) -> Any:
         path = Path(tar)
         try:
-            for found, sample in iter_shard(path, folders=True):
+            for found, sample in iter_shard(path, folders=True, end_required=True):
                 key = re.sub(r"[/.]", "_", found)  # a key holds no slash or dot
                 where = f"{tar}: sample {found}"
                 frames = as_TCHW(_decode(sample, self.member, where), where,
