@@ -870,9 +870,11 @@ def check_output_dir(cfg: Config) -> None:
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         # it failed later with "runs: Permission denied", after the data was made (an
         # admin review)
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        why = "on a read-only filesystem" if read_only else "not writable by this user"
         raise ConfigError(
-            f"'trainer.output_dir' is {out}, and {existing.absolute()} is not writable by this "
-            "user: choose a folder of yours for the run"
+            f"'trainer.output_dir' is {out}, and {existing.absolute()} is {why}: choose a "
+            "folder of yours for the run"
         )
     target, root = out.resolve(), Path(cfg.data.root)
     data = cfg.data

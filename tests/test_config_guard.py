@@ -370,8 +370,12 @@ def test_config_objects_built_in_python_are_checked_as_a_files_values(tmp_path):
     with pytest.raises(ConfigError, match="'logging.trackers_every_n_steps' is 3, not a multiple"):
         Trainer(max_epochs=1, log_every_n_steps=2, **where,
                 logging=LoggingConfig(trackers=[], trackers_every_n_steps=3))  # fmt: skip
-    with pytest.raises(TypeError, match=r"Trainer\(config=…\): expected a TrainerConfig, got dict"):
-        Trainer(config={"max_epochs": 1})
+    # a mapping is a section, as `ema={…}` is (since 2026-12-07; a Python API review)
+    mapped = Trainer(config={"max_epochs": 1, "output_dir": where["output_dir"]})
+    assert mapped.config.max_epochs == 1
+    mapped.close()
+    with pytest.raises(TypeError, match=r"Trainer\(config=…\): expected a TrainerConfig, got list"):
+        Trainer(config=[("max_epochs", 1)])
 
 
 @pytest.mark.parametrize(

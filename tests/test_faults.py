@@ -1007,10 +1007,12 @@ def test_read_only_output_dir_is_one_line_naming_it(tmp_path):
     )  # fmt: skip
     if "mount:" in proc.stderr:
         pytest.skip(f"no private read-only mount here: {proc.stderr.strip()[:200]}")
-    assert proc.returncode == 1, proc.stderr[-2000:]
+    # refused before any data is made (an admin review: it failed after), naming the key
+    assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("stpdist:")]
     assert len(errors) == 1 and str(ro / "run") in errors[0], proc.stderr[-2000:]
-    assert "Read-only file system" in errors[0] and "Traceback" not in proc.stderr
+    assert f"{ro} is on a read-only filesystem" in errors[0] and "Traceback" not in proc.stderr
+    assert "trainer.output_dir" in errors[0] and not data.exists()
 
 
 def test_inspect_verify_reads_every_sample_and_names_a_duplicate_key(tmp_path):

@@ -185,6 +185,9 @@ def test_forecast_shards_keep_the_valid_times_of_a_time_series(tmp_path):
 
     # a series without times: forecasts without them, as before
     _convert(tmp_path, 3, "--key", "data", "--inputs-only", "3", "--overwrite")
+    # a new stream: the one above refuses the replaced dataset (it read it by its old index)
+    inputs = ShardEvalStream(tmp_path / "ds" / "train", batch_size=4, num_input_frames=3,
+                             num_output_frames=0)  # fmt: skip
     Trainer(output_dir=tmp_path / "run2", progress_bar=False).predict(
         TinyModule(), inputs, out=tmp_path / "g", metrics=False
     )

@@ -67,7 +67,10 @@ def test_a_file_size_limit_is_said_as_the_machine_s_in_one_line(tmp_path):
         preexec_fn=limited,
     )
     assert proc.returncode == 1, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == f"stpdist: error: {out}: File too large"
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"stpdist: error: {out}: File too large (files of this process: at most 19 KiB, "
+        "`ulimit -f`)"
+    )
     assert not out.exists()
 
 
