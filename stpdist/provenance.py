@@ -1,7 +1,8 @@
 """What a run was made with, for whoever reproduces it: `<output_dir>/provenance.jsonl`,
 one JSON line a start and a resume, written by the main process once the run's checks are
 passed. Each holds the command line, the versions (stpdist and the git commit of its
-source where it runs from a checkout, Python, torch, accelerate, numpy), the platform, the
+source where it runs from a checkout, a SHA-256 of its Python files that tells changes not
+committed, Python, torch, accelerate, numpy), the platform, the
 ranks, accumulation, loader workers and intra-op threads (the weights depend on all of
 them), the resolved config, the weights a fine-tuning started from (path and SHA-256),
 and the training data's `index.json` (path and SHA-256). A resume's line names the config
@@ -63,6 +64,19 @@ def source_commit() -> str | None:
     return None
 
 
+def source_sha256() -> str:
+    """SHA-256 over the stpdist package's Python files (their paths in the package and
+    bytes, in path order): the same for the same code whatever the install, and other for
+    a checkout with changes not committed, which `commit` cannot tell (the reproducibility
+    review's "no dirty flag")."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(f"{path.relative_to(package).as_posix()}\n".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def environment() -> dict[str, Any]:
     """The versions and platform a run's numbers depend on."""
     import accelerate
@@ -74,6 +88,7 @@ def environment() -> dict[str, Any]:
     return {
         "stpdist": __version__,
         "commit": source_commit(),
+        "source_sha256": source_sha256(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "accelerate": accelerate.__version__,

@@ -143,3 +143,32 @@ def test_the_python_api_records_its_settings_and_a_cut_line_is_ended(tmp_path):
     lines = (tmp_path / "api" / "provenance.jsonl").read_text().splitlines()
     assert len(lines) == 3 and json.loads(lines[2])["event"] == "resume"
     assert "trainer.max_steps 2 → 4" in json.loads(lines[2])["changed"]
+
+
+def test_the_source_digest_tells_code_that_differs_from_its_commit(tmp_path):
+    """A reproducibility review: a checkout with changes not committed recorded the same
+    commit as the clean one. The digest of the package's Python files tells them apart,
+    whatever the install."""
+    import shutil
+    import sys
+
+    from stpdist import provenance
+
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); from stpdist import provenance; "
+        "print(provenance.source_sha256())"
+    )
+    copy = tmp_path / "copy"
+    shutil.copytree(
+        ROOT / "stpdist", copy / "stpdist", ignore=shutil.ignore_patterns("__pycache__")
+    )
+
+    def digest() -> str:
+        return subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+
+    assert digest() == provenance.source_sha256()  # the same code, elsewhere
+    (copy / "stpdist" / "metrics.py").write_text(
+        (copy / "stpdist" / "metrics.py").read_text() + "\n# a change not committed\n"
+    )
+    assert digest() != provenance.source_sha256()
