@@ -366,11 +366,9 @@ def test_a_launcher_variable_that_is_no_number_is_named(tmp_path, monkeypatch):
     assert "the environment variable LOCAL_RANK is '', not a number: unset it" in proc.stderr
 
 
-def test_too_many_open_files_ends_the_command_naming_the_limit(tmp_path):
-    """A dataops review: with a low `ulimit -n` and 8 data workers, the error line came,
-    then the process hung until killed: the workers started before the failure ignore
-    SIGTERM, and the exit hook joined them for ever."""
-    import resource
+def _trained_once(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """(`python -m stpdist train` of configs/debug.yaml on data in `tmp_path`, its
+    environment), after one training of a step has generated that data."""
     import subprocess
     import sys
 
@@ -383,6 +381,17 @@ def test_too_many_open_files_ends_the_command_naming_the_limit(tmp_path):
     made = subprocess.run([*args, "trainer.max_steps=1", "trainer.output_dir=first"],
                           cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
     assert made.returncode == 0, made.stderr[-2000:]
+    return args, env
+
+
+def test_too_many_open_files_ends_the_command_naming_the_limit(tmp_path):
+    """A dataops review: with a low `ulimit -n` and 8 data workers, the error line came,
+    then the process hung until killed: the workers started before the failure ignore
+    SIGTERM, and the exit hook joined them for ever."""
+    import resource
+    import subprocess
+
+    args, env = _trained_once(tmp_path)
 
     def few_files():
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
@@ -430,19 +439,10 @@ def test_a_file_size_limit_is_named_where_a_write_stops(tmp_path):
     error names no file)"."""
     import resource
     import subprocess
-    import sys
-
-    from test_cli import DEBUG
 
     from stpdist.tracking import MetricsLog
 
-    data = tmp_path / "data"
-    args = [sys.executable, "-m", "stpdist", "train", DEBUG, "logging.num_samples=0",
-            f"data.root={data}", f"data.synthesize.root={data}"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    made = subprocess.run([*args, "trainer.max_steps=1", "trainer.output_dir=first"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
-    assert made.returncode == 0, made.stderr[-2000:]
+    args, env = _trained_once(tmp_path)
 
     def small_files():
         resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
