@@ -389,6 +389,8 @@ class RetiredCheckpoint(MissingInput):
 def _retired_text(path: Path, *, known: bool = True) -> str:
     if not known:  # never there (a typo), or retired before it was chosen: said as it is
         # (a Python API review: a mistyped step was said as retired by a run training)
+        if not path.parent.is_dir():  # a mistyped run folder (a diff review)
+            return f"checkpoint {path} is not there ({path.parent} is no folder)"
         with contextlib.suppress(OSError):
             there = sorted(p.name for p in path.parent.iterdir() if _NAME.match(p.name))
             listed = ", ".join(there[-6:]) if there else "none"
@@ -705,6 +707,9 @@ class CheckpointManager:
         """Called on every rank before `maybe_save` writes (the Trainer's epoch-loss carry)."""
         self.last_saved_step: int | None = None
         self.trajectory_from: int | None = None
+        self.on_trajectory_left: Callable[[int], None] | None = None
+        """Called (with the resumed step) once the other trajectory's checkpoints went aside
+        (the Trainer moves that trajectory's metrics.jsonl rows aside then)."""
         """The step a resume began this run at, while the run has saved nothing: its first
         save sets the newer `step-*` folders aside (`_leave_the_other_trajectory`)."""
 
@@ -884,7 +889,10 @@ class CheckpointManager:
                 _write_manifest(tmp)
                 make_durable(tmp)
             if self.trajectory_from is not None:
-                self._leave_the_other_trajectory(self.trajectory_from, final)
+                left = self.trajectory_from
+                self._leave_the_other_trajectory(left, final)
+                if self.on_trajectory_left is not None:
+                    self.on_trajectory_left(left)
             aside = self._set_aside(final, tmp) if final.exists() else None
             os.replace(tmp, final)
             sync_folder(self.root)

@@ -127,6 +127,8 @@ def _refuse_a_run_config_resumed_elsewhere(args: argparse.Namespace, cfg: Config
     config = Path(args.config)
     if args.resume != "auto" or config.name != "config.yaml":
         return
+    if any(item.partition("=")[0].strip() == "trainer.output_dir" for item in args.overrides):
+        return  # the folder named on the command line (a diff review: refused)
     try:
         with open(config) as handle:
             written_by_a_run = handle.readline() == RESOLVED_CONFIG_HEADER
@@ -273,6 +275,11 @@ def _launcher() -> str | None:
     if _env_int("WORLD_SIZE") > 1 or _env_int("LOCAL_WORLD_SIZE") > 1:
         return "multi-process"
     return None
+
+
+GROUP_COMMANDS = ("train", "validate", "predict", "reproduce")
+"""The commands whose ranks form one process group (a SLURM step's tasks without one are
+refused); other commands run alone in each task."""
 
 
 def _bad_rank_variable() -> str | None:
@@ -2198,7 +2205,7 @@ def _readable_streams() -> None:
     escaped: `×` made a finished training exit 1 (an admin review)."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError, OSError):  # not a text file
-            stream.reconfigure(line_buffering=not stream.isatty(), errors="backslashreplace")
+            stream.reconfigure(line_buffering=True, errors="backslashreplace")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -2217,7 +2224,9 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     from .runlock import RunLockedError
 
-    refusal = _srun_tasks_without_a_group() or _bad_rank_variable()
+    refusal = _bad_rank_variable()
+    if args.command in GROUP_COMMANDS:  # sweep trials, inspect: each task alone, rightly
+        refusal = refusal or _srun_tasks_without_a_group()
     if refusal is not None:
         error_line(f"stpdist: error: {refusal}")  # every task: each is alone
         return 2

@@ -1322,20 +1322,24 @@ def _check_texts(raw: Any, origin: str) -> None:
     """A text field given a YAML boolean: YAML reads yes/no/on/off/true/false unquoted as
     booleans, and the field then held 'True' or 'False' (a wandb name `no` became 'False',
     a monitor `true` 'True')."""
+    quote = "quote it"
+    found = re.fullmatch(r"override '([^=']+)=([^']*)'", origin)
+    if found:  # the shell takes the quotes a command line gives (a diff review)
+        quote = f"quote it for YAML inside the shell's quotes: \"{found[1]}='{found[2]}'\""
     for prefix, name, value in _sections(raw, _schema_texts(Config)):
         items = value if isinstance(value, list) else [value]
         if any(isinstance(item, bool) for item in items):
             raise ConfigError(
                 f"{origin}: '{prefix}{name}' is {value!r}, a YAML boolean where text is "
                 "expected (YAML reads yes, no, on, off, true and false unquoted as booleans): "
-                "quote it"
+                f"{quote}"
             )
         # a float is not the text it was written as (0.10 became the folder 0.1, 1e3 the
         # name 1000.0: a config review); an integer's digits are
         if any(isinstance(item, float) for item in items):
             raise ConfigError(
                 f"{origin}: '{prefix}{name}' is {value!r}, a number where text is expected "
-                "(YAML reads an unquoted 0.10 as 0.1, 1e3 as 1000.0): quote it"
+                f"(YAML reads an unquoted 0.10 as 0.1, 1e3 as 1000.0): {quote}"
             )
 
 
@@ -1440,6 +1444,26 @@ def in_todays_layout(text: str, origin: str) -> str | None:
     return None if migrated is overlay else OmegaConf.to_yaml(migrated)
 
 
+def _wandb_disabled_today(overlay: DictConfig, origin: str) -> DictConfig:
+    """`logging.wandb.mode: disabled` beside `logging.trackers` (today's layout, where the
+    mode is online or offline): with wandb among the trackers, refused (it was read as the
+    earlier layout's, its mode dropped, and a wandb run made: a config review); without,
+    no wandb run either way, and the mode goes (a diff review: refused)."""
+    raw = OmegaConf.to_container(overlay, resolve=False)
+    logging_ = raw.get("logging") if isinstance(raw, dict) else None
+    wandb = logging_.get("wandb") if isinstance(logging_, dict) else None
+    if not (isinstance(wandb, dict) and wandb.get("mode") == "disabled" and "trackers" in logging_):
+        return overlay
+    trackers = logging_["trackers"]
+    if isinstance(trackers, list) and "wandb" in trackers:
+        raise ConfigError(
+            f"{origin}: logging.wandb.mode is 'disabled' beside logging.trackers: leave wandb "
+            "out of logging.trackers for no wandb run (or set WANDB_MODE=disabled)"
+        )
+    del wandb["mode"]
+    return OmegaConf.create(raw)
+
+
 def _from_earlier_layout(overlay: DictConfig, origin: str, quiet: bool = False) -> DictConfig:
     """A config file in the layout before 2026-12-03 (a checkpoint's or run's config.yaml
     from then, or the user's own), read in today's: `model.optimizer: adam` and `model.lr`
@@ -1463,11 +1487,6 @@ def _from_earlier_layout(overlay: DictConfig, origin: str, quiet: bool = False) 
         (wandb.get("mode") == "disabled" and "trackers" not in logging_)
         or "log_every_n_steps" in wandb
     )
-    if isinstance(wandb, dict) and wandb.get("mode") == "disabled" and not earlier_wandb:
-        raise ConfigError(
-            f"{origin}: logging.wandb.mode is 'disabled' beside logging.trackers: leave wandb "
-            "out of logging.trackers for no wandb run (or set WANDB_MODE=disabled)"
-        )
     if not (earlier or earlier_wandb):
         return overlay
     moved = []
@@ -1573,7 +1592,7 @@ def _file_overlay(path: Path) -> DictConfig:
             f"{path} is empty or holds only comments; expected a mapping of sections "
             "(trainer, data, model, logging); a file holding {} takes every default"
         )
-    overlay = _from_earlier_layout(overlay, str(path))
+    overlay = _from_earlier_layout(_wandb_disabled_today(overlay, str(path)), str(path))
     _check_overlay(overlay, str(path))
     return overlay
 

@@ -171,6 +171,11 @@ class RunLock:
                 # shared folder under umask 002 got a lock its other members cannot open)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
             except PermissionError:
+                if not os.path.lexists(self.path):  # not another's lock: a folder not ours
+                    raise RunLockedError(
+                        f"cannot make the run lock in {self.output_dir}: the folder is not "
+                        "writable by this user; choose a folder of yours for the run"
+                    ) from None
                 self._replace_anothers_lock()  # or says who holds it
                 continue
             except OSError as exc:
@@ -248,7 +253,11 @@ class RunLock:
                     f"{self.output_dir} is in use by another run ({_describe(_read(fd))}; "
                     f"lock file {self.path}, {owner}'s)"
                 ) from None
-            try:  # nobody holds it: a stale file of theirs
+            try:  # nobody holds it: a stale file of theirs, if it is still the one at the
+                # path (its holder may have released and unlinked it, and another run made a
+                # new one meanwhile: that one is live; a diff review)
+                if os.stat(self.path).st_ino != os.fstat(fd).st_ino:
+                    return
                 os.unlink(self.path)
             except OSError as exc:
                 raise RunLockedError(

@@ -125,7 +125,12 @@ class MetricsLog:
         kept: list[str] = []
         moved: list[str] = []
         count = 0
-        for line in self.path.read_text().splitlines(keepends=True):
+        data = self.path.read_bytes()
+        inherited = len(data) if self._inherited is None else self._inherited
+        # this process's lines: kept (without the newline `log` put before its first when
+        # the file ended in a torn line, which moves aside)
+        own = data[inherited:].decode(errors="replace").lstrip("\n")
+        for line in data[:inherited].decode(errors="replace").splitlines(keepends=True):
             try:
                 record = json.loads(line)
             except ValueError:
@@ -144,8 +149,9 @@ class MetricsLog:
         while (aside := self.path.with_name(f"metrics.replaced-{number}.jsonl")).exists():
             number += 1
         replace_text(aside, "".join(moved))  # first: a kill between keeps both copies
-        replace_text(self.path, "".join(kept))
-        self._inherited = None
+        replace_text(self.path, "".join(kept) + own)
+        if self._inherited is not None:
+            self._inherited = len("".join(kept).encode())
         return aside, count
 
     def records(self) -> Iterator[dict[str, Any]]:
@@ -261,11 +267,6 @@ class Tracker:
         self._started = True
         if self.is_main and step == 0 and (aside := self.metrics.set_aside()) is not None:
             say(f"{self.metrics.path} held lines of an earlier start: moved to {aside}")
-        if self.is_main and step and (replaced := self.metrics.set_aside_after(step)):
-            say(
-                f"{self.metrics.path} held {replaced[1]} record(s) of steps after {step}, "
-                f"the checkpoint's, which this run trains again: moved to {replaced[0]}"
-            )
         if self.is_main and isinstance(self._mode_note, str):
             say(self._mode_note)
             self._mode_note = None
@@ -309,6 +310,15 @@ class Tracker:
             if step:
                 self._wandb_floor = self._wandb_newest_step(wandb_run)
                 self._replay(wandb_run, step)
+
+    def replace_rows_after(self, step: int) -> None:
+        """A resume at `step` goes on from there: the earlier processes' rows of later steps
+        (see `MetricsLog.set_aside_after`) are moved aside and said (main process)."""
+        if self.is_main and (replaced := self.metrics.set_aside_after(step)):
+            say(
+                f"{self.metrics.path} held {replaced[1]} record(s) of steps after {step}, "
+                f"the checkpoint's, which this run trains again: moved to {replaced[0]}"
+            )
 
     def _run_record(self, step: int) -> dict[str, Any]:
         """This training's tracker run from `tracker.json` (resumed), or a new one written

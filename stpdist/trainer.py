@@ -61,6 +61,7 @@ from .checkpoint import (
     reading,
     reading_chosen,
     replace_text,
+    step_of,
 )
 from .config import (
     CheckpointConfig,
@@ -148,6 +149,20 @@ shards by bands, shards behind a `data.url_template` in order), whose change dea
 of an epoch anew (not recorded before 2026-12-07: not compared for such checkpoints)."""
 
 
+def _scale_schedule(scheduler: Any, ratio: float) -> None:
+    """A module's own scheduler, restored, scaled by `ratio`: the rates it computes the
+    next ones from (`base_lrs`; CyclicLR's `max_lrs`; a SequentialLR's or
+    ChainedScheduler's inner schedulers), as the param groups' own rates are (a diff
+    review: CosineAnnealingWarmRestarts and CyclicLR said "scaled" and went on at the
+    checkpoint's rates, recomputed from their restored bases)."""
+    for inner in getattr(scheduler, "_schedulers", None) or []:
+        _scale_schedule(inner, ratio)
+    for name in ("base_lrs", "max_lrs"):
+        rates = getattr(scheduler, name, None)
+        if isinstance(rates, list) and all(isinstance(r, int | float) for r in rates):
+            setattr(scheduler, name, [r * ratio for r in rates])
+
+
 MODULE_LR_KEY = "optimizer.lr"
 """A Trainer of keywords records its module's optimizer (its kind, "optimizer", and each
 param group's initial lr, "optimizer.lr") in every checkpoint's state: another kind is
@@ -157,7 +172,11 @@ refused on resume, other rates of one ratio scale the restored schedule as `LR_K
 def _optimizer_facts(optimizer: Any) -> dict[str, Any]:
     """{"optimizer": class name, "optimizer.lr": each param group's initial lr}."""
     inner = getattr(optimizer, "optimizer", optimizer)
-    rates = [group.get("initial_lr", group.get("lr")) for group in inner.param_groups]
+    # the rate a user sets: OneCycleLR's `max_lr` (its initial_lr moves with div_factor)
+    rates = [
+        group.get("max_lr", group.get("initial_lr", group.get("lr")))
+        for group in inner.param_groups
+    ]
     facts: dict[str, Any] = {"optimizer": type(inner).__name__}
     if all(isinstance(r, int | float) and not isinstance(r, bool) for r in rates):
         # text: a checkpoint's settings are scalars (as every stpdist reads them)
@@ -170,17 +189,20 @@ def _rates(text: Any) -> list[float] | None:
         rates = [float(part) for part in str(text).split(",")]
     except ValueError:
         return None
-    return rates if rates and all(r > 0 for r in rates) else None
+    return rates if rates and all(r >= 0 for r in rates) and any(rates) else None
 
 
-def _one_ratio(old: Any, new: Any) -> bool:
-    """Whether the rates `new` are the rates `old` (one a param group, as text) times one
-    positive number."""
+def _ratio(old: Any, new: Any) -> float | None:
+    """The one positive number the rates `new` are the rates `old` times (one a param
+    group, as text; a group at 0 in both, frozen, left out), else None."""
     before, now = _rates(old), _rates(new)
     if before is None or now is None or len(before) != len(now):
-        return False
-    ratio = now[0] / before[0]
-    return all(math.isclose(n / o, ratio, rel_tol=1e-9) for o, n in zip(before, now))
+        return None
+    if any((o == 0) != (n == 0) for o, n in zip(before, now)):
+        return None
+    pairs = [(o, n) for o, n in zip(before, now) if o]
+    ratio = pairs[0][1] / pairs[0][0]
+    return ratio if all(math.isclose(n / o, ratio, rel_tol=1e-9) for o, n in pairs) else None
 
 
 def _settings_refusal(start: Path, changed: list[str], *, from_config: bool = True) -> str:
@@ -189,7 +211,10 @@ def _settings_refusal(start: Path, changed: list[str], *, from_config: bool = Tr
     config; a Trainer of keywords, from Python, is told in Python's terms)."""
     keys = [line.split(" ", 1)[0] for line in changed]
     why = []
-    if any(k.startswith(("model.optimizer.", "optimizer")) for k in keys):
+    if MODULE_LR_KEY in keys:
+        why.append("a resume scales a module's learning rates by one ratio only (each "
+                   "param group's, a frozen group at 0 left at 0)")  # fmt: skip
+    if any(k.startswith(("model.optimizer.", "optimizer")) and k != MODULE_LR_KEY for k in keys):
         why.append("a resume restores the optimizer state (its kind and weight decay)")
     if any(k.startswith("model.schedule.") for k in keys):
         why.append("a resume restores the lr scheduler's state (its kind, its length, and "
@@ -1768,6 +1793,7 @@ class Trainer:
                 acc, module, optimizer, scheduler, self._config_yaml(), state, self.attachments
             )
             self.tracker.start(acc, step=state.global_step)  # a resume continues its run
+            self._replace_rows_of_steps_trained_again(state.global_step)
             with self._preempted_if_validation_abandoned(state):
                 pending = self._end_pending(train, ctx, state, batches_per_epoch)
                 validator.resume(state, end_pending=pending, final=state.global_step >= total_steps)
@@ -2639,8 +2665,9 @@ class Trainer:
             if key == LR_KEY and _positive_numbers(old, new) and old != new:
                 self._lr_rescale = (old, new)  # honoured: the schedule scaled (_rescale_lr)
                 continue
-            if key == MODULE_LR_KEY and old != new and _one_ratio(old, new):
-                self._lr_rescale = (_rates(old)[0], _rates(new)[0])  # a module's optimizer
+            if key == MODULE_LR_KEY and old != new and (ratio := _ratio(old, new)) is not None:
+                self._lr_rescale = (1.0, ratio)  # a module's optimizer: by one ratio
+                self._lr_said = (old, new)
                 continue
             if old is not None and old != new:
                 changed.append(f"{key} {old} (the checkpoint's) → {new}")
@@ -2666,12 +2693,18 @@ class Trainer:
             inner.base_lrs = [lr * ratio for lr in inner.base_lrs]
             for group, base, factor in zip(groups, inner.base_lrs, inner.lr_lambdas):
                 group["lr"] = base * factor(inner.last_epoch)
+        elif inner is not None:
+            _scale_schedule(inner, ratio)
         if inner is not None and hasattr(inner, "_last_lr"):
             inner._last_lr = [float(group["lr"]) for group in groups]
-        what = "model.optimizer.lr" if self.run_config is not None else "the optimizer's lr"
+        if self.run_config is not None:
+            what = f"model.optimizer.lr {old:g} (the checkpoint's) → {new:g}"
+        else:
+            before, now = getattr(self, "_lr_said", (old, new))
+            what = f"the optimizer's lr {before} (the checkpoint's) → {now}"
         say(
-            f"{what} {old:g} (the checkpoint's) → {new:g}: from step {step} the "
-            f"schedule goes on scaled by {ratio:g} (the optimizer's moments kept)"
+            f"{what}: from step {step} the schedule goes on scaled by {ratio:g} (the "
+            "optimizer's moments kept)"
         )
 
     def _start(
@@ -2749,6 +2782,20 @@ class Trainer:
         self._start_record = None if self._nothing_left else ("resume", state.global_step, start)
         say(f"resumed from {start} (epoch {state.epoch}, step {state.global_step})")
         return state
+
+    def _replace_rows_of_steps_trained_again(self, step: int) -> None:
+        """A resume at `step`: the rows of later steps (a killed process past its last
+        checkpoint) move aside now; where checkpoints of later steps stand (an older
+        checkpoint chosen), once they go aside, at this run's first save: until then
+        `--resume auto` would go on along them, and their rows with them (a diff review)."""
+        self.checkpoints.on_trajectory_left = None
+        if not step:
+            return
+        latest = self.checkpoints.latest()
+        if latest is not None and step_of(latest) > step:
+            self.checkpoints.on_trajectory_left = self.tracker.replace_rows_after
+        else:
+            self.tracker.replace_rows_after(step)
 
     def _write_start_record(self, module: Any, train: TrainSource) -> None:
         """config.yaml and the provenance line of this start (`_start_record`), written

@@ -304,6 +304,10 @@ def test_a_runs_config_resumed_from_another_folder_is_refused_naming_both(tmp_pa
     resumed = run_cli("train", str(config), "trainer.max_steps=2", f"trainer.output_dir={run}",
                       "--resume", "auto", cwd=elsewhere, check=True)  # fmt: skip
     assert f"resumed from {run / 'checkpoints' / 'step-00000001'}" in resumed.stdout
+    # a new run from its config, its folder named: not refused (a diff review)
+    run_cli("train", str(config), "trainer.max_steps=1", "trainer.output_dir=new",
+            "--resume", "auto", cwd=elsewhere, check=True)  # fmt: skip
+    assert (elsewhere / "new" / "checkpoints").is_dir()
 
 
 def test_a_log_file_gets_each_line_as_said_and_an_ascii_one_escapes(tmp_path):
@@ -353,6 +357,11 @@ def test_srun_tasks_without_a_process_group_are_refused(tmp_path, monkeypatch):
     assert proc.returncode == 2
     assert "one of the 2 tasks of a SLURM step (srun -n 2), but no process group" in proc.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+    # a command alone in each task (inspect, a sweep's trials) is not refused (a diff review)
+    proc = run_cli("synth", "moving-digits", "--out", "ds", "--train", "2", "--val", "0",
+                   "--test", "0", "--size", "16", "--frames", "4", "--digit-size", "8",
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_a_launcher_variable_that_is_no_number_is_named(tmp_path, monkeypatch):
@@ -461,3 +470,24 @@ def test_a_file_size_limit_is_named_where_a_write_stops(tmp_path):
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert stopped.value.filename == str(log.path)
+
+
+def test_a_terminal_stays_line_buffered(tmp_path):
+    """A diff review: the CLI set stdout to block buffering on a terminal (lines came at
+    exit); line by line everywhere."""
+    import pty
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from stpdist.cli import _readable_streams; _readable_streams(); "
+        "sys.stderr.write(str(sys.stdout.line_buffering) + '\\n')"
+    )
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], stdout=secondary,
+                              stderr=subprocess.PIPE, text=True, timeout=60)  # fmt: skip
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    assert proc.stderr.strip().splitlines()[-1] == "True", proc.stderr

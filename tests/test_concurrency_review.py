@@ -226,6 +226,7 @@ from pathlib import Path
 from stpdist.cli import _check_results_folder
 from stpdist.config import ConfigError, check_output_dir, load_config
 from stpdist.errors import InputError
+from stpdist.runlock import RunLock, RunLockedError
 cfg = load_config(None, [f"trainer.output_dir={sys.argv[1]}/runs/mine"])
 os.setgid(65534); os.setuid(65534)
 try:
@@ -236,6 +237,10 @@ try:
     _check_results_folder(Path(sys.argv[1]))
 except InputError as exc:
     print("VALIDATE", exc)
+try:  # a Python fit into a folder not ours: no spin (a diff review), one line
+    RunLock(sys.argv[1]).acquire()
+except RunLockedError as exc:
+    print("LOCK", exc)
 """
 
 
@@ -253,7 +258,8 @@ def test_folders_another_user_cannot_write_are_refused_before_any_work(tmp_path)
         theirs.chmod(0o755)
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
         command = [sys.executable, "-c", _OTHER_USER_FOLDERS, str(theirs)]
-        said = subprocess.run(command, capture_output=True, text=True, env=env, cwd=theirs)
+        said = subprocess.run(command, capture_output=True, text=True, env=env, cwd=theirs,
+                              timeout=60)  # fmt: skip
         lines = said.stdout.splitlines()
         assert lines[0] == (
             f"TRAIN 'trainer.output_dir' is {theirs}/runs/mine, and {theirs} is not writable "
@@ -261,5 +267,9 @@ def test_folders_another_user_cannot_write_are_refused_before_any_work(tmp_path)
         ), said.stdout + said.stderr
         assert lines[1].startswith(f"VALIDATE cannot write the results into {theirs} ("), lines
         assert "trainer.output_dir=<a folder of yours>" in lines[1]
+        assert lines[2] == (
+            f"LOCK cannot make the run lock in {theirs}: the folder is not writable by this "
+            "user; choose a folder of yours for the run"
+        ), lines
     finally:
         shutil.rmtree(theirs, ignore_errors=True)

@@ -338,6 +338,14 @@ def test_a_config_review_s_texts_lists_and_wandb_mode(tmp_path):
     assert said.endswith("set the whole list: model.sampling.reverse_steps=[7,50000]"), said
     said = _message(tmp_path, "logging:\n  trackers: [wandb]\n  wandb: {mode: disabled}\n")
     assert "logging.wandb.mode is 'disabled' beside logging.trackers: leave wandb out" in said
+    (tmp_path / "tb.yaml").write_text(
+        "logging:\n  trackers: [tensorboard]\n  wandb: {mode: disabled}\n"
+    )
+    assert load_config(tmp_path / "tb.yaml").logging.trackers == ["tensorboard"]  # no wandb
+    said = _message(tmp_path, None, ["logging.wandb.name=1e3"])
+    assert said.endswith(
+        "quote it for YAML inside the shell's quotes: \"logging.wandb.name='1e3'\""
+    )
 
 
 def test_an_empty_config_file_and_empty_key_parts_are_refused(tmp_path):

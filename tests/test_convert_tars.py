@@ -178,3 +178,6 @@ def test_a_tar_cut_at_a_member_boundary_is_refused(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "b.tar: it ends without the tar end-of-archive block" in proc.stderr
     assert not (tmp_path / "ds").exists()
+    tar.write_bytes(b"")  # cut at its start (a diff review: converted without a word)
+    proc = run_cli("shard", "tars", "src", "--out", "ds", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 2 and "b.tar: it is empty (0 bytes: no tar)" in proc.stderr

@@ -767,3 +767,10 @@ def test_a_conversion_into_an_output_another_one_is_writing_is_refused(tmp_path)
     finally:
         runner.kill()
         runner.wait()
+    # another host's leftover cannot be told from a dead job's: left alone, said, and the
+    # conversion goes on (a diff review: refused for good)
+    (tmp_path / f".out.staging-{_host()}-{runner.pid}").rmdir()
+    (tmp_path / ".out.staging-node17-4242").mkdir()
+    proc = run_cli("shard", "arrays", "src", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "left .out.staging-node17-4242 alone: of host node17" in proc.stderr

@@ -732,7 +732,9 @@ def test_a_dataloaders_worker_start_method_is_kept(tmp_path, capsys):
     try:
         data = DataLoader(helpers.StartMethodProbe(8, str(record)), batch_size=4, num_workers=1,
                           multiprocessing_context="spawn", persistent_workers=True)  # fmt: skip
-        trainer(tmp_path).fit(TinyModule(), data)
+        val = DataLoader(helpers.StartMethodProbe(4, str(record)), batch_size=4, num_workers=1,
+                         multiprocessing_context="spawn")  # fmt: skip
+        trainer(tmp_path).fit(TinyModule(), data, val)  # its validation too (a diff review)
     finally:
         helpers.FORKED_MARK.clear()
     started = {line.split()[1] for line in record.read_text().splitlines()}
@@ -813,6 +815,9 @@ def test_a_mistyped_checkpoint_is_said_not_there_with_those_that_are(tmp_path):
     said = str(missing.value)
     assert f"checkpoint {typo} is not there (the checkpoints in" in said
     assert "step-00000004" in said and "still training" not in said
+    folder = tmp_path / "runn" / "checkpoints" / "step-00000004"  # a mistyped run folder
+    with pytest.raises(RetiredCheckpoint, match=f"is not there \\({folder.parent} is no folder"):
+        fitted.validate(TinyModule(), loader(8, 4, False), ckpt=folder)
 
 
 class NoPredictions(TinyModule):
@@ -832,3 +837,59 @@ def test_sample_pictures_asked_of_a_module_without_predictions_are_said(tmp_path
     assert not (tmp_path / "run" / "samples").exists() or not any(
         (tmp_path / "run" / "samples").iterdir()
     )
+
+
+class RateScheduled(RateOf):
+    def __init__(self, lr: float, schedule: str) -> None:
+        super().__init__(lr)
+        self.schedule = schedule
+
+    def configure_lr_scheduler(self, optimizer):
+        sched = torch.optim.lr_scheduler
+        if self.schedule == "restarts":
+            return sched.CosineAnnealingWarmRestarts(optimizer, T_0=5)
+        if self.schedule == "cyclic":
+            return sched.CyclicLR(optimizer, self.lr / 10, self.lr, step_size_up=3)
+        return sched.SequentialLR(optimizer, [sched.LinearLR(optimizer, 0.5, total_iters=2),
+                                              sched.CosineAnnealingLR(optimizer, 6)], [2])  # fmt: skip
+
+
+@pytest.mark.parametrize("schedule", ["restarts", "cyclic", "sequential"])
+def test_a_module_schedule_resumed_at_another_lr_follows_the_new_rates(tmp_path, schedule):
+    """A diff review: a scheduler that recomputes its rates from its own restored bases
+    (CosineAnnealingWarmRestarts, CyclicLR) was said "scaled" and went on at the old
+    rates. Resumed at twice the lr, the rates from there are those of a run at twice the
+    lr from the start."""
+
+    def rates(run):
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return {r["step"]: r["train/lr"] for r in map(json.loads, lines) if "train/lr" in r}
+
+    first = tmp_path / "a"
+    Trainer(output_dir=first, max_epochs=1, log_every_n_steps=1, progress_bar=False).fit(
+        RateScheduled(0.1, schedule), loader(16, 4)
+    )
+    Trainer(output_dir=first, max_epochs=2, log_every_n_steps=1, progress_bar=False).fit(
+        RateScheduled(0.2, schedule), loader(16, 4), resume="auto"
+    )
+    whole = tmp_path / "b"
+    Trainer(output_dir=whole, max_epochs=2, log_every_n_steps=1, progress_bar=False).fit(
+        RateScheduled(0.2, schedule), loader(16, 4)
+    )
+    resumed, expected = rates(first), rates(whole)
+    assert [resumed[s] for s in range(5, 9)] == pytest.approx([expected[s] for s in range(5, 9)])
+
+
+def test_module_rates_change_by_one_ratio_with_frozen_groups_left_out():
+    """A diff review: a frozen param group at lr 0 made a uniform change of the others a
+    refusal, said as about the optimizer's kind."""
+    from stpdist.trainer import _ratio, _settings_refusal
+
+    assert _ratio("0, 0.001", "0, 0.002") == pytest.approx(2.0)
+    assert _ratio("0.0001, 0.001", "0.0002, 0.002") == pytest.approx(2.0)
+    assert _ratio("0.0001, 0.001", "0.0001, 0.002") is None  # two ratios
+    assert _ratio("0, 0.001", "0.001, 0.001") is None  # a frozen group thawed
+    said = _settings_refusal(Path("ck"), ["optimizer.lr 1e-4, 1e-3 (the checkpoint's) → x"],
+                             from_config=False)  # fmt: skip
+    assert "scales a module's learning rates by one ratio only" in said
+    assert "kind and weight decay" not in said

@@ -469,6 +469,9 @@ def test_a_dataset_replaced_while_read_stops_the_reading(tmp_path):
     stream = train(folder)
     ctx = LoaderContext(rank=0, world_size=1)
     assert len(keys_of(stream.iterate(ctx, 0))) == 8
+    (folder / "index.json").touch()  # no other dataset (a scratch filesystem's touch)
+    (folder / "index.json").write_bytes((folder / "index.json").read_bytes())
+    assert len(keys_of(stream.iterate(ctx, 1))) == 8
     write(tmp_path / "new" / "train", 200)  # swapped in as `--overwrite` does: a rename
     os.rename(tmp_path / "ds", tmp_path / "old")
     os.rename(tmp_path / "new", tmp_path / "ds")

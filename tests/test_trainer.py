@@ -556,6 +556,42 @@ def test_a_resume_sets_the_lines_past_its_checkpoint_aside(tmp_path, capsys):
     assert [x for x in lines if x["step"] <= 4] == [x for x in first if x["step"] <= 4]
 
 
+class CrashesAt(TinyModule):
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.crash_at = step
+
+    def training_step(self, inputs, targets):
+        if self.global_step + 1 == self.crash_at:
+            raise RuntimeError("killed")
+        return super().training_step(inputs, targets)
+
+
+def test_rows_of_checkpoints_still_standing_stay_until_this_run_saves(tmp_path):
+    """A diff review: resumed from an older checkpoint, the run moved the later rows aside
+    at once; killed before its first save, `--resume auto` went on from the newer
+    checkpoints, whose rows were gone from metrics.jsonl. They move once this run's first
+    save puts those checkpoints aside."""
+    policy = CheckpointConfig(every_n_steps=4, every_epoch=False, keep_last=5)
+    make_trainer(tmp_path, max_epochs=None, max_steps=8, checkpoint=policy).fit(
+        TinyModule(), loader(40, 4)
+    )
+    older = tmp_path / "checkpoints" / "step-00000004"
+    with pytest.raises(RuntimeError, match="killed"):
+        make_trainer(tmp_path, max_epochs=None, max_steps=8, checkpoint=policy).fit(
+            CrashesAt(6), loader(40, 4), resume=older
+        )
+    assert not (tmp_path / "metrics.replaced-1.jsonl").exists()
+    steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {7, 8} <= set(steps)  # the rows of the trajectory that still stands
+    resumed = make_trainer(tmp_path, max_epochs=None, max_steps=12, checkpoint=policy)
+    resumed.fit(TinyModule(), loader(40, 4), resume=older)  # saves at 8: the other goes
+    assert (tmp_path / "metrics.replaced-1.jsonl").exists()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r["step"] for r in rows if "train/loss" in r]
+    assert train[:4] == [1, 2, 3, 4] and train[-8:] == list(range(5, 13))
+
+
 def test_a_resume_mid_epoch_on_another_dataset_length_or_order_is_refused(tmp_path):
     """A Python API review: a map-style dataset of another length, or `shuffle` changed,
     re-dealt the epoch begun silently (samples seen twice, others never), while a changed

@@ -825,10 +825,12 @@ def _tar_header(
     the end of the archive (its zero block, or the end of the stream: refused with
     `end_required`, a tar cut at a member boundary)."""
     header = stream.read(512)
-    if len(header) == 0 and end_required and not first:
+    if len(header) == 0 and end_required:
         raise ShardFormatError(
-            f"{where}: it ends without the tar end-of-archive block: cut short (at a member's "
-            "end) while it was written or copied?"
+            f"{where}: it is empty (0 bytes: no tar)"
+            if first
+            else f"{where}: it ends without the tar end-of-archive block: cut short (at a "
+            "member's end) while it was written or copied?"
         )
     if len(header) == 0 or header == b"\0" * 512:
         return None

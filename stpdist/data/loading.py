@@ -51,6 +51,9 @@ def leave_stop_signals_to_the_trainer(worker_id: int) -> None:
     multiprocessing.queues.Queue._on_queue_feeder_error = staticmethod(_end_the_worker)
 
 
+_FEEDER_ERROR = multiprocessing.queues.Queue._on_queue_feeder_error
+
+
 def _end_the_worker(exc: BaseException, obj: object) -> None:
     """In a data worker, a batch that cannot be handed over (shared memory full, a file-size
     limit: torch's "unable to resize file") was lost while the worker lived on, and the
@@ -60,6 +63,11 @@ def _end_the_worker(exc: BaseException, obj: object) -> None:
     import os
     import traceback
 
+    # a batch is what torch's worker puts: (index, data); a queue of the dataset's own (a
+    # log listener's) keeps Python's way, its item dropped (a diff review)
+    if not (isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], int)):
+        _FEEDER_ERROR(exc, obj)
+        return
     traceback.print_exception(exc)
     print(
         f"stpdist: a data worker could not hand over a batch ({type(exc).__name__}: {exc}); "
@@ -87,8 +95,9 @@ def shielded_batches(loader: DataLoader) -> Iterator[Any]:
         # review) belong to no iterator that could shut them down, and ignore SIGTERM:
         # the exit hook's join waited for them for ever after the error line
         for worker in set(multiprocessing.active_children()) - before:
-            worker.kill()
-            worker.join(timeout=5)
+            if worker.daemon:  # a DataLoader's workers are daemonic (a process of another
+                worker.kill()  # thread of the program's, started meanwhile, rarely is)
+                worker.join(timeout=5)
         raise
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
@@ -452,6 +461,22 @@ def own_keys(keys: Any, size: int) -> list[str]:
     return [str(k) for k in keys]
 
 
+class _KeyedCollate:
+    """An evaluation batch with its sample keys (the samples' own, else their indices): a
+    class, not a closure, so that workers started by spawn or forkserver (a DataLoader's
+    `multiprocessing_context`) can be sent it (a diff review: validation failed there)."""
+
+    def __init__(self, collate: Any) -> None:
+        self.collate = collate
+
+    def __call__(self, items: Sequence[tuple[Any, str]]) -> dict[str, Any]:
+        batch = unpack_batch(self.collate([item for item, _ in items]))
+        keys = [key for _, key in items]
+        if batch.keys is not None:  # the samples' own keys ('keys', or a third item)
+            keys = own_keys(batch.keys, len(items))
+        return {"inputs": batch.inputs, "targets": batch.targets, "keys": keys, **batch.extras}
+
+
 class MapEvalLoader:
     """Evaluation batches from a map-style dataset: each rank a contiguous share, every
     sample exactly once, keyed by the samples' own keys (a dict's 'keys' entry, a tuple's
@@ -481,14 +506,7 @@ class MapEvalLoader:
     def iterate(self, ctx: LoaderContext) -> Iterator[tuple[Any, Any, list[str]]]:
         share = contiguous_share(len(self.dataset), ctx.rank, ctx.world_size)
         subset = torch.utils.data.Subset(_Keyed(self.dataset), list(share))
-        collate = self.collate_fn or torch.utils.data.default_collate
-
-        def collate_keyed(items: Sequence[tuple[Any, str]]) -> dict[str, Any]:
-            batch = unpack_batch(collate([item for item, _ in items]))
-            keys = [key for _, key in items]
-            if batch.keys is not None:  # the samples' own keys ('keys', or a third item)
-                keys = own_keys(batch.keys, len(items))
-            return {"inputs": batch.inputs, "targets": batch.targets, "keys": keys, **batch.extras}
+        collate_keyed = _KeyedCollate(self.collate_fn or torch.utils.data.default_collate)
 
         workers = self.num_workers if ctx.num_workers is None else ctx.num_workers
         loader = DataLoader(

@@ -110,10 +110,12 @@ def as_final(path: str | Path) -> Path:
     """`path` with a staging folder in it named as the folder it becomes (`.out.staging-
     host-pid/x.png` → `out/x.png`): for messages said while writing, read once it is done
     (a dataops review: a warning named a staging file that was gone)."""
-    # a replacement's folders, and sample pictures drawn aside (`samples/.step-N.drawing`)
-    pattern = re.compile(rf"\.(.+)\.(?:(?:{'|'.join(KINDS)})-(?:.+-)?\d+|drawing)")
+    # a replacement's folders (`.NAME.KIND-HOST-PID`), and sample pictures drawn aside
+    # (`samples/.step-N.drawing`); a user's `.my.old-2024` is no such folder
+    pattern = re.compile(rf"\.(.+)\.(?:{'|'.join(KINDS)})-.+-\d+|\.(step-\d+)\.drawing")
     parts = [
-        match.group(1) if (match := pattern.fullmatch(part)) else part for part in Path(path).parts
+        (match.group(1) or match.group(2)) if (match := pattern.fullmatch(part)) else part
+        for part in Path(path).parts
     ]
     return Path(*parts) if parts else Path(path)
 
@@ -123,7 +125,12 @@ def writer_running(out: str | Path) -> str | None:
     beside it), or None."""
     out = Path(out)
     for group in _scan(out.resolve() if out.is_symlink() else out):
-        if "staging" in group.folders and (busy := _running(group)) is not None:
+        # a live process of this host only: another host's leftover cannot be told from
+        # a dead job's (a diff review: one of a job killed on another node refused every
+        # later conversion); `recover` leaves it alone and says so, as before
+        if group.host != _host() or "staging" not in group.folders:
+            continue
+        if (busy := _running(group)) is not None:
             return f"{group.folders['staging'].name} is {busy}"
     return None
 

@@ -79,6 +79,14 @@ def shard_url(template: str, name: str, split: str) -> str:
     return template.replace("{name}", quote(name)).replace("{split}", quote(split))
 
 
+def _index_digest(folder: Path) -> str | None:
+    """SHA-256 of `folder`'s index.json (None: unreadable)."""
+    try:
+        return hashlib.sha256((folder / INDEX_FILE).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 def _index_identity(folder: Path) -> tuple[int, int, int] | None:
     """(inode, size, modification time) of `folder`'s index.json: another after the folder
     was swapped or the index rewritten; None where there is none to stat."""
@@ -125,6 +133,7 @@ class _ShardSource:
         self.offsets = np.cumsum([0] + [s.num_samples for s in self.index.shards])
         self._counts_checked = False
         self._identity = _index_identity(self.folder)  # see `_url`
+        self._index_digest = _index_digest(self.folder)
 
     @property
     def num_samples(self) -> int:
@@ -169,13 +178,19 @@ class _ShardSource:
             # a dataset replaced while a run reads it (`shard … --overwrite`, which swaps
             # the folder): the run went on reading the new shards by the old index, its
             # statistics and checkpoints the old data's (a dataops review); one stat a shard
-            if _index_identity(self.folder) != self._identity:
-                raise ShardFormatError(
-                    f"{self.folder}: the dataset was replaced while this run read it (its "
-                    f"{INDEX_FILE} is not the one the run started with: `stpdist shard … "
-                    "--overwrite`?); stopped rather than read other data by the old index: "
-                    "resume to go on with the data there now"
-                )
+            if (now := _index_identity(self.folder)) != self._identity:
+                # a `touch`, or the same bytes written again, is no other dataset (a diff
+                # review: a scratch filesystem's purge-avoiding touch stopped runs)
+                if _index_digest(self.folder) != self._index_digest:
+                    raise ShardFormatError(
+                        f"{self.folder}: the dataset was replaced while this run read it "
+                        f"(its {INDEX_FILE} is not the one the run started with: `stpdist "
+                        "shard … --overwrite`?); stopped rather than read other data by the "
+                        "old index. To train on the data there now: resume from a checkpoint "
+                        "written at an epoch's end, or start a new run from the weights "
+                        "(model.init_weights)"
+                    )
+                self._identity = now
             return self.folder / name
         return shard_url(self.url_template, name, self.index.split)
 
