@@ -30,6 +30,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -537,7 +538,9 @@ def _checkpoint_record(ckpt: Path, raw_weights: bool) -> dict[str, Any]:
     from .checkpoint import STATE_FILE, read_state
 
     step = read_state(ckpt).global_step if (ckpt / STATE_FILE).is_file() else None
-    return {"checkpoint": str(ckpt), "checkpoint_step": step, "raw_weights": raw_weights}
+    # absolute, as the data's and the exports' paths are (an MLOps review: relative to
+    # wherever the command ran)
+    return {"checkpoint": str(ckpt.absolute()), "checkpoint_step": step, "raw_weights": raw_weights}
 
 
 def _data_record(cfg: Config, split: str) -> dict[str, Any]:
@@ -577,14 +580,21 @@ def _refuse_other_data(where: str, earlier: dict[str, Any], record: dict[str, An
         return
 
     def said(data: dict[str, Any]) -> str:
-        return (
+        text = (
             f"{data.get('split')} ({data.get('num_input_frames')} → "
             f"{data.get('num_output_frames')} frames)"
         )
+        if said_alike:  # the same folder and frames: its index.json changed (an MLOps review)
+            text += f" whose index.json had SHA-256 {str(data.get('index_sha256'))[:12]}…"
+        return text
+
+    said_alike = all(theirs.get(k) == ours[k] for k in _SAME_DATA if k != "index_sha256")
+    said_alike = said_alike and theirs.get("split") == ours.get("split")
 
     raise InputError(
         f"{where} holds results on {said(theirs)}, not on {said(ours)}; pass --overwrite to "
-        "replace them, or validate in another trainer.output_dir"
+        "replace them, or write them elsewhere (validate: another trainer.output_dir; "
+        "predict: --out)"
     )
 
 
@@ -675,6 +685,9 @@ def _check_predict_out(out: Path, args: argparse.Namespace, record: dict[str, An
         )
     if args.ckpt != "best":
         _refuse_other_checkpoint(where, earlier, record, args.ckpt, "--out DIR to keep both, or ")
+    # as `validate`: predictions of other data never replace the run's silently (an MLOps
+    # review: 8 test predictions were replaced by 2 of another folder)
+    _refuse_other_data(where, earlier, record)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -2238,12 +2251,12 @@ def _main(args: argparse.Namespace) -> int:
         with sigterm_as_interrupt(), interrupts_noted():
             args.func(args)
     except ConfigError as exc:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback, and the same exit status (an MLOps review: 1)
+            traceback.print_exc()
         return _refused("config error", exc, earlier, alike_on_every_rank=True)
     except (InputError, RunLockedError) as exc:  # the user's inputs, or an output in use
         if args.debug:
-            raise
+            traceback.print_exc()
         alike = getattr(exc, "alike_on_every_rank", False) or not _group_started()
         return _refused("error", exc, earlier, alike_on_every_rank=alike)
     except KeyboardInterrupt as exc:

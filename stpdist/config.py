@@ -1573,6 +1573,11 @@ def _file_overlay(path: Path) -> DictConfig:
     file, keys), in today's layout."""
     if path.is_dir():
         raise ConfigError(f"{path} is a folder; expected a YAML config file")
+    if path.exists() and not path.is_file():  # /dev/stdin, <(…): an MLOps review said "not found"
+        raise ConfigError(
+            f"{path} is no regular file (a pipe or device); write the config to a file and "
+            "give its path"
+        )
     if not path.is_file():
         from .recipes import hint
 

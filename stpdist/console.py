@@ -48,8 +48,20 @@ class _TqdmHandler(logging.Handler):
             # PYTHONUNBUFFERED) each write is a syscall of its own, and the ranks sharing one
             # log would otherwise put a line's end after another rank's line
             tqdm.write(self.format(record) + "\n", file=stream, end="")
+        except BrokenPipeError:  # its reader is gone (`… | head -2`): it hears nothing more
+            _to_devnull(stream)
         except Exception:  # logging must never raise into training
             self.handleError(record)
+
+
+def _to_devnull(stream: Any) -> None:
+    """A stream whose pipe was closed, written to /dev/null from now on: the work goes on
+    without a traceback a line, and the command ends as it would have (an MLOps review: a
+    finished training printed 27 tracebacks and exited 141)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
 
 
 _main: bool | None = None
@@ -170,6 +182,18 @@ def plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with every non-finite float as a string ("nan", "inf"), in lists and
+    mappings too: strict JSON (Node's, Python's with `parse_constant` refusing) rejects
+    the bare `NaN` that `json.dumps` writes, and metrics_*.json say "nan" already (an
+    MLOps review: reproduce.json held `NaN`)."""
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return plain(value) if isinstance(value, float) else value
 
 
 def format_scalars(values: dict[str, Any]) -> str:

@@ -43,7 +43,7 @@ from .checkpoint import (
     save_weights,
 )
 from .config import CheckpointConfig, Config, load_config
-from .console import log, say, warn_main
+from .console import finite_json, log, say, warn_main
 from .data.format import INDEX_FILE, SplitIndex, read_index
 from .data.staging import holds_working_folder
 from .ema import has_average, load_eval_weights
@@ -974,6 +974,49 @@ def _config_in_todays_layout(path: Path) -> None:
             path.write_text(text)
 
 
+def _config_without_environment(path: Path) -> list[str]:
+    """An exported model folder's config.yaml with its values read from environment
+    variables (`${oc.env:HID}`, kept as such in a run's config.yaml) written as this
+    process reads them, so that the folder stands alone: a forecast where the variables are
+    not set failed on `trainer.output_dir`, and another `HID` built another model (an MLOps
+    review). A value whose variable is not set here (a training setting a forecast does
+    not read: its model was built without it) is left out for its default. Returns the
+    keys written from the environment."""
+    from omegaconf import OmegaConf
+
+    if not path.is_file():
+        return []
+    config = OmegaConf.load(path)
+    raw = OmegaConf.to_container(config, resolve=False)
+    written: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if not isinstance(node, dict):
+            return
+        for key in list(node):
+            dotted = f"{prefix}{key}"
+            value = node[key]
+            if isinstance(value, dict):
+                walk(value, dotted + ".")
+            elif isinstance(value, str) and "oc.env" in value:
+                try:
+                    node[key] = OmegaConf.to_container(
+                        OmegaConf.create({"v": OmegaConf.select(config, dotted)}), resolve=True
+                    )["v"]
+                except Exception:  # noqa: BLE001 - its variable not set here
+                    del node[key]
+                written.append(dotted)
+
+    walk(raw, "")
+    if written:
+        lines = path.read_text().splitlines(keepends=True)
+        header = "".join(line for line in lines[: next(
+            (i for i, line in enumerate(lines) if not line.startswith("#")), len(lines)
+        )])  # fmt: skip
+        path.write_text(header + OmegaConf.to_yaml(OmegaConf.create(raw)))
+    return written
+
+
 def _close(sources: dict[str, Any]) -> None:
     for handle in sources.values():
         handle.close()
@@ -1012,6 +1055,7 @@ def _export(
             stat = os.fstat(handle.fileno())
             os.utime(staging / name, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         _config_in_todays_layout(staging / "config.yaml")
+        info["resolved_from_environment"] = _config_without_environment(staging / "config.yaml")
         averaged = has_average(folder) and not raw_weights  # the EMA as the model's weights
         if averaged or is_sharded_checkpoint(folder):  # the weights as loaded, in one file
             save_weights(safetensors_weights(module.state_dict()), staging / MODEL_FILE)
@@ -1025,7 +1069,7 @@ def _export(
             FORMAT_FILES[fmt]: {"max_abs_difference_from_eager": difference}
             for fmt, difference in differences.items()
         }
-        (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        (staging / EXPORT_INFO).write_text(json.dumps(finite_json(info), indent=2) + "\n")
         if "onnx" in formats:  # the same record, its checks included, in the file itself
             _describe_onnx(staging / "model.onnx", info)
     return differences

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, check_output_dir, load_config
+from .console import finite_json
 from .data.format import SplitIndex
 from .errors import InputError
 
@@ -521,7 +522,7 @@ def reproduce(
     if seeded and not seeded[-1][1]:  # the table once, from the main process (every rank has it)
         return summary
     out.mkdir(parents=True, exist_ok=True)
-    (out / "reproduce.json").write_text(json.dumps(summary, indent=2))
+    (out / "reproduce.json").write_text(json.dumps(finite_json(summary), indent=2))
     ranked = cfg.trainer.checkpoint.keep_best > 0
     text = markdown(name, table, seeds, small, command, test_index.num_samples, differences, ranked)
     (out / "reproduce.md").write_text(text)

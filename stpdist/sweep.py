@@ -413,7 +413,13 @@ def run_trial(
     result = finish_trial(folder, trainer)
     trainer.close()
     if result["metric"]["value"] is None:
-        raise InputError(f"sweep metric {name!r} was never logged by trial {run_id} ({folder})")
+        from .tracking import MetricsLog
+
+        logged = any(
+            name in record for record in MetricsLog(folder).records()
+        )  # only as NaN (a metric NaN by convention: an MLOps review said "never logged")
+        said = "was logged only as NaN (not finite)" if logged else "was never logged"
+        raise InputError(f"sweep metric {name!r} {said} by trial {run_id} ({folder})")
     say(f"sweep trial {run_id} finished: best {name} {result['metric']['value']:.6g} ({folder})")
     return result
 

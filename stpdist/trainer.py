@@ -2286,7 +2286,7 @@ class Trainer:
         if agreed.nonfinite:
             raise FloatingPointError(
                 f"non-finite loss at step {step} (epoch {state.epoch}, batch {state.batch}); "
-                f"last checkpoint: {self.checkpoints.latest()}"
+                f"last checkpoint: {self.checkpoints.latest() or 'none yet'}"
             )
         return agreed.skipped, agreed.stop
 
@@ -2308,7 +2308,7 @@ class Trainer:
         """The check point itself (see `Lockstep.settle`): raises on a non-finite loss
         seen by any rank; returns whether any rank was asked to stop."""
         return self.lockstep.settle(
-            state.global_step, f"; last checkpoint: {self.checkpoints.latest()}"
+            state.global_step, f"; last checkpoint: {self.checkpoints.latest() or 'none yet'}"
         )
 
     def _note_grad_norm(self, module: EnhancedModule, step: int) -> None:

@@ -491,3 +491,31 @@ def test_a_terminal_stays_line_buffered(tmp_path):
         os.close(primary)
         os.close(secondary)
     assert proc.stderr.strip().splitlines()[-1] == "True", proc.stderr
+
+
+def test_a_training_whose_reader_closed_the_pipe_finishes_quietly(tmp_path):
+    """An MLOps review: `stpdist train … | head -2` went on training (right) but wrote a
+    traceback per log line to stderr and exited 141 after the work was done."""
+    import subprocess
+
+    args, env = _trained_once(tmp_path)
+    proc = subprocess.Popen([*args, "trainer.log_every_n_steps=1", "trainer.max_steps=6"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader goes, as `head -1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err[-2000:]
+    assert "Logging error" not in err and "BrokenPipeError" not in err, err[-2000:]
+    assert (tmp_path / "runs" / "debug" / "checkpoints" / "step-00000006").is_dir()
+
+
+def test_debug_keeps_the_exit_status_and_a_pipe_config_is_said_as_such(tmp_path):
+    """An MLOps review: `--debug` turned a refusal's 2 into 1, and `train /dev/stdin` said
+    "config file not found"."""
+    proc = run_cli("train", "nope.yaml", "--debug", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("stpdist: config error: config file")
+    os.mkfifo(tmp_path / "fifo.yaml")
+    proc = run_cli("train", "fifo.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and "fifo.yaml is no regular file (a pipe or device)" in proc.stderr

@@ -431,3 +431,31 @@ def test_a_forecast_names_what_made_it(model, tmp_path):
         4,
         module.num_output_frames,
     )
+
+
+def test_an_export_of_a_run_configured_from_the_environment_stands_alone(tmp_path, monkeypatch):
+    """An MLOps review: a run whose output_dir and hidden channels came from environment
+    variables exported a config.yaml still reading them; where they were not set, forecast
+    failed on trainer.output_dir (and another value would build another model)."""
+    import stpdist
+
+    debug = str(Path(__file__).parent.parent / "configs" / "debug.yaml")
+    monkeypatch.setenv("RUN_DIR", "runs/env")
+    monkeypatch.setenv("HID", "[6]")
+    run_cli("train", debug, "trainer.max_steps=1", "logging.num_samples=0",
+            "trainer.output_dir=${oc.env:RUN_DIR}",
+            "model.backbone.hidden_channels=${oc.decode:${oc.env:HID}}", cwd=tmp_path,
+            check=True)  # fmt: skip
+    assert "${oc.env:HID}" in (tmp_path / "runs" / "env" / "config.yaml").read_text()
+    run_cli("export", "runs/env", "--out", "model", cwd=tmp_path, check=True)
+    monkeypatch.delenv("RUN_DIR")
+    monkeypatch.delenv("HID")
+    exported = (tmp_path / "model" / "config.yaml").read_text()
+    assert "oc.env" not in exported
+    info = json.loads((tmp_path / "model" / "export.json").read_text())
+    assert info["resolved_from_environment"] == [
+        "trainer.output_dir",
+        "model.backbone.hidden_channels",
+    ]
+    model = stpdist.load(tmp_path / "model")  # no variable set: the folder alone
+    assert model.config.backbone["hidden_channels"] == [6]

@@ -297,3 +297,18 @@ def test_bench_data_on_a_dataset_without_a_train_split_takes_its_first(tmp_path)
                    "--batch-size", "2", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "stpdist shards" in proc.stdout
+
+
+def test_predictions_of_other_data_do_not_replace_the_runs_silently(trained):
+    """An MLOps review: `predict` on another data root replaced the run's predictions
+    without a word (8 test predictions became 2 of the other folder), where `validate`
+    refused."""
+    run_cli("predict", DEBUG, "--samples", "0", "--out", "p-data", cwd=trained, check=True)
+    run_cli("synth", "moving-digits", "--out", "other", "--train", "2", "--val", "0",
+            "--test", "2", "--size", "32", "--frames", "8", "--seed", "5", cwd=trained,
+            check=True)  # fmt: skip
+    before = snapshot(trained / "p-data")
+    line = refused("predict", DEBUG, "data.root=other", "--samples", "0", "--out", "p-data",
+                   cwd=trained)  # fmt: skip
+    assert "holds results on" in line and "other/test" in line and "--overwrite" in line
+    assert snapshot(trained / "p-data") == before

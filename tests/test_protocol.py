@@ -3,6 +3,7 @@ objective, raw / range-2 scoring columns, GHU init, per-epoch cosine schedule.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -792,3 +793,18 @@ def test_reproduce_refuses_the_settings_it_sets_for_each_seed(tmp_path, override
     key = "trainer.output_dir" if "output_dir" in override else "trainer.seed"
     assert f"{override}: reproduce sets {key} for each seed itself" in line
     assert instead in line and not list(tmp_path.iterdir())
+
+
+def test_results_files_are_strict_json():
+    """An MLOps review: reproduce.json held bare `NaN` (a CSI at a threshold without events,
+    NaN by convention), which strict parsers reject; metrics_*.json said "nan"."""
+    from stpdist.console import finite_json
+
+    summary = {"table": {"CSI@300": [float("nan"), 0.5]}, "runs": [{"csi": float("inf")}], "n": 2}
+    text = json.dumps(finite_json(summary))
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    back = json.loads(text, parse_constant=refuse)
+    assert back == {"table": {"CSI@300": ["nan", 0.5]}, "runs": [{"csi": "inf"}], "n": 2}

@@ -800,10 +800,12 @@ class _TarShard:
         return self._digest.hexdigest()
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
-        now = time.time()
+        # no time in a member: the same samples make the same bytes, so a dataset converted
+        # again from the same files is the same dataset, its index and hashes too (an
+        # MLOps review: a regenerated dataset was "other data" to `validate`)
         for ext in sorted(members):
             info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode = len(members[ext]), now, 0o444
+            info.size, info.mtime, info.mode = len(members[ext]), 0, 0o444
             self.tar.addfile(info, io.BytesIO(members[ext]))
 
     def close(self) -> None:
