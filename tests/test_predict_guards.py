@@ -89,7 +89,8 @@ def test_results_record_their_checkpoint_and_another_ckpt_keeps_the_default_ones
     metrics = json.loads((default / "metrics.json").read_text())
     best = metrics["checkpoint_step"]
     assert best in (8, 16) and metrics["checkpoint"].endswith(f"step-{best:08d}")
-    assert f"checkpoint {metrics['checkpoint']} (step {best});" in proc.stdout
+    relative = Path(metrics["checkpoint"]).relative_to(trained)  # recorded absolute
+    assert f"checkpoint {relative} (step {best});" in proc.stdout
     other = 24 - best
     before = snapshot(default)
 

@@ -109,7 +109,8 @@ def test_validate_on_other_data_or_frames_does_not_replace_the_runs_results(run)
     assert refused.returncode == 2, refused.stderr
     assert "scratch/val (4 → 4 frames), not on " in refused.stderr
     assert refused.stderr.rstrip().endswith("(4 → 3 frames); pass --overwrite to replace them, "
-                                            "or validate in another trainer.output_dir")  # fmt: skip
+                                            "or write them elsewhere (validate: another "
+                                            "trainer.output_dir; predict: --out)")  # fmt: skip
     test = ("validate", "std.yaml", "--split", "test")
     own = run_cli(*test, "--overwrite", cwd=run, check=True)  # the run's own test split
     assert "not logged" not in own.stdout
