@@ -2190,6 +2190,9 @@ def _interrupted(command: str, stop: KeyboardInterrupt) -> int:
     how = "stopped (SIGTERM)" if isinstance(stop, Terminated) else "interrupted (Ctrl-C)"
     if command in STAGED and launched_as_main():
         error_line(f"stpdist {command}: {how}; its output folder is as it was")
+    elif command in ("train", "reproduce", "sweep") and launched_as_main():
+        # before training began (generating its data): not silent (an MLOps review)
+        error_line(f"stpdist {command}: {how} before training began; nothing was trained")
     return Terminated.exit_code if isinstance(stop, Terminated) else 130
 
 

@@ -1229,6 +1229,15 @@ def backbone_config(model: ModelConfig) -> Any:
     hints = typing.get_type_hints(args_cls)
     bools = {f.name for f in dataclasses.fields(args_cls) if hints[f.name] is bool}
     _strict_bools(dict(model.backbone), bools, "model.backbone.")
+    # a text field given a YAML boolean or a number (`translator: no`): said as such (a
+    # config review: the built model failed on "argument of type 'bool' is not iterable")
+    for name in (f.name for f in dataclasses.fields(args_cls) if hints[f.name] is str):
+        value = dict(model.backbone).get(name)
+        if isinstance(value, bool | float):
+            raise ConfigError(
+                f"'model.backbone.{name}' is {value!r}, a YAML {'boolean' if isinstance(value, bool) else 'number'} "
+                "where text is expected: quote it"
+            )
     # a list given as text ("8,8"): OmegaConf's error would name neither it nor a list
     _check_shapes(dict(model.backbone), args_cls, "model.backbone.")
     schema = _schema(args_cls)

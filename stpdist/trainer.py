@@ -126,6 +126,8 @@ KEPT_ON_RESUME = (
     "model.schedule.interval",
     "model.schedule.total_steps",
     "data.normalize",
+    "data.num_input_frames",
+    "data.num_output_frames",
     "model.loss",
     "model.loss_frames",
 )
@@ -137,7 +139,15 @@ steps or epochs) and length (OneCycleLR's `total_steps` is part of its state); w
 run's losses measure (the normalisation of the frames, the loss and its frames: `val/loss`,
 the monitor of best checkpoints and of early stopping, would rank numbers that cannot be
 compared)."""
-MEASURE_KEYS = ("data.normalize", "model.loss", "model.loss_frames")
+MEASURE_KEYS = (
+    "data.normalize",
+    "data.num_input_frames",
+    "data.num_output_frames",
+    "model.loss",
+    "model.loss_frames",
+)
+"""(a config review: other frame counts were taken on resume, val/loss then measuring
+other predictions than the best checkpoints were ranked by)"""
 ORDER_KEYS = ("trainer.seed",)
 """Settings that order every epoch's data: changed on resume, the epochs begun would see
 samples twice and miss others (`TrainState.settings`)."""

@@ -519,3 +519,16 @@ def test_debug_keeps_the_exit_status_and_a_pipe_config_is_said_as_such(tmp_path)
     os.mkfifo(tmp_path / "fifo.yaml")
     proc = run_cli("train", "fifo.yaml", cwd=tmp_path)
     assert proc.returncode == 2 and "fifo.yaml is no regular file (a pipe or device)" in proc.stderr
+
+
+def test_a_resume_with_other_frame_counts_is_refused(tmp_path):
+    """A config review: a resume with another `data.num_input_frames` went on, its val/loss
+    then measuring other predictions than the best checkpoints were ranked by."""
+    from test_cli import DEBUG
+
+    common = ("logging.num_samples=0", "trainer.max_steps=1")
+    run_cli("train", DEBUG, *common, cwd=tmp_path, check=True)
+    proc = run_cli("train", DEBUG, "logging.num_samples=0", "trainer.max_steps=2",
+                   "data.num_input_frames=3", "--resume", "auto", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "data.num_input_frames 4 (the checkpoint's) → 3" in proc.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from conftest import ROOT
 from helpers import said_warnings
 
 from stpdist.config import (
@@ -356,3 +357,19 @@ def test_an_empty_config_file_and_empty_key_parts_are_refused(tmp_path):
     assert load_config(tmp_path / "braces.yaml").trainer.output_dir == "runs/default"
     for item in ("trainer..seed=5", "=5"):
         assert "its key has an empty part" in _message(tmp_path, None, [item])
+
+
+def test_a_backbone_text_given_a_boolean_and_a_ratio_leaving_no_channel_are_named(tmp_path):
+    """A config review: `model.backbone.translator=no` (YAML's false) and a SimVP
+    `mlp_ratio` leaving its MLPs no channel failed in the model's code, naming no key."""
+    from stpdist import build
+
+    simvp = ["model.name=simvp", "model.backbone={}"]
+    said = _message(tmp_path, None, [*simvp, "model.backbone.translator=no"])
+    assert said == (
+        "'model.backbone.translator' is False, a YAML boolean where text is expected: quote it"
+    )
+    cfg = load_config(ROOT / "configs" / "debug.yaml", [*simvp, "model.backbone.mlp_ratio=0.01",
+                      "model.backbone.temporal_channels=16"])  # fmt: skip
+    with pytest.raises(ConfigError, match="mlp_ratio 0.01 × temporal_channels 16 leaves the"):
+        build.build_module(cfg, (1, 32, 32))

@@ -323,6 +323,13 @@ class SimVP(nn.Module):
         check_odd_kernels(**kernels)
         if not args.mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be > 0, got {args.mlp_ratio}")
+        if args.translator != "incepu" and int(args.temporal_channels * args.mlp_ratio) < 1:
+            # the blocks' MLPs would have no channel (a config review: "groups must be a
+            # positive integer", naming nothing)
+            raise ValueError(
+                f"mlp_ratio {args.mlp_ratio} × temporal_channels {args.temporal_channels} "
+                "leaves the translator's MLPs no hidden channel; expected at least 1"
+            )
         for name in ("drop", "drop_path"):
             if not 0 <= getattr(args, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(args, name)}")
