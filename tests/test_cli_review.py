@@ -532,3 +532,32 @@ def test_a_resume_with_other_frame_counts_is_refused(tmp_path):
                    "data.num_input_frames=3", "--resume", "auto", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "data.num_input_frames 4 (the checkpoint's) → 3" in proc.stderr
+
+
+def test_a_stop_while_training_generates_its_data_is_said(tmp_path):
+    """An MLOps review: SIGTERM while `train` generated its dataset exited 143 with nothing
+    on stderr (`synth` says its line)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_cli import DEBUG
+
+    data = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "stpdist", "train", DEBUG,
+                             f"data.root={data}", f"data.synthesize.root={data}",
+                             "data.synthesize.train=20000"], cwd=tmp_path,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while "generating" not in proc.stdout.readline() and time.time() < deadline:
+            pass
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert "stpdist train: stopped (SIGTERM) before training began; nothing was trained" in err
