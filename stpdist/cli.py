@@ -540,7 +540,7 @@ def _checkpoint_record(ckpt: Path, raw_weights: bool) -> dict[str, Any]:
     step = read_state(ckpt).global_step if (ckpt / STATE_FILE).is_file() else None
     # absolute, as the data's and the exports' paths are (an MLOps review: relative to
     # wherever the command ran)
-    return {"checkpoint": str(ckpt.absolute()), "checkpoint_step": step, "raw_weights": raw_weights}
+    return {"checkpoint": str(ckpt.resolve()), "checkpoint_step": step, "raw_weights": raw_weights}
 
 
 def _data_record(cfg: Config, split: str) -> dict[str, Any]:
@@ -2241,8 +2241,8 @@ def _main(args: argparse.Namespace) -> int:
     from .runlock import RunLockedError
 
     refusal = _bad_rank_variable()
-    if args.command in GROUP_COMMANDS:  # sweep trials, inspect: each task alone, rightly
-        refusal = refusal or _srun_tasks_without_a_group()
+    if args.command in (*GROUP_COMMANDS, *STAGED):  # sweep trials, inspect: each task alone
+        refusal = refusal or _srun_tasks_without_a_group()  # (an output's writers race)
     if refusal is not None:
         error_line(f"stpdist: error: {refusal}")  # every task: each is alone
         return 2

@@ -1334,7 +1334,12 @@ def _check_texts(raw: Any, origin: str) -> None:
     quote = "quote it"
     found = re.fullmatch(r"override '([^=']+)=([^']*)'", origin)
     if found:  # the shell takes the quotes a command line gives (a diff review)
-        quote = f"quote it for YAML inside the shell's quotes: \"{found[1]}='{found[2]}'\""
+        value = found[2].strip()
+        if value.startswith("[") and value.endswith("]"):  # each item quoted, not the list
+            value = "[" + ",".join(f"'{v.strip()}'" for v in value[1:-1].split(",")) + "]"
+        else:
+            value = f"'{value}'"
+        quote = f'quote it for YAML inside the shell\'s quotes: "{found[1]}={value}"'
     for prefix, name, value in _sections(raw, _schema_texts(Config)):
         items = value if isinstance(value, list) else [value]
         if any(isinstance(item, bool) for item in items):
@@ -1618,6 +1623,12 @@ def _override_overlay(item: str, merged: DictConfig) -> DictConfig:
         raise ConfigError(f"override {item!r} is not of the form key.path=value")
     if not all(item.partition("=")[0].strip().split(".")):
         raise ConfigError(f"override {item!r}: its key has an empty part; expected key.path=value")
+    key, _, value = (part.strip() for part in item.partition("="))
+    if key == "logging.wandb.mode" and value == "disabled":  # said (a diff review)
+        raise ConfigError(
+            f"override {item!r}: the mode is online or offline; for no wandb run leave wandb "
+            "out of logging.trackers (logging.trackers=[]) or set WANDB_MODE=disabled"
+        )
     try:
         dotted = OmegaConf.from_dotlist([item])
     except Exception as exc:

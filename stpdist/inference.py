@@ -991,12 +991,30 @@ def _config_without_environment(path: Path) -> list[str]:
     written: list[str] = []
 
     def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, list):  # items too (a diff review: `[${oc.env:HID}, 4]` kept)
+            for index, value in enumerate(node):
+                if isinstance(value, dict | list):
+                    walk(value, f"{prefix}{index}.")
+                elif isinstance(value, str) and "oc.env" in value:
+                    dotted = f"{prefix}{index}"
+                    try:
+                        node[index] = OmegaConf.to_container(
+                            OmegaConf.create({"v": OmegaConf.select(config, dotted)}),
+                            resolve=True,
+                        )["v"]
+                    except Exception as exc:  # no default for a list item: said
+                        raise InputError(
+                            f"{path}: {dotted} reads an environment variable that is not set "
+                            f"here ({exc}); set it as the training did, then export"
+                        ) from None
+                    written.append(dotted)
+            return
         if not isinstance(node, dict):
             return
         for key in list(node):
             dotted = f"{prefix}{key}"
             value = node[key]
-            if isinstance(value, dict):
+            if isinstance(value, dict | list):
                 walk(value, dotted + ".")
             elif isinstance(value, str) and "oc.env" in value:
                 try:

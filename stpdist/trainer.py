@@ -173,14 +173,14 @@ def _scale_schedule(scheduler: Any, ratio: float) -> None:
             setattr(scheduler, name, [r * ratio for r in rates])
 
 
-MODULE_LR_KEY = "optimizer.lr"
+MODULE_LR_KEY = "optimizer.lrs"
 """A Trainer of keywords records its module's optimizer (its kind, "optimizer", and each
-param group's initial lr, "optimizer.lr") in every checkpoint's state: another kind is
+param group's lr, OneCycleLR's max_lr, "optimizer.lrs") in every checkpoint's state: another kind is
 refused on resume, other rates of one ratio scale the restored schedule as `LR_KEY` does."""
 
 
 def _optimizer_facts(optimizer: Any) -> dict[str, Any]:
-    """{"optimizer": class name, "optimizer.lr": each param group's initial lr}."""
+    """{"optimizer": class name, "optimizer.lrs": each param group's rate as set}."""
     inner = getattr(optimizer, "optimizer", optimizer)
     # the rate a user sets: OneCycleLR's `max_lr` (its initial_lr moves with div_factor)
     rates = [

@@ -357,10 +357,15 @@ def test_srun_tasks_without_a_process_group_are_refused(tmp_path, monkeypatch):
     assert proc.returncode == 2
     assert "one of the 2 tasks of a SLURM step (srun -n 2), but no process group" in proc.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
-    # a command alone in each task (inspect, a sweep's trials) is not refused (a diff review)
-    proc = run_cli("synth", "moving-digits", "--out", "ds", "--train", "2", "--val", "0",
-                   "--test", "0", "--size", "16", "--frames", "4", "--digit-size", "8",
-                   cwd=tmp_path)  # fmt: skip
+    # a command writing an output is refused too (its tasks would race for it); one alone
+    # in each task (inspect, a sweep's trials) is not (two diff reviews)
+    synth = ("synth", "moving-digits", "--out", "ds", "--train", "2", "--val", "0", "--test",
+             "0", "--size", "16", "--frames", "4", "--digit-size", "8")  # fmt: skip
+    assert run_cli(*synth, cwd=tmp_path).returncode == 2
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")
+    assert run_cli(*synth, cwd=tmp_path).returncode == 0
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
+    proc = run_cli("inspect", "ds", "--samples", "0", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
 
 

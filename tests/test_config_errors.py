@@ -343,6 +343,12 @@ def test_a_config_review_s_texts_lists_and_wandb_mode(tmp_path):
         "logging:\n  trackers: [tensorboard]\n  wandb: {mode: disabled}\n"
     )
     assert load_config(tmp_path / "tb.yaml").logging.trackers == ["tensorboard"]  # no wandb
+    said = _message(tmp_path, None, ["logging.wandb.tags=[no]"])  # each item quoted
+    assert said.endswith(
+        "quote it for YAML inside the shell's quotes: \"logging.wandb.tags=['no']\""
+    )
+    said = _message(tmp_path, None, ["logging.wandb.mode=disabled"])
+    assert "for no wandb run leave wandb out of logging.trackers" in said
     said = _message(tmp_path, None, ["logging.wandb.name=1e3"])
     assert said.endswith(
         "quote it for YAML inside the shell's quotes: \"logging.wandb.name='1e3'\""

@@ -889,7 +889,7 @@ def test_module_rates_change_by_one_ratio_with_frozen_groups_left_out():
     assert _ratio("0.0001, 0.001", "0.0002, 0.002") == pytest.approx(2.0)
     assert _ratio("0.0001, 0.001", "0.0001, 0.002") is None  # two ratios
     assert _ratio("0, 0.001", "0.001, 0.001") is None  # a frozen group thawed
-    said = _settings_refusal(Path("ck"), ["optimizer.lr 1e-4, 1e-3 (the checkpoint's) → x"],
+    said = _settings_refusal(Path("ck"), ["optimizer.lrs 1e-4, 1e-3 (the checkpoint's) → x"],
                              from_config=False)  # fmt: skip
     assert "scales a module's learning rates by one ratio only" in said
     assert "kind and weight decay" not in said
