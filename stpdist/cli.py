@@ -417,8 +417,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
     if earlier is not None and not args.overwrite:
         _refuse_other_data(str(out / f"metrics_{split}.json"), earlier, record)
     _say_precision(record["precision"], trainer)  # after the refusals
-    if trainer.is_main:
-        _check_results_folder(out)
+    _check_results_folder(out)  # on every rank: each refuses alike, none waits
     own = build.trained_on_this_data(cfg, Path(ckpt), kept)
     results = trainer.validate(
         module, build.eval_stream(cfg, split), ckpt=ckpt, split=split,
@@ -452,11 +451,11 @@ def _check_results_folder(out: Path) -> None:
         elif not os.access(existing, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
     except OSError as exc:
-        raise InputError(
+        raise alike(InputError(
             f"cannot write the results into {out} ({exc.strerror}): add "
             "trainer.output_dir=<a folder of yours> to write them there, with --ckpt naming "
             "this run's folder or checkpoint"
-        ) from None
+        )) from None  # fmt: skip
 
 
 def _units_of(module: Any) -> dict[str, Any]:

@@ -1234,9 +1234,10 @@ def backbone_config(model: ModelConfig) -> Any:
     for name in (f.name for f in dataclasses.fields(args_cls) if hints[f.name] is str):
         value = dict(model.backbone).get(name)
         if isinstance(value, bool | float):
+            kind = "boolean" if isinstance(value, bool) else "number"
             raise ConfigError(
-                f"'model.backbone.{name}' is {value!r}, a YAML {'boolean' if isinstance(value, bool) else 'number'} "
-                "where text is expected: quote it"
+                f"'model.backbone.{name}' is {value!r}, a YAML {kind} where text is expected: "
+                "quote it"
             )
     # a list given as text ("8,8"): OmegaConf's error would name neither it nor a list
     _check_shapes(dict(model.backbone), args_cls, "model.backbone.")

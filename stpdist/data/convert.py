@@ -360,7 +360,8 @@ def refuse_write_protected(out: Path) -> None:
     for folder, _, _ in os.walk(out):
         if not os.lstat(folder).st_mode & stat.S_IWUSR:  # every rank sees the same folder
             raise alike(InputError(
-                f"{_OUT_NAME.get()} {out}: {'it' if Path(folder) == out else folder} is write-protected "
+                f"{_OUT_NAME.get()} {out}: {'it' if Path(folder) == out else folder} is "
+                "write-protected "
                 f"(mode {stat.filemode(os.lstat(folder).st_mode)}), so it is not replaced: "
                 f"make it writable (chmod -R u+w) or name another {_OUT_NAME.get()}"
             ))  # fmt: skip
@@ -390,7 +391,8 @@ def staged_output(
         out = out.resolve()
     if holds_working_folder(out):
         raise InputError(
-            f"{_OUT_NAME.get()} {out} is the current folder or holds it; the output folder is replaced "
+            f"{_OUT_NAME.get()} {out} is the current folder or holds it; the output folder "
+            "is replaced "
             "as a whole: name a folder of its own"
         )
     busy = writer_running(out)
@@ -411,7 +413,8 @@ def staged_output(
     except PermissionError as exc:  # named: the bare error named the hidden staging folder
         where = Path(os.fsdecode(exc.filename)).parent if exc.filename else out.parent
         raise alike(InputError(
-            f"{_OUT_NAME.get()} {out}: cannot write in {where} ({exc.strerror}); the output is written "
+            f"{_OUT_NAME.get()} {out}: cannot write in {where} ({exc.strerror}); the output "
+            "is written "
             "beside it and then renamed into place, so its folder must be writable: name "
             f"another {_OUT_NAME.get()}"
         )) from exc  # fmt: skip
@@ -423,7 +426,8 @@ def staged_output(
         occupied = _check_out(out, overwrite, sources, dataset, earlier)
         if _folder_state(out) != before:  # another command's output: not replaced unasked
             raise OutputExists(
-                f"{_OUT_NAME.get()} {out} was written by another command while this one ran: it is kept "
+                f"{_OUT_NAME.get()} {out} was written by another command while this one ran: "
+                "it is kept "
                 "as that one left it, and this one's output was not written; run again to "
                 "replace it"
             )
