@@ -1820,6 +1820,30 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return plain
 
 
+def environment_values(cfg: Config) -> dict[str, Any]:
+    """The values read from the environment that make the run (`trainer`, `data`, `model`
+    keys: the architecture, the data, the folders), by dotted key, as this process resolved
+    them; the saved config keeps their interpolations, which say nothing of the values a
+    run used (an MLOps review). `logging` values (a wandb entity) and keys named like a
+    secret are left out."""
+    plain = dataclasses.asdict(cfg)
+    found: dict[str, Any] = {}
+    for path in getattr(cfg, _UNRESOLVED, {}):
+        dotted = _dotted(path)
+        if path[0] not in ("trainer", "data", "model") or re.search(
+            r"key|token|secret|password", dotted, re.I
+        ):
+            continue
+        node: Any = plain
+        try:
+            for part in path:
+                node = node[part]
+        except (KeyError, IndexError, TypeError):
+            continue
+        found[dotted] = node
+    return found
+
+
 def to_yaml(cfg: Config) -> str:
     """The config as YAML (saved beside every run and in every checkpoint), as `to_dict`:
     resolved except values read from the environment."""

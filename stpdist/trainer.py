@@ -72,6 +72,7 @@ from .config import (
     check_tracker_cadence,
     check_values,
     checked_section,
+    environment_values,
     section_with,
     to_dict,
     to_yaml,
@@ -2843,6 +2844,8 @@ class Trainer:
             if dataclasses.is_dataclass(self.config)
             else None,
         )
+        if self.run_config is not None and (values := environment_values(self.run_config)):
+            entry["environment_values"] = values  # the config keeps `${oc.env:…}`
         init = getattr(module, "stpdist_init_weights", None)
         if event == "start" and init is not None and Path(init).is_file():
             entry["init_weights"] = {"path": init, "sha256": file_sha256(init)}

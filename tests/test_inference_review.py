@@ -459,3 +459,9 @@ def test_an_export_of_a_run_configured_from_the_environment_stands_alone(tmp_pat
     ]
     model = stpdist.load(tmp_path / "model")  # no variable set: the folder alone
     assert model.config.backbone["hidden_channels"] == [6]
+    # the run's provenance records the values the run used, not only their interpolations
+    start = json.loads((tmp_path / "runs" / "env" / "provenance.jsonl").read_text().splitlines()[0])
+    assert start["environment_values"] == {
+        "trainer.output_dir": "runs/env",
+        "model.backbone.hidden_channels": [6],
+    }  # logging's (a wandb tag here) left out: they may be secrets
