@@ -79,6 +79,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parameter import is_lazy
 
 from .config import CheckpointConfig
+from .console import json_number, strict_json
 from .data.format import MODEL_FILE
 from .data.staging import make_durable, sync_folder
 from .errors import InputError, MissingInput, peer_lost
@@ -731,7 +732,7 @@ class CheckpointManager:
         if VALIDATION_FILE in files:  # recorded before: unlist it first
             del files[VALIDATION_FILE]
             replace_text(folder / MANIFEST_FILE, _manifest_text(files))
-        replace_text(folder / VALIDATION_FILE, json.dumps(values, indent=2))
+        replace_text(folder / VALIDATION_FILE, strict_json(values, indent=2))
         files[VALIDATION_FILE] = _entry(folder / VALIDATION_FILE)
         replace_text(folder / MANIFEST_FILE, _manifest_text(files))
         self._retain()
@@ -881,7 +882,7 @@ class CheckpointManager:
                         (tmp / name).write_bytes(content)
                     else:
                         (tmp / name).write_text(content)
-                (tmp / STATE_FILE).write_text(json.dumps(_state_json(state), indent=2))
+                (tmp / STATE_FILE).write_text(strict_json(_state_json(state), indent=2))
         _barrier(accelerator)
         if main:
             with _writing(tmp):
@@ -1316,6 +1317,8 @@ def _recorded_validation(path: Path) -> dict[str, float] | None:
         raw = json.loads(file.read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{file}: unreadable validation results ({exc})") from None
+    if isinstance(raw, dict):  # "nan", "inf": written so since 2026-12-07 (bare before)
+        raw = {k: json_number(v) for k, v in raw.items()}
     if not isinstance(raw, dict) or not all(
         isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
         for k, v in raw.items()
@@ -1376,6 +1379,7 @@ def _state_record(path: Path) -> tuple[TrainState, int]:
             raise CheckpointError(
                 f"{file}: '{name}' must be null or an integer >= {low}, got {value!r}"
             )
+    _numbers_from_text(raw)
     _check_layouts(file, raw)
     _check_epoch_loss(file, raw.get("epoch_loss"))
     _check_window(file, raw.get("window"))
@@ -1407,6 +1411,21 @@ def _state_record(path: Path) -> tuple[TrainState, int]:
             f"{int(match.group(1))}"
         )
     return TrainState(**raw), version or 1
+
+
+def _numbers_from_text(raw: dict[str, Any]) -> None:
+    """The trainer state's non-finite floats, written as "nan"/"inf" since 2026-12-07
+    (`strict_json`; bare `NaN` before), back to floats: metrics and the log window's."""
+    if isinstance(raw.get("metrics"), dict):
+        raw["metrics"] = {k: json_number(v) for k, v in raw["metrics"].items()}
+    window = raw.get("window")
+    if isinstance(window, dict):
+        if "grad_norm" in window:
+            window["grad_norm"] = json_number(window["grad_norm"])
+        extras = window.get("extras")
+        for pair in extras.values() if isinstance(extras, dict) else ():
+            if isinstance(pair, list) and pair:
+                pair[0] = json_number(pair[0])
 
 
 _ORIGIN_KEYS = ("world_size", "num_workers", "batch_multiple", "batch", "later")

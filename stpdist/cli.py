@@ -2237,7 +2237,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from .runlock import RunLockedError
+    from .runlock import RunInUseError, RunLockedError
 
     refusal = _bad_rank_variable()
     if args.command in (*GROUP_COMMANDS, *STAGED):  # sweep trials, inspect: each task alone
@@ -2260,7 +2260,8 @@ def _main(args: argparse.Namespace) -> int:
         if args.debug:
             traceback.print_exc()
         alike = getattr(exc, "alike_on_every_rank", False) or not _group_started()
-        return _refused("error", exc, earlier, alike_on_every_rank=alike)
+        status = IN_USE_STATUS if isinstance(exc, RunInUseError) else 2
+        return _refused("error", exc, earlier, alike_on_every_rank=alike, status=status)
     except KeyboardInterrupt as exc:
         if hasattr(exc, "checkpoint"):  # a training stopped by Ctrl-C, with a checkpoint
             return _stopped_line(exc, earlier)
@@ -2327,10 +2328,21 @@ def _close_command_trainers(exit_code: int, earlier: set[Any]) -> None:
             trainer.close_command_trainers(exit_code, leave=earlier)
 
 
+IN_USE_STATUS = 75
+"""The exit status of a command refused because a live run holds its run folder: the
+same command succeeds once that run has ended (sysexits' EX_TEMPFAIL, as a training
+stopped with a checkpoint: run it again). A scheduler retries it; 2 it should not."""
+
+
 def _refused(
-    label: str, exc: BaseException, earlier: set[Any], *, alike_on_every_rank: bool
+    label: str,
+    exc: BaseException,
+    earlier: set[Any],
+    *,
+    alike_on_every_rank: bool,
+    status: int = 2,
 ) -> int:
-    """A user's error in one line, exit status 2. An error that every rank meets alike (the
+    """A user's error in one line, exit `status` (2; IN_USE_STATUS). An error that every rank meets alike (the
     same config, or the same arguments and files read before the ranks joined) is said by
     the main process alone: one line for the run, not one per rank.
 
@@ -2343,12 +2355,12 @@ def _refused(
     several = _several_ranks()
     if speaks and several:
         error_line(line)
-    _close_command_trainers(2, earlier)
+    _close_command_trainers(status, earlier)
     if speaks and not several:
         error_line(line)
     if several and not speaks:
         _wait_for_the_speaker()
-    return 2
+    return status
 
 
 SILENT_RANK_WAIT_S = 2.0

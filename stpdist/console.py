@@ -196,6 +196,25 @@ def finite_json(value: Any) -> Any:
     return plain(value) if isinstance(value, float) else value
 
 
+def strict_json(value: Any, **options: Any) -> str:
+    """`json.dumps` of `value` as strict JSON: non-finite floats as "nan"/"inf"/"-inf"
+    (`finite_json`), so that jq, Node and Python with `parse_constant` refusing read it
+    (a checkpoint's validation.json and trainer_state.json held bare `NaN`)."""
+    import json
+
+    return json.dumps(finite_json(value), allow_nan=False, **options)
+
+
+NON_FINITE_TEXTS = ("nan", "inf", "-inf")
+"""How `plain` writes the floats JSON has no number for."""
+
+
+def json_number(value: Any) -> Any:
+    """A number that `strict_json` wrote: "nan"/"inf"/"-inf" back to floats; anything else
+    as it is (the caller checks it is a number)."""
+    return float(value) if isinstance(value, str) and value in NON_FINITE_TEXTS else value
+
+
 def format_scalars(values: dict[str, Any]) -> str:
     """`a 0.0123, b 4` — compact, for one-line summaries (per-lead-time values left out)."""
     parts = []

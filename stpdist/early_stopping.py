@@ -22,7 +22,7 @@ from typing import Any
 
 from .checkpoint import CheckpointError, TrainState
 from .config import EarlyStoppingConfig
-from .console import warn_main
+from .console import json_number, strict_json, warn_main
 from .errors import InputError
 
 STATE_FILE = "early_stopping.json"
@@ -87,7 +87,7 @@ class EarlyStopping:
 
     # ------------------------------------------------------------------ saved state
     def to_json(self) -> str:
-        return json.dumps(
+        return strict_json(
             {
                 "monitor": self.config.monitor,
                 "mode": self.config.mode,
@@ -115,7 +115,7 @@ class EarlyStopping:
             counts = [raw["bad_validations"], raw["last_step"], raw["best_step"]]
             if not all(v is None or (isinstance(v, int) and v >= 0) for v in counts):
                 raise ValueError("counts must be integers >= 0 or null")
-            best = raw["best"]
+            best = raw["best"] = json_number(raw["best"])
             if best is not None and not isinstance(best, int | float):
                 raise ValueError("'best' must be a number or null")
         except (OSError, ValueError, KeyError, TypeError) as exc:

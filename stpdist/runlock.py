@@ -49,6 +49,11 @@ class RunLockedError(RuntimeError):
     run may write through)."""
 
 
+class RunInUseError(RunLockedError):
+    """A live run holds the lock now: the same command succeeds once that run has ended
+    (the command line exits 75, "try again later", not 2, a refusal of the inputs)."""
+
+
 def _boot_id() -> str | None:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -196,7 +201,7 @@ class RunLock:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     holder = _read(fd)
-                    raise RunLockedError(
+                    raise RunInUseError(
                         f"{self.output_dir} is in use by another run ({_describe(holder)}; "
                         f"lock file {self.path})"
                     ) from None
@@ -249,7 +254,7 @@ class RunLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RunLockedError(
+                raise RunInUseError(
                     f"{self.output_dir} is in use by another run ({_describe(_read(fd))}; "
                     f"lock file {self.path}, {owner}'s)"
                 ) from None

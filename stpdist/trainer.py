@@ -97,7 +97,7 @@ from .errors import InputError, MissingInput, OutputExists, alike
 from .graphs import CaptureFailed
 from .lockstep import Lockstep, StopFlag, loss_of
 from .module import EnhancedModule, cpu_compile_defaults, to_channels_last
-from .runlock import RunLock, RunLockedError
+from .runlock import RunInUseError, RunLock, RunLockedError
 from .tracking import Tracker
 
 PREEMPTED_EXIT_CODE = 75
@@ -2071,7 +2071,7 @@ class Trainer:
         if refused is not None:
             raise refused
         if failed:
-            raise RunLockedError(
+            raise RunInUseError(
                 f"{self.output_dir} is in use by another run (the main process names it)"
             )
         try:

@@ -83,6 +83,26 @@ def test_a_full_disk_while_train_writes_its_config_is_one_line_naming_the_file(b
     assert not (run / ".config.yaml.tmp").exists() and not (run / "config.yaml").exists()
 
 
+def test_a_run_folder_in_use_exits_75_and_a_retry_after_it_ended_goes_on(base, tmp_path):
+    """`train --resume auto` into a folder a live run holds: one line naming the holder,
+    exit 75 ("again later", as a stop with a checkpoint), not 2 (a bad config), and the
+    folder untouched; once the holder let go, the same command resumes."""
+    from stpdist.runlock import RunLock
+
+    shutil.copytree(base / "digits", tmp_path / "digits")
+    shutil.copytree(base / "run", tmp_path / "run")
+    before = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    command = ("train", DEBUG, *TINY, "trainer.output_dir=run", "trainer.max_steps=4",
+               "--resume", "auto")  # fmt: skip
+    with RunLock(tmp_path / "run"):
+        refused = run_cli(*command, cwd=tmp_path)
+    line = one_error(refused, 75)
+    assert "run is in use by another run (host " in line and f"pid {os.getpid()}," in line
+    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == before
+    run_cli(*command, cwd=tmp_path, check=True)
+    assert (tmp_path / "run" / "checkpoints" / "step-00000004").is_dir()
+
+
 def test_a_write_error_without_a_file_name_names_the_file_replace_text_wrote(tmp_path):
     """A write or fsync error carries no file name: replace_text's names its file."""
     import errno

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -27,6 +28,7 @@ import stpdist
 import stpdist.checkpoint as ckpt
 from stpdist import Trainer
 from stpdist.config import CheckpointConfig
+from stpdist.console import strict_json
 
 ROOT = Path(__file__).resolve().parent.parent
 DEBUG = str(ROOT / "configs" / "debug.yaml")
@@ -152,6 +154,48 @@ def test_validation_due_at_the_resumed_step_runs_and_best_ranks_by_own_metrics(t
     )
     assert json.loads((four / ckpt.VALIDATION_FILE).read_text())["val/loss"] == pytest.approx(0.9)
     assert t.checkpoints.best() == tmp_path / "checkpoints" / "step-00000008"
+
+
+def _strict(text: str):
+    """JSON as jq, Node or a strict Python parser reads it: bare NaN/Infinity refused."""
+    return json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in {text}"))
+
+
+def test_non_finite_validation_results_are_strict_json_and_read_back(tmp_path):
+    """A validation loss of NaN: validation.json and trainer_state.json hold "nan" (they
+    held bare `NaN`, which strict JSON parsers refuse); the checkpoint reads back NaN, ranks
+    below every number and resumes."""
+    policy = CheckpointConfig(every_n_steps=2, every_epoch=False, keep_last=10, keep_best=1)
+
+    def trainer(steps: int) -> Trainer:
+        return Trainer(
+            output_dir=tmp_path, progress_bar=False, max_steps=steps, max_epochs=None,
+            val_every_n_steps=2, checkpoint=policy,
+        )  # fmt: skip
+
+    torch.manual_seed(0)
+    trainer(4).fit(ScriptedValidation([0.5, float("nan")]), loader(40, 4), loader(8, 8, False))
+    root = tmp_path / "checkpoints"
+    four = root / "step-00000004"
+    assert _strict((four / ckpt.VALIDATION_FILE).read_text())["val/loss"] == "nan"
+    for file in root.glob("*/*.json"):
+        _strict(file.read_text())
+    assert math.isnan(ckpt._recorded_validation(four)["val/loss"])
+    assert ckpt.damage(four, deep=True) is None
+    state = ckpt.read_state(four)  # a state holding its step's NaN, as strict_json writes it
+    state.metrics, state.metrics_step = {"val/loss": float("nan")}, 4
+    state.window["grad_norm"] = float("inf")
+    copy = tmp_path / "copy" / four.name
+    copy.mkdir(parents=True)
+    text = strict_json(ckpt._state_json(state))
+    assert '"nan"' in text and '"inf"' in text
+    (copy / ckpt.STATE_FILE).write_text(text)
+    back = ckpt.read_state(copy)
+    assert math.isnan(back.metrics["val/loss"]) and back.window["grad_norm"] == float("inf")
+    t = trainer(6)
+    t.fit(ScriptedValidation([0.7]), loader(40, 4), loader(8, 8, False), "auto")
+    assert (root / "step-00000006").is_dir() and sorted(val_rows(tmp_path)) == [2, 4, 6]
+    assert t.checkpoints.best() == root / "step-00000002"  # 0.5; NaN ranks last
 
 
 def test_validation_written_but_not_listed_does_not_count(tmp_path, monkeypatch):

@@ -262,7 +262,7 @@ def test_a_trial_refused_by_the_run_lock_writes_no_record(tmp_path, monkeypatch)
     params = json.dumps({"model.optimizer.lr": 0.001, "model.backbone.hidden_channels": [4, 4]})
     proc = run_cli("sweep", DEBUG, str(sweep), *overrides, "--params", params, cwd=tmp_path)
     held[0].release()
-    assert proc.returncode == 2 and "in use by another run" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 75 and "in use by another run" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "runs" / "sweep-local" / "twice" / "sweep.json").exists()
 
 
