@@ -342,6 +342,9 @@ def kth_videos(root: Path, persons=(1, 17)) -> Path:
 
 def test_kth_avi_person_split_and_windows(tmp_path):
     root = kth_videos(tmp_path / "kth")
+    (root / "._person01_walking_d1_uncomp.avi").write_bytes(b"\x00\x05\x16\x07")  # macOS's
+    (root / ".trash").mkdir()  # hidden files and folders: no videos (they stopped it)
+    (root / ".trash" / "person02_walking_d1_uncomp.avi").write_bytes(b"")
     proc = run_cli(
         "shard",
         "kth-avi",

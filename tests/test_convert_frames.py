@@ -6,6 +6,7 @@ mistakes such folders hold refused, or said, naming the file."""
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,26 @@ def _gray(seed: int, count: int, size: tuple[int, int] = (SIZE, SIZE)) -> np.nda
 
 def _colour(seed: int, count: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (count, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def _tiff_16bit_rgb(path: Path, frame: np.ndarray) -> None:
+    """An uncompressed 16-bit RGB TIFF of `frame` (H×W×3 uint16), one strip, written field
+    by field (Pillow writes none; tifffile is no dependency)."""
+    height, width, _ = frame.shape
+    data = frame.astype("<u2").tobytes()
+    bits_at = 8 + 2 + 12 * 10 + 4  # header, entry count, 10 entries, next-IFD offset
+    entries = [  # (tag, type 3 SHORT / 4 LONG, count, value or offset)
+        (256, 3, 1, width), (257, 3, 1, height), (258, 3, 3, bits_at), (259, 3, 1, 1),
+        (262, 3, 1, 2), (273, 4, 1, bits_at + 6), (277, 3, 1, 3), (278, 3, 1, height),
+        (279, 4, 1, len(data)), (284, 3, 1, 1),
+    ]  # fmt: skip
+    out = b"II*\x00" + struct.pack("<IH", 8, len(entries))
+    for tag, kind, count, value in entries:
+        packed = (
+            struct.pack("<HH", value, 0) if kind == 3 and count == 1 else struct.pack("<I", value)
+        )
+        out += struct.pack("<HHI", tag, kind, count) + packed
+    path.write_bytes(out + struct.pack("<I3H", 0, 16, 16, 16) + data)
 
 
 def _pngs(folder: Path, frames: np.ndarray, suffix: str = ".png", **save: object) -> None:
@@ -253,12 +274,35 @@ def test_what_such_folders_get_wrong_is_refused_naming_the_file(tmp_path):
     Image.fromarray(np.full((SIZE, SIZE), 4000, np.uint16)).save(tmp_path / "deep" / "a" / "2.tif")
     assert refused("deep").startswith("deep/a/1.png: a 16-bit PNG")
     (tmp_path / "deep" / "a" / "1.png").unlink()  # a 16-bit TIFF: refused likewise
-    assert refused("deep").startswith("deep/a/2.tif: more than 8 bits per sample (mode I;16)")
+    assert refused("deep").startswith("deep/a/2.tif: 16 bits per sample (mode I;16); ")
+    # 16-bit colour TIFF and PPM: Pillow reads them as "RGB", the high byte alone (a
+    # formats review: [40000, 1000, 65535] was stored as [156, 3, 255], silently)
+    (tmp_path / "deep" / "a" / "2.tif").unlink()
+    colour = np.full((SIZE, SIZE, 3), [40000, 1000, 65535], np.uint16)
+    _tiff_16bit_rgb(tmp_path / "deep" / "a" / "3.tif", colour)
+    assert refused("deep").startswith("deep/a/3.tif: 16 bits per sample (mode RGB); ")
+    (tmp_path / "deep" / "a" / "3.tif").unlink()
+    header = f"P6\n{SIZE} {SIZE}\n65535\n".encode()
+    (tmp_path / "deep" / "a" / "4.ppm").write_bytes(header + colour.astype(">u2").tobytes())
+    assert refused("deep").startswith("deep/a/4.ppm: 16 bits per sample (mode RGB); ")
     _pngs(tmp_path / "mix" / "a", _gray(0, 3))
     _pngs(tmp_path / "mix" / "b", _colour(0, 3))
     said = refused("mix")
     assert said.startswith("mix/b/1.png: a colour frame (mode RGB), while the first frame")
     assert "pass --rgb" in said
+    # a palette frame of grays is a grayscale frame (it was refused as colour); one of
+    # colours is not
+    from PIL import Image
+
+    grays = _gray(3, 3)
+    (tmp_path / "mixp" / "b").mkdir(parents=True)
+    _pngs(tmp_path / "mixp" / "a", _gray(0, 3))
+    for i, frame in enumerate(grays):
+        Image.fromarray(frame).convert("P").save(tmp_path / "mixp" / "b" / f"{i + 1}.png")
+    _shard(tmp_path, "images", "mixp", "--out", "grays")
+    np.testing.assert_array_equal(_stored(tmp_path / "grays" / "train")["b"][:, 0], grays)
+    Image.fromarray(_colour(1, 1)[0]).convert("P").save(tmp_path / "mixp" / "b" / "2.png")
+    assert refused("mixp").startswith("mixp/b/2.png: a colour frame (mode P), while the first")
     _pngs(tmp_path / "keys" / "a_b", _gray(0, 3))
     _pngs(tmp_path / "keys" / "a" / "b", _gray(1, 3))
     said = refused("keys")

@@ -462,6 +462,7 @@ def test_seed_kth_orders_frames_by_number_not_as_text(tmp_path):
     kth_seed(tmp_path / "seed", frames=20)
     frames = tmp_path / "seed" / "validation" / "example000001"
     (frames / "19.png").rename(frames / "19.PNG")
+    (frames / "._3.png").write_bytes(b"\x00\x05\x16\x07")  # macOS's AppleDouble: no frame
     run_cli("shard", "seed-kth", "seed", "--out", "ds", "--workers", "1", cwd=tmp_path,
             check=True)  # fmt: skip
     got = stored(tmp_path / "ds" / "val")["example000001"]
@@ -471,6 +472,12 @@ def test_seed_kth_orders_frames_by_number_not_as_text(tmp_path):
     assert sorted(padded, key=natural_key) == sorted(padded)
     assert sorted(["b10.png", "a2.png", "b9.png", "a10.png"], key=natural_key) == [
         "a2.png", "a10.png", "b9.png", "b10.png"
+    ]  # fmt: skip
+    # letters without their case (a formats review: Frame_0, frame_1, Frame_2, frame_3 were
+    # stored 0, 2, 1, 3); names alike but for case in their text order
+    mixed = ["frame_3.png", "Frame_2.png", "frame_1.png", "Frame_0.png", "a.png", "A.png"]
+    assert sorted(mixed, key=natural_key) == [
+        "A.png", "a.png", "Frame_0.png", "frame_1.png", "Frame_2.png", "frame_3.png"
     ]  # fmt: skip
 
 

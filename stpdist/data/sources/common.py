@@ -43,8 +43,10 @@ MOST_CHANNELS_LAST = 4
 
 def natural_key(name: str) -> tuple[Any, ...]:
     """Sort key of a file name with its digit runs compared as numbers: `2.png` before
-    `10.png`; zero-padded names (`0002.png`, `0010.png`) keep their text order."""
-    parts = re.split(r"(\d+)", name)  # text, number, text, …: the same kinds at each position
+    `10.png`; zero-padded names (`0002.png`, `0010.png`) keep their text order; letters
+    compared without their case (`Frame_2` between `frame_1` and `frame_3`, as file
+    browsers list them; names alike but for case in their text order)."""
+    parts = re.split(r"(\d+)", name.casefold())  # text, number, text, …: kinds alike
     # each part tagged with its kind, so that where `seq`'s parts end and `seq2`'s number
     # follows, the tags compare (Python orders no text against a number): the shorter first
     keyed = ((1, int(p), "") if i % 2 else (0, 0, p) for i, p in enumerate(parts))

@@ -111,7 +111,8 @@ def read_image(path: Path, mode: str | None) -> tuple[np.ndarray, str]:
             warnings.simplefilter("ignore", UserWarning)
             found, count = image.mode, getattr(image, "n_frames", 1)
             target = mode or ("RGB" if found in COLOUR_MODES else "L")
-            if count == 1 and found in EIGHT_BIT_MODES and not is_png:
+            bits = _stored_bits(image)  # a 16-bit colour TIFF or PPM reads as "RGB" too
+            if count == 1 and found in EIGHT_BIT_MODES and not is_png and bits <= 8:
                 # turned as its EXIF orientation says (a phone's JPEG): as viewers show it
                 return np.asarray(ImageOps.exif_transpose(image).convert(target)), found
     except UnidentifiedImageError:
@@ -125,11 +126,35 @@ def read_image(path: Path, mode: str | None) -> tuple[np.ndarray, str]:
         )
     if is_png:  # 16-bit PNGs read as "RGB" too: its header tells
         return png_8bit(path, target, READER, ADVICE), found
-    if found.startswith(("I", "F")):  # I;16, I (32-bit integers), F (floats)
-        raise InputError(f"{path}: more than 8 bits per sample (mode {found}); {READER} and "
+    if found.startswith(("I", "F")) or bits > 8:  # I;16, I (32-bit integers), F (floats)
+        depth = f"{bits} bits per sample" if bits > 8 else "more than 8 bits per sample"
+        raise InputError(f"{path}: {depth} (mode {found}); {READER} and "
                          f"would clip the rest: {ADVICE}")  # fmt: skip
     raise InputError(f"{path}: mode {found}, not a grayscale, palette or colour image "
                      "(convert it to RGB)")  # fmt: skip
+
+
+def _gray(path: Path) -> bool:
+    """Whether a palette image shows grays alone (each pixel's red, green and blue alike):
+    a grayscale frame saved with a palette, not a colour one (a formats review)."""
+    rgb = read_image(path, "RGB")[0]
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
+def _stored_bits(image: Any) -> int:
+    """The bits per sample an image file stores where Pillow's mode hides them (a TIFF's
+    BitsPerSample tag; a PPM/PGM's maxval above 255), else 8: Pillow reads a 16-bit
+    colour TIFF or PPM as "RGB", keeping the high byte alone (a formats review)."""
+    if image.format == "TIFF":
+        bits = getattr(image, "tag_v2", {}).get(258)  # BitsPerSample: one, or one a channel
+        values = bits if isinstance(bits, tuple) else (bits,)
+        return max((int(v) for v in values if isinstance(v, int)), default=8)
+    if image.format == "PPM" and image.tile:
+        args = image.tile[0].args
+        maxval = args[1] if isinstance(args, tuple) and len(args) > 1 else None
+        if isinstance(maxval, int) and maxval > 255:
+            return maxval.bit_length()
+    return 8
 
 
 def _why(exc: Exception) -> str:
@@ -553,7 +578,8 @@ class ImageSequences(_FrameSequences):
         for name in sequence.files[:: self.every]:
             path = Path(sequence.path) / name
             frame, found = read_image(path, mode)
-            if found in COLOUR_MODES and self.channels == 1 and not self.gray:
+            colour = found in COLOUR_MODES and not (found in ("P", "PA") and _gray(path))
+            if colour and self.channels == 1 and not self.gray:
                 raise InputError(
                     f"{path}: a colour frame (mode {found}), while the first frame "
                     f"({self.first}) is grayscale, and so the dataset (1 channel): pass --rgb "

@@ -64,7 +64,13 @@ class KTHVideos:
         if not root.is_dir():
             raise MissingInput(f"{root}: no such folder")
         out: dict[str, list[Any]] = {"train": [], "test": []}
-        videos = (p for p in root.rglob("*") if p.suffix.lower() == ".avi" and not p.is_dir())
+        videos = (  # not hidden ones (macOS's `._person01_….avi` copies; a formats review)
+            p
+            for p in root.rglob("*")
+            if p.suffix.lower() == ".avi"
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            and not p.is_dir()
+        )
         for path in sorted(videos):  # any case: person01_walking_d1_uncomp.AVI too
             match = NAME.match(path.stem)
             if match is None:

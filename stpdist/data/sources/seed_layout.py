@@ -188,7 +188,11 @@ def _png_frames(folder: Path) -> np.ndarray:
     grayscale T×1×H×W uint8. Frames of different sizes are an error naming the first that
     differs; frames of more than 8 bits, which would be clipped, are refused naming the
     file and its mode."""
-    pngs = [p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.is_dir()]
+    pngs = [  # not hidden files: macOS's `._0.png` copies are no frames (a formats review)
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() == ".png" and not p.name.startswith(".") and not p.is_dir()
+    ]
     pngs.sort(key=lambda p: natural_key(p.name))
     if not pngs:
         raise InputError(f"{folder}: no PNG frames")
