@@ -696,6 +696,47 @@ def test_filled_nan_stays_out_of_the_statistics_and_the_climatology(tmp_path):
     assert (frames[:, 0, :2, :3] == 0).all()  # stored as the fill
 
 
+@pytest.mark.filterwarnings("ignore:saving variable t2m with floating point data")
+@pytest.mark.parametrize("packed", [False, True])
+def test_values_outside_a_cf_valid_range_are_missing(tmp_path, caplog, packed):
+    """A -9999 marked missing by `valid_min`/`valid_max` alone (no _FillValue) was
+    converted as data: the statistics' mean 199.7 and std 905 of a field of 280 K. Values
+    outside a CF valid range are missing: refused as NaN, or filled and left out of the
+    statistics with --allow-nan; a packed variable's range is in its packed units."""
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    from stpdist.data.convert import convert
+    from stpdist.data.sources.netcdf import XarraySource
+    from stpdist.errors import InputError
+
+    lat, lon = _grid(4, 6)
+    t2m = 280 + np.random.default_rng(3).standard_normal((8, 4, 6)).astype(np.float32)
+    t2m = np.round(t2m, 1)  # exact in packed units of 0.1 K
+    t2m[5, 2, 3] = -9999.0
+    time = np.datetime64("2020-01-01", "ns") + np.arange(8) * np.timedelta64(6, "h")
+    var = xr.Variable(("time", "lat", "lon"), t2m, {"units": "K"})
+    ds = xr.Dataset({"t2m": var}, coords={"time": time, "lat": lat, "lon": lon})
+    if packed:  # int16 in 0.1 K: valid 0…400 K is 0…4000 packed
+        ds["t2m"].attrs["valid_range"] = np.array([0, 4000], np.int16)
+        ds["t2m"].encoding.update(dtype="int16", scale_factor=0.1, add_offset=0.0)
+    else:
+        ds["t2m"].attrs.update(valid_min=0.0, valid_max=400.0)
+    ds.to_netcdf(tmp_path / "t.nc", engine="h5netcdf")
+
+    def source() -> XarraySource:
+        return XarraySource([str(tmp_path / "t.nc")], var_specs="t2m", num_frames=4, stride=4)
+
+    with caplog.at_level(logging.WARNING, logger="stpdist"):
+        with pytest.raises(InputError, match=r"holds nan at .*\(--allow-nan FILL"):
+            convert(source(), tmp_path / "refused", progress=False)
+    assert "'t2m' has a valid range (0 … 400): values outside it are missing" in caplog.text
+    index = convert(source(), tmp_path / "out", progress=False, nan_fill=0.0)["train"]
+    valid = t2m[t2m > -9999].astype(np.float64)
+    np.testing.assert_allclose(index.mean, [valid.mean()], rtol=1e-6)
+    np.testing.assert_allclose(index.std, [valid.std()], rtol=1e-3)
+    assert index.min == [pytest.approx(float(valid.min()), abs=1e-3)]
+
+
 def test_statistics_of_masked_and_unmasked_samples_together():
     """Samples without NaN (no mask) and with (a mask) in one split, and a channel that is
     fill everywhere: its statistics are the fill's."""

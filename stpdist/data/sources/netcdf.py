@@ -263,6 +263,41 @@ def _key(var_name: str, scalar_level: float | None) -> str:
     return var_name if scalar_level is None else f"{var_name}{scalar_level:g}"
 
 
+def _valid_bounds(var: Any) -> tuple[float, float] | None:
+    """A variable's CF valid range (`valid_range`, `valid_min`, `valid_max`) in the units
+    xarray reads it in, or None when it has none. Values outside it are missing values
+    (CF 2.5.1), which xarray reads as data: a -9999 marked so alone became the statistics
+    (a formats review). A packed variable's range is in its packed units (CF 8.1):
+    unpacked here as its values are."""
+    attrs = var.attrs
+    low: Any = None
+    high: Any = None
+    if "valid_range" in attrs:
+        pair = np.asarray(attrs["valid_range"]).ravel()
+        if len(pair) == 2:
+            low, high = pair
+    low = attrs.get("valid_min", low)
+    high = attrs.get("valid_max", high)
+    if low is None and high is None:
+        return None
+    scale = float(var.encoding.get("scale_factor", 1.0))
+    offset = float(var.encoding.get("add_offset", 0.0))
+    bounds = [
+        -np.inf if low is None else float(np.asarray(low).ravel()[0]) * scale + offset,
+        np.inf if high is None else float(np.asarray(high).ravel()[0]) * scale + offset,
+    ]
+    return min(bounds), max(bounds)
+
+
+def _masked_outside(values: np.ndarray, bounds: tuple[float, float] | None) -> np.ndarray:
+    """`values` (float32) with those outside `bounds` as NaN (missing; `--allow-nan`)."""
+    if bounds is None:
+        return values
+    low, high = np.float32(bounds[0]), np.float32(bounds[1])  # as the values are compared
+    outside = (values < low) | (values > high)
+    return np.where(outside, np.float32(np.nan), values) if outside.any() else values
+
+
 def _describe(store: str, ds: Any, var_name: str, var: Any) -> dict[str, Any]:
     """A time-dependent variable of one store: levels (of a level dim), scalar level,
     units, grid, where; with `problem` set (one line naming the store) when it cannot be
@@ -275,6 +310,7 @@ def _describe(store: str, ds: Any, var_name: str, var: Any) -> dict[str, Any]:
         "where": store,
         "variable": var_name,
         "scalar_level": None if level else _scalar_level(var),
+        "valid": _valid_bounds(var),
     }
     if lat is None or lon is None or len(dims) != (4 if level else 3):
         hint = (
@@ -687,6 +723,13 @@ class XarraySource:
                 "%s: no time steps (time has length 0); it adds nothing to the series", store
             )
         for key in dict.fromkeys(c.key for c in self.channels):
+            if (bounds := available[key].get("valid")) is not None:
+                log.warning(
+                    "'%s' has a valid range (%s): values outside it are missing values, "
+                    "read as NaN (--allow-nan FILL stores them as FILL)",
+                    key,
+                    " … ".join(f"{b:g}" for b in bounds),
+                )
             for store, name, masks in self._zarr_arrays.get(key, []):
                 if (said := _unmasked_missing_chunks(store, name, masks)) is not None:
                     log.warning("%s", said)
@@ -781,9 +824,10 @@ class XarraySource:
                     var = var.sel({level: channel.level})
                 var = var.transpose("time", lat, lon)
                 part = var.isel(time=_as_slice(local)).values
+                bounds = _valid_bounds(var)
             finally:
                 ds.close()
-            parts.append(np.asarray(part, dtype=np.float32))
+            parts.append(_masked_outside(np.asarray(part, dtype=np.float32), bounds))
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def load(self, block: Block) -> list[tuple[str, np.ndarray, dict]]:
