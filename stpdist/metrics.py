@@ -24,9 +24,9 @@ and radar; physical units for data stored with value scale 1 (weather variables)
   ≤ 0.19 then takes 2 = the dtype range −1..1). Higher than `ssim` on the same frames;
   reported only to be put beside OpenSTL's published SSIM.
 * `lpips` (with `evaluation.lpips_weights`): LPIPS per frame, AlexNet with the v0.1 linear
-  heads (the `lpips` package), inputs scaled to [−1, 1], of the predictions as evaluated;
-  frames with C ≠ 3 channels scored per channel (replicated to 3) and averaged; averaged
-  over frames and samples. See `LPIPSScorer`.
+  heads (the `lpips` package), inputs scaled to [−1, 1], of the predictions clipped to
+  [0, 1] (as for PSNR and SSIM); frames with C ≠ 3 channels scored per channel
+  (replicated to 3) and averaged; averaged over frames and samples. See `LPIPSScorer`.
 * Skill scores at thresholds in physical (stored) units, event = value ≥ threshold:
   CSI, POD, FAR, HSS from hit / miss / false-alarm / correct-negative counts. The loader
   scales stored values in float32 (x / scale; on CUDA as x × (1/scale)) and the caller
@@ -614,8 +614,11 @@ class LPIPSScorer:
         self.device = torch.device("cpu")
 
     def per_frame(self, pred_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor) -> torch.Tensor:
-        """B×T LPIPS distances (float64) of frames in [0, 1]."""
+        """B×T LPIPS distances (float64) of frames in [0, 1]: predictions clipped to it, as
+        OpenSTL clips them and as PSNR and SSIM are (unclamped ones, `evaluation.clamp_output:
+        false`, reached AlexNet outside [−1, 1]: a metrics review)."""
         b, t, c, h, w = pred_BTCHW.shape
+        pred_BTCHW = pred_BTCHW.clamp(0, 1)
         if min(h, w) < LPIPS_MIN_SIZE:
             raise ValueError(
                 f"LPIPS needs frames of at least {LPIPS_MIN_SIZE}×{LPIPS_MIN_SIZE}; got {h}×{w}"

@@ -39,7 +39,7 @@ import numpy as np
 
 from .checkpoint import replace_text
 from .config import Config, LoggingConfig, check_values, to_dict
-from .console import log, plain, say
+from .console import json_number, log, plain, say
 from .errors import InputError
 
 _PACKAGES = {"wandb": ("wandb", "wandb"), "tensorboard": ("tensorboard", "tensorboard")}
@@ -689,8 +689,12 @@ def _read_pictures(
 
 
 def _numbers(values: dict[str, Any]) -> dict[str, Any]:
-    """The values a tracker takes as scalars (not the strings of non-finite numbers)."""
-    return {k: plain(v) for k, v in values.items() if not isinstance(plain(v), str)}
+    """The values a tracker takes as scalars: numbers, NaN and ±inf included (as
+    metrics.jsonl writes them, "nan", too); other text left out. A score undefined at a
+    step (FAR with no forecast event) is NaN there: left out, the run's summary kept an
+    earlier step's value (a metrics review)."""
+    numbers = {k: json_number(plain(v)) for k, v in values.items()}
+    return {k: v for k, v in numbers.items() if not isinstance(v, str)}
 
 
 def _offline_folder(wandb_run: Any) -> Path | None:

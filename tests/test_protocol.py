@@ -708,6 +708,12 @@ def test_lpips_sums_equal_lpips_frame_by_frame(lpips_scorer, reference_lpips, ch
     values = summarize({**batch_sums(pred, target), "lpips": sums}, channels * 32 * 32)
     assert values["lpips/t01"] == pytest.approx(expected[0] / 2, abs=1e-6)
     assert values["lpips"] == pytest.approx(expected.mean() / 2, abs=1e-6)
+    # predictions outside [0, 1] (`clamp_output: false`) are scored clipped, as OpenSTL
+    # clips them (a metrics review: AlexNet got them unclipped)
+    wide = pred * 1.6 - 0.3
+    clipped = _reference_lpips(reference_lpips, wide.clamp(0, 1), target)
+    assert np.abs(clipped - _reference_lpips(reference_lpips, wide, target)).max() > 1e-3
+    np.testing.assert_allclose(lpips_scorer.sums(wide, target)["lpips"].numpy(), clipped, atol=1e-6)
 
 
 def test_lpips_weights_missing_or_wrong_are_one_error_naming_the_file(tmp_path):

@@ -7,6 +7,7 @@ log format written for this test (wandb 0.31 ships no Python reader)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -195,3 +196,35 @@ def test_trainers_not_closed_in_a_loop_each_log_into_their_own_wandb_run(tmp_pat
         assert sorted(step for step, row in rows if "train/loss" in row) == [2, 4], run
     said = capsys.readouterr()
     assert "of an earlier Trainer of this process that was not closed" in said.out + said.err
+
+
+def test_a_score_undefined_at_a_later_step_reaches_wandb_as_nan(tmp_path):
+    """A validation value that turns NaN (FAR with no forecast event) was left out of what
+    the trackers got: the wandb summary kept the earlier step's number. It is sent as NaN,
+    as metrics.jsonl holds it."""
+    import torch
+    from helpers import TinyModule, loader
+
+    from stpdist import Trainer
+    from stpdist.config import LoggingConfig
+
+    class Turning(TinyModule):
+        scores = [0.25, float("nan")]
+
+        def validation_step(self, inputs, targets):
+            loss = torch.nn.functional.mse_loss(self(inputs), targets)
+            return {"loss": loss, "far": torch.tensor(self.scores.pop(0))}
+
+    run = tmp_path / "run"
+    trainer = Trainer(max_steps=4, max_epochs=None, val_every_n_steps=2, output_dir=run,
+                      progress_bar=False, logging=LoggingConfig(trackers=["wandb"], num_samples=0))  # fmt: skip
+    trainer.fit(Turning(), loader(16), loader(4, 4, False))
+    trainer.close()
+    deadline = time.time() + 20
+    while True:  # wandb-core may write the last block a moment after `finish` returns
+        _, _, rows = _one_run(run)
+        far = {step: row["val/far"] for step, row in rows if "val/far" in row}
+        if len(far) == 2 or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert far[2] == 0.25 and math.isnan(far[4]), far
