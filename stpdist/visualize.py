@@ -894,7 +894,11 @@ def _persistence_of(metric: str, per_lead: dict, persistence_mse: list) -> list 
         return persistence_mse
     if name == "rmse":
         return [(t, math.sqrt(v)) for t, v in persistence_mse]
-    mse = dict(per_lead.get(metric.split("/", 1)[0] + "/mse", []))
+    # its pixel count C·H·W from its own per-pixel twin: `mse_frame_raw` / `mse_raw` (over
+    # `mse`, the clamped one, the line of an unclamped model stood 4× too high: a metrics
+    # review)
+    twin = "mse_raw" if name == "mse_frame_raw" else "mse"
+    mse = dict(per_lead.get(metric.split("/", 1)[0] + "/" + twin, []))
     if name in ("mse_frame", "mse_frame_raw") and mse:
         ratios = [v / mse[t] for t, v in per_lead[metric] if mse.get(t)]
         if ratios:

@@ -123,6 +123,25 @@ def test_lead_time_plot_draws_persistence_beside_the_model(tmp_path):
     assert plot_lead_times(results, tmp_path / "lead.png").is_file()
 
 
+def test_persistence_on_the_raw_per_frame_panel_is_the_pixel_count_times_its_mse():
+    """An unclamped model (raw MSE 4× the clamped one): persistence on the `mse_frame_raw`
+    panel was scaled by mse_frame_raw / mse (clamped), 4× too high; it is persistence MSE
+    × C·H·W (64 pixels here) on both per-frame panels."""
+    from stpdist.visualize import lead_time_series
+
+    results = {}
+    for t in (1, 2):
+        clamped, raw, held = 0.01 * t, 0.04 * t, 0.02 * t
+        results.update({f"val/mse/t{t:02d}": clamped, f"val/mse_raw/t{t:02d}": raw,
+                        f"val/mse_frame/t{t:02d}": 64 * clamped,
+                        f"val/mse_frame_raw/t{t:02d}": 64 * raw,
+                        f"val/persistence_mse/t{t:02d}": held})  # fmt: skip
+    _, baseline = lead_time_series(results)
+    expected = [(1, pytest.approx(64 * 0.02)), (2, pytest.approx(64 * 0.04))]
+    assert baseline["val/mse_frame"] == expected
+    assert baseline["val/mse_frame_raw"] == expected
+
+
 def test_lead_time_figure_labels_every_panel_and_draws_persistence_where_it_exists(tmp_path):
     """Each panel has a y-axis label; the figure a title; persistence's line is on every
     panel it follows from (MSE, per-frame MSE, RMSE), not on those it does not (SSIM). A
