@@ -19,6 +19,7 @@ import datetime
 import functools
 import inspect
 import itertools
+import json
 import math
 import os
 import re
@@ -90,6 +91,7 @@ from .data.loading import (
     as_train_source,
     unpack_batch,
 )
+from .data.staging import make_durable, sync_folder
 from .early_stopping import STATE_FILE as EARLY_STOPPING_FILE
 from .early_stopping import EarlyStopping
 from .ema import EMA_FILE, WeightAverage, load_eval_weights
@@ -3210,6 +3212,7 @@ class Trainer:
         staging = out / PREDICTING
         if acc.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
+            _finish_a_stopped_swap(out)
             shutil.rmtree(staging, ignore_errors=True)  # a killed predict's
             staging.mkdir()
         acc.wait_for_everyone()
@@ -3223,12 +3226,13 @@ class Trainer:
             if acc.is_main_process:
                 shutil.rmtree(staging, ignore_errors=True)
             raise
-        if acc.is_main_process:
-            for old in out.glob("predictions-r*.npz"):
-                old.unlink()
-            for new in sorted(staging.iterdir()):
-                os.replace(new, out / new.name)
-            staging.rmdir()
+        if acc.is_main_process:  # complete and on disk, then marked so, then swapped in
+            names = sorted(p.name for p in staging.iterdir())
+            replace_text(staging / PREDICTED_NAMES, json.dumps(names))
+            make_durable(staging)
+            os.replace(staging, out / PREDICTED)
+            sync_folder(out)
+            _swap_in_predictions(out, out / PREDICTED)
         acc.wait_for_everyone()  # every rank returns with the predictions in place
         count = console.counted(int(total[0]), "prediction")
         # into a staging folder: the caller's swap may still refuse, so nothing "written" yet
@@ -3321,6 +3325,44 @@ class Trainer:
 PREDICTING = ".predicting"
 """The folder inside `predict`'s `out` that a pass writes into before its files replace
 the earlier ones."""
+PREDICTED = ".predicted"
+"""`PREDICTING` once complete and on disk (renamed: one atomic step), while its files
+replace the earlier ones; a predict stopped then leaves it, and the next one finishes the
+swap (an earlier form deleted the earlier predictions first, then moved the new ones in:
+a Ctrl-C between left neither; a test-suite review)."""
+PREDICTED_NAMES = ".names.json"
+"""In `PREDICTED`: the names of its prediction files (those of a finished swap moved out)."""
+
+
+def _finish_a_stopped_swap(folder: Path) -> None:
+    """The swap a predict stopped midway left in `folder` (its files a mix of the earlier
+    and the new predictions), finished: by the next predict and by the readers."""
+    if not (folder / PREDICTED).is_dir():
+        return
+    try:
+        _swap_in_predictions(folder, folder / PREDICTED)
+    except OSError as exc:
+        raise OSError(
+            f"{folder}: a predict stopped while it replaced the predictions there (they are "
+            f"a mix of two passes), and finishing that failed ({exc.strerror or exc}); run "
+            "the predict again, or ask the folder's owner to"
+        ) from None
+    log.warning("%s: finished replacing the predictions (a predict was stopped while it "
+                "replaced them)", folder)  # fmt: skip
+
+
+def _swap_in_predictions(out: Path, ready: Path) -> None:
+    """The prediction files of `ready` (a complete pass) in `out` in place of the earlier
+    ones; idempotent, so that a swap stopped midway is finished by doing it again."""
+    names = set(json.loads((ready / PREDICTED_NAMES).read_text()))
+    for old in out.glob("predictions-r*.npz"):
+        if old.name not in names:
+            old.unlink()
+    for name in sorted(names):
+        if (ready / name).exists():
+            os.replace(ready / name, out / name)
+    sync_folder(out)
+    shutil.rmtree(ready)
 
 
 def _check_unique_keys(keys: Sequence[str], seen: set[str], split: str) -> None:
@@ -3636,6 +3678,7 @@ def load_predictions(folder: str | Path, field: str = "predictions") -> dict[str
     """Every prediction `Trainer.predict` wrote to `folder`, by sample key; `field`: another
     of their per-sample arrays (`valid_times`, `reference_times` of a time series)."""
     found: dict[str, np.ndarray] = {}
+    _finish_a_stopped_swap(Path(folder))
     for file in sorted(Path(folder).glob("predictions-r*.npz")):
         with np.load(file, allow_pickle=False) as data:
             if field not in data.files:
@@ -3650,6 +3693,7 @@ def iter_predictions(folder: str | Path) -> Iterator[tuple[str, np.ndarray]]:
     """`load_predictions`' entries a file at a time, in the files' order (rank, then part:
     one rank's predictions in the order they were made), one file in memory at a time:
     for passes over more than memory holds. A key written twice comes once, its last."""
+    _finish_a_stopped_swap(Path(folder))
     files = sorted(Path(folder).glob("predictions-r*.npz"))
     last: dict[str, Path] = {}
     for file in files:

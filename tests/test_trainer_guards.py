@@ -4,6 +4,7 @@ naming the hook, parameter or state entry."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -203,6 +204,51 @@ def test_a_predict_that_fails_leaves_the_earlier_predictions(tmp_path):
     )  # nothing half-written left beside them
     trainer.predict(TinyModule(), _keyed(2), out=out, metrics=False)  # a success replaces all
     assert sorted(load_predictions(out)) == ["s0", "s1"]
+
+
+def test_a_predict_stopped_while_it_replaces_the_predictions_loses_neither(
+    tmp_path, monkeypatch, caplog
+):
+    """A Ctrl-C while Trainer.predict moved its new files over the earlier ones: it had
+    deleted the earlier ones first, and the next predict deleted the new ones (its
+    `.predicting` folder), so a failing one left no prediction at all. The complete pass
+    is now renamed `.predicted` (on disk first), and a reader or the next predict finishes
+    the swap: the new predictions, whole."""
+    import os
+
+    from stpdist.trainer import iter_predictions, load_predictions
+
+    out = tmp_path / "predictions"
+    trainer = Trainer(output_dir=tmp_path / "eval", progress_bar=False)
+    trainer.predict(TinyModule(), _keyed(6), out=out, metrics=False)
+    real, moved = os.replace, []
+
+    def stopped(src, dst, *args, **kwargs):
+        if Path(src).parent.name == ".predicted":
+            moved.append(src)
+            if len(moved) == 2:
+                raise KeyboardInterrupt
+        return real(src, dst, *args, **kwargs)
+
+    torch.manual_seed(5)
+    module = TinyModule()
+    monkeypatch.setattr(os, "replace", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.predict(module, _keyed(6), out=out, metrics=False)
+    monkeypatch.setattr(os, "replace", real)
+    assert (out / ".predicted").is_dir()
+    with caplog.at_level(logging.WARNING, logger="stpdist"):
+        new = load_predictions(out)  # the reader finishes it
+    assert "finished replacing the predictions" in caplog.text
+    assert not (out / ".predicted").exists() and sorted(new) == [f"s{i}" for i in range(6)]
+    assert dict(iter_predictions(out)).keys() == new.keys()
+    trainer.predict(module, _keyed(6), out=tmp_path / "again", metrics=False)
+    again = load_predictions(tmp_path / "again")  # the stopped pass's, whole
+    assert all(np.array_equal(again[k], new[k]) for k in new)
+    with pytest.raises(RuntimeError, match="a bad batch"):  # and a failing predict after
+        trainer.predict(_FailsOnItsSecondBatch(), _keyed(6), out=out, metrics=False)
+    kept = load_predictions(out)
+    assert all(np.array_equal(kept[k], new[k]) for k in new)
 
 
 def test_a_missing_validation_shard_is_named_before_the_first_step(tmp_path):
