@@ -357,7 +357,7 @@ def test_a_second_ctrl_c_aborts_at_once(tmp_path):
 
 # ----------------------------------------------------------------------------- item 5
 def test_short_step_names_select_a_checkpoint(debug_copy):
-    for name in ("step-8", "step-00000008"):
+    for name in ("8", "step-8", "step-00000008"):  # the step alone too (a review)
         out = run_cli("validate", DEBUG, "--ckpt", name, cwd=debug_copy, check=True).stdout
         assert "checkpoint runs/debug/checkpoints/step-00000008 (step 8), split val" in out
     run = debug_copy / "runs" / "debug"

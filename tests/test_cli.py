@@ -439,6 +439,11 @@ def test_a_resume_refuses_settings_it_would_not_honour(tmp_path):
         # and after the resume were ranked together)
         (["model.loss=l1"], "model.loss mse (the checkpoint's) → l1"),
         (["data.normalize=standardize"], "data.normalize scale (the checkpoint's) → standardize"),
+        # a test-suite review: these four passed the suite with their check removed
+        (["model.optimizer.name=adamw"], "model.optimizer.name adam (the checkpoint's) → adamw"),
+        (["model.loss_frames=all"], "model.loss_frames outputs (the checkpoint's) → all"),
+        (["data.num_output_frames=3"], "data.num_output_frames 4 (the checkpoint's) → 3"),
+        (["data.shuffle_buffer=8"], "data.shuffle_buffer 16 (the checkpoint's) → 8"),
     ]:
         done = run_cli("train", DEBUG, *overrides, "--resume", "auto", cwd=tmp_path)
         assert done.returncode == 2, done.stderr

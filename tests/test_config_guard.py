@@ -22,7 +22,7 @@ HUGE = "1000000000000"  # 1e12 as a YAML integer (1e12 itself is a float, refuse
 
 NONSENSE = {
     bool: ["2", "1", "'yes please'", "???"],
-    int: ["-1", HUGE, "nan", "x", "1.5", "???"],
+    int: ["-1", "0", HUGE, "nan", "x", "1.5", "???"],
     float: ["nan", "inf", "-inf", "-1", "x", "???"],
     str: ["''", "???"],
     "literal": ["bogus", "???"],
@@ -59,6 +59,19 @@ ALLOWED = {
     ("logging.num_samples", HUGE): "render every validation sample (at most the split)",
     ("logging.samples_every_n_validations", HUGE): "pictures at the first validation only",
     ("data.synthesize.seed", HUGE): "numpy's generator takes any non-negative seed",
+    # zero where it means something (a test-suite review: 0 was never tried, so a count
+    # loosened to accept it, log_every_n_steps=0, passed here and failed in training)
+    ("trainer.seed", "0"): "a seed like any other",
+    ("trainer.val_every_n_epochs", "0"): "never validate at epoch ends",
+    ("trainer.num_workers", "0"): "batches made in the training process",
+    ("trainer.checkpoint.keep_best", "0"): "keep no checkpoint for its rank alone",
+    ("trainer.ema.start_step", "0"): "average from the first step",
+    ("data.synthesize.val", "0"): "no validation split generated",
+    ("data.synthesize.test", "0"): "no test split generated",
+    ("data.synthesize.seed", "0"): "a seed like any other",
+    ("model.schedule.warmup_steps", "0"): "no warm-up",
+    ("model.sampling.stop_step", "0"): "the model's own predictions fed back from the start",
+    ("logging.num_samples", "0"): "no sample pictures",
     # thresholds are physical values: negative ones (temperatures in °C) and zero are
     # legitimate, and one that no value reaches has undefined scores (the metric
     # conventions of metrics.py say what is reported then), not a broken run
@@ -136,7 +149,7 @@ SECTIONS = sorted({key.split(".")[0] for key in LEAVES})
 def test_every_nonsense_value_is_refused_in_one_line_naming_the_key(section):
     """The table-driven campaign, one schema section at a time: each case refused with a
     ConfigError whose one line names the full dotted key; only the allow-listed cases load.
-    (All sections: 369 cases, 350 refused, 19 allowed.)"""
+    (All sections: 503 cases, 467 refused, 36 allowed.)"""
     cases = [(key, value) for key, value in CASES if key.split(".")[0] == section]
     wrong, refused, allowed = [], 0, 0
     for key, value in cases:

@@ -134,10 +134,14 @@ def test_a_home_folder_in_a_path_setting_is_expanded(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     cfg = load_config(
         DEBUG,
-        ["trainer.output_dir=~/runs/x", "data.root=~/data/d", "data.synthesize.root=~/data/d"],
-    )
-    assert cfg.trainer.output_dir == str(tmp_path / "home" / "runs" / "x")
-    assert cfg.data.root == cfg.data.synthesize.root == str(tmp_path / "home" / "data" / "d")
+        ["trainer.output_dir=~/runs/x", "data.root=~/data/d", "data.synthesize.root=~/data/d",
+         "model.init_weights=~/w/run", "model.evaluation.lpips_weights=~/w/alex.pth"],
+    )  # fmt: skip
+    home = tmp_path / "home"
+    assert cfg.trainer.output_dir == str(home / "runs" / "x")
+    assert cfg.data.root == cfg.data.synthesize.root == str(home / "data" / "d")
+    assert cfg.model.init_weights == str(home / "w" / "run")  # (no test had these two)
+    assert cfg.model.evaluation.lpips_weights == str(home / "w" / "alex.pth")
 
 
 def test_validating_on_the_training_split_is_warned_of(trained):

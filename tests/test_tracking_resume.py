@@ -228,3 +228,21 @@ def test_a_score_undefined_at_a_later_step_reaches_wandb_as_nan(tmp_path):
             break
         time.sleep(0.5)
     assert far[2] == 0.25 and math.isnan(far[4]), far
+
+
+def test_environment_values_stay_out_of_the_wandb_config(tmp_path, monkeypatch):
+    """The config wandb gets keeps `${oc.env:…}` as written, as config.yaml does (a
+    test-suite review: giving wandb the resolved config passed every test)."""
+    from conftest import run_cli
+
+    monkeypatch.setenv("STPDIST_TEST_MAP", "cividis")
+    run = tmp_path / "run"
+    run_cli("train", DEBUG, f"trainer.output_dir={run}", "trainer.max_steps=1",
+            "trainer.val_every_n_epochs=0", "logging.trackers=[wandb]",
+            "logging.colormap=${oc.env:STPDIST_TEST_MAP}", cwd=tmp_path, check=True)  # fmt: skip
+    run_id, folders, _ = _one_run(run)
+    config = {}
+    for record in _records(folders[-1] / f"run-{run_id}.wandb"):
+        if record.WhichOneof("record_type") == "config":
+            config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+    assert config["logging"]["colormap"] == "${oc.env:STPDIST_TEST_MAP}", config
