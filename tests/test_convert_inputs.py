@@ -763,6 +763,23 @@ def test_channels_last_arrays_are_refused_unless_flagged(tmp_path):
     assert not (tmp_path / "t").exists()
 
 
+def test_a_file_of_many_sequences_read_as_many_channels_is_said(tmp_path):
+    """An N×T×H×W file (50 sequences of 20 frames) became one sequence of 50 frames of 20
+    channels without a word: said, with the way to store it; 4 channels or fewer are not."""
+    (tmp_path / "raw").mkdir()
+    np.save(tmp_path / "raw" / "all.npy", np.zeros((50, 20, 8, 8), np.uint8))
+    proc = run_cli("shard", "arrays", "raw", "--out", "ds", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "raw/all.npy: shape (50, 20, 8, 8) read as T×C×H×W: 50 frames of 20 channels; if " in (
+        proc.stderr
+    )
+    assert "holds 50 sequences of 20 frames (N×T×H×W), save each sequence" in proc.stderr
+    (tmp_path / "rgb").mkdir()
+    np.save(tmp_path / "rgb" / "a.npy", np.zeros((10, 3, 8, 8), np.uint8))
+    proc = run_cli("shard", "arrays", "rgb", "--out", "d3", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 0 and "read as T×C×H×W" not in proc.stderr, proc.stderr
+
+
 def test_a_series_split_that_gets_no_window_is_refused_naming_it(tmp_path):
     """val and test got no window of 10 frames: only train was written, silently."""
     np.save(tmp_path / "one.npy", np.zeros((30, 1, 4, 4), np.uint8))

@@ -267,6 +267,22 @@ def test_series_windows_never_cross_gaps_or_splits(tmp_path):
     assert read_index(tmp_path / "out" / "train").shape == [4, 1, 4, 4]
 
 
+def test_series_step_is_the_usual_spacing_and_an_odd_time_is_a_gap():
+    """Hourly times with one extra at 05:30: the step was the smallest spacing (30 min),
+    every hourly one a gap, and the series was refused for want of windows. The step is
+    the most common spacing: windows on either side, none across 05:30."""
+    from stpdist.data.sources.series import plan_windows
+
+    hours = np.datetime64("2020-01-01T00:00", "ns") + np.arange(12) * np.timedelta64(1, "h")
+    times = np.sort(np.append(hours, np.datetime64("2020-01-01T05:30", "ns")))
+    windows = plan_windows(times, 3, 1)
+    starts = [w.start for w in windows]
+    assert starts == [0, 1, 2, 3, 7, 8, 9, 10]  # 00…05 and 06…11, hourly
+    for start in starts:
+        assert (np.diff(times[start : start + 3]) == np.timedelta64(1, "h")).all()
+    assert [w.start for w in plan_windows(times, 3, 1, step=np.timedelta64(30, "m"))] == [5]
+
+
 def test_series_one_file_without_timestamps_splits_by_frame_index(tmp_path):
     from stpdist.data.convert import convert
     from stpdist.data.sources.generic import GenericArrays

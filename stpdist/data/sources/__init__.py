@@ -305,7 +305,10 @@ def _series_flags(frames: int | None) -> dict[str, dict[str, Any]]:
         },
         "--stride": {"type": int, "default": 1, "help": "frames between window starts"},
         "--time-key": {"default": None, "help": "npz member with each frame's timestamp"},
-        "--step": {"default": None, "help": "time step, e.g. 6h (default: the smallest)"},
+        "--step": {
+            "default": None,
+            "help": "time step, e.g. 6h (default: the most common spacing; any other is a gap)",
+        },
         "--val-from": {"default": None, "help": "first date (or frame index) of val"},
         "--test-from": {"default": None, "help": "first date (or frame index) of test"},
     }

@@ -37,6 +37,7 @@ from ..format import SERIES_INDEX, SplitIndex, require_file
 from .common import (
     SEED_SPLITS,
     array_header,
+    array_shape,
     as_TCHW,
     check_array_file,
     check_frames,
@@ -82,7 +83,7 @@ class GenericArrays:
     time_key: str | None = None
     """`.npz` member holding each frame's timestamp (series mode)."""
     step: str | None = None
-    """Expected time step (e.g. `6h`; default: the smallest step in the record)."""
+    """Expected time step (e.g. `6h`; default: the most common spacing of the record)."""
     val_from: str | None = None
     """First date (or frame index) of the validation split (series mode)."""
     test_from: str | None = None
@@ -144,6 +145,8 @@ class GenericArrays:
         out = {split: self._files(sub) for split, sub in by_split.items()} or self._cut(root)
         listed = [f for files in out.values() for f in files]
         _refuse_one_file_twice(listed)
+        if listed:
+            self._say_many_channels(Path(listed[0]))
         if self.key is not None and listed and not any(f.lower().endswith(".npz") for f in listed):
             raise InputError(
                 f"--key {self.key} names an array inside .npz files; {root} holds .npy files "
@@ -160,6 +163,22 @@ class GenericArrays:
             # its first file already out of range: said now, not after a whole split
             self._check_file_range(array, first)
         return out
+
+    def _say_many_channels(self, first: Path) -> None:
+        """A first file of T×C×H×W with more channels than frames of pictures have: said,
+        with what it is read as, for it is often N×T×H×W, many sequences in one file (a
+        formats review: 50 sequences of 20 frames became one of 50 frames of 20 channels,
+        silently). Not refused: weather and sensor stacks have many channels."""
+        shape = array_shape(first, self.key)
+        if shape is None or len(shape) != 4 or self.channels_last or shape[1] <= 4:
+            return
+        t, c = shape[:2]
+        log.warning(
+            "%s: shape %s read as T×C×H×W: %d frames of %d channels; if it holds %d "
+            "sequences of %d frames (N×T×H×W), save each sequence as a file of its own "
+            "(for i, s in enumerate(a): np.save(f'seq{i}.npy', s))",
+            first, tuple(shape), t, c, t, c,
+        )  # fmt: skip
 
     def _check_file_range(self, frames: np.ndarray, where: str | Path) -> None:
         """A file's values against a guessed value scale, naming it (`check_frames_range`):
