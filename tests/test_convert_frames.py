@@ -532,3 +532,16 @@ def test_linked_sequence_folders_and_names_that_extend_another_are_read(tmp_path
         _pngs(tmp_path / "cut" / name, _gray(seed, 3))
     _shard(tmp_path, "images", "cut", "--out", "dc", "--splits", "train=2,test=2")
     assert [read_index(tmp_path / "dc" / s).num_samples for s in ("train", "test")] == [2, 2]
+
+
+def test_a_broken_link_among_the_frames_is_said_as_such(tmp_path):
+    """A frame that is a symbolic link to nothing was said as "no such file" (it is listed
+    in the folder): its link and target named."""
+    _pngs(tmp_path / "in" / "a", _gray(0, 3))
+    (tmp_path / "in" / "a" / "3.png").unlink()
+    (tmp_path / "in" / "a" / "3.png").symlink_to(tmp_path / "gone.png")
+    proc = run_cli("shard", "images", "in", "--out", "o", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"in/a/3.png: a broken symbolic link (to {tmp_path / 'gone.png'}, which does not " in (
+        proc.stderr
+    )

@@ -1055,3 +1055,31 @@ def test_samples_copied_within_a_split_or_into_another_are_said(tmp_path):
     proc = run_cli("shard", "arrays", "raw", "--out", "ds", "--overwrite", "--workers", "1",
                    cwd=tmp_path, check=True)  # fmt: skip
     assert "byte-identical" not in proc.stderr, proc.stderr
+
+
+def test_float64_values_beyond_float32_are_refused_as_such(tmp_path):
+    """float64 frames are stored float32; a value beyond its range became inf and was
+    refused as "inf at … frames must be finite", of a file that holds no inf."""
+    (tmp_path / "raw").mkdir()
+    big = np.full((4, 1, 4, 4), 1.0)
+    big[2, 0, 1, 3] = 1e39
+    np.save(tmp_path / "raw" / "a.npy", big)
+    proc = run_cli("shard", "arrays", "raw", "--out", "ds", "--value-scale", "1",
+                   "--workers", "1", cwd=tmp_path)  # fmt: skip
+    line = error_line(proc)
+    assert "sample a holds 1e+39 at (t, c, y, x) = (2, 0, 1, 3), beyond float32's range" in line
+    assert "inf" not in line and not (tmp_path / "ds").exists()
+
+
+def test_uint8_masks_scaled_as_pictures_are_said(tmp_path):
+    """0/1 masks in uint8 took the 8-bit scale 255 without a word (they trained as 0…0.004):
+    said, with --value-scale 1; pictures (values above 1) say nothing."""
+    (tmp_path / "raw").mkdir()
+    np.save(tmp_path / "raw" / "m.npy", (np.arange(64).reshape(4, 1, 4, 4) % 2).astype(np.uint8))
+    proc = run_cli("shard", "arrays", "raw", "--out", "ds", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "raw/m.npy: uint8 values 0…1, read as 8-bit pictures (value scale 255" in proc.stderr
+    assert "for masks or labels pass --value-scale 1" in proc.stderr
+    np.save(tmp_path / "raw" / "m.npy", np.full((4, 1, 4, 4), 7, np.uint8))
+    proc = run_cli("shard", "arrays", "raw", "--out", "d2", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 0 and "uint8 values" not in proc.stderr, proc.stderr

@@ -74,6 +74,22 @@ def test_what_such_folders_get_wrong_is_refused_naming_the_tar_and_sample(tmp_pa
     proc = run_cli("shard", "tars", "dup", "--out", "o2", "--workers", "1", cwd=tmp_path)
     said = "dup/b.tar: sample key 'k' is also that of a sample from dup/a.tar"
     assert proc.returncode == 2 and said in proc.stderr, proc.stderr
+    # two members of one tar whose names give one key: both named (the writer's line named
+    # the key alone)
+    import io
+    import tarfile
+
+    (tmp_path / "same").mkdir()
+    with tarfile.open(tmp_path / "same" / "a.tar", "w") as tar:
+        for name in ("clip/0001.npy", "clip_0001.npy"):
+            buffer = io.BytesIO()
+            np.save(buffer, _frames("s", 0))
+            info = tarfile.TarInfo(name)
+            info.size = len(buffer.getvalue())
+            tar.addfile(info, io.BytesIO(buffer.getvalue()))
+    proc = run_cli("shard", "tars", "same", "--out", "o5", "--workers", "1", cwd=tmp_path)
+    said = "same/a.tar: samples clip/0001 and clip_0001 both give the sample key 'clip_0001'"
+    assert proc.returncode == 2 and said in proc.stderr, proc.stderr
     # floats a guessed value scale of 1 leaves outside [0, 1]: the tar and the sample named
     hot = (_frames("h", 0) * 2.0).astype(np.float32)
     _write(tmp_path / "hot" / "a.tar", [{"__key__": "h0", "npy": hot}])

@@ -283,6 +283,18 @@ def test_series_step_is_the_usual_spacing_and_an_odd_time_is_a_gap():
     assert [w.start for w in plan_windows(times, 3, 1, step=np.timedelta64(30, "m"))] == [5]
 
 
+def test_timestamps_with_an_offset_are_utc_without_numpys_warning():
+    import warnings
+
+    from stpdist.data.sources.series import as_times
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "no explicit representation of timezones"
+        stamps = as_times(np.array(["2020-01-01T00:00+02:00", "2020-01-01T01:00Z"]), "x")
+    assert stamps.tolist() == np.array(["2019-12-31T22:00", "2020-01-01T01:00"],
+                                       "datetime64[ns]").tolist()  # fmt: skip
+
+
 def test_series_one_file_without_timestamps_splits_by_frame_index(tmp_path):
     from stpdist.data.convert import convert
     from stpdist.data.sources.generic import GenericArrays

@@ -96,6 +96,10 @@ def require_file(path: str | os.PathLike, *, folder_too: bool = False) -> Path:
     try:
         mode = os.stat(path).st_mode  # follows symbolic links
     except FileNotFoundError:
+        if path.is_symlink():  # the link is there, its target is not (a formats review)
+            raise MissingInput(
+                f"{path}: a broken symbolic link (to {os.readlink(path)}, which does not exist)"
+            ) from None
         raise MissingInput(f"{path}: no such file") from None
     if stat.S_ISREG(mode) or (folder_too and stat.S_ISDIR(mode)):
         return path

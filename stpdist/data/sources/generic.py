@@ -160,6 +160,12 @@ class GenericArrays:
                             **self._layout)  # fmt: skip
             self.value_scale = 255.0 if array.dtype == np.uint8 else 1.0
             self.guessed_from = str(array.dtype)
+            if array.dtype == np.uint8 and array.max() <= 1:  # a mask, or 0/1 labels
+                log.warning(
+                    "%s: uint8 values 0…%d, read as 8-bit pictures (value scale 255: "
+                    "they train as 0…%.4f); for masks or labels pass --value-scale 1",
+                    first, int(array.max()), int(array.max()) / 255,
+                )  # fmt: skip
             # its first file already out of range: said now, not after a whole split
             self._check_file_range(array, first)
         return out

@@ -13,6 +13,7 @@ splits is dropped, so no frame is shared between splits.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +67,10 @@ def as_times(values: Any, where: str) -> np.ndarray:
     try:
         if array.dtype.kind in "SO":
             array = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in array])
-        stamps = array.astype("datetime64[ns]")
+        with warnings.catch_warnings():  # `…+02:00`, `…Z`: read as UTC, which is right;
+            # numpy's "no explicit representation of timezones" line said nothing more
+            warnings.filterwarnings("ignore", "no explicit representation of timezones")
+            stamps = array.astype("datetime64[ns]")
     except (ValueError, TypeError) as exc:
         raise InputError(f"{where}: timestamps are not dates ({exc})") from None
     if np.isnat(stamps).any():

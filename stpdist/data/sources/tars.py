@@ -125,9 +125,16 @@ class TarSamples:
 
     def _samples(self, tar: str) -> Any:
         path = Path(tar)
+        named: dict[str, str] = {}  # key → the member name that gave it
         try:
             for found, sample in iter_shard(path, folders=True, end_required=True):
                 key = re.sub(r"[/.]", "_", found)  # a key holds no slash or dot
+                if named.get(key, found) != found:  # said by the writer without the names
+                    raise InputError(
+                        f"{tar}: samples {named[key]} and {found} both give the sample key "
+                        f"{key!r} (a key holds no '/' or '.'): rename one"
+                    )
+                named[key] = found
                 where = f"{tar}: sample {found}"
                 frames = as_TCHW(_decode(sample, self.member, where), where,
                                  channels_last=self.channels_last)  # fmt: skip
