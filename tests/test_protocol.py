@@ -553,7 +553,11 @@ def test_openstl_numbers_stand_beside_a_run_in_their_setting_only(tmp_path, monk
     assert table["MSE (frame sum, raw)"]["openstl"] == 23.97
     md = markdown("predrnn", table, 2, False, "stpdist reproduce x", 9000, [])
     assert "| MSE (frame sum, raw) | 25.00 ± 0.707 | 23.97 |" in md and "9000 sequences" in md
-    assert "OpenSTL picks its checkpoint on the test set" in md  # the caveats that remain
+    assert "picks its checkpoint on the test set (here: the best" in md  # caveats that remain
+    assert "OpenSTL reports the best of three trials (here: the mean ± std" in md
+    convlstm = markdown("convlstm", summarize("convlstm", [{"psnr": 22.0}]), 1, False, "c",
+                        9000, [])  # fmt: skip
+    assert "| PSNR | 22.00 ± n/a | 22.10 |" in convlstm, convlstm  # as published, not 22.1
 
     assert openstl_differences(theirs, False, index((20, 3, 64, 64))) == [
         "frames of 3×64×64, not 1×64×64"
