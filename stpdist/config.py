@@ -606,6 +606,30 @@ def _section_class(dotted: str) -> type | None:
     return cls if dataclasses.is_dataclass(cls) else None
 
 
+def _keys_named(name: str, cls: type | None = None, prefix: str = "") -> list[str]:
+    """The dotted keys of the schema whose last part is `name` (`batch_size` →
+    `data.batch_size`, `data.synthesize.…`), sections included, shallowest first."""
+    found = []
+    for field_name, (hint, _) in _fields(cls or Config).items():
+        path = f"{prefix}{field_name}"
+        if field_name == name:
+            found.append(path)
+        if dataclasses.is_dataclass(hint):
+            found += _keys_named(name, hint, path + ".")
+    return sorted(found, key=lambda key: key.count("."))
+
+
+def _elsewhere(key: str, close: list[str]) -> str:
+    """A hint naming where an unknown key's name is a key (`trainer.batch_size`: it is
+    `data.batch_size`), when nothing beside it is close: a key put in the wrong section
+    got only its section's list (a config review)."""
+    name = key.rsplit(".", 1)[-1]
+    others = [k for k in _keys_named(name) if k != key]
+    if close or not others:
+        return ""
+    return f"; '{name}' is {' or '.join(repr(k) for k in others[:3])}"
+
+
 def _valid_keys(schema: DictConfig, full_key: str) -> list[str]:
     """Keys valid beside `full_key` (the fields of its parent section: the longest prefix
     that is one, as the unknown key may hold a dot itself, `decay:0.9`)."""
@@ -662,7 +686,7 @@ def _error(schema: DictConfig, exc: OmegaConfBaseException, origin: str) -> Conf
     if key and ("not in" in first_line or "Missing key" in first_line):
         valid = _valid_keys(schema, key)
         close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        hint = f"; did you mean '{close[0]}'?" if close else _elsewhere(key, close)
         parent, _, name = key.rpartition(".")
         if parent == "model" and name in _EARLIER_MODEL_KEYS:  # the layout before 2026-12-03
             hint = f"; it is 'model.{_EARLIER_MODEL_KEYS[name]}' since 2026-12-03"

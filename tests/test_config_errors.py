@@ -75,6 +75,20 @@ def test_unknown_key_without_a_close_match_suggests_nothing(tmp_path):
     assert message.endswith("valid keys there: decay, every_n_steps, start_step"), message
 
 
+def test_a_key_in_the_wrong_section_names_where_it_is(tmp_path):
+    """`trainer.batch_size` got the trainer's list alone (a config review): where a key of
+    that name is, it is named, in a file and in an override alike; a close match beside it
+    wins."""
+    for message in (_message(tmp_path, "trainer:\n  batch_size: 4\n"),
+                    _message(tmp_path, None, ["trainer.batch_size=4"])):  # fmt: skip
+        assert message.endswith("; 'batch_size' is 'data.batch_size'"), message
+    message = _message(tmp_path, None, ["data.seed=3"])
+    assert message.endswith("; 'seed' is 'trainer.seed' or 'data.synthesize.seed'"), message
+    assert _message(tmp_path, None, ["data.lr=1"]).endswith("'lr' is 'model.optimizer.lr'")
+    message = _message(tmp_path, None, ["trainer.max_epoch=3"])
+    assert message.endswith("did you mean 'max_epochs'?"), message
+
+
 SECTIONS = [  # (dotted key, YAML value, how it is shown, its dataclass, Optional)
     ("trainer.ema", "true", "true", EmaConfig, True),
     ("trainer.checkpoint", "[1]", "[1]", CheckpointConfig, False),
