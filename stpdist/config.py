@@ -833,6 +833,18 @@ def _python_numbers(value: Any) -> Any:
     return value
 
 
+def _literal(value: Any) -> Any:
+    """`value` with each `${` of its text escaped, in lists and mappings too: OmegaConf
+    reads the text as written."""
+    if isinstance(value, str):
+        return value.replace("${", "\\${")
+    if isinstance(value, list | tuple):
+        return [_literal(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _literal(v) for k, v in value.items()}
+    return value
+
+
 def section_with(base: Any, fields: dict[str, Any], origin: str, prefix: str = "") -> Any:
     """Dataclass section `base` (e.g. a `TrainerConfig`) with `fields` set from Python, checked
     as a config file's values are: an unknown key, a value of the wrong type (1.5 for an
@@ -849,7 +861,10 @@ def section_with(base: Any, fields: dict[str, Any], origin: str, prefix: str = "
     try:
         _check_shapes(plain, cls, prefix)
         _check_bools(plain, cls, prefix)
-        merged = OmegaConf.merge(_schema(cls), OmegaConf.structured(base), plain)
+        # values from Python, or a loaded config's (resolved) values: literal text, never
+        # interpolated again (a config's escaped `\${…}`, its literal `${…}` once loaded,
+        # failed here as an interpolation; a config review)
+        merged = OmegaConf.merge(_schema(cls), _literal(dataclasses.asdict(base)), _literal(plain))
         typed = OmegaConf.to_object(merged)
     except ConfigError as exc:
         raise ConfigError(f"{origin}: {exc}") from None
@@ -1829,10 +1844,14 @@ def _environment_interpolations(merged: DictConfig) -> dict[tuple, str]:
     return kept
 
 
-def to_dict(cfg: Config) -> dict[str, Any]:
-    """The config as plain nested dicts, as it is saved: resolved, except values read from
-    the environment, which keep their interpolation text (`${oc.env:NAME}`)."""
+def to_dict(cfg: Config, *, as_text: bool = False) -> dict[str, Any]:
+    r"""The config as plain nested dicts, as it is saved: resolved, except values read from
+    the environment, which keep their interpolation text (`${oc.env:NAME}`). `as_text`:
+    a resolved value's literal `${` escaped (`\${`), so that the text loads back as that
+    value (a config's escaped `\${…}` was saved bare, and its run could not resume)."""
     plain = dataclasses.asdict(cfg)
+    if as_text:
+        plain = _literal(plain)
     for path, text in getattr(cfg, _UNRESOLVED, {}).items():
         node = plain
         try:
@@ -1871,4 +1890,4 @@ def environment_values(cfg: Config) -> dict[str, Any]:
 def to_yaml(cfg: Config) -> str:
     """The config as YAML (saved beside every run and in every checkpoint), as `to_dict`:
     resolved except values read from the environment."""
-    return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
+    return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg, as_text=True)))

@@ -393,3 +393,22 @@ def test_a_backbone_text_given_a_boolean_and_a_ratio_leaving_no_channel_are_name
                       "model.backbone.temporal_channels=16"])  # fmt: skip
     with pytest.raises(ConfigError, match="mlp_ratio 0.01 × temporal_channels 16 leaves the"):
         build.build_module(cfg, (1, 32, 32))
+
+
+def test_an_escaped_interpolation_is_text_in_the_trainer_and_in_the_saved_config(tmp_path):
+    """`name: run-\\${foo}` (OmegaConf's escape: the text `run-${foo}`) loaded, then the
+    Trainer read the text as an interpolation ("Interpolation key 'foo' not found"), and the
+    saved config.yaml held it bare, so the run could not be resumed from it."""
+    from stpdist import Trainer
+    from stpdist.config import load_config, to_yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text('logging:\n  wandb:\n    name: "run-\\\\${foo}"\n')
+    cfg = load_config(config)
+    assert cfg.logging.wandb.name == "run-${foo}"
+    trainer = Trainer(cfg.trainer, logging=cfg.logging, output_dir=tmp_path / "run",
+                      max_steps=1, progress_bar=False)  # fmt: skip
+    assert trainer.tracker.config.wandb.name == "run-${foo}"
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(to_yaml(cfg))
+    assert load_config(saved).logging.wandb.name == "run-${foo}"
