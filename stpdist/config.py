@@ -864,7 +864,7 @@ def section_with(base: Any, fields: dict[str, Any], origin: str, prefix: str = "
         # values from Python, or a loaded config's (resolved) values: literal text, never
         # interpolated again (a config's escaped `\${…}`, its literal `${…}` once loaded,
         # failed here as an interpolation; a config review)
-        merged = OmegaConf.merge(_schema(cls), _literal(dataclasses.asdict(base)), _literal(plain))
+        merged = OmegaConf.merge(_schema(cls), _literal(_plain_fields(base)), _literal(plain))
         typed = OmegaConf.to_object(merged)
     except ConfigError as exc:
         raise ConfigError(f"{origin}: {exc}") from None
