@@ -672,13 +672,13 @@ class InputFrames(Dataset):
 
     def _pngs(self) -> list[Path]:
         """The folder's PNG frames (`.png` in any case), in natural name order: `2.png`
-        before `10.png`, zero-padded names as they sort."""
-        from .data.sources.common import natural_key
+        before `10.png`, zero-padded names as they sort, letters of any case."""
+        from .data.sources.common import frame_key
 
         pngs = [  # not macOS's `._0001.png` copies, nor other hidden files
             p for p in self.source.iterdir() if p.suffix.lower() == ".png" and p.name[0] != "."
         ]
-        return sorted(pngs, key=lambda p: natural_key(p.name))
+        return sorted(pngs, key=lambda p: frame_key(p.name))
 
     def _add_pngs(self, module: Any) -> None:
         from .data.sources.common import png_8bit

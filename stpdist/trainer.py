@@ -2066,15 +2066,22 @@ class Trainer:
             except RunLockedError as exc:
                 refused = exc
         acc = self.accelerator
-        failed = refused is not None
+        # 0: taken; 1: in use by a live run; 2: another refusal (a lock on another host, a
+        # folder not writable): each rank raises the main one's kind, so that every rank's
+        # exit status is its (75 or 2; a diff review: the others said "in use", exit 75)
+        code = 0 if refused is None else 1 if isinstance(refused, RunInUseError) else 2
         if acc.num_processes > 1:
-            flag = torch.tensor([float(failed)], device=acc.device)
-            failed = bool(acc.reduce(flag, reduction="sum").item())  # once, before the run
+            flag = torch.tensor([float(code)], device=acc.device)
+            code = int(acc.reduce(flag, reduction="sum").item())  # once, before the run
         if refused is not None:
             raise refused
-        if failed:
+        if code == 1:
             raise RunInUseError(
                 f"{self.output_dir} is in use by another run (the main process names it)"
+            )
+        if code:
+            raise RunLockedError(
+                f"{self.output_dir}: the main process could not take the run lock (it says why)"
             )
         try:
             yield
@@ -3230,9 +3237,10 @@ class Trainer:
             names = sorted(p.name for p in staging.iterdir())
             replace_text(staging / PREDICTED_NAMES, json.dumps(names))
             make_durable(staging)
-            os.replace(staging, out / PREDICTED)
-            sync_folder(out)
-            _swap_in_predictions(out, out / PREDICTED)
+            with _swap_lock(out):  # a reader finishing a stopped swap waits for this one
+                os.replace(staging, out / PREDICTED)
+                sync_folder(out)
+                _swap_in_predictions(out, out / PREDICTED)
         acc.wait_for_everyone()  # every rank returns with the predictions in place
         count = console.counted(int(total[0]), "prediction")
         # into a staging folder: the caller's swap may still refuse, so nothing "written" yet
@@ -3334,14 +3342,34 @@ PREDICTED_NAMES = ".names.json"
 """In `PREDICTED`: the names of its prediction files (those of a finished swap moved out)."""
 
 
+@contextmanager
+def _swap_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on `folder`'s swap, held by a predict swapping its files in or a
+    reader finishing a stopped swap: flock on the folder itself (no file left in it;
+    released if the holder dies). A reader that found `.predicted` took it for a stopped
+    swap while a live predict was moving its files, and broke it (a diff review)."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _finish_a_stopped_swap(folder: Path) -> None:
     """The swap a predict stopped midway left in `folder` (its files a mix of the earlier
-    and the new predictions), finished: by the next predict and by the readers."""
+    and the new predictions), finished: by the next predict and by the readers, once no
+    predict is swapping there (one that is finishes it itself)."""
     if not (folder / PREDICTED).is_dir():
         return
     try:
-        _swap_in_predictions(folder, folder / PREDICTED)
-    except OSError as exc:
+        with _swap_lock(folder):
+            if not (folder / PREDICTED).is_dir():  # the live predict's swap, now finished
+                return
+            _swap_in_predictions(folder, folder / PREDICTED)
+    except OSError as exc:  # (a reader of a folder it cannot write)
         raise OSError(
             f"{folder}: a predict stopped while it replaced the predictions there (they are "
             f"a mix of two passes), and finishing that failed ({exc.strerror or exc}); run "
@@ -3353,7 +3381,11 @@ def _finish_a_stopped_swap(folder: Path) -> None:
 
 def _swap_in_predictions(out: Path, ready: Path) -> None:
     """The prediction files of `ready` (a complete pass) in `out` in place of the earlier
-    ones; idempotent, so that a swap stopped midway is finished by doing it again."""
+    ones; idempotent, so that a swap stopped midway is finished by doing it again (one
+    stopped while it removed `ready`, its list gone, had moved every file: removed)."""
+    if not (ready / PREDICTED_NAMES).is_file():
+        shutil.rmtree(ready)
+        return
     names = set(json.loads((ready / PREDICTED_NAMES).read_text()))
     for old in out.glob("predictions-r*.npz"):
         if old.name not in names:

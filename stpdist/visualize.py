@@ -894,15 +894,16 @@ def _persistence_of(metric: str, per_lead: dict, persistence_mse: list) -> list 
         return persistence_mse
     if name == "rmse":
         return [(t, math.sqrt(v)) for t, v in persistence_mse]
-    # its pixel count C·H·W from its own per-pixel twin: `mse_frame_raw` / `mse_raw` (over
-    # `mse`, the clamped one, the line of an unclamped model stood 4× too high: a metrics
-    # review)
-    twin = "mse_raw" if name == "mse_frame_raw" else "mse"
-    mse = dict(per_lead.get(metric.split("/", 1)[0] + "/" + twin, []))
-    if name in ("mse_frame", "mse_frame_raw") and mse:
-        ratios = [v / mse[t] for t, v in per_lead[metric] if mse.get(t)]
-        if ratios:
-            return [(t, v * ratios[0]) for t, v in persistence_mse]
+    if name in ("mse_frame", "mse_frame_raw"):  # × the pixel count C·H·W, from a per-frame
+        # sum and its own per-pixel mean (clamped or raw alike; `mse_frame_raw` / `mse`
+        # mixed them: 4× too high for an unclamped model, a metrics review)
+        prefix = metric.split("/", 1)[0]
+        for frame_sum, pixel_mean in (("mse_frame", "mse"), ("mse_frame_raw", "mse_raw")):
+            sums = dict(per_lead.get(f"{prefix}/{frame_sum}", []))
+            means = dict(per_lead.get(f"{prefix}/{pixel_mean}", []))
+            ratios = [v / means[t] for t, v in sums.items() if means.get(t)]
+            if ratios:
+                return [(t, v * ratios[0]) for t, v in persistence_mse]
     return None
 
 

@@ -24,7 +24,7 @@ from test_weather import sevir_layout, t2m_file, weatherbench1_single_levels, we
 
 from stpdist.data.format import read_index
 from stpdist.data.sources import FORMATS
-from stpdist.data.sources.common import natural_key
+from stpdist.data.sources.common import frame_key, natural_key
 
 
 # ------------------------------------------------------------------ interruption
@@ -473,12 +473,14 @@ def test_seed_kth_orders_frames_by_number_not_as_text(tmp_path):
     assert sorted(["b10.png", "a2.png", "b9.png", "a10.png"], key=natural_key) == [
         "a2.png", "a10.png", "b9.png", "b10.png"
     ]  # fmt: skip
-    # letters without their case (a formats review: Frame_0, frame_1, Frame_2, frame_3 were
-    # stored 0, 2, 1, 3); names alike but for case in their text order
+    # frames: letters without their case (a formats review: Frame_0, frame_1, Frame_2,
+    # frame_3 were stored 0, 2, 1, 3); names alike but for case in their text order
     mixed = ["frame_3.png", "Frame_2.png", "frame_1.png", "Frame_0.png", "a.png", "A.png"]
-    assert sorted(mixed, key=natural_key) == [
+    assert sorted(mixed, key=frame_key) == [
         "A.png", "a.png", "Frame_0.png", "frame_1.png", "Frame_2.png", "frame_3.png"
     ]  # fmt: skip
+    # sequences keep their order (a seeded --splits deals it: the same split as before)
+    assert sorted(["beta", "Gamma", "alpha"], key=natural_key) == ["Gamma", "alpha", "beta"]
 
 
 def png_16bit_rgb(path: Path, frame_HWC: np.ndarray) -> None:

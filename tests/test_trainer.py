@@ -311,6 +311,14 @@ def test_second_run_on_a_locked_output_dir_is_refused_naming_the_holder(tmp_path
     finally:
         first.kill()
         first.wait(timeout=30)
+    # a lock the main process cannot judge (another host's): the other ranks do not say
+    # "in use" (their exit status would say "again later", 75; a diff review)
+    (tmp_path / ".stpdist.lock").write_text('{"host": "elsewhere", "pid": 123, "since": 1}')
+    third = subprocess.run([*launcher(2), script, *args, "--resume", "auto"], env=env,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert "may be in use by a run on another host" in third.stderr, third.stderr[-3000:]
+    assert "could not take the run lock (it says why)" in third.stderr
+    assert "the main process names it" not in third.stderr
 
 
 def test_epoch_checkpoint_is_written_before_a_failing_validation(tmp_path):

@@ -249,6 +249,40 @@ def test_a_predict_stopped_while_it_replaces_the_predictions_loses_neither(
         trainer.predict(_FailsOnItsSecondBatch(), _keyed(6), out=out, metrics=False)
     kept = load_predictions(out)
     assert all(np.array_equal(kept[k], new[k]) for k in new)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"predictions-r000-{i:06d}.npz" for i in range(3)
+    )  # no lock file, nothing else left
+
+
+def test_a_reader_waits_for_a_live_swap_and_an_emptied_one_is_removed(tmp_path, caplog):
+    """A diff review: a reader took a live predict's `.predicted` for a stopped swap and
+    broke it (the writer then failed on a file the reader had moved), and a swap stopped
+    while removing `.predicted` (its list gone) stopped every later predict and reader."""
+    import threading
+
+    from stpdist.trainer import _swap_in_predictions, _swap_lock, load_predictions
+
+    out = tmp_path / "predictions"
+    trainer = Trainer(output_dir=tmp_path / "eval", progress_bar=False)
+    trainer.predict(TinyModule(), _keyed(4), out=out, metrics=False)
+    earlier = load_predictions(out)
+    ready = out / ".predicted"  # a live predict's complete pass, about to be swapped in
+    ready.mkdir()
+    (ready / ".names.json").write_text('["predictions-r000-000000.npz"]')
+    shutil.copy(out / "predictions-r000-000001.npz", ready / "predictions-r000-000000.npz")
+    read: list = []
+    with caplog.at_level(logging.WARNING, logger="stpdist"), _swap_lock(out):
+        reader = threading.Thread(target=lambda: read.append(load_predictions(out)))
+        reader.start()
+        reader.join(1.0)
+        assert reader.is_alive() and (ready / ".names.json").is_file()  # it waits
+        _swap_in_predictions(out, ready)  # the live predict's own swap
+    reader.join(30)
+    assert "finished replacing" not in caplog.text  # the predict finished it, not the reader
+    assert read and sorted(read[0]) == ["s2", "s3"]  # the new predictions, whole
+    assert np.array_equal(read[0]["s2"], earlier["s2"])
+    ready.mkdir()  # stopped while removing it: its list gone, every file moved
+    assert sorted(load_predictions(out)) == ["s2", "s3"] and not ready.exists()
 
 
 def test_a_missing_validation_shard_is_named_before_the_first_step(tmp_path):

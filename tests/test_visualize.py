@@ -140,6 +140,12 @@ def test_persistence_on_the_raw_per_frame_panel_is_the_pixel_count_times_its_mse
     expected = [(1, pytest.approx(64 * 0.02)), (2, pytest.approx(64 * 0.04))]
     assert baseline["val/mse_frame"] == expected
     assert baseline["val/mse_frame_raw"] == expected
+    # without `mse_raw` (its panel then drawn), the count from the clamped pair (a diff
+    # review: the raw twin alone left the drawn panel without its line)
+    per_lead, baseline = lead_time_series(
+        {k: v for k, v in results.items() if "/mse_raw/" not in k}
+    )
+    assert "val/mse_frame_raw" in per_lead and baseline["val/mse_frame_raw"] == expected
 
 
 def test_lead_time_figure_labels_every_panel_and_draws_persistence_where_it_exists(tmp_path):

@@ -267,7 +267,7 @@ def test_series_windows_never_cross_gaps_or_splits(tmp_path):
     assert read_index(tmp_path / "out" / "train").shape == [4, 1, 4, 4]
 
 
-def test_series_step_is_the_usual_spacing_and_an_odd_time_is_a_gap():
+def test_series_step_is_the_usual_spacing_and_an_odd_time_is_a_gap(caplog):
     """Hourly times with one extra at 05:30: the step was the smallest spacing (30 min),
     every hourly one a gap, and the series was refused for want of windows. The step is
     the most common spacing: windows on either side, none across 05:30."""
@@ -275,7 +275,12 @@ def test_series_step_is_the_usual_spacing_and_an_odd_time_is_a_gap():
 
     hours = np.datetime64("2020-01-01T00:00", "ns") + np.arange(12) * np.timedelta64(1, "h")
     times = np.sort(np.append(hours, np.datetime64("2020-01-01T05:30", "ns")))
-    windows = plan_windows(times, 3, 1)
+    with caplog.at_level(logging.WARNING, logger="stpdist"):
+        windows = plan_windows(times, 3, 1)
+    assert (
+        "series: 1 of 13 frames are in no window: they lie in runs shorter than --frames 3 "
+        "at the series' step, 1h (its most common spacing" in caplog.text
+    ), caplog.text
     starts = [w.start for w in windows]
     assert starts == [0, 1, 2, 3, 7, 8, 9, 10]  # 00…05 and 06…11, hourly
     for start in starts:
@@ -763,6 +768,53 @@ def test_values_outside_a_cf_valid_range_are_missing(tmp_path, caplog, packed):
     np.testing.assert_allclose(index.mean, [valid.mean()], rtol=1e-6)
     np.testing.assert_allclose(index.std, [valid.std()], rtol=1e-3)
     assert index.min == [pytest.approx(float(valid.min()), abs=1e-3)]
+
+
+def test_a_float64_variable_beyond_float32_is_refused_as_such(tmp_path):
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    from stpdist.data.convert import convert
+    from stpdist.data.sources.netcdf import XarraySource
+    from stpdist.errors import InputError
+
+    lat, lon = _grid(4, 6)
+    values = np.ones((4, 4, 6))
+    values[1, 2, 3] = 1e39
+    time = np.datetime64("2020-01-01", "ns") + np.arange(4) * np.timedelta64(6, "h")
+    ds = xr.Dataset({"v": (("time", "lat", "lon"), values)},
+                    coords={"time": time, "lat": lat, "lon": lon})  # fmt: skip
+    ds.to_netcdf(tmp_path / "big.nc", engine="h5netcdf")
+    source = XarraySource([str(tmp_path / "big.nc")], var_specs="v", num_frames=2, stride=2)
+    with pytest.raises(InputError, match=r"variable 'v' holds 1e\+39, beyond float32's range"):
+        convert(source, tmp_path / "out", progress=False)
+
+
+@pytest.mark.filterwarnings("ignore:saving variable tcc with floating point data")
+def test_packed_values_at_the_ends_of_their_valid_range_are_data(tmp_path):
+    """Cloud cover 0…1 packed as int16 with a float32 scale and valid_range ±32767 (the
+    range's ends are its data's ends): xarray's float32 unpacking of 0 and 1 rounds past
+    the bounds computed in float64, and the first form of the range check made those clear
+    and overcast pixels NaN (a diff review). The range is inclusive."""
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    from stpdist.data.convert import convert
+    from stpdist.data.sources.netcdf import XarraySource
+
+    lat, lon = _grid(4, 6)
+    tcc = np.random.default_rng(4).random((4, 4, 6)).astype(np.float32)
+    tcc[:, 0, :3], tcc[:, 1, :3] = 0.0, 1.0  # the range's ends
+    time = np.datetime64("2020-01-01", "ns") + np.arange(4) * np.timedelta64(6, "h")
+    ds = xr.Dataset({"tcc": (("time", "lat", "lon"), tcc)},
+                    coords={"time": time, "lat": lat, "lon": lon})  # fmt: skip
+    ds["tcc"].attrs["valid_range"] = np.array([-32767, 32767], np.int16)
+    ds["tcc"].encoding.update(dtype="int16", scale_factor=np.float32(1 / 65534),
+                              add_offset=np.float32(0.5))  # fmt: skip
+    ds.to_netcdf(tmp_path / "tcc.nc", engine="h5netcdf")
+    source = XarraySource([str(tmp_path / "tcc.nc")], var_specs="tcc", num_frames=2, stride=2)
+    index = convert(source, tmp_path / "out", progress=False)["train"]  # no NaN: no refusal
+    assert index.min == [pytest.approx(0.0, abs=1e-4)] and index.max == [
+        pytest.approx(1.0, abs=1e-4)
+    ]
 
 
 def test_statistics_of_masked_and_unmasked_samples_together():

@@ -41,16 +41,24 @@ def split_folders(root: Path) -> dict[str, Path]:
 MOST_CHANNELS_LAST = 4
 
 
-def natural_key(name: str) -> tuple[Any, ...]:
+def natural_key(name: str, *, any_case: bool = False) -> tuple[Any, ...]:
     """Sort key of a file name with its digit runs compared as numbers: `2.png` before
-    `10.png`; zero-padded names (`0002.png`, `0010.png`) keep their text order; letters
-    compared without their case (`Frame_2` between `frame_1` and `frame_3`, as file
-    browsers list them; names alike but for case in their text order)."""
-    parts = re.split(r"(\d+)", name.casefold())  # text, number, text, …: kinds alike
+    `10.png`; zero-padded names (`0002.png`, `0010.png`) keep their text order. `any_case`:
+    letters compared without their case (`Frame_2` between `frame_1` and `frame_3`, as file
+    browsers list them; names alike but for case in their text order): `frame_key`."""
+    text = name.casefold() if any_case else name
+    parts = re.split(r"(\d+)", text)  # text, number, text, …: the same kinds at each position
     # each part tagged with its kind, so that where `seq`'s parts end and `seq2`'s number
     # follows, the tags compare (Python orders no text against a number): the shorter first
     keyed = ((1, int(p), "") if i % 2 else (0, 0, p) for i, p in enumerate(parts))
     return (*keyed, (-1, 0, name))
+
+
+def frame_key(name: str) -> tuple[Any, ...]:
+    """Sort key of the frame files of one sequence: natural order, letters of any case (a
+    formats review: Frame_0, frame_1, Frame_2, frame_3 were read 0, 2, 1, 3). Sequences,
+    whose order a seeded `--splits` deals, keep `natural_key`'s (the same split as before)."""
+    return natural_key(name, any_case=True)
 
 
 PNG_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA")

@@ -46,6 +46,7 @@ from ..format import require_file
 from .common import (
     NEAR_SPLITS,
     SEED_SPLITS,
+    frame_key,
     listed,
     natural_key,
     png_8bit,
@@ -541,7 +542,7 @@ class ImageSequences(_FrameSequences):
 
     def _images(self, names: list[str]) -> list[str]:
         found = [n for n in _visible(names) if n.lower().endswith(IMAGE_SUFFIXES)]
-        return sorted(found, key=natural_key)
+        return sorted(found, key=frame_key)
 
     def _sequences_in(self, folder: Path) -> list[Sequence]:
         out = []

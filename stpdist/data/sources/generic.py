@@ -160,7 +160,8 @@ class GenericArrays:
                             **self._layout)  # fmt: skip
             self.value_scale = 255.0 if array.dtype == np.uint8 else 1.0
             self.guessed_from = str(array.dtype)
-            if array.dtype == np.uint8 and array.max() <= 1:  # a mask, or 0/1 labels
+            if array.dtype == np.uint8 and array.max() == 1:  # a mask, or 0/1 labels (not a
+                # dark first clip, all 0: a diff review)
                 log.warning(
                     "%s: uint8 values 0…%d, read as 8-bit pictures (value scale 255: "
                     "they train as 0…%.4f); for masks or labels pass --value-scale 1",

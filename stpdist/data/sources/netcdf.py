@@ -263,12 +263,13 @@ def _key(var_name: str, scalar_level: float | None) -> str:
     return var_name if scalar_level is None else f"{var_name}{scalar_level:g}"
 
 
-def _valid_bounds(var: Any) -> tuple[float, float] | None:
+def _valid_bounds(var: Any, *, widened: bool = False) -> tuple[float, float] | None:
     """A variable's CF valid range (`valid_range`, `valid_min`, `valid_max`) in the units
     xarray reads it in, or None when it has none. Values outside it are missing values
     (CF 2.5.1), which xarray reads as data: a -9999 marked so alone became the statistics
     (a formats review). A packed variable's range is in its packed units (CF 8.1):
-    unpacked here as its values are."""
+    unpacked here as its values are; `widened` by half a packing step, as values are
+    compared (see below)."""
     attrs = var.attrs
     low: Any = None
     high: Any = None
@@ -280,13 +281,21 @@ def _valid_bounds(var: Any) -> tuple[float, float] | None:
     high = attrs.get("valid_max", high)
     if low is None and high is None:
         return None
-    scale = float(var.encoding.get("scale_factor", 1.0))
-    offset = float(var.encoding.get("add_offset", 0.0))
-    bounds = [
-        -np.inf if low is None else float(np.asarray(low).ravel()[0]) * scale + offset,
-        np.inf if high is None else float(np.asarray(high).ravel()[0]) * scale + offset,
-    ]
-    return min(bounds), max(bounds)
+    try:
+        scale = float(var.encoding.get("scale_factor", 1.0))
+        offset = float(var.encoding.get("add_offset", 0.0))
+        bounds = [
+            -np.inf if low is None else float(np.asarray(low).ravel()[0]) * scale + offset,
+            np.inf if high is None else float(np.asarray(high).ravel()[0]) * scale + offset,
+        ]
+    except (TypeError, ValueError, IndexError):  # an attribute of text: no range it gives
+        return None
+    # a packed value is an integer: one outside the range lies a whole step (|scale|)
+    # beyond it, while xarray's float32 unpacking of a value at an end may round past the
+    # bound computed here (a diff review: clear-sky zeros of cloud cover became NaN)
+    packed = "scale_factor" in var.encoding or "add_offset" in var.encoding
+    slack = abs(scale) / 2 if widened and packed else 0.0
+    return min(bounds) - slack, max(bounds) + slack
 
 
 def _masked_outside(values: np.ndarray, bounds: tuple[float, float] | None) -> np.ndarray:
@@ -294,8 +303,23 @@ def _masked_outside(values: np.ndarray, bounds: tuple[float, float] | None) -> n
     if bounds is None:
         return values
     low, high = np.float32(bounds[0]), np.float32(bounds[1])  # as the values are compared
+    low = np.nextafter(low, np.float32(-np.inf)) if low > bounds[0] else low  # rounded in:
+    high = np.nextafter(high, np.float32(np.inf)) if high < bounds[1] else high  # widened
     outside = (values < low) | (values > high)
     return np.where(outside, np.float32(np.nan), values) if outside.any() else values
+
+
+def _float32(values: np.ndarray, store: str, name: str) -> np.ndarray:
+    """A variable's values as float32, in which frames are stored; a value beyond its range
+    refused naming it (it became inf, said as "holds inf", of a file that holds none)."""
+    too_big = np.abs(values) > np.finfo(np.float32).max
+    if too_big.any():
+        value = values[tuple(np.argwhere(too_big)[0])]
+        raise InputError(
+            f"{store}: variable '{name}' holds {value:g}, beyond float32's range (±3.4e38), "
+            "which frames are stored in: rescale it before converting"
+        )
+    return np.asarray(values, dtype=np.float32)
 
 
 def _describe(store: str, ds: Any, var_name: str, var: Any) -> dict[str, Any]:
@@ -824,10 +848,10 @@ class XarraySource:
                     var = var.sel({level: channel.level})
                 var = var.transpose("time", lat, lon)
                 part = var.isel(time=_as_slice(local)).values
-                bounds = _valid_bounds(var)
+                bounds = _valid_bounds(var, widened=True)
             finally:
                 ds.close()
-            parts.append(_masked_outside(np.asarray(part, dtype=np.float32), bounds))
+            parts.append(_masked_outside(_float32(part, store, channel.variable), bounds))
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def load(self, block: Block) -> list[tuple[str, np.ndarray, dict]]:

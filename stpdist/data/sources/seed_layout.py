@@ -23,7 +23,7 @@ import numpy as np
 
 from ...console import log
 from ...errors import InputError, MissingInput
-from .common import SEED_SPLITS, as_TCHW, listed, load_array, natural_key, png_8bit
+from .common import SEED_SPLITS, as_TCHW, frame_key, listed, load_array, png_8bit
 
 KINDS = ("mmnist", "kth", "taxibj")
 TAXIBJ_SCALE = 1292.0
@@ -193,7 +193,7 @@ def _png_frames(folder: Path) -> np.ndarray:
         for p in folder.iterdir()
         if p.suffix.lower() == ".png" and not p.name.startswith(".") and not p.is_dir()
     ]
-    pngs.sort(key=lambda p: natural_key(p.name))
+    pngs.sort(key=lambda p: frame_key(p.name))
     if not pngs:
         raise InputError(f"{folder}: no PNG frames")
     frames = []

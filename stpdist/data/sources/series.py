@@ -144,6 +144,7 @@ def plan_windows(
         raise InputError(
             f"{where}: times do not increase at frame {i + 1} ({times[i]} then {times[i + 1]})"
         )
+    inferred = step is None
     if step is None and len(diffs):  # the usual spacing, as `--every` of netCDF takes it:
         # the smallest made every usual step a gap after one odd time (a 00:30 in hourly
         # data refused the series for want of windows; a formats review)
@@ -170,7 +171,40 @@ def plan_windows(
     check_every_split(
         windows, times, splits, breaks, num_frames, stride, val_from, test_from, where
     )
+    if inferred and len(breaks) > 2:
+        _say_frames_left_out(times, breaks, num_frames, step, where)
     return windows
+
+
+def _say_frames_left_out(
+    times: np.ndarray, breaks: list[int], num_frames: int, step: Any, where: str
+) -> None:
+    """One line when the series' runs (evenly spaced at its step) leave frames in no
+    window: the step taken (its most common spacing) and how many, so that data spaced
+    otherwise is not dropped without a word (a diff review)."""
+    from ...console import log
+
+    left = sum(
+        end - first for first, end in zip(breaks[:-1], breaks[1:]) if end - first < num_frames
+    )
+    if not left:
+        return
+    shown = _step_text(step) if times.dtype.kind == "M" else f"{step} frame(s)"
+    log.warning(
+        "%s: %d of %d frames are in no window: they lie in runs shorter than --frames %d at "
+        "the series' step, %s (its most common spacing; another spacing is a gap): --step "
+        "sets another",
+        where, left, len(times), num_frames, shown,
+    )  # fmt: skip
+
+
+def _step_text(step: Any) -> str:
+    """A timedelta as `10min`, `6h`, `1d`, `30s`."""
+    seconds = int(np.timedelta64(step, "s").astype(np.int64))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def split_names(times: np.ndarray, val_from: Any, test_from: Any) -> np.ndarray:
