@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+import torch
 
 from stpdist.data.format import ShardFormatError, SplitWriter, read_index
 from stpdist.data.stream import LoaderContext, ShardEvalStream, ShardTrainStream
@@ -86,6 +87,33 @@ def test_mid_epoch_resume_equals_continuation(uneven, workers):
     for start in (1, 3, len(full) // 2 - 1):
         resumed = keys_of(train(uneven).iterate(ctx, 2, start))
         assert resumed == full[start * 2 :]
+
+
+def test_one_worker_is_one_process_with_the_batches_of_none(uneven):
+    """`num_workers: 1` read in the training process itself (as 0), while provenance and
+    `bench data` said 1 (a CPU-speed review): one worker process, as torch's DataLoader
+    has, yielding the very batches of none (the layout is the same)."""
+    import psutil
+
+    me = psutil.Process()
+
+    def batches_and_children(kind, workers):
+        ctx = LoaderContext(rank=0, world_size=1, seed=4, num_workers=workers)
+        stream = train(uneven) if kind == "train" else ShardEvalStream(
+            uneven, batch_size=4, num_input_frames=3, num_output_frames=3)  # fmt: skip
+        before = {p.pid for p in me.children()}  # (a forkserver, a resource tracker)
+        batches = stream.iterate(ctx, 1) if kind == "train" else stream.iterate(ctx)
+        first = next(batches)
+        children = len({p.pid for p in me.children()} - before)
+        rest = list(batches)
+        return [first, *rest], children
+
+    for kind in ("train", "eval"):
+        alone, none = batches_and_children(kind, 0)
+        worker, one = batches_and_children(kind, 1)
+        assert (none, one) == (0, 1), kind
+        assert keys_of(worker) == keys_of(alone)
+        assert all(torch.equal(a[0], b[0]) for a, b in zip(worker, alone))
 
 
 @pytest.mark.parametrize("world, workers", [(1, 0), (2, 2), (3, 0)])

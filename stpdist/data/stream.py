@@ -464,7 +464,7 @@ class ShardTrainStream(_ShardSource):
     def iterate(self, ctx: LoaderContext, epoch: int, start: int = 0) -> Iterator[Any]:
         workers = self._layout(ctx)[0]
         dataset = _TrainEpoch(self, ctx, epoch, start)
-        yield from _loader(dataset, workers if workers > 1 else 0, ctx)
+        yield from _loader(dataset, workers if ctx.num_workers else 0, ctx)
 
     def batches_in_rest(self, ctx: LoaderContext, origin: EpochOrigin) -> int:
         """Batches per rank in the rest of an epoch begun as `origin` says."""
@@ -478,7 +478,7 @@ class ShardTrainStream(_ShardSource):
         ranks, in its global order (see `EpochOrigin`), from this layout's batch `start`."""
         workers = max(1, ctx.num_workers or 0)
         dataset = _RestOfEpoch(self, ctx, epoch, origin, start, workers)
-        yield from _loader(dataset, workers if workers > 1 else 0, ctx)
+        yield from _loader(dataset, workers if ctx.num_workers else 0, ctx)
 
 
 def _raw_batches(
@@ -689,7 +689,7 @@ class ShardEvalStream(_ShardSource):
     def iterate(self, ctx: LoaderContext) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         self.check_counts()  # here, not in a worker: an error is then one line
         workers = max(1, ctx.num_workers or 0)
-        yield from _loader(_EvalShare(self, ctx, workers), workers if workers > 1 else 0, ctx)
+        yield from _loader(_EvalShare(self, ctx, workers), workers if ctx.num_workers else 0, ctx)
 
     def frame_times(self) -> FrameTimes | None:
         """Each sample's frame times, from the `times` of its `.json` member (which the
