@@ -2342,9 +2342,9 @@ def _refused(
     alike_on_every_rank: bool,
     status: int = 2,
 ) -> int:
-    """A user's error in one line, exit `status` (2; IN_USE_STATUS). An error that every rank meets alike (the
-    same config, or the same arguments and files read before the ranks joined) is said by
-    the main process alone: one line for the run, not one per rank.
+    """A user's error in one line, exit `status` (2; IN_USE_STATUS). An error that every
+    rank meets alike (the same config, or the same arguments and files read before the
+    ranks joined) is said by the main process alone: one line for the run, not one per rank.
 
     One process closes its Trainers first, so that the error is the last line a log file
     shows. Under a launcher (several ranks) the line comes first: a launcher ends the
