@@ -358,7 +358,7 @@ def verify(path: str | Path) -> Path:
 
 
 def _warn_if_unverified(path: Path) -> None:
-    if unverified(path):
+    if unverified(path) and path.is_dir():  # (one gone has no manifest either: not old)
         log.warning(
             "checkpoint %s predates manifests: loading it unverified (no sizes or sha256 "
             "to check its files against)",
@@ -1137,6 +1137,8 @@ class CheckpointManager:
         for path in (*ranked, *newest):
             why = damage(path, deep=True)  # the sha256 sums, for the one about to be used
             if why is None:
+                if not path.is_dir():  # retired once checked (no manifest: not an old one)
+                    raise RetiredCheckpoint(f"{self.root}: {_retired_text(path)}")
                 _warn_if_unverified(path)
                 return path
             if path.is_dir():

@@ -904,7 +904,8 @@ def _forecast_shards(folder: Path, args: argparse.Namespace, module: Any) -> Non
     """The forecasts in `folder` also as a shard split, `folder/shards/forecast`; a
     forecast of a time series keeps its frames' valid times (the sample's `times`, as the
     converters write them) and the time it was made from (`reference_time`)."""
-    from .data.format import SplitWriter
+    from .data.convert import write_card
+    from .data.format import SplitWriter, read_index
     from .trainer import iter_predictions, load_predictions
 
     times: dict[str, np.ndarray] = {}
@@ -923,6 +924,11 @@ def _forecast_shards(folder: Path, args: argparse.Namespace, module: Any) -> Non
                 meta["times"] = [_iso(t) for t in times[key]]
                 meta["reference_time"] = _iso(made_from[key])
             writer.write(key, frames.astype(np.float32), meta)
+    # the card `shard` writes, so that Hugging Face `datasets` reads the tars (without it,
+    # it took index.json for the data; an interop review)
+    shards, final = folder / "shards", Path(args.out) / "shards"  # (folder: its staging)
+    write_card(shards, final, "forecasts", {"forecast": read_index(shards / "forecast")},
+               written_by="stpdist forecast --shards")  # fmt: skip
 
 
 def _iso(time: np.datetime64) -> str | None:

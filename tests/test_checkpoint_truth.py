@@ -613,3 +613,38 @@ def test_best_of_a_run_folder_is_the_runs_own_best_by_its_monitor_and_mode(tmp_p
     proc = run_cli("export", f"runs/debug/checkpoints/{lowest_loss}", "--ckpt", "last",
                    "--out", "n", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 2 and "pass the run folder" in proc.stderr
+
+
+def test_last_of_a_run_retiring_it_meanwhile_is_chosen_again_without_a_false_warning(
+    debug_copy, monkeypatch, caplog
+):
+    """An interop review, a reader of a live run's `last`: a checkpoint retired while it was
+    chosen was said as "holds no checkpoint: train first" (RetiredCheckpoint is a
+    MissingInput, and `model_folder` turned it into that), and one retired right after its
+    check as "predates manifests: loading it unverified". Both are chosen again."""
+    run = debug_copy / "runs" / "debug"
+    newest = run / "checkpoints" / "step-00000016"
+    real, calls = ckpt.CheckpointManager._newest_intact, []
+
+    def retired_once(self, name):
+        calls.append(name)
+        if len(calls) == 1:
+            raise ckpt.RetiredCheckpoint(f"{self.root}: step-N was retired by its run")
+        return real(self, name)
+
+    monkeypatch.setattr(ckpt.CheckpointManager, "_newest_intact", retired_once)
+    assert stpdist.load(run, ckpt="last").model_folder == newest and len(calls) == 2
+    monkeypatch.setattr(ckpt.CheckpointManager, "_newest_intact", real)
+    checked = ckpt.damage
+
+    def retired_once_checked(path, deep=False):
+        why = checked(path, deep=deep)
+        if deep and path == newest:  # retention moves it away right after its check
+            newest.rename(newest.with_name(".trash-step-00000016"))
+        return why
+
+    monkeypatch.setattr(ckpt, "damage", retired_once_checked)
+    with caplog.at_level(logging.WARNING, logger="stpdist"):
+        chosen = stpdist.load(run, ckpt="last").model_folder
+    assert chosen == run / "checkpoints" / "step-00000008"
+    assert "predates manifests" not in caplog.text, caplog.text

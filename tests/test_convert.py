@@ -502,6 +502,11 @@ def test_dataset_card_makes_hf_datasets_read_the_tar_shards(tmp_path):
         for f in _front_matter(tmp_path / "out" / "README.md")["configs"][0]["data_files"]
     ]
     assert splits == ["train", "val", "test"]
+    # what the card says of `datasets`' cache holds: the new data with force_redownload
+    assert 'download_mode="force_redownload"' in (tmp_path / "out" / "README.md").read_text()
+    again = datasets.load_dataset(str(tmp_path / "out"), cache_dir=str(tmp_path / "hf"),
+                                  download_mode="force_redownload")  # fmt: skip
+    assert set(again) == {"train", "val", "test"}
 
 
 def test_dataset_card_never_replaces_a_users_readme(tmp_path):

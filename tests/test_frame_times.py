@@ -170,7 +170,15 @@ def test_forecast_shards_keep_the_valid_times_of_a_time_series(tmp_path):
         TinyModule(), inputs, out=tmp_path / "f", metrics=False
     )
     model = argparse.Namespace(value_scale=1.0, model_folder="m")
-    _forecast_shards(tmp_path / "f", argparse.Namespace(inputs="ds/train"), model)
+    _forecast_shards(tmp_path / "f", argparse.Namespace(inputs="ds/train", out="fc"), model)
+    # with the card a conversion writes, Hugging Face datasets reads the tars (an interop
+    # review: without one it took index.json for the data)
+    card = (tmp_path / "f" / "shards" / "README.md").read_text()
+    assert 'path: "forecast/*.tar"' in card and "Written by `stpdist forecast --shards`" in card
+    assert "data.root=fc/shards" in card  # the final folder, not the staging one
+    datasets = pytest.importorskip("datasets")
+    loaded = datasets.load_dataset(str(tmp_path / "f" / "shards"), cache_dir=str(tmp_path / "hf"))
+    assert list(loaded) == ["forecast"] and "frames.npy" in loaded["forecast"].column_names
     valid = load_predictions(tmp_path / "f", "valid_times")
     made_from = load_predictions(tmp_path / "f", "reference_times")
     written = stored(tmp_path / "f" / "shards" / "forecast")
@@ -191,7 +199,7 @@ def test_forecast_shards_keep_the_valid_times_of_a_time_series(tmp_path):
     Trainer(output_dir=tmp_path / "run2", progress_bar=False).predict(
         TinyModule(), inputs, out=tmp_path / "g", metrics=False
     )
-    _forecast_shards(tmp_path / "g", argparse.Namespace(inputs="ds/train"), model)
+    _forecast_shards(tmp_path / "g", argparse.Namespace(inputs="ds/train", out="g"), model)
     assert all(
         meta == {"forecast_of": key}
         for key, (_, meta) in stored(tmp_path / "g" / "shards" / "forecast").items()

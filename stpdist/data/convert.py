@@ -894,7 +894,12 @@ def hf_split_name(split: str) -> str:
     return re.sub(r"\W", "_", split)
 
 
-def card_text(out: str | Path, source_name: str, indexes: dict[str, SplitIndex]) -> str:
+def card_text(
+    out: str | Path,
+    source_name: str,
+    indexes: dict[str, SplitIndex],
+    written_by: str = "stpdist shard",
+) -> str:
     """The README.md of a converted dataset: YAML front matter that maps each split to its
     `<split>/*.tar` shards, then what the folder holds and how to load it."""
     yaml = ["---", "configs:", "- config_name: default", "  data_files:"]
@@ -918,7 +923,7 @@ def card_text(out: str | Path, source_name: str, indexes: dict[str, SplitIndex])
 
 # {Path(out).name}: {source_name} as WebDataset shards for stpdist
 
-Written by `stpdist shard`. One folder per split, each holding tar shards
+Written by `{written_by}`. One folder per split, each holding tar shards
 (`<split>-000000.tar`, …) and an `index.json` (sample counts per shard, shape, dtype,
 value scale, per-channel statistics, the converter's arguments). Each sample in a shard is
 `<key>.frames.npy` (the whole sequence, T×C×H×W, in the stored dtype) and `<key>.json`
@@ -945,6 +950,10 @@ The front matter above maps each split to its shards, so the folder loads as a w
     ds = datasets.load_dataset("{root}").with_format("numpy")
     frames = ds["{hf_split_name(first_split)}"][0]["frames.npy"]  # T×C×H×W
 
+`datasets` caches what it read under the folder's path: after this folder is written
+again (`--overwrite`), load it with `download_mode="force_redownload"`, or it returns the
+data read before.
+
 Columns: `__key__`, `frames.npy`, `json`, `__url__`. The column types are inferred from
 the first samples: integer frames arrive as int64 (`frames.astype("{first.dtype}")` gives
 the stored dtype back), float32 frames as float32.
@@ -953,7 +962,11 @@ the stored dtype back), float32 frames as float32.
 
 
 def write_card(
-    folder: Path, out: str | Path, source_name: str, indexes: dict[str, SplitIndex]
+    folder: Path,
+    out: str | Path,
+    source_name: str,
+    indexes: dict[str, SplitIndex],
+    written_by: str = "stpdist shard",
 ) -> None:
     """Write the dataset card into `folder` (the staging folder that becomes `out`), unless
     `out` already holds a README.md that is not ours: that one is copied over unchanged."""
@@ -966,7 +979,7 @@ def write_card(
             old,
         )
         return
-    (folder / CARD_FILE).write_text(card_text(out, source_name, indexes))
+    (folder / CARD_FILE).write_text(card_text(out, source_name, indexes, written_by))
 
 
 @contextlib.contextmanager
