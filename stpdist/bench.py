@@ -819,11 +819,22 @@ def bench_module(
     num_output_frames: int,
     device: torch.device | str,
 ) -> Any:
-    """A Forecaster for `config` (a ModelConfig) on frames C×H×W of `shape`, on `device`."""
+    """A Forecaster for `config` (a ModelConfig) on frames C×H×W of `shape`, on `device`. A
+    backbone's refusal of its settings is the ConfigError `train` says, naming the key (it
+    came as the raw exception, exit 1; a zoo review)."""
+    from .build import _backbone_refusal
+    from .config import Config
     from .task import Forecaster
 
     b, t_in, c, h, w = shape
-    return Forecaster(config, (c, h, w), t_in, num_output_frames).to(device)
+    try:
+        module = Forecaster(config, (c, h, w), t_in, num_output_frames)
+    except (ValueError, TypeError, KeyError, ImportError) as exc:
+        refusal = _backbone_refusal(Config(model=config), exc, (c, h, w))
+        if refusal is None:
+            raise
+        raise refusal from None
+    return module.to(device)
 
 
 NO_KERNEL_OPS = frozenset(

@@ -150,6 +150,14 @@ def test_swin_window_is_a_setting_for_latent_frames_openstls_choice_does_not_til
         simvp(swin_window=3)
     with pytest.raises(ValueError, match=r"swin_window 16 must be 1 … 15"):
         simvp(swin_window=16)
+    # latent sides that share no divisor (5×7): the key is named (a zoo review: the line
+    # named a function, `swin_window_size`, and left out the setting that works)
+    odd = FrameSpec(2, 10, 14, 3, 2)
+    with pytest.raises(ValueError, match=r"latent frames 5×7 .*as OpenSTL does; model.backbone"
+                       r".swin_window sets it\); no window above 1 divides both sides: set "
+                       r"model.backbone.swin_window to 1"):  # fmt: skip
+        SimVP(odd, SimVPArgs(translator="swin", spatial_channels=8, temporal_channels=16,
+                             num_spatial_blocks=2, num_translator_blocks=2))  # fmt: skip
     model = simvp(swin_window=5)
     assert {b.window for b in model.modules() if isinstance(b, SwinBlock)} == {5}
     assert model(torch.rand(2, 3, 2, 30, 50), 2).shape == (2, 2, 2, 30, 50)

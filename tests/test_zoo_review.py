@@ -156,6 +156,20 @@ def test_even_kernel_sizes_are_refused_at_build_naming_the_key(key, argument):
         build(key, (1, 8, 8), 2, 2, **{argument: 4})
 
 
+@pytest.mark.parametrize(
+    "key, setting",
+    [("simvp-gsta", {"inception_kernel_sizes": [4]}), ("tau", {"swin_window": 3}),
+     ("simvp-incepu", {"swin_shift_mask": False}), ("simvp-mlpmixer", {"inception_groups": 4})],
+)  # fmt: skip
+def test_another_translators_setting_is_refused_naming_it(key, setting):
+    """A zoo review: a setting only another translator reads was ignored silently (gsta
+    with `inception_kernel_sizes: [4]` built as if it were not there)."""
+    (name,) = setting
+    with pytest.raises(ConfigError, match=rf"'model\.backbone' \(translator, {name}\) .*: "
+                       rf"{name} is the (incepu|swin) translator's setting"):  # fmt: skip
+        build(key, (1, 16, 16), 2, 2, **setting)
+
+
 def test_even_inception_kernels_and_phycell_kernel_are_refused():
     with pytest.raises(ConfigError, match=r"inception_kernel_sizes' .*holds 4.*odd"):
         build("simvp-incepu", (1, 8, 8), 2, 2, inception_kernel_sizes=[3, 4])

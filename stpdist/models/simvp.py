@@ -302,6 +302,29 @@ class SimVPArgs:
     from the latent height (7 if a multiple of 7, else max(4, height // 16), at most 8)."""
 
 
+TRANSLATOR_SETTINGS = {
+    "inception_kernel_sizes": "incepu",
+    "inception_groups": "incepu",
+    "swin_shift_mask": "swin",
+    "swin_window": "swin",
+}
+"""The settings one built-in translator alone reads, by the translator."""
+
+
+def _refuse_other_translators_settings(args: SimVPArgs, defaults: SimVPArgs) -> None:
+    """A setting of another built-in translator than the one chosen, given away from its
+    default, is refused naming it: it was ignored silently (a zoo review: `gsta` with
+    `inception_kernel_sizes: [4]` built as if it were not there)."""
+    if ":" in args.translator:  # a translator of the user's own: its settings are its own
+        return
+    for key, owner in TRANSLATOR_SETTINGS.items():
+        if args.translator != owner and getattr(args, key) != getattr(defaults, key):
+            raise ValueError(
+                f"{key} is the {owner} translator's setting, and translator "
+                f"{args.translator!r} reads none: remove it, or choose translator {owner}"
+            )
+
+
 class SimVP(nn.Module):
     """SimVP: spatial encoder → translator over stacked frames → spatial decoder."""
 
@@ -311,6 +334,7 @@ class SimVP(nn.Module):
         super().__init__()
         args = args or self.Args()
         block_class = translator_block(args.translator)  # fails early, naming it
+        _refuse_other_translators_settings(args, self.Args())
         if args.num_spatial_blocks < 1 or args.num_translator_blocks < 2:
             raise ValueError(
                 "SimVP needs num_spatial_blocks >= 1 and num_translator_blocks >= 2, got "

@@ -49,7 +49,7 @@ published parameter count or MSE is checked.
 
 At those settings (patch 1 outside: spec 1×64×64; 10→10): 18,845,409 parameters and
 69.56 GMACs forward per sample (`torch.utils.flop_counter.FlopCounterMode`, MACs =
-flops/2, batch 1, attention matmuls included; `stpdist bench model` on CPU shows 69.23,
+flops/2, batch 1, attention matmuls included; `stpdist bench model` on CPU shows 69.22,
 because FlopCounterMode has no formula for some CPU attention kernels). The official model
 holds 20,191,969: it also builds a `Linear(2D, D)` in every odd block, never called
 (1,345,664 parameters here), and an unused patch embedding in its up path (896); we

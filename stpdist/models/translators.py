@@ -572,11 +572,13 @@ class SwinBlock(nn.Module):
                 "set model.backbone.swin_window to one that divides both "
                 f"({', '.join(map(str, sides))}), or use another translator"
                 if sides
-                else "no window above 1 divides both sides: use frames whose latent sides "
-                "share a divisor, or another translator"
+                else "no window above 1 divides both sides: set model.backbone.swin_window "
+                "to 1 (then no attention across pixels), use frames whose "
+                "latent sides share a divisor, or another translator"
             )
             chosen = "model.backbone.swin_window" if given else (
-                "chosen from the latent height as OpenSTL does, see `swin_window_size`"
+                "chosen from the latent height as OpenSTL does; model.backbone.swin_window "
+                "sets it"
             )  # fmt: skip
             raise ValueError(
                 f"translator swin: the latent frames {height}×{width} (after the encoder's "
