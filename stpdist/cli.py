@@ -660,10 +660,18 @@ def _earlier_output(command: str) -> EarlierOutput:
     if command == "predict":
         files = ("predictions-r*.npz", "metrics.json")
         # `.predicting`: where `Trainer.predict` writes first; a pass killed leaves it alone
-        folders = (PICTURES, (".predicting", ("predictions-r*.npz",)))
-        return EarlierOutput(command, files, markers=(*files, ".predicting"), folders=folders)
+        # and `.predicted`, a pass whose swap was stopped (Trainer.predict finishes it)
+        folders = (
+            PICTURES,
+            (".predicting", ("predictions-r*.npz",)),
+            (".predicted", ("predictions-r*.npz", ".names.json")),
+        )
+        markers = (*files, ".predicting", ".predicted")
+        return EarlierOutput(command, files, markers=markers, folders=folders)
     files = ("predictions-r*.npz", "forecast.json")
-    folders = (PICTURES, ("shards", ("forecast/index.json", "forecast/forecast-*.tar")))
+    # the shards' card too (a diff review: with it, a second `--overwrite` was refused)
+    shards = ("README.md", "forecast/index.json", "forecast/forecast-*.tar")
+    folders = (PICTURES, ("shards", shards))
     return EarlierOutput(command, files, markers=files[:1], folders=folders)
 
 

@@ -608,11 +608,12 @@ def _section_class(dotted: str) -> type | None:
 
 def _keys_named(name: str, cls: type | None = None, prefix: str = "") -> list[str]:
     """The dotted keys of the schema whose last part is `name` (`batch_size` →
-    `data.batch_size`, `data.synthesize.…`), sections included, shallowest first."""
+    `data.batch_size`, `data.synthesize.…`), values only (`trainer.model` is no slip of
+    `model`, a section), shallowest first."""
     found = []
     for field_name, (hint, _) in _fields(cls or Config).items():
         path = f"{prefix}{field_name}"
-        if field_name == name:
+        if field_name == name and not dataclasses.is_dataclass(hint):
             found.append(path)
         if dataclasses.is_dataclass(hint):
             found += _keys_named(name, hint, path + ".")
@@ -833,11 +834,16 @@ def _python_numbers(value: Any) -> Any:
     return value
 
 
+_BEFORE_INTERPOLATION = re.compile(r"(\\*)\$\{")
+"""`${` and the backslashes before it."""
+
+
 def _literal(value: Any) -> Any:
-    """`value` with each `${` of its text escaped, in lists and mappings too: OmegaConf
-    reads the text as written."""
+    """`value` with each `${` of its text escaped, and the backslashes before one doubled,
+    in lists and mappings too: OmegaConf reads the text as written (`a\\${b}` lost its
+    backslash, or became an interpolation; a diff review)."""
     if isinstance(value, str):
-        return value.replace("${", "\\${")
+        return _BEFORE_INTERPOLATION.sub(lambda m: m.group(1) * 2 + "\\${", value)
     if isinstance(value, list | tuple):
         return [_literal(v) for v in value]
     if isinstance(value, dict):

@@ -481,6 +481,12 @@ def test_dataset_card_makes_hf_datasets_read_the_tar_shards(tmp_path):
     ]
     text = (tmp_path / "out" / "README.md").read_text()
     assert f"stpdist train CONFIG data.root={(tmp_path / 'out').as_posix()}" in text
+    from stpdist.data.convert import card_text  # a path with a space: one word, quoted
+
+    spaced = card_text("my data/out", "x", {"train": read_index(tmp_path / "out" / "train")})
+    assert "stpdist train CONFIG 'data.root=my data/out'" in spaced
+    assert "stpdist inspect 'my data/out' --verify" in spaced
+    assert 'datasets.load_dataset("my data/out")' in spaced
     loaded = datasets.load_dataset(str(tmp_path / "out"), cache_dir=str(tmp_path / "hf"))
     assert {name: len(split) for name, split in loaded.items()} == {"train": 4, "val": 2}
     rows = loaded["val"].with_format("numpy")

@@ -171,6 +171,14 @@ def test_forecast_from_a_compressed_file_writes_every_sequence(model, tmp_path):
     expected = stpdist.load(model).forecast(data)
     for i in range(9):
         np.testing.assert_allclose(written[f"radar_{i:06d}"], expected[i], rtol=1e-5, atol=1e-3)
+    # with --shards, twice into one folder (a diff review: the shards' dataset card was
+    # taken for a file of the user's, and the second --overwrite was refused)
+    for _ in range(2):
+        proc = run_cli("forecast", str(model), str(tmp_path / "radar.npz"), "--out",
+                       str(tmp_path / "s"), "--shards", "--samples", "0", "--overwrite",
+                       cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "s" / "shards" / "README.md").is_file()
 
 
 def test_predictions_are_walked_a_file_at_a_time(tmp_path, monkeypatch):

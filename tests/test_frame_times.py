@@ -175,7 +175,9 @@ def test_forecast_shards_keep_the_valid_times_of_a_time_series(tmp_path):
     # review: without one it took index.json for the data)
     card = (tmp_path / "f" / "shards" / "README.md").read_text()
     assert 'path: "forecast/*.tar"' in card and "Written by `stpdist forecast --shards`" in card
-    assert "data.root=fc/shards" in card  # the final folder, not the staging one
+    # the final folder, not the staging one; no training on forecasts (a diff review: the
+    # card said to train on a folder of one `forecast` split)
+    assert "stpdist inspect fc/shards/forecast --verify" in card and "Train with" not in card
     datasets = pytest.importorskip("datasets")
     loaded = datasets.load_dataset(str(tmp_path / "f" / "shards"), cache_dir=str(tmp_path / "hf"))
     assert list(loaded) == ["forecast"] and "frames.npy" in loaded["forecast"].column_names

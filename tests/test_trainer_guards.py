@@ -385,3 +385,28 @@ def test_a_data_root_without_its_train_split_is_told_to_add_that_split(tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "convert a train split into it as well" in proc.stderr, proc.stderr
     assert "data.train_source: moving_digits" in proc.stderr
+
+
+def test_predict_on_a_filesystem_without_flock_swaps_without_the_lock(tmp_path, monkeypatch):
+    """A diff review: on a filesystem without flock (NFS without lockd: ENOLCK) the swap's
+    lock failed after the whole pass, and the pass was lost. As the checkpoints' read
+    leases do, the swap goes on without a lock there."""
+    import errno
+    import fcntl
+    import os
+    import stat
+
+    from stpdist.trainer import load_predictions
+
+    real = fcntl.flock
+
+    def no_locks_on_folders(fd, operation):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+        return real(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", no_locks_on_folders)
+    out = tmp_path / "predictions"
+    trainer = Trainer(output_dir=tmp_path / "eval", progress_bar=False)
+    trainer.predict(TinyModule(), _keyed(4), out=out, metrics=False)
+    assert sorted(load_predictions(out)) == ["s0", "s1", "s2", "s3"]

@@ -286,6 +286,10 @@ def test_series_step_is_the_usual_spacing_and_an_odd_time_is_a_gap(caplog):
     for start in starts:
         assert (np.diff(times[start : start + 3]) == np.timedelta64(1, "h")).all()
     assert [w.start for w in plan_windows(times, 3, 1, step=np.timedelta64(30, "m"))] == [5]
+    caplog.clear()  # frames without times, cut by clips (`--per-file`): no step to blame
+    with caplog.at_level(logging.WARNING, logger="stpdist"):
+        plan_windows(np.arange(23), 4, 4, clips=[10, 20])
+    assert "in no window" not in caplog.text, caplog.text
 
 
 def test_timestamps_with_an_offset_are_utc_without_numpys_warning():
@@ -787,6 +791,13 @@ def test_a_float64_variable_beyond_float32_is_refused_as_such(tmp_path):
     source = XarraySource([str(tmp_path / "big.nc")], var_specs="v", num_frames=2, stride=2)
     with pytest.raises(InputError, match=r"variable 'v' holds 1e\+39, beyond float32's range"):
         convert(source, tmp_path / "out", progress=False)
+    # the same value outside the variable's valid range is a missing value: filled (a diff
+    # review: the float32 check came first and refused it)
+    ds["v"].attrs["valid_max"] = 100.0
+    ds.to_netcdf(tmp_path / "marked.nc", engine="h5netcdf")
+    source = XarraySource([str(tmp_path / "marked.nc")], var_specs="v", num_frames=2, stride=2)
+    index = convert(source, tmp_path / "out", progress=False, nan_fill=0.0)["train"]
+    assert index.max == [1.0]
 
 
 @pytest.mark.filterwarnings("ignore:saving variable tcc with floating point data")

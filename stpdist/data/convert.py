@@ -32,10 +32,12 @@ import fnmatch
 import functools
 import hashlib
 import itertools
+import json
 import logging
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -918,6 +920,23 @@ def card_text(
     )
     root = Path(out).as_posix()
     first_split = next(iter(indexes))
+    train = (  # for the commands' lines: a path with a space is one word (a diff review)
+        f"""
+## Train with stpdist
+
+Point a config's `data.root` at this folder; the input/target frame counts are chosen
+there (`data.num_input_frames`, `data.num_output_frames`), not in the shards:
+
+    stpdist train CONFIG {shlex.quote(f"data.root={root}")}
+    stpdist inspect {shlex.quote(root)} --verify
+"""
+        if written_by == "stpdist shard"
+        else f"""
+## Read with stpdist
+
+    stpdist inspect {shlex.quote(root + "/" + first_split)} --verify
+"""
+    )
     text = f"""\
 {CARD_MARKER}
 
@@ -933,21 +952,13 @@ data; a value scale of 1 means physical units. Channels: {variables}.
 | split | samples | shards | T×C×H×W | dtype | value scale |
 |---|---|---|---|---|---|
 {chr(10).join(rows)}
-
-## Train with stpdist
-
-Point a config's `data.root` at this folder; the input/target frame counts are chosen
-there (`data.num_input_frames`, `data.num_output_frames`), not in the shards:
-
-    stpdist train CONFIG data.root={root}
-    stpdist inspect {root} --verify
-
+{train}
 ## Read with Hugging Face datasets
 
 The front matter above maps each split to its shards, so the folder loads as a webdataset:
 
     import datasets
-    ds = datasets.load_dataset("{root}").with_format("numpy")
+    ds = datasets.load_dataset({json.dumps(root)}).with_format("numpy")
     frames = ds["{hf_split_name(first_split)}"][0]["frames.npy"]  # T×C×H×W
 
 `datasets` caches what it read under the folder's path: after this folder is written

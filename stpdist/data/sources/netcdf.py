@@ -299,9 +299,12 @@ def _valid_bounds(var: Any, *, widened: bool = False) -> tuple[float, float] | N
 
 
 def _masked_outside(values: np.ndarray, bounds: tuple[float, float] | None) -> np.ndarray:
-    """`values` (float32) with those outside `bounds` as NaN (missing; `--allow-nan`)."""
+    """`values` (floats) with those outside `bounds` as NaN (missing; `--allow-nan`)."""
+    values = np.asarray(values)
     if bounds is None:
         return values
+    if not np.issubdtype(values.dtype, np.floating):  # (xarray's reads are floats)
+        values = values.astype(np.float64)
     low, high = np.float32(bounds[0]), np.float32(bounds[1])  # as the values are compared
     low = np.nextafter(low, np.float32(-np.inf)) if low > bounds[0] else low  # rounded in:
     high = np.nextafter(high, np.float32(np.inf)) if high < bounds[1] else high  # widened
@@ -851,7 +854,8 @@ class XarraySource:
                 bounds = _valid_bounds(var, widened=True)
             finally:
                 ds.close()
-            parts.append(_masked_outside(_float32(part, store, channel.variable), bounds))
+            # outside its valid range first: a fill beyond float32 is missing, not refused
+            parts.append(_float32(_masked_outside(part, bounds), store, channel.variable))
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def load(self, block: Block) -> list[tuple[str, np.ndarray, dict]]:

@@ -171,17 +171,19 @@ def plan_windows(
     check_every_split(
         windows, times, splits, breaks, num_frames, stride, val_from, test_from, where
     )
-    if inferred and len(breaks) > 2:
-        _say_frames_left_out(times, breaks, num_frames, step, where)
+    if inferred and gaps and times.dtype.kind == "M":  # a step taken from the times
+        _say_frames_left_out(times, [0, *gaps, len(times)], num_frames, step, where)
     return windows
 
 
 def _say_frames_left_out(
     times: np.ndarray, breaks: list[int], num_frames: int, step: Any, where: str
 ) -> None:
-    """One line when the series' runs (evenly spaced at its step) leave frames in no
-    window: the step taken (its most common spacing) and how many, so that data spaced
-    otherwise is not dropped without a word (a diff review)."""
+    """One line when the runs its spacing cuts a timed series into (`breaks`: at each
+    spacing other than its step) leave frames in no window: the step taken (its most
+    common spacing) and how many, so that data spaced otherwise is not dropped without a
+    word (a diff review). Clips, split boundaries and the ends a stride leaves are not
+    counted: the step is no cause of theirs."""
     from ...console import log
 
     left = sum(
@@ -189,7 +191,7 @@ def _say_frames_left_out(
     )
     if not left:
         return
-    shown = _step_text(step) if times.dtype.kind == "M" else f"{step} frame(s)"
+    shown = _step_text(step)
     log.warning(
         "%s: %d of %d frames are in no window: they lie in runs shorter than --frames %d at "
         "the series' step, %s (its most common spacing; another spacing is a gap): --step "
