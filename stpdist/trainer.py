@@ -3343,7 +3343,7 @@ PREDICTED_NAMES = ".names.json"
 
 
 @contextmanager
-def _swap_lock(folder: Path) -> Iterator[None]:
+def _swap_lock(folder: Path, *, shared: bool = False) -> Iterator[None]:
     """An exclusive lock on `folder`'s swap, held by a predict swapping its files in or a
     reader finishing a stopped swap: flock on the folder itself (no file left in it;
     released if the holder dies). A reader that found `.predicted` took it for a stopped
@@ -3359,7 +3359,7 @@ def _swap_lock(folder: Path) -> Iterator[None]:
         return
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         except OSError as exc:  # a filesystem without flock (NFS without lockd): none,
             if exc.errno not in _NO_FLOCK:  # as for the checkpoints' read leases (a diff
                 raise  # review: the whole pass was lost to "No locks available")
@@ -3721,13 +3721,17 @@ def load_predictions(folder: str | Path, field: str = "predictions") -> dict[str
     of their per-sample arrays (`valid_times`, `reference_times` of a time series)."""
     found: dict[str, np.ndarray] = {}
     _finish_a_stopped_swap(Path(folder))
-    for file in sorted(Path(folder).glob("predictions-r*.npz")):
-        with np.load(file, allow_pickle=False) as data:
-            if field not in data.files:
-                raise KeyError(
-                    f"{file} holds no {field!r}; its arrays: {', '.join(sorted(data.files))}"
-                )
-            found.update(zip(data["keys"].tolist(), data[field]))
+    # read between swaps (shared: readers alike), so never half of two passes (a diff review)
+    folder = Path(folder)
+    shared = _swap_lock(folder, shared=True) if folder.is_dir() else contextlib.nullcontext()
+    with shared:
+        for file in sorted(Path(folder).glob("predictions-r*.npz")):
+            with np.load(file, allow_pickle=False) as data:
+                if field not in data.files:
+                    raise KeyError(
+                        f"{file} holds no {field!r}; its arrays: {', '.join(sorted(data.files))}"
+                    )
+                found.update(zip(data["keys"].tolist(), data[field]))
     return found
 
 
