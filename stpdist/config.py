@@ -608,12 +608,12 @@ def _section_class(dotted: str) -> type | None:
 
 def _keys_named(name: str, cls: type | None = None, prefix: str = "") -> list[str]:
     """The dotted keys of the schema whose last part is `name` (`batch_size` →
-    `data.batch_size`, `data.synthesize.…`), values only (`trainer.model` is no slip of
-    `model`, a section), shallowest first."""
+    `data.batch_size`, `data.synthesize.…`; `optimizer` → `model.optimizer`), but the
+    top-level sections (`trainer.model` is no slip of `model`), shallowest first."""
     found = []
     for field_name, (hint, _) in _fields(cls or Config).items():
         path = f"{prefix}{field_name}"
-        if field_name == name and not dataclasses.is_dataclass(hint):
+        if field_name == name and prefix:
             found.append(path)
         if dataclasses.is_dataclass(hint):
             found += _keys_named(name, hint, path + ".")

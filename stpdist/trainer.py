@@ -3738,15 +3738,35 @@ def load_predictions(folder: str | Path, field: str = "predictions") -> dict[str
 def iter_predictions(folder: str | Path) -> Iterator[tuple[str, np.ndarray]]:
     """`load_predictions`' entries a file at a time, in the files' order (rank, then part:
     one rank's predictions in the order they were made), one file in memory at a time:
-    for passes over more than memory holds. A key written twice comes once, its last."""
+    for passes over more than memory holds. A key written twice comes once, its last. A
+    predict that replaces them while they are walked is an error (a diff review: the walk
+    went on in the new pass's files, half of each)."""
     _finish_a_stopped_swap(Path(folder))
     files = sorted(Path(folder).glob("predictions-r*.npz"))
+    first: dict[Path, int] = {}  # each file's inode as the walk began
+
+    @contextmanager
+    def opened(file: Path) -> Iterator[Any]:
+        try:
+            handle = open(file, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            handle = None
+        with handle or contextlib.nullcontext():
+            inode = None if handle is None else os.fstat(handle.fileno()).st_ino
+            if handle is None or first.setdefault(file, inode) != inode:
+                raise RuntimeError(
+                    f"{folder}: its predictions were replaced while they were read (a "
+                    "predict swapped in another pass): read them again"
+                )
+            with np.load(handle, allow_pickle=False) as data:
+                yield data
+
     last: dict[str, Path] = {}
     for file in files:
-        with np.load(file, allow_pickle=False) as data:
+        with opened(file) as data:
             last.update((key, file) for key in data["keys"].tolist())
     for file in files:
-        with np.load(file, allow_pickle=False) as data:
+        with opened(file) as data:
             keys, predictions = data["keys"].tolist(), data["predictions"]
         for key, frames in zip(keys, predictions):
             if last[key] == file:

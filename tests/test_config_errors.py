@@ -87,8 +87,10 @@ def test_a_key_in_the_wrong_section_names_where_it_is(tmp_path):
     assert _message(tmp_path, None, ["data.lr=1"]).endswith("'lr' is 'model.optimizer.lr'")
     message = _message(tmp_path, None, ["trainer.max_epoch=3"])
     assert message.endswith("did you mean 'max_epochs'?"), message
-    message = _message(tmp_path, None, ["trainer.model=1"])  # a section: no such hint
+    message = _message(tmp_path, None, ["trainer.model=1"])  # a top-level section: no hint
     assert "'model' is" not in message, message
+    message = _message(tmp_path, None, ["trainer.optimizer.lr=0.1"])  # a section elsewhere
+    assert message.endswith("; 'optimizer' is 'model.optimizer'"), message
 
 
 SECTIONS = [  # (dotted key, YAML value, how it is shown, its dataclass, Optional)

@@ -199,7 +199,11 @@ def test_predictions_are_walked_a_file_at_a_time(tmp_path, monkeypatch):
     opened: list[str] = []
     load = np.load
     monkeypatch.setattr(
-        np, "load", lambda file, **kw: opened.append(Path(file).name) or load(file, **kw)
+        np,
+        "load",  # a path, or a file opened (its name)
+        lambda file, **kw: (
+            opened.append(Path(getattr(file, "name", file)).name) or load(file, **kw)
+        ),
     )
     walked = list(iter_predictions(tmp_path))
     assert len(opened) == 6 + 6

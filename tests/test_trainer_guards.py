@@ -410,3 +410,22 @@ def test_predict_on_a_filesystem_without_flock_swaps_without_the_lock(tmp_path, 
     trainer = Trainer(output_dir=tmp_path / "eval", progress_bar=False)
     trainer.predict(TinyModule(), _keyed(4), out=out, metrics=False)
     assert sorted(load_predictions(out)) == ["s0", "s1", "s2", "s3"]
+
+
+def test_a_walk_of_predictions_replaced_meanwhile_stops_saying_so(tmp_path):
+    """A diff review: `iter_predictions` went on in the files of a pass swapped in while it
+    walked (s0, s1 of one pass, s2, s3 of the other), silently. It stops, saying why."""
+    import torch
+
+    from stpdist.trainer import iter_predictions
+
+    out = tmp_path / "predictions"
+    trainer = Trainer(output_dir=tmp_path / "eval", progress_bar=False)
+    trainer.predict(TinyModule(), _keyed(4), out=out, metrics=False)
+    walk = iter_predictions(out)
+    assert next(walk)[0] == "s0"
+    torch.manual_seed(9)
+    trainer.predict(TinyModule(), _keyed(4), out=out, metrics=False)
+    with pytest.raises(RuntimeError, match="predictions were replaced while they were read"):
+        list(walk)
+    assert [key for key, _ in iter_predictions(out)] == ["s0", "s1", "s2", "s3"]

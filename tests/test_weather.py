@@ -798,6 +798,17 @@ def test_a_float64_variable_beyond_float32_is_refused_as_such(tmp_path):
     source = XarraySource([str(tmp_path / "marked.nc")], var_specs="v", num_frames=2, stride=2)
     index = convert(source, tmp_path / "out", progress=False, nan_fill=0.0)["train"]
     assert index.max == [1.0]
+    # float64 values exactly at a bound float32 cannot hold (273.15) are inside: kept (a
+    # diff review: the bound rounded to float32 masked them)
+    values = np.full((4, 4, 6), 250.0)
+    values[1, 2, 3] = 273.15
+    ds = xr.Dataset({"t": (("time", "lat", "lon"), values, {"valid_min": 250.0,
+                                                           "valid_max": 273.15})},
+                    coords={"time": time, "lat": lat, "lon": lon})  # fmt: skip
+    ds.to_netcdf(tmp_path / "ends.nc", engine="h5netcdf")
+    source = XarraySource([str(tmp_path / "ends.nc")], var_specs="t", num_frames=2, stride=2)
+    index = convert(source, tmp_path / "ends", progress=False)["train"]  # no NaN: no refusal
+    assert index.max == [pytest.approx(273.15)]
 
 
 @pytest.mark.filterwarnings("ignore:saving variable tcc with floating point data")

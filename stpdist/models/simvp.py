@@ -63,6 +63,7 @@ layers together see 0.013 G elements per sample).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -70,7 +71,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import FrameSpec, check_odd_kernels
-from .translators import BlockSettings, InceptionBlock, translator_block
+from .translators import BUILT_IN, BlockSettings, InceptionBlock, translator_block
 
 DIVERGENCE_FORMS = ("per_channel", "openstl")
 """The forms of TAU's differential divergence (`model.divergence_form`)."""
@@ -311,18 +312,23 @@ TRANSLATOR_SETTINGS = {
 """The settings one built-in translator alone reads, by the translator."""
 
 
-def _refuse_other_translators_settings(args: SimVPArgs, defaults: SimVPArgs) -> None:
-    """A setting of another built-in translator than the one chosen, given away from its
-    default, is refused naming it: it was ignored silently (a zoo review: `gsta` with
-    `inception_kernel_sizes: [4]` built as if it were not there)."""
-    if ":" in args.translator:  # a translator of the user's own: its settings are its own
+def _say_other_translators_settings(args: SimVPArgs, defaults: SimVPArgs) -> None:
+    """A setting of another built-in translator than the (built-in) one chosen, given away
+    from its default, is said once at build: it was ignored silently (a zoo review: `gsta`
+    with `inception_kernel_sizes: [4]` built as if it were not there). Not refused: models
+    trained with such a key (which never touched their weights) load and resume."""
+    if args.translator not in BUILT_IN:  # a translator of the user's own reads what it will
         return
     for key, owner in TRANSLATOR_SETTINGS.items():
-        if args.translator != owner and getattr(args, key) != getattr(defaults, key):
-            raise ValueError(
-                f"{key} is the {owner} translator's setting, and translator "
-                f"{args.translator!r} reads none: remove it, or choose translator {owner}"
-            )
+        given, default = getattr(args, key), getattr(defaults, key)
+        if isinstance(given, tuple):  # (3, 5, 7, 11) is the default list too
+            given = list(given)
+        if args.translator != owner and given != default:
+            logging.getLogger("stpdist").warning(
+                "model.backbone.%s is the %s translator's setting; translator %r reads "
+                "none, and %s is ignored",
+                key, owner, args.translator, given,
+            )  # fmt: skip
 
 
 class SimVP(nn.Module):
@@ -334,7 +340,7 @@ class SimVP(nn.Module):
         super().__init__()
         args = args or self.Args()
         block_class = translator_block(args.translator)  # fails early, naming it
-        _refuse_other_translators_settings(args, self.Args())
+        _say_other_translators_settings(args, self.Args())
         if args.num_spatial_blocks < 1 or args.num_translator_blocks < 2:
             raise ValueError(
                 "SimVP needs num_spatial_blocks >= 1 and num_translator_blocks >= 2, got "

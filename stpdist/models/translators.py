@@ -722,6 +722,8 @@ BLOCKS: dict[str, type[nn.Module]] = {
 }
 """Translator name → block class. `incepu` is built as a U-Net of `InceptionBlock`s;
 every other one as a stack of `Block(dim, BlockSettings)`."""
+BUILT_IN = frozenset(BLOCKS)
+"""The translators stpdist ships (`register_translator` adds to `BLOCKS`, not to these)."""
 
 
 def register_translator(name: str, cls: type[nn.Module]) -> type[nn.Module]:

@@ -305,9 +305,15 @@ def _masked_outside(values: np.ndarray, bounds: tuple[float, float] | None) -> n
         return values
     if not np.issubdtype(values.dtype, np.floating):  # (xarray's reads are floats)
         values = values.astype(np.float64)
-    low, high = np.float32(bounds[0]), np.float32(bounds[1])  # as the values are compared
-    low = np.nextafter(low, np.float32(-np.inf)) if low > bounds[0] else low  # rounded in:
-    high = np.nextafter(high, np.float32(np.inf)) if high < bounds[1] else high  # widened
+    # the bounds in the values' precision, widened where rounding moved one inward: a
+    # value at a bound stays in (compared as Python floats: a diff review found float32
+    # comparisons never widening, and float64 data at 273.15 masked)
+    kind, largest = values.dtype.type, float(np.finfo(values.dtype).max)
+    low, high = (kind(b) if abs(b) <= largest else kind(np.copysign(np.inf, b)) for b in bounds)
+    if float(low) > bounds[0]:
+        low = np.nextafter(low, kind(-np.inf))
+    if float(high) < bounds[1]:
+        high = np.nextafter(high, kind(np.inf))
     outside = (values < low) | (values > high)
     return np.where(outside, np.float32(np.nan), values) if outside.any() else values
 
