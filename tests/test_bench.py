@@ -138,9 +138,12 @@ def test_bench_data_rounds_table_and_each_loaders_own_memory(tmp_path, capsys):
         assert row["samples"] == 128
         assert row["samples_per_s_min"] <= row["samples_per_s"] <= row["samples_per_s_max"]
     # each loader's memory is its own: the in-RAM array's preload shows in its figures
-    # only (the shard stream's own is mostly its shuffle buffer, 256 raw samples)
-    assert rows["ram"]["process_mb"] >= 0.9 * array_mb
-    assert result["setup_mb"]["ram"] >= 0.9 * array_mb
+    # only (the shard stream's own is mostly its shuffle buffer, 256 raw samples). RSS
+    # growth can fall short of the 5 MB by memory the allocator already held (freed before
+    # the baseline): 4.4 to 6.3 MB measured for the same code as the process' imports
+    # differ; the others' stay under 1 MB
+    assert rows["ram"]["process_mb"] >= 0.75 * array_mb
+    assert result["setup_mb"]["ram"] >= 0.75 * array_mb
     assert result["setup_mb"]["shards"] < 0.2 * array_mb
     assert result["setup_mb"]["npz"] < 0.2 * array_mb
     assert result["threads"]["torch_threads"] >= 1
