@@ -416,7 +416,7 @@ def _lock(fd: int, how: int, folder: Path) -> bool:
     except OSError as exc:
         if exc.errno not in _NO_FLOCK:
             raise
-        log.debug("%s: no flock here (%s); no checkpoint read lease kept", folder, exc.strerror)
+        log.debug("%s: no flock here (%s); no lock kept", folder, exc.strerror)
         return False
     return True
 

@@ -3350,19 +3350,16 @@ def _swap_lock(folder: Path, *, shared: bool = False) -> Iterator[None]:
     swap while a live predict was moving its files, and broke it (a diff review)."""
     import fcntl
 
-    from .checkpoint import _NO_FLOCK
+    from .checkpoint import _lock
 
     try:
         fd = os.open(folder, os.O_RDONLY)
     except PermissionError:  # a folder one may write but not read (0300): no lock there
         yield
         return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-        except OSError as exc:  # a filesystem without flock (NFS without lockd): none,
-            if exc.errno not in _NO_FLOCK:  # as for the checkpoints' read leases (a diff
-                raise  # review: the whole pass was lost to "No locks available")
+    try:  # a filesystem without flock (NFS without lockd): none, as for the checkpoints'
+        # read leases (a diff review: the whole pass was lost to "No locks available")
+        _lock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, folder)
         yield
     finally:
         os.close(fd)
@@ -3720,12 +3717,12 @@ def load_predictions(folder: str | Path, field: str = "predictions") -> dict[str
     """Every prediction `Trainer.predict` wrote to `folder`, by sample key; `field`: another
     of their per-sample arrays (`valid_times`, `reference_times` of a time series)."""
     found: dict[str, np.ndarray] = {}
-    _finish_a_stopped_swap(Path(folder))
-    # read between swaps (shared: readers alike), so never half of two passes (a diff review)
     folder = Path(folder)
+    _finish_a_stopped_swap(folder)
+    # read between swaps (shared: readers alike), so never half of two passes (a diff review)
     shared = _swap_lock(folder, shared=True) if folder.is_dir() else contextlib.nullcontext()
     with shared:
-        for file in sorted(Path(folder).glob("predictions-r*.npz")):
+        for file in sorted(folder.glob("predictions-r*.npz")):
             with np.load(file, allow_pickle=False) as data:
                 if field not in data.files:
                     raise KeyError(
@@ -3745,19 +3742,21 @@ def iter_predictions(folder: str | Path) -> Iterator[tuple[str, np.ndarray]]:
     files = sorted(Path(folder).glob("predictions-r*.npz"))
     first: dict[Path, int] = {}  # each file's inode as the walk began
 
+    replaced = RuntimeError(
+        f"{folder}: its predictions were replaced while they were read (a predict swapped "
+        "in another pass): read them again"
+    )
+
     @contextmanager
     def opened(file: Path) -> Iterator[Any]:
         try:
-            handle = open(file, "rb")  # noqa: SIM115 - closed below
+            handle = open(file, "rb")  # noqa: SIM115 - closed by the `with` below
         except FileNotFoundError:
-            handle = None
-        with handle or contextlib.nullcontext():
-            inode = None if handle is None else os.fstat(handle.fileno()).st_ino
-            if handle is None or first.setdefault(file, inode) != inode:
-                raise RuntimeError(
-                    f"{folder}: its predictions were replaced while they were read (a "
-                    "predict swapped in another pass): read them again"
-                )
+            raise replaced from None
+        with handle:
+            inode = os.fstat(handle.fileno()).st_ino
+            if first.setdefault(file, inode) != inode:
+                raise replaced
             with np.load(handle, allow_pickle=False) as data:
                 yield data
 

@@ -60,6 +60,7 @@ from .format import (
     ShardFormatError,
     SplitIndex,
     SplitWriter,
+    as_float32,
     read_index,
     require_file,
 )
@@ -789,24 +790,6 @@ def _check_same_dtype(like: SplitIndex, split: str, stored: str | None, where: s
     )
 
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _as_float32(frames: np.ndarray, key: str, where: str) -> np.ndarray:
-    """float64 frames as float32; values beyond float32's range (±3.4e38) refused naming
-    the first (they became ±inf, said as "inf … frames must be finite", of a file that
-    holds none; a formats review)."""
-    too_big = np.abs(frames) > FLOAT32_MAX
-    if too_big.any():
-        position = tuple(int(i) for i in np.argwhere(too_big)[0])
-        raise InputError(
-            f"{where}: sample {key} holds {frames[position]:g} at (t, c, y, x) = {position}, "
-            f"beyond float32's range (±{FLOAT32_MAX:.3g}), which frames are stored in: "
-            "rescale the data before converting it"
-        )
-    return frames.astype(np.float32)
-
-
 def _write_sample(
     writer: SplitWriter,
     key: str,
@@ -825,7 +808,7 @@ def _write_sample(
         if grid:
             frames = _quantize(frames, grid)
         elif frames.dtype == np.float64:  # stored float32: what training reads anyway
-            frames = _as_float32(frames, key, where)
+            frames = as_float32(frames, f"{where}: sample {key}", "t, c, y, x")
         writer.write(key, frames, meta, valid=valid)
     except ShardFormatError as exc:  # the writer's checks: shape, dtype, key
         raise InputError(f"{where}: {exc}") from None

@@ -89,6 +89,26 @@ _KINDS = {
 }
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def as_float32(values: np.ndarray, what: str, axes: str = "") -> np.ndarray:
+    """`values` as float32, in which float frames are stored; a value beyond its range
+    (±3.4e38) is refused naming `what` holds it (and where, on `axes` such as "t, c, y,
+    x"): cast, it became ±inf, said as "inf … must be finite" of a file that holds none
+    (a formats review)."""
+    too_big = np.abs(values) > FLOAT32_MAX
+    if too_big.any():
+        position = tuple(int(i) for i in np.argwhere(too_big)[0])
+        at = f" at ({axes}) = {position}" if axes else ""
+        raise InputError(
+            f"{what} holds {values[position]:g}{at}, beyond float32's range "
+            f"(±{FLOAT32_MAX:.3g}), which frames are stored in: rescale the data before "
+            "converting it"
+        )
+    return np.asarray(values, dtype=np.float32)
+
+
 def require_file(path: str | os.PathLike, *, folder_too: bool = False) -> Path:
     """`path`, if it is a regular file (or, with `folder_too`, a folder); anything else is
     refused naming it, before it is opened: opening a FIFO blocks until someone writes."""

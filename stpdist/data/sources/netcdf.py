@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError, MissingInput, require_extra
-from ..format import SERIES_INDEX, require_file
+from ..format import SERIES_INDEX, as_float32, require_file
 from .series import (
     as_times,
     group_starts,
@@ -316,19 +316,6 @@ def _masked_outside(values: np.ndarray, bounds: tuple[float, float] | None) -> n
         high = np.nextafter(high, kind(np.inf))
     outside = (values < low) | (values > high)
     return np.where(outside, np.float32(np.nan), values) if outside.any() else values
-
-
-def _float32(values: np.ndarray, store: str, name: str) -> np.ndarray:
-    """A variable's values as float32, in which frames are stored; a value beyond its range
-    refused naming it (it became inf, said as "holds inf", of a file that holds none)."""
-    too_big = np.abs(values) > np.finfo(np.float32).max
-    if too_big.any():
-        value = values[tuple(np.argwhere(too_big)[0])]
-        raise InputError(
-            f"{store}: variable '{name}' holds {value:g}, beyond float32's range (±3.4e38), "
-            "which frames are stored in: rescale it before converting"
-        )
-    return np.asarray(values, dtype=np.float32)
 
 
 def _describe(store: str, ds: Any, var_name: str, var: Any) -> dict[str, Any]:
@@ -861,7 +848,9 @@ class XarraySource:
             finally:
                 ds.close()
             # outside its valid range first: a fill beyond float32 is missing, not refused
-            parts.append(_float32(_masked_outside(part, bounds), store, channel.variable))
+            parts.append(
+                as_float32(_masked_outside(part, bounds), f"{store}: variable '{channel.variable}'")
+            )
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def load(self, block: Block) -> list[tuple[str, np.ndarray, dict]]:
