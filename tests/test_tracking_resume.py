@@ -240,9 +240,15 @@ def test_environment_values_stay_out_of_the_wandb_config(tmp_path, monkeypatch):
     run_cli("train", DEBUG, f"trainer.output_dir={run}", "trainer.max_steps=1",
             "trainer.val_every_n_epochs=0", "logging.trackers=[wandb]",
             "logging.colormap=${oc.env:STPDIST_TEST_MAP}", cwd=tmp_path, check=True)  # fmt: skip
-    run_id, folders, _ = _one_run(run)
-    config = {}
-    for record in _records(folders[-1] / f"run-{run_id}.wandb"):
-        if record.WhichOneof("record_type") == "config":
-            config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+    deadline = time.time() + 20
+    while True:  # wandb-core may write the run's records a moment after `finish` returns
+        run_id, folders, _ = _one_run(run)
+        config = {}
+        for record in _records(folders[-1] / f"run-{run_id}.wandb"):
+            if record.WhichOneof("record_type") == "config":
+                update = record.config.update
+                config.update({item.key: json.loads(item.value_json) for item in update})
+        if "logging" in config or time.time() > deadline:
+            break
+        time.sleep(0.5)
     assert config["logging"]["colormap"] == "${oc.env:STPDIST_TEST_MAP}", config
