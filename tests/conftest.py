@@ -36,6 +36,9 @@ def pytest_configure(config):
     cache = Path(config._stpdist_hf_home) / "cache"
     os.environ["XDG_CACHE_HOME"] = str(cache)
     os.environ["MPLCONFIGDIR"] = str(cache / "matplotlib")
+    # no display in any test (the docs' examples set it too): one value for the fork
+    # server's warm-up, which imports matplotlib, and the processes it serves
+    os.environ["MPLBACKEND"] = "Agg"
     _start_fork_server(config)
 
 

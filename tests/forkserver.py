@@ -1,6 +1,6 @@
 """A fork server for the suite's fresh Python processes: it imports what every training
-process imports first (torch, torch._dynamo, accelerate, stpdist: about 3 s of a core
-here) once per pytest worker, then starts each such process by forking itself.
+process imports first (torch, torch._dynamo, accelerate, stpdist, and matplotlib for its
+pictures: about 3.5 s of a core here) once per pytest worker, then starts each such process by forking itself.
 
     python tests/forkserver.py SOCKET
 
@@ -82,6 +82,17 @@ TORCH_COMMANDS = frozenset(
 )
 """The `stpdist` commands that import torch (served); the others start without it."""
 
+PICTURE_MODULES = (
+    "matplotlib",
+    "matplotlib.figure",
+    "matplotlib.font_manager",
+    "matplotlib.backends.backend_agg",
+    "PIL.Image",
+    "PIL.PngImagePlugin",
+)
+"""What stpdist.visualize imports when it first draws (MPLBACKEND, read at import, is Agg in
+the whole suite: conftest.py)."""
+
 FLAGS = ("dont_write_bytecode",)
 """sys.flags that may differ (applied in the child); every other flag must match."""
 
@@ -125,6 +136,10 @@ def _warm() -> tuple[dict[str, str | None], dict[str, str]]:
     try:
         # in this order, as tests/ranks.py: stpdist sets OpenMP's wait policy before torch
         for name in ("numpy", "stpdist", "stpdist.cli", "stpdist.trainer", "torch._dynamo"):
+            importlib.import_module(name)
+        # and what a validation's pictures import when first drawn (half a second of a core
+        # in each of the hundred-odd processes that draw them)
+        for name in PICTURE_MODULES:
             importlib.import_module(name)
     finally:
         stop()

@@ -462,18 +462,18 @@ def test_shards_over_http_retry_a_refused_connection_and_a_stalled_server_fails(
     monkeypatch.setattr(shard_format, "URL_MIN_BYTES_S", 10**6)  # curl's window: seen at once
     for cut, status in (("stall", "status 28 (timed out: no connection in 30 s, or no data for 1 s)"),
                         ("cut", "status 18")):  # fmt: skip
-        # a stall twice: on a loaded machine curl's 1 s window can close before the first
-        # byte reaches the reader, a failure before it, tried again (legitimately); seen once
-        # under load, where the second request was served whole and nothing failed
-        server = _Shards(tmp_path / "ds", plan=[cut, cut])
+        # every request stalls: on a loaded machine the server's thread can send nothing
+        # within curl's 1 s window, a failure before the first byte, tried again (rightly);
+        # seen twice in a row under load, where a third request was served whole
+        server = _Shards(tmp_path / "ds", plan=[cut] * 6)
         began = time.monotonic()
         try:
             with pytest.raises(ShardFormatError) as raised:
                 read(server.port)
         finally:
             server.close()
-        assert time.monotonic() - began < 10, cut
-        assert server.requests == 1 or (cut == "stall" and server.requests == 2), cut
+        assert time.monotonic() - began < 30, cut  # not URL_RETRY_S (300 s) of retries
+        assert server.requests == 1 or (cut == "stall" and server.requests < 6), cut
         message = str(raised.value)
         assert f"127.0.0.1:{server.port}/train/train-000000.tar" in message
         assert f"curl exited with {status}" in message, message
