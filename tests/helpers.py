@@ -17,6 +17,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from stpdist import EnhancedModule
 
+PYTHON_C = str(Path(__file__).parent / "python_c.py")
+"""`[sys.executable, PYTHON_C, CODE, *args]` runs CODE as `python -c CODE *args` would, as a
+script under tests/: the suite's fork server (tests/forkserver.py) starts it warm, never
+`python -c` itself (a fresh interpreter spends seconds of a core importing torch). For a
+program whose process is not itself under test (what a fresh interpreter has imported, its
+pid, its threads)."""
+
 # Inductor generates and builds C++ per kernel on a CPU: seconds a kernel, minutes for a
 # suite's worth on two busy cores with an empty cache (as on CI). Tests whose subject is the
 # generated kernel run under inductor where the run opts in (STPDIST_TEST_INDUCTOR=1); the

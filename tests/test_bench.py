@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import PYTHON_C
 
 from stpdist import bench
 from stpdist.gpu_check import HostReads, bf16_peak_tflops
@@ -368,7 +369,7 @@ def test_bench_model_refuses_bad_flags_naming_them(flags, named):
     from stpdist.cli import main
 
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from stpdist.cli import main; sys.exit(main())",
+        [sys.executable, PYTHON_C, "import sys; from stpdist.cli import main; sys.exit(main())",
          "bench", "model", "convlstm", "--rounds", "1", *flags],
         capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip

@@ -30,6 +30,14 @@ def runs(tmp_path_factory):
     ]  # fmt: skip
     jobs[3]["wrap"] = ["Linear"]  # fsdp, accumulation 2: each Linear a unit of its own
     jobs.append({"out": str(tmp / "fsdp-long"), "strategy": "fsdp", "accum": 1, "steps": 8})
+    # test_an_fsdp_run_stopped_during_a_validation_…'s runs, in this launch (each launch
+    # costs seconds of imports): uninterrupted, stopped in its first validation, resumed
+    stop = {"strategy": "fsdp", "accum": 1, "steps": 6, "wrap": ["Linear"], "val_every": 3}
+    jobs += [
+        {**stop, "out": str(tmp / "straight")},
+        {**stop, "out": str(tmp / "stopped"), "stop_in_validation": True},
+        {**stop, "out": str(tmp / "stopped"), "resume": "auto"},
+    ]
     (tmp / "jobs.json").write_text(json.dumps(jobs))
     run_ranks([SCRIPT, str(tmp / "jobs.json")], 2, timeout=240)
     return tmp
@@ -87,20 +95,13 @@ def test_fsdp_checkpoint_resumes_on_the_same_and_another_number_of_ranks(tmp_pat
             torch.testing.assert_close(got[name], value, rtol=1e-6, atol=1e-6)
 
 
-def test_an_fsdp_run_stopped_during_a_validation_resumes_to_the_uninterrupted_weights(tmp_path):
+def test_an_fsdp_run_stopped_during_a_validation_resumes_to_the_uninterrupted_weights(runs):
     """The resume runs the validation the stop cut off before any training forward: with
     units beside the root, a unit then took itself for the root, and the first training
-    step failed ("FSDP state has already been lazily initialized for module.net.1")."""
-    common = {"strategy": "fsdp", "accum": 1, "steps": 6, "wrap": ["Linear"], "val_every": 3}
-    jobs = [
-        {**common, "out": str(tmp_path / "straight")},
-        {**common, "out": str(tmp_path / "stopped"), "stop_in_validation": True},
-        {**common, "out": str(tmp_path / "stopped"), "resume": "auto"},
-    ]
-    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
-    run_ranks([SCRIPT, str(tmp_path / "jobs.json")], 2, timeout=240)
-    assert (tmp_path / "stopped" / "checkpoints" / "step-00000003").is_dir()  # the stop
-    got, expected = _weights(tmp_path / "stopped", 6), _weights(tmp_path / "straight", 6)
+    step failed ("FSDP state has already been lazily initialized for module.net.1"). (The
+    three runs, straight, stopped and resumed, are jobs of the `runs` launch.)"""
+    assert (runs / "stopped" / "checkpoints" / "step-00000003").is_dir()  # the stop
+    got, expected = _weights(runs / "stopped", 6), _weights(runs / "straight", 6)
     for name, value in expected.items():
         assert torch.equal(got[name], value), name
 

@@ -9,6 +9,9 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+from helpers import PYTHON_C
 
 # a write past the process' file-size limit fails with EFBIG (SIGXFSZ ignored), as a full
 # disk fails a write: the earlier results must stay whole
@@ -30,7 +33,7 @@ def test_results_written_past_a_full_disk_leave_the_earlier_results_whole(tmp_pa
     earlier = {"checkpoint": "step-00000008", "val/mse": 0.5}
     path.write_text(json.dumps(earlier))
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_LIMITED_WRITE), str(path)],
+        [sys.executable, PYTHON_C, textwrap.dedent(_LIMITED_WRITE), str(path)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -77,7 +80,6 @@ def test_a_file_size_limit_is_said_as_the_machine_s_in_one_line(tmp_path):
 def test_a_split_the_dataset_lacks_is_refused_naming_the_flag_and_the_splits(tmp_path):
     """`validate --split nosuch` built the model (its warnings said) and then named only the
     folder; now it is refused first, naming --split (or the config key) and the splits."""
-    from pathlib import Path
 
     from stpdist.data.synthetic import write_moving_digits
 
@@ -114,7 +116,6 @@ def test_a_split_the_dataset_lacks_is_refused_naming_the_flag_and_the_splits(tmp
 
 def _processes_naming(text: str) -> list[int]:
     """Pids of the processes whose command line holds `text`."""
-    from pathlib import Path
 
     found = []
     for entry in Path("/proc").iterdir():
@@ -134,7 +135,6 @@ def test_ranks_whose_torchrun_was_killed_stop_with_a_checkpoint(tmp_path):
     import os
     import signal
     import time
-    from pathlib import Path
 
     from conftest import launcher, unserved
 
@@ -187,7 +187,6 @@ def test_a_model_refused_before_generating_is_one_line_on_two_ranks(tmp_path):
     said "another rank of this run stopped ...; resume with --resume auto", advice for a run
     that never started. Every rank now checks before the wait; the main rank speaks."""
     import os
-    from pathlib import Path
 
     from conftest import launcher
 
@@ -241,7 +240,6 @@ def test_resume_refusals_and_fsdp_wrap_are_one_line_on_two_ranks(tmp_path):
     """A changed setting on resume, checkpoints of an earlier run and a mistyped
     trainer.fsdp_wrap were each said by every rank (the last as a ValueError, exit 1)."""
     import os
-    from pathlib import Path
 
     from conftest import launcher
 
@@ -273,7 +271,6 @@ def test_a_missing_dataset_is_one_line_on_two_ranks(tmp_path):
     said "another rank of this run stopped …; resume with --resume auto" (the last line of
     the log, advice for a run that never started)."""
     import os
-    from pathlib import Path
 
     from conftest import launcher
 

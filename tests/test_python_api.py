@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TinyModule, TinySequences, loader
+from helpers import PYTHON_C, TinyModule, TinySequences, loader
 from torch.utils.data import DataLoader, SubsetRandomSampler, WeightedRandomSampler
 
 from stpdist import EnhancedModule, Trainer
@@ -632,7 +632,7 @@ def test_the_readme_pattern_gives_the_same_weights_in_every_process(tmp_path):
     (tmp_path / "b").mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     found = [
-        subprocess.run([sys.executable, "-c", _README_PATTERN], cwd=tmp_path / run, env=env,
+        subprocess.run([sys.executable, PYTHON_C, _README_PATTERN], cwd=tmp_path / run, env=env,
                        capture_output=True, text=True, timeout=120, check=True).stdout.split()[-1]
         for run in ("a", "b")
     ]  # fmt: skip

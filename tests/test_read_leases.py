@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import launcher, run_cli
+from helpers import PYTHON_C
 from test_cli import DEBUG
 
 from stpdist import checkpoint
@@ -67,11 +68,20 @@ def _go(tmp_path: Path, reader: subprocess.Popen) -> tuple[str, str]:
     return out, err
 
 
-@pytest.fixture
-def trained(tmp_path: Path) -> Path:
-    """A run with one checkpoint (step 2)."""
-    done = run_cli("train", DEBUG, *TINY, cwd=tmp_path)
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory) -> Path:
+    """A run with one checkpoint (step 2), trained once for the tests of this file."""
+    base = tmp_path_factory.mktemp("trained")
+    done = run_cli("train", DEBUG, *TINY, cwd=base)
     assert done.returncode == 0, done.stderr
+    assert _steps(base) == [STEP2]
+    return base
+
+
+@pytest.fixture
+def trained(trained_once: Path, tmp_path: Path) -> Path:
+    """A run with one checkpoint (step 2), the test's own copy (tests train it on)."""
+    shutil.copytree(trained_once, tmp_path, dirs_exist_ok=True)
     assert _steps(tmp_path) == [STEP2]
     return tmp_path
 
@@ -248,7 +258,7 @@ def test_retention_keeps_a_folder_another_process_reads_and_deletes_it_after(tmp
         f"with reading({str(folder)!r}):\n    print('held', flush=True); sys.stdin.read()\n"
     )
     holder = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, PYTHON_C, code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     assert holder.stdout.readline().strip() == "held"
     manager = CheckpointManager(folder.parent)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import PYTHON_C
 from test_cli import DEBUG
 
 pytest.importorskip("wandb")
@@ -38,6 +39,7 @@ tracking.Tracker.log = stopping_log
 sys.exit(main(sys.argv[1:]))
 """
 
+
 COMMON = [
     "logging.trackers=[wandb]",
     "logging.num_samples=0",
@@ -54,7 +56,7 @@ def _train(cwd: Path, *args: str, stop_at: int | None = None, stop_with: str = "
         cmd = [sys.executable, "-m", "stpdist", "train", DEBUG, *COMMON, *args]
     else:
         env.update(STOP_AT=str(stop_at), STOP_WITH=stop_with)
-        cmd = [sys.executable, "-c", DRIVER, "train", DEBUG, *COMMON, *args]
+        cmd = [sys.executable, PYTHON_C, DRIVER, "train", DEBUG, *COMMON, *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
 
 

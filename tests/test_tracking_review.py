@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import TinyModule, loader
+from helpers import PYTHON_C, TinyModule, loader
 
 from stpdist import Trainer
 from stpdist.config import LoggingConfig
@@ -90,7 +90,7 @@ def _run_tiny(out: Path, kill_at: int = 0) -> subprocess.CompletedProcess:
     env["WANDB_DIR"] = str(out / "wandb-dir")
     env.pop("WANDB_SERVICE", None)  # an in-process wandb run elsewhere in this worker
     script = SCRIPT.format(tests=str(ROOT / "tests"))
-    return subprocess.run([sys.executable, "-c", script, str(out)], env=env, cwd=out.parent,
+    return subprocess.run([sys.executable, PYTHON_C, script, str(out)], env=env, cwd=out.parent,
                           capture_output=True, text=True, timeout=180)  # fmt: skip
 
 
@@ -160,7 +160,7 @@ def _preempted(script: str, tmp_path: Path, trackers: str, env: dict) -> Any:
             f"data.synthesize.root={data}", f"trainer.output_dir={out}", "trainer.max_steps=3",
             "trainer.log_every_n_steps=1", "trainer.val_every_n_epochs=0",
             "logging.num_samples=0", f"logging.trackers={trackers}"]  # fmt: skip
-    return subprocess.run([sys.executable, "-c", script, *args], env=env, cwd=tmp_path,
+    return subprocess.run([sys.executable, PYTHON_C, script, *args], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=180)  # fmt: skip
 
 
