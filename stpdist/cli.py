@@ -330,22 +330,34 @@ def _stop_when_launcher_dies() -> None:
     if "TORCHELASTIC_RUN_ID" not in os.environ or _watching_launcher:
         return
     _watching_launcher = True
+    import atexit
     import signal
     import threading
     import time
 
     launcher = os.getppid()
+    said: list[bool] = []
+    lock = threading.Lock()
+
+    def say() -> None:
+        """One line a launcher, not one a rank: the first local rank's, from its watch or,
+        where another rank noticed first and the agreed stop ended this one before its
+        next look, as it ends."""
+        with lock:
+            if said or os.environ.get("LOCAL_RANK", "0") != "0":
+                return
+            said.append(True)
+        error_line(
+            f"stpdist: the launcher of the ranks (pid {launcher}) is gone; stopping as on SIGTERM"
+        )
 
     def watch() -> None:
         while os.getppid() == launcher:
             time.sleep(LAUNCHER_POLL_S)
-        if os.environ.get("LOCAL_RANK", "0") == "0":  # one line a launcher, not one a rank
-            error_line(
-                f"stpdist: the launcher of the ranks (pid {launcher}) is gone; stopping as on "
-                "SIGTERM"
-            )
+        say()
         os.kill(os.getpid(), signal.SIGTERM)
 
+    atexit.register(lambda: os.getppid() != launcher and say())
     threading.Thread(target=watch, name="stpdist-launcher-watch", daemon=True).start()
 
 

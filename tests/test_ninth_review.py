@@ -131,7 +131,9 @@ def _processes_naming(text: str) -> list[int]:
 def test_ranks_whose_torchrun_was_killed_stop_with_a_checkpoint(tmp_path):
     """torchrun starts each rank in a session of its own: SIGKILL to torchrun (or the OOM
     killer) reached no rank, and they trained on as orphans holding the run lock. Each rank
-    now watches its launcher and stops as on SIGTERM: a checkpoint, then exit."""
+    now watches its launcher and stops as on SIGTERM: a checkpoint, then exit. The first
+    rank says so once, also where another rank noticed first and the agreed stop ended it
+    before its own next look (a fast model's steps: 2 runs in 10 said nothing before)."""
     import os
     import signal
     import time
@@ -142,13 +144,14 @@ def test_ranks_whose_torchrun_was_killed_stop_with_a_checkpoint(tmp_path):
 
     data, run = tmp_path / "data", tmp_path / "orphaned-run"
     write_moving_digits(data, {"train": 64, "val": 8}, image_size=32, digit_size=14, progress=False)
-    config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    config = Path(__file__).resolve().parents[1] / "configs" / "debug.yaml"
     log = tmp_path / "out.txt"
     env = unserved({**os.environ, "OMP_NUM_THREADS": "1"})
     command = [
         *launcher(2, torchrun=True),
-        *["-m", "stpdist", "train", str(config), f"data.root={data}"],
+        *["-m", "stpdist", "train", str(config), f"data.root={data}", "data.synthesize=null"],
         *[f"trainer.output_dir={run}", "trainer.max_epochs=1000", "trainer.log_every_n_steps=1"],
+        "logging.num_samples=0",
     ]
     with open(log, "w") as out:
         torchrun = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -179,6 +182,61 @@ def test_ranks_whose_torchrun_was_killed_stop_with_a_checkpoint(tmp_path):
         for pid in _processes_naming(str(run)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+_ORPHANED_RANK = """
+import os, sys, time
+from stpdist import cli
+cli.LAUNCHER_POLL_S = 600.0  # this rank's own watch looks too late: another rank noticed
+cli._stop_when_launcher_dies()
+launcher = os.getppid()
+print("ready", flush=True)
+while os.getppid() == launcher:
+    time.sleep(0.05)
+sys.exit(0)  # the agreed stop ends this rank before its next look
+"""
+
+_LAUNCHER = """
+import os, subprocess, sys
+rank = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE,
+                        stderr=open(sys.argv[2], "w"), text=True)
+assert rank.stdout.readline().strip() == "ready"
+print(os.getpid(), rank.pid, flush=True)  # and gone, as a killed torchrun, leaving its rank
+"""
+
+
+def test_the_first_rank_says_its_launcher_is_gone_also_when_another_rank_noticed_first(
+    tmp_path,
+):
+    """The first local rank says once that the launcher is gone, from its watch, or as it
+    ends where another rank noticed first and the stop they agreed ended it before its
+    watch looked again (2 runs in 10 of a fast model said nothing: "stopped on a signal")."""
+    import os
+    import time
+
+    from conftest import unserved
+
+    said = tmp_path / "rank-stderr.txt"
+    env = unserved({**os.environ, "TORCHELASTIC_RUN_ID": "test", "LOCAL_RANK": "0"})
+    launched = subprocess.run([sys.executable, "-c", _LAUNCHER, _ORPHANED_RANK, str(said)],
+                              env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert launched.returncode == 0, launched.stderr
+    launcher, rank = (int(pid) for pid in launched.stdout.split()[-2:])
+    deadline = time.monotonic() + 60
+    while _running(rank) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(rank)
+    text = said.read_text()
+    assert text.count("is gone; stopping as on SIGTERM") == 1, text
+    assert f"the launcher of the ranks (pid {launcher}) is gone" in text, text
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` runs (not ended, nor a zombie its new parent has not reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_a_model_refused_before_generating_is_one_line_on_two_ranks(tmp_path):
