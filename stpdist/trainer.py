@@ -3357,9 +3357,20 @@ def _swap_lock(folder: Path, *, shared: bool = False) -> Iterator[None]:
     except PermissionError:  # a folder one may write but not read (0300): no lock there
         yield
         return
+    how = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:  # a filesystem without flock (NFS without lockd): none, as for the checkpoints'
         # read leases (a diff review: the whole pass was lost to "No locks available")
-        _lock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, folder)
+        try:
+            _lock(fd, how | fcntl.LOCK_NB, folder)
+        except BlockingIOError:  # said, not waited on silently (a reader may hold it long)
+            log.warning(
+                "%s: %s; waiting for it",
+                folder,
+                "its predictions are being replaced (a predict swapping its pass in)"
+                if shared
+                else "another process is reading or replacing its predictions",
+            )
+            _lock(fd, how, folder)
         yield
     finally:
         os.close(fd)

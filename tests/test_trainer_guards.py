@@ -5,14 +5,16 @@ naming the hook, parameter or state entry."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import run_ranks
-from helpers import TinyModule, TinySequences
+from helpers import TinyModule, TinySequences, said_warnings
 from torch.utils.data import DataLoader
 
 import stpdist.trainer as trainer_module
@@ -254,7 +256,7 @@ def test_a_predict_stopped_while_it_replaces_the_predictions_loses_neither(
     )  # no lock file, nothing else left
 
 
-def test_a_reader_waits_for_a_live_swap_and_an_emptied_one_is_removed(tmp_path, caplog):
+def test_a_reader_waits_for_a_live_swap_and_an_emptied_one_is_removed(tmp_path):
     """A diff review: a reader took a live predict's `.predicted` for a stopped swap and
     broke it (the writer then failed on a file the reader had moved), and a swap stopped
     while removing `.predicted` (its list gone) stopped every later predict and reader."""
@@ -271,18 +273,61 @@ def test_a_reader_waits_for_a_live_swap_and_an_emptied_one_is_removed(tmp_path, 
     (ready / ".names.json").write_text('["predictions-r000-000000.npz"]')
     shutil.copy(out / "predictions-r000-000001.npz", ready / "predictions-r000-000000.npz")
     read: list = []
-    with caplog.at_level(logging.WARNING, logger="stpdist"), _swap_lock(out):
-        reader = threading.Thread(target=lambda: read.append(load_predictions(out)))
-        reader.start()
-        reader.join(1.0)
-        assert reader.is_alive() and (ready / ".names.json").is_file()  # it waits
-        _swap_in_predictions(out, ready)  # the live predict's own swap
-    reader.join(30)
-    assert "finished replacing" not in caplog.text  # the predict finished it, not the reader
+    with said_warnings() as said:
+        with _swap_lock(out):
+            reader = threading.Thread(target=lambda: read.append(load_predictions(out)))
+            reader.start()
+            reader.join(1.0)
+            assert reader.is_alive() and (ready / ".names.json").is_file()  # it waits
+            # and says so
+            assert said == [f"{out}: another process is reading or replacing its predictions; "
+                            "waiting for it"], said  # fmt: skip
+            _swap_in_predictions(out, ready)  # the live predict's own swap
+        reader.join(30)
+    assert not any("finished replacing" in line for line in said), said  # the predict did
     assert read and sorted(read[0]) == ["s2", "s3"]  # the new predictions, whole
     assert np.array_equal(read[0]["s2"], earlier["s2"])
     ready.mkdir()  # stopped while removing it: its list gone, every file moved
     assert sorted(load_predictions(out)) == ["s2", "s3"] and not ready.exists()
+
+
+def test_a_predict_and_a_reader_waiting_for_each_other_say_so(tmp_path):
+    """A reader holding the predictions (`load_predictions` of a large pass) made the next
+    predict wait at its swap without a word, and a predict's swap the readers: each says
+    once what it waits for."""
+    import fcntl
+    import threading
+
+    from stpdist.trainer import _swap_lock, load_predictions
+
+    out = tmp_path / "predictions"
+    trainer = Trainer(output_dir=tmp_path / "eval", progress_bar=False)
+    trainer.predict(TinyModule(), _keyed(4), out=out, metrics=False)
+    for held, waiter, said in [
+        (fcntl.LOCK_SH, lambda: trainer.predict(TinyModule(), _keyed(4), out=out,
+                                                metrics=False),
+         "another process is reading or replacing its predictions; waiting for it"),
+        (fcntl.LOCK_EX, lambda: load_predictions(out),
+         "its predictions are being replaced (a predict swapping its pass in); waiting"),
+    ]:  # fmt: skip
+        fd = os.open(out, os.O_RDONLY)
+        with said_warnings() as lines:
+            try:
+                fcntl.flock(fd, held)  # another process' lock (flock: per open file)
+                thread = threading.Thread(target=waiter)
+                thread.start()
+                deadline = time.monotonic() + 60
+                while not any(said in line for line in lines) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert any(said in line for line in lines) and thread.is_alive(), lines
+            finally:
+                os.close(fd)  # released: the waiter goes on
+            thread.join(60)
+        assert not thread.is_alive()
+        assert sum("waiting" in line for line in lines) == 1, lines  # once
+    with said_warnings() as lines, _swap_lock(out, shared=True):
+        assert sorted(load_predictions(out)) == ["s0", "s1", "s2", "s3"]  # readers alike
+    assert lines == []  # no wait, nothing said
 
 
 def test_a_missing_validation_shard_is_named_before_the_first_step(tmp_path):
