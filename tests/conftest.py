@@ -143,6 +143,38 @@ LONG_FILES_FIRST = (
 runs), slowest first (`make test`'s durations, 2026-12-05)."""
 
 
+class _ToCaplog(logging.Handler):
+    """Hands each record to the handler pytest's caplog reads in the running phase, unless
+    pytest put that handler on the logger itself (it does so for a logger that does not
+    propagate when a phase starts, not for one that stops propagating within it)."""
+
+    def __init__(self, caplog, logger: logging.Logger) -> None:
+        super().__init__()
+        self.caplog, self.logger = caplog, logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.caplog.handler not in self.logger.handlers:
+            self.caplog.handler.handle(record)
+
+
+@pytest.fixture
+def caplog(caplog):
+    """pytest's caplog, seeing the `stpdist` logger's records: stpdist's console handler
+    stops them there (`propagate = False` once a Trainer or command has set it up), so
+    after a worker's first Trainer pytest saw none of them: a check that a warning was
+    said failed when its test ran alone, and one that it was not could not fail. Each
+    record reaches caplog once (through this handler, not also through the root logger)."""
+    logger = logging.getLogger("stpdist")
+    forward, propagate = _ToCaplog(caplog, logger), logger.propagate
+    logger.addHandler(forward)
+    logger.propagate = False
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(forward)
+        logger.propagate = propagate
+
+
 @pytest.fixture(autouse=True)
 def _offline_wandb(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")
