@@ -357,7 +357,8 @@ def _stop_when_launcher_dies() -> None:
         say()
         os.kill(os.getpid(), signal.SIGTERM)
 
-    atexit.register(lambda: os.getppid() != launcher and say())
+    rank = os.getpid()  # a process forked from this one (its parent is this rank) says nothing
+    atexit.register(lambda: os.getpid() == rank and os.getppid() != launcher and say())
     threading.Thread(target=watch, name="stpdist-launcher-watch", daemon=True).start()
 
 

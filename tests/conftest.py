@@ -146,14 +146,15 @@ runs), slowest first (`make test`'s durations, 2026-12-05)."""
 class _ToCaplog(logging.Handler):
     """Hands each record to the handler pytest's caplog reads in the running phase, unless
     pytest put that handler on the logger itself (it does so for a logger that does not
-    propagate when a phase starts, not for one that stops propagating within it)."""
+    propagate when a phase starts, not for one that stops propagating within it) or the
+    logger propagates to the root logger, where pytest's handler is."""
 
     def __init__(self, caplog, logger: logging.Logger) -> None:
         super().__init__()
         self.caplog, self.logger = caplog, logger
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self.caplog.handler not in self.logger.handlers:
+        if self.caplog.handler not in self.logger.handlers and not self.logger.propagate:
             self.caplog.handler.handle(record)
 
 

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from helpers import PYTHON_C
 
 # a write past the process' file-size limit fails with EFBIG (SIGXFSZ ignored), as a full
@@ -185,15 +186,17 @@ def test_ranks_whose_torchrun_was_killed_stop_with_a_checkpoint(tmp_path):
 
 
 _ORPHANED_RANK = """
-import os, sys, time
+import os, signal, sys, time
 from stpdist import cli
-cli.LAUNCHER_POLL_S = 600.0  # this rank's own watch looks too late: another rank noticed
+cli.LAUNCHER_POLL_S = {poll}
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the stop a SIGTERM starts, ended
 cli._stop_when_launcher_dies()
 launcher = os.getppid()
 print("ready", flush=True)
 while os.getppid() == launcher:
     time.sleep(0.05)
-sys.exit(0)  # the agreed stop ends this rank before its next look
+time.sleep({linger})
+sys.exit(0)
 """
 
 _LAUNCHER = """
@@ -205,8 +208,13 @@ print(os.getpid(), rank.pid, flush=True)  # and gone, as a killed torchrun, leav
 """
 
 
+@pytest.mark.parametrize(
+    "poll, linger",
+    [(600.0, 0.0),  # its own watch looks too late: another rank noticed, the stop ends it
+     (0.1, 30.0)],  # its watch notices (and signals the stop): said there, not again at exit
+)  # fmt: skip
 def test_the_first_rank_says_its_launcher_is_gone_also_when_another_rank_noticed_first(
-    tmp_path,
+    tmp_path, poll, linger
 ):
     """The first local rank says once that the launcher is gone, from its watch, or as it
     ends where another rank noticed first and the stop they agreed ended it before its
@@ -218,7 +226,8 @@ def test_the_first_rank_says_its_launcher_is_gone_also_when_another_rank_noticed
 
     said = tmp_path / "rank-stderr.txt"
     env = unserved({**os.environ, "TORCHELASTIC_RUN_ID": "test", "LOCAL_RANK": "0"})
-    launched = subprocess.run([sys.executable, "-c", _LAUNCHER, _ORPHANED_RANK, str(said)],
+    program = _ORPHANED_RANK.format(poll=poll, linger=linger)
+    launched = subprocess.run([sys.executable, "-c", _LAUNCHER, program, str(said)],
                               env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert launched.returncode == 0, launched.stderr
     launcher, rank = (int(pid) for pid in launched.stdout.split()[-2:])
@@ -229,6 +238,28 @@ def test_the_first_rank_says_its_launcher_is_gone_also_when_another_rank_noticed
     text = said.read_text()
     assert text.count("is gone; stopping as on SIGTERM") == 1, text
     assert f"the launcher of the ranks (pid {launcher}) is gone" in text, text
+
+
+def test_a_process_forked_from_a_rank_says_nothing_of_the_launcher():
+    """A process a rank forks (its parent: the rank, not the launcher) inherits the rank's
+    exit hook, and ended normally it said the launcher was gone (a diff review)."""
+    import os
+
+    program = (
+        "import os, sys\n"
+        "from stpdist import cli\n"
+        "cli._stop_when_launcher_dies()\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    sys.exit(0)\n"
+        "os.waitpid(child, 0)\n"
+        "print('ended', flush=True)\n"
+    )
+    env = {**os.environ, "TORCHELASTIC_RUN_ID": "test", "LOCAL_RANK": "0"}
+    done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0 and done.stdout == "ended\n", done.stderr
+    assert "is gone" not in done.stderr, done.stderr
 
 
 def _running(pid: int) -> bool:
