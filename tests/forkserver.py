@@ -1,6 +1,7 @@
 """A fork server for the suite's fresh Python processes: it imports what every training
 process imports first (torch, torch._dynamo, accelerate, stpdist, and matplotlib for its
-pictures: about 3.5 s of a core here) once per pytest worker, then starts each such process by forking itself.
+pictures: about 3.5 s of a core here) once per pytest worker, then starts each such
+process by forking itself.
 
     python tests/forkserver.py SOCKET
 
