@@ -545,30 +545,3 @@ def test_a_broken_link_among_the_frames_is_said_as_such(tmp_path):
     assert f"in/a/3.png: a broken symbolic link (to {tmp_path / 'gone.png'}, which does not " in (
         proc.stderr
     )
-
-
-def _decoder_threads(path: str) -> tuple[bool, int]:
-    import av
-
-    from stpdist.data.sources.common import frame_array, video_threads
-
-    with av.open(path) as container:
-        one_thread = video_threads(container)
-        frame = next(container.decode(video=0))
-        frame_array(frame, "rgb24", one_thread)  # scaled with the thread count asked
-        return one_thread, container.streams.video[0].codec_context.thread_count
-
-
-def test_videos_decoded_in_conversion_workers_run_on_one_thread(tmp_path):
-    """A conversion worker forked from a process that had run threads of its own (a test
-    worker) hung for good in libswscale's slice threads: in the workers, videos decode and
-    scale on one thread (the pool is the parallelism); elsewhere FFmpeg chooses."""
-    from stpdist.data.convert import _start_workers
-
-    _video(tmp_path / "c.mkv", np.zeros((2, 16, 16, 3), np.uint8))
-    assert _decoder_threads(str(tmp_path / "c.mkv"))[0] is False
-    pool = _start_workers(2)
-    try:
-        assert pool.submit(_decoder_threads, str(tmp_path / "c.mkv")).result(60) == (True, 1)
-    finally:
-        pool.shutdown()

@@ -1003,9 +1003,6 @@ def _init_worker(parent: int) -> None:
     blocked, see `_start_workers`): the main process handles them, stops handing out items
     and waits for the few in flight. Should the main process (`parent`) die without that
     (SIGKILL), the workers exit on their own."""
-    from .sources.common import mark_pool_worker
-
-    mark_pool_worker()  # videos decoded on one thread here (`video_threads`)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)

@@ -503,35 +503,3 @@ class ArrayRows:
 def _native(array: np.ndarray) -> np.ndarray:
     """`array` in this machine's byte order (a big-endian `>f4` file's values as float32)."""
     return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
-
-
-_POOL_WORKER: list[bool] = []
-"""Holds True in a conversion worker process (`convert._init_worker` marks it)."""
-
-
-def mark_pool_worker() -> None:
-    """This process is one of a conversion's worker processes (forked from the main one)."""
-    _POOL_WORKER.append(True)
-
-
-def video_threads(container: Any) -> bool:
-    """In a conversion worker process: `container`'s video decoded on one thread, and True
-    (scale its frames on one too: `frame_array`). The pool of processes is the parallelism
-    (FFmpeg's own threads would take every core in each worker), and threads started in a
-    worker forked from a process that ran threads of its own can hang: libswscale's slice
-    threads did, for good, in a worker of a test process. Elsewhere FFmpeg's own choice."""
-    if not _POOL_WORKER:
-        return False
-    container.streams.video[0].codec_context.thread_count = 1
-    return True
-
-
-def frame_array(frame: Any, fmt: str, one_thread: bool) -> np.ndarray:
-    """`frame.to_ndarray(format=fmt)`, scaled on one thread where `one_thread` and PyAV
-    takes a thread count (14 does; older ones scale as they do)."""
-    if one_thread:
-        try:
-            return frame.to_ndarray(format=fmt, threads=1)
-        except TypeError:  # a PyAV without `threads`
-            pass
-    return frame.to_ndarray(format=fmt)

@@ -46,14 +46,12 @@ from ..format import require_file
 from .common import (
     NEAR_SPLITS,
     SEED_SPLITS,
-    frame_array,
     frame_key,
     listed,
     natural_key,
     png_8bit,
     split_counts,
     split_folders,
-    video_threads,
 )
 from .series import check_window
 
@@ -631,12 +629,11 @@ class VideoSequences(_FrameSequences):
         kept, decoded = [], 0
         try:
             with av.open(str(path)) as container:
-                one_thread = video_threads(container)
                 for decoded, frame in enumerate(container.decode(video=0), start=1):
                     if (decoded - 1) % self.every:
                         continue
                     turned = getattr(frame, "rotation", 0) or 0  # PyAV < 14 has none
-                    frame_HWC = _upright(frame_array(frame, colour, one_thread), turned)
+                    frame_HWC = _upright(frame.to_ndarray(format=colour), turned)
                     if first_only:
                         return [frame_HWC], decoded
                     where = f"{path} (turned {turned}° by its display rotation)" if turned else path

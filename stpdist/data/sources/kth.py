@@ -17,7 +17,6 @@ from PIL import Image
 
 from ...errors import InputError, MissingInput, require_extra
 from ..format import require_file
-from .common import frame_array, video_threads
 from .series import check_window
 
 NAME = re.compile(r"^person(\d+)_([a-z]+)_d(\d+)_uncomp$")
@@ -30,8 +29,7 @@ def decode_gray(path: str | Path) -> np.ndarray:
     try:
         with av.open(str(path)) as container:
             declared = container.streams.video[0].frames  # 0: the container does not say
-            one_thread = video_threads(container)
-            frames = [frame_array(f, "gray", one_thread) for f in container.decode(video=0)]
+            frames = [f.to_ndarray(format="gray") for f in container.decode(video=0)]
     except Exception as exc:
         why = getattr(exc, "strerror", None) or str(exc)  # not "[Errno 1094995529] …"
         raise InputError(f"{path}: cannot decode video ({why})") from exc
