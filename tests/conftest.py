@@ -232,17 +232,6 @@ def run_ranks(
     return proc
 
 
-def cli_process(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`stpdist ARGS` in a fresh process of its own (`shard` is not served), output captured.
-    For a conversion of videos over worker processes: a pool forked from a test process
-    that has run FFmpeg's threads (PyAV writing the test's videos, earlier tests' decodes)
-    can hang for good in them (a worker waited in libswscale's slice threads, twice in a
-    row on 2026-12-07)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "stpdist", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
-
-
 class _LastResort(logging.Handler):
     """Where a warning logged on the `stpdist` logger goes in a fresh `stpdist` process
     before `console.setup` gave the logger its handler: logging's last-resort handler,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli_process, run_cli
+from conftest import run_cli
 from PIL import Image
 
 from stpdist.data.convert import convert
@@ -345,9 +345,11 @@ def test_kth_avi_person_split_and_windows(tmp_path):
     (root / "._person01_walking_d1_uncomp.avi").write_bytes(b"\x00\x05\x16\x07")  # macOS's
     (root / ".trash").mkdir()  # hidden files and folders: no videos (they stopped it)
     (root / ".trash" / "person02_walking_d1_uncomp.avi").write_bytes(b"")
-    proc = cli_process(  # two workers (the default): conftest.cli_process says why
+    proc = run_cli(  # one worker: test_convert_frames' video test says why
         "shard",
         "kth-avi",
+        "--workers",
+        "1",
         str(root),
         "--out",
         str(tmp_path / "out"),
