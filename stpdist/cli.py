@@ -336,17 +336,14 @@ def _stop_when_launcher_dies() -> None:
     import time
 
     launcher = os.getppid()
-    said: list[bool] = []
-    lock = threading.Lock()
+    once = threading.Lock()  # taken by the first say(), never given back
 
     def say() -> None:
         """One line a launcher, not one a rank: the first local rank's, from its watch or,
         where another rank noticed first and the agreed stop ended this one before its
         next look, as it ends."""
-        with lock:
-            if said or os.environ.get("LOCAL_RANK", "0") != "0":
-                return
-            said.append(True)
+        if os.environ.get("LOCAL_RANK", "0") != "0" or not once.acquire(blocking=False):
+            return
         error_line(
             f"stpdist: the launcher of the ranks (pid {launcher}) is gone; stopping as on SIGTERM"
         )

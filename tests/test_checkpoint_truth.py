@@ -418,7 +418,7 @@ def test_a_new_checkpoint_without_its_manifest_is_damaged(tmp_path, caplog):
         manager.choose("step-6")
 
 
-def test_the_same_through_train_resume_auto(tmp_path, caplog, monkeypatch):
+def test_the_same_through_train_resume_auto(tmp_path, caplog):
     torch.manual_seed(0)
     policy = CheckpointConfig(every_epoch=True, keep_last=5)
     first = Trainer(output_dir=tmp_path, progress_bar=False, max_epochs=2, checkpoint=policy)
