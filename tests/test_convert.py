@@ -345,11 +345,9 @@ def test_kth_avi_person_split_and_windows(tmp_path):
     (root / "._person01_walking_d1_uncomp.avi").write_bytes(b"\x00\x05\x16\x07")  # macOS's
     (root / ".trash").mkdir()  # hidden files and folders: no videos (they stopped it)
     (root / ".trash" / "person02_walking_d1_uncomp.avi").write_bytes(b"")
-    proc = run_cli(  # one worker: test_convert_frames' video test says why
+    proc = run_cli(  # two workers (the default), from this process that wrote the videos
         "shard",
         "kth-avi",
-        "--workers",
-        "1",
         str(root),
         "--out",
         str(tmp_path / "out"),

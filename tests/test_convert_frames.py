@@ -338,9 +338,9 @@ def test_videos_flat_and_nested_decode_exactly_in_rgb_gray_and_windows(tmp_path)
     _video(tmp_path / "v" / "a.mkv", source["a"])
     _video(tmp_path / "v" / "cls" / "b.avi", source["cls_b"])
     (tmp_path / "v" / "cls" / "b.avi").rename(tmp_path / "v" / "cls" / "b.AVI")
-    # one worker: a worker process decoding videos hung for good in FFmpeg's scaler threads
-    # (3 suite runs in a row on 2026-12-07, even from a fresh `stpdist shard`; docs: Converting)
-    proc = run_cli("shard", "videos", "v", "--out", "d", "--workers", "1", cwd=tmp_path)
+    # two workers, from this test process that wrote videos and decoded others with PyAV:
+    # workers forked from it hung in FFmpeg's scaler threads (test_convert_inputs' lock test)
+    proc = run_cli("shard", "videos", "v", "--out", "d", "--workers", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     stored = _stored(tmp_path / "d" / "train")
     assert sorted(stored) == ["a", "cls_b"]

@@ -150,6 +150,144 @@ def test_sigterm_stops_a_multi_worker_shard_and_its_workers(tmp_path, group):
     assert code in (143, -signal.SIGTERM) and "Traceback" not in stderr, stderr[-2000:]
 
 
+# ------------------------------------------------------------------ worker processes
+LOCKED_SOURCE = """
+import os, threading, time
+from pathlib import Path
+import numpy as np
+
+LOCK = threading.Lock()
+
+
+class Locked:  # four items, each a sample filled with $FILL, read holding LOCK (as FFmpeg
+    # takes its locks); `stall`: each item waits for good once its worker said so in a file
+    name, value_scale, grid = "locked", 1.0, None
+
+    def __init__(self, stall=False):
+        self.stall = stall
+
+    def splits(self):
+        return {"train": [0, 1, 2, 3]}
+
+    def args(self):
+        return {}
+
+    def load(self, item):
+        if self.stall:
+            Path(f"loading-{os.getpid()}").touch()
+            time.sleep(600)
+        with LOCK:
+            fill = float(os.environ["FILL"])
+        return [(f"s{item}", np.full((2, 1, 4, 4), fill, np.float32), {})]
+"""
+
+CONVERT_HOLDING_THE_LOCK = """
+import multiprocessing, os, sys, threading
+from lockedsource import LOCK, Locked
+from stpdist.data.convert import convert
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method(sys.argv[1])  # the caller's default, fork before 3.14
+    if sys.argv[2] == "stall":
+        convert(Locked(stall=True), "stalled", workers=2, progress=False)
+    held, done = threading.Event(), threading.Event()
+
+    def hold():  # a thread of the caller's holds the lock through the conversions
+        with LOCK:
+            held.set()
+            done.wait()
+
+    threading.Thread(target=hold, daemon=True).start()
+    held.wait()
+    for fill in ("0.25", "0.5"):  # the workers see the environment as the caller set it
+        os.environ["FILL"] = fill
+        convert(Locked(), f"out{fill}", workers=2, progress=False)
+    done.set()
+"""
+
+
+CONVERT_AT_IMPORT = """
+import os
+from lockedsource import Locked
+from stpdist.data.convert import convert
+
+os.environ["FILL"] = "0.25"
+convert(Locked(), "out", workers=2, progress=False)
+print("converted", flush=True)
+"""
+
+
+def _locked_source(tmp_path: Path) -> dict[str, str]:
+    """The files above in `tmp_path`; the environment that runs them."""
+    (tmp_path / "lockedsource.py").write_text(LOCKED_SOURCE)
+    (tmp_path / "main.py").write_text(CONVERT_HOLDING_THE_LOCK)
+    (tmp_path / "unguarded.py").write_text(CONVERT_AT_IMPORT)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
+
+
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
+def test_workers_hold_none_of_the_callers_locks_and_see_its_environment(tmp_path, start_method):
+    """Workers were forked from the main process, with its locks as they stood: one held by
+    another thread at the fork stayed held in the worker for good (a video conversion's
+    workers hung in FFmpeg's scaler threads, forked from a process that had decoded
+    videos). They start from a fork server now, whatever the caller's default start method
+    (fork before Python 3.14, forkserver from it, under which the workers exited at once:
+    they took the server for a dead main process), and get the caller's environment of
+    the moment, as a fork did."""
+    env = _locked_source(tmp_path)
+    try:
+        proc = subprocess.run([sys.executable, "main.py", start_method, "-"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("the conversion hung: a worker waits for a lock it copied held")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for fill in (0.25, 0.5):
+        values = stored(tmp_path / f"out{fill}" / "train")
+        assert sorted(values) == ["s0", "s1", "s2", "s3"]
+        assert all((v == np.float32(fill)).all() for v in values.values()), fill
+
+
+def test_a_script_that_converts_at_import_converts_once(tmp_path):
+    """Python's fork server has each process import the main script first: one that does
+    its work at import, without `if __name__ == "__main__":` (a training script whose data
+    the Trainer converts first), ran it again in every worker, which hung. The workers do
+    not import it, as forked ones did not."""
+    env = _locked_source(tmp_path)
+    try:
+        proc = subprocess.run([sys.executable, "unguarded.py"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("the conversion hung")
+    assert proc.returncode == 0 and proc.stdout == "converted\n", proc.stderr[-3000:]
+    assert proc.stderr == ""
+    values = stored(tmp_path / "out" / "train")
+    assert sorted(values) == ["s0", "s1", "s2", "s3"]
+
+
+def test_the_workers_of_a_killed_conversion_exit(tmp_path):
+    """SIGKILL to the main process (the OOM killer): its fork server exits, and the
+    workers with it; none is left loading for nobody."""
+    env = _locked_source(tmp_path)
+    proc = subprocess.Popen([sys.executable, "main.py", "fork", "stall"], cwd=tmp_path, env=env,
+                            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while len(list(tmp_path.glob("loading-*"))) < 2:  # both workers are in `load`
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.time() < deadline, "the workers did not start within 60 s"
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 15
+        while _session(proc.pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _session(proc.pid), "processes left running after the main one was killed"
+    finally:
+        if _session(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stderr.close()
+
+
 # ------------------------------------------------------------------ progress
 def _small_arrays(tmp_path: Path, count: int) -> None:
     (tmp_path / "raw").mkdir()

@@ -35,6 +35,9 @@ import itertools
 import json
 import logging
 import math
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.forkserver
 import os
 import re
 import shlex
@@ -43,6 +46,7 @@ import signal
 import sys
 import threading
 import time
+import types
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -51,7 +55,14 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..console import Terminated, check_not_interrupted, shows_progress, sigterm_as_interrupt
+from ..console import (
+    Terminated,
+    check_not_interrupted,
+    is_set_up,
+    shows_progress,
+    sigterm_as_interrupt,
+)
+from ..console import setup as setup_console
 from ..errors import InputError, MissingInput, OutputExists, alike
 from .format import (
     CLIMATOLOGY_FILE,
@@ -995,37 +1006,83 @@ def _terminate_cleanly() -> Iterator[None]:
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
-def _init_worker(parent: int) -> None:
-    """Runs first in each worker process. A terminal's Ctrl-C, and a SIGTERM sent to the
-    process group, reach the workers too; a worker interrupted or killed while it writes a
-    result to the pool's queue leaves the queue locked or a message half written, and the
-    pool (so the main process) waits forever. So workers ignore both (they start with them
-    blocked, see `_start_workers`): the main process handles them, stops handing out items
-    and waits for the few in flight. Should the main process (`parent`) die without that
-    (SIGKILL), the workers exit on their own."""
+def _init_worker(environ: dict[str, str], level: int, handled: bool) -> None:
+    """Runs first in each worker process (`_start_workers`). A terminal's Ctrl-C, and a
+    SIGTERM sent to the process group, reach the workers too; a worker interrupted or killed
+    while it writes a result to the pool's queue leaves the queue locked or a message half
+    written, and the pool (so the main process) waits forever. So workers ignore both (they
+    start with them blocked): the main process handles them, stops handing out items and
+    waits for the few in flight. Should the main process die without that (SIGKILL), the
+    workers exit on their own (and then the fork server that started them).
+
+    A worker is no fork of the main process, so it takes what a fork would have copied:
+    the environment as it is now (`environ`), and the `stpdist` logger's level and handler
+    (`level`, `handled`: warnings said as the main process says them)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    if os.environ != environ:
+        os.environ.clear()
+        os.environ.update(environ)
+    if handled:
+        setup_console(is_main=False)
+    log.setLevel(level)
+    main = multiprocessing.parent_process()  # the main process (not the server that forked)
 
-    def exit_with_parent() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
+    def exit_with_main() -> None:
+        main.join()  # returns when the main process is gone: the end of a pipe from it
         os._exit(1)
 
-    threading.Thread(target=exit_with_parent, daemon=True).start()
+    threading.Thread(target=exit_with_main, daemon=True).start()
 
 
-def _start_workers(workers: int) -> ProcessPoolExecutor:
-    """A pool of `workers` processes, all started now with SIGINT and SIGTERM blocked, so
-    that none is interrupted before `_init_worker` makes it ignore them; a signal to the main
-    process meanwhile waits, and is handled once the pool is up."""
+class _Worker(multiprocessing.context.ForkServerProcess):
+    """A worker process started by the fork server without the main module: a process
+    started so imports the caller's script first (as `__mp_main__`), and a script that does
+    its work at import, not under `if __name__ == "__main__":`, would run it again there
+    (a training script whose data the Trainer converts first hung in its workers)."""
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")  # no file, no spec: none read
+        try:
+            return multiprocessing.context.ForkServerProcess._Popen(process_obj)
+        finally:
+            sys.modules["__main__"] = main
+
+
+class _WithoutMain(multiprocessing.context.ForkServerContext):
+    Process = _Worker
+
+
+def _start_workers(workers: int, source: Source) -> ProcessPoolExecutor:
+    """A pool of `workers` processes, started by a fork server (Python's `forkserver`), not
+    forked from this process. A fork copies this process's locks as they stand, held ones
+    included, but not the threads that hold them: FFmpeg's decoder and scaler threads (the
+    main process decodes a video's first frame to learn its size), torch's, a caller's own.
+    A worker that then takes such a lock waits for good: workers decoding videos hung in
+    libswscale's slice threads, forked from a process that had decoded videos. The server
+    is a fresh interpreter that imports the conversion's modules once and forks the workers
+    from itself (Python's default start method from 3.14 on). Unlike Python's own workers,
+    they do not import the main script (`_Worker`), as a fork does not, unless the source's
+    class is defined there.
+
+    The server is started (when this process has none yet) with SIGINT and SIGTERM blocked,
+    so its workers start with them blocked too, and none is interrupted before
+    `_init_worker` makes it ignore them; a signal to the main process meanwhile waits, and
+    is handled once the server is up."""
+    module = type(source).__module__
+    context = multiprocessing.get_context("forkserver") if module == "__main__" else _WithoutMain()
+    preload = [__name__] + [name for name in (module, "stpdist.cli") if name in sys.modules]
+    context.set_forkserver_preload([name for name in preload if name != "__main__"])
+    setup = (dict(os.environ), log.getEffectiveLevel(), is_set_up())
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
-        pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(os.getpid(),))
-        pool.submit(int)  # starts every worker (a pool forks them all at its first task)
+        multiprocessing.forkserver.ensure_running()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-    return pool
+    return ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=setup)
 
 
 def _write_splits(
@@ -1037,7 +1094,7 @@ def _write_splits(
     progress: bool,
     nan_fill: float | None,
 ) -> dict[str, SplitIndex]:
-    pool = _start_workers(workers) if workers > 1 else None
+    pool = _start_workers(workers, source) if workers > 1 else None
     try:
         written: dict[str, SplitIndex] = {}
         try:
