@@ -264,6 +264,26 @@ def test_a_script_that_converts_at_import_converts_once(tmp_path):
     assert sorted(values) == ["s0", "s1", "s2", "s3"]
 
 
+def test_workers_are_forked_where_no_fork_server_starts(tmp_path):
+    """The fork server listens on a socket under TMPDIR, whose path may be 107 bytes at
+    most: under a cluster's long TMPDIR it cannot start, and the conversion stopped
+    ("writing ds: AF_UNIX path too long"). The workers are forked then, as before the fork
+    server, and a warning says so."""
+    _small_arrays(tmp_path, 6)
+    long_tmp = tmp_path / ("t" * 110)
+    long_tmp.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(long_tmp)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "stpdist", "shard", "arrays", "raw", "--out", "ds", "--workers", "2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = (f"no fork server for the worker processes (AF_UNIX path too long; its socket goes "
+            f"in {long_tmp}); forking them from this process instead")  # fmt: skip
+    assert said in proc.stderr, proc.stderr[-3000:]
+    assert len(stored(tmp_path / "ds" / "train")) == 6
+
+
 def test_the_workers_of_a_killed_conversion_exit(tmp_path):
     """SIGKILL to the main process (the OOM killer): its fork server exits, and the
     workers with it; none is left loading for nobody."""

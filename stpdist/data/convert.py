@@ -44,6 +44,7 @@ import shlex
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import types
@@ -1071,18 +1072,30 @@ def _start_workers(workers: int, source: Source) -> ProcessPoolExecutor:
     The server is started (when this process has none yet) with SIGINT and SIGTERM blocked,
     so its workers start with them blocked too, and none is interrupted before
     `_init_worker` makes it ignore them; a signal to the main process meanwhile waits, and
-    is handled once the server is up."""
+    is handled once the server is up. Where no server starts (its socket's path, under
+    TMPDIR, longer than a socket's path may be), the workers are forked, as before, all at
+    once with the signals blocked, and a warning says so."""
     module = type(source).__module__
-    context = multiprocessing.get_context("forkserver") if module == "__main__" else _WithoutMain()
+    context: Any = (
+        _WithoutMain() if module != "__main__" else multiprocessing.get_context("forkserver")
+    )
     preload = [__name__] + [name for name in (module, "stpdist.cli") if name in sys.modules]
     context.set_forkserver_preload([name for name in preload if name != "__main__"])
     setup = (dict(os.environ), log.getEffectiveLevel(), is_set_up())
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
-        multiprocessing.forkserver.ensure_running()
+        try:
+            multiprocessing.forkserver.ensure_running()
+        except OSError as exc:
+            log.warning("no fork server for the worker processes (%s; its socket goes in %s); "
+                        "forking them from this process instead", exc, tempfile.gettempdir())  # fmt: skip
+            context = multiprocessing.get_context("fork")
+        pool = ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=setup)
+        if context.get_start_method() == "fork":
+            pool.submit(int)  # forks every worker now (a forking pool starts all at its first)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-    return ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=setup)
+    return pool
 
 
 def _write_splits(
