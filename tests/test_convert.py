@@ -553,3 +553,21 @@ def test_seed_mmnist_with_one_split_off_the_grid_stores_every_split_float32(tmp_
     for split, values in given.items():
         samples = stored(tmp_path / "out" / split)
         np.testing.assert_array_equal(samples["example000002"], values[1].astype(np.float32))
+
+
+def test_statistics_do_not_depend_on_how_the_frames_lie_in_memory():
+    """A video's frames, decoded H×W×C, reach the statistics as a T×C×H×W view with one
+    worker and as a contiguous copy from a worker process: the sums ran over other memory
+    orders, and index.json's mean and std differed in their last digits between --workers 1
+    and 2 (the output should not depend on the worker count; the shards did not)."""
+    from stpdist.data.format import StatsAccumulator
+
+    frames_THWC = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    view = frames_THWC.transpose(0, 3, 1, 2)
+    found = []
+    for frames in (view, np.ascontiguousarray(view)):
+        stats = StatsAccumulator(per_pixel=True)
+        for _ in range(3):
+            stats.add(frames, 255.0)
+        found.append((stats.result(), stats.range(), stats.climatology().tolist()))
+    assert found[0] == found[1]

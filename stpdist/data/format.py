@@ -511,7 +511,9 @@ class StatsAccumulator:
                 valid = None if valid is None else valid[new]
             if not len(frames_TCHW):
                 return
-        values = frames_TCHW.astype(np.float64) / scale
+        # in C order: sums that do not depend on how the frames lie in memory (a video's
+        # T×H×W×C frames seen as T×C×H×W here, a contiguous copy from a worker process)
+        values = np.ascontiguousarray(frames_TCHW, dtype=np.float64) / scale
         channels = values.shape[1]
         per_channel = values.transpose(1, 0, 2, 3).reshape(channels, -1)
         if self.total is None:
