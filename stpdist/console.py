@@ -73,17 +73,12 @@ def setup(is_main: bool) -> None:
     about what the ranks share from the main one: `warn_main`)."""
     global _main
     _main = is_main
-    if not is_set_up():
+    if not any(isinstance(h, _TqdmHandler) for h in log.handlers):
         handler = _TqdmHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.propagate = False  # printed once, here, whatever the root logger does
     log.setLevel(logging.INFO if is_main else logging.WARNING)
-
-
-def is_set_up() -> bool:
-    """Whether `setup` gave the `stpdist` logger its handler in this process."""
-    return any(isinstance(h, _TqdmHandler) for h in log.handlers)
 
 
 def warn_main(message: str, *args: Any) -> None:

@@ -152,7 +152,7 @@ def test_sigterm_stops_a_multi_worker_shard_and_its_workers(tmp_path, group):
 
 # ------------------------------------------------------------------ worker processes
 LOCKED_SOURCE = """
-import os, threading, time
+import logging, os, threading, time
 from pathlib import Path
 import numpy as np
 
@@ -176,9 +176,29 @@ class Locked:  # four items, each a sample filled with $FILL, read holding LOCK 
         if self.stall:
             Path(f"loading-{os.getpid()}").touch()
             time.sleep(600)
+        if os.environ.get("SAY"):  # what a source logs as it loads, and a bad item
+            logging.getLogger("stpdist").warning("item %d: a warning", item)
+            logging.getLogger("lockedsource").info("item %d: said in pid %d", item, os.getpid())
+            if item == 3:
+                raise ValueError("a bad item")
         with LOCK:
             fill = float(os.environ["FILL"])
         return [(f"s{item}", np.full((2, 1, 4, 4), fill, np.float32), {})]
+"""
+
+CONVERT_LOGGED = """
+import logging, os, sys
+from lockedsource import Locked
+from stpdist.data.convert import convert
+
+if __name__ == "__main__":
+    logging.basicConfig(filename="log.txt", level=logging.INFO, format="%(name)s: %(message)s")
+    os.environ.update(FILL="0.5", SAY="1")
+    print(os.getpid(), flush=True)
+    try:
+        convert(Locked(), "out", workers=int(sys.argv[1]), progress=False)
+    except Exception as exc:
+        logging.getLogger("main").error("%s", exc)
 """
 
 CONVERT_HOLDING_THE_LOCK = """
@@ -222,6 +242,7 @@ def _locked_source(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "lockedsource.py").write_text(LOCKED_SOURCE)
     (tmp_path / "main.py").write_text(CONVERT_HOLDING_THE_LOCK)
     (tmp_path / "unguarded.py").write_text(CONVERT_AT_IMPORT)
+    (tmp_path / "logged.py").write_text(CONVERT_LOGGED)
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
 
 
@@ -264,6 +285,34 @@ def test_a_script_that_converts_at_import_converts_once(tmp_path):
     assert sorted(values) == ["s0", "s1", "s2", "s3"]
 
 
+def test_what_workers_log_is_said_by_the_main_process_in_item_order(tmp_path):
+    """Forked workers logged through the main process's handlers, copied: a caller's own
+    (a log file) got their records; workers from the fork server have none. What a worker
+    logs is said by the main process, through its handlers, in item order, as one process
+    says it, and before an item's error."""
+    env = _locked_source(tmp_path)
+    said = {}
+    for workers in (1, 2):
+        proc = subprocess.run([sys.executable, "logged.py", str(workers)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]
+        lines = (tmp_path / "log.txt").read_text().splitlines()
+        (tmp_path / "log.txt").unlink()
+        said[workers] = [re.sub(r"pid \d+", "pid N", line) for line in lines]
+        pids = {int(p) for p in re.findall(r"pid (\d+)", "\n".join(lines))}
+        main = int(proc.stdout)  # one process loads all, or workers only
+        assert pids == {main} if workers == 1 else pids and main not in pids, (pids, main)
+    expected = [
+        line
+        for item in range(4)
+        for line in (
+            f"stpdist: item {item}: a warning",
+            f"lockedsource: item {item}: said in pid N",
+        )
+    ]
+    assert said[1] == said[2] == [*expected, "main: 3: a bad item"]
+
+
 def test_workers_are_forked_where_no_fork_server_starts(tmp_path):
     """The fork server listens on a socket under TMPDIR, whose path may be 107 bytes at
     most: under a cluster's long TMPDIR it cannot start, and the conversion stopped
@@ -282,6 +331,43 @@ def test_workers_are_forked_where_no_fork_server_starts(tmp_path):
             f"in {long_tmp}); forking them from this process instead")  # fmt: skip
     assert said in proc.stderr, proc.stderr[-3000:]
     assert len(stored(tmp_path / "ds" / "train")) == 6
+
+
+SOURCE_OF_ITS_OWN = """
+import numpy as np
+from stpdist.data.convert import convert
+
+
+class Own:  # a source class of the script (or session) itself
+    name, value_scale, grid = "own", 1.0, None
+
+    def splits(self):
+        return {"train": [0, 1, 2]}
+
+    def args(self):
+        return {}
+
+    def load(self, item):
+        return [(f"s{item}", np.full((2, 1, 4, 4), item / 4, np.float32), {})]
+
+
+convert(Own(), "out", workers=2, progress=False)
+"""
+
+
+@pytest.mark.parametrize("how", ["script", "-c"])
+def test_a_source_class_of_the_main_script_or_session_converts_over_workers(tmp_path, how):
+    """A worker from the fork server has no class of the caller's `__main__` (a script
+    without `if __name__ == "__main__":` converted again in each worker; `python -c`, a
+    notebook: no such attribute): such a source's workers are forked, as before."""
+    (tmp_path / "own.py").write_text(SOURCE_OF_ITS_OWN)
+    program = ["own.py"] if how == "script" else ["-c", SOURCE_OF_ITS_OWN]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, *program], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]
+    values = stored(tmp_path / "out" / "train")
+    assert {key: float(v.flat[0]) for key, v in values.items()} == {"s0": 0, "s1": 0.25, "s2": 0.5}
 
 
 def test_the_workers_of_a_killed_conversion_exit(tmp_path):

@@ -56,14 +56,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..console import (
-    Terminated,
-    check_not_interrupted,
-    is_set_up,
-    shows_progress,
-    sigterm_as_interrupt,
-)
-from ..console import setup as setup_console
+from ..console import Terminated, check_not_interrupted, shows_progress, sigterm_as_interrupt
 from ..errors import InputError, MissingInput, OutputExists, alike
 from .format import (
     CLIMATOLOGY_FILE,
@@ -581,8 +574,10 @@ def _write_split(
     args = {**source.args(), "split": split, "stored_as_uint8": quantize}
     if nan_fill is not None:
         args["nan_fill"] = nan_fill
-    load = functools.partial(_load, source)
-    loaded = _in_order(pool, load, items) if pool else map(load, items)
+    if pool:
+        loaded = _in_order(pool, functools.partial(_load_in_worker, source), items)
+    else:
+        loaded = map(functools.partial(_load, source), items)
     origin: dict[str, int] = {}  # key → number of the item it came from
     names = [v["name"] for v in getattr(source, "variables", None) or [] if "name" in v] or None
     filled = values = 0
@@ -752,7 +747,8 @@ def _duration(seconds: float) -> str:
 
 
 def _in_order(pool: ProcessPoolExecutor, load: Any, items: list[Any]) -> Iterator[Any]:
-    """`pool.map(load, items)` with at most two items per worker loaded ahead of the one
+    """`pool.map(load, items)` (`load`: `_load_in_worker`), each item's samples once what
+    its worker logged is said, with at most two items per worker loaded ahead of the one
     written: `map` hands out every item at once, and the samples that the writer (slower
     than the readers: it encodes, sums the statistics and writes) has not reached pile up
     in memory, up to the whole dataset."""
@@ -762,7 +758,12 @@ def _in_order(pool: ProcessPoolExecutor, load: Any, items: list[Any]) -> Iterato
     for item in itertools.islice(queue, ahead):
         pending.append(pool.submit(load, item))
     while pending:
-        samples = pending.popleft().result()
+        try:
+            samples, logged = pending.popleft().result()
+        except Exception as exc:  # said before the error, as with one process
+            _said_by_main(getattr(exc, "logged", ()))
+            raise
+        _said_by_main(logged)
         for item in itertools.islice(queue, 1):
             pending.append(pool.submit(load, item))
         yield samples
@@ -1007,7 +1008,7 @@ def _terminate_cleanly() -> Iterator[None]:
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
-def _init_worker(environ: dict[str, str], level: int, handled: bool) -> None:
+def _init_worker(environ: dict[str, str], levels: dict[str, int]) -> None:
     """Runs first in each worker process (`_start_workers`). A terminal's Ctrl-C, and a
     SIGTERM sent to the process group, reach the workers too; a worker interrupted or killed
     while it writes a result to the pool's queue leaves the queue locked or a message half
@@ -1016,18 +1017,22 @@ def _init_worker(environ: dict[str, str], level: int, handled: bool) -> None:
     waits for the few in flight. Should the main process die without that (SIGKILL), the
     workers exit on their own (and then the fork server that started them).
 
-    A worker is no fork of the main process, so it takes what a fork would have copied:
-    the environment as it is now (`environ`), and the `stpdist` logger's level and handler
-    (`level`, `handled`: warnings said as the main process says them)."""
+    A worker started by the fork server is no fork of the main process, so it takes what a
+    fork would have copied: the environment as it is now (`environ`), and the levels of the
+    root and `stpdist` loggers (`levels`). What it logs, it keeps (`_WorkerLog`): the main
+    process says it, through its own handlers, in item order (`_said_by_main`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     if os.environ != environ:
         os.environ.clear()
         os.environ.update(environ)
-    if handled:
-        setup_console(is_main=False)
-    log.setLevel(level)
+    root = logging.getLogger()
+    root.handlers[:] = [_WorkerLog()]  # a forked worker's copies of the main's handlers too
+    log.handlers[:] = []
+    log.propagate = True
+    for name, level in levels.items():
+        logging.getLogger(name or None).setLevel(level)
     main = multiprocessing.parent_process()  # the main process (not the server that forked)
 
     def exit_with_main() -> None:
@@ -1035,6 +1040,45 @@ def _init_worker(environ: dict[str, str], level: int, handled: bool) -> None:
         os._exit(1)
 
     threading.Thread(target=exit_with_main, daemon=True).start()
+
+
+class _WorkerLog(logging.Handler):
+    """In a worker process, the records logged while it loads an item, ready to be sent to
+    the main process with the item's samples (or its error): their messages formatted (a
+    record's arguments need not pickle), a traceback as text."""
+
+    records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            record.msg, record.args = record.getMessage(), None
+            if record.exc_info:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+                record.exc_info = None
+        except Exception:
+            self.handleError(record)  # as a handler that formats: said on stderr, then dropped
+            return
+        self.records.append(record)
+
+
+def _load_in_worker(source: Source, item: Any) -> tuple[list[Sample], list[logging.LogRecord]]:
+    """`_load` in a worker process, with what it logged meanwhile (on an error, that goes
+    with the error as its `logged`)."""
+    _WorkerLog.records = []
+    try:
+        return _load(source, item), _WorkerLog.records
+    except BaseException as exc:
+        exc.logged = _WorkerLog.records  # type: ignore[attr-defined]
+        raise
+
+
+def _said_by_main(records: Sequence[logging.LogRecord]) -> None:
+    """A worker's records, handled here as if logged here: by this process's loggers'
+    levels and handlers (stpdist's console, a caller's own), above the progress bar."""
+    for record in records:
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
 
 
 class _Worker(multiprocessing.context.ForkServerProcess):
@@ -1066,31 +1110,31 @@ def _start_workers(workers: int, source: Source) -> ProcessPoolExecutor:
     libswscale's slice threads, forked from a process that had decoded videos. The server
     is a fresh interpreter that imports the conversion's modules once and forks the workers
     from itself (Python's default start method from 3.14 on). Unlike Python's own workers,
-    they do not import the main script (`_Worker`), as a fork does not, unless the source's
-    class is defined there.
+    they do not import the main script (`_Worker`), as forked ones do not.
 
     The server is started (when this process has none yet) with SIGINT and SIGTERM blocked,
     so its workers start with them blocked too, and none is interrupted before
     `_init_worker` makes it ignore them; a signal to the main process meanwhile waits, and
-    is handled once the server is up. Where no server starts (its socket's path, under
-    TMPDIR, longer than a socket's path may be), the workers are forked, as before, all at
-    once with the signals blocked, and a warning says so."""
+    is handled once the server is up. The workers are forked as before, all at once with
+    the signals blocked, where the source's class is the main script's or session's own
+    (only a fork has it), or where no server starts (its socket's path, under TMPDIR,
+    longer than a socket's path may be; a warning says so)."""
     module = type(source).__module__
-    context: Any = (
-        _WithoutMain() if module != "__main__" else multiprocessing.get_context("forkserver")
-    )
-    preload = [__name__] + [name for name in (module, "stpdist.cli") if name in sys.modules]
-    context.set_forkserver_preload([name for name in preload if name != "__main__"])
-    setup = (dict(os.environ), log.getEffectiveLevel(), is_set_up())
+    context: Any = multiprocessing.get_context("fork")
+    levels = {"": logging.getLogger().getEffectiveLevel(), "stpdist": log.getEffectiveLevel()}
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
-        try:
-            multiprocessing.forkserver.ensure_running()
-        except OSError as exc:
-            log.warning("no fork server for the worker processes (%s; its socket goes in %s); "
-                        "forking them from this process instead", exc, tempfile.gettempdir())  # fmt: skip
-            context = multiprocessing.get_context("fork")
-        pool = ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=setup)
+        if module != "__main__":
+            preload = [__name__, module] + ["stpdist.cli"] * ("stpdist.cli" in sys.modules)
+            multiprocessing.forkserver.set_forkserver_preload(preload)
+            try:
+                multiprocessing.forkserver.ensure_running()
+                context = _WithoutMain()
+            except OSError as exc:
+                log.warning("no fork server for the worker processes (%s; its socket goes in %s); "
+                            "forking them from this process instead", exc, tempfile.gettempdir())  # fmt: skip
+        pool = ProcessPoolExecutor(workers, context, initializer=_init_worker,
+                                   initargs=(dict(os.environ), levels))  # fmt: skip
         if context.get_start_method() == "fork":
             pool.submit(int)  # forks every worker now (a forking pool starts all at its first)
     finally:
