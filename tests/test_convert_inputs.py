@@ -152,7 +152,7 @@ def test_sigterm_stops_a_multi_worker_shard_and_its_workers(tmp_path, group):
 
 # ------------------------------------------------------------------ worker processes
 LOCKED_SOURCE = """
-import logging, os, threading, time
+import logging, os, signal, threading, time
 from pathlib import Path
 import numpy as np
 
@@ -181,9 +181,22 @@ class Locked:  # four items, each a sample filled with $FILL, read holding LOCK 
             logging.getLogger("lockedsource").info("item %d: said in pid %d", item, os.getpid())
             if item == 3:
                 raise ValueError("a bad item")
+        if os.environ.get("KILL_AT") == str(item):  # the out-of-memory killer
+            os.kill(os.getpid(), signal.SIGKILL)
         with LOCK:
             fill = float(os.environ["FILL"])
-        return [(f"s{item}", np.full((2, 1, 4, 4), fill, np.float32), {})]
+        side = int(os.environ.get("SIDE", "4"))  # 256: results larger than a pipe holds
+        return [(f"s{item}", np.full((2, 1, side, side), fill, np.float32), {})]
+"""
+
+CONVERT_KILLED = """
+import os
+from lockedsource import Locked
+from stpdist.data.convert import convert
+
+if __name__ == "__main__":
+    os.environ.update(FILL="0.5", SIDE="256", KILL_AT="0")
+    convert(Locked(), "out", workers=2, progress=False)
 """
 
 CONVERT_LOGGED = """
@@ -243,6 +256,7 @@ def _locked_source(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "main.py").write_text(CONVERT_HOLDING_THE_LOCK)
     (tmp_path / "unguarded.py").write_text(CONVERT_AT_IMPORT)
     (tmp_path / "logged.py").write_text(CONVERT_LOGGED)
+    (tmp_path / "killed.py").write_text(CONVERT_KILLED)
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
 
 
@@ -368,6 +382,31 @@ def test_a_source_class_of_the_main_script_or_session_converts_over_workers(tmp_
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]
     values = stored(tmp_path / "out" / "train")
     assert {key: float(v.flat[0]) for key, v in values.items()} == {"s0": 0, "s1": 0.25, "s2": 0.5}
+
+
+def test_a_killed_worker_stops_the_conversion_with_an_error(tmp_path):
+    """A worker killed (the out-of-memory killer) breaks the pool, which then terminates
+    the others: they ignore SIGTERM, one ran on blocked sending a result no one read, and
+    the conversion hung for good (SIGTERM to it too). It stops now, saying what happened."""
+    env = _locked_source(tmp_path)
+    proc = subprocess.Popen([sys.executable, "killed.py"], cwd=tmp_path, env=env,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the conversion hung after a worker was killed")
+    assert proc.returncode == 1, stderr[-3000:]
+    assert stderr.splitlines()[-1].startswith(
+        "RuntimeError: a worker process ended abruptly, loading 0 or one of the 3 items after it "
+    ), stderr[-3000:]
+    assert "(killed: out of memory? the kernel's log says: `dmesg`)" in stderr
+    deadline = time.time() + 10
+    while _session(proc.pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _session(proc.pid), "processes left running"
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_workers_of_a_killed_conversion_exit(tmp_path):

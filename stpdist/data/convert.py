@@ -50,6 +50,7 @@ import time
 import types
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -574,10 +575,9 @@ def _write_split(
     args = {**source.args(), "split": split, "stored_as_uint8": quantize}
     if nan_fill is not None:
         args["nan_fill"] = nan_fill
-    if pool:
-        loaded = _in_order(pool, functools.partial(_load_in_worker, source), items)
-    else:
-        loaded = map(functools.partial(_load, source), items)
+    loaded = (
+        _in_order(pool, source, items) if pool else map(functools.partial(_load, source), items)
+    )
     origin: dict[str, int] = {}  # key → number of the item it came from
     names = [v["name"] for v in getattr(source, "variables", None) or [] if "name" in v] or None
     filled = values = 0
@@ -746,26 +746,35 @@ def _duration(seconds: float) -> str:
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
 
 
-def _in_order(pool: ProcessPoolExecutor, load: Any, items: list[Any]) -> Iterator[Any]:
-    """`pool.map(load, items)` (`load`: `_load_in_worker`), each item's samples once what
-    its worker logged is said, with at most two items per worker loaded ahead of the one
-    written: `map` hands out every item at once, and the samples that the writer (slower
-    than the readers: it encodes, sums the statistics and writes) has not reached pile up
-    in memory, up to the whole dataset."""
+def _in_order(pool: ProcessPoolExecutor, source: Source, items: list[Any]) -> Iterator[Any]:
+    """Each item's samples, loaded by the pool's workers (`_load_in_worker`), once what its
+    worker logged is said, with at most two items per worker loaded ahead of the one
+    written: `pool.map` hands out every item at once, and the samples that the writer
+    (slower than the readers: it encodes, sums the statistics and writes) has not reached
+    pile up in memory, up to the whole dataset. A worker killed (the out-of-memory killer)
+    is an error that says so, naming the items then loading."""
+    load = functools.partial(_load_in_worker, source)
     ahead = 2 * pool._max_workers  # the pool's worker count
     pending: collections.deque = collections.deque()
     queue = iter(items)
     for item in itertools.islice(queue, ahead):
-        pending.append(pool.submit(load, item))
+        pending.append((item, pool.submit(load, item)))
     while pending:
+        item, future = pending.popleft()
         try:
-            samples, logged = pending.popleft().result()
+            samples, logged = future.result()
+        except BrokenProcessPool:
+            raise RuntimeError(
+                f"a worker process ended abruptly, loading {describe(source, item)} or one of "
+                f"the {len(pending)} items after it (killed: out of memory? the kernel's log "
+                "says: `dmesg`); fewer --workers hold fewer items in memory"
+            ) from None
         except Exception as exc:  # said before the error, as with one process
-            _said_by_main(getattr(exc, "logged", ()))
+            _said_by_main(getattr(exc, "stpdist_worker_log", ()))
             raise
         _said_by_main(logged)
         for item in itertools.islice(queue, 1):
-            pending.append(pool.submit(load, item))
+            pending.append((item, pool.submit(load, item)))
         yield samples
 
 
@@ -1012,10 +1021,11 @@ def _init_worker(environ: dict[str, str], levels: dict[str, int]) -> None:
     """Runs first in each worker process (`_start_workers`). A terminal's Ctrl-C, and a
     SIGTERM sent to the process group, reach the workers too; a worker interrupted or killed
     while it writes a result to the pool's queue leaves the queue locked or a message half
-    written, and the pool (so the main process) waits forever. So workers ignore both (they
-    start with them blocked): the main process handles them, stops handing out items and
-    waits for the few in flight. Should the main process die without that (SIGKILL), the
-    workers exit on their own (and then the fork server that started them).
+    written, and the pool (so the main process) waits forever. So workers ignore both (from
+    their first step, `_Worker`, or, forked, started with them blocked): the main process
+    handles them, stops handing out items and waits for the few in flight. Should the main
+    process die without that (SIGKILL), the workers exit on their own (and then the fork
+    server that started them).
 
     A worker started by the fork server is no fork of the main process, so it takes what a
     fork would have copied: the environment as it is now (`environ`), and the levels of the
@@ -1063,12 +1073,12 @@ class _WorkerLog(logging.Handler):
 
 def _load_in_worker(source: Source, item: Any) -> tuple[list[Sample], list[logging.LogRecord]]:
     """`_load` in a worker process, with what it logged meanwhile (on an error, that goes
-    with the error as its `logged`)."""
+    with the error, as its `stpdist_worker_log`)."""
     _WorkerLog.records = []
     try:
         return _load(source, item), _WorkerLog.records
     except BaseException as exc:
-        exc.logged = _WorkerLog.records  # type: ignore[attr-defined]
+        exc.stpdist_worker_log = _WorkerLog.records  # type: ignore[attr-defined]
         raise
 
 
@@ -1081,11 +1091,37 @@ def _said_by_main(records: Sequence[logging.LogRecord]) -> None:
             logger.handle(record)
 
 
-class _Worker(multiprocessing.context.ForkServerProcess):
+class _Killed:
+    def terminate(self) -> None:
+        """SIGKILL, where the pool terminates its workers (once one died abruptly: it is
+        broken): they ignore SIGTERM (`_init_worker`), so a terminated one ran on, blocked
+        sending a result that no one read any more, and the pool waited for it for good."""
+        self.kill()  # type: ignore[attr-defined]
+
+
+class _Forked(_Killed, multiprocessing.context.ForkProcess):
+    """A worker forked from the main process (`_start_workers` says where)."""
+
+
+class _Forking(multiprocessing.context.ForkContext):
+    Process = _Forked
+
+
+class _Worker(_Killed, multiprocessing.context.ForkServerProcess):
     """A worker process started by the fork server without the main module: a process
     started so imports the caller's script first (as `__mp_main__`), and a script that does
     its work at import, not under `if __name__ == "__main__":`, would run it again there
-    (a training script whose data the Trainer converts first hung in its workers)."""
+    (a training script whose data the Trainer converts first hung in its workers).
+
+    It ignores SIGINT and SIGTERM from its first step (`_init_worker` says why): the server
+    does not pass on a blocked signal mask, and a Ctrl-C as the workers started printed a
+    worker's traceback. One that lands before that step ends the new worker quietly (the
+    pool is broken then, and its other workers killed: `_Killed`)."""
+
+    def _bootstrap(self, *args: Any, **kwargs: Any) -> int:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return super()._bootstrap(*args, **kwargs)
 
     @staticmethod
     def _Popen(process_obj: Any) -> Any:
@@ -1110,17 +1146,17 @@ def _start_workers(workers: int, source: Source) -> ProcessPoolExecutor:
     libswscale's slice threads, forked from a process that had decoded videos. The server
     is a fresh interpreter that imports the conversion's modules once and forks the workers
     from itself (Python's default start method from 3.14 on). Unlike Python's own workers,
-    they do not import the main script (`_Worker`), as forked ones do not.
+    they do not import the main script, and ignore SIGINT and SIGTERM from their first step
+    (`_Worker`).
 
-    The server is started (when this process has none yet) with SIGINT and SIGTERM blocked,
-    so its workers start with them blocked too, and none is interrupted before
-    `_init_worker` makes it ignore them; a signal to the main process meanwhile waits, and
-    is handled once the server is up. The workers are forked as before, all at once with
-    the signals blocked, where the source's class is the main script's or session's own
-    (only a fork has it), or where no server starts (its socket's path, under TMPDIR,
-    longer than a socket's path may be; a warning says so)."""
+    The workers are forked as before where the source's class is the main script's or
+    session's own (only a fork has it), or where no server starts (its socket's path, under
+    TMPDIR, longer than a socket's path may be; a warning says so): all at once, with
+    SIGINT and SIGTERM blocked, so that none is interrupted before `_init_worker` makes it
+    ignore them; a signal to the main process meanwhile waits, and is handled once they
+    are up."""
     module = type(source).__module__
-    context: Any = multiprocessing.get_context("fork")
+    context: Any = _Forking()
     levels = {"": logging.getLogger().getEffectiveLevel(), "stpdist": log.getEffectiveLevel()}
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
