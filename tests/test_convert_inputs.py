@@ -177,8 +177,10 @@ class Locked:  # four items, each a sample filled with $FILL, read holding LOCK 
             Path(f"loading-{os.getpid()}").touch()
             time.sleep(600)
         if os.environ.get("SAY"):  # what a source logs as it loads, and a bad item
-            logging.getLogger("stpdist").warning("item %d: a warning", item)
+            log = logging.getLogger("stpdist")
+            log.warning("item %d: a warning", item, extra={"held": LOCK})  # pickles not
             logging.getLogger("lockedsource").info("item %d: said in pid %d", item, os.getpid())
+            logging.getLogger("lockedsource.detail").debug("item %d: a detail", item)
             if item == 3:
                 raise ValueError("a bad item")
         if os.environ.get("KILL_AT") == str(item):  # the out-of-memory killer
@@ -206,6 +208,7 @@ from stpdist.data.convert import convert
 
 if __name__ == "__main__":
     logging.basicConfig(filename="log.txt", level=logging.INFO, format="%(name)s: %(message)s")
+    logging.getLogger("lockedsource.detail").setLevel(logging.DEBUG)
     os.environ.update(FILL="0.5", SAY="1")
     print(os.getpid(), flush=True)
     try:
@@ -303,7 +306,8 @@ def test_what_workers_log_is_said_by_the_main_process_in_item_order(tmp_path):
     """Forked workers logged through the main process's handlers, copied: a caller's own
     (a log file) got their records; workers from the fork server have none. What a worker
     logs is said by the main process, through its handlers, in item order, as one process
-    says it, and before an item's error."""
+    says it, and before an item's error: at the levels the caller set (a logger of its own
+    at DEBUG), with an `extra=` that does not pickle (it stopped the conversion)."""
     env = _locked_source(tmp_path)
     said = {}
     for workers in (1, 2):
@@ -322,6 +326,7 @@ def test_what_workers_log_is_said_by_the_main_process_in_item_order(tmp_path):
         for line in (
             f"stpdist: item {item}: a warning",
             f"lockedsource: item {item}: said in pid N",
+            f"lockedsource.detail: item {item}: a detail",
         )
     ]
     assert said[1] == said[2] == [*expected, "main: 3: a bad item"]

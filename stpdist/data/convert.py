@@ -39,6 +39,7 @@ import multiprocessing
 import multiprocessing.context
 import multiprocessing.forkserver
 import os
+import pickle
 import re
 import shlex
 import shutil
@@ -757,25 +758,35 @@ def _in_order(pool: ProcessPoolExecutor, source: Source, items: list[Any]) -> It
     ahead = 2 * pool._max_workers  # the pool's worker count
     pending: collections.deque = collections.deque()
     queue = iter(items)
-    for item in itertools.islice(queue, ahead):
-        pending.append((item, pool.submit(load, item)))
-    while pending:
-        item, future = pending.popleft()
-        try:
-            samples, logged = future.result()
-        except BrokenProcessPool:
-            raise RuntimeError(
-                f"a worker process ended abruptly, loading {describe(source, item)} or one of "
-                f"the {len(pending)} items after it (killed: out of memory? the kernel's log "
-                "says: `dmesg`); fewer --workers hold fewer items in memory"
-            ) from None
-        except Exception as exc:  # said before the error, as with one process
-            _said_by_main(getattr(exc, "stpdist_worker_log", ()))
-            raise
-        _said_by_main(logged)
-        for item in itertools.islice(queue, 1):
-            pending.append((item, pool.submit(load, item)))
-        yield samples
+    done = 0  # items whose samples were handed on
+
+    def hand_out(count: int) -> None:
+        for item in itertools.islice(queue, count):
+            pending.append(pool.submit(load, item))
+
+    try:
+        hand_out(ahead)
+        while pending:
+            try:
+                samples, logged = pending[0].result()
+            except BrokenProcessPool:
+                raise
+            except Exception as exc:  # said before the error, as with one process
+                _said_by_main(getattr(exc, "stpdist_worker_log", ()))
+                raise
+            pending.popleft()
+            done += 1
+            _said_by_main(logged)
+            hand_out(1)
+            yield samples
+    except BrokenProcessPool:  # from a result, or from handing out the next item
+        after = len(pending) - 1
+        more = f" or one of the {after} items after it" if after > 0 else ""
+        raise RuntimeError(
+            f"a worker process ended abruptly, loading {describe(source, items[done])}{more} "
+            "(killed: out of memory? the kernel's log says: `dmesg`); fewer --workers hold "
+            "fewer items in memory"
+        ) from None
 
 
 def _check_same_shape(like: SplitIndex, split: str, shape: tuple[int, ...], where: str) -> None:
@@ -1017,7 +1028,7 @@ def _terminate_cleanly() -> Iterator[None]:
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
-def _init_worker(environ: dict[str, str], levels: dict[str, int]) -> None:
+def _init_worker(environ: dict[str, str], levels: dict[str, int], started: Any) -> None:
     """Runs first in each worker process (`_start_workers`). A terminal's Ctrl-C, and a
     SIGTERM sent to the process group, reach the workers too; a worker interrupted or killed
     while it writes a result to the pool's queue leaves the queue locked or a message half
@@ -1028,9 +1039,10 @@ def _init_worker(environ: dict[str, str], levels: dict[str, int]) -> None:
     server that started them).
 
     A worker started by the fork server is no fork of the main process, so it takes what a
-    fork would have copied: the environment as it is now (`environ`), and the levels of the
-    root and `stpdist` loggers (`levels`). What it logs, it keeps (`_WorkerLog`): the main
-    process says it, through its own handlers, in item order (`_said_by_main`)."""
+    fork would have copied: the environment as it is now (`environ`), and the loggers'
+    levels (`levels`: the root's, stpdist's and every one set). What it logs, it keeps
+    (`_WorkerLog`): the main process says it, through its own handlers, in item order
+    (`_said_by_main`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
@@ -1050,25 +1062,43 @@ def _init_worker(environ: dict[str, str], levels: dict[str, int]) -> None:
         os._exit(1)
 
     threading.Thread(target=exit_with_main, daemon=True).start()
+    started.release()  # set up: `_wait_started`
 
 
 class _WorkerLog(logging.Handler):
     """In a worker process, the records logged while it loads an item, ready to be sent to
     the main process with the item's samples (or its error): their messages formatted (a
-    record's arguments need not pickle), a traceback as text."""
+    record's arguments need not pickle), a traceback as text, any other attribute that
+    does not pickle (an `extra=` of the source's) as its repr. A message that does not
+    format is sent as a line that says so (a handler's own error would come out of order,
+    from the worker)."""
 
     records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            record.msg, record.args = record.getMessage(), None
-            if record.exc_info:
-                record.exc_text = logging.Formatter().formatException(record.exc_info)
-                record.exc_info = None
-        except Exception:
-            self.handleError(record)  # as a handler that formats: said on stderr, then dropped
-            return
+            record.msg = record.getMessage()
+        except Exception as exc:
+            record.msg = f"(a log message that does not format: {_shown(record.msg)} % " \
+                         f"{_shown(record.args)}: {type(exc).__name__}: {_shown(exc)})"  # fmt: skip
+        record.args = None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        for key, value in record.__dict__.items():
+            try:
+                pickle.dumps(value)
+            except Exception:
+                record.__dict__[key] = _shown(value)
         self.records.append(record)
+
+
+def _shown(value: Any) -> str:
+    """`repr(value)`, or what it is where that fails too."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__} object>"
 
 
 def _load_in_worker(source: Source, item: Any) -> tuple[list[Sample], list[logging.LogRecord]]:
@@ -1137,6 +1167,49 @@ class _WithoutMain(multiprocessing.context.ForkServerContext):
     Process = _Worker
 
 
+def _eager(pool: ProcessPoolExecutor) -> None:
+    """Start every worker of a fork-server pool now, while this process's SIGINT and SIGTERM
+    wait (`_start_workers`). The pool would start them one at a time, as items are handed
+    out, later in the run: a Ctrl-C that landed during such a start left a worker reading a
+    semaphore the interrupted pool had already removed, which printed its traceback. Python
+    has no public call for it: the pool's own (3.11 on; 3.10's starts all in its other)."""
+    launch = getattr(pool, "_launch_processes", None)
+    launch = launch or getattr(pool, "_adjust_process_count", None)
+    if launch is not None:
+        launch()
+
+
+def _wait_started(pool: ProcessPoolExecutor, started: Any, workers: int) -> None:
+    """Wait until every worker is set up (`_init_worker` releases `started`): a Ctrl-C
+    handled while they still read what the pool sent them removed its semaphores under
+    them (each printed a traceback). A worker that died at its start ends the wait: the
+    pool is broken, and its first item says so."""
+    for _ in range(workers):
+        while not started.acquire(timeout=0.1):
+            if any(p.exitcode is not None for p in getattr(pool, "_processes", {}).values()):
+                return
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored_by_new_processes() -> Iterator[None]:
+    """SIGINT ignored in the block (blocked meanwhile, so none is lost to this process), so
+    that a process started in it ignores it from its first instruction: an ignored signal
+    stays ignored across exec, and Python then installs no KeyboardInterrupt handler. For
+    the fork server (a Ctrl-C as it imported stpdist printed its traceback), whose forked
+    workers are born ignoring it too: so are other processes that server starts later. In
+    the main thread only (elsewhere Python sets no handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def _start_workers(workers: int, source: Source) -> ProcessPoolExecutor:
     """A pool of `workers` processes, started by a fork server (Python's `forkserver`), not
     forked from this process. A fork copies this process's locks as they stand, held ones
@@ -1157,22 +1230,30 @@ def _start_workers(workers: int, source: Source) -> ProcessPoolExecutor:
     are up."""
     module = type(source).__module__
     context: Any = _Forking()
-    levels = {"": logging.getLogger().getEffectiveLevel(), "stpdist": log.getEffectiveLevel()}
+    loggers = logging.root.manager.loggerDict.items()  # every logger's level, as a fork has
+    levels = {name: x.level for name, x in loggers if isinstance(x, logging.Logger) and x.level}
+    levels.update({"": logging.getLogger().level, "stpdist": log.getEffectiveLevel()})
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         if module != "__main__":
             preload = [__name__, module] + ["stpdist.cli"] * ("stpdist.cli" in sys.modules)
             multiprocessing.forkserver.set_forkserver_preload(preload)
             try:
-                multiprocessing.forkserver.ensure_running()
+                with _ctrl_c_ignored_by_new_processes():
+                    multiprocessing.forkserver.ensure_running()
                 context = _WithoutMain()
             except OSError as exc:
                 log.warning("no fork server for the worker processes (%s; its socket goes in %s); "
                             "forking them from this process instead", exc, tempfile.gettempdir())  # fmt: skip
+        started = context.Semaphore(0)  # one release a worker, once it is set up
         pool = ProcessPoolExecutor(workers, context, initializer=_init_worker,
-                                   initargs=(dict(os.environ), levels))  # fmt: skip
-        if context.get_start_method() == "fork":
-            pool.submit(int)  # forks every worker now (a forking pool starts all at its first)
+                                   initargs=(dict(os.environ), levels, started))  # fmt: skip
+        if context.get_start_method() != "fork":
+            _eager(pool)  # every worker now, not one at a time as items are handed out
+        # starts the pool's thread, which stops the workers at its shutdown (and a forking
+        # pool forks every worker now, at its first item)
+        pool.submit(int)
+        _wait_started(pool, started, workers)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     return pool
