@@ -1079,8 +1079,10 @@ class _WorkerLog(logging.Handler):
         try:
             record.msg = record.getMessage()
         except Exception as exc:
-            record.msg = f"(a log message that does not format: {_shown(record.msg)} % " \
-                         f"{_shown(record.args)}: {type(exc).__name__}: {_shown(exc)})"  # fmt: skip
+            record.msg = (
+                f"(a log message that does not format: {_shown(record.msg)} % "
+                f"{_shown(record.args)}: {type(exc).__name__}: {_shown(exc)})"
+            )
         record.args = None
         if record.exc_info:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
@@ -1192,12 +1194,12 @@ def _wait_started(pool: ProcessPoolExecutor, started: Any, workers: int) -> None
 
 @contextlib.contextmanager
 def _ctrl_c_ignored_by_new_processes() -> Iterator[None]:
-    """SIGINT ignored in the block (blocked meanwhile, so none is lost to this process), so
-    that a process started in it ignores it from its first instruction: an ignored signal
-    stays ignored across exec, and Python then installs no KeyboardInterrupt handler. For
-    the fork server (a Ctrl-C as it imported stpdist printed its traceback), whose forked
-    workers are born ignoring it too: so are other processes that server starts later. In
-    the main thread only (elsewhere Python sets no handler)."""
+    """SIGINT ignored in the block (and blocked: one that arrives in it waits for its end,
+    and is handled then), so that a process started in it ignores it from its first
+    instruction: an ignored signal stays ignored across exec, and Python then installs no
+    KeyboardInterrupt handler. For the fork server (a Ctrl-C as it imported stpdist printed
+    its traceback), whose forked workers are born ignoring it too: so are other processes
+    that server starts later. In the main thread only (elsewhere Python sets no handler)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -1248,12 +1250,16 @@ def _start_workers(workers: int, source: Source) -> ProcessPoolExecutor:
         started = context.Semaphore(0)  # one release a worker, once it is set up
         pool = ProcessPoolExecutor(workers, context, initializer=_init_worker,
                                    initargs=(dict(os.environ), levels, started))  # fmt: skip
-        if context.get_start_method() != "fork":
-            _eager(pool)  # every worker now, not one at a time as items are handed out
-        # starts the pool's thread, which stops the workers at its shutdown (and a forking
-        # pool forks every worker now, at its first item)
-        pool.submit(int)
-        _wait_started(pool, started, workers)
+        try:
+            if context.get_start_method() != "fork":
+                _eager(pool)  # every worker now, not one at a time as items are handed out
+            # starts the pool's thread, which stops the workers at its shutdown (and a
+            # forking pool forks every worker now, at its first item)
+            pool.submit(int)
+            _wait_started(pool, started, workers)
+        except BaseException:  # a worker that could not start: none left behind
+            pool.shutdown(cancel_futures=True)
+            raise
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     return pool
