@@ -403,10 +403,12 @@ def test_a_killed_worker_stops_the_conversion_with_an_error(tmp_path):
         proc.communicate()
         pytest.fail("the conversion hung after a worker was killed")
     assert proc.returncode == 1, stderr[-3000:]
-    assert stderr.splitlines()[-1].startswith(
-        "RuntimeError: a worker process ended abruptly, loading 0 or one of the 3 items after it "
+    # the items handed out when the pool broke: 4 (two a worker), fewer where it broke sooner
+    assert re.match(
+        r"RuntimeError: a worker process ended abruptly, loading 0( or one of the [123] items "
+        r"after it)? \(killed: out of memory\? the kernel's log says: `dmesg`\)",
+        stderr.splitlines()[-1],
     ), stderr[-3000:]
-    assert "(killed: out of memory? the kernel's log says: `dmesg`)" in stderr
     deadline = time.time() + 10
     while _session(proc.pid) and time.time() < deadline:
         time.sleep(0.1)
