@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import dataclasses
 import fnmatch
 import functools
 import hashlib
@@ -49,7 +50,7 @@ import tempfile
 import threading
 import time
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -64,14 +65,28 @@ from .format import (
     CLIMATOLOGY_FILE,
     INDEX_FILE,
     SERIES_INDEX,
+    SHARD_PATTERN,
     ShardFormatError,
     SplitIndex,
     SplitWriter,
     as_float32,
     read_index,
     require_file,
+    shard_fingerprint,
+)
+from .resume import (
+    STATE_DIR,
+    CannotResume,
+    Checkpoints,
+    Saved,
+    fingerprint,
+    load,
+    saved_fingerprint,
 )
 from .staging import (
+    CHECKPOINT,
+    as_final,
+    checkpointed,
     holds_working_folder,
     leftover,
     make_durable,
@@ -385,9 +400,12 @@ def staged_output(
     sources: Sequence[str | Path] = (),
     dataset: bool = False,
     earlier: EarlierOutput | None = None,
+    kept: Callable[[Path, BaseException], bool] | None = None,
 ) -> Iterator[Path]:
     """A fresh staging folder beside `out` to write a dataset into; on a clean exit it
-    replaces `out`, on an exception it is removed and `out` is left as it was.
+    replaces `out`, on an exception it is removed and `out` is left as it was (kept where
+    `kept(staging, exception)` says so: a conversion's checkpoint, which says where, and
+    which the same conversion goes on from; see `resume.py`).
 
     First a replacement of `out` that a crash interrupted is finished or undone (see
     `staging.py`). Checks next (before anything is written): `out` must not be, or contain, a
@@ -411,15 +429,16 @@ def staged_output(
             f"{_OUT_NAME.get()} {out} is being written by another command ({busy}): wait for "
             f"it to finish, or name another {_OUT_NAME.get()}"
         ))  # fmt: skip
-    recover(out)
+    recover(out, converting=kept is not None)
     _check_out(out, overwrite, sources, dataset, earlier)
     before = _folder_state(out)
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     staging = leftover(out, "staging")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)  # a leftover of an earlier run of this pid
-        staging.mkdir()
+        if kept is None or not (staging / CHECKPOINT).is_file():  # else one it may go on from
+            shutil.rmtree(staging, ignore_errors=True)  # a leftover of an earlier run of this pid
+        staging.mkdir(exist_ok=True)
     except PermissionError as exc:  # named: the bare error named the hidden staging folder
         where = Path(os.fsdecode(exc.filename)).parent if exc.filename else out.parent
         raise alike(InputError(
@@ -447,6 +466,8 @@ def staged_output(
         os.rename(staging, ready)  # complete: from here on a crash finishes the swap
         sync_folder(out.parent)
     except BaseException as exc:
+        if kept is not None and kept(staging, exc):
+            raise
         shutil.rmtree(staging, ignore_errors=True)
         for folder in made:  # the folders made for `out` (innermost first), if still empty
             with contextlib.suppress(OSError):
@@ -568,21 +589,24 @@ def _write_split(
     nan_fill: float | None = None,
     like: SplitIndex | None = None,
     copies: _Copies | None = None,
+    run: _Run | None = None,
 ) -> SplitIndex:
     """One split into `folder`; `like`: a split written before, whose frame shape this one's
     must have (checked at its first sample, before anything of it is written); `copies`:
-    where samples identical to earlier ones are counted, said once the split is written."""
+    where samples identical to earlier ones are counted, said once the split is written;
+    `run`: the conversion's checkpoints, and the one of this split it goes on from."""
     scale = 255.0 if quantize else source.value_scale
     args = {**source.args(), "split": split, "stored_as_uint8": quantize}
     if nan_fill is not None:
         args["nan_fill"] = nan_fill
-    loaded = (
-        _in_order(pool, source, items) if pool else map(functools.partial(_load, source), items)
-    )
-    origin: dict[str, int] = {}  # key → number of the item it came from
+    at = run.position(split) if run is not None else None
+    start = 0 if at is None else at.number
+    todo = items[start:]  # a checkpoint's split: from its item on
+    loaded = _in_order(pool, source, todo) if pool else map(functools.partial(_load, source), todo)
+    origin: dict[str, int] = {} if at is None else at.origin  # key → number of its item
     names = [v["name"] for v in getattr(source, "variables", None) or [] if "name" in v] or None
-    filled = values = 0
-    windows = False  # windows of a series, whose frames overlapping windows share
+    filled, values, windows = (0, 0, False) if at is None else (at.filled, at.values, at.windows)
+    # windows: of a series, whose frames overlapping windows share
     with SplitWriter(
         folder,
         split,
@@ -595,25 +619,43 @@ def _write_split(
         longitudes=getattr(source, "longitudes", None),
         climatology=bool(getattr(source, "climatology", False)),
     ) as writer:
-        reported = _progress(loaded, len(items), f"{source.name} {split}", folder, progress)
-        for number, samples in enumerate(reported):
+        here: list[Any] = [None, 0, ""]  # the sample being written: item number, index, key
+        if run is not None:
+            writer.on_shard_closed = lambda: run.shard_closed(
+                writer, {"quantize": quantize, "split": split, "number": here[0], "skip": here[1],
+                         "key": here[2], "filled": filled, "values": values, "windows": windows}
+            )  # fmt: skip
+        if at is not None:
+            writer.restore(at.writer, at.arrays, set(origin))
+        reported = _progress(loaded, len(items), f"{source.name} {split}", folder, progress, start)
+        for number, samples in enumerate(reported, start):
             check_not_interrupted()  # a Ctrl-C swallowed where it landed: stop now, not at the end
             where = describe(source, items[number])
-            for key, frames, meta in samples:
-                if origin.setdefault(key, number) != number:
+            if at is not None and number == at.number:  # the checkpoint's item: from its sample
+                samples = at.rest_of(samples, where)
+            for index, (key, frames, meta) in enumerate(samples):
+                if origin.get(key, number) != number:
                     first = describe(source, items[origin[key]])
                     raise InputError(
                         f"{where}: sample key {key!r} is also that of a sample from {first}; "
                         "keys must be unique in a split"
                     )
+                here[:] = (
+                    number,
+                    index + (at.skip if at is not None and number == at.number else 0),
+                    key,
+                )
                 first = writer.shape is None
                 if like is not None and first:
                     _check_same_shape(like, split, frames.shape, where)
                 grid = source.grid if quantize else None
                 filled += _write_sample(writer, key, frames, meta, where, grid, nan_fill, names)
+                origin[key] = number
                 windows = windows or SERIES_INDEX in (meta or {})
                 if copies is not None:
-                    copies.add(split, key, frames, where)
+                    digest, static = copies.add(split, key, frames, where)
+                    if run is not None:
+                        run.note(split, key, number, digest, static)
                 values += frames.size
                 if like is not None and first:  # as stored (a grid quantizes to uint8)
                     _check_same_dtype(like, split, writer.dtype, where)
@@ -651,15 +693,28 @@ class _Copies:
         self._found: dict[str, dict[str, Any]] = {}  # split of the first → count, first case
         self._lines: list[str] = []
 
-    def add(self, split: str, key: str, frames: np.ndarray, where: str) -> None:
+    def add(self, split: str, key: str, frames: np.ndarray, where: str) -> tuple[bytes, bool]:
+        """Counts a sample; returns its digest and whether it was found static, what
+        `replay` takes to count it again (a conversion's checkpoint)."""
         frames = np.ascontiguousarray(frames)
         digest = hashlib.blake2b(f"{frames.dtype.str}{frames.shape}".encode(), digest_size=16)
         digest.update(frames)
-        earlier = self._seen.setdefault(digest.digest(), (split, key, where))
-        if earlier[:2] == (split, key) or _static(frames):
-            return
+        static = self.replay(split, key, digest.digest(), lambda: _static(frames), where)
+        return digest.digest(), static
+
+    def replay(
+        self, split: str, key: str, digest: bytes, static: Callable[[], bool], where: str
+    ) -> bool:
+        """Counts a sample by its digest (`static`: whether its frames are, asked only for
+        a digest seen before); returns the answer, False where not asked."""
+        earlier = self._seen.setdefault(digest, (split, key, where))
+        if earlier[:2] == (split, key):
+            return False
+        if static():
+            return True
         found = self._found.setdefault(earlier[0], {"count": 0, "first": (earlier, key, where)})
         found["count"] += 1
+        return False
 
     def end_split(self, split: str) -> None:
         """The warnings of `split`'s samples that copy earlier ones, a line for each split
@@ -694,38 +749,41 @@ PROGRESS_LINE_EVERY = 30.0
 
 
 def _progress(
-    loaded: Iterator[Any], total: int, desc: str, folder: Path, progress: bool
+    loaded: Iterator[Any], total: int, desc: str, folder: Path, progress: bool, start: int = 0
 ) -> Iterator[Any]:
     """`loaded`, reporting how far the writer is on stderr: a bar on a terminal; in a log
     file (a SLURM job's), where a bar's redraws pile up ten a second, a plain line every
     `PROGRESS_LINE_EVERY` seconds and one at the end, once any was said (`desc 1200/5000
-    items, 3.1 GB written, 12 min elapsed, about 38 min left`). Nothing without `progress`."""
+    items, 3.1 GB written, 12 min elapsed, about 38 min left`). Nothing without `progress`.
+    `start`: the items written before (a conversion going on from a checkpoint)."""
     if not progress:
         yield from loaded
         return
     if shows_progress():
-        yield from tqdm(loaded, total=total, desc=desc, unit="item")
+        yield from tqdm(loaded, total=total, desc=desc, unit="item", initial=start)
         return
-    start = last = time.monotonic()
-    done = said = 0
+    began = last = time.monotonic()
+    done = said = start
     for samples in loaded:
         yield samples
         done += 1  # written: the writer asks for the next one
         now = time.monotonic()
         if now - last >= PROGRESS_LINE_EVERY:
             last, said = now, done
-            _progress_line(desc, done, total, folder, now - start)
-    if 0 < said < done:  # a line was said: the log shows the split's end too
-        _progress_line(desc, done, total, folder, time.monotonic() - start)
+            _progress_line(desc, done, total, folder, now - began, start)
+    if start < said < done:  # a line was said: the log shows the split's end too
+        _progress_line(desc, done, total, folder, time.monotonic() - began, start)
 
 
-def _progress_line(desc: str, done: int, total: int, folder: Path, elapsed: float) -> None:
+def _progress_line(
+    desc: str, done: int, total: int, folder: Path, elapsed: float, start: int = 0
+) -> None:
     written = 0
     with contextlib.suppress(OSError):  # the folder's shards, the one being written too
         written = sum(entry.stat().st_size for entry in os.scandir(folder) if entry.is_file())
     line = f"{desc}: {done}/{total} items, {_size(written)} written, {_duration(elapsed)} elapsed"
-    if 0 < done < total:
-        line += f", about {_duration(elapsed * (total - done) / done)} left"
+    if start < done < total:
+        line += f", about {_duration(elapsed * (total - done) / (done - start))} left"
     print(line, file=sys.stderr, flush=True)  # beside warnings: stdout is for results
 
 
@@ -879,18 +937,31 @@ def convert(
     for path in source_paths(source):  # a FIFO (or socket, device) would block a reader
         if os.path.lexists(path):
             require_file(path, folder_too=True)
+    sources = source_paths(source)
     with (
         _terminate_cleanly(),
-        staged_output(out, overwrite, sources=source_paths(source), dataset=True) as staging,
+        staged_output(out, overwrite, sources=sources, dataset=True, kept=_kept) as staging,
     ):
         splits = source.splits()
         if not any(splits.values()):
             raise MissingInput(f"{source.name}: found nothing to convert")
-        written = _write_splits(
-            source, staging, splits, workers, samples_per_shard, progress, nan_fill
-        )
+        settings = {"samples_per_shard": samples_per_shard, "nan_fill": nan_fill,
+                    "grid": source.grid, "value_scale": getattr(source, "value_scale", None)}  # fmt: skip
+        run = _Run.begin(source, staging, splits, sources, settings)
+        try:
+            written = _write_splits(
+                source, staging, splits, workers, samples_per_shard, progress, nan_fill, run
+            )
+        except CannotResume as exc:  # the checkpoint's item did not load as it had
+            log.warning("%s: cannot go on from the stopped conversion's checkpoint (%s); "
+                        "starting over", out, exc)  # fmt: skip
+            run = _Run.afresh(run, staging)
+            written = _write_splits(
+                source, staging, splits, workers, samples_per_shard, progress, nan_fill, run
+            )
         if not written:  # each written split's shard counts were verified by SplitWriter
             raise MissingInput(f"{source.name}: no split yielded a sample; {out} left as it was")
+        run.remove()
         write_card(staging, out, source.name, written)
     return written
 
@@ -1273,21 +1344,24 @@ def _write_splits(
     samples_per_shard: int,
     progress: bool,
     nan_fill: float | None,
+    run: _Run,
 ) -> dict[str, SplitIndex]:
     pool = _start_workers(workers, source) if workers > 1 else None
     try:
         written: dict[str, SplitIndex] = {}
+        quantize = source.grid is not None if run.saved is None else run.saved.header["quantize"]
         try:
-            return _write_each_split(source, out, splits, written, pool, source.grid is not None,
-                                     (samples_per_shard, progress, nan_fill))  # fmt: skip
+            return _write_each_split(source, out, splits, written, pool, quantize,
+                                     (samples_per_shard, progress, nan_fill), run)  # fmt: skip
         except OffGrid as off:  # every split float32: one value scale for the dataset
             for split in written:
                 shutil.rmtree(out / split, ignore_errors=True)
             again = f" (split(s) {', '.join(written)} written again)" if written else ""
             log.warning("%s: values are not all on the 1/%g grid; storing every split float32%s",
                         off.split, source.grid, again)  # fmt: skip
+            run.start()
             return _write_each_split(source, out, splits, {}, pool, False,
-                                     (samples_per_shard, progress, nan_fill))  # fmt: skip
+                                     (samples_per_shard, progress, nan_fill), run)  # fmt: skip
     finally:  # after an error, Ctrl-C or SIGTERM: waits for the items in flight (`_init_worker`)
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -1301,19 +1375,28 @@ def _write_each_split(
     pool: ProcessPoolExecutor | None,
     quantize: bool,
     settings: tuple[int, bool, float | None],
+    run: _Run,
 ) -> dict[str, SplitIndex]:
     """Each split into `written` (filled as they are done: an OffGrid leaves there the ones
-    written before it, the failed one's folder removed)."""
+    written before it, the failed one's folder removed); from `run`'s checkpoint, when it
+    goes on from one."""
     copies = _Copies()
+    done = run.replay(source, splits, copies, out)
     for split, items in splits.items():
         if not items:  # e.g. no file of a test person: said, as a split that yields nothing
             log.warning("%s: no samples; not written", split)
             continue
         folder = out / split
+        if split in done:  # written before the checkpoint (or found empty)
+            if (folder / INDEX_FILE).is_file():
+                written[split] = read_index(folder)
+            else:
+                log.warning("%s: no samples; not written", split)
+            continue
         like = next(iter(written.values()), None)  # every split: the first one's shape
         try:
             written[split] = _write_split(source, folder, split, items, pool, quantize,
-                                          *settings, like, copies)  # fmt: skip
+                                          *settings, like, copies, run)  # fmt: skip
         except OffGrid as off:
             shutil.rmtree(folder, ignore_errors=True)
             off.split = split
@@ -1321,9 +1404,259 @@ def _write_each_split(
         except _Empty:
             shutil.rmtree(folder, ignore_errors=True)
             log.warning("%s: no samples; not written", split)
+            run.split_done(split, quantize)
             continue
         check_index = getattr(source, "check_index", None)
         if check_index is not None:  # e.g. values a guessed value scale leaves outside [0, 1]
             check_index(written[split])
+        run.split_done(split, quantize)
     copies.say()
     return written
+
+
+# ------------------------------------------------------------------ going on from a checkpoint
+def _kept(staging: Path, exc: BaseException) -> bool:
+    """Whether a conversion stopped by `exc` keeps its staging folder: on Ctrl-C or SIGTERM
+    (a cluster's preemption), once it holds a checkpoint; says so, and where it goes on."""
+    if not isinstance(exc, KeyboardInterrupt) or not (staging / CHECKPOINT).is_file():
+        return False
+    try:
+        header = json.loads((staging / CHECKPOINT).read_text(encoding="utf-8"))
+        at = (
+            f"split {header['split']}, item {header['number'] + 1}"
+            if header["split"] is not None
+            else f"the end of split {header['done'][-1]}"
+        )
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return False  # not ours to go on from: removed as any staging folder
+    log.warning(
+        "stopped: what was converted up to a checkpoint at %s is kept in %s; the same command "
+        "(sources, options, --out) goes on from there (delete that folder to start over)",
+        at, staging,
+    )  # fmt: skip
+    return True
+
+
+@dataclasses.dataclass
+class _At:
+    """Where a split goes on from a checkpoint: its `skip`-th sample of item `number`,
+    whose key was `key`; the writer's state and the split's counters then."""
+
+    number: int
+    skip: int
+    key: str
+    writer: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    origin: dict[str, int]
+    filled: int
+    values: int
+    windows: bool
+
+    def rest_of(self, samples: list[Sample], where: str) -> list[Sample]:
+        if self.skip >= len(samples) or samples[self.skip][0] != self.key:
+            found = samples[self.skip][0] if self.skip < len(samples) else None
+            raise CannotResume(
+                f"{where} loaded {len(samples)} sample(s), its sample {self.skip + 1} keyed "
+                f"{found!r}, where the checkpoint has {self.key!r}"
+            )
+        return samples[self.skip :]
+
+
+class _Run:
+    """A conversion's checkpoints (`resume.py`; None: its work items have no stable form),
+    and the checkpoint it goes on from (`saved`)."""
+
+    def __init__(self, checkpoints: Checkpoints | None, saved: Saved | None) -> None:
+        self.checkpoints, self.saved = checkpoints, saved
+        self.done: list[str] = []  # splits written (or found empty), in order
+        self.at: tuple[str, _At] | None = None
+
+    @classmethod
+    def begin(
+        cls,
+        source: Source,
+        staging: Path,
+        splits: dict[str, list[Any]],
+        sources: list[Path],
+        settings: dict[str, Any],
+    ) -> _Run:
+        """Checkpoints for this conversion, going on from a stopped one's beside `out` that
+        has its fingerprint (moved into `staging`); the others are deleted, saying so."""
+        found = fingerprint(source.name, source.args(), splits, sources, settings)
+        out = as_final(staging)
+        stopped = checkpointed(out)  # this process's own too (a notebook's second call)
+        chosen = next((s for s in stopped if found and saved_fingerprint(s) == found), None)
+        for other in stopped:
+            if other != chosen:
+                _discard(other, staging)
+                log.warning(
+                    "%s: deleted %s, a conversion stopped at a checkpoint that this one cannot "
+                    "go on from (other sources, files or options)", out, other.name,
+                )  # fmt: skip
+        if found is None:  # work items with no stable form: no checkpoints
+            return cls(None, None)
+        saved = None
+        if chosen is not None:
+            try:
+                saved = load(chosen)
+            except CannotResume as exc:
+                log.warning("%s: deleted %s, a stopped conversion: %s", out, chosen.name, exc)
+                _discard(chosen, staging)
+            else:
+                if chosen != staging:
+                    _discard(staging, staging)
+                    staging.rmdir()  # made for this run
+                    os.rename(chosen, staging)
+        checkpoints = Checkpoints(staging, found)
+        if saved is None:
+            checkpoints.start()
+        else:
+            checkpoints.generation = saved.generation
+        return cls(checkpoints, saved)
+
+    @classmethod
+    def afresh(cls, run: _Run, staging: Path) -> _Run:
+        """Over again from nothing, in the same staging folder."""
+        _discard(staging, staging)
+        fresh = cls(run.checkpoints, None)
+        fresh.start()
+        return fresh
+
+    def start(self) -> None:
+        """Every split from its start (a new conversion, or every split again in float32)."""
+        self.saved, self.done, self.at = None, [], None
+        if self.checkpoints is not None:
+            self.checkpoints.start()
+
+    def replay(
+        self, source: Source, splits: dict[str, list[Any]], copies: _Copies, out: Path
+    ) -> set[str]:
+        """From the checkpoint: the samples written counted again in `copies`, the split
+        being written made ready to go on (`position`); returns the splits done before."""
+        if self.saved is None:
+            return set()
+        header, saved = self.saved.header, self.saved
+        self.saved = None  # once: an OffGrid's every split again starts from nothing
+        try:
+            done, current = [str(s) for s in header["done"]], header["split"]
+            if any(split not in splits for split in [*done, current] if split is not None):
+                raise CannotResume("its splits are not this conversion's")
+            last = None
+            origin: dict[str, int] = {}
+            for split, key, number, digest, static in saved.samples:
+                if split not in splits or not 0 <= number < len(splits[split]):
+                    raise CannotResume(f"a sample of item {number} of split {split!r}")
+                if last is not None and split != last:
+                    copies.end_split(last)
+                last = split
+                where = describe(source, splits[split][number])
+                copies.replay(split, key, digest, lambda static=static: static, where)
+                if split == current:
+                    origin[key] = number
+            if last is not None and last in done:
+                copies.end_split(last)
+            self._check_files(out, done, current, header)
+            if current is not None:
+                self.at = (current, _At(int(header["number"]), int(header["skip"]),
+                    str(header["key"]), header["writer"], saved.arrays, origin,
+                    int(header["filled"]), int(header["values"]), bool(header["windows"])))  # fmt: skip
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise CannotResume(f"its checkpoint lacks {exc}") from exc
+        self.done = done
+        if self.checkpoints is not None and current is not None:
+            self.checkpoints.synced = len(header["writer"]["counts"])
+        where = (
+            f"split {current}, item {int(header['number']) + 1} of {len(splits[current])}"
+            if current is not None
+            else f"the end of split {done[-1]}"
+        )
+        log.warning("%s: going on with the conversion stopped at %s (%s kept)",
+                    as_final(out), where, _size(_bytes(out)))  # fmt: skip
+        return set(done)
+
+    def _check_files(
+        self, out: Path, done: list[str], current: str | None, header: dict[str, Any]
+    ) -> None:
+        """The checkpoint's shards on disk as it counted them; what came after it deleted."""
+        for split in done:
+            if (out / split / INDEX_FILE).is_file():
+                index = read_index(out / split)
+                for shard in index.shards:
+                    path = out / split / shard.name
+                    if shard_fingerprint(path, shard.num_samples) != shard.fingerprint:
+                        raise CannotResume(f"shard {path.name} of split {split} changed")
+        kept = {*done, STATE_DIR}
+        if current is not None:
+            kept.add(current)
+            writer = header["writer"]
+            pattern = SHARD_PATTERN.format(split=current)
+            names = [pattern % n for n in range(len(writer["counts"]))]
+            if len(writer["digests"]) != len(names):
+                raise CannotResume("its shard counts and hashes differ in number")
+            for name, digest in zip(names, writer["digests"], strict=True):
+                if _sha256(out / current / name) != digest:
+                    raise CannotResume(f"shard {name} of split {current} changed")
+            for entry in (out / current).iterdir():  # the shard being written, and so on
+                if entry.name not in names:
+                    entry.unlink()
+        for entry in out.iterdir():  # a split begun after the checkpoint
+            if entry.name not in kept:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+    def position(self, split: str) -> _At | None:
+        """Where `split` goes on from, when it does."""
+        if self.at is not None and self.at[0] == split:
+            return self.at[1]
+        return None
+
+    def note(self, split: str, key: str, number: int, digest: bytes, static: bool) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.note(split, key, number, digest, static)
+
+    def shard_closed(self, writer: SplitWriter, header: dict[str, Any]) -> None:
+        """A checkpoint, when one is due: the writer is between shards."""
+        if self.checkpoints is None or not self.checkpoints.due():
+            return
+        fields, arrays = writer.state()
+        header = {**header, "done": self.done, "writer": fields}
+        self.checkpoints.save(header, arrays, writer.closed_shards())
+
+    def split_done(self, split: str, quantize: bool) -> None:
+        self.done.append(split)
+        self.at = None
+        if self.checkpoints is not None:
+            self.checkpoints.synced = 0
+            if self.checkpoints.due():
+                header = {"quantize": quantize, "split": None, "done": self.done}
+                self.checkpoints.save(header, {}, [])
+
+    def remove(self) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.remove()
+
+
+def _discard(stopped: Path, staging: Path) -> None:
+    """A stopped conversion's folder deleted; emptied where it is this one's `staging`."""
+    if stopped != staging:
+        shutil.rmtree(stopped)
+        return
+    for entry in staging.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _sha256(path: Path) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

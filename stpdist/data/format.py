@@ -566,6 +566,30 @@ class StatsAccumulator:
         self.pixel_total = summed if self.pixel_total is None else self.pixel_total + summed
         self.frames += values.shape[0]
 
+    _ARRAYS = ("count", "total", "total_sq", "low", "high", "fill", "pixel_total", "pixel_count",
+               "pixel_fill")  # fmt: skip
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """What `restore` takes to go on as this one: JSON fields and arrays (a conversion's
+        checkpoint, `resume.py`)."""
+        arrays = {name: getattr(self, name) for name in self._ARRAYS}
+        arrays = {name: value for name, value in arrays.items() if value is not None}
+        series = list(self.counted)
+        for number, which in enumerate(series):
+            arrays[f"counted_{number}"] = self.counted[which]
+        return {"per_pixel": self.per_pixel, "frames": self.frames, "series": series}, arrays
+
+    def restore(self, fields: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Go on from a `state`."""
+        self.per_pixel, self.frames = bool(fields["per_pixel"]), int(fields["frames"])
+        for name in self._ARRAYS:
+            setattr(self, name, arrays.get(name))
+        self.counted = {
+            # a series id read back from JSON: a list was a tuple (dict keys are hashable)
+            tuple(which) if isinstance(which, list) else which: arrays[f"counted_{number}"]
+            for number, which in enumerate(fields["series"])
+        }
+
     def result(self) -> tuple[list[float], list[float]]:
         if self.total is None:
             return [], []
@@ -651,6 +675,10 @@ class SplitWriter:
             )
         self._writer: _TarShard | None = None
         self.digests: list[str] = []  # each closed shard's SHA-256, in shard order
+        self.on_shard_closed: Callable[[], None] | None = None
+        """Called as a shard is closed, before the sample that starts the next one is
+        written: every sample before that one is in the closed shards (a conversion's
+        checkpoint, `resume.py`)."""
 
     def _pattern(self) -> str:
         return SHARD_PATTERN.format(split=self.split)
@@ -711,7 +739,7 @@ class SplitWriter:
             members[META_EXT] = json.dumps(meta).encode()
         size = sum(map(len, members.values()))
         if (
-            not self.counts
+            self._writer is None  # the first sample, or the first after `restore`
             or self.counts[-1] >= self.samples_per_shard
             or (self.counts[-1] and self.shard_bytes + size > SHARD_BYTES)
         ):
@@ -729,9 +757,36 @@ class SplitWriter:
         if self._writer is not None:
             self._writer.close()
             self.digests.append(self._writer.sha256())
+            self._writer = None
+            if self.on_shard_closed is not None:
+                self.on_shard_closed()
         self._writer = _TarShard(self.folder / (self._pattern() % len(self.counts)))
         self.counts.append(0)
         self.shard_bytes = 0
+
+    def closed_shards(self) -> list[Path]:
+        return [self.folder / (self._pattern() % n) for n in range(len(self.digests))]
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Between shards (`on_shard_closed`): what `restore` takes to go on from there, the
+        sample keys apart (JSON fields and arrays)."""
+        if self._writer is not None:
+            raise RuntimeError("a SplitWriter's state is taken between shards")
+        stats, arrays = self.stats.state()
+        fields = {"shape": self.shape, "dtype": self.dtype, "first_key": self.first_key,
+                  "counts": self.counts, "digests": self.digests, "stats": stats}  # fmt: skip
+        return fields, arrays
+
+    def restore(
+        self, fields: dict[str, Any], arrays: dict[str, np.ndarray], keys: set[str]
+    ) -> None:
+        """Go on from a `state` whose closed shards are in the folder (the next sample
+        starts a new shard); `keys`: those of the samples in them."""
+        self.shape, self.dtype = fields["shape"], fields["dtype"]
+        self.first_key = fields["first_key"]
+        self.counts, self.digests = list(fields["counts"]), list(fields["digests"])
+        self.keys = set(keys)
+        self.stats.restore(fields["stats"], arrays)
 
     def close(self) -> SplitIndex:
         if self._writer is not None:

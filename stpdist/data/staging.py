@@ -17,6 +17,10 @@ folder) puts it right, with one line on stderr saying what it did:
 - `old` left over, `out` missing: the new version is gone; the old one is restored.
 - `old` left over, `out` in place: the swap had finished; the old folder is deleted.
 
+A staging folder holding a conversion's checkpoint (`CHECKPOINT`, see `resume.py`) is the
+exception: it is kept, for the same conversion run again to go on from (which deletes it
+when it cannot be continued).
+
 Folders named by the older scheme (`.<out>.staging-<pid>`, `.<out>.old-<pid>`, no ready
 step) are read as this host's; there a staging folder beside an `old` one with `out`
 missing was complete (that scheme renamed only complete datasets), so the swap is finished.
@@ -38,6 +42,8 @@ from .. import console
 
 log = logging.getLogger("stpdist")
 KINDS = ("staging", "ready", "old")
+CHECKPOINT = Path(".resume") / "state.json"
+"""In a staging folder: a stopped conversion that can go on from it (`resume.py`)."""
 
 
 def holds_working_folder(out: str | Path) -> bool:
@@ -175,14 +181,34 @@ def _complete(folder: Path) -> bool:
     return bool(splits) and all((p / "index.json").is_file() for p in splits)
 
 
-def _resolve(out: Path, group: _Leftovers) -> str:
+def checkpointed(out: str | Path) -> list[Path]:
+    """The staging folders beside `out` of conversions stopped with a checkpoint (whose
+    process, of this host, is gone), the newest first."""
+    out = Path(out)
+    found = []
+    for group in _scan(out.resolve() if out.is_symlink() else out):
+        staging = group.folders.get("staging")
+        if staging is None or set(group.folders) != {"staging"} or group.host != _host():
+            continue
+        if (staging / CHECKPOINT).is_file() and _running(group) is None:
+            found.append(staging)
+    return sorted(found, key=lambda p: (p / CHECKPOINT).stat().st_mtime, reverse=True)
+
+
+def _resolve(out: Path, group: _Leftovers, quiet_kept: bool = False) -> str:
     """Put one crashed replacement right; returns what was done."""
     staging, ready, old = (group.folders.get(kind) for kind in KINDS)
     if staging is not None and ready is None and old is not None and not out.exists():
         if _complete(staging):  # the older scheme: complete, swapped in halfway
             ready, staging = staging, None
     done = []
-    if staging is not None:
+    if staging is not None and (staging / CHECKPOINT).is_file():
+        if not quiet_kept:
+            done.append(
+                f"kept {staging.name}, a conversion stopped at a checkpoint: the same "
+                "`stpdist shard` command goes on from it (delete it to start over)"
+            )
+    elif staging is not None:
         shutil.rmtree(staging)
         done.append(f"deleted the unfinished new version {staging.name}")
     if ready is not None and not out.exists():
@@ -200,9 +226,10 @@ def _resolve(out: Path, group: _Leftovers) -> str:
     return "; ".join(done)
 
 
-def recover(out: str | Path) -> None:
+def recover(out: str | Path, converting: bool = False) -> None:
     """Finish or undo a replacement of `out` that a crash interrupted (see the module
-    docstring); a line on the `stpdist` logger for each."""
+    docstring); a line on the `stpdist` logger for each. `converting`: a conversion is
+    about to write `out`, and says itself what it does with a stopped one's checkpoint."""
     out = Path(out)
     if out.is_symlink():  # replacements act on the folder it points to
         out = out.resolve()
@@ -214,7 +241,9 @@ def recover(out: str | Path) -> None:
             console.warn_main("%s: left %s alone: %s", out, names, busy)
             continue
         try:
-            done = _resolve(out, group)
+            done = _resolve(out, group, quiet_kept=converting)
         except FileNotFoundError:  # another process (rank) recovered it meanwhile
             continue
-        log.warning("%s: a replacement by process %d was interrupted: %s", out, group.pid, done)
+        if done:
+            log.warning("%s: a replacement by process %d was interrupted: %s", out, group.pid,
+                        done)  # fmt: skip

@@ -1,0 +1,418 @@
+"""A stopped conversion goes on from its last checkpoint (`stpdist/data/resume.py`): the
+dataset it ends with is byte for byte the one an uninterrupted conversion writes, whether it
+was stopped by Ctrl-C, SIGTERM or SIGKILL, in a split, between splits, in an item's samples,
+or after an off-grid split sent every split back to float32. A checkpoint of other sources,
+files or options, or one that does not read, is deleted, saying so, and the conversion
+starts over. Real files in each layout, real shards, the CLI in processes of its own where
+signals are what is tested."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli, terminal_signals
+from test_convert import stored, write_seed_mmnist
+
+from stpdist.data import convert as convert_module
+from stpdist.data import resume
+from stpdist.data.convert import convert
+from stpdist.data.format import StatsAccumulator
+from stpdist.data.sources.generic import GenericArrays
+from stpdist.data.sources.seed_layout import SeedLayout
+from stpdist.data.staging import recover
+
+
+@pytest.fixture(autouse=True)
+def _checkpoint_at_every_shard(monkeypatch):
+    monkeypatch.setenv(resume.EVERY_ENV, "0")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder`, by relative path (the card's mentions of the folder's own
+    path as `OUT`)."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes().replace(str(folder).encode(), b"OUT")
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def _sequences(root: Path, counts: dict[str, int], frames: int = 4) -> Path:
+    """Per-sequence `.npy` files T×1×6×6 uint8 in split folders."""
+    rng = np.random.default_rng(3)
+    for split, count in counts.items():
+        (root / split).mkdir(parents=True)
+        for i in range(count):
+            values = rng.integers(0, 256, (frames, 1, 6, 6), dtype=np.uint8)
+            np.save(root / split / f"seq{i:03d}.npy", values)
+    return root
+
+
+def _series(root: Path) -> Path:
+    """One float32 series of 60 frames 2×4×4 with NaNs in it: windows of 6 frames every 2
+    (frames shared by windows, counted once in the statistics), several windows an item."""
+    root.mkdir(parents=True)
+    values = np.random.default_rng(4).random((60, 2, 4, 4)).astype(np.float32)
+    values[7, 1, 2, 3] = values[33, 0, 0, 0] = np.nan
+    np.save(root / "long.npy", values)
+    return root / "long.npy"
+
+
+SOURCES = {
+    # a sample an item, two splits
+    "files": lambda tmp: (GenericArrays(str(_sequences(tmp / "raw", {"train": 9, "val": 5}))), {}),
+    # windows of a series: many samples an item (checkpoints inside an item), NaN filled
+    "series": lambda tmp: (
+        GenericArrays(str(_series(tmp / "raw")), num_frames=6, stride=2, val_from="40"),
+        {"nan_fill": -1.0},
+    ),
+}
+
+
+def _interrupted_at(load_number: int, error: type[BaseException] = KeyboardInterrupt):
+    """A class's `load` raising `error` at its `load_number`-th call: (original, patched)."""
+    calls = [0]
+
+    def patch(cls):
+        original = cls.load
+
+        def load(self, item):
+            calls[0] += 1
+            if calls[0] == load_number:
+                raise error
+            return original(self, item)
+
+        return original, load
+
+    return patch
+
+
+def _stopped_at_sample(monkeypatch, number: int) -> None:
+    """Ctrl-C as the `number`-th sample is about to be written (once)."""
+    original, calls = convert_module._write_sample, [0]
+
+    def write(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == number:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(convert_module, "_write_sample", write)
+
+
+def _convert_stopped_then_again(monkeypatch, make, tmp_path, stop_at: int, spp: int = 3):
+    """The reference (uninterrupted) and the dataset converted again after a Ctrl-C as the
+    `stop_at`-th sample was written; returns both folders' files and the leftovers between."""
+    source, options = make(tmp_path)
+    reference = convert(source, tmp_path / "ref" / "ds", progress=False,
+                        samples_per_shard=spp, **options)  # fmt: skip
+    assert reference
+    with monkeypatch.context() as patched:
+        _stopped_at_sample(patched, stop_at)
+        with pytest.raises(KeyboardInterrupt):
+            convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=spp,
+                    **options)  # fmt: skip
+    kept = _leftovers(tmp_path / "run")
+    convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=spp, **options)
+    return _files(tmp_path / "ref" / "ds"), _files(tmp_path / "run" / "ds"), kept
+
+
+STOPS = {"files": [5, 8, 10, 13], "series": [5, 8, 20, 25]}
+"""Samples (files: train 9, val 5; series: train 18, val 8; 3 a shard): in the first split,
+at its end, in the second (a series: one item a split, so inside an item's windows)."""
+
+
+@pytest.mark.parametrize(
+    ("name", "stop_at"), [(name, stop) for name in sorted(SOURCES) for stop in STOPS[name]]
+)
+def test_a_conversion_stopped_anywhere_goes_on_to_the_same_bytes(
+    monkeypatch, tmp_path, caplog, name, stop_at
+):
+    """Stopped in the first split, at its end, in the second (and, for a series, within an
+    item's windows): the second run says where it goes on from, and ends with every shard,
+    index.json and the card byte for byte an uninterrupted run's."""
+    caplog.set_level(logging.WARNING, "stpdist")
+    reference, resumed, kept = _convert_stopped_then_again(
+        monkeypatch, SOURCES[name], tmp_path, stop_at
+    )
+    assert len(kept) == 1 and kept[0].startswith(".ds.staging-"), kept
+    said = caplog.text
+    assert "is kept in" in said and "going on with the conversion stopped at" in said, said
+    assert resumed == reference
+    assert not any(".resume" in name for name in resumed)
+    assert _leftovers(tmp_path / "run") == []
+
+
+def test_every_split_again_in_float32_goes_on_in_float32(monkeypatch, tmp_path, caplog):
+    """val off the 1/255 grid sends every split back to float32; stopped in that second pass,
+    the conversion goes on storing float32 (not uint8 in the splits after)."""
+    caplog.set_level(logging.WARNING, "stpdist")
+    on = np.random.default_rng(1).integers(0, 256, size=(3, 20, 1, 8, 8)) / 255.0
+    write_seed_mmnist(tmp_path / "seed", on.astype(np.float32))
+    off = np.random.default_rng(2).random((3, 20, 1, 8, 8)).astype(np.float32)
+    for i in range(3):
+        np.savez(tmp_path / "seed" / "validation" / f"example{i + 1:06d}.npz",
+                 inputs=off[i, :10], labels=off[i, 10:])  # fmt: skip
+    source = SeedLayout(str(tmp_path / "seed"), "mmnist")
+    convert(source, tmp_path / "ref" / "ds", progress=False, samples_per_shard=1)
+    # loads: 3 train, 1 val (off the grid), then train again: its third item's, after a shard
+    # of the second pass closed at the second's (a checkpoint)
+    original, load = _interrupted_at(7)(SeedLayout)
+    monkeypatch.setattr(SeedLayout, "load", load)
+    with pytest.raises(KeyboardInterrupt):
+        convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=1)
+    monkeypatch.setattr(SeedLayout, "load", original)
+    indexes = convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=1)
+    assert {split: index.dtype for split, index in indexes.items()} == {
+        "train": "float32", "val": "float32"
+    }  # fmt: skip
+    assert "going on with the conversion stopped at split train" in caplog.text
+    assert _files(tmp_path / "run" / "ds") == _files(tmp_path / "ref" / "ds")
+
+
+def test_other_options_or_changed_files_start_over(monkeypatch, tmp_path, caplog):
+    """The checkpoint is of other options (`--samples-per-shard`), then of files changed
+    since: each time deleted, saying so, and the dataset written from the start."""
+    caplog.set_level(logging.WARNING, "stpdist")
+    source, _ = SOURCES["files"](tmp_path)
+    out = tmp_path / "run" / "ds"
+    original, load = _interrupted_at(6)(GenericArrays)
+
+    def stopped(spp: int) -> None:
+        monkeypatch.setattr(GenericArrays, "load", load)
+        with pytest.raises(KeyboardInterrupt):
+            convert(source, out, progress=False, samples_per_shard=spp, overwrite=True)
+        monkeypatch.setattr(GenericArrays, "load", original)
+
+    stopped(2)
+    convert(source, out, progress=False, samples_per_shard=3)
+    assert "cannot go on from (other sources, files or options)" in caplog.text
+    assert "going on with" not in caplog.text
+    convert(source, tmp_path / "ref" / "ds", progress=False, samples_per_shard=3)
+    assert _files(out) == _files(tmp_path / "ref" / "ds")
+
+    caplog.clear()
+    original, load = _interrupted_at(6)(GenericArrays)  # a fresh count
+    stopped(3)
+    changed = tmp_path / "raw" / "train" / "seq001.npy"
+    np.save(changed, np.zeros((4, 1, 6, 6), np.uint8))
+    convert(source, out, progress=False, samples_per_shard=3, overwrite=True)
+    assert "cannot go on from" in caplog.text and "going on with" not in caplog.text
+    assert _leftovers(out.parent) == []
+    again = convert(source, tmp_path / "ref2" / "ds", progress=False, samples_per_shard=3)
+    assert again and _files(out) == _files(tmp_path / "ref2" / "ds")
+
+
+@pytest.mark.parametrize("damage", ["state", "shard", "log"])
+def test_a_damaged_checkpoint_starts_over(monkeypatch, tmp_path, caplog, damage):
+    """A checkpoint that does not read (its state cut short), a kept shard that changed, a
+    samples log cut inside the checkpoint's lines: deleted or started over, saying why;
+    the dataset is still the uninterrupted one's."""
+    caplog.set_level(logging.WARNING, "stpdist")
+    source, _ = SOURCES["files"](tmp_path)
+    convert(source, tmp_path / "ref" / "ds", progress=False, samples_per_shard=2)
+    original, load = _interrupted_at(7)(GenericArrays)
+    monkeypatch.setattr(GenericArrays, "load", load)
+    with pytest.raises(KeyboardInterrupt):
+        convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2)
+    monkeypatch.setattr(GenericArrays, "load", original)
+    [staging] = (tmp_path / "run").glob(".ds.staging-*")
+    state = staging / ".resume" / "state.json"
+    if damage == "state":
+        header = json.loads(state.read_text())
+        state.write_text(json.dumps({**header, "arrays": "../../escape.npz"}))
+    elif damage == "shard":
+        shard = staging / "train" / "train-000000.tar"
+        shard.write_bytes(shard.read_bytes()[:-1] + b"x")
+    else:
+        header = json.loads(state.read_text())
+        log_file = staging / ".resume" / "samples.jsonl"
+        log_file.write_bytes(log_file.read_bytes()[: header["log_bytes"] - 5])
+    convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2)
+    said = caplog.text
+    assert "going on with" not in said or "starting over" in said, said
+    assert "deleted" in said or "starting over" in said, said
+    assert _files(tmp_path / "run" / "ds") == _files(tmp_path / "ref" / "ds")
+    assert _leftovers(tmp_path / "run") == []
+
+
+def test_a_source_that_loads_otherwise_starts_over(monkeypatch, tmp_path, caplog):
+    """The checkpoint's item loads other samples than it did (the key of the sample to go on
+    from differs): the conversion starts over rather than mix two versions of the data."""
+    caplog.set_level(logging.WARNING, "stpdist")
+    source, options = SOURCES["series"](tmp_path)
+    original = GenericArrays.load
+    with monkeypatch.context() as patched:
+        _stopped_at_sample(patched, 6)
+        with pytest.raises(KeyboardInterrupt):
+            convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2,
+                    **options)  # fmt: skip
+
+    def renamed(self, item):
+        return [(f"x{key}", frames, meta) for key, frames, meta in original(self, item)]
+
+    monkeypatch.setattr(GenericArrays, "load", renamed)
+    indexes = convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2,
+                      **options)  # fmt: skip
+    assert "cannot go on from the stopped conversion's checkpoint" in caplog.text
+    assert "starting over" in caplog.text
+    keys = {key for key, _, _ in original(source, source.splits()["train"][0])}
+    assert indexes["train"].num_samples == len(keys)  # no sample of the first version
+    assert set(stored(tmp_path / "run" / "ds" / "train")) == {f"x{key}" for key in keys}
+    assert _leftovers(tmp_path / "run") == []
+
+
+def test_an_error_removes_the_staging_folder_and_its_checkpoint(monkeypatch, tmp_path):
+    """Only a stop (Ctrl-C, SIGTERM, a kill) keeps what was converted: an error in the data is
+    fixed in the files, which a checkpoint could not go on from anyway."""
+    source, _ = SOURCES["files"](tmp_path)
+    original, load = _interrupted_at(6, ValueError)(GenericArrays)
+    monkeypatch.setattr(GenericArrays, "load", load)
+    with pytest.raises(ValueError):
+        convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2)
+    assert not (tmp_path / "run").exists() or _leftovers(tmp_path / "run") == []
+
+
+def test_other_commands_keep_a_checkpoint_and_say_so(monkeypatch, tmp_path, caplog):
+    """`recover` (a reader, `stpdist inspect`) leaves a stopped conversion's staging folder for
+    the conversion to go on from, with a line saying so; without a checkpoint it is deleted."""
+    caplog.set_level(logging.WARNING, "stpdist")
+    source, _ = SOURCES["files"](tmp_path)
+    original, load = _interrupted_at(6)(GenericArrays)
+    monkeypatch.setattr(GenericArrays, "load", load)
+    with pytest.raises(KeyboardInterrupt):
+        convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2)
+    [staging] = (tmp_path / "run").glob(".ds.staging-*")
+    recover(tmp_path / "run" / "ds")
+    assert staging.is_dir() and "a conversion stopped at a checkpoint" in caplog.text
+    (staging / ".resume" / "state.json").unlink()
+    recover(tmp_path / "run" / "ds")
+    assert not staging.exists()
+
+
+def test_a_stop_before_the_first_checkpoint_leaves_nothing(monkeypatch, tmp_path):
+    """No checkpoint yet (the first comes `STPDIST_CHECKPOINT_EVERY` seconds in): a stop
+    removes the staging folder as before."""
+    monkeypatch.setenv(resume.EVERY_ENV, "3600")
+    source, _ = SOURCES["files"](tmp_path)
+    original, load = _interrupted_at(12)(GenericArrays)
+    monkeypatch.setattr(GenericArrays, "load", load)
+    with pytest.raises(KeyboardInterrupt):
+        convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2)
+    assert not (tmp_path / "run").exists()  # made for the output: removed with it
+
+
+def test_work_items_without_a_stable_form_are_not_checkpointed():
+    class Opaque:
+        pass
+
+    assert resume.fingerprint("x", {}, {"train": [Opaque()]}, [], {}) is None
+    stable = resume.fingerprint("x", {"a": 1.5}, {"train": [("f", 1, Path("p"))]}, [], {})
+    assert stable == resume.fingerprint("x", {"a": 1.5}, {"train": [("f", 1, Path("p"))]}, [], {})
+    assert stable != resume.fingerprint("x", {"a": 2.5}, {"train": [("f", 1, Path("p"))]}, [], {})
+
+
+def test_statistics_go_on_from_their_state_as_if_never_stopped():
+    """Sums, ranges, masks and fills, the climatology and the frames of series counted once:
+    restored from a state (JSON and arrays, as a checkpoint stores them), the statistics end
+    as those of one accumulator that saw every sample."""
+    rng = np.random.default_rng(5)
+    samples = []
+    for i in range(6):
+        frames = rng.random((5, 2, 3, 3))
+        valid = rng.random((5, 2, 3, 3)) > 0.1 if i % 2 else None
+        samples.append(
+            (frames, {"first": 2 * i, "series": "a" if i < 4 else ("b", 1), "valid": valid})
+        )
+    whole = StatsAccumulator(per_pixel=True)
+    for frames, kw in samples:
+        whole.add(frames, 1.0, **kw)
+    first = StatsAccumulator(per_pixel=True)
+    for frames, kw in samples[:3]:
+        first.add(frames, 1.0, **kw)
+    fields, arrays = first.state()
+    fields = json.loads(json.dumps(fields))  # as read back from a checkpoint
+    second = StatsAccumulator()
+    second.restore(fields, arrays)
+    for frames, kw in samples[3:]:
+        second.add(frames, 1.0, **kw)
+    assert second.result() == whole.result() and second.range() == whole.range()
+    np.testing.assert_array_equal(second.climatology(), whole.climatology())
+
+
+# ------------------------------------------------------------------ the CLI, stopped by signals
+def _raw_for_the_cli(tmp_path: Path) -> Path:
+    raw = tmp_path / "raw"
+    rng = np.random.default_rng(6)
+    for split, count in (("train", 300), ("val", 60)):
+        (raw / split).mkdir(parents=True)
+        for i in range(count):
+            np.save(raw / split / f"s{i:04d}.npy", rng.integers(0, 256, (8, 1, 16, 16), np.uint8))
+    return raw
+
+
+def _stopped_cli(tmp_path: Path, signum: int, workers: int) -> tuple[int, str]:
+    """`stpdist shard arrays` sent `signum` (to its process group) once it has a checkpoint
+    past its first split's start; its exit status and stderr."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", resume.EVERY_ENV: "0"}
+    command = [sys.executable, "-m", "stpdist", "shard", "arrays", str(tmp_path / "raw"), "--out", "ds",
+               "--workers", str(workers), "--samples-per-shard", "4"]  # fmt: skip
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                stderr=stderr, start_new_session=True,
+                                preexec_fn=terminal_signals)  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while True:
+            states = list(tmp_path.glob(".ds.staging-*/.resume/state.json"))
+            if states and len(list(tmp_path.glob(".ds.staging-*/train/*.tar"))) >= 5:
+                break
+            assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-2000:]
+            assert time.time() < deadline, "no checkpoint within 60 s"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signum)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, (tmp_path / "stderr.txt").read_text()
+
+
+@pytest.mark.parametrize(
+    ("signum", "workers"), [(signal.SIGKILL, 2), (signal.SIGTERM, 1)], ids=["sigkill", "sigterm"]
+)
+def test_the_cli_killed_or_preempted_goes_on_where_it_stopped(tmp_path, signum, workers):
+    """SIGKILL (the out-of-memory killer) to a two-worker conversion, or SIGTERM (a cluster's
+    preemption), then the same command: it goes on from the checkpoint, with one worker, to
+    the bytes of an uninterrupted conversion."""
+    raw = _raw_for_the_cli(tmp_path)
+    code, stderr = _stopped_cli(tmp_path, signum, workers)
+    if signum == signal.SIGTERM:
+        assert code == 143 and "is kept in" in stderr and "Traceback" not in stderr, stderr[-2000:]
+    else:
+        assert code == -signal.SIGKILL
+    assert len(list(tmp_path.glob(".ds.staging-*"))) == 1
+    again = run_cli("shard", "arrays", str(raw), "--out", "ds", "--workers", "1",
+                    "--samples-per-shard", "4", cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "going on with the conversion stopped at split train, item" in again.stderr
+    (tmp_path / "ref").mkdir()
+    reference = run_cli("shard", "arrays", str(raw), "--out", "ds", "--samples-per-shard", "4",
+                        cwd=tmp_path / "ref")  # fmt: skip
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    assert _files(tmp_path / "ds") == _files(tmp_path / "ref" / "ds")
+    assert _leftovers(tmp_path) == []
