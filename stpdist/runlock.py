@@ -97,7 +97,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _slurm_job() -> dict[str, Any]:
+def slurm_job() -> dict[str, Any]:
     """This process's SLURM job id and restart count (requeues), or {} outside SLURM."""
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
@@ -109,9 +109,9 @@ def _slurm_job() -> dict[str, Any]:
     return {"slurm_job": job, "slurm_restart": restarts}
 
 
-def _requeued_since(holder: dict[str, Any]) -> bool:
+def requeued_since(holder: dict[str, Any]) -> bool:
     """Whether `holder` is this SLURM job's run before a requeue (all of which had ended)."""
-    me, restart = _slurm_job(), holder.get("slurm_restart")
+    me, restart = slurm_job(), holder.get("slurm_restart")
     return (
         bool(me)
         and holder.get("slurm_job") == me["slurm_job"]
@@ -224,7 +224,7 @@ class RunLock:
             "pid_start": _start_time(os.getpid()),
             "boot_id": _boot_id(),
             "since": time.time(),
-            **_slurm_job(),
+            **slurm_job(),
             **_identity(self.output_dir, fd),
         }
         os.ftruncate(fd, 0)
@@ -282,7 +282,7 @@ class RunLock:
             log.warning("taking over run lock %s: its contents are unreadable", self.path)
             return
         host, pid = holder.get("host"), holder.get("pid")
-        if _requeued_since(holder):
+        if requeued_since(holder):
             log.warning(
                 "taking over run lock %s (%s): it was left by this SLURM job (%s) before it "
                 "was requeued",

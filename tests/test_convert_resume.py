@@ -416,3 +416,36 @@ def test_the_cli_killed_or_preempted_goes_on_where_it_stopped(tmp_path, signum, 
     assert reference.returncode == 0, reference.stderr[-2000:]
     assert _files(tmp_path / "ds") == _files(tmp_path / "ref" / "ds")
     assert _leftovers(tmp_path) == []
+
+
+def test_a_requeued_slurm_job_goes_on_from_its_checkpoint_on_another_host(
+    monkeypatch, tmp_path, caplog
+):
+    """SLURM requeues a preempted job, usually onto another node: the checkpoint its first run
+    left (another host's, whose processes cannot be checked from here) is its own, and the
+    requeued run goes on from it. Another job's is left alone, saying so."""
+    caplog.set_level(logging.WARNING, "stpdist")
+    source, _ = SOURCES["files"](tmp_path)
+    convert(source, tmp_path / "ref" / "ds", progress=False, samples_per_shard=2)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    with monkeypatch.context() as patched:
+        _stopped_at_sample(patched, 8)
+        with pytest.raises(KeyboardInterrupt):
+            convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2)
+    [staging] = (tmp_path / "run").glob(".ds.staging-*")
+    elsewhere = staging.with_name(".ds.staging-node17-999")  # as the first node left it
+    staging.rename(elsewhere)
+
+    monkeypatch.setenv("SLURM_JOB_ID", "5151")  # another job: not its checkpoint
+    convert(source, tmp_path / "other" / "ds", progress=False, samples_per_shard=2)
+    recover(tmp_path / "run" / "ds")
+    assert elsewhere.is_dir() and "of host node17, whose processes cannot be checked" in caplog.text
+
+    caplog.clear()
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the same job, requeued
+    convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2)
+    assert "going on with the conversion stopped at split train" in caplog.text
+    assert _files(tmp_path / "run" / "ds") == _files(tmp_path / "ref" / "ds")
+    assert _leftovers(tmp_path / "run") == []

@@ -21,6 +21,10 @@ items and sources name, `--samples-per-shard`, `--allow-nan` and this module's v
 A leftover with another fingerprint is deleted, saying why; a source whose work items
 have no stable form (an object of a kind `_stable` does not know) is not checkpointed.
 
+Under SLURM a checkpoint records the job id and its restart count: a requeued job (on
+another node, usually) goes on from the one it left before the requeue, which a host's
+other leftovers, whose processes cannot be checked from here, are not.
+
 The files here are read as untrusted input: JSON and `.npz` without pickles; anything
 that does not read back as expected is a conversion that starts afresh, said in a line.
 """
@@ -40,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from ..runlock import slurm_job
 from .staging import sync_folder
 
 log = logging.getLogger("stpdist")
@@ -217,7 +222,7 @@ class Checkpoints:
         _fsync(temporary)
         os.replace(temporary, self.folder / name)
         state = {**header, "version": VERSION, "fingerprint": self.fingerprint,
-                 "log_bytes": length, "arrays": name}  # fmt: skip
+                 "log_bytes": length, "arrays": name, **slurm_job()}  # fmt: skip
         _write_durably(self.folder / STATE_FILE, json.dumps(state).encode())
         sync_folder(self.folder)
         for old in self.folder.glob("arrays-*.npz"):

@@ -30,6 +30,7 @@ processes cannot be checked from here), are left alone with a line saying so.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -141,9 +142,26 @@ def writer_running(out: str | Path) -> str | None:
     return None
 
 
+def _requeued(group: _Leftovers) -> bool:
+    """Whether the group is a conversion's checkpoint left by this SLURM job before it was
+    requeued (on any host: SLURM requeues a job once all of its processes have ended)."""
+    from ..runlock import requeued_since
+
+    staging = group.folders.get("staging")
+    if staging is None:
+        return False
+    try:
+        header = json.loads((staging / CHECKPOINT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(header, dict) and requeued_since(header)
+
+
 def _running(group: _Leftovers) -> str | None:
     """Why the group's owner may still be at work (None: it is gone)."""
     if group.host != _host():
+        if _requeued(group):
+            return None
         return f"of host {group.host}, whose processes cannot be checked from here"
     if group.pid == os.getpid():
         return None  # ours: left by an earlier, failed replacement in this process
@@ -182,13 +200,13 @@ def _complete(folder: Path) -> bool:
 
 
 def checkpointed(out: str | Path) -> list[Path]:
-    """The staging folders beside `out` of conversions stopped with a checkpoint (whose
-    process, of this host, is gone), the newest first."""
+    """The staging folders beside `out` of conversions stopped with a checkpoint whose
+    process is gone (of this host, or this SLURM job before a requeue), the newest first."""
     out = Path(out)
     found = []
     for group in _scan(out.resolve() if out.is_symlink() else out):
         staging = group.folders.get("staging")
-        if staging is None or set(group.folders) != {"staging"} or group.host != _host():
+        if staging is None or set(group.folders) != {"staging"}:
             continue
         if (staging / CHECKPOINT).is_file() and _running(group) is None:
             found.append(staging)
