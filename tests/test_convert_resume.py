@@ -323,6 +323,9 @@ def test_work_items_without_a_stable_form_are_not_checkpointed():
     stable = resume.fingerprint("x", {"a": 1.5}, {"train": [("f", 1, Path("p"))]}, [], {})
     assert stable == resume.fingerprint("x", {"a": 1.5}, {"train": [("f", 1, Path("p"))]}, [], {})
     assert stable != resume.fingerprint("x", {"a": 2.5}, {"train": [("f", 1, Path("p"))]}, [], {})
+    with_array = resume.fingerprint("x", {}, {"train": [np.arange(3)]}, [], {})  # pickled
+    assert with_array == resume.fingerprint("x", {}, {"train": [np.arange(3)]}, [], {})
+    assert with_array != resume.fingerprint("x", {}, {"train": [np.arange(4)]}, [], {})
 
 
 def test_statistics_go_on_from_their_state_as_if_never_stopped():
@@ -449,3 +452,69 @@ def test_a_requeued_slurm_job_goes_on_from_its_checkpoint_on_another_host(
     assert "going on with the conversion stopped at split train" in caplog.text
     assert _files(tmp_path / "run" / "ds") == _files(tmp_path / "ref" / "ds")
     assert _leftovers(tmp_path / "run") == []
+
+
+# ------------------------------------------------------------------ every kind of source
+def _raw_of(name: str, tmp: Path) -> list[str]:
+    """Small raw files in `name`'s layout (at least 4 samples); the CLI's arguments."""
+    if name == "images":
+        from test_convert_frames import _gray, _pngs
+
+        for i in range(4):
+            _pngs(tmp / "raw" / "train" / f"clip{i}", _gray(i, 4))
+        return [str(tmp / "raw")]
+    if name == "videos":
+        from test_convert_frames import _colour, _video
+
+        for i in range(4):
+            _video(tmp / "raw" / "train" / f"clip{i}.mkv", _colour(i, 4))
+        return [str(tmp / "raw")]
+    if name == "mmnist-npy":
+        values = np.random.default_rng(7).integers(0, 256, (6, 5, 8, 8), dtype=np.uint8)
+        np.save(tmp / "mnist_test_seq.npy", values)
+        return [str(tmp / "mnist_test_seq.npy"), "--splits", "train=3,test=2"]
+    if name == "tars":
+        from test_convert_tars import _frames, _write
+
+        samples = [{"__key__": f"s{i}", "npy": _frames("train", i)} for i in range(5)]
+        _write(tmp / "raw" / "train" / "part-0.tar", samples)
+        return [str(tmp / "raw")]
+    if name == "merge":
+        for part in ("a", "b"):
+            _sequences(tmp / f"raw-{part}", {"train": 3})
+            for path in (tmp / f"raw-{part}" / "train").iterdir():  # keys of its own
+                path.rename(path.with_name(f"{part}-{path.name}"))
+            convert(GenericArrays(str(tmp / f"raw-{part}")), tmp / part, progress=False)
+        return [str(tmp / "a"), str(tmp / "b")]
+    if name == "sevir":
+        from test_weather import sevir_layout
+
+        sevir_layout(tmp / "sevir")
+        return [str(tmp / "sevir" / "CATALOG.csv")]
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", ["images", "videos", "mmnist-npy", "tars", "merge", "sevir"])
+def test_every_kind_of_source_goes_on_from_a_checkpoint(monkeypatch, tmp_path, caplog, name):
+    """Each format's work items (folders, videos, blocks of an array, tars, another dataset's
+    shards, HDF5 events) have a fingerprint, and a stopped conversion of each goes on to the
+    bytes of an uninterrupted one."""
+    from stpdist.cli import parser
+    from stpdist.data.sources import FORMATS
+
+    caplog.set_level(logging.WARNING, "stpdist")
+    sources = _raw_of(name, tmp_path)
+    args, _ = parser().parse_known_args(["shard", name, *sources, "--out", "x"])
+
+    def fresh():
+        return FORMATS[name].build(args.sources, args)
+
+    convert(fresh(), tmp_path / "ref" / "ds", progress=False, samples_per_shard=1)
+    with monkeypatch.context() as patched:
+        _stopped_at_sample(patched, 3)
+        with pytest.raises(KeyboardInterrupt):
+            convert(fresh(), tmp_path / "run" / "ds", progress=False, samples_per_shard=1)
+    convert(fresh(), tmp_path / "run" / "ds", progress=False, samples_per_shard=1)
+    assert "going on with the conversion stopped at" in caplog.text, caplog.text
+    assert "no checkpoints" not in caplog.text
+    assert _files(tmp_path / "run" / "ds") == _files(tmp_path / "ref" / "ds")

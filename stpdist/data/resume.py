@@ -19,7 +19,7 @@ one an uninterrupted run writes. "The same" is a fingerprint: the source's forma
 options, every work item, the size and modification time of every file or folder the
 items and sources name, `--samples-per-shard`, `--allow-nan` and this module's version.
 A leftover with another fingerprint is deleted, saying why; a source whose work items
-have no stable form (an object of a kind `_stable` does not know) is not checkpointed.
+do not pickle is not checkpointed (said in a line).
 
 Under SLURM a checkpoint records the job id and its restart count: a requeued job (on
 another node, usually) goes on from the one it left before the requeue, which a host's
@@ -36,6 +36,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Iterable
@@ -88,7 +89,7 @@ class _Unstable(Exception):
 def _stable(value: Any, paths: list[str]) -> Any:
     """`value` as JSON that is the same in every process that builds it from the same files
     (no object addresses, no set order); strings and paths collected in `paths`. Raises
-    `_Unstable` for an object it does not know."""
+    `_Unstable` for an object that does not pickle."""
     if value is None or isinstance(value, (bool, int, str)):
         if isinstance(value, str):
             paths.append(value)
@@ -112,7 +113,12 @@ def _stable(value: Any, paths: list[str]) -> Any:
             [f.name, _stable(getattr(value, f.name), paths)] for f in dataclasses.fields(value)
         ]
         return {"type": type(value).__qualname__, "fields": fields}
-    raise _Unstable(type(value).__name__)
+    try:  # another object (an array): its pickle, which a set of strings may order otherwise
+        # in another process (a fingerprint that differs: the conversion starts over)
+        digest = hashlib.sha256(pickle.dumps(value, protocol=4)).hexdigest()
+    except Exception as exc:  # noqa: BLE001 (whatever its pickling raises)
+        raise _Unstable(type(value).__name__) from exc
+    return {"type": f"{type(value).__module__}.{type(value).__qualname__}", "pickle": digest}
 
 
 def _stat(path: str) -> list[int] | None:
@@ -140,7 +146,8 @@ def fingerprint(
     try:
         stable = _stable([name, args, list(splits.items()), settings], paths)
     except _Unstable as exc:
-        log.debug("no checkpoints: a work item holds a %s", exc)
+        log.warning("%s: no checkpoints (a work item holds a %s, which does not pickle): a stop "
+                    "starts this conversion over", name, exc)  # fmt: skip
         return None
     paths += [os.fspath(p) for p in sources]
     stats = {path: found for path in dict.fromkeys(paths) if (found := _stat(path)) is not None}
