@@ -518,3 +518,177 @@ def test_every_kind_of_source_goes_on_from_a_checkpoint(monkeypatch, tmp_path, c
     assert "going on with the conversion stopped at" in caplog.text, caplog.text
     assert "no checkpoints" not in caplog.text
     assert _files(tmp_path / "run" / "ds") == _files(tmp_path / "ref" / "ds")
+
+
+# ------------------------------------------------------------------ what a review found
+def _kept_as_dead_process(tmp_path: Path, spp: int = 2, stop_at: int = 6) -> Path:
+    """A conversion of SOURCES["files"] stopped by Ctrl-C in this process, its staging folder
+    renamed as a process long gone would have left it; returns that folder."""
+    source, _ = SOURCES["files"](tmp_path)
+    patch = pytest.MonkeyPatch()
+    try:
+        _stopped_at_sample(patch, stop_at)
+        with pytest.raises(KeyboardInterrupt):
+            convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=spp)
+    finally:
+        patch.undo()
+    [staging] = (tmp_path / "run").glob(".ds.staging-*")
+    host = staging.name.removeprefix(".ds.staging-").rsplit("-", 1)[0]
+    gone = staging.with_name(f".ds.staging-{host}-4194000")  # above any pid in use here
+    staging.rename(gone)
+    an_hour_ago = time.time() - 3600  # stopped a while ago, as one taken over usually is
+    os.utime(gone, (an_hour_ago, an_hour_ago))
+    return gone
+
+
+GOING_ON_SLOWLY = """
+import os, sys, time
+from pathlib import Path
+from stpdist.data.convert import convert
+from stpdist.data.sources.generic import GenericArrays
+
+original = GenericArrays.load
+def load(self, item):
+    while not Path("go").exists():  # held after it took the checkpoint over
+        time.sleep(0.02)
+    return original(self, item)
+GenericArrays.load = load
+convert(GenericArrays(sys.argv[1]), Path(sys.argv[2]), progress=False, samples_per_shard=2)
+"""
+
+
+def test_a_conversion_going_on_is_not_taken_for_a_stopped_one(tmp_path, monkeypatch):
+    """The folder it took over keeps its old time; another conversion to the same --out took
+    the live process for one whose pid was reused, and deleted (or took over) its folder
+    while it ran. It is refused now, as beside any conversion at work."""
+    from stpdist.errors import OutputExists
+
+    _kept_as_dead_process(tmp_path)
+    (tmp_path / "script.py").write_text(GOING_ON_SLOWLY)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", resume.EVERY_ENV: "0",
+           "PYTHONPATH": str(Path(__file__).parent.parent)}  # fmt: skip
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "script.py", str(tmp_path / "raw"), str(tmp_path / "run" / "ds")],
+                                cwd=tmp_path, env=env, stderr=stderr)  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while not list((tmp_path / "run").glob(f".ds.staging-*-{proc.pid}/.resume")):
+            assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
+            assert time.time() < deadline
+            time.sleep(0.02)
+        source = GenericArrays(str(tmp_path / "raw"))
+        with pytest.raises(OutputExists, match="is being written by another command"):
+            convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2)
+        (tmp_path / "go").touch()
+        assert proc.wait(timeout=60) == 0, (tmp_path / "stderr.txt").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "going on with the conversion" in (tmp_path / "stderr.txt").read_text()
+    convert(source, tmp_path / "ref" / "ds", progress=False, samples_per_shard=2)
+    assert _files(tmp_path / "run" / "ds") == _files(tmp_path / "ref" / "ds")
+
+
+def test_a_frame_rewritten_in_its_folder_starts_over(monkeypatch, tmp_path, caplog):
+    """Image frames are named by their folder (a work item) and their bare file names: a
+    frame rewritten in place, its folder's time put back, was not seen, and the dataset kept
+    its old pixels. Every file under a source folder counts now."""
+    from test_convert_frames import _gray, _pngs
+
+    from stpdist.cli import parser
+    from stpdist.data.sources import FORMATS
+
+    caplog.set_level(logging.WARNING, "stpdist")
+    for i in range(4):
+        _pngs(tmp_path / "raw" / "train" / f"clip{i}", _gray(i, 4))
+    args, _ = parser().parse_known_args(["shard", "images", str(tmp_path / "raw"), "--out", "x"])
+    with monkeypatch.context() as patched:
+        _stopped_at_sample(patched, 3)
+        with pytest.raises(KeyboardInterrupt):
+            convert(FORMATS["images"].build(args.sources, args), tmp_path / "run" / "ds",
+                    progress=False, samples_per_shard=1)  # fmt: skip
+    folder = tmp_path / "raw" / "train" / "clip0"
+    times = folder.stat()
+    from PIL import Image
+
+    Image.fromarray(np.full((16, 16), 7, np.uint8)).save(folder / "1.png")
+    os.utime(folder, ns=(times.st_atime_ns, times.st_mtime_ns))
+    convert(FORMATS["images"].build(args.sources, args), tmp_path / "run" / "ds",
+            progress=False, samples_per_shard=1)  # fmt: skip
+    assert "cannot go on from (other sources, files or options)" in caplog.text
+    convert(FORMATS["images"].build(args.sources, args), tmp_path / "ref" / "ds",
+            progress=False, samples_per_shard=1)  # fmt: skip
+    assert _files(tmp_path / "run" / "ds") == _files(tmp_path / "ref" / "ds")
+
+
+def test_a_checkpoint_file_that_is_a_link_is_never_followed(tmp_path, caplog):
+    """The samples' log is cut to its checkpoint's length: a log that was a link to another
+    file cut that file (or grew it to a length the header named)."""
+    caplog.set_level(logging.WARNING, "stpdist")
+    staging = _kept_as_dead_process(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious line\n" * 10_000)
+    log = staging / ".resume" / "samples.jsonl"
+    log.unlink()
+    log.symlink_to(victim)
+    convert(GenericArrays(str(tmp_path / "raw")), tmp_path / "run" / "ds", progress=False,
+            samples_per_shard=2)  # fmt: skip
+    assert victim.read_text() == "precious line\n" * 10_000
+    assert "does not read" in caplog.text and "going on with" not in caplog.text
+
+
+HOSTILE = {
+    "no quantize": lambda h: h.pop("quantize"),
+    "frames": lambda h: h["writer"]["stats"].update(frames="x"),
+    "shape": lambda h: h["writer"].update(shape=[4, 1, 6, 7]),
+    "dtype": lambda h: h["writer"].update(dtype="float32"),
+    "counts": lambda h: h["writer"]["counts"].__setitem__(0, 5),
+    "number": lambda h: h.update(number=-1),
+    "number past the items": lambda h: h.update(number=10**9),
+    "log length": lambda h: h.update(log_bytes=6 * 10**9),
+    "arrays": lambda h: h.update(arrays="../../../etc/passwd"),
+}
+
+
+@pytest.mark.parametrize("resealed", [False, True], ids=["edited", "resealed"])
+@pytest.mark.parametrize("edit", sorted(HOSTILE))
+def test_a_hostile_checkpoint_is_said_and_the_conversion_starts_over_in_the_same_run(
+    tmp_path, caplog, edit, resealed
+):
+    """A header edited (its checksum then fails), or edited and its checksum written again
+    (each field then checked for what the shards on disk and the source hold): never an
+    error or a traceback, a file outside the folder, or another dataset: one line, and the
+    conversion starts over in the same run."""
+    caplog.set_level(logging.WARNING, "stpdist")
+    staging = _kept_as_dead_process(tmp_path)
+    state = staging / ".resume" / "state.json"
+    header = json.loads(state.read_text())
+    HOSTILE[edit](header)
+    if resealed:
+        header["checksum"] = resume._checksum(header)
+    state.write_text(json.dumps(header))
+    source = GenericArrays(str(tmp_path / "raw"))
+    convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2)
+    said = caplog.text
+    assert "going on with" not in said or "starting over" in said, said
+    assert ("deleted" in said or "starting over" in said) and "Traceback" not in said, said
+    convert(source, tmp_path / "ref" / "ds", progress=False, samples_per_shard=2)
+    assert _files(tmp_path / "run" / "ds") == _files(tmp_path / "ref" / "ds")
+    assert _leftovers(tmp_path / "run") == []
+
+
+def test_a_killed_process_not_yet_reaped_counts_as_gone():
+    """`kill(pid, 0)` finds a process that has ended until its parent collects its status:
+    a conversion run again right after a SIGKILL took the stopped one for one at work."""
+    from stpdist.data.staging import _zombie
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.time() + 30
+        while not _zombie(proc.pid):
+            assert time.time() < deadline, "no zombie within 30 s"
+            time.sleep(0.02)
+    finally:
+        proc.wait()
+    assert not _zombie(os.getpid())

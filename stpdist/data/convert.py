@@ -32,6 +32,7 @@ import dataclasses
 import fnmatch
 import functools
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -63,6 +64,7 @@ from ..console import Terminated, check_not_interrupted, shows_progress, sigterm
 from ..errors import InputError, MissingInput, OutputExists, alike
 from .format import (
     CLIMATOLOGY_FILE,
+    FRAMES_EXT,
     INDEX_FILE,
     SERIES_INDEX,
     SHARD_PATTERN,
@@ -70,6 +72,8 @@ from .format import (
     SplitIndex,
     SplitWriter,
     as_float32,
+    count_samples,
+    iter_shard,
     read_index,
     require_file,
     shard_fingerprint,
@@ -81,6 +85,7 @@ from .resume import (
     Saved,
     fingerprint,
     load,
+    read_header,
     saved_fingerprint,
 )
 from .staging import (
@@ -1418,17 +1423,17 @@ def _write_each_split(
 def _kept(staging: Path, exc: BaseException) -> bool:
     """Whether a conversion stopped by `exc` keeps its staging folder: on Ctrl-C or SIGTERM
     (a cluster's preemption), once it holds a checkpoint; says so, and where it goes on."""
-    if not isinstance(exc, KeyboardInterrupt) or not (staging / CHECKPOINT).is_file():
+    if not isinstance(exc, KeyboardInterrupt):
         return False
+    header = read_header(staging)
     try:
-        header = json.loads((staging / CHECKPOINT).read_text(encoding="utf-8"))
         at = (
             f"split {header['split']}, item {header['number'] + 1}"
             if header["split"] is not None
             else f"the end of split {header['done'][-1]}"
         )
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return False  # not ours to go on from: removed as any staging folder
+    except (KeyError, IndexError, TypeError):  # none (or not ours): removed as any other
+        return False
     log.warning(
         "stopped: what was converted up to a checkpoint at %s is kept in %s; the same command "
         "(sources, options, --out) goes on from there (delete that folder to start over)",
@@ -1505,13 +1510,18 @@ class _Run:
             else:
                 if chosen != staging:
                     _discard(staging, staging)
-                    staging.rmdir()  # made for this run
-                    os.rename(chosen, staging)
+                    try:  # onto the empty folder made for this run
+                        os.rename(chosen, staging)
+                    except FileNotFoundError:  # taken over by another conversion meanwhile
+                        saved = None
+                    else:
+                        os.utime(staging)  # made now: a reader's `_pid_reused` looks at it
+                        saved.log = staging / saved.log.relative_to(chosen)
         checkpoints = Checkpoints(staging, found)
         if saved is None:
             checkpoints.start()
         else:
-            checkpoints.generation = saved.generation
+            checkpoints.go_on(saved, 0)
         return cls(checkpoints, saved)
 
     @classmethod
@@ -1541,9 +1551,12 @@ class _Run:
             done, current = [str(s) for s in header["done"]], header["split"]
             if any(split not in splits for split in [*done, current] if split is not None):
                 raise CannotResume("its splits are not this conversion's")
+            if current is not None and not header["number"] < len(splits[current]):
+                raise CannotResume(f"its item {header['number'] + 1} of split {current}")
             last = None
             origin: dict[str, int] = {}
-            for split, key, number, digest, static in saved.samples:
+            written: collections.Counter = collections.Counter()
+            for split, key, number, digest, static in saved.samples():
                 if split not in splits or not 0 <= number < len(splits[split]):
                     raise CannotResume(f"a sample of item {number} of split {split!r}")
                 if last is not None and split != last:
@@ -1551,17 +1564,20 @@ class _Run:
                 last = split
                 where = describe(source, splits[split][number])
                 copies.replay(split, key, digest, lambda static=static: static, where)
+                written[split] += 1
                 if split == current:
                     origin[key] = number
             if last is not None and last in done:
                 copies.end_split(last)
-            self._check_files(out, done, current, header)
+            self._check_files(out, done, current, header, written)
             if current is not None:
                 self.at = (current, _At(int(header["number"]), int(header["skip"]),
                     str(header["key"]), header["writer"], saved.arrays, origin,
                     int(header["filled"]), int(header["values"]), bool(header["windows"])))  # fmt: skip
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise CannotResume(f"its checkpoint lacks {exc}") from exc
+        except (KeyError, TypeError, ValueError, IndexError, OSError, MemoryError) as exc:
+            raise CannotResume(
+                f"its checkpoint does not read ({type(exc).__name__}: {exc})"
+            ) from exc
         self.done = done
         if self.checkpoints is not None and current is not None:
             self.checkpoints.synced = len(header["writer"]["counts"])
@@ -1575,33 +1591,61 @@ class _Run:
         return set(done)
 
     def _check_files(
-        self, out: Path, done: list[str], current: str | None, header: dict[str, Any]
+        self,
+        out: Path,
+        done: list[str],
+        current: str | None,
+        header: dict[str, Any],
+        written: collections.Counter,
     ) -> None:
-        """The checkpoint's shards on disk as it counted them; what came after it deleted."""
+        """The checkpoint's shards on disk as it counted them (`written`: the samples of
+        each split in its log); what came after it deleted."""
         for split in done:
             if (out / split / INDEX_FILE).is_file():
                 index = read_index(out / split)
+                if index.num_samples != written[split]:
+                    raise CannotResume(f"split {split} holds another number of samples")
                 for shard in index.shards:
                     path = out / split / shard.name
                     if shard_fingerprint(path, shard.num_samples) != shard.fingerprint:
                         raise CannotResume(f"shard {path.name} of split {split} changed")
+            elif written[split]:
+                raise CannotResume(f"split {split} lost its index")
         kept = {*done, STATE_DIR}
         if current is not None:
             kept.add(current)
-            writer = header["writer"]
-            pattern = SHARD_PATTERN.format(split=current)
-            names = [pattern % n for n in range(len(writer["counts"]))]
-            if len(writer["digests"]) != len(names):
-                raise CannotResume("its shard counts and hashes differ in number")
-            for name, digest in zip(names, writer["digests"], strict=True):
-                if _sha256(out / current / name) != digest:
-                    raise CannotResume(f"shard {name} of split {current} changed")
-            for entry in (out / current).iterdir():  # the shard being written, and so on
-                if entry.name not in names:
-                    entry.unlink()
+            self._check_split(out / current, header["writer"], written[current])
         for entry in out.iterdir():  # a split begun after the checkpoint
             if entry.name not in kept:
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                _remove(entry)
+
+    @staticmethod
+    def _check_split(folder: Path, writer: dict[str, Any], written: int) -> None:
+        """The closed shards of the split being written, as the checkpoint has them: their
+        SHA-256, sample counts and first sample's key, shape and dtype; the rest deleted."""
+        pattern = SHARD_PATTERN.format(split=folder.name)
+        names = [pattern % n for n in range(len(writer["counts"]))]
+        if len(writer["digests"]) != len(names) or sum(writer["counts"]) != written:
+            raise CannotResume("its shard counts, hashes and samples do not add up")
+        for name, digest in zip(names, writer["digests"], strict=True):
+            if _sha256(folder / name) != digest:
+                raise CannotResume(f"shard {name} of split {folder.name} changed")
+        for name, count in zip(names, writer["counts"], strict=True):
+            found, ended = count_samples(folder / name)  # from its tar headers alone
+            if (found, ended) != (count, True):
+                raise CannotResume(f"shard {name} holds {found} samples, not {count}")
+        if names:
+            key, members = next(iter(iter_shard(folder / names[0])))
+            frames = np.load(io.BytesIO(members[FRAMES_EXT]), allow_pickle=False)
+            if (key, list(frames.shape), str(frames.dtype)) != (
+                writer["first_key"],
+                writer["shape"],
+                writer["dtype"],
+            ):
+                raise CannotResume(f"the first sample of split {folder.name} is not as it has it")
+        for entry in folder.iterdir():  # the shard being written, and so on
+            if entry.name not in names:
+                _remove(entry)
 
     def position(self, split: str) -> _At | None:
         """Where `split` goes on from, when it does."""
@@ -1641,10 +1685,14 @@ def _discard(stopped: Path, staging: Path) -> None:
         shutil.rmtree(stopped)
         return
     for entry in staging.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+        _remove(entry)
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink()
 
 
 def _sha256(path: Path) -> str | None:

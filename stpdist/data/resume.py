@@ -16,8 +16,9 @@ with the same options to the same `out` takes it over: the shards after the chec
 are deleted, the closed ones checked (names, sizes), the state read back, and the
 conversion goes on from the checkpoint's item, so that the dataset is byte for byte the
 one an uninterrupted run writes. "The same" is a fingerprint: the source's format and
-options, every work item, the size and modification time of every file or folder the
-items and sources name, `--samples-per-shard`, `--allow-nan` and this module's version.
+options, every work item, the size and modification time of every file the items name and
+of every file under the source paths, `--samples-per-shard`, `--allow-nan` and this
+module's version.
 A leftover with another fingerprint is deleted, saying why; a source whose work items
 do not pickle is not checkpointed (said in a line).
 
@@ -33,13 +34,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
 import pickle
+import re
 import shutil
+import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +137,18 @@ def _stat(path: str) -> list[int] | None:
     return [found.st_size, found.st_mtime_ns]
 
 
+def _walk(path: str) -> dict[str, list[int] | None]:
+    """Size and modification time of `path` and of every file under it (links to folders
+    not followed)."""
+    found = {path: _stat(path)}
+    for root, folders, files in os.walk(path):
+        folders.sort()
+        for name in sorted(files):
+            where = os.path.join(root, name)
+            found[where] = _stat(where)
+    return found
+
+
 def fingerprint(
     name: str,
     args: dict[str, Any],
@@ -149,8 +165,9 @@ def fingerprint(
         log.warning("%s: no checkpoints (a work item holds a %s, which does not pickle): a stop "
                     "starts this conversion over", name, exc)  # fmt: skip
         return None
-    paths += [os.fspath(p) for p in sources]
     stats = {path: found for path in dict.fromkeys(paths) if (found := _stat(path)) is not None}
+    for path in map(os.fspath, sources):  # every file under a source folder (a frame of
+        stats.update(_walk(path))  # a sequence folder, which items name relative to it)
     text = json.dumps([VERSION, stable, sorted(stats.items())], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -185,8 +202,9 @@ class Checkpoints:
         """The samples written since the last checkpoint, a JSON line each."""
         self.synced = 0
         """Shards of the current split already on disk."""
-        self.saved = 0
         self.generation = 0
+        self.log_digest = hashlib.sha256()
+        """Of the samples' log as the last checkpoint counts it."""
 
     def start(self) -> None:
         """Checkpoints from scratch (a new conversion, or every split again in float32)."""
@@ -194,6 +212,11 @@ class Checkpoints:
         self.folder.mkdir()
         (self.folder / LOG_FILE).write_bytes(b"")
         self.lines, self.synced, self.generation = [], 0, 0
+        self.log_digest = hashlib.sha256()
+
+    def go_on(self, saved: Saved, synced: int) -> None:
+        """From a checkpoint read back (`load`), `synced` shards of its split on disk."""
+        self.generation, self.log_digest, self.synced = saved.generation, saved.log_digest, synced
 
     def note(self, split: str, key: str, number: int, digest: bytes, static: bool) -> None:
         """One sample written (`number`: its item's in the split)."""
@@ -202,45 +225,92 @@ class Checkpoints:
     def due(self) -> bool:
         return time.monotonic() - self.last >= self.every
 
-    def new_split(self) -> None:
-        self.synced = 0
-
     def save(
         self, header: dict[str, Any], arrays: dict[str, np.ndarray], shards: list[Path]
     ) -> None:
         """A checkpoint: the closed `shards` of the current split synced first, then the
-        samples' lines, the arrays and last the header that names them (the checkpoint
-        counts from its rename)."""
+        samples' lines, the arrays and last the header that names them and holds their
+        SHA-256 and its own (the checkpoint counts from its rename)."""
         for path in shards[self.synced :]:
             _fsync(path)
         if shards:
             sync_folder(shards[0].parent)
         self.synced = len(shards)
-        with open(self.folder / LOG_FILE, "a", encoding="utf-8") as handle:
-            handle.writelines(self.lines)
+        data = "".join(self.lines).encode("utf-8")
+        with open(self.folder / LOG_FILE, "ab") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
             length = handle.tell()
+        self.log_digest.update(data)
         self.lines = []
         self.generation += 1
         name = f"arrays-{self.generation}.npz"
-        temporary = self.folder / f"{name}.partial.npz"
-        np.savez(temporary, **arrays)
-        _fsync(temporary)
-        os.replace(temporary, self.folder / name)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        _write_durably(self.folder / name, buffer.getvalue())
         state = {**header, "version": VERSION, "fingerprint": self.fingerprint,
-                 "log_bytes": length, "arrays": name, **slurm_job()}  # fmt: skip
+                 "log_bytes": length, "log_sha256": self.log_digest.hexdigest(), "arrays": name,
+                 "arrays_sha256": hashlib.sha256(buffer.getvalue()).hexdigest(),
+                 **slurm_job()}  # fmt: skip
+        state["checksum"] = _checksum(state)
         _write_durably(self.folder / STATE_FILE, json.dumps(state).encode())
         sync_folder(self.folder)
         for old in self.folder.glob("arrays-*.npz"):
             if old.name != name:
                 old.unlink()
         self.last = time.monotonic()
-        self.saved += 1
 
     def remove(self) -> None:
         """Gone from the staging folder, before it becomes the dataset."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _checksum(state: dict[str, Any]) -> str:
+    """SHA-256 of a header without its own checksum: a header that changed on disk (a bit
+    flipped, an edit) is not taken for the checkpoint it was."""
+    rest = {key: value for key, value in state.items() if key != "checksum"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
+STATE_LIMIT = 1 << 26
+"""Bytes a header or arrays file may hold (64 MiB); beyond, not a checkpoint of ours."""
+
+
+def _read(path: Path, limit: int = STATE_LIMIT) -> bytes:
+    """A regular file's bytes, never through a link, at most `limit` of them (OSError or
+    ValueError otherwise)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode) or found.st_size > limit:
+            raise ValueError(f"{path.name} is no file of {limit} bytes at most")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            return handle.read(limit + 1)[:limit]
+    finally:
+        os.close(fd)
+
+
+def read_header(staging: Path) -> dict[str, Any] | None:
+    """The header of the checkpoint in a staging folder, as written (its checksum holds);
+    None when it has none, or one that does not read."""
+    try:
+        header = json.loads(_read(staging / STATE_DIR / STATE_FILE))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(header, dict) or header.get("version") != VERSION:
+        return None
+    if header.get("checksum") != _checksum(header):
+        return None
+    return header
+
+
+def saved_fingerprint(staging: Path) -> str | None:
+    """The fingerprint of the checkpoint in a staging folder; None when it has none (or
+    one that does not read)."""
+    header = read_header(staging)
+    found = None if header is None else header.get("fingerprint")
+    return found if isinstance(found, str) else None
 
 
 @dataclasses.dataclass
@@ -249,46 +319,123 @@ class Saved:
 
     header: dict[str, Any]
     arrays: dict[str, np.ndarray]
-    samples: list[tuple[str, str, int, bytes, bool]]
-    """Every sample written before it: (split, key, item number, digest, static)."""
+    log: Path
+    length: int
+    log_digest: Any
+    """SHA-256 (a hashlib object) of the log's first `length` bytes, to go on from."""
     generation: int
 
-
-def saved_fingerprint(staging: Path) -> str | None:
-    """The fingerprint of the checkpoint in a staging folder; None when it has none (or
-    one that does not read)."""
-    try:
-        header = json.loads((staging / STATE_DIR / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(header, dict) or header.get("version") != VERSION:
-        return None
-    found = header.get("fingerprint")
-    return found if isinstance(found, str) else None
+    def samples(self) -> Iterator[tuple[str, str, int, bytes, bool]]:
+        """Every sample written before the checkpoint: (split, key, item number, digest,
+        static). ValueError (or TypeError) for a line that is not one."""
+        with open(os.open(self.log, os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
+            left = self.length
+            for line in handle:
+                left -= len(line)
+                if left < 0:
+                    break
+                split, key, number, digest, static = json.loads(line)
+                yield str(split), str(key), int(number), bytes.fromhex(digest), bool(static)
 
 
 def load(staging: Path) -> Saved:
-    """The checkpoint in `staging`; `CannotResume` says why it does not read."""
+    """The checkpoint in `staging`, checked against the SHA-256 its header holds (the
+    samples' log cut to its length there: the lines after it are the shard the stop cut
+    short); `CannotResume` says why it does not read."""
     folder = staging / STATE_DIR
     try:
-        header = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-        name = header["arrays"]
-        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".npz"):
+        header = read_header(staging)
+        if header is None:
+            raise CannotResume("its header does not read, or changed since it was written")
+        name, length = header.get("arrays"), header.get("log_bytes")
+        if not isinstance(name, str) or not re.fullmatch(r"arrays-\d{1,18}\.npz", name):
             raise CannotResume(f"its arrays are named {name!r}")
-        with np.load(folder / name, allow_pickle=False) as found:
+        if not _is(length, int, 0):
+            raise CannotResume(f"its log's length is {length!r}")
+        data = _read(folder / name)
+        if hashlib.sha256(data).hexdigest() != header.get("arrays_sha256"):
+            raise CannotResume(f"{name} changed since it was written")
+        with np.load(io.BytesIO(data), allow_pickle=False) as found:
             arrays = {key: found[key] for key in found.files}
-        length = int(header["log_bytes"])
-        with open(folder / LOG_FILE, "r+b") as handle:
-            handle.truncate(length)  # the lines of samples after the checkpoint
-            handle.seek(0)
-            text = handle.read().decode("utf-8")
-        samples = []
-        for line in text.splitlines():
-            split, key, number, digest, static = json.loads(line)
-            samples.append((str(split), str(key), int(number), bytes.fromhex(digest), bool(static)))
+        digest = _cut_log(folder / LOG_FILE, length)
+        if digest.hexdigest() != header.get("log_sha256"):
+            raise CannotResume(f"{LOG_FILE} changed since it was written")
         generation = int(name.removeprefix("arrays-").removesuffix(".npz"))
+        _check_header(header, arrays)
     except CannotResume:
         raise
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # damaged: JSON, npz, lines
+    except (OSError, ValueError, KeyError, TypeError, MemoryError) as exc:  # damaged
         raise CannotResume(f"its checkpoint does not read ({type(exc).__name__}: {exc})") from exc
-    return Saved(header, arrays, samples, generation)
+    return Saved(header, arrays, folder / LOG_FILE, length, digest, generation)
+
+
+def _cut_log(path: Path, length: int) -> Any:
+    """The log cut to `length` bytes (never through a link, never grown); its SHA-256."""
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode) or found.st_size < length:
+            raise ValueError(f"{path.name} holds {found.st_size} bytes, fewer than {length}")
+        os.ftruncate(fd, length)  # the lines of the samples after the checkpoint
+        digest = hashlib.sha256()
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        return digest
+    finally:
+        os.close(fd)
+
+
+def _is(value: Any, kind: type, low: int | None = None) -> bool:
+    """`value` of `kind` (a bool is no int here), at least `low`."""
+    if isinstance(value, bool) and kind is not bool:
+        return False
+    return isinstance(value, kind) and (low is None or value >= low)
+
+
+def _check_header(header: Any, arrays: dict[str, np.ndarray]) -> None:
+    """A checkpoint's header and arrays of the kinds and shapes a conversion goes on from
+    (its files are read as untrusted input); `CannotResume` names what is not."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise CannotResume(f"its checkpoint's {what} is not as written")
+
+    need(isinstance(header, dict), "header")
+    done = header.get("done")
+    need(isinstance(done, list) and all(_is(s, str) for s in done), "list of splits done")
+    need(_is(header.get("quantize"), bool), "quantize")
+    split = header.get("split")
+    need(split is None or _is(split, str), "split")
+    if split is None:
+        need(bool(done), "list of splits done")
+        return
+    for name in ("number", "skip", "filled", "values"):
+        need(_is(header.get(name), int, 0), name)
+    need(_is(header.get("key"), str), "key")
+    need(_is(header.get("windows"), bool), "windows")
+    writer = header.get("writer")
+    need(isinstance(writer, dict), "writer")
+    shape, counts, digests = writer.get("shape"), writer.get("counts"), writer.get("digests")
+    need(
+        isinstance(shape, list) and len(shape) == 4 and all(_is(n, int, 1) for n in shape),
+        "frame shape",
+    )
+    need(_is(writer.get("dtype"), str) and _is(writer.get("first_key"), str), "dtype")
+    need(isinstance(counts, list) and all(_is(n, int, 1) for n in counts), "shard counts")
+    need(isinstance(digests, list) and all(_is(d, str) for d in digests), "shard hashes")
+    stats = writer.get("stats")
+    need(isinstance(stats, dict) and _is(stats.get("per_pixel"), bool), "statistics")
+    need(_is(stats.get("frames"), int, 0) and isinstance(stats.get("series"), list), "statistics")
+    channels, pixels = shape[1], tuple(shape[1:])
+    expected = {
+        **dict.fromkeys(("count", "total", "total_sq", "low", "high", "fill"), (channels,)),
+        **dict.fromkeys(("pixel_total", "pixel_count", "pixel_fill"), pixels),
+        **{f"counted_{n}": None for n in range(len(stats["series"]))},
+    }
+    need(set(arrays) <= set(expected), "arrays")
+    for name, array in arrays.items():
+        need(array.dtype.kind in "biuf", f"array {name}")
+        need(expected[name] is None and array.ndim == 1 or array.shape == expected[name],
+             f"array {name}")  # fmt: skip
+    need(all(f"counted_{n}" in arrays for n in range(len(stats["series"]))), "series")

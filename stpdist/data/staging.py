@@ -30,7 +30,6 @@ processes cannot be checked from here), are left alone with a line saying so.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -146,15 +145,11 @@ def _requeued(group: _Leftovers) -> bool:
     """Whether the group is a conversion's checkpoint left by this SLURM job before it was
     requeued (on any host: SLURM requeues a job once all of its processes have ended)."""
     from ..runlock import requeued_since
+    from .resume import read_header  # which imports this module
 
     staging = group.folders.get("staging")
-    if staging is None:
-        return False
-    try:
-        header = json.loads((staging / CHECKPOINT).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(header, dict) and requeued_since(header)
+    header = None if staging is None else read_header(staging)
+    return header is not None and requeued_since(header)
 
 
 def _running(group: _Leftovers) -> str | None:
@@ -171,9 +166,19 @@ def _running(group: _Leftovers) -> str | None:
         return None
     except PermissionError:  # alive, another user's
         pass
-    if _pid_reused(group):
+    if _pid_reused(group) or _zombie(group.pid):
         return None
     return f"of process {group.pid}, which is still running"
+
+
+def _zombie(pid: int) -> bool:
+    """Whether `pid` has ended, its exit status not yet collected (a process killed a moment
+    ago whose parent has not reaped it: `kill(pid, 0)` still finds it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
 def _pid_reused(group: _Leftovers) -> bool:
