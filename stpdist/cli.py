@@ -2228,14 +2228,17 @@ def _shipped_recipes(args: argparse.Namespace) -> None:
 
 def _interrupted(command: str, stop: KeyboardInterrupt) -> int:
     """Ctrl-C (or SIGTERM: `Terminated`) outside training (which says its own line): a
-    line, exit 130 (143 after SIGTERM)."""
+    line, exit 130 (143 after SIGTERM; 75 where a conversion kept a checkpoint)."""
+    from .data.convert import exit_status
+
     how = "stopped (SIGTERM)" if isinstance(stop, Terminated) else "interrupted (Ctrl-C)"
     if command in STAGED and launched_as_main():
-        error_line(f"stpdist {command}: {how}; its output folder is as it was")
+        more = "; the same command goes on" if getattr(stop, "stpdist_kept", False) else ""
+        error_line(f"stpdist {command}: {how}; its output folder is as it was{more}")
     elif command in ("train", "reproduce", "sweep") and launched_as_main():
         # before training began (generating its data): not silent (an MLOps review)
         error_line(f"stpdist {command}: {how} before training began; nothing was trained")
-    return Terminated.exit_code if isinstance(stop, Terminated) else 130
+    return exit_status(stop)
 
 
 def _stopped_line(stop: BaseException, earlier: set[Any]) -> int:

@@ -405,7 +405,10 @@ def test_the_cli_killed_or_preempted_goes_on_where_it_stopped(tmp_path, signum, 
     raw = _raw_for_the_cli(tmp_path)
     code, stderr = _stopped_cli(tmp_path, signum, workers)
     if signum == signal.SIGTERM:
-        assert code == 143 and "is kept in" in stderr and "Traceback" not in stderr, stderr[-2000:]
+        assert code == 75 and "is kept in" in stderr and "Traceback" not in stderr, stderr[-2000:]
+        assert (
+            "stopped (SIGTERM); its output folder is as it was; the same command goes on" in stderr
+        )
     else:
         assert code == -signal.SIGKILL
     assert len(list(tmp_path.glob(".ds.staging-*"))) == 1

@@ -1095,10 +1095,10 @@ def _terminate_cleanly() -> Iterator[None]:
     with sigterm_as_interrupt() as installed:
         try:
             yield
-        except Terminated:
+        except Terminated as stop:
             if not installed:
                 raise
-            raise SystemExit(Terminated.exit_code) from None
+            raise SystemExit(exit_status(stop)) from None
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -1420,6 +1420,19 @@ def _write_each_split(
 
 
 # ------------------------------------------------------------------ going on from a checkpoint
+KEPT_STATUS = 75
+"""Exit status of a conversion stopped by SIGTERM that kept a checkpoint: not done yet, the
+same command goes on (as a training stopped by SIGTERM with its checkpoint)."""
+
+
+def exit_status(stop: KeyboardInterrupt) -> int:
+    """A stopped command's exit status: 130 after Ctrl-C, 143 after SIGTERM, 75 after
+    SIGTERM to a conversion that kept a checkpoint to go on from."""
+    if not isinstance(stop, Terminated):
+        return 130
+    return KEPT_STATUS if getattr(stop, "stpdist_kept", False) else Terminated.exit_code
+
+
 def _kept(staging: Path, exc: BaseException) -> bool:
     """Whether a conversion stopped by `exc` keeps its staging folder: on Ctrl-C or SIGTERM
     (a cluster's preemption), once it holds a checkpoint; says so, and where it goes on."""
@@ -1439,6 +1452,7 @@ def _kept(staging: Path, exc: BaseException) -> bool:
         "(sources, options, --out) goes on from there (delete that folder to start over)",
         at, staging,
     )  # fmt: skip
+    exc.stpdist_kept = True  # type: ignore[attr-defined]  # exit 75 after SIGTERM
     return True
 
 
