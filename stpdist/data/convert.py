@@ -1583,6 +1583,14 @@ class _Run:
                     origin[key] = number
             if last is not None and last in done:
                 copies.end_split(last)
+            where = (
+                f"split {current}, item {header['number'] + 1} of {len(splits[current])}"
+                if current is not None
+                else f"the end of split {done[-1]}"
+            )
+            # said before the kept shards are read again (minutes, for a large dataset)
+            log.warning("%s: going on with the conversion stopped at %s (%s kept, checked first)",
+                        as_final(out), where, _size(_bytes(out)))  # fmt: skip
             self._check_files(out, done, current, header, written)
             if current is not None:
                 self.at = (current, _At(int(header["number"]), int(header["skip"]),
@@ -1595,13 +1603,6 @@ class _Run:
         self.done = done
         if self.checkpoints is not None and current is not None:
             self.checkpoints.synced = len(header["writer"]["counts"])
-        where = (
-            f"split {current}, item {int(header['number']) + 1} of {len(splits[current])}"
-            if current is not None
-            else f"the end of split {done[-1]}"
-        )
-        log.warning("%s: going on with the conversion stopped at %s (%s kept)",
-                    as_final(out), where, _size(_bytes(out)))  # fmt: skip
         return set(done)
 
     def _check_files(
