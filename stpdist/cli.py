@@ -2233,7 +2233,13 @@ def _interrupted(command: str, stop: KeyboardInterrupt) -> int:
 
     how = "stopped (SIGTERM)" if isinstance(stop, Terminated) else "interrupted (Ctrl-C)"
     if command in STAGED and launched_as_main():
-        more = "; the same command goes on" if getattr(stop, "stpdist_kept", False) else ""
+        more = (
+            "; the same command goes on"
+            if getattr(stop, "stpdist_kept", False)
+            else "; no checkpoint was reached: the same command starts over"
+            if command == "shard"
+            else ""
+        )
         error_line(f"stpdist {command}: {how}; its output folder is as it was{more}")
     elif command in ("train", "reproduce", "sweep") and launched_as_main():
         # before training began (generating its data): not silent (an MLOps review)

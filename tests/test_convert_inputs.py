@@ -113,6 +113,7 @@ def test_one_ctrl_c_stops_a_multi_worker_shard_at_once(tmp_path):
     for code, stderr in _interrupted_shards(tmp_path, signal.SIGINT, group=True, runs=3):
         assert code == 130 and "Traceback" not in stderr, stderr[-2000:]
         assert "stpdist shard: interrupted (Ctrl-C); its output folder is as it was" in stderr
+        assert "no checkpoint was reached: the same command starts over" in stderr
 
 
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")

@@ -298,6 +298,7 @@ def test_other_commands_keep_a_checkpoint_and_say_so(monkeypatch, tmp_path, capl
     [staging] = (tmp_path / "run").glob(".ds.staging-*")
     recover(tmp_path / "run" / "ds")
     assert staging.is_dir() and "a conversion stopped at a checkpoint" in caplog.text
+    assert "a replacement by process" not in caplog.text  # not a crash of this command's
     (staging / ".resume" / "state.json").unlink()
     recover(tmp_path / "run" / "ds")
     assert not staging.exists()
@@ -695,3 +696,43 @@ def test_a_killed_process_not_yet_reaped_counts_as_gone():
     finally:
         proc.wait()
     assert not _zombie(os.getpid())
+
+
+@pytest.mark.parametrize("where", ["write_card", "make_durable"])
+def test_a_stop_as_the_dataset_is_made_complete_keeps_every_split(
+    monkeypatch, tmp_path, caplog, where
+):
+    """Every split written, a stop while the card was written or every file synced to disk
+    (long, for a large dataset) deleted the whole conversion: the checkpoint was removed
+    first. It is kept to the last rename now; the same command writes nothing again."""
+    caplog.set_level(logging.WARNING, "stpdist")
+    source, _ = SOURCES["files"](tmp_path)
+    convert(source, tmp_path / "ref" / "ds", progress=False, samples_per_shard=2)
+    original, calls = getattr(convert_module, where), []
+
+    def stopped(*args, **kwargs):
+        if not calls:
+            calls.append(1)
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(convert_module, where, stopped)
+    with pytest.raises(KeyboardInterrupt):
+        convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2)
+    assert "checkpoint at the end of split val is kept in" in caplog.text
+    loads = []
+    monkeypatch.setattr(GenericArrays, "load", lambda self, item: loads.append(item))
+    convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2)
+    assert loads == []  # nothing converted again
+    assert "going on with the conversion stopped at the end of split val" in caplog.text
+    assert _files(tmp_path / "run" / "ds") == _files(tmp_path / "ref" / "ds")
+    assert _leftovers(tmp_path / "run") == []
+
+
+@pytest.mark.parametrize("value", ["inf", "1e400", "-5", "nan", "abc"])
+def test_a_checkpoint_interval_that_is_no_number_of_seconds_is_said(monkeypatch, caplog, value):
+    """`inf` was taken silently, checkpointing never."""
+    caplog.set_level(logging.WARNING, "stpdist")
+    monkeypatch.setenv(resume.EVERY_ENV, value)
+    assert resume.checkpoint_every() == resume.CHECKPOINT_EVERY
+    assert f"{resume.EVERY_ENV}={value!r}: expected seconds" in caplog.text

@@ -468,6 +468,9 @@ def staged_output(
         check_not_interrupted()  # a Ctrl-C swallowed where it landed (a weakref callback)
         ready = leftover(out, "ready")
         make_durable(staging)  # on disk before it counts as complete (and the old goes)
+        if kept is not None:  # a conversion's checkpoint: kept through all that, never in `out`
+            shutil.rmtree(staging / STATE_DIR, ignore_errors=True)
+            sync_folder(staging)
         os.rename(staging, ready)  # complete: from here on a crash finishes the swap
         sync_folder(out.parent)
     except BaseException as exc:
@@ -966,7 +969,7 @@ def convert(
             )
         if not written:  # each written split's shard counts were verified by SplitWriter
             raise MissingInput(f"{source.name}: no split yielded a sample; {out} left as it was")
-        run.remove()
+        run.all_done()  # kept until the dataset is complete (`staged_output` removes it)
         write_card(staging, out, source.name, written)
     return written
 
@@ -1488,6 +1491,7 @@ class _Run:
     def __init__(self, checkpoints: Checkpoints | None, saved: Saved | None) -> None:
         self.checkpoints, self.saved = checkpoints, saved
         self.done: list[str] = []  # splits written (or found empty), in order
+        self.quantize = False  # as the splits done were written (uint8 on a grid)
         self.at: tuple[str, _At] | None = None
 
     @classmethod
@@ -1682,6 +1686,7 @@ class _Run:
 
     def split_done(self, split: str, quantize: bool) -> None:
         self.done.append(split)
+        self.quantize = quantize
         self.at = None
         if self.checkpoints is not None:
             self.checkpoints.synced = 0
@@ -1689,9 +1694,12 @@ class _Run:
                 header = {"quantize": quantize, "split": None, "done": self.done}
                 self.checkpoints.save(header, {}, [])
 
-    def remove(self) -> None:
+    def all_done(self) -> None:
+        """A checkpoint of every split written: a stop while the dataset is made complete
+        (its card, every file synced to disk) goes on from there, writing nothing again."""
         if self.checkpoints is not None:
-            self.checkpoints.remove()
+            header = {"quantize": self.quantize, "split": None, "done": self.done}
+            self.checkpoints.save(header, {}, [])
 
 
 def _discard(stopped: Path, staging: Path) -> None:

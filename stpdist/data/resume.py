@@ -37,6 +37,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import pickle
 import re
@@ -79,7 +80,7 @@ def checkpoint_every() -> float:
         seconds = float(raw)
     except ValueError:
         seconds = -1.0
-    if not seconds >= 0:
+    if not 0 <= seconds < math.inf:
         log.warning("%s=%r: expected seconds (0 or more); using %g", EVERY_ENV, raw,
                     CHECKPOINT_EVERY)  # fmt: skip
         return CHECKPOINT_EVERY
@@ -260,10 +261,6 @@ class Checkpoints:
             if old.name != name:
                 old.unlink()
         self.last = time.monotonic()
-
-    def remove(self) -> None:
-        """Gone from the staging folder, before it becomes the dataset."""
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _checksum(state: dict[str, Any]) -> str:

@@ -226,11 +226,12 @@ def _resolve(out: Path, group: _Leftovers, quiet_kept: bool = False) -> str:
             ready, staging = staging, None
     done = []
     if staging is not None and (staging / CHECKPOINT).is_file():
-        if not quiet_kept:
-            done.append(
-                f"kept {staging.name}, a conversion stopped at a checkpoint: the same "
-                "`stpdist shard` command goes on from it (delete it to start over)"
-            )
+        if not quiet_kept:  # not this command's replacement: said as what it is
+            log.warning(
+                "%s: kept %s beside it, a conversion stopped at a checkpoint: the same "
+                "`stpdist shard` command goes on from it (delete it to start over)",
+                out, staging.name,
+            )  # fmt: skip
     elif staging is not None:
         shutil.rmtree(staging)
         done.append(f"deleted the unfinished new version {staging.name}")
