@@ -183,14 +183,6 @@ def _write_durably(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Checkpoints:
     """A conversion's checkpoints in `staging` (see the module's docstring)."""
 
@@ -233,7 +225,7 @@ class Checkpoints:
         samples' lines, the arrays and last the header that names them and holds their
         SHA-256 and its own (the checkpoint counts from its rename)."""
         for path in shards[self.synced :]:
-            _fsync(path)
+            sync_folder(path)  # a file: its data
         if shards:
             sync_folder(shards[0].parent)
         self.synced = len(shards)

@@ -70,7 +70,7 @@ def make_durable(folder: Path) -> None:
 
 
 def sync_folder(folder: Path) -> None:
-    """fsync a folder: its entries (renames, new files) reach the disk."""
+    """fsync a folder: its entries (renames, new files) reach the disk (a file: its data)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
