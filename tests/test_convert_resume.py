@@ -197,9 +197,9 @@ def test_other_options_or_changed_files_start_over(monkeypatch, tmp_path, caplog
             convert(source, out, progress=False, samples_per_shard=spp, overwrite=True)
         monkeypatch.setattr(GenericArrays, "load", original)
 
-    stopped(2)
+    stopped(2)  # in this process: its own folder, which the next conversion writes
     convert(source, out, progress=False, samples_per_shard=3)
-    assert "cannot go on from (other sources, files or options)" in caplog.text
+    assert "a conversion stopped at a checkpoint: of other sources or options" in caplog.text
     assert "going on with" not in caplog.text
     convert(source, tmp_path / "ref" / "ds", progress=False, samples_per_shard=3)
     assert _files(out) == _files(tmp_path / "ref" / "ds")
@@ -210,7 +210,7 @@ def test_other_options_or_changed_files_start_over(monkeypatch, tmp_path, caplog
     changed = tmp_path / "raw" / "train" / "seq001.npy"
     np.save(changed, np.zeros((4, 1, 6, 6), np.uint8))
     convert(source, out, progress=False, samples_per_shard=3, overwrite=True)
-    assert "cannot go on from" in caplog.text and "going on with" not in caplog.text
+    assert "its raw files changed since" in caplog.text and "going on with" not in caplog.text
     assert _leftovers(out.parent) == []
     again = convert(source, tmp_path / "ref2" / "ds", progress=False, samples_per_shard=3)
     assert again and _files(out) == _files(tmp_path / "ref2" / "ds")
@@ -620,7 +620,7 @@ def test_a_frame_rewritten_in_its_folder_starts_over(monkeypatch, tmp_path, capl
     os.utime(folder, ns=(times.st_atime_ns, times.st_mtime_ns))
     convert(FORMATS["images"].build(args.sources, args), tmp_path / "run" / "ds",
             progress=False, samples_per_shard=1)  # fmt: skip
-    assert "cannot go on from (other sources, files or options)" in caplog.text
+    assert "a conversion stopped at a checkpoint: its raw files changed since" in caplog.text
     convert(FORMATS["images"].build(args.sources, args), tmp_path / "ref" / "ds",
             progress=False, samples_per_shard=1)  # fmt: skip
     assert _files(tmp_path / "run" / "ds") == _files(tmp_path / "ref" / "ds")
@@ -739,3 +739,22 @@ def test_a_checkpoint_interval_that_is_no_number_of_seconds_is_said(monkeypatch,
     monkeypatch.setenv(resume.EVERY_ENV, value)
     assert resume.checkpoint_every() == resume.CHECKPOINT_EVERY
     assert f"{resume.EVERY_ENV}={value!r}: expected seconds" in caplog.text
+
+
+def test_another_commands_stopped_conversion_is_left_for_it(tmp_path, caplog):
+    """Other options (or a source path spelled otherwise: what index.json records) make
+    another conversion, which cannot go on from a stopped one's checkpoint; hours of it were
+    deleted. It is left beside --out, said with its size, and its own command goes on from it."""
+    caplog.set_level(logging.WARNING, "stpdist")
+    stopped = _kept_as_dead_process(tmp_path, spp=2)
+    raw = tmp_path / "raw"
+    convert(GenericArrays(f"{raw}/."), tmp_path / "run" / "ds", progress=False,
+            samples_per_shard=2)  # fmt: skip
+    assert f"left {stopped.name} beside it" in caplog.text and stopped.is_dir()
+    caplog.clear()
+    convert(GenericArrays(str(raw)), tmp_path / "run" / "ds", progress=False,
+            samples_per_shard=2, overwrite=True)  # fmt: skip
+    assert "going on with the conversion stopped at split train" in caplog.text
+    convert(GenericArrays(str(raw)), tmp_path / "ref" / "ds", progress=False, samples_per_shard=2)
+    assert _files(tmp_path / "run" / "ds") == _files(tmp_path / "ref" / "ds")
+    assert _leftovers(tmp_path / "run") == []

@@ -86,6 +86,7 @@ from .resume import (
     fingerprint,
     load,
     read_header,
+    same_options,
     saved_fingerprint,
 )
 from .staging import (
@@ -1511,11 +1512,7 @@ class _Run:
         chosen = next((s for s in stopped if found and saved_fingerprint(s) == found), None)
         for other in stopped:
             if other != chosen:
-                _discard(other, staging)
-                log.warning(
-                    "%s: deleted %s, a conversion stopped at a checkpoint that this one cannot "
-                    "go on from (other sources, files or options)", out, other.name,
-                )  # fmt: skip
+                _set_aside(other, staging, out, found)
         if found is None:  # work items with no stable form: no checkpoints
             return cls(None, None)
         saved = None
@@ -1700,6 +1697,31 @@ class _Run:
         if self.checkpoints is not None:
             header = {"quantize": self.quantize, "split": None, "done": self.done}
             self.checkpoints.save(header, {}, [])
+
+
+def _set_aside(stopped: Path, staging: Path, out: Path, found: str | None) -> None:
+    """A stopped conversion this one does not go on from: deleted where it is of the same
+    command on files changed since (it never can go on), or not ours to go on from (none
+    of the built-in formats); left for its own command otherwise, saying so."""
+    theirs = saved_fingerprint(stopped)
+    if stopped == staging or theirs is None or found is None or same_options(theirs, found):
+        _discard(stopped, staging)
+        why = (
+            "this one cannot go on from it"
+            if not (theirs and found)
+            else "its raw files changed since"
+            if same_options(theirs, found)
+            else "of other sources or options, in this process's own folder, which this "
+            "conversion writes"
+        )
+        log.warning("%s: deleted %s, a conversion stopped at a checkpoint: %s", out,
+                    stopped.name, why)  # fmt: skip
+        return
+    log.warning(
+        "%s: left %s beside it (%s), a conversion stopped at a checkpoint, of other sources or "
+        "options (a path spelled otherwise counts): the command that made it goes on from it; "
+        "delete it to free the space", out, stopped.name, _size(_bytes(stopped)),
+    )  # fmt: skip
 
 
 def _discard(stopped: Path, staging: Path) -> None:

@@ -19,8 +19,10 @@ one an uninterrupted run writes. "The same" is a fingerprint: the source's forma
 options, every work item, the size and modification time of every file the items name and
 of every file under the source paths, `--samples-per-shard`, `--allow-nan` and this
 module's version.
-A leftover with another fingerprint is deleted, saying why; a source whose work items
-do not pickle is not checkpointed (said in a line).
+A leftover of the same command whose files changed since is deleted, saying so (it can
+never go on); one of other sources or options is left for its own command, saying so (a
+path spelled otherwise, `./raw` for `raw`, is another option: what index.json records); a
+source whose work items do not pickle is not checkpointed (said in a line).
 
 Under SLURM a checkpoint records the job id and its restart count: a requeued job (on
 another node, usually) goes on from the one it left before the requeue, which a host's
@@ -157,8 +159,10 @@ def fingerprint(
     sources: Iterable[str | os.PathLike],
     settings: dict[str, Any],
 ) -> str | None:
-    """What a checkpoint must match to be continued (see the module's docstring); None
-    when the work items have no stable form (no checkpoints then)."""
+    """What a checkpoint must match to be continued (see the module's docstring), as
+    `OPTIONS.FILES`: a hash of the format, options and work items, and one of the files'
+    sizes and times (`same_options` compares the first); None when the work items have no
+    stable form (no checkpoints then)."""
     paths: list[str] = []
     try:
         stable = _stable([name, args, list(splits.items()), settings], paths)
@@ -169,8 +173,15 @@ def fingerprint(
     stats = {path: found for path in dict.fromkeys(paths) if (found := _stat(path)) is not None}
     for path in map(os.fspath, sources):  # every file under a source folder (a frame of
         stats.update(_walk(path))  # a sequence folder, which items name relative to it)
-    text = json.dumps([VERSION, stable, sorted(stats.items())], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+    options = hashlib.sha256(json.dumps([VERSION, stable], sort_keys=True).encode())
+    files = hashlib.sha256(json.dumps(sorted(stats.items())).encode())
+    return f"{options.hexdigest()}.{files.hexdigest()}"
+
+
+def same_options(one: str, other: str) -> bool:
+    """Whether two fingerprints are of the same format, options and work items (their
+    files may differ)."""
+    return one.split(".")[0] == other.split(".")[0]
 
 
 def _write_durably(path: Path, data: bytes) -> None:
