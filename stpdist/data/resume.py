@@ -140,16 +140,15 @@ def _stat(path: str) -> list[int] | None:
     return [found.st_size, found.st_mtime_ns]
 
 
-def _walk(path: str) -> dict[str, list[int] | None]:
-    """Size and modification time of `path` and of every file under it (links to folders
-    not followed)."""
-    found = {path: _stat(path)}
+def _walk(path: str) -> Iterator[tuple[str, list[int] | None]]:
+    """`path` and every file under it (in name order; links to folders not followed), each
+    with its size and modification time."""
+    yield path, _stat(path)
     for root, folders, files in os.walk(path):
         folders.sort()
         for name in sorted(files):
             where = os.path.join(root, name)
-            found[where] = _stat(where)
-    return found
+            yield where, _stat(where)
 
 
 def fingerprint(
@@ -162,19 +161,32 @@ def fingerprint(
     """What a checkpoint must match to be continued (see the module's docstring), as
     `OPTIONS.FILES`: a hash of the format, options and work items, and one of the files'
     sizes and times (`same_options` compares the first); None when the work items have no
-    stable form (no checkpoints then)."""
-    paths: list[str] = []
+    stable form (no checkpoints then). Hashed as it goes, a block of work items at a time:
+    a million of them cost no copy of them all."""
+    options, files = hashlib.sha256(), hashlib.sha256()
+
+    def add_files(found: Iterable[tuple[str, list[int] | None]]) -> None:
+        for path, size_time in found:
+            if size_time is not None:
+                files.update(json.dumps([path, size_time]).encode())
+
     try:
-        stable = _stable([name, args, list(splits.items()), settings], paths)
+        for part in ([VERSION, name, args, settings], *([split] for split in splits)):
+            paths: list[str] = []
+            options.update(json.dumps(_stable(part, paths), sort_keys=True).encode())
+            add_files((path, _stat(path)) for path in paths)
+        for split, items in splits.items():
+            for start in range(0, len(items), 1000):  # in blocks: fewer calls, bounded copies
+                paths = []
+                block = [_stable(item, paths) for item in items[start : start + 1000]]
+                options.update(json.dumps([split, block], sort_keys=True).encode())
+                add_files((path, _stat(path)) for path in paths)
     except _Unstable as exc:
         log.warning("%s: no checkpoints (a work item holds a %s, which does not pickle): a stop "
                     "starts this conversion over", name, exc)  # fmt: skip
         return None
-    stats = {path: found for path in dict.fromkeys(paths) if (found := _stat(path)) is not None}
     for path in map(os.fspath, sources):  # every file under a source folder (a frame of
-        stats.update(_walk(path))  # a sequence folder, which items name relative to it)
-    options = hashlib.sha256(json.dumps([VERSION, stable], sort_keys=True).encode())
-    files = hashlib.sha256(json.dumps(sorted(stats.items())).encode())
+        add_files(_walk(path))  # a sequence folder, which items name relative to it)
     return f"{options.hexdigest()}.{files.hexdigest()}"
 
 
