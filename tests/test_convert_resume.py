@@ -275,15 +275,79 @@ def test_a_source_that_loads_otherwise_starts_over(monkeypatch, tmp_path, caplog
     assert _leftovers(tmp_path / "run") == []
 
 
-def test_an_error_removes_the_staging_folder_and_its_checkpoint(monkeypatch, tmp_path):
-    """Only a stop (Ctrl-C, SIGTERM, a kill) keeps what was converted: an error in the data is
-    fixed in the files, which a checkpoint could not go on from anyway."""
+def test_an_error_keeps_the_checkpoint_and_a_fixed_file_starts_over(monkeypatch, tmp_path, caplog):
+    """Whatever stops a conversion keeps what it converted up to its checkpoint: an error in
+    the data too (the same command fails at once where it did, once gone on), and a file
+    fixed is a changed file, which starts it over."""
+    caplog.set_level(logging.WARNING, "stpdist")
     source, _ = SOURCES["files"](tmp_path)
     original, load = _interrupted_at(6, ValueError)(GenericArrays)
     monkeypatch.setattr(GenericArrays, "load", load)
     with pytest.raises(ValueError):
         convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2)
-    assert not (tmp_path / "run").exists() or _leftovers(tmp_path / "run") == []
+    monkeypatch.setattr(GenericArrays, "load", original)
+    assert "stopped by the error below: what was converted up to a checkpoint" in caplog.text
+    assert len(list((tmp_path / "run").glob(".ds.staging-*"))) == 1
+    np.save(tmp_path / "raw" / "train" / "seq005.npy", np.zeros((4, 1, 6, 6), np.uint8))
+    convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2)
+    assert "its raw files changed since" in caplog.text
+    assert _leftovers(tmp_path / "run") == []
+
+
+def test_a_worker_killed_by_the_out_of_memory_killer_keeps_the_checkpoint(tmp_path):
+    """The kernel's out-of-memory killer picks the largest process, often a worker: the
+    conversion stopped with an error saying so, and deleted every checkpoint it had kept.
+    They are kept now, and the same command with fewer workers goes on."""
+    raw = _raw_for_the_cli(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", resume.EVERY_ENV: "0"}
+    command = [sys.executable, "-m", "stpdist", "shard", "arrays", str(raw), "--out", "ds",
+               "--workers", "2", "--samples-per-shard", "4"]  # fmt: skip
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                stderr=stderr, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while len(list(tmp_path.glob(".ds.staging-*/train/*.tar"))) < 5 or not list(
+            tmp_path.glob(".ds.staging-*/.resume/state.json")
+        ):
+            assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-2000:]
+            assert time.time() < deadline, "no checkpoint within 60 s"
+            time.sleep(0.01)
+        session = [int(p.name) for p in Path("/proc").iterdir()
+                   if p.name.isdigit() and _stat_of(int(p.name))[1] == proc.pid]  # fmt: skip
+        servers = [pid for pid in session if _stat_of(pid)[0] == proc.pid
+                   and b"forkserver" in _cmdline(Path(f"/proc/{pid}"))]  # fmt: skip
+        workers = [pid for pid in session if _stat_of(pid)[0] in servers]  # the server's forks
+        assert workers, "no worker process found"
+        os.kill(workers[0], signal.SIGKILL)
+        assert proc.wait(timeout=60) == 1
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    said = (tmp_path / "stderr.txt").read_text()
+    assert "a worker process ended abruptly" in said and "is kept in" in said, said[-2000:]
+    again = run_cli("shard", "arrays", str(raw), "--out", "ds", "--workers", "1",
+                    "--samples-per-shard", "4", cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "going on with the conversion stopped at split train" in again.stderr
+    assert _leftovers(tmp_path) == []
+
+
+def _stat_of(pid: int) -> tuple[int | None, int | None]:
+    """A process's parent and session."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None, None
+    return int(fields[1]), int(fields[3])
+
+
+def _cmdline(entry: Path) -> bytes:
+    try:
+        return (entry / "cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def test_other_commands_keep_a_checkpoint_and_say_so(monkeypatch, tmp_path, caplog):
@@ -758,3 +822,29 @@ def test_another_commands_stopped_conversion_is_left_for_it(tmp_path, caplog):
     convert(GenericArrays(str(raw)), tmp_path / "ref" / "ds", progress=False, samples_per_shard=2)
     assert _files(tmp_path / "run" / "ds") == _files(tmp_path / "ref" / "ds")
     assert _leftovers(tmp_path / "run") == []
+
+
+def test_every_file_a_checkpoint_counts_is_on_disk_before_it(monkeypatch, tmp_path):
+    """A split's last shard, its index.json (and climatology) were not synced before the
+    checkpoint that counted the split as done: after a power cut the checkpoint could
+    outlive them. Each checkpoint now syncs every file it counts first."""
+    synced: list[str] = []
+    saved: list[set[str]] = []
+    original_sync, original_save = resume.sync_folder, resume.Checkpoints.save
+    monkeypatch.setattr(resume, "sync_folder", lambda path: (synced.append(str(path)),
+                                                               original_sync(path)))  # fmt: skip
+
+    def save(self, header, arrays, files):
+        original_save(self, header, arrays, files)
+        staging = self.folder.parent
+        counted = [f"{staging}/{split}/{INDEX}" for split in header["done"]]
+        if header["split"] is not None:
+            counted += [str(p) for p in sorted((staging / header["split"]).glob("*.tar"))
+                        [: len(header["writer"]["counts"])]]  # fmt: skip
+        saved.append(set(counted) - set(synced))
+
+    INDEX = "index.json"
+    monkeypatch.setattr(resume.Checkpoints, "save", save)
+    source, _ = SOURCES["files"](tmp_path)
+    convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2)
+    assert saved and all(not missing for missing in saved), saved

@@ -72,11 +72,11 @@ from .format import (
     SplitIndex,
     SplitWriter,
     as_float32,
+    check_unchanged,
     count_samples,
     iter_shard,
     read_index,
     require_file,
-    shard_fingerprint,
 )
 from .resume import (
     STATE_DIR,
@@ -1413,12 +1413,12 @@ def _write_each_split(
         except _Empty:
             shutil.rmtree(folder, ignore_errors=True)
             log.warning("%s: no samples; not written", split)
-            run.split_done(split, quantize)
+            run.split_done(split, quantize, folder)
             continue
         check_index = getattr(source, "check_index", None)
         if check_index is not None:  # e.g. values a guessed value scale leaves outside [0, 1]
             check_index(written[split])
-        run.split_done(split, quantize)
+        run.split_done(split, quantize, folder)
     copies.say()
     return written
 
@@ -1438,9 +1438,11 @@ def exit_status(stop: KeyboardInterrupt) -> int:
 
 
 def _kept(staging: Path, exc: BaseException) -> bool:
-    """Whether a conversion stopped by `exc` keeps its staging folder: on Ctrl-C or SIGTERM
-    (a cluster's preemption), once it holds a checkpoint; says so, and where it goes on."""
-    if not isinstance(exc, KeyboardInterrupt):
+    """Whether a conversion stopped by `exc` keeps its staging folder: once it holds a
+    checkpoint, whatever stopped it (Ctrl-C, SIGTERM: a cluster's preemption; a worker
+    killed by the out-of-memory killer, a full disk, an error in the data: a raw file fixed
+    is a changed file, and the next run starts over); says so, and where it goes on."""
+    if not isinstance(exc, Exception | KeyboardInterrupt) or isinstance(exc, CannotResume):
         return False
     header = read_header(staging)
     try:
@@ -1452,9 +1454,9 @@ def _kept(staging: Path, exc: BaseException) -> bool:
     except (KeyError, IndexError, TypeError):  # none (or not ours): removed as any other
         return False
     log.warning(
-        "stopped: what was converted up to a checkpoint at %s is kept in %s; the same command "
+        "stopped%s: what was converted up to a checkpoint at %s is kept in %s; the same command "
         "(sources, options, --out) goes on from there (delete that folder to start over)",
-        at, staging,
+        "" if isinstance(exc, KeyboardInterrupt) else " by the error below", at, staging,
     )  # fmt: skip
     exc.stpdist_kept = True  # type: ignore[attr-defined]  # exit 75 after SIGTERM
     return True
@@ -1493,6 +1495,8 @@ class _Run:
         self.checkpoints, self.saved = checkpoints, saved
         self.done: list[str] = []  # splits written (or found empty), in order
         self.quantize = False  # as the splits done were written (uint8 on a grid)
+        self.unsynced: list[Path] = []  # files of splits done since the last checkpoint
+        self.synced = 0  # shards of the split being written on disk (fsync)
         self.at: tuple[str, _At] | None = None
 
     @classmethod
@@ -1536,7 +1540,7 @@ class _Run:
         if saved is None:
             checkpoints.start()
         else:
-            checkpoints.go_on(saved, 0)
+            checkpoints.go_on(saved)
         return cls(checkpoints, saved)
 
     @classmethod
@@ -1550,6 +1554,7 @@ class _Run:
     def start(self) -> None:
         """Every split from its start (a new conversion, or every split again in float32)."""
         self.saved, self.done, self.at = None, [], None
+        self.synced, self.unsynced = 0, []
         if self.checkpoints is not None:
             self.checkpoints.start()
 
@@ -1602,8 +1607,8 @@ class _Run:
                 f"its checkpoint does not read ({type(exc).__name__}: {exc})"
             ) from exc
         self.done = done
-        if self.checkpoints is not None and current is not None:
-            self.checkpoints.synced = len(header["writer"]["counts"])
+        if current is not None:  # on disk before the checkpoint that counted them
+            self.synced = len(header["writer"]["counts"])
         return set(done)
 
     def _check_files(
@@ -1618,13 +1623,14 @@ class _Run:
         each split in its log); what came after it deleted."""
         for split in done:
             if (out / split / INDEX_FILE).is_file():
-                index = read_index(out / split)
+                try:
+                    index = read_index(out / split)
+                    for shard in index.shards:  # every byte: its SHA-256 in the index
+                        check_unchanged(out / split / shard.name, shard)
+                except InputError as exc:  # a shard or index that is not as written
+                    raise CannotResume(f"split {split}: {exc}") from exc
                 if index.num_samples != written[split]:
                     raise CannotResume(f"split {split} holds another number of samples")
-                for shard in index.shards:
-                    path = out / split / shard.name
-                    if shard_fingerprint(path, shard.num_samples) != shard.fingerprint:
-                        raise CannotResume(f"shard {path.name} of split {split} changed")
             elif written[split]:
                 raise CannotResume(f"split {split} lost its index")
         kept = {*done, STATE_DIR}
@@ -1679,24 +1685,33 @@ class _Run:
             return
         fields, arrays = writer.state()
         header = {**header, "done": self.done, "writer": fields}
-        self.checkpoints.save(header, arrays, writer.closed_shards())
+        closed = writer.closed_shards()
+        self.checkpoints.save(header, arrays, self.unsynced + closed[self.synced :])
+        self.synced, self.unsynced = len(closed), []
 
-    def split_done(self, split: str, quantize: bool) -> None:
+    def split_done(self, split: str, quantize: bool, folder: Path) -> None:
+        """`split` written into `folder` (or found empty: no folder)."""
         self.done.append(split)
         self.quantize = quantize
         self.at = None
         if self.checkpoints is not None:
-            self.checkpoints.synced = 0
+            self.synced = 0
+            self.unsynced += sorted(p for p in folder.glob("*") if p.is_file())
             if self.checkpoints.due():
-                header = {"quantize": quantize, "split": None, "done": self.done}
-                self.checkpoints.save(header, {}, [])
+                self.save_done()
+
+    def save_done(self) -> None:
+        """A checkpoint of the splits done, their files on disk first (a power cut after it
+        must not lose a split it counts)."""
+        header = {"quantize": self.quantize, "split": None, "done": self.done}
+        self.checkpoints.save(header, {}, self.unsynced)
+        self.unsynced = []
 
     def all_done(self) -> None:
         """A checkpoint of every split written: a stop while the dataset is made complete
         (its card, every file synced to disk) goes on from there, writing nothing again."""
         if self.checkpoints is not None:
-            header = {"quantize": self.quantize, "split": None, "done": self.done}
-            self.checkpoints.save(header, {}, [])
+            self.save_done()
 
 
 def _set_aside(stopped: Path, staging: Path, out: Path, found: str | None) -> None:

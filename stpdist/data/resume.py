@@ -216,8 +216,6 @@ class Checkpoints:
         self.last = time.monotonic()
         self.lines: list[str] = []
         """The samples written since the last checkpoint, a JSON line each."""
-        self.synced = 0
-        """Shards of the current split already on disk."""
         self.generation = 0
         self.log_digest = hashlib.sha256()
         """Of the samples' log as the last checkpoint counts it."""
@@ -227,12 +225,12 @@ class Checkpoints:
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir()
         (self.folder / LOG_FILE).write_bytes(b"")
-        self.lines, self.synced, self.generation = [], 0, 0
+        self.lines, self.generation = [], 0
         self.log_digest = hashlib.sha256()
 
-    def go_on(self, saved: Saved, synced: int) -> None:
-        """From a checkpoint read back (`load`), `synced` shards of its split on disk."""
-        self.generation, self.log_digest, self.synced = saved.generation, saved.log_digest, synced
+    def go_on(self, saved: Saved) -> None:
+        """From a checkpoint read back (`load`)."""
+        self.generation, self.log_digest = saved.generation, saved.log_digest
 
     def note(self, split: str, key: str, number: int, digest: bytes, static: bool) -> None:
         """One sample written (`number`: its item's in the split)."""
@@ -242,16 +240,17 @@ class Checkpoints:
         return time.monotonic() - self.last >= self.every
 
     def save(
-        self, header: dict[str, Any], arrays: dict[str, np.ndarray], shards: list[Path]
+        self, header: dict[str, Any], arrays: dict[str, np.ndarray], files: list[Path]
     ) -> None:
-        """A checkpoint: the closed `shards` of the current split synced first, then the
-        samples' lines, the arrays and last the header that names them and holds their
-        SHA-256 and its own (the checkpoint counts from its rename)."""
-        for path in shards[self.synced :]:
+        """A checkpoint: `files` (the shards closed, the splits done since the last one)
+        synced first, with their folders, then the samples' lines, the arrays and last the
+        header that names them and holds their SHA-256 and its own (the checkpoint counts
+        from its rename)."""
+        for path in files:
             sync_folder(path)  # a file: its data
-        if shards:
-            sync_folder(shards[0].parent)
-        self.synced = len(shards)
+        for folder in dict.fromkeys(path.parent for path in files):
+            sync_folder(folder)
+        sync_folder(self.folder.parent)  # the split folders in the staging folder
         data = "".join(self.lines).encode("utf-8")
         with open(self.folder / LOG_FILE, "ab") as handle:
             handle.write(data)
