@@ -816,6 +816,12 @@ def test_another_commands_stopped_conversion_is_left_for_it(tmp_path, caplog):
             samples_per_shard=2)  # fmt: skip
     assert f"left {stopped.name} beside it" in caplog.text and stopped.is_dir()
     caplog.clear()
+    from stpdist.errors import OutputExists
+
+    with pytest.raises(OutputExists, match=f"a conversion stopped at a checkpoint is kept "
+                       f"beside it \\({stopped.name}\\): with --overwrite"):  # fmt: skip
+        convert(GenericArrays(str(raw)), tmp_path / "run" / "ds", progress=False,
+                samples_per_shard=2)  # fmt: skip
     convert(GenericArrays(str(raw)), tmp_path / "run" / "ds", progress=False,
             samples_per_shard=2, overwrite=True)  # fmt: skip
     assert "going on with the conversion stopped at split train" in caplog.text

@@ -374,6 +374,12 @@ def _check_out(
         if advice:
             raise OutputExists(f"{out} is not empty; {advice}")
         earlier = " (--overwrite replaces the earlier dataset there)" if dataset else ""
+        stopped = checkpointed(out) if dataset else []
+        if stopped:  # which the same command with --overwrite goes on from
+            earlier += (
+                f"; a conversion stopped at a checkpoint is kept beside it ({stopped[0].name}): "
+                "with --overwrite, the command that made it goes on from it"
+            )
         raise OutputExists(f"{out} is not empty; pass --overwrite to replace it{earlier}")
     refuse_write_protected(out)  # what it replaces: after the refusals of what it never would
     return True
