@@ -384,13 +384,21 @@ def test_work_items_without_a_stable_form_are_not_checkpointed():
     class Opaque:
         pass
 
-    assert resume.fingerprint("x", {}, {"train": [Opaque()]}, [], {}) is None
-    stable = resume.fingerprint("x", {"a": 1.5}, {"train": [("f", 1, Path("p"))]}, [], {})
-    assert stable == resume.fingerprint("x", {"a": 1.5}, {"train": [("f", 1, Path("p"))]}, [], {})
-    assert stable != resume.fingerprint("x", {"a": 2.5}, {"train": [("f", 1, Path("p"))]}, [], {})
-    with_array = resume.fingerprint("x", {}, {"train": [np.arange(3)]}, [], {})  # pickled
-    assert with_array == resume.fingerprint("x", {}, {"train": [np.arange(3)]}, [], {})
-    assert with_array != resume.fingerprint("x", {}, {"train": [np.arange(4)]}, [], {})
+    def fingerprint(args, splits):
+        return resume.fingerprint("x", args, splits, [], {}, Path("out"))
+
+    assert fingerprint({}, {"train": [Opaque()]}) is None
+    stable = fingerprint({"a": 1.5}, {"train": [("f", 1, Path("p"))]})
+    assert stable == fingerprint({"a": 1.5}, {"train": [("f", 1, Path("p"))]})
+    assert stable != fingerprint({"a": 2.5}, {"train": [("f", 1, Path("p"))]})
+    with_array = fingerprint({}, {"train": [np.arange(3)]})  # pickled
+    assert with_array == fingerprint({}, {"train": [np.arange(3)]})
+    assert with_array != fingerprint({}, {"train": [np.arange(4)]})
+    # the work items are data (a file added or removed), the options are not
+    assert resume.same_options(stable, fingerprint({"a": 1.5}, {"train": [("g", 2)]}))
+    assert not resume.same_options(stable, fingerprint({"a": 2.5}, {"train": [("f", 1)]}))
+    split_otherwise = fingerprint({}, {"train": [1, 2], "val": []})
+    assert split_otherwise != fingerprint({}, {"train": [1], "val": [2]})
 
 
 def test_statistics_go_on_from_their_state_as_if_never_stopped():
@@ -854,3 +862,99 @@ def test_every_file_a_checkpoint_counts_is_on_disk_before_it(monkeypatch, tmp_pa
     source, _ = SOURCES["files"](tmp_path)
     convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2)
     assert saved and all(not missing for missing in saved), saved
+
+
+def test_a_raw_file_added_or_removed_is_a_change_of_the_data(tmp_path, caplog):
+    """The work items (the files) were hashed with the options: a file added or removed
+    left the stopped conversion beside --out as another command's, which none could go on
+    from, one more a fix-and-retry. They are the data now: deleted, saying so."""
+    caplog.set_level(logging.WARNING, "stpdist")
+    raw = tmp_path / "raw" / "train"
+    for change in ("added", "removed"):
+        stopped = _kept_as_dead_process(tmp_path) if change == "added" else None
+        if change == "added":
+            np.save(raw / "seq100.npy", np.zeros((4, 1, 6, 6), np.uint8))
+        else:
+            source = GenericArrays(str(tmp_path / "raw"))
+            with pytest.MonkeyPatch.context() as patched:
+                _stopped_at_sample(patched, 6)
+                with pytest.raises(KeyboardInterrupt):
+                    convert(source, tmp_path / "run" / "ds", progress=False,
+                            samples_per_shard=2, overwrite=True)  # fmt: skip
+            [stopped] = (tmp_path / "run").glob(".ds.staging-*")
+            host = stopped.name.removeprefix(".ds.staging-").rsplit("-", 1)[0]
+            stopped = stopped.rename(stopped.with_name(f".ds.staging-{host}-4194001"))
+            (raw / "seq100.npy").unlink()
+        caplog.clear()
+        convert(GenericArrays(str(tmp_path / "raw")), tmp_path / "run" / "ds", progress=False,
+                samples_per_shard=2, overwrite=True)  # fmt: skip
+        assert f"deleted {stopped.name}, a conversion stopped at a checkpoint: its raw files " \
+            "changed since" in caplog.text, change  # fmt: skip
+        assert _leftovers(tmp_path / "run") == [], change
+
+
+def test_the_same_relative_source_path_from_another_folder_is_another_source(
+    monkeypatch, tmp_path, caplog
+):
+    """`raw` run from two folders named two sources alike: the stopped conversion of the
+    first was deleted as one whose files changed. Where a source lies counts as an option."""
+    caplog.set_level(logging.WARNING, "stpdist")
+    for folder in ("a", "b"):
+        _sequences(tmp_path / folder / "raw", {"train": 9, "val": 5})
+    np.save(tmp_path / "b" / "raw" / "train" / "seq000.npy", np.zeros((4, 1, 6, 6), np.uint8))
+    out = tmp_path / "out" / "ds"
+    monkeypatch.chdir(tmp_path / "a")
+    with monkeypatch.context() as patched:
+        _stopped_at_sample(patched, 6)
+        with pytest.raises(KeyboardInterrupt):
+            convert(GenericArrays("raw"), out, progress=False, samples_per_shard=2)
+    [staging] = out.parent.glob(".ds.staging-*")
+    host = staging.name.removeprefix(".ds.staging-").rsplit("-", 1)[0]
+    stopped = staging.rename(staging.with_name(f".ds.staging-{host}-4194002"))
+    monkeypatch.chdir(tmp_path / "b")
+    convert(GenericArrays("raw"), out, progress=False, samples_per_shard=2)
+    assert f"left {stopped.name} beside it" in caplog.text and stopped.is_dir()
+
+
+def test_an_out_inside_the_source_folder_goes_on(tmp_path, caplog):
+    """The fingerprint walked every file under the source, the conversion's own staging
+    folder and checkpoint too: with --out inside the source it never matched, and each run
+    said it would go on, then deleted its checkpoint as one whose files changed."""
+    caplog.set_level(logging.WARNING, "stpdist")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rng = np.random.default_rng(8)
+    for i in range(12):
+        np.save(raw / f"seq{i:02d}.npy", rng.integers(0, 256, (4, 1, 6, 6), np.uint8))
+    source = GenericArrays(str(raw), split_sizes={"train": 0.5, "val": 0.5})
+    convert(source, tmp_path / "ref" / "ds", progress=False, samples_per_shard=2)
+    with pytest.MonkeyPatch.context() as patched:
+        _stopped_at_sample(patched, 6)
+        with pytest.raises(KeyboardInterrupt):
+            convert(source, raw / "ds", progress=False, samples_per_shard=2)
+    convert(source, raw / "ds", progress=False, samples_per_shard=2)
+    assert "going on with the conversion stopped at split train" in caplog.text, caplog.text
+    assert _files(raw / "ds") == _files(tmp_path / "ref" / "ds")
+
+
+def test_a_full_disk_after_a_checkpoint_still_names_the_disk(monkeypatch, tmp_path):
+    """A write's error naming no file is said naming --out (and the CLI its free space); kept
+    with a checkpoint, the conversion re-raised it bare: "No space left on device (the error
+    names no file)"."""
+    import errno
+
+    source, _ = SOURCES["files"](tmp_path)
+    original, calls = resume.Checkpoints.note, [0]
+
+    def note(self, *args):
+        calls[0] += 1
+        if calls[0] == 8:  # after a checkpoint
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, *args)
+
+    monkeypatch.setattr(resume.Checkpoints, "note", note)
+    with pytest.raises(OSError) as raised:
+        convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2)
+    assert raised.value.errno == errno.ENOSPC
+    assert raised.value.filename == str(tmp_path / "run" / "ds")
+    assert len(list((tmp_path / "run").glob(".ds.staging-*"))) == 1  # kept

@@ -481,20 +481,20 @@ def staged_output(
         os.rename(staging, ready)  # complete: from here on a crash finishes the swap
         sync_folder(out.parent)
     except BaseException as exc:
-        if kept is not None and kept(staging, exc):
-            raise
-        shutil.rmtree(staging, ignore_errors=True)
-        for folder in made:  # the folders made for `out` (innermost first), if still empty
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        if kept is None or not kept(staging, exc):
+            shutil.rmtree(staging, ignore_errors=True)
+            for folder in made:  # the folders made for `out` (innermost first), if still empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         if (
             isinstance(exc, OSError)
             and not isinstance(exc, InputError)
             and _names_no_output(exc, staging)
         ):
             # a write's error (a full disk: ENOSPC, EDQUOT, EFBIG; numpy's "N requested and
-            # M written") names no file, or one in the staging folder just removed: name
-            # `out`, so that the message says which disk (and the CLI its free space)
+            # M written") names no file, or one in the staging folder (removed, or kept with
+            # a checkpoint): name `out`, so that the message says which disk (and the CLI its
+            # free space)
             if exc.errno is not None:
                 raise OSError(exc.errno, exc.strerror, str(out)) from exc
             if type(exc) is OSError:
@@ -1516,8 +1516,8 @@ class _Run:
     ) -> _Run:
         """Checkpoints for this conversion, going on from a stopped one's beside `out` that
         has its fingerprint (moved into `staging`); the others are deleted, saying so."""
-        found = fingerprint(source.name, source.args(), splits, sources, settings)
         out = as_final(staging)
+        found = fingerprint(source.name, source.args(), splits, sources, settings, out)
         stopped = checkpointed(out)  # this process's own too (a notebook's second call)
         chosen = next((s for s in stopped if found and saved_fingerprint(s) == found), None)
         for other in stopped:

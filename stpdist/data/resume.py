@@ -15,11 +15,11 @@ SIGKILL, a power cut) leaves it by nature. The next `stpdist shard` of the same 
 with the same options to the same `out` takes it over: the shards after the checkpoint
 are deleted, the closed ones checked (names, sizes), the state read back, and the
 conversion goes on from the checkpoint's item, so that the dataset is byte for byte the
-one an uninterrupted run writes. "The same" is a fingerprint: the source's format and
-options, every work item, the size and modification time of every file the items name and
-of every file under the source paths, `--samples-per-shard`, `--allow-nan` and this
-module's version.
-A leftover of the same command whose files changed since is deleted, saying so (it can
+one an uninterrupted run writes. "The same" is a fingerprint of two parts: the options (the
+source's format and options, where its paths lie, `--samples-per-shard`, `--allow-nan` and
+this module's version) and the data (every work item, the size and modification time of
+every file the items name and of every file under the source paths).
+A leftover of the same options whose data changed since is deleted, saying so (it can
 never go on); one of other sources or options is left for its own command, saying so (a
 path spelled otherwise, `./raw` for `raw`, is another option: what index.json records); a
 source whose work items do not pickle is not checkpointed (said in a line).
@@ -46,7 +46,7 @@ import re
 import shutil
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ STATE_DIR = ".resume"
 """The checkpoints' folder in a staging folder (removed before the dataset is complete)."""
 STATE_FILE = "state.json"
 LOG_FILE = "samples.jsonl"
-VERSION = 1
+VERSION = 2
 """Of the checkpoints' layout and of what the conversion writes: a checkpoint of another
 version is not continued."""
 EVERY_ENV = "STPDIST_CHECKPOINT_EVERY"
@@ -140,12 +140,12 @@ def _stat(path: str) -> list[int] | None:
     return [found.st_size, found.st_mtime_ns]
 
 
-def _walk(path: str) -> Iterator[tuple[str, list[int] | None]]:
-    """`path` and every file under it (in name order; links to folders not followed), each
-    with its size and modification time."""
+def _walk(path: str, skip: Callable[[str], bool]) -> Iterator[tuple[str, list[int] | None]]:
+    """`path` and every file under it (in name order; links to folders not followed, nor
+    folders `skip` names), each with its size and modification time."""
     yield path, _stat(path)
     for root, folders, files in os.walk(path):
-        folders.sort()
+        folders[:] = sorted(name for name in folders if not skip(os.path.join(root, name)))
         for name in sorted(files):
             where = os.path.join(root, name)
             yield where, _stat(where)
@@ -157,37 +157,50 @@ def fingerprint(
     splits: dict[str, list[Any]],
     sources: Iterable[str | os.PathLike],
     settings: dict[str, Any],
+    out: Path,
 ) -> str | None:
     """What a checkpoint must match to be continued (see the module's docstring), as
-    `OPTIONS.FILES`: a hash of the format, options and work items, and one of the files'
-    sizes and times (`same_options` compares the first); None when the work items have no
-    stable form (no checkpoints then). Hashed as it goes, a block of work items at a time:
-    a million of them cost no copy of them all."""
-    options, files = hashlib.sha256(), hashlib.sha256()
+    `OPTIONS.FILES`: a hash of the format, its options and where its source paths lie
+    (resolved: `raw` run from two folders is two sources), and one of the data: the work
+    items, and the size and time of every file they name or that lies under a source path
+    (`out` and its staging folders apart: an `--out` inside a source); `same_options`
+    compares the first. None when the work items have no stable form (no checkpoints then).
+    Hashed as it goes, a block of work items at a time: a million of them cost no copy."""
+    options, data = hashlib.sha256(), hashlib.sha256()
+    sources = [os.fspath(path) for path in sources]
 
     def add_files(found: Iterable[tuple[str, list[int] | None]]) -> None:
         for path, size_time in found:
             if size_time is not None:
-                files.update(json.dumps([path, size_time]).encode())
+                data.update(json.dumps([path, size_time]).encode())
 
+    where = [os.path.realpath(path) for path in sources]
+    options.update(json.dumps(_stable([VERSION, name, args, settings, where], []),
+                              sort_keys=True).encode())  # fmt: skip
     try:
-        for part in ([VERSION, name, args, settings], *([split] for split in splits)):
-            paths: list[str] = []
-            options.update(json.dumps(_stable(part, paths), sort_keys=True).encode())
-            add_files((path, _stat(path)) for path in paths)
         for split, items in splits.items():
+            data.update(json.dumps(["split", split]).encode())
             for start in range(0, len(items), 1000):  # in blocks: fewer calls, bounded copies
-                paths = []
+                paths: list[str] = []
                 block = [_stable(item, paths) for item in items[start : start + 1000]]
-                options.update(json.dumps([split, block], sort_keys=True).encode())
+                data.update(json.dumps(block, sort_keys=True).encode())
                 add_files((path, _stat(path)) for path in paths)
     except _Unstable as exc:
         log.warning("%s: no checkpoints (a work item holds a %s, which does not pickle): a stop "
                     "starts this conversion over", name, exc)  # fmt: skip
         return None
-    for path in map(os.fspath, sources):  # every file under a source folder (a frame of
-        add_files(_walk(path))  # a sequence folder, which items name relative to it)
-    return f"{options.hexdigest()}.{files.hexdigest()}"
+    ours = re.compile(rf"\.{re.escape(out.name)}\.(staging|ready|old)-.+-\d+")
+    target = os.path.realpath(out)
+
+    def skip(folder: str) -> bool:  # the output and its replacement's folders
+        return os.path.realpath(folder) == target or (
+            os.path.realpath(os.path.dirname(folder)) == os.path.dirname(target)
+            and ours.fullmatch(os.path.basename(folder)) is not None
+        )
+
+    for path in sources:  # every file under a source folder (a frame of a sequence folder,
+        add_files(_walk(path, skip))  # which work items name relative to it)
+    return f"{options.hexdigest()}.{data.hexdigest()}"
 
 
 def same_options(one: str, other: str) -> bool:
