@@ -1,21 +1,24 @@
 """Going on with a conversion that was stopped: its checkpoints, in its staging folder.
 
 A conversion writes its dataset into a staging folder beside `out` (see `staging.py`). As
-it closes a shard, at most once every `CHECKPOINT_EVERY` seconds, it saves there, under
-`.resume/`, what it takes to go on from that shard: where it is (the split, the work item,
-how many of that item's samples are written, and the key of the next one), the writer's
-state (shape, dtype, each closed shard's count and SHA-256, the statistics' sums) and a
-line per sample written since the last checkpoint (its key, its item and a digest of its
-frames: what the checks for repeated keys and byte-identical samples need). Closed
-shards are on disk (fsync) before the checkpoint that counts them.
+it closes a shard, at most once every `CHECKPOINT_EVERY` seconds, and once every split is
+written, it saves there, under `.resume/`, what it takes to go on from that point: where
+it is (the split, the work item, how many of that item's samples are written, and the key
+of the next one), the writer's state (shape, dtype, each closed shard's count and SHA-256,
+the statistics' sums) and a line per sample written since the last checkpoint (its key,
+its item and a digest of its frames: what the checks for repeated keys and byte-identical
+samples need). Every file a checkpoint counts is on disk (fsync) before it; its header
+holds the SHA-256 of its arrays and lines, and its own.
 
-A conversion stopped by Ctrl-C or SIGTERM (a cluster's preemption) keeps its staging
-folder once it has a checkpoint, and one killed outright (the out-of-memory killer,
-SIGKILL, a power cut) leaves it by nature. The next `stpdist shard` of the same sources
-with the same options to the same `out` takes it over: the shards after the checkpoint
-are deleted, the closed ones checked (names, sizes), the state read back, and the
-conversion goes on from the checkpoint's item, so that the dataset is byte for byte the
-one an uninterrupted run writes. "The same" is a fingerprint of two parts: the options (the
+A conversion stopped once it has a checkpoint keeps its staging folder, whatever stopped
+it (Ctrl-C; SIGTERM, a cluster's preemption; an error: a worker killed by the
+out-of-memory killer, a full disk), and one killed outright (SIGKILL, a power cut) leaves
+it by nature; the checkpoint is removed only as the complete dataset is renamed into
+place. The next `stpdist shard` of the same sources with the same options to the same
+`out` takes it over: the kept shards are checked (SHA-256, sample counts, the first
+sample), what came after the checkpoint deleted, the state read back, and the conversion
+goes on from the checkpoint's sample, so that the dataset is byte for byte the one an
+uninterrupted run writes. "The same" is a fingerprint of two parts: the options (the
 source's format and options, where its paths lie, `--samples-per-shard`, `--allow-nan` and
 this module's version) and the data (every work item, the size and modification time of
 every file the items name and of every file under the source paths).
