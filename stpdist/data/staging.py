@@ -18,8 +18,8 @@ folder) puts it right, with one line on stderr saying what it did:
 - `old` left over, `out` in place: the swap had finished; the old folder is deleted.
 
 A staging folder holding a conversion's checkpoint (`CHECKPOINT`, see `resume.py`) is the
-exception: it is kept, for the same conversion run again to go on from (which deletes it
-when it cannot be continued).
+exception: it is kept, for the same conversion run again to go on from (a conversion of
+the same options deletes it when its data changed, saying so).
 
 Folders named by the older scheme (`.<out>.staging-<pid>`, `.<out>.old-<pid>`, no ready
 step) are read as this host's; there a staging folder beside an `old` one with `out`
@@ -215,7 +215,14 @@ def checkpointed(out: str | Path) -> list[Path]:
             continue
         if (staging / CHECKPOINT).is_file() and _running(group) is None:
             found.append(staging)
-    return sorted(found, key=lambda p: (p / CHECKPOINT).stat().st_mtime, reverse=True)
+
+    def saved_at(staging: Path) -> float:
+        try:
+            return (staging / CHECKPOINT).stat().st_mtime
+        except OSError:  # taken over (renamed) by another conversion meanwhile
+            return 0.0
+
+    return sorted(found, key=saved_at, reverse=True)
 
 
 def _resolve(out: Path, group: _Leftovers, quiet_kept: bool = False) -> str:
