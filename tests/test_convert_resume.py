@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -958,3 +959,18 @@ def test_a_full_disk_after_a_checkpoint_still_names_the_disk(monkeypatch, tmp_pa
     assert raised.value.errno == errno.ENOSPC
     assert raised.value.filename == str(tmp_path / "run" / "ds")
     assert len(list((tmp_path / "run").glob(".ds.staging-*"))) == 1  # kept
+
+
+def test_the_check_of_the_kept_shards_shows_its_progress(monkeypatch, tmp_path, capsys):
+    """Every kept shard is read again before the conversion goes on: minutes for a large
+    dataset, said as the conversion's own progress is (a line each PROGRESS_LINE_EVERY
+    seconds in a log file, a bar on a terminal)."""
+    _kept_as_dead_process(tmp_path)
+    monkeypatch.setattr(convert_module, "PROGRESS_LINE_EVERY", 0.0)
+    capsys.readouterr()
+    convert(GenericArrays(str(tmp_path / "raw")), tmp_path / "run" / "ds", progress=True,
+            samples_per_shard=2)  # fmt: skip
+    said = capsys.readouterr().err
+    assert re.search(
+        r"checking the shards kept in train: 2/2 shards, [\d.]+ (B|KB) written", said
+    ), said

@@ -764,18 +764,25 @@ PROGRESS_LINE_EVERY = 30.0
 
 
 def _progress(
-    loaded: Iterator[Any], total: int, desc: str, folder: Path, progress: bool, start: int = 0
+    loaded: Iterator[Any],
+    total: int,
+    desc: str,
+    folder: Path,
+    progress: bool,
+    start: int = 0,
+    unit: str = "item",
 ) -> Iterator[Any]:
     """`loaded`, reporting how far the writer is on stderr: a bar on a terminal; in a log
     file (a SLURM job's), where a bar's redraws pile up ten a second, a plain line every
     `PROGRESS_LINE_EVERY` seconds and one at the end, once any was said (`desc 1200/5000
     items, 3.1 GB written, 12 min elapsed, about 38 min left`). Nothing without `progress`.
-    `start`: the items written before (a conversion going on from a checkpoint)."""
+    `start`: the items written before (a conversion going on from a checkpoint); `unit`:
+    what is counted (the shards kept from a checkpoint, read again)."""
     if not progress:
         yield from loaded
         return
     if shows_progress():
-        yield from tqdm(loaded, total=total, desc=desc, unit="item", initial=start)
+        yield from tqdm(loaded, total=total, desc=desc, unit=unit, initial=start)
         return
     began = last = time.monotonic()
     done = said = start
@@ -785,18 +792,24 @@ def _progress(
         now = time.monotonic()
         if now - last >= PROGRESS_LINE_EVERY:
             last, said = now, done
-            _progress_line(desc, done, total, folder, now - began, start)
+            _progress_line(desc, done, total, folder, now - began, start, unit)
     if start < said < done:  # a line was said: the log shows the split's end too
-        _progress_line(desc, done, total, folder, time.monotonic() - began, start)
+        _progress_line(desc, done, total, folder, time.monotonic() - began, start, unit)
 
 
 def _progress_line(
-    desc: str, done: int, total: int, folder: Path, elapsed: float, start: int = 0
+    desc: str,
+    done: int,
+    total: int,
+    folder: Path,
+    elapsed: float,
+    start: int = 0,
+    unit: str = "item",
 ) -> None:
     written = 0
     with contextlib.suppress(OSError):  # the folder's shards, the one being written too
         written = sum(entry.stat().st_size for entry in os.scandir(folder) if entry.is_file())
-    line = f"{desc}: {done}/{total} items, {_size(written)} written, {_duration(elapsed)} elapsed"
+    line = f"{desc}: {done}/{total} {unit}s, {_size(written)} written, {_duration(elapsed)} elapsed"
     if start < done < total:
         line += f", about {_duration(elapsed * (total - done) / (done - start))} left"
     print(line, file=sys.stderr, flush=True)  # beside warnings: stdout is for results
@@ -962,7 +975,7 @@ def convert(
             raise MissingInput(f"{source.name}: found nothing to convert")
         settings = {"samples_per_shard": samples_per_shard, "nan_fill": nan_fill,
                     "grid": source.grid, "value_scale": getattr(source, "value_scale", None)}  # fmt: skip
-        run = _Run.begin(source, staging, splits, sources, settings)
+        run = _Run.begin(source, staging, splits, sources, settings, progress)
         try:
             written = _write_splits(
                 source, staging, splits, workers, samples_per_shard, progress, nan_fill, run
@@ -1497,8 +1510,10 @@ class _Run:
     """A conversion's checkpoints (`resume.py`; None: its work items have no stable form),
     and the checkpoint it goes on from (`saved`)."""
 
-    def __init__(self, checkpoints: Checkpoints | None, saved: Saved | None) -> None:
-        self.checkpoints, self.saved = checkpoints, saved
+    def __init__(
+        self, checkpoints: Checkpoints | None, saved: Saved | None, progress: bool = False
+    ) -> None:
+        self.checkpoints, self.saved, self.progress = checkpoints, saved, progress
         self.done: list[str] = []  # splits written (or found empty), in order
         self.quantize = False  # as the splits done were written (uint8 on a grid)
         self.unsynced: list[Path] = []  # files of splits done since the last checkpoint
@@ -1513,9 +1528,11 @@ class _Run:
         splits: dict[str, list[Any]],
         sources: list[Path],
         settings: dict[str, Any],
+        progress: bool = False,
     ) -> _Run:
         """Checkpoints for this conversion, going on from a stopped one's beside `out` that
-        has its fingerprint (moved into `staging`); the others are deleted, saying so."""
+        has its fingerprint (moved into `staging`); the others are deleted, saying so.
+        `progress`: the kept shards' check shown as the conversion is (`_progress`)."""
         out = as_final(staging)
         found = fingerprint(source.name, source.args(), splits, sources, settings, out)
         stopped = checkpointed(out)  # this process's own too (a notebook's second call)
@@ -1524,7 +1541,7 @@ class _Run:
             if other != chosen:
                 _set_aside(other, staging, out, found)
         if found is None:  # work items with no stable form: no checkpoints
-            return cls(None, None)
+            return cls(None, None, progress)
         saved = None
         if chosen is not None:
             try:
@@ -1547,13 +1564,13 @@ class _Run:
             checkpoints.start()
         else:
             checkpoints.go_on(saved)
-        return cls(checkpoints, saved)
+        return cls(checkpoints, saved, progress)
 
     @classmethod
     def afresh(cls, run: _Run, staging: Path) -> _Run:
         """Over again from nothing, in the same staging folder."""
         _discard(staging, staging)
-        fresh = cls(run.checkpoints, None)
+        fresh = cls(run.checkpoints, None, run.progress)
         fresh.start()
         return fresh
 
@@ -1631,8 +1648,8 @@ class _Run:
             if (out / split / INDEX_FILE).is_file():
                 try:
                     index = read_index(out / split)
-                    for shard in index.shards:  # every byte: its SHA-256 in the index
-                        check_unchanged(out / split / shard.name, shard)
+                    for shard in self._checking(index.shards, out / split):  # every byte:
+                        check_unchanged(out / split / shard.name, shard)  # its SHA-256
                 except InputError as exc:  # a shard or index that is not as written
                     raise CannotResume(f"split {split}: {exc}") from exc
                 if index.num_samples != written[split]:
@@ -1642,20 +1659,28 @@ class _Run:
         kept = {*done, STATE_DIR}
         if current is not None:
             kept.add(current)
-            self._check_split(out / current, header["writer"], written[current])
+            self._check_split(out / current, header["writer"], written[current], self._checking)
         for entry in out.iterdir():  # a split begun after the checkpoint
             if entry.name not in kept:
                 _remove(entry)
 
+    def _checking(self, shards: list[Any], folder: Path) -> Iterator[Any]:
+        """`shards` of a split, with the check's progress (a large dataset's: minutes)."""
+        desc = f"checking the shards kept in {folder.name}"
+        return _progress(iter(shards), len(shards), desc, folder, self.progress, unit="shard")
+
     @staticmethod
-    def _check_split(folder: Path, writer: dict[str, Any], written: int) -> None:
+    def _check_split(
+        folder: Path, writer: dict[str, Any], written: int, checking: Callable[..., Any]
+    ) -> None:
         """The closed shards of the split being written, as the checkpoint has them: their
         SHA-256, sample counts and first sample's key, shape and dtype; the rest deleted."""
         pattern = SHARD_PATTERN.format(split=folder.name)
         names = [pattern % n for n in range(len(writer["counts"]))]
         if len(writer["digests"]) != len(names) or sum(writer["counts"]) != written:
             raise CannotResume("its shard counts, hashes and samples do not add up")
-        for name, digest in zip(names, writer["digests"], strict=True):
+        kept = list(zip(names, writer["digests"], strict=True))
+        for name, digest in checking(kept, folder):
             if _sha256(folder / name) != digest:
                 raise CannotResume(f"shard {name} of split {folder.name} changed")
         for name, count in zip(names, writer["counts"], strict=True):
