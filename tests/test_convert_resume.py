@@ -8,6 +8,7 @@ signals are what is tested."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -83,22 +84,21 @@ SOURCES = {
 }
 
 
-def _interrupted_at(load_number: int, error: type[BaseException] = KeyboardInterrupt):
-    """A class's `load` raising `error` at its `load_number`-th call: (original, patched)."""
-    calls = [0]
+@contextlib.contextmanager
+def _loads_stopped_at(cls: type, number: int, error: type[BaseException] = KeyboardInterrupt):
+    """`cls.load` raising `error` at its `number`-th call within the block (and `error`
+    expected out of it); the class's own `load` again after."""
+    original, calls = cls.load, [0]
 
-    def patch(cls):
-        original = cls.load
+    def load(self, item):
+        calls[0] += 1
+        if calls[0] == number:
+            raise error
+        return original(self, item)
 
-        def load(self, item):
-            calls[0] += 1
-            if calls[0] == load_number:
-                raise error
-            return original(self, item)
-
-        return original, load
-
-    return patch
+    with pytest.MonkeyPatch.context() as patched, pytest.raises(error):
+        patched.setattr(cls, "load", load)
+        yield
 
 
 def _stopped_at_sample(monkeypatch, number: int) -> None:
@@ -171,11 +171,8 @@ def test_every_split_again_in_float32_goes_on_in_float32(monkeypatch, tmp_path, 
     convert(source, tmp_path / "ref" / "ds", progress=False, samples_per_shard=1)
     # loads: 3 train, 1 val (off the grid), then train again: its third item's, after a shard
     # of the second pass closed at the second's (a checkpoint)
-    original, load = _interrupted_at(7)(SeedLayout)
-    monkeypatch.setattr(SeedLayout, "load", load)
-    with pytest.raises(KeyboardInterrupt):
+    with _loads_stopped_at(SeedLayout, 7):
         convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=1)
-    monkeypatch.setattr(SeedLayout, "load", original)
     indexes = convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=1)
     assert {split: index.dtype for split, index in indexes.items()} == {
         "train": "float32", "val": "float32"
@@ -190,13 +187,10 @@ def test_other_options_or_changed_files_start_over(monkeypatch, tmp_path, caplog
     caplog.set_level(logging.WARNING, "stpdist")
     source, _ = SOURCES["files"](tmp_path)
     out = tmp_path / "run" / "ds"
-    original, load = _interrupted_at(6)(GenericArrays)
 
     def stopped(spp: int) -> None:
-        monkeypatch.setattr(GenericArrays, "load", load)
-        with pytest.raises(KeyboardInterrupt):
+        with _loads_stopped_at(GenericArrays, 6):
             convert(source, out, progress=False, samples_per_shard=spp, overwrite=True)
-        monkeypatch.setattr(GenericArrays, "load", original)
 
     stopped(2)  # in this process: its own folder, which the next conversion writes
     convert(source, out, progress=False, samples_per_shard=3)
@@ -206,7 +200,6 @@ def test_other_options_or_changed_files_start_over(monkeypatch, tmp_path, caplog
     assert _files(out) == _files(tmp_path / "ref" / "ds")
 
     caplog.clear()
-    original, load = _interrupted_at(6)(GenericArrays)  # a fresh count
     stopped(3)
     changed = tmp_path / "raw" / "train" / "seq001.npy"
     np.save(changed, np.zeros((4, 1, 6, 6), np.uint8))
@@ -225,11 +218,8 @@ def test_a_damaged_checkpoint_starts_over(monkeypatch, tmp_path, caplog, damage)
     caplog.set_level(logging.WARNING, "stpdist")
     source, _ = SOURCES["files"](tmp_path)
     convert(source, tmp_path / "ref" / "ds", progress=False, samples_per_shard=2)
-    original, load = _interrupted_at(7)(GenericArrays)
-    monkeypatch.setattr(GenericArrays, "load", load)
-    with pytest.raises(KeyboardInterrupt):
+    with _loads_stopped_at(GenericArrays, 7):
         convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2)
-    monkeypatch.setattr(GenericArrays, "load", original)
     [staging] = (tmp_path / "run").glob(".ds.staging-*")
     state = staging / ".resume" / "state.json"
     if damage == "state":
@@ -282,11 +272,8 @@ def test_an_error_keeps_the_checkpoint_and_a_fixed_file_starts_over(monkeypatch,
     fixed is a changed file, which starts it over."""
     caplog.set_level(logging.WARNING, "stpdist")
     source, _ = SOURCES["files"](tmp_path)
-    original, load = _interrupted_at(6, ValueError)(GenericArrays)
-    monkeypatch.setattr(GenericArrays, "load", load)
-    with pytest.raises(ValueError):
+    with _loads_stopped_at(GenericArrays, 6, ValueError):
         convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2)
-    monkeypatch.setattr(GenericArrays, "load", original)
     assert "stopped by the error below: what was converted up to a checkpoint" in caplog.text
     assert len(list((tmp_path / "run").glob(".ds.staging-*"))) == 1
     np.save(tmp_path / "raw" / "train" / "seq005.npy", np.zeros((4, 1, 6, 6), np.uint8))
@@ -356,9 +343,7 @@ def test_other_commands_keep_a_checkpoint_and_say_so(monkeypatch, tmp_path, capl
     the conversion to go on from, with a line saying so; without a checkpoint it is deleted."""
     caplog.set_level(logging.WARNING, "stpdist")
     source, _ = SOURCES["files"](tmp_path)
-    original, load = _interrupted_at(6)(GenericArrays)
-    monkeypatch.setattr(GenericArrays, "load", load)
-    with pytest.raises(KeyboardInterrupt):
+    with _loads_stopped_at(GenericArrays, 6):
         convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2)
     [staging] = (tmp_path / "run").glob(".ds.staging-*")
     recover(tmp_path / "run" / "ds")
@@ -374,9 +359,7 @@ def test_a_stop_before_the_first_checkpoint_leaves_nothing(monkeypatch, tmp_path
     removes the staging folder as before."""
     monkeypatch.setenv(resume.EVERY_ENV, "3600")
     source, _ = SOURCES["files"](tmp_path)
-    original, load = _interrupted_at(12)(GenericArrays)
-    monkeypatch.setattr(GenericArrays, "load", load)
-    with pytest.raises(KeyboardInterrupt):
+    with _loads_stopped_at(GenericArrays, 12):
         convert(source, tmp_path / "run" / "ds", progress=False, samples_per_shard=2)
     assert not (tmp_path / "run").exists()  # made for the output: removed with it
 

@@ -62,6 +62,7 @@ from tqdm.auto import tqdm
 
 from ..console import Terminated, check_not_interrupted, shows_progress, sigterm_as_interrupt
 from ..errors import InputError, MissingInput, OutputExists, alike
+from ..provenance import file_sha256
 from .format import (
     CLIMATOLOGY_FILE,
     FRAMES_EXT,
@@ -1681,7 +1682,7 @@ class _Run:
             raise CannotResume("its shard counts, hashes and samples do not add up")
         kept = list(zip(names, writer["digests"], strict=True))
         for name, digest in checking(kept, folder):
-            if _sha256(folder / name) != digest:
+            if file_sha256(folder / name) != digest:
                 raise CannotResume(f"shard {name} of split {folder.name} changed")
         for name, count in zip(names, writer["counts"], strict=True):
             found, ended = count_samples(folder / name)  # from its tar headers alone
@@ -1784,17 +1785,6 @@ def _remove(entry: Path) -> None:
         shutil.rmtree(entry)
     else:
         entry.unlink()
-
-
-def _sha256(path: Path) -> str | None:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    except OSError:
-        return None
-    return digest.hexdigest()
 
 
 def _bytes(folder: Path) -> int:
