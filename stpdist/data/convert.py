@@ -1532,7 +1532,8 @@ class _Run:
         progress: bool = False,
     ) -> _Run:
         """Checkpoints for this conversion, going on from a stopped one's beside `out` that
-        has its fingerprint (moved into `staging`); the others are deleted, saying so.
+        has its fingerprint (moved into `staging`); the others are deleted or left for their
+        own command, saying so (`_set_aside`).
         `progress`: the kept shards' check shown as the conversion is (`_progress`)."""
         out = as_final(staging)
         found = fingerprint(source.name, source.args(), splits, sources, settings, out)
