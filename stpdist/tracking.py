@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import os
@@ -49,11 +50,17 @@ TRACKER_FILE = "tracker.json"
 `tensorboard_dir`), written once, when the training starts from step 0."""
 
 
+PENDING_FILE = ".metrics.pending.json"
+"""In the output folder, while a training resumed from an older checkpoint than the newest
+has not saved yet: where its rows begin in `metrics.jsonl` (`MetricsLog.begin_pending`)."""
+
+
 class MetricsLog:
     """Appends one JSON object per `log` call to `metrics.jsonl`."""
 
     def __init__(self, output_dir: str | Path) -> None:
         self.path = Path(output_dir) / "metrics.jsonl"
+        self.pending = Path(output_dir) / PENDING_FILE
         self._inherited: int | None = None  # bytes in the file before this process wrote
 
     def log(self, values: dict[str, Any], *, step: int, epoch: int) -> None:
@@ -99,6 +106,7 @@ class MetricsLog:
         that this process did not write (a run that stopped before its first checkpoint, a
         file of the user's) move to `metrics.earlier-N.jsonl`, N the first free number,
         instead of mixing with the new run's. Returns that file (None: nothing moved)."""
+        self.pending.unlink(missing_ok=True)  # an earlier start's: its rows go with the rest
         if not self.path.is_file():
             return None
         data = self.path.read_bytes()
@@ -120,6 +128,9 @@ class MetricsLog:
         the first free number, so that the file holds each step once, as an uninterrupted
         run's does. Lines that are no JSON record (torn by a kill) move with them. Returns
         (that file, the records moved), None when nothing moved."""
+        # the rows of this file are one trajectory's from here on (this run's first save,
+        # or a resume whose earlier stopped attempt `set_aside_orphans` dealt with)
+        self.pending.unlink(missing_ok=True)
         if not self.path.is_file():
             return None
         kept: list[str] = []
@@ -153,6 +164,89 @@ class MetricsLog:
         if self._inherited is not None:
             self._inherited = len("".join(kept).encode())
         return aside, count
+
+    def begin_pending(self, from_step: int) -> None:
+        """A training resumed from `from_step`, older than the newest checkpoint, leaves the
+        rows of later steps (that trajectory's, which `--resume auto` still goes on along)
+        until its first save moves them aside (`set_aside_after`); its own rows follow
+        them. Where they begin is written down (`PENDING_FILE`, with a digest of the lines
+        before): should it stop before that save, the next start knows them as rows of no
+        checkpoint (`set_aside_orphans`), where they kept steps twice (stop 53's case)."""
+        data = self.path.read_bytes() if self.path.is_file() else b""
+        record = {"offset": len(data), "from_step": from_step,
+                  "sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
+        replace_text(self.pending, json.dumps(record))
+
+    def _pending_record(self) -> tuple[int, int, str] | None:
+        """`PENDING_FILE`'s (offset, from step, digest); None without one (or a damaged one,
+        removed: rows are then left as they are, as before it existed)."""
+        try:
+            flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0)  # a link, a FIFO
+            with open(os.open(self.pending, flags), "rb") as handle:
+                record = json.loads(handle.read(4096))
+            found = record["offset"], record["from_step"], record["sha256"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            say(f"{self.pending} does not read ({exc}): removed, metrics.jsonl left as it is")
+            self.pending.unlink(missing_ok=True)
+            return None
+        offset, from_step, digest = found
+        if not (isinstance(offset, int) and isinstance(from_step, int) and isinstance(digest, str)):
+            say(f"{self.pending} holds no offset, step and digest: removed, metrics.jsonl left")
+            self.pending.unlink(missing_ok=True)
+            return None
+        return offset, from_step, digest
+
+    def set_aside_orphans(self) -> tuple[Path, int, int] | None:
+        """At a resume: the rows that a training resumed from an older checkpoint wrote
+        before it stopped without saving (`begin_pending`) belong to no checkpoint. Those
+        of steps after the one it resumed from move to `metrics.replaced-N.jsonl` (lines
+        that are no JSON record with them); the rest stay, and so does every other line.
+        A file changed since (its lines before them differ) is left as it is, with a line.
+        Returns (that file, the records moved, the step that training resumed from)."""
+        found = self._pending_record()
+        if found is None:
+            return None
+        offset, from_step, digest = found
+        data = self.path.read_bytes() if self.path.is_file() else b""
+        if not 0 <= offset <= len(data) or hashlib.sha256(data[:offset]).hexdigest() != digest:
+            say(
+                f"{self.pending} names lines of {self.path} that changed since (edited?): "
+                "the rows of the training it recorded are left as they are"
+            )
+            self.pending.unlink(missing_ok=True)
+            return None
+        kept: list[str] = []
+        moved: list[str] = []
+        count = 0
+        # every line after them: also those an earlier fit of this process wrote
+        for line in data[offset:].decode(errors="replace").splitlines(keepends=True):
+            if not line.strip():
+                continue
+            line = line if line.endswith("\n") else line + "\n"
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            at = record.get("step") if isinstance(record, dict) else None
+            if isinstance(at, int) and at <= from_step:
+                kept.append(line)  # the resumed step's own (its validation logged again)
+            else:
+                moved.append(line)
+                count += isinstance(at, int)
+        if moved:
+            number = 1
+            while (aside := self.path.with_name(f"metrics.replaced-{number}.jsonl")).exists():
+                number += 1
+            replace_text(aside, "".join(moved))  # first: a kill between keeps both copies
+            before = data[:offset].decode(errors="replace")
+            if before and not before.endswith("\n"):
+                before += "\n"  # a torn line ends (it stays; no record reads it)
+            replace_text(self.path, before + "".join(kept))
+            self._inherited = None  # every line is an earlier start's now
+        self.pending.unlink(missing_ok=True)
+        return (aside, count, from_step) if moved else None
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Every record so far, oldest first (a line torn by a killed process skipped)."""
@@ -310,6 +404,25 @@ class Tracker:
             if step:
                 self._wandb_floor = self._wandb_newest_step(wandb_run)
                 self._replay(wandb_run, step)
+
+    def replace_rows_of_stopped_attempt(self) -> None:
+        """At a resume: the rows of an earlier training resumed from an older checkpoint
+        that stopped before its first save (see `MetricsLog.set_aside_orphans`) are moved
+        aside and said (main process)."""
+        if self.is_main and (replaced := self.metrics.set_aside_orphans()):
+            aside, count, step = replaced
+            say(
+                f"{self.metrics.path} held {count} record(s) of a training resumed from step "
+                f"{step} that stopped before its first checkpoint: no checkpoint holds them, "
+                f"moved to {aside}"
+            )
+
+    def keep_rows_pending(self, step: int) -> None:
+        """A resume at `step`, older than the newest checkpoint: the rows of later steps
+        stay until this run's first save (`replace_rows_after`); where this run's own
+        begin is written down (`MetricsLog.begin_pending`, main process)."""
+        if self.is_main:
+            self.metrics.begin_pending(step)
 
     def replace_rows_after(self, step: int) -> None:
         """A resume at `step` goes on from there: the earlier processes' rows of later steps

@@ -1805,6 +1805,8 @@ class Trainer:
             self.checkpoints.bind(
                 acc, module, optimizer, scheduler, self._config_yaml(), state, self.attachments
             )
+            if state.global_step:  # before wandb is sent the steps it lacks from the rows
+                self.tracker.replace_rows_of_stopped_attempt()
             self.tracker.start(acc, step=state.global_step)  # a resume continues its run
             self._replace_rows_of_steps_trained_again(state.global_step)
             with self._preempted_if_validation_abandoned(state):
@@ -2807,13 +2809,16 @@ class Trainer:
         """A resume at `step`: the rows of later steps (a killed process past its last
         checkpoint) move aside now; where checkpoints of later steps stand (an older
         checkpoint chosen), once they go aside, at this run's first save: until then
-        `--resume auto` would go on along them, and their rows with them (a diff review)."""
+        `--resume auto` would go on along them, and their rows with them (a diff review).
+        Where this run's own rows begin is written down meanwhile: stopped before that save,
+        the next start moves them aside (`Tracker.replace_rows_of_stopped_attempt`)."""
         self.checkpoints.on_trajectory_left = None
         if not step:
             return
         latest = self.checkpoints.latest()
         if latest is not None and step_of(latest) > step:
             self.checkpoints.on_trajectory_left = self.tracker.replace_rows_after
+            self.tracker.keep_rows_pending(step)
         else:
             self.tracker.replace_rows_after(step)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -619,6 +620,77 @@ def test_rows_of_checkpoints_still_standing_stay_until_this_run_saves(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r["step"] for r in rows if "train/loss" in r]
     assert train[:4] == [1, 2, 3, 4] and train[-8:] == list(range(5, 13))
+
+
+def _train_steps(path) -> list[int]:
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    return [r["step"] for r in rows if "train/loss" in r]
+
+
+def test_rows_of_a_resume_stopped_before_its_first_save_go_aside_at_the_next_start(
+    tmp_path, capsys
+):
+    """Left since stop 53: resumed from an older checkpoint and killed before its first
+    save, then resumed along the newer checkpoints (`--resume auto`), a run kept the killed
+    attempt's steps twice in metrics.jsonl. Two such attempts in a row here."""
+    policy = CheckpointConfig(every_n_steps=4, every_epoch=False, keep_last=5)
+    make_trainer(tmp_path, max_epochs=None, max_steps=8, checkpoint=policy).fit(
+        TinyModule(), loader(40, 4)
+    )
+    older = tmp_path / "checkpoints" / "step-00000004"
+    for crash in (7, 6):  # rows of steps 5, 6; then of step 5
+        trainer = make_trainer(tmp_path, max_epochs=None, max_steps=12, checkpoint=policy)
+        with pytest.raises(RuntimeError, match="killed"):
+            trainer.fit(CrashesAt(crash), loader(40, 4), resume=older)
+    # along step 8's trajectory, by the same Trainer (a notebook's second fit)
+    trainer.fit(TinyModule(), loader(40, 4), resume="auto")
+    assert _train_steps(tmp_path / "metrics.jsonl") == list(range(1, 13))
+    said = capsys.readouterr().out
+    assert "held 2 record(s) of a training resumed from step 4 that stopped before" in said
+    assert "held 1 record(s) of a training resumed from step 4" in said
+    assert _train_steps(tmp_path / "metrics.replaced-1.jsonl") == [5, 6]
+    assert _train_steps(tmp_path / "metrics.replaced-2.jsonl") == [5]
+    assert not (tmp_path / ".metrics.pending.json").exists()
+
+
+def test_a_stopped_resumes_record_is_left_when_the_file_changed_or_a_fresh_run_starts(
+    tmp_path, capsys
+):
+    """The record of where a stopped resume's rows began names bytes of metrics.jsonl: a
+    file edited since keeps every row (with a line), as before the record existed; a
+    damaged record is removed; a fresh training starts a new file and drops the record."""
+    policy = CheckpointConfig(every_n_steps=4, every_epoch=False, keep_last=5)
+    make_trainer(tmp_path, max_epochs=None, max_steps=8, checkpoint=policy).fit(
+        TinyModule(), loader(40, 4)
+    )
+    older = tmp_path / "checkpoints" / "step-00000004"
+    with pytest.raises(RuntimeError, match="killed"):
+        make_trainer(tmp_path, max_epochs=None, max_steps=8, checkpoint=policy).fit(
+            CrashesAt(6), loader(40, 4), resume=older
+        )
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().split("\n", 1)[1])  # the first row edited out
+    make_trainer(tmp_path, max_epochs=None, max_steps=9, checkpoint=policy).fit(
+        TinyModule(), loader(40, 4), resume="auto"
+    )
+    assert "that changed since (edited?)" in capsys.readouterr().out
+    assert _train_steps(metrics) == [2, 3, 4, 5, 6, 7, 8, 5, 9]  # left as they were
+    assert not (tmp_path / ".metrics.pending.json").exists()
+    (tmp_path / ".metrics.pending.json").write_text("{not json")
+    make_trainer(tmp_path, max_epochs=None, max_steps=10, checkpoint=policy).fit(
+        TinyModule(), loader(40, 4), resume="auto"
+    )
+    assert ".metrics.pending.json does not read" in capsys.readouterr().out
+    assert not (tmp_path / ".metrics.pending.json").exists()
+    with pytest.raises(RuntimeError, match="killed"):
+        make_trainer(tmp_path, max_epochs=None, max_steps=10, checkpoint=policy).fit(
+            CrashesAt(6), loader(40, 4), resume=older
+        )
+    assert (tmp_path / ".metrics.pending.json").is_file()
+    shutil.rmtree(tmp_path / "checkpoints")  # a fresh training of the folder
+    make_trainer(tmp_path, max_epochs=None, max_steps=2).fit(TinyModule(), loader(8, 4))
+    assert not (tmp_path / ".metrics.pending.json").exists()
+    assert _train_steps(metrics) == [1, 2]
 
 
 def test_a_resume_mid_epoch_on_another_dataset_length_or_order_is_refused(tmp_path):
