@@ -405,11 +405,12 @@ class Tracker:
                 self._wandb_floor = self._wandb_newest_step(wandb_run)
                 self._replay(wandb_run, step)
 
-    def replace_rows_of_stopped_attempt(self) -> None:
-        """At a resume: the rows of an earlier training resumed from an older checkpoint
-        that stopped before its first save (see `MetricsLog.set_aside_orphans`) are moved
-        aside and said (main process)."""
-        if self.is_main and (replaced := self.metrics.set_aside_orphans()):
+    def replace_rows_of_stopped_attempt(self, step: int) -> None:
+        """At a resume (at `step`, not 0: a fresh training's `start` sets every row aside):
+        the rows of an earlier training resumed from an older checkpoint that stopped
+        before its first save (see `MetricsLog.set_aside_orphans`) are moved aside and
+        said (main process)."""
+        if step and self.is_main and (replaced := self.metrics.set_aside_orphans()):
             aside, count, step = replaced
             say(
                 f"{self.metrics.path} held {count} record(s) of a training resumed from step "

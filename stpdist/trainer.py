@@ -1805,8 +1805,8 @@ class Trainer:
             self.checkpoints.bind(
                 acc, module, optimizer, scheduler, self._config_yaml(), state, self.attachments
             )
-            if state.global_step:  # before wandb is sent the steps it lacks from the rows
-                self.tracker.replace_rows_of_stopped_attempt()
+            # before wandb is sent the steps it lacks from the rows
+            self.tracker.replace_rows_of_stopped_attempt(state.global_step)
             self.tracker.start(acc, step=state.global_step)  # a resume continues its run
             self._replace_rows_of_steps_trained_again(state.global_step)
             with self._preempted_if_validation_abandoned(state):
