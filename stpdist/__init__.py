@@ -6,8 +6,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .threads import prefer_passive_waiting
+from .userdirs import private_matplotlib_folder
 
 prefer_passive_waiting()  # before torch is first imported: OpenMP reads it once
+private_matplotlib_folder()  # where the home folder cannot be written: before matplotlib
 
 if TYPE_CHECKING:  # imported on first use (`__getattr__`): `stpdist shard` needs no torch
     from .config import Config, ConfigError, load_config
