@@ -597,11 +597,9 @@ class CrashesAt(TinyModule):
         return super().training_step(inputs, targets)
 
 
-def test_rows_of_checkpoints_still_standing_stay_until_this_run_saves(tmp_path):
-    """A diff review: resumed from an older checkpoint, the run moved the later rows aside
-    at once; killed before its first save, `--resume auto` went on from the newer
-    checkpoints, whose rows were gone from metrics.jsonl. They move once this run's first
-    save puts those checkpoints aside."""
+def _eight_steps_then_a_resume_from_step_4_killed_at_6(tmp_path):
+    """Checkpoints at steps 4 and 8, then a training resumed from step 4 that fails at step
+    6, before its first save. Returns (the checkpoint policy, step 4's checkpoint)."""
     policy = CheckpointConfig(every_n_steps=4, every_epoch=False, keep_last=5)
     make_trainer(tmp_path, max_epochs=None, max_steps=8, checkpoint=policy).fit(
         TinyModule(), loader(40, 4)
@@ -611,6 +609,15 @@ def test_rows_of_checkpoints_still_standing_stay_until_this_run_saves(tmp_path):
         make_trainer(tmp_path, max_epochs=None, max_steps=8, checkpoint=policy).fit(
             CrashesAt(6), loader(40, 4), resume=older
         )
+    return policy, older
+
+
+def test_rows_of_checkpoints_still_standing_stay_until_this_run_saves(tmp_path):
+    """A diff review: resumed from an older checkpoint, the run moved the later rows aside
+    at once; killed before its first save, `--resume auto` went on from the newer
+    checkpoints, whose rows were gone from metrics.jsonl. They move once this run's first
+    save puts those checkpoints aside."""
+    policy, older = _eight_steps_then_a_resume_from_step_4_killed_at_6(tmp_path)
     assert not (tmp_path / "metrics.replaced-1.jsonl").exists()
     steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert {7, 8} <= set(steps)  # the rows of the trajectory that still stands
@@ -659,15 +666,7 @@ def test_a_stopped_resumes_record_is_left_when_the_file_changed_or_a_fresh_run_s
     """The record of where a stopped resume's rows began names bytes of metrics.jsonl: a
     file edited since keeps every row (with a line), as before the record existed; a
     damaged record is removed; a fresh training starts a new file and drops the record."""
-    policy = CheckpointConfig(every_n_steps=4, every_epoch=False, keep_last=5)
-    make_trainer(tmp_path, max_epochs=None, max_steps=8, checkpoint=policy).fit(
-        TinyModule(), loader(40, 4)
-    )
-    older = tmp_path / "checkpoints" / "step-00000004"
-    with pytest.raises(RuntimeError, match="killed"):
-        make_trainer(tmp_path, max_epochs=None, max_steps=8, checkpoint=policy).fit(
-            CrashesAt(6), loader(40, 4), resume=older
-        )
+    policy, older = _eight_steps_then_a_resume_from_step_4_killed_at_6(tmp_path)
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text(metrics.read_text().split("\n", 1)[1])  # the first row edited out
     make_trainer(tmp_path, max_epochs=None, max_steps=9, checkpoint=policy).fit(
