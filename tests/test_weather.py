@@ -1301,7 +1301,7 @@ def test_a_zarr_chunk_never_written_is_not_stored_as_data(tmp_path, zarr_format,
         assert not (tmp_path / "out").exists()
 
 
-def _monthly(root: Path, months: dict[int, dict], lat=None) -> None:
+def _monthly(root: Path, months: dict[int, dict], lat=None, units=None) -> None:
     """ERA5-like monthly files `era5_2020MM.nc`, 6-hourly, 8 steps each: `months` maps a
     month to {variable: values (8×H×W)} (an empty time axis where the values have 0 steps)."""
     xr = pytest.importorskip("xarray")
@@ -1313,7 +1313,8 @@ def _monthly(root: Path, months: dict[int, dict], lat=None) -> None:
         time = np.datetime64(f"2020-{month:02d}-01T00:00", "ns") + np.arange(steps) * np.timedelta64(6, "h")  # fmt: skip
         here = lat.get(month, grid_lat) if lat else grid_lat
         xr.Dataset(
-            {n: (("time", "lat", "lon"), v.astype(np.float32), {"units": "K"}) for n, v in variables.items()},
+            {n: (("time", "lat", "lon"), v.astype(np.float32), {"units": (units or {}).get(month, "K")})
+             for n, v in variables.items()},
             coords={"time": time, "lat": here, "lon": lon},
         ).to_netcdf(root / f"era5_2020{month:02d}.nc", engine="h5netcdf")  # fmt: skip
 
@@ -1345,6 +1346,10 @@ def test_netcdf_files_that_disagree_are_said_as_what_differs(tmp_path, caplog):
             r"than in .*era5_202001\.nc: latitude is descending here and the other way there")  # fmt: skip
     _monthly(tmp_path / "shift", {1: both, 2: both}, lat={2: lat + 1})
     refused(tmp_path / "shift", r"latitude\[0\] is -77\.75 here, -78\.75 there")
+    # a weather review: a month in other units was converted, labelled with the first's
+    _monthly(tmp_path / "units", {1: both, 2: both}, units={2: "degC"})
+    refused(tmp_path / "units", r"era5_202002\.nc: variable 't2m' in units 'degC', and in units 'K' "
+            r"in .*era5_202001\.nc: convert the files to one unit first")  # fmt: skip
 
     nan = field.copy()
     nan[3, 2, 5] = np.nan

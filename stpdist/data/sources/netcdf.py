@@ -372,6 +372,13 @@ def _differs(first: dict[str, Any], info: dict[str, Any], store: str, var_name: 
         )
     if first["levels"] != info["levels"]:
         return f"{store}: variable '{var_name}' levels differ from those of {first['where']}"
+    if first["units"] != info["units"]:  # a weather review: labelled with the first's units
+        here, there = (f"units '{u}'" if u else "no units attribute" for u in
+                       (info["units"], first["units"]))  # fmt: skip
+        return (
+            f"{store}: variable '{var_name}' in {here}, and in {there} in {first['where']}: "
+            "convert the files to one unit first (or give them the same units attribute)"
+        )
     how = _grid_difference(first["grid"], info["grid"])
     if how:
         return (
