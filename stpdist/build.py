@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import plugins
 from .checkpoint import MODEL_FILE, CheckpointManager, describing_config
 from .config import Config, ConfigError
@@ -377,6 +379,7 @@ def build_module(
     *,
     index: SplitIndex | None = None,
     trained_on: SplitIndex | None = None,
+    trained_in: Path | None = None,
 ) -> EnhancedModule:
     """The module for `cfg.model`: the Forecaster around its backbone, for frames C×H×W of
     `frame_shape`, or of `index` (a dataset's statistics, e.g. the one a checkpoint keeps),
@@ -384,7 +387,10 @@ def build_module(
     `model.name` is its import path (built with `model.backbone` as keywords).
     `trained_on`: the index a checkpoint keeps (its training data's), whose statistics
     normalise the frames when `data.normalize` uses any (standardize, minmax): a model
-    evaluated on other data takes its frames as it was trained to."""
+    evaluated on other data takes its frames as it was trained to, and data whose channels
+    or grid are laid out otherwise is refused (`check_same_layout`). `trained_in`: the
+    folder holding `trained_on` (a checkpoint or model folder), whose climatology, kept
+    beside it, is the one ACC and the climatology baseline score against."""
     if plugins.is_import_path(cfg.model.name):
         cls = plugins.resolve_model(cfg.model.name)
         if plugins.is_task(cls):
@@ -399,6 +405,7 @@ def build_module(
     normalizer = Normalizer(normalize) if index is None else Normalizer.from_index(normalize, index)
     if trained_on is not None and index is not None:
         _check_same_fill(cfg, index, trained_on)
+        check_same_layout(f"data.root {cfg.data.root}", index, trained_on)
     if trained_on is not None and index is not None and normalize in STATISTICS_MODES:
         _check_same_units(cfg, index, trained_on)
         normalizer = Normalizer.from_index(normalize, trained_on)
@@ -409,7 +416,7 @@ def build_module(
             f"frames of {frame_shape[1]}×{frame_shape[2]} are smaller than SSIM's "
             f"{SSIM_WINDOW}×{SSIM_WINDOW} window: SSIM is not reported"
         )
-    geo = None if index is None else geo_info(cfg, index)
+    geo = None if index is None else geo_info(cfg, index, trained_on, trained_in)
     _check_patch_size(cfg, frame_shape)
     try:
         module = Forecaster(
@@ -600,6 +607,64 @@ def _check_same_units(cfg: Config, data: SplitIndex, trained_on: SplitIndex) -> 
         )
 
 
+def check_same_layout(where: str, data: SplitIndex, trained: SplitIndex) -> None:
+    """Refuse data (at `where`) whose channels hold the training data's variables in
+    another order, or one of them in other units, or whose grid is the training grid
+    reversed or rolled: the model would read each channel as another variable, each pixel
+    as another place, and score or label it without a word (a weather review: a test split
+    converted with `--vars t850,z500` for a model of `z500,t850` scored an MSE 4·10⁴ times
+    the right one). Other variables, or another grid (another region of the same size),
+    are said in a line: the model reads them as what it was trained on."""
+    ours = [(v.get("name", ""), v.get("units", "")) for v in data.variables]
+    theirs = [(v.get("name", ""), v.get("units", "")) for v in trained.variables]
+    if ours and theirs and ours != theirs:
+        names = [name for name, _ in ours]
+        trained_names = [name for name, _ in theirs]
+        listed = f"{', '.join(names)} (its {data.split} split)"
+        if names != trained_names and sorted(names) == sorted(trained_names):
+            raise InputError(
+                f"{where} holds the variables {listed}, the model was trained on "
+                f"{', '.join(trained_names)}, in that order: each channel would be read as "
+                "another variable; convert the data with its variables in the training order"
+            )
+        for (name, units), (trained_name, trained_units) in zip(ours, theirs, strict=False):
+            if name == trained_name and units != trained_units:
+                raise InputError(
+                    f"{where} holds {name} in '{units}' (its {data.split} split), the model "
+                    f"was trained on {name} in '{trained_units}': convert it to those units"
+                )
+        if names != trained_names:
+            warn_main(
+                "%s holds the variables %s, the model was trained on %s: each channel is "
+                "read as the training variable in its place",
+                where, listed, ", ".join(trained_names),
+            )  # fmt: skip
+    for axis, here, there in (("latitude", data.latitudes, trained.latitudes),
+                              ("longitude", data.longitudes, trained.longitudes)):  # fmt: skip
+        if not here or not there or _same_values(here, there):
+            continue
+        span = (
+            f"{axis}s {here[0]:g}…{here[-1]:g} (its {data.split} split), the model was "
+            f"trained on {there[0]:g}…{there[-1]:g}"
+        )
+        # longitudes 0…360 and -180…180 alike
+        norm = (lambda v: np.mod(v, 360.0)) if axis == "longitude" else np.asarray
+        if _same_values(sorted(norm(here)), sorted(norm(there))):
+            raise InputError(
+                f"{where} holds {span}: the same {axis}s in another order (reversed or "
+                "rolled), so the model would read every pixel as another place; convert the "
+                f"data with its {axis}s in the training order"
+            )
+        warn_main(
+            "%s holds %s: another grid, which the model reads as the one it was trained on",
+            where, span,
+        )  # fmt: skip
+
+
+def _same_values(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) and bool(np.allclose(a, b, rtol=0.0, atol=1e-6))
+
+
 def _check_same_fill(cfg: Config, data: SplitIndex, trained_on: SplitIndex) -> None:
     """Refuse data whose missing values (NaN) were stored as another fill value than the
     training data's (`--allow-nan FILL`): the model learnt the one fill as "no data", and
@@ -702,21 +767,55 @@ def _check_value_range(cfg: Config, index: SplitIndex) -> None:
     say(f"{span}: PSNR and SSIM, which compare images in [0, 1], are not reported")
 
 
-def geo_info(cfg: Config, index: SplitIndex) -> GeoInfo | None:
+def geo_info(
+    cfg: Config,
+    index: SplitIndex,
+    trained_on: SplitIndex | None = None,
+    trained_in: Path | None = None,
+) -> GeoInfo | None:
     """Per-variable scores' inputs when the index names its variables or has a latitude
-    grid: names, latitudes, and the climatology stored beside the index (when it is there)."""
+    grid: names, latitudes, and the training data's climatology (`climatology`)."""
     if not index.variables and not index.latitudes:
         return None
-    climatology = None
-    if index.climatology and (split_dir(cfg, index.split) / index.climatology).is_file():
-        climatology = read_climatology(split_dir(cfg, index.split), index)
     return GeoInfo(
         variable_names(index),
         index.shape[2],
         index.shape[3],
         latitudes=index.latitudes or None,
-        climatology=climatology,
+        climatology=climatology(cfg, index, trained_on, trained_in),
     )
+
+
+def climatology(
+    cfg: Config,
+    index: SplitIndex,
+    trained_on: SplitIndex | None = None,
+    trained_in: Path | None = None,
+) -> Any:
+    """The climatology ACC and the climatology baseline score against: the training
+    data's. A checkpoint keeps it beside its index (`keep_index`, since 2026-12-08): that
+    one, when `trained_in` holds it. Else the one stored beside `index` (data.root's first
+    split: its training split, when data.root holds the training data); where that is not
+    the data the checkpoint was trained on (a checkpoint written before, scored on a new
+    year's test split alone), the scores would be against the evaluated data's own mean,
+    which flatters the baseline: said in a line (a weather review)."""
+    if (
+        trained_on is not None
+        and trained_in is not None
+        and trained_on.climatology
+        and (trained_in / trained_on.climatology).is_file()
+    ):
+        return read_climatology(trained_in, trained_on)
+    if not index.climatology or not (split_dir(cfg, index.split) / index.climatology).is_file():
+        return None
+    if trained_on is not None and trained_on.climatology and index != trained_on:
+        warn_main(
+            "the checkpoint keeps no climatology of its training data (written before "
+            "checkpoints kept it): ACC and the climatology baseline score against the "
+            "climatology of data.root's %s split, not of the data the model was trained on",
+            index.split,
+        )
+    return read_climatology(split_dir(cfg, index.split), index)
 
 
 def dataset_index(cfg: Config) -> SplitIndex:
@@ -738,6 +837,13 @@ def keep_index(cfg: Config, trainer: Trainer) -> None:
         index = split_dir(cfg, split) / INDEX_FILE
         if index.is_file():
             trainer.attachments[INDEX_FILE] = index.read_text()
+            # and its climatology, which ACC scores against on any data (`climatology`)
+            kept = read_index(index.parent)
+            if kept.climatology and (index.parent / kept.climatology).is_file():
+                read_climatology(index.parent, kept)  # checked: shape, a readable array
+                trainer.attachments[kept.climatology] = (
+                    index.parent / kept.climatology
+                ).read_bytes()
             return
 
 

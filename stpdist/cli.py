@@ -380,7 +380,8 @@ def _with_checkpoint(
     ckpt = trainer.choose_checkpoint(lambda: _resolve_ckpt(trainer, args.ckpt), again=again)
     _check_split(cfg, split, f"--split {split}" if args.split else f"{split_key} {split!r}")
     kept = build.trained_on(cfg, Path(ckpt))
-    module = build.build_module(cfg, trained_on=kept)
+    folder = Path(ckpt) if Path(ckpt).is_dir() else Path(ckpt).parent  # a weights file's
+    module = build.build_module(cfg, trained_on=kept, trained_in=folder)
     return cfg, trainer, ckpt, module, split, kept
 
 
@@ -885,9 +886,11 @@ def _forecast_inputs(source: Path, module: Any, args: argparse.Namespace) -> Any
         )
     if index.num_samples == 0:
         raise InputError(f"{source}: the split holds no sample")
-    from .build import check_same_fill
+    from .build import check_same_fill, check_same_layout
 
     check_same_fill(str(source), index, getattr(module, "nan_fill", None))
+    if getattr(module, "trained_on", None) is not None:  # variables and grid (a weather review)
+        check_same_layout(str(source), index, module.trained_on)
     return data
 
 

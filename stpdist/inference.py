@@ -216,12 +216,18 @@ def _load_folder(
     )
     with gate:
         cfg, index = _config_and_index(folder)
+        kept = index is not None
         if index is None:  # a checkpoint written before checkpoints kept the index
             index = dataset_index(cfg)
         # forecasting and export never score: the LPIPS weights of the training machine
         # need not exist here
         cfg.model.evaluation.lpips_weights = None
-        module = build_module(cfg, index=index)
+        module = build_module(
+            cfg,
+            index=index,
+            trained_on=index if kept else None,
+            trained_in=folder if kept else None,
+        )
     if dtype is not None:  # cast first: float64 weights then load without a float32 detour
         module.to(dtype)
     load_eval_weights(folder, module, raw_weights=raw_weights)
@@ -232,6 +238,7 @@ def _load_folder(
         module.global_step, module.current_epoch = trained.global_step, trained.step_epoch
     # the value the training data stored NaN as (`--allow-nan`): forecast inputs' NaN too
     module.nan_fill = index.args.get("nan_fill")
+    module.trained_on = index  # its variables and grid: a shard split to forecast from's
     module.colormap = cfg.logging.colormap  # the run's pictures', forecast's by default
     if index.min and index.max:  # the training data's range, for `forecast`'s input check
         module.value_range = (
