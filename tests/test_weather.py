@@ -789,7 +789,11 @@ def test_a_float64_variable_beyond_float32_is_refused_as_such(tmp_path):
                     coords={"time": time, "lat": lat, "lon": lon})  # fmt: skip
     ds.to_netcdf(tmp_path / "big.nc", engine="h5netcdf")
     source = XarraySource([str(tmp_path / "big.nc")], var_specs="v", num_frames=2, stride=2)
-    with pytest.raises(InputError, match=r"variable 'v' holds 1e\+39, beyond float32's range"):
+    with pytest.raises(
+        InputError,
+        match=r"variable 'v' at 2020-01-01T06:00 holds 1e\+39 at \(y, x\) = \(2, 3\), "
+        r"beyond float32's range",
+    ):
         convert(source, tmp_path / "out", progress=False)
     # the same value outside the variable's valid range is a missing value: filled (a diff
     # review: the float32 check came first and refused it)
@@ -1351,6 +1355,11 @@ def test_netcdf_files_that_disagree_are_said_as_what_differs(tmp_path, caplog):
     refused(tmp_path / "units", r"era5_202002\.nc: variable 't2m' in units 'degC', and in units 'K' "
             r"in .*era5_202001\.nc: convert the files to one unit first")  # fmt: skip
 
+    inf = field.copy()
+    inf[3, 2, 5] = np.inf  # a weather review: said as beyond float32's range, with no place
+    _monthly(tmp_path / "inf", {1: both, 2: {"t2m": field, "msl": inf}})
+    refused(tmp_path / "inf", r"era5_202002\.nc: variable 'msl' at 2020-02-01T18:00 holds inf at "
+            r"\(y, x\) = \(2, 5\): an infinite value cannot be stored; set such values to NaN")  # fmt: skip
     nan = field.copy()
     nan[3, 2, 5] = np.nan
     _monthly(tmp_path / "gaps", {1: both, 2: {"t2m": field[:0], "msl": field[:0]},

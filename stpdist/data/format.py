@@ -101,6 +101,12 @@ def as_float32(values: np.ndarray, what: str, axes: str = "") -> np.ndarray:
     if too_big.any():
         position = tuple(int(i) for i in np.argwhere(too_big)[0])
         at = f" at ({axes}) = {position}" if axes else ""
+        if np.isinf(values[position]):  # no scale helps (a weather review)
+            raise InputError(
+                f"{what} holds {values[position]:g}{at}: an infinite value cannot be stored; "
+                "set such values to NaN and convert with --allow-nan FILL (a value outside "
+                "the data, which the model learns as no data), or fill them yourself"
+            )
         raise InputError(
             f"{what} holds {values[position]:g}{at}, beyond float32's range "
             f"(±{FLOAT32_MAX:.3g}), which frames are stored in: rescale the data before "

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError, MissingInput, require_extra
-from ..format import SERIES_INDEX, as_float32, require_file
+from ..format import FLOAT32_MAX, SERIES_INDEX, as_float32, require_file
 from .series import (
     as_times,
     group_starts,
@@ -855,9 +855,15 @@ class XarraySource:
             finally:
                 ds.close()
             # outside its valid range first: a fill beyond float32 is missing, not refused
-            parts.append(
-                as_float32(_masked_outside(part, bounds), f"{store}: variable '{channel.variable}'")
-            )
+            part = _masked_outside(part, bounds)
+            what = f"{store}: variable '{channel.variable}'"
+            if (huge := np.abs(part) > FLOAT32_MAX).any():  # where: its time, not a row
+                row, y, x = (int(i) for i in np.argwhere(huge)[0])
+                when = self.times[first + int(np.flatnonzero(steps == local[row] + offset)[0])]
+                level = f" at level {channel.level:g}" if channel.level is not None else ""
+                what = f"{what}{level} at {np.datetime_as_string(when, unit='m')}"
+                as_float32(part[row], what, "y, x")  # refused, naming the pixel
+            parts.append(as_float32(part, what))
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def load(self, block: Block) -> list[tuple[str, np.ndarray, dict]]:
