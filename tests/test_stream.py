@@ -80,6 +80,54 @@ def test_order_is_deterministic_and_changes_per_epoch(uneven):
     assert keys_of(train(uneven).iterate(ctx, 1)) != first
 
 
+def _stored_positions(stream, epoch: int) -> list[int]:
+    ctx = LoaderContext(rank=0, world_size=1, seed=3)
+    return [int(k[1:]) for k in keys_of(stream.iterate(ctx, epoch))]
+
+
+def test_a_split_smaller_than_the_shuffle_buffer_is_shuffled_not_read_in_stored_order(uneven):
+    """A test-suite audit: the shuffle buffer's final shuffle (all of a split smaller than
+    the buffer) could be dropped with no test failing: such a split then trained in its
+    stored order, shard runs read in turn (steps of 7–8 samples along the stored order,
+    neighbours in time for a series), every epoch. Shuffled, no step between consecutive
+    samples' stored positions comes back often."""
+    stream = ShardTrainStream(
+        uneven, batch_size=2, num_input_frames=3, num_output_frames=3, shuffle_buffer=256
+    )
+    for epoch in range(3):
+        steps = np.diff(_stored_positions(stream, epoch))
+        share = np.unique(steps, return_counts=True)[1].max() / len(steps)
+        assert share < 0.2, (epoch, share)  # in stored order: 0.35–0.47 of them alike
+
+
+def test_each_epoch_reads_the_shards_in_another_order(uneven):
+    """A test-suite audit: every epoch could read the shards in epoch 0's order (only the
+    rotation of where each band starts still changed) with no test failing. Read with a
+    buffer of 1 (the stored order), the order the large shards first appear in, as a
+    cycle, differs between epochs."""
+    stream = ShardTrainStream(
+        uneven, batch_size=2, num_input_frames=3, num_output_frames=3, shuffle_buffer=1
+    )
+    bounds = np.cumsum(SIZES)
+    large = {i for i, size in enumerate(SIZES) if size >= 9}
+    cycles = set()
+    for epoch in range(4):
+        order: list[int] = []
+        for position in _stored_positions(stream, epoch):
+            shard = int(np.searchsorted(bounds, position, side="right"))
+            if shard in large and shard not in order:
+                order.append(shard)
+        start = order.index(0)
+        cycles.add(tuple(order[start:] + order[:start]))
+    assert len(cycles) > 1, cycles
+
+
+def test_a_shuffle_buffer_below_one_is_refused_in_words(uneven):
+    with pytest.raises(ValueError, match="shuffle_buffer 0: at least 1"):
+        ShardTrainStream(uneven, batch_size=2, num_input_frames=3, num_output_frames=3,
+                         shuffle_buffer=0)  # fmt: skip
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_mid_epoch_resume_equals_continuation(uneven, workers):
     ctx = LoaderContext(rank=0, world_size=2, seed=1, num_workers=workers)

@@ -372,6 +372,15 @@ class ShardTrainStream(_ShardSource):
 
     def __init__(self, folder: str | Path, *, shuffle_buffer: int = 256, **kwargs: Any) -> None:
         super().__init__(folder, **kwargs)
+        if (
+            isinstance(shuffle_buffer, bool)
+            or not isinstance(shuffle_buffer, int)
+            or (shuffle_buffer < 1)
+        ):  # 0 failed inside numpy, in a worker ("high <= 0")
+            raise ValueError(
+                f"shuffle_buffer {shuffle_buffer!r}: at least 1 (the samples held to shuffle "
+                "them; 1 reads them in their stored order)"
+            )
         self.shuffle_buffer = shuffle_buffer
 
     def _layout(self, ctx: LoaderContext) -> tuple[int, int, list[int], int]:
