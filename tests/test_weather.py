@@ -551,6 +551,15 @@ def test_netcdf_bad_inputs_are_one_line_naming_the_file(tmp_path):
     bad.to_netcdf(tmp_path / "bad.nc", engine="h5netcdf")
     with pytest.raises(ValueError, match=r"bad\.nc: variable 'x' has dims \('time', 'y'\)"):
         XarraySource([str(tmp_path / "bad.nc")], var_specs="x").splits()
+    # a weather review: said with numpy's nanoseconds, naming no flag
+    swapped = XarraySource([str(tmp_path / "nan.zarr")], var_specs="2m_temperature",
+                           num_frames=2, val_from="2020-01-05", test_from="2020-01-03")  # fmt: skip
+    with pytest.raises(ValueError) as refused:
+        swapped.splits()
+    assert str(refused.value) == (
+        "--test-from 2020-01-03T00:00 is before --val-from 2020-01-05T00:00: the test split "
+        "must start after the validation split"
+    )
 
 
 def weatherbench1_single_levels(root: Path, steps: int = 8) -> dict:

@@ -142,7 +142,8 @@ def plan_windows(
     if len(bad):
         i = int(bad[0])
         raise InputError(
-            f"{where}: times do not increase at frame {i + 1} ({times[i]} then {times[i + 1]})"
+            f"{where}: times do not increase at frame {i + 1} ({_text(times[i])} then "
+            f"{_text(times[i + 1])})"
         )
     inferred = step is None
     if step is None and len(diffs):  # the usual spacing, as `--every` of netCDF takes it:
@@ -153,7 +154,10 @@ def plan_windows(
     elif times.dtype.kind == "M":
         step = np.timedelta64(step).astype(diffs.dtype)
     if val_from is not None and test_from is not None and test_from < val_from:
-        raise InputError(f"test split starts ({test_from}) before validation ({val_from})")
+        raise InputError(
+            f"--test-from {_text(test_from)} is before --val-from {_text(val_from)}: the "
+            "test split must start after the validation split"
+        )
     if len(times) < num_frames:
         raise InputError(
             f"{where}: the series holds {len(times)} frames, fewer than --frames {num_frames}"
