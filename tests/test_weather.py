@@ -243,14 +243,16 @@ def test_series_windows_never_cross_gaps_or_splits(tmp_path):
     test_from = np.datetime64("2020-01-02T16:00", "ns")
     position = {t: i for i, t in enumerate(times.tolist())}
     expected = {"train": [], "val": [], "test": []}
-    for first, end in ((0, 30), (30, 60)):  # the runs on either side of the gap
-        for s in range(first, end - 3, 2):
-            split, last = (
-                ["train", "val", "test"][int(t >= val_from) + int(t >= test_from)]
-                for t in (times[s], times[s + 3])
-            )
-            if split == last:
-                expected[split].append(s)
+    split_of = [["train", "val", "test"][int(t >= val_from) + int(t >= test_from)] for t in times]
+    # runs on either side of the gap, cut where a split begins: each split's windows start
+    # at its first frame (a weather review: they followed the run's start, and a split
+    # starting on an odd frame lost it with --stride 2)
+    cuts = [0, 30, 60, *(i for i in range(1, 60) if split_of[i] != split_of[i - 1])]
+    cuts = sorted(set(cuts))
+    for first, end in zip(cuts[:-1], cuts[1:]):
+        expected[split_of[first]] += list(range(first, end - 3, 2))
+    assert expected["test"][0] == position[test_from.astype(int)] == 37  # was 38
+    assert expected["val"][0] == 30  # val's first frame, 29, is the last before the gap
     crossing_chunks = 0
     for split, starts in expected.items():
         got = stored(tmp_path / "out" / split)

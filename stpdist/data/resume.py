@@ -64,7 +64,7 @@ STATE_DIR = ".resume"
 """The checkpoints' folder in a staging folder (removed before the dataset is complete)."""
 STATE_FILE = "state.json"
 LOG_FILE = "samples.jsonl"
-VERSION = 2
+VERSION = 3  # 3: a split's windows start at its first frame (series.py)
 """Of the checkpoints' layout and of what the conversion writes: a checkpoint of another
 version is not continued."""
 EVERY_ENV = "STPDIST_CHECKPOINT_EVERY"

@@ -6,8 +6,8 @@ source has them, else the frame positions 0…T−1. Windows are `num_frames` co
 frames, starting every `stride` frames inside each run of evenly spaced times, and never
 across a gap (a time difference other than `step`, by default the smallest difference in
 the record). Splits by time: frames from `val_from` on are validation, from `test_from`
-on test, earlier ones train; a window whose first and last frames fall in different
-splits is dropped, so no frame is shared between splits.
+on test, earlier ones train; no window spans two splits (so no frame is shared between
+them), and each split's windows start at its first frame, as after a gap.
 """
 
 from __future__ import annotations
@@ -163,9 +163,13 @@ def plan_windows(
             f"{where}: the series holds {len(times)} frames, fewer than --frames {num_frames}"
         )
     splits = split_names(times, val_from, test_from)
-    # runs of evenly spaced frames: [first, end)
+    # runs of evenly spaced frames of one split: [first, end); a split's windows start at
+    # its first frame (they followed the series' start: with --stride 2, a split starting
+    # on an odd frame lost that frame; a weather review)
     gaps = (np.flatnonzero(diffs != step) + 1).tolist()
-    breaks = sorted({0, *gaps, *(c for c in clips or () if 0 < c < len(times)), len(times)})
+    turns = (np.flatnonzero(splits[1:] != splits[:-1]) + 1).tolist()
+    cuts = {*gaps, *turns, *(c for c in clips or () if 0 < c < len(times))}
+    breaks = sorted({0, *cuts, len(times)})
     windows = []
     for first, end in zip(breaks[:-1], breaks[1:]):
         for start in range(first, end - num_frames + 1, stride):
