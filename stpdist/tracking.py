@@ -62,6 +62,7 @@ class MetricsLog:
         self.path = Path(output_dir) / "metrics.jsonl"
         self.pending = Path(output_dir) / PENDING_FILE
         self._inherited: int | None = None  # bytes in the file before this process wrote
+        self._pending_mine = False  # whether `pending` is this training's, while it runs
 
     def log(self, values: dict[str, Any], *, step: int, epoch: int) -> None:
         record = {"step": step, "epoch": epoch, "time": round(time.time(), 3)}
@@ -73,6 +74,8 @@ class MetricsLog:
             self._inherited = self.path.stat().st_size if self.path.is_file() else 0
             if self._inherited and not self._ends_a_line():
                 line = "\n" + line  # a line torn by a killed process: ours starts anew
+        if not self._pending_mine:
+            self._close_pending()  # rows not of the stopped training's (`validate`'s)
         try:
             with open(self.path, "a") as handle:
                 handle.write(line)
@@ -176,27 +179,49 @@ class MetricsLog:
         record = {"offset": len(data), "from_step": from_step,
                   "sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
         replace_text(self.pending, json.dumps(record))
+        self._pending_mine = True
 
-    def _pending_record(self) -> tuple[int, int, str] | None:
-        """`PENDING_FILE`'s (offset, from step, digest); None without one (or a damaged one,
-        removed: rows are then left as they are, as before it existed)."""
+    def release_pending(self) -> None:
+        """The training that wrote `pending` (`begin_pending`) has ended, saved or not: rows
+        this process logs from now on (a `validate` after a failed fit) are not its."""
+        self._pending_mine = False
+
+    def _close_pending(self) -> None:
+        """A row is about to be logged by another than the training `pending` records (a
+        `validate` of a checkpoint, between that training's stop and the next start): the
+        stopped training's rows end here (`end`), and the later ones stay where they are
+        (a diff review: a checkpoint's test results went aside with the stopped rows)."""
+        found = self._pending_record(quiet=True)
+        if found is None or found[3] is not None:
+            return
+        offset, from_step, digest, _ = found
+        size = self.path.stat().st_size if self.path.is_file() else 0
+        record = {"offset": offset, "from_step": from_step, "sha256": digest, "end": size}
+        replace_text(self.pending, json.dumps(record))
+
+    def _pending_record(self, *, quiet: bool = False) -> tuple[int, int, str, int | None] | None:
+        """`PENDING_FILE`'s (offset, from step, digest, end or None); None without one (or a
+        damaged one, removed: rows are then left as they are, as before it existed)."""
         try:
             flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0)  # a link, a FIFO
             with open(os.open(self.pending, flags), "rb") as handle:
                 record = json.loads(handle.read(4096))
-            found = record["offset"], record["from_step"], record["sha256"]
+            found = record["offset"], record["from_step"], record["sha256"], record.get("end")
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            say(f"{self.pending} does not read ({exc}): removed, metrics.jsonl left as it is")
-            self.pending.unlink(missing_ok=True)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            if not quiet:
+                say(f"{self.pending} does not read ({exc}): removed, metrics.jsonl left as it is")
+                self.pending.unlink(missing_ok=True)
             return None
-        offset, from_step, digest = found
-        if not (isinstance(offset, int) and isinstance(from_step, int) and isinstance(digest, str)):
-            say(f"{self.pending} holds no offset, step and digest: removed, metrics.jsonl left")
-            self.pending.unlink(missing_ok=True)
+        offset, from_step, digest, end = found
+        numbers = all(isinstance(n, int) and not isinstance(n, bool) for n in (offset, from_step))
+        if not (numbers and isinstance(digest, str) and (end is None or isinstance(end, int))):
+            if not quiet:
+                say(f"{self.pending} holds no offset, step and digest: removed, metrics.jsonl left")
+                self.pending.unlink(missing_ok=True)
             return None
-        return offset, from_step, digest
+        return offset, from_step, digest, end
 
     def set_aside_orphans(self) -> tuple[Path, int, int] | None:
         """At a resume: the rows that a training resumed from an older checkpoint wrote
@@ -208,9 +233,13 @@ class MetricsLog:
         found = self._pending_record()
         if found is None:
             return None
-        offset, from_step, digest = found
+        offset, from_step, digest, end = found
         data = self.path.read_bytes() if self.path.is_file() else b""
-        if not 0 <= offset <= len(data) or hashlib.sha256(data[:offset]).hexdigest() != digest:
+        end = len(data) if end is None else end
+        if (
+            not 0 <= offset <= end <= len(data)
+            or hashlib.sha256(data[:offset]).hexdigest() != digest
+        ):
             say(
                 f"{self.pending} names lines of {self.path} that changed since (edited?): "
                 "the rows of the training it recorded are left as they are"
@@ -220,8 +249,9 @@ class MetricsLog:
         kept: list[str] = []
         moved: list[str] = []
         count = 0
-        # every line after them: also those an earlier fit of this process wrote
-        for line in data[offset:].decode(errors="replace").splitlines(keepends=True):
+        # every line after them (also those an earlier fit of this process wrote) up to the
+        # first row another logged (`_close_pending`)
+        for line in data[offset:end].decode(errors="replace").splitlines(keepends=True):
             if not line.strip():
                 continue
             line = line if line.endswith("\n") else line + "\n"
@@ -243,7 +273,10 @@ class MetricsLog:
             before = data[:offset].decode(errors="replace")
             if before and not before.endswith("\n"):
                 before += "\n"  # a torn line ends (it stays; no record reads it)
-            replace_text(self.path, before + "".join(kept))
+            after = data[end:].decode(errors="replace")
+            if after and kept and not kept[-1].endswith("\n"):
+                kept[-1] += "\n"
+            replace_text(self.path, before + "".join(kept) + after.lstrip("\n"))
             self._inherited = None  # every line is an earlier start's now
         self.pending.unlink(missing_ok=True)
         return (aside, count, from_step) if moved else None

@@ -1751,7 +1751,10 @@ class Trainer:
         with self._run_lock(), contextlib.ExitStack() as lease:
             for call in self.when_locked:  # e.g. a sweep trial's record, written by the holder
                 call()
-            return self._fit(module, train_data, val_data, resume, lease)
+            try:
+                return self._fit(module, train_data, val_data, resume, lease)
+            finally:  # rows this process logs later are not this training's
+                self.tracker.metrics.release_pending()
 
     def _fit(
         self,

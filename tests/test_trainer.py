@@ -661,6 +661,28 @@ def test_rows_of_a_resume_stopped_before_its_first_save_go_aside_at_the_next_sta
     assert not (tmp_path / ".metrics.pending.json").exists()
 
 
+def test_rows_another_logs_after_a_stopped_resume_stay(tmp_path):
+    """A diff review: the test results of checkpoint 8, validated between the stop of a
+    resume from step 4 and the next start, went aside with the stopped training's rows
+    (a validate in another process, and one in the stopped training's own, as a notebook's
+    after a failed fit)."""
+    policy, older = _eight_steps_then_a_resume_from_step_4_killed_at_6(tmp_path)
+    newest = tmp_path / "checkpoints" / "step-00000008"
+    make_trainer(tmp_path).validate(TinyModule(), loader(8, 4), ckpt=newest, split="test")
+    stopped = make_trainer(tmp_path, max_epochs=None, max_steps=12, checkpoint=policy)
+    with pytest.raises(RuntimeError, match="killed"):
+        stopped.fit(CrashesAt(7), loader(40, 4), resume=older)
+    stopped.validate(TinyModule(), loader(8, 4), ckpt=older, split="test")  # same process
+    make_trainer(tmp_path, max_epochs=None, max_steps=9, checkpoint=policy).fit(
+        TinyModule(), loader(40, 4), resume="auto"
+    )
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "test/loss" in r] == [8, 4]
+    assert _train_steps(tmp_path / "metrics.jsonl") == list(range(1, 10))
+    assert _train_steps(tmp_path / "metrics.replaced-1.jsonl") == [5]
+    assert _train_steps(tmp_path / "metrics.replaced-2.jsonl") == [5, 6]
+
+
 def test_a_stopped_resumes_record_is_left_when_the_file_changed_or_a_fresh_run_starts(
     tmp_path, capsys
 ):
