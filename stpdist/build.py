@@ -23,6 +23,8 @@ from .data.format import (
     SplitIndex,
     read_climatology,
     read_index,
+    same_units,
+    units_text,
     unlisted_shards,
     variable_names,
 )
@@ -608,30 +610,35 @@ def _check_same_units(cfg: Config, data: SplitIndex, trained_on: SplitIndex) -> 
 
 
 def check_same_layout(where: str, data: SplitIndex, trained: SplitIndex) -> None:
-    """Refuse data (at `where`) whose channels hold the training data's variables in
-    another order, or one of them in other units, or whose grid is the training grid
-    reversed or rolled: the model would read each channel as another variable, each pixel
-    as another place, and score or label it without a word (a weather review: a test split
-    converted with `--vars t850,z500` for a model of `z500,t850` scored an MSE 4·10⁴ times
+    """Refuse data (at `where`) that holds one of the training data's variables in another
+    channel than in training, or in other units, or whose grid is the training grid
+    reversed or rolled: the model would read a channel as another variable, each pixel as
+    another place, and score or label it without a word (a weather review: a test split
+    converted with `--vars t2m,t850` for a model of `t850,t2m` scored an MSE 4·10⁴ times
     the right one). Other variables, or another grid (another region of the same size),
-    are said in a line: the model reads them as what it was trained on."""
+    are said in a line: the model reads them as what it was trained on (and `climatology`
+    does not score them against the training climatology)."""
     ours = [(v.get("name", ""), v.get("units", "")) for v in data.variables]
     theirs = [(v.get("name", ""), v.get("units", "")) for v in trained.variables]
     if ours and theirs and ours != theirs:
         names = [name for name, _ in ours]
         trained_names = [name for name, _ in theirs]
         listed = f"{', '.join(names)} (its {data.split} split)"
-        if names != trained_names and sorted(names) == sorted(trained_names):
-            raise InputError(
-                f"{where} holds the variables {listed}, the model was trained on "
-                f"{', '.join(trained_names)}, in that order: each channel would be read as "
-                "another variable; convert the data with its variables in the training order"
-            )
-        for (name, units), (trained_name, trained_units) in zip(ours, theirs, strict=False):
-            if name == trained_name and units != trained_units:
+        for channel, name in enumerate(names):
+            if name in trained_names and trained_names.index(name) != channel:
                 raise InputError(
-                    f"{where} holds {name} in '{units}' (its {data.split} split), the model "
-                    f"was trained on {name} in '{trained_units}': convert it to those units"
+                    f"{where} holds the variables {listed}, the model was trained on "
+                    f"{', '.join(trained_names)}: {name} in channel {channel}, in training "
+                    f"{trained_names.index(name)}, would be read as another variable; "
+                    "convert the data with the training variables in their channels"
+                )
+        for (name, units), (trained_name, trained_units) in zip(ours, theirs, strict=False):
+            if name == trained_name and not same_units(units, trained_units):
+                raise InputError(
+                    f"{where} holds {name} in {units_text(units)} (its {data.split} split), "
+                    f"the model was trained on {name} in {units_text(trained_units)}: convert "
+                    "it to those units (or, the same unit spelled otherwise, give it the same "
+                    "units attribute and convert it again)"
                 )
         if names != trained_names:
             warn_main(
@@ -793,29 +800,62 @@ def climatology(
     trained_in: Path | None = None,
 ) -> Any:
     """The climatology ACC and the climatology baseline score against: the training
-    data's. A checkpoint keeps it beside its index (`keep_index`, since 2026-12-08): that
-    one, when `trained_in` holds it. Else the one stored beside `index` (data.root's first
-    split: its training split, when data.root holds the training data); where that is not
-    the data the checkpoint was trained on (a checkpoint written before, scored on a new
-    year's test split alone), the scores would be against the evaluated data's own mean,
-    which flatters the baseline: said in a line (a weather review)."""
-    if (
-        trained_on is not None
-        and trained_in is not None
-        and trained_on.climatology
-        and (trained_in / trained_on.climatology).is_file()
-    ):
-        return read_climatology(trained_in, trained_on)
-    if not index.climatology or not (split_dir(cfg, index.split) / index.climatology).is_file():
-        return None
-    if trained_on is not None and trained_on.climatology and index != trained_on:
+    data's, which a checkpoint keeps beside its index (`keep_index`, since 2026-12-08) and
+    `trained_in` then holds; scoring on a new year's test split alone, its own time mean
+    would flatter the baseline (a weather review). It serves the channels that hold the
+    training variables on the training grid; for other variables, or another grid, it
+    would score them against a climatology of something else (a diff review: t500 against
+    t2m's, a baseline 9× off): there the climatology stored beside `index` (data.root's
+    first split) serves, said in a line, or none. Without a kept one (a checkpoint written
+    before), `index`'s, said where that is not the training data's."""
+    own = None
+    if index.climatology and (split_dir(cfg, index.split) / index.climatology).is_file():
+        own = read_climatology(split_dir(cfg, index.split), index)
+    if trained_on is None or index == trained_on:
+        return own  # the training data itself
+    named = f"data.root's {index.split} split"
+    kept = None
+    if trained_in is not None and trained_on.climatology:
+        if (trained_in / trained_on.climatology).is_file():
+            kept = read_climatology(trained_in, trained_on)
+        elif own is not None:
+            warn_main(
+                "%s keeps no climatology of the data the model was trained on (a checkpoint "
+                "or model folder written before they kept it): ACC and the climatology "
+                "baseline score against the climatology of %s",
+                trained_in, named,
+            )  # fmt: skip
+    if kept is None or list(kept.shape) != index.shape[1:]:  # other frames: the model's too
+        return own
+    grid = (index.latitudes, index.longitudes)
+    if not all(_same_values(a, b) for a, b in zip(grid, (trained_on.latitudes,
+                                                         trained_on.longitudes))):  # fmt: skip
         warn_main(
-            "the checkpoint keeps no climatology of its training data (written before "
-            "checkpoints kept it): ACC and the climatology baseline score against the "
-            "climatology of data.root's %s split, not of the data the model was trained on",
-            index.split,
+            "data.root is on another grid than the training data: ACC and the climatology "
+            "baseline score against %s",
+            f"the climatology of {named}" if own is not None else "none (it has none)",
         )
-    return read_climatology(split_dir(cfg, index.split), index)
+        return own
+    names, trained_names = variable_names(index), variable_names(trained_on)
+    other = [c for c, name in enumerate(names) if name != trained_names[c]]
+    if not other:
+        return kept
+    listed = ", ".join(names[c] for c in other)
+    if own is None:
+        warn_main(
+            "%s holds %s, which the model was not trained on, and no climatology of its own: "
+            "ACC and the climatology baseline are not reported",
+            named, listed,
+        )  # fmt: skip
+        return None
+    warn_main(
+        "%s holds %s, which the model was not trained on: ACC and the climatology baseline "
+        "score them against the climatology of %s",
+        named, listed, named,
+    )  # fmt: skip
+    mixed = np.array(kept, copy=True)
+    mixed[other] = own[other]
+    return mixed
 
 
 def dataset_index(cfg: Config) -> SplitIndex:

@@ -967,6 +967,12 @@ def _open_sources(folder: Path, run: Path) -> dict[str, Any]:
                 if source.is_file():
                     sources[name] = open(source, "rb")  # noqa: SIM115 (closed by _close)
                     break
+        # the training climatology the index names, kept beside it (ACC scores against it;
+        # a diff review: an exported folder scored against data.root's own)
+        beside = next((f for f in (folder, run) if (f / INDEX_FILE).is_file()), None)
+        kept = read_index(beside).climatology if beside is not None else ""
+        if kept and (beside / kept).is_file():
+            sources[kept] = open(beside / kept, "rb")  # noqa: SIM115 (closed by _close)
     except BaseException:
         _close(sources)
         raise

@@ -1365,6 +1365,9 @@ def test_netcdf_files_that_disagree_are_said_as_what_differs(tmp_path, caplog):
     _monthly(tmp_path / "units", {1: both, 2: both}, units={2: "degC"})
     refused(tmp_path / "units", r"era5_202002\.nc: variable 't2m' in units 'degC', and in units 'K' "
             r"in .*era5_202001\.nc: convert the files to one unit first")  # fmt: skip
+    _monthly(tmp_path / "alias", {1: both, 2: both}, units={2: "kelvin"})  # one unit: taken
+    alias = XarraySource([str(tmp_path / "alias")], var_specs="t2m,msl", num_frames=2, stride=2)
+    assert convert(alias, tmp_path / "alias-out", progress=False)["train"].num_samples == 8
 
     inf = field.copy()
     inf[3, 2, 5] = np.inf  # a weather review: said as beyond float32's range, with no place

@@ -73,7 +73,7 @@ def test_variables_in_another_order_are_refused_by_validate_and_forecast(
     assert (
         "holds the variables t2m, t850 (its train split), the model was trained on t850, " in said
     )
-    assert "t2m, in that order: each channel would be read as another variable" in said
+    assert "t2m: t2m in channel 0, in training 1, would be read as another variable" in said
     run = tmp_path / "run"
     code = main(["forecast", str(run), str(swapped / "test"), "--out", str(tmp_path / "fc")])
     assert code == 2
@@ -99,14 +99,22 @@ def test_a_grid_reversed_or_rolled_or_other_units_are_refused_another_region_sai
         ({"longitudes": [x - 360 if x >= 180 else x for x in lon[half:] + lon[:half]]},
          "the same longitudes in another order"),  # -180…180 for 0…360
         ({"variables": [{"name": "t850", "units": "degC"}, index.variables[1]]},
-         "holds t850 in 'degC' .* trained on t850 in 'K': convert it to those units"),
+         "holds t850 in units 'degC' .* trained on t850 in units 'K': convert it to those"),
+        ({"variables": [{"name": "t850", "units": ""}, index.variables[1]]},
+         "holds t850 in no units attribute"),
+        # a diff review: t2m in t850's channel was said in a line, as other variables are
+        ({"variables": [index.variables[1], {"name": "t500", "units": "K"}]},
+         "t2m in channel 0, in training 1, would be read as another variable"),
     ):  # fmt: skip
         with pytest.raises(InputError, match=match):
             check_same_layout("here", dataclasses.replace(index, **changed), index)
     with caplog.at_level(logging.WARNING, logger="stpdist"):
         check_same_layout("here", dataclasses.replace(index, latitudes=[x + 1 for x in lat]), index)
         check_same_layout("here", index, index)  # the same: nothing said
+        kelvin = [{"name": "t850", "units": "kelvin"}, {"name": "t2m", "units": "K"}]
+        check_same_layout("here", dataclasses.replace(index, variables=kelvin), index)  # alike
     assert caplog.text.count("another grid, which the model reads as the one") == 1
+    assert "here holds the variables" not in caplog.text
 
 
 def test_acc_and_the_climatology_baseline_score_against_the_training_climatology(
@@ -136,7 +144,67 @@ def test_acc_and_the_climatology_baseline_score_against_the_training_climatology
 
     cfg = load_config(RECIPE, [*overrides, f"data.root={alone}"])
     trained_on = read_index(checkpoint)
+    before = tmp_path / "before"  # the index alone, as such a checkpoint keeps it
+    before.mkdir(exist_ok=True)
+    shutil.copy(checkpoint / "index.json", before)
     with caplog.at_level(logging.WARNING, logger="stpdist"):
-        used = climatology(cfg, own, trained_on, trained_in=None)
+        used = climatology(cfg, own, trained_on, trained_in=before)
     assert np.array_equal(used, np.load(alone / "test" / "climatology.npy"))
-    assert "the checkpoint keeps no climatology of its training data" in caplog.text
+    assert f"{before} keeps no climatology of the data the model was trained on" in caplog.text
+
+
+def test_other_variables_or_grid_are_not_scored_against_the_training_climatology(trained, caplog):
+    """A diff review: a test split of t2m, t500 (in the model's t850, t2m channels) had
+    t500 scored against t2m's training climatology (its baseline 9× off), as another grid
+    would have been against the training region's. Those channels take data.root's own."""
+    from stpdist.build import climatology
+    from stpdist.config import load_config
+
+    tmp_path, overrides = trained
+    checkpoint = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))[-1]
+    trained_on = read_index(checkpoint)
+    kept = np.load(checkpoint / "climatology.npy")
+    other = tmp_path / "other"  # data.root of another dataset: its train split's climatology
+    (other / "train").mkdir(parents=True, exist_ok=True)
+    shutil.copy(tmp_path / "data" / "train" / "index.json", other / "train")
+    mine = kept + 7.0
+    np.save(other / "train" / "climatology.npy", mine)
+    cfg = load_config(RECIPE, [*overrides, f"data.root={other}"])
+    t500 = [trained_on.variables[0], {"name": "t500", "units": "K"}]
+    cases = {
+        "other variable": ({"variables": t500}, np.stack([kept[0], mine[1]]),
+                           "holds t500, which the model was not trained on: ACC and the"),
+        "another grid": ({"latitudes": [x + 1 for x in trained_on.latitudes]}, mine,
+                         "data.root is on another grid than the training data"),
+        "other statistics": ({"mean": [0.0, 0.0]}, kept, None),
+    }  # fmt: skip
+    for case, (changed, expected, said) in cases.items():
+        index = dataclasses.replace(read_index(other / "train"), **changed)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="stpdist"):
+            got = climatology(cfg, index, trained_on, checkpoint)
+        np.testing.assert_array_equal(got, expected, err_msg=case)
+        assert (said in caplog.text) if said else not caplog.text, (case, caplog.text)
+    (other / "train" / "climatology.npy").unlink()  # none of its own: not reported
+    index = dataclasses.replace(read_index(other / "train"), variables=t500)
+    with caplog.at_level(logging.WARNING, logger="stpdist"):
+        assert climatology(cfg, index, trained_on, checkpoint) is None
+    assert "and no climatology of its own: ACC and the climatology baseline are not" in caplog.text
+
+
+def test_an_exported_model_folder_keeps_the_training_climatology(trained, monkeypatch):
+    """A diff review: `stpdist export` copied the weights, config and index, not the
+    climatology: the exported folder scored ACC against data.root's own."""
+    tmp_path, overrides = trained
+    monkeypatch.setattr("stpdist.visualize.plot_lead_times", lambda *_: None)
+    out = tmp_path / "exported"
+    assert main(["export", str(tmp_path / "run"), "--out", str(out), "--ckpt", "last"]) == 0
+    checkpoint = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))[-1]
+    assert (out / "climatology.npy").read_bytes() == (checkpoint / "climatology.npy").read_bytes()
+    alone = tmp_path / "test-alone-2"
+    shutil.copytree(tmp_path / "data" / "test", alone / "test")
+    results = []
+    for ckpt in ("last", str(out)):
+        assert _validate(overrides, alone, "--ckpt", ckpt) == 0
+        results.append(json.loads((tmp_path / "run" / "metrics_test.json").read_text()))
+    assert results[1]["test/acc/t850"] == pytest.approx(results[0]["test/acc/t850"], rel=1e-6)

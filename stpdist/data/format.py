@@ -91,6 +91,27 @@ _KINDS = {
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
+_UNIT_ALIASES = {"kelvin": "k", "degk": "k", "deg_k": "k", "degrees_kelvin": "k",
+                 "celsius": "degc", "°c": "degc", "deg_c": "degc", "degree_celsius": "degc",
+                 "degrees_celsius": "degc", "degree_c": "degc", "degrees_c": "degc"}  # fmt: skip
+
+
+def same_units(a: str, b: str) -> bool:
+    """Whether two units attributes name one unit: spelled alike but for case, spaces and
+    powers' signs (`m**2 s**-2`, `m^2 s^-2`, `m2 s-2`), or common names of kelvin and
+    degrees Celsius (`K`, `kelvin`; `degC`, `°C`, `celsius`). Other spellings differ."""
+
+    def key(units: str) -> str:
+        text = " ".join(str(units).lower().replace("**", "").replace("^", "").split())
+        return _UNIT_ALIASES.get(text.replace(" ", "_"), text)
+
+    return key(a) == key(b)
+
+
+def units_text(units: str) -> str:
+    """A units attribute as said in a message: quoted, or that there is none."""
+    return f"units '{units}'" if units else "no units attribute"
+
 
 def as_float32(values: np.ndarray, what: str, axes: str = "") -> np.ndarray:
     """`values` as float32, in which float frames are stored; a value beyond its range

@@ -32,7 +32,14 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError, MissingInput, require_extra
-from ..format import FLOAT32_MAX, SERIES_INDEX, as_float32, require_file
+from ..format import (
+    FLOAT32_MAX,
+    SERIES_INDEX,
+    as_float32,
+    require_file,
+    same_units,
+    units_text,
+)
 from .series import (
     as_times,
     group_starts,
@@ -372,12 +379,12 @@ def _differs(first: dict[str, Any], info: dict[str, Any], store: str, var_name: 
         )
     if first["levels"] != info["levels"]:
         return f"{store}: variable '{var_name}' levels differ from those of {first['where']}"
-    if first["units"] != info["units"]:  # a weather review: labelled with the first's units
-        here, there = (f"units '{u}'" if u else "no units attribute" for u in
-                       (info["units"], first["units"]))  # fmt: skip
+    if not same_units(first["units"], info["units"]):  # a weather review: all were
+        # converted, labelled with the first file's units
         return (
-            f"{store}: variable '{var_name}' in {here}, and in {there} in {first['where']}: "
-            "convert the files to one unit first (or give them the same units attribute)"
+            f"{store}: variable '{var_name}' in {units_text(info['units'])}, and in "
+            f"{units_text(first['units'])} in {first['where']}: convert the files to one unit "
+            "first (or, the same unit spelled otherwise, give them the same units attribute)"
         )
     how = _grid_difference(first["grid"], info["grid"])
     if how:
