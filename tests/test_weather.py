@@ -553,6 +553,17 @@ def test_netcdf_bad_inputs_are_one_line_naming_the_file(tmp_path):
     bad.to_netcdf(tmp_path / "bad.nc", engine="h5netcdf")
     with pytest.raises(ValueError, match=r"bad\.nc: variable 'x' has dims \('time', 'y'\)"):
         XarraySource([str(tmp_path / "bad.nc")], var_specs="x").splits()
+    # a weather review: a radar's projected grid, refused with no word of what reads it
+    y, x = np.meshgrid(np.arange(3.0), np.arange(4.0), indexing="ij")
+    radar = xr.Dataset(
+        {"dbz": (("time", "y", "x"), np.zeros((2, 3, 4), np.float32))},
+        coords={"time": np.array(["2020-01-01", "2020-01-02"], "datetime64[ns]"),
+                "lat": (("y", "x"), 50 + y), "lon": (("y", "x"), 5 + x)},
+    )  # fmt: skip
+    radar.to_netcdf(tmp_path / "radar.nc", engine="h5netcdf")
+    with pytest.raises(ValueError, match=r"a projected grid: lat, lon are 2-D, over y, x; .*"
+                                         r"convert them with `stpdist shard arrays"):  # fmt: skip
+        XarraySource([str(tmp_path / "radar.nc")], var_specs="dbz").splits()
     # a weather review: said with numpy's nanoseconds, naming no flag
     swapped = XarraySource([str(tmp_path / "nan.zarr")], var_specs="2m_temperature",
                            num_frames=2, val_from="2020-01-05", test_from="2020-01-03")  # fmt: skip

@@ -345,7 +345,7 @@ def _describe(store: str, ds: Any, var_name: str, var: Any) -> dict[str, Any]:
             "ds.sel(expver=a).combine_first(ds.sel(expver=b)) with the two values "
             "ds.expver holds, e.g. '0001' and '0005', and save that)"
             if "expver" in dims
-            else ""
+            else _projected_hint(ds, dims)
         )
         info["problem"] = (
             f"{store}: variable '{var_name}' has dims {dims}; expected (time, [level,] lat, "
@@ -366,6 +366,22 @@ def _describe(store: str, ds: Any, var_name: str, var: Any) -> dict[str, Any]:
             f"latitudes -90…90 (of '{var_name}')"
         )
     return info
+
+
+def _projected_hint(ds: Any, dims: tuple) -> str:
+    """What to do with a field on a projected grid (a radar's, a regional model's): 2-D
+    latitude and longitude coordinates over its own dims (a weather review: refused with
+    no word of why or what else reads it)."""
+    two_d = [name for name in ds.coords if str(name).lower() in LAT_NAMES + LON_NAMES
+             and getattr(ds[name], "ndim", 0) == 2]  # fmt: skip
+    if not two_d:
+        return ""
+    return (
+        f" (a projected grid: {', '.join(map(str, two_d))} are 2-D, over "
+        f"{', '.join(map(str, ds[two_d[0]].dims))}; `shard netcdf` reads regular lat/lon "
+        "grids: save the field as .npy/.npz arrays, T×C×H×W with its times, and convert "
+        "them with `stpdist shard arrays --time-key`)"
+    )
 
 
 def _differs(first: dict[str, Any], info: dict[str, Any], store: str, var_name: str) -> str:
