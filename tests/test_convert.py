@@ -262,7 +262,8 @@ def test_taxibj_h5_reads_hourly_files_and_says_gaps_repeats_and_slots_that_look_
     assert len(samples) == 48 - 5  # 2 days of hours, windows across midnight
     first = samples["NYC14_M16x8_T60_NewEnd_201404010000"]
     across = samples["NYC14_M16x8_T60_NewEnd_201404012200"]  # 22:00 … 03:00 the next day
-    assert across[1]["times"][2:4] == ["2014-04-02T00:00:00", "2014-04-02T01:00:00"]
+    assert across[1]["times"][2:4] == ["2014-04-02T00:00", "2014-04-02T01:00"]
+    assert across[1]["start"] == "2014-04-01T22:00"  # as every series writes times
     np.testing.assert_array_equal(first[0], data[:6].astype(np.float32))
     assert [v["name"] for v in indexes["train"].variables] == ["inflow", "outflow"]
     assert indexes["train"].variables[0]["units"] == "flow per 60 min"

@@ -262,6 +262,7 @@ def test_series_windows_never_cross_gaps_or_splits(tmp_path):
         assert found == starts, split
         for window, meta in got.values():
             s = position[np.datetime64(meta["start"], "ns").astype(int)]
+            assert meta["start"] == meta["times"][0]  # one format (`start` had nanoseconds)
             np.testing.assert_array_equal(window, frames[s : s + 4])  # exact round trip
             assert (np.diff(times[s : s + 4]) == np.timedelta64(1, "h")).all()
             crossing_chunks += s // 20 != (s + 3) // 20
@@ -449,6 +450,7 @@ def test_weatherbench_netcdf_folders_round_trip(tmp_path):
     for split in ("train", "val", "test"):
         for window, meta in stored(tmp_path / "out" / split).values():
             s = int(np.flatnonzero(times == np.datetime64(meta["start"], "ns"))[0])
+            assert meta["start"] == meta["times"][0]  # one format (`start` had nanoseconds)
             np.testing.assert_array_equal(window, expected[s : s + 4])  # exact
             across_years += s < 16 <= s + 3
             if split == "train":

@@ -349,8 +349,10 @@ class GenericArrays:
         out = []
         for start in starts:
             frames = np.array(span[start - starts[0] : start - starts[0] + self.num_frames])
-            meta = {"source": file.name, "start": str(self.times[start]), SERIES_INDEX: start}
             times = iso_times(self.times[start : start + self.num_frames], self.key_unit)
+            # the first frame's time, written as `times` are (it was numpy's nanoseconds)
+            first = times[0] if times is not None else str(self.times[start])
+            meta = {"source": file.name, "start": first, SERIES_INDEX: start}
             if times is not None:  # a --time-key's: predictions carry each frame's time
                 meta["times"] = times
             key = f"{key_of(file)}_{stamp(self.times[start], self.key_unit)}"

@@ -897,9 +897,10 @@ class XarraySource:
         for start in starts:
             frames = np.ascontiguousarray(block[start - first : start - first + self.num_frames])
             time = self.times[start]
+            times = iso_times(self.times[start : start + self.num_frames], self.key_unit)
             meta = {
-                "start": str(time),
-                "times": iso_times(self.times[start : start + self.num_frames], self.key_unit),
+                "start": times[0],  # as `times` are written (it was numpy's nanoseconds)
+                "times": times,
                 "variables": [c.name for c in self.channels],
                 SERIES_INDEX: start,  # the statistics count each time step once
             }

@@ -314,8 +314,9 @@ class TaxiBJ:
                 stamp = dates[s].strftime("%Y%m%d%H%M")
                 meta = {
                     "source": Path(path).name,
-                    "start": dates[s].isoformat(),
-                    "times": [d.isoformat() for d in dates[s : end + 1]],
+                    # as the other series' times (`2013-07-01T00:30`; they had seconds)
+                    "start": f"{dates[s]:%Y-%m-%dT%H:%M}",
+                    "times": [f"{d:%Y-%m-%dT%H:%M}" for d in dates[s : end + 1]],
                     SERIES_INDEX: s,  # the statistics count each slot of the file once
                     SERIES_ID: Path(path).name,
                 }
