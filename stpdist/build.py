@@ -815,7 +815,7 @@ def climatology(
         return own  # the training data itself
     named = f"data.root's {index.split} split"
     kept = None
-    if trained_in is not None and trained_on.climatology:
+    if trained_in is not None and trained_on.climatology.endswith(".npy"):  # (keep_index)
         if (trained_in / trained_on.climatology).is_file():
             kept = read_climatology(trained_in, trained_on)
         elif own is not None:
@@ -879,7 +879,10 @@ def keep_index(cfg: Config, trainer: Trainer) -> None:
             trainer.attachments[INDEX_FILE] = index.read_text()
             # and its climatology, which ACC scores against on any data (`climatology`)
             kept = read_index(index.parent)
-            if kept.climatology and (index.parent / kept.climatology).is_file():
+            # an .npy name only: index.json is the data's, and a name of the checkpoint's own
+            # files (model.safetensors) would replace them
+            name = kept.climatology
+            if name.endswith(".npy") and (index.parent / name).is_file():
                 read_climatology(index.parent, kept)  # checked: shape, a readable array
                 trainer.attachments[kept.climatology] = (
                     index.parent / kept.climatology

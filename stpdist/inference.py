@@ -971,7 +971,7 @@ def _open_sources(folder: Path, run: Path) -> dict[str, Any]:
         # a diff review: an exported folder scored against data.root's own)
         beside = next((f for f in (folder, run) if (f / INDEX_FILE).is_file()), None)
         kept = read_index(beside).climatology if beside is not None else ""
-        if kept and (beside / kept).is_file():
+        if kept.endswith(".npy") and (beside / kept).is_file():  # never a name copied above
             sources[kept] = open(beside / kept, "rb")  # noqa: SIM115 (closed by _close)
     except BaseException:
         _close(sources)

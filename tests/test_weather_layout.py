@@ -208,3 +208,25 @@ def test_an_exported_model_folder_keeps_the_training_climatology(trained, monkey
         assert _validate(overrides, alone, "--ckpt", ckpt) == 0
         results.append(json.loads((tmp_path / "run" / "metrics_test.json").read_text()))
     assert results[1]["test/acc/t850"] == pytest.approx(results[0]["test/acc/t850"], rel=1e-6)
+
+
+def test_a_climatology_named_as_a_checkpoint_file_is_not_kept(trained):
+    """index.json is the data's: a climatology it names `model.safetensors` (a valid .npy of
+    the right shape, in a crafted dataset) would have replaced the checkpoint's weights."""
+    from types import SimpleNamespace
+
+    from stpdist.build import keep_index
+    from stpdist.config import load_config
+
+    tmp_path, overrides = trained
+    crafted = tmp_path / "crafted"
+    shutil.copytree(tmp_path / "data" / "train", crafted / "train")
+    shutil.copy(crafted / "train" / "climatology.npy", crafted / "train" / "model.safetensors")
+    index = json.loads((crafted / "train" / "index.json").read_text())
+    index["climatology"] = "model.safetensors"
+    (crafted / "train" / "index.json").write_text(json.dumps(index))
+    trainer = SimpleNamespace(attachments={})  # what keep_index fills: the files to keep
+    keep_index(load_config(RECIPE, [*overrides, f"data.root={crafted}"]), trainer)
+    assert sorted(trainer.attachments) == ["index.json"]
+    keep_index(load_config(RECIPE, overrides), trainer)
+    assert sorted(trainer.attachments) == ["climatology.npy", "index.json"]
