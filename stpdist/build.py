@@ -811,14 +811,14 @@ def climatology(
     own = None
     if index.climatology and (split_dir(cfg, index.split) / index.climatology).is_file():
         own = read_climatology(split_dir(cfg, index.split), index)
-    if trained_on is None or index == trained_on:
-        return own  # the training data itself
+    if trained_on is None:
+        return own
     named = f"data.root's {index.split} split"
     kept = None
     if trained_in is not None and trained_on.climatology.endswith(".npy"):  # (keep_index)
         if (trained_in / trained_on.climatology).is_file():
             kept = read_climatology(trained_in, trained_on)
-        elif own is not None:
+        elif own is not None and index != trained_on:
             warn_main(
                 "%s keeps no climatology of the data the model was trained on (a checkpoint "
                 "or model folder written before they kept it): ACC and the climatology "
@@ -827,9 +827,11 @@ def climatology(
             )  # fmt: skip
     if kept is None or list(kept.shape) != index.shape[1:]:  # other frames: the model's too
         return own
+    if index == trained_on:  # the training data itself (`stpdist.load`: kept, not data.root's)
+        return kept
     grid = (index.latitudes, index.longitudes)
-    if not all(_same_values(a, b) for a, b in zip(grid, (trained_on.latitudes,
-                                                         trained_on.longitudes))):  # fmt: skip
+    if not all(not a or not b or _same_values(a, b)  # a grid unknown on one side: alike
+               for a, b in zip(grid, (trained_on.latitudes, trained_on.longitudes))):  # fmt: skip
         warn_main(
             "data.root is on another grid than the training data: ACC and the climatology "
             "baseline score against %s",

@@ -50,6 +50,16 @@ TRACKER_FILE = "tracker.json"
 `tensorboard_dir`), written once, when the training starts from step 0."""
 
 
+FOREIGN_ROWS_KEPT = 10_000
+"""The most rows of others (`validate`s) a pending record lists."""
+
+
+def _row_digest(line: str) -> str:
+    """A metrics.jsonl row's digest, as `log` writes it and as it reads back (each holds
+    its time to the millisecond: two rows alike are one row logged twice)."""
+    return hashlib.sha256(line.strip("\n").encode()).hexdigest()[:32]
+
+
 PENDING_FILE = ".metrics.pending.json"
 """In the output folder, while a training resumed from an older checkpoint than the newest
 has not saved yet: where its rows begin in `metrics.jsonl` (`MetricsLog.begin_pending`)."""
@@ -75,7 +85,7 @@ class MetricsLog:
             if self._inherited and not self._ends_a_line():
                 line = "\n" + line  # a line torn by a killed process: ours starts anew
         if not self._pending_mine:
-            self._close_pending()  # rows not of the stopped training's (`validate`'s)
+            self._note_foreign_row(line)  # not the recorded training's (a `validate`'s)
         try:
             with open(self.path, "a") as handle:
                 handle.write(line)
@@ -186,27 +196,36 @@ class MetricsLog:
         this process logs from now on (a `validate` after a failed fit) are not its."""
         self._pending_mine = False
 
-    def _close_pending(self) -> None:
-        """A row is about to be logged by another than the training `pending` records (a
-        `validate` of a checkpoint, between that training's stop and the next start): the
-        stopped training's rows end here (`end`), and the later ones stay where they are
-        (a diff review: a checkpoint's test results went aside with the stopped rows)."""
+    def _note_foreign_row(self, line: str) -> None:
+        """A row another than the training `pending` records logs (a `validate` of a
+        checkpoint, run while that training runs or after it stopped): its digest is added
+        to the record, so that the row stays where it is when that training's rows go aside
+        (diff reviews: a checkpoint's test results went aside with them; an `end` put
+        where another logged left the training's later rows)."""
         found = self._pending_record(quiet=True)
-        if found is None or found[3] is not None:
+        if found is None:
             return
-        offset, from_step, digest, _ = found
-        size = self.path.stat().st_size if self.path.is_file() else 0
-        record = {"offset": offset, "from_step": from_step, "sha256": digest, "end": size}
+        offset, from_step, digest, foreign = found
+        if len(foreign) >= FOREIGN_ROWS_KEPT:
+            return  # the record stays small; the rows beyond go aside with the training's
+        foreign = [*foreign, _row_digest(line)]
+        record = {"offset": offset, "from_step": from_step, "sha256": digest, "foreign": foreign}
         replace_text(self.pending, json.dumps(record))
 
-    def _pending_record(self, *, quiet: bool = False) -> tuple[int, int, str, int | None] | None:
-        """`PENDING_FILE`'s (offset, from step, digest, end or None); None without one (or a
-        damaged one, removed: rows are then left as they are, as before it existed)."""
+    def _pending_record(self, *, quiet: bool = False) -> tuple[int, int, str, list[str]] | None:
+        """`PENDING_FILE`'s (offset, from step, digest, the digests of rows others logged
+        since); None without one (or a damaged one, removed: rows are then left as they
+        are, as before it existed)."""
         try:
             flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0)  # a link, a FIFO
             with open(os.open(self.pending, flags), "rb") as handle:
-                record = json.loads(handle.read(4096))
-            found = record["offset"], record["from_step"], record["sha256"], record.get("end")
+                record = json.loads(handle.read(1 << 20))
+            found = (
+                record["offset"],
+                record["from_step"],
+                record["sha256"],
+                record.get("foreign", []),
+            )
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -214,14 +233,15 @@ class MetricsLog:
                 say(f"{self.pending} does not read ({exc}): removed, metrics.jsonl left as it is")
                 self.pending.unlink(missing_ok=True)
             return None
-        offset, from_step, digest, end = found
+        offset, from_step, digest, foreign = found
         numbers = all(isinstance(n, int) and not isinstance(n, bool) for n in (offset, from_step))
-        if not (numbers and isinstance(digest, str) and (end is None or isinstance(end, int))):
+        listed = isinstance(foreign, list) and all(isinstance(f, str) for f in foreign)
+        if not (numbers and isinstance(digest, str) and listed):
             if not quiet:
                 say(f"{self.pending} holds no offset, step and digest: removed, metrics.jsonl left")
                 self.pending.unlink(missing_ok=True)
             return None
-        return offset, from_step, digest, end
+        return offset, from_step, digest, foreign
 
     def set_aside_orphans(self) -> tuple[Path, int, int] | None:
         """At a resume: the rows that a training resumed from an older checkpoint wrote
@@ -233,13 +253,9 @@ class MetricsLog:
         found = self._pending_record()
         if found is None:
             return None
-        offset, from_step, digest, end = found
+        offset, from_step, digest, foreign = found
         data = self.path.read_bytes() if self.path.is_file() else b""
-        end = len(data) if end is None else end
-        if (
-            not 0 <= offset <= end <= len(data)
-            or hashlib.sha256(data[:offset]).hexdigest() != digest
-        ):
+        if not 0 <= offset <= len(data) or hashlib.sha256(data[:offset]).hexdigest() != digest:
             say(
                 f"{self.pending} names lines of {self.path} that changed since (edited?): "
                 "the rows of the training it recorded are left as they are"
@@ -249,9 +265,10 @@ class MetricsLog:
         kept: list[str] = []
         moved: list[str] = []
         count = 0
-        # every line after them (also those an earlier fit of this process wrote) up to the
-        # first row another logged (`_close_pending`)
-        for line in data[offset:end].decode(errors="replace").splitlines(keepends=True):
+        # every line after them (also those an earlier fit of this process wrote) but the
+        # rows others logged meanwhile (`_note_foreign_row`)
+        others = set(foreign)
+        for line in data[offset:].decode(errors="replace").splitlines(keepends=True):
             if not line.strip():
                 continue
             line = line if line.endswith("\n") else line + "\n"
@@ -260,8 +277,8 @@ class MetricsLog:
             except ValueError:
                 record = None
             at = record.get("step") if isinstance(record, dict) else None
-            if isinstance(at, int) and at <= from_step:
-                kept.append(line)  # the resumed step's own (its validation logged again)
+            if _row_digest(line) in others or (isinstance(at, int) and at <= from_step):
+                kept.append(line)  # another's; or the resumed step's (validated again)
             else:
                 moved.append(line)
                 count += isinstance(at, int)
@@ -273,10 +290,7 @@ class MetricsLog:
             before = data[:offset].decode(errors="replace")
             if before and not before.endswith("\n"):
                 before += "\n"  # a torn line ends (it stays; no record reads it)
-            after = data[end:].decode(errors="replace")
-            if after and kept and not kept[-1].endswith("\n"):
-                kept[-1] += "\n"
-            replace_text(self.path, before + "".join(kept) + after.lstrip("\n"))
+            replace_text(self.path, before + "".join(kept))
             self._inherited = None  # every line is an earlier start's now
         self.pending.unlink(missing_ok=True)
         return (aside, count, from_step) if moved else None

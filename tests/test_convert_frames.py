@@ -6,6 +6,7 @@ mistakes such folders hold refused, or said, naming the file."""
 from __future__ import annotations
 
 import io
+import re
 import struct
 from pathlib import Path
 
@@ -63,13 +64,14 @@ def _video(
     codec: str = "ffv1",
     pix_fmt: str = "bgr0",
     rotation: int = 0,
+    rate: int = 25,
 ) -> None:
     av = pytest.importorskip("av")
     if codec not in av.codecs_available:
         pytest.skip(f"PyAV without {codec}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=25)
+        stream = container.add_stream(codec, rate=rate)
         stream.height, stream.width = frames_THWC.shape[1:3]
         stream.pix_fmt = pix_fmt
         if rotation:  # the display matrix a phone writes for portrait video
@@ -416,6 +418,31 @@ def test_lossy_video_resized_and_what_is_refused(tmp_path):
     _video(tmp_path / "dup" / "a.mkv", _colour(0, 3))
     _video(tmp_path / "dup" / "a.avi", _colour(1, 3))
     assert "dup/a.avi and dup/a.mkv both give the sample key 'a'" in refused("dup")
+    # a video review: an .mp4 cut short (its index, at the end, lost) read as audio-only
+    _video(tmp_path / "cut" / "a.mkv", _colour(0, 3))
+    _video(tmp_path / "cut" / "b.mp4", _colour(1, 6), codec="mpeg4", pix_fmt="yuv420p")
+    cut = tmp_path / "cut" / "b.mp4"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 6 // 10])
+    assert refused("cut").startswith("cut/b.mp4: no video stream (a file cut short, whose index")
+    # and a Matroska file cut short (no frame count in it: its packets counted) was converted
+    # short without a word
+    _video(tmp_path / "mkv" / "b.mkv", _colour(1, 30))
+    cut = tmp_path / "mkv" / "b.mkv"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 6 // 10])
+    proc = run_cli("shard", "videos", "mkv", "--out", "o_mkv", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    said = r"mkv/b\.mkv: 1\d frames read, where its duration, 1\.2 s at 25 frames/s, makes 30: a "
+    assert re.search(said + r"file cut short\?", proc.stderr), proc.stderr
+    whole = tmp_path / "whole" / "a.mkv"
+    _video(whole, _colour(1, 30))
+    _video(tmp_path / "whole" / "b.avi", _colour(2, 12), rate=30)  # another rate: said
+    _video(tmp_path / "whole" / "c.avi", _colour(3, 12), rate=25)
+    proc = run_cli("shard", "videos", "whole", "--out", "o_whole", "--frames", "6",
+                   "--workers", "1", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0 and "cut short" not in proc.stderr, proc.stderr
+    assert "b.avi: 30 frames/s, the first video (a.mkv) 25 (1 video(s) of other rates)" in (
+        proc.stderr
+    ), proc.stderr
 
 
 def _trimmed_clip(path: Path) -> None:

@@ -683,6 +683,36 @@ def test_rows_another_logs_after_a_stopped_resume_stay(tmp_path):
     assert _train_steps(tmp_path / "metrics.replaced-2.jsonl") == [5, 6]
 
 
+def test_a_validate_while_a_resume_runs_stays_and_the_resumes_later_rows_go(tmp_path):
+    """A second diff review: a `validate` of checkpoint 8 from another shell while a resume
+    from step 4 ran put an end to that resume's rows where it logged; the resume, killed at
+    step 8, left its steps 6 and 7 beside the trajectory's."""
+    policy = CheckpointConfig(every_n_steps=4, every_epoch=False, keep_last=5)
+    make_trainer(tmp_path, max_epochs=None, max_steps=8, checkpoint=policy).fit(
+        TinyModule(), loader(40, 4)
+    )
+    older, newest = (tmp_path / "checkpoints" / f"step-0000000{n}" for n in (4, 8))
+
+    class ValidatedMeanwhile(CrashesAt):
+        def training_step(self, inputs, targets):
+            if self.global_step + 1 == 6:  # another process validates checkpoint 8
+                other = make_trainer(tmp_path)
+                other.validate(TinyModule(), loader(8, 4), ckpt=newest, split="test")
+            return super().training_step(inputs, targets)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        make_trainer(tmp_path, max_epochs=None, max_steps=12, checkpoint=policy).fit(
+            ValidatedMeanwhile(8), loader(40, 4), resume=older
+        )
+    make_trainer(tmp_path, max_epochs=None, max_steps=9, checkpoint=policy).fit(
+        TinyModule(), loader(40, 4), resume="auto"
+    )
+    assert _train_steps(tmp_path / "metrics.jsonl") == list(range(1, 10))
+    assert _train_steps(tmp_path / "metrics.replaced-1.jsonl") == [5, 6, 7]
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "test/loss" in r] == [8]
+
+
 def test_a_stopped_resumes_record_is_left_when_the_file_changed_or_a_fresh_run_starts(
     tmp_path, capsys
 ):

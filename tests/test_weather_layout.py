@@ -208,6 +208,19 @@ def test_an_exported_model_folder_keeps_the_training_climatology(trained, monkey
         assert _validate(overrides, alone, "--ckpt", ckpt) == 0
         results.append(json.loads((tmp_path / "run" / "metrics_test.json").read_text()))
     assert results[1]["test/acc/t850"] == pytest.approx(results[0]["test/acc/t850"], rel=1e-6)
+    # a second diff review: `stpdist.load` scored against data.root's climatology, or none
+    # where the folder travelled without the data (its own kept beside it unread)
+    import stpdist
+
+    theirs = tmp_path / "data" / "train" / "climatology.npy"
+    held = theirs.read_bytes()
+    try:
+        theirs.unlink()  # data.root as on another machine: no climatology there
+        module = stpdist.load(out)
+        np.testing.assert_array_equal(np.asarray(module.geo.climatology),
+                                      np.load(out / "climatology.npy"))  # fmt: skip
+    finally:
+        theirs.write_bytes(held)
 
 
 def test_a_climatology_named_as_a_checkpoint_file_is_not_kept(trained):

@@ -163,23 +163,64 @@ def _why(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
-def count_video_frames(path: Path) -> int:
+def video_frames_and_rate(path: Path) -> tuple[int, float | None]:
     """The frames of a video's first video stream as its container declares them, or, where
-    it does not (Matroska, WebM), its packets counted (read, not decoded)."""
+    it does not (Matroska, WebM), its packets counted (read, not decoded); and the stream's
+    average frame rate (None: not declared)."""
     av = require_extra("av", "formats", "decoding videos")
     require_file(path)  # a FIFO would block the demuxer
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise InputError(f"{path}: no video stream")
+                raise InputError(  # a video review: an .mp4 cut short read so, its index lost
+                    f"{path}: no video stream (a file cut short, whose index is lost, or not "
+                    "a video)"
+                )
             stream = container.streams.video[0]
+            rate = float(stream.average_rate) if stream.average_rate else None
             if stream.frames:
-                return int(stream.frames)
-            return sum(1 for packet in container.demux(stream) if packet.size)
+                return int(stream.frames), rate
+            counted = sum(1 for packet in container.demux(stream) if packet.size)
+            _say_if_cut_short(path, counted, container.duration, stream.average_rate)
+            return counted, rate
     except InputError:
         raise
     except Exception as exc:
         raise InputError(f"{path}: not a readable video ({_why(exc)})") from None
+
+
+def _say_if_cut_short(path: Path, counted: int, duration_us: Any, rate: Any) -> None:
+    """A Matroska or WebM file declares no frame count, so its packets are counted: a file
+    cut short then matched itself, converted short without a word (a video review). Its
+    duration (in its header) at its frame rate says how many it should hold."""
+    if not duration_us or not rate:
+        return
+    seconds = duration_us / 1e6
+    declared = round(seconds * float(rate))
+    if counted < declared - 1:  # a frame of rounding either way
+        log.warning(
+            "%s: %d frames read, where its duration, %.3g s at %g frames/s, makes %d: a file "
+            "cut short? Its samples are cut from the %d read",
+            path, counted, seconds, float(rate), declared, counted,
+        )  # fmt: skip
+
+
+def _say_other_rates(sequences: list[Sequence], rates: dict[str, float | None]) -> None:
+    """Videos of other frame rates than the first's, said once (the first that differs,
+    and how many): a window of --frames N spans another time in each (a video review:
+    KTH's 25 frames/s mixed with 30 without a word)."""
+    known = [(s.source, rates[s.source]) for s in sequences if rates.get(s.source)]
+    if not known:
+        return
+    first, rate = known[0]
+    other = [(source, r) for source, r in known if abs(r - rate) > 0.01 * rate]
+    if other:
+        log.warning(
+            "%s: %g frames/s, the first video (%s) %g (%d video(s) of other rates): a window "
+            "of --frames spans another time in each; convert them apart, or take every k-th "
+            "frame of the faster ones (--every) in a conversion of their own",
+            other[0][0], other[0][1], first, rate, len(other),
+        )  # fmt: skip
 
 
 def _upright(frame_HWC: np.ndarray, degrees: int) -> np.ndarray:
@@ -604,7 +645,7 @@ class VideoSequences(_FrameSequences):
         return sorted(found, key=natural_key)
 
     def _sequences_in(self, folder: Path) -> list[Sequence]:
-        out = []
+        out, rates = [], {}
         for path, _, names in _walk(folder):
             for name in self._videos(names):
                 video = Path(path) / name
@@ -612,8 +653,11 @@ class VideoSequences(_FrameSequences):
                     continue
                 relative = video.relative_to(folder).with_suffix("")
                 source = video.relative_to(self.root).as_posix()
-                out.append(Sequence(str(video), _key(relative), source, count_video_frames(video)))
-        return sorted(out, key=lambda s: natural_key(s.source))
+                count, rates[source] = video_frames_and_rate(video)
+                out.append(Sequence(str(video), _key(relative), source, count))
+        out = sorted(out, key=lambda s: natural_key(s.source))
+        _say_other_rates(out, rates)
+        return out
 
     def _holds_data(self, folder: Path) -> bool:
         return any(self._videos(names) for _, _, names in _walk(folder))
